@@ -1,0 +1,1 @@
+"""The front door: the ``ambit`` command. Argument handling and output only."""

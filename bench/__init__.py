@@ -1,0 +1,1 @@
+"""Benchmarks: ambit beside the baselines it runs with, reported as ratios."""

@@ -1,0 +1,33 @@
+"""Ports, label keys and other names every ambit process agrees on (Istio's, on purpose)."""
+
+from typing import Final
+
+DEFAULT_TRUST_DOMAIN: Final = "cluster.local"
+
+# Data-path ports inside each pod network namespace.
+OUTBOUND_CAPTURE_PORT: Final = 15001
+INBOUND_PLAINTEXT_PORT: Final = 15006
+HBONE_PORT: Final = 15008
+
+# Proxy management ports.
+ADMIN_PORT: Final = 15000
+METRICS_PORT: Final = 15020
+READINESS_PORT: Final = 15021
+
+# Control plane.
+CONTROL_PLANE_PORT: Final = 15012
+CONTROL_PLANE_METRICS_PORT: Final = 15014
+
+# ztunnel marks its own sockets so the pod's redirect rules skip them.
+PROXY_SOCKET_MARK: Final = 0x539
+
+# Labels.
+LABEL_DATAPLANE_MODE: Final = "ambit.io/dataplane-mode"
+LABEL_USE_WAYPOINT: Final = "ambit.io/use-waypoint"
+
+# Identity of the control plane / CA service.
+SYSTEM_NAMESPACE: Final = "ambit-system"
+CONTROL_PLANE_SERVICE_ACCOUNT: Final = "ambit-controlplane"
+
+# Workload certificates.
+DEFAULT_CERT_TTL_SECONDS: Final = 24 * 3600
