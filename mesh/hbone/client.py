@@ -1,0 +1,200 @@
+"""The HBONE client: a pool of mTLS HTTP/2 connections that opens CONNECT streams.
+
+Invariants:
+- A connection belongs to exactly one :class:`PoolKey` (source identity,
+  destination address, expected destination identities): it presented that
+  source's certificate and verified one of those identities, so it is never
+  used for another key.
+- Bookkeeping (choose a connection, reserve a stream slot) is synchronous and
+  so atomic under Trio; dialing happens outside it, one dial per key at a time.
+- A connection carries at most ``min(settings.max_concurrent_streams, the
+  peer's SETTINGS_MAX_CONCURRENT_STREAMS)`` streams; past that a new one opens.
+- A connection whose :meth:`~HboneConnection.serve` has returned is gone from
+  the pool; idle ones close themselves after ``settings.idle_timeout``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import socket
+from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import structlog
+import trio
+
+from mesh.hbone.connection import HboneConnection, HboneError, HboneSettings
+from mesh.hbone.stream import HboneStream
+from mesh.identity import PeerVerificationError, SpiffeId, WorkloadCertificate
+from mesh.tls import TlsError, TlsStream, client_context, configure_socket, describe_handshake_error
+
+log = structlog.get_logger("mesh.hbone")
+
+Dialer = Callable[[tuple[str, int]], Awaitable[trio.socket.SocketType]]
+
+
+class HboneConnectError(HboneError):
+    """No HBONE connection to the destination could be made."""
+
+
+@dataclass(frozen=True)
+class PoolKey:
+    source: SpiffeId
+    address: tuple[str, int]
+    expected: frozenset[SpiffeId]
+
+
+async def dial_tcp(address: tuple[str, int]) -> trio.socket.SocketType:
+    """Connect a plain TCP socket (the default dialer)."""
+    family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+    sock = trio.socket.socket(family, socket.SOCK_STREAM)
+    try:
+        configure_socket(sock)
+        await sock.connect(address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def traceparent() -> str:
+    """A new W3C trace context, as Istio's ztunnel sends with every CONNECT."""
+    return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
+
+
+class HboneClientPool:
+    """Opens CONNECT streams over pooled connections. Use :func:`open_hbone_pool`."""
+
+    def __init__(
+        self,
+        nursery: trio.Nursery,
+        certificates: Callable[[SpiffeId], WorkloadCertificate],
+        *,
+        settings: HboneSettings,
+        dial: Dialer = dial_tcp,
+    ) -> None:
+        self._nursery = nursery
+        self._certificates = certificates
+        self.settings = settings
+        self._dial = dial
+        self._conns: dict[PoolKey, list[HboneConnection]] = defaultdict(list)
+        self._dial_locks: dict[PoolKey, trio.Lock] = defaultdict(trio.Lock)
+        self.connections_opened = 0
+
+    def statistics(self) -> dict[str, int]:
+        conns = [c for cs in self._conns.values() for c in cs]
+        return {
+            "connections": len(conns),
+            "connections_opened": self.connections_opened,
+            "streams": sum(len(c._streams) for c in conns),
+        }
+
+    async def connect(
+        self,
+        *,
+        source: SpiffeId,
+        address: tuple[str, int],
+        authority: str,
+        expected: Sequence[SpiffeId] | frozenset[SpiffeId] = frozenset(),
+        source_address: str | None = None,
+        headers: Sequence[tuple[str, str]] = (),
+    ) -> HboneStream:
+        """Open ``CONNECT authority`` to the HBONE server at ``address`` as ``source``.
+
+        Raises :class:`HboneConnectError` when no connection can be made,
+        :class:`~mesh.hbone.HboneStreamRefused` when the server answers non-200.
+        """
+        key = PoolKey(source, address, frozenset(expected))
+        conn = self._checkout(key)
+        if conn is None:
+            async with self._dial_locks[key]:
+                conn = self._checkout(key)
+                if conn is None:
+                    conn = await self._open_connection(key)
+                    conn.reserved += 1
+        extra = [("traceparent", traceparent())]
+        if source_address:
+            extra.append(("forwarded", f"for={source_address}"))
+        conn.reserved -= 1  # open_stream registers the stream before it first yields
+        return await conn.open_stream(authority, [*extra, *headers])
+
+    def _checkout(self, key: PoolKey) -> HboneConnection | None:
+        for conn in self._conns.get(key, ()):
+            if conn.is_available():
+                conn.reserved += 1
+                return conn
+        return None
+
+    async def _open_connection(self, key: PoolKey) -> HboneConnection:
+        settings = self.settings
+        where = f"{key.address[0]}:{key.address[1]}"
+        cert = self._certificates(key.source)
+        try:
+            with trio.fail_after(settings.connect_timeout):
+                sock = await self._dial(key.address)
+        except (OSError, trio.TooSlowError) as exc:
+            raise HboneConnectError(
+                f"could not connect to {where}: {exc or 'timed out'} (is the destination's HBONE"
+                " port reachable, or blocked by a firewall or NetworkPolicy?)"
+            ) from exc
+        tls = TlsStream(sock, client_context(cert), server_side=False)
+        try:
+            with trio.fail_after(settings.handshake_timeout):
+                await tls.handshake()
+            peer = tls.verify_peer(
+                trust_domain=cert.identity.trust_domain, expected=key.expected or None
+            )
+        except (TlsError, PeerVerificationError, trio.TooSlowError) as exc:
+            await tls.aclose()
+            if isinstance(exc, PeerVerificationError):
+                rule, reason = exc.rule, str(exc)
+            elif isinstance(exc, trio.TooSlowError):
+                rule, reason = "timeout", "no TLS handshake in time"
+            else:
+                rule, reason = describe_handshake_error(exc.__cause__ or exc)
+            log.warning("hbone_dial_rejected", dst=where, src_identity=str(key.source), rule=rule,
+                        reason=reason)
+            raise HboneConnectError(f"TLS with {where} failed ({rule}): {reason}") from exc
+        conn = HboneConnection(tls, peer=peer, settings=settings, idle_timeout=settings.idle_timeout)
+        self._conns[key].append(conn)
+        self.connections_opened += 1
+        self._nursery.start_soon(self._run, key, conn)
+        return conn
+
+    async def _run(self, key: PoolKey, conn: HboneConnection) -> None:
+        try:
+            await conn.serve()
+        finally:
+            conns = self._conns.get(key)
+            if conns is not None and conn in conns:
+                conns.remove(conn)
+                if not conns:
+                    del self._conns[key]
+                    self._dial_locks.pop(key, None)
+            error = conn.error
+            if error is not None and error.code != 0:
+                log.warning("hbone_connection_failed", dst=f"{key.address[0]}:{key.address[1]}",
+                            dst_identity=str(conn.peer), reason=error.reason)
+
+    def close(self) -> None:
+        for conns in list(self._conns.values()):
+            for conn in list(conns):
+                conn.close("pool closed")
+
+
+@contextlib.asynccontextmanager
+async def open_hbone_pool(
+    certificates: Callable[[SpiffeId], WorkloadCertificate],
+    *,
+    settings: HboneSettings | None = None,
+    dial: Dialer = dial_tcp,
+) -> AsyncIterator[HboneClientPool]:
+    """An :class:`HboneClientPool` whose connections live inside this block."""
+    async with trio.open_nursery() as nursery:
+        pool = HboneClientPool(nursery, certificates, settings=settings or HboneSettings(), dial=dial)
+        try:
+            yield pool
+        finally:
+            pool.close()

@@ -1,0 +1,104 @@
+"""The HBONE listener: accepts mTLS connections, verifies the peer's SPIFFE
+identity, and hands every CONNECT stream to a handler.
+
+A connection that fails its handshake, presents a bad identity or breaks
+HTTP/2 is logged and closed; every other connection keeps serving.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+
+import structlog
+import trio
+
+from mesh.constants import HBONE_PORT
+from mesh.hbone.connection import HboneConnection, HboneSettings, RequestHandler
+from mesh.identity import PeerVerificationError, WorkloadCertificate
+from mesh.tls import TlsError, TlsStream, configure_socket, describe_handshake_error, server_context
+
+log = structlog.get_logger("mesh.hbone")
+
+CertificateSource = Callable[[], WorkloadCertificate]
+
+
+async def open_listener(host: str, port: int, *, backlog: int = 1024) -> trio.socket.SocketType:
+    """A listening TCP socket (SO_REUSEADDR), ready for :func:`serve_hbone`."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = trio.socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        await sock.bind((host, port))
+        sock.listen(backlog)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+async def serve_hbone(
+    handler: RequestHandler,
+    *,
+    certificate: CertificateSource,
+    host: str = "127.0.0.1",
+    port: int = HBONE_PORT,
+    listener: trio.socket.SocketType | None = None,
+    settings: HboneSettings | None = None,
+    task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve HBONE until cancelled; ``task_status.started`` gets the bound address.
+
+    ``certificate`` is asked for the current certificate at every handshake, so
+    a renewed certificate is presented from the next connection on. Pass a
+    ready ``listener`` to serve a socket made elsewhere (inside a pod's netns).
+    """
+    settings = settings or HboneSettings()
+    sock = listener if listener is not None else await open_listener(host, port)
+    with sock:
+        bound = sock.getsockname()
+        async with trio.open_nursery() as nursery:
+            task_status.started((bound[0], bound[1]))
+            while True:
+                try:
+                    conn_sock, addr = await sock.accept()
+                except OSError as exc:
+                    log.warning("hbone_accept_failed", reason=str(exc))
+                    await trio.sleep(0.05)  # e.g. EMFILE: back off instead of spinning
+                    continue
+                nursery.start_soon(_serve_connection, conn_sock, addr, handler, certificate, settings)
+
+
+async def _serve_connection(
+    sock: trio.socket.SocketType,
+    addr: tuple[str, int],
+    handler: RequestHandler,
+    certificate: CertificateSource,
+    settings: HboneSettings,
+) -> None:
+    src = f"{addr[0]}:{addr[1]}"
+    configure_socket(sock)
+    cert = certificate()
+    tls = TlsStream(sock, server_context(cert), server_side=True)
+    try:
+        with trio.fail_after(settings.handshake_timeout):
+            await tls.handshake()
+        peer = tls.verify_peer(trust_domain=cert.identity.trust_domain)
+    except (TlsError, PeerVerificationError, trio.TooSlowError) as exc:
+        if isinstance(exc, PeerVerificationError):
+            rule, reason = exc.rule, str(exc)
+        elif isinstance(exc, trio.TooSlowError):
+            rule, reason = "timeout", f"no TLS handshake within {settings.handshake_timeout:g}s"
+        else:
+            rule, reason = describe_handshake_error(exc.__cause__ or exc)
+        log.warning("hbone_handshake_rejected", src=src, rule=rule, reason=reason)
+        await tls.aclose()
+        return
+    conn = HboneConnection(tls, peer=peer, settings=settings, handler=handler)
+    log.debug("hbone_connection_opened", src=src, src_identity=str(peer))
+    await conn.serve()
+    error = conn.error
+    if error is not None and error.code != 0:
+        log.warning("hbone_connection_failed", src=src, src_identity=str(peer), reason=error.reason)
+    else:
+        log.debug("hbone_connection_closed", src=src, src_identity=str(peer))
