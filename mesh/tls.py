@@ -153,6 +153,7 @@ class TlsStream:
         self._cipher_view = memoryview(self._cipher_buf)
         self._plain_buf = bytearray(READ_SIZE)
         self._plain_view = memoryview(self._plain_buf)
+        self._unsent = memoryview(b"")
         self._eof = False
         self._closed = False
 
@@ -243,19 +244,24 @@ class TlsStream:
             raise TlsError(f"TLS write failed: {exc}") from exc
 
     def has_output(self) -> bool:
-        return self._outgoing.pending > 0
+        return bool(self._unsent) or self._outgoing.pending > 0
 
     async def flush(self) -> None:
-        """Send every byte of ciphertext produced so far."""
-        while self._outgoing.pending:
-            chunk = self._outgoing.read()
-            view = memoryview(chunk)
-            try:
-                while view:
-                    sent = await self.socket.send(view)
-                    view = view[sent:]
-            except OSError as exc:
-                raise TlsError(f"connection lost: {exc}") from exc
+        """Send every byte of ciphertext produced so far.
+
+        Cancel-safe: bytes taken from OpenSSL but not yet sent are kept and go
+        first on the next flush, so a cancelled flush never tears a record.
+        """
+        try:
+            while True:
+                if not self._unsent:
+                    if not self._outgoing.pending:
+                        return
+                    self._unsent = memoryview(self._outgoing.read())
+                sent = await self.socket.send(self._unsent)
+                self._unsent = self._unsent[sent:]
+        except OSError as exc:
+            raise TlsError(f"connection lost: {exc}") from exc
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         self.write(data)

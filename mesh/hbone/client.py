@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import structlog
 import trio
 
+from mesh.concurrency import open_service_nursery
 from mesh.hbone.connection import HboneConnection, HboneError, HboneSettings
 from mesh.hbone.stream import HboneStream
 from mesh.identity import PeerVerificationError, SpiffeId, WorkloadCertificate
@@ -84,7 +85,7 @@ class HboneClientPool:
         self.connections_opened = 0
 
     def statistics(self) -> dict[str, int]:
-        conns = [c for cs in self._conns.values() for c in cs]
+        conns = [c for cs in self._conns.values() for c in cs if not c.is_closed()]
         return {
             "connections": len(conns),
             "connections_opened": self.connections_opened,
@@ -147,7 +148,7 @@ class HboneClientPool:
                 trust_domain=cert.identity.trust_domain, expected=key.expected or None
             )
         except (TlsError, PeerVerificationError, trio.TooSlowError) as exc:
-            await tls.aclose()
+            sock.close()
             if isinstance(exc, PeerVerificationError):
                 rule, reason = exc.rule, str(exc)
             elif isinstance(exc, trio.TooSlowError):
@@ -157,6 +158,9 @@ class HboneClientPool:
             log.warning("hbone_dial_rejected", dst=where, src_identity=str(key.source), rule=rule,
                         reason=reason)
             raise HboneConnectError(f"TLS with {where} failed ({rule}): {reason}") from exc
+        except BaseException:  # cancelled mid-handshake: the socket is ours to close
+            sock.close()
+            raise
         conn = HboneConnection(tls, peer=peer, settings=settings, idle_timeout=settings.idle_timeout)
         self._conns[key].append(conn)
         self.connections_opened += 1
@@ -192,7 +196,7 @@ async def open_hbone_pool(
     dial: Dialer = dial_tcp,
 ) -> AsyncIterator[HboneClientPool]:
     """An :class:`HboneClientPool` whose connections live inside this block."""
-    async with trio.open_nursery() as nursery:
+    async with open_service_nursery() as nursery:
         pool = HboneClientPool(nursery, certificates, settings=settings or HboneSettings(), dial=dial)
         try:
             yield pool

@@ -94,6 +94,9 @@ async def _serve_connection(
         log.warning("hbone_handshake_rejected", src=src, rule=rule, reason=reason)
         await tls.aclose()
         return
+    except BaseException:
+        sock.close()
+        raise
     conn = HboneConnection(tls, peer=peer, settings=settings, handler=handler)
     log.debug("hbone_connection_opened", src=src, src_identity=str(peer))
     await conn.serve()

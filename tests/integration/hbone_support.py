@@ -76,4 +76,6 @@ async def connect(
     expected: SpiffeId = SERVER_ID,
     source: SpiffeId = CLIENT_ID,
 ) -> HboneStream:
-    return await pool.connect(source=source, address=address, authority=AUTHORITY, expected=[expected])
+    return await pool.connect(
+        source=source, address=address, authority=AUTHORITY, expected=[expected]
+    )

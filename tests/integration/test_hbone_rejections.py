@@ -1,0 +1,179 @@
+"""HBONE refuses peers that do not prove an acceptable identity, and says why."""
+
+from __future__ import annotations
+
+import datetime as dt
+import socket
+from collections.abc import Iterator
+
+import pytest
+import trio
+from structlog.testing import capture_logs
+
+from mesh.hbone import HboneError
+from mesh.hbone.client import HboneConnectError, open_hbone_pool
+from mesh.identity import SpiffeId, WorkloadCertificate
+from mesh.tls import TlsError, TlsStream, bootstrap_client_context
+from tests.conftest import CLIENT_ID, SERVER_ID
+from tests.integration.hbone_support import AUTHORITY, connect, echo_handler, start_server
+from tests.pki import Pki, make_root
+
+Logs = list[dict[str, object]]
+
+
+@pytest.fixture
+def logs() -> Iterator[Logs]:
+    with capture_logs() as captured:
+        yield captured
+
+
+def rejected_rules(logs: Logs, event: str = "hbone_handshake_rejected") -> list[object]:
+    return [entry.get("rule") for entry in logs if entry["event"] == event]
+
+
+async def try_client(address: tuple[str, int], cert: WorkloadCertificate) -> None:
+    """Open a stream with ``cert``; raise what the client sees."""
+    async with open_hbone_pool(lambda _s: cert) as pool:
+        stream = await pool.connect(
+            source=cert.identity, address=address, authority=AUTHORITY, expected=[SERVER_ID]
+        )
+        await stream.send_all(b"hello")
+        assert await stream.receive_some() == b"hello"
+
+
+async def expect_server_rejects(
+    root: Pki, client_cert: WorkloadCertificate, rule: str, logs: Logs
+) -> None:
+    handled: list[object] = []
+
+    async def handler(request: object) -> None:
+        handled.append(request)
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            address = await start_server(nursery, handler, root.issue(SERVER_ID))
+            with pytest.raises(HboneError):
+                await try_client(address, client_cert)
+            await wait_for_log(logs, rule)
+            nursery.cancel_scope.cancel()
+    assert handled == [], "a rejected peer reached the handler"
+
+
+async def wait_for_log(logs: Logs, rule: str, event: str = "hbone_handshake_rejected") -> None:
+    with trio.fail_after(5):
+        while rule not in rejected_rules(logs, event):
+            await trio.sleep(0.01)
+
+
+async def test_no_client_certificate_is_rejected(root: Pki, logs: Logs) -> None:
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            address = await start_server(nursery, echo_handler, root.issue(SERVER_ID))
+            sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            await sock.connect(address)
+            tls = TlsStream(sock, bootstrap_client_context(root.bundle), server_side=False)
+            with pytest.raises(TlsError):
+                await tls.handshake()  # TLS 1.3: the alert arrives with the first read
+                await tls.send_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+                while await tls.receive_into(bytearray()):
+                    pass
+                raise TlsError("server kept the connection open")
+            await tls.aclose()
+            await wait_for_log(logs, "no-certificate")
+            nursery.cancel_scope.cancel()
+
+
+async def test_certificate_from_another_ca_is_rejected(root: Pki, logs: Logs) -> None:
+    stranger = make_root("another CA").issue(CLIENT_ID)
+    await expect_server_rejects(root, stranger, "chain", logs)
+
+
+async def test_wrong_trust_domain_is_rejected(root: Pki, logs: Logs) -> None:
+    foreign = root.issue(SpiffeId("other.domain", "default", "client"))
+    await expect_server_rejects(root, foreign, "trust-domain", logs)
+
+
+async def test_expired_certificate_is_rejected(root: Pki, logs: Logs) -> None:
+    now = dt.datetime.now(dt.UTC)
+    expired = root.issue(
+        CLIENT_ID, not_before=now - dt.timedelta(days=2), not_after=now - dt.timedelta(days=1)
+    )
+    await expect_server_rejects(root, expired, "expired", logs)
+
+
+async def test_certificate_with_two_uri_sans_is_rejected(root: Pki, logs: Logs) -> None:
+    key, cert = root.issue_raw([str(CLIENT_ID), "spiffe://cluster.local/ns/default/sa/admin"])
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            address = await start_server(nursery, echo_handler, root.issue(SERVER_ID))
+            sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            await sock.connect(address)
+            tls = TlsStream(sock, root.raw_client_context(key, cert), server_side=False)
+            await tls.handshake()
+            await tls.send_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            # The server verified us after the handshake and hung up without a word of HTTP/2
+            # (a clean EOF, or a reset because it never read our preface).
+            answer = bytearray()
+            try:
+                assert await tls.receive_into(answer) == 0
+            except TlsError as exc:
+                assert "reset" in str(exc)
+            assert answer == b""
+            await tls.aclose()
+            await wait_for_log(logs, "uri-san-count")
+            nursery.cancel_scope.cancel()
+
+
+async def client_against_server(
+    root: Pki, server_cert: WorkloadCertificate, expected: SpiffeId = SERVER_ID
+) -> HboneConnectError:
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            address = await start_server(nursery, echo_handler, server_cert)
+            client_cert = root.issue(CLIENT_ID)
+            async with open_hbone_pool(lambda _s: client_cert) as pool:
+                with pytest.raises(HboneConnectError) as caught:
+                    await pool.connect(
+                        source=CLIENT_ID, address=address, authority=AUTHORITY, expected=[expected]
+                    )
+            nursery.cancel_scope.cancel()
+    return caught.value
+
+
+async def test_server_with_unexpected_identity_is_refused(root: Pki, logs: Logs) -> None:
+    impostor = root.issue(SpiffeId("cluster.local", "default", "impostor"))
+    error = await client_against_server(root, impostor)
+    assert "unexpected-identity" in str(error) and "impostor" in str(error)
+    assert "unexpected-identity" in rejected_rules(logs, "hbone_dial_rejected")
+
+
+async def test_server_from_another_ca_is_refused(root: Pki, logs: Logs) -> None:
+    error = await client_against_server(root, make_root("rogue").issue(SERVER_ID))
+    assert "chain" in str(error)
+
+
+async def test_server_in_another_trust_domain_is_refused(root: Pki) -> None:
+    foreign = SpiffeId("other.domain", "default", "server")
+    error = await client_against_server(root, root.issue(foreign), expected=foreign)
+    assert "trust-domain" in str(error)
+
+
+async def test_expired_server_certificate_is_refused(root: Pki) -> None:
+    now = dt.datetime.now(dt.UTC)
+    expired = root.issue(
+        SERVER_ID, not_before=now - dt.timedelta(days=2), not_after=now - dt.timedelta(hours=1)
+    )
+    error = await client_against_server(root, expired)
+    assert "expired" in str(error)
+
+
+async def test_unreachable_destination_names_the_address_and_a_hint(root: Pki) -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    listener.close()  # nothing listens there now
+    cert = root.issue(CLIENT_ID)
+    with trio.fail_after(10):
+        async with open_hbone_pool(lambda _s: cert) as pool:
+            with pytest.raises(HboneConnectError, match=f"127.0.0.1:{port}.*reachable"):
+                await connect(pool, ("127.0.0.1", port))
