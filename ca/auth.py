@@ -1,0 +1,108 @@
+"""Who is asking the CA, and what they may have.
+
+Authentication maps a bearer token to a caller name (:class:`TokenAuthenticator`).
+Authorization is a question asked of an object passed in: may this caller have
+this identity? :class:`StaticAuthorizer` answers it from a fixed table; node
+authorization (a ztunnel may have the identities of the pods on its node)
+plugs in later through the same :class:`Authorizer` protocol.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from mesh.identity import IdentityError, SpiffeId
+
+_NAMESPACE_WILDCARD_SUFFIX = "/sa/*"
+
+
+class Authenticator(Protocol):
+    def caller_for(self, token: str) -> str | None:
+        """The caller a bearer token belongs to, or None for an unknown token."""
+        ...
+
+
+class Authorizer(Protocol):
+    def may_issue(self, caller: str, identity: SpiffeId) -> bool:
+        """Whether ``caller`` may receive a certificate for ``identity``."""
+        ...
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+class TokenAuthenticator:
+    """Static bearer tokens, each naming one caller.
+
+    Tokens are compared in constant time: every known token is compared (by
+    SHA-256 digest, so lengths do not leak either) on every call.
+    """
+
+    def __init__(self, tokens: Mapping[str, str]) -> None:
+        """``tokens`` maps each token to the caller name it authenticates."""
+        for token, caller in tokens.items():
+            if not token:
+                raise ValueError(f"the token of caller {caller!r} is empty")
+        self._tokens = [(_digest(token), caller) for token, caller in tokens.items()]
+
+    def caller_for(self, token: str) -> str | None:
+        presented = _digest(token)
+        found: str | None = None
+        for digest, caller in self._tokens:
+            if hmac.compare_digest(presented, digest):
+                found = caller
+        return found
+
+
+@dataclass(frozen=True)
+class NamespaceWildcard:
+    """Every service account of one namespace: ``spiffe://<td>/ns/<ns>/sa/*``."""
+
+    trust_domain: str
+    namespace: str
+
+    def matches(self, identity: SpiffeId) -> bool:
+        return identity.trust_domain == self.trust_domain and identity.namespace == self.namespace
+
+    def __str__(self) -> str:
+        return f"spiffe://{self.trust_domain}/ns/{self.namespace}/sa/*"
+
+
+IdentityPattern = SpiffeId | NamespaceWildcard
+
+
+def parse_identity_pattern(text: str) -> IdentityPattern:
+    """``spiffe://td/ns/NS/sa/SA`` (one identity) or ``spiffe://td/ns/NS/sa/*`` (a namespace)."""
+    if text.endswith(_NAMESPACE_WILDCARD_SUFFIX):
+        # Validate everything else by parsing it with a placeholder service account.
+        try:
+            probe = SpiffeId.parse(text[: -len("*")] + "x")
+        except IdentityError as exc:
+            raise IdentityError(f"{text!r} is not a namespace wildcard: {exc}") from exc
+        return NamespaceWildcard(probe.trust_domain, probe.namespace)
+    return SpiffeId.parse(text)
+
+
+class StaticAuthorizer:
+    """A fixed table: caller -> identities (or whole namespaces) it may have."""
+
+    def __init__(self, grants: Mapping[str, Iterable[SpiffeId | NamespaceWildcard | str]]) -> None:
+        """Strings are parsed with :func:`parse_identity_pattern`; bad ones raise at once."""
+        self._grants: dict[str, tuple[IdentityPattern, ...]] = {
+            caller: tuple(parse_identity_pattern(p) if isinstance(p, str) else p for p in patterns)
+            for caller, patterns in grants.items()
+        }
+
+    def may_issue(self, caller: str, identity: SpiffeId) -> bool:
+        for pattern in self._grants.get(caller, ()):
+            if isinstance(pattern, NamespaceWildcard):
+                if pattern.matches(identity):
+                    return True
+            elif pattern == identity:
+                return True
+        return False

@@ -1,0 +1,262 @@
+"""The client of the CA service (``ca.service``): ``POST /v1/certificates`` over
+TLS + HTTP/2 with a bearer token, one connection per request.
+
+This module owns the wire protocol as the client sees it, and the errors of
+getting a certificate signed (:class:`CertificateRequestError` and its
+subclasses), which every :class:`mesh.certs.Signer` raises.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+from typing import Any, Final
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import trio
+from cryptography import x509
+
+from mesh.constants import CONTROL_PLANE_SERVICE_ACCOUNT, DEFAULT_TRUST_DOMAIN, SYSTEM_NAMESPACE
+from mesh.identity import (
+    IdentityError,
+    PeerVerificationError,
+    SpiffeId,
+    TrustBundle,
+    chain_from_pem,
+    verify_peer,
+)
+from mesh.tls import ALPN_H2, bootstrap_client_context
+
+CERTIFICATES_PATH: Final = "/v1/certificates"  # the CA service's one endpoint
+MAX_RESPONSE_BYTES: Final = 1024 * 1024
+
+SignedChain = tuple[tuple[x509.Certificate, ...], TrustBundle]
+
+
+class CertificateRequestError(Exception):
+    """A certificate could not be obtained. ``reason`` is a stable code for logs and tests."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class CaUnreachable(CertificateRequestError):
+    """No answer from the CA: connection refused, reset, or too slow."""
+
+
+class CaNotTrusted(CertificateRequestError):
+    """The server's certificate does not prove it is the CA we expect."""
+
+
+class CaRefused(CertificateRequestError):
+    """The CA answered with an error; ``status`` and ``reason`` are its HTTP status and code."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(reason, message)
+        self.status = status
+
+
+class BadCaResponse(CertificateRequestError):
+    """The CA's answer is malformed, or certifies something other than what was asked."""
+
+
+class CaClient:
+    """The CA service's client: ``POST /v1/certificates`` with a bearer token.
+
+    It verifies the server against ``bundle`` and checks that it presents
+    ``ca_identity`` (the control plane's, by default). Each answer carries the
+    CA's current trust bundle; the client trusts that bundle from then on, so
+    it follows a root rotation.
+    """
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        *,
+        token: str,
+        bundle: TrustBundle,
+        trust_domain: str = DEFAULT_TRUST_DOMAIN,
+        ca_identity: SpiffeId | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        self.address = address
+        self.bundle = bundle
+        self._token = token
+        self._trust_domain = trust_domain
+        self._ca_identity = ca_identity or SpiffeId(
+            trust_domain, SYSTEM_NAMESPACE, CONTROL_PLANE_SERVICE_ACCOUNT
+        )
+        self._timeout = timeout
+        self._context: tuple[TrustBundle, ssl.SSLContext] | None = None
+
+    @property
+    def _where(self) -> str:
+        return f"{self.address[0]}:{self.address[1]}"
+
+    async def sign(self, csr_pem: bytes, ttl_seconds: int | None) -> SignedChain:
+        body: dict[str, Any] = {"csr": csr_pem.decode()}
+        if ttl_seconds is not None:
+            body["ttl_seconds"] = ttl_seconds
+        try:
+            with trio.fail_after(self._timeout):
+                status, payload = await self._post(json.dumps(body).encode())
+        except trio.TooSlowError:
+            raise CaUnreachable(
+                "timeout", f"the CA at {self._where} did not answer within {self._timeout}s"
+            ) from None
+        answer = _json_object(payload, self._where)
+        if status != 200:
+            raise CaRefused(
+                status,
+                str(answer.get("error", "unknown")),
+                f"the CA refused ({status}): {answer.get('message', '(no message)')}",
+            )
+        try:
+            chain = chain_from_pem("".join(answer["certificate_chain"]))
+            bundle = TrustBundle.from_pem("".join(answer["trust_bundle"]))
+        except (KeyError, TypeError, IdentityError) as exc:
+            raise BadCaResponse(
+                "bad-response", f"the CA at {self._where} sent no usable certificates: {exc}"
+            ) from exc
+        self.bundle = bundle
+        return chain, bundle
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        if self._context is None or self._context[0] is not self.bundle:
+            self._context = (self.bundle, bootstrap_client_context(self.bundle))
+        return self._context[1]
+
+    async def _post(self, body: bytes) -> tuple[int, bytes]:
+        host, port = self.address
+        try:
+            tcp = await trio.open_tcp_stream(host, port)
+        except OSError as exc:
+            raise CaUnreachable(
+                "unreachable",
+                f"cannot connect to the CA at {self._where}: {exc.strerror or exc}"
+                f" (is the control plane running, and is port {port} reachable?)",
+            ) from exc
+        tls = trio.SSLStream(tcp, self._ssl_context(), server_hostname=None)
+        try:
+            await self._handshake(tls)
+            answer = await _exchange(tls, self._request_headers(len(body)), body, self._where)
+        except trio.BrokenResourceError as exc:
+            await trio.aclose_forcefully(tls)
+            raise CaUnreachable(
+                "connection-lost", f"the connection to the CA at {self._where} broke: {exc}"
+            ) from exc
+        except BaseException:
+            await trio.aclose_forcefully(tls)
+            raise
+        await tls.aclose()  # close_notify, so the CA sees a clean end, not a vanished peer
+        return answer
+
+    async def _handshake(self, tls: trio.SSLStream[trio.SocketStream]) -> None:
+        try:
+            await tls.do_handshake()
+        except trio.BrokenResourceError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, ssl.SSLCertVerificationError):
+                raise CaNotTrusted(
+                    "chain",
+                    f"the server at {self._where} is not signed by our trust bundle"
+                    f" ({cause.verify_message}); is the bundle current?",
+                ) from exc
+            raise CaUnreachable(
+                "tls-handshake", f"TLS handshake with the CA at {self._where} failed: {cause}"
+            ) from exc
+        try:
+            verify_peer(
+                tls.getpeercert(binary_form=True),
+                trust_domain=self._trust_domain,
+                expected=frozenset({self._ca_identity}),
+            )
+        except PeerVerificationError as exc:
+            raise CaNotTrusted(
+                exc.rule, f"the server at {self._where} is not the CA we expect: {exc}"
+            ) from exc
+        if tls.selected_alpn_protocol() != ALPN_H2:
+            raise BadCaResponse(
+                "wrong-alpn", f"the CA at {self._where} did not negotiate HTTP/2 (ALPN h2)"
+            )
+
+    def _request_headers(self, length: int) -> list[tuple[str, str]]:
+        return [
+            (":method", "POST"),
+            (":scheme", "https"),
+            (":authority", self._where),
+            (":path", CERTIFICATES_PATH),
+            ("content-type", "application/json"),
+            ("content-length", str(length)),
+            ("authorization", f"Bearer {self._token}"),
+        ]
+
+
+def _json_object(payload: bytes, where: str) -> dict[str, Any]:
+    try:
+        answer = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadCaResponse("bad-response", f"the CA at {where} did not answer JSON") from exc
+    if not isinstance(answer, dict):
+        raise BadCaResponse("bad-response", f"the CA at {where} did not answer a JSON object")
+    return answer
+
+
+async def _exchange(
+    tls: trio.SSLStream[trio.SocketStream],
+    headers: list[tuple[str, str]],
+    body: bytes,
+    where: str,
+) -> tuple[int, bytes]:
+    """One HTTP/2 request (non-empty body) on a fresh connection: h2 driven by a thin loop."""
+    conn = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=True, header_encoding=None)
+    )
+    conn.initiate_connection()
+    stream_id = conn.get_next_available_stream_id()
+    conn.send_headers(stream_id, headers)
+    unsent = body
+    status: int | None = None
+    answer = bytearray()
+    while True:
+        while unsent:  # send as much of the body as the flow-control window allows
+            size = min(
+                conn.local_flow_control_window(stream_id), conn.max_outbound_frame_size, len(unsent)
+            )
+            if size <= 0:
+                break
+            conn.send_data(stream_id, unsent[:size], end_stream=size == len(unsent))
+            unsent = unsent[size:]
+        await tls.send_all(conn.data_to_send())
+        data = await tls.receive_some(64 * 1024)
+        if not data:
+            raise CaUnreachable("connection-lost", f"the CA at {where} closed without answering")
+        try:
+            events = conn.receive_data(data)
+        except h2.exceptions.ProtocolError as exc:
+            raise BadCaResponse("protocol-error", f"the CA at {where} broke HTTP/2: {exc}") from exc
+        for event in events:
+            if isinstance(event, h2.events.ResponseReceived):
+                for name, value in event.headers:
+                    if name == b":status":
+                        status = int(value)
+            elif isinstance(event, h2.events.DataReceived):
+                conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                answer += event.data
+                if len(answer) > MAX_RESPONSE_BYTES:
+                    raise BadCaResponse("bad-response", f"the CA at {where} answered too much")
+            elif isinstance(event, h2.events.StreamEnded) and event.stream_id == stream_id:
+                if status is None:
+                    raise BadCaResponse("bad-response", f"the CA at {where} sent no status")
+                conn.close_connection()
+                await tls.send_all(conn.data_to_send())
+                return status, bytes(answer)
+            elif isinstance(event, h2.events.StreamReset | h2.events.ConnectionTerminated):
+                raise BadCaResponse(
+                    "protocol-error", f"the CA at {where} abandoned the request ({event})"
+                )

@@ -1,0 +1,258 @@
+"""Workload certificates on the client side: get them signed, keep them fresh.
+
+:class:`CertificateManager` generates each key here (it never travels), asks
+a :class:`Signer` to sign a CSR for it, caches one :class:`WorkloadCertificate`
+per identity and renews it at half-life. When a renewal fails the old
+certificate stays in use and the manager retries with capped exponential
+backoff. :class:`CaClient` (from :mod:`mesh.ca_client`, re-exported here) is
+the real :class:`Signer`: the HTTP/2 client of the CA service.
+
+Renewal runs on Trio's clock: when a certificate arrives, the delay until its
+half-life is computed against the wall clock, then waited for as a Trio
+deadline, so ``autojump_clock`` tests take no real time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+import structlog
+import trio
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+
+from mesh.ca_client import (
+    BadCaResponse,
+    CaClient,
+    CaNotTrusted,
+    CaRefused,
+    CaUnreachable,
+    CertificateRequestError,
+    SignedChain,
+)
+from mesh.identity import (
+    IdentityError,
+    PeerVerificationError,
+    PrivateKey,
+    SpiffeId,
+    TrustBundle,
+    WorkloadCertificate,
+    build_csr,
+    generate_key,
+)
+
+__all__ = [
+    "BadCaResponse",
+    "CaClient",
+    "CaNotTrusted",
+    "CaRefused",
+    "CaUnreachable",
+    "CertificateManager",
+    "CertificateManagerStatistics",
+    "CertificateRequestError",
+    "RenewalPolicy",
+    "SignedChain",
+    "Signer",
+    "open_certificate_manager",
+]
+
+log = structlog.get_logger("mesh.certs")
+
+EVENT_CERTIFICATE_FETCHED: Final = "workload_certificate_fetched"
+EVENT_RENEWAL_FAILED: Final = "workload_certificate_renewal_failed"
+
+
+class Signer(Protocol):
+    async def sign(self, csr_pem: bytes, ttl_seconds: int | None) -> SignedChain:
+        """Sign a PEM CSR: the chain (leaf first) and the trust bundle, or raise.
+
+        Raise :class:`CertificateRequestError` (with a ``reason``) for expected
+        failures; the manager logs that reason and retries.
+        """
+        ...
+
+
+@dataclass(frozen=True)
+class RenewalPolicy:
+    """How the manager asks for certificates and retries when it cannot get one."""
+
+    ttl_seconds: int | None = None  # None: the CA's default (24 h)
+    backoff_initial: float = 1.0
+    backoff_multiplier: float = 2.0
+    backoff_max: float = 300.0
+
+    def backoff(self, failures: int) -> float:
+        """Seconds to wait after the ``failures``-th failure in a row (1, 2, 4... capped)."""
+        delay = self.backoff_initial * self.backoff_multiplier ** max(0, failures - 1)
+        return float(min(delay, self.backoff_max))
+
+
+@dataclass(frozen=True)
+class CertificateManagerStatistics:
+    identities: int
+    renewals: int
+    renewal_failures: int
+
+
+@dataclass(eq=False)
+class _Entry:
+    cert: WorkloadCertificate
+    renew_deadline: float  # on Trio's clock
+    replaced: trio.Event
+
+
+class CertificateManager:
+    """One current certificate per identity, renewed at half-life in the background.
+
+    Renewal tasks run in ``nursery`` (use :func:`open_certificate_manager` to
+    get one with its own). :meth:`get` returns the current certificate, even
+    one whose renewal keeps failing: peers reject it only once it expires, and
+    every failure is logged with the time left.
+    """
+
+    def __init__(
+        self, signer: Signer, nursery: trio.Nursery, *, policy: RenewalPolicy | None = None
+    ) -> None:
+        self._signer = signer
+        self._nursery = nursery
+        self.policy = policy or RenewalPolicy()
+        self._entries: dict[SpiffeId, _Entry] = {}
+        self._renewers: dict[SpiffeId, trio.CancelScope] = {}
+        self._renewals = 0
+        self._failures = 0
+
+    def get(self, identity: SpiffeId) -> WorkloadCertificate | None:
+        entry = self._entries.get(identity)
+        return entry.cert if entry else None
+
+    async def fetch_now(self, identity: SpiffeId) -> WorkloadCertificate:
+        """Get a fresh certificate for ``identity`` now, and keep it renewed from then on.
+
+        Raises what the signer raises (a :class:`CertificateRequestError` for
+        :class:`CaClient`); the current certificate, if any, stays in use.
+        """
+        cert = await self._fetch(identity)
+        if identity not in self._renewers:
+            scope = trio.CancelScope()
+            self._renewers[identity] = scope
+            self._nursery.start_soon(self._renew_forever, identity, scope)
+        return cert
+
+    def forget(self, identity: SpiffeId) -> None:
+        """Drop an identity's certificate and stop renewing it (its pod left the node)."""
+        self._entries.pop(identity, None)
+        scope = self._renewers.pop(identity, None)
+        if scope is not None:
+            scope.cancel()
+
+    def statistics(self) -> CertificateManagerStatistics:
+        return CertificateManagerStatistics(len(self._entries), self._renewals, self._failures)
+
+    async def _fetch(
+        self, identity: SpiffeId, scope: trio.CancelScope | None = None
+    ) -> WorkloadCertificate:
+        key = generate_key()
+        chain, bundle = await self._signer.sign(build_csr(identity, key), self.policy.ttl_seconds)
+        cert = _assemble(identity, key, chain, bundle)
+        if scope is not None and scope.cancel_called:  # forgotten while we waited
+            return cert
+        now = dt.datetime.now(dt.UTC)
+        delay = max(0.0, (cert.renew_at() - now).total_seconds())
+        previous = self._entries.get(identity)
+        self._entries[identity] = _Entry(cert, trio.current_time() + delay, trio.Event())
+        if previous is not None:
+            previous.replaced.set()
+        log.info(
+            EVENT_CERTIFICATE_FETCHED,
+            identity=str(identity),
+            serial=f"{cert.leaf.serial_number:x}",
+            not_after=cert.not_after.isoformat(),
+            renew_in=round(delay, 3),
+        )
+        return cert
+
+    async def _renew_forever(self, identity: SpiffeId, scope: trio.CancelScope) -> None:
+        failures = 0
+        retry_at = 0.0
+        with scope:
+            while True:
+                entry = self._entries.get(identity)
+                if entry is None:  # forgotten before this task first ran
+                    return
+                with trio.move_on_at(retry_at if failures else entry.renew_deadline):
+                    await entry.replaced.wait()
+                    failures = 0  # fetch_now brought a fresh certificate
+                    continue
+                try:
+                    await self._fetch(identity, scope)
+                except Exception as exc:  # whatever the signer raised: keep the old cert
+                    failures += 1
+                    self._failures += 1
+                    delay = self.policy.backoff(failures)
+                    retry_at = trio.current_time() + delay
+                    left = entry.cert.not_after - dt.datetime.now(dt.UTC)
+                    log.warning(
+                        EVENT_RENEWAL_FAILED,
+                        identity=str(identity),
+                        reason=getattr(exc, "reason", type(exc).__name__),
+                        detail=str(exc),
+                        attempt=failures,
+                        retry_in=delay,
+                        expires_in=max(0, int(left.total_seconds())),
+                    )
+                else:
+                    failures = 0
+                    self._renewals += 1
+
+
+def _assemble(
+    identity: SpiffeId, key: PrivateKey, chain: tuple[x509.Certificate, ...], bundle: TrustBundle
+) -> WorkloadCertificate:
+    """Check what the signer returned before anyone presents it."""
+    try:
+        cert = WorkloadCertificate(identity, key, chain, bundle)
+    except (IdentityError, PeerVerificationError) as exc:
+        raise BadCaResponse("wrong-identity", f"the signed certificate is unusable: {exc}") from exc
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    der = serialization.Encoding.DER
+    if cert.leaf.public_key().public_bytes(der, spki) != key.public_key().public_bytes(der, spki):
+        raise BadCaResponse("wrong-key", f"the CA certified another key than ours for {identity}")
+    try:
+        for child, parent in itertools.pairwise(chain):
+            child.verify_directly_issued_by(parent)
+        if not any(_issued_by(chain[-1], root) for root in bundle.roots):
+            raise ValueError("the chain does not lead to a root of the trust bundle")
+    except (ValueError, TypeError, InvalidSignature) as exc:
+        raise BadCaResponse(
+            "bad-chain", f"the chain for {identity} does not verify: {exc}"
+        ) from exc
+    return cert
+
+
+def _issued_by(cert: x509.Certificate, root: x509.Certificate) -> bool:
+    if cert == root:
+        return True
+    try:
+        cert.verify_directly_issued_by(root)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+@asynccontextmanager
+async def open_certificate_manager(
+    signer: Signer, *, policy: RenewalPolicy | None = None
+) -> AsyncIterator[CertificateManager]:
+    """A :class:`CertificateManager` whose renewal tasks stop when the block exits."""
+    async with trio.open_nursery() as nursery:
+        manager = CertificateManager(signer, nursery, policy=policy)
+        try:
+            yield manager
+        finally:
+            nursery.cancel_scope.cancel()
