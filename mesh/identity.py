@@ -58,7 +58,10 @@ class SpiffeId:
                 f"trust domain {self.trust_domain!r} must be lowercase letters, digits, '.', '-'"
                 " or '_'"
             )
-        for what, value in (("namespace", self.namespace), ("service account", self.service_account)):
+        for what, value in (
+            ("namespace", self.namespace),
+            ("service account", self.service_account),
+        ):
             if not _NAME_RE.match(value) or len(value) > 253:
                 raise IdentityError(
                     f"{what} {value!r} is not a Kubernetes name (lowercase letters, digits,"

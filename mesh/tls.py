@@ -19,12 +19,18 @@ import socket
 import ssl
 import tempfile
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import cast
 
 import structlog
 import trio
 
-from mesh.identity import PeerVerificationError, SpiffeId, TrustBundle, WorkloadCertificate, verify_peer
+from mesh.identity import (
+    SpiffeId,
+    TrustBundle,
+    WorkloadCertificate,
+    verify_peer,
+)
 
 log = structlog.get_logger("mesh.tls")
 
@@ -80,7 +86,9 @@ def _load_identity(ctx: ssl.SSLContext, cert: WorkloadCertificate) -> None:
         ctx.load_cert_chain(path)
 
 
-def server_context(cert: WorkloadCertificate, *, require_client_cert: bool = True) -> ssl.SSLContext:
+def server_context(
+    cert: WorkloadCertificate, *, require_client_cert: bool = True
+) -> ssl.SSLContext:
     """A server context presenting ``cert``; built once per certificate and cached."""
     if require_client_cert and (ctx := _server_contexts.get(cert)) is not None:
         return ctx
@@ -199,9 +207,11 @@ class TlsStream:
         """Decrypt every complete record already received; return bytes appended."""
         total = 0
         view = self._plain_view
+        # With a buffer, SSLObject.read returns a count (typeshed says bytes).
+        read_into = cast(Callable[[int, bytearray], int], self._ssl.read)
         while True:
             try:
-                n = self._ssl.read(READ_SIZE, self._plain_buf)
+                n = read_into(READ_SIZE, self._plain_buf)
             except ssl.SSLWantReadError:
                 return total
             except ssl.SSLZeroReturnError:
@@ -224,7 +234,7 @@ class TlsStream:
                 raise TlsError(f"TLS record error: {exc}") from exc
             if got:
                 return got
-            if self._eof:
+            if self.at_eof():  # _decrypt_into may have seen close_notify
                 return 0
             try:
                 n = await self.socket.recv_into(self._cipher_buf)
@@ -235,6 +245,9 @@ class TlsStream:
                 self._eof = True
                 return 0
             self._incoming.write(self._cipher_view[:n])
+
+    def at_eof(self) -> bool:
+        return self._eof
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Encrypt ``data`` into the outgoing buffer; :meth:`flush` sends it."""

@@ -50,7 +50,9 @@ class Pki:
             .not_valid_after(end)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
-                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+                x509.ExtendedKeyUsage(
+                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+                ),
                 critical=False,
             )
         )
@@ -66,7 +68,9 @@ class Pki:
         key, cert = self.issue_raw([str(spiffe)], **kwargs)  # type: ignore[arg-type]
         return WorkloadCertificate(spiffe, key, (cert,), self.bundle)
 
-    def raw_client_context(self, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) -> ssl.SSLContext:
+    def raw_client_context(
+        self, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate
+    ) -> ssl.SSLContext:
         """A client context for a certificate WorkloadCertificate would refuse."""
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_3
@@ -74,7 +78,9 @@ class Pki:
         ctx.set_alpn_protocols([ALPN_H2])
         ctx.load_verify_locations(cadata=self.bundle.pem().decode())
         pem = cert.public_bytes(serialization.Encoding.PEM) + key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
         )
         with _memory_file(pem) as path:
             ctx.load_cert_chain(path)
@@ -95,9 +101,15 @@ def make_root(name: str = "ambit test root") -> Pki:
         .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=False, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-                encipher_only=False, decipher_only=False,
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )

@@ -13,11 +13,10 @@ from mesh.hbone.connection import (
     HboneConnection,
     HboneConnectionError,
     HboneError,
-    HboneRequest,
     HboneSettings,
-    HboneStream,
     HboneStreamRefused,
 )
+from mesh.hbone.stream import HboneRequest, HboneStream
 
 __all__ = [
     "HboneConnection",

@@ -155,13 +155,20 @@ class HboneClientPool:
                 rule, reason = "timeout", "no TLS handshake in time"
             else:
                 rule, reason = describe_handshake_error(exc.__cause__ or exc)
-            log.warning("hbone_dial_rejected", dst=where, src_identity=str(key.source), rule=rule,
-                        reason=reason)
+            log.warning(
+                "hbone_dial_rejected",
+                dst=where,
+                src_identity=str(key.source),
+                rule=rule,
+                reason=reason,
+            )
             raise HboneConnectError(f"TLS with {where} failed ({rule}): {reason}") from exc
         except BaseException:  # cancelled mid-handshake: the socket is ours to close
             sock.close()
             raise
-        conn = HboneConnection(tls, peer=peer, settings=settings, idle_timeout=settings.idle_timeout)
+        conn = HboneConnection(
+            tls, peer=peer, settings=settings, idle_timeout=settings.idle_timeout
+        )
         self._conns[key].append(conn)
         self.connections_opened += 1
         self._nursery.start_soon(self._run, key, conn)
@@ -179,8 +186,12 @@ class HboneClientPool:
                     self._dial_locks.pop(key, None)
             error = conn.error
             if error is not None and error.code != 0:
-                log.warning("hbone_connection_failed", dst=f"{key.address[0]}:{key.address[1]}",
-                            dst_identity=str(conn.peer), reason=error.reason)
+                log.warning(
+                    "hbone_connection_failed",
+                    dst=f"{key.address[0]}:{key.address[1]}",
+                    dst_identity=str(conn.peer),
+                    reason=error.reason,
+                )
 
     def close(self) -> None:
         for conns in list(self._conns.values()):
@@ -197,7 +208,9 @@ async def open_hbone_pool(
 ) -> AsyncIterator[HboneClientPool]:
     """An :class:`HboneClientPool` whose connections live inside this block."""
     async with open_service_nursery() as nursery:
-        pool = HboneClientPool(nursery, certificates, settings=settings or HboneSettings(), dial=dial)
+        pool = HboneClientPool(
+            nursery, certificates, settings=settings or HboneSettings(), dial=dial
+        )
         try:
             yield pool
         finally:

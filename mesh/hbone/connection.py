@@ -19,6 +19,7 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -116,7 +117,7 @@ class HboneConnection:
         self._idle_timeout = idle_timeout
         config = h2.config.H2Configuration(client_side=self.client_side, header_encoding="utf-8")
         self.h2 = h2.connection.H2Connection(config)
-        local: dict[int, int] = {
+        local: dict[h2.settings.SettingCodes, int] = {
             h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: settings.stream_window,
             h2.settings.SettingCodes.MAX_FRAME_SIZE: settings.max_frame_size,
             h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: settings.max_concurrent_streams,
@@ -202,7 +203,9 @@ class HboneConnection:
         try:
             await loop()
         except (TlsError, HboneConnectionError) as exc:
-            self._fail(exc if isinstance(exc, HboneConnectionError) else HboneConnectionError(str(exc)))
+            self._fail(
+                exc if isinstance(exc, HboneConnectionError) else HboneConnectionError(str(exc))
+            )
 
     async def _close_transport(self) -> None:
         with trio.CancelScope(shield=True), trio.move_on_after(1.0):
@@ -250,7 +253,9 @@ class HboneConnection:
             plen = len(frames.CONNECTION_PREFACE)
             if end < plen:
                 if not frames.CONNECTION_PREFACE.startswith(bytes(buf)):
-                    self._protocol_error(ErrorCodes.PROTOCOL_ERROR, "not an HTTP/2 connection preface")
+                    self._protocol_error(
+                        ErrorCodes.PROTOCOL_ERROR, "not an HTTP/2 connection preface"
+                    )
                 return
             self._h2_feed(bytes(buf[:plen]))
             self._preface_pending = False
@@ -338,15 +343,21 @@ class HboneConnection:
 
     def _on_window_update(self, header: frames.FrameHeader, buf: bytearray, body: int) -> None:
         if header.length != 4:
-            self._protocol_error(ErrorCodes.FRAME_SIZE_ERROR, "WINDOW_UPDATE frame not 4 bytes long")
+            self._protocol_error(
+                ErrorCodes.FRAME_SIZE_ERROR, "WINDOW_UPDATE frame not 4 bytes long"
+            )
         increment = frames.window_increment(buf, body)
         sid = header.stream_id
         if sid == 0:
             if increment == 0:
-                self._protocol_error(ErrorCodes.PROTOCOL_ERROR, "WINDOW_UPDATE of 0 on the connection")
+                self._protocol_error(
+                    ErrorCodes.PROTOCOL_ERROR, "WINDOW_UPDATE of 0 on the connection"
+                )
             self._send_window += increment
             if self._send_window > frames.MAX_WINDOW:
-                self._protocol_error(ErrorCodes.FLOW_CONTROL_ERROR, "connection window above 2^31-1")
+                self._protocol_error(
+                    ErrorCodes.FLOW_CONTROL_ERROR, "connection window above 2^31-1"
+                )
             for waiter in list(self._space_waiters):
                 waiter._send_lot.unpark_all()
             return
@@ -382,9 +393,8 @@ class HboneConnection:
             self._on_settings(event)
         elif isinstance(event, h2.events.ConnectionTerminated):
             self._on_goaway(event)
-        elif isinstance(event, h2.events.PingAckReceived):
-            if self._ping_ack is not None:
-                self._ping_ack.set()
+        elif isinstance(event, h2.events.PingAckReceived) and self._ping_ack is not None:
+            self._ping_ack.set()
 
     def _on_settings(self, event: h2.events.RemoteSettingsChanged) -> None:
         changed = event.changed_settings
@@ -401,7 +411,9 @@ class HboneConnection:
         self.goaway_received = True
         code = int(event.error_code or 0)
         if code != ErrorCodes.NO_ERROR:
-            raise HboneConnectionError(f"peer sent GOAWAY with error {ErrorCodes(code).name}", code=code)
+            raise HboneConnectionError(
+                f"peer sent GOAWAY with error {ErrorCodes(code).name}", code=code
+            )
         last = event.last_stream_id or 0
         for sid, stream in list(self._streams.items()):
             if self.client_side and sid > last:
@@ -486,19 +498,15 @@ class HboneConnection:
         self._wbuf += chunk
 
     def _end_stream(self, stream: HboneStream) -> None:
-        try:
+        with contextlib.suppress(h2.exceptions.H2Error):
             self.h2.end_stream(stream.stream_id)
-        except h2.exceptions.H2Error:
-            pass
         self._forget_if_done(stream)
         self._kick()
 
     def _reset_stream(self, stream: HboneStream, code: int) -> None:
         self._detach(stream)
-        try:
+        with contextlib.suppress(h2.exceptions.H2Error):
             self.h2.reset_stream(stream.stream_id, error_code=code)
-        except h2.exceptions.H2Error:
-            pass
         stream._on_reset(code, by_peer=False)
         self._kick()
 
@@ -507,10 +515,8 @@ class HboneConnection:
         if self._streams.get(stream.stream_id) is stream and self.error is None:
             if not stream._local_eof:
                 stream._local_eof = True
-                try:
+                with contextlib.suppress(h2.exceptions.H2Error):
                     self.h2.end_stream(stream.stream_id)
-                except h2.exceptions.H2Error:
-                    pass
             if not stream._remote_eof:
                 self._reset_stream(stream, ErrorCodes.CANCEL)
             self._kick()

@@ -66,7 +66,9 @@ async def serve_hbone(
                     log.warning("hbone_accept_failed", reason=str(exc))
                     await trio.sleep(0.05)  # e.g. EMFILE: back off instead of spinning
                     continue
-                nursery.start_soon(_serve_connection, conn_sock, addr, handler, certificate, settings)
+                nursery.start_soon(
+                    _serve_connection, conn_sock, addr, handler, certificate, settings
+                )
 
 
 async def _serve_connection(

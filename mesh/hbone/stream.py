@@ -94,7 +94,7 @@ class HboneStream(trio.abc.HalfCloseableStream):
             err = trio.BrokenResourceError(f"HBONE connection failed: {self._conn.error.reason}")
             err.__cause__ = self._conn.error
             return err
-        code = self._reset_code
+        code = self._reset_code or 0
         name = ErrorCodes(code).name if code in ErrorCodes._value2member_map_ else str(code)
         who = "peer" if self._reset_by_peer else "us"
         return trio.BrokenResourceError(f"HBONE stream reset by {who} ({name})")
@@ -322,7 +322,9 @@ class HboneRequest:
         if not self.stream._remote_eof:
             conn._reset_stream(self.stream, ErrorCodes.NO_ERROR)
 
-    def _respond(self, status: int, headers: Sequence[tuple[str, str]], *, end_stream: bool) -> None:
+    def _respond(
+        self, status: int, headers: Sequence[tuple[str, str]], *, end_stream: bool
+    ) -> None:
         if self.answered:
             raise RuntimeError("this CONNECT request was already answered")
         self.answered = True

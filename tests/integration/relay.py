@@ -12,9 +12,8 @@ class Relay:
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
         self.address: tuple[str, int] = ("127.0.0.1", 0)
-        self._frozen = trio.Event()
+        self._freezes: list[trio.Event] = []
         self._scopes: list[trio.CancelScope] = []
-        self._sockets: list[trio.socket.SocketType] = []
 
     async def serve(self, *, task_status: trio.TaskStatus[tuple[str, int]]) -> None:
         listener = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -30,20 +29,23 @@ class Relay:
 
     async def _pipe_pair(self, downstream: trio.socket.SocketType) -> None:
         upstream = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._sockets += [downstream, upstream]
         with downstream, upstream:
             await upstream.connect(self.target)
             scope = trio.CancelScope()
             self._scopes.append(scope)
+            frozen = trio.Event()
+            self._freezes.append(frozen)
             with scope:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._pipe, downstream, upstream)
-                    nursery.start_soon(self._pipe, upstream, downstream)
+                    nursery.start_soon(self._pipe, downstream, upstream, frozen)
+                    nursery.start_soon(self._pipe, upstream, downstream, frozen)
 
-    async def _pipe(self, src: trio.socket.SocketType, dst: trio.socket.SocketType) -> None:
+    async def _pipe(
+        self, src: trio.socket.SocketType, dst: trio.socket.SocketType, frozen: trio.Event
+    ) -> None:
         while True:
             data = await src.recv(65536)
-            if self._frozen.is_set():
+            if frozen.is_set():
                 await trio.sleep_forever()
             if not data:
                 dst.shutdown(socket.SHUT_WR)
@@ -51,15 +53,15 @@ class Relay:
             await _send_all(dst, data)
 
     def freeze(self) -> None:
-        """Stop moving bytes; connections stay open (a stalled or partitioned peer)."""
-        self._frozen.set()
+        """Stop moving bytes on every connection relayed so far; they stay open (a
+        stalled or partitioned peer). Connections made later are relayed normally."""
+        for frozen in self._freezes:
+            frozen.set()
 
     def cut(self) -> None:
         """Close every relayed connection at once (a peer that vanishes)."""
         for scope in self._scopes:
-            scope.cancel()
-        for sock in self._sockets:
-            sock.close()
+            scope.cancel()  # each pair's sockets close as its tasks leave their `with`
 
 
 async def _send_all(sock: trio.socket.SocketType, data: bytes) -> None:

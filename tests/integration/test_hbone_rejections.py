@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
+from typing import Any
 
 import pytest
 import trio
@@ -17,8 +19,9 @@ from mesh.tls import TlsError, TlsStream, bootstrap_client_context
 from tests.conftest import CLIENT_ID, SERVER_ID
 from tests.integration.hbone_support import AUTHORITY, connect, echo_handler, start_server
 from tests.pki import Pki, make_root
+from tests.waiting import wait_until
 
-Logs = list[dict[str, object]]
+Logs = list[MutableMapping[str, Any]]
 
 
 @pytest.fixture
@@ -60,9 +63,7 @@ async def expect_server_rejects(
 
 
 async def wait_for_log(logs: Logs, rule: str, event: str = "hbone_handshake_rejected") -> None:
-    with trio.fail_after(5):
-        while rule not in rejected_rules(logs, event):
-            await trio.sleep(0.01)
+    await wait_until(lambda: rule in rejected_rules(logs, event))
 
 
 async def test_no_client_certificate_is_rejected(root: Pki, logs: Logs) -> None:
@@ -72,15 +73,18 @@ async def test_no_client_certificate_is_rejected(root: Pki, logs: Logs) -> None:
             sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             await sock.connect(address)
             tls = TlsStream(sock, bootstrap_client_context(root.bundle), server_side=False)
-            with pytest.raises(TlsError):
-                await tls.handshake()  # TLS 1.3: the alert arrives with the first read
-                await tls.send_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
-                while await tls.receive_into(bytearray()):
-                    pass
-                raise TlsError("server kept the connection open")
+            with pytest.raises(TlsError, match=r"CERTIFICATE_REQUIRED|alert"):
+                await _handshake_then_read(tls)
             await tls.aclose()
             await wait_for_log(logs, "no-certificate")
             nursery.cancel_scope.cancel()
+
+
+async def _handshake_then_read(tls: TlsStream) -> None:
+    await tls.handshake()  # TLS 1.3: the server's alert arrives with the first read
+    await tls.send_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+    while await tls.receive_into(bytearray()):
+        pass
 
 
 async def test_certificate_from_another_ca_is_rejected(root: Pki, logs: Logs) -> None:
@@ -114,10 +118,8 @@ async def test_certificate_with_two_uri_sans_is_rejected(root: Pki, logs: Logs) 
             # The server verified us after the handshake and hung up without a word of HTTP/2
             # (a clean EOF, or a reset because it never read our preface).
             answer = bytearray()
-            try:
-                assert await tls.receive_into(answer) == 0
-            except TlsError as exc:
-                assert "reset" in str(exc)
+            with contextlib.suppress(TlsError):  # "connection reset" is a hang-up too
+                await tls.receive_into(answer)
             assert answer == b""
             await tls.aclose()
             await wait_for_log(logs, "uri-san-count")
@@ -143,7 +145,8 @@ async def client_against_server(
 async def test_server_with_unexpected_identity_is_refused(root: Pki, logs: Logs) -> None:
     impostor = root.issue(SpiffeId("cluster.local", "default", "impostor"))
     error = await client_against_server(root, impostor)
-    assert "unexpected-identity" in str(error) and "impostor" in str(error)
+    assert "unexpected-identity" in str(error)
+    assert "impostor" in str(error)
     assert "unexpected-identity" in rejected_rules(logs, "hbone_dial_rejected")
 
 

@@ -21,6 +21,7 @@ from tests.integration.hbone_support import (
     start_server,
 )
 from tests.pki import Pki
+from tests.waiting import wait_until
 
 SMALL_WINDOWS = HboneSettings(stream_window=65_535, connection_window=16 * 1024 * 1024)
 
@@ -174,9 +175,7 @@ async def test_half_close_server_to_client_then_client_keeps_sending(root: Pki) 
                 await stream.send_all(payload)
                 await stream.send_eof()
                 await trio.testing.wait_all_tasks_blocked()
-                with trio.fail_after(10):
-                    while not results:
-                        await trio.sleep(0.01)
+                await wait_until(lambda: results)
                 await stream.aclose()
             nursery.cancel_scope.cancel()
     assert results == [payload]
@@ -206,4 +205,5 @@ async def test_slow_reader_backpressures_the_sender(root: Pki) -> None:
                 await stream.send_eof()
                 await stream.aclose()
             nursery.cancel_scope.cancel()
-    assert buffered and buffered[0] <= SMALL_WINDOWS.stream_window
+    assert len(buffered) == 1
+    assert buffered[0] <= SMALL_WINDOWS.stream_window
