@@ -148,8 +148,8 @@ class TlsStream:
     Contract: one task may receive while one other task sends; after the
     handshake, only the sending task flushes ciphertext, so anything the read
     path makes OpenSSL write (post-handshake messages) is sent by the next
-    :meth:`flush`, never awaited by the reader. :meth:`receive_into` appends
-    plaintext to a caller's buffer and returns 0 only at end of stream.
+    :meth:`flush`, never awaited by the reader. :meth:`receive_into` decrypts
+    into a caller's buffer (no extra copy) and returns 0 only at end of stream.
     """
 
     def __init__(self, sock: trio.socket.SocketType, ctx: ssl.SSLContext, *, server_side: bool):
@@ -159,8 +159,6 @@ class TlsStream:
         self._ssl = ctx.wrap_bio(self._incoming, self._outgoing, server_side=server_side)
         self._cipher_buf = bytearray(READ_SIZE)
         self._cipher_view = memoryview(self._cipher_buf)
-        self._plain_buf = bytearray(READ_SIZE)
-        self._plain_view = memoryview(self._plain_buf)
         self._unsent = memoryview(b"")
         self._eof = False
         self._closed = False
@@ -203,15 +201,15 @@ class TlsStream:
             self._ssl.getpeercert(binary_form=True), trust_domain=trust_domain, expected=expected
         )
 
-    def _decrypt_into(self, dst: bytearray) -> int:
-        """Decrypt every complete record already received; return bytes appended."""
+    def _decrypt_into(self, dst: memoryview) -> int:
+        """Decrypt complete records already received straight into ``dst``; return the count."""
         total = 0
-        view = self._plain_view
+        size = len(dst)
         # With a buffer, SSLObject.read returns a count (typeshed says bytes).
-        read_into = cast(Callable[[int, bytearray], int], self._ssl.read)
-        while True:
+        read_into = cast(Callable[[int, memoryview], int], self._ssl.read)
+        while total < size:
             try:
-                n = read_into(READ_SIZE, self._plain_buf)
+                n = read_into(size - total, dst[total:])
             except ssl.SSLWantReadError:
                 return total
             except ssl.SSLZeroReturnError:
@@ -220,11 +218,19 @@ class TlsStream:
             if n == 0:
                 self._eof = True
                 return total
-            dst += view[:n]
             total += n
+        return total
 
-    async def receive_into(self, dst: bytearray) -> int:
-        """Append at least one byte of plaintext to ``dst``; return 0 at end of stream."""
+    async def receive_some(self) -> bytes:
+        """Some plaintext, or ``b""`` at end of stream (allocates; tests and tools)."""
+        buf = bytearray(READ_SIZE)
+        n = await self.receive_into(memoryview(buf))
+        return bytes(buf[:n])
+
+    async def receive_into(self, dst: memoryview) -> int:
+        """Decrypt at least one byte into ``dst`` (like ``recv_into``); 0 at end of stream."""
+        if not len(dst):
+            raise ValueError("receive_into needs room for at least one byte")
         while True:
             if self._eof:
                 return 0
@@ -259,18 +265,27 @@ class TlsStream:
     def has_output(self) -> bool:
         return bool(self._unsent) or self._outgoing.pending > 0
 
+    def pending_output(self) -> int:
+        """Ciphertext encrypted but not yet taken by a flush."""
+        return self._outgoing.pending
+
     async def flush(self) -> None:
-        """Send every byte of ciphertext produced so far.
+        """Send every byte of ciphertext produced so far, including any made meanwhile."""
+        while self.has_output():
+            await self.flush_batch()
+
+    async def flush_batch(self) -> None:
+        """Send the ciphertext pending now (taken from OpenSSL before the first await).
 
         Cancel-safe: bytes taken from OpenSSL but not yet sent are kept and go
         first on the next flush, so a cancelled flush never tears a record.
         """
         try:
-            while True:
-                if not self._unsent:
-                    if not self._outgoing.pending:
-                        return
-                    self._unsent = memoryview(self._outgoing.read())
+            if not self._unsent:
+                if not self._outgoing.pending:
+                    return
+                self._unsent = memoryview(self._outgoing.read())
+            while self._unsent:
                 sent = await self.socket.send(self._unsent)
                 self._unsent = self._unsent[sent:]
         except OSError as exc:

@@ -9,8 +9,8 @@
 - :mod:`mesh.hbone.client`: the connection pool that opens CONNECT streams.
 """
 
-from mesh.hbone.connection import (
-    HboneConnection,
+from mesh.hbone.connection import HboneConnection
+from mesh.hbone.settings import (
     HboneConnectionError,
     HboneError,
     HboneSettings,

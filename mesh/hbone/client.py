@@ -26,7 +26,8 @@ import structlog
 import trio
 
 from mesh.concurrency import open_service_nursery
-from mesh.hbone.connection import HboneConnection, HboneError, HboneSettings
+from mesh.hbone.connection import HboneConnection
+from mesh.hbone.settings import HboneError, HboneSettings
 from mesh.hbone.stream import HboneStream
 from mesh.identity import PeerVerificationError, SpiffeId, WorkloadCertificate
 from mesh.tls import TlsError, TlsStream, client_context, configure_socket, describe_handshake_error

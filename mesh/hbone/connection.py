@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 
 import h2.config
 import h2.connection
@@ -33,60 +32,17 @@ import trio
 from h2.errors import ErrorCodes
 
 from mesh.hbone import frames
+from mesh.hbone.settings import (
+    HboneConnectionError,
+    HboneSettings,
+)
 from mesh.hbone.stream import HboneRequest, HboneStream
 from mesh.identity import SpiffeId
 from mesh.tls import TlsError, TlsStream
 
 log = structlog.get_logger("mesh.hbone")
 
-MiB = 1024 * 1024
-
-
-class HboneError(Exception):
-    """Base of HBONE failures."""
-
-
-class HboneConnectionError(HboneError):
-    """The HTTP/2 connection failed; every stream on it fails with it."""
-
-    def __init__(self, reason: str, *, code: int = ErrorCodes.INTERNAL_ERROR) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.code = code
-
-
-class HboneStreamRefused(HboneError):
-    """The peer answered a CONNECT with something other than 200."""
-
-    def __init__(self, status: int | None, reason: str) -> None:
-        super().__init__(f"CONNECT refused with status {status}: {reason}")
-        self.status = status
-        self.reason = reason
-
-
-@dataclass(frozen=True)
-class HboneSettings:
-    """Tunables of an HBONE connection. Defaults follow Istio's ztunnel."""
-
-    stream_window: int = 4 * MiB
-    connection_window: int = 16 * MiB
-    max_frame_size: int = 1 * MiB
-    max_concurrent_streams: int = 100
-    write_buffer_limit: int = 2 * MiB
-    ping_interval: float = 10.0
-    ping_timeout: float = 20.0
-    idle_timeout: float = 300.0
-    handshake_timeout: float = 10.0
-    connect_timeout: float = 10.0
-
-    def __post_init__(self) -> None:
-        if not frames.MIN_FRAME_SIZE <= self.max_frame_size <= frames.MAX_FRAME_SIZE:
-            raise ValueError(
-                f"max_frame_size must be within [{frames.MIN_FRAME_SIZE}, {frames.MAX_FRAME_SIZE}]"
-            )
-        for name in ("stream_window", "connection_window"):
-            if not 65_535 <= getattr(self, name) <= frames.MAX_WINDOW:
-                raise ValueError(f"{name} must be within [65535, 2**31-1]")
+DIRECT_ENCRYPT_MIN = 16 * 1024  # payloads this large skip the batching copy
 
 
 RequestHandler = Callable[[HboneRequest], Awaitable[None]]
@@ -131,12 +87,14 @@ class HboneConnection:
 
         self._streams: dict[int, HboneStream] = {}
         self.reserved = 0  # client streams promised by the pool, not yet opened
-        self._rbuf = bytearray()
-        self._wbuf = bytearray()
+        self._reader = frames.FrameReader(
+            max_frame_size=settings.max_frame_size, expect_preface=not self.client_side
+        )
+        # Small frames (control, headers, short DATA) batched before encryption;
+        # large DATA payloads are encrypted straight from the sender's buffer.
+        self._small = bytearray()
         self._writer_lot = trio.lowlevel.ParkingLot()
         self._space_waiters: set[HboneStream] = set()
-        self._preface_pending = not self.client_side
-        self._in_header_block = False
         # Flow control, ours alone.
         self._send_window = 65_535
         self._recv_window = settings.connection_window
@@ -210,9 +168,7 @@ class HboneConnection:
     async def _close_transport(self) -> None:
         with trio.CancelScope(shield=True), trio.move_on_after(1.0):
             try:
-                pending = self.h2.data_to_send()  # e.g. GOAWAY after a protocol error
-                if pending:
-                    self._tls.write(pending)
+                self._encrypt_small()  # e.g. GOAWAY after a protocol error
                 await self._tls.flush()
             except (TlsError, OSError):
                 pass
@@ -236,63 +192,26 @@ class HboneConnection:
 
     async def _read_loop(self) -> None:
         tls = self._tls
-        buf = self._rbuf
+        reader = self._reader
         while True:
-            n = await tls.receive_into(buf)
+            n = await tls.receive_into(reader.room())
             if n == 0:
                 raise HboneConnectionError("peer closed the connection", code=ErrorCodes.NO_ERROR)
             self.bytes_received += n
-            self._process(buf)
+            reader.received(n)
+            try:
+                reader.process(self)
+            except frames.FrameError as exc:
+                self._protocol_error(exc.code, exc.reason)
             self._writer_lot.unpark_all()
 
-    def _process(self, buf: bytearray) -> None:
-        """Split ``buf`` into frames; consume DATA and WINDOW_UPDATE, give the rest to h2."""
-        pos = 0
-        end = len(buf)
-        if self._preface_pending:
-            plen = len(frames.CONNECTION_PREFACE)
-            if end < plen:
-                if not frames.CONNECTION_PREFACE.startswith(bytes(buf)):
-                    self._protocol_error(
-                        ErrorCodes.PROTOCOL_ERROR, "not an HTTP/2 connection preface"
-                    )
-                return
-            self._h2_feed(bytes(buf[:plen]))
-            self._preface_pending = False
-            pos = plen
-        h2_start = -1
-        max_frame = self.settings.max_frame_size
-        while end - pos >= frames.FRAME_HEADER_LEN:
-            header = frames.parse_header(buf, pos)
-            if header.length > max_frame:
-                self._protocol_error(
-                    ErrorCodes.FRAME_SIZE_ERROR,
-                    f"frame of {header.length} bytes exceeds our maximum of {max_frame}",
-                )
-            body = pos + frames.FRAME_HEADER_LEN
-            frame_end = body + header.length
-            if frame_end > end:
-                break
-            kind = header.type
-            if (kind == frames.DATA or kind == frames.WINDOW_UPDATE) and not self._in_header_block:
-                if h2_start >= 0:
-                    self._h2_feed(bytes(buf[h2_start:pos]))
-                    h2_start = -1
-                if self.error is not None:
-                    return
-                if kind == frames.DATA:
-                    self._on_data(header, buf, body)
-                else:
-                    self._on_window_update(header, buf, body)
-            else:
-                if h2_start < 0:
-                    h2_start = pos
-                if kind in (frames.HEADERS, frames.PUSH_PROMISE, frames.CONTINUATION):
-                    self._in_header_block = not header.flags & frames.FLAG_END_HEADERS
-            pos = frame_end
-        if h2_start >= 0:
-            self._h2_feed(bytes(buf[h2_start:pos]))
-        del buf[:pos]
+    # FrameSink: the reader hands us frames.
+
+    def failed(self) -> bool:
+        return self.error is not None
+
+    def on_h2_bytes(self, data: bytes) -> None:
+        self._h2_feed(data)
 
     def _protocol_error(self, code: int, reason: str) -> None:
         self.h2.close_connection(error_code=code)
@@ -307,7 +226,7 @@ class HboneConnection:
         for event in events:
             self._on_event(event)
 
-    def _on_data(self, header: frames.FrameHeader, buf: bytearray, body: int) -> None:
+    def on_data(self, header: frames.FrameHeader, body: int) -> None:
         sid = header.stream_id
         length = header.length
         if sid == 0:
@@ -325,7 +244,7 @@ class HboneConnection:
             self._h2_feed(frames.empty_data_frame(sid, header.flags))
             return
         try:
-            start, stop = frames.data_payload_bounds(header, buf, body)
+            start, stop = frames.data_payload_bounds(header, self._reader.buf, body)
         except frames.PaddingError as exc:
             self._protocol_error(ErrorCodes.PROTOCOL_ERROR, str(exc))
         stream._recv_window -= length
@@ -337,16 +256,16 @@ class HboneConnection:
         if padding:
             self._credit(stream, padding)
         if stop > start:
-            stream._on_data(bytes(buf[start:stop]))
+            stream._on_data(bytes(self._reader.view[start:stop]))  # the payload's one copy
         if header.flags & frames.FLAG_END_STREAM:
             self._h2_feed(frames.empty_data_frame(sid, frames.FLAG_END_STREAM))
 
-    def _on_window_update(self, header: frames.FrameHeader, buf: bytearray, body: int) -> None:
+    def on_window_update(self, header: frames.FrameHeader, body: int) -> None:
         if header.length != 4:
             self._protocol_error(
                 ErrorCodes.FRAME_SIZE_ERROR, "WINDOW_UPDATE frame not 4 bytes long"
             )
-        increment = frames.window_increment(buf, body)
+        increment = frames.window_increment(self._reader.buf, body)
         sid = header.stream_id
         if sid == 0:
             if increment == 0:
@@ -363,7 +282,7 @@ class HboneConnection:
             return
         stream = self._streams.get(sid)
         if stream is None:
-            self._h2_feed(bytes(buf[body - frames.FRAME_HEADER_LEN : body + 4]))
+            self._h2_feed(bytes(self._reader.view[body - frames.FRAME_HEADER_LEN : body + 4]))
             return
         if increment == 0:
             self._reset_stream(stream, ErrorCodes.PROTOCOL_ERROR)
@@ -454,39 +373,45 @@ class HboneConnection:
 
     def _queue(self, data: bytes | bytearray | memoryview) -> None:
         """Append our own frame bytes after whatever h2 has produced so far."""
-        wbuf = self._wbuf
+        small = self._small
         pending = self.h2.data_to_send()
         if pending:
-            wbuf += pending
-        wbuf += data
+            small += pending
+        small += data
         self._writer_lot.unpark_all()
 
     def _kick(self) -> None:
         self._writer_lot.unpark_all()
 
+    def _encrypt_small(self) -> None:
+        """Encrypt the batched small frames (and h2's output), keeping their order."""
+        pending = self.h2.data_to_send()
+        if pending:
+            self._small += pending
+        if self._small:
+            self._tls.write(self._small)
+            self._small.clear()
+
     async def _write_loop(self) -> None:
+        """The only task that sends: flush what senders encrypted, batch by batch.
+
+        Senders may encrypt the next batch while this one is on the wire;
+        ``write_buffer_limit`` bounds what waits in OpenSSL's buffer."""
         tls = self._tls
         while True:
-            pending = self.h2.data_to_send()
-            if pending:
-                self._wbuf += pending
-            if not self._wbuf:
-                if tls.has_output():
-                    await tls.flush()
-                    continue
+            self._encrypt_small()
+            if not tls.has_output():
                 await self._writer_lot.park()
                 continue
-            data = self._wbuf
-            self._wbuf = bytearray()
-            tls.write(data)
             if self._space_waiters:
+                # They run once flush_batch yields, after it took the pending ciphertext.
                 for waiter in list(self._space_waiters):
                     waiter._send_lot.unpark_all()
-            await tls.flush()
+            await tls.flush_batch()
 
     def _send_capacity(self, stream: HboneStream) -> int:
         """How many bytes ``stream`` may queue right now (0: wait)."""
-        if len(self._wbuf) >= self.settings.write_buffer_limit:
+        if self._tls.pending_output() + len(self._small) >= self.settings.write_buffer_limit:
             return 0
         return max(0, min(stream._send_window, self._send_window, self._peer_max_frame))
 
@@ -495,7 +420,11 @@ class HboneConnection:
         stream._send_window -= n
         self._send_window -= n
         self._queue(frames.data_header(n, stream.stream_id))
-        self._wbuf += chunk
+        if n < DIRECT_ENCRYPT_MIN:
+            self._small += chunk
+        else:
+            self._encrypt_small()  # everything queued before goes first
+            self._tls.write(chunk)
 
     def _end_stream(self, stream: HboneStream) -> None:
         with contextlib.suppress(h2.exceptions.H2Error):

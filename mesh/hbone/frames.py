@@ -1,4 +1,5 @@
-"""The HTTP/2 frames the tunnel handles itself, as pure functions on bytes.
+"""The HTTP/2 frames the tunnel handles itself, and the splitting of received
+bytes into frames (sans-IO: no sockets here).
 
 h2 would parse every DATA frame through hyperframe (copying the payload and,
 for its debug log, hexlifying it even when logging is off). The tunnel instead
@@ -8,7 +9,7 @@ WINDOW_UPDATE for itself and hands every other frame to h2 unchanged.
 
 from __future__ import annotations
 
-from typing import Final, NamedTuple
+from typing import Final, NamedTuple, Protocol
 
 FRAME_HEADER_LEN: Final = 9
 CONNECTION_PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -86,3 +87,107 @@ def data_payload_bounds(header: FrameHeader, buf: bytes | bytearray, start: int)
 
 def window_increment(buf: bytes | bytearray, start: int) -> int:
     return int.from_bytes(buf[start : start + 4], "big") & 0x7FFF_FFFF
+
+
+class FrameError(Exception):
+    """The peer broke HTTP/2 framing: a connection error with ``code``."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class FrameSink(Protocol):
+    """What :class:`FrameReader` hands frames to (the connection)."""
+
+    def on_h2_bytes(self, data: bytes) -> None: ...
+    def on_data(self, header: FrameHeader, body: int) -> None: ...
+    def on_window_update(self, header: FrameHeader, body: int) -> None: ...
+    def failed(self) -> bool: ...
+
+
+PROTOCOL_ERROR: Final = 0x1
+FRAME_SIZE_ERROR: Final = 0x6
+_READ_ROOM: Final = 256 * 1024  # compact when less than this is free at the end
+_BUFFER: Final = 4 * 1024 * 1024
+
+
+class FrameReader:
+    """The receive buffer of a connection and the splitting of it into frames.
+
+    Plaintext is decrypted straight into :meth:`room`; :meth:`process` walks
+    the complete frames in place: DATA and WINDOW_UPDATE go to the sink's own
+    handlers (their bytes stay readable in :attr:`view` during the call), runs
+    of every other frame go to h2 as one piece. A partial frame waits for more.
+    """
+
+    def __init__(self, *, max_frame_size: int, expect_preface: bool) -> None:
+        self.max_frame_size = max_frame_size
+        self.buf = bytearray(max(_BUFFER, 2 * (max_frame_size + FRAME_HEADER_LEN)))
+        self.view = memoryview(self.buf)
+        self._start = 0
+        self._end = 0
+        self._preface_pending = expect_preface
+        self._in_header_block = False
+
+    def room(self) -> memoryview:
+        """Free space at the end of the buffer to receive into (compacting first if low)."""
+        if len(self.buf) - self._end < _READ_ROOM:
+            start, end = self._start, self._end
+            self.buf[: end - start] = bytes(self.view[start:end])  # at most one partial frame
+            self._start, self._end = 0, end - start
+        return self.view[self._end :]
+
+    def received(self, n: int) -> None:
+        self._end += n
+
+    def process(self, sink: FrameSink) -> None:
+        """Hand every complete frame received so far to ``sink``; raise :class:`FrameError`."""
+        buf, view = self.buf, self.view
+        pos, end = self._start, self._end
+        if self._preface_pending:
+            plen = len(CONNECTION_PREFACE)
+            if end - pos < plen:
+                if not CONNECTION_PREFACE.startswith(bytes(view[pos:end])):
+                    raise FrameError(PROTOCOL_ERROR, "not an HTTP/2 connection preface")
+                return
+            sink.on_h2_bytes(bytes(view[pos : pos + plen]))
+            self._preface_pending = False
+            pos += plen
+        h2_start = -1
+        max_frame = self.max_frame_size
+        while end - pos >= FRAME_HEADER_LEN:
+            header = parse_header(buf, pos)
+            if header.length > max_frame:
+                raise FrameError(
+                    FRAME_SIZE_ERROR,
+                    f"frame of {header.length} bytes exceeds our maximum of {max_frame}",
+                )
+            body = pos + FRAME_HEADER_LEN
+            frame_end = body + header.length
+            if frame_end > end:
+                break
+            kind = header.type
+            if kind in (DATA, WINDOW_UPDATE) and not self._in_header_block:
+                if h2_start >= 0:
+                    sink.on_h2_bytes(bytes(view[h2_start:pos]))
+                    h2_start = -1
+                if sink.failed():
+                    return
+                if kind == DATA:
+                    sink.on_data(header, body)
+                else:
+                    sink.on_window_update(header, body)
+            else:
+                if h2_start < 0:
+                    h2_start = pos
+                if kind in (HEADERS, PUSH_PROMISE, CONTINUATION):
+                    self._in_header_block = not header.flags & FLAG_END_HEADERS
+            pos = frame_end
+        if h2_start >= 0:
+            sink.on_h2_bytes(bytes(view[h2_start:pos]))
+        if pos == end:
+            self._start = self._end = 0
+        else:
+            self._start = pos

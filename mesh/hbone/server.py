@@ -14,7 +14,8 @@ import structlog
 import trio
 
 from mesh.constants import HBONE_PORT
-from mesh.hbone.connection import HboneConnection, HboneSettings, RequestHandler
+from mesh.hbone.connection import HboneConnection, RequestHandler
+from mesh.hbone.settings import HboneSettings
 from mesh.identity import PeerVerificationError, WorkloadCertificate
 from mesh.tls import TlsError, TlsStream, configure_socket, describe_handshake_error, server_context
 

@@ -24,8 +24,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("mesh.hbone")
 
-RECEIVE_LIMIT = 1024 * 1024  # most bytes one receive_some(None) returns
-
 
 class HboneStream(trio.abc.HalfCloseableStream):
     """One CONNECT tunnel. Create through :class:`~mesh.hbone.connection.HboneConnection`."""
@@ -105,7 +103,7 @@ class HboneStream(trio.abc.HalfCloseableStream):
     # ---- client side: the answer to CONNECT ------------------------------------
 
     async def _wait_response(self) -> None:
-        from mesh.hbone.connection import HboneStreamRefused
+        from mesh.hbone.settings import HboneStreamRefused
 
         while self.status is None:
             if self._is_broken():
@@ -208,7 +206,7 @@ class HboneStream(trio.abc.HalfCloseableStream):
                 if self._closed:
                     raise trio.ClosedResourceError("HBONE stream was closed")
                 if self._buffered:
-                    data = self._take(max_bytes or RECEIVE_LIMIT)
+                    data = self._take(max_bytes) if max_bytes else self._take_chunk()
                     self._conn._credit(self, len(data))
                     break
                 if self._remote_eof:
@@ -223,6 +221,15 @@ class HboneStream(trio.abc.HalfCloseableStream):
             return data
         finally:
             self._receiving = False
+
+    def _take_chunk(self) -> bytes:
+        """The next received chunk (one DATA frame's payload), as it arrived: no copy."""
+        chunk = self._chunks.popleft()
+        if self._head:
+            chunk = chunk[self._head :]
+            self._head = 0
+        self._buffered -= len(chunk)
+        return chunk
 
     def _take(self, limit: int) -> bytes:
         chunks = self._chunks

@@ -1,0 +1,58 @@
+"""Tunables and errors of HBONE connections."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from h2.errors import ErrorCodes
+
+from mesh.hbone import frames
+
+MiB = 1024 * 1024
+
+
+class HboneError(Exception):
+    """Base of HBONE failures."""
+
+
+class HboneConnectionError(HboneError):
+    """The HTTP/2 connection failed; every stream on it fails with it."""
+
+    def __init__(self, reason: str, *, code: int = ErrorCodes.INTERNAL_ERROR) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.code = code
+
+
+class HboneStreamRefused(HboneError):
+    """The peer answered a CONNECT with something other than 200."""
+
+    def __init__(self, status: int | None, reason: str) -> None:
+        super().__init__(f"CONNECT refused with status {status}: {reason}")
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class HboneSettings:
+    """Tunables of an HBONE connection. Defaults follow Istio's ztunnel."""
+
+    stream_window: int = 4 * MiB
+    connection_window: int = 16 * MiB
+    max_frame_size: int = 1 * MiB
+    max_concurrent_streams: int = 100
+    write_buffer_limit: int = 2 * MiB
+    ping_interval: float = 10.0
+    ping_timeout: float = 20.0
+    idle_timeout: float = 300.0
+    handshake_timeout: float = 10.0
+    connect_timeout: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not frames.MIN_FRAME_SIZE <= self.max_frame_size <= frames.MAX_FRAME_SIZE:
+            raise ValueError(
+                f"max_frame_size must be within [{frames.MIN_FRAME_SIZE}, {frames.MAX_FRAME_SIZE}]"
+            )
+        for name in ("stream_window", "connection_window"):
+            if not 65_535 <= getattr(self, name) <= frames.MAX_WINDOW:
+                raise ValueError(f"{name} must be within [65535, 2**31-1]")

@@ -1,0 +1,116 @@
+"""The tunnel's own frame handling, without sockets."""
+
+from __future__ import annotations
+
+import pytest
+
+from mesh.hbone import frames
+from mesh.hbone.frames import FrameError, FrameHeader, FrameReader
+
+
+class Recorder:
+    def __init__(self, reader: FrameReader) -> None:
+        self.reader = reader
+        self.events: list[tuple[str, object]] = []
+
+    def on_h2_bytes(self, data: bytes) -> None:
+        self.events.append(("h2", data))
+
+    def on_data(self, header: FrameHeader, body: int) -> None:
+        payload = bytes(self.reader.view[body : body + header.length])
+        self.events.append(("data", (header.stream_id, header.flags, payload)))
+
+    def on_window_update(self, header: FrameHeader, body: int) -> None:
+        self.events.append(
+            ("wu", (header.stream_id, frames.window_increment(self.reader.buf, body)))
+        )
+
+    def failed(self) -> bool:
+        return False
+
+
+def feed(reader: FrameReader, sink: Recorder, data: bytes, step: int) -> None:
+    for i in range(0, len(data), step):
+        piece = data[i : i + step]
+        room = reader.room()
+        room[: len(piece)] = piece
+        reader.received(len(piece))
+        reader.process(sink)
+
+
+SETTINGS = frames.frame_header(0, 0x4, 0, 0)
+PING = frames.frame_header(8, 0x6, 0, 0) + b"12345678"
+
+
+@pytest.mark.parametrize("step", [1, 7, 9, 100, 10_000])
+def test_frames_split_the_same_however_the_bytes_arrive(step: int) -> None:
+    stream = (
+        frames.CONNECTION_PREFACE
+        + SETTINGS
+        + PING
+        + frames.data_header(5, 1)
+        + b"hello"
+        + frames.window_update(0, 1000)
+        + frames.data_header(0, 1, end_stream=True)
+    )
+    reader = FrameReader(max_frame_size=16384, expect_preface=True)
+    sink = Recorder(reader)
+    feed(reader, sink, stream, step)
+    h2_bytes = b"".join(e[1] for e in sink.events if e[0] == "h2")  # type: ignore[misc]
+    assert h2_bytes == frames.CONNECTION_PREFACE + SETTINGS + PING
+    ours = [e for e in sink.events if e[0] != "h2"]
+    assert ours == [
+        ("data", (1, 0, b"hello")),
+        ("wu", (0, 1000)),
+        ("data", (1, frames.FLAG_END_STREAM, b"")),
+    ]
+
+
+def test_runs_of_control_frames_go_to_h2_in_one_piece() -> None:
+    reader = FrameReader(max_frame_size=16384, expect_preface=False)
+    sink = Recorder(reader)
+    feed(reader, sink, SETTINGS + PING + PING, 10_000)
+    assert sink.events == [("h2", SETTINGS + PING + PING)]
+
+
+def test_a_bad_preface_is_refused() -> None:
+    reader = FrameReader(max_frame_size=16384, expect_preface=True)
+    with pytest.raises(FrameError, match="preface"):
+        feed(reader, Recorder(reader), b"GET / HTTP/1.1\r\n", 100)
+
+
+def test_an_oversized_frame_is_refused_before_its_body_arrives() -> None:
+    reader = FrameReader(max_frame_size=16384, expect_preface=False)
+    with pytest.raises(FrameError, match="exceeds") as caught:
+        feed(reader, Recorder(reader), frames.frame_header(16385, 0, 0, 1), 100)
+    assert caught.value.code == frames.FRAME_SIZE_ERROR
+
+
+def test_data_inside_a_header_block_goes_to_h2_which_rejects_it() -> None:
+    """HEADERS without END_HEADERS must be followed by CONTINUATION; anything else
+    is a protocol error that only h2 can judge, so the tunnel passes it on."""
+    headers = frames.frame_header(3, frames.HEADERS, 0, 1) + b"abc"
+    data = frames.data_header(2, 1) + b"xy"
+    reader = FrameReader(max_frame_size=16384, expect_preface=False)
+    sink = Recorder(reader)
+    feed(reader, sink, headers + data, 10_000)
+    assert sink.events == [("h2", headers + data)]
+
+
+def test_padding_is_removed_and_bad_padding_refused() -> None:
+    header = FrameHeader(8, frames.DATA, frames.FLAG_PADDED, 1)
+    buf = bytearray(b"\x03abcdPPP")
+    assert frames.data_payload_bounds(header, buf, 0) == (1, 5)
+    with pytest.raises(frames.PaddingError):
+        frames.data_payload_bounds(
+            FrameHeader(3, 0, frames.FLAG_PADDED, 1), bytearray(b"\x05ab"), 0
+        )
+
+
+def test_large_streams_compact_the_buffer_without_losing_bytes() -> None:
+    reader = FrameReader(max_frame_size=1024 * 1024, expect_preface=False)
+    sink = Recorder(reader)
+    payloads = [bytes([i % 251]) * (300_000 + i) for i in range(40)]
+    stream = b"".join(frames.data_header(len(p), 3) + p for p in payloads)
+    feed(reader, sink, stream, 65_536 * 3 + 5)
+    assert [e[1][2] for e in sink.events] == payloads  # type: ignore[index]
