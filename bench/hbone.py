@@ -19,6 +19,7 @@ warm pool; for ``tls`` a new TLS handshake. Ratios are to the same run's
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -101,8 +102,10 @@ def _load_cert(path: Path) -> WorkloadCertificate:
 
     key = load_pem_private_key(data["key"].encode(), None)
     return WorkloadCertificate(
-        SpiffeId.parse(data["identity"]), key,  # type: ignore[arg-type]
-        chain_from_pem(data["chain"]), TrustBundle.from_pem(data["bundle"]),
+        SpiffeId.parse(data["identity"]),
+        key,  # type: ignore[arg-type]
+        chain_from_pem(data["chain"]),
+        TrustBundle.from_pem(data["bundle"]),
     )
 
 
@@ -134,8 +137,10 @@ async def role_relay_a(mode: str, port: int, upstream: int, cert_path: Path) -> 
             async def handle_hbone(down: trio.SocketStream) -> None:
                 configure_socket(down.socket)
                 stream = await pool.connect(
-                    source=CLIENT_ID, address=("127.0.0.1", upstream),
-                    authority="127.0.0.1:1", expected=[SERVER_ID],
+                    source=CLIENT_ID,
+                    address=("127.0.0.1", upstream),
+                    authority="127.0.0.1:1",
+                    expected=[SERVER_ID],
                 )
                 async with stream:
                     await relay(down, stream)
@@ -170,10 +175,10 @@ async def role_relay_b(mode: str, port: int, sink: int, cert_path: Path) -> None
             up = await _connect(sink)
             stream = await request.accept()
             async with up:
-                try:
+                with contextlib.suppress(
+                    trio.BrokenResourceError, trio.ClosedResourceError, OSError
+                ):
                     await relay(stream, up)
-                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                    pass
 
         await serve_hbone(handler, certificate=lambda: cert, port=port)
 
@@ -230,18 +235,25 @@ def _write_certs(directory: Path) -> tuple[Path, Path]:
     for identity in (CLIENT_ID, SERVER_ID):
         cert = authority.issue_workload_certificate(identity, caller="bench")
         path = directory / f"{identity.service_account}.json"
-        path.write_text(json.dumps({
-            "identity": str(identity), "key": cert.key_pem().decode(),
-            "chain": cert.chain_pem().decode(), "bundle": cert.bundle.pem().decode(),
-        }))
+        path.write_text(
+            json.dumps(
+                {
+                    "identity": str(identity),
+                    "key": cert.key_pem().decode(),
+                    "chain": cert.chain_pem().decode(),
+                    "bundle": cert.bundle.pem().decode(),
+                }
+            )
+        )
         path.chmod(0o600)
         paths.append(path)
     return paths[0], paths[1]
 
 
 def _spawn(*args: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "bench.hbone", "--role", *args],
-                            start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "bench.hbone", "--role", *args], start_new_session=True
+    )
 
 
 def _transfer(port: int, size: int) -> float:
@@ -278,7 +290,9 @@ def _setup_time(port: int) -> float:
     return elapsed
 
 
-def measure(mode: str, size: int, runs: int, probes: int, certs: tuple[Path, Path]) -> dict[str, object]:
+def measure(
+    mode: str, size: int, runs: int, probes: int, certs: tuple[Path, Path]
+) -> dict[str, object]:
     sink_port = _free_port()
     procs = [_spawn("sink", str(sink_port))]
     entry = sink_port
@@ -304,14 +318,19 @@ def measure(mode: str, size: int, runs: int, probes: int, certs: tuple[Path, Pat
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
     return {
-        "mode": mode, "mb_per_s": statistics.median(rates), "mb_per_s_min": min(rates),
-        "mb_per_s_max": max(rates), "setup_ms": statistics.median(setups) * 1000,
-        "runs": runs, "bytes": size,
+        "mode": mode,
+        "mb_per_s": statistics.median(rates),
+        "mb_per_s_min": min(rates),
+        "mb_per_s_max": max(rates),
+        "setup_ms": statistics.median(setups) * 1000,
+        "runs": runs,
+        "bytes": size,
     }
 
 
 def _table(results: list[dict[str, object]]) -> str:
     by_mode = {str(r["mode"]): r for r in results}
+
     def ratio(mode: str, key: str, base: str) -> str:
         if base not in by_mode:
             return "-"
@@ -333,8 +352,11 @@ def _table(results: list[dict[str, object]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.hbone", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.hbone",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--quick", action="store_true", help="256 MiB, 3 runs: about 20 s")
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--runs", type=int, default=5)
@@ -353,8 +375,10 @@ def main(argv: list[str] | None = None) -> int:
         for mode in args.modes.split(","):
             print(f"measuring {mode} ...", file=sys.stderr, flush=True)
             results.append(measure(mode, size, runs, probes, certs))
-    print(f"one stream, {size // (1024 * 1024)} MiB x {runs} runs, {os.cpu_count()} CPUs, "
-          f"Python {sys.version.split()[0]}\n")
+    print(
+        f"one stream, {size // (1024 * 1024)} MiB x {runs} runs, {os.cpu_count()} CPUs, "
+        f"Python {sys.version.split()[0]}\n"
+    )
     print(_table(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
@@ -365,8 +389,12 @@ def _run_role(role: list[str]) -> int:
     name, *rest = role
     runners: dict[str, Callable[[], object]] = {
         "sink": lambda: trio.run(role_sink, int(rest[0])),
-        "relay-a": lambda: trio.run(role_relay_a, rest[0], int(rest[1]), int(rest[2]), Path(rest[3])),
-        "relay-b": lambda: trio.run(role_relay_b, rest[0], int(rest[1]), int(rest[2]), Path(rest[3])),
+        "relay-a": lambda: trio.run(
+            role_relay_a, rest[0], int(rest[1]), int(rest[2]), Path(rest[3])
+        ),
+        "relay-b": lambda: trio.run(
+            role_relay_b, rest[0], int(rest[1]), int(rest[2]), Path(rest[3])
+        ),
     }
     runners[name]()
     return 0

@@ -24,8 +24,12 @@ class RelayStats:
     received: int = 0
 
 
-async def _pump(src: trio.abc.HalfCloseableStream, dst: trio.abc.HalfCloseableStream,
-                stats: RelayStats, forward: bool) -> None:
+async def _pump(
+    src: trio.abc.HalfCloseableStream,
+    dst: trio.abc.HalfCloseableStream,
+    stats: RelayStats,
+    forward: bool,
+) -> None:
     if isinstance(src, trio.SocketStream):
         sock = src.socket
         buf = bytearray(READ_SIZE)
@@ -53,7 +57,9 @@ async def _pump(src: trio.abc.HalfCloseableStream, dst: trio.abc.HalfCloseableSt
 
 
 async def relay(
-    a: trio.abc.HalfCloseableStream, b: trio.abc.HalfCloseableStream, stats: RelayStats | None = None
+    a: trio.abc.HalfCloseableStream,
+    b: trio.abc.HalfCloseableStream,
+    stats: RelayStats | None = None,
 ) -> RelayStats:
     """Copy a->b and b->a until both directions have ended.
 
