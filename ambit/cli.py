@@ -26,7 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
     parser.add_argument(
-        "--log-format", default="auto", choices=["auto", "json", "console"],
+        "--log-format",
+        default="auto",
+        choices=["auto", "json", "console"],
         help="auto: JSON unless stderr is a terminal",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -46,8 +46,11 @@ def run(args: argparse.Namespace) -> int:
 
     async def serve() -> None:
         await serve_ca(
-            authority, TokenAuthenticator(tokens), StaticAuthorizer(grants),
-            host=args.host, port=args.port,
+            authority,
+            TokenAuthenticator(tokens),
+            StaticAuthorizer(grants),
+            host=args.host,
+            port=args.port,
         )
 
     try:
