@@ -1,0 +1,184 @@
+"""Kubernetes objects -> the mesh model. A pure function: objects in, MeshSnapshot out.
+
+Owns the meaning of the objects for the mesh: which pods are workloads and which of
+them are in the mesh (``ambit.io/dataplane-mode`` on the Namespace or the Pod), what
+a Service's endpoints are (named targetPorts resolved per pod), and how Istio's
+AuthorizationPolicy schema maps to L4 rules (fields ztunnel cannot enforce are
+recorded in ``l7``, never dropped silently). Objects are already validated by
+:mod:`k8s.manifests`; the only errors here are conflicts between objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from k8s import manifests as m
+from mesh import model
+from mesh.constants import DEFAULT_TRUST_DOMAIN, LABEL_DATAPLANE_MODE
+
+# Source fields ztunnel cannot check: they need a request (JWT) or a client address
+# from a header, so only a waypoint can enforce them.
+_L7_SOURCE_FIELDS = {
+    "request_principals": "requestPrincipals",
+    "not_request_principals": "notRequestPrincipals",
+    "remote_ip_blocks": "remoteIpBlocks",
+    "not_remote_ip_blocks": "notRemoteIpBlocks",
+}
+_L7_OPERATION_FIELDS = {
+    "hosts": "hosts",
+    "not_hosts": "notHosts",
+    "methods": "methods",
+    "not_methods": "notMethods",
+    "paths": "paths",
+    "not_paths": "notPaths",
+}
+
+
+class TranslateError(ValueError):
+    """Objects that are valid one by one contradict each other (two pods with one IP...)."""
+
+
+def translate(
+    objects: Iterable[m.K8sObject], *, trust_domain: str = DEFAULT_TRUST_DOMAIN, version: int
+) -> model.MeshSnapshot:
+    """The mesh as the given objects describe it, at ``version``.
+
+    Pods become workloads once they have an IP (host-network and finished pods never do);
+    Services need a selector and a cluster IP; policies keep their Istio meaning at L4.
+    """
+    objs = list(objects)
+    namespaces = {o.name: o for o in objs if isinstance(o, m.Namespace)}
+    pods = [
+        p
+        for p in objs
+        if isinstance(p, m.Pod)
+        and p.pod_ip
+        and not p.host_network
+        and p.phase not in ("Succeeded", "Failed")
+    ]
+    workloads = [_workload(p, namespaces.get(p.namespace), trust_domain) for p in pods]
+    _check_unique("pod IP", {w.uid: w.ip for w in workloads})
+    services = [
+        _service(s, pods) for s in objs if isinstance(s, m.Service) and s.selector and s.cluster_ip
+    ]
+    _check_unique("service cluster IP", {s.key: s.vip for s in services})
+    return model.MeshSnapshot(
+        version=version,
+        workloads=tuple(workloads),
+        services=tuple(services),
+        authorizations=tuple(
+            authorization(a) for a in objs if isinstance(a, m.AuthorizationPolicy)
+        ),
+        peer_authentications=tuple(
+            model.PeerAuthentication(p.name, p.namespace, p.selector, p.mode)
+            for p in objs
+            if isinstance(p, m.PeerAuthentication)
+        ),
+    )
+
+
+def in_mesh(pod: m.Pod, namespace: m.Namespace | None) -> bool:
+    """Pod label ``none`` opts out, ``ambient`` opts in; otherwise the namespace's label decides."""
+    pod_mode = dict(pod.labels).get(LABEL_DATAPLANE_MODE)
+    if pod_mode in ("none", "ambient"):
+        return pod_mode == "ambient"
+    return namespace is not None and dict(namespace.labels).get(LABEL_DATAPLANE_MODE) == "ambient"
+
+
+def workload_uid(namespace: str, name: str) -> str:
+    return f"{namespace}/{name}"
+
+
+def _workload(pod: m.Pod, namespace: m.Namespace | None, trust_domain: str) -> model.Workload:
+    assert pod.pod_ip is not None
+    return model.Workload(
+        uid=workload_uid(pod.namespace, pod.name),
+        name=pod.name,
+        namespace=pod.namespace,
+        service_account=pod.service_account,
+        node=pod.node_name,
+        ip=pod.pod_ip,
+        labels=pod.labels,
+        protocol="HBONE" if in_mesh(pod, namespace) else "TCP",
+        trust_domain=trust_domain,
+        container_ports=pod.named_ports,
+    )
+
+
+def _check_unique(what: str, values: dict[str, str]) -> None:
+    owner: dict[str, str] = {}
+    for key, value in sorted(values.items()):
+        if value in owner:
+            raise TranslateError(
+                f"{owner[value]} and {key} have the same {what} {value}; one of them is stale"
+                " or the address allocator handed it out twice"
+            )
+        owner[value] = key
+
+
+def _service(svc: m.Service, pods: list[m.Pod]) -> model.Service:
+    assert svc.cluster_ip is not None
+    ports = tuple(
+        model.ServicePort(
+            port=p.port,
+            target_port=p.target_port if isinstance(p.target_port, int) else 0,
+            name=p.name,
+            protocol=p.protocol,
+            target_port_name=p.target_port if isinstance(p.target_port, str) else "",
+        )
+        for p in svc.ports
+    )
+    endpoints = []
+    for pod in pods:
+        if pod.namespace != svc.namespace or not model.selector_matches(svc.selector, pod.labels):
+            continue
+        named = dict(pod.named_ports)
+        mapping = []
+        for p in svc.ports:
+            target = named.get(p.target_port) if isinstance(p.target_port, str) else p.target_port
+            if target is not None:
+                mapping.append((p.port, target))
+        if mapping:
+            assert pod.pod_ip is not None
+            uid = workload_uid(pod.namespace, pod.name)
+            endpoints.append(model.Endpoint(uid, pod.pod_ip, tuple(mapping)))
+    return model.Service(svc.name, svc.namespace, svc.cluster_ip, ports, tuple(endpoints))
+
+
+def authorization(policy: m.AuthorizationPolicy) -> model.Authorization:
+    """One AuthorizationPolicy at L4; what only a waypoint can check is listed in ``l7``."""
+    return model.Authorization(
+        name=policy.name,
+        namespace=policy.namespace,
+        action=policy.action,
+        selector=policy.selector,
+        rules=tuple(_rule(r) for r in policy.rules),
+    )
+
+
+def _rule(rule: m.PolicyRule) -> model.Rule:
+    sources = tuple(
+        model.Source(
+            principals=s.principals,
+            not_principals=s.not_principals,
+            namespaces=s.namespaces,
+            not_namespaces=s.not_namespaces,
+            ip_blocks=s.ip_blocks,
+            not_ip_blocks=s.not_ip_blocks,
+            l7=tuple(name for f, name in _L7_SOURCE_FIELDS.items() if getattr(s, f)),
+        )
+        for s in rule.sources
+    )
+    # ``when`` is AND'd with the whole rule, so it belongs to every operation.
+    when = tuple(f"when:{c.key}" for c in rule.when)
+    operations = tuple(
+        model.Operation(
+            ports=op.ports,
+            not_ports=op.not_ports,
+            l7=tuple(name for f, name in _L7_OPERATION_FIELDS.items() if getattr(op, f)) + when,
+        )
+        for op in rule.operations
+    )
+    if when and not operations:
+        operations = (model.Operation(l7=when),)
+    return model.Rule(sources, operations)

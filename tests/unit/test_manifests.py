@@ -1,0 +1,648 @@
+"""Manifests: YAML into typed objects, and an error naming file, document and field for
+every kind of bad input."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from k8s.manifests import (
+    AuthorizationPolicy,
+    Container,
+    ContainerPort,
+    ManifestError,
+    Namespace,
+    PeerAuthentication,
+    Pod,
+    PolicyCondition,
+    PolicyOperation,
+    PolicyRule,
+    PolicySource,
+    Service,
+    ServiceAccount,
+    ServicePortSpec,
+    load,
+    loads,
+    parse_object,
+)
+
+DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo.yaml"
+
+
+def write(tmp_path: Path, text: str, name: str = "demo.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def one(text: str) -> object:
+    (obj,) = loads(textwrap.dedent(text), "test.yaml")
+    return obj
+
+
+def test_demo_loads() -> None:
+    objs = load(DEMO)
+    assert [type(o).__name__ for o in objs] == [
+        "Namespace",
+        "ServiceAccount",
+        "ServiceAccount",
+        "Pod",
+        "Pod",
+        "Service",
+    ]
+    ns, _, _, server, client, svc = objs
+    assert ns == Namespace(
+        name="demo", namespace="", labels=(("ambit.io/dataplane-mode", "ambient"),)
+    )
+    assert isinstance(server, Pod)
+    assert server.node_name == "node-2"
+    assert server.service_account == "server"
+    assert server.containers[0].command == ("python3", "-m", "http.server", "8080")
+    assert server.named_ports == (("http", 8080),)
+    assert server.pod_ip is None
+    assert isinstance(client, Pod)
+    assert client.containers[0].command == ("sleep", "infinity")
+    assert client.node_name == "node-1"
+    assert svc == Service(
+        name="server",
+        namespace="demo",
+        selector=(("app", "server"),),
+        ports=(ServicePortSpec(port=80, target_port=8080, name="http"),),
+    )
+
+
+def test_demo_policy_example_parses_when_uncommented() -> None:
+    text = DEMO.read_text()
+    commented = text[text.index("# ---") :]
+    policy_yaml = "\n".join(line.removeprefix("# ") for line in commented.splitlines())
+    (policy,) = loads(policy_yaml, "demo-policy.yaml")
+    assert isinstance(policy, AuthorizationPolicy)
+    assert policy.selector == (("app", "server"),)
+    assert policy.rules[0].sources[0].principals == ("cluster.local/ns/demo/sa/client",)
+    assert policy.rules[0].operations[0].ports == (8080,)
+
+
+def test_pod_defaults_and_fields() -> None:
+    pod = one(
+        """
+        apiVersion: v1
+        kind: Pod
+        metadata:
+          name: web
+          labels: {app: web}
+          annotations: {note: hi}
+        spec:
+          containers:
+            - name: web
+              image: nginx
+              args: ["--port", "8080"]
+              env:
+                - {name: MODE, value: fast}
+                - {name: EMPTY}
+                - name: POD_IP
+                  valueFrom: {fieldRef: {fieldPath: status.podIP}}
+              ports:
+                - {containerPort: 8080, name: http}
+                - {containerPort: 9090, protocol: UDP}
+            - name: sidecar
+              ports: [{containerPort: 15000, name: admin}]
+        status:
+          podIP: 10.1.2.3
+          phase: Running
+        """
+    )
+    assert pod == Pod(
+        name="web",
+        namespace="default",
+        labels=(("app", "web"),),
+        annotations=(("note", "hi"),),
+        service_account="default",
+        containers=(
+            Container(
+                name="web",
+                image="nginx",
+                args=("--port", "8080"),
+                env=(("MODE", "fast"), ("EMPTY", "")),
+                ports=(
+                    ContainerPort(port=8080, name="http"),
+                    ContainerPort(port=9090, protocol="UDP"),
+                ),
+            ),
+            Container(name="sidecar", ports=(ContainerPort(port=15000, name="admin"),)),
+        ),
+        pod_ip="10.1.2.3",
+        phase="Running",
+    )
+    assert pod.named_ports == (("http", 8080), ("admin", 15000))
+    assert pod.with_ip("10.9.9.9").pod_ip == "10.9.9.9"
+
+
+def test_service_ports_and_cluster_ip() -> None:
+    svc = one(
+        """
+        apiVersion: v1
+        kind: Service
+        metadata: {name: web, namespace: shop}
+        spec:
+          clusterIP: 10.96.0.20
+          selector: {app: web}
+          ports:
+            - {name: http, port: 80, targetPort: http}
+            - {name: https, port: 443, targetPort: "8443"}
+            - {name: metrics, port: 9090, protocol: TCP}
+        """
+    )
+    assert isinstance(svc, Service)
+    assert svc.cluster_ip == "10.96.0.20"
+    assert svc.ports == (
+        ServicePortSpec(port=80, target_port="http", name="http"),
+        ServicePortSpec(port=443, target_port=8443, name="https"),
+        ServicePortSpec(port=9090, target_port=9090, name="metrics"),
+    )
+    assert svc.with_cluster_ip("10.96.0.1").cluster_ip == "10.96.0.1"
+
+
+@pytest.mark.parametrize("cluster_ip", ["None", '""'])
+def test_headless_service_has_no_cluster_ip(cluster_ip: str) -> None:
+    svc = one(
+        f"""
+        apiVersion: v1
+        kind: Service
+        metadata: {{name: db}}
+        spec:
+          clusterIP: {cluster_ip}
+          selector: {{app: db}}
+          ports: [{{port: 5432}}]
+        """
+    )
+    assert isinstance(svc, Service)
+    assert svc.cluster_ip is None
+
+
+def test_service_without_selector() -> None:
+    svc = one("apiVersion: v1\nkind: Service\nmetadata: {name: ext}\nspec: {ports: [{port: 80}]}")
+    assert isinstance(svc, Service)
+    assert svc.selector is None
+
+
+def test_service_account() -> None:
+    sa = one("apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: web, namespace: shop}")
+    assert sa == ServiceAccount(name="web", namespace="shop")
+
+
+POLICY = """
+apiVersion: {api}
+kind: AuthorizationPolicy
+metadata:
+  name: web-policy
+  namespace: shop
+spec:
+  selector:
+    matchLabels:
+      app: web
+  action: DENY
+  rules:
+    - from:
+        - source:
+            principals: ["cluster.local/ns/shop/sa/admin", "*/sa/robot"]
+            notNamespaces: ["shop"]
+        - source:
+            ipBlocks: ["10.0.0.0/8", "192.168.1.7"]
+            requestPrincipals: ["issuer/subject"]
+      to:
+        - operation:
+            ports: ["8080", 9090]
+            methods: ["POST"]
+      when:
+        - key: request.headers[x-debug]
+          values: ["1"]
+    - {}
+"""
+
+
+@pytest.mark.parametrize(
+    "api", ["security.ambit.io/v1", "security.istio.io/v1", "security.istio.io/v1beta1"]
+)
+def test_authorization_policy(api: str) -> None:
+    policy = one(POLICY.replace("{api}", api))
+    assert policy == AuthorizationPolicy(
+        name="web-policy",
+        namespace="shop",
+        action="DENY",
+        selector=(("app", "web"),),
+        rules=(
+            PolicyRule(
+                sources=(
+                    PolicySource(
+                        principals=("cluster.local/ns/shop/sa/admin", "*/sa/robot"),
+                        not_namespaces=("shop",),
+                    ),
+                    PolicySource(
+                        ip_blocks=("10.0.0.0/8", "192.168.1.7"),
+                        request_principals=("issuer/subject",),
+                    ),
+                ),
+                operations=(PolicyOperation(ports=(8080, 9090), methods=("POST",)),),
+                when=(PolicyCondition(key="request.headers[x-debug]", values=("1",)),),
+            ),
+            PolicyRule(),
+        ),
+    )
+
+
+def test_authorization_policy_defaults() -> None:
+    policy = one(
+        """
+        apiVersion: security.istio.io/v1
+        kind: AuthorizationPolicy
+        metadata: {name: deny-all, namespace: shop}
+        spec: {}
+        """
+    )
+    assert policy == AuthorizationPolicy(name="deny-all", namespace="shop")
+    assert isinstance(policy, AuthorizationPolicy)
+    assert (policy.action, policy.selector, policy.rules) == ("ALLOW", None, ())
+
+
+def test_peer_authentication() -> None:
+    pa = one(
+        """
+        apiVersion: security.istio.io/v1beta1
+        kind: PeerAuthentication
+        metadata: {name: strict, namespace: ambit-system}
+        spec:
+          mtls: {mode: STRICT}
+        """
+    )
+    assert pa == PeerAuthentication(name="strict", namespace="ambit-system", mode="STRICT")
+    unset = one(
+        """
+        apiVersion: security.ambit.io/v1
+        kind: PeerAuthentication
+        metadata: {name: web}
+        spec:
+          selector: {matchLabels: {app: web}}
+        """
+    )
+    assert unset == PeerAuthentication(name="web", selector=(("app", "web"),), mode="UNSET")
+
+
+def test_empty_documents_are_skipped_but_counted(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        ---
+        # nothing here
+        ---
+        apiVersion: v1
+        kind: Namespace
+        metadata: {name: a}
+        ---
+        apiVersion: v1
+        kind: Pod
+        metadata: {name: p}
+        spec: {containers: [{name: c, ports: [{containerPort: http}]}]}
+        """,
+    )
+    with pytest.raises(ManifestError) as info:
+        load(path)
+    assert str(info.value) == (
+        f"{path}: document 3 (Pod default/p): spec.containers[0].ports[0].containerPort:"
+        " must be an integer 1-65535, not 'http'"
+    )
+
+
+def test_several_files_load_in_order(tmp_path: Path) -> None:
+    a = write(tmp_path, "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n", "a.yaml")
+    b = write(tmp_path, "apiVersion: v1\nkind: Namespace\nmetadata: {name: b}\n", "b.yaml")
+    assert [o.name for o in load(a, b)] == ["a", "b"]
+
+
+def test_same_object_twice_is_an_error(tmp_path: Path) -> None:
+    a = write(tmp_path, "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: x}\n", "a.yaml")
+    b = write(
+        tmp_path, "---\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {name: x}\n", "b.yaml"
+    )
+    with pytest.raises(ManifestError) as info:
+        load(a, b)
+    message = str(info.value)
+    assert message.startswith(f"{b}: document 2 (ServiceAccount default/x): defined twice")
+    assert f"{a}: document 1" in message
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ManifestError, match=r"nope\.yaml: cannot read"):
+        load(tmp_path / "nope.yaml")
+
+
+def test_binary_file(tmp_path: Path) -> None:
+    path = tmp_path / "demo.yaml"
+    path.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(ManifestError, match="not UTF-8 text"):
+        load(path)
+
+
+def test_invalid_yaml_names_the_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "apiVersion: v1\nkind: Pod\nmetadata:\n  name: [unclosed\n")
+    with pytest.raises(ManifestError) as info:
+        load(path)
+    assert str(info.value).startswith(f"{path}: line ")
+    assert "not valid YAML" in str(info.value)
+
+
+def test_parse_object_for_api_dicts() -> None:
+    doc = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x", "labels": {"a": "b"}}}
+    assert parse_object(doc, "watch") == Namespace(name="x", namespace="", labels=(("a", "b"),))
+    with pytest.raises(ManifestError, match=r"^watch \(Namespace x\): metadata.labels.a: must be"):
+        parse_object({**doc, "metadata": {"name": "x", "labels": {"a": 1}}}, "watch")
+
+
+POD = """
+apiVersion: v1
+kind: Pod
+metadata: {{name: web, namespace: shop{meta}}}
+spec:
+  nodeName: node-1
+  containers:
+    - name: web
+      command: ["python3", "-m", "http.server", "8080"]
+{container}
+{spec}
+"""
+SERVICE = """
+apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: shop}}
+spec:
+  selector: {{app: web}}
+  ports:
+{ports}
+"""
+AUTHZ = """
+apiVersion: security.ambit.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: p, namespace: shop}}
+spec:
+{spec}
+"""
+
+
+def pod(meta: str = "", container: str = "", spec: str = "") -> str:
+    return POD.format(meta=meta, container=container, spec=spec)
+
+
+def authz(spec: str) -> str:
+    return AUTHZ.format(spec=textwrap.indent(textwrap.dedent(spec), "  "))
+
+
+# (document text, what the error names after "demo.yaml: document 2 ", a fragment of the reason)
+BAD = [
+    (
+        SERVICE.format(ports="    - {port: http}"),
+        "(Service shop/web): spec.ports[0].port",
+        "must be an integer 1-65535",
+    ),
+    (
+        SERVICE.format(ports="    - {port: 70000}"),
+        "(Service shop/web): spec.ports[0].port",
+        "1-65535",
+    ),
+    (
+        SERVICE.format(ports="    - {port: 80, targetPort: 0}"),
+        "(Service shop/web): spec.ports[0].targetPort",
+        "1-65535",
+    ),
+    (
+        SERVICE.format(ports="    - {port: 80, protocol: HTTP}"),
+        "(Service shop/web): spec.ports[0].protocol",
+        "TCP, UDP or SCTP",
+    ),
+    (SERVICE.format(ports="    port: 80"), "(Service shop/web): spec.ports", "must be a list"),
+    (
+        SERVICE.format(ports="    - {port: 80}\n  clusterIP: 10.96.0.999"),
+        "(Service shop/web): spec.clusterIP",
+        "not an IP address",
+    ),
+    (
+        pod(meta=", labels: {version: 2}"),
+        "(Pod shop/web): metadata.labels.version",
+        "must be a string",
+    ),
+    (
+        pod(spec="  serviceAccountName: 7"),
+        "(Pod shop/web): spec.serviceAccountName",
+        "must be a string",
+    ),
+    (pod(spec="  hostNetwork: yes-please"), "(Pod shop/web): spec.hostNetwork", "true or false"),
+    (
+        pod(container="      args: [--port, 8080]"),
+        "(Pod shop/web): spec.containers[0].args[1]",
+        "quote it",
+    ),
+    (
+        pod(container="      env: [{value: x}]"),
+        "(Pod shop/web): spec.containers[0].env[0].name",
+        "required",
+    ),
+    (
+        pod(container="      ports: [{name: http}]"),
+        "(Pod shop/web): spec.containers[0].ports[0].containerPort",
+        "1-65535",
+    ),
+    (pod(spec="status: {podIP: 10.0.0}"), "(Pod shop/web): status.podIP", "not an IP address"),
+    (
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: web}\nspec: {}\n",
+        "(Pod default/web): spec.containers",
+        "at least one container",
+    ),
+    (
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: web}\nspec: {containers: [{image: x}]}\n",
+        "(Pod default/web): spec.containers[0].name",
+        "required",
+    ),
+    (
+        "apiVersion: v1\nkind: Pod\nmetadata: {namespace: shop}\nspec: {}\n",
+        "(Pod): metadata.name",
+        "required",
+    ),
+    ("apiVersion: v1\nkind: Pod\nmetadata: web\n", "(Pod): metadata", "must be a mapping"),
+    (
+        "apiVersion: apps/v1\nkind: Pod\nmetadata: {name: web}\n",
+        "(Pod default/web): apiVersion",
+        "use v1",
+    ),
+    (
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\n",
+        "kind",
+        "'Deployment' is not supported; supported kinds: Namespace, ServiceAccount, Pod,"
+        " Service, AuthorizationPolicy, PeerAuthentication",
+    ),
+    ("apiVersion: v1\nmetadata: {name: web}\n", "kind", "kind is not supported"),
+    ("- just\n- a list\n", "", "must be a mapping with apiVersion and kind"),
+    (
+        "apiVersion: networking.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\n",
+        "(AuthorizationPolicy default/p): apiVersion",
+        "security.ambit.io/v1 or security.istio.io/v1",
+    ),
+    (
+        authz("action: AUDIT"),
+        "(AuthorizationPolicy shop/p): spec.action",
+        "AUDIT and CUSTOM are not supported",
+    ),
+    (
+        authz("action: CUSTOM\nprovider: {name: ext}"),
+        "(AuthorizationPolicy shop/p): spec.action",
+        "must be ALLOW or DENY",
+    ),
+    (authz("provider: {name: ext}"), "(AuthorizationPolicy shop/p): spec.provider", "CUSTOM"),
+    (
+        authz("targetRefs: [{kind: Gateway, name: w}]"),
+        "(AuthorizationPolicy shop/p): spec.targetRefs",
+        "by selector",
+    ),
+    (authz("selectr: {}"), "(AuthorizationPolicy shop/p): spec.selectr", "unknown field"),
+    (
+        authz("selector: {app: web}"),
+        "(AuthorizationPolicy shop/p): spec.selector.app",
+        "unknown field; known fields: matchLabels",
+    ),
+    (authz("rules: {from: []}"), "(AuthorizationPolicy shop/p): spec.rules", "must be a list"),
+    (
+        authz("rules: [{form: []}]"),
+        "(AuthorizationPolicy shop/p): spec.rules[0].form",
+        "unknown field; known fields: from, to, when",
+    ),
+    (
+        authz("rules: [{from: [{source: {principal: [x]}}]}]"),
+        "(AuthorizationPolicy shop/p): spec.rules[0].from[0].source.principal",
+        "known fields: principals, notPrincipals",
+    ),
+    (
+        authz("rules: [{from: [{source: {}}]}]"),
+        "(AuthorizationPolicy shop/p): spec.rules[0].from[0].source",
+        "must set at least one of",
+    ),
+    (
+        authz("rules: [{from: [{}]}]"),
+        "(AuthorizationPolicy shop/p): spec.rules[0].from[0].source",
+        "must set at least one of",
+    ),
+    (
+        authz("rules: [{from: [{source: {principals: cluster.local/ns/a/sa/b}}]}]"),
+        "(AuthorizationPolicy shop/p): spec.rules[0].from[0].source.principals",
+        "must be a list",
+    ),
+    (
+        authz("rules: [{from: [{source: {principals: [spiffe://cluster.local/ns/a/sa/b]}}]}]"),
+        "(AuthorizationPolicy shop/p): spec.rules[0].from[0].source.principals[0]",
+        "without 'spiffe://'",
+    ),
+    (
+        authz("rules: [{from: [{source: {principals: ['cluster.local/*/sa/b']}}]}]"),
+        "(AuthorizationPolicy shop/p): spec.rules[0].from[0].source.principals[0]",
+        "one '*' at its start or end",
+    ),
+    (
+        authz("rules: [{from: [{source: {notNamespaces: ['*a*']}}]}]"),
+        "(AuthorizationPolicy shop/p): spec.rules[0].from[0].source.notNamespaces[0]",
+        "one '*'",
+    ),
+    (
+        authz("rules: [{from: [{source: {namespaces: ['']}}]}]"),
+        "(AuthorizationPolicy shop/p): spec.rules[0].from[0].source.namespaces[0]",
+        "is exact",
+    ),
+    (
+        authz("rules: [{from: [{source: {ipBlocks: [10.0.0.0/40]}}]}]"),
+        "(AuthorizationPolicy shop/p): spec.rules[0].from[0].source.ipBlocks[0]",
+        "not an IP address or CIDR",
+    ),
+    (
+        authz("rules: [{to: [{operation: {ports: [http]}}]}]"),
+        "(AuthorizationPolicy shop/p): spec.rules[0].to[0].operation.ports[0]",
+        "1-65535",
+    ),
+    (
+        authz("rules: [{to: [{operation: {notPorts: ['0']}}]}]"),
+        "(AuthorizationPolicy shop/p): spec.rules[0].to[0].operation.notPorts[0]",
+        "1-65535",
+    ),
+    (
+        authz("rules: [{to: [{operation: {method: [GET]}}]}]"),
+        "(AuthorizationPolicy shop/p): spec.rules[0].to[0].operation.method",
+        "known fields: ports, notPorts",
+    ),
+    (
+        authz("rules: [{to: [{op: {}}]}]"),
+        "(AuthorizationPolicy shop/p): spec.rules[0].to[0].op",
+        "known fields: operation",
+    ),
+    (
+        authz("rules: [{when: [{values: [x]}]}]"),
+        "(AuthorizationPolicy shop/p): spec.rules[0].when[0].key",
+        "required",
+    ),
+    (
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: x}\n"
+        "spec: {mtls: {mode: STRICTER}}\n",
+        "(PeerAuthentication default/x): spec.mtls.mode",
+        "STRICT, PERMISSIVE, DISABLE or UNSET",
+    ),
+    (
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: x}\n"
+        "spec: {portLevelMtls: {}}\n",
+        "(PeerAuthentication default/x): spec.portLevelMtls",
+        "not supported",
+    ),
+    (
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: x}\n"
+        "spec: {mtls: {mode: ON}}\n",
+        "(PeerAuthentication default/x): spec.mtls.mode",
+        "must be a string, not a boolean True (quote it)",
+    ),
+    (
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: Web}\n",
+        "(Pod default/Web): metadata.name",
+        "'Web' is not a Kubernetes name",
+    ),
+    (
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: a, namespace: my_ns}\n",
+        "(ServiceAccount my_ns/a): metadata.namespace",
+        "not a Kubernetes name",
+    ),
+    (
+        pod(spec="  serviceAccountName: Admin"),
+        "(Pod shop/web): spec.serviceAccountName",
+        "not a Kubernetes name",
+    ),
+    (
+        authz("rules: [{from: [{source: {requestPrincipals: ['a*b']}}]}]"),
+        "(AuthorizationPolicy shop/p): spec.rules[0].from[0].source.requestPrincipals[0]",
+        "a request principal is exact",
+    ),
+    (
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: x, labels: [a]}\n",
+        "(Namespace x): metadata.labels",
+        "must be a mapping",
+    ),
+]
+
+
+@pytest.mark.parametrize(("doc", "where", "reason"), BAD, ids=[f"{i}" for i in range(len(BAD))])
+def test_errors_name_file_document_and_field(
+    tmp_path: Path, doc: str, where: str, reason: str
+) -> None:
+    ok = "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n"
+    path = write(tmp_path, ok + "---\n" + textwrap.dedent(doc))
+    with pytest.raises(ManifestError) as info:
+        load(path)
+    message = str(info.value)
+    prefix = (
+        f"{path}: document 2 {where}".rstrip() if where.startswith("(") else f"{path}: document 2"
+    )
+    assert message.startswith(prefix), message
+    if where and not where.startswith("("):
+        assert f": {where}: " in message, message
+    assert reason in message, message

@@ -1,0 +1,414 @@
+"""The mesh model: values, lookups, JSON round trips, and diff / apply of snapshots."""
+
+from __future__ import annotations
+
+import json
+import random
+from typing import Any
+
+import pytest
+
+from mesh.constants import SYSTEM_NAMESPACE
+from mesh.identity import SpiffeId
+from mesh.model import (
+    Authorization,
+    Delta,
+    Endpoint,
+    MeshSnapshot,
+    ModelError,
+    Operation,
+    PeerAuthentication,
+    Rule,
+    Service,
+    ServicePort,
+    Source,
+    Workload,
+    apply,
+    diff,
+)
+from tests.builders import allow, deny, op, peer_auth, rule, service, snapshot, source, workload
+
+# --- values ----------------------------------------------------------------------------------
+
+
+def test_workload_identity_and_labels() -> None:
+    w = workload("web", "shop", sa="web-sa", labels={"app": "web", "version": "v2"})
+    assert w.identity == SpiffeId("cluster.local", "shop", "web-sa")
+    assert str(w.identity) == "spiffe://cluster.local/ns/shop/sa/web-sa"
+    assert w.label("version") == "v2"
+    assert w.label("missing") is None
+    assert w.meshed
+    assert not workload(meshed=False).meshed
+
+
+def test_workload_uses_its_trust_domain() -> None:
+    w = workload(trust_domain="example.org")
+    assert w.identity.trust_domain == "example.org"
+
+
+def test_label_order_does_not_matter() -> None:
+    a = workload(labels={"a": "1", "b": "2"})
+    b = workload(labels={"b": "2", "a": "1"})
+    assert a == b
+    assert hash(a) == hash(b)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"ip": "10.0.0"}, "not an IP address"),
+        ({"protocol": "UDP"}, "protocol"),
+        ({"service_account": "Bad_SA"}, "service account"),
+        ({"container_ports": (("http", 0),)}, "container port http"),
+    ],
+)
+def test_workload_rejects_bad_values(changes: dict[str, Any], message: str) -> None:
+    fields: dict[str, Any] = {
+        "uid": "default/web",
+        "name": "web",
+        "namespace": "default",
+        "service_account": "web",
+        "node": "n",
+        "ip": "10.0.0.1",
+        "labels": (),
+        "protocol": "HBONE",
+    }
+    with pytest.raises(ModelError, match=message):
+        Workload(**(fields | changes))
+
+
+def test_service_hostname_and_ports() -> None:
+    svc = service("web", "shop", ports={443: 8443, 80: 8080})
+    assert svc.hostname == "web.shop.svc.cluster.local"
+    assert [p.port for p in svc.ports] == [80, 443]
+    port = svc.port(443)
+    assert port is not None
+    assert port.target_port == 8443
+    assert svc.port(8080) is None
+
+
+def test_service_port_needs_exactly_one_target() -> None:
+    assert ServicePort(80, 0, target_port_name="http").target_port_name == "http"
+    with pytest.raises(ModelError, match="exactly one"):
+        ServicePort(80, 0)
+    with pytest.raises(ModelError, match="exactly one"):
+        ServicePort(80, 8080, target_port_name="http")
+    with pytest.raises(ModelError, match="1-65535"):
+        ServicePort(70000, 80)
+
+
+def test_endpoint_maps_service_port_to_target() -> None:
+    ep = Endpoint("default/web", "10.0.0.1", ((443, 8443), (80, 8080)))
+    assert ep.target_for(80) == 8080
+    assert ep.target_for(443) == 8443
+    assert ep.target_for(8080) is None
+
+
+def test_source_rejects_bad_ip_block() -> None:
+    assert Source(ip_blocks=("10.0.0.0/8", "192.168.1.1")).ip_blocks
+    with pytest.raises(ModelError, match=r"10\.0\.0\.0/33"):
+        Source(not_ip_blocks=("10.0.0.0/33",))
+
+
+def test_policy_values_are_checked() -> None:
+    with pytest.raises(ModelError, match="action"):
+        Authorization("p", "default", "AUDIT", None, ())  # type: ignore[arg-type]
+    with pytest.raises(ModelError, match="mode"):
+        PeerAuthentication("p", "default", None, "STRICTER")  # type: ignore[arg-type]
+    with pytest.raises(ModelError, match="port"):
+        Operation(ports=(0,))
+
+
+def test_rule_lists_its_l7_fields_once() -> None:
+    r = rule(
+        [source(l7=["requestPrincipals"])], [op(80, l7=["methods"]), op(l7=["methods", "paths"])]
+    )
+    assert r.l7 == ("requestPrincipals", "methods", "paths")
+    assert rule().l7 == ()
+
+
+# --- snapshot lookups ------------------------------------------------------------------------
+
+WEB = workload("web", ip="10.0.0.1", node="node-1")
+DB = workload("db", ip="10.0.0.2", node="node-2", labels={"app": "db", "tier": "data"})
+OTHER = workload("web", "other", ip="10.0.1.1", node="node-1")
+
+
+def test_snapshot_sorts_entries_by_key() -> None:
+    snap = snapshot(WEB, DB, OTHER, service("b"), service("a", vip="10.96.0.11"))
+    assert [w.uid for w in snap.workloads] == ["default/db", "default/web", "other/web"]
+    assert [s.name for s in snap.services] == ["a", "b"]
+
+
+def test_snapshot_refuses_duplicate_keys() -> None:
+    with pytest.raises(ModelError, match="two workloads with key default/web"):
+        snapshot(WEB, workload("web", ip="10.0.0.5"))
+
+
+def test_snapshot_lookups() -> None:
+    svc = service(vip="10.96.0.1", backends=[WEB])
+    snap = snapshot(WEB, DB, OTHER, svc)
+    assert snap.workload_by_ip("10.0.0.2") == DB
+    assert snap.workload_by_ip("10.9.9.9") is None
+    assert snap.workload("other/web") == OTHER
+    assert snap.service_by_vip("10.96.0.1") == svc
+    assert snap.service_by_vip("10.0.0.1") is None
+    assert snap.workloads_on_node("node-1") == (WEB, OTHER)
+    assert snap.workloads_on_node("node-9") == ()
+
+
+def test_policies_for_selects_by_namespace_and_labels() -> None:
+    ns_wide = allow("ns-wide")
+    for_db = deny("for-db", selector={"tier": "data"})
+    other_ns = allow("other", namespace="other")
+    mesh_wide = allow("mesh", namespace=SYSTEM_NAMESPACE)
+    mesh_db = deny("mesh-db", namespace=SYSTEM_NAMESPACE, selector={"app": "db"})
+    snap = snapshot(ns_wide, for_db, other_ns, mesh_wide, mesh_db)
+    assert snap.policies_for(WEB) == (mesh_wide, ns_wide)
+    assert snap.policies_for(DB) == (mesh_wide, mesh_db, for_db, ns_wide)
+    assert snap.policies_for(OTHER) == (mesh_wide, other_ns)
+
+
+def test_peer_authentication_for_most_specific_first() -> None:
+    mesh = peer_auth("mesh", "STRICT", namespace=SYSTEM_NAMESPACE)
+    mesh_selected = peer_auth(
+        "mesh-sel", "DISABLE", namespace=SYSTEM_NAMESPACE, selector={"a": "b"}
+    )
+    ns = peer_auth("ns", "PERMISSIVE")
+    db_only = peer_auth("db-only", "DISABLE", selector={"app": "db"})
+    other = peer_auth("other", "DISABLE", namespace="other")
+    snap = snapshot(mesh, mesh_selected, ns, db_only, other)
+    assert snap.peer_authentication_for(DB) == (db_only, ns, mesh)
+    assert snap.peer_authentication_for(WEB) == (ns, mesh)
+    assert snap.peer_authentication_for(OTHER) == (other, mesh)
+    system = workload("cp", SYSTEM_NAMESPACE, ip="10.0.9.1")
+    assert snap.peer_authentication_for(system) == (mesh,)
+
+
+# --- JSON ------------------------------------------------------------------------------------
+
+POLICY = Authorization(
+    "p",
+    "default",
+    "DENY",
+    (("app", "web"),),
+    (
+        Rule(
+            (Source(principals=("cluster.local/ns/a/sa/*",), not_ip_blocks=("10.0.0.0/8",)),),
+            (Operation(ports=(80, 443), l7=("methods",)),),
+        ),
+        Rule(),
+    ),
+)
+NAMED = Service(
+    "web",
+    "default",
+    "10.96.0.10",
+    (ServicePort(80, 0, "http", "TCP", "http"),),
+    (Endpoint("default/web", "10.0.0.1", ((80, 8080),)),),
+)
+VALUES = [
+    workload(named_ports={"http": 8080, "admin": 9000}),
+    workload(meshed=False, labels={}),
+    NAMED,
+    POLICY,
+    Authorization("all", SYSTEM_NAMESPACE, "ALLOW", None, ()),
+    peer_auth("strict", "STRICT", selector={"app": "web"}),
+    peer_auth("unset", "UNSET"),
+    snapshot(WEB, DB, NAMED, POLICY, peer_auth("ns", "STRICT"), version=7),
+    MeshSnapshot(0),
+    Delta(3, 4, (WEB, NAMED, POLICY), (("workload", "default/db"), ("service", "default/x"))),
+    Delta(0, 1),
+]
+
+
+@pytest.mark.parametrize("value", VALUES, ids=lambda v: type(v).__name__)
+def test_json_round_trip_is_exact(value: Any) -> None:
+    text = json.dumps(value.to_json())
+    back = type(value).from_json(json.loads(text))
+    assert back == value
+    assert json.dumps(back.to_json()) == text
+
+
+def test_json_shapes() -> None:
+    data = NAMED.to_json()
+    assert data["endpoints"][0]["ports"] == [[80, 8080]]
+    assert workload(named_ports={"http": 8080}).to_json()["container_ports"] == {"http": 8080}
+    assert POLICY.to_json()["selector"] == {"app": "web"}
+    assert Authorization("all", "x", "ALLOW", None, ()).to_json()["selector"] is None
+    delta = Delta(1, 2, (WEB,), (("workload", "default/db"),)).to_json()
+    assert delta["upserts"] == [{"kind": "workload", "value": WEB.to_json()}]
+    assert delta["removes"] == [["workload", "default/db"]]
+
+
+@pytest.mark.parametrize(
+    ("cls", "data", "message"),
+    [
+        (Workload, {**WEB.to_json(), "colour": "red"}, "Workload: unknown field colour"),
+        (Workload, {k: v for k, v in WEB.to_json().items() if k != "ip"}, "missing field ip"),
+        (Workload, {**WEB.to_json(), "protocol": "QUIC"}, "Workload.protocol: 'QUIC'"),
+        (Workload, {**WEB.to_json(), "labels": {"a": 1}}, r"Workload.labels.a: expected str"),
+        (Workload, [], "Workload: expected a JSON object"),
+        (
+            Service,
+            {**NAMED.to_json(), "ports": [{"port": 80}]},
+            r"ports\[0\]: missing field target_port",
+        ),
+        (
+            Service,
+            {**NAMED.to_json(), "ports": [{**NAMED.ports[0].to_json(), "port": "80"}]},
+            r"Service.ports\[0\].port: expected int",
+        ),
+        (Service, {**NAMED.to_json(), "ports": {}}, "Service.ports: expected a list"),
+        (
+            Service,
+            {**NAMED.to_json(), "endpoints": [{**NAMED.endpoints[0].to_json(), "ports": [[80]]}]},
+            r"Service.endpoints\[0\].ports\[0\]: expected a two-element list",
+        ),
+        (Authorization, {**POLICY.to_json(), "selector": []}, "Authorization.selector"),
+        (
+            Authorization,
+            {**POLICY.to_json(), "rules": [{"sources": [{"principal": ["x"]}]}]},
+            r"Authorization.rules\[0\]: missing field operations",
+        ),
+        (MeshSnapshot, {"version": 1}, "MeshSnapshot: missing field workloads"),
+        (MeshSnapshot, {**MeshSnapshot(1).to_json(), "version": True}, "expected int"),
+        (
+            Delta,
+            {"from_version": 1, "to_version": 2, "upserts": [{"kind": "pod", "value": {}}]},
+            "missing field removes",
+        ),
+        (
+            Delta,
+            {
+                "from_version": 1,
+                "to_version": 2,
+                "upserts": [{"kind": "pod", "value": {}}],
+                "removes": [],
+            },
+            r"Delta.upserts\[0\].kind: 'pod' is not one of workload",
+        ),
+        (
+            Delta,
+            {
+                "from_version": 1,
+                "to_version": 2,
+                "upserts": [{"kind": "service", "value": WEB.to_json()}],
+                "removes": [],
+            },
+            r"Delta.upserts\[0\].value: unknown field",
+        ),
+        (
+            Delta,
+            {"from_version": 1, "to_version": 2, "upserts": [], "removes": [["pod", "x"]]},
+            r"Delta.removes\[0\]: 'pod' is not one of",
+        ),
+    ],
+)
+def test_bad_json_names_the_path(cls: Any, data: Any, message: str) -> None:
+    with pytest.raises(ModelError, match=message):
+        cls.from_json(data)
+
+
+def test_value_errors_from_json_are_model_errors() -> None:
+    with pytest.raises(ModelError, match="not an IP address"):
+        Workload.from_json({**WEB.to_json(), "ip": "nope"})
+
+
+# --- diff / apply ----------------------------------------------------------------------------
+
+
+def test_diff_names_what_changed() -> None:
+    old = snapshot(WEB, DB, service(backends=[WEB]), version=1)
+    moved = workload("web", ip="10.0.0.7")
+    new = snapshot(moved, OTHER, service(backends=[moved]), allow("x"), version=2)
+    delta = diff(old, new)
+    assert (delta.from_version, delta.to_version) == (1, 2)
+    assert [(r.kind, r.key) for r in delta.upserts] == [
+        ("authorization", "default/x"),
+        ("service", "default/web"),
+        ("workload", "default/web"),
+        ("workload", "other/web"),
+    ]
+    assert delta.removes == (("workload", "default/db"),)
+    assert apply(old, delta) == new
+
+
+def test_diff_of_equal_snapshots_is_empty() -> None:
+    a = snapshot(WEB, DB, version=1)
+    delta = diff(a, snapshot(DB, WEB, version=2))
+    assert delta == Delta(1, 2)
+    assert apply(a, delta) == snapshot(WEB, DB, version=2)
+
+
+def test_apply_checks_the_version() -> None:
+    with pytest.raises(ModelError, match=r"delta v1->v2 does not apply to snapshot v3"):
+        apply(MeshSnapshot(3), Delta(1, 2))
+
+
+def test_apply_refuses_to_remove_what_is_absent() -> None:
+    with pytest.raises(ModelError, match="removes workload default/db"):
+        apply(MeshSnapshot(1), Delta(1, 2, removes=(("workload", "default/db"),)))
+
+
+def _random_snapshot(rng: random.Random, version: int) -> MeshSnapshot:
+    names = ["a", "b", "c", "d", "e", "f"]
+    namespaces = ["default", "shop", SYSTEM_NAMESPACE]
+    workloads = {}
+    for i, name in enumerate(rng.sample(names, rng.randint(0, len(names)))):
+        ns = rng.choice(namespaces)
+        workloads[f"{ns}/{name}"] = workload(
+            name,
+            ns,
+            ip=f"10.0.{i}.{rng.randint(1, 3)}",
+            node=rng.choice(["node-1", "node-2"]),
+            labels={"app": rng.choice(names)},
+            meshed=rng.random() < 0.7,
+            named_ports=rng.choice([{}, {"http": 8080}]),
+        )
+    backends = list(workloads.values())
+    services = [
+        service(
+            name,
+            rng.choice(namespaces),
+            vip=f"10.96.0.{i}",
+            ports=rng.choice([{80: 8080}, {80: 8080, 443: 8443}]),
+            backends=rng.sample(backends, rng.randint(0, len(backends))),
+        )
+        for i, name in enumerate(rng.sample(names, rng.randint(0, 3)))
+    ]
+    policies = [
+        Authorization(
+            name,
+            rng.choice(namespaces),
+            rng.choice(["ALLOW", "DENY"]),
+            rng.choice([None, (("app", rng.choice(names)),)]),
+            tuple(
+                rule(
+                    [source(principals=[f"cluster.local/ns/default/sa/{rng.choice(names)}"])],
+                    [op(rng.randint(1, 3) * 1000)],
+                )
+                for _ in range(rng.randint(0, 2))
+            ),
+        )
+        for name in rng.sample(names, rng.randint(0, 3))
+    ]
+    peers = [
+        peer_auth(name, rng.choice(["STRICT", "PERMISSIVE", "DISABLE", "UNSET"]))
+        for name in rng.sample(names, rng.randint(0, 2))
+    ]
+    return snapshot(*workloads.values(), *services, *policies, *peers, version=version)
+
+
+def test_apply_diff_gives_the_new_snapshot_on_varied_inputs() -> None:
+    rng = random.Random(20240601)
+    changed = 0
+    for round_ in range(300):
+        old = _random_snapshot(rng, round_)
+        new = _random_snapshot(rng, round_ + 1) if rng.random() < 0.8 else old
+        delta = diff(old, new)
+        wire = Delta.from_json(json.loads(json.dumps(delta.to_json())))
+        assert wire == delta
+        assert apply(old, wire) == new
+        changed += bool(delta.upserts or delta.removes)
+    assert changed > 200  # the generator really varies things

@@ -1,0 +1,396 @@
+"""translate(): which pods are workloads and in the mesh, services and their endpoints,
+and AuthorizationPolicy at L4."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from k8s import manifests as m
+from k8s.translate import TranslateError, translate
+from mesh.model import (
+    Authorization,
+    Endpoint,
+    MeshSnapshot,
+    Operation,
+    PeerAuthentication,
+    Rule,
+    Service,
+    ServicePort,
+    Source,
+    Workload,
+)
+from tests.builders import conn, identity
+from ztunnel.authz import evaluate
+
+DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo.yaml"
+AMBIENT = (("ambit.io/dataplane-mode", "ambient"),)
+
+
+def assign_ips(objects: tuple[m.K8sObject, ...]) -> list[m.K8sObject]:
+    """What local mode does before translating: pod IPs in order, service VIPs in order."""
+    out: list[m.K8sObject] = []
+    pods = services = 0
+    for obj in objects:
+        if isinstance(obj, m.Pod):
+            pods += 1
+            obj = obj.with_ip(f"10.44.0.{pods + 1}")
+        elif isinstance(obj, m.Service):
+            services += 1
+            obj = obj.with_cluster_ip(f"10.96.0.{services + 9}")
+        out.append(obj)
+    return out
+
+
+def test_demo_gives_the_expected_snapshot() -> None:
+    snap = translate(assign_ips(m.load(DEMO)), version=3)
+    server = Workload(
+        uid="demo/server",
+        name="server",
+        namespace="demo",
+        service_account="server",
+        node="node-2",
+        ip="10.44.0.2",
+        labels=(("app", "server"),),
+        protocol="HBONE",
+        container_ports=(("http", 8080),),
+    )
+    client = Workload(
+        uid="demo/client",
+        name="client",
+        namespace="demo",
+        service_account="client",
+        node="node-1",
+        ip="10.44.0.3",
+        labels=(("app", "client"),),
+        protocol="HBONE",
+    )
+    svc = Service(
+        "server",
+        "demo",
+        "10.96.0.10",
+        (ServicePort(80, 8080, "http"),),
+        (Endpoint("demo/server", "10.44.0.2", ((80, 8080),)),),
+    )
+    assert snap == MeshSnapshot(3, (client, server), (svc,))
+    assert str(server.identity) == "spiffe://cluster.local/ns/demo/sa/server"
+
+
+def pod(
+    name: str,
+    namespace: str = "default",
+    *,
+    ip: str | None = "10.0.0.1",
+    labels: dict[str, str] | None = None,
+    ports: dict[str, int] | None = None,
+    **fields: object,
+) -> m.Pod:
+    container = m.Container(
+        name="app",
+        ports=tuple(m.ContainerPort(port=p, name=n) for n, p in (ports or {}).items()),
+    )
+    return m.Pod(
+        name=name,
+        namespace=namespace,
+        labels=tuple((labels if labels is not None else {"app": name}).items()),
+        containers=(container,),
+        pod_ip=ip,
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+def svc(
+    name: str,
+    namespace: str = "default",
+    *,
+    selector: dict[str, str] | None = None,
+    ports: tuple[m.ServicePortSpec, ...] = (m.ServicePortSpec(port=80, target_port=8080),),
+    cluster_ip: str | None = "10.96.0.1",
+) -> m.Service:
+    sel = tuple((selector if selector is not None else {"app": name}).items()) or None
+    return m.Service(
+        name=name, namespace=namespace, selector=sel, ports=ports, cluster_ip=cluster_ip
+    )
+
+
+def ns(name: str, *, ambient: bool = True) -> m.Namespace:
+    return m.Namespace(name=name, labels=AMBIENT if ambient else ())
+
+
+def protocols(snap: MeshSnapshot) -> dict[str, str]:
+    return {w.uid: w.protocol for w in snap.workloads}
+
+
+# --- workloads -------------------------------------------------------------------------------
+
+
+def test_pods_without_an_ip_are_not_workloads_yet() -> None:
+    snap = translate([pod("a"), pod("b", ip=None)], version=1)
+    assert [w.uid for w in snap.workloads] == ["default/a"]
+
+
+def test_host_network_and_finished_pods_are_skipped() -> None:
+    snap = translate(
+        [
+            pod("host", ip="192.168.0.5", host_network=True),
+            pod("done", ip="10.0.0.2", phase="Succeeded"),
+            pod("failed", ip="10.0.0.3", phase="Failed"),
+            pod("running", ip="10.0.0.4", phase="Running"),
+        ],
+        version=1,
+    )
+    assert [w.name for w in snap.workloads] == ["running"]
+
+
+def test_namespace_label_puts_pods_in_the_mesh() -> None:
+    objs: list[m.K8sObject] = [
+        ns("in"),
+        ns("out", ambient=False),
+        pod("a", "in", ip="10.0.0.1"),
+        pod("b", "out", ip="10.0.0.2"),
+        pod("c", "nowhere", ip="10.0.0.3"),
+    ]
+    assert protocols(translate(objs, version=1)) == {
+        "in/a": "HBONE",
+        "out/b": "TCP",
+        "nowhere/c": "TCP",
+    }
+
+
+def test_pod_label_opts_in_and_out() -> None:
+    objs: list[m.K8sObject] = [
+        ns("in"),
+        ns("out", ambient=False),
+        pod("opt-out", "in", ip="10.0.0.1", labels={"ambit.io/dataplane-mode": "none"}),
+        pod("opt-in", "out", ip="10.0.0.2", labels={"ambit.io/dataplane-mode": "ambient"}),
+        pod("junk", "in", ip="10.0.0.3", labels={"ambit.io/dataplane-mode": "sidecar"}),
+    ]
+    assert protocols(translate(objs, version=1)) == {
+        "in/opt-out": "TCP",
+        "out/opt-in": "HBONE",
+        "in/junk": "HBONE",
+    }
+
+
+def test_workload_fields_come_from_the_pod() -> None:
+    p = pod(
+        "web",
+        "shop",
+        ip="10.0.0.7",
+        ports={"http": 8080},
+        node_name="node-3",
+        service_account="web-sa",
+    )
+    (w,) = translate([p], trust_domain="example.org", version=1).workloads
+    assert (w.uid, w.node, w.ip, w.service_account) == ("shop/web", "node-3", "10.0.0.7", "web-sa")
+    assert w.container_ports == (("http", 8080),)
+    assert str(w.identity) == "spiffe://example.org/ns/shop/sa/web-sa"
+
+
+def test_two_pods_with_one_ip_is_an_error() -> None:
+    with pytest.raises(TranslateError, match=r"default/a and default/b have the same pod IP"):
+        translate([pod("a", ip="10.0.0.1"), pod("b", ip="10.0.0.1")], version=1)
+
+
+# --- services --------------------------------------------------------------------------------
+
+
+def test_service_needs_a_selector_and_a_vip() -> None:
+    objs: list[m.K8sObject] = [
+        pod("web"),
+        svc("web", cluster_ip=None),
+        svc("external", selector={}, cluster_ip="10.96.0.2"),
+        svc("web2", selector={"app": "web"}, cluster_ip="10.96.0.3"),
+    ]
+    assert [s.name for s in translate(objs, version=1).services] == ["web2"]
+
+
+def test_endpoints_are_selected_pods_with_an_ip_in_the_namespace() -> None:
+    objs: list[m.K8sObject] = [
+        pod("a", ip="10.0.0.1", labels={"app": "web"}),
+        pod("b", ip="10.0.0.2", labels={"app": "web", "v": "2"}),
+        pod("c", ip=None, labels={"app": "web"}),
+        pod("d", ip="10.0.0.4", labels={"app": "db"}),
+        pod("e", "other", ip="10.0.0.5", labels={"app": "web"}),
+        svc("web"),
+    ]
+    (service,) = translate(objs, version=1).services
+    assert [(e.workload_uid, e.ip) for e in service.endpoints] == [
+        ("default/a", "10.0.0.1"),
+        ("default/b", "10.0.0.2"),
+    ]
+    assert service.endpoints[0].ports == ((80, 8080),)
+
+
+def test_named_target_port_resolves_per_pod() -> None:
+    ports = (
+        m.ServicePortSpec(port=80, target_port="http", name="http"),
+        m.ServicePortSpec(port=9090, target_port=9090, name="metrics"),
+    )
+    objs: list[m.K8sObject] = [
+        pod("old", ip="10.0.0.1", labels={"app": "web"}, ports={"http": 8080}),
+        pod("new", ip="10.0.0.2", labels={"app": "web"}, ports={"http": 8081}),
+        pod("bare", ip="10.0.0.3", labels={"app": "web"}),
+        svc("web", ports=ports),
+    ]
+    (service,) = translate(objs, version=1).services
+    assert service.ports == (
+        ServicePort(80, 0, "http", target_port_name="http"),
+        ServicePort(9090, 9090, "metrics"),
+    )
+    assert {e.workload_uid: e.ports for e in service.endpoints} == {
+        "default/old": ((80, 8080), (9090, 9090)),
+        "default/new": ((80, 8081), (9090, 9090)),
+        "default/bare": ((9090, 9090),),
+    }
+
+
+def test_pod_lacking_the_only_named_port_is_not_an_endpoint() -> None:
+    ports = (m.ServicePortSpec(port=80, target_port="http"),)
+    objs: list[m.K8sObject] = [pod("bare", labels={"app": "web"}), svc("web", ports=ports)]
+    (service,) = translate(objs, version=1).services
+    assert service.endpoints == ()
+
+
+def test_unmeshed_pods_are_endpoints_too() -> None:
+    objs: list[m.K8sObject] = [ns("shop", ambient=False), pod("web", "shop"), svc("web", "shop")]
+    snap = translate(objs, version=1)
+    assert snap.workloads[0].protocol == "TCP"
+    assert snap.services[0].endpoints[0].workload_uid == "shop/web"
+
+
+def test_two_services_with_one_vip_is_an_error() -> None:
+    with pytest.raises(TranslateError, match=r"same service cluster IP 10\.96\.0\.1"):
+        translate([svc("a"), svc("b")], version=1)
+
+
+# --- policy ----------------------------------------------------------------------------------
+
+
+def policy(spec: str, namespace: str = "shop") -> m.K8sObject:
+    head = "apiVersion: security.ambit.io/v1\nkind: AuthorizationPolicy\n"
+    head += f"metadata: {{name: p, namespace: {namespace}}}\nspec:\n"
+    (obj,) = m.loads(head + textwrap.indent(textwrap.dedent(spec), "  "), "policy.yaml")
+    return obj
+
+
+def test_policy_l4_fields() -> None:
+    obj = policy(
+        """
+        selector: {matchLabels: {app: web}}
+        action: DENY
+        rules:
+          - from:
+              - source:
+                  principals: ["cluster.local/ns/shop/sa/admin", "*/sa/robot"]
+                  notPrincipals: ["cluster.local/ns/shop/sa/ok"]
+                  namespaces: ["shop*"]
+                  notNamespaces: ["*-test"]
+                  ipBlocks: ["10.0.0.0/8"]
+                  notIpBlocks: ["10.9.0.1"]
+            to:
+              - operation: {ports: ["8080", "9090"], notPorts: ["22"]}
+        """
+    )
+    (authz,) = translate([obj], version=1).authorizations
+    assert authz == Authorization(
+        "p",
+        "shop",
+        "DENY",
+        (("app", "web"),),
+        (
+            Rule(
+                (
+                    Source(
+                        principals=("cluster.local/ns/shop/sa/admin", "*/sa/robot"),
+                        not_principals=("cluster.local/ns/shop/sa/ok",),
+                        namespaces=("shop*",),
+                        not_namespaces=("*-test",),
+                        ip_blocks=("10.0.0.0/8",),
+                        not_ip_blocks=("10.9.0.1",),
+                    ),
+                ),
+                (Operation(ports=(8080, 9090), not_ports=(22,)),),
+            ),
+        ),
+    )
+
+
+def test_policy_l7_fields_are_recorded() -> None:
+    obj = policy(
+        """
+        rules:
+          - from:
+              - source: {requestPrincipals: ["*"], remoteIpBlocks: ["1.2.3.4"]}
+              - source: {principals: ["*"]}
+            to:
+              - operation: {ports: ["80"], methods: [GET], paths: ["/admin*"], notHosts: [x]}
+              - operation: {ports: ["81"]}
+        """
+    )
+    (authz,) = translate([obj], version=1).authorizations
+    (r,) = authz.rules
+    assert r.sources[0].l7 == ("requestPrincipals", "remoteIpBlocks")
+    assert r.sources[1].l7 == ()
+    assert r.operations[0] == Operation(ports=(80,), l7=("notHosts", "methods", "paths"))
+    assert r.operations[1] == Operation(ports=(81,))
+
+
+def test_when_conditions_are_l7_on_every_operation() -> None:
+    obj = policy(
+        """
+        rules:
+          - to: [{operation: {ports: ["80"]}}, {operation: {ports: ["81"]}}]
+            when: [{key: "request.auth.claims[iss]", values: [me]}]
+          - from: [{source: {principals: ["*"]}}]
+            when: [{key: source.ip, values: [10.0.0.1]}]
+        """
+    )
+    (authz,) = translate([obj], version=1).authorizations
+    first, second = authz.rules
+    assert [o.l7 for o in first.operations] == [("when:request.auth.claims[iss]",)] * 2
+    assert second.operations == (Operation(l7=("when:source.ip",)),)
+
+
+def test_policy_without_rules_and_selector() -> None:
+    (authz,) = translate([policy("{}")], version=1).authorizations
+    assert authz == Authorization("p", "shop", "ALLOW", None, ())
+    (empty_rule,) = translate([policy("rules: [{}]")], version=1).authorizations
+    assert empty_rule.rules == (Rule(),)
+
+
+def test_peer_authentication_is_carried_over() -> None:
+    objs: list[m.K8sObject] = [
+        m.PeerAuthentication(name="strict", namespace="ambit-system", mode="STRICT"),
+        m.PeerAuthentication(name="web", namespace="shop", selector=(("app", "web"),)),
+    ]
+    assert translate(objs, version=1).peer_authentications == (
+        PeerAuthentication("strict", "ambit-system", None, "STRICT"),
+        PeerAuthentication("web", "shop", (("app", "web"),), "UNSET"),
+    )
+
+
+def test_yaml_to_decision() -> None:
+    """The pure pipeline end to end: manifests -> translate -> evaluate."""
+    objs = assign_ips(m.load(DEMO))
+    objs.append(
+        policy(
+            """
+            selector: {matchLabels: {app: server}}
+            rules:
+              - from: [{source: {principals: ["cluster.local/ns/demo/sa/client"]}}]
+                to: [{operation: {ports: ["8080"]}}]
+            """,
+            namespace="demo",
+        )
+    )
+    snap = translate(objs, version=1)
+    server = snap.workload("demo/server")
+    assert server is not None
+    policies = snap.policies_for(server)
+    assert evaluate(conn(server, src=identity("demo", "client")), policies).allowed
+    assert not evaluate(conn(server, src=identity("demo", "server")), policies).allowed
+    assert not evaluate(conn(server, src=None), policies).allowed
+    assert not evaluate(conn(server, src=identity("demo", "client"), port=9000), policies).allowed
