@@ -1,0 +1,237 @@
+"""The config stream: how every proxy receives the mesh model.
+
+Transport: one HBONE CONNECT stream to the control plane's own address
+(``:authority`` is the address dialled; mutual TLS with the
+proxy's own certificate; the control plane also checks the node's bearer
+token in ``authorization`` and the node name in ``ambit-node``). On it, both
+directions carry messages framed as a 4-byte big-endian length and a JSON
+object:
+
+- proxy -> control plane: ``{"type": "hello", "node": N, "version": V|null}``
+  first, then ``{"type": "ack", "version": V}`` or ``{"type": "nack",
+  "version": V, "error": "..."}`` for every update;
+- control plane -> proxy: ``{"type": "snapshot", "snapshot": {...}}`` (the
+  whole :class:`~mesh.model.MeshSnapshot`), then ``{"type": "delta", "delta":
+  {...}}`` for each change (a :class:`~mesh.model.Delta`).
+
+A proxy that loses the control plane keeps serving its last good snapshot,
+reconnects with jittered exponential backoff, and says in ``hello`` which
+version it has, so the control plane can send only what changed since.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+import structlog
+import trio
+
+from mesh.hbone import HboneError, HboneStream
+from mesh.hbone.client import HboneClientPool
+from mesh.identity import SpiffeId
+from mesh.model import Delta, MeshSnapshot, ModelError, apply
+
+log = structlog.get_logger("mesh.xds")
+
+MAX_MESSAGE: Final = 64 * 1024 * 1024
+Message = dict[str, Any]
+
+
+class ConfigStreamError(Exception):
+    """The config stream broke its framing or sent something we cannot use."""
+
+
+def encode(message: Message) -> bytes:
+    body = json.dumps(message, separators=(",", ":")).encode()
+    if len(body) > MAX_MESSAGE:
+        raise ConfigStreamError(f"message of {len(body)} bytes exceeds {MAX_MESSAGE}")
+    return len(body).to_bytes(4, "big") + body
+
+
+class Decoder:
+    """Length-prefixed JSON messages out of a byte stream, sans-IO."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes | bytearray) -> list[Message]:
+        self._buf += data
+        out: list[Message] = []
+        while len(self._buf) >= 4:
+            size = int.from_bytes(self._buf[:4], "big")
+            if size > MAX_MESSAGE:
+                raise ConfigStreamError(f"message of {size} bytes exceeds {MAX_MESSAGE}")
+            if len(self._buf) < 4 + size:
+                break
+            raw = bytes(self._buf[4 : 4 + size])
+            del self._buf[: 4 + size]
+            try:
+                message = json.loads(raw)
+            except ValueError as exc:
+                raise ConfigStreamError(f"message is not JSON: {exc}") from exc
+            if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+                raise ConfigStreamError("message is not an object with a 'type'")
+            out.append(message)
+        return out
+
+    def pending(self) -> int:
+        return len(self._buf)
+
+
+class MessageStream:
+    """Messages over a byte stream (an HBONE stream on either side)."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self._decoder = Decoder()
+        self._ready: list[Message] = []
+
+    async def send(self, message: Message) -> None:
+        await self.stream.send_all(encode(message))
+
+    async def receive(self) -> Message | None:
+        """The next message, or None when the peer ended the stream cleanly."""
+        while not self._ready:
+            data = await self.stream.receive_some()
+            if not data:
+                if self._decoder.pending():
+                    raise ConfigStreamError("stream ended in the middle of a message")
+                return None
+            self._ready.extend(self._decoder.feed(data))
+        return self._ready.pop(0)
+
+
+@dataclass(frozen=True)
+class Backoff:
+    initial: float = 0.5
+    maximum: float = 30.0
+    multiplier: float = 2.0
+
+    def delays(self) -> Callable[[], float]:
+        """A function returning the next delay: exponential, capped, with full jitter."""
+        current = self.initial
+
+        def next_delay() -> float:
+            nonlocal current
+            delay = random.uniform(current / 2, current)
+            current = min(current * self.multiplier, self.maximum)
+            return delay
+
+        return next_delay
+
+
+class ConfigClient:
+    """Keeps a proxy's :class:`MeshSnapshot` in step with the control plane.
+
+    :meth:`run` runs until cancelled. ``on_update`` is called with every new
+    snapshot, after it was applied; an exception from it is a NACK.
+    """
+
+    def __init__(
+        self,
+        pool: HboneClientPool,
+        *,
+        source: SpiffeId,
+        address: tuple[str, int],
+        expected: SpiffeId,
+        node: str,
+        token: str,
+        on_update: Callable[[MeshSnapshot], Awaitable[None]],
+        backoff: Backoff | None = None,
+    ) -> None:
+        self._pool = pool
+        self._source = source
+        self._address = address
+        self._expected = expected
+        self._node = node
+        self._token = token
+        self._on_update = on_update
+        self._backoff = backoff or Backoff()
+        self.snapshot: MeshSnapshot | None = None
+        self.connected = False
+        self.reconnects = 0
+        self._want_full = False
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Stay subscribed; ``task_status.started()`` once the first snapshot is applied."""
+        started = False
+        next_delay = self._backoff.delays()
+
+        def applied() -> None:
+            nonlocal started, next_delay
+            next_delay = self._backoff.delays()  # healthy again: start backoff afresh
+            if not started:
+                started = True
+                task_status.started()
+
+        while True:
+            try:
+                stream = await self._pool.connect(
+                    source=self._source,
+                    address=self._address,
+                    authority=f"{self._address[0]}:{self._address[1]}",
+                    expected=[self._expected],
+                    headers=[
+                        ("authorization", f"Bearer {self._token}"),
+                        ("ambit-node", self._node),
+                    ],
+                )
+            except HboneError as exc:
+                reason = str(exc)
+            else:
+                async with stream:
+                    try:
+                        await self._session(stream, applied)
+                        reason = "control plane ended the stream"
+                    except (trio.BrokenResourceError, ConfigStreamError, HboneError) as exc:
+                        reason = str(exc)
+            self.connected = False
+            delay = next_delay()
+            log.warning(
+                "config_stream_lost",
+                node=self._node,
+                reason=reason,
+                version=self.snapshot.version if self.snapshot else None,
+                retry_in=round(delay, 2),
+            )
+            self.reconnects += 1
+            await trio.sleep(delay)
+
+    async def _session(self, stream: HboneStream, applied: Callable[[], None]) -> None:
+        messages = MessageStream(stream)
+        have = None if self._want_full or self.snapshot is None else self.snapshot.version
+        await messages.send({"type": "hello", "node": self._node, "version": have})
+        self.connected = True
+        log.info("config_stream_connected", node=self._node, version=have)
+        while (message := await messages.receive()) is not None:
+            kind = message["type"]
+            try:
+                new = self._next_snapshot(kind, message)
+                await self._on_update(new)
+            except Exception as exc:  # whatever the update broke, it is a NACK
+                body = message.get("delta") or message.get("snapshot") or {}
+                version = (
+                    body.get("to_version", body.get("version")) if isinstance(body, dict) else None
+                )
+                await messages.send({"type": "nack", "version": version, "error": str(exc)})
+                self._want_full = True  # the next hello asks for everything again
+                log.error("config_rejected", node=self._node, kind=kind, reason=str(exc))
+                raise ConfigStreamError(f"could not apply {kind}: {exc}") from exc
+            self.snapshot = new
+            self._want_full = False
+            await messages.send({"type": "ack", "version": new.version})
+            log.info("config_applied", node=self._node, version=new.version, kind=kind)
+            applied()
+
+    def _next_snapshot(self, kind: str, message: Message) -> MeshSnapshot:
+        if kind == "snapshot":
+            return MeshSnapshot.from_json(message.get("snapshot"))
+        if kind == "delta":
+            if self.snapshot is None:
+                raise ModelError("a delta arrived before any snapshot")
+            return apply(self.snapshot, Delta.from_json(message.get("delta")))
+        raise ModelError(f"unknown message type {kind!r}")
