@@ -64,8 +64,10 @@ class HboneConnection:
         settings: HboneSettings,
         handler: RequestHandler | None = None,
         idle_timeout: float | None = None,
+        peer_address: tuple[str, int] | None = None,
     ) -> None:
         self.peer = peer
+        self.peer_address = peer_address  # the TCP peer: the source pod's IP in the mesh
         self.settings = settings
         self.client_side = not tls.server_side
         self._tls = tls
@@ -146,9 +148,11 @@ class HboneConnection:
                             io.start_soon(self._run_guarded, self._keepalive_loop)
                             if self._idle_timeout is not None:
                                 io.start_soon(self._run_guarded, self._idle_loop)
-                self._fail(self.error or HboneConnectionError("connection closed"))
+                self._fail(
+                    self.error or HboneConnectionError("connection closed", code=ErrorCodes.NO_ERROR)
+                )
         finally:
-            self._fail(HboneConnectionError("connection closed"))
+            self._fail(HboneConnectionError("connection closed", code=ErrorCodes.NO_ERROR))
             await self._close_transport()
 
     def close(self, reason: str = "closed by owner") -> None:

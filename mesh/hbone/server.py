@@ -100,7 +100,9 @@ async def _serve_connection(
     except BaseException:
         sock.close()
         raise
-    conn = HboneConnection(tls, peer=peer, settings=settings, handler=handler)
+    conn = HboneConnection(
+        tls, peer=peer, settings=settings, handler=handler, peer_address=(addr[0], addr[1])
+    )
     log.debug("hbone_connection_opened", src=src, src_identity=str(peer))
     await conn.serve()
     error = conn.error

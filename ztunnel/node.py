@@ -1,0 +1,188 @@
+"""The node proxy: keeps every meshed pod on this node captured, as the mesh
+model says, and reports what it is doing.
+
+On each new :class:`~mesh.model.MeshSnapshot` (from the config stream) it
+captures pods that appeared (certificate first, then listeners, then the
+iptables rules, so a captured connection never meets a closed port),
+releases pods that left or changed, and re-checks the policy of every open
+inbound connection. Pods are set up in the background: a slow CA never
+holds up the config stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+import trio
+
+from mesh.certs import CertificateManager
+from mesh.hbone import HboneSettings
+from mesh.hbone.client import open_hbone_pool
+from mesh.identity import SpiffeId, WorkloadCertificate
+from mesh.model import MeshSnapshot, Workload
+from ztunnel.pod import CapturedPod, Telemetry
+from ztunnel.redirect import PodNetns, RedirectError, install_capture, remove_capture
+
+log = structlog.get_logger("ztunnel")
+
+SETUP_RETRY_MAX = 10.0
+
+
+@dataclass(eq=False)
+class _PodSlot:
+    workload: Workload
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    captured: bool = False
+    error: str | None = None
+    pod: CapturedPod | None = None
+
+
+class Ztunnel:
+    def __init__(
+        self,
+        *,
+        node: str,
+        certificates: CertificateManager,
+        netns_for: Callable[[Workload], str | None],
+        telemetry: Telemetry,
+        settings: HboneSettings | None = None,
+    ) -> None:
+        self.node = node
+        self._certs = certificates
+        self._netns_for = netns_for
+        self._telemetry = telemetry
+        self._settings = settings or HboneSettings()
+        self.snapshot: MeshSnapshot | None = None
+        self._slots: dict[str, _PodSlot] = {}
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Own the pods' tasks until cancelled; then every pod is released."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    # ---- state ------------------------------------------------------------------
+
+    def ready(self) -> tuple[bool, str]:
+        """Ready once a config arrived and every meshed pod of this node is captured."""
+        if self.snapshot is None:
+            return False, "no config from the control plane yet"
+        waiting = [s.workload.uid for s in self._slots.values() if not s.captured]
+        if waiting:
+            return False, "pods not captured yet: " + ", ".join(sorted(waiting))
+        return True, f"{len(self._slots)} pods captured"
+
+    def status(self) -> dict[str, Any]:
+        """What /config_dump shows: the config version and each pod's state."""
+        pods = []
+        for slot in sorted(self._slots.values(), key=lambda s: s.workload.uid):
+            cert = self._certs.get(slot.workload.identity)
+            pods.append(
+                {
+                    "uid": slot.workload.uid,
+                    "ip": slot.workload.ip,
+                    "identity": str(slot.workload.identity),
+                    "captured": slot.captured,
+                    "error": slot.error,
+                    "certificate_expires": cert.not_after.isoformat() if cert else None,
+                }
+            )
+        return {
+            "node": self.node,
+            "config_version": self.snapshot.version if self.snapshot else None,
+            "pods": pods,
+        }
+
+    # ---- config updates -----------------------------------------------------------
+
+    async def on_update(self, snapshot: MeshSnapshot) -> None:
+        """Apply a new snapshot: capture, release, re-check policies."""
+        assert self._nursery is not None, "run() must be started first"
+        self.snapshot = snapshot
+        wanted = {w.uid: w for w in snapshot.workloads_on_node(self.node) if w.meshed}
+        for uid, slot in list(self._slots.items()):
+            if wanted.get(uid) != slot.workload:
+                del self._slots[uid]
+                slot.scope.cancel()
+        for uid, workload in wanted.items():
+            if uid not in self._slots:
+                slot = _PodSlot(workload)
+                self._slots[uid] = slot
+                self._nursery.start_soon(self._keep_captured, slot)
+        for slot in self._slots.values():
+            if slot.pod is not None:
+                slot.pod.recheck_policies()
+        await trio.lowlevel.checkpoint()
+
+    def _current(self) -> MeshSnapshot:
+        assert self.snapshot is not None
+        return self.snapshot
+
+    def _certificate(self, identity: SpiffeId) -> WorkloadCertificate:
+        cert = self._certs.get(identity)
+        if cert is None:
+            raise RuntimeError(f"no certificate for {identity} yet")
+        return cert
+
+    async def _keep_captured(self, slot: _PodSlot) -> None:
+        """Capture the pod, retrying setup failures with backoff, until released."""
+        delay = 0.2
+        with slot.scope:
+            while True:
+                try:
+                    await self._capture(slot)
+                    return
+                except Exception as exc:  # any setup failure: log, back off, try again
+                    slot.captured = False
+                    slot.error = str(exc)
+                    log.warning("pod_capture_failed", pod=slot.workload.uid, reason=str(exc))
+                await trio.sleep(delay)
+                delay = min(delay * 2, SETUP_RETRY_MAX)
+
+    async def _capture(self, slot: _PodSlot) -> None:
+        workload = slot.workload
+        name = self._netns_for(workload)
+        if name is None:
+            raise RedirectError(f"no network namespace known for {workload.uid}")
+        netns = PodNetns.open(name)
+        try:
+            await self._certs.fetch_now(workload.identity)
+            async with open_hbone_pool(
+                self._certificate, settings=self._settings, dial=netns.dial
+            ) as pool:
+                pod = CapturedPod(
+                    workload,
+                    netns,
+                    snapshot=self._current,
+                    certificate=self._certificate,
+                    pool=pool,
+                    telemetry=self._telemetry,
+                    settings=self._settings,
+                )
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(pod.serve)
+                    await install_capture(name)
+                    slot.pod = pod
+                    slot.captured = True
+                    slot.error = None
+                    log.info(
+                        "pod_captured",
+                        pod=workload.uid,
+                        ip=workload.ip,
+                        identity=str(workload.identity),
+                        netns=name,
+                    )
+        finally:
+            slot.captured = False
+            slot.pod = None
+            with trio.CancelScope(shield=True):
+                await remove_capture(name)
+            netns.close()
+            if not any(s.workload.identity == workload.identity for s in self._slots.values()):
+                self._certs.forget(workload.identity)
+            log.info("pod_released", pod=workload.uid)
