@@ -11,9 +11,9 @@ import sys
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 
-from ambit import cmd_ca
+from ambit import cmd_ca, cmd_local
 
-COMMAND_MODULES = [cmd_ca]
+COMMAND_MODULES = [cmd_ca, cmd_local]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,399 @@
+"""``ambit up|down|apply|delete|get|exec|logs``: the one-machine cluster (local mode).
+
+Argument handling and output only; the cluster lives in :mod:`k8s.local`.
+``ambit local-daemon`` (hidden) is the process ``ambit up`` starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TypeAlias
+
+import trio
+
+from k8s.local.config import (
+    DEFAULT_POD_CIDR,
+    DEFAULT_SERVICE_CIDR,
+    files_of,
+    pod_log,
+    state_dir_from,
+    ztunnel_log,
+)
+from k8s.local.errors import LocalClusterError
+
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+KINDS = ("pods", "nodes", "services", "workloads")
+_KIND_ALIASES = {
+    "pod": "pods",
+    "po": "pods",
+    "node": "nodes",
+    "no": "nodes",
+    "service": "services",
+    "svc": "services",
+    "workload": "workloads",
+}
+
+
+def register(subparsers: Subparsers) -> None:
+    state = argparse.ArgumentParser(add_help=False)
+    state.add_argument(
+        "--state-dir",
+        help="directory of the cluster's state (default $AMBIT_STATE_DIR or /run/ambit)",
+    )
+    files = argparse.ArgumentParser(add_help=False)
+    files.add_argument(
+        "-f",
+        "--filename",
+        dest="files",
+        action="append",
+        required=True,
+        metavar="FILE",
+        help="YAML manifests (repeatable)",
+    )
+
+    up = subparsers.add_parser(
+        "up",
+        parents=[state, files],
+        help="start a local cluster from manifests",
+        description="Run manifests on this machine: pods become network"
+        " namespaces on a bridge. Needs root. Returns once every pod runs.",
+    )
+    up.add_argument(
+        "--pod-cidr", default=DEFAULT_POD_CIDR, help="pod and node addresses (default %(default)s)"
+    )
+    up.add_argument(
+        "--service-cidr", default=DEFAULT_SERVICE_CIDR, help="Service VIPs (default %(default)s)"
+    )
+    up.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for readiness")
+    up.set_defaults(run=run_up)
+
+    down = subparsers.add_parser("down", parents=[state], help="remove the local cluster")
+    down.set_defaults(run=run_down)
+
+    for verb in ("apply", "delete"):
+        sub = subparsers.add_parser(
+            verb, parents=[state, files], help=f"{verb} objects in the local cluster"
+        )
+        sub.set_defaults(run=run_change, op=verb)
+
+    get = subparsers.add_parser(
+        "get", parents=[state], help="list pods, nodes, services or workloads"
+    )
+    get.add_argument("kind", help="pods | nodes | services | workloads")
+    _namespace_args(get)
+    get.add_argument("-A", "--all-namespaces", action="store_true")
+    get.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    get.set_defaults(run=run_get)
+
+    exec_ = subparsers.add_parser(
+        "exec",
+        parents=[state],
+        help="run a command inside a pod",
+        description="ambit exec [-n NS] POD -- COMMAND [ARG...]",
+    )
+    _namespace_args(exec_, of_pod=True)
+    exec_.add_argument("pod")
+    exec_.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND")
+    exec_.set_defaults(run=run_exec)
+
+    logs = subparsers.add_parser(
+        "logs",
+        parents=[state],
+        help="print the log of a component",
+        description="COMPONENT: pod/NAME (or NAME), ztunnel/NODE, controlplane",
+    )
+    _namespace_args(logs, of_pod=True)
+    logs.add_argument("component")
+    logs.add_argument("--tail", type=int, default=0, help="only the last N lines")
+    logs.set_defaults(run=run_logs)
+
+    # No help=: stays out of the command list (it is what "ambit up" starts).
+    daemon = subparsers.add_parser("local-daemon", parents=[state, files])
+    daemon.add_argument("--cluster-id", required=True)
+    daemon.add_argument("--pod-cidr", default=DEFAULT_POD_CIDR)
+    daemon.add_argument("--service-cidr", default=DEFAULT_SERVICE_CIDR)
+    daemon.add_argument("--ready-timeout", type=float, default=60.0)
+    daemon.set_defaults(run=run_daemon)
+
+
+def _namespace_args(parser: argparse.ArgumentParser, *, of_pod: bool = False) -> None:
+    if of_pod:
+        parser.add_argument(
+            "-n", "--namespace",
+            help="the pod's namespace (default: the only namespace with a pod of that name,"
+            " else 'default')",
+        )  # fmt: skip
+    else:
+        parser.add_argument("-n", "--namespace", default="default")
+
+
+def _pick_namespace(name: str, namespaces: Sequence[str], given: str | None) -> str:
+    """The namespace of pod ``name``: as given, else the only one that has it, else default."""
+    if given is not None:
+        return given
+    if len(set(namespaces)) == 1 or "default" in namespaces:
+        return "default" if "default" in namespaces else namespaces[0]
+    if namespaces:
+        raise LocalClusterError(
+            f"pod {name} exists in namespaces {', '.join(sorted(namespaces))}: pick one with -n"
+        )
+    return "default"
+
+
+def _fail(command: str, message: str) -> int:
+    print(f"ambit {command}: {message}", file=sys.stderr)
+    return 1
+
+
+def run_up(args: argparse.Namespace) -> int:
+    from k8s.local.lifecycle import start_cluster
+
+    state_dir = state_dir_from(args.state_dir)
+    notes: list[str] = []
+    try:
+        result = trio.run(
+            start_cluster,
+            state_dir,
+            args.files,
+            args.pod_cidr,
+            args.service_cidr,
+            args.timeout,
+            notes,
+        )
+    except LocalClusterError as exc:
+        for note in notes:
+            print(f"ambit up: {note}", file=sys.stderr)
+        return _fail("up", str(exc))
+    for note in notes:
+        print(f"ambit up: {note}", file=sys.stderr)
+    if not result.ok:
+        return _fail("up", result.message)
+    try:
+        snapshot = _call(state_dir, {"op": "get"})
+    except LocalClusterError as exc:
+        return _fail("up", f"the cluster reported ready but does not answer: {exc}")
+    print(f"local cluster {snapshot['cluster_id']} is ready (state in {state_dir})")
+    print(_pods_table(snapshot["pods"], all_namespaces=True))
+    return 0
+
+
+def run_down(args: argparse.Namespace) -> int:
+    from k8s.local.lifecycle import stop_cluster
+
+    state_dir = state_dir_from(args.state_dir)
+    if not files_of(state_dir)[0].exists():
+        print(f"no local cluster in {state_dir}; nothing to remove")
+        return 0
+    try:
+        problems = trio.run(stop_cluster, state_dir)
+    except LocalClusterError as exc:
+        return _fail("down", str(exc))
+    if problems:
+        return _fail(
+            "down",
+            "could not remove everything:\n  "
+            + "\n  ".join(problems)
+            + f"\nFix the above and run 'ambit down' again (record: {files_of(state_dir)[0]})",
+        )
+    print("local cluster removed")
+    return 0
+
+
+def run_change(args: argparse.Namespace) -> int:
+    paths = [str(Path(p).absolute()) for p in args.files]
+    try:
+        changes = _call(state_dir_from(args.state_dir), {"op": args.op, "paths": paths})
+    except LocalClusterError as exc:
+        return _fail(args.op, str(exc))
+    for line in changes:
+        print(line)
+    return 0
+
+
+def run_get(args: argparse.Namespace) -> int:
+    kind = _KIND_ALIASES.get(args.kind, args.kind)
+    if kind not in KINDS:
+        return _fail("get", f"unknown kind {args.kind!r}; use one of {', '.join(KINDS)}")
+    try:
+        snapshot = _call(state_dir_from(args.state_dir), {"op": "get"})
+    except LocalClusterError as exc:
+        return _fail("get", str(exc))
+    items: list[dict[str, Any]] = snapshot[
+        "nodes" if kind == "nodes" else "services" if kind == "services" else "pods"
+    ]
+    if kind != "nodes" and not args.all_namespaces:
+        items = [i for i in items if i["namespace"] == args.namespace]
+    if args.output == "json":
+        print(json.dumps(items, indent=2))
+    elif kind == "pods":
+        print(_pods_table(items, args.all_namespaces))
+    elif kind == "workloads":
+        print(_workloads_table(items))
+    elif kind == "nodes":
+        print(
+            _table(
+                ["NAME", "IP", "NETNS", "ZTUNNEL"],
+                [[n["name"], n["ip"], n["netns"], _ztunnel_status(n)] for n in items],
+            )
+        )
+    else:
+        print(_services_table(items, args.all_namespaces))
+    return 0
+
+
+def run_exec(args: argparse.Namespace) -> int:
+    from k8s.local.processes import POD_PATH
+
+    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    if not argv:
+        return _fail("exec", "no command given: ambit exec POD -- COMMAND [ARG...]")
+    try:
+        snapshot = _call(state_dir_from(args.state_dir), {"op": "get"})
+        pods = {(p["namespace"], p["name"]): p for p in snapshot["pods"]}
+        found = [ns for ns, name in pods if name == args.pod]
+        namespace = _pick_namespace(args.pod, found, args.namespace)
+    except LocalClusterError as exc:
+        return _fail("exec", str(exc))
+    pod = pods.get((namespace, args.pod))
+    if pod is None:
+        return _fail("exec", f"pod {namespace}/{args.pod} not found; see 'ambit get pods -A'")
+    env = {"PATH": POD_PATH, "HOSTNAME": pod["name"]}
+    if "TERM" in os.environ:
+        env["TERM"] = os.environ["TERM"]
+    sys.stdout.flush()
+    try:
+        os.execvpe("ip", ["ip", "netns", "exec", pod["netns"], "env", "--", *argv], env)
+    except OSError as exc:
+        return _fail(
+            "exec", f"cannot run 'ip netns exec': {exc.strerror} (needs root and iproute2)"
+        )
+
+
+def run_logs(args: argparse.Namespace) -> int:
+    state_dir = state_dir_from(args.state_dir)
+    kind, _, name = args.component.partition("/")
+    if not name:
+        kind, name = ("controlplane", "") if kind in ("controlplane", "daemon") else ("pod", kind)
+    if kind in ("pod", "po", "pods"):
+        logs = pod_log(state_dir, "x", name).parent
+        found = [f.name.split("_", 1)[0] for f in logs.glob(f"*_{name}.log")]
+        try:
+            path = pod_log(state_dir, _pick_namespace(name, found, args.namespace), name)
+        except LocalClusterError as exc:
+            return _fail("logs", str(exc))
+    elif kind == "ztunnel":
+        path = ztunnel_log(state_dir, name)
+    elif kind == "controlplane":
+        path = files_of(state_dir)[2]
+    else:
+        return _fail(
+            "logs",
+            f"unknown component {args.component!r}; use pod/NAME, ztunnel/NODE or controlplane",
+        )
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return _fail(
+            "logs",
+            f"no log at {path}; is the cluster running ('ambit get pods -A', 'ambit get nodes')?",
+        )
+    lines = text.splitlines(keepends=True)
+    sys.stdout.write("".join(lines[-args.tail :] if args.tail > 0 else lines))
+    return 0
+
+
+def run_daemon(args: argparse.Namespace) -> int:
+    from k8s.local.config import ClusterConfig, parse_cidr
+    from k8s.local.daemon import run_daemon as daemon_main
+    from k8s.local.hooks import default_hooks
+
+    try:
+        config = ClusterConfig(
+            state_dir_from(args.state_dir),
+            args.cluster_id,
+            parse_cidr(args.pod_cidr, "pod CIDR"),
+            parse_cidr(args.service_cidr, "service CIDR"),
+        )
+    except LocalClusterError as exc:
+        return _fail("local-daemon", str(exc))
+    return trio.run(daemon_main, config, args.files, default_hooks(), args.ready_timeout)
+
+
+def _call(state_dir: Path, request: dict[str, Any]) -> Any:
+    from k8s.local.api import call
+
+    return trio.run(call, files_of(state_dir)[1], request)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    return "\n".join(
+        "   ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *rows]
+    )
+
+
+def _pod_status(pod: dict[str, Any]) -> str:
+    if pod["phase"] == "Exited":
+        return f"Exited({pod['exit_code']})"
+    return str(pod["phase"])
+
+
+def _captured(pod: dict[str, Any]) -> str:
+    if not pod["meshed"]:
+        return "-"
+    return {True: "yes", False: "no", None: "unknown"}[pod["captured"]]
+
+
+def _pods_table(pods: list[dict[str, Any]], all_namespaces: bool) -> str:
+    header = ["NAME", "STATUS", "IP", "NODE", "IDENTITY", "CAPTURED"]
+    rows = [
+        [p["name"], _pod_status(p), p["ip"], p["node"], p["identity"], _captured(p)] for p in pods
+    ]
+    if all_namespaces:
+        header.insert(0, "NAMESPACE")
+        for row, pod in zip(rows, pods, strict=True):
+            row.insert(0, pod["namespace"])
+    return _table(header, rows)
+
+
+def _workloads_table(pods: list[dict[str, Any]]) -> str:
+    return _table(
+        ["NAMESPACE", "NAME", "IP", "NODE", "IDENTITY", "PROTOCOL", "CAPTURED"],
+        [
+            [
+                p["namespace"],
+                p["name"],
+                p["ip"],
+                p["node"],
+                p["identity"],
+                "HBONE" if p["meshed"] and p["captured"] else "TCP",
+                _captured(p),
+            ]
+            for p in pods
+        ],
+    )
+
+
+def _services_table(services: list[dict[str, Any]], all_namespaces: bool) -> str:
+    rows = []
+    for s in services:
+        ports = ",".join(f"{p['port']}->{p['target_port']}/{p['protocol']}" for p in s["ports"])
+        endpoints = sorted({f"{e['ip']}:{e['port']}" for p in s["ports"] for e in p["endpoints"]})
+        row = [s["name"], s["vip"], ports or "<none>", ",".join(endpoints) or "<none>"]
+        rows.append([s["namespace"], *row] if all_namespaces else row)
+    header = ["NAME", "CLUSTER-IP", "PORT(S)", "ENDPOINTS"]
+    return _table(["NAMESPACE", *header] if all_namespaces else header, rows)
+
+
+def _ztunnel_status(node: dict[str, Any]) -> str:
+    if node["ztunnel_pid"] is None:
+        return "<none>"
+    if node["ztunnel_exit_code"] is not None:
+        return f"Exited({node['ztunnel_exit_code']})"
+    return f"Running (pid {node['ztunnel_pid']})"

@@ -1,0 +1,385 @@
+"""The running local cluster: makes the system match the plan, one change at a time.
+
+:class:`LocalCluster` holds the applied objects, turns them into a plan
+(:mod:`k8s.local.plan`) and creates or removes nodes, pods, service rules and
+hosts files until the machine matches; changes are serialised by one lock.
+It tells the hooks (:mod:`k8s.local.hooks`) after every change and decides
+when the cluster is ready.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import structlog
+import trio
+
+from k8s import manifests
+from k8s.local import network
+from k8s.local.config import ClusterConfig
+from k8s.local.errors import LocalClusterError
+from k8s.local.hooks import (
+    EndpointView,
+    LocalHooks,
+    LocalSnapshot,
+    MeshState,
+    NodeView,
+    PodPhase,
+    PodRef,
+    PodView,
+    ServicePortView,
+    ServiceView,
+)
+from k8s.local.netns import in_netns
+from k8s.local.objects import Manifest, ObjectKey
+from k8s.local.plan import (
+    Allocation,
+    NodePlan,
+    PodPlan,
+    ServicePlan,
+    plan_cluster,
+    render_hosts,
+    render_service_jumps,
+    render_service_rules,
+)
+from k8s.local.processes import POD_PATH, Running, Supervisor
+from k8s.local.state import StateFile
+
+log = structlog.get_logger("ambit.local.cluster")
+
+# A pod counts as running once its command has lived this long (a command that
+# fails at once, e.g. not found, is reported instead of a ready cluster).
+SETTLE_SECONDS = 0.3
+RESOLV_CONF = (
+    "# ambit local mode: names come from /etc/hosts, there is no DNS\noptions attempts:1\n"
+)
+
+
+@dataclass
+class _Pod:
+    plan: PodPlan
+    process: Running | None = None
+    rules: str | None = None
+    hosts: str | None = None
+
+    @property
+    def phase(self) -> PodPhase:
+        if self.process is None:
+            return "Pending"
+        return "Exited" if self.process.exited.is_set() else "Running"
+
+
+@dataclass
+class _Node:
+    plan: NodePlan
+    ztunnel: Running | None = None
+    hosts: str | None = None
+
+
+class LocalCluster:
+    def __init__(
+        self, config: ClusterConfig, state: StateFile, hooks: LocalHooks, nursery: trio.Nursery
+    ) -> None:
+        self.config = config
+        self.state = state
+        self.hooks = hooks
+        self._nursery = nursery
+        self._lock = trio.Lock()
+        self._store: dict[ObjectKey, Manifest] = {}
+        self._allocation = Allocation()
+        self._pods: dict[PodRef, _Pod] = {}
+        self._nodes: dict[str, _Node] = {}
+        self._services: tuple[ServicePlan, ...] = ()
+        self._mesh: dict[PodRef, MeshState] = {}
+        self._exits = trio.Event()
+        self._down = False
+        self.supervisor = Supervisor(nursery, state, self._process_exited)
+
+    async def start(self) -> None:
+        """Create the bridge, run the start hook, then follow pod exits in the background."""
+        await network.create_bridge(self.config, self.state)
+        if self.hooks.on_cluster_started is not None:
+            await self.hooks.on_cluster_started(self._nursery, self.config)
+        self._nursery.start_soon(self._follow_exits)
+
+    async def apply(self, manifests: Iterable[Manifest]) -> list[str]:
+        """Create or update objects; returns one line per object, like ``kubectl apply``."""
+        async with self._lock:
+            self._refuse_if_down()
+            store = dict(self._store)
+            changes = []
+            for manifest in manifests:
+                old = store.get(manifest.key)
+                store[manifest.key] = manifest
+                verb = (
+                    "created"
+                    if old is None
+                    else ("unchanged" if old.source == manifest.source else "configured")
+                )
+                changes.append(f"{manifest.key} {verb}")
+            await self._converge(store)
+            return changes
+
+    async def delete(self, manifests: Iterable[Manifest]) -> list[str]:
+        """Remove objects (a Namespace takes its objects with it)."""
+        async with self._lock:
+            self._refuse_if_down()
+            store = dict(self._store)
+            changes = []
+            for manifest in manifests:
+                if store.pop(manifest.key, None) is None:
+                    changes.append(f"{manifest.key} not found")
+                    continue
+                changes.append(f"{manifest.key} deleted")
+                if manifest.key.kind == "Namespace":
+                    for key in [k for k in store if k.namespace == manifest.key.name]:
+                        del store[key]
+            await self._converge(store)
+            return changes
+
+    async def teardown(self) -> None:
+        """Stop every process and remove every pod and node (the bridge and host rule
+        go with the rest of the record, in :func:`k8s.local.daemon.remove_recorded`)."""
+        async with self._lock:
+            self._down = True
+            await self.supervisor.stop_all()
+            for pod in list(self._pods.values()):
+                await network.delete_endpoint(self.state, pod.plan.netns, pod.plan.veth)
+            for node in list(self._nodes.values()):
+                await network.delete_endpoint(self.state, node.plan.netns, node.plan.veth)
+            self._pods.clear()
+            self._nodes.clear()
+
+    def _refuse_if_down(self) -> None:
+        if self._down:
+            raise LocalClusterError("the cluster is shutting down; start a new one with 'ambit up'")
+
+    async def _converge(self, store: dict[ObjectKey, Manifest]) -> None:
+        plan = plan_cluster(self.config, store.values(), self._allocation)  # may refuse
+        wanted = {p.ref: p for p in plan.pods}
+        changed = {
+            r for r, pod in self._pods.items() if r in wanted and _differs(pod.plan, wanted[r])
+        }
+        if changed:  # recreated pods get new addresses, so no peer keeps a stale ARP entry
+            ips = {r: ip for r, ip in plan.allocation.pod_ips.items() if r not in changed}
+            fresh = dataclasses.replace(plan.allocation, pod_ips=ips)
+            plan = plan_cluster(self.config, store.values(), fresh)
+            wanted = {p.ref: p for p in plan.pods}
+        self._store, self._allocation = store, plan.allocation
+        for node_plan in plan.nodes:
+            if node_plan.name not in self._nodes:
+                await self._create_node(node_plan)
+        for ref, pod in list(self._pods.items()):
+            new = wanted.get(ref)
+            if new is None or _differs(pod.plan, new):
+                await self._remove_pod(ref)
+            else:
+                pod.plan = new
+        for ref, pod_plan in wanted.items():
+            if ref not in self._pods:
+                await self._create_pod(pod_plan)
+        await self._refresh()
+
+    async def _create_node(self, plan: NodePlan) -> None:
+        log.info("node_creating", node=plan.name, ip=plan.ip, netns=plan.netns)
+        node = self._nodes[plan.name] = _Node(plan)
+        await network.create_endpoint(self.config, self.state, plan.netns, plan.veth, plan.ip)
+        network.write_netns_file(self.state, plan.netns, "resolv.conf", RESOLV_CONF)
+        argv = self.hooks.ztunnel_command(self._node_view(node), self.config)
+        if argv:
+            node.ztunnel = await self.supervisor.start(
+                f"ztunnel/{plan.name}",
+                plan.netns,
+                argv,
+                dict(os.environ),
+                self.config.ztunnel_log(plan.name),
+            )
+
+    async def _create_pod(self, plan: PodPlan) -> None:
+        spec = plan.spec
+        log.info(
+            "pod_creating", namespace=spec.namespace, pod=spec.name, node=plan.node, ip=plan.ip
+        )
+        pod = self._pods[plan.ref] = _Pod(plan)
+        await network.create_endpoint(self.config, self.state, plan.netns, plan.veth, plan.ip)
+        network.write_netns_file(self.state, plan.netns, "resolv.conf", RESOLV_CONF)
+        pod.hosts = render_hosts(plan, self._services)
+        network.write_netns_file(self.state, plan.netns, "hosts", pod.hosts)
+        pod.rules = render_service_rules(self.config, self._services)
+        await network.apply_rules(plan.netns, render_service_jumps() + pod.rules)
+        env = {"PATH": POD_PATH, "HOSTNAME": spec.name, **dict(spec.env)}
+        pod.process = await self.supervisor.start(
+            f"pod/{spec.namespace}/{spec.name}",
+            plan.netns,
+            spec.argv,
+            env,
+            self.config.pod_log(spec.namespace, spec.name),
+        )
+
+    async def _remove_pod(self, ref: PodRef) -> None:
+        pod = self._pods.pop(ref)
+        log.info("pod_removing", namespace=ref[0], pod=ref[1])
+        await self.supervisor.stop(f"pod/{ref[0]}/{ref[1]}")
+        await network.delete_endpoint(self.state, pod.plan.netns, pod.plan.veth)
+
+    async def _refresh(self) -> None:
+        """Service chains and hosts files everywhere, endpoints from running pods only."""
+        running = {ref for ref, pod in self._pods.items() if pod.phase == "Running"}
+        plan = plan_cluster(self.config, self._store.values(), self._allocation, ready=running)
+        self._services = plan.services
+        rules = render_service_rules(self.config, plan.services)
+        for pod in self._pods.values():
+            if pod.rules != rules:
+                await network.apply_rules(pod.plan.netns, rules)
+                pod.rules = rules
+            hosts = render_hosts(pod.plan, plan.services)
+            if pod.hosts != hosts:
+                network.write_netns_file(self.state, pod.plan.netns, "hosts", hosts)
+                pod.hosts = hosts
+        for node in self._nodes.values():
+            hosts = render_hosts(None, plan.services)
+            if node.hosts != hosts:
+                network.write_netns_file(self.state, node.plan.netns, "hosts", hosts)
+                node.hosts = hosts
+        try:
+            self.hooks.on_objects_changed(self.snapshot())
+        except Exception:  # the hook's bug must not take the cluster down
+            log.exception("hook_failed", hook="on_objects_changed")
+
+    def _process_exited(self, running: Running) -> None:
+        self._exits.set()
+
+    async def _follow_exits(self) -> None:
+        while True:
+            await self._exits.wait()
+            self._exits = trio.Event()
+            async with self._lock:
+                if self._down:
+                    return
+                try:
+                    await self._refresh()
+                except (
+                    LocalClusterError
+                ) as exc:  # e.g. iptables-restore failed; next change retries
+                    log.error("refresh_failed", reason=str(exc))
+
+    async def wait_ready(self, poll: float = 0.05) -> None:
+        """Return when every pod runs and listens on its declared ports and, with a
+        ztunnel, every meshed pod is captured and has its certificate. Raises
+        :class:`LocalClusterError` at once if a pod's command exits. Unbounded:
+        the caller puts a deadline around it."""
+        while True:
+            pending = await self.not_ready()
+            if not pending:
+                return
+            await trio.sleep(poll)
+
+    async def not_ready(self) -> list[str]:
+        exited = [p for p in self._pods.values() if p.phase == "Exited"]
+        if exited:
+            raise LocalClusterError(
+                "; ".join(
+                    f"pod {p.plan.spec.namespace}/{p.plan.spec.name} exited with code"
+                    f" {p.process.exit_code if p.process else '?'} (see 'ambit logs -n"
+                    f" {p.plan.spec.namespace} pod/{p.plan.spec.name}')"
+                    for p in exited
+                )
+            )
+        pending: list[str] = []
+        for pod in self._pods.values():
+            where = f"pod {pod.plan.spec.namespace}/{pod.plan.spec.name}"
+            if pod.phase != "Running" or pod.process is None:
+                pending.append(f"{where} is not running")
+                continue
+            if pod.process.running_for() < SETTLE_SECONDS:
+                pending.append(f"{where} started less than {SETTLE_SECONDS}s ago")
+                continue
+            listening = await in_netns(pod.plan.netns, network.listening_tcp_ports)
+            missing = sorted(set(pod.plan.spec.ports) - listening)
+            if missing:
+                pending.append(f"{where} does not listen on port(s) {missing} yet")
+        if self.hooks.mesh_state is not None:
+            self._mesh = dict(await self.hooks.mesh_state(self.snapshot()))
+            for pod in self._pods.values():
+                state = self._mesh.get(pod.plan.ref)
+                if pod.plan.meshed and not (state and state.ready):
+                    pending.append(
+                        f"meshed pod {pod.plan.spec.namespace}/{pod.plan.spec.name} is not"
+                        " captured by ztunnel or has no certificate yet"
+                    )
+        return pending
+
+    def snapshot(self) -> LocalSnapshot:
+        return LocalSnapshot(
+            config=self.config,
+            objects=tuple(self._with_addresses(m.source) for m in self._store.values()),
+            pods=tuple(self._pod_view(p) for p in self._pods.values()),
+            nodes=tuple(self._node_view(n) for n in self._nodes.values()),
+            services=tuple(_service_view(s) for s in self._services),
+        )
+
+    def _with_addresses(self, obj: manifests.K8sObject) -> manifests.K8sObject:
+        """Pods and Services as the API server would show them: with their IPs."""
+        ref = (obj.namespace, obj.name)
+        if isinstance(obj, manifests.Pod) and ref in self._pods:
+            return obj.with_ip(self._pods[ref].plan.ip)
+        if isinstance(obj, manifests.Service) and ref in self._allocation.service_ips:
+            return obj.with_cluster_ip(self._allocation.service_ips[ref])
+        return obj
+
+    def _pod_view(self, pod: _Pod) -> PodView:
+        plan, process = pod.plan, pod.process
+        mesh = self._mesh.get(plan.ref) if self.hooks.mesh_state is not None else None
+        return PodView(
+            namespace=plan.spec.namespace,
+            name=plan.spec.name,
+            node=plan.node,
+            ip=plan.ip,
+            netns=plan.netns,
+            identity=plan.identity,
+            service_account=plan.spec.service_account,
+            meshed=plan.meshed,
+            labels=dict(plan.spec.labels),
+            phase=pod.phase,
+            pid=process.pid if process else None,
+            exit_code=process.exit_code if process else None,
+            captured=mesh.captured if mesh else None,
+            certificate=mesh.certificate if mesh else None,
+        )
+
+    def _node_view(self, node: _Node) -> NodeView:
+        ztunnel = node.ztunnel
+        return NodeView(
+            name=node.plan.name,
+            ip=node.plan.ip,
+            netns=node.plan.netns,
+            ztunnel_pid=ztunnel.pid if ztunnel else None,
+            ztunnel_exit_code=ztunnel.exit_code if ztunnel else None,
+        )
+
+
+def _differs(running: PodPlan, wanted: PodPlan) -> bool:
+    """Whether the pod must be recreated (joining or leaving the mesh does not need it)."""
+    return dataclasses.replace(running, meshed=wanted.meshed) != wanted
+
+
+def _service_view(service: ServicePlan) -> ServiceView:
+    return ServiceView(
+        namespace=service.spec.namespace,
+        name=service.spec.name,
+        vip=service.vip,
+        selector=dict(service.spec.selector),
+        ports=tuple(
+            ServicePortView(
+                port=p.port.port,
+                target_port=p.port.target_port,
+                protocol=p.port.protocol,
+                name=p.port.name,
+                endpoints=tuple(EndpointView(e.ip, e.port, e.pod) for e in p.endpoints),
+            )
+            for p in service.ports
+        ),
+    )

@@ -1,0 +1,138 @@
+"""Where the control plane and ztunnel plug into the local cluster.
+
+The daemon builds a :class:`LocalSnapshot` (every object from the manifests
+plus what the cluster made of them: pod IPs, nodes, namespaces, service VIPs)
+and calls the hooks of :class:`LocalHooks`:
+
+* ``on_cluster_started(nursery, config)``: awaited once, after the bridge
+  exists and before any node or pod; start long-lived servers (control plane,
+  CA) in ``nursery`` and return once they listen (``await nursery.start``).
+  They are cancelled when the cluster goes down.
+* ``on_objects_changed(snapshot)``: called after every change (start, apply,
+  delete, a pod exiting), in the daemon's Trio thread; must not block.
+* ``ztunnel_command(node, config)``: the command line of the ztunnel of
+  ``node``, run inside the node's namespace with its output in
+  ``logs/ztunnel/<node>.log``; None runs no ztunnel.
+* ``mesh_state(snapshot)``: for meshed pods, whether each is captured and has
+  its certificate. When set, ``ambit up`` waits until every meshed pod is both,
+  and ``ambit get`` shows it. When None (no ztunnel yet), meshing is not
+  waited for and capture shows as unknown.
+
+The defaults do nothing, which is local mode without a mesh.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import trio
+
+from k8s.local.config import ClusterConfig
+from k8s.manifests import K8sObject
+
+PodRef = tuple[str, str]  # (namespace, name)
+PodPhase = Literal["Pending", "Running", "Exited"]
+
+
+@dataclass(frozen=True)
+class PodView:
+    namespace: str
+    name: str
+    node: str
+    ip: str
+    netns: str
+    identity: str
+    service_account: str
+    meshed: bool
+    labels: Mapping[str, str]
+    phase: PodPhase
+    pid: int | None = None
+    exit_code: int | None = None
+    captured: bool | None = None
+    certificate: bool | None = None
+
+    @property
+    def ref(self) -> PodRef:
+        return (self.namespace, self.name)
+
+
+@dataclass(frozen=True)
+class NodeView:
+    name: str
+    ip: str
+    netns: str
+    ztunnel_pid: int | None = None
+    ztunnel_exit_code: int | None = None
+
+
+@dataclass(frozen=True)
+class EndpointView:
+    ip: str
+    port: int
+    pod: str
+
+
+@dataclass(frozen=True)
+class ServicePortView:
+    port: int
+    target_port: int | str
+    protocol: str
+    name: str
+    endpoints: tuple[EndpointView, ...]
+
+
+@dataclass(frozen=True)
+class ServiceView:
+    namespace: str
+    name: str
+    vip: str
+    selector: Mapping[str, str]
+    ports: tuple[ServicePortView, ...]
+
+
+@dataclass(frozen=True)
+class LocalSnapshot:
+    """The cluster as it is now. ``objects`` are :mod:`k8s.manifests` objects, Pods and
+    Services with their ``pod_ip`` / ``cluster_ip`` filled in as an API server would."""
+
+    config: ClusterConfig
+    objects: tuple[K8sObject, ...]
+    pods: tuple[PodView, ...]
+    nodes: tuple[NodeView, ...]
+    services: tuple[ServiceView, ...]
+
+    def pod(self, namespace: str, name: str) -> PodView | None:
+        return next((p for p in self.pods if p.ref == (namespace, name)), None)
+
+
+@dataclass(frozen=True)
+class MeshState:
+    captured: bool
+    certificate: bool
+
+    @property
+    def ready(self) -> bool:
+        return self.captured and self.certificate
+
+
+def _nothing_changed(snapshot: LocalSnapshot) -> None:
+    return None
+
+
+def _no_ztunnel(node: NodeView, config: ClusterConfig) -> Sequence[str] | None:
+    return None
+
+
+@dataclass(frozen=True)
+class LocalHooks:
+    on_cluster_started: Callable[[trio.Nursery, ClusterConfig], Awaitable[None]] | None = None
+    on_objects_changed: Callable[[LocalSnapshot], None] = _nothing_changed
+    ztunnel_command: Callable[[NodeView, ClusterConfig], Sequence[str] | None] = _no_ztunnel
+    mesh_state: Callable[[LocalSnapshot], Awaitable[Mapping[PodRef, MeshState]]] | None = None
+
+
+def default_hooks() -> LocalHooks:
+    """The hooks ``ambit local-daemon`` uses: the single place to wire the mesh in."""
+    return LocalHooks()
