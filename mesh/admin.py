@@ -1,0 +1,329 @@
+"""The small HTTP/1.1 server behind every proxy's management ports.
+
+Serves the admin port (15000: ``/config_dump``, ``/debug/...``), Prometheus
+``/metrics`` (15020) and ``/healthz/ready`` (15021). The protocol is h11's
+sans-IO state machine; this module is the thin Trio loop around it, plus the
+routes every proxy shares (:func:`metrics_route`, :func:`ready_route`).
+
+Only ``GET`` and ``HEAD`` are served (``405`` otherwise), an unknown path gets
+``404`` listing the known ones, and a route that raises gives ``500`` with its
+traceback logged. Connections are kept alive. A client is bounded in size
+(header block ``431``, body ``413``) and time (a request not complete in
+``request_timeout`` gets ``408``); garbage gets ``400``. Such a client is
+answered, logged once (``admin_bad_request``) and closed; others are unaffected.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import socket
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any, TypeAlias
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import h11
+import structlog
+import trio
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Metric, generate_latest
+
+log = structlog.get_logger("mesh.admin")
+
+TEXT: str = "text/plain; charset=utf-8"
+JSON: str = "application/json"
+METHODS = ("GET", "HEAD")
+READ_SIZE = 16 * 1024
+LINGER_SECONDS = 1.0  # after our last byte, how long to drain a client before closing
+
+
+@dataclass(frozen=True)
+class Request:
+    """A request as a route sees it: ``path`` percent-decoded, ``query`` the last value of each
+    key, ``headers`` with lower-case names (repeated ones joined with ``", "``)."""
+
+    method: str
+    path: str
+    query: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    body: bytes
+    content_type: str = TEXT
+    headers: tuple[tuple[str, str], ...] = ()  # extra headers, e.g. ("allow", "GET, HEAD")
+
+
+Route: TypeAlias = Callable[[Request], Response | Awaitable[Response]]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How much a client may send, and how long it may take."""
+
+    max_header_bytes: int = 16 * 1024
+    max_body_bytes: int = 64 * 1024
+    request_timeout: float = 10.0  # a request, from its first byte (or the accept) to its end
+    idle_timeout: float = 60.0  # a kept-alive connection between requests
+    max_connections: int = 64  # beyond this, new connections wait in the kernel's backlog
+
+
+def json_response(obj: Any, status: int = 200) -> Response:
+    """``obj`` as indented JSON."""
+    return Response(status, (json.dumps(obj, indent=2) + "\n").encode(), JSON)
+
+
+def metrics_route(registry: CollectorRegistry) -> Route:
+    """``/metrics``: the Prometheus text exposition of ``registry``, without prometheus_client's
+    ``*_created`` series (Istio's proxies have none; dashboards would see extra names)."""
+    collector = _WithoutCreated(registry)
+
+    def metrics(_request: Request) -> Response:
+        return Response(200, generate_latest(collector), CONTENT_TYPE_LATEST)
+
+    return metrics
+
+
+class _WithoutCreated:
+    """``registry``'s metric families, minus the ``_created`` sample of each counter, histogram
+    and summary (a per-route choice, unlike prometheus_client's process-wide switch)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.registry.collect():
+            if family.type in ("counter", "histogram", "summary"):
+                created = f"{family.name}_created"
+                family.samples = [s for s in family.samples if s.name != created]
+            yield family
+
+
+def ready_route(is_ready: Callable[[], tuple[bool, str]]) -> Route:
+    """``/healthz/ready``: ``200 ready`` or ``503`` with the reason ``is_ready`` gives."""
+
+    def ready(_request: Request) -> Response:
+        ok, reason = is_ready()
+        return Response(200, b"ready\n") if ok else Response(503, f"{reason}\n".encode())
+
+    return ready
+
+
+async def open_listener(host: str, port: int, *, backlog: int = 128) -> trio.socket.SocketType:
+    """A listening TCP socket (SO_REUSEADDR) for :func:`serve_http`."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = trio.socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        await sock.bind((host, port))
+        sock.listen(backlog)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+async def serve_http(
+    routes: Mapping[str, Route],
+    *,
+    host: str,
+    port: int,
+    listener: trio.socket.SocketType | None = None,
+    limits: Limits | None = None,
+    task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``routes`` (exact paths) until cancelled; ``task_status.started`` gets the bound
+    ``(host, port)``. A ``listener`` passed in (made inside a pod's netns) is served instead of
+    binding ``host:port``, and is closed on return like our own."""
+    limits = limits or Limits()
+    sock = listener if listener is not None else await open_listener(host, port)
+    slots = trio.Semaphore(limits.max_connections)
+    with sock:
+        bound = sock.getsockname()
+        async with trio.open_nursery() as nursery:
+            task_status.started((bound[0], bound[1]))
+            while True:
+                await slots.acquire()
+                try:
+                    conn_sock, addr = await sock.accept()
+                except OSError as exc:
+                    slots.release()
+                    log.warning("admin_accept_failed", reason=str(exc))
+                    await trio.sleep(0.05)  # e.g. EMFILE: back off instead of spinning
+                    continue
+                server = _Connection(trio.SocketStream(conn_sock), addr, routes, limits)
+                nursery.start_soon(server.run, slots)
+
+
+class _Reject(Exception):
+    """The client is answered with ``status`` and the connection closed."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class _Connection:
+    def __init__(
+        self,
+        stream: trio.SocketStream,
+        addr: Any,
+        routes: Mapping[str, Route],
+        limits: Limits,
+    ) -> None:
+        self.stream = stream
+        self.peer = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
+        self.routes = routes
+        self.limits = limits
+        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
+
+    async def run(self, slots: trio.Semaphore) -> None:
+        try:
+            await self._serve()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass  # the client went away; nothing to answer
+        except Exception:  # a bug here must not take the other clients down
+            log.exception("admin_connection_failed", peer=self.peer)
+        finally:
+            try:
+                await self._close()
+            finally:
+                slots.release()
+
+    async def _serve(self) -> None:
+        first = True
+        while True:
+            try:
+                request = await self._receive(first)
+            except _Reject as reject:
+                log.warning(
+                    "admin_bad_request", peer=self.peer, status=reject.status, reason=reject.reason
+                )
+                if self.h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                    await self._send(None, Response(reject.status, f"{reject.reason}\n".encode()))
+                return
+            if request is None:
+                return
+            await self._send(request, await self._dispatch(request))
+            if self.h11.our_state is not h11.DONE or self.h11.their_state is not h11.DONE:
+                return  # Connection: close, HTTP/1.0, or an unread body
+            self.h11.start_next_cycle()
+            first = False
+
+    async def _receive(self, first: bool) -> Request | None:
+        """The next request; ``None`` if the client closed or idled out between requests."""
+        limits, conn = self.limits, self.h11
+        started = first or bool(conn.trailing_data[0])
+        timeout = limits.request_timeout if started else limits.idle_timeout
+        deadline = trio.current_time() + timeout
+        head: h11.Request | None = None
+        body = 0
+        while True:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise _Reject(exc.error_status_hint, f"bad request: {exc}") from None
+            if event is h11.NEED_DATA:
+                with trio.move_on_at(deadline):
+                    data = await self.stream.receive_some(READ_SIZE)
+                    if data and not started:
+                        started = True
+                        deadline = trio.current_time() + limits.request_timeout
+                    conn.receive_data(data)
+                    continue
+                if not started:
+                    return None
+                raise _Reject(408, f"request not complete within {limits.request_timeout:g}s")
+            if isinstance(event, h11.ConnectionClosed):
+                return None
+            if isinstance(event, h11.Request):
+                head = event
+                # h11 bounds a head still arriving; one that came whole in a read is checked here
+                size = len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers)
+                if size > limits.max_header_bytes:
+                    raise _Reject(431, f"request head over {limits.max_header_bytes} bytes")
+                length = dict(event.headers).get(b"content-length", b"0")
+                if int(length) > limits.max_body_bytes:
+                    raise _Reject(413, f"body over {limits.max_body_bytes} bytes")
+            elif isinstance(event, h11.Data):
+                body += len(event.data)
+                if body > limits.max_body_bytes:
+                    raise _Reject(413, f"body over {limits.max_body_bytes} bytes")
+            elif isinstance(event, h11.EndOfMessage) and head is not None:
+                return _request(head)
+
+    async def _dispatch(self, request: Request) -> Response:
+        if request.method not in METHODS:
+            body = f"method {request.method} not allowed; use {' or '.join(METHODS)}\n"
+            return Response(405, body.encode(), headers=(("allow", ", ".join(METHODS)),))
+        route = self.routes.get(request.path)
+        if route is None:
+            known = "".join(f"  {path}\n" for path in sorted(self.routes))
+            return Response(404, f"no route for {request.path}; known paths:\n{known}".encode())
+        try:
+            result = route(request)
+            response = await result if inspect.isawaitable(result) else result
+            if not isinstance(response, Response):
+                raise TypeError(f"route returned {type(response).__name__}, not a Response")
+            return response
+        except Exception:
+            log.exception("admin_route_failed", peer=self.peer, path=request.path)
+            return Response(500, f"internal error serving {request.path}; see the log\n".encode())
+
+    async def _send(self, request: Request | None, response: Response) -> None:
+        """Send ``response`` (no body for HEAD); ``request=None`` answers a rejected one."""
+        headers = [
+            ("content-type", response.content_type),
+            ("content-length", str(len(response.body))),
+            ("server", "ambit"),
+            *response.headers,
+        ]
+        if request is None:
+            headers.append(("connection", "close"))
+        try:
+            reason = HTTPStatus(response.status).phrase
+        except ValueError:
+            reason = ""
+        events: list[h11.Event] = [
+            h11.Response(status_code=response.status, headers=headers, reason=reason)
+        ]
+        if request is None or request.method != "HEAD":
+            events.append(h11.Data(data=response.body))
+        events.append(h11.EndOfMessage())
+        out = b"".join(self.h11.send(event) or b"" for event in events)
+        with trio.move_on_after(self.limits.request_timeout):
+            await self.stream.send_all(out)
+            return
+        raise trio.BrokenResourceError("client did not read the response in time")
+
+    async def _close(self) -> None:
+        """Half-close, drain what the client still sends (so our last response is not lost to a
+        reset), then close."""
+        try:
+            with trio.move_on_after(LINGER_SECONDS):
+                await self.stream.send_eof()
+                drained = 0
+                while drained < 4 * READ_SIZE and (data := await self.stream.receive_some()):
+                    drained += len(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+        finally:
+            await self.stream.aclose()
+
+
+def _request(head: h11.Request) -> Request:
+    target = urlsplit(head.target.decode("ascii", "replace"))
+    headers: dict[str, str] = {}
+    for name, value in head.headers:
+        key, text = name.decode("ascii"), value.decode("latin-1")
+        headers[key] = f"{headers[key]}, {text}" if key in headers else text
+    return Request(
+        method=head.method.decode("ascii"),
+        path=unquote(target.path) or "/",
+        query=dict(parse_qsl(target.query, keep_blank_values=True)),
+        headers=headers,
+    )

@@ -1,0 +1,258 @@
+"""Istio's TCP metrics (names, labels, metering) and the per-connection access log."""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from structlog.testing import capture_logs
+
+from mesh.admin import Request, Response, metrics_route
+from tests.builders import identity, service, workload
+from ztunnel.accesslog import KEYS, log_connection
+from ztunnel.metrics import (
+    LABEL_NAMES,
+    ConnectionMeter,
+    TcpLabels,
+    TcpMetrics,
+    flush_periodically,
+    workload_name,
+)
+
+# Written out, not imported: these are the names Istio's dashboards query.
+ISTIO_NAMES = {
+    "istio_tcp_connections_opened_total",
+    "istio_tcp_connections_closed_total",
+    "istio_tcp_sent_bytes_total",
+    "istio_tcp_received_bytes_total",
+}
+ISTIO_LABELS = {
+    "reporter",
+    "source_workload",
+    "source_workload_namespace",
+    "source_principal",
+    "source_app",
+    "source_version",
+    "source_cluster",
+    "destination_workload",
+    "destination_workload_namespace",
+    "destination_principal",
+    "destination_app",
+    "destination_version",
+    "destination_service",
+    "destination_service_name",
+    "destination_service_namespace",
+    "destination_cluster",
+    "request_protocol",
+    "response_flags",
+    "connection_security_policy",
+}
+
+CLIENT = workload(
+    "sleep-7d4b9c6f5-x2x9z", "default", labels={"app": "sleep", "pod-template-hash": "7d4b9c6f5"}
+)
+SERVER = workload(
+    "web-v2-5f6d8-abcde",
+    "shop",
+    ip="10.0.0.20",
+    sa="web",
+    labels={"app.kubernetes.io/name": "web", "version": "v2", "pod-template-hash": "5f6d8"},
+)
+WEB = service("web", "shop", backends=[SERVER])
+
+
+def mtls_labels(flags: str = "-") -> TcpLabels:
+    return TcpLabels.of(
+        "destination",
+        source=CLIENT,
+        source_identity=CLIENT.identity,
+        destination=SERVER,
+        service=WEB,
+        security_policy="mutual_tls",
+        response_flags=flags,
+    )
+
+
+def sample(registry: CollectorRegistry, name: str, labels: TcpLabels) -> float | None:
+    return registry.get_sample_value(name, dict(zip(LABEL_NAMES, labels.values, strict=True)))
+
+
+def exposition(registry: CollectorRegistry) -> str:
+    response = metrics_route(registry)(Request("GET", "/metrics"))
+    assert isinstance(response, Response)  # a plain (sync) route
+    return response.body.decode()
+
+
+def test_exposition_has_exactly_istios_metric_and_label_names() -> None:
+    registry = CollectorRegistry()
+    metrics = TcpMetrics(registry)
+    labels = mtls_labels()
+    metrics.opened(labels)
+    metrics.closed(labels)
+    metrics.add_bytes(labels, sent=10, received=20)
+    text = exposition(registry)
+    families = list(text_string_to_metric_families(text))
+    samples = [s for f in families for s in f.samples]
+    assert {s.name for s in samples} == ISTIO_NAMES
+    assert all(set(s.labels) == ISTIO_LABELS for s in samples)
+    typed = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")}
+    assert typed == ISTIO_NAMES
+    # prometheus_client's own rendering names the same counters (plus its _created series)
+    assert all(f"\n{name}{{" in generate_latest(registry).decode() for name in ISTIO_NAMES)
+
+
+def test_labels_come_from_workloads_service_and_identities() -> None:
+    labels = mtls_labels(flags="UF")
+    assert labels.reporter == "destination"
+    assert labels.source_workload == "sleep"  # the Deployment, not the pod
+    assert labels.source_workload_namespace == "default"
+    assert labels.source_principal == "spiffe://cluster.local/ns/default/sa/sleep-7d4b9c6f5-x2x9z"
+    assert labels.source_app == "sleep"
+    assert labels.source_version == "unknown"
+    assert labels.source_cluster == "Kubernetes"
+    assert labels.destination_workload == "web-v2"
+    assert labels.destination_workload_namespace == "shop"
+    assert labels.destination_principal == "spiffe://cluster.local/ns/shop/sa/web"
+    assert labels.destination_app == "web"  # from app.kubernetes.io/name
+    assert labels.destination_version == "v2"
+    assert labels.destination_service == "web.shop.svc.cluster.local"
+    assert labels.destination_service_name == "web"
+    assert labels.destination_service_namespace == "shop"
+    assert labels.destination_cluster == "Kubernetes"
+    assert labels.request_protocol == "tcp"
+    assert labels.response_flags == "UF"
+    assert labels.connection_security_policy == "mutual_tls"
+    assert len(labels.values) == len(ISTIO_LABELS)
+
+
+def test_unknowns_are_unknown() -> None:
+    labels = TcpLabels.of("source", source=None, source_identity=None, destination=None)
+    known = {"reporter": "source", "request_protocol": "tcp", "response_flags": "-"}
+    for name, value in zip(LABEL_NAMES, labels.values, strict=True):
+        assert value == known.get(name, "unknown"), name
+
+
+def test_plaintext_proves_no_principal() -> None:
+    labels = TcpLabels.of(
+        "destination",
+        source=CLIENT,
+        source_identity=None,
+        destination=SERVER,
+        security_policy="none",
+        response_flags="DENY",
+    )
+    assert (labels.source_principal, labels.destination_principal) == ("unknown", "unknown")
+    assert labels.source_workload == "sleep"
+    assert labels.destination_service == "unknown"
+    explicit = TcpLabels.of(
+        "source",
+        source=CLIENT,
+        source_identity=CLIENT.identity,
+        destination=None,
+        destination_identity=identity("shop", "web"),
+    )
+    assert explicit.destination_principal == "spiffe://cluster.local/ns/shop/sa/web"
+
+
+def test_workload_name_strips_only_a_deployments_suffix() -> None:
+    assert workload_name(CLIENT) == "sleep"
+    assert workload_name(workload("db-0", labels={"app": "db"})) == "db-0"
+    stale = workload("other-name-abc", labels={"pod-template-hash": "7d4b9c6f5"})
+    assert workload_name(stale) == "other-name-abc"
+
+
+def test_connections_opened_and_closed_are_counted() -> None:
+    registry = CollectorRegistry()
+    metrics = TcpMetrics(registry)
+    labels = mtls_labels()
+    metrics.opened(labels)
+    metrics.opened(labels)
+    metrics.closed(labels)
+    assert sample(registry, "istio_tcp_connections_opened_total", labels) == 2
+    assert sample(registry, "istio_tcp_connections_closed_total", labels) == 1
+
+
+def test_meter_accumulates_until_flushed() -> None:
+    registry = CollectorRegistry()
+    labels = mtls_labels()
+    meter = ConnectionMeter(TcpMetrics(registry), labels)
+    for _ in range(100):
+        meter.add(sent=3, received=5)
+    assert sample(registry, "istio_tcp_sent_bytes_total", labels) is None  # nothing pushed yet
+    meter.flush()
+    meter.flush()  # nothing new: no double counting
+    assert sample(registry, "istio_tcp_sent_bytes_total", labels) == 300
+    assert sample(registry, "istio_tcp_received_bytes_total", labels) == 500
+    meter.add(received=7)
+    meter.flush()
+    assert sample(registry, "istio_tcp_sent_bytes_total", labels) == 300
+    assert sample(registry, "istio_tcp_received_bytes_total", labels) == 507
+
+
+async def test_meters_are_flushed_periodically(autojump_clock: trio.testing.MockClock) -> None:
+    registry = CollectorRegistry()
+    labels = mtls_labels()
+    meter = ConnectionMeter(TcpMetrics(registry), labels)
+    meters = {meter}
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(flush_periodically, meters, 5.0)
+            meter.add(sent=1000)
+            await trio.sleep(4.9)
+            assert sample(registry, "istio_tcp_sent_bytes_total", labels) is None
+            await trio.sleep(0.2)
+            assert sample(registry, "istio_tcp_sent_bytes_total", labels) == 1000
+            meters.discard(meter)
+            meter.add(sent=1)
+            await trio.sleep(10)
+            assert sample(registry, "istio_tcp_sent_bytes_total", labels) == 1000
+            nursery.cancel_scope.cancel()
+
+
+# --- The access log --------------------------------------------------------------------------
+
+
+def test_access_log_has_fixed_keys_and_a_constant_event() -> None:
+    with capture_logs() as logs:
+        log_connection(
+            direction="inbound",
+            src_addr="10.0.0.10:40000",
+            dst_addr="10.0.0.20:8080",
+            src_workload=CLIENT,
+            src_identity=CLIENT.identity,
+            dst_workload=SERVER,
+            dst_service=WEB,
+            dst_identity=SERVER.identity,
+            bytes_sent=10,
+            bytes_recv=20,
+            duration_ms=12.34567,
+        )
+    [entry] = logs
+    assert entry.pop("event") == "connection_complete"
+    assert entry.pop("log_level") == "info"
+    assert list(entry) == list(KEYS)
+    assert entry["src.workload"] == "sleep-7d4b9c6f5-x2x9z"  # the pod, as ztunnel logs it
+    assert entry["src.identity"] == "spiffe://cluster.local/ns/default/sa/sleep-7d4b9c6f5-x2x9z"
+    assert entry["dst.service"] == "web.shop.svc.cluster.local"
+    assert entry["dst.namespace"] == "shop"
+    assert (entry["bytes_sent"], entry["bytes_recv"], entry["duration_ms"]) == (10, 20, 12.346)
+    assert entry["reason"] is None
+
+
+def test_denied_connection_logs_its_reason_with_unknowns_as_none() -> None:
+    with capture_logs() as logs:
+        log_connection(
+            direction="inbound",
+            src_addr="10.0.0.99:40000",
+            dst_addr="10.0.0.20:8080",
+            dst_workload=SERVER,
+            denied=True,
+            reason="denied by policy shop/deny-all",
+        )
+    [entry] = logs
+    assert (entry["event"], entry["log_level"]) == ("connection_denied", "warning")
+    assert set(entry) == {*KEYS, "event", "log_level"}
+    assert entry["src.workload"] is None
+    assert entry["src.identity"] is None
+    assert entry["reason"] == "denied by policy shop/deny-all"

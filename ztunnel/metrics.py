@@ -1,0 +1,219 @@
+"""ztunnel's TCP metrics, with Istio's names and labels so existing dashboards work.
+
+Four counters, each labelled with :data:`LABEL_NAMES`:
+``istio_tcp_connections_opened_total``, ``istio_tcp_connections_closed_total``,
+``istio_tcp_sent_bytes_total`` and ``istio_tcp_received_bytes_total``.
+
+Bytes follow Istio: ``received`` is what the client sent towards the destination
+(request bytes), ``sent`` what went back to the client (response bytes), for
+either reporter. The relay does not touch a counter per chunk: it adds to a
+:class:`ConnectionMeter` (an integer addition) that is flushed at close and,
+for long connections, every few seconds by :func:`flush_periodically`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import astuple, dataclass, fields
+from functools import cached_property
+from typing import Literal, NoReturn, TypeAlias
+
+import trio
+from prometheus_client import CollectorRegistry, Counter
+
+from mesh.identity import SpiffeId
+from mesh.model import Service, Workload
+
+Reporter: TypeAlias = Literal["source", "destination"]
+SecurityPolicy: TypeAlias = Literal["mutual_tls", "none", "unknown"]
+
+UNKNOWN = "unknown"
+CLUSTER = "Kubernetes"  # Istio's default cluster id
+NO_FLAGS = "-"
+FLAG_DENIED = "DENY"  # refused by an authorization policy
+FLAG_UPSTREAM_FAILURE = "UF"  # could not connect to the destination
+
+# Kubernetes label keys the metric labels are read from, in order of preference.
+APP_LABELS = ("app", "app.kubernetes.io/name")
+VERSION_LABELS = ("version", "app.kubernetes.io/version")
+POD_TEMPLATE_HASH = "pod-template-hash"  # set on a Deployment's pods
+
+
+@dataclass(frozen=True)
+class TcpLabels:
+    """The label values of one connection's series; field names are Istio's label names."""
+
+    reporter: Reporter
+    source_workload: str = UNKNOWN
+    source_workload_namespace: str = UNKNOWN
+    source_principal: str = UNKNOWN
+    source_app: str = UNKNOWN
+    source_version: str = UNKNOWN
+    source_cluster: str = UNKNOWN
+    destination_workload: str = UNKNOWN
+    destination_workload_namespace: str = UNKNOWN
+    destination_principal: str = UNKNOWN
+    destination_app: str = UNKNOWN
+    destination_version: str = UNKNOWN
+    destination_service: str = UNKNOWN
+    destination_service_name: str = UNKNOWN
+    destination_service_namespace: str = UNKNOWN
+    destination_cluster: str = UNKNOWN
+    request_protocol: str = "tcp"
+    response_flags: str = NO_FLAGS
+    connection_security_policy: SecurityPolicy = "unknown"
+
+    @classmethod
+    def of(
+        cls,
+        reporter: Reporter,
+        *,
+        source: Workload | None,
+        source_identity: SpiffeId | None,
+        destination: Workload | None,
+        destination_identity: SpiffeId | None = None,
+        service: Service | None = None,
+        security_policy: SecurityPolicy = "unknown",
+        response_flags: str = NO_FLAGS,
+    ) -> TcpLabels:
+        """Labels for a connection: ``source_identity`` is the principal as proved (the peer's
+        certificate inbound, our own outbound), ``None`` when unproved; ``destination_identity``
+        likewise, defaulting to the destination workload's own when mTLS was used."""
+        mtls = security_policy == "mutual_tls"
+        if destination_identity is None and destination is not None and mtls:
+            destination_identity = destination.identity
+        src, dst = _Side.of(source), _Side.of(destination)
+        return cls(
+            reporter=reporter,
+            source_workload=src.workload,
+            source_workload_namespace=src.namespace,
+            source_principal=_principal(source_identity),
+            source_app=src.app,
+            source_version=src.version,
+            source_cluster=src.cluster,
+            destination_workload=dst.workload,
+            destination_workload_namespace=dst.namespace,
+            destination_principal=_principal(destination_identity),
+            destination_app=dst.app,
+            destination_version=dst.version,
+            destination_service=service.hostname if service else UNKNOWN,
+            destination_service_name=service.name if service else UNKNOWN,
+            destination_service_namespace=service.namespace if service else UNKNOWN,
+            destination_cluster=dst.cluster,
+            response_flags=response_flags,
+            connection_security_policy=security_policy,
+        )
+
+    @cached_property
+    def values(self) -> tuple[str, ...]:
+        """The values in :data:`LABEL_NAMES` order."""
+        return tuple(astuple(self))
+
+
+LABEL_NAMES: tuple[str, ...] = tuple(f.name for f in fields(TcpLabels))
+
+
+@dataclass(frozen=True)
+class _Side:
+    workload: str = UNKNOWN
+    namespace: str = UNKNOWN
+    app: str = UNKNOWN
+    version: str = UNKNOWN
+    cluster: str = UNKNOWN
+
+    @classmethod
+    def of(cls, w: Workload | None) -> _Side:
+        if w is None:
+            return cls()
+        return cls(
+            workload_name(w),
+            w.namespace,
+            _first_label(w, APP_LABELS) or UNKNOWN,
+            _first_label(w, VERSION_LABELS) or UNKNOWN,
+            CLUSTER,
+        )
+
+
+def workload_name(w: Workload) -> str:
+    """The name of the workload that owns the pod, as Istio reports it: a Deployment's pod
+    ``web-7d4b9c-x2x9z`` (label ``pod-template-hash=7d4b9c``) is workload ``web``; any other
+    pod is its own name. Keeps one series per Deployment, not one per pod."""
+    template_hash = w.label(POD_TEMPLATE_HASH)
+    if template_hash:
+        match = re.fullmatch(rf"(.+)-{re.escape(template_hash)}-[a-z0-9]+", w.name)
+        if match:
+            return match[1]
+    return w.name
+
+
+def _first_label(w: Workload, keys: Iterable[str]) -> str | None:
+    return next((v for k in keys if (v := w.label(k))), None)
+
+
+def _principal(identity: SpiffeId | None) -> str:
+    return str(identity) if identity is not None else UNKNOWN
+
+
+class TcpMetrics:
+    """The four counters, registered in ``registry``."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        def counter(name: str, doc: str) -> Counter:
+            # prometheus_client appends ``_total`` to a counter's samples.
+            return Counter(name, doc, LABEL_NAMES, registry=registry)
+
+        self.connections_opened = counter(
+            "istio_tcp_connections_opened", "Total TCP connections opened"
+        )
+        self.connections_closed = counter(
+            "istio_tcp_connections_closed", "Total TCP connections closed"
+        )
+        self.sent_bytes = counter(
+            "istio_tcp_sent_bytes", "Total bytes sent back to the client (response bytes)"
+        )
+        self.received_bytes = counter(
+            "istio_tcp_received_bytes", "Total bytes received from the client (request bytes)"
+        )
+
+    def opened(self, labels: TcpLabels) -> None:
+        self.connections_opened.labels(*labels.values).inc()
+
+    def closed(self, labels: TcpLabels) -> None:
+        self.connections_closed.labels(*labels.values).inc()
+
+    def add_bytes(self, labels: TcpLabels, sent: int, received: int) -> None:
+        if sent:
+            self.sent_bytes.labels(*labels.values).inc(sent)
+        if received:
+            self.received_bytes.labels(*labels.values).inc(received)
+
+
+class ConnectionMeter:
+    """Counts one connection's bytes cheaply; :meth:`flush` moves them to the counters."""
+
+    def __init__(self, metrics: TcpMetrics, labels: TcpLabels) -> None:
+        self.metrics = metrics
+        self.labels = labels
+        self.sent = 0  # not yet flushed
+        self.received = 0
+
+    def add(self, sent: int = 0, received: int = 0) -> None:
+        """Count bytes sent to the client and received from it (see the module docstring)."""
+        self.sent += sent
+        self.received += received
+
+    def flush(self) -> None:
+        if self.sent or self.received:
+            sent, received = self.sent, self.received
+            self.sent = self.received = 0
+            self.metrics.add_bytes(self.labels, sent, received)
+
+
+async def flush_periodically(meters: set[ConnectionMeter], interval: float = 5.0) -> NoReturn:
+    """Flush every meter in ``meters`` each ``interval`` seconds, until cancelled. The owner
+    adds a meter when its connection opens, and flushes and discards it at close."""
+    while True:
+        await trio.sleep(interval)
+        for meter in list(meters):
+            meter.flush()
