@@ -25,7 +25,17 @@ pytest: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 demo: $(STAMP)
+	@if [ "$$(id -u)" != 0 ]; then echo "make demo needs root (network namespaces, iptables): try sudo make demo"; exit 1; fi
+	@command -v iptables >/dev/null || { echo "installing iptables"; apt-get install -y -qq iptables >/dev/null; }
 	$(BIN)/ambit up -f examples/demo.yaml
+	@echo
+	@echo '$$ ambit exec -n demo client -- curl -s -o /dev/null -w "HTTP %{http_code}\n" http://server/'
+	@$(BIN)/ambit exec -n demo client -- curl -s -o /dev/null -w "HTTP %{http_code}\n" http://server/
+	@echo
+	@echo "node-2's ztunnel logged it (mutual TLS, both SPIFFE identities):"
+	@sleep 0.5; $(BIN)/ambit logs ztunnel/node-2 | grep connection_complete | tail -n 1
+	@echo
+	@echo "Try: $(BIN)/ambit get workloads -A    Remove it all: $(BIN)/ambit down"
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.hbone $(if $(QUICK),--quick,)

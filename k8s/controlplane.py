@@ -14,7 +14,6 @@ from __future__ import annotations
 import hmac
 import secrets
 from collections.abc import Iterable
-from typing import Final
 
 import structlog
 import trio
@@ -24,28 +23,17 @@ from k8s.manifests import K8sObject
 from k8s.server import ConfigServer
 from k8s.translate import translate
 from mesh.certs import open_certificate_manager
-from mesh.constants import (
-    CONTROL_PLANE_PORT,
-    CONTROL_PLANE_SERVICE_ACCOUNT,
-    DEFAULT_TRUST_DOMAIN,
-    SYSTEM_NAMESPACE,
-)
+from mesh.constants import CONFIG_STREAM_PORT, CONTROL_PLANE_PORT, DEFAULT_TRUST_DOMAIN
 from mesh.hbone.server import serve_hbone
-from mesh.identity import SpiffeId, WorkloadCertificate
+from mesh.identity import (
+    SpiffeId,
+    WorkloadCertificate,
+    control_plane_identity,
+    ztunnel_identity,
+)
 from mesh.model import MeshSnapshot
 
 log = structlog.get_logger("k8s.controlplane")
-
-CONFIG_STREAM_PORT: Final = 15010
-ZTUNNEL_SERVICE_ACCOUNT: Final = "ztunnel"
-
-
-def ztunnel_identity(trust_domain: str = DEFAULT_TRUST_DOMAIN) -> SpiffeId:
-    return SpiffeId(trust_domain, SYSTEM_NAMESPACE, ZTUNNEL_SERVICE_ACCOUNT)
-
-
-def control_plane_identity(trust_domain: str = DEFAULT_TRUST_DOMAIN) -> SpiffeId:
-    return SpiffeId(trust_domain, SYSTEM_NAMESPACE, CONTROL_PLANE_SERVICE_ACCOUNT)
 
 
 class NodeTokens:

@@ -28,6 +28,11 @@ LABEL_USE_WAYPOINT: Final = "ambit.io/use-waypoint"
 # Identity of the control plane / CA service.
 SYSTEM_NAMESPACE: Final = "ambit-system"
 CONTROL_PLANE_SERVICE_ACCOUNT: Final = "ambit-controlplane"
+ZTUNNEL_SERVICE_ACCOUNT: Final = "ztunnel"
+
+# The config stream (HBONE, mTLS): its own port because the CA on 15012 takes
+# callers without a certificate yet.
+CONFIG_STREAM_PORT: Final = 15010
 
 # Workload certificates.
 DEFAULT_CERT_TTL_SECONDS: Final = 24 * 3600

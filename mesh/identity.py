@@ -18,6 +18,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtensionOID
 
+from mesh.constants import (
+    CONTROL_PLANE_SERVICE_ACCOUNT,
+    DEFAULT_TRUST_DOMAIN,
+    SYSTEM_NAMESPACE,
+    ZTUNNEL_SERVICE_ACCOUNT,
+)
+
 _SCHEME = "spiffe://"
 # Trust domains are DNS-like names (SPIFFE spec: lowercase letters, digits, '.', '-', '_').
 _TRUST_DOMAIN_RE = re.compile(r"^[a-z0-9._-]+$")
@@ -264,3 +271,13 @@ def build_csr(identity: SpiffeId, key: PrivateKey) -> bytes:
     hash_alg = None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
     csr = builder.sign(key, hash_alg)
     return csr.public_bytes(serialization.Encoding.PEM)
+
+
+def ztunnel_identity(trust_domain: str = DEFAULT_TRUST_DOMAIN) -> SpiffeId:
+    """The identity every node's ztunnel holds for itself (config stream, CA)."""
+    return SpiffeId(trust_domain, SYSTEM_NAMESPACE, ZTUNNEL_SERVICE_ACCOUNT)
+
+
+def control_plane_identity(trust_domain: str = DEFAULT_TRUST_DOMAIN) -> SpiffeId:
+    """The identity the control plane (CA and config stream) presents."""
+    return SpiffeId(trust_domain, SYSTEM_NAMESPACE, CONTROL_PLANE_SERVICE_ACCOUNT)

@@ -143,6 +143,15 @@ class CapturedPod:
 
     # ---- inbound ------------------------------------------------------------------
 
+    def _service_of(self, snapshot: MeshSnapshot, port: int) -> Service | None:
+        """The Service this pod serves ``port`` for (what inbound metrics report)."""
+        uid = self.workload.uid
+        for service in snapshot.services:
+            for endpoint in service.endpoints:
+                if endpoint.workload_uid == uid and any(t == port for _, t in endpoint.ports):
+                    return service
+        return None
+
     def _decide(self, record: ConnectionRecord) -> Decision:
         snapshot = self._snapshot()
         conn = Connection(
@@ -171,6 +180,7 @@ class CapturedPod:
             src_workload=snapshot.workload_by_ip(peer_addr[0]),
             src_identity=request.peer,
             dst_workload=self.workload,
+            dst_service=self._service_of(snapshot, dst[1]),
             mtls=True,
         )
         decision = self._decide(record)
@@ -202,6 +212,7 @@ class CapturedPod:
                 dst_addr=dst,
                 src_workload=snapshot.workload_by_ip(peer[0]),
                 dst_workload=self.workload,
+                dst_service=self._service_of(snapshot, dst[1]),
             )
             if peer_auth_mode(snapshot, self.workload) == "STRICT":
                 self._telemetry.denied(

@@ -48,6 +48,8 @@ from k8s.local.plan import (
 from k8s.local.processes import POD_PATH, Running, Supervisor
 from k8s.local.state import StateFile
 
+ZTUNNEL_RESTART_DELAY = 0.5
+
 log = structlog.get_logger("ambit.local.cluster")
 
 # A pod counts as running once its command has lived this long (a command that
@@ -188,14 +190,26 @@ class LocalCluster:
         node = self._nodes[plan.name] = _Node(plan)
         await network.create_endpoint(self.config, self.state, plan.netns, plan.veth, plan.ip)
         network.write_netns_file(self.state, plan.netns, "resolv.conf", RESOLV_CONF)
+        await self._start_ztunnel(node)
+
+    async def _restart_ztunnels(self) -> None:
+        """A node's ztunnel that exited is started again (as its DaemonSet would)."""
+        for node in self._nodes.values():
+            running = node.ztunnel
+            if running is None or not running.exited.is_set():
+                continue
+            log.warning("ztunnel_restarting", node=node.plan.name, exit_code=running.exit_code)
+            await self._start_ztunnel(node)
+
+    async def _start_ztunnel(self, node: _Node) -> None:
         argv = self.hooks.ztunnel_command(self._node_view(node), self.config)
         if argv:
             node.ztunnel = await self.supervisor.start(
-                f"ztunnel/{plan.name}",
-                plan.netns,
+                f"ztunnel/{node.plan.name}",
+                node.plan.netns,
                 argv,
                 dict(os.environ),
-                self.config.ztunnel_log(plan.name),
+                self.config.ztunnel_log(node.plan.name),
             )
 
     async def _create_pod(self, plan: PodPlan) -> None:
@@ -256,10 +270,12 @@ class LocalCluster:
         while True:
             await self._exits.wait()
             self._exits = trio.Event()
+            await trio.sleep(ZTUNNEL_RESTART_DELAY)  # a crash loop must not spin
             async with self._lock:
                 if self._down:
                     return
                 try:
+                    await self._restart_ztunnels()
                     await self._refresh()
                 except (
                     LocalClusterError

@@ -194,11 +194,16 @@ async def remove_recorded(state: StateFile) -> list[str]:
     return problems
 
 
+MESH_DIRS = ("ca", "mesh")
+
+
 def forget_state(state_dir: Path) -> None:
     """Last step of a clean stop: the record, the socket, logs, the directory if now empty."""
     state_file, socket_path, _ = files_of(state_dir)
     socket_path.unlink(missing_ok=True)
     shutil.rmtree(state_dir / "logs", ignore_errors=True)
+    for made_by_the_mesh in MESH_DIRS:  # the local CA's keys, tokens, pods file
+        shutil.rmtree(state_dir / made_by_the_mesh, ignore_errors=True)
     state_file.unlink(missing_ok=True)
     with contextlib.suppress(OSError):
         state_dir.rmdir()

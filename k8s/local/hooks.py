@@ -134,5 +134,7 @@ class LocalHooks:
 
 
 def default_hooks() -> LocalHooks:
-    """The hooks ``ambit local-daemon`` uses: the single place to wire the mesh in."""
-    return LocalHooks()
+    """The hooks ``ambit local-daemon`` uses: the control plane and a ztunnel per node."""
+    from k8s.localmesh import LocalMesh  # the mesh builds on this module
+
+    return LocalMesh().hooks()

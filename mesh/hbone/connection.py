@@ -148,11 +148,9 @@ class HboneConnection:
                             io.start_soon(self._run_guarded, self._keepalive_loop)
                             if self._idle_timeout is not None:
                                 io.start_soon(self._run_guarded, self._idle_loop)
-                self._fail(
-                    self.error or HboneConnectionError("connection closed", code=ErrorCodes.NO_ERROR)
-                )
+                self._fail(self.error or _closed())
         finally:
-            self._fail(HboneConnectionError("connection closed", code=ErrorCodes.NO_ERROR))
+            self._fail(_closed())
             await self._close_transport()
 
     def close(self, reason: str = "closed by owner") -> None:
@@ -542,6 +540,10 @@ class HboneConnection:
                 self.close("idle")
                 return
             await trio.sleep(max(self._idle_timeout - idle_for, self._idle_timeout / 10))
+
+
+def _closed() -> HboneConnectionError:
+    return HboneConnectionError("connection closed", code=ErrorCodes.NO_ERROR)
 
 
 def _decoded(headers: object) -> list[tuple[str, str]]:

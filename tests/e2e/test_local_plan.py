@@ -13,7 +13,7 @@ import pytest
 
 from k8s.local.config import ClusterConfig
 from k8s.local.errors import LocalClusterError
-from k8s.local.hooks import LocalSnapshot, NodeView, default_hooks
+from k8s.local.hooks import LocalHooks, LocalSnapshot, NodeView, default_hooks
 from k8s.local.objects import ManifestProblem, load_objects
 from k8s.local.plan import Allocation, plan_cluster, render_hosts, render_service_rules
 
@@ -159,11 +159,18 @@ def test_local_mode_checks_of_its_own_name_the_file_and_field(tmp_path: Path) ->
         load(tmp_path, host)
 
 
-def test_default_hooks_do_nothing() -> None:
-    hooks = default_hooks()
+def test_empty_hooks_do_nothing() -> None:
+    hooks = LocalHooks()
     assert hooks.on_cluster_started is None
     assert hooks.mesh_state is None
     assert (
         hooks.ztunnel_command(NodeView("node-1", "10.244.0.10", "amb-1a2b-node-1"), CONFIG) is None
     )
     hooks.on_objects_changed(LocalSnapshot(CONFIG, (), (), (), ()))  # accepted, ignored
+
+
+def test_default_hooks_wire_in_the_mesh() -> None:
+    """``ambit local-daemon`` runs the control plane, a ztunnel per node, and waits for capture."""
+    hooks = default_hooks()
+    assert hooks.on_cluster_started is not None
+    assert hooks.mesh_state is not None

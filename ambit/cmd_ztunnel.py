@@ -1,0 +1,65 @@
+"""``ambit ztunnel``: run the node proxy of one node."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import trio
+
+from mesh.constants import CONFIG_STREAM_PORT, CONTROL_PLANE_PORT
+
+
+def _address(text: str, default_port: int) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        return text, default_port
+    return host, int(port)
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "ztunnel",
+        help="run the node proxy (ztunnel) of one node",
+        description=(
+            "Run ztunnel for NODE: it gets certificates from the CA, the mesh model from the"
+            " control plane's config stream, and captures the node's meshed pods."
+        ),
+    )
+    parser.add_argument("--node", required=True)
+    parser.add_argument(
+        "--control-plane", required=True, help=f"HOST[:PORT] ({CONFIG_STREAM_PORT})"
+    )
+    parser.add_argument("--ca", required=True, help=f"HOST[:PORT] of the CA ({CONTROL_PLANE_PORT})")
+    parser.add_argument("--token-file", required=True, type=Path, help="the node's bearer token")
+    parser.add_argument("--trust-bundle", required=True, type=Path, help="PEM roots to trust")
+    parser.add_argument("--pods-file", required=True, type=Path, help='{"ns/pod": "netns"} JSON')
+    parser.add_argument("--listen-ip", default="0.0.0.0", help="address for 15020 and 15021")
+    parser.add_argument("--trust-domain", default="cluster.local")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mesh.identity import IdentityError, TrustBundle
+    from ztunnel.main import ZtunnelConfig, run_ztunnel
+
+    try:
+        config = ZtunnelConfig(
+            node=args.node,
+            control_plane=_address(args.control_plane, CONFIG_STREAM_PORT),
+            ca=_address(args.ca, CONTROL_PLANE_PORT),
+            token=args.token_file.read_text().strip(),
+            bundle=TrustBundle.from_pem(args.trust_bundle.read_bytes()),
+            pods_file=args.pods_file,
+            trust_domain=args.trust_domain,
+            listen_ip=args.listen_ip,
+        )
+    except (OSError, ValueError, IdentityError) as exc:
+        print(f"ambit ztunnel: {exc}", file=sys.stderr)
+        return 1
+    try:
+        trio.run(run_ztunnel, config)
+    except KeyboardInterrupt:
+        return 130
+    return 0

@@ -1,0 +1,140 @@
+"""The mesh in local mode: the hooks that put the control plane and a ztunnel
+per node into the one-machine cluster of :mod:`k8s.local`.
+
+- When the cluster starts: the CA (keys in ``<state>/ca``) and the control
+  plane listen on the bridge address (CA 15012, config stream 15010).
+- On every change: the pods' network namespaces go to ``<state>/mesh/pods.json``
+  (read by the ztunnels), the objects are translated and published.
+- Each node runs ``ambit ztunnel`` in its namespace with its own token.
+- Readiness: each ztunnel's ``/config_dump`` (loopback port 15000 inside the
+  node's namespace) says which pods are captured and have a certificate.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import structlog
+import trio
+
+from ca import CaConfig, CertificateAuthority
+from k8s.controlplane import ControlPlane
+from k8s.local.config import ClusterConfig
+from k8s.local.hooks import LocalHooks, LocalSnapshot, MeshState, NodeView, PodRef
+from k8s.local.netns import in_netns
+from mesh.constants import ADMIN_PORT, CONFIG_STREAM_PORT, CONTROL_PLANE_PORT
+
+log = structlog.get_logger("k8s.localmesh")
+
+CONFIG_DUMP_REQUEST = b"GET /config_dump HTTP/1.1\r\nHost: ztunnel\r\nConnection: close\r\n\r\n"
+
+
+def _write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+class LocalMesh:
+    def __init__(self) -> None:
+        self.plane: ControlPlane | None = None
+        self._config: ClusterConfig | None = None
+
+    def hooks(self) -> LocalHooks:
+        return LocalHooks(
+            on_cluster_started=self.on_cluster_started,
+            on_objects_changed=self.on_objects_changed,
+            ztunnel_command=self.ztunnel_command,
+            mesh_state=self.mesh_state,
+        )
+
+    def _dir(self) -> Path:
+        assert self._config is not None
+        return self._config.state_dir / "mesh"
+
+    async def on_cluster_started(self, nursery: trio.Nursery, config: ClusterConfig) -> None:
+        self._config = config
+        authority = CertificateAuthority.load_or_create(
+            config.state_dir / "ca", CaConfig(trust_domain=config.trust_domain)
+        )
+        _write_atomically(self._dir() / "bundle.pem", authority.trust_bundle.pem())
+        self.plane = ControlPlane(authority, trust_domain=config.trust_domain)
+        await nursery.start(self.plane.serve, str(config.host_ip))
+
+    def on_objects_changed(self, snapshot: LocalSnapshot) -> None:
+        pods = {f"{p.namespace}/{p.name}": p.netns for p in snapshot.pods}
+        _write_atomically(self._dir() / "pods.json", json.dumps(pods, indent=1).encode())
+        assert self.plane is not None
+        self.plane.update(snapshot.objects)
+
+    def ztunnel_command(self, node: NodeView, config: ClusterConfig) -> Sequence[str] | None:
+        assert self.plane is not None
+        token_file = self._dir() / "tokens" / node.name
+        _write_atomically(token_file, self.plane.tokens.token_for(node.name).encode(), 0o600)
+        host = str(config.host_ip)
+        return [
+            sys.executable, "-m", "ambit.cli", "--log-format", "json", "ztunnel",
+            "--node", node.name,
+            "--control-plane", f"{host}:{CONFIG_STREAM_PORT}",
+            "--ca", f"{host}:{CONTROL_PLANE_PORT}",
+            "--token-file", str(token_file),
+            "--trust-bundle", str(self._dir() / "bundle.pem"),
+            "--pods-file", str(self._dir() / "pods.json"),
+            "--listen-ip", node.ip,
+            "--trust-domain", config.trust_domain,
+        ]  # fmt: skip
+
+    async def mesh_state(self, snapshot: LocalSnapshot) -> Mapping[PodRef, MeshState]:
+        state: dict[PodRef, MeshState] = {
+            p.ref: MeshState(captured=False, certificate=False) for p in snapshot.pods if p.meshed
+        }
+        for node in snapshot.nodes:
+            dump = await config_dump(node.netns)
+            for pod in (dump or {}).get("pods", []):
+                namespace, _, name = str(pod.get("uid", "")).partition("/")
+                if (namespace, name) in state:
+                    state[(namespace, name)] = MeshState(
+                        captured=bool(pod.get("captured")),
+                        certificate=pod.get("certificate_expires") is not None,
+                    )
+        return state
+
+
+async def config_dump(netns: str, *, seconds: float = 2.0) -> dict[str, Any] | None:
+    """GET /config_dump from the ztunnel in ``netns`` (its admin port is loopback-only)."""
+
+    def make_socket() -> socket.socket:
+        return socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+
+    try:
+        raw = await in_netns(netns, make_socket)
+    except Exception:  # the namespace is gone: nothing to report
+        return None
+    sock = trio.socket.from_stdlib_socket(raw)
+    with sock, trio.move_on_after(seconds):
+        try:
+            await sock.connect(("127.0.0.1", ADMIN_PORT))
+            await sock.send(CONFIG_DUMP_REQUEST)
+            data = bytearray()
+            while chunk := await sock.recv(65536):
+                data += chunk
+        except OSError:
+            return None
+        head, _, body = bytes(data).partition(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 200"):
+            return None
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            return None
+        return parsed if isinstance(parsed, dict) else None
+    return None

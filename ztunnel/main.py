@@ -1,0 +1,156 @@
+"""The ztunnel process of one node: certificates, config stream, pods, ports.
+
+Start-up: fetch ztunnel's own certificate from the CA (proving the node with
+its token), subscribe to the config stream, and capture the node's meshed
+pods as the model says. Ports: admin 15000 on loopback (``/config_dump``),
+Prometheus 15020 and readiness 15021 on the node's address.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+import trio
+from prometheus_client import CollectorRegistry
+
+from mesh.admin import Request, Response, json_response, metrics_route, ready_route, serve_http
+from mesh.ca_client import CaClient, CertificateRequestError
+from mesh.certs import CertificateManager, open_certificate_manager
+from mesh.constants import ADMIN_PORT, METRICS_PORT, READINESS_PORT
+from mesh.hbone.client import open_hbone_pool
+from mesh.identity import (
+    SpiffeId,
+    TrustBundle,
+    WorkloadCertificate,
+    control_plane_identity,
+    ztunnel_identity,
+)
+from mesh.model import Workload
+from mesh.xds import ConfigClient
+from ztunnel.metrics import TcpMetrics
+from ztunnel.node import Ztunnel
+from ztunnel.telemetry import ZtunnelTelemetry
+
+log = structlog.get_logger("ztunnel")
+
+
+@dataclass(frozen=True)
+class ZtunnelConfig:
+    node: str
+    control_plane: tuple[str, int]
+    ca: tuple[str, int]
+    token: str
+    bundle: TrustBundle
+    pods_file: Path
+    trust_domain: str = "cluster.local"
+    listen_ip: str = "0.0.0.0"
+    admin_port: int = ADMIN_PORT
+    metrics_port: int = METRICS_PORT
+    readiness_port: int = READINESS_PORT
+
+
+class PodsFile:
+    """Which network namespace each pod lives in (``{"ns/name": "netns"}``), written by
+    whoever creates the pods (the local cluster; istio-cni's role in Kubernetes)."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._mtime = -1.0
+        self._map: dict[str, str] = {}
+
+    def netns_for(self, workload: Workload) -> str | None:
+        try:
+            mtime = os.stat(self._path).st_mtime
+        except OSError:
+            return None
+        if mtime != self._mtime:
+            try:
+                data = json.loads(self._path.read_text())
+            except (OSError, ValueError) as exc:
+                log.warning("pods_file_unreadable", path=str(self._path), reason=str(exc))
+                return None
+            self._map = {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+            self._mtime = mtime
+        return self._map.get(workload.uid)
+
+
+async def _own_certificate(certs: CertificateManager, config: ZtunnelConfig) -> None:
+    """ztunnel's own certificate, retrying while the CA is not there yet."""
+    identity = ztunnel_identity(config.trust_domain)
+    delay = 0.2
+    while True:
+        try:
+            await certs.fetch_now(identity)
+            return
+        except CertificateRequestError as exc:
+            log.warning("ztunnel_certificate_failed", reason=str(exc), retry_in=delay)
+        await trio.sleep(delay)
+        delay = min(delay * 2, 10.0)
+
+
+async def run_ztunnel(
+    config: ZtunnelConfig, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    registry = CollectorRegistry()
+    telemetry = ZtunnelTelemetry(TcpMetrics(registry))
+    ca = CaClient(
+        config.ca,
+        token=config.token,
+        bundle=config.bundle,
+        trust_domain=config.trust_domain,
+        ca_identity=control_plane_identity(config.trust_domain),
+    )
+    pods = PodsFile(config.pods_file)
+    async with open_certificate_manager(ca) as certs:
+        await _own_certificate(certs, config)
+
+        def cert_for(identity: SpiffeId) -> WorkloadCertificate:
+            cert = certs.get(identity)
+            if cert is None:
+                raise RuntimeError(f"no certificate for {identity}")
+            return cert
+
+        async with open_hbone_pool(cert_for) as control_pool:
+            zt = Ztunnel(
+                node=config.node, certificates=certs, netns_for=pods.netns_for, telemetry=telemetry
+            )
+
+            def config_dump(_request: Request) -> Response:
+                dump: dict[str, Any] = zt.status()
+                dump["config"] = zt.snapshot.to_json() if zt.snapshot else None
+                return json_response(dump)
+
+            async with trio.open_nursery() as nursery:
+                await nursery.start(zt.run)
+                client = ConfigClient(
+                    control_pool,
+                    source=ztunnel_identity(config.trust_domain),
+                    address=config.control_plane,
+                    expected=control_plane_identity(config.trust_domain),
+                    node=config.node,
+                    token=config.token,
+                    on_update=zt.on_update,
+                )
+                nursery.start_soon(client.run)
+                nursery.start_soon(telemetry.flush_periodically)
+                ready = ready_route(zt.ready)
+                admin = {"/config_dump": config_dump, "/healthz/ready": ready}
+                for routes, host, port in (
+                    (admin, "127.0.0.1", config.admin_port),
+                    ({"/metrics": metrics_route(registry)}, config.listen_ip, config.metrics_port),
+                    ({"/healthz/ready": ready}, config.listen_ip, config.readiness_port),
+                ):
+                    await nursery.start(_serve, routes, host, port)
+                log.info("ztunnel_started", node=config.node, listen_ip=config.listen_ip)
+                task_status.started()
+
+
+async def _serve(
+    routes: dict[str, Any], host: str, port: int, *, task_status: trio.TaskStatus[Any]
+) -> None:
+    await serve_http(routes, host=host, port=port, task_status=task_status)

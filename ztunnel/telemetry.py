@@ -1,0 +1,119 @@
+"""ztunnel's telemetry: Istio's TCP metrics and one access-log line per connection,
+fed from :class:`~ztunnel.pod.ConnectionRecord`.
+
+Inbound connections report as ``reporter="destination"``, outbound as
+``"source"``; bytes are from the reporter's point of view (Istio's meaning).
+Byte counters of open connections are brought up to date every few seconds
+(:meth:`ZtunnelTelemetry.flush_periodically`), so long connections show
+traffic before they end.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import NoReturn
+
+import trio
+
+from ztunnel.accesslog import log_connection
+from ztunnel.metrics import TcpLabels, TcpMetrics
+from ztunnel.pod import ConnectionRecord
+
+FLUSH_INTERVAL = 5.0
+
+
+@dataclass(eq=False)
+class _Live:
+    labels: TcpLabels
+    record: ConnectionRecord
+    sent: int = 0  # already counted
+    received: int = 0
+
+
+def _flags(reason: str | None, denied: bool) -> str:
+    if denied:
+        return "UF" if reason and ("upstream" in reason or "refused" in reason) else "DENY"
+    return "-"
+
+
+class ZtunnelTelemetry:
+    def __init__(self, metrics: TcpMetrics) -> None:
+        self._metrics = metrics
+        self._live: dict[int, _Live] = {}
+
+    def _labels(self, record: ConnectionRecord, flags: str = "-") -> TcpLabels:
+        return TcpLabels.of(
+            "destination" if record.direction == "inbound" else "source",
+            source=record.src_workload,
+            source_identity=record.src_identity,
+            destination=record.dst_workload,
+            service=record.dst_service,
+            security_policy="mutual_tls" if record.mtls else "none",
+            response_flags=flags,
+        )
+
+    @staticmethod
+    def _bytes(record: ConnectionRecord) -> tuple[int, int]:
+        """(sent, received) as the reporter sees them."""
+        stats = record.stats
+        if record.direction == "inbound":  # relay(peer, app): sent = peer -> app
+            return stats.received, stats.sent
+        return stats.sent, stats.received  # relay(client, upstream)
+
+    def opened(self, record: ConnectionRecord) -> None:
+        labels = self._labels(record)
+        self._metrics.opened(labels)
+        self._live[id(record)] = _Live(labels, record)
+
+    def _flush(self, live: _Live) -> None:
+        sent, received = self._bytes(live.record)
+        self._metrics.add_bytes(live.labels, sent - live.sent, received - live.received)
+        live.sent, live.received = sent, received
+
+    def closed(self, record: ConnectionRecord, reason: str | None) -> None:
+        live = self._live.pop(id(record), None)
+        if live is not None:
+            self._flush(live)
+            self._metrics.closed(live.labels)
+        sent, received = self._bytes(record)
+        self._log(record, sent, received, reason, denied=False)
+
+    def denied(self, record: ConnectionRecord, reason: str) -> None:
+        labels = self._labels(record, _flags(reason, denied=True))
+        self._metrics.opened(labels)
+        self._metrics.closed(labels)
+        self._log(record, 0, 0, reason, denied=True)
+
+    def _log(
+        self,
+        record: ConnectionRecord,
+        sent: int,
+        received: int,
+        reason: str | None,
+        *,
+        denied: bool,
+    ) -> None:
+        log_connection(
+            direction=record.direction,
+            src_addr=f"{record.src_addr[0]}:{record.src_addr[1]}",
+            dst_addr=f"{record.dst_addr[0]}:{record.dst_addr[1]}",
+            src_workload=record.src_workload,
+            src_identity=record.src_identity,
+            dst_workload=record.dst_workload,
+            dst_service=record.dst_service,
+            dst_identity=record.dst_workload.identity
+            if record.dst_workload and record.mtls
+            else None,
+            bytes_sent=sent,
+            bytes_recv=received,
+            duration_ms=(time.monotonic() - record.started) * 1000,
+            denied=denied,
+            reason=reason,
+        )
+
+    async def flush_periodically(self, interval: float = FLUSH_INTERVAL) -> NoReturn:
+        while True:
+            await trio.sleep(interval)
+            for live in list(self._live.values()):
+                self._flush(live)
