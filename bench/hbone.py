@@ -387,6 +387,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run_role(role: list[str]) -> int:
     name, *rest = role
+    from mesh.telemetry import configure_logging
+
+    configure_logging("warning")  # the roles' own logs would only disturb the measurement
     runners: dict[str, Callable[[], object]] = {
         "sink": lambda: trio.run(role_sink, int(rest[0])),
         "relay-a": lambda: trio.run(
