@@ -300,3 +300,40 @@ async def test_a_new_policy_cuts_an_open_connection(net: Net) -> None:
             await wait_until(
                 lambda: any("closed by policy" in (r or "") for _, r in run.recorder.closed)
             )
+
+
+def capture_chains(netns: str) -> str:
+    rules = subprocess.run(
+        ["ip", "netns", "exec", netns, "iptables", "-t", "nat", "-S"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return rules.stdout
+
+
+def listening_ports(netns: str) -> set[int]:
+    out = subprocess.run(
+        ["ip", "netns", "exec", netns, "cat", "/proc/net/tcp"], capture_output=True, text=True
+    ).stdout
+    ports = set()
+    for line in out.splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "0A":  # LISTEN
+            ports.add(int(fields[1].split(":")[1], 16))
+    return ports
+
+
+async def test_leaving_the_mesh_removes_rules_and_listeners(net: Net) -> None:
+    with trio.fail_after(40):
+        async with running(net, mesh(net)) as run:
+            b = net.netns["b"]
+            assert "AMBIT_OUTPUT" in capture_chains(b)
+            assert {15001, 15006, 15008} <= listening_ports(b)
+            # b is relabelled out of the mesh (dataplane-mode: none).
+            out = {**pods(net), "b": workload("b", ip=net.ip("b"), sa="server", meshed=False)}
+            await run.ztunnel.on_update(snapshot(*out.values(), version=2))
+            await wait_until(lambda: "AMBIT_OUTPUT" not in capture_chains(b))
+            await wait_until(lambda: not {15001, 15006, 15008} & listening_ports(b))
+            assert APP_PORT in listening_ports(b)  # the app itself is untouched
+            # Its traffic is plain again: a meshed client passes through to it.
+            assert await exchange(net, "a", (net.ip("b"), APP_PORT), b"direct") == b"direct"
+            assert "AMBIT_OUTPUT" in capture_chains(net.netns["a"])  # others stay captured
