@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import socket
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -28,6 +27,8 @@ import h11
 import structlog
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Metric, generate_latest
+
+from mesh.net import open_listener
 
 log = structlog.get_logger("mesh.admin")
 
@@ -112,20 +113,6 @@ def ready_route(is_ready: Callable[[], tuple[bool, str]]) -> Route:
     return ready
 
 
-async def open_listener(host: str, port: int, *, backlog: int = 128) -> trio.socket.SocketType:
-    """A listening TCP socket (SO_REUSEADDR) for :func:`serve_http`."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = trio.socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        await sock.bind((host, port))
-        sock.listen(backlog)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
 async def serve_http(
     routes: Mapping[str, Route],
     *,
@@ -139,7 +126,7 @@ async def serve_http(
     ``(host, port)``. A ``listener`` passed in (made inside a pod's netns) is served instead of
     binding ``host:port``, and is closed on return like our own."""
     limits = limits or Limits()
-    sock = listener if listener is not None else await open_listener(host, port)
+    sock = listener if listener is not None else await open_listener(host, port, backlog=128)
     slots = trio.Semaphore(limits.max_connections)
     with sock:
         bound = sock.getsockname()

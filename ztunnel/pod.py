@@ -200,15 +200,13 @@ class CapturedPod:
 
     async def _inbound_plaintext(self, client: trio.SocketStream) -> None:
         async with client:
-            try:
-                dst = original_dst(client.socket)
-                peer = client.socket.getpeername()
-            except OSError:
+            if (caught := _caught(client)) is None:
                 return
+            peer, dst = caught
             snapshot = self._snapshot()
             record = ConnectionRecord(
                 "inbound",
-                src_addr=(peer[0], peer[1]),
+                src_addr=peer,
                 dst_addr=dst,
                 src_workload=snapshot.workload_by_ip(peer[0]),
                 dst_workload=self.workload,
@@ -253,14 +251,12 @@ class CapturedPod:
 
     async def _outbound(self, client: trio.SocketStream) -> None:
         async with client:
-            try:
-                dst = original_dst(client.socket)
-                peer = client.socket.getpeername()
-            except OSError:
+            if (caught := _caught(client)) is None:
                 return
+            peer, dst = caught
             record = ConnectionRecord(
                 "outbound",
-                src_addr=(peer[0], peer[1]),
+                src_addr=peer,
                 dst_addr=dst,
                 src_workload=self.workload,
                 src_identity=self.workload.identity,
@@ -303,3 +299,13 @@ class CapturedPod:
                 error = str(exc) or type(exc).__name__
             finally:
                 self._telemetry.closed(record, error)
+
+
+def _caught(client: trio.SocketStream) -> tuple[tuple[str, int], tuple[str, int]] | None:
+    """(peer, original destination) of a REDIRECTed connection; None if it is already gone."""
+    try:
+        dst = original_dst(client.socket)
+        peer = client.socket.getpeername()
+    except OSError:
+        return None
+    return (peer[0], peer[1]), dst

@@ -7,7 +7,6 @@ HTTP/2 is logged and closed; every other connection keeps serving.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable
 
 import structlog
@@ -17,25 +16,12 @@ from mesh.constants import HBONE_PORT
 from mesh.hbone.connection import HboneConnection, RequestHandler
 from mesh.hbone.settings import HboneSettings
 from mesh.identity import PeerVerificationError, WorkloadCertificate
+from mesh.net import open_listener
 from mesh.tls import TlsError, TlsStream, configure_socket, describe_handshake_error, server_context
 
 log = structlog.get_logger("mesh.hbone")
 
 CertificateSource = Callable[[], WorkloadCertificate]
-
-
-async def open_listener(host: str, port: int, *, backlog: int = 1024) -> trio.socket.SocketType:
-    """A listening TCP socket (SO_REUSEADDR), ready for :func:`serve_hbone`."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = trio.socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        await sock.bind((host, port))
-        sock.listen(backlog)
-    except OSError:
-        sock.close()
-        raise
-    return sock
 
 
 async def serve_hbone(

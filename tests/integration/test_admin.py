@@ -22,10 +22,10 @@ from mesh.admin import (
     Route,
     json_response,
     metrics_route,
-    open_listener,
     ready_route,
     serve_http,
 )
+from mesh.net import open_listener
 from ztunnel.metrics import TcpLabels, TcpMetrics
 
 Logs = list[MutableMapping[str, Any]]
