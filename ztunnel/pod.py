@@ -189,7 +189,7 @@ class CapturedPod:
             await request.reject(403, decision.reason)
             return
         try:
-            app = await self.netns.dial(dst)
+            app = await self.netns.dial(dst, source_ip=peer_addr[0])
         except OSError as exc:
             reason = f"app at {dst[0]}:{dst[1]} refused: {exc.strerror or exc}"
             self._telemetry.denied(record, reason)
@@ -222,7 +222,7 @@ class CapturedPod:
                 self._telemetry.denied(record, decision.reason)
                 return
             try:
-                app = await self.netns.dial(dst)
+                app = await self.netns.dial(dst, source_ip=peer[0])
             except OSError as exc:
                 self._telemetry.denied(record, f"app refused: {exc.strerror or exc}")
                 return

@@ -44,6 +44,12 @@ SO_MARK = 36
 CLONE_NEWNET = 0x40000000
 OUT_CHAIN = "AMBIT_OUTPUT"
 IN_CHAIN = "AMBIT_PREROUTING"
+MANGLE_CHAIN = "AMBIT_MANGLE"
+IP_TRANSPARENT = 19
+# Replies of the app to a connection ztunnel opened with the client's source
+# address carry this mark and are routed back to ztunnel (table 133).
+SPOOF_MARK = 0x111
+SPOOF_TABLE = "133"
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 
@@ -68,6 +74,26 @@ def capture_rules(mark: int = PROXY_SOCKET_MARK) -> list[list[str]]:
          "--to-ports", str(INBOUND_PLAINTEXT_PORT)],
         ["-t", "nat", "-I", "OUTPUT", "1", "-j", OUT_CHAIN],
         ["-t", "nat", "-I", "PREROUTING", "1", "-j", IN_CHAIN],
+        # Keeping the client's source address: ztunnel's connections to the pod's own
+        # address are remembered (connmark); the app's packets on them get the mark
+        # back, and the policy route below delivers them to ztunnel's socket.
+        ["-t", "mangle", "-N", MANGLE_CHAIN],
+        ["-t", "mangle", "-A", MANGLE_CHAIN, "-m", "mark", "--mark", mark_arg,
+         "-m", "addrtype", "--dst-type", "LOCAL",
+         "-j", "CONNMARK", "--set-xmark", f"{SPOOF_MARK:#x}/0xfff"],
+        ["-t", "mangle", "-A", MANGLE_CHAIN, "-m", "mark", "!", "--mark", mark_arg,
+         "-m", "connmark", "--mark", f"{SPOOF_MARK:#x}/0xfff",
+         "-j", "CONNMARK", "--restore-mark", "--nfmask", "0xfff", "--ctmask", "0xfff"],
+        ["-t", "mangle", "-I", "OUTPUT", "1", "-j", MANGLE_CHAIN],
+    ]  # fmt: skip
+
+
+def routing_commands() -> list[list[str]]:
+    """``ip`` commands (in the pod's netns) that route marked replies to ztunnel."""
+    return [
+        ["rule", "add", "fwmark", f"{SPOOF_MARK:#x}/0xfff", "pref", "32764",
+         "lookup", SPOOF_TABLE],
+        ["route", "add", "local", "0.0.0.0/0", "dev", "lo", "table", SPOOF_TABLE],
     ]  # fmt: skip
 
 
@@ -80,6 +106,9 @@ def removal_rules() -> list[list[str]]:
         ["-t", "nat", "-F", IN_CHAIN],
         ["-t", "nat", "-X", OUT_CHAIN],
         ["-t", "nat", "-X", IN_CHAIN],
+        ["-t", "mangle", "-D", "OUTPUT", "-j", MANGLE_CHAIN],
+        ["-t", "mangle", "-F", MANGLE_CHAIN],
+        ["-t", "mangle", "-X", MANGLE_CHAIN],
     ]
 
 
@@ -93,11 +122,22 @@ async def _iptables(netns: str, args: list[str], *, check: bool) -> bool:
     return result.returncode == 0
 
 
+async def _ip(netns: str, args: list[str], *, check: bool) -> None:
+    cmd = ["ip", "-n", netns, *args]
+    result = await trio.run_process(cmd, capture_stdout=True, capture_stderr=True, check=False)
+    if result.returncode != 0 and check:
+        raise RedirectError(
+            f"ip {' '.join(args)} in netns {netns} failed: {result.stderr.decode()}"
+        )
+
+
 async def install_capture(netns: str) -> None:
     """Install the capture rules in ``netns`` (replacing any left from before)."""
     await remove_capture(netns)
     for args in capture_rules():
         await _iptables(netns, args, check=True)
+    for args in routing_commands():
+        await _ip(netns, args, check=True)
     log.info("redirect_installed", netns=netns)
 
 
@@ -105,6 +145,9 @@ async def remove_capture(netns: str) -> None:
     """Remove the capture rules from ``netns``; safe when they are not there."""
     for args in removal_rules():
         await _iptables(netns, args, check=False)
+    await _ip(netns, ["rule", "del", "fwmark", f"{SPOOF_MARK:#x}/0xfff", "lookup", SPOOF_TABLE],
+              check=False)  # fmt: skip
+    await _ip(netns, ["route", "flush", "table", SPOOF_TABLE], check=False)
 
 
 def original_dst(sock: socket.socket | trio.socket.SocketType) -> tuple[str, int]:
@@ -158,9 +201,16 @@ class PodNetns:
             raise
         return sock
 
-    async def dial(self, address: tuple[str, int]) -> trio.socket.SocketType:
+    async def dial(
+        self, address: tuple[str, int], *, source_ip: str | None = None
+    ) -> trio.socket.SocketType:
+        """Connect from inside the namespace; with ``source_ip``, the connection comes from
+        that address (IP_TRANSPARENT): the app sees the real client, as with Istio."""
         sock = self.socket()
         try:
+            if source_ip is not None:
+                sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+                await sock.bind((source_ip, 0))
             await sock.connect(address)
         except BaseException:
             sock.close()

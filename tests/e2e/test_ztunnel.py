@@ -123,6 +123,7 @@ class Running:
     recorder: Recorder
     net: Net
     nursery: trio.Nursery
+    app_peers: dict[str, list[str]]  # pod -> client addresses its app saw
 
 
 @contextlib.asynccontextmanager
@@ -136,17 +137,18 @@ async def running(net: Net, first: MeshSnapshot) -> AsyncIterator[Running]:
             netns_for=lambda w: net.netns.get(w.name),
             telemetry=Telemetry(recorder),
         )
+        peers: dict[str, list[str]] = {"b": [], "c": []}
         async with trio.open_nursery() as nursery:
             await nursery.start(zt.run)
             for pod in "bc":  # the apps: echo servers listening inside their pods
-                await nursery.start(echo_app, net.netns[pod])
+                await nursery.start(echo_app, net.netns[pod], peers[pod])
             await zt.on_update(first)
             await wait_until(lambda: zt.ready()[0], seconds=15)
-            yield Running(zt, recorder, net, nursery)
+            yield Running(zt, recorder, net, nursery, peers)
             nursery.cancel_scope.cancel()
 
 
-async def echo_app(netns: str, *, task_status: trio.TaskStatus[None]) -> None:
+async def echo_app(netns: str, peers: list[str], *, task_status: trio.TaskStatus[None]) -> None:
     listener = PodNetns.open(netns)
     try:
         sock = listener.socket(mark=None)
@@ -159,7 +161,8 @@ async def echo_app(netns: str, *, task_status: trio.TaskStatus[None]) -> None:
         async with trio.open_nursery() as nursery:
             task_status.started()
             while True:
-                conn, _ = await sock.accept()
+                conn, addr = await sock.accept()
+                peers.append(addr[0])
                 nursery.start_soon(_echo, trio.SocketStream(conn))
 
 
@@ -233,6 +236,8 @@ async def test_meshed_pods_talk_over_mtls_and_the_wire_shows_only_tls(net: Net) 
                 assert await exchange(net, "c", (net.ip("b"), APP_PORT), marker) == marker
             assert marker in plain_frames
             await wait_until(lambda: len(run.recorder.closed) >= 3)
+    # The app saw the client's own address (IP_TRANSPARENT), not ztunnel's.
+    assert run.app_peers["b"][:2] == [net.ip("a"), net.ip("c")]
     inbound = [r for r, _ in run.recorder.closed if r.direction == "inbound" and r.mtls]
     assert inbound[0].src_identity == pods(net)["a"].identity
     assert inbound[0].src_workload == pods(net)["a"]
