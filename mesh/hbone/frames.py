@@ -110,7 +110,7 @@ class FrameSink(Protocol):
 PROTOCOL_ERROR: Final = 0x1
 FRAME_SIZE_ERROR: Final = 0x6
 _READ_ROOM: Final = 256 * 1024  # compact when less than this is free at the end
-_BUFFER: Final = 4 * 1024 * 1024
+_FIRST_BUFFER: Final = 512 * 1024  # grows, up to two maximal frames, only when needed
 
 
 class FrameReader:
@@ -124,7 +124,8 @@ class FrameReader:
 
     def __init__(self, *, max_frame_size: int, expect_preface: bool) -> None:
         self.max_frame_size = max_frame_size
-        self.buf = bytearray(max(_BUFFER, 2 * (max_frame_size + FRAME_HEADER_LEN)))
+        self._largest = 2 * (max_frame_size + FRAME_HEADER_LEN)
+        self.buf = bytearray(min(_FIRST_BUFFER, self._largest))
         self.view = memoryview(self.buf)
         self._start = 0
         self._end = 0
@@ -132,11 +133,16 @@ class FrameReader:
         self._in_header_block = False
 
     def room(self) -> memoryview:
-        """Free space at the end of the buffer to receive into (compacting first if low)."""
+        """Free space at the end of the buffer to receive into: compacting first when
+        low, and growing (up to two maximal frames) when a partial frame needs it."""
         if len(self.buf) - self._end < _READ_ROOM:
             start, end = self._start, self._end
-            self.buf[: end - start] = bytes(self.view[start:end])  # at most one partial frame
-            self._start, self._end = 0, end - start
+            pending = bytes(self.view[start:end])  # at most one partial frame
+            if len(self.buf) - len(pending) < _READ_ROOM and len(self.buf) < self._largest:
+                self.buf = bytearray(min(self._largest, 2 * len(self.buf)))
+                self.view = memoryview(self.buf)
+            self.buf[: len(pending)] = pending
+            self._start, self._end = 0, len(pending)
         return self.view[self._end :]
 
     def received(self, n: int) -> None:
