@@ -37,7 +37,10 @@ demo: $(STAMP)
 	@echo
 	@echo "Try: $(BIN)/ambit get workloads -A    Remove it all: $(BIN)/ambit down"
 
+# bench.compare needs root (network namespaces, iptables; apt-get for the baselines' tools).
 bench: $(STAMP)
+	@if [ "$$(id -u)" != 0 ]; then echo "make bench needs root (network namespaces, iptables): try sudo make bench"; exit 1; fi
+	$(BIN)/python -m bench.compare $(if $(QUICK),--quick,)
 	$(BIN)/python -m bench.hbone $(if $(QUICK),--quick,)
 
 clean:
