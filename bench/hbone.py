@@ -45,6 +45,8 @@ MODES = ("direct", "tcp", "tls", "hbone")
 CLIENT_ID = SpiffeId("cluster.local", "bench", "client")
 SERVER_ID = SpiffeId("cluster.local", "bench", "server")
 CHUNK = 256 * 1024
+RTT_MESSAGE = 1024  # bytes each way per round trip (Istio's 1 KiB profile)
+RTT_PAUSE = 0.0005  # between round trips
 
 
 # ---- roles (each runs in its own process) ---------------------------------------
@@ -78,16 +80,25 @@ async def _connect(port: int) -> trio.SocketStream:
 
 
 async def role_sink(port: int) -> None:
-    """Count bytes until EOF, answer with the count; a 1-byte message is echoed."""
+    """Count bytes until EOF, answer with the count; a 1-byte message is echoed.
+
+    A connection whose first byte is ``E`` is an echo (the round-trip probe)."""
 
     async def handle(stream: trio.SocketStream) -> None:
         configure_socket(stream.socket)
         buf = bytearray(CHUNK)
         total = 0
-        while n := await stream.socket.recv_into(buf):
+        n = await stream.socket.recv_into(buf)
+        if n and buf[0] == ord("E"):
+            while n:
+                await stream.send_all(memoryview(buf)[:n])
+                n = await stream.socket.recv_into(buf)
+            return
+        while n:
             total += n
             if total == 1 and n == 1:
                 await stream.send_all(buf[:1])  # setup probe: echo the byte
+            n = await stream.socket.recv_into(buf)
         await stream.send_all(str(total).encode())
         await stream.aclose()
 
@@ -290,6 +301,26 @@ def _setup_time(port: int) -> float:
     return elapsed
 
 
+def _round_trips(port: int, count: int, size: int = RTT_MESSAGE) -> list[float]:
+    """``count`` request/response exchanges of ``size`` bytes on one connection; seconds each."""
+    message = b"E" * size
+    times = []
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for _ in range(count):
+            start = time.perf_counter()
+            s.sendall(message)
+            got = 0
+            while got < size:
+                chunk = s.recv(size - got)
+                if not chunk:
+                    raise RuntimeError("echo probe: the path closed the connection")
+                got += len(chunk)
+            times.append(time.perf_counter() - start)
+            time.sleep(RTT_PAUSE)  # a request every millisecond or so, not back to back
+    return times
+
+
 def measure(
     mode: str, size: int, runs: int, probes: int, certs: tuple[Path, Path]
 ) -> dict[str, object]:
@@ -307,6 +338,7 @@ def measure(
             entry = a_port
         _setup_time(entry)  # warm up: for hbone this opens the pooled connection
         setups = [_setup_time(entry) for _ in range(probes)]
+        trips = sorted(_round_trips(entry, probes * 10))
         rates = [_transfer(entry, size) for _ in range(runs)]
     finally:
         for proc in procs:
@@ -323,6 +355,8 @@ def measure(
         "mb_per_s_min": min(rates),
         "mb_per_s_max": max(rates),
         "setup_ms": statistics.median(setups) * 1000,
+        "rtt_p50_ms": statistics.median(trips) * 1000,
+        "rtt_p99_ms": trips[int(len(trips) * 0.99)] * 1000,
         "runs": runs,
         "bytes": size,
     }
@@ -337,8 +371,9 @@ def _table(results: list[dict[str, object]]) -> str:
         return f"{float(by_mode[mode][key]) / float(by_mode[base][key]):.2f}x"  # type: ignore[arg-type]
 
     lines = [
-        "| path | MB/s (median) | min-max | vs direct | vs tls | setup ms (median) |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| path | MB/s (median) | min-max | vs direct | vs tls | setup ms (median) "
+        "| 1 KiB round trip p50 ms | p99 ms |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
         mode = str(r["mode"])
@@ -347,6 +382,7 @@ def _table(results: list[dict[str, object]]) -> str:
             f" {float(r['mb_per_s_min']):.0f}-{float(r['mb_per_s_max']):.0f} |"  # type: ignore[arg-type]
             f" {ratio(mode, 'mb_per_s', 'direct')} | {ratio(mode, 'mb_per_s', 'tls')} |"
             f" {float(r['setup_ms']):.2f} |"  # type: ignore[arg-type]
+            f" {float(r['rtt_p50_ms']):.3f} | {float(r['rtt_p99_ms']):.3f} |"  # type: ignore[arg-type]
         )
     return "\n".join(lines)
 
@@ -366,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.role:
         return _run_role(args.role)
-    size = (256 if args.quick else args.size_mib) * 1024 * 1024
+    size = (256 if args.quick and args.size_mib == 1024 else args.size_mib) * 1024 * 1024
     runs = 3 if args.quick else args.runs
     probes = 50 if args.quick else 200
     with tempfile.TemporaryDirectory(prefix="ambit-bench-") as tmp:

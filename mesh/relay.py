@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import trio
 
+from mesh import sockio
+
 READ_SIZE = 256 * 1024
 FIRST_READ_SIZE = 16 * 1024
 
@@ -34,32 +36,39 @@ async def _pump(
     stats: RelayStats,
     forward: bool,
 ) -> None:
-    if isinstance(src, trio.SocketStream):
-        sock = src.socket
-        buf = bytearray(FIRST_READ_SIZE)
-        view = memoryview(buf)
-        while True:
+    # Sockets are read and written with sockio (no scheduler pass when the kernel is
+    # ready); the yielder keeps a busy direction from starving every other task.
+    dst_sock = dst.socket if isinstance(dst, trio.SocketStream) else None
+    src_sock = src.socket if isinstance(src, trio.SocketStream) else None
+    buf = bytearray(FIRST_READ_SIZE if src_sock is not None else 0)
+    yielder = sockio.Yielder()
+    while True:
+        data: bytes | bytearray | memoryview
+        if src_sock is None:
+            data = await src.receive_some()
+            n = len(data)
+        else:
             try:
-                n = await sock.recv_into(buf)
+                n = await sockio.recv_into(src_sock, buf)
             except OSError as exc:
                 raise trio.BrokenResourceError(f"read failed: {exc}") from exc
-            if not n:
-                break
-            await dst.send_all(view[:n])
-            if n == len(buf) < READ_SIZE:  # it keeps up with a full buffer: read bigger
-                buf = bytearray(READ_SIZE)
-                view = memoryview(buf)
-            if forward:
-                stats.sent += n
-            else:
-                stats.received += n
-    else:
-        while data := await src.receive_some():
+            data = memoryview(buf)[:n]
+        if not n:
+            break
+        if dst_sock is None:
             await dst.send_all(data)
-            if forward:
-                stats.sent += len(data)
-            else:
-                stats.received += len(data)
+        else:
+            try:
+                await sockio.send_all(dst_sock, data)
+            except OSError as exc:
+                raise trio.BrokenResourceError(f"write failed: {exc}") from exc
+            await yielder.tick()
+        if src_sock is not None and n == len(buf) < READ_SIZE:  # it keeps up: read bigger
+            buf = bytearray(READ_SIZE)
+        if forward:
+            stats.sent += n
+        else:
+            stats.received += n
     await dst.send_eof()
 
 

@@ -25,6 +25,7 @@ from typing import cast
 import structlog
 import trio
 
+from mesh import sockio
 from mesh.identity import (
     SpiffeId,
     TrustBundle,
@@ -243,7 +244,7 @@ class TlsStream:
             if self.at_eof():  # _decrypt_into may have seen close_notify
                 return 0
             try:
-                n = await self.socket.recv_into(self._cipher_buf)
+                n = await sockio.recv_into(self.socket, self._cipher_buf)
             except OSError as exc:
                 raise TlsError(f"connection lost: {exc}") from exc
             if n == 0:
@@ -286,7 +287,9 @@ class TlsStream:
                     return
                 self._unsent = memoryview(self._outgoing.read())
             while self._unsent:
-                sent = await self.socket.send(self._unsent)
+                sent = sockio.send_nowait(self.socket, self._unsent)
+                if sent < len(self._unsent):
+                    await trio.lowlevel.wait_writable(self.socket)
                 self._unsent = self._unsent[sent:]
         except OSError as exc:
             raise TlsError(f"connection lost: {exc}") from exc

@@ -11,7 +11,10 @@ or unknown streams; its own windows are never used.
 Invariants:
 - Bytes leave through one writer task, in the order they were queued; h2's
   output is moved into the write buffer before any frame of ours is appended.
-- The read path never awaits a send: it queues and wakes the writer.
+  The writer runs once per scheduler batch, so the requests of many streams
+  that woke together leave in one TLS write.
+- The read path never awaits a send: it queues and wakes the writer, and only
+  when there is something to send.
 - Flow-control credit is returned as the consumer reads (``receive_some``),
   never when data is merely buffered, so every buffer is bounded by a window.
 - A connection error is remembered and fails every stream on it.
@@ -31,6 +34,7 @@ import structlog
 import trio
 from h2.errors import ErrorCodes
 
+from mesh import sockio
 from mesh.hbone import frames
 from mesh.hbone.settings import (
     HboneConnectionError,
@@ -195,7 +199,9 @@ class HboneConnection:
     async def _read_loop(self) -> None:
         tls = self._tls
         reader = self._reader
+        yielder = sockio.Yielder()
         while True:
+            await yielder.tick()  # receive_into does not checkpoint while data keeps coming
             n = await tls.receive_into(reader.room())
             if n == 0:
                 raise HboneConnectionError("peer closed the connection", code=ErrorCodes.NO_ERROR)
@@ -205,7 +211,10 @@ class HboneConnection:
                 reader.process(self)
             except frames.FrameError as exc:
                 self._protocol_error(exc.code, exc.reason)
-            self._writer_lot.unpark_all()
+            if pending := self.h2.data_to_send():  # e.g. acks of SETTINGS and PING
+                self._small += pending
+            if self._small:  # only then is there anything for the writer to do
+                self._writer_lot.unpark_all()
 
     # FrameSink: the reader hands us frames.
 
@@ -400,7 +409,9 @@ class HboneConnection:
         Senders may encrypt the next batch while this one is on the wire;
         ``write_buffer_limit`` bounds what waits in OpenSSL's buffer."""
         tls = self._tls
+        yielder = sockio.Yielder()
         while True:
+            await yielder.tick()  # flush_batch does not checkpoint while the socket takes it all
             self._encrypt_small()
             if not tls.has_output():
                 await self._writer_lot.park()
