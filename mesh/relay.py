@@ -2,12 +2,12 @@
 
 Each direction ends with ``send_eof`` on the other side, so a TCP half-close
 travels through the tunnel (END_STREAM) and back out (``shutdown(SHUT_WR)``).
-Reads from a socket go into one preallocated buffer (``recv_into``) that
-starts at 16 KiB and grows to 256 KiB once a read fills it: bulk transfers
-read in large chunks (64 KiB reads cost 24-36% of throughput), while a
-thousand idle or request/response connections do not each hold 256 KiB.
-The HBONE side copies what it is given before ``send_all`` returns, so the
-buffer is reused at once. Nothing is buffered beyond what one read returns.
+Reads from a socket go into a buffer lent from a pool for that one read and
+write (16 KiB, or 256 KiB once a direction keeps filling them: 64 KiB reads
+cost 24-36% of throughput). A direction waiting for data holds no buffer, so
+a thousand idle connections cost no buffer memory. The HBONE side copies
+what it is given before ``send_all`` returns. Nothing is buffered beyond what
+one read returns.
 """
 
 from __future__ import annotations
@@ -30,46 +30,79 @@ class RelayStats:
     received: int = 0
 
 
+# Lent per read (sockio.BufferPool): an idle connection holds no buffer at all.
+SMALL_BUFFERS = sockio.BufferPool(FIRST_READ_SIZE, keep=64)
+LARGE_BUFFERS = sockio.BufferPool(READ_SIZE, keep=8)
+
+
 async def _pump(
     src: trio.abc.HalfCloseableStream,
     dst: trio.abc.HalfCloseableStream,
     stats: RelayStats,
     forward: bool,
 ) -> None:
-    # Sockets are read and written with sockio (no scheduler pass when the kernel is
-    # ready); the yielder keeps a busy direction from starving every other task.
+    if isinstance(src, trio.SocketStream):
+        await _pump_socket(src.socket, dst, stats, forward)
+    else:
+        yielder = sockio.Yielder()
+        dst_sock = dst.socket if isinstance(dst, trio.SocketStream) else None
+        while data := await src.receive_some():
+            await _send(dst, dst_sock, data)
+            if dst_sock is not None:
+                await yielder.tick()  # receive_some checkpoints; sockio.send_all may not
+            if forward:
+                stats.sent += len(data)
+            else:
+                stats.received += len(data)
+    await dst.send_eof()
+
+
+async def _pump_socket(
+    sock: trio.socket.SocketType,
+    dst: trio.abc.HalfCloseableStream,
+    stats: RelayStats,
+    forward: bool,
+) -> None:
+    """Socket to ``dst``: read with a lent buffer, waiting for data without one."""
+    pool = SMALL_BUFFERS
     dst_sock = dst.socket if isinstance(dst, trio.SocketStream) else None
-    src_sock = src.socket if isinstance(src, trio.SocketStream) else None
-    buf = bytearray(FIRST_READ_SIZE if src_sock is not None else 0)
     yielder = sockio.Yielder()
     while True:
-        data: bytes | bytearray | memoryview
-        if src_sock is None:
-            data = await src.receive_some()
-            n = len(data)
-        else:
-            try:
-                n = await sockio.recv_into(src_sock, buf)
-            except OSError as exc:
-                raise trio.BrokenResourceError(f"read failed: {exc}") from exc
-            data = memoryview(buf)[:n]
+        await yielder.tick()  # neither read nor write checkpoints while the kernel is ready
+        buf = pool.take()
+        try:
+            n = sockio.recv_nowait(sock, buf)
+            if n:
+                await _send(dst, dst_sock, memoryview(buf)[:n])
+        except OSError as exc:
+            raise trio.BrokenResourceError(f"read failed: {exc}") from exc
+        finally:
+            pool.give(buf)
+        if n is None:
+            await trio.lowlevel.wait_readable(sock)  # holding no buffer
+            continue
         if not n:
-            break
-        if dst_sock is None:
-            await dst.send_all(data)
-        else:
-            try:
-                await sockio.send_all(dst_sock, data)
-            except OSError as exc:
-                raise trio.BrokenResourceError(f"write failed: {exc}") from exc
-            await yielder.tick()
-        if src_sock is not None and n == len(buf) < READ_SIZE:  # it keeps up: read bigger
-            buf = bytearray(READ_SIZE)
+            return
+        if n == len(buf) and pool is SMALL_BUFFERS:  # it keeps up: read bigger
+            pool = LARGE_BUFFERS
         if forward:
             stats.sent += n
         else:
             stats.received += n
-    await dst.send_eof()
+
+
+async def _send(
+    dst: trio.abc.HalfCloseableStream,
+    dst_sock: trio.socket.SocketType | None,
+    data: bytes | bytearray | memoryview,
+) -> None:
+    if dst_sock is None:
+        await dst.send_all(data)  # HBONE copies what it is given before returning
+        return
+    try:
+        await sockio.send_all(dst_sock, data)
+    except OSError as exc:
+        raise trio.BrokenResourceError(f"write failed: {exc}") from exc
 
 
 async def relay(

@@ -21,6 +21,14 @@ import trio
 YIELD_EVERY = 16  # passes of a loop between two checkpoints of its own
 
 
+def recv_nowait(sock: trio.socket.SocketType, buf: bytearray | memoryview) -> int | None:
+    """Read what the kernel has now into ``buf``: the count, 0 at end of stream, None if none."""
+    try:
+        return os.readv(sock.fileno(), (buf,))
+    except BlockingIOError:
+        return None
+
+
 async def recv_into(sock: trio.socket.SocketType, buf: bytearray | memoryview) -> int:
     """Like ``socket.recv_into``: at least one byte, or 0 at end of stream."""
     while True:
@@ -46,6 +54,33 @@ def send_nowait(sock: trio.socket.SocketType, data: bytes | bytearray | memoryvi
         return os.write(sock.fileno(), data)
     except BlockingIOError:
         return 0
+
+
+class BufferPool:
+    """Read buffers lent to a task only while it has bytes in hand.
+
+    A relay that held its own buffer would keep it through every idle moment
+    of its connection; with a thousand idle connections that is most of a
+    proxy's memory. Trio runs one task at a time per thread, so the pool needs
+    no lock; buffers are not shared across threads.
+    """
+
+    __slots__ = ("_free", "keep", "size")
+
+    def __init__(self, size: int, keep: int) -> None:
+        self.size = size
+        self.keep = keep
+        self._free: list[bytearray] = []
+
+    def take(self) -> bytearray:
+        return self._free.pop() if self._free else bytearray(self.size)
+
+    def give(self, buf: bytearray) -> None:
+        if len(self._free) < self.keep:
+            self._free.append(buf)
+
+    def statistics(self) -> dict[str, int]:
+        return {"size": self.size, "free": len(self._free), "keep": self.keep}
 
 
 class Yielder:

@@ -18,6 +18,7 @@ import os
 import socket
 import ssl
 import tempfile
+import threading
 import weakref
 from collections.abc import Callable, Iterator
 from typing import cast
@@ -37,6 +38,21 @@ log = structlog.get_logger("mesh.tls")
 
 ALPN_H2 = "h2"
 READ_SIZE = 256 * 1024  # ciphertext read per recv; 64 KiB cost 24-36% (DESIGN.md)
+
+
+class _Scratch(threading.local):
+    """Where ciphertext lands before it is copied into a connection's MemoryBIO.
+
+    Nothing awaits between the read and the copy (``sockio.recv_into`` returns
+    straight after the read), so all the connections of a thread share one:
+    no 256 KiB receive buffer per connection."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray(READ_SIZE)
+        self.view = memoryview(self.buf)
+
+
+_scratch = _Scratch()
 
 _client_contexts: weakref.WeakKeyDictionary[WorkloadCertificate, ssl.SSLContext] = (
     weakref.WeakKeyDictionary()
@@ -158,8 +174,6 @@ class TlsStream:
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         self._ssl = ctx.wrap_bio(self._incoming, self._outgoing, server_side=server_side)
-        self._cipher_buf = bytearray(READ_SIZE)
-        self._cipher_view = memoryview(self._cipher_buf)
         self._unsent = memoryview(b"")
         self._eof = False
         self._closed = False
@@ -176,10 +190,11 @@ class TlsStream:
                 break
             except ssl.SSLWantReadError:
                 await self.flush()
-                n = await self.socket.recv_into(self._cipher_buf)
+                scratch = _scratch
+                n = await sockio.recv_into(self.socket, scratch.buf)
                 if n == 0:
                     raise TlsError("peer closed the connection during the TLS handshake") from None
-                self._incoming.write(self._cipher_view[:n])
+                self._incoming.write(scratch.view[:n])
             except ssl.SSLError as exc:
                 # Let the peer see our alert before we give up.
                 with contextlib.suppress(OSError, trio.BrokenResourceError):
@@ -244,14 +259,15 @@ class TlsStream:
             if self.at_eof():  # _decrypt_into may have seen close_notify
                 return 0
             try:
-                n = await sockio.recv_into(self.socket, self._cipher_buf)
+                scratch = _scratch
+                n = await sockio.recv_into(self.socket, scratch.buf)
             except OSError as exc:
                 raise TlsError(f"connection lost: {exc}") from exc
             if n == 0:
                 # Ragged EOF (no close_notify): HTTP/2 framing detects truncation above us.
                 self._eof = True
                 return 0
-            self._incoming.write(self._cipher_view[:n])
+            self._incoming.write(scratch.view[:n])
 
     def at_eof(self) -> bool:
         return self._eof
