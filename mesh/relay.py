@@ -47,13 +47,15 @@ async def _pump(
         yielder = sockio.Yielder()
         dst_sock = dst.socket if isinstance(dst, trio.SocketStream) else None
         while data := await src.receive_some():
+            n = len(data)
             await _send(dst, dst_sock, data)
+            del data  # not kept while the connection waits for more
             if dst_sock is not None:
                 await yielder.tick()  # receive_some checkpoints; sockio.send_all may not
             if forward:
-                stats.sent += len(data)
+                stats.sent += n
             else:
-                stats.received += len(data)
+                stats.received += n
     await dst.send_eof()
 
 
@@ -118,8 +120,8 @@ async def relay(
     stats = stats if stats is not None else RelayStats()
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_pump, a, b, stats, True)
             nursery.start_soon(_pump, b, a, stats, False)
+            await _pump(a, b, stats, True)  # in this task: one task fewer per connection
     except BaseExceptionGroup as group:
         broken = group.subgroup((trio.BrokenResourceError, trio.ClosedResourceError))
         if broken is not None and broken.exceptions:

@@ -109,8 +109,8 @@ class FrameSink(Protocol):
 
 PROTOCOL_ERROR: Final = 0x1
 FRAME_SIZE_ERROR: Final = 0x6
-_READ_ROOM: Final = 256 * 1024  # compact when less than this is free at the end
-_FIRST_BUFFER: Final = 512 * 1024  # grows, up to two maximal frames, only when needed
+_FIRST_ROOM: Final = 32 * 1024  # room offered to the first reads: a quiet connection stays small
+_READ_ROOM: Final = 256 * 1024  # room once reads keep filling it (bulk: 64 KiB reads cost 24-36%)
 
 
 class FrameReader:
@@ -120,12 +120,18 @@ class FrameReader:
     the complete frames in place: DATA and WINDOW_UPDATE go to the sink's own
     handlers (their bytes stay readable in :attr:`view` during the call), runs
     of every other frame go to h2 as one piece. A partial frame waits for more.
+
+    The buffer starts at 64 KiB; the room it offers doubles, up to 256 KiB,
+    each time a read fills it, and the buffer grows up to two maximal frames
+    when a partial frame needs it. A thousand idle streams on ten connections
+    so keep 640 KiB of buffers, not 5 MiB.
     """
 
     def __init__(self, *, max_frame_size: int, expect_preface: bool) -> None:
         self.max_frame_size = max_frame_size
         self._largest = 2 * (max_frame_size + FRAME_HEADER_LEN)
-        self.buf = bytearray(min(_FIRST_BUFFER, self._largest))
+        self._want = _FIRST_ROOM
+        self.buf = bytearray(min(2 * _FIRST_ROOM, self._largest))
         self.view = memoryview(self.buf)
         self._start = 0
         self._end = 0
@@ -134,18 +140,23 @@ class FrameReader:
 
     def room(self) -> memoryview:
         """Free space at the end of the buffer to receive into: compacting first when
-        low, and growing (up to two maximal frames) when a partial frame needs it."""
-        if len(self.buf) - self._end < _READ_ROOM:
-            start, end = self._start, self._end
-            pending = bytes(self.view[start:end])  # at most one partial frame
-            if len(self.buf) - len(pending) < _READ_ROOM and len(self.buf) < self._largest:
-                self.buf = bytearray(min(self._largest, 2 * len(self.buf)))
+        low, and growing when what a partial frame holds leaves too little."""
+        want = self._want
+        if len(self.buf) - self._end < want:
+            pending = bytes(self.view[self._start : self._end])  # at most one partial frame
+            size = len(self.buf)
+            while size - len(pending) < want and size < self._largest:
+                size *= 2
+            if size != len(self.buf):
+                self.buf = bytearray(min(size, self._largest))
                 self.view = memoryview(self.buf)
             self.buf[: len(pending)] = pending
             self._start, self._end = 0, len(pending)
         return self.view[self._end :]
 
     def received(self, n: int) -> None:
+        if n >= len(self.buf) - self._end and self._want < _READ_ROOM:
+            self._want *= 2  # the read filled the room: the peer is sending in bulk
         self._end += n
 
     def process(self, sink: FrameSink) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import pytest
 
 from mesh.hbone import frames
@@ -30,12 +32,16 @@ class Recorder:
 
 
 def feed(reader: FrameReader, sink: Recorder, data: bytes, step: int) -> None:
-    for i in range(0, len(data), step):
-        piece = data[i : i + step]
+    """Hand ``data`` over in reads of ``step`` bytes, or of the room offered if less
+    (as TLS decrypts at most the room it is given)."""
+    i = 0
+    while i < len(data):
         room = reader.room()
+        piece = data[i : i + min(step, len(room))]
         room[: len(piece)] = piece
         reader.received(len(piece))
         reader.process(sink)
+        i += len(piece)
 
 
 SETTINGS = frames.frame_header(0, 0x4, 0, 0)
@@ -114,3 +120,16 @@ def test_large_streams_compact_the_buffer_without_losing_bytes() -> None:
     stream = b"".join(frames.data_header(len(p), 3) + p for p in payloads)
     feed(reader, sink, stream, 65_536 * 3 + 5)
     assert [e[1][2] for e in sink.events] == payloads  # type: ignore[index]
+
+
+def test_buffer_stays_small_for_small_frames_and_grows_for_bulk() -> None:
+    reader = FrameReader(max_frame_size=1024 * 1024, expect_preface=False)
+    sink = Recorder(reader)
+    small = frames.data_header(1024, 1) + b"r" * 1024
+    feed(reader, sink, small * 50, len(small))
+    assert len(reader.buf) == 64 * 1024  # request-sized reads never grow it
+    bulk = b"".join(frames.data_header(16_000, 1) + b"b" * 16_000 for _ in range(200))
+    feed(reader, sink, bulk, 10**9)  # each read fills the room offered
+    assert len(reader.room()) >= 256 * 1024
+    received = [cast(tuple[int, int, bytes], e[1])[2] for e in sink.events if e[0] == "data"]
+    assert sum(map(len, received)) == 50 * 1024 + 200 * 16_000
