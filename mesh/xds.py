@@ -112,7 +112,8 @@ class Backoff:
     multiplier: float = 2.0
 
     def delays(self) -> Callable[[], float]:
-        """A function returning the next delay: exponential, capped, with full jitter."""
+        """A function returning the next delay: exponential steps c, capped, each delay
+        drawn uniformly from [c/2, c] ("equal jitter": never less than half a step)."""
         current = self.initial
 
         def next_delay() -> float:
