@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import trio
 
 from mesh import sockio
+from mesh.hbone.stream import HboneStream
 
 READ_SIZE = 256 * 1024
 FIRST_READ_SIZE = 16 * 1024
@@ -43,6 +44,16 @@ async def _pump(
 ) -> None:
     if isinstance(src, trio.SocketStream):
         await _pump_socket(src.socket, dst, stats, forward)
+    elif isinstance(src, HboneStream) and isinstance(dst, trio.SocketStream):
+        try:
+            await src.send_to(dst.socket)  # no task switch per chunk (see send_to)
+        except OSError as exc:
+            raise trio.BrokenResourceError(f"write failed: {exc}") from exc
+        finally:
+            if forward:
+                stats.sent += src.delivered
+            else:
+                stats.received += src.delivered
     else:
         yielder = sockio.Yielder()
         dst_sock = dst.socket if isinstance(dst, trio.SocketStream) else None

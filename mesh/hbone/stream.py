@@ -19,6 +19,8 @@ import structlog
 import trio
 from h2.errors import ErrorCodes
 
+from mesh import sockio
+
 if TYPE_CHECKING:
     from mesh.hbone.connection import HboneConnection
 
@@ -47,6 +49,11 @@ class HboneStream(trio.abc.HalfCloseableStream):
         self._detached = False  # out of the connection's table; flow control settled
         self._sending = False
         self._receiving = False
+        # send_to: the socket DATA goes into, whether its task holds unsent bytes,
+        # and how many bytes reached that socket.
+        self._sink: trio.socket.SocketType | None = None
+        self._sink_busy = False
+        self.delivered = 0
         self._send_lot = trio.lowlevel.ParkingLot()
         self._recv_lot = trio.lowlevel.ParkingLot()
         self.status: int | None = None
@@ -60,6 +67,12 @@ class HboneStream(trio.abc.HalfCloseableStream):
 
     def _accepts_data(self) -> bool:
         return not self._remote_eof and self._reset_code is None and self._conn.error is None
+
+    def _direct_sink(self) -> trio.socket.SocketType | None:
+        """The socket the reader may write this stream's next DATA into, now."""
+        if self._sink is None or self._sink_busy or self._buffered:
+            return None  # keep the order: what waits goes first, through send_to
+        return self._sink
 
     def _on_data(self, data: bytes) -> None:
         self._chunks.append(data)
@@ -220,6 +233,45 @@ class HboneStream(trio.abc.HalfCloseableStream):
                 await trio.lowlevel.cancel_shielded_checkpoint()
             return data
         finally:
+            self._receiving = False
+
+    async def send_to(self, sock: trio.socket.SocketType) -> None:
+        """Copy what the peer sends into ``sock`` until its END_STREAM.
+
+        The receiving side of a relay, without a task switch or a copy per chunk:
+        while this runs, the connection's reader writes each DATA payload straight
+        from its receive buffer into ``sock`` when the socket takes it all at once.
+        What it does not take waits in the stream and is sent from here, waiting
+        for room. Credit goes back as bytes reach the socket; :attr:`delivered`
+        counts them. An ``OSError`` of the socket propagates (the relay maps it)."""
+        if self._receiving:
+            raise trio.BusyResourceError("another task is receiving on this HBONE stream")
+        self._receiving = True
+        self._sink = sock
+        yielder = sockio.Yielder()
+        try:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            while True:
+                if self._closed:
+                    raise trio.ClosedResourceError("HBONE stream was closed")
+                if self._buffered:
+                    data = self._take_chunk()
+                    self._sink_busy = True
+                    try:
+                        await sockio.send_all(sock, data)
+                    finally:
+                        self._sink_busy = False
+                    self.delivered += len(data)
+                    self._conn._credit(self, len(data))
+                    await yielder.tick()
+                    continue
+                if self._remote_eof:
+                    return
+                if self._is_broken():
+                    raise self._broken()
+                await self._recv_lot.park()
+        finally:
+            self._sink = None
             self._receiving = False
 
     def _take_chunk(self) -> bytes:
