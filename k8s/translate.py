@@ -10,7 +10,7 @@ recorded in ``l7``, never dropped silently). Objects are already validated by
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from k8s import manifests as m
 from mesh import model
@@ -77,12 +77,21 @@ def translate(
     )
 
 
-def in_mesh(pod: m.Pod, namespace: m.Namespace | None) -> bool:
-    """Pod label ``none`` opts out, ``ambient`` opts in; otherwise the namespace's label decides."""
-    pod_mode = dict(pod.labels).get(LABEL_DATAPLANE_MODE)
+def meshed_by_labels(
+    pod_labels: Mapping[str, str], namespace_labels: Mapping[str, str] | None
+) -> bool:
+    """Pod label ``none`` opts out, ``ambient`` opts in; otherwise the namespace's label
+    decides. The one rule: translation and the local cluster both ask it."""
+    pod_mode = pod_labels.get(LABEL_DATAPLANE_MODE)
     if pod_mode in ("none", "ambient"):
         return pod_mode == "ambient"
-    return namespace is not None and dict(namespace.labels).get(LABEL_DATAPLANE_MODE) == "ambient"
+    return namespace_labels is not None and namespace_labels.get(LABEL_DATAPLANE_MODE) == "ambient"
+
+
+def in_mesh(pod: m.Pod, namespace: m.Namespace | None) -> bool:
+    return meshed_by_labels(
+        dict(pod.labels), dict(namespace.labels) if namespace is not None else None
+    )
 
 
 def workload_uid(namespace: str, name: str) -> str:

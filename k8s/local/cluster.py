@@ -318,7 +318,7 @@ class LocalCluster:
             if missing:
                 pending.append(f"{where} does not listen on port(s) {missing} yet")
         if self.hooks.mesh_state is not None:
-            self._mesh = dict(await self.hooks.mesh_state(self.snapshot()))
+            await self.refresh_mesh_state()
             for pod in self._pods.values():
                 state = self._mesh.get(pod.plan.ref)
                 if pod.plan.meshed and not (state and state.ready):
@@ -327,6 +327,12 @@ class LocalCluster:
                         " captured by ztunnel or has no certificate yet"
                     )
         return pending
+
+    async def refresh_mesh_state(self) -> None:
+        """Ask the mesh again which meshed pods are captured and have their certificate
+        (what :meth:`snapshot` shows; labels and pods change after ``ambit up``)."""
+        if self.hooks.mesh_state is not None:
+            self._mesh = dict(await self.hooks.mesh_state(self.snapshot()))
 
     def snapshot(self) -> LocalSnapshot:
         return LocalSnapshot(

@@ -81,6 +81,7 @@ async def run_daemon(
                     "pid": me.pid,
                 }
             if op == "get":
+                await cluster.refresh_mesh_state()
                 return snapshot_json(cluster.snapshot())
             if op in ("apply", "delete"):
                 paths = [str(p) for p in request.get("paths", [])]

@@ -18,7 +18,7 @@ import structlog
 
 from k8s import manifests
 from k8s.local.errors import LocalClusterError
-from mesh.constants import LABEL_DATAPLANE_MODE
+from k8s.translate import meshed_by_labels
 
 log = structlog.get_logger("ambit.local.objects")
 
@@ -105,11 +105,8 @@ def load_objects(paths: Sequence[str | Path]) -> list[Manifest]:
 
 
 def is_meshed(pod: PodSpec, namespace: NamespaceSpec | None) -> bool:
-    """Opt-in by label: ``ambient`` on the Namespace or Pod; ``none`` on the Pod opts out."""
-    pod_mode = pod.labels.get(LABEL_DATAPLANE_MODE)
-    if pod_mode is not None:
-        return pod_mode == "ambient"
-    return namespace is not None and namespace.labels.get(LABEL_DATAPLANE_MODE) == "ambient"
+    """Opt-in by label, by the mesh model's rule (:func:`k8s.translate.meshed_by_labels`)."""
+    return meshed_by_labels(pod.labels, namespace.labels if namespace is not None else None)
 
 
 def _manifest(obj: manifests.K8sObject, path: str) -> Manifest:

@@ -4,18 +4,20 @@ Tests marked ``root`` are skipped, with the reason, unless they run as root with
 ``ip``, ``iptables`` and ``iptables-restore`` available. Every cluster gets its
 own state directory under ``tmp_path`` and its own random CIDRs, and is always
 removed by ``ambit down`` in the fixture's finalizer, which then checks that no
-namespace, link or recorded process of it is left.
+namespace, link, host route, host iptables rule or recorded process of it is left.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +33,8 @@ COMMAND_SECONDS = 30.0
 def root_skip_reason() -> str | None:
     if os.geteuid() != 0:
         return "needs root: creates network namespaces, links and iptables rules"
-    missing = [t for t in ("ip", "iptables", "iptables-restore") if not shutil.which(t)]
+    tools = ("ip", "iptables", "iptables-restore", "iptables-save")
+    missing = [t for t in tools if not shutil.which(t)]
     if missing:
         return f"needs {', '.join(missing)} (install iproute2 and iptables)"
     return None
@@ -83,12 +86,21 @@ class Cluster:
         return path
 
     async def ambit(
-        self, *args: str, seconds: float = COMMAND_SECONDS
+        self,
+        *args: str,
+        seconds: float = COMMAND_SECONDS,
+        env: Mapping[str, str] | None = None,
+        run_as: Sequence[str] = (),
     ) -> subprocess.CompletedProcess[bytes]:
-        env = {**os.environ, "AMBIT_STATE_DIR": str(self.state_dir), "PYTHONPATH": str(REPO)}
+        """``ambit ARGS`` for this cluster; ``env`` replaces variables of the environment,
+        ``run_as`` prefixes the command (e.g. ``setpriv ...`` to drop root)."""
+        env = {
+            **os.environ, "AMBIT_STATE_DIR": str(self.state_dir), "PYTHONPATH": str(REPO),
+            **(env or {}),
+        }  # fmt: skip
         with trio.fail_after(seconds):
             result = await trio.run_process(
-                [sys.executable, "-m", "ambit.cli", *args],
+                [*run_as, sys.executable, "-m", "ambit.cli", *args],
                 capture_stdout=True, capture_stderr=True, check=False, env=env, cwd=REPO,
             )  # fmt: skip
         self.remember()
@@ -106,6 +118,13 @@ class Cluster:
         if expect_ok:
             assert result.returncode == 0, result.stderr.decode()
         return result
+
+    async def ztunnel_events(self, node: str, event: str) -> list[dict[str, Any]]:
+        """The JSON lines of ``ambit logs ztunnel/NODE`` whose event is ``event``."""
+        result = await self.ambit("logs", f"ztunnel/{node}")
+        assert result.returncode == 0, result.stderr.decode()
+        lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith(b"{")]
+        return [line for line in lines if line.get("event") == event]
 
     async def get(self, kind: str, *args: str) -> Any:
         result = await self.ambit("get", kind, "-o", "json", *args)
@@ -147,7 +166,78 @@ class Cluster:
         for record in self.records:
             found += [f"netns {n}" for n in record.netns if Path(f"/run/netns/{n}").exists()]
             found += [f"link {n}" for n in record.links if Path(f"/sys/class/net/{n}").exists()]
+            found += [f"iptables {rule}" for rule in host_rules_of(record)]
+            found += [f"route {route}" for route in host_routes_of(record)]
         return sorted(set(found))
+
+
+_ADDRESS = re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}(?:/\d{1,2})?\b")
+
+
+def _touches(record: StateRecord, line: str) -> bool:
+    """Whether ``line`` names the cluster's bridge or veths, or an address in its CIDRs."""
+    if re.search(rf"\b(amb-{record.cluster_id}|v{record.cluster_id}[0-9a-f]{{6}})\b", line):
+        return True
+    ranges = [ipaddress.IPv4Network(record.pod_cidr), ipaddress.IPv4Network(record.service_cidr)]
+    for token in _ADDRESS.findall(line):
+        try:
+            network = ipaddress.IPv4Network(token, strict=False)
+        except ValueError:
+            continue
+        if any(network.overlaps(r) for r in ranges):
+            return True
+    return False
+
+
+def host_rules_of(record: StateRecord) -> list[str]:
+    """Rules of the host's iptables (every table) that belong to the cluster of ``record``."""
+    dump = subprocess.run(
+        ["iptables-save"], capture_output=True, text=True, check=True, timeout=10
+    ).stdout
+    return [line for line in dump.splitlines() if line.startswith("-A ") and _touches(record, line)]
+
+
+def host_routes_of(record: StateRecord) -> list[str]:
+    """Routes of the host (every table) to or through the cluster of ``record``."""
+    return [line for line in host_networks().splitlines() if _touches(record, line)]
+
+
+async def run(argv: Sequence[str], seconds: float = 10.0) -> subprocess.CompletedProcess[bytes]:
+    """A command on the host, its output captured, bounded in time."""
+    with trio.fail_after(seconds):
+        return await trio.run_process(
+            list(argv), capture_stdout=True, capture_stderr=True, check=False
+        )
+
+
+async def curl_status(url: str, netns: str | None = None) -> str:
+    """The HTTP status curl gets for ``url`` (from the host or inside ``netns``), or "000"."""
+    where = ["ip", "netns", "exec", netns] if netns else []
+    result = await run(
+        [*where, "curl", "-s", "-m", "4", "-o", "/dev/null", "-w", "%{http_code}", url]
+    )
+    return result.stdout.decode().strip() or "000"
+
+
+async def config_dump(node_netns: str) -> dict[str, Any]:
+    """ztunnel's ``/config_dump``, from the loopback of the node's network namespace."""
+    url = "http://127.0.0.1:15000/config_dump"
+    result = await run(["ip", "netns", "exec", node_netns, "curl", "-s", "-m", "3", url])
+    assert result.returncode == 0, result.stderr.decode()
+    dump: dict[str, Any] = json.loads(result.stdout)
+    return dump
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]], *, seconds: float, poll: float = 0.1
+) -> bool:
+    """Whether ``check()`` is true in a call that starts within ``seconds`` from now."""
+    deadline = trio.current_time() + seconds
+    while trio.current_time() <= deadline:
+        if await check():
+            return True
+        await trio.sleep(poll)
+    return False
 
 
 @pytest.fixture

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from k8s import manifests as m
-from k8s.translate import TranslateError, translate
+from k8s.local.objects import NamespaceSpec, PodSpec, is_meshed
+from k8s.translate import TranslateError, meshed_by_labels, translate
 from mesh.model import (
     Authorization,
     Endpoint,
@@ -394,3 +395,24 @@ def test_yaml_to_decision() -> None:
     assert not evaluate(conn(server, src=identity("demo", "server")), policies).allowed
     assert not evaluate(conn(server, src=None), policies).allowed
     assert not evaluate(conn(server, src=identity("demo", "client"), port=9000), policies).allowed
+
+
+@pytest.mark.parametrize(
+    ("pod_label", "namespace_label", "meshed"),
+    [
+        (None, "ambient", True),
+        ("none", "ambient", False),
+        ("ambient", None, True),
+        ("something-else", "ambient", True),  # only none and ambient mean anything on a Pod
+        (None, None, False),
+        (None, "none", False),
+    ],
+)
+def test_local_cluster_and_translation_agree_on_who_is_meshed(
+    pod_label: str | None, namespace_label: str | None, meshed: bool
+) -> None:
+    pod_labels = {} if pod_label is None else {"ambit.io/dataplane-mode": pod_label}
+    ns_labels = {} if namespace_label is None else {"ambit.io/dataplane-mode": namespace_label}
+    assert meshed_by_labels(pod_labels, ns_labels) is meshed
+    pod = PodSpec("ns", "p", ("true",), labels=pod_labels)
+    assert is_meshed(pod, NamespaceSpec("ns", ns_labels)) is meshed
