@@ -10,8 +10,10 @@ Four paths are measured in the same run, each ``client -> relay A -> relay B
   connection, relay B is the HBONE server: the ztunnel-to-ztunnel hop.
 
 Reported: MB/s of one stream (median of the repetitions, with min and max),
-and the time to set up a new client connection and get one byte back through
-each path (median over many). For ``hbone`` that is a new CONNECT stream on a
+the time to set up a new client connection and get one byte back through
+each path (median over many), and the time of a 1 KiB request and its 1 KiB
+answer on an open connection (p50 and p99 of many, one every half
+millisecond or so). For ``hbone`` that is a new CONNECT stream on a
 warm pool; for ``tls`` a new TLS handshake. Ratios are to the same run's
 ``direct`` and ``tls``. Results go to stdout and, with ``--json FILE``, JSON.
 """
@@ -393,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--quick", action="store_true", help="256 MiB, 3 runs: about 20 s")
+    parser.add_argument("--quick", action="store_true", help="128 MiB, 2 runs: about 10 s")
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--modes", default=",".join(MODES))
@@ -402,9 +404,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.role:
         return _run_role(args.role)
-    size = (256 if args.quick and args.size_mib == 1024 else args.size_mib) * 1024 * 1024
-    runs = 3 if args.quick else args.runs
-    probes = 50 if args.quick else 200
+    size = (128 if args.quick and args.size_mib == 1024 else args.size_mib) * 1024 * 1024
+    runs = 2 if args.quick else args.runs
+    probes = 30 if args.quick else 200
     with tempfile.TemporaryDirectory(prefix="ambit-bench-") as tmp:
         certs = _write_certs(Path(tmp))
         results = []

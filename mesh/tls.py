@@ -137,6 +137,14 @@ def bootstrap_client_context(bundle: TrustBundle) -> ssl.SSLContext:
     return ctx
 
 
+_VERSION_MARKERS = (
+    "UNSUPPORTED_PROTOCOL",
+    "PROTOCOL_VERSION",
+    "WRONG_VERSION_NUMBER",
+    "NO_PROTOCOLS_AVAILABLE",
+)
+
+
 def describe_handshake_error(exc: BaseException) -> tuple[str, str]:
     """Map an OpenSSL failure to one of verify_peer's rule names and a message."""
     if isinstance(exc, ssl.SSLCertVerificationError):
@@ -144,6 +152,10 @@ def describe_handshake_error(exc: BaseException) -> tuple[str, str]:
         rule = "expired" if "expired" in message or "not yet valid" in message else "chain"
         return rule, message
     text = str(exc)
+    if "ALPN" in text:
+        return "alpn", text
+    if any(m in text for m in _VERSION_MARKERS):
+        return "tls-version", f"{text} (the mesh speaks TLS 1.3 only)"
     if "CERTIFICATE_REQUIRED" in text or "PEER_DID_NOT_RETURN_A_CERTIFICATE" in text:
         return "no-certificate", text
     if "UNKNOWN_CA" in text or "BAD_CERTIFICATE" in text or "CERTIFICATE_UNKNOWN" in text:

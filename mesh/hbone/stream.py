@@ -242,8 +242,9 @@ class HboneStream(trio.abc.HalfCloseableStream):
         while this runs, the connection's reader writes each DATA payload straight
         from its receive buffer into ``sock`` when the socket takes it all at once.
         What it does not take waits in the stream and is sent from here, waiting
-        for room. Credit goes back as bytes reach the socket; :attr:`delivered`
-        counts them. An ``OSError`` of the socket propagates (the relay maps it)."""
+        for room. Credit goes back as bytes are taken for the socket (one chunk
+        at most is in hand); :attr:`delivered` counts what reached it. An
+        ``OSError`` of the socket propagates (the relay maps it)."""
         if self._receiving:
             raise trio.BusyResourceError("another task is receiving on this HBONE stream")
         self._receiving = True
@@ -256,13 +257,15 @@ class HboneStream(trio.abc.HalfCloseableStream):
                     raise trio.ClosedResourceError("HBONE stream was closed")
                 if self._buffered:
                     data = self._take_chunk()
+                    # Credit as it is taken, as receive_some does: a send cancelled
+                    # half-way (the app reset) must not keep the window it held.
+                    self._conn._credit(self, len(data))
                     self._sink_busy = True
                     try:
                         await sockio.send_all(sock, data)
                     finally:
                         self._sink_busy = False
                     self.delivered += len(data)
-                    self._conn._credit(self, len(data))
                     await yielder.tick()
                     continue
                 if self._remote_eof:

@@ -24,6 +24,7 @@ from mesh.relay import RelayStats, relay
 from tests.conftest import SERVER_ID
 from tests.integration.hbone_support import client_pool, connect, start_server
 from tests.pki import Pki
+from tests.waiting import wait_until
 
 App = Callable[[trio.SocketStream], Awaitable[None]]
 SMALL_WINDOWS = HboneSettings(stream_window=65_535, connection_window=1024 * 1024)
@@ -40,16 +41,21 @@ class Chain:
 
 @asynccontextmanager
 async def relay_chain(
-    pki: Pki, app: App, settings: HboneSettings | None = None
+    pki: Pki, app: App, settings: HboneSettings | None = None, *, app_buffer: int | None = None
 ) -> AsyncIterator[Chain]:
+    """``app_buffer``: small socket buffers toward the app, so writes to it wait."""
     async with trio.open_nursery() as nursery:
         (app_listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        if app_buffer is not None:
+            app_listener.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, app_buffer)
         app_port = app_listener.socket.getsockname()[1]
         nursery.start_soon(trio.serve_listeners, app, [app_listener])
         chain = Chain(("127.0.0.1", 0))
 
         async def back(request: HboneRequest) -> None:
             upstream = await trio.open_tcp_stream("127.0.0.1", app_port)
+            if app_buffer is not None:
+                upstream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, app_buffer)
             stream = await request.accept()
             chain.back_streams.append(stream)
             stats = RelayStats()
@@ -189,3 +195,39 @@ async def test_an_app_that_vanishes_breaks_only_its_own_connection(root: Pki) ->
             # both rode one HBONE connection
             assert chain.back_streams[0].connection is chain.back_streams[1].connection
     assert answer.decode() == f"{hashlib.sha256(payload).hexdigest()} {len(payload)}"
+
+
+async def test_apps_that_reset_while_bytes_wait_for_them_give_all_credit_back(
+    root: Pki,
+) -> None:
+    """An app that resets its connection while the tunnel still waits to write to it
+    cancels the relay with a chunk in hand: that chunk's connection credit must come
+    back, or after a few such apps (iperf3 resets its streams at the end of a test) the
+    connection window is gone and every stream on the connection stops."""
+    settings = HboneSettings(stream_window=65_535, connection_window=256 * 1024)
+    size = 256 * 1024
+    served: list[int] = []
+
+    async def resets_without_reading(app: trio.SocketStream) -> None:
+        await trio.sleep(0.02)  # the tunnel fills the small socket buffers and waits
+        app.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+        await app.aclose()
+        served.append(1)
+
+    with trio.fail_after(60):
+        async with relay_chain(root, resets_without_reading, settings, app_buffer=4096) as chain:
+            for i in range(30):
+                client = await trio.open_tcp_stream(*chain.address)
+                async with client:
+                    with trio.move_on_after(5):  # the reset may cut the client off early
+                        try:
+                            await client.send_all(b"c" * size)
+                            await read_to_eof(client)
+                        except trio.BrokenResourceError:
+                            pass
+                await wait_until(lambda i=i: len(served) == i + 1)  # type: ignore[misc]
+            (server_side,) = {s.connection for s in chain.back_streams}
+            await wait_until(lambda: not server_side._streams)
+            credit = server_side._recv_window + server_side._recv_unacked
+    assert len(chain.back_streams) == 30  # every client got through: nothing starved
+    assert credit == settings.connection_window

@@ -112,8 +112,9 @@ async def test_server_refuses_a_client_that_offers_at_most_tls_1_2(root: Pki, lo
             await assert_serves_a_healthy_client(root, address)
             nursery.cancel_scope.cancel()
     [rejected] = events(logs, "hbone_handshake_rejected")
-    assert rejected["rule"] == "handshake"
+    assert rejected["rule"] == "tls-version"
     assert "UNSUPPORTED_PROTOCOL" in rejected["reason"]
+    assert "TLS 1.3 only" in rejected["reason"]
     assert handler.peers == [str(CLIENT_ID)]
 
 
@@ -135,7 +136,7 @@ async def test_server_refuses_a_client_that_does_not_negotiate_h2(
             await assert_serves_a_healthy_client(root, address)
             nursery.cancel_scope.cancel()
     [rejected] = events(logs, "hbone_handshake_rejected")
-    assert rejected["rule"] == "handshake"
+    assert rejected["rule"] == "alpn"
     assert "did not negotiate ALPN 'h2' (got None)" in rejected["reason"]
     assert "HBONE endpoint" in rejected["reason"]
     assert handler.peers == [str(CLIENT_ID)]
@@ -193,10 +194,10 @@ async def test_pool_refuses_a_server_that_speaks_at_most_tls_1_2(root: Pki, logs
         alpn=[ALPN_H2],
     )
     error = await dial_plain_tls_server(root, ctx)
-    assert "(handshake)" in str(error)
+    assert "(tls-version)" in str(error)
     assert "PROTOCOL_VERSION" in str(error) or "UNSUPPORTED_PROTOCOL" in str(error)
     [rejected] = events(logs, "hbone_dial_rejected")
-    assert rejected["rule"] == "handshake"
+    assert rejected["rule"] == "tls-version"
     assert rejected["src_identity"] == str(CLIENT_ID)
 
 
@@ -209,5 +210,5 @@ async def test_pool_refuses_a_server_that_does_not_select_h2(
     assert "did not negotiate ALPN 'h2' (got None)" in str(error)
     assert "is it an HBONE endpoint?" in str(error)
     [rejected] = events(logs, "hbone_dial_rejected")
-    assert rejected["rule"] == "handshake"
+    assert rejected["rule"] == "alpn"
     assert "ALPN" in rejected["reason"]
