@@ -41,7 +41,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	@if [ "$$(id -u)" != 0 ]; then echo "make bench needs root (network namespaces, iptables): try sudo make bench"; exit 1; fi
 	$(BIN)/python -m bench.compare $(if $(QUICK),--quick,)
-	$(BIN)/python -m bench.hbone $(if $(QUICK),--quick,)
+	$(BIN)/python -m bench.hbone $(if $(QUICK),--quick,--json bench/results/hbone.json)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

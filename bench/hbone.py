@@ -49,6 +49,7 @@ SERVER_ID = SpiffeId("cluster.local", "bench", "server")
 CHUNK = 256 * 1024
 RTT_MESSAGE = 1024  # bytes each way per round trip (Istio's 1 KiB profile)
 RTT_PAUSE = 0.0005  # between round trips
+ECHO_MAGIC = b"ambit-bench-echo\n"  # the round-trip probe's first bytes
 
 
 # ---- roles (each runs in its own process) ---------------------------------------
@@ -84,18 +85,28 @@ async def _connect(port: int) -> trio.SocketStream:
 async def role_sink(port: int) -> None:
     """Count bytes until EOF, answer with the count; a 1-byte message is echoed.
 
-    A connection whose first byte is ``E`` is an echo (the round-trip probe)."""
+    A connection that starts with :data:`ECHO_MAGIC` is an echo of everything
+    after it (the round-trip probe); random data never starts so."""
 
     async def handle(stream: trio.SocketStream) -> None:
         configure_socket(stream.socket)
         buf = bytearray(CHUNK)
+        view = memoryview(buf)
         total = 0
         n = await stream.socket.recv_into(buf)
-        if n and buf[0] == ord("E"):
-            while n:
-                await stream.send_all(memoryview(buf)[:n])
-                n = await stream.socket.recv_into(buf)
-            return
+        while 0 < n < len(ECHO_MAGIC) and ECHO_MAGIC.startswith(buf[:n]):
+            got = await stream.socket.recv_into(view[n:])
+            if not got:
+                break
+            n += got
+        if buf[:n].startswith(ECHO_MAGIC):
+            rest = n - len(ECHO_MAGIC)
+            while True:
+                if rest:
+                    await stream.send_all(view[n - rest : n])
+                n = rest = await stream.socket.recv_into(buf)
+                if not n:
+                    return
         while n:
             total += n
             if total == 1 and n == 1:
@@ -305,10 +316,11 @@ def _setup_time(port: int) -> float:
 
 def _round_trips(port: int, count: int, size: int = RTT_MESSAGE) -> list[float]:
     """``count`` request/response exchanges of ``size`` bytes on one connection; seconds each."""
-    message = b"E" * size
+    message = b"r" * size
     times = []
     with socket.create_connection(("127.0.0.1", port)) as s:
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.sendall(ECHO_MAGIC)
         for _ in range(count):
             start = time.perf_counter()
             s.sendall(message)

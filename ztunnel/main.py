@@ -30,6 +30,7 @@ from mesh.identity import (
     control_plane_identity,
     ztunnel_identity,
 )
+from mesh.memory import serve_heap_trimmer
 from mesh.model import Workload
 from mesh.xds import ConfigClient
 from ztunnel.metrics import TcpMetrics
@@ -138,6 +139,7 @@ async def run_ztunnel(
                 )
                 nursery.start_soon(client.run)
                 nursery.start_soon(telemetry.flush_periodically)
+                nursery.start_soon(serve_heap_trimmer)  # RSS falls back after bursts
                 ready = ready_route(zt.ready)
                 admin = {"/config_dump": config_dump, "/healthz/ready": ready}
                 for routes, host, port in (

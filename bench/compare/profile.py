@@ -29,8 +29,8 @@ BUCKETS: list[tuple[str, re.Pattern[str]]] = [
         "HTTP/2 (h2, hpack, hyperframe, hbone frames)",
         re.compile(r"\((h2|hpack|hyperframe)/|frames\.py"),
     ),
-    # the C socket call (send/recv_into) runs inside this frame: kernel TCP and the bridge
-    (SOCKET, re.compile(r"_nonblocking_helper \(trio/_socket")),
+    # the C socket call (send/recv_into) runs inside these frames: kernel TCP and the bridge
+    (SOCKET, re.compile(r"_nonblocking_helper \(trio/_socket|\(mesh/sockio\.py")),
     (
         "logging / metrics",
         re.compile(r"\((structlog|logging|prometheus_client)/|accesslog|metrics\.py"),
