@@ -15,6 +15,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -200,6 +201,30 @@ def host_rules_of(record: StateRecord) -> list[str]:
 def host_routes_of(record: StateRecord) -> list[str]:
     """Routes of the host (every table) to or through the cluster of ``record``."""
     return [line for line in host_networks().splitlines() if _touches(record, line)]
+
+
+# An echo server for pods (python3 -c ECHO_SERVER): every connection gets its bytes back.
+ECHO_SERVER = (
+    "import socket,threading\n"
+    "s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+    "s.bind(('0.0.0.0', 7000)); s.listen(16)\n"
+    "def serve(c):\n"
+    "    while (d := c.recv(65536)): c.sendall(d)\n"
+    "    c.close()\n"
+    "while True:\n"
+    "    c, _ = s.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()\n"
+)
+
+
+async def kill_daemon(cluster: Cluster) -> None:
+    """SIGKILL the cluster's local daemon (in local mode it also runs the control plane)."""
+    record = read_state(cluster.state_dir / "state.json")
+    assert record is not None
+    assert record.daemon is not None
+    os.kill(record.daemon.pid, signal.SIGKILL)
+    with trio.fail_after(5):
+        while is_alive(record.daemon):  # noqa: ASYNC110 - not our child: nothing to wait on
+            await trio.sleep(0.02)
 
 
 async def run(argv: Sequence[str], seconds: float = 10.0) -> subprocess.CompletedProcess[bytes]:

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
-import os
-import signal
 import time
 
 import pytest
 import trio
 
-from k8s.local.state import is_alive, read_state
-from tests.e2e.conftest import Cluster, demo_manifest
+from tests.e2e.conftest import Cluster, demo_manifest, kill_daemon
 
 pytestmark = pytest.mark.root
 
@@ -193,13 +190,7 @@ spec:
 
 async def test_down_cleans_up_after_a_dead_daemon(cluster: Cluster) -> None:
     await cluster.up(cluster.manifest("demo.yaml", demo_manifest()))
-    record = read_state(cluster.state_dir / "state.json")
-    assert record is not None
-    assert record.daemon is not None
-    os.kill(record.daemon.pid, signal.SIGKILL)
-    with trio.fail_after(5):
-        while is_alive(record.daemon):  # noqa: ASYNC110 - not our child: nothing to wait on
-            await trio.sleep(0.01)
+    await kill_daemon(cluster)
     assert cluster.leftovers() != []  # the pods and their namespaces outlive the daemon
     down = await cluster.ambit("down")
     assert down.returncode == 0, down.stderr

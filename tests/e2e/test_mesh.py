@@ -24,7 +24,7 @@ import trio
 from k8s.local.netns import in_netns
 from mesh.ca_client import CaClient, CaRefused
 from mesh.identity import SpiffeId, TrustBundle, build_csr, generate_key
-from tests.e2e.conftest import Cluster
+from tests.e2e.conftest import ECHO_SERVER, Cluster
 
 pytestmark = pytest.mark.root
 
@@ -118,17 +118,6 @@ spec:
   selector: {app: plain}
   ports: [{port: 80, targetPort: 9090}]
 """
-
-ECHO_SERVER = (
-    "import socket,threading\n"
-    "s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
-    "s.bind(('0.0.0.0', 7000)); s.listen(16)\n"
-    "def serve(c):\n"
-    "    while (d := c.recv(65536)): c.sendall(d)\n"
-    "    c.close()\n"
-    "while True:\n"
-    "    c, _ = s.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()\n"
-)
 
 
 def manifest() -> str:

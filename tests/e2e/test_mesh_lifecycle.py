@@ -5,16 +5,21 @@ admin ports, and a control plane that is killed."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 from typing import Any
 
 import pytest
 import trio
 
-from k8s.local.state import is_alive, read_state
-from tests.e2e.conftest import Cluster, config_dump, curl_status, eventually, run
+from tests.e2e.conftest import (
+    ECHO_SERVER,
+    Cluster,
+    config_dump,
+    curl_status,
+    eventually,
+    kill_daemon,
+    run,
+)
 
 pytestmark = pytest.mark.root
 
@@ -74,16 +79,6 @@ spec:
     command: [python3, -c, SCRIPT]
     ports: [{containerPort: 7000}]
 """
-ECHO_SERVER = (
-    "import socket,threading\n"
-    "s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
-    "s.bind(('0.0.0.0', 7000)); s.listen(16)\n"
-    "def serve(c):\n"
-    "    while (d := c.recv(65536)): c.sendall(d)\n"
-    "    c.close()\n"
-    "while True:\n"
-    "    c, _ = s.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()\n"
-)
 
 # Runs in the client pod: one connection to the echo pod, held open until a line on stdin.
 HOLD_OPEN = """\
@@ -319,13 +314,7 @@ async def _is_200(url: str, netns: str) -> bool:
 
 async def kill_control_plane(cluster: Cluster) -> None:
     """SIGKILL the process the control plane runs in: in local mode, the daemon."""
-    record = read_state(cluster.state_dir / "state.json")
-    assert record is not None
-    assert record.daemon is not None
-    os.kill(record.daemon.pid, signal.SIGKILL)
-    with trio.fail_after(5):
-        while is_alive(record.daemon):  # noqa: ASYNC110 - not our child: nothing to wait on
-            await trio.sleep(0.05)
+    await kill_daemon(cluster)
 
     async def noticed() -> bool:
         return all(
