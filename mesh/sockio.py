@@ -31,21 +31,16 @@ def recv_nowait(sock: trio.socket.SocketType, buf: bytearray | memoryview) -> in
 
 async def recv_into(sock: trio.socket.SocketType, buf: bytearray | memoryview) -> int:
     """Like ``socket.recv_into``: at least one byte, or 0 at end of stream."""
-    while True:
-        try:
-            return os.readv(sock.fileno(), (buf,))
-        except BlockingIOError:
-            await trio.lowlevel.wait_readable(sock)
+    while (n := recv_nowait(sock, buf)) is None:
+        await trio.lowlevel.wait_readable(sock)
+    return n
 
 
 async def send_all(sock: trio.socket.SocketType, data: bytes | bytearray | memoryview) -> None:
     """Write every byte of ``data``, waiting for room when the socket buffer is full."""
     view = memoryview(data)
-    while view:
-        sent = send_nowait(sock, view)
-        if sent < len(view):
-            await trio.lowlevel.wait_writable(sock)
-        view = view[sent:]
+    while view := view[send_nowait(sock, view) :]:
+        await trio.lowlevel.wait_writable(sock)
 
 
 def send_nowait(sock: trio.socket.SocketType, data: bytes | bytearray | memoryview) -> int:
@@ -78,9 +73,6 @@ class BufferPool:
     def give(self, buf: bytearray) -> None:
         if len(self._free) < self.keep:
             self._free.append(buf)
-
-    def statistics(self) -> dict[str, int]:
-        return {"size": self.size, "free": len(self._free), "keep": self.keep}
 
 
 class Yielder:

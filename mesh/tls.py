@@ -315,10 +315,11 @@ class TlsStream:
                     return
                 self._unsent = memoryview(self._outgoing.read())
             while self._unsent:
-                sent = sockio.send_nowait(self.socket, self._unsent)
-                if sent < len(self._unsent):
+                # Advance before waiting: a flush cancelled in the wait must not send
+                # these bytes again (that would tear the record stream).
+                self._unsent = self._unsent[sockio.send_nowait(self.socket, self._unsent) :]
+                if self._unsent:
                     await trio.lowlevel.wait_writable(self.socket)
-                self._unsent = self._unsent[sent:]
         except OSError as exc:
             raise TlsError(f"connection lost: {exc}") from exc
 

@@ -15,7 +15,8 @@ Invariants:
   that woke together leave in one TLS write.
 - The read path never awaits a send: it queues and wakes the writer, and only
   when there is something to send.
-- Flow-control credit is returned as the consumer reads (``receive_some``),
+- Flow-control credit is returned as the consumer takes data (``receive_some``,
+  ``send_to``, or the reader writing DATA straight into a ``send_to`` socket),
   never when data is merely buffered, so every buffer is bounded by a window.
 - A connection error is remembered and fails every stream on it.
 """
