@@ -4,13 +4,24 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: test lint typecheck pytest demo bench clean
+.PHONY: lock test lint typecheck pytest demo bench clean
 
-$(STAMP): pyproject.toml
+# Every dependency's version comes from requirements.lock (made by `make lock`);
+# pyproject.toml keeps only the lower bounds.
+$(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	PIP_CONSTRAINT=$(CURDIR)/requirements.lock $(BIN)/python -m pip install --quiet \
+		--disable-pip-version-check -e '.[test]'
 	touch $(STAMP)
+
+# Refresh the lock after changing dependencies in pyproject.toml (uv resolves; pip installs).
+# The lock covers the build backend too (pyproject's [build-system] requires, repeated here).
+UV_VERSION := 0.13.9
+lock: $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	printf 'setuptools>=68\n' | $(BIN)/uv pip compile pyproject.toml - --extra test \
+		--python-version 3.11 --python-platform x86_64-manylinux_2_28 --upgrade \
+		--no-header -o requirements.lock
 
 test: lint typecheck pytest
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from cryptography.x509.oid import ExtensionOID
+from cryptography.x509.oid import ExtensionOID, PublicKeyAlgorithmOID
 
 from ca.errors import CaError
 from mesh.identity import IdentityError, SpiffeId
@@ -92,6 +92,9 @@ def inspect_csr(csr_pem: bytes | str, *, trust_domain: str) -> CsrRequest:
             f"not a PEM certificate signing request ({exc}); send the output of"
             " mesh.identity.build_csr"
         ) from exc
+    # The key type first: a key we never accept (DSA, say) is refused by name, and its
+    # signature is never checked with an algorithm cryptography deprecates.
+    public_key = _check_key(csr)
     try:
         signature_ok = csr.is_signature_valid
     except Exception as exc:  # cryptography raises various types for odd algorithms
@@ -101,7 +104,6 @@ def inspect_csr(csr_pem: bytes | str, *, trust_domain: str) -> CsrRequest:
             "the CSR's signature does not match its contents: it was altered after signing,"
             " or signed with a different key than the one it carries"
         )
-    public_key = _check_key(csr)
     try:
         extensions = csr.extensions
     except ValueError as exc:
@@ -117,6 +119,11 @@ def inspect_csr(csr_pem: bytes | str, *, trust_domain: str) -> CsrRequest:
 
 
 def _check_key(csr: x509.CertificateSigningRequest) -> CertifiablePublicKey:
+    if csr.public_key_algorithm_oid == PublicKeyAlgorithmOID.DSA:
+        # Refused by its OID: loading a DSA key makes cryptography warn of its deprecation.
+        raise UnsupportedKeyType(
+            "DSA keys are not accepted; use ECDSA P-256, P-384, RSA >= 2048 or Ed25519"
+        )
     try:
         key = csr.public_key()
     except ValueError as exc:

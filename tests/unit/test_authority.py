@@ -12,6 +12,7 @@ import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, rsa
+from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
@@ -116,7 +117,9 @@ def test_refuses_ec_curves_other_than_p256_p384(
 
 
 def test_refuses_dsa_key(ca: CertificateAuthority) -> None:
-    key = dsa.generate_private_key(key_size=2048)
+    # cryptography deprecates DSA; the CA must still refuse a CSR signed with one.
+    with pytest.warns(CryptographyDeprecationWarning, match="DSA is deprecated"):
+        key = dsa.generate_private_key(key_size=2048)
     err = refusal(ca, csr_with([x509.UniformResourceIdentifier(str(WEB))], key=key))
     assert isinstance(err, UnsupportedKeyType)
     assert err.reason == "unsupported-key-type"
