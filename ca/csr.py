@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from cryptography.x509.oid import ExtensionOID, PublicKeyAlgorithmOID
+from cryptography.x509.oid import ExtensionOID, SignatureAlgorithmOID
 
 from ca.errors import CaError
 from mesh.identity import IdentityError, SpiffeId
@@ -118,9 +118,21 @@ def inspect_csr(csr_pem: bytes | str, *, trust_domain: str) -> CsrRequest:
     return CsrRequest(identity=identity, public_key=public_key)
 
 
+_DSA_SIGNATURES = frozenset(
+    {
+        SignatureAlgorithmOID.DSA_WITH_SHA1,
+        SignatureAlgorithmOID.DSA_WITH_SHA224,
+        SignatureAlgorithmOID.DSA_WITH_SHA256,
+        SignatureAlgorithmOID.DSA_WITH_SHA384,
+        SignatureAlgorithmOID.DSA_WITH_SHA512,
+    }
+)
+
+
 def _check_key(csr: x509.CertificateSigningRequest) -> CertifiablePublicKey:
-    if csr.public_key_algorithm_oid == PublicKeyAlgorithmOID.DSA:
-        # Refused by its OID: loading a DSA key makes cryptography warn of its deprecation.
+    if csr.signature_algorithm_oid in _DSA_SIGNATURES:
+        # A CSR is signed by its own key, so this names a DSA key without loading it
+        # (loading one makes cryptography warn that DSA is deprecated).
         raise UnsupportedKeyType(
             "DSA keys are not accepted; use ECDSA P-256, P-384, RSA >= 2048 or Ed25519"
         )

@@ -24,6 +24,7 @@ import trio
 from mesh.hbone import HboneRequest
 from mesh.identity import SpiffeId
 from mesh.model import Delta, MeshSnapshot, diff
+from mesh.reason import Reason
 from mesh.xds import ConfigStreamError, Message, MessageStream
 
 log = structlog.get_logger("k8s.server")
@@ -138,7 +139,7 @@ class ConfigServer:
             log.warning(
                 "config_stream_refused", node=node, src_identity=str(request.peer), reason=refusal
             )
-            await request.reject(403 if token else 401, refusal)
+            await request.reject(Reason.NOT_AUTHORIZED if token else Reason.UNAUTHENTICATED)
             return
         stream = await request.accept()
         messages = MessageStream(stream)

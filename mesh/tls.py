@@ -63,7 +63,15 @@ _server_contexts: weakref.WeakKeyDictionary[WorkloadCertificate, ssl.SSLContext]
 
 
 class TlsError(Exception):
-    """A TLS connection failed: handshake, peer identity, or a broken record stream."""
+    """A TLS connection failed: handshake, peer identity, or a broken record stream.
+
+    ``rule`` names what failed, in verify_peer's vocabulary (``alpn``,
+    ``tls-version``, ``chain``, ``expired``, ``no-certificate``, ``handshake``).
+    """
+
+    def __init__(self, message: str, *, rule: str = "handshake") -> None:
+        super().__init__(message)
+        self.rule = rule
 
 
 @contextlib.contextmanager
@@ -137,32 +145,40 @@ def bootstrap_client_context(bundle: TrustBundle) -> ssl.SSLContext:
     return ctx
 
 
-_VERSION_MARKERS = (
-    "UNSUPPORTED_PROTOCOL",
-    "PROTOCOL_VERSION",
-    "WRONG_VERSION_NUMBER",
-    "NO_PROTOCOLS_AVAILABLE",
-)
+# OpenSSL's reason codes (``ssl.SSLError.reason``), by the rule they break.
+_RULE_OF_SSL_REASON = {
+    "NO_APPLICATION_PROTOCOL": "alpn",
+    "TLSV1_ALERT_NO_APPLICATION_PROTOCOL": "alpn",
+    "UNSUPPORTED_PROTOCOL": "tls-version",
+    "TLSV1_ALERT_PROTOCOL_VERSION": "tls-version",
+    "WRONG_VERSION_NUMBER": "tls-version",
+    "NO_PROTOCOLS_AVAILABLE": "tls-version",
+    "TLSV13_ALERT_CERTIFICATE_REQUIRED": "no-certificate",
+    "PEER_DID_NOT_RETURN_A_CERTIFICATE": "no-certificate",
+    "TLSV1_ALERT_UNKNOWN_CA": "chain",
+    "SSLV3_ALERT_BAD_CERTIFICATE": "chain",
+    "SSLV3_ALERT_CERTIFICATE_UNKNOWN": "chain",
+    "CERTIFICATE_VERIFY_FAILED": "chain",
+    "SSLV3_ALERT_CERTIFICATE_EXPIRED": "expired",
+}
+# X509_V_ERR_CERT_NOT_YET_VALID, X509_V_ERR_CERT_HAS_EXPIRED
+_EXPIRY_VERIFY_CODES = frozenset({9, 10})
 
 
 def describe_handshake_error(exc: BaseException) -> tuple[str, str]:
-    """Map an OpenSSL failure to one of verify_peer's rule names and a message."""
+    """Map an OpenSSL failure to one of verify_peer's rule names and a message, by the
+    error's codes (``verify_code``, ``reason``), never by its text."""
+    if isinstance(exc, TlsError) and exc.__cause__ is None:
+        return exc.rule, str(exc)
     if isinstance(exc, ssl.SSLCertVerificationError):
         message = exc.verify_message or str(exc)
-        rule = "expired" if "expired" in message or "not yet valid" in message else "chain"
-        return rule, message
+        return ("expired" if exc.verify_code in _EXPIRY_VERIFY_CODES else "chain"), message
+    code = exc.reason if isinstance(exc, ssl.SSLError) else None
+    rule = _RULE_OF_SSL_REASON.get(code or "", "handshake")
     text = str(exc)
-    if "ALPN" in text:
-        return "alpn", text
-    if any(m in text for m in _VERSION_MARKERS):
-        return "tls-version", f"{text} (the mesh speaks TLS 1.3 only)"
-    if "CERTIFICATE_REQUIRED" in text or "PEER_DID_NOT_RETURN_A_CERTIFICATE" in text:
-        return "no-certificate", text
-    if "UNKNOWN_CA" in text or "BAD_CERTIFICATE" in text or "CERTIFICATE_UNKNOWN" in text:
-        return "chain", text
-    if "EXPIRED" in text:
-        return "expired", text
-    return "handshake", text
+    if rule == "tls-version":
+        text += " (the mesh speaks TLS 1.3 only)"
+    return rule, text
 
 
 def configure_socket(sock: trio.socket.SocketType) -> None:
@@ -211,14 +227,17 @@ class TlsStream:
                 # Let the peer see our alert before we give up.
                 with contextlib.suppress(OSError, trio.BrokenResourceError):
                     await self.flush()
-                raise TlsError(f"TLS handshake failed: {exc}") from exc
+                raise TlsError(
+                    f"TLS handshake failed: {exc}", rule=describe_handshake_error(exc)[0]
+                ) from exc
             except OSError as exc:
                 raise TlsError(f"TLS handshake failed: {exc}") from exc
         await self.flush()
         if self._ssl.selected_alpn_protocol() != ALPN_H2:
             raise TlsError(
                 f"peer did not negotiate ALPN {ALPN_H2!r} "
-                f"(got {self._ssl.selected_alpn_protocol()!r}); is it an HBONE endpoint?"
+                f"(got {self._ssl.selected_alpn_protocol()!r}); is it an HBONE endpoint?",
+                rule="alpn",
             )
 
     def verify_peer(

@@ -5,7 +5,8 @@ it) with a fixed set of keys, always all present (``None`` when unknown), so a
 log pipeline can index them: ``direction``, ``src.addr``, ``src.workload``,
 ``src.namespace``, ``src.identity``, ``dst.addr``, ``dst.service``,
 ``dst.workload``, ``dst.namespace``, ``dst.identity``, ``bytes_sent``,
-``bytes_recv``, ``duration_ms`` and ``reason``. Bytes are counted as in
+``bytes_recv``, ``duration_ms``, ``reason`` (a :class:`~mesh.reason.Reason` code)
+and ``error`` (what happened, in words). Bytes are counted as in
 :mod:`ztunnel.metrics`: ``bytes_recv`` came from the client, ``bytes_sent`` went
 back to it. Workloads are named by pod, as ztunnel does (metrics name the
 Deployment). A completed connection logs at info, a denied or failed one
@@ -20,6 +21,7 @@ import structlog
 
 from mesh.identity import SpiffeId
 from mesh.model import Service, Workload
+from mesh.reason import Failure
 
 log = structlog.get_logger("ztunnel.access")
 
@@ -42,6 +44,7 @@ KEYS: Final = (
     "bytes_recv",
     "duration_ms",
     "reason",
+    "error",
 )
 
 
@@ -59,10 +62,10 @@ def log_connection(
     bytes_recv: int = 0,
     duration_ms: float = 0.0,
     denied: bool = False,
-    reason: str | None = None,
+    failure: Failure | None = None,
 ) -> None:
     """Log one finished connection. Addresses are ``ip:port``; identities are the ones proved
-    (``None`` for plaintext); ``reason`` says why it was denied or failed."""
+    (``None`` for plaintext); ``failure`` says why it was denied or failed."""
     fields: dict[str, Any] = {
         "direction": direction,
         "src.addr": src_addr,
@@ -77,10 +80,11 @@ def log_connection(
         "bytes_sent": bytes_sent,
         "bytes_recv": bytes_recv,
         "duration_ms": round(duration_ms, 3),
-        "reason": reason,
+        "reason": failure.reason.value if failure else None,
+        "error": failure.detail if failure else None,
     }
     event = EVENT_DENIED if denied else EVENT_COMPLETE
-    if denied or reason is not None:
+    if denied or failure is not None:
         log.warning(event, **fields)
     else:
         log.info(event, **fields)

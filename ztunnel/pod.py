@@ -26,10 +26,11 @@ import trio
 
 from mesh.constants import HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_CAPTURE_PORT
 from mesh.hbone import HboneError, HboneRequest, HboneSettings, HboneStreamRefused
-from mesh.hbone.client import HboneClientPool
+from mesh.hbone.client import HboneClientPool, HboneConnectError
 from mesh.hbone.server import serve_hbone
 from mesh.identity import SpiffeId, WorkloadCertificate
 from mesh.model import MeshSnapshot, Service, Workload
+from mesh.reason import Failure, Reason, reason_for_dial_error
 from mesh.relay import RelayStats, relay
 from ztunnel.authz import Connection, Decision, evaluate, peer_auth_mode
 from ztunnel.plan import PlanError, plan_outbound
@@ -58,8 +59,8 @@ class ConnectionRecord:
 
 class Telemetry(Protocol):
     def opened(self, record: ConnectionRecord) -> None: ...
-    def closed(self, record: ConnectionRecord, reason: str | None) -> None: ...
-    def denied(self, record: ConnectionRecord, reason: str) -> None: ...
+    def closed(self, record: ConnectionRecord, failure: Failure | None) -> None: ...
+    def denied(self, record: ConnectionRecord, failure: Failure) -> None: ...
 
 
 @dataclass(eq=False)
@@ -166,10 +167,16 @@ class CapturedPod:
         try:
             dst = request.destination()
         except ValueError as exc:
-            await request.reject(400, str(exc))
+            log.warning("hbone_bad_request", pod=self.workload.uid, reason=str(exc))
+            await request.reject(Reason.BAD_REQUEST)
             return
         if dst[0] != self.workload.ip:
-            await request.reject(400, f"{dst[0]} is not {self.workload.uid} ({self.workload.ip})")
+            log.warning(
+                "hbone_bad_request",
+                pod=self.workload.uid,
+                reason=f"{dst[0]} is not {self.workload.uid} ({self.workload.ip})",
+            )
+            await request.reject(Reason.BAD_REQUEST)
             return
         peer_addr = request.connection.peer_address or ("0.0.0.0", 0)
         snapshot = self._snapshot()
@@ -185,15 +192,17 @@ class CapturedPod:
         )
         decision = self._decide(record)
         if not decision.allowed:
-            self._telemetry.denied(record, decision.reason)
-            await request.reject(403, decision.reason)
+            self._telemetry.denied(record, Failure(Reason.POLICY_DENIED, decision.reason))
+            await request.reject(Reason.POLICY_DENIED)
             return
         try:
             app = await self.netns.dial(dst, source_ip=peer_addr[0])
         except OSError as exc:
-            reason = f"app at {dst[0]}:{dst[1]} refused: {exc.strerror or exc}"
-            self._telemetry.denied(record, reason)
-            await request.reject(503, reason)
+            failure = Failure(
+                reason_for_dial_error(exc), f"app at {dst[0]}:{dst[1]}: {exc.strerror or exc}"
+            )
+            self._telemetry.denied(record, failure)
+            await request.reject(failure.reason)
             return
         stream = await request.accept()
         await self._relay_inbound(record, trio.SocketStream(app), stream)
@@ -214,17 +223,27 @@ class CapturedPod:
             )
             if peer_auth_mode(snapshot, self.workload) == "STRICT":
                 self._telemetry.denied(
-                    record, "PeerAuthentication STRICT: plaintext connections are refused"
+                    record,
+                    Failure(
+                        Reason.STRICT_PLAINTEXT,
+                        "PeerAuthentication STRICT: plaintext connections are refused",
+                    ),
                 )
                 return
             decision = self._decide(record)
             if not decision.allowed:
-                self._telemetry.denied(record, decision.reason)
+                self._telemetry.denied(record, Failure(Reason.POLICY_DENIED, decision.reason))
                 return
             try:
                 app = await self.netns.dial(dst, source_ip=peer[0])
             except OSError as exc:
-                self._telemetry.denied(record, f"app refused: {exc.strerror or exc}")
+                self._telemetry.denied(
+                    record,
+                    Failure(
+                        reason_for_dial_error(exc),
+                        f"app at {dst[0]}:{dst[1]}: {exc.strerror or exc}",
+                    ),
+                )
                 return
             await self._relay_inbound(record, trio.SocketStream(app), client)
 
@@ -234,18 +253,20 @@ class CapturedPod:
         active = _Active(record, trio.CancelScope())
         self._inbound.add(active)
         self._telemetry.opened(record)
-        error: str | None = None
+        failure: Failure | None = None
         try:
             with active.scope:
                 async with app, peer:
                     await relay(peer, app, record.stats)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            error = str(exc) or type(exc).__name__
+            failure = Failure(Reason.CONNECTION_RESET, str(exc) or type(exc).__name__)
         finally:
             self._inbound.discard(active)
             if active.closed_by_policy is not None:
-                error = f"closed by policy: {active.closed_by_policy}"
-            self._telemetry.closed(record, error)
+                failure = Failure(
+                    Reason.POLICY_DENIED, f"closed by policy: {active.closed_by_policy}"
+                )
+            self._telemetry.closed(record, failure)
 
     # ---- outbound -----------------------------------------------------------------
 
@@ -265,7 +286,7 @@ class CapturedPod:
             try:
                 plan = plan_outbound(snapshot, self.workload, dst[0], dst[1])
             except PlanError as exc:
-                self._telemetry.denied(record, str(exc))
+                self._telemetry.denied(record, Failure(Reason.NO_HEALTHY_ENDPOINT, str(exc)))
                 return
             record.dst_workload = plan.dst_workload
             record.dst_service = plan.service
@@ -285,20 +306,27 @@ class CapturedPod:
                 else:
                     upstream = trio.SocketStream(await self.netns.dial(plan.dial))
             except HboneStreamRefused as exc:
-                self._telemetry.denied(record, f"destination refused ({exc.status}): {exc.reason}")
+                reason = exc.reason or Reason.DESTINATION_REFUSED
+                self._telemetry.denied(record, Failure(reason, str(exc)))
                 return
-            except (HboneError, OSError) as exc:
-                self._telemetry.denied(record, f"upstream failed: {exc}")
+            except HboneConnectError as exc:
+                self._telemetry.denied(record, Failure(exc.reason, str(exc)))
+                return
+            except HboneError as exc:
+                self._telemetry.denied(record, Failure(Reason.CONNECTION_RESET, str(exc)))
+                return
+            except OSError as exc:
+                self._telemetry.denied(record, Failure(reason_for_dial_error(exc), str(exc)))
                 return
             self._telemetry.opened(record)
-            error: str | None = None
+            failure: Failure | None = None
             try:
                 async with upstream:
                     await relay(client, upstream, record.stats)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                error = str(exc) or type(exc).__name__
+                failure = Failure(Reason.CONNECTION_RESET, str(exc) or type(exc).__name__)
             finally:
-                self._telemetry.closed(record, error)
+                self._telemetry.closed(record, failure)
 
 
 def _caught(client: trio.SocketStream) -> tuple[tuple[str, int], tuple[str, int]] | None:

@@ -16,6 +16,7 @@ from typing import NoReturn
 
 import trio
 
+from mesh.reason import Failure
 from ztunnel.accesslog import log_connection
 from ztunnel.metrics import TcpLabels, TcpMetrics
 from ztunnel.pod import ConnectionRecord
@@ -29,12 +30,6 @@ class _Live:
     record: ConnectionRecord
     sent: int = 0  # already counted
     received: int = 0
-
-
-def _flags(reason: str | None, denied: bool) -> str:
-    if denied:
-        return "UF" if reason and ("upstream" in reason or "refused" in reason) else "DENY"
-    return "-"
 
 
 class ZtunnelTelemetry:
@@ -71,26 +66,27 @@ class ZtunnelTelemetry:
         self._metrics.add_bytes(live.labels, sent - live.sent, received - live.received)
         live.sent, live.received = sent, received
 
-    def closed(self, record: ConnectionRecord, reason: str | None) -> None:
+    def closed(self, record: ConnectionRecord, failure: Failure | None) -> None:
         live = self._live.pop(id(record), None)
         if live is not None:
             self._flush(live)
             self._metrics.closed(live.labels)
         sent, received = self._bytes(record)
-        self._log(record, sent, received, reason, denied=False)
+        self._log(record, sent, received, failure, denied=False)
 
-    def denied(self, record: ConnectionRecord, reason: str) -> None:
-        labels = self._labels(record, _flags(reason, denied=True))
+    def denied(self, record: ConnectionRecord, failure: Failure) -> None:
+        """A connection refused before it opened: counted with the reason's Istio flag."""
+        labels = self._labels(record, failure.reason.flag)
         self._metrics.opened(labels)
         self._metrics.closed(labels)
-        self._log(record, 0, 0, reason, denied=True)
+        self._log(record, 0, 0, failure, denied=True)
 
     def _log(
         self,
         record: ConnectionRecord,
         sent: int,
         received: int,
-        reason: str | None,
+        failure: Failure | None,
         *,
         denied: bool,
     ) -> None:
@@ -109,7 +105,7 @@ class ZtunnelTelemetry:
             bytes_recv=received,
             duration_ms=(time.monotonic() - record.started) * 1000,
             denied=denied,
-            reason=reason,
+            failure=failure,
         )
 
     async def flush_periodically(self, interval: float = FLUSH_INTERVAL) -> NoReturn:

@@ -30,6 +30,7 @@ from mesh.hbone.connection import HboneConnection
 from mesh.hbone.settings import HboneError, HboneSettings
 from mesh.hbone.stream import HboneStream
 from mesh.identity import PeerVerificationError, SpiffeId, WorkloadCertificate
+from mesh.reason import Reason, reason_for_dial_error, reason_for_rule
 from mesh.tls import TlsError, TlsStream, client_context, configure_socket, describe_handshake_error
 
 log = structlog.get_logger("mesh.hbone")
@@ -38,7 +39,11 @@ Dialer = Callable[[tuple[str, int]], Awaitable[trio.socket.SocketType]]
 
 
 class HboneConnectError(HboneError):
-    """No HBONE connection to the destination could be made."""
+    """No HBONE connection to the destination could be made, for ``reason``."""
+
+    def __init__(self, reason: Reason, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -137,9 +142,11 @@ class HboneClientPool:
             with trio.fail_after(settings.connect_timeout):
                 sock = await self._dial(key.address)
         except (OSError, trio.TooSlowError) as exc:
+            failure = reason_for_dial_error(exc) if isinstance(exc, OSError) else Reason.TIMEOUT
             raise HboneConnectError(
+                failure,
                 f"could not connect to {where}: {exc or 'timed out'} (is the destination's HBONE"
-                " port reachable, or blocked by a firewall or NetworkPolicy?)"
+                " port reachable, or blocked by a firewall or NetworkPolicy?)",
             ) from exc
         tls = TlsStream(sock, client_context(cert), server_side=False)
         try:
@@ -163,7 +170,9 @@ class HboneClientPool:
                 rule=rule,
                 reason=reason,
             )
-            raise HboneConnectError(f"TLS with {where} failed ({rule}): {reason}") from exc
+            raise HboneConnectError(
+                reason_for_rule(rule), f"TLS with {where} failed ({rule}): {reason}"
+            ) from exc
         except BaseException:  # cancelled mid-handshake: the socket is ours to close
             sock.close()
             raise

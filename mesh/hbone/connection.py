@@ -43,6 +43,7 @@ from mesh.hbone.settings import (
 )
 from mesh.hbone.stream import HboneRequest, HboneStream
 from mesh.identity import SpiffeId
+from mesh.reason import Reason
 from mesh.tls import TlsError, TlsStream
 
 log = structlog.get_logger("mesh.hbone")
@@ -368,12 +369,12 @@ class HboneConnection:
         self._streams[sid] = stream
         request = HboneRequest(self, stream, headers)
         if self._handler is None or self._handlers is None:
-            request.reject_nowait(503, "this endpoint accepts no CONNECT streams")
+            request.reject_nowait(Reason.PROTOCOL_ERROR)  # a client side accepts no CONNECT
             return
         problem = request.problem()
         if problem is not None:
             log.warning("hbone_bad_request", peer=str(self.peer), reason=problem)
-            request.reject_nowait(400, problem)
+            request.reject_nowait(Reason.BAD_REQUEST)
             return
         self._handlers.start_soon(self._run_handler, request)
 
@@ -381,13 +382,13 @@ class HboneConnection:
         assert self._handler is not None
         try:
             await self._handler(request)
-        except Exception as exc:
+        except Exception:
             log.exception("hbone_handler_failed", peer=str(self.peer), dst=request.authority)
             if not request.answered:
-                request.reject_nowait(503, f"handler failed: {type(exc).__name__}")
+                request.reject_nowait(Reason.INTERNAL_ERROR)
         finally:
             if not request.answered:
-                request.reject_nowait(503, "no answer from the handler")
+                request.reject_nowait(Reason.INTERNAL_ERROR)
             with trio.CancelScope(shield=True):
                 await request.stream.aclose()
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from h2.errors import ErrorCodes
 
 from mesh.hbone import frames
+from mesh.reason import Reason
 
 MiB = 1024 * 1024
 
@@ -25,12 +26,20 @@ class HboneConnectionError(HboneError):
 
 
 class HboneStreamRefused(HboneError):
-    """The peer answered a CONNECT with something other than 200."""
+    """The peer answered a CONNECT with something other than 200.
 
-    def __init__(self, status: int | None, reason: str) -> None:
-        super().__init__(f"CONNECT refused with status {status}: {reason}")
+    ``reason`` is the peer's reason code (its ``ambit-reason`` header), None
+    when it sent none or one we do not know; ``detail`` is for our log.
+    """
+
+    def __init__(self, status: int | None, reason: Reason | None, detail: str = "") -> None:
+        code = reason.value if reason is not None else "no reason given"
+        super().__init__(
+            f"CONNECT refused with status {status} ({code}){': ' if detail else ''}{detail}"
+        )
         self.status = status
         self.reason = reason
+        self.detail = detail
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ import trio
 from h2.errors import ErrorCodes
 
 from mesh import sockio
+from mesh.reason import REASON_HEADER, Reason
 
 if TYPE_CHECKING:
     from mesh.hbone.connection import HboneConnection
@@ -122,11 +123,11 @@ class HboneStream(trio.abc.HalfCloseableStream):
             if self._is_broken():
                 if self._conn.error is not None:
                     raise self._conn.error
-                raise HboneStreamRefused(None, str(self._broken()))
+                raise HboneStreamRefused(None, Reason.CONNECTION_RESET, str(self._broken()))
             await self._recv_lot.park()
         if self.status != 200:
-            reason = dict(self.response_headers).get("ambit-reason", "")
-            raise HboneStreamRefused(self.status, reason)
+            code = dict(self.response_headers).get(REASON_HEADER)
+            raise HboneStreamRefused(self.status, Reason.from_code(code))
 
     # ---- trio.abc.SendStream ---------------------------------------------------
 
@@ -371,15 +372,14 @@ class HboneRequest:
         await trio.lowlevel.checkpoint()
         return self.stream
 
-    async def reject(self, status: int, reason: str) -> None:
-        """Answer ``status`` with an ``ambit-reason`` header and end the stream."""
-        self.reject_nowait(status, reason)
+    async def reject(self, reason: Reason) -> None:
+        """Answer with the reason's status and its code in an ``ambit-reason`` header, and end
+        the stream. Only the code leaves: the caller logs the details on its side."""
+        self.reject_nowait(reason)
         await trio.lowlevel.checkpoint()
 
-    def reject_nowait(self, status: int, reason: str) -> None:
-        if not 400 <= status <= 599:
-            raise ValueError(f"a rejection needs a 4xx or 5xx status, not {status}")
-        self._respond(status, [("ambit-reason", reason)], end_stream=True)
+    def reject_nowait(self, reason: Reason) -> None:
+        self._respond(reason.status, [(REASON_HEADER, reason.value)], end_stream=True)
         conn = self.connection
         if not self.stream._remote_eof:
             conn._reset_stream(self.stream, ErrorCodes.NO_ERROR)

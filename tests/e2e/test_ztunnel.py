@@ -21,6 +21,7 @@ import trio
 from ca import CertificateAuthority, LocalSigner
 from mesh.certs import open_certificate_manager
 from mesh.model import MeshSnapshot, Resource, Workload
+from mesh.reason import Failure, Reason
 from tests.builders import allow, deny, peer_auth, rule, service, snapshot, source, workload
 from tests.e2e.conftest import free_octet
 from tests.waiting import wait_until
@@ -83,17 +84,17 @@ class Recorder:
 
     def __init__(self) -> None:
         self.opened: list[ConnectionRecord] = []
-        self.closed: list[tuple[ConnectionRecord, str | None]] = []
-        self.denied: list[tuple[ConnectionRecord, str]] = []
+        self.closed: list[tuple[ConnectionRecord, Failure | None]] = []
+        self.denied: list[tuple[ConnectionRecord, Failure]] = []
 
     def opened_(self, record: ConnectionRecord) -> None:
         self.opened.append(record)
 
-    def closed_(self, record: ConnectionRecord, reason: str | None) -> None:
-        self.closed.append((record, reason))
+    def closed_(self, record: ConnectionRecord, failure: Failure | None) -> None:
+        self.closed.append((record, failure))
 
-    def denied_(self, record: ConnectionRecord, reason: str) -> None:
-        self.denied.append((record, reason))
+    def denied_(self, record: ConnectionRecord, failure: Failure) -> None:
+        self.denied.append((record, failure))
 
 
 class Telemetry:
@@ -261,9 +262,12 @@ async def test_deny_by_principal_refuses_and_says_why(net: Net) -> None:
         async with running(net, mesh(net, policy)) as run:
             assert await refused(net, "a", (net.ip("b"), APP_PORT))
             await wait_until(lambda: len(run.recorder.denied) >= 2)
-    reasons = [reason for _, reason in run.recorder.denied]
-    assert any("default/no-client" in r for r in reasons)  # inbound: the policy named
-    assert any("403" in r for r in reasons)  # outbound: the destination refused
+    failures = {record.direction: failure for record, failure in run.recorder.denied}
+    assert failures["inbound"].reason is Reason.POLICY_DENIED
+    assert "default/no-client" in failures["inbound"].detail  # the policy, named locally only
+    # The source ztunnel learns the destination's reason as a value, not its policy's name.
+    assert failures["outbound"].reason is Reason.POLICY_DENIED
+    assert "no-client" not in failures["outbound"].detail
 
 
 async def test_unmeshed_client_works_until_strict(net: Net) -> None:
@@ -274,7 +278,7 @@ async def test_unmeshed_client_works_until_strict(net: Net) -> None:
             assert await refused(net, "c", (net.ip("b"), APP_PORT))
             # Meshed clients still get in under STRICT.
             assert await exchange(net, "a", (net.ip("b"), APP_PORT), b"mtls") == b"mtls"
-    assert any("STRICT" in reason for _, reason in run.recorder.denied)
+    assert any(f.reason is Reason.STRICT_PLAINTEXT for _, f in run.recorder.denied)
 
 
 async def test_meshed_client_reaches_an_unmeshed_server_by_passthrough(net: Net) -> None:
@@ -303,7 +307,10 @@ async def test_a_new_policy_cuts_an_open_connection(net: Net) -> None:
                         while await stream.receive_some():
                             pass  # the connection ends: EOF or reset
             await wait_until(
-                lambda: any("closed by policy" in (r or "") for _, r in run.recorder.closed)
+                lambda: any(
+                    f is not None and f.reason is Reason.POLICY_DENIED
+                    for _, f in run.recorder.closed
+                )
             )
 
 

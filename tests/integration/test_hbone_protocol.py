@@ -19,6 +19,7 @@ import trio
 from structlog.testing import capture_logs
 
 from mesh.hbone import HboneConnection, HboneRequest, HboneSettings, HboneStreamRefused, frames
+from mesh.reason import Reason
 from mesh.tls import TlsStream, client_context
 from tests.conftest import CLIENT_ID, SERVER_ID
 from tests.integration.hbone_support import (
@@ -173,7 +174,7 @@ async def test_connect_answers_reach_the_client(root: Pki) -> None:
     async def judge(request: HboneRequest) -> None:
         port = request.destination()[1]
         if port == 1:
-            await request.reject(403, "denied by policy allow-frontend")
+            await request.reject(Reason.POLICY_DENIED)
         elif port == 2:
             raise RuntimeError("upstream exploded")
         elif port == 3:
@@ -197,10 +198,15 @@ async def test_connect_answers_reach_the_client(root: Pki) -> None:
                     return refused.value
 
                 denied = await open_to("10.0.0.2:1")
-                assert (denied.status, denied.reason) == (403, "denied by policy allow-frontend")
-                assert (await open_to("10.0.0.2:2")).status == 503
-                assert (await open_to("10.0.0.2:3")).status == 503
-                assert (await open_to("not-an-ip:80")).status == 400
+                # The source learns the destination's reason as a value, and nothing more.
+                assert (denied.status, denied.reason) == (403, Reason.POLICY_DENIED)
+                assert "allow-frontend" not in str(denied)
+                failed = await open_to("10.0.0.2:2")
+                assert (failed.status, failed.reason) == (500, Reason.INTERNAL_ERROR)
+                unanswered = await open_to("10.0.0.2:3")
+                assert (unanswered.status, unanswered.reason) == (500, Reason.INTERNAL_ERROR)
+                bad = await open_to("not-an-ip:80")
+                assert (bad.status, bad.reason) == (400, Reason.BAD_REQUEST)
                 assert (await open_to("10.0.0.2")).status == 400
                 # The connection survived every refusal.
                 stream = await pool.connect(

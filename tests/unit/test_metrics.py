@@ -9,6 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
 from mesh.admin import Request, Response, metrics_route
+from mesh.reason import Failure, Reason
 from tests.builders import identity, service, workload
 from ztunnel.accesslog import KEYS, log_connection
 from ztunnel.metrics import (
@@ -238,6 +239,7 @@ def test_access_log_has_fixed_keys_and_a_constant_event() -> None:
     assert entry["dst.namespace"] == "shop"
     assert (entry["bytes_sent"], entry["bytes_recv"], entry["duration_ms"]) == (10, 20, 12.346)
     assert entry["reason"] is None
+    assert entry["error"] is None
 
 
 def test_denied_connection_logs_its_reason_with_unknowns_as_none() -> None:
@@ -248,11 +250,12 @@ def test_denied_connection_logs_its_reason_with_unknowns_as_none() -> None:
             dst_addr="10.0.0.20:8080",
             dst_workload=SERVER,
             denied=True,
-            reason="denied by policy shop/deny-all",
+            failure=Failure(Reason.POLICY_DENIED, "denied by policy shop/deny-all"),
         )
     [entry] = logs
     assert (entry["event"], entry["log_level"]) == ("connection_denied", "warning")
     assert set(entry) == {*KEYS, "event", "log_level"}
     assert entry["src.workload"] is None
     assert entry["src.identity"] is None
-    assert entry["reason"] == "denied by policy shop/deny-all"
+    assert entry["reason"] == "policy_denied"
+    assert entry["error"] == "denied by policy shop/deny-all"
