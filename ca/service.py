@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ssl
+from functools import partial
 from typing import Final
 
 import structlog
@@ -23,6 +24,7 @@ from ca.auth import Authenticator, Authorizer
 from ca.authority import CertificateAuthority
 from mesh.constants import CONTROL_PLANE_PORT
 from mesh.identity import SpiffeId, WorkloadCertificate
+from mesh.net import serve_listeners
 from mesh.tls import ALPN_H2, server_context
 
 log = structlog.get_logger("ca.service")
@@ -190,6 +192,8 @@ async def serve_ca(
         for listener in listeners
     ]
     async with trio.open_nursery() as nursery:
-        await nursery.start(trio.serve_listeners, handle, listeners)
+        await nursery.start(
+            partial(serve_listeners, handle, listeners, handler_nursery=nursery, name="ca")
+        )
         log.info(EVENT_LISTENING, addresses=[f"{h}:{p}" for h, p in addresses])
         task_status.started(addresses)

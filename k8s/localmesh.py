@@ -3,8 +3,12 @@ per node into the one-machine cluster of :mod:`k8s.local`.
 
 - When the cluster starts: the CA (keys in ``<state>/ca``) and the control
   plane listen on the bridge address (CA 15012, config stream 15010).
-- On every change: the pods' network namespaces go to ``<state>/mesh/pods.json``
-  (read by the ztunnels), the objects are translated and published.
+- On every change: capture rules are installed in the network namespace of
+  every pod that joined the mesh (:mod:`mesh.capture`: this is the node-level
+  part that outlives ztunnel, so a pod's traffic fails closed while its
+  ztunnel is down), then the pods' network namespaces go to
+  ``<state>/mesh/pods.json`` (read by the ztunnels) and the objects are
+  translated and published; last, rules are removed from pods that left.
 - Each node runs ``ambit ztunnel`` in its namespace with its own token.
 - Readiness: each ztunnel's ``/config_dump`` (loopback port 15000 inside the
   node's namespace) says which pods are captured and have a certificate.
@@ -14,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -27,8 +30,10 @@ from ca import CaConfig, CertificateAuthority
 from k8s.controlplane import ControlPlane
 from k8s.local.config import ClusterConfig
 from k8s.local.hooks import LocalHooks, LocalSnapshot, MeshState, NodeView, PodRef
-from k8s.local.netns import in_netns
+from mesh.capture import install_capture, remove_capture
+from mesh.commands import CommandFailed
 from mesh.constants import ADMIN_PORT, CONFIG_STREAM_PORT, CONTROL_PLANE_PORT
+from mesh.netns import NetnsError, NetworkNamespace
 
 log = structlog.get_logger("k8s.localmesh")
 
@@ -44,10 +49,16 @@ def _write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
     os.replace(tmp, path)
 
 
+CAPTURE_RETRY_SECONDS = 2.0
+
+
 class LocalMesh:
     def __init__(self) -> None:
         self.plane: ControlPlane | None = None
         self._config: ClusterConfig | None = None
+        self._latest: LocalSnapshot | None = None
+        self._changed = trio.Event()
+        self._captured: set[str] = set()  # netns names with capture rules installed
 
     def hooks(self) -> LocalHooks:
         return LocalHooks(
@@ -69,12 +80,50 @@ class LocalMesh:
         _write_atomically(self._dir() / "bundle.pem", authority.trust_bundle.pem())
         self.plane = ControlPlane(authority, trust_domain=config.trust_domain)
         await nursery.start(self.plane.serve, str(config.host_ip))
+        nursery.start_soon(self._publish_changes)
 
     def on_objects_changed(self, snapshot: LocalSnapshot) -> None:
-        pods = {f"{p.namespace}/{p.name}": p.netns for p in snapshot.pods}
-        _write_atomically(self._dir() / "pods.json", json.dumps(pods, indent=1).encode())
-        assert self.plane is not None
-        self.plane.update(snapshot.objects)
+        self._latest = snapshot
+        self._changed.set()
+
+    async def _publish_changes(self) -> None:
+        """Apply each change in order: capture joining pods, publish, release leaving pods."""
+        while True:
+            await self._changed.wait()
+            self._changed = trio.Event()
+            snapshot = self._latest
+            assert snapshot is not None
+            assert self.plane is not None
+            meshed = {p.netns for p in snapshot.pods if p.meshed}
+            failed = False
+            for netns in sorted(meshed - self._captured):
+                failed |= not await self._set_capture(netns, install=True)
+            pods = {f"{p.namespace}/{p.name}": p.netns for p in snapshot.pods}
+            _write_atomically(self._dir() / "pods.json", json.dumps(pods, indent=1).encode())
+            self.plane.update(snapshot.objects)
+            existing = {p.netns for p in snapshot.pods}
+            for netns in sorted(self._captured - meshed):
+                if netns in existing:
+                    failed |= not await self._set_capture(netns, install=False)
+                else:
+                    self._captured.discard(netns)  # the namespace, and its rules, are gone
+            if failed:
+                with trio.move_on_after(CAPTURE_RETRY_SECONDS):
+                    await self._changed.wait()
+                self._changed.set()
+
+    async def _set_capture(self, netns: str, *, install: bool) -> bool:
+        try:
+            if install:
+                await install_capture(netns)
+                self._captured.add(netns)
+            else:
+                await remove_capture(netns)
+                self._captured.discard(netns)
+        except CommandFailed as exc:
+            log.warning("pod_capture_rules_failed", netns=netns, install=install, reason=str(exc))
+            return False
+        return True
 
     def ztunnel_command(self, node: NodeView, config: ClusterConfig) -> Sequence[str] | None:
         assert self.plane is not None
@@ -112,12 +161,10 @@ class LocalMesh:
 async def config_dump(netns: str, *, seconds: float = 2.0) -> dict[str, Any] | None:
     """GET /config_dump from the ztunnel in ``netns`` (its admin port is loopback-only)."""
 
-    def make_socket() -> socket.socket:
-        return socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-
     try:
-        raw = await in_netns(netns, make_socket)
-    except Exception:  # the namespace is gone: nothing to report
+        with NetworkNamespace.open(netns) as handle:
+            raw = handle.raw_socket()
+    except NetnsError:  # the namespace is gone: nothing to report
         return None
     sock = trio.socket.from_stdlib_socket(raw)
     with sock, trio.move_on_after(seconds):

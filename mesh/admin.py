@@ -19,6 +19,7 @@ import inspect
 import json
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from http import HTTPStatus
 from typing import Any, TypeAlias
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -28,7 +29,7 @@ import structlog
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Metric, generate_latest
 
-from mesh.net import open_listener
+from mesh.net import open_listener, serve_listeners
 
 log = structlog.get_logger("mesh.admin")
 
@@ -37,6 +38,10 @@ JSON: str = "application/json"
 METHODS = ("GET", "HEAD")
 READ_SIZE = 16 * 1024
 LINGER_SECONDS = 1.0  # after our last byte, how long to drain a client before closing
+_TOO_MANY = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 21\r\nconnection: close\r\n\r\n"
+    b"too many connections\n"
+)
 
 
 @dataclass(frozen=True)
@@ -128,21 +133,24 @@ async def serve_http(
     limits = limits or Limits()
     sock = listener if listener is not None else await open_listener(host, port, backlog=128)
     slots = trio.Semaphore(limits.max_connections)
-    with sock:
-        bound = sock.getsockname()
-        async with trio.open_nursery() as nursery:
-            task_status.started((bound[0], bound[1]))
-            while True:
-                await slots.acquire()
-                try:
-                    conn_sock, addr = await sock.accept()
-                except OSError as exc:
-                    slots.release()
-                    log.warning("admin_accept_failed", reason=str(exc))
-                    await trio.sleep(0.05)  # e.g. EMFILE: back off instead of spinning
-                    continue
-                server = _Connection(trio.SocketStream(conn_sock), addr, routes, limits)
-                nursery.start_soon(server.run, slots)
+    bound = sock.getsockname()
+
+    async def handle(stream: trio.SocketStream) -> None:
+        try:
+            slots.acquire_nowait()
+        except trio.WouldBlock:  # at the cap: answer at once rather than hold the socket
+            await stream.send_all(_TOO_MANY)
+            return
+        try:
+            await _Connection(stream, stream.socket.getpeername(), routes, limits).run()
+        finally:
+            slots.release()
+
+    async with trio.open_nursery() as handlers:
+        await handlers.start(
+            partial(serve_listeners, handle, [sock], handler_nursery=handlers, name="admin")
+        )
+        task_status.started((bound[0], bound[1]))
 
 
 class _Reject(Exception):
@@ -168,18 +176,12 @@ class _Connection:
         self.limits = limits
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
 
-    async def run(self, slots: trio.Semaphore) -> None:
+    async def run(self) -> None:
+        """Serve requests until the client is done; errors go to the listener's boundary."""
         try:
             await self._serve()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            pass  # the client went away; nothing to answer
-        except Exception:  # a bug here must not take the other clients down
-            log.exception("admin_connection_failed", peer=self.peer)
         finally:
-            try:
-                await self._close()
-            finally:
-                slots.release()
+            await self._close()
 
     async def _serve(self) -> None:
         first = True

@@ -2,11 +2,15 @@
 model says, and reports what it is doing.
 
 On each new :class:`~mesh.model.MeshSnapshot` (from the config stream) it
-captures pods that appeared (certificate first, then listeners, then the
-iptables rules, so a captured connection never meets a closed port),
-releases pods that left or changed, and re-checks the policy of every open
-inbound connection. Pods are set up in the background: a slow CA never
-holds up the config stream.
+serves pods that appeared (certificate first, then the listeners in the pod's
+network namespace), releases pods that left or changed, and re-checks the
+policy of every open inbound connection. Pods are set up in the background: a
+slow CA never holds up the config stream.
+
+ztunnel never runs iptables: the capture rules in each pod belong to the
+node-level part that outlives it (:mod:`mesh.capture`; the local cluster in
+local mode). While ztunnel is down or a pod's listeners are not up yet, the
+pod's traffic meets closed ports and is refused: capture fails closed.
 """
 
 from __future__ import annotations
@@ -18,13 +22,14 @@ from typing import Any
 import structlog
 import trio
 
+from mesh.ca_client import CertificateRequestError
 from mesh.certs import CertificateManager
 from mesh.hbone import HboneSettings
 from mesh.hbone.client import open_hbone_pool
 from mesh.identity import SpiffeId, WorkloadCertificate
 from mesh.model import MeshSnapshot, Workload
+from mesh.netns import NetnsError, NetworkNamespace
 from ztunnel.pod import CapturedPod, Telemetry
-from ztunnel.redirect import PodNetns, RedirectError, install_capture, remove_capture
 
 log = structlog.get_logger("ztunnel")
 
@@ -130,14 +135,18 @@ class Ztunnel:
         return cert
 
     async def _keep_captured(self, slot: _PodSlot) -> None:
-        """Capture the pod, retrying setup failures with backoff, until released."""
+        """Serve the pod, retrying setup failures with backoff, until released.
+
+        Only the failures setup can meet are retried (namespace gone, port taken,
+        CA unreachable or refusing); anything else is a bug and ends ztunnel with
+        its traceback."""
         delay = 0.2
         with slot.scope:
             while True:
                 try:
                     await self._capture(slot)
                     return
-                except Exception as exc:  # any setup failure: log, back off, try again
+                except (NetnsError, OSError, CertificateRequestError) as exc:
                     slot.captured = False
                     slot.error = str(exc)
                     log.warning("pod_capture_failed", pod=slot.workload.uid, reason=str(exc))
@@ -148,8 +157,9 @@ class Ztunnel:
         workload = slot.workload
         name = self._netns_for(workload)
         if name is None:
-            raise RedirectError(f"no network namespace known for {workload.uid}")
-        netns = PodNetns.open(name)
+            raise NetnsError(f"no network namespace known for {workload.uid}")
+        netns = NetworkNamespace.open(name)
+        served = False
         try:
             await self._certs.fetch_now(workload.identity)
             async with open_hbone_pool(
@@ -166,7 +176,7 @@ class Ztunnel:
                 )
                 async with trio.open_nursery() as nursery:
                     await nursery.start(pod.serve)
-                    await install_capture(name)
+                    served = True
                     slot.pod = pod
                     slot.captured = True
                     slot.error = None
@@ -180,9 +190,8 @@ class Ztunnel:
         finally:
             slot.captured = False
             slot.pod = None
-            with trio.CancelScope(shield=True):
-                await remove_capture(name)
             netns.close()
             if not any(s.workload.identity == workload.identity for s in self._slots.values()):
                 self._certs.forget(workload.identity)
-            log.info("pod_released", pod=workload.uid)
+            if served:
+                log.info("pod_released", pod=workload.uid)

@@ -17,24 +17,27 @@ their cancel scope, so a policy change can close the ones it no longer allows.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Literal, Protocol
 
 import structlog
 import trio
 
+from mesh.capture import original_dst
 from mesh.constants import HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_CAPTURE_PORT
 from mesh.hbone import HboneError, HboneRequest, HboneSettings, HboneStreamRefused
 from mesh.hbone.client import HboneClientPool, HboneConnectError
 from mesh.hbone.server import serve_hbone
 from mesh.identity import SpiffeId, WorkloadCertificate
 from mesh.model import MeshSnapshot, Service, Workload
+from mesh.net import serve_listeners
+from mesh.netns import NetworkNamespace
 from mesh.reason import Failure, Reason, reason_for_dial_error
 from mesh.relay import RelayStats, relay
 from ztunnel.authz import Connection, Decision, evaluate, peer_auth_mode
 from ztunnel.plan import PlanError, plan_outbound
-from ztunnel.redirect import PodNetns, original_dst
 
 log = structlog.get_logger("ztunnel")
 
@@ -76,7 +79,7 @@ class CapturedPod:
     def __init__(
         self,
         workload: Workload,
-        netns: PodNetns,
+        netns: NetworkNamespace,
         *,
         snapshot: Callable[[], MeshSnapshot],
         certificate: Callable[[SpiffeId], WorkloadCertificate],
@@ -96,43 +99,45 @@ class CapturedPod:
     # ---- lifecycle --------------------------------------------------------------
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Open the three listeners in the pod's netns; ``started`` once all listen."""
-        outbound = await self.netns.listen(OUTBOUND_CAPTURE_PORT)
-        plaintext = await self.netns.listen(INBOUND_PLAINTEXT_PORT)
-        hbone = await self.netns.listen(HBONE_PORT)
+        """Open the three listeners in the pod's netns; ``started`` once all listen.
+
+        Each connection runs behind :func:`mesh.net.serve_listeners`' boundary: one that
+        fails is logged and closed alone, and the pod's listeners keep serving."""
+        listeners: list[trio.socket.SocketType] = []
+        try:
+            for port in (OUTBOUND_CAPTURE_PORT, INBOUND_PLAINTEXT_PORT, HBONE_PORT):
+                listeners.append(await self.netns.listen(port))
+        except BaseException:
+            for sock in listeners:
+                sock.close()
+            raise
+        outbound, plaintext, hbone = listeners
         identity = self.workload.identity
-        async with trio.open_nursery() as nursery:
-            await nursery.start(self._accept_loop, outbound, self._outbound)
-            await nursery.start(self._accept_loop, plaintext, self._inbound_plaintext)
-            await nursery.start(
-                lambda task_status: serve_hbone(
-                    self._inbound_hbone,
-                    certificate=lambda: self._certificate(identity),
-                    listener=hbone,
-                    settings=self._settings,
-                    task_status=task_status,
+        pod = self.workload.uid
+        async with trio.open_nursery() as handlers:
+            await handlers.start(
+                partial(
+                    serve_listeners,
+                    self._outbound,
+                    [outbound],
+                    handler_nursery=handlers,
+                    name=f"{pod} outbound",
                 )
             )
+            await handlers.start(
+                partial(
+                    serve_listeners,
+                    self._inbound_plaintext,
+                    [plaintext],
+                    handler_nursery=handlers,
+                    name=f"{pod} inbound",
+                )
+            )
+            await handlers.start(partial(serve_hbone, self._inbound_hbone,
+                                         certificate=lambda: self._certificate(identity),
+                                         listener=hbone, settings=self._settings,
+                                         handler_nursery=handlers))  # fmt: skip
             task_status.started()
-
-    async def _accept_loop(
-        self,
-        listener: trio.socket.SocketType,
-        handler: Callable[[trio.SocketStream], Awaitable[None]],
-        *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        with listener:
-            async with trio.open_nursery() as nursery:
-                task_status.started()
-                while True:
-                    try:
-                        sock, _ = await listener.accept()
-                    except OSError as exc:
-                        log.warning("ztunnel_accept_failed", pod=self.workload.uid, reason=str(exc))
-                        await trio.sleep(0.05)
-                        continue
-                    nursery.start_soon(handler, trio.SocketStream(sock))
 
     def recheck_policies(self) -> None:
         """Close inbound connections the current policies no longer allow."""

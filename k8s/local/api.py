@@ -21,6 +21,7 @@ import trio
 
 from k8s.local.errors import LocalClusterError, NotRunningError
 from k8s.local.hooks import LocalSnapshot
+from mesh.net import serve_listeners
 
 log = structlog.get_logger("ambit.local.api")
 
@@ -83,7 +84,10 @@ async def serve_api(
             if then is not None:
                 then()
 
-    await trio.serve_listeners(connection, [listener], task_status=task_status)  # type: ignore[arg-type]
+    async with trio.open_nursery() as handlers:
+        await serve_listeners(
+            connection, [listener], handler_nursery=handlers, name="api", task_status=task_status
+        )
 
 
 async def call(path: Path, request: dict[str, Any], seconds: float = 30.0) -> Any:

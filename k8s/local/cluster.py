@@ -33,7 +33,6 @@ from k8s.local.hooks import (
     ServicePortView,
     ServiceView,
 )
-from k8s.local.netns import in_netns
 from k8s.local.objects import Manifest, ObjectKey
 from k8s.local.plan import (
     Allocation,
@@ -47,6 +46,7 @@ from k8s.local.plan import (
 )
 from k8s.local.processes import POD_PATH, Running, Supervisor
 from k8s.local.state import StateFile
+from mesh.netns import NetnsError, NetworkNamespace
 
 ZTUNNEL_RESTART_DELAY = 0.5
 
@@ -313,7 +313,12 @@ class LocalCluster:
             if pod.process.running_for() < SETTLE_SECONDS:
                 pending.append(f"{where} started less than {SETTLE_SECONDS}s ago")
                 continue
-            listening = await in_netns(pod.plan.netns, network.listening_tcp_ports)
+            try:
+                with NetworkNamespace.open(pod.plan.netns) as netns:
+                    listening = await netns.run(network.listening_tcp_ports)
+            except NetnsError as exc:
+                pending.append(f"{where}: {exc}")
+                continue
             missing = sorted(set(pod.plan.spec.ports) - listening)
             if missing:
                 pending.append(f"{where} does not listen on port(s) {missing} yet")

@@ -20,16 +20,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import structlog
-import trio
 
 from k8s.local.config import ETC_NETNS_DIR, ClusterConfig
 from k8s.local.errors import AddressInUseError, CommandFailed, PrerequisiteError
 from k8s.local.state import StateFile
+from mesh import commands
+from mesh.commands import run_command
 
 log = structlog.get_logger("ambit.local.network")
-
-COMMAND_TIMEOUT_SECONDS = 15.0
-_GONE = ("Cannot find device", "No such file", "does not exist", "Bad rule", "No chain")
 
 
 def check_prerequisites() -> None:
@@ -48,23 +46,11 @@ def check_prerequisites() -> None:
 
 
 async def run(argv: Sequence[str], stdin: bytes = b"", *, ok_if_gone: bool = False) -> str:
-    """Run a system command, bounded in time; raise :class:`CommandFailed` on failure."""
+    """:func:`mesh.commands.run_command`, its failure as local mode's :class:`CommandFailed`."""
     try:
-        with trio.fail_after(COMMAND_TIMEOUT_SECONDS):
-            result = await trio.run_process(
-                list(argv), stdin=stdin, capture_stdout=True, capture_stderr=True, check=False
-            )
-    except trio.TooSlowError:
-        command = " ".join(argv)
-        raise CommandFailed(f"'{command}' did not finish in {COMMAND_TIMEOUT_SECONDS}s") from None
-    except OSError as exc:
-        raise CommandFailed(f"cannot run '{argv[0]}': {exc.strerror}") from None
-    error = result.stderr.decode(errors="replace").strip()
-    if result.returncode != 0:
-        if ok_if_gone and any(marker in error for marker in _GONE):
-            return ""
-        raise CommandFailed(f"'{' '.join(argv)}' failed (exit {result.returncode}): {error}")
-    return result.stdout.decode(errors="replace")
+        return await run_command(argv, stdin, ok_if_gone=ok_if_gone)
+    except commands.CommandFailed as exc:
+        raise CommandFailed(str(exc)) from None
 
 
 async def check_addresses(config: ClusterConfig) -> None:
@@ -157,7 +143,7 @@ async def delete_host_rule(rule: Sequence[str]) -> None:
 
 def listening_tcp_ports() -> set[int]:
     """TCP ports in LISTEN state in the calling thread's network namespace
-    (call it through :func:`k8s.local.netns.in_netns`)."""
+    (call it through :meth:`mesh.netns.NetworkNamespace.run`)."""
     ports: set[int] = set()
     for name in ("tcp", "tcp6"):
         try:

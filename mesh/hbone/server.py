@@ -8,6 +8,7 @@ HTTP/2 is logged and closed; every other connection keeps serving.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import structlog
 import trio
@@ -16,8 +17,8 @@ from mesh.constants import HBONE_PORT
 from mesh.hbone.connection import HboneConnection, RequestHandler
 from mesh.hbone.settings import HboneSettings
 from mesh.identity import PeerVerificationError, WorkloadCertificate
-from mesh.net import open_listener
-from mesh.tls import TlsError, TlsStream, configure_socket, describe_handshake_error, server_context
+from mesh.net import open_listener, serve_listeners
+from mesh.tls import TlsError, TlsStream, describe_handshake_error, server_context
 
 log = structlog.get_logger("mesh.hbone")
 
@@ -32,30 +33,30 @@ async def serve_hbone(
     port: int = HBONE_PORT,
     listener: trio.socket.SocketType | None = None,
     settings: HboneSettings | None = None,
+    handler_nursery: trio.Nursery | None = None,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve HBONE until cancelled; ``task_status.started`` gets the bound address.
 
     ``certificate`` is asked for the current certificate at every handshake, so
     a renewed certificate is presented from the next connection on. Pass a
-    ready ``listener`` to serve a socket made elsewhere (inside a pod's netns).
+    ready ``listener`` to serve a socket made elsewhere (inside a pod's netns),
+    and a ``handler_nursery`` to own the connections (so a drain can stop
+    accepting while they finish); by default they end with this call.
     """
     settings = settings or HboneSettings()
     sock = listener if listener is not None else await open_listener(host, port)
-    with sock:
-        bound = sock.getsockname()
-        async with trio.open_nursery() as nursery:
-            task_status.started((bound[0], bound[1]))
-            while True:
-                try:
-                    conn_sock, addr = await sock.accept()
-                except OSError as exc:
-                    log.warning("hbone_accept_failed", reason=str(exc))
-                    await trio.sleep(0.05)  # e.g. EMFILE: back off instead of spinning
-                    continue
-                nursery.start_soon(
-                    _serve_connection, conn_sock, addr, handler, certificate, settings
-                )
+    bound = sock.getsockname()
+
+    async def serve(stream: trio.SocketStream) -> None:
+        addr = stream.socket.getpeername()
+        await _serve_connection(stream.socket, (addr[0], addr[1]), handler, certificate, settings)
+
+    async with trio.open_nursery() as own:
+        handlers = handler_nursery or own
+        await own.start(partial(serve_listeners, serve, [sock], handler_nursery=handlers,
+                                name="hbone"))  # fmt: skip
+        task_status.started((bound[0], bound[1]))
 
 
 async def _serve_connection(
@@ -66,7 +67,6 @@ async def _serve_connection(
     settings: HboneSettings,
 ) -> None:
     src = f"{addr[0]}:{addr[1]}"
-    configure_socket(sock)
     cert = certificate()
     tls = TlsStream(sock, server_context(cert), server_side=True)
     try:

@@ -5,7 +5,6 @@ sees every change, a ztunnel runs in each node's namespace, and meshed pods hold
 from __future__ import annotations
 
 import ipaddress
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -17,8 +16,8 @@ from k8s.local import api
 from k8s.local.config import ClusterConfig, new_cluster_id
 from k8s.local.daemon import run_daemon
 from k8s.local.hooks import LocalHooks, LocalSnapshot, MeshState, NodeView, PodRef
-from k8s.local.netns import current_netns_inode, in_netns, netns_path
 from k8s.local.state import is_alive, read_state
+from mesh.netns import NetworkNamespace, netns_path
 from tests.e2e.conftest import free_octet
 
 pytestmark = pytest.mark.root
@@ -125,8 +124,9 @@ async def test_hooks_see_changes_start_ztunnels_and_gate_readiness(tmp_path: Pat
         for node in nodes.values():
             assert node["ztunnel_pid"] is not None
             assert node["ztunnel_exit_code"] is None
-            ztunnel_netns = os.stat(f"/proc/{node['ztunnel_pid']}/ns/net").st_ino
-            assert ztunnel_netns == await in_netns(node["netns"], current_netns_inode)
+            ztunnel_netns = NetworkNamespace.open(f"/proc/{node['ztunnel_pid']}/ns/net")
+            with ztunnel_netns, NetworkNamespace.open(node["netns"]) as node_netns:
+                assert ztunnel_netns.key == node_netns.key
         assert {p["name"]: p["captured"] for p in got["pods"]} == {"app": True, "outside": None}
 
         changes = len(snapshots)

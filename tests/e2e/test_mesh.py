@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 import trio
 
-from k8s.local.netns import in_netns
 from mesh.ca_client import CaClient, CaRefused
 from mesh.identity import SpiffeId, TrustBundle, build_csr, generate_key
+from mesh.netns import NetworkNamespace
 from tests.e2e.conftest import ECHO_SERVER, Cluster
 
 pytestmark = pytest.mark.root
@@ -164,7 +164,8 @@ async def capture(netns: str) -> AsyncIterator[bytearray]:
         sock.bind(("eth0", 0))
         return sock
 
-    sock = trio.socket.from_stdlib_socket(await in_netns(netns, make))
+    with NetworkNamespace.open(netns) as handle:
+        sock = trio.socket.from_stdlib_socket(handle.run_blocking(make))
     frames = bytearray()
     with sock:
         async with trio.open_nursery() as nursery:

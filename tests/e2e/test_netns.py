@@ -1,4 +1,5 @@
-"""``in_netns``: code runs inside a named network namespace; callers never move."""
+"""``NetworkNamespace``: sockets made inline inside a namespace, slow work in a worker
+thread; the calling thread always comes back to its own namespace."""
 
 from __future__ import annotations
 
@@ -11,9 +12,8 @@ from dataclasses import dataclass
 import pytest
 import trio
 
-from k8s.local.errors import NetnsError
-from k8s.local.netns import current_netns_inode, in_netns, run_in_netns
 from k8s.local.network import listening_tcp_ports
+from mesh.netns import NetnsError, NetworkNamespace, current_key
 from tests.e2e.conftest import free_octet
 
 pytestmark = pytest.mark.root
@@ -66,27 +66,45 @@ def _listener(ip: str) -> socket.socket:
     return sock
 
 
-async def test_a_socket_made_inside_listens_on_the_namespace_address(namespace: Namespace) -> None:
-    before = current_netns_inode()
-    inside = await in_netns(namespace.name, current_netns_inode)
-    assert inside != before
-    assert current_netns_inode() == before
-    # Trio's worker threads are not touched either.
-    assert await trio.to_thread.run_sync(current_netns_inode) == before
+async def test_a_socket_made_inline_listens_on_the_namespace_address(namespace: Namespace) -> None:
+    before = current_key()
+    with NetworkNamespace.open(namespace.name) as netns:
+        assert netns.key != before
+        assert await netns.run(current_key) == netns.key  # compared by (inode, device)
+        assert current_key() == before
+        # Trio's worker threads come back too.
+        assert await trio.to_thread.run_sync(current_key) == before
 
-    with await in_netns(namespace.name, lambda: _listener(namespace.inside_ip)) as raw:
-        port = raw.getsockname()[1]
-        assert port in await in_netns(namespace.name, listening_tcp_ports)
-        assert port not in listening_tcp_ports()
-        listener = trio.SocketListener(trio.socket.from_stdlib_socket(raw))
-        with trio.fail_after(5):
-            client = await trio.open_tcp_stream(namespace.inside_ip, port)
-            server = await listener.accept()
-            await client.send_all(b"ping")
-            assert await server.receive_some(4) == b"ping"
-            await client.aclose()
-            await server.aclose()
-    assert current_netns_inode() == before
+        with netns.raw_socket() as raw:
+            assert current_key() == before
+            raw.bind((namespace.inside_ip, 0))
+            raw.listen()
+            port = raw.getsockname()[1]
+            assert port in await netns.run(listening_tcp_ports)
+            assert port not in listening_tcp_ports()
+            listener = trio.SocketListener(trio.socket.from_stdlib_socket(raw.dup()))
+            with trio.fail_after(5):
+                client = await trio.open_tcp_stream(namespace.inside_ip, port)
+                server = await listener.accept()
+                await client.send_all(b"ping")
+                assert await server.receive_some(4) == b"ping"
+                await client.aclose()
+                await server.aclose()
+            await listener.aclose()
+    assert current_key() == before
+
+
+async def test_listen_and_dial_inside(namespace: Namespace) -> None:
+    with NetworkNamespace.open(namespace.name) as netns:
+        listener = await netns.listen(0, host=namespace.inside_ip)
+        with listener:
+            port = listener.getsockname()[1]
+            with trio.fail_after(5):
+                dialled = await netns.dial((namespace.inside_ip, port))
+                accepted, peer = await listener.accept()
+                with dialled, accepted:
+                    assert peer[0] == namespace.inside_ip  # the dial came from inside
+                    assert dialled.getsockopt(socket.SOL_SOCKET, 36) == 0x539  # SO_MARK
 
 
 async def test_the_namespace_address_does_not_exist_outside(namespace: Namespace) -> None:
@@ -95,40 +113,48 @@ async def test_the_namespace_address_does_not_exist_outside(namespace: Namespace
 
 
 async def test_errors_of_fn_come_back_and_the_caller_stays(namespace: Namespace) -> None:
-    before = current_netns_inode()
+    before = current_key()
 
     def boom() -> None:
         raise ValueError("inside")
 
-    with pytest.raises(ValueError, match="inside"):
-        await in_netns(namespace.name, boom)
-    assert current_netns_inode() == before
-    assert run_in_netns(namespace.name, current_netns_inode) != before
-    assert current_netns_inode() == before
+    with NetworkNamespace.open(namespace.name) as netns:
+        with pytest.raises(ValueError, match="inside"):
+            await netns.run(boom)
+        assert current_key() == before
+        with pytest.raises(ValueError, match="inside"):
+            netns.run_blocking(boom)
+        assert current_key() == before
+        assert netns.run_blocking(current_key) == netns.key
+        assert current_key() == before
 
 
-async def test_a_missing_namespace_is_a_clear_error() -> None:
-    with pytest.raises(NetnsError, match=r"does not exist.*ambit get pods"):
-        await in_netns("ambtest-no-such-namespace", current_netns_inode)
+async def test_a_missing_or_closed_namespace_is_a_clear_error(namespace: Namespace) -> None:
+    with pytest.raises(NetnsError, match=r"does not exist.*is the pod running"):
+        NetworkNamespace.open("ambtest-no-such-namespace")
+    netns = NetworkNamespace.open(namespace.name)
+    netns.close()
+    with pytest.raises(NetnsError, match="was closed"):
+        netns.socket()
 
 
 async def test_calls_run_concurrently_and_survive_cancellation(namespace: Namespace) -> None:
-    before = current_netns_inode()
-    results: list[int] = []
-    with trio.move_on_after(0.01):  # the calls finish even though their caller is cancelled
-        async with trio.open_nursery() as nursery:
-            for _ in range(20):
-                nursery.start_soon(_collect, namespace.name, results)
-    inside = await in_netns(namespace.name, current_netns_inode)
-    assert results == [inside] * 20
-    assert current_netns_inode() == before
+    before = current_key()
+    results: list[tuple[int, int]] = []
+    with NetworkNamespace.open(namespace.name) as netns:
+        with trio.move_on_after(0.01):  # the calls finish even though their caller is cancelled
+            async with trio.open_nursery() as nursery:
+                for _ in range(20):
+                    nursery.start_soon(_collect, netns, results)
+        assert results == [netns.key] * 20
+    assert current_key() == before
 
 
-async def _collect(name: str, results: list[int]) -> None:
-    def slow() -> int:
+async def _collect(netns: NetworkNamespace, results: list[tuple[int, int]]) -> None:
+    def slow() -> tuple[int, int]:
         import time
 
         time.sleep(0.05)
-        return current_netns_inode()
+        return current_key()
 
-    results.append(await in_netns(name, slow))
+    results.append(await netns.run(slow))

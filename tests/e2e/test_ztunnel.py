@@ -19,15 +19,16 @@ import pytest
 import trio
 
 from ca import CertificateAuthority, LocalSigner
+from mesh.capture import install_capture, remove_capture
 from mesh.certs import open_certificate_manager
 from mesh.model import MeshSnapshot, Resource, Workload
+from mesh.netns import NetworkNamespace
 from mesh.reason import Failure, Reason
 from tests.builders import allow, deny, peer_auth, rule, service, snapshot, source, workload
 from tests.e2e.conftest import free_octet
 from tests.waiting import wait_until
 from ztunnel.node import Ztunnel
 from ztunnel.pod import ConnectionRecord
-from ztunnel.redirect import PodNetns
 
 pytestmark = pytest.mark.root
 APP_PORT = 8080
@@ -139,6 +140,9 @@ async def running(net: Net, first: MeshSnapshot) -> AsyncIterator[Running]:
             telemetry=Telemetry(recorder),
         )
         peers: dict[str, list[str]] = {"b": [], "c": []}
+        for workload_ in first.workloads:  # the node's part: capture before ztunnel serves
+            if workload_.meshed and workload_.name in net.netns:
+                await install_capture(net.netns[workload_.name])
         async with trio.open_nursery() as nursery:
             await nursery.start(zt.run)
             for pod in "bc":  # the apps: echo servers listening inside their pods
@@ -150,11 +154,8 @@ async def running(net: Net, first: MeshSnapshot) -> AsyncIterator[Running]:
 
 
 async def echo_app(netns: str, peers: list[str], *, task_status: trio.TaskStatus[None]) -> None:
-    listener = PodNetns.open(netns)
-    try:
-        sock = listener.socket(mark=None)
-    finally:
-        listener.close()
+    with NetworkNamespace.open(netns) as handle:
+        sock = handle.socket(mark=None)
     with sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         await sock.bind(("0.0.0.0", APP_PORT))
@@ -177,12 +178,13 @@ async def _echo(stream: trio.SocketStream) -> None:
 
 async def app_stream(net: Net, pod: str, address: tuple[str, int]) -> trio.SocketStream:
     """A connection made by an app inside ``pod`` (an unmarked socket: it is captured)."""
-    handle = PodNetns.open(net.netns[pod])
-    try:
+    with NetworkNamespace.open(net.netns[pod]) as handle:
         sock = handle.socket(mark=None)
-    finally:
-        handle.close()
-    await sock.connect(address)
+    try:
+        await sock.connect(address)
+    except BaseException:
+        sock.close()
+        raise
     return trio.SocketStream(sock)
 
 
@@ -197,10 +199,10 @@ async def exchange(net: Net, pod: str, address: tuple[str, int], payload: bytes)
 
 
 async def refused(net: Net, pod: str, address: tuple[str, int]) -> bool:
-    """True if the connection is closed or reset without a byte of answer."""
+    """True if the connection is refused, or closed or reset without a byte of answer."""
     try:
         return await exchange(net, pod, address, b"let me in") == b""
-    except trio.BrokenResourceError:
+    except (trio.BrokenResourceError, ConnectionRefusedError):
         return True
 
 
@@ -334,7 +336,7 @@ def listening_ports(netns: str) -> set[int]:
     return ports
 
 
-async def test_leaving_the_mesh_removes_rules_and_listeners(net: Net) -> None:
+async def test_leaving_the_mesh_releases_listeners_and_never_touches_rules(net: Net) -> None:
     with trio.fail_after(40):
         async with running(net, mesh(net)) as run:
             b = net.netns["b"]
@@ -343,9 +345,14 @@ async def test_leaving_the_mesh_removes_rules_and_listeners(net: Net) -> None:
             # b is relabelled out of the mesh (dataplane-mode: none).
             out = {**pods(net), "b": workload("b", ip=net.ip("b"), sa="server", meshed=False)}
             await run.ztunnel.on_update(snapshot(*out.values(), version=2))
-            await wait_until(lambda: "AMBIT_OUTPUT" not in capture_chains(b))
             await wait_until(lambda: not {15001, 15006, 15008} & listening_ports(b))
             assert APP_PORT in listening_ports(b)  # the app itself is untouched
+            # ztunnel never runs iptables: the rules are the node's to remove, and until
+            # then b's traffic meets closed ports (fails closed) instead of going around.
+            assert "AMBIT_OUTPUT" in capture_chains(b)
+            assert await refused(net, "c", (net.ip("b"), APP_PORT))
+            await remove_capture(b)
+            assert "AMBIT_OUTPUT" not in capture_chains(b)
             # Its traffic is plain again: a meshed client passes through to it.
             assert await exchange(net, "a", (net.ip("b"), APP_PORT), b"direct") == b"direct"
             assert "AMBIT_OUTPUT" in capture_chains(net.netns["a"])  # others stay captured
