@@ -24,7 +24,7 @@ import trio
 from mesh.ca_client import CaClient, CaRefused
 from mesh.identity import SpiffeId, TrustBundle, build_csr, generate_key
 from mesh.netns import NetworkNamespace
-from tests.e2e.conftest import ECHO_SERVER, Cluster
+from tests.e2e.conftest import ECHO_SERVER, Cluster, eventually
 
 pytestmark = pytest.mark.root
 
@@ -382,6 +382,47 @@ async def test_traffic_survives_a_dead_control_plane_and_a_ztunnel_restart(
                 if await direct_curl() == "200":
                     break
         assert (await nodes(cluster))["node-2"]["ztunnel_pid"] != old_pid
+
+
+@pytest.mark.parametrize(("node", "sig"), [("node-1", signal.SIGKILL), ("node-2", signal.SIGTERM)])
+async def test_a_stopped_ztunnel_fails_closed_until_it_is_back(
+    cluster: Cluster, node: str, sig: signal.Signals
+) -> None:
+    """node-1 runs the client, node-2 the server: with either ztunnel gone, the meshed
+    client's new connections fail and nothing crosses the wire in plaintext."""
+    with trio.fail_after(150):
+        await up(cluster)
+        client_netns = (await pods(cluster))["shop/client"]["netns"]
+        record = json.loads((cluster.state_dir / "state.json").read_text())
+        daemon_pid = int(record["daemon"]["pid"])
+        marker = "marker-" + secrets.token_hex(6)
+
+        async def direct_curl() -> str:  # not through the daemon: it is stopped
+            result = await trio.run_process(
+                ["ip", "netns", "exec", client_netns, "curl", "-s", "-m", "3",
+                 "-o", "/dev/null", "-w", "%{http_code}", f"http://web.shop/{marker}"],
+                capture_stdout=True, check=False,
+            )  # fmt: skip
+            return result.stdout.decode() or "000"
+
+        assert await direct_curl() == "404"  # reached web through the mesh
+        ztunnel_pid = int((await nodes(cluster))[node]["ztunnel_pid"])
+        os.kill(daemon_pid, signal.SIGSTOP)  # nothing restarts the ztunnel meanwhile
+        try:
+            os.kill(ztunnel_pid, sig)
+            await trio.sleep(0.5)
+            async with capture(client_netns) as frames:
+                for _ in range(3):
+                    assert await direct_curl() == "000"
+            assert marker.encode() not in frames, "plaintext left while ztunnel was down"
+        finally:
+            os.kill(daemon_pid, signal.SIGCONT)
+
+        async def served() -> bool:
+            return await direct_curl() == "404"
+
+        # Restarted, it takes its pods again and serves again.
+        assert await eventually(served, seconds=30, poll=0.5)
 
 
 async def test_the_ca_issues_a_node_only_the_identities_of_its_own_pods(cluster: Cluster) -> None:

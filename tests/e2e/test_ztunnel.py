@@ -198,10 +198,12 @@ async def exchange(net: Net, pod: str, address: tuple[str, int], payload: bytes)
         return bytes(got)
 
 
-async def refused(net: Net, pod: str, address: tuple[str, int]) -> bool:
+async def refused(
+    net: Net, pod: str, address: tuple[str, int], payload: bytes = b"let me in"
+) -> bool:
     """True if the connection is refused, or closed or reset without a byte of answer."""
     try:
-        return await exchange(net, pod, address, b"let me in") == b""
+        return await exchange(net, pod, address, payload) == b""
     except (trio.BrokenResourceError, ConnectionRefusedError):
         return True
 
@@ -245,6 +247,26 @@ async def test_meshed_pods_talk_over_mtls_and_the_wire_shows_only_tls(net: Net) 
     assert inbound[0].src_identity == pods(net)["a"].identity
     assert inbound[0].src_workload == pods(net)["a"]
     assert inbound[0].stats.sent == len(marker) * 100
+
+
+async def test_without_ztunnel_captured_pods_fail_closed_until_it_is_back(net: Net) -> None:
+    """ztunnel stopped (as by SIGKILL: nothing cleans up) leaves the node's capture rules in
+    place: meshed pods' new connections are refused, and not one plaintext byte leaves."""
+    marker = b"PLAINTEXT-MARKER-" + secrets.token_hex(8).encode()
+    with trio.fail_after(60):
+        async with running(net, mesh(net)):
+            assert await exchange(net, "a", (net.ip("b"), APP_PORT), b"up") == b"up"
+        assert "AMBIT_OUTPUT" in capture_chains(net.netns["a"])
+        async with wire(net, "a") as from_a, wire(net, "b") as to_b:
+            for _ in range(3):
+                # Outbound from a meshed pod, and plaintext into a meshed pod.
+                assert await refused(net, "a", (net.ip("b"), APP_PORT), marker)
+                assert await refused(net, "a", (net.vip, 80), marker)
+                assert await refused(net, "c", (net.ip("b"), APP_PORT), marker)
+        assert marker not in from_a, "a meshed pod sent plaintext while ztunnel was down"
+        assert marker not in to_b, "plaintext reached a meshed pod while ztunnel was down"
+        async with running(net, mesh(net)):  # a new ztunnel takes the pods again
+            assert await exchange(net, "a", (net.ip("b"), APP_PORT), b"back") == b"back"
 
 
 async def test_a_service_vip_is_resolved_by_ztunnel(net: Net) -> None:
