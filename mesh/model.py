@@ -262,12 +262,16 @@ class Endpoint(_Json):
 
 @dataclass(frozen=True)
 class Service(_Json):
+    """A Service with its ports and endpoints. ``waypoint`` is the key (``ns/name``) of the
+    Service of the waypoint its traffic must cross, or None."""
+
     kind: ClassVar[Kind] = "service"
     name: str
     namespace: str
     vip: str
     ports: tuple[ServicePort, ...]
     endpoints: tuple[Endpoint, ...]
+    waypoint: str | None = None
 
     def __post_init__(self) -> None:
         _ip(self.vip, f"service {self.key}")
@@ -440,6 +444,14 @@ class MeshSnapshot(_Json):
         return {w.ip: w for w in reversed(self.workloads)}  # first by uid wins
 
     @cached_property
+    def _by_key(self) -> dict[str, Service]:
+        return {s.key: s for s in self.services}
+
+    def service(self, key: str) -> Service | None:
+        """The Service ``namespace/name``."""
+        return self._by_key.get(key)
+
+    @cached_property
     def _by_vip(self) -> dict[str, Service]:
         return {s.vip: s for s in reversed(self.services)}
 
@@ -456,8 +468,34 @@ class MeshSnapshot(_Json):
         return tuple(w for w in self.workloads if w.node == node)
 
     def policies_for(self, workload: Workload) -> tuple[Authorization, ...]:
-        """The AuthorizationPolicies selecting ``workload`` (its namespace's and the root's)."""
-        return tuple(a for a in self.authorizations if a.applies_to(workload))
+        """The AuthorizationPolicies selecting ``workload`` (its namespace's and the root's).
+
+        Selection depends only on the namespace and labels, and the snapshot never
+        changes, so it is computed once per (namespace, labels) and remembered."""
+        key = (workload.namespace, workload.labels)
+        found = self._policies_by_selection.get(key)
+        if found is None:
+            found = tuple(a for a in self.authorizations if a.applies_to(workload))
+            self._policies_by_selection[key] = found
+        return found
+
+    @cached_property
+    def _policies_by_selection(self) -> dict[tuple[str, Pairs], tuple[Authorization, ...]]:
+        return {}
+
+    @cached_property
+    def _service_by_endpoint(self) -> dict[tuple[str, int], Service]:
+        index: dict[tuple[str, int], Service] = {}
+        for service in self.services:  # sorted by key: the first one wins
+            for endpoint in service.endpoints:
+                for _, target in endpoint.ports:
+                    index.setdefault((endpoint.workload_uid, target), service)
+        return index
+
+    def service_of_endpoint(self, uid: str, port: int) -> Service | None:
+        """The Service whose endpoint ``uid`` serves target ``port`` (what inbound metrics
+        report); the first by key when several do."""
+        return self._service_by_endpoint.get((uid, port))
 
     def peer_authentication_for(self, workload: Workload) -> tuple[PeerAuthentication, ...]:
         """The PeerAuthentications that apply, most specific first: those of the workload's

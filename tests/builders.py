@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+from mesh.authz import Connection
 from mesh.identity import SpiffeId
 from mesh.model import (
     Authorization,
@@ -18,7 +19,6 @@ from mesh.model import (
     Source,
     Workload,
 )
-from ztunnel.authz import Connection
 
 
 def identity(namespace: str = "default", sa: str = "client") -> SpiffeId:

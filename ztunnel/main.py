@@ -31,9 +31,9 @@ from mesh.identity import (
     ztunnel_identity,
 )
 from mesh.memory import serve_heap_trimmer
+from mesh.metrics import TcpMetrics
 from mesh.model import Workload
 from mesh.xds import ConfigClient
-from ztunnel.metrics import TcpMetrics
 from ztunnel.node import Ztunnel
 from ztunnel.telemetry import ZtunnelTelemetry
 

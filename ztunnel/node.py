@@ -29,7 +29,8 @@ from mesh.hbone.client import open_hbone_pool
 from mesh.identity import SpiffeId, WorkloadCertificate
 from mesh.model import MeshSnapshot, Workload
 from mesh.netns import NetnsError, NetworkNamespace
-from ztunnel.pod import CapturedPod, Telemetry
+from mesh.record import Telemetry
+from ztunnel.pod import CapturedPod
 
 log = structlog.get_logger("ztunnel")
 
@@ -111,9 +112,12 @@ class Ztunnel:
         self.snapshot = snapshot
         wanted = {w.uid: w for w in snapshot.workloads_on_node(self.node) if w.meshed}
         for uid, slot in list(self._slots.items()):
-            if wanted.get(uid) != slot.workload:
+            new = wanted.get(uid)
+            if new is None or self._capture_key(new) != self._capture_key(slot.workload):
                 del self._slots[uid]
                 slot.scope.cancel()
+            else:  # labels, ports...: looked up per connection, no recapture
+                slot.workload = new
         for uid, workload in wanted.items():
             if uid not in self._slots:
                 slot = _PodSlot(workload)
@@ -123,6 +127,10 @@ class Ztunnel:
             if slot.pod is not None:
                 slot.pod.recheck_policies()
         await trio.lowlevel.checkpoint()
+
+    def _capture_key(self, workload: Workload) -> tuple[str, SpiffeId, str | None]:
+        """What a capture is bound to; only a change of it captures the pod again."""
+        return (workload.ip, workload.identity, self._netns_for(workload))
 
     def _current(self) -> MeshSnapshot:
         assert self.snapshot is not None
@@ -166,7 +174,8 @@ class Ztunnel:
                 self._certificate, settings=self._settings, dial=netns.dial
             ) as pool:
                 pod = CapturedPod(
-                    workload,
+                    workload.uid,
+                    workload.identity,
                     netns,
                     snapshot=self._current,
                     certificate=self._certificate,

@@ -1,12 +1,22 @@
-"""Outbound planning: where a captured connection goes, decided by a pure function.
+"""Outbound planning: where a captured connection goes, decided by one pure function.
 
 Given the mesh snapshot, the source workload and the original destination
-(``SO_ORIGINAL_DST``), :func:`plan_outbound` answers: dial the destination pod's HBONE
-port with mutual TLS and ``CONNECT <pod-ip>:<target-port>`` expecting the pod's
-identity (``kind="hbone"``), or pass the bytes through as plain TCP
-(``kind="passthrough"``: an unmeshed pod, or an address the mesh does not know).
-A Service VIP is first resolved to one endpoint and the service port to its target
-port on that pod. Carrying the plan out (sockets, pool) is ``ztunnel.outbound``'s job.
+(``SO_ORIGINAL_DST``), :func:`plan_outbound` returns one of four plans:
+
+- :class:`Direct`: mutual TLS to the destination pod's HBONE port and
+  ``CONNECT <pod-ip>:<target-port>``, expecting the pod's identity;
+- :class:`ViaWaypoint`: the destination Service is bound to a waypoint, so
+  HBONE goes to a waypoint pod, expecting the waypoint's identity, with the
+  original ``VIP:port`` kept as the CONNECT authority (the waypoint routes);
+- :class:`Passthrough`: plain TCP (an unmeshed pod, or an address the mesh
+  does not know);
+- :class:`Refused`: nothing may be dialled, with its :class:`~mesh.reason.Reason`
+  (a Service port that does not exist, no endpoint, a waypoint that is not
+  there: traffic for a waypoint-bound Service never silently bypasses it).
+
+A Service VIP is first resolved to one endpoint and the service port to its
+target port on that pod. Carrying the plan out (sockets, pool) is
+:mod:`ztunnel.outbound`'s job.
 """
 
 from __future__ import annotations
@@ -14,36 +24,48 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 from mesh.constants import HBONE_PORT
 from mesh.identity import SpiffeId
 from mesh.model import Endpoint, MeshSnapshot, Service, Workload
+from mesh.reason import Reason
 
 Pick = Callable[[Sequence[Endpoint]], Endpoint]
 
 
-class PlanError(Exception):
-    """No plan can be made; the message says why and what to check."""
-
-
-class UnknownServicePort(PlanError):
-    """The destination is a Service VIP, but not one of the Service's ports."""
-
-
-class NoHealthyEndpoint(PlanError):
-    """The destination Service has no endpoint for the port."""
+@dataclass(frozen=True)
+class Direct:
+    dial: tuple[str, int]  # the destination pod's HBONE address
+    authority: str  # CONNECT target: "pod-ip:target-port"
+    expected_identity: SpiffeId  # the peer must prove this
+    dst_workload: Workload
+    service: Service | None = None  # the Service the VIP belonged to, if any
 
 
 @dataclass(frozen=True)
-class Plan:
-    kind: Literal["hbone", "passthrough"]
-    dial: tuple[str, int]  # the address to connect to
-    source_identity: SpiffeId  # the certificate to present (pools are keyed by it)
-    authority: str | None = None  # CONNECT target, "pod-ip:target-port" (hbone only)
-    expected_identity: SpiffeId | None = None  # the peer must prove this (hbone only)
+class ViaWaypoint:
+    dial: tuple[str, int]  # a waypoint pod's HBONE address
+    authority: str  # the original "VIP:port": the waypoint routes on it
+    expected_identity: SpiffeId  # the waypoint's identity
+    waypoint: Workload
+    service: Service
+
+
+@dataclass(frozen=True)
+class Passthrough:
+    dial: tuple[str, int]
     dst_workload: Workload | None = None  # the destination pod, when the mesh knows it
-    service: Service | None = None  # the Service the VIP belonged to, if any
+    service: Service | None = None
+
+
+@dataclass(frozen=True)
+class Refused:
+    reason: Reason
+    detail: str  # what to check, for the log
+    service: Service | None = None
+
+
+Plan = Direct | ViaWaypoint | Passthrough | Refused
 
 
 def plan_outbound(
@@ -56,52 +78,82 @@ def plan_outbound(
 ) -> Plan:
     """Plan the connection ``source`` opened to ``dst_ip:dst_port``.
 
-    ``pick`` chooses among a Service's endpoints (default: at random); raises
-    :class:`UnknownServicePort` or :class:`NoHealthyEndpoint` for a VIP that cannot be served.
-    """
+    ``pick`` chooses among endpoints (default: at random)."""
+    choose = pick or random.choice
     service = snapshot.service_by_vip(dst_ip)
     if service is None:
-        return _to_pod(source, dst_ip, dst_port, snapshot.workload_by_ip(dst_ip), None)
+        return _to_pod(dst_ip, dst_port, snapshot.workload_by_ip(dst_ip), None)
     if service.port(dst_port) is None:
         defined = ", ".join(f"{p.port}" + (f" ({p.name})" if p.name else "") for p in service.ports)
-        raise UnknownServicePort(
+        return Refused(
+            Reason.NO_HEALTHY_ENDPOINT,
             f"service {service.key} ({service.vip}) has no port {dst_port}; it defines"
-            f" {defined or 'no ports'}: does the client use the service port (not the pod's)?"
+            f" {defined or 'no ports'}: does the client use the service port (not the pod's)?",
+            service,
         )
-    candidates = [e for e in service.endpoints if e.target_for(dst_port) is not None]
+    if service.waypoint is not None:
+        return _via_waypoint(snapshot, source, service, dst_port, choose)
+    return _to_endpoint(snapshot, service, dst_port, choose)
+
+
+def _to_endpoint(snapshot: MeshSnapshot, service: Service, port: int, choose: Pick) -> Plan:
+    candidates = [e for e in service.endpoints if e.target_for(port) is not None]
     if not candidates:
-        raise NoHealthyEndpoint(
-            f"service {service.key} has no endpoint for port {dst_port}: no running pod with an"
+        return Refused(
+            Reason.NO_HEALTHY_ENDPOINT,
+            f"service {service.key} has no endpoint for port {port}: no running pod with an"
             " IP matches its selector (or none has its named targetPort); check the pods'"
-            " labels and status"
+            " labels and status",
+            service,
         )
-    endpoint = (pick or random.choice)(candidates)
-    target = endpoint.target_for(dst_port)
+    endpoint = choose(candidates)
+    target = endpoint.target_for(port)
     assert target is not None
-    workload = snapshot.workload(endpoint.workload_uid)
-    return _to_pod(source, endpoint.ip, target, workload, service)
+    return _to_pod(endpoint.ip, target, snapshot.workload(endpoint.workload_uid), service)
 
 
-def _to_pod(
-    source: Workload, ip: str, port: int, workload: Workload | None, service: Service | None
+def _via_waypoint(
+    snapshot: MeshSnapshot, source: Workload, service: Service, port: int, choose: Pick
 ) -> Plan:
+    key = service.waypoint
+    assert key is not None
+    waypoint = snapshot.service(key)
+    ready = [
+        (e, w)
+        for e in (waypoint.endpoints if waypoint else ())
+        if (w := snapshot.workload(e.workload_uid)) is not None and w.meshed
+    ]
+    if not ready:
+        return Refused(
+            Reason.NO_HEALTHY_ENDPOINT,
+            f"service {service.key} uses waypoint {key}, which has no ready pod; its traffic"
+            " is refused rather than sent around the waypoint (is the waypoint deployed?)",
+            service,
+        )
+    if any(w.uid == source.uid for _, w in ready):  # the waypoint's own traffic: no loop
+        return _to_endpoint(snapshot, service, port, choose)
+    by_uid = {w.uid: w for _, w in ready}
+    endpoint = choose([e for e, _ in ready])
+    pod = by_uid[endpoint.workload_uid]
+    return ViaWaypoint(
+        dial=(endpoint.ip, HBONE_PORT),
+        authority=f"{_host(service.vip)}:{port}",
+        expected_identity=pod.identity,
+        waypoint=pod,
+        service=service,
+    )
+
+
+def _to_pod(ip: str, port: int, workload: Workload | None, service: Service | None) -> Plan:
     if workload is not None and workload.meshed:
-        return Plan(
-            kind="hbone",
+        return Direct(
             dial=(ip, HBONE_PORT),
-            source_identity=source.identity,
             authority=f"{_host(ip)}:{port}",
             expected_identity=workload.identity,
             dst_workload=workload,
             service=service,
         )
-    return Plan(
-        kind="passthrough",
-        dial=(ip, port),
-        source_identity=source.identity,
-        dst_workload=workload,
-        service=service,
-    )
+    return Passthrough(dial=(ip, port), dst_workload=workload, service=service)
 
 
 def _host(ip: str) -> str:

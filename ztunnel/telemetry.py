@@ -16,10 +16,10 @@ from typing import NoReturn
 
 import trio
 
+from mesh.accesslog import log_connection
+from mesh.metrics import TcpLabels, TcpMetrics
 from mesh.reason import Failure
-from ztunnel.accesslog import log_connection
-from ztunnel.metrics import TcpLabels, TcpMetrics
-from ztunnel.pod import ConnectionRecord
+from mesh.record import ConnectionRecord
 
 FLUSH_INTERVAL = 5.0
 

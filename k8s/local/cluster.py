@@ -389,8 +389,10 @@ class LocalCluster:
 
 
 def _differs(running: PodPlan, wanted: PodPlan) -> bool:
-    """Whether the pod must be recreated (joining or leaving the mesh does not need it)."""
-    return dataclasses.replace(running, meshed=wanted.meshed) != wanted
+    """Whether the pod must be recreated. Labels change in place, as on Kubernetes, and so
+    does joining or leaving the mesh; any other change to the spec recreates the pod."""
+    spec = dataclasses.replace(running.spec, labels=wanted.spec.labels)
+    return dataclasses.replace(running, meshed=wanted.meshed, spec=spec) != wanted
 
 
 def _service_view(service: ServicePlan) -> ServiceView:

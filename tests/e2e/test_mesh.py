@@ -349,6 +349,77 @@ async def test_a_policy_applied_to_a_running_cluster_cuts_an_open_connection(
         assert seconds < 5
 
 
+# Streams 4 MiB to the echo server over about 4 s, reads every byte back, and reports both
+# digests and the pod IP it reached.
+STREAM = """\
+import hashlib, os, socket, sys, threading, time
+s = socket.create_connection((sys.argv[1], 7000), timeout=20)
+print("open", flush=True)
+sent, got = hashlib.sha256(), hashlib.sha256()
+def send():
+    for i in range(128):
+        chunk = hashlib.sha256(str(i).encode()).digest() * 1024
+        sent.update(chunk); s.sendall(chunk); time.sleep(0.03)
+    s.shutdown(socket.SHUT_WR)
+t = threading.Thread(target=send); t.start()
+n = 0
+while (d := s.recv(65536)):
+    got.update(d); n += len(d)
+t.join()
+print("done", n, sent.hexdigest() == got.hexdigest(), flush=True)
+"""
+
+ALLOW_CLIENT_TO_ECHO = """\
+apiVersion: security.ambit.io/v1
+kind: AuthorizationPolicy
+metadata: {name: echo-from-client, namespace: shop}
+spec:
+  selector: {matchLabels: {app: echo}}
+  action: ALLOW
+  rules: [{from: [{source: {principals: ["cluster.local/ns/shop/sa/client"]}}]}]
+"""
+
+
+async def test_a_long_transfer_survives_relabelling_and_a_policy_that_allows_it(
+    cluster: Cluster,
+) -> None:
+    with trio.fail_after(120):
+        await up(cluster)
+        before = (await pods(cluster))["shop/echo"]
+        env = {**os.environ, "AMBIT_STATE_DIR": str(cluster.state_dir)}
+        proc = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "ambit.cli", "exec", "-n", "shop", "client", "--",
+             "python3", "-c", STREAM, before["ip"]],
+            stdout=subprocess.PIPE, env=env,
+        )  # fmt: skip
+        assert proc.stdout is not None
+        try:
+            out = bytearray()
+            while b"open" not in out:
+                out += await proc.stdout.receive_some()
+            echo_doc = next(d for d in manifest().split("---\n") if "name: echo," in d)
+            relabelled = echo_doc.replace("labels: {app: echo}", "labels: {app: echo, v: two}")
+            await apply(cluster, "relabel.yaml", relabelled)
+            await apply(cluster, "allow.yaml", ALLOW_CLIENT_TO_ECHO)
+            while b"done" not in out:
+                chunk = await proc.stdout.receive_some()
+                assert chunk, out
+                out += chunk
+        finally:
+            proc.kill()
+            await proc.wait()
+        assert out.decode().split("done ")[1].split() == [str(128 * 32 * 1024), "True"]
+        after = (await pods(cluster))["shop/echo"]
+        assert after["labels"] == {"app": "echo", "v": "two"}
+        # Relabelled in place, as Kubernetes does: same pod, same address, same process.
+        assert (after["ip"], after["pid"]) == (before["ip"], before["pid"])
+        logs = (await cluster.ambit("logs", "ztunnel/node-2")).stdout.decode()
+        captures = [
+            line for line in logs.splitlines() if '"pod_captured"' in line and "shop/echo" in line
+        ]
+        assert len(captures) == 1  # never captured again
+
+
 async def test_traffic_survives_a_dead_control_plane_and_a_ztunnel_restart(
     cluster: Cluster,
 ) -> None:

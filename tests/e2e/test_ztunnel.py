@@ -24,11 +24,11 @@ from mesh.certs import open_certificate_manager
 from mesh.model import MeshSnapshot, Resource, Workload
 from mesh.netns import NetworkNamespace
 from mesh.reason import Failure, Reason
+from mesh.record import ConnectionRecord
 from tests.builders import allow, deny, peer_auth, rule, service, snapshot, source, workload
 from tests.e2e.conftest import free_octet
 from tests.waiting import wait_until
 from ztunnel.node import Ztunnel
-from ztunnel.pod import ConnectionRecord
 
 pytestmark = pytest.mark.root
 APP_PORT = 8080

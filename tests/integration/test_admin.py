@@ -25,8 +25,8 @@ from mesh.admin import (
     ready_route,
     serve_http,
 )
+from mesh.metrics import TcpLabels, TcpMetrics
 from mesh.net import open_listener
-from ztunnel.metrics import TcpLabels, TcpMetrics
 
 Logs = list[MutableMapping[str, Any]]
 Address = tuple[str, int]

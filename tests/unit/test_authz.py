@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from mesh.authz import Decision, evaluate, peer_auth_mode
 from mesh.constants import SYSTEM_NAMESPACE
 from mesh.identity import SpiffeId
 from mesh.model import Authorization
@@ -19,7 +20,6 @@ from tests.builders import (
     source,
     workload,
 )
-from ztunnel.authz import Decision, evaluate, peer_auth_mode
 
 WEB = workload("web", ip="10.0.0.10", labels={"app": "web"})
 CLIENT = identity("default", "client")

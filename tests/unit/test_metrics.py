@@ -8,11 +8,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
+from mesh.accesslog import KEYS, log_connection
 from mesh.admin import Request, Response, metrics_route
-from mesh.reason import Failure, Reason
-from tests.builders import identity, service, workload
-from ztunnel.accesslog import KEYS, log_connection
-from ztunnel.metrics import (
+from mesh.metrics import (
     LABEL_NAMES,
     ConnectionMeter,
     TcpLabels,
@@ -20,6 +18,8 @@ from ztunnel.metrics import (
     flush_periodically,
     workload_name,
 )
+from mesh.reason import Failure, Reason
+from tests.builders import identity, service, workload
 
 # Written out, not imported: these are the names Istio's dashboards query.
 ISTIO_NAMES = {

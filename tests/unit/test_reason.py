@@ -9,10 +9,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
+from mesh.metrics import TcpMetrics
 from mesh.reason import Failure, Reason, reason_for_dial_error, reason_for_rule
+from mesh.record import ConnectionRecord
 from tests.builders import identity, service, workload
-from ztunnel.metrics import TcpMetrics
-from ztunnel.pod import ConnectionRecord
 from ztunnel.telemetry import ZtunnelTelemetry
 
 # Written out, not derived: Istio's ztunnel reports DENY for policy decisions and CONNECT

@@ -11,6 +11,7 @@ import pytest
 from k8s import manifests as m
 from k8s.local.objects import NamespaceSpec, PodSpec, is_meshed
 from k8s.translate import TranslateError, meshed_by_labels, translate
+from mesh.authz import evaluate
 from mesh.model import (
     Authorization,
     Endpoint,
@@ -24,7 +25,6 @@ from mesh.model import (
     Workload,
 )
 from tests.builders import conn, identity
-from ztunnel.authz import evaluate
 
 DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo.yaml"
 AMBIENT = (("ambit.io/dataplane-mode", "ambient"),)

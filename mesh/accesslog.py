@@ -7,7 +7,7 @@ log pipeline can index them: ``direction``, ``src.addr``, ``src.workload``,
 ``dst.workload``, ``dst.namespace``, ``dst.identity``, ``bytes_sent``,
 ``bytes_recv``, ``duration_ms``, ``reason`` (a :class:`~mesh.reason.Reason` code)
 and ``error`` (what happened, in words). Bytes are counted as in
-:mod:`ztunnel.metrics`: ``bytes_recv`` came from the client, ``bytes_sent`` went
+:mod:`mesh.metrics`: ``bytes_recv`` came from the client, ``bytes_sent`` went
 back to it. Workloads are named by pod, as ztunnel does (metrics name the
 Deployment). A completed connection logs at info, a denied or failed one
 (``reason`` given) at warning.
@@ -15,17 +15,16 @@ Deployment). A completed connection logs at info, a denied or failed one
 
 from __future__ import annotations
 
-from typing import Any, Final, Literal, TypeAlias
+from typing import Any, Final
 
 import structlog
 
 from mesh.identity import SpiffeId
 from mesh.model import Service, Workload
 from mesh.reason import Failure
+from mesh.record import Direction
 
 log = structlog.get_logger("ztunnel.access")
-
-Direction: TypeAlias = Literal["inbound", "outbound"]
 
 EVENT_COMPLETE: Final = "connection_complete"
 EVENT_DENIED: Final = "connection_denied"

@@ -1,0 +1,194 @@
+"""Inbound: connections arriving at a captured pod.
+
+- 15008 HBONE: the peer's SPIFFE identity was verified by the HBONE server; the
+  CONNECT authority must name this pod; L4 policy decides; the app is dialled
+  from inside the pod with the client's own source address.
+- 15006 plaintext: a non-mesh client, caught by the pod's PREROUTING rule.
+  Refused when PeerAuthentication is STRICT; otherwise policy decides (there is
+  no identity to match).
+
+The pod's workload, its policies and its Services are looked up in the current
+snapshot for every connection, so a relabelled pod is judged by its new labels
+without being captured again. Open connections are remembered with their
+cancel scope, so a policy change can close the ones it no longer allows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+import trio
+
+from mesh.authz import Connection, Decision, evaluate, peer_auth_mode
+from mesh.capture import original_dst
+from mesh.hbone import HboneRequest
+from mesh.model import MeshSnapshot, Workload
+from mesh.netns import NetworkNamespace
+from mesh.reason import Failure, Reason, reason_for_dial_error
+from mesh.record import ConnectionRecord, Telemetry
+from mesh.relay import relay
+
+log = structlog.get_logger("ztunnel")
+
+APP_DIAL_TIMEOUT = 10.0  # a dropped SYN would otherwise wait about two minutes
+
+
+@dataclass(eq=False)
+class _Active:
+    record: ConnectionRecord
+    scope: trio.CancelScope
+    closed_by_policy: str | None = None
+
+
+class Inbound:
+    """The inbound side of one captured pod (``uid``)."""
+
+    def __init__(
+        self,
+        uid: str,
+        netns: NetworkNamespace,
+        *,
+        snapshot: Callable[[], MeshSnapshot],
+        telemetry: Telemetry,
+        dial_timeout: float = APP_DIAL_TIMEOUT,
+    ) -> None:
+        self.uid = uid
+        self._netns = netns
+        self._snapshot = snapshot
+        self._telemetry = telemetry
+        self._dial_timeout = dial_timeout
+        self._open: set[_Active] = set()
+
+    def recheck_policies(self) -> None:
+        """Close open connections the current policies no longer allow."""
+        snapshot = self._snapshot()
+        for active in list(self._open):
+            decision = _decide(snapshot, active.record)
+            if not decision.allowed and active.closed_by_policy is None:
+                active.closed_by_policy = decision.reason
+                active.scope.cancel()
+
+    def _record(
+        self,
+        snapshot: MeshSnapshot,
+        workload: Workload,
+        peer: tuple[str, int],
+        dst: tuple[str, int],
+        **extra: object,
+    ) -> ConnectionRecord:
+        return ConnectionRecord(
+            "inbound",
+            src_addr=peer,
+            dst_addr=dst,
+            src_workload=snapshot.workload_by_ip(peer[0]),
+            dst_workload=workload,
+            dst_service=snapshot.service_of_endpoint(workload.uid, dst[1]),
+            **extra,  # type: ignore[arg-type]
+        )
+
+    async def hbone(self, request: HboneRequest) -> None:
+        """Handle one CONNECT on the pod's 15008."""
+        snapshot = self._snapshot()
+        workload = snapshot.workload(self.uid)
+        try:
+            dst = request.destination()
+            if workload is None or dst[0] != workload.ip:
+                raise ValueError(f"{dst[0]} is not pod {self.uid}")
+        except ValueError as exc:
+            log.warning("hbone_bad_request", pod=self.uid, reason=str(exc))
+            await request.reject(Reason.BAD_REQUEST)
+            return
+        peer = request.connection.peer_address or ("0.0.0.0", 0)
+        record = self._record(snapshot, workload, peer, dst, src_identity=request.peer, mtls=True)
+        decision = _decide(snapshot, record)
+        if not decision.allowed:
+            self._telemetry.denied(record, Failure(Reason.POLICY_DENIED, decision.reason))
+            await request.reject(Reason.POLICY_DENIED)
+            return
+        app = await self._dial_app(record)
+        if isinstance(app, Failure):
+            self._telemetry.denied(record, app)
+            await request.reject(app.reason)
+            return
+        stream = await request.accept()
+        await self._relay(record, trio.SocketStream(app), stream)
+
+    async def plaintext(self, client: trio.SocketStream) -> None:
+        """Handle one connection caught on the pod's 15006."""
+        async with client:
+            try:
+                dst = original_dst(client.socket)
+                peer = client.socket.getpeername()
+            except OSError:
+                return  # already gone
+            snapshot = self._snapshot()
+            workload = snapshot.workload(self.uid)
+            if workload is None:
+                return  # the pod is being released
+            record = self._record(snapshot, workload, (peer[0], peer[1]), dst)
+            if peer_auth_mode(snapshot, workload) == "STRICT":
+                failure = Failure(
+                    Reason.STRICT_PLAINTEXT,
+                    "PeerAuthentication STRICT: plaintext connections are refused",
+                )
+                self._telemetry.denied(record, failure)
+                return
+            decision = _decide(snapshot, record)
+            if not decision.allowed:
+                self._telemetry.denied(record, Failure(Reason.POLICY_DENIED, decision.reason))
+                return
+            app = await self._dial_app(record)
+            if isinstance(app, Failure):
+                self._telemetry.denied(record, app)
+                return
+            await self._relay(record, trio.SocketStream(app), client)
+
+    async def _dial_app(self, record: ConnectionRecord) -> trio.socket.SocketType | Failure:
+        dst = record.dst_addr
+        try:
+            with trio.fail_after(self._dial_timeout):
+                return await self._netns.dial(dst, source_ip=record.src_addr[0])
+        except trio.TooSlowError:
+            return Failure(
+                Reason.TIMEOUT, f"app at {dst[0]}:{dst[1]}: no answer in {self._dial_timeout:g}s"
+            )
+        except OSError as exc:
+            return Failure(
+                reason_for_dial_error(exc), f"app at {dst[0]}:{dst[1]}: {exc.strerror or exc}"
+            )
+
+    async def _relay(
+        self, record: ConnectionRecord, app: trio.SocketStream, peer: trio.abc.HalfCloseableStream
+    ) -> None:
+        active = _Active(record, trio.CancelScope())
+        self._open.add(active)
+        self._telemetry.opened(record)
+        failure: Failure | None = None
+        try:
+            with active.scope:
+                async with app, peer:
+                    await relay(peer, app, record.stats)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            failure = Failure(Reason.CONNECTION_RESET, str(exc) or type(exc).__name__)
+        finally:
+            self._open.discard(active)
+            if active.closed_by_policy is not None:
+                failure = Failure(
+                    Reason.POLICY_DENIED, f"closed by policy: {active.closed_by_policy}"
+                )
+            self._telemetry.closed(record, failure)
+
+
+def _decide(snapshot: MeshSnapshot, record: ConnectionRecord) -> Decision:
+    """L4 policy for ``record``, by the destination workload as the snapshot has it now."""
+    assert record.dst_workload is not None
+    workload = snapshot.workload(record.dst_workload.uid) or record.dst_workload
+    conn = Connection(
+        src_ip=record.src_addr[0],
+        src_identity=record.src_identity,
+        dst_workload=workload,
+        dst_port=record.dst_addr[1],
+    )
+    return evaluate(conn, snapshot.policies_for(workload))

@@ -1,0 +1,114 @@
+"""Outbound: the app's own connections, REDIRECTed to the pod's 15001.
+
+The plan (:func:`ztunnel.plan.plan_outbound`, pure) decides; this module carries
+it out: a CONNECT stream over the pod's HBONE pool (presenting the pod's
+certificate) straight to the destination pod or to its waypoint, plain TCP
+for passthrough, or a refusal with its reason. The source workload is looked up
+in the current snapshot for every connection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import trio
+
+from mesh.capture import original_dst
+from mesh.hbone import HboneError, HboneStreamRefused
+from mesh.hbone.client import HboneClientPool, HboneConnectError
+from mesh.model import MeshSnapshot
+from mesh.netns import NetworkNamespace
+from mesh.reason import Failure, Reason, reason_for_dial_error
+from mesh.record import ConnectionRecord, Telemetry
+from mesh.relay import relay
+from ztunnel.plan import Direct, Passthrough, Refused, ViaWaypoint, plan_outbound
+
+PASSTHROUGH_DIAL_TIMEOUT = 10.0
+
+
+class Outbound:
+    """The outbound side of one captured pod (``uid``)."""
+
+    def __init__(
+        self,
+        uid: str,
+        netns: NetworkNamespace,
+        *,
+        snapshot: Callable[[], MeshSnapshot],
+        pool: HboneClientPool,
+        telemetry: Telemetry,
+        dial_timeout: float = PASSTHROUGH_DIAL_TIMEOUT,
+    ) -> None:
+        self.uid = uid
+        self._netns = netns
+        self._snapshot = snapshot
+        self._pool = pool
+        self._telemetry = telemetry
+        self._dial_timeout = dial_timeout
+
+    async def handle(self, client: trio.SocketStream) -> None:
+        async with client:
+            try:
+                dst = original_dst(client.socket)
+                peer = client.socket.getpeername()
+            except OSError:
+                return  # already gone
+            snapshot = self._snapshot()
+            source = snapshot.workload(self.uid)
+            if source is None:
+                return  # the pod is being released
+            record = ConnectionRecord(
+                "outbound",
+                src_addr=(peer[0], peer[1]),
+                dst_addr=dst,
+                src_workload=source,
+                src_identity=source.identity,
+            )
+            plan = plan_outbound(snapshot, source, dst[0], dst[1])
+            record.dst_service = plan.service
+            if isinstance(plan, Refused):
+                self._telemetry.denied(record, Failure(plan.reason, plan.detail))
+                return
+            upstream = await self._open(record, plan, source.ip)
+            if isinstance(upstream, Failure):
+                self._telemetry.denied(record, upstream)
+                return
+            self._telemetry.opened(record)
+            failure: Failure | None = None
+            try:
+                async with upstream:
+                    await relay(client, upstream, record.stats)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                failure = Failure(Reason.CONNECTION_RESET, str(exc) or type(exc).__name__)
+            finally:
+                self._telemetry.closed(record, failure)
+
+    async def _open(
+        self, record: ConnectionRecord, plan: Direct | ViaWaypoint | Passthrough, source_ip: str
+    ) -> trio.abc.HalfCloseableStream | Failure:
+        assert record.src_identity is not None
+        if isinstance(plan, Passthrough):
+            record.dst_workload = plan.dst_workload
+            try:
+                with trio.fail_after(self._dial_timeout):
+                    return trio.SocketStream(await self._netns.dial(plan.dial))
+            except trio.TooSlowError:
+                return Failure(Reason.TIMEOUT, f"no answer from {plan.dial[0]}:{plan.dial[1]}")
+            except OSError as exc:
+                return Failure(reason_for_dial_error(exc), str(exc))
+        record.dst_workload = plan.dst_workload if isinstance(plan, Direct) else plan.waypoint
+        record.mtls = True
+        try:
+            return await self._pool.connect(
+                source=record.src_identity,
+                address=plan.dial,
+                authority=plan.authority,
+                expected=[plan.expected_identity],
+                source_address=source_ip,
+            )
+        except HboneStreamRefused as exc:
+            return Failure(exc.reason or Reason.DESTINATION_REFUSED, str(exc))
+        except HboneConnectError as exc:
+            return Failure(exc.reason, str(exc))
+        except HboneError as exc:
+            return Failure(Reason.CONNECTION_RESET, str(exc))
