@@ -17,127 +17,22 @@ equal content compares equal.
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import itertools
-import types
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import (
-    Any,
-    ClassVar,
-    Literal,
-    Self,
-    TypeAlias,
-    Union,
-    get_args,
-    get_origin,
-    get_type_hints,
-)
+from typing import Any, ClassVar, Literal, TypeAlias
 
 from mesh.constants import DEFAULT_TRUST_DOMAIN, SYSTEM_NAMESPACE
 from mesh.identity import IdentityError, SpiffeId
+from mesh.jsonform import JsonForm, ModelError
 
-Json: TypeAlias = dict[str, Any]
 Pairs: TypeAlias = tuple[tuple[str, str], ...]
 Protocol: TypeAlias = Literal["HBONE", "TCP"]
 Action: TypeAlias = Literal["ALLOW", "DENY"]
 MtlsMode: TypeAlias = Literal["STRICT", "PERMISSIVE", "DISABLE", "UNSET"]
 Kind: TypeAlias = Literal["workload", "service", "authorization", "peer_authentication"]
-
-
-class ModelError(ValueError):
-    """Model data is malformed, or a delta does not fit the snapshot it is applied to."""
-
-
-# --- JSON, driven by the dataclass field types -------------------------------------------
-
-
-_HINTS: dict[type, dict[str, Any]] = {}
-
-
-def _hints(cls: type) -> dict[str, Any]:
-    """The dataclass fields of ``cls`` and their (resolved) types, in order."""
-    if cls not in _HINTS:
-        hints = get_type_hints(cls)
-        _HINTS[cls] = {f.name: hints[f.name] for f in dataclasses.fields(cls)}
-    return _HINTS[cls]
-
-
-def _encode(value: Any, hint: Any) -> Any:
-    origin, args = get_origin(hint), get_args(hint)
-    if value is None or origin in (Literal, dict) or hint in (str, int):
-        return value
-    if origin in (Union, types.UnionType) and type(None) in args:
-        return _encode(value, next(a for a in args if a is not type(None)))
-    if origin in (Union, types.UnionType):  # a Resource, tagged with its kind
-        return {"kind": value.kind, "value": value.to_json()}
-    if origin is tuple:
-        item = args[0]
-        if get_origin(item) is tuple and get_args(item)[0] is str:
-            return dict(value)
-        return [_encode(v, item) for v in value]  # a list, or a pair as a two-element list
-    return value.to_json()
-
-
-def _decode(value: object, hint: Any, where: str) -> Any:
-    origin, args = get_origin(hint), get_args(hint)
-    if origin in (Union, types.UnionType) and type(None) in args:
-        return None if value is None else _decode(value, args[0], where)
-    if origin in (Union, types.UnionType):  # a Resource, tagged with its kind
-        tagged = _Tagged._decode(value, where)
-        return _TYPES[tagged.kind]._decode(tagged.value, f"{where}.value")
-    if origin is Literal:
-        if value not in args:
-            raise ModelError(f"{where}: {value!r} is not one of {', '.join(map(str, args))}")
-        return value
-    if hint in (str, int) or origin is dict:
-        if not isinstance(value, origin or hint) or isinstance(value, bool):
-            raise ModelError(f"{where}: expected {(origin or hint).__name__}, got {value!r}")
-        return value
-    if origin is tuple and len(args) == 2 and args[1] is not Ellipsis:  # one pair
-        if not (isinstance(value, list) and len(value) == 2):
-            raise ModelError(f"{where}: expected a two-element list, got {value!r}")
-        return (_decode(value[0], args[0], where), _decode(value[1], args[1], where))
-    if origin is tuple:
-        item = args[0]
-        if get_origin(item) is tuple and get_args(item)[0] is str:
-            if not isinstance(value, dict):
-                raise ModelError(f"{where}: expected an object, got {value!r}")
-            value_type = get_args(item)[1]
-            return tuple((str(k), _decode(v, value_type, f"{where}.{k}")) for k, v in value.items())
-        if not isinstance(value, list):
-            raise ModelError(f"{where}: expected a list, got {value!r}")
-        return tuple(_decode(v, item, f"{where}[{i}]") for i, v in enumerate(value))
-    return hint._decode(value, where)
-
-
-class _Json:
-    """Mixin: ``to_json`` / ``from_json`` for a frozen dataclass of the types above."""
-
-    def to_json(self) -> Json:
-        return {name: _encode(getattr(self, name), h) for name, h in _hints(type(self)).items()}
-
-    @classmethod
-    def from_json(cls, data: object) -> Self:
-        return cls._decode(data, cls.__name__)
-
-    @classmethod
-    def _decode(cls, data: object, where: str) -> Self:
-        hints = _hints(cls)
-        if not isinstance(data, dict):
-            raise ModelError(f"{where}: expected a JSON object, got {type(data).__name__}")
-        unknown = sorted(str(k) for k in data if k not in hints)
-        if unknown:
-            raise ModelError(
-                f"{where}: unknown field {', '.join(unknown)} (fields: {', '.join(hints)})"
-            )
-        missing = [k for k in hints if k not in data]
-        if missing:
-            raise ModelError(f"{where}: missing field {', '.join(missing)}")
-        values = {k: _decode(data[k], h, f"{where}.{k}") for k, h in hints.items()}
-        return cls(**values)
 
 
 # --- Validation helpers --------------------------------------------------------------------
@@ -176,7 +71,7 @@ def selector_matches(selector: Pairs | None, labels: Pairs) -> bool:
 
 
 @dataclass(frozen=True)
-class Workload(_Json):
+class Workload(JsonForm):
     """One pod. ``protocol="HBONE"``: in the mesh (captured by ztunnel); ``"TCP"``: not.
     ``container_ports`` are the named ones, ``(name, port)``, for named targetPorts."""
 
@@ -222,7 +117,7 @@ class Workload(_Json):
 
 
 @dataclass(frozen=True)
-class ServicePort(_Json):
+class ServicePort(JsonForm):
     """A port of a Service. A named targetPort has ``target_port=0`` and ``target_port_name``;
     its number is resolved per pod, in each :class:`Endpoint`."""
 
@@ -242,7 +137,7 @@ class ServicePort(_Json):
 
 
 @dataclass(frozen=True)
-class Endpoint(_Json):
+class Endpoint(JsonForm):
     """A pod behind a Service: ``ports`` maps each service port to the target port on this pod."""
 
     workload_uid: str
@@ -261,7 +156,7 @@ class Endpoint(_Json):
 
 
 @dataclass(frozen=True)
-class Service(_Json):
+class Service(JsonForm):
     """A Service with its ports and endpoints. ``waypoint`` is the key (``ns/name``) of the
     Service of the waypoint its traffic must cross, or None."""
 
@@ -295,7 +190,7 @@ class Service(_Json):
 
 
 @dataclass(frozen=True)
-class Source(_Json):
+class Source(JsonForm):
     """``from[].source`` of a rule. ``l7`` names fields present that only a waypoint can check
     (``requestPrincipals``, ``remoteIpBlocks``...)."""
 
@@ -316,7 +211,7 @@ class Source(_Json):
 
 
 @dataclass(frozen=True)
-class Operation(_Json):
+class Operation(JsonForm):
     """``to[].operation`` of a rule. ``l7`` names fields present that only a waypoint can check
     (hosts, methods, paths..., and ``when:<key>`` for the rule's conditions)."""
 
@@ -330,7 +225,7 @@ class Operation(_Json):
 
 
 @dataclass(frozen=True)
-class Rule(_Json):
+class Rule(JsonForm):
     """Matches when one of ``sources`` (if any) and one of ``operations`` (if any) match."""
 
     sources: tuple[Source, ...] = ()
@@ -344,7 +239,7 @@ class Rule(_Json):
 
 
 @dataclass(frozen=True)
-class Authorization(_Json):
+class Authorization(JsonForm):
     """An AuthorizationPolicy at L4. ``selector=None``: every workload of the namespace. A policy
     in the root namespace (``ambit-system``) applies across the whole mesh."""
 
@@ -370,7 +265,7 @@ class Authorization(_Json):
 
 
 @dataclass(frozen=True)
-class PeerAuthentication(_Json):
+class PeerAuthentication(JsonForm):
     kind: ClassVar[Kind] = "peer_authentication"
     name: str
     namespace: str
@@ -407,7 +302,7 @@ _COLLECTIONS: dict[Kind, str] = {
 
 
 @dataclass(frozen=True)
-class MeshSnapshot(_Json):
+class MeshSnapshot(JsonForm):
     """Everything a proxy needs, at one version. Entries are kept sorted by key; keys are unique."""
 
     version: int
@@ -517,7 +412,7 @@ class MeshSnapshot(_Json):
 
 
 @dataclass(frozen=True)
-class Delta(_Json):
+class Delta(JsonForm):
     """What turns snapshot ``from_version`` into ``to_version``: entries added or replaced
     (``upserts``) and the ``(kind, key)`` of entries removed.
 
@@ -557,11 +452,3 @@ def apply(snapshot: MeshSnapshot, delta: Delta) -> MeshSnapshot:
 
 def _index(snapshot: MeshSnapshot) -> dict[tuple[Kind, str], Resource]:
     return {(r.kind, r.key): r for r in snapshot.resources()}
-
-
-@dataclass(frozen=True)
-class _Tagged(_Json):
-    """The JSON envelope of one upsert of a Delta."""
-
-    kind: Kind
-    value: Json

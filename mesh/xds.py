@@ -33,7 +33,8 @@ import trio
 from mesh.hbone import HboneError, HboneStream
 from mesh.hbone.client import HboneClientPool
 from mesh.identity import SpiffeId
-from mesh.model import Delta, MeshSnapshot, ModelError, apply
+from mesh.jsonform import ModelError
+from mesh.model import Delta, MeshSnapshot, apply
 
 log = structlog.get_logger("mesh.xds")
 

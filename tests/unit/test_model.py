@@ -10,12 +10,12 @@ import pytest
 
 from mesh.constants import SYSTEM_NAMESPACE
 from mesh.identity import SpiffeId
+from mesh.jsonform import ModelError
 from mesh.model import (
     Authorization,
     Delta,
     Endpoint,
     MeshSnapshot,
-    ModelError,
     Operation,
     PeerAuthentication,
     Rule,
