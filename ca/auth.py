@@ -3,19 +3,19 @@
 Authentication maps a bearer token to a caller name (:class:`TokenAuthenticator`).
 Authorization is a question asked of an object passed in: may this caller have
 this identity? :class:`StaticAuthorizer` answers it from a fixed table; node
-authorization (a ztunnel may have the identities of the pods on its node)
-plugs in later through the same :class:`Authorizer` protocol.
+authorization (a ztunnel may have the identities of the pods on its node) is
+the control plane's :class:`k8s.controlplane.NodeAuthorizer`, through the same
+:class:`Authorizer` protocol.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
 from mesh.identity import IdentityError, SpiffeId
+from mesh.tokens import TokenTable
 
 _NAMESPACE_WILDCARD_SUFFIX = "/sa/*"
 
@@ -32,31 +32,9 @@ class Authorizer(Protocol):
         ...
 
 
-def _digest(token: str) -> bytes:
-    return hashlib.sha256(token.encode()).digest()
-
-
-class TokenAuthenticator:
-    """Static bearer tokens, each naming one caller.
-
-    Tokens are compared in constant time: every known token is compared (by
-    SHA-256 digest, so lengths do not leak either) on every call.
-    """
-
-    def __init__(self, tokens: Mapping[str, str]) -> None:
-        """``tokens`` maps each token to the caller name it authenticates."""
-        for token, caller in tokens.items():
-            if not token:
-                raise ValueError(f"the token of caller {caller!r} is empty")
-        self._tokens = [(_digest(token), caller) for token, caller in tokens.items()]
-
-    def caller_for(self, token: str) -> str | None:
-        presented = _digest(token)
-        found: str | None = None
-        for digest, caller in self._tokens:
-            if hmac.compare_digest(presented, digest):
-                found = caller
-        return found
+class TokenAuthenticator(TokenTable):
+    """Static bearer tokens, each naming one caller, compared in constant time
+    (:class:`mesh.tokens.TokenTable`)."""
 
 
 @dataclass(frozen=True)

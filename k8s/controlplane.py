@@ -11,8 +11,6 @@ to the proxies, and runs the CA with node authorization.
 
 from __future__ import annotations
 
-import hmac
-import secrets
 from collections.abc import Iterable
 
 import structlog
@@ -20,7 +18,7 @@ import trio
 
 from ca import CertificateAuthority, LocalSigner, serve_ca
 from k8s.manifests import K8sObject
-from k8s.server import ConfigServer
+from k8s.server import ConfigServer, node_token_authenticator
 from k8s.translate import translate
 from mesh.certs import open_certificate_manager
 from mesh.constants import CONFIG_STREAM_PORT, CONTROL_PLANE_PORT, DEFAULT_TRUST_DOMAIN
@@ -32,31 +30,9 @@ from mesh.identity import (
     ztunnel_identity,
 )
 from mesh.model import MeshSnapshot
+from mesh.tokens import TokenTable
 
 log = structlog.get_logger("k8s.controlplane")
-
-
-class NodeTokens:
-    """One secret bearer token per node: how a node's ztunnel proves which node it is."""
-
-    def __init__(self) -> None:
-        self._tokens: dict[str, str] = {}
-
-    def token_for(self, node: str) -> str:
-        if node not in self._tokens:
-            self._tokens[node] = secrets.token_urlsafe(32)
-        return self._tokens[node]
-
-    def caller_for(self, token: str) -> str | None:
-        """The node a token belongs to (the CA's ``Authenticator``)."""
-        found = None
-        for node, expected in self._tokens.items():  # compare all: constant time per token
-            if hmac.compare_digest(expected.encode(), token.encode()):
-                found = node
-        return found
-
-    def check(self, token: str | None, node: str) -> bool:
-        return token is not None and self.caller_for(token) == node
 
 
 class NodeAuthorizer:
@@ -80,18 +56,10 @@ class ControlPlane:
     ) -> None:
         self.authority = authority
         self.trust_domain = trust_domain
-        self.tokens = NodeTokens()
+        self.tokens = TokenTable()  # one per node: the CA's and the config stream's proof
         self.snapshot: MeshSnapshot | None = None
         proxy_ids = frozenset({ztunnel_identity(trust_domain)})
-
-        def authenticate(token: str | None, node: str, peer: SpiffeId) -> str | None:
-            if peer not in proxy_ids:
-                return f"{peer} is not a proxy identity"
-            if not self.tokens.check(token, node):
-                return f"no valid token for node {node!r}"
-            return None
-
-        self.config = ConfigServer(authenticate)
+        self.config = ConfigServer(node_token_authenticator(self.tokens, proxy_ids))
 
     def update(self, objects: Iterable[K8sObject]) -> MeshSnapshot:
         """Translate ``objects`` and publish the result as the next version."""

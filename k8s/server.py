@@ -12,9 +12,8 @@ it reconnects and resynchronises, so a stuck proxy never holds memory here.
 
 from __future__ import annotations
 
-import hmac
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -25,6 +24,7 @@ from mesh.hbone import HboneRequest
 from mesh.identity import SpiffeId
 from mesh.model import Delta, MeshSnapshot, diff
 from mesh.reason import Reason
+from mesh.tokens import TokenTable
 from mesh.xds import ConfigStreamError, Message, MessageStream
 
 log = structlog.get_logger("k8s.server")
@@ -33,24 +33,21 @@ HELLO_TIMEOUT: Final = 10.0
 QUEUE_LIMIT: Final = 32
 HISTORY: Final = 64
 
-Authenticator = Callable[[str | None, str, SpiffeId], str | None]
+ProxyAuthenticator = Callable[[str | None, str, SpiffeId], str | None]
 """(bearer token, node name, peer identity) -> None if allowed, else why not."""
 
 
 def node_token_authenticator(
-    tokens: Mapping[str, str], allowed_identities: frozenset[SpiffeId]
-) -> Authenticator:
+    tokens: TokenTable, allowed_identities: frozenset[SpiffeId]
+) -> ProxyAuthenticator:
     """Allow a proxy whose certificate is one of ``allowed_identities`` and whose
     bearer token is the one issued to the node it names."""
 
     def check(token: str | None, node: str, peer: SpiffeId) -> str | None:
         if peer not in allowed_identities:
             return f"{peer} is not a proxy identity"
-        expected = tokens.get(node)
-        if expected is None or token is None:
-            return f"no token for node {node!r}"
-        if not hmac.compare_digest(expected.encode(), token.encode()):
-            return f"wrong token for node {node!r}"
+        if token is None or tokens.caller_for(token) != node:
+            return f"no valid token for node {node!r}"
         return None
 
     return check
@@ -74,7 +71,7 @@ class NodeStatus:
 
 
 class ConfigServer:
-    def __init__(self, authenticate: Authenticator, *, queue_limit: int = QUEUE_LIMIT) -> None:
+    def __init__(self, authenticate: ProxyAuthenticator, *, queue_limit: int = QUEUE_LIMIT) -> None:
         self._authenticate = authenticate
         self._queue_limit = queue_limit
         self._snapshot: MeshSnapshot | None = None

@@ -21,6 +21,7 @@ from mesh.hbone.client import dial_tcp, open_hbone_pool
 from mesh.hbone.server import serve_hbone
 from mesh.identity import SpiffeId, WorkloadCertificate
 from mesh.model import MeshSnapshot
+from mesh.tokens import TokenTable
 from mesh.xds import Backoff, ConfigClient
 from tests.builders import snapshot, workload
 from tests.pki import Pki
@@ -121,7 +122,9 @@ async def test_reconnects_back_off_up_to_a_cap_then_resync_and_start_afresh(
     # The control plane's port is held (bound, not listening): dials are refused at once.
     placeholder = await hold_port(("127.0.0.1", 0))
     address: tuple[str, int] = placeholder.getsockname()[:2]
-    server = ConfigServer(node_token_authenticator({"node-1": "t"}, frozenset({ZTUNNEL_ID})))
+    server = ConfigServer(
+        node_token_authenticator(TokenTable({"t": "node-1"}), frozenset({ZTUNNEL_ID}))
+    )
     server.publish(snapshot(workload("web", ip="10.244.0.10"), version=1))
     applied: list[MeshSnapshot] = []
     got_snapshot = trio.Event()

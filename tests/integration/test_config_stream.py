@@ -14,6 +14,7 @@ from k8s.server import ConfigServer, node_token_authenticator
 from mesh.hbone.client import open_hbone_pool
 from mesh.identity import SpiffeId
 from mesh.model import MeshSnapshot
+from mesh.tokens import TokenTable
 from mesh.xds import Backoff, ConfigClient
 from tests.builders import service, snapshot, workload
 from tests.integration.hbone_support import start_server
@@ -89,7 +90,7 @@ async def running(
 
 
 def make_server(**kwargs: Any) -> ConfigServer:
-    auth = node_token_authenticator({"node-1": "node-1-token"}, frozenset({ZTUNNEL_ID}))
+    auth = node_token_authenticator(TokenTable({"node-1-token": "node-1"}), frozenset({ZTUNNEL_ID}))
     return ConfigServer(auth, **kwargs)
 
 
@@ -123,7 +124,7 @@ async def test_a_proxy_waits_for_the_first_snapshot(root: Pki) -> None:
 @pytest.mark.parametrize(
     ("token", "identity", "reason"),
     [
-        ("stolen", ZTUNNEL_ID, "wrong token"),
+        ("stolen", ZTUNNEL_ID, "no valid token for node"),
         ("node-1-token", SpiffeId("cluster.local", "default", "client"), "not a proxy identity"),
     ],
 )
