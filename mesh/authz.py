@@ -27,7 +27,6 @@ from mesh.model import (
     Authorization,
     MeshSnapshot,
     Operation,
-    PeerAuthentication,
     Rule,
     Source,
     Workload,
@@ -171,13 +170,11 @@ def _network(block: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     return ipaddress.ip_network(block, strict=False)
 
 
-def peer_auth_mode(source: MeshSnapshot | Iterable[PeerAuthentication], workload: Workload) -> Mode:
+def peer_auth_mode(snapshot: MeshSnapshot, workload: Workload) -> Mode:
     """The mTLS mode for ``workload``: a PeerAuthentication selecting it by label beats its
     namespace's, which beats the mesh-wide one of the root namespace; UNSET defers to the
     next level; with none set, PERMISSIVE. Ties at one level go to the first by name."""
-    if not isinstance(source, MeshSnapshot):
-        source = MeshSnapshot(0, peer_authentications=tuple(source))
-    for pa in source.peer_authentication_for(workload):
+    for pa in snapshot.peer_authentication_for(workload):
         if pa.mode != "UNSET":
             return pa.mode
     return "PERMISSIVE"

@@ -6,9 +6,9 @@ Four counters, each labelled with :data:`LABEL_NAMES`:
 
 Bytes follow Istio: ``received`` is what the client sent towards the destination
 (request bytes), ``sent`` what went back to the client (response bytes), for
-either reporter. The relay does not touch a counter per chunk: it adds to a
-:class:`ConnectionMeter` (an integer addition) that is flushed at close and,
-for long connections, every few seconds by :func:`flush_periodically`.
+either reporter. The relay does not touch a counter per chunk: it counts in its
+``RelayStats``, and the proxy's telemetry moves the bytes to the counters at
+close and, for long connections, every few seconds.
 """
 
 from __future__ import annotations
@@ -17,9 +17,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import astuple, dataclass, fields
 from functools import cached_property
-from typing import Literal, NoReturn, TypeAlias
+from typing import Literal, TypeAlias
 
-import trio
 from prometheus_client import CollectorRegistry, Counter
 
 from mesh.identity import SpiffeId
@@ -187,33 +186,3 @@ class TcpMetrics:
             self.sent_bytes.labels(*labels.values).inc(sent)
         if received:
             self.received_bytes.labels(*labels.values).inc(received)
-
-
-class ConnectionMeter:
-    """Counts one connection's bytes cheaply; :meth:`flush` moves them to the counters."""
-
-    def __init__(self, metrics: TcpMetrics, labels: TcpLabels) -> None:
-        self.metrics = metrics
-        self.labels = labels
-        self.sent = 0  # not yet flushed
-        self.received = 0
-
-    def add(self, sent: int = 0, received: int = 0) -> None:
-        """Count bytes sent to the client and received from it (see the module docstring)."""
-        self.sent += sent
-        self.received += received
-
-    def flush(self) -> None:
-        if self.sent or self.received:
-            sent, received = self.sent, self.received
-            self.sent = self.received = 0
-            self.metrics.add_bytes(self.labels, sent, received)
-
-
-async def flush_periodically(meters: set[ConnectionMeter], interval: float = 5.0) -> NoReturn:
-    """Flush every meter in ``meters`` each ``interval`` seconds, until cancelled. The owner
-    adds a meter when its connection opens, and flushes and discards it at close."""
-    while True:
-        await trio.sleep(interval)
-        for meter in list(meters):
-            meter.flush()

@@ -359,13 +359,14 @@ def test_deny_rule_with_only_l7_fields_denies_everything() -> None:
 
 
 def test_default_mode_is_permissive() -> None:
-    assert peer_auth_mode([], WEB) == "PERMISSIVE"
+    assert peer_auth_mode(snapshot(), WEB) == "PERMISSIVE"
     assert peer_auth_mode(snapshot(), WEB) == "PERMISSIVE"
 
 
 def test_mesh_wide_mode() -> None:
     assert (
-        peer_auth_mode([peer_auth("mesh", "STRICT", namespace=SYSTEM_NAMESPACE)], WEB) == "STRICT"
+        peer_auth_mode(snapshot(peer_auth("mesh", "STRICT", namespace=SYSTEM_NAMESPACE)), WEB)
+        == "STRICT"
     )
 
 
@@ -373,18 +374,19 @@ def test_namespace_beats_mesh_and_workload_beats_namespace() -> None:
     mesh = peer_auth("mesh", "STRICT", namespace=SYSTEM_NAMESPACE)
     ns = peer_auth("ns", "PERMISSIVE")
     web = peer_auth("web", "DISABLE", selector={"app": "web"})
-    assert peer_auth_mode([mesh, ns], WEB) == "PERMISSIVE"
-    assert peer_auth_mode([mesh, ns, web], WEB) == "DISABLE"
+    assert peer_auth_mode(snapshot(mesh, ns), WEB) == "PERMISSIVE"
+    assert peer_auth_mode(snapshot(mesh, ns, web), WEB) == "DISABLE"
     assert peer_auth_mode(snapshot(mesh, ns, web), workload("db", ip="10.0.0.2")) == "PERMISSIVE"
 
 
 def test_unset_falls_back_to_the_next_level() -> None:
     mesh = peer_auth("mesh", "STRICT", namespace=SYSTEM_NAMESPACE)
     assert (
-        peer_auth_mode([mesh, peer_auth("web", "UNSET", selector={"app": "web"})], WEB) == "STRICT"
+        peer_auth_mode(snapshot(mesh, peer_auth("web", "UNSET", selector={"app": "web"})), WEB)
+        == "STRICT"
     )
-    assert peer_auth_mode([mesh, peer_auth("ns", "UNSET")], WEB) == "STRICT"
-    assert peer_auth_mode([peer_auth("ns", "UNSET")], WEB) == "PERMISSIVE"
+    assert peer_auth_mode(snapshot(mesh, peer_auth("ns", "UNSET")), WEB) == "STRICT"
+    assert peer_auth_mode(snapshot(peer_auth("ns", "UNSET")), WEB) == "PERMISSIVE"
 
 
 def test_other_namespaces_and_selectors_do_not_apply() -> None:
@@ -393,8 +395,11 @@ def test_other_namespaces_and_selectors_do_not_apply() -> None:
         peer_auth("db", "STRICT", selector={"app": "db"}),
         peer_auth("mesh-selected", "STRICT", namespace=SYSTEM_NAMESPACE, selector={"app": "web"}),
     ]
-    assert peer_auth_mode(policies, WEB) == "PERMISSIVE"
+    assert peer_auth_mode(snapshot(*policies), WEB) == "PERMISSIVE"
 
 
 def test_ties_at_one_level_go_to_the_first_by_name() -> None:
-    assert peer_auth_mode([peer_auth("b", "DISABLE"), peer_auth("a", "STRICT")], WEB) == "STRICT"
+    assert (
+        peer_auth_mode(snapshot(peer_auth("b", "DISABLE"), peer_auth("a", "STRICT")), WEB)
+        == "STRICT"
+    )

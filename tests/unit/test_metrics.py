@@ -12,14 +12,14 @@ from mesh.accesslog import KEYS, log_connection
 from mesh.admin import Request, Response, metrics_route
 from mesh.metrics import (
     LABEL_NAMES,
-    ConnectionMeter,
     TcpLabels,
     TcpMetrics,
-    flush_periodically,
     workload_name,
 )
 from mesh.reason import Failure, Reason
+from mesh.record import ConnectionRecord
 from tests.builders import identity, service, workload
+from ztunnel.telemetry import ZtunnelTelemetry
 
 # Written out, not imported: these are the names Istio's dashboards query.
 ISTIO_NAMES = {
@@ -174,40 +174,36 @@ def test_connections_opened_and_closed_are_counted() -> None:
     assert sample(registry, "istio_tcp_connections_closed_total", labels) == 1
 
 
-def test_meter_accumulates_until_flushed() -> None:
+async def test_long_connections_report_bytes_every_few_seconds(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     registry = CollectorRegistry()
+    telemetry = ZtunnelTelemetry(TcpMetrics(registry))
+    record = ConnectionRecord(
+        "inbound",
+        src_addr=("10.0.0.10", 40000),
+        dst_addr=(SERVER.ip, 8080),
+        src_workload=CLIENT,
+        src_identity=CLIENT.identity,
+        dst_workload=SERVER,
+        dst_service=WEB,
+        mtls=True,
+    )
     labels = mtls_labels()
-    meter = ConnectionMeter(TcpMetrics(registry), labels)
-    for _ in range(100):
-        meter.add(sent=3, received=5)
-    assert sample(registry, "istio_tcp_sent_bytes_total", labels) is None  # nothing pushed yet
-    meter.flush()
-    meter.flush()  # nothing new: no double counting
-    assert sample(registry, "istio_tcp_sent_bytes_total", labels) == 300
-    assert sample(registry, "istio_tcp_received_bytes_total", labels) == 500
-    meter.add(received=7)
-    meter.flush()
-    assert sample(registry, "istio_tcp_sent_bytes_total", labels) == 300
-    assert sample(registry, "istio_tcp_received_bytes_total", labels) == 507
-
-
-async def test_meters_are_flushed_periodically(autojump_clock: trio.testing.MockClock) -> None:
-    registry = CollectorRegistry()
-    labels = mtls_labels()
-    meter = ConnectionMeter(TcpMetrics(registry), labels)
-    meters = {meter}
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(flush_periodically, meters, 5.0)
-            meter.add(sent=1000)
+            nursery.start_soon(telemetry.flush_periodically, 5.0)
+            telemetry.opened(record)
+            record.stats.sent += 1000  # inbound, relay(peer, app): 1000 bytes from the client
             await trio.sleep(4.9)
-            assert sample(registry, "istio_tcp_sent_bytes_total", labels) is None
+            assert sample(registry, "istio_tcp_received_bytes_total", labels) is None
             await trio.sleep(0.2)
-            assert sample(registry, "istio_tcp_sent_bytes_total", labels) == 1000
-            meters.discard(meter)
-            meter.add(sent=1)
+            assert sample(registry, "istio_tcp_received_bytes_total", labels) == 1000
+            record.stats.sent += 1
+            telemetry.closed(record, None)  # the rest at close, never counted twice
             await trio.sleep(10)
-            assert sample(registry, "istio_tcp_sent_bytes_total", labels) == 1000
+            assert sample(registry, "istio_tcp_received_bytes_total", labels) == 1001
+            assert sample(registry, "istio_tcp_connections_closed_total", labels) == 1
             nursery.cancel_scope.cancel()
 
 
