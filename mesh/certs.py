@@ -27,6 +27,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
+from mesh.backoff import Backoff
 from mesh.ca_client import (
     BadCaResponse,
     CaClient,
@@ -78,19 +79,16 @@ class Signer(Protocol):
         ...
 
 
+RENEWAL_BACKOFF = Backoff(initial=1.0, maximum=300.0, jitter=False)
+
+
 @dataclass(frozen=True)
 class RenewalPolicy:
     """How the manager asks for certificates and retries when it cannot get one."""
 
     ttl_seconds: int | None = None  # None: the CA's default (24 h)
-    backoff_initial: float = 1.0
-    backoff_multiplier: float = 2.0
-    backoff_max: float = 300.0
-
-    def backoff(self, failures: int) -> float:
-        """Seconds to wait after the ``failures``-th failure in a row (1, 2, 4... capped)."""
-        delay = self.backoff_initial * self.backoff_multiplier ** max(0, failures - 1)
-        return float(min(delay, self.backoff_max))
+    # 1, 2, 4... s, capped. No jitter: renewals are already spread by issue time.
+    backoff: Backoff = RENEWAL_BACKOFF
 
 
 @dataclass(frozen=True)
@@ -194,7 +192,7 @@ class CertificateManager:
                 except Exception as exc:  # whatever the signer raised: keep the old cert
                     failures += 1
                     self._failures += 1
-                    delay = self.policy.backoff(failures)
+                    delay = self.policy.backoff.delay(failures)
                     retry_at = trio.current_time() + delay
                     left = entry.cert.not_after - dt.datetime.now(dt.UTC)
                     log.warning(

@@ -28,6 +28,7 @@ from functools import partial
 import structlog
 import trio
 
+from mesh.backoff import Backoff
 from mesh.reason import Reason
 
 log = structlog.get_logger("mesh.net")
@@ -35,8 +36,7 @@ log = structlog.get_logger("mesh.net")
 ConnectionHandler = Callable[[trio.SocketStream], Awaitable[None]]
 
 CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
-CAPACITY_BACKOFF_FIRST = 0.01
-CAPACITY_BACKOFF_MAX = 1.0
+CAPACITY_BACKOFF = Backoff(initial=0.01, maximum=1.0)
 
 
 async def open_listener(host: str, port: int, *, backlog: int = 1024) -> trio.socket.SocketType:
@@ -84,7 +84,7 @@ async def _accept_loop(
     handler_nursery: trio.Nursery,
     name: str,
 ) -> None:
-    delay = CAPACITY_BACKOFF_FIRST
+    next_delay = CAPACITY_BACKOFF.delays()
     exhausted = False
     while True:
         try:
@@ -101,12 +101,11 @@ async def _accept_loop(
                     hint="too many open connections or files: raise the file limit"
                     " (ulimit -n / LimitNOFILE) or the memory limit",
                 )
-            await trio.sleep(delay)
-            delay = min(delay * 2, CAPACITY_BACKOFF_MAX)
+            await trio.sleep(next_delay())
             continue
         if exhausted:
             exhausted = False
-            delay = CAPACITY_BACKOFF_FIRST
+            next_delay = CAPACITY_BACKOFF.delays()
             log.info("accept_capacity_recovered", listener=name)
         handler_nursery.start_soon(partial(serve_connection, handler, stream, name))
 

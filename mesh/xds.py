@@ -22,14 +22,13 @@ version it has, so the control plane can send only what changed since.
 from __future__ import annotations
 
 import json
-import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, Final
 
 import structlog
 import trio
 
+from mesh.backoff import Backoff
 from mesh.hbone import HboneError, HboneStream
 from mesh.hbone.client import HboneClientPool
 from mesh.identity import SpiffeId
@@ -104,26 +103,6 @@ class MessageStream:
                 return None
             self._ready.extend(self._decoder.feed(data))
         return self._ready.pop(0)
-
-
-@dataclass(frozen=True)
-class Backoff:
-    initial: float = 0.5
-    maximum: float = 30.0
-    multiplier: float = 2.0
-
-    def delays(self) -> Callable[[], float]:
-        """A function returning the next delay: exponential steps c, capped, each delay
-        drawn uniformly from [c/2, c] ("equal jitter": never less than half a step)."""
-        current = self.initial
-
-        def next_delay() -> float:
-            nonlocal current
-            delay = random.uniform(current / 2, current)
-            current = min(current * self.multiplier, self.maximum)
-            return delay
-
-        return next_delay
 
 
 class ConfigClient:

@@ -19,6 +19,7 @@ import trio
 from prometheus_client import CollectorRegistry
 
 from mesh.admin import Request, Response, json_response, metrics_route, ready_route, serve_http
+from mesh.backoff import Backoff
 from mesh.ca_client import CaClient, CertificateRequestError
 from mesh.certs import CertificateManager, open_certificate_manager
 from mesh.constants import ADMIN_PORT, METRICS_PORT, READINESS_PORT
@@ -38,6 +39,7 @@ from ztunnel.node import Ztunnel
 from ztunnel.telemetry import ZtunnelTelemetry
 
 log = structlog.get_logger("ztunnel")
+RETRY = Backoff(initial=0.2, maximum=10.0)  # ztunnel's own certificate, at start
 
 
 @dataclass(frozen=True)
@@ -83,15 +85,15 @@ class PodsFile:
 async def _own_certificate(certs: CertificateManager, config: ZtunnelConfig) -> None:
     """ztunnel's own certificate, retrying while the CA is not there yet."""
     identity = ztunnel_identity(config.trust_domain)
-    delay = 0.2
+    next_delay = RETRY.delays()
     while True:
         try:
             await certs.fetch_now(identity)
             return
         except CertificateRequestError as exc:
-            log.warning("ztunnel_certificate_failed", reason=str(exc), retry_in=delay)
+            delay = next_delay()
+            log.warning("ztunnel_certificate_failed", reason=str(exc), retry_in=round(delay, 3))
         await trio.sleep(delay)
-        delay = min(delay * 2, 10.0)
 
 
 async def run_ztunnel(

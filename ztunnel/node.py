@@ -22,6 +22,7 @@ from typing import Any
 import structlog
 import trio
 
+from mesh.backoff import Backoff
 from mesh.ca_client import CertificateRequestError
 from mesh.certs import CertificateManager
 from mesh.hbone import HboneSettings
@@ -34,7 +35,7 @@ from ztunnel.pod import CapturedPod
 
 log = structlog.get_logger("ztunnel")
 
-SETUP_RETRY_MAX = 10.0
+SETUP_RETRY = Backoff(initial=0.2, maximum=10.0)
 
 
 @dataclass(eq=False)
@@ -148,7 +149,7 @@ class Ztunnel:
         Only the failures setup can meet are retried (namespace gone, port taken,
         CA unreachable or refusing); anything else is a bug and ends ztunnel with
         its traceback."""
-        delay = 0.2
+        next_delay = SETUP_RETRY.delays()
         with slot.scope:
             while True:
                 try:
@@ -158,8 +159,7 @@ class Ztunnel:
                     slot.captured = False
                     slot.error = str(exc)
                     log.warning("pod_capture_failed", pod=slot.workload.uid, reason=str(exc))
-                await trio.sleep(delay)
-                delay = min(delay * 2, SETUP_RETRY_MAX)
+                await trio.sleep(next_delay())
 
     async def _capture(self, slot: _PodSlot) -> None:
         workload = slot.workload

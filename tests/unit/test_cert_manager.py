@@ -13,6 +13,7 @@ import trio.testing
 from cryptography.hazmat.primitives import serialization
 
 from ca import CertificateAuthority, LocalSigner
+from mesh.backoff import Backoff
 from mesh.certs import (
     BadCaResponse,
     CaRefused,
@@ -27,7 +28,7 @@ from mesh.identity import SpiffeId, WorkloadCertificate, build_csr, generate_key
 WEB = SpiffeId("cluster.local", "default", "web")
 DB = SpiffeId("cluster.local", "default", "db")
 A_YEAR = 365 * 86400.0
-POLICY = RenewalPolicy(backoff_initial=1.0, backoff_multiplier=2.0, backoff_max=8.0)
+POLICY = RenewalPolicy(backoff=Backoff(initial=1.0, maximum=8.0, jitter=False))
 
 
 @dataclass
@@ -140,7 +141,7 @@ async def test_failed_renewal_keeps_the_old_certificate_and_backs_off(
             assert manager.get(WEB) is first
             attempts = signer.calls[1:]
             gaps = [b - a for a, b in itertools.pairwise(attempts)]
-            assert gaps == pytest.approx([1, 2, 4, 8, 8])  # doubling, capped at backoff_max
+            assert gaps == pytest.approx([1, 2, 4, 8, 8])  # doubling, capped at the maximum
 
             fail(False)
             await trio.sleep(8)
