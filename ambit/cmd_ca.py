@@ -8,7 +8,7 @@ from pathlib import Path
 
 import trio
 
-from mesh.constants import CONTROL_PLANE_PORT
+from mesh.constants import CONTROL_PLANE_PORT, DEFAULT_TRUST_DOMAIN
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--tokens", required=True, type=Path, help="token file (see above)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=CONTROL_PLANE_PORT)
-    parser.add_argument("--trust-domain", default="cluster.local")
+    parser.add_argument("--trust-domain", default=DEFAULT_TRUST_DOMAIN)
     parser.add_argument("--intermediate", action="store_true", help="sign with an intermediate")
     parser.set_defaults(run=run)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import trio
 
-from mesh.constants import CONFIG_STREAM_PORT, CONTROL_PLANE_PORT
+from mesh.constants import CONFIG_STREAM_PORT, CONTROL_PLANE_PORT, DEFAULT_TRUST_DOMAIN
 
 
 def _address(text: str, default_port: int) -> tuple[str, int]:
@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--trust-bundle", required=True, type=Path, help="PEM roots to trust")
     parser.add_argument("--pods-file", required=True, type=Path, help='{"ns/pod": "netns"} JSON')
     parser.add_argument("--listen-ip", default="0.0.0.0", help="address for 15020 and 15021")
-    parser.add_argument("--trust-domain", default="cluster.local")
+    parser.add_argument("--trust-domain", default=DEFAULT_TRUST_DOMAIN)
     parser.set_defaults(run=run)
 
 

@@ -2,7 +2,10 @@
 
 from typing import Final
 
-DEFAULT_TRUST_DOMAIN: Final = "cluster.local"
+DEFAULT_TRUST_DOMAIN: Final = "cluster.local"  # SPIFFE ids: spiffe://<trust domain>/ns/...
+# DNS names of Services: <name>.<namespace>.svc.<cluster domain>. A separate setting from the
+# trust domain (Kubernetes' clusterDomain), though both default to the same words.
+DEFAULT_CLUSTER_DOMAIN: Final = "cluster.local"
 
 # Data-path ports inside each pod network namespace.
 OUTBOUND_CAPTURE_PORT: Final = 15001

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, ClassVar, Literal, TypeAlias
 
-from mesh.constants import DEFAULT_TRUST_DOMAIN, SYSTEM_NAMESPACE
+from mesh.constants import DEFAULT_CLUSTER_DOMAIN, DEFAULT_TRUST_DOMAIN, SYSTEM_NAMESPACE
 from mesh.identity import IdentityError, SpiffeId
 from mesh.jsonform import JsonForm, ModelError
 
@@ -180,7 +180,7 @@ class Service(JsonForm):
 
     @property
     def hostname(self) -> str:
-        return f"{self.name}.{self.namespace}.svc.cluster.local"
+        return f"{self.name}.{self.namespace}.svc.{DEFAULT_CLUSTER_DOMAIN}"
 
     def port(self, port: int) -> ServicePort | None:
         return next((p for p in self.ports if p.port == port), None)

@@ -22,7 +22,7 @@ from mesh.admin import Request, Response, json_response, metrics_route, ready_ro
 from mesh.backoff import Backoff
 from mesh.ca_client import CaClient, CertificateRequestError
 from mesh.certs import CertificateManager, open_certificate_manager
-from mesh.constants import ADMIN_PORT, METRICS_PORT, READINESS_PORT
+from mesh.constants import ADMIN_PORT, DEFAULT_TRUST_DOMAIN, METRICS_PORT, READINESS_PORT
 from mesh.hbone.client import open_hbone_pool
 from mesh.identity import (
     SpiffeId,
@@ -50,7 +50,7 @@ class ZtunnelConfig:
     token: str
     bundle: TrustBundle
     pods_file: Path
-    trust_domain: str = "cluster.local"
+    trust_domain: str = DEFAULT_TRUST_DOMAIN
     listen_ip: str = "0.0.0.0"
     admin_port: int = ADMIN_PORT
     metrics_port: int = METRICS_PORT

@@ -24,9 +24,10 @@ from k8s.local.objects import (
     ServiceSpec,
     is_meshed,
 )
+from mesh.constants import DEFAULT_CLUSTER_DOMAIN
 
 SERVICES_CHAIN = "AMBIT-SERVICES"
-CLUSTER_DOMAIN = "cluster.local"
+CLUSTER_DOMAIN = DEFAULT_CLUSTER_DOMAIN
 PodRef = tuple[str, str]  # (namespace, name)
 
 
