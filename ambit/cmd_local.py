@@ -310,7 +310,7 @@ def run_logs(args: argparse.Namespace) -> int:
 def run_daemon(args: argparse.Namespace) -> int:
     from k8s.local.config import ClusterConfig, parse_cidr
     from k8s.local.daemon import run_daemon as daemon_main
-    from k8s.local.hooks import default_hooks
+    from k8s.localmesh import default_hooks
 
     try:
         config = ClusterConfig(

@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import h11
 import structlog
 import trio
 
@@ -37,7 +38,7 @@ from mesh.netns import NetnsError, NetworkNamespace
 
 log = structlog.get_logger("k8s.localmesh")
 
-CONFIG_DUMP_REQUEST = b"GET /config_dump HTTP/1.1\r\nHost: ztunnel\r\nConnection: close\r\n\r\n"
+CONFIG_DUMP_LIMIT = 16 * 1024 * 1024
 
 
 def _write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
@@ -158,30 +159,49 @@ class LocalMesh:
         return state
 
 
-async def config_dump(netns: str, *, seconds: float = 2.0) -> dict[str, Any] | None:
-    """GET /config_dump from the ztunnel in ``netns`` (its admin port is loopback-only)."""
+def default_hooks() -> LocalHooks:
+    """The hooks ``ambit local-daemon`` uses: the control plane and a ztunnel per node."""
+    return LocalMesh().hooks()
 
+
+async def config_dump(netns: str, *, seconds: float = 2.0) -> dict[str, Any] | None:
+    """GET /config_dump from the ztunnel in ``netns`` (its admin port is loopback-only);
+    None when it does not answer 200 with a JSON object in time."""
     try:
         with NetworkNamespace.open(netns) as handle:
-            raw = handle.raw_socket()
+            sock = handle.socket(mark=None)
     except NetnsError:  # the namespace is gone: nothing to report
         return None
-    sock = trio.socket.from_stdlib_socket(raw)
+    client = h11.Connection(h11.CLIENT)
+    request = h11.Request(
+        method="GET",
+        target="/config_dump",
+        headers=[("host", "ztunnel"), ("connection", "close")],
+    )
+    status, body = 0, bytearray()
     with sock, trio.move_on_after(seconds):
         try:
             await sock.connect(("127.0.0.1", ADMIN_PORT))
-            await sock.send(CONFIG_DUMP_REQUEST)
-            data = bytearray()
-            while chunk := await sock.recv(65536):
-                data += chunk
-        except OSError:
+            stream = trio.SocketStream(sock)
+            await stream.send_all(client.send(request) + client.send(h11.EndOfMessage()))
+            while True:
+                event = client.next_event()
+                if event is h11.NEED_DATA:
+                    client.receive_data(await stream.receive_some())
+                elif isinstance(event, h11.Response):
+                    status = event.status_code
+                elif isinstance(event, h11.Data):
+                    body += event.data
+                    if len(body) > CONFIG_DUMP_LIMIT:
+                        return None
+                elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+                    break
+        except (OSError, trio.BrokenResourceError, h11.ProtocolError):
             return None
-        head, _, body = bytes(data).partition(b"\r\n\r\n")
-        if not head.startswith(b"HTTP/1.1 200"):
-            return None
-        try:
-            parsed = json.loads(body)
-        except ValueError:
-            return None
-        return parsed if isinstance(parsed, dict) else None
-    return None
+    if status != 200:
+        return None
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return None
+    return parsed if isinstance(parsed, dict) else None

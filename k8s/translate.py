@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from k8s import manifests as m
+from k8s.endpoints import selects, target_port
 from mesh import model
 from mesh.constants import DEFAULT_TRUST_DOMAIN, LABEL_DATAPLANE_MODE
 
@@ -139,12 +140,12 @@ def _service(svc: m.Service, pods: list[m.Pod]) -> model.Service:
     )
     endpoints = []
     for pod in pods:
-        if pod.namespace != svc.namespace or not model.selector_matches(svc.selector, pod.labels):
+        if not selects(svc.namespace, svc.selector, pod.namespace, dict(pod.labels)):
             continue
         named = dict(pod.named_ports)
         mapping = []
         for p in svc.ports:
-            target = named.get(p.target_port) if isinstance(p.target_port, str) else p.target_port
+            target = target_port(p.target_port, named)
             if target is not None:
                 mapping.append((p.port, target))
         if mapping:

@@ -18,7 +18,8 @@ and calls the hooks of :class:`LocalHooks`:
   and ``ambit get`` shows it. When None (no ztunnel yet), meshing is not
   waited for and capture shows as unknown.
 
-The defaults do nothing, which is local mode without a mesh.
+The defaults do nothing, which is local mode without a mesh;
+:func:`k8s.localmesh.default_hooks` wires the mesh in.
 """
 
 from __future__ import annotations
@@ -131,10 +132,3 @@ class LocalHooks:
     on_objects_changed: Callable[[LocalSnapshot], None] = _nothing_changed
     ztunnel_command: Callable[[NodeView, ClusterConfig], Sequence[str] | None] = _no_ztunnel
     mesh_state: Callable[[LocalSnapshot], Awaitable[Mapping[PodRef, MeshState]]] | None = None
-
-
-def default_hooks() -> LocalHooks:
-    """The hooks ``ambit local-daemon`` uses: the control plane and a ztunnel per node."""
-    from k8s.localmesh import LocalMesh  # the mesh builds on this module
-
-    return LocalMesh().hooks()

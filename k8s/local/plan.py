@@ -13,6 +13,7 @@ import ipaddress
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
+from k8s.endpoints import selects, target_port
 from k8s.local.config import DEFAULT_NODES, ClusterConfig
 from k8s.local.errors import LocalClusterError
 from k8s.local.objects import (
@@ -278,19 +279,15 @@ def _service_ports(service: ServiceSpec, pods: Iterable[PodPlan]) -> tuple[Servi
     members = [
         p
         for p in pods
-        if service.selector
-        and p.spec.namespace == service.namespace
-        and all(p.spec.labels.get(k) == v for k, v in service.selector.items())
+        if selects(service.namespace, service.selector, p.spec.namespace, p.spec.labels)
     ]
     plans: list[ServicePortPlan] = []
     for port in service.ports:
         endpoints: list[Endpoint] = []
         for pod in members:
-            target = port.target_port
-            if isinstance(target, str):
-                if target not in pod.spec.named_ports:
-                    continue
-                target = pod.spec.named_ports[target]
+            target = target_port(port.target_port, pod.spec.named_ports)
+            if target is None:
+                continue
             endpoints.append(Endpoint(pod.ip, target, f"{pod.spec.namespace}/{pod.spec.name}"))
         plans.append(ServicePortPlan(port, tuple(endpoints)))
     return tuple(plans)

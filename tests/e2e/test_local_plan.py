@@ -13,9 +13,10 @@ import pytest
 
 from k8s.local.config import ClusterConfig
 from k8s.local.errors import LocalClusterError
-from k8s.local.hooks import LocalHooks, LocalSnapshot, NodeView, default_hooks
+from k8s.local.hooks import LocalHooks, LocalSnapshot, NodeView
 from k8s.local.objects import ManifestProblem, load_objects
 from k8s.local.plan import Allocation, plan_cluster, render_hosts, render_service_rules
+from k8s.localmesh import default_hooks
 
 CONFIG = ClusterConfig(
     Path("/nonexistent"), "1a2b",
