@@ -17,8 +17,8 @@ import structlog
 import trio
 
 from ca import CertificateAuthority, LocalSigner, serve_ca
+from k8s.config_server import ConfigServer, node_token_authenticator
 from k8s.manifests import K8sObject
-from k8s.server import ConfigServer, node_token_authenticator
 from k8s.translate import translate
 from mesh.certs import open_certificate_manager
 from mesh.constants import CONFIG_STREAM_PORT, CONTROL_PLANE_PORT, DEFAULT_TRUST_DOMAIN

@@ -22,6 +22,7 @@ from mesh.admin import Request, Response, json_response, metrics_route, ready_ro
 from mesh.backoff import Backoff
 from mesh.ca_client import CaClient, CertificateRequestError
 from mesh.certs import CertificateManager, open_certificate_manager
+from mesh.config_stream import ConfigClient
 from mesh.constants import ADMIN_PORT, DEFAULT_TRUST_DOMAIN, METRICS_PORT, READINESS_PORT
 from mesh.hbone.client import open_hbone_pool
 from mesh.identity import (
@@ -34,9 +35,8 @@ from mesh.identity import (
 from mesh.memory import serve_heap_trimmer
 from mesh.metrics import TcpMetrics
 from mesh.model import Workload
-from mesh.xds import ConfigClient
-from ztunnel.node import Ztunnel
 from ztunnel.telemetry import ZtunnelTelemetry
+from ztunnel.ztunnel import Ztunnel
 
 log = structlog.get_logger("ztunnel")
 RETRY = Backoff(initial=0.2, maximum=10.0)  # ztunnel's own certificate, at start

@@ -28,7 +28,7 @@ from mesh.record import ConnectionRecord
 from tests.builders import allow, deny, peer_auth, rule, service, snapshot, source, workload
 from tests.e2e.conftest import free_octet
 from tests.waiting import wait_until
-from ztunnel.node import Ztunnel
+from ztunnel.ztunnel import Ztunnel
 
 pytestmark = pytest.mark.root
 APP_PORT = 8080

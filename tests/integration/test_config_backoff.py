@@ -16,14 +16,14 @@ import trio
 import trio.testing
 from structlog.testing import capture_logs
 
-from k8s.server import ConfigServer, node_token_authenticator
+from k8s.config_server import ConfigServer, node_token_authenticator
 from mesh.backoff import Backoff
+from mesh.config_stream import ConfigClient
 from mesh.hbone.client import dial_tcp, open_hbone_pool
 from mesh.hbone.server import serve_hbone
 from mesh.identity import SpiffeId, WorkloadCertificate
 from mesh.model import MeshSnapshot
 from mesh.tokens import TokenTable
-from mesh.xds import ConfigClient
 from tests.builders import snapshot, workload
 from tests.pki import Pki
 from tests.waiting import wait_until

@@ -10,13 +10,13 @@ import pytest
 import trio
 from structlog.testing import capture_logs
 
-from k8s.server import ConfigServer, node_token_authenticator
+from k8s.config_server import ConfigServer, node_token_authenticator
 from mesh.backoff import Backoff
+from mesh.config_stream import ConfigClient
 from mesh.hbone.client import open_hbone_pool
 from mesh.identity import SpiffeId
 from mesh.model import MeshSnapshot
 from mesh.tokens import TokenTable
-from mesh.xds import ConfigClient
 from tests.builders import service, snapshot, workload
 from tests.integration.hbone_support import start_server
 from tests.integration.relay import Relay

@@ -4,7 +4,7 @@ The control plane calls :meth:`ConfigServer.publish` with each new
 :class:`~mesh.model.MeshSnapshot`; every subscribed proxy gets the
 :class:`~mesh.model.Delta` from its version, or the whole snapshot when it is
 new, too far behind, or asked for it. :meth:`ConfigServer.handle` is an HBONE
-request handler (see :mod:`mesh.xds` for the messages).
+request handler (see :mod:`mesh.config_stream` for the messages).
 
 A proxy that reads too slowly (its queue of updates is full) is disconnected;
 it reconnects and resynchronises, so a stuck proxy never holds memory here.
@@ -20,14 +20,14 @@ from typing import Final
 import structlog
 import trio
 
+from mesh.config_stream import ConfigStreamError, Message, MessageStream
 from mesh.hbone import HboneRequest
 from mesh.identity import SpiffeId
 from mesh.model import Delta, MeshSnapshot, diff
 from mesh.reason import Reason
 from mesh.tokens import TokenTable
-from mesh.xds import ConfigStreamError, Message, MessageStream
 
-log = structlog.get_logger("k8s.server")
+log = structlog.get_logger("k8s.config_server")
 
 HELLO_TIMEOUT: Final = 10.0
 QUEUE_LIMIT: Final = 32

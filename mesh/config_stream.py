@@ -35,7 +35,7 @@ from mesh.identity import SpiffeId
 from mesh.jsonform import ModelError
 from mesh.model import Delta, MeshSnapshot, apply
 
-log = structlog.get_logger("mesh.xds")
+log = structlog.get_logger("mesh.config_stream")
 
 MAX_MESSAGE: Final = 64 * 1024 * 1024
 Message = dict[str, Any]
