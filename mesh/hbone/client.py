@@ -90,7 +90,7 @@ class HboneClientPool:
         return {
             "connections": len(conns),
             "connections_opened": self.connections_opened,
-            "streams": sum(len(c._streams) for c in conns),
+            "streams": sum(c.statistics().streams for c in conns),
         }
 
     async def connect(
