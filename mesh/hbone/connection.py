@@ -1,7 +1,8 @@
 """One HTTP/2 connection over a byte stream, with its Trio tasks.
 
 :class:`Http2Connection` runs the :class:`~mesh.hbone.engine.Http2Engine`
-(frames, flow control, streams) with one reader task, one writer task
+(frames, flow control, streams) over any :class:`~mesh.hbone.transport.Transport`
+with one reader task, one writer task
 (:class:`~mesh.hbone.writer.FrameWriter`), a keepalive and an idle timer, and
 a task per incoming stream. HBONE is mutual TLS + this connection + CONNECT
 (:meth:`Http2Connection.open_stream` on the client side,
@@ -30,9 +31,10 @@ from h2.errors import ErrorCodes
 from mesh.hbone.engine import Http2Engine
 from mesh.hbone.settings import HboneConnectionError, HboneSettings
 from mesh.hbone.stream import H2Stream
+from mesh.hbone.transport import TRANSPORT_ERRORS, Transport
 from mesh.hbone.window import WindowStatistics
 from mesh.identity import SpiffeId
-from mesh.tls import TlsError, TlsStream
+from mesh.tls import TlsStream
 
 log = structlog.get_logger("mesh.hbone")
 
@@ -61,7 +63,7 @@ class Http2Connection(Http2Engine):
 
     def __init__(
         self,
-        tls: TlsStream,
+        transport: Transport,
         *,
         peer: SpiffeId | None,
         settings: HboneSettings,
@@ -70,10 +72,14 @@ class Http2Connection(Http2Engine):
         peer_address: tuple[str, int] | None = None,
         client_side: bool | None = None,
     ) -> None:
+        if client_side is None:
+            if not isinstance(transport, TlsStream):
+                raise TypeError("say client_side= for a transport other than TlsStream")
+            client_side = not transport.server_side
         super().__init__(
-            tls,
+            transport,
             settings=settings,
-            client_side=not tls.server_side if client_side is None else client_side,
+            client_side=client_side,
             peer=peer,
             peer_address=peer_address,
         )
@@ -153,14 +159,14 @@ class Http2Connection(Http2Engine):
     async def _run_guarded(self, loop: Callable[[], Awaitable[None]]) -> None:
         try:
             await loop()
-        except (TlsError, HboneConnectionError) as exc:
+        except (*TRANSPORT_ERRORS, HboneConnectionError) as exc:
             self.fail(
                 exc if isinstance(exc, HboneConnectionError) else HboneConnectionError(str(exc))
             )
 
     async def _close_transport(self) -> None:
         with trio.CancelScope(shield=True), trio.move_on_after(1.0):
-            with contextlib.suppress(TlsError, OSError):
+            with contextlib.suppress(*TRANSPORT_ERRORS, OSError):
                 await self.writer.flush()  # e.g. GOAWAY after a protocol error
             await self.transport.aclose()
 

@@ -38,10 +38,10 @@ from mesh import sockio
 from mesh.hbone import frames
 from mesh.hbone.settings import HboneConnectionError, HboneSettings
 from mesh.hbone.stream import H2Stream, Headers, StreamReset
+from mesh.hbone.transport import Transport
 from mesh.hbone.window import ReceiveWindow, WindowOverflow
 from mesh.hbone.writer import FrameWriter
 from mesh.identity import SpiffeId
-from mesh.tls import TlsStream
 
 
 class Http2Engine:
@@ -53,7 +53,7 @@ class Http2Engine:
 
     def __init__(
         self,
-        transport: TlsStream,
+        transport: Transport,
         *,
         settings: HboneSettings,
         client_side: bool,
@@ -137,12 +137,12 @@ class Http2Engine:
 
     async def read_loop(self) -> None:
         """Receive, split into frames, handle; raises at the end of the connection."""
-        tls = self.transport
+        transport = self.transport
         reader = self.reader
         yielder = sockio.Yielder()
         while True:
             await yielder.tick()  # receive_into does not checkpoint while data keeps coming
-            n = await tls.receive_into(reader.room())
+            n = await transport.receive_into(reader.room())
             if n == 0:
                 raise HboneConnectionError("peer closed the connection", code=ErrorCodes.NO_ERROR)
             self.bytes_received += n

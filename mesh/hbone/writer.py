@@ -20,7 +20,7 @@ import trio
 
 from mesh import sockio
 from mesh.hbone import frames
-from mesh.tls import TlsStream
+from mesh.hbone.transport import Transport
 
 DIRECT_WRITE_MIN = 16 * 1024  # DATA payloads this large skip the batching copy
 
@@ -28,7 +28,7 @@ DIRECT_WRITE_MIN = 16 * 1024  # DATA payloads this large skip the batching copy
 class FrameWriter:
     """Queue frames for a transport and run the one task that sends them."""
 
-    def __init__(self, transport: TlsStream, h2_output: Callable[[], bytes], *, limit: int) -> None:
+    def __init__(self, transport: Transport, h2_output: Callable[[], bytes], *, limit: int) -> None:
         self._transport = transport
         self._h2_output = h2_output
         self._limit = limit
