@@ -9,6 +9,9 @@ HTTP/2 engine that carries any request over any byte stream.
 - :mod:`mesh.hbone.engine`: frames, flow control and the stream table; h2
   keeps HEADERS, SETTINGS, RST_STREAM and PING; the engine owns DATA and all
   flow control (see DESIGN.md, "The hot path").
+- :mod:`mesh.hbone.goaway`: GOAWAY both ways, sans-IO (graceful two-phase).
+- :mod:`mesh.hbone.transport`: the byte stream under a connection: TLS, or
+  any ``trio.abc.Stream`` (memory streams, h2c, HTTP/2 inside HBONE).
 - :mod:`mesh.hbone.writer`: the one writer task and its batching.
 - :mod:`mesh.hbone.connection`: the engine with its Trio tasks; pool questions.
 - :mod:`mesh.hbone.request`: a CONNECT request as HBONE's server sees it.
@@ -21,8 +24,10 @@ from mesh.hbone.request import HboneRequest
 from mesh.hbone.settings import (
     HboneConnectionError,
     HboneError,
+    HboneRetryableError,
     HboneSettings,
     HboneStreamRefused,
+    HboneStreamTimeout,
 )
 from mesh.hbone.stream import H2Stream, HboneStream, StreamState
 
@@ -32,9 +37,11 @@ __all__ = [
     "HboneConnectionError",
     "HboneError",
     "HboneRequest",
+    "HboneRetryableError",
     "HboneSettings",
     "HboneStream",
     "HboneStreamRefused",
+    "HboneStreamTimeout",
     "Http2Connection",
     "StreamState",
 ]

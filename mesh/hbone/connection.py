@@ -28,8 +28,14 @@ import structlog
 import trio
 from h2.errors import ErrorCodes
 
+from mesh.hbone import frames
 from mesh.hbone.engine import Http2Engine
-from mesh.hbone.settings import HboneConnectionError, HboneSettings
+from mesh.hbone.settings import (
+    HboneConnectionError,
+    HboneRetryableError,
+    HboneSettings,
+    HboneStreamTimeout,
+)
 from mesh.hbone.stream import H2Stream
 from mesh.hbone.transport import TRANSPORT_ERRORS, Transport
 from mesh.hbone.window import WindowStatistics
@@ -88,7 +94,9 @@ class Http2Connection(Http2Engine):
         self.reserved = 0  # client streams promised by the pool, not yet opened
         self._io_scope: trio.CancelScope | None = None
         self._handlers: trio.Nursery | None = None
-        self._ping_ack: trio.Event | None = None
+        self._transport_closed = False
+        self._pings: dict[bytes, trio.Event] = {}  # PINGs in flight by their payload
+        self._ping_count = 0
 
     def statistics(self) -> ConnectionStatistics:
         return ConnectionStatistics(
@@ -112,7 +120,7 @@ class Http2Connection(Http2Engine):
         """May another stream be opened on this connection right now?"""
         return (
             self.error is None
-            and not self.goaway_received
+            and self.goaway.may_open()
             and len(self.streams) + self.reserved < self.stream_limit
         )
 
@@ -139,15 +147,40 @@ class Http2Connection(Http2Engine):
                             if self._idle_timeout is not None:
                                 io.start_soon(self._run_guarded, self._idle_loop)
                 self.fail(self.error or _closed())
+                # Now, not after the handlers: what was queued (the GOAWAY, the last
+                # END_STREAM of a drained connection) leaves, and the peer hears the end.
+                await self._close_transport()
         finally:
             self.fail(_closed())
             await self._close_transport()
 
     def close(self, reason: str = "closed by owner") -> None:
-        """Say GOAWAY and end the connection; :meth:`serve` returns soon after."""
-        if self.error is None:
-            self.h2.close_connection()
+        """Say GOAWAY and end the connection now; :meth:`serve` returns soon after."""
+        self.send_goaway(self.h2.highest_inbound_stream_id)
         self.fail(HboneConnectionError(reason, code=ErrorCodes.NO_ERROR))
+
+    async def graceful_goaway(self) -> None:
+        """Stop taking new streams and let the open ones finish (RFC 9113 §6.8).
+
+        First GOAWAY(2^31-1), so a stream the peer is opening right now still
+        counts; after a PING round trip (the peer has seen it), GOAWAY with the
+        real last stream id: streams above it are refused, those at or below it
+        run to completion, and the connection closes when the last one ends.
+        Returns once the final GOAWAY is queued; bound the drain with
+        :meth:`serve`'s caller (cancel, or :meth:`close`, at a deadline).
+        """
+        if self.error is not None or self.goaway.final_sent:
+            await trio.lowlevel.checkpoint()
+            return
+        self.send_goaway(frames.MAX_STREAM_ID)
+        with trio.move_on_after(self.settings.ping_timeout):
+            await self.ping()
+        self.send_goaway(self.h2.highest_inbound_stream_id)
+        if not self.streams:
+            self.drained()
+
+    def drained(self) -> None:
+        self.close("GOAWAY, and no stream left")
 
     def failing(self) -> None:
         if self._io_scope is not None:
@@ -165,6 +198,9 @@ class Http2Connection(Http2Engine):
             )
 
     async def _close_transport(self) -> None:
+        if self._transport_closed:
+            return
+        self._transport_closed = True
         with trio.CancelScope(shield=True), trio.move_on_after(1.0):
             with contextlib.suppress(*TRANSPORT_ERRORS, OSError):
                 await self.writer.flush()  # e.g. GOAWAY after a protocol error
@@ -200,6 +236,10 @@ class Http2Connection(Http2Engine):
         """Send request headers on a new stream; ``wait_response`` awaits the answer."""
         if self.error is not None:
             raise self.error
+        if not self.goaway.may_open():
+            raise HboneRetryableError(
+                "this connection is going away (GOAWAY); open the stream on another one"
+            )
         stream = self.new_stream(self.h2.get_next_available_stream_id())
         stream.send_headers(headers, end_stream=end_stream)
         return stream
@@ -209,8 +249,15 @@ class Http2Connection(Http2Engine):
     ) -> H2Stream:
         """Send ``CONNECT authority`` and return the stream once the peer answers 200."""
         stream = self.start_request([(":method", "CONNECT"), (":authority", authority), *headers])
+        timeout = self.settings.stream_open_timeout
         try:
-            await stream.wait_connect_answer()
+            with trio.move_on_after(timeout) as deadline:
+                await stream.wait_connect_answer()
+            if deadline.cancelled_caught:
+                raise HboneStreamTimeout(
+                    f"no answer to CONNECT {authority} within {timeout:g}s"
+                    " (is the destination's HBONE server overloaded or stalled?)"
+                )
         except BaseException:
             with trio.CancelScope(shield=True):
                 await stream.aclose()
@@ -219,19 +266,28 @@ class Http2Connection(Http2Engine):
 
     # ---- keepalive and idleness -----------------------------------------------
 
-    def ping_acked(self) -> None:
-        if self._ping_ack is not None:
-            self._ping_ack.set()
+    async def ping(self) -> None:
+        """Send a PING and wait for its answer (works after GOAWAY, either way)."""
+        self._ping_count += 1
+        data = self._ping_count.to_bytes(8, "big")
+        answered = self._pings[data] = trio.Event()
+        try:
+            self.h2.ping(data)
+            self.kick()
+            await answered.wait()
+        finally:
+            del self._pings[data]
+
+    def ping_acked(self, data: bytes) -> None:
+        if (answered := self._pings.get(data)) is not None:
+            answered.set()
 
     async def _keepalive_loop(self) -> None:
         settings = self.settings
         while True:
             await trio.sleep(settings.ping_interval)
-            self._ping_ack = trio.Event()
-            self.h2.ping(b"ambitpng")
-            self.kick()
             with trio.move_on_after(settings.ping_timeout):
-                await self._ping_ack.wait()
+                await self.ping()
                 continue
             raise HboneConnectionError(
                 f"peer did not answer a PING within {settings.ping_timeout:g}s; "

@@ -9,6 +9,10 @@ machine. The engine splits received bytes into frames itself
 and owns all flow control in both directions. h2 only ever sees *empty* DATA
 frames in place of the ones consumed, so it still learns END_STREAM and
 judges frames for closed or unknown streams; its own windows are never used.
+GOAWAY is the engine's too, both ways (:mod:`mesh.hbone.goaway`): stock h2
+closes its state when it sends or receives one, so h2 never sees ours or the
+peer's and keeps the streams that are to finish open. Only after a protocol
+error h2 found itself does h2 write its own GOAWAY, as the connection dies.
 
 Invariants:
 - The read path never awaits a send: it queues and wakes the writer
@@ -36,12 +40,15 @@ from h2.errors import ErrorCodes
 
 from mesh import sockio
 from mesh.hbone import frames
-from mesh.hbone.settings import HboneConnectionError, HboneSettings
+from mesh.hbone.goaway import Goaway
+from mesh.hbone.settings import HboneConnectionError, HboneRetryableError, HboneSettings
 from mesh.hbone.stream import H2Stream, Headers, StreamReset
 from mesh.hbone.transport import Transport
 from mesh.hbone.window import ReceiveWindow, WindowOverflow
 from mesh.hbone.writer import FrameWriter
 from mesh.identity import SpiffeId
+
+_ERROR_CODES = frozenset(int(code) for code in ErrorCodes)
 
 
 class Http2Engine:
@@ -93,7 +100,7 @@ class Http2Engine:
         self._peer_initial_window = 65_535
         self._peer_max_frame = frames.MIN_FRAME_SIZE
         self.error: HboneConnectionError | None = None
-        self.goaway_received = False
+        self.goaway = Goaway()
         self.idle_since = trio.current_time()
         self.bytes_received = 0
 
@@ -113,8 +120,11 @@ class Http2Engine:
         """The peer opened ``stream``; its request headers are in it."""
         stream.reject_nowait(503, "this endpoint accepts no streams")
 
-    def ping_acked(self) -> None:
-        """The peer answered our PING."""
+    def ping_acked(self, data: bytes) -> None:
+        """The peer answered our PING carrying ``data``."""
+
+    def drained(self) -> None:
+        """A GOAWAY was sent or received and no stream is left."""
 
     def failing(self) -> None:
         """The connection just failed (:attr:`error` says why)."""
@@ -162,8 +172,39 @@ class Http2Engine:
         self._h2_feed(data)
 
     def protocol_error(self, code: int, reason: str) -> None:
-        self.h2.close_connection(error_code=code)
+        self.send_goaway(self.h2.highest_inbound_stream_id, code)
         raise HboneConnectionError(f"peer broke HTTP/2: {reason}", code=code)
+
+    def send_goaway(self, last_stream_id: int, code: int = ErrorCodes.NO_ERROR) -> None:
+        """Queue our GOAWAY; h2 never sees it, so its state stays open for the streams
+        that are to finish (h2's own GOAWAY, after a protocol error it found, ends all)."""
+        if self.error is None:
+            self.writer.queue(frames.goaway(self.goaway.sending(last_stream_id), code))
+
+    def on_goaway(self, header: frames.FrameHeader, body: int) -> None:
+        if header.stream_id != 0:
+            self.protocol_error(ErrorCodes.PROTOCOL_ERROR, "GOAWAY on a stream")
+        if header.length < 8:
+            self.protocol_error(ErrorCodes.FRAME_SIZE_ERROR, "GOAWAY shorter than 8 bytes")
+        last, code, _debug = frames.parse_goaway(self.reader.buf, body, header.length)
+        self.goaway.received(last, code)
+        for sid, stream in list(self.streams.items()):
+            if self._is_ours(sid) and not self.goaway.processed_by_peer(sid):
+                self._detach(stream)
+                stream.on_reset(
+                    HboneRetryableError(
+                        f"the peer's GOAWAY (last stream {last}) says it never processed"
+                        f" stream {sid}; retry on another connection"
+                    )
+                )
+        if code != ErrorCodes.NO_ERROR:
+            name = ErrorCodes(code).name if code in _ERROR_CODES else str(code)
+            raise HboneConnectionError(f"peer sent GOAWAY with error {name}", code=code)
+        if not self.streams:
+            self.drained()
+
+    def _is_ours(self, stream_id: int) -> bool:
+        return (stream_id % 2 == 1) == self.client_side
 
     def _h2_feed(self, data: bytes) -> None:
         try:
@@ -268,10 +309,8 @@ class Http2Engine:
                 stream.on_reset(StreamReset(int(event.error_code or 0), by_peer=True))
         elif isinstance(event, h2.events.RemoteSettingsChanged):
             self._on_settings(event)
-        elif isinstance(event, h2.events.ConnectionTerminated):
-            self._on_goaway(event)
         elif isinstance(event, h2.events.PingAckReceived):
-            self.ping_acked()
+            self.ping_acked(bytes(event.ping_data or b""))
 
     def _on_settings(self, event: h2.events.RemoteSettingsChanged) -> None:
         changed = event.changed_settings
@@ -284,20 +323,11 @@ class Http2Engine:
         if (size := changed.get(h2.settings.SettingCodes.MAX_FRAME_SIZE)) is not None:
             self._peer_max_frame = int(size.new_value or frames.MIN_FRAME_SIZE)
 
-    def _on_goaway(self, event: h2.events.ConnectionTerminated) -> None:
-        self.goaway_received = True
-        code = int(event.error_code or 0)
-        if code != ErrorCodes.NO_ERROR:
-            raise HboneConnectionError(
-                f"peer sent GOAWAY with error {ErrorCodes(code).name}", code=code
-            )
-        last = event.last_stream_id or 0
-        for sid, stream in list(self.streams.items()):
-            if self.client_side and sid > last:
-                self._detach(stream)
-                stream.on_reset(StreamReset(ErrorCodes.REFUSED_STREAM, by_peer=True))
-
     def _on_request(self, event: h2.events.RequestReceived) -> None:
+        if not self.goaway.accepts(event.stream_id):  # opened after our GOAWAY: not processed
+            with contextlib.suppress(h2.exceptions.H2Error):
+                self.h2.reset_stream(event.stream_id, error_code=ErrorCodes.REFUSED_STREAM)
+            return
         stream = self.new_stream(event.stream_id, _decoded(event.headers))
         if event.stream_ended is not None:
             # Before anyone looks at the request: a handler must see that it ended.
@@ -392,9 +422,11 @@ class Http2Engine:
         if self.streams.get(stream.stream_id) is not stream:
             return
         del self.streams[stream.stream_id]
+        self._credit_connection(stream.buffered)
         if not self.streams:
             self.idle_since = trio.current_time()
-        self._credit_connection(stream.buffered)
+            if self.goaway.draining():
+                self.drained()
 
     def credit(self, stream: H2Stream, n: int) -> None:
         """``n`` bytes of ``stream`` were consumed: return flow-control credit."""

@@ -62,7 +62,8 @@ class StreamTransport:
     """A :class:`Transport` over any ``trio.abc.Stream``.
 
     One task receives while one other sends, as ``trio.abc.Stream`` allows.
-    Written bytes are copied into one buffer and sent by the next flush.
+    Written bytes are copied into one buffer and sent by the next flush; they
+    leave the buffer once ``send_all`` returned.
     """
 
     def __init__(self, stream: trio.abc.Stream) -> None:
@@ -91,11 +92,13 @@ class StreamTransport:
             await trio.lowlevel.checkpoint()
             return
         data = bytes(self._out)
-        self._out.clear()
         try:
             await self.stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise TransportError(f"connection lost: {exc}") from exc
+        # Only now: a flush cancelled before the stream took the bytes keeps them for the
+        # next flush (after a cancel part-way, a trio stream is broken anyway).
+        del self._out[: len(data)]
 
     async def flush(self) -> None:
         while self._out:

@@ -12,6 +12,8 @@ import trio.testing
 from mesh.hbone import H2Stream, HboneSettings, Http2Connection
 from mesh.hbone.connection import StreamHandler
 from mesh.hbone.transport import StreamTransport
+from mesh.identity import SpiffeId
+from tests.conftest import CLIENT_ID
 
 SMALL_WINDOWS = HboneSettings(stream_window=65_535, connection_window=256 * 1024)
 
@@ -25,7 +27,10 @@ class Pair:
 
 @contextlib.asynccontextmanager
 async def h2_pair(
-    settings: HboneSettings = SMALL_WINDOWS, handler: StreamHandler | None = None
+    settings: HboneSettings = SMALL_WINDOWS,
+    handler: StreamHandler | None = None,
+    *,
+    client_identity: SpiffeId | None = CLIENT_ID,
 ) -> AsyncIterator[Pair]:
     """A client and a server connection over memory streams. Without ``handler``,
     each incoming stream is put on ``accepted`` (a CONNECT answered 200 first) and
@@ -42,7 +47,7 @@ async def h2_pair(
     client = Http2Connection(StreamTransport(left), peer=None, settings=settings, client_side=True)
     server = Http2Connection(
         StreamTransport(right),
-        peer=None,
+        peer=client_identity,  # as if mTLS had verified it
         settings=settings,
         handler=handler or hand_over,
         client_side=False,
