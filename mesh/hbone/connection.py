@@ -192,10 +192,12 @@ class Http2Connection(Http2Engine):
     async def _run_guarded(self, loop: Callable[[], Awaitable[None]]) -> None:
         try:
             await loop()
-        except (*TRANSPORT_ERRORS, HboneConnectionError) as exc:
-            self.fail(
-                exc if isinstance(exc, HboneConnectionError) else HboneConnectionError(str(exc))
-            )
+        except HboneConnectionError as exc:
+            self.fail(exc)
+        except TRANSPORT_ERRORS as exc:
+            error = HboneConnectionError(str(exc))
+            error.__cause__ = exc  # the layer below broke: the owner may tell it apart
+            self.fail(error)
 
     async def _close_transport(self) -> None:
         if self._transport_closed:

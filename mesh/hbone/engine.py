@@ -246,6 +246,9 @@ class Http2Engine:
         padding = length - (stop - start)
         if padding:
             self.credit(stream, padding)
+        if stream.expected_length is not None and not self._count_content(stream, stop - start):
+            self._credit_connection(stop - start)
+            return
         if stop > start:
             sent = 0
             if (sink := stream.direct_sink()) is not None:
@@ -259,7 +262,26 @@ class Http2Engine:
             if sent < stop - start:
                 stream.on_data(bytes(self.reader.view[start + sent : stop]))  # one copy
         if header.flags & frames.FLAG_END_STREAM:
+            if stream.expected_length not in (None, stream.content_received):
+                self._reset_stream(stream, ErrorCodes.PROTOCOL_ERROR)  # content-length lied
+                return
             self._h2_feed(frames.empty_data_frame(sid, frames.FLAG_END_STREAM))
+
+    def _count_content(self, stream: H2Stream, n: int) -> bool:
+        """Count DATA against the stream's content-length (RFC 9113 §8.1.1); False if over.
+
+        h2 would check this, but sees only empty DATA frames in place of ours: the
+        engine checks it, and clears h2's copy of the expected length (h2 has no
+        switch for it) when the headers arrive."""
+        stream.content_received += n
+        if stream.content_received > (stream.expected_length or 0):
+            self._reset_stream(stream, ErrorCodes.PROTOCOL_ERROR)
+            return False
+        return True
+
+    def _own_content_length(self, stream_id: int) -> None:
+        if (h2_stream := self.h2.streams.get(stream_id)) is not None:
+            h2_stream._expected_content_length = None
 
     def on_window_update(self, header: frames.FrameHeader, body: int) -> None:
         if header.length != 4:
@@ -294,6 +316,7 @@ class Http2Engine:
         if isinstance(event, h2.events.RequestReceived):
             self._on_request(event)
         elif isinstance(event, h2.events.ResponseReceived):
+            self._own_content_length(event.stream_id)
             if (stream := self.streams.get(event.stream_id)) is not None:
                 stream.on_headers(_decoded(event.headers))
         elif isinstance(event, h2.events.TrailersReceived):
@@ -324,6 +347,7 @@ class Http2Engine:
             self._peer_max_frame = int(size.new_value or frames.MIN_FRAME_SIZE)
 
     def _on_request(self, event: h2.events.RequestReceived) -> None:
+        self._own_content_length(event.stream_id)
         if not self.goaway.accepts(event.stream_id):  # opened after our GOAWAY: not processed
             with contextlib.suppress(h2.exceptions.H2Error):
                 self.h2.reset_stream(event.stream_id, error_code=ErrorCodes.REFUSED_STREAM)

@@ -92,6 +92,9 @@ class H2Stream(trio.abc.HalfCloseableStream):
         self.send_window = send_window
         self.recv_window = ReceiveWindow(recv_window)
         self.request_headers: Headers = request_headers or []
+        # content-length of what the peer sends, checked by the connection
+        self.expected_length = _content_length(self.request_headers)
+        self.content_received = 0
         self.response_headers: Headers = []
         self.trailers: Headers = []
         self.status: int | None = None
@@ -148,6 +151,7 @@ class H2Stream(trio.abc.HalfCloseableStream):
     def on_headers(self, headers: Headers) -> None:
         """The response headers (client side); 1xx answers are not passed here."""
         self.response_headers = headers
+        self.expected_length = _content_length(headers)
         status = dict(headers).get(":status", "0")
         self.status = int(status) if status.isdigit() else 0
         self._recv_lot.unpark_all()
@@ -437,6 +441,13 @@ class H2Stream(trio.abc.HalfCloseableStream):
             self.connection.close_stream(self)
             self.wake()
         await trio.lowlevel.checkpoint()
+
+
+def _content_length(headers: Headers) -> int | None:
+    for name, value in headers:
+        if name == "content-length":
+            return int(value) if value.isdigit() else None
+    return None
 
 
 class StreamReset(Exception):

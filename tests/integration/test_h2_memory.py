@@ -3,6 +3,7 @@ through statistics(), headers and trailers both ways."""
 
 from __future__ import annotations
 
+import pytest
 import trio
 import trio.testing
 
@@ -104,3 +105,24 @@ async def test_states_follow_end_stream_each_way() -> None:
             assert await client.receive_some() == b""
             assert client.statistics().state is StreamState.CLOSED
             assert server.statistics().state is StreamState.CLOSED
+
+
+async def test_content_length_is_checked_by_the_engine() -> None:
+    """h2 sees only empty DATA frames in place of ours, so the engine checks
+    content-length itself: a body that matches passes, one that lies is reset."""
+    with trio.fail_after(10):
+        async with h2_pair() as pair:
+            honest = pair.client.start_request([*REQUEST, ("content-length", "5")])
+            await honest.send_all(b"hello")
+            await honest.send_eof()
+            server = await pair.accepted.receive()
+            assert await read_all(server) == b"hello"
+
+            liar = pair.client.start_request([*REQUEST, ("content-length", "10")])
+            await liar.send_all(b"short")
+            await liar.send_eof()
+            server = await pair.accepted.receive()
+            with pytest.raises(trio.BrokenResourceError):
+                await read_all(server)
+            assert server.statistics().state is StreamState.RESET
+            assert not pair.server.is_closed()  # a stream error, not a connection error
