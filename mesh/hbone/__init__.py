@@ -8,7 +8,7 @@ HTTP/2 engine that carries any request over any byte stream.
   its :class:`StreamState`, and the narrow protocol it needs of its connection.
 - :mod:`mesh.hbone.engine`: frames, flow control and the stream table; h2
   keeps HEADERS, SETTINGS, RST_STREAM and PING; the engine owns DATA and all
-  flow control (see DESIGN.md, "The hot path").
+  flow control (its docstring lists the hot-path invariants).
 - :mod:`mesh.hbone.goaway`: GOAWAY both ways, sans-IO (graceful two-phase).
 - :mod:`mesh.hbone.transport`: the byte stream under a connection: TLS, or
   any ``trio.abc.Stream`` (memory streams, h2c, HTTP/2 inside HBONE).

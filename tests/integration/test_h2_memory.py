@@ -7,7 +7,8 @@ import pytest
 import trio
 import trio.testing
 
-from mesh.hbone import H2Stream, StreamState
+from mesh.hbone import H2Stream, Http2Connection, StreamState
+from mesh.hbone.transport import StreamTransport
 from tests.integration.h2_support import SMALL_WINDOWS, h2_pair, read_all
 
 REQUEST = [(":method", "POST"), (":scheme", "http"), (":authority", "x"), (":path", "/echo")]
@@ -126,3 +127,41 @@ async def test_content_length_is_checked_by_the_engine() -> None:
                 await read_all(server)
             assert server.statistics().state is StreamState.RESET
             assert not pair.server.is_closed()  # a stream error, not a connection error
+
+
+async def test_http2_inside_an_http2_stream() -> None:
+    """The waypoint's case: a client's HTTP/2 arrives inside a CONNECT stream; the
+    same engine runs over that stream (StreamTransport), with trailers and all."""
+
+    async def inner_echo(stream: H2Stream) -> None:
+        body = await read_all(stream)
+        stream.send_headers([(":status", "200")])
+        await stream.send_all(body.upper())
+        await stream.send_trailers([("grpc-status", "0")])
+
+    with trio.fail_after(10):
+        async with h2_pair() as outer:
+            tunnel_client = await outer.client.open_stream("10.0.0.2:80")
+            tunnel_server = await outer.accepted.receive()
+            inner_client = Http2Connection(
+                StreamTransport(tunnel_client), peer=None, settings=SMALL_WINDOWS, client_side=True
+            )
+            inner_server = Http2Connection(
+                StreamTransport(tunnel_server),
+                peer=None,
+                settings=SMALL_WINDOWS,
+                handler=inner_echo,
+                client_side=False,
+            )
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(inner_client.serve)
+                nursery.start_soon(inner_server.serve)
+                for _ in range(3):  # several requests on the one inner connection
+                    stream = inner_client.start_request(REQUEST)
+                    await stream.send_all(b"x" * 200_000)  # beyond both windows
+                    await stream.send_eof()
+                    assert dict(await stream.wait_response())[":status"] == "200"
+                    assert await read_all(stream) == b"X" * 200_000
+                    assert stream.trailers == [("grpc-status", "0")]
+                inner_client.close()
+            assert inner_server.is_closed()
