@@ -30,6 +30,7 @@ from h2.errors import ErrorCodes
 
 from mesh.hbone import frames
 from mesh.hbone.engine import Http2Engine
+from mesh.hbone.goaway import GoawayStatistics
 from mesh.hbone.settings import (
     HboneConnectionError,
     HboneRetryableError,
@@ -56,6 +57,7 @@ class ConnectionStatistics:
     bytes_received: int
     available: bool
     closed: bool
+    goaway: GoawayStatistics
 
 
 class Http2Connection(Http2Engine):
@@ -107,6 +109,7 @@ class Http2Connection(Http2Engine):
             bytes_received=self.bytes_received,
             available=self.is_available(),
             closed=self.is_closed(),
+            goaway=self.goaway.statistics(),
         )
 
     # ---- questions a pool asks ------------------------------------------------

@@ -26,7 +26,7 @@ import trio
 from h2.errors import ErrorCodes
 
 from mesh import sockio
-from mesh.hbone.settings import HboneStreamRefused
+from mesh.hbone.settings import HboneRetryableError, HboneStreamRefused
 from mesh.hbone.window import ReceiveWindow, WindowStatistics
 from mesh.identity import SpiffeId
 
@@ -226,6 +226,8 @@ class H2Stream(trio.abc.HalfCloseableStream):
         try:
             await self.wait_response()
         except StreamReset as exc:
+            if exc.code == ErrorCodes.REFUSED_STREAM:  # RFC 9113 §8.7: never processed
+                raise HboneRetryableError(f"the peer refused the stream: {exc}") from exc
             raise HboneStreamRefused(None, str(self._broken())) from exc
         if self.status != 200:
             reason = dict(self.response_headers).get("ambit-reason", "")
