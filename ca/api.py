@@ -1,9 +1,10 @@
-"""The signing API, sans-IO: HTTP/2 bytes in, bytes out, no sockets.
+"""The signing API: a request in, a response out, and its HTTP/2 stream handler.
 
 :class:`CertificateApi` answers one request (``POST /v1/certificates``) from
 the request alone and the authority, authenticator and authorizer it was
-given. :class:`H2ServerProtocol` drives ``h2`` for one connection and hands
-complete requests to the API. :mod:`ca.service` adds the Trio loop.
+given (sans-IO). :func:`api_stream_handler` reads a request from an HTTP/2
+stream of our one engine (:mod:`mesh.hbone.connection`, the same as HBONE's)
+and writes the answer; :mod:`ca.service` runs the engine over TLS.
 
 Every non-200 answer is ``{"error": "<code>", "message": "<why>"}``:
 
@@ -18,24 +19,20 @@ Every non-200 answer is ``{"error": "<code>", "message": "<why>"}``:
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Final
 
-import h2.config
-import h2.connection
-import h2.errors
-import h2.events
-import h2.exceptions
 import structlog
 from cryptography.hazmat.primitives import serialization
+from h2.errors import ErrorCodes
 
 from ca.auth import Authenticator, Authorizer
 from ca.authority import CertificateAuthority
 from ca.csr import CsrRejected
 from mesh.ca_client import CERTIFICATES_PATH
+from mesh.hbone.stream import H2Stream
 
 log = structlog.get_logger("ca.api")
 
@@ -181,116 +178,47 @@ def _parse_body(body: bytes) -> _Body | tuple[str, str]:
     return _Body(csr, ttl)
 
 
-@dataclass
-class _Incoming:
-    headers: dict[bytes, bytes]
-    body: bytearray = field(default_factory=bytearray)
+def api_stream_handler(
+    handler: Callable[[Request], Response], *, src: str
+) -> Callable[[H2Stream], Awaitable[None]]:
+    """The handler an HTTP/2 connection (:class:`mesh.hbone.Http2Connection`) runs for
+    each request stream: read the body (at most :data:`MAX_BODY_BYTES`), answer."""
 
-
-def _to_bytes(value: str | bytes) -> bytes:
-    return value if isinstance(value, bytes) else value.encode()
-
-
-class H2ServerProtocol:
-    """One HTTP/2 server connection as a state machine: feed bytes, send what it returns.
-
-    After :meth:`receive`, :attr:`closed` says the connection is over and
-    :attr:`error` (if set) says why, for the log.
-    """
-
-    def __init__(self, handler: Callable[[Request], Response], *, src: str) -> None:
-        config = h2.config.H2Configuration(client_side=False, header_encoding=None)
-        self._conn = h2.connection.H2Connection(config=config)
-        self._handler = handler
-        self._src = src
-        self._incoming: dict[int, _Incoming] = {}
-        self._outgoing: dict[int, bytes] = {}
-        self._cut_short: set[int] = set()
-        self.closed = False
-        self.error: str | None = None
-
-    def initiate(self) -> bytes:
-        self._conn.initiate_connection()
-        return self._conn.data_to_send()
-
-    def receive(self, data: bytes | bytearray) -> bytes:
-        try:
-            events = self._conn.receive_data(data)
-        except h2.exceptions.ProtocolError as exc:
-            self.closed = True
-            self.error = f"HTTP/2 protocol error: {type(exc).__name__}: {exc}"
-            with contextlib.suppress(h2.exceptions.ProtocolError):
-                self._conn.close_connection(h2.errors.ErrorCodes.PROTOCOL_ERROR)
-            return self._conn.data_to_send()  # GOAWAY, before the loop closes the socket
-        for event in events:
-            self._on_event(event)
-        self._flush()
-        return self._conn.data_to_send()
-
-    def _on_event(self, event: h2.events.Event) -> None:
-        if isinstance(event, h2.events.RequestReceived):
-            headers = {_to_bytes(k).lower(): _to_bytes(v) for k, v in event.headers}
-            self._incoming[event.stream_id] = _Incoming(headers)
-        elif isinstance(event, h2.events.DataReceived):
-            self._conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-            incoming = self._incoming.get(event.stream_id)
-            if incoming is None:
-                return
-            incoming.body += event.data
-            if len(incoming.body) > MAX_BODY_BYTES:
-                del self._incoming[event.stream_id]
-                self._cut_short.add(event.stream_id)
+    async def handle(stream: H2Stream) -> None:
+        body = bytearray()
+        while data := await stream.receive_some():
+            body += data
+            if len(body) > MAX_BODY_BYTES:
                 message = f"the body exceeds {MAX_BODY_BYTES} bytes; a CSR is about 1 KiB"
                 payload = {"error": "body-too-large", "message": message}
-                self._respond(event.stream_id, json_response(413, payload))
-        elif isinstance(event, h2.events.StreamEnded):
-            incoming = self._incoming.pop(event.stream_id, None)
-            if incoming is not None:
-                self._respond(event.stream_id, self._handler(self._request(incoming)))
-        elif isinstance(event, h2.events.StreamReset):
-            self._incoming.pop(event.stream_id, None)
-            self._outgoing.pop(event.stream_id, None)
-            self._cut_short.discard(event.stream_id)
-        elif isinstance(event, h2.events.ConnectionTerminated):
-            self.closed = True
+                await _respond(stream, json_response(413, payload))
+                if stream.accepts_data():  # the client need not send the rest
+                    stream.connection.reset_stream(stream, ErrorCodes.NO_ERROR)
+                return
+        await _respond(stream, handler(_request(stream.request_headers, bytes(body), src)))
 
-    def _request(self, incoming: _Incoming) -> Request:
-        h = incoming.headers
-        auth = h.get(b"authorization")
-        return Request(
-            method=h.get(b":method", b"").decode("latin-1"),
-            path=h.get(b":path", b"").decode("latin-1").partition("?")[0],
-            authorization=auth.decode("latin-1") if auth is not None else None,
-            body=bytes(incoming.body),
-            src=self._src,
-        )
+    return handle
 
-    def _respond(self, stream_id: int, response: Response) -> None:
-        headers = [
+
+def _request(headers: list[tuple[str, str]], body: bytes, src: str) -> Request:
+    fields = {name.lower(): value for name, value in headers}
+    return Request(
+        method=fields.get(":method", ""),
+        path=fields.get(":path", "").partition("?")[0],
+        authorization=fields.get("authorization"),
+        body=body,
+        src=src,
+    )
+
+
+async def _respond(stream: H2Stream, response: Response) -> None:
+    stream.send_headers(
+        [
             (":status", str(response.status)),
             ("content-type", "application/json"),
             ("content-length", str(len(response.body))),
             *response.headers,
         ]
-        self._conn.send_headers(stream_id, headers)
-        self._outgoing[stream_id] = response.body
-
-    def _flush(self) -> None:
-        """Send queued bodies as far as the peer's flow-control windows allow."""
-        for stream_id, data in list(self._outgoing.items()):
-            while data:
-                window = self._conn.local_flow_control_window(stream_id)
-                size = min(window, self._conn.max_outbound_frame_size, len(data))
-                if size <= 0:
-                    break
-                self._conn.send_data(stream_id, data[:size])
-                data = data[size:]
-            if data:
-                self._outgoing[stream_id] = data
-            else:
-                del self._outgoing[stream_id]
-                self._conn.end_stream(stream_id)
-                if stream_id in self._cut_short:  # the client need not send the rest (413)
-                    self._cut_short.discard(stream_id)
-                    with contextlib.suppress(h2.exceptions.StreamClosedError):
-                        self._conn.reset_stream(stream_id)
+    )
+    await stream.send_all(response.body)
+    await stream.send_eof()

@@ -1,5 +1,6 @@
-"""The CA signing service: TLS + HTTP/2 on port 15012, one thin Trio loop per
-connection around :class:`ca.api.H2ServerProtocol`.
+"""The CA signing service: TLS + HTTP/2 on port 15012. Each connection runs our
+one HTTP/2 engine (:class:`mesh.hbone.Http2Connection`, over
+``trio.SSLStream``), which hands each request to :func:`ca.api.api_stream_handler`.
 
 The service presents ``spiffe://<td>/ns/ambit-system/sa/ambit-controlplane``,
 issued by the CA itself, re-issued at half-life and when its root is retired.
@@ -18,11 +19,14 @@ from typing import Final
 import structlog
 import trio
 from cryptography import x509
+from h2.errors import ErrorCodes
 
-from ca.api import CertificateApi, H2ServerProtocol
+from ca.api import CertificateApi, api_stream_handler
 from ca.auth import Authenticator, Authorizer
 from ca.authority import CertificateAuthority
 from mesh.constants import CONTROL_PLANE_PORT
+from mesh.hbone import HboneSettings, Http2Connection
+from mesh.hbone.transport import TRANSPORT_ERRORS, StreamTransport
 from mesh.identity import SpiffeId, WorkloadCertificate
 from mesh.net import serve_listeners
 from mesh.tls import ALPN_H2, server_context
@@ -34,7 +38,13 @@ EVENT_CONNECTION_FAILED: Final = "ca_connection_failed"
 EVENT_CONNECTION_IDLE: Final = "ca_connection_idle_closed"
 
 SERVICE_CALLER: Final = "ca-service"  # the caller name logged for the service's own certificate
-READ_SIZE: Final = 64 * 1024
+# Requests and answers are a few KiB: small windows and frames keep a connection small.
+HTTP2_SETTINGS: Final = HboneSettings(
+    stream_window=256 * 1024,
+    connection_window=1024 * 1024,
+    max_frame_size=16_384,
+    write_buffer_limit=256 * 1024,
+)
 DEFAULT_HANDSHAKE_TIMEOUT: Final = 10.0
 DEFAULT_IDLE_TIMEOUT: Final = 60.0
 
@@ -103,21 +113,23 @@ class _Connection:
                 )
                 return
             phase = "http2"
-            protocol = H2ServerProtocol(self._api.handle, src=self._src)
-            await self._send(protocol.initiate())
-            while not protocol.closed:
-                try:
-                    with trio.fail_after(self._idle_timeout):
-                        data = await self._tls.receive_some(READ_SIZE)
-                except trio.TooSlowError:
-                    log.info(EVENT_CONNECTION_IDLE, src=self._src, idle_seconds=self._idle_timeout)
-                    data = b""
-                if not data:
-                    break
-                await self._send(protocol.receive(data))
-            if protocol.error:
-                self._failed("protocol-error", protocol.error)
+            connection = Http2Connection(
+                StreamTransport(self._tls),
+                peer=None,  # callers prove who they are with a bearer token
+                settings=HTTP2_SETTINGS,
+                handler=api_stream_handler(self._api.handle, src=self._src),
+                idle_timeout=self._idle_timeout,
+                client_side=False,
+            )
+            await connection.serve()
+            error = connection.error
+            if error is not None and isinstance(error.__cause__, TRANSPORT_ERRORS):
+                self._failed("connection-lost", error.reason)
+            elif error is not None and error.code != ErrorCodes.NO_ERROR:
+                self._failed("protocol-error", error.reason)
             else:
+                if error is not None and error.reason == "idle":
+                    log.info(EVENT_CONNECTION_IDLE, src=self._src, idle_seconds=self._idle_timeout)
                 clean = True
         except trio.TooSlowError:
             self._failed(f"{phase}-timeout", f"the client stalled during the {phase}")
@@ -134,11 +146,6 @@ class _Connection:
                 with trio.move_on_after(self._handshake_timeout):
                     await self._tls.aclose()
             await trio.aclose_forcefully(self._tls)
-
-    async def _send(self, data: bytes) -> None:
-        if data:
-            with trio.fail_after(self._idle_timeout):
-                await self._tls.send_all(data)
 
     def _failed(self, reason: str, detail: str) -> None:
         log.warning(EVENT_CONNECTION_FAILED, src=self._src, reason=reason, detail=detail)

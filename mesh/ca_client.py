@@ -1,5 +1,6 @@
 """The client of the CA service (``ca.service``): ``POST /v1/certificates`` over
-TLS + HTTP/2 with a bearer token, one connection per request.
+TLS + HTTP/2 with a bearer token, one connection per request, on our one
+HTTP/2 engine (:class:`mesh.hbone.Http2Connection` over ``trio.SSLStream``).
 
 This module owns the wire protocol as the client sees it, and the errors of
 getting a certificate signed (:class:`CertificateRequestError` and its
@@ -12,14 +13,14 @@ import json
 import ssl
 from typing import Any, Final
 
-import h2.config
-import h2.connection
-import h2.events
-import h2.exceptions
 import trio
 from cryptography import x509
+from h2.errors import ErrorCodes
 
 from mesh.constants import CONTROL_PLANE_SERVICE_ACCOUNT, DEFAULT_TRUST_DOMAIN, SYSTEM_NAMESPACE
+from mesh.hbone import HboneError, HboneSettings, Http2Connection
+from mesh.hbone.stream import StreamReset
+from mesh.hbone.transport import TRANSPORT_ERRORS, StreamTransport
 from mesh.identity import (
     IdentityError,
     PeerVerificationError,
@@ -32,6 +33,9 @@ from mesh.tls import ALPN_H2, bootstrap_client_context
 
 CERTIFICATES_PATH: Final = "/v1/certificates"  # the CA service's one endpoint
 MAX_RESPONSE_BYTES: Final = 1024 * 1024
+HTTP2_SETTINGS: Final = HboneSettings(
+    stream_window=256 * 1024, connection_window=1024 * 1024, max_frame_size=16_384
+)
 
 SignedChain = tuple[tuple[x509.Certificate, ...], TrustBundle]
 
@@ -213,50 +217,44 @@ async def _exchange(
     body: bytes,
     where: str,
 ) -> tuple[int, bytes]:
-    """One HTTP/2 request (non-empty body) on a fresh connection: h2 driven by a thin loop."""
-    conn = h2.connection.H2Connection(
-        h2.config.H2Configuration(client_side=True, header_encoding=None)
+    """One HTTP/2 request (non-empty body) on a fresh connection of our one engine;
+    the connection is closed (GOAWAY, close_notify) when the answer is in."""
+    connection = Http2Connection(
+        StreamTransport(tls), peer=None, settings=HTTP2_SETTINGS, client_side=True
     )
-    conn.initiate_connection()
-    stream_id = conn.get_next_available_stream_id()
-    conn.send_headers(stream_id, headers)
-    unsent = body
-    status: int | None = None
-    answer = bytearray()
-    while True:
-        while unsent:  # send as much of the body as the flow-control window allows
-            size = min(
-                conn.local_flow_control_window(stream_id), conn.max_outbound_frame_size, len(unsent)
-            )
-            if size <= 0:
-                break
-            conn.send_data(stream_id, unsent[:size], end_stream=size == len(unsent))
-            unsent = unsent[size:]
-        await tls.send_all(conn.data_to_send())
-        data = await tls.receive_some(64 * 1024)
-        if not data:
-            raise CaUnreachable("connection-lost", f"the CA at {where} closed without answering")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(connection.serve)
         try:
-            events = conn.receive_data(data)
-        except h2.exceptions.ProtocolError as exc:
-            raise BadCaResponse("protocol-error", f"the CA at {where} broke HTTP/2: {exc}") from exc
-        for event in events:
-            if isinstance(event, h2.events.ResponseReceived):
-                for name, value in event.headers:
-                    if name == b":status":
-                        status = int(value)
-            elif isinstance(event, h2.events.DataReceived):
-                conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-                answer += event.data
-                if len(answer) > MAX_RESPONSE_BYTES:
-                    raise BadCaResponse("bad-response", f"the CA at {where} answered too much")
-            elif isinstance(event, h2.events.StreamEnded) and event.stream_id == stream_id:
-                if status is None:
-                    raise BadCaResponse("bad-response", f"the CA at {where} sent no status")
-                conn.close_connection()
-                await tls.send_all(conn.data_to_send())
-                return status, bytes(answer)
-            elif isinstance(event, h2.events.StreamReset | h2.events.ConnectionTerminated):
-                raise BadCaResponse(
-                    "protocol-error", f"the CA at {where} abandoned the request ({event})"
-                )
+            return await _request(connection, headers, body, where)
+        except (HboneError, StreamReset, trio.BrokenResourceError) as exc:
+            error = connection.error
+            if error is not None and error.code == ErrorCodes.NO_ERROR:
+                raise CaUnreachable(
+                    "connection-lost", f"the CA at {where} closed without answering"
+                ) from exc
+            if error is not None and isinstance(error.__cause__, TRANSPORT_ERRORS):
+                raise CaUnreachable(
+                    "connection-lost", f"the connection to the CA at {where} broke: {error.reason}"
+                ) from exc
+            raise BadCaResponse(
+                "protocol-error", f"the CA at {where} abandoned the request ({exc})"
+            ) from exc
+        finally:
+            connection.close("request done")
+
+
+async def _request(
+    connection: Http2Connection, headers: list[tuple[str, str]], body: bytes, where: str
+) -> tuple[int, bytes]:
+    stream = connection.start_request(headers)
+    await stream.send_all(body)
+    await stream.send_eof()
+    status = dict(await stream.wait_response()).get(":status", "")
+    if not status.isdigit():
+        raise BadCaResponse("bad-response", f"the CA at {where} sent no status")
+    answer = bytearray()
+    while data := await stream.receive_some():
+        answer += data
+        if len(answer) > MAX_RESPONSE_BYTES:
+            raise BadCaResponse("bad-response", f"the CA at {where} answered too much")
+    return int(status), bytes(answer)

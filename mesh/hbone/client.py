@@ -11,6 +11,9 @@ Invariants:
   peer's SETTINGS_MAX_CONCURRENT_STREAMS)`` streams; past that a new one opens.
 - A connection whose :meth:`~HboneConnection.serve` has returned is gone from
   the pool; idle ones close themselves after ``settings.idle_timeout``.
+- A connection that received a GOAWAY is never chosen again; it closes itself
+  once its streams end. An error on one connection never touches another, nor
+  the pool.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import trio
 
 from mesh.concurrency import open_service_nursery
 from mesh.hbone.connection import HboneConnection
-from mesh.hbone.settings import HboneError, HboneSettings
+from mesh.hbone.settings import HboneError, HboneRetryableError, HboneSettings
 from mesh.hbone.stream import HboneStream
 from mesh.identity import PeerVerificationError, SpiffeId, WorkloadCertificate
 from mesh.reason import Reason, reason_for_dial_error, reason_for_rule
@@ -95,7 +98,7 @@ class HboneClientPool:
         return {
             "connections": len(conns),
             "connections_opened": self.connections_opened,
-            "streams": sum(len(c._streams) for c in conns),
+            "streams": sum(c.statistics().streams for c in conns),
         }
 
     async def connect(
@@ -111,9 +114,25 @@ class HboneClientPool:
         """Open ``CONNECT authority`` to the HBONE server at ``address`` as ``source``.
 
         Raises :class:`HboneConnectError` when no connection can be made,
-        :class:`~mesh.hbone.HboneStreamRefused` when the server answers non-200.
+        :class:`~mesh.hbone.HboneStreamRefused` when the server answers non-200,
+        :class:`~mesh.hbone.settings.HboneStreamTimeout` when it does not answer in
+        time. A stream the server's GOAWAY says it never processed is retried once.
         """
         key = PoolKey(source, address, frozenset(expected))
+        extra = [("traceparent", traceparent())]
+        if source_address:
+            extra.append(("forwarded", f"for={source_address}"))
+        try:
+            return await self._open_stream(key, authority, [*extra, *headers])
+        except HboneRetryableError as exc:
+            # The server's GOAWAY crossed our CONNECT: it was never processed, and that
+            # connection takes no more streams. Once more, on another one.
+            log.info("hbone_stream_retried", dst=f"{address[0]}:{address[1]}", reason=str(exc))
+            return await self._open_stream(key, authority, [*extra, *headers])
+
+    async def _open_stream(
+        self, key: PoolKey, authority: str, headers: list[tuple[str, str]]
+    ) -> HboneStream:
         conn = self._checkout(key)
         if conn is None:
             async with self._dial_locks[key]:
@@ -121,11 +140,8 @@ class HboneClientPool:
                 if conn is None:
                     conn = await self._open_connection(key)
                     conn.reserved += 1
-        extra = [("traceparent", traceparent())]
-        if source_address:
-            extra.append(("forwarded", f"for={source_address}"))
         conn.reserved -= 1  # open_stream registers the stream before it first yields
-        return await conn.open_stream(authority, [*extra, *headers])
+        return await conn.open_stream(authority, headers)
 
     def _checkout(self, key: PoolKey) -> HboneConnection | None:
         for conn in self._conns.get(key, ()):

@@ -1,10 +1,13 @@
-"""The HTTP/2 frames the tunnel handles itself, and the splitting of received
+"""The HTTP/2 frames the engine handles itself, and the splitting of received
 bytes into frames (sans-IO: no sockets here).
 
 h2 would parse every DATA frame through hyperframe (copying the payload and,
-for its debug log, hexlifying it even when logging is off). The tunnel instead
+for its debug log, hexlifying it even when logging is off). The engine instead
 splits the received byte stream into frames here, keeps DATA and
-WINDOW_UPDATE for itself and hands every other frame to h2 unchanged.
+WINDOW_UPDATE for itself and hands every other frame to h2 unchanged, except
+GOAWAY: stock h2 closes its connection state when it sends or receives one
+(python-hyper/h2 #1181, #1199), which makes a graceful two-phase GOAWAY with
+streams finishing impossible, so the engine writes and parses GOAWAY itself.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ CONNECTION_PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA: Final = 0x0
 HEADERS: Final = 0x1
 PUSH_PROMISE: Final = 0x5
+GOAWAY: Final = 0x7
 WINDOW_UPDATE: Final = 0x8
 CONTINUATION: Final = 0x9
 
@@ -25,6 +29,7 @@ FLAG_END_HEADERS: Final = 0x4
 FLAG_PADDED: Final = 0x8
 
 MAX_WINDOW: Final = 2**31 - 1
+MAX_STREAM_ID: Final = 2**31 - 1
 MIN_FRAME_SIZE: Final = 16_384
 MAX_FRAME_SIZE: Final = 2**24 - 1
 
@@ -59,6 +64,19 @@ def window_update(stream_id: int, increment: int) -> bytes:
     if not 1 <= increment <= MAX_WINDOW:
         raise ValueError(f"window increment {increment} out of range")
     return frame_header(4, WINDOW_UPDATE, 0, stream_id) + increment.to_bytes(4, "big")
+
+
+def goaway(last_stream_id: int, code: int, debug: bytes = b"") -> bytes:
+    """A GOAWAY frame: streams above ``last_stream_id`` were not and will not be processed."""
+    payload = (last_stream_id & MAX_STREAM_ID).to_bytes(4, "big") + code.to_bytes(4, "big")
+    return frame_header(8 + len(debug), GOAWAY, 0, 0) + payload + debug
+
+
+def parse_goaway(buf: bytes | bytearray, start: int, length: int) -> tuple[int, int, bytes]:
+    """``(last_stream_id, error code, debug data)`` of a GOAWAY payload of ``length`` >= 8."""
+    last = int.from_bytes(buf[start : start + 4], "big") & MAX_STREAM_ID
+    code = int.from_bytes(buf[start + 4 : start + 8], "big")
+    return last, code, bytes(buf[start + 8 : start + length])
 
 
 def empty_data_frame(stream_id: int, flags: int) -> bytes:
@@ -104,11 +122,13 @@ class FrameSink(Protocol):
     def on_h2_bytes(self, data: bytes) -> None: ...
     def on_data(self, header: FrameHeader, body: int) -> None: ...
     def on_window_update(self, header: FrameHeader, body: int) -> None: ...
+    def on_goaway(self, header: FrameHeader, body: int) -> None: ...
     def failed(self) -> bool: ...
 
 
 PROTOCOL_ERROR: Final = 0x1
 FRAME_SIZE_ERROR: Final = 0x6
+_OURS: Final = frozenset({DATA, WINDOW_UPDATE, GOAWAY})  # frames h2 never sees
 _FIRST_ROOM: Final = 32 * 1024  # room offered to the first reads: a quiet connection stays small
 _READ_ROOM: Final = 256 * 1024  # room once reads keep filling it (bulk: 64 KiB reads cost 24-36%)
 
@@ -117,7 +137,7 @@ class FrameReader:
     """The receive buffer of a connection and the splitting of it into frames.
 
     Plaintext is decrypted straight into :meth:`room`; :meth:`process` walks
-    the complete frames in place: DATA and WINDOW_UPDATE go to the sink's own
+    the complete frames in place: DATA, WINDOW_UPDATE and GOAWAY go to the sink's own
     handlers (their bytes stay readable in :attr:`view` during the call), runs
     of every other frame go to h2 as one piece. A partial frame waits for more.
 
@@ -186,7 +206,7 @@ class FrameReader:
             if frame_end > end:
                 break
             kind = header.type
-            if kind in (DATA, WINDOW_UPDATE) and not self._in_header_block:
+            if kind in _OURS and not self._in_header_block:
                 if h2_start >= 0:
                     sink.on_h2_bytes(bytes(view[h2_start:pos]))
                     h2_start = -1
@@ -194,8 +214,10 @@ class FrameReader:
                     return
                 if kind == DATA:
                     sink.on_data(header, body)
-                else:
+                elif kind == WINDOW_UPDATE:
                     sink.on_window_update(header, body)
+                else:
+                    sink.on_goaway(header, body)
             else:
                 if h2_start < 0:
                     h2_start = pos

@@ -14,7 +14,8 @@ import structlog
 import trio
 
 from mesh.constants import HBONE_PORT
-from mesh.hbone.connection import HboneConnection, RequestHandler
+from mesh.hbone.connection import HboneConnection
+from mesh.hbone.request import RequestHandler, connect_handler
 from mesh.hbone.settings import HboneSettings
 from mesh.identity import PeerVerificationError, WorkloadCertificate
 from mesh.net import open_listener, serve_listeners
@@ -87,7 +88,11 @@ async def _serve_connection(
         sock.close()
         raise
     conn = HboneConnection(
-        tls, peer=peer, settings=settings, handler=handler, peer_address=(addr[0], addr[1])
+        tls,
+        peer=peer,
+        settings=settings,
+        handler=connect_handler(handler),
+        peer_address=(addr[0], addr[1]),
     )
     log.debug("hbone_connection_opened", src=src, src_identity=str(peer))
     await conn.serve()

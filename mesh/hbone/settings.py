@@ -42,6 +42,15 @@ class HboneStreamRefused(HboneError):
         self.detail = detail
 
 
+class HboneRetryableError(HboneError):
+    """The peer never processed this stream (it was above the last stream id of
+    the peer's GOAWAY, or opened after it): safe to retry on another connection."""
+
+
+class HboneStreamTimeout(HboneError):
+    """The peer did not answer a new stream's request headers in time."""
+
+
 @dataclass(frozen=True)
 class HboneSettings:
     """Tunables of an HBONE connection. Defaults follow Istio's ztunnel."""
@@ -56,6 +65,7 @@ class HboneSettings:
     idle_timeout: float = 300.0
     handshake_timeout: float = 10.0
     connect_timeout: float = 10.0
+    stream_open_timeout: float = 10.0  # for the answer to CONNECT (open_stream)
 
     def __post_init__(self) -> None:
         if not frames.MIN_FRAME_SIZE <= self.max_frame_size <= frames.MAX_FRAME_SIZE:

@@ -1,147 +1,273 @@
-"""An HBONE CONNECT stream as a ``trio.abc.HalfCloseableStream``, and the
-server side's view of a CONNECT request before it is answered.
+"""One HTTP/2 stream as a ``trio.abc.HalfCloseableStream``.
 
-Mapping to HTTP/2: ``send_eof`` is END_STREAM; ``receive_some`` returns
-``b""`` after the peer's END_STREAM; a reset by the peer, or a failed
+Mapping to HTTP/2: ``send_eof`` is END_STREAM (or :meth:`H2Stream.send_trailers`);
+``receive_some`` returns ``b""`` after the peer's END_STREAM, whose trailers
+are then in :attr:`H2Stream.trailers`; a reset by the peer, or a failed
 connection, is ``trio.BrokenResourceError``; ``aclose`` ends our side and
 cancels the peer's if it is still open.
+
+The stream knows its connection only through :class:`StreamOwner`, a narrow
+protocol the connection implements; the connection drives the stream through
+the methods marked "called by the connection". Its protocol state is one
+:class:`StreamState`; ``aclose`` additionally closes the Python object, as
+for every Trio stream.
 """
 
 from __future__ import annotations
 
-import ipaddress
+import enum
 import operator
 from collections import deque
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import Protocol
 
-import structlog
 import trio
 from h2.errors import ErrorCodes
 
 from mesh import sockio
+from mesh.hbone.settings import HboneRetryableError, HboneStreamRefused
+from mesh.hbone.window import ReceiveWindow, WindowStatistics
+from mesh.identity import SpiffeId
 from mesh.reason import REASON_HEADER, Reason
 
-if TYPE_CHECKING:
-    from mesh.hbone.connection import HboneConnection
-
-log = structlog.get_logger("mesh.hbone")
+Headers = list[tuple[str, str]]
 
 
-class HboneStream(trio.abc.HalfCloseableStream):
-    """One CONNECT tunnel. Create through :class:`~mesh.hbone.connection.HboneConnection`."""
+class StreamState(enum.Enum):
+    """RFC 9113 §5.1 as the tunnel needs it (idle and reserved never reach a stream)."""
+
+    OPEN = "open"
+    HALF_CLOSED_LOCAL = "half-closed (local)"  # we sent END_STREAM
+    HALF_CLOSED_REMOTE = "half-closed (remote)"  # the peer sent END_STREAM
+    CLOSED = "closed"  # both sides ended cleanly
+    RESET = "reset"  # RST_STREAM, or a failed connection, before the peer's END_STREAM
+
+
+_SENDING = frozenset({StreamState.OPEN, StreamState.HALF_CLOSED_REMOTE})
+_RECEIVING = frozenset({StreamState.OPEN, StreamState.HALF_CLOSED_LOCAL})
+_DONE = frozenset({StreamState.CLOSED, StreamState.RESET})
+
+
+class StreamOwner(Protocol):
+    """What a stream needs of its connection; implemented by the connection."""
+
+    @property
+    def peer(self) -> SpiffeId | None: ...  # verified by mTLS; None without it
+    @property
+    def peer_address(self) -> tuple[str, int] | None: ...
+    def send_capacity(self, stream: H2Stream) -> int: ...
+    def queue_data(self, stream: H2Stream, chunk: memoryview) -> None: ...
+    def want_space(self, stream: H2Stream, waiting: bool) -> None: ...
+    def credit(self, stream: H2Stream, n: int) -> None: ...
+    def send_headers(self, stream: H2Stream, headers: Headers, *, end_stream: bool) -> None: ...
+    def end_stream(self, stream: H2Stream) -> None: ...
+    def reset_stream(self, stream: H2Stream, code: int) -> None: ...
+    def close_stream(self, stream: H2Stream) -> None: ...
+
+
+@dataclass(frozen=True)
+class StreamStatistics:
+    state: StreamState
+    buffered: int  # received, not yet read
+    send_window: int  # what we may still send before the peer's WINDOW_UPDATE
+    receive_window: WindowStatistics
+    delivered: int  # bytes send_to put into its socket
+
+
+class H2Stream(trio.abc.HalfCloseableStream):
+    """One HTTP/2 stream. Created by the connection (``open_stream``/``start_request``
+    on the client side, handed to the handler on the server side)."""
 
     def __init__(
-        self, conn: HboneConnection, stream_id: int, send_window: int, recv_window: int
+        self,
+        owner: StreamOwner,
+        stream_id: int,
+        send_window: int,
+        recv_window: int,
+        request_headers: Headers | None = None,
     ) -> None:
-        self._conn = conn
+        self.connection = owner
         self.stream_id = stream_id
-        self._send_window = send_window
-        self._recv_window = recv_window
-        self._unacked = 0
+        self.state = StreamState.OPEN
+        self.send_window = send_window
+        self.recv_window = ReceiveWindow(recv_window)
+        self.request_headers: Headers = request_headers or []
+        # content-length of what the peer sends, checked by the connection
+        self.expected_length = _content_length(self.request_headers)
+        self.content_received = 0
+        self.response_headers: Headers = []
+        self.trailers: Headers = []
+        self.status: int | None = None
+        self.headers_sent = False
+        self.delivered = 0
         self._chunks: deque[bytes] = deque()
         self._head = 0  # bytes of _chunks[0] already returned
         self._buffered = 0
-        self._local_eof = False
-        self._remote_eof = False
-        self._reset_code: int | None = None
-        self._reset_by_peer = False
-        self._closed = False
-        self._detached = False  # out of the connection's table; flow control settled
+        self._error: BaseException | None = None  # why the stream was reset, if it was
+        self._closed = False  # aclose() was called: the Python object is done
         self._sending = False
         self._receiving = False
-        # send_to: the socket DATA goes into, whether its task holds unsent bytes,
-        # and how many bytes reached that socket.
+        # send_to: the socket DATA goes into, and whether its task holds unsent bytes.
         self._sink: trio.socket.SocketType | None = None
         self._sink_busy = False
-        self.delivered = 0
         self._send_lot = trio.lowlevel.ParkingLot()
         self._recv_lot = trio.lowlevel.ParkingLot()
-        self.status: int | None = None
-        self.response_headers: list[tuple[str, str]] = []
 
-    @property
-    def connection(self) -> HboneConnection:
-        return self._conn
+    def statistics(self) -> StreamStatistics:
+        return StreamStatistics(
+            self.state,
+            self._buffered,
+            self.send_window,
+            self.recv_window.statistics(),
+            self.delivered,
+        )
 
     # ---- called by the connection (sync) ---------------------------------------
 
-    def _accepts_data(self) -> bool:
-        return not self._remote_eof and self._reset_code is None and self._conn.error is None
+    @property
+    def buffered(self) -> int:
+        return self._buffered
 
-    def _direct_sink(self) -> trio.socket.SocketType | None:
+    def is_done(self) -> bool:
+        return self.state in _DONE
+
+    def may_send(self) -> bool:
+        return self.state in _SENDING and self._error is None
+
+    def accepts_data(self) -> bool:
+        return self.state in _RECEIVING
+
+    def direct_sink(self) -> trio.socket.SocketType | None:
         """The socket the reader may write this stream's next DATA into, now."""
         if self._sink is None or self._sink_busy or self._buffered:
             return None  # keep the order: what waits goes first, through send_to
         return self._sink
 
-    def _on_data(self, data: bytes) -> None:
+    def on_data(self, data: bytes) -> None:
         self._chunks.append(data)
         self._buffered += len(data)
         self._recv_lot.unpark_all()
 
-    def _on_response(self, headers: list[tuple[str, str]]) -> None:
+    def on_headers(self, headers: Headers) -> None:
+        """The response headers (client side); 1xx answers are not passed here."""
         self.response_headers = headers
+        self.expected_length = _content_length(headers)
         status = dict(headers).get(":status", "0")
         self.status = int(status) if status.isdigit() else 0
         self._recv_lot.unpark_all()
 
-    def _on_reset(self, code: int, *, by_peer: bool) -> None:
-        if self._reset_code is None:
-            self._reset_code = code
-            self._reset_by_peer = by_peer
-        self._wake_all()
+    def on_trailers(self, headers: Headers) -> None:
+        self.trailers = headers
 
-    def _wake_all(self) -> None:
+    def on_remote_end(self) -> None:
+        """The peer sent END_STREAM (idempotent)."""
+        if self.state is StreamState.OPEN:
+            self.state = StreamState.HALF_CLOSED_REMOTE
+        elif self.state is StreamState.HALF_CLOSED_LOCAL:
+            self.state = StreamState.CLOSED
+        self._recv_lot.unpark_all()
+
+    def on_local_end(self) -> None:
+        """We sent END_STREAM."""
+        if self.state is StreamState.OPEN:
+            self.state = StreamState.HALF_CLOSED_LOCAL
+        elif self.state is StreamState.HALF_CLOSED_REMOTE:
+            self.state = StreamState.CLOSED
+
+    def on_reset(self, error: BaseException) -> None:
+        """Reset either way, or the connection failed: ``error`` says why."""
+        if self._error is None and self.state is not StreamState.CLOSED:
+            self._error = error
+            # What the peer finished sending stays readable to its end; otherwise
+            # the receiving side is broken too.
+            ended = self.state is StreamState.HALF_CLOSED_REMOTE
+            self.state = StreamState.CLOSED if ended else StreamState.RESET
+        self.wake()
+
+    def window_opened(self) -> None:
+        self._send_lot.unpark_all()
+
+    def wake(self) -> None:
         self._recv_lot.unpark_all()
         self._send_lot.unpark_all()
 
-    def _discard_buffer(self) -> None:
+    def discard_buffer(self) -> None:
         self._chunks.clear()
         self._head = 0
         self._buffered = 0
 
+    # ---- errors -----------------------------------------------------------------
+
     def _broken(self) -> trio.BrokenResourceError:
-        if self._conn.error is not None:
-            err = trio.BrokenResourceError(f"HBONE connection failed: {self._conn.error.reason}")
-            err.__cause__ = self._conn.error
-            return err
-        code = self._reset_code or 0
-        name = ErrorCodes(code).name if code in ErrorCodes._value2member_map_ else str(code)
-        who = "peer" if self._reset_by_peer else "us"
-        return trio.BrokenResourceError(f"HBONE stream reset by {who} ({name})")
+        err = trio.BrokenResourceError(f"HTTP/2 stream failed: {self._error}")
+        err.__cause__ = self._error
+        return err
 
-    def _is_broken(self) -> bool:
-        return self._reset_code is not None or self._conn.error is not None
+    def _check_send(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("HTTP/2 stream was closed")
+        if self._error is not None:
+            raise self._broken()
+        if self.state not in _SENDING:
+            raise trio.ClosedResourceError("can't send after send_eof")
 
-    # ---- client side: the answer to CONNECT ------------------------------------
+    # ---- headers ------------------------------------------------------------------
 
-    async def _wait_response(self) -> None:
-        from mesh.hbone.settings import HboneStreamRefused
-
+    async def wait_response(self) -> Headers:
+        """The response headers (client side), once they arrived."""
         while self.status is None:
-            if self._is_broken():
-                if self._conn.error is not None:
-                    raise self._conn.error
-                raise HboneStreamRefused(None, Reason.CONNECTION_RESET, str(self._broken()))
+            if self._error is not None:
+                raise self._error
             await self._recv_lot.park()
+        return self.response_headers
+
+    async def wait_connect_answer(self) -> None:
+        """CONNECT: wait for the answer; anything but 200 is :class:`HboneStreamRefused`."""
+        try:
+            await self.wait_response()
+        except StreamReset as exc:
+            if exc.code == ErrorCodes.REFUSED_STREAM:  # RFC 9113 §8.7: never processed
+                raise HboneRetryableError(f"the peer refused the stream: {exc}") from exc
+            raise HboneStreamRefused(None, Reason.CONNECTION_RESET, str(self._broken())) from exc
         if self.status != 200:
             code = dict(self.response_headers).get(REASON_HEADER)
             raise HboneStreamRefused(self.status, Reason.from_code(code))
 
-    # ---- trio.abc.SendStream ---------------------------------------------------
+    def send_headers(self, headers: Sequence[tuple[str, str]], *, end_stream: bool = False) -> None:
+        """Send request or response headers (once; :meth:`send_trailers` for the end)."""
+        if self.headers_sent:
+            raise RuntimeError("headers were already sent on this stream")
+        self._check_send()
+        self.headers_sent = True
+        if end_stream:
+            self.on_local_end()
+        self.connection.send_headers(self, list(headers), end_stream=end_stream)
 
-    def _check_send(self) -> None:
-        if self._closed:
-            raise trio.ClosedResourceError("HBONE stream was closed")
-        if self._local_eof:
-            raise trio.ClosedResourceError("can't send after send_eof")
-        if self._is_broken():
-            raise self._broken()
+    def reject_nowait(self, reason: Reason) -> None:
+        """Answer with the reason's status and its code in an ``ambit-reason`` header (only
+        the code: details stay in our log), end our side, and cancel the peer's side if it
+        is still sending."""
+        status = str(reason.status)
+        self.send_headers([(":status", status), (REASON_HEADER, reason.value)], end_stream=True)
+        if self.state is StreamState.HALF_CLOSED_LOCAL:
+            self.connection.reset_stream(self, ErrorCodes.NO_ERROR)
+
+    async def send_trailers(self, headers: Sequence[tuple[str, str]]) -> None:
+        """End our side with a trailing HEADERS frame instead of an empty DATA frame."""
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this HTTP/2 stream")
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self._check_send()
+        self.on_local_end()
+        self.connection.send_headers(self, list(headers), end_stream=True)
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
+    # ---- trio.abc.SendStream ---------------------------------------------------
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if self._sending:
-            raise trio.BusyResourceError("another task is sending on this HBONE stream")
+            raise trio.BusyResourceError("another task is sending on this HTTP/2 stream")
         self._sending = True
         try:
             await trio.lowlevel.checkpoint_if_cancelled()
@@ -149,17 +275,17 @@ class HboneStream(trio.abc.HalfCloseableStream):
             view = memoryview(data)
             if view.itemsize != 1 or view.ndim != 1:
                 view = view.cast("B")
-            conn = self._conn
+            owner = self.connection
             waited = False
             while view:
-                allowed = conn._send_capacity(self)
+                allowed = owner.send_capacity(self)
                 while allowed <= 0:
                     await self._wait_space()
                     waited = True
                     self._check_send()
-                    allowed = conn._send_capacity(self)
+                    allowed = owner.send_capacity(self)
                 n = min(allowed, len(view))
-                conn._queue_data(self, view[:n])
+                owner.queue_data(self, view[:n])
                 view = view[n:]
             if not waited:
                 await trio.lowlevel.cancel_shielded_checkpoint()
@@ -167,24 +293,23 @@ class HboneStream(trio.abc.HalfCloseableStream):
             self._sending = False
 
     async def _wait_space(self) -> None:
-        waiters = self._conn._space_waiters
-        waiters.add(self)
+        self.connection.want_space(self, True)
         try:
             await self._send_lot.park()
         finally:
-            waiters.discard(self)
+            self.connection.want_space(self, False)
 
     async def wait_send_all_might_not_block(self) -> None:
         if self._sending:
-            raise trio.BusyResourceError("another task is sending on this HBONE stream")
+            raise trio.BusyResourceError("another task is sending on this HTTP/2 stream")
         self._sending = True
         try:
             await trio.lowlevel.checkpoint_if_cancelled()
             self._check_send()
-            if self._conn._send_capacity(self) > 0:
+            if self.connection.send_capacity(self) > 0:
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 return
-            while self._conn._send_capacity(self) <= 0:
+            while self.connection.send_capacity(self) <= 0:
                 await self._wait_space()
                 self._check_send()
         finally:
@@ -192,15 +317,15 @@ class HboneStream(trio.abc.HalfCloseableStream):
 
     async def send_eof(self) -> None:
         if self._sending:
-            raise trio.BusyResourceError("another task is sending on this HBONE stream")
+            raise trio.BusyResourceError("another task is sending on this HTTP/2 stream")
         await trio.lowlevel.checkpoint_if_cancelled()
         if self._closed:
-            raise trio.ClosedResourceError("HBONE stream was closed")
-        if not self._local_eof:
-            if self._is_broken():
-                raise self._broken()
-            self._local_eof = True
-            self._conn._end_stream(self)
+            raise trio.ClosedResourceError("HTTP/2 stream was closed")
+        if self._error is not None:
+            raise self._broken()
+        if self.state in _SENDING:
+            self.on_local_end()
+            self.connection.end_stream(self)
         await trio.lowlevel.cancel_shielded_checkpoint()
 
     # ---- trio.abc.ReceiveStream ------------------------------------------------
@@ -211,23 +336,23 @@ class HboneStream(trio.abc.HalfCloseableStream):
             if max_bytes < 1:
                 raise ValueError("max_bytes must be >= 1")
         if self._receiving:
-            raise trio.BusyResourceError("another task is receiving on this HBONE stream")
+            raise trio.BusyResourceError("another task is receiving on this HTTP/2 stream")
         self._receiving = True
         try:
             await trio.lowlevel.checkpoint_if_cancelled()
             waited = False
             while True:
                 if self._closed:
-                    raise trio.ClosedResourceError("HBONE stream was closed")
+                    raise trio.ClosedResourceError("HTTP/2 stream was closed")
                 if self._buffered:
                     data = self._take(max_bytes) if max_bytes else self._take_chunk()
-                    self._conn._credit(self, len(data))
+                    self.connection.credit(self, len(data))
                     break
-                if self._remote_eof:
+                if self.state is StreamState.RESET:
+                    raise self._broken()
+                if self.state not in _RECEIVING:
                     data = b""
                     break
-                if self._is_broken():
-                    raise self._broken()
                 await self._recv_lot.park()
                 waited = True
             if not waited:
@@ -247,7 +372,7 @@ class HboneStream(trio.abc.HalfCloseableStream):
         at most is in hand); :attr:`delivered` counts what reached it. An
         ``OSError`` of the socket propagates (the relay maps it)."""
         if self._receiving:
-            raise trio.BusyResourceError("another task is receiving on this HBONE stream")
+            raise trio.BusyResourceError("another task is receiving on this HTTP/2 stream")
         self._receiving = True
         self._sink = sock
         yielder = sockio.Yielder()
@@ -255,12 +380,12 @@ class HboneStream(trio.abc.HalfCloseableStream):
             await trio.lowlevel.checkpoint_if_cancelled()
             while True:
                 if self._closed:
-                    raise trio.ClosedResourceError("HBONE stream was closed")
+                    raise trio.ClosedResourceError("HTTP/2 stream was closed")
                 if self._buffered:
                     data = self._take_chunk()
                     # Credit as it is taken, as receive_some does: a send cancelled
                     # half-way (the app reset) must not keep the window it held.
-                    self._conn._credit(self, len(data))
+                    self.connection.credit(self, len(data))
                     self._sink_busy = True
                     try:
                         await sockio.send_all(sock, data)
@@ -269,14 +394,18 @@ class HboneStream(trio.abc.HalfCloseableStream):
                     self.delivered += len(data)
                     await yielder.tick()
                     continue
-                if self._remote_eof:
-                    return
-                if self._is_broken():
+                if self.state is StreamState.RESET:
                     raise self._broken()
+                if self.state not in _RECEIVING:
+                    return
                 await self._recv_lot.park()
         finally:
             self._sink = None
             self._receiving = False
+
+    def delivered_directly(self, n: int) -> None:
+        """Called by the connection: it wrote ``n`` bytes straight into the sink."""
+        self.delivered += n
 
     def _take_chunk(self) -> bytes:
         """The next received chunk (one DATA frame's payload), as it arrived: no copy."""
@@ -312,90 +441,29 @@ class HboneStream(trio.abc.HalfCloseableStream):
     async def aclose(self) -> None:
         if not self._closed:
             self._closed = True
-            self._conn._close_stream(self)
-            self._wake_all()
+            self.connection.close_stream(self)
+            self.wake()
         await trio.lowlevel.checkpoint()
 
 
-class HboneRequest:
-    """A CONNECT request received by a server, before it is answered.
+def _content_length(headers: Headers) -> int | None:
+    for name, value in headers:
+        if name == "content-length":
+            return int(value) if value.isdigit() else None
+    return None
 
-    The handler answers exactly once: :meth:`accept` (200, returns the stream)
-    or :meth:`reject` (401/403 denied, 400 bad request, 503 upstream failed).
-    """
 
-    def __init__(
-        self, conn: HboneConnection, stream: HboneStream, headers: list[tuple[str, str]]
-    ) -> None:
-        self.connection = conn
-        self.stream = stream
-        self.headers = headers
-        self.peer = conn.peer
-        fields = dict(headers)
-        self.method = fields.get(":method", "")
-        self.authority = fields.get(":authority", "")
-        self.answered = False
+class StreamReset(Exception):
+    """A stream was reset: by the peer or by us (``code``), see the message."""
 
-    def header(self, name: str) -> str | None:
-        for key, value in self.headers:
-            if key == name:
-                return value
-        return None
-
-    def problem(self) -> str | None:
-        """Why this is not a valid HBONE CONNECT, or None."""
-        if self.method != "CONNECT":
-            return f"method {self.method!r} is not CONNECT"
-        if self.stream._remote_eof:
-            return "CONNECT request ended its stream"
+    def __init__(self, code: int, *, by_peer: bool) -> None:
         try:
-            self.destination()
-        except ValueError as exc:
-            return str(exc)
-        return None
-
-    def destination(self) -> tuple[str, int]:
-        """The ``(ip, port)`` named by ``:authority``."""
-        host, sep, port = self.authority.rpartition(":")
-        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f":authority {self.authority!r} is not ip:port")
-        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-        try:
-            ipaddress.ip_address(host)
+            name = ErrorCodes(code).name
         except ValueError:
-            raise ValueError(f":authority {self.authority!r} does not name an IP address") from None
-        return host, int(port)
+            name = str(code)
+        super().__init__(f"stream reset by {'peer' if by_peer else 'us'} ({name})")
+        self.code = code
+        self.by_peer = by_peer
 
-    async def accept(self, headers: Sequence[tuple[str, str]] = ()) -> HboneStream:
-        """Answer 200 and return the stream, now carrying the tunnelled bytes."""
-        self._respond(200, headers, end_stream=False)
-        await trio.lowlevel.checkpoint()
-        return self.stream
 
-    async def reject(self, reason: Reason) -> None:
-        """Answer with the reason's status and its code in an ``ambit-reason`` header, and end
-        the stream. Only the code leaves: the caller logs the details on its side."""
-        self.reject_nowait(reason)
-        await trio.lowlevel.checkpoint()
-
-    def reject_nowait(self, reason: Reason) -> None:
-        self._respond(reason.status, [(REASON_HEADER, reason.value)], end_stream=True)
-        conn = self.connection
-        if not self.stream._remote_eof:
-            conn._reset_stream(self.stream, ErrorCodes.NO_ERROR)
-
-    def _respond(
-        self, status: int, headers: Sequence[tuple[str, str]], *, end_stream: bool
-    ) -> None:
-        if self.answered:
-            raise RuntimeError("this CONNECT request was already answered")
-        self.answered = True
-        conn = self.connection
-        if conn.error is not None:
-            raise trio.BrokenResourceError(f"HBONE connection failed: {conn.error.reason}")
-        conn.h2.send_headers(
-            self.stream.stream_id, [(":status", str(status)), *headers], end_stream=end_stream
-        )
-        if end_stream:
-            self.stream._local_eof = True
-        conn._kick()
+HboneStream = H2Stream  # the name the relay and the pool use: a CONNECT tunnel

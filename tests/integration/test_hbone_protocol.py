@@ -268,6 +268,7 @@ async def test_stock_h2_peer_with_padding_and_flow_control(root: Pki) -> None:
     connections: list[HboneConnection] = []
 
     async def echo_and_remember(request: HboneRequest) -> None:
+        assert isinstance(request.connection, HboneConnection)
         connections.append(request.connection)
         await echo_handler(request)
 
@@ -277,7 +278,7 @@ async def test_stock_h2_peer_with_padding_and_flow_control(root: Pki) -> None:
             address = await start_server(nursery, echo_and_remember, root.issue(SERVER_ID))
             received = await _stock_h2_echo(address, root, payload)
             server_conn = connections[0]
-            await wait_until(lambda: not server_conn._streams)
+            await wait_until(lambda: server_conn.statistics().streams == 0)
             assert server_conn.h2.open_inbound_streams == 0
             nursery.cancel_scope.cancel()
     assert received == payload

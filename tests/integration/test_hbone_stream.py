@@ -189,7 +189,7 @@ async def test_slow_reader_backpressures_the_sender(root: Pki) -> None:
     async def stalled(request: HboneRequest) -> None:
         stream = await request.accept()
         await release.wait()
-        buffered.append(stream._buffered)
+        buffered.append(stream.statistics().buffered)
         await read_all(stream)
 
     with trio.fail_after(30):

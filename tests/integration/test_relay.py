@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import trio
 
 from mesh import sockio
-from mesh.hbone import HboneRequest, HboneSettings, HboneStream
+from mesh.hbone import HboneRequest, HboneSettings, HboneStream, Http2Connection
 from mesh.relay import RelayStats, relay
 from tests.conftest import SERVER_ID
 from tests.integration.hbone_support import client_pool, connect, start_server
@@ -152,7 +152,7 @@ async def test_a_slow_app_holds_the_sender_back(root: Pki) -> None:
                     await sock.wait_writable()
                     accepted += sockio.send_nowait(sock, payload[accepted : accepted + 65536])
             assert accepted < total // 2, f"{accepted} bytes accepted though the app reads nothing"
-            assert chain.back_streams[0]._buffered <= SMALL_WINDOWS.stream_window
+            assert chain.back_streams[0].statistics().buffered <= SMALL_WINDOWS.stream_window
             release.set()
             async with client:
                 await client.send_all(payload[accepted:])
@@ -227,7 +227,9 @@ async def test_apps_that_reset_while_bytes_wait_for_them_give_all_credit_back(
                             pass
                 await wait_until(lambda i=i: len(served) == i + 1)  # type: ignore[misc]
             (server_side,) = {s.connection for s in chain.back_streams}
-            await wait_until(lambda: not server_side._streams)
-            credit = server_side._recv_window + server_side._recv_unacked
+            assert isinstance(server_side, Http2Connection)
+            await wait_until(lambda: server_side.statistics().streams == 0)
+            window = server_side.statistics().receive_window
+            credit = window.available + window.unacked
     assert len(chain.back_streams) == 30  # every client got through: nothing starved
     assert credit == settings.connection_window

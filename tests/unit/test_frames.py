@@ -27,6 +27,9 @@ class Recorder:
             ("wu", (header.stream_id, frames.window_increment(self.reader.buf, body)))
         )
 
+    def on_goaway(self, header: FrameHeader, body: int) -> None:
+        self.events.append(("goaway", frames.parse_goaway(self.reader.buf, body, header.length)))
+
     def failed(self) -> bool:
         return False
 

@@ -1,0 +1,484 @@
+"""The HTTP/2 protocol engine of a connection: frames, flow control, streams.
+
+:class:`Http2Engine` is the core that :class:`~mesh.hbone.connection.Http2Connection`
+runs with Trio tasks. The boundary with h2 (tested in
+tests/integration/test_hbone_protocol.py): h2 parses and writes
+HEADERS/CONTINUATION, SETTINGS, RST_STREAM and PING and keeps the stream state
+machine. The engine splits received bytes into frames itself
+(:class:`~mesh.hbone.frames.FrameReader`), consumes DATA and WINDOW_UPDATE,
+and owns all flow control in both directions. h2 only ever sees *empty* DATA
+frames in place of the ones consumed, so it still learns END_STREAM and
+judges frames for closed or unknown streams; its own windows are never used.
+GOAWAY is the engine's too, both ways (:mod:`mesh.hbone.goaway`): stock h2
+closes its state when it sends or receives one, so h2 never sees ours or the
+peer's and keeps the streams that are to finish open. Only after a protocol
+error h2 found itself does h2 write its own GOAWAY, as the connection dies.
+
+Invariants:
+- The read path never awaits a send: it queues and wakes the writer
+  (:class:`~mesh.hbone.writer.FrameWriter`), only when there is something
+  to send.
+- Flow-control credit is returned as the consumer takes data (``receive_some``,
+  ``send_to``, or the reader writing DATA straight into a ``send_to`` socket),
+  never when data is merely buffered, so every buffer is bounded by a window
+  (:class:`~mesh.hbone.window.ReceiveWindow`).
+- A connection error is remembered and fails every stream on it.
+- Streams know the engine only as a :class:`~mesh.hbone.stream.StreamOwner`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import h2.settings
+import trio
+from h2.errors import ErrorCodes
+
+from mesh import sockio
+from mesh.hbone import frames
+from mesh.hbone.goaway import Goaway
+from mesh.hbone.settings import HboneConnectionError, HboneRetryableError, HboneSettings
+from mesh.hbone.stream import H2Stream, Headers, StreamReset
+from mesh.hbone.transport import Transport
+from mesh.hbone.window import ReceiveWindow, WindowOverflow
+from mesh.hbone.writer import FrameWriter
+from mesh.identity import SpiffeId
+from mesh.reason import Reason
+
+_ERROR_CODES = frozenset(int(code) for code in ErrorCodes)
+
+
+class Http2Engine:
+    """One HTTP/2 connection's protocol state over ``transport``.
+
+    The subclass runs :meth:`read_loop` and ``writer.run`` and decides what to
+    do with new streams (:meth:`stream_received`) and PING answers.
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        settings: HboneSettings,
+        client_side: bool,
+        peer: SpiffeId | None = None,
+        peer_address: tuple[str, int] | None = None,
+    ) -> None:
+        self._peer = peer
+        self._peer_address = peer_address
+        self.settings = settings
+        self.client_side = client_side
+        self.transport = transport
+        config = h2.config.H2Configuration(client_side=client_side, header_encoding="utf-8")
+        self.h2 = h2.connection.H2Connection(config)
+        local: dict[h2.settings.SettingCodes, int] = {
+            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: settings.stream_window,
+            h2.settings.SettingCodes.MAX_FRAME_SIZE: settings.max_frame_size,
+            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: settings.max_concurrent_streams,
+        }
+        if client_side:
+            local[h2.settings.SettingCodes.ENABLE_PUSH] = 0
+        # Set before initiate_connection so they travel in the first SETTINGS, after the preface.
+        self.h2.local_settings = h2.settings.Settings(client=client_side, initial_values=local)
+        self.h2.initiate_connection()
+        self.h2.increment_flow_control_window(settings.connection_window - 65_535)
+
+        self.streams: dict[int, H2Stream] = {}
+        self.reader = frames.FrameReader(
+            max_frame_size=settings.max_frame_size, expect_preface=not client_side
+        )
+        self.writer = FrameWriter(
+            transport, self.h2.data_to_send, limit=settings.write_buffer_limit
+        )
+        self._space_waiters: set[H2Stream] = set()
+        # Flow control, ours alone.
+        self.send_window = 65_535
+        self.recv_window = ReceiveWindow(settings.connection_window)
+        self._peer_initial_window = 65_535
+        self._peer_max_frame = frames.MIN_FRAME_SIZE
+        self.error: HboneConnectionError | None = None
+        self.goaway = Goaway()
+        self.idle_since = trio.current_time()
+        self.bytes_received = 0
+
+    @property
+    def peer(self) -> SpiffeId | None:
+        """The identity mTLS verified (None without mTLS)."""
+        return self._peer
+
+    @property
+    def peer_address(self) -> tuple[str, int] | None:
+        """The TCP peer: the source pod's IP in the mesh."""
+        return self._peer_address
+
+    # ---- hooks for the subclass ---------------------------------------------------
+
+    def stream_received(self, stream: H2Stream) -> None:
+        """The peer opened ``stream``; its request headers are in it."""
+        stream.reject_nowait(Reason.PROTOCOL_ERROR)  # this endpoint accepts no streams
+
+    def ping_acked(self, data: bytes) -> None:
+        """The peer answered our PING carrying ``data``."""
+
+    def drained(self) -> None:
+        """A GOAWAY was sent or received and no stream is left."""
+
+    def failing(self) -> None:
+        """The connection just failed (:attr:`error` says why)."""
+
+    def fail(self, exc: HboneConnectionError) -> None:
+        """Remember the connection's error and fail every stream on it (once)."""
+        if self.error is not None:
+            return
+        self.error = exc
+        self.failing()
+        streams = list(self.streams.values())
+        self.streams.clear()
+        for stream in streams:
+            stream.on_reset(exc)
+        for stream in list(self._space_waiters):
+            stream.wake()
+        self.writer.wake()
+
+    # ---- reading --------------------------------------------------------------
+
+    async def read_loop(self) -> None:
+        """Receive, split into frames, handle; raises at the end of the connection."""
+        transport = self.transport
+        reader = self.reader
+        yielder = sockio.Yielder()
+        while True:
+            await yielder.tick()  # receive_into does not checkpoint while data keeps coming
+            n = await transport.receive_into(reader.room())
+            if n == 0:
+                raise HboneConnectionError("peer closed the connection", code=ErrorCodes.NO_ERROR)
+            self.bytes_received += n
+            reader.received(n)
+            try:
+                reader.process(self)
+            except frames.FrameError as exc:
+                self.protocol_error(exc.code, exc.reason)
+            self.writer.kick()  # e.g. acks of SETTINGS and PING; only if there are any
+
+    # FrameSink: the reader hands us frames.
+
+    def failed(self) -> bool:
+        return self.error is not None
+
+    def on_h2_bytes(self, data: bytes) -> None:
+        self._h2_feed(data)
+
+    def protocol_error(self, code: int, reason: str) -> None:
+        self.send_goaway(self.h2.highest_inbound_stream_id, code)
+        raise HboneConnectionError(f"peer broke HTTP/2: {reason}", code=code)
+
+    def send_goaway(self, last_stream_id: int, code: int = ErrorCodes.NO_ERROR) -> None:
+        """Queue our GOAWAY; h2 never sees it, so its state stays open for the streams
+        that are to finish (h2's own GOAWAY, after a protocol error it found, ends all)."""
+        if self.error is None:
+            self.writer.queue(frames.goaway(self.goaway.sending(last_stream_id), code))
+
+    def on_goaway(self, header: frames.FrameHeader, body: int) -> None:
+        if header.stream_id != 0:
+            self.protocol_error(ErrorCodes.PROTOCOL_ERROR, "GOAWAY on a stream")
+        if header.length < 8:
+            self.protocol_error(ErrorCodes.FRAME_SIZE_ERROR, "GOAWAY shorter than 8 bytes")
+        last, code, _debug = frames.parse_goaway(self.reader.buf, body, header.length)
+        self.goaway.received(last, code)
+        for sid, stream in list(self.streams.items()):
+            if self._is_ours(sid) and not self.goaway.processed_by_peer(sid):
+                self._detach(stream)
+                stream.on_reset(
+                    HboneRetryableError(
+                        f"the peer's GOAWAY (last stream {last}) says it never processed"
+                        f" stream {sid}; retry on another connection"
+                    )
+                )
+        if code != ErrorCodes.NO_ERROR:
+            name = ErrorCodes(code).name if code in _ERROR_CODES else str(code)
+            raise HboneConnectionError(f"peer sent GOAWAY with error {name}", code=code)
+        if not self.streams:
+            self.drained()
+
+    def _is_ours(self, stream_id: int) -> bool:
+        return (stream_id % 2 == 1) == self.client_side
+
+    def _h2_feed(self, data: bytes) -> None:
+        try:
+            events = self.h2.receive_data(data)
+        except h2.exceptions.ProtocolError as exc:
+            code = getattr(exc, "error_code", ErrorCodes.PROTOCOL_ERROR)
+            raise HboneConnectionError(f"peer broke HTTP/2: {exc}", code=code) from exc
+        for event in events:
+            self._on_event(event)
+
+    def on_data(self, header: frames.FrameHeader, body: int) -> None:
+        sid = header.stream_id
+        length = header.length
+        if sid == 0:
+            self.protocol_error(ErrorCodes.PROTOCOL_ERROR, "DATA frame on stream 0")
+        try:
+            self.recv_window.received(length)
+        except WindowOverflow:
+            self.protocol_error(
+                ErrorCodes.FLOW_CONTROL_ERROR, "peer sent more DATA than the connection window"
+            )
+        stream = self.streams.get(sid)
+        if stream is None or not stream.accepts_data():
+            # Unknown, closed or reset stream: give the connection credit back now and let
+            # h2 decide whether this is a stream or a connection error.
+            self._credit_connection(length)
+            self._h2_feed(frames.empty_data_frame(sid, header.flags))
+            return
+        try:
+            start, stop = frames.data_payload_bounds(header, self.reader.buf, body)
+        except frames.PaddingError as exc:
+            self.protocol_error(ErrorCodes.PROTOCOL_ERROR, str(exc))
+        try:
+            stream.recv_window.received(length)
+        except WindowOverflow:
+            self._credit_connection(length)
+            self._reset_stream(stream, ErrorCodes.FLOW_CONTROL_ERROR)
+            return
+        padding = length - (stop - start)
+        if padding:
+            self.credit(stream, padding)
+        if stream.expected_length is not None and not self._count_content(stream, stop - start):
+            self._credit_connection(stop - start)
+            return
+        if stop > start:
+            sent = 0
+            if (sink := stream.direct_sink()) is not None:
+                # Straight from the receive buffer: no copy, no task switch. A failed
+                # write is left for send_to to meet when it sends what is left.
+                with contextlib.suppress(OSError):
+                    sent = sockio.send_nowait(sink, self.reader.view[start:stop])
+                if sent:
+                    stream.delivered_directly(sent)
+                    self.credit(stream, sent)
+            if sent < stop - start:
+                stream.on_data(bytes(self.reader.view[start + sent : stop]))  # one copy
+        if header.flags & frames.FLAG_END_STREAM:
+            if stream.expected_length not in (None, stream.content_received):
+                self._reset_stream(stream, ErrorCodes.PROTOCOL_ERROR)  # content-length lied
+                return
+            self._h2_feed(frames.empty_data_frame(sid, frames.FLAG_END_STREAM))
+
+    def _count_content(self, stream: H2Stream, n: int) -> bool:
+        """Count DATA against the stream's content-length (RFC 9113 §8.1.1); False if over.
+
+        h2 would check this, but sees only empty DATA frames in place of ours: the
+        engine checks it, and clears h2's copy of the expected length (h2 has no
+        switch for it) when the headers arrive."""
+        stream.content_received += n
+        if stream.content_received > (stream.expected_length or 0):
+            self._reset_stream(stream, ErrorCodes.PROTOCOL_ERROR)
+            return False
+        return True
+
+    def _own_content_length(self, stream_id: int) -> None:
+        if (h2_stream := self.h2.streams.get(stream_id)) is not None:
+            h2_stream._expected_content_length = None
+
+    def on_window_update(self, header: frames.FrameHeader, body: int) -> None:
+        if header.length != 4:
+            self.protocol_error(ErrorCodes.FRAME_SIZE_ERROR, "WINDOW_UPDATE frame not 4 bytes long")
+        increment = frames.window_increment(self.reader.buf, body)
+        sid = header.stream_id
+        if sid == 0:
+            if increment == 0:
+                self.protocol_error(
+                    ErrorCodes.PROTOCOL_ERROR, "WINDOW_UPDATE of 0 on the connection"
+                )
+            self.send_window += increment
+            if self.send_window > frames.MAX_WINDOW:
+                self.protocol_error(ErrorCodes.FLOW_CONTROL_ERROR, "connection window above 2^31-1")
+            for waiter in list(self._space_waiters):
+                waiter.window_opened()
+            return
+        stream = self.streams.get(sid)
+        if stream is None:
+            self._h2_feed(bytes(self.reader.view[body - frames.FRAME_HEADER_LEN : body + 4]))
+            return
+        if increment == 0:
+            self._reset_stream(stream, ErrorCodes.PROTOCOL_ERROR)
+            return
+        stream.send_window += increment
+        if stream.send_window > frames.MAX_WINDOW:
+            self._reset_stream(stream, ErrorCodes.FLOW_CONTROL_ERROR)
+            return
+        stream.window_opened()
+
+    def _on_event(self, event: h2.events.Event) -> None:
+        if isinstance(event, h2.events.RequestReceived):
+            self._on_request(event)
+        elif isinstance(event, h2.events.ResponseReceived):
+            self._own_content_length(event.stream_id)
+            if (stream := self.streams.get(event.stream_id)) is not None:
+                stream.on_headers(_decoded(event.headers))
+        elif isinstance(event, h2.events.TrailersReceived):
+            if (stream := self.streams.get(event.stream_id)) is not None:
+                stream.on_trailers(_decoded(event.headers))
+        elif isinstance(event, h2.events.StreamEnded):
+            if (stream := self.streams.get(event.stream_id)) is not None:
+                stream.on_remote_end()
+                self._forget_if_done(stream)
+        elif isinstance(event, h2.events.StreamReset):
+            if (stream := self.streams.get(event.stream_id)) is not None:
+                self._detach(stream)
+                stream.on_reset(StreamReset(int(event.error_code or 0), by_peer=True))
+        elif isinstance(event, h2.events.RemoteSettingsChanged):
+            self._on_settings(event)
+        elif isinstance(event, h2.events.PingAckReceived):
+            self.ping_acked(bytes(event.ping_data or b""))
+
+    def _on_settings(self, event: h2.events.RemoteSettingsChanged) -> None:
+        changed = event.changed_settings
+        if (window := changed.get(h2.settings.SettingCodes.INITIAL_WINDOW_SIZE)) is not None:
+            delta = int(window.new_value or 0) - int(window.original_value or 0)
+            self._peer_initial_window = int(window.new_value or 0)
+            for stream in self.streams.values():
+                stream.send_window += delta
+                stream.window_opened()
+        if (size := changed.get(h2.settings.SettingCodes.MAX_FRAME_SIZE)) is not None:
+            self._peer_max_frame = int(size.new_value or frames.MIN_FRAME_SIZE)
+
+    def _on_request(self, event: h2.events.RequestReceived) -> None:
+        self._own_content_length(event.stream_id)
+        if not self.goaway.accepts(event.stream_id):  # opened after our GOAWAY: not processed
+            with contextlib.suppress(h2.exceptions.H2Error):
+                self.h2.reset_stream(event.stream_id, error_code=ErrorCodes.REFUSED_STREAM)
+            return
+        stream = self.new_stream(event.stream_id, _decoded(event.headers))
+        if event.stream_ended is not None:
+            # Before anyone looks at the request: a handler must see that it ended.
+            stream.on_remote_end()
+        self.stream_received(stream)
+
+    def new_stream(self, sid: int, request_headers: Headers | None = None) -> H2Stream:
+        stream = H2Stream(
+            self, sid, self._peer_initial_window, self.settings.stream_window, request_headers
+        )
+        self.streams[sid] = stream
+        return stream
+
+    # ---- writing --------------------------------------------------------------
+
+    def _queue(self, data: bytes) -> None:
+        self.writer.queue(data)
+
+    def kick(self) -> None:
+        self.writer.wake()
+
+    def wake_space_waiters(self) -> None:
+        for waiter in list(self._space_waiters):
+            waiter.window_opened()
+
+    # StreamOwner: what streams ask of their connection.
+
+    def send_capacity(self, stream: H2Stream) -> int:
+        """How many bytes ``stream`` may queue right now (0: wait)."""
+        if self.writer.full():
+            return 0
+        return max(0, min(stream.send_window, self.send_window, self._peer_max_frame))
+
+    def want_space(self, stream: H2Stream, waiting: bool) -> None:
+        if waiting:
+            self._space_waiters.add(stream)
+        else:
+            self._space_waiters.discard(stream)
+
+    def queue_data(self, stream: H2Stream, chunk: memoryview) -> None:
+        n = len(chunk)
+        stream.send_window -= n
+        self.send_window -= n
+        self.writer.queue_data(stream.stream_id, chunk)
+
+    def send_headers(self, stream: H2Stream, headers: Headers, *, end_stream: bool) -> None:
+        if self.error is not None:
+            raise trio.BrokenResourceError(f"HTTP/2 connection failed: {self.error.reason}")
+        self.h2.send_headers(stream.stream_id, headers, end_stream=end_stream)
+        if end_stream:
+            self._forget_if_done(stream)
+        self.kick()
+
+    def end_stream(self, stream: H2Stream) -> None:
+        with contextlib.suppress(h2.exceptions.H2Error):
+            self.h2.end_stream(stream.stream_id)
+        self._forget_if_done(stream)
+        self.kick()
+
+    def reset_stream(self, stream: H2Stream, code: int) -> None:
+        self._reset_stream(stream, code)
+
+    def _reset_stream(self, stream: H2Stream, code: int) -> None:
+        self._detach(stream)
+        with contextlib.suppress(h2.exceptions.H2Error):
+            self.h2.reset_stream(stream.stream_id, error_code=code)
+        stream.on_reset(StreamReset(code, by_peer=False))
+        self.kick()
+
+    def close_stream(self, stream: H2Stream) -> None:
+        """The user closed the stream: finish our side, cancel theirs if still open."""
+        if self.streams.get(stream.stream_id) is stream and self.error is None:
+            if stream.may_send():  # END_STREAM first: what we sent is complete
+                stream.on_local_end()
+                with contextlib.suppress(h2.exceptions.H2Error):
+                    self.h2.end_stream(stream.stream_id)
+            if stream.accepts_data():  # the peer still sends: cancel that
+                self._reset_stream(stream, ErrorCodes.CANCEL)
+            self.kick()
+        self._detach(stream)
+        stream.discard_buffer()
+        self._space_waiters.discard(stream)
+
+    def _forget_if_done(self, stream: H2Stream) -> None:
+        if stream.is_done():
+            self._detach(stream)
+
+    def _detach(self, stream: H2Stream) -> None:
+        """Take a finished stream out of the table and give the connection window
+        back the bytes still buffered in it; they stay readable, but reading them
+        no longer returns credit."""
+        if self.streams.get(stream.stream_id) is not stream:
+            return
+        del self.streams[stream.stream_id]
+        self._credit_connection(stream.buffered)
+        if not self.streams:
+            self.idle_since = trio.current_time()
+            if self.goaway.draining():
+                self.drained()
+
+    def credit(self, stream: H2Stream, n: int) -> None:
+        """``n`` bytes of ``stream`` were consumed: return flow-control credit."""
+        if n <= 0 or self.error is not None:
+            return
+        if self.streams.get(stream.stream_id) is not stream:
+            return  # detached: its buffered bytes were already given back
+        if stream.accepts_data() and (increment := stream.recv_window.consumed(n)):
+            self._queue(frames.window_update(stream.stream_id, increment))
+        self._credit_connection(n)
+
+    def _credit_connection(self, n: int) -> None:
+        if n > 0 and self.error is None and (increment := self.recv_window.consumed(n)):
+            self._queue(frames.window_update(0, increment))
+
+
+def _closed() -> HboneConnectionError:
+    return HboneConnectionError("connection closed", code=ErrorCodes.NO_ERROR)
+
+
+def _decoded(headers: object) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    for name, value in headers:  # type: ignore[attr-defined]
+        out.append(
+            (
+                name.decode() if isinstance(name, bytes) else name,
+                value.decode() if isinstance(value, bytes) else value,
+            )
+        )
+    return out

@@ -1,0 +1,98 @@
+"""The write side of an HTTP/2 connection: one writer task, batching, ordering.
+
+Invariants (the connection relies on them):
+- Bytes leave through one writer task (:meth:`FrameWriter.run`), in the
+  order they were queued; h2's output is moved into the batch before any frame
+  of ours is appended.
+- Small frames (control, headers, short DATA) are batched and written to the
+  transport together; a large DATA payload is written straight from the
+  sender's buffer (for TLS: encrypted without a copy) after the batch.
+- The writer runs once per scheduler batch, so the frames of many streams
+  that woke together leave in one transport write.
+- Queuing never awaits: the read path and senders queue and wake the writer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import trio
+
+from mesh import sockio
+from mesh.hbone import frames
+from mesh.hbone.transport import Transport
+
+DIRECT_WRITE_MIN = 16 * 1024  # DATA payloads this large skip the batching copy
+
+
+class FrameWriter:
+    """Queue frames for a transport and run the one task that sends them."""
+
+    def __init__(self, transport: Transport, h2_output: Callable[[], bytes], *, limit: int) -> None:
+        self._transport = transport
+        self._h2_output = h2_output
+        self._limit = limit
+        self._small = bytearray()
+        self._lot = trio.lowlevel.ParkingLot()
+
+    def full(self) -> bool:
+        """Is ``write_buffer_limit`` reached? Senders wait until a batch leaves."""
+        return self._transport.pending_output() + len(self._small) >= self._limit
+
+    def queue(self, data: bytes | bytearray | memoryview) -> None:
+        """Append our own frame bytes after whatever h2 has produced so far."""
+        small = self._small
+        pending = self._h2_output()
+        if pending:
+            small += pending
+        small += data
+        self._lot.unpark_all()
+
+    def queue_data(self, stream_id: int, chunk: memoryview) -> None:
+        n = len(chunk)
+        self.queue(frames.data_header(n, stream_id))
+        if n < DIRECT_WRITE_MIN:
+            self._small += chunk
+        else:
+            self.write_small()  # everything queued before goes first
+            self._transport.write(chunk)
+
+    def kick(self) -> None:
+        """Wake the writer if h2 or we queued anything."""
+        if pending := self._h2_output():
+            self._small += pending
+        if self._small:
+            self._lot.unpark_all()
+
+    def write_small(self) -> None:
+        """Hand the batched small frames (and h2's output) to the transport, in order."""
+        pending = self._h2_output()
+        if pending:
+            self._small += pending
+        if self._small:
+            self._transport.write(self._small)
+            self._small.clear()
+
+    def wake(self) -> None:
+        self._lot.unpark_all()
+
+    async def run(self, on_batch: Callable[[], None]) -> None:
+        """The only task that sends: flush what senders wrote, batch by batch.
+
+        Senders may write the next batch while this one is on the wire;
+        ``on_batch`` runs as a batch is taken (to wake senders waiting for room)."""
+        transport = self._transport
+        yielder = sockio.Yielder()
+        while True:
+            await yielder.tick()  # flush_batch does not checkpoint while the socket takes it all
+            self.write_small()
+            if not transport.has_output():
+                await self._lot.park()
+                continue
+            on_batch()  # they run once flush_batch yields, after it took the pending bytes
+            await transport.flush_batch()
+
+    async def flush(self) -> None:
+        """Send everything queued (e.g. a GOAWAY before closing)."""
+        self.write_small()
+        await self._transport.flush()
