@@ -126,6 +126,8 @@ def _source_matches(source: Source, conn: Connection) -> list[str] | None:
             if value is not None and any(_wildcard(p, value) for p in negative):
                 return None
             met.append(f"{label} {shown} not in [{', '.join(negative)}]")
+    if not (source.ip_blocks or source.not_ip_blocks):
+        return met  # no address to check: skip parsing it (the common case)
     ip = ipaddress.ip_address(conn.src_ip)
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped  # a dual-stack socket's view of an IPv4 peer

@@ -30,8 +30,6 @@ SecurityPolicy: TypeAlias = Literal["mutual_tls", "none", "unknown"]
 UNKNOWN = "unknown"
 CLUSTER = "Kubernetes"  # Istio's default cluster id
 NO_FLAGS = "-"
-FLAG_DENIED = "DENY"  # refused by an authorization policy
-FLAG_UPSTREAM_FAILURE = "UF"  # could not connect to the destination
 
 # Kubernetes label keys the metric labels are read from, in order of preference.
 APP_LABELS = ("app", "app.kubernetes.io/name")
@@ -175,6 +173,17 @@ class TcpMetrics:
             "istio_tcp_received_bytes", "Total bytes received from the client (request bytes)"
         )
 
+    def series(self, labels: TcpLabels) -> TcpSeries:
+        """The four counters' children for ``labels``, resolved once."""
+        values = labels.values
+        return TcpSeries(
+            labels,
+            self.connections_opened.labels(*values),
+            self.connections_closed.labels(*values),
+            self.sent_bytes.labels(*values),
+            self.received_bytes.labels(*values),
+        )
+
     def opened(self, labels: TcpLabels) -> None:
         self.connections_opened.labels(*labels.values).inc()
 
@@ -186,3 +195,67 @@ class TcpMetrics:
             self.sent_bytes.labels(*labels.values).inc(sent)
         if received:
             self.received_bytes.labels(*labels.values).inc(received)
+
+
+@dataclass(frozen=True, eq=False)
+class TcpSeries:
+    """One label set's four counter children: counting on them skips the label lookup."""
+
+    labels: TcpLabels
+    opened: Counter
+    closed: Counter
+    sent: Counter
+    received: Counter
+
+    def add_bytes(self, sent: int, received: int) -> None:
+        if sent:
+            self.sent.inc(sent)
+        if received:
+            self.received.inc(received)
+
+
+SeriesKey: TypeAlias = tuple[object, ...]
+
+
+class SeriesCache:
+    """Label sets and their counter children, computed once per distinct connection shape.
+
+    The key holds the *identity* of the model objects of a record (snapshot objects are
+    immutable, so the same object always yields the same labels) and the value keeps
+    them alive, so an id is never reused while its entry exists. Bounded: it starts
+    over when full (a new snapshot brings new objects, so old entries go unused)."""
+
+    def __init__(self, metrics: TcpMetrics, limit: int = 4096) -> None:
+        self._metrics = metrics
+        self._limit = limit
+        self._entries: dict[SeriesKey, tuple[TcpSeries, tuple[object, ...]]] = {}
+
+    def get(
+        self,
+        reporter: Reporter,
+        *,
+        source: Workload | None,
+        source_identity: SpiffeId | None,
+        destination: Workload | None,
+        service: Service | None,
+        security_policy: SecurityPolicy,
+        response_flags: str = NO_FLAGS,
+    ) -> TcpSeries:
+        key = (reporter, id(source), source_identity, id(destination), id(service),
+               security_policy, response_flags)  # fmt: skip
+        entry = self._entries.get(key)
+        if entry is None:
+            labels = TcpLabels.of(
+                reporter,
+                source=source,
+                source_identity=source_identity,
+                destination=destination,
+                service=service,
+                security_policy=security_policy,
+                response_flags=response_flags,
+            )
+            if len(self._entries) >= self._limit:
+                self._entries.clear()
+            entry = (self._metrics.series(labels), (source, destination, service))
+            self._entries[key] = entry
+        return entry[0]

@@ -17,7 +17,7 @@ from typing import NoReturn
 import trio
 
 from mesh.accesslog import log_connection
-from mesh.metrics import TcpLabels, TcpMetrics
+from mesh.metrics import SeriesCache, TcpMetrics, TcpSeries
 from mesh.reason import Failure
 from mesh.record import ConnectionRecord
 
@@ -26,7 +26,7 @@ FLUSH_INTERVAL = 5.0
 
 @dataclass(eq=False)
 class _Live:
-    labels: TcpLabels
+    series: TcpSeries
     record: ConnectionRecord
     sent: int = 0  # already counted
     received: int = 0
@@ -34,11 +34,11 @@ class _Live:
 
 class ZtunnelTelemetry:
     def __init__(self, metrics: TcpMetrics) -> None:
-        self._metrics = metrics
+        self._series = SeriesCache(metrics)
         self._live: dict[int, _Live] = {}
 
-    def _labels(self, record: ConnectionRecord, flags: str = "-") -> TcpLabels:
-        return TcpLabels.of(
+    def _labels(self, record: ConnectionRecord, flags: str = "-") -> TcpSeries:
+        return self._series.get(
             "destination" if record.direction == "inbound" else "source",
             source=record.src_workload,
             source_identity=record.src_identity,
@@ -57,28 +57,28 @@ class ZtunnelTelemetry:
         return stats.sent, stats.received  # relay(client, upstream)
 
     def opened(self, record: ConnectionRecord) -> None:
-        labels = self._labels(record)
-        self._metrics.opened(labels)
-        self._live[id(record)] = _Live(labels, record)
+        series = self._labels(record)
+        series.opened.inc()
+        self._live[id(record)] = _Live(series, record)
 
     def _flush(self, live: _Live) -> None:
         sent, received = self._bytes(live.record)
-        self._metrics.add_bytes(live.labels, sent - live.sent, received - live.received)
+        live.series.add_bytes(sent - live.sent, received - live.received)
         live.sent, live.received = sent, received
 
     def closed(self, record: ConnectionRecord, failure: Failure | None) -> None:
         live = self._live.pop(id(record), None)
         if live is not None:
             self._flush(live)
-            self._metrics.closed(live.labels)
+            live.series.closed.inc()
         sent, received = self._bytes(record)
         self._log(record, sent, received, failure, denied=False)
 
     def denied(self, record: ConnectionRecord, failure: Failure) -> None:
         """A connection refused before it opened: counted with the reason's Istio flag."""
-        labels = self._labels(record, failure.reason.flag)
-        self._metrics.opened(labels)
-        self._metrics.closed(labels)
+        series = self._labels(record, failure.reason.flag)
+        series.opened.inc()
+        series.closed.inc()
         self._log(record, 0, 0, failure, denied=True)
 
     def _log(
