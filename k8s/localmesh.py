@@ -101,7 +101,10 @@ class LocalMesh:
                 failed |= not await self._set_capture(netns, install=True)
             pods = {f"{p.namespace}/{p.name}": p.netns for p in snapshot.pods}
             _write_atomically(self._dir() / "pods.json", json.dumps(pods, indent=1).encode())
-            self.plane.update(snapshot.objects)
+            try:
+                self.plane.update(snapshot.objects)
+            except Exception:  # a bug in translation: say so once, keep the last good config
+                log.exception("config_translation_failed", objects=len(snapshot.objects))
             existing = {p.netns for p in snapshot.pods}
             for netns in sorted(self._captured - meshed):
                 if netns in existing:

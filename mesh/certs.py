@@ -189,7 +189,7 @@ class CertificateManager:
                     continue
                 try:
                     await self._fetch(identity, scope)
-                except Exception as exc:  # whatever the signer raised: keep the old cert
+                except CertificateRequestError as exc:  # keep the old certificate meanwhile
                     failures += 1
                     self._failures += 1
                     delay = self.policy.backoff.delay(failures)

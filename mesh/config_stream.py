@@ -45,6 +45,10 @@ class ConfigStreamError(Exception):
     """The config stream broke its framing or sent something we cannot use."""
 
 
+class ConfigRejected(Exception):
+    """Raised by a proxy's ``on_update`` for a config it cannot take: it is NACKed."""
+
+
 def encode(message: Message) -> bytes:
     body = json.dumps(message, separators=(",", ":")).encode()
     if len(body) > MAX_MESSAGE:
@@ -109,7 +113,8 @@ class ConfigClient:
     """Keeps a proxy's :class:`MeshSnapshot` in step with the control plane.
 
     :meth:`run` runs until cancelled. ``on_update`` is called with every new
-    snapshot, after it was applied; an exception from it is a NACK.
+    snapshot, after it was applied; :class:`ConfigRejected` from it is a NACK, any
+    other exception is a bug and propagates.
     """
 
     def __init__(
@@ -193,15 +198,15 @@ class ConfigClient:
             try:
                 new = self._next_snapshot(kind, message)
                 await self._on_update(new)
-            except Exception as exc:  # whatever the update broke, it is a NACK
+            except (ModelError, ConfigRejected) as exc:  # a config we cannot take: NACK it
                 body = message.get("delta") or message.get("snapshot") or {}
                 version = (
                     body.get("to_version", body.get("version")) if isinstance(body, dict) else None
                 )
                 await messages.send({"type": "nack", "version": version, "error": str(exc)})
                 self._want_full = True  # the next hello asks for everything again
-                log.error("config_rejected", node=self._node, kind=kind, reason=str(exc))
-                raise ConfigStreamError(f"could not apply {kind}: {exc}") from exc
+                # Logged once, as config_stream_lost, by the loop that reconnects.
+                raise ConfigStreamError(f"rejected the {kind}: {exc}") from exc
             self.snapshot = new
             self._want_full = False
             await messages.send({"type": "ack", "version": new.version})

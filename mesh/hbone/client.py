@@ -42,11 +42,14 @@ Dialer = Callable[[tuple[str, int]], Awaitable[trio.socket.SocketType]]
 
 
 class HboneConnectError(HboneError):
-    """No HBONE connection to the destination could be made, for ``reason``."""
+    """No HBONE connection to the destination could be made, for ``reason``; ``rule`` names
+    the TLS or identity check that failed, when one did. Not logged here: the caller
+    decides what the failure means and logs it once."""
 
-    def __init__(self, reason: Reason, detail: str) -> None:
+    def __init__(self, reason: Reason, detail: str, *, rule: str | None = None) -> None:
         super().__init__(detail)
         self.reason = reason
+        self.rule = rule
 
 
 @dataclass(frozen=True)
@@ -179,15 +182,8 @@ class HboneClientPool:
                 rule, reason = "timeout", "no TLS handshake in time"
             else:
                 rule, reason = describe_handshake_error(exc.__cause__ or exc)
-            log.warning(
-                "hbone_dial_rejected",
-                dst=where,
-                src_identity=str(key.source),
-                rule=rule,
-                reason=reason,
-            )
             raise HboneConnectError(
-                reason_for_rule(rule), f"TLS with {where} failed ({rule}): {reason}"
+                reason_for_rule(rule), f"TLS with {where} failed ({rule}): {reason}", rule=rule
             ) from exc
         except BaseException:  # cancelled mid-handshake: the socket is ours to close
             sock.close()

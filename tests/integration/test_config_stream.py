@@ -12,7 +12,7 @@ from structlog.testing import capture_logs
 
 from k8s.config_server import ConfigServer, node_token_authenticator
 from mesh.backoff import Backoff
-from mesh.config_stream import ConfigClient
+from mesh.config_stream import ConfigClient, ConfigRejected
 from mesh.hbone.client import open_hbone_pool
 from mesh.identity import SpiffeId
 from mesh.model import MeshSnapshot
@@ -53,7 +53,7 @@ class Proxy:
             await self.gate.wait()
         if new.version == self.reject_version:
             self.reject_version = None
-            raise ValueError("cannot program this version")
+            raise ConfigRejected("cannot program this version")
         self.applied.append(new)
 
 

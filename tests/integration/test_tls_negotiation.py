@@ -16,6 +16,7 @@ from mesh.hbone import HboneRequest
 from mesh.hbone.client import HboneConnectError
 from mesh.identity import WorkloadCertificate
 from mesh.net import open_listener
+from mesh.reason import Reason
 from mesh.tls import ALPN_H2, TlsError, TlsStream, _memory_file
 from tests.conftest import CLIENT_ID, SERVER_ID
 from tests.integration.hbone_support import client_pool, connect, echo_handler, start_server
@@ -196,9 +197,8 @@ async def test_pool_refuses_a_server_that_speaks_at_most_tls_1_2(root: Pki, logs
     error = await dial_plain_tls_server(root, ctx)
     assert "(tls-version)" in str(error)
     assert "PROTOCOL_VERSION" in str(error) or "UNSUPPORTED_PROTOCOL" in str(error)
-    [rejected] = events(logs, "hbone_dial_rejected")
-    assert rejected["rule"] == "tls-version"
-    assert rejected["src_identity"] == str(CLIENT_ID)
+    assert isinstance(error, HboneConnectError)
+    assert (error.rule, error.reason) == ("tls-version", Reason.TLS_FAILED)
 
 
 @pytest.mark.parametrize("alpn", [None, ["http/1.1"]], ids=["no-alpn", "http1.1"])
@@ -209,6 +209,5 @@ async def test_pool_refuses_a_server_that_does_not_select_h2(
     error = await dial_plain_tls_server(root, ctx)
     assert "did not negotiate ALPN 'h2' (got None)" in str(error)
     assert "is it an HBONE endpoint?" in str(error)
-    [rejected] = events(logs, "hbone_dial_rejected")
-    assert rejected["rule"] == "alpn"
-    assert "ALPN" in rejected["reason"]
+    assert isinstance(error, HboneConnectError)
+    assert (error.rule, error.reason) == ("alpn", Reason.TLS_FAILED)
