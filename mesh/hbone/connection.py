@@ -59,6 +59,8 @@ class ConnectionStatistics:
     available: bool
     closed: bool
     goaway: GoawayStatistics
+    pings_sent: int
+    pings_answered: int
 
 
 class Http2Connection(Http2Engine):
@@ -100,6 +102,7 @@ class Http2Connection(Http2Engine):
         self._transport_closed = False
         self._pings: dict[bytes, trio.Event] = {}  # PINGs in flight by their payload
         self._ping_count = 0
+        self._pings_answered = 0
 
     def statistics(self) -> ConnectionStatistics:
         return ConnectionStatistics(
@@ -111,6 +114,8 @@ class Http2Connection(Http2Engine):
             available=self.is_available(),
             closed=self.is_closed(),
             goaway=self.goaway.statistics(),
+            pings_sent=self._ping_count,
+            pings_answered=self._pings_answered,
         )
 
     # ---- questions a pool asks ------------------------------------------------
@@ -286,6 +291,7 @@ class Http2Connection(Http2Engine):
 
     def ping_acked(self, data: bytes) -> None:
         if (answered := self._pings.get(data)) is not None:
+            self._pings_answered += 1
             answered.set()
 
     async def _keepalive_loop(self) -> None:

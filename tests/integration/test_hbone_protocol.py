@@ -154,7 +154,10 @@ async def test_ping_keepalive_detects_a_stalled_peer(root: Pki) -> None:
                 stream = await connect(pool, relay_addr)
                 await stream.send_all(b"hi")
                 assert await stream.receive_some() == b"hi"
-                await trio.sleep(1.0)  # several PING rounds pass while the peer is alive
+                conn = stream.connection
+                assert isinstance(conn, HboneConnection)
+                # Several PING rounds pass, answered, while the peer is alive.
+                await wait_until(lambda: conn.statistics().pings_answered >= 3)
                 assert pool.statistics()["connections"] == 1
                 relay.freeze()
                 with trio.fail_after(5), pytest.raises(trio.BrokenResourceError, match="PING"):

@@ -1,0 +1,165 @@
+"""The control plane on loopback, used the way a node's ztunnel uses it: node tokens for
+the CA and the config stream, node authorization of identities, snapshots published
+as objects change. No root, no namespaces."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+
+from ca import CertificateAuthority
+from k8s import manifests
+from k8s.controlplane import ControlPlane
+from mesh.backoff import Backoff
+from mesh.ca_client import CaClient, CaRefused
+from mesh.certs import open_certificate_manager
+from mesh.config_stream import ConfigClient
+from mesh.hbone.client import open_hbone_pool
+from mesh.identity import SpiffeId, control_plane_identity, ztunnel_identity
+from mesh.model import MeshSnapshot
+from tests.waiting import wait_until
+
+MANIFEST = """\
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {ambit.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: shop, labels: {app: web}}
+spec:
+  nodeName: node-1
+  serviceAccountName: web
+  containers: [{name: web, image: web}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db, namespace: shop, labels: {app: db}}
+spec:
+  nodeName: node-2
+  serviceAccountName: db
+  containers: [{name: db, image: db}]
+"""
+
+TD = "cluster.local"
+WEB = SpiffeId(TD, "shop", "web")
+DB = SpiffeId(TD, "shop", "db")
+
+
+def objects(extra: str = "") -> tuple[manifests.K8sObject, ...]:
+    loaded = manifests.loads(MANIFEST + extra, "test.yaml")
+    ips = {"web": "10.244.1.10", "db": "10.244.2.10"}
+    return tuple(o.with_ip(ips[o.name]) if isinstance(o, manifests.Pod) else o for o in loaded)
+
+
+@asynccontextmanager
+async def running_plane() -> AsyncIterator[tuple[ControlPlane, int, int]]:
+    plane = ControlPlane(CertificateAuthority.create(), trust_domain=TD)
+    plane.update(objects())
+    async with trio.open_nursery() as nursery:
+        ca_port, config_port = await nursery.start(
+            lambda task_status: plane.serve(
+                "127.0.0.1", ca_port=0, config_port=0, task_status=task_status
+            )
+        )
+        yield plane, ca_port, config_port
+        nursery.cancel_scope.cancel()
+
+
+def ca_client(plane: ControlPlane, port: int, node: str) -> CaClient:
+    return CaClient(
+        ("127.0.0.1", port), token=plane.tokens.token_for(node), bundle=plane.authority.trust_bundle
+    )
+
+
+async def test_a_node_gets_the_identities_of_its_own_pods_only() -> None:
+    with trio.fail_after(20):
+        async with running_plane() as (plane, ca_port, _):
+            async with open_certificate_manager(ca_client(plane, ca_port, "node-1")) as certs:
+                assert (await certs.fetch_now(WEB)).identity == WEB
+                assert (await certs.fetch_now(ztunnel_identity(TD))).identity.namespace == (
+                    "ambit-system"
+                )
+                with pytest.raises(CaRefused) as refused:
+                    await certs.fetch_now(DB)  # db runs on node-2
+                assert refused.value.status == 403
+            wrong = CaClient(
+                ("127.0.0.1", ca_port), token="guessed", bundle=plane.authority.trust_bundle
+            )
+            async with open_certificate_manager(wrong) as certs:
+                with pytest.raises(CaRefused) as refused:
+                    await certs.fetch_now(WEB)
+                assert refused.value.status == 401
+
+
+async def test_a_ztunnel_gets_the_snapshot_and_every_change_on_the_config_stream() -> None:
+    received: list[MeshSnapshot] = []
+
+    async def on_update(snapshot: MeshSnapshot) -> None:
+        received.append(snapshot)
+
+    with trio.fail_after(20):
+        async with running_plane() as (plane, ca_port, config_port):
+            client_ca = ca_client(plane, ca_port, "node-1")
+            async with open_certificate_manager(client_ca) as certs:
+                own = await certs.fetch_now(ztunnel_identity(TD))
+                async with open_hbone_pool(lambda _s: own) as pool, trio.open_nursery() as n:
+                    client = ConfigClient(
+                        pool,
+                        source=own.identity,
+                        address=("127.0.0.1", config_port),
+                        expected=control_plane_identity(TD),
+                        node="node-1",
+                        token=plane.tokens.token_for("node-1"),
+                        on_update=on_update,
+                        backoff=Backoff(initial=0.05, maximum=0.2),
+                    )
+                    await n.start(client.run)
+                    assert {w.name for w in received[-1].workloads} == {"web", "db"}
+                    # A change of objects reaches the proxy as the next version.
+                    plane.update(objects(MANIFEST_POLICY))
+                    await wait_until(lambda: received[-1].authorizations)
+                    assert received[-1].version == received[0].version + 1
+                    n.cancel_scope.cancel()
+
+
+async def test_the_config_stream_refuses_another_nodes_token() -> None:
+    async def on_update(snapshot: MeshSnapshot) -> None:
+        raise AssertionError("no config may reach a proxy with another node's token")
+
+    with trio.fail_after(20):
+        async with (
+            running_plane() as (plane, ca_port, config_port),
+            open_certificate_manager(ca_client(plane, ca_port, "node-1")) as certs,
+        ):
+            own = await certs.fetch_now(ztunnel_identity(TD))
+            async with open_hbone_pool(lambda _s: own) as pool, trio.open_nursery() as n:
+                client = ConfigClient(
+                    pool,
+                    source=own.identity,
+                    address=("127.0.0.1", config_port),
+                    expected=control_plane_identity(TD),
+                    node="node-2",  # claims node-2 with node-1's token
+                    token=plane.tokens.token_for("node-1"),
+                    on_update=on_update,
+                    backoff=Backoff(initial=0.05, maximum=0.2),
+                )
+                n.start_soon(client.run)
+                await wait_until(lambda: client.reconnects >= 2)
+                assert client.snapshot is None
+                n.cancel_scope.cancel()
+
+
+MANIFEST_POLICY = """\
+---
+apiVersion: security.ambit.io/v1
+kind: AuthorizationPolicy
+metadata: {name: web, namespace: shop}
+spec:
+  selector: {matchLabels: {app: web}}
+  action: ALLOW
+  rules: [{from: [{source: {namespaces: ["shop"]}}]}]
+"""
