@@ -16,6 +16,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,7 +25,7 @@ import trio
 from mesh.ca_client import CaClient, CaRefused
 from mesh.identity import SpiffeId, TrustBundle, build_csr, generate_key
 from mesh.netns import NetworkNamespace
-from tests.e2e.conftest import ECHO_SERVER, Cluster, eventually
+from tests.e2e.conftest import ECHO_SERVER, Cluster, config_dump, eventually
 
 pytestmark = pytest.mark.root
 
@@ -138,9 +139,18 @@ async def http_status(cluster: Cluster, namespace: str, pod: str, url: str) -> s
 
 
 async def apply(cluster: Cluster, name: str, text: str) -> None:
+    """``ambit apply``, then wait until every node's ztunnel has the new config."""
+    before = {n: (await config_dump(v["netns"]))["config_version"] for n, v in
+              (await nodes(cluster)).items()}  # fmt: skip
     result = await cluster.ambit("apply", "-f", str(cluster.manifest(name, text)))
     assert result.returncode == 0, result.stderr.decode()
-    await trio.sleep(1.0)  # policies take effect within 2 s
+
+    async def applied() -> bool:
+        found = await nodes(cluster)
+        versions = {n: (await config_dump(found[n]["netns"]))["config_version"] for n in before}
+        return all(versions[n] > before[n] for n in before)
+
+    assert await eventually(applied, seconds=5), "the ztunnels did not get the new config"
 
 
 async def pods(cluster: Cluster) -> dict[str, dict[str, Any]]:
@@ -165,7 +175,8 @@ async def capture(netns: str) -> AsyncIterator[bytearray]:
         return sock
 
     with NetworkNamespace.open(netns) as handle:
-        sock = trio.socket.from_stdlib_socket(handle.run_blocking(make))
+        raw = handle.run_blocking(make)
+    sock = trio.socket.from_stdlib_socket(raw)
     frames = bytearray()
     with sock:
         async with trio.open_nursery() as nursery:
@@ -176,8 +187,14 @@ async def capture(netns: str) -> AsyncIterator[bytearray]:
 
             nursery.start_soon(read)
             yield frames
-            await trio.sleep(0.3)
             nursery.cancel_scope.cancel()
+        # A frame is queued on the packet socket when it is sent or received, so all of the
+        # block's traffic is queued by now: take the rest without waiting.
+        while True:
+            try:
+                frames.extend(raw.recv(65536, socket.MSG_DONTWAIT))
+            except BlockingIOError:
+                break
 
 
 async def test_meshed_traffic_is_mtls_with_identities_in_logs_and_metrics(cluster: Cluster) -> None:
@@ -455,6 +472,20 @@ async def test_traffic_survives_a_dead_control_plane_and_a_ztunnel_restart(
         assert (await nodes(cluster))["node-2"]["ztunnel_pid"] != old_pid
 
 
+async def wait_dead(pid: int) -> None:
+    """Until ``pid`` has exited (a zombie counts: its parent is stopped and cannot reap it)."""
+
+    def state() -> str:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return "gone"
+
+    with trio.fail_after(5):
+        while state() not in ("Z", "X", "gone"):  # noqa: ASYNC110 - no event to wait on
+            await trio.sleep(0.01)
+
+
 @pytest.mark.parametrize(("node", "sig"), [("node-1", signal.SIGKILL), ("node-2", signal.SIGTERM)])
 async def test_a_stopped_ztunnel_fails_closed_until_it_is_back(
     cluster: Cluster, node: str, sig: signal.Signals
@@ -482,7 +513,7 @@ async def test_a_stopped_ztunnel_fails_closed_until_it_is_back(
         os.kill(daemon_pid, signal.SIGSTOP)  # nothing restarts the ztunnel meanwhile
         try:
             os.kill(ztunnel_pid, sig)
-            await trio.sleep(0.5)
+            await wait_dead(ztunnel_pid)
             async with capture(client_netns) as frames:
                 answers = [await direct_curl() for _ in range(3)]
             assert answers == ["000"] * 3, f"with {node}'s ztunnel down: {answers}"
