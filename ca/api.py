@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
 import structlog
 from cryptography.hazmat.primitives import serialization
@@ -33,6 +33,7 @@ from ca.authority import CertificateAuthority
 from ca.csr import CsrRejected
 from mesh.ca_client import CERTIFICATES_PATH
 from mesh.hbone.stream import H2Stream
+from mesh.http import Request, Response, json_response
 
 log = structlog.get_logger("ca.api")
 
@@ -40,26 +41,6 @@ MAX_BODY_BYTES: Final = 64 * 1024
 
 EVENT_REQUEST_REFUSED: Final = "certificate_request_refused"
 EVENT_REQUEST_FAILED: Final = "certificate_request_failed"
-
-
-@dataclass(frozen=True)
-class Request:
-    method: str
-    path: str
-    authorization: str | None
-    body: bytes
-    src: str
-
-
-@dataclass(frozen=True)
-class Response:
-    status: int
-    body: bytes
-    headers: tuple[tuple[str, str], ...] = ()
-
-
-def json_response(status: int, payload: dict[str, Any], **headers: str) -> Response:
-    return Response(status, json.dumps(payload).encode(), tuple(headers.items()))
 
 
 class CertificateApi:
@@ -81,7 +62,7 @@ class CertificateApi:
         except Exception:
             log.exception(EVENT_REQUEST_FAILED, src=request.src, path=request.path)
             return json_response(
-                500, {"error": "internal-error", "message": "the CA failed; see its logs"}
+                {"error": "internal-error", "message": "the CA failed; see its logs"}, 500
             )
 
     def _refuse(
@@ -95,8 +76,8 @@ class CertificateApi:
             reason=code,
             detail=message,
         )
-        headers = {"allow": "POST"} if status == 405 else {}
-        return json_response(status, {"error": code, "message": message}, **headers)
+        headers = (("allow", "POST"),) if status == 405 else ()
+        return json_response({"error": code, "message": message}, status, headers=headers)
 
     def _handle(self, request: Request) -> Response:
         if request.path != CERTIFICATES_PATH:
@@ -113,7 +94,7 @@ class CertificateApi:
                 "method-not-allowed",
                 f"{request.method} is not allowed on {CERTIFICATES_PATH}; use POST",
             )
-        caller, why = self._authenticate(request.authorization)
+        caller, why = self._authenticate(request.header("authorization"))
         if caller is None:
             return self._refuse(request, 401, "unauthenticated", why)
         parsed = _parse_body(request.body)
@@ -136,11 +117,10 @@ class CertificateApi:
         issued = self._authority.sign(csr, caller=caller, ttl_seconds=ttl_seconds)
         pem = serialization.Encoding.PEM
         return json_response(
-            200,
             {
                 "certificate_chain": [c.public_bytes(pem).decode() for c in issued.chain],
                 "trust_bundle": [c.public_bytes(pem).decode() for c in issued.bundle.roots],
-            },
+            }
         )
 
     def _authenticate(self, header: str | None) -> tuple[str | None, str]:
@@ -191,7 +171,7 @@ def api_stream_handler(
             if len(body) > MAX_BODY_BYTES:
                 message = f"the body exceeds {MAX_BODY_BYTES} bytes; a CSR is about 1 KiB"
                 payload = {"error": "body-too-large", "message": message}
-                await _respond(stream, json_response(413, payload))
+                await _respond(stream, json_response(payload, 413))
                 if stream.accepts_data():  # the client need not send the rest
                     stream.connection.reset_stream(stream, ErrorCodes.NO_ERROR)
                 return
@@ -205,7 +185,7 @@ def _request(headers: list[tuple[str, str]], body: bytes, src: str) -> Request:
     return Request(
         method=fields.get(":method", ""),
         path=fields.get(":path", "").partition("?")[0],
-        authorization=fields.get("authorization"),
+        headers={k: v for k, v in fields.items() if not k.startswith(":")},
         body=body,
         src=src,
     )
@@ -215,7 +195,7 @@ async def _respond(stream: H2Stream, response: Response) -> None:
     stream.send_headers(
         [
             (":status", str(response.status)),
-            ("content-type", "application/json"),
+            ("content-type", response.content_type),
             ("content-length", str(len(response.body))),
             *response.headers,
         ]

@@ -16,9 +16,8 @@ answered, logged once (``admin_bad_request``) and closed; others are unaffected.
 from __future__ import annotations
 
 import inspect
-import json
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from http import HTTPStatus
 from typing import Any, TypeAlias
@@ -29,12 +28,12 @@ import structlog
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Metric, generate_latest
 
+from mesh import http
+from mesh.http import Request, Response
 from mesh.net import open_listener, serve_listeners
 
 log = structlog.get_logger("mesh.admin")
 
-TEXT: str = "text/plain; charset=utf-8"
-JSON: str = "application/json"
 METHODS = ("GET", "HEAD")
 READ_SIZE = 16 * 1024
 LINGER_SECONDS = 1.0  # after our last byte, how long to drain a client before closing
@@ -42,25 +41,6 @@ _TOO_MANY = (
     b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 21\r\nconnection: close\r\n\r\n"
     b"too many connections\n"
 )
-
-
-@dataclass(frozen=True)
-class Request:
-    """A request as a route sees it: ``path`` percent-decoded, ``query`` the last value of each
-    key, ``headers`` with lower-case names (repeated ones joined with ``", "``)."""
-
-    method: str
-    path: str
-    query: dict[str, str] = field(default_factory=dict)
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Response:
-    status: int
-    body: bytes
-    content_type: str = TEXT
-    headers: tuple[tuple[str, str], ...] = ()  # extra headers, e.g. ("allow", "GET, HEAD")
 
 
 Route: TypeAlias = Callable[[Request], Response | Awaitable[Response]]
@@ -78,8 +58,8 @@ class Limits:
 
 
 def json_response(obj: Any, status: int = 200) -> Response:
-    """``obj`` as indented JSON."""
-    return Response(status, (json.dumps(obj, indent=2) + "\n").encode(), JSON)
+    """``obj`` as indented JSON, for the people who read admin pages."""
+    return http.json_response(obj, status, indent=2)
 
 
 def metrics_route(registry: CollectorRegistry) -> Route:

@@ -18,13 +18,14 @@ import structlog
 import trio
 from prometheus_client import CollectorRegistry
 
-from mesh.admin import Request, Response, json_response, metrics_route, ready_route, serve_http
+from mesh.admin import json_response, metrics_route, ready_route, serve_http
 from mesh.backoff import Backoff
 from mesh.ca_client import CaClient, CertificateRequestError
 from mesh.certs import CertificateManager, open_certificate_manager
 from mesh.config_stream import ConfigClient
 from mesh.constants import ADMIN_PORT, DEFAULT_TRUST_DOMAIN, METRICS_PORT, READINESS_PORT
 from mesh.hbone.client import open_hbone_pool
+from mesh.http import Request, Response
 from mesh.identity import (
     SpiffeId,
     TrustBundle,

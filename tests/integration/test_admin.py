@@ -17,14 +17,13 @@ from structlog.testing import capture_logs
 
 from mesh.admin import (
     Limits,
-    Request,
-    Response,
     Route,
     json_response,
     metrics_route,
     ready_route,
     serve_http,
 )
+from mesh.http import Request, Response
 from mesh.metrics import TcpLabels, TcpMetrics
 from mesh.net import open_listener
 

@@ -9,7 +9,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
 from mesh.accesslog import KEYS, log_connection
-from mesh.admin import Request, Response, metrics_route
+from mesh.admin import metrics_route
+from mesh.http import Request, Response
 from mesh.metrics import (
     LABEL_NAMES,
     TcpLabels,
