@@ -190,3 +190,14 @@ def original_dst(sock: socket.socket | trio.socket.SocketType) -> tuple[str, int
     raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
     port, packed = struct.unpack_from("!2xH4s", raw)
     return socket.inet_ntoa(packed), int(port)
+
+
+def caught(stream: trio.SocketStream) -> tuple[tuple[str, int], tuple[str, int]] | None:
+    """(client address, original destination) of a REDIRECTed connection; None if the
+    client is already gone."""
+    try:
+        dst = original_dst(stream.socket)
+        peer = stream.socket.getpeername()
+    except OSError:
+        return None
+    return (peer[0], peer[1]), dst

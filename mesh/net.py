@@ -42,12 +42,18 @@ CAPACITY_BACKOFF = Backoff(initial=0.01, maximum=1.0)
 async def open_listener(host: str, port: int, *, backlog: int = 1024) -> trio.socket.SocketType:
     """A listening TCP socket with SO_REUSEADDR; closed again if binding fails."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = trio.socket.socket(family, socket.SOCK_STREAM)
+    return await listen_on(trio.socket.socket(family, socket.SOCK_STREAM), host, port, backlog)
+
+
+async def listen_on(
+    sock: trio.socket.SocketType, host: str, port: int, backlog: int = 1024
+) -> trio.socket.SocketType:
+    """Make ``sock`` listen on ``host:port`` (SO_REUSEADDR); closed again if that fails."""
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         await sock.bind((host, port))
         sock.listen(backlog)
-    except OSError:
+    except BaseException:
         sock.close()
         raise
     return sock

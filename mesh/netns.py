@@ -36,6 +36,7 @@ import structlog
 import trio
 
 from mesh.constants import PROXY_SOCKET_MARK
+from mesh.net import listen_on
 
 log = structlog.get_logger("mesh.netns")
 
@@ -166,15 +167,7 @@ class NetworkNamespace:
         self, port: int, *, host: str = "0.0.0.0", backlog: int = 1024
     ) -> trio.socket.SocketType:
         """A listening TCP socket inside this namespace (SO_REUSEADDR)."""
-        sock = self.socket()
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            await sock.bind((host, port))
-            sock.listen(backlog)
-        except BaseException:
-            sock.close()
-            raise
-        return sock
+        return await listen_on(self.socket(), host, port, backlog)
 
     async def dial(
         self, address: tuple[str, int], *, source_ip: str | None = None

@@ -22,7 +22,7 @@ import structlog
 import trio
 
 from mesh.authz import Connection, Decision, evaluate, peer_auth_mode
-from mesh.capture import original_dst
+from mesh.capture import caught
 from mesh.hbone import HboneRequest
 from mesh.model import MeshSnapshot, Workload
 from mesh.netns import NetworkNamespace
@@ -118,16 +118,14 @@ class Inbound:
     async def plaintext(self, client: trio.SocketStream) -> None:
         """Handle one connection caught on the pod's 15006."""
         async with client:
-            try:
-                dst = original_dst(client.socket)
-                peer = client.socket.getpeername()
-            except OSError:
-                return  # already gone
+            if (addresses := caught(client)) is None:
+                return
+            peer, dst = addresses
             snapshot = self._snapshot()
             workload = snapshot.workload(self.uid)
             if workload is None:
                 return  # the pod is being released
-            record = self._record(snapshot, workload, (peer[0], peer[1]), dst)
+            record = self._record(snapshot, workload, peer, dst)
             if peer_auth_mode(snapshot, workload) == "STRICT":
                 failure = Failure(
                     Reason.STRICT_PLAINTEXT,

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import trio
 
-from mesh.capture import original_dst
+from mesh.capture import caught
 from mesh.hbone import HboneError, HboneStreamRefused
 from mesh.hbone.client import HboneClientPool, HboneConnectError
 from mesh.model import MeshSnapshot
@@ -48,18 +48,16 @@ class Outbound:
 
     async def handle(self, client: trio.SocketStream) -> None:
         async with client:
-            try:
-                dst = original_dst(client.socket)
-                peer = client.socket.getpeername()
-            except OSError:
-                return  # already gone
+            if (addresses := caught(client)) is None:
+                return
+            peer, dst = addresses
             snapshot = self._snapshot()
             source = snapshot.workload(self.uid)
             if source is None:
                 return  # the pod is being released
             record = ConnectionRecord(
                 "outbound",
-                src_addr=(peer[0], peer[1]),
+                src_addr=peer,
                 dst_addr=dst,
                 src_workload=source,
                 src_identity=source.identity,
