@@ -7,49 +7,71 @@ Every problem is a :class:`ManifestError` naming the file, the document and the 
 path, e.g. ``demo.yaml: document 3 (Service default/web): spec.ports[0].port: must be
 an integer 1-65535``. Nothing past this module sees a raw dict.
 
-Policy specs are read strictly (an unknown field is an error, since ignoring a typo'd
-``principal:`` would silently change who gets in); other kinds keep what they need and
-ignore the rest, as real manifests carry much more.
+The core kinds are read here and keep what they need, ignoring the rest, as real
+manifests carry much more; the policy kinds (read strictly) are in
+:mod:`k8s.policy_manifests`, the typed reads shared by both in
+:mod:`k8s.manifest_reader`. Everything is re-exported here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import os
-import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, NoReturn, TypeAlias
+from typing import TypeAlias
 
 import yaml
 
-Pairs: TypeAlias = tuple[tuple[str, str], ...]
+from k8s.manifest_reader import ManifestError, Meta, Pairs, Reader, kind_of, read_meta
+from k8s.policy_manifests import (
+    AuthorizationPolicy,
+    PeerAuthentication,
+    PolicyCondition,
+    PolicyOperation,
+    PolicyRule,
+    PolicySource,
+    read_authorization,
+    read_peer_authentication,
+)
+
+__all__ = [
+    "CORE_KINDS",
+    "POLICY_API_VERSIONS",
+    "POLICY_KINDS",
+    "AuthorizationPolicy",
+    "Container",
+    "ContainerPort",
+    "K8sObject",
+    "ManifestError",
+    "Namespace",
+    "Pairs",
+    "PeerAuthentication",
+    "Pod",
+    "PolicyCondition",
+    "PolicyOperation",
+    "PolicyRule",
+    "PolicySource",
+    "Service",
+    "ServiceAccount",
+    "ServicePortSpec",
+    "load",
+    "loads",
+    "parse_object",
+]
+
 POLICY_API_VERSIONS = ("security.ambit.io/v1", "security.istio.io/v1", "security.istio.io/v1beta1")
 CORE_KINDS = ("Namespace", "ServiceAccount", "Pod", "Service")
 POLICY_KINDS = ("AuthorizationPolicy", "PeerAuthentication")
-_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$")  # a DNS-1123 subdomain
-
-
-class ManifestError(ValueError):
-    """A manifest is malformed or asks for something ambit does not support."""
 
 
 @dataclass(frozen=True, kw_only=True)
-class _Meta:
-    name: str
-    namespace: str = "default"
-    labels: Pairs = ()
-    annotations: Pairs = ()
-
-
-@dataclass(frozen=True, kw_only=True)
-class Namespace(_Meta):
+class Namespace(Meta):
     namespace: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
-class ServiceAccount(_Meta):
+class ServiceAccount(Meta):
     pass
 
 
@@ -71,7 +93,7 @@ class Container:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Pod(_Meta):
+class Pod(Meta):
     node_name: str = ""
     service_account: str = "default"
     containers: tuple[Container, ...] = ()
@@ -97,7 +119,7 @@ class ServicePortSpec:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Service(_Meta):
+class Service(Meta):
     selector: Pairs | None = None
     ports: tuple[ServicePortSpec, ...] = ()
     cluster_ip: str | None = None  # None: not allocated yet, or headless
@@ -106,171 +128,13 @@ class Service(_Meta):
         return dataclasses.replace(self, cluster_ip=ip)
 
 
-@dataclass(frozen=True, kw_only=True)
-class PolicySource:
-    """Istio's ``from[].source``; ports of the spec's strings are already integers here."""
-
-    principals: tuple[str, ...] = ()
-    not_principals: tuple[str, ...] = ()
-    request_principals: tuple[str, ...] = ()
-    not_request_principals: tuple[str, ...] = ()
-    namespaces: tuple[str, ...] = ()
-    not_namespaces: tuple[str, ...] = ()
-    ip_blocks: tuple[str, ...] = ()
-    not_ip_blocks: tuple[str, ...] = ()
-    remote_ip_blocks: tuple[str, ...] = ()
-    not_remote_ip_blocks: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, kw_only=True)
-class PolicyOperation:
-    ports: tuple[int, ...] = ()
-    not_ports: tuple[int, ...] = ()
-    hosts: tuple[str, ...] = ()
-    not_hosts: tuple[str, ...] = ()
-    methods: tuple[str, ...] = ()
-    not_methods: tuple[str, ...] = ()
-    paths: tuple[str, ...] = ()
-    not_paths: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, kw_only=True)
-class PolicyCondition:
-    key: str
-    values: tuple[str, ...] = ()
-    not_values: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, kw_only=True)
-class PolicyRule:
-    sources: tuple[PolicySource, ...] = ()
-    operations: tuple[PolicyOperation, ...] = ()
-    when: tuple[PolicyCondition, ...] = ()
-
-
-@dataclass(frozen=True, kw_only=True)
-class AuthorizationPolicy(_Meta):
-    action: Literal["ALLOW", "DENY"] = "ALLOW"
-    selector: Pairs | None = None  # None: every workload of the namespace
-    rules: tuple[PolicyRule, ...] = ()
-
-
-@dataclass(frozen=True, kw_only=True)
-class PeerAuthentication(_Meta):
-    selector: Pairs | None = None
-    mode: Literal["STRICT", "PERMISSIVE", "DISABLE", "UNSET"] = "UNSET"
-
-
 K8sObject: TypeAlias = (
     Namespace | ServiceAccount | Pod | Service | AuthorizationPolicy | PeerAuthentication
 )
 
 
-def _camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(part.capitalize() for part in rest)
-
-
-class _Reader:
-    """Typed reads of one document's fields; every failure names the document and the path."""
-
-    def __init__(self, where: str) -> None:
-        self.where = where
-
-    def fail(self, path: str, message: str) -> NoReturn:
-        raise ManifestError(f"{self.where}: {path}: {message}")
-
-    def mapping(
-        self, value: object, path: str, allowed: Iterable[str] | None = None
-    ) -> dict[str, object]:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            self.fail(path, f"must be a mapping, not {_kind_of(value)}")
-        if allowed is not None:
-            known = tuple(allowed)
-            for key in value:
-                if key not in known:
-                    self.fail(f"{path}.{key}", f"unknown field; known fields: {', '.join(known)}")
-        return {str(k): v for k, v in value.items()}
-
-    def sequence(self, value: object, path: str) -> list[object]:
-        if value is None:
-            return []
-        if not isinstance(value, list):
-            self.fail(path, f"must be a list, not {_kind_of(value)}")
-        return value
-
-    def name(self, value: object, path: str, default: str | None = None) -> str:
-        text = self.string(value, path, default)
-        if len(text) > 253 or not _NAME_RE.match(text):
-            self.fail(
-                path,
-                f"{text!r} is not a Kubernetes name: lowercase letters, digits, '-' and '.',"
-                " starting and ending with a letter or digit",
-            )
-        return text
-
-    def string(self, value: object, path: str, default: str | None = None) -> str:
-        if value is None and default is not None:
-            return default
-        if value is None:
-            self.fail(path, "required")
-        if isinstance(value, bool | int | float):
-            self.fail(path, f"must be a string, not {_kind_of(value)} {value!r} (quote it)")
-        if not isinstance(value, str):
-            self.fail(path, f"must be a string, not {_kind_of(value)}")
-        return value
-
-    def strings(self, value: object, path: str) -> tuple[str, ...]:
-        return tuple(
-            self.string(v, f"{path}[{i}]") for i, v in enumerate(self.sequence(value, path))
-        )
-
-    def port(self, value: object, path: str, *, text_ok: bool = False) -> int:
-        if text_ok and isinstance(value, str) and value.isdigit():
-            value = int(value)
-        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65535:
-            self.fail(path, f"must be an integer 1-65535, not {value!r}")
-        return value
-
-    def ip(self, value: object, path: str) -> str:
-        text = self.string(value, path)
-        try:
-            ipaddress.ip_address(text)
-        except ValueError:
-            self.fail(path, f"{text!r} is not an IP address")
-        return text
-
-    def labels(self, value: object, path: str) -> Pairs:
-        items = self.mapping(value, path)
-        return tuple(sorted((k, self.string(v, f"{path}.{k}")) for k, v in items.items()))
-
-    def selector(self, value: object, path: str) -> Pairs | None:
-        match_labels = self.mapping(value, path, ("matchLabels",)).get("matchLabels")
-        return self.labels(match_labels, f"{path}.matchLabels") or None
-
-
-def _kind_of(value: object) -> str:
-    names = {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "a number"}
-    return "null" if value is None else names.get(type(value), type(value).__name__)
-
-
-def _read_meta(r: _Reader, doc: Mapping[str, object], *, namespaced: bool = True) -> dict[str, Any]:
-    """``name``, ``namespace`` (default "default"), ``labels`` and ``annotations``."""
-    meta = r.mapping(doc.get("metadata"), "metadata")
-    out: dict[str, Any] = {
-        "name": r.name(meta.get("name"), "metadata.name"),
-        "labels": r.labels(meta.get("labels"), "metadata.labels"),
-        "annotations": r.labels(meta.get("annotations"), "metadata.annotations"),
-    }
-    if namespaced:
-        out["namespace"] = r.name(meta.get("namespace"), "metadata.namespace", "default")
-    return out
-
-
-def _read_pod(r: _Reader, doc: Mapping[str, object]) -> Pod:
-    meta = _read_meta(r, doc)
+def _read_pod(r: Reader, doc: Mapping[str, object]) -> Pod:
+    meta = read_meta(r, doc)
     spec = r.mapping(doc.get("spec"), "spec")
     items = r.sequence(spec.get("containers"), "spec.containers")
     if not items:
@@ -321,8 +185,8 @@ def _read_pod(r: _Reader, doc: Mapping[str, object]) -> Pod:
     )
 
 
-def _read_service(r: _Reader, doc: Mapping[str, object]) -> Service:
-    meta = _read_meta(r, doc)
+def _read_service(r: Reader, doc: Mapping[str, object]) -> Service:
+    meta = read_meta(r, doc)
     spec = r.mapping(doc.get("spec"), "spec")
     ports = []
     for i, item in enumerate(r.sequence(spec.get("ports"), "spec.ports")):
@@ -346,112 +210,6 @@ def _read_service(r: _Reader, doc: Mapping[str, object]) -> Service:
     )
 
 
-def _read_fields(r: _Reader, value: object, path: str, cls: type) -> dict[str, tuple[object, ...]]:
-    """Read a strict mapping whose camelCase keys are the fields of ``cls``: lists of strings,
-    or of ports (Istio writes ports as strings; plain integers are accepted too)."""
-    fields = {_camel(f.name): f for f in dataclasses.fields(cls)}
-    raw = r.mapping(value, path, fields)
-    if not raw:
-        r.fail(path, f"must set at least one of {', '.join(fields)}")
-    out: dict[str, tuple[object, ...]] = {}
-    for key, v in raw.items():
-        if fields[key].type == "tuple[int, ...]":
-            items = r.sequence(v, f"{path}.{key}")
-            out[fields[key].name] = tuple(
-                r.port(p, f"{path}.{key}[{j}]", text_ok=True) for j, p in enumerate(items)
-            )
-        else:
-            out[fields[key].name] = r.strings(v, f"{path}.{key}")
-    return out
-
-
-def _check_pattern(r: _Reader, value: str, path: str, what: str) -> None:
-    if not value or "*" in value.strip("*") or (value.count("*") > 1 and value != "*"):
-        what = what.replace("_", " ")
-        r.fail(path, f"{value!r}: a {what} is exact, '*', or has one '*' at its start or end")
-    if what == "principal" and value.startswith("spiffe://"):
-        r.fail(
-            path, f"{value!r}: write principals without 'spiffe://', e.g. cluster.local/ns/NS/sa/SA"
-        )
-
-
-def _read_rule(r: _Reader, value: object, path: str) -> PolicyRule:
-    rule = r.mapping(value, path, ("from", "to", "when"))
-    sources = []
-    for i, item in enumerate(r.sequence(rule.get("from"), f"{path}.from")):
-        at = f"{path}.from[{i}].source"
-        raw = r.mapping(item, f"{path}.from[{i}]", ("source",)).get("source")
-        fields = _read_fields(r, raw, at, PolicySource)
-        for name, values in fields.items():
-            for j, v in enumerate(values):
-                at_v = f"{at}.{_camel(name)}[{j}]"
-                if name in ("principals", "not_principals"):
-                    _check_pattern(r, str(v), at_v, "principal")
-                elif name.endswith(("namespaces", "request_principals")):
-                    _check_pattern(r, str(v), at_v, name.removeprefix("not_")[:-1])
-                elif "ip_blocks" in name:
-                    try:
-                        ipaddress.ip_network(str(v), strict=False)
-                    except ValueError:
-                        r.fail(at_v, f"{v!r} is not an IP address or CIDR")
-        sources.append(PolicySource(**fields))  # type: ignore[arg-type]
-    operations = []
-    for i, item in enumerate(r.sequence(rule.get("to"), f"{path}.to")):
-        raw = r.mapping(item, f"{path}.to[{i}]", ("operation",)).get("operation")
-        fields = _read_fields(r, raw, f"{path}.to[{i}].operation", PolicyOperation)
-        operations.append(PolicyOperation(**fields))  # type: ignore[arg-type]
-    when = []
-    for i, item in enumerate(r.sequence(rule.get("when"), f"{path}.when")):
-        c = r.mapping(item, f"{path}.when[{i}]", ("key", "values", "notValues"))
-        when.append(
-            PolicyCondition(
-                key=r.string(c.get("key"), f"{path}.when[{i}].key"),
-                values=r.strings(c.get("values"), f"{path}.when[{i}].values"),
-                not_values=r.strings(c.get("notValues"), f"{path}.when[{i}].notValues"),
-            )
-        )
-    return PolicyRule(sources=tuple(sources), operations=tuple(operations), when=tuple(when))
-
-
-def _read_authorization(r: _Reader, doc: Mapping[str, object]) -> AuthorizationPolicy:
-    meta = _read_meta(r, doc)
-    known = ("selector", "action", "rules", "provider", "targetRef", "targetRefs")
-    spec = r.mapping(doc.get("spec"), "spec", known)
-    for key in ("targetRef", "targetRefs"):
-        if key in spec:
-            r.fail(f"spec.{key}", "not supported: ambit applies policies to workloads, by selector")
-    action = r.string(spec.get("action"), "spec.action", "ALLOW")
-    if action not in ("ALLOW", "DENY"):
-        hint = " (AUDIT and CUSTOM are not supported)" if action in ("AUDIT", "CUSTOM") else ""
-        r.fail("spec.action", f"{action!r}: must be ALLOW or DENY{hint}")
-    if "provider" in spec:
-        r.fail("spec.provider", "only used with action CUSTOM, which ambit does not support")
-    rules = r.sequence(spec.get("rules"), "spec.rules")
-    return AuthorizationPolicy(
-        **meta,
-        action=action,  # type: ignore[arg-type]
-        selector=r.selector(spec.get("selector"), "spec.selector"),
-        rules=tuple(_read_rule(r, rule, f"spec.rules[{i}]") for i, rule in enumerate(rules)),
-    )
-
-
-def _read_peer_authentication(r: _Reader, doc: Mapping[str, object]) -> PeerAuthentication:
-    meta = _read_meta(r, doc)
-    spec = r.mapping(doc.get("spec"), "spec", ("selector", "mtls", "portLevelMtls"))
-    if "portLevelMtls" in spec:
-        r.fail("spec.portLevelMtls", "not supported yet: set one mode for the whole workload")
-    mode = r.string(
-        r.mapping(spec.get("mtls"), "spec.mtls", ("mode",)).get("mode"), "spec.mtls.mode", "UNSET"
-    )
-    if mode not in ("STRICT", "PERMISSIVE", "DISABLE", "UNSET"):
-        r.fail("spec.mtls.mode", f"{mode!r}: must be STRICT, PERMISSIVE, DISABLE or UNSET")
-    return PeerAuthentication(
-        **meta,
-        selector=r.selector(spec.get("selector"), "spec.selector"),
-        mode=mode,  # type: ignore[arg-type]
-    )
-
-
 def parse_object(doc: object, where: str = "<object>") -> K8sObject:
     """One Kubernetes object (a dict as YAML or the API gives it) -> its typed form.
 
@@ -459,20 +217,20 @@ def parse_object(doc: object, where: str = "<object>") -> K8sObject:
     """
     if not isinstance(doc, dict):
         raise ManifestError(
-            f"{where}: must be a mapping with apiVersion and kind, not {_kind_of(doc)}"
+            f"{where}: must be a mapping with apiVersion and kind, not {kind_of(doc)}"
         )
     kind, api_version = doc.get("kind"), doc.get("apiVersion")
     meta = doc.get("metadata")
     name = meta.get("name") if isinstance(meta, dict) else None
     namespace = (meta.get("namespace") if isinstance(meta, dict) else None) or "default"
     label = f"{kind} {name}" if kind == "Namespace" else f"{kind} {namespace}/{name}"
-    r = _Reader(f"{where} ({label if isinstance(name, str) else kind})")
+    r = Reader(f"{where} ({label if isinstance(name, str) else kind})")
     if kind in CORE_KINDS:
         wanted: tuple[str, ...] = ("v1",)
     elif kind in POLICY_KINDS:
         wanted = POLICY_API_VERSIONS
     else:
-        r = _Reader(where)
+        r = Reader(where)
         supported = ", ".join(CORE_KINDS + POLICY_KINDS)
         what = f"kind {kind!r}" if kind is not None else "kind"
         r.fail("kind", f"{what} is not supported; supported kinds: {supported}")
@@ -481,16 +239,16 @@ def parse_object(doc: object, where: str = "<object>") -> K8sObject:
             "apiVersion", f"{api_version!r} is not supported for {kind}; use {' or '.join(wanted)}"
         )
     if kind == "Namespace":
-        return Namespace(**_read_meta(r, doc, namespaced=False))
+        return Namespace(**read_meta(r, doc, namespaced=False))
     if kind == "ServiceAccount":
-        return ServiceAccount(**_read_meta(r, doc))
+        return ServiceAccount(**read_meta(r, doc))
     if kind == "Pod":
         return _read_pod(r, doc)
     if kind == "Service":
         return _read_service(r, doc)
     if kind == "AuthorizationPolicy":
-        return _read_authorization(r, doc)
-    return _read_peer_authentication(r, doc)
+        return read_authorization(r, doc)
+    return read_peer_authentication(r, doc)
 
 
 def _documents(text: str, filename: str) -> list[tuple[str, K8sObject]]:
