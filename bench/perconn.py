@@ -25,6 +25,7 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry
 
+from mesh.accesslog import log_connection
 from mesh.authz import Connection, evaluate
 from mesh.metrics import TcpLabels, TcpMetrics
 from mesh.model import MeshSnapshot, Service, Workload
@@ -144,6 +145,33 @@ def main() -> None:
         r.stats.received += 100
         telemetry.closed(r, None)
 
+    def whole_before() -> None:  # the same work, the pre-index way
+        r = ConnectionRecord(
+            "inbound",
+            src_addr=peer,
+            dst_addr=dst,
+            src_workload=snap.workload_by_ip(peer[0]),
+            src_identity=peer_id,
+            dst_workload=server,
+            dst_service=scan_service(),
+            mtls=True,
+        )
+        decide_uncached()
+        labels_uncached()
+        log_connection(
+            direction="inbound",
+            src_addr=f"{peer[0]}:{peer[1]}",
+            dst_addr=f"{dst[0]}:{dst[1]}",
+            src_workload=r.src_workload,
+            src_identity=r.src_identity,
+            dst_workload=r.dst_workload,
+            dst_service=r.dst_service,
+            dst_identity=server.identity,
+            bytes_sent=100,
+            bytes_recv=100,
+            duration_ms=1.0,
+        )
+
     def denied() -> None:
         telemetry.denied(record(), Failure(Reason.POLICY_DENIED, "denied by policy shop/x"))
 
@@ -165,6 +193,7 @@ def main() -> None:
         "record_us": per_call(record, n, repeat),
         "telemetry_open_close_with_log_us": per_call(opened_closed, n, repeat),
         "denied_with_log_us": per_call(denied, n, repeat),
+        "whole_connection_before_us": per_call(whole_before, n, repeat),
         "whole_connection_us": per_call(whole, n, repeat),
     }
     width = max(map(len, results))

@@ -32,8 +32,6 @@ from mesh.relay import relay
 
 log = structlog.get_logger("ztunnel")
 
-APP_DIAL_TIMEOUT = 10.0  # a dropped SYN would otherwise wait about two minutes
-
 
 @dataclass(eq=False)
 class _Active:
@@ -52,7 +50,7 @@ class Inbound:
         *,
         snapshot: Callable[[], MeshSnapshot],
         telemetry: Telemetry,
-        dial_timeout: float = APP_DIAL_TIMEOUT,
+        dial_timeout: float,
     ) -> None:
         self.uid = uid
         self._netns = netns

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import trio
 
 from mesh.capture import caught
-from mesh.hbone import HboneError, HboneStreamRefused
+from mesh.hbone import HboneError, HboneStreamRefused, HboneStreamTimeout
 from mesh.hbone.client import HboneClientPool, HboneConnectError
 from mesh.model import MeshSnapshot
 from mesh.netns import NetworkNamespace
@@ -22,8 +22,6 @@ from mesh.reason import Failure, Reason, reason_for_dial_error
 from mesh.record import ConnectionRecord, Telemetry
 from mesh.relay import relay
 from ztunnel.plan import Direct, Passthrough, Refused, ViaWaypoint, plan_outbound
-
-PASSTHROUGH_DIAL_TIMEOUT = 10.0
 
 
 class Outbound:
@@ -37,7 +35,7 @@ class Outbound:
         snapshot: Callable[[], MeshSnapshot],
         pool: HboneClientPool,
         telemetry: Telemetry,
-        dial_timeout: float = PASSTHROUGH_DIAL_TIMEOUT,
+        dial_timeout: float,
     ) -> None:
         self.uid = uid
         self._netns = netns
@@ -108,5 +106,7 @@ class Outbound:
             return Failure(exc.reason or Reason.DESTINATION_REFUSED, str(exc))
         except HboneConnectError as exc:
             return Failure(exc.reason, str(exc))
+        except HboneStreamTimeout as exc:
+            return Failure(Reason.TIMEOUT, str(exc))
         except HboneError as exc:
             return Failure(Reason.CONNECTION_RESET, str(exc))

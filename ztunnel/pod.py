@@ -43,14 +43,20 @@ class CapturedPod:
         pool: HboneClientPool,
         telemetry: Telemetry,
         settings: HboneSettings,
+        dial_timeout: float,
     ) -> None:
         self.uid = uid
         self.identity = identity
         self.netns = netns
         self._certificate = certificate
         self._settings = settings
-        self.inbound = Inbound(uid, netns, snapshot=snapshot, telemetry=telemetry)
-        self.outbound = Outbound(uid, netns, snapshot=snapshot, pool=pool, telemetry=telemetry)
+        self.inbound = Inbound(
+            uid, netns, snapshot=snapshot, telemetry=telemetry, dial_timeout=dial_timeout
+        )
+        self.outbound = Outbound(
+            uid, netns, snapshot=snapshot, pool=pool, telemetry=telemetry,
+            dial_timeout=dial_timeout,
+        )  # fmt: skip
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Open the three listeners in the pod's netns; ``started`` once all listen."""

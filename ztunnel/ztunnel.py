@@ -36,6 +36,7 @@ from ztunnel.pod import CapturedPod
 log = structlog.get_logger("ztunnel")
 
 SETUP_RETRY = Backoff(initial=0.2, maximum=10.0)
+DIAL_TIMEOUT = 10.0  # to an app, or a passthrough destination: a dropped SYN waits ~2 min
 
 
 @dataclass(eq=False)
@@ -56,12 +57,14 @@ class Ztunnel:
         netns_for: Callable[[Workload], str | None],
         telemetry: Telemetry,
         settings: HboneSettings | None = None,
+        dial_timeout: float = DIAL_TIMEOUT,
     ) -> None:
         self.node = node
         self._certs = certificates
         self._netns_for = netns_for
         self._telemetry = telemetry
         self._settings = settings or HboneSettings()
+        self._dial_timeout = dial_timeout
         self.snapshot: MeshSnapshot | None = None
         self._slots: dict[str, _PodSlot] = {}
         self._nursery: trio.Nursery | None = None
@@ -182,6 +185,7 @@ class Ztunnel:
                     pool=pool,
                     telemetry=self._telemetry,
                     settings=self._settings,
+                    dial_timeout=self._dial_timeout,
                 )
                 async with trio.open_nursery() as nursery:
                     await nursery.start(pod.serve)

@@ -21,6 +21,7 @@ import trio
 from ca import CertificateAuthority, LocalSigner
 from mesh.capture import install_capture, remove_capture
 from mesh.certs import open_certificate_manager
+from mesh.commands import run_command
 from mesh.model import MeshSnapshot, Resource, Workload
 from mesh.netns import NetworkNamespace
 from mesh.reason import Failure, Reason
@@ -129,7 +130,9 @@ class Running:
 
 
 @contextlib.asynccontextmanager
-async def running(net: Net, first: MeshSnapshot) -> AsyncIterator[Running]:
+async def running(
+    net: Net, first: MeshSnapshot, *, dial_timeout: float = 10.0
+) -> AsyncIterator[Running]:
     authority = CertificateAuthority.create()
     async with open_certificate_manager(LocalSigner(authority, caller="node-1")) as certs:
         recorder = Recorder()
@@ -138,6 +141,7 @@ async def running(net: Net, first: MeshSnapshot) -> AsyncIterator[Running]:
             certificates=certs,
             netns_for=lambda w: net.netns.get(w.name),
             telemetry=Telemetry(recorder),
+            dial_timeout=dial_timeout,
         )
         peers: dict[str, list[str]] = {"b": [], "c": []}
         for workload_ in first.workloads:  # the node's part: capture before ztunnel serves
@@ -274,6 +278,27 @@ async def test_without_ztunnel_captured_pods_fail_closed_until_it_is_back(net: N
         assert marker not in to_b, "plaintext reached a meshed pod while ztunnel was down"
         async with running(net, mesh(net)):  # a new ztunnel takes the pods again
             assert await exchange(net, "a", (net.ip("b"), APP_PORT), b"back") == b"back"
+
+
+async def test_an_app_that_never_answers_times_out_with_its_reason_on_both_sides(
+    net: Net,
+) -> None:
+    """ztunnel's dial to the app has a deadline: a dropped SYN is a ``timeout`` at the
+    destination, answered 504, and the source learns the same reason."""
+    b = net.netns["b"]
+    drop = ["-p", "tcp", "--dport", str(APP_PORT), "-m", "mark", "--mark", "0x539", "-j", "DROP"]
+    with trio.fail_after(40):
+        async with running(net, mesh(net), dial_timeout=0.5) as run:
+            await run_command(["ip", "netns", "exec", b, "iptables", "-I", "OUTPUT", *drop])
+            try:
+                assert await refused(net, "a", (net.ip("b"), APP_PORT))
+                await wait_until(lambda: len(run.recorder.denied) >= 2)
+            finally:
+                await run_command(["ip", "netns", "exec", b, "iptables", "-D", "OUTPUT", *drop])
+    failures = {record.direction: failure for record, failure in run.recorder.denied}
+    assert failures["inbound"].reason is Reason.TIMEOUT
+    assert "no answer in 0.5s" in failures["inbound"].detail
+    assert failures["outbound"].reason is Reason.TIMEOUT  # from the 504's ambit-reason
 
 
 async def test_a_service_vip_is_resolved_by_ztunnel(net: Net) -> None:
