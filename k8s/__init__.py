@@ -1,7 +1,10 @@
 """The control plane.
 
-It will own ``sources`` (Kubernetes API, local manifest files), ``translate``
-(objects to the mesh model, pure functions), ``server`` (the config stream to
-proxies), ``waypoints`` (Gateway to Deployment/Service) and ``local`` (the
-one-machine cluster). It never touches sockets of the data path.
+``manifests`` (with ``manifest_reader`` and ``policy_manifests``: YAML or API
+dicts to typed objects), ``translate`` (objects to the mesh model, pure;
+``endpoints`` is the one rule for a Service's endpoints), ``config_server``
+(the config stream to proxies), ``controlplane`` (translate, publish, the CA
+with node authorization), ``localmesh`` (the mesh's hooks into local mode) and
+``local`` (the one-machine cluster). Not built yet: a Kubernetes API source and
+the waypoint deployer. It never touches sockets of the data path.
 """

@@ -16,10 +16,11 @@ per node into the one-machine cluster of :mod:`k8s.local`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +32,15 @@ from ca import CaConfig, CertificateAuthority
 from k8s.controlplane import ControlPlane
 from k8s.local.config import ClusterConfig
 from k8s.local.hooks import LocalHooks, LocalSnapshot, MeshState, NodeView, PodRef
+from k8s.manifests import K8sObject, Pod
 from mesh.capture import install_capture, remove_capture
 from mesh.commands import CommandFailed
-from mesh.constants import ADMIN_PORT, CONFIG_STREAM_PORT, CONTROL_PLANE_PORT
+from mesh.constants import (
+    ADMIN_PORT,
+    CONFIG_STREAM_PORT,
+    CONTROL_PLANE_PORT,
+    LABEL_DATAPLANE_MODE,
+)
 from mesh.netns import NetnsError, NetworkNamespace
 
 log = structlog.get_logger("k8s.localmesh")
@@ -96,13 +103,19 @@ class LocalMesh:
             assert snapshot is not None
             assert self.plane is not None
             meshed = {p.netns for p in snapshot.pods if p.meshed}
-            failed = False
+            uncaptured: set[str] = set()
             for netns in sorted(meshed - self._captured):
-                failed |= not await self._set_capture(netns, install=True)
+                if not await self._set_capture(netns, install=True):
+                    uncaptured.add(netns)
+            failed = bool(uncaptured)
             pods = {f"{p.namespace}/{p.name}": p.netns for p in snapshot.pods}
             _write_atomically(self._dir() / "pods.json", json.dumps(pods, indent=1).encode())
+            # A pod whose capture rules could not be installed is published out of the mesh
+            # until they are: it is never shown (or served) as meshed while its traffic is not
+            # captured. The retry below tries again.
+            left_out = {(p.namespace, p.name) for p in snapshot.pods if p.netns in uncaptured}
             try:
-                self.plane.update(snapshot.objects)
+                self.plane.update(_out_of_mesh(snapshot.objects, left_out))
             except Exception:  # a bug in translation: say so once, keep the last good config
                 log.exception("config_translation_failed", objects=len(snapshot.objects))
             existing = {p.netns for p in snapshot.pods}
@@ -160,6 +173,23 @@ class LocalMesh:
                         certificate=pod.get("certificate_expires") is not None,
                     )
         return state
+
+
+def _out_of_mesh(
+    objects: Sequence[K8sObject], pods: Collection[tuple[str, str]]
+) -> tuple[K8sObject, ...]:
+    """``objects`` with the Pods named in ``pods`` labelled out of the mesh."""
+    if not pods:
+        return tuple(objects)
+    out_label = (LABEL_DATAPLANE_MODE, "none")
+    return tuple(
+        dataclasses.replace(
+            o, labels=(*[kv for kv in o.labels if kv[0] != LABEL_DATAPLANE_MODE], out_label)
+        )
+        if isinstance(o, Pod) and (o.namespace, o.name) in pods
+        else o
+        for o in objects
+    )
 
 
 def default_hooks() -> LocalHooks:

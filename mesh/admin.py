@@ -1,6 +1,6 @@
 """The small HTTP/1.1 server behind every proxy's management ports.
 
-Serves the admin port (15000: ``/config_dump``, ``/debug/...``), Prometheus
+Serves the admin port (15000: ``/config_dump``), Prometheus
 ``/metrics`` (15020) and ``/healthz/ready`` (15021). The protocol is h11's
 sans-IO state machine; this module is the thin Trio loop around it, plus the
 routes every proxy shares (:func:`metrics_route`, :func:`ready_route`).
@@ -54,7 +54,7 @@ class Limits:
     max_body_bytes: int = 64 * 1024
     request_timeout: float = 10.0  # a request, from its first byte (or the accept) to its end
     idle_timeout: float = 60.0  # a kept-alive connection between requests
-    max_connections: int = 64  # beyond this, new connections wait in the kernel's backlog
+    max_connections: int = 64  # beyond this, a new connection is answered 503 and closed
 
 
 def json_response(obj: Any, status: int = 200) -> Response:

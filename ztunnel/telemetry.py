@@ -1,5 +1,5 @@
 """ztunnel's telemetry: Istio's TCP metrics and one access-log line per connection,
-fed from :class:`~ztunnel.pod.ConnectionRecord`.
+fed from :class:`~mesh.record.ConnectionRecord`.
 
 Inbound connections report as ``reporter="destination"``, outbound as
 ``"source"``; bytes are from the reporter's point of view (Istio's meaning).

@@ -9,7 +9,7 @@ per-pod hosts files (:mod:`k8s.local.plan`, pure), everything it creates
 recorded on disk (:mod:`k8s.local.state`), and a JSON API on a Unix socket
 for the CLI (:mod:`k8s.local.api`). Manifests come through
 :mod:`k8s.local.objects`; names and addresses through
-:mod:`k8s.local.config`. :mod:`k8s.local.netns` runs Python code inside a
-namespace; :mod:`k8s.local.hooks` is where the control plane and ztunnel
-plug in.
+:mod:`k8s.local.config`. Namespaces are entered through
+:class:`mesh.netns.NetworkNamespace`; :mod:`k8s.local.hooks` is where the
+control plane and ztunnel plug in (:mod:`k8s.localmesh`).
 """
