@@ -54,7 +54,7 @@ class Limits:
     max_body_bytes: int = 64 * 1024
     request_timeout: float = 10.0  # a request, from its first byte (or the accept) to its end
     idle_timeout: float = 60.0  # a kept-alive connection between requests
-    max_connections: int = 64  # beyond this, a new connection is answered 503 and closed
+    max_connections: int = 64  # beyond this, the oldest idle one is closed (503 if none is)
 
 
 def json_response(obj: Any, status: int = 200) -> Response:
@@ -112,19 +112,27 @@ async def serve_http(
     binding ``host:port``, and is closed on return like our own."""
     limits = limits or Limits()
     sock = listener if listener is not None else await open_listener(host, port, backlog=128)
-    slots = trio.Semaphore(limits.max_connections)
     bound = sock.getsockname()
+    open_: dict[_Connection, None] = {}  # oldest first
 
     async def handle(stream: trio.SocketStream) -> None:
+        if len(open_) >= limits.max_connections:
+            # At the cap, the oldest connection that waits for a request makes room, so
+            # idle keep-alives never lock a kubelet's probe out; if every one is busy,
+            # the newcomer is answered 503 at once.
+            idle = next((c for c in open_ if c.idle), None)
+            if idle is None:
+                await stream.send_all(_TOO_MANY)
+                return
+            log.info("admin_idle_connection_closed", peer=idle.peer, open=len(open_))
+            idle.close_now()
+            del open_[idle]
+        connection = _Connection(stream, stream.socket.getpeername(), routes, limits)
+        open_[connection] = None
         try:
-            slots.acquire_nowait()
-        except trio.WouldBlock:  # at the cap: answer at once rather than hold the socket
-            await stream.send_all(_TOO_MANY)
-            return
-        try:
-            await _Connection(stream, stream.socket.getpeername(), routes, limits).run()
+            await connection.run()
         finally:
-            slots.release()
+            open_.pop(connection, None)
 
     async with trio.open_nursery() as handlers:
         await handlers.start(
@@ -155,13 +163,20 @@ class _Connection:
         self.routes = routes
         self.limits = limits
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
+        self.idle = False  # waiting for the first byte of a request
+        self._scope = trio.CancelScope()
 
     async def run(self) -> None:
         """Serve requests until the client is done; errors go to the listener's boundary."""
         try:
-            await self._serve()
+            with self._scope:
+                await self._serve()
         finally:
             await self._close()
+
+    def close_now(self) -> None:
+        """Make room: end the connection (it must be idle, between requests)."""
+        self._scope.cancel()
 
     async def _serve(self) -> None:
         first = True
@@ -198,7 +213,11 @@ class _Connection:
                 raise _Reject(exc.error_status_hint, f"bad request: {exc}") from None
             if event is h11.NEED_DATA:
                 with trio.move_on_at(deadline):
-                    data = await self.stream.receive_some(READ_SIZE)
+                    self.idle = not started
+                    try:
+                        data = await self.stream.receive_some(READ_SIZE)
+                    finally:
+                        self.idle = False
                     if data and not started:
                         started = True
                         deadline = trio.current_time() + limits.request_timeout

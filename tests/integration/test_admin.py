@@ -326,3 +326,52 @@ async def test_serves_a_listener_made_elsewhere() -> None:
             nursery.cancel_scope.cancel()
     assert response.status_code == 200
     assert sock.fileno() == -1  # closed with the server
+
+
+async def test_readiness_answers_with_200_idle_keep_alives_open(logs: Logs) -> None:
+    """200 kept-alive connections, idle after a request each (a kubelet's or a scraper's),
+    fill the 64-connection cap three times over; a new probe still gets its answer at once,
+    because the oldest idle connection makes room."""
+    routes = {"/healthz/ready": ready_route(lambda: (True, "ok"))}
+    clients: list[Client] = []
+    with trio.fail_after(30):
+        async with serving(routes) as address:
+            try:
+                for _ in range(200):
+                    client = await Client.connect(address)
+                    clients.append(client)
+                    response, _ = await client.request("/healthz/ready")
+                    assert response.status_code == 200
+                with trio.fail_after(1.0):
+                    probe = await Client.connect(address)
+                    async with probe.stream:
+                        response, body = await probe.request("/healthz/ready")
+                assert (response.status_code, body) == (200, b"ready\n")
+            finally:
+                for client in clients:
+                    await client.stream.aclose()
+    closed = [e for e in logs if e["event"] == "admin_idle_connection_closed"]
+    assert len(closed) >= 200 - 64  # the oldest made room, one per newcomer at the cap
+    assert not [e for e in logs if e["event"] == "connection_failed"]
+
+
+async def test_at_the_cap_with_every_connection_busy_a_newcomer_gets_503() -> None:
+    release = trio.Event()
+
+    async def slow(_request: Request) -> Response:
+        await release.wait()
+        return Response(200, b"done\n")
+
+    with trio.fail_after(20):
+        async with serving({"/slow": slow}, Limits(max_connections=2)) as address:
+            async with trio.open_nursery() as nursery:
+                busy = [await Client.connect(address) for _ in range(2)]
+                for client in busy:
+                    nursery.start_soon(client.request, "/slow")
+                await trio.testing.wait_all_tasks_blocked()
+                answer = await raw_exchange(address, b"GET /slow HTTP/1.1\r\nhost: t\r\n\r\n")
+                assert answer.startswith(b"HTTP/1.1 503 ")
+                assert answer.endswith(b"too many connections\n")
+                release.set()
+            for client in busy:
+                await client.stream.aclose()
