@@ -44,12 +44,14 @@ class CapturedPod:
         telemetry: Telemetry,
         settings: HboneSettings,
         dial_timeout: float,
+        listen_ip: str = "0.0.0.0",
     ) -> None:
         self.uid = uid
         self.identity = identity
         self.netns = netns
         self._certificate = certificate
         self._settings = settings
+        self._listen_ip = listen_ip
         self.inbound = Inbound(
             uid, netns, snapshot=snapshot, telemetry=telemetry, dial_timeout=dial_timeout
         )
@@ -59,11 +61,12 @@ class CapturedPod:
         )  # fmt: skip
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Open the three listeners in the pod's netns; ``started`` once all listen."""
+        """Open the three listeners in the pod's netns (on every address, unless a
+        ``listen_ip`` was given); ``started`` once all listen."""
         listeners: list[trio.socket.SocketType] = []
         try:
             for port in (OUTBOUND_CAPTURE_PORT, INBOUND_PLAINTEXT_PORT, HBONE_PORT):
-                listeners.append(await self.netns.listen(port))
+                listeners.append(await self.netns.listen(port, host=self._listen_ip))
         except BaseException:
             for sock in listeners:
                 sock.close()

@@ -58,6 +58,7 @@ class Ztunnel:
         telemetry: Telemetry,
         settings: HboneSettings | None = None,
         dial_timeout: float = DIAL_TIMEOUT,
+        listen_on_pod_ip: bool = False,
     ) -> None:
         self.node = node
         self._certs = certificates
@@ -65,6 +66,9 @@ class Ztunnel:
         self._telemetry = telemetry
         self._settings = settings or HboneSettings()
         self._dial_timeout = dial_timeout
+        # A pod's listeners take every address of its namespace; several pods sharing one
+        # namespace (a node running pods without their own) listen on their own IPs.
+        self._listen_on_pod_ip = listen_on_pod_ip
         self.snapshot: MeshSnapshot | None = None
         self._slots: dict[str, _PodSlot] = {}
         self._nursery: trio.Nursery | None = None
@@ -186,6 +190,7 @@ class Ztunnel:
                     telemetry=self._telemetry,
                     settings=self._settings,
                     dial_timeout=self._dial_timeout,
+                    listen_ip=workload.ip if self._listen_on_pod_ip else "0.0.0.0",
                 )
                 async with trio.open_nursery() as nursery:
                     await nursery.start(pod.serve)
