@@ -53,6 +53,7 @@ bench: $(STAMP)
 	@if [ "$$(id -u)" != 0 ]; then echo "make bench needs root (network namespaces, iptables): try sudo make bench"; exit 1; fi
 	$(BIN)/python -m bench.compare $(if $(QUICK),--quick,)
 	$(BIN)/python -m bench.hbone $(if $(QUICK),--quick,--json bench/results/hbone.json)
+	$(BIN)/python -m bench.perconn $(if $(QUICK),-n 500 --repeat 3,--json bench/results/perconn.json)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
