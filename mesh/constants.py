@@ -11,6 +11,8 @@ DEFAULT_CLUSTER_DOMAIN: Final = "cluster.local"
 OUTBOUND_CAPTURE_PORT: Final = 15001
 INBOUND_PLAINTEXT_PORT: Final = 15006
 HBONE_PORT: Final = 15008
+# ztunnel's own ports in a pod: never a destination (dialling one would reach ztunnel).
+CAPTURE_PORTS: Final = frozenset({OUTBOUND_CAPTURE_PORT, INBOUND_PLAINTEXT_PORT, HBONE_PORT})
 
 # Proxy management ports.
 ADMIN_PORT: Final = 15000

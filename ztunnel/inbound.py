@@ -23,6 +23,7 @@ import trio
 
 from mesh.authz import Connection, Decision, evaluate, peer_auth_mode
 from mesh.capture import caught
+from mesh.constants import CAPTURE_PORTS
 from mesh.hbone import HboneRequest
 from mesh.model import MeshSnapshot, Workload
 from mesh.netns import NetworkNamespace
@@ -94,6 +95,8 @@ class Inbound:
             dst = request.destination()
             if workload is None or dst[0] != workload.ip:
                 raise ValueError(f"{dst[0]} is not pod {self.uid}")
+            if dst[1] in CAPTURE_PORTS:
+                raise ValueError(f"port {dst[1]} is ztunnel's own, not the app's")
         except ValueError as exc:
             log.warning("hbone_bad_request", pod=self.uid, reason=str(exc))
             await request.reject(Reason.BAD_REQUEST)
@@ -119,6 +122,10 @@ class Inbound:
             if (addresses := caught(client)) is None:
                 return
             peer, dst = addresses
+            if dst[1] in CAPTURE_PORTS:  # ztunnel's own port, reached from outside: refuse
+                log.warning("plaintext_to_proxy_port_refused", pod=self.uid, src=peer[0],
+                            port=dst[1])  # fmt: skip
+                return
             snapshot = self._snapshot()
             workload = snapshot.workload(self.uid)
             if workload is None:

@@ -63,16 +63,8 @@ class HboneRequest:
         return None
 
     def destination(self) -> tuple[str, int]:
-        """The ``(ip, port)`` named by ``:authority``."""
-        host, sep, port = self.authority.rpartition(":")
-        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f":authority {self.authority!r} is not ip:port")
-        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            raise ValueError(f":authority {self.authority!r} does not name an IP address") from None
-        return host, int(port)
+        """The ``(ip, port)`` named by ``:authority`` (:func:`parse_authority`)."""
+        return parse_authority(self.authority)
 
     async def accept(self, headers: Sequence[tuple[str, str]] = ()) -> H2Stream:
         """Answer 200 and return the stream, now carrying the tunnelled bytes."""
@@ -94,6 +86,29 @@ class HboneRequest:
     def _check_answer(self) -> None:
         if self.answered:
             raise RuntimeError("this CONNECT request was already answered")
+
+
+def parse_authority(authority: str) -> tuple[str, int]:
+    """``ip:port`` (``[ipv6]:port``) as HBONE's CONNECT names it, read strictly: an IP
+    literal (no name, no zone), a port of ASCII digits without leading zeros, 1-65535.
+    Python's ``int()`` takes full-width digits, or ``08080``, as 8080: a peer must not reach a
+    port by a spelling a policy does not see. Raises ``ValueError`` saying what is wrong."""
+    host, sep, port = authority.rpartition(":")
+    if not sep or not (port.isascii() and port.isdigit()) or (port.startswith("0")):
+        raise ValueError(f":authority {authority!r} is not ip:port (port: digits, no leading 0)")
+    if not 0 < int(port) < 65536:
+        raise ValueError(f":authority {authority!r}: port {port} is not 1-65535")
+    bracketed = host.startswith("[") and host.endswith("]")
+    if ":" in host and not bracketed:
+        raise ValueError(f":authority {authority!r}: an IPv6 address goes in brackets")
+    host = host[1:-1] if bracketed else host
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f":authority {authority!r} does not name an IP address") from None
+    if bracketed != (ip.version == 6) or "%" in host:
+        raise ValueError(f":authority {authority!r} does not name an IP address")
+    return str(ip), int(port)
 
 
 def connect_handler(handler: RequestHandler) -> StreamHandler:

@@ -211,3 +211,31 @@ async def test_a_pod_leaving_the_mesh_closes_only_its_listeners() -> None:
             assert not listening(B.ip, 15001)
             assert listening(A.ip, 15008)
             assert run.ztunnel.ready() == (True, "1 pods captured")
+
+
+@pytest.mark.parametrize(
+    "authority",
+    [
+        f"{B.ip}:15008",  # ztunnel's own HBONE port: it would dial itself
+        f"{B.ip}:15001",
+        f"{B.ip}:15006",
+        f"{B.ip}:\uff11\uff18\uff10\uff18\uff10",  # full-width 18080, the app's port
+        f"{B.ip}:018080",
+        f"{A.ip}:{APP_PORT}",  # another pod's address
+    ],
+)
+async def test_connects_that_name_no_app_of_this_pod_are_refused_at_once(authority: str) -> None:
+    with trio.fail_after(10):
+        async with running() as run:
+            await run.ztunnel.on_update(mesh())
+            await wait_until(lambda: run.ztunnel.ready()[0])
+            cert = await run.certs.fetch_now(A.identity)
+            async with open_hbone_pool(lambda _s: cert) as pool:
+                with trio.fail_after(2), pytest.raises(HboneStreamRefused) as refused:
+                    await pool.connect(
+                        source=A.identity,
+                        address=(B.ip, 15008),
+                        authority=authority,
+                        expected=[B.identity],
+                    )
+    assert (refused.value.status, refused.value.reason) == (400, Reason.BAD_REQUEST)
