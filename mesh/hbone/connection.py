@@ -99,6 +99,7 @@ class Http2Connection(Http2Engine):
         self.reserved = 0  # client streams promised by the pool, not yet opened
         self._io_scope: trio.CancelScope | None = None
         self._handlers: trio.Nursery | None = None
+        self._unanswered: dict[H2Stream, trio.CancelScope] = {}  # handlers not yet answered
         self._transport_closed = False
         self._pings: dict[bytes, trio.Event] = {}  # PINGs in flight by their payload
         self._ping_count = 0
@@ -225,15 +226,23 @@ class Http2Connection(Http2Engine):
             return
         self._handlers.start_soon(self._run_handler, stream)
 
+    def reset_by_peer(self, stream: H2Stream) -> None:
+        # A stream reset before we answered it: its handler's work (a dial) is for nobody.
+        if not stream.headers_sent and (scope := self._unanswered.get(stream)) is not None:
+            scope.cancel()
+
     async def _run_handler(self, stream: H2Stream) -> None:
         assert self._handler is not None
+        scope = self._unanswered[stream] = trio.CancelScope()
         try:
-            await self._handler(stream)
+            with scope:
+                await self._handler(stream)
         except Exception:
             log.exception("hbone_handler_failed", peer=str(self.peer), stream_id=stream.stream_id)
             if not stream.headers_sent and not stream.is_done():
                 stream.reject_nowait(Reason.INTERNAL_ERROR)
         finally:
+            del self._unanswered[stream]
             if not stream.headers_sent and not stream.is_done():
                 stream.reject_nowait(Reason.INTERNAL_ERROR)  # the handler gave no answer
             with trio.CancelScope(shield=True):

@@ -41,6 +41,7 @@ from h2.errors import ErrorCodes
 from mesh import sockio
 from mesh.hbone import frames
 from mesh.hbone.goaway import Goaway
+from mesh.hbone.limits import ResetBudget
 from mesh.hbone.settings import HboneConnectionError, HboneRetryableError, HboneSettings
 from mesh.hbone.stream import H2Stream, Headers, StreamReset
 from mesh.hbone.transport import Transport
@@ -104,6 +105,7 @@ class Http2Engine:
         self.goaway = Goaway()
         self.idle_since = trio.current_time()
         self.bytes_received = 0
+        self._resets = ResetBudget(settings.reset_burst, settings.reset_rate, self.idle_since)
 
     @property
     def peer(self) -> SpiffeId | None:
@@ -120,6 +122,9 @@ class Http2Engine:
     def stream_received(self, stream: H2Stream) -> None:
         """The peer opened ``stream``; its request headers are in it."""
         stream.reject_nowait(Reason.PROTOCOL_ERROR)  # this endpoint accepts no streams
+
+    def reset_by_peer(self, stream: H2Stream) -> None:
+        """The peer reset ``stream``."""
 
     def ping_acked(self, data: bytes) -> None:
         """The peer answered our PING carrying ``data``."""
@@ -328,9 +333,12 @@ class Http2Engine:
                 stream.on_remote_end()
                 self._forget_if_done(stream)
         elif isinstance(event, h2.events.StreamReset):
+            if not self._resets.take(trio.current_time()):
+                self.protocol_error(ErrorCodes.ENHANCE_YOUR_CALM, "too many stream resets")
             if (stream := self.streams.get(event.stream_id)) is not None:
                 self._detach(stream)
                 stream.on_reset(StreamReset(int(event.error_code or 0), by_peer=True))
+                self.reset_by_peer(stream)
         elif isinstance(event, h2.events.RemoteSettingsChanged):
             self._on_settings(event)
         elif isinstance(event, h2.events.PingAckReceived):

@@ -66,6 +66,8 @@ class HboneSettings:
     handshake_timeout: float = 10.0
     connect_timeout: float = 10.0
     stream_open_timeout: float = 10.0  # for the answer to CONNECT (open_stream)
+    reset_burst: int = 1000  # rapid-reset defence (mesh.hbone.limits.ResetBudget)
+    reset_rate: float = 33.0  # resets per second the budget refills
 
     def __post_init__(self) -> None:
         if not frames.MIN_FRAME_SIZE <= self.max_frame_size <= frames.MAX_FRAME_SIZE:
