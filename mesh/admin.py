@@ -123,6 +123,7 @@ async def serve_http(
             idle = next((c for c in open_ if c.idle), None)
             if idle is None:
                 await stream.send_all(_TOO_MANY)
+                await _linger_close(stream)  # so the 503 is read, not lost to a reset
                 return
             log.info("admin_idle_connection_closed", peer=idle.peer, open=len(open_))
             idle.close_now()
@@ -289,18 +290,22 @@ class _Connection:
         raise trio.BrokenResourceError("client did not read the response in time")
 
     async def _close(self) -> None:
-        """Half-close, drain what the client still sends (so our last response is not lost to a
-        reset), then close."""
-        try:
-            with trio.move_on_after(LINGER_SECONDS):
-                await self.stream.send_eof()
-                drained = 0
-                while drained < 4 * READ_SIZE and (data := await self.stream.receive_some()):
-                    drained += len(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            pass
-        finally:
-            await self.stream.aclose()
+        await _linger_close(self.stream)
+
+
+async def _linger_close(stream: trio.SocketStream) -> None:
+    """Half-close, drain what the client still sends (so our last response is not lost to a
+    reset), then close."""
+    try:
+        with trio.move_on_after(LINGER_SECONDS):
+            await stream.send_eof()
+            drained = 0
+            while drained < 4 * READ_SIZE and (data := await stream.receive_some()):
+                drained += len(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        pass
+    finally:
+        await stream.aclose()
 
 
 def _request(head: h11.Request) -> Request:
