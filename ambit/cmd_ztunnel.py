@@ -37,6 +37,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--pods-file", required=True, type=Path, help='{"ns/pod": "netns"} JSON')
     parser.add_argument("--listen-ip", default="0.0.0.0", help="address for 15020 and 15021")
     parser.add_argument("--trust-domain", default=DEFAULT_TRUST_DOMAIN)
+    parser.add_argument(
+        "--drain-seconds",
+        type=float,
+        default=25.0,
+        help="after SIGTERM, how long open connections may finish (default 25: below a"
+        " pod's 30 s grace period)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -54,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
             pods_file=args.pods_file,
             trust_domain=args.trust_domain,
             listen_ip=args.listen_ip,
+            drain_seconds=args.drain_seconds,
         )
     except (OSError, ValueError, IdentityError) as exc:
         print(f"ambit ztunnel: {exc}", file=sys.stderr)

@@ -157,6 +157,8 @@ class LocalMesh:
             "--pods-file", str(self._dir() / "pods.json"),
             "--listen-ip", node.ip,
             "--trust-domain", config.trust_domain,
+            # Below local mode's 2 s between SIGTERM and SIGKILL (k8s.local.processes).
+            "--drain-seconds", "1.5",
         ]  # fmt: skip
 
     async def mesh_state(self, snapshot: LocalSnapshot) -> Mapping[PodRef, MeshState]:

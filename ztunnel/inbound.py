@@ -60,6 +60,9 @@ class Inbound:
         self._dial_timeout = dial_timeout
         self._open: set[_Active] = set()
 
+    def open_connections(self) -> int:
+        return len(self._open)
+
     def recheck_policies(self) -> None:
         """Close open connections the current policies no longer allow."""
         snapshot = self._snapshot()
@@ -175,6 +178,10 @@ class Inbound:
                     await relay(peer, app, record.stats)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             failure = Failure(Reason.CONNECTION_RESET, str(exc) or type(exc).__name__)
+        except trio.Cancelled:
+            if active.closed_by_policy is None:  # the pod was let go, or ztunnel stopped
+                failure = Failure(Reason.CONNECTION_RESET, "cut: the pod was released")
+            raise
         finally:
             self._open.discard(active)
             if active.closed_by_policy is not None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +58,9 @@ class ZtunnelConfig:
     admin_port: int = ADMIN_PORT
     metrics_port: int = METRICS_PORT
     readiness_port: int = READINESS_PORT
+    # How long open connections may finish after SIGTERM: a few seconds below a pod's
+    # terminationGracePeriodSeconds (30 by default), so the kubelet's SIGKILL never comes first.
+    drain_seconds: float = 25.0
 
 
 class PodsFile:
@@ -99,6 +104,16 @@ async def _own_certificate(certs: CertificateManager, config: ZtunnelConfig) -> 
 
 async def run_ztunnel(
     config: ZtunnelConfig, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Run until SIGTERM or SIGINT, then drain (:meth:`Ztunnel.drain`) and return."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as stop_signals:
+        await _run(config, stop_signals, task_status)
+
+
+async def _run(
+    config: ZtunnelConfig,
+    stop_signals: AsyncIterator[int],
+    task_status: trio.TaskStatus[None],
 ) -> None:
     registry = CollectorRegistry()
     telemetry = ZtunnelTelemetry(TcpMetrics(registry))
@@ -153,6 +168,11 @@ async def run_ztunnel(
                     await nursery.start(_serve, routes, host, port)
                 log.info("ztunnel_started", node=config.node, listen_ip=config.listen_ip)
                 task_status.started()
+                async for signum in stop_signals:
+                    log.info("ztunnel_stopping", signal=signal.Signals(signum).name)
+                    break
+                await zt.drain(config.drain_seconds)
+                nursery.cancel_scope.cancel()
 
 
 async def _serve(

@@ -43,6 +43,10 @@ class Outbound:
         self._pool = pool
         self._telemetry = telemetry
         self._dial_timeout = dial_timeout
+        self._relaying = 0
+
+    def open_connections(self) -> int:
+        return self._relaying
 
     async def handle(self, client: trio.SocketStream) -> None:
         async with client:
@@ -70,13 +74,18 @@ class Outbound:
                 self._telemetry.denied(record, upstream)
                 return
             self._telemetry.opened(record)
+            self._relaying += 1
             failure: Failure | None = None
             try:
                 async with upstream:
                     await relay(client, upstream, record.stats)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 failure = Failure(Reason.CONNECTION_RESET, str(exc) or type(exc).__name__)
+            except trio.Cancelled:
+                failure = Failure(Reason.CONNECTION_RESET, "cut: the pod was released")
+                raise
             finally:
+                self._relaying -= 1
                 self._telemetry.closed(record, failure)
 
     async def _open(

@@ -17,7 +17,7 @@ from functools import partial
 import trio
 
 from mesh.constants import HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_CAPTURE_PORT
-from mesh.hbone import HboneSettings
+from mesh.hbone import HboneConnection, HboneSettings
 from mesh.hbone.client import HboneClientPool
 from mesh.hbone.server import serve_hbone
 from mesh.identity import SpiffeId, WorkloadCertificate
@@ -52,6 +52,8 @@ class CapturedPod:
         self._certificate = certificate
         self._settings = settings
         self._listen_ip = listen_ip
+        self._accepting = trio.CancelScope()
+        self._hbone_connections: set[HboneConnection] = set()
         self.inbound = Inbound(
             uid, netns, snapshot=snapshot, telemetry=telemetry, dial_timeout=dial_timeout
         )
@@ -72,31 +74,60 @@ class CapturedPod:
                 sock.close()
             raise
         outbound, plaintext, hbone = listeners
-        identity = self.identity
         async with trio.open_nursery() as handlers:
-            await handlers.start(
-                partial(
-                    serve_listeners,
-                    self.outbound.handle,
-                    [outbound],
-                    handler_nursery=handlers,
-                    name=f"{self.uid} outbound",
-                )
-            )
-            await handlers.start(
-                partial(
-                    serve_listeners,
-                    self.inbound.plaintext,
-                    [plaintext],
-                    handler_nursery=handlers,
-                    name=f"{self.uid} inbound",
-                )
-            )
-            await handlers.start(partial(serve_hbone, self.inbound.hbone,
-                                         certificate=lambda: self._certificate(identity),
-                                         listener=hbone, settings=self._settings,
-                                         handler_nursery=handlers))  # fmt: skip
+            # The accept loops run under their own scope: a drain stops them while the
+            # connections they accepted (in ``handlers``) finish.
+            await handlers.start(self._accept, handlers, outbound, plaintext, hbone)
             task_status.started()
+
+    async def _accept(
+        self,
+        handlers: trio.Nursery,
+        outbound: trio.socket.SocketType,
+        plaintext: trio.socket.SocketType,
+        hbone: trio.socket.SocketType,
+        *,
+        task_status: trio.TaskStatus[None],
+    ) -> None:
+        identity = self.identity
+        uid = self.uid
+        with self._accepting:
+            async with trio.open_nursery() as accepting:
+                for handler, listener, name in (
+                    (self.outbound.handle, outbound, f"{uid} outbound"),
+                    (self.inbound.plaintext, plaintext, f"{uid} inbound"),
+                ):
+                    await accepting.start(
+                        partial(
+                            serve_listeners, handler, [listener], handler_nursery=handlers,
+                            name=name,
+                        )
+                    )  # fmt: skip
+                await accepting.start(
+                    partial(
+                        serve_hbone,
+                        self.inbound.hbone,
+                        certificate=lambda: self._certificate(identity),
+                        listener=hbone,
+                        settings=self._settings,
+                        handler_nursery=handlers,
+                        connections=self._hbone_connections,
+                    )
+                )
+                task_status.started()
+
+    async def drain(self) -> None:
+        """Stop accepting (the listeners close) and say GOAWAY to every HBONE connection:
+        the streams open on them finish, no new one starts. :meth:`serve` returns once
+        every connection has ended."""
+        self._accepting.cancel()
+        async with trio.open_nursery() as nursery:
+            for conn in list(self._hbone_connections):
+                nursery.start_soon(conn.graceful_goaway)
+
+    def open_connections(self) -> int:
+        """Connections being relayed now, both ways."""
+        return self.inbound.open_connections() + self.outbound.open_connections()
 
     def recheck_policies(self) -> None:
         """Close inbound connections the current policies no longer allow."""

@@ -46,6 +46,7 @@ class _PodSlot:
     captured: bool = False
     error: str | None = None
     pod: CapturedPod | None = None
+    done: trio.Event = field(default_factory=trio.Event)  # its task has ended
 
 
 class Ztunnel:
@@ -71,6 +72,7 @@ class Ztunnel:
         self._listen_on_pod_ip = listen_on_pod_ip
         self.snapshot: MeshSnapshot | None = None
         self._slots: dict[str, _PodSlot] = {}
+        self.draining = False
         self._nursery: trio.Nursery | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -84,6 +86,8 @@ class Ztunnel:
 
     def ready(self) -> tuple[bool, str]:
         """Ready once a config arrived and every meshed pod of this node is captured."""
+        if self.draining:
+            return False, "draining: ztunnel is shutting down"
         if self.snapshot is None:
             return False, "no config from the control plane yet"
         waiting = [s.workload.uid for s in self._slots.values() if not s.captured]
@@ -117,6 +121,8 @@ class Ztunnel:
     async def on_update(self, snapshot: MeshSnapshot) -> None:
         """Apply a new snapshot: capture, release, re-check policies."""
         assert self._nursery is not None, "run() must be started first"
+        if self.draining:
+            return  # shutting down: the pods are being let go
         self.snapshot = snapshot
         wanted = {w.uid: w for w in snapshot.workloads_on_node(self.node) if w.meshed}
         for uid, slot in list(self._slots.items()):
@@ -157,16 +163,48 @@ class Ztunnel:
         CA unreachable or refusing); anything else is a bug and ends ztunnel with
         its traceback."""
         next_delay = SETUP_RETRY.delays()
-        with slot.scope:
-            while True:
-                try:
-                    await self._capture(slot)
-                    return
-                except (NetnsError, OSError, CertificateRequestError) as exc:
-                    slot.captured = False
-                    slot.error = str(exc)
-                    log.warning("pod_capture_failed", pod=slot.workload.uid, reason=str(exc))
-                await trio.sleep(next_delay())
+        try:
+            with slot.scope:
+                while not self.draining:
+                    try:
+                        await self._capture(slot)
+                        return
+                    except (NetnsError, OSError, CertificateRequestError) as exc:
+                        slot.captured = False
+                        slot.error = str(exc)
+                        log.warning("pod_capture_failed", pod=slot.workload.uid, reason=str(exc))
+                    await trio.sleep(next_delay())
+        finally:
+            slot.done.set()
+
+    async def drain(self, seconds: float) -> None:
+        """Shut down without losing what can finish: readiness turns false at once; every
+        pod stops accepting and says GOAWAY on its HBONE connections; open connections
+        finish by themselves for up to ``seconds``; what is left then is cut (each
+        logged once, by its pod). New config is ignored from now on."""
+        self.draining = True
+        slots = list(self._slots.values())
+        open_ = sum(s.pod.open_connections() for s in slots if s.pod is not None)
+        log.info("ztunnel_draining", pods=len(slots), connections=open_, seconds=seconds)
+        async with trio.open_nursery() as nursery:
+            for slot in slots:
+                if slot.pod is not None:
+                    nursery.start_soon(slot.pod.drain)
+                else:
+                    slot.scope.cancel()  # not serving yet: nothing to finish
+        with trio.move_on_after(seconds) as waited:
+            for slot in slots:
+                await slot.done.wait()
+        left = sum(s.pod.open_connections() for s in slots if s.pod is not None)
+        for slot in slots:
+            slot.scope.cancel()
+        for slot in slots:
+            await slot.done.wait()
+        log.info(
+            "ztunnel_drained",
+            cut_at_deadline=left if waited.cancelled_caught else 0,
+            seconds=seconds,
+        )
 
     async def _capture(self, slot: _PodSlot) -> None:
         workload = slot.workload

@@ -35,6 +35,7 @@ async def serve_hbone(
     listener: trio.socket.SocketType | None = None,
     settings: HboneSettings | None = None,
     handler_nursery: trio.Nursery | None = None,
+    connections: set[HboneConnection] | None = None,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve HBONE until cancelled; ``task_status.started`` gets the bound address.
@@ -43,7 +44,8 @@ async def serve_hbone(
     a renewed certificate is presented from the next connection on. Pass a
     ready ``listener`` to serve a socket made elsewhere (inside a pod's netns),
     and a ``handler_nursery`` to own the connections (so a drain can stop
-    accepting while they finish); by default they end with this call.
+    accepting while they finish); by default they end with this call. Each live
+    connection is kept in ``connections`` when given, so a drain can say GOAWAY to it.
     """
     settings = settings or HboneSettings()
     sock = listener if listener is not None else await open_listener(host, port)
@@ -51,7 +53,9 @@ async def serve_hbone(
 
     async def serve(stream: trio.SocketStream) -> None:
         addr = stream.socket.getpeername()
-        await _serve_connection(stream.socket, (addr[0], addr[1]), handler, certificate, settings)
+        await _serve_connection(
+            stream.socket, (addr[0], addr[1]), handler, certificate, settings, connections
+        )
 
     async with trio.open_nursery() as own:
         handlers = handler_nursery or own
@@ -66,6 +70,7 @@ async def _serve_connection(
     handler: RequestHandler,
     certificate: CertificateSource,
     settings: HboneSettings,
+    connections: set[HboneConnection] | None = None,
 ) -> None:
     src = f"{addr[0]}:{addr[1]}"
     cert = certificate()
@@ -95,7 +100,13 @@ async def _serve_connection(
         peer_address=(addr[0], addr[1]),
     )
     log.debug("hbone_connection_opened", src=src, src_identity=str(peer))
-    await conn.serve()
+    if connections is not None:
+        connections.add(conn)
+    try:
+        await conn.serve()
+    finally:
+        if connections is not None:
+            connections.discard(conn)
     error = conn.error
     if error is not None and error.code != 0:
         log.warning("hbone_connection_failed", src=src, src_identity=str(peer), reason=error.reason)

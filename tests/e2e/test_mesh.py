@@ -437,6 +437,55 @@ async def test_a_long_transfer_survives_relabelling_and_a_policy_that_allows_it(
         assert len(captures) == 1  # never captured again
 
 
+async def test_sigterm_drains_a_ztunnel_without_losing_an_open_connection(
+    cluster: Cluster,
+) -> None:
+    """SIGTERM to the server node's ztunnel in the middle of a transfer: the transfer
+    (shorter than the drain) completes byte-exact, ztunnel exits 0 after draining, and
+    the restarted one serves again."""
+    with trio.fail_after(120):
+        await up(cluster)
+        echo_ip = (await pods(cluster))["shop/echo"]["ip"]
+        old_pid = int((await nodes(cluster))["node-2"]["ztunnel_pid"])
+        env = {**os.environ, "AMBIT_STATE_DIR": str(cluster.state_dir)}
+        short = STREAM.replace("range(128)", "range(24)")  # 768 KiB over about 0.8 s
+        proc = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "ambit.cli", "exec", "-n", "shop", "client", "--",
+             "python3", "-c", short, echo_ip],
+            stdout=subprocess.PIPE, env=env,
+        )  # fmt: skip
+        assert proc.stdout is not None
+        try:
+            out = bytearray()
+            while b"open" not in out:
+                out += await proc.stdout.receive_some()
+            os.kill(old_pid, signal.SIGTERM)
+            while b"done" not in out:
+                chunk = await proc.stdout.receive_some()
+                assert chunk, out
+                out += chunk
+        finally:
+            proc.kill()
+            await proc.wait()
+        assert out.decode().split("done ")[1].split() == [str(24 * 32 * 1024), "True"]
+        logs = (await cluster.ambit("logs", "ztunnel/node-2")).stdout.decode()
+        events = [json.loads(line) for line in logs.splitlines() if line.startswith("{")]
+        [drained] = [e for e in events if e.get("event") == "ztunnel_drained"]
+        assert drained["cut_at_deadline"] == 0
+        assert any(e.get("event") == "ztunnel_stopping" for e in events)
+
+        async def restarted() -> bool:
+            pid = (await nodes(cluster))["node-2"]["ztunnel_pid"]
+            return pid is not None and int(pid) != old_pid
+
+        assert await eventually(restarted, seconds=30), "ztunnel was not restarted"
+
+        async def served() -> bool:
+            return await http_status(cluster, "shop", "client", "http://web.shop/") == "200"
+
+        assert await eventually(served, seconds=30), "not served again after the restart"
+
+
 async def test_traffic_survives_a_dead_control_plane_and_a_ztunnel_restart(
     cluster: Cluster,
 ) -> None:

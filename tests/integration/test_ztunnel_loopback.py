@@ -239,3 +239,48 @@ async def test_connects_that_name_no_app_of_this_pod_are_refused_at_once(authori
                         expected=[B.identity],
                     )
     assert (refused.value.status, refused.value.reason) == (400, Reason.BAD_REQUEST)
+
+
+async def test_a_drain_lets_open_connections_finish_and_takes_no_new_one() -> None:
+    payload = os.urandom(512 * 1024)
+    with trio.fail_after(20), capture_logs() as logs:
+        async with running() as run:
+            await run.ztunnel.on_update(mesh())
+            await wait_until(lambda: run.ztunnel.ready()[0])
+            async with hbone_from_a(run) as stream, trio.open_nursery() as nursery:
+                assert await echoed(stream, b"before") == b"before"
+                drained = trio.Event()
+
+                async def drain() -> None:
+                    await run.ztunnel.drain(10.0)
+                    drained.set()
+
+                nursery.start_soon(drain)
+                await wait_until(lambda: not listening(B.ip, 15008))
+                assert run.ztunnel.ready() == (False, "draining: ztunnel is shutting down")
+                assert not drained.is_set()
+                # The open connection goes on, byte-exact, to its own end.
+                assert await echoed(stream, payload) == payload
+                await stream.send_eof()
+                assert await stream.receive_some() == b""
+                with trio.fail_after(5):
+                    await drained.wait()
+    [done] = [e for e in logs if e["event"] == "ztunnel_drained"]
+    assert done["cut_at_deadline"] == 0
+    assert [f for _, f in run.recorder.closed] == [None]
+
+
+async def test_a_drain_cuts_what_is_still_open_at_its_deadline() -> None:
+    with trio.fail_after(20), capture_logs() as logs:
+        async with running() as run:
+            await run.ztunnel.on_update(mesh())
+            await wait_until(lambda: run.ztunnel.ready()[0])
+            async with hbone_from_a(run) as stream:
+                assert await echoed(stream, b"open") == b"open"
+                await run.ztunnel.drain(0.5)  # the stream never ends by itself
+    [done] = [e for e in logs if e["event"] == "ztunnel_drained"]
+    assert done["cut_at_deadline"] == 1
+    [(_, failure)] = run.recorder.closed
+    assert failure is not None
+    assert failure.reason is Reason.CONNECTION_RESET
+    assert "cut" in failure.detail
