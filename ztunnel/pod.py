@@ -17,9 +17,9 @@ from functools import partial
 import trio
 
 from mesh.constants import HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_CAPTURE_PORT
-from mesh.hbone import HboneConnection, HboneSettings
+from mesh.hbone import HboneSettings
 from mesh.hbone.client import HboneClientPool
-from mesh.hbone.server import serve_hbone
+from mesh.hbone.server import ServerConnections, serve_hbone
 from mesh.identity import SpiffeId, WorkloadCertificate
 from mesh.model import MeshSnapshot
 from mesh.net import serve_listeners
@@ -53,7 +53,7 @@ class CapturedPod:
         self._settings = settings
         self._listen_ip = listen_ip
         self._accepting = trio.CancelScope()
-        self._hbone_connections: set[HboneConnection] = set()
+        self._hbone_connections = ServerConnections()
         self.inbound = Inbound(
             uid, netns, snapshot=snapshot, telemetry=telemetry, dial_timeout=dial_timeout
         )
@@ -121,9 +121,7 @@ class CapturedPod:
         the streams open on them finish, no new one starts. :meth:`serve` returns once
         every connection has ended."""
         self._accepting.cancel()
-        async with trio.open_nursery() as nursery:
-            for conn in list(self._hbone_connections):
-                nursery.start_soon(conn.graceful_goaway)
+        await self._hbone_connections.drain()
 
     def open_connections(self) -> int:
         """Connections being relayed now, both ways."""

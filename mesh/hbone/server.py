@@ -26,6 +26,22 @@ log = structlog.get_logger("mesh.hbone")
 CertificateSource = Callable[[], WorkloadCertificate]
 
 
+class ServerConnections:
+    """A server's live HBONE connections, so a drain can say GOAWAY to each: to those
+    open now, and to any that completes its handshake while the drain runs."""
+
+    def __init__(self) -> None:
+        self.live: set[HboneConnection] = set()
+        self.draining = False
+
+    async def drain(self) -> None:
+        """Two-phase GOAWAY on every live connection (their open streams finish)."""
+        self.draining = True
+        async with trio.open_nursery() as nursery:
+            for conn in list(self.live):
+                nursery.start_soon(conn.graceful_goaway)
+
+
 async def serve_hbone(
     handler: RequestHandler,
     *,
@@ -35,7 +51,7 @@ async def serve_hbone(
     listener: trio.socket.SocketType | None = None,
     settings: HboneSettings | None = None,
     handler_nursery: trio.Nursery | None = None,
-    connections: set[HboneConnection] | None = None,
+    connections: ServerConnections | None = None,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve HBONE until cancelled; ``task_status.started`` gets the bound address.
@@ -70,7 +86,7 @@ async def _serve_connection(
     handler: RequestHandler,
     certificate: CertificateSource,
     settings: HboneSettings,
-    connections: set[HboneConnection] | None = None,
+    connections: ServerConnections | None = None,
 ) -> None:
     src = f"{addr[0]}:{addr[1]}"
     cert = certificate()
@@ -101,12 +117,15 @@ async def _serve_connection(
     )
     log.debug("hbone_connection_opened", src=src, src_identity=str(peer))
     if connections is not None:
-        connections.add(conn)
+        connections.live.add(conn)
     try:
-        await conn.serve()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(conn.serve)
+            if connections is not None and connections.draining:
+                nursery.start_soon(conn.graceful_goaway)  # arrived during a drain
     finally:
         if connections is not None:
-            connections.discard(conn)
+            connections.live.discard(conn)
     error = conn.error
     if error is not None and error.code != 0:
         log.warning("hbone_connection_failed", src=src, src_identity=str(peer), reason=error.reason)

@@ -371,6 +371,7 @@ async def test_a_policy_applied_to_a_running_cluster_cuts_an_open_connection(
 STREAM = """\
 import hashlib, os, socket, sys, threading, time
 s = socket.create_connection((sys.argv[1], 7000), timeout=20)
+s.sendall(b"ping"); assert s.recv(4) == b"ping"  # the tunnel is up end to end
 print("open", flush=True)
 sent, got = hashlib.sha256(), hashlib.sha256()
 def send():
@@ -470,6 +471,8 @@ async def test_sigterm_drains_a_ztunnel_without_losing_an_open_connection(
         assert out.decode().split("done ")[1].split() == [str(24 * 32 * 1024), "True"]
         logs = (await cluster.ambit("logs", "ztunnel/node-2")).stdout.decode()
         events = [json.loads(line) for line in logs.splitlines() if line.startswith("{")]
+        [draining] = [e for e in events if e.get("event") == "ztunnel_draining"]
+        assert draining["connections"] == 1  # the transfer was in flight at the SIGTERM
         [drained] = [e for e in events if e.get("event") == "ztunnel_drained"]
         assert drained["cut_at_deadline"] == 0
         assert any(e.get("event") == "ztunnel_stopping" for e in events)
