@@ -14,7 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -398,35 +398,50 @@ spec:
 """
 
 
+async def stream_to_echo(
+    cluster: Cluster, echo_ip: str, chunks: int, meanwhile: Callable[[], Awaitable[None]]
+) -> tuple[int, bool]:
+    """Run STREAM (``chunks`` of 32 KiB) from shop/client to the echo pod; once the tunnel
+    is up, run ``meanwhile``; return the bytes echoed back and whether their hash matched."""
+    env = {**os.environ, "AMBIT_STATE_DIR": str(cluster.state_dir)}
+    script = STREAM.replace("range(128)", f"range({chunks})")
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "ambit.cli", "exec", "-n", "shop", "client", "--",
+         "python3", "-c", script, echo_ip],
+        stdout=subprocess.PIPE, env=env,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    try:
+        out = bytearray()
+        while b"open" not in out:
+            out += await proc.stdout.receive_some()
+        await meanwhile()
+        while b"done" not in out:
+            chunk = await proc.stdout.receive_some()
+            assert chunk, out
+            out += chunk
+    finally:
+        proc.kill()
+        await proc.wait()
+    count, same = out.decode().split("done ")[1].split()
+    return int(count), same == "True"
+
+
 async def test_a_long_transfer_survives_relabelling_and_a_policy_that_allows_it(
     cluster: Cluster,
 ) -> None:
     with trio.fail_after(120):
         await up(cluster)
         before = (await pods(cluster))["shop/echo"]
-        env = {**os.environ, "AMBIT_STATE_DIR": str(cluster.state_dir)}
-        proc = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "ambit.cli", "exec", "-n", "shop", "client", "--",
-             "python3", "-c", STREAM, before["ip"]],
-            stdout=subprocess.PIPE, env=env,
-        )  # fmt: skip
-        assert proc.stdout is not None
-        try:
-            out = bytearray()
-            while b"open" not in out:
-                out += await proc.stdout.receive_some()
+
+        async def relabel_and_allow() -> None:
             echo_doc = next(d for d in manifest().split("---\n") if "name: echo," in d)
             relabelled = echo_doc.replace("labels: {app: echo}", "labels: {app: echo, v: two}")
             await apply(cluster, "relabel.yaml", relabelled)
             await apply(cluster, "allow.yaml", ALLOW_CLIENT_TO_ECHO)
-            while b"done" not in out:
-                chunk = await proc.stdout.receive_some()
-                assert chunk, out
-                out += chunk
-        finally:
-            proc.kill()
-            await proc.wait()
-        assert out.decode().split("done ")[1].split() == [str(128 * 32 * 1024), "True"]
+
+        echoed = await stream_to_echo(cluster, before["ip"], 128, relabel_and_allow)
+        assert echoed == (128 * 32 * 1024, True)
         after = (await pods(cluster))["shop/echo"]
         assert after["labels"] == {"app": "echo", "v": "two"}
         # Relabelled in place, as Kubernetes does: same pod, same address, same process.
@@ -448,27 +463,12 @@ async def test_sigterm_drains_a_ztunnel_without_losing_an_open_connection(
         await up(cluster)
         echo_ip = (await pods(cluster))["shop/echo"]["ip"]
         old_pid = int((await nodes(cluster))["node-2"]["ztunnel_pid"])
-        env = {**os.environ, "AMBIT_STATE_DIR": str(cluster.state_dir)}
-        short = STREAM.replace("range(128)", "range(24)")  # 768 KiB over about 0.8 s
-        proc = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "ambit.cli", "exec", "-n", "shop", "client", "--",
-             "python3", "-c", short, echo_ip],
-            stdout=subprocess.PIPE, env=env,
-        )  # fmt: skip
-        assert proc.stdout is not None
-        try:
-            out = bytearray()
-            while b"open" not in out:
-                out += await proc.stdout.receive_some()
+
+        async def sigterm() -> None:
             os.kill(old_pid, signal.SIGTERM)
-            while b"done" not in out:
-                chunk = await proc.stdout.receive_some()
-                assert chunk, out
-                out += chunk
-        finally:
-            proc.kill()
-            await proc.wait()
-        assert out.decode().split("done ")[1].split() == [str(24 * 32 * 1024), "True"]
+
+        # 768 KiB over about 0.8 s, shorter than local mode's 1.5 s drain.
+        assert await stream_to_echo(cluster, echo_ip, 24, sigterm) == (24 * 32 * 1024, True)
         logs = (await cluster.ambit("logs", "ztunnel/node-2")).stdout.decode()
         events = [json.loads(line) for line in logs.splitlines() if line.startswith("{")]
         [draining] = [e for e in events if e.get("event") == "ztunnel_draining"]

@@ -24,10 +24,10 @@ from mesh.certs import open_certificate_manager
 from mesh.commands import run_command
 from mesh.model import MeshSnapshot, Resource, Workload
 from mesh.netns import NetworkNamespace
-from mesh.reason import Failure, Reason
-from mesh.record import ConnectionRecord
+from mesh.reason import Reason
 from tests.builders import allow, deny, peer_auth, rule, service, snapshot, source, workload
 from tests.e2e.conftest import free_octet
+from tests.recording import Recorder
 from tests.waiting import wait_until
 from ztunnel.ztunnel import Ztunnel
 
@@ -81,31 +81,6 @@ def net() -> Iterator[Net]:
     assert f"azt-{suffix}" not in leftovers
 
 
-class Recorder:
-    """Telemetry that keeps every record, for assertions."""
-
-    def __init__(self) -> None:
-        self.opened: list[ConnectionRecord] = []
-        self.closed: list[tuple[ConnectionRecord, Failure | None]] = []
-        self.denied: list[tuple[ConnectionRecord, Failure]] = []
-
-    def opened_(self, record: ConnectionRecord) -> None:
-        self.opened.append(record)
-
-    def closed_(self, record: ConnectionRecord, failure: Failure | None) -> None:
-        self.closed.append((record, failure))
-
-    def denied_(self, record: ConnectionRecord, failure: Failure) -> None:
-        self.denied.append((record, failure))
-
-
-class Telemetry:
-    def __init__(self, recorder: Recorder) -> None:
-        self.opened = recorder.opened_
-        self.closed = recorder.closed_
-        self.denied = recorder.denied_
-
-
 def pods(net: Net) -> dict[str, Workload]:
     return {
         "a": workload("a", ip=net.ip("a"), sa="client"),
@@ -140,7 +115,7 @@ async def running(
             node="node-1",
             certificates=certs,
             netns_for=lambda w: net.netns.get(w.name),
-            telemetry=Telemetry(recorder),
+            telemetry=recorder.telemetry,
             dial_timeout=dial_timeout,
         )
         peers: dict[str, list[str]] = {"b": [], "c": []}

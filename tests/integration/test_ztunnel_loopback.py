@@ -9,7 +9,7 @@ import contextlib
 import os
 import socket
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pytest
 import trio
@@ -20,9 +20,9 @@ from mesh.certs import CertificateManager, open_certificate_manager
 from mesh.hbone import HboneStreamRefused
 from mesh.hbone.client import open_hbone_pool
 from mesh.model import MeshSnapshot, Resource, Workload
-from mesh.reason import Failure, Reason
-from mesh.record import ConnectionRecord
+from mesh.reason import Reason
 from tests.builders import deny, rule, snapshot, source, workload
+from tests.recording import Recorder
 from tests.waiting import wait_until
 from ztunnel.ztunnel import Ztunnel
 
@@ -41,29 +41,6 @@ def mesh(*extra: Resource, b: Workload = B, version: int = 1) -> MeshSnapshot:
 
 
 @dataclass
-class Recorder:
-    opened: list[ConnectionRecord] = field(default_factory=list)
-    closed: list[tuple[ConnectionRecord, Failure | None]] = field(default_factory=list)
-    denied: list[tuple[ConnectionRecord, Failure]] = field(default_factory=list)
-
-    def on_opened(self, record: ConnectionRecord) -> None:
-        self.opened.append(record)
-
-    def on_closed(self, record: ConnectionRecord, failure: Failure | None) -> None:
-        self.closed.append((record, failure))
-
-    def on_denied(self, record: ConnectionRecord, failure: Failure) -> None:
-        self.denied.append((record, failure))
-
-
-class Telemetry:
-    def __init__(self, recorder: Recorder) -> None:
-        self.opened = recorder.on_opened
-        self.closed = recorder.on_closed
-        self.denied = recorder.on_denied
-
-
-@dataclass
 class Running:
     ztunnel: Ztunnel
     certs: CertificateManager
@@ -79,7 +56,7 @@ async def running() -> AsyncIterator[Running]:
             node="node-1",
             certificates=certs,
             netns_for=lambda _w: OWN_NETNS,
-            telemetry=Telemetry(recorder),
+            telemetry=recorder.telemetry,
             listen_on_pod_ip=True,
         )
         async with trio.open_nursery() as nursery:
