@@ -1,0 +1,3 @@
+module ambit.test/h2peer
+
+go 1.24
