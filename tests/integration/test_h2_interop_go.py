@@ -152,3 +152,58 @@ async def test_goaway_then_immediate_close_fails_only_that_connection(h2peer: Pa
             assert await echo(fine, b"still here") == b"still here"
             await fine.send_eof()
             assert await fine.receive_some() == b""
+
+
+async def test_our_graceful_goaway_lets_gos_streams_finish(h2peer: Path) -> None:
+    """Go's client streams four full-duplex requests; our server says a two-phase GOAWAY
+    on its connections while they are in flight: each runs to its end, and Go sends its
+    next request on a new connection."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    connections: list[Http2Connection] = []
+    open_streams = 0
+
+    async def echo_request(stream: H2Stream) -> None:
+        nonlocal open_streams
+        open_streams += 1
+        stream.send_headers([(":status", "200")])
+        while data := await stream.receive_some():
+            await stream.send_all(data)
+        await stream.send_eof()
+
+    async def serve(tcp: trio.SocketStream) -> None:
+        conn = Http2Connection(
+            StreamTransport(tcp), peer=None, settings=SETTINGS, handler=echo_request,
+            client_side=False,
+        )  # fmt: skip
+        connections.append(conn)
+        await conn.serve()
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(trio.serve_listeners, serve, listeners)
+            client = await trio.lowlevel.open_process(
+                [str(h2peer), "client", f"127.0.0.1:{port}", "4", "20"], stdout=subprocess.PIPE
+            )
+            assert client.stdout is not None
+            await wait_until(lambda: open_streams == 4)  # all four in flight
+            before = list(connections)
+            async with trio.open_nursery() as goaways:
+                for conn in before:
+                    goaways.start_soon(conn.graceful_goaway)
+            live = [c for c in before if c.statistics().streams]
+            assert live, [c.statistics() for c in before]
+            assert all(c.statistics().goaway.sent_last_stream_id is not None for c in live), [
+                c.statistics() for c in before
+            ]
+            output = b""
+            while data := await client.stdout.receive_some():
+                output += data
+            await client.wait()
+            await wait_until(lambda: all(c.is_closed() for c in before))  # drained, closed
+            nursery.cancel_scope.cancel()
+    lines = sorted(output.decode().splitlines())
+    assert lines == sorted(
+        [*(f"stream {i} ok {20 * 32 * 1024}" for i in range(4)), "after ok after"]
+    )
+    assert len(connections) == len(before) + 1  # the next request came on a new connection
