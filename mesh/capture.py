@@ -151,9 +151,7 @@ def _inside(netns: str, *argv: str) -> list[str]:
 
 async def install_capture(netns: str, mark: int = PROXY_SOCKET_MARK) -> None:
     """Install capture in ``netns`` (a name or a path): idempotent, atomic for iptables."""
-    existing = await run_command(_inside(netns, "iptables-save", "-t", "nat")) + await run_command(
-        _inside(netns, "iptables-save", "-t", "mangle")
-    )
+    existing = await _saved(netns)
     await run_command(_inside(netns, "iptables-restore", "--noflush", "-w", "5"),
                       install_batch(existing, mark).encode())  # fmt: skip
     await run_command(_inside(netns, "ip", "route", "replace", "local", "0.0.0.0/0", "dev", "lo",
@@ -166,9 +164,7 @@ async def install_capture(netns: str, mark: int = PROXY_SOCKET_MARK) -> None:
 
 async def remove_capture(netns: str) -> None:
     """Remove capture from ``netns``; a namespace without it is left as it is."""
-    existing = await run_command(_inside(netns, "iptables-save", "-t", "nat")) + await run_command(
-        _inside(netns, "iptables-save", "-t", "mangle")
-    )
+    existing = await _saved(netns)
     batch = removal_batch(existing)
     if batch is not None:
         await run_command(_inside(netns, "iptables-restore", "--noflush", "-w", "5"),
@@ -178,6 +174,11 @@ async def remove_capture(netns: str) -> None:
     await run_command(_inside(netns, "ip", "route", "flush", "table", SPOOF_TABLE),
                       ok_if_gone=True)  # fmt: skip
     log.info("capture_removed", netns=netns)
+
+
+async def _saved(netns: str) -> str:
+    """The namespace's nat and mangle rules, as ``iptables-save`` writes them (one run)."""
+    return await run_command(_inside(netns, "iptables-save"))
 
 
 async def _spoof_rule_present(netns: str) -> bool:

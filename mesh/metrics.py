@@ -184,18 +184,6 @@ class TcpMetrics:
             self.received_bytes.labels(*values),
         )
 
-    def opened(self, labels: TcpLabels) -> None:
-        self.connections_opened.labels(*labels.values).inc()
-
-    def closed(self, labels: TcpLabels) -> None:
-        self.connections_closed.labels(*labels.values).inc()
-
-    def add_bytes(self, labels: TcpLabels, sent: int, received: int) -> None:
-        if sent:
-            self.sent_bytes.labels(*labels.values).inc(sent)
-        if received:
-            self.received_bytes.labels(*labels.values).inc(received)
-
 
 @dataclass(frozen=True, eq=False)
 class TcpSeries:

@@ -113,10 +113,10 @@ async def _accept_loop(
             exhausted = False
             next_delay = CAPACITY_BACKOFF.delays()
             log.info("accept_capacity_recovered", listener=name)
-        handler_nursery.start_soon(partial(serve_connection, handler, stream, name))
+        handler_nursery.start_soon(partial(_serve_connection, handler, stream, name))
 
 
-async def serve_connection(
+async def _serve_connection(
     handler: ConnectionHandler, stream: trio.SocketStream, name: str
 ) -> None:
     """Run ``handler(stream)`` behind the per-connection boundary; always close ``stream``."""

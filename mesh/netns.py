@@ -62,12 +62,6 @@ def netns_path(name: str) -> Path:
     return Path(name) if "/" in name else NETNS_RUN_DIR / name
 
 
-def current_key() -> NamespaceKey:
-    """(inode, device) of the calling thread's network namespace."""
-    st = os.stat("/proc/thread-self/ns/net")
-    return (st.st_ino, st.st_dev)
-
-
 def _setns(fd: int) -> None:
     if _libc.setns(fd, CLONE_NEWNET) != 0:
         code = ctypes.get_errno()
@@ -186,11 +180,6 @@ class NetworkNamespace:
         return sock
 
     # ---- in a thread: anything slow ------------------------------------------------
-
-    def run_blocking(self, fn: Callable[[], T]) -> T:
-        """Run ``fn()`` inside this namespace on the calling thread (for worker threads)."""
-        with _entered(self._checked_fd()):
-            return fn()
 
     async def run(self, fn: Callable[[], T]) -> T:
         """Run ``fn()`` inside this namespace in a worker thread; the caller never moves.

@@ -73,11 +73,6 @@ class Reason(enum.Enum):
         """The HTTP status a refused HBONE CONNECT (or a local L7 reply) carries."""
         return _STATUS.get(self, 503)
 
-    @property
-    def is_denial(self) -> bool:
-        """A decision of policy, as opposed to a failure to connect."""
-        return self in _DENIALS
-
     @classmethod
     def from_code(cls, code: str | None) -> Reason | None:
         """The reason a peer named in its ``ambit-reason`` header; None if absent or unknown."""

@@ -25,6 +25,7 @@ from mesh.authz import Connection, Decision, evaluate, peer_auth_mode
 from mesh.capture import caught
 from mesh.constants import CAPTURE_PORTS
 from mesh.hbone import HboneRequest
+from mesh.identity import SpiffeId
 from mesh.model import MeshSnapshot, Workload
 from mesh.netns import NetworkNamespace
 from mesh.reason import Failure, Reason, reason_for_dial_error
@@ -78,16 +79,18 @@ class Inbound:
         workload: Workload,
         peer: tuple[str, int],
         dst: tuple[str, int],
-        **extra: object,
+        src_identity: SpiffeId | None = None,
     ) -> ConnectionRecord:
+        """The one way an inbound record is made; a proved identity means mutual TLS."""
         return ConnectionRecord(
             "inbound",
             src_addr=peer,
             dst_addr=dst,
             src_workload=snapshot.workload_by_ip(peer[0]),
+            src_identity=src_identity,
             dst_workload=workload,
             dst_service=snapshot.service_of_endpoint(workload.uid, dst[1]),
-            **extra,  # type: ignore[arg-type]
+            mtls=src_identity is not None,
         )
 
     async def hbone(self, request: HboneRequest) -> None:
@@ -105,7 +108,7 @@ class Inbound:
             await request.reject(Reason.BAD_REQUEST)
             return
         peer = request.connection.peer_address or ("0.0.0.0", 0)
-        record = self._record(snapshot, workload, peer, dst, src_identity=request.peer, mtls=True)
+        record = self._record(snapshot, workload, peer, dst, src_identity=request.peer)
         decision = _decide(snapshot, record)
         if not decision.allowed:
             self._telemetry.denied(record, Failure(Reason.POLICY_DENIED, decision.reason))
@@ -178,9 +181,8 @@ class Inbound:
                     await relay(peer, app, record.stats)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             failure = Failure(Reason.CONNECTION_RESET, str(exc) or type(exc).__name__)
-        except trio.Cancelled:
-            if active.closed_by_policy is None:  # the pod was let go, or ztunnel stopped
-                failure = Failure(Reason.CONNECTION_RESET, "cut: the pod was released")
+        except trio.Cancelled:  # the pod was let go, or ztunnel stopped (policy: below)
+            failure = Failure(Reason.CONNECTION_RESET, "cut: the pod was released")
             raise
         finally:
             self._open.discard(active)

@@ -34,11 +34,11 @@ class _Live:
 
 class ZtunnelTelemetry:
     def __init__(self, metrics: TcpMetrics) -> None:
-        self._series = SeriesCache(metrics)
+        self._cache = SeriesCache(metrics)
         self._live: dict[int, _Live] = {}
 
-    def _labels(self, record: ConnectionRecord, flags: str = "-") -> TcpSeries:
-        return self._series.get(
+    def _series(self, record: ConnectionRecord, flags: str = "-") -> TcpSeries:
+        return self._cache.get(
             "destination" if record.direction == "inbound" else "source",
             source=record.src_workload,
             source_identity=record.src_identity,
@@ -57,7 +57,7 @@ class ZtunnelTelemetry:
         return stats.sent, stats.received  # relay(client, upstream)
 
     def opened(self, record: ConnectionRecord) -> None:
-        series = self._labels(record)
+        series = self._series(record)
         series.opened.inc()
         self._live[id(record)] = _Live(series, record)
 
@@ -76,7 +76,7 @@ class ZtunnelTelemetry:
 
     def denied(self, record: ConnectionRecord, failure: Failure) -> None:
         """A connection refused before it opened: counted with the reason's Istio flag."""
-        series = self._labels(record, failure.reason.flag)
+        series = self._series(record, failure.reason.flag)
         series.opened.inc()
         series.closed.inc()
         self._log(record, 0, 0, failure, denied=True)

@@ -168,14 +168,9 @@ async def nodes(cluster: Cluster) -> dict[str, dict[str, Any]]:
 @asynccontextmanager
 async def capture(netns: str) -> AsyncIterator[bytearray]:
     """Every frame on ``eth0`` of a pod while the block runs (AF_PACKET inside its netns)."""
-
-    def make() -> socket.socket:
-        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
-        sock.bind(("eth0", 0))
-        return sock
-
     with NetworkNamespace.open(netns) as handle:
-        raw = handle.run_blocking(make)
+        raw = handle.raw_socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+    raw.bind(("eth0", 0))  # the pod's eth0: a socket keeps the namespace it was made in
     sock = trio.socket.from_stdlib_socket(raw)
     frames = bytearray()
     with sock:

@@ -146,7 +146,7 @@ async def test_curl_gets_json_with_query() -> None:
 
 async def test_curl_scrapes_metrics_and_readiness() -> None:
     registry = CollectorRegistry()
-    TcpMetrics(registry).opened(TcpLabels("destination"))
+    TcpMetrics(registry).series(TcpLabels("destination")).opened.inc()
     ready = [False]
     routes = {
         "/metrics": metrics_route(registry),

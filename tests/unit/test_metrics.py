@@ -89,10 +89,10 @@ def exposition(registry: CollectorRegistry) -> str:
 def test_exposition_has_exactly_istios_metric_and_label_names() -> None:
     registry = CollectorRegistry()
     metrics = TcpMetrics(registry)
-    labels = mtls_labels()
-    metrics.opened(labels)
-    metrics.closed(labels)
-    metrics.add_bytes(labels, sent=10, received=20)
+    series = metrics.series(mtls_labels())
+    series.opened.inc()
+    series.closed.inc()
+    series.add_bytes(sent=10, received=20)
     text = exposition(registry)
     families = list(text_string_to_metric_families(text))
     samples = [s for f in families for s in f.samples]
@@ -168,9 +168,9 @@ def test_connections_opened_and_closed_are_counted() -> None:
     registry = CollectorRegistry()
     metrics = TcpMetrics(registry)
     labels = mtls_labels()
-    metrics.opened(labels)
-    metrics.opened(labels)
-    metrics.closed(labels)
+    metrics.series(labels).opened.inc()
+    metrics.series(labels).opened.inc()  # a second lookup finds the same series
+    metrics.series(labels).closed.inc()
     assert sample(registry, "istio_tcp_connections_opened_total", labels) == 2
     assert sample(registry, "istio_tcp_connections_closed_total", labels) == 1
 
