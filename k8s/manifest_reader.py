@@ -3,6 +3,8 @@ errors that name the document and the field path, and the metadata every kind ha
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping
@@ -19,10 +21,27 @@ class ManifestError(ValueError):
 
 @dataclass(frozen=True, kw_only=True)
 class Meta:
+    """What every object has. ``uid``, ``resource_version`` and ``creation_timestamp``
+    (RFC 3339) are the API server's, kept as given; a manifest file has none and the
+    object store (:mod:`k8s.store`) assigns them. They never count as content:
+    :meth:`content_equal` leaves them out."""
+
     name: str
     namespace: str = "default"
     labels: Pairs = ()
     annotations: Pairs = ()
+    uid: str = ""
+    resource_version: str = ""
+    creation_timestamp: str = ""
+
+    def content_equal(self, other: object) -> bool:
+        """Equal apart from the server-assigned metadata."""
+        if type(other) is not type(self):
+            return False
+        assert isinstance(other, Meta)
+        return dataclasses.replace(
+            self, uid="", resource_version="", creation_timestamp=""
+        ) == dataclasses.replace(other, uid="", resource_version="", creation_timestamp="")
 
 
 def camel(name: str) -> str:
@@ -125,4 +144,14 @@ def read_meta(r: Reader, doc: Mapping[str, object], *, namespaced: bool = True) 
     }
     if namespaced:
         out["namespace"] = r.name(meta.get("namespace"), "metadata.namespace", "default")
+    for key, field in (
+        ("uid", "uid"),
+        ("resourceVersion", "resource_version"),
+        ("creationTimestamp", "creation_timestamp"),
+    ):
+        value = meta.get(key)
+        if isinstance(value, datetime.datetime):  # YAML reads an unquoted timestamp as one
+            value = value.strftime("%Y-%m-%dT%H:%M:%SZ")
+        if value is not None:
+            out[field] = r.string(value, f"metadata.{key}")
     return out
