@@ -139,7 +139,7 @@ def _read_pod(r: Reader, doc: Mapping[str, object]) -> Pod:
     items = r.sequence(spec.get("containers"), "spec.containers")
     if not items:
         r.fail("spec.containers", "a Pod needs at least one container")
-    containers = []
+    containers: list[Container] = []
     for i, item in enumerate(items):
         path = f"spec.containers[{i}]"
         c = r.mapping(item, path)
@@ -147,7 +147,7 @@ def _read_pod(r: Reader, doc: Mapping[str, object]) -> Pod:
         for j, e in enumerate(r.sequence(c.get("env"), f"{path}.env")):
             var = r.mapping(e, f"{path}.env[{j}]")
             if "valueFrom" not in var:
-                name = r.string(var.get("name"), f"{path}.env[{j}].name")
+                name = r.env_name(var.get("name"), f"{path}.env[{j}].name")
                 env.append((name, r.string(var.get("value"), f"{path}.env[{j}].value", "")))
         ports = []
         for j, p in enumerate(r.sequence(c.get("ports"), f"{path}.ports")):
@@ -155,13 +155,15 @@ def _read_pod(r: Reader, doc: Mapping[str, object]) -> Pod:
             ports.append(
                 ContainerPort(
                     port=r.port(port.get("containerPort"), f"{path}.ports[{j}].containerPort"),
-                    name=r.string(port.get("name"), f"{path}.ports[{j}].name", ""),
+                    name=r.port_name(port.get("name"), f"{path}.ports[{j}].name"),
                     protocol=r.string(port.get("protocol"), f"{path}.ports[{j}].protocol", "TCP"),
                 )
             )
+        if any(other.name == c.get("name") for other in containers):
+            r.fail(f"{path}.name", f"{c.get('name')!r} is also the name of another container")
         containers.append(
             Container(
-                name=r.string(c.get("name"), f"{path}.name"),
+                name=r.label_name(c.get("name"), f"{path}.name"),
                 image=r.string(c.get("image"), f"{path}.image", ""),
                 command=r.strings(c.get("command"), f"{path}.command"),
                 args=r.strings(c.get("args"), f"{path}.args"),
@@ -176,7 +178,7 @@ def _read_pod(r: Reader, doc: Mapping[str, object]) -> Pod:
     sa = spec.get("serviceAccountName", spec.get("serviceAccount"))
     return Pod(
         **meta,
-        node_name=r.string(spec.get("nodeName"), "spec.nodeName", ""),
+        node_name=r.name(spec.get("nodeName"), "spec.nodeName") if spec.get("nodeName") else "",
         service_account=r.name(sa, "spec.serviceAccountName", "default"),
         containers=tuple(containers),
         host_network=host_network,
@@ -186,19 +188,29 @@ def _read_pod(r: Reader, doc: Mapping[str, object]) -> Pod:
 
 
 def _read_service(r: Reader, doc: Mapping[str, object]) -> Service:
-    meta = read_meta(r, doc)
+    meta = read_meta(r, doc, name_check=Reader.dns1035_name)
     spec = r.mapping(doc.get("spec"), "spec")
-    ports = []
-    for i, item in enumerate(r.sequence(spec.get("ports"), "spec.ports")):
+    ports: list[ServicePortSpec] = []
+    items = r.sequence(spec.get("ports"), "spec.ports")
+    for i, item in enumerate(items):
         p = r.mapping(item, f"spec.ports[{i}]")
         port = r.port(p.get("port"), f"spec.ports[{i}].port")
         target = p.get("targetPort", port)
-        if not (isinstance(target, str) and target and not target.isdigit()):
+        if isinstance(target, str) and target and not target.isdigit():
+            target = r.port_name(target, f"spec.ports[{i}].targetPort")
+        else:
             target = r.port(target, f"spec.ports[{i}].targetPort", text_ok=True)
         protocol = r.string(p.get("protocol"), f"spec.ports[{i}].protocol", "TCP")
         if protocol not in ("TCP", "UDP", "SCTP"):
             r.fail(f"spec.ports[{i}].protocol", f"must be TCP, UDP or SCTP, not {protocol!r}")
-        name = r.string(p.get("name"), f"spec.ports[{i}].name", "")
+        name = r.label_name(p.get("name"), f"spec.ports[{i}].name") if p.get("name") else ""
+        if len(items) > 1 and not name:
+            r.fail(f"spec.ports[{i}].name", "required when a Service has more than one port")
+        for j, other in enumerate(ports):
+            if name and other.name == name:
+                r.fail(f"spec.ports[{i}].name", f"{name!r} is also the name of spec.ports[{j}]")
+            if (other.port, other.protocol) == (port, protocol):
+                r.fail(f"spec.ports[{i}]", f"port {port}/{protocol} is also spec.ports[{j}]")
         ports.append(ServicePortSpec(port=port, target_port=target, name=name, protocol=protocol))
     cluster_ip = spec.get("clusterIP")
     headless = cluster_ip in (None, "", "None")
@@ -223,6 +235,10 @@ def parse_object(doc: object, where: str = "<object>") -> K8sObject:
     meta = doc.get("metadata")
     name = meta.get("name") if isinstance(meta, dict) else None
     namespace = (meta.get("namespace") if isinstance(meta, dict) else None) or "default"
+    if (isinstance(name, str) and not name.isprintable()) or len(str(name)) > 253:
+        name = repr(str(name)[:60])  # an odd name is shown quoted, on one line
+    if not isinstance(namespace, str) or not namespace.isprintable() or len(namespace) > 63:
+        namespace = repr(str(namespace)[:60])
     label = f"{kind} {name}" if kind == "Namespace" else f"{kind} {namespace}/{name}"
     r = Reader(f"{where} ({label if isinstance(name, str) else kind})")
     if kind in CORE_KINDS:
@@ -239,7 +255,7 @@ def parse_object(doc: object, where: str = "<object>") -> K8sObject:
             "apiVersion", f"{api_version!r} is not supported for {kind}; use {' or '.join(wanted)}"
         )
     if kind == "Namespace":
-        return Namespace(**read_meta(r, doc, namespaced=False))
+        return Namespace(**read_meta(r, doc, namespaced=False, name_check=Reader.label_name))
     if kind == "ServiceAccount":
         return ServiceAccount(**read_meta(r, doc))
     if kind == "Pod":
@@ -254,6 +270,8 @@ def parse_object(doc: object, where: str = "<object>") -> K8sObject:
 def _documents(text: str, filename: str) -> list[tuple[str, K8sObject]]:
     try:
         docs = list(yaml.safe_load_all(text))
+    except RecursionError:
+        raise ManifestError(f"{filename}: nested too deeply to be a manifest") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""

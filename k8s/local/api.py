@@ -25,7 +25,8 @@ from mesh.net import serve_listeners
 
 log = structlog.get_logger("ambit.local.api")
 
-MAX_MESSAGE_BYTES = 1 << 20
+MAX_REQUEST_BYTES = 1 << 20
+MAX_REPLY_BYTES = 256 << 20  # a big cluster's 'ambit get' is larger than any request
 REQUEST_TIMEOUT_SECONDS = 10.0
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
@@ -62,7 +63,9 @@ async def serve_api(
         async with stream:
             try:
                 with trio.fail_after(REQUEST_TIMEOUT_SECONDS):
-                    request = json.loads(await _read_all(stream, until_newline=True))
+                    request = json.loads(
+                        await _read_all(stream, until_newline=True, limit=MAX_REQUEST_BYTES)
+                    )
             except (trio.TooSlowError, ValueError, trio.BrokenResourceError) as exc:
                 log.warning("api_bad_request", reason=type(exc).__name__)
                 return
@@ -97,7 +100,9 @@ async def call(path: Path, request: dict[str, Any], seconds: float = 30.0) -> An
             stream = await trio.open_unix_socket(str(path))
             async with stream:
                 await stream.send_all(json.dumps(request).encode() + b"\n")
-                reply = json.loads(await _read_all(stream, until_newline=False))
+                reply = json.loads(
+                    await _read_all(stream, until_newline=False, limit=MAX_REPLY_BYTES)
+                )
     except (FileNotFoundError, ConnectionRefusedError):
         raise NotRunningError(
             f"no local cluster answers at {path}; start one with 'ambit up -f FILE'"
@@ -119,9 +124,9 @@ def _remove_stale(path: Path) -> None:
     path.unlink(missing_ok=True)
 
 
-async def _read_all(stream: trio.SocketStream, *, until_newline: bool) -> bytes:
+async def _read_all(stream: trio.SocketStream, *, until_newline: bool, limit: int) -> bytes:
     data = bytearray()
-    while len(data) <= MAX_MESSAGE_BYTES:
+    while len(data) <= limit:
         chunk = await stream.receive_some(65536)
         if not chunk:
             break

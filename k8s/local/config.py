@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import os
+import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,10 +90,10 @@ class ClusterConfig:
         return f"v{self.cluster_id}"
 
     def node_netns(self, node: str) -> str:
-        return _bounded(f"{self.prefix}-{node}")
+        return _bounded(f"{self.prefix}-{_safe(node)}")
 
     def pod_netns(self, namespace: str, name: str) -> str:
-        return _bounded(f"{self.prefix}-{namespace}-{name}")
+        return _bounded(f"{self.prefix}-{_safe(namespace)}-{_safe(name)}")
 
     def veth_name(self, key: str, attempt: int = 0) -> str:
         """Host-side veth name for ``key``; ``attempt`` > 0 on a hash collision."""
@@ -152,11 +153,23 @@ def files_of(state_dir: Path) -> tuple[Path, Path, Path]:
 
 
 def pod_log(state_dir: Path, namespace: str, name: str) -> Path:
-    return state_dir / "logs" / "pods" / f"{namespace}_{name}.log"
+    return state_dir / "logs" / "pods" / f"{_safe(namespace)}_{_safe(name)}.log"
 
 
 def ztunnel_log(state_dir: Path, node: str) -> Path:
-    return state_dir / "logs" / "ztunnel" / f"{node}.log"
+    return state_dir / "logs" / "ztunnel" / f"{_safe(node)}.log"
+
+
+def _safe(part: str) -> str:
+    """A name that becomes part of a file or network namespace name. Manifests are
+    validated long before (:mod:`k8s.manifest_reader`); this is the last guard that no
+    name can ever reach outside the state directory or make an odd namespace."""
+    if not _SAFE_PART.match(part) or ".." in part:
+        raise LocalClusterError(f"{part!r} cannot be used in a file or namespace name")
+    return part
+
+
+_SAFE_PART = re.compile(r"^[a-z0-9][a-z0-9.-]*$")
 
 
 def _bounded(name: str) -> str:

@@ -605,17 +605,17 @@ BAD = [
     (
         "apiVersion: v1\nkind: Pod\nmetadata: {name: Web}\n",
         "(Pod default/Web): metadata.name",
-        "'Web' is not a Kubernetes name",
+        "'Web' is not a valid name",
     ),
     (
         "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: a, namespace: my_ns}\n",
         "(ServiceAccount my_ns/a): metadata.namespace",
-        "not a Kubernetes name",
+        "not a valid name",
     ),
     (
         pod(spec="  serviceAccountName: Admin"),
         "(Pod shop/web): spec.serviceAccountName",
-        "not a Kubernetes name",
+        "not a valid name",
     ),
     (
         authz("rules: [{from: [{source: {requestPrincipals: ['a*b']}}]}]"),
