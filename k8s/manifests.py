@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeAlias
 
@@ -36,13 +36,13 @@ from k8s.policy_manifests import (
 )
 
 __all__ = [
-    "CORE_KINDS",
+    "KINDS",
     "POLICY_API_VERSIONS",
-    "POLICY_KINDS",
     "AuthorizationPolicy",
     "Container",
     "ContainerPort",
     "K8sObject",
+    "KindInfo",
     "ManifestError",
     "Namespace",
     "Pairs",
@@ -55,14 +55,13 @@ __all__ = [
     "Service",
     "ServiceAccount",
     "ServicePortSpec",
+    "kind_info",
     "load",
     "loads",
     "parse_object",
 ]
 
 POLICY_API_VERSIONS = ("security.ambit.io/v1", "security.istio.io/v1", "security.istio.io/v1beta1")
-CORE_KINDS = ("Namespace", "ServiceAccount", "Pod", "Service")
-POLICY_KINDS = ("AuthorizationPolicy", "PeerAuthentication")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -222,6 +221,65 @@ def _read_service(r: Reader, doc: Mapping[str, object]) -> Service:
     )
 
 
+@dataclass(frozen=True)
+class KindInfo:
+    """One kind ambit understands, declared once: how it is read, what the CLI calls it,
+    and whether it lives in a namespace. Everything that lists kinds (the object store's
+    listing gate, ``ambit get``, parse errors) reads :data:`KINDS`."""
+
+    kind: str
+    plural: str
+    short_names: tuple[str, ...]
+    api_versions: tuple[str, ...]  # the first is the one shown
+    namespaced: bool
+    read: Callable[[Reader, Mapping[str, object]], K8sObject]
+
+    @property
+    def group(self) -> str:
+        return self.api_versions[0].rpartition("/")[0]
+
+    @property
+    def resource(self) -> str:
+        """kubectl's name for it: ``pods``, ``authorizationpolicies.security.istio.io``."""
+        return f"{self.plural}.{self.group}" if self.group else self.plural
+
+
+def _read_namespace(r: Reader, doc: Mapping[str, object]) -> Namespace:
+    return Namespace(**read_meta(r, doc, namespaced=False, name_check=Reader.label_name))
+
+
+def _read_service_account(r: Reader, doc: Mapping[str, object]) -> ServiceAccount:
+    return ServiceAccount(**read_meta(r, doc))
+
+
+KINDS: tuple[KindInfo, ...] = (
+    KindInfo("Namespace", "namespaces", ("ns",), ("v1",), False, _read_namespace),
+    KindInfo("ServiceAccount", "serviceaccounts", ("sa",), ("v1",), True, _read_service_account),
+    KindInfo("Pod", "pods", ("po",), ("v1",), True, _read_pod),
+    KindInfo("Service", "services", ("svc",), ("v1",), True, _read_service),
+    KindInfo(
+        "AuthorizationPolicy", "authorizationpolicies", ("ap",), POLICY_API_VERSIONS, True,
+        read_authorization,
+    ),
+    KindInfo(
+        "PeerAuthentication", "peerauthentications", ("pa",), POLICY_API_VERSIONS, True,
+        read_peer_authentication,
+    ),
+)  # fmt: skip
+_BY_KIND = {k.kind: k for k in KINDS}
+
+
+def kind_info(name: str) -> KindInfo | None:
+    """The kind called ``name``: its kind, plural, singular or short name, any case, with
+    or without its API group (``pod``, ``po``, ``authorizationpolicies.security.istio.io``)."""
+    wanted = name.lower()
+    for info in KINDS:
+        names = {info.kind.lower(), info.plural, *info.short_names, info.resource}
+        if wanted in names:
+            return info
+    return None
+
+
 def parse_object(doc: object, where: str = "<object>") -> K8sObject:
     """One Kubernetes object (a dict as YAML or the API gives it) -> its typed form.
 
@@ -239,32 +297,19 @@ def parse_object(doc: object, where: str = "<object>") -> K8sObject:
         name = repr(str(name)[:60])  # an odd name is shown quoted, on one line
     if not isinstance(namespace, str) or not namespace.isprintable() or len(namespace) > 63:
         namespace = repr(str(namespace)[:60])
-    label = f"{kind} {name}" if kind == "Namespace" else f"{kind} {namespace}/{name}"
-    r = Reader(f"{where} ({label if isinstance(name, str) else kind})")
-    if kind in CORE_KINDS:
-        wanted: tuple[str, ...] = ("v1",)
-    elif kind in POLICY_KINDS:
-        wanted = POLICY_API_VERSIONS
-    else:
-        r = Reader(where)
-        supported = ", ".join(CORE_KINDS + POLICY_KINDS)
+    info = _BY_KIND.get(kind) if isinstance(kind, str) else None
+    if info is None:
+        supported = ", ".join(k.kind for k in KINDS)
         what = f"kind {kind!r}" if kind is not None else "kind"
-        r.fail("kind", f"{what} is not supported; supported kinds: {supported}")
-    if api_version not in wanted:
+        Reader(where).fail("kind", f"{what} is not supported; supported kinds: {supported}")
+    label = f"{kind} {name}" if not info.namespaced else f"{kind} {namespace}/{name}"
+    r = Reader(f"{where} ({label if isinstance(name, str) else kind})")
+    if api_version not in info.api_versions:
         r.fail(
-            "apiVersion", f"{api_version!r} is not supported for {kind}; use {' or '.join(wanted)}"
+            "apiVersion",
+            f"{api_version!r} is not supported for {kind}; use {' or '.join(info.api_versions)}",
         )
-    if kind == "Namespace":
-        return Namespace(**read_meta(r, doc, namespaced=False, name_check=Reader.label_name))
-    if kind == "ServiceAccount":
-        return ServiceAccount(**read_meta(r, doc))
-    if kind == "Pod":
-        return _read_pod(r, doc)
-    if kind == "Service":
-        return _read_service(r, doc)
-    if kind == "AuthorizationPolicy":
-        return read_authorization(r, doc)
-    return read_peer_authentication(r, doc)
+    return info.read(r, doc)
 
 
 def _documents(text: str, filename: str) -> list[tuple[str, K8sObject]]:
