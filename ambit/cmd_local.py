@@ -207,12 +207,14 @@ def run_down(args: argparse.Namespace) -> int:
 def run_change(args: argparse.Namespace) -> int:
     paths = [str(Path(p).absolute()) for p in args.files]
     try:
-        changes = _call(state_dir_from(args.state_dir), {"op": args.op, "paths": paths})
+        result = _call(state_dir_from(args.state_dir), {"op": args.op, "paths": paths})
     except LocalClusterError as exc:
         return _fail(args.op, str(exc))
-    for line in changes:
+    for line in result["changes"]:
         print(line)
-    return 0
+    for error in result["errors"]:
+        print(f"error: {error}", file=sys.stderr)
+    return 1 if result["errors"] else 0
 
 
 def run_get(args: argparse.Namespace) -> int:

@@ -19,6 +19,7 @@ import trio
 from ca import CertificateAuthority, LocalSigner, serve_ca
 from k8s.config_server import ConfigServer, node_token_authenticator
 from k8s.manifests import K8sObject
+from k8s.store import ObjectStore
 from k8s.translate import translate
 from mesh.certs import open_certificate_manager
 from mesh.constants import CONFIG_STREAM_PORT, CONTROL_PLANE_PORT, DEFAULT_TRUST_DOMAIN
@@ -60,9 +61,25 @@ class ControlPlane:
         self.snapshot: MeshSnapshot | None = None
         proxy_ids = frozenset({ztunnel_identity(trust_domain)})
         self.config = ConfigServer(node_token_authenticator(self.tokens, proxy_ids))
+        self._held_for: list[str] = []
 
-    def update(self, objects: Iterable[K8sObject]) -> MeshSnapshot:
-        """Translate ``objects`` and publish the result as the next version."""
+    def update(
+        self, objects: Iterable[K8sObject], *, store: ObjectStore | None = None
+    ) -> MeshSnapshot | None:
+        """Translate ``objects`` and publish the result as the next version.
+
+        With ``store``, nothing is published until every kind has been listed (the
+        store's listing gate: a view with pods but not yet policies would be an
+        allow-all mesh); None is returned while the gate is closed. After each
+        translation the objects' conditions are written back to the store."""
+        if store is not None and not store.complete:
+            waiting = store.unlisted()
+            if waiting != self._held_for:
+                log.info("config_held", reason="not every kind is listed yet", unlisted=waiting)
+                self._held_for = waiting
+            return None
+        self._held_for = []
+        objects = tuple(objects)
         version = (self.snapshot.version if self.snapshot else 0) + 1
         snapshot = translate(tuple(objects), trust_domain=self.trust_domain, version=version)
         if self.snapshot is not None and _same_content(self.snapshot, snapshot):

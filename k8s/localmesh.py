@@ -115,7 +115,7 @@ class LocalMesh:
             # captured. The retry below tries again.
             left_out = {(p.namespace, p.name) for p in snapshot.pods if p.netns in uncaptured}
             try:
-                self.plane.update(_out_of_mesh(snapshot.objects, left_out))
+                self.plane.update(_out_of_mesh(snapshot.objects, left_out), store=snapshot.store)
             except Exception:  # a bug in translation: say so once, keep the last good config
                 log.exception("config_translation_failed", objects=len(snapshot.objects))
             existing = {p.netns for p in snapshot.pods}

@@ -41,6 +41,7 @@ __all__ = [
     "AuthorizationPolicy",
     "Container",
     "ContainerPort",
+    "Document",
     "K8sObject",
     "KindInfo",
     "ManifestError",
@@ -59,6 +60,8 @@ __all__ = [
     "load",
     "loads",
     "parse_object",
+    "read_documents",
+    "read_files",
 ]
 
 POLICY_API_VERSIONS = ("security.ambit.io/v1", "security.istio.io/v1", "security.istio.io/v1beta1")
@@ -104,6 +107,32 @@ class Pod(Meta):
     def named_ports(self) -> tuple[tuple[str, int], ...]:
         """``(name, port)`` of every named container port, for named targetPorts."""
         return tuple((p.name, p.port) for c in self.containers for p in c.ports if p.name)
+
+    @property
+    def argv(self) -> tuple[str, ...]:
+        """What local mode runs: the first container's command and args."""
+        first = self.containers[0] if self.containers else None
+        return first.command + first.args if first else ()
+
+    @property
+    def env(self) -> Pairs:
+        return self.containers[0].env if self.containers else ()
+
+    @property
+    def tcp_ports(self) -> tuple[int, ...]:
+        """The first container's TCP ports (what local mode waits to see listening)."""
+        first = self.containers[0] if self.containers else None
+        return tuple(p.port for p in first.ports if p.protocol == "TCP") if first else ()
+
+    def same_spec(self, other: Pod) -> bool:
+        """Whether ``other`` runs the same thing (labels, annotations and server metadata
+        change in place, as on Kubernetes; anything else recreates the pod)."""
+        return (self.containers, self.node_name, self.service_account, self.host_network) == (
+            other.containers,
+            other.node_name,
+            other.service_account,
+            other.host_network,
+        )
 
     def with_ip(self, ip: str) -> Pod:
         return dataclasses.replace(self, pod_ip=ip)
@@ -312,9 +341,23 @@ def parse_object(doc: object, where: str = "<object>") -> K8sObject:
     return info.read(r, doc)
 
 
-def _documents(text: str, filename: str) -> list[tuple[str, K8sObject]]:
+MAX_FILE_BYTES = 32 << 20
+
+
+@dataclass(frozen=True)
+class Document:
+    """One document of a manifest file: the object it holds, or why it cannot be used.
+    ``raw`` is the document as read (what ``ambit get -o yaml`` shows of the spec)."""
+
+    where: str  # "demo.yaml: document 3"
+    raw: Mapping[str, object] | None
+    obj: K8sObject | None
+    error: str | None = None
+
+
+def _yaml_documents(text: str, filename: str) -> list[object]:
     try:
-        docs = list(yaml.safe_load_all(text))
+        return list(yaml.safe_load_all(text))
     except RecursionError:
         raise ManifestError(f"{filename}: nested too deeply to be a manifest") from None
     except yaml.YAMLError as exc:
@@ -322,38 +365,77 @@ def _documents(text: str, filename: str) -> list[tuple[str, K8sObject]]:
         at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ManifestError(f"{filename}: {at}not valid YAML: {problem}") from None
-    return [
-        (where, parse_object(doc, where))
-        for i, doc in enumerate(docs, start=1)
-        if doc is not None
-        for where in [f"{filename}: document {i}"]
-    ]
 
 
-def loads(text: str, filename: str = "<string>") -> tuple[K8sObject, ...]:
-    """Every object of a (multi-document) YAML text. Empty documents are skipped."""
-    return tuple(obj for _, obj in _documents(text, filename))
+def read_documents(text: str, filename: str) -> list[Document]:
+    """Every non-empty document of a YAML text, each read on its own: one bad object
+    never hides the others. Raises :class:`ManifestError` only when the text as a whole
+    is not YAML."""
+    out = []
+    for i, doc in enumerate(_yaml_documents(text, filename), start=1):
+        if doc is None:
+            continue
+        where = f"{filename}: document {i}"
+        raw = doc if isinstance(doc, dict) else None
+        try:
+            out.append(Document(where, raw, parse_object(doc, where)))
+        except ManifestError as exc:
+            out.append(Document(where, raw, None, str(exc)))
+    return out
 
 
-def load(*paths: str | os.PathLike[str]) -> tuple[K8sObject, ...]:
-    """Every object of the given YAML files, in order. The same object twice is an error."""
-    objects: list[K8sObject] = []
+def read_files(*paths: str | os.PathLike[str]) -> list[Document]:
+    """Every document of the given files, in order, each with its object or its error.
+    A file that cannot be read, or is not YAML, is one :class:`Document` with the error;
+    the same object defined twice is an error on the second."""
+    out: list[Document] = []
     seen: dict[tuple[str, str, str], str] = {}
     for path in paths:
         filename = os.fspath(path)
         try:
+            if os.path.getsize(filename) > MAX_FILE_BYTES:
+                raise ManifestError(f"{filename}: larger than {MAX_FILE_BYTES >> 20} MiB")
             with open(filename, encoding="utf-8") as f:
                 text = f.read()
+            documents = read_documents(text, filename)
         except OSError as exc:
-            raise ManifestError(f"{filename}: cannot read: {exc.strerror}") from None
+            out.append(Document(filename, None, None, f"{filename}: cannot read: {exc.strerror}"))
+            continue
         except UnicodeDecodeError:
-            raise ManifestError(f"{filename}: cannot read: not UTF-8 text") from None
-        for where, obj in _documents(text, filename):
-            kind = type(obj).__name__
-            key = (kind, obj.namespace, obj.name)
-            if key in seen:
-                name = obj.name if kind == "Namespace" else f"{obj.namespace}/{obj.name}"
-                raise ManifestError(f"{where} ({kind} {name}): defined twice, first in {seen[key]}")
-            seen[key] = where
-            objects.append(obj)
-    return tuple(objects)
+            out.append(Document(filename, None, None, f"{filename}: cannot read: not UTF-8 text"))
+            continue
+        except ManifestError as exc:
+            out.append(Document(filename, None, None, str(exc)))
+            continue
+        for d in documents:
+            if d.obj is not None:
+                obj = d.obj
+                kind = type(obj).__name__
+                key = (kind, obj.namespace, obj.name)
+                if key in seen:
+                    name = obj.name if kind == "Namespace" else f"{obj.namespace}/{obj.name}"
+                    error = f"{d.where} ({kind} {name}): defined twice, first in {seen[key]}"
+                    d = Document(d.where, d.raw, None, error)
+                else:
+                    seen[key] = d.where
+            out.append(d)
+    return out
+
+
+def loads(text: str, filename: str = "<string>") -> tuple[K8sObject, ...]:
+    """Every object of a (multi-document) YAML text; the first bad one raises.
+    Empty documents are skipped."""
+    return _all_or_error(read_documents(text, filename))
+
+
+def load(*paths: str | os.PathLike[str]) -> tuple[K8sObject, ...]:
+    """Every object of the given YAML files, in order; the first bad one raises.
+    The same object twice is an error."""
+    return _all_or_error(read_files(*paths))
+
+
+def _all_or_error(documents: list[Document]) -> tuple[K8sObject, ...]:
+    for d in documents:
+        if d.error is not None:
+            raise ManifestError(d.error)
+    return tuple(d.obj for d in documents if d.obj is not None)

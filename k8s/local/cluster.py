@@ -10,9 +10,10 @@ when the cluster is ready.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 
 import structlog
 import trio
@@ -33,7 +34,6 @@ from k8s.local.hooks import (
     ServicePortView,
     ServiceView,
 )
-from k8s.local.objects import Manifest, ObjectKey
 from k8s.local.plan import (
     Allocation,
     NodePlan,
@@ -46,6 +46,8 @@ from k8s.local.plan import (
 )
 from k8s.local.processes import POD_PATH, Running, Supervisor
 from k8s.local.state import StateFile
+from k8s.manifests import Document
+from k8s.store import ObjectRef, ObjectStore, describe, ref_of
 from mesh.netns import NetnsError, NetworkNamespace
 
 ZTUNNEL_RESTART_DELAY = 0.5
@@ -58,6 +60,14 @@ SETTLE_SECONDS = 0.3
 RESOLV_CONF = (
     "# ambit local mode: names come from /etc/hosts, there is no DNS\noptions attempts:1\n"
 )
+
+
+@dataclass
+class ApplyResult:
+    """One line per object changed, one error per object refused."""
+
+    changes: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -90,7 +100,7 @@ class LocalCluster:
         self.hooks = hooks
         self._nursery = nursery
         self._lock = trio.Lock()
-        self._store: dict[ObjectKey, Manifest] = {}
+        self.store = ObjectStore()
         self._allocation = Allocation()
         self._pods: dict[PodRef, _Pod] = {}
         self._nodes: dict[str, _Node] = {}
@@ -107,40 +117,98 @@ class LocalCluster:
             await self.hooks.on_cluster_started(self._nursery, self.config)
         self._nursery.start_soon(self._follow_exits)
 
-    async def apply(self, manifests: Iterable[Manifest]) -> list[str]:
-        """Create or update objects; returns one line per object, like ``kubectl apply``."""
+    async def apply(self, documents: Iterable[Document]) -> ApplyResult:
+        """Create or update the objects of ``documents``, each on its own: a document with
+        an error, or an object local mode refuses, is reported and the others still apply.
+        One line per object, like ``kubectl apply``."""
         async with self._lock:
             self._refuse_if_down()
-            store = dict(self._store)
-            changes = []
-            for manifest in manifests:
-                old = store.get(manifest.key)
-                store[manifest.key] = manifest
-                verb = (
-                    "created"
-                    if old is None
-                    else ("unchanged" if old.source == manifest.source else "configured")
-                )
-                changes.append(f"{manifest.key} {verb}")
-            await self._converge(store)
-            return changes
+            result = ApplyResult()
+            candidate = {ref_of(e.obj): e.obj for e in self.store.entries()}
+            accepted: list[Document] = []
+            for doc in documents:
+                if doc.obj is None:
+                    result.errors.append(doc.error or f"{doc.where}: cannot be used")
+                    continue
+                problem = self._admit(doc.obj, candidate)
+                if problem is not None:
+                    result.errors.append(problem)
+                    continue
+                candidate[ref_of(doc.obj)] = doc.obj
+                accepted.append(doc)
 
-    async def delete(self, manifests: Iterable[Manifest]) -> list[str]:
+            def commit() -> None:
+                for doc in accepted:
+                    assert doc.obj is not None
+                    verb = self.store.put(doc.obj, document=doc.raw)
+                    result.changes.append(f"{describe(ref_of(doc.obj))} {verb}")
+                self._listed()
+
+            await self._converge(list(candidate.values()), commit)
+            return result
+
+    async def delete(self, documents: Iterable[Document]) -> ApplyResult:
         """Remove objects (a Namespace takes its objects with it)."""
         async with self._lock:
             self._refuse_if_down()
-            store = dict(self._store)
-            changes = []
-            for manifest in manifests:
-                if store.pop(manifest.key, None) is None:
-                    changes.append(f"{manifest.key} not found")
+            result = ApplyResult()
+            candidate = {ref_of(e.obj): e.obj for e in self.store.entries()}
+            gone: list[ObjectRef] = []
+            for doc in documents:
+                if doc.obj is None:
+                    result.errors.append(doc.error or f"{doc.where}: cannot be used")
                     continue
-                changes.append(f"{manifest.key} deleted")
-                if manifest.key.kind == "Namespace":
-                    for key in [k for k in store if k.namespace == manifest.key.name]:
-                        del store[key]
-            await self._converge(store)
-            return changes
+                ref = ref_of(doc.obj)
+                if candidate.pop(ref, None) is None:
+                    result.errors.append(f"{describe(ref)} not found")
+                    continue
+                gone.append(ref)
+                if ref[0] == "Namespace":
+                    for other in [r for r in candidate if r[1] == ref[2]]:
+                        del candidate[other]
+                        gone.append(other)
+
+            def commit() -> None:
+                for ref in gone:
+                    if self.store.delete(ref) is not None:
+                        result.changes.append(f"{describe(ref)} deleted")
+
+            await self._converge(list(candidate.values()), commit)
+            return result
+
+    def _admit(
+        self, obj: manifests.K8sObject, others: Mapping[ObjectRef, manifests.K8sObject]
+    ) -> str | None:
+        """What the API server would refuse that depends on the cluster: a Service's
+        ``clusterIP`` outside the service CIDR, or already another Service's."""
+        if not isinstance(obj, manifests.Service) or obj.cluster_ip is None:
+            return None
+        where = describe(ref_of(obj))
+        try:
+            inside = ipaddress.ip_address(obj.cluster_ip) in self.config.service_cidr
+        except ValueError:
+            inside = False
+        if not inside:
+            return (
+                f"{where}: spec.clusterIP: {obj.cluster_ip} is not in the service CIDR"
+                f" {self.config.service_cidr}; remove it or use an address in that range"
+            )
+        taken = self._allocation.service_ips
+        for ref, other in others.items():
+            ip = other.cluster_ip if isinstance(other, manifests.Service) else None
+            ip = ip or taken.get((ref[1], ref[2])) if ref[0] == "Service" else ip
+            if ref != ref_of(obj) and ip == obj.cluster_ip:
+                return (
+                    f"{where}: spec.clusterIP: {obj.cluster_ip} is already allocated to"
+                    f" {describe(ref)}"
+                )
+        return None
+
+    def _listed(self) -> None:
+        """Local mode is one source that knows every object at once: after the first
+        apply, every kind is listed (the control plane may publish)."""
+        for kind in self.store.unlisted():
+            self.store.mark_listed(kind)
 
     async def teardown(self) -> None:
         """Stop every process and remove every pod and node (the bridge and host rule
@@ -159,8 +227,12 @@ class LocalCluster:
         if self._down:
             raise LocalClusterError("the cluster is shutting down; start a new one with 'ambit up'")
 
-    async def _converge(self, store: dict[ObjectKey, Manifest]) -> None:
-        plan = plan_cluster(self.config, store.values(), self._allocation)  # may refuse
+    async def _converge(
+        self, objects: list[manifests.K8sObject], commit: Callable[[], None] = lambda: None
+    ) -> None:
+        """Plan ``objects`` (which may refuse them all: then nothing changes), ``commit``
+        them to the store, and make the machine match."""
+        plan = plan_cluster(self.config, objects, self._allocation)  # may refuse
         wanted = {p.ref: p for p in plan.pods}
         changed = {
             r for r, pod in self._pods.items() if r in wanted and _differs(pod.plan, wanted[r])
@@ -168,9 +240,10 @@ class LocalCluster:
         if changed:  # recreated pods get new addresses, so no peer keeps a stale ARP entry
             ips = {r: ip for r, ip in plan.allocation.pod_ips.items() if r not in changed}
             fresh = dataclasses.replace(plan.allocation, pod_ips=ips)
-            plan = plan_cluster(self.config, store.values(), fresh)
+            plan = plan_cluster(self.config, objects, fresh)
             wanted = {p.ref: p for p in plan.pods}
-        self._store, self._allocation = store, plan.allocation
+        commit()
+        self._allocation = plan.allocation
         for node_plan in plan.nodes:
             if node_plan.name not in self._nodes:
                 await self._create_node(node_plan)
@@ -242,7 +315,7 @@ class LocalCluster:
     async def _refresh(self) -> None:
         """Service chains and hosts files everywhere, endpoints from running pods only."""
         running = {ref for ref, pod in self._pods.items() if pod.phase == "Running"}
-        plan = plan_cluster(self.config, self._store.values(), self._allocation, ready=running)
+        plan = plan_cluster(self.config, self.store.objects(), self._allocation, ready=running)
         self._services = plan.services
         rules = render_service_rules(self.config, plan.services)
         for pod in self._pods.values():
@@ -319,7 +392,7 @@ class LocalCluster:
             except NetnsError as exc:
                 pending.append(f"{where}: {exc}")
                 continue
-            missing = sorted(set(pod.plan.spec.ports) - listening)
+            missing = sorted(set(pod.plan.spec.tcp_ports) - listening)
             if missing:
                 pending.append(f"{where} does not listen on port(s) {missing} yet")
         if self.hooks.mesh_state is not None:
@@ -342,7 +415,8 @@ class LocalCluster:
     def snapshot(self) -> LocalSnapshot:
         return LocalSnapshot(
             config=self.config,
-            objects=tuple(self._with_addresses(m.source) for m in self._store.values()),
+            objects=tuple(self._with_addresses(obj) for obj in self.store.objects()),
+            store=self.store,
             pods=tuple(self._pod_view(p) for p in self._pods.values()),
             nodes=tuple(self._node_view(n) for n in self._nodes.values()),
             services=tuple(_service_view(s) for s in self._services),
@@ -391,8 +465,10 @@ class LocalCluster:
 def _differs(running: PodPlan, wanted: PodPlan) -> bool:
     """Whether the pod must be recreated. Labels change in place, as on Kubernetes, and so
     does joining or leaving the mesh; any other change to the spec recreates the pod."""
-    spec = dataclasses.replace(running.spec, labels=wanted.spec.labels)
-    return dataclasses.replace(running, meshed=wanted.meshed, spec=spec) != wanted
+    if not running.spec.same_spec(wanted.spec):
+        return True
+    placed = (running.node, running.ip, running.netns, running.veth, running.identity)
+    return placed != (wanted.node, wanted.ip, wanted.netns, wanted.veth, wanted.identity)
 
 
 def _service_view(service: ServicePlan) -> ServiceView:
@@ -400,7 +476,7 @@ def _service_view(service: ServicePlan) -> ServiceView:
         namespace=service.spec.namespace,
         name=service.spec.name,
         vip=service.vip,
-        selector=dict(service.spec.selector),
+        selector=dict(service.spec.selector or ()),
         ports=tuple(
             ServicePortView(
                 port=p.port.port,

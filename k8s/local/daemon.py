@@ -28,7 +28,7 @@ from k8s.local.cluster import LocalCluster
 from k8s.local.config import ClusterConfig, files_of
 from k8s.local.errors import LocalClusterError
 from k8s.local.hooks import LocalHooks
-from k8s.local.objects import load_objects
+from k8s.local.objects import load_objects, read_manifests
 from k8s.local.processes import kill_recorded
 from k8s.local.state import ProcessRecord, StateFile, StateRecord, process_start_time
 
@@ -85,10 +85,10 @@ async def run_daemon(
                 return snapshot_json(cluster.snapshot())
             if op in ("apply", "delete"):
                 paths = [str(p) for p in request.get("paths", [])]
-                manifests = await trio.to_thread.run_sync(load_objects, paths)
-                if op == "apply":
-                    return await cluster.apply(manifests)
-                return await cluster.delete(manifests)
+                documents = await trio.to_thread.run_sync(read_manifests, paths)
+                change = cluster.apply if op == "apply" else cluster.delete
+                result = await change(documents)
+                return {"changes": result.changes, "errors": result.errors}
             if op == "down":
                 await shut_down()
                 return AfterReply({"stopped": True}, stop.set)
@@ -103,9 +103,11 @@ async def run_daemon(
 
         async def build() -> None:
             try:
-                manifests = await trio.to_thread.run_sync(load_objects, list(paths))
+                documents = await trio.to_thread.run_sync(load_objects, list(paths))
                 await cluster.start()
-                await cluster.apply(manifests)
+                result = await cluster.apply(documents)
+                if result.errors:
+                    raise LocalClusterError("\n".join(result.errors))
             except LocalClusterError as exc:
                 log.error("cluster_build_failed", reason=str(exc))
                 await shut_down()

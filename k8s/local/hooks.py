@@ -32,6 +32,7 @@ import trio
 
 from k8s.local.config import ClusterConfig
 from k8s.manifests import K8sObject
+from k8s.store import ObjectStore
 
 PodRef = tuple[str, str]  # (namespace, name)
 PodPhase = Literal["Pending", "Running", "Exited"]
@@ -103,6 +104,7 @@ class LocalSnapshot:
     pods: tuple[PodView, ...]
     nodes: tuple[NodeView, ...]
     services: tuple[ServiceView, ...]
+    store: ObjectStore | None = None  # the live store: its listing gate, and status writes
 
     def pod(self, namespace: str, name: str) -> PodView | None:
         return next((p for p in self.pods if p.ref == (namespace, name)), None)

@@ -16,15 +16,9 @@ from dataclasses import dataclass, field
 from k8s.endpoints import selects, target_port
 from k8s.local.config import DEFAULT_NODES, ClusterConfig
 from k8s.local.errors import LocalClusterError
-from k8s.local.objects import (
-    Manifest,
-    ManifestProblem,
-    NamespaceSpec,
-    PodSpec,
-    ServicePort,
-    ServiceSpec,
-    is_meshed,
-)
+from k8s.local.objects import ManifestProblem
+from k8s.manifests import K8sObject, Namespace, Pod, Service, ServicePortSpec
+from k8s.translate import in_mesh
 from mesh.constants import DEFAULT_CLUSTER_DOMAIN
 
 SERVICES_CHAIN = "AMBIT-SERVICES"
@@ -55,7 +49,7 @@ class NodePlan:
 
 @dataclass(frozen=True)
 class PodPlan:
-    spec: PodSpec
+    spec: Pod
     node: str
     ip: str
     netns: str
@@ -77,13 +71,13 @@ class Endpoint:
 
 @dataclass(frozen=True)
 class ServicePortPlan:
-    port: ServicePort
+    port: ServicePortSpec
     endpoints: tuple[Endpoint, ...]
 
 
 @dataclass(frozen=True)
 class ServicePlan:
-    spec: ServiceSpec
+    spec: Service
     vip: str
     ports: tuple[ServicePortPlan, ...]
 
@@ -98,21 +92,21 @@ class ClusterPlan:
 
 def plan_cluster(
     config: ClusterConfig,
-    manifests: Iterable[Manifest],
+    objects: Iterable[K8sObject],
     previous: Allocation,
     ready: Collection[PodRef] | None = None,
 ) -> ClusterPlan:
-    """The cluster ``manifests`` describe; ``ready`` limits endpoints (None: every pod)."""
-    namespaces: dict[str, NamespaceSpec] = {}
-    pods: list[PodSpec] = []
-    services: list[ServiceSpec] = []
-    for manifest in manifests:
-        if isinstance(manifest.local, NamespaceSpec):
-            namespaces[manifest.local.name] = manifest.local
-        elif isinstance(manifest.local, PodSpec):
-            pods.append(manifest.local)
-        elif isinstance(manifest.local, ServiceSpec):
-            services.append(manifest.local)
+    """The cluster ``objects`` describe; ``ready`` limits endpoints (None: every pod)."""
+    namespaces: dict[str, Namespace] = {}
+    pods: list[Pod] = []
+    services: list[Service] = []
+    for obj in objects:
+        if isinstance(obj, Namespace):
+            namespaces[obj.name] = obj
+        elif isinstance(obj, Pod):
+            pods.append(obj)
+        elif isinstance(obj, Service):
+            services.append(obj)
     pods.sort(key=lambda p: (p.namespace, p.name))
     services.sort(key=lambda s: (s.namespace, s.name))
 
@@ -141,7 +135,7 @@ def plan_cluster(
             netns=config.pod_netns(p.namespace, p.name),
             veth=veths[f"pod:{p.namespace}/{p.name}"],
             identity=config.identity(p.namespace, p.service_account),
-            meshed=is_meshed(p, namespaces.get(p.namespace)),
+            meshed=in_mesh(p, namespaces.get(p.namespace)),
         )
         for p in pods
     )
@@ -162,7 +156,7 @@ def plan_cluster(
     return ClusterPlan(node_plans, pod_plans, service_plans, allocation)
 
 
-def _place(pods: list[PodSpec], previous: Mapping[PodRef, str]) -> dict[PodRef, str]:
+def _place(pods: list[Pod], previous: Mapping[PodRef, str]) -> dict[PodRef, str]:
     placement: dict[PodRef, str] = {}
     load = dict.fromkeys(DEFAULT_NODES, 0)
     unplaced: list[PodRef] = []
@@ -199,7 +193,7 @@ def _allocate_nodes(
 
 
 def _allocate_veths(
-    config: ClusterConfig, nodes: list[str], pods: list[PodSpec], previous: Mapping[str, str]
+    config: ClusterConfig, nodes: list[str], pods: list[Pod], previous: Mapping[str, str]
 ) -> dict[str, str]:
     keys = [f"node:{n}" for n in nodes] + [f"pod:{p.namespace}/{p.name}" for p in pods]
     result = {k: previous[k] for k in keys if k in previous}
@@ -244,7 +238,7 @@ def _allocate(
 
 
 def _allocate_services(
-    config: ClusterConfig, services: list[ServiceSpec], previous: Allocation
+    config: ClusterConfig, services: list[Service], previous: Allocation
 ) -> tuple[dict[PodRef, str], int]:
     fixed: dict[PodRef, str] = {}
     for service in services:
@@ -275,17 +269,17 @@ def _allocate_services(
     return {**fixed, **allocated}, counter
 
 
-def _service_ports(service: ServiceSpec, pods: Iterable[PodPlan]) -> tuple[ServicePortPlan, ...]:
+def _service_ports(service: Service, pods: Iterable[PodPlan]) -> tuple[ServicePortPlan, ...]:
     members = [
         p
         for p in pods
-        if selects(service.namespace, service.selector, p.spec.namespace, p.spec.labels)
+        if selects(service.namespace, service.selector, p.spec.namespace, dict(p.spec.labels))
     ]
     plans: list[ServicePortPlan] = []
     for port in service.ports:
         endpoints: list[Endpoint] = []
         for pod in members:
-            target = target_port(port.target_port, pod.spec.named_ports)
+            target = target_port(port.target_port, dict(pod.spec.named_ports))
             if target is None:
                 continue
             endpoints.append(Endpoint(pod.ip, target, f"{pod.spec.namespace}/{pod.spec.name}"))

@@ -17,6 +17,7 @@ from k8s.local.hooks import LocalHooks, LocalSnapshot, NodeView
 from k8s.local.objects import ManifestProblem, load_objects
 from k8s.local.plan import Allocation, plan_cluster, render_hosts, render_service_rules
 from k8s.localmesh import default_hooks
+from k8s.manifests import K8sObject
 
 CONFIG = ClusterConfig(
     Path("/nonexistent"), "1a2b",
@@ -41,10 +42,10 @@ def service(name: str = "web", namespace: str = "demo", target: str = "8080") ->
     )
 
 
-def load(tmp_path: Path, *documents: str) -> list:  # type: ignore[type-arg]
+def load(tmp_path: Path, *documents: str) -> list[K8sObject]:
     path = tmp_path / "m.yaml"
     path.write_text("\n---\n".join(documents))
-    return load_objects([path])
+    return [d.obj for d in load_objects([path]) if d.obj is not None]
 
 
 def test_pods_without_a_node_are_spread_and_keep_their_place(tmp_path: Path) -> None:
@@ -58,7 +59,7 @@ def test_pods_without_a_node_are_spread_and_keep_their_place(tmp_path: Path) -> 
     # Removing "a" moves no one; a new pod takes a fresh address, not a's.
     again = plan_cluster(
         CONFIG,
-        [o for o in objects if o.key.name != "a"] + load(tmp_path, pod("e")),
+        [o for o in objects if o.name != "a"] + load(tmp_path, pod("e")),
         plan.allocation,
     )
     before = {p.spec.name: (p.node, p.ip) for p in plan.pods}
@@ -152,7 +153,7 @@ def test_overlapping_cidrs_are_refused() -> None:
 def test_local_mode_checks_of_its_own_name_the_file_and_field(tmp_path: Path) -> None:
     no_command = pod("a").replace("command: [sleep, '1'], ", "")
     with pytest.raises(
-        ManifestProblem, match=r"m\.yaml .*Pod demo/a.*spec\.containers\[0\]\.command"
+        ManifestProblem, match=r"m\.yaml: document 1 \(Pod demo/a\): spec\.containers\[0\]\.command"
     ):
         load(tmp_path, no_command)
     host = pod("a").replace("spec:\n", "spec:\n  hostNetwork: true\n")

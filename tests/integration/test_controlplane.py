@@ -13,6 +13,7 @@ import trio
 from ca import CertificateAuthority
 from k8s import manifests
 from k8s.controlplane import ControlPlane
+from k8s.store import ObjectStore
 from mesh.backoff import Backoff
 from mesh.ca_client import CaClient, CaRefused
 from mesh.certs import open_certificate_manager
@@ -163,3 +164,33 @@ spec:
   action: ALLOW
   rules: [{from: [{source: {namespaces: ["shop"]}}]}]
 """
+
+
+async def test_nothing_is_published_until_every_kind_is_listed() -> None:
+    """A source that lists kinds one by one: pods arrive before policies. Publishing then
+    would be an allow-all mesh; the control plane waits for the last list."""
+    deny = objects(
+        "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n"
+        "metadata: {name: deny-all, namespace: shop}\nspec: {action: DENY, rules: [{}]}\n"
+    )
+    plane = ControlPlane(CertificateAuthority.create(), trust_domain=TD)
+    store = ObjectStore()
+    published = []
+    for kind in store.kinds:  # Namespace, ServiceAccount, Pod, ... AuthorizationPolicy ...
+        assert not store.complete
+        store.replace_kind(kind, [o for o in deny if type(o).__name__ == kind])
+        snapshot = plane.update(store.objects(), store=store)
+        published.append(snapshot)
+    assert published[:-1] == [None] * (len(store.kinds) - 1)
+    first = published[-1]
+    assert first is not None
+    assert plane.snapshot is first
+    assert [a.key for a in first.authorizations] == ["shop/deny-all"]
+    assert {w.name for w in first.workloads} == {"web", "db"}
+
+    # A kind whose CRD appears closes the gate: the last good config stays published.
+    store.unlist("PeerAuthentication")
+    assert plane.update(store.objects(), store=store) is None
+    assert plane.snapshot is first
+    store.replace_kind("PeerAuthentication", [])
+    assert plane.update(store.objects(), store=store) is first, "same content, same version"

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from k8s import manifests as m
-from k8s.local.objects import NamespaceSpec, PodSpec, is_meshed
-from k8s.translate import TranslateError, meshed_by_labels, translate
+from k8s.translate import TranslateError, in_mesh, meshed_by_labels, translate
 from mesh.authz import evaluate
 from mesh.model import (
     Authorization,
@@ -414,5 +413,5 @@ def test_local_cluster_and_translation_agree_on_who_is_meshed(
     pod_labels = {} if pod_label is None else {"ambit.io/dataplane-mode": pod_label}
     ns_labels = {} if namespace_label is None else {"ambit.io/dataplane-mode": namespace_label}
     assert meshed_by_labels(pod_labels, ns_labels) is meshed
-    pod = PodSpec("ns", "p", ("true",), labels=pod_labels)
-    assert is_meshed(pod, NamespaceSpec("ns", ns_labels)) is meshed
+    pod = m.Pod(name="p", namespace="ns", labels=tuple(pod_labels.items()))
+    assert in_mesh(pod, m.Namespace(name="ns", labels=tuple(ns_labels.items()))) is meshed
