@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypeAlias
 
 import trio
+import yaml
 
 from k8s.local.config import (
     DEFAULT_POD_CIDR,
@@ -82,12 +83,18 @@ def register(subparsers: Subparsers) -> None:
         sub.set_defaults(run=run_change, op=verb)
 
     get = subparsers.add_parser(
-        "get", parents=[state], help="list pods, nodes, services or workloads"
+        "get",
+        parents=[state],
+        help="list objects, nodes or workloads",
+        description="KIND is nodes, workloads or any kind ambit understands, by its plural,"
+        f" singular or short name: {', '.join(_kind_names())}. With NAME, one object;"
+        " '-o yaml' shows objects as stored, with their conditions.",
     )
-    get.add_argument("kind", help="pods | nodes | services | workloads")
+    get.add_argument("kind", help="what to list (see above)")
+    get.add_argument("name", nargs="?", help="one object's name")
     _namespace_args(get)
     get.add_argument("-A", "--all-namespaces", action="store_true")
-    get.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    get.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
     get.set_defaults(run=run_get)
 
     exec_ = subparsers.add_parser(
@@ -217,10 +224,28 @@ def run_change(args: argparse.Namespace) -> int:
     return 1 if result["errors"] else 0
 
 
+def _kind_names() -> list[str]:
+    from k8s.manifests import KINDS as OBJECT_KINDS
+
+    return [
+        f"{k.plural} ({', '.join(k.short_names)})" if k.short_names else k.plural
+        for k in OBJECT_KINDS
+    ]
+
+
 def run_get(args: argparse.Namespace) -> int:
+    from k8s.manifests import kind_info
+
     kind = _KIND_ALIASES.get(args.kind, args.kind)
-    if kind not in KINDS:
-        return _fail("get", f"unknown kind {args.kind!r}; use one of {', '.join(KINDS)}")
+    info = kind_info(args.kind)
+    if kind not in KINDS and info is None:
+        return _fail(
+            "get",
+            f"unknown kind {args.kind!r}; use nodes, workloads or one of:"
+            f" {', '.join(_kind_names())}",
+        )
+    if info is not None and (args.output == "yaml" or args.name or kind not in KINDS):
+        return _get_objects(args, info.kind, info.namespaced)
     try:
         snapshot = _call(state_dir_from(args.state_dir), {"op": "get"})
     except LocalClusterError as exc:
@@ -230,7 +255,13 @@ def run_get(args: argparse.Namespace) -> int:
     ]
     if kind != "nodes" and not args.all_namespaces:
         items = [i for i in items if i["namespace"] == args.namespace]
-    if args.output == "json":
+    if args.name:
+        items = [i for i in items if i["name"] == args.name]
+        if not items:
+            return _fail("get", f"{kind} {args.name!r} not found")
+    if args.output == "yaml":
+        print(yaml.safe_dump(items, sort_keys=False), end="")
+    elif args.output == "json":
         print(json.dumps(items, indent=2))
     elif kind == "pods":
         print(_pods_table(items, args.all_namespaces))
@@ -246,6 +277,65 @@ def run_get(args: argparse.Namespace) -> int:
     else:
         print(_services_table(items, args.all_namespaces))
     return 0
+
+
+def _get_objects(args: argparse.Namespace, kind: str, namespaced: bool) -> int:
+    """Stored objects with their conditions: a table, or the objects as YAML or JSON."""
+    request = {
+        "op": "objects",
+        "kind": kind,
+        "namespace": None if args.all_namespaces else args.namespace,
+        "name": args.name,
+    }
+    try:
+        items: list[dict[str, Any]] = _call(state_dir_from(args.state_dir), request)
+    except LocalClusterError as exc:
+        return _fail("get", str(exc))
+    if args.name and not items:
+        where = f" in namespace {args.namespace}" if namespaced else ""
+        return _fail("get", f"{kind} {args.name!r} not found{where}")
+    one = bool(args.name)
+    if args.output == "yaml":
+        print(yaml.safe_dump(items[0] if one else items, sort_keys=False), end="")
+    elif args.output == "json":
+        print(json.dumps(items[0] if one else items, indent=2))
+    else:
+        header = ["NAME", "STATUS", "AGE"]
+        rows = [[i["metadata"]["name"], _status(i), _age(i)] for i in items]
+        if namespaced and args.all_namespaces:
+            header.insert(0, "NAMESPACE")
+            for row, item in zip(rows, items, strict=True):
+                row.insert(0, item["metadata"]["namespace"])
+        print(_table(header, rows) if items else "No resources found")
+    return 0
+
+
+def _status(item: dict[str, Any]) -> str:
+    """One word for the conditions: the reason of the first that is not True, or, when
+    all are True, the pod's phase or the last condition's reason."""
+    status = item.get("status") or {}
+    conditions = status.get("conditions") or []
+    for c in conditions:
+        if c.get("status") != "True":
+            return f"{c.get('reason')} ({c.get('type')})"
+    if "phase" in status:
+        return str(status["phase"])
+    return str(conditions[-1].get("reason")) if conditions else "-"
+
+
+def _age(item: dict[str, Any]) -> str:
+    import datetime
+
+    created = item["metadata"].get("creationTimestamp")
+    try:
+        then = datetime.datetime.strptime(str(created), "%Y-%m-%dT%H:%M:%SZ")
+    except ValueError:
+        return "-"
+    seconds = int((datetime.datetime.now(datetime.UTC).replace(tzinfo=None) - then).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size * 2:
+            return f"{seconds // size}{unit}"
+    return f"{max(seconds, 0)}s"
 
 
 def run_exec(args: argparse.Namespace) -> int:

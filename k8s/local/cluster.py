@@ -14,6 +14,7 @@ import ipaddress
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 import trio
@@ -47,7 +48,7 @@ from k8s.local.plan import (
 from k8s.local.processes import POD_PATH, Running, Supervisor
 from k8s.local.state import StateFile
 from k8s.manifests import Document
-from k8s.store import ObjectRef, ObjectStore, describe, ref_of
+from k8s.store import ObjectRef, ObjectStore, describe, object_json, ref_of
 from mesh.netns import NetnsError, NetworkNamespace
 
 ZTUNNEL_RESTART_DELAY = 0.5
@@ -421,6 +422,32 @@ class LocalCluster:
             nodes=tuple(self._node_view(n) for n in self._nodes.values()),
             services=tuple(_service_view(s) for s in self._services),
         )
+
+    def objects_json(
+        self, kind: str, namespace: str | None, name: str | None
+    ) -> list[dict[str, Any]]:
+        """The stored objects of ``kind`` (in ``namespace``, all when None; only ``name``
+        when given) as ``kubectl get -o yaml`` shows them, with what the cluster made of
+        them: a Pod's IP and phase, a Service's cluster IP."""
+        info = manifests.kind_info(kind)
+        if info is None:
+            raise LocalClusterError(f"unknown kind {kind!r}")
+        out = []
+        for entry in self.store.entries(info.kind, namespace if info.namespaced else None):
+            if name is not None and entry.obj.name != name:
+                continue
+            doc = object_json(entry)
+            ref = (entry.obj.namespace, entry.obj.name)
+            if info.kind == "Pod" and ref in self._pods:
+                pod = self._pods[ref]
+                doc["status"] = {"phase": pod.phase, "podIP": pod.plan.ip, **doc.get("status", {})}
+            if info.kind == "Service" and ref in self._allocation.service_ips:
+                doc["spec"] = {
+                    **doc.get("spec", {}),
+                    "clusterIP": self._allocation.service_ips[ref],
+                }
+            out.append(doc)
+        return out
 
     def _with_addresses(self, obj: manifests.K8sObject) -> manifests.K8sObject:
         """Pods and Services as the API server would show them: with their IPs."""

@@ -83,6 +83,10 @@ async def run_daemon(
             if op == "get":
                 await cluster.refresh_mesh_state()
                 return snapshot_json(cluster.snapshot())
+            if op == "objects":
+                return cluster.objects_json(
+                    str(request.get("kind", "")), request.get("namespace"), request.get("name")
+                )
             if op in ("apply", "delete"):
                 paths = [str(p) for p in request.get("paths", [])]
                 documents = await trio.to_thread.run_sync(read_manifests, paths)
