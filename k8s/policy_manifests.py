@@ -127,14 +127,18 @@ def _read_rule(r: Reader, value: object, path: str) -> PolicyRule:
         operations.append(PolicyOperation(**fields))  # type: ignore[arg-type]
     when = []
     for i, item in enumerate(r.sequence(rule.get("when"), f"{path}.when")):
-        c = r.mapping(item, f"{path}.when[{i}]", ("key", "values", "notValues"))
-        when.append(
-            PolicyCondition(
-                key=r.string(c.get("key"), f"{path}.when[{i}].key"),
-                values=r.strings(c.get("values"), f"{path}.when[{i}].values"),
-                not_values=r.strings(c.get("notValues"), f"{path}.when[{i}].notValues"),
-            )
+        at = f"{path}.when[{i}]"
+        c = r.mapping(item, at, ("key", "values", "notValues"))
+        condition = PolicyCondition(
+            key=r.string(c.get("key"), f"{at}.key"),
+            values=r.strings(c.get("values"), f"{at}.values"),
+            not_values=r.strings(c.get("notValues"), f"{at}.notValues"),
         )
+        if not condition.key:
+            r.fail(f"{at}.key", "must not be empty")
+        if not (condition.values or condition.not_values):
+            r.fail(at, f"set values, notValues or both for key {condition.key!r}")
+        when.append(condition)
     return PolicyRule(sources=tuple(sources), operations=tuple(operations), when=tuple(when))
 
 

@@ -17,23 +17,6 @@ from k8s.endpoints import selects, target_port
 from mesh import model
 from mesh.constants import DEFAULT_TRUST_DOMAIN, LABEL_DATAPLANE_MODE
 
-# Source fields ztunnel cannot check: they need a request (JWT) or a client address
-# from a header, so only a waypoint can enforce them.
-_L7_SOURCE_FIELDS = {
-    "request_principals": "requestPrincipals",
-    "not_request_principals": "notRequestPrincipals",
-    "remote_ip_blocks": "remoteIpBlocks",
-    "not_remote_ip_blocks": "notRemoteIpBlocks",
-}
-_L7_OPERATION_FIELDS = {
-    "hosts": "hosts",
-    "not_hosts": "notHosts",
-    "methods": "methods",
-    "not_methods": "notMethods",
-    "paths": "paths",
-    "not_paths": "notPaths",
-}
-
 
 class TranslateError(ValueError):
     """Objects that are valid one by one contradict each other (two pods with one IP...)."""
@@ -156,7 +139,8 @@ def _service(svc: m.Service, pods: list[m.Pod]) -> model.Service:
 
 
 def authorization(policy: m.AuthorizationPolicy) -> model.Authorization:
-    """One AuthorizationPolicy at L4; what only a waypoint can check is listed in ``l7``."""
+    """One AuthorizationPolicy with every value kept; what only a waypoint can check is named
+    by the rules' ``l7``."""
     return model.Authorization(
         name=policy.name,
         namespace=policy.namespace,
@@ -167,28 +151,36 @@ def authorization(policy: m.AuthorizationPolicy) -> model.Authorization:
 
 
 def _rule(rule: m.PolicyRule) -> model.Rule:
-    sources = tuple(
-        model.Source(
-            principals=s.principals,
-            not_principals=s.not_principals,
-            namespaces=s.namespaces,
-            not_namespaces=s.not_namespaces,
-            ip_blocks=s.ip_blocks,
-            not_ip_blocks=s.not_ip_blocks,
-            l7=tuple(name for f, name in _L7_SOURCE_FIELDS.items() if getattr(s, f)),
-        )
-        for s in rule.sources
+    """The rule with every value kept: ztunnel checks the L4 fields (the model names the rest
+    in ``l7``), a waypoint will check them all."""
+    return model.Rule(
+        sources=tuple(
+            model.Source(
+                principals=s.principals,
+                not_principals=s.not_principals,
+                namespaces=s.namespaces,
+                not_namespaces=s.not_namespaces,
+                ip_blocks=s.ip_blocks,
+                not_ip_blocks=s.not_ip_blocks,
+                request_principals=s.request_principals,
+                not_request_principals=s.not_request_principals,
+                remote_ip_blocks=s.remote_ip_blocks,
+                not_remote_ip_blocks=s.not_remote_ip_blocks,
+            )
+            for s in rule.sources
+        ),
+        operations=tuple(
+            model.Operation(
+                ports=op.ports,
+                not_ports=op.not_ports,
+                hosts=op.hosts,
+                not_hosts=op.not_hosts,
+                methods=op.methods,
+                not_methods=op.not_methods,
+                paths=op.paths,
+                not_paths=op.not_paths,
+            )
+            for op in rule.operations
+        ),
+        when=tuple(model.Condition(c.key, c.values, c.not_values) for c in rule.when),
     )
-    # ``when`` is AND'd with the whole rule, so it belongs to every operation.
-    when = tuple(f"when:{c.key}" for c in rule.when)
-    operations = tuple(
-        model.Operation(
-            ports=op.ports,
-            not_ports=op.not_ports,
-            l7=tuple(name for f, name in _L7_OPERATION_FIELDS.items() if getattr(op, f)) + when,
-        )
-        for op in rule.operations
-    )
-    if when and not operations:
-        operations = (model.Operation(l7=when),)
-    return model.Rule(sources, operations)

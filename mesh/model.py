@@ -1,7 +1,8 @@
 """The mesh model: the plain frozen dataclasses every ambit process shares.
 
-Owns Workload, Service (ports and endpoints), the L4 policy objects
-(Authorization with Rule / Source / Operation, PeerAuthentication), the
+Owns Workload, Service (ports and endpoints), the policy objects
+(Authorization with Rule / Source / Operation / Condition, PeerAuthentication:
+L7 values kept for the waypoint, ``l7`` naming them), the
 versioned MeshSnapshot with its lookups, and Delta with ``diff`` / ``apply``
 for incremental config updates. Pure data, no I/O.
 
@@ -188,11 +189,35 @@ class Service(JsonForm):
 
 # --- Policy ----------------------------------------------------------------------------------
 
+# The fields of a source or operation that only a waypoint can check, by their Istio names:
+# they need a request (a JWT, a header, a method, a path) or a client address from a header.
+_L7_SOURCE_FIELDS = {
+    "request_principals": "requestPrincipals",
+    "not_request_principals": "notRequestPrincipals",
+    "remote_ip_blocks": "remoteIpBlocks",
+    "not_remote_ip_blocks": "notRemoteIpBlocks",
+}
+_L7_OPERATION_FIELDS = {
+    "hosts": "hosts",
+    "not_hosts": "notHosts",
+    "methods": "methods",
+    "not_methods": "notMethods",
+    "paths": "paths",
+    "not_paths": "notPaths",
+}
+
+
+def _blocks(blocks: tuple[str, ...]) -> None:
+    for block in blocks:
+        try:
+            ipaddress.ip_network(block, strict=False)
+        except ValueError:
+            raise ModelError(f"ip block {block!r} is not an IP address or CIDR") from None
+
 
 @dataclass(frozen=True)
 class Source(JsonForm):
-    """``from[].source`` of a rule. ``l7`` names fields present that only a waypoint can check
-    (``requestPrincipals``, ``remoteIpBlocks``...)."""
+    """``from[].source`` of a rule: its fields are AND'd, the values of one field OR'd."""
 
     principals: tuple[str, ...] = ()
     not_principals: tuple[str, ...] = ()
@@ -200,41 +225,75 @@ class Source(JsonForm):
     not_namespaces: tuple[str, ...] = ()
     ip_blocks: tuple[str, ...] = ()
     not_ip_blocks: tuple[str, ...] = ()
-    l7: tuple[str, ...] = ()
+    request_principals: tuple[str, ...] = ()
+    not_request_principals: tuple[str, ...] = ()
+    remote_ip_blocks: tuple[str, ...] = ()
+    not_remote_ip_blocks: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        for block in self.ip_blocks + self.not_ip_blocks:
-            try:
-                ipaddress.ip_network(block, strict=False)
-            except ValueError:
-                raise ModelError(f"ip block {block!r} is not an IP address or CIDR") from None
+        _blocks(self.ip_blocks + self.not_ip_blocks)
+        _blocks(self.remote_ip_blocks + self.not_remote_ip_blocks)
+
+    @property
+    def l7(self) -> tuple[str, ...]:
+        """The Istio names of the fields set here that only a waypoint can check."""
+        return tuple(name for f, name in _L7_SOURCE_FIELDS.items() if getattr(self, f))
 
 
 @dataclass(frozen=True)
 class Operation(JsonForm):
-    """``to[].operation`` of a rule. ``l7`` names fields present that only a waypoint can check
-    (hosts, methods, paths..., and ``when:<key>`` for the rule's conditions)."""
+    """``to[].operation`` of a rule: its fields are AND'd, the values of one field OR'd."""
 
     ports: tuple[int, ...] = ()
     not_ports: tuple[int, ...] = ()
-    l7: tuple[str, ...] = ()
+    hosts: tuple[str, ...] = ()
+    not_hosts: tuple[str, ...] = ()
+    methods: tuple[str, ...] = ()
+    not_methods: tuple[str, ...] = ()
+    paths: tuple[str, ...] = ()
+    not_paths: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for port in self.ports + self.not_ports:
             _port(port, "operation")
 
+    @property
+    def l7(self) -> tuple[str, ...]:
+        """The Istio names of the fields set here that only a waypoint can check."""
+        return tuple(name for f, name in _L7_OPERATION_FIELDS.items() if getattr(self, f))
+
+
+@dataclass(frozen=True)
+class Condition(JsonForm):
+    """One ``when`` entry of a rule: the attribute ``key`` (``request.headers[x-user]``,
+    ``source.ip``...) must have one of ``values`` (if any) and none of ``not_values``."""
+
+    key: str
+    values: tuple[str, ...] = ()
+    not_values: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.key:
+            raise ModelError("condition: the key is empty")
+        if not (self.values or self.not_values):
+            raise ModelError(f"condition {self.key}: give values, not_values or both")
+
 
 @dataclass(frozen=True)
 class Rule(JsonForm):
-    """Matches when one of ``sources`` (if any) and one of ``operations`` (if any) match."""
+    """Matches when one of ``sources`` (if any) and one of ``operations`` (if any) match, and
+    every condition of ``when``."""
 
     sources: tuple[Source, ...] = ()
     operations: tuple[Operation, ...] = ()
+    when: tuple[Condition, ...] = ()
 
     @property
     def l7(self) -> tuple[str, ...]:
-        """Every L7 field named anywhere in the rule, once each, in order."""
+        """Every L7 field named anywhere in the rule, once each, in order; a condition counts
+        as ``when:<key>`` (ztunnel checks none of them)."""
         named = [f for s in self.sources for f in s.l7] + [f for o in self.operations for f in o.l7]
+        named += [f"when:{c.key}" for c in self.when]
         return tuple(dict.fromkeys(named))
 
 

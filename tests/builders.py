@@ -8,6 +8,7 @@ from mesh.authz import Connection
 from mesh.identity import SpiffeId
 from mesh.model import (
     Authorization,
+    Condition,
     Endpoint,
     MeshSnapshot,
     Operation,
@@ -78,12 +79,19 @@ def source(**fields: Iterable[str]) -> Source:
     return Source(**{k: tuple(v) for k, v in fields.items()})
 
 
-def op(*ports: int, not_ports: Iterable[int] = (), l7: Iterable[str] = ()) -> Operation:
-    return Operation(ports, tuple(not_ports), tuple(l7))
+def op(*ports: int, not_ports: Iterable[int] = (), **l7: Iterable[str]) -> Operation:
+    """An operation on ``ports``; keywords set its L7 fields (``methods=["GET"]``...)."""
+    return Operation(ports, tuple(not_ports), **{k: tuple(v) for k, v in l7.items()})
 
 
-def rule(sources: Iterable[Source] = (), operations: Iterable[Operation] = ()) -> Rule:
-    return Rule(tuple(sources), tuple(operations))
+def rule(
+    sources: Iterable[Source] = (),
+    operations: Iterable[Operation] = (),
+    when: Mapping[str, Iterable[str]] | None = None,
+) -> Rule:
+    """``when`` maps each condition's key to its values."""
+    conditions = tuple(Condition(k, tuple(v)) for k, v in (when or {}).items())
+    return Rule(tuple(sources), tuple(operations), conditions)
 
 
 def allow(

@@ -623,6 +623,21 @@ BAD = [
         "a request principal is exact",
     ),
     (
+        authz("rules: [{when: [{key: source.ip}]}]"),
+        "(AuthorizationPolicy shop/p): spec.rules[0].when[0]",
+        "set values, notValues or both for key 'source.ip'",
+    ),
+    (
+        authz("rules: [{when: [{key: '', values: [x]}]}]"),
+        "(AuthorizationPolicy shop/p): spec.rules[0].when[0].key",
+        "must not be empty",
+    ),
+    (
+        authz("rules: [{from: [{source: {remoteIpBlocks: [10.0.0.0/33]}}]}]"),
+        "(AuthorizationPolicy shop/p): spec.rules[0].from[0].source.remoteIpBlocks[0]",
+        "not an IP address or CIDR",
+    ),
+    (
         "apiVersion: v1\nkind: Namespace\nmetadata: {name: x, labels: [a]}\n",
         "(Namespace x): metadata.labels",
         "must be a mapping",

@@ -13,6 +13,7 @@ from mesh.identity import SpiffeId
 from mesh.jsonform import ModelError
 from mesh.model import (
     Authorization,
+    Condition,
     Delta,
     Endpoint,
     MeshSnapshot,
@@ -121,10 +122,51 @@ def test_policy_values_are_checked() -> None:
 
 def test_rule_lists_its_l7_fields_once() -> None:
     r = rule(
-        [source(l7=["requestPrincipals"])], [op(80, l7=["methods"]), op(l7=["methods", "paths"])]
+        [source(request_principals=["issuer/sub"]), source(principals=["*"])],
+        [op(80, methods=["GET"]), op(not_paths=["/x"], methods=["POST"])],
+        when={"request.headers[x-user]": ["me"]},
     )
-    assert r.l7 == ("requestPrincipals", "methods", "paths")
+    assert r.sources[0].l7 == ("requestPrincipals",)
+    assert r.sources[1].l7 == ()
+    assert r.operations[1].l7 == ("methods", "notPaths")
+    assert r.l7 == ("requestPrincipals", "methods", "notPaths", "when:request.headers[x-user]")
     assert rule().l7 == ()
+    assert rule([source(principals=["*"])], [op(80, not_ports=[22])]).l7 == ()
+
+
+def test_every_l7_field_is_named_in_istio_words() -> None:
+    every = Source(
+        request_principals=("a",),
+        not_request_principals=("b",),
+        remote_ip_blocks=("10.0.0.0/8",),
+        not_remote_ip_blocks=("10.1.0.0/16",),
+    )
+    assert every.l7 == (
+        "requestPrincipals",
+        "notRequestPrincipals",
+        "remoteIpBlocks",
+        "notRemoteIpBlocks",
+    )
+    operation = Operation(
+        hosts=("a",), not_hosts=("b",), methods=("GET",), not_methods=("PUT",), paths=("/",),
+        not_paths=("/x",),
+    )  # fmt: skip
+    assert operation.l7 == ("hosts", "notHosts", "methods", "notMethods", "paths", "notPaths")
+
+
+def test_remote_ip_blocks_are_checked_like_ip_blocks() -> None:
+    with pytest.raises(ModelError, match=r"'10\.0\.0\.0/33'"):
+        Source(remote_ip_blocks=("10.0.0.0/33",))
+    with pytest.raises(ModelError, match="'nope'"):
+        Source(not_remote_ip_blocks=("nope",))
+
+
+def test_condition_needs_a_key_and_values() -> None:
+    assert Condition("source.ip", not_values=("10.0.0.1",)).not_values == ("10.0.0.1",)
+    with pytest.raises(ModelError, match="key is empty"):
+        Condition("", ("x",))
+    with pytest.raises(ModelError, match=r"condition request\.headers\[x\]: give values"):
+        Condition("request.headers[x]")
 
 
 # --- snapshot lookups ------------------------------------------------------------------------
@@ -195,9 +237,43 @@ POLICY = Authorization(
     (
         Rule(
             (Source(principals=("cluster.local/ns/a/sa/*",), not_ip_blocks=("10.0.0.0/8",)),),
-            (Operation(ports=(80, 443), l7=("methods",)),),
+            (Operation(ports=(80, 443), methods=("POST",)),),
         ),
         Rule(),
+    ),
+)
+L7_POLICY = Authorization(
+    "l7",
+    "default",
+    "ALLOW",
+    None,
+    (
+        Rule(
+            (
+                Source(
+                    principals=("cluster.local/ns/a/sa/client",),
+                    request_principals=("https://issuer/sub",),
+                    not_request_principals=("https://issuer/banned",),
+                    remote_ip_blocks=("203.0.113.0/24",),
+                    not_remote_ip_blocks=("203.0.113.7",),
+                ),
+            ),
+            (
+                Operation(
+                    ports=(8080,),
+                    hosts=("web.example.com",),
+                    not_hosts=("admin.example.com",),
+                    methods=("GET", "HEAD"),
+                    not_methods=("DELETE",),
+                    paths=("/api/*",),
+                    not_paths=("/api/internal*",),
+                ),
+            ),
+            (
+                Condition("request.headers[x-tenant]", ("a", "b")),
+                Condition("request.auth.claims[group]", (), ("guests",)),
+            ),
+        ),
     ),
 )
 NAMED = Service(
@@ -212,6 +288,7 @@ VALUES = [
     workload(meshed=False, labels={}),
     NAMED,
     POLICY,
+    L7_POLICY,
     Authorization("all", SYSTEM_NAMESPACE, "ALLOW", None, ()),
     peer_auth("strict", "STRICT", selector={"app": "web"}),
     peer_auth("unset", "UNSET"),
@@ -239,6 +316,25 @@ def test_json_shapes() -> None:
     delta = Delta(1, 2, (WEB,), (("workload", "default/db"),)).to_json()
     assert delta["upserts"] == [{"kind": "workload", "value": WEB.to_json()}]
     assert delta["removes"] == [["workload", "default/db"]]
+
+
+def test_json_keeps_l7_values_but_not_their_names() -> None:
+    data = L7_POLICY.to_json()
+    (r,) = data["rules"]
+    assert r["sources"][0]["request_principals"] == ["https://issuer/sub"]
+    assert r["sources"][0]["not_remote_ip_blocks"] == ["203.0.113.7"]
+    assert r["operations"][0]["methods"] == ["GET", "HEAD"]
+    assert r["operations"][0]["not_paths"] == ["/api/internal*"]
+    assert r["when"] == [
+        {"key": "request.headers[x-tenant]", "values": ["a", "b"], "not_values": []},
+        {"key": "request.auth.claims[group]", "values": [], "not_values": ["guests"]},
+    ]
+    assert "l7" not in r
+    assert "l7" not in r["sources"][0]
+    assert "l7" not in r["operations"][0]
+    back = Authorization.from_json(json.loads(json.dumps(data)))
+    assert back.rules[0].l7 == L7_POLICY.rules[0].l7
+    assert back.rules[0].l7[-1] == "when:request.auth.claims[group]"
 
 
 @pytest.mark.parametrize(
@@ -270,6 +366,64 @@ def test_json_shapes() -> None:
             Authorization,
             {**POLICY.to_json(), "rules": [{"sources": [{"principal": ["x"]}]}]},
             r"Authorization.rules\[0\]: missing field operations",
+        ),
+        (
+            Authorization,
+            {**POLICY.to_json(), "rules": [{**POLICY.rules[0].to_json(), "when": {}}]},
+            r"Authorization.rules\[0\].when: expected a list",
+        ),
+        (
+            Authorization,
+            {
+                **POLICY.to_json(),
+                "rules": [
+                    {**POLICY.rules[0].to_json(), "when": [{"key": "source.ip", "values": []}]}
+                ],
+            },
+            r"Authorization.rules\[0\].when\[0\]: missing field not_values",
+        ),
+        (
+            Authorization,
+            {
+                **POLICY.to_json(),
+                "rules": [
+                    {
+                        **POLICY.rules[0].to_json(),
+                        "operations": [{**POLICY.rules[0].operations[0].to_json(), "l7": []}],
+                    }
+                ],
+            },
+            r"Authorization.rules\[0\].operations\[0\]: unknown field l7",
+        ),
+        (
+            Authorization,
+            {
+                **L7_POLICY.to_json(),
+                "rules": [
+                    {
+                        **L7_POLICY.rules[0].to_json(),
+                        "sources": [
+                            {**L7_POLICY.rules[0].sources[0].to_json(), "request_principals": "x"}
+                        ],
+                    }
+                ],
+            },
+            r"Authorization.rules\[0\].sources\[0\].request_principals: expected a list",
+        ),
+        (
+            Authorization,
+            {
+                **L7_POLICY.to_json(),
+                "rules": [
+                    {
+                        **L7_POLICY.rules[0].to_json(),
+                        "sources": [
+                            {**L7_POLICY.rules[0].sources[0].to_json(), "methods": ["GET"]}
+                        ],
+                    }
+                ],
+            },
+            r"Authorization.rules\[0\].sources\[0\]: unknown field methods",
         ),
         (MeshSnapshot, {"version": 1}, "MeshSnapshot: missing field workloads"),
         (MeshSnapshot, {**MeshSnapshot(1).to_json(), "version": True}, "expected int"),
@@ -313,6 +467,9 @@ def test_bad_json_names_the_path(cls: Any, data: Any, message: str) -> None:
 def test_value_errors_from_json_are_model_errors() -> None:
     with pytest.raises(ModelError, match="not an IP address"):
         Workload.from_json({**WEB.to_json(), "ip": "nope"})
+    empty = {"key": "source.ip", "values": [], "not_values": []}
+    with pytest.raises(ModelError, match=r"condition source\.ip: give values"):
+        Rule.from_json({**Rule().to_json(), "when": [empty]})
 
 
 # --- diff / apply ----------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from k8s.translate import TranslateError, meshed_by_labels, translate
 from mesh.authz import evaluate
 from mesh.model import (
     Authorization,
+    Condition,
     Endpoint,
     MeshSnapshot,
     Operation,
@@ -319,40 +320,72 @@ def test_policy_l4_fields() -> None:
     )
 
 
-def test_policy_l7_fields_are_recorded() -> None:
+def test_policy_l7_values_are_kept() -> None:
     obj = policy(
         """
         rules:
           - from:
               - source: {requestPrincipals: ["*"], remoteIpBlocks: ["1.2.3.4"]}
-              - source: {principals: ["*"]}
+              - source: {principals: ["*"], notRequestPrincipals: ["bad/*"]}
             to:
               - operation: {ports: ["80"], methods: [GET], paths: ["/admin*"], notHosts: [x]}
-              - operation: {ports: ["81"]}
+              - operation: {ports: ["81"], hosts: [web.shop], notMethods: [PUT], notPaths: [/y]}
         """
     )
     (authz,) = translate([obj], version=1).authorizations
+    assert authz.rules == (
+        Rule(
+            (
+                Source(request_principals=("*",), remote_ip_blocks=("1.2.3.4",)),
+                Source(principals=("*",), not_request_principals=("bad/*",)),
+            ),
+            (
+                Operation(ports=(80,), methods=("GET",), paths=("/admin*",), not_hosts=("x",)),
+                Operation(
+                    ports=(81,), hosts=("web.shop",), not_methods=("PUT",), not_paths=("/y",)
+                ),
+            ),
+        ),
+    )
     (r,) = authz.rules
     assert r.sources[0].l7 == ("requestPrincipals", "remoteIpBlocks")
-    assert r.sources[1].l7 == ()
-    assert r.operations[0] == Operation(ports=(80,), l7=("notHosts", "methods", "paths"))
-    assert r.operations[1] == Operation(ports=(81,))
+    assert r.operations[0].l7 == ("notHosts", "methods", "paths")
+    assert r.l7 == (
+        "requestPrincipals",
+        "remoteIpBlocks",
+        "notRequestPrincipals",
+        "notHosts",
+        "methods",
+        "paths",
+        "hosts",
+        "notMethods",
+        "notPaths",
+    )
 
 
-def test_when_conditions_are_l7_on_every_operation() -> None:
+def test_when_conditions_belong_to_the_whole_rule() -> None:
     obj = policy(
         """
         rules:
           - to: [{operation: {ports: ["80"]}}, {operation: {ports: ["81"]}}]
             when: [{key: "request.auth.claims[iss]", values: [me]}]
           - from: [{source: {principals: ["*"]}}]
-            when: [{key: source.ip, values: [10.0.0.1]}]
+            when:
+              - {key: source.ip, notValues: [10.0.0.1]}
+              - {key: "request.headers[x]", values: [a, b], notValues: [c]}
         """
     )
     (authz,) = translate([obj], version=1).authorizations
     first, second = authz.rules
-    assert [o.l7 for o in first.operations] == [("when:request.auth.claims[iss]",)] * 2
-    assert second.operations == (Operation(l7=("when:source.ip",)),)
+    assert first.operations == (Operation(ports=(80,)), Operation(ports=(81,)))
+    assert first.when == (Condition("request.auth.claims[iss]", ("me",)),)
+    assert first.l7 == ("when:request.auth.claims[iss]",)
+    assert second.operations == ()
+    assert second.when == (
+        Condition("source.ip", (), ("10.0.0.1",)),
+        Condition("request.headers[x]", ("a", "b"), ("c",)),
+    )
+    assert second.l7 == ("when:source.ip", "when:request.headers[x]")
 
 
 def test_policy_without_rules_and_selector() -> None:
