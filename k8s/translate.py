@@ -140,13 +140,18 @@ def _service(svc: m.Service, pods: list[m.Pod]) -> model.Service:
 
 def authorization(policy: m.AuthorizationPolicy) -> model.Authorization:
     """One AuthorizationPolicy with every value kept; what only a waypoint can check is named
-    by the rules' ``l7``."""
+    by the rules' ``l7``, and a policy with targetRefs (or AUDIT) is for waypoints alone.
+
+    CUSTOM hands the decision to an external authorizer, which ambit does not have. Leaving
+    the policy out would let through what its author wanted checked, so it fails closed:
+    it becomes a DENY of everything it selects (or of everything its waypoints serve)."""
     return model.Authorization(
         name=policy.name,
         namespace=policy.namespace,
-        action=policy.action,
+        action="DENY" if policy.action == "CUSTOM" else policy.action,
         selector=policy.selector,
-        rules=tuple(_rule(r) for r in policy.rules),
+        rules=(model.Rule(),) if policy.action == "CUSTOM" else tuple(map(_rule, policy.rules)),
+        target_refs=tuple(model.TargetRef(t.group, t.kind, t.name) for t in policy.target_refs),
     )
 
 

@@ -1,8 +1,8 @@
 """The mesh model: the plain frozen dataclasses every ambit process shares.
 
 Owns Workload, Service (ports and endpoints), the policy objects
-(Authorization with Rule / Source / Operation / Condition, PeerAuthentication:
-L7 values kept for the waypoint, ``l7`` naming them), the
+(Authorization with Rule / Source / Operation / Condition and TargetRef,
+PeerAuthentication: L7 values kept for the waypoint, ``l7`` naming them), the
 versioned MeshSnapshot with its lookups, and Delta with ``diff`` / ``apply``
 for incremental config updates. Pure data, no I/O.
 
@@ -31,7 +31,7 @@ from mesh.jsonform import JsonForm, ModelError
 
 Pairs: TypeAlias = tuple[tuple[str, str], ...]
 Protocol: TypeAlias = Literal["HBONE", "TCP"]
-Action: TypeAlias = Literal["ALLOW", "DENY"]
+Action: TypeAlias = Literal["ALLOW", "DENY", "AUDIT"]
 MtlsMode: TypeAlias = Literal["STRICT", "PERMISSIVE", "DISABLE", "UNSET"]
 Kind: TypeAlias = Literal["workload", "service", "authorization", "peer_authentication"]
 
@@ -206,6 +206,16 @@ _L7_OPERATION_FIELDS = {
     "not_paths": "notPaths",
 }
 
+# What an AuthorizationPolicy's targetRefs may point at, as (group, kind); "" is the core
+# group. ambit has no ServiceEntry or GatewayClass objects: such a reference binds nothing.
+GATEWAY_GROUP = "gateway.networking.k8s.io"
+TARGET_KINDS: tuple[tuple[str, str], ...] = (
+    (GATEWAY_GROUP, "Gateway"),
+    (GATEWAY_GROUP, "GatewayClass"),
+    ("", "Service"),
+    ("networking.istio.io", "ServiceEntry"),
+)
+
 
 def _blocks(blocks: tuple[str, ...]) -> None:
     for block in blocks:
@@ -298,9 +308,30 @@ class Rule(JsonForm):
 
 
 @dataclass(frozen=True)
+class TargetRef(JsonForm):
+    """What a policy's ``targetRefs`` entry binds it to, in the policy's namespace: a waypoint
+    (``Gateway``) or the waypoint serving a ``Service``. ``group`` "" is the core group."""
+
+    group: str
+    kind: str
+    name: str
+
+    def __post_init__(self) -> None:
+        if (self.group, self.kind) not in TARGET_KINDS:
+            known = ", ".join(f"{g or 'core'}/{k}" for g, k in TARGET_KINDS)
+            raise ModelError(f"target {self.group}/{self.kind}: not one of {known}")
+        if not self.name:
+            raise ModelError(f"target {self.kind}: the name is empty")
+
+
+@dataclass(frozen=True)
 class Authorization(JsonForm):
-    """An AuthorizationPolicy at L4. ``selector=None``: every workload of the namespace. A policy
-    in the root namespace (``ambit-system``) applies across the whole mesh."""
+    """An AuthorizationPolicy. ``selector=None``: every workload of the namespace. A policy in
+    the root namespace (``ambit-system``) applies across the whole mesh.
+
+    A policy with ``target_refs`` binds the waypoints they name instead of selecting workloads,
+    and an AUDIT policy only marks requests for an audit log: both are for waypoints
+    (:attr:`for_waypoint`), and ztunnel never applies them."""
 
     kind: ClassVar[Kind] = "authorization"
     name: str
@@ -308,17 +339,29 @@ class Authorization(JsonForm):
     action: Action
     selector: Pairs | None
     rules: tuple[Rule, ...]
+    target_refs: tuple[TargetRef, ...] = ()
 
     def __post_init__(self) -> None:
-        _choice(self.action, ("ALLOW", "DENY"), f"authorization {self.key}: action")
+        what = f"authorization {self.key}"
+        _choice(self.action, ("ALLOW", "DENY", "AUDIT"), f"{what}: action")
         if self.selector is not None:
+            if self.target_refs:
+                raise ModelError(f"{what}: give a selector or target refs, not both")
             object.__setattr__(self, "selector", _pairs(self.selector))
 
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
 
+    @property
+    def for_waypoint(self) -> bool:
+        """Enforced only by the waypoints it binds, never by ztunnel."""
+        return bool(self.target_refs) or self.action == "AUDIT"
+
     def applies_to(self, workload: Workload) -> bool:
+        """Whether ztunnel applies this policy to connections to ``workload``."""
+        if self.for_waypoint:
+            return False
         in_scope = self.namespace in (workload.namespace, SYSTEM_NAMESPACE)
         return in_scope and selector_matches(self.selector, workload.labels)
 

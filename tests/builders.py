@@ -7,6 +7,7 @@ from collections.abc import Iterable, Mapping
 from mesh.authz import Connection
 from mesh.identity import SpiffeId
 from mesh.model import (
+    GATEWAY_GROUP,
     Authorization,
     Condition,
     Endpoint,
@@ -18,6 +19,7 @@ from mesh.model import (
     Service,
     ServicePort,
     Source,
+    TargetRef,
     Workload,
 )
 
@@ -99,9 +101,10 @@ def allow(
     *rules: Rule,
     namespace: str = "default",
     selector: Mapping[str, str] | None = None,
+    targets: Iterable[TargetRef] = (),
 ) -> Authorization:
     sel = None if selector is None else tuple(selector.items())
-    return Authorization(name, namespace, "ALLOW", sel, rules)
+    return Authorization(name, namespace, "ALLOW", sel, rules, tuple(targets))
 
 
 def deny(
@@ -109,9 +112,15 @@ def deny(
     *rules: Rule,
     namespace: str = "default",
     selector: Mapping[str, str] | None = None,
+    targets: Iterable[TargetRef] = (),
 ) -> Authorization:
     sel = None if selector is None else tuple(selector.items())
-    return Authorization(name, namespace, "DENY", sel, rules)
+    return Authorization(name, namespace, "DENY", sel, rules, tuple(targets))
+
+
+def waypoint_ref(name: str = "waypoint") -> TargetRef:
+    """A targetRef to the Gateway ``name``: the policy binds that waypoint."""
+    return TargetRef(GATEWAY_GROUP, "Gateway", name)
 
 
 def peer_auth(

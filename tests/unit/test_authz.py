@@ -7,7 +7,7 @@ import pytest
 from mesh.authz import Decision, evaluate, peer_auth_mode
 from mesh.constants import SYSTEM_NAMESPACE
 from mesh.identity import SpiffeId
-from mesh.model import Authorization
+from mesh.model import Authorization, TargetRef
 from tests.builders import (
     allow,
     conn,
@@ -18,6 +18,7 @@ from tests.builders import (
     rule,
     snapshot,
     source,
+    waypoint_ref,
     workload,
 )
 
@@ -379,6 +380,43 @@ def test_deny_rule_with_a_condition_applies_on_its_l4_part() -> None:
         " (when:request.auth.claims[group]) are not checked at L4)"
     )
     assert allowed([policy], src=CLIENT)
+
+
+# --- policies for waypoints ------------------------------------------------------------------
+
+
+def test_allow_policy_with_target_refs_does_not_deny_at_ztunnel() -> None:
+    """Bound to a waypoint, an ALLOW policy is not one of the ALLOW policies selecting the
+    workload: without it, ztunnel lets everything through (the waypoint decides)."""
+    at_waypoint = allow(
+        "only-client",
+        rule([source(principals=[P_CLIENT])]),
+        targets=[waypoint_ref("waypoint"), TargetRef("", "Service", "web")],
+    )
+    assert at_waypoint.for_waypoint
+    assert evaluate(conn(WEB, src=ADMIN), [at_waypoint]) == Decision(
+        True, None, "allowed: no ALLOW policy selects default/web"
+    )
+    assert allowed([at_waypoint], src=None)
+
+
+def test_deny_policy_with_target_refs_does_not_deny_at_ztunnel() -> None:
+    everything = deny("deny-all", rule(), targets=[waypoint_ref()])
+    assert allowed([everything], src=CLIENT)
+
+
+def test_waypoint_policies_beside_a_selecting_one() -> None:
+    at_waypoint = allow("waypoint-allow", rule(), targets=[waypoint_ref()])
+    selecting = allow("admin-only", rule([source(principals=[P_ADMIN])]))
+    assert not allowed([at_waypoint, selecting], src=CLIENT)
+    assert allowed([at_waypoint, selecting], src=ADMIN)
+
+
+def test_audit_policy_never_decides_at_ztunnel() -> None:
+    audit = Authorization("audit", "default", "AUDIT", None, (rule(),))
+    assert audit.for_waypoint
+    assert allowed([audit], src=None)
+    assert not allowed([audit, allow("nothing")], src=CLIENT)
 
 
 # --- peer authentication ---------------------------------------------------------------------

@@ -23,11 +23,23 @@ from mesh.model import (
     Service,
     ServicePort,
     Source,
+    TargetRef,
     Workload,
     apply,
     diff,
 )
-from tests.builders import allow, deny, op, peer_auth, rule, service, snapshot, source, workload
+from tests.builders import (
+    allow,
+    deny,
+    op,
+    peer_auth,
+    rule,
+    service,
+    snapshot,
+    source,
+    waypoint_ref,
+    workload,
+)
 
 # --- values ----------------------------------------------------------------------------------
 
@@ -113,7 +125,7 @@ def test_source_rejects_bad_ip_block() -> None:
 
 def test_policy_values_are_checked() -> None:
     with pytest.raises(ModelError, match="action"):
-        Authorization("p", "default", "AUDIT", None, ())  # type: ignore[arg-type]
+        Authorization("p", "default", "CUSTOM", None, ())  # type: ignore[arg-type]
     with pytest.raises(ModelError, match="mode"):
         PeerAuthentication("p", "default", None, "STRICTER")  # type: ignore[arg-type]
     with pytest.raises(ModelError, match="port"):
@@ -211,6 +223,36 @@ def test_policies_for_selects_by_namespace_and_labels() -> None:
     assert snap.policies_for(OTHER) == (mesh_wide, other_ns)
 
 
+def test_policies_for_leaves_out_what_only_a_waypoint_enforces() -> None:
+    ns_wide = allow("ns-wide")
+    at_gateway = allow("at-gateway", targets=[waypoint_ref()])
+    at_service = deny("at-service", rule(), targets=[TargetRef("", "Service", "web")])
+    audit = Authorization("audit", "default", "AUDIT", None, (rule(),))
+    mesh_audit = Authorization("audit", SYSTEM_NAMESPACE, "AUDIT", (("app", "web"),), ())
+    snap = snapshot(ns_wide, at_gateway, at_service, audit, mesh_audit)
+    assert snap.policies_for(WEB) == (ns_wide,)
+    assert [p.for_waypoint for p in (ns_wide, at_gateway, at_service, audit, mesh_audit)] == [
+        False,
+        True,
+        True,
+        True,
+        True,
+    ]
+    assert not any(p.applies_to(WEB) for p in (at_gateway, at_service, audit, mesh_audit))
+
+
+def test_target_refs_are_checked() -> None:
+    assert TargetRef("networking.istio.io", "ServiceEntry", "ext").kind == "ServiceEntry"
+    with pytest.raises(ModelError, match="target apps/Deployment: not one of"):
+        TargetRef("apps", "Deployment", "web")
+    with pytest.raises(ModelError, match="target /Gateway: not one of"):
+        TargetRef("", "Gateway", "waypoint")
+    with pytest.raises(ModelError, match="target Service: the name is empty"):
+        TargetRef("", "Service", "")
+    with pytest.raises(ModelError, match="give a selector or target refs, not both"):
+        Authorization("p", "default", "ALLOW", (("app", "web"),), (), (waypoint_ref(),))
+
+
 def test_peer_authentication_for_most_specific_first() -> None:
     mesh = peer_auth("mesh", "STRICT", namespace=SYSTEM_NAMESPACE)
     mesh_selected = peer_auth(
@@ -283,12 +325,22 @@ NAMED = Service(
     (ServicePort(80, 0, "http", "TCP", "http"),),
     (Endpoint("default/web", "10.0.0.1", ((80, 8080),)),),
 )
+AT_WAYPOINTS = Authorization(
+    "at-waypoints",
+    "default",
+    "DENY",
+    None,
+    (Rule(operations=(Operation(methods=("DELETE",)),)),),
+    (waypoint_ref("waypoint"), TargetRef("", "Service", "web")),
+)
 VALUES = [
     workload(named_ports={"http": 8080, "admin": 9000}),
     workload(meshed=False, labels={}),
     NAMED,
     POLICY,
     L7_POLICY,
+    AT_WAYPOINTS,
+    Authorization("audit", "default", "AUDIT", (("app", "api"),), (Rule(),)),
     Authorization("all", SYSTEM_NAMESPACE, "ALLOW", None, ()),
     peer_auth("strict", "STRICT", selector={"app": "web"}),
     peer_auth("unset", "UNSET"),
@@ -335,6 +387,18 @@ def test_json_keeps_l7_values_but_not_their_names() -> None:
     back = Authorization.from_json(json.loads(json.dumps(data)))
     assert back.rules[0].l7 == L7_POLICY.rules[0].l7
     assert back.rules[0].l7[-1] == "when:request.auth.claims[group]"
+
+
+def test_json_of_target_refs() -> None:
+    data = AT_WAYPOINTS.to_json()
+    assert data["target_refs"] == [
+        {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "waypoint"},
+        {"group": "", "kind": "Service", "name": "web"},
+    ]
+    assert POLICY.to_json()["target_refs"] == []
+    back = Authorization.from_json(json.loads(json.dumps(data)))
+    assert back.for_waypoint
+    assert back.target_refs[1] == TargetRef("", "Service", "web")
 
 
 @pytest.mark.parametrize(
@@ -424,6 +488,29 @@ def test_json_keeps_l7_values_but_not_their_names() -> None:
                 ],
             },
             r"Authorization.rules\[0\].sources\[0\]: unknown field methods",
+        ),
+        (
+            Authorization,
+            {k: v for k, v in AT_WAYPOINTS.to_json().items() if k != "target_refs"},
+            "Authorization: missing field target_refs",
+        ),
+        (
+            Authorization,
+            {**AT_WAYPOINTS.to_json(), "target_refs": [{"kind": "Gateway", "name": "w"}]},
+            r"Authorization.target_refs\[0\]: missing field group",
+        ),
+        (
+            Authorization,
+            {
+                **AT_WAYPOINTS.to_json(),
+                "target_refs": [{"group": "", "kind": "Service", "name": "w", "port": 80}],
+            },
+            r"Authorization.target_refs\[0\]: unknown field port",
+        ),
+        (
+            Authorization,
+            {**AT_WAYPOINTS.to_json(), "action": "CUSTOM"},
+            "Authorization.action: 'CUSTOM' is not one of ALLOW, DENY, AUDIT",
         ),
         (MeshSnapshot, {"version": 1}, "MeshSnapshot: missing field workloads"),
         (MeshSnapshot, {**MeshSnapshot(1).to_json(), "version": True}, "expected int"),

@@ -13,6 +13,7 @@ from k8s.local.objects import NamespaceSpec, PodSpec, is_meshed
 from k8s.translate import TranslateError, meshed_by_labels, translate
 from mesh.authz import evaluate
 from mesh.model import (
+    GATEWAY_GROUP,
     Authorization,
     Condition,
     Endpoint,
@@ -23,6 +24,7 @@ from mesh.model import (
     Service,
     ServicePort,
     Source,
+    TargetRef,
     Workload,
 )
 from tests.builders import conn, identity
@@ -395,6 +397,51 @@ def test_policy_without_rules_and_selector() -> None:
     assert empty_rule.rules == (Rule(),)
 
 
+def test_target_refs_and_audit_are_carried_over() -> None:
+    obj = policy(
+        """
+        targetRefs:
+          - {group: gateway.networking.k8s.io, kind: Gateway, name: waypoint}
+          - {group: core, kind: Service, name: web}
+        action: AUDIT
+        rules: [{to: [{operation: {methods: [GET]}}]}]
+        """
+    )
+    (authz,) = translate([obj], version=1).authorizations
+    assert authz == Authorization(
+        "p",
+        "shop",
+        "AUDIT",
+        None,
+        (Rule(operations=(Operation(methods=("GET",)),)),),
+        (TargetRef(GATEWAY_GROUP, "Gateway", "waypoint"), TargetRef("", "Service", "web")),
+    )
+    assert authz.for_waypoint
+
+
+def test_custom_fails_closed_as_a_deny_of_everything_it_selects() -> None:
+    obj = policy(
+        """
+        selector: {matchLabels: {app: web}}
+        action: CUSTOM
+        provider: {name: ext-authz}
+        rules: [{to: [{operation: {paths: ["/admin/*"]}}]}]
+        """
+    )
+    (authz,) = translate([obj], version=1).authorizations
+    assert authz == Authorization("p", "shop", "DENY", (("app", "web"),), (Rule(),))
+    at_waypoint = policy(
+        """
+        targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: waypoint}]
+        action: CUSTOM
+        provider: {name: ext-authz}
+        rules: [{}]
+        """
+    )
+    (authz,) = translate([at_waypoint], version=1).authorizations
+    assert (authz.action, authz.rules, authz.for_waypoint) == ("DENY", (Rule(),), True)
+
+
 def test_peer_authentication_is_carried_over() -> None:
     objs: list[m.K8sObject] = [
         m.PeerAuthentication(name="strict", namespace="ambit-system", mode="STRICT"),
@@ -428,6 +475,38 @@ def test_yaml_to_decision() -> None:
     assert not evaluate(conn(server, src=identity("demo", "server")), policies).allowed
     assert not evaluate(conn(server, src=None), policies).allowed
     assert not evaluate(conn(server, src=identity("demo", "client"), port=9000), policies).allowed
+
+
+def test_yaml_to_decision_for_waypoint_and_custom_policies() -> None:
+    """A targetRefs ALLOW policy leaves ztunnel open; a CUSTOM one closes what it selects."""
+    objs = assign_ips(m.load(DEMO))
+    objs.append(
+        policy(
+            """
+            targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: waypoint}]
+            rules: [{from: [{source: {principals: ["cluster.local/ns/demo/sa/nobody"]}}]}]
+            """,
+            namespace="demo",
+        )
+    )
+    snap = translate(objs, version=1)
+    server = snap.workload("demo/server")
+    assert server is not None
+    assert snap.policies_for(server) == ()
+    assert evaluate(conn(server, src=identity("demo", "client")), snap.policies_for(server)).allowed
+    objs[-1] = policy(
+        """
+        selector: {matchLabels: {app: server}}
+        action: CUSTOM
+        provider: {name: ext-authz}
+        rules: [{to: [{operation: {paths: ["/admin/*"]}}]}]
+        """,
+        namespace="demo",
+    )
+    snap = translate(objs, version=2)
+    decision = evaluate(conn(server, src=identity("demo", "client")), snap.policies_for(server))
+    assert not decision.allowed
+    assert decision.policy == "demo/p"
 
 
 @pytest.mark.parametrize(
