@@ -155,6 +155,60 @@ def authorization(policy: m.AuthorizationPolicy) -> model.Authorization:
     )
 
 
+def ztunnel_acceptance(policy: m.AuthorizationPolicy) -> tuple[bool, str, str]:
+    """Whether ztunnel enforces ``policy`` as written: ``(accepted, reason, message)`` of the
+    condition :data:`~mesh.constants.CONDITION_ZTUNNEL_ACCEPTED` on the policy. Pure.
+
+    - CUSTOM: False, ``UnsupportedValue``: no external authorizer, so it fails closed.
+    - targetRefs or AUDIT: True, ``WaypointOnly``: ztunnel leaves it to waypoints.
+    - rules naming L7 fields: False, ``L7AttributesIgnored``: an ALLOW rule matches nothing
+      at ztunnel, a DENY rule is enforced on its L4 part alone; both deny more than asked.
+    - otherwise True, ``Accepted``.
+    """
+    targets = ", ".join(f"{t.kind} {t.name}" for t in policy.target_refs)
+    if policy.action == "CUSTOM":
+        outcome = (
+            f"the waypoint of {targets} will deny everything it serves"
+            if targets
+            else "it denies what it selects"
+        )
+        return (
+            False,
+            "UnsupportedValue",
+            "CUSTOM needs an external authorizer, which ambit does not have"
+            f" (provider {policy.provider}); {outcome}",
+        )
+    if targets:
+        message = f"enforced by the waypoint of {targets}, not by ztunnel"
+        entries = [t.name for t in policy.target_refs if t.kind == "ServiceEntry"]
+        if entries:
+            message += f"; ambit has no ServiceEntry, so {', '.join(entries)} binds nothing"
+        return True, "WaypointOnly", message
+    if policy.action == "AUDIT":
+        return (
+            True,
+            "WaypointOnly",
+            "AUDIT marks requests for an audit log, which only a waypoint sees; ztunnel"
+            " ignores it, and no waypoint takes a policy without targetRefs",
+        )
+    with_l7 = [(i, r.l7) for i, r in enumerate(map(_rule, policy.rules), start=1) if r.l7]
+    if not with_l7:
+        return True, "Accepted", "enforced by ztunnel"
+    fields = ", ".join(dict.fromkeys(f for _, named in with_l7 for f in named))
+    numbers = ", ".join(str(i) for i, _ in with_l7)
+    which = f"rule{'s' if len(with_l7) > 1 else ''} {numbers}"
+    if policy.action == "ALLOW":
+        effect = "an ALLOW rule naming them matches nothing at ztunnel"
+    else:
+        effect = "a DENY rule naming them is enforced on its L4 part alone (more restrictive)"
+    return (
+        False,
+        "L7AttributesIgnored",
+        f"ztunnel cannot check {fields} ({which}): {effect};"
+        " only a waypoint (targetRefs) can enforce them",
+    )
+
+
 def _rule(rule: m.PolicyRule) -> model.Rule:
     """The rule with every value kept: ztunnel checks the L4 fields (the model names the rest
     in ``l7``), a waypoint will check them all."""

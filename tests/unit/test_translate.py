@@ -10,7 +10,7 @@ import pytest
 
 from k8s import manifests as m
 from k8s.local.objects import NamespaceSpec, PodSpec, is_meshed
-from k8s.translate import TranslateError, meshed_by_labels, translate
+from k8s.translate import TranslateError, meshed_by_labels, translate, ztunnel_acceptance
 from mesh.authz import evaluate
 from mesh.model import (
     GATEWAY_GROUP,
@@ -440,6 +440,165 @@ def test_custom_fails_closed_as_a_deny_of_everything_it_selects() -> None:
     )
     (authz,) = translate([at_waypoint], version=1).authorizations
     assert (authz.action, authz.rules, authz.for_waypoint) == ("DENY", (Rule(),), True)
+
+
+# --- ztunnel_acceptance: the condition ztunnel's side of a policy shows -----------------------
+
+
+def test_plain_l4_policy_is_accepted() -> None:
+    obj = policy(
+        """
+        selector: {matchLabels: {app: web}}
+        rules:
+          - from: [{source: {principals: ["cluster.local/ns/shop/sa/front"]}}]
+            to: [{operation: {ports: ["8080"]}}]
+        """
+    )
+    assert isinstance(obj, m.AuthorizationPolicy)
+    assert ztunnel_acceptance(obj) == (True, "Accepted", "enforced by ztunnel")
+    empty = policy("{}")
+    assert isinstance(empty, m.AuthorizationPolicy)
+    assert ztunnel_acceptance(empty) == (True, "Accepted", "enforced by ztunnel")
+
+
+def test_custom_is_unsupported_and_denies_what_it_selects() -> None:
+    obj = policy(
+        """
+        action: CUSTOM
+        provider: {name: ext-authz}
+        rules: [{to: [{operation: {paths: ["/admin/*"]}}]}]
+        """
+    )
+    assert isinstance(obj, m.AuthorizationPolicy)
+    assert ztunnel_acceptance(obj) == (
+        False,
+        "UnsupportedValue",
+        "CUSTOM needs an external authorizer, which ambit does not have (provider ext-authz);"
+        " it denies what it selects",
+    )
+    at_waypoint = policy(
+        """
+        targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: waypoint}]
+        action: CUSTOM
+        provider: {name: ext-authz}
+        rules: [{}]
+        """
+    )
+    assert isinstance(at_waypoint, m.AuthorizationPolicy)
+    accepted, reason, message = ztunnel_acceptance(at_waypoint)
+    assert (accepted, reason) == (False, "UnsupportedValue")
+    assert message.endswith("; the waypoint of Gateway waypoint will deny everything it serves")
+
+
+def test_target_refs_are_waypoint_only() -> None:
+    obj = policy(
+        """
+        targetRefs:
+          - {group: gateway.networking.k8s.io, kind: Gateway, name: waypoint}
+          - {kind: Service, name: web}
+        rules: [{to: [{operation: {methods: [GET]}}]}]
+        """
+    )
+    assert isinstance(obj, m.AuthorizationPolicy)
+    assert ztunnel_acceptance(obj) == (
+        True,
+        "WaypointOnly",
+        "enforced by the waypoint of Gateway waypoint, Service web, not by ztunnel",
+    )
+    entry = policy(
+        "targetRefs: [{group: networking.istio.io, kind: ServiceEntry, name: ext}]\naction: DENY"
+    )
+    assert isinstance(entry, m.AuthorizationPolicy)
+    assert ztunnel_acceptance(entry) == (
+        True,
+        "WaypointOnly",
+        "enforced by the waypoint of ServiceEntry ext, not by ztunnel;"
+        " ambit has no ServiceEntry, so ext binds nothing",
+    )
+
+
+def test_audit_is_waypoint_only() -> None:
+    obj = policy(
+        """
+        selector: {matchLabels: {app: api}}
+        action: AUDIT
+        rules: [{to: [{operation: {methods: [GET]}}]}]
+        """
+    )
+    assert isinstance(obj, m.AuthorizationPolicy)
+    accepted, reason, message = ztunnel_acceptance(obj)
+    assert (accepted, reason) == (True, "WaypointOnly")
+    assert "ztunnel ignores it, and no waypoint takes a policy without targetRefs" in message
+    at_waypoint = policy(
+        """
+        targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: waypoint}]
+        action: AUDIT
+        rules: [{}]
+        """
+    )
+    assert isinstance(at_waypoint, m.AuthorizationPolicy)
+    assert ztunnel_acceptance(at_waypoint) == (
+        True,
+        "WaypointOnly",
+        "enforced by the waypoint of Gateway waypoint, not by ztunnel",
+    )
+
+
+def test_allow_with_l7_fields_matches_nothing_at_ztunnel() -> None:
+    obj = policy(
+        """
+        rules:
+          - to: [{operation: {ports: ["8080"]}}]
+          - from: [{source: {requestPrincipals: ["*"]}}]
+            to: [{operation: {methods: [GET], paths: ["/api/*"]}}]
+          - to: [{operation: {methods: [HEAD]}}]
+            when: [{key: "request.headers[x-env]", values: [prod]}]
+        """
+    )
+    assert isinstance(obj, m.AuthorizationPolicy)
+    assert ztunnel_acceptance(obj) == (
+        False,
+        "L7AttributesIgnored",
+        "ztunnel cannot check requestPrincipals, methods, paths, when:request.headers[x-env]"
+        " (rules 2, 3): an ALLOW rule naming them matches nothing at ztunnel;"
+        " only a waypoint (targetRefs) can enforce them",
+    )
+
+
+def test_deny_with_l7_fields_is_enforced_on_its_l4_part() -> None:
+    obj = policy(
+        """
+        action: DENY
+        rules: [{to: [{operation: {ports: ["8080"], methods: [POST]}}]}]
+        """
+    )
+    assert isinstance(obj, m.AuthorizationPolicy)
+    assert ztunnel_acceptance(obj) == (
+        False,
+        "L7AttributesIgnored",
+        "ztunnel cannot check methods (rule 1): a DENY rule naming them is enforced on its L4"
+        " part alone (more restrictive); only a waypoint (targetRefs) can enforce them",
+    )
+
+
+def test_acceptance_agrees_with_what_ztunnel_decides() -> None:
+    """The condition says what evaluate() does: an accepted L4 policy decides, a waypoint-only
+    one never does, an ALLOW with L7 fields denies, a CUSTOM denies."""
+    server = translate(assign_ips(m.load(DEMO)), version=1).workload("demo/server")
+    assert server is not None
+    client = conn(server, src=identity("demo", "client"))
+    cases = {
+        "rules: [{from: [{source: {namespaces: [demo]}}]}]": (True, True),
+        "targetRefs: [{kind: Service, name: server}]": (True, True),
+        "rules: [{to: [{operation: {methods: [GET]}}]}]": (False, False),
+        "action: CUSTOM\nprovider: {name: x}\nrules: [{}]": (False, False),
+    }
+    for spec, (accepted, allowed) in cases.items():
+        obj = policy(spec, namespace="demo")
+        assert isinstance(obj, m.AuthorizationPolicy)
+        snap = translate([*assign_ips(m.load(DEMO)), obj], version=1)
+        assert ztunnel_acceptance(obj)[0] is accepted, spec
+        assert evaluate(client, snap.policies_for(server)).allowed is allowed, spec
 
 
 def test_peer_authentication_is_carried_over() -> None:
