@@ -116,6 +116,7 @@ class ServicePortSpec:
     target_port: int | str  # a number, or the name of a container port
     name: str = ""
     protocol: str = "TCP"
+    app_protocol: str = ""  # spec.ports[].appProtocol as given ("http", "kubernetes.io/h2c"...)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -199,7 +200,16 @@ def _read_service(r: Reader, doc: Mapping[str, object]) -> Service:
         if protocol not in ("TCP", "UDP", "SCTP"):
             r.fail(f"spec.ports[{i}].protocol", f"must be TCP, UDP or SCTP, not {protocol!r}")
         name = r.string(p.get("name"), f"spec.ports[{i}].name", "")
-        ports.append(ServicePortSpec(port=port, target_port=target, name=name, protocol=protocol))
+        app_protocol = r.string(p.get("appProtocol"), f"spec.ports[{i}].appProtocol", "")
+        ports.append(
+            ServicePortSpec(
+                port=port,
+                target_port=target,
+                name=name,
+                protocol=protocol,
+                app_protocol=app_protocol,
+            )
+        )
     cluster_ip = spec.get("clusterIP")
     headless = cluster_ip in (None, "", "None")
     return Service(

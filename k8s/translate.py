@@ -118,6 +118,7 @@ def _service(svc: m.Service, pods: list[m.Pod]) -> model.Service:
             name=p.name,
             protocol=p.protocol,
             target_port_name=p.target_port if isinstance(p.target_port, str) else "",
+            app_protocol=p.app_protocol,
         )
         for p in svc.ports
     )

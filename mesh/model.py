@@ -120,13 +120,15 @@ class Workload(JsonForm):
 @dataclass(frozen=True)
 class ServicePort(JsonForm):
     """A port of a Service. A named targetPort has ``target_port=0`` and ``target_port_name``;
-    its number is resolved per pod, in each :class:`Endpoint`."""
+    its number is resolved per pod, in each :class:`Endpoint`. ``app_protocol`` is the
+    Service's ``appProtocol`` as given (``http``, ``kubernetes.io/h2c``...), "" if unset."""
 
     port: int
     target_port: int
     name: str = ""
     protocol: str = "TCP"
     target_port_name: str = ""
+    app_protocol: str = ""
 
     def __post_init__(self) -> None:
         _port(self.port, "service port")

@@ -151,16 +151,16 @@ def test_service_ports_and_cluster_ip() -> None:
           selector: {app: web}
           ports:
             - {name: http, port: 80, targetPort: http}
-            - {name: https, port: 443, targetPort: "8443"}
-            - {name: metrics, port: 9090, protocol: TCP}
+            - {name: https, port: 443, targetPort: "8443", appProtocol: kubernetes.io/h2c}
+            - {name: metrics, port: 9090, protocol: TCP, appProtocol: http}
         """
     )
     assert isinstance(svc, Service)
     assert svc.cluster_ip == "10.96.0.20"
     assert svc.ports == (
         ServicePortSpec(port=80, target_port="http", name="http"),
-        ServicePortSpec(port=443, target_port=8443, name="https"),
-        ServicePortSpec(port=9090, target_port=9090, name="metrics"),
+        ServicePortSpec(port=443, target_port=8443, name="https", app_protocol="kubernetes.io/h2c"),
+        ServicePortSpec(port=9090, target_port=9090, name="metrics", app_protocol="http"),
     )
     assert svc.with_cluster_ip("10.96.0.1").cluster_ip == "10.96.0.1"
 
@@ -511,6 +511,11 @@ BAD = [
         SERVICE.format(ports="    - {port: 80, protocol: HTTP}"),
         "(Service shop/web): spec.ports[0].protocol",
         "TCP, UDP or SCTP",
+    ),
+    (
+        SERVICE.format(ports="    - {port: 80, appProtocol: 2}"),
+        "(Service shop/web): spec.ports[0].appProtocol",
+        "must be a string",
     ),
     (SERVICE.format(ports="    port: 80"), "(Service shop/web): spec.ports", "must be a list"),
     (

@@ -322,7 +322,7 @@ NAMED = Service(
     "web",
     "default",
     "10.96.0.10",
-    (ServicePort(80, 0, "http", "TCP", "http"),),
+    (ServicePort(80, 0, "http", "TCP", "http", "http"), ServicePort(5432, 5432)),
     (Endpoint("default/web", "10.0.0.1", ((80, 8080),)),),
 )
 AT_WAYPOINTS = Authorization(
@@ -362,6 +362,7 @@ def test_json_round_trip_is_exact(value: Any) -> None:
 def test_json_shapes() -> None:
     data = NAMED.to_json()
     assert data["endpoints"][0]["ports"] == [[80, 8080]]
+    assert [p["app_protocol"] for p in data["ports"]] == ["http", ""]
     assert workload(named_ports={"http": 8080}).to_json()["container_ports"] == {"http": 8080}
     assert POLICY.to_json()["selector"] == {"app": "web"}
     assert Authorization("all", "x", "ALLOW", None, ()).to_json()["selector"] is None

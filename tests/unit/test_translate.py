@@ -251,6 +251,21 @@ def test_named_target_port_resolves_per_pod() -> None:
     }
 
 
+def test_app_protocol_is_carried_over() -> None:
+    ports = (
+        m.ServicePortSpec(port=80, target_port=8080, name="web", app_protocol="http"),
+        m.ServicePortSpec(port=81, target_port=8081, app_protocol="kubernetes.io/h2c"),
+        m.ServicePortSpec(port=5432, target_port=5432),
+    )
+    objs: list[m.K8sObject] = [pod("a", labels={"app": "web"}), svc("web", ports=ports)]
+    (service,) = translate(objs, version=1).services
+    assert [(p.port, p.app_protocol) for p in service.ports] == [
+        (80, "http"),
+        (81, "kubernetes.io/h2c"),
+        (5432, ""),
+    ]
+
+
 def test_pod_lacking_the_only_named_port_is_not_an_endpoint() -> None:
     ports = (m.ServicePortSpec(port=80, target_port="http"),)
     objs: list[m.K8sObject] = [pod("bare", labels={"app": "web"}), svc("web", ports=ports)]
