@@ -144,6 +144,7 @@ class ServicePortSpec:
     target_port: int | str  # a number, or the name of a container port
     name: str = ""
     protocol: str = "TCP"
+    app_protocol: str = ""  # spec.ports[].appProtocol as given ("http", "kubernetes.io/h2c"...)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -239,7 +240,16 @@ def _read_service(r: Reader, doc: Mapping[str, object]) -> Service:
                 r.fail(f"spec.ports[{i}].name", f"{name!r} is also the name of spec.ports[{j}]")
             if (other.port, other.protocol) == (port, protocol):
                 r.fail(f"spec.ports[{i}]", f"port {port}/{protocol} is also spec.ports[{j}]")
-        ports.append(ServicePortSpec(port=port, target_port=target, name=name, protocol=protocol))
+        app_protocol = r.string(p.get("appProtocol"), f"spec.ports[{i}].appProtocol", "")
+        ports.append(
+            ServicePortSpec(
+                port=port,
+                target_port=target,
+                name=name,
+                protocol=protocol,
+                app_protocol=app_protocol,
+            )
+        )
     cluster_ip = spec.get("clusterIP")
     headless = cluster_ip in (None, "", "None")
     return Service(

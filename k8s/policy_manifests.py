@@ -14,6 +14,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 from k8s.manifest_reader import Meta, Pairs, Reader, camel, read_meta
+from mesh.constants import SYSTEM_NAMESPACE
+from mesh.model import TARGET_KINDS
+
+_MAX_TARGET_REFS = 16  # as Istio's schema
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -59,10 +63,25 @@ class PolicyRule:
 
 
 @dataclass(frozen=True, kw_only=True)
+class PolicyTargetRef:
+    """One of ``targetRefs``: what the policy binds, in its own namespace. ``group`` "" is the
+    core group (Istio's ``core`` is read as "")."""
+
+    group: str = ""
+    kind: str
+    name: str
+
+
+@dataclass(frozen=True, kw_only=True)
 class AuthorizationPolicy(Meta):
-    action: Literal["ALLOW", "DENY"] = "ALLOW"
+    """``target_refs`` (``targetRefs``, or the older single ``targetRef``) and ``selector``
+    exclude each other. ``provider`` is the name of CUSTOM's external authorizer."""
+
+    action: Literal["ALLOW", "DENY", "AUDIT", "CUSTOM"] = "ALLOW"
     selector: Pairs | None = None  # None: every workload of the namespace
     rules: tuple[PolicyRule, ...] = ()
+    target_refs: tuple[PolicyTargetRef, ...] = ()
+    provider: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -127,36 +146,92 @@ def _read_rule(r: Reader, value: object, path: str) -> PolicyRule:
         operations.append(PolicyOperation(**fields))  # type: ignore[arg-type]
     when = []
     for i, item in enumerate(r.sequence(rule.get("when"), f"{path}.when")):
-        c = r.mapping(item, f"{path}.when[{i}]", ("key", "values", "notValues"))
-        when.append(
-            PolicyCondition(
-                key=r.string(c.get("key"), f"{path}.when[{i}].key"),
-                values=r.strings(c.get("values"), f"{path}.when[{i}].values"),
-                not_values=r.strings(c.get("notValues"), f"{path}.when[{i}].notValues"),
-            )
+        at = f"{path}.when[{i}]"
+        c = r.mapping(item, at, ("key", "values", "notValues"))
+        condition = PolicyCondition(
+            key=r.string(c.get("key"), f"{at}.key"),
+            values=r.strings(c.get("values"), f"{at}.values"),
+            not_values=r.strings(c.get("notValues"), f"{at}.notValues"),
         )
+        if not condition.key:
+            r.fail(f"{at}.key", "must not be empty")
+        if not (condition.values or condition.not_values):
+            r.fail(at, f"set values, notValues or both for key {condition.key!r}")
+        when.append(condition)
     return PolicyRule(sources=tuple(sources), operations=tuple(operations), when=tuple(when))
+
+
+def _read_target_refs(
+    r: Reader, spec: Mapping[str, object], namespace: str
+) -> tuple[PolicyTargetRef, ...]:
+    """``targetRefs`` (or the single ``targetRef``), as Istio's webhook checks them: kind and
+    name required, group one that goes with the kind, no namespace, no selector beside."""
+    if "targetRef" in spec and "targetRefs" in spec:
+        r.fail("spec.targetRef", "set targetRefs or the older targetRef, not both")
+    key = "targetRef" if "targetRef" in spec else "targetRefs"
+    if key == "targetRef":
+        items = [(spec["targetRef"], "spec.targetRef")]
+    else:
+        refs = r.sequence(spec.get("targetRefs"), "spec.targetRefs")
+        if len(refs) > _MAX_TARGET_REFS:
+            r.fail("spec.targetRefs", f"at most {_MAX_TARGET_REFS} entries, not {len(refs)}")
+        items = [(ref, f"spec.targetRefs[{i}]") for i, ref in enumerate(refs)]
+    if items and spec.get("selector") is not None:
+        r.fail(
+            f"spec.{key}",
+            f"set selector or {key}, not both: a selector picks workloads for ztunnel,"
+            f" {key} binds the policy to waypoints",
+        )
+    out = []
+    for value, path in items:
+        ref = r.mapping(value, path, ("group", "kind", "name", "namespace"))
+        group = r.string(ref.get("group"), f"{path}.group", "")
+        group = "" if group == "core" else group
+        kind = r.string(ref.get("kind"), f"{path}.kind")
+        name = r.name(ref.get("name"), f"{path}.name")
+        if r.string(ref.get("namespace"), f"{path}.namespace", ""):
+            r.fail(
+                f"{path}.namespace", "must be left out: a policy binds only in its own namespace"
+            )
+        groups = [g for g, k in TARGET_KINDS if k == kind]
+        if not groups:
+            kinds = ", ".join(k for _, k in TARGET_KINDS)
+            r.fail(f"{path}.kind", f"{kind!r} cannot be a target; use one of {kinds}")
+        if group not in groups:
+            also = " (or 'core')" if groups[0] == "" else ""
+            r.fail(f"{path}.group", f"a {kind}'s group is {groups[0]!r}{also}, not {group!r}")
+        if kind == "GatewayClass" and namespace != SYSTEM_NAMESPACE:
+            r.fail(path, f"a GatewayClass is a target only for policies in {SYSTEM_NAMESPACE}")
+        out.append(PolicyTargetRef(group=group, kind=kind, name=name))
+    return tuple(out)
 
 
 def read_authorization(r: Reader, doc: Mapping[str, object]) -> AuthorizationPolicy:
     meta = read_meta(r, doc)
     known = ("selector", "action", "rules", "provider", "targetRef", "targetRefs")
     spec = r.mapping(doc.get("spec"), "spec", known)
-    for key in ("targetRef", "targetRefs"):
-        if key in spec:
-            r.fail(f"spec.{key}", "not supported: ambit applies policies to workloads, by selector")
     action = r.string(spec.get("action"), "spec.action", "ALLOW")
-    if action not in ("ALLOW", "DENY"):
-        hint = " (AUDIT and CUSTOM are not supported)" if action in ("AUDIT", "CUSTOM") else ""
-        r.fail("spec.action", f"{action!r}: must be ALLOW or DENY{hint}")
+    if action not in ("ALLOW", "DENY", "AUDIT", "CUSTOM"):
+        r.fail("spec.action", f"{action!r}: must be ALLOW, DENY, AUDIT or CUSTOM")
+    provider = ""
     if "provider" in spec:
-        r.fail("spec.provider", "only used with action CUSTOM, which ambit does not support")
+        if action != "CUSTOM":
+            r.fail("spec.provider", f"only used with action CUSTOM, not {action}")
+        raw = r.mapping(spec["provider"], "spec.provider", ("name",)).get("name")
+        provider = r.string(raw, "spec.provider.name")
     rules = r.sequence(spec.get("rules"), "spec.rules")
+    if action == "CUSTOM":
+        if not rules:
+            r.fail("spec.rules", "a CUSTOM policy without rules never applies; add `- {}` for all")
+        if not provider:
+            r.fail("spec.provider.name", "action CUSTOM needs the name of an external authorizer")
     return AuthorizationPolicy(
         **meta,
         action=action,  # type: ignore[arg-type]
         selector=r.selector(spec.get("selector"), "spec.selector"),
         rules=tuple(_read_rule(r, rule, f"spec.rules[{i}]") for i, rule in enumerate(rules)),
+        target_refs=_read_target_refs(r, spec, meta["namespace"]),
+        provider=provider,
     )
 
 

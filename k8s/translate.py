@@ -17,23 +17,6 @@ from k8s.endpoints import selects, target_port
 from mesh import model
 from mesh.constants import DEFAULT_TRUST_DOMAIN, LABEL_DATAPLANE_MODE
 
-# Source fields ztunnel cannot check: they need a request (JWT) or a client address
-# from a header, so only a waypoint can enforce them.
-_L7_SOURCE_FIELDS = {
-    "request_principals": "requestPrincipals",
-    "not_request_principals": "notRequestPrincipals",
-    "remote_ip_blocks": "remoteIpBlocks",
-    "not_remote_ip_blocks": "notRemoteIpBlocks",
-}
-_L7_OPERATION_FIELDS = {
-    "hosts": "hosts",
-    "not_hosts": "notHosts",
-    "methods": "methods",
-    "not_methods": "notMethods",
-    "paths": "paths",
-    "not_paths": "notPaths",
-}
-
 
 class TranslateError(ValueError):
     """Objects that are valid one by one contradict each other (two pods with one IP...)."""
@@ -135,6 +118,7 @@ def _service(svc: m.Service, pods: list[m.Pod]) -> model.Service:
             name=p.name,
             protocol=p.protocol,
             target_port_name=p.target_port if isinstance(p.target_port, str) else "",
+            app_protocol=p.app_protocol,
         )
         for p in svc.ports
     )
@@ -156,39 +140,107 @@ def _service(svc: m.Service, pods: list[m.Pod]) -> model.Service:
 
 
 def authorization(policy: m.AuthorizationPolicy) -> model.Authorization:
-    """One AuthorizationPolicy at L4; what only a waypoint can check is listed in ``l7``."""
+    """One AuthorizationPolicy with every value kept; what only a waypoint can check is named
+    by the rules' ``l7``, and a policy with targetRefs (or AUDIT) is for waypoints alone.
+
+    CUSTOM hands the decision to an external authorizer, which ambit does not have. Leaving
+    the policy out would let through what its author wanted checked, so it fails closed:
+    it becomes a DENY of everything it selects (or of everything its waypoints serve)."""
     return model.Authorization(
         name=policy.name,
         namespace=policy.namespace,
-        action=policy.action,
+        action="DENY" if policy.action == "CUSTOM" else policy.action,
         selector=policy.selector,
-        rules=tuple(_rule(r) for r in policy.rules),
+        rules=(model.Rule(),) if policy.action == "CUSTOM" else tuple(map(_rule, policy.rules)),
+        target_refs=tuple(model.TargetRef(t.group, t.kind, t.name) for t in policy.target_refs),
+    )
+
+
+def ztunnel_acceptance(policy: m.AuthorizationPolicy) -> tuple[bool, str, str]:
+    """Whether ztunnel enforces ``policy`` as written: ``(accepted, reason, message)`` of the
+    condition :data:`~mesh.constants.CONDITION_ZTUNNEL_ACCEPTED` on the policy. Pure.
+
+    - CUSTOM: False, ``UnsupportedValue``: no external authorizer, so it fails closed.
+    - targetRefs or AUDIT: True, ``WaypointOnly``: ztunnel leaves it to waypoints.
+    - rules naming L7 fields: False, ``L7AttributesIgnored``: an ALLOW rule matches nothing
+      at ztunnel, a DENY rule is enforced on its L4 part alone; both deny more than asked.
+    - otherwise True, ``Accepted``.
+    """
+    targets = ", ".join(f"{t.kind} {t.name}" for t in policy.target_refs)
+    if policy.action == "CUSTOM":
+        outcome = (
+            f"the waypoint of {targets} will deny everything it serves"
+            if targets
+            else "it denies what it selects"
+        )
+        return (
+            False,
+            "UnsupportedValue",
+            "CUSTOM needs an external authorizer, which ambit does not have"
+            f" (provider {policy.provider}); {outcome}",
+        )
+    if targets:
+        message = f"enforced by the waypoint of {targets}, not by ztunnel"
+        entries = [t.name for t in policy.target_refs if t.kind == "ServiceEntry"]
+        if entries:
+            message += f"; ambit has no ServiceEntry, so {', '.join(entries)} binds nothing"
+        return True, "WaypointOnly", message
+    if policy.action == "AUDIT":
+        return (
+            True,
+            "WaypointOnly",
+            "AUDIT marks requests for an audit log, which only a waypoint sees; ztunnel"
+            " ignores it, and no waypoint takes a policy without targetRefs",
+        )
+    with_l7 = [(i, r.l7) for i, r in enumerate(map(_rule, policy.rules), start=1) if r.l7]
+    if not with_l7:
+        return True, "Accepted", "enforced by ztunnel"
+    fields = ", ".join(dict.fromkeys(f for _, named in with_l7 for f in named))
+    numbers = ", ".join(str(i) for i, _ in with_l7)
+    which = f"rule{'s' if len(with_l7) > 1 else ''} {numbers}"
+    if policy.action == "ALLOW":
+        effect = "an ALLOW rule naming them matches nothing at ztunnel"
+    else:
+        effect = "a DENY rule naming them is enforced on its L4 part alone (more restrictive)"
+    return (
+        False,
+        "L7AttributesIgnored",
+        f"ztunnel cannot check {fields} ({which}): {effect};"
+        " only a waypoint (targetRefs) can enforce them",
     )
 
 
 def _rule(rule: m.PolicyRule) -> model.Rule:
-    sources = tuple(
-        model.Source(
-            principals=s.principals,
-            not_principals=s.not_principals,
-            namespaces=s.namespaces,
-            not_namespaces=s.not_namespaces,
-            ip_blocks=s.ip_blocks,
-            not_ip_blocks=s.not_ip_blocks,
-            l7=tuple(name for f, name in _L7_SOURCE_FIELDS.items() if getattr(s, f)),
-        )
-        for s in rule.sources
+    """The rule with every value kept: ztunnel checks the L4 fields (the model names the rest
+    in ``l7``), a waypoint will check them all."""
+    return model.Rule(
+        sources=tuple(
+            model.Source(
+                principals=s.principals,
+                not_principals=s.not_principals,
+                namespaces=s.namespaces,
+                not_namespaces=s.not_namespaces,
+                ip_blocks=s.ip_blocks,
+                not_ip_blocks=s.not_ip_blocks,
+                request_principals=s.request_principals,
+                not_request_principals=s.not_request_principals,
+                remote_ip_blocks=s.remote_ip_blocks,
+                not_remote_ip_blocks=s.not_remote_ip_blocks,
+            )
+            for s in rule.sources
+        ),
+        operations=tuple(
+            model.Operation(
+                ports=op.ports,
+                not_ports=op.not_ports,
+                hosts=op.hosts,
+                not_hosts=op.not_hosts,
+                methods=op.methods,
+                not_methods=op.not_methods,
+                paths=op.paths,
+                not_paths=op.not_paths,
+            )
+            for op in rule.operations
+        ),
+        when=tuple(model.Condition(c.key, c.values, c.not_values) for c in rule.when),
     )
-    # ``when`` is AND'd with the whole rule, so it belongs to every operation.
-    when = tuple(f"when:{c.key}" for c in rule.when)
-    operations = tuple(
-        model.Operation(
-            ports=op.ports,
-            not_ports=op.not_ports,
-            l7=tuple(name for f, name in _L7_OPERATION_FIELDS.items() if getattr(op, f)) + when,
-        )
-        for op in rule.operations
-    )
-    if when and not operations:
-        operations = (model.Operation(l7=when),)
-    return model.Rule(sources, operations)

@@ -6,9 +6,10 @@ destination, one of them must match; with none, the connection is allowed. Rules
 OR'd; inside a rule the sources, operations are each OR'd and AND'd with each other;
 the fields of a source or operation are AND'd and the values of one field OR'd.
 
-What ztunnel cannot see (L7 fields, listed in ``l7`` by the translation) follows Istio's
-ztunnel: an ALLOW rule naming any never matches, so it cannot widen access; a DENY rule
-is applied on its L4 part alone, so it cannot narrow a denial.
+What ztunnel cannot see (L7 fields and ``when`` conditions, which the model names in a
+rule's ``l7``) follows Istio's ztunnel: an ALLOW rule naming any never matches, so it
+cannot widen access; a DENY rule is applied on its L4 part alone, so it cannot narrow a
+denial.
 
 A plaintext connection has no identity: it never matches ``principals`` or
 ``namespaces`` and always matches ``notPrincipals`` / ``notNamespaces``.

@@ -30,6 +30,10 @@ PROXY_SOCKET_MARK: Final = 0x539
 LABEL_DATAPLANE_MODE: Final = "ambit.io/dataplane-mode"
 LABEL_USE_WAYPOINT: Final = "ambit.io/use-waypoint"
 
+# Status conditions the control plane writes on objects: on an AuthorizationPolicy, whether
+# ztunnel enforces it as written (k8s.translate.ztunnel_acceptance says how).
+CONDITION_ZTUNNEL_ACCEPTED: Final = "ambit.io/ZtunnelAccepted"
+
 # Identity of the control plane / CA service.
 SYSTEM_NAMESPACE: Final = "ambit-system"
 CONTROL_PLANE_SERVICE_ACCOUNT: Final = "ambit-controlplane"

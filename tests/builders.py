@@ -7,7 +7,9 @@ from collections.abc import Iterable, Mapping
 from mesh.authz import Connection
 from mesh.identity import SpiffeId
 from mesh.model import (
+    GATEWAY_GROUP,
     Authorization,
+    Condition,
     Endpoint,
     MeshSnapshot,
     Operation,
@@ -17,6 +19,7 @@ from mesh.model import (
     Service,
     ServicePort,
     Source,
+    TargetRef,
     Workload,
 )
 
@@ -78,12 +81,19 @@ def source(**fields: Iterable[str]) -> Source:
     return Source(**{k: tuple(v) for k, v in fields.items()})
 
 
-def op(*ports: int, not_ports: Iterable[int] = (), l7: Iterable[str] = ()) -> Operation:
-    return Operation(ports, tuple(not_ports), tuple(l7))
+def op(*ports: int, not_ports: Iterable[int] = (), **l7: Iterable[str]) -> Operation:
+    """An operation on ``ports``; keywords set its L7 fields (``methods=["GET"]``...)."""
+    return Operation(ports, tuple(not_ports), **{k: tuple(v) for k, v in l7.items()})
 
 
-def rule(sources: Iterable[Source] = (), operations: Iterable[Operation] = ()) -> Rule:
-    return Rule(tuple(sources), tuple(operations))
+def rule(
+    sources: Iterable[Source] = (),
+    operations: Iterable[Operation] = (),
+    when: Mapping[str, Iterable[str]] | None = None,
+) -> Rule:
+    """``when`` maps each condition's key to its values."""
+    conditions = tuple(Condition(k, tuple(v)) for k, v in (when or {}).items())
+    return Rule(tuple(sources), tuple(operations), conditions)
 
 
 def allow(
@@ -91,9 +101,10 @@ def allow(
     *rules: Rule,
     namespace: str = "default",
     selector: Mapping[str, str] | None = None,
+    targets: Iterable[TargetRef] = (),
 ) -> Authorization:
     sel = None if selector is None else tuple(selector.items())
-    return Authorization(name, namespace, "ALLOW", sel, rules)
+    return Authorization(name, namespace, "ALLOW", sel, rules, tuple(targets))
 
 
 def deny(
@@ -101,9 +112,15 @@ def deny(
     *rules: Rule,
     namespace: str = "default",
     selector: Mapping[str, str] | None = None,
+    targets: Iterable[TargetRef] = (),
 ) -> Authorization:
     sel = None if selector is None else tuple(selector.items())
-    return Authorization(name, namespace, "DENY", sel, rules)
+    return Authorization(name, namespace, "DENY", sel, rules, tuple(targets))
+
+
+def waypoint_ref(name: str = "waypoint") -> TargetRef:
+    """A targetRef to the Gateway ``name``: the policy binds that waypoint."""
+    return TargetRef(GATEWAY_GROUP, "Gateway", name)
 
 
 def peer_auth(

@@ -7,7 +7,7 @@ import pytest
 from mesh.authz import Decision, evaluate, peer_auth_mode
 from mesh.constants import SYSTEM_NAMESPACE
 from mesh.identity import SpiffeId
-from mesh.model import Authorization
+from mesh.model import Authorization, TargetRef
 from tests.builders import (
     allow,
     conn,
@@ -18,6 +18,7 @@ from tests.builders import (
     rule,
     snapshot,
     source,
+    waypoint_ref,
     workload,
 )
 
@@ -314,7 +315,7 @@ def test_ip_blocks_apply_to_plaintext_too() -> None:
 
 
 def test_allow_rule_with_l7_fields_never_matches() -> None:
-    policy = allow("get-only", rule([source(principals=[P_CLIENT])], [op(8080, l7=["methods"])]))
+    policy = allow("get-only", rule([source(principals=[P_CLIENT])], [op(8080, methods=["GET"])]))
     decision = evaluate(conn(WEB, src=CLIENT, port=8080), [policy])
     assert not decision.allowed
     assert decision.reason == (
@@ -325,12 +326,12 @@ def test_allow_rule_with_l7_fields_never_matches() -> None:
 
 
 def test_allow_rule_with_l7_source_never_matches() -> None:
-    policy = allow("jwt", rule([source(principals=["*"], l7=["requestPrincipals"])]))
+    policy = allow("jwt", rule([source(principals=["*"], request_principals=["*"])]))
     assert not allowed([policy], src=CLIENT)
 
 
 def test_other_allow_rules_still_match_beside_an_l7_one() -> None:
-    policy = allow("p", rule(operations=[op(8080, l7=["paths"])]), rule(operations=[op(9090)]))
+    policy = allow("p", rule(operations=[op(8080, paths=["/admin*"])]), rule(operations=[op(9090)]))
     assert not allowed([policy], port=8080)
     decision = evaluate(conn(WEB, port=9090), [policy])
     assert decision.allowed
@@ -338,7 +339,7 @@ def test_other_allow_rules_still_match_beside_an_l7_one() -> None:
 
 
 def test_deny_rule_with_l7_fields_applies_on_its_l4_part() -> None:
-    policy = deny("no-post", rule(operations=[op(8080, l7=["methods"])]))
+    policy = deny("no-post", rule(operations=[op(8080, methods=["POST"])]))
     decision = evaluate(conn(WEB, src=CLIENT, port=8080), [policy])
     assert decision == Decision(
         False,
@@ -350,9 +351,72 @@ def test_deny_rule_with_l7_fields_applies_on_its_l4_part() -> None:
 
 
 def test_deny_rule_with_only_l7_fields_denies_everything() -> None:
-    policy = deny("no-admin-path", rule(operations=[op(l7=["paths", "when:request.headers[x]"])]))
+    policy = deny(
+        "no-admin-path",
+        rule(operations=[op(paths=["/admin*"])], when={"request.headers[x]": ["1"]}),
+    )
     assert not allowed([policy], src=CLIENT)
     assert not allowed([policy], src=None)
+
+
+def test_allow_rule_with_a_condition_never_matches() -> None:
+    policy = allow(
+        "if-header", rule([source(principals=[P_CLIENT])], when={"request.headers[x]": ["1"]})
+    )
+    decision = evaluate(conn(WEB, src=CLIENT), [policy])
+    assert not decision.allowed
+    assert "1 ALLOW rule(s) with L7 fields never match at ztunnel" in decision.reason
+
+
+def test_deny_rule_with_a_condition_applies_on_its_l4_part() -> None:
+    policy = deny(
+        "admins-only",
+        rule([source(principals=[P_ADMIN])], when={"request.auth.claims[group]": ["x"]}),
+    )
+    decision = evaluate(conn(WEB, src=ADMIN), [policy])
+    assert not decision.allowed
+    assert decision.reason == (
+        f"denied by DENY policy default/admins-only (rule 1: principal {P_ADMIN}; its L7 fields"
+        " (when:request.auth.claims[group]) are not checked at L4)"
+    )
+    assert allowed([policy], src=CLIENT)
+
+
+# --- policies for waypoints ------------------------------------------------------------------
+
+
+def test_allow_policy_with_target_refs_does_not_deny_at_ztunnel() -> None:
+    """Bound to a waypoint, an ALLOW policy is not one of the ALLOW policies selecting the
+    workload: without it, ztunnel lets everything through (the waypoint decides)."""
+    at_waypoint = allow(
+        "only-client",
+        rule([source(principals=[P_CLIENT])]),
+        targets=[waypoint_ref("waypoint"), TargetRef("", "Service", "web")],
+    )
+    assert at_waypoint.for_waypoint
+    assert evaluate(conn(WEB, src=ADMIN), [at_waypoint]) == Decision(
+        True, None, "allowed: no ALLOW policy selects default/web"
+    )
+    assert allowed([at_waypoint], src=None)
+
+
+def test_deny_policy_with_target_refs_does_not_deny_at_ztunnel() -> None:
+    everything = deny("deny-all", rule(), targets=[waypoint_ref()])
+    assert allowed([everything], src=CLIENT)
+
+
+def test_waypoint_policies_beside_a_selecting_one() -> None:
+    at_waypoint = allow("waypoint-allow", rule(), targets=[waypoint_ref()])
+    selecting = allow("admin-only", rule([source(principals=[P_ADMIN])]))
+    assert not allowed([at_waypoint, selecting], src=CLIENT)
+    assert allowed([at_waypoint, selecting], src=ADMIN)
+
+
+def test_audit_policy_never_decides_at_ztunnel() -> None:
+    audit = Authorization("audit", "default", "AUDIT", None, (rule(),))
+    assert audit.for_waypoint
+    assert allowed([audit], src=None)
+    assert not allowed([audit, allow("nothing")], src=CLIENT)
 
 
 # --- peer authentication ---------------------------------------------------------------------

@@ -27,6 +27,7 @@ from k8s.manifests import (
     loads,
     parse_object,
 )
+from k8s.policy_manifests import PolicyTargetRef
 
 DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo.yaml"
 
@@ -150,16 +151,16 @@ def test_service_ports_and_cluster_ip() -> None:
           selector: {app: web}
           ports:
             - {name: http, port: 80, targetPort: http}
-            - {name: https, port: 443, targetPort: "8443"}
-            - {name: metrics, port: 9090, protocol: TCP}
+            - {name: https, port: 443, targetPort: "8443", appProtocol: kubernetes.io/h2c}
+            - {name: metrics, port: 9090, protocol: TCP, appProtocol: http}
         """
     )
     assert isinstance(svc, Service)
     assert svc.cluster_ip == "10.96.0.20"
     assert svc.ports == (
         ServicePortSpec(port=80, target_port="http", name="http"),
-        ServicePortSpec(port=443, target_port=8443, name="https"),
-        ServicePortSpec(port=9090, target_port=9090, name="metrics"),
+        ServicePortSpec(port=443, target_port=8443, name="https", app_protocol="kubernetes.io/h2c"),
+        ServicePortSpec(port=9090, target_port=9090, name="metrics", app_protocol="http"),
     )
     assert svc.with_cluster_ip("10.96.0.1").cluster_ip == "10.96.0.1"
 
@@ -264,6 +265,98 @@ def test_authorization_policy_defaults() -> None:
     assert policy == AuthorizationPolicy(name="deny-all", namespace="shop")
     assert isinstance(policy, AuthorizationPolicy)
     assert (policy.action, policy.selector, policy.rules) == ("ALLOW", None, ())
+
+
+def test_authorization_policy_target_refs() -> None:
+    policy = one(
+        """
+        apiVersion: security.istio.io/v1
+        kind: AuthorizationPolicy
+        metadata: {name: at-waypoint, namespace: shop}
+        spec:
+          targetRefs:
+            - {group: gateway.networking.k8s.io, kind: Gateway, name: waypoint}
+            - {group: core, kind: Service, name: web}
+            - {kind: Service, name: db}
+            - {group: "", kind: Service, name: cache, namespace: ""}
+            - {group: networking.istio.io, kind: ServiceEntry, name: ext}
+          action: DENY
+          rules: [{to: [{operation: {methods: [DELETE]}}]}]
+        """
+    )
+    assert isinstance(policy, AuthorizationPolicy)
+    assert policy.selector is None
+    assert policy.target_refs == (
+        PolicyTargetRef(group="gateway.networking.k8s.io", kind="Gateway", name="waypoint"),
+        PolicyTargetRef(kind="Service", name="web"),
+        PolicyTargetRef(kind="Service", name="db"),
+        PolicyTargetRef(kind="Service", name="cache"),
+        PolicyTargetRef(group="networking.istio.io", kind="ServiceEntry", name="ext"),
+    )
+
+
+def test_authorization_policy_older_single_target_ref() -> None:
+    policy = one(
+        """
+        apiVersion: security.istio.io/v1beta1
+        kind: AuthorizationPolicy
+        metadata: {name: p, namespace: shop}
+        spec:
+          targetRef: {group: gateway.networking.k8s.io, kind: Gateway, name: waypoint}
+        """
+    )
+    assert isinstance(policy, AuthorizationPolicy)
+    assert policy.target_refs == (
+        PolicyTargetRef(group="gateway.networking.k8s.io", kind="Gateway", name="waypoint"),
+    )
+
+
+def test_gateway_class_target_in_the_root_namespace() -> None:
+    policy = one(
+        """
+        apiVersion: security.istio.io/v1
+        kind: AuthorizationPolicy
+        metadata: {name: all-waypoints, namespace: ambit-system}
+        spec:
+          targetRefs: [{group: gateway.networking.k8s.io, kind: GatewayClass, name: waypoint}]
+        """
+    )
+    assert isinstance(policy, AuthorizationPolicy)
+    assert policy.target_refs[0].kind == "GatewayClass"
+
+
+def test_audit_and_custom_policies_are_read() -> None:
+    audit = one(
+        """
+        apiVersion: security.istio.io/v1
+        kind: AuthorizationPolicy
+        metadata: {name: audit-profile, namespace: shop}
+        spec:
+          selector: {matchLabels: {app: api}}
+          action: AUDIT
+          rules: [{to: [{operation: {methods: [GET], paths: ["/user/profile/*"]}}]}]
+        """
+    )
+    assert isinstance(audit, AuthorizationPolicy)
+    assert (audit.action, audit.selector, audit.provider) == ("AUDIT", (("app", "api"),), "")
+    custom = one(
+        """
+        apiVersion: security.istio.io/v1
+        kind: AuthorizationPolicy
+        metadata: {name: ext-authz, namespace: shop}
+        spec:
+          action: CUSTOM
+          provider: {name: my-authorizer}
+          rules: [{to: [{operation: {paths: ["/admin/*"]}}]}]
+        """
+    )
+    assert custom == AuthorizationPolicy(
+        name="ext-authz",
+        namespace="shop",
+        action="CUSTOM",
+        provider="my-authorizer",
+        rules=(PolicyRule(operations=(PolicyOperation(paths=("/admin/*",)),)),),
+    )
 
 
 def test_peer_authentication() -> None:
@@ -419,6 +512,11 @@ BAD = [
         "(Service shop/web): spec.ports[0].protocol",
         "TCP, UDP or SCTP",
     ),
+    (
+        SERVICE.format(ports="    - {port: 80, appProtocol: 2}"),
+        "(Service shop/web): spec.ports[0].appProtocol",
+        "must be a string",
+    ),
     (SERVICE.format(ports="    port: 80"), "(Service shop/web): spec.ports", "must be a list"),
     (
         SERVICE.format(ports="    - {port: 80}\n  clusterIP: 10.96.0.999"),
@@ -487,20 +585,101 @@ BAD = [
         "security.ambit.io/v1 or security.istio.io/v1",
     ),
     (
-        authz("action: AUDIT"),
+        authz("action: LOG"),
         "(AuthorizationPolicy shop/p): spec.action",
-        "AUDIT and CUSTOM are not supported",
+        "'LOG': must be ALLOW, DENY, AUDIT or CUSTOM",
+    ),
+    (
+        authz("provider: {name: ext}"),
+        "(AuthorizationPolicy shop/p): spec.provider",
+        "only used with action CUSTOM, not ALLOW",
+    ),
+    (
+        authz("action: CUSTOM\nrules: [{}]"),
+        "(AuthorizationPolicy shop/p): spec.provider.name",
+        "needs the name of an external authorizer",
+    ),
+    (
+        authz("action: CUSTOM\nprovider: {}\nrules: [{}]"),
+        "(AuthorizationPolicy shop/p): spec.provider.name",
+        "required",
+    ),
+    (
+        authz("action: CUSTOM\nprovider: {name: ext, port: 1}\nrules: [{}]"),
+        "(AuthorizationPolicy shop/p): spec.provider.port",
+        "unknown field; known fields: name",
     ),
     (
         authz("action: CUSTOM\nprovider: {name: ext}"),
-        "(AuthorizationPolicy shop/p): spec.action",
-        "must be ALLOW or DENY",
+        "(AuthorizationPolicy shop/p): spec.rules",
+        "without rules never applies",
     ),
-    (authz("provider: {name: ext}"), "(AuthorizationPolicy shop/p): spec.provider", "CUSTOM"),
     (
         authz("targetRefs: [{kind: Gateway, name: w}]"),
+        "(AuthorizationPolicy shop/p): spec.targetRefs[0].group",
+        "a Gateway's group is 'gateway.networking.k8s.io', not ''",
+    ),
+    (
+        authz("targetRefs: [{group: apps, kind: Service, name: w}]"),
+        "(AuthorizationPolicy shop/p): spec.targetRefs[0].group",
+        "a Service's group is '' (or 'core'), not 'apps'",
+    ),
+    (
+        authz("targetRefs: [{group: apps, kind: Deployment, name: w}]"),
+        "(AuthorizationPolicy shop/p): spec.targetRefs[0].kind",
+        "'Deployment' cannot be a target; use one of Gateway, GatewayClass, Service",
+    ),
+    (
+        authz("targetRefs: [{kind: Service}]"),
+        "(AuthorizationPolicy shop/p): spec.targetRefs[0].name",
+        "required",
+    ),
+    (
+        authz("targetRefs: [{name: web}]"),
+        "(AuthorizationPolicy shop/p): spec.targetRefs[0].kind",
+        "required",
+    ),
+    (
+        authz("targetRefs: [{kind: Service, name: web, namespace: shop}]"),
+        "(AuthorizationPolicy shop/p): spec.targetRefs[0].namespace",
+        "must be left out",
+    ),
+    (
+        authz("targetRefs: [{kind: Service, name: web, port: 80}]"),
+        "(AuthorizationPolicy shop/p): spec.targetRefs[0].port",
+        "unknown field; known fields: group, kind, name, namespace",
+    ),
+    (
+        authz(
+            "targetRefs: [{group: gateway.networking.k8s.io, kind: GatewayClass, name: waypoint}]"
+        ),
+        "(AuthorizationPolicy shop/p): spec.targetRefs[0]",
+        "a GatewayClass is a target only for policies in ambit-system",
+    ),
+    (
+        authz("targetRefs: {kind: Service, name: web}"),
         "(AuthorizationPolicy shop/p): spec.targetRefs",
-        "by selector",
+        "must be a list",
+    ),
+    (
+        authz("targetRefs: [" + ", ".join(["{kind: Service, name: web}"] * 17) + "]"),
+        "(AuthorizationPolicy shop/p): spec.targetRefs",
+        "at most 16 entries, not 17",
+    ),
+    (
+        authz("selector: {matchLabels: {app: web}}\ntargetRefs: [{kind: Service, name: web}]"),
+        "(AuthorizationPolicy shop/p): spec.targetRefs",
+        "set selector or targetRefs, not both",
+    ),
+    (
+        authz("selector: {}\ntargetRef: {kind: Service, name: web}"),
+        "(AuthorizationPolicy shop/p): spec.targetRef",
+        "set selector or targetRef, not both",
+    ),
+    (
+        authz("targetRef: {kind: Service, name: a}\ntargetRefs: [{kind: Service, name: b}]"),
+        "(AuthorizationPolicy shop/p): spec.targetRef",
+        "set targetRefs or the older targetRef, not both",
     ),
     (authz("selectr: {}"), "(AuthorizationPolicy shop/p): spec.selectr", "unknown field"),
     (
@@ -621,6 +800,21 @@ BAD = [
         authz("rules: [{from: [{source: {requestPrincipals: ['a*b']}}]}]"),
         "(AuthorizationPolicy shop/p): spec.rules[0].from[0].source.requestPrincipals[0]",
         "a request principal is exact",
+    ),
+    (
+        authz("rules: [{when: [{key: source.ip}]}]"),
+        "(AuthorizationPolicy shop/p): spec.rules[0].when[0]",
+        "set values, notValues or both for key 'source.ip'",
+    ),
+    (
+        authz("rules: [{when: [{key: '', values: [x]}]}]"),
+        "(AuthorizationPolicy shop/p): spec.rules[0].when[0].key",
+        "must not be empty",
+    ),
+    (
+        authz("rules: [{from: [{source: {remoteIpBlocks: [10.0.0.0/33]}}]}]"),
+        "(AuthorizationPolicy shop/p): spec.rules[0].from[0].source.remoteIpBlocks[0]",
+        "not an IP address or CIDR",
     ),
     (
         "apiVersion: v1\nkind: Namespace\nmetadata: {name: x, labels: [a]}\n",

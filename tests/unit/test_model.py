@@ -13,6 +13,7 @@ from mesh.identity import SpiffeId
 from mesh.jsonform import ModelError
 from mesh.model import (
     Authorization,
+    Condition,
     Delta,
     Endpoint,
     MeshSnapshot,
@@ -22,11 +23,23 @@ from mesh.model import (
     Service,
     ServicePort,
     Source,
+    TargetRef,
     Workload,
     apply,
     diff,
 )
-from tests.builders import allow, deny, op, peer_auth, rule, service, snapshot, source, workload
+from tests.builders import (
+    allow,
+    deny,
+    op,
+    peer_auth,
+    rule,
+    service,
+    snapshot,
+    source,
+    waypoint_ref,
+    workload,
+)
 
 # --- values ----------------------------------------------------------------------------------
 
@@ -112,7 +125,7 @@ def test_source_rejects_bad_ip_block() -> None:
 
 def test_policy_values_are_checked() -> None:
     with pytest.raises(ModelError, match="action"):
-        Authorization("p", "default", "AUDIT", None, ())  # type: ignore[arg-type]
+        Authorization("p", "default", "CUSTOM", None, ())  # type: ignore[arg-type]
     with pytest.raises(ModelError, match="mode"):
         PeerAuthentication("p", "default", None, "STRICTER")  # type: ignore[arg-type]
     with pytest.raises(ModelError, match="port"):
@@ -121,10 +134,51 @@ def test_policy_values_are_checked() -> None:
 
 def test_rule_lists_its_l7_fields_once() -> None:
     r = rule(
-        [source(l7=["requestPrincipals"])], [op(80, l7=["methods"]), op(l7=["methods", "paths"])]
+        [source(request_principals=["issuer/sub"]), source(principals=["*"])],
+        [op(80, methods=["GET"]), op(not_paths=["/x"], methods=["POST"])],
+        when={"request.headers[x-user]": ["me"]},
     )
-    assert r.l7 == ("requestPrincipals", "methods", "paths")
+    assert r.sources[0].l7 == ("requestPrincipals",)
+    assert r.sources[1].l7 == ()
+    assert r.operations[1].l7 == ("methods", "notPaths")
+    assert r.l7 == ("requestPrincipals", "methods", "notPaths", "when:request.headers[x-user]")
     assert rule().l7 == ()
+    assert rule([source(principals=["*"])], [op(80, not_ports=[22])]).l7 == ()
+
+
+def test_every_l7_field_is_named_in_istio_words() -> None:
+    every = Source(
+        request_principals=("a",),
+        not_request_principals=("b",),
+        remote_ip_blocks=("10.0.0.0/8",),
+        not_remote_ip_blocks=("10.1.0.0/16",),
+    )
+    assert every.l7 == (
+        "requestPrincipals",
+        "notRequestPrincipals",
+        "remoteIpBlocks",
+        "notRemoteIpBlocks",
+    )
+    operation = Operation(
+        hosts=("a",), not_hosts=("b",), methods=("GET",), not_methods=("PUT",), paths=("/",),
+        not_paths=("/x",),
+    )  # fmt: skip
+    assert operation.l7 == ("hosts", "notHosts", "methods", "notMethods", "paths", "notPaths")
+
+
+def test_remote_ip_blocks_are_checked_like_ip_blocks() -> None:
+    with pytest.raises(ModelError, match=r"'10\.0\.0\.0/33'"):
+        Source(remote_ip_blocks=("10.0.0.0/33",))
+    with pytest.raises(ModelError, match="'nope'"):
+        Source(not_remote_ip_blocks=("nope",))
+
+
+def test_condition_needs_a_key_and_values() -> None:
+    assert Condition("source.ip", not_values=("10.0.0.1",)).not_values == ("10.0.0.1",)
+    with pytest.raises(ModelError, match="key is empty"):
+        Condition("", ("x",))
+    with pytest.raises(ModelError, match=r"condition request\.headers\[x\]: give values"):
+        Condition("request.headers[x]")
 
 
 # --- snapshot lookups ------------------------------------------------------------------------
@@ -169,6 +223,36 @@ def test_policies_for_selects_by_namespace_and_labels() -> None:
     assert snap.policies_for(OTHER) == (mesh_wide, other_ns)
 
 
+def test_policies_for_leaves_out_what_only_a_waypoint_enforces() -> None:
+    ns_wide = allow("ns-wide")
+    at_gateway = allow("at-gateway", targets=[waypoint_ref()])
+    at_service = deny("at-service", rule(), targets=[TargetRef("", "Service", "web")])
+    audit = Authorization("audit", "default", "AUDIT", None, (rule(),))
+    mesh_audit = Authorization("audit", SYSTEM_NAMESPACE, "AUDIT", (("app", "web"),), ())
+    snap = snapshot(ns_wide, at_gateway, at_service, audit, mesh_audit)
+    assert snap.policies_for(WEB) == (ns_wide,)
+    assert [p.for_waypoint for p in (ns_wide, at_gateway, at_service, audit, mesh_audit)] == [
+        False,
+        True,
+        True,
+        True,
+        True,
+    ]
+    assert not any(p.applies_to(WEB) for p in (at_gateway, at_service, audit, mesh_audit))
+
+
+def test_target_refs_are_checked() -> None:
+    assert TargetRef("networking.istio.io", "ServiceEntry", "ext").kind == "ServiceEntry"
+    with pytest.raises(ModelError, match="target apps/Deployment: not one of"):
+        TargetRef("apps", "Deployment", "web")
+    with pytest.raises(ModelError, match="target /Gateway: not one of"):
+        TargetRef("", "Gateway", "waypoint")
+    with pytest.raises(ModelError, match="target Service: the name is empty"):
+        TargetRef("", "Service", "")
+    with pytest.raises(ModelError, match="give a selector or target refs, not both"):
+        Authorization("p", "default", "ALLOW", (("app", "web"),), (), (waypoint_ref(),))
+
+
 def test_peer_authentication_for_most_specific_first() -> None:
     mesh = peer_auth("mesh", "STRICT", namespace=SYSTEM_NAMESPACE)
     mesh_selected = peer_auth(
@@ -195,23 +279,68 @@ POLICY = Authorization(
     (
         Rule(
             (Source(principals=("cluster.local/ns/a/sa/*",), not_ip_blocks=("10.0.0.0/8",)),),
-            (Operation(ports=(80, 443), l7=("methods",)),),
+            (Operation(ports=(80, 443), methods=("POST",)),),
         ),
         Rule(),
+    ),
+)
+L7_POLICY = Authorization(
+    "l7",
+    "default",
+    "ALLOW",
+    None,
+    (
+        Rule(
+            (
+                Source(
+                    principals=("cluster.local/ns/a/sa/client",),
+                    request_principals=("https://issuer/sub",),
+                    not_request_principals=("https://issuer/banned",),
+                    remote_ip_blocks=("203.0.113.0/24",),
+                    not_remote_ip_blocks=("203.0.113.7",),
+                ),
+            ),
+            (
+                Operation(
+                    ports=(8080,),
+                    hosts=("web.example.com",),
+                    not_hosts=("admin.example.com",),
+                    methods=("GET", "HEAD"),
+                    not_methods=("DELETE",),
+                    paths=("/api/*",),
+                    not_paths=("/api/internal*",),
+                ),
+            ),
+            (
+                Condition("request.headers[x-tenant]", ("a", "b")),
+                Condition("request.auth.claims[group]", (), ("guests",)),
+            ),
+        ),
     ),
 )
 NAMED = Service(
     "web",
     "default",
     "10.96.0.10",
-    (ServicePort(80, 0, "http", "TCP", "http"),),
+    (ServicePort(80, 0, "http", "TCP", "http", "http"), ServicePort(5432, 5432)),
     (Endpoint("default/web", "10.0.0.1", ((80, 8080),)),),
+)
+AT_WAYPOINTS = Authorization(
+    "at-waypoints",
+    "default",
+    "DENY",
+    None,
+    (Rule(operations=(Operation(methods=("DELETE",)),)),),
+    (waypoint_ref("waypoint"), TargetRef("", "Service", "web")),
 )
 VALUES = [
     workload(named_ports={"http": 8080, "admin": 9000}),
     workload(meshed=False, labels={}),
     NAMED,
     POLICY,
+    L7_POLICY,
+    AT_WAYPOINTS,
+    Authorization("audit", "default", "AUDIT", (("app", "api"),), (Rule(),)),
     Authorization("all", SYSTEM_NAMESPACE, "ALLOW", None, ()),
     peer_auth("strict", "STRICT", selector={"app": "web"}),
     peer_auth("unset", "UNSET"),
@@ -233,12 +362,44 @@ def test_json_round_trip_is_exact(value: Any) -> None:
 def test_json_shapes() -> None:
     data = NAMED.to_json()
     assert data["endpoints"][0]["ports"] == [[80, 8080]]
+    assert [p["app_protocol"] for p in data["ports"]] == ["http", ""]
     assert workload(named_ports={"http": 8080}).to_json()["container_ports"] == {"http": 8080}
     assert POLICY.to_json()["selector"] == {"app": "web"}
     assert Authorization("all", "x", "ALLOW", None, ()).to_json()["selector"] is None
     delta = Delta(1, 2, (WEB,), (("workload", "default/db"),)).to_json()
     assert delta["upserts"] == [{"kind": "workload", "value": WEB.to_json()}]
     assert delta["removes"] == [["workload", "default/db"]]
+
+
+def test_json_keeps_l7_values_but_not_their_names() -> None:
+    data = L7_POLICY.to_json()
+    (r,) = data["rules"]
+    assert r["sources"][0]["request_principals"] == ["https://issuer/sub"]
+    assert r["sources"][0]["not_remote_ip_blocks"] == ["203.0.113.7"]
+    assert r["operations"][0]["methods"] == ["GET", "HEAD"]
+    assert r["operations"][0]["not_paths"] == ["/api/internal*"]
+    assert r["when"] == [
+        {"key": "request.headers[x-tenant]", "values": ["a", "b"], "not_values": []},
+        {"key": "request.auth.claims[group]", "values": [], "not_values": ["guests"]},
+    ]
+    assert "l7" not in r
+    assert "l7" not in r["sources"][0]
+    assert "l7" not in r["operations"][0]
+    back = Authorization.from_json(json.loads(json.dumps(data)))
+    assert back.rules[0].l7 == L7_POLICY.rules[0].l7
+    assert back.rules[0].l7[-1] == "when:request.auth.claims[group]"
+
+
+def test_json_of_target_refs() -> None:
+    data = AT_WAYPOINTS.to_json()
+    assert data["target_refs"] == [
+        {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "waypoint"},
+        {"group": "", "kind": "Service", "name": "web"},
+    ]
+    assert POLICY.to_json()["target_refs"] == []
+    back = Authorization.from_json(json.loads(json.dumps(data)))
+    assert back.for_waypoint
+    assert back.target_refs[1] == TargetRef("", "Service", "web")
 
 
 @pytest.mark.parametrize(
@@ -270,6 +431,87 @@ def test_json_shapes() -> None:
             Authorization,
             {**POLICY.to_json(), "rules": [{"sources": [{"principal": ["x"]}]}]},
             r"Authorization.rules\[0\]: missing field operations",
+        ),
+        (
+            Authorization,
+            {**POLICY.to_json(), "rules": [{**POLICY.rules[0].to_json(), "when": {}}]},
+            r"Authorization.rules\[0\].when: expected a list",
+        ),
+        (
+            Authorization,
+            {
+                **POLICY.to_json(),
+                "rules": [
+                    {**POLICY.rules[0].to_json(), "when": [{"key": "source.ip", "values": []}]}
+                ],
+            },
+            r"Authorization.rules\[0\].when\[0\]: missing field not_values",
+        ),
+        (
+            Authorization,
+            {
+                **POLICY.to_json(),
+                "rules": [
+                    {
+                        **POLICY.rules[0].to_json(),
+                        "operations": [{**POLICY.rules[0].operations[0].to_json(), "l7": []}],
+                    }
+                ],
+            },
+            r"Authorization.rules\[0\].operations\[0\]: unknown field l7",
+        ),
+        (
+            Authorization,
+            {
+                **L7_POLICY.to_json(),
+                "rules": [
+                    {
+                        **L7_POLICY.rules[0].to_json(),
+                        "sources": [
+                            {**L7_POLICY.rules[0].sources[0].to_json(), "request_principals": "x"}
+                        ],
+                    }
+                ],
+            },
+            r"Authorization.rules\[0\].sources\[0\].request_principals: expected a list",
+        ),
+        (
+            Authorization,
+            {
+                **L7_POLICY.to_json(),
+                "rules": [
+                    {
+                        **L7_POLICY.rules[0].to_json(),
+                        "sources": [
+                            {**L7_POLICY.rules[0].sources[0].to_json(), "methods": ["GET"]}
+                        ],
+                    }
+                ],
+            },
+            r"Authorization.rules\[0\].sources\[0\]: unknown field methods",
+        ),
+        (
+            Authorization,
+            {k: v for k, v in AT_WAYPOINTS.to_json().items() if k != "target_refs"},
+            "Authorization: missing field target_refs",
+        ),
+        (
+            Authorization,
+            {**AT_WAYPOINTS.to_json(), "target_refs": [{"kind": "Gateway", "name": "w"}]},
+            r"Authorization.target_refs\[0\]: missing field group",
+        ),
+        (
+            Authorization,
+            {
+                **AT_WAYPOINTS.to_json(),
+                "target_refs": [{"group": "", "kind": "Service", "name": "w", "port": 80}],
+            },
+            r"Authorization.target_refs\[0\]: unknown field port",
+        ),
+        (
+            Authorization,
+            {**AT_WAYPOINTS.to_json(), "action": "CUSTOM"},
+            "Authorization.action: 'CUSTOM' is not one of ALLOW, DENY, AUDIT",
         ),
         (MeshSnapshot, {"version": 1}, "MeshSnapshot: missing field workloads"),
         (MeshSnapshot, {**MeshSnapshot(1).to_json(), "version": True}, "expected int"),
@@ -313,6 +555,9 @@ def test_bad_json_names_the_path(cls: Any, data: Any, message: str) -> None:
 def test_value_errors_from_json_are_model_errors() -> None:
     with pytest.raises(ModelError, match="not an IP address"):
         Workload.from_json({**WEB.to_json(), "ip": "nope"})
+    empty = {"key": "source.ip", "values": [], "not_values": []}
+    with pytest.raises(ModelError, match=r"condition source\.ip: give values"):
+        Rule.from_json({**Rule().to_json(), "when": [empty]})
 
 
 # --- diff / apply ----------------------------------------------------------------------------

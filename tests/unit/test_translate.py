@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 
 from k8s import manifests as m
-from k8s.translate import TranslateError, in_mesh, meshed_by_labels, translate
+from k8s.translate import TranslateError, in_mesh, meshed_by_labels, translate, ztunnel_acceptance
 from mesh.authz import evaluate
 from mesh.model import (
+    GATEWAY_GROUP,
     Authorization,
+    Condition,
     Endpoint,
     MeshSnapshot,
     Operation,
@@ -21,6 +23,7 @@ from mesh.model import (
     Service,
     ServicePort,
     Source,
+    TargetRef,
     Workload,
 )
 from tests.builders import conn, identity
@@ -247,6 +250,21 @@ def test_named_target_port_resolves_per_pod() -> None:
     }
 
 
+def test_app_protocol_is_carried_over() -> None:
+    ports = (
+        m.ServicePortSpec(port=80, target_port=8080, name="web", app_protocol="http"),
+        m.ServicePortSpec(port=81, target_port=8081, app_protocol="kubernetes.io/h2c"),
+        m.ServicePortSpec(port=5432, target_port=5432),
+    )
+    objs: list[m.K8sObject] = [pod("a", labels={"app": "web"}), svc("web", ports=ports)]
+    (service,) = translate(objs, version=1).services
+    assert [(p.port, p.app_protocol) for p in service.ports] == [
+        (80, "http"),
+        (81, "kubernetes.io/h2c"),
+        (5432, ""),
+    ]
+
+
 def test_pod_lacking_the_only_named_port_is_not_an_endpoint() -> None:
     ports = (m.ServicePortSpec(port=80, target_port="http"),)
     objs: list[m.K8sObject] = [pod("bare", labels={"app": "web"}), svc("web", ports=ports)]
@@ -318,40 +336,72 @@ def test_policy_l4_fields() -> None:
     )
 
 
-def test_policy_l7_fields_are_recorded() -> None:
+def test_policy_l7_values_are_kept() -> None:
     obj = policy(
         """
         rules:
           - from:
               - source: {requestPrincipals: ["*"], remoteIpBlocks: ["1.2.3.4"]}
-              - source: {principals: ["*"]}
+              - source: {principals: ["*"], notRequestPrincipals: ["bad/*"]}
             to:
               - operation: {ports: ["80"], methods: [GET], paths: ["/admin*"], notHosts: [x]}
-              - operation: {ports: ["81"]}
+              - operation: {ports: ["81"], hosts: [web.shop], notMethods: [PUT], notPaths: [/y]}
         """
     )
     (authz,) = translate([obj], version=1).authorizations
+    assert authz.rules == (
+        Rule(
+            (
+                Source(request_principals=("*",), remote_ip_blocks=("1.2.3.4",)),
+                Source(principals=("*",), not_request_principals=("bad/*",)),
+            ),
+            (
+                Operation(ports=(80,), methods=("GET",), paths=("/admin*",), not_hosts=("x",)),
+                Operation(
+                    ports=(81,), hosts=("web.shop",), not_methods=("PUT",), not_paths=("/y",)
+                ),
+            ),
+        ),
+    )
     (r,) = authz.rules
     assert r.sources[0].l7 == ("requestPrincipals", "remoteIpBlocks")
-    assert r.sources[1].l7 == ()
-    assert r.operations[0] == Operation(ports=(80,), l7=("notHosts", "methods", "paths"))
-    assert r.operations[1] == Operation(ports=(81,))
+    assert r.operations[0].l7 == ("notHosts", "methods", "paths")
+    assert r.l7 == (
+        "requestPrincipals",
+        "remoteIpBlocks",
+        "notRequestPrincipals",
+        "notHosts",
+        "methods",
+        "paths",
+        "hosts",
+        "notMethods",
+        "notPaths",
+    )
 
 
-def test_when_conditions_are_l7_on_every_operation() -> None:
+def test_when_conditions_belong_to_the_whole_rule() -> None:
     obj = policy(
         """
         rules:
           - to: [{operation: {ports: ["80"]}}, {operation: {ports: ["81"]}}]
             when: [{key: "request.auth.claims[iss]", values: [me]}]
           - from: [{source: {principals: ["*"]}}]
-            when: [{key: source.ip, values: [10.0.0.1]}]
+            when:
+              - {key: source.ip, notValues: [10.0.0.1]}
+              - {key: "request.headers[x]", values: [a, b], notValues: [c]}
         """
     )
     (authz,) = translate([obj], version=1).authorizations
     first, second = authz.rules
-    assert [o.l7 for o in first.operations] == [("when:request.auth.claims[iss]",)] * 2
-    assert second.operations == (Operation(l7=("when:source.ip",)),)
+    assert first.operations == (Operation(ports=(80,)), Operation(ports=(81,)))
+    assert first.when == (Condition("request.auth.claims[iss]", ("me",)),)
+    assert first.l7 == ("when:request.auth.claims[iss]",)
+    assert second.operations == ()
+    assert second.when == (
+        Condition("source.ip", (), ("10.0.0.1",)),
+        Condition("request.headers[x]", ("a", "b"), ("c",)),
+    )
+    assert second.l7 == ("when:source.ip", "when:request.headers[x]")
 
 
 def test_policy_without_rules_and_selector() -> None:
@@ -359,6 +409,210 @@ def test_policy_without_rules_and_selector() -> None:
     assert authz == Authorization("p", "shop", "ALLOW", None, ())
     (empty_rule,) = translate([policy("rules: [{}]")], version=1).authorizations
     assert empty_rule.rules == (Rule(),)
+
+
+def test_target_refs_and_audit_are_carried_over() -> None:
+    obj = policy(
+        """
+        targetRefs:
+          - {group: gateway.networking.k8s.io, kind: Gateway, name: waypoint}
+          - {group: core, kind: Service, name: web}
+        action: AUDIT
+        rules: [{to: [{operation: {methods: [GET]}}]}]
+        """
+    )
+    (authz,) = translate([obj], version=1).authorizations
+    assert authz == Authorization(
+        "p",
+        "shop",
+        "AUDIT",
+        None,
+        (Rule(operations=(Operation(methods=("GET",)),)),),
+        (TargetRef(GATEWAY_GROUP, "Gateway", "waypoint"), TargetRef("", "Service", "web")),
+    )
+    assert authz.for_waypoint
+
+
+def test_custom_fails_closed_as_a_deny_of_everything_it_selects() -> None:
+    obj = policy(
+        """
+        selector: {matchLabels: {app: web}}
+        action: CUSTOM
+        provider: {name: ext-authz}
+        rules: [{to: [{operation: {paths: ["/admin/*"]}}]}]
+        """
+    )
+    (authz,) = translate([obj], version=1).authorizations
+    assert authz == Authorization("p", "shop", "DENY", (("app", "web"),), (Rule(),))
+    at_waypoint = policy(
+        """
+        targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: waypoint}]
+        action: CUSTOM
+        provider: {name: ext-authz}
+        rules: [{}]
+        """
+    )
+    (authz,) = translate([at_waypoint], version=1).authorizations
+    assert (authz.action, authz.rules, authz.for_waypoint) == ("DENY", (Rule(),), True)
+
+
+# --- ztunnel_acceptance: the condition ztunnel's side of a policy shows -----------------------
+
+
+def test_plain_l4_policy_is_accepted() -> None:
+    obj = policy(
+        """
+        selector: {matchLabels: {app: web}}
+        rules:
+          - from: [{source: {principals: ["cluster.local/ns/shop/sa/front"]}}]
+            to: [{operation: {ports: ["8080"]}}]
+        """
+    )
+    assert isinstance(obj, m.AuthorizationPolicy)
+    assert ztunnel_acceptance(obj) == (True, "Accepted", "enforced by ztunnel")
+    empty = policy("{}")
+    assert isinstance(empty, m.AuthorizationPolicy)
+    assert ztunnel_acceptance(empty) == (True, "Accepted", "enforced by ztunnel")
+
+
+def test_custom_is_unsupported_and_denies_what_it_selects() -> None:
+    obj = policy(
+        """
+        action: CUSTOM
+        provider: {name: ext-authz}
+        rules: [{to: [{operation: {paths: ["/admin/*"]}}]}]
+        """
+    )
+    assert isinstance(obj, m.AuthorizationPolicy)
+    assert ztunnel_acceptance(obj) == (
+        False,
+        "UnsupportedValue",
+        "CUSTOM needs an external authorizer, which ambit does not have (provider ext-authz);"
+        " it denies what it selects",
+    )
+    at_waypoint = policy(
+        """
+        targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: waypoint}]
+        action: CUSTOM
+        provider: {name: ext-authz}
+        rules: [{}]
+        """
+    )
+    assert isinstance(at_waypoint, m.AuthorizationPolicy)
+    accepted, reason, message = ztunnel_acceptance(at_waypoint)
+    assert (accepted, reason) == (False, "UnsupportedValue")
+    assert message.endswith("; the waypoint of Gateway waypoint will deny everything it serves")
+
+
+def test_target_refs_are_waypoint_only() -> None:
+    obj = policy(
+        """
+        targetRefs:
+          - {group: gateway.networking.k8s.io, kind: Gateway, name: waypoint}
+          - {kind: Service, name: web}
+        rules: [{to: [{operation: {methods: [GET]}}]}]
+        """
+    )
+    assert isinstance(obj, m.AuthorizationPolicy)
+    assert ztunnel_acceptance(obj) == (
+        True,
+        "WaypointOnly",
+        "enforced by the waypoint of Gateway waypoint, Service web, not by ztunnel",
+    )
+    entry = policy(
+        "targetRefs: [{group: networking.istio.io, kind: ServiceEntry, name: ext}]\naction: DENY"
+    )
+    assert isinstance(entry, m.AuthorizationPolicy)
+    assert ztunnel_acceptance(entry) == (
+        True,
+        "WaypointOnly",
+        "enforced by the waypoint of ServiceEntry ext, not by ztunnel;"
+        " ambit has no ServiceEntry, so ext binds nothing",
+    )
+
+
+def test_audit_is_waypoint_only() -> None:
+    obj = policy(
+        """
+        selector: {matchLabels: {app: api}}
+        action: AUDIT
+        rules: [{to: [{operation: {methods: [GET]}}]}]
+        """
+    )
+    assert isinstance(obj, m.AuthorizationPolicy)
+    accepted, reason, message = ztunnel_acceptance(obj)
+    assert (accepted, reason) == (True, "WaypointOnly")
+    assert "ztunnel ignores it, and no waypoint takes a policy without targetRefs" in message
+    at_waypoint = policy(
+        """
+        targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: waypoint}]
+        action: AUDIT
+        rules: [{}]
+        """
+    )
+    assert isinstance(at_waypoint, m.AuthorizationPolicy)
+    assert ztunnel_acceptance(at_waypoint) == (
+        True,
+        "WaypointOnly",
+        "enforced by the waypoint of Gateway waypoint, not by ztunnel",
+    )
+
+
+def test_allow_with_l7_fields_matches_nothing_at_ztunnel() -> None:
+    obj = policy(
+        """
+        rules:
+          - to: [{operation: {ports: ["8080"]}}]
+          - from: [{source: {requestPrincipals: ["*"]}}]
+            to: [{operation: {methods: [GET], paths: ["/api/*"]}}]
+          - to: [{operation: {methods: [HEAD]}}]
+            when: [{key: "request.headers[x-env]", values: [prod]}]
+        """
+    )
+    assert isinstance(obj, m.AuthorizationPolicy)
+    assert ztunnel_acceptance(obj) == (
+        False,
+        "L7AttributesIgnored",
+        "ztunnel cannot check requestPrincipals, methods, paths, when:request.headers[x-env]"
+        " (rules 2, 3): an ALLOW rule naming them matches nothing at ztunnel;"
+        " only a waypoint (targetRefs) can enforce them",
+    )
+
+
+def test_deny_with_l7_fields_is_enforced_on_its_l4_part() -> None:
+    obj = policy(
+        """
+        action: DENY
+        rules: [{to: [{operation: {ports: ["8080"], methods: [POST]}}]}]
+        """
+    )
+    assert isinstance(obj, m.AuthorizationPolicy)
+    assert ztunnel_acceptance(obj) == (
+        False,
+        "L7AttributesIgnored",
+        "ztunnel cannot check methods (rule 1): a DENY rule naming them is enforced on its L4"
+        " part alone (more restrictive); only a waypoint (targetRefs) can enforce them",
+    )
+
+
+def test_acceptance_agrees_with_what_ztunnel_decides() -> None:
+    """The condition says what evaluate() does: an accepted L4 policy decides, a waypoint-only
+    one never does, an ALLOW with L7 fields denies, a CUSTOM denies."""
+    server = translate(assign_ips(m.load(DEMO)), version=1).workload("demo/server")
+    assert server is not None
+    client = conn(server, src=identity("demo", "client"))
+    cases = {
+        "rules: [{from: [{source: {namespaces: [demo]}}]}]": (True, True),
+        "targetRefs: [{kind: Service, name: server}]": (True, True),
+        "rules: [{to: [{operation: {methods: [GET]}}]}]": (False, False),
+        "action: CUSTOM\nprovider: {name: x}\nrules: [{}]": (False, False),
+    }
+    for spec, (accepted, allowed) in cases.items():
+        obj = policy(spec, namespace="demo")
+        assert isinstance(obj, m.AuthorizationPolicy)
+        snap = translate([*assign_ips(m.load(DEMO)), obj], version=1)
+        assert ztunnel_acceptance(obj)[0] is accepted, spec
+        assert evaluate(client, snap.policies_for(server)).allowed is allowed, spec
 
 
 def test_peer_authentication_is_carried_over() -> None:
@@ -394,6 +648,38 @@ def test_yaml_to_decision() -> None:
     assert not evaluate(conn(server, src=identity("demo", "server")), policies).allowed
     assert not evaluate(conn(server, src=None), policies).allowed
     assert not evaluate(conn(server, src=identity("demo", "client"), port=9000), policies).allowed
+
+
+def test_yaml_to_decision_for_waypoint_and_custom_policies() -> None:
+    """A targetRefs ALLOW policy leaves ztunnel open; a CUSTOM one closes what it selects."""
+    objs = assign_ips(m.load(DEMO))
+    objs.append(
+        policy(
+            """
+            targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: waypoint}]
+            rules: [{from: [{source: {principals: ["cluster.local/ns/demo/sa/nobody"]}}]}]
+            """,
+            namespace="demo",
+        )
+    )
+    snap = translate(objs, version=1)
+    server = snap.workload("demo/server")
+    assert server is not None
+    assert snap.policies_for(server) == ()
+    assert evaluate(conn(server, src=identity("demo", "client")), snap.policies_for(server)).allowed
+    objs[-1] = policy(
+        """
+        selector: {matchLabels: {app: server}}
+        action: CUSTOM
+        provider: {name: ext-authz}
+        rules: [{to: [{operation: {paths: ["/admin/*"]}}]}]
+        """,
+        namespace="demo",
+    )
+    snap = translate(objs, version=2)
+    decision = evaluate(conn(server, src=identity("demo", "client")), snap.policies_for(server))
+    assert not decision.allowed
+    assert decision.policy == "demo/p"
 
 
 @pytest.mark.parametrize(
