@@ -18,11 +18,17 @@ import trio
 
 from ca import CertificateAuthority, LocalSigner, serve_ca
 from k8s.config_server import ConfigServer, node_token_authenticator
-from k8s.manifests import K8sObject
-from k8s.store import ObjectStore
-from k8s.translate import translate
+from k8s.manifests import AuthorizationPolicy, K8sObject
+from k8s.store import Condition, ObjectStore
+from k8s.translate import translate, ztunnel_acceptance
 from mesh.certs import open_certificate_manager
-from mesh.constants import CONFIG_STREAM_PORT, CONTROL_PLANE_PORT, DEFAULT_TRUST_DOMAIN
+from mesh.constants import (
+    CONDITION_WAYPOINT_ACCEPTED,
+    CONDITION_ZTUNNEL_ACCEPTED,
+    CONFIG_STREAM_PORT,
+    CONTROL_PLANE_PORT,
+    DEFAULT_TRUST_DOMAIN,
+)
 from mesh.hbone.server import serve_hbone
 from mesh.identity import (
     SpiffeId,
@@ -82,6 +88,8 @@ class ControlPlane:
         objects = tuple(objects)
         version = (self.snapshot.version if self.snapshot else 0) + 1
         snapshot = translate(tuple(objects), trust_domain=self.trust_domain, version=version)
+        if store is not None:
+            write_conditions(store)
         if self.snapshot is not None and _same_content(self.snapshot, snapshot):
             return self.snapshot
         self.snapshot = snapshot
@@ -140,6 +148,30 @@ class ControlPlane:
                     config_port=config_addr[1],
                 )  # fmt: skip
                 task_status.started((ca_addrs[0][1], config_addr[1]))
+
+
+def policy_conditions(policy: AuthorizationPolicy) -> list[Condition]:
+    """The conditions of an AuthorizationPolicy: whether ztunnel enforces it as written
+    (:func:`k8s.translate.ztunnel_acceptance`) and, for one meant for a waypoint, that no
+    waypoint enforces it yet."""
+    accepted, reason, message = ztunnel_acceptance(policy)
+    out = [Condition(CONDITION_ZTUNNEL_ACCEPTED, "True" if accepted else "False", reason, message)]
+    if reason == "WaypointOnly":
+        out.append(
+            Condition(
+                CONDITION_WAYPOINT_ACCEPTED, "False", "NoWaypoint",
+                "ambit has no waypoint proxy yet, so nothing enforces this policy",
+            )
+        )  # fmt: skip
+    return out
+
+
+def write_conditions(store: ObjectStore) -> None:
+    """Every object's conditions, computed from the objects as stored."""
+    for entry in store.entries("AuthorizationPolicy"):
+        policy = entry.obj
+        assert isinstance(policy, AuthorizationPolicy)
+        store.set_conditions(entry.ref, policy_conditions(policy), uid=policy.uid)
 
 
 def _same_content(a: MeshSnapshot, b: MeshSnapshot) -> bool:

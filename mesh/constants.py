@@ -33,6 +33,8 @@ LABEL_USE_WAYPOINT: Final = "ambit.io/use-waypoint"
 # Status conditions the control plane writes on objects: on an AuthorizationPolicy, whether
 # ztunnel enforces it as written (k8s.translate.ztunnel_acceptance says how).
 CONDITION_ZTUNNEL_ACCEPTED: Final = "ambit.io/ZtunnelAccepted"
+CONDITION_WAYPOINT_ACCEPTED: Final = "ambit.io/WaypointAccepted"
+CONDITION_ACCEPTED: Final = "ambit.io/Accepted"  # Pods and Services left out by a conflict
 
 # Identity of the control plane / CA service.
 SYSTEM_NAMESPACE: Final = "ambit-system"

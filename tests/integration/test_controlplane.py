@@ -194,3 +194,59 @@ async def test_nothing_is_published_until_every_kind_is_listed() -> None:
     assert plane.snapshot is first
     store.replace_kind("PeerAuthentication", [])
     assert plane.update(store.objects(), store=store) is first, "same content, same version"
+
+
+POLICIES = """
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: plain, namespace: shop}
+spec:
+  selector: {matchLabels: {app: db}}
+  rules: [{from: [{source: {principals: [cluster.local/ns/shop/sa/web]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: get-only, namespace: shop}
+spec:
+  selector: {matchLabels: {app: web}}
+  rules: [{to: [{operation: {methods: [GET]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: ext, namespace: shop}
+spec:
+  action: CUSTOM
+  provider: {name: opa}
+  rules: [{}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: at-waypoint, namespace: shop}
+spec:
+  targetRefs: [{kind: Service, group: "", name: db}]
+  rules: [{to: [{operation: {methods: [GET]}}]}]
+"""
+
+
+def test_each_policy_says_whether_ztunnel_enforces_it() -> None:
+    plane = ControlPlane(CertificateAuthority.create(), trust_domain=TD)
+    store = ObjectStore()
+    for obj in objects(POLICIES):
+        store.put(obj)
+    for kind in store.unlisted():
+        store.mark_listed(kind)
+    assert plane.update(store.objects(), store=store) is not None
+
+    def conditions(name: str) -> dict[str, tuple[str, str]]:
+        entry = store.get(("AuthorizationPolicy", "shop", name))
+        assert entry is not None
+        return {c.type: (c.status, c.reason) for c in entry.conditions}
+
+    assert conditions("plain") == {"ambit.io/ZtunnelAccepted": ("True", "Accepted")}
+    assert conditions("get-only") == {"ambit.io/ZtunnelAccepted": ("False", "L7AttributesIgnored")}
+    assert conditions("ext") == {"ambit.io/ZtunnelAccepted": ("False", "UnsupportedValue")}
+    assert conditions("at-waypoint") == {
+        "ambit.io/ZtunnelAccepted": ("True", "WaypointOnly"),
+        "ambit.io/WaypointAccepted": ("False", "NoWaypoint"),
+    }
