@@ -127,3 +127,54 @@ async def test_apply_reports_each_object_and_a_broken_allow_fails_closed(
     assert await eventually(denied, seconds=5)
     as_json = await cluster.ambit("get", "ap", "-n", "demo", "-o", "json")
     assert [o["metadata"]["name"] for o in json.loads(as_json.stdout)] == ["get-only"]
+
+
+HOSTILE = [
+    # nodeName that once made local mode write outside its state directory as root
+    {"kind": "Pod", "metadata": {"name": "escape", "namespace": "demo"},
+     "spec": {"nodeName": "../../../tmp/x", "containers": [{"name": "c", "command": ["true"]}]}},
+    {"kind": "Pod", "metadata": {"name": "two words", "namespace": "demo"},
+     "spec": {"containers": [{"name": "c", "command": ["true"]}]}},
+    {"kind": "Pod", "metadata": {"name": "line\nbreak", "namespace": "demo"},
+     "spec": {"containers": [{"name": "c", "command": ["true"]}]}},
+    {"kind": "Pod", "metadata": {"name": "nul", "namespace": "demo"},
+     "spec": {"containers": [{"name": "c", "command": ["sle\x00ep", "1"]}]}},
+    {"kind": "Pod", "metadata": {"name": "env", "namespace": "demo"},
+     "spec": {"containers": [{"name": "c", "command": ["true"],
+                              "env": [{"name": "A=B", "value": "x"}]}]}},
+    {"kind": "Pod", "metadata": {"name": "big-label", "namespace": "demo",
+                                 "labels": {"app": "x" * (2 << 20)}},
+     "spec": {"containers": [{"name": "c", "command": ["true"]}]}},
+]  # fmt: skip
+
+
+async def test_hostile_manifests_are_refused_and_the_cluster_keeps_working(
+    cluster: Cluster,
+) -> None:
+    await cluster.up(cluster.manifest("demo.yaml", demo_manifest()))
+    hostile = cluster.manifest(
+        "hostile.yaml",
+        "\n---\n".join(json.dumps({"apiVersion": "v1", **doc}) for doc in HOSTILE),
+    )
+    nested = cluster.manifest("nested.yaml", "a: " + "[" * 3000 + "]" * 3000 + "\n")
+    applied = await cluster.ambit("apply", "-f", str(hostile), "-f", str(nested))
+    assert applied.returncode == 1
+    assert applied.stdout == b""
+    errors = applied.stderr.decode().splitlines()
+    assert len(errors) == len(HOSTILE) + 1, errors
+    assert all(e.startswith("error: ") and "internal error" not in e for e in errors), errors
+    assert "nested too deeply" in errors[-1]
+    assert not (cluster.tmp_path.parent / "x.log").exists()
+
+    # The daemon still applies, lists and removes what it is given.
+    extra = cluster.manifest(
+        "extra.yaml",
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: ok, namespace: demo}\n",
+    )
+    again = await cluster.ambit("apply", "-f", str(extra))
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == b"ServiceAccount demo/ok created\n"
+    pods = await cluster.ambit("get", "pods", "-n", "demo", "-o", "json")
+    assert pods.returncode == 0, pods.stderr
+    assert {p["name"] for p in json.loads(pods.stdout)} == {"client", "server"}
+    # The fixture's 'ambit down' then checks that nothing is left behind.
