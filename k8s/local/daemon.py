@@ -57,6 +57,7 @@ async def run_daemon(
     )
     stop = trio.Event()
     torn_down = False
+    left_behind: list[str] = []
     async with trio.open_nursery() as nursery:
         cluster = LocalCluster(config, state, hooks, nursery)
 
@@ -68,8 +69,11 @@ async def run_daemon(
             state.set_phase("stopping")
             log.info("daemon_stopping", cluster_id=config.cluster_id)
             with trio.CancelScope(shield=True):
-                await cluster.teardown()
-                await remove_recorded(state)
+                try:
+                    await cluster.teardown()
+                except Exception:  # what is left is still recorded: remove it from the record
+                    log.exception("teardown_failed", cluster_id=config.cluster_id)
+                left_behind[:] = await remove_recorded(state)
 
         async def handle(request: dict[str, Any]) -> Any:
             op = request.get("op")
@@ -133,6 +137,9 @@ async def run_daemon(
             nursery.cancel_scope.cancel()
     if state.record.phase == "aborted":
         log.info("daemon_stopped", cluster_id=config.cluster_id, reason="build failed")
+        return 1
+    if left_behind:  # keep the record: 'ambit down' retries from it and reports
+        log.error("daemon_stopped", cluster_id=config.cluster_id, left_behind=left_behind)
         return 1
     forget_state(config.state_dir)
     log.info("daemon_stopped", cluster_id=config.cluster_id, reason="down")
