@@ -217,10 +217,12 @@ class LocalCluster:
         async with self._lock:
             self._down = True
             await self.supervisor.stop_all()
-            for pod in list(self._pods.values()):
-                await network.delete_endpoint(self.state, pod.plan.netns, pod.plan.veth)
-            for node in list(self._nodes.values()):
-                await network.delete_endpoint(self.state, node.plan.netns, node.plan.veth)
+            plans = [p.plan for p in self._pods.values()] + [n.plan for n in self._nodes.values()]
+            for plan in plans:
+                try:
+                    await network.delete_endpoint(self.state, plan.netns, plan.veth)
+                except LocalClusterError as exc:  # still recorded: removed from the record next
+                    log.warning("endpoint_removal_failed", netns=plan.netns, reason=str(exc))
             self._pods.clear()
             self._nodes.clear()
 
