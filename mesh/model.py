@@ -22,6 +22,7 @@ import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
+from operator import attrgetter, is_not, lt
 from typing import Any, ClassVar, Literal, TypeAlias
 
 from mesh.constants import DEFAULT_CLUSTER_DOMAIN, DEFAULT_TRUST_DOMAIN, SYSTEM_NAMESPACE
@@ -300,6 +301,8 @@ _COLLECTIONS: dict[Kind, str] = {
 
 # --- Snapshots and deltas ------------------------------------------------------------------
 
+_key = attrgetter("key")
+
 
 @dataclass(frozen=True)
 class MeshSnapshot(JsonForm):
@@ -313,11 +316,18 @@ class MeshSnapshot(JsonForm):
 
     def __post_init__(self) -> None:
         for name in _COLLECTIONS.values():
-            entries: list[Resource] = sorted(getattr(self, name), key=lambda r: r.key)
-            for a, b in itertools.pairwise(entries):
-                if a.key == b.key:
-                    raise ModelError(f"snapshot v{self.version}: two {a.kind}s with key {a.key}")
-            object.__setattr__(self, name, tuple(entries))
+            entries: tuple[Resource, ...] = tuple(getattr(self, name))
+            keys = list(map(_key, entries))
+            # One pass when the entries come sorted (as the control plane builds them): strictly
+            # increasing keys are sorted and unique. Anything else is sorted, then checked.
+            if not all(map(lt, keys, itertools.islice(keys, 1, None))):
+                entries = tuple(sorted(entries, key=lambda r: r.key))
+                for a, b in itertools.pairwise(entries):
+                    if a.key == b.key:
+                        raise ModelError(
+                            f"snapshot v{self.version}: two {a.kind}s with key {a.key}"
+                        )
+            object.__setattr__(self, name, entries)
 
     @classmethod
     def from_resources(cls, version: int, resources: Iterable[Resource]) -> MeshSnapshot:
@@ -426,11 +436,40 @@ class Delta(JsonForm):
 
 
 def diff(old: MeshSnapshot, new: MeshSnapshot) -> Delta:
-    """The delta that turns ``old`` into ``new``: ``apply(old, diff(old, new)) == new``."""
-    before, after = _index(old), _index(new)
-    upserts = tuple(r for k, r in sorted(after.items()) if before.get(k) != r)
-    removes = tuple(sorted(k for k in before if k not in after))
-    return Delta(old.version, new.version, upserts, removes)
+    """The delta that turns ``old`` into ``new``: ``apply(old, diff(old, new)) == new``.
+
+    Entries are compared by identity first: consecutive snapshots from the control plane
+    share every entry that did not change, so only the others are compared by value.
+    """
+    upserts: list[Resource] = []
+    removes: list[tuple[Kind, str]] = []
+    for name in _COLLECTIONS.values():
+        before, after = _unshared(getattr(old, name), getattr(new, name))
+        kept = {id(r) for r in before}.intersection(map(id, after))
+        gone = {r.key: r for r in before if id(r) not in kept}
+        for r in after:
+            if id(r) not in kept and gone.pop(r.key, None) != r:
+                upserts.append(r)
+        removes.extend((r.kind, key) for key, r in gone.items())
+    upserts.sort(key=lambda r: (r.kind, r.key))
+    return Delta(old.version, new.version, tuple(upserts), tuple(sorted(removes)))
+
+
+def _unshared(
+    before: tuple[Resource, ...], after: tuple[Resource, ...]
+) -> tuple[tuple[Resource, ...], tuple[Resource, ...]]:
+    """``before`` and ``after`` without the longest run of shared entries at either end
+    (found without a Python-level loop: a change usually leaves most of a collection alone)."""
+    if before is after:
+        return (), ()
+    shortest = min(len(before), len(after))
+    head = next(itertools.compress(itertools.count(), map(is_not, before, after)), shortest)
+    tail = next(
+        itertools.compress(itertools.count(), map(is_not, reversed(before), reversed(after))),
+        shortest,
+    )
+    tail = min(tail, shortest - head)
+    return before[head : len(before) - tail], after[head : len(after) - tail]
 
 
 def apply(snapshot: MeshSnapshot, delta: Delta) -> MeshSnapshot:

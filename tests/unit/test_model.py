@@ -145,6 +145,16 @@ def test_snapshot_refuses_duplicate_keys() -> None:
         snapshot(WEB, workload("web", ip="10.0.0.5"))
 
 
+def test_snapshot_refuses_duplicate_keys_given_in_order() -> None:
+    with pytest.raises(ModelError, match="two workloads with key default/web"):
+        MeshSnapshot(1, (DB, WEB, workload("web", ip="10.0.0.5")))
+
+
+def test_snapshot_keeps_entries_given_in_order() -> None:
+    entries = (DB, WEB, OTHER)
+    assert MeshSnapshot(1, entries).workloads is entries
+
+
 def test_snapshot_lookups() -> None:
     svc = service(vip="10.96.0.1", backends=[WEB])
     snap = snapshot(WEB, DB, OTHER, svc)
@@ -339,6 +349,20 @@ def test_diff_of_equal_snapshots_is_empty() -> None:
     delta = diff(a, snapshot(DB, WEB, version=2))
     assert delta == Delta(1, 2)
     assert apply(a, delta) == snapshot(WEB, DB, version=2)
+
+
+def test_diff_compares_by_value_what_is_not_shared() -> None:
+    svc = service(backends=[WEB])
+    old = snapshot(WEB, DB, svc, version=1)
+    # The next snapshot shares DB and the Service, has an equal copy of WEB and a new OTHER.
+    web_copy = workload("web", ip="10.0.0.1", node="node-1")
+    assert web_copy is not WEB
+    new = snapshot(web_copy, DB, OTHER, svc, version=2)
+    delta = diff(old, new)
+    assert delta.upserts == (OTHER,)
+    assert delta.removes == ()
+    assert apply(old, delta) == new
+    assert diff(new, old).removes == (("workload", "other/web"),)
 
 
 def test_apply_checks_the_version() -> None:
