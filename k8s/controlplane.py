@@ -1,8 +1,12 @@
 """The control plane: turns Kubernetes objects into the mesh model, streams it
 to the proxies, and runs the CA with node authorization.
 
-- :meth:`ControlPlane.update` translates objects (pure) and publishes the new
-  snapshot to every proxy on the config stream (15010, HBONE, mTLS).
+- :meth:`ControlPlane.apply` takes a batch of changed and removed objects,
+  translates what they touch (:class:`k8s.translate.Translator`) and publishes the
+  new snapshot to every proxy on the config stream (15010, HBONE, mTLS);
+  :meth:`ControlPlane.update` does the same from the whole set of objects. Conflicts between
+  objects are logged once and kept in ``translation.problems``; they never stop
+  the rest of the config.
 - The CA (15012) signs for callers that prove which node they are with the
   node's bearer token; :class:`NodeAuthorizer` lets a node's ztunnel have the
   ztunnel identity and the identities of meshed pods scheduled on that node,
@@ -11,7 +15,7 @@ to the proxies, and runs the CA with node authorization.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import structlog
 import trio
@@ -19,7 +23,7 @@ import trio
 from ca import CertificateAuthority, LocalSigner, serve_ca
 from k8s.config_server import ConfigServer, node_token_authenticator
 from k8s.manifests import K8sObject
-from k8s.translate import translate
+from k8s.translate import ObjectRef, Problem, Translation, Translator, object_ref
 from mesh.certs import open_certificate_manager
 from mesh.constants import CONFIG_STREAM_PORT, CONTROL_PLANE_PORT, DEFAULT_TRUST_DOMAIN
 from mesh.hbone.server import serve_hbone
@@ -58,25 +62,43 @@ class ControlPlane:
         self.trust_domain = trust_domain
         self.tokens = TokenTable()  # one per node: the CA's and the config stream's proof
         self.snapshot: MeshSnapshot | None = None
+        self.translation: Translation | None = None
+        self._translator = Translator(trust_domain=trust_domain)
         proxy_ids = frozenset({ztunnel_identity(trust_domain)})
         self.config = ConfigServer(node_token_authenticator(self.tokens, proxy_ids))
 
     def update(self, objects: Iterable[K8sObject]) -> MeshSnapshot:
-        """Translate ``objects`` and publish the result as the next version."""
-        version = (self.snapshot.version if self.snapshot else 0) + 1
-        snapshot = translate(tuple(objects), trust_domain=self.trust_domain, version=version)
-        if self.snapshot is not None and _same_content(self.snapshot, snapshot):
-            return self.snapshot
-        self.snapshot = snapshot
-        self.config.publish(snapshot)
-        log.info(
-            "config_published",
-            version=version,
-            workloads=len(snapshot.workloads),
-            services=len(snapshot.services),
-            authorizations=len(snapshot.authorizations),
-        )
-        return snapshot
+        """Make ``objects`` the whole set (objects held and not given are removed),
+        translate what changed and publish the result if the model changed."""
+        given = {object_ref(o): o for o in objects}
+        removed = [ref for ref in self._translator.objects() if ref not in given]
+        self.apply(given.values(), removed)
+        assert self.snapshot is not None
+        return self.snapshot
+
+    def apply(
+        self, upserts: Iterable[K8sObject] = (), removes: Iterable[ObjectRef] = ()
+    ) -> Translation:
+        """Remove ``removes``, add or replace ``upserts``, and publish the next snapshot if
+        the model changed. Problems that appear, change or clear are logged once."""
+        previous = self.translation
+        translation = self._translator.apply(upserts, removes)
+        self.translation = translation
+        if previous is None or translation.problems is not previous.problems:
+            _log_problems(previous.problems if previous else {}, translation.problems)
+        snapshot = translation.snapshot
+        if snapshot is not self.snapshot:
+            self.snapshot = snapshot
+            self.config.publish(snapshot)
+            log.info(
+                "config_published",
+                version=snapshot.version,
+                workloads=len(snapshot.workloads),
+                services=len(snapshot.services),
+                authorizations=len(snapshot.authorizations),
+                problems=len(translation.problems),
+            )
+        return translation
 
     async def serve(
         self,
@@ -125,10 +147,24 @@ class ControlPlane:
                 task_status.started((ca_addrs[0][1], config_addr[1]))
 
 
-def _same_content(a: MeshSnapshot, b: MeshSnapshot) -> bool:
-    return (a.workloads, a.services, a.authorizations, a.peer_authentications) == (
-        b.workloads,
-        b.services,
-        b.authorizations,
-        b.peer_authentications,
-    )
+def _log_problems(
+    before: Mapping[ObjectRef, tuple[Problem, ...]], after: Mapping[ObjectRef, tuple[Problem, ...]]
+) -> None:
+    """One event per object whose problems appeared or changed, one per object whose
+    problems cleared."""
+    for ref in sorted(after.keys() | before.keys()):
+        if after.get(ref) == before.get(ref):
+            continue
+        kind, namespace, name = ref
+        problems = after.get(ref, ())
+        for problem in problems:
+            log.warning(
+                "object_problem",
+                kind=kind,
+                namespace=namespace,
+                name=name,
+                reason=problem.reason,
+                error=problem.message,
+            )
+        if not problems:
+            log.info("object_problem_cleared", kind=kind, namespace=namespace, name=name)

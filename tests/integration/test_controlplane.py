@@ -4,11 +4,13 @@ as objects change. No root, no namespaces."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pytest
 import trio
+from structlog.testing import capture_logs
 
 from ca import CertificateAuthority
 from k8s import manifests
@@ -163,3 +165,40 @@ spec:
   action: ALLOW
   rules: [{from: [{source: {namespaces: ["shop"]}}]}]
 """
+
+
+# --- changes, conflicts and coalescing (no sockets) -----------------------------------------
+
+
+def test_a_conflict_is_logged_once_and_the_rest_is_published() -> None:
+    plane = ControlPlane(CertificateAuthority.create(), trust_domain=TD)
+
+    def created(extra: str = "") -> tuple[manifests.K8sObject, ...]:
+        return tuple(
+            dataclasses.replace(o, creation_timestamp="2026-12-01T10:00:00Z")
+            for o in objects(extra)
+        )
+
+    stale = manifests.Pod(
+        name="stale",
+        namespace="shop",
+        node_name="node-1",
+        pod_ip="10.244.1.10",  # web's address
+        creation_timestamp="2026-12-01T10:00:05Z",
+    )
+    with capture_logs() as logs:
+        plane.update((*created(), stale))
+        plane.update((*created(MANIFEST_POLICY), stale))  # an unrelated change
+        plane.update(created(MANIFEST_POLICY))  # the stale pod is deleted
+    assert plane.snapshot is not None
+    assert {w.name for w in plane.snapshot.workloads} == {"web", "db"}
+    assert plane.snapshot.authorizations
+    problems = [(e["event"], e["name"], e.get("reason")) for e in logs if "problem" in e["event"]]
+    assert problems == [
+        ("object_problem", "stale", "IPConflict"),
+        ("object_problem", "web", "IPConflictKept"),
+        ("object_problem_cleared", "stale", None),
+        ("object_problem_cleared", "web", None),
+    ]
+    published = [e["version"] for e in logs if e["event"] == "config_published"]
+    assert published == [1, 2]  # the stale pod's removal changed nothing in the model
