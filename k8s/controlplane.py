@@ -4,9 +4,11 @@ to the proxies, and runs the CA with node authorization.
 - :meth:`ControlPlane.apply` takes a batch of changed and removed objects,
   translates what they touch (:class:`k8s.translate.Translator`) and publishes the
   new snapshot to every proxy on the config stream (15010, HBONE, mTLS);
-  :meth:`ControlPlane.update` does the same from the whole set of objects. Conflicts between
-  objects are logged once and kept in ``translation.problems``; they never stop
-  the rest of the config.
+  :meth:`ControlPlane.update` does the same from the whole set of objects;
+  :meth:`ControlPlane.serve_changes` applies what producers put into
+  :attr:`ControlPlane.changes`, coalesced (:mod:`k8s.coalesce`). Conflicts
+  between objects are logged once and kept in ``translation.problems``; they
+  never stop the rest of the config.
 - The CA (15012) signs for callers that prove which node they are with the
   node's bearer token; :class:`NodeAuthorizer` lets a node's ztunnel have the
   ztunnel identity and the identities of meshed pods scheduled on that node,
@@ -16,11 +18,13 @@ to the proxies, and runs the CA with node authorization.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import Final
 
 import structlog
 import trio
 
 from ca import CertificateAuthority, LocalSigner, serve_ca
+from k8s.coalesce import Coalescer
 from k8s.config_server import ConfigServer, node_token_authenticator
 from k8s.manifests import K8sObject
 from k8s.translate import ObjectRef, Problem, Translation, Translator, object_ref
@@ -37,6 +41,8 @@ from mesh.model import MeshSnapshot
 from mesh.tokens import TokenTable
 
 log = structlog.get_logger("k8s.controlplane")
+
+COALESCE_WINDOW: Final = 0.1  # seconds: changes this close together are translated once
 
 
 class NodeAuthorizer:
@@ -63,6 +69,9 @@ class ControlPlane:
         self.tokens = TokenTable()  # one per node: the CA's and the config stream's proof
         self.snapshot: MeshSnapshot | None = None
         self.translation: Translation | None = None
+        # Producers put (object_ref(obj), obj), or (ref, None) for a removal; serve_changes
+        # applies them in batches.
+        self.changes: Coalescer[ObjectRef, K8sObject | None] = Coalescer()
         self._translator = Translator(trust_domain=trust_domain)
         proxy_ids = frozenset({ztunnel_identity(trust_domain)})
         self.config = ConfigServer(node_token_authenticator(self.tokens, proxy_ids))
@@ -99,6 +108,16 @@ class ControlPlane:
                 problems=len(translation.problems),
             )
         return translation
+
+    async def serve_changes(self, *, window: float = COALESCE_WINDOW) -> None:
+        """Apply what is put into :attr:`changes`: everything that arrives within ``window``
+        seconds of a change is translated and published together. Runs until cancelled
+        (or until ``changes`` is closed)."""
+        async for batch in self.changes.batches(window):
+            self.apply(
+                [obj for obj in batch.values() if obj is not None],
+                [ref for ref, obj in batch.items() if obj is None],
+            )
 
     async def serve(
         self,

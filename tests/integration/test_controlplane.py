@@ -10,11 +10,13 @@ from contextlib import asynccontextmanager
 
 import pytest
 import trio
+import trio.testing
 from structlog.testing import capture_logs
 
 from ca import CertificateAuthority
 from k8s import manifests
 from k8s.controlplane import ControlPlane
+from k8s.translate import object_ref
 from mesh.backoff import Backoff
 from mesh.ca_client import CaClient, CaRefused
 from mesh.certs import open_certificate_manager
@@ -202,3 +204,24 @@ def test_a_conflict_is_logged_once_and_the_rest_is_published() -> None:
     ]
     published = [e["version"] for e in logs if e["event"] == "config_published"]
     assert published == [1, 2]  # the stale pod's removal changed nothing in the model
+
+
+async def test_changes_put_close_together_are_published_as_one_version(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    plane = ControlPlane(CertificateAuthority.create(), trust_domain=TD)
+    plane.update(objects())
+    assert plane.snapshot is not None
+    first = plane.snapshot.version
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: plane.serve_changes(window=0.1))
+            for obj in objects(MANIFEST_POLICY):
+                plane.changes.put(object_ref(obj), obj)
+                await trio.sleep(0.01)
+            plane.changes.put(("Pod", "shop", "db"), None)
+            await trio.sleep(1)
+            plane.changes.close()
+    assert plane.snapshot.version == first + 1
+    assert [w.name for w in plane.snapshot.workloads] == ["web"]
+    assert [a.name for a in plane.snapshot.authorizations] == ["web"]
