@@ -12,6 +12,7 @@ means for the mesh is :mod:`k8s.translate`'s business.
 from __future__ import annotations
 
 import datetime
+import functools
 import math
 from collections.abc import Hashable
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ def rank(creation_timestamp: str, namespace: str, name: str) -> Rank:
     return (_seconds(creation_timestamp), namespace, name)
 
 
+@functools.lru_cache(maxsize=4096)  # objects made together share their creation second
 def _seconds(timestamp: str) -> float:
     if not timestamp:
         return math.inf
@@ -62,6 +64,7 @@ class Claims(Generic[R]):
         self._holders: dict[str, R] = {}
         self._touched: set[str] = set()
         self._reclaimed: set[R] = set()  # whose claims changed since the last settle
+        self._contested: set[R] = set()  # in a contest at the last settle
 
     def claim(self, ref: R, address: str | None, order: Rank) -> None:
         """``ref`` claims ``address`` from now on (None: no address), in place of any
@@ -85,24 +88,34 @@ class Claims(Generic[R]):
     def settle(self) -> tuple[set[R], set[R]]:
         """Decide the holder of every address claimed or released since the last call.
 
-        Returns the objects that claimed one of those addresses before or claim one now
-        (their contests may have changed), and among them those that gained or lost
-        an address."""
-        affected, self._reclaimed = self._reclaimed, set()
+        Returns the objects whose :meth:`contest` may have changed (in a contest now, or
+        in one at the last call, and concerned by a claim made or released since), and
+        the objects that gained or lost an address."""
+        concerned, self._reclaimed = self._reclaimed, set()
         moved: set[R] = set()
         for address in self._touched:
             before = self._holders.pop(address, None)
-            if before is not None:
-                affected.add(before)
+            after = None
             claimants = self._claimants.get(address)
-            after = min(claimants, key=claimants.__getitem__) if claimants else None
-            if after is not None:
+            if claimants:
+                after = min(claimants, key=claimants.__getitem__)
                 self._holders[address] = after
-                affected.update(claimants or ())
-            if before != after:
-                moved.update(r for r in (before, after) if r is not None)
+                concerned.update(claimants)
+                if before != after:
+                    moved.add(after)
+            if before is not None:
+                concerned.add(before)
+                if before != after:
+                    moved.add(before)
         self._touched.clear()
+        affected = {r for r in concerned if r in self._contested or self._in_contest(r)}
+        self._contested -= affected
+        self._contested.update(r for r in affected if self._in_contest(r))
         return affected, moved
+
+    def _in_contest(self, ref: R) -> bool:
+        claim = self._claims.get(ref)
+        return claim is not None and len(self._claimants[claim[0]]) > 1
 
     def holds(self, ref: R) -> bool:
         """Whether ``ref`` has the address it claims (as of the last :meth:`settle`)."""
@@ -112,7 +125,7 @@ class Claims(Generic[R]):
     def contest(self, ref: R) -> Contest[R] | None:
         """The contest ``ref`` is part of, or None when nobody else claims its address."""
         claim = self._claims.get(ref)
-        if claim is None or len(self._claimants[claim[0]]) < 2:
+        if claim is None or not self._in_contest(ref):
             return None
         address = claim[0]
         claimants = self._claimants[address]

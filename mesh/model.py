@@ -21,7 +21,7 @@ import ipaddress
 import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from operator import attrgetter, is_not, lt
 from typing import Any, ClassVar, Literal, TypeAlias
 
@@ -49,10 +49,22 @@ def _port(value: int, what: str, *, zero_ok: bool = False) -> None:
 
 
 def _ip(value: str, what: str) -> None:
+    if not (_is_ip(value) if type(value) is str else _parses_as_ip(value)):
+        raise ModelError(f"{what}: {value!r} is not an IP address")
+
+
+def _parses_as_ip(value: object) -> bool:
     try:
-        ipaddress.ip_address(value)
+        ipaddress.ip_address(value)  # type: ignore[arg-type]
     except ValueError:
-        raise ModelError(f"{what}: {value!r} is not an IP address") from None
+        return False
+    return True
+
+
+# The same address is checked again and again (a workload's, then as an endpoint's in
+# each of its Services, and again whenever either is rebuilt), and parsing costs more
+# than the rest of a Workload: remember the answers for a bounded number of strings.
+_is_ip = lru_cache(maxsize=1 << 16)(_parses_as_ip)
 
 
 def _choice(value: str, allowed: tuple[str, ...], what: str) -> None:
@@ -101,7 +113,7 @@ class Workload(JsonForm):
         object.__setattr__(self, "labels", _pairs(self.labels))
         object.__setattr__(self, "container_ports", _pairs(self.container_ports))
 
-    @property
+    @cached_property
     def key(self) -> str:
         return self.uid
 
@@ -175,7 +187,7 @@ class Service(JsonForm):
         endpoints = tuple(sorted(self.endpoints, key=lambda e: e.workload_uid))
         object.__setattr__(self, "endpoints", endpoints)
 
-    @property
+    @cached_property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
 
@@ -256,7 +268,7 @@ class Authorization(JsonForm):
         if self.selector is not None:
             object.__setattr__(self, "selector", _pairs(self.selector))
 
-    @property
+    @cached_property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
 
@@ -279,7 +291,7 @@ class PeerAuthentication(JsonForm):
         if self.selector is not None:
             object.__setattr__(self, "selector", _pairs(self.selector))
 
-    @property
+    @cached_property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
 
