@@ -6,6 +6,7 @@ Plain data structures, no Kubernetes meaning."""
 from __future__ import annotations
 
 from bisect import bisect_left, insort
+from collections import defaultdict
 from collections.abc import Hashable, Set
 from typing import Generic, Protocol, TypeVar
 
@@ -17,10 +18,10 @@ class SetIndex(Generic[K, V]):
     """Key -> the set of values filed under it; a key with no values is not kept."""
 
     def __init__(self) -> None:
-        self._sets: dict[K, set[V]] = {}
+        self._sets: defaultdict[K, set[V]] = defaultdict(set)
 
     def add(self, key: K, value: V) -> None:
-        self._sets.setdefault(key, set()).add(value)
+        self._sets[key].add(value)
 
     def discard(self, key: K, value: V) -> None:
         values = self._sets.get(key)

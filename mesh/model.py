@@ -67,6 +67,10 @@ def _parses_as_ip(value: object) -> bool:
 _is_ip = lru_cache(maxsize=1 << 16)(_parses_as_ip)
 
 
+# Pods of one service account share an identity: check (and build) it once.
+_spiffe_id = lru_cache(maxsize=4096)(SpiffeId)
+
+
 def _choice(value: str, allowed: tuple[str, ...], what: str) -> None:
     if value not in allowed:
         raise ModelError(f"{what}: {value!r} is not one of {', '.join(allowed)}")
@@ -107,9 +111,10 @@ class Workload(JsonForm):
         for name, port in self.container_ports:
             _port(port, f"{what}: container port {name}")
         try:
-            SpiffeId(self.trust_domain, self.namespace, self.service_account)
+            identity = _spiffe_id(self.trust_domain, self.namespace, self.service_account)
         except IdentityError as exc:
             raise ModelError(f"{what}: {exc}") from None
+        self.__dict__["identity"] = identity  # checked: the cached_property's value
         object.__setattr__(self, "labels", _pairs(self.labels))
         object.__setattr__(self, "container_ports", _pairs(self.container_ports))
 
