@@ -20,7 +20,9 @@ shows the conflict. Everything else takes effect.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import gc
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Final, TypeAlias, TypeVar
@@ -213,6 +215,21 @@ def _show(ref: ObjectRef) -> str:
     return f"{kind} {namespace}/{name}" if namespace else f"{kind} {name}"
 
 
+@contextmanager
+def _cyclic_gc_paused() -> Iterator[None]:
+    """A translation makes tens of thousands of objects and no reference cycles (frozen
+    values built from values), and the cyclic collector would run every few hundred of
+    them: a quarter of a full translation's time. Paused for one batch; reference
+    counting still frees everything as usual."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 T = TypeVar("T")
 
 
@@ -288,14 +305,15 @@ class Translator:
         (of two with one ref, the later counts), and return the next Translation. Its
         snapshot has the next version if the model changed; otherwise it is the previous
         snapshot itself."""
-        batch = _Batch()
-        for ref in removes:
-            self._put(ref, None, batch)
-        for obj in upserts:
-            self._put(object_ref(obj), obj, batch)
-        self._settle(batch)
-        self._rebuild(batch)
-        return self._next()
+        with _cyclic_gc_paused():
+            batch = _Batch()
+            for ref in removes:
+                self._put(ref, None, batch)
+            for obj in upserts:
+                self._put(object_ref(obj), obj, batch)
+            self._settle(batch)
+            self._rebuild(batch)
+            return self._next()
 
     # --- taking changes in ----------------------------------------------------------------
 

@@ -4,6 +4,7 @@ only what a change concerns, and keeps the snapshot when nothing changed."""
 from __future__ import annotations
 
 import datetime
+import gc
 import itertools
 import math
 import random
@@ -303,3 +304,16 @@ def test_incremental_translation_equals_full_translation_of_the_same_objects() -
                 changes += 1
             previous = result
     assert changes > 500  # the changes really change things
+
+
+def test_the_cyclic_collector_is_as_it_was_after_a_batch() -> None:
+    translator = Translator()
+    assert gc.isenabled()
+    translator.apply(cluster())
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        translator.apply([ns("bank")])
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
