@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
@@ -53,7 +54,15 @@ def _ip(value: str, what: str) -> None:
         raise ModelError(f"{what}: {value!r} is not an IP address")
 
 
+# Dotted-quad IPv4 exactly as ipaddress reads it (ASCII digits, no leading zeros, 0-255):
+# a quick yes for the common case; everything else is asked of ipaddress itself.
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
+
+
 def _parses_as_ip(value: object) -> bool:
+    if type(value) is str and _IPV4.fullmatch(value):
+        return True
     try:
         ipaddress.ip_address(value)  # type: ignore[arg-type]
     except ValueError:

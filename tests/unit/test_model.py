@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import random
 from typing import Any
@@ -23,6 +24,7 @@ from mesh.model import (
     ServicePort,
     Source,
     Workload,
+    _parses_as_ip,
     apply,
     diff,
 )
@@ -436,3 +438,32 @@ def test_apply_diff_gives_the_new_snapshot_on_varied_inputs() -> None:
         assert apply(old, wire) == new
         changed += bool(delta.upserts or delta.removes)
     assert changed > 200  # the generator really varies things
+
+
+def _ipaddress_says(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "10.0.0.1", "0.0.0.0", "255.255.255.255", "256.0.0.1", "01.2.3.4", "1.2.3.04",
+        "1.2.3", "1.2.3.4.5", "1.2.3.4\n", " 1.2.3.4", "1.2.3.4/32", "", "1..2.3",
+        "\u0661.\u0662.\u0663.\u0664", "1.2.3.-4", "+1.2.3.4", "::1", "fe80::1%eth0",
+        "::ffff:1.2.3.4", "10.0.0.1:80",
+    ],
+)  # fmt: skip
+def test_addresses_are_checked_as_ipaddress_reads_them(text: str) -> None:
+    assert _parses_as_ip(text) is _ipaddress_says(text)
+
+
+def test_the_quick_ipv4_check_never_accepts_what_ipaddress_refuses() -> None:
+    rng = random.Random(5)
+    parts = ["0", "00", "1", "09", "10", "99", "100", "199", "249", "250", "255", "256", "999"]
+    for _ in range(5000):
+        text = ".".join(rng.choice(parts) for _ in range(rng.choice([3, 4, 4, 4, 5])))
+        assert _parses_as_ip(text) is _ipaddress_says(text), text
