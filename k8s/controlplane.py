@@ -1,8 +1,14 @@
 """The control plane: turns Kubernetes objects into the mesh model, streams it
 to the proxies, and runs the CA with node authorization.
 
-- :meth:`ControlPlane.update` translates objects (pure) and publishes the new
-  snapshot to every proxy on the config stream (15010, HBONE, mTLS).
+- :meth:`ControlPlane.apply` takes a batch of changed and removed objects,
+  translates what they touch (:class:`k8s.translate.Translator`) and publishes the
+  new snapshot to every proxy on the config stream (15010, HBONE, mTLS);
+  :meth:`ControlPlane.update` does the same from the whole set of objects;
+  :meth:`ControlPlane.serve_changes` applies what producers put into
+  :attr:`ControlPlane.changes`, coalesced (:mod:`k8s.coalesce`). Conflicts
+  between objects are logged once and kept in ``translation.problems``; they
+  never stop the rest of the config.
 - The CA (15012) signs for callers that prove which node they are with the
   node's bearer token; :class:`NodeAuthorizer` lets a node's ztunnel have the
   ztunnel identity and the identities of meshed pods scheduled on that node,
@@ -11,18 +17,21 @@ to the proxies, and runs the CA with node authorization.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Final
 
 import structlog
 import trio
 
 from ca import CertificateAuthority, LocalSigner, serve_ca
+from k8s.coalesce import Coalescer
 from k8s.config_server import ConfigServer, node_token_authenticator
 from k8s.manifests import AuthorizationPolicy, K8sObject
-from k8s.store import Condition, ObjectStore
-from k8s.translate import translate, ztunnel_acceptance
+from k8s.store import Condition, ObjectRef, ObjectStore, ref_of
+from k8s.translate import Problem, Translation, Translator, ztunnel_acceptance
 from mesh.certs import open_certificate_manager
 from mesh.constants import (
+    CONDITION_ACCEPTED,
     CONDITION_WAYPOINT_ACCEPTED,
     CONDITION_ZTUNNEL_ACCEPTED,
     CONFIG_STREAM_PORT,
@@ -40,6 +49,8 @@ from mesh.model import MeshSnapshot
 from mesh.tokens import TokenTable
 
 log = structlog.get_logger("k8s.controlplane")
+
+COALESCE_WINDOW: Final = 0.1  # seconds: changes this close together are translated once
 
 
 class NodeAuthorizer:
@@ -65,6 +76,11 @@ class ControlPlane:
         self.trust_domain = trust_domain
         self.tokens = TokenTable()  # one per node: the CA's and the config stream's proof
         self.snapshot: MeshSnapshot | None = None
+        self.translation: Translation | None = None
+        # Producers put (object_ref(obj), obj), or (ref, None) for a removal; serve_changes
+        # applies them in batches.
+        self.changes: Coalescer[ObjectRef, K8sObject | None] = Coalescer()
+        self._translator = Translator(trust_domain=trust_domain)
         proxy_ids = frozenset({ztunnel_identity(trust_domain)})
         self.config = ConfigServer(node_token_authenticator(self.tokens, proxy_ids))
         self._held_for: list[str] = []
@@ -72,7 +88,8 @@ class ControlPlane:
     def update(
         self, objects: Iterable[K8sObject], *, store: ObjectStore | None = None
     ) -> MeshSnapshot | None:
-        """Translate ``objects`` and publish the result as the next version.
+        """Make ``objects`` the whole set (objects held and not given are removed),
+        translate what changed and publish the result if the model changed.
 
         With ``store``, nothing is published until every kind has been listed (the
         store's listing gate: a view with pods but not yet policies would be an
@@ -85,23 +102,46 @@ class ControlPlane:
                 self._held_for = waiting
             return None
         self._held_for = []
-        objects = tuple(objects)
-        version = (self.snapshot.version if self.snapshot else 0) + 1
-        snapshot = translate(tuple(objects), trust_domain=self.trust_domain, version=version)
+        given = {ref_of(o): o for o in objects}
+        removed = [ref for ref in self._translator.objects() if ref not in given]
+        translation = self.apply(given.values(), removed)
         if store is not None:
-            write_conditions(store)
-        if self.snapshot is not None and _same_content(self.snapshot, snapshot):
-            return self.snapshot
-        self.snapshot = snapshot
-        self.config.publish(snapshot)
-        log.info(
-            "config_published",
-            version=version,
-            workloads=len(snapshot.workloads),
-            services=len(snapshot.services),
-            authorizations=len(snapshot.authorizations),
-        )
-        return snapshot
+            write_conditions(store, translation)
+        return self.snapshot
+
+    def apply(
+        self, upserts: Iterable[K8sObject] = (), removes: Iterable[ObjectRef] = ()
+    ) -> Translation:
+        """Remove ``removes``, add or replace ``upserts``, and publish the next snapshot if
+        the model changed. Problems that appear, change or clear are logged once."""
+        previous = self.translation
+        translation = self._translator.apply(upserts, removes)
+        self.translation = translation
+        if previous is None or translation.problems is not previous.problems:
+            _log_problems(previous.problems if previous else {}, translation.problems)
+        snapshot = translation.snapshot
+        if snapshot is not self.snapshot:
+            self.snapshot = snapshot
+            self.config.publish(snapshot)
+            log.info(
+                "config_published",
+                version=snapshot.version,
+                workloads=len(snapshot.workloads),
+                services=len(snapshot.services),
+                authorizations=len(snapshot.authorizations),
+                problems=len(translation.problems),
+            )
+        return translation
+
+    async def serve_changes(self, *, window: float = COALESCE_WINDOW) -> None:
+        """Apply what is put into :attr:`changes`: everything that arrives within ``window``
+        seconds of a change is translated and published together. Runs until cancelled
+        (or until ``changes`` is closed)."""
+        async for batch in self.changes.batches(window):
+            self.apply(
+                [obj for obj in batch.values() if obj is not None],
+                [ref for ref, obj in batch.items() if obj is None],
+            )
 
     async def serve(
         self,
@@ -166,18 +206,53 @@ def policy_conditions(policy: AuthorizationPolicy) -> list[Condition]:
     return out
 
 
-def write_conditions(store: ObjectStore) -> None:
-    """Every object's conditions, computed from the objects as stored."""
+def problem_conditions(problems: tuple[Problem, ...]) -> list[Condition]:
+    """``ambit.io/Accepted`` of a Pod or Service a conflict touches: False for the one left
+    out, True (with the conflict as its reason) for the one that kept the address."""
+    return [
+        Condition(
+            CONDITION_ACCEPTED,
+            "True" if p.reason.endswith("Kept") else "False",
+            p.reason,
+            p.message,
+        )
+        for p in problems[:1]
+    ]
+
+
+def write_conditions(store: ObjectStore, translation: Translation) -> None:
+    """Every object's conditions, computed from the objects as stored and the problems
+    translation found (a condition that no longer holds is removed)."""
     for entry in store.entries("AuthorizationPolicy"):
         policy = entry.obj
         assert isinstance(policy, AuthorizationPolicy)
         store.set_conditions(entry.ref, policy_conditions(policy), uid=policy.uid)
+    for kind in ("Pod", "Service"):
+        for entry in store.entries(kind):
+            problems = translation.problems.get(entry.ref, ())
+            if problems or entry.conditions:
+                conditions = problem_conditions(problems)
+                store.set_conditions(entry.ref, conditions, uid=entry.obj.uid)
 
 
-def _same_content(a: MeshSnapshot, b: MeshSnapshot) -> bool:
-    return (a.workloads, a.services, a.authorizations, a.peer_authentications) == (
-        b.workloads,
-        b.services,
-        b.authorizations,
-        b.peer_authentications,
-    )
+def _log_problems(
+    before: Mapping[ObjectRef, tuple[Problem, ...]], after: Mapping[ObjectRef, tuple[Problem, ...]]
+) -> None:
+    """One event per object whose problems appeared or changed, one per object whose
+    problems cleared."""
+    for ref in sorted(after.keys() | before.keys()):
+        if after.get(ref) == before.get(ref):
+            continue
+        kind, namespace, name = ref
+        problems = after.get(ref, ())
+        for problem in problems:
+            log.warning(
+                "object_problem",
+                kind=kind,
+                namespace=namespace,
+                name=name,
+                reason=problem.reason,
+                error=problem.message,
+            )
+        if not problems:
+            log.info("object_problem_cleared", kind=kind, namespace=namespace, name=name)

@@ -16,6 +16,7 @@ manifests carry much more; the policy kinds (read strictly) are in
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -103,7 +104,7 @@ class Pod(Meta):
     pod_ip: str | None = None
     phase: str = ""
 
-    @property
+    @functools.cached_property
     def named_ports(self) -> tuple[tuple[str, int], ...]:
         """``(name, port)`` of every named container port, for named targetPorts."""
         return tuple((p.name, p.port) for c in self.containers for p in c.ports if p.name)

@@ -1,64 +1,78 @@
-"""Kubernetes objects -> the mesh model. A pure function: objects in, MeshSnapshot out.
+"""Kubernetes objects -> the mesh model, pure and incremental.
 
 Owns the meaning of the objects for the mesh: which pods are workloads and which of
 them are in the mesh (``ambit.io/dataplane-mode`` on the Namespace or the Pod), what
-a Service's endpoints are (named targetPorts resolved per pod), and how Istio's
-AuthorizationPolicy schema maps to L4 rules (fields ztunnel cannot enforce are
-recorded in ``l7``, never dropped silently). Objects are already validated by
-:mod:`k8s.manifests`; the only errors here are conflicts between objects.
+a Service's endpoints are (:mod:`k8s.endpoints`, named targetPorts resolved per pod),
+how Istio's AuthorizationPolicy schema maps to L4 rules (fields ztunnel cannot enforce
+are recorded in ``l7``, never dropped silently), and what happens when objects that
+are valid one by one conflict.
+
+:class:`Translator` keeps the objects with indexes over them and turns each batch of
+changes into the next :class:`Translation`, recomputing only what the batch touches;
+:func:`translate` is the same code given every object at once. A conflict never stops
+translation: of two pods with one IP, or two Services with one cluster IP, the object
+created first keeps the address (:mod:`k8s.claims`) and the others are left out of the
+snapshot; every object involved gets a :class:`Problem` in ``Translation.problems``:
+``IPConflict`` / ``ClusterIPConflict`` on those left out, ``IPConflictKept`` /
+``ClusterIPConflictKept`` on the one that keeps the address, so looking at either
+shows the conflict. Everything else takes effect.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import gc
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Final, TypeAlias, TypeVar
 
 from k8s import manifests as m
+from k8s.claims import Claims, Contest, rank
 from k8s.endpoints import selects, target_port
+from k8s.indexes import Entries, SetIndex
+from k8s.store import ObjectRef, describe, ref_of
 from mesh import model
 from mesh.constants import DEFAULT_TRUST_DOMAIN, LABEL_DATAPLANE_MODE
 
+IP_CONFLICT: Final = "IPConflict"
+IP_CONFLICT_KEPT: Final = "IPConflictKept"
+CLUSTER_IP_CONFLICT: Final = "ClusterIPConflict"
+CLUSTER_IP_CONFLICT_KEPT: Final = "ClusterIPConflictKept"
 
-class TranslateError(ValueError):
-    """Objects that are valid one by one contradict each other (two pods with one IP...)."""
+
+@dataclass(frozen=True)
+class Problem:
+    """Why an object does not take effect as written: ``reason`` is CamelCase
+    (``IPConflict``), ``message`` one sentence an operator can act on, naming the other
+    objects involved."""
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Translation:
+    """The mesh as the objects describe it, and what is wrong with which object
+    (``problems`` lists only objects that have one)."""
+
+    snapshot: model.MeshSnapshot
+    problems: Mapping[ObjectRef, tuple[Problem, ...]]
+
+
+object_ref = ref_of  # the store's reference of an object
 
 
 def translate(
     objects: Iterable[m.K8sObject], *, trust_domain: str = DEFAULT_TRUST_DOMAIN, version: int
-) -> model.MeshSnapshot:
-    """The mesh as the given objects describe it, at ``version``.
+) -> Translation:
+    """The mesh as ``objects`` describe it, at ``version``: a new :class:`Translator` given
+    every object in one batch (of two with the same :func:`object_ref`, the later counts).
 
     Pods become workloads once they have an IP (host-network and finished pods never do);
     Services need a selector and a cluster IP; policies keep their Istio meaning at L4.
     """
-    objs = list(objects)
-    namespaces = {o.name: o for o in objs if isinstance(o, m.Namespace)}
-    pods = [
-        p
-        for p in objs
-        if isinstance(p, m.Pod)
-        and p.pod_ip
-        and not p.host_network
-        and p.phase not in ("Succeeded", "Failed")
-    ]
-    workloads = [_workload(p, namespaces.get(p.namespace), trust_domain) for p in pods]
-    _check_unique("pod IP", {w.uid: w.ip for w in workloads})
-    services = [
-        _service(s, pods) for s in objs if isinstance(s, m.Service) and s.selector and s.cluster_ip
-    ]
-    _check_unique("service cluster IP", {s.key: s.vip for s in services})
-    return model.MeshSnapshot(
-        version=version,
-        workloads=tuple(workloads),
-        services=tuple(services),
-        authorizations=tuple(
-            authorization(a) for a in objs if isinstance(a, m.AuthorizationPolicy)
-        ),
-        peer_authentications=tuple(
-            model.PeerAuthentication(p.name, p.namespace, p.selector, p.mode)
-            for p in objs
-            if isinstance(p, m.PeerAuthentication)
-        ),
-    )
+    return Translator(trust_domain=trust_domain, version=version).apply(objects)
 
 
 def meshed_by_labels(
@@ -82,6 +96,19 @@ def workload_uid(namespace: str, name: str) -> str:
     return f"{namespace}/{name}"
 
 
+def _pod_address(pod: m.Pod | None) -> str | None:
+    """The IP a pod's workload has: none before the pod has one, for host-network pods
+    (the node's address) and for finished pods."""
+    if pod is None or pod.host_network or pod.phase in ("Succeeded", "Failed"):
+        return None
+    return pod.pod_ip
+
+
+def _service_address(svc: m.Service | None) -> str | None:
+    """A Service is in the mesh with a selector and a cluster IP (not headless)."""
+    return svc.cluster_ip if svc is not None and svc.selector else None
+
+
 def _workload(pod: m.Pod, namespace: m.Namespace | None, trust_domain: str) -> model.Workload:
     assert pod.pod_ip is not None
     return model.Workload(
@@ -98,20 +125,8 @@ def _workload(pod: m.Pod, namespace: m.Namespace | None, trust_domain: str) -> m
     )
 
 
-def _check_unique(what: str, values: dict[str, str]) -> None:
-    owner: dict[str, str] = {}
-    for key, value in sorted(values.items()):
-        if value in owner:
-            raise TranslateError(
-                f"{owner[value]} and {key} have the same {what} {value}; one of them is stale"
-                " or the address allocator handed it out twice"
-            )
-        owner[value] = key
-
-
-def _service(svc: m.Service, pods: list[m.Pod]) -> model.Service:
-    assert svc.cluster_ip is not None
-    ports = tuple(
+def _ports(svc: m.Service) -> tuple[model.ServicePort, ...]:
+    return tuple(
         model.ServicePort(
             port=p.port,
             target_port=p.target_port if isinstance(p.target_port, int) else 0,
@@ -122,21 +137,355 @@ def _service(svc: m.Service, pods: list[m.Pod]) -> model.Service:
         )
         for p in svc.ports
     )
-    endpoints = []
-    for pod in pods:
-        if not selects(svc.namespace, svc.selector, pod.namespace, dict(pod.labels)):
-            continue
-        named = dict(pod.named_ports)
-        mapping = []
-        for p in svc.ports:
-            target = target_port(p.target_port, named)
-            if target is not None:
-                mapping.append((p.port, target))
-        if mapping:
-            assert pod.pod_ip is not None
-            uid = workload_uid(pod.namespace, pod.name)
-            endpoints.append(model.Endpoint(uid, pod.pod_ip, tuple(mapping)))
-    return model.Service(svc.name, svc.namespace, svc.cluster_ip, ports, tuple(endpoints))
+
+
+def _endpoint(svc: m.Service, pod: m.Pod) -> model.Endpoint | None:
+    """``pod`` behind ``svc`` if the Service selects it and it serves one of its ports."""
+    if not selects(svc.namespace, svc.selector, pod.namespace, dict(pod.labels)):
+        return None
+    named = dict(pod.named_ports)
+    mapping = []
+    for p in svc.ports:
+        target = target_port(p.target_port, named)
+        if target is not None:
+            mapping.append((p.port, target))
+    if not mapping:
+        return None
+    assert pod.pod_ip is not None
+    return model.Endpoint(workload_uid(pod.namespace, pod.name), pod.pod_ip, tuple(mapping))
+
+
+def _peer_authentication(p: m.PeerAuthentication) -> model.PeerAuthentication:
+    return model.PeerAuthentication(p.name, p.namespace, p.selector, p.mode)
+
+
+_REASONS: Final = {"pod IP": (IP_CONFLICT, IP_CONFLICT_KEPT),
+                   "cluster IP": (CLUSTER_IP_CONFLICT, CLUSTER_IP_CONFLICT_KEPT)}  # fmt: skip
+
+
+def _conflict(ref: ObjectRef, contest: Contest[ObjectRef], what: str) -> Problem:
+    """The Problem of one object in a conflict over an address (``what``: pod or cluster IP)."""
+    lost, kept = _REASONS[what]
+    advice = "delete whichever is stale, or find why the address was given twice"
+    if ref == contest.holder:
+        others = ", ".join(describe(r) for r in contest.others)
+        return Problem(
+            kept,
+            f"keeps {what} {contest.address}, also claimed by {others} (left out of the mesh"
+            f" while this {ref[0]} has it); {advice}",
+        )
+    why = (
+        "was created first"
+        if ref in contest.later
+        else "comes first (creation times equal or unknown, then by namespace and name)"
+    )
+    return Problem(
+        lost,
+        f"{describe(contest.holder)} has the same {what} {contest.address} and {why}, so this"
+        f" {ref[0]} is left out of the mesh; {advice}",
+    )
+
+
+def _key(ref: ObjectRef) -> str:
+    """The model's key of what an object becomes (a workload's uid, a Service's key...)."""
+    return f"{ref[1]}/{ref[2]}"
+
+
+@contextmanager
+def _cyclic_gc_paused() -> Iterator[None]:
+    """A translation makes tens of thousands of objects and no reference cycles (frozen
+    values built from values), and the cyclic collector would run every few hundred of
+    them: a quarter of a full translation's time. Paused for one batch; reference
+    counting still frees everything as usual."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+T = TypeVar("T")
+
+
+def _typed(obj: object, cls: type[T]) -> T | None:
+    if obj is None:
+        return None
+    assert isinstance(obj, cls), obj
+    return obj
+
+
+@dataclass
+class _Batch:
+    """What one batch of changes touches."""
+
+    pods: dict[ObjectRef, m.Pod | None] = field(default_factory=dict)  # as before the batch
+    workloads: set[ObjectRef] = field(default_factory=set)  # only the workload (namespace)
+    services: set[ObjectRef] = field(default_factory=set)  # recomputed whole
+
+
+Label: TypeAlias = tuple[str, str, str]  # (namespace, key, value)
+
+
+class Translator:
+    """Objects in, :class:`Translation`\\ s out, one per batch of changes.
+
+    Holds the objects and indexes over them (pods by namespace and by label, Services by
+    selector label, who holds each address) and every model entry built so far.
+    :meth:`apply` recomputes only what a batch touches:
+
+    - a Pod: its workload, and its endpoint in the Services of its namespace whose
+      selector matches it before or after the change;
+    - a Service: that Service, its endpoints found through the pods' label index;
+    - a Namespace's labels: the workloads of its pods (whether they are meshed);
+    - a policy: that policy;
+    - who holds an address (a conflict won, lost or resolved): the objects concerned.
+
+    Entries that did not change are the same objects in the next snapshot, so
+    :func:`mesh.model.diff` of two consecutive snapshots costs what the change does.
+    """
+
+    def __init__(self, *, trust_domain: str = DEFAULT_TRUST_DOMAIN, version: int = 1) -> None:
+        self.trust_domain = trust_domain
+        self._version = version  # of the next snapshot
+        self._translation: Translation | None = None
+        self._objects: dict[ObjectRef, m.K8sObject] = {}
+        self._pods_of: SetIndex[str, ObjectRef] = SetIndex()  # by namespace
+        self._pods_by_label: SetIndex[Label, ObjectRef] = SetIndex()
+        self._services_of: SetIndex[str, ObjectRef] = SetIndex()  # by namespace
+        self._services_by_label: SetIndex[Label, ObjectRef] = SetIndex()  # by selector pair
+        self._pod_ips: Claims[ObjectRef] = Claims()
+        self._cluster_ips: Claims[ObjectRef] = Claims()
+        self._endpoints: dict[ObjectRef, dict[str, model.Endpoint]] = {}  # of model Services
+        self._problems: dict[ObjectRef, tuple[Problem, ...]] = {}
+        self._problems_changed = False
+        self._workloads = Entries[model.Workload]()
+        self._services = Entries[model.Service]()
+        self._authorizations = Entries[model.Authorization]()
+        self._peer_authentications = Entries[model.PeerAuthentication]()
+
+    @property
+    def translation(self) -> Translation | None:
+        """The last :class:`Translation`, None before the first :meth:`apply`."""
+        return self._translation
+
+    def objects(self) -> Mapping[ObjectRef, m.K8sObject]:
+        """Every object held now (a read-only view)."""
+        return MappingProxyType(self._objects)
+
+    def apply(
+        self, upserts: Iterable[m.K8sObject] = (), removes: Iterable[ObjectRef] = ()
+    ) -> Translation:
+        """Remove ``removes`` (refs not held are ignored), then add or replace ``upserts``
+        (of two with one ref, the later counts), and return the next Translation. Its
+        snapshot has the next version if the model changed; otherwise it is the previous
+        snapshot itself."""
+        with _cyclic_gc_paused():
+            batch = _Batch()
+            for ref in removes:
+                self._put(ref, None, batch)
+            for obj in upserts:
+                self._put(object_ref(obj), obj, batch)
+            self._settle(batch)
+            self._rebuild(batch)
+            return self._next()
+
+    # --- taking changes in ----------------------------------------------------------------
+
+    def _put(self, ref: ObjectRef, obj: m.K8sObject | None, batch: _Batch) -> None:
+        old = self._objects.get(ref)
+        if old is obj or old == obj:
+            return
+        if obj is None:
+            del self._objects[ref]
+        else:
+            self._objects[ref] = obj
+        kind, _, name = ref
+        if kind == "Pod":
+            self._put_pod(ref, _typed(old, m.Pod), _typed(obj, m.Pod), batch)
+        elif kind == "Service":
+            self._put_service(ref, _typed(old, m.Service), _typed(obj, m.Service), batch)
+        elif kind == "Namespace":
+            before, after = _typed(old, m.Namespace), _typed(obj, m.Namespace)
+            if (before and before.labels) != (after and after.labels):
+                batch.workloads.update(self._pods_of.get(name))
+        elif kind == "AuthorizationPolicy":
+            policy = _typed(obj, m.AuthorizationPolicy)
+            self._authorizations.set(_key(ref), authorization(policy) if policy else None)
+        elif kind == "PeerAuthentication":
+            peer = _typed(obj, m.PeerAuthentication)
+            self._peer_authentications.set(_key(ref), _peer_authentication(peer) if peer else None)
+
+    def _put_pod(self, ref: ObjectRef, old: m.Pod | None, new: m.Pod | None, b: _Batch) -> None:
+        b.pods.setdefault(ref, old)
+        namespace = ref[1]
+        if new is None:
+            self._pods_of.discard(namespace, ref)
+        elif old is None:
+            self._pods_of.add(namespace, ref)
+        if (old and old.labels) != (new and new.labels):
+            for k, v in old.labels if old else ():
+                self._pods_by_label.discard((namespace, k, v), ref)
+            for k, v in new.labels if new else ():
+                self._pods_by_label.add((namespace, k, v), ref)
+        order = rank(new.creation_timestamp, *ref[1:]) if new else rank("", *ref[1:])
+        self._pod_ips.claim(ref, _pod_address(new), order)
+
+    def _put_service(
+        self, ref: ObjectRef, old: m.Service | None, new: m.Service | None, b: _Batch
+    ) -> None:
+        b.services.add(ref)
+        namespace = ref[1]
+        if new is None:
+            self._services_of.discard(namespace, ref)
+        elif old is None:
+            self._services_of.add(namespace, ref)
+        if (old and old.selector) != (new and new.selector):
+            for k, v in (old.selector if old else None) or ():
+                self._services_by_label.discard((namespace, k, v), ref)
+            for k, v in (new.selector if new else None) or ():
+                self._services_by_label.add((namespace, k, v), ref)
+        order = rank(new.creation_timestamp, *ref[1:]) if new else rank("", *ref[1:])
+        self._cluster_ips.claim(ref, _service_address(new), order)
+
+    def _settle(self, batch: _Batch) -> None:
+        """Decide who holds the addresses claimed or released, and report conflicts."""
+        affected, moved = self._pod_ips.settle()
+        for ref in moved:
+            batch.pods.setdefault(ref, _typed(self._objects.get(ref), m.Pod))
+        for ref in affected:
+            self._report(ref, self._pod_ips.contest(ref), "pod IP")
+        affected, moved = self._cluster_ips.settle()
+        batch.services.update(moved)
+        for ref in affected:
+            self._report(ref, self._cluster_ips.contest(ref), "cluster IP")
+
+    def _report(self, ref: ObjectRef, contest: Contest[ObjectRef] | None, what: str) -> None:
+        problems = (_conflict(ref, contest, what),) if contest is not None else ()
+        if self._problems.get(ref, ()) == problems:
+            return
+        if problems:
+            self._problems[ref] = problems
+        else:
+            del self._problems[ref]
+        self._problems_changed = True
+
+    # --- recomputing the model --------------------------------------------------------------
+
+    def _rebuild(self, batch: _Batch) -> None:
+        for ref in batch.workloads.union(batch.pods):
+            pod = _typed(self._objects.get(ref), m.Pod)
+            held = pod is not None and self._pod_ips.holds(ref)
+            namespace = _typed(self._objects.get(("Namespace", "", ref[1])), m.Namespace)
+            workload = _workload(pod, namespace, self.trust_domain) if pod and held else None
+            self._workloads.set(_key(ref), workload)
+        touched = set(batch.services)
+        for ref, before in batch.pods.items():
+            touched.update(self._move_endpoint(ref, before, batch.services))
+        for ref in touched:
+            svc = _typed(self._objects.get(ref), m.Service)
+            if svc is None or not self._cluster_ips.holds(ref):
+                self._endpoints.pop(ref, None)
+                self._services.set(_key(ref), None)
+                continue
+            if ref in batch.services:
+                self._endpoints[ref] = self._endpoints_of(svc)
+            endpoints = self._endpoints[ref]
+            entry = model.Service(
+                svc.name,
+                svc.namespace,
+                _service_address(svc) or "",
+                _ports(svc),
+                tuple(map(endpoints.__getitem__, sorted(endpoints))),
+            )
+            self._services.set(_key(ref), entry)
+
+    def _move_endpoint(
+        self, ref: ObjectRef, before: m.Pod | None, whole: set[ObjectRef]
+    ) -> set[ObjectRef]:
+        """Update the pod's endpoint in the Services (not recomputed whole) that select it
+        now or did before the batch; return those whose endpoints changed."""
+        namespace, uid = ref[1], _key(ref)
+        if self._services_of.get(namespace) <= whole:
+            return set()
+        pod = _typed(self._objects.get(ref), m.Pod)
+        held = pod if pod is not None and self._pod_ips.holds(ref) else None
+        changed = set()
+        for svc_ref in (self._selecting(before) | self._selecting(pod)) - whole:
+            endpoints = self._endpoints.get(svc_ref)
+            if endpoints is None:  # not in the model
+                continue
+            svc = _typed(self._objects[svc_ref], m.Service)
+            assert svc is not None
+            endpoint = _endpoint(svc, held) if held is not None else None
+            if endpoint is None:
+                if endpoints.pop(uid, None) is not None:
+                    changed.add(svc_ref)
+            elif endpoints.get(uid) != endpoint:
+                endpoints[uid] = endpoint
+                changed.add(svc_ref)
+        return changed
+
+    def _selecting(self, pod: m.Pod | None) -> set[ObjectRef]:
+        """The Services whose selector matches ``pod``'s labels."""
+        if pod is None:
+            return set()
+        labels = dict(pod.labels)
+        found: set[ObjectRef] = set()
+        for k, v in pod.labels:
+            for ref in self._services_by_label.get((pod.namespace, k, v)):
+                if ref not in found:
+                    svc = _typed(self._objects[ref], m.Service)
+                    if svc is not None and selects(ref[1], svc.selector, pod.namespace, labels):
+                        found.add(ref)
+        return found
+
+    def _endpoints_of(self, svc: m.Service) -> dict[str, model.Endpoint]:
+        """Every endpoint of ``svc``, from the pods that have the rarest of its labels."""
+        assert svc.selector
+        candidates = min(
+            (self._pods_by_label.get((svc.namespace, k, v)) for k, v in svc.selector),
+            key=len,
+        )
+        endpoints = {}
+        for ref in candidates:
+            pod = _typed(self._objects[ref], m.Pod)
+            if pod is not None and self._pod_ips.holds(ref):
+                endpoint = _endpoint(svc, pod)
+                if endpoint is not None:
+                    endpoints[endpoint.workload_uid] = endpoint
+        return endpoints
+
+    def _next(self) -> Translation:
+        collections = (
+            self._workloads,
+            self._services,
+            self._authorizations,
+            self._peer_authentications,
+        )
+        last = self._translation
+        if last is None or any(c.changed for c in collections):
+            snapshot = model.MeshSnapshot(
+                self._version,
+                self._workloads.values(),
+                self._services.values(),
+                self._authorizations.values(),
+                self._peer_authentications.values(),
+            )
+            self._version += 1
+        else:
+            snapshot = last.snapshot
+        if last is None or self._problems_changed:
+            problems: Mapping[ObjectRef, tuple[Problem, ...]] = MappingProxyType(
+                dict(self._problems)
+            )
+            self._problems_changed = False
+        else:
+            problems = last.problems
+        if last is None or last.snapshot is not snapshot or last.problems is not problems:
+            self._translation = last = Translation(snapshot, problems)
+        return last
 
 
 def authorization(policy: m.AuthorizationPolicy) -> model.Authorization:

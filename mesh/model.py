@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
+from operator import attrgetter, is_not, lt
 from typing import Any, ClassVar, Literal, TypeAlias
 
 from mesh.constants import DEFAULT_CLUSTER_DOMAIN, DEFAULT_TRUST_DOMAIN, SYSTEM_NAMESPACE
@@ -49,10 +51,34 @@ def _port(value: int, what: str, *, zero_ok: bool = False) -> None:
 
 
 def _ip(value: str, what: str) -> None:
+    if not (_is_ip(value) if type(value) is str else _parses_as_ip(value)):
+        raise ModelError(f"{what}: {value!r} is not an IP address")
+
+
+# Dotted-quad IPv4 exactly as ipaddress reads it (ASCII digits, no leading zeros, 0-255):
+# a quick yes for the common case; everything else is asked of ipaddress itself.
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
+
+
+def _parses_as_ip(value: object) -> bool:
+    if type(value) is str and _IPV4.fullmatch(value):
+        return True
     try:
-        ipaddress.ip_address(value)
+        ipaddress.ip_address(value)  # type: ignore[arg-type]
     except ValueError:
-        raise ModelError(f"{what}: {value!r} is not an IP address") from None
+        return False
+    return True
+
+
+# The same address is checked again and again (a workload's, then as an endpoint's in
+# each of its Services, and again whenever either is rebuilt), and parsing costs more
+# than the rest of a Workload: remember the answers for a bounded number of strings.
+_is_ip = lru_cache(maxsize=1 << 16)(_parses_as_ip)
+
+
+# Pods of one service account share an identity: check (and build) it once.
+_spiffe_id = lru_cache(maxsize=4096)(SpiffeId)
 
 
 def _choice(value: str, allowed: tuple[str, ...], what: str) -> None:
@@ -95,13 +121,14 @@ class Workload(JsonForm):
         for name, port in self.container_ports:
             _port(port, f"{what}: container port {name}")
         try:
-            SpiffeId(self.trust_domain, self.namespace, self.service_account)
+            identity = _spiffe_id(self.trust_domain, self.namespace, self.service_account)
         except IdentityError as exc:
             raise ModelError(f"{what}: {exc}") from None
+        self.__dict__["identity"] = identity  # checked: the cached_property's value
         object.__setattr__(self, "labels", _pairs(self.labels))
         object.__setattr__(self, "container_ports", _pairs(self.container_ports))
 
-    @property
+    @cached_property
     def key(self) -> str:
         return self.uid
 
@@ -177,7 +204,7 @@ class Service(JsonForm):
         endpoints = tuple(sorted(self.endpoints, key=lambda e: e.workload_uid))
         object.__setattr__(self, "endpoints", endpoints)
 
-    @property
+    @cached_property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
 
@@ -351,7 +378,7 @@ class Authorization(JsonForm):
                 raise ModelError(f"{what}: give a selector or target refs, not both")
             object.__setattr__(self, "selector", _pairs(self.selector))
 
-    @property
+    @cached_property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
 
@@ -382,7 +409,7 @@ class PeerAuthentication(JsonForm):
         if self.selector is not None:
             object.__setattr__(self, "selector", _pairs(self.selector))
 
-    @property
+    @cached_property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
 
@@ -404,6 +431,8 @@ _COLLECTIONS: dict[Kind, str] = {
 
 # --- Snapshots and deltas ------------------------------------------------------------------
 
+_key = attrgetter("key")
+
 
 @dataclass(frozen=True)
 class MeshSnapshot(JsonForm):
@@ -417,11 +446,18 @@ class MeshSnapshot(JsonForm):
 
     def __post_init__(self) -> None:
         for name in _COLLECTIONS.values():
-            entries: list[Resource] = sorted(getattr(self, name), key=lambda r: r.key)
-            for a, b in itertools.pairwise(entries):
-                if a.key == b.key:
-                    raise ModelError(f"snapshot v{self.version}: two {a.kind}s with key {a.key}")
-            object.__setattr__(self, name, tuple(entries))
+            entries: tuple[Resource, ...] = tuple(getattr(self, name))
+            keys = list(map(_key, entries))
+            # One pass when the entries come sorted (as the control plane builds them): strictly
+            # increasing keys are sorted and unique. Anything else is sorted, then checked.
+            if not all(map(lt, keys, itertools.islice(keys, 1, None))):
+                entries = tuple(sorted(entries, key=lambda r: r.key))
+                for a, b in itertools.pairwise(entries):
+                    if a.key == b.key:
+                        raise ModelError(
+                            f"snapshot v{self.version}: two {a.kind}s with key {a.key}"
+                        )
+            object.__setattr__(self, name, entries)
 
     @classmethod
     def from_resources(cls, version: int, resources: Iterable[Resource]) -> MeshSnapshot:
@@ -530,11 +566,40 @@ class Delta(JsonForm):
 
 
 def diff(old: MeshSnapshot, new: MeshSnapshot) -> Delta:
-    """The delta that turns ``old`` into ``new``: ``apply(old, diff(old, new)) == new``."""
-    before, after = _index(old), _index(new)
-    upserts = tuple(r for k, r in sorted(after.items()) if before.get(k) != r)
-    removes = tuple(sorted(k for k in before if k not in after))
-    return Delta(old.version, new.version, upserts, removes)
+    """The delta that turns ``old`` into ``new``: ``apply(old, diff(old, new)) == new``.
+
+    Entries are compared by identity first: consecutive snapshots from the control plane
+    share every entry that did not change, so only the others are compared by value.
+    """
+    upserts: list[Resource] = []
+    removes: list[tuple[Kind, str]] = []
+    for name in _COLLECTIONS.values():
+        before, after = _unshared(getattr(old, name), getattr(new, name))
+        kept = {id(r) for r in before}.intersection(map(id, after))
+        gone = {r.key: r for r in before if id(r) not in kept}
+        for r in after:
+            if id(r) not in kept and gone.pop(r.key, None) != r:
+                upserts.append(r)
+        removes.extend((r.kind, key) for key, r in gone.items())
+    upserts.sort(key=lambda r: (r.kind, r.key))
+    return Delta(old.version, new.version, tuple(upserts), tuple(sorted(removes)))
+
+
+def _unshared(
+    before: tuple[Resource, ...], after: tuple[Resource, ...]
+) -> tuple[tuple[Resource, ...], tuple[Resource, ...]]:
+    """``before`` and ``after`` without the longest run of shared entries at either end
+    (found without a Python-level loop: a change usually leaves most of a collection alone)."""
+    if before is after:
+        return (), ()
+    shortest = min(len(before), len(after))
+    head = next(itertools.compress(itertools.count(), map(is_not, before, after)), shortest)
+    tail = next(
+        itertools.compress(itertools.count(), map(is_not, reversed(before), reversed(after))),
+        shortest,
+    )
+    tail = min(tail, shortest - head)
+    return before[head : len(before) - tail], after[head : len(after) - tail]
 
 
 def apply(snapshot: MeshSnapshot, delta: Delta) -> MeshSnapshot:

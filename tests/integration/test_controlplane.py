@@ -4,16 +4,20 @@ as objects change. No root, no namespaces."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pytest
 import trio
+import trio.testing
+from structlog.testing import capture_logs
 
 from ca import CertificateAuthority
 from k8s import manifests
 from k8s.controlplane import ControlPlane
 from k8s.store import ObjectStore
+from k8s.translate import object_ref
 from mesh.backoff import Backoff
 from mesh.ca_client import CaClient, CaRefused
 from mesh.certs import open_certificate_manager
@@ -250,3 +254,61 @@ def test_each_policy_says_whether_ztunnel_enforces_it() -> None:
         "ambit.io/ZtunnelAccepted": ("True", "WaypointOnly"),
         "ambit.io/WaypointAccepted": ("False", "NoWaypoint"),
     }
+
+
+# --- changes, conflicts and coalescing (no sockets) -----------------------------------------
+
+
+def test_a_conflict_is_logged_once_and_the_rest_is_published() -> None:
+    plane = ControlPlane(CertificateAuthority.create(), trust_domain=TD)
+
+    def created(extra: str = "") -> tuple[manifests.K8sObject, ...]:
+        return tuple(
+            dataclasses.replace(o, creation_timestamp="2026-12-01T10:00:00Z")
+            for o in objects(extra)
+        )
+
+    stale = manifests.Pod(
+        name="stale",
+        namespace="shop",
+        node_name="node-1",
+        pod_ip="10.244.1.10",  # web's address
+        creation_timestamp="2026-12-01T10:00:05Z",
+    )
+    with capture_logs() as logs:
+        plane.update((*created(), stale))
+        plane.update((*created(MANIFEST_POLICY), stale))  # an unrelated change
+        plane.update(created(MANIFEST_POLICY))  # the stale pod is deleted
+    assert plane.snapshot is not None
+    assert {w.name for w in plane.snapshot.workloads} == {"web", "db"}
+    assert plane.snapshot.authorizations
+    problems = [(e["event"], e["name"], e.get("reason")) for e in logs if "problem" in e["event"]]
+    assert problems == [
+        ("object_problem", "stale", "IPConflict"),
+        ("object_problem", "web", "IPConflictKept"),
+        ("object_problem_cleared", "stale", None),
+        ("object_problem_cleared", "web", None),
+    ]
+    published = [e["version"] for e in logs if e["event"] == "config_published"]
+    assert published == [1, 2]  # the stale pod's removal changed nothing in the model
+
+
+async def test_changes_put_close_together_are_published_as_one_version(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    plane = ControlPlane(CertificateAuthority.create(), trust_domain=TD)
+    plane.update(objects())
+    assert plane.snapshot is not None
+    first = plane.snapshot.version
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: plane.serve_changes(window=0.1))
+            for obj in objects(MANIFEST_POLICY):
+                plane.changes.put(object_ref(obj), obj)
+                await trio.sleep(0.01)
+            plane.changes.put(("Pod", "shop", "db"), None)
+            await trio.sleep(1)
+            plane.changes.close()
+    assert plane.snapshot.version == first + 1
+    assert [w.name for w in plane.snapshot.workloads] == ["web"]
+    assert [a.name for a in plane.snapshot.authorizations] == ["web"]

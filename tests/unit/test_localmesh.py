@@ -33,7 +33,7 @@ def objects() -> tuple[manifests.K8sObject, ...]:
 
 
 def meshed(objs: tuple[manifests.K8sObject, ...]) -> dict[str, bool]:
-    return {w.name: w.meshed for w in translate(objs, version=1).workloads}
+    return {w.name: w.meshed for w in translate(objs, version=1).snapshot.workloads}
 
 
 def test_an_uncaptured_pod_is_published_out_of_the_mesh_and_only_it() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import random
 from typing import Any
@@ -25,6 +26,7 @@ from mesh.model import (
     Source,
     TargetRef,
     Workload,
+    _parses_as_ip,
     apply,
     diff,
 )
@@ -197,6 +199,16 @@ def test_snapshot_sorts_entries_by_key() -> None:
 def test_snapshot_refuses_duplicate_keys() -> None:
     with pytest.raises(ModelError, match="two workloads with key default/web"):
         snapshot(WEB, workload("web", ip="10.0.0.5"))
+
+
+def test_snapshot_refuses_duplicate_keys_given_in_order() -> None:
+    with pytest.raises(ModelError, match="two workloads with key default/web"):
+        MeshSnapshot(1, (DB, WEB, workload("web", ip="10.0.0.5")))
+
+
+def test_snapshot_keeps_entries_given_in_order() -> None:
+    entries = (DB, WEB, OTHER)
+    assert MeshSnapshot(1, entries).workloads is entries
 
 
 def test_snapshot_lookups() -> None:
@@ -586,6 +598,20 @@ def test_diff_of_equal_snapshots_is_empty() -> None:
     assert apply(a, delta) == snapshot(WEB, DB, version=2)
 
 
+def test_diff_compares_by_value_what_is_not_shared() -> None:
+    svc = service(backends=[WEB])
+    old = snapshot(WEB, DB, svc, version=1)
+    # The next snapshot shares DB and the Service, has an equal copy of WEB and a new OTHER.
+    web_copy = workload("web", ip="10.0.0.1", node="node-1")
+    assert web_copy is not WEB
+    new = snapshot(web_copy, DB, OTHER, svc, version=2)
+    delta = diff(old, new)
+    assert delta.upserts == (OTHER,)
+    assert delta.removes == ()
+    assert apply(old, delta) == new
+    assert diff(new, old).removes == (("workload", "other/web"),)
+
+
 def test_apply_checks_the_version() -> None:
     with pytest.raises(ModelError, match=r"delta v1->v2 does not apply to snapshot v3"):
         apply(MeshSnapshot(3), Delta(1, 2))
@@ -657,3 +683,32 @@ def test_apply_diff_gives_the_new_snapshot_on_varied_inputs() -> None:
         assert apply(old, wire) == new
         changed += bool(delta.upserts or delta.removes)
     assert changed > 200  # the generator really varies things
+
+
+def _ipaddress_says(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "10.0.0.1", "0.0.0.0", "255.255.255.255", "256.0.0.1", "01.2.3.4", "1.2.3.04",
+        "1.2.3", "1.2.3.4.5", "1.2.3.4\n", " 1.2.3.4", "1.2.3.4/32", "", "1..2.3",
+        "\u0661.\u0662.\u0663.\u0664", "1.2.3.-4", "+1.2.3.4", "::1", "fe80::1%eth0",
+        "::ffff:1.2.3.4", "10.0.0.1:80",
+    ],
+)  # fmt: skip
+def test_addresses_are_checked_as_ipaddress_reads_them(text: str) -> None:
+    assert _parses_as_ip(text) is _ipaddress_says(text)
+
+
+def test_the_quick_ipv4_check_never_accepts_what_ipaddress_refuses() -> None:
+    rng = random.Random(5)
+    parts = ["0", "00", "1", "09", "10", "99", "100", "199", "249", "250", "255", "256", "999"]
+    for _ in range(5000):
+        text = ".".join(rng.choice(parts) for _ in range(rng.choice([3, 4, 4, 4, 5])))
+        assert _parses_as_ip(text) is _ipaddress_says(text), text

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from k8s import manifests as m
-from k8s.translate import TranslateError, in_mesh, meshed_by_labels, translate, ztunnel_acceptance
+from k8s.translate import Problem, in_mesh, meshed_by_labels, translate, ztunnel_acceptance
 from mesh.authz import evaluate
 from mesh.model import (
     GATEWAY_GROUP,
@@ -27,9 +27,9 @@ from mesh.model import (
     Workload,
 )
 from tests.builders import conn, identity
+from tests.k8s_builders import ns, pod, svc
 
 DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo.yaml"
-AMBIENT = (("ambit.io/dataplane-mode", "ambient"),)
 
 
 def assign_ips(objects: tuple[m.K8sObject, ...]) -> list[m.K8sObject]:
@@ -48,7 +48,7 @@ def assign_ips(objects: tuple[m.K8sObject, ...]) -> list[m.K8sObject]:
 
 
 def test_demo_gives_the_expected_snapshot() -> None:
-    snap = translate(assign_ips(m.load(DEMO)), version=3)
+    snap = translate(assign_ips(m.load(DEMO)), version=3).snapshot
     server = Workload(
         uid="demo/server",
         name="server",
@@ -81,47 +81,6 @@ def test_demo_gives_the_expected_snapshot() -> None:
     assert str(server.identity) == "spiffe://cluster.local/ns/demo/sa/server"
 
 
-def pod(
-    name: str,
-    namespace: str = "default",
-    *,
-    ip: str | None = "10.0.0.1",
-    labels: dict[str, str] | None = None,
-    ports: dict[str, int] | None = None,
-    **fields: object,
-) -> m.Pod:
-    container = m.Container(
-        name="app",
-        ports=tuple(m.ContainerPort(port=p, name=n) for n, p in (ports or {}).items()),
-    )
-    return m.Pod(
-        name=name,
-        namespace=namespace,
-        labels=tuple((labels if labels is not None else {"app": name}).items()),
-        containers=(container,),
-        pod_ip=ip,
-        **fields,  # type: ignore[arg-type]
-    )
-
-
-def svc(
-    name: str,
-    namespace: str = "default",
-    *,
-    selector: dict[str, str] | None = None,
-    ports: tuple[m.ServicePortSpec, ...] = (m.ServicePortSpec(port=80, target_port=8080),),
-    cluster_ip: str | None = "10.96.0.1",
-) -> m.Service:
-    sel = tuple((selector if selector is not None else {"app": name}).items()) or None
-    return m.Service(
-        name=name, namespace=namespace, selector=sel, ports=ports, cluster_ip=cluster_ip
-    )
-
-
-def ns(name: str, *, ambient: bool = True) -> m.Namespace:
-    return m.Namespace(name=name, labels=AMBIENT if ambient else ())
-
-
 def protocols(snap: MeshSnapshot) -> dict[str, str]:
     return {w.uid: w.protocol for w in snap.workloads}
 
@@ -130,7 +89,7 @@ def protocols(snap: MeshSnapshot) -> dict[str, str]:
 
 
 def test_pods_without_an_ip_are_not_workloads_yet() -> None:
-    snap = translate([pod("a"), pod("b", ip=None)], version=1)
+    snap = translate([pod("a"), pod("b", ip=None)], version=1).snapshot
     assert [w.uid for w in snap.workloads] == ["default/a"]
 
 
@@ -143,7 +102,7 @@ def test_host_network_and_finished_pods_are_skipped() -> None:
             pod("running", ip="10.0.0.4", phase="Running"),
         ],
         version=1,
-    )
+    ).snapshot
     assert [w.name for w in snap.workloads] == ["running"]
 
 
@@ -155,7 +114,7 @@ def test_namespace_label_puts_pods_in_the_mesh() -> None:
         pod("b", "out", ip="10.0.0.2"),
         pod("c", "nowhere", ip="10.0.0.3"),
     ]
-    assert protocols(translate(objs, version=1)) == {
+    assert protocols(translate(objs, version=1).snapshot) == {
         "in/a": "HBONE",
         "out/b": "TCP",
         "nowhere/c": "TCP",
@@ -170,7 +129,7 @@ def test_pod_label_opts_in_and_out() -> None:
         pod("opt-in", "out", ip="10.0.0.2", labels={"ambit.io/dataplane-mode": "ambient"}),
         pod("junk", "in", ip="10.0.0.3", labels={"ambit.io/dataplane-mode": "sidecar"}),
     ]
-    assert protocols(translate(objs, version=1)) == {
+    assert protocols(translate(objs, version=1).snapshot) == {
         "in/opt-out": "TCP",
         "out/opt-in": "HBONE",
         "in/junk": "HBONE",
@@ -186,15 +145,119 @@ def test_workload_fields_come_from_the_pod() -> None:
         node_name="node-3",
         service_account="web-sa",
     )
-    (w,) = translate([p], trust_domain="example.org", version=1).workloads
+    (w,) = translate([p], trust_domain="example.org", version=1).snapshot.workloads
     assert (w.uid, w.node, w.ip, w.service_account) == ("shop/web", "node-3", "10.0.0.7", "web-sa")
     assert w.container_ports == (("http", 8080),)
     assert str(w.identity) == "spiffe://example.org/ns/shop/sa/web-sa"
 
 
-def test_two_pods_with_one_ip_is_an_error() -> None:
-    with pytest.raises(TranslateError, match=r"default/a and default/b have the same pod IP"):
-        translate([pod("a", ip="10.0.0.1"), pod("b", ip="10.0.0.1")], version=1)
+# --- conflicts ------------------------------------------------------------------------------
+
+EARLY, LATE = "2026-12-01T10:00:00Z", "2026-12-01T10:00:05Z"
+
+
+def test_of_two_pods_with_one_ip_the_one_created_first_keeps_it() -> None:
+    result = translate(
+        [
+            pod("new", ip="10.0.0.1", labels={"app": "web"}, created=LATE),
+            pod("old", ip="10.0.0.1", labels={"app": "web"}, created=EARLY),
+            pod("other", ip="10.0.0.2", labels={"app": "web"}, created=LATE),
+            svc("web"),
+        ],
+        version=1,
+    )
+    # The pod created later is left out, as a workload and as an endpoint; the rest is there.
+    snap = result.snapshot
+    assert [w.uid for w in snap.workloads] == ["default/old", "default/other"]
+    assert [e.workload_uid for e in snap.services[0].endpoints] == ["default/old", "default/other"]
+    assert dict(result.problems) == {
+        ("Pod", "default", "new"): (
+            Problem(
+                "IPConflict",
+                "Pod default/old has the same pod IP 10.0.0.1 and was created first, so this Pod"
+                " is left out of the mesh; delete whichever is stale, or find why the address"
+                " was given twice",
+            ),
+        ),
+        ("Pod", "default", "old"): (
+            Problem(
+                "IPConflictKept",
+                "keeps pod IP 10.0.0.1, also claimed by Pod default/new (left out of the mesh"
+                " while this Pod has it); delete whichever is stale, or find why the address"
+                " was given twice",
+            ),
+        ),
+    }
+
+
+def test_pods_created_at_the_same_time_are_ordered_by_namespace_and_name() -> None:
+    result = translate(
+        [
+            pod("b", "x", ip="10.0.0.1", created=EARLY),
+            pod("a", "y", ip="10.0.0.1", created=EARLY),
+            pod("c", "x", ip="10.0.0.1", created=EARLY),
+        ],
+        version=1,
+    )
+    assert [w.uid for w in result.snapshot.workloads] == ["x/b"]
+    assert [p.reason for p in result.problems[("Pod", "x", "c")]] == ["IPConflict"]
+    assert "comes first (creation times equal or unknown" in (
+        result.problems[("Pod", "y", "a")][0].message
+    )
+    assert result.problems[("Pod", "x", "b")][0].message.startswith(
+        "keeps pod IP 10.0.0.1, also claimed by Pod x/c, Pod y/a (left out"
+    )
+
+
+def test_a_pod_whose_creation_time_is_unknown_comes_after_one_whose_time_is_known() -> None:
+    result = translate([pod("a", created=""), pod("b", created=LATE)], version=1)
+    assert [w.name for w in result.snapshot.workloads] == ["b"]
+    assert result.problems[("Pod", "default", "a")][0].reason == "IPConflict"
+
+
+def test_creation_times_compare_as_times_not_text() -> None:
+    result = translate(
+        [pod("a", created="2026-12-01T10:00:00+01:00"), pod("b", created="2026-12-01T09:30:00Z")],
+        version=1,
+    )
+    assert [w.name for w in result.snapshot.workloads] == ["a"]  # 09:00 UTC
+
+
+def test_of_two_services_with_one_cluster_ip_the_one_created_first_keeps_it() -> None:
+    result = translate(
+        [
+            pod("web", ip="10.0.0.1"),
+            svc("b", selector={"app": "web"}, created=EARLY),
+            svc("a", selector={"app": "web"}, created=LATE),
+            svc("c", selector={"app": "web"}, cluster_ip="10.96.0.2", created=LATE),
+        ],
+        version=1,
+    )
+    assert [s.name for s in result.snapshot.services] == ["b", "c"]
+    assert [w.name for w in result.snapshot.workloads] == ["web"]
+    assert {ref: [p.reason for p in ps] for ref, ps in result.problems.items()} == {
+        ("Service", "default", "a"): ["ClusterIPConflict"],
+        ("Service", "default", "b"): ["ClusterIPConflictKept"],
+    }
+    assert result.problems[("Service", "default", "a")][0].message.startswith(
+        "Service default/b has the same cluster IP 10.96.0.1 and was created first"
+    )
+
+
+def test_addresses_that_no_workload_or_service_uses_do_not_conflict() -> None:
+    result = translate(
+        [
+            pod("running", ip="10.0.0.1"),
+            pod("done", ip="10.0.0.1", phase="Succeeded"),
+            pod("host", ip="10.0.0.1", host_network=True),
+            svc("web", selector={"app": "running"}),
+            svc("manual", selector={}),  # no selector: not in the mesh, claims nothing
+        ],
+        version=1,
+    )
+    assert [w.name for w in result.snapshot.workloads] == ["running"]
+    assert [s.name for s in result.snapshot.services] == ["web"]
+    assert result.problems == {}
 
 
 # --- services --------------------------------------------------------------------------------
@@ -207,7 +270,7 @@ def test_service_needs_a_selector_and_a_vip() -> None:
         svc("external", selector={}, cluster_ip="10.96.0.2"),
         svc("web2", selector={"app": "web"}, cluster_ip="10.96.0.3"),
     ]
-    assert [s.name for s in translate(objs, version=1).services] == ["web2"]
+    assert [s.name for s in translate(objs, version=1).snapshot.services] == ["web2"]
 
 
 def test_endpoints_are_selected_pods_with_an_ip_in_the_namespace() -> None:
@@ -219,7 +282,7 @@ def test_endpoints_are_selected_pods_with_an_ip_in_the_namespace() -> None:
         pod("e", "other", ip="10.0.0.5", labels={"app": "web"}),
         svc("web"),
     ]
-    (service,) = translate(objs, version=1).services
+    (service,) = translate(objs, version=1).snapshot.services
     assert [(e.workload_uid, e.ip) for e in service.endpoints] == [
         ("default/a", "10.0.0.1"),
         ("default/b", "10.0.0.2"),
@@ -238,7 +301,7 @@ def test_named_target_port_resolves_per_pod() -> None:
         pod("bare", ip="10.0.0.3", labels={"app": "web"}),
         svc("web", ports=ports),
     ]
-    (service,) = translate(objs, version=1).services
+    (service,) = translate(objs, version=1).snapshot.services
     assert service.ports == (
         ServicePort(80, 0, "http", target_port_name="http"),
         ServicePort(9090, 9090, "metrics"),
@@ -257,7 +320,7 @@ def test_app_protocol_is_carried_over() -> None:
         m.ServicePortSpec(port=5432, target_port=5432),
     )
     objs: list[m.K8sObject] = [pod("a", labels={"app": "web"}), svc("web", ports=ports)]
-    (service,) = translate(objs, version=1).services
+    (service,) = translate(objs, version=1).snapshot.services
     assert [(p.port, p.app_protocol) for p in service.ports] == [
         (80, "http"),
         (81, "kubernetes.io/h2c"),
@@ -268,20 +331,15 @@ def test_app_protocol_is_carried_over() -> None:
 def test_pod_lacking_the_only_named_port_is_not_an_endpoint() -> None:
     ports = (m.ServicePortSpec(port=80, target_port="http"),)
     objs: list[m.K8sObject] = [pod("bare", labels={"app": "web"}), svc("web", ports=ports)]
-    (service,) = translate(objs, version=1).services
+    (service,) = translate(objs, version=1).snapshot.services
     assert service.endpoints == ()
 
 
 def test_unmeshed_pods_are_endpoints_too() -> None:
     objs: list[m.K8sObject] = [ns("shop", ambient=False), pod("web", "shop"), svc("web", "shop")]
-    snap = translate(objs, version=1)
+    snap = translate(objs, version=1).snapshot
     assert snap.workloads[0].protocol == "TCP"
     assert snap.services[0].endpoints[0].workload_uid == "shop/web"
-
-
-def test_two_services_with_one_vip_is_an_error() -> None:
-    with pytest.raises(TranslateError, match=r"same service cluster IP 10\.96\.0\.1"):
-        translate([svc("a"), svc("b")], version=1)
 
 
 # --- policy ----------------------------------------------------------------------------------
@@ -312,7 +370,7 @@ def test_policy_l4_fields() -> None:
               - operation: {ports: ["8080", "9090"], notPorts: ["22"]}
         """
     )
-    (authz,) = translate([obj], version=1).authorizations
+    (authz,) = translate([obj], version=1).snapshot.authorizations
     assert authz == Authorization(
         "p",
         "shop",
@@ -348,7 +406,7 @@ def test_policy_l7_values_are_kept() -> None:
               - operation: {ports: ["81"], hosts: [web.shop], notMethods: [PUT], notPaths: [/y]}
         """
     )
-    (authz,) = translate([obj], version=1).authorizations
+    (authz,) = translate([obj], version=1).snapshot.authorizations
     assert authz.rules == (
         Rule(
             (
@@ -391,7 +449,7 @@ def test_when_conditions_belong_to_the_whole_rule() -> None:
               - {key: "request.headers[x]", values: [a, b], notValues: [c]}
         """
     )
-    (authz,) = translate([obj], version=1).authorizations
+    (authz,) = translate([obj], version=1).snapshot.authorizations
     first, second = authz.rules
     assert first.operations == (Operation(ports=(80,)), Operation(ports=(81,)))
     assert first.when == (Condition("request.auth.claims[iss]", ("me",)),)
@@ -405,9 +463,9 @@ def test_when_conditions_belong_to_the_whole_rule() -> None:
 
 
 def test_policy_without_rules_and_selector() -> None:
-    (authz,) = translate([policy("{}")], version=1).authorizations
+    (authz,) = translate([policy("{}")], version=1).snapshot.authorizations
     assert authz == Authorization("p", "shop", "ALLOW", None, ())
-    (empty_rule,) = translate([policy("rules: [{}]")], version=1).authorizations
+    (empty_rule,) = translate([policy("rules: [{}]")], version=1).snapshot.authorizations
     assert empty_rule.rules == (Rule(),)
 
 
@@ -421,7 +479,7 @@ def test_target_refs_and_audit_are_carried_over() -> None:
         rules: [{to: [{operation: {methods: [GET]}}]}]
         """
     )
-    (authz,) = translate([obj], version=1).authorizations
+    (authz,) = translate([obj], version=1).snapshot.authorizations
     assert authz == Authorization(
         "p",
         "shop",
@@ -442,7 +500,7 @@ def test_custom_fails_closed_as_a_deny_of_everything_it_selects() -> None:
         rules: [{to: [{operation: {paths: ["/admin/*"]}}]}]
         """
     )
-    (authz,) = translate([obj], version=1).authorizations
+    (authz,) = translate([obj], version=1).snapshot.authorizations
     assert authz == Authorization("p", "shop", "DENY", (("app", "web"),), (Rule(),))
     at_waypoint = policy(
         """
@@ -452,7 +510,7 @@ def test_custom_fails_closed_as_a_deny_of_everything_it_selects() -> None:
         rules: [{}]
         """
     )
-    (authz,) = translate([at_waypoint], version=1).authorizations
+    (authz,) = translate([at_waypoint], version=1).snapshot.authorizations
     assert (authz.action, authz.rules, authz.for_waypoint) == ("DENY", (Rule(),), True)
 
 
@@ -598,7 +656,7 @@ def test_deny_with_l7_fields_is_enforced_on_its_l4_part() -> None:
 def test_acceptance_agrees_with_what_ztunnel_decides() -> None:
     """The condition says what evaluate() does: an accepted L4 policy decides, a waypoint-only
     one never does, an ALLOW with L7 fields denies, a CUSTOM denies."""
-    server = translate(assign_ips(m.load(DEMO)), version=1).workload("demo/server")
+    server = translate(assign_ips(m.load(DEMO)), version=1).snapshot.workload("demo/server")
     assert server is not None
     client = conn(server, src=identity("demo", "client"))
     cases = {
@@ -610,7 +668,7 @@ def test_acceptance_agrees_with_what_ztunnel_decides() -> None:
     for spec, (accepted, allowed) in cases.items():
         obj = policy(spec, namespace="demo")
         assert isinstance(obj, m.AuthorizationPolicy)
-        snap = translate([*assign_ips(m.load(DEMO)), obj], version=1)
+        snap = translate([*assign_ips(m.load(DEMO)), obj], version=1).snapshot
         assert ztunnel_acceptance(obj)[0] is accepted, spec
         assert evaluate(client, snap.policies_for(server)).allowed is allowed, spec
 
@@ -620,7 +678,7 @@ def test_peer_authentication_is_carried_over() -> None:
         m.PeerAuthentication(name="strict", namespace="ambit-system", mode="STRICT"),
         m.PeerAuthentication(name="web", namespace="shop", selector=(("app", "web"),)),
     ]
-    assert translate(objs, version=1).peer_authentications == (
+    assert translate(objs, version=1).snapshot.peer_authentications == (
         PeerAuthentication("strict", "ambit-system", None, "STRICT"),
         PeerAuthentication("web", "shop", (("app", "web"),), "UNSET"),
     )
@@ -640,7 +698,7 @@ def test_yaml_to_decision() -> None:
             namespace="demo",
         )
     )
-    snap = translate(objs, version=1)
+    snap = translate(objs, version=1).snapshot
     server = snap.workload("demo/server")
     assert server is not None
     policies = snap.policies_for(server)
@@ -662,7 +720,7 @@ def test_yaml_to_decision_for_waypoint_and_custom_policies() -> None:
             namespace="demo",
         )
     )
-    snap = translate(objs, version=1)
+    snap = translate(objs, version=1).snapshot
     server = snap.workload("demo/server")
     assert server is not None
     assert snap.policies_for(server) == ()
@@ -676,7 +734,7 @@ def test_yaml_to_decision_for_waypoint_and_custom_policies() -> None:
         """,
         namespace="demo",
     )
-    snap = translate(objs, version=2)
+    snap = translate(objs, version=2).snapshot
     decision = evaluate(conn(server, src=identity("demo", "client")), snap.policies_for(server))
     assert not decision.allowed
     assert decision.policy == "demo/p"

@@ -1,0 +1,319 @@
+"""Translator: incremental translation gives what translating everything gives, touches
+only what a change concerns, and keeps the snapshot when nothing changed."""
+
+from __future__ import annotations
+
+import datetime
+import gc
+import itertools
+import math
+import random
+from collections.abc import Iterable
+from typing import Any
+
+from k8s import manifests as m
+from k8s.store import ObjectRef
+from k8s.translate import (
+    Translator,
+    _endpoint,
+    _peer_authentication,
+    _ports,
+    _workload,
+    authorization,
+    object_ref,
+    translate,
+)
+from mesh.model import MeshSnapshot, Service, diff
+from tests.k8s_builders import ns, pod, svc
+
+EARLY, LATE = "2026-12-01T10:00:00Z", "2026-12-01T10:00:05Z"
+
+
+def changed_keys(old: MeshSnapshot, new: MeshSnapshot) -> list[tuple[str, str]]:
+    """(kind, key) of every entry the delta between the two snapshots upserts or removes."""
+    delta = diff(old, new)
+    upserts: list[tuple[str, str]] = [(r.kind, r.key) for r in delta.upserts]
+    return upserts + list(delta.removes)
+
+
+def cluster() -> list[m.K8sObject]:
+    return [
+        ns("shop"),
+        ns("bank", ambient=False),
+        pod("web-1", "shop", ip="10.0.0.1", labels={"app": "web"}),
+        pod("web-2", "shop", ip="10.0.0.2", labels={"app": "web"}),
+        pod("db", "shop", ip="10.0.0.3", labels={"app": "db"}),
+        pod("web", "bank", ip="10.0.1.1", labels={"app": "web"}),
+        svc("web", "shop", cluster_ip="10.96.0.1"),
+        svc("db", "shop", cluster_ip="10.96.0.2"),
+        svc("web", "bank", cluster_ip="10.96.1.1"),
+    ]
+
+
+def test_a_pod_change_touches_its_workload_and_the_services_selecting_it_before_or_after() -> None:
+    translator = Translator(version=7)
+    first = translator.apply(cluster()).snapshot
+    assert first.version == 7
+    moved = pod("web-2", "shop", ip="10.0.0.2", labels={"app": "db"})
+    second = translator.apply([moved]).snapshot
+    assert second.version == 8
+    assert changed_keys(first, second) == [
+        ("service", "shop/db"),
+        ("service", "shop/web"),
+        ("workload", "shop/web-2"),
+    ]
+    assert [e.workload_uid for e in second.service("shop/db").endpoints] == [  # type: ignore[union-attr]
+        "shop/db",
+        "shop/web-2",
+    ]
+    objects = [o for o in cluster() if object_ref(o) != object_ref(moved)] + [moved]
+    assert second == translate(objects, version=8).snapshot
+
+
+def test_what_does_not_change_the_model_keeps_the_snapshot() -> None:
+    translator = Translator()
+    first = translator.apply(cluster())
+    again = translator.apply(cluster())  # equal objects
+    annotated = pod("db", "shop", ip="10.0.0.3", labels={"app": "db"}, annotations=(("a", "b"),))
+    after_annotation = translator.apply([annotated])
+    assert again.snapshot is first.snapshot
+    assert after_annotation.snapshot is first.snapshot
+    assert first.snapshot.version == 1
+
+
+def test_a_namespace_label_change_meshes_the_workloads_of_that_namespace_only() -> None:
+    translator = Translator()
+    first = translator.apply(cluster()).snapshot
+    second = translator.apply([ns("bank", ambient=True)]).snapshot
+    assert changed_keys(first, second) == [("workload", "bank/web")]
+    assert second.workload("bank/web").meshed  # type: ignore[union-attr]
+    third = translator.apply(removes=[("Namespace", "", "shop")]).snapshot
+    assert {w.uid for w in third.workloads if not w.meshed} == {
+        "shop/web-1",
+        "shop/web-2",
+        "shop/db",
+    }
+
+
+def test_a_service_change_recomputes_that_service() -> None:
+    translator = Translator()
+    first = translator.apply(cluster()).snapshot
+    everything = svc("web", "shop", selector={}, cluster_ip="10.96.0.1")  # no selector
+    second = translator.apply([everything]).snapshot
+    assert changed_keys(first, second) == [("service", "shop/web")]
+    assert second.service("shop/web") is None
+    third = translator.apply([svc("web", "shop", selector={"app": "db"}, cluster_ip="10.96.0.1")])
+    web = third.snapshot.service("shop/web")
+    assert web is not None
+    assert [e.workload_uid for e in web.endpoints] == ["shop/db"]
+
+
+def test_a_pod_that_loses_its_address_leaves_its_workload_and_endpoints() -> None:
+    translator = Translator()
+    translator.apply(cluster())
+    done = pod("web-1", "shop", ip="10.0.0.1", labels={"app": "web"}, phase="Succeeded")
+    snap = translator.apply([done]).snapshot
+    assert snap.workload("shop/web-1") is None
+    assert [e.workload_uid for e in snap.service("shop/web").endpoints] == [  # type: ignore[union-attr]
+        "shop/web-2"
+    ]
+
+
+def test_when_the_holder_of_an_address_goes_the_next_one_takes_it() -> None:
+    translator = Translator()
+    first = translator.apply(
+        [
+            pod("old", ip="10.0.0.1", labels={"app": "web"}, created=EARLY),
+            pod("new", ip="10.0.0.1", labels={"app": "web"}, created=LATE),
+            svc("web"),
+        ]
+    )
+    assert [w.name for w in first.snapshot.workloads] == ["old"]
+    assert set(first.problems) == {("Pod", "default", "old"), ("Pod", "default", "new")}
+    second = translator.apply(removes=[("Pod", "default", "old")])
+    assert [w.name for w in second.snapshot.workloads] == ["new"]
+    assert [e.workload_uid for e in second.snapshot.services[0].endpoints] == ["default/new"]
+    assert second.problems == {}
+    # The pod made again is newer than the one that has the address now: it waits.
+    third = translator.apply([pod("old", ip="10.0.0.1", created="2026-12-01T11:00:00Z")])
+    assert [w.name for w in third.snapshot.workloads] == ["new"]
+    assert third.problems[("Pod", "default", "old")][0].reason == "IPConflict"
+    # Given another address, it is in the mesh and nobody has a problem.
+    fourth = translator.apply([pod("old", ip="10.0.0.9", created="2026-12-01T11:00:00Z")])
+    assert [w.name for w in fourth.snapshot.workloads] == ["new", "old"]
+    assert fourth.problems == {}
+
+
+def test_removing_what_is_not_there_changes_nothing() -> None:
+    translator = Translator()
+    first = translator.apply(cluster())
+    assert translator.apply(removes=[("Pod", "shop", "nope"), ("Service", "x", "y")]) is first
+
+
+# --- incremental == full, on random changes --------------------------------------------------
+
+NAMESPACES = ["a", "b", "c"]
+LABELS = [
+    {"app": "web"},
+    {"app": "web", "v": "2"},
+    {"app": "db"},
+    {"ambit.io/dataplane-mode": "none"},
+]
+SELECTORS = [{"app": "web"}, {"app": "web", "v": "2"}, {"app": "db"}, {}, {"v": "2"}]
+TIMES = ["", EARLY, LATE, "2026-12-01T10:00:00+01:00"]
+
+
+def random_object(rng: random.Random) -> m.K8sObject:
+    namespace = rng.choice(NAMESPACES)
+    kind = rng.choice(["Pod", "Pod", "Pod", "Service", "Namespace", "Policy", "Peer"])
+    if kind == "Pod":
+        return pod(
+            f"p{rng.randrange(8)}",
+            namespace,
+            ip=rng.choice([None, *(f"10.0.0.{i}" for i in range(1, 25))]),
+            labels=rng.choice(LABELS),
+            ports=rng.choice([{}, {"http": 8080}, {"http": 8081}]),
+            created=rng.choice(TIMES),
+            phase=rng.choice(["Running", "Running", "Pending", "Succeeded"]),
+            host_network=rng.random() < 0.1,
+            node_name=rng.choice(["node-1", "node-2"]),
+        )
+    if kind == "Service":
+        target: int | str = 8080 if rng.random() < 0.5 else "http"
+        port = m.ServicePortSpec(port=80, target_port=target)
+        return svc(
+            f"s{rng.randrange(4)}",
+            namespace,
+            selector=rng.choice(SELECTORS),
+            ports=(port,),
+            cluster_ip=rng.choice([None, "10.96.0.1", "10.96.0.2", "10.96.0.3"]),
+            created=rng.choice(TIMES),
+        )
+    if kind == "Namespace":
+        return ns(namespace, ambient=rng.random() < 0.5)
+    if kind == "Policy":
+        selector = tuple(rng.choice(SELECTORS).items()) or None
+        return m.AuthorizationPolicy(
+            name=f"ap{rng.randrange(3)}",
+            namespace=namespace,
+            action=rng.choice(["ALLOW", "DENY"]),
+            selector=selector,
+        )
+    return m.PeerAuthentication(
+        name=f"pa{rng.randrange(2)}", namespace=namespace, mode=rng.choice(["STRICT", "PERMISSIVE"])
+    )
+
+
+def random_batch(
+    rng: random.Random, held: Iterable[ObjectRef]
+) -> tuple[list[m.K8sObject], list[ObjectRef]]:
+    refs = sorted(held)
+    upserts = [random_object(rng) for _ in range(rng.choice([1, 1, 1, 2, 4]))]
+    removes = rng.sample(refs, min(len(refs), rng.choice([0, 0, 1, 2])))
+    return upserts, removes
+
+
+def reference(
+    objects: Iterable[m.K8sObject], version: int
+) -> tuple[MeshSnapshot, dict[ObjectRef, str]]:
+    """The rules written out plainly: every pod against every Service, conflicts by sorting
+    the claimants of each address. The per-object mappings are translate's own."""
+    objs = list(objects)
+    namespaces = {o.name: o for o in objs if isinstance(o, m.Namespace)}
+    reasons: dict[ObjectRef, str] = {}
+
+    def first_created(claimants: list[Any], reason: str, address: Any) -> list[Any]:
+        holders = []
+        for _, group in itertools.groupby(sorted(claimants, key=address), key=address):
+            ordered = sorted(
+                group, key=lambda o: (seconds(o.creation_timestamp), o.namespace, o.name)
+            )
+            holders.append(ordered[0])
+            if len(ordered) > 1:
+                reasons[object_ref(ordered[0])] = reason + "Kept"
+                reasons.update((object_ref(o), reason) for o in ordered[1:])
+        return holders
+
+    pods = [
+        p
+        for p in objs
+        if isinstance(p, m.Pod)
+        and p.pod_ip
+        and not p.host_network
+        and p.phase not in ("Succeeded", "Failed")
+    ]
+    pods = first_created(pods, "IPConflict", lambda p: p.pod_ip)
+    services = [s for s in objs if isinstance(s, m.Service) and s.selector and s.cluster_ip]
+    services = first_created(services, "ClusterIPConflict", lambda s: s.cluster_ip)
+    snapshot = MeshSnapshot(
+        version,
+        tuple(_workload(p, namespaces.get(p.namespace), "example.org") for p in pods),
+        tuple(
+            Service(
+                s.name,
+                s.namespace,
+                s.cluster_ip or "",
+                _ports(s),
+                tuple(e for p in pods if (e := _endpoint(s, p)) is not None),
+            )
+            for s in services
+        ),
+        tuple(authorization(a) for a in objs if isinstance(a, m.AuthorizationPolicy)),
+        tuple(_peer_authentication(p) for p in objs if isinstance(p, m.PeerAuthentication)),
+    )
+    return snapshot, reasons
+
+
+def seconds(timestamp: str) -> float:
+    return datetime.datetime.fromisoformat(timestamp).timestamp() if timestamp else math.inf
+
+
+def content(snapshot: MeshSnapshot) -> tuple[object, ...]:
+    return (
+        snapshot.workloads,
+        snapshot.services,
+        snapshot.authorizations,
+        snapshot.peer_authentications,
+    )
+
+
+def test_incremental_translation_equals_full_translation_of_the_same_objects() -> None:
+    changes = 0
+    for seed in range(3):
+        rng = random.Random(seed)
+        translator = Translator(trust_domain="example.org")
+        objects: dict[ObjectRef, m.K8sObject] = {}
+        previous = translator.apply()
+        for _ in range(300):
+            upserts, removes = random_batch(rng, objects)
+            for ref in removes:
+                objects.pop(ref, None)
+            for obj in upserts:
+                objects[object_ref(obj)] = obj
+            result = translator.apply(upserts, removes)
+            version = result.snapshot.version
+            full = translate(objects.values(), trust_domain="example.org", version=version)
+            assert result == full
+            assert dict(translator.objects()) == objects
+            snapshot, reasons = reference(objects.values(), version)
+            assert result.snapshot == snapshot
+            assert {ref: p.reason for ref, (p,) in result.problems.items()} == reasons
+            if result.snapshot is not previous.snapshot:
+                assert version == previous.snapshot.version + 1
+                assert content(result.snapshot) != content(previous.snapshot)
+                changes += 1
+            previous = result
+    assert changes > 500  # the changes really change things
+
+
+def test_the_cyclic_collector_is_as_it_was_after_a_batch() -> None:
+    translator = Translator()
+    assert gc.isenabled()
+    translator.apply(cluster())
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        translator.apply([ns("bank")])
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
