@@ -1,0 +1,82 @@
+"""``ambit controlplane``: the control plane on its own (CA, config stream, metrics)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import trio
+
+from mesh.constants import (
+    CONFIG_STREAM_PORT,
+    CONTROL_PLANE_METRICS_PORT,
+    CONTROL_PLANE_PORT,
+    DEFAULT_TRUST_DOMAIN,
+)
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "controlplane",
+        help="run the control plane (CA, config stream, metrics) on its own",
+        description=(
+            "Run the control plane: objects come from its source, are validated and"
+            " translated, and are streamed to the proxies; the CA signs for nodes that"
+            " prove themselves with their token. --source files watches manifest files"
+            " (a directory means every *.yaml, *.yml and *.json in it)."
+        ),
+    )
+    parser.add_argument("--source", choices=["files", "kubernetes"], default="files")
+    parser.add_argument(
+        "-f", "--filename", dest="files", action="append", type=Path, default=[],
+        metavar="PATH", help="manifest file or directory to watch (repeatable; --source files)",
+    )  # fmt: skip
+    parser.add_argument("--ca-dir", required=True, type=Path, help="the CA's keys (made if absent)")
+    parser.add_argument(
+        "--tokens-file", type=Path, help='node tokens, JSON {"node": "token"}; re-read on change'
+    )
+    parser.add_argument(
+        "--status-file", type=Path, help="where each object's conditions are written (JSON)"
+    )
+    parser.add_argument("--host", default="0.0.0.0", help="address to listen on")
+    parser.add_argument("--ca-port", type=int, default=CONTROL_PLANE_PORT)
+    parser.add_argument("--config-port", type=int, default=CONFIG_STREAM_PORT)
+    parser.add_argument("--metrics-port", type=int, default=CONTROL_PLANE_METRICS_PORT)
+    parser.add_argument("--trust-domain", default=DEFAULT_TRUST_DOMAIN)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ca.errors import CaError
+    from k8s.controlplane_process import ControlPlaneConfig, run_controlplane
+
+    if args.source == "kubernetes":
+        print(
+            "ambit controlplane: --source kubernetes is not available yet: the Kubernetes"
+            " API source is still to be built; use --source files",
+            file=sys.stderr,
+        )
+        return 2
+    if not args.files:
+        print("ambit controlplane: --source files needs at least one -f PATH", file=sys.stderr)
+        return 2
+    config = ControlPlaneConfig(
+        files=tuple(args.files),
+        ca_dir=args.ca_dir,
+        tokens_file=args.tokens_file,
+        status_file=args.status_file,
+        host=args.host,
+        ca_port=args.ca_port,
+        config_port=args.config_port,
+        metrics_port=args.metrics_port,
+        trust_domain=args.trust_domain,
+    )
+    try:
+        trio.run(run_controlplane, config)
+    except (OSError, CaError) as exc:
+        print(f"ambit controlplane: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0

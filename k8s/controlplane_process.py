@@ -1,0 +1,249 @@
+"""``ambit controlplane``: the control plane as a process of its own.
+
+It loads (or creates) the CA from ``ca_dir``, keeps one :class:`~k8s.store.ObjectStore`
+fed by its source (``files`` today; the Kubernetes API is the next), translates and
+publishes on every change (changes within ``coalesce`` seconds together), and serves:
+
+- 15012: the CA, node-authorized (bearer tokens from ``tokens_file``, a JSON object
+  ``{"node": "token"}``, re-read when it changes: local mode adds a node's token
+  before it starts the node's ztunnel);
+- 15010: the config stream (HBONE, mutual TLS);
+- 15014: ``/metrics`` (Prometheus; ``pilot_xds`` is Istio's count of connected
+  proxies), ``/ready`` (200 once every kind is listed and a snapshot is published)
+  and ``/debug/nodes`` (each proxy's connection and acknowledged version).
+
+Each object's conditions, and the documents the source refused, go to
+``status_file`` (JSON, written atomically) after every translation: that is how
+local mode's ``ambit get -o yaml`` shows them without sharing memory with this
+process. SIGTERM or SIGINT stops it with exit code 0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+import trio
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from ca import CaConfig, CertificateAuthority
+from k8s.controlplane import ControlPlane
+from k8s.files_source import FilesSource
+from k8s.store import ObjectStore
+from mesh.admin import json_response, metrics_route, ready_route, serve_http
+from mesh.constants import (
+    CONFIG_STREAM_PORT,
+    CONTROL_PLANE_METRICS_PORT,
+    CONTROL_PLANE_PORT,
+    DEFAULT_TRUST_DOMAIN,
+)
+from mesh.http import Request, Response
+from mesh.tokens import TokenTable
+
+log = structlog.get_logger("k8s.controlplane_process")
+
+
+@dataclass(frozen=True)
+class ControlPlaneConfig:
+    files: tuple[Path, ...]
+    ca_dir: Path
+    tokens_file: Path | None = None
+    status_file: Path | None = None
+    host: str = "0.0.0.0"
+    ca_port: int = CONTROL_PLANE_PORT
+    config_port: int = CONFIG_STREAM_PORT
+    metrics_port: int = CONTROL_PLANE_METRICS_PORT
+    trust_domain: str = DEFAULT_TRUST_DOMAIN
+    coalesce: float = 0.1  # changes this close together are translated once
+    poll: float = 0.2  # how often watched files are checked
+
+
+@dataclass
+class Ports:
+    ca: int
+    config: int
+    metrics: int
+
+
+class TokensFile:
+    """Node tokens from a JSON file ``{"node": "token"}``, added to a :class:`TokenTable`
+    as they appear. A token once loaded stays valid for this process's life."""
+
+    def __init__(self, path: Path | None, table: TokenTable) -> None:
+        self.path = path
+        self._table = table
+        self._loaded: dict[str, str] = {}
+        self._mtime = -1
+
+    def reload(self) -> None:
+        if self.path is None:
+            return
+        try:
+            mtime = os.stat(self.path).st_mtime_ns
+            if mtime == self._mtime:
+                return
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError) as exc:
+            log.warning("tokens_file_unreadable", path=str(self.path), reason=str(exc))
+            return
+        self._mtime = mtime
+        if not isinstance(data, dict):
+            log.warning("tokens_file_unreadable", path=str(self.path), reason="not an object")
+            return
+        for node, token in data.items():
+            if isinstance(token, str) and token and self._loaded.get(str(node)) != token:
+                self._table.add(token, str(node))
+                self._loaded[str(node)] = token
+
+
+@dataclass
+class _State:
+    plane: ControlPlane
+    store: ObjectStore
+    source: FilesSource
+    published: bool = False
+    refused: list[str] = field(default_factory=list)
+
+
+class _Collector(Collector):
+    """Read at scrape time: nothing on the config path counts anything."""
+
+    def __init__(self, state: _State) -> None:
+        self._state = state
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        plane, store = self._state.plane, self._state.store
+        xds = GaugeMetricFamily("pilot_xds", "Proxies connected to the config stream")
+        xds.add_metric([], sum(1 for n in plane.config.nodes() if n.connected))
+        yield xds
+        version = GaugeMetricFamily("ambit_config_version", "Version of the published config")
+        version.add_metric([], plane.snapshot.version if plane.snapshot else 0)
+        yield version
+        objects = GaugeMetricFamily("ambit_config_objects", "Objects in the store", labels=["kind"])
+        for kind in store.kinds:
+            objects.add_metric([kind], len(store.entries(kind)))
+        yield objects
+        refused = GaugeMetricFamily(
+            "ambit_config_refused_documents", "Documents the source refused (see the status)"
+        )
+        refused.add_metric([], len(self._state.source.errors))
+        yield refused
+        problems = GaugeMetricFamily(
+            "ambit_config_object_problems", "Objects that do not take effect as written"
+        )
+        translation = plane.translation
+        problems.add_metric([], len(translation.problems) if translation else 0)
+        yield problems
+
+
+def status_json(state: _State) -> dict[str, Any]:
+    """What the status file holds: each object's conditions (by ``Kind/namespace/name``,
+    with its uid) and the documents the source refused."""
+    objects = {}
+    for entry in state.store.entries():
+        if entry.conditions:
+            kind, namespace, name = entry.ref
+            objects[f"{kind}/{namespace}/{name}"] = {
+                "uid": entry.obj.uid,
+                "conditions": [c.to_json() for c in entry.conditions],
+            }
+    snapshot = state.plane.snapshot
+    return {
+        "version": snapshot.version if snapshot else None,
+        "objects": objects,
+        "refused": list(state.source.errors),
+    }
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_bytes(data)
+    os.replace(temporary, path)
+
+
+async def _sync(state: _State, config: ControlPlaneConfig) -> None:
+    """Translate and publish after every change of the store, coalesced."""
+    seen = -1
+    while True:
+        await state.store.wait_changed(seen)
+        await trio.sleep(config.coalesce)  # what else arrives now is translated with it
+        seen = state.store.version
+        try:
+            snapshot = state.plane.update(state.store.objects(), store=state.store)
+        except Exception:  # a bug in translation: say so once, keep the last good config
+            log.exception("config_translation_failed", objects=len(state.store.entries()))
+            continue
+        state.published = state.published or snapshot is not None
+        if config.status_file is not None:
+            data = json.dumps(status_json(state), indent=1).encode()
+            await trio.to_thread.run_sync(_write_atomically, config.status_file, data)
+
+
+async def _watch_tokens(tokens: TokensFile, poll: float) -> None:
+    while True:
+        tokens.reload()
+        await trio.sleep(poll)
+
+
+async def run_controlplane(
+    config: ControlPlaneConfig, *, task_status: trio.TaskStatus[Ports] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Run until SIGTERM or SIGINT (or cancellation); ``task_status.started(Ports)`` once
+    every port listens."""
+    authority = await trio.to_thread.run_sync(
+        lambda: CertificateAuthority.load_or_create(
+            config.ca_dir, CaConfig(trust_domain=config.trust_domain)
+        )
+    )
+    plane = ControlPlane(authority, trust_domain=config.trust_domain)
+    tokens = TokensFile(config.tokens_file, plane.tokens)
+    tokens.reload()
+    state = _State(plane, ObjectStore(), FilesSource(config.files))
+    registry = CollectorRegistry()
+    registry.register(_Collector(state))
+
+    def ready() -> tuple[bool, str]:
+        if not state.store.complete:
+            return False, f"not listed yet: {', '.join(state.store.unlisted())}"
+        return (True, "") if state.published else (False, "no config published yet")
+
+    def nodes(_request: Request) -> Response:
+        return json_response([vars(n) for n in plane.config.nodes()])
+
+    routes = {"/metrics": metrics_route(registry), "/ready": ready_route(ready),
+              "/debug/nodes": nodes}  # fmt: skip
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            ca_port, config_port = await nursery.start(
+                lambda task_status: plane.serve(
+                    config.host, ca_port=config.ca_port, config_port=config.config_port,
+                    task_status=task_status,
+                )
+            )  # fmt: skip
+            metrics = await nursery.start(
+                lambda task_status: serve_http(
+                    routes, host=config.host, port=config.metrics_port, task_status=task_status
+                )
+            )
+            nursery.start_soon(_watch_tokens, tokens, config.poll)
+            nursery.start_soon(_sync, state, config)
+            await nursery.start(lambda task_status: state.source.run(
+                state.store, poll=config.poll, task_status=task_status
+            ))  # fmt: skip
+            log.info(
+                "controlplane_started", ca_port=ca_port, config_port=config_port,
+                metrics_port=metrics[1], files=[str(f) for f in config.files],
+            )  # fmt: skip
+            task_status.started(Ports(ca_port, config_port, metrics[1]))
+            async for signum in signals:
+                log.info("controlplane_stopping", signal=signal.Signals(signum).name)
+                break
+            nursery.cancel_scope.cancel()
