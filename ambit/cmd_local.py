@@ -112,7 +112,7 @@ def register(subparsers: Subparsers) -> None:
         "logs",
         parents=[state],
         help="print the log of a component",
-        description="COMPONENT: pod/NAME (or NAME), ztunnel/NODE, controlplane",
+        description="COMPONENT: pod/NAME (or NAME), ztunnel/NODE, controlplane, daemon",
     )
     _namespace_args(logs, of_pod=True)
     logs.add_argument("component")
@@ -370,7 +370,7 @@ def run_logs(args: argparse.Namespace) -> int:
     state_dir = state_dir_from(args.state_dir)
     kind, _, name = args.component.partition("/")
     if not name:
-        kind, name = ("controlplane", "") if kind in ("controlplane", "daemon") else ("pod", kind)
+        kind, name = (kind, "") if kind in ("controlplane", "daemon") else ("pod", kind)
     if kind in ("pod", "po", "pods"):
         logs = pod_log(state_dir, "x", name).parent
         found = [f.name.split("_", 1)[0] for f in logs.glob(f"*_{name}.log")]
@@ -381,11 +381,14 @@ def run_logs(args: argparse.Namespace) -> int:
     elif kind == "ztunnel":
         path = ztunnel_log(state_dir, name)
     elif kind == "controlplane":
+        path = state_dir / "logs" / "controlplane.log"
+    elif kind == "daemon":
         path = files_of(state_dir)[2]
     else:
         return _fail(
             "logs",
-            f"unknown component {args.component!r}; use pod/NAME, ztunnel/NODE or controlplane",
+            f"unknown component {args.component!r}; use pod/NAME, ztunnel/NODE, controlplane"
+            " or daemon",
         )
     try:
         text = path.read_text(errors="replace")

@@ -4,7 +4,8 @@ Each time any of the watched files changes (size or modification time, polled ev
 ``poll`` seconds; a directory means every ``*.yaml``, ``*.yml`` and ``*.json`` in it),
 all of them are read again and the result is one complete list of every kind: the
 store's kinds become exactly what the files hold (:meth:`ObjectStore.replace_kind`),
-so the listing gate opens after the first read. A document that cannot be used is
+so the listing gate opens after the first read that finds a file (until one exists,
+nothing is listed: an empty directory is not an empty mesh). A document that cannot be used is
 left out, logged once (``manifest_refused``, naming the file, the object and the
 field) and kept in :attr:`FilesSource.errors` for the status file. A file that
 vanishes or cannot be read keeps the last good view of it: a half-written file never
@@ -35,6 +36,7 @@ class FilesSource:
         self.errors: list[str] = []
         self._logged: set[str] = set()
         self._last: dict[str, list[manifests.Document]] = {}
+        self._waiting_logged = False
 
     def files(self) -> list[Path]:
         out: list[Path] = []
@@ -77,6 +79,11 @@ class FilesSource:
     def apply(self, documents: list[manifests.Document], store: ObjectStore) -> None:
         """Make the store hold exactly the objects of ``documents`` (in Trio's thread:
         the store's change notification is a Trio event)."""
+        if not self._last and not store.complete:
+            if not self._waiting_logged:  # nothing to list yet: the gate stays closed
+                log.info("manifest_files_absent", paths=[str(p) for p in self.paths])
+                self._waiting_logged = True
+            return
         self.errors = [d.error for d in documents if d.error is not None]
         for error in self.errors:
             if error not in self._logged:

@@ -1,14 +1,21 @@
 """The mesh in local mode: the hooks that put the control plane and a ztunnel
 per node into the one-machine cluster of :mod:`k8s.local`.
 
-- When the cluster starts: the CA (keys in ``<state>/ca``) and the control
-  plane listen on the bridge address (CA 15012, config stream 15010).
+- When the cluster starts: the CA's keys are made in ``<state>/ca`` and its
+  bundle written; node tokens go to ``<state>/mesh/tokens.json``. The control
+  plane is its own process, ``ambit controlplane --source files``, started (and
+  restarted when it exits) by the cluster, listening on the bridge address (CA
+  15012, config stream 15010, metrics 15014). It watches
+  ``<state>/mesh/objects/`` and writes each object's conditions to
+  ``<state>/mesh/status.json``.
 - On every change: capture rules are installed in the network namespace of
   every pod that joined the mesh (:mod:`mesh.capture`: this is the node-level
   part that outlives ztunnel, so a pod's traffic fails closed while its
   ztunnel is down), then the pods' network namespaces go to
-  ``<state>/mesh/pods.json`` (read by the ztunnels) and the objects are
-  translated and published; last, rules are removed from pods that left.
+  ``<state>/mesh/pods.json`` (read by the ztunnels) and every object, as an
+  API server would serve it, to ``<state>/mesh/objects/cluster.json`` (what the
+  control plane translates and publishes); last, rules are removed from pods
+  that left.
 - Each node runs ``ambit ztunnel`` in its namespace with its own token.
 - Readiness: each ztunnel's ``/config_dump`` (loopback port 15000 inside the
   node's namespace) says which pods are captured and have a certificate.
@@ -16,7 +23,6 @@ per node into the one-machine cluster of :mod:`k8s.local`.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import sys
@@ -29,10 +35,8 @@ import structlog
 import trio
 
 from ca import CaConfig, CertificateAuthority
-from k8s.controlplane import ControlPlane
 from k8s.local.config import ClusterConfig
 from k8s.local.hooks import LocalHooks, LocalSnapshot, MeshState, NodeView, PodRef
-from k8s.manifests import K8sObject, Pod
 from mesh.capture import install_capture, remove_capture
 from mesh.commands import CommandFailed
 from mesh.constants import (
@@ -42,6 +46,7 @@ from mesh.constants import (
     LABEL_DATAPLANE_MODE,
 )
 from mesh.netns import NetnsError, NetworkNamespace
+from mesh.tokens import TokenTable
 
 log = structlog.get_logger("k8s.localmesh")
 
@@ -62,11 +67,12 @@ CAPTURE_RETRY_SECONDS = 2.0
 
 class LocalMesh:
     def __init__(self) -> None:
-        self.plane: ControlPlane | None = None
+        self.tokens = TokenTable()  # one per node: the CA's and the config stream's proof
         self._config: ClusterConfig | None = None
         self._latest: LocalSnapshot | None = None
         self._changed = trio.Event()
         self._captured: set[str] = set()  # netns names with capture rules installed
+        self._nodes: list[str] = []
 
     def hooks(self) -> LocalHooks:
         return LocalHooks(
@@ -74,6 +80,8 @@ class LocalMesh:
             on_objects_changed=self.on_objects_changed,
             ztunnel_command=self.ztunnel_command,
             mesh_state=self.mesh_state,
+            controlplane_command=self.controlplane_command,
+            object_conditions=self.object_conditions,
         )
 
     def _dir(self) -> Path:
@@ -82,13 +90,40 @@ class LocalMesh:
 
     async def on_cluster_started(self, nursery: trio.Nursery, config: ClusterConfig) -> None:
         self._config = config
-        authority = CertificateAuthority.load_or_create(
-            config.state_dir / "ca", CaConfig(trust_domain=config.trust_domain)
+        authority = await trio.to_thread.run_sync(
+            lambda: CertificateAuthority.load_or_create(
+                config.state_dir / "ca", CaConfig(trust_domain=config.trust_domain)
+            )
         )
         _write_atomically(self._dir() / "bundle.pem", authority.trust_bundle.pem())
-        self.plane = ControlPlane(authority, trust_domain=config.trust_domain)
-        await nursery.start(self.plane.serve, str(config.host_ip))
+        (self._dir() / "objects").mkdir(parents=True, exist_ok=True)
+        self._write_tokens()
         nursery.start_soon(self._publish_changes)
+
+    def controlplane_command(self, config: ClusterConfig) -> Sequence[str]:
+        mesh = self._dir()
+        return [
+            sys.executable, "-m", "ambit.cli", "--log-format", "json", "controlplane",
+            "--source", "files", "-f", str(mesh / "objects"),
+            "--ca-dir", str(config.state_dir / "ca"),
+            "--tokens-file", str(mesh / "tokens.json"),
+            "--status-file", str(mesh / "status.json"),
+            "--host", str(config.host_ip),
+            "--trust-domain", config.trust_domain,
+        ]  # fmt: skip
+
+    def object_conditions(self) -> Mapping[str, Any]:
+        """What the control plane last wrote of each object's conditions."""
+        try:
+            status = json.loads((self._dir() / "status.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        objects = status.get("objects") if isinstance(status, dict) else None
+        return objects if isinstance(objects, dict) else {}
+
+    def _write_tokens(self) -> None:
+        tokens = {node: self.tokens.token_for(node) for node in self._nodes}
+        _write_atomically(self._dir() / "tokens.json", json.dumps(tokens).encode(), 0o600)
 
     def on_objects_changed(self, snapshot: LocalSnapshot) -> None:
         self._latest = snapshot
@@ -101,7 +136,6 @@ class LocalMesh:
             self._changed = trio.Event()
             snapshot = self._latest
             assert snapshot is not None
-            assert self.plane is not None
             meshed = {p.netns for p in snapshot.pods if p.meshed}
             uncaptured: set[str] = set()
             for netns in sorted(meshed - self._captured):
@@ -114,10 +148,11 @@ class LocalMesh:
             # until they are: it is never shown (or served) as meshed while its traffic is not
             # captured. The retry below tries again.
             left_out = {(p.namespace, p.name) for p in snapshot.pods if p.netns in uncaptured}
-            try:
-                self.plane.update(_out_of_mesh(snapshot.objects, left_out), store=snapshot.store)
-            except Exception:  # a bug in translation: say so once, keep the last good config
-                log.exception("config_translation_failed", objects=len(snapshot.objects))
+            documents = _out_of_mesh(snapshot.documents, left_out)
+            _write_atomically(
+                self._dir() / "objects" / "cluster.json",
+                "\n---\n".join(json.dumps(d) for d in documents).encode(),
+            )
             existing = {p.netns for p in snapshot.pods}
             for netns in sorted(self._captured - meshed):
                 if netns in existing:
@@ -143,9 +178,11 @@ class LocalMesh:
         return True
 
     def ztunnel_command(self, node: NodeView, config: ClusterConfig) -> Sequence[str] | None:
-        assert self.plane is not None
         token_file = self._dir() / "tokens" / node.name
-        _write_atomically(token_file, self.plane.tokens.token_for(node.name).encode(), 0o600)
+        if node.name not in self._nodes:
+            self._nodes.append(node.name)
+            self._write_tokens()  # before the ztunnel starts: the control plane re-reads it
+        _write_atomically(token_file, self.tokens.token_for(node.name).encode(), 0o600)
         host = str(config.host_ip)
         return [
             sys.executable, "-m", "ambit.cli", "--log-format", "json", "ztunnel",
@@ -178,20 +215,17 @@ class LocalMesh:
 
 
 def _out_of_mesh(
-    objects: Sequence[K8sObject], pods: Collection[tuple[str, str]]
-) -> tuple[K8sObject, ...]:
-    """``objects`` with the Pods named in ``pods`` labelled out of the mesh."""
-    if not pods:
-        return tuple(objects)
-    out_label = (LABEL_DATAPLANE_MODE, "none")
-    return tuple(
-        dataclasses.replace(
-            o, labels=(*[kv for kv in o.labels if kv[0] != LABEL_DATAPLANE_MODE], out_label)
-        )
-        if isinstance(o, Pod) and (o.namespace, o.name) in pods
-        else o
-        for o in objects
-    )
+    documents: Sequence[Mapping[str, Any]], pods: Collection[tuple[str, str]]
+) -> list[Mapping[str, Any]]:
+    """``documents`` with the Pods named in ``pods`` labelled out of the mesh."""
+    out: list[Mapping[str, Any]] = []
+    for doc in documents:
+        meta = doc.get("metadata") or {}
+        if doc.get("kind") == "Pod" and (meta.get("namespace"), meta.get("name")) in pods:
+            labels = {**(meta.get("labels") or {}), LABEL_DATAPLANE_MODE: "none"}
+            doc = {**doc, "metadata": {**meta, "labels": labels}}
+        out.append(doc)
+    return out
 
 
 def default_hooks() -> LocalHooks:

@@ -48,7 +48,7 @@ from k8s.local.plan import (
 from k8s.local.processes import POD_PATH, Running, Supervisor
 from k8s.local.state import StateFile
 from k8s.manifests import Document
-from k8s.store import ObjectRef, ObjectStore, describe, object_json, ref_of
+from k8s.store import Entry, ObjectRef, ObjectStore, describe, object_json, ref_of
 from mesh.netns import NetnsError, NetworkNamespace
 
 ZTUNNEL_RESTART_DELAY = 0.5
@@ -110,13 +110,22 @@ class LocalCluster:
         self._exits = trio.Event()
         self._down = False
         self.supervisor = Supervisor(nursery, state, self._process_exited)
+        self.controlplane: Running | None = None
 
     async def start(self) -> None:
         """Create the bridge, run the start hook, then follow pod exits in the background."""
         await network.create_bridge(self.config, self.state)
         if self.hooks.on_cluster_started is not None:
             await self.hooks.on_cluster_started(self._nursery, self.config)
+        await self._start_controlplane()
         self._nursery.start_soon(self._follow_exits)
+
+    async def _start_controlplane(self) -> None:
+        argv = self.hooks.controlplane_command(self.config)
+        if argv:
+            self.controlplane = await self.supervisor.start(
+                "controlplane", None, argv, dict(os.environ), self.config.controlplane_log
+            )
 
     async def apply(self, documents: Iterable[Document]) -> ApplyResult:
         """Create or update the objects of ``documents``, each on its own: a document with
@@ -269,7 +278,12 @@ class LocalCluster:
         await self._start_ztunnel(node)
 
     async def _restart_ztunnels(self) -> None:
-        """A node's ztunnel that exited is started again (as its DaemonSet would)."""
+        """A node's ztunnel that exited is started again (as its DaemonSet would); so is
+        the control plane (as its Deployment would)."""
+        running = self.controlplane
+        if running is not None and running.exited.is_set():
+            log.warning("controlplane_restarting", exit_code=running.exit_code)
+            await self._start_controlplane()
         for node in self._nodes.values():
             running = node.ztunnel
             if running is None or not running.exited.is_set():
@@ -420,6 +434,7 @@ class LocalCluster:
             config=self.config,
             objects=tuple(self._with_addresses(obj) for obj in self.store.objects()),
             store=self.store,
+            documents=tuple(self._document(e) for e in self.store.entries()),
             pods=tuple(self._pod_view(p) for p in self._pods.values()),
             nodes=tuple(self._node_view(n) for n in self._nodes.values()),
             services=tuple(_service_view(s) for s in self._services),
@@ -434,22 +449,31 @@ class LocalCluster:
         info = manifests.kind_info(kind)
         if info is None:
             raise LocalClusterError(f"unknown kind {kind!r}")
+        conditions = self.hooks.object_conditions()
         out = []
         for entry in self.store.entries(info.kind, namespace if info.namespaced else None):
             if name is not None and entry.obj.name != name:
                 continue
-            doc = object_json(entry)
-            ref = (entry.obj.namespace, entry.obj.name)
-            if info.kind == "Pod" and ref in self._pods:
-                pod = self._pods[ref]
-                doc["status"] = {"phase": pod.phase, "podIP": pod.plan.ip, **doc.get("status", {})}
-            if info.kind == "Service" and ref in self._allocation.service_ips:
-                doc["spec"] = {
-                    **doc.get("spec", {}),
-                    "clusterIP": self._allocation.service_ips[ref],
-                }
+            doc = self._document(entry)
+            kind, ns, name_ = entry.ref
+            written = conditions.get(f"{kind}/{ns}/{name_}")
+            if isinstance(written, dict) and written.get("uid") == entry.obj.uid:
+                doc["status"] = {**doc.get("status", {}), "conditions": written["conditions"]}
             out.append(doc)
         return out
+
+    def _document(self, entry: Entry) -> dict[str, Any]:
+        """``entry`` as an API server serves it: a Pod with its IP and phase, a Service
+        with its cluster IP."""
+        doc = object_json(entry)
+        ref = (entry.obj.namespace, entry.obj.name)
+        if isinstance(entry.obj, manifests.Pod) and ref in self._pods:
+            pod = self._pods[ref]
+            doc["status"] = {**doc.get("status", {}), "phase": pod.phase, "podIP": pod.plan.ip}
+        if isinstance(entry.obj, manifests.Service) and ref in self._allocation.service_ips:
+            vip = self._allocation.service_ips[ref]
+            doc["spec"] = {**doc.get("spec", {}), "clusterIP": vip}
+        return doc
 
     def _with_addresses(self, obj: manifests.K8sObject) -> manifests.K8sObject:
         """Pods and Services as the API server would show them: with their IPs."""

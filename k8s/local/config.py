@@ -140,6 +140,10 @@ class ClusterConfig:
     def daemon_log(self) -> Path:
         return self.state_dir / "logs" / "daemon.log"
 
+    @property
+    def controlplane_log(self) -> Path:
+        return self.state_dir / "logs" / "controlplane.log"
+
     def pod_log(self, namespace: str, name: str) -> Path:
         return pod_log(self.state_dir, namespace, name)
 

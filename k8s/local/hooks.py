@@ -13,6 +13,12 @@ and calls the hooks of :class:`LocalHooks`:
 * ``ztunnel_command(node, config)``: the command line of the ztunnel of
   ``node``, run inside the node's namespace with its output in
   ``logs/ztunnel/<node>.log``; None runs no ztunnel.
+* ``controlplane_command(config)``: the command line of the control plane, run in
+  the host's namespace after ``on_cluster_started`` (output in
+  ``logs/controlplane.log``) and started again when it exits; None runs none.
+* ``object_conditions()``: each object's conditions as the control plane last wrote
+  them (``{"Kind/namespace/name": {"uid": ..., "conditions": [...]}}``), shown by
+  ``ambit get -o yaml``.
 * ``mesh_state(snapshot)``: for meshed pods, whether each is captured and has
   its certificate. When set, ``ambit up`` waits until every meshed pod is both,
   and ``ambit get`` shows it. When None (no ztunnel yet), meshing is not
@@ -26,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import trio
 
@@ -105,6 +111,9 @@ class LocalSnapshot:
     nodes: tuple[NodeView, ...]
     services: tuple[ServiceView, ...]
     store: ObjectStore | None = None  # the live store: its listing gate, and status writes
+    # Every object as an API server would serve it (``kubectl get -o json``): server
+    # metadata, a Pod's IP and phase, a Service's cluster IP. What the control plane reads.
+    documents: tuple[Mapping[str, Any], ...] = ()
 
     def pod(self, namespace: str, name: str) -> PodView | None:
         return next((p for p in self.pods if p.ref == (namespace, name)), None)
@@ -128,9 +137,19 @@ def _no_ztunnel(node: NodeView, config: ClusterConfig) -> Sequence[str] | None:
     return None
 
 
+def _no_controlplane(config: ClusterConfig) -> Sequence[str] | None:
+    return None
+
+
+def _no_conditions() -> Mapping[str, Any]:
+    return {}
+
+
 @dataclass(frozen=True)
 class LocalHooks:
     on_cluster_started: Callable[[trio.Nursery, ClusterConfig], Awaitable[None]] | None = None
     on_objects_changed: Callable[[LocalSnapshot], None] = _nothing_changed
     ztunnel_command: Callable[[NodeView, ClusterConfig], Sequence[str] | None] = _no_ztunnel
     mesh_state: Callable[[LocalSnapshot], Awaitable[Mapping[PodRef, MeshState]]] | None = None
+    controlplane_command: Callable[[ClusterConfig], Sequence[str] | None] = _no_controlplane
+    object_conditions: Callable[[], Mapping[str, Any]] = _no_conditions

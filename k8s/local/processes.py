@@ -69,19 +69,20 @@ class Supervisor:
     async def start(
         self,
         key: str,
-        netns: str,
+        netns: str | None,
         argv: Sequence[str],
         env: Mapping[str, str],
         log_path: Path,
     ) -> Running:
-        """Run ``argv`` in ``netns``; raises :class:`LocalClusterError` if it cannot start."""
+        """Run ``argv`` in ``netns`` (None: the host's, e.g. the control plane); raises
+        :class:`LocalClusterError` if it cannot start."""
         if key in self.running and not self.running[key].exited.is_set():
             raise LocalClusterError(f"{key} is already running (pid {self.running[key].pid})")
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as out:
             try:
                 process = await trio.lowlevel.open_process(
-                    [self._ip, "netns", "exec", netns, "env", "--", *argv],
+                    [self._ip, "netns", "exec", netns, "env", "--", *argv] if netns else argv,
                     stdin=subprocess.DEVNULL,
                     stdout=out,
                     stderr=subprocess.STDOUT,

@@ -203,7 +203,9 @@ async def test_get_shows_identity_and_capture_and_logs_shows_the_control_plane(
         assert logs.returncode == 0, logs.stderr.decode()
         events: list[dict[str, Any]] = [json.loads(line) for line in logs.stdout.splitlines()]
         names = {e["event"] for e in events}
-        assert {"control_plane_listening", "config_published", "cluster_ready"} <= names
+        assert {"control_plane_listening", "config_published", "controlplane_started"} <= names
+        daemon = await cluster.ambit("logs", "daemon")
+        assert b'"cluster_ready"' in daemon.stdout
         joined = {e["node"] for e in events if e["event"] == "config_subscriber_joined"}
         assert joined == {"node-1", "node-2"}
         tail = await cluster.ambit("logs", "controlplane", "--tail", "2")
