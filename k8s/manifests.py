@@ -103,6 +103,9 @@ class Pod(Meta):
     host_network: bool = False
     pod_ip: str | None = None
     phase: str = ""
+    # status.conditions' Ready; without conditions, a pod counts as ready unless its
+    # phase says otherwise (a manifest file with only a podIP describes a running pod).
+    ready: bool = True
 
     @functools.cached_property
     def named_ports(self) -> tuple[tuple[str, int], ...]:
@@ -205,6 +208,7 @@ def _read_pod(r: Reader, doc: Mapping[str, object]) -> Pod:
     if not isinstance(host_network, bool):
         r.fail("spec.hostNetwork", f"must be true or false, not {host_network!r}")
     status = r.mapping(doc.get("status"), "status")
+    phase = r.string(status.get("phase"), "status.phase", "")
     sa = spec.get("serviceAccountName", spec.get("serviceAccount"))
     return Pod(
         **meta,
@@ -213,8 +217,18 @@ def _read_pod(r: Reader, doc: Mapping[str, object]) -> Pod:
         containers=tuple(containers),
         host_network=host_network,
         pod_ip=r.ip(status["podIP"], "status.podIP") if status.get("podIP") else None,
-        phase=r.string(status.get("phase"), "status.phase", ""),
+        phase=phase,
+        ready=_pod_ready(r, status, phase),
     )
+
+
+def _pod_ready(r: Reader, status: Mapping[str, object], phase: str) -> bool:
+    """Whether the kubelet says the pod is Ready (the rule for a Service's endpoints)."""
+    for i, item in enumerate(r.sequence(status.get("conditions"), "status.conditions")):
+        condition = r.mapping(item, f"status.conditions[{i}]")
+        if condition.get("type") == "Ready":
+            return condition.get("status") == "True"
+    return phase in ("", "Running")
 
 
 def _read_service(r: Reader, doc: Mapping[str, object]) -> Service:

@@ -140,8 +140,9 @@ def _ports(svc: m.Service) -> tuple[model.ServicePort, ...]:
 
 
 def _endpoint(svc: m.Service, pod: m.Pod) -> model.Endpoint | None:
-    """``pod`` behind ``svc`` if the Service selects it and it serves one of its ports."""
-    if not selects(svc.namespace, svc.selector, pod.namespace, dict(pod.labels)):
+    """``pod`` behind ``svc`` if the Service selects it, it is Ready, and it serves one of
+    the Service's ports (the one rule for endpoints, whatever the source)."""
+    if not pod.ready or not selects(svc.namespace, svc.selector, pod.namespace, dict(pod.labels)):
         return None
     named = dict(pod.named_ports)
     mapping = []

@@ -469,7 +469,14 @@ class LocalCluster:
         ref = (entry.obj.namespace, entry.obj.name)
         if isinstance(entry.obj, manifests.Pod) and ref in self._pods:
             pod = self._pods[ref]
-            doc["status"] = {**doc.get("status", {}), "phase": pod.phase, "podIP": pod.plan.ip}
+            exit_code = pod.process.exit_code if pod.process else None
+            phase = {"Exited": "Succeeded" if exit_code == 0 else "Failed"}.get(
+                pod.phase, pod.phase
+            )
+            ready = {"type": "Ready", "status": "True" if pod.phase == "Running" else "False"}
+            doc["status"] = {
+                **doc.get("status", {}), "phase": phase, "podIP": pod.plan.ip, "conditions": [ready]
+            }  # fmt: skip
         if isinstance(entry.obj, manifests.Service) and ref in self._allocation.service_ips:
             vip = self._allocation.service_ips[ref]
             doc["spec"] = {**doc.get("spec", {}), "clusterIP": vip}

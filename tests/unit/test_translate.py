@@ -759,3 +759,35 @@ def test_local_cluster_and_translation_agree_on_who_is_meshed(
     assert meshed_by_labels(pod_labels, ns_labels) is meshed
     pod = m.Pod(name="p", namespace="ns", labels=tuple(pod_labels.items()))
     assert in_mesh(pod, m.Namespace(name="ns", labels=tuple(ns_labels.items()))) is meshed
+
+
+def test_only_ready_pods_are_endpoints_but_every_pod_with_an_ip_is_a_workload() -> None:
+    """One rule for endpoints, whatever the source: the Ready pods a Service selects."""
+    docs = """\
+apiVersion: v1
+kind: Pod
+metadata: {name: ready, namespace: shop, labels: {app: web}}
+spec: {containers: [{name: c, image: x}]}
+status: {podIP: 10.244.1.1, phase: Running, conditions: [{type: Ready, status: "True"}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: starting, namespace: shop, labels: {app: web}}
+spec: {containers: [{name: c, image: x}]}
+status: {podIP: 10.244.1.2, phase: Running, conditions: [{type: Ready, status: "False"}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: plain, namespace: shop, labels: {app: web}}
+spec: {containers: [{name: c, image: x}]}
+status: {podIP: 10.244.1.3}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec: {clusterIP: 10.96.0.10, selector: {app: web}, ports: [{port: 80}]}
+"""
+    snapshot = translate(m.loads(docs), version=1).snapshot
+    assert sorted(w.name for w in snapshot.workloads) == ["plain", "ready", "starting"]
+    (service,) = snapshot.services
+    assert sorted(e.workload_uid for e in service.endpoints) == ["shop/plain", "shop/ready"]
