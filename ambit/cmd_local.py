@@ -28,8 +28,9 @@ from k8s.local.config import (
 from k8s.local.errors import LocalClusterError
 
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
-KINDS = ("pods", "nodes", "services", "workloads")
+KINDS = ("pods", "nodes", "services", "workloads", "components")
 _KIND_ALIASES = {
+    "component": "components",
     "pod": "pods",
     "po": "pods",
     "node": "nodes",
@@ -85,9 +86,10 @@ def register(subparsers: Subparsers) -> None:
     get = subparsers.add_parser(
         "get",
         parents=[state],
-        help="list objects, nodes or workloads",
-        description="KIND is nodes, workloads or any kind ambit understands, by its plural,"
-        f" singular or short name: {', '.join(_kind_names())}. With NAME, one object;"
+        help="list objects, nodes, workloads or components",
+        description="KIND is nodes, workloads, components (the supervised processes) or"
+        " any kind ambit understands, by its plural, singular or short name:"
+        f" {', '.join(_kind_names())}. With NAME, one object;"
         " '-o yaml' shows objects as stored, with their conditions.",
     )
     get.add_argument("kind", help="what to list (see above)")
@@ -246,6 +248,8 @@ def run_get(args: argparse.Namespace) -> int:
         )
     if info is not None and (args.output == "yaml" or args.name or kind not in KINDS):
         return _get_objects(args, info.kind, info.namespaced)
+    if kind == "components":
+        return _get_components(args)
     try:
         snapshot = _call(state_dir_from(args.state_dir), {"op": "get"})
     except LocalClusterError as exc:
@@ -310,6 +314,36 @@ def _get_objects(args: argparse.Namespace, kind: str, namespaced: bool) -> int:
     return 0
 
 
+def _get_components(args: argparse.Namespace) -> int:
+    """The supervised processes (control plane, ztunnels), like ``kubectl get pods``."""
+    try:
+        items: list[dict[str, Any]] = _call(state_dir_from(args.state_dir), {"op": "components"})
+    except LocalClusterError as exc:
+        return _fail("get", str(exc))
+    if args.name:
+        items = [i for i in items if i["name"] == args.name]
+    if args.output == "json":
+        print(json.dumps(items, indent=2))
+    elif args.output == "yaml":
+        print(yaml.safe_dump(items, sort_keys=False), end="")
+    else:
+        rows = [
+            [i["name"], str(i["pid"] or "-"), i["status"], str(i["restarts"]),
+             _duration(i["age"])]
+            for i in items
+        ]  # fmt: skip
+        print(_table(["NAME", "PID", "STATUS", "RESTARTS", "AGE"], rows))
+    return 0
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size * 2:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
 def _status(item: dict[str, Any]) -> str:
     """One word for the conditions: the reason of the first that is not True, or, when
     all are True, the pod's phase or the last condition's reason."""
@@ -331,11 +365,8 @@ def _age(item: dict[str, Any]) -> str:
         then = datetime.datetime.strptime(str(created), "%Y-%m-%dT%H:%M:%SZ")
     except ValueError:
         return "-"
-    seconds = int((datetime.datetime.now(datetime.UTC).replace(tzinfo=None) - then).total_seconds())
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size * 2:
-            return f"{seconds // size}{unit}"
-    return f"{max(seconds, 0)}s"
+    now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
+    return _duration((now - then).total_seconds())
 
 
 def run_exec(args: argparse.Namespace) -> int:

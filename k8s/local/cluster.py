@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import os
-from collections.abc import Callable, Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -51,7 +54,12 @@ from k8s.manifests import Document
 from k8s.store import Entry, ObjectRef, ObjectStore, describe, object_json, ref_of
 from mesh.netns import NetnsError, NetworkNamespace
 
-ZTUNNEL_RESTART_DELAY = 0.5
+# A component (the control plane, a node's ztunnel) that exits is started again after
+# RESTART_INITIAL seconds, doubling for each exit that comes within STABLE_SECONDS of
+# its start, up to RESTART_MAX (a kubelet's CrashLoopBackOff, shortened for one machine).
+RESTART_INITIAL = 0.5
+RESTART_MAX = 30.0
+STABLE_SECONDS = 10.0
 
 log = structlog.get_logger("ambit.local.cluster")
 
@@ -86,6 +94,25 @@ class _Pod:
 
 
 @dataclass
+class _Component:
+    """What ``ambit get components`` shows of a supervised process across its restarts."""
+
+    name: str
+    created: float = field(default_factory=time.time)  # wall clock, for AGE
+    restarts: int = 0
+    crashes: int = 0  # exits in a row, each within STABLE_SECONDS of its start
+    running: Running | None = None
+
+    def restart_due(self) -> float | None:
+        """When (Trio's clock) it should start again, or None while it runs."""
+        running = self.running
+        if running is None or running.exited_at is None:
+            return None
+        delay: float = min(RESTART_INITIAL * 2.0**self.crashes, RESTART_MAX)
+        return running.exited_at + delay
+
+
+@dataclass
 class _Node:
     plan: NodePlan
     ztunnel: Running | None = None
@@ -111,6 +138,7 @@ class LocalCluster:
         self._down = False
         self.supervisor = Supervisor(nursery, state, self._process_exited)
         self.controlplane: Running | None = None
+        self._components: dict[str, _Component] = {}
 
     async def start(self) -> None:
         """Create the bridge, run the start hook, then follow pod exits in the background."""
@@ -123,9 +151,51 @@ class LocalCluster:
     async def _start_controlplane(self) -> None:
         argv = self.hooks.controlplane_command(self.config)
         if argv:
-            self.controlplane = await self.supervisor.start(
-                "controlplane", None, argv, dict(os.environ), self.config.controlplane_log
+            self.controlplane = await self._supervise(
+                "controlplane", None, argv, self.config.controlplane_log
             )
+
+    async def _supervise(
+        self, name: str, netns: str | None, argv: Sequence[str], log_path: Path
+    ) -> Running:
+        """Start component ``name`` (again), keeping its restart count."""
+        component = self._components.setdefault(name, _Component(name))
+        previous = component.running
+        if previous is not None:
+            component.restarts += 1
+            ran = (previous.exited_at or 0.0) - previous.started_at
+            component.crashes = component.crashes + 1 if ran < STABLE_SECONDS else 0
+            log.warning(
+                "component_restarting", component=name, exit_code=previous.exit_code,
+                restarts=component.restarts,
+            )  # fmt: skip
+        component.running = await self.supervisor.start(
+            name, netns, argv, dict(os.environ), log_path
+        )
+        return component.running
+
+    def components(self) -> list[dict[str, Any]]:
+        """Each supervised component: name, pid, status, restarts, age (seconds)."""
+        out = []
+        now = time.time()
+        for component in sorted(self._components.values(), key=lambda c: c.name):
+            running = component.running
+            if running is None:
+                status = "Pending"
+            elif not running.exited.is_set():
+                status = "Running"
+            elif self._down:
+                status = f"Exited({running.exit_code})"
+            else:
+                status = "CrashLoopBackOff" if component.crashes else "Restarting"
+            out.append({
+                "name": component.name,
+                "pid": running.pid if running else None,
+                "status": status,
+                "restarts": component.restarts,
+                "age": round(now - component.created, 1),
+            })  # fmt: skip
+        return out
 
     async def apply(self, documents: Iterable[Document]) -> ApplyResult:
         """Create or update the objects of ``documents``, each on its own: a document with
@@ -277,28 +347,28 @@ class LocalCluster:
         network.write_netns_file(self.state, plan.netns, "resolv.conf", RESOLV_CONF)
         await self._start_ztunnel(node)
 
-    async def _restart_ztunnels(self) -> None:
-        """A node's ztunnel that exited is started again (as its DaemonSet would); so is
-        the control plane (as its Deployment would)."""
-        running = self.controlplane
-        if running is not None and running.exited.is_set():
-            log.warning("controlplane_restarting", exit_code=running.exit_code)
-            await self._start_controlplane()
-        for node in self._nodes.values():
-            running = node.ztunnel
-            if running is None or not running.exited.is_set():
+    async def _restart_due(self) -> None:
+        """A component whose backoff is over is started again: a node's ztunnel (as its
+        DaemonSet would), the control plane (as its Deployment would)."""
+        now = trio.current_time()
+        for component in list(self._components.values()):
+            due = component.restart_due()
+            if due is None or due > now:
                 continue
-            log.warning("ztunnel_restarting", node=node.plan.name, exit_code=running.exit_code)
-            await self._start_ztunnel(node)
+            if component.name == "controlplane":
+                await self._start_controlplane()
+            else:
+                node = self._nodes.get(component.name.removeprefix("ztunnel/"))
+                if node is not None:
+                    await self._start_ztunnel(node)
 
     async def _start_ztunnel(self, node: _Node) -> None:
         argv = self.hooks.ztunnel_command(self._node_view(node), self.config)
         if argv:
-            node.ztunnel = await self.supervisor.start(
+            node.ztunnel = await self._supervise(
                 f"ztunnel/{node.plan.name}",
                 node.plan.netns,
                 argv,
-                dict(os.environ),
                 self.config.ztunnel_log(node.plan.name),
             )
 
@@ -358,14 +428,15 @@ class LocalCluster:
 
     async def _follow_exits(self) -> None:
         while True:
-            await self._exits.wait()
+            dues = [d for c in self._components.values() if (d := c.restart_due()) is not None]
+            with trio.move_on_at(min(dues, default=math.inf)):
+                await self._exits.wait()  # another exit may be due earlier
             self._exits = trio.Event()
-            await trio.sleep(ZTUNNEL_RESTART_DELAY)  # a crash loop must not spin
             async with self._lock:
                 if self._down:
                     return
                 try:
-                    await self._restart_ztunnels()
+                    await self._restart_due()
                     await self._refresh()
                 except (
                     LocalClusterError

@@ -87,6 +87,8 @@ async def run_daemon(
             if op == "get":
                 await cluster.refresh_mesh_state()
                 return snapshot_json(cluster.snapshot())
+            if op == "components":
+                return cluster.components()
             if op == "objects":
                 return cluster.objects_json(
                     str(request.get("kind", "")), request.get("namespace"), request.get("name")

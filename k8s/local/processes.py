@@ -41,6 +41,7 @@ class Running:
     started_at: float = field(default_factory=trio.current_time)
     exited: trio.Event = field(default_factory=trio.Event)
     exit_code: int | None = None
+    exited_at: float | None = None  # Trio's clock
 
     def running_for(self) -> float:
         return 0.0 if self.exited.is_set() else trio.current_time() - self.started_at
@@ -103,6 +104,7 @@ class Supervisor:
     async def _reap(self, running: Running) -> None:
         code = await running.process.wait()
         running.exit_code = code
+        running.exited_at = trio.current_time()
         running.exited.set()
         self._state.discard_process(running.pid)
         log.info("process_exited", what=running.key, pid=running.pid, exit_code=code)

@@ -314,16 +314,27 @@ async def _is_200(url: str, netns: str) -> bool:
     return await curl_status(url, netns) == "200"
 
 
-async def kill_control_plane(cluster: Cluster) -> None:
-    """SIGKILL the control plane's process (``ambit controlplane``, a child of the local
-    cluster, which starts it again)."""
+async def kill_component(cluster: Cluster, name: str) -> int:
+    """SIGKILL a supervised process of the local cluster (``controlplane``,
+    ``ztunnel/NODE``); returns its PID."""
     record = read_state(cluster.state_dir / "state.json")
     assert record is not None
-    (process,) = [p for p in record.processes if p.what == "controlplane"]
+    (process,) = [p for p in record.processes if p.what == name]
     os.kill(process.pid, signal.SIGKILL)
     with trio.fail_after(5):
         while is_alive(process):  # noqa: ASYNC110 - not our child: nothing to wait on
             await trio.sleep(0.02)
+    return process.pid
+
+
+async def components(cluster: Cluster) -> dict[str, dict[str, Any]]:
+    return {c["name"]: c for c in await cluster.get("components")}
+
+
+async def kill_control_plane(cluster: Cluster) -> None:
+    """SIGKILL the control plane's process (``ambit controlplane``, a child of the local
+    cluster, which starts it again)."""
+    await kill_component(cluster, "controlplane")
 
     async def noticed() -> bool:
         return all(
@@ -381,18 +392,93 @@ async def test_meshed_traffic_keeps_flowing_after_the_control_plane_is_killed(
 async def test_a_killed_control_plane_comes_back_and_resyncs_the_ztunnels(
     cluster: Cluster,
 ) -> None:
+    """The control plane (and, in local mode, the CA in it) is SIGKILLed: the cluster
+    starts it again, the ztunnels resync (a new policy takes effect) and certificates
+    are issued again (a new pod gets one)."""
     with trio.fail_after(60):
         await cluster.up(cluster.manifest("apps.yaml", cluster_manifest(AMBIENT)))
         client_netns = (await pods(cluster))["client"]["netns"]
         await kill_control_plane(cluster)
 
-        async def back() -> bool:
-            return (await cluster.ambit("get", "nodes")).returncode == 0
+        async def restarted() -> bool:
+            plane = (await components(cluster))["controlplane"]
+            return bool(plane["status"] == "Running" and plane["restarts"] == 1)
 
-        assert await eventually(back, seconds=5), "the control plane was not restarted"
+        assert await eventually(restarted, seconds=5), await components(cluster)
         await apply(cluster, "deny.yaml", DENY_CLIENT)
 
         async def denied() -> bool:
             return await curl_status("http://server/", client_netns) == "000"
 
         assert await eventually(denied, seconds=CHANGES_SECONDS)
+
+        # The CA came back with it: a new meshed pod gets its certificate.
+        await apply(cluster, "extra.yaml", server_pod("extra"))
+
+        async def certified() -> bool:
+            extra = (await pods(cluster)).get("extra")
+            return bool(extra and extra["captured"] and extra["certificate"])
+
+        assert await eventually(certified, seconds=10), (await pods(cluster)).get("extra")
+
+
+async def test_a_killed_ztunnel_comes_back_and_other_nodes_are_untouched(
+    cluster: Cluster,
+) -> None:
+    """SIGKILL node-2's ztunnel: its pods' new connections work again within seconds (the
+    cluster restarts it; it asks for new certificates), a connection that never touches
+    node-2 carries on, and the restart is counted."""
+    near = (
+        ECHO_POD.replace("name: echo, namespace", "name: near, namespace")
+        .replace("node-2", "node-1")
+        .replace("SCRIPT", json.dumps(ECHO_SERVER))
+    )
+    with trio.fail_after(90):
+        await cluster.up(cluster.manifest("apps.yaml", cluster_manifest(AMBIENT, near)))
+        the_pods = await pods(cluster)
+        client_netns = the_pods["client"]["netns"]
+        assert await curl_status("http://server/", client_netns) == "200"
+        before = await components(cluster)
+        assert {before[n]["status"] for n in before} == {"Running"}
+        assert {before[n]["restarts"] for n in before} == {0}
+        proc = await trio.lowlevel.open_process(
+            ["ip", "netns", "exec", client_netns, "python3", "-c", HOLD_OPEN,
+             the_pods["near"]["ip"]],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        )  # fmt: skip
+        assert proc.stdin is not None
+        assert proc.stdout is not None
+        try:
+            out = bytearray()
+            while b"open" not in out:
+                out += await proc.stdout.receive_some()
+
+            old_pid = await kill_component(cluster, "ztunnel/node-2")
+
+            async def served() -> bool:
+                return await curl_status("http://server/", client_netns) == "200"
+
+            assert await eventually(served, seconds=10), "node-2's pods not served again"
+            await proc.stdin.send_all(b"go\n")  # node-1 only: never interrupted
+            while b"echoed" not in out:
+                out += await proc.stdout.receive_some()
+            assert b"echoed pong" in out
+            assert await proc.wait() == 0
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        after = await components(cluster)
+        assert after["ztunnel/node-2"]["restarts"] == 1
+        assert after["ztunnel/node-2"]["status"] == "Running"
+        assert after["ztunnel/node-2"]["pid"] != old_pid
+        assert after["ztunnel/node-1"]["restarts"] == 0
+        assert after["controlplane"]["restarts"] == 0
+        table = await cluster.ambit("get", "components")
+        assert table.stdout.decode().split("\n")[0].split() == [
+            "NAME",
+            "PID",
+            "STATUS",
+            "RESTARTS",
+            "AGE",
+        ]
