@@ -273,7 +273,7 @@ class Source(JsonForm):
         _blocks(self.ip_blocks + self.not_ip_blocks)
         _blocks(self.remote_ip_blocks + self.not_remote_ip_blocks)
 
-    @property
+    @cached_property
     def l7(self) -> tuple[str, ...]:
         """The Istio names of the fields set here that only a waypoint can check."""
         return tuple(name for f, name in _L7_SOURCE_FIELDS.items() if getattr(self, f))
@@ -296,7 +296,7 @@ class Operation(JsonForm):
         for port in self.ports + self.not_ports:
             _port(port, "operation")
 
-    @property
+    @cached_property
     def l7(self) -> tuple[str, ...]:
         """The Istio names of the fields set here that only a waypoint can check."""
         return tuple(name for f, name in _L7_OPERATION_FIELDS.items() if getattr(self, f))
@@ -327,7 +327,7 @@ class Rule(JsonForm):
     operations: tuple[Operation, ...] = ()
     when: tuple[Condition, ...] = ()
 
-    @property
+    @cached_property
     def l7(self) -> tuple[str, ...]:
         """Every L7 field named anywhere in the rule, once each, in order; a condition counts
         as ``when:<key>`` (ztunnel checks none of them)."""
