@@ -24,9 +24,11 @@ for one view.
   AuthorizationPolicies :meth:`~mesh.model.MeshSnapshot.policies_for` finds
   (namespace-wide ones of its namespace, those whose selector selects it, the root
   namespace's (``ambit-system``) that apply to it) and the PeerAuthentications
-  :meth:`~mesh.model.MeshSnapshot.peer_authentication_for` finds. Never one meant for
-  waypoints (:attr:`~mesh.model.Authorization.for_waypoint`): ztunnel does not
-  apply them.
+  :meth:`~mesh.model.MeshSnapshot.peer_authentication_for` finds (its namespace's that
+  select it or have no selector, the root's without a selector). Never one meant for
+  waypoints (:attr:`~mesh.model.Authorization.for_waypoint`): ztunnel does not apply
+  them. The view asks only the policies of the pod's namespace and the root's, once
+  per namespace and labels: the same answer, without a pass over every policy per pod.
 
 So a ztunnel's view leaves out only policies, but those are what changes often and
 what concerns one node: a policy that selects only node-2's pods is neither sent to,
@@ -61,6 +63,7 @@ from mesh.model import (
     Resource,
     Service,
     Workload,
+    selector_matches,
 )
 
 ViewKey: TypeAlias = tuple[Role, str]
@@ -94,12 +97,19 @@ class _Namespaces:
 class Views:
     """The views of one snapshot, each computed on first ask and kept: the config server
     makes one per published snapshot and asks it for every key with a subscriber. The
-    indexes views share (meshed pods by node, entries by namespace) are built once too."""
+    indexes views share (meshed pods by node, entries by namespace) are built once too,
+    and which policies select which pods is carried over from the ``previous`` snapshot's
+    views while the policies are the same objects."""
 
-    def __init__(self, snapshot: MeshSnapshot) -> None:
+    def __init__(self, snapshot: MeshSnapshot, *, previous: Views | None = None) -> None:
         self.snapshot = snapshot
         self._views: dict[ViewKey, MeshSnapshot] = {}
-        self._peer_auth: dict[tuple[str, Pairs], tuple[PeerAuthentication, ...]] = {}
+        # The policies that apply to a (namespace, labels), by id: still true of the next
+        # snapshot if it has the same policies (the control plane's translator keeps a
+        # collection that did not change as the same tuple of the same objects).
+        self._selected: dict[tuple[str, Pairs], tuple[list[int], list[int]]] = {}
+        if previous is not None and _same_policies(previous.snapshot, snapshot):
+            self._selected = previous._selected
 
     def get(self, key: ViewKey) -> MeshSnapshot:
         view = self._views.get(key)
@@ -130,20 +140,39 @@ class Views:
         selections = {(w.namespace, w.labels): w for w in self._meshed_by_node.get(node, ())}
         authorizations: set[int] = set()
         peer_authentications: set[int] = set()
-        for pod in selections.values():
-            authorizations.update(map(id, snapshot.policies_for(pod)))
-            peer_authentications.update(map(id, self._peer_authentications(pod)))
+        for selection, pod in selections.items():
+            found = self._selected.get(selection)
+            if found is None:
+                found = self._selected[selection] = self._select(pod)
+            authorizations.update(found[0])
+            peer_authentications.update(found[1])
         return snapshot.restricted(
             authorizations=_kept(snapshot.authorizations, authorizations),
             peer_authentications=_kept(snapshot.peer_authentications, peer_authentications),
         )
 
-    def _peer_authentications(self, pod: Workload) -> tuple[PeerAuthentication, ...]:
-        selection = (pod.namespace, pod.labels)
-        found = self._peer_auth.get(selection)
-        if found is None:
-            found = self._peer_auth[selection] = self.snapshot.peer_authentication_for(pod)
-        return found
+    def _select(self, pod: Workload) -> tuple[list[int], list[int]]:
+        """The ids of the AuthorizationPolicies and PeerAuthentications that apply to
+        ``pod``: what :meth:`MeshSnapshot.policies_for` and
+        :meth:`MeshSnapshot.peer_authentication_for` find, asked of its namespace's and the
+        root namespace's only."""
+        index = self._namespaces
+        scopes = dict.fromkeys((pod.namespace, SYSTEM_NAMESPACE))
+        authorizations = [
+            id(a) for n in scopes for a in index.authorizations.get(n, ()) if a.applies_to(pod)
+        ]
+        peer_authentications = [
+            id(p)
+            for p in index.peer_authentications.get(pod.namespace, ())
+            if selector_matches(p.selector, pod.labels)
+        ]
+        if pod.namespace != SYSTEM_NAMESPACE:  # the mesh-wide ones: the root's, no selector
+            peer_authentications += [
+                id(p)
+                for p in index.peer_authentications.get(SYSTEM_NAMESPACE, ())
+                if p.selector is None
+            ]
+        return authorizations, peer_authentications
 
     # ---- waypoint --------------------------------------------------------------------
 
@@ -183,6 +212,10 @@ class Views:
                 p for n in namespaces for p in index.peer_authentications.get(n, ())
             ),
         )
+
+
+def _same_policies(a: MeshSnapshot, b: MeshSnapshot) -> bool:
+    return a.authorizations is b.authorizations and a.peer_authentications is b.peer_authentications
 
 
 def _kept(entries: tuple[R, ...], ids: set[int]) -> tuple[R, ...]:
