@@ -270,3 +270,25 @@ def test_views_of_one_snapshot_are_computed_once() -> None:
     assert views.get(("waypoint", "shop")) is views.get(("waypoint", "shop"))
     with pytest.raises(ValueError, match="no view for role 'sidecar'"):
         views.get(("sidecar", "x"))  # type: ignore[arg-type]
+
+
+def test_views_carried_over_from_the_previous_snapshot_are_those_of_the_new_one() -> None:
+    previous = Views(SNAP)
+    for node in ("node-1", "node-2"):
+        previous.get(("ztunnel", node))
+    relabelled = pod("probe", "tools", ip="10.0.1.2", node="node-1", labels={"app": "db"})
+    moved = pod("web", "shop", ip="10.0.1.1", node="node-2")
+    workloads = tuple({WEB: moved, PROBE: relabelled}.get(w, w) for w in SNAP.workloads)
+    same_policies = dataclasses.replace(SNAP, version=8, workloads=workloads)
+    assert same_policies.authorizations is SNAP.authorizations
+    other_policies = replaced(same_policies, 9, allow("web-only", namespace="shop"))
+    for later in (same_policies, other_policies):
+        views = Views(later, previous=previous)
+        for node in ("node-1", "node-2"):
+            assert views.get(("ztunnel", node)) == ztunnel_view(later, node)
+        previous = views
+    # node-1 now runs only probe, which root-db selects by its new label
+    assert keys(ztunnel_view(same_policies, "node-1").authorizations) == [
+        f"{ROOT}/mesh-wide",
+        f"{ROOT}/root-db",
+    ]
