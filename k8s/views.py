@@ -106,10 +106,13 @@ class Views:
         self._views: dict[ViewKey, MeshSnapshot] = {}
         # The policies that apply to a (namespace, labels), by id: still true of the next
         # snapshot if it has the same policies (the control plane's translator keeps a
-        # collection that did not change as the same tuple of the same objects).
+        # collection that did not change as the same tuple of the same objects). Only
+        # what this snapshot's pods use is carried on, so pods that come and go with new
+        # labels (a Deployment's pod-template-hash) leave nothing behind.
         self._selected: dict[tuple[str, Pairs], tuple[list[int], list[int]]] = {}
+        self._carried: dict[tuple[str, Pairs], tuple[list[int], list[int]]] = {}
         if previous is not None and _same_policies(previous.snapshot, snapshot):
-            self._selected = previous._selected
+            self._carried = previous._selected
 
     def get(self, key: ViewKey) -> MeshSnapshot:
         view = self._views.get(key)
@@ -143,7 +146,10 @@ class Views:
         for selection, pod in selections.items():
             found = self._selected.get(selection)
             if found is None:
-                found = self._selected[selection] = self._select(pod)
+                found = self._carried.get(selection)
+                if found is None:
+                    found = self._select(pod)
+                self._selected[selection] = found
             authorizations.update(found[0])
             peer_authentications.update(found[1])
         return snapshot.restricted(
