@@ -167,10 +167,12 @@ async def raw(
 
 
 def ztunnel_headers(node: str, token: str) -> list[tuple[str, str]]:
+    """A ztunnel's headers as proxies older than roles send them: no ``ambit-role``."""
     return [("ambit-node", node), ("authorization", f"Bearer {token}")]
 
 
 async def hello(messages: MessageStream, node: str, version: int | None) -> None:
+    """A ztunnel's hello, without a role as older proxies send it."""
     await messages.send({"type": "hello", "node": node, "version": version})
 
 
