@@ -3,7 +3,8 @@ to the proxies, and runs the CA with node authorization.
 
 - :meth:`ControlPlane.apply` takes a batch of changed and removed objects,
   translates what they touch (:class:`k8s.translate.Translator`) and publishes the
-  new snapshot to every proxy on the config stream (15010, HBONE, mTLS);
+  new snapshot on the config stream (15010, HBONE, mTLS), each proxy getting its own
+  view of it (:mod:`k8s.views`: a ztunnel its node's, a waypoint its namespace's);
   :meth:`ControlPlane.update` does the same from the whole set of objects;
   :meth:`ControlPlane.serve_changes` applies what producers put into
   :attr:`ControlPlane.changes`, coalesced (:mod:`k8s.coalesce`). Conflicts
@@ -25,7 +26,7 @@ import trio
 
 from ca import CertificateAuthority, LocalSigner, serve_ca
 from k8s.coalesce import Coalescer
-from k8s.config_server import ConfigServer, node_token_authenticator
+from k8s.config_server import ConfigServer, node_token_authenticator, waypoint_authorizer
 from k8s.manifests import AuthorizationPolicy, K8sObject
 from k8s.store import Condition, ObjectRef, ObjectStore, ref_of
 from k8s.translate import Problem, Translation, Translator, ztunnel_acceptance
@@ -82,7 +83,10 @@ class ControlPlane:
         self.changes: Coalescer[ObjectRef, K8sObject | None] = Coalescer()
         self._translator = Translator(trust_domain=trust_domain)
         proxy_ids = frozenset({ztunnel_identity(trust_domain)})
-        self.config = ConfigServer(node_token_authenticator(self.tokens, proxy_ids))
+        self.config = ConfigServer(
+            node_token_authenticator(self.tokens, proxy_ids),
+            authorize_waypoint=waypoint_authorizer(),
+        )
         self._held_for: list[str] = []
 
     def update(

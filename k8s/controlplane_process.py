@@ -10,7 +10,8 @@ publishes on every change (changes within ``coalesce`` seconds together), and se
 - 15010: the config stream (HBONE, mutual TLS);
 - 15014: ``/metrics`` (Prometheus; ``pilot_xds`` is Istio's count of connected
   proxies), ``/ready`` (200 once every kind is listed and a snapshot is published)
-  and ``/debug/nodes`` (each proxy's connection and acknowledged version).
+  and ``/debug/syncz`` (each proxy, as istiod lists them: role, view, connection,
+  the version sent and the one acknowledged).
 
 Each object's conditions, and the documents the source refused, go to
 ``status_file`` (JSON, written atomically) after every translation: that is how
@@ -122,7 +123,7 @@ class _Collector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         plane, store = self._state.plane, self._state.store
         xds = GaugeMetricFamily("pilot_xds", "Proxies connected to the config stream")
-        xds.add_metric([], sum(1 for n in plane.config.nodes() if n.connected))
+        xds.add_metric([], sum(1 for n in plane.config.proxies() if n.connected))
         yield xds
         version = GaugeMetricFamily("ambit_config_version", "Version of the published config")
         version.add_metric([], plane.snapshot.version if plane.snapshot else 0)
@@ -215,11 +216,11 @@ async def run_controlplane(
             return False, f"not listed yet: {', '.join(state.store.unlisted())}"
         return (True, "") if state.published else (False, "no config published yet")
 
-    def nodes(_request: Request) -> Response:
-        return json_response([vars(n) for n in plane.config.nodes()])
+    def syncz(_request: Request) -> Response:
+        return json_response([vars(n) for n in plane.config.proxies()])
 
     routes = {"/metrics": metrics_route(registry), "/ready": ready_route(ready),
-              "/debug/nodes": nodes}  # fmt: skip
+              "/debug/syncz": syncz}  # fmt: skip
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             ca_port, config_port = await nursery.start(

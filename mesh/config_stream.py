@@ -1,18 +1,24 @@
 """The config stream: how every proxy receives the mesh model.
 
 Transport: one HBONE CONNECT stream to the control plane's own address
-(``:authority`` is the address dialled; mutual TLS with the
-proxy's own certificate; the control plane also checks the node's bearer
-token in ``authorization`` and the node name in ``ambit-node``). On it, both
-directions carry messages framed as a 4-byte big-endian length and a JSON
-object:
+(``:authority`` is the address dialled; mutual TLS with the proxy's own
+certificate). Headers say who is asking, so the control plane can refuse with
+an HBONE status before any message: ``ambit-role`` (:data:`Role`; absent means
+``ztunnel``, as proxies that predate roles send), ``ambit-node`` (the node the
+proxy runs on) and, for a waypoint, ``ambit-namespace`` (the namespace whose
+view it wants). A ztunnel adds its node's bearer token in ``authorization``; a
+waypoint's certificate is its proof. On the stream, both directions carry
+messages framed as a 4-byte big-endian length and a JSON object:
 
-- proxy -> control plane: ``{"type": "hello", "node": N, "version": V|null}``
-  first, then ``{"type": "ack", "version": V}`` or ``{"type": "nack",
-  "version": V, "error": "..."}`` for every update;
+- proxy -> control plane: ``{"type": "hello", "node": N, "role": R, "version":
+  V|null}`` (a waypoint adds ``"namespace": NS``; node, role and namespace must
+  be the headers'), first, then ``{"type": "ack", "version": V}`` or ``{"type":
+  "nack", "version": V, "error": "..."}`` for every update;
 - control plane -> proxy: ``{"type": "snapshot", "snapshot": {...}}`` (the
-  whole :class:`~mesh.model.MeshSnapshot`), then ``{"type": "delta", "delta":
-  {...}}`` for each change (a :class:`~mesh.model.Delta`).
+  proxy's whole view, a :class:`~mesh.model.MeshSnapshot`), then ``{"type":
+  "delta", "delta": {...}}`` for each change of that view (a
+  :class:`~mesh.model.Delta`). A view that a new version leaves unchanged is
+  not sent again: a proxy's version is the last at which its view changed.
 
 A proxy that loses the control plane keeps serving its last good snapshot,
 reconnects with jittered exponential backoff, and says in ``hello`` which
@@ -23,7 +29,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any, Final
+from typing import Any, Final, Literal, TypeAlias
 
 import structlog
 import trio
@@ -39,6 +45,13 @@ log = structlog.get_logger("mesh.config_stream")
 
 MAX_MESSAGE: Final = 64 * 1024 * 1024
 Message = dict[str, Any]
+
+Role: TypeAlias = Literal["ztunnel", "waypoint"]
+"""Who subscribes: a node's ztunnel, or a namespace's waypoint; each gets its own view."""
+ROLES: Final[tuple[Role, ...]] = ("ztunnel", "waypoint")
+ROLE_HEADER: Final = "ambit-role"
+NODE_HEADER: Final = "ambit-node"
+NAMESPACE_HEADER: Final = "ambit-namespace"
 
 
 class ConfigStreamError(Exception):
@@ -115,6 +128,9 @@ class ConfigClient:
     :meth:`run` runs until cancelled. ``on_update`` is called with every new
     snapshot, after it was applied; :class:`ConfigRejected` from it is a NACK, any
     other exception is a bug and propagates.
+
+    A ztunnel (``role="ztunnel"``, the default) gives its node's ``token``; a waypoint
+    (``role="waypoint"``) gives the ``namespace`` it serves, and needs no token.
     """
 
     def __init__(
@@ -125,16 +141,24 @@ class ConfigClient:
         address: tuple[str, int],
         expected: SpiffeId,
         node: str,
-        token: str,
+        token: str | None,
         on_update: Callable[[MeshSnapshot], Awaitable[None]],
         backoff: Backoff | None = None,
+        role: Role = "ztunnel",
+        namespace: str | None = None,
     ) -> None:
+        if role not in ROLES:
+            raise ValueError(f"role {role!r} is not one of {', '.join(ROLES)}")
+        if (role == "waypoint") != (namespace is not None):
+            raise ValueError("a waypoint, and only a waypoint, names its namespace")
         self._pool = pool
         self._source = source
         self._address = address
         self._expected = expected
         self._node = node
         self._token = token
+        self._role = role
+        self._namespace = namespace
         self._on_update = on_update
         self._backoff = backoff or Backoff()
         self.snapshot: MeshSnapshot | None = None
@@ -161,10 +185,7 @@ class ConfigClient:
                     address=self._address,
                     authority=f"{self._address[0]}:{self._address[1]}",
                     expected=[self._expected],
-                    headers=[
-                        ("authorization", f"Bearer {self._token}"),
-                        ("ambit-node", self._node),
-                    ],
+                    headers=self._headers(),
                 )
             except HboneError as exc:
                 reason = str(exc)
@@ -187,12 +208,23 @@ class ConfigClient:
             self.reconnects += 1
             await trio.sleep(delay)
 
+    def _headers(self) -> list[tuple[str, str]]:
+        headers = [(ROLE_HEADER, self._role), (NODE_HEADER, self._node)]
+        if self._namespace is not None:
+            headers.append((NAMESPACE_HEADER, self._namespace))
+        if self._token is not None:
+            headers.append(("authorization", f"Bearer {self._token}"))
+        return headers
+
     async def _session(self, stream: HboneStream, applied: Callable[[], None]) -> None:
         messages = MessageStream(stream)
         have = None if self._want_full or self.snapshot is None else self.snapshot.version
-        await messages.send({"type": "hello", "node": self._node, "version": have})
+        hello: Message = {"type": "hello", "node": self._node, "role": self._role, "version": have}
+        if self._namespace is not None:
+            hello["namespace"] = self._namespace
+        await messages.send(hello)
         self.connected = True
-        log.info("config_stream_connected", node=self._node, version=have)
+        log.info("config_stream_connected", node=self._node, role=self._role, version=have)
         while (message := await messages.receive()) is not None:
             kind = message["type"]
             try:

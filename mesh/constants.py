@@ -40,6 +40,8 @@ CONDITION_ACCEPTED: Final = "ambit.io/Accepted"  # Pods and Services left out by
 SYSTEM_NAMESPACE: Final = "ambit-system"
 CONTROL_PLANE_SERVICE_ACCOUNT: Final = "ambit-controlplane"
 ZTUNNEL_SERVICE_ACCOUNT: Final = "ztunnel"
+# The service account of a namespace's default waypoint (Istio's, named after its Gateway).
+WAYPOINT_SERVICE_ACCOUNT: Final = "waypoint"
 
 # The config stream (HBONE, mTLS): its own port because the CA on 15012 takes
 # callers without a certificate yet.

@@ -446,18 +446,7 @@ class MeshSnapshot(JsonForm):
 
     def __post_init__(self) -> None:
         for name in _COLLECTIONS.values():
-            entries: tuple[Resource, ...] = tuple(getattr(self, name))
-            keys = list(map(_key, entries))
-            # One pass when the entries come sorted (as the control plane builds them): strictly
-            # increasing keys are sorted and unique. Anything else is sorted, then checked.
-            if not all(map(lt, keys, itertools.islice(keys, 1, None))):
-                entries = tuple(sorted(entries, key=lambda r: r.key))
-                for a, b in itertools.pairwise(entries):
-                    if a.key == b.key:
-                        raise ModelError(
-                            f"snapshot v{self.version}: two {a.kind}s with key {a.key}"
-                        )
-            object.__setattr__(self, name, entries)
+            object.__setattr__(self, name, _sorted_unique(self.version, getattr(self, name)))
 
     @classmethod
     def from_resources(cls, version: int, resources: Iterable[Resource]) -> MeshSnapshot:
@@ -465,6 +454,31 @@ class MeshSnapshot(JsonForm):
         for r in resources:
             groups[_COLLECTIONS[r.kind]].append(r)
         return cls(version, **{name: tuple(entries) for name, entries in groups.items()})
+
+    def restricted(
+        self,
+        *,
+        workloads: Iterable[Workload] | None = None,
+        services: Iterable[Service] | None = None,
+        authorizations: Iterable[Authorization] | None = None,
+        peer_authentications: Iterable[PeerAuthentication] | None = None,
+    ) -> MeshSnapshot:
+        """This snapshot, same version, with the collections given replaced (a proxy's view,
+        :mod:`k8s.views`). Only those are checked: a collection kept whole is this snapshot's
+        own tuple, sorted and unique already, so a view that keeps the 5,000 workloads of a
+        big mesh costs nothing for them."""
+        given: dict[str, Iterable[Resource] | None] = {
+            "workloads": workloads,
+            "services": services,
+            "authorizations": authorizations,
+            "peer_authentications": peer_authentications,
+        }
+        view = object.__new__(MeshSnapshot)  # __post_init__ would check every collection
+        object.__setattr__(view, "version", self.version)
+        for name, entries in given.items():
+            kept = getattr(self, name) if entries is None else _sorted_unique(self.version, entries)
+            object.__setattr__(view, name, kept)
+        return view
 
     def resources(self) -> Iterable[Resource]:
         for name in _COLLECTIONS.values():
@@ -549,6 +563,20 @@ class MeshSnapshot(JsonForm):
             if p.namespace == SYSTEM_NAMESPACE and p.selector is None and p not in namespace_wide
         ]
         return (*by_label, *namespace_wide, *mesh_wide)
+
+
+def _sorted_unique(version: int, entries: Iterable[Resource]) -> tuple[Resource, ...]:
+    """``entries`` sorted by key; :class:`ModelError` if two have the same key."""
+    entries = tuple(entries)
+    keys = list(map(_key, entries))
+    # One pass when the entries come sorted (as the control plane builds them): strictly
+    # increasing keys are sorted and unique. Anything else is sorted, then checked.
+    if not all(map(lt, keys, itertools.islice(keys, 1, None))):
+        entries = tuple(sorted(entries, key=_key))
+        for a, b in itertools.pairwise(entries):
+            if a.key == b.key:
+                raise ModelError(f"snapshot v{version}: two {a.kind}s with key {a.key}")
+    return entries
 
 
 @dataclass(frozen=True)

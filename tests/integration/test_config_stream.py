@@ -103,12 +103,12 @@ async def test_snapshot_then_deltas_arrive_in_order_and_are_acknowledged(root: P
         async with running(root, server, proxy) as (client, _):
             await wait_until(lambda: proxy.applied)
             for version in range(2, 6):
-                server.publish(versioned(version, pods=version))
+                server.publish(versioned(version, pods=version + 1))
             await wait_until(lambda: proxy.applied[-1].version == 5)
             await wait_until(lambda: server.nodes()[0].acked_version == 5)
-            assert client.snapshot == versioned(5, pods=5)
+            assert client.snapshot == versioned(5, pods=6)
     assert [s.version for s in proxy.applied] == [1, 2, 3, 4, 5]
-    assert proxy.applied[-1].workload_by_ip("10.244.0.14") is not None
+    assert proxy.applied[-1].workload_by_ip("10.244.0.15") is not None
 
 
 async def test_a_proxy_waits_for_the_first_snapshot(root: Pki) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 import trio
@@ -56,14 +57,14 @@ DB = SpiffeId(TD, "shop", "db")
 
 def objects(extra: str = "") -> tuple[manifests.K8sObject, ...]:
     loaded = manifests.loads(MANIFEST + extra, "test.yaml")
-    ips = {"web": "10.244.1.10", "db": "10.244.2.10"}
+    ips = {"web": "10.244.1.10", "db": "10.244.2.10", "waypoint": "10.244.1.11"}
     return tuple(o.with_ip(ips[o.name]) if isinstance(o, manifests.Pod) else o for o in loaded)
 
 
 @asynccontextmanager
-async def running_plane() -> AsyncIterator[tuple[ControlPlane, int, int]]:
+async def running_plane(extra: str = "") -> AsyncIterator[tuple[ControlPlane, int, int]]:
     plane = ControlPlane(CertificateAuthority.create(), trust_domain=TD)
-    plane.update(objects())
+    plane.update(objects(extra))
     async with trio.open_nursery() as nursery:
         ca_port, config_port = await nursery.start(
             lambda task_status: plane.serve(
@@ -231,6 +232,67 @@ spec:
   targetRefs: [{kind: Service, group: "", name: db}]
   rules: [{to: [{operation: {methods: [GET]}}]}]
 """
+
+
+WAYPOINT_POD = """
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: waypoint, namespace: shop}
+spec:
+  nodeName: node-1
+  serviceAccountName: waypoint
+  containers: [{name: waypoint, image: waypoint}]
+"""
+
+
+async def test_a_waypoint_subscribes_with_the_certificate_the_ca_gave_it() -> None:
+    """shop's waypoint runs on node-1: node-1 gets its certificate from the CA, and with it
+    the waypoint gets shop's view, with the policies only a waypoint enforces; the
+    ztunnel of node-1 does not get those."""
+    waypoint_id = SpiffeId(TD, "shop", "waypoint")
+    received: dict[SpiffeId, list[MeshSnapshot]] = {}
+    with trio.fail_after(20):
+        async with (
+            running_plane(WAYPOINT_POD + POLICIES) as (plane, ca_port, config_port),
+            open_certificate_manager(ca_client(plane, ca_port, "node-1")) as certs,
+        ):
+            own = await certs.fetch_now(ztunnel_identity(TD))
+            waypoint = await certs.fetch_now(waypoint_id)
+            certificates = {own.identity: own, waypoint_id: waypoint}
+
+            def client(source: SpiffeId, **role: Any) -> ConfigClient:
+                async def on_update(snapshot: MeshSnapshot) -> None:
+                    received.setdefault(source, []).append(snapshot)
+
+                return ConfigClient(
+                    pool,
+                    source=source,
+                    address=("127.0.0.1", config_port),
+                    expected=control_plane_identity(TD),
+                    node="node-1",
+                    on_update=on_update,
+                    backoff=Backoff(initial=0.05, maximum=0.2),
+                    **role,
+                )
+
+            async with (
+                open_hbone_pool(lambda source: certificates[source]) as pool,
+                trio.open_nursery() as n,
+            ):
+                await n.start(client(own.identity, token=plane.tokens.token_for("node-1")).run)
+                await n.start(
+                    client(waypoint_id, token=None, role="waypoint", namespace="shop").run
+                )
+                n.cancel_scope.cancel()
+    waypoint_view, ztunnel_view = received[waypoint_id][-1], received[own.identity][-1]
+    assert [a.name for a in waypoint_view.authorizations] == [
+        "at-waypoint",
+        "ext",
+        "get-only",
+        "plain",
+    ]
+    assert [a.name for a in ztunnel_view.authorizations] == ["ext", "get-only"]  # web's, node-1's
 
 
 def test_each_policy_says_whether_ztunnel_enforces_it() -> None:

@@ -162,7 +162,7 @@ async def test_files_in_a_directory_become_config_status_and_metrics(tmp_path: P
                     assert "pilot_xds 1.0" in text
                     assert 'ambit_config_objects{kind="AuthorizationPolicy"} 1.0' in text
                     assert "ambit_config_refused_documents 1.0" in text
-                    status, body = await http_get(ports.metrics, "/debug/nodes")
+                    status, body = await http_get(ports.metrics, "/debug/syncz")
                     (node,) = json.loads(body)
                     assert node["node"] == "node-1"
                     assert node["connected"] is True

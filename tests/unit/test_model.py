@@ -211,6 +211,17 @@ def test_snapshot_keeps_entries_given_in_order() -> None:
     assert MeshSnapshot(1, entries).workloads is entries
 
 
+def test_a_restricted_snapshot_keeps_what_is_not_given_and_checks_what_is() -> None:
+    snap = snapshot(WEB, DB, OTHER, service("a"), allow("p"), version=3)
+    view = snap.restricted(workloads=[OTHER, WEB], authorizations=[])
+    assert view.version == 3
+    assert view.services is snap.services  # kept whole: the same tuple, not checked again
+    assert view == snapshot(WEB, OTHER, service("a"), version=3)  # given ones sorted
+    assert view.workload_by_ip(OTHER.ip) is OTHER
+    with pytest.raises(ModelError, match="two workloads with key default/web"):
+        snap.restricted(workloads=[WEB, WEB])
+
+
 def test_snapshot_lookups() -> None:
     svc = service(vip="10.96.0.1", backends=[WEB])
     snap = snapshot(WEB, DB, OTHER, svc)
