@@ -19,14 +19,22 @@ to the proxies, and runs the CA with node authorization.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Final
 
 import structlog
 import trio
 
 from ca import CertificateAuthority, LocalSigner, serve_ca
+from ca.auth import Authenticator, Authorizer
 from k8s.coalesce import Coalescer
-from k8s.config_server import ConfigServer, node_token_authenticator, waypoint_authorizer
+from k8s.config_server import (
+    ConfigServer,
+    ProxyAuthenticator,
+    WaypointAuthorizer,
+    node_token_authenticator,
+    waypoint_authorizer,
+)
 from k8s.manifests import AuthorizationPolicy, K8sObject
 from k8s.store import Condition, ObjectRef, ObjectStore, ref_of
 from k8s.translate import Problem, Translation, Translator, ztunnel_acceptance
@@ -69,13 +77,34 @@ class NodeAuthorizer:
         return any(w.meshed and w.identity == identity for w in snapshot.workloads_on_node(caller))
 
 
+@dataclass(frozen=True)
+class Access:
+    """Who may have what, as a deployment decides it: the CA's authenticator (bearer
+    token -> caller) and authorizer (may that caller have that identity?), the config
+    stream's check of a ztunnel and of a waypoint. Local mode passes none and gets node
+    tokens (:attr:`ControlPlane.tokens`) and :class:`NodeAuthorizer`; the Kubernetes
+    source will pass service-account token review."""
+
+    ca_authenticator: Authenticator | None = None
+    ca_authorizer: Authorizer | None = None
+    proxies: ProxyAuthenticator | None = None
+    waypoints: WaypointAuthorizer | None = None
+
+
 class ControlPlane:
     def __init__(
-        self, authority: CertificateAuthority, *, trust_domain: str = DEFAULT_TRUST_DOMAIN
+        self,
+        authority: CertificateAuthority,
+        *,
+        trust_domain: str = DEFAULT_TRUST_DOMAIN,
+        access: Access | None = None,
     ) -> None:
+        access = access or Access()
         self.authority = authority
         self.trust_domain = trust_domain
         self.tokens = TokenTable()  # one per node: the CA's and the config stream's proof
+        self._ca_authenticator: Authenticator = access.ca_authenticator or self.tokens
+        self._ca_authorizer: Authorizer = access.ca_authorizer or NodeAuthorizer(self)
         self.snapshot: MeshSnapshot | None = None
         self.translation: Translation | None = None
         # Producers put (object_ref(obj), obj), or (ref, None) for a removal; serve_changes
@@ -84,8 +113,8 @@ class ControlPlane:
         self._translator = Translator(trust_domain=trust_domain)
         proxy_ids = frozenset({ztunnel_identity(trust_domain)})
         self.config = ConfigServer(
-            node_token_authenticator(self.tokens, proxy_ids),
-            authorize_waypoint=waypoint_authorizer(),
+            access.proxies or node_token_authenticator(self.tokens, proxy_ids),
+            authorize_waypoint=access.waypoints or waypoint_authorizer(),
         )
         self._held_for: list[str] = []
 
@@ -170,8 +199,8 @@ class ControlPlane:
                 ca_addrs = await nursery.start(
                     lambda task_status: serve_ca(
                         self.authority,
-                        self.tokens,
-                        NodeAuthorizer(self),
+                        self._ca_authenticator,
+                        self._ca_authorizer,
                         host=host,
                         port=ca_port,
                         identity=identity,

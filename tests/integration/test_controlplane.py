@@ -374,3 +374,62 @@ async def test_changes_put_close_together_are_published_as_one_version(
     assert plane.snapshot.version == first + 1
     assert [w.name for w in plane.snapshot.workloads] == ["web"]
     assert [a.name for a in plane.snapshot.authorizations] == ["web"]
+
+
+async def test_a_deployment_plugs_in_its_own_access_rules() -> None:
+    """The Kubernetes source will bring its own authentication; local mode's node tokens
+    are only the default. A control plane built with other rules follows them, for the CA
+    and for the config stream."""
+    from ca.auth import StaticAuthorizer, TokenAuthenticator
+    from k8s.controlplane import Access
+
+    refusals: list[tuple[str | None, str]] = []
+
+    def no_proxies(token: str | None, node: str, peer: SpiffeId) -> str | None:
+        refusals.append((token, node))
+        return "this deployment serves no proxies"
+
+    access = Access(
+        ca_authenticator=TokenAuthenticator({"sa-token": "kube:shop/web"}),
+        ca_authorizer=StaticAuthorizer({"kube:shop/web": [str(WEB)]}),
+        proxies=no_proxies,
+    )
+    plane = ControlPlane(CertificateAuthority.create(), trust_domain=TD, access=access)
+    plane.update(objects())
+
+    async def on_update(snapshot: MeshSnapshot) -> None:
+        raise AssertionError("this deployment refuses every proxy")
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            ca_port, config_port = await nursery.start(
+                lambda task_status: plane.serve(
+                    "127.0.0.1", ca_port=0, config_port=0, task_status=task_status
+                )
+            )
+            bundle = plane.authority.trust_bundle
+            ca = CaClient(("127.0.0.1", ca_port), token="sa-token", bundle=bundle)
+            async with open_certificate_manager(ca) as certs:
+                web = await certs.fetch_now(WEB)
+                with pytest.raises(CaRefused) as refused:
+                    await certs.fetch_now(DB)
+                assert refused.value.status == 403
+                async with open_hbone_pool(lambda _s: web) as pool, trio.open_nursery() as n:
+                    client = ConfigClient(
+                        pool, source=WEB, address=("127.0.0.1", config_port),
+                        expected=control_plane_identity(TD), node="node-1", token="sa-token",
+                        on_update=on_update, backoff=Backoff(initial=0.05, maximum=0.2),
+                    )  # fmt: skip
+                    n.start_soon(client.run)
+                    await wait_until(lambda: len(refusals) >= 2)
+                    assert refusals[0] == ("sa-token", "node-1")
+                    assert client.snapshot is None
+                    n.cancel_scope.cancel()
+            node_token = CaClient(
+                ("127.0.0.1", ca_port), token=plane.tokens.token_for("node-1"), bundle=bundle
+            )
+            async with open_certificate_manager(node_token) as certs:
+                with pytest.raises(CaRefused) as refused:
+                    await certs.fetch_now(ztunnel_identity(TD))
+                assert refused.value.status == 401, "node tokens are not this deployment's"
+            nursery.cancel_scope.cancel()
