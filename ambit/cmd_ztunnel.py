@@ -44,6 +44,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="after SIGTERM, how long open connections may finish (default 25: below a"
         " pod's 30 s grace period)",
     )
+    parser.add_argument(
+        "--ready-file",
+        type=Path,
+        help="written once this ztunnel is ready (a hand-over waits for it before the old"
+        " ztunnel drains)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -62,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
             trust_domain=args.trust_domain,
             listen_ip=args.listen_ip,
             drain_seconds=args.drain_seconds,
+            ready_file=args.ready_file,
         )
     except (OSError, ValueError, IdentityError) as exc:
         print(f"ambit ztunnel: {exc}", file=sys.stderr)

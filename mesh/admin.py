@@ -105,13 +105,18 @@ async def serve_http(
     port: int,
     listener: trio.socket.SocketType | None = None,
     limits: Limits | None = None,
+    reuse_port: bool = False,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``routes`` (exact paths) until cancelled; ``task_status.started`` gets the bound
     ``(host, port)``. A ``listener`` passed in (made inside a pod's netns) is served instead of
     binding ``host:port``, and is closed on return like our own."""
     limits = limits or Limits()
-    sock = listener if listener is not None else await open_listener(host, port, backlog=128)
+    sock = (
+        listener
+        if listener is not None
+        else await open_listener(host, port, backlog=128, reuse_port=reuse_port)
+    )
     bound = sock.getsockname()
     open_: dict[_Connection, None] = {}  # oldest first
 

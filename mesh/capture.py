@@ -33,7 +33,7 @@ import struct
 import structlog
 import trio
 
-from mesh.commands import run_command
+from mesh.commands import CommandFailed, run_command
 from mesh.constants import (
     HBONE_PORT,
     INBOUND_PLAINTEXT_PORT,
@@ -159,7 +159,20 @@ async def install_capture(netns: str, mark: int = PROXY_SOCKET_MARK) -> None:
     if not await _spoof_rule_present(netns):
         await run_command(_inside(netns, "ip", "rule", "add", "fwmark", f"{SPOOF_MARK:#x}/0xfff",
                                   "pref", SPOOF_RULE_PREF, "lookup", SPOOF_TABLE))  # fmt: skip
+    # When a ztunnel hands the pod over to its successor (both listen with SO_REUSEPORT)
+    # and closes its listeners, connections queued in its backlog move to the successor
+    # instead of being reset (Linux 5.14+).
+    await enable_backlog_migration(netns)
     log.info("capture_installed", netns=netns)
+
+
+async def enable_backlog_migration(netns: str) -> None:
+    """``net.ipv4.tcp_migrate_req=1`` in ``netns``. Best effort: without it (a kernel
+    before 5.14) a hand-over may reset the few connections queued at that moment."""
+    try:
+        await run_command(_inside(netns, "sh", "-c", "echo 1 > /proc/sys/net/ipv4/tcp_migrate_req"))
+    except CommandFailed as exc:
+        log.warning("backlog_migration_unavailable", netns=netns, reason=str(exc))
 
 
 async def remove_capture(netns: str) -> None:

@@ -39,18 +39,35 @@ CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENO
 CAPACITY_BACKOFF = Backoff(initial=0.01, maximum=1.0)
 
 
-async def open_listener(host: str, port: int, *, backlog: int = 1024) -> trio.socket.SocketType:
+async def open_listener(
+    host: str, port: int, *, backlog: int = 1024, reuse_port: bool = False
+) -> trio.socket.SocketType:
     """A listening TCP socket with SO_REUSEADDR; closed again if binding fails."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    return await listen_on(trio.socket.socket(family, socket.SOCK_STREAM), host, port, backlog)
+    sock = trio.socket.socket(family, socket.SOCK_STREAM)
+    return await listen_on(sock, host, port, backlog, reuse_port=reuse_port)
 
 
 async def listen_on(
-    sock: trio.socket.SocketType, host: str, port: int, backlog: int = 1024
+    sock: trio.socket.SocketType,
+    host: str,
+    port: int,
+    backlog: int = 1024,
+    *,
+    reuse_port: bool = False,
 ) -> trio.socket.SocketType:
-    """Make ``sock`` listen on ``host:port`` (SO_REUSEADDR); closed again if that fails."""
+    """Make ``sock`` listen on ``host:port`` (SO_REUSEADDR); closed again if that fails.
+
+    ``reuse_port`` (SO_REUSEPORT) lets a second process of the same user listen on the
+    same port beside this one, the kernel spreading new connections over both: how a
+    new ztunnel takes over a node's ports before the old one stops accepting. When one
+    of them closes, the connections still queued in its backlog move to the other
+    where ``net.ipv4.tcp_migrate_req`` is 1 (:func:`mesh.capture.install_capture` sets
+    it in every captured pod); otherwise they would be reset."""
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         await sock.bind((host, port))
         sock.listen(backlog)
     except BaseException:

@@ -158,10 +158,11 @@ class NetworkNamespace:
         return trio.socket.from_stdlib_socket(sock)
 
     async def listen(
-        self, port: int, *, host: str = "0.0.0.0", backlog: int = 1024
+        self, port: int, *, host: str = "0.0.0.0", backlog: int = 1024, reuse_port: bool = False
     ) -> trio.socket.SocketType:
-        """A listening TCP socket inside this namespace (SO_REUSEADDR)."""
-        return await listen_on(self.socket(), host, port, backlog)
+        """A listening TCP socket inside this namespace (SO_REUSEADDR, and SO_REUSEPORT
+        with ``reuse_port``: see :func:`mesh.net.listen_on`)."""
+        return await listen_on(self.socket(), host, port, backlog, reuse_port=reuse_port)
 
     async def dial(
         self, address: tuple[str, int], *, source_ip: str | None = None

@@ -61,6 +61,9 @@ class ZtunnelConfig:
     # How long open connections may finish after SIGTERM: a few seconds below a pod's
     # terminationGracePeriodSeconds (30 by default), so the kubelet's SIGKILL never comes first.
     drain_seconds: float = 25.0
+    # Written ({"pid": ..., "ready": true}) the first time this ztunnel is ready: what
+    # a hand-over waits for before it tells the old ztunnel to drain.
+    ready_file: Path | None = None
 
 
 class PodsFile:
@@ -167,6 +170,8 @@ async def _run(
                 ):
                     await nursery.start(_serve, routes, host, port)
                 log.info("ztunnel_started", node=config.node, listen_ip=config.listen_ip)
+                if config.ready_file is not None:
+                    nursery.start_soon(_announce_ready, zt, config.ready_file)
                 task_status.started()
                 async for signum in stop_signals:
                     log.info("ztunnel_stopping", signal=signal.Signals(signum).name)
@@ -175,7 +180,18 @@ async def _run(
                 nursery.cancel_scope.cancel()
 
 
+async def _announce_ready(zt: Ztunnel, path: Path, poll: float = 0.05) -> None:
+    """Write ``path`` once ``zt`` is first ready (it has config and every pod captured)."""
+    while not zt.ready()[0]:
+        await trio.sleep(poll)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps({"pid": os.getpid(), "ready": True}))
+    os.replace(temporary, path)
+    log.info("ztunnel_ready", node=zt.node, pods=len(zt.status()["pods"]))
+
+
 async def _serve(
     routes: dict[str, Any], host: str, port: int, *, task_status: trio.TaskStatus[Any]
 ) -> None:
-    await serve_http(routes, host=host, port=port, task_status=task_status)
+    # SO_REUSEPORT: during a hand-over the new ztunnel serves these ports beside the old.
+    await serve_http(routes, host=host, port=port, reuse_port=True, task_status=task_status)

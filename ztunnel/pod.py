@@ -68,7 +68,10 @@ class CapturedPod:
         listeners: list[trio.socket.SocketType] = []
         try:
             for port in (OUTBOUND_CAPTURE_PORT, INBOUND_PLAINTEXT_PORT, HBONE_PORT):
-                listeners.append(await self.netns.listen(port, host=self._listen_ip))
+                # SO_REUSEPORT: a new ztunnel listens beside this one before it stops.
+                listeners.append(
+                    await self.netns.listen(port, host=self._listen_ip, reuse_port=True)
+                )
         except BaseException:
             for sock in listeners:
                 sock.close()
