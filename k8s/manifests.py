@@ -1,16 +1,19 @@
 """Kubernetes manifests (YAML files, or dicts from the API) -> small typed objects.
 
 Owns the edge where raw dicts become typed: Namespace, ServiceAccount, Pod, Service,
-AuthorizationPolicy and PeerAuthentication (``security.ambit.io/v1``, also Istio's
-``security.istio.io/v1`` and ``v1beta1``). Only the fields later parts use are kept.
+AuthorizationPolicy, PeerAuthentication and RequestAuthentication
+(``security.ambit.io/v1``, also Istio's ``security.istio.io/v1`` and ``v1beta1``), and
+Gateway API's GatewayClass, Gateway, HTTPRoute and GRPCRoute
+(``gateway.networking.k8s.io/v1``). Only the fields later parts use are kept.
 Every problem is a :class:`ManifestError` naming the file, the document and the field
 path, e.g. ``demo.yaml: document 3 (Service default/web): spec.ports[0].port: must be
 an integer 1-65535``. Nothing past this module sees a raw dict.
 
 The core kinds are read here and keep what they need, ignoring the rest, as real
 manifests carry much more; the policy kinds (read strictly) are in
-:mod:`k8s.policy_manifests`, the typed reads shared by both in
-:mod:`k8s.manifest_reader`. Everything is re-exported here.
+:mod:`k8s.policy_manifests`, the Gateway API kinds (strictly too) in
+:mod:`k8s.gateway_manifests` and :mod:`k8s.route_manifests`, the typed reads shared by
+all in :mod:`k8s.manifest_reader`. Everything is re-exported here.
 """
 
 from __future__ import annotations
@@ -24,6 +27,14 @@ from typing import TypeAlias
 
 import yaml
 
+from k8s.gateway_manifests import (
+    GATEWAY_API_VERSIONS,
+    GRPC_ROUTE_API_VERSIONS,
+    Gateway,
+    GatewayClass,
+    read_gateway,
+    read_gateway_class,
+)
 from k8s.manifest_reader import ManifestError, Meta, Pairs, Reader, kind_of, read_meta
 from k8s.policy_manifests import (
     AuthorizationPolicy,
@@ -32,9 +43,13 @@ from k8s.policy_manifests import (
     PolicyOperation,
     PolicyRule,
     PolicySource,
+    PolicyTargetRef,
+    RequestAuthentication,
     read_authorization,
     read_peer_authentication,
+    read_request_authentication,
 )
+from k8s.route_manifests import GRPCRoute, HTTPRoute, read_grpc_route, read_http_route
 
 __all__ = [
     "KINDS",
@@ -43,6 +58,10 @@ __all__ = [
     "Container",
     "ContainerPort",
     "Document",
+    "GRPCRoute",
+    "Gateway",
+    "GatewayClass",
+    "HTTPRoute",
     "K8sObject",
     "KindInfo",
     "ManifestError",
@@ -54,6 +73,8 @@ __all__ = [
     "PolicyOperation",
     "PolicyRule",
     "PolicySource",
+    "PolicyTargetRef",
+    "RequestAuthentication",
     "Service",
     "ServiceAccount",
     "ServicePortSpec",
@@ -159,7 +180,17 @@ class Service(Meta):
 
 
 K8sObject: TypeAlias = (
-    Namespace | ServiceAccount | Pod | Service | AuthorizationPolicy | PeerAuthentication
+    Namespace
+    | ServiceAccount
+    | Pod
+    | Service
+    | AuthorizationPolicy
+    | PeerAuthentication
+    | RequestAuthentication
+    | GatewayClass
+    | Gateway
+    | HTTPRoute
+    | GRPCRoute
 )
 
 
@@ -305,6 +336,17 @@ KINDS: tuple[KindInfo, ...] = (
         "PeerAuthentication", "peerauthentications", ("pa",), POLICY_API_VERSIONS, True,
         read_peer_authentication,
     ),
+    KindInfo(
+        "RequestAuthentication", "requestauthentications", (), POLICY_API_VERSIONS, True,
+        read_request_authentication,
+    ),
+    KindInfo(
+        "GatewayClass", "gatewayclasses", ("gc",), GATEWAY_API_VERSIONS, False,
+        read_gateway_class,
+    ),
+    KindInfo("Gateway", "gateways", ("gtw",), GATEWAY_API_VERSIONS, True, read_gateway),
+    KindInfo("HTTPRoute", "httproutes", (), GATEWAY_API_VERSIONS, True, read_http_route),
+    KindInfo("GRPCRoute", "grpcroutes", (), GRPC_ROUTE_API_VERSIONS, True, read_grpc_route),
 )  # fmt: skip
 _BY_KIND = {k.kind: k for k in KINDS}
 
