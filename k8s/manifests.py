@@ -349,17 +349,17 @@ KINDS: tuple[KindInfo, ...] = (
     KindInfo("GRPCRoute", "grpcroutes", (), GRPC_ROUTE_API_VERSIONS, True, read_grpc_route),
 )  # fmt: skip
 _BY_KIND = {k.kind: k for k in KINDS}
+_BY_NAME = {
+    name: info
+    for info in reversed(KINDS)  # the first kind declared wins a name two would share
+    for name in (info.kind.lower(), info.plural, *info.short_names, info.resource)
+}
 
 
 def kind_info(name: str) -> KindInfo | None:
     """The kind called ``name``: its kind, plural, singular or short name, any case, with
     or without its API group (``pod``, ``po``, ``authorizationpolicies.security.istio.io``)."""
-    wanted = name.lower()
-    for info in KINDS:
-        names = {info.kind.lower(), info.plural, *info.short_names, info.resource}
-        if wanted in names:
-            return info
-    return None
+    return _BY_KIND.get(name) or _BY_NAME.get(name.lower())
 
 
 def parse_object(doc: object, where: str = "<object>") -> K8sObject:
