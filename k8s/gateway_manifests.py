@@ -226,6 +226,8 @@ def _listener(r: Reader, value: object, path: str) -> Listener:
             r.fail(f"{path}.tls.mode", f"{tls_mode!r}: must be Terminate or Passthrough")
         if protocol == "HTTPS" and tls_mode != "Terminate":
             r.fail(f"{path}.tls.mode", "must be Terminate for protocol HTTPS")
+        if tls_mode == "Terminate" and not (tls.get("certificateRefs") or tls.get("options")):
+            r.fail(f"{path}.tls", "mode Terminate needs certificateRefs (or options)")
     return Listener(
         name=r.name(item.get("name"), f"{path}.name"),
         port=r.port(item.get("port"), f"{path}.port"),

@@ -453,6 +453,7 @@ BAD: list[tuple[dict[str, Any], str, str]] = [
     (gateway(tls={"mode": "Terminate"}), "spec.listeners[0].tls", "protocol HTTP"),
     (gateway(protocol="HTTPS", tls={"mode": "Passthrough"}), "spec.listeners[0].tls.mode",
      "Terminate for protocol HTTPS"),
+    (gateway(protocol="HTTPS", tls={}), "spec.listeners[0].tls", "needs certificateRefs"),
     (gateway(hostname="Shop.example"), "spec.listeners[0].hostname", "not a hostname"),
     (gateway(hostname="10.0.0.1"), "spec.listeners[0].hostname", "not an IP address"),
     (gateway(allowedRoutes={"namespaces": {"from": "Everywhere"}}),
