@@ -466,7 +466,7 @@ def read_files(*paths: str | os.PathLike[str]) -> list[Document]:
                 kind = type(obj).__name__
                 key = (kind, obj.namespace, obj.name)
                 if key in seen:
-                    name = obj.name if kind == "Namespace" else f"{obj.namespace}/{obj.name}"
+                    name = f"{obj.namespace}/{obj.name}" if _BY_KIND[kind].namespaced else obj.name
                     error = f"{d.where} ({kind} {name}): defined twice, first in {seen[key]}"
                     d = Document(d.where, d.raw, None, error)
                 else:
