@@ -285,8 +285,12 @@ def _timeout_ms(r: Reader, value: object, path: str) -> int:
 def _jwks_uri(r: Reader, value: object, path: str) -> str:
     text = r.string(value, path, "", limit=2048)
     if text:
-        parts = urllib.parse.urlsplit(text)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        try:
+            parts = urllib.parse.urlsplit(text)
+            ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+        except ValueError:  # "https://[::1": an unclosed bracket
+            ok = False
+        if not ok:
             r.fail(path, f"{text!r} is not an http:// or https:// URL")
     return text
 

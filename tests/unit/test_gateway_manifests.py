@@ -524,6 +524,7 @@ BAD: list[tuple[dict[str, Any], str, str]] = [
     (grpc(filters(REDIRECT)), "spec.rules[0].filters[0].requestRedirect", "unknown field"),
     (jwt(issuer=""), "spec.jwtRules[0].issuer", "must not be empty"),
     (jwt(jwksUri="file:///etc/keys"), "spec.jwtRules[0].jwksUri", "http:// or https://"),
+    (jwt(jwksUri="https://[::1/keys"), "spec.jwtRules[0].jwksUri", "http:// or https://"),
     (jwt(jwksURI="https://x"), "spec.jwtRules[0].jwksURI", "unknown field"),
     (jwt(fromHeaders=[{"prefix": "Bearer "}]), "spec.jwtRules[0].fromHeaders[0].name", "required"),
     (jwt(outputClaimToHeaders=[{"header": "x y", "claim": "sub"}]),
