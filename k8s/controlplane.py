@@ -37,11 +37,19 @@ from k8s.config_server import (
 )
 from k8s.manifests import AuthorizationPolicy, K8sObject
 from k8s.store import Condition, ObjectRef, ObjectStore, ref_of
-from k8s.translate import Problem, Translation, Translator, ztunnel_acceptance
+from k8s.translate import (
+    CONFLICT_REASONS,
+    Problem,
+    Translation,
+    Translator,
+    ztunnel_acceptance,
+)
+from k8s.translate_l7 import WAYPOINT_REASONS
 from mesh.certs import open_certificate_manager
 from mesh.constants import (
     CONDITION_ACCEPTED,
     CONDITION_WAYPOINT_ACCEPTED,
+    CONDITION_WAYPOINT_BOUND,
     CONDITION_ZTUNNEL_ACCEPTED,
     CONFIG_STREAM_PORT,
     CONTROL_PLANE_PORT,
@@ -242,6 +250,7 @@ def policy_conditions(policy: AuthorizationPolicy) -> list[Condition]:
 def problem_conditions(problems: tuple[Problem, ...]) -> list[Condition]:
     """``ambit.io/Accepted`` of a Pod or Service a conflict touches: False for the one left
     out, True (with the conflict as its reason) for the one that kept the address."""
+    conflicts = [p for p in problems if p.reason in CONFLICT_REASONS]
     return [
         Condition(
             CONDITION_ACCEPTED,
@@ -249,8 +258,21 @@ def problem_conditions(problems: tuple[Problem, ...]) -> list[Condition]:
             p.reason,
             p.message,
         )
-        for p in problems[:1]
+        for p in conflicts[:1]
     ]
+
+
+def waypoint_condition(problems: tuple[Problem, ...], waypoint: str | None) -> list[Condition]:
+    """``ambit.io/WaypointBound`` of a Service: True when its traffic goes through
+    ``waypoint``, False with the reason when the waypoint it uses (or its namespace's)
+    cannot be used; none when it uses no waypoint."""
+    for p in problems:
+        if p.reason in WAYPOINT_REASONS:
+            return [Condition(CONDITION_WAYPOINT_BOUND, "False", p.reason, p.message)]
+    if waypoint is None:
+        return []
+    message = f"traffic to this Service goes through waypoint {waypoint}"
+    return [Condition(CONDITION_WAYPOINT_BOUND, "True", "Bound", message)]
 
 
 def write_conditions(store: ObjectStore, translation: Translation) -> None:
@@ -263,8 +285,12 @@ def write_conditions(store: ObjectStore, translation: Translation) -> None:
     for kind in ("Pod", "Service"):
         for entry in store.entries(kind):
             problems = translation.problems.get(entry.ref, ())
-            if problems or entry.conditions:
-                conditions = problem_conditions(problems)
+            conditions = problem_conditions(problems)
+            if kind == "Service":
+                service = translation.snapshot.service(f"{entry.obj.namespace}/{entry.obj.name}")
+                bound = service.waypoint if service is not None else None
+                conditions += waypoint_condition(problems, bound)
+            if conditions or entry.conditions:
                 store.set_conditions(entry.ref, conditions, uid=entry.obj.uid)
 
 

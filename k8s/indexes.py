@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, insort
 from collections import defaultdict
-from collections.abc import Hashable, Set
+from collections.abc import Hashable, KeysView, Set
 from typing import Generic, Protocol, TypeVar
 
 K = TypeVar("K", bound=Hashable)
@@ -35,6 +35,10 @@ class SetIndex(Generic[K, V]):
         changes."""
         return self._sets.get(key, frozenset())
 
+    def keys(self) -> KeysView[K]:
+        """Every key with a value (a live view)."""
+        return self._sets.keys()
+
 
 class _Keyed(Protocol):
     @property
@@ -48,13 +52,16 @@ class Entries(Generic[E]):
     """One collection of the model by key, and its tuple in key order, rebuilt after a
     change from keys kept sorted (inserted one by one after a few changes, sorted anew
     after many). An entry replaced by an equal one is kept, so entries that did not
-    change stay the same objects from one tuple to the next."""
+    change stay the same objects from one tuple to the next; entries set back to what
+    they were (removed and added again) are no change either."""
 
     def __init__(self) -> None:
         self._by_key: dict[str, E] = {}
         self._keys: list[str] = []  # sorted, once ``_pending`` is applied
         self._pending: dict[str, bool] = {}  # keys added (True) or removed since
         self._values: tuple[E, ...] | None = ()
+        self._last: tuple[E, ...] = ()  # what values() gave last
+        self._before: dict[str, E | None] = {}  # entries set since, as they were then
 
     def set(self, key: str, value: E | None) -> None:
         """``value`` under ``key`` from now on; None removes it."""
@@ -69,15 +76,36 @@ class Entries(Generic[E]):
             self._by_key[key] = value
         if old is None or value is None:
             self._pending[key] = value is not None
+        self._before.setdefault(key, old)
         self._values = None
+
+    def get(self, key: str) -> E | None:
+        return self._by_key.get(key)
 
     @property
     def changed(self) -> bool:
         """Whether an entry changed since :meth:`values` was last called."""
+        self._unless_restored()
         return self._values is None
+
+    def _unless_restored(self) -> None:
+        """If every entry set since the last tuple is back as it was, that tuple stands
+        (and so do its entries, the same objects)."""
+        if self._values is not None:
+            return
+        for key, before in self._before.items():
+            now = self._by_key.get(key)
+            if not (now is before or now == before):
+                return
+        for key, before in self._before.items():
+            if before is not None:
+                self._by_key[key] = before
+        self._before.clear()
+        self._values = self._last
 
     def values(self) -> tuple[E, ...]:
         """Every entry, in key order."""
+        self._unless_restored()
         if self._values is None:
             if len(self._pending) * 16 > len(self._keys):
                 self._keys = sorted(self._by_key)
@@ -90,5 +118,6 @@ class Entries(Generic[E]):
                     elif not present and there:
                         del self._keys[i]
             self._pending.clear()
-            self._values = tuple(map(self._by_key.__getitem__, self._keys))
+            self._before.clear()
+            self._values = self._last = tuple(map(self._by_key.__getitem__, self._keys))
         return self._values

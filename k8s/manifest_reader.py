@@ -155,7 +155,22 @@ class Reader:
             )
         return text
 
-    def string(self, value: object, path: str, default: str | None = None) -> str:
+    def items(self, value: object, path: str, limit: int) -> list[tuple[object, str]]:
+        """The entries of a list of at most ``limit``, each with its path (``path[i]``)."""
+        entries = self.sequence(value, path)
+        if len(entries) > limit:
+            self.fail(path, f"at most {limit} entries, not {len(entries)}")
+        return [(entry, f"{path}[{i}]") for i, entry in enumerate(entries)]
+
+    def integer(self, value: object, path: str, low: int, high: int) -> int:
+        if type(value) is not int or not low <= value <= high:
+            self.fail(path, f"must be an integer {low:,}-{high:,}, not {value!r}")
+        return value
+
+    def string(
+        self, value: object, path: str, default: str | None = None, *, limit: int = STRING_MAX
+    ) -> str:
+        """A string of at most ``limit`` characters; ``default`` when absent (else required)."""
         if value is None and default is not None:
             return default
         if value is None:
@@ -166,8 +181,8 @@ class Reader:
             self.fail(path, f"must be a string, not {kind_of(value)}")
         if "\x00" in value:
             self.fail(path, "must not contain a NUL character")
-        if len(value) > STRING_MAX:
-            self.fail(path, f"is {len(value)} characters long; at most {STRING_MAX} are allowed")
+        if len(value) > limit:
+            self.fail(path, f"is {len(value)} characters long; at most {limit} are allowed")
         return value
 
     def strings(self, value: object, path: str) -> tuple[str, ...]:

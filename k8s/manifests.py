@@ -1,16 +1,19 @@
 """Kubernetes manifests (YAML files, or dicts from the API) -> small typed objects.
 
 Owns the edge where raw dicts become typed: Namespace, ServiceAccount, Pod, Service,
-AuthorizationPolicy and PeerAuthentication (``security.ambit.io/v1``, also Istio's
-``security.istio.io/v1`` and ``v1beta1``). Only the fields later parts use are kept.
+AuthorizationPolicy, PeerAuthentication and RequestAuthentication
+(``security.ambit.io/v1``, also Istio's ``security.istio.io/v1`` and ``v1beta1``), and
+Gateway API's GatewayClass, Gateway, HTTPRoute and GRPCRoute
+(``gateway.networking.k8s.io/v1``). Only the fields later parts use are kept.
 Every problem is a :class:`ManifestError` naming the file, the document and the field
 path, e.g. ``demo.yaml: document 3 (Service default/web): spec.ports[0].port: must be
 an integer 1-65535``. Nothing past this module sees a raw dict.
 
 The core kinds are read here and keep what they need, ignoring the rest, as real
 manifests carry much more; the policy kinds (read strictly) are in
-:mod:`k8s.policy_manifests`, the typed reads shared by both in
-:mod:`k8s.manifest_reader`. Everything is re-exported here.
+:mod:`k8s.policy_manifests`, the Gateway API kinds (strictly too) in
+:mod:`k8s.gateway_manifests` and :mod:`k8s.route_manifests`, the typed reads shared by
+all in :mod:`k8s.manifest_reader`. Everything is re-exported here.
 """
 
 from __future__ import annotations
@@ -24,6 +27,14 @@ from typing import TypeAlias
 
 import yaml
 
+from k8s.gateway_manifests import (
+    GATEWAY_API_VERSIONS,
+    GRPC_ROUTE_API_VERSIONS,
+    Gateway,
+    GatewayClass,
+    read_gateway,
+    read_gateway_class,
+)
 from k8s.manifest_reader import ManifestError, Meta, Pairs, Reader, kind_of, read_meta
 from k8s.policy_manifests import (
     AuthorizationPolicy,
@@ -32,9 +43,13 @@ from k8s.policy_manifests import (
     PolicyOperation,
     PolicyRule,
     PolicySource,
+    PolicyTargetRef,
+    RequestAuthentication,
     read_authorization,
     read_peer_authentication,
+    read_request_authentication,
 )
+from k8s.route_manifests import GRPCRoute, HTTPRoute, read_grpc_route, read_http_route
 
 __all__ = [
     "KINDS",
@@ -43,6 +58,10 @@ __all__ = [
     "Container",
     "ContainerPort",
     "Document",
+    "GRPCRoute",
+    "Gateway",
+    "GatewayClass",
+    "HTTPRoute",
     "K8sObject",
     "KindInfo",
     "ManifestError",
@@ -54,6 +73,8 @@ __all__ = [
     "PolicyOperation",
     "PolicyRule",
     "PolicySource",
+    "PolicyTargetRef",
+    "RequestAuthentication",
     "Service",
     "ServiceAccount",
     "ServicePortSpec",
@@ -162,7 +183,17 @@ class Service(Meta):
 
 
 K8sObject: TypeAlias = (
-    Namespace | ServiceAccount | Pod | Service | AuthorizationPolicy | PeerAuthentication
+    Namespace
+    | ServiceAccount
+    | Pod
+    | Service
+    | AuthorizationPolicy
+    | PeerAuthentication
+    | RequestAuthentication
+    | GatewayClass
+    | Gateway
+    | HTTPRoute
+    | GRPCRoute
 )
 
 
@@ -319,19 +350,30 @@ KINDS: tuple[KindInfo, ...] = (
         "PeerAuthentication", "peerauthentications", ("pa",), POLICY_API_VERSIONS, True,
         read_peer_authentication,
     ),
+    KindInfo(
+        "RequestAuthentication", "requestauthentications", (), POLICY_API_VERSIONS, True,
+        read_request_authentication,
+    ),
+    KindInfo(
+        "GatewayClass", "gatewayclasses", ("gc",), GATEWAY_API_VERSIONS, False,
+        read_gateway_class,
+    ),
+    KindInfo("Gateway", "gateways", ("gtw",), GATEWAY_API_VERSIONS, True, read_gateway),
+    KindInfo("HTTPRoute", "httproutes", (), GATEWAY_API_VERSIONS, True, read_http_route),
+    KindInfo("GRPCRoute", "grpcroutes", (), GRPC_ROUTE_API_VERSIONS, True, read_grpc_route),
 )  # fmt: skip
 _BY_KIND = {k.kind: k for k in KINDS}
+_BY_NAME = {
+    name: info
+    for info in reversed(KINDS)  # the first kind declared wins a name two would share
+    for name in (info.kind.lower(), info.plural, *info.short_names, info.resource)
+}
 
 
 def kind_info(name: str) -> KindInfo | None:
     """The kind called ``name``: its kind, plural, singular or short name, any case, with
     or without its API group (``pod``, ``po``, ``authorizationpolicies.security.istio.io``)."""
-    wanted = name.lower()
-    for info in KINDS:
-        names = {info.kind.lower(), info.plural, *info.short_names, info.resource}
-        if wanted in names:
-            return info
-    return None
+    return _BY_KIND.get(name) or _BY_NAME.get(name.lower())
 
 
 def parse_object(doc: object, where: str = "<object>") -> K8sObject:
@@ -438,7 +480,7 @@ def read_files(*paths: str | os.PathLike[str]) -> list[Document]:
                 kind = type(obj).__name__
                 key = (kind, obj.namespace, obj.name)
                 if key in seen:
-                    name = obj.name if kind == "Namespace" else f"{obj.namespace}/{obj.name}"
+                    name = f"{obj.namespace}/{obj.name}" if _BY_KIND[kind].namespaced else obj.name
                     error = f"{d.where} ({kind} {name}): defined twice, first in {seen[key]}"
                     d = Document(d.where, d.raw, None, error)
                 else:

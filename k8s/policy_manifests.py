@@ -1,14 +1,18 @@
-"""Istio's security kinds as typed objects: AuthorizationPolicy and PeerAuthentication
-(``security.ambit.io/v1``, also Istio's ``security.istio.io/v1`` and ``v1beta1``).
+"""Istio's security kinds as typed objects: AuthorizationPolicy, PeerAuthentication and
+RequestAuthentication (``security.ambit.io/v1``, also Istio's ``security.istio.io/v1``
+and ``v1beta1``).
 
 Their specs are read strictly: an unknown field is an error, since ignoring a typo'd
-``principal:`` would silently change who gets in.
+``principal:`` (or ``jwksURI:``) would silently change who gets in. A
+RequestAuthentication's JWT rules are built straight as :class:`mesh.model_l7.JwtRule`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import re
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
@@ -16,8 +20,14 @@ from typing import Literal
 from k8s.manifest_reader import Meta, Pairs, Reader, camel, read_meta
 from mesh.constants import SYSTEM_NAMESPACE
 from mesh.model import TARGET_KINDS
+from mesh.model_l7 import ClaimToHeader, JwtHeader, JwtRule
 
 _MAX_TARGET_REFS = 16  # as Istio's schema
+_MAX_JWT_RULES = 4096
+_CLAIM_HEADER_RE = re.compile(r"^[-_A-Za-z0-9]+$")
+_TIMEOUT_RE = re.compile(r"^(([0-9]+(\.[0-9]+)?)(h|m|s|ms|us|µs|ns))+$")
+_TIMEOUT_PART_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)(h|ms|m|s|us|µs|ns)")
+_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,6 +92,15 @@ class AuthorizationPolicy(Meta):
     rules: tuple[PolicyRule, ...] = ()
     target_refs: tuple[PolicyTargetRef, ...] = ()
     provider: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RequestAuthentication(Meta):
+    """``selector`` (workloads) and ``target_refs`` (waypoints) exclude each other."""
+
+    selector: Pairs | None = None
+    target_refs: tuple[PolicyTargetRef, ...] = ()
+    jwt_rules: tuple[JwtRule, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -249,4 +268,107 @@ def read_peer_authentication(r: Reader, doc: Mapping[str, object]) -> PeerAuthen
         **meta,
         selector=r.selector(spec.get("selector"), "spec.selector"),
         mode=mode,  # type: ignore[arg-type]
+    )
+
+
+def _timeout_ms(r: Reader, value: object, path: str) -> int:
+    """A duration as Istio writes it (``5s``, ``1.5s``, ``500ms``), at least 1 ms."""
+    text = r.string(value, path)
+    if not _TIMEOUT_RE.match(text):
+        r.fail(path, f"{text!r} is not a duration such as 5s, 1.5s or 500ms")
+    seconds = sum(float(n) * _SECONDS[unit] for n, unit in _TIMEOUT_PART_RE.findall(text))
+    if seconds < 1e-3:
+        r.fail(path, f"{text!r} is shorter than 1ms")
+    return round(seconds * 1000)
+
+
+def _jwks_uri(r: Reader, value: object, path: str) -> str:
+    text = r.string(value, path, "", limit=2048)
+    if text:
+        try:
+            parts = urllib.parse.urlsplit(text)
+            ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+        except ValueError:  # "https://[::1": an unclosed bracket
+            ok = False
+        if not ok:
+            r.fail(path, f"{text!r} is not an http:// or https:// URL")
+    return text
+
+
+def _read_jwt_rule(r: Reader, value: object, path: str) -> JwtRule:
+    known = (
+        "issuer",
+        "audiences",
+        "jwksUri",
+        "jwks",
+        "fromHeaders",
+        "fromParams",
+        "fromCookies",
+        "outputPayloadToHeader",
+        "outputClaimToHeaders",
+        "forwardOriginalToken",
+        "timeout",
+    )
+    rule = r.mapping(value, path, known)
+    issuer = r.string(rule.get("issuer"), f"{path}.issuer", limit=1024)
+    if not issuer:
+        r.fail(f"{path}.issuer", "must not be empty")
+    headers = []
+    for i, item in enumerate(r.sequence(rule.get("fromHeaders"), f"{path}.fromHeaders")):
+        at = f"{path}.fromHeaders[{i}]"
+        h = r.mapping(item, at, ("name", "prefix"))
+        name = r.string(h.get("name"), f"{at}.name")
+        if not name:
+            r.fail(f"{at}.name", "must not be empty")
+        headers.append(JwtHeader(name, r.string(h.get("prefix"), f"{at}.prefix", "")))
+    claims = []
+    for i, item in enumerate(
+        r.sequence(rule.get("outputClaimToHeaders"), f"{path}.outputClaimToHeaders")
+    ):
+        at = f"{path}.outputClaimToHeaders[{i}]"
+        c = r.mapping(item, at, ("header", "claim"))
+        header = r.string(c.get("header"), f"{at}.header")
+        if not _CLAIM_HEADER_RE.match(header):
+            r.fail(f"{at}.header", f"{header!r} is not a header name (letters, digits, '-', '_')")
+        claim = r.string(c.get("claim"), f"{at}.claim")
+        if not claim:
+            r.fail(f"{at}.claim", "must not be empty")
+        claims.append(ClaimToHeader(header, claim))
+    strings = {}
+    for key in ("audiences", "fromParams", "fromCookies"):
+        strings[key] = r.strings(rule.get(key), f"{path}.{key}")
+        for j, text in enumerate(strings[key]):
+            if not text:
+                r.fail(f"{path}.{key}[{j}]", "must not be empty")
+    forward = rule.get("forwardOriginalToken", False)
+    if not isinstance(forward, bool):
+        r.fail(f"{path}.forwardOriginalToken", f"must be true or false, not {forward!r}")
+    timeout = rule.get("timeout")
+    return JwtRule(
+        issuer=issuer,
+        audiences=strings["audiences"],
+        jwks_uri=_jwks_uri(r, rule.get("jwksUri"), f"{path}.jwksUri"),
+        jwks=r.string(rule.get("jwks"), f"{path}.jwks", ""),
+        from_headers=tuple(headers),
+        from_params=strings["fromParams"],
+        from_cookies=strings["fromCookies"],
+        output_payload_to_header=r.string(
+            rule.get("outputPayloadToHeader"), f"{path}.outputPayloadToHeader", ""
+        ),
+        output_claim_to_headers=tuple(claims),
+        forward_original_token=forward,
+        timeout_ms=_timeout_ms(r, timeout, f"{path}.timeout") if timeout is not None else None,
+    )
+
+
+def read_request_authentication(r: Reader, doc: Mapping[str, object]) -> RequestAuthentication:
+    meta = read_meta(r, doc)
+    known = ("selector", "targetRef", "targetRefs", "jwtRules")
+    spec = r.mapping(doc.get("spec"), "spec", known)
+    items = r.items(spec.get("jwtRules"), "spec.jwtRules", _MAX_JWT_RULES)
+    return RequestAuthentication(
+        **meta,
+        selector=r.selector(spec.get("selector"), "spec.selector"),
+        target_refs=_read_target_refs(r, spec, meta["namespace"]),
+        jwt_rules=tuple(_read_jwt_rule(r, item, at) for item, at in items),
     )

@@ -16,39 +16,53 @@ snapshot; every object involved gets a :class:`Problem` in ``Translation.problem
 ``IPConflict`` / ``ClusterIPConflict`` on those left out, ``IPConflictKept`` /
 ``ClusterIPConflictKept`` on the one that keeps the address, so looking at either
 shows the conflict. Everything else takes effect.
+
+The L7 kinds (:mod:`k8s.translate_l7` says what they mean): Gateways of a waypoint class
+become the snapshot's waypoints, routes and RequestAuthentications are carried as read;
+the ``use-waypoint`` labels of Namespaces, Services and Pods set ``Service.waypoint`` and
+``Workload.waypoint`` when that waypoint exists and runs, and are a Problem
+(``WaypointNotFound``, ``WaypointNotReady``...) when it does not.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Final, TypeAlias, TypeVar
+from typing import Any, Final, Literal, TypeAlias, TypeVar
 
 from k8s import manifests as m
 from k8s.claims import Claims, Contest, rank
 from k8s.endpoints import selects, target_port
 from k8s.indexes import Entries, SetIndex
+from k8s.problems import Problem as Problem  # re-exported: translation's report
 from k8s.store import ObjectRef, describe, ref_of
-from mesh import model
+from k8s.translate_l7 import (
+    OPT_OUT,
+    WAYPOINT_TRAFFIC_MISMATCH,
+    Traffic,
+    grpc_route,
+    http_route,
+    request_authentication,
+    resolve_waypoint,
+    route_problems,
+    route_targets,
+    use_waypoint,
+    waypoint,
+    waypoint_ready,
+)
+from mesh import model, model_l7
 from mesh.constants import DEFAULT_TRUST_DOMAIN, LABEL_DATAPLANE_MODE
 
 IP_CONFLICT: Final = "IPConflict"
 IP_CONFLICT_KEPT: Final = "IPConflictKept"
 CLUSTER_IP_CONFLICT: Final = "ClusterIPConflict"
 CLUSTER_IP_CONFLICT_KEPT: Final = "ClusterIPConflictKept"
-
-
-@dataclass(frozen=True)
-class Problem:
-    """Why an object does not take effect as written: ``reason`` is CamelCase
-    (``IPConflict``), ``message`` one sentence an operator can act on, naming the other
-    objects involved."""
-
-    reason: str
-    message: str
+CONFLICT_REASONS: Final = (IP_CONFLICT, IP_CONFLICT_KEPT, CLUSTER_IP_CONFLICT,
+                           CLUSTER_IP_CONFLICT_KEPT)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -109,7 +123,9 @@ def _service_address(svc: m.Service | None) -> str | None:
     return svc.cluster_ip if svc is not None and svc.selector else None
 
 
-def _workload(pod: m.Pod, namespace: m.Namespace | None, trust_domain: str) -> model.Workload:
+def _workload(
+    pod: m.Pod, namespace: m.Namespace | None, trust_domain: str, waypoint: str | None = None
+) -> model.Workload:
     assert pod.pod_ip is not None
     return model.Workload(
         uid=workload_uid(pod.namespace, pod.name),
@@ -122,6 +138,7 @@ def _workload(pod: m.Pod, namespace: m.Namespace | None, trust_domain: str) -> m
         protocol="HBONE" if in_mesh(pod, namespace) else "TCP",
         trust_domain=trust_domain,
         container_ports=pod.named_ports,
+        waypoint=waypoint,
     )
 
 
@@ -224,6 +241,10 @@ class _Batch:
     pods: dict[ObjectRef, m.Pod | None] = field(default_factory=dict)  # as before the batch
     workloads: set[ObjectRef] = field(default_factory=set)  # only the workload (namespace)
     services: set[ObjectRef] = field(default_factory=set)  # recomputed whole
+    waypoint_services: set[ObjectRef] = field(default_factory=set)  # only their waypoint
+    namespaces: set[ObjectRef] = field(default_factory=set)  # whose labels changed
+    gateways: set[str] = field(default_factory=set)  # keys of Gateways that changed
+    routes: set[ObjectRef] = field(default_factory=set)  # whose references to check
 
 
 Label: TypeAlias = tuple[str, str, str]  # (namespace, key, value)
@@ -239,9 +260,13 @@ class Translator:
     - a Pod: its workload, and its endpoint in the Services of its namespace whose
       selector matches it before or after the change;
     - a Service: that Service, its endpoints found through the pods' label index;
-    - a Namespace's labels: the workloads of its pods (whether they are meshed);
-    - a policy: that policy;
-    - who holds an address (a conflict won, lost or resolved): the objects concerned.
+    - a Namespace's labels: the workloads of its pods (whether they are meshed) and the
+      waypoint of its Services;
+    - a policy, a route, a Gateway: that object (and, for a Gateway, whoever uses it as
+      a waypoint; for a Service or Gateway created or removed, the routes naming it);
+    - who holds an address (a conflict won, lost or resolved): the objects concerned;
+    - a waypoint that starts or stops running (its Service gains its first endpoint in
+      the mesh or loses its last): whoever uses it.
 
     Entries that did not change are the same objects in the next snapshot, so
     :func:`mesh.model.diff` of two consecutive snapshots costs what the change does.
@@ -259,12 +284,24 @@ class Translator:
         self._pod_ips: Claims[ObjectRef] = Claims()
         self._cluster_ips: Claims[ObjectRef] = Claims()
         self._endpoints: dict[ObjectRef, dict[str, model.Endpoint]] = {}  # of model Services
-        self._problems: dict[ObjectRef, tuple[Problem, ...]] = {}
+        # Who names which waypoint in their own labels (Namespaces, Services, Pods), and
+        # whether each waypoint so named runs; what each route refers to.
+        self._waypoint_users: SetIndex[str, ObjectRef] = SetIndex()
+        self._waypoint_ready: dict[str, bool] = {}
+        self._route_targets: SetIndex[ObjectRef, ObjectRef] = SetIndex()
+        # Problems by their source: address conflicts, waypoints, routes and Gateways.
+        self._conflicts: dict[ObjectRef, tuple[Problem, ...]] = {}
+        self._waypoint_problems: dict[ObjectRef, tuple[Problem, ...]] = {}
+        self._l7_problems: dict[ObjectRef, tuple[Problem, ...]] = {}
         self._problems_changed = False
         self._workloads = Entries[model.Workload]()
         self._services = Entries[model.Service]()
         self._authorizations = Entries[model.Authorization]()
         self._peer_authentications = Entries[model.PeerAuthentication]()
+        self._request_authentications = Entries[model.RequestAuthentication]()
+        self._gateways = Entries[model_l7.Gateway]()
+        self._http_routes = Entries[model_l7.HttpRoute]()
+        self._grpc_routes = Entries[model_l7.GrpcRoute]()
 
     @property
     def translation(self) -> Translation | None:
@@ -303,6 +340,10 @@ class Translator:
         else:
             self._objects[ref] = obj
         kind, _, name = ref
+        if kind in ("Namespace", "Service", "Pod"):
+            self._relabel(ref, old, obj)
+        if kind in ("Service", "Gateway") and (old is None) != (obj is None):
+            batch.routes.update(self._route_targets.get(ref))
         if kind == "Pod":
             self._put_pod(ref, _typed(old, m.Pod), _typed(obj, m.Pod), batch)
         elif kind == "Service":
@@ -311,12 +352,56 @@ class Translator:
             before, after = _typed(old, m.Namespace), _typed(obj, m.Namespace)
             if (before and before.labels) != (after and after.labels):
                 batch.workloads.update(self._pods_of.get(name))
+                batch.waypoint_services.update(self._services_of.get(name))
+                batch.namespaces.add(ref)
         elif kind == "AuthorizationPolicy":
             policy = _typed(obj, m.AuthorizationPolicy)
             self._authorizations.set(_key(ref), authorization(policy) if policy else None)
         elif kind == "PeerAuthentication":
             peer = _typed(obj, m.PeerAuthentication)
             self._peer_authentications.set(_key(ref), _peer_authentication(peer) if peer else None)
+        elif kind == "RequestAuthentication":
+            auth = _typed(obj, m.RequestAuthentication)
+            entry = request_authentication(auth) if auth else None
+            self._request_authentications.set(_key(ref), entry)
+        elif kind == "Gateway":
+            gateway = _typed(obj, m.Gateway)
+            entry_, problem = waypoint(gateway) if gateway else (None, None)
+            self._gateways.set(_key(ref), entry_)
+            self._set_problems(self._l7_problems, ref, (problem,) if problem else ())
+            batch.gateways.add(_key(ref))
+        elif kind in ("HTTPRoute", "GRPCRoute"):
+            self._put_route(ref, old, obj, batch)
+
+    def _relabel(self, ref: ObjectRef, old: m.K8sObject | None, new: m.K8sObject | None) -> None:
+        """File the object under the waypoint its own labels name."""
+        if old is not None and new is not None and old.labels == new.labels:
+            return
+        namespace = ref[2] if ref[0] == "Namespace" else ref[1]
+        before = use_waypoint(old.labels, namespace) if old is not None else None
+        after = use_waypoint(new.labels, namespace) if new is not None else None
+        if before != after:
+            if before is not None:
+                self._waypoint_users.discard(before, ref)
+            if after is not None:
+                self._waypoint_users.add(after, ref)
+
+    def _put_route(
+        self, ref: ObjectRef, old: m.K8sObject | None, new: m.K8sObject | None, b: _Batch
+    ) -> None:
+        before = route_targets(old) if isinstance(old, m.HTTPRoute | m.GRPCRoute) else set()
+        after = route_targets(new) if isinstance(new, m.HTTPRoute | m.GRPCRoute) else set()
+        for target in before - after:
+            self._route_targets.discard(target, ref)
+        for target in after - before:
+            self._route_targets.add(target, ref)
+        b.routes.add(ref)
+        if ref[0] == "HTTPRoute":
+            route = _typed(new, m.HTTPRoute)
+            self._http_routes.set(_key(ref), http_route(route) if route else None)
+        else:
+            grpc = _typed(new, m.GRPCRoute)
+            self._grpc_routes.set(_key(ref), grpc_route(grpc) if grpc else None)
 
     def _put_pod(self, ref: ObjectRef, old: m.Pod | None, new: m.Pod | None, b: _Batch) -> None:
         b.pods.setdefault(ref, old)
@@ -364,12 +449,20 @@ class Translator:
 
     def _report(self, ref: ObjectRef, contest: Contest[ObjectRef] | None, what: str) -> None:
         problems = (_conflict(ref, contest, what),) if contest is not None else ()
-        if self._problems.get(ref, ()) == problems:
+        self._set_problems(self._conflicts, ref, problems)
+
+    def _set_problems(
+        self,
+        source: dict[ObjectRef, tuple[Problem, ...]],
+        ref: ObjectRef,
+        problems: tuple[Problem, ...],
+    ) -> None:
+        if source.get(ref, ()) == problems:
             return
         if problems:
-            self._problems[ref] = problems
+            source[ref] = problems
         else:
-            del self._problems[ref]
+            del source[ref]
         self._problems_changed = True
 
     # --- recomputing the model --------------------------------------------------------------
@@ -379,7 +472,9 @@ class Translator:
             pod = _typed(self._objects.get(ref), m.Pod)
             held = pod is not None and self._pod_ips.holds(ref)
             namespace = _typed(self._objects.get(("Namespace", "", ref[1])), m.Namespace)
-            workload = _workload(pod, namespace, self.trust_domain) if pod and held else None
+            old = self._workloads.get(_key(ref))  # its waypoint is decided after
+            bound = old.waypoint if old is not None else None
+            workload = _workload(pod, namespace, self.trust_domain, bound) if pod and held else None
             self._workloads.set(_key(ref), workload)
         touched = set(batch.services)
         for ref, before in batch.pods.items():
@@ -393,14 +488,106 @@ class Translator:
             if ref in batch.services:
                 self._endpoints[ref] = self._endpoints_of(svc)
             endpoints = self._endpoints[ref]
+            current = self._services.get(_key(ref))  # its waypoint is decided after
             entry = model.Service(
                 svc.name,
                 svc.namespace,
                 _service_address(svc) or "",
                 _ports(svc),
                 tuple(map(endpoints.__getitem__, sorted(endpoints))),
+                current.waypoint if current is not None else None,
             )
             self._services.set(_key(ref), entry)
+        self._bind_waypoints(batch, touched)
+        for ref in batch.routes:
+            route = self._objects.get(ref)
+            found: tuple[Problem, ...] = ()
+            if isinstance(route, m.HTTPRoute | m.GRPCRoute):
+                found = route_problems(route, self._objects.__contains__)
+            self._set_problems(self._l7_problems, ref, found)
+
+    # --- waypoints ------------------------------------------------------------------------
+
+    def _bind_waypoints(self, batch: _Batch, touched: set[ObjectRef]) -> None:
+        """Decide the waypoint of every workload and Service the batch may have changed
+        the waypoint of: those it rebuilt or relabelled, and the users of the waypoints
+        whose Gateway changed, that started or stopped running, or whose Service changed."""
+        pods = batch.workloads.union(batch.pods)
+        services = touched | batch.waypoint_services
+        namespaces = set(batch.namespaces)
+        if not (pods or services or namespaces or batch.gateways):
+            return
+        referenced = self._waypoint_users.keys()
+        keys = batch.gateways & referenced
+        keys.update(key for ref in touched if (key := _key(ref)) in referenced)
+        for key in referenced:
+            ready = waypoint_ready(self._services.get(key), self._workloads.get)
+            if self._waypoint_ready.get(key) != ready:
+                self._waypoint_ready[key] = ready
+                keys.add(key)
+        for key in self._waypoint_ready.keys() - referenced:
+            del self._waypoint_ready[key]
+        for key in keys:
+            for ref in self._waypoint_users.get(key):
+                if ref[0] == "Pod":
+                    pods.add(ref)
+                elif ref[0] == "Service":
+                    services.add(ref)
+                else:
+                    namespaces.add(ref)
+                    pods.update(self._pods_of.get(ref[2]))
+                    services.update(self._services_of.get(ref[2]))
+        for ref in pods:
+            workload = self._workloads.get(_key(ref))
+            bound = self._bind(ref, "workload" if workload else None)
+            if workload is not None and workload.waypoint != bound:
+                self._workloads.set(_key(ref), dataclasses.replace(workload, waypoint=bound))
+        for ref in services:
+            service = self._services.get(_key(ref))
+            bound = self._bind(ref, "service" if service else None)
+            if service is not None and service.waypoint != bound:
+                self._services.set(_key(ref), dataclasses.replace(service, waypoint=bound))
+        for ref in namespaces:
+            self._bind(ref, "namespace")
+
+    def _bind(
+        self, ref: ObjectRef, target: Literal["service", "workload", "namespace"] | None
+    ) -> str | None:
+        """The waypoint of a Service or a Pod's workload in the model (``target`` "service"
+        or "workload"; None when not in the model: no waypoint), or of a Namespace (only
+        whether the waypoint its label names exists and runs); records the problem."""
+        obj = self._objects.get(ref) if target is not None else None
+        own_namespace = ref[2] if target == "namespace" else ref[1]
+        wanted = use_waypoint(obj.labels, own_namespace) if obj is not None else None
+        explicit = wanted is not None
+        if wanted is None and target in ("service", "workload"):
+            namespace = self._objects.get(("Namespace", "", own_namespace))
+            wanted = use_waypoint(namespace.labels, own_namespace) if namespace else None
+        if wanted is None or wanted == OPT_OUT:
+            self._set_problems(self._waypoint_problems, ref, ())
+            return None
+        gateway_ns, _, gateway_name = wanted.partition("/")
+        gateway = _typed(self._objects.get(("Gateway", gateway_ns, gateway_name)), m.Gateway)
+        ready = self._waypoint_ready.get(wanted, False)
+        entry = self._gateways.get(wanted)
+        traffic: Traffic | None = None if target == "namespace" else target
+        bound, problem = resolve_waypoint(wanted, traffic, entry, gateway, ready)
+        if bound is not None and self._serves(bound, ref):
+            bound = None  # a waypoint's own Service and pods never go through it
+        # Reported on what names the waypoint itself, and on a Service also what its
+        # namespace names, unless that waypoint takes no traffic to Services.
+        mismatch = problem is not None and problem.reason == WAYPOINT_TRAFFIC_MISMATCH
+        report = explicit or (target == "service" and not mismatch)
+        found = (problem,) if problem is not None and report else ()
+        self._set_problems(self._waypoint_problems, ref, found)
+        return bound
+
+    def _serves(self, key: str, ref: ObjectRef) -> bool:
+        """Whether ``ref`` is the waypoint ``key``'s Service or one of its pods."""
+        if ref[0] == "Service":
+            return _key(ref) == key
+        namespace, _, name = key.partition("/")
+        return _key(ref) in self._endpoints.get(("Service", namespace, name), {})
 
     def _move_endpoint(
         self, ref: ObjectRef, before: m.Pod | None, whole: set[ObjectRef]
@@ -459,28 +646,29 @@ class Translator:
         return endpoints
 
     def _next(self) -> Translation:
-        collections = (
-            self._workloads,
-            self._services,
-            self._authorizations,
-            self._peer_authentications,
-        )
+        collections: dict[str, Entries[Any]] = {
+            "workloads": self._workloads,
+            "services": self._services,
+            "authorizations": self._authorizations,
+            "peer_authentications": self._peer_authentications,
+            "request_authentications": self._request_authentications,
+            "gateways": self._gateways,
+            "http_routes": self._http_routes,
+            "grpc_routes": self._grpc_routes,
+        }
         last = self._translation
-        if last is None or any(c.changed for c in collections):
-            snapshot = model.MeshSnapshot(
-                self._version,
-                self._workloads.values(),
-                self._services.values(),
-                self._authorizations.values(),
-                self._peer_authentications.values(),
-            )
+        if last is None or any(c.changed for c in collections.values()):
+            values = {name: c.values() for name, c in collections.items()}
+            snapshot = model.MeshSnapshot(self._version, **values)
             self._version += 1
         else:
             snapshot = last.snapshot
         if last is None or self._problems_changed:
-            problems: Mapping[ObjectRef, tuple[Problem, ...]] = MappingProxyType(
-                dict(self._problems)
-            )
+            merged: dict[ObjectRef, tuple[Problem, ...]] = dict(self._conflicts)
+            for source in (self._waypoint_problems, self._l7_problems):
+                for ref, found in source.items():
+                    merged[ref] = merged.get(ref, ()) + found
+            problems: Mapping[ObjectRef, tuple[Problem, ...]] = MappingProxyType(merged)
             self._problems_changed = False
         else:
             problems = last.problems

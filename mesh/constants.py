@@ -28,13 +28,25 @@ PROXY_SOCKET_MARK: Final = 0x539
 
 # Labels.
 LABEL_DATAPLANE_MODE: Final = "ambit.io/dataplane-mode"
+# On a Namespace, Service or Pod: the waypoint (a Gateway's name, in the object's namespace
+# unless the -namespace label names another) its traffic goes through; "none" opts out of
+# the namespace's. Istio's labels mean the same; where both are set, ambit's count.
 LABEL_USE_WAYPOINT: Final = "ambit.io/use-waypoint"
+LABEL_USE_WAYPOINT_NAMESPACE: Final = "ambit.io/use-waypoint-namespace"
+ISTIO_LABEL_USE_WAYPOINT: Final = "istio.io/use-waypoint"
+ISTIO_LABEL_USE_WAYPOINT_NAMESPACE: Final = "istio.io/use-waypoint-namespace"
+# On a waypoint's Gateway: which traffic it takes (service, workload, all or none).
+LABEL_WAYPOINT_FOR: Final = "ambit.io/waypoint-for"
+ISTIO_LABEL_WAYPOINT_FOR: Final = "istio.io/waypoint-for"
+# The GatewayClass names that make a Gateway a waypoint.
+WAYPOINT_CLASSES: Final = ("istio-waypoint", "ambit-waypoint")
 
 # Status conditions the control plane writes on objects: on an AuthorizationPolicy, whether
 # ztunnel enforces it as written (k8s.translate.ztunnel_acceptance says how).
 CONDITION_ZTUNNEL_ACCEPTED: Final = "ambit.io/ZtunnelAccepted"
 CONDITION_WAYPOINT_ACCEPTED: Final = "ambit.io/WaypointAccepted"
 CONDITION_ACCEPTED: Final = "ambit.io/Accepted"  # Pods and Services left out by a conflict
+CONDITION_WAYPOINT_BOUND: Final = "ambit.io/WaypointBound"  # Services: through their waypoint?
 
 # Identity of the control plane / CA service.
 SYSTEM_NAMESPACE: Final = "ambit-system"

@@ -2,9 +2,11 @@
 
 Owns Workload, Service (ports and endpoints), the policy objects
 (Authorization with Rule / Source / Operation / Condition and TargetRef,
-PeerAuthentication: L7 values kept for the waypoint, ``l7`` naming them), the
-versioned MeshSnapshot with its lookups, and Delta with ``diff`` / ``apply``
-for incremental config updates. Pure data, no I/O.
+PeerAuthentication, RequestAuthentication: L7 values kept for the waypoint,
+``l7`` naming them), the versioned MeshSnapshot with its lookups, and Delta with
+``diff`` / ``apply`` for incremental config updates. The L7 parts (waypoint
+Gateways, HTTP and gRPC routes, JWT rules) are in :mod:`mesh.model_l7`; the
+snapshot holds them beside the rest. Pure data, no I/O.
 
 JSON form: every class has ``to_json() -> dict`` and ``from_json(data)``. Keys
 are the field names, all present; tuples become lists; string-keyed pair tuples
@@ -30,12 +32,22 @@ from typing import Any, ClassVar, Literal, TypeAlias
 from mesh.constants import DEFAULT_CLUSTER_DOMAIN, DEFAULT_TRUST_DOMAIN, SYSTEM_NAMESPACE
 from mesh.identity import IdentityError, SpiffeId
 from mesh.jsonform import JsonForm, ModelError
+from mesh.model_l7 import Gateway, GrpcRoute, HttpRoute, JwtRule
 
 Pairs: TypeAlias = tuple[tuple[str, str], ...]
 Protocol: TypeAlias = Literal["HBONE", "TCP"]
 Action: TypeAlias = Literal["ALLOW", "DENY", "AUDIT"]
 MtlsMode: TypeAlias = Literal["STRICT", "PERMISSIVE", "DISABLE", "UNSET"]
-Kind: TypeAlias = Literal["workload", "service", "authorization", "peer_authentication"]
+Kind: TypeAlias = Literal[
+    "workload",
+    "service",
+    "authorization",
+    "peer_authentication",
+    "request_authentication",
+    "gateway",
+    "http_route",
+    "grpc_route",
+]
 
 
 # --- Validation helpers --------------------------------------------------------------------
@@ -97,10 +109,17 @@ def selector_matches(selector: Pairs | None, labels: Pairs) -> bool:
 # --- Workloads and services ----------------------------------------------------------------
 
 
+def _waypoint_key(key: str | None, what: str) -> None:
+    if key is not None and (key.count("/") != 1 or "" in key.split("/")):
+        raise ModelError(f"{what}: waypoint {key!r} is not namespace/name")
+
+
 @dataclass(frozen=True)
 class Workload(JsonForm):
     """One pod. ``protocol="HBONE"``: in the mesh (captured by ztunnel); ``"TCP"``: not.
-    ``container_ports`` are the named ones, ``(name, port)``, for named targetPorts."""
+    ``container_ports`` are the named ones, ``(name, port)``, for named targetPorts.
+    ``waypoint`` is the key (``ns/name``) of the waypoint traffic to this pod must cross,
+    or None."""
 
     kind: ClassVar[Kind] = "workload"
     uid: str
@@ -113,10 +132,12 @@ class Workload(JsonForm):
     protocol: Protocol
     trust_domain: str = DEFAULT_TRUST_DOMAIN
     container_ports: tuple[tuple[str, int], ...] = ()
+    waypoint: str | None = None
 
     def __post_init__(self) -> None:
         what = f"workload {self.uid}"
         _ip(self.ip, what)
+        _waypoint_key(self.waypoint, what)
         _choice(self.protocol, ("HBONE", "TCP"), f"{what}: protocol")
         for name, port in self.container_ports:
             _port(port, f"{what}: container port {name}")
@@ -188,7 +209,8 @@ class Endpoint(JsonForm):
 @dataclass(frozen=True)
 class Service(JsonForm):
     """A Service with its ports and endpoints. ``waypoint`` is the key (``ns/name``) of the
-    Service of the waypoint its traffic must cross, or None."""
+    waypoint its traffic must cross (the waypoint's Gateway, and the Service in front of
+    the waypoint's pods, which has the same key), or None."""
 
     kind: ClassVar[Kind] = "service"
     name: str
@@ -200,6 +222,7 @@ class Service(JsonForm):
 
     def __post_init__(self) -> None:
         _ip(self.vip, f"service {self.key}")
+        _waypoint_key(self.waypoint, f"service {self.key}")
         object.__setattr__(self, "ports", tuple(sorted(self.ports, key=lambda p: p.port)))
         endpoints = tuple(sorted(self.endpoints, key=lambda e: e.workload_uid))
         object.__setattr__(self, "endpoints", endpoints)
@@ -236,7 +259,8 @@ _L7_OPERATION_FIELDS = {
 }
 
 # What an AuthorizationPolicy's targetRefs may point at, as (group, kind); "" is the core
-# group. ambit has no ServiceEntry or GatewayClass objects: such a reference binds nothing.
+# group. ambit has no ServiceEntry objects, and a GatewayClass names no waypoint: such a
+# reference binds nothing.
 GATEWAY_GROUP = "gateway.networking.k8s.io"
 TARGET_KINDS: tuple[tuple[str, str], ...] = (
     (GATEWAY_GROUP, "Gateway"),
@@ -414,18 +438,63 @@ class PeerAuthentication(JsonForm):
         return f"{self.namespace}/{self.name}"
 
 
-Resource: TypeAlias = Workload | Service | Authorization | PeerAuthentication
+@dataclass(frozen=True)
+class RequestAuthentication(JsonForm):
+    """A RequestAuthentication: which JWTs the workloads it selects (``selector``, None for
+    the whole namespace; the root namespace's apply mesh-wide) or the waypoints it binds
+    (``target_refs``) accept. A request with a token that fails every rule is refused; a
+    request without one passes, for an AuthorizationPolicy to judge. Only a waypoint sees
+    requests: ztunnel never applies it."""
+
+    kind: ClassVar[Kind] = "request_authentication"
+    name: str
+    namespace: str
+    selector: Pairs | None
+    jwt_rules: tuple[JwtRule, ...]
+    target_refs: tuple[TargetRef, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.selector is not None:
+            if self.target_refs:
+                raise ModelError(
+                    f"request authentication {self.key}: give a selector or target refs, not both"
+                )
+            object.__setattr__(self, "selector", _pairs(self.selector))
+
+    @cached_property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+Resource: TypeAlias = (
+    Workload
+    | Service
+    | Authorization
+    | PeerAuthentication
+    | RequestAuthentication
+    | Gateway
+    | HttpRoute
+    | GrpcRoute
+)
 _TYPES: dict[str, type[Resource]] = {
     "workload": Workload,
     "service": Service,
     "authorization": Authorization,
     "peer_authentication": PeerAuthentication,
+    "request_authentication": RequestAuthentication,
+    "gateway": Gateway,
+    "http_route": HttpRoute,
+    "grpc_route": GrpcRoute,
 }
 _COLLECTIONS: dict[Kind, str] = {
     "workload": "workloads",
     "service": "services",
     "authorization": "authorizations",
     "peer_authentication": "peer_authentications",
+    "request_authentication": "request_authentications",
+    "gateway": "gateways",
+    "http_route": "http_routes",
+    "grpc_route": "grpc_routes",
 }
 
 
@@ -443,6 +512,10 @@ class MeshSnapshot(JsonForm):
     services: tuple[Service, ...] = ()
     authorizations: tuple[Authorization, ...] = ()
     peer_authentications: tuple[PeerAuthentication, ...] = ()
+    request_authentications: tuple[RequestAuthentication, ...] = ()
+    gateways: tuple[Gateway, ...] = ()
+    http_routes: tuple[HttpRoute, ...] = ()
+    grpc_routes: tuple[GrpcRoute, ...] = ()
 
     def __post_init__(self) -> None:
         for name in _COLLECTIONS.values():
@@ -499,6 +572,14 @@ class MeshSnapshot(JsonForm):
     def service(self, key: str) -> Service | None:
         """The Service ``namespace/name``."""
         return self._by_key.get(key)
+
+    @cached_property
+    def _gateways_by_key(self) -> dict[str, Gateway]:
+        return {g.key: g for g in self.gateways}
+
+    def gateway(self, key: str) -> Gateway | None:
+        """The waypoint ``namespace/name``."""
+        return self._gateways_by_key.get(key)
 
     @cached_property
     def _by_vip(self) -> dict[str, Service]:

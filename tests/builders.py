@@ -39,6 +39,7 @@ def workload(
     meshed: bool = True,
     named_ports: Mapping[str, int] | None = None,
     trust_domain: str = "cluster.local",
+    waypoint: str | None = None,
 ) -> Workload:
     """A pod; its service account defaults to its name, its labels to ``app: <name>``."""
     return Workload(
@@ -52,6 +53,7 @@ def workload(
         protocol="HBONE" if meshed else "TCP",
         trust_domain=trust_domain,
         container_ports=tuple((named_ports or {}).items()),
+        waypoint=waypoint,
     )
 
 

@@ -4,6 +4,7 @@ only what it is about."""
 from __future__ import annotations
 
 from k8s import manifests as m
+from mesh.model_l7 import Listener
 
 AMBIENT = (("ambit.io/dataplane-mode", "ambient"),)
 
@@ -42,12 +43,14 @@ def svc(
     ports: tuple[m.ServicePortSpec, ...] = (m.ServicePortSpec(port=80, target_port=8080),),
     cluster_ip: str | None = "10.96.0.1",
     created: str = "",
+    labels: dict[str, str] | None = None,
 ) -> m.Service:
     """A Service on port 80 to 8080; its selector defaults to ``app: <name>``."""
     sel = tuple((selector if selector is not None else {"app": name}).items()) or None
     return m.Service(
         name=name,
         namespace=namespace,
+        labels=tuple((labels or {}).items()),
         selector=sel,
         ports=ports,
         cluster_ip=cluster_ip,
@@ -55,5 +58,24 @@ def svc(
     )
 
 
-def ns(name: str, *, ambient: bool = True) -> m.Namespace:
-    return m.Namespace(name=name, labels=AMBIENT if ambient else ())
+def ns(name: str, *, ambient: bool = True, labels: dict[str, str] | None = None) -> m.Namespace:
+    return m.Namespace(
+        name=name, labels=(AMBIENT if ambient else ()) + tuple((labels or {}).items())
+    )
+
+
+def gateway(
+    name: str = "waypoint",
+    namespace: str = "default",
+    *,
+    gateway_class: str = "istio-waypoint",
+    labels: dict[str, str] | None = None,
+) -> m.Gateway:
+    """A Gateway with Istio's waypoint listener (HBONE on 15008); a waypoint by default."""
+    return m.Gateway(
+        name=name,
+        namespace=namespace,
+        labels=tuple((labels or {}).items()),
+        gateway_class=gateway_class,
+        listeners=(Listener("mesh", 15008, "HBONE"),),
+    )

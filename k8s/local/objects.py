@@ -72,5 +72,6 @@ def local_problem(obj: manifests.K8sObject) -> str | None:
 def _label(doc: Document) -> str:
     assert doc.obj is not None
     kind, obj = type(doc.obj).__name__, doc.obj
-    name = obj.name if kind == "Namespace" else f"{obj.namespace}/{obj.name}"
+    info = manifests.kind_info(kind)
+    name = f"{obj.namespace}/{obj.name}" if info is None or info.namespaced else obj.name
     return f"{doc.where} ({kind} {name})"

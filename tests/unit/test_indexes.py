@@ -49,3 +49,26 @@ def test_entries_keep_an_entry_replaced_by_an_equal_one() -> None:
     assert not entries.changed
     assert entries.values() is before
     assert entries.values()[0] is first
+
+
+def test_entries_set_back_to_what_they_were_are_no_change() -> None:
+    entries: Entries[Workload] = Entries()
+    web, db = workload("web"), workload("db", ip="10.0.0.2")
+    entries.set(web.key, web)
+    before = entries.values()
+    # Removed and added again (a remove and an upsert of one object in one batch), and an
+    # entry added then removed: the collection is as it was, with the same objects.
+    entries.set(web.key, None)
+    entries.set(web.key, workload("web"))
+    entries.set(db.key, db)
+    entries.set(db.key, None)
+    assert not entries.changed
+    assert entries.values() is before
+    assert entries.get(web.key) is web
+    # A real change afterwards is seen, and the order is still right.
+    entries.set(db.key, db)
+    assert entries.values() == (db, web)
+    assert entries.values() is not before
+    entries.set(web.key, None)
+    entries.set(web.key, workload("web", ip="10.0.0.9"))
+    assert [w.ip for w in entries.values()] == ["10.0.0.2", "10.0.0.9"]

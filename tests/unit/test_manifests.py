@@ -425,6 +425,16 @@ def test_same_object_twice_is_an_error(tmp_path: Path) -> None:
     assert f"{a}: document 1" in message
 
 
+def test_a_cluster_scoped_object_twice_is_named_without_a_namespace(tmp_path: Path) -> None:
+    text = (
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {name: c}\n"
+        "spec: {controllerName: example.com/gateway}\n"
+    )
+    path = write(tmp_path, text + "---\n" + text)
+    with pytest.raises(ManifestError, match=r"document 2 \(GatewayClass c\): defined twice"):
+        load(path)
+
+
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ManifestError, match=r"nope\.yaml: cannot read"):
         load(tmp_path / "nope.yaml")

@@ -9,6 +9,7 @@ import itertools
 import math
 import random
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
 from k8s import manifests as m
@@ -23,8 +24,19 @@ from k8s.translate import (
     object_ref,
     translate,
 )
+from k8s.translate_l7 import (
+    OPT_OUT,
+    Traffic,
+    http_route,
+    resolve_waypoint,
+    route_problems,
+    use_waypoint,
+    waypoint,
+    waypoint_ready,
+)
 from mesh.model import MeshSnapshot, Service, diff
-from tests.k8s_builders import ns, pod, svc
+from mesh.model_l7 import BackendRef, HttpRule, ParentRef
+from tests.k8s_builders import gateway, ns, pod, svc
 
 EARLY, LATE = "2026-12-01T10:00:00Z", "2026-12-01T10:00:05Z"
 
@@ -159,19 +171,29 @@ LABELS = [
     {"app": "db"},
     {"ambit.io/dataplane-mode": "none"},
 ]
+# The waypoint labels an object may carry: none, naming a waypoint (here or in b), opting out.
+USE = [
+    {},
+    {"istio.io/use-waypoint": "w0"},
+    {"istio.io/use-waypoint": "w0"},
+    {"istio.io/use-waypoint": "w1"},
+    {"ambit.io/use-waypoint": "w0", "ambit.io/use-waypoint-namespace": "b"},
+    {"istio.io/use-waypoint": "none"},
+]
 SELECTORS = [{"app": "web"}, {"app": "web", "v": "2"}, {"app": "db"}, {}, {"v": "2"}]
 TIMES = ["", EARLY, LATE, "2026-12-01T10:00:00+01:00"]
 
 
 def random_object(rng: random.Random) -> m.K8sObject:
     namespace = rng.choice(NAMESPACES)
-    kind = rng.choice(["Pod", "Pod", "Pod", "Service", "Namespace", "Policy", "Peer"])
+    kind = rng.choice(["Pod"] * 3 + ["Service"] * 2 + ["Namespace", "Policy", "Peer", "Route"]
+                      + ["Gateway"] * 2)  # fmt: skip
     if kind == "Pod":
         return pod(
             f"p{rng.randrange(8)}",
             namespace,
             ip=rng.choice([None, *(f"10.0.0.{i}" for i in range(1, 25))]),
-            labels=rng.choice(LABELS),
+            labels=rng.choice(LABELS) | rng.choice(USE),
             ports=rng.choice([{}, {"http": 8080}, {"http": 8081}]),
             created=rng.choice(TIMES),
             phase=rng.choice(["Running", "Running", "Pending", "Succeeded"]),
@@ -181,16 +203,35 @@ def random_object(rng: random.Random) -> m.K8sObject:
     if kind == "Service":
         target: int | str = 8080 if rng.random() < 0.5 else "http"
         port = m.ServicePortSpec(port=80, target_port=target)
+        name = rng.choice(["s0", "s1", "w0", "w1"])  # w0 and w1: in front of a waypoint
+        # Ordinary Services fight over a few addresses; a waypoint's rarely does.
+        addresses = [f"10.96.0.{i}" for i in range(1, 4 if name[0] == "s" else 9)]
         return svc(
-            f"s{rng.randrange(4)}",
+            name,
             namespace,
-            selector=rng.choice(SELECTORS),
+            selector=rng.choice(SELECTORS if name[0] == "s" else SELECTORS[:3]),
             ports=(port,),
-            cluster_ip=rng.choice([None, "10.96.0.1", "10.96.0.2", "10.96.0.3"]),
+            cluster_ip=rng.choice([None, *addresses]),
             created=rng.choice(TIMES),
+            labels=rng.choice(USE),
         )
     if kind == "Namespace":
-        return ns(namespace, ambient=rng.random() < 0.5)
+        return ns(namespace, ambient=rng.random() < 0.5, labels=rng.choice(USE))
+    if kind == "Gateway":  # a waypoint when of a waypoint class and its Service runs
+        return gateway(
+            f"w{rng.randrange(2)}",
+            namespace,
+            gateway_class=rng.choice(["istio-waypoint", "ambit-waypoint", "other"]),
+            labels=rng.choice([{}, *({"istio.io/waypoint-for": f} for f in ("workload", "all"))]),
+        )
+    if kind == "Route":
+        names = ["s0", "s1", "s2", "w0"]
+        return m.HTTPRoute(
+            name=f"r{rng.randrange(2)}",
+            namespace=namespace,
+            parent_refs=(ParentRef("", "Service", rng.choice(names)),),
+            rules=(HttpRule(backends=(BackendRef(rng.choice(names), 80),)),),
+        )
     if kind == "Policy":
         selector = tuple(rng.choice(SELECTORS).items()) or None
         return m.AuthorizationPolicy(
@@ -215,12 +256,13 @@ def random_batch(
 
 def reference(
     objects: Iterable[m.K8sObject], version: int
-) -> tuple[MeshSnapshot, dict[ObjectRef, str]]:
+) -> tuple[MeshSnapshot, dict[ObjectRef, tuple[str, ...]]]:
     """The rules written out plainly: every pod against every Service, conflicts by sorting
-    the claimants of each address. The per-object mappings are translate's own."""
+    the claimants of each address, then each waypoint label resolved against the finished
+    model. The per-object mappings are translate's own."""
     objs = list(objects)
     namespaces = {o.name: o for o in objs if isinstance(o, m.Namespace)}
-    reasons: dict[ObjectRef, str] = {}
+    reasons: dict[ObjectRef, tuple[str, ...]] = {}
 
     def first_created(claimants: list[Any], reason: str, address: Any) -> list[Any]:
         holders = []
@@ -230,8 +272,8 @@ def reference(
             )
             holders.append(ordered[0])
             if len(ordered) > 1:
-                reasons[object_ref(ordered[0])] = reason + "Kept"
-                reasons.update((object_ref(o), reason) for o in ordered[1:])
+                reasons[object_ref(ordered[0])] = (reason + "Kept",)
+                reasons.update((object_ref(o), (reason,)) for o in ordered[1:])
         return holders
 
     pods = [
@@ -260,8 +302,58 @@ def reference(
         ),
         tuple(authorization(a) for a in objs if isinstance(a, m.AuthorizationPolicy)),
         tuple(_peer_authentication(p) for p in objs if isinstance(p, m.PeerAuthentication)),
+        gateways=tuple(g for o in objs if isinstance(o, m.Gateway) and (g := waypoint(o)[0])),
+        http_routes=tuple(http_route(r) for r in objs if isinstance(r, m.HTTPRoute)),
     )
-    return snapshot, reasons
+    return with_waypoints(snapshot, objs, reasons), reasons
+
+
+def with_waypoints(
+    snapshot: MeshSnapshot, objs: list[m.K8sObject], reasons: dict[ObjectRef, tuple[str, ...]]
+) -> MeshSnapshot:
+    """``snapshot`` with the waypoint of every Service and workload, and ``reasons`` with
+    the problems of the objects naming waypoints and of the routes."""
+    refs = {object_ref(o): o for o in objs}
+    gateways = {g.key: g for g in snapshot.gateways}
+
+    def bind(ref: ObjectRef, traffic: Traffic | None, serves: set[str]) -> str | None:
+        own_namespace = ref[2] if traffic is None else ref[1]
+        wanted = use_waypoint(refs[ref].labels, own_namespace)
+        explicit = wanted is not None
+        namespace = refs.get(("Namespace", "", own_namespace))
+        if wanted is None and traffic is not None and namespace is not None:
+            wanted = use_waypoint(namespace.labels, own_namespace)
+        if wanted is None or wanted == OPT_OUT:
+            return None
+        gateway_ns, _, gateway_name = wanted.partition("/")
+        gateway = refs.get(("Gateway", gateway_ns, gateway_name))
+        assert gateway is None or isinstance(gateway, m.Gateway)
+        ready = waypoint_ready(snapshot.service(wanted), snapshot.workload)
+        key, problem = resolve_waypoint(wanted, traffic, gateways.get(wanted), gateway, ready)
+        if problem and (explicit or (traffic == "service" and "Mismatch" not in problem.reason)):
+            reasons[ref] = (*reasons.get(ref, ()), problem.reason)
+        return None if key in serves else key
+
+    def endpoints(key: str) -> set[str]:
+        service = snapshot.service(key)
+        return {e.workload_uid for e in service.endpoints} if service else set()
+
+    workloads = []
+    for w in snapshot.workloads:
+        key = bind(("Pod", w.namespace, w.name), "workload", set())
+        workloads.append(w if key is None or w.uid in endpoints(key) else replace(w, waypoint=key))
+    services = [
+        replace(s, waypoint=bind(("Service", s.namespace, s.name), "service", {s.key}))
+        for s in snapshot.services
+    ]
+    for o in objs:
+        if isinstance(o, m.Namespace):
+            bind(object_ref(o), None, set())
+        if isinstance(o, m.Gateway) and waypoint(o)[1]:
+            reasons[object_ref(o)] = ("InvalidWaypointFor",)
+        if isinstance(o, m.HTTPRoute) and (found := route_problems(o, refs.__contains__)):
+            reasons[object_ref(o)] = tuple(p.reason for p in found)
+    return replace(snapshot, workloads=tuple(workloads), services=tuple(services))
 
 
 def seconds(timestamp: str) -> float:
@@ -274,11 +366,13 @@ def content(snapshot: MeshSnapshot) -> tuple[object, ...]:
         snapshot.services,
         snapshot.authorizations,
         snapshot.peer_authentications,
+        snapshot.gateways,
+        snapshot.http_routes,
     )
 
 
 def test_incremental_translation_equals_full_translation_of_the_same_objects() -> None:
-    changes = 0
+    changes = bound = 0
     for seed in range(3):
         rng = random.Random(seed)
         translator = Translator(trust_domain="example.org")
@@ -297,13 +391,20 @@ def test_incremental_translation_equals_full_translation_of_the_same_objects() -
             assert dict(translator.objects()) == objects
             snapshot, reasons = reference(objects.values(), version)
             assert result.snapshot == snapshot
-            assert {ref: p.reason for ref, (p,) in result.problems.items()} == reasons
+            assert {
+                ref: tuple(p.reason for p in found) for ref, found in result.problems.items()
+            } == reasons
             if result.snapshot is not previous.snapshot:
                 assert version == previous.snapshot.version + 1
                 assert content(result.snapshot) != content(previous.snapshot)
                 changes += 1
+            snapshot = result.snapshot
+            bound += any(s.waypoint for s in snapshot.services) or any(
+                w.waypoint for w in snapshot.workloads
+            )
             previous = result
     assert changes > 500  # the changes really change things
+    assert bound > 15  # and waypoints come and go
 
 
 def test_the_cyclic_collector_is_as_it_was_after_a_batch() -> None:

@@ -1,0 +1,464 @@
+"""HTTPRoute and GRPCRoute as typed objects, read as :mod:`k8s.gateway_manifests` reads
+the other Gateway API kinds (the CRDs' schema and CEL rules, API server defaults,
+strict specs).
+
+A route's parents (``parentRefs``: Gateways by default, or Services, group "") and its
+rules (matches, filters, backends, timeouts) become :mod:`mesh.model_l7` values as read:
+an HTTPRoute without rules has the API server's one rule matching every path, a match
+without a path ``PathPrefix /``, a backend weight 1. Filters whose settings ambit does
+not keep (``ExtensionRef``, ``CORS``, ``ExternalAuth``) keep their type alone.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final
+
+from k8s import gateway_manifests as g
+from k8s.manifest_reader import Meta, Pairs, Reader, read_meta
+from mesh.model import GATEWAY_GROUP
+from mesh.model_l7 import (
+    MAX_WEIGHT,
+    BackendRef,
+    Filter,
+    GrpcMatch,
+    GrpcRule,
+    HeaderMatch,
+    HeaderModifier,
+    HttpMatch,
+    HttpRule,
+    Mirror,
+    ParentRef,
+    PathModifier,
+    Redirect,
+    UrlRewrite,
+)
+
+_MAX_PARENT_REFS = 32
+_MAX_HOSTNAMES = 16
+_MAX_RULES = 16
+_MAX_HTTP_MATCHES = 64  # per rule (8 before Gateway API 1.3)
+_MAX_GRPC_MATCHES = 8
+_MAX_MATCHES = 128  # in all the rules of a route
+_MAX_ITEMS = 16  # filters, backendRefs, header and query matches, header modifier entries
+
+HTTP_METHODS: Final = (
+    "GET",
+    "HEAD",
+    "POST",
+    "PUT",
+    "DELETE",
+    "CONNECT",
+    "OPTIONS",
+    "TRACE",
+    "PATCH",
+)
+# Each filter type and the field holding its settings.
+_FILTER_FIELDS: Final = {
+    "RequestHeaderModifier": "requestHeaderModifier",
+    "ResponseHeaderModifier": "responseHeaderModifier",
+    "RequestRedirect": "requestRedirect",
+    "URLRewrite": "urlRewrite",
+    "RequestMirror": "requestMirror",
+    "ExtensionRef": "extensionRef",
+    "CORS": "cors",
+    "ExternalAuth": "externalAuth",
+}
+HTTP_FILTERS: Final = tuple(_FILTER_FIELDS)
+GRPC_FILTERS: Final = (
+    "RequestHeaderModifier",
+    "ResponseHeaderModifier",
+    "RequestMirror",
+    "ExtensionRef",
+)
+_AT_MOST_ONCE: Final = (
+    "RequestHeaderModifier",
+    "ResponseHeaderModifier",
+    "RequestRedirect",
+    "URLRewrite",
+    "CORS",
+)
+_GRPC_SERVICE_RE = re.compile(r"^\.?[a-z_][a-z_0-9]*(\.[a-z_][a-z_0-9]*)*$", re.IGNORECASE)
+_GRPC_METHOD_RE = re.compile(r"^[A-Za-z_][A-Za-z_0-9]*$")
+
+
+@dataclass(frozen=True, kw_only=True)
+class HTTPRoute(Meta):
+    parent_refs: tuple[ParentRef, ...] = ()
+    hostnames: tuple[str, ...] = ()
+    rules: tuple[HttpRule, ...] = (HttpRule(),)
+
+
+@dataclass(frozen=True, kw_only=True)
+class GRPCRoute(Meta):
+    parent_refs: tuple[ParentRef, ...] = ()
+    hostnames: tuple[str, ...] = ()
+    rules: tuple[GrpcRule, ...] = ()
+
+
+# --- Parents and backends ------------------------------------------------------------------
+
+
+def _parent_refs(r: Reader, spec: Mapping[str, object]) -> tuple[ParentRef, ...]:
+    refs: list[ParentRef] = []
+    for item, at in r.items(spec.get("parentRefs"), "spec.parentRefs", _MAX_PARENT_REFS):
+        known = ("group", "kind", "namespace", "name", "sectionName", "port")
+        p = r.mapping(item, at, known)
+        section = p.get("sectionName")
+        refs.append(
+            ParentRef(
+                group=g.group(r, p.get("group"), f"{at}.group", GATEWAY_GROUP),
+                kind=g.kind(r, p.get("kind"), f"{at}.kind", "Gateway"),
+                name=g.object_name(r, p.get("name"), f"{at}.name"),
+                namespace=g.optional_namespace(r, p.get("namespace"), f"{at}.namespace"),
+                section_name=r.name(section, f"{at}.sectionName") if section else "",
+                port=r.port(p["port"], f"{at}.port") if p.get("port") is not None else 0,
+            )
+        )
+    # References to one parent must each name their own section (or port).
+    for i, ref in enumerate(refs):
+        for j, other in enumerate(refs[:i]):
+            if ref.parent != other.parent:
+                continue
+            at = f"spec.parentRefs[{i}]"
+            if (ref.section_name, ref.port) == (other.section_name, other.port):
+                r.fail(at, f"refers to the same parent and section as spec.parentRefs[{j}]")
+            if (bool(ref.section_name), bool(ref.port)) != (
+                bool(other.section_name),
+                bool(other.port),
+            ):
+                r.fail(
+                    at,
+                    f"refers to the parent of spec.parentRefs[{j}]: set sectionName (or"
+                    " port) on every reference to one parent, or on none",
+                )
+    return tuple(refs)
+
+
+def _hostnames(r: Reader, spec: Mapping[str, object]) -> tuple[str, ...]:
+    items = r.items(spec.get("hostnames"), "spec.hostnames", _MAX_HOSTNAMES)
+    return tuple(g.hostname(r, item, at) for item, at in items)
+
+
+def _backend(r: Reader, b: Mapping[str, object], path: str, **more: object) -> BackendRef:
+    """A BackendObjectReference: a Service unless ``group``/``kind`` say otherwise."""
+    group = g.group(r, b.get("group"), f"{path}.group", "")
+    kind = g.kind(r, b.get("kind"), f"{path}.kind", "Service")
+    if b.get("port") is None and (group, kind) == ("", "Service"):
+        r.fail(f"{path}.port", "required for a Service backend")
+    return BackendRef(
+        name=g.object_name(r, b.get("name"), f"{path}.name"),
+        port=r.port(b["port"], f"{path}.port") if b.get("port") is not None else 0,
+        group=group,
+        kind=kind,
+        namespace=g.optional_namespace(r, b.get("namespace"), f"{path}.namespace"),
+        **more,  # type: ignore[arg-type]
+    )
+
+
+def _backends(
+    r: Reader,
+    rule: Mapping[str, object],
+    path: str,
+    filter_types: tuple[str, ...],
+) -> tuple[BackendRef, ...]:
+    out = []
+    for item, at in r.items(rule.get("backendRefs"), f"{path}.backendRefs", _MAX_ITEMS):
+        known = ("group", "kind", "name", "namespace", "port", "weight", "filters")
+        b = r.mapping(item, at, known)
+        weight = r.integer(b.get("weight", 1), f"{at}.weight", 0, MAX_WEIGHT)
+        filters = _filters(r, b.get("filters"), f"{at}.filters", filter_types)
+        out.append(_backend(r, b, at, weight=weight, filters=filters))
+    return tuple(out)
+
+
+# --- Matches -------------------------------------------------------------------------------
+
+
+def _header_matches(
+    r: Reader,
+    value: object,
+    path: str,
+    value_limit: int,
+) -> tuple[HeaderMatch, ...]:
+    out = []
+    for item, at in r.items(value, path, _MAX_ITEMS):
+        h = r.mapping(item, at, ("type", "name", "value"))
+        match_type = r.string(h.get("type"), f"{at}.type", "Exact")
+        if match_type not in ("Exact", "RegularExpression"):
+            r.fail(f"{at}.type", f"{match_type!r}: must be Exact or RegularExpression")
+        text = r.string(h.get("value"), f"{at}.value", limit=value_limit)
+        if not text:
+            r.fail(f"{at}.value", "must not be empty")
+        name = g.header_name(r, h.get("name"), f"{at}.name")
+        out.append(HeaderMatch(name, text, match_type))  # type: ignore[arg-type]
+    g.unique(r, [m.name for m in out], path, "name")
+    return tuple(out)
+
+
+def _http_match(r: Reader, value: object, path: str) -> HttpMatch:
+    m = r.mapping(value, path, ("path", "headers", "queryParams", "method"))
+    p = r.mapping(m.get("path"), f"{path}.path", ("type", "value"))
+    path_type = r.string(p.get("type"), f"{path}.path.type", "PathPrefix")
+    if path_type not in ("Exact", "PathPrefix", "RegularExpression"):
+        r.fail(
+            f"{path}.path.type", f"{path_type!r}: must be Exact, PathPrefix or RegularExpression"
+        )
+    text = r.string(p.get("value"), f"{path}.path.value", "/", limit=1024)
+    if path_type != "RegularExpression":
+        g.url_path(r, text, f"{path}.path.value")
+    method = r.string(m.get("method"), f"{path}.method", "")
+    if method and method not in HTTP_METHODS:
+        r.fail(f"{path}.method", f"{method!r}: must be one of {', '.join(HTTP_METHODS)}")
+    return HttpMatch(
+        path_type,  # type: ignore[arg-type]
+        text,
+        _header_matches(r, m.get("headers"), f"{path}.headers", 4096),
+        _header_matches(r, m.get("queryParams"), f"{path}.queryParams", 1024),
+        method,
+    )
+
+
+def _grpc_match(r: Reader, value: object, path: str) -> GrpcMatch:
+    m = r.mapping(value, path, ("method", "headers"))
+    at = f"{path}.method"
+    method = r.mapping(m.get("method"), at, ("type", "service", "method"))
+    match_type = r.string(method.get("type"), f"{at}.type", "Exact")
+    if match_type not in ("Exact", "RegularExpression"):
+        r.fail(f"{at}.type", f"{match_type!r}: must be Exact or RegularExpression")
+    service = r.string(method.get("service"), f"{at}.service", "", limit=1024)
+    name = r.string(method.get("method"), f"{at}.method", "", limit=1024)
+    if "type" in method and not (service or name):
+        r.fail(at, "set service, method or both")
+    if match_type == "Exact" and service and not _GRPC_SERVICE_RE.match(service):
+        r.fail(f"{at}.service", f"{service!r} is not a gRPC service name (package.Service)")
+    if match_type == "Exact" and name and not _GRPC_METHOD_RE.match(name):
+        r.fail(f"{at}.method", f"{name!r} is not a gRPC method name")
+    headers = _header_matches(r, m.get("headers"), f"{path}.headers", 4096)
+    return GrpcMatch(match_type, service, name, headers)  # type: ignore[arg-type]
+
+
+# --- Filters -------------------------------------------------------------------------------
+
+
+def _header_modifier(r: Reader, value: object, path: str) -> HeaderModifier:
+    h = r.mapping(value, path, ("set", "add", "remove"))
+    lists: dict[str, Pairs] = {}
+    for key in ("set", "add"):
+        pairs = []
+        for item, at in r.items(h.get(key), f"{path}.{key}", _MAX_ITEMS):
+            e = r.mapping(item, at, ("name", "value"))
+            text = r.string(e.get("value"), f"{at}.value", limit=4096)
+            pairs.append((g.header_name(r, e.get("name"), f"{at}.name"), text))
+        g.unique(r, [name for name, _ in pairs], f"{path}.{key}", "header")
+        lists[key] = tuple(pairs)
+    items = r.items(h.get("remove"), f"{path}.remove", _MAX_ITEMS)
+    remove = [g.header_name(r, item, at) for item, at in items]
+    g.unique(r, remove, f"{path}.remove", "header")
+    return HeaderModifier(lists["set"], lists["add"], tuple(remove))
+
+
+def _path_modifier(r: Reader, value: object, path: str) -> PathModifier | None:
+    if value is None:
+        return None
+    p = r.mapping(value, path, ("type", "replaceFullPath", "replacePrefixMatch"))
+    modifier = r.string(p.get("type"), f"{path}.type")
+    fields = {"ReplaceFullPath": "replaceFullPath", "ReplacePrefixMatch": "replacePrefixMatch"}
+    if modifier not in fields:
+        r.fail(f"{path}.type", f"{modifier!r}: must be ReplaceFullPath or ReplacePrefixMatch")
+    for other in fields.values():
+        if other != fields[modifier] and other in p:
+            r.fail(f"{path}.{other}", f"must not be set when type is {modifier}")
+    field = fields[modifier]
+    if field not in p:
+        r.fail(f"{path}.{field}", f"required when type is {modifier}")
+    value = r.string(p[field], f"{path}.{field}", limit=1024)
+    return PathModifier(modifier, value)  # type: ignore[arg-type]
+
+
+def _redirect(r: Reader, value: object, path: str) -> Redirect:
+    d = r.mapping(value, path, ("scheme", "hostname", "path", "port", "statusCode"))
+    scheme = r.string(d.get("scheme"), f"{path}.scheme", "")
+    if scheme not in ("", "http", "https"):
+        r.fail(f"{path}.scheme", f"{scheme!r}: must be http or https")
+    status = d.get("statusCode", 302)
+    if type(status) is not int or status not in (301, 302, 303, 307, 308):
+        r.fail(f"{path}.statusCode", f"must be 301, 302, 303, 307 or 308, not {status!r}")
+    host = d.get("hostname")
+    return Redirect(
+        scheme=scheme,
+        hostname=g.hostname(r, host, f"{path}.hostname", wildcard=False) if host else "",
+        path=_path_modifier(r, d.get("path"), f"{path}.path"),
+        port=r.port(d["port"], f"{path}.port") if d.get("port") is not None else 0,
+        status_code=status,
+    )
+
+
+def _rewrite(r: Reader, value: object, path: str) -> UrlRewrite:
+    w = r.mapping(value, path, ("hostname", "path"))
+    host = w.get("hostname")
+    return UrlRewrite(
+        hostname=g.hostname(r, host, f"{path}.hostname", wildcard=False) if host else "",
+        path=_path_modifier(r, w.get("path"), f"{path}.path"),
+    )
+
+
+def _mirror(r: Reader, value: object, path: str) -> Mirror:
+    m = r.mapping(value, path, ("backendRef", "percent", "fraction"))
+    at = f"{path}.backendRef"
+    if m.get("backendRef") is None:
+        r.fail(at, "required")
+    backend = r.mapping(m["backendRef"], at, ("group", "kind", "name", "namespace", "port"))
+    if "percent" in m and "fraction" in m:
+        r.fail(f"{path}.fraction", "set percent or fraction, not both")
+    numerator, denominator = 100, 100
+    if "percent" in m:
+        numerator = r.integer(m["percent"], f"{path}.percent", 0, 100)
+    elif "fraction" in m:
+        f = r.mapping(m["fraction"], f"{path}.fraction", ("numerator", "denominator"))
+        numerator = r.integer(f.get("numerator"), f"{path}.fraction.numerator", 0, 2**31 - 1)
+        high = 2**31 - 1
+        denominator = r.integer(f.get("denominator", 100), f"{path}.fraction.denominator", 1, high)
+        if numerator > denominator:
+            r.fail(f"{path}.fraction", "numerator must not be greater than denominator")
+    return Mirror(_backend(r, backend, at), numerator, denominator)
+
+
+def _filter(r: Reader, value: object, path: str, types: tuple[str, ...]) -> Filter:
+    fields = [_FILTER_FIELDS[t] for t in types]
+    f = r.mapping(value, path, ("type", *fields))
+    filter_type = r.string(f.get("type"), f"{path}.type")
+    if filter_type not in types:
+        r.fail(f"{path}.type", f"{filter_type!r}: must be one of {', '.join(types)}")
+    field = _FILTER_FIELDS[filter_type]
+    for other in fields:
+        if other != field and other in f:
+            r.fail(f"{path}.{other}", f"must not be set in a {filter_type} filter")
+    at = f"{path}.{field}"
+    if f.get(field) is None:
+        r.fail(at, f"required in a {filter_type} filter")
+    settings = f[field]
+    if filter_type == "RequestHeaderModifier":
+        return Filter(filter_type, request_headers=_header_modifier(r, settings, at))
+    if filter_type == "ResponseHeaderModifier":
+        return Filter(filter_type, response_headers=_header_modifier(r, settings, at))
+    if filter_type == "RequestRedirect":
+        return Filter(filter_type, redirect=_redirect(r, settings, at))
+    if filter_type == "URLRewrite":
+        return Filter(filter_type, rewrite=_rewrite(r, settings, at))
+    if filter_type == "RequestMirror":
+        return Filter(filter_type, mirror=_mirror(r, settings, at))
+    r.mapping(settings, at)  # settings not kept
+    return Filter(filter_type)
+
+
+def _filters(r: Reader, value: object, path: str, types: tuple[str, ...]) -> tuple[Filter, ...]:
+    filters = [_filter(r, item, at, types) for item, at in r.items(value, path, _MAX_ITEMS)]
+    kinds = [f.type for f in filters]
+    for i, filter_type in enumerate(kinds):
+        if filter_type in _AT_MOST_ONCE and filter_type in kinds[:i]:
+            r.fail(f"{path}[{i}]", f"a {filter_type} filter may appear only once")
+    if "RequestRedirect" in kinds and "URLRewrite" in kinds:
+        r.fail(path, "set a RequestRedirect or a URLRewrite filter, not both")
+    return tuple(filters)
+
+
+def _replaces_prefix(filters: tuple[Filter, ...]) -> bool:
+    modifiers = [
+        f.redirect.path if f.redirect else f.rewrite.path if f.rewrite else None for f in filters
+    ]
+    return any(m is not None and m.type == "ReplacePrefixMatch" for m in modifiers)
+
+
+# --- Rules and routes ----------------------------------------------------------------------
+
+
+def _timeouts(r: Reader, value: object, path: str) -> tuple[int | None, int | None]:
+    t = r.mapping(value, path, ("request", "backendRequest"))
+    request = g.duration_ms(r, t["request"], f"{path}.request") if "request" in t else None
+    backend = None
+    if "backendRequest" in t:
+        backend = g.duration_ms(r, t["backendRequest"], f"{path}.backendRequest")
+        if request and backend > request:
+            r.fail(f"{path}.backendRequest", "must not be longer than the request timeout")
+    return request, backend
+
+
+def _rule_name(r: Reader, rule: Mapping[str, object], path: str, seen: list[str]) -> str:
+    if rule.get("name") in (None, ""):
+        return ""
+    name = r.name(rule["name"], f"{path}.name")
+    if name in seen:
+        r.fail(f"{path}.name", f"{name!r} is also the name of another rule")
+    seen.append(name)
+    return name
+
+
+def _http_rule(r: Reader, value: object, path: str, names: list[str]) -> HttpRule:
+    known = ("name", "matches", "filters", "backendRefs", "timeouts", *g.IGNORED["rule"])
+    rule = r.mapping(value, path, known)
+    items = r.items(rule.get("matches"), f"{path}.matches", _MAX_HTTP_MATCHES)
+    matches = tuple(_http_match(r, item, at) for item, at in items) or (HttpMatch(),)
+    filters = _filters(r, rule.get("filters"), f"{path}.filters", HTTP_FILTERS)
+    backends = _backends(r, rule, path, HTTP_FILTERS)
+    if backends and any(f.type == "RequestRedirect" for f in filters):
+        r.fail(
+            f"{path}.filters",
+            "a RequestRedirect filter answers the request itself, so it"
+            " cannot be used together with backendRefs",
+        )
+    prefixed = _replaces_prefix(filters) or any(_replaces_prefix(b.filters) for b in backends)
+    if prefixed and (len(matches) != 1 or matches[0].path_type != "PathPrefix"):
+        r.fail(f"{path}.matches", "a ReplacePrefixMatch needs exactly one PathPrefix match")
+    timeout, backend_timeout = _timeouts(r, rule.get("timeouts"), f"{path}.timeouts")
+    name = _rule_name(r, rule, path, names)
+    return HttpRule(matches, filters, backends, timeout, backend_timeout, name)
+
+
+def _grpc_rule(r: Reader, value: object, path: str, names: list[str]) -> GrpcRule:
+    rule = r.mapping(
+        value, path, ("name", "matches", "filters", "backendRefs", "sessionPersistence")
+    )
+    items = r.items(rule.get("matches"), f"{path}.matches", _MAX_GRPC_MATCHES)
+    return GrpcRule(
+        tuple(_grpc_match(r, item, at) for item, at in items),
+        _filters(r, rule.get("filters"), f"{path}.filters", GRPC_FILTERS),
+        _backends(r, rule, path, GRPC_FILTERS),
+        _rule_name(r, rule, path, names),
+    )
+
+
+def _spec(
+    r: Reader, doc: Mapping[str, object]
+) -> tuple[dict[str, object], list[tuple[object, str]]]:
+    spec = r.mapping(doc.get("spec"), "spec", ("parentRefs", "hostnames", "rules"))
+    return spec, r.items(spec.get("rules"), "spec.rules", _MAX_RULES)
+
+
+def _check_total(r: Reader, counts: list[int]) -> None:
+    if sum(counts) > _MAX_MATCHES:
+        r.fail("spec.rules", f"{sum(counts)} matches in all the rules; at most {_MAX_MATCHES}")
+
+
+def read_http_route(r: Reader, doc: Mapping[str, object]) -> HTTPRoute:
+    meta = read_meta(r, doc)
+    spec, items = _spec(r, doc)
+    names: list[str] = []
+    rules = tuple(_http_rule(r, item, at, names) for item, at in items) or (HttpRule(),)
+    _check_total(r, [len(rule.matches) for rule in rules])
+    return HTTPRoute(
+        **meta, parent_refs=_parent_refs(r, spec), hostnames=_hostnames(r, spec), rules=rules
+    )
+
+
+def read_grpc_route(r: Reader, doc: Mapping[str, object]) -> GRPCRoute:
+    meta = read_meta(r, doc)
+    spec, items = _spec(r, doc)
+    names: list[str] = []
+    rules = tuple(_grpc_rule(r, item, at, names) for item, at in items)
+    _check_total(r, [len(rule.matches) for rule in rules])
+    return GRPCRoute(
+        **meta, parent_refs=_parent_refs(r, spec), hostnames=_hostnames(r, spec), rules=rules
+    )

@@ -1,0 +1,238 @@
+"""What the L7 objects mean for the mesh, as pure functions :class:`k8s.translate.Translator`
+calls: which Gateways are waypoints, which waypoint an object's labels name, whether a
+named waypoint can be used, what is wrong with a route's references, and each object's
+model form.
+
+- A Gateway whose class is ``istio-waypoint`` or ``ambit-waypoint`` is a waypoint
+  (:func:`waypoint`); its ``istio.io/waypoint-for`` (or ``ambit.io/waypoint-for``) label
+  says which traffic it takes, ``service`` by default.
+- ``istio.io/use-waypoint`` (or ``ambit.io/``) on a Namespace, Service or Pod names a
+  waypoint in the object's namespace, or in the one ``...use-waypoint-namespace`` names;
+  ``none`` opts a Service or Pod out of its namespace's (:func:`use_waypoint`).
+- A waypoint is used only when its Gateway exists, is of a waypoint class, takes that
+  traffic, and is ready: the Service with its key has an endpoint in the mesh, so
+  ztunnel's plan never sends traffic to a waypoint that is not running
+  (:func:`resolve_waypoint`). Otherwise the object goes without one and says why:
+  ``WaypointNotFound``, ``WaypointNotReady`` or ``WaypointTrafficMismatch``, reported on
+  the object whose own label names the waypoint, and on a Service also when its
+  namespace's label does (unless that waypoint takes no traffic to Services, by design).
+  A waypoint's own Service and pods never go through it.
+- A route is carried as read; a parent or backend that does not exist is a Problem on
+  it (``ParentNotFound``, ``BackendNotFound``, ``InvalidKind`` for kinds ambit does not
+  know) (:func:`route_problems`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Final, Literal
+
+from k8s import manifests as m
+from k8s.problems import Problem
+from k8s.store import ObjectRef, describe
+from mesh import model, model_l7
+from mesh.constants import (
+    ISTIO_LABEL_USE_WAYPOINT,
+    ISTIO_LABEL_USE_WAYPOINT_NAMESPACE,
+    ISTIO_LABEL_WAYPOINT_FOR,
+    LABEL_USE_WAYPOINT,
+    LABEL_USE_WAYPOINT_NAMESPACE,
+    LABEL_WAYPOINT_FOR,
+    WAYPOINT_CLASSES,
+)
+
+WAYPOINT_NOT_FOUND: Final = "WaypointNotFound"
+WAYPOINT_NOT_READY: Final = "WaypointNotReady"
+WAYPOINT_TRAFFIC_MISMATCH: Final = "WaypointTrafficMismatch"
+WAYPOINT_REASONS: Final = (WAYPOINT_NOT_FOUND, WAYPOINT_NOT_READY, WAYPOINT_TRAFFIC_MISMATCH)
+INVALID_WAYPOINT_FOR: Final = "InvalidWaypointFor"
+PARENT_NOT_FOUND: Final = "ParentNotFound"
+BACKEND_NOT_FOUND: Final = "BackendNotFound"
+INVALID_KIND: Final = "InvalidKind"
+OPT_OUT: Final = "none"  # use_waypoint's answer for an object that opts out
+
+Traffic = Literal["service", "workload"]
+_USE_WAYPOINT: Final = (
+    (LABEL_USE_WAYPOINT, LABEL_USE_WAYPOINT_NAMESPACE),
+    (ISTIO_LABEL_USE_WAYPOINT, ISTIO_LABEL_USE_WAYPOINT_NAMESPACE),
+)
+_WAYPOINT_LABELS: Final = frozenset(label for pair in _USE_WAYPOINT for label in pair)
+
+
+# --- Waypoints -----------------------------------------------------------------------------
+
+
+def waypoint(gateway: m.Gateway) -> tuple[model_l7.Gateway | None, Problem | None]:
+    """The waypoint ``gateway`` is (None if its class is not a waypoint class), and a
+    Problem if its ``waypoint-for`` label is not one ambit knows (it then takes Service
+    traffic, the default)."""
+    if gateway.gateway_class not in WAYPOINT_CLASSES:
+        return None, None
+    labels = dict(gateway.labels)
+    label = LABEL_WAYPOINT_FOR if LABEL_WAYPOINT_FOR in labels else ISTIO_LABEL_WAYPOINT_FOR
+    for_traffic = labels.get(label, "service")
+    problem = None
+    if for_traffic not in ("service", "workload", "all", "none"):
+        problem = Problem(
+            INVALID_WAYPOINT_FOR,
+            f"{label}: {for_traffic!r} is not service, workload, all or none; this waypoint"
+            " takes traffic to Services, the default",
+        )
+        for_traffic = "service"
+    entry = model_l7.Gateway(
+        gateway.name,
+        gateway.namespace,
+        gateway.gateway_class,
+        gateway.listeners,
+        gateway.addresses,
+        for_traffic,  # type: ignore[arg-type]
+    )
+    return entry, problem
+
+
+def use_waypoint(labels: m.Pairs, namespace: str) -> str | None:
+    """The waypoint an object's own labels name: its key (``namespace/name``),
+    :data:`OPT_OUT`, or None when they name none. ambit's labels count before Istio's."""
+    values = {k: v for k, v in labels if k in _WAYPOINT_LABELS}
+    for name_label, namespace_label in _USE_WAYPOINT:
+        name = values.get(name_label)
+        if name:
+            in_namespace = values.get(namespace_label) or namespace
+            return OPT_OUT if name == OPT_OUT else f"{in_namespace}/{name}"
+    return None
+
+
+def resolve_waypoint(
+    key: str,
+    traffic: Traffic | None,
+    entry: model_l7.Gateway | None,
+    gateway: m.Gateway | None,
+    ready: bool,
+) -> tuple[str | None, Problem | None]:
+    """Whether traffic (to a Service, a workload; None: do not ask) may go through the
+    waypoint ``key``: ``(key, None)``, or ``(None, why not)``. ``entry`` is the waypoint,
+    ``gateway`` the Gateway object of that key if any, ``ready`` whether the Service of
+    that key has an endpoint in the mesh."""
+    if entry is None:
+        if gateway is None:
+            found = f"there is no Gateway {key}"
+        else:
+            classes = " or ".join(WAYPOINT_CLASSES)
+            found = f"Gateway {key} has class {gateway.gateway_class!r}, not {classes}"
+        return None, Problem(
+            WAYPOINT_NOT_FOUND,
+            f"uses waypoint {key}, but {found}; its traffic goes without a waypoint until"
+            " one exists (or the label is fixed)",
+        )
+    if traffic is not None and not entry.takes(traffic):
+        what = "to Services" if traffic == "service" else "to workloads"
+        return None, Problem(
+            WAYPOINT_TRAFFIC_MISMATCH,
+            f"uses waypoint {key}, which does not take traffic {what} (waypoint-for:"
+            f" {entry.for_traffic}); its traffic goes without a waypoint",
+        )
+    if not ready:
+        return None, Problem(
+            WAYPOINT_NOT_READY,
+            f"uses waypoint {key}, which has no ready pod (its Service {key} has no endpoint"
+            " in the mesh); until it has one, traffic goes without a waypoint and the"
+            " policies bound to it are not enforced",
+        )
+    return key, None
+
+
+def waypoint_ready(
+    service: model.Service | None, workload: Callable[[str], model.Workload | None]
+) -> bool:
+    """Whether a waypoint runs: its Service (``service``, the one with its key) has an
+    endpoint whose workload is in the mesh, which ztunnel's plan needs to send traffic
+    through it."""
+    endpoints = service.endpoints if service is not None else ()
+    return any((w := workload(e.workload_uid)) is not None and w.meshed for e in endpoints)
+
+
+# --- Routes --------------------------------------------------------------------------------
+
+Route = m.HTTPRoute | m.GRPCRoute
+_SERVICE: Final = ("", "Service")
+_GATEWAY: Final = (model.GATEWAY_GROUP, "Gateway")
+
+
+def _backends(route: Route) -> Iterator[model_l7.BackendRef]:
+    for rule in route.rules:
+        filters = list(rule.filters)
+        for backend in rule.backends:
+            yield backend
+            filters.extend(backend.filters)
+        for f in filters:
+            if f.mirror is not None:
+                yield f.mirror.backend
+
+
+def _parent_ref(route: Route, parent: model_l7.ParentRef) -> ObjectRef | None:
+    kind = {_SERVICE: "Service", _GATEWAY: "Gateway"}.get((parent.group, parent.kind))
+    return (kind, parent.namespace or route.namespace, parent.name) if kind else None
+
+
+def _backend_ref(route: Route, backend: model_l7.BackendRef) -> ObjectRef | None:
+    if (backend.group, backend.kind) != _SERVICE:
+        return None
+    return ("Service", backend.namespace or route.namespace, backend.name)
+
+
+def route_targets(route: Route) -> set[ObjectRef]:
+    """The objects whose existence the route's problems depend on."""
+    parents = {_parent_ref(route, p) for p in route.parent_refs}
+    backends = {_backend_ref(route, b) for b in _backends(route)}
+    return {ref for ref in parents | backends if ref is not None}
+
+
+def route_problems(route: Route, exists: Callable[[ObjectRef], bool]) -> tuple[Problem, ...]:
+    """What the route names and cannot be found, each once, parents first."""
+    found: dict[str, Problem] = {}
+    for parent in route.parent_refs:
+        ref = _parent_ref(route, parent)
+        if ref is None:
+            kind = f"{parent.group or 'core'}/{parent.kind}"
+            message = f"parent {kind} {parent.name}: ambit knows Gateway and Service parents"
+            found.setdefault(message, Problem(INVALID_KIND, message))
+        elif not exists(ref):
+            message = f"parent {describe(ref)} does not exist; the route does not apply to it"
+            found.setdefault(message, Problem(PARENT_NOT_FOUND, message))
+    for backend in _backends(route):
+        ref = _backend_ref(route, backend)
+        if ref is None:
+            kind = f"{backend.group}/{backend.kind}"
+            message = f"backend {kind} {backend.name}: ambit knows only Service backends"
+            found.setdefault(message, Problem(INVALID_KIND, message))
+        elif not exists(ref):
+            message = f"backend {describe(ref)} does not exist; requests sent to it fail (500)"
+            found.setdefault(message, Problem(BACKEND_NOT_FOUND, message))
+    return tuple(found.values())
+
+
+# --- Model forms ---------------------------------------------------------------------------
+
+
+def http_route(route: m.HTTPRoute) -> model_l7.HttpRoute:
+    return model_l7.HttpRoute(
+        route.name, route.namespace, route.parent_refs, route.hostnames, route.rules,
+        route.creation_timestamp,
+    )  # fmt: skip
+
+
+def grpc_route(route: m.GRPCRoute) -> model_l7.GrpcRoute:
+    return model_l7.GrpcRoute(
+        route.name, route.namespace, route.parent_refs, route.hostnames, route.rules,
+        route.creation_timestamp,
+    )  # fmt: skip
+
+
+def request_authentication(auth: m.RequestAuthentication) -> model.RequestAuthentication:
+    return model.RequestAuthentication(
+        auth.name,
+        auth.namespace,
+        auth.selector,
+        auth.jwt_rules,
+        tuple(model.TargetRef(t.group, t.kind, t.name) for t in auth.target_refs),
+    )

@@ -1,0 +1,357 @@
+"""The L7 half of the mesh model: waypoints (Gateway API Gateways of a waypoint class),
+HTTP and gRPC routes, and the JWT rules of a RequestAuthentication.
+
+Owns the values a waypoint will act on, as plain frozen :class:`~mesh.jsonform.JsonForm`
+dataclasses: a :class:`Gateway` with its :class:`Listener`\\ s; an :class:`HttpRoute` or
+:class:`GrpcRoute` with its parents (Services or Gateways), hostnames and rules (matches,
+filters, backends, timeouts); a :class:`JwtRule`. The Kubernetes readers
+(:mod:`k8s.gateway_manifests`, :mod:`k8s.policy_manifests`) build these parts directly, so
+a route in the snapshot is the route as read, with its defaults filled in.
+:mod:`mesh.model` puts the top-level ones in :class:`~mesh.model.MeshSnapshot`. Pure data,
+no I/O; nothing enforces them yet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import ClassVar, Literal, TypeAlias
+
+from mesh.jsonform import JsonForm, ModelError
+
+Pairs: TypeAlias = tuple[tuple[str, str], ...]
+MatchType: TypeAlias = Literal["Exact", "RegularExpression"]
+PathType: TypeAlias = Literal["Exact", "PathPrefix", "RegularExpression"]
+ForTraffic: TypeAlias = Literal["service", "workload", "all", "none"]
+
+MAX_WEIGHT = 1_000_000
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ModelError(message)
+
+
+def _port(value: int, what: str, *, zero_ok: bool = False) -> None:
+    ok = type(value) is int and (0 if zero_ok else 1) <= value <= 65535
+    _check(ok, f"{what}: port {value!r} is not an integer 1-65535")
+
+
+def _one_of(value: str, allowed: tuple[str, ...], what: str) -> None:
+    _check(value in allowed, f"{what}: {value!r} is not one of {', '.join(allowed)}")
+
+
+# --- Waypoints -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RouteGroupKind(JsonForm):
+    group: str
+    kind: str
+
+
+@dataclass(frozen=True)
+class Listener(JsonForm):
+    """A port of a Gateway. ``allowed_from``: whose routes may attach (``Same`` namespace,
+    ``All``, or ``Selector`` namespaces matching ``namespace_selector``); ``allowed_kinds``
+    empty: the kinds the protocol takes. ``tls_mode`` "" when the listener has no TLS."""
+
+    name: str
+    port: int
+    protocol: str  # HTTP, HTTPS, TLS, TCP, UDP, HBONE, or a domain-prefixed name
+    hostname: str = ""
+    tls_mode: str = ""
+    allowed_from: Literal["All", "Same", "Selector"] = "Same"
+    namespace_selector: Pairs | None = None
+    allowed_kinds: tuple[RouteGroupKind, ...] = ()
+
+    def __post_init__(self) -> None:
+        _port(self.port, f"listener {self.name}")
+        _one_of(self.allowed_from, ("All", "Same", "Selector"), f"listener {self.name}")
+
+
+@dataclass(frozen=True)
+class GatewayAddress(JsonForm):
+    type: str
+    value: str
+
+
+@dataclass(frozen=True)
+class Gateway(JsonForm):
+    """A waypoint: a Gateway whose class is a waypoint class. ``for_traffic`` is what it
+    takes (Istio's ``istio.io/waypoint-for``): traffic to Services, to workloads, both, or
+    none. Its pods are the endpoints of the Service with the same key."""
+
+    kind: ClassVar[Literal["gateway"]] = "gateway"
+    name: str
+    namespace: str
+    gateway_class: str
+    listeners: tuple[Listener, ...]
+    addresses: tuple[GatewayAddress, ...] = ()
+    for_traffic: ForTraffic = "service"
+
+    def __post_init__(self) -> None:
+        traffic = ("service", "workload", "all", "none")
+        _one_of(self.for_traffic, traffic, f"gateway {self.key}: for_traffic")
+
+    @cached_property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    def takes(self, traffic: Literal["service", "workload"]) -> bool:
+        """Whether traffic addressed to a Service (or to a workload) may go through it."""
+        return self.for_traffic in (traffic, "all")
+
+
+# --- Route parts ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ParentRef(JsonForm):
+    """What a route attaches to: a Service (group "") or a Gateway. ``namespace`` "" is the
+    route's own; ``section_name`` "" and ``port`` 0 mean the whole parent."""
+
+    group: str
+    kind: str
+    name: str
+    namespace: str = ""
+    section_name: str = ""
+    port: int = 0
+
+    def __post_init__(self) -> None:
+        _port(self.port, f"parent {self.kind} {self.name}", zero_ok=True)
+
+    @property
+    def parent(self) -> tuple[str, str, str, str]:
+        """What it refers to, without the section: (group, kind, namespace, name)."""
+        return (self.group, self.kind, self.namespace, self.name)
+
+
+@dataclass(frozen=True)
+class BackendRef(JsonForm):
+    """Where matching requests go: a Service (group "") by default. ``namespace`` "" is the
+    route's own; ``port`` 0 only for kinds other than Service; ``filters`` apply only to
+    requests sent to this backend."""
+
+    name: str
+    port: int = 0
+    group: str = ""
+    kind: str = "Service"
+    namespace: str = ""
+    weight: int = 1
+    filters: tuple[Filter, ...] = ()
+
+    def __post_init__(self) -> None:
+        what = f"backend {self.kind} {self.name}"
+        _port(self.port, what, zero_ok=True)
+        ok = type(self.weight) is int and 0 <= self.weight <= MAX_WEIGHT
+        _check(ok, f"{what}: weight {self.weight!r} is not 0-{MAX_WEIGHT}")
+
+
+@dataclass(frozen=True)
+class HeaderMatch(JsonForm):
+    """A header (or query parameter) ``name`` whose value is, or matches, ``value``."""
+
+    name: str
+    value: str
+    type: MatchType = "Exact"
+
+
+@dataclass(frozen=True)
+class HttpMatch(JsonForm):
+    """Every part must match; ``method`` "" is any."""
+
+    path_type: PathType = "PathPrefix"
+    path: str = "/"
+    headers: tuple[HeaderMatch, ...] = ()
+    query_params: tuple[HeaderMatch, ...] = ()
+    method: str = ""
+
+
+@dataclass(frozen=True)
+class HeaderModifier(JsonForm):
+    set: Pairs = ()
+    add: Pairs = ()
+    remove: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PathModifier(JsonForm):
+    type: Literal["ReplaceFullPath", "ReplacePrefixMatch"]
+    value: str
+
+
+@dataclass(frozen=True)
+class Redirect(JsonForm):
+    """An answer ``status_code`` with a Location built from the request and these: "",
+    None or 0 keep the request's."""
+
+    scheme: str = ""
+    hostname: str = ""
+    path: PathModifier | None = None
+    port: int = 0
+    status_code: int = 302
+
+    def __post_init__(self) -> None:
+        _port(self.port, "redirect", zero_ok=True)
+        _check(self.status_code in (301, 302, 303, 307, 308), "redirect: bad status code")
+
+
+@dataclass(frozen=True)
+class UrlRewrite(JsonForm):
+    hostname: str = ""
+    path: PathModifier | None = None
+
+
+@dataclass(frozen=True)
+class Mirror(JsonForm):
+    """A copy of ``numerator``/``denominator`` of the requests goes to ``backend``."""
+
+    backend: BackendRef
+    numerator: int = 100
+    denominator: int = 100
+
+    def __post_init__(self) -> None:
+        ok = 0 <= self.numerator <= self.denominator and self.denominator >= 1
+        _check(ok, f"mirror: fraction {self.numerator}/{self.denominator} is not 0-1")
+
+
+FILTER_TYPES = (
+    "RequestHeaderModifier",
+    "ResponseHeaderModifier",
+    "RequestRedirect",
+    "URLRewrite",
+    "RequestMirror",
+    "ExtensionRef",
+    "CORS",
+    "ExternalAuth",
+)
+
+
+@dataclass(frozen=True)
+class Filter(JsonForm):
+    """One filter of a rule or backend: its ``type`` and the settings of that type. The
+    types whose settings ambit does not keep (``ExtensionRef``, ``CORS``,
+    ``ExternalAuth``) have none: a waypoint must refuse what it cannot apply."""
+
+    type: str
+    request_headers: HeaderModifier | None = None
+    response_headers: HeaderModifier | None = None
+    redirect: Redirect | None = None
+    rewrite: UrlRewrite | None = None
+    mirror: Mirror | None = None
+
+    def __post_init__(self) -> None:
+        _one_of(self.type, FILTER_TYPES, "filter type")
+
+    @property
+    def supported(self) -> bool:
+        """Whether the settings are kept (a known type)."""
+        return self.type not in ("ExtensionRef", "CORS", "ExternalAuth")
+
+
+@dataclass(frozen=True)
+class HttpRule(JsonForm):
+    """Requests matching any of ``matches`` go through ``filters`` to one of ``backends``
+    (by weight). Timeouts in milliseconds (0 disables), None when unset."""
+
+    matches: tuple[HttpMatch, ...] = (HttpMatch(),)
+    filters: tuple[Filter, ...] = ()
+    backends: tuple[BackendRef, ...] = ()
+    timeout_ms: int | None = None
+    backend_timeout_ms: int | None = None
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class GrpcMatch(JsonForm):
+    """``service`` and ``method`` "" match any."""
+
+    type: MatchType = "Exact"
+    service: str = ""
+    method: str = ""
+    headers: tuple[HeaderMatch, ...] = ()
+
+
+@dataclass(frozen=True)
+class GrpcRule(JsonForm):
+    """No ``matches``: every request."""
+
+    matches: tuple[GrpcMatch, ...] = ()
+    filters: tuple[Filter, ...] = ()
+    backends: tuple[BackendRef, ...] = ()
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class HttpRoute(JsonForm):
+    """An HTTPRoute as read. ``created`` (RFC 3339) orders routes of equal precedence, as
+    Gateway API asks: the oldest first."""
+
+    kind: ClassVar[Literal["http_route"]] = "http_route"
+    name: str
+    namespace: str
+    parents: tuple[ParentRef, ...]
+    hostnames: tuple[str, ...] = ()
+    rules: tuple[HttpRule, ...] = (HttpRule(),)
+    created: str = ""
+
+    @cached_property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class GrpcRoute(JsonForm):
+    """A GRPCRoute as read; ``created`` as for :class:`HttpRoute`."""
+
+    kind: ClassVar[Literal["grpc_route"]] = "grpc_route"
+    name: str
+    namespace: str
+    parents: tuple[ParentRef, ...]
+    hostnames: tuple[str, ...] = ()
+    rules: tuple[GrpcRule, ...] = ()
+    created: str = ""
+
+    @cached_property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+# --- RequestAuthentication ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JwtHeader(JsonForm):
+    """A header carrying the token, after ``prefix`` (``Authorization`` / ``Bearer ``)."""
+
+    name: str
+    prefix: str = ""
+
+
+@dataclass(frozen=True)
+class ClaimToHeader(JsonForm):
+    header: str
+    claim: str
+
+
+@dataclass(frozen=True)
+class JwtRule(JsonForm):
+    """How to find and check one issuer's tokens. No ``from_*``: the ``Authorization``
+    header (``Bearer``) and the ``access_token`` parameter. ``jwks`` wins over
+    ``jwks_uri`` when both are given, as in Istio."""
+
+    issuer: str
+    audiences: tuple[str, ...] = ()
+    jwks_uri: str = ""
+    jwks: str = ""
+    from_headers: tuple[JwtHeader, ...] = ()
+    from_params: tuple[str, ...] = ()
+    from_cookies: tuple[str, ...] = ()
+    output_payload_to_header: str = ""
+    output_claim_to_headers: tuple[ClaimToHeader, ...] = ()
+    forward_original_token: bool = False
+    timeout_ms: int | None = None  # fetching the JWKS
+
+    def __post_init__(self) -> None:
+        _check(bool(self.issuer), "jwt rule: the issuer is empty")
