@@ -99,6 +99,18 @@ def register(subparsers: Subparsers) -> None:
     get.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
     get.set_defaults(run=run_get)
 
+    restart = subparsers.add_parser(
+        "restart",
+        parents=[state],
+        help="restart a component: ztunnel/NODE (hand-over, no connection lost) or controlplane",
+        description="ztunnel/NODE: a new ztunnel listens beside the old one until it is ready,"
+        " then the old one drains (open connections finish, up to its drain deadline), so no"
+        " new connection is refused and none that ends in time is lost. controlplane: stopped"
+        " and started; the proxies keep their config meanwhile.",
+    )
+    restart.add_argument("component", help="ztunnel/NODE or controlplane")
+    restart.set_defaults(run=run_restart)
+
     exec_ = subparsers.add_parser(
         "exec",
         parents=[state],
@@ -367,6 +379,22 @@ def _age(item: dict[str, Any]) -> str:
         return "-"
     now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
     return _duration((now - then).total_seconds())
+
+
+def run_restart(args: argparse.Namespace) -> int:
+    from k8s.local.api import call
+
+    state_dir = state_dir_from(args.state_dir)
+    request = {"op": "restart", "component": args.component}
+    try:
+        result = trio.run(call, files_of(state_dir)[1], request, 120.0)
+    except LocalClusterError as exc:
+        return _fail("restart", str(exc))
+    print(
+        f"{result['name']} restarted: pid {result['old_pid']} -> {result['new_pid']}"
+        f" ({result['seconds']}s)"
+    )
+    return 0
 
 
 def run_exec(args: argparse.Namespace) -> int:

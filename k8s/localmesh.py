@@ -63,6 +63,7 @@ def _write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
 
 
 CAPTURE_RETRY_SECONDS = 2.0
+ZTUNNEL_DRAIN_SECONDS = 5.0  # open connections' time to finish when a ztunnel stops
 
 
 class LocalMesh:
@@ -81,6 +82,7 @@ class LocalMesh:
             ztunnel_command=self.ztunnel_command,
             mesh_state=self.mesh_state,
             controlplane_command=self.controlplane_command,
+            ztunnel_stop_grace=ZTUNNEL_DRAIN_SECONDS + 1.0,
             object_conditions=self.object_conditions,
         )
 
@@ -194,8 +196,9 @@ class LocalMesh:
             "--pods-file", str(self._dir() / "pods.json"),
             "--listen-ip", node.ip,
             "--trust-domain", config.trust_domain,
-            # Below local mode's 2 s between SIGTERM and SIGKILL (k8s.local.processes).
-            "--drain-seconds", "1.5",
+            # The cluster gives a ztunnel ZTUNNEL_DRAIN_SECONDS + 1 between SIGTERM and SIGKILL.
+            "--drain-seconds", str(ZTUNNEL_DRAIN_SECONDS),
+            "--ready-file", str(config.ztunnel_ready_file(node.name)),
         ]  # fmt: skip
 
     async def mesh_state(self, snapshot: LocalSnapshot) -> Mapping[PodRef, MeshState]:

@@ -30,6 +30,7 @@ operator sees is derived from it, never guessed from a message:
 | internal error | ``internal_error`` | CONNECT | 500 |
 | caller not authenticated | ``unauthenticated`` | DENY | 401 |
 | caller not authorized | ``not_authorized`` | DENY | 403 |
+| cut at a drain's deadline | ``drain_deadline`` | CONNECT | 503 |
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class Reason(enum.Enum):
     INTERNAL_ERROR = "internal_error"
     UNAUTHENTICATED = "unauthenticated"
     NOT_AUTHORIZED = "not_authorized"
+    DRAIN_DEADLINE = "drain_deadline"
 
     @property
     def flag(self) -> str:

@@ -42,6 +42,9 @@ class _Active:
     closed_by_policy: str | None = None
 
 
+RELEASED = Failure(Reason.CONNECTION_RESET, "cut: the pod was released")
+
+
 class Inbound:
     """The inbound side of one captured pod (``uid``)."""
 
@@ -60,6 +63,7 @@ class Inbound:
         self._telemetry = telemetry
         self._dial_timeout = dial_timeout
         self._open: set[_Active] = set()
+        self.cut = RELEASED  # why a connection cancelled from outside ends
 
     def open_connections(self) -> int:
         return len(self._open)
@@ -182,7 +186,7 @@ class Inbound:
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             failure = Failure(Reason.CONNECTION_RESET, str(exc) or type(exc).__name__)
         except trio.Cancelled:  # the pod was let go, or ztunnel stopped (policy: below)
-            failure = Failure(Reason.CONNECTION_RESET, "cut: the pod was released")
+            failure = self.cut
             raise
         finally:
             self._open.discard(active)

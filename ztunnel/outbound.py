@@ -21,6 +21,7 @@ from mesh.netns import NetworkNamespace
 from mesh.reason import Failure, Reason, reason_for_dial_error
 from mesh.record import ConnectionRecord, Telemetry
 from mesh.relay import relay
+from ztunnel.inbound import RELEASED
 from ztunnel.plan import Direct, Passthrough, Refused, ViaWaypoint, plan_outbound
 
 
@@ -44,6 +45,7 @@ class Outbound:
         self._telemetry = telemetry
         self._dial_timeout = dial_timeout
         self._relaying = 0
+        self.cut = RELEASED  # why a connection cancelled from outside ends
 
     def open_connections(self) -> int:
         return self._relaying
@@ -82,7 +84,7 @@ class Outbound:
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 failure = Failure(Reason.CONNECTION_RESET, str(exc) or type(exc).__name__)
             except trio.Cancelled:
-                failure = Failure(Reason.CONNECTION_RESET, "cut: the pod was released")
+                failure = self.cut
                 raise
             finally:
                 self._relaying -= 1

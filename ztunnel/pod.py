@@ -24,6 +24,7 @@ from mesh.identity import SpiffeId, WorkloadCertificate
 from mesh.model import MeshSnapshot
 from mesh.net import serve_listeners
 from mesh.netns import NetworkNamespace
+from mesh.reason import Failure, Reason
 from mesh.record import Telemetry
 from ztunnel.inbound import Inbound
 from ztunnel.outbound import Outbound
@@ -125,6 +126,12 @@ class CapturedPod:
         every connection has ended."""
         self._accepting.cancel()
         await self._hbone_connections.drain()
+
+    def cut_at_deadline(self, seconds: float) -> None:
+        """What is still open is about to be cut because a drain's deadline passed: each
+        connection's access log line and metrics say so (``drain_deadline``)."""
+        cut = Failure(Reason.DRAIN_DEADLINE, f"cut: the drain deadline ({seconds:g}s) passed")
+        self.inbound.cut = self.outbound.cut = cut
 
     def open_connections(self) -> int:
         """Connections being relayed now, both ways."""

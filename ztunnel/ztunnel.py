@@ -197,6 +197,8 @@ class Ztunnel:
                 await slot.done.wait()
         left = sum(s.pod.open_connections() for s in slots if s.pod is not None)
         for slot in slots:
+            if slot.pod is not None and waited.cancelled_caught:
+                slot.pod.cut_at_deadline(seconds)
             slot.scope.cancel()
         for slot in slots:
             await slot.done.wait()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import json
 import math
 import os
 import time
@@ -148,20 +149,28 @@ class LocalCluster:
         await self._start_controlplane()
         self._nursery.start_soon(self._follow_exits)
 
-    async def _start_controlplane(self) -> None:
+    async def _start_controlplane(self, *, planned: bool = False) -> None:
         argv = self.hooks.controlplane_command(self.config)
         if argv:
             self.controlplane = await self._supervise(
-                "controlplane", None, argv, self.config.controlplane_log
+                "controlplane", None, argv, self.config.controlplane_log, planned=planned
             )
 
     async def _supervise(
-        self, name: str, netns: str | None, argv: Sequence[str], log_path: Path
+        self,
+        name: str,
+        netns: str | None,
+        argv: Sequence[str],
+        log_path: Path,
+        *,
+        stop_grace: float = 2.0,
+        planned: bool = False,
     ) -> Running:
-        """Start component ``name`` (again), keeping its restart count."""
+        """Start component ``name`` (again), keeping its restart count (a ``planned``
+        restart, asked for by the operator, is not counted as one)."""
         component = self._components.setdefault(name, _Component(name))
         previous = component.running
-        if previous is not None:
+        if previous is not None and not planned:
             component.restarts += 1
             ran = (previous.exited_at or 0.0) - previous.started_at
             component.crashes = component.crashes + 1 if ran < STABLE_SECONDS else 0
@@ -170,9 +179,69 @@ class LocalCluster:
                 restarts=component.restarts,
             )  # fmt: skip
         component.running = await self.supervisor.start(
-            name, netns, argv, dict(os.environ), log_path
+            name, netns, argv, dict(os.environ), log_path, stop_grace=stop_grace
         )
         return component.running
+
+    async def restart(self, name: str, *, ready_timeout: float = 60.0) -> dict[str, Any]:
+        """Restart component ``name`` as its operator would: ``ztunnel/NODE`` by a
+        hand-over (the new ztunnel listens beside the old one, with SO_REUSEPORT, until
+        it is ready; then the old one drains: it stops accepting and its open
+        connections finish, up to its drain deadline), so no connection is refused and
+        none that ends in time is lost; ``controlplane`` by stopping and starting it
+        (the proxies keep their config meanwhile)."""
+        async with self._lock:
+            self._refuse_if_down()
+            component = self._components.get(name)
+            if component is None or component.running is None:
+                known = ", ".join(sorted(self._components)) or "none"
+                raise LocalClusterError(f"no component {name!r}; components: {known}")
+            old = component.running
+            started = trio.current_time()
+            if name == "controlplane":
+                await self.supervisor.stop(name)
+                await self._start_controlplane(planned=True)
+                new = self.controlplane
+            else:
+                node = self._nodes[name.removeprefix("ztunnel/")]
+                new = await self._hand_over(node, ready_timeout)
+            assert new is not None
+            log.info("component_restarted", component=name, old_pid=old.pid, new_pid=new.pid)
+            return {
+                "name": name, "old_pid": old.pid, "new_pid": new.pid,
+                "seconds": round(trio.current_time() - started, 2),
+            }  # fmt: skip
+
+    async def _hand_over(self, node: _Node, ready_timeout: float) -> Running:
+        old = node.ztunnel
+        ready = self.config.ztunnel_ready_file(node.plan.name)
+        ready.unlink(missing_ok=True)
+        name = f"ztunnel/{node.plan.name}"
+        if old is not None and not old.exited.is_set():
+            self.supervisor.retire(name)
+        await self._start_ztunnel(node, planned=True)
+        new = node.ztunnel
+        assert new is not None
+        log.info("ztunnel_handover_started", node=node.plan.name, old_pid=old and old.pid,
+                 new_pid=new.pid)  # fmt: skip
+        with trio.move_on_after(ready_timeout) as waited:
+            while not new.exited.is_set() and _ready_pid(ready) != new.pid:  # noqa: ASYNC110
+                await trio.sleep(0.05)
+        if waited.cancelled_caught or new.exited.is_set():
+            # The successor failed: keep the old ztunnel serving, stop the new one.
+            await self.supervisor.stop(name)
+            if old is not None and not old.exited.is_set():
+                self.supervisor.running[name] = old
+                self._components[name].running = old
+                node.ztunnel = old
+            why = f"exited with code {new.exit_code}" if new.exited.is_set() else "not ready"
+            raise LocalClusterError(
+                f"the new ztunnel of {node.plan.name} {why} within {ready_timeout:.0f}s;"
+                f" the old one (pid {old and old.pid}) keeps serving. See 'ambit logs {name}'"
+            )
+        if old is not None:
+            await self.supervisor.stop_process(old)  # it drains, then exits
+        return new
 
     def components(self) -> list[dict[str, Any]]:
         """Each supervised component: name, pid, status, restarts, age (seconds)."""
@@ -362,7 +431,7 @@ class LocalCluster:
                 if node is not None:
                     await self._start_ztunnel(node)
 
-    async def _start_ztunnel(self, node: _Node) -> None:
+    async def _start_ztunnel(self, node: _Node, *, planned: bool = False) -> None:
         argv = self.hooks.ztunnel_command(self._node_view(node), self.config)
         if argv:
             node.ztunnel = await self._supervise(
@@ -370,6 +439,8 @@ class LocalCluster:
                 node.plan.netns,
                 argv,
                 self.config.ztunnel_log(node.plan.name),
+                stop_grace=self.hooks.ztunnel_stop_grace,
+                planned=planned,
             )
 
     async def _create_pod(self, plan: PodPlan) -> None:
@@ -591,6 +662,16 @@ class LocalCluster:
             ztunnel_pid=ztunnel.pid if ztunnel else None,
             ztunnel_exit_code=ztunnel.exit_code if ztunnel else None,
         )
+
+
+def _ready_pid(path: Path) -> int | None:
+    """The PID in a ztunnel's ready file, or None while there is none."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    pid = data.get("pid") if isinstance(data, dict) else None
+    return pid if isinstance(pid, int) else None
 
 
 def _differs(running: PodPlan, wanted: PodPlan) -> bool:

@@ -147,6 +147,10 @@ class ClusterConfig:
     def pod_log(self, namespace: str, name: str) -> Path:
         return pod_log(self.state_dir, namespace, name)
 
+    def ztunnel_ready_file(self, node: str) -> Path:
+        """Written by a node's ztunnel when it is first ready (``--ready-file``)."""
+        return self.state_dir / "mesh" / "ready" / f"{_safe(node)}.json"
+
     def ztunnel_log(self, node: str) -> Path:
         return ztunnel_log(self.state_dir, node)
 

@@ -87,6 +87,8 @@ async def run_daemon(
             if op == "get":
                 await cluster.refresh_mesh_state()
                 return snapshot_json(cluster.snapshot())
+            if op == "restart":
+                return await cluster.restart(str(request.get("component", "")))
             if op == "components":
                 return cluster.components()
             if op == "objects":

@@ -152,4 +152,5 @@ class LocalHooks:
     ztunnel_command: Callable[[NodeView, ClusterConfig], Sequence[str] | None] = _no_ztunnel
     mesh_state: Callable[[LocalSnapshot], Awaitable[Mapping[PodRef, MeshState]]] | None = None
     controlplane_command: Callable[[ClusterConfig], Sequence[str] | None] = _no_controlplane
+    ztunnel_stop_grace: float = 2.0  # SIGTERM to SIGKILL: above the ztunnel's own drain
     object_conditions: Callable[[], Mapping[str, Any]] = _no_conditions

@@ -33,7 +33,7 @@ STOP_GRACE_SECONDS = 2.0
 KILL_WAIT_SECONDS = 3.0
 
 
-@dataclass
+@dataclass(eq=False)
 class Running:
     key: str
     record: ProcessRecord
@@ -42,6 +42,7 @@ class Running:
     exited: trio.Event = field(default_factory=trio.Event)
     exit_code: int | None = None
     exited_at: float | None = None  # Trio's clock
+    stop_grace: float = 2.0  # between SIGTERM and SIGKILL
 
     def running_for(self) -> float:
         return 0.0 if self.exited.is_set() else trio.current_time() - self.started_at
@@ -66,6 +67,7 @@ class Supervisor:
         self._on_exit = on_exit
         self._ip = ip_command
         self.running: dict[str, Running] = {}
+        self._retired: set[Running] = set()  # handed over, still draining
 
     async def start(
         self,
@@ -74,6 +76,8 @@ class Supervisor:
         argv: Sequence[str],
         env: Mapping[str, str],
         log_path: Path,
+        *,
+        stop_grace: float = STOP_GRACE_SECONDS,
     ) -> Running:
         """Run ``argv`` in ``netns`` (None: the host's, e.g. the control plane); raises
         :class:`LocalClusterError` if it cannot start."""
@@ -94,7 +98,9 @@ class Supervisor:
             except OSError as exc:
                 raise LocalClusterError(f"cannot start {key}: {exc}") from None
         start_time = process_start_time(process.pid) or 0
-        running = Running(key, ProcessRecord(process.pid, start_time, key), process)
+        running = Running(
+            key, ProcessRecord(process.pid, start_time, key), process, stop_grace=stop_grace
+        )
         self._state.add_process(running.record)
         self.running[key] = running
         self._nursery.start_soon(self._reap, running)
@@ -110,13 +116,29 @@ class Supervisor:
         log.info("process_exited", what=running.key, pid=running.pid, exit_code=code)
         self._on_exit(running)
 
-    async def stop(self, key: str) -> None:
-        """SIGTERM the process group, SIGKILL after a grace period; forget it."""
+    def retire(self, key: str) -> Running | None:
+        """Forget ``key``'s process without stopping it, so a successor can start under
+        the same key (a hand-over); the caller stops it with :meth:`stop_process`. The
+        state file still records it, so ``ambit down`` kills it if all else fails."""
         running = self.running.pop(key, None)
-        if running is None or running.exited.is_set():
+        if running is not None:
+            self._retired.add(running)
+        return running
+
+    async def stop(self, key: str) -> None:
+        """SIGTERM the process group, SIGKILL after its grace period; forget it."""
+        running = self.running.pop(key, None)
+        if running is not None:
+            await self.stop_process(running)
+
+    async def stop_process(self, running: Running) -> None:
+        """SIGTERM ``running``'s process group, SIGKILL after its grace period."""
+        self._retired.discard(running)
+        key = running.key
+        if running.exited.is_set():
             return
         _signal_group(running.pid, signal.SIGTERM)
-        with trio.move_on_after(STOP_GRACE_SECONDS):
+        with trio.move_on_after(running.stop_grace):
             await running.exited.wait()
         if not running.exited.is_set():
             _signal_group(running.pid, signal.SIGKILL)
@@ -131,6 +153,8 @@ class Supervisor:
         async with trio.open_nursery() as nursery:
             for key in list(self.running):
                 nursery.start_soon(self.stop, key)
+            for running in list(self._retired):
+                nursery.start_soon(self.stop_process, running)
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:

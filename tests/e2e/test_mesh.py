@@ -497,9 +497,9 @@ async def test_traffic_survives_a_dead_control_plane_and_a_ztunnel_restart(
         await up(cluster)
         client_netns = (await pods(cluster))["shop/client"]["netns"]
         record = json.loads((cluster.state_dir / "state.json").read_text())
-        daemon_pid = int(record["daemon"]["pid"])
+        (plane_pid,) = [p["pid"] for p in record["processes"] if p["what"] == "controlplane"]
 
-        async def direct_curl() -> str:  # not through the daemon: it may be frozen
+        async def direct_curl() -> str:  # straight from the pod's namespace
             result = await trio.run_process(
                 ["ip", "netns", "exec", client_netns, "curl", "-s", "-m", "4",
                  "-o", "/dev/null", "-w", "%{http_code}", "http://web.shop/"],
@@ -507,13 +507,13 @@ async def test_traffic_survives_a_dead_control_plane_and_a_ztunnel_restart(
             )  # fmt: skip
             return result.stdout.decode() or "000"
 
-        os.kill(daemon_pid, signal.SIGSTOP)  # the control plane (and CA) stop answering
+        os.kill(plane_pid, signal.SIGSTOP)  # the control plane (and CA) stop answering
         try:
             await trio.sleep(1)
             for _ in range(3):
                 assert await direct_curl() == "200"  # ztunnels serve their last config
         finally:
-            os.kill(daemon_pid, signal.SIGCONT)
+            os.kill(plane_pid, signal.SIGCONT)
 
         old_pid = int((await nodes(cluster))["node-2"]["ztunnel_pid"])
         os.kill(old_pid, signal.SIGKILL)

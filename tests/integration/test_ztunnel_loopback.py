@@ -259,5 +259,5 @@ async def test_a_drain_cuts_what_is_still_open_at_its_deadline() -> None:
     assert done["cut_at_deadline"] == 1
     [(_, failure)] = run.recorder.closed
     assert failure is not None
-    assert failure.reason is Reason.CONNECTION_RESET
-    assert "cut" in failure.detail
+    assert failure.reason is Reason.DRAIN_DEADLINE
+    assert "drain deadline" in failure.detail
