@@ -184,9 +184,14 @@ async def _announce_ready(zt: Ztunnel, path: Path, poll: float = 0.05) -> None:
     """Write ``path`` once ``zt`` is first ready (it has config and every pod captured)."""
     while not zt.ready()[0]:  # noqa: ASYNC110 - readiness has no event: pods come and go
         await trio.sleep(poll)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps({"pid": os.getpid(), "ready": True}))
-    os.replace(temporary, path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary.write_text(json.dumps({"pid": os.getpid(), "ready": True}))
+        os.replace(temporary, path)
+    except OSError as exc:  # only a hand-over waits for it: serving goes on
+        log.error("ready_file_unwritable", path=str(path), reason=str(exc))
+        return
     log.info("ztunnel_ready", node=zt.node, pods=len(zt.status()["pods"]))
 
 

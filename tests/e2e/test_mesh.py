@@ -468,7 +468,7 @@ async def test_sigterm_drains_a_ztunnel_without_losing_an_open_connection(
         async def sigterm() -> None:
             os.kill(old_pid, signal.SIGTERM)
 
-        # 768 KiB over about 0.8 s, shorter than local mode's 1.5 s drain.
+        # 768 KiB over about 0.8 s, shorter than local mode's 5 s drain.
         assert await stream_to_echo(cluster, echo_ip, 24, sigterm) == (24 * 32 * 1024, True)
         logs = (await cluster.ambit("logs", "ztunnel/node-2")).stdout.decode()
         events = [json.loads(line) for line in logs.splitlines() if line.startswith("{")]
