@@ -8,6 +8,8 @@ import json
 import os
 import signal
 import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -314,6 +316,38 @@ async def _is_200(url: str, netns: str) -> bool:
     return await curl_status(url, netns) == "200"
 
 
+@asynccontextmanager
+async def held_connection(
+    netns: str, echo_ip: str
+) -> AsyncIterator[Callable[[], Awaitable[bytes]]]:
+    """A connection from a pod (``netns``) to an echo pod, open and proven end to end on
+    entry; the callable sends one more line over it and returns what came back."""
+    proc = await trio.lowlevel.open_process(
+        ["ip", "netns", "exec", netns, "python3", "-c", HOLD_OPEN, echo_ip],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    stdin, stdout = proc.stdin, proc.stdout
+    out = bytearray()
+
+    async def carry_on() -> bytes:
+        await stdin.send_all(b"go\n")
+        while b"echoed" not in out:
+            out.extend(await stdout.receive_some())
+        assert await proc.wait() == 0
+        return bytes(out)
+
+    try:
+        while b"open" not in out:
+            out.extend(await stdout.receive_some())
+        yield carry_on
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
 async def kill_component(cluster: Cluster, name: str) -> int:
     """SIGKILL a supervised process of the local cluster (``controlplane``,
     ``ztunnel/NODE``); returns its PID."""
@@ -356,29 +390,9 @@ async def test_meshed_traffic_keeps_flowing_after_the_control_plane_is_killed(
         the_pods = await pods(cluster)
         node_ips = [n["ip"] for n in (await nodes(cluster)).values()]
         client_netns = the_pods["client"]["netns"]
-        proc = await trio.lowlevel.open_process(
-            ["ip", "netns", "exec", client_netns, "python3", "-c", HOLD_OPEN,
-             the_pods["echo"]["ip"]],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        )  # fmt: skip
-        assert proc.stdin is not None
-        assert proc.stdout is not None
-        try:
-            out = bytearray()
-            while b"open" not in out:
-                out += await proc.stdout.receive_some()
-
+        async with held_connection(client_netns, the_pods["echo"]["ip"]) as carry_on:
             await kill_control_plane(cluster)
-
-            await proc.stdin.send_all(b"go\n")  # the open connection still carries data
-            while b"echoed" not in out:
-                out += await proc.stdout.receive_some()
-            assert b"echoed pong" in out
-            assert await proc.wait() == 0
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
+            assert b"echoed pong" in await carry_on()  # the open connection still carries data
 
         count = len(await inbound(cluster))
         for _ in range(3):  # new connections: still over mTLS, on the last config
@@ -441,33 +455,14 @@ async def test_a_killed_ztunnel_comes_back_and_other_nodes_are_untouched(
         before = await components(cluster)
         assert {before[n]["status"] for n in before} == {"Running"}
         assert {before[n]["restarts"] for n in before} == {0}
-        proc = await trio.lowlevel.open_process(
-            ["ip", "netns", "exec", client_netns, "python3", "-c", HOLD_OPEN,
-             the_pods["near"]["ip"]],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        )  # fmt: skip
-        assert proc.stdin is not None
-        assert proc.stdout is not None
-        try:
-            out = bytearray()
-            while b"open" not in out:
-                out += await proc.stdout.receive_some()
-
+        async with held_connection(client_netns, the_pods["near"]["ip"]) as carry_on:
             old_pid = await kill_component(cluster, "ztunnel/node-2")
 
             async def served() -> bool:
                 return await curl_status("http://server/", client_netns) == "200"
 
             assert await eventually(served, seconds=10), "node-2's pods not served again"
-            await proc.stdin.send_all(b"go\n")  # node-1 only: never interrupted
-            while b"echoed" not in out:
-                out += await proc.stdout.receive_some()
-            assert b"echoed pong" in out
-            assert await proc.wait() == 0
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
+            assert b"echoed pong" in await carry_on()  # node-1 only: never interrupted
         after = await components(cluster)
         assert after["ztunnel/node-2"]["restarts"] == 1
         assert after["ztunnel/node-2"]["status"] == "Running"
