@@ -35,7 +35,14 @@ from k8s.config_server import (
     node_token_authenticator,
     waypoint_authorizer,
 )
-from k8s.manifests import AuthorizationPolicy, K8sObject
+from k8s.manifests import (
+    AuthorizationPolicy,
+    Gateway,
+    GatewayClass,
+    GRPCRoute,
+    HTTPRoute,
+    K8sObject,
+)
 from k8s.store import Condition, ObjectRef, ObjectStore, ref_of
 from k8s.translate import (
     CONFLICT_REASONS,
@@ -44,7 +51,14 @@ from k8s.translate import (
     Translator,
     ztunnel_acceptance,
 )
-from k8s.translate_l7 import WAYPOINT_REASONS
+from k8s.translate_l7 import (
+    BACKEND_NOT_FOUND,
+    INVALID_KIND,
+    INVALID_WAYPOINT_FOR,
+    PARENT_NOT_FOUND,
+    WAYPOINT_REASONS,
+    waypoint_ready,
+)
 from mesh.certs import open_certificate_manager
 from mesh.constants import (
     CONDITION_ACCEPTED,
@@ -54,6 +68,7 @@ from mesh.constants import (
     CONFIG_STREAM_PORT,
     CONTROL_PLANE_PORT,
     DEFAULT_TRUST_DOMAIN,
+    WAYPOINT_CLASSES,
 )
 from mesh.hbone.server import serve_hbone
 from mesh.identity import (
@@ -275,9 +290,60 @@ def waypoint_condition(problems: tuple[Problem, ...], waypoint: str | None) -> l
     return [Condition(CONDITION_WAYPOINT_BOUND, "True", "Bound", message)]
 
 
+def gateway_api_conditions(
+    entry_obj: K8sObject, problems: tuple[Problem, ...], snapshot: MeshSnapshot
+) -> list[Condition]:
+    """Gateway API's own conditions on the Gateway API objects ambit is the controller
+    of: a GatewayClass of a waypoint class is ``Accepted``; a waypoint Gateway is
+    ``Accepted`` and ``Programmed`` once a waypoint proxy runs for it (its Service has a
+    meshed endpoint); a route is ``Accepted`` when its parents exist and ``ResolvedRefs``
+    when its backends do. (Gateway API writes a route's conditions per parent, in
+    ``status.parents``; ambit writes them once, on the route.) Objects of other
+    controllers get none."""
+    reasons = {p.reason: p for p in problems}
+    if isinstance(entry_obj, GatewayClass):
+        if entry_obj.name not in WAYPOINT_CLASSES:
+            return []
+        return [Condition("Accepted", "True", "Accepted", "a waypoint class: ambit runs it")]
+    if isinstance(entry_obj, Gateway):
+        if entry_obj.gateway_class not in WAYPOINT_CLASSES:
+            return []
+        key = f"{entry_obj.namespace}/{entry_obj.name}"
+        bad = reasons.get(INVALID_WAYPOINT_FOR)
+        accepted = Condition(
+            "Accepted", "True", "Accepted", bad.message if bad else "a waypoint of this namespace"
+        )
+        if waypoint_ready(snapshot.service(key), snapshot.workload):
+            programmed = Condition("Programmed", "True", "Programmed", "a waypoint proxy runs")
+        else:
+            programmed = Condition(
+                "Programmed", "False", "Pending",
+                f"no waypoint proxy runs for it: Service {key} has no meshed, ready endpoint",
+            )  # fmt: skip
+        return [accepted, programmed]
+    if isinstance(entry_obj, HTTPRoute | GRPCRoute):
+        parent = reasons.get(PARENT_NOT_FOUND)
+        backend = reasons.get(BACKEND_NOT_FOUND) or reasons.get(INVALID_KIND)
+        return [
+            Condition("Accepted", "False", "NoMatchingParent", parent.message)
+            if parent
+            else Condition("Accepted", "True", "Accepted", "every parent exists"),
+            Condition("ResolvedRefs", "False", backend.reason, backend.message)
+            if backend
+            else Condition("ResolvedRefs", "True", "ResolvedRefs", "every backend exists"),
+        ]
+    return []
+
+
 def write_conditions(store: ObjectStore, translation: Translation) -> None:
     """Every object's conditions, computed from the objects as stored and the problems
     translation found (a condition that no longer holds is removed)."""
+    for kind in ("GatewayClass", "Gateway", "HTTPRoute", "GRPCRoute"):
+        for entry in store.entries(kind):
+            problems = translation.problems.get(entry.ref, ())
+            conditions = gateway_api_conditions(entry.obj, problems, translation.snapshot)
+            if conditions or entry.conditions:
+                store.set_conditions(entry.ref, conditions, uid=entry.obj.uid)
     for entry in store.entries("AuthorizationPolicy"):
         policy = entry.obj
         assert isinstance(policy, AuthorizationPolicy)

@@ -433,3 +433,73 @@ async def test_a_deployment_plugs_in_its_own_access_rules() -> None:
                     await certs.fetch_now(ztunnel_identity(TD))
                 assert refused.value.status == 401, "node tokens are not this deployment's"
             nursery.cancel_scope.cancel()
+
+
+GATEWAY_API = """
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: istio-waypoint}
+spec: {controllerName: istio.io/mesh-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: someone-else}
+spec: {controllerName: example.com/gateway}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: shop}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec: {clusterIP: 10.96.0.10, selector: {app: web}, ports: [{port: 80}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: to-missing, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: web}]
+  rules: [{backendRefs: [{name: missing, port: 80}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: orphan, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: nowhere}]
+  rules: [{backendRefs: [{name: web, port: 80}]}]
+"""
+
+
+def test_gateway_api_objects_get_gateway_api_conditions() -> None:
+    plane = ControlPlane(CertificateAuthority.create(), trust_domain=TD)
+    store = ObjectStore()
+    for obj in objects(GATEWAY_API):
+        store.put(obj)
+    for kind in store.unlisted():
+        store.mark_listed(kind)
+    assert plane.update(store.objects(), store=store) is not None
+
+    def conditions(kind: str, namespace: str, name: str) -> dict[str, tuple[str, str]]:
+        entry = store.get((kind, namespace, name))
+        assert entry is not None
+        return {c.type: (c.status, c.reason) for c in entry.conditions}
+
+    assert conditions("GatewayClass", "", "istio-waypoint") == {"Accepted": ("True", "Accepted")}
+    assert conditions("GatewayClass", "", "someone-else") == {}, "not ours: no status"
+    assert conditions("Gateway", "shop", "waypoint") == {
+        "Accepted": ("True", "Accepted"),
+        "Programmed": ("False", "Pending"),  # no waypoint proxy runs for it
+    }
+    assert conditions("HTTPRoute", "shop", "to-missing") == {
+        "Accepted": ("True", "Accepted"),
+        "ResolvedRefs": ("False", "BackendNotFound"),
+    }
+    assert conditions("HTTPRoute", "shop", "orphan") == {
+        "Accepted": ("False", "NoMatchingParent"),
+        "ResolvedRefs": ("True", "ResolvedRefs"),
+    }
