@@ -30,6 +30,11 @@ operator sees is derived from it, never guessed from a message:
 | internal error | ``internal_error`` | CONNECT | 500 |
 | caller not authenticated | ``unauthenticated`` | DENY | 401 |
 | caller not authorized | ``not_authorized`` | DENY | 403 |
+| ztunnel at a pending limit | ``overloaded`` | CONNECT | 503 |
+
+``overloaded`` is ztunnel shedding load (:mod:`mesh.pending`): the source, or
+every source together, has too many connections waiting for their destination,
+or too many half-closed ones; it is not a statement about the destination.
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ class Reason(enum.Enum):
     INTERNAL_ERROR = "internal_error"
     UNAUTHENTICATED = "unauthenticated"
     NOT_AUTHORIZED = "not_authorized"
+    OVERLOADED = "overloaded"
 
     @property
     def flag(self) -> str:

@@ -33,6 +33,7 @@ EXPECTED = [
     (Reason.INTERNAL_ERROR, "CONNECT", 500),
     (Reason.UNAUTHENTICATED, "DENY", 401),
     (Reason.NOT_AUTHORIZED, "DENY", 403),
+    (Reason.OVERLOADED, "CONNECT", 503),
 ]
 
 
