@@ -9,6 +9,7 @@ from pathlib import Path
 import trio
 
 from mesh.constants import CONFIG_STREAM_PORT, CONTROL_PLANE_PORT, DEFAULT_TRUST_DOMAIN
+from mesh.pending import PendingLimits
 
 
 def _address(text: str, default_port: int) -> tuple[str, int]:
@@ -44,6 +45,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="after SIGTERM, how long open connections may finish (default 25: below a"
         " pod's 30 s grace period)",
     )
+    limits = PendingLimits()
+    for flag, default, what in (
+        ("--max-pending-per-source", limits.per_source_pending,
+         "connections of one source IP waiting for their destination (a dial, a handshake);"
+         " past it new ones are reset"),
+        ("--max-pending", limits.pending, "the same, every source together"),
+        ("--max-half-closed-per-source", limits.per_source_half_closed,
+         "connections of one source IP with one side closed; past it the oldest is cut"),
+        ("--max-half-closed", limits.half_closed, "the same, every source together"),
+    ):  # fmt: skip
+        parser.add_argument(flag, type=int, default=default, help=f"{what} (default {default})")
     parser.set_defaults(run=run)
 
 
@@ -62,6 +74,12 @@ def run(args: argparse.Namespace) -> int:
             trust_domain=args.trust_domain,
             listen_ip=args.listen_ip,
             drain_seconds=args.drain_seconds,
+            limits=PendingLimits(
+                per_source_pending=args.max_pending_per_source,
+                pending=args.max_pending,
+                per_source_half_closed=args.max_half_closed_per_source,
+                half_closed=args.max_half_closed,
+            ),
         )
     except (OSError, ValueError, IdentityError) as exc:
         print(f"ambit ztunnel: {exc}", file=sys.stderr)

@@ -12,7 +12,7 @@ import json
 import os
 import signal
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from mesh.identity import (
 from mesh.memory import serve_heap_trimmer
 from mesh.metrics import TcpMetrics
 from mesh.model import Workload
+from mesh.pending import PendingLimits
 from ztunnel.telemetry import ZtunnelTelemetry
 from ztunnel.ztunnel import Ztunnel
 
@@ -61,6 +62,8 @@ class ZtunnelConfig:
     # How long open connections may finish after SIGTERM: a few seconds below a pod's
     # terminationGracePeriodSeconds (30 by default), so the kubelet's SIGKILL never comes first.
     drain_seconds: float = 25.0
+    # Connections waiting for their destination, or half-closed, per source and overall.
+    limits: PendingLimits = field(default_factory=PendingLimits)
 
 
 class PodsFile:
@@ -136,7 +139,11 @@ async def _run(
 
         async with open_hbone_pool(cert_for) as control_pool:
             zt = Ztunnel(
-                node=config.node, certificates=certs, netns_for=pods.netns_for, telemetry=telemetry
+                node=config.node,
+                certificates=certs,
+                netns_for=pods.netns_for,
+                telemetry=telemetry,
+                limits=config.limits,
             )
 
             def config_dump(_request: Request) -> Response:

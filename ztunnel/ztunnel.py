@@ -102,7 +102,8 @@ class Ztunnel:
         return True, f"{len(self._slots)} pods captured"
 
     def status(self) -> dict[str, Any]:
-        """What /config_dump shows: the config version and each pod's state."""
+        """What /config_dump shows: the config version, each pod's state, and the
+        connections pending or half-closed now (with the limits and what was shed)."""
         pods = []
         for slot in sorted(self._slots.values(), key=lambda s: s.workload.uid):
             cert = self._certs.get(slot.workload.identity)
@@ -120,7 +121,10 @@ class Ztunnel:
             "node": self.node,
             "config_version": self.snapshot.version if self.snapshot else None,
             "pods": pods,
-            "pending": asdict(self.admission.statistics()),
+            "pending": {
+                **asdict(self.admission.statistics()),
+                "limits": asdict(self.admission.limits),
+            },
         }
 
     # ---- config updates -----------------------------------------------------------

@@ -127,6 +127,18 @@ async def test_a_snapshot_captures_the_nodes_pods_and_makes_ztunnel_ready() -> N
                 B.uid: True,
             }
             assert all(p["certificate_expires"] for p in status["pods"])
+            assert status["pending"] == {
+                "pending": 0,
+                "half_closed": 0,
+                "refused": 0,
+                "cut": 0,
+                "limits": {
+                    "per_source_pending": 256,
+                    "pending": 2048,
+                    "per_source_half_closed": 256,
+                    "half_closed": 4096,
+                },
+            }
 
 
 async def test_hbone_to_a_pod_reaches_its_app_from_the_callers_address() -> None:
