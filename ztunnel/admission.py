@@ -46,7 +46,7 @@ CUT = Failure(
 )  # fmt: skip
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Active:
     """A relayed connection: its record, the scope that cuts it, and why it was cut."""
 
