@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import AsyncIterator, MutableMapping
@@ -38,6 +39,10 @@ from ztunnel.ztunnel import Ztunnel
 pytestmark = [
     pytest.mark.root,
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root: a network namespace, iptables"),
+    pytest.mark.skipif(
+        not all(map(shutil.which, ("unshare", "ip", "iptables-restore"))),
+        reason="needs unshare, ip and iptables-restore",
+    ),
 ]
 
 POD = workload("b", ip="127.0.0.3", sa="server")
