@@ -30,11 +30,12 @@ operator sees is derived from it, never guessed from a message:
 | internal error | ``internal_error`` | CONNECT | 500 |
 | caller not authenticated | ``unauthenticated`` | DENY | 401 |
 | caller not authorized | ``not_authorized`` | DENY | 403 |
-| ztunnel at a pending limit | ``overloaded`` | CONNECT | 503 |
+| shed at a pending or half-closed limit | ``overloaded`` | CONNECT | 503 |
 
 ``overloaded`` is ztunnel shedding load (:mod:`mesh.pending`): the source, or
 every source together, has too many connections waiting for their destination,
-or too many half-closed ones; it is not a statement about the destination.
+or too many half-closed ones. It says what ztunnel would not hold, not what the
+destination answered.
 """
 
 from __future__ import annotations
