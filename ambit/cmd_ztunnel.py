@@ -9,6 +9,7 @@ from pathlib import Path
 import trio
 
 from mesh.constants import CONFIG_STREAM_PORT, CONTROL_PLANE_PORT, DEFAULT_TRUST_DOMAIN
+from mesh.pending import PendingLimits
 
 
 def _address(text: str, default_port: int) -> tuple[str, int]:
@@ -50,6 +51,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="written once this ztunnel is ready (a hand-over waits for it before the old"
         " ztunnel drains)",
     )
+    limits = PendingLimits()
+    for flag, default, what in (
+        ("--max-pending-per-source", limits.per_source_pending,
+         "connections of one source IP waiting for their destination (a dial, a handshake);"
+         " past it new ones are reset"),
+        ("--max-pending", limits.pending, "the same, every source together"),
+        ("--max-half-closed-per-source", limits.per_source_half_closed,
+         "connections of one source IP with one side closed; past it the oldest is cut"),
+        ("--max-half-closed", limits.half_closed, "the same, every source together"),
+    ):  # fmt: skip
+        parser.add_argument(flag, type=int, default=default, help=f"{what} (default {default})")
     parser.set_defaults(run=run)
 
 
@@ -69,6 +81,12 @@ def run(args: argparse.Namespace) -> int:
             listen_ip=args.listen_ip,
             drain_seconds=args.drain_seconds,
             ready_file=args.ready_file,
+            limits=PendingLimits(
+                per_source_pending=args.max_pending_per_source,
+                pending=args.max_pending,
+                per_source_half_closed=args.max_half_closed_per_source,
+                half_closed=args.max_half_closed,
+            ),
         )
     except (OSError, ValueError, IdentityError) as exc:
         print(f"ambit ztunnel: {exc}", file=sys.stderr)

@@ -3,9 +3,11 @@
 Runs ztunnel's own per-connection code on a snapshot of 1,000 Services and 50
 AuthorizationPolicies (``--services``, ``--policies``) with no sockets: the
 inbound record (source workload by IP, the Service of the endpoint), L4 policy
-(selection and evaluation), the metric series and counters, and the access-log
-line (rendered to JSON, written nowhere). Each step is timed alone, then all
-together as :class:`ztunnel.telemetry.ZtunnelTelemetry` runs them.
+(selection and evaluation), the metric series and counters, the access-log
+line (rendered to JSON, written nowhere), and the pending and half-closed
+bookkeeping (:class:`ztunnel.admission.Admission`: admitted, released,
+half-closed, ended, with the connection's cancel scope). Each step is timed
+alone, then all together as ztunnel runs them.
 
 For the steps that issue 9 moved from per-connection to per-snapshot work, the
 way it was done before (a scan of every Service, policy selection every time,
@@ -33,6 +35,7 @@ from mesh.reason import Failure, Reason
 from mesh.record import ConnectionRecord
 from mesh.telemetry import configure_logging
 from tests.builders import allow, identity, rule, service, snapshot, source, workload
+from ztunnel.admission import Active, Admission
 from ztunnel.telemetry import ZtunnelTelemetry
 
 
@@ -138,9 +141,20 @@ def main() -> None:
         series.closed.inc()
         series.add_bytes(100, 100)
 
+    admission = Admission()
+
+    def pending(r: ConnectionRecord = rec) -> None:  # as ztunnel: admit, release, half-close
+        src = peer[0]
+        admission.admit(src)
+        admission.release(src)
+        active = Active(r)  # with its cancel scope
+        admission.half_closed(active)
+        admission.work.ended(active)
+
     def whole() -> None:
         r = record()
         decide()
+        pending(r)
         telemetry.opened(r)
         r.stats.sent += 100
         r.stats.received += 100
@@ -194,6 +208,7 @@ def main() -> None:
         "record_us": per_call(record, n, repeat),
         "telemetry_open_close_with_log_us": per_call(opened_closed, n, repeat),
         "denied_with_log_us": per_call(denied, n, repeat),
+        "pending_bookkeeping_us": per_call(pending, n, repeat),
         "whole_connection_before_us": per_call(whole_before, n, repeat),
         "whole_connection_us": per_call(whole, n, repeat),
     }

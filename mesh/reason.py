@@ -31,6 +31,12 @@ operator sees is derived from it, never guessed from a message:
 | caller not authenticated | ``unauthenticated`` | DENY | 401 |
 | caller not authorized | ``not_authorized`` | DENY | 403 |
 | cut at a drain's deadline | ``drain_deadline`` | CONNECT | 503 |
+| shed at a pending or half-closed limit | ``overloaded`` | CONNECT | 503 |
+
+``overloaded`` is ztunnel shedding load (:mod:`mesh.pending`): the source, or
+every source together, has too many connections waiting for their destination,
+or too many half-closed ones. It says what ztunnel would not hold, not what the
+destination answered.
 """
 
 from __future__ import annotations
@@ -64,6 +70,7 @@ class Reason(enum.Enum):
     UNAUTHENTICATED = "unauthenticated"
     NOT_AUTHORIZED = "not_authorized"
     DRAIN_DEADLINE = "drain_deadline"
+    OVERLOADED = "overloaded"
 
     @property
     def flag(self) -> str:

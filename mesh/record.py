@@ -5,7 +5,9 @@ proved identity, the Service), whether the hop was mutual TLS, and counts the
 bytes while the connection is open. A proxy reports records to a
 :class:`Telemetry`: ``opened``, then ``closed`` (with a
 :class:`~mesh.reason.Failure` if it broke), or ``denied`` instead of both when
-it never opened.
+it never opened. ``log=False`` counts a connection without its access-log line:
+for connections shed under load (:mod:`mesh.pending`), which the proxy
+summarises instead, so that a flood does not flood the log too.
 """
 
 from __future__ import annotations
@@ -40,5 +42,7 @@ class ConnectionRecord:
 
 class Telemetry(Protocol):
     def opened(self, record: ConnectionRecord) -> None: ...
-    def closed(self, record: ConnectionRecord, failure: Failure | None) -> None: ...
-    def denied(self, record: ConnectionRecord, failure: Failure) -> None: ...
+    def closed(
+        self, record: ConnectionRecord, failure: Failure | None, *, log: bool = True
+    ) -> None: ...
+    def denied(self, record: ConnectionRecord, failure: Failure, *, log: bool = True) -> None: ...

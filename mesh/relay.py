@@ -7,11 +7,14 @@ write (16 KiB, or 256 KiB once a direction keeps filling them: 64 KiB reads
 cost 24-36% of throughput). A direction waiting for data holds no buffer, so
 a thousand idle connections cost no buffer memory. The HBONE side copies
 what it is given before ``send_all`` returns. Nothing is buffered beyond what
-one read returns.
+one read returns. ``on_half_close`` hears when the first direction has ended
+(the relay is half-closed until the other one ends): :mod:`mesh.pending`
+counts such connections.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
@@ -41,6 +44,7 @@ async def _pump(
     dst: trio.abc.HalfCloseableStream,
     stats: RelayStats,
     forward: bool,
+    ended: Callable[[], None] | None,
 ) -> None:
     if isinstance(src, trio.SocketStream):
         await _pump_socket(src.socket, dst, stats, forward)
@@ -68,6 +72,8 @@ async def _pump(
             else:
                 stats.received += n
     await dst.send_eof()
+    if ended is not None:
+        ended()
 
 
 async def _pump_socket(
@@ -122,17 +128,31 @@ async def relay(
     a: trio.abc.HalfCloseableStream,
     b: trio.abc.HalfCloseableStream,
     stats: RelayStats | None = None,
+    *,
+    on_half_close: Callable[[], None] | None = None,
 ) -> RelayStats:
-    """Copy a->b and b->a until both directions have ended.
+    """Copy a->b and b->a until both directions have ended; ``on_half_close()`` is called
+    once, when the first has (its EOF passed on).
 
     If either direction breaks, the other is cancelled and the error propagates
     (as the only exception, not a group); the caller closes both streams.
     """
     stats = stats if stats is not None else RelayStats()
+    ended = None
+    if on_half_close is not None:
+        callback = on_half_close
+        first = True
+
+        def ended() -> None:
+            nonlocal first
+            if first:
+                first = False
+                callback()
+
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_pump, b, a, stats, False)
-            await _pump(a, b, stats, True)  # in this task: one task fewer per connection
+            nursery.start_soon(_pump, b, a, stats, False, ended)
+            await _pump(a, b, stats, True, ended)  # in this task: one task fewer per connection
     except BaseExceptionGroup as group:
         broken = group.subgroup((trio.BrokenResourceError, trio.ClosedResourceError))
         if broken is not None and broken.exceptions:

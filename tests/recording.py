@@ -7,8 +7,8 @@ from mesh.record import ConnectionRecord
 
 
 class Recorder:
-    """What was reported: ``opened`` records, ``closed`` and ``denied`` with their failure.
-    Hand :attr:`telemetry` to the proxy."""
+    """What was reported: ``opened`` records, ``closed`` and ``denied`` with their failure
+    (whether logged or not). Hand :attr:`telemetry` to the proxy."""
 
     def __init__(self) -> None:
         self.opened: list[ConnectionRecord] = []
@@ -26,8 +26,10 @@ class _Telemetry:
     def opened(self, record: ConnectionRecord) -> None:
         self._recorder.opened.append(record)
 
-    def closed(self, record: ConnectionRecord, failure: Failure | None) -> None:
+    def closed(
+        self, record: ConnectionRecord, failure: Failure | None, *, log: bool = True
+    ) -> None:
         self._recorder.closed.append((record, failure))
 
-    def denied(self, record: ConnectionRecord, failure: Failure) -> None:
+    def denied(self, record: ConnectionRecord, failure: Failure, *, log: bool = True) -> None:
         self._recorder.denied.append((record, failure))

@@ -11,12 +11,15 @@ The pod's workload, its policies and its Services are looked up in the current
 snapshot for every connection, so a relabelled pod is judged by its new labels
 without being captured again. Open connections are remembered with their
 cancel scope, so a policy change can close the ones it no longer allows.
+
+Every connection (or CONNECT) is pending work of its source from its arrival
+until the app is dialled (:mod:`ztunnel.admission`): past the limit it is
+refused at once, as ``overloaded``, before policy is even evaluated.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import structlog
 import trio
@@ -27,22 +30,13 @@ from mesh.constants import CAPTURE_PORTS
 from mesh.hbone import HboneRequest
 from mesh.identity import SpiffeId
 from mesh.model import MeshSnapshot, Workload
+from mesh.net import reset_on_close
 from mesh.netns import NetworkNamespace
 from mesh.reason import Failure, Reason, reason_for_dial_error
 from mesh.record import ConnectionRecord, Telemetry
-from mesh.relay import relay
+from ztunnel.admission import REFUSED, RELEASED, Active, Admission
 
 log = structlog.get_logger("ztunnel")
-
-
-@dataclass(eq=False)
-class _Active:
-    record: ConnectionRecord
-    scope: trio.CancelScope
-    closed_by_policy: str | None = None
-
-
-RELEASED = Failure(Reason.CONNECTION_RESET, "cut: the pod was released")
 
 
 class Inbound:
@@ -55,14 +49,16 @@ class Inbound:
         *,
         snapshot: Callable[[], MeshSnapshot],
         telemetry: Telemetry,
+        admission: Admission,
         dial_timeout: float,
     ) -> None:
         self.uid = uid
         self._netns = netns
         self._snapshot = snapshot
         self._telemetry = telemetry
+        self._admission = admission
         self._dial_timeout = dial_timeout
-        self._open: set[_Active] = set()
+        self._open: set[Active] = set()
         self.cut = RELEASED  # why a connection cancelled from outside ends
 
     def open_connections(self) -> int:
@@ -73,9 +69,8 @@ class Inbound:
         snapshot = self._snapshot()
         for active in list(self._open):
             decision = _decide(snapshot, active.record)
-            if not decision.allowed and active.closed_by_policy is None:
-                active.closed_by_policy = decision.reason
-                active.scope.cancel()
+            if not decision.allowed:
+                active.cut(Failure(Reason.POLICY_DENIED, f"closed by policy: {decision.reason}"))
 
     def _record(
         self,
@@ -113,12 +108,14 @@ class Inbound:
             return
         peer = request.connection.peer_address or ("0.0.0.0", 0)
         record = self._record(snapshot, workload, peer, dst, src_identity=request.peer)
-        decision = _decide(snapshot, record)
-        if not decision.allowed:
-            self._telemetry.denied(record, Failure(Reason.POLICY_DENIED, decision.reason))
-            await request.reject(Reason.POLICY_DENIED)
+        if not self._admission.admit(peer[0]):
+            self._telemetry.denied(record, REFUSED, log=False)
+            await request.reject(Reason.OVERLOADED)
             return
-        app = await self._dial_app(record)
+        try:
+            app = await self._policy_then_dial(snapshot, record)
+        finally:
+            self._admission.release(peer[0])
         if isinstance(app, Failure):
             self._telemetry.denied(record, app)
             await request.reject(app.reason)
@@ -141,22 +138,33 @@ class Inbound:
             if workload is None:
                 return  # the pod is being released
             record = self._record(snapshot, workload, peer, dst)
-            if peer_auth_mode(snapshot, workload) == "STRICT":
-                failure = Failure(
-                    Reason.STRICT_PLAINTEXT,
-                    "PeerAuthentication STRICT: plaintext connections are refused",
-                )
-                self._telemetry.denied(record, failure)
+            if not self._admission.admit(peer[0]):
+                reset_on_close(client.socket)
+                self._telemetry.denied(record, REFUSED, log=False)
                 return
-            decision = _decide(snapshot, record)
-            if not decision.allowed:
-                self._telemetry.denied(record, Failure(Reason.POLICY_DENIED, decision.reason))
-                return
-            app = await self._dial_app(record)
+            try:
+                if peer_auth_mode(snapshot, workload) == "STRICT":
+                    app: trio.socket.SocketType | Failure = Failure(
+                        Reason.STRICT_PLAINTEXT,
+                        "PeerAuthentication STRICT: plaintext connections are refused",
+                    )
+                else:
+                    app = await self._policy_then_dial(snapshot, record)
+            finally:
+                self._admission.release(peer[0])
             if isinstance(app, Failure):
                 self._telemetry.denied(record, app)
                 return
             await self._relay(record, trio.SocketStream(app), client)
+
+    async def _policy_then_dial(
+        self, snapshot: MeshSnapshot, record: ConnectionRecord
+    ) -> trio.socket.SocketType | Failure:
+        """The app's socket if policy allows ``record`` and the dial succeeds, else why not."""
+        decision = _decide(snapshot, record)
+        if not decision.allowed:
+            return Failure(Reason.POLICY_DENIED, decision.reason)
+        return await self._dial_app(record)
 
     async def _dial_app(self, record: ConnectionRecord) -> trio.socket.SocketType | Failure:
         dst = record.dst_addr
@@ -175,26 +183,14 @@ class Inbound:
     async def _relay(
         self, record: ConnectionRecord, app: trio.SocketStream, peer: trio.abc.HalfCloseableStream
     ) -> None:
-        active = _Active(record, trio.CancelScope())
+        active = Active(record)
         self._open.add(active)
-        self._telemetry.opened(record)
-        failure: Failure | None = None
         try:
-            with active.scope:
-                async with app, peer:
-                    await relay(peer, app, record.stats)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            failure = Failure(Reason.CONNECTION_RESET, str(exc) or type(exc).__name__)
-        except trio.Cancelled:  # the pod was let go, or ztunnel stopped (policy: below)
-            failure = self.cut
-            raise
+            await self._admission.relay(
+                active, peer, app, self._telemetry, cancelled=lambda: self.cut
+            )
         finally:
             self._open.discard(active)
-            if active.closed_by_policy is not None:
-                failure = Failure(
-                    Reason.POLICY_DENIED, f"closed by policy: {active.closed_by_policy}"
-                )
-            self._telemetry.closed(record, failure)
 
 
 def _decide(snapshot: MeshSnapshot, record: ConnectionRecord) -> Decision:

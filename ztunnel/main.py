@@ -12,7 +12,7 @@ import json
 import os
 import signal
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from mesh.identity import (
 from mesh.memory import serve_heap_trimmer
 from mesh.metrics import TcpMetrics
 from mesh.model import Workload
+from mesh.pending import PendingLimits
 from ztunnel.telemetry import ZtunnelTelemetry
 from ztunnel.ztunnel import Ztunnel
 
@@ -64,6 +65,8 @@ class ZtunnelConfig:
     # Written ({"pid": ..., "ready": true}) the first time this ztunnel is ready: what
     # a hand-over waits for before it tells the old ztunnel to drain.
     ready_file: Path | None = None
+    # Connections waiting for their destination, or half-closed, per source and overall.
+    limits: PendingLimits = field(default_factory=PendingLimits)
 
 
 class PodsFile:
@@ -139,7 +142,11 @@ async def _run(
 
         async with open_hbone_pool(cert_for) as control_pool:
             zt = Ztunnel(
-                node=config.node, certificates=certs, netns_for=pods.netns_for, telemetry=telemetry
+                node=config.node,
+                certificates=certs,
+                netns_for=pods.netns_for,
+                telemetry=telemetry,
+                limits=config.limits,
             )
 
             def config_dump(_request: Request) -> Response:

@@ -4,7 +4,9 @@ The plan (:func:`ztunnel.plan.plan_outbound`, pure) decides; this module carries
 it out: a CONNECT stream over the pod's HBONE pool (presenting the pod's
 certificate) straight to the destination pod or to its waypoint, plain TCP
 for passthrough, or a refusal with its reason. The source workload is looked up
-in the current snapshot for every connection.
+in the current snapshot for every connection. Each connection is pending work of
+its source from its accept until its upstream is open (:mod:`ztunnel.admission`):
+past the limit it is reset at once, as ``overloaded``.
 """
 
 from __future__ import annotations
@@ -17,11 +19,11 @@ from mesh.capture import caught
 from mesh.hbone import HboneError, HboneStreamRefused, HboneStreamTimeout
 from mesh.hbone.client import HboneClientPool, HboneConnectError
 from mesh.model import MeshSnapshot
+from mesh.net import reset_on_close
 from mesh.netns import NetworkNamespace
 from mesh.reason import Failure, Reason, reason_for_dial_error
 from mesh.record import ConnectionRecord, Telemetry
-from mesh.relay import relay
-from ztunnel.inbound import RELEASED
+from ztunnel.admission import REFUSED, RELEASED, Active, Admission
 from ztunnel.plan import Direct, Passthrough, Refused, ViaWaypoint, plan_outbound
 
 
@@ -36,6 +38,7 @@ class Outbound:
         snapshot: Callable[[], MeshSnapshot],
         pool: HboneClientPool,
         telemetry: Telemetry,
+        admission: Admission,
         dial_timeout: float,
     ) -> None:
         self.uid = uid
@@ -43,6 +46,7 @@ class Outbound:
         self._snapshot = snapshot
         self._pool = pool
         self._telemetry = telemetry
+        self._admission = admission
         self._dial_timeout = dial_timeout
         self._relaying = 0
         self.cut = RELEASED  # why a connection cancelled from outside ends
@@ -71,31 +75,34 @@ class Outbound:
             if isinstance(plan, Refused):
                 self._telemetry.denied(record, Failure(plan.reason, plan.detail))
                 return
-            upstream = await self._open(record, plan, source.ip)
+            record.dst_workload = (
+                plan.waypoint if isinstance(plan, ViaWaypoint) else plan.dst_workload
+            )
+            record.mtls = not isinstance(plan, Passthrough)
+            if not self._admission.admit(peer[0]):
+                reset_on_close(client.socket)
+                self._telemetry.denied(record, REFUSED, log=False)
+                return
+            try:
+                upstream = await self._open(record, plan, source.ip)
+            finally:
+                self._admission.release(peer[0])
             if isinstance(upstream, Failure):
                 self._telemetry.denied(record, upstream)
                 return
-            self._telemetry.opened(record)
             self._relaying += 1
-            failure: Failure | None = None
             try:
-                async with upstream:
-                    await relay(client, upstream, record.stats)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                failure = Failure(Reason.CONNECTION_RESET, str(exc) or type(exc).__name__)
-            except trio.Cancelled:
-                failure = self.cut
-                raise
+                await self._admission.relay(
+                    Active(record), client, upstream, self._telemetry, cancelled=lambda: self.cut
+                )
             finally:
                 self._relaying -= 1
-                self._telemetry.closed(record, failure)
 
     async def _open(
         self, record: ConnectionRecord, plan: Direct | ViaWaypoint | Passthrough, source_ip: str
     ) -> trio.abc.HalfCloseableStream | Failure:
         assert record.src_identity is not None
         if isinstance(plan, Passthrough):
-            record.dst_workload = plan.dst_workload
             try:
                 with trio.fail_after(self._dial_timeout):
                     return trio.SocketStream(await self._netns.dial(plan.dial))
@@ -103,8 +110,6 @@ class Outbound:
                 return Failure(Reason.TIMEOUT, f"no answer from {plan.dial[0]}:{plan.dial[1]}")
             except OSError as exc:
                 return Failure(reason_for_dial_error(exc), str(exc))
-        record.dst_workload = plan.dst_workload if isinstance(plan, Direct) else plan.waypoint
-        record.mtls = True
         try:
             return await self._pool.connect(
                 source=record.src_identity,

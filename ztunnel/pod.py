@@ -6,7 +6,9 @@
 Every socket ztunnel makes here carries ``SO_MARK 0x539``, so the capture
 rules never catch ztunnel itself. Each connection runs behind
 :func:`mesh.net.serve_listeners`' boundary: one that fails is logged and
-closed alone, and the pod's listeners keep serving.
+closed alone, and the pod's listeners keep serving. Connections that wait
+(a dial, a handshake) or linger half-closed are bounded per source by the
+process's :class:`~ztunnel.admission.Admission`, shared by every pod.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from mesh.net import serve_listeners
 from mesh.netns import NetworkNamespace
 from mesh.reason import Failure, Reason
 from mesh.record import Telemetry
+from ztunnel.admission import Admission
 from ztunnel.inbound import Inbound
 from ztunnel.outbound import Outbound
 
@@ -43,6 +46,7 @@ class CapturedPod:
         certificate: Callable[[SpiffeId], WorkloadCertificate],
         pool: HboneClientPool,
         telemetry: Telemetry,
+        admission: Admission,
         settings: HboneSettings,
         dial_timeout: float,
         listen_ip: str = "0.0.0.0",
@@ -55,11 +59,13 @@ class CapturedPod:
         self._listen_ip = listen_ip
         self._accepting = trio.CancelScope()
         self._hbone_connections = ServerConnections()
+        self._admission = admission
         self.inbound = Inbound(
-            uid, netns, snapshot=snapshot, telemetry=telemetry, dial_timeout=dial_timeout
-        )
+            uid, netns, snapshot=snapshot, telemetry=telemetry, admission=admission,
+            dial_timeout=dial_timeout,
+        )  # fmt: skip
         self.outbound = Outbound(
-            uid, netns, snapshot=snapshot, pool=pool, telemetry=telemetry,
+            uid, netns, snapshot=snapshot, pool=pool, telemetry=telemetry, admission=admission,
             dial_timeout=dial_timeout,
         )  # fmt: skip
 
@@ -116,6 +122,7 @@ class CapturedPod:
                         settings=self._settings,
                         handler_nursery=handlers,
                         connections=self._hbone_connections,
+                        pending=self._admission,
                     )
                 )
                 task_status.started()

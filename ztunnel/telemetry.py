@@ -66,20 +66,24 @@ class ZtunnelTelemetry:
         live.series.add_bytes(sent - live.sent, received - live.received)
         live.sent, live.received = sent, received
 
-    def closed(self, record: ConnectionRecord, failure: Failure | None) -> None:
+    def closed(
+        self, record: ConnectionRecord, failure: Failure | None, *, log: bool = True
+    ) -> None:
         live = self._live.pop(id(record), None)
         if live is not None:
             self._flush(live)
             live.series.closed.inc()
-        sent, received = self._bytes(record)
-        self._log(record, sent, received, failure, denied=False)
+        if log:
+            sent, received = self._bytes(record)
+            self._log(record, sent, received, failure, denied=False)
 
-    def denied(self, record: ConnectionRecord, failure: Failure) -> None:
+    def denied(self, record: ConnectionRecord, failure: Failure, *, log: bool = True) -> None:
         """A connection refused before it opened: counted with the reason's Istio flag."""
         series = self._series(record, failure.reason.flag)
         series.opened.inc()
         series.closed.inc()
-        self._log(record, 0, 0, failure, denied=True)
+        if log:
+            self._log(record, 0, 0, failure, denied=True)
 
     def _log(
         self,

@@ -16,7 +16,7 @@ pod's traffic meets closed ports and is refused: capture fails closed.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import structlog
@@ -30,7 +30,9 @@ from mesh.hbone.client import open_hbone_pool
 from mesh.identity import SpiffeId, WorkloadCertificate
 from mesh.model import MeshSnapshot, Workload
 from mesh.netns import NetnsError, NetworkNamespace
+from mesh.pending import PendingLimits
 from mesh.record import Telemetry
+from ztunnel.admission import Admission
 from ztunnel.pod import CapturedPod
 
 log = structlog.get_logger("ztunnel")
@@ -59,6 +61,7 @@ class Ztunnel:
         telemetry: Telemetry,
         settings: HboneSettings | None = None,
         dial_timeout: float = DIAL_TIMEOUT,
+        limits: PendingLimits | None = None,
         listen_on_pod_ip: bool = False,
     ) -> None:
         self.node = node
@@ -67,6 +70,8 @@ class Ztunnel:
         self._telemetry = telemetry
         self._settings = settings or HboneSettings()
         self._dial_timeout = dial_timeout
+        # Pending and half-closed connections, bounded per source across every pod.
+        self.admission = Admission(limits)
         # A pod's listeners take every address of its namespace; several pods sharing one
         # namespace (a node running pods without their own) listen on their own IPs.
         self._listen_on_pod_ip = listen_on_pod_ip
@@ -79,6 +84,7 @@ class Ztunnel:
         """Own the pods' tasks until cancelled; then every pod is released."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            nursery.start_soon(self.admission.serve_reports)
             task_status.started()
             await trio.sleep_forever()
 
@@ -96,7 +102,8 @@ class Ztunnel:
         return True, f"{len(self._slots)} pods captured"
 
     def status(self) -> dict[str, Any]:
-        """What /config_dump shows: the config version and each pod's state."""
+        """What /config_dump shows: the config version, each pod's state, and the
+        connections pending or half-closed now (with the limits and what was shed)."""
         pods = []
         for slot in sorted(self._slots.values(), key=lambda s: s.workload.uid):
             cert = self._certs.get(slot.workload.identity)
@@ -114,6 +121,10 @@ class Ztunnel:
             "node": self.node,
             "config_version": self.snapshot.version if self.snapshot else None,
             "pods": pods,
+            "pending": {
+                **asdict(self.admission.statistics()),
+                "limits": asdict(self.admission.limits),
+            },
         }
 
     # ---- config updates -----------------------------------------------------------
@@ -228,6 +239,7 @@ class Ztunnel:
                     certificate=self._certificate,
                     pool=pool,
                     telemetry=self._telemetry,
+                    admission=self.admission,
                     settings=self._settings,
                     dial_timeout=self._dial_timeout,
                     listen_ip=workload.ip if self._listen_on_pod_ip else "0.0.0.0",

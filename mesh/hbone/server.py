@@ -2,7 +2,9 @@
 identity, and hands every CONNECT stream to a handler.
 
 A connection that fails its handshake, presents a bad identity or breaks
-HTTP/2 is logged and closed; every other connection keeps serving.
+HTTP/2 is logged and closed; every other connection keeps serving. Given a
+``pending`` :class:`~mesh.pending.Admitter`, a connection counts as pending
+until its handshake is over, and one its source may not have is reset at once.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from mesh.constants import HBONE_PORT
 from mesh.hbone.connection import HboneConnection
 from mesh.hbone.request import RequestHandler, connect_handler
 from mesh.hbone.settings import HboneSettings
-from mesh.identity import PeerVerificationError, WorkloadCertificate
-from mesh.net import open_listener, serve_listeners
+from mesh.identity import PeerVerificationError, SpiffeId, WorkloadCertificate
+from mesh.net import open_listener, reset_on_close, serve_listeners
+from mesh.pending import Admitter
 from mesh.tls import TlsError, TlsStream, describe_handshake_error, server_context
 
 log = structlog.get_logger("mesh.hbone")
@@ -52,6 +55,7 @@ async def serve_hbone(
     settings: HboneSettings | None = None,
     handler_nursery: trio.Nursery | None = None,
     connections: ServerConnections | None = None,
+    pending: Admitter | None = None,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve HBONE until cancelled; ``task_status.started`` gets the bound address.
@@ -62,6 +66,8 @@ async def serve_hbone(
     and a ``handler_nursery`` to own the connections (so a drain can stop
     accepting while they finish); by default they end with this call. Each live
     connection is kept in ``connections`` when given, so a drain can say GOAWAY to it.
+    With ``pending``, each connection is admitted by its source IP before its handshake
+    and released after it; one that is not admitted is reset at once.
     """
     settings = settings or HboneSettings()
     sock = listener if listener is not None else await open_listener(host, port)
@@ -69,9 +75,13 @@ async def serve_hbone(
 
     async def serve(stream: trio.SocketStream) -> None:
         addr = stream.socket.getpeername()
+        if pending is not None and not pending.admit(addr[0]):
+            reset_on_close(stream.socket)
+            return  # serve_listeners closes it
         await _serve_connection(
-            stream.socket, (addr[0], addr[1]), handler, certificate, settings, connections
-        )
+            stream.socket, (addr[0], addr[1]), handler, certificate, settings, connections,
+            pending,
+        )  # fmt: skip
 
     async with trio.open_nursery() as own:
         handlers = handler_nursery or own
@@ -87,8 +97,49 @@ async def _serve_connection(
     certificate: CertificateSource,
     settings: HboneSettings,
     connections: ServerConnections | None = None,
+    pending: Admitter | None = None,
 ) -> None:
     src = f"{addr[0]}:{addr[1]}"
+    try:
+        peer = await _handshake(sock, src, certificate, settings)
+    finally:
+        if pending is not None:
+            pending.release(addr[0])
+    if peer is None:
+        return
+    tls, peer_id = peer
+    conn = HboneConnection(
+        tls,
+        peer=peer_id,
+        settings=settings,
+        handler=connect_handler(handler),
+        peer_address=(addr[0], addr[1]),
+    )
+    log.debug("hbone_connection_opened", src=src, src_identity=str(peer_id))
+    if connections is not None:
+        connections.live.add(conn)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(conn.serve)
+            if connections is not None and connections.draining:
+                nursery.start_soon(conn.graceful_goaway)  # arrived during a drain
+    finally:
+        if connections is not None:
+            connections.live.discard(conn)
+    error = conn.error
+    if error is not None and error.code != 0:
+        log.warning(
+            "hbone_connection_failed", src=src, src_identity=str(peer_id), reason=error.reason
+        )
+    else:
+        log.debug("hbone_connection_closed", src=src, src_identity=str(peer_id))
+
+
+async def _handshake(
+    sock: trio.socket.SocketType, src: str, certificate: CertificateSource, settings: HboneSettings
+) -> tuple[TlsStream, SpiffeId] | None:
+    """TLS with the current certificate and the peer's identity verified; None (logged,
+    closed) when either fails."""
     cert = certificate()
     tls = TlsStream(sock, server_context(cert), server_side=True)
     try:
@@ -104,30 +155,8 @@ async def _serve_connection(
             rule, reason = describe_handshake_error(exc.__cause__ or exc)
         log.warning("hbone_handshake_rejected", src=src, rule=rule, reason=reason)
         await tls.aclose()
-        return
+        return None
     except BaseException:
         sock.close()
         raise
-    conn = HboneConnection(
-        tls,
-        peer=peer,
-        settings=settings,
-        handler=connect_handler(handler),
-        peer_address=(addr[0], addr[1]),
-    )
-    log.debug("hbone_connection_opened", src=src, src_identity=str(peer))
-    if connections is not None:
-        connections.live.add(conn)
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(conn.serve)
-            if connections is not None and connections.draining:
-                nursery.start_soon(conn.graceful_goaway)  # arrived during a drain
-    finally:
-        if connections is not None:
-            connections.live.discard(conn)
-    error = conn.error
-    if error is not None and error.code != 0:
-        log.warning("hbone_connection_failed", src=src, src_identity=str(peer), reason=error.reason)
-    else:
-        log.debug("hbone_connection_closed", src=src, src_identity=str(peer))
+    return tls, peer

@@ -6,6 +6,7 @@ import contextlib
 import datetime as dt
 import socket
 from collections.abc import Iterator, MutableMapping
+from functools import partial
 from typing import Any
 
 import pytest
@@ -14,7 +15,9 @@ from structlog.testing import capture_logs
 
 from mesh.hbone import HboneError
 from mesh.hbone.client import HboneConnectError, open_hbone_pool
+from mesh.hbone.server import serve_hbone
 from mesh.identity import SpiffeId, WorkloadCertificate
+from mesh.pending import PendingLimits, PendingWork
 from mesh.reason import Reason
 from mesh.tls import TlsError, TlsStream, bootstrap_client_context
 from tests.conftest import CLIENT_ID, SERVER_ID
@@ -183,3 +186,49 @@ async def test_unreachable_destination_names_the_address_and_a_hint(root: Pki) -
         async with open_hbone_pool(lambda _s: cert) as pool:
             with pytest.raises(HboneConnectError, match=f"127.0.0.1:{port}.*reachable"):
                 await connect(pool, ("127.0.0.1", port))
+
+
+async def _dial_from(ip: str, address: tuple[str, int]) -> trio.socket.SocketType:
+    """A TCP connection from ``ip`` (nothing sent: alone, it never starts a handshake)."""
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    await sock.bind((ip, 0))
+    await sock.connect(address)
+    return sock
+
+
+async def test_connections_past_a_sources_pending_limit_are_reset_at_once(root: Pki) -> None:
+    """Handshakes in progress are pending work: a source that opens connections and never
+    speaks TLS gets its next ones reset, while another source's clients get through."""
+    work: PendingWork[object] = PendingWork(PendingLimits(per_source_pending=4, pending=8))
+    silent: list[trio.socket.SocketType] = []
+    cert = root.issue(SERVER_ID)
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            address = await nursery.start(
+                partial(serve_hbone, echo_handler, certificate=lambda: cert, port=0, pending=work)
+            )
+            try:
+                for _ in range(4):
+                    silent.append(await _dial_from("127.0.0.9", address))
+                await wait_until(lambda: work.statistics("127.0.0.9").pending == 4)
+                refused = await _dial_from("127.0.0.9", address)
+                with refused, pytest.raises(ConnectionResetError):
+                    await refused.recv(1)  # reset at once, not after a handshake timeout
+                await try_client(address, root.issue(CLIENT_ID))  # 127.0.0.1 is not held up
+            finally:
+                for sock in silent:
+                    sock.close()
+            # The silent ones are gone: their handshakes fail and make room again.
+            await wait_until(lambda: work.statistics("127.0.0.9").pending == 0)
+            async with open_hbone_pool(
+                lambda _s: root.issue(CLIENT_ID), dial=partial(_dial_from, "127.0.0.9")
+            ) as pool:
+                stream = await pool.connect(
+                    source=CLIENT_ID, address=address, authority=AUTHORITY, expected=[SERVER_ID]
+                )
+                async with stream:
+                    await stream.send_all(b"hello")
+                    assert await stream.receive_some() == b"hello"
+            nursery.cancel_scope.cancel()
+    assert work.statistics().refused == 1

@@ -236,3 +236,31 @@ async def test_apps_that_reset_while_bytes_wait_for_them_give_all_credit_back(
     delivered = [s.statistics().delivered for s in chain.back_streams]
     assert all(d < size for d in delivered), delivered
     assert credit == settings.connection_window
+
+
+async def test_the_first_direction_to_end_is_reported_once_and_the_other_goes_on() -> None:
+    """Sockets both sides, as ztunnel's plaintext path: one side's FIN is passed on and
+    reported (the relay is half-closed), the other direction still carries the reply."""
+    half_closes: list[str] = []
+    with trio.fail_after(10):
+        client, front = trio.socket.socketpair()
+        back, app = trio.socket.socketpair()
+        a, b = trio.SocketStream(front), trio.SocketStream(back)
+        client_end, app_end = trio.SocketStream(client), trio.SocketStream(app)
+        async with a, b, client_end, app_end, trio.open_nursery() as nursery:
+            done = trio.Event()
+
+            async def run_relay() -> None:
+                await relay(a, b, on_half_close=lambda: half_closes.append("half-closed"))
+                done.set()
+
+            nursery.start_soon(run_relay)
+            await client_end.send_all(b"request")
+            await client_end.send_eof()
+            assert await read_to_eof(app_end) == b"request"
+            await wait_until(lambda: half_closes)
+            await app_end.send_all(b"reply")  # the other direction goes on
+            await app_end.send_eof()
+            assert await read_to_eof(client_end) == b"reply"
+            await done.wait()
+    assert half_closes == ["half-closed"]

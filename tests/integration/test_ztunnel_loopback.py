@@ -10,6 +10,7 @@ import os
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from functools import partial
 
 import pytest
 import trio
@@ -20,6 +21,7 @@ from mesh.certs import CertificateManager, open_certificate_manager
 from mesh.hbone import HboneStreamRefused
 from mesh.hbone.client import open_hbone_pool
 from mesh.model import MeshSnapshot, Resource, Workload
+from mesh.pending import PendingLimits
 from mesh.reason import Reason
 from tests.builders import deny, rule, snapshot, source, workload
 from tests.recording import Recorder
@@ -48,7 +50,7 @@ class Running:
 
 
 @contextlib.asynccontextmanager
-async def running() -> AsyncIterator[Running]:
+async def running(limits: PendingLimits | None = None) -> AsyncIterator[Running]:
     authority = CertificateAuthority.create()
     async with open_certificate_manager(LocalSigner(authority, caller="node-1")) as certs:
         recorder = Recorder()
@@ -57,6 +59,7 @@ async def running() -> AsyncIterator[Running]:
             certificates=certs,
             netns_for=lambda _w: OWN_NETNS,
             telemetry=recorder.telemetry,
+            limits=limits,
             listen_on_pod_ip=True,
         )
         async with trio.open_nursery() as nursery:
@@ -124,6 +127,18 @@ async def test_a_snapshot_captures_the_nodes_pods_and_makes_ztunnel_ready() -> N
                 B.uid: True,
             }
             assert all(p["certificate_expires"] for p in status["pods"])
+            assert status["pending"] == {
+                "pending": 0,
+                "half_closed": 0,
+                "refused": 0,
+                "cut": 0,
+                "limits": {
+                    "per_source_pending": 256,
+                    "pending": 2048,
+                    "per_source_half_closed": 256,
+                    "half_closed": 4096,
+                },
+            }
 
 
 async def test_hbone_to_a_pod_reaches_its_app_from_the_callers_address() -> None:
@@ -160,6 +175,25 @@ async def test_a_policy_denial_is_refused_with_its_reason_on_both_sides() -> Non
     assert "no-client" not in str(refused.value)  # the policy's name stays at the destination
     [(_, failure)] = run.recorder.denied
     assert failure.reason is Reason.POLICY_DENIED
+    assert "default/no-client" in failure.detail
+
+
+async def test_a_policy_change_closes_the_open_connections_it_no_longer_allows() -> None:
+    policy = deny("no-client", rule([source(principals=["cluster.local/ns/default/sa/client"])]))
+    with trio.fail_after(20):
+        async with running() as run:
+            await run.ztunnel.on_update(mesh())
+            await wait_until(lambda: run.ztunnel.ready()[0])
+            async with hbone_from_a(run) as stream:
+                assert await echoed(stream, b"allowed") == b"allowed"
+                await run.ztunnel.on_update(mesh(policy, version=2))
+                with contextlib.suppress(trio.BrokenResourceError):
+                    assert await stream.receive_some() == b""
+            await wait_until(lambda: run.recorder.closed)
+    [(_, failure)] = run.recorder.closed
+    assert failure is not None
+    assert failure.reason is Reason.POLICY_DENIED
+    assert failure.detail.startswith("closed by policy: ")
     assert "default/no-client" in failure.detail
 
 
@@ -261,3 +295,38 @@ async def test_a_drain_cuts_what_is_still_open_at_its_deadline() -> None:
     assert failure is not None
     assert failure.reason is Reason.DRAIN_DEADLINE
     assert "drain deadline" in failure.detail
+
+
+async def test_connects_past_the_pending_limit_are_refused_overloaded() -> None:
+    """CONNECTs whose dial to the app waits are pending work of their source; the one past
+    the limit is answered 503 ``overloaded`` at once, counted, and summarised in the log."""
+    slow_port = APP_PORT + 1
+    with socket.socket() as never_accepts, socket.socket() as filler:
+        never_accepts.bind((B.ip, slow_port))
+        never_accepts.listen(0)  # one connection fits in its queue, then SYNs are dropped
+        filler.connect((B.ip, slow_port))
+        with trio.fail_after(20), capture_logs() as logs:
+            async with running(PendingLimits(per_source_pending=2, pending=4)) as run:
+                await run.ztunnel.on_update(mesh())
+                await wait_until(lambda: run.ztunnel.ready()[0])
+                cert = await run.certs.fetch_now(A.identity)
+                async with open_hbone_pool(lambda _s: cert) as pool:
+                    connect = partial(
+                        pool.connect,
+                        source=A.identity,
+                        address=(B.ip, 15008),
+                        authority=f"{B.ip}:{slow_port}",
+                        expected=[B.identity],
+                    )
+                    async with trio.open_nursery() as waiting:
+                        for _ in range(2):  # one HBONE connection, two dials that wait
+                            waiting.start_soon(connect)
+                        await wait_until(lambda: run.ztunnel.admission.statistics().pending == 2)
+                        with pytest.raises(HboneStreamRefused) as refused:
+                            await connect()
+                        waiting.cancel_scope.cancel()
+                await wait_until(lambda: any(e["event"] == "pending_limit_reached" for e in logs))
+    assert (refused.value.status, refused.value.reason) == (503, Reason.OVERLOADED)
+    assert [f.reason for _, f in run.recorder.denied] == [Reason.OVERLOADED]
+    [summary] = [e for e in logs if e["event"] == "pending_limit_reached"]
+    assert (summary["limit"], summary["max"], summary["refused"]) == ("per_source", 2, 1)

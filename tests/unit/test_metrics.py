@@ -208,6 +208,37 @@ async def test_long_connections_report_bytes_every_few_seconds(
             nursery.cancel_scope.cancel()
 
 
+def test_connections_shed_under_load_are_counted_without_a_log_line() -> None:
+    registry = CollectorRegistry()
+    telemetry = ZtunnelTelemetry(TcpMetrics(registry))
+
+    def record() -> ConnectionRecord:
+        return ConnectionRecord(
+            "inbound",
+            src_addr=("10.0.0.10", 40000),
+            dst_addr=(SERVER.ip, 8080),
+            src_workload=CLIENT,
+            src_identity=CLIENT.identity,
+            dst_workload=SERVER,
+            dst_service=WEB,
+            mtls=True,
+        )
+
+    overloaded = Failure(Reason.OVERLOADED, "too many pending connections from 10.0.0.10")
+    with capture_logs() as logs:
+        telemetry.denied(record(), overloaded, log=False)  # refused at once
+        cut = record()
+        telemetry.opened(cut)
+        cut.stats.sent += 10
+        telemetry.closed(cut, overloaded, log=False)  # cut while half-closed
+    assert logs == []
+    assert sample(registry, "istio_tcp_connections_opened_total", mtls_labels("CONNECT")) == 1
+    assert sample(registry, "istio_tcp_connections_closed_total", mtls_labels("CONNECT")) == 1
+    assert sample(registry, "istio_tcp_connections_opened_total", mtls_labels()) == 1
+    assert sample(registry, "istio_tcp_connections_closed_total", mtls_labels()) == 1
+    assert sample(registry, "istio_tcp_received_bytes_total", mtls_labels()) == 10
+
+
 # --- The access log --------------------------------------------------------------------------
 
 

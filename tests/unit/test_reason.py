@@ -34,6 +34,7 @@ EXPECTED = [
     (Reason.UNAUTHENTICATED, "DENY", 401),
     (Reason.NOT_AUTHORIZED, "DENY", 403),
     (Reason.DRAIN_DEADLINE, "CONNECT", 503),
+    (Reason.OVERLOADED, "CONNECT", 503),
 ]
 
 
