@@ -6,20 +6,23 @@ selector selects nothing here."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Set
 
 
 def selects(
     service_namespace: str,
     selector: Iterable[tuple[str, str]] | Mapping[str, str] | None,
     pod_namespace: str,
-    pod_labels: Mapping[str, str],
+    pod_labels: Mapping[str, str] | Set[tuple[str, str]],
 ) -> bool:
-    """Whether a Service (its namespace and selector) selects a pod."""
-    wanted = dict(selector or {})
-    if not wanted or service_namespace != pod_namespace:
+    """Whether a Service (its namespace and selector) selects a pod. ``pod_labels`` is a
+    mapping, or the set of its ``(key, value)`` pairs (what translation keeps per pod)."""
+    if not selector or service_namespace != pod_namespace:
         return False
-    return all(pod_labels.get(key) == value for key, value in wanted.items())
+    pairs = selector.items() if isinstance(selector, Mapping) else selector
+    if isinstance(pod_labels, Set):
+        return all(pair in pod_labels for pair in pairs)
+    return all(pod_labels.get(key) == value for key, value in pairs)
 
 
 def target_port(target: int | str, named_ports: Mapping[str, int]) -> int | None:

@@ -133,6 +133,11 @@ class Pod(Meta):
         """``(name, port)`` of every named container port, for named targetPorts."""
         return tuple((p.name, p.port) for c in self.containers for p in c.ports if p.name)
 
+    @functools.cached_property
+    def label_set(self) -> frozenset[tuple[str, str]]:
+        """The labels as a set of pairs: what a Service's selector is checked against."""
+        return frozenset(self.labels)
+
     @property
     def argv(self) -> tuple[str, ...]:
         """What local mode runs: the first container's command and args."""
@@ -177,6 +182,11 @@ class Service(Meta):
     selector: Pairs | None = None
     ports: tuple[ServicePortSpec, ...] = ()
     cluster_ip: str | None = None  # None: not allocated yet, or headless
+
+    @functools.cached_property
+    def named_targets(self) -> bool:
+        """Whether a port's targetPort is a container port's name (resolved per pod)."""
+        return any(isinstance(p.target_port, str) for p in self.ports)
 
     def with_cluster_ip(self, ip: str) -> Service:
         return dataclasses.replace(self, cluster_ip=ip)

@@ -159,9 +159,9 @@ def _ports(svc: m.Service) -> tuple[model.ServicePort, ...]:
 def _endpoint(svc: m.Service, pod: m.Pod) -> model.Endpoint | None:
     """``pod`` behind ``svc`` if the Service selects it, it is Ready, and it serves one of
     the Service's ports (the one rule for endpoints, whatever the source)."""
-    if not pod.ready or not selects(svc.namespace, svc.selector, pod.namespace, dict(pod.labels)):
+    if not pod.ready or not selects(svc.namespace, svc.selector, pod.namespace, pod.label_set):
         return None
-    named = dict(pod.named_ports)
+    named = dict(pod.named_ports) if svc.named_targets else {}
     mapping = []
     for p in svc.ports:
         target = target_port(p.target_port, named)

@@ -93,7 +93,9 @@ def waypoint(gateway: m.Gateway) -> tuple[model_l7.Gateway | None, Problem | Non
 def use_waypoint(labels: m.Pairs, namespace: str) -> str | None:
     """The waypoint an object's own labels name: its key (``namespace/name``),
     :data:`OPT_OUT`, or None when they name none. ambit's labels count before Istio's."""
-    values = {k: v for k, v in labels if k in _WAYPOINT_LABELS}
+    values = {k: v for k, v in labels if k in _WAYPOINT_LABELS} if labels else None
+    if not values:  # most objects name no waypoint: one pass over their labels
+        return None
     for name_label, namespace_label in _USE_WAYPOINT:
         name = values.get(name_label)
         if name:
