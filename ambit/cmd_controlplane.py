@@ -44,6 +44,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--config-port", type=int, default=CONFIG_STREAM_PORT)
     parser.add_argument("--metrics-port", type=int, default=CONTROL_PLANE_METRICS_PORT)
     parser.add_argument("--trust-domain", default=DEFAULT_TRUST_DOMAIN)
+    parser.add_argument(
+        "--drain-seconds", type=float, default=5.0,
+        help="after SIGTERM, how long requests in flight may finish (default %(default)s)",
+    )  # fmt: skip
     parser.set_defaults(run=run)
 
 
@@ -71,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
         config_port=args.config_port,
         metrics_port=args.metrics_port,
         trust_domain=args.trust_domain,
+        drain_seconds=args.drain_seconds,
     )
     try:
         trio.run(run_controlplane, config)

@@ -169,6 +169,7 @@ async def serve_ca(
     identity: SpiffeId | None = None,
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+    handler_nursery: trio.Nursery | None = None,
     task_status: trio.TaskStatus[list[Address]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``POST /v1/certificates`` until cancelled.
@@ -176,7 +177,9 @@ async def serve_ca(
     ``host=None`` listens on every interface. Calls ``task_status.started``
     with the bound ``(host, port)`` addresses once listening, so callers can
     bind port 0 and learn the port. ``identity`` is what the service presents;
-    by default the control plane's.
+    by default the control plane's. With a ``handler_nursery``, accepted
+    connections live there, so a drain can stop accepting (cancel this call)
+    while the requests in flight finish.
     """
     serving = _ServingIdentity(authority, identity or authority.config.control_plane_identity)
     serving.context()  # fail before listening if the CA cannot issue our own certificate
@@ -199,8 +202,9 @@ async def serve_ca(
         for listener in listeners
     ]
     async with trio.open_nursery() as nursery:
+        handlers = handler_nursery if handler_nursery is not None else nursery
         await nursery.start(
-            partial(serve_listeners, handle, listeners, handler_nursery=nursery, name="ca")
+            partial(serve_listeners, handle, listeners, handler_nursery=handlers, name="ca")
         )
         log.info(EVENT_LISTENING, addresses=[f"{h}:{p}" for h, p in addresses])
         task_status.started(addresses)

@@ -173,6 +173,16 @@ class ConfigServer:
         """Every ztunnel that ever subscribed: connected now, and what it acknowledged."""
         return [s for s in self.proxies() if s.role == "ztunnel"]
 
+    def end_streams(self) -> int:
+        """End every proxy's stream (a drain): each proxy keeps its config and reconnects,
+        to this server's successor. Returns how many were ended."""
+        ended = 0
+        for state in self._states.values():
+            for sub in list(state.subscribers):
+                sub.channel.close()  # _serve sees it closed and ends the stream
+                ended += 1
+        return ended
+
     def proxies(self) -> list[ProxyStatus]:
         """Every proxy that ever subscribed, ztunnels and waypoints, by role and name."""
         return [self._last_seen[k] for k in sorted(self._last_seen)]

@@ -70,7 +70,7 @@ from mesh.constants import (
     DEFAULT_TRUST_DOMAIN,
     WAYPOINT_CLASSES,
 )
-from mesh.hbone.server import serve_hbone
+from mesh.hbone.server import ServerConnections, serve_hbone
 from mesh.identity import (
     SpiffeId,
     WorkloadCertificate,
@@ -140,6 +140,11 @@ class ControlPlane:
             authorize_waypoint=access.waypoints or waypoint_authorizer(),
         )
         self._held_for: list[str] = []
+        self.draining = False
+        self._accepting = trio.CancelScope()
+        self._connections = ServerConnections()
+        self._handlers: trio.Nursery | None = None
+        self._served = trio.Event()  # serve() has returned
 
     def update(
         self, objects: Iterable[K8sObject], *, store: ObjectStore | None = None
@@ -218,32 +223,60 @@ class ControlPlane:
                 assert cert is not None  # fetched above; renewals replace it
                 return cert
 
-            async with trio.open_nursery() as nursery:
-                ca_addrs = await nursery.start(
-                    lambda task_status: serve_ca(
-                        self.authority,
-                        self._ca_authenticator,
-                        self._ca_authorizer,
-                        host=host,
-                        port=ca_port,
-                        identity=identity,
-                        task_status=task_status,
-                    )
-                )
-                config_addr = await nursery.start(
-                    lambda task_status: serve_hbone(
-                        self.config.handle,
-                        certificate=current,
-                        host=host,
-                        port=config_port,
-                        task_status=task_status,
-                    )
-                )
-                log.info(
-                    "control_plane_listening", host=host, ca_port=ca_addrs[0][1],
-                    config_port=config_addr[1],
-                )  # fmt: skip
-                task_status.started((ca_addrs[0][1], config_addr[1]))
+            # Accepted connections live in ``handlers``, which outlives the accept loops:
+            # a drain stops accepting while requests and streams in flight finish.
+            async with trio.open_nursery() as handlers:
+                self._handlers = handlers
+                with self._accepting:
+                    async with trio.open_nursery() as nursery:
+                        ca_addrs = await nursery.start(
+                            lambda task_status: serve_ca(
+                                self.authority,
+                                self._ca_authenticator,
+                                self._ca_authorizer,
+                                host=host,
+                                port=ca_port,
+                                identity=identity,
+                                handler_nursery=handlers,
+                                task_status=task_status,
+                            )
+                        )
+                        config_addr = await nursery.start(
+                            lambda task_status: serve_hbone(
+                                self.config.handle,
+                                certificate=current,
+                                host=host,
+                                port=config_port,
+                                handler_nursery=handlers,
+                                connections=self._connections,
+                                task_status=task_status,
+                            )
+                        )
+                        log.info(
+                            "control_plane_listening", host=host, ca_port=ca_addrs[0][1],
+                            config_port=config_addr[1],
+                        )  # fmt: skip
+                        task_status.started((ca_addrs[0][1], config_addr[1]))
+            self._served.set()
+
+    async def drain(self, seconds: float) -> None:
+        """Stop without dropping what can finish: :attr:`draining` turns True at once (the
+        process reports not-ready); the CA and the config stream stop accepting; every
+        config stream connection gets a two-phase GOAWAY and every proxy's stream ends
+        (they keep their config and reconnect to a successor); certificate requests in
+        flight finish, up to ``seconds``; what is left then is cut. :meth:`serve` then
+        returns."""
+        self.draining = True
+        self._accepting.cancel()
+        await self._connections.drain()
+        ended = self.config.end_streams()
+        log.info("control_plane_draining", config_streams=ended, seconds=seconds)
+        with trio.move_on_after(seconds) as waited:
+            await self._served.wait()
+        if waited.cancelled_caught and self._handlers is not None:
+            self._handlers.cancel_scope.cancel()
+            await self._served.wait()
+        log.info("control_plane_drained", cut_at_deadline=waited.cancelled_caught)
 
 
 def policy_conditions(policy: AuthorizationPolicy) -> list[Condition]:

@@ -16,7 +16,9 @@ publishes on every change (changes within ``coalesce`` seconds together), and se
 Each object's conditions, and the documents the source refused, go to
 ``status_file`` (JSON, written atomically) after every translation: that is how
 local mode's ``ambit get -o yaml`` shows them without sharing memory with this
-process. SIGTERM or SIGINT stops it with exit code 0.
+process. SIGTERM or SIGINT drains it (:meth:`ControlPlane.drain`: not ready at once, no
+new connection, GOAWAY and the end of every config stream, requests in flight finish
+for up to ``drain_seconds``) and it exits 0.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ class ControlPlaneConfig:
     trust_domain: str = DEFAULT_TRUST_DOMAIN
     coalesce: float = 0.1  # changes this close together are translated once
     poll: float = 0.2  # how often watched files are checked
+    drain_seconds: float = 5.0  # after SIGTERM, for requests and connections in flight
 
 
 @dataclass
@@ -212,6 +215,8 @@ async def run_controlplane(
     registry.register(_Collector(state))
 
     def ready() -> tuple[bool, str]:
+        if plane.draining:
+            return False, "draining: the control plane is shutting down"
         if not state.store.complete:
             return False, f"not listed yet: {', '.join(state.store.unlisted())}"
         return (True, "") if state.published else (False, "no config published yet")
@@ -247,4 +252,5 @@ async def run_controlplane(
             async for signum in signals:
                 log.info("controlplane_stopping", signal=signal.Signals(signum).name)
                 break
+            await plane.drain(config.drain_seconds)
             nursery.cancel_scope.cancel()

@@ -112,6 +112,7 @@ class LocalMesh:
             "--status-file", str(mesh / "status.json"),
             "--host", str(config.host_ip),
             "--trust-domain", config.trust_domain,
+            "--drain-seconds", "1",  # below the 2 s the cluster waits before SIGKILL
         ]  # fmt: skip
 
     def object_conditions(self) -> Mapping[str, Any]:

@@ -503,3 +503,48 @@ def test_gateway_api_objects_get_gateway_api_conditions() -> None:
         "Accepted": ("False", "NoMatchingParent"),
         "ResolvedRefs": ("True", "ResolvedRefs"),
     }
+
+
+async def test_a_drain_ends_config_streams_refuses_newcomers_and_returns() -> None:
+    """SIGTERM's path: the control plane stops accepting, says GOAWAY and ends every
+    proxy's stream (the proxy keeps its config and tries again), then serve() returns."""
+    received: list[MeshSnapshot] = []
+
+    async def on_update(snapshot: MeshSnapshot) -> None:
+        received.append(snapshot)
+
+    plane = ControlPlane(CertificateAuthority.create(), trust_domain=TD)
+    plane.update(objects())
+    with trio.fail_after(20), capture_logs() as logs:
+        async with trio.open_nursery() as outer:
+            served = trio.Event()
+
+            async def serve(task_status: trio.TaskStatus[tuple[int, int]]) -> None:
+                await plane.serve("127.0.0.1", ca_port=0, config_port=0, task_status=task_status)
+                served.set()
+
+            ca_port, config_port = await outer.start(serve)
+            async with open_certificate_manager(ca_client(plane, ca_port, "node-1")) as certs:
+                own = await certs.fetch_now(ztunnel_identity(TD))
+                async with open_hbone_pool(lambda _s: own) as pool, trio.open_nursery() as n:
+                    client = ConfigClient(
+                        pool, source=own.identity, address=("127.0.0.1", config_port),
+                        expected=control_plane_identity(TD), node="node-1",
+                        token=plane.tokens.token_for("node-1"), on_update=on_update,
+                        backoff=Backoff(initial=0.05, maximum=0.2),
+                    )  # fmt: skip
+                    await n.start(client.run)
+                    assert received
+                    await plane.drain(2.0)
+                    assert plane.draining
+                    with trio.fail_after(1):
+                        await served.wait()  # serve() returns once drained
+                    await wait_until(lambda: client.reconnects >= 1)
+                    assert client.snapshot is not None, "the proxy keeps its config"
+                    with pytest.raises(OSError, match="all attempts to connect"):
+                        await trio.open_tcp_stream("127.0.0.1", ca_port)  # nobody listens
+                    n.cancel_scope.cancel()
+    events = [e["event"] for e in logs]
+    assert "control_plane_draining" in events
+    [drained] = [e for e in logs if e["event"] == "control_plane_drained"]
+    assert drained["cut_at_deadline"] is False

@@ -240,6 +240,7 @@ async def test_the_command_serves_and_stops_cleanly_on_sigterm(tmp_path: Path) -
     events = [json.loads(line)["event"] for line in output.splitlines() if line.startswith(b"{")]
     assert "controlplane_started" in events
     assert "controlplane_stopping" in events
+    assert "control_plane_drained" in events
 
 
 async def test_kubernetes_source_says_it_is_not_there_yet() -> None:
