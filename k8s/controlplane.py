@@ -6,8 +6,8 @@ to the proxies, and runs the CA with node authorization.
   new snapshot on the config stream (15010, HBONE, mTLS), each proxy getting its own
   view of it (:mod:`k8s.views`: a ztunnel its node's, a waypoint its namespace's);
   :meth:`ControlPlane.update` does the same from the whole set of objects;
-  :meth:`ControlPlane.serve_changes` applies what producers put into
-  :attr:`ControlPlane.changes`, coalesced (:mod:`k8s.coalesce`). Conflicts
+  :meth:`ControlPlane.serve_store` publishes what an object store holds after each
+  change, changes close together translated once. Conflicts
   between objects are logged once and kept in ``translation.problems``; they
   never stop the rest of the config.
 - The CA (15012) signs for callers that prove which node they are with the
@@ -18,7 +18,7 @@ to the proxies, and runs the CA with node authorization.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -27,7 +27,6 @@ import trio
 
 from ca import CertificateAuthority, LocalSigner, serve_ca
 from ca.auth import Authenticator, Authorizer
-from k8s.coalesce import Coalescer
 from k8s.config_server import (
     ConfigServer,
     ProxyAuthenticator,
@@ -130,9 +129,6 @@ class ControlPlane:
         self._ca_authorizer: Authorizer = access.ca_authorizer or NodeAuthorizer(self)
         self.snapshot: MeshSnapshot | None = None
         self.translation: Translation | None = None
-        # Producers put (object_ref(obj), obj), or (ref, None) for a removal; serve_changes
-        # applies them in batches.
-        self.changes: Coalescer[ObjectRef, K8sObject | None] = Coalescer()
         self._translator = Translator(trust_domain=trust_domain)
         proxy_ids = frozenset({ztunnel_identity(trust_domain)})
         self.config = ConfigServer(
@@ -194,15 +190,30 @@ class ControlPlane:
             )
         return translation
 
-    async def serve_changes(self, *, window: float = COALESCE_WINDOW) -> None:
-        """Apply what is put into :attr:`changes`: everything that arrives within ``window``
-        seconds of a change is translated and published together. Runs until cancelled
-        (or until ``changes`` is closed)."""
-        async for batch in self.changes.batches(window):
-            self.apply(
-                [obj for obj in batch.values() if obj is not None],
-                [ref for ref, obj in batch.items() if obj is None],
-            )
+    async def serve_store(
+        self,
+        store: ObjectStore,
+        *,
+        window: float = COALESCE_WINDOW,
+        after: Callable[[MeshSnapshot | None], Awaitable[None]] | None = None,
+    ) -> None:
+        """Publish what ``store`` holds after each change: changes within ``window``
+        seconds of one another are translated once (the sources feed the store; this is
+        the one place they reach the proxies). ``after`` hears each result (None while
+        the listing gate is closed). A bug in translation is logged once and the last
+        good config stays. Runs until cancelled."""
+        seen = -1
+        while True:
+            await store.wait_changed(seen)
+            await trio.sleep(window)  # what else arrives now is translated with it
+            seen = store.version
+            try:
+                snapshot = self.update(store.objects(), store=store)
+            except Exception:
+                log.exception("config_translation_failed", objects=len(store.entries()))
+                continue
+            if after is not None:
+                await after(snapshot)
 
     async def serve(
         self,

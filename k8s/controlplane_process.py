@@ -49,6 +49,7 @@ from mesh.constants import (
     DEFAULT_TRUST_DOMAIN,
 )
 from mesh.http import Request, Response
+from mesh.model import MeshSnapshot
 from mesh.tokens import TokenTable
 
 log = structlog.get_logger("k8s.controlplane_process")
@@ -174,21 +175,15 @@ def _write_atomically(path: Path, data: bytes) -> None:
 
 
 async def _sync(state: _State, config: ControlPlaneConfig) -> None:
-    """Translate and publish after every change of the store, coalesced."""
-    seen = -1
-    while True:
-        await state.store.wait_changed(seen)
-        await trio.sleep(config.coalesce)  # what else arrives now is translated with it
-        seen = state.store.version
-        try:
-            snapshot = state.plane.update(state.store.objects(), store=state.store)
-        except Exception:  # a bug in translation: say so once, keep the last good config
-            log.exception("config_translation_failed", objects=len(state.store.entries()))
-            continue
+    """Publish after every change of the store; write the status file after each."""
+
+    async def after(snapshot: MeshSnapshot | None) -> None:
         state.published = state.published or snapshot is not None
         if config.status_file is not None:
             data = json.dumps(status_json(state), indent=1).encode()
             await trio.to_thread.run_sync(_write_atomically, config.status_file, data)
+
+    await state.plane.serve_store(state.store, window=config.coalesce, after=after)
 
 
 async def _watch_tokens(tokens: TokensFile, poll: float) -> None:

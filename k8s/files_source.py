@@ -72,10 +72,6 @@ class FilesSource:
             documents += docs
         return documents
 
-    def load_into(self, store: ObjectStore) -> None:
-        """Read the files and make the store hold exactly their objects."""
-        self.apply(self.read(), store)
-
     def apply(self, documents: list[manifests.Document], store: ObjectStore) -> None:
         """Make the store hold exactly the objects of ``documents`` (in Trio's thread:
         the store's change notification is a Trio event)."""

@@ -74,14 +74,11 @@ class Translation:
     problems: Mapping[ObjectRef, tuple[Problem, ...]]
 
 
-object_ref = ref_of  # the store's reference of an object
-
-
 def translate(
     objects: Iterable[m.K8sObject], *, trust_domain: str = DEFAULT_TRUST_DOMAIN, version: int
 ) -> Translation:
     """The mesh as ``objects`` describe it, at ``version``: a new :class:`Translator` given
-    every object in one batch (of two with the same :func:`object_ref`, the later counts).
+    every object in one batch (of two with the same :func:`~k8s.store.ref_of`, the later counts).
 
     Pods become workloads once they have an IP (host-network and finished pods never do);
     Services need a selector and a cluster IP; policies keep their Istio meaning at L4.
@@ -324,7 +321,7 @@ class Translator:
             for ref in removes:
                 self._put(ref, None, batch)
             for obj in upserts:
-                self._put(object_ref(obj), obj, batch)
+                self._put(ref_of(obj), obj, batch)
             self._settle(batch)
             self._rebuild(batch)
             return self._next()

@@ -575,7 +575,6 @@ class LocalCluster:
         return LocalSnapshot(
             config=self.config,
             objects=tuple(self._with_addresses(obj) for obj in self.store.objects()),
-            store=self.store,
             documents=tuple(self._document(e) for e in self.store.entries()),
             pods=tuple(self._pod_view(p) for p in self._pods.values()),
             nodes=tuple(self._node_view(n) for n in self._nodes.values()),

@@ -38,7 +38,6 @@ import trio
 
 from k8s.local.config import ClusterConfig
 from k8s.manifests import K8sObject
-from k8s.store import ObjectStore
 
 PodRef = tuple[str, str]  # (namespace, name)
 PodPhase = Literal["Pending", "Running", "Exited"]
@@ -110,7 +109,6 @@ class LocalSnapshot:
     pods: tuple[PodView, ...]
     nodes: tuple[NodeView, ...]
     services: tuple[ServiceView, ...]
-    store: ObjectStore | None = None  # the live store: its listing gate, and status writes
     # Every object as an API server would serve it (``kubectl get -o json``): server
     # metadata, a Pod's IP and phase, a Service's cluster IP. What the control plane reads.
     documents: tuple[Mapping[str, Any], ...] = ()

@@ -18,7 +18,6 @@ from ca import CertificateAuthority
 from k8s import manifests
 from k8s.controlplane import ControlPlane
 from k8s.store import ObjectStore
-from k8s.translate import object_ref
 from mesh.backoff import Backoff
 from mesh.ca_client import CaClient, CaRefused
 from mesh.certs import open_certificate_manager
@@ -355,25 +354,36 @@ def test_a_conflict_is_logged_once_and_the_rest_is_published() -> None:
     assert published == [1, 2]  # the stale pod's removal changed nothing in the model
 
 
-async def test_changes_put_close_together_are_published_as_one_version(
+async def test_store_changes_close_together_are_published_as_one_version(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     plane = ControlPlane(CertificateAuthority.create(), trust_domain=TD)
-    plane.update(objects())
-    assert plane.snapshot is not None
-    first = plane.snapshot.version
+    store = ObjectStore()
+    for kind in store.kinds:
+        store.replace_kind(kind, [o for o in objects() if type(o).__name__ == kind])
+    published: list[MeshSnapshot | None] = []
+
+    async def after(snapshot: MeshSnapshot | None) -> None:
+        published.append(snapshot)
+
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(lambda: plane.serve_changes(window=0.1))
-            for obj in objects(MANIFEST_POLICY):
-                plane.changes.put(object_ref(obj), obj)
+            nursery.start_soon(lambda: plane.serve_store(store, window=0.1, after=after))
+            await wait_until(lambda: len(published) == 1)
+            first = published[0]
+            assert first is not None
+            for obj in objects(MANIFEST_POLICY):  # a burst, 10 ms apart
+                store.put(obj)
                 await trio.sleep(0.01)
-            plane.changes.put(("Pod", "shop", "db"), None)
+            store.delete(("Pod", "shop", "db"))
             await trio.sleep(1)
-            plane.changes.close()
-    assert plane.snapshot.version == first + 1
-    assert [w.name for w in plane.snapshot.workloads] == ["web"]
-    assert [a.name for a in plane.snapshot.authorizations] == ["web"]
+            nursery.cancel_scope.cancel()
+    assert len(published) == 2, "the burst was translated once"
+    last = published[-1]
+    assert last is not None
+    assert last.version == first.version + 1
+    assert [w.name for w in last.workloads] == ["web"]
+    assert [a.name for a in last.authorizations] == ["web"]
 
 
 async def test_a_deployment_plugs_in_its_own_access_rules() -> None:

@@ -13,7 +13,7 @@ from dataclasses import replace
 from typing import Any
 
 from k8s import manifests as m
-from k8s.store import ObjectRef
+from k8s.store import ObjectRef, ref_of
 from k8s.translate import (
     Translator,
     _endpoint,
@@ -21,7 +21,6 @@ from k8s.translate import (
     _ports,
     _workload,
     authorization,
-    object_ref,
     translate,
 )
 from k8s.translate_l7 import (
@@ -78,7 +77,7 @@ def test_a_pod_change_touches_its_workload_and_the_services_selecting_it_before_
         "shop/db",
         "shop/web-2",
     ]
-    objects = [o for o in cluster() if object_ref(o) != object_ref(moved)] + [moved]
+    objects = [o for o in cluster() if ref_of(o) != ref_of(moved)] + [moved]
     assert second == translate(objects, version=8).snapshot
 
 
@@ -272,8 +271,8 @@ def reference(
             )
             holders.append(ordered[0])
             if len(ordered) > 1:
-                reasons[object_ref(ordered[0])] = (reason + "Kept",)
-                reasons.update((object_ref(o), (reason,)) for o in ordered[1:])
+                reasons[ref_of(ordered[0])] = (reason + "Kept",)
+                reasons.update((ref_of(o), (reason,)) for o in ordered[1:])
         return holders
 
     pods = [
@@ -313,7 +312,7 @@ def with_waypoints(
 ) -> MeshSnapshot:
     """``snapshot`` with the waypoint of every Service and workload, and ``reasons`` with
     the problems of the objects naming waypoints and of the routes."""
-    refs = {object_ref(o): o for o in objs}
+    refs = {ref_of(o): o for o in objs}
     gateways = {g.key: g for g in snapshot.gateways}
 
     def bind(ref: ObjectRef, traffic: Traffic | None, serves: set[str]) -> str | None:
@@ -348,11 +347,11 @@ def with_waypoints(
     ]
     for o in objs:
         if isinstance(o, m.Namespace):
-            bind(object_ref(o), None, set())
+            bind(ref_of(o), None, set())
         if isinstance(o, m.Gateway) and waypoint(o)[1]:
-            reasons[object_ref(o)] = ("InvalidWaypointFor",)
+            reasons[ref_of(o)] = ("InvalidWaypointFor",)
         if isinstance(o, m.HTTPRoute) and (found := route_problems(o, refs.__contains__)):
-            reasons[object_ref(o)] = tuple(p.reason for p in found)
+            reasons[ref_of(o)] = tuple(p.reason for p in found)
     return replace(snapshot, workloads=tuple(workloads), services=tuple(services))
 
 
@@ -383,7 +382,7 @@ def test_incremental_translation_equals_full_translation_of_the_same_objects() -
             for ref in removes:
                 objects.pop(ref, None)
             for obj in upserts:
-                objects[object_ref(obj)] = obj
+                objects[ref_of(obj)] = obj
             result = translator.apply(upserts, removes)
             version = result.snapshot.version
             full = translate(objects.values(), trust_domain="example.org", version=version)

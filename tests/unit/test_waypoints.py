@@ -10,8 +10,8 @@ import textwrap
 
 from k8s import manifests as m
 from k8s.controlplane import waypoint_condition, write_conditions
-from k8s.store import ObjectRef, ObjectStore
-from k8s.translate import Translation, Translator, object_ref, translate
+from k8s.store import ObjectRef, ObjectStore, ref_of
+from k8s.translate import Translation, Translator, translate
 from mesh.model import MeshSnapshot
 from mesh.model_l7 import BackendRef, HttpRule, ParentRef
 from tests.k8s_builders import gateway, ns, pod, svc
@@ -42,7 +42,7 @@ def shop(**namespace_labels: str) -> list[m.K8sObject]:
 def with_labels(objects: list[m.K8sObject], ref: ObjectRef, **labels: str) -> list[m.K8sObject]:
     out = []
     for obj in objects:
-        if object_ref(obj) == ref:
+        if ref_of(obj) == ref:
             obj = dataclasses.replace(obj, labels=obj.labels + tuple(labels.items()))
         out.append(obj)
     return out
@@ -138,7 +138,7 @@ def test_a_missing_waypoint_is_a_problem_and_no_waypoint() -> None:
 
 
 def test_a_gateway_of_another_class_is_no_waypoint() -> None:
-    objects = [o for o in shop() if object_ref(o)[0] != "Gateway"]
+    objects = [o for o in shop() if ref_of(o)[0] != "Gateway"]
     objects.append(gateway("waypoint", "shop", gateway_class="nginx"))
     objects = with_labels(objects, WEB, **{USE: "waypoint"})
     result = translate(objects, version=1)
@@ -184,7 +184,7 @@ def test_a_waypoint_that_does_not_take_that_traffic() -> None:
 
 def test_incremental_changes_of_gateways_and_labels_equal_a_full_translation() -> None:
     translator = Translator()
-    objects = {object_ref(o): o for o in shop()}
+    objects = {ref_of(o): o for o in shop()}
     translator.apply(objects.values())
     changes: list[tuple[list[m.K8sObject], list[ObjectRef]]] = [
         ([ns("shop", labels={USE: "waypoint"})], []),
@@ -201,7 +201,7 @@ def test_incremental_changes_of_gateways_and_labels_equal_a_full_translation() -
     for upserts, removes in changes:
         for ref in removes:
             objects.pop(ref)
-        objects.update((object_ref(o), o) for o in upserts)
+        objects.update((ref_of(o), o) for o in upserts)
         result = translator.apply(upserts, removes)
         full = translate(objects.values(), version=result.snapshot.version)
         assert result == full
