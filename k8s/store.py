@@ -121,11 +121,12 @@ class ObjectStore:
 
     def entries(self, kind: str | None = None, namespace: str | None = None) -> list[Entry]:
         """Stored entries, sorted by reference; ``kind``/``namespace`` narrow the list."""
-        return [
-            e
-            for ref, e in sorted(self._entries.items())
+        chosen = [
+            (ref, e)
+            for ref, e in self._entries.items()
             if (kind is None or ref[0] == kind) and (namespace is None or ref[1] == namespace)
         ]
+        return [e for _, e in sorted(chosen, key=lambda item: item[0])]
 
     def objects(self) -> list[K8sObject]:
         return [e.obj for _, e in sorted(self._entries.items())]
