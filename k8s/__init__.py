@@ -8,7 +8,7 @@ RequestAuthentications mean; ``endpoints`` is the one rule for a Service's
 endpoints; ``problems`` what is reported), ``store`` (the objects, their status,
 the listing gate), ``files_source``, ``config_server`` (the config stream to
 proxies), ``controlplane`` (translate, publish, the CA with node authorization),
-``localmesh`` (the mesh's hooks into local mode) and ``local`` (the one-machine cluster). Not built yet:
-a Kubernetes API source and the waypoint deployer. It never touches sockets of
-the data path.
+``localmesh`` (the mesh's hooks into local mode) and ``local`` (the one-machine
+cluster). Not built yet: a Kubernetes API source and the waypoint deployer. It
+never touches sockets of the data path.
 """
