@@ -40,7 +40,7 @@ from typing import Any, TypeVar
 from k8s import claims
 from k8s import manifests as m
 from k8s.translate import Translator, translate
-from mesh import model
+from mesh import model_checks
 from mesh.constants import LABEL_DATAPLANE_MODE
 from mesh.model import MeshSnapshot, diff
 
@@ -127,8 +127,8 @@ def clear_caches() -> None:
     """What translation remembers across calls, forgotten: the next one runs cold. The
     previous run's garbage is collected first, so no run pays for the one before it (a
     control plane translates everything once, at start)."""
-    model._is_ip.cache_clear()
-    model._spiffe_id.cache_clear()
+    model_checks._is_ip.cache_clear()
+    model_checks._spiffe_id.cache_clear()
     claims._seconds.cache_clear()
     gc.collect()
 

@@ -1,10 +1,10 @@
 """The mesh model: the plain frozen dataclasses every ambit process shares.
 
-Owns Workload, Service (ports and endpoints), the policy objects
+Owns Workload, Service (ports and endpoints), the versioned MeshSnapshot with its lookups, and Delta with
+``diff`` / ``apply`` for incremental config updates. The policy objects
 (Authorization with Rule / Source / Operation / Condition and TargetRef,
-PeerAuthentication, RequestAuthentication: L7 values kept for the waypoint,
-``l7`` naming them), the versioned MeshSnapshot with its lookups, and Delta with
-``diff`` / ``apply`` for incremental config updates. The L7 parts (waypoint
+PeerAuthentication, RequestAuthentication) are in :mod:`mesh.model_policy` and the
+shared checks in :mod:`mesh.model_checks`, both re-exported here. The L7 parts (waypoint
 Gateways, HTTP and gRPC routes, JWT rules) are in :mod:`mesh.model_l7`; the
 snapshot holds them beside the rest. Pure data, no I/O.
 
@@ -20,91 +20,35 @@ equal content compares equal.
 
 from __future__ import annotations
 
-import ipaddress
 import itertools
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import cached_property, lru_cache
+from functools import cached_property
 from operator import attrgetter, is_not, lt
-from typing import Any, ClassVar, Literal, TypeAlias
+from typing import Any, ClassVar, TypeAlias
 
 from mesh.constants import DEFAULT_CLUSTER_DOMAIN, DEFAULT_TRUST_DOMAIN, SYSTEM_NAMESPACE
 from mesh.identity import IdentityError, SpiffeId
 from mesh.jsonform import JsonForm, ModelError
-from mesh.model_l7 import Gateway, GrpcRoute, HttpRoute, JwtRule
-
-Pairs: TypeAlias = tuple[tuple[str, str], ...]
-Protocol: TypeAlias = Literal["HBONE", "TCP"]
-Action: TypeAlias = Literal["ALLOW", "DENY", "AUDIT"]
-MtlsMode: TypeAlias = Literal["STRICT", "PERMISSIVE", "DISABLE", "UNSET"]
-Kind: TypeAlias = Literal[
-    "workload",
-    "service",
-    "authorization",
-    "peer_authentication",
-    "request_authentication",
-    "gateway",
-    "http_route",
-    "grpc_route",
-]
-
-
-# --- Validation helpers --------------------------------------------------------------------
-
-
-def _pairs(items: Iterable[tuple[str, Any]]) -> tuple[tuple[str, Any], ...]:
-    return tuple(sorted(dict(items).items()))
-
-
-def _port(value: int, what: str, *, zero_ok: bool = False) -> None:
-    if type(value) is not int or not (0 if zero_ok else 1) <= value <= 65535:
-        raise ModelError(f"{what}: port {value!r} is not an integer 1-65535")
-
-
-def _ip(value: str, what: str) -> None:
-    if not (_is_ip(value) if type(value) is str else _parses_as_ip(value)):
-        raise ModelError(f"{what}: {value!r} is not an IP address")
-
-
-# Dotted-quad IPv4 exactly as ipaddress reads it (ASCII digits, no leading zeros, 0-255):
-# a quick yes for the common case; everything else is asked of ipaddress itself.
-_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
-_IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
-
-
-def _parses_as_ip(value: object) -> bool:
-    if type(value) is str and _IPV4.fullmatch(value):
-        return True
-    try:
-        ipaddress.ip_address(value)  # type: ignore[arg-type]
-    except ValueError:
-        return False
-    return True
-
-
-# The same address is checked again and again (a workload's, then as an endpoint's in
-# each of its Services, and again whenever either is rebuilt), and parsing costs more
-# than the rest of a Workload: remember the answers for a bounded number of strings.
-_is_ip = lru_cache(maxsize=1 << 16)(_parses_as_ip)
-
-
-# Pods of one service account share an identity: check (and build) it once.
-_spiffe_id = lru_cache(maxsize=4096)(SpiffeId)
-
-
-def _choice(value: str, allowed: tuple[str, ...], what: str) -> None:
-    if value not in allowed:
-        raise ModelError(f"{what}: {value!r} is not one of {', '.join(allowed)}")
-
-
-def selector_matches(selector: Pairs | None, labels: Pairs) -> bool:
-    """Kubernetes ``matchLabels``: every pair present. ``None`` selects everything."""
-    if selector is None:
-        return True
-    have = dict(labels)
-    return all(have.get(k) == v for k, v in selector)
-
+from mesh.model_checks import Action as Action
+from mesh.model_checks import Kind as Kind
+from mesh.model_checks import MtlsMode as MtlsMode
+from mesh.model_checks import Pairs as Pairs
+from mesh.model_checks import Protocol as Protocol
+from mesh.model_checks import _choice, _ip, _pairs, _port, _spiffe_id
+from mesh.model_checks import selector_matches as selector_matches
+from mesh.model_l7 import Gateway, GrpcRoute, HttpRoute
+from mesh.model_l7 import JwtRule as JwtRule
+from mesh.model_policy import GATEWAY_GROUP as GATEWAY_GROUP
+from mesh.model_policy import TARGET_KINDS as TARGET_KINDS
+from mesh.model_policy import Authorization as Authorization
+from mesh.model_policy import Condition as Condition
+from mesh.model_policy import Operation as Operation
+from mesh.model_policy import PeerAuthentication as PeerAuthentication
+from mesh.model_policy import RequestAuthentication as RequestAuthentication
+from mesh.model_policy import Rule as Rule
+from mesh.model_policy import Source as Source
+from mesh.model_policy import TargetRef as TargetRef
 
 # --- Workloads and services ----------------------------------------------------------------
 
@@ -237,233 +181,6 @@ class Service(JsonForm):
 
     def port(self, port: int) -> ServicePort | None:
         return next((p for p in self.ports if p.port == port), None)
-
-
-# --- Policy ----------------------------------------------------------------------------------
-
-# The fields of a source or operation that only a waypoint can check, by their Istio names:
-# they need a request (a JWT, a header, a method, a path) or a client address from a header.
-_L7_SOURCE_FIELDS = {
-    "request_principals": "requestPrincipals",
-    "not_request_principals": "notRequestPrincipals",
-    "remote_ip_blocks": "remoteIpBlocks",
-    "not_remote_ip_blocks": "notRemoteIpBlocks",
-}
-_L7_OPERATION_FIELDS = {
-    "hosts": "hosts",
-    "not_hosts": "notHosts",
-    "methods": "methods",
-    "not_methods": "notMethods",
-    "paths": "paths",
-    "not_paths": "notPaths",
-}
-
-# What an AuthorizationPolicy's targetRefs may point at, as (group, kind); "" is the core
-# group. ambit has no ServiceEntry objects, and a GatewayClass names no waypoint: such a
-# reference binds nothing.
-GATEWAY_GROUP = "gateway.networking.k8s.io"
-TARGET_KINDS: tuple[tuple[str, str], ...] = (
-    (GATEWAY_GROUP, "Gateway"),
-    (GATEWAY_GROUP, "GatewayClass"),
-    ("", "Service"),
-    ("networking.istio.io", "ServiceEntry"),
-)
-
-
-def _blocks(blocks: tuple[str, ...]) -> None:
-    for block in blocks:
-        try:
-            ipaddress.ip_network(block, strict=False)
-        except ValueError:
-            raise ModelError(f"ip block {block!r} is not an IP address or CIDR") from None
-
-
-@dataclass(frozen=True)
-class Source(JsonForm):
-    """``from[].source`` of a rule: its fields are AND'd, the values of one field OR'd."""
-
-    principals: tuple[str, ...] = ()
-    not_principals: tuple[str, ...] = ()
-    namespaces: tuple[str, ...] = ()
-    not_namespaces: tuple[str, ...] = ()
-    ip_blocks: tuple[str, ...] = ()
-    not_ip_blocks: tuple[str, ...] = ()
-    request_principals: tuple[str, ...] = ()
-    not_request_principals: tuple[str, ...] = ()
-    remote_ip_blocks: tuple[str, ...] = ()
-    not_remote_ip_blocks: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        _blocks(self.ip_blocks + self.not_ip_blocks)
-        _blocks(self.remote_ip_blocks + self.not_remote_ip_blocks)
-
-    @cached_property
-    def l7(self) -> tuple[str, ...]:
-        """The Istio names of the fields set here that only a waypoint can check."""
-        return tuple(name for f, name in _L7_SOURCE_FIELDS.items() if getattr(self, f))
-
-
-@dataclass(frozen=True)
-class Operation(JsonForm):
-    """``to[].operation`` of a rule: its fields are AND'd, the values of one field OR'd."""
-
-    ports: tuple[int, ...] = ()
-    not_ports: tuple[int, ...] = ()
-    hosts: tuple[str, ...] = ()
-    not_hosts: tuple[str, ...] = ()
-    methods: tuple[str, ...] = ()
-    not_methods: tuple[str, ...] = ()
-    paths: tuple[str, ...] = ()
-    not_paths: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        for port in self.ports + self.not_ports:
-            _port(port, "operation")
-
-    @cached_property
-    def l7(self) -> tuple[str, ...]:
-        """The Istio names of the fields set here that only a waypoint can check."""
-        return tuple(name for f, name in _L7_OPERATION_FIELDS.items() if getattr(self, f))
-
-
-@dataclass(frozen=True)
-class Condition(JsonForm):
-    """One ``when`` entry of a rule: the attribute ``key`` (``request.headers[x-user]``,
-    ``source.ip``...) must have one of ``values`` (if any) and none of ``not_values``."""
-
-    key: str
-    values: tuple[str, ...] = ()
-    not_values: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        if not self.key:
-            raise ModelError("condition: the key is empty")
-        if not (self.values or self.not_values):
-            raise ModelError(f"condition {self.key}: give values, not_values or both")
-
-
-@dataclass(frozen=True)
-class Rule(JsonForm):
-    """Matches when one of ``sources`` (if any) and one of ``operations`` (if any) match, and
-    every condition of ``when``."""
-
-    sources: tuple[Source, ...] = ()
-    operations: tuple[Operation, ...] = ()
-    when: tuple[Condition, ...] = ()
-
-    @cached_property
-    def l7(self) -> tuple[str, ...]:
-        """Every L7 field named anywhere in the rule, once each, in order; a condition counts
-        as ``when:<key>`` (ztunnel checks none of them)."""
-        named = [f for s in self.sources for f in s.l7] + [f for o in self.operations for f in o.l7]
-        named += [f"when:{c.key}" for c in self.when]
-        return tuple(dict.fromkeys(named))
-
-
-@dataclass(frozen=True)
-class TargetRef(JsonForm):
-    """What a policy's ``targetRefs`` entry binds it to, in the policy's namespace: a waypoint
-    (``Gateway``) or the waypoint serving a ``Service``. ``group`` "" is the core group."""
-
-    group: str
-    kind: str
-    name: str
-
-    def __post_init__(self) -> None:
-        if (self.group, self.kind) not in TARGET_KINDS:
-            known = ", ".join(f"{g or 'core'}/{k}" for g, k in TARGET_KINDS)
-            raise ModelError(f"target {self.group}/{self.kind}: not one of {known}")
-        if not self.name:
-            raise ModelError(f"target {self.kind}: the name is empty")
-
-
-@dataclass(frozen=True)
-class Authorization(JsonForm):
-    """An AuthorizationPolicy. ``selector=None``: every workload of the namespace. A policy in
-    the root namespace (``ambit-system``) applies across the whole mesh.
-
-    A policy with ``target_refs`` binds the waypoints they name instead of selecting workloads,
-    and an AUDIT policy only marks requests for an audit log: both are for waypoints
-    (:attr:`for_waypoint`), and ztunnel never applies them."""
-
-    kind: ClassVar[Kind] = "authorization"
-    name: str
-    namespace: str
-    action: Action
-    selector: Pairs | None
-    rules: tuple[Rule, ...]
-    target_refs: tuple[TargetRef, ...] = ()
-
-    def __post_init__(self) -> None:
-        what = f"authorization {self.key}"
-        _choice(self.action, ("ALLOW", "DENY", "AUDIT"), f"{what}: action")
-        if self.selector is not None:
-            if self.target_refs:
-                raise ModelError(f"{what}: give a selector or target refs, not both")
-            object.__setattr__(self, "selector", _pairs(self.selector))
-
-    @cached_property
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
-
-    @property
-    def for_waypoint(self) -> bool:
-        """Enforced only by the waypoints it binds, never by ztunnel."""
-        return bool(self.target_refs) or self.action == "AUDIT"
-
-    def applies_to(self, workload: Workload) -> bool:
-        """Whether ztunnel applies this policy to connections to ``workload``."""
-        if self.for_waypoint:
-            return False
-        in_scope = self.namespace in (workload.namespace, SYSTEM_NAMESPACE)
-        return in_scope and selector_matches(self.selector, workload.labels)
-
-
-@dataclass(frozen=True)
-class PeerAuthentication(JsonForm):
-    kind: ClassVar[Kind] = "peer_authentication"
-    name: str
-    namespace: str
-    selector: Pairs | None
-    mode: MtlsMode
-
-    def __post_init__(self) -> None:
-        modes = ("STRICT", "PERMISSIVE", "DISABLE", "UNSET")
-        _choice(self.mode, modes, f"peer authentication {self.key}: mode")
-        if self.selector is not None:
-            object.__setattr__(self, "selector", _pairs(self.selector))
-
-    @cached_property
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
-
-
-@dataclass(frozen=True)
-class RequestAuthentication(JsonForm):
-    """A RequestAuthentication: which JWTs the workloads it selects (``selector``, None for
-    the whole namespace; the root namespace's apply mesh-wide) or the waypoints it binds
-    (``target_refs``) accept. A request with a token that fails every rule is refused; a
-    request without one passes, for an AuthorizationPolicy to judge. Only a waypoint sees
-    requests: ztunnel never applies it."""
-
-    kind: ClassVar[Kind] = "request_authentication"
-    name: str
-    namespace: str
-    selector: Pairs | None
-    jwt_rules: tuple[JwtRule, ...]
-    target_refs: tuple[TargetRef, ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.selector is not None:
-            if self.target_refs:
-                raise ModelError(
-                    f"request authentication {self.key}: give a selector or target refs, not both"
-                )
-            object.__setattr__(self, "selector", _pairs(self.selector))
-
-    @cached_property
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
 
 
 Resource: TypeAlias = (

@@ -26,10 +26,10 @@ from mesh.model import (
     Source,
     TargetRef,
     Workload,
-    _parses_as_ip,
     apply,
     diff,
 )
+from mesh.model_checks import _parses_as_ip
 from tests.builders import (
     allow,
     deny,
