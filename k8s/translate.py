@@ -26,43 +26,51 @@ the ``use-waypoint`` labels of Namespaces, Services and Pods set ``Service.waypo
 
 from __future__ import annotations
 
-import dataclasses
-import gc
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Final, Literal, TypeAlias, TypeVar
+from typing import Any, TypeAlias
 
 from k8s import manifests as m
 from k8s.claims import Claims, Contest, rank
-from k8s.endpoints import selects, target_port
+from k8s.endpoints import selects
 from k8s.indexes import Entries, SetIndex
 from k8s.problems import Problem as Problem  # re-exported: translation's report
-from k8s.store import ObjectRef, describe, ref_of
+from k8s.store import ObjectRef, ref_of
 from k8s.translate_l7 import (
-    OPT_OUT,
-    WAYPOINT_TRAFFIC_MISMATCH,
-    Traffic,
     grpc_route,
     http_route,
     request_authentication,
-    resolve_waypoint,
     route_problems,
     route_targets,
     use_waypoint,
     waypoint,
-    waypoint_ready,
 )
+from k8s.translate_parts import CLUSTER_IP_CONFLICT as CLUSTER_IP_CONFLICT
+from k8s.translate_parts import CLUSTER_IP_CONFLICT_KEPT as CLUSTER_IP_CONFLICT_KEPT
+from k8s.translate_parts import CONFLICT_REASONS as CONFLICT_REASONS
+from k8s.translate_parts import IP_CONFLICT as IP_CONFLICT
+from k8s.translate_parts import IP_CONFLICT_KEPT as IP_CONFLICT_KEPT
+from k8s.translate_parts import (
+    _conflict,
+    _cyclic_gc_paused,
+    _endpoint,
+    _key,
+    _pod_address,
+    _ports,
+    _service_address,
+    _typed,
+    _workload,
+)
+from k8s.translate_parts import in_mesh as in_mesh
+from k8s.translate_parts import meshed_by_labels as meshed_by_labels
+from k8s.translate_parts import workload_uid as workload_uid
+from k8s.translate_policy import authorization as authorization
+from k8s.translate_policy import peer_authentication
+from k8s.translate_policy import ztunnel_acceptance as ztunnel_acceptance
+from k8s.translate_waypoints import WaypointBinding, _Batch
 from mesh import model, model_l7
-from mesh.constants import DEFAULT_TRUST_DOMAIN, LABEL_DATAPLANE_MODE
-
-IP_CONFLICT: Final = "IPConflict"
-IP_CONFLICT_KEPT: Final = "IPConflictKept"
-CLUSTER_IP_CONFLICT: Final = "ClusterIPConflict"
-CLUSTER_IP_CONFLICT_KEPT: Final = "ClusterIPConflictKept"
-CONFLICT_REASONS: Final = (IP_CONFLICT, IP_CONFLICT_KEPT, CLUSTER_IP_CONFLICT,
-                           CLUSTER_IP_CONFLICT_KEPT)  # fmt: skip
+from mesh.constants import DEFAULT_TRUST_DOMAIN
 
 
 @dataclass(frozen=True)
@@ -86,168 +94,10 @@ def translate(
     return Translator(trust_domain=trust_domain, version=version).apply(objects)
 
 
-def meshed_by_labels(
-    pod_labels: Mapping[str, str], namespace_labels: Mapping[str, str] | None
-) -> bool:
-    """Pod label ``none`` opts out, ``ambient`` opts in; otherwise the namespace's label
-    decides. The one rule: translation and the local cluster both ask it."""
-    pod_mode = pod_labels.get(LABEL_DATAPLANE_MODE)
-    if pod_mode in ("none", "ambient"):
-        return pod_mode == "ambient"
-    return namespace_labels is not None and namespace_labels.get(LABEL_DATAPLANE_MODE) == "ambient"
-
-
-def in_mesh(pod: m.Pod, namespace: m.Namespace | None) -> bool:
-    return meshed_by_labels(
-        dict(pod.labels), dict(namespace.labels) if namespace is not None else None
-    )
-
-
-def workload_uid(namespace: str, name: str) -> str:
-    return f"{namespace}/{name}"
-
-
-def _pod_address(pod: m.Pod | None) -> str | None:
-    """The IP a pod's workload has: none before the pod has one, for host-network pods
-    (the node's address) and for finished pods."""
-    if pod is None or pod.host_network or pod.phase in ("Succeeded", "Failed"):
-        return None
-    return pod.pod_ip
-
-
-def _service_address(svc: m.Service | None) -> str | None:
-    """A Service is in the mesh with a selector and a cluster IP (not headless)."""
-    return svc.cluster_ip if svc is not None and svc.selector else None
-
-
-def _workload(
-    pod: m.Pod, namespace: m.Namespace | None, trust_domain: str, waypoint: str | None = None
-) -> model.Workload:
-    assert pod.pod_ip is not None
-    return model.Workload(
-        uid=workload_uid(pod.namespace, pod.name),
-        name=pod.name,
-        namespace=pod.namespace,
-        service_account=pod.service_account,
-        node=pod.node_name,
-        ip=pod.pod_ip,
-        labels=pod.labels,
-        protocol="HBONE" if in_mesh(pod, namespace) else "TCP",
-        trust_domain=trust_domain,
-        container_ports=pod.named_ports,
-        waypoint=waypoint,
-    )
-
-
-def _ports(svc: m.Service) -> tuple[model.ServicePort, ...]:
-    return tuple(
-        model.ServicePort(
-            port=p.port,
-            target_port=p.target_port if isinstance(p.target_port, int) else 0,
-            name=p.name,
-            protocol=p.protocol,
-            target_port_name=p.target_port if isinstance(p.target_port, str) else "",
-            app_protocol=p.app_protocol,
-        )
-        for p in svc.ports
-    )
-
-
-def _endpoint(svc: m.Service, pod: m.Pod) -> model.Endpoint | None:
-    """``pod`` behind ``svc`` if the Service selects it, it is Ready, and it serves one of
-    the Service's ports (the one rule for endpoints, whatever the source)."""
-    if not pod.ready or not selects(svc.namespace, svc.selector, pod.namespace, pod.label_set):
-        return None
-    named = dict(pod.named_ports) if svc.named_targets else {}
-    mapping = []
-    for p in svc.ports:
-        target = target_port(p.target_port, named)
-        if target is not None:
-            mapping.append((p.port, target))
-    if not mapping:
-        return None
-    assert pod.pod_ip is not None
-    return model.Endpoint(workload_uid(pod.namespace, pod.name), pod.pod_ip, tuple(mapping))
-
-
-def _peer_authentication(p: m.PeerAuthentication) -> model.PeerAuthentication:
-    return model.PeerAuthentication(p.name, p.namespace, p.selector, p.mode)
-
-
-_REASONS: Final = {"pod IP": (IP_CONFLICT, IP_CONFLICT_KEPT),
-                   "cluster IP": (CLUSTER_IP_CONFLICT, CLUSTER_IP_CONFLICT_KEPT)}  # fmt: skip
-
-
-def _conflict(ref: ObjectRef, contest: Contest[ObjectRef], what: str) -> Problem:
-    """The Problem of one object in a conflict over an address (``what``: pod or cluster IP)."""
-    lost, kept = _REASONS[what]
-    advice = "delete whichever is stale, or find why the address was given twice"
-    if ref == contest.holder:
-        others = ", ".join(describe(r) for r in contest.others)
-        return Problem(
-            kept,
-            f"keeps {what} {contest.address}, also claimed by {others} (left out of the mesh"
-            f" while this {ref[0]} has it); {advice}",
-        )
-    why = (
-        "was created first"
-        if ref in contest.later
-        else "comes first (creation times equal or unknown, then by namespace and name)"
-    )
-    return Problem(
-        lost,
-        f"{describe(contest.holder)} has the same {what} {contest.address} and {why}, so this"
-        f" {ref[0]} is left out of the mesh; {advice}",
-    )
-
-
-def _key(ref: ObjectRef) -> str:
-    """The model's key of what an object becomes (a workload's uid, a Service's key...)."""
-    return f"{ref[1]}/{ref[2]}"
-
-
-@contextmanager
-def _cyclic_gc_paused() -> Iterator[None]:
-    """A translation makes tens of thousands of objects and no reference cycles (frozen
-    values built from values), and the cyclic collector would run every few hundred of
-    them: a quarter of a full translation's time. Paused for one batch; reference
-    counting still frees everything as usual."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
-T = TypeVar("T")
-
-
-def _typed(obj: object, cls: type[T]) -> T | None:
-    if obj is None:
-        return None
-    assert isinstance(obj, cls), obj
-    return obj
-
-
-@dataclass
-class _Batch:
-    """What one batch of changes touches."""
-
-    pods: dict[ObjectRef, m.Pod | None] = field(default_factory=dict)  # as before the batch
-    workloads: set[ObjectRef] = field(default_factory=set)  # only the workload (namespace)
-    services: set[ObjectRef] = field(default_factory=set)  # recomputed whole
-    waypoint_services: set[ObjectRef] = field(default_factory=set)  # only their waypoint
-    namespaces: set[ObjectRef] = field(default_factory=set)  # whose labels changed
-    gateways: set[str] = field(default_factory=set)  # keys of Gateways that changed
-    routes: set[ObjectRef] = field(default_factory=set)  # whose references to check
-
-
 Label: TypeAlias = tuple[str, str, str]  # (namespace, key, value)
 
 
-class Translator:
+class Translator(WaypointBinding):
     """Objects in, :class:`Translation`\\ s out, one per batch of changes.
 
     Holds the objects and indexes over them (pods by namespace and by label, Services by
@@ -356,7 +206,7 @@ class Translator:
             self._authorizations.set(_key(ref), authorization(policy) if policy else None)
         elif kind == "PeerAuthentication":
             peer = _typed(obj, m.PeerAuthentication)
-            self._peer_authentications.set(_key(ref), _peer_authentication(peer) if peer else None)
+            self._peer_authentications.set(_key(ref), peer_authentication(peer) if peer else None)
         elif kind == "RequestAuthentication":
             auth = _typed(obj, m.RequestAuthentication)
             entry = request_authentication(auth) if auth else None
@@ -448,20 +298,6 @@ class Translator:
         problems = (_conflict(ref, contest, what),) if contest is not None else ()
         self._set_problems(self._conflicts, ref, problems)
 
-    def _set_problems(
-        self,
-        source: dict[ObjectRef, tuple[Problem, ...]],
-        ref: ObjectRef,
-        problems: tuple[Problem, ...],
-    ) -> None:
-        if source.get(ref, ()) == problems:
-            return
-        if problems:
-            source[ref] = problems
-        else:
-            del source[ref]
-        self._problems_changed = True
-
     # --- recomputing the model --------------------------------------------------------------
 
     def _rebuild(self, batch: _Batch) -> None:
@@ -502,89 +338,6 @@ class Translator:
             if isinstance(route, m.HTTPRoute | m.GRPCRoute):
                 found = route_problems(route, self._objects.__contains__)
             self._set_problems(self._l7_problems, ref, found)
-
-    # --- waypoints ------------------------------------------------------------------------
-
-    def _bind_waypoints(self, batch: _Batch, touched: set[ObjectRef]) -> None:
-        """Decide the waypoint of every workload and Service the batch may have changed
-        the waypoint of: those it rebuilt or relabelled, and the users of the waypoints
-        whose Gateway changed, that started or stopped running, or whose Service changed."""
-        pods = batch.workloads.union(batch.pods)
-        services = touched | batch.waypoint_services
-        namespaces = set(batch.namespaces)
-        if not (pods or services or namespaces or batch.gateways):
-            return
-        referenced = self._waypoint_users.keys()
-        keys = batch.gateways & referenced
-        keys.update(key for ref in touched if (key := _key(ref)) in referenced)
-        for key in referenced:
-            ready = waypoint_ready(self._services.get(key), self._workloads.get)
-            if self._waypoint_ready.get(key) != ready:
-                self._waypoint_ready[key] = ready
-                keys.add(key)
-        for key in self._waypoint_ready.keys() - referenced:
-            del self._waypoint_ready[key]
-        for key in keys:
-            for ref in self._waypoint_users.get(key):
-                if ref[0] == "Pod":
-                    pods.add(ref)
-                elif ref[0] == "Service":
-                    services.add(ref)
-                else:
-                    namespaces.add(ref)
-                    pods.update(self._pods_of.get(ref[2]))
-                    services.update(self._services_of.get(ref[2]))
-        for ref in pods:
-            workload = self._workloads.get(_key(ref))
-            bound = self._bind(ref, "workload" if workload else None)
-            if workload is not None and workload.waypoint != bound:
-                self._workloads.set(_key(ref), dataclasses.replace(workload, waypoint=bound))
-        for ref in services:
-            service = self._services.get(_key(ref))
-            bound = self._bind(ref, "service" if service else None)
-            if service is not None and service.waypoint != bound:
-                self._services.set(_key(ref), dataclasses.replace(service, waypoint=bound))
-        for ref in namespaces:
-            self._bind(ref, "namespace")
-
-    def _bind(
-        self, ref: ObjectRef, target: Literal["service", "workload", "namespace"] | None
-    ) -> str | None:
-        """The waypoint of a Service or a Pod's workload in the model (``target`` "service"
-        or "workload"; None when not in the model: no waypoint), or of a Namespace (only
-        whether the waypoint its label names exists and runs); records the problem."""
-        obj = self._objects.get(ref) if target is not None else None
-        own_namespace = ref[2] if target == "namespace" else ref[1]
-        wanted = use_waypoint(obj.labels, own_namespace) if obj is not None else None
-        explicit = wanted is not None
-        if wanted is None and target in ("service", "workload"):
-            namespace = self._objects.get(("Namespace", "", own_namespace))
-            wanted = use_waypoint(namespace.labels, own_namespace) if namespace else None
-        if wanted is None or wanted == OPT_OUT:
-            self._set_problems(self._waypoint_problems, ref, ())
-            return None
-        gateway_ns, _, gateway_name = wanted.partition("/")
-        gateway = _typed(self._objects.get(("Gateway", gateway_ns, gateway_name)), m.Gateway)
-        ready = self._waypoint_ready.get(wanted, False)
-        entry = self._gateways.get(wanted)
-        traffic: Traffic | None = None if target == "namespace" else target
-        bound, problem = resolve_waypoint(wanted, traffic, entry, gateway, ready)
-        if bound is not None and self._serves(bound, ref):
-            bound = None  # a waypoint's own Service and pods never go through it
-        # Reported on what names the waypoint itself, and on a Service also what its
-        # namespace names, unless that waypoint takes no traffic to Services.
-        mismatch = problem is not None and problem.reason == WAYPOINT_TRAFFIC_MISMATCH
-        report = explicit or (target == "service" and not mismatch)
-        found = (problem,) if problem is not None and report else ()
-        self._set_problems(self._waypoint_problems, ref, found)
-        return bound
-
-    def _serves(self, key: str, ref: ObjectRef) -> bool:
-        """Whether ``ref`` is the waypoint ``key``'s Service or one of its pods."""
-        if ref[0] == "Service":
-            return _key(ref) == key
-        namespace, _, name = key.partition("/")
-        return _key(ref) in self._endpoints.get(("Service", namespace, name), {})
 
     def _move_endpoint(
         self, ref: ObjectRef, before: m.Pod | None, whole: set[ObjectRef]
@@ -672,110 +425,3 @@ class Translator:
         if last is None or last.snapshot is not snapshot or last.problems is not problems:
             self._translation = last = Translation(snapshot, problems)
         return last
-
-
-def authorization(policy: m.AuthorizationPolicy) -> model.Authorization:
-    """One AuthorizationPolicy with every value kept; what only a waypoint can check is named
-    by the rules' ``l7``, and a policy with targetRefs (or AUDIT) is for waypoints alone.
-
-    CUSTOM hands the decision to an external authorizer, which ambit does not have. Leaving
-    the policy out would let through what its author wanted checked, so it fails closed:
-    it becomes a DENY of everything it selects (or of everything its waypoints serve)."""
-    return model.Authorization(
-        name=policy.name,
-        namespace=policy.namespace,
-        action="DENY" if policy.action == "CUSTOM" else policy.action,
-        selector=policy.selector,
-        rules=(model.Rule(),) if policy.action == "CUSTOM" else tuple(map(_rule, policy.rules)),
-        target_refs=tuple(model.TargetRef(t.group, t.kind, t.name) for t in policy.target_refs),
-    )
-
-
-def ztunnel_acceptance(policy: m.AuthorizationPolicy) -> tuple[bool, str, str]:
-    """Whether ztunnel enforces ``policy`` as written: ``(accepted, reason, message)`` of the
-    condition :data:`~mesh.constants.CONDITION_ZTUNNEL_ACCEPTED` on the policy. Pure.
-
-    - CUSTOM: False, ``UnsupportedValue``: no external authorizer, so it fails closed.
-    - targetRefs or AUDIT: True, ``WaypointOnly``: ztunnel leaves it to waypoints.
-    - rules naming L7 fields: False, ``L7AttributesIgnored``: an ALLOW rule matches nothing
-      at ztunnel, a DENY rule is enforced on its L4 part alone; both deny more than asked.
-    - otherwise True, ``Accepted``.
-    """
-    targets = ", ".join(f"{t.kind} {t.name}" for t in policy.target_refs)
-    if policy.action == "CUSTOM":
-        outcome = (
-            f"the waypoint of {targets} will deny everything it serves"
-            if targets
-            else "it denies what it selects"
-        )
-        return (
-            False,
-            "UnsupportedValue",
-            "CUSTOM needs an external authorizer, which ambit does not have"
-            f" (provider {policy.provider}); {outcome}",
-        )
-    if targets:
-        message = f"enforced by the waypoint of {targets}, not by ztunnel"
-        entries = [t.name for t in policy.target_refs if t.kind == "ServiceEntry"]
-        if entries:
-            message += f"; ambit has no ServiceEntry, so {', '.join(entries)} binds nothing"
-        return True, "WaypointOnly", message
-    if policy.action == "AUDIT":
-        return (
-            True,
-            "WaypointOnly",
-            "AUDIT marks requests for an audit log, which only a waypoint sees; ztunnel"
-            " ignores it, and no waypoint takes a policy without targetRefs",
-        )
-    with_l7 = [(i, r.l7) for i, r in enumerate(map(_rule, policy.rules), start=1) if r.l7]
-    if not with_l7:
-        return True, "Accepted", "enforced by ztunnel"
-    fields = ", ".join(dict.fromkeys(f for _, named in with_l7 for f in named))
-    numbers = ", ".join(str(i) for i, _ in with_l7)
-    which = f"rule{'s' if len(with_l7) > 1 else ''} {numbers}"
-    if policy.action == "ALLOW":
-        effect = "an ALLOW rule naming them matches nothing at ztunnel"
-    else:
-        effect = "a DENY rule naming them is enforced on its L4 part alone (more restrictive)"
-    return (
-        False,
-        "L7AttributesIgnored",
-        f"ztunnel cannot check {fields} ({which}): {effect};"
-        " only a waypoint (targetRefs) can enforce them",
-    )
-
-
-def _rule(rule: m.PolicyRule) -> model.Rule:
-    """The rule with every value kept: ztunnel checks the L4 fields (the model names the rest
-    in ``l7``), a waypoint will check them all."""
-    return model.Rule(
-        sources=tuple(
-            model.Source(
-                principals=s.principals,
-                not_principals=s.not_principals,
-                namespaces=s.namespaces,
-                not_namespaces=s.not_namespaces,
-                ip_blocks=s.ip_blocks,
-                not_ip_blocks=s.not_ip_blocks,
-                request_principals=s.request_principals,
-                not_request_principals=s.not_request_principals,
-                remote_ip_blocks=s.remote_ip_blocks,
-                not_remote_ip_blocks=s.not_remote_ip_blocks,
-            )
-            for s in rule.sources
-        ),
-        operations=tuple(
-            model.Operation(
-                ports=op.ports,
-                not_ports=op.not_ports,
-                hosts=op.hosts,
-                not_hosts=op.not_hosts,
-                methods=op.methods,
-                not_methods=op.not_methods,
-                paths=op.paths,
-                not_paths=op.not_paths,
-            )
-            for op in rule.operations
-        ),
-        when=tuple(model.Condition(c.key, c.values, c.not_values) for c in rule.when),
-    )

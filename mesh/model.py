@@ -1,7 +1,7 @@
 """The mesh model: the plain frozen dataclasses every ambit process shares.
 
-Owns Workload, Service (ports and endpoints), the versioned MeshSnapshot with its lookups, and Delta with
-``diff`` / ``apply`` for incremental config updates. The policy objects
+Owns Workload, Service (ports and endpoints), the versioned MeshSnapshot with its
+lookups, and Delta with ``diff`` / ``apply`` for incremental config updates. The policy objects
 (Authorization with Rule / Source / Operation / Condition and TargetRef,
 PeerAuthentication, RequestAuthentication) are in :mod:`mesh.model_policy` and the
 shared checks in :mod:`mesh.model_checks`, both re-exported here. The L7 parts (waypoint

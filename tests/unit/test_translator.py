@@ -16,10 +16,6 @@ from k8s import manifests as m
 from k8s.store import ObjectRef, ref_of
 from k8s.translate import (
     Translator,
-    _endpoint,
-    _peer_authentication,
-    _ports,
-    _workload,
     authorization,
     translate,
 )
@@ -33,6 +29,8 @@ from k8s.translate_l7 import (
     waypoint,
     waypoint_ready,
 )
+from k8s.translate_parts import _endpoint, _ports, _workload
+from k8s.translate_policy import peer_authentication
 from mesh.model import MeshSnapshot, Service, diff
 from mesh.model_l7 import BackendRef, HttpRule, ParentRef
 from tests.k8s_builders import gateway, ns, pod, svc
@@ -300,7 +298,7 @@ def reference(
             for s in services
         ),
         tuple(authorization(a) for a in objs if isinstance(a, m.AuthorizationPolicy)),
-        tuple(_peer_authentication(p) for p in objs if isinstance(p, m.PeerAuthentication)),
+        tuple(peer_authentication(p) for p in objs if isinstance(p, m.PeerAuthentication)),
         gateways=tuple(g for o in objs if isinstance(o, m.Gateway) and (g := waypoint(o)[0])),
         http_routes=tuple(http_route(r) for r in objs if isinstance(r, m.HTTPRoute)),
     )

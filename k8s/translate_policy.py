@@ -1,0 +1,120 @@
+"""What Istio's security kinds mean in the mesh model, pure: an AuthorizationPolicy with
+every value kept (CUSTOM failing closed), whether ztunnel enforces it as written (the
+policy's ``ambit.io/ZtunnelAccepted`` condition), and PeerAuthentication. Used by
+:class:`k8s.translate.Translator`, which re-exports them."""
+
+from __future__ import annotations
+
+from k8s import manifests as m
+from mesh import model
+
+
+def peer_authentication(p: m.PeerAuthentication) -> model.PeerAuthentication:
+    return model.PeerAuthentication(p.name, p.namespace, p.selector, p.mode)
+
+
+def authorization(policy: m.AuthorizationPolicy) -> model.Authorization:
+    """One AuthorizationPolicy with every value kept; what only a waypoint can check is named
+    by the rules' ``l7``, and a policy with targetRefs (or AUDIT) is for waypoints alone.
+
+    CUSTOM hands the decision to an external authorizer, which ambit does not have. Leaving
+    the policy out would let through what its author wanted checked, so it fails closed:
+    it becomes a DENY of everything it selects (or of everything its waypoints serve)."""
+    return model.Authorization(
+        name=policy.name,
+        namespace=policy.namespace,
+        action="DENY" if policy.action == "CUSTOM" else policy.action,
+        selector=policy.selector,
+        rules=(model.Rule(),) if policy.action == "CUSTOM" else tuple(map(_rule, policy.rules)),
+        target_refs=tuple(model.TargetRef(t.group, t.kind, t.name) for t in policy.target_refs),
+    )
+
+
+def ztunnel_acceptance(policy: m.AuthorizationPolicy) -> tuple[bool, str, str]:
+    """Whether ztunnel enforces ``policy`` as written: ``(accepted, reason, message)`` of the
+    condition :data:`~mesh.constants.CONDITION_ZTUNNEL_ACCEPTED` on the policy. Pure.
+
+    - CUSTOM: False, ``UnsupportedValue``: no external authorizer, so it fails closed.
+    - targetRefs or AUDIT: True, ``WaypointOnly``: ztunnel leaves it to waypoints.
+    - rules naming L7 fields: False, ``L7AttributesIgnored``: an ALLOW rule matches nothing
+      at ztunnel, a DENY rule is enforced on its L4 part alone; both deny more than asked.
+    - otherwise True, ``Accepted``.
+    """
+    targets = ", ".join(f"{t.kind} {t.name}" for t in policy.target_refs)
+    if policy.action == "CUSTOM":
+        outcome = (
+            f"the waypoint of {targets} will deny everything it serves"
+            if targets
+            else "it denies what it selects"
+        )
+        return (
+            False,
+            "UnsupportedValue",
+            "CUSTOM needs an external authorizer, which ambit does not have"
+            f" (provider {policy.provider}); {outcome}",
+        )
+    if targets:
+        message = f"enforced by the waypoint of {targets}, not by ztunnel"
+        entries = [t.name for t in policy.target_refs if t.kind == "ServiceEntry"]
+        if entries:
+            message += f"; ambit has no ServiceEntry, so {', '.join(entries)} binds nothing"
+        return True, "WaypointOnly", message
+    if policy.action == "AUDIT":
+        return (
+            True,
+            "WaypointOnly",
+            "AUDIT marks requests for an audit log, which only a waypoint sees; ztunnel"
+            " ignores it, and no waypoint takes a policy without targetRefs",
+        )
+    with_l7 = [(i, r.l7) for i, r in enumerate(map(_rule, policy.rules), start=1) if r.l7]
+    if not with_l7:
+        return True, "Accepted", "enforced by ztunnel"
+    fields = ", ".join(dict.fromkeys(f for _, named in with_l7 for f in named))
+    numbers = ", ".join(str(i) for i, _ in with_l7)
+    which = f"rule{'s' if len(with_l7) > 1 else ''} {numbers}"
+    if policy.action == "ALLOW":
+        effect = "an ALLOW rule naming them matches nothing at ztunnel"
+    else:
+        effect = "a DENY rule naming them is enforced on its L4 part alone (more restrictive)"
+    return (
+        False,
+        "L7AttributesIgnored",
+        f"ztunnel cannot check {fields} ({which}): {effect};"
+        " only a waypoint (targetRefs) can enforce them",
+    )
+
+
+def _rule(rule: m.PolicyRule) -> model.Rule:
+    """The rule with every value kept: ztunnel checks the L4 fields (the model names the rest
+    in ``l7``), a waypoint will check them all."""
+    return model.Rule(
+        sources=tuple(
+            model.Source(
+                principals=s.principals,
+                not_principals=s.not_principals,
+                namespaces=s.namespaces,
+                not_namespaces=s.not_namespaces,
+                ip_blocks=s.ip_blocks,
+                not_ip_blocks=s.not_ip_blocks,
+                request_principals=s.request_principals,
+                not_request_principals=s.not_request_principals,
+                remote_ip_blocks=s.remote_ip_blocks,
+                not_remote_ip_blocks=s.not_remote_ip_blocks,
+            )
+            for s in rule.sources
+        ),
+        operations=tuple(
+            model.Operation(
+                ports=op.ports,
+                not_ports=op.not_ports,
+                hosts=op.hosts,
+                not_hosts=op.not_hosts,
+                methods=op.methods,
+                not_methods=op.not_methods,
+                paths=op.paths,
+                not_paths=op.not_paths,
+            )
+            for op in rule.operations
+        ),
+        when=tuple(model.Condition(c.key, c.values, c.not_values) for c in rule.when),
+    )
