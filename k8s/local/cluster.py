@@ -14,7 +14,6 @@ import ipaddress
 import json
 import math
 import os
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,19 +24,13 @@ import trio
 
 from k8s import manifests
 from k8s.local import network
+from k8s.local.components import STABLE_SECONDS, _Component, _name
 from k8s.local.config import ClusterConfig
 from k8s.local.errors import LocalClusterError
 from k8s.local.hooks import (
-    EndpointView,
     LocalHooks,
-    LocalSnapshot,
     MeshState,
-    NodeView,
-    PodPhase,
     PodRef,
-    PodView,
-    ServicePortView,
-    ServiceView,
 )
 from k8s.local.plan import (
     Allocation,
@@ -51,22 +44,12 @@ from k8s.local.plan import (
 )
 from k8s.local.processes import POD_PATH, Running, Supervisor
 from k8s.local.state import StateFile
+from k8s.local.status import ClusterStatus, _Node, _Pod
 from k8s.manifests import Document
-from k8s.store import Entry, ObjectRef, ObjectStore, describe, object_json, ref_of
-from mesh.netns import NetnsError, NetworkNamespace
-
-# A component (the control plane, a node's ztunnel) that exits is started again after
-# RESTART_INITIAL seconds, doubling for each exit that comes within STABLE_SECONDS of
-# its start, up to RESTART_MAX (a kubelet's CrashLoopBackOff, shortened for one machine).
-RESTART_INITIAL = 0.5
-RESTART_MAX = 30.0
-STABLE_SECONDS = 10.0
+from k8s.store import ObjectRef, ObjectStore, describe, ref_of
 
 log = structlog.get_logger("ambit.local.cluster")
 
-# A pod counts as running once its command has lived this long (a command that
-# fails at once, e.g. not found, is reported instead of a ready cluster).
-SETTLE_SECONDS = 0.3
 RESOLV_CONF = (
     "# ambit local mode: names come from /etc/hosts, there is no DNS\noptions attempts:1\n"
 )
@@ -80,47 +63,7 @@ class ApplyResult:
     errors: list[str] = field(default_factory=list)
 
 
-@dataclass
-class _Pod:
-    plan: PodPlan
-    process: Running | None = None
-    rules: str | None = None
-    hosts: str | None = None
-
-    @property
-    def phase(self) -> PodPhase:
-        if self.process is None:
-            return "Pending"
-        return "Exited" if self.process.exited.is_set() else "Running"
-
-
-@dataclass
-class _Component:
-    """What ``ambit get components`` shows of a supervised process across its restarts."""
-
-    name: str
-    created: float = field(default_factory=time.time)  # wall clock, for AGE
-    restarts: int = 0
-    crashes: int = 0  # exits in a row, each within STABLE_SECONDS of its start
-    running: Running | None = None
-
-    def restart_due(self) -> float | None:
-        """When (Trio's clock) it should start again, or None while it runs."""
-        running = self.running
-        if running is None or running.exited_at is None:
-            return None
-        delay: float = min(RESTART_INITIAL * 2.0**self.crashes, RESTART_MAX)
-        return running.exited_at + delay
-
-
-@dataclass
-class _Node:
-    plan: NodePlan
-    ztunnel: Running | None = None
-    hosts: str | None = None
-
-
-class LocalCluster:
+class LocalCluster(ClusterStatus):
     def __init__(
         self, config: ClusterConfig, state: StateFile, hooks: LocalHooks, nursery: trio.Nursery
     ) -> None:
@@ -245,26 +188,7 @@ class LocalCluster:
 
     def components(self) -> list[dict[str, Any]]:
         """Each supervised component: name, pid, status, restarts, age (seconds)."""
-        out = []
-        now = time.time()
-        for component in sorted(self._components.values(), key=lambda c: c.name):
-            running = component.running
-            if running is None:
-                status = "Pending"
-            elif not running.exited.is_set():
-                status = "Running"
-            elif self._down:
-                status = f"Exited({running.exit_code})"
-            else:
-                status = "CrashLoopBackOff" if component.crashes else "Restarting"
-            out.append({
-                "name": component.name,
-                "pid": running.pid if running else None,
-                "status": status,
-                "restarts": component.restarts,
-                "age": round(now - component.created, 1),
-            })  # fmt: skip
-        return out
+        return [c.row(down=self._down) for c in sorted(self._components.values(), key=_name)]
 
     async def apply(self, documents: Iterable[Document]) -> ApplyResult:
         """Create or update the objects of ``documents``, each on its own: a document with
@@ -514,154 +438,6 @@ class LocalCluster:
                 ) as exc:  # e.g. iptables-restore failed; next change retries
                     log.error("refresh_failed", reason=str(exc))
 
-    async def wait_ready(self, poll: float = 0.05) -> None:
-        """Return when every pod runs and listens on its declared ports and, with a
-        ztunnel, every meshed pod is captured and has its certificate. Raises
-        :class:`LocalClusterError` at once if a pod's command exits. Unbounded:
-        the caller puts a deadline around it."""
-        while True:
-            pending = await self.not_ready()
-            if not pending:
-                return
-            await trio.sleep(poll)
-
-    async def not_ready(self) -> list[str]:
-        exited = [p for p in self._pods.values() if p.phase == "Exited"]
-        if exited:
-            raise LocalClusterError(
-                "; ".join(
-                    f"pod {p.plan.spec.namespace}/{p.plan.spec.name} exited with code"
-                    f" {p.process.exit_code if p.process else '?'} (see 'ambit logs -n"
-                    f" {p.plan.spec.namespace} pod/{p.plan.spec.name}')"
-                    for p in exited
-                )
-            )
-        pending: list[str] = []
-        for pod in self._pods.values():
-            where = f"pod {pod.plan.spec.namespace}/{pod.plan.spec.name}"
-            if pod.phase != "Running" or pod.process is None:
-                pending.append(f"{where} is not running")
-                continue
-            if pod.process.running_for() < SETTLE_SECONDS:
-                pending.append(f"{where} started less than {SETTLE_SECONDS}s ago")
-                continue
-            try:
-                with NetworkNamespace.open(pod.plan.netns) as netns:
-                    listening = await netns.run(network.listening_tcp_ports)
-            except NetnsError as exc:
-                pending.append(f"{where}: {exc}")
-                continue
-            missing = sorted(set(pod.plan.spec.tcp_ports) - listening)
-            if missing:
-                pending.append(f"{where} does not listen on port(s) {missing} yet")
-        if self.hooks.mesh_state is not None:
-            await self.refresh_mesh_state()
-            for pod in self._pods.values():
-                state = self._mesh.get(pod.plan.ref)
-                if pod.plan.meshed and not (state and state.ready):
-                    pending.append(
-                        f"meshed pod {pod.plan.spec.namespace}/{pod.plan.spec.name} is not"
-                        " captured by ztunnel or has no certificate yet"
-                    )
-        return pending
-
-    async def refresh_mesh_state(self) -> None:
-        """Ask the mesh again which meshed pods are captured and have their certificate
-        (what :meth:`snapshot` shows; labels and pods change after ``ambit up``)."""
-        if self.hooks.mesh_state is not None:
-            self._mesh = dict(await self.hooks.mesh_state(self.snapshot()))
-
-    def snapshot(self) -> LocalSnapshot:
-        return LocalSnapshot(
-            config=self.config,
-            objects=tuple(self._with_addresses(obj) for obj in self.store.objects()),
-            documents=tuple(self._document(e) for e in self.store.entries()),
-            pods=tuple(self._pod_view(p) for p in self._pods.values()),
-            nodes=tuple(self._node_view(n) for n in self._nodes.values()),
-            services=tuple(_service_view(s) for s in self._services),
-        )
-
-    def objects_json(
-        self, kind: str, namespace: str | None, name: str | None
-    ) -> list[dict[str, Any]]:
-        """The stored objects of ``kind`` (in ``namespace``, all when None; only ``name``
-        when given) as ``kubectl get -o yaml`` shows them, with what the cluster made of
-        them: a Pod's IP and phase, a Service's cluster IP."""
-        info = manifests.kind_info(kind)
-        if info is None:
-            raise LocalClusterError(f"unknown kind {kind!r}")
-        conditions = self.hooks.object_conditions()
-        out = []
-        for entry in self.store.entries(info.kind, namespace if info.namespaced else None):
-            if name is not None and entry.obj.name != name:
-                continue
-            doc = self._document(entry)
-            kind, ns, name_ = entry.ref
-            written = conditions.get(f"{kind}/{ns}/{name_}")
-            if isinstance(written, dict) and written.get("uid") == entry.obj.uid:
-                doc["status"] = {**doc.get("status", {}), "conditions": written["conditions"]}
-            out.append(doc)
-        return out
-
-    def _document(self, entry: Entry) -> dict[str, Any]:
-        """``entry`` as an API server serves it: a Pod with its IP and phase, a Service
-        with its cluster IP."""
-        doc = object_json(entry)
-        ref = (entry.obj.namespace, entry.obj.name)
-        if isinstance(entry.obj, manifests.Pod) and ref in self._pods:
-            pod = self._pods[ref]
-            exit_code = pod.process.exit_code if pod.process else None
-            phase = {"Exited": "Succeeded" if exit_code == 0 else "Failed"}.get(
-                pod.phase, pod.phase
-            )
-            ready = {"type": "Ready", "status": "True" if pod.phase == "Running" else "False"}
-            doc["status"] = {
-                **doc.get("status", {}), "phase": phase, "podIP": pod.plan.ip, "conditions": [ready]
-            }  # fmt: skip
-        if isinstance(entry.obj, manifests.Service) and ref in self._allocation.service_ips:
-            vip = self._allocation.service_ips[ref]
-            doc["spec"] = {**doc.get("spec", {}), "clusterIP": vip}
-        return doc
-
-    def _with_addresses(self, obj: manifests.K8sObject) -> manifests.K8sObject:
-        """Pods and Services as the API server would show them: with their IPs."""
-        ref = (obj.namespace, obj.name)
-        if isinstance(obj, manifests.Pod) and ref in self._pods:
-            return obj.with_ip(self._pods[ref].plan.ip)
-        if isinstance(obj, manifests.Service) and ref in self._allocation.service_ips:
-            return obj.with_cluster_ip(self._allocation.service_ips[ref])
-        return obj
-
-    def _pod_view(self, pod: _Pod) -> PodView:
-        plan, process = pod.plan, pod.process
-        mesh = self._mesh.get(plan.ref) if self.hooks.mesh_state is not None else None
-        return PodView(
-            namespace=plan.spec.namespace,
-            name=plan.spec.name,
-            node=plan.node,
-            ip=plan.ip,
-            netns=plan.netns,
-            identity=plan.identity,
-            service_account=plan.spec.service_account,
-            meshed=plan.meshed,
-            labels=dict(plan.spec.labels),
-            phase=pod.phase,
-            pid=process.pid if process else None,
-            exit_code=process.exit_code if process else None,
-            captured=mesh.captured if mesh else None,
-            certificate=mesh.certificate if mesh else None,
-        )
-
-    def _node_view(self, node: _Node) -> NodeView:
-        ztunnel = node.ztunnel
-        return NodeView(
-            name=node.plan.name,
-            ip=node.plan.ip,
-            netns=node.plan.netns,
-            ztunnel_pid=ztunnel.pid if ztunnel else None,
-            ztunnel_exit_code=ztunnel.exit_code if ztunnel else None,
-        )
-
 
 def _ready_pid(path: Path) -> int | None:
     """The PID in a ztunnel's ready file, or None while there is none."""
@@ -680,22 +456,3 @@ def _differs(running: PodPlan, wanted: PodPlan) -> bool:
         return True
     placed = (running.node, running.ip, running.netns, running.veth, running.identity)
     return placed != (wanted.node, wanted.ip, wanted.netns, wanted.veth, wanted.identity)
-
-
-def _service_view(service: ServicePlan) -> ServiceView:
-    return ServiceView(
-        namespace=service.spec.namespace,
-        name=service.spec.name,
-        vip=service.vip,
-        selector=dict(service.spec.selector or ()),
-        ports=tuple(
-            ServicePortView(
-                port=p.port.port,
-                target_port=p.port.target_port,
-                protocol=p.port.protocol,
-                name=p.port.name,
-                endpoints=tuple(EndpointView(e.ip, e.port, e.pod) for e in p.endpoints),
-            )
-            for p in service.ports
-        ),
-    )
