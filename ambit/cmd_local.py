@@ -17,6 +17,7 @@ from typing import Any, TypeAlias
 import trio
 import yaml
 
+from ambit import tables
 from k8s.local.config import (
     DEFAULT_POD_CIDR,
     DEFAULT_SERVICE_CIDR,
@@ -199,7 +200,7 @@ def run_up(args: argparse.Namespace) -> int:
     except LocalClusterError as exc:
         return _fail("up", f"the cluster reported ready but does not answer: {exc}")
     print(f"local cluster {snapshot['cluster_id']} is ready (state in {state_dir})")
-    print(_pods_table(snapshot["pods"], all_namespaces=True))
+    print(tables.pods_table(snapshot["pods"], all_namespaces=True))
     return 0
 
 
@@ -280,18 +281,18 @@ def run_get(args: argparse.Namespace) -> int:
     elif args.output == "json":
         print(json.dumps(items, indent=2))
     elif kind == "pods":
-        print(_pods_table(items, args.all_namespaces))
+        print(tables.pods_table(items, args.all_namespaces))
     elif kind == "workloads":
-        print(_workloads_table(items))
+        print(tables.workloads_table(items))
     elif kind == "nodes":
         print(
-            _table(
+            tables.table(
                 ["NAME", "IP", "NETNS", "ZTUNNEL"],
-                [[n["name"], n["ip"], n["netns"], _ztunnel_status(n)] for n in items],
+                [[n["name"], n["ip"], n["netns"], tables.ztunnel_status(n)] for n in items],
             )
         )
     else:
-        print(_services_table(items, args.all_namespaces))
+        print(tables.services_table(items, args.all_namespaces))
     return 0
 
 
@@ -317,12 +318,12 @@ def _get_objects(args: argparse.Namespace, kind: str, namespaced: bool) -> int:
         print(json.dumps(items[0] if one else items, indent=2))
     else:
         header = ["NAME", "STATUS", "AGE"]
-        rows = [[i["metadata"]["name"], _status(i), _age(i)] for i in items]
+        rows = [[i["metadata"]["name"], tables.status(i), tables.age(i)] for i in items]
         if namespaced and args.all_namespaces:
             header.insert(0, "NAMESPACE")
             for row, item in zip(rows, items, strict=True):
                 row.insert(0, item["metadata"]["namespace"])
-        print(_table(header, rows) if items else "No resources found")
+        print(tables.table(header, rows) if items else "No resources found")
     return 0
 
 
@@ -341,44 +342,11 @@ def _get_components(args: argparse.Namespace) -> int:
     else:
         rows = [
             [i["name"], str(i["pid"] or "-"), i["status"], str(i["restarts"]),
-             _duration(i["age"])]
+             tables.duration(i["age"])]
             for i in items
         ]  # fmt: skip
-        print(_table(["NAME", "PID", "STATUS", "RESTARTS", "AGE"], rows))
+        print(tables.table(["NAME", "PID", "STATUS", "RESTARTS", "AGE"], rows))
     return 0
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(max(seconds, 0))
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size * 2:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
-
-
-def _status(item: dict[str, Any]) -> str:
-    """One word for the conditions: the reason of the first that is not True, or, when
-    all are True, the pod's phase or the last condition's reason."""
-    status = item.get("status") or {}
-    conditions = status.get("conditions") or []
-    for c in conditions:
-        if c.get("status") != "True":
-            return f"{c.get('reason')} ({c.get('type')})"
-    if "phase" in status:
-        return str(status["phase"])
-    return str(conditions[-1].get("reason")) if conditions else "-"
-
-
-def _age(item: dict[str, Any]) -> str:
-    import datetime
-
-    created = item["metadata"].get("creationTimestamp")
-    try:
-        then = datetime.datetime.strptime(str(created), "%Y-%m-%dT%H:%M:%SZ")
-    except ValueError:
-        return "-"
-    now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
-    return _duration((now - then).total_seconds())
 
 
 def run_restart(args: argparse.Namespace) -> int:
@@ -482,72 +450,3 @@ def _call(state_dir: Path, request: dict[str, Any]) -> Any:
     from k8s.local.api import call
 
     return trio.run(call, files_of(state_dir)[1], request)
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    return "\n".join(
-        "   ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in [header, *rows]
-    )
-
-
-def _pod_status(pod: dict[str, Any]) -> str:
-    if pod["phase"] == "Exited":
-        return f"Exited({pod['exit_code']})"
-    return str(pod["phase"])
-
-
-def _captured(pod: dict[str, Any]) -> str:
-    if not pod["meshed"]:
-        return "-"
-    return {True: "yes", False: "no", None: "unknown"}[pod["captured"]]
-
-
-def _pods_table(pods: list[dict[str, Any]], all_namespaces: bool) -> str:
-    header = ["NAME", "STATUS", "IP", "NODE", "IDENTITY", "CAPTURED"]
-    rows = [
-        [p["name"], _pod_status(p), p["ip"], p["node"], p["identity"], _captured(p)] for p in pods
-    ]
-    if all_namespaces:
-        header.insert(0, "NAMESPACE")
-        for row, pod in zip(rows, pods, strict=True):
-            row.insert(0, pod["namespace"])
-    return _table(header, rows)
-
-
-def _workloads_table(pods: list[dict[str, Any]]) -> str:
-    return _table(
-        ["NAMESPACE", "NAME", "IP", "NODE", "IDENTITY", "PROTOCOL", "CAPTURED"],
-        [
-            [
-                p["namespace"],
-                p["name"],
-                p["ip"],
-                p["node"],
-                p["identity"],
-                "HBONE" if p["meshed"] and p["captured"] else "TCP",
-                _captured(p),
-            ]
-            for p in pods
-        ],
-    )
-
-
-def _services_table(services: list[dict[str, Any]], all_namespaces: bool) -> str:
-    rows = []
-    for s in services:
-        ports = ",".join(f"{p['port']}->{p['target_port']}/{p['protocol']}" for p in s["ports"])
-        endpoints = sorted({f"{e['ip']}:{e['port']}" for p in s["ports"] for e in p["endpoints"]})
-        row = [s["name"], s["vip"], ports or "<none>", ",".join(endpoints) or "<none>"]
-        rows.append([s["namespace"], *row] if all_namespaces else row)
-    header = ["NAME", "CLUSTER-IP", "PORT(S)", "ENDPOINTS"]
-    return _table(["NAMESPACE", *header] if all_namespaces else header, rows)
-
-
-def _ztunnel_status(node: dict[str, Any]) -> str:
-    if node["ztunnel_pid"] is None:
-        return "<none>"
-    if node["ztunnel_exit_code"] is not None:
-        return f"Exited({node['ztunnel_exit_code']})"
-    return f"Running (pid {node['ztunnel_pid']})"

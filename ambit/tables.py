@@ -1,0 +1,108 @@
+"""How ``ambit get`` prints: kubectl-style tables of pods, workloads, Services, nodes
+and objects, and the one-word STATUS and AGE columns. Output only."""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Sequence
+from typing import Any
+
+
+def duration(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size * 2:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def status(item: dict[str, Any]) -> str:
+    """One word for the conditions: the reason of the first that is not True, or, when
+    all are True, the pod's phase or the last condition's reason."""
+    status = item.get("status") or {}
+    conditions = status.get("conditions") or []
+    for c in conditions:
+        if c.get("status") != "True":
+            return f"{c.get('reason')} ({c.get('type')})"
+    if "phase" in status:
+        return str(status["phase"])
+    return str(conditions[-1].get("reason")) if conditions else "-"
+
+
+def age(item: dict[str, Any]) -> str:
+    created = item["metadata"].get("creationTimestamp")
+    try:
+        then = datetime.datetime.strptime(str(created), "%Y-%m-%dT%H:%M:%SZ")
+    except ValueError:
+        return "-"
+    now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
+    return duration((now - then).total_seconds())
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    return "\n".join(
+        "   ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *rows]
+    )
+
+
+def _pod_status(pod: dict[str, Any]) -> str:
+    if pod["phase"] == "Exited":
+        return f"Exited({pod['exit_code']})"
+    return str(pod["phase"])
+
+
+def _captured(pod: dict[str, Any]) -> str:
+    if not pod["meshed"]:
+        return "-"
+    return {True: "yes", False: "no", None: "unknown"}[pod["captured"]]
+
+
+def pods_table(pods: list[dict[str, Any]], all_namespaces: bool) -> str:
+    header = ["NAME", "STATUS", "IP", "NODE", "IDENTITY", "CAPTURED"]
+    rows = [
+        [p["name"], _pod_status(p), p["ip"], p["node"], p["identity"], _captured(p)] for p in pods
+    ]
+    if all_namespaces:
+        header.insert(0, "NAMESPACE")
+        for row, pod in zip(rows, pods, strict=True):
+            row.insert(0, pod["namespace"])
+    return table(header, rows)
+
+
+def workloads_table(pods: list[dict[str, Any]]) -> str:
+    return table(
+        ["NAMESPACE", "NAME", "IP", "NODE", "IDENTITY", "PROTOCOL", "CAPTURED"],
+        [
+            [
+                p["namespace"],
+                p["name"],
+                p["ip"],
+                p["node"],
+                p["identity"],
+                "HBONE" if p["meshed"] and p["captured"] else "TCP",
+                _captured(p),
+            ]
+            for p in pods
+        ],
+    )
+
+
+def services_table(services: list[dict[str, Any]], all_namespaces: bool) -> str:
+    rows = []
+    for s in services:
+        ports = ",".join(f"{p['port']}->{p['target_port']}/{p['protocol']}" for p in s["ports"])
+        endpoints = sorted({f"{e['ip']}:{e['port']}" for p in s["ports"] for e in p["endpoints"]})
+        row = [s["name"], s["vip"], ports or "<none>", ",".join(endpoints) or "<none>"]
+        rows.append([s["namespace"], *row] if all_namespaces else row)
+    header = ["NAME", "CLUSTER-IP", "PORT(S)", "ENDPOINTS"]
+    return table(["NAMESPACE", *header] if all_namespaces else header, rows)
+
+
+def ztunnel_status(node: dict[str, Any]) -> str:
+    if node["ztunnel_pid"] is None:
+        return "<none>"
+    if node["ztunnel_exit_code"] is not None:
+        return f"Exited({node['ztunnel_exit_code']})"
+    return f"Running (pid {node['ztunnel_pid']})"
