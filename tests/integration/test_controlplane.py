@@ -294,14 +294,21 @@ async def test_a_waypoint_subscribes_with_the_certificate_the_ca_gave_it() -> No
     assert [a.name for a in ztunnel_view.authorizations] == ["ext", "get-only"]  # web's, node-1's
 
 
-def test_each_policy_says_whether_ztunnel_enforces_it() -> None:
+def published(objs: tuple[manifests.K8sObject, ...]) -> ObjectStore:
+    """A store holding ``objs``, every kind listed, after a control plane published it
+    (and wrote the objects' conditions)."""
     plane = ControlPlane(CertificateAuthority.create(), trust_domain=TD)
     store = ObjectStore()
-    for obj in objects(POLICIES):
+    for obj in objs:
         store.put(obj)
     for kind in store.unlisted():
         store.mark_listed(kind)
     assert plane.update(store.objects(), store=store) is not None
+    return store
+
+
+def test_each_policy_says_whether_ztunnel_enforces_it() -> None:
+    store = published(objects(POLICIES))
 
     def conditions(name: str) -> dict[str, tuple[str, str]]:
         entry = store.get(("AuthorizationPolicy", "shop", name))
@@ -486,13 +493,7 @@ spec:
 
 
 def test_gateway_api_objects_get_gateway_api_conditions() -> None:
-    plane = ControlPlane(CertificateAuthority.create(), trust_domain=TD)
-    store = ObjectStore()
-    for obj in objects(GATEWAY_API):
-        store.put(obj)
-    for kind in store.unlisted():
-        store.mark_listed(kind)
-    assert plane.update(store.objects(), store=store) is not None
+    store = published(objects(GATEWAY_API))
 
     def conditions(kind: str, namespace: str, name: str) -> dict[str, tuple[str, str]]:
         entry = store.get((kind, namespace, name))
