@@ -1,0 +1,283 @@
+"""HTTP/1.x messages over any Trio stream, parsed by httptools (llhttp).
+
+:class:`MessageReader` reads requests (a server's side) or responses (a client's side)
+one message at a time: :meth:`~MessageReader.read_head`, then
+:meth:`~MessageReader.read_body` until it returns ``b""``. Bodies are never held
+whole: at most one read of the stream (:data:`READ_SIZE`) is parsed ahead of the
+consumer, so a slow consumer slows the sender. Limits (head size, header count, URL
+length) are checked while parsing and raise :class:`Http1Error` with the status to
+answer. The ``encode_*`` functions write heads and chunks.
+
+Header names are lowercased when read (HTTP/1.1 names are case-insensitive, as in
+HTTP/2); hop-by-hop headers are the caller's to drop (:data:`HOP_BY_HOP`).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Final
+
+import httptools
+import trio
+
+READ_SIZE: Final = 64 * 1024
+HOP_BY_HOP: Final = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"transfer-encoding",
+        b"te",
+        b"trailer",
+        b"upgrade",
+        b"content-length",  # re-written from the framing the proxy chooses
+    }
+)
+Headers = list[tuple[bytes, bytes]]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one message may hold; Envoy's defaults where Istio keeps them."""
+
+    max_head_bytes: int = 60 * 1024
+    max_headers: int = 100
+    max_url_bytes: int = 16 * 1024
+
+
+class Http1Error(Exception):
+    """A message that cannot be read; ``status`` is the answer a server gives it."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass
+class Head:
+    """A request head (``method``, ``target``) or a response head (``status``)."""
+
+    version: str
+    headers: Headers
+    method: bytes = b""
+    target: bytes = b""
+    status: int = 0
+    keep_alive: bool = True
+    upgrade: bool = False
+    chunked: bool = False
+    content_length: int | None = None
+
+    def header(self, name: bytes) -> bytes | None:
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    @property
+    def has_body(self) -> bool:
+        """Whether a body follows the head in the message's framing."""
+        return self.chunked or bool(self.content_length)
+
+
+@dataclass
+class _Parsing:
+    """What the parser callbacks collect for the message being read."""
+
+    url: bytearray = field(default_factory=bytearray)
+    headers: Headers = field(default_factory=list)
+    head_bytes: int = 0
+    status: int = 0
+
+
+class MessageReader:
+    """Reads HTTP/1.x messages from ``stream``: requests, or responses when ``response``."""
+
+    def __init__(
+        self,
+        stream: trio.abc.ReceiveStream,
+        *,
+        response: bool = False,
+        limits: Limits | None = None,
+        initial: bytes = b"",
+    ) -> None:
+        """``initial``: bytes already taken from ``stream`` (sniffed), read first."""
+        self._stream = stream
+        self._initial = initial
+        self._limits = limits or Limits()
+        self._response = response
+        self._parser: httptools.HttpRequestParser | httptools.HttpResponseParser = (
+            httptools.HttpResponseParser(self) if response else httptools.HttpRequestParser(self)
+        )
+        self._events: deque[Head | bytes | None] = deque()  # head, body chunk, None = end
+        self._parsing = _Parsing()
+        self._until_eof = False  # a response body delimited by the connection's close
+        self._eof = False
+        self._problem: Http1Error | None = None
+        self.upgraded: bytes | None = None  # after an upgrade: the bytes past the head
+        self.bytes_read = 0
+        self.started = False  # the first byte of a message has arrived
+
+    # -- the consumer's side --------------------------------------------------------
+
+    async def read_head(self) -> Head | None:
+        """The next message's head; None when the peer closed between messages."""
+        while True:
+            if self._events:
+                event = self._events.popleft()
+                if isinstance(event, Head):
+                    return event
+                continue  # the rest of a body nobody read: skipped
+            if self._eof or self.upgraded is not None:
+                if self.started:
+                    raise Http1Error(400, "the connection closed in the middle of a message")
+                return None
+            await self._fill()
+
+    async def read_body(self) -> bytes:
+        """The next piece of the current message's body; ``b""`` at its end."""
+        while True:
+            if self._events:
+                event = self._events[0]
+                if isinstance(event, Head):
+                    return b""
+                self._events.popleft()
+                return b"" if event is None else event
+            if self._eof or self.upgraded is not None:
+                if self._until_eof:
+                    self._until_eof = False
+                    return b""
+                raise Http1Error(400, "the connection closed in the middle of a body")
+            await self._fill()
+
+    async def _fill(self) -> None:
+        data, self._initial = self._initial, b""
+        data = data or bytes(await self._stream.receive_some(READ_SIZE))
+        if not data:
+            self._eof = True
+            return
+        self.bytes_read += len(data)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            offset = exc.args[0] if exc.args else len(data)
+            self.upgraded = bytes(data[offset:])
+        except httptools.HttpParserError as exc:
+            if self._problem is not None:
+                raise self._problem from None
+            raise Http1Error(400, f"malformed HTTP/1.x message: {exc}") from None
+
+    # -- httptools callbacks --------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._parsing = _Parsing()
+        self.started = True
+
+    def on_url(self, url: bytes) -> None:
+        parsing = self._parsing
+        parsing.url += url
+        self._count(len(url))
+        if len(parsing.url) > self._limits.max_url_bytes:
+            self._fail(414, f"request target over {self._limits.max_url_bytes} bytes")
+
+    def on_status(self, status: bytes) -> None:
+        self._count(len(status))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        parsing = self._parsing
+        parsing.headers.append((name.lower(), value))
+        self._count(len(name) + len(value) + 4)
+        if len(parsing.headers) > self._limits.max_headers:
+            self._fail(431, f"more than {self._limits.max_headers} headers")
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        parsing = self._parsing
+        head = Head(
+            version=parser.get_http_version(),
+            headers=parsing.headers,
+            keep_alive=parser.should_keep_alive(),
+            upgrade=parser.should_upgrade(),
+        )
+        if isinstance(parser, httptools.HttpRequestParser):
+            head.method = parser.get_method()
+            head.target = bytes(parsing.url)
+        else:
+            head.status = parser.get_status_code()
+        coding = head.header(b"transfer-encoding")
+        head.chunked = coding is not None and coding.lower().endswith(b"chunked")
+        length = head.header(b"content-length")
+        if length is not None and not head.chunked:
+            head.content_length = int(length)  # llhttp has checked it is one number
+        if self._response and not head.chunked and length is None:
+            self._until_eof = not (100 <= head.status < 200 or head.status in (204, 304))
+        self._events.append(head)
+
+    def on_body(self, body: bytes) -> None:
+        self._events.append(body)
+
+    def on_message_complete(self) -> None:
+        self._until_eof = False
+        self.started = False
+        self._events.append(None)
+
+    def on_chunk_header(self) -> None:
+        pass
+
+    def on_chunk_complete(self) -> None:
+        pass
+
+    def _count(self, n: int) -> None:
+        self._parsing.head_bytes += n
+        if self._parsing.head_bytes > self._limits.max_head_bytes:
+            self._fail(431, f"headers over {self._limits.max_head_bytes} bytes")
+
+    def _fail(self, status: int, reason: str) -> None:
+        self._problem = Http1Error(status, reason)
+        raise self._problem
+
+
+# -- writing ---------------------------------------------------------------------------
+
+_REASONS: Final = {
+    100: b"Continue", 101: b"Switching Protocols", 200: b"OK", 201: b"Created",
+    204: b"No Content", 301: b"Moved Permanently", 302: b"Found", 303: b"See Other",
+    304: b"Not Modified", 307: b"Temporary Redirect", 308: b"Permanent Redirect",
+    400: b"Bad Request", 401: b"Unauthorized", 403: b"Forbidden", 404: b"Not Found",
+    408: b"Request Timeout", 413: b"Content Too Large", 414: b"URI Too Long",
+    429: b"Too Many Requests", 431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error", 502: b"Bad Gateway", 503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+}  # fmt: skip
+
+
+def encode_request_head(method: bytes, target: bytes, headers: Headers) -> bytes:
+    lines = [method + b" " + target + b" HTTP/1.1"]
+    lines += [name + b": " + value for name, value in headers]
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+def encode_response_head(status: int, headers: Headers, version: str = "1.1") -> bytes:
+    reason = _REASONS.get(status, b"")
+    lines = [b"HTTP/%s %d %s" % (version.encode(), status, reason)]
+    lines += [name + b": " + value for name, value in headers]
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+def encode_chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+LAST_CHUNK: Final = b"0\r\n\r\n"
+
+
+def end_to_end(headers: Headers) -> Headers:
+    """``headers`` without the hop-by-hop ones, including those ``Connection`` names."""
+    named = {
+        token.strip().lower()
+        for name, value in headers
+        if name == b"connection"
+        for token in value.split(b",")
+    }
+    return [(n, v) for n, v in headers if n not in HOP_BY_HOP and n not in named]

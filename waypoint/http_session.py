@@ -1,0 +1,389 @@
+"""One downstream HTTP/1.x connection at the waypoint: request after request.
+
+For each request: pick an endpoint (least request), send the request to it over an
+HTTP/1.1 connection through HBONE (the waypoint's identity), stream the request body
+up and the response back with backpressure, then count and log it. Keep-alive on both
+sides; ``Expect: 100-continue`` and other interim answers are relayed; an Upgrade
+(WebSocket) answered 101 turns the connection into a byte relay.
+
+Retries, as Istio's default: a request whose connection to an endpoint could not be
+opened, or whose reused connection was closed by the app before answering, is tried
+once more on another endpoint, before any byte of its body was sent. Never on a 503.
+
+Local answers use Envoy's response flags: ``UH`` no healthy endpoint (503), ``UF``
+upstream connection failure (503), ``UC`` upstream closed before answering (503),
+``DC`` the client went away. A malformed request gets 400 (or 413/414/431) and the
+connection closes; nothing else is disturbed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+import structlog
+import trio
+
+from mesh.relay import relay
+from waypoint.http1 import (
+    LAST_CHUNK,
+    Head,
+    Headers,
+    Http1Error,
+    MessageReader,
+    encode_chunk,
+    encode_request_head,
+    encode_response_head,
+    end_to_end,
+)
+from waypoint.telemetry import RequestLabels, service_labels, side
+from waypoint.upstream import Connection, Target, UpstreamError
+
+if TYPE_CHECKING:
+    from mesh.model import MeshSnapshot
+    from waypoint.proxy import Caller, Destination, WaypointProxy
+
+log = structlog.get_logger("waypoint.access")
+
+ATTEMPTS: Final = 2  # Istio's default: one retry on connect failure or refused stream
+IDLE_SECONDS: Final = 300.0  # a keep-alive connection with no request
+HEAD_SECONDS: Final = 30.0  # from a request's first byte to the end of its head
+XFCC: Final = b"x-forwarded-client-cert"
+
+
+@dataclass
+class Exchange:
+    """What one request did, for its metrics and its access-log line."""
+
+    head: Head
+    started: float
+    request_id: bytes
+    status: int = 0
+    flags: str = "-"
+    target: Target | None = None
+    request_bytes: int = 0
+    response_bytes: int = 0
+
+
+class LocalReply(Exception):
+    """The waypoint answers the request itself: ``status`` with ``flags`` and ``body``."""
+
+    def __init__(self, status: int, flags: str, body: bytes = b"") -> None:
+        super().__init__(body.decode(errors="replace"))
+        self.status = status
+        self.flags = flags
+        self.body = body
+
+
+class ClientGone(Exception):
+    """The downstream connection broke: nothing more can be sent on it."""
+
+
+class HttpSession:
+    def __init__(
+        self,
+        proxy: WaypointProxy,
+        snapshot: MeshSnapshot,
+        destination: Destination,
+        caller: Caller,
+        stream: trio.abc.HalfCloseableStream,
+        *,
+        initial: bytes = b"",
+    ) -> None:
+        self.proxy = proxy
+        self.snapshot = snapshot
+        self.destination = destination
+        self.caller = caller
+        self.stream = stream
+        self.reader = MessageReader(stream, initial=initial)
+        self.keep_alive = True
+
+    async def run(self) -> None:
+        """Serve requests until the client closes, asks to close, or breaks the protocol."""
+        while self.keep_alive:
+            with trio.move_on_after(IDLE_SECONDS):
+                try:
+                    head = await self.reader.read_head()
+                except Http1Error as exc:
+                    await self._refuse(exc)
+                    return
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return
+                if head is None:
+                    return
+            if head is None:  # idle for too long
+                return
+            try:
+                await self._exchange(head)
+            except ClientGone:
+                return
+
+    async def _refuse(self, exc: Http1Error) -> None:
+        log.warning("http_request_malformed", src_identity=str(self.caller.identity),
+                    status=exc.status, reason=exc.reason)  # fmt: skip
+        body = exc.reason.encode() + b"\n"
+        headers = [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(body)),
+                   (b"connection", b"close")]  # fmt: skip
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await self.stream.send_all(encode_response_head(exc.status, headers) + body)
+
+    async def _exchange(self, head: Head) -> None:
+        request_id = head.header(b"x-request-id") or str(uuid.uuid4()).encode()
+        exchange = Exchange(head, time.monotonic(), request_id)
+        self.snapshot = self.proxy.snapshot() or self.snapshot  # config applies per request
+        self.keep_alive = head.keep_alive
+        try:
+            await self._forward(exchange)
+        except LocalReply as reply:
+            exchange.status, exchange.flags = reply.status, reply.flags
+            await self._reply(exchange, reply)
+        except ClientGone:
+            exchange.flags = "DC"
+            self._account(exchange)
+            raise
+        self._account(exchange)
+
+    async def _forward(self, ex: Exchange) -> None:
+        targets = self.destination.targets(self.snapshot)
+        if not targets:
+            raise LocalReply(503, "UH", b"no healthy upstream")
+        tried: list[Target] = []
+        for attempt in range(ATTEMPTS):
+            target = self.proxy.balancer.pick(targets, avoid=tried)
+            assert target is not None
+            tried.append(target)
+            try:
+                conn = await self.proxy.upstreams.checkout(target, self._connect_headers())
+            except UpstreamError as exc:
+                if attempt + 1 < ATTEMPTS:
+                    continue
+                raise LocalReply(
+                    503,
+                    "UF",
+                    b"upstream connect error or disconnect/reset before headers."
+                    b" reset reason: connection failure, " + str(exc).encode(),
+                ) from None
+            ex.target = target
+            self.proxy.balancer.started(target)
+            try:
+                if await self._over(conn, ex, retry_ok=attempt + 1 < ATTEMPTS):
+                    return
+            finally:
+                self.proxy.balancer.finished(target)
+        raise LocalReply(503, "UC", b"upstream connect error or disconnect/reset before headers."
+                         b" reset reason: connection termination")  # fmt: skip
+
+    def _connect_headers(self) -> list[tuple[str, str]]:
+        return [("forwarded", f"for={self.caller.address}")] if self.caller.address else []
+
+    async def _over(self, conn: Connection, ex: Exchange, *, retry_ok: bool) -> bool:
+        """Send ``ex``'s request on ``conn`` and relay its response; False when ``conn``
+        closed before any answer and the request may be tried again. ``conn`` is released
+        (kept for reuse or closed) whatever happens."""
+        reused = conn.requests > 0
+        conn.requests += 1
+        try:
+            await conn.stream.send_all(self._request_head(ex))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            await conn.aclose()
+            if reused and retry_ok:
+                return False
+            raise LocalReply(503, "UC", b"upstream reset before the request was sent") from None
+        body_sent = trio.Event()
+        failed: LocalReply | ClientGone | None = None
+        result: bool | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                if ex.head.has_body:
+                    nursery.start_soon(self._send_body, conn, ex, body_sent)
+                else:
+                    body_sent.set()
+                try:
+                    result = await self._respond(conn, ex, reused=reused, retry_ok=retry_ok)
+                except (LocalReply, ClientGone) as exc:  # raised outside: no exception group
+                    failed = exc
+                if failed is not None or result is None or not body_sent.is_set():
+                    nursery.cancel_scope.cancel()  # the answer came before the body was sent
+        except BaseException:
+            await conn.aclose()
+            raise
+        if failed is not None or result is None:
+            await conn.aclose()
+            if failed is not None:
+                raise failed
+            return False
+        if not body_sent.is_set():
+            self.keep_alive = False
+            result = False
+        await self.proxy.upstreams.release(conn, reusable=result)
+        return True
+
+    async def _respond(
+        self, conn: Connection, ex: Exchange, *, reused: bool, retry_ok: bool
+    ) -> bool | None:
+        """Read the response and relay it down: whether ``conn`` may carry another request,
+        None when the app closed it before answering and the request may go again."""
+        head = ex.head
+        try:
+            response = await conn.reader.read_head()
+            while response is not None and 100 <= response.status < 200:
+                if response.status == 101 and head.upgrade:
+                    break
+                await self._send_down(encode_response_head(response.status, response.headers))
+                response = await conn.reader.read_head()
+        except (Http1Error, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise LocalReply(502, "UPE", f"upstream answered badly: {exc}".encode()) from None
+        if response is None:
+            if reused and retry_ok and not head.has_body:
+                return None  # the app closed the idle connection: it never saw this request
+            raise LocalReply(503, "UC", b"upstream connect error or disconnect/reset before"
+                             b" headers. reset reason: connection termination")  # fmt: skip
+        ex.status = response.status
+        if response.status == 101:
+            await self._upgrade(conn, ex, response)
+            return False
+        return await self._relay_response(conn, ex, response)
+
+    def _request_head(self, ex: Exchange) -> bytes:
+        head = ex.head
+        headers = [(n, v) for n, v in end_to_end(head.headers) if n not in (XFCC, b"x-request-id")]
+        headers.append((b"x-request-id", ex.request_id))
+        headers.append((XFCC, b"By=%s;URI=%s" % (str(self.proxy.identity).encode(),
+                                                  str(self.caller.identity).encode())))  # fmt: skip
+        if head.chunked:
+            headers.append((b"transfer-encoding", b"chunked"))
+        elif head.content_length is not None:
+            headers.append((b"content-length", b"%d" % head.content_length))
+        if head.upgrade:
+            headers += [(b"connection", b"upgrade"), (b"upgrade", head.header(b"upgrade") or b"")]
+        ex.request_bytes += sum(len(n) + len(v) + 4 for n, v in headers)
+        return encode_request_head(head.method, head.target, headers)
+
+    async def _send_body(self, conn: Connection, ex: Exchange, done: trio.Event) -> None:
+        chunked = ex.head.chunked
+        try:
+            while data := await self.reader.read_body():
+                ex.request_bytes += len(data)
+                await conn.stream.send_all(encode_chunk(data) if chunked else data)
+            if chunked:
+                await conn.stream.send_all(LAST_CHUNK)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, Http1Error):
+            self.keep_alive = False  # the client's body broke off: this connection is done
+            return
+        done.set()
+
+    async def _relay_response(self, conn: Connection, ex: Exchange, response: Head) -> bool:
+        """Send ``response`` down; whether ``conn`` can carry another request."""
+        bodyless = ex.head.method == b"HEAD" or response.status in (204, 304)
+        headers = end_to_end(response.headers)
+        down_chunked = False
+        if bodyless:
+            length = response.header(b"content-length")
+            if length is not None:
+                headers.append((b"content-length", length))
+        elif response.content_length is not None:
+            headers.append((b"content-length", b"%d" % response.content_length))
+        elif ex.head.version == "1.1":
+            down_chunked = True
+            headers.append((b"transfer-encoding", b"chunked"))
+        else:
+            self.keep_alive = False  # an HTTP/1.0 client: the body ends with the connection
+        if not self.keep_alive:
+            headers.append((b"connection", b"close"))
+        elif ex.head.version == "1.0":
+            headers.append((b"connection", b"keep-alive"))
+        encoded = encode_response_head(response.status, headers, ex.head.version)
+        ex.response_bytes += len(encoded)
+        await self._send_down(encoded)
+        if bodyless:
+            return response.status != 304 and ex.head.method != b"HEAD" and response.keep_alive
+        try:
+            while data := await conn.reader.read_body():
+                ex.response_bytes += len(data)
+                await self._send_down(encode_chunk(data) if down_chunked else data)
+        except (Http1Error, trio.BrokenResourceError, trio.ClosedResourceError):
+            ex.flags = "UPE"
+            self.keep_alive = False
+            raise ClientGone from None  # the response is cut: the client must see it end
+        if down_chunked:
+            await self._send_down(LAST_CHUNK)
+        return response.keep_alive
+
+    async def _upgrade(self, conn: Connection, ex: Exchange, response: Head) -> None:
+        """The app switched protocols: relay its 101 and then bytes, both ways."""
+        encoded = encode_response_head(101, response.headers, ex.head.version)
+        await self._send_down(encoded)
+        self.keep_alive = False
+        try:
+            if self.reader.upgraded:
+                await conn.stream.send_all(self.reader.upgraded)
+            if conn.reader.upgraded:
+                await self._send_down(conn.reader.upgraded)
+            await relay(self.stream, conn.stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            await conn.aclose()
+
+    async def _reply(self, ex: Exchange, reply: LocalReply) -> None:
+        body = reply.body + b"\n" if reply.body else b""
+        headers: Headers = [
+            (b"content-type", b"text/plain"),
+            (b"content-length", b"%d" % len(body)),
+            (b"x-request-id", ex.request_id),
+        ]
+        if ex.head.has_body:
+            self.keep_alive = False  # its body was not read: the connection cannot go on
+        if not self.keep_alive:
+            headers.append((b"connection", b"close"))
+        encoded = encode_response_head(reply.status, headers, ex.head.version or "1.1") + body
+        ex.response_bytes += len(encoded)
+        await self._send_down(encoded)
+
+    async def _send_down(self, data: bytes) -> None:
+        try:
+            await self.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise ClientGone from None
+
+    def _account(self, ex: Exchange) -> None:
+        target = self.destination.service
+        workload = self.snapshot.workload(ex.target.uid) if ex.target is not None else None
+        labels = RequestLabels(
+            **side("source", self.caller.workload, self.caller.identity),
+            **side("destination", workload, ex.target.identity if ex.target else None),
+            **service_labels(target),
+            response_code=str(ex.status),
+            response_flags=ex.flags,
+        )
+        duration_ms = (time.monotonic() - ex.started) * 1000
+        self.proxy.metrics.record(labels, duration_ms, ex.request_bytes, ex.response_bytes)
+        head = ex.head
+        traceparent = head.header(b"traceparent") or b""
+        log.info(
+            "request",
+            method=head.method.decode(errors="replace"),
+            authority=(head.header(b"host") or b"").decode(errors="replace"),
+            path=head.target.decode(errors="replace"),
+            protocol=f"HTTP/{head.version}",
+            response_code=ex.status,
+            response_flags=ex.flags,
+            duration_ms=round(duration_ms, 3),
+            upstream_host=ex.target.authority if ex.target else None,
+            bytes_received=ex.request_bytes,
+            bytes_sent=ex.response_bytes,
+            request_id=ex.request_id.decode(errors="replace"),
+            trace_id=_trace_id(traceparent),
+            src_identity=str(self.caller.identity),
+            dst_identity=str(ex.target.identity) if ex.target else None,
+            dst_service=target.hostname if target else None,
+        )
+
+
+def _trace_id(traceparent: bytes) -> str | None:
+    """The trace id of a W3C ``traceparent`` (``00-<trace id>-<span id>-<flags>``)."""
+    parts = traceparent.decode(errors="replace").split("-")
+    return parts[1] if len(parts) == 4 else None

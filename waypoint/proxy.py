@@ -1,0 +1,218 @@
+"""The waypoint's data path: one HBONE CONNECT from a source ztunnel, end to end.
+
+:meth:`WaypointProxy.handle` takes a CONNECT whose authority is a Service's ``VIP:port``
+(or, for a waypoint that takes workload traffic, a pod's ``IP:port``). The Service and
+port come from that authority, never from a Host header; a destination not bound to
+this waypoint is refused. The protocol is the one the Service port declares, else
+sniffed from the first bytes (:mod:`waypoint.protocol`):
+
+- HTTP/1.x: each request on the connection is handled on its own
+  (:mod:`waypoint.http_session`): routed, sent to an endpoint over HBONE as the
+  waypoint, its response relayed back, counted and logged;
+- anything else (TCP, or HTTP/2 until the waypoint's HTTP/2 side lands): relayed as
+  bytes to one endpoint, over HBONE as the waypoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+import trio
+
+from mesh.hbone import HboneRequest
+from mesh.identity import SpiffeId
+from mesh.model import MeshSnapshot, Service, Workload
+from mesh.reason import Reason
+from mesh.relay import relay
+from waypoint.http_session import HttpSession
+from waypoint.protocol import SNIFF_BYTES, declared, sniff
+from waypoint.telemetry import RequestMetrics
+from waypoint.upstream import Balancer, Target, UpstreamError, Upstreams, targets_of
+
+log = structlog.get_logger("waypoint")
+
+SNIFF_SECONDS = 5.0  # a client that declares nothing and sends nothing: relayed as TCP
+
+
+@dataclass(frozen=True)
+class Destination:
+    """What a CONNECT asked for: a Service port bound to this waypoint, or a pod."""
+
+    ip: str
+    port: int
+    service: Service | None
+    workload: Workload | None  # pod-IP traffic: the pod; no Service routes apply
+
+    def targets(self, snapshot: MeshSnapshot) -> list[Target]:
+        """Where its traffic may go: the Service's endpoints for the port, or the pod."""
+
+        def identity_of(uid: str) -> SpiffeId | None:
+            w = snapshot.workload(uid)
+            return w.identity if w is not None and w.meshed else None
+
+        if self.service is not None:
+            service = snapshot.service(self.service.key)  # as the snapshot has it now
+            endpoints = service.endpoints if service is not None else ()
+            return targets_of(endpoints, self.port, identity_of)
+        w = self.workload
+        if w is None or not w.meshed:
+            return []
+        return [Target(w.ip, self.port, w.identity, w.uid)]
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is asking: the identity the source ztunnel proved (the source workload's), its
+    workload when the snapshot knows it, and its address."""
+
+    identity: SpiffeId
+    workload: Workload | None
+    address: str
+
+
+class WaypointProxy:
+    """Serves the CONNECTs of the waypoint ``key`` (``namespace/name``)."""
+
+    def __init__(
+        self,
+        key: str,
+        identity: SpiffeId,
+        *,
+        snapshot: Callable[[], MeshSnapshot | None],
+        upstreams: Upstreams,
+        metrics: RequestMetrics,
+        balancer: Balancer | None = None,
+    ) -> None:
+        self.key = key
+        self.identity = identity
+        self.snapshot = snapshot
+        self.upstreams = upstreams
+        self.metrics = metrics
+        self.balancer = balancer or Balancer()
+        self.open_connections = 0
+
+    def destination(self, snapshot: MeshSnapshot, ip: str, port: int) -> Destination | str:
+        """The destination of ``ip:port``, or why this waypoint does not serve it."""
+        service = snapshot.service_by_vip(ip)
+        if service is not None:
+            if service.waypoint != self.key:
+                return f"service {service.key} is not bound to waypoint {self.key}"
+            if service.port(port) is None:
+                return f"service {service.key} has no port {port}"
+            return Destination(ip, port, service, None)
+        workload = snapshot.workload_by_ip(ip)
+        if workload is not None and workload.waypoint == self.key:
+            return Destination(ip, port, None, workload)
+        return f"{ip}:{port} is neither a service nor a pod bound to waypoint {self.key}"
+
+    def caller(self, snapshot: MeshSnapshot, request: HboneRequest) -> Caller:
+        """The source as the CONNECT tells it: the ``forwarded`` address counts only when
+        the pod there holds the identity the peer proved."""
+        forwarded = _forwarded_for(request.header("forwarded"))
+        peer_address = request.connection.peer_address
+        address = forwarded or (peer_address[0] if peer_address else "")
+        workload = snapshot.workload_by_ip(address) if address else None
+        if workload is not None and workload.identity != request.peer:
+            workload = None
+        return Caller(request.peer, workload, address)
+
+    async def handle(self, request: HboneRequest) -> None:
+        snapshot = self.snapshot()
+        if snapshot is None:
+            log.warning("waypoint_refused", reason="no config from the control plane yet")
+            await request.reject(Reason.NO_HEALTHY_ENDPOINT)
+            return
+        ip, port = request.destination()
+        destination = self.destination(snapshot, ip, port)
+        if isinstance(destination, str):
+            log.warning("waypoint_refused", src_identity=str(request.peer), reason=destination)
+            await request.reject(Reason.NOT_AUTHORIZED)
+            return
+        caller = self.caller(snapshot, request)
+        stream = await request.accept()
+        self.open_connections += 1
+        try:
+            await self._serve(snapshot, destination, caller, stream)
+        finally:
+            self.open_connections -= 1
+            await stream.aclose()
+
+    async def _serve(
+        self,
+        snapshot: MeshSnapshot,
+        destination: Destination,
+        caller: Caller,
+        stream: trio.abc.HalfCloseableStream,
+    ) -> None:
+        service_port = destination.service.port(destination.port) if destination.service else None
+        protocol = declared(service_port)
+        first = b""
+        if protocol is None:
+            first, sniffed = await _sniff(stream)
+            protocol = "http" if sniffed == "http1" else "tcp"
+        if protocol == "http":
+            session = HttpSession(self, snapshot, destination, caller, stream, initial=first)
+            await session.run()
+            return
+        await self._relay_tcp(snapshot, destination, caller, stream, first)
+
+    async def _relay_tcp(
+        self,
+        snapshot: MeshSnapshot,
+        destination: Destination,
+        caller: Caller,
+        stream: trio.abc.HalfCloseableStream,
+        first: bytes,
+    ) -> None:
+        targets = destination.targets(snapshot)
+        target = self.balancer.pick(targets)
+        if target is None:
+            log.warning("waypoint_no_endpoint", dst=f"{destination.ip}:{destination.port}",
+                        src_identity=str(caller.identity))  # fmt: skip
+            return
+        try:
+            upstream = await self.upstreams.checkout(target, ())
+        except UpstreamError as exc:
+            log.warning("waypoint_upstream_failed", dst=target.authority, reason=str(exc))
+            return
+        self.balancer.started(target)
+        try:
+            if first:
+                await upstream.stream.send_all(first)
+            await relay(stream, upstream.stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            log.info("waypoint_tcp_broken", dst=target.authority, reason=str(exc))
+        finally:
+            self.balancer.finished(target)
+            await upstream.aclose()
+
+
+async def _sniff(stream: trio.abc.ReceiveStream) -> tuple[bytes, str]:
+    """The first bytes of ``stream`` and what they begin (``tcp`` when the client is silent
+    for :data:`SNIFF_SECONDS` or closes)."""
+    first = b""
+    with trio.move_on_after(SNIFF_SECONDS):
+        while (kind := sniff(first)) is None:
+            data = await stream.receive_some(SNIFF_BYTES)
+            if not data:
+                break
+            first += data
+        else:
+            return first, kind
+    return first, "tcp"
+
+
+def _forwarded_for(value: str | None) -> str | None:
+    """The ``for=`` address of a ``forwarded`` header (RFC 7239), as ztunnel sends it."""
+    if not value:
+        return None
+    for part in value.split(";"):
+        key, _, address = part.strip().partition("=")
+        if key.lower() == "for" and address:
+            address = address.strip('"')
+            if address.startswith("["):
+                address = address[1:].partition("]")[0]
+            return address
+    return None

@@ -1,0 +1,172 @@
+"""The waypoint's side towards the apps: which endpoint takes a request, and the
+HTTP/1.1 connections to endpoints, each an HBONE CONNECT stream to the endpoint pod's
+15008 presenting the waypoint's own certificate (the destination ztunnel sees the
+waypoint's identity and dials the app).
+
+- :class:`Balancer`: least request, as Istio's default: of two endpoints drawn at
+  random, the one with fewer requests in flight (Envoy's power of two choices).
+- :class:`Upstreams`: idle HTTP/1.1 connections kept per endpoint (at most
+  ``max_idle`` each, closed after ``idle_seconds``) and reused for the next request; a
+  connection is reused only when its last response ended cleanly.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import trio
+
+from mesh.hbone import HboneError, HboneStreamRefused, HboneStreamTimeout
+from mesh.hbone.client import HboneClientPool, HboneConnectError
+from mesh.identity import SpiffeId
+from mesh.model import Endpoint
+from mesh.reason import Reason
+from waypoint.http1 import MessageReader
+
+
+@dataclass(frozen=True)
+class Target:
+    """One endpoint of a Service on one port: where a request goes."""
+
+    ip: str
+    port: int  # the target port on the pod
+    identity: SpiffeId  # the pod's: the destination ztunnel answers for it
+    uid: str
+
+    @property
+    def authority(self) -> str:
+        host = f"[{self.ip}]" if ":" in self.ip else self.ip
+        return f"{host}:{self.port}"
+
+
+class Balancer:
+    """Least request over power of two choices; counts requests in flight per endpoint."""
+
+    def __init__(self, rng: random.Random | None = None) -> None:
+        self._rng = rng or random.Random()
+        self.active: dict[tuple[str, int], int] = defaultdict(int)
+
+    def pick(self, targets: Sequence[Target], avoid: Sequence[Target] = ()) -> Target | None:
+        """One of ``targets``, not one of ``avoid`` when another is left (a retry goes
+        elsewhere); None when there is none."""
+        pool = [t for t in targets if t not in avoid] or list(targets)
+        if not pool:
+            return None
+        if len(pool) == 1:
+            return pool[0]
+        a, b = self._rng.sample(pool, 2)
+        return a if self.active[(a.ip, a.port)] <= self.active[(b.ip, b.port)] else b
+
+    def started(self, target: Target) -> None:
+        self.active[(target.ip, target.port)] += 1
+
+    def finished(self, target: Target) -> None:
+        key = (target.ip, target.port)
+        self.active[key] -= 1
+        if self.active[key] <= 0:
+            del self.active[key]
+
+
+class UpstreamError(Exception):
+    """No connection to the endpoint; ``retryable`` when no byte of the request left."""
+
+    def __init__(self, reason: Reason, detail: str, *, retryable: bool) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.retryable = retryable
+
+
+@dataclass(eq=False)
+class Connection:
+    """An HTTP/1.1 connection to one endpoint (an HBONE stream to its pod)."""
+
+    target: Target
+    stream: trio.abc.HalfCloseableStream
+    reader: MessageReader
+    idle_since: float = field(default_factory=trio.current_time)
+    requests: int = 0
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+class Upstreams:
+    """HTTP/1.1 connections to endpoints, opened through ``pool`` as ``identity``."""
+
+    def __init__(
+        self,
+        pool: HboneClientPool,
+        identity: Callable[[], SpiffeId],
+        *,
+        max_idle: int = 32,
+        idle_seconds: float = 60.0,
+    ) -> None:
+        self._pool = pool
+        self._identity = identity
+        self._idle: dict[tuple[str, int], list[Connection]] = defaultdict(list)
+        self.max_idle = max_idle
+        self.idle_seconds = idle_seconds
+        self.opened = 0
+
+    def idle_count(self) -> int:
+        return sum(len(v) for v in self._idle.values())
+
+    async def checkout(self, target: Target, headers: Sequence[tuple[str, str]]) -> Connection:
+        """An idle connection to ``target``, or a new one (``headers`` go on its CONNECT)."""
+        idle = self._idle.get((target.ip, target.port))
+        now = trio.current_time()
+        while idle:
+            conn = idle.pop()
+            if now - conn.idle_since < self.idle_seconds:
+                return conn
+            await conn.aclose()
+        try:
+            stream = await self._pool.connect(
+                source=self._identity(),
+                address=(target.ip, 15008),
+                authority=target.authority,
+                expected=[target.identity],
+                headers=headers,
+            )
+        except HboneStreamRefused as exc:
+            reason = exc.reason or Reason.DESTINATION_REFUSED
+            raise UpstreamError(reason, str(exc), retryable=True) from None
+        except HboneConnectError as exc:
+            raise UpstreamError(exc.reason, str(exc), retryable=True) from None
+        except HboneStreamTimeout as exc:
+            raise UpstreamError(Reason.TIMEOUT, str(exc), retryable=True) from None
+        except HboneError as exc:
+            raise UpstreamError(Reason.CONNECTION_RESET, str(exc), retryable=True) from None
+        self.opened += 1
+        return Connection(target, stream, MessageReader(stream, response=True))
+
+    async def release(self, conn: Connection, *, reusable: bool) -> None:
+        """Keep ``conn`` for the next request to its endpoint, or close it."""
+        idle = self._idle[(conn.target.ip, conn.target.port)]
+        if reusable and len(idle) < self.max_idle:
+            conn.idle_since = trio.current_time()
+            idle.append(conn)
+            return
+        await conn.aclose()
+
+    async def aclose(self) -> None:
+        for conns in self._idle.values():
+            for conn in conns:
+                await conn.aclose()
+        self._idle.clear()
+
+
+def targets_of(
+    endpoints: Sequence[Endpoint], port: int, identity_of: Callable[[str], SpiffeId | None]
+) -> list[Target]:
+    """The endpoints serving service port ``port``, with the identity each pod proves."""
+    out = []
+    for e in endpoints:
+        target = e.target_for(port)
+        identity = identity_of(e.workload_uid)
+        if target is not None and identity is not None:
+            out.append(Target(e.ip, target, identity, e.workload_uid))
+    return out
