@@ -177,9 +177,9 @@ class MessageReader:
     def on_url(self, url: bytes) -> None:
         parsing = self._parsing
         parsing.url += url
-        self._count(len(url))
         if len(parsing.url) > self._limits.max_url_bytes:
             self._fail(414, f"request target over {self._limits.max_url_bytes} bytes")
+        self._count(len(url))
 
     def on_status(self, status: bytes) -> None:
         self._count(len(status))

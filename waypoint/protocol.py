@@ -8,7 +8,6 @@ line, the HTTP/2 connection preface, or anything else (relayed as TCP). Pure.
 
 from __future__ import annotations
 
-import re
 from typing import Final, Literal, TypeAlias
 
 from mesh.model import ServicePort
@@ -45,8 +44,14 @@ _NAME_PREFIXES: Final[tuple[tuple[str, Declared], ...]] = (
     ("https", "tcp"),
     ("tls", "tcp"),
 )
-# An HTTP/1.x request line begins with a method token and a space (RFC 9110 tokens).
-_REQUEST_LINE: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,24} ")
+# An HTTP/1.x request line begins with a method and a space. Only methods HTTP defines
+# count (RFC 9110, 5789, WebDAV, as Envoy's HTTP inspector): "SSH-2.0-x " is no request.
+METHODS: Final = frozenset(
+    b"GET HEAD POST PUT DELETE CONNECT OPTIONS TRACE PATCH PROPFIND PROPPATCH MKCOL COPY"
+    b" MOVE LOCK UNLOCK SEARCH REPORT MKACTIVITY CHECKOUT MERGE M-SEARCH NOTIFY SUBSCRIBE"
+    b" UNSUBSCRIBE PURGE MKCALENDAR LINK UNLINK SOURCE QUERY".split()
+)
+_LONGEST: Final = max(len(m) for m in METHODS)
 
 
 def declared(port: ServicePort | None) -> Declared | None:
@@ -70,13 +75,9 @@ def sniff(first: bytes) -> Sniffed | None:
         if len(first) >= len(H2_PREFACE):
             return "h2"
         return None
-    if _REQUEST_LINE.match(first):
-        return "http1"
-    if len(first) >= SNIFF_BYTES or b" " in first[:25] or not _could_be_method(first):
+    method, space, _ = first[: _LONGEST + 1].partition(b" ")
+    if space:
+        return "http1" if method in METHODS else "tcp"
+    if len(first) > _LONGEST or not any(m.startswith(first) for m in METHODS):
         return "tcp"
     return None
-
-
-def _could_be_method(first: bytes) -> bool:
-    """Whether ``first`` may still grow into a method token."""
-    return re.fullmatch(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]{0,24}", first) is not None
