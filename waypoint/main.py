@@ -24,6 +24,7 @@ from mesh.admin import json_response, metrics_route, ready_route, serve_http
 from mesh.backoff import Backoff
 from mesh.ca_client import CaClient, CertificateRequestError
 from mesh.certs import CertificateManager, open_certificate_manager
+from mesh.concurrency import open_service_nursery
 from mesh.config_stream import ConfigClient
 from mesh.hbone.client import open_hbone_pool
 from mesh.hbone.server import ServerConnections, serve_hbone
@@ -32,6 +33,7 @@ from mesh.identity import SpiffeId, WorkloadCertificate, control_plane_identity
 from mesh.memory import serve_heap_trimmer
 from mesh.model import MeshSnapshot
 from waypoint.config import WaypointConfig
+from waypoint.h2_session import H2Upstreams
 from waypoint.proxy import WaypointProxy
 from waypoint.telemetry import RequestMetrics
 from waypoint.upstream import Upstreams
@@ -116,14 +118,20 @@ async def _run(
         def current() -> WorkloadCertificate:
             return cert_for(identity)
 
-        async with open_hbone_pool(cert_for) as control_pool, open_hbone_pool(cert_for) as pool:
+        async with (
+            open_hbone_pool(cert_for) as control_pool,
+            open_hbone_pool(cert_for) as pool,
+            open_service_nursery() as upstream_tasks,
+        ):
             upstreams = Upstreams(pool, lambda: identity)
+            h2 = H2Upstreams(upstreams, upstream_tasks)
             proxy = WaypointProxy(
                 f"{config.namespace}/{config.name}",
                 identity,
                 snapshot=lambda: state.snapshot,
                 upstreams=upstreams,
                 metrics=RequestMetrics(registry),
+                h2=h2,
             )
             connections = ServerConnections()
 
@@ -190,6 +198,7 @@ async def _run(
                          if waited.cancelled_caught else 0)  # fmt: skip
                 handlers.cancel_scope.cancel()
                 nursery.cancel_scope.cancel()
+            h2.close()
             await upstreams.aclose()
 
 

@@ -6,11 +6,12 @@ port come from that authority, never from a Host header; a destination not bound
 this waypoint is refused. The protocol is the one the Service port declares, else
 sniffed from the first bytes (:mod:`waypoint.protocol`):
 
-- HTTP/1.x: each request on the connection is handled on its own
-  (:mod:`waypoint.http_session`): routed, sent to an endpoint over HBONE as the
-  waypoint, its response relayed back, counted and logged;
-- anything else (TCP, or HTTP/2 until the waypoint's HTTP/2 side lands): relayed as
-  bytes to one endpoint, over HBONE as the waypoint.
+- HTTP/1.x (:mod:`waypoint.http_session`) and HTTP/2 with prior knowledge, gRPC
+  included (:mod:`waypoint.h2_session`): each request on the connection is handled on
+  its own: routed, sent to an endpoint over HBONE as the waypoint, its response relayed
+  back, counted and logged;
+- anything else (a port declared TCP, or bytes that are not HTTP on a port that
+  declares nothing): relayed as bytes to one endpoint, over HBONE as the waypoint.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from mesh.identity import SpiffeId
 from mesh.model import MeshSnapshot, Service, Workload
 from mesh.reason import Reason
 from mesh.relay import relay
+from waypoint.h2_session import H2Session, H2Upstreams
 from waypoint.http_session import HttpSession
 from waypoint.protocol import SNIFF_BYTES, declared, sniff
 from waypoint.telemetry import RequestMetrics
@@ -83,12 +85,14 @@ class WaypointProxy:
         snapshot: Callable[[], MeshSnapshot | None],
         upstreams: Upstreams,
         metrics: RequestMetrics,
+        h2: H2Upstreams,
         balancer: Balancer | None = None,
     ) -> None:
         self.key = key
         self.identity = identity
         self.snapshot = snapshot
         self.upstreams = upstreams
+        self.h2 = h2
         self.metrics = metrics
         self.balancer = balancer or Balancer()
         self.open_connections = 0
@@ -147,16 +151,18 @@ class WaypointProxy:
         stream: trio.abc.HalfCloseableStream,
     ) -> None:
         service_port = destination.service.port(destination.port) if destination.service else None
-        protocol = declared(service_port)
-        first = b""
-        if protocol is None:
-            first, sniffed = await _sniff(stream)
-            protocol = "http" if sniffed == "http1" else "tcp"
-        if protocol == "http":
-            session = HttpSession(self, snapshot, destination, caller, stream, initial=first)
-            await session.run()
+        if declared(service_port) == "tcp":
+            await self._relay_tcp(snapshot, destination, caller, stream, b"")
             return
-        await self._relay_tcp(snapshot, destination, caller, stream, first)
+        # Any HTTP port takes HTTP/1.1 and h2c with prior knowledge; an undeclared one
+        # anything, relayed as TCP when it is not HTTP.
+        first, sniffed = await _sniff(stream)
+        if sniffed == "h2":
+            await H2Session(self, snapshot, destination, caller, stream, initial=first).run()
+        elif sniffed == "http1":
+            await HttpSession(self, snapshot, destination, caller, stream, initial=first).run()
+        else:
+            await self._relay_tcp(snapshot, destination, caller, stream, first)
 
     async def _relay_tcp(
         self,

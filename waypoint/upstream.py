@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from mesh.constants import HBONE_PORT
 from mesh.hbone import HboneError, HboneStreamRefused, HboneStreamTimeout
 from mesh.hbone.client import HboneClientPool, HboneConnectError
 from mesh.identity import SpiffeId
@@ -123,10 +124,18 @@ class Upstreams:
             if now - conn.idle_since < self.idle_seconds:
                 return conn
             await conn.aclose()
+        stream = await self.open_stream(target, headers)
+        self.opened += 1
+        return Connection(target, stream, MessageReader(stream, response=True))
+
+    async def open_stream(
+        self, target: Target, headers: Sequence[tuple[str, str]]
+    ) -> trio.abc.HalfCloseableStream:
+        """A new HBONE stream to ``target`` as the waypoint; :class:`UpstreamError` if none."""
         try:
-            stream = await self._pool.connect(
+            return await self._pool.connect(
                 source=self._identity(),
-                address=(target.ip, 15008),
+                address=(target.ip, HBONE_PORT),
                 authority=target.authority,
                 expected=[target.identity],
                 headers=headers,
@@ -140,8 +149,6 @@ class Upstreams:
             raise UpstreamError(Reason.TIMEOUT, str(exc), retryable=True) from None
         except HboneError as exc:
             raise UpstreamError(Reason.CONNECTION_RESET, str(exc), retryable=True) from None
-        self.opened += 1
-        return Connection(target, stream, MessageReader(stream, response=True))
 
     async def release(self, conn: Connection, *, reusable: bool) -> None:
         """Keep ``conn`` for the next request to its endpoint, or close it."""

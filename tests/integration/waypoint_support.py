@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 
 import h11
@@ -18,11 +18,12 @@ from mesh.hbone import HboneRequest, HboneStream
 from mesh.hbone.client import HboneClientPool, open_hbone_pool
 from mesh.hbone.server import serve_hbone
 from mesh.identity import SpiffeId
-from mesh.model import MeshSnapshot, Service
+from mesh.model import MeshSnapshot, Service, ServicePort
 from mesh.relay import relay
 from tests.builders import identity, service, snapshot, workload
 from tests.pki import Pki
 from tests.waiting import wait_until
+from waypoint.h2_session import H2Upstreams
 from waypoint.proxy import WaypointProxy
 from waypoint.telemetry import RequestMetrics
 from waypoint.upstream import Upstreams
@@ -109,6 +110,7 @@ class Pod:
     hbone: tuple[str, int] = ("", 0)
     app_port: int = 0
     connects: list[SpiffeId] = field(default_factory=list)  # peers its ztunnel saw
+    app: bool = True  # False: the test runs the app itself on ``app_port``
 
 
 async def destination_ztunnel(pod: Pod, pki: Pki, *, task_status: trio.TaskStatus[None]) -> None:
@@ -140,6 +142,25 @@ class Mesh:
     client: HboneClientPool
     registry: CollectorRegistry
 
+    async def source_ztunnel(
+        self, authority: str = f"{VIP}:80", *, task_status: trio.TaskStatus[int]
+    ) -> None:
+        """A plain TCP port on loopback standing for a source pod's captured traffic: each
+        connection becomes a CONNECT to the waypoint, so real clients (curl, grpcio) can be
+        pointed at it."""
+
+        async def tunnel(client: trio.SocketStream) -> None:
+            async with client:
+                stream = await self.connect(authority)
+                async with stream:
+                    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                        await relay(client, stream)
+
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        async with trio.open_nursery() as nursery:
+            await nursery.start(trio.serve_listeners, tunnel, listeners)
+            task_status.started(listeners[0].socket.getsockname()[1])
+
     def set_snapshot(self, snapshot: MeshSnapshot) -> None:
         self.snapshot = snapshot
 
@@ -164,8 +185,12 @@ class Mesh:
         )
 
 
-def web_snapshot(pods: list[Pod], *, waypoint: str | None = "default/waypoint",
-                 ports: dict[int, int] | None = None, **kw: object) -> MeshSnapshot:  # fmt: skip
+Ports = dict[int, int] | Iterable[ServicePort] | None
+
+
+def web_snapshot(
+    pods: list[Pod], *, waypoint: str | None = "default/waypoint", ports: Ports = None
+) -> MeshSnapshot:
     """Service ``default/web`` (VIP :data:`VIP`, port 80 -> 8080 unless ``ports``) over
     ``pods``, bound to ``waypoint``; the client pod; the waypoint pod."""
     backends = [workload(p.name, ip=p.ip, labels={"app": "web"}, sa="web") for p in pods]
@@ -177,11 +202,12 @@ def web_snapshot(pods: list[Pod], *, waypoint: str | None = "default/waypoint",
 
 
 @contextlib.asynccontextmanager
-async def open_mesh(pki: Pki, pods: list[Pod]) -> AsyncIterator[Mesh]:
+async def open_mesh(pki: Pki, pods: list[Pod], *, ports: Ports = None) -> AsyncIterator[Mesh]:
     registry = CollectorRegistry()
     async with trio.open_nursery() as nursery:
         for pod in pods:
-            pod.app_port = await nursery.start(app_server, pod.name)
+            if pod.app:
+                pod.app_port = await nursery.start(app_server, pod.name)
             await nursery.start(destination_ztunnel, pod, pki)
         by_ip = {(p.ip, 15008): p for p in pods}
 
@@ -195,7 +221,7 @@ async def open_mesh(pki: Pki, pods: list[Pod]) -> AsyncIterator[Mesh]:
 
         waypoint_cert = pki.issue(WAYPOINT_ID)
         client_cert = pki.issue(SOURCE_ID)
-        state: dict[str, MeshSnapshot] = {"s": web_snapshot(pods)}
+        state: dict[str, MeshSnapshot] = {"s": web_snapshot(pods, ports=ports)}
         async with (
             open_hbone_pool(lambda _s: waypoint_cert, dial=dial) as upstream_pool,
             open_hbone_pool(lambda _s: client_cert) as client_pool,
@@ -204,6 +230,7 @@ async def open_mesh(pki: Pki, pods: list[Pod]) -> AsyncIterator[Mesh]:
             proxy = WaypointProxy(
                 "default/waypoint", WAYPOINT_ID, snapshot=lambda: state["s"],
                 upstreams=upstreams, metrics=RequestMetrics(registry),
+                h2=H2Upstreams(upstreams, nursery),
             )  # fmt: skip
             address = await nursery.start(lambda task_status: serve_hbone(
                 proxy.handle, certificate=lambda: waypoint_cert, port=0,

@@ -1,0 +1,328 @@
+"""One downstream HTTP/2 connection at the waypoint (h2c with prior knowledge inside the
+tunnel, gRPC included): every stream is a request, routed on its own.
+
+The connection runs on ambit's HTTP/2 engine (:class:`~mesh.hbone.Http2Connection`)
+over the HBONE stream. Each request goes to an endpoint chosen per request (least
+request) over a multiplexed h2c connection to it (:class:`H2Upstreams`: one or more per
+endpoint, each an HBONE stream as the waypoint). Request and response bodies stream with
+HTTP/2 flow control end to end; trailers (gRPC's status) are relayed. Retries as for
+HTTP/1.1: once, on another endpoint, when the connection to the first could not be
+opened or the stream was refused before any byte left. Local answers to gRPC callers are
+trailers-only with the ``grpc-status`` gRPC's HTTP mapping gives.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+import structlog
+import trio
+
+from mesh.hbone import H2Stream, HboneSettings, Http2Connection
+from mesh.hbone.settings import HboneError, HboneRetryableError
+from mesh.hbone.transport import StreamTransport
+from waypoint.telemetry import RequestLabels, service_labels, side
+from waypoint.upstream import Target, UpstreamError, Upstreams
+
+if TYPE_CHECKING:
+    from mesh.model import MeshSnapshot
+    from waypoint.proxy import Caller, Destination, WaypointProxy
+
+log = structlog.get_logger("waypoint.access")
+
+ATTEMPTS: Final = 2
+# Downstream and upstream HTTP/2: Envoy's defaults for streams per connection.
+H2_SETTINGS: Final = HboneSettings(max_concurrent_streams=100, stream_window=1024 * 1024)
+HOP_BY_HOP: Final = frozenset(
+    {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade",
+     "x-forwarded-client-cert", "x-request-id"}
+)  # fmt: skip
+# gRPC's mapping of HTTP statuses it did not get from a gRPC server (doc/http-grpc-status-mapping).
+GRPC_STATUS: Final = {400: 13, 401: 16, 403: 7, 404: 12, 429: 14, 502: 14, 503: 14, 504: 14}
+
+
+class PrefixedStream(trio.abc.HalfCloseableStream):
+    """``stream`` with ``prefix`` (bytes already read from it) put back in front."""
+
+    def __init__(self, stream: trio.abc.HalfCloseableStream, prefix: bytes) -> None:
+        self._stream = stream
+        self._prefix = prefix
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._prefix:
+            size = max_bytes or len(self._prefix)
+            data, self._prefix = self._prefix[:size], self._prefix[size:]
+            await trio.lowlevel.checkpoint()
+            return data
+        return bytes(await self._stream.receive_some(max_bytes))
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        await self._stream.send_eof()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+class H2Upstreams:
+    """Multiplexed h2c connections to endpoints, each over an HBONE stream opened through
+    ``upstreams``' pool as the waypoint; their tasks live in ``nursery``."""
+
+    def __init__(self, upstreams: Upstreams, nursery: trio.Nursery) -> None:
+        self._upstreams = upstreams
+        self._nursery = nursery
+        self._conns: dict[tuple[str, int], list[Http2Connection]] = defaultdict(list)
+        self._locks: dict[tuple[str, int], trio.Lock] = defaultdict(trio.Lock)
+        self.opened = 0
+
+    async def connection(self, target: Target, headers: list[tuple[str, str]]) -> Http2Connection:
+        key = (target.ip, target.port)
+        async with self._locks[key]:
+            for conn in self._conns[key]:
+                if conn.is_available():
+                    return conn
+            stream = await self._upstreams.open_stream(target, headers)
+            conn = Http2Connection(
+                StreamTransport(stream), peer=target.identity, settings=H2_SETTINGS,
+                client_side=True, idle_timeout=self._upstreams.idle_seconds,
+            )  # fmt: skip
+            self._conns[key].append(conn)
+            self.opened += 1
+            self._nursery.start_soon(self._run, key, conn)
+            return conn
+
+    async def _run(self, key: tuple[str, int], conn: Http2Connection) -> None:
+        try:
+            await conn.serve()
+        finally:
+            if conn in self._conns.get(key, ()):
+                self._conns[key].remove(conn)
+
+    def close(self) -> None:
+        for conns in self._conns.values():
+            for conn in conns:
+                conn.close("waypoint closing")
+
+
+@dataclass
+class _Request:
+    headers: list[tuple[str, str]]
+    started: float
+    request_id: str
+    grpc: bool
+    status: int = 0
+    grpc_status: str = ""
+    flags: str = "-"
+    target: Target | None = None
+    request_bytes: int = 0
+    response_bytes: int = 0
+
+    def header(self, name: str) -> str:
+        return next((v for k, v in self.headers if k == name), "")
+
+
+class H2Session:
+    def __init__(
+        self,
+        proxy: WaypointProxy,
+        snapshot: MeshSnapshot,
+        destination: Destination,
+        caller: Caller,
+        stream: trio.abc.HalfCloseableStream,
+        *,
+        initial: bytes = b"",
+    ) -> None:
+        self.proxy = proxy
+        self.snapshot = snapshot
+        self.destination = destination
+        self.caller = caller
+        self.conn = Http2Connection(
+            StreamTransport(PrefixedStream(stream, initial)), peer=caller.identity,
+            settings=H2_SETTINGS, handler=self._on_stream, client_side=False,
+            idle_timeout=300.0,
+        )  # fmt: skip
+
+    async def run(self) -> None:
+        await self.conn.serve()
+
+    async def _on_stream(self, down: H2Stream) -> None:
+        self.snapshot = self.proxy.snapshot() or self.snapshot
+        headers = down.request_headers
+        request_id = next((v for k, v in headers if k == "x-request-id"), "") or str(uuid.uuid4())
+        content_type = next((v for k, v in headers if k == "content-type"), "")
+        grpc = content_type.startswith("application/grpc")
+        req = _Request(headers, time.monotonic(), request_id, grpc)
+        try:
+            await self._forward(down, req)
+        except _LocalReply as reply:
+            req.status, req.flags = reply.status, reply.flags
+            await self._reply(down, req, reply)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            req.flags = req.flags if req.flags != "-" else "DC"
+        finally:
+            self._account(req)
+
+    async def _forward(self, down: H2Stream, req: _Request) -> None:
+        targets = self.destination.targets(self.snapshot)
+        if not targets:
+            raise _LocalReply(503, "UH", "no healthy upstream")
+        tried: list[Target] = []
+        balancer = self.proxy.balancer
+        for attempt in range(ATTEMPTS):
+            target = balancer.pick(targets, avoid=tried)
+            assert target is not None
+            tried.append(target)
+            req.target = target
+            try:
+                conn = await self.proxy.h2.connection(target, self._connect_headers())
+                ended = not down.accepts_data() and not down.buffered  # a request without body
+                up = conn.start_request(self._upstream_headers(req), end_stream=ended)
+            except (UpstreamError, HboneRetryableError) as exc:
+                if attempt + 1 < ATTEMPTS:
+                    continue
+                raise _LocalReply(503, "UF", f"upstream connect error: {exc}") from None
+            balancer.started(target)
+            try:
+                await self._exchange(down, up, req)
+                return
+            finally:
+                balancer.finished(target)
+
+    def _connect_headers(self) -> list[tuple[str, str]]:
+        return [("forwarded", f"for={self.caller.address}")] if self.caller.address else []
+
+    def _upstream_headers(self, req: _Request) -> list[tuple[str, str]]:
+        out = [(k, v) for k, v in req.headers if k not in HOP_BY_HOP]
+        out.append(("x-request-id", req.request_id))
+        out.append(("x-forwarded-client-cert",
+                    f"By={self.proxy.identity};URI={self.caller.identity}"))  # fmt: skip
+        return out
+
+    async def _exchange(self, down: H2Stream, up: H2Stream, req: _Request) -> None:
+        failed: _LocalReply | None = None
+        async with trio.open_nursery() as nursery:
+            if up.may_send():
+                nursery.start_soon(self._pump_request, down, up, req)
+            try:
+                response = await up.wait_response()
+            except HboneError as exc:  # raised outside the nursery: no exception group
+                failed = _LocalReply(503, "UC", f"upstream reset before headers: {exc}")
+                nursery.cancel_scope.cancel()
+            else:
+                await self._respond(up, down, req, response)
+                nursery.cancel_scope.cancel()  # the answer is complete: stop sending
+        if failed is not None:
+            raise failed
+
+    async def _respond(
+        self, up: H2Stream, down: H2Stream, req: _Request, response: list[tuple[str, str]]
+    ) -> None:
+        req.status = up.status or 0
+        req.grpc_status = _grpc_status(response, "")
+        answer = [(k, v) for k, v in response if k not in HOP_BY_HOP]
+        ended = not up.accepts_data() and not up.buffered
+        try:
+            down.send_headers(answer, end_stream=ended and not up.trailers)
+            if ended and not up.trailers:
+                return
+            while data := await up.receive_some():
+                req.response_bytes += len(data)
+                await down.send_all(data)
+            if up.trailers:
+                req.grpc_status = _grpc_status(up.trailers, req.grpc_status)
+                await down.send_trailers(up.trailers)
+            else:
+                await down.send_eof()
+        except trio.BrokenResourceError:
+            # One side broke mid-response: the other must see the stream end badly too.
+            req.flags = "UPE" if down.may_send() else "DC"
+            await down.aclose()
+            await up.aclose()
+        except trio.ClosedResourceError:
+            req.flags = "DC"
+            await up.aclose()
+
+    async def _pump_request(self, down: H2Stream, up: H2Stream, req: _Request) -> None:
+        try:
+            while data := await down.receive_some():
+                req.request_bytes += len(data)
+                await up.send_all(data)
+            if down.trailers:
+                await up.send_trailers(down.trailers)
+            else:
+                await up.send_eof()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return  # the response side tells what happened
+
+    async def _reply(self, down: H2Stream, req: _Request, reply: _LocalReply) -> None:
+        if down.headers_sent or not down.may_send():
+            return
+        if req.grpc:  # trailers-only, as gRPC servers answer errors
+            code = GRPC_STATUS.get(reply.status, 2)
+            req.grpc_status = str(code)
+            down.send_headers([(":status", "200"), ("content-type", "application/grpc"),
+                               ("grpc-status", str(code)), ("grpc-message", reply.body),
+                               ("x-request-id", req.request_id)], end_stream=True)  # fmt: skip
+            return
+        body = (reply.body + "\n").encode()
+        down.send_headers([(":status", str(reply.status)), ("content-type", "text/plain"),
+                           ("content-length", str(len(body))),
+                           ("x-request-id", req.request_id)])  # fmt: skip
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await down.send_all(body)
+            await down.send_eof()
+
+    def _account(self, req: _Request) -> None:
+        target = self.destination.service
+        workload = self.snapshot.workload(req.target.uid) if req.target is not None else None
+        labels = RequestLabels(
+            **side("source", self.caller.workload, self.caller.identity),
+            **side("destination", workload, req.target.identity if req.target else None),
+            **service_labels(target),
+            request_protocol="grpc" if req.grpc else "http",
+            response_code=str(req.status),
+            grpc_response_status=req.grpc_status,
+            response_flags=req.flags,
+        )
+        duration_ms = (time.monotonic() - req.started) * 1000
+        self.proxy.metrics.record(labels, duration_ms, req.request_bytes, req.response_bytes)
+        log.info(
+            "request",
+            method=req.header(":method"),
+            authority=req.header(":authority"),
+            path=req.header(":path"),
+            protocol="HTTP/2",
+            response_code=req.status,
+            grpc_status=req.grpc_status or None,
+            response_flags=req.flags,
+            duration_ms=round(duration_ms, 3),
+            upstream_host=req.target.authority if req.target else None,
+            bytes_received=req.request_bytes,
+            bytes_sent=req.response_bytes,
+            request_id=req.request_id,
+            src_identity=str(self.caller.identity),
+            dst_identity=str(req.target.identity) if req.target else None,
+            dst_service=target.hostname if target else None,
+        )
+
+
+def _grpc_status(headers: list[tuple[str, str]], default: str) -> str:
+    return next((v for k, v in headers if k == "grpc-status"), default)
+
+
+class _LocalReply(Exception):
+    def __init__(self, status: int, flags: str, body: str) -> None:
+        super().__init__(body)
+        self.status = status
+        self.flags = flags
+        self.body = body
