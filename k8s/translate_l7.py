@@ -111,20 +111,26 @@ def resolve_waypoint(
     gateway: m.Gateway | None,
     ready: bool,
 ) -> tuple[str | None, Problem | None]:
-    """Whether traffic (to a Service, a workload; None: do not ask) may go through the
-    waypoint ``key``: ``(key, None)``, or ``(None, why not)``. ``entry`` is the waypoint,
-    ``gateway`` the Gateway object of that key if any, ``ready`` whether the Service of
-    that key has an endpoint in the mesh."""
+    """The waypoint traffic (to a Service, a workload; None: do not ask) must cross when
+    an object names ``key``, and what is wrong with it: ``(key, None)`` when it runs;
+    ``(key, why)`` when it is missing or not running: the binding stays and the traffic
+    fails closed (ztunnel refuses it) rather than going around the waypoint and its
+    policies; ``(None, why)`` when the waypoint takes no such traffic (a missing one is
+    taken to take Services' traffic only, the default). ``entry`` is
+    the waypoint, ``gateway`` the Gateway object of that key if any, ``ready`` whether
+    the Service of that key has an endpoint in the mesh."""
     if entry is None:
         if gateway is None:
             found = f"there is no Gateway {key}"
         else:
             classes = " or ".join(WAYPOINT_CLASSES)
             found = f"Gateway {key} has class {gateway.gateway_class!r}, not {classes}"
-        return None, Problem(
+        # What it would take is unknown: a waypoint takes Services' traffic by default, so
+        # that is what fails closed; pod-IP traffic keeps going to the pods.
+        return key if traffic != "workload" else None, Problem(
             WAYPOINT_NOT_FOUND,
-            f"uses waypoint {key}, but {found}; its traffic goes without a waypoint until"
-            " one exists (or the label is fixed)",
+            f"uses waypoint {key}, but {found}; its traffic is refused until one exists (or"
+            " the label is fixed), never sent around the waypoint",
         )
     if traffic is not None and not entry.takes(traffic):
         what = "to Services" if traffic == "service" else "to workloads"
@@ -134,11 +140,11 @@ def resolve_waypoint(
             f" {entry.for_traffic}); its traffic goes without a waypoint",
         )
     if not ready:
-        return None, Problem(
+        return key, Problem(
             WAYPOINT_NOT_READY,
             f"uses waypoint {key}, which has no ready pod (its Service {key} has no endpoint"
-            " in the mesh); until it has one, traffic goes without a waypoint and the"
-            " policies bound to it are not enforced",
+            " in the mesh); until it has one, its traffic is refused, never sent around the"
+            " waypoint and the policies bound to it",
         )
     return key, None
 

@@ -15,7 +15,7 @@ from k8s.translate import Translation, Translator, translate
 from mesh.model import MeshSnapshot
 from mesh.model_l7 import BackendRef, HttpRule, ParentRef
 from tests.k8s_builders import gateway, ns, pod, svc
-from ztunnel.plan import Direct, ViaWaypoint, plan_outbound
+from ztunnel.plan import Direct, Refused, ViaWaypoint, plan_outbound
 
 USE = "istio.io/use-waypoint"
 FOR = "istio.io/waypoint-for"
@@ -125,9 +125,11 @@ def test_an_object_label_names_a_waypoint_in_its_own_or_another_namespace() -> N
     assert result.problems == {}
 
 
-def test_a_missing_waypoint_is_a_problem_and_no_waypoint() -> None:
+def test_a_missing_waypoint_is_a_problem_and_its_services_stay_bound_to_fail_closed() -> None:
     result = translate(shop(**{USE: "nope"}), version=1)
-    assert set(waypoints(result.snapshot).values()) == {None}
+    found = waypoints(result.snapshot)
+    assert found["svc shop/web"] == "shop/nope"  # ztunnel refuses: no silent bypass
+    assert found["pod shop/web-1"] is None  # waypoint-for is unknown: workloads are not bound
     assert reasons(result) == {
         SHOP: ["WaypointNotFound"],
         ("Service", "shop", "waypoint"): ["WaypointNotFound"],
@@ -135,6 +137,11 @@ def test_a_missing_waypoint_is_a_problem_and_no_waypoint() -> None:
     }
     (problem,) = result.problems[WEB]
     assert "uses waypoint shop/nope, but there is no Gateway shop/nope" in problem.message
+    client = result.snapshot.workload("other/client")
+    assert client is not None
+    refused = plan_outbound(result.snapshot, client, "10.96.0.1", 80)
+    assert isinstance(refused, Refused)
+    assert "waypoint shop/nope" in refused.detail
 
 
 def test_a_gateway_of_another_class_is_no_waypoint() -> None:
@@ -143,7 +150,7 @@ def test_a_gateway_of_another_class_is_no_waypoint() -> None:
     objects = with_labels(objects, WEB, **{USE: "waypoint"})
     result = translate(objects, version=1)
     assert result.snapshot.gateways == ()
-    assert waypoints(result.snapshot)["svc shop/web"] is None
+    assert waypoints(result.snapshot)["svc shop/web"] == "shop/waypoint"  # refused, not bypassed
     (problem,) = result.problems[WEB]
     assert problem.reason == "WaypointNotFound"
     assert "Gateway shop/waypoint has class 'nginx', not istio-waypoint or ambit-waypoint" in (
@@ -151,14 +158,19 @@ def test_a_gateway_of_another_class_is_no_waypoint() -> None:
     )
 
 
-def test_a_waypoint_without_a_running_pod_is_not_used_until_it_runs() -> None:
+def test_a_waypoint_without_a_running_pod_keeps_its_services_refused_until_it_runs() -> None:
     objects = with_labels(shop(), WEB, **{USE: "waypoint"})
     translator = Translator()
     ready = translator.apply(objects)
     assert waypoints(ready.snapshot)["svc shop/web"] == "shop/waypoint"
 
     stopped = translator.apply(removes=[("Pod", "shop", "waypoint-1")])
-    assert waypoints(stopped.snapshot)["svc shop/web"] is None
+    assert waypoints(stopped.snapshot)["svc shop/web"] == "shop/waypoint"  # fails closed
+    client = stopped.snapshot.workload("other/client")
+    assert client is not None
+    refused = plan_outbound(stopped.snapshot, client, "10.96.0.1", 80)
+    assert isinstance(refused, Refused)
+    assert "no ready pod" in refused.detail
     assert reasons(stopped) == {WEB: ["WaypointNotReady"]}
     assert stopped.snapshot == translate(translator.objects().values(), version=2).snapshot
 
@@ -217,8 +229,8 @@ def test_ztunnel_plans_through_the_waypoint_it_is_given() -> None:
     assert isinstance(plan, ViaWaypoint)
     assert plan.dial == ("10.0.0.9", 15008)
     assert plan.authority == "10.96.0.1:80"
-    without = translate(shop(**{USE: "nope"}), version=1).snapshot
-    assert isinstance(plan_outbound(without, client, "10.96.0.1", 80), Direct)
+    opted_out = translate(shop(**{USE: "none"}), version=1).snapshot
+    assert isinstance(plan_outbound(opted_out, client, "10.96.0.1", 80), Direct)
 
 
 def test_routes_and_request_authentications_are_carried_with_their_reference_problems() -> None:
