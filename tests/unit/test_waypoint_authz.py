@@ -8,7 +8,7 @@ import pytest
 
 from mesh.constants import SYSTEM_NAMESPACE
 from mesh.identity import SpiffeId
-from mesh.model import Authorization, Condition, Rule
+from mesh.model import Authorization, Condition, Operation, Rule
 from tests.builders import (
     allow,
     audit,
@@ -258,8 +258,9 @@ def test_sources_are_ored() -> None:
         ({"methods": ["GET"], "paths": ["/x"]}, {"path": "/y"}, False),  # fields AND'd
     ],
 )
-def test_operation_fields(fields: dict[str, list[str]], request_kw: Any, matches: bool) -> None:
-    assert allowed(only(rule(operations=[op(**fields)])), req(**request_kw)) is matches
+def test_operation_fields(fields: dict[str, list[Any]], request_kw: Any, matches: bool) -> None:
+    operation = Operation(**{k: tuple(v) for k, v in fields.items()})
+    assert allowed(only(rule(operations=[operation])), req(**request_kw)) is matches
 
 
 @pytest.mark.parametrize(
