@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from mesh.authz_match import parse_ip
 from mesh.constants import SYSTEM_NAMESPACE, WAYPOINT_CLASSES
 from mesh.identity import SpiffeId
 from mesh.model_policy import GATEWAY_GROUP, TargetRef
@@ -107,7 +108,9 @@ class L7Request:
     ``src_ip``. ``dst_service`` is the Service key (``namespace/name``) the request was sent
     to, None for traffic addressed to a workload; ``dst_port`` the port it was sent to (the
     Service port). ``host`` is the authority as sent (port included, if given); ``path``
-    may carry a query, which policy ignores. ``headers`` are (lower-case name, value)."""
+    may carry a query, which policy ignores. ``headers`` are (lower-case name, value).
+    ``remote_ip`` must be an address (ValueError otherwise): the proxy that reads it from a
+    header decides what a malformed one means."""
 
     scope: WaypointScope
     src_identity: SpiffeId | None
@@ -122,6 +125,10 @@ class L7Request:
     dst_ip: str = ""
     remote_ip: str = ""
     sni: str = ""
+
+    def __post_init__(self) -> None:
+        if self.remote_ip:
+            parse_ip(self.remote_ip)
 
     @cached_property
     def _header_map(self) -> dict[str, str]:

@@ -141,11 +141,11 @@ async def test_concurrent_fetches_of_one_uri_share_one_request(
     assert all(r is not None and r is results[0] for r in results)
 
 
-def test_want_forgets_uris_no_rule_names_and_inline_jwks_wins() -> None:
+async def test_want_forgets_uris_no_rule_names_and_inline_jwks_wins() -> None:
     cache = JwksCache(FakeIssuer(jwks(RSA)))
     cache.want([URI, "http://old.example/jwks"])
     cache.want([URI])
-    assert list(cache._entries) == [URI]
+    assert list(cache.statistics()) == [URI]
     inline = JwtRule(issuer=ISSUER, jwks=jwks(EC), jwks_uri="http://unused.example/jwks")
     assert cache.keys_for(inline) is not None
-    assert "http://unused.example/jwks" not in cache._entries
+    assert list(cache.statistics()) == [URI]

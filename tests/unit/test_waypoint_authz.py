@@ -378,3 +378,8 @@ def test_a_bad_cidr_in_a_condition_is_noted() -> None:
     assert not decision.allowed
     assert decision.notes
     assert decision.notes[0].startswith("when source.ip:")
+
+
+def test_a_remote_ip_must_be_an_address() -> None:
+    with pytest.raises(ValueError, match="does not appear to be an IPv4 or IPv6 address"):
+        req(remote_ip="unknown")
