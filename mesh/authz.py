@@ -11,27 +11,20 @@ rule's ``l7``) follows Istio's ztunnel: an ALLOW rule naming any never matches, 
 cannot widen access; a DENY rule is applied on its L4 part alone, so it cannot narrow a
 denial.
 
+The matching itself (:mod:`mesh.authz_match`) is shared with the waypoint's L7 evaluation.
 A plaintext connection has no identity: it never matches ``principals`` or
 ``namespaces`` and always matches ``notPrincipals`` / ``notNamespaces``.
 """
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Literal
 
+from mesh.authz_match import peer_matches, port_matches
 from mesh.identity import SpiffeId
-from mesh.model import (
-    Authorization,
-    MeshSnapshot,
-    Operation,
-    Rule,
-    Source,
-    Workload,
-)
+from mesh.model import Authorization, MeshSnapshot, Rule, Workload
 
 Mode = Literal["STRICT", "PERMISSIVE", "DISABLE"]
 
@@ -96,81 +89,22 @@ def evaluate(conn: Connection, policies: Iterable[Authorization]) -> Decision:
 def _rule_matches(rule: Rule, conn: Connection) -> str | None:
     """Why ``rule`` matches ``conn`` (the conditions met, for the log), or None."""
     met: list[str] = []
+    src = conn.src_identity
     if rule.sources:
-        found = next((w for s in rule.sources if (w := _source_matches(s, conn)) is not None), None)
+        found = next(
+            (w for s in rule.sources if (w := peer_matches(s, src, conn.src_ip)) is not None), None
+        )
         if found is None:
             return None
         met += found
     if rule.operations:
-        found = next((w for o in rule.operations if (w := _op_matches(o, conn)) is not None), None)
+        found = next(
+            (w for o in rule.operations if (w := port_matches(o, conn.dst_port)) is not None), None
+        )
         if found is None:
             return None
         met += found
     return ", ".join(met) or "matches every connection"
-
-
-def _source_matches(source: Source, conn: Connection) -> list[str] | None:
-    identity = conn.src_identity
-    principal = identity.principal if identity else None
-    namespace = identity.namespace if identity else None
-    met: list[str] = []
-    for label, value, positive, negative in (
-        ("principal", principal, source.principals, source.not_principals),
-        ("namespace", namespace, source.namespaces, source.not_namespaces),
-    ):
-        shown = value if value is not None else "none (plaintext)"
-        if positive:
-            if value is None or not any(_wildcard(p, value) for p in positive):
-                return None
-            met.append(f"{label} {value}")
-        if negative:
-            if value is not None and any(_wildcard(p, value) for p in negative):
-                return None
-            met.append(f"{label} {shown} not in [{', '.join(negative)}]")
-    if not (source.ip_blocks or source.not_ip_blocks):
-        return met  # no address to check: skip parsing it (the common case)
-    ip = ipaddress.ip_address(conn.src_ip)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped  # a dual-stack socket's view of an IPv4 peer
-    if source.ip_blocks:
-        block = next((b for b in source.ip_blocks if ip in _network(b)), None)
-        if block is None:
-            return None
-        met.append(f"source ip {ip} in {block}")
-    if source.not_ip_blocks:
-        if any(ip in _network(b) for b in source.not_ip_blocks):
-            return None
-        met.append(f"source ip {ip} not in [{', '.join(source.not_ip_blocks)}]")
-    return met
-
-
-def _op_matches(op: Operation, conn: Connection) -> list[str] | None:
-    met: list[str] = []
-    if op.ports:
-        if conn.dst_port not in op.ports:
-            return None
-        met.append(f"port {conn.dst_port}")
-    if op.not_ports:
-        if conn.dst_port in op.not_ports:
-            return None
-        met.append(f"port {conn.dst_port} not in [{', '.join(map(str, op.not_ports))}]")
-    return met
-
-
-def _wildcard(pattern: str, value: str) -> bool:
-    """Istio's string match: ``*`` (any non-empty), ``prefix*``, ``*suffix`` or exact."""
-    if pattern == "*":
-        return value != ""
-    if pattern.endswith("*"):
-        return value.startswith(pattern[:-1])
-    if pattern.startswith("*"):
-        return value.endswith(pattern[1:])
-    return value == pattern
-
-
-@lru_cache(maxsize=1024)
-def _network(block: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    return ipaddress.ip_network(block, strict=False)
 
 
 def peer_auth_mode(snapshot: MeshSnapshot, workload: Workload) -> Mode:

@@ -46,9 +46,12 @@ import errno
 from dataclasses import dataclass
 from typing import Final
 
-FLAG_NONE: Final = "-"
-FLAG_DENY: Final = "DENY"
-FLAG_CONNECT: Final = "CONNECT"
+from mesh.response_flags import ResponseFlag
+
+# The flags ztunnel reports, from the one enum of response flags (mesh.response_flags).
+FLAG_NONE: Final = ResponseFlag.NONE.value
+FLAG_DENY: Final = ResponseFlag.DENY.value
+FLAG_CONNECT: Final = ResponseFlag.CONNECT.value
 
 REASON_HEADER: Final = "ambit-reason"
 

@@ -120,9 +120,28 @@ def deny(
     return Authorization(name, namespace, "DENY", sel, rules, tuple(targets))
 
 
+def audit(
+    name: str = "audit",
+    *rules: Rule,
+    namespace: str = "default",
+    targets: Iterable[TargetRef] = (),
+) -> Authorization:
+    return Authorization(name, namespace, "AUDIT", None, rules, tuple(targets))
+
+
 def waypoint_ref(name: str = "waypoint") -> TargetRef:
     """A targetRef to the Gateway ``name``: the policy binds that waypoint."""
     return TargetRef(GATEWAY_GROUP, "Gateway", name)
+
+
+def service_ref(name: str = "web") -> TargetRef:
+    """A targetRef to the Service ``name``: the policy binds its waypoint, for its traffic."""
+    return TargetRef("", "Service", name)
+
+
+def class_ref(name: str = "istio-waypoint") -> TargetRef:
+    """A targetRef to a GatewayClass: every waypoint of the class (root namespace only)."""
+    return TargetRef(GATEWAY_GROUP, "GatewayClass", name)
 
 
 def peer_auth(
