@@ -212,7 +212,8 @@ def _unsupported(route: Route) -> Iterator[str]:
         problem = pattern_problem(pattern)
         if problem is not None:
             yield f"{problem}; the route is not accepted"
-    for i, rule in enumerate(route.rules):
+    rules: tuple[model_l7.HttpRule | model_l7.GrpcRule, ...] = route.rules
+    for i, rule in enumerate(rules):
         filters = [*rule.filters, *(f for b in rule.backends for f in b.filters)]
         for f in filters:
             if not f.supported:
