@@ -390,3 +390,28 @@ def test_mesh_httproute_rewrite_path(
     assert decision.request.authority == "echo"
     for name, value in expected.items():
         assert decision.request.header(name) == value, name
+
+
+# --- MeshHTTPRouteNamedRule --------------------------------------------------------------
+
+NAMED = http_route(
+    "named",
+    """
+      - name: named-rule
+        matches: [{path: {type: PathPrefix, value: /named}}]
+        backendRefs: [{name: echo-v1, port: 8080}]
+      - matches: [{path: {type: PathPrefix, value: /unnamed}}]
+        backendRefs: [{name: echo-v2, port: 8080}]
+    """,
+)
+
+
+@pytest.mark.parametrize(
+    ("path", "backend", "rule_name"),
+    [("/named", "echo-v1", "named-rule"), ("/unnamed", "echo-v2", "")],
+)
+def test_mesh_httproute_named_rule(path: str, backend: str, rule_name: str) -> None:
+    decision = send(table(NAMED), path)
+    assert isinstance(decision, Forward)
+    assert (backend_of(decision), decision.request.path) == (backend, path)
+    assert decision.rule.name == rule_name
