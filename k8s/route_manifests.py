@@ -5,8 +5,8 @@ strict specs).
 A route's parents (``parentRefs``: Gateways by default, or Services, group "") and its
 rules (matches, filters, backends, timeouts) become :mod:`mesh.model_l7` values as read:
 an HTTPRoute without rules has the API server's one rule matching every path, a match
-without a path ``PathPrefix /``, a backend weight 1. Filters whose settings ambit does
-not keep (``ExtensionRef``, ``CORS``, ``ExternalAuth``) keep their type alone.
+without a path ``PathPrefix /``, a backend weight 1. Backends and filters are read by
+:mod:`k8s.route_filter_manifests`.
 """
 
 from __future__ import annotations
@@ -14,26 +14,21 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final
 
 from k8s import gateway_manifests as g
-from k8s.manifest_reader import Meta, Pairs, Reader, read_meta
+from k8s import route_filter_manifests as rf
+from k8s.manifest_reader import Meta, Reader, read_meta
+from k8s.route_filter_manifests import GRPC_FILTERS, HTTP_FILTERS, HTTP_METHODS, MAX_ITEMS
 from mesh.model import GATEWAY_GROUP
 from mesh.model_l7 import (
     MAX_WEIGHT,
     BackendRef,
-    Filter,
     GrpcMatch,
     GrpcRule,
     HeaderMatch,
-    HeaderModifier,
     HttpMatch,
     HttpRule,
-    Mirror,
     ParentRef,
-    PathModifier,
-    Redirect,
-    UrlRewrite,
 )
 
 _MAX_PARENT_REFS = 32
@@ -42,44 +37,6 @@ _MAX_RULES = 16
 _MAX_HTTP_MATCHES = 64  # per rule (8 before Gateway API 1.3)
 _MAX_GRPC_MATCHES = 8
 _MAX_MATCHES = 128  # in all the rules of a route
-_MAX_ITEMS = 16  # filters, backendRefs, header and query matches, header modifier entries
-
-HTTP_METHODS: Final = (
-    "GET",
-    "HEAD",
-    "POST",
-    "PUT",
-    "DELETE",
-    "CONNECT",
-    "OPTIONS",
-    "TRACE",
-    "PATCH",
-)
-# Each filter type and the field holding its settings.
-_FILTER_FIELDS: Final = {
-    "RequestHeaderModifier": "requestHeaderModifier",
-    "ResponseHeaderModifier": "responseHeaderModifier",
-    "RequestRedirect": "requestRedirect",
-    "URLRewrite": "urlRewrite",
-    "RequestMirror": "requestMirror",
-    "ExtensionRef": "extensionRef",
-    "CORS": "cors",
-    "ExternalAuth": "externalAuth",
-}
-HTTP_FILTERS: Final = tuple(_FILTER_FIELDS)
-GRPC_FILTERS: Final = (
-    "RequestHeaderModifier",
-    "ResponseHeaderModifier",
-    "RequestMirror",
-    "ExtensionRef",
-)
-_AT_MOST_ONCE: Final = (
-    "RequestHeaderModifier",
-    "ResponseHeaderModifier",
-    "RequestRedirect",
-    "URLRewrite",
-    "CORS",
-)
 _GRPC_SERVICE_RE = re.compile(r"^\.?[a-z_][a-z_0-9]*(\.[a-z_][a-z_0-9]*)*$", re.IGNORECASE)
 _GRPC_METHOD_RE = re.compile(r"^[A-Za-z_][A-Za-z_0-9]*$")
 
@@ -142,22 +99,6 @@ def _hostnames(r: Reader, spec: Mapping[str, object]) -> tuple[str, ...]:
     return tuple(g.hostname(r, item, at) for item, at in items)
 
 
-def _backend(r: Reader, b: Mapping[str, object], path: str, **more: object) -> BackendRef:
-    """A BackendObjectReference: a Service unless ``group``/``kind`` say otherwise."""
-    group = g.group(r, b.get("group"), f"{path}.group", "")
-    kind = g.kind(r, b.get("kind"), f"{path}.kind", "Service")
-    if b.get("port") is None and (group, kind) == ("", "Service"):
-        r.fail(f"{path}.port", "required for a Service backend")
-    return BackendRef(
-        name=g.object_name(r, b.get("name"), f"{path}.name"),
-        port=r.port(b["port"], f"{path}.port") if b.get("port") is not None else 0,
-        group=group,
-        kind=kind,
-        namespace=g.optional_namespace(r, b.get("namespace"), f"{path}.namespace"),
-        **more,  # type: ignore[arg-type]
-    )
-
-
 def _backends(
     r: Reader,
     rule: Mapping[str, object],
@@ -165,12 +106,12 @@ def _backends(
     filter_types: tuple[str, ...],
 ) -> tuple[BackendRef, ...]:
     out = []
-    for item, at in r.items(rule.get("backendRefs"), f"{path}.backendRefs", _MAX_ITEMS):
+    for item, at in r.items(rule.get("backendRefs"), f"{path}.backendRefs", MAX_ITEMS):
         known = ("group", "kind", "name", "namespace", "port", "weight", "filters")
         b = r.mapping(item, at, known)
         weight = r.integer(b.get("weight", 1), f"{at}.weight", 0, MAX_WEIGHT)
-        filters = _filters(r, b.get("filters"), f"{at}.filters", filter_types)
-        out.append(_backend(r, b, at, weight=weight, filters=filters))
+        filters = rf.filters(r, b.get("filters"), f"{at}.filters", filter_types)
+        out.append(rf.backend_ref(r, b, at, weight=weight, filters=filters))
     return tuple(out)
 
 
@@ -184,7 +125,7 @@ def _header_matches(
     value_limit: int,
 ) -> tuple[HeaderMatch, ...]:
     out = []
-    for item, at in r.items(value, path, _MAX_ITEMS):
+    for item, at in r.items(value, path, MAX_ITEMS):
         h = r.mapping(item, at, ("type", "name", "value"))
         match_type = r.string(h.get("type"), f"{at}.type", "Exact")
         if match_type not in ("Exact", "RegularExpression"):
@@ -243,135 +184,6 @@ def _grpc_match(r: Reader, value: object, path: str) -> GrpcMatch:
 # --- Filters -------------------------------------------------------------------------------
 
 
-def _header_modifier(r: Reader, value: object, path: str) -> HeaderModifier:
-    h = r.mapping(value, path, ("set", "add", "remove"))
-    lists: dict[str, Pairs] = {}
-    for key in ("set", "add"):
-        pairs = []
-        for item, at in r.items(h.get(key), f"{path}.{key}", _MAX_ITEMS):
-            e = r.mapping(item, at, ("name", "value"))
-            text = r.string(e.get("value"), f"{at}.value", limit=4096)
-            pairs.append((g.header_name(r, e.get("name"), f"{at}.name"), text))
-        g.unique(r, [name for name, _ in pairs], f"{path}.{key}", "header")
-        lists[key] = tuple(pairs)
-    items = r.items(h.get("remove"), f"{path}.remove", _MAX_ITEMS)
-    remove = [g.header_name(r, item, at) for item, at in items]
-    g.unique(r, remove, f"{path}.remove", "header")
-    return HeaderModifier(lists["set"], lists["add"], tuple(remove))
-
-
-def _path_modifier(r: Reader, value: object, path: str) -> PathModifier | None:
-    if value is None:
-        return None
-    p = r.mapping(value, path, ("type", "replaceFullPath", "replacePrefixMatch"))
-    modifier = r.string(p.get("type"), f"{path}.type")
-    fields = {"ReplaceFullPath": "replaceFullPath", "ReplacePrefixMatch": "replacePrefixMatch"}
-    if modifier not in fields:
-        r.fail(f"{path}.type", f"{modifier!r}: must be ReplaceFullPath or ReplacePrefixMatch")
-    for other in fields.values():
-        if other != fields[modifier] and other in p:
-            r.fail(f"{path}.{other}", f"must not be set when type is {modifier}")
-    field = fields[modifier]
-    if field not in p:
-        r.fail(f"{path}.{field}", f"required when type is {modifier}")
-    value = r.string(p[field], f"{path}.{field}", limit=1024)
-    return PathModifier(modifier, value)  # type: ignore[arg-type]
-
-
-def _redirect(r: Reader, value: object, path: str) -> Redirect:
-    d = r.mapping(value, path, ("scheme", "hostname", "path", "port", "statusCode"))
-    scheme = r.string(d.get("scheme"), f"{path}.scheme", "")
-    if scheme not in ("", "http", "https"):
-        r.fail(f"{path}.scheme", f"{scheme!r}: must be http or https")
-    status = d.get("statusCode", 302)
-    if type(status) is not int or status not in (301, 302, 303, 307, 308):
-        r.fail(f"{path}.statusCode", f"must be 301, 302, 303, 307 or 308, not {status!r}")
-    host = d.get("hostname")
-    return Redirect(
-        scheme=scheme,
-        hostname=g.hostname(r, host, f"{path}.hostname", wildcard=False) if host else "",
-        path=_path_modifier(r, d.get("path"), f"{path}.path"),
-        port=r.port(d["port"], f"{path}.port") if d.get("port") is not None else 0,
-        status_code=status,
-    )
-
-
-def _rewrite(r: Reader, value: object, path: str) -> UrlRewrite:
-    w = r.mapping(value, path, ("hostname", "path"))
-    host = w.get("hostname")
-    return UrlRewrite(
-        hostname=g.hostname(r, host, f"{path}.hostname", wildcard=False) if host else "",
-        path=_path_modifier(r, w.get("path"), f"{path}.path"),
-    )
-
-
-def _mirror(r: Reader, value: object, path: str) -> Mirror:
-    m = r.mapping(value, path, ("backendRef", "percent", "fraction"))
-    at = f"{path}.backendRef"
-    if m.get("backendRef") is None:
-        r.fail(at, "required")
-    backend = r.mapping(m["backendRef"], at, ("group", "kind", "name", "namespace", "port"))
-    if "percent" in m and "fraction" in m:
-        r.fail(f"{path}.fraction", "set percent or fraction, not both")
-    numerator, denominator = 100, 100
-    if "percent" in m:
-        numerator = r.integer(m["percent"], f"{path}.percent", 0, 100)
-    elif "fraction" in m:
-        f = r.mapping(m["fraction"], f"{path}.fraction", ("numerator", "denominator"))
-        numerator = r.integer(f.get("numerator"), f"{path}.fraction.numerator", 0, 2**31 - 1)
-        high = 2**31 - 1
-        denominator = r.integer(f.get("denominator", 100), f"{path}.fraction.denominator", 1, high)
-        if numerator > denominator:
-            r.fail(f"{path}.fraction", "numerator must not be greater than denominator")
-    return Mirror(_backend(r, backend, at), numerator, denominator)
-
-
-def _filter(r: Reader, value: object, path: str, types: tuple[str, ...]) -> Filter:
-    fields = [_FILTER_FIELDS[t] for t in types]
-    f = r.mapping(value, path, ("type", *fields))
-    filter_type = r.string(f.get("type"), f"{path}.type")
-    if filter_type not in types:
-        r.fail(f"{path}.type", f"{filter_type!r}: must be one of {', '.join(types)}")
-    field = _FILTER_FIELDS[filter_type]
-    for other in fields:
-        if other != field and other in f:
-            r.fail(f"{path}.{other}", f"must not be set in a {filter_type} filter")
-    at = f"{path}.{field}"
-    if f.get(field) is None:
-        r.fail(at, f"required in a {filter_type} filter")
-    settings = f[field]
-    if filter_type == "RequestHeaderModifier":
-        return Filter(filter_type, request_headers=_header_modifier(r, settings, at))
-    if filter_type == "ResponseHeaderModifier":
-        return Filter(filter_type, response_headers=_header_modifier(r, settings, at))
-    if filter_type == "RequestRedirect":
-        return Filter(filter_type, redirect=_redirect(r, settings, at))
-    if filter_type == "URLRewrite":
-        return Filter(filter_type, rewrite=_rewrite(r, settings, at))
-    if filter_type == "RequestMirror":
-        return Filter(filter_type, mirror=_mirror(r, settings, at))
-    r.mapping(settings, at)  # settings not kept
-    return Filter(filter_type)
-
-
-def _filters(r: Reader, value: object, path: str, types: tuple[str, ...]) -> tuple[Filter, ...]:
-    filters = [_filter(r, item, at, types) for item, at in r.items(value, path, _MAX_ITEMS)]
-    kinds = [f.type for f in filters]
-    for i, filter_type in enumerate(kinds):
-        if filter_type in _AT_MOST_ONCE and filter_type in kinds[:i]:
-            r.fail(f"{path}[{i}]", f"a {filter_type} filter may appear only once")
-    if "RequestRedirect" in kinds and "URLRewrite" in kinds:
-        r.fail(path, "set a RequestRedirect or a URLRewrite filter, not both")
-    return tuple(filters)
-
-
-def _replaces_prefix(filters: tuple[Filter, ...]) -> bool:
-    modifiers = [
-        f.redirect.path if f.redirect else f.rewrite.path if f.rewrite else None for f in filters
-    ]
-    return any(m is not None and m.type == "ReplacePrefixMatch" for m in modifiers)
-
-
 # --- Rules and routes ----------------------------------------------------------------------
 
 
@@ -401,7 +213,7 @@ def _http_rule(r: Reader, value: object, path: str, names: list[str]) -> HttpRul
     rule = r.mapping(value, path, known)
     items = r.items(rule.get("matches"), f"{path}.matches", _MAX_HTTP_MATCHES)
     matches = tuple(_http_match(r, item, at) for item, at in items) or (HttpMatch(),)
-    filters = _filters(r, rule.get("filters"), f"{path}.filters", HTTP_FILTERS)
+    filters = rf.filters(r, rule.get("filters"), f"{path}.filters", HTTP_FILTERS)
     backends = _backends(r, rule, path, HTTP_FILTERS)
     if backends and any(f.type == "RequestRedirect" for f in filters):
         r.fail(
@@ -409,7 +221,7 @@ def _http_rule(r: Reader, value: object, path: str, names: list[str]) -> HttpRul
             "a RequestRedirect filter answers the request itself, so it"
             " cannot be used together with backendRefs",
         )
-    prefixed = _replaces_prefix(filters) or any(_replaces_prefix(b.filters) for b in backends)
+    prefixed = rf.replaces_prefix(filters) or any(rf.replaces_prefix(b.filters) for b in backends)
     if prefixed and (len(matches) != 1 or matches[0].path_type != "PathPrefix"):
         r.fail(f"{path}.matches", "a ReplacePrefixMatch needs exactly one PathPrefix match")
     timeout, backend_timeout = _timeouts(r, rule.get("timeouts"), f"{path}.timeouts")
@@ -424,7 +236,7 @@ def _grpc_rule(r: Reader, value: object, path: str, names: list[str]) -> GrpcRul
     items = r.items(rule.get("matches"), f"{path}.matches", _MAX_GRPC_MATCHES)
     return GrpcRule(
         tuple(_grpc_match(r, item, at) for item, at in items),
-        _filters(r, rule.get("filters"), f"{path}.filters", GRPC_FILTERS),
+        rf.filters(r, rule.get("filters"), f"{path}.filters", GRPC_FILTERS),
         _backends(r, rule, path, GRPC_FILTERS),
         _rule_name(r, rule, path, names),
     )

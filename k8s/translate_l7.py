@@ -19,7 +19,10 @@ model form.
   A waypoint's own Service and pods never go through it.
 - A route is carried as read; a parent or backend that does not exist is a Problem on
   it (``ParentNotFound``, ``BackendNotFound``, ``InvalidKind`` for kinds ambit does not
-  know) (:func:`route_problems`).
+  know), and so is a value the waypoint will not act on (``UnsupportedValue``: a
+  regular expression outside :mod:`mesh.route_regex`'s dialect, which makes the
+  waypoint refuse the whole route; a filter whose settings ambit does not keep, which
+  makes the waypoint answer 500 for its rule) (:func:`route_problems`).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from mesh.constants import (
     LABEL_WAYPOINT_FOR,
     WAYPOINT_CLASSES,
 )
+from mesh.route_regex import pattern_problem
 
 WAYPOINT_NOT_FOUND: Final = "WaypointNotFound"
 WAYPOINT_NOT_READY: Final = "WaypointNotReady"
@@ -49,6 +53,7 @@ INVALID_WAYPOINT_FOR: Final = "InvalidWaypointFor"
 PARENT_NOT_FOUND: Final = "ParentNotFound"
 BACKEND_NOT_FOUND: Final = "BackendNotFound"
 INVALID_KIND: Final = "InvalidKind"
+UNSUPPORTED_VALUE: Final = "UnsupportedValue"
 OPT_OUT: Final = "none"  # use_waypoint's answer for an object that opts out
 
 Traffic = Literal["service", "workload"]
@@ -195,8 +200,35 @@ def route_targets(route: Route) -> set[ObjectRef]:
     return {ref for ref in parents | backends if ref is not None}
 
 
+def _patterns(route: Route) -> Iterator[str]:
+    for rule in route.rules:
+        for match in rule.matches:
+            if isinstance(match, model_l7.HttpMatch):
+                if match.path_type == "RegularExpression":
+                    yield match.path
+                yield from (m.value for m in match.query_params if m.type != "Exact")
+            elif match.type != "Exact":
+                yield from (p for p in (match.service, match.method) if p)
+            yield from (m.value for m in match.headers if m.type != "Exact")
+
+
+def _unsupported(route: Route) -> Iterator[str]:
+    """Why the waypoint will not act on (part of) the route as written, each reason once."""
+    for pattern in _patterns(route):
+        problem = pattern_problem(pattern)
+        if problem is not None:
+            yield f"{problem}; the route is not accepted"
+    rules: tuple[model_l7.HttpRule | model_l7.GrpcRule, ...] = route.rules
+    for i, rule in enumerate(rules):
+        filters = [*rule.filters, *(f for b in rule.backends for f in b.filters)]
+        for f in filters:
+            if not f.supported:
+                yield f"rule {i}: ambit does not apply {f.type} filters; the rule answers 500"
+
+
 def route_problems(route: Route, exists: Callable[[ObjectRef], bool]) -> tuple[Problem, ...]:
-    """What the route names and cannot be found, each once, parents first."""
+    """What the route names and cannot be found, each once, parents first; then the
+    values the waypoint will not act on."""
     found: dict[str, Problem] = {}
     for parent in route.parent_refs:
         ref = _parent_ref(route, parent)
@@ -216,6 +248,8 @@ def route_problems(route: Route, exists: Callable[[ObjectRef], bool]) -> tuple[P
         elif not exists(ref):
             message = f"backend {describe(ref)} does not exist; requests sent to it fail (500)"
             found.setdefault(message, Problem(BACKEND_NOT_FOUND, message))
+    for message in _unsupported(route):
+        found.setdefault(message, Problem(UNSUPPORTED_VALUE, message))
     return tuple(found.values())
 
 

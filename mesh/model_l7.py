@@ -4,11 +4,12 @@ HTTP and gRPC routes, and the JWT rules of a RequestAuthentication.
 Owns the values a waypoint will act on, as plain frozen :class:`~mesh.jsonform.JsonForm`
 dataclasses: a :class:`Gateway` with its :class:`Listener`\\ s; an :class:`HttpRoute` or
 :class:`GrpcRoute` with its parents (Services or Gateways), hostnames and rules (matches,
-filters, backends, timeouts); a :class:`JwtRule`. The Kubernetes readers
+filters with their settings, CORS's too, backends, timeouts); a :class:`JwtRule`. The
+Kubernetes readers
 (:mod:`k8s.gateway_manifests`, :mod:`k8s.policy_manifests`) build these parts directly, so
 a route in the snapshot is the route as read, with its defaults filled in.
 :mod:`mesh.model` puts the top-level ones in :class:`~mesh.model.MeshSnapshot`. Pure data,
-no I/O; nothing enforces them yet.
+no I/O; the waypoint's route table (:mod:`waypoint.routes`) acts on the routes.
 """
 
 from __future__ import annotations
@@ -216,6 +217,24 @@ class Mirror(JsonForm):
         _check(ok, f"mirror: fraction {self.numerator}/{self.denominator} is not 0-1")
 
 
+@dataclass(frozen=True)
+class Cors(JsonForm):
+    """A CORS filter's settings (Gateway API's HTTPCORSFilter, GEP-1767). ``allow_origins``
+    are ``scheme://host[:port]`` (the host may start with ``*``, greedy to the left) or
+    ``*`` alone; ``allow_methods`` and ``allow_headers`` may be ``("*",)``; ``max_age``
+    in seconds."""
+
+    allow_origins: tuple[str, ...] = ()
+    allow_credentials: bool = False
+    allow_methods: tuple[str, ...] = ()
+    allow_headers: tuple[str, ...] = ()
+    expose_headers: tuple[str, ...] = ()
+    max_age: int = 5
+
+    def __post_init__(self) -> None:
+        _check(type(self.max_age) is int and self.max_age >= 1, "cors: max_age is below 1")
+
+
 FILTER_TYPES = (
     "RequestHeaderModifier",
     "ResponseHeaderModifier",
@@ -227,12 +246,15 @@ FILTER_TYPES = (
     "ExternalAuth",
 )
 
+UNSUPPORTED_FILTERS = ("ExtensionRef", "ExternalAuth")
+
 
 @dataclass(frozen=True)
 class Filter(JsonForm):
     """One filter of a rule or backend: its ``type`` and the settings of that type. The
-    types whose settings ambit does not keep (``ExtensionRef``, ``CORS``,
-    ``ExternalAuth``) have none: a waypoint must refuse what it cannot apply."""
+    types whose settings ambit does not keep (``ExtensionRef``, ``ExternalAuth``) have
+    none: a waypoint must refuse what it cannot apply. A ``CORS`` filter without
+    settings allows no origin."""
 
     type: str
     request_headers: HeaderModifier | None = None
@@ -240,6 +262,7 @@ class Filter(JsonForm):
     redirect: Redirect | None = None
     rewrite: UrlRewrite | None = None
     mirror: Mirror | None = None
+    cors: Cors | None = None
 
     def __post_init__(self) -> None:
         _one_of(self.type, FILTER_TYPES, "filter type")
@@ -247,7 +270,7 @@ class Filter(JsonForm):
     @property
     def supported(self) -> bool:
         """Whether the settings are kept (a known type)."""
-        return self.type not in ("ExtensionRef", "CORS", "ExternalAuth")
+        return self.type not in UNSUPPORTED_FILTERS
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,19 @@
-"""The per-namespace L7 proxy (waypoint).
+"""The per-namespace L7 proxy (waypoint): ``ambit waypoint run``.
 
-It will own HBONE termination, the HTTP/1.1 (h11) and HTTP/2 (h2) codecs,
-route matching, filters, retries and timeouts, L7 policy and request metrics.
-It never opens listeners inside pods. Built so far, pure and tested, with no
-proxy running them yet: its policy (:mod:`waypoint.request`, which policies
-bind and what a request looks like to them; :mod:`waypoint.authz`,
-AuthorizationPolicy; :mod:`waypoint.jwt`, RequestAuthentication;
-:mod:`waypoint.jwks`, the key sets it fetches) and its local replies
-(:mod:`waypoint.replies`). It imports only :mod:`mesh`.
+- the process (:mod:`waypoint.main`, :mod:`waypoint.config`) and its data path:
+  :mod:`waypoint.proxy` (a CONNECT: which Service or pod, which protocol),
+  :mod:`waypoint.http_session` (HTTP/1.1 over :mod:`waypoint.http1`, httptools),
+  :mod:`waypoint.h2_session` (HTTP/2 and gRPC on the shared engine),
+  :mod:`waypoint.upstream` (endpoints: least request, connections over HBONE),
+  :mod:`waypoint.protocol` (declared or sniffed), :mod:`waypoint.telemetry`;
+- what a request must pass, pure: :mod:`waypoint.gate` over :mod:`waypoint.request`
+  (which policies bind), :mod:`waypoint.authz` (AuthorizationPolicy),
+  :mod:`waypoint.jwt` and :mod:`waypoint.jwks` (RequestAuthentication);
+- where it goes, pure: :mod:`waypoint.routes` compiles HTTPRoutes and GRPCRoutes per
+  Service port and decides per request (:mod:`waypoint.decisions`), with
+  :mod:`waypoint.matching`, :mod:`waypoint.filters`, :mod:`waypoint.cors` over the
+  request value of :mod:`waypoint.http_request`;
+- :mod:`waypoint.replies`: the answers it gives itself, Envoy's and gRPC's shapes.
+
+It never opens listeners inside pods, and imports only :mod:`mesh`.
 """

@@ -27,6 +27,7 @@ from k8s.store import ref_of
 from mesh.model_l7 import (
     BackendRef,
     ClaimToHeader,
+    Cors,
     Filter,
     GatewayAddress,
     GrpcMatch,
@@ -294,6 +295,43 @@ def test_every_filter_is_kept() -> None:
     assert second.backends == ()
 
 
+def test_a_cors_filter_keeps_its_settings() -> None:
+    route = one(
+        """
+        apiVersion: gateway.networking.k8s.io/v1
+        kind: HTTPRoute
+        metadata: {name: cors, namespace: shop}
+        spec:
+          rules:
+          - filters:
+            - type: CORS
+              cors:
+                allowOrigins: ["https://www.foo.com", "https://*.bar.com:8443"]
+                allowMethods: [GET, OPTIONS]
+                allowHeaders: [x-header-1]
+                exposeHeaders: ["*"]
+                allowCredentials: true
+                maxAge: 3600
+          - filters: [{type: CORS, cors: {}}]
+        """
+    )
+    assert isinstance(route, HTTPRoute)
+    first, second = (rule.filters[0] for rule in route.rules)
+    assert first == Filter(
+        "CORS",
+        cors=Cors(
+            ("https://www.foo.com", "https://*.bar.com:8443"),
+            True,
+            ("GET", "OPTIONS"),
+            ("x-header-1",),
+            ("*",),
+            3600,
+        ),
+    )
+    assert first.supported
+    assert second.cors == Cors()  # no origin allowed; maxAge 5
+
+
 def test_a_grpc_route() -> None:
     route = one(
         """
@@ -515,6 +553,16 @@ BAD: list[tuple[dict[str, Any], str, str]] = [
     (http(filters({"type": "RequestMirror", "requestMirror": {"backendRef": SVC,
                    "fraction": {"numerator": 3, "denominator": 2}}})),
      "spec.rules[0].filters[0].requestMirror.fraction", "not be greater"),
+    (http(filters({"type": "CORS", "cors": {"allowOrigins": ["ftp://x.com"]}})),
+     "spec.rules[0].filters[0].cors.allowOrigins[0]", "scheme://host"),
+    (http(filters({"type": "CORS", "cors": {"allowMethods": ["*", "GET"]}})),
+     "spec.rules[0].filters[0].cors.allowMethods", "beside other entries"),
+    (http(filters({"type": "CORS", "cors": {"allowMethods": ["get"]}})),
+     "spec.rules[0].filters[0].cors.allowMethods[0]", "must be '*' or one of"),
+    (http(filters({"type": "CORS", "cors": {"maxAge": 0}})),
+     "spec.rules[0].filters[0].cors.maxAge", "integer 1-"),
+    (http(filters({"type": "CORS", "cors": {"allowCredentials": "yes"}})),
+     "spec.rules[0].filters[0].cors.allowCredentials", "true or false"),
     (http({"name": "a"}, {"name": "a"}), "spec.rules[1].name", "another rule"),
     (grpc({"matches": [{"method": {"type": "Exact"}}]}), "spec.rules[0].matches[0].method",
      "service, method or both"),

@@ -158,7 +158,7 @@ def test_json_shapes() -> None:
     assert first["filters"][0]["request_headers"] == {"set": {"a": "b"}, "add": {}, "remove": []}
     assert first["filters"][3] == {
         "type": "ExtensionRef", "request_headers": None, "response_headers": None,
-        "redirect": None, "rewrite": None, "mirror": None,
+        "redirect": None, "rewrite": None, "mirror": None, "cors": None,
     }  # fmt: skip
     assert (first["timeout_ms"], first["backend_timeout_ms"]) == (10_000, 0)
     assert route["rules"][1]["timeout_ms"] is None

@@ -13,7 +13,16 @@ from k8s.controlplane import waypoint_condition, write_conditions
 from k8s.store import ObjectRef, ObjectStore, ref_of
 from k8s.translate import Translation, Translator, translate
 from mesh.model import MeshSnapshot
-from mesh.model_l7 import BackendRef, HttpRule, ParentRef
+from mesh.model_l7 import (
+    BackendRef,
+    Filter,
+    GrpcMatch,
+    GrpcRule,
+    HeaderMatch,
+    HttpMatch,
+    HttpRule,
+    ParentRef,
+)
 from tests.k8s_builders import gateway, ns, pod, svc
 from ztunnel.plan import Direct, Refused, ViaWaypoint, plan_outbound
 
@@ -276,6 +285,38 @@ def test_routes_and_request_authentications_are_carried_with_their_reference_pro
     third = translator.apply(removes=[("HTTPRoute", "shop", "split")])
     assert third.problems == {}
     assert third.snapshot.http_routes == ()
+
+
+def test_values_the_waypoint_will_not_act_on_are_unsupported_value_problems() -> None:
+    bad_path = HttpMatch("RegularExpression", "/(a+)+")
+    bad_header = HttpMatch(headers=(HeaderMatch("x-id", r"(\d)\1", "RegularExpression"),))
+    good = HttpMatch("RegularExpression", "/v[0-9]+/.*")
+    route = m.HTTPRoute(
+        name="odd",
+        namespace="shop",
+        parent_refs=(ParentRef("", "Service", "web"),),
+        rules=(
+            HttpRule((bad_path, bad_header, good), backends=(BackendRef("web", 80),)),
+            HttpRule(filters=(Filter("ExtensionRef"),), backends=(BackendRef("web", 80),)),
+        ),
+    )
+    grpc = m.GRPCRoute(
+        name="rpc",
+        namespace="shop",
+        parent_refs=(ParentRef("", "Service", "web"),),
+        rules=(GrpcRule((GrpcMatch("RegularExpression", "(?=x)y"),)),),
+    )
+    result = translate([*shop(), route, grpc], version=1)
+    messages = [p.message for p in result.problems[("HTTPRoute", "shop", "odd")]]
+    assert [p.reason for p in result.problems[("HTTPRoute", "shop", "odd")]] == [
+        "UnsupportedValue"
+    ] * 3
+    assert "nested unbounded repetition" in messages[0]
+    assert messages[0].endswith("the route is not accepted")
+    assert "backreference" in messages[1]
+    assert messages[2] == "rule 1: ambit does not apply ExtensionRef filters; the rule answers 500"
+    (rpc,) = result.problems[("GRPCRoute", "shop", "rpc")]
+    assert (rpc.reason, "lookahead" in rpc.message) == ("UnsupportedValue", True)
 
 
 def test_an_unknown_waypoint_for_value_is_a_problem_on_the_gateway() -> None:
