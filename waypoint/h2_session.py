@@ -14,6 +14,7 @@ trailers-only with the ``grpc-status`` gRPC's HTTP mapping gives.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 import uuid
 from collections import defaultdict
@@ -26,12 +27,17 @@ import trio
 from mesh.hbone import H2Stream, HboneSettings, Http2Connection
 from mesh.hbone.settings import HboneError, HboneRetryableError
 from mesh.hbone.transport import StreamTransport
+from waypoint.dispatch import Plan
+from waypoint.http_request import HttpRequest
+from waypoint.replies import LocalReply as Reply
+from waypoint.replies import no_healthy_upstream, route_timeout, upstream_failure
 from waypoint.telemetry import RequestLabels, service_labels, side
 from waypoint.upstream import Target, UpstreamError, Upstreams
 
 if TYPE_CHECKING:
     from mesh.model import MeshSnapshot
-    from waypoint.proxy import Caller, Destination, WaypointProxy
+    from waypoint.destination import Caller, Destination
+    from waypoint.proxy import WaypointProxy
 
 log = structlog.get_logger("waypoint.access")
 
@@ -42,8 +48,6 @@ HOP_BY_HOP: Final = frozenset(
     {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade",
      "x-forwarded-client-cert", "x-request-id"}
 )  # fmt: skip
-# gRPC's mapping of HTTP statuses it did not get from a gRPC server (doc/http-grpc-status-mapping).
-GRPC_STATUS: Final = {400: 13, 401: 16, 403: 7, 404: 12, 429: 14, 502: 14, 503: 14, 504: 14}
 
 
 class PrefixedStream(trio.abc.HalfCloseableStream):
@@ -126,6 +130,7 @@ class _Request:
     target: Target | None = None
     request_bytes: int = 0
     response_bytes: int = 0
+    plan: Plan | None = None
 
     def header(self, name: str) -> str:
         return next((v for k, v in self.headers if k == name), "")
@@ -163,19 +168,35 @@ class H2Session:
         grpc = content_type.startswith("application/grpc")
         req = _Request(headers, time.monotonic(), request_id, grpc)
         try:
-            await self._forward(down, req)
-        except _LocalReply as reply:
-            req.status, req.flags = reply.status, reply.flags
+            plan = self.proxy.dispatcher.plan(
+                self.snapshot, self.destination, self.caller, _request_of(headers), grpc=grpc
+            )
+            if not isinstance(plan, Plan):
+                raise _Failed(plan)
+            req.plan = plan
+            with trio.move_on_after(plan.timeout or math.inf) as deadline:
+                await self._forward(down, req, plan)
+            if deadline.cancelled_caught:
+                req.flags = "UT"
+                if down.headers_sent:  # the answer had begun: it is cut
+                    await down.aclose()
+                else:
+                    raise _Failed(route_timeout(grpc=grpc))
+        except _Failed as failed:
+            reply = failed.reply
+            req.status, req.flags = reply.code, reply.flag.value
+            if reply.grpc_status is not None:
+                req.grpc_status = str(int(reply.grpc_status))
             await self._reply(down, req, reply)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             req.flags = req.flags if req.flags != "-" else "DC"
         finally:
             self._account(req)
 
-    async def _forward(self, down: H2Stream, req: _Request) -> None:
-        targets = self.destination.targets(self.snapshot)
+    async def _forward(self, down: H2Stream, req: _Request, plan: Plan) -> None:
+        targets = plan.targets
         if not targets:
-            raise _LocalReply(503, "UH", "no healthy upstream")
+            raise _Failed(no_healthy_upstream(grpc=req.grpc))
         tried: list[Target] = []
         balancer = self.proxy.balancer
         for attempt in range(ATTEMPTS):
@@ -186,11 +207,11 @@ class H2Session:
             try:
                 conn = await self.proxy.h2.connection(target, self._connect_headers())
                 ended = not down.accepts_data() and not down.buffered  # a request without body
-                up = conn.start_request(self._upstream_headers(req), end_stream=ended)
-            except (UpstreamError, HboneRetryableError) as exc:
+                up = conn.start_request(self._upstream_headers(req, plan), end_stream=ended)
+            except (UpstreamError, HboneRetryableError):
                 if attempt + 1 < ATTEMPTS:
                     continue
-                raise _LocalReply(503, "UF", f"upstream connect error: {exc}") from None
+                raise _Failed(upstream_failure(grpc=req.grpc, connected=False)) from None
             balancer.started(target)
             try:
                 await self._exchange(down, up, req)
@@ -201,22 +222,30 @@ class H2Session:
     def _connect_headers(self) -> list[tuple[str, str]]:
         return [("forwarded", f"for={self.caller.address}")] if self.caller.address else []
 
-    def _upstream_headers(self, req: _Request) -> list[tuple[str, str]]:
-        out = [(k, v) for k, v in req.headers if k not in HOP_BY_HOP]
+    def _upstream_headers(self, req: _Request, plan: Plan) -> list[tuple[str, str]]:
+        if plan.forward is not None:  # a route's filters made the request anew
+            r = plan.request
+            scheme = next((v for k, v in req.headers if k == ":scheme"), "http")
+            out = [(":method", r.method), (":scheme", scheme), (":path", r.path)]
+            out += [(":authority", r.authority)] if r.authority else []
+            out += [(k, v) for k, v in r.headers if k not in HOP_BY_HOP]
+        else:
+            out = [(k, v) for k, v in req.headers if k not in HOP_BY_HOP]
         out.append(("x-request-id", req.request_id))
         out.append(("x-forwarded-client-cert",
                     f"By={self.proxy.identity};URI={self.caller.identity}"))  # fmt: skip
         return out
 
     async def _exchange(self, down: H2Stream, up: H2Stream, req: _Request) -> None:
-        failed: _LocalReply | None = None
+        failed: _Failed | None = None
         async with trio.open_nursery() as nursery:
             if up.may_send():
                 nursery.start_soon(self._pump_request, down, up, req)
             try:
                 response = await up.wait_response()
             except HboneError as exc:  # raised outside the nursery: no exception group
-                failed = _LocalReply(503, "UC", f"upstream reset before headers: {exc}")
+                log.debug("upstream_reset", reason=str(exc))
+                failed = _Failed(upstream_failure(grpc=req.grpc, connected=True))
                 nursery.cancel_scope.cancel()
             else:
                 await self._respond(up, down, req, response)
@@ -230,6 +259,10 @@ class H2Session:
         req.status = up.status or 0
         req.grpc_status = _grpc_status(response, "")
         answer = [(k, v) for k, v in response if k not in HOP_BY_HOP]
+        if req.plan is not None and req.plan.forward is not None:
+            status = [(k, v) for k, v in answer if k.startswith(":")]
+            rest = tuple((k, v) for k, v in answer if not k.startswith(":"))
+            answer = status + list(req.plan.response_headers(rest))
         ended = not up.accepts_data() and not up.buffered
         try:
             down.send_headers(answer, end_stream=ended and not up.trailers)
@@ -264,26 +297,21 @@ class H2Session:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return  # the response side tells what happened
 
-    async def _reply(self, down: H2Stream, req: _Request, reply: _LocalReply) -> None:
+    async def _reply(self, down: H2Stream, req: _Request, reply: Reply) -> None:
         if down.headers_sent or not down.may_send():
             return
-        if req.grpc:  # trailers-only, as gRPC servers answer errors
-            code = GRPC_STATUS.get(reply.status, 2)
-            req.grpc_status = str(code)
-            down.send_headers([(":status", "200"), ("content-type", "application/grpc"),
-                               ("grpc-status", str(code)), ("grpc-message", reply.body),
-                               ("x-request-id", req.request_id)], end_stream=True)  # fmt: skip
+        headers = [*reply.h2_headers(), ("x-request-id", req.request_id)]
+        if reply.trailers_only or not reply.body:
+            down.send_headers(headers, end_stream=True)
             return
-        body = (reply.body + "\n").encode()
-        down.send_headers([(":status", str(reply.status)), ("content-type", "text/plain"),
-                           ("content-length", str(len(body))),
-                           ("x-request-id", req.request_id)])  # fmt: skip
+        down.send_headers(headers)
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            await down.send_all(body)
+            await down.send_all(reply.body)
             await down.send_eof()
 
     def _account(self, req: _Request) -> None:
-        target = self.destination.service
+        plan = req.plan
+        target = plan.service if plan is not None and plan.service else self.destination.service
         workload = self.snapshot.workload(req.target.uid) if req.target is not None else None
         labels = RequestLabels(
             **side("source", self.caller.workload, self.caller.identity),
@@ -320,9 +348,17 @@ def _grpc_status(headers: list[tuple[str, str]], default: str) -> str:
     return next((v for k, v in headers if k == "grpc-status"), default)
 
 
-class _LocalReply(Exception):
-    def __init__(self, status: int, flags: str, body: str) -> None:
-        super().__init__(body)
-        self.status = status
-        self.flags = flags
-        self.body = body
+class _Failed(Exception):
+    def __init__(self, reply: Reply) -> None:
+        super().__init__(reply.details)
+        self.reply = reply
+
+
+def _request_of(headers: list[tuple[str, str]]) -> HttpRequest:
+    """The request as routes and policies read it: pseudo-headers become its parts."""
+    fields = {k: v for k, v in headers if k.startswith(":")}
+    rest = tuple((k, v) for k, v in headers if not k.startswith(":") and k not in HOP_BY_HOP)
+    method, path = fields.get(":method", ""), fields.get(":path", "")
+    return HttpRequest(
+        method, path, fields.get(":authority", ""), rest, fields.get(":scheme", "http")
+    )

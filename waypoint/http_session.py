@@ -19,6 +19,7 @@ connection closes; nothing else is disturbed.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 import uuid
 from dataclasses import dataclass
@@ -28,10 +29,11 @@ import structlog
 import trio
 
 from mesh.relay import relay
+from mesh.response_flags import ResponseFlag
+from waypoint.dispatch import Plan
 from waypoint.http1 import (
     LAST_CHUNK,
     Head,
-    Headers,
     Http1Error,
     MessageReader,
     encode_chunk,
@@ -39,12 +41,16 @@ from waypoint.http1 import (
     encode_response_head,
     end_to_end,
 )
+from waypoint.http_request import HttpRequest
+from waypoint.replies import LocalReply as Reply
+from waypoint.replies import local_reply, no_healthy_upstream, route_timeout, upstream_failure
 from waypoint.telemetry import RequestLabels, service_labels, side
 from waypoint.upstream import Connection, Target, UpstreamError
 
 if TYPE_CHECKING:
     from mesh.model import MeshSnapshot
-    from waypoint.proxy import Caller, Destination, WaypointProxy
+    from waypoint.destination import Caller, Destination
+    from waypoint.proxy import WaypointProxy
 
 log = structlog.get_logger("waypoint.access")
 
@@ -61,6 +67,7 @@ class Exchange:
     head: Head
     started: float
     request_id: bytes
+    plan: Plan | None = None
     status: int = 0
     flags: str = "-"
     target: Target | None = None
@@ -68,14 +75,22 @@ class Exchange:
     response_bytes: int = 0
 
 
-class LocalReply(Exception):
-    """The waypoint answers the request itself: ``status`` with ``flags`` and ``body``."""
+class Failed(Exception):
+    """The waypoint answers the request itself, with ``reply``."""
 
-    def __init__(self, status: int, flags: str, body: bytes = b"") -> None:
-        super().__init__(body.decode(errors="replace"))
-        self.status = status
-        self.flags = flags
-        self.body = body
+    def __init__(self, reply: Reply) -> None:
+        super().__init__(reply.details)
+        self.reply = reply
+
+
+def _upstream_failure(*, connected: bool) -> Failed:
+    return Failed(upstream_failure(grpc=False, connected=connected))
+
+
+def _bad_upstream(exc: BaseException) -> Failed:
+    reply = local_reply(502, "upstream answered badly", grpc=False,
+                        flag=ResponseFlag.UPSTREAM_PROTOCOL_ERROR, details=str(exc))  # fmt: skip
+    return Failed(reply)
 
 
 class ClientGone(Exception):
@@ -136,20 +151,38 @@ class HttpSession:
         self.snapshot = self.proxy.snapshot() or self.snapshot  # config applies per request
         self.keep_alive = head.keep_alive
         try:
-            await self._forward(exchange)
-        except LocalReply as reply:
-            exchange.status, exchange.flags = reply.status, reply.flags
-            await self._reply(exchange, reply)
+            plan = self.proxy.dispatcher.plan(
+                self.snapshot, self.destination, self.caller, _request_of(head), grpc=False
+            )
+            if not isinstance(plan, Plan):
+                raise Failed(plan)
+            exchange.plan = plan
+            await self._forward(exchange, plan)
+        except Failed as failed:
+            exchange.status, exchange.flags = failed.reply.code, failed.reply.flag.value
+            await self._reply(exchange, failed.reply)
         except ClientGone:
             exchange.flags = "DC"
             self._account(exchange)
             raise
         self._account(exchange)
 
-    async def _forward(self, ex: Exchange) -> None:
-        targets = self.destination.targets(self.snapshot)
+    async def _forward(self, ex: Exchange, plan: Plan) -> None:
+        """Carry ``plan`` out within the route's timeout: a request without an answer by
+        then gets 504 (``UT``); one whose answer had begun is cut."""
+        with trio.move_on_after(plan.timeout or math.inf) as deadline:
+            await self._attempts(ex, plan)
+        if deadline.cancelled_caught:
+            ex.flags = "UT"
+            if ex.status == 0:
+                raise Failed(route_timeout(grpc=False))
+            self.keep_alive = False
+            raise ClientGone
+
+    async def _attempts(self, ex: Exchange, plan: Plan) -> None:
+        targets = plan.targets
         if not targets:
-            raise LocalReply(503, "UH", b"no healthy upstream")
+            raise Failed(no_healthy_upstream(grpc=False))
         tried: list[Target] = []
         for attempt in range(ATTEMPTS):
             target = self.proxy.balancer.pick(targets, avoid=tried)
@@ -157,15 +190,10 @@ class HttpSession:
             tried.append(target)
             try:
                 conn = await self.proxy.upstreams.checkout(target, self._connect_headers())
-            except UpstreamError as exc:
+            except UpstreamError:
                 if attempt + 1 < ATTEMPTS:
                     continue
-                raise LocalReply(
-                    503,
-                    "UF",
-                    b"upstream connect error or disconnect/reset before headers."
-                    b" reset reason: connection failure, " + str(exc).encode(),
-                ) from None
+                raise _upstream_failure(connected=False) from None
             ex.target = target
             self.proxy.balancer.started(target)
             try:
@@ -173,8 +201,7 @@ class HttpSession:
                     return
             finally:
                 self.proxy.balancer.finished(target)
-        raise LocalReply(503, "UC", b"upstream connect error or disconnect/reset before headers."
-                         b" reset reason: connection termination")  # fmt: skip
+        raise _upstream_failure(connected=True)
 
     def _connect_headers(self) -> list[tuple[str, str]]:
         return [("forwarded", f"for={self.caller.address}")] if self.caller.address else []
@@ -191,9 +218,9 @@ class HttpSession:
             await conn.aclose()
             if reused and retry_ok:
                 return False
-            raise LocalReply(503, "UC", b"upstream reset before the request was sent") from None
+            raise _upstream_failure(connected=True) from None
         body_sent = trio.Event()
-        failed: LocalReply | ClientGone | None = None
+        failed: Failed | ClientGone | None = None
         result: bool | None = None
         try:
             async with trio.open_nursery() as nursery:
@@ -203,7 +230,7 @@ class HttpSession:
                     body_sent.set()
                 try:
                     result = await self._respond(conn, ex, reused=reused, retry_ok=retry_ok)
-                except (LocalReply, ClientGone) as exc:  # raised outside: no exception group
+                except (Failed, ClientGone) as exc:  # raised outside: no exception group
                     failed = exc
                 if failed is not None or result is None or not body_sent.is_set():
                     nursery.cancel_scope.cancel()  # the answer came before the body was sent
@@ -235,12 +262,11 @@ class HttpSession:
                 await self._send_down(encode_response_head(response.status, response.headers))
                 response = await conn.reader.read_head()
         except (Http1Error, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise LocalReply(502, "UPE", f"upstream answered badly: {exc}".encode()) from None
+            raise _bad_upstream(exc) from None
         if response is None:
             if reused and retry_ok and not head.has_body:
                 return None  # the app closed the idle connection: it never saw this request
-            raise LocalReply(503, "UC", b"upstream connect error or disconnect/reset before"
-                             b" headers. reset reason: connection termination")  # fmt: skip
+            raise _upstream_failure(connected=True)
         ex.status = response.status
         if response.status == 101:
             await self._upgrade(conn, ex, response)
@@ -249,7 +275,15 @@ class HttpSession:
 
     def _request_head(self, ex: Exchange) -> bytes:
         head = ex.head
-        headers = [(n, v) for n, v in end_to_end(head.headers) if n not in (XFCC, b"x-request-id")]
+        plan = ex.plan
+        method, target = head.method, head.target
+        if plan is not None and plan.forward is not None:  # a route's filters made it anew
+            request = plan.request
+            method, target = _latin1(request.method), _latin1(request.path)
+            headers = [(b"host", _latin1(request.authority))]
+            headers += [(_latin1(n), _latin1(v)) for n, v in request.headers if n not in _OURS]
+        else:
+            headers = [(n, v) for n, v in end_to_end(head.headers) if n not in _OURS_BYTES]
         headers.append((b"x-request-id", ex.request_id))
         headers.append((XFCC, b"By=%s;URI=%s" % (str(self.proxy.identity).encode(),
                                                   str(self.caller.identity).encode())))  # fmt: skip
@@ -260,7 +294,7 @@ class HttpSession:
         if head.upgrade:
             headers += [(b"connection", b"upgrade"), (b"upgrade", head.header(b"upgrade") or b"")]
         ex.request_bytes += sum(len(n) + len(v) + 4 for n, v in headers)
-        return encode_request_head(head.method, head.target, headers)
+        return encode_request_head(method, target, headers)
 
     async def _send_body(self, conn: Connection, ex: Exchange, done: trio.Event) -> None:
         chunked = ex.head.chunked
@@ -279,6 +313,9 @@ class HttpSession:
         """Send ``response`` down; whether ``conn`` can carry another request."""
         bodyless = ex.head.method == b"HEAD" or response.status in (204, 304)
         headers = end_to_end(response.headers)
+        if ex.plan is not None and ex.plan.forward is not None:  # the route's header filters
+            text = tuple((n.decode("latin-1"), v.decode("latin-1")) for n, v in headers)
+            headers = [(_latin1(n), _latin1(v)) for n, v in ex.plan.response_headers(text)]
         down_chunked = False
         if bodyless:
             length = response.header(b"content-length")
@@ -328,20 +365,16 @@ class HttpSession:
         finally:
             await conn.aclose()
 
-    async def _reply(self, ex: Exchange, reply: LocalReply) -> None:
-        body = reply.body + b"\n" if reply.body else b""
-        headers: Headers = [
-            (b"content-type", b"text/plain"),
-            (b"content-length", b"%d" % len(body)),
-            (b"x-request-id", ex.request_id),
-        ]
+    async def _reply(self, ex: Exchange, reply: Reply) -> None:
         if ex.head.has_body:
             self.keep_alive = False  # its body was not read: the connection cannot go on
+        headers = [(_latin1(n), _latin1(v)) for n, v in reply.headers]
+        headers.append((b"x-request-id", ex.request_id))
         if not self.keep_alive:
             headers.append((b"connection", b"close"))
-        encoded = encode_response_head(reply.status, headers, ex.head.version or "1.1") + body
-        ex.response_bytes += len(encoded)
-        await self._send_down(encoded)
+        encoded = encode_response_head(reply.status, headers, ex.head.version or "1.1")
+        ex.response_bytes += len(encoded) + len(reply.body)
+        await self._send_down(encoded + reply.body)
 
     async def _send_down(self, data: bytes) -> None:
         try:
@@ -350,7 +383,8 @@ class HttpSession:
             raise ClientGone from None
 
     def _account(self, ex: Exchange) -> None:
-        target = self.destination.service
+        plan = ex.plan
+        target = plan.service if plan is not None and plan.service else self.destination.service
         workload = self.snapshot.workload(ex.target.uid) if ex.target is not None else None
         labels = RequestLabels(
             **side("source", self.caller.workload, self.caller.identity),
@@ -387,3 +421,27 @@ def _trace_id(traceparent: bytes) -> str | None:
     """The trace id of a W3C ``traceparent`` (``00-<trace id>-<span id>-<flags>``)."""
     parts = traceparent.decode(errors="replace").split("-")
     return parts[1] if len(parts) == 4 else None
+
+
+_OURS: Final = frozenset({"host", "x-request-id", "x-forwarded-client-cert", "content-length",
+                          "transfer-encoding", "connection", "upgrade"})  # fmt: skip
+_OURS_BYTES: Final = frozenset({XFCC, b"x-request-id"})
+
+
+def _latin1(text: str) -> bytes:
+    return text.encode("latin-1", "replace")
+
+
+def _request_of(head: Head) -> HttpRequest:
+    """The request as routes and policies read it (header names are lower-case already)."""
+    host = b""
+    headers = []
+    for name, value in end_to_end(head.headers):
+        if name == b"host":
+            host = value
+        else:
+            headers.append((name.decode("latin-1"), value.decode("latin-1")))
+    return HttpRequest(
+        head.method.decode("latin-1"), head.target.decode("latin-1"), host.decode("latin-1"),
+        tuple(headers),
+    )  # fmt: skip

@@ -17,61 +17,28 @@ sniffed from the first bytes (:mod:`waypoint.protocol`):
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import structlog
 import trio
 
 from mesh.hbone import HboneRequest
 from mesh.identity import SpiffeId
-from mesh.model import MeshSnapshot, Service, Workload
+from mesh.model import MeshSnapshot
 from mesh.reason import Reason
 from mesh.relay import relay
+from waypoint.destination import Caller, Destination
+from waypoint.dispatch import Dispatcher
+from waypoint.gate import Gate
 from waypoint.h2_session import H2Session, H2Upstreams
 from waypoint.http_session import HttpSession
 from waypoint.protocol import SNIFF_BYTES, declared, sniff
+from waypoint.request import WaypointScope
 from waypoint.telemetry import RequestMetrics
-from waypoint.upstream import Balancer, Target, UpstreamError, Upstreams, targets_of
+from waypoint.upstream import Balancer, UpstreamError, Upstreams
 
 log = structlog.get_logger("waypoint")
 
 SNIFF_SECONDS = 5.0  # a client that declares nothing and sends nothing: relayed as TCP
-
-
-@dataclass(frozen=True)
-class Destination:
-    """What a CONNECT asked for: a Service port bound to this waypoint, or a pod."""
-
-    ip: str
-    port: int
-    service: Service | None
-    workload: Workload | None  # pod-IP traffic: the pod; no Service routes apply
-
-    def targets(self, snapshot: MeshSnapshot) -> list[Target]:
-        """Where its traffic may go: the Service's endpoints for the port, or the pod."""
-
-        def identity_of(uid: str) -> SpiffeId | None:
-            w = snapshot.workload(uid)
-            return w.identity if w is not None and w.meshed else None
-
-        if self.service is not None:
-            service = snapshot.service(self.service.key)  # as the snapshot has it now
-            endpoints = service.endpoints if service is not None else ()
-            return targets_of(endpoints, self.port, identity_of)
-        w = self.workload
-        if w is None or not w.meshed:
-            return []
-        return [Target(w.ip, self.port, w.identity, w.uid)]
-
-
-@dataclass(frozen=True)
-class Caller:
-    """Who is asking: the identity the source ztunnel proved (the source workload's), its
-    workload when the snapshot knows it, and its address."""
-
-    identity: SpiffeId
-    workload: Workload | None
-    address: str
 
 
 class WaypointProxy:
@@ -87,6 +54,7 @@ class WaypointProxy:
         metrics: RequestMetrics,
         h2: H2Upstreams,
         balancer: Balancer | None = None,
+        dispatcher: Dispatcher | None = None,
     ) -> None:
         self.key = key
         self.identity = identity
@@ -95,6 +63,7 @@ class WaypointProxy:
         self.h2 = h2
         self.metrics = metrics
         self.balancer = balancer or Balancer()
+        self.dispatcher = dispatcher or Dispatcher(Gate(WaypointScope(key)))
         self.open_connections = 0
 
     def destination(self, snapshot: MeshSnapshot, ip: str, port: int) -> Destination | str:

@@ -98,7 +98,7 @@ async def test_no_endpoint_is_503_uh_and_the_connection_goes_on(root: Pki) -> No
             mesh.set_snapshot(web_snapshot([]))
             client = Client(await mesh.connect())
             status, _h, body = await client.request("GET", "/")
-            assert (status, body) == (503, b"no healthy upstream\n")
+            assert (status, body) == (503, b"no healthy upstream")
             mesh.set_snapshot(web_snapshot(mesh.pods))
             assert (await client.request("GET", "/"))[0] == 200  # same connection
             await client.stream.aclose()

@@ -1,0 +1,117 @@
+"""Where one request goes, decided before any byte of it leaves: the gate (JWT, then
+AuthorizationPolicy) and then the route table (HTTPRoute / GRPCRoute of the destination
+Service and port). Both HTTP sessions ask :meth:`Dispatcher.plan` and carry out what it
+returns: a :class:`Plan` (the endpoints of the chosen backend, the request as filters
+left it, the response header changes, timeouts, mirrors) or a local reply
+(:mod:`waypoint.replies`: a denial, a redirect, no route...).
+
+The route table is compiled once per snapshot. Traffic addressed to a pod gets no
+Service's routes (Gateway API's MeshFrontend); a Service with no route goes to its own
+endpoints.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from mesh.model import MeshSnapshot, Service
+from mesh.response_flags import ResponseFlag
+from waypoint.decisions import Forward, LocalReply, MirrorTarget, NoRoutes, RedirectTo
+from waypoint.destination import Caller, Destination, meshed_identity
+from waypoint.gate import Gate, Passed
+from waypoint.http_request import Headers, HttpRequest
+from waypoint.replies import LocalReply as Reply
+from waypoint.replies import local_reply, no_healthy_upstream, no_route
+from waypoint.request import L7Request
+from waypoint.routes import RouteTable, compile_snapshot
+from waypoint.upstream import Target, targets_of
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Send ``request`` to one of ``targets`` (endpoints of ``service``'s ``port``)."""
+
+    request: HttpRequest
+    targets: list[Target]
+    service: Service | None
+    forward: Forward | None = None  # the route rule that chose it; None: no route applies
+    mirrors: tuple[MirrorTarget, ...] = ()
+
+    def response_headers(self, headers: Headers) -> Headers:
+        return self.forward.response_headers(headers) if self.forward is not None else headers
+
+    @property
+    def timeout(self) -> float | None:
+        """``timeouts.request`` in seconds (None: none; 0 disables it, as None)."""
+        ms = self.forward.timeout_ms if self.forward is not None else None
+        return ms / 1000 if ms else None
+
+    @property
+    def backend_timeout(self) -> float | None:
+        ms = self.forward.backend_timeout_ms if self.forward is not None else None
+        return ms / 1000 if ms else None
+
+
+class Dispatcher:
+    def __init__(self, gate: Gate, rng: random.Random | None = None) -> None:
+        self.gate = gate
+        self._choose: Callable[[int], int] = (rng or random.Random()).randrange
+        self._table: tuple[MeshSnapshot, RouteTable] | None = None
+
+    def table(self, snapshot: MeshSnapshot) -> RouteTable:
+        if self._table is None or self._table[0] is not snapshot:
+            self._table = (snapshot, compile_snapshot(snapshot))
+        return self._table[1]
+
+    def plan(
+        self,
+        snapshot: MeshSnapshot,
+        destination: Destination,
+        caller: Caller,
+        request: HttpRequest,
+        *,
+        grpc: bool,
+    ) -> Plan | Reply:
+        service = destination.service
+        policy_view = L7Request(
+            self.gate.scope, caller.identity, caller.address,
+            service.key if service is not None else None, destination.port,
+            request.method, request.path, request.authority, request.headers,
+        )  # fmt: skip
+        passed = self.gate.check(snapshot, policy_view, request.headers, grpc=grpc)
+        if not isinstance(passed, Passed):
+            return passed
+        if passed.headers != list(request.headers):
+            request = HttpRequest(request.method, request.path, request.authority,
+                                  tuple(passed.headers), request.scheme)  # fmt: skip
+        if service is None:  # addressed to a pod: no Service's routes
+            return Plan(request, destination.targets(snapshot), None)
+        decision = self.table(snapshot).match(
+            service.key, destination.port, request,
+            source_namespace=caller.identity.namespace, choose=self._choose,
+        )  # fmt: skip
+        if isinstance(decision, NoRoutes):
+            return Plan(request, destination.targets(snapshot), service)
+        if isinstance(decision, RedirectTo):
+            return local_reply(decision.status, "", grpc=grpc,
+                               headers=[("location", decision.location)])  # fmt: skip
+        if isinstance(decision, LocalReply):
+            return _reply(decision, grpc)
+        backend = snapshot.service(decision.backend.service)
+        if backend is None:
+            return local_reply(500, "backend not found", grpc=grpc, details="backend_not_found")
+        targets = targets_of(backend.endpoints, decision.backend.port, meshed_identity(snapshot))
+        return Plan(decision.request, targets, backend, decision, decision.mirrors)
+
+
+def _reply(decision: LocalReply, grpc: bool) -> Reply:
+    if decision.flag == "NR":
+        return no_route(grpc=grpc)
+    if decision.flag == "UH":
+        return no_healthy_upstream(grpc=grpc)
+    flag = ResponseFlag(decision.flag) if decision.flag != "-" else ResponseFlag.NONE
+    body = "" if decision.status < 400 else decision.reason.replace("_", " ")
+    return local_reply(decision.status, body, grpc=grpc, flag=flag, details=decision.reason,
+                       headers=decision.headers)  # fmt: skip
