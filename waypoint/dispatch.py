@@ -38,6 +38,7 @@ class Plan:
     service: Service | None
     forward: Forward | None = None  # the route rule that chose it; None: no route applies
     mirrors: tuple[MirrorTarget, ...] = ()
+    rewritten: bool = False  # ``request`` differs from what the client sent
 
     def response_headers(self, headers: Headers) -> Headers:
         return self.forward.response_headers(headers) if self.forward is not None else headers
@@ -83,17 +84,18 @@ class Dispatcher:
         passed = self.gate.check(snapshot, policy_view, request.headers, grpc=grpc)
         if not isinstance(passed, Passed):
             return passed
-        if passed.headers != list(request.headers):
+        rewritten = passed.headers != list(request.headers)  # JWT outputs, a dropped token
+        if rewritten:
             request = HttpRequest(request.method, request.path, request.authority,
                                   tuple(passed.headers), request.scheme)  # fmt: skip
         if service is None:  # addressed to a pod: no Service's routes
-            return Plan(request, destination.targets(snapshot), None)
+            return Plan(request, destination.targets(snapshot), None, rewritten=rewritten)
         decision = self.table(snapshot).match(
             service.key, destination.port, request,
             source_namespace=caller.identity.namespace, choose=self._choose,
         )  # fmt: skip
         if isinstance(decision, NoRoutes):
-            return Plan(request, destination.targets(snapshot), service)
+            return Plan(request, destination.targets(snapshot), service, rewritten=rewritten)
         if isinstance(decision, RedirectTo):
             return local_reply(decision.status, "", grpc=grpc,
                                headers=[("location", decision.location)])  # fmt: skip
@@ -103,7 +105,7 @@ class Dispatcher:
         if backend is None:
             return local_reply(500, "backend not found", grpc=grpc, details="backend_not_found")
         targets = targets_of(backend.endpoints, decision.backend.port, meshed_identity(snapshot))
-        return Plan(decision.request, targets, backend, decision, decision.mirrors)
+        return Plan(decision.request, targets, backend, decision, decision.mirrors, True)
 
 
 def _reply(decision: LocalReply, grpc: bool) -> Reply:

@@ -223,7 +223,7 @@ class H2Session:
         return [("forwarded", f"for={self.caller.address}")] if self.caller.address else []
 
     def _upstream_headers(self, req: _Request, plan: Plan) -> list[tuple[str, str]]:
-        if plan.forward is not None:  # a route's filters made the request anew
+        if plan.rewritten:  # routes or JWT outputs made the request anew
             r = plan.request
             scheme = next((v for k, v in req.headers if k == ":scheme"), "http")
             out = [(":method", r.method), (":scheme", scheme), (":path", r.path)]

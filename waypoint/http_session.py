@@ -58,6 +58,10 @@ ATTEMPTS: Final = 2  # Istio's default: one retry on connect failure or refused 
 IDLE_SECONDS: Final = 300.0  # a keep-alive connection with no request
 HEAD_SECONDS: Final = 30.0  # from a request's first byte to the end of its head
 XFCC: Final = b"x-forwarded-client-cert"
+# The body of a request answered locally is read and dropped up to this much, this long,
+# so that its connection goes on; a bigger or slower one closes the connection.
+DRAIN_BYTES: Final = 64 * 1024
+DRAIN_SECONDS: Final = 1.0
 
 
 @dataclass
@@ -277,7 +281,7 @@ class HttpSession:
         head = ex.head
         plan = ex.plan
         method, target = head.method, head.target
-        if plan is not None and plan.forward is not None:  # a route's filters made it anew
+        if plan is not None and plan.rewritten:  # routes or JWT outputs made it anew
             request = plan.request
             method, target = _latin1(request.method), _latin1(request.path)
             headers = [(b"host", _latin1(request.authority))]
@@ -366,7 +370,7 @@ class HttpSession:
             await conn.aclose()
 
     async def _reply(self, ex: Exchange, reply: Reply) -> None:
-        if ex.head.has_body:
+        if ex.head.has_body and not await self._drain_body(ex):
             self.keep_alive = False  # its body was not read: the connection cannot go on
         headers = [(_latin1(n), _latin1(v)) for n, v in reply.headers]
         headers.append((b"x-request-id", ex.request_id))
@@ -375,6 +379,22 @@ class HttpSession:
         encoded = encode_response_head(reply.status, headers, ex.head.version or "1.1")
         ex.response_bytes += len(encoded) + len(reply.body)
         await self._send_down(encoded + reply.body)
+
+    async def _drain_body(self, ex: Exchange) -> bool:
+        """Read and drop the body of a request answered locally, when it is small and comes
+        at once, so the connection can carry the next request; False when it cannot."""
+        left = DRAIN_BYTES
+        with trio.move_on_after(DRAIN_SECONDS):
+            try:
+                while data := await self.reader.read_body():
+                    ex.request_bytes += len(data)
+                    left -= len(data)
+                    if left < 0:
+                        return False
+                return True
+            except (Http1Error, trio.BrokenResourceError, trio.ClosedResourceError):
+                return False
+        return False
 
     async def _send_down(self, data: bytes) -> None:
         try:

@@ -36,7 +36,8 @@ CLIENT_IP = "10.0.0.20"
 
 async def app_server(name: str, *, task_status: trio.TaskStatus[int]) -> None:
     """An HTTP/1.1 app: answers JSON naming itself with the request's method, path,
-    headers and body (``/status/N`` answers N; ``/ws`` with Upgrade switches to echo)."""
+    headers and body (``/status/N`` answers N; ``/delay/MS`` answers after MS ms; ``/ws``
+    with Upgrade switches to echo)."""
 
     async def serve(stream: trio.SocketStream) -> None:
         conn = h11.Connection(h11.SERVER)
@@ -74,6 +75,8 @@ async def app_server(name: str, *, task_status: trio.TaskStatus[int]) -> None:
                         await stream.send_all(data)
                     return
                 status = int(path.rsplit("/", 1)[1]) if path.startswith("/status/") else 200
+                if "/delay/" in path:
+                    await trio.sleep(int(path.rsplit("/", 1)[1]) / 1000)
                 payload = json.dumps(
                     {
                         "app": name,
@@ -202,7 +205,11 @@ def web_snapshot(
 
 
 @contextlib.asynccontextmanager
-async def open_mesh(pki: Pki, pods: list[Pod], *, ports: Ports = None) -> AsyncIterator[Mesh]:
+async def open_mesh(
+    pki: Pki, pods: list[Pod], *, ports: Ports = None, snapshot: MeshSnapshot | None = None
+) -> AsyncIterator[Mesh]:
+    """The waypoint ``default/waypoint`` serving ``snapshot`` (default: :func:`web_snapshot`
+    of ``pods``), each pod with its ztunnel and app."""
     registry = CollectorRegistry()
     async with trio.open_nursery() as nursery:
         for pod in pods:
@@ -221,7 +228,7 @@ async def open_mesh(pki: Pki, pods: list[Pod], *, ports: Ports = None) -> AsyncI
 
         waypoint_cert = pki.issue(WAYPOINT_ID)
         client_cert = pki.issue(SOURCE_ID)
-        state: dict[str, MeshSnapshot] = {"s": web_snapshot(pods, ports=ports)}
+        state: dict[str, MeshSnapshot] = {"s": snapshot or web_snapshot(pods, ports=ports)}
         async with (
             open_hbone_pool(lambda _s: waypoint_cert, dial=dial) as upstream_pool,
             open_hbone_pool(lambda _s: client_cert) as client_pool,
