@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import astuple, dataclass, fields
 from functools import cached_property
 from typing import Literal, TypeAlias
+from urllib.parse import quote, unquote
 
 from prometheus_client import CollectorRegistry, Counter
 
@@ -247,3 +248,29 @@ class SeriesCache:
             entry = (self._metrics.series(labels), (source, destination, service))
             self._entries[key] = entry
         return entry[0]
+
+
+def baggage(w: Workload | None) -> str:
+    """The W3C ``baggage`` a source ztunnel sends on a CONNECT to a waypoint, Istio's keys:
+    the source's cluster, namespace, workload, canonical service and revision."""
+    if w is None:
+        return ""
+    side = _Side.of(w)
+    items = [
+        ("k8s.cluster.name", CLUSTER),
+        ("k8s.namespace.name", w.namespace),
+        ("k8s.deployment.name" if w.label(POD_TEMPLATE_HASH) else "k8s.pod.name", side.workload),
+        ("service.name", side.app if side.app != UNKNOWN else side.workload),
+        ("service.version", side.version if side.version != UNKNOWN else "latest"),
+    ]
+    return ",".join(f"{k}={quote(v, safe='')}" for k, v in items)
+
+
+def parse_baggage(value: str | None) -> dict[str, str]:
+    """The members of a ``baggage`` header (properties after ``;`` dropped)."""
+    out: dict[str, str] = {}
+    for member in (value or "").split(","):
+        key, sep, rest = member.partition("=")
+        if sep and key.strip():
+            out[key.strip()] = unquote(rest.partition(";")[0].strip())
+    return out

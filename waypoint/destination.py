@@ -3,8 +3,8 @@ bound to this waypoint, or a pod) and its :class:`Caller`. Pure values."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 from mesh.identity import SpiffeId
 from mesh.model import MeshSnapshot, Service, Workload
@@ -50,3 +50,4 @@ class Caller:
     identity: SpiffeId
     workload: Workload | None
     address: str
+    baggage: Mapping[str, str] = field(default_factory=dict)  # the source ztunnel's

@@ -314,7 +314,7 @@ class H2Session:
         target = plan.service if plan is not None and plan.service else self.destination.service
         workload = self.snapshot.workload(req.target.uid) if req.target is not None else None
         labels = RequestLabels(
-            **side("source", self.caller.workload, self.caller.identity),
+            **side("source", self.caller.workload, self.caller.identity, self.caller.baggage),
             **side("destination", workload, req.target.identity if req.target else None),
             **service_labels(target),
             request_protocol="grpc" if req.grpc else "http",

@@ -407,7 +407,7 @@ class HttpSession:
         target = plan.service if plan is not None and plan.service else self.destination.service
         workload = self.snapshot.workload(ex.target.uid) if ex.target is not None else None
         labels = RequestLabels(
-            **side("source", self.caller.workload, self.caller.identity),
+            **side("source", self.caller.workload, self.caller.identity, self.caller.baggage),
             **side("destination", workload, ex.target.identity if ex.target else None),
             **service_labels(target),
             response_code=str(ex.status),

@@ -23,6 +23,7 @@ import trio
 
 from mesh.hbone import HboneRequest
 from mesh.identity import SpiffeId
+from mesh.metrics import parse_baggage
 from mesh.model import MeshSnapshot
 from mesh.reason import Reason
 from mesh.relay import relay
@@ -89,7 +90,7 @@ class WaypointProxy:
         workload = snapshot.workload_by_ip(address) if address else None
         if workload is not None and workload.identity != request.peer:
             workload = None
-        return Caller(request.peer, workload, address)
+        return Caller(request.peer, workload, address, parse_baggage(request.header("baggage")))
 
     async def handle(self, request: HboneRequest) -> None:
         snapshot = self.snapshot()

@@ -10,6 +10,7 @@ destination the endpoint pod that answered (or, when none did, the Service).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import astuple, dataclass, fields
 from typing import Final
 
@@ -72,9 +73,28 @@ def _label(w: Workload, keys: tuple[str, ...]) -> str | None:
     return next((v for k in keys if (v := w.label(k))), None)
 
 
-def side(prefix: str, w: Workload | None, identity: SpiffeId | None) -> dict[str, str]:
-    """The ``source_*`` or ``destination_*`` labels of workload ``w``."""
+def side(
+    prefix: str,
+    w: Workload | None,
+    identity: SpiffeId | None,
+    baggage: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The ``source_*`` or ``destination_*`` labels of workload ``w``; when the snapshot does
+    not know it, what the source ztunnel's ``baggage`` says of it (Istio's keys)."""
     out = {f"{prefix}_principal": str(identity) if identity is not None else UNKNOWN}
+    if w is None and baggage:
+        name = baggage.get("k8s.deployment.name") or baggage.get("k8s.pod.name") or UNKNOWN
+        app = baggage.get("service.name", UNKNOWN)
+        version = baggage.get("service.version", UNKNOWN)
+        out |= {
+            f"{prefix}_workload": name,
+            f"{prefix}_workload_namespace": baggage.get("k8s.namespace.name", UNKNOWN),
+            f"{prefix}_app": app,
+            f"{prefix}_version": version,
+            f"{prefix}_canonical_service": app,
+            f"{prefix}_canonical_revision": version,
+            f"{prefix}_cluster": baggage.get("k8s.cluster.name", UNKNOWN),
+        }
     if w is not None:
         name = workload_name(w)
         out |= {

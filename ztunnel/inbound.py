@@ -27,7 +27,8 @@ import trio
 from mesh.authz import Connection, Decision, evaluate, peer_auth_mode
 from mesh.capture import caught
 from mesh.constants import CAPTURE_PORTS
-from mesh.hbone import HboneRequest
+from mesh.hbone import HboneError, HboneRequest, HboneStreamRefused
+from mesh.hbone.client import HboneClientPool, HboneConnectError
 from mesh.identity import SpiffeId
 from mesh.model import MeshSnapshot, Workload
 from mesh.net import reset_on_close
@@ -35,6 +36,7 @@ from mesh.netns import NetworkNamespace
 from mesh.reason import Failure, Reason, reason_for_dial_error
 from mesh.record import ConnectionRecord, Telemetry
 from ztunnel.admission import REFUSED, RELEASED, Active, Admission
+from ztunnel.plan import Refused, ViaWaypoint, plan_outbound
 
 log = structlog.get_logger("ztunnel")
 
@@ -51,8 +53,10 @@ class Inbound:
         telemetry: Telemetry,
         admission: Admission,
         dial_timeout: float,
+        pool: HboneClientPool | None = None,
     ) -> None:
         self.uid = uid
+        self._pool = pool  # plaintext to a pod bound to a waypoint goes through it
         self._netns = netns
         self._snapshot = snapshot
         self._telemetry = telemetry
@@ -68,7 +72,7 @@ class Inbound:
         """Close open connections the current policies no longer allow."""
         snapshot = self._snapshot()
         for active in list(self._open):
-            decision = _decide(snapshot, active.record)
+            decision = inbound_decision(snapshot, active.record)
             if not decision.allowed:
                 active.cut(Failure(Reason.POLICY_DENIED, f"closed by policy: {decision.reason}"))
 
@@ -144,24 +148,51 @@ class Inbound:
                 return
             try:
                 if peer_auth_mode(snapshot, workload) == "STRICT":
-                    app: trio.socket.SocketType | Failure = Failure(
+                    app: trio.abc.HalfCloseableStream | Failure = Failure(
                         Reason.STRICT_PLAINTEXT,
                         "PeerAuthentication STRICT: plaintext connections are refused",
                     )
+                elif workload.waypoint is not None and self._pool is not None:
+                    app = await self._via_waypoint(snapshot, workload, record)
                 else:
-                    app = await self._policy_then_dial(snapshot, record)
+                    dialled = await self._policy_then_dial(snapshot, record)
+                    app = dialled if isinstance(dialled, Failure) else trio.SocketStream(dialled)
             finally:
                 self._admission.release(peer[0])
             if isinstance(app, Failure):
                 self._telemetry.denied(record, app)
                 return
-            await self._relay(record, trio.SocketStream(app), client)
+            await self._relay(record, app, client)
+
+    async def _via_waypoint(
+        self, snapshot: MeshSnapshot, workload: Workload, record: ConnectionRecord
+    ) -> trio.abc.HalfCloseableStream | Failure:
+        """Plaintext to a pod bound to a waypoint goes through the waypoint (as the pod's
+        own identity, the client's address forwarded), never straight to the app."""
+        assert self._pool is not None
+        plan = plan_outbound(snapshot, workload, workload.ip, record.dst_addr[1])
+        if isinstance(plan, Refused):
+            return Failure(plan.reason, plan.detail)
+        if not isinstance(plan, ViaWaypoint):  # the waypoint's own pod: no loop
+            dialled = await self._policy_then_dial(snapshot, record)
+            return dialled if isinstance(dialled, Failure) else trio.SocketStream(dialled)
+        try:
+            return await self._pool.connect(
+                source=workload.identity, address=plan.dial, authority=plan.authority,
+                expected=[plan.expected_identity], source_address=record.src_addr[0],
+            )  # fmt: skip
+        except HboneStreamRefused as exc:
+            return Failure(exc.reason or Reason.DESTINATION_REFUSED, str(exc))
+        except HboneConnectError as exc:
+            return Failure(exc.reason, str(exc))
+        except HboneError as exc:
+            return Failure(Reason.CONNECTION_RESET, str(exc))
 
     async def _policy_then_dial(
         self, snapshot: MeshSnapshot, record: ConnectionRecord
     ) -> trio.socket.SocketType | Failure:
         """The app's socket if policy allows ``record`` and the dial succeeds, else why not."""
-        decision = _decide(snapshot, record)
+        decision = inbound_decision(snapshot, record)
         if not decision.allowed:
             return Failure(Reason.POLICY_DENIED, decision.reason)
         return await self._dial_app(record)
@@ -181,7 +212,10 @@ class Inbound:
             )
 
     async def _relay(
-        self, record: ConnectionRecord, app: trio.SocketStream, peer: trio.abc.HalfCloseableStream
+        self,
+        record: ConnectionRecord,
+        app: trio.abc.HalfCloseableStream,
+        peer: trio.abc.HalfCloseableStream,
     ) -> None:
         active = Active(record)
         self._open.add(active)
@@ -193,8 +227,12 @@ class Inbound:
             self._open.discard(active)
 
 
-def _decide(snapshot: MeshSnapshot, record: ConnectionRecord) -> Decision:
-    """L4 policy for ``record``, by the destination workload as the snapshot has it now."""
+def inbound_decision(snapshot: MeshSnapshot, record: ConnectionRecord) -> Decision:
+    """L4 policy for ``record``, by the destination workload as the snapshot has it now.
+
+    A pod bound to a waypoint (``waypoint-for: workload`` or ``all``) takes traffic from
+    that waypoint; from anyone else only when an ALLOW policy names it, so the waypoint's
+    policies cannot be bypassed by dialling the pod."""
     assert record.dst_workload is not None
     workload = snapshot.workload(record.dst_workload.uid) or record.dst_workload
     conn = Connection(
@@ -203,4 +241,30 @@ def _decide(snapshot: MeshSnapshot, record: ConnectionRecord) -> Decision:
         dst_workload=workload,
         dst_port=record.dst_addr[1],
     )
-    return evaluate(conn, snapshot.policies_for(workload))
+    decision = evaluate(conn, snapshot.policies_for(workload))
+    key = workload.waypoint
+    if key is None or not decision.allowed or decision.policy is not None:
+        return decision
+    if record.src_identity is not None and record.src_identity in waypoint_identities(
+        snapshot, key, workload.trust_domain
+    ):
+        return decision
+    return Decision(
+        False,
+        None,
+        f"pod {workload.uid} takes traffic through its waypoint {key} (or as an ALLOW policy"
+        " says); this connection did not come from it",
+    )
+
+
+def waypoint_identities(snapshot: MeshSnapshot, key: str, trust_domain: str) -> set[SpiffeId]:
+    """The identities the waypoint ``key`` proves: its Gateway's service account, and those
+    of the pods behind its Service."""
+    namespace, _, name = key.partition("/")
+    found = {SpiffeId(trust_domain, namespace, name)}
+    service = snapshot.service(key)
+    for endpoint in service.endpoints if service is not None else ():
+        w = snapshot.workload(endpoint.workload_uid)
+        if w is not None:
+            found.add(w.identity)
+    return found

@@ -18,6 +18,7 @@ import trio
 from mesh.capture import caught
 from mesh.hbone import HboneError, HboneStreamRefused, HboneStreamTimeout
 from mesh.hbone.client import HboneClientPool, HboneConnectError
+from mesh.metrics import baggage
 from mesh.model import MeshSnapshot
 from mesh.net import reset_on_close
 from mesh.netns import NetworkNamespace
@@ -110,6 +111,10 @@ class Outbound:
                 return Failure(Reason.TIMEOUT, f"no answer from {plan.dial[0]}:{plan.dial[1]}")
             except OSError as exc:
                 return Failure(reason_for_dial_error(exc), str(exc))
+        # A waypoint takes the source's metric labels from the baggage, as Istio's does.
+        headers = (
+            [("baggage", baggage(record.src_workload))] if isinstance(plan, ViaWaypoint) else []
+        )
         try:
             return await self._pool.connect(
                 source=record.src_identity,
@@ -117,6 +122,7 @@ class Outbound:
                 authority=plan.authority,
                 expected=[plan.expected_identity],
                 source_address=source_ip,
+                headers=headers,
             )
         except HboneStreamRefused as exc:
             return Failure(exc.reason or Reason.DESTINATION_REFUSED, str(exc))

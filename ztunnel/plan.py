@@ -5,9 +5,10 @@ Given the mesh snapshot, the source workload and the original destination
 
 - :class:`Direct`: mutual TLS to the destination pod's HBONE port and
   ``CONNECT <pod-ip>:<target-port>``, expecting the pod's identity;
-- :class:`ViaWaypoint`: the destination Service is bound to a waypoint, so
-  HBONE goes to a waypoint pod, expecting the waypoint's identity, with the
-  original ``VIP:port`` kept as the CONNECT authority (the waypoint routes);
+- :class:`ViaWaypoint`: the destination Service is bound to a waypoint (or the
+  destination pod is, for a waypoint that takes workload traffic), so HBONE goes to
+  a waypoint pod, expecting the waypoint's identity, with the original ``VIP:port``
+  (``pod-ip:port``) kept as the CONNECT authority (the waypoint routes);
 - :class:`Passthrough`: plain TCP (an unmeshed pod, or an address the mesh
   does not know);
 - :class:`Refused`: nothing may be dialled, with its :class:`~mesh.reason.Reason`
@@ -48,7 +49,8 @@ class ViaWaypoint:
     authority: str  # the original "VIP:port": the waypoint routes on it
     expected_identity: SpiffeId  # the waypoint's identity
     waypoint: Workload
-    service: Service
+    service: Service | None  # None: a pod bound to a waypoint (waypoint-for workload or all)
+    dst_workload: Workload | None = None  # that pod
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,10 @@ def plan_outbound(
     choose = pick or random.choice
     service = snapshot.service_by_vip(dst_ip)
     if service is None:
-        return _to_pod(dst_ip, dst_port, snapshot.workload_by_ip(dst_ip), None)
+        pod = snapshot.workload_by_ip(dst_ip)
+        if pod is not None and pod.waypoint is not None and pod.meshed:
+            return _via_waypoint(snapshot, source, pod, dst_port, choose)
+        return _to_pod(dst_ip, dst_port, pod, None)
     if service.port(dst_port) is None:
         defined = ", ".join(f"{p.port}" + (f" ({p.name})" if p.name else "") for p in service.ports)
         return Refused(
@@ -113,34 +118,48 @@ def _to_endpoint(snapshot: MeshSnapshot, service: Service, port: int, choose: Pi
 
 
 def _via_waypoint(
-    snapshot: MeshSnapshot, source: Workload, service: Service, port: int, choose: Pick
+    snapshot: MeshSnapshot,
+    source: Workload,
+    dst: Service | Workload,
+    port: int,
+    choose: Pick,
 ) -> Plan:
-    key = service.waypoint
+    """Through the waypoint ``dst`` (a Service, or a pod bound to one) is bound to, with the
+    address the client dialled as the authority; refused when the waypoint has no ready
+    pod. The waypoint's own traffic goes on directly."""
+    key = dst.waypoint
     assert key is not None
+    service = dst if isinstance(dst, Service) else None
     waypoint = snapshot.service(key)
     ready = [
         (e, w)
         for e in (waypoint.endpoints if waypoint else ())
         if (w := snapshot.workload(e.workload_uid)) is not None and w.meshed
     ]
+    what = f"service {dst.key}" if service is not None else f"pod {dst.key}"
     if not ready:
         return Refused(
             Reason.NO_HEALTHY_ENDPOINT,
-            f"service {service.key} uses waypoint {key}, which has no ready pod; its traffic"
-            " is refused rather than sent around the waypoint (is the waypoint deployed?)",
+            f"{what} uses waypoint {key}, which has no ready pod; its traffic is refused"
+            " rather than sent around the waypoint (is the waypoint deployed?)",
             service,
         )
     if any(w.uid == source.uid for _, w in ready):  # the waypoint's own traffic: no loop
-        return _to_endpoint(snapshot, service, port, choose)
+        if service is not None:
+            return _to_endpoint(snapshot, service, port, choose)
+        assert isinstance(dst, Workload)
+        return _to_pod(dst.ip, port, dst, None)
     by_uid = {w.uid: w for _, w in ready}
     endpoint = choose([e for e, _ in ready])
     pod = by_uid[endpoint.workload_uid]
+    address = dst.vip if isinstance(dst, Service) else dst.ip
     return ViaWaypoint(
         dial=(endpoint.ip, HBONE_PORT),
-        authority=f"{_host(service.vip)}:{port}",
+        authority=f"{_host(address)}:{port}",
         expected_identity=pod.identity,
         waypoint=pod,
         service=service,
+        dst_workload=dst if isinstance(dst, Workload) else None,
     )
 
 

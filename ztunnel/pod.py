@@ -62,7 +62,7 @@ class CapturedPod:
         self._admission = admission
         self.inbound = Inbound(
             uid, netns, snapshot=snapshot, telemetry=telemetry, admission=admission,
-            dial_timeout=dial_timeout,
+            dial_timeout=dial_timeout, pool=pool,
         )  # fmt: skip
         self.outbound = Outbound(
             uid, netns, snapshot=snapshot, pool=pool, telemetry=telemetry, admission=admission,

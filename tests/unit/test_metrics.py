@@ -287,3 +287,23 @@ def test_denied_connection_logs_its_reason_with_unknowns_as_none() -> None:
     assert entry["src.identity"] is None
     assert entry["reason"] == "policy_denied"
     assert entry["error"] == "denied by policy shop/deny-all"
+
+
+def test_baggage_carries_the_source_labels_a_waypoint_reports() -> None:
+    from mesh.metrics import baggage, parse_baggage
+    from tests.builders import workload as pod
+    from waypoint.telemetry import side
+
+    web = pod("web-7d4b9c-x2x9z", labels={"app": "web", "version": "v2",
+                                          "pod-template-hash": "7d4b9c"})  # fmt: skip
+    sent = baggage(web)
+    assert sent == (
+        "k8s.cluster.name=Kubernetes,k8s.namespace.name=default,k8s.deployment.name=web,"
+        "service.name=web,service.version=v2"
+    )
+    labels = side("source", None, web.identity, parse_baggage(sent + ";prop=1"))
+    assert labels["source_workload"] == "web"
+    assert labels["source_app"] == "web"
+    assert labels["source_version"] == "v2"
+    assert labels["source_workload_namespace"] == "default"
+    assert labels == side("source", web, web.identity) | {"source_canonical_revision": "v2"}

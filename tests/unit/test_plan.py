@@ -278,3 +278,23 @@ def test_an_unknown_port_of_a_bound_service_is_refused_before_the_waypoint() -> 
 
 def authority(plan: object) -> str | None:
     return plan.authority if isinstance(plan, Direct | ViaWaypoint) else None
+
+
+def test_pod_ip_traffic_to_a_workload_bound_pod_goes_through_its_waypoint() -> None:
+    pod = dataclasses.replace(WEB_A, waypoint="default/waypoint")
+    snap = snapshot(CLIENT, pod, WAYPOINT_POD, WAYPOINT)
+    plan = plan_outbound(snap, CLIENT, "10.0.1.1", 8080, pick=first)
+    assert plan == ViaWaypoint(
+        dial=("10.0.5.1", 15008),
+        authority="10.0.1.1:8080",  # the pod as dialled: the waypoint applies no Service routes
+        expected_identity=identity("default", "waypoint"),
+        waypoint=WAYPOINT_POD,
+        service=None,
+        dst_workload=pod,
+    )
+    # The waypoint itself reaches the pod directly, and a waypoint that is gone fails closed.
+    own = plan_outbound(snap, WAYPOINT_POD, "10.0.1.1", 8080)
+    assert isinstance(own, Direct)
+    gone = plan_outbound(snapshot(CLIENT, pod), CLIENT, "10.0.1.1", 8080)
+    assert isinstance(gone, Refused)
+    assert "pod default/web-a uses waypoint default/waypoint" in gone.detail
