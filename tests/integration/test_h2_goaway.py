@@ -10,7 +10,7 @@ import trio.testing
 
 from mesh.hbone import H2Stream, HboneRequest, HboneSettings
 from mesh.hbone.request import connect_handler
-from mesh.hbone.settings import HboneRetryableError, HboneStreamTimeout
+from mesh.hbone.settings import HboneConnectionError, HboneRetryableError, HboneStreamTimeout
 from tests.integration.h2_support import SMALL_WINDOWS, h2_pair, read_all
 
 REQUEST = [(":method", "POST"), (":scheme", "http"), (":authority", "x"), (":path", "/")]
@@ -145,3 +145,21 @@ async def test_open_stream_has_a_deadline(autojump_clock: trio.abc.Clock) -> Non
             await trio.testing.wait_all_tasks_blocked()
             assert pair.client.statistics().streams == 0
             assert pair.client.is_available()  # one slow stream does not end the connection
+
+
+async def test_graceful_goaway_ends_when_the_peer_goes_before_answering_its_ping(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """h2load does this: it sees the first GOAWAY, has no stream left and closes without
+    answering the PING. The drain ends then, not after ``ping_timeout`` (20 s)."""
+    with trio.fail_after(60):
+        async with h2_pair() as pair:
+            start = trio.current_time()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(pair.server.graceful_goaway)
+                await trio.testing.wait_all_tasks_blocked()  # GOAWAY and PING are out
+                pair.client.fail(HboneConnectionError("gone", code=0))  # never answers
+            assert trio.current_time() - start < 1.0
+            assert pair.server.is_closed()
+            with pytest.raises(HboneConnectionError):
+                await pair.server.ping()  # on a closed connection: at once
