@@ -184,7 +184,8 @@ class Http2Connection(Http2Engine):
             return
         self.send_goaway(frames.MAX_STREAM_ID)
         with trio.move_on_after(self.settings.ping_timeout):
-            await self.ping()
+            with contextlib.suppress(HboneConnectionError):  # gone meanwhile: nothing to drain
+                await self.ping()
         self.send_goaway(self.h2.highest_inbound_stream_id)
         if not self.streams:
             self.drained()
@@ -195,6 +196,8 @@ class Http2Connection(Http2Engine):
     def failing(self) -> None:
         if self._io_scope is not None:
             self._io_scope.cancel()
+        for unanswered in self._pings.values():
+            unanswered.set()  # no answer will come: ping() raises the connection's error
 
     async def _write_loop(self) -> None:
         await self.writer.run(self.wake_space_waiters)
@@ -287,7 +290,10 @@ class Http2Connection(Http2Engine):
     # ---- keepalive and idleness -----------------------------------------------
 
     async def ping(self) -> None:
-        """Send a PING and wait for its answer (works after GOAWAY, either way)."""
+        """Send a PING and wait for its answer (works after GOAWAY, either way); raise
+        the connection's error if it ends first."""
+        if self.error is not None:
+            raise self.error
         self._ping_count += 1
         data = self._ping_count.to_bytes(8, "big")
         answered = self._pings[data] = trio.Event()
@@ -296,10 +302,12 @@ class Http2Connection(Http2Engine):
             self.kick()
             await answered.wait()
         finally:
-            del self._pings[data]
+            unanswered = self._pings.pop(data, None) is not None  # ping_acked takes it out
+        if unanswered and self.error is not None:
+            raise self.error
 
     def ping_acked(self, data: bytes) -> None:
-        if (answered := self._pings.get(data)) is not None:
+        if (answered := self._pings.pop(data, None)) is not None:
             self._pings_answered += 1
             answered.set()
 

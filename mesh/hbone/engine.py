@@ -409,7 +409,11 @@ class Http2Engine:
     def send_headers(self, stream: H2Stream, headers: Headers, *, end_stream: bool) -> None:
         if self.error is not None:
             raise trio.BrokenResourceError(f"HTTP/2 connection failed: {self.error.reason}")
-        self.h2.send_headers(stream.stream_id, headers, end_stream=end_stream)
+        try:
+            self.h2.send_headers(stream.stream_id, headers, end_stream=end_stream)
+        except h2.exceptions.TooManyStreamsError as exc:  # a new stream past the peer's limit
+            self._detach(stream)  # never opened: no entry may keep the connection busy
+            raise HboneRetryableError(f"{exc}; open the stream on another connection") from exc
         if end_stream:
             self._forget_if_done(stream)
         self.kick()

@@ -2,7 +2,9 @@
 identity, and hands every CONNECT stream to a handler.
 
 A connection that fails its handshake, presents a bad identity or breaks
-HTTP/2 is logged and closed; every other connection keeps serving. Given a
+HTTP/2 is logged and closed; every other connection keeps serving. During a flood
+of bad handshakes, ``hbone_handshake_rejected`` is logged once per rule per
+``settings.rejection_log_window``; the rest are counted (``suppressed=N``). Given a
 ``pending`` :class:`~mesh.pending.Admitter`, a connection counts as pending
 until its handshake is over, and one its source may not have is reset at once.
 """
@@ -20,6 +22,7 @@ from mesh.hbone.connection import HboneConnection
 from mesh.hbone.request import RequestHandler, connect_handler
 from mesh.hbone.settings import HboneSettings
 from mesh.identity import PeerVerificationError, SpiffeId, WorkloadCertificate
+from mesh.loglimit import LogLimiter
 from mesh.net import open_listener, reset_on_close, serve_listeners
 from mesh.pending import Admitter
 from mesh.tls import TlsError, TlsStream, describe_handshake_error, server_context
@@ -72,6 +75,7 @@ async def serve_hbone(
     settings = settings or HboneSettings()
     sock = listener if listener is not None else await open_listener(host, port)
     bound = sock.getsockname()
+    rejections = LogLimiter(settings.rejection_log_window)
 
     async def serve(stream: trio.SocketStream) -> None:
         addr = stream.socket.getpeername()
@@ -79,15 +83,27 @@ async def serve_hbone(
             reset_on_close(stream.socket)
             return  # serve_listeners closes it
         await _serve_connection(
-            stream.socket, (addr[0], addr[1]), handler, certificate, settings, connections,
-            pending,
+            stream.socket, (addr[0], addr[1]), handler, certificate, settings, rejections,
+            connections, pending,
         )  # fmt: skip
 
     async with trio.open_nursery() as own:
         handlers = handler_nursery or own
         await own.start(partial(serve_listeners, serve, [sock], handler_nursery=handlers,
                                 name="hbone"))  # fmt: skip
+        own.start_soon(_report_suppressed, rejections)
         task_status.started((bound[0], bound[1]))
+
+
+async def _report_suppressed(rejections: LogLimiter) -> None:
+    """Every window, one summary line (no ``src``) per rule whose rejections were held
+    back: ``suppressed=N`` and the last one's reason."""
+    while True:
+        await trio.sleep(rejections.window)
+        for rule, suppressed, last in rejections.due(trio.current_time()):
+            log.warning(
+                "hbone_handshake_rejected", rule=rule, reason=last["reason"], suppressed=suppressed
+            )
 
 
 async def _serve_connection(
@@ -96,12 +112,13 @@ async def _serve_connection(
     handler: RequestHandler,
     certificate: CertificateSource,
     settings: HboneSettings,
+    rejections: LogLimiter,
     connections: ServerConnections | None = None,
     pending: Admitter | None = None,
 ) -> None:
     src = f"{addr[0]}:{addr[1]}"
     try:
-        peer = await _handshake(sock, src, certificate, settings)
+        peer = await _handshake(sock, src, certificate, settings, rejections)
     finally:
         if pending is not None:
             pending.release(addr[0])
@@ -136,7 +153,11 @@ async def _serve_connection(
 
 
 async def _handshake(
-    sock: trio.socket.SocketType, src: str, certificate: CertificateSource, settings: HboneSettings
+    sock: trio.socket.SocketType,
+    src: str,
+    certificate: CertificateSource,
+    settings: HboneSettings,
+    rejections: LogLimiter,
 ) -> tuple[TlsStream, SpiffeId] | None:
     """TLS with the current certificate and the peer's identity verified; None (logged,
     closed) when either fails."""
@@ -153,7 +174,9 @@ async def _handshake(
             rule, reason = "timeout", f"no TLS handshake within {settings.handshake_timeout:g}s"
         else:
             rule, reason = describe_handshake_error(exc.__cause__ or exc)
-        log.warning("hbone_handshake_rejected", src=src, rule=rule, reason=reason)
+        now = trio.current_time()
+        if (fields := rejections.admit(rule, now, src=src, rule=rule, reason=reason)) is not None:
+            log.warning("hbone_handshake_rejected", **fields)
         await tls.aclose()
         return None
     except BaseException:

@@ -68,6 +68,7 @@ class HboneSettings:
     stream_open_timeout: float = 10.0  # for the answer to CONNECT (open_stream)
     reset_burst: int = 1000  # rapid-reset defence (mesh.hbone.limits.ResetBudget)
     reset_rate: float = 33.0  # resets per second the budget refills
+    rejection_log_window: float = 10.0  # one hbone_handshake_rejected per rule per window
 
     def __post_init__(self) -> None:
         if not frames.MIN_FRAME_SIZE <= self.max_frame_size <= frames.MAX_FRAME_SIZE:

@@ -20,6 +20,7 @@ from typing import Final, Protocol
 
 import trio
 
+from mesh import sockio
 from mesh.tls import TlsError
 
 
@@ -91,6 +92,9 @@ class StreamTransport:
         if not self._out:
             await trio.lowlevel.checkpoint()
             return
+        if isinstance(self.stream, trio.SocketStream):  # h2c: cancel-safe, see below
+            await self._flush_socket(self.stream.socket)
+            return
         data = bytes(self._out)
         try:
             await self.stream.send_all(data)
@@ -99,6 +103,20 @@ class StreamTransport:
         # Only now: a flush cancelled before the stream took the bytes keeps them for the
         # next flush (after a cancel part-way, a trio stream is broken anyway).
         del self._out[: len(data)]
+
+    async def _flush_socket(self, sock: trio.socket.SocketType) -> None:
+        """Bytes leave the buffer as the kernel takes them: a flush cancelled while it
+        waits for room (a connection failing, or ending, cancels its writer) never sends
+        them twice; ``SocketStream.send_all`` cancelled part-way would, and the next
+        flush (the closing GOAWAY) would tear the frames the peer is reading."""
+        try:
+            while self._out:
+                if n := sockio.send_nowait(sock, self._out):
+                    del self._out[:n]
+                else:
+                    await trio.lowlevel.wait_writable(sock)
+        except OSError as exc:
+            raise TransportError(f"connection lost: {exc}") from exc
 
     async def flush(self) -> None:
         while self._out:

@@ -4,14 +4,21 @@ processed, PING keeps working, and the connection closes when drained."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import trio
 import trio.testing
 
 from mesh.hbone import H2Stream, HboneRequest, HboneSettings
 from mesh.hbone.request import connect_handler
-from mesh.hbone.settings import HboneRetryableError, HboneStreamTimeout
+from mesh.hbone.server import ServerConnections, serve_hbone
+from mesh.hbone.settings import HboneConnectionError, HboneRetryableError, HboneStreamTimeout
+from tests.conftest import SERVER_ID
 from tests.integration.h2_support import SMALL_WINDOWS, h2_pair, read_all
+from tests.integration.hbone_support import client_pool, connect, echo_handler
+from tests.pki import Pki
+from tests.waiting import wait_until
 
 REQUEST = [(":method", "POST"), (":scheme", "http"), (":authority", "x"), (":path", "/")]
 
@@ -145,3 +152,54 @@ async def test_open_stream_has_a_deadline(autojump_clock: trio.abc.Clock) -> Non
             await trio.testing.wait_all_tasks_blocked()
             assert pair.client.statistics().streams == 0
             assert pair.client.is_available()  # one slow stream does not end the connection
+
+
+async def test_graceful_goaway_ends_when_the_peer_goes_before_answering_its_ping(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """h2load does this: it sees the first GOAWAY, has no stream left and closes without
+    answering the PING. The drain ends then, not after ``ping_timeout`` (20 s)."""
+    with trio.fail_after(60):
+        async with h2_pair() as pair:
+            start = trio.current_time()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(pair.server.graceful_goaway)
+                await trio.testing.wait_all_tasks_blocked()  # GOAWAY and PING are out
+                pair.client.fail(HboneConnectionError("gone", code=0))  # never answers
+            assert trio.current_time() - start < 1.0
+            assert pair.server.is_closed()
+            with pytest.raises(HboneConnectionError):
+                await pair.server.ping()  # on a closed connection: at once
+
+
+async def test_pool_leaves_a_server_that_says_goaway_and_stays_idle(root: Pki) -> None:
+    """Over real mTLS: the server says GOAWAY (last id = the open stream) and then nothing,
+    never closing. The pool stops choosing that connection, opens a new one for the next
+    stream, lets the one in flight finish, then closes the old connection itself."""
+    live = ServerConnections()
+    cert = root.issue(SERVER_ID)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            address = await nursery.start(
+                partial(serve_hbone, echo_handler, certificate=lambda: cert, port=0,
+                        connections=live)
+            )  # fmt: skip
+            async with client_pool(root) as pool:
+                first = await connect(pool, address)
+                await first.send_all(b"before")
+                assert await first.receive_some() == b"before"
+                (server_side,) = live.live
+                server_side.send_goaway(server_side.h2.highest_inbound_stream_id)  # then idle
+                await wait_until(lambda: pool.statistics()["streams"] == 1)
+                second = await connect(pool, address)  # not on the connection going away
+                assert pool.statistics()["connections_opened"] == 2
+                await second.send_all(b"new")
+                assert await second.receive_some() == b"new"
+                await first.send_all(b"in flight")  # the old stream still works both ways
+                assert await first.receive_some() == b"in flight"
+                await first.send_eof()
+                assert await read_all(first) == b""
+                await wait_until(lambda: pool.statistics()["connections"] == 1)  # let go
+                await wait_until(lambda: len(live.live) == 1)  # and the server saw it close
+                await second.aclose()
+            nursery.cancel_scope.cancel()

@@ -13,7 +13,7 @@ import pytest
 import trio
 from structlog.testing import capture_logs
 
-from mesh.hbone import HboneError
+from mesh.hbone import HboneError, HboneSettings
 from mesh.hbone.client import HboneConnectError, open_hbone_pool
 from mesh.hbone.server import serve_hbone
 from mesh.identity import SpiffeId, WorkloadCertificate
@@ -21,7 +21,13 @@ from mesh.pending import PendingLimits, PendingWork
 from mesh.reason import Reason
 from mesh.tls import TlsError, TlsStream, bootstrap_client_context
 from tests.conftest import CLIENT_ID, SERVER_ID
-from tests.integration.hbone_support import AUTHORITY, connect, echo_handler, start_server
+from tests.integration.hbone_support import (
+    AUTHORITY,
+    client_pool,
+    connect,
+    echo_handler,
+    start_server,
+)
 from tests.pki import Pki, make_root
 from tests.waiting import wait_until
 
@@ -232,3 +238,47 @@ async def test_connections_past_a_sources_pending_limit_are_reset_at_once(root: 
                     assert await stream.receive_some() == b"hello"
             nursery.cancel_scope.cancel()
     assert work.statistics().refused == 1
+
+
+async def test_a_flood_of_bad_handshakes_logs_a_few_lines_and_counts_the_rest(
+    root: Pki, logs: Logs
+) -> None:
+    """200 connections that are not TLS at all, 20 at a time: the first rejection is
+    logged at once, the rest are held back and counted (``suppressed=N``), one summary
+    per window; meanwhile a healthy client is served."""
+    settings = HboneSettings(rejection_log_window=2.0)
+    flood = 200
+
+    async def bad_handshake(address: tuple[str, int], limit: trio.CapacityLimiter) -> None:
+        async with limit:
+            stream = await trio.open_tcp_stream(*address)
+            with contextlib.suppress(trio.BrokenResourceError):
+                await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                await stream.receive_some()  # the server closes it
+            await stream.aclose()
+
+    def counted(entries: Logs) -> int:
+        return sum(("src" in e) + int(e.get("suppressed", 0)) for e in entries)
+
+    def lines() -> list[MutableMapping[str, Any]]:
+        return [e for e in logs if e["event"] == "hbone_handshake_rejected"]
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            address = await start_server(nursery, echo_handler, root.issue(SERVER_ID), settings)
+            async with trio.open_nursery() as flooding:
+                limit = trio.CapacityLimiter(20)
+                for _ in range(flood):
+                    flooding.start_soon(bad_handshake, address, limit)
+                await wait_until(lambda: lines())
+                assert "suppressed" not in lines()[0]  # the first one, at once
+                async with client_pool(root) as pool:  # a healthy client, served meanwhile
+                    stream = await connect(pool, address)
+                    await stream.send_all(b"still served")
+                    assert await stream.receive_some() == b"still served"
+            # A line with a source is a rejection (and the N held back before it); a summary
+            # line, without one, stands for the N it held back.
+            await wait_until(lambda: counted(lines()) == flood, seconds=10)  # the summary came
+            nursery.cancel_scope.cancel()
+    assert 2 <= len(lines()) <= 6, lines()
+    assert {e["rule"] for e in lines()} == {lines()[0]["rule"]}
