@@ -40,8 +40,11 @@ and Services, the Services of other namespaces bound to a waypoint of N
 (``Service.waypoint`` naming a Service in N: a waypoint routes their traffic), the
 workloads that are endpoints of those Services, and every AuthorizationPolicy and
 PeerAuthentication of N and of the root namespace, the waypoint-only ones
-(``targetRefs``, AUDIT) included. Routes (HTTPRoute) are not in the model yet; when
-they are, the Services they send to belong here too.
+(``targetRefs``, AUDIT) included. Gateways, HTTPRoutes, GRPCRoutes and
+RequestAuthentications are sent whole (the waypoint compiles the routes attached to its
+Services and binds what its ``targetRefs`` name); a route's backend Service in another
+namespace is not in the view yet, so such a backend answers 500 as one that does not
+resolve.
 """
 
 from __future__ import annotations
