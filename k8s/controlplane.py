@@ -96,7 +96,12 @@ class NodeAuthorizer:
         snapshot = self._plane.snapshot
         if snapshot is None:
             return False
-        return any(w.meshed and w.identity == identity for w in snapshot.workloads_on_node(caller))
+        # A waypoint's pod (native tunnel) gets its own certificate with its own token:
+        # a ztunnel never needs the identity of a pod it does not capture.
+        return any(
+            w.meshed and not w.native_tunnel and w.identity == identity
+            for w in snapshot.workloads_on_node(caller)
+        )
 
 
 @dataclass(frozen=True)
