@@ -9,6 +9,7 @@ from typing import Any, cast
 import trio
 
 from k8s import manifests as m
+from k8s.config_server import gateway_waypoint_authorizer
 from k8s.controlplane import NodeAuthorizer
 from k8s.store import ObjectRef, ref_of
 from k8s.translate import Translator, translate
@@ -144,3 +145,18 @@ async def test_ztunnel_never_captures_a_native_tunnel_pod() -> None:
             assert ztunnel.ready() == (True, "0 pods captured")
             assert ztunnel.status()["pods"] == []
             nursery.cancel_scope.cancel()
+
+
+def test_the_config_stream_knows_a_waypoint_by_its_gateway() -> None:
+    snapshot = translate(shop(), version=1).snapshot
+    current: list[MeshSnapshot | None] = [None]
+    check = gateway_waypoint_authorizer(lambda: current[0])
+    named = SpiffeId("cluster.local", "shop", "waypoint")
+    assert check(named, "shop") is None, "Istio's default name, before any snapshot"
+    edge = SpiffeId("cluster.local", "shop", "edge")
+    assert "no waypoint Gateway 'edge'" in (check(edge, "shop") or "")
+    current[0] = translate([*shop(), gateway("edge", "shop")], version=2).snapshot
+    assert check(edge, "shop") is None
+    assert "not of namespace 'other'" in (check(edge, "other") or "")
+    current[0] = snapshot
+    assert check(edge, "shop") is not None, "its Gateway is gone"
