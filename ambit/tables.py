@@ -56,6 +56,8 @@ def _pod_status(pod: dict[str, Any]) -> str:
 def _captured(pod: dict[str, Any]) -> str:
     if not pod["meshed"]:
         return "-"
+    if pod.get("native_tunnel"):
+        return "native"  # a waypoint: speaks HBONE itself
     return {True: "yes", False: "no", None: "unknown"}[pod["captured"]]
 
 
@@ -81,7 +83,7 @@ def workloads_table(pods: list[dict[str, Any]]) -> str:
                 p["ip"],
                 p["node"],
                 p["identity"],
-                "HBONE" if p["meshed"] and p["captured"] else "TCP",
+                "HBONE" if p["meshed"] and (p["captured"] or p.get("native_tunnel")) else "TCP",
                 _captured(p),
             ]
             for p in pods

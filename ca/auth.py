@@ -6,6 +6,13 @@ this identity? :class:`StaticAuthorizer` answers it from a fixed table; node
 authorization (a ztunnel may have the identities of the pods on its node) is
 the control plane's :class:`k8s.controlplane.NodeAuthorizer`, through the same
 :class:`Authorizer` protocol.
+
+A caller named ``system:serviceaccount:NS:SA`` (what Kubernetes' TokenReview says of a
+service-account token; local mode names the waypoints' tokens the same way) is that
+service account: :class:`ServiceAccountAuthorizer` lets it have exactly
+``spiffe://<td>/ns/NS/sa/SA``. :class:`ServiceAccountsOrNodes` sends such callers there
+and every other caller (a node) to the node authorizer, so neither can have the
+other's identities.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from mesh.identity import IdentityError, SpiffeId
 from mesh.tokens import TokenTable
 
 _NAMESPACE_WILDCARD_SUFFIX = "/sa/*"
+SERVICE_ACCOUNT_CALLER_PREFIX = "system:serviceaccount:"
 
 
 class Authenticator(Protocol):
@@ -84,3 +92,49 @@ class StaticAuthorizer:
             elif pattern == identity:
                 return True
         return False
+
+
+def service_account_caller(namespace: str, service_account: str) -> str:
+    """The caller name of a service account's token: ``system:serviceaccount:NS:SA``."""
+    return f"{SERVICE_ACCOUNT_CALLER_PREFIX}{namespace}:{service_account}"
+
+
+def service_account_of(caller: str) -> tuple[str, str] | None:
+    """``(namespace, service account)`` of a ``system:serviceaccount:NS:SA`` caller, or
+    None for any other caller (a node's name never has a colon)."""
+    if not caller.startswith(SERVICE_ACCOUNT_CALLER_PREFIX):
+        return None
+    namespace, sep, name = caller.removeprefix(SERVICE_ACCOUNT_CALLER_PREFIX).partition(":")
+    if not sep or not namespace or not name or ":" in name:
+        return None
+    return namespace, name
+
+
+class ServiceAccountAuthorizer:
+    """A service account may have its own identity in ``trust_domain``, nothing else."""
+
+    def __init__(self, trust_domain: str) -> None:
+        self.trust_domain = trust_domain
+
+    def may_issue(self, caller: str, identity: SpiffeId) -> bool:
+        account = service_account_of(caller)
+        return (
+            account is not None
+            and identity.trust_domain == self.trust_domain
+            and (identity.namespace, identity.service_account) == account
+        )
+
+
+class ServiceAccountsOrNodes:
+    """Service-account callers (``system:serviceaccount:...``) asked of ``accounts``,
+    every other caller of ``nodes``: a service account's token never reaches the node
+    rules (which grant any node the ztunnel identity), nor a node's the other way."""
+
+    def __init__(self, accounts: Authorizer, nodes: Authorizer) -> None:
+        self._accounts = accounts
+        self._nodes = nodes
+
+    def may_issue(self, caller: str, identity: SpiffeId) -> bool:
+        if caller.startswith(SERVICE_ACCOUNT_CALLER_PREFIX):
+            return self._accounts.may_issue(caller, identity)
+        return self._nodes.may_issue(caller, identity)

@@ -105,6 +105,32 @@ def waypoint_authorizer(service_accounts: Iterable[str] = ()) -> WaypointAuthori
     return check
 
 
+def gateway_waypoint_authorizer(
+    snapshot: Callable[[], MeshSnapshot | None],
+) -> WaypointAuthorizer:
+    """Allow a certificate of namespace N to have N's waypoint view when its service
+    account is the name of a waypoint Gateway of N in the current snapshot (a waypoint
+    runs as its Gateway's name), or Istio's default ``waypoint``. What the control plane
+    uses unless it is given another."""
+
+    def check(peer: SpiffeId, namespace: str) -> str | None:
+        if peer.namespace != namespace:
+            return f"{peer} is not of namespace {namespace!r}"
+        account = peer.service_account
+        if account == WAYPOINT_SERVICE_ACCOUNT:
+            return None
+        current = snapshot()
+        if current is not None and current.gateway(f"{namespace}/{account}") is not None:
+            return None
+        return (
+            f"service account {account!r} is not a waypoint's: namespace {namespace!r} has no"
+            f" waypoint Gateway {account!r} (a waypoint runs as its Gateway's name;"
+            f" {WAYPOINT_SERVICE_ACCOUNT!r} is always accepted)"
+        )
+
+    return check
+
+
 @dataclass
 class ProxyStatus:
     """A proxy as the config server last saw it. ``name`` is its view's: the node of a

@@ -12,8 +12,13 @@ to the proxies, and runs the CA with node authorization.
   never stop the rest of the config.
 - The CA (15012) signs for callers that prove which node they are with the
   node's bearer token; :class:`NodeAuthorizer` lets a node's ztunnel have the
-  ztunnel identity and the identities of meshed pods scheduled on that node,
-  nothing else (403 otherwise).
+  ztunnel identity and the identities of the pods it captures on that node,
+  nothing else (403 otherwise). A caller whose token is a service account's
+  (``system:serviceaccount:NS:SA``: a waypoint) gets exactly that service
+  account's identity (:class:`ca.auth.ServiceAccountAuthorizer`).
+- The config stream gives namespace N's waypoint view to a certificate of N whose
+  service account names a waypoint Gateway of N in the current snapshot, or is
+  Istio's ``waypoint`` (:func:`k8s.config_server.gateway_waypoint_authorizer`).
 """
 
 from __future__ import annotations
@@ -26,13 +31,13 @@ import structlog
 import trio
 
 from ca import CertificateAuthority, LocalSigner, serve_ca
-from ca.auth import Authenticator, Authorizer
+from ca.auth import Authenticator, Authorizer, ServiceAccountAuthorizer, ServiceAccountsOrNodes
 from k8s.config_server import (
     ConfigServer,
     ProxyAuthenticator,
     WaypointAuthorizer,
+    gateway_waypoint_authorizer,
     node_token_authenticator,
-    waypoint_authorizer,
 )
 from k8s.manifests import (
     AuthorizationPolicy,
@@ -96,16 +101,23 @@ class NodeAuthorizer:
         snapshot = self._plane.snapshot
         if snapshot is None:
             return False
-        return any(w.meshed and w.identity == identity for w in snapshot.workloads_on_node(caller))
+        # A waypoint's pod (native tunnel) gets its own certificate with its own token:
+        # a ztunnel never needs the identity of a pod it does not capture.
+        return any(
+            w.meshed and not w.native_tunnel and w.identity == identity
+            for w in snapshot.workloads_on_node(caller)
+        )
 
 
 @dataclass(frozen=True)
 class Access:
     """Who may have what, as a deployment decides it: the CA's authenticator (bearer
     token -> caller) and authorizer (may that caller have that identity?), the config
-    stream's check of a ztunnel and of a waypoint. Local mode passes none and gets node
-    tokens (:attr:`ControlPlane.tokens`) and :class:`NodeAuthorizer`; the Kubernetes
-    source will pass service-account token review."""
+    stream's check of a ztunnel and of a waypoint. Local mode passes none and gets the
+    tokens of :attr:`ControlPlane.tokens` (nodes' and waypoints' service accounts'),
+    service accounts' own identities or else :class:`NodeAuthorizer`, and waypoints
+    checked against the snapshot's Gateways; the Kubernetes source will pass
+    service-account token review."""
 
     ca_authenticator: Authenticator | None = None
     ca_authorizer: Authorizer | None = None
@@ -124,16 +136,21 @@ class ControlPlane:
         access = access or Access()
         self.authority = authority
         self.trust_domain = trust_domain
-        self.tokens = TokenTable()  # one per node: the CA's and the config stream's proof
+        # One per node (the CA's and the config stream's proof) and per waypoint service
+        # account (``system:serviceaccount:NS:SA``, the CA's only).
+        self.tokens = TokenTable()
         self._ca_authenticator: Authenticator = access.ca_authenticator or self.tokens
-        self._ca_authorizer: Authorizer = access.ca_authorizer or NodeAuthorizer(self)
+        self._ca_authorizer: Authorizer = access.ca_authorizer or ServiceAccountsOrNodes(
+            ServiceAccountAuthorizer(trust_domain), NodeAuthorizer(self)
+        )
         self.snapshot: MeshSnapshot | None = None
         self.translation: Translation | None = None
         self._translator = Translator(trust_domain=trust_domain)
         proxy_ids = frozenset({ztunnel_identity(trust_domain)})
         self.config = ConfigServer(
             access.proxies or node_token_authenticator(self.tokens, proxy_ids),
-            authorize_waypoint=access.waypoints or waypoint_authorizer(),
+            authorize_waypoint=access.waypoints
+            or gateway_waypoint_authorizer(lambda: self.snapshot),
         )
         self._held_for: list[str] = []
         self.draining = False

@@ -5,8 +5,9 @@ fed by its source (``files`` today; the Kubernetes API is the next), translates 
 publishes on every change (changes within ``coalesce`` seconds together), and serves:
 
 - 15012: the CA, node-authorized (bearer tokens from ``tokens_file``, a JSON object
-  ``{"node": "token"}``, re-read when it changes: local mode adds a node's token
-  before it starts the node's ztunnel);
+  ``{"caller": "token"}``, re-read when it changes: local mode adds a node's token
+  before it starts the node's ztunnel, and a waypoint's before its pod starts, under
+  ``system:serviceaccount:NS:SA``, which may have only that account's identity);
 - 15010: the config stream (HBONE, mutual TLS);
 - 15014: ``/metrics`` (Prometheus; ``pilot_xds`` is Istio's count of connected
   proxies), ``/ready`` (200 once every kind is listed and a snapshot is published)
@@ -79,8 +80,11 @@ class Ports:
 
 
 class TokensFile:
-    """Node tokens from a JSON file ``{"node": "token"}``, added to a :class:`TokenTable`
-    as they appear. A token once loaded stays valid for this process's life."""
+    """Bearer tokens from a JSON file ``{"caller": "token"}``, added to a
+    :class:`TokenTable` as they appear. A caller is a node's name (a ztunnel) or a
+    service account, ``system:serviceaccount:NS:SA`` (a waypoint: what Kubernetes'
+    TokenReview would say of its token). A token once loaded stays valid for this
+    process's life."""
 
     def __init__(self, path: Path | None, table: TokenTable) -> None:
         self.path = path
@@ -103,10 +107,10 @@ class TokensFile:
         if not isinstance(data, dict):
             log.warning("tokens_file_unreadable", path=str(self.path), reason="not an object")
             return
-        for node, token in data.items():
-            if isinstance(token, str) and token and self._loaded.get(str(node)) != token:
-                self._table.add(token, str(node))
-                self._loaded[str(node)] = token
+        for caller, token in data.items():
+            if isinstance(token, str) and token and self._loaded.get(str(caller)) != token:
+                self._table.add(token, str(caller))
+                self._loaded[str(caller)] = token
 
 
 @dataclass

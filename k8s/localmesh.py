@@ -17,6 +17,14 @@ per node into the one-machine cluster of :mod:`k8s.local`.
   control plane translates and publishes); last, rules are removed from pods
   that left.
 - Each node runs ``ambit ztunnel`` in its namespace with its own token.
+- The waypoint deployer (:mod:`k8s.waypoint_deployer`) is local mode's controller: a
+  waypoint Gateway becomes its ServiceAccount, Service and Pod, stored by the cluster
+  beside it. The pod runs ``ambit waypoint run`` as the component ``waypoint/NS/NAME``
+  (restarted when it exits; stopped with a grace above its 1 s drain) with the bearer
+  token of its service account: made here, written 0600 to
+  ``<state>/mesh/serviceaccounts/NS/SA/token`` and to the tokens file under
+  ``system:serviceaccount:NS:SA``, which the CA lets have only that account's identity.
+  No capture rules are installed for a waypoint's pod: it speaks HBONE itself.
 - Readiness: each ztunnel's ``/config_dump`` (loopback port 15000 inside the
   node's namespace) says which pods are captured and have a certificate.
 """
@@ -35,8 +43,11 @@ import structlog
 import trio
 
 from ca import CaConfig, CertificateAuthority
+from ca.auth import service_account_caller
+from k8s import manifests
 from k8s.local.config import ClusterConfig
 from k8s.local.hooks import LocalHooks, LocalSnapshot, MeshState, NodeView, PodRef
+from k8s.waypoint_deployer import DeployerSettings, deploy, managed
 from mesh.capture import install_capture, remove_capture
 from mesh.commands import CommandFailed
 from mesh.constants import (
@@ -44,6 +55,7 @@ from mesh.constants import (
     CONFIG_STREAM_PORT,
     CONTROL_PLANE_PORT,
     LABEL_DATAPLANE_MODE,
+    LABEL_GATEWAY_NAME,
 )
 from mesh.netns import NetnsError, NetworkNamespace
 from mesh.tokens import TokenTable
@@ -64,6 +76,9 @@ def _write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
 
 CAPTURE_RETRY_SECONDS = 2.0
 ZTUNNEL_DRAIN_SECONDS = 5.0  # open connections' time to finish when a ztunnel stops
+WAYPOINT_DRAIN_SECONDS = 1.0  # requests' time to finish when a waypoint pod stops
+# The source tree this daemon runs: a waypoint pod runs the same code.
+SOURCE_ROOT = Path(__file__).resolve().parents[1]
 
 
 class LocalMesh:
@@ -74,6 +89,7 @@ class LocalMesh:
         self._changed = trio.Event()
         self._captured: set[str] = set()  # netns names with capture rules installed
         self._nodes: list[str] = []
+        self._accounts: list[tuple[str, str]] = []  # waypoints' service accounts with a token
 
     def hooks(self) -> LocalHooks:
         return LocalHooks(
@@ -84,6 +100,8 @@ class LocalMesh:
             controlplane_command=self.controlplane_command,
             ztunnel_stop_grace=ZTUNNEL_DRAIN_SECONDS + 1.0,
             object_conditions=self.object_conditions,
+            derive_objects=self.derive_objects,
+            pod_component=self.pod_component,
         )
 
     def _dir(self) -> Path:
@@ -124,9 +142,53 @@ class LocalMesh:
         objects = status.get("objects") if isinstance(status, dict) else None
         return objects if isinstance(objects, dict) else {}
 
-    def _write_tokens(self) -> None:
-        tokens = {node: self.tokens.token_for(node) for node in self._nodes}
-        _write_atomically(self._dir() / "tokens.json", json.dumps(tokens).encode(), 0o600)
+    def _write_tokens(self, directory: Path | None = None) -> None:
+        callers = [*self._nodes, *(service_account_caller(*a) for a in self._accounts)]
+        tokens = {caller: self.tokens.token_for(caller) for caller in callers}
+        path = (directory or self._dir()) / "tokens.json"
+        _write_atomically(path, json.dumps(tokens).encode(), 0o600)
+
+    def deployer_settings(self, config: ClusterConfig) -> DeployerSettings:
+        host = str(config.host_ip)
+        return DeployerSettings(
+            control_plane=f"{host}:{CONFIG_STREAM_PORT}",
+            ca=f"{host}:{CONTROL_PLANE_PORT}",
+            token_dir=config.state_dir / "mesh" / "serviceaccounts",
+            trust_bundle=config.state_dir / "mesh" / "bundle.pem",
+            trust_domain=config.trust_domain,
+            drain_seconds=WAYPOINT_DRAIN_SECONDS,
+            python=sys.executable,
+            env=(("PYTHONPATH", str(SOURCE_ROOT)),),
+        )
+
+    def derive_objects(
+        self, objects: Sequence[manifests.K8sObject], config: ClusterConfig
+    ) -> Sequence[manifests.Document]:
+        """The waypoint deployer's objects; each waypoint pod's token is written before the
+        pod can start (the control plane re-reads the tokens file)."""
+        settings = self.deployer_settings(config)
+        documents = deploy(objects, settings)
+        new = False
+        for doc in documents:
+            pod = doc.obj
+            if not isinstance(pod, manifests.Pod):
+                continue
+            account = (pod.namespace, pod.service_account)
+            token = self.tokens.token_for(service_account_caller(*account)).encode()
+            _write_atomically(settings.token_file(*account), token, 0o600)
+            if account not in self._accounts:
+                self._accounts.append(account)
+                new = True
+        if new:
+            self._write_tokens(config.state_dir / "mesh")
+        return documents
+
+    def pod_component(self, pod: manifests.Pod) -> tuple[str, float] | None:
+        """A waypoint's pod is supervised as ``waypoint/NS/NAME``."""
+        gateway = dict(pod.labels).get(LABEL_GATEWAY_NAME)
+        if gateway is None or not managed(pod):
+            return None
+        return f"waypoint/{pod.namespace}/{gateway}", WAYPOINT_DRAIN_SECONDS + 1.0
 
     def on_objects_changed(self, snapshot: LocalSnapshot) -> None:
         self._latest = snapshot
@@ -139,7 +201,8 @@ class LocalMesh:
             self._changed = trio.Event()
             snapshot = self._latest
             assert snapshot is not None
-            meshed = {p.netns for p in snapshot.pods if p.meshed}
+            # A waypoint's pod speaks HBONE itself: never captured.
+            meshed = {p.netns for p in snapshot.pods if p.meshed and not p.native_tunnel}
             uncaptured: set[str] = set()
             for netns in sorted(meshed - self._captured):
                 if not await self._set_capture(netns, install=True):
@@ -204,7 +267,9 @@ class LocalMesh:
 
     async def mesh_state(self, snapshot: LocalSnapshot) -> Mapping[PodRef, MeshState]:
         state: dict[PodRef, MeshState] = {
-            p.ref: MeshState(captured=False, certificate=False) for p in snapshot.pods if p.meshed
+            p.ref: MeshState(captured=False, certificate=False)
+            for p in snapshot.pods
+            if p.meshed and not p.native_tunnel
         }
         for node in snapshot.nodes:
             dump = await config_dump(node.netns)

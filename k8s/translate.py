@@ -64,13 +64,14 @@ from k8s.translate_parts import (
 )
 from k8s.translate_parts import in_mesh as in_mesh
 from k8s.translate_parts import meshed_by_labels as meshed_by_labels
+from k8s.translate_parts import native_tunnel as native_tunnel
 from k8s.translate_parts import workload_uid as workload_uid
 from k8s.translate_policy import authorization as authorization
 from k8s.translate_policy import peer_authentication
 from k8s.translate_policy import ztunnel_acceptance as ztunnel_acceptance
 from k8s.translate_waypoints import WaypointBinding, _Batch
 from mesh import model, model_l7
-from mesh.constants import DEFAULT_TRUST_DOMAIN
+from mesh.constants import DEFAULT_TRUST_DOMAIN, LABEL_GATEWAY_NAME
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,8 @@ class Translator(WaypointBinding):
     - a Service: that Service, its endpoints found through the pods' label index;
     - a Namespace's labels: the workloads of its pods (whether they are meshed) and the
       waypoint of its Services;
+    - a Gateway: also the workloads of the pods labelled with its name (a waypoint's pods
+      speak HBONE themselves: ``native_tunnel``);
     - a policy, a route, a Gateway: that object (and, for a Gateway, whoever uses it as
       a waypoint; for a Service or Gateway created or removed, the routes naming it);
     - who holds an address (a conflict won, lost or resolved): the objects concerned;
@@ -217,6 +220,8 @@ class Translator(WaypointBinding):
             self._gateways.set(_key(ref), entry_)
             self._set_problems(self._l7_problems, ref, (problem,) if problem else ())
             batch.gateways.add(_key(ref))
+            # Its pods speak HBONE themselves while it is a waypoint (native_tunnel).
+            batch.workloads.update(self._pods_by_label.get((ref[1], LABEL_GATEWAY_NAME, name)))
         elif kind in ("HTTPRoute", "GRPCRoute"):
             self._put_route(ref, old, obj, batch)
 
@@ -307,7 +312,10 @@ class Translator(WaypointBinding):
             namespace = _typed(self._objects.get(("Namespace", "", ref[1])), m.Namespace)
             old = self._workloads.get(_key(ref))  # its waypoint is decided after
             bound = old.waypoint if old is not None else None
-            workload = _workload(pod, namespace, self.trust_domain, bound) if pod and held else None
+            workload = None
+            if pod is not None and held:
+                tunnel = native_tunnel(pod, self._is_waypoint)
+                workload = _workload(pod, namespace, self.trust_domain, bound, tunnel=tunnel)
             self._workloads.set(_key(ref), workload)
         touched = set(batch.services)
         for ref, before in batch.pods.items():
@@ -338,6 +346,9 @@ class Translator(WaypointBinding):
             if isinstance(route, m.HTTPRoute | m.GRPCRoute):
                 found = route_problems(route, self._objects.__contains__)
             self._set_problems(self._l7_problems, ref, found)
+
+    def _is_waypoint(self, key: str) -> bool:
+        return self._gateways.get(key) is not None
 
     def _move_endpoint(
         self, ref: ObjectRef, before: m.Pod | None, whole: set[ObjectRef]

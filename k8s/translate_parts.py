@@ -7,7 +7,7 @@ runs them with."""
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Final, TypeVar
 
@@ -17,7 +17,7 @@ from k8s.endpoints import selects, target_port
 from k8s.problems import Problem
 from k8s.store import ObjectRef, describe
 from mesh import model
-from mesh.constants import LABEL_DATAPLANE_MODE
+from mesh.constants import LABEL_DATAPLANE_MODE, LABEL_GATEWAY_NAME
 
 IP_CONFLICT: Final = "IPConflict"
 IP_CONFLICT_KEPT: Final = "IPConflictKept"
@@ -44,6 +44,18 @@ def in_mesh(pod: m.Pod, namespace: m.Namespace | None) -> bool:
     )
 
 
+def native_tunnel(pod: m.Pod, is_waypoint: Callable[[str], bool]) -> bool:
+    """Whether ``pod`` is a waypoint's: labelled ``gateway.networking.k8s.io/gateway-name``
+    with the name of a Gateway of its namespace that ``is_waypoint`` (given its key,
+    ``namespace/name``). Such a pod speaks HBONE itself: it is in the mesh whatever the
+    dataplane-mode labels say, and no ztunnel captures it. The one rule: translation and
+    the local cluster both ask it."""
+    for key, value in pod.labels:
+        if key == LABEL_GATEWAY_NAME:
+            return is_waypoint(f"{pod.namespace}/{value}")
+    return False
+
+
 def workload_uid(namespace: str, name: str) -> str:
     return f"{namespace}/{name}"
 
@@ -62,8 +74,14 @@ def _service_address(svc: m.Service | None) -> str | None:
 
 
 def _workload(
-    pod: m.Pod, namespace: m.Namespace | None, trust_domain: str, waypoint: str | None = None
+    pod: m.Pod,
+    namespace: m.Namespace | None,
+    trust_domain: str,
+    waypoint: str | None = None,
+    *,
+    tunnel: bool = False,
 ) -> model.Workload:
+    """``tunnel``: the pod is a waypoint's (:func:`native_tunnel`)."""
     assert pod.pod_ip is not None
     return model.Workload(
         uid=workload_uid(pod.namespace, pod.name),
@@ -73,10 +91,11 @@ def _workload(
         node=pod.node_name,
         ip=pod.pod_ip,
         labels=pod.labels,
-        protocol="HBONE" if in_mesh(pod, namespace) else "TCP",
+        protocol="HBONE" if tunnel or in_mesh(pod, namespace) else "TCP",
         trust_domain=trust_domain,
         container_ports=pod.named_ports,
         waypoint=waypoint,
+        native_tunnel=tunnel,
     )
 
 

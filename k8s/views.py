@@ -136,7 +136,7 @@ class Views:
     def _meshed_by_node(self) -> dict[str, list[Workload]]:
         by_node: defaultdict[str, list[Workload]] = defaultdict(list)
         for w in self.snapshot.workloads:
-            if w.meshed:
+            if w.meshed and not w.native_tunnel:  # a waypoint's pod is no ztunnel's
                 by_node[w.node].append(w)
         return by_node
 

@@ -40,6 +40,11 @@ LABEL_WAYPOINT_FOR: Final = "ambit.io/waypoint-for"
 ISTIO_LABEL_WAYPOINT_FOR: Final = "istio.io/waypoint-for"
 # The GatewayClass names that make a Gateway a waypoint.
 WAYPOINT_CLASSES: Final = ("istio-waypoint", "ambit-waypoint")
+# On a waypoint's pods and Service: the Gateway they serve (Gateway API's own label). A pod
+# with it, naming a waypoint Gateway of its namespace, speaks HBONE itself (native tunnel).
+LABEL_GATEWAY_NAME: Final = "gateway.networking.k8s.io/gateway-name"
+# On objects a controller of ambit made (a waypoint's ServiceAccount, Service and Pod).
+LABEL_MANAGED_BY: Final = "ambit.io/managed-by"
 
 # Status conditions the control plane writes on objects: on an AuthorizationPolicy, whether
 # ztunnel enforces it as written (k8s.translate.ztunnel_acceptance says how).

@@ -63,7 +63,9 @@ class Workload(JsonForm):
     """One pod. ``protocol="HBONE"``: in the mesh (captured by ztunnel); ``"TCP"``: not.
     ``container_ports`` are the named ones, ``(name, port)``, for named targetPorts.
     ``waypoint`` is the key (``ns/name``) of the waypoint traffic to this pod must cross,
-    or None."""
+    or None. ``native_tunnel`` (ztunnel's name): the pod speaks HBONE itself, as a
+    waypoint does: it is in the mesh (``HBONE``, its own identity, its own 15008), but
+    no ztunnel captures it or holds its identity."""
 
     kind: ClassVar[Kind] = "workload"
     uid: str
@@ -77,6 +79,7 @@ class Workload(JsonForm):
     trust_domain: str = DEFAULT_TRUST_DOMAIN
     container_ports: tuple[tuple[str, int], ...] = ()
     waypoint: str | None = None
+    native_tunnel: bool = False
 
     def __post_init__(self) -> None:
         what = f"workload {self.uid}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mesh import constants
 from mesh.constants import (
     ADMIN_PORT,
     DEFAULT_TRUST_DOMAIN,
@@ -21,7 +22,7 @@ from mesh.constants import (
 from mesh.identity import SpiffeId, TrustBundle
 
 # The label a waypoint's pods and Service carry: the Gateway they serve (Gateway API's).
-LABEL_GATEWAY_NAME = "gateway.networking.k8s.io/gateway-name"
+LABEL_GATEWAY_NAME = constants.LABEL_GATEWAY_NAME
 
 
 @dataclass(frozen=True)

@@ -135,7 +135,12 @@ class Ztunnel:
         if self.draining:
             return  # shutting down: the pods are being let go
         self.snapshot = snapshot
-        wanted = {w.uid: w for w in snapshot.workloads_on_node(self.node) if w.meshed}
+        # A native-tunnel pod (a waypoint) speaks HBONE itself: never captured here.
+        wanted = {
+            w.uid: w
+            for w in snapshot.workloads_on_node(self.node)
+            if w.meshed and not w.native_tunnel
+        }
         for uid, slot in list(self._slots.items()):
             new = wanted.get(uid)
             if new is None or self._capture_key(new) != self._capture_key(slot.workload):

@@ -3,8 +3,9 @@
 One request per connection: the client sends one JSON object and a newline,
 the daemon answers one JSON object (``{"ok": true, "result": ...}`` or
 ``{"ok": false, "error": "..."}``) and closes. Operations: ``status``,
-``get``, ``apply`` and ``delete`` (with ``paths``, read by the daemon), and
-``down``. The socket is ``api.sock`` in the state directory, mode 0600.
+``get``, ``apply`` and ``delete`` (with ``paths``, read by the daemon, or a
+``manifest``: YAML text, and its ``source`` for messages), and ``down``. The
+socket is ``api.sock`` in the state directory, mode 0600.
 """
 
 from __future__ import annotations

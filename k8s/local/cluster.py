@@ -4,13 +4,15 @@
 (:mod:`k8s.local.plan`) and creates or removes nodes, pods, service rules and
 hosts files until the machine matches; changes are serialised by one lock.
 It tells the hooks (:mod:`k8s.local.hooks`) after every change and decides
-when the cluster is ready.
+when the cluster is ready. Objects the hooks' controllers derive (a waypoint Gateway's
+ServiceAccount, Service and Pod: :mod:`k8s.local.controllers`) are stored with each
+change, and the pods the hooks name components (a waypoint's) are supervised like the
+control plane and the ztunnels: restarted when they exit.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import json
 import math
 import os
@@ -26,6 +28,7 @@ from k8s import manifests
 from k8s.local import network
 from k8s.local.components import STABLE_SECONDS, _Component, _name
 from k8s.local.config import ClusterConfig
+from k8s.local.controllers import derive, with_derived
 from k8s.local.errors import LocalClusterError
 from k8s.local.hooks import (
     LocalHooks,
@@ -37,6 +40,7 @@ from k8s.local.plan import (
     NodePlan,
     PodPlan,
     ServicePlan,
+    admit,
     plan_cluster,
     render_hosts,
     render_service_jumps,
@@ -83,6 +87,8 @@ class LocalCluster(ClusterStatus):
         self.supervisor = Supervisor(nursery, state, self._process_exited)
         self.controlplane: Running | None = None
         self._components: dict[str, _Component] = {}
+        self._component_pods: dict[str, PodRef] = {}  # supervised pods by component name
+        self._derived: set[ObjectRef] = set()  # stored objects the controllers made
 
     async def start(self) -> None:
         """Create the bridge, run the start hook, then follow pod exits in the background."""
@@ -108,6 +114,7 @@ class LocalCluster(ClusterStatus):
         *,
         stop_grace: float = 2.0,
         planned: bool = False,
+        env: Mapping[str, str] | None = None,
     ) -> Running:
         """Start component ``name`` (again), keeping its restart count (a ``planned``
         restart, asked for by the operator, is not counted as one)."""
@@ -122,8 +129,9 @@ class LocalCluster(ClusterStatus):
                 restarts=component.restarts,
             )  # fmt: skip
         component.running = await self.supervisor.start(
-            name, netns, argv, dict(os.environ), log_path, stop_grace=stop_grace
-        )
+            name, netns, argv, dict(os.environ if env is None else env), log_path,
+            stop_grace=stop_grace,
+        )  # fmt: skip
         return component.running
 
     async def restart(self, name: str, *, ready_timeout: float = 60.0) -> dict[str, Any]:
@@ -131,8 +139,9 @@ class LocalCluster(ClusterStatus):
         hand-over (the new ztunnel listens beside the old one, with SO_REUSEPORT, until
         it is ready; then the old one drains: it stops accepting and its open
         connections finish, up to its drain deadline), so no connection is refused and
-        none that ends in time is lost; ``controlplane`` by stopping and starting it
-        (the proxies keep their config meanwhile)."""
+        none that ends in time is lost; ``controlplane`` and a supervised pod
+        (``waypoint/NS/NAME``) by stopping and starting it (the proxies keep their config
+        meanwhile)."""
         async with self._lock:
             self._refuse_if_down()
             component = self._components.get(name)
@@ -145,6 +154,11 @@ class LocalCluster(ClusterStatus):
                 await self.supervisor.stop(name)
                 await self._start_controlplane(planned=True)
                 new = self.controlplane
+            elif name in self._component_pods:
+                await self.supervisor.stop(name)
+                pod = self._pods[self._component_pods[name]]
+                await self._start_pod_process(pod, planned=True)
+                new = pod.process
             else:
                 node = self._nodes[name.removeprefix("ztunnel/")]
                 new = await self._hand_over(node, ready_timeout)
@@ -203,18 +217,22 @@ class LocalCluster(ClusterStatus):
                 if doc.obj is None:
                     result.errors.append(doc.error or f"{doc.where}: cannot be used")
                     continue
-                problem = self._admit(doc.obj, candidate)
+                problem = admit(self.config, self._allocation, doc.obj, candidate)
                 if problem is not None:
                     result.errors.append(problem)
                     continue
                 candidate[ref_of(doc.obj)] = doc.obj
                 accepted.append(doc)
+            derived = derive(self.hooks, self.config, candidate, self._derived)
+            with_derived(candidate, derived, self._derived)
+            result.errors += derived.errors_of([ref_of(d.obj) for d in accepted if d.obj])
 
             def commit() -> None:
                 for doc in accepted:
                     assert doc.obj is not None
                     verb = self.store.put(doc.obj, document=doc.raw)
                     result.changes.append(f"{describe(ref_of(doc.obj))} {verb}")
+                self._store_derived()
                 self._listed()
 
             await self._converge(list(candidate.values()), commit)
@@ -240,42 +258,31 @@ class LocalCluster(ClusterStatus):
                     for other in [r for r in candidate if r[1] == ref[2]]:
                         del candidate[other]
                         gone.append(other)
+            with_derived(candidate, derive(self.hooks, self.config, candidate, self._derived),
+                         self._derived)  # fmt: skip
 
             def commit() -> None:
                 for ref in gone:
                     if self.store.delete(ref) is not None:
                         result.changes.append(f"{describe(ref)} deleted")
+                self._store_derived()
 
             await self._converge(list(candidate.values()), commit)
             return result
 
-    def _admit(
-        self, obj: manifests.K8sObject, others: Mapping[ObjectRef, manifests.K8sObject]
-    ) -> str | None:
-        """What the API server would refuse that depends on the cluster: a Service's
-        ``clusterIP`` outside the service CIDR, or already another Service's."""
-        if not isinstance(obj, manifests.Service) or obj.cluster_ip is None:
-            return None
-        where = describe(ref_of(obj))
-        try:
-            inside = ipaddress.ip_address(obj.cluster_ip) in self.config.service_cidr
-        except ValueError:
-            inside = False
-        if not inside:
-            return (
-                f"{where}: spec.clusterIP: {obj.cluster_ip} is not in the service CIDR"
-                f" {self.config.service_cidr}; remove it or use an address in that range"
-            )
-        taken = self._allocation.service_ips
-        for ref, other in others.items():
-            ip = other.cluster_ip if isinstance(other, manifests.Service) else None
-            ip = ip or taken.get((ref[1], ref[2])) if ref[0] == "Service" else ip
-            if ref != ref_of(obj) and ip == obj.cluster_ip:
-                return (
-                    f"{where}: spec.clusterIP: {obj.cluster_ip} is already allocated to"
-                    f" {describe(ref)}"
-                )
-        return None
+    def _store_derived(self) -> None:
+        """Store what the controllers make of the stored objects (derived again now that
+        the users' objects have their uids, which the owner references name), and remove
+        what they no longer make. Not reported: ``kubectl apply`` prints only what it
+        was given."""
+        stored = {ref_of(e.obj): e.obj for e in self.store.entries()}
+        derived = derive(self.hooks, self.config, stored, self._derived)
+        for ref in self._derived - derived.documents.keys():
+            self.store.delete(ref)
+        for doc in derived.documents.values():
+            assert doc.obj is not None
+            self.store.put(doc.obj, document=doc.raw)
+        self._derived = set(derived.documents)
 
     def _listed(self) -> None:
         """Local mode is one source that knows every object at once: after the first
@@ -350,6 +357,10 @@ class LocalCluster(ClusterStatus):
                 continue
             if component.name == "controlplane":
                 await self._start_controlplane()
+            elif component.name in self._component_pods:
+                pod = self._pods.get(self._component_pods[component.name])
+                if pod is not None:
+                    await self._start_pod_process(pod)
             else:
                 node = self._nodes.get(component.name.removeprefix("ztunnel/"))
                 if node is not None:
@@ -379,19 +390,34 @@ class LocalCluster(ClusterStatus):
         network.write_netns_file(self.state, plan.netns, "hosts", pod.hosts)
         pod.rules = render_service_rules(self.config, self._services)
         await network.apply_rules(plan.netns, render_service_jumps() + pod.rules)
+        await self._start_pod_process(pod)
+
+    async def _start_pod_process(self, pod: _Pod, *, planned: bool = False) -> None:
+        """Run the pod's command: once, or as a supervised component (started again when
+        it exits) when the hooks name it one."""
+        spec = pod.plan.spec
         env = {"PATH": POD_PATH, "HOSTNAME": spec.name, **dict(spec.env)}
-        pod.process = await self.supervisor.start(
-            f"pod/{spec.namespace}/{spec.name}",
-            plan.netns,
-            spec.argv,
-            env,
-            self.config.pod_log(spec.namespace, spec.name),
-        )
+        log_path = self.config.pod_log(spec.namespace, spec.name)
+        component = self.hooks.pod_component(spec)
+        if component is None:
+            key = f"pod/{spec.namespace}/{spec.name}"
+            pod.process = await self.supervisor.start(key, pod.plan.netns, spec.argv, env,
+                                                      log_path)  # fmt: skip
+            return
+        pod.component, grace = component
+        self._component_pods[pod.component] = pod.plan.ref
+        pod.process = await self._supervise(
+            pod.component, pod.plan.netns, spec.argv, log_path, stop_grace=grace,
+            planned=planned, env=env,
+        )  # fmt: skip
 
     async def _remove_pod(self, ref: PodRef) -> None:
         pod = self._pods.pop(ref)
         log.info("pod_removing", namespace=ref[0], pod=ref[1])
-        await self.supervisor.stop(f"pod/{ref[0]}/{ref[1]}")
+        if pod.component is not None:
+            self._component_pods.pop(pod.component, None)
+            self._components.pop(pod.component, None)
+        await self.supervisor.stop(pod.component or f"pod/{ref[0]}/{ref[1]}")
         await network.delete_endpoint(self.state, pod.plan.netns, pod.plan.veth)
 
     async def _refresh(self) -> None:

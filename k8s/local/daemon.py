@@ -28,7 +28,7 @@ from k8s.local.cluster import LocalCluster
 from k8s.local.config import ClusterConfig, files_of
 from k8s.local.errors import LocalClusterError
 from k8s.local.hooks import LocalHooks
-from k8s.local.objects import load_objects, read_manifests
+from k8s.local.objects import load_objects, read_manifest_text, read_manifests
 from k8s.local.processes import kill_recorded
 from k8s.local.state import ProcessRecord, StateFile, StateRecord, process_start_time
 
@@ -96,8 +96,12 @@ async def run_daemon(
                     str(request.get("kind", "")), request.get("namespace"), request.get("name")
                 )
             if op in ("apply", "delete"):
-                paths = [str(p) for p in request.get("paths", [])]
-                documents = await trio.to_thread.run_sync(read_manifests, paths)
+                if "manifest" in request:  # YAML text (ambit waypoint) instead of files
+                    source = str(request.get("source", "<request>"))
+                    documents = read_manifest_text(str(request["manifest"]), source)
+                else:
+                    paths = [str(p) for p in request.get("paths", [])]
+                    documents = await trio.to_thread.run_sync(read_manifests, paths)
                 change = cluster.apply if op == "apply" else cluster.delete
                 result = await change(documents)
                 return {"changes": result.changes, "errors": result.errors}

@@ -19,6 +19,15 @@ and calls the hooks of :class:`LocalHooks`:
 * ``object_conditions()``: each object's conditions as the control plane last wrote
   them (``{"Kind/namespace/name": {"uid": ..., "conditions": [...]}}``), shown by
   ``ambit get -o yaml``.
+* ``derive_objects(objects, config)``: what controllers make of the objects applied
+  (the waypoint deployer: a waypoint Gateway's ServiceAccount, Service and Pod), each a
+  :class:`~k8s.manifests.Document` with its object or its error. Called on every apply
+  and delete with the objects users applied; what it returns is stored beside them (not
+  printed by ``ambit apply``), and what it no longer returns is removed.
+* ``pod_component(pod)``: for a pod the mesh runs as a supervised component (restarted
+  when it exits, with the cluster's backoff, as ``restartPolicy: Always``), its
+  component name and the seconds between SIGTERM and SIGKILL; None for other pods, whose
+  exit is reported, not restarted.
 * ``mesh_state(snapshot)``: for meshed pods, whether each is captured and has
   its certificate. When set, ``ambit up`` waits until every meshed pod is both,
   and ``ambit get`` shows it. When None (no ztunnel yet), meshing is not
@@ -37,7 +46,7 @@ from typing import Any, Literal
 import trio
 
 from k8s.local.config import ClusterConfig
-from k8s.manifests import K8sObject
+from k8s.manifests import Document, K8sObject, Pod
 
 PodRef = tuple[str, str]  # (namespace, name)
 PodPhase = Literal["Pending", "Running", "Exited"]
@@ -59,6 +68,8 @@ class PodView:
     exit_code: int | None = None
     captured: bool | None = None
     certificate: bool | None = None
+    native_tunnel: bool = False  # a waypoint's pod: in the mesh, never captured
+    component: str | None = None  # supervised and restarted under this name
 
     @property
     def ref(self) -> PodRef:
@@ -143,6 +154,14 @@ def _no_conditions() -> Mapping[str, Any]:
     return {}
 
 
+def _no_controllers(objects: Sequence[K8sObject], config: ClusterConfig) -> Sequence[Document]:
+    return ()
+
+
+def _no_components(pod: Pod) -> tuple[str, float] | None:
+    return None
+
+
 @dataclass(frozen=True)
 class LocalHooks:
     on_cluster_started: Callable[[trio.Nursery, ClusterConfig], Awaitable[None]] | None = None
@@ -152,3 +171,7 @@ class LocalHooks:
     controlplane_command: Callable[[ClusterConfig], Sequence[str] | None] = _no_controlplane
     ztunnel_stop_grace: float = 2.0  # SIGTERM to SIGKILL: above the ztunnel's own drain
     object_conditions: Callable[[], Mapping[str, Any]] = _no_conditions
+    derive_objects: Callable[[Sequence[K8sObject], ClusterConfig], Sequence[Document]] = (
+        _no_controllers
+    )
+    pod_component: Callable[[Pod], tuple[str, float] | None] = _no_components

@@ -37,6 +37,22 @@ def read_manifests(paths: Sequence[str | Path]) -> list[Document]:
     return out
 
 
+def read_manifest_text(text: str, source: str) -> list[Document]:
+    """Every document of one YAML text (``ambit waypoint apply`` sends its manifests this
+    way), checked as :func:`read_manifests` checks files."""
+    try:
+        documents = manifests.read_documents(text, source)
+    except manifests.ManifestError as exc:
+        raise ManifestProblem(str(exc)) from None
+    out = []
+    for doc in documents:
+        problem = local_problem(doc.obj) if doc.obj is not None else None
+        if problem is not None:
+            doc = Document(doc.where, doc.raw, None, f"{_label(doc)}: {problem}")
+        out.append(doc)
+    return out
+
+
 def load_objects(paths: Sequence[str | Path]) -> list[Document]:
     """Every document of ``paths``; raises :class:`ManifestProblem` naming every bad one."""
     documents = read_manifests(paths)

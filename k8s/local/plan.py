@@ -17,9 +17,10 @@ from k8s.endpoints import selects, target_port
 from k8s.local.config import DEFAULT_NODES, ClusterConfig
 from k8s.local.errors import LocalClusterError
 from k8s.local.objects import ManifestProblem
-from k8s.manifests import K8sObject, Namespace, Pod, Service, ServicePortSpec
-from k8s.translate import in_mesh
-from mesh.constants import DEFAULT_CLUSTER_DOMAIN
+from k8s.manifests import Gateway, K8sObject, Namespace, Pod, Service, ServicePortSpec
+from k8s.store import ObjectRef, describe, ref_of
+from k8s.translate import in_mesh, native_tunnel
+from mesh.constants import DEFAULT_CLUSTER_DOMAIN, WAYPOINT_CLASSES
 
 SERVICES_CHAIN = "AMBIT-SERVICES"
 CLUSTER_DOMAIN = DEFAULT_CLUSTER_DOMAIN
@@ -55,7 +56,8 @@ class PodPlan:
     netns: str
     veth: str
     identity: str
-    meshed: bool
+    meshed: bool  # in the mesh: captured by its node's ztunnel unless a native tunnel
+    native_tunnel: bool = False  # a waypoint's pod: speaks HBONE itself, never captured
 
     @property
     def ref(self) -> PodRef:
@@ -100,6 +102,7 @@ def plan_cluster(
     namespaces: dict[str, Namespace] = {}
     pods: list[Pod] = []
     services: list[Service] = []
+    waypoints: set[str] = set()  # keys of waypoint Gateways: their pods are native tunnels
     for obj in objects:
         if isinstance(obj, Namespace):
             namespaces[obj.name] = obj
@@ -107,6 +110,8 @@ def plan_cluster(
             pods.append(obj)
         elif isinstance(obj, Service):
             services.append(obj)
+        elif isinstance(obj, Gateway) and obj.gateway_class in WAYPOINT_CLASSES:
+            waypoints.add(f"{obj.namespace}/{obj.name}")
     pods.sort(key=lambda p: (p.namespace, p.name))
     services.sort(key=lambda s: (s.namespace, s.name))
 
@@ -127,6 +132,7 @@ def plan_cluster(
     node_plans = tuple(
         NodePlan(n, node_ips[n], config.node_netns(n), veths[f"node:{n}"]) for n in node_names
     )
+    tunnels = {(p.namespace, p.name) for p in pods if native_tunnel(p, waypoints.__contains__)}
     pod_plans = tuple(
         PodPlan(
             spec=p,
@@ -135,7 +141,8 @@ def plan_cluster(
             netns=config.pod_netns(p.namespace, p.name),
             veth=veths[f"pod:{p.namespace}/{p.name}"],
             identity=config.identity(p.namespace, p.service_account),
-            meshed=in_mesh(p, namespaces.get(p.namespace)),
+            meshed=(p.namespace, p.name) in tunnels or in_mesh(p, namespaces.get(p.namespace)),
+            native_tunnel=(p.namespace, p.name) in tunnels,
         )
         for p in pods
     )
@@ -154,6 +161,37 @@ def plan_cluster(
         next_service=next_service,
     )
     return ClusterPlan(node_plans, pod_plans, service_plans, allocation)
+
+
+def admit(
+    config: ClusterConfig,
+    allocation: Allocation,
+    obj: K8sObject,
+    others: Mapping[ObjectRef, K8sObject],
+) -> str | None:
+    """What the API server would refuse that depends on the cluster: a Service's
+    ``clusterIP`` outside the service CIDR, or already another Service's."""
+    if not isinstance(obj, Service) or obj.cluster_ip is None:
+        return None
+    where = describe(ref_of(obj))
+    try:
+        inside = ipaddress.ip_address(obj.cluster_ip) in config.service_cidr
+    except ValueError:
+        inside = False
+    if not inside:
+        return (
+            f"{where}: spec.clusterIP: {obj.cluster_ip} is not in the service CIDR"
+            f" {config.service_cidr}; remove it or use an address in that range"
+        )
+    taken = allocation.service_ips
+    for ref, other in others.items():
+        ip = other.cluster_ip if isinstance(other, Service) else None
+        ip = ip or taken.get((ref[1], ref[2])) if ref[0] == "Service" else ip
+        if ref != ref_of(obj) and ip == obj.cluster_ip:
+            return (
+                f"{where}: spec.clusterIP: {obj.cluster_ip} is already allocated to {describe(ref)}"
+            )
+    return None
 
 
 def _place(pods: list[Pod], previous: Mapping[PodRef, str]) -> dict[PodRef, str]:

@@ -43,6 +43,7 @@ class _Pod:
     process: Running | None = None
     rules: str | None = None
     hosts: str | None = None
+    component: str | None = None  # supervised, restarted under this name when it exits
 
     @property
     def phase(self) -> PodPhase:
@@ -83,7 +84,8 @@ class ClusterStatus:
             await trio.sleep(poll)
 
     async def not_ready(self) -> list[str]:
-        exited = [p for p in self._pods.values() if p.phase == "Exited"]
+        # A supervised pod that exited is started again: not ready, but not fatal.
+        exited = [p for p in self._pods.values() if p.phase == "Exited" and not p.component]
         if exited:
             raise LocalClusterError(
                 "; ".join(
@@ -115,7 +117,8 @@ class ClusterStatus:
             await self.refresh_mesh_state()
             for pod in self._pods.values():
                 state = self._mesh.get(pod.plan.ref)
-                if pod.plan.meshed and not (state and state.ready):
+                captured = pod.plan.meshed and not pod.plan.native_tunnel
+                if captured and not (state and state.ready):
                     pending.append(
                         f"meshed pod {pod.plan.spec.namespace}/{pod.plan.spec.name} is not"
                         " captured by ztunnel or has no certificate yet"
@@ -207,6 +210,8 @@ class ClusterStatus:
             exit_code=process.exit_code if process else None,
             captured=mesh.captured if mesh else None,
             certificate=mesh.certificate if mesh else None,
+            native_tunnel=plan.native_tunnel,
+            component=pod.component,
         )
 
     def _node_view(self, node: _Node) -> NodeView:

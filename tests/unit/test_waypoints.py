@@ -183,9 +183,8 @@ def test_a_waypoint_without_a_running_pod_keeps_its_services_refused_until_it_ru
     assert reasons(stopped) == {WEB: ["WaypointNotReady"]}
     assert stopped.snapshot == translate(translator.objects().values(), version=2).snapshot
 
-    unmeshed = pod("waypoint-1", "shop", ip="10.0.0.9",
-                   labels={**WAYPOINT_POD, "ambit.io/dataplane-mode": "none"})  # fmt: skip
-    assert reasons(translator.apply([unmeshed])) == {WEB: ["WaypointNotReady"]}
+    unready = pod("waypoint-1", "shop", ip="10.0.0.9", labels=WAYPOINT_POD, ready=False)
+    assert reasons(translator.apply([unready])) == {WEB: ["WaypointNotReady"]}
 
     running = translator.apply([pod("waypoint-1", "shop", ip="10.0.0.9", labels=WAYPOINT_POD)])
     assert waypoints(running.snapshot)["svc shop/web"] == "shop/waypoint"
