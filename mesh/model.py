@@ -268,7 +268,8 @@ class MeshSnapshot(JsonForm):
         }
         view = object.__new__(MeshSnapshot)  # __post_init__ would check every collection
         object.__setattr__(view, "version", self.version)
-        for name, entries in given.items():
+        for name in _COLLECTIONS.values():  # every collection: the L7 ones are kept whole
+            entries = given.get(name)
             kept = getattr(self, name) if entries is None else _sorted_unique(self.version, entries)
             object.__setattr__(view, name, kept)
         return view

@@ -292,3 +292,17 @@ def test_views_carried_over_from_the_previous_snapshot_are_those_of_the_new_one(
         f"{ROOT}/mesh-wide",
         f"{ROOT}/root-db",
     ]
+
+
+def test_a_view_keeps_the_collections_it_does_not_restrict() -> None:
+    """A waypoint compiles routes and binds JWT rules from its view: they must be there."""
+    from mesh.model_l7 import Gateway, HttpRoute, Listener, ParentRef
+    from tests.builders import snapshot as make_snapshot
+
+    route = HttpRoute("r", "shop", (ParentRef("", "Service", "web"),))
+    gateway = Gateway("waypoint", "shop", "ambit-waypoint", (Listener("mesh", 15008, "HBONE"),))
+    snap = make_snapshot(route, gateway)
+    view = waypoint_view(snap, "shop")
+    assert view.http_routes == (route,)
+    assert view.gateways == (gateway,)
+    assert ztunnel_view(snap, "node-1").http_routes == (route,)

@@ -1,0 +1,119 @@
+"""Traffic through a waypoint in local mode, with the real ``ambit`` command and curl in
+the pods: a namespace enrolled with ``ambit waypoint apply --enroll-namespace`` sends its
+Service's requests through the waypoint pod (its access log names them, its metrics count
+them with Istio's labels), an L7 AuthorizationPolicy bound to the waypoint denies by path
+with 403, and a waypoint that is gone fails closed instead of being bypassed."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import Cluster, demo_manifest, eventually, run
+
+pytestmark = pytest.mark.root
+
+MESHED = demo_manifest().replace(
+    "metadata: {name: demo}", "metadata: {name: demo, labels: {ambit.io/dataplane-mode: ambient}}"
+)
+DENY_SECRET = """\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-secrets, namespace: demo}
+spec:
+  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: waypoint}]
+  action: DENY
+  rules: [{to: [{operation: {paths: [/secret*]}}]}]
+"""
+ROUTE = """\
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: server, namespace: demo}
+spec:
+  parentRefs: [{group: "", kind: Service, name: server, port: 80}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /old}}]
+    filters:
+    - type: RequestRedirect
+      requestRedirect: {path: {type: ReplaceFullPath, replaceFullPath: /}, statusCode: 301}
+  - backendRefs: [{name: server, port: 80}]
+"""
+
+
+async def curl(cluster: Cluster, *args: str) -> str:
+    """``curl -s -o /dev/null -w CODES`` from the client pod, one code per URL given."""
+    discard = [arg for _ in args for arg in ("-o", "/dev/null")]  # one per URL
+    result = await cluster.exec(
+        "client", "curl", "-s", "-m", "5", *discard, "-w", "%{http_code} ", *args
+    )
+    return result.stdout.decode().strip()
+
+
+async def waypoint_pod(cluster: Cluster) -> dict[str, Any] | None:
+    pods = await cluster.get("pods", "-n", "demo")
+    label = "gateway.networking.k8s.io/gateway-name"
+    return next((p for p in pods if p["labels"].get(label) == "waypoint"), None)
+
+
+async def bound(cluster: Cluster) -> bool:
+    shown = await cluster.ambit("get", "service", "server", "-n", "demo", "-o", "json")
+    conditions = json.loads(shown.stdout).get("status", {}).get("conditions", [])
+    return any(c["type"] == "ambit.io/WaypointBound" and c["status"] == "True" for c in conditions)
+
+
+async def test_requests_cross_the_waypoint_are_counted_denied_and_fail_closed(
+    cluster: Cluster,
+) -> None:
+    await cluster.up(cluster.manifest("demo.yaml", MESHED))
+    assert await curl(cluster, "http://server/") == "200"  # before: straight to the pod
+    applied = await cluster.ambit("waypoint", "apply", "-n", "demo", "--enroll-namespace")
+    assert applied.returncode == 0, applied.stderr.decode()
+    assert await eventually(lambda: bound(cluster), seconds=30)
+    # Two requests on one keep-alive connection, both through the waypoint.
+    assert await eventually(
+        lambda: _is(curl(cluster, "http://server/", "http://server/"), "200 200"), seconds=20
+    )
+    pod = await waypoint_pod(cluster)
+    assert pod is not None
+    logs = await cluster.ambit("logs", "pod/" + pod["name"], "-n", "demo")
+    requests = [
+        line
+        for line in (json.loads(raw) for raw in logs.stdout.splitlines() if raw.startswith(b"{"))
+        if line.get("event") == "request"
+    ]
+    assert requests, "the waypoint logged no request"
+    assert requests[-1]["src_identity"] == "spiffe://cluster.local/ns/demo/sa/default"
+    assert requests[-1]["dst_service"] == "server.demo.svc.cluster.local"
+    metrics = await run(["curl", "-s", "-m", "3", f"http://{pod['ip']}:15020/metrics"])
+    counted = [
+        line
+        for line in metrics.stdout.decode().splitlines()
+        if line.startswith("istio_requests_total{")
+        and 'reporter="waypoint"' in line
+        and 'source_workload="client"' in line
+        and 'destination_service="server.demo.svc.cluster.local"' in line
+        and 'response_code="200"' in line
+    ]
+    assert counted, metrics.stdout.decode()[:2000]
+
+    # L7 policy at the waypoint: a path is denied, the rest still served.
+    await cluster.ambit("apply", "-f", str(cluster.manifest("deny.yaml", DENY_SECRET)))
+    assert await eventually(lambda: _is(curl(cluster, "http://server/secret"), "403"), seconds=20)
+    assert await curl(cluster, "http://server/") == "200"
+    denied = await cluster.exec("client", "curl", "-s", "-m", "5", "http://server/secret")
+    assert denied.stdout == b"RBAC: access denied"
+
+    # A route: a redirect answered by the waypoint itself.
+    await cluster.ambit("apply", "-f", str(cluster.manifest("route.yaml", ROUTE)))
+    assert await eventually(lambda: _is(curl(cluster, "http://server/old"), "301"), seconds=20)
+
+    # The waypoint goes away: the Service stays bound and its traffic is refused.
+    deleted = await cluster.ambit("waypoint", "delete", "waypoint", "-n", "demo")
+    assert deleted.returncode == 0, deleted.stderr.decode()
+    assert await eventually(lambda: _is(curl(cluster, "http://server/"), "000"), seconds=20)
+
+
+async def _is(result: Any, expected: str) -> bool:
+    return bool(await result == expected)
