@@ -322,7 +322,7 @@ class Translator(WaypointBinding):
                 self._endpoints[ref] = self._endpoints_of(svc)
             endpoints = self._endpoints[ref]
             current = self._services.get(_key(ref))  # its waypoint is decided after
-            entry = model.Service(
+            entry = model.Service.build(
                 svc.name,
                 svc.namespace,
                 _service_address(svc) or "",

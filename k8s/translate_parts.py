@@ -65,7 +65,7 @@ def _workload(
     pod: m.Pod, namespace: m.Namespace | None, trust_domain: str, waypoint: str | None = None
 ) -> model.Workload:
     assert pod.pod_ip is not None
-    return model.Workload(
+    return model.Workload.build(
         uid=workload_uid(pod.namespace, pod.name),
         name=pod.name,
         namespace=pod.namespace,
@@ -108,7 +108,7 @@ def _endpoint(svc: m.Service, pod: m.Pod) -> model.Endpoint | None:
     if not mapping:
         return None
     assert pod.pod_ip is not None
-    return model.Endpoint(workload_uid(pod.namespace, pod.name), pod.pod_ip, tuple(mapping))
+    return model.Endpoint.build(workload_uid(pod.namespace, pod.name), pod.pod_ip, tuple(mapping))
 
 
 _REASONS: Final = {"pod IP": (IP_CONFLICT, IP_CONFLICT_KEPT),
