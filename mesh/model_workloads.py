@@ -112,7 +112,7 @@ class Workload(JsonForm):
         container_ports: tuple[tuple[str, int], ...] = (),
         waypoint: str | None = None,
     ) -> Workload:
-        """``Workload(...)``, for callers that make thousands (see ``_made``)."""
+        """``Workload(...)``, for callers that make thousands (see the module docstring)."""
         try:
             identity = _spiffe_id(trust_domain, namespace, service_account)
         except IdentityError:
@@ -198,7 +198,7 @@ class Endpoint(JsonForm):
 
     @classmethod
     def build(cls, workload_uid: str, ip: str, ports: tuple[tuple[int, int], ...]) -> Endpoint:
-        """``Endpoint(...)``, for callers that make thousands (see ``_made``)."""
+        """``Endpoint(...)``, for callers that make thousands (see the module docstring)."""
         if not _good_ip(ip) or not all(_good_port(p) and _good_port(t) for p, t in ports):
             return cls(workload_uid, ip, ports)
         return _made(cls, workload_uid=workload_uid, ip=ip, ports=_normal_pairs(ports))
@@ -238,7 +238,7 @@ class Service(JsonForm):
         endpoints: tuple[Endpoint, ...],
         waypoint: str | None = None,
     ) -> Service:
-        """``Service(...)``, for callers that make thousands (see ``_made``)."""
+        """``Service(...)``, for callers that make thousands (see the module docstring)."""
         if not _good_ip(vip) or (waypoint is not None and not _is_waypoint_key(waypoint)):
             return cls(name, namespace, vip, ports, endpoints, waypoint)
         return _made(
