@@ -5,8 +5,8 @@ pods in 50 namespaces, one Service per 5 pods, one AuthorizationPolicy per 25 po
 half of the namespaces in the mesh) are translated three ways:
 
 - **full**: :func:`k8s.translate.translate` of every object, median of ``--repeat``,
-  each from cold caches (the model's remembered addresses and identities, the parsed
-  creation times), as a control plane's first translation;
+  each from cold caches (the model's remembered addresses, identities and label sets,
+  the parsed creation times), as a control plane's first translation;
 - **one-pod change**: :meth:`k8s.translate.Translator.apply` of one changed pod on a
   translator holding the cluster (the pod moves between two Services by its ``app``
   label, or gets a new IP, alternately), the new snapshot included; median of
@@ -129,6 +129,7 @@ def clear_caches() -> None:
     control plane translates everything once, at start)."""
     model_checks._is_ip.cache_clear()
     model_checks._spiffe_id.cache_clear()
+    model_checks._sorted_pairs.cache_clear()
     claims._seconds.cache_clear()
     gc.collect()
 

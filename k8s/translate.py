@@ -137,6 +137,7 @@ class Translator(WaypointBinding):
         # Who names which waypoint in their own labels (Namespaces, Services, Pods), and
         # whether each waypoint so named runs; what each route refers to.
         self._waypoint_users: SetIndex[str, ObjectRef] = SetIndex()
+        self._waypoint_named: dict[ObjectRef, str] = {}  # the other way round
         self._waypoint_ready: dict[str, bool] = {}
         self._route_targets: SetIndex[ObjectRef, ObjectRef] = SetIndex()
         # Problems by their source: address conflicts, waypoints, routes and Gateways.
@@ -235,8 +236,10 @@ class Translator(WaypointBinding):
         if before != after:
             if before is not None:
                 self._waypoint_users.discard(before, ref)
+                del self._waypoint_named[ref]
             if after is not None:
                 self._waypoint_users.add(after, ref)
+                self._waypoint_named[ref] = after
 
     def _put_route(
         self, ref: ObjectRef, old: m.K8sObject | None, new: m.K8sObject | None, b: _Batch
@@ -330,7 +333,7 @@ class Translator(WaypointBinding):
                 self._endpoints[ref] = self._endpoints_of(svc)
             endpoints = self._endpoints[ref]
             current = self._services.get(_key(ref))  # its waypoint is decided after
-            entry = model.Service(
+            entry = model.Service.build(
                 svc.name,
                 svc.namespace,
                 _service_address(svc) or "",

@@ -1,8 +1,9 @@
 """The waypoint side of :class:`k8s.translate.Translator`: which waypoint each
-Namespace, Service and Pod uses (``use-waypoint`` labels, :mod:`k8s.translate_l7`),
-whether that waypoint exists and runs, and the problems when it does not. A mixin
-over the translator's own state (declared below), kept apart because it is its own
-rule; the translator calls :meth:`WaypointBinding._bind_waypoints` once per batch."""
+Namespace, Service and Pod uses (``use-waypoint`` labels, :mod:`k8s.translate_l7`, read
+by the translator when an object's labels change: ``_waypoint_named``), whether that
+waypoint exists and runs, and the problems when it does not. A mixin over the
+translator's own state (declared below), kept apart because it is its own rule; the
+translator calls :meth:`WaypointBinding._bind_waypoints` once per batch."""
 
 from __future__ import annotations
 
@@ -19,7 +20,6 @@ from k8s.translate_l7 import (
     WAYPOINT_TRAFFIC_MISMATCH,
     Traffic,
     resolve_waypoint,
-    use_waypoint,
     waypoint_ready,
 )
 from k8s.translate_parts import _key, _typed
@@ -48,6 +48,7 @@ class WaypointBinding:
     _services_of: SetIndex[str, ObjectRef]
     _endpoints: dict[ObjectRef, dict[str, model.Endpoint]]
     _waypoint_users: SetIndex[str, ObjectRef]
+    _waypoint_named: dict[ObjectRef, str]
     _waypoint_ready: dict[str, bool]
     _waypoint_problems: dict[ObjectRef, tuple[Problem, ...]]
     _problems_changed: bool
@@ -117,13 +118,10 @@ class WaypointBinding:
         """The waypoint of a Service or a Pod's workload in the model (``target`` "service"
         or "workload"; None when not in the model: no waypoint), or of a Namespace (only
         whether the waypoint its label names exists and runs); records the problem."""
-        obj = self._objects.get(ref) if target is not None else None
-        own_namespace = ref[2] if target == "namespace" else ref[1]
-        wanted = use_waypoint(obj.labels, own_namespace) if obj is not None else None
+        wanted = self._waypoint_named.get(ref) if target is not None else None
         explicit = wanted is not None
         if wanted is None and target in ("service", "workload"):
-            namespace = self._objects.get(("Namespace", "", own_namespace))
-            wanted = use_waypoint(namespace.labels, own_namespace) if namespace else None
+            wanted = self._waypoint_named.get(("Namespace", "", ref[1]))
         if wanted is None or wanted == OPT_OUT:
             self._set_problems(self._waypoint_problems, ref, ())
             return None

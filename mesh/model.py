@@ -1,10 +1,11 @@
 """The mesh model: the plain frozen dataclasses every ambit process shares.
 
-Owns Workload, Service (ports and endpoints), the versioned MeshSnapshot with its
-lookups, and Delta with ``diff`` / ``apply`` for incremental config updates. The policy objects
-(Authorization with Rule / Source / Operation / Condition and TargetRef,
-PeerAuthentication, RequestAuthentication) are in :mod:`mesh.model_policy` and the
-shared checks in :mod:`mesh.model_checks`, both re-exported here. The L7 parts (waypoint
+Owns the versioned MeshSnapshot with its lookups, and Delta with ``diff`` / ``apply``
+for incremental config updates. Workload and Service (ports and endpoints) are in
+:mod:`mesh.model_workloads`, the policy objects (Authorization with Rule / Source /
+Operation / Condition and TargetRef, PeerAuthentication, RequestAuthentication) in
+:mod:`mesh.model_policy` and the shared checks in :mod:`mesh.model_checks`, all
+re-exported here. The L7 parts (waypoint
 Gateways, HTTP and gRPC routes, JWT rules) are in :mod:`mesh.model_l7`; the
 snapshot holds them beside the rest. Pure data, no I/O.
 
@@ -25,17 +26,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
 from operator import attrgetter, is_not, lt
-from typing import Any, ClassVar, TypeAlias
+from typing import Any, TypeAlias
 
-from mesh.constants import DEFAULT_CLUSTER_DOMAIN, DEFAULT_TRUST_DOMAIN, SYSTEM_NAMESPACE
-from mesh.identity import IdentityError, SpiffeId
+from mesh.constants import SYSTEM_NAMESPACE
 from mesh.jsonform import JsonForm, ModelError
 from mesh.model_checks import Action as Action
 from mesh.model_checks import Kind as Kind
 from mesh.model_checks import MtlsMode as MtlsMode
 from mesh.model_checks import Pairs as Pairs
 from mesh.model_checks import Protocol as Protocol
-from mesh.model_checks import _choice, _ip, _pairs, _port, _spiffe_id
 from mesh.model_checks import selector_matches as selector_matches
 from mesh.model_l7 import Gateway, GrpcRoute, HttpRoute
 from mesh.model_l7 import JwtRule as JwtRule
@@ -49,142 +48,12 @@ from mesh.model_policy import RequestAuthentication as RequestAuthentication
 from mesh.model_policy import Rule as Rule
 from mesh.model_policy import Source as Source
 from mesh.model_policy import TargetRef as TargetRef
+from mesh.model_workloads import Endpoint as Endpoint
+from mesh.model_workloads import Service as Service
+from mesh.model_workloads import ServicePort as ServicePort
+from mesh.model_workloads import Workload as Workload
 
-# --- Workloads and services ----------------------------------------------------------------
-
-
-def _waypoint_key(key: str | None, what: str) -> None:
-    if key is not None and (key.count("/") != 1 or "" in key.split("/")):
-        raise ModelError(f"{what}: waypoint {key!r} is not namespace/name")
-
-
-@dataclass(frozen=True)
-class Workload(JsonForm):
-    """One pod. ``protocol="HBONE"``: in the mesh (captured by ztunnel); ``"TCP"``: not.
-    ``container_ports`` are the named ones, ``(name, port)``, for named targetPorts.
-    ``waypoint`` is the key (``ns/name``) of the waypoint traffic to this pod must cross,
-    or None. ``native_tunnel`` (ztunnel's name): the pod speaks HBONE itself, as a
-    waypoint does: it is in the mesh (``HBONE``, its own identity, its own 15008), but
-    no ztunnel captures it or holds its identity."""
-
-    kind: ClassVar[Kind] = "workload"
-    uid: str
-    name: str
-    namespace: str
-    service_account: str
-    node: str
-    ip: str
-    labels: Pairs
-    protocol: Protocol
-    trust_domain: str = DEFAULT_TRUST_DOMAIN
-    container_ports: tuple[tuple[str, int], ...] = ()
-    waypoint: str | None = None
-    native_tunnel: bool = False
-
-    def __post_init__(self) -> None:
-        what = f"workload {self.uid}"
-        _ip(self.ip, what)
-        _waypoint_key(self.waypoint, what)
-        _choice(self.protocol, ("HBONE", "TCP"), f"{what}: protocol")
-        for name, port in self.container_ports:
-            _port(port, f"{what}: container port {name}")
-        try:
-            identity = _spiffe_id(self.trust_domain, self.namespace, self.service_account)
-        except IdentityError as exc:
-            raise ModelError(f"{what}: {exc}") from None
-        self.__dict__["identity"] = identity  # checked: the cached_property's value
-        object.__setattr__(self, "labels", _pairs(self.labels))
-        object.__setattr__(self, "container_ports", _pairs(self.container_ports))
-
-    @cached_property
-    def key(self) -> str:
-        return self.uid
-
-    @cached_property
-    def identity(self) -> SpiffeId:
-        return SpiffeId(self.trust_domain, self.namespace, self.service_account)
-
-    @property
-    def meshed(self) -> bool:
-        return self.protocol == "HBONE"
-
-    def label(self, key: str) -> str | None:
-        return dict(self.labels).get(key)
-
-
-@dataclass(frozen=True)
-class ServicePort(JsonForm):
-    """A port of a Service. A named targetPort has ``target_port=0`` and ``target_port_name``;
-    its number is resolved per pod, in each :class:`Endpoint`. ``app_protocol`` is the
-    Service's ``appProtocol`` as given (``http``, ``kubernetes.io/h2c``...), "" if unset."""
-
-    port: int
-    target_port: int
-    name: str = ""
-    protocol: str = "TCP"
-    target_port_name: str = ""
-    app_protocol: str = ""
-
-    def __post_init__(self) -> None:
-        _port(self.port, "service port")
-        _port(self.target_port, f"service port {self.port}: target", zero_ok=True)
-        if (self.target_port == 0) == (self.target_port_name == ""):
-            raise ModelError(
-                f"service port {self.port}: give exactly one of a target port number and a name"
-            )
-
-
-@dataclass(frozen=True)
-class Endpoint(JsonForm):
-    """A pod behind a Service: ``ports`` maps each service port to the target port on this pod."""
-
-    workload_uid: str
-    ip: str
-    ports: tuple[tuple[int, int], ...]
-
-    def __post_init__(self) -> None:
-        _ip(self.ip, f"endpoint {self.workload_uid}")
-        for port, target in self.ports:
-            _port(port, f"endpoint {self.workload_uid}")
-            _port(target, f"endpoint {self.workload_uid}: target")
-        object.__setattr__(self, "ports", tuple(sorted(dict(self.ports).items())))
-
-    def target_for(self, service_port: int) -> int | None:
-        return dict(self.ports).get(service_port)
-
-
-@dataclass(frozen=True)
-class Service(JsonForm):
-    """A Service with its ports and endpoints. ``waypoint`` is the key (``ns/name``) of the
-    waypoint its traffic must cross (the waypoint's Gateway, and the Service in front of
-    the waypoint's pods, which has the same key), or None."""
-
-    kind: ClassVar[Kind] = "service"
-    name: str
-    namespace: str
-    vip: str
-    ports: tuple[ServicePort, ...]
-    endpoints: tuple[Endpoint, ...]
-    waypoint: str | None = None
-
-    def __post_init__(self) -> None:
-        _ip(self.vip, f"service {self.key}")
-        _waypoint_key(self.waypoint, f"service {self.key}")
-        object.__setattr__(self, "ports", tuple(sorted(self.ports, key=lambda p: p.port)))
-        endpoints = tuple(sorted(self.endpoints, key=lambda e: e.workload_uid))
-        object.__setattr__(self, "endpoints", endpoints)
-
-    @cached_property
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
-
-    @property
-    def hostname(self) -> str:
-        return f"{self.name}.{self.namespace}.svc.{DEFAULT_CLUSTER_DOMAIN}"
-
-    def port(self, port: int) -> ServicePort | None:
-        return next((p for p in self.ports if p.port == port), None)
-
+# --- Snapshots and deltas ------------------------------------------------------------------
 
 Resource: TypeAlias = (
     Workload
@@ -216,9 +85,6 @@ _COLLECTIONS: dict[Kind, str] = {
     "http_route": "http_routes",
     "grpc_route": "grpc_routes",
 }
-
-
-# --- Snapshots and deltas ------------------------------------------------------------------
 
 _key = attrgetter("key")
 

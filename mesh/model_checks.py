@@ -36,6 +36,19 @@ def _pairs(items: Iterable[tuple[str, Any]]) -> tuple[tuple[str, Any], ...]:
     return tuple(sorted(dict(items).items()))
 
 
+# Pods of one Deployment have the same labels: put each tuple of pairs in normal form
+# once (and share the result), for the model's constructors meant for many objects.
+_sorted_pairs = lru_cache(maxsize=1 << 14)(_pairs)
+
+
+def _normal_pairs(items: Iterable[tuple[Any, Any]]) -> tuple[tuple[Any, Any], ...]:
+    """``_pairs(items)``, remembered when ``items`` can be (a tuple of tuples)."""
+    try:
+        return _sorted_pairs(items)  # type: ignore[arg-type]  # an unhashable one raises
+    except TypeError:  # not hashable: a list, or pairs that are lists
+        return _pairs(items)
+
+
 def _port(value: int, what: str, *, zero_ok: bool = False) -> None:
     if type(value) is not int or not (0 if zero_ok else 1) <= value <= 65535:
         raise ModelError(f"{what}: port {value!r} is not an integer 1-65535")

@@ -415,3 +415,40 @@ def test_the_cyclic_collector_is_as_it_was_after_a_batch() -> None:
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def many_pods(count: int) -> list[m.K8sObject]:
+    return [
+        ns("shop"),
+        *(
+            pod(f"web-{i}", "shop", ip=f"10.0.{i // 256}.{i % 256}", labels={"app": f"w{i // 5}"})
+            for i in range(count)
+        ),
+        *(svc(f"w{j}", "shop", cluster_ip=f"10.96.0.{j}") for j in range(count // 5)),
+    ]
+
+
+def in_generation(generation: int, obj: object) -> bool:
+    return any(o is obj for o in gc.get_objects(generation))
+
+
+def test_what_a_big_batch_made_goes_to_the_oldest_generation() -> None:
+    translator = Translator()
+    snapshot = translator.apply(many_pods(1000)).snapshot
+    assert gc.isenabled()
+    assert gc.get_freeze_count() == 0
+    assert in_generation(2, snapshot.workloads[0])
+    assert in_generation(2, snapshot)
+    changed = translator.apply([pod("web-0", "shop", ip="10.0.9.9", labels={"app": "w0"})])
+    assert not in_generation(2, changed.snapshot.workload("shop/web-0"))  # a small batch: young
+
+
+def test_objects_frozen_by_someone_else_stay_frozen() -> None:
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        snapshot = Translator().apply(many_pods(1000)).snapshot
+        assert gc.get_freeze_count() == frozen
+        assert not in_generation(2, snapshot.workloads[0])
+    finally:
+        gc.unfreeze()
