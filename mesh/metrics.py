@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry, Counter
 from mesh.identity import SpiffeId
 from mesh.model import Service, Workload
 
-Reporter: TypeAlias = Literal["source", "destination"]
+Reporter: TypeAlias = Literal["source", "destination", "waypoint"]
 SecurityPolicy: TypeAlias = Literal["mutual_tls", "none", "unknown"]
 
 UNKNOWN = "unknown"

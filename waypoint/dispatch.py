@@ -45,14 +45,14 @@ class Plan:
 
     @property
     def timeout(self) -> float | None:
-        """``timeouts.request`` in seconds (None: none; 0 disables it, as None)."""
-        ms = self.forward.timeout_ms if self.forward is not None else None
-        return ms / 1000 if ms else None
-
-    @property
-    def backend_timeout(self) -> float | None:
-        ms = self.forward.backend_timeout_ms if self.forward is not None else None
-        return ms / 1000 if ms else None
+        """How long the request may take, in seconds, or None: the route's
+        ``timeouts.request`` or ``timeouts.backendRequest``, the shorter (0 disables one).
+        A retry happens only before any byte left, at once, so the attempt to the backend
+        and the request share one deadline."""
+        if self.forward is None:
+            return None
+        given = [ms for ms in (self.forward.timeout_ms, self.forward.backend_timeout_ms) if ms]
+        return min(given) / 1000 if given else None
 
 
 class Dispatcher:

@@ -18,7 +18,7 @@ import math
 import time
 import uuid
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 import structlog
@@ -29,9 +29,10 @@ from mesh.hbone.settings import HboneError, HboneRetryableError
 from mesh.hbone.transport import StreamTransport
 from waypoint.dispatch import Plan
 from waypoint.http_request import HttpRequest
+from waypoint.mirror import MirrorBody, start_mirrors
 from waypoint.replies import LocalReply as Reply
 from waypoint.replies import no_healthy_upstream, route_timeout, upstream_failure
-from waypoint.telemetry import RequestLabels, service_labels, side
+from waypoint.telemetry import Finished, GrpcMessages, account, side
 from waypoint.upstream import Target, UpstreamError, Upstreams
 
 if TYPE_CHECKING:
@@ -85,6 +86,7 @@ class H2Upstreams:
     def __init__(self, upstreams: Upstreams, nursery: trio.Nursery) -> None:
         self._upstreams = upstreams
         self._nursery = nursery
+        self.nursery = nursery  # the waypoint's background tasks (mirrors) live here too
         self._conns: dict[tuple[str, int], list[Http2Connection]] = defaultdict(list)
         self._locks: dict[tuple[str, int], trio.Lock] = defaultdict(trio.Lock)
         self.opened = 0
@@ -131,6 +133,10 @@ class _Request:
     request_bytes: int = 0
     response_bytes: int = 0
     plan: Plan | None = None
+    mirror_body: MirrorBody | None = None  # kept for the route's mirrors
+    body_read: bool = False  # the request's whole body was read
+    sent_messages: GrpcMessages = field(default_factory=GrpcMessages)
+    received_messages: GrpcMessages = field(default_factory=GrpcMessages)
 
     def header(self, name: str) -> str:
         return next((v for k, v in self.headers if k == name), "")
@@ -174,8 +180,16 @@ class H2Session:
             if not isinstance(plan, Plan):
                 raise _Failed(plan)
             req.plan = plan
-            with trio.move_on_after(plan.timeout or math.inf) as deadline:
-                await self._forward(down, req, plan)
+            if plan.mirrors:
+                req.mirror_body = MirrorBody()
+                req.body_read = not down.accepts_data() and not down.buffered
+            try:
+                with trio.move_on_after(plan.timeout or math.inf) as deadline:
+                    await self._forward(down, req, plan)
+            finally:
+                if plan.mirrors and req.body_read:
+                    start_mirrors(self.proxy, self.snapshot, plan.mirrors, plan.request,
+                                  req.mirror_body)  # fmt: skip
             if deadline.cancelled_caught:
                 req.flags = "UT"
                 if down.headers_sent:  # the answer had begun: it is cut
@@ -270,6 +284,8 @@ class H2Session:
                 return
             while data := await up.receive_some():
                 req.response_bytes += len(data)
+                if req.grpc:
+                    req.received_messages.feed(data)
                 await down.send_all(data)
             if up.trailers:
                 req.grpc_status = _grpc_status(up.trailers, req.grpc_status)
@@ -289,7 +305,12 @@ class H2Session:
         try:
             while data := await down.receive_some():
                 req.request_bytes += len(data)
+                if req.mirror_body is not None:
+                    req.mirror_body.add(data)
+                if req.grpc:
+                    req.sent_messages.feed(data)
                 await up.send_all(data)
+            req.body_read = True
             if down.trailers:
                 await up.send_trailers(down.trailers)
             else:
@@ -310,38 +331,32 @@ class H2Session:
             await down.send_eof()
 
     def _account(self, req: _Request) -> None:
-        plan = req.plan
-        target = plan.service if plan is not None and plan.service else self.destination.service
-        workload = self.snapshot.workload(req.target.uid) if req.target is not None else None
-        labels = RequestLabels(
-            **side("source", self.caller.workload, self.caller.identity, self.caller.baggage),
-            **side("destination", workload, req.target.identity if req.target else None),
-            **service_labels(target),
-            request_protocol="grpc" if req.grpc else "http",
-            response_code=str(req.status),
-            grpc_response_status=req.grpc_status,
-            response_flags=req.flags,
-        )
-        duration_ms = (time.monotonic() - req.started) * 1000
-        self.proxy.metrics.record(labels, duration_ms, req.request_bytes, req.response_bytes)
-        log.info(
-            "request",
+        plan, target = req.plan, req.target
+        service = plan.service if plan is not None and plan.service else self.destination.service
+        workload = self.snapshot.workload(target.uid) if target is not None else None
+        done = Finished(
             method=req.header(":method"),
             authority=req.header(":authority"),
             path=req.header(":path"),
             protocol="HTTP/2",
-            response_code=req.status,
-            grpc_status=req.grpc_status or None,
-            response_flags=req.flags,
-            duration_ms=round(duration_ms, 3),
-            upstream_host=req.target.authority if req.target else None,
-            bytes_received=req.request_bytes,
-            bytes_sent=req.response_bytes,
             request_id=req.request_id,
-            src_identity=str(self.caller.identity),
-            dst_identity=str(req.target.identity) if req.target else None,
-            dst_service=target.hostname if target else None,
+            traceparent=req.header("traceparent"),
+            started=req.started,
+            status=req.status,
+            grpc=req.grpc,
+            grpc_status=req.grpc_status,
+            flags=req.flags,
+            request_bytes=req.request_bytes,
+            response_bytes=req.response_bytes,
+            request_messages=req.sent_messages.count,
+            response_messages=req.received_messages.count,
         )
+        account(
+            self.proxy.metrics, done,
+            source=side("source", self.caller.workload, self.caller.identity, self.caller.baggage),
+            destination=side("destination", workload, target.identity if target else None),
+            service=service, upstream_host=target.authority if target else None,
+        )  # fmt: skip
 
 
 def _grpc_status(headers: list[tuple[str, str]], default: str) -> str:

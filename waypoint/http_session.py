@@ -42,9 +42,10 @@ from waypoint.http1 import (
     end_to_end,
 )
 from waypoint.http_request import HttpRequest
+from waypoint.mirror import MirrorBody, start_mirrors
 from waypoint.replies import LocalReply as Reply
 from waypoint.replies import local_reply, no_healthy_upstream, route_timeout, upstream_failure
-from waypoint.telemetry import RequestLabels, service_labels, side
+from waypoint.telemetry import Finished, account, side
 from waypoint.upstream import Connection, Target, UpstreamError
 
 if TYPE_CHECKING:
@@ -72,6 +73,8 @@ class Exchange:
     started: float
     request_id: bytes
     plan: Plan | None = None
+    mirror_body: MirrorBody | None = None  # kept for the route's mirrors
+    body_read: bool = False  # the request's whole body was read
     status: int = 0
     flags: str = "-"
     target: Target | None = None
@@ -161,7 +164,14 @@ class HttpSession:
             if not isinstance(plan, Plan):
                 raise Failed(plan)
             exchange.plan = plan
-            await self._forward(exchange, plan)
+            if plan.mirrors and head.has_body:
+                exchange.mirror_body = MirrorBody()
+            try:
+                await self._forward(exchange, plan)
+            finally:
+                if plan.mirrors and (exchange.body_read or not head.has_body):
+                    start_mirrors(self.proxy, self.snapshot, plan.mirrors, plan.request,
+                                  exchange.mirror_body)  # fmt: skip
         except Failed as failed:
             exchange.status, exchange.flags = failed.reply.code, failed.reply.flag.value
             await self._reply(exchange, failed.reply)
@@ -305,7 +315,10 @@ class HttpSession:
         try:
             while data := await self.reader.read_body():
                 ex.request_bytes += len(data)
+                if ex.mirror_body is not None:
+                    ex.mirror_body.add(data)
                 await conn.stream.send_all(encode_chunk(data) if chunked else data)
+            ex.body_read = True
             if chunked:
                 await conn.stream.send_all(LAST_CHUNK)
         except (trio.BrokenResourceError, trio.ClosedResourceError, Http1Error):
@@ -403,44 +416,28 @@ class HttpSession:
             raise ClientGone from None
 
     def _account(self, ex: Exchange) -> None:
-        plan = ex.plan
-        target = plan.service if plan is not None and plan.service else self.destination.service
-        workload = self.snapshot.workload(ex.target.uid) if ex.target is not None else None
-        labels = RequestLabels(
-            **side("source", self.caller.workload, self.caller.identity, self.caller.baggage),
-            **side("destination", workload, ex.target.identity if ex.target else None),
-            **service_labels(target),
-            response_code=str(ex.status),
-            response_flags=ex.flags,
-        )
-        duration_ms = (time.monotonic() - ex.started) * 1000
-        self.proxy.metrics.record(labels, duration_ms, ex.request_bytes, ex.response_bytes)
-        head = ex.head
-        traceparent = head.header(b"traceparent") or b""
-        log.info(
-            "request",
-            method=head.method.decode(errors="replace"),
-            authority=(head.header(b"host") or b"").decode(errors="replace"),
-            path=head.target.decode(errors="replace"),
+        plan, head, target = ex.plan, ex.head, ex.target
+        service = plan.service if plan is not None and plan.service else self.destination.service
+        workload = self.snapshot.workload(target.uid) if target is not None else None
+        done = Finished(
+            method=head.method.decode("latin-1"),
+            authority=(head.header(b"host") or b"").decode("latin-1"),
+            path=head.target.decode("latin-1"),
             protocol=f"HTTP/{head.version}",
-            response_code=ex.status,
-            response_flags=ex.flags,
-            duration_ms=round(duration_ms, 3),
-            upstream_host=ex.target.authority if ex.target else None,
-            bytes_received=ex.request_bytes,
-            bytes_sent=ex.response_bytes,
-            request_id=ex.request_id.decode(errors="replace"),
-            trace_id=_trace_id(traceparent),
-            src_identity=str(self.caller.identity),
-            dst_identity=str(ex.target.identity) if ex.target else None,
-            dst_service=target.hostname if target else None,
+            request_id=ex.request_id.decode("latin-1"),
+            traceparent=(head.header(b"traceparent") or b"").decode("latin-1"),
+            started=ex.started,
+            status=ex.status,
+            flags=ex.flags,
+            request_bytes=ex.request_bytes,
+            response_bytes=ex.response_bytes,
         )
-
-
-def _trace_id(traceparent: bytes) -> str | None:
-    """The trace id of a W3C ``traceparent`` (``00-<trace id>-<span id>-<flags>``)."""
-    parts = traceparent.decode(errors="replace").split("-")
-    return parts[1] if len(parts) == 4 else None
+        account(
+            self.proxy.metrics, done,
+            source=side("source", self.caller.workload, self.caller.identity, self.caller.baggage),
+            destination=side("destination", workload, target.identity if target else None),
+            service=service, upstream_host=target.authority if target else None,
+        )  # fmt: skip
 
 
 _OURS: Final = frozenset({"host", "x-request-id", "x-forwarded-client-cert", "content-length",

@@ -33,8 +33,12 @@ from mesh.identity import SpiffeId, WorkloadCertificate, control_plane_identity
 from mesh.memory import serve_heap_trimmer
 from mesh.model import MeshSnapshot
 from waypoint.config import WaypointConfig
+from waypoint.dispatch import Dispatcher
+from waypoint.gate import Gate
 from waypoint.h2_session import H2Upstreams
+from waypoint.jwks import JwksCache
 from waypoint.proxy import WaypointProxy
+from waypoint.request import WaypointScope
 from waypoint.telemetry import RequestMetrics
 from waypoint.upstream import Upstreams
 
@@ -125,13 +129,16 @@ async def _run(
         ):
             upstreams = Upstreams(pool, lambda: identity)
             h2 = H2Upstreams(upstreams, upstream_tasks)
+            jwks = JwksCache()  # key sets of the jwksUris the bound RequestAuthentications name
+            key = f"{config.namespace}/{config.name}"
             proxy = WaypointProxy(
-                f"{config.namespace}/{config.name}",
+                key,
                 identity,
                 snapshot=lambda: state.snapshot,
                 upstreams=upstreams,
                 metrics=RequestMetrics(registry),
                 h2=h2,
+                dispatcher=Dispatcher(Gate(WaypointScope(key), jwks)),
             )
             connections = ServerConnections()
 
@@ -141,6 +148,7 @@ async def _run(
                     "identity": str(identity),
                     "open_connections": proxy.open_connections,
                     "upstream": {"idle": upstreams.idle_count(), "opened": upstreams.opened},
+                    "jwks": jwks.statistics(),
                     "config": state.snapshot.to_json() if state.snapshot else None,
                 }
                 return json_response(dump)
@@ -159,6 +167,7 @@ async def _run(
                 )
                 nursery.start_soon(client.run)
                 nursery.start_soon(serve_heap_trimmer)
+                nursery.start_soon(jwks.serve)
                 ready = ready_route(state.ready)
                 bound = []
                 for routes, host, port in (

@@ -23,10 +23,10 @@ import trio
 
 from mesh.hbone import HboneRequest
 from mesh.identity import SpiffeId
-from mesh.metrics import parse_baggage
+from mesh.metrics import TcpLabels, parse_baggage
 from mesh.model import MeshSnapshot
 from mesh.reason import Reason
-from mesh.relay import relay
+from mesh.relay import RelayStats, relay
 from waypoint.destination import Caller, Destination
 from waypoint.dispatch import Dispatcher
 from waypoint.gate import Gate
@@ -62,6 +62,7 @@ class WaypointProxy:
         self.snapshot = snapshot
         self.upstreams = upstreams
         self.h2 = h2
+        self.tasks = h2.nursery  # fire-and-forget work (mirrored requests)
         self.metrics = metrics
         self.balancer = balancer or Balancer()
         self.dispatcher = dispatcher or Dispatcher(Gate(WaypointScope(key)))
@@ -154,14 +155,25 @@ class WaypointProxy:
             log.warning("waypoint_upstream_failed", dst=target.authority, reason=str(exc))
             return
         self.balancer.started(target)
+        labels = TcpLabels.of(
+            "waypoint", source=caller.workload, source_identity=caller.identity,
+            destination=snapshot.workload(target.uid), destination_identity=target.identity,
+            service=destination.service, security_policy="mutual_tls",
+        )  # fmt: skip
+        series = self.metrics.tcp.series(labels)
+        series.opened.inc()
+        stats = RelayStats()
         try:
             if first:
                 await upstream.stream.send_all(first)
-            await relay(stream, upstream.stream)
+                stats.sent += len(first)
+            await relay(stream, upstream.stream, stats)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             log.info("waypoint_tcp_broken", dst=target.authority, reason=str(exc))
         finally:
             self.balancer.finished(target)
+            series.add_bytes(sent=stats.received, received=stats.sent)
+            series.closed.inc()
             await upstream.aclose()
 
 

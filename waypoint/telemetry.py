@@ -1,7 +1,8 @@
 """The waypoint's request telemetry, with Istio's names and labels so Istio's Grafana
 dashboards read it: ``istio_requests_total``, ``istio_request_duration_milliseconds``,
-``istio_request_bytes`` and ``istio_response_bytes`` (histograms), every series with
-``reporter="waypoint"``; and one JSON access-log line per request.
+``istio_request_bytes`` and ``istio_response_bytes`` (histograms), for gRPC
+``istio_request_messages_total`` and ``istio_response_messages_total``, every series with
+``reporter="waypoint"``; and one JSON access-log line per request (:func:`account`).
 
 A request's source is the workload that proved its identity to the waypoint (the HBONE
 peer), found in the snapshot by that identity and the address ztunnel forwarded; its
@@ -10,6 +11,7 @@ destination the endpoint pod that answered (or, when none did, the Service).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import astuple, dataclass, fields
 from typing import Final
@@ -18,7 +20,14 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from mesh.identity import SpiffeId
-from mesh.metrics import APP_LABELS, CLUSTER, UNKNOWN, VERSION_LABELS, workload_name
+from mesh.metrics import (
+    APP_LABELS,
+    CLUSTER,
+    UNKNOWN,
+    VERSION_LABELS,
+    TcpMetrics,
+    workload_name,
+)
 from mesh.model import Service, Workload
 
 log = structlog.get_logger("waypoint.access")
@@ -123,6 +132,7 @@ class RequestMetrics:
     """Istio's request metrics, registered in ``registry``."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
+        self.tcp = TcpMetrics(registry)  # connections relayed as TCP, reporter="waypoint"
         self.requests = Counter(
             "istio_requests", "Requests handled by the waypoint", LABEL_NAMES, registry=registry
         )
@@ -141,6 +151,22 @@ class RequestMetrics:
             "istio_response_bytes", "Response sizes (headers and body)", LABEL_NAMES,
             buckets=SIZE_BUCKETS, registry=registry,
         )  # fmt: skip
+        self.request_messages = Counter(
+            "istio_request_messages", "gRPC messages sent by clients", LABEL_NAMES,
+            registry=registry,
+        )  # fmt: skip
+        self.response_messages = Counter(
+            "istio_response_messages", "gRPC messages sent back to clients", LABEL_NAMES,
+            registry=registry,
+        )  # fmt: skip
+
+    def messages(self, labels: RequestLabels, sent: int, received: int) -> None:
+        """gRPC messages of one call: ``sent`` by the client, ``received`` by it."""
+        values = labels.values
+        if sent:
+            self.request_messages.labels(*values).inc(sent)
+        if received:
+            self.response_messages.labels(*values).inc(received)
 
     def record(
         self, labels: RequestLabels, duration_ms: float, request_bytes: int, response_bytes: int
@@ -150,3 +176,96 @@ class RequestMetrics:
         self.duration.labels(*values).observe(duration_ms)
         self.request_bytes.labels(*values).observe(request_bytes)
         self.response_bytes.labels(*values).observe(response_bytes)
+
+
+@dataclass
+class Finished:
+    """One request as it ended, for its series and its access-log line."""
+
+    method: str
+    authority: str
+    path: str
+    protocol: str  # "HTTP/1.1", "HTTP/2"
+    request_id: str
+    traceparent: str
+    started: float  # time.monotonic()
+    status: int = 0
+    grpc: bool = False
+    grpc_status: str = ""
+    flags: str = "-"
+    request_bytes: int = 0
+    response_bytes: int = 0
+    request_messages: int = 0  # gRPC messages, each way
+    response_messages: int = 0
+
+
+def account(
+    metrics: RequestMetrics,
+    done: Finished,
+    *,
+    source: dict[str, str],
+    destination: dict[str, str],
+    service: Service | None,
+    upstream_host: str | None,
+) -> None:
+    """Count ``done`` in ``metrics`` and write its access-log line. ``source`` and
+    ``destination`` are :func:`side`'s labels."""
+    labels = RequestLabels(
+        **source,
+        **destination,
+        **service_labels(service),
+        request_protocol="grpc" if done.grpc else "http",
+        response_code=str(done.status),
+        grpc_response_status=done.grpc_status,
+        response_flags=done.flags,
+    )
+    duration_ms = (time.monotonic() - done.started) * 1000
+    metrics.record(labels, duration_ms, done.request_bytes, done.response_bytes)
+    if done.grpc:
+        metrics.messages(labels, done.request_messages, done.response_messages)
+    parts = done.traceparent.split("-")
+    log.info(
+        "request",
+        method=done.method,
+        authority=done.authority,
+        path=done.path,
+        protocol=done.protocol,
+        response_code=done.status,
+        grpc_status=done.grpc_status or None,
+        response_flags=done.flags,
+        duration_ms=round(duration_ms, 3),
+        upstream_host=upstream_host,
+        bytes_received=done.request_bytes,
+        bytes_sent=done.response_bytes,
+        request_id=done.request_id,
+        trace_id=parts[1] if len(parts) == 4 else None,
+        src_identity=source.get("source_principal"),
+        dst_identity=destination.get("destination_principal"),
+        dst_service=service.hostname if service else None,
+    )
+
+
+class GrpcMessages:
+    """Counts the gRPC messages in one direction of a stream: each is a 5-byte prefix
+    (a flag, a 4-byte length) and its bytes, however DATA frames cut them."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._prefix = bytearray()
+        self._left = 0  # bytes of the current message still to come
+
+    def feed(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            if self._left:
+                step = min(self._left, len(view))
+                self._left -= step
+                view = view[step:]
+                continue
+            take = min(5 - len(self._prefix), len(view))
+            self._prefix += view[:take]
+            view = view[take:]
+            if len(self._prefix) == 5:
+                self.count += 1
+                self._left = int.from_bytes(self._prefix[1:5], "big")
+                self._prefix.clear()

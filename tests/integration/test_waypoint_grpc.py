@@ -16,6 +16,7 @@ import trio
 from mesh.model import ServicePort
 from tests.integration.waypoint_support import Pod, open_mesh, web_snapshot
 from tests.pki import Pki
+from tests.waiting import wait_until
 
 GRPC_PORTS = [ServicePort(80, 8080, name="grpc")]
 
@@ -97,8 +98,12 @@ async def test_unary_streaming_and_bidi_calls_cross_the_waypoint(root: Pki) -> N
                 lambda: list(bidi(iter([b"a", b"b", b"c"]), timeout=10))
             )
             assert got == [b"A", b"B", b"C"]
-            assert mesh.metric("istio_requests_total", reporter="waypoint",
-                               request_protocol="grpc", grpc_response_status="0") >= 14  # fmt: skip
+            grpc_ok = {"reporter": "waypoint", "request_protocol": "grpc",
+                       "grpc_response_status": "0"}  # fmt: skip
+            await wait_until(lambda: mesh.metric("istio_requests_total", **grpc_ok) == 14)
+            # 12 unary calls (1 each way), a server stream (1 in, 5 out), bidi (3 and 3).
+            assert mesh.metric("istio_request_messages_total", **grpc_ok) == 12 + 1 + 3
+            assert mesh.metric("istio_response_messages_total", **grpc_ok) == 12 + 5 + 3
 
 
 async def test_a_grpc_status_and_its_message_reach_the_client(root: Pki) -> None:

@@ -10,6 +10,7 @@ import pytest
 import trio
 
 from mesh.hbone import HboneStreamRefused
+from mesh.model import ServicePort
 from tests.integration.waypoint_support import (
     SOURCE_ID,
     WAYPOINT_ID,
@@ -19,6 +20,7 @@ from tests.integration.waypoint_support import (
     web_snapshot,
 )
 from tests.pki import Pki
+from tests.waiting import wait_until
 
 
 def pods(n: int = 2) -> list[Pod]:
@@ -187,3 +189,28 @@ async def _read_all(stream: trio.abc.ReceiveStream) -> bytes:
     while data := await stream.receive_some():
         out += data
     return out
+
+
+async def test_a_port_declared_tcp_is_relayed_as_bytes_and_counted(root: Pki) -> None:
+    with trio.fail_after(20):
+        tcp = [ServicePort(80, 8080, name="tcp-raw")]
+        async with open_mesh(root, pods(1), ports=tcp) as mesh:
+            stream = await mesh.connect()
+            request = b"GET /raw HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            await stream.send_all(request)
+            answer = await _read_all(stream)
+            assert answer.startswith(b"HTTP/1.1 200 ")
+            assert b'"path": "/raw"' in answer
+            await stream.aclose()
+            labels = {
+                "reporter": "waypoint",
+                "source_workload": "client",
+                "destination_workload": "web-0",
+                "connection_security_policy": "mutual_tls",
+            }
+            await wait_until(
+                lambda: mesh.metric("istio_tcp_connections_closed_total", **labels) == 1
+            )
+            assert mesh.metric("istio_tcp_received_bytes_total", **labels) == len(request)
+            assert mesh.metric("istio_tcp_sent_bytes_total", **labels) == len(answer)
+            assert mesh.metric("istio_requests_total") == 0  # not parsed as HTTP

@@ -19,6 +19,7 @@ from k8s.translate import translate
 from mesh.model import MeshSnapshot
 from tests.integration.waypoint_support import Client, Mesh, Pod, open_mesh
 from tests.pki import Pki
+from tests.waiting import wait_until
 
 WORLD = """\
 apiVersion: v1
@@ -130,6 +131,14 @@ spec:
     backendRefs: [{name: web-v1, port: 80}]
   - matches: [{path: {type: PathPrefix, value: /split}}]
     backendRefs: [{name: web-v1, port: 80, weight: 90}, {name: web-v2, port: 80, weight: 10}]
+  - matches: [{path: {type: PathPrefix, value: /mirrored}}]
+    filters:
+    - type: RequestMirror
+      requestMirror: {backendRef: {name: web-v2, port: 80}}
+    backendRefs: [{name: web-v1, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /backend-slow}}]
+    timeouts: {request: 5s, backendRequest: 200ms}
+    backendRefs: [{name: web-v1, port: 80}]
 """
 
 
@@ -156,6 +165,29 @@ async def test_http_routes_match_filter_redirect_split_and_time_out(root: Pki) -
             status, _h, body = await get(mesh, "/slow/delay/2000")
             assert (status, body) == (504, b"upstream request timeout")
             await mesh.requests_counted(response_code="504", response_flags="UT")
+
+            # A mirror: web-v2's pod sees a copy (Host with -shadow), the client web-v1's answer.
+            status, _h, body = await get(mesh, "/mirrored/x")
+            assert (status, json.loads(body)["app"]) == (200, "web-0")
+            await wait_until(
+                lambda: (
+                    ("GET", "/mirrored/x", "web.default.svc.cluster.local-shadow")
+                    in mesh.pods[1].seen
+                )
+            )
+            client = Client(await mesh.connect())
+            status, _h, body = await client.request("POST", "/mirrored/up", body=b"copy me")
+            assert status == 200
+            await wait_until(
+                lambda: (
+                    ("POST", "/mirrored/up", "web.default.svc.cluster.local-shadow")
+                    in mesh.pods[1].seen
+                )
+            )
+            await client.stream.aclose()
+
+            status, _h, body = await get(mesh, "/backend-slow/delay/2000")
+            assert (status, body) == (504, b"upstream request timeout")
 
             # 1,000 requests on keep-alive connections: 90/10 within 3 points.
             seen = {"web-0": 0, "web-1": 0}

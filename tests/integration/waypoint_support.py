@@ -34,7 +34,9 @@ VIP = "10.96.0.10"
 CLIENT_IP = "10.0.0.20"
 
 
-async def app_server(name: str, *, task_status: trio.TaskStatus[int]) -> None:
+async def app_server(
+    name: str, seen: list[tuple[str, str, str]] | None = None, *, task_status: trio.TaskStatus[int]
+) -> None:
     """An HTTP/1.1 app: answers JSON naming itself with the request's method, path,
     headers and body (``/status/N`` answers N; ``/delay/MS`` answers after MS ms; ``/ws``
     with Upgrade switches to echo)."""
@@ -63,6 +65,8 @@ async def app_server(name: str, *, task_status: trio.TaskStatus[int]) -> None:
                     return
                 headers = {k.decode(): v.decode() for k, v in request.headers}
                 path = request.target.decode()
+                if seen is not None:
+                    seen.append((request.method.decode(), path, headers.get("host", "")))
                 if path == "/ws" and "upgrade" in headers:
                     answer = h11.InformationalResponse(
                         status_code=101, headers=[("upgrade", "echo"), ("connection", "upgrade")]
@@ -114,6 +118,7 @@ class Pod:
     app_port: int = 0
     connects: list[SpiffeId] = field(default_factory=list)  # peers its ztunnel saw
     app: bool = True  # False: the test runs the app itself on ``app_port``
+    seen: list[tuple[str, str, str]] = field(default_factory=list)  # (method, path, host)
 
 
 async def destination_ztunnel(pod: Pod, pki: Pki, *, task_status: trio.TaskStatus[None]) -> None:
@@ -214,7 +219,7 @@ async def open_mesh(
     async with trio.open_nursery() as nursery:
         for pod in pods:
             if pod.app:
-                pod.app_port = await nursery.start(app_server, pod.name)
+                pod.app_port = await nursery.start(app_server, pod.name, pod.seen)
             await nursery.start(destination_ztunnel, pod, pki)
         by_ip = {(p.ip, 15008): p for p in pods}
 

@@ -135,3 +135,15 @@ def test_writing() -> None:
     headers = [(b"connection", b"close, x-hop"), (b"x-hop", b"1"), (b"keep-alive", b"5"),
                (b"x-kept", b"2"), (b"transfer-encoding", b"chunked")]  # fmt: skip
     assert end_to_end(headers) == [(b"x-kept", b"2")]
+
+
+def test_grpc_messages_are_counted_however_frames_cut_them() -> None:
+    from waypoint.telemetry import GrpcMessages
+
+    messages = [b"\x00" + len(m).to_bytes(4, "big") + m for m in (b"", b"a" * 70_000, b"xyz")]
+    stream = b"".join(messages)
+    for step in (1, 3, 5, 7, 4096, len(stream)):
+        counter = GrpcMessages()
+        for i in range(0, len(stream), step):
+            counter.feed(stream[i : i + step])
+        assert counter.count == 3, step

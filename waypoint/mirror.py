@@ -1,0 +1,106 @@
+"""RequestMirror: a copy of a request, sent to another backend, fire and forget.
+
+The copy goes once the original's body has been read (up to :data:`MAX_BODY` bytes are
+kept for it while the body streams; a bigger body is not mirrored), with ``-shadow``
+appended to its authority as Envoy does, to an endpoint of the mirror's Service over
+HTTP/1.1 through HBONE as the waypoint. Its answer is read and dropped; a failure is
+logged once at debug level and never touches the original request or its response.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Final
+
+import structlog
+import trio
+
+from waypoint.decisions import MirrorTarget
+from waypoint.destination import meshed_identity
+from waypoint.http1 import Http1Error, encode_request_head
+from waypoint.http_request import HttpRequest
+from waypoint.upstream import UpstreamError, targets_of
+
+if TYPE_CHECKING:
+    from mesh.model import MeshSnapshot
+    from waypoint.proxy import WaypointProxy
+
+log = structlog.get_logger("waypoint")
+
+MAX_BODY: Final = 64 * 1024
+MIRROR_SECONDS: Final = 10.0
+_SKIPPED: Final = frozenset({"host", "content-length", "transfer-encoding", "connection"})
+
+
+class MirrorBody:
+    """The body of a request being mirrored, kept as it streams, up to :data:`MAX_BODY`."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.too_big = False
+
+    def add(self, chunk: bytes) -> None:
+        if not self.too_big:
+            self.data += chunk
+            self.too_big = len(self.data) > MAX_BODY
+
+
+def start_mirrors(
+    proxy: WaypointProxy,
+    snapshot: MeshSnapshot,
+    mirrors: tuple[MirrorTarget, ...],
+    request: HttpRequest,
+    body: MirrorBody | None,
+) -> None:
+    """Send a copy of ``request`` (and ``body``) to each of ``mirrors`` in the background."""
+    if body is not None and body.too_big:
+        log.debug("mirror_skipped", reason=f"body over {MAX_BODY} bytes", path=request.path)
+        return
+    data = bytes(body.data) if body is not None else b""
+    for target in mirrors:
+        proxy.tasks.start_soon(_mirror, proxy, snapshot, target, request, data)
+
+
+async def _mirror(
+    proxy: WaypointProxy,
+    snapshot: MeshSnapshot,
+    target: MirrorTarget,
+    request: HttpRequest,
+    body: bytes,
+) -> None:
+    service = snapshot.service(target.service)
+    endpoints = service.endpoints if service is not None else ()
+    choice = proxy.balancer.pick(targets_of(endpoints, target.port, meshed_identity(snapshot)))
+    if choice is None:
+        log.debug("mirror_failed", mirror=target.service, reason="no endpoint")
+        return
+    headers = [(b"host", f"{request.authority}-shadow".encode("latin-1", "replace"))]
+    headers += [
+        (n.encode("latin-1", "replace"), v.encode("latin-1", "replace"))
+        for n, v in request.headers
+        if n not in _SKIPPED
+    ]
+    headers.append((b"content-length", b"%d" % len(body)))
+    head = encode_request_head(
+        request.method.encode("latin-1", "replace"), request.path.encode("latin-1", "replace"),
+        headers,
+    )  # fmt: skip
+    with trio.move_on_after(MIRROR_SECONDS):
+        try:
+            conn = await proxy.upstreams.checkout(choice, ())
+        except UpstreamError as exc:
+            log.debug("mirror_failed", mirror=target.service, reason=str(exc))
+            return
+        reusable = False
+        try:
+            await conn.stream.send_all(head + body)
+            answer = await conn.reader.read_head()
+            if answer is not None:
+                while await conn.reader.read_body():
+                    pass
+                reusable = answer.keep_alive
+        except (Http1Error, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            log.debug("mirror_failed", mirror=target.service, reason=str(exc))
+        finally:
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await proxy.upstreams.release(conn, reusable=reusable)
