@@ -15,6 +15,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal, TypeAlias
 
 from mesh.model import MeshSnapshot, Service
 from mesh.response_flags import ResponseFlag
@@ -22,11 +23,14 @@ from waypoint.decisions import Forward, LocalReply, MirrorTarget, NoRoutes, Redi
 from waypoint.destination import Caller, Destination, meshed_identity
 from waypoint.gate import Gate, Passed
 from waypoint.http_request import Headers, HttpRequest
+from waypoint.protocol import declared
 from waypoint.replies import LocalReply as Reply
 from waypoint.replies import local_reply, no_healthy_upstream, no_route
 from waypoint.request import L7Request
 from waypoint.routes import RouteTable, compile_snapshot
 from waypoint.upstream import Target, targets_of
+
+Speak: TypeAlias = Literal["http1", "h2"] | None
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,7 @@ class Plan:
     forward: Forward | None = None  # the route rule that chose it; None: no route applies
     mirrors: tuple[MirrorTarget, ...] = ()
     rewritten: bool = False  # ``request`` differs from what the client sent
+    speak: Speak = None  # what the app's port declares; None: what the client spoke
 
     def response_headers(self, headers: Headers) -> Headers:
         return self.forward.response_headers(headers) if self.forward is not None else headers
@@ -90,12 +95,14 @@ class Dispatcher:
                                   tuple(passed.headers), request.scheme)  # fmt: skip
         if service is None:  # addressed to a pod: no Service's routes
             return Plan(request, destination.targets(snapshot), None, rewritten=rewritten)
+        speak = _speak(service, destination.port)
         decision = self.table(snapshot).match(
             service.key, destination.port, request,
             source_namespace=caller.identity.namespace, choose=self._choose,
         )  # fmt: skip
         if isinstance(decision, NoRoutes):
-            return Plan(request, destination.targets(snapshot), service, rewritten=rewritten)
+            targets = destination.targets(snapshot)
+            return Plan(request, targets, service, rewritten=rewritten, speak=speak)
         if isinstance(decision, RedirectTo):
             return local_reply(decision.status, "", grpc=grpc,
                                headers=[("location", decision.location)])  # fmt: skip
@@ -105,7 +112,14 @@ class Dispatcher:
         if backend is None:
             return local_reply(500, "backend not found", grpc=grpc, details="backend_not_found")
         targets = targets_of(backend.endpoints, decision.backend.port, meshed_identity(snapshot))
-        return Plan(decision.request, targets, backend, decision, decision.mirrors, True)
+        speak = _speak(backend, decision.backend.port)
+        return Plan(decision.request, targets, backend, decision, decision.mirrors, True, speak)
+
+
+def _speak(service: Service, port: int) -> Speak:
+    """The HTTP version the app behind ``service``'s ``port`` speaks, if it says."""
+    protocol = declared(service.port(port))
+    return "h2" if protocol in ("http2", "grpc") else "http1" if protocol == "http" else None
 
 
 def _reply(decision: LocalReply, grpc: bool) -> Reply:

@@ -27,11 +27,13 @@ import trio
 from mesh.hbone import H2Stream, HboneSettings, Http2Connection
 from mesh.hbone.settings import HboneError, HboneRetryableError
 from mesh.hbone.transport import StreamTransport
+from waypoint.bridge import BridgeFailed, h2_over_h1
 from waypoint.dispatch import Plan
+from waypoint.http1 import Http1Error
 from waypoint.http_request import HttpRequest
 from waypoint.mirror import MirrorBody, start_mirrors
+from waypoint.replies import Failed, no_healthy_upstream, route_timeout, upstream_failure
 from waypoint.replies import LocalReply as Reply
-from waypoint.replies import no_healthy_upstream, route_timeout, upstream_failure
 from waypoint.telemetry import Finished, GrpcMessages, account, side
 from waypoint.upstream import Target, UpstreamError, Upstreams
 
@@ -178,7 +180,7 @@ class H2Session:
                 self.snapshot, self.destination, self.caller, _request_of(headers), grpc=grpc
             )
             if not isinstance(plan, Plan):
-                raise _Failed(plan)
+                raise Failed(plan)
             req.plan = plan
             if plan.mirrors:
                 req.mirror_body = MirrorBody()
@@ -195,8 +197,8 @@ class H2Session:
                 if down.headers_sent:  # the answer had begun: it is cut
                     await down.aclose()
                 else:
-                    raise _Failed(route_timeout(grpc=grpc))
-        except _Failed as failed:
+                    raise Failed(route_timeout(grpc=grpc))
+        except Failed as failed:
             reply = failed.reply
             req.status, req.flags = reply.code, reply.flag.value
             if reply.grpc_status is not None:
@@ -210,7 +212,10 @@ class H2Session:
     async def _forward(self, down: H2Stream, req: _Request, plan: Plan) -> None:
         targets = plan.targets
         if not targets:
-            raise _Failed(no_healthy_upstream(grpc=req.grpc))
+            raise Failed(no_healthy_upstream(grpc=req.grpc))
+        if plan.speak == "http1":
+            await self._forward_h1(down, req, plan)
+            return
         tried: list[Target] = []
         balancer = self.proxy.balancer
         for attempt in range(ATTEMPTS):
@@ -225,13 +230,54 @@ class H2Session:
             except (UpstreamError, HboneRetryableError):
                 if attempt + 1 < ATTEMPTS:
                     continue
-                raise _Failed(upstream_failure(grpc=req.grpc, connected=False)) from None
+                raise Failed(upstream_failure(grpc=req.grpc, connected=False)) from None
             balancer.started(target)
             try:
                 await self._exchange(down, up, req)
                 return
             finally:
                 balancer.finished(target)
+
+    async def _forward_h1(self, down: H2Stream, req: _Request, plan: Plan) -> None:
+        """The app speaks HTTP/1.1 (its port says ``http``): the stream's request goes on a
+        pooled HTTP/1.1 connection, the answer comes back on the stream."""
+        tried: list[Target] = []
+        extra = [(b"x-request-id", req.request_id.encode("latin-1")),
+                 (b"x-forwarded-client-cert",
+                  f"By={self.proxy.identity};URI={self.caller.identity}".encode())]  # fmt: skip
+        for attempt in range(ATTEMPTS):
+            target = self.proxy.balancer.pick(plan.targets, avoid=tried)
+            assert target is not None
+            tried.append(target)
+            last = attempt + 1 == ATTEMPTS
+            try:
+                conn = await self.proxy.upstreams.checkout(target, self._connect_headers())
+            except UpstreamError:
+                if not last:
+                    continue
+                raise Failed(upstream_failure(grpc=req.grpc, connected=False)) from None
+            req.target = target
+            counted = [0, 0]
+            reusable = False
+            self.proxy.balancer.started(target)
+            try:
+                req.status, reusable = await h2_over_h1(conn, plan.request, extra, down, counted)
+                req.body_read = True
+                return
+            except BridgeFailed:
+                if conn.requests == 0 and not last:
+                    continue
+                raise Failed(upstream_failure(grpc=req.grpc, connected=True)) from None
+            except (trio.BrokenResourceError, trio.ClosedResourceError, Http1Error):
+                req.flags = "UPE"
+                await down.aclose()
+                return
+            finally:
+                conn.requests += 1
+                self.proxy.balancer.finished(target)
+                req.request_bytes += counted[0]
+                req.response_bytes += counted[1]
+                await self.proxy.upstreams.release(conn, reusable=reusable)
 
     def _connect_headers(self) -> list[tuple[str, str]]:
         return [("forwarded", f"for={self.caller.address}")] if self.caller.address else []
@@ -251,7 +297,7 @@ class H2Session:
         return out
 
     async def _exchange(self, down: H2Stream, up: H2Stream, req: _Request) -> None:
-        failed: _Failed | None = None
+        failed: Failed | None = None
         async with trio.open_nursery() as nursery:
             if up.may_send():
                 nursery.start_soon(self._pump_request, down, up, req)
@@ -259,7 +305,7 @@ class H2Session:
                 response = await up.wait_response()
             except HboneError as exc:  # raised outside the nursery: no exception group
                 log.debug("upstream_reset", reason=str(exc))
-                failed = _Failed(upstream_failure(grpc=req.grpc, connected=True))
+                failed = Failed(upstream_failure(grpc=req.grpc, connected=True))
                 nursery.cancel_scope.cancel()
             else:
                 await self._respond(up, down, req, response)
@@ -361,12 +407,6 @@ class H2Session:
 
 def _grpc_status(headers: list[tuple[str, str]], default: str) -> str:
     return next((v for k, v in headers if k == "grpc-status"), default)
-
-
-class _Failed(Exception):
-    def __init__(self, reply: Reply) -> None:
-        super().__init__(reply.details)
-        self.reply = reply
 
 
 def _request_of(headers: list[tuple[str, str]]) -> HttpRequest:

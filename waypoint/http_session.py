@@ -30,6 +30,7 @@ import trio
 
 from mesh.relay import relay
 from mesh.response_flags import ResponseFlag
+from waypoint.bridge import h1_session_over_h2
 from waypoint.dispatch import Plan
 from waypoint.http1 import (
     LAST_CHUNK,
@@ -43,8 +44,14 @@ from waypoint.http1 import (
 )
 from waypoint.http_request import HttpRequest
 from waypoint.mirror import MirrorBody, start_mirrors
+from waypoint.replies import (
+    Failed,
+    local_reply,
+    no_healthy_upstream,
+    route_timeout,
+    upstream_failure,
+)
 from waypoint.replies import LocalReply as Reply
-from waypoint.replies import local_reply, no_healthy_upstream, route_timeout, upstream_failure
 from waypoint.telemetry import Finished, account, side
 from waypoint.upstream import Connection, Target, UpstreamError
 
@@ -82,15 +89,7 @@ class Exchange:
     response_bytes: int = 0
 
 
-class Failed(Exception):
-    """The waypoint answers the request itself, with ``reply``."""
-
-    def __init__(self, reply: Reply) -> None:
-        super().__init__(reply.details)
-        self.reply = reply
-
-
-def _upstream_failure(*, connected: bool) -> Failed:
+def upstream_failure_reply(*, connected: bool) -> Failed:
     return Failed(upstream_failure(grpc=False, connected=connected))
 
 
@@ -197,6 +196,9 @@ class HttpSession:
         targets = plan.targets
         if not targets:
             raise Failed(no_healthy_upstream(grpc=False))
+        if plan.speak == "h2" and not ex.head.upgrade:
+            await h1_session_over_h2(self, ex, plan)
+            return
         tried: list[Target] = []
         for attempt in range(ATTEMPTS):
             target = self.proxy.balancer.pick(targets, avoid=tried)
@@ -207,7 +209,7 @@ class HttpSession:
             except UpstreamError:
                 if attempt + 1 < ATTEMPTS:
                     continue
-                raise _upstream_failure(connected=False) from None
+                raise upstream_failure_reply(connected=False) from None
             ex.target = target
             self.proxy.balancer.started(target)
             try:
@@ -215,7 +217,11 @@ class HttpSession:
                     return
             finally:
                 self.proxy.balancer.finished(target)
-        raise _upstream_failure(connected=True)
+        raise upstream_failure_reply(connected=True)
+
+    def _xfcc(self) -> bytes:
+        return b"By=%s;URI=%s" % (str(self.proxy.identity).encode(),
+                                  str(self.caller.identity).encode())  # fmt: skip
 
     def _connect_headers(self) -> list[tuple[str, str]]:
         return [("forwarded", f"for={self.caller.address}")] if self.caller.address else []
@@ -232,7 +238,7 @@ class HttpSession:
             await conn.aclose()
             if reused and retry_ok:
                 return False
-            raise _upstream_failure(connected=True) from None
+            raise upstream_failure_reply(connected=True) from None
         body_sent = trio.Event()
         failed: Failed | ClientGone | None = None
         result: bool | None = None
@@ -280,7 +286,7 @@ class HttpSession:
         if response is None:
             if reused and retry_ok and not head.has_body:
                 return None  # the app closed the idle connection: it never saw this request
-            raise _upstream_failure(connected=True)
+            raise upstream_failure_reply(connected=True)
         ex.status = response.status
         if response.status == 101:
             await self._upgrade(conn, ex, response)
@@ -299,8 +305,7 @@ class HttpSession:
         else:
             headers = [(n, v) for n, v in end_to_end(head.headers) if n not in _OURS_BYTES]
         headers.append((b"x-request-id", ex.request_id))
-        headers.append((XFCC, b"By=%s;URI=%s" % (str(self.proxy.identity).encode(),
-                                                  str(self.caller.identity).encode())))  # fmt: skip
+        headers.append((XFCC, self._xfcc()))
         if head.chunked:
             headers.append((b"transfer-encoding", b"chunked"))
         elif head.content_length is not None:

@@ -220,3 +220,11 @@ def route_timeout(*, grpc: bool) -> LocalReply:
         details="upstream_response_timeout",
         grpc_status=GrpcStatus.DEADLINE_EXCEEDED,
     )
+
+
+class Failed(Exception):
+    """The waypoint answers the request itself, with ``reply``."""
+
+    def __init__(self, reply: LocalReply) -> None:
+        super().__init__(reply.details)
+        self.reply = reply

@@ -1,0 +1,252 @@
+"""A request carried across HTTP versions: the waypoint speaks to the app what its Service
+port declares (``http2``/``grpc``: h2c; ``http``: HTTP/1.1), whatever the client spoke.
+
+- :func:`h1_over_h2`: an HTTP/1.1 request sent to an h2c app: its head becomes HTTP/2
+  headers, its body DATA; the app's answer comes back as HTTP/1.1 (chunked when it gave
+  no length; its trailers are dropped, as HTTP/1.1 clients rarely read them).
+- :func:`h2_over_h1`: an HTTP/2 request sent to an HTTP/1.1 app over a pooled connection:
+  its headers become a request head (``:authority`` the ``host``), its body sent with its
+  ``content-length`` or chunked; the answer comes back as HTTP/2 headers and DATA.
+
+Both stream bodies with backpressure both ways; what fails before the answer began is
+the caller's to answer (:class:`BridgeFailed`), what fails after cuts the exchange.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING
+
+import trio
+
+from mesh.hbone import H2Stream, Http2Connection
+from mesh.hbone.settings import HboneError
+from waypoint.http1 import (
+    HOP_BY_HOP,
+    LAST_CHUNK,
+    Head,
+    Http1Error,
+    MessageReader,
+    encode_chunk,
+    encode_request_head,
+    encode_response_head,
+)
+from waypoint.http_request import HttpRequest
+from waypoint.replies import Failed, upstream_failure
+from waypoint.upstream import Connection, Target, UpstreamError
+
+if TYPE_CHECKING:
+    from waypoint.dispatch import Plan
+    from waypoint.http_session import Exchange, HttpSession
+
+ATTEMPTS = 2  # as the sessions: one retry, before any byte left
+
+Headers = list[tuple[str, str]]
+_SKIP_TEXT = frozenset(n.decode() for n in HOP_BY_HOP) | {"host"}
+
+
+class BridgeFailed(Exception):
+    """The app closed or broke before its answer began; ``connected``: the connection
+    itself had been made."""
+
+    def __init__(self, detail: str, *, connected: bool = True) -> None:
+        super().__init__(detail)
+        self.connected = connected
+
+
+def h2_headers(request: HttpRequest, extra: Sequence[tuple[str, str]]) -> Headers:
+    """``request`` as HTTP/2 request headers."""
+    out = [(":method", request.method), (":scheme", request.scheme), (":path", request.path)]
+    if request.authority:
+        out.append((":authority", request.authority))
+    out += [(n, v) for n, v in request.headers if n not in _SKIP_TEXT and n != "te"]
+    return out + list(extra)
+
+
+async def h1_over_h2(
+    conn: Http2Connection,
+    request: HttpRequest,
+    extra: Sequence[tuple[str, str]],
+    reader: MessageReader,
+    has_body: bool,
+    send_down: Callable[[bytes], Awaitable[None]],
+    *,
+    version: str,
+    counted: list[int],
+) -> int:
+    """Send an HTTP/1.1 request (head in ``request``, body from ``reader``) over ``conn``
+    and relay the answer with ``send_down``; its status. ``counted`` gets the request and
+    response bytes added."""
+    try:
+        up = conn.start_request(h2_headers(request, extra), end_stream=not has_body)
+    except HboneError as exc:
+        raise BridgeFailed(str(exc), connected=False) from None
+    failed: BaseException | None = None
+    async with trio.open_nursery() as nursery:
+        if has_body:
+            nursery.start_soon(_h1_body_up, reader, up, counted)
+        try:
+            await up.wait_response()
+        except HboneError as exc:
+            failed = BridgeFailed(str(exc))
+            nursery.cancel_scope.cancel()
+        else:
+            try:
+                await _h2_answer_down(up, send_down, version, counted)
+            except BaseException as exc:  # raised outside the nursery: no exception group
+                failed = exc
+            nursery.cancel_scope.cancel()
+    if failed is not None:
+        raise failed
+    return up.status or 0
+
+
+async def _h1_body_up(reader: MessageReader, up: H2Stream, counted: list[int]) -> None:
+    try:
+        while data := await reader.read_body():
+            counted[0] += len(data)
+            await up.send_all(data)
+        await up.send_eof()
+    except (Http1Error, trio.BrokenResourceError, trio.ClosedResourceError):
+        await up.aclose()
+
+
+async def _h2_answer_down(
+    up: H2Stream, send_down: Callable[[bytes], Awaitable[None]], version: str, counted: list[int]
+) -> None:
+    status = up.status or 0
+    headers = [(n.encode(), v.encode()) for n, v in up.response_headers
+               if not n.startswith(":") and n not in _SKIP_TEXT]  # fmt: skip
+    length = next((v for n, v in up.response_headers if n == "content-length"), None)
+    chunked = length is None and version == "1.1" and status not in (204, 304)
+    if length is not None:
+        headers.append((b"content-length", length.encode()))
+    elif chunked:
+        headers.append((b"transfer-encoding", b"chunked"))
+    head = encode_response_head(status, headers, version)
+    counted[1] += len(head)
+    await send_down(head)
+    while data := await up.receive_some():
+        counted[1] += len(data)
+        await send_down(encode_chunk(data) if chunked else data)
+    if chunked:
+        await send_down(LAST_CHUNK)
+
+
+async def h2_over_h1(
+    conn: Connection,
+    request: HttpRequest,
+    extra: Sequence[tuple[bytes, bytes]],
+    down: H2Stream,
+    counted: list[int],
+) -> tuple[int, bool]:
+    """Send an HTTP/2 request (headers in ``request``, body from ``down``) on the HTTP/1.1
+    connection ``conn`` and answer ``down`` with the app's response: its status, and
+    whether ``conn`` may carry another request."""
+    ended = not down.accepts_data() and not down.buffered
+    length = next((v for n, v in request.headers if n == "content-length"), None)
+    chunked = not ended and length is None
+    headers = [(b"host", request.authority.encode("latin-1", "replace"))]
+    headers += [(n.encode("latin-1", "replace"), v.encode("latin-1", "replace"))
+                for n, v in request.headers if n not in _SKIP_TEXT and n != "te"]  # fmt: skip
+    if chunked:
+        headers.append((b"transfer-encoding", b"chunked"))
+    elif length is not None:
+        headers.append((b"content-length", length.encode()))
+    headers += list(extra)
+    head = encode_request_head(request.method.encode(), request.path.encode(), headers)
+    try:
+        await conn.stream.send_all(head)
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        raise BridgeFailed(str(exc)) from None
+    failed: BaseException | None = None
+    reusable = False
+    status = 0
+    async with trio.open_nursery() as nursery:
+        if not ended:
+            nursery.start_soon(_h2_body_up, down, conn, chunked, counted)
+        try:
+            answer = await conn.reader.read_head()
+            while answer is not None and 100 <= answer.status < 200:
+                answer = await conn.reader.read_head()
+            if answer is None:
+                raise BridgeFailed("the app closed the connection before answering")
+            status = answer.status
+            reusable = await _h1_answer_down(conn.reader, answer, down, counted)
+        except (Http1Error, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            failed = BridgeFailed(str(exc)) if status == 0 else exc
+        except BridgeFailed as exc:
+            failed = exc
+        nursery.cancel_scope.cancel()
+    if failed is not None:
+        raise failed
+    return status, reusable
+
+
+async def _h2_body_up(down: H2Stream, conn: Connection, chunked: bool, counted: list[int]) -> None:
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        while data := await down.receive_some():
+            counted[0] += len(data)
+            await conn.stream.send_all(encode_chunk(data) if chunked else data)
+        if chunked:
+            await conn.stream.send_all(LAST_CHUNK)
+
+
+async def _h1_answer_down(
+    reader: MessageReader, answer: Head, down: H2Stream, counted: list[int]
+) -> bool:
+    headers = [(":status", str(answer.status))]
+    headers += [(n.decode("latin-1"), v.decode("latin-1")) for n, v in answer.headers
+                if n not in HOP_BY_HOP or n == b"content-length"]  # fmt: skip
+    bodyless = answer.status in (204, 304) or not (answer.has_body or _until_close(answer))
+    down.send_headers(headers, end_stream=bodyless)
+    if bodyless:
+        return answer.keep_alive
+    while data := await reader.read_body():
+        counted[1] += len(data)
+        await down.send_all(data)
+    await down.send_eof()
+    return answer.keep_alive and answer.has_body
+
+
+def _until_close(answer: Head) -> bool:
+    """A response whose body ends with the connection (no length, not chunked)."""
+    return answer.content_length is None and not answer.chunked
+
+
+async def h1_session_over_h2(session: HttpSession, ex: Exchange, plan: Plan) -> None:
+    """The app speaks h2c (its port says ``http2`` or ``grpc``): the request goes as
+    HTTP/2 on a multiplexed connection, the answer comes back as HTTP/1.1."""
+    tried: list[Target] = []
+    extra = [("x-request-id", ex.request_id.decode("latin-1")),
+             ("x-forwarded-client-cert", session._xfcc().decode())]  # fmt: skip
+    for attempt in range(ATTEMPTS):
+        target = session.proxy.balancer.pick(plan.targets, avoid=tried)
+        assert target is not None
+        tried.append(target)
+        last = attempt + 1 == ATTEMPTS
+        try:
+            conn = await session.proxy.h2.connection(target, session._connect_headers())
+        except UpstreamError:
+            if not last:
+                continue
+            raise Failed(upstream_failure(grpc=False, connected=False)) from None
+        ex.target = target
+        counted = [0, 0]
+        session.proxy.balancer.started(target)
+        try:
+            ex.status = await h1_over_h2(
+                conn, plan.request, extra, session.reader, ex.head.has_body, session._send_down,
+                version=ex.head.version, counted=counted,
+            )  # fmt: skip
+            ex.body_read = True
+            return
+        except BridgeFailed as exc:
+            if not exc.connected and not last:
+                continue
+            raise Failed(upstream_failure(grpc=False, connected=exc.connected)) from None
+        finally:
+            session.proxy.balancer.finished(target)
+            ex.request_bytes += counted[0]
+            ex.response_bytes += counted[1]
