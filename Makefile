@@ -46,7 +46,17 @@ demo: $(STAMP)
 	@echo "node-2's ztunnel logged it (mutual TLS, both SPIFFE identities):"
 	@sleep 0.5; $(BIN)/ambit logs ztunnel/node-2 | grep connection_complete | tail -n 1
 	@echo
-	@echo "Try: $(BIN)/ambit get workloads -A    Remove it all: $(BIN)/ambit down"
+	@echo '$$ ambit apply -f examples/waypoint.yaml    # a waypoint for namespace demo, and an HTTPRoute'
+	@$(BIN)/ambit apply -f examples/waypoint.yaml
+	@for i in $$(seq 150); do \
+		$(BIN)/ambit exec -n demo client -- curl -s -D - -o /dev/null http://server/ 2>/dev/null | grep -qi x-served-by && break; \
+		sleep 0.2; done
+	@echo '$$ ambit exec -n demo client -- curl -s -D - -o /dev/null http://server/'
+	@$(BIN)/ambit exec -n demo client -- curl -s -D - -o /dev/null http://server/ | grep -Ei '^(HTTP|x-served-by)'
+	@echo "the waypoint logged it (the route's answer, both identities):"
+	@sleep 0.5; $(BIN)/ambit logs waypoint/demo/waypoint | grep '"event": "request"' | tail -n 1
+	@echo
+	@echo "Try: $(BIN)/ambit get workloads -A    $(BIN)/ambit waypoint list -A    Remove it all: $(BIN)/ambit down"
 
 # bench.compare needs root (network namespaces, iptables; apt-get for the baselines' tools).
 bench: $(STAMP)

@@ -405,6 +405,12 @@ def run_logs(args: argparse.Namespace) -> int:
             path = pod_log(state_dir, _pick_namespace(name, found, args.namespace), name)
         except LocalClusterError as exc:
             return _fail("logs", str(exc))
+    elif kind == "waypoint":  # waypoint/NS/NAME, as 'ambit get components' lists it
+        from k8s.waypoint_deployer import waypoint_pod_name
+
+        namespace, _, gateway = name.rpartition("/")
+        namespace = namespace or args.namespace or "default"
+        path = pod_log(state_dir, namespace, waypoint_pod_name(namespace, gateway))
     elif kind == "ztunnel":
         path = ztunnel_log(state_dir, name)
     elif kind == "controlplane":
@@ -414,8 +420,8 @@ def run_logs(args: argparse.Namespace) -> int:
     else:
         return _fail(
             "logs",
-            f"unknown component {args.component!r}; use pod/NAME, ztunnel/NODE, controlplane"
-            " or daemon",
+            f"unknown component {args.component!r}; use pod/NAME, ztunnel/NODE,"
+            " waypoint/NS/NAME, controlplane or daemon",
         )
     try:
         text = path.read_text(errors="replace")

@@ -97,8 +97,13 @@ def is_waypoint(gateway: m.Gateway) -> bool:
 
 def pod_name(gateway: m.Gateway) -> str:
     """``<gateway>-<suffix>``: the same for the same Gateway, whatever else changes."""
-    digest = hashlib.sha256(f"{gateway.namespace}/{gateway.name}".encode()).hexdigest()
-    return f"{gateway.name}-{digest[:5]}"
+    return waypoint_pod_name(gateway.namespace, gateway.name)
+
+
+def waypoint_pod_name(namespace: str, name: str) -> str:
+    """The pod of the waypoint Gateway ``namespace/name`` (:func:`pod_name`)."""
+    digest = hashlib.sha256(f"{namespace}/{name}".encode()).hexdigest()
+    return f"{name}-{digest[:5]}"
 
 
 def run_command(gateway: m.Gateway, settings: DeployerSettings) -> list[str]:

@@ -214,3 +214,23 @@ async def test_a_port_declared_tcp_is_relayed_as_bytes_and_counted(root: Pki) ->
             assert mesh.metric("istio_tcp_received_bytes_total", **labels) == len(request)
             assert mesh.metric("istio_tcp_sent_bytes_total", **labels) == len(answer)
             assert mesh.metric("istio_requests_total") == 0  # not parsed as HTTP
+
+
+async def test_expect_100_continue_is_relayed_before_the_body_is_sent(root: Pki) -> None:
+    with trio.fail_after(20):
+        async with open_mesh(root, pods(1)) as mesh:
+            stream = await mesh.connect()
+            await stream.send_all(
+                b"PUT /big HTTP/1.1\r\nHost: web\r\nExpect: 100-continue\r\n"
+                b"Content-Length: 5\r\n\r\n"
+            )
+            interim = b""
+            while b"\r\n\r\n" not in interim:
+                interim += await stream.receive_some()
+            assert interim.startswith(b"HTTP/1.1 100 ")  # the app's go-ahead, through the waypoint
+            await stream.send_all(b"hello")
+            rest = interim.partition(b"\r\n\r\n")[2]
+            while b'"body": "hello"' not in rest:
+                rest += await stream.receive_some()
+            assert rest.startswith(b"HTTP/1.1 200 ")
+            await stream.aclose()

@@ -57,6 +57,9 @@ async def app_server(
                         continue
                     if isinstance(event, h11.Request):
                         request = event
+                        if conn.they_are_waiting_for_100_continue:
+                            go_on = h11.InformationalResponse(status_code=100, headers=[])
+                            await stream.send_all(conn.send(go_on) or b"")
                     elif isinstance(event, h11.Data):
                         body += event.data
                     elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
