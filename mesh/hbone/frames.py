@@ -8,11 +8,20 @@ WINDOW_UPDATE for itself and hands every other frame to h2 unchanged, except
 GOAWAY: stock h2 closes its connection state when it sends or receives one
 (python-hyper/h2 #1181, #1199), which makes a graceful two-phase GOAWAY with
 streams finishing impossible, so the engine writes and parses GOAWAY itself.
+
+The reader also refuses two floods before h2 sees them, with ENHANCE_YOUR_CALM: a header
+block (HEADERS and CONTINUATIONs) over :data:`MAX_HEADER_BLOCK` bytes, and PING or
+SETTINGS frames to answer beyond :data:`CONTROL_BURST`, refilled at :data:`CONTROL_RATE`
+per second (rapid reset is :class:`~mesh.hbone.limits.ResetBudget`'s, in the engine).
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Final, NamedTuple, Protocol
+
+from mesh.hbone.limits import ResetBudget
 
 FRAME_HEADER_LEN: Final = 9
 CONNECTION_PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -20,11 +29,14 @@ CONNECTION_PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA: Final = 0x0
 HEADERS: Final = 0x1
 PUSH_PROMISE: Final = 0x5
+SETTINGS: Final = 0x4
+PING: Final = 0x6
 GOAWAY: Final = 0x7
 WINDOW_UPDATE: Final = 0x8
 CONTINUATION: Final = 0x9
 
 FLAG_END_STREAM: Final = 0x1
+FLAG_ACK: Final = 0x1  # on SETTINGS and PING
 FLAG_END_HEADERS: Final = 0x4
 FLAG_PADDED: Final = 0x8
 
@@ -32,6 +44,14 @@ MAX_WINDOW: Final = 2**31 - 1
 MAX_STREAM_ID: Final = 2**31 - 1
 MIN_FRAME_SIZE: Final = 16_384
 MAX_FRAME_SIZE: Final = 2**24 - 1
+ENHANCE_YOUR_CALM: Final = 0xB
+
+# Flood defences (a peer that makes us work for nothing gets GOAWAY ENHANCE_YOUR_CALM):
+# a header block (HEADERS and its CONTINUATIONs) over this many bytes (CVE-2024-27316),
+MAX_HEADER_BLOCK: Final = 256 * 1024
+# and PING or SETTINGS frames we must answer, beyond a burst, faster than this per second.
+CONTROL_BURST: Final = 1000
+CONTROL_RATE: Final = 100.0
 
 
 class FrameHeader(NamedTuple):
@@ -147,8 +167,17 @@ class FrameReader:
     so keep 640 KiB of buffers, not 5 MiB.
     """
 
-    def __init__(self, *, max_frame_size: int, expect_preface: bool) -> None:
+    def __init__(
+        self,
+        *,
+        max_frame_size: int,
+        expect_preface: bool,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.max_frame_size = max_frame_size
+        self._clock = clock
+        self._control = ResetBudget(CONTROL_BURST, CONTROL_RATE, clock())
+        self._block = 0  # bytes of the header block being received
         self._largest = 2 * (max_frame_size + FRAME_HEADER_LEN)
         self._want = _FIRST_ROOM
         self.buf = bytearray(min(2 * _FIRST_ROOM, self._largest))
@@ -223,6 +252,21 @@ class FrameReader:
                     h2_start = pos
                 if kind in (HEADERS, PUSH_PROMISE, CONTINUATION):
                     self._in_header_block = not header.flags & FLAG_END_HEADERS
+                    self._block = header.length + (self._block if kind == CONTINUATION else 0)
+                    if self._block > MAX_HEADER_BLOCK:
+                        raise FrameError(
+                            ENHANCE_YOUR_CALM,
+                            f"header block over {MAX_HEADER_BLOCK} bytes (a CONTINUATION flood?)",
+                        )
+                elif (
+                    kind in (PING, SETTINGS)
+                    and not header.flags & FLAG_ACK
+                    and not self._control.take(self._clock())
+                ):
+                    raise FrameError(
+                        ENHANCE_YOUR_CALM,
+                        "too many PING/SETTINGS frames to answer (a control frame flood?)",
+                    )
             pos = frame_end
         if h2_start >= 0:
             sink.on_h2_bytes(bytes(view[h2_start:pos]))
