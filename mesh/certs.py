@@ -129,6 +129,20 @@ class CertificateManager:
         entry = self._entries.get(identity)
         return entry.cert if entry else None
 
+    async def fetch_until_issued(self, identity: SpiffeId, backoff: Backoff) -> WorkloadCertificate:
+        """:meth:`fetch_now`, again after ``backoff``'s delays while the CA is not there yet
+        or refuses (each failure logged once, with its delay): a proxy's own certificate,
+        at start, without which it can do nothing."""
+        next_delay = backoff.delays()
+        while True:
+            try:
+                return await self.fetch_now(identity)
+            except CertificateRequestError as exc:
+                delay = next_delay()
+                log.warning("own_certificate_failed", identity=str(identity), reason=str(exc),
+                            retry_in=round(delay, 3))  # fmt: skip
+            await trio.sleep(delay)
+
     async def fetch_now(self, identity: SpiffeId) -> WorkloadCertificate:
         """Get a fresh certificate for ``identity`` now, and keep it renewed from then on.
 

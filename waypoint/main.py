@@ -22,8 +22,8 @@ from prometheus_client import CollectorRegistry
 
 from mesh.admin import json_response, metrics_route, ready_route, serve_http
 from mesh.backoff import Backoff
-from mesh.ca_client import CaClient, CertificateRequestError
-from mesh.certs import CertificateManager, open_certificate_manager
+from mesh.ca_client import CaClient
+from mesh.certs import open_certificate_manager
 from mesh.concurrency import open_service_nursery
 from mesh.config_stream import ConfigClient
 from mesh.hbone.client import open_hbone_pool
@@ -73,20 +73,6 @@ class _State:
         return True, f"config version {self.snapshot.version}"
 
 
-async def _own_certificate(certs: CertificateManager, identity: SpiffeId) -> None:
-    """The waypoint's certificate, retrying while the CA is not there yet or refuses."""
-    next_delay = RETRY.delays()
-    while True:
-        try:
-            await certs.fetch_now(identity)
-            return
-        except CertificateRequestError as exc:
-            delay = next_delay()
-            log.warning("waypoint_certificate_failed", identity=str(identity), reason=str(exc),
-                        retry_in=round(delay, 3))  # fmt: skip
-        await trio.sleep(delay)
-
-
 async def run_waypoint(
     config: WaypointConfig, *, task_status: trio.TaskStatus[Listening] = trio.TASK_STATUS_IGNORED
 ) -> None:
@@ -111,7 +97,7 @@ async def _run(
         ca_identity=control_plane_identity(config.trust_domain),
     )
     async with open_certificate_manager(ca) as certs:
-        await _own_certificate(certs, identity)
+        await certs.fetch_until_issued(identity, RETRY)
 
         def cert_for(_identity: SpiffeId) -> WorkloadCertificate:
             cert = certs.get(identity)

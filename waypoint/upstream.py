@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 import trio
 
 from mesh.constants import HBONE_PORT
-from mesh.hbone import HboneError, HboneStreamRefused, HboneStreamTimeout
-from mesh.hbone.client import HboneClientPool, HboneConnectError
+from mesh.hbone import HboneError
+from mesh.hbone.client import HboneClientPool, failure_reason
 from mesh.identity import SpiffeId
 from mesh.model import Endpoint
 from mesh.reason import Reason
@@ -140,15 +140,8 @@ class Upstreams:
                 expected=[target.identity],
                 headers=headers,
             )
-        except HboneStreamRefused as exc:
-            reason = exc.reason or Reason.DESTINATION_REFUSED
-            raise UpstreamError(reason, str(exc), retryable=True) from None
-        except HboneConnectError as exc:
-            raise UpstreamError(exc.reason, str(exc), retryable=True) from None
-        except HboneStreamTimeout as exc:
-            raise UpstreamError(Reason.TIMEOUT, str(exc), retryable=True) from None
         except HboneError as exc:
-            raise UpstreamError(Reason.CONNECTION_RESET, str(exc), retryable=True) from None
+            raise UpstreamError(failure_reason(exc), str(exc), retryable=True) from None
 
     async def release(self, conn: Connection, *, reusable: bool) -> None:
         """Keep ``conn`` for the next request to its endpoint, or close it."""

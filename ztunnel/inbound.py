@@ -27,8 +27,8 @@ import trio
 from mesh.authz import Connection, Decision, evaluate, peer_auth_mode
 from mesh.capture import caught
 from mesh.constants import CAPTURE_PORTS
-from mesh.hbone import HboneError, HboneRequest, HboneStreamRefused
-from mesh.hbone.client import HboneClientPool, HboneConnectError
+from mesh.hbone import HboneError, HboneRequest
+from mesh.hbone.client import HboneClientPool, failure_reason
 from mesh.identity import SpiffeId
 from mesh.model import MeshSnapshot, Workload
 from mesh.net import reset_on_close
@@ -181,12 +181,8 @@ class Inbound:
                 source=workload.identity, address=plan.dial, authority=plan.authority,
                 expected=[plan.expected_identity], source_address=record.src_addr[0],
             )  # fmt: skip
-        except HboneStreamRefused as exc:
-            return Failure(exc.reason or Reason.DESTINATION_REFUSED, str(exc))
-        except HboneConnectError as exc:
-            return Failure(exc.reason, str(exc))
         except HboneError as exc:
-            return Failure(Reason.CONNECTION_RESET, str(exc))
+            return Failure(failure_reason(exc), str(exc))
 
     async def _policy_then_dial(
         self, snapshot: MeshSnapshot, record: ConnectionRecord

@@ -22,8 +22,8 @@ from prometheus_client import CollectorRegistry
 
 from mesh.admin import json_response, metrics_route, ready_route, serve_http
 from mesh.backoff import Backoff
-from mesh.ca_client import CaClient, CertificateRequestError
-from mesh.certs import CertificateManager, open_certificate_manager
+from mesh.ca_client import CaClient
+from mesh.certs import open_certificate_manager
 from mesh.config_stream import ConfigClient
 from mesh.constants import ADMIN_PORT, DEFAULT_TRUST_DOMAIN, METRICS_PORT, READINESS_PORT
 from mesh.hbone.client import open_hbone_pool
@@ -94,20 +94,6 @@ class PodsFile:
         return self._map.get(workload.uid)
 
 
-async def _own_certificate(certs: CertificateManager, config: ZtunnelConfig) -> None:
-    """ztunnel's own certificate, retrying while the CA is not there yet."""
-    identity = ztunnel_identity(config.trust_domain)
-    next_delay = RETRY.delays()
-    while True:
-        try:
-            await certs.fetch_now(identity)
-            return
-        except CertificateRequestError as exc:
-            delay = next_delay()
-            log.warning("ztunnel_certificate_failed", reason=str(exc), retry_in=round(delay, 3))
-        await trio.sleep(delay)
-
-
 async def run_ztunnel(
     config: ZtunnelConfig, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
 ) -> None:
@@ -132,7 +118,7 @@ async def _run(
     )
     pods = PodsFile(config.pods_file)
     async with open_certificate_manager(ca) as certs:
-        await _own_certificate(certs, config)
+        await certs.fetch_until_issued(ztunnel_identity(config.trust_domain), RETRY)
 
         def cert_for(identity: SpiffeId) -> WorkloadCertificate:
             cert = certs.get(identity)

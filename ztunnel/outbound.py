@@ -16,8 +16,8 @@ from collections.abc import Callable
 import trio
 
 from mesh.capture import caught
-from mesh.hbone import HboneError, HboneStreamRefused, HboneStreamTimeout
-from mesh.hbone.client import HboneClientPool, HboneConnectError
+from mesh.hbone import HboneError
+from mesh.hbone.client import HboneClientPool, failure_reason
 from mesh.metrics import baggage
 from mesh.model import MeshSnapshot
 from mesh.net import reset_on_close
@@ -124,11 +124,5 @@ class Outbound:
                 source_address=source_ip,
                 headers=headers,
             )
-        except HboneStreamRefused as exc:
-            return Failure(exc.reason or Reason.DESTINATION_REFUSED, str(exc))
-        except HboneConnectError as exc:
-            return Failure(exc.reason, str(exc))
-        except HboneStreamTimeout as exc:
-            return Failure(Reason.TIMEOUT, str(exc))
         except HboneError as exc:
-            return Failure(Reason.CONNECTION_RESET, str(exc))
+            return Failure(failure_reason(exc), str(exc))

@@ -30,7 +30,13 @@ import trio
 
 from mesh.concurrency import open_service_nursery
 from mesh.hbone.connection import HboneConnection
-from mesh.hbone.settings import HboneError, HboneRetryableError, HboneSettings
+from mesh.hbone.settings import (
+    HboneError,
+    HboneRetryableError,
+    HboneSettings,
+    HboneStreamRefused,
+    HboneStreamTimeout,
+)
 from mesh.hbone.stream import HboneStream
 from mesh.identity import PeerVerificationError, SpiffeId, WorkloadCertificate
 from mesh.reason import Reason, reason_for_dial_error, reason_for_rule
@@ -50,6 +56,18 @@ class HboneConnectError(HboneError):
         super().__init__(detail)
         self.reason = reason
         self.rule = rule
+
+
+def failure_reason(exc: HboneError) -> Reason:
+    """Why a stream could not be opened, as one :class:`~mesh.reason.Reason`: the peer's own
+    reason when it refused, the connection's when none could be made."""
+    if isinstance(exc, HboneStreamRefused):
+        return exc.reason or Reason.DESTINATION_REFUSED
+    if isinstance(exc, HboneConnectError):
+        return exc.reason
+    if isinstance(exc, HboneStreamTimeout):
+        return Reason.TIMEOUT
+    return Reason.CONNECTION_RESET
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,21 @@ def _free_port() -> int:
         return port
 
 
+async def wait_listening(process: trio.Process, port: int) -> None:
+    """Until ``process`` listens on loopback ``port`` (a connect succeeds), at most 10 s."""
+    with trio.fail_after(10):
+        while True:
+            if process.returncode is not None:
+                raise RuntimeError(f"{process.args!r} exited with {process.returncode}")
+            try:
+                probe = await trio.open_tcp_stream("127.0.0.1", port)
+            except OSError:
+                await trio.sleep(0.02)
+                continue
+            await probe.aclose()
+            return
+
+
 @asynccontextmanager
 async def nghttpd_server(
     binary: Path, cert: WorkloadCertificate, tmp: Path, *options: str
@@ -94,17 +109,7 @@ async def nghttpd_server(
         stdout=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        with trio.fail_after(10):
-            while True:  # listening once a connect succeeds
-                if process.returncode is not None:
-                    raise RuntimeError(f"nghttpd exited with {process.returncode} (port taken?)")
-                try:
-                    probe = await trio.open_tcp_stream("127.0.0.1", port)
-                except OSError:
-                    await trio.sleep(0.02)
-                    continue
-                await probe.aclose()
-                break
+        await wait_listening(process, port)
         yield Nghttpd(process, ("127.0.0.1", port), htdocs)
     finally:
         with trio.CancelScope(shield=True):

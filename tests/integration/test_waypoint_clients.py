@@ -14,7 +14,7 @@ from pathlib import Path
 import trio
 
 from mesh.model import ServicePort
-from tests.integration.test_h2_interop_nghttp2 import _free_port, _tool
+from tests.integration.test_h2_interop_nghttp2 import _free_port, _tool, wait_listening
 from tests.integration.waypoint_support import Mesh, Pod, open_mesh
 from tests.pki import Pki
 
@@ -33,15 +33,7 @@ async def nghttpd_h2c(tmp: Path) -> AsyncIterator[int]:
         stdout=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        with trio.fail_after(10):
-            while True:
-                try:
-                    probe = await trio.open_tcp_stream("127.0.0.1", port)
-                except OSError:
-                    await trio.sleep(0.02)
-                    continue
-                await probe.aclose()
-                break
+        await wait_listening(process, port)
         yield port
     finally:
         with trio.CancelScope(shield=True):
