@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 import pytest
+import trio
 
 from tests.e2e.conftest import Cluster, demo_manifest, eventually, run
 
@@ -117,3 +118,49 @@ async def test_requests_cross_the_waypoint_are_counted_denied_and_fail_closed(
 
 async def _is(result: Any, expected: str) -> bool:
     return bool(await result == expected)
+
+
+# A server whose /slow answers after 0.6 s (a waypoint drains 1 s in local mode).
+SLOW_SERVER = (
+    "import http.server, time\n"
+    "class H(http.server.BaseHTTPRequestHandler):\n"
+    "    protocol_version = 'HTTP/1.1'\n"
+    "    def do_GET(self):\n"
+    "        if self.path == '/slow': time.sleep(0.6)\n"
+    "        body = b'done'\n"
+    "        self.send_response(200); self.send_header('content-length', str(len(body)))\n"
+    "        self.end_headers(); self.wfile.write(body)\n"
+    "    def log_message(self, *a): pass\n"
+    "http.server.ThreadingHTTPServer(('0.0.0.0', 8080), H).serve_forever()\n"
+)
+
+
+async def test_a_waypoint_restart_lets_the_requests_in_flight_finish(cluster: Cluster) -> None:
+    slow = MESHED.replace(
+        'command: [python3, -m, http.server, "8080", --bind, 0.0.0.0]',
+        "command: [python3, -c, " + json.dumps(SLOW_SERVER) + "]",
+    )
+    assert slow != MESHED
+    await cluster.up(cluster.manifest("demo.yaml", slow))
+    applied = await cluster.ambit("waypoint", "apply", "-n", "demo", "--enroll-namespace")
+    assert applied.returncode == 0, applied.stderr.decode()
+    assert await eventually(lambda: bound(cluster), seconds=30)
+    assert await eventually(lambda: _is(curl(cluster, "http://server/"), "200"), seconds=20)
+    script = (
+        "for i in 1 2 3 4 5 6; do curl -s -m 10 -o /dev/null -w '%{http_code}\\n'"
+        " http://server/slow & done; wait"
+    )
+    codes: list[str] = []
+
+    async def requests() -> None:
+        done = await cluster.exec("client", "sh", "-c", script)
+        codes.extend(done.stdout.decode().split())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(requests)
+        await trio.sleep(0.3)  # the six are in flight at the waypoint now
+        restarted = await cluster.ambit("restart", "waypoint/demo/waypoint")
+        assert restarted.returncode == 0, restarted.stderr.decode()
+    assert codes == ["200"] * 6
+    # The new waypoint serves the next requests.
+    assert await eventually(lambda: _is(curl(cluster, "http://server/"), "200"), seconds=20)
