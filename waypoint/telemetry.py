@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import astuple, dataclass, fields
-from typing import Final
+from dataclasses import dataclass, fields
+from operator import attrgetter
+from typing import Any, Final
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -72,10 +73,13 @@ class RequestLabels:
 
     @property
     def values(self) -> tuple[str, ...]:
-        return tuple(astuple(self))
+        values: tuple[str, ...] = _VALUES(self)
+        return values
 
 
 LABEL_NAMES: Final = tuple(f.name for f in fields(RequestLabels))
+_VALUES: Final = attrgetter(*LABEL_NAMES)
+SERIES_LIMIT: Final = 4096  # label sets whose children are kept; past it, start over
 
 
 def _label(w: Workload, keys: tuple[str, ...]) -> str | None:
@@ -133,6 +137,7 @@ class RequestMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.tcp = TcpMetrics(registry)  # connections relayed as TCP, reporter="waypoint"
+        self._series: dict[RequestLabels, tuple[Any, ...]] = {}
         self.requests = Counter(
             "istio_requests", "Requests handled by the waypoint", LABEL_NAMES, registry=registry
         )
@@ -160,22 +165,39 @@ class RequestMetrics:
             registry=registry,
         )  # fmt: skip
 
+    def _children(self, labels: RequestLabels) -> tuple[Any, ...]:
+        """The metrics' children for ``labels``, looked up once per label set (a request
+        with the same source, destination and outcome as an earlier one costs a dict
+        lookup, not six label validations)."""
+        children = self._series.get(labels)
+        if children is None:
+            if len(self._series) >= SERIES_LIMIT:
+                self._series.clear()
+            values = labels.values
+            children = tuple(
+                m.labels(*values)
+                for m in (self.requests, self.duration, self.request_bytes,
+                          self.response_bytes, self.request_messages, self.response_messages)
+            )  # fmt: skip
+            self._series[labels] = children
+        return children
+
     def messages(self, labels: RequestLabels, sent: int, received: int) -> None:
         """gRPC messages of one call: ``sent`` by the client, ``received`` by it."""
-        values = labels.values
+        children = self._children(labels)
         if sent:
-            self.request_messages.labels(*values).inc(sent)
+            children[4].inc(sent)
         if received:
-            self.response_messages.labels(*values).inc(received)
+            children[5].inc(received)
 
     def record(
         self, labels: RequestLabels, duration_ms: float, request_bytes: int, response_bytes: int
     ) -> None:
-        values = labels.values
-        self.requests.labels(*values).inc()
-        self.duration.labels(*values).observe(duration_ms)
-        self.request_bytes.labels(*values).observe(request_bytes)
-        self.response_bytes.labels(*values).observe(response_bytes)
+        requests, duration, sent, received, _, _ = self._children(labels)
+        requests.inc()
+        duration.observe(duration_ms)
+        sent.observe(request_bytes)
+        received.observe(response_bytes)
 
 
 @dataclass
