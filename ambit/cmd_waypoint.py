@@ -15,6 +15,7 @@ waypoint's pod (or a Kubernetes Deployment) runs: its flags become a
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any, TypeAlias
@@ -125,6 +126,11 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
         "--drain-seconds", type=float, default=25.0,
         help="after SIGTERM, how long requests in flight may finish (default %(default)s)",
     )  # fmt: skip
+    parser.add_argument(
+        "--ready-file", type=Path, default=os.environ.get("AMBIT_READY_FILE") or None,
+        help="written once this waypoint is ready, so a restart can hand over to it before"
+        " the old one drains (default: $AMBIT_READY_FILE, set by local mode)",
+    )  # fmt: skip
 
 
 def _address(text: str, default_port: int) -> tuple[str, int]:
@@ -156,6 +162,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         trust_domain=args.trust_domain,
         listen_ip=args.listen_ip,
         drain_seconds=args.drain_seconds,
+        ready_file=args.ready_file,
     )
 
 

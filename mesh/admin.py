@@ -16,10 +16,13 @@ answered, logged once (``admin_bad_request``) and closed; others are unaffected.
 from __future__ import annotations
 
 import inspect
+import json
+import os
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import partial
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any, TypeAlias
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -325,3 +328,22 @@ def _request(head: h11.Request) -> Request:
         query=dict(parse_qsl(target.query, keep_blank_values=True)),
         headers=headers,
     )
+
+
+async def announce_ready(
+    is_ready: Callable[[], tuple[bool, str]], path: Path, *, poll: float = 0.05
+) -> bool:
+    """Write ``path`` (``{"pid": ..., "ready": true}``) once ``is_ready`` first says so: what
+    a hand-over waits for before it tells the old process to drain. False (logged) when the
+    file cannot be written; serving goes on either way."""
+    while not is_ready()[0]:  # noqa: ASYNC110 - readiness has no event: pods come and go
+        await trio.sleep(poll)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary.write_text(json.dumps({"pid": os.getpid(), "ready": True}))
+        os.replace(temporary, path)
+    except OSError as exc:
+        log.error("ready_file_unwritable", path=str(path), reason=str(exc))
+        return False
+    return True

@@ -10,6 +10,7 @@ in local mode one the local cluster writes for the waypoint's pod).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from mesh import constants
 from mesh.constants import (
@@ -41,6 +42,9 @@ class WaypointConfig:
     readiness_port: int = READINESS_PORT
     # After SIGTERM: how long requests and streams in flight may finish.
     drain_seconds: float = 25.0
+    # Written ({"pid": ..., "ready": true}) the first time this waypoint is ready: a
+    # restart starts the new one beside the old (SO_REUSEPORT) and waits for it.
+    ready_file: Path | None = None
 
     @property
     def identity(self) -> SpiffeId:

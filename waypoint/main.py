@@ -20,7 +20,7 @@ import structlog
 import trio
 from prometheus_client import CollectorRegistry
 
-from mesh.admin import json_response, metrics_route, ready_route, serve_http
+from mesh.admin import announce_ready, json_response, metrics_route, ready_route, serve_http
 from mesh.backoff import Backoff
 from mesh.ca_client import CaClient
 from mesh.certs import open_certificate_manager
@@ -32,6 +32,7 @@ from mesh.http import Request, Response
 from mesh.identity import SpiffeId, WorkloadCertificate, control_plane_identity
 from mesh.memory import serve_heap_trimmer
 from mesh.model import MeshSnapshot
+from mesh.net import open_listener
 from waypoint.config import WaypointConfig
 from waypoint.dispatch import Dispatcher
 from waypoint.gate import Gate
@@ -166,18 +167,24 @@ async def _run(
                     bound.append(await nursery.start(_serve, routes, host, port))
                 accepting = trio.CancelScope()
 
+                # SO_REUSEPORT: during a restart the new waypoint serves beside the old.
+                listener = await open_listener(config.listen_ip, config.hbone_port,
+                                               reuse_port=True)  # fmt: skip
+
                 async def hbone(task_status: trio.TaskStatus[tuple[str, int]]) -> None:
                     with accepting:
                         await serve_hbone(
-                            proxy.handle, certificate=current, host=config.listen_ip,
-                            port=config.hbone_port, handler_nursery=handlers,
-                            connections=connections, task_status=task_status,
+                            proxy.handle, certificate=current, listener=listener,
+                            handler_nursery=handlers, connections=connections,
+                            task_status=task_status,
                         )  # fmt: skip
 
                 address = await nursery.start(hbone)
                 log.info("waypoint_started", waypoint=proxy.key, identity=str(identity),
                          hbone=f"{address[0]}:{address[1]}")  # fmt: skip
                 task_status.started(Listening(address, *bound))
+                if config.ready_file is not None:
+                    nursery.start_soon(announce_ready, state.ready, config.ready_file)
                 async for signum in stop_signals:
                     log.info("waypoint_stopping", signal=signal.Signals(signum).name)
                     break
@@ -200,4 +207,4 @@ async def _run(
 async def _serve(
     routes: dict[str, Any], host: str, port: int, *, task_status: trio.TaskStatus[tuple[str, int]]
 ) -> None:
-    await serve_http(routes, host=host, port=port, task_status=task_status)
+    await serve_http(routes, host=host, port=port, reuse_port=True, task_status=task_status)

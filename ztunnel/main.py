@@ -20,7 +20,7 @@ import structlog
 import trio
 from prometheus_client import CollectorRegistry
 
-from mesh.admin import json_response, metrics_route, ready_route, serve_http
+from mesh.admin import announce_ready, json_response, metrics_route, ready_route, serve_http
 from mesh.backoff import Backoff
 from mesh.ca_client import CaClient
 from mesh.certs import open_certificate_manager
@@ -173,19 +173,10 @@ async def _run(
                 nursery.cancel_scope.cancel()
 
 
-async def _announce_ready(zt: Ztunnel, path: Path, poll: float = 0.05) -> None:
+async def _announce_ready(zt: Ztunnel, path: Path) -> None:
     """Write ``path`` once ``zt`` is first ready (it has config and every pod captured)."""
-    while not zt.ready()[0]:  # noqa: ASYNC110 - readiness has no event: pods come and go
-        await trio.sleep(poll)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary.write_text(json.dumps({"pid": os.getpid(), "ready": True}))
-        os.replace(temporary, path)
-    except OSError as exc:  # only a hand-over waits for it: serving goes on
-        log.error("ready_file_unwritable", path=str(path), reason=str(exc))
-        return
-    log.info("ztunnel_ready", node=zt.node, pods=len(zt.status()["pods"]))
+    if await announce_ready(zt.ready, path):
+        log.info("ztunnel_ready", node=zt.node, pods=len(zt.status()["pods"]))
 
 
 async def _serve(

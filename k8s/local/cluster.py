@@ -13,7 +13,6 @@ control plane and the ztunnels: restarted when they exit.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -30,6 +29,7 @@ from k8s.local.components import STABLE_SECONDS, _Component, _name
 from k8s.local.config import ClusterConfig
 from k8s.local.controllers import derive, with_derived
 from k8s.local.errors import LocalClusterError
+from k8s.local.handover import hand_over
 from k8s.local.hooks import (
     LocalHooks,
     MeshState,
@@ -155,10 +155,7 @@ class LocalCluster(ClusterStatus):
                 await self._start_controlplane(planned=True)
                 new = self.controlplane
             elif name in self._component_pods:
-                await self.supervisor.stop(name)
-                pod = self._pods[self._component_pods[name]]
-                await self._start_pod_process(pod, planned=True)
-                new = pod.process
+                new = await self._hand_over_pod(name, ready_timeout)
             else:
                 node = self._nodes[name.removeprefix("ztunnel/")]
                 new = await self._hand_over(node, ready_timeout)
@@ -170,35 +167,36 @@ class LocalCluster(ClusterStatus):
             }  # fmt: skip
 
     async def _hand_over(self, node: _Node, ready_timeout: float) -> Running:
-        old = node.ztunnel
-        ready = self.config.ztunnel_ready_file(node.plan.name)
-        ready.unlink(missing_ok=True)
         name = f"ztunnel/{node.plan.name}"
-        if old is not None and not old.exited.is_set():
-            self.supervisor.retire(name)
-        await self._start_ztunnel(node, planned=True)
-        new = node.ztunnel
-        assert new is not None
-        log.info("ztunnel_handover_started", node=node.plan.name, old_pid=old and old.pid,
-                 new_pid=new.pid)  # fmt: skip
-        with trio.move_on_after(ready_timeout) as waited:
-            while not new.exited.is_set() and _ready_pid(ready) != new.pid:  # noqa: ASYNC110
-                await trio.sleep(0.05)
-        if waited.cancelled_caught or new.exited.is_set():
-            # The successor failed: keep the old ztunnel serving, stop the new one.
-            await self.supervisor.stop(name)
-            if old is not None and not old.exited.is_set():
-                self.supervisor.running[name] = old
-                self._components[name].running = old
-                node.ztunnel = old
-            why = f"exited with code {new.exit_code}" if new.exited.is_set() else "not ready"
-            raise LocalClusterError(
-                f"the new ztunnel of {node.plan.name} {why} within {ready_timeout:.0f}s;"
-                f" the old one (pid {old and old.pid}) keeps serving. See 'ambit logs {name}'"
-            )
-        if old is not None:
-            await self.supervisor.stop_process(old)  # it drains, then exits
-        return new
+
+        async def start() -> Running:
+            await self._start_ztunnel(node, planned=True)
+            assert node.ztunnel is not None
+            return node.ztunnel
+
+        def keep_old(old: Running) -> None:
+            self._components[name].running = node.ztunnel = old
+
+        return await hand_over(
+            self.supervisor, name, start, self.config.ztunnel_ready_file(node.plan.name),
+            ready_timeout=ready_timeout, keep_old=keep_old,
+        )  # fmt: skip
+
+    async def _hand_over_pod(self, name: str, ready_timeout: float) -> Running:
+        pod = self._pods[self._component_pods[name]]
+
+        async def start() -> Running:
+            await self._start_pod_process(pod, planned=True)
+            assert pod.process is not None
+            return pod.process
+
+        def keep_old(old: Running) -> None:
+            self._components[name].running = pod.process = old
+
+        return await hand_over(
+            self.supervisor, name, start, self.config.component_ready_file(name),
+            ready_timeout=ready_timeout, keep_old=keep_old,
+        )  # fmt: skip
 
     def components(self) -> list[dict[str, Any]]:
         """Each supervised component: name, pid, status, restarts, age (seconds)."""
@@ -406,6 +404,8 @@ class LocalCluster(ClusterStatus):
             return
         pod.component, grace = component
         self._component_pods[pod.component] = pod.plan.ref
+        # A restart waits for this file before the old process drains (a hand-over).
+        env["AMBIT_READY_FILE"] = str(self.config.component_ready_file(pod.component))
         pod.process = await self._supervise(
             pod.component, pod.plan.netns, spec.argv, log_path, stop_grace=grace,
             planned=planned, env=env,
@@ -463,16 +463,6 @@ class LocalCluster(ClusterStatus):
                     LocalClusterError
                 ) as exc:  # e.g. iptables-restore failed; next change retries
                     log.error("refresh_failed", reason=str(exc))
-
-
-def _ready_pid(path: Path) -> int | None:
-    """The PID in a ztunnel's ready file, or None while there is none."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    pid = data.get("pid") if isinstance(data, dict) else None
-    return pid if isinstance(pid, int) else None
 
 
 def _differs(running: PodPlan, wanted: PodPlan) -> bool:

@@ -151,6 +151,11 @@ class ClusterConfig:
         """Written by a node's ztunnel when it is first ready (``--ready-file``)."""
         return self.state_dir / "mesh" / "ready" / f"{_safe(node)}.json"
 
+    def component_ready_file(self, component: str) -> Path:
+        """Written by a supervised pod's process (a waypoint) when it is first ready
+        (``$AMBIT_READY_FILE``), so a restart can hand over to it."""
+        return self.state_dir / "mesh" / "ready" / f"{_safe(component.replace('/', '_'))}.json"
+
     def ztunnel_log(self, node: str) -> Path:
         return ztunnel_log(self.state_dir, node)
 
