@@ -9,6 +9,10 @@ model form.
 - ``istio.io/use-waypoint`` (or ``ambit.io/``) on a Namespace, Service or Pod names a
   waypoint in the object's namespace, or in the one ``...use-waypoint-namespace`` names;
   ``none`` opts a Service or Pod out of its namespace's (:func:`use_waypoint`).
+- A waypoint of another namespace is used only when its listeners' ``allowedRoutes``
+  admit the object's namespace (``All``, or a ``Selector`` matching its labels, as Istio
+  asks of ``use-waypoint-namespace``); otherwise ``WaypointNotAllowed`` and the traffic
+  fails closed.
 - A waypoint is used only when its Gateway exists, is of a waypoint class, takes that
   traffic, and is ready: the Service with its key has an endpoint in the mesh, so
   ztunnel's plan never sends traffic to a waypoint that is not running
@@ -45,7 +49,10 @@ from mesh.constants import (
 WAYPOINT_NOT_FOUND: Final = "WaypointNotFound"
 WAYPOINT_NOT_READY: Final = "WaypointNotReady"
 WAYPOINT_TRAFFIC_MISMATCH: Final = "WaypointTrafficMismatch"
-WAYPOINT_REASONS: Final = (WAYPOINT_NOT_FOUND, WAYPOINT_NOT_READY, WAYPOINT_TRAFFIC_MISMATCH)
+WAYPOINT_NOT_ALLOWED: Final = "WaypointNotAllowed"
+WAYPOINT_REASONS: Final = (
+    WAYPOINT_NOT_FOUND, WAYPOINT_NOT_READY, WAYPOINT_TRAFFIC_MISMATCH, WAYPOINT_NOT_ALLOWED,
+)  # fmt: skip
 INVALID_WAYPOINT_FOR: Final = "InvalidWaypointFor"
 OPT_OUT: Final = "none"  # use_waypoint's answer for an object that opts out
 
@@ -108,6 +115,7 @@ def resolve_waypoint(
     entry: model_l7.Gateway | None,
     gateway: m.Gateway | None,
     ready: bool,
+    admitted: bool = True,
 ) -> tuple[str | None, Problem | None]:
     """The waypoint traffic (to a Service, a workload; None: do not ask) must cross when
     an object names ``key``, and what is wrong with it: ``(key, None)`` when it runs;
@@ -116,7 +124,11 @@ def resolve_waypoint(
     policies; ``(None, why)`` when the waypoint takes no such traffic (a missing one is
     taken to take Services' traffic only, the default). ``entry`` is
     the waypoint, ``gateway`` the Gateway object of that key if any, ``ready`` whether
-    the Service of that key has an endpoint in the mesh."""
+    the Service of that key has an endpoint in the mesh, ``admitted`` whether its
+    listeners admit the namespace of the object (:meth:`mesh.model_l7.Gateway.admits`):
+    when they do not, the binding is :func:`mesh.model_l7.refused_waypoint` of the key, a
+    waypoint that never exists, so ztunnel refuses the traffic and the waypoint, which
+    serves only what is bound to its own key, would too."""
     if entry is None:
         if gateway is None:
             found = f"there is no Gateway {key}"
@@ -136,6 +148,12 @@ def resolve_waypoint(
             WAYPOINT_TRAFFIC_MISMATCH,
             f"uses waypoint {key}, which does not take traffic {what} (waypoint-for:"
             f" {entry.for_traffic}); its traffic goes without a waypoint",
+        )
+    if not admitted:
+        return model_l7.refused_waypoint(key), Problem(
+            WAYPOINT_NOT_ALLOWED,
+            f"uses waypoint {key}, whose listeners do not admit this namespace (their"
+            " allowedRoutes); its traffic is refused, never sent around the waypoint",
         )
     if not ready:
         return key, Problem(

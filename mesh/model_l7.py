@@ -27,6 +27,14 @@ PathType: TypeAlias = Literal["Exact", "PathPrefix", "RegularExpression"]
 ForTraffic: TypeAlias = Literal["service", "workload", "all", "none"]
 
 MAX_WEIGHT = 1_000_000
+REFUSED_WAYPOINT = "#not-admitted"  # suffix of a waypoint key that names no waypoint
+
+
+def refused_waypoint(key: str) -> str:
+    """The binding of an object whose namespace waypoint ``key`` does not admit: a key no
+    Service has (``#`` is in no Service name), so ztunnel refuses its traffic as it does a
+    missing waypoint's, and the waypoint ``key`` does not serve it."""
+    return key + REFUSED_WAYPOINT
 
 
 def _check(ok: bool, message: str) -> None:

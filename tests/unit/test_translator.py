@@ -10,7 +10,7 @@ import math
 import random
 from collections.abc import Iterable
 from dataclasses import replace
-from typing import Any
+from typing import Any, Literal
 
 from k8s import manifests as m
 from k8s.store import ObjectRef, ref_of
@@ -33,7 +33,7 @@ from k8s.translate_parts import _endpoint, _ports, _workload
 from k8s.translate_policy import peer_authentication
 from mesh import route_status
 from mesh.model import MeshSnapshot, Service, diff
-from mesh.model_l7 import BackendRef, GrpcRule, HttpMatch, HttpRule, ParentRef
+from mesh.model_l7 import BackendRef, GrpcRule, HttpMatch, HttpRule, Listener, ParentRef
 from tests.k8s_builders import gateway, ns, pod, svc
 
 EARLY, LATE = "2026-12-01T10:00:00Z", "2026-12-01T10:00:05Z"
@@ -214,14 +214,23 @@ def random_object(rng: random.Random) -> m.K8sObject:
             labels=rng.choice(USE),
         )
     if kind == "Namespace":
-        return ns(namespace, ambient=rng.random() < 0.5, labels=rng.choice(USE))
+        team = rng.choice([{}, {"team": "x"}])  # what a listener's selector may look for
+        return ns(namespace, ambient=rng.random() < 0.5, labels=rng.choice(USE) | team)
     if kind == "Gateway":  # a waypoint when of a waypoint class and its Service runs
-        return gateway(
+        found = gateway(
             f"w{rng.randrange(2)}",
             namespace,
             gateway_class=rng.choice(["istio-waypoint", "ambit-waypoint", "other"]),
             labels=rng.choice([{}, *({"istio.io/waypoint-for": f} for f in ("workload", "all"))]),
         )
+        allowed: Literal["All", "Same", "Selector"] = rng.choice(
+            ["Same", "Same", "All", "Selector"]
+        )
+        chosen: tuple[tuple[str, str], ...] | None = (
+            (("team", "x"),) if allowed == "Selector" else None
+        )
+        listener = Listener("mesh", 15008, "HBONE", allowed_from=allowed, namespace_selector=chosen)
+        return replace(found, listeners=(listener,))
     if kind == "Route":  # HTTP or gRPC, on a Service (some port) or a Gateway
         names = ["s0", "s1", "s2", "w0"]
         parent = rng.choice(
@@ -340,7 +349,10 @@ def with_waypoints(
         gateway = refs.get(("Gateway", gateway_ns, gateway_name))
         assert gateway is None or isinstance(gateway, m.Gateway)
         ready = waypoint_ready(snapshot.service(wanted), snapshot.workload)
-        key, problem = resolve_waypoint(wanted, traffic, gateways.get(wanted), gateway, ready)
+        entry = gateways.get(wanted)
+        labels = namespace.labels if namespace is not None else ()
+        admitted = entry is None or entry.admits(own_namespace, labels)
+        key, problem = resolve_waypoint(wanted, traffic, entry, gateway, ready, admitted)
         if problem and (explicit or (traffic == "service" and "Mismatch" not in problem.reason)):
             reasons[ref] = (*reasons.get(ref, ()), problem.reason)
         return None if key in serves else key

@@ -21,6 +21,7 @@ from mesh.model_l7 import (
     HeaderMatch,
     HttpMatch,
     HttpRule,
+    Listener,
     ParentRef,
 )
 from tests.k8s_builders import gateway, ns, pod, svc
@@ -119,7 +120,9 @@ def test_an_object_label_names_a_waypoint_in_its_own_or_another_namespace() -> N
     objects = [
         *shop(),
         ns("infra"),
-        gateway("edge", "infra"),
+        # Its listener admits every namespace: a waypoint of another namespace needs that.
+        dataclasses.replace(gateway("edge", "infra"), listeners=(
+            Listener("mesh", 15008, "HBONE", allowed_from="All"),)),
         pod("edge-1", "infra", ip="10.0.2.1", labels={"gateway": "edge"}),
         svc("edge", "infra", selector={"gateway": "edge"}, ports=MESH_PORT, cluster_ip="10.96.2.1"),
         svc("api", "shop", selector={"app": "web"}, cluster_ip="10.96.0.2",
