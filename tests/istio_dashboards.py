@@ -40,7 +40,7 @@ NEEDS: Final = (
     Need(
         ("istio_requests_total",),
         (*_WHO, "response_code", "destination_principal", "source_cluster", "destination_cluster"),
-    ),  # fmt: skip
+    ),
     # Latency: milliseconds, or seconds where a proxy reports those (``or`` in the query).
     Need(
         ("istio_request_duration_milliseconds_bucket", "istio_request_duration_seconds_bucket"),
