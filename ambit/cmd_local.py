@@ -316,6 +316,10 @@ def _get_objects(args: argparse.Namespace, kind: str, namespaced: bool) -> int:
         print(yaml.safe_dump(items[0] if one else items, sort_keys=False), end="")
     elif args.output == "json":
         print(json.dumps(items[0] if one else items, indent=2))
+    elif not items:
+        print("No resources found")
+    elif kind in ("HTTPRoute", "GRPCRoute"):
+        print(tables.routes_table(items, namespaced and args.all_namespaces))
     else:
         header = ["NAME", "STATUS", "AGE"]
         rows = [[i["metadata"]["name"], tables.status(i), tables.age(i)] for i in items]
@@ -323,7 +327,7 @@ def _get_objects(args: argparse.Namespace, kind: str, namespaced: bool) -> int:
             header.insert(0, "NAMESPACE")
             for row, item in zip(rows, items, strict=True):
                 row.insert(0, item["metadata"]["namespace"])
-        print(tables.table(header, rows) if items else "No resources found")
+        print(tables.table(header, rows))
     return 0
 
 

@@ -1,5 +1,6 @@
-"""How ``ambit get`` prints: kubectl-style tables of pods, workloads, Services, nodes
-and objects, and the one-word STATUS and AGE columns. Output only."""
+"""How ``ambit get`` prints: kubectl-style tables of pods, workloads, Services, nodes,
+routes (with their ``Accepted`` and ``ResolvedRefs``) and objects, and the one-word
+STATUS and AGE columns. Output only."""
 
 from __future__ import annotations
 
@@ -108,3 +109,25 @@ def ztunnel_status(node: dict[str, Any]) -> str:
     if node["ztunnel_exit_code"] is not None:
         return f"Exited({node['ztunnel_exit_code']})"
     return f"Running (pid {node['ztunnel_pid']})"
+
+
+def condition(item: dict[str, Any], kind: str) -> str:
+    """One condition in a word or two: ``True``, or its status and reason
+    (``False (BackendNotFound)``); ``-`` while it has not been written."""
+    for c in (item.get("status") or {}).get("conditions") or []:
+        if c.get("type") == kind:
+            return "True" if c.get("status") == "True" else f"{c.get('status')} ({c.get('reason')})"
+    return "-"
+
+
+def routes_table(items: list[dict[str, Any]], all_namespaces: bool) -> str:
+    """HTTPRoutes or GRPCRoutes as kubectl lists them (NAME, HOSTNAMES, AGE), with their
+    ``Accepted`` and ``ResolvedRefs`` conditions."""
+    rows = []
+    for i in items:
+        hostnames = ",".join((i.get("spec") or {}).get("hostnames") or []) or "*"
+        accepted, resolved = condition(i, "Accepted"), condition(i, "ResolvedRefs")
+        row = [i["metadata"]["name"], hostnames, accepted, resolved, age(i)]
+        rows.append([i["metadata"]["namespace"], *row] if all_namespaces else row)
+    header = ["NAME", "HOSTNAMES", "ACCEPTED", "RESOLVED", "AGE"]
+    return table(["NAMESPACE", *header] if all_namespaces else header, rows)

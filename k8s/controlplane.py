@@ -55,14 +55,7 @@ from k8s.translate import (
     Translator,
     ztunnel_acceptance,
 )
-from k8s.translate_l7 import (
-    BACKEND_NOT_FOUND,
-    INVALID_KIND,
-    INVALID_WAYPOINT_FOR,
-    PARENT_NOT_FOUND,
-    WAYPOINT_REASONS,
-    waypoint_ready,
-)
+from k8s.translate_l7 import INVALID_WAYPOINT_FOR, WAYPOINT_REASONS, waypoint_ready
 from mesh.certs import open_certificate_manager
 from mesh.constants import (
     CONDITION_ACCEPTED,
@@ -82,6 +75,7 @@ from mesh.identity import (
     ztunnel_identity,
 )
 from mesh.model import MeshSnapshot
+from mesh.route_status import ACCEPTED, NOT_ACCEPTED, NOT_RESOLVED, RESOLVED_REFS
 from mesh.tokens import TokenTable
 
 log = structlog.get_logger("k8s.controlplane")
@@ -357,8 +351,8 @@ def gateway_api_conditions(
     """Gateway API's own conditions on the Gateway API objects ambit is the controller
     of: a GatewayClass of a waypoint class is ``Accepted``; a waypoint Gateway is
     ``Accepted`` and ``Programmed`` once a waypoint proxy runs for it (its Service has a
-    meshed endpoint); a route is ``Accepted`` when its parents exist and ``ResolvedRefs``
-    when its backends do. (Gateway API writes a route's conditions per parent, in
+    meshed endpoint); a route ``Accepted`` and ``ResolvedRefs`` (:func:`route_conditions`).
+    (Gateway API writes a route's conditions per parent, in
     ``status.parents``; ambit writes them once, on the route.) Objects of other
     controllers get none."""
     reasons = {p.reason: p for p in problems}
@@ -383,17 +377,31 @@ def gateway_api_conditions(
             )  # fmt: skip
         return [accepted, programmed]
     if isinstance(entry_obj, HTTPRoute | GRPCRoute):
-        parent = reasons.get(PARENT_NOT_FOUND)
-        backend = reasons.get(BACKEND_NOT_FOUND) or reasons.get(INVALID_KIND)
-        return [
-            Condition("Accepted", "False", "NoMatchingParent", parent.message)
-            if parent
-            else Condition("Accepted", "True", "Accepted", "every parent exists"),
-            Condition("ResolvedRefs", "False", backend.reason, backend.message)
-            if backend
-            else Condition("ResolvedRefs", "True", "ResolvedRefs", "every backend exists"),
-        ]
+        return route_conditions(problems)
     return []
+
+
+def route_conditions(problems: tuple[Problem, ...]) -> list[Condition]:
+    """A route's ``Accepted`` and ``ResolvedRefs``, as :mod:`mesh.route_status` decides
+    them: False with the reason of the first problem of each, and every such problem's
+    sentence in the message; True (reasons ``Accepted``, ``ResolvedRefs``) otherwise."""
+
+    def condition(kind: str, reasons: tuple[str, ...], ok: str) -> Condition:
+        found = [p for p in problems if p.reason in reasons]
+        if not found:
+            return Condition(kind, "True", kind, ok)
+        shown = [p.message for p in found[:_SHOWN]]
+        if len(found) > _SHOWN:
+            shown.append(f"and {len(found) - _SHOWN} more")
+        return Condition(kind, "False", found[0].reason, "; ".join(shown))
+
+    return [
+        condition(ACCEPTED, NOT_ACCEPTED, "every parent takes the route; waypoints apply it"),
+        condition(RESOLVED_REFS, NOT_RESOLVED, "every backend is a Service port in the mesh"),
+    ]
+
+
+_SHOWN: Final = 8  # problems spelled out in one condition's message
 
 
 def write_conditions(store: ObjectStore, translation: Translation) -> None:

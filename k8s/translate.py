@@ -70,7 +70,7 @@ from k8s.translate_policy import authorization as authorization
 from k8s.translate_policy import peer_authentication
 from k8s.translate_policy import ztunnel_acceptance as ztunnel_acceptance
 from k8s.translate_waypoints import WaypointBinding, _Batch
-from mesh import model, model_l7
+from mesh import model, model_l7, route_status
 from mesh.constants import DEFAULT_TRUST_DOMAIN, LABEL_GATEWAY_NAME
 
 
@@ -193,7 +193,7 @@ class Translator(WaypointBinding):
         kind, _, name = ref
         if kind in ("Namespace", "Service", "Pod"):
             self._relabel(ref, old, obj)
-        if kind in ("Service", "Gateway") and (old is None) != (obj is None):
+        if kind == "Gateway" or (kind == "Service" and (old is None) != (obj is None)):
             batch.routes.update(self._route_targets.get(ref))
         if kind == "Pod":
             self._put_pod(ref, _typed(old, m.Pod), _typed(obj, m.Pod), batch)
@@ -205,6 +205,7 @@ class Translator(WaypointBinding):
                 batch.workloads.update(self._pods_of.get(name))
                 batch.waypoint_services.update(self._services_of.get(name))
                 batch.namespaces.add(ref)
+                batch.routes.update(self._route_targets.get(ref))  # allowedRoutes selectors
         elif kind == "AuthorizationPolicy":
             policy = _typed(obj, m.AuthorizationPolicy)
             self._authorizations.set(_key(ref), authorization(policy) if policy else None)
@@ -251,6 +252,8 @@ class Translator(WaypointBinding):
         for target in after - before:
             self._route_targets.add(target, ref)
         b.routes.add(ref)
+        for target in before | after:  # routes beside it on a Service may (no longer) conflict
+            b.routes.update(self._route_targets.get(target))
         if ref[0] == "HTTPRoute":
             route = _typed(new, m.HTTPRoute)
             self._http_routes.set(_key(ref), http_route(route) if route else None)
@@ -343,12 +346,39 @@ class Translator(WaypointBinding):
             )
             self._services.set(_key(ref), entry)
         self._bind_waypoints(batch, touched)
-        for ref in batch.routes:
+        for ref in touched:  # a Service that appeared, went or changed its ports
+            batch.routes.update(self._route_targets.get(ref))
+        self._check_routes(batch.routes)
+
+    def _check_routes(self, refs: set[ObjectRef]) -> None:
+        """The problems of the routes ``refs``, decided among every route beside them on a
+        Service (``Conflicted``)."""
+        if not refs:
+            return
+        context = set(refs)
+        for ref in refs:
             route = self._objects.get(ref)
-            found: tuple[Problem, ...] = ()
             if isinstance(route, m.HTTPRoute | m.GRPCRoute):
-                found = route_problems(route, self._objects.__contains__)
-            self._set_problems(self._l7_problems, ref, found)
+                for target in route_targets(route):
+                    if target[0] == "Service":
+                        context.update(self._route_targets.get(target))
+        routes = [r for ref in sorted(context) if (r := self._model_route(ref)) is not None]
+        gateways = route_status.Gateways(self._gateways.get, self._gateway_exists, self._ns_labels)
+        found = route_problems(routes, self._services.get, gateways)
+        for ref in refs:
+            self._set_problems(self._l7_problems, ref, found.get(ref, ()))
+
+    def _model_route(self, ref: ObjectRef) -> model_l7.HttpRoute | model_l7.GrpcRoute | None:
+        entries = self._http_routes if ref[0] == "HTTPRoute" else self._grpc_routes
+        return entries.get(_key(ref))
+
+    def _gateway_exists(self, key: str) -> bool:
+        namespace, _, name = key.partition("/")
+        return ("Gateway", namespace, name) in self._objects
+
+    def _ns_labels(self, namespace: str) -> m.Pairs:
+        found = self._objects.get(("Namespace", "", namespace))
+        return found.labels if found is not None else ()
 
     def _is_waypoint(self, key: str) -> bool:
         return self._gateways.get(key) is not None

@@ -9,6 +9,10 @@ model form.
 - ``istio.io/use-waypoint`` (or ``ambit.io/``) on a Namespace, Service or Pod names a
   waypoint in the object's namespace, or in the one ``...use-waypoint-namespace`` names;
   ``none`` opts a Service or Pod out of its namespace's (:func:`use_waypoint`).
+- A waypoint of another namespace is used only when its listeners' ``allowedRoutes``
+  admit the object's namespace (``All``, or a ``Selector`` matching its labels, as Istio
+  asks of ``use-waypoint-namespace``); otherwise ``WaypointNotAllowed`` and the traffic
+  fails closed.
 - A waypoint is used only when its Gateway exists, is of a waypoint class, takes that
   traffic, and is ready: the Service with its key has an endpoint in the mesh, so
   ztunnel's plan never sends traffic to a waypoint that is not running
@@ -17,23 +21,21 @@ model form.
   the object whose own label names the waypoint, and on a Service also when its
   namespace's label does (unless that waypoint takes no traffic to Services, by design).
   A waypoint's own Service and pods never go through it.
-- A route is carried as read; a parent or backend that does not exist is a Problem on
-  it (``ParentNotFound``, ``BackendNotFound``, ``InvalidKind`` for kinds ambit does not
-  know), and so is a value the waypoint will not act on (``UnsupportedValue``: a
-  regular expression outside :mod:`mesh.route_regex`'s dialect, which makes the
-  waypoint refuse the whole route; a filter whose settings ambit does not keep, which
-  makes the waypoint answer 500 for its rule) (:func:`route_problems`).
+- A route is carried as read; its problems, each with Gateway API's reason
+  (``NoMatchingParent``, ``NotAllowedByListeners``, ``UnsupportedValue``,
+  ``Conflicted``; ``BackendNotFound``, ``InvalidKind``, ``RefNotPermitted``), are
+  :mod:`mesh.route_status`'s, the answers the waypoint acts on (:func:`route_problems`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Final, Literal
 
 from k8s import manifests as m
 from k8s.problems import Problem
-from k8s.store import ObjectRef, describe
-from mesh import model, model_l7
+from k8s.store import ObjectRef
+from mesh import model, model_l7, route_status
 from mesh.constants import (
     ISTIO_LABEL_USE_WAYPOINT,
     ISTIO_LABEL_USE_WAYPOINT_NAMESPACE,
@@ -43,17 +45,15 @@ from mesh.constants import (
     LABEL_WAYPOINT_FOR,
     WAYPOINT_CLASSES,
 )
-from mesh.route_regex import pattern_problem
 
 WAYPOINT_NOT_FOUND: Final = "WaypointNotFound"
 WAYPOINT_NOT_READY: Final = "WaypointNotReady"
 WAYPOINT_TRAFFIC_MISMATCH: Final = "WaypointTrafficMismatch"
-WAYPOINT_REASONS: Final = (WAYPOINT_NOT_FOUND, WAYPOINT_NOT_READY, WAYPOINT_TRAFFIC_MISMATCH)
+WAYPOINT_NOT_ALLOWED: Final = "WaypointNotAllowed"
+WAYPOINT_REASONS: Final = (
+    WAYPOINT_NOT_FOUND, WAYPOINT_NOT_READY, WAYPOINT_TRAFFIC_MISMATCH, WAYPOINT_NOT_ALLOWED,
+)  # fmt: skip
 INVALID_WAYPOINT_FOR: Final = "InvalidWaypointFor"
-PARENT_NOT_FOUND: Final = "ParentNotFound"
-BACKEND_NOT_FOUND: Final = "BackendNotFound"
-INVALID_KIND: Final = "InvalidKind"
-UNSUPPORTED_VALUE: Final = "UnsupportedValue"
 OPT_OUT: Final = "none"  # use_waypoint's answer for an object that opts out
 
 Traffic = Literal["service", "workload"]
@@ -115,6 +115,7 @@ def resolve_waypoint(
     entry: model_l7.Gateway | None,
     gateway: m.Gateway | None,
     ready: bool,
+    admitted: bool = True,
 ) -> tuple[str | None, Problem | None]:
     """The waypoint traffic (to a Service, a workload; None: do not ask) must cross when
     an object names ``key``, and what is wrong with it: ``(key, None)`` when it runs;
@@ -123,7 +124,11 @@ def resolve_waypoint(
     policies; ``(None, why)`` when the waypoint takes no such traffic (a missing one is
     taken to take Services' traffic only, the default). ``entry`` is
     the waypoint, ``gateway`` the Gateway object of that key if any, ``ready`` whether
-    the Service of that key has an endpoint in the mesh."""
+    the Service of that key has an endpoint in the mesh, ``admitted`` whether its
+    listeners admit the namespace of the object (:meth:`mesh.model_l7.Gateway.admits`):
+    when they do not, the binding is :func:`mesh.model_l7.refused_waypoint` of the key, a
+    waypoint that never exists, so ztunnel refuses the traffic and the waypoint, which
+    serves only what is bound to its own key, would too."""
     if entry is None:
         if gateway is None:
             found = f"there is no Gateway {key}"
@@ -143,6 +148,12 @@ def resolve_waypoint(
             WAYPOINT_TRAFFIC_MISMATCH,
             f"uses waypoint {key}, which does not take traffic {what} (waypoint-for:"
             f" {entry.for_traffic}); its traffic goes without a waypoint",
+        )
+    if not admitted:
+        return model_l7.refused_waypoint(key), Problem(
+            WAYPOINT_NOT_ALLOWED,
+            f"uses waypoint {key}, whose listeners do not admit this namespace (their"
+            " allowedRoutes); its traffic is refused, never sent around the waypoint",
         )
     if not ready:
         return key, Problem(
@@ -167,90 +178,42 @@ def waypoint_ready(
 # --- Routes --------------------------------------------------------------------------------
 
 Route = m.HTTPRoute | m.GRPCRoute
+ModelRoute = model_l7.HttpRoute | model_l7.GrpcRoute
 _SERVICE: Final = ("", "Service")
 _GATEWAY: Final = (model.GATEWAY_GROUP, "Gateway")
 
 
-def _backends(route: Route) -> Iterator[model_l7.BackendRef]:
-    for rule in route.rules:
-        filters = list(rule.filters)
-        for backend in rule.backends:
-            yield backend
-            filters.extend(backend.filters)
-        for f in filters:
-            if f.mirror is not None:
-                yield f.mirror.backend
-
-
-def _parent_ref(route: Route, parent: model_l7.ParentRef) -> ObjectRef | None:
-    kind = {_SERVICE: "Service", _GATEWAY: "Gateway"}.get((parent.group, parent.kind))
-    return (kind, parent.namespace or route.namespace, parent.name) if kind else None
-
-
-def _backend_ref(route: Route, backend: model_l7.BackendRef) -> ObjectRef | None:
-    if (backend.group, backend.kind) != _SERVICE:
-        return None
-    return ("Service", backend.namespace or route.namespace, backend.name)
-
-
 def route_targets(route: Route) -> set[ObjectRef]:
-    """The objects whose existence the route's problems depend on."""
-    parents = {_parent_ref(route, p) for p in route.parent_refs}
-    backends = {_backend_ref(route, b) for b in _backends(route)}
-    return {ref for ref in parents | backends if ref is not None}
-
-
-def _patterns(route: Route) -> Iterator[str]:
-    for rule in route.rules:
-        for match in rule.matches:
-            if isinstance(match, model_l7.HttpMatch):
-                if match.path_type == "RegularExpression":
-                    yield match.path
-                yield from (m.value for m in match.query_params if m.type != "Exact")
-            elif match.type != "Exact":
-                yield from (p for p in (match.service, match.method) if p)
-            yield from (m.value for m in match.headers if m.type != "Exact")
-
-
-def _unsupported(route: Route) -> Iterator[str]:
-    """Why the waypoint will not act on (part of) the route as written, each reason once."""
-    for pattern in _patterns(route):
-        problem = pattern_problem(pattern)
-        if problem is not None:
-            yield f"{problem}; the route is not accepted"
-    rules: tuple[model_l7.HttpRule | model_l7.GrpcRule, ...] = route.rules
-    for i, rule in enumerate(rules):
-        filters = [*rule.filters, *(f for b in rule.backends for f in b.filters)]
-        for f in filters:
-            if not f.supported:
-                yield f"rule {i}: ambit does not apply {f.type} filters; the rule answers 500"
-
-
-def route_problems(route: Route, exists: Callable[[ObjectRef], bool]) -> tuple[Problem, ...]:
-    """What the route names and cannot be found, each once, parents first; then the
-    values the waypoint will not act on."""
-    found: dict[str, Problem] = {}
+    """The objects the route's problems depend on besides other routes: the Services and
+    Gateways it names, and, when it names a parent other than a Service, its Namespace
+    (whose labels a listener's ``allowedRoutes`` selector reads)."""
+    found: set[ObjectRef] = set()
     for parent in route.parent_refs:
-        ref = _parent_ref(route, parent)
-        if ref is None:
-            kind = f"{parent.group or 'core'}/{parent.kind}"
-            message = f"parent {kind} {parent.name}: ambit knows Gateway and Service parents"
-            found.setdefault(message, Problem(INVALID_KIND, message))
-        elif not exists(ref):
-            message = f"parent {describe(ref)} does not exist; the route does not apply to it"
-            found.setdefault(message, Problem(PARENT_NOT_FOUND, message))
-    for backend in _backends(route):
-        ref = _backend_ref(route, backend)
-        if ref is None:
-            kind = f"{backend.group}/{backend.kind}"
-            message = f"backend {kind} {backend.name}: ambit knows only Service backends"
-            found.setdefault(message, Problem(INVALID_KIND, message))
-        elif not exists(ref):
-            message = f"backend {describe(ref)} does not exist; requests sent to it fail (500)"
-            found.setdefault(message, Problem(BACKEND_NOT_FOUND, message))
-    for message in _unsupported(route):
-        found.setdefault(message, Problem(UNSUPPORTED_VALUE, message))
-    return tuple(found.values())
+        kind = {_SERVICE: "Service", _GATEWAY: "Gateway"}.get((parent.group, parent.kind))
+        if kind is not None:
+            found.add((kind, parent.namespace or route.namespace, parent.name))
+        if kind != "Service":
+            found.add(("Namespace", "", route.namespace))
+    model_form = http_route(route) if isinstance(route, m.HTTPRoute) else grpc_route(route)
+    for backend in route_status.backends(model_form):
+        if (backend.group, backend.kind) == _SERVICE:
+            found.add(("Service", backend.namespace or route.namespace, backend.name))
+    return found
+
+
+def route_problems(
+    routes: Iterable[ModelRoute],
+    services: route_status.Services,
+    gateways: route_status.Gateways,
+) -> dict[ObjectRef, tuple[Problem, ...]]:
+    """:func:`mesh.route_status.check_routes` (the rule the waypoint acts on) as Problems
+    by object: give every route attached to a Service the checked routes name, so that
+    ``Conflicted`` is decided among them all."""
+    out: dict[ObjectRef, tuple[Problem, ...]] = {}
+    for (kind, key), found in route_status.check_routes(routes, services, gateways).items():
+        namespace, _, name = key.partition("/")
+        out[(kind, namespace, name)] = tuple(Problem(p.reason, p.message) for p in found)
+    return out
 
 
 # --- Model forms ---------------------------------------------------------------------------

@@ -3,7 +3,9 @@ Namespace, Service and Pod uses (``use-waypoint`` labels, :mod:`k8s.translate_l7
 by the translator when an object's labels change: ``_waypoint_named``), whether that
 waypoint exists and runs, and the problems when it does not. A mixin over the
 translator's own state (declared below), kept apart because it is its own rule; the
-translator calls :meth:`WaypointBinding._bind_waypoints` once per batch."""
+translator calls :meth:`WaypointBinding._bind_waypoints` once per batch. A waypoint of
+another namespace binds an object only when its listeners admit the object's namespace
+(a Namespace's labels changing rebinds its Services and Pods)."""
 
 from __future__ import annotations
 
@@ -130,7 +132,10 @@ class WaypointBinding:
         ready = self._waypoint_ready.get(wanted, False)
         entry = self._gateways.get(wanted)
         traffic: Traffic | None = None if target == "namespace" else target
-        bound, problem = resolve_waypoint(wanted, traffic, entry, gateway, ready)
+        namespace = ref[2] if ref[0] == "Namespace" else ref[1]
+        user = self._objects.get(("Namespace", "", namespace))
+        admitted = entry is None or entry.admits(namespace, user.labels if user else ())
+        bound, problem = resolve_waypoint(wanted, traffic, entry, gateway, ready, admitted)
         if bound is not None and self._serves(bound, ref):
             bound = None  # a waypoint's own Service and pods never go through it
         # Reported on what names the waypoint itself, and on a Service also what its

@@ -19,6 +19,7 @@ from functools import cached_property
 from typing import ClassVar, Literal, TypeAlias
 
 from mesh.jsonform import JsonForm, ModelError
+from mesh.model_checks import selector_matches
 
 Pairs: TypeAlias = tuple[tuple[str, str], ...]
 MatchType: TypeAlias = Literal["Exact", "RegularExpression"]
@@ -26,6 +27,14 @@ PathType: TypeAlias = Literal["Exact", "PathPrefix", "RegularExpression"]
 ForTraffic: TypeAlias = Literal["service", "workload", "all", "none"]
 
 MAX_WEIGHT = 1_000_000
+REFUSED_WAYPOINT = "#not-admitted"  # suffix of a waypoint key that names no waypoint
+
+
+def refused_waypoint(key: str) -> str:
+    """The binding of an object whose namespace waypoint ``key`` does not admit: a key no
+    Service has (``#`` is in no Service name), so ztunnel refuses its traffic as it does a
+    missing waypoint's, and the waypoint ``key`` does not serve it."""
+    return key + REFUSED_WAYPOINT
 
 
 def _check(ok: bool, message: str) -> None:
@@ -70,6 +79,25 @@ class Listener(JsonForm):
         _port(self.port, f"listener {self.name}")
         _one_of(self.allowed_from, ("All", "Same", "Selector"), f"listener {self.name}")
 
+    def admits_namespace(self, namespace: str, labels: Pairs, own: str) -> bool:
+        """Whether routes (or waypoint users) of ``namespace``, labelled ``labels``, may
+        attach to this listener of a Gateway in namespace ``own``. ``Selector`` without a
+        selector admits no namespace; an empty one admits every namespace."""
+        if self.allowed_from == "All":
+            return True
+        if self.allowed_from == "Same":
+            return namespace == own
+        return self.namespace_selector is not None and selector_matches(
+            self.namespace_selector, labels
+        )
+
+    def admits_kind(self, group: str, kind: str) -> bool:
+        """Whether a route of ``group``/``kind`` may attach: the listed kinds, or, when none
+        are listed, the HTTP route kinds on an HTTP, HTTPS or HBONE listener."""
+        if self.allowed_kinds:
+            return RouteGroupKind(group, kind) in self.allowed_kinds
+        return kind in ("HTTPRoute", "GRPCRoute") and self.protocol in ("HTTP", "HTTPS", "HBONE")
+
 
 @dataclass(frozen=True)
 class GatewayAddress(JsonForm):
@@ -102,6 +130,16 @@ class Gateway(JsonForm):
     def takes(self, traffic: Literal["service", "workload"]) -> bool:
         """Whether traffic addressed to a Service (or to a workload) may go through it."""
         return self.for_traffic in (traffic, "all")
+
+    def admits(self, namespace: str, labels: Pairs) -> bool:
+        """Whether Services and workloads of ``namespace`` (labelled ``labels``) may use this
+        waypoint: its own namespace always; another when the ``allowedRoutes`` of one of
+        its HBONE listeners (of any listener, when none is HBONE) admit that namespace, as
+        Istio asks of ``use-waypoint-namespace``."""
+        if namespace == self.namespace:
+            return True
+        hbone = [lis for lis in self.listeners if lis.protocol == "HBONE"] or self.listeners
+        return any(lis.admits_namespace(namespace, labels, self.namespace) for lis in hbone)
 
 
 # --- Route parts ---------------------------------------------------------------------------

@@ -2,31 +2,25 @@
 compiled once per snapshot into an ordered list of matches per Service port, and the
 decision for one request.
 
-**Attachment.** A route attaches to a Service through a parentRef of group "" and kind
-``Service`` (namespace "" is the route's own). ``port`` scopes it to that Service port,
-``sectionName`` to the port of that name, neither to every port; a port the Service does
-not have attaches nothing (``NoMatchingParent``). A route's ``hostnames`` are ignored,
+**Attachment** (GAMMA) is :mod:`mesh.route_status`'s, the rule the control plane reports
+with: a route attaches to a Service through a parentRef of group "" and kind ``Service``
+(``port`` or ``sectionName`` scoping it to one port), and applies to every client when in
+the Service's namespace (a producer route), else only to clients of its own namespace
+(``source_namespace``, the caller's SPIFFE namespace), for which it replaces the producer
+routes of that port (GEP-1294); GRPCRoutes win over HTTPRoutes on one port
+(``Conflicted``); a route with a regular expression outside :mod:`mesh.route_regex`'s
+dialect is left out whole (``UnsupportedValue``). A route's ``hostnames`` are ignored,
 as GAMMA asks: the Service is what the client dialled, the CONNECT authority
 (:meth:`RouteTable.destination`), never the ``Host`` header; an address that is not a
 Service's gets no routes. Gateway parents are not mesh routes and are skipped here.
-
-**Producer and consumer routes.** A route in the Service's namespace is a producer route
-and applies to every client. A route in another namespace is a consumer route: it applies
-only to clients of its own namespace (``source_namespace``, the caller's SPIFFE
-namespace), and for them it replaces the producer routes of that Service port, as GEP-1294
-says; routes merge only within their group.
-
-**Kinds.** When GRPCRoutes and HTTPRoutes of one group attach to the same Service port,
-the GRPCRoutes apply and the HTTPRoutes are ``Conflicted`` (GEP-1294's order).
+Every problem is a :class:`RouteProblem` in :attr:`RouteTable.problems`.
 
 **Order.** Every match of every rule is one entry, sorted by its kind's precedence
 (:mod:`waypoint.matching`), then the oldest route (creation time; unknown times last),
 then ``namespace/name``, then rule order, then match order; the first entry that matches
 wins. No entry matches: 404 (``NR``). No route at all: :class:`~waypoint.decisions.NoRoutes`.
 
-**Refusals.** A route with a regular expression outside :mod:`mesh.route_regex`'s dialect
-is not accepted (``UnsupportedValue``): it is left out whole. A rule with a filter ambit
-does not apply answers 500. Every refusal is a :class:`RouteProblem`.
+A rule with a filter ambit does not apply answers 500.
 
 **Backends.** One backendRef per request, by weight, through an injected ``choose``;
 weight 0 is never chosen, all weights 0 (or none) answer 500; a backendRef that does not
@@ -38,15 +32,14 @@ Pure: built from model values, no I/O.
 from __future__ import annotations
 
 import random
-from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Final
 
 from mesh.model import MeshSnapshot, Service
-from mesh.model_l7 import BackendRef, GrpcRoute, HttpRoute, Mirror, ParentRef
-from mesh.route_regex import RouteRegexError
+from mesh.model_l7 import BackendRef, GrpcRoute, HttpRoute, Mirror
+from mesh.route_status import PortKey, Route, RouteKey, route_key, route_status
+from mesh.route_status import RouteProblem as RouteProblem  # re-exported: the table's report
 from waypoint import cors
 from waypoint.decisions import (
     FLAG_NO_HEALTHY_UPSTREAM,
@@ -65,24 +58,8 @@ from waypoint.filters import Choose, FilterSet, mirrored, redirect_location, rew
 from waypoint.http_request import HttpRequest, split_authority
 from waypoint.matching import GrpcMatcher, HttpMatcher
 
-UNSUPPORTED_VALUE: Final = "UnsupportedValue"
-NO_MATCHING_PARENT: Final = "NoMatchingParent"
-CONFLICTED: Final = "Conflicted"
-
-Route = HttpRoute | GrpcRoute
-PortKey = tuple[str, int]  # (Service key, port)
 # Precedence, route age, route key, rule index, match index: smaller first.
 Order = tuple[tuple[int, ...], tuple[int, float], str, int, int]
-
-
-@dataclass(frozen=True)
-class RouteProblem:
-    """Why (part of) a route does not apply: a Gateway API reason and a sentence."""
-
-    kind: str
-    route: str
-    reason: str
-    message: str
 
 
 @dataclass(frozen=True)
@@ -247,30 +224,6 @@ def _age(created: str) -> tuple[int, float]:
 class _Compiler:
     def __init__(self, services: Iterable[Service]) -> None:
         self.services = {s.key: s for s in services}
-        self.problems: list[RouteProblem] = []
-
-    def problem(self, route: Route, reason: str, message: str) -> None:
-        kind = "HTTPRoute" if isinstance(route, HttpRoute) else "GRPCRoute"
-        self.problems.append(RouteProblem(kind, route.key, reason, message))
-
-    def ports(self, route: Route, parent: ParentRef) -> list[PortKey]:
-        """The Service ports ``parent`` attaches ``route`` to."""
-        if (parent.group, parent.kind) != ("", "Service"):
-            return []
-        key = f"{parent.namespace or route.namespace}/{parent.name}"
-        service = self.services.get(key)
-        if service is None:
-            return []  # the control plane reports ParentNotFound
-        if parent.port:
-            ports = [p for p in service.ports if p.port == parent.port]
-        elif parent.section_name:
-            ports = [p for p in service.ports if p.name == parent.section_name]
-        else:
-            ports = list(service.ports)
-        if not ports:
-            wanted = parent.port or parent.section_name
-            self.problem(route, NO_MATCHING_PARENT, f"Service {key} has no port {wanted}")
-        return [(key, p.port) for p in ports]
 
     def backend(self, route: Route, ref: BackendRef) -> Backend:
         filters = FilterSet.of(ref.filters)
@@ -297,7 +250,7 @@ class _Compiler:
         return replace(filters, mirrors=tuple(kept))
 
     def entries(self, route: Route) -> list[Entry]:
-        """Every match of ``route`` as an entry; :class:`RouteRegexError` if one is refused."""
+        """Every match of ``route`` as an entry (a refused regex never gets here)."""
         age = _age(route.created)
         out: list[Entry] = []
         if isinstance(route, HttpRoute):
@@ -331,37 +284,23 @@ def compile_routes(
     http_routes: Iterable[HttpRoute] = (),
     grpc_routes: Iterable[GrpcRoute] = (),
 ) -> RouteTable:
-    """The route table of ``services`` (every Service a parent or backend may name)."""
+    """The route table of ``services`` (every Service a parent or backend may name).
+    Which routes apply where, and their problems, are :mod:`mesh.route_status`'s answers,
+    the ones the control plane reports."""
     services = tuple(services)
     compiler = _Compiler(services)
-    # (Service port, group) -> kind -> entries; group "" is the producers'.
-    groups: dict[tuple[PortKey, str], dict[str, list[Entry]]] = defaultdict(
-        lambda: {"HTTPRoute": [], "GRPCRoute": []}
-    )
-    routes: list[Route] = [*http_routes, *grpc_routes]
-    for route in routes:
-        try:
-            entries = compiler.entries(route)
-        except RouteRegexError as exc:
-            compiler.problem(route, UNSUPPORTED_VALUE, f"{exc}; the route is not accepted")
-            continue
-        kind = "HTTPRoute" if isinstance(route, HttpRoute) else "GRPCRoute"
-        for parent in route.parents:
-            for port_key in compiler.ports(route, parent):
-                producer = port_key[0].partition("/")[0] == route.namespace
-                group = "" if producer else route.namespace
-                groups[(port_key, group)][kind].extend(entries)
+    applied, problems = route_status([*http_routes, *grpc_routes], compiler.services.get)
+    compiled: dict[RouteKey, list[Entry]] = {}
     ports: dict[PortKey, PortRoutes] = {}
-    for (port_key, group), kinds in sorted(groups.items()):
-        chosen = kinds["GRPCRoute"] or kinds["HTTPRoute"]
-        if kinds["GRPCRoute"] and kinds["HTTPRoute"]:
-            for route_key in sorted({e.rule.route for e in kinds["HTTPRoute"]}):
-                compiler.problems.append(RouteProblem(
-                    "HTTPRoute", route_key, CONFLICTED,
-                    f"GRPCRoutes attach to {port_key[0]} port {port_key[1]} too; they apply",
-                ))  # fmt: skip
+    for (port_key, group), routes in applied.items():
+        entries = []
+        for route in routes:
+            key = route_key(route)
+            if key not in compiled:
+                compiled[key] = compiler.entries(route)
+            entries += compiled[key]
         # One entry per (route, rule, match): a route attached twice to one port counts once.
-        unique = {e.order: e for e in chosen}
+        unique = {e.order: e for e in entries}
         ordered = tuple(unique[k] for k in sorted(unique))
         current = ports.get(port_key, PortRoutes())
         if group:
@@ -369,7 +308,8 @@ def compile_routes(
             ports[port_key] = PortRoutes(current.producer, consumers)
         else:
             ports[port_key] = PortRoutes(ordered, current.consumers)
-    return RouteTable(ports, services, compiler.problems)
+    found = [p for key in sorted(problems) for p in problems[key]]
+    return RouteTable(ports, services, found)
 
 
 def compile_snapshot(snapshot: MeshSnapshot) -> RouteTable:

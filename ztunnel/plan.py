@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from mesh.constants import HBONE_PORT
 from mesh.identity import SpiffeId
 from mesh.model import Endpoint, MeshSnapshot, Service, Workload
+from mesh.model_l7 import REFUSED_WAYPOINT
 from mesh.reason import Reason
 
 Pick = Callable[[Sequence[Endpoint]], Endpoint]
@@ -137,6 +138,14 @@ def _via_waypoint(
         if (w := snapshot.workload(e.workload_uid)) is not None and w.meshed
     ]
     what = f"service {dst.key}" if service is not None else f"pod {dst.key}"
+    if key.endswith(REFUSED_WAYPOINT):
+        return Refused(
+            Reason.NO_HEALTHY_ENDPOINT,
+            f"{what} uses waypoint {key.removesuffix(REFUSED_WAYPOINT)}, which does not admit"
+            " its namespace (the Gateway's allowedRoutes); its traffic is refused rather"
+            " than sent around the waypoint",
+            service,
+        )
     if not ready:
         return Refused(
             Reason.NO_HEALTHY_ENDPOINT,

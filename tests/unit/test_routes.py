@@ -187,16 +187,22 @@ def test_a_port_the_service_does_not_have_attaches_nothing() -> None:
     assert isinstance(go(table), NoRoutes)
     assert table.problems == (
         RouteProblem(
-            "HTTPRoute", f"{NS}/p", "NoMatchingParent", f"Service {NS}/echo has no port 81"
+            "HTTPRoute", f"{NS}/p", "NoMatchingParent",
+            f"parent Service {NS}/echo has no port 81; the route does not apply to it",
         ),
-    )
+    )  # fmt: skip
 
 
 def test_gateway_parents_and_unknown_services_attach_nothing() -> None:
     gateway = ParentRef("gateway.networking.k8s.io", "Gateway", "waypoint")
     table = build(route("g", rule(), parents=(gateway, ParentRef("", "Service", "gone"))))
     assert isinstance(go(table), NoRoutes)
-    assert table.problems == ()  # the control plane reports ParentNotFound
+    # A Gateway parent is the control plane's to report; a Service not in the mesh is one
+    # problem, the same the control plane writes on the route.
+    assert [(p.reason, p.message) for p in table.problems] == [
+        ("NoMatchingParent", f"parent Service {NS}/gone is not in the mesh; the route does"
+         " not apply to it"),
+    ]  # fmt: skip
 
 
 def test_consumer_routes_replace_producer_routes_for_their_namespace_only() -> None:
@@ -221,7 +227,7 @@ def test_grpc_routes_win_over_http_routes_on_one_port() -> None:
     assert [(p.route, p.reason) for p in table.problems] == [
         (f"{NS}/web", "Conflicted"), (f"{NS}/web", "Conflicted"), (f"{NS}/web", "Conflicted"),
         (f"{NS}/web", "Conflicted"), (f"{NS}/web", "Conflicted"),
-    ]  # once per port of echo  # fmt: skip
+    ]  # once per port of echo, each naming its port  # fmt: skip
 
 
 def test_destination_is_the_service_vip_and_port_only() -> None:

@@ -10,7 +10,7 @@ import math
 import random
 from collections.abc import Iterable
 from dataclasses import replace
-from typing import Any
+from typing import Any, Literal
 
 from k8s import manifests as m
 from k8s.store import ObjectRef, ref_of
@@ -22,17 +22,18 @@ from k8s.translate import (
 from k8s.translate_l7 import (
     OPT_OUT,
     Traffic,
+    grpc_route,
     http_route,
     resolve_waypoint,
-    route_problems,
     use_waypoint,
     waypoint,
     waypoint_ready,
 )
 from k8s.translate_parts import _endpoint, _ports, _workload
 from k8s.translate_policy import peer_authentication
+from mesh import route_status
 from mesh.model import MeshSnapshot, Service, diff
-from mesh.model_l7 import BackendRef, HttpRule, ParentRef
+from mesh.model_l7 import BackendRef, GrpcRule, HttpMatch, HttpRule, Listener, ParentRef
 from tests.k8s_builders import gateway, ns, pod, svc
 
 EARLY, LATE = "2026-12-01T10:00:00Z", "2026-12-01T10:00:05Z"
@@ -213,21 +214,42 @@ def random_object(rng: random.Random) -> m.K8sObject:
             labels=rng.choice(USE),
         )
     if kind == "Namespace":
-        return ns(namespace, ambient=rng.random() < 0.5, labels=rng.choice(USE))
+        team = rng.choice([{}, {"team": "x"}])  # what a listener's selector may look for
+        return ns(namespace, ambient=rng.random() < 0.5, labels=rng.choice(USE) | team)
     if kind == "Gateway":  # a waypoint when of a waypoint class and its Service runs
-        return gateway(
+        found = gateway(
             f"w{rng.randrange(2)}",
             namespace,
             gateway_class=rng.choice(["istio-waypoint", "ambit-waypoint", "other"]),
             labels=rng.choice([{}, *({"istio.io/waypoint-for": f} for f in ("workload", "all"))]),
         )
-    if kind == "Route":
+        allowed: Literal["All", "Same", "Selector"] = rng.choice(
+            ["Same", "Same", "All", "Selector"]
+        )
+        chosen: tuple[tuple[str, str], ...] | None = (
+            (("team", "x"),) if allowed == "Selector" else None
+        )
+        listener = Listener("mesh", 15008, "HBONE", allowed_from=allowed, namespace_selector=chosen)
+        return replace(found, listeners=(listener,))
+    if kind == "Route":  # HTTP or gRPC, on a Service (some port) or a Gateway
         names = ["s0", "s1", "s2", "w0"]
+        parent = rng.choice(
+            [ParentRef("", "Service", rng.choice(names), port=rng.choice([0, 0, 80, 81]))] * 3
+            + [ParentRef("gateway.networking.k8s.io", "Gateway", f"w{rng.randrange(2)}")]
+        )
+        backends = (BackendRef(rng.choice(names), 80, namespace=rng.choice(["", "a"])),)
+        if rng.random() < 0.3:
+            return m.GRPCRoute(
+                name=f"g{rng.randrange(2)}", namespace=namespace, parent_refs=(parent,),
+                rules=(GrpcRule(backends=backends),),
+            )  # fmt: skip
+        path = rng.choice(["/", "/", "(a+)+"])  # the last refused (nested repetition)
+        match = HttpMatch("RegularExpression" if path != "/" else "PathPrefix", path)
         return m.HTTPRoute(
             name=f"r{rng.randrange(2)}",
             namespace=namespace,
-            parent_refs=(ParentRef("", "Service", rng.choice(names)),),
-            rules=(HttpRule(backends=(BackendRef(rng.choice(names), 80),)),),
+            parent_refs=(parent,),
+            rules=(HttpRule(matches=(match,), backends=backends),),
         )
     if kind == "Policy":
         selector = tuple(rng.choice(SELECTORS).items()) or None
@@ -301,6 +323,7 @@ def reference(
         tuple(peer_authentication(p) for p in objs if isinstance(p, m.PeerAuthentication)),
         gateways=tuple(g for o in objs if isinstance(o, m.Gateway) and (g := waypoint(o)[0])),
         http_routes=tuple(http_route(r) for r in objs if isinstance(r, m.HTTPRoute)),
+        grpc_routes=tuple(grpc_route(r) for r in objs if isinstance(r, m.GRPCRoute)),
     )
     return with_waypoints(snapshot, objs, reasons), reasons
 
@@ -326,7 +349,10 @@ def with_waypoints(
         gateway = refs.get(("Gateway", gateway_ns, gateway_name))
         assert gateway is None or isinstance(gateway, m.Gateway)
         ready = waypoint_ready(snapshot.service(wanted), snapshot.workload)
-        key, problem = resolve_waypoint(wanted, traffic, gateways.get(wanted), gateway, ready)
+        entry = gateways.get(wanted)
+        labels = namespace.labels if namespace is not None else ()
+        admitted = entry is None or entry.admits(own_namespace, labels)
+        key, problem = resolve_waypoint(wanted, traffic, entry, gateway, ready, admitted)
         if problem and (explicit or (traffic == "service" and "Mismatch" not in problem.reason)):
             reasons[ref] = (*reasons.get(ref, ()), problem.reason)
         return None if key in serves else key
@@ -348,8 +374,23 @@ def with_waypoints(
             bind(ref_of(o), None, set())
         if isinstance(o, m.Gateway) and waypoint(o)[1]:
             reasons[ref_of(o)] = ("InvalidWaypointFor",)
-        if isinstance(o, m.HTTPRoute) and (found := route_problems(o, refs.__contains__)):
-            reasons[ref_of(o)] = tuple(p.reason for p in found)
+    # Routes: every route checked at once, against the finished model.
+    routes = [http_route(o) if isinstance(o, m.HTTPRoute) else grpc_route(o)
+              for o in objs if isinstance(o, m.HTTPRoute | m.GRPCRoute)]  # fmt: skip
+    found = route_status.check_routes(
+        routes,
+        snapshot.service,
+        route_status.Gateways(
+            gateways.get,
+            lambda key: ("Gateway", *key.split("/")) in refs,
+            lambda name: (
+                refs[("Namespace", "", name)].labels if ("Namespace", "", name) in refs else ()
+            ),
+        ),
+    )
+    for (kind, key), problems in found.items():
+        namespace, _, name = key.partition("/")
+        reasons[(kind, namespace, name)] = tuple(p.reason for p in problems)
     return replace(snapshot, workloads=tuple(workloads), services=tuple(services))
 
 
@@ -365,6 +406,7 @@ def content(snapshot: MeshSnapshot) -> tuple[object, ...]:
         snapshot.peer_authentications,
         snapshot.gateways,
         snapshot.http_routes,
+        snapshot.grpc_routes,
     )
 
 

@@ -21,6 +21,7 @@ from mesh.model_l7 import (
     HeaderMatch,
     HttpMatch,
     HttpRule,
+    Listener,
     ParentRef,
 )
 from tests.k8s_builders import gateway, ns, pod, svc
@@ -119,7 +120,9 @@ def test_an_object_label_names_a_waypoint_in_its_own_or_another_namespace() -> N
     objects = [
         *shop(),
         ns("infra"),
-        gateway("edge", "infra"),
+        # Its listener admits every namespace: a waypoint of another namespace needs that.
+        dataclasses.replace(gateway("edge", "infra"), listeners=(
+            Listener("mesh", 15008, "HBONE", allowed_from="All"),)),
         pod("edge-1", "infra", ip="10.0.2.1", labels={"gateway": "edge"}),
         svc("edge", "infra", selector={"gateway": "edge"}, ports=MESH_PORT, cluster_ip="10.96.2.1"),
         svc("api", "shop", selector={"app": "web"}, cluster_ip="10.96.0.2",
@@ -271,15 +274,17 @@ def test_routes_and_request_authentications_are_carried_with_their_reference_pro
     assert [a.key for a in first.snapshot.request_authentications] == ["shop/jwt"]
     assert first.snapshot.request_authentications[0].target_refs[0].name == "web"
     assert [p.message for p in first.problems[("HTTPRoute", "shop", "split")]] == [
-        "parent Service shop/gone does not exist; the route does not apply to it",
-        "parent example.com/Mesh m: ambit knows Gateway and Service parents",
-        "backend Service shop/web-v2 does not exist; requests sent to it fail (500)",
+        "parent example.com/Mesh m: ambit attaches routes to Services",
+        "parent Service shop/gone is not in the mesh; the route does not apply to it",
+        "backend Service shop/web-v2 is not in the mesh; requests to it fail (500)",
     ]
     assert reasons(first)[("HTTPRoute", "shop", "split")] == [
-        "ParentNotFound", "InvalidKind", "BackendNotFound",
+        "NoMatchingParent", "NoMatchingParent", "BackendNotFound",
     ]  # fmt: skip
     second = translator.apply([svc("web-v2", "shop", cluster_ip="10.96.0.4")])
-    assert reasons(second) == {("HTTPRoute", "shop", "split"): ["ParentNotFound", "InvalidKind"]}
+    assert reasons(second) == {
+        ("HTTPRoute", "shop", "split"): ["NoMatchingParent", "NoMatchingParent"]
+    }
     assert second.snapshot.http_routes[0] is carried, "the route did not change"
     third = translator.apply(removes=[("HTTPRoute", "shop", "split")])
     assert third.problems == {}
