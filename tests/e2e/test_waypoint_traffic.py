@@ -98,6 +98,9 @@ async def test_requests_cross_the_waypoint_are_counted_denied_and_fail_closed(
         and 'response_code="200"' in line
     ]
     assert counted, metrics.stdout.decode()[:2000]
+    # The server's ztunnel saw the waypoint's identity, not the client's.
+    completed = await cluster.ztunnel_events("node-2", "connection_complete")
+    assert completed[-1]["src_identity"] == "spiffe://cluster.local/ns/demo/sa/waypoint"
 
     # L7 policy at the waypoint: a path is denied, the rest still served.
     await cluster.ambit("apply", "-f", str(cluster.manifest("deny.yaml", DENY_SECRET)))
