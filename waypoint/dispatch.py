@@ -20,7 +20,7 @@ from typing import Literal, TypeAlias
 from mesh.model import MeshSnapshot, Service
 from mesh.response_flags import ResponseFlag
 from waypoint.decisions import Forward, LocalReply, MirrorTarget, NoRoutes, RedirectTo
-from waypoint.destination import Caller, Destination, meshed_identity
+from waypoint.destination import Caller, Destination
 from waypoint.gate import Gate, Passed
 from waypoint.http_request import Headers, HttpRequest
 from waypoint.protocol import declared
@@ -28,7 +28,7 @@ from waypoint.replies import LocalReply as Reply
 from waypoint.replies import local_reply, no_healthy_upstream, no_route
 from waypoint.request import L7Request
 from waypoint.routes import RouteTable, compile_snapshot
-from waypoint.upstream import Target, targets_of
+from waypoint.upstream import Target
 
 Speak: TypeAlias = Literal["http1", "h2"] | None
 
@@ -65,11 +65,24 @@ class Dispatcher:
         self.gate = gate
         self._choose: Callable[[int], int] = (rng or random.Random()).randrange
         self._table: tuple[MeshSnapshot, RouteTable] | None = None
+        self._targets: tuple[MeshSnapshot, dict[tuple[str, int], list[Target]]] | None = None
 
     def table(self, snapshot: MeshSnapshot) -> RouteTable:
         if self._table is None or self._table[0] is not snapshot:
             self._table = (snapshot, compile_snapshot(snapshot))
         return self._table[1]
+
+    def targets(self, snapshot: MeshSnapshot, destination: Destination) -> list[Target]:
+        """``destination.targets(snapshot)``, made once per snapshot and destination."""
+        if self._targets is None or self._targets[0] is not snapshot:
+            self._targets = (snapshot, {})
+        cache = self._targets[1]
+        key = (destination.service.key if destination.service else destination.ip,
+               destination.port)  # fmt: skip
+        found = cache.get(key)
+        if found is None:
+            found = cache[key] = destination.targets(snapshot)
+        return found
 
     def plan(
         self,
@@ -81,27 +94,29 @@ class Dispatcher:
         grpc: bool,
     ) -> Plan | Reply:
         service = destination.service
-        policy_view = L7Request(
-            self.gate.scope, caller.identity, caller.address,
-            service.key if service is not None else None, destination.port,
-            request.method, request.path, request.authority, request.headers,
-        )  # fmt: skip
-        passed = self.gate.check(snapshot, policy_view, request.headers, grpc=grpc)
-        if not isinstance(passed, Passed):
-            return passed
-        rewritten = passed.headers != list(request.headers)  # JWT outputs, a dropped token
-        if rewritten:
-            request = HttpRequest(request.method, request.path, request.authority,
-                                  tuple(passed.headers), request.scheme)  # fmt: skip
+        rewritten = False
+        if self.gate.binds(snapshot):  # else no policy to ask: the request passes as it is
+            policy_view = L7Request(
+                self.gate.scope, caller.identity, caller.address,
+                service.key if service is not None else None, destination.port,
+                request.method, request.path, request.authority, request.headers,
+            )  # fmt: skip
+            passed = self.gate.check(snapshot, policy_view, request.headers, grpc=grpc)
+            if not isinstance(passed, Passed):
+                return passed
+            rewritten = passed.headers != list(request.headers)  # JWT outputs, a dropped token
+            if rewritten:
+                request = HttpRequest(request.method, request.path, request.authority,
+                                      tuple(passed.headers), request.scheme)  # fmt: skip
         if service is None:  # addressed to a pod: no Service's routes
-            return Plan(request, destination.targets(snapshot), None, rewritten=rewritten)
+            return Plan(request, self.targets(snapshot, destination), None, rewritten=rewritten)
         speak = _speak(service, destination.port)
         decision = self.table(snapshot).match(
             service.key, destination.port, request,
             source_namespace=caller.identity.namespace, choose=self._choose,
         )  # fmt: skip
         if isinstance(decision, NoRoutes):
-            targets = destination.targets(snapshot)
+            targets = self.targets(snapshot, destination)
             return Plan(request, targets, service, rewritten=rewritten, speak=speak)
         if isinstance(decision, RedirectTo):
             return local_reply(decision.status, "", grpc=grpc,
@@ -111,7 +126,8 @@ class Dispatcher:
         backend = snapshot.service(decision.backend.service)
         if backend is None:
             return local_reply(500, "backend not found", grpc=grpc, details="backend_not_found")
-        targets = targets_of(backend.endpoints, decision.backend.port, meshed_identity(snapshot))
+        targets = self.targets(snapshot, Destination(backend.vip, decision.backend.port, backend,
+                                                     None))  # fmt: skip
         speak = _speak(backend, decision.backend.port)
         return Plan(decision.request, targets, backend, decision, decision.mirrors, True, speak)
 

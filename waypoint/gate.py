@@ -66,6 +66,11 @@ class Gate:
         self._of = (snapshot, bound)
         return bound
 
+    def binds(self, snapshot: MeshSnapshot) -> bool:
+        """Whether any policy or RequestAuthentication of ``snapshot`` may bind here."""
+        bound = self._bound(snapshot)
+        return bool(bound.policies or bound.authentications)
+
     def check(
         self,
         snapshot: MeshSnapshot,

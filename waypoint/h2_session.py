@@ -34,7 +34,7 @@ from waypoint.http_request import HttpRequest
 from waypoint.mirror import MirrorBody, start_mirrors
 from waypoint.replies import Failed, no_healthy_upstream, route_timeout, upstream_failure
 from waypoint.replies import LocalReply as Reply
-from waypoint.telemetry import Finished, GrpcMessages, account, side
+from waypoint.telemetry import Finished, GrpcMessages, account
 from waypoint.upstream import Target, UpstreamError, Upstreams
 
 if TYPE_CHECKING:
@@ -397,10 +397,11 @@ class H2Session:
             request_messages=req.sent_messages.count,
             response_messages=req.received_messages.count,
         )
+        metrics, caller = self.proxy.metrics, self.caller
         account(
-            self.proxy.metrics, done,
-            source=side("source", self.caller.workload, self.caller.identity, self.caller.baggage),
-            destination=side("destination", workload, target.identity if target else None),
+            metrics, done,
+            source=metrics.side("source", caller.workload, caller.identity, caller.baggage),
+            destination=metrics.side("destination", workload, target.identity if target else None),
             service=service, upstream_host=target.authority if target else None,
         )  # fmt: skip
 

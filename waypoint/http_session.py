@@ -52,7 +52,7 @@ from waypoint.replies import (
     upstream_failure,
 )
 from waypoint.replies import LocalReply as Reply
-from waypoint.telemetry import Finished, account, side
+from waypoint.telemetry import Finished, account
 from waypoint.upstream import Connection, Target, UpstreamError
 
 if TYPE_CHECKING:
@@ -437,10 +437,11 @@ class HttpSession:
             request_bytes=ex.request_bytes,
             response_bytes=ex.response_bytes,
         )
+        metrics, caller = self.proxy.metrics, self.caller
         account(
-            self.proxy.metrics, done,
-            source=side("source", self.caller.workload, self.caller.identity, self.caller.baggage),
-            destination=side("destination", workload, target.identity if target else None),
+            metrics, done,
+            source=metrics.side("source", caller.workload, caller.identity, caller.baggage),
+            destination=metrics.side("destination", workload, target.identity if target else None),
             service=service, upstream_host=target.authority if target else None,
         )  # fmt: skip
 

@@ -138,6 +138,11 @@ class RequestMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.tcp = TcpMetrics(registry)  # connections relayed as TCP, reporter="waypoint"
         self._series: dict[RequestLabels, tuple[Any, ...]] = {}
+        # The labels of the sides and of whole requests seen before, by the identity of the
+        # (immutable) snapshot objects they come from; each value keeps those objects alive,
+        # so an id is never reused while its entry exists. Bounded: starts over when full.
+        self._sides: dict[tuple[Any, ...], tuple[Any, dict[str, str]]] = {}
+        self._labels: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         self.requests = Counter(
             "istio_requests", "Requests handled by the waypoint", LABEL_NAMES, registry=registry
         )
@@ -164,6 +169,49 @@ class RequestMetrics:
             "istio_response_messages", "gRPC messages sent back to clients", LABEL_NAMES,
             registry=registry,
         )  # fmt: skip
+
+    def side(
+        self,
+        prefix: str,
+        w: Workload | None,
+        identity: SpiffeId | None,
+        baggage: Mapping[str, str] | None = None,
+    ) -> dict[str, str]:
+        """:func:`side`, computed once per workload, identity and baggage."""
+        key = (prefix, id(w), identity, tuple(baggage.items()) if baggage else None)
+        entry = self._sides.get(key)
+        if entry is None:
+            if len(self._sides) >= SERIES_LIMIT:
+                self._sides.clear()
+            entry = self._sides[key] = (w, side(prefix, w, identity, baggage))
+        return entry[1]
+
+    def labels(
+        self,
+        source: dict[str, str],
+        destination: dict[str, str],
+        service: Service | None,
+        done: Finished,
+    ) -> RequestLabels:
+        """A request's :class:`RequestLabels`, made once per distinct shape."""
+        key = (id(source), id(destination), id(service), done.grpc, done.status,
+               done.grpc_status, done.flags)  # fmt: skip
+        entry = self._labels.get(key)
+        if entry is None:
+            if len(self._labels) >= SERIES_LIMIT:
+                self._labels.clear()
+            labels = RequestLabels(
+                **source,
+                **destination,
+                **service_labels(service),
+                request_protocol="grpc" if done.grpc else "http",
+                response_code=str(done.status),
+                grpc_response_status=done.grpc_status,
+                response_flags=done.flags,
+            )
+            entry = self._labels[key] = (labels, source, destination, service)
+        result: RequestLabels = entry[0]
+        return result
 
     def _children(self, labels: RequestLabels) -> tuple[Any, ...]:
         """The metrics' children for ``labels``, looked up once per label set (a request
@@ -231,16 +279,8 @@ def account(
     upstream_host: str | None,
 ) -> None:
     """Count ``done`` in ``metrics`` and write its access-log line. ``source`` and
-    ``destination`` are :func:`side`'s labels."""
-    labels = RequestLabels(
-        **source,
-        **destination,
-        **service_labels(service),
-        request_protocol="grpc" if done.grpc else "http",
-        response_code=str(done.status),
-        grpc_response_status=done.grpc_status,
-        response_flags=done.flags,
-    )
+    ``destination`` are :meth:`RequestMetrics.side`'s labels."""
+    labels = metrics.labels(source, destination, service, done)
     duration_ms = (time.monotonic() - done.started) * 1000
     metrics.record(labels, duration_ms, done.request_bytes, done.response_bytes)
     if done.grpc:
