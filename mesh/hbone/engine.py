@@ -74,7 +74,11 @@ class Http2Engine:
         self.settings = settings
         self.client_side = client_side
         self.transport = transport
-        config = h2.config.H2Configuration(client_side=client_side, header_encoding="utf-8")
+        # Outbound headers are ours, or a peer's that h2 validated on the way in: not checked twice.
+        config = h2.config.H2Configuration(
+            client_side=client_side, header_encoding="utf-8", validate_outbound_headers=False,
+            normalize_outbound_headers=False,
+        )  # fmt: skip
         self.h2 = h2.connection.H2Connection(config)
         local: dict[h2.settings.SettingCodes, int] = {
             h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: settings.stream_window,
