@@ -11,5 +11,7 @@ Modules: ``system`` (processes, ``/proc``, installing tools), ``topology``
 (the cluster and its servers), ``peers`` (stunnel and haproxy), ``workloads``
 (the load generators and their parsers), ``stats`` (pure numbers and target
 verdicts), ``report`` and ``plots`` (output), ``profile`` (py-spy), ``hold``
-(idle connections held open inside a pod), ``run`` (the schedule).
+(idle connections held open inside a pod), ``run`` (the schedule), ``l7`` and
+``l7_report`` (the L7 section: a waypoint against ambit's L4 path and haproxy;
+``grpcload/``, its grpc-go load tool).
 """

@@ -1,4 +1,5 @@
-"""``python -m bench.compare [--quick]``: run everything side by side and write the results.
+"""``python -m bench.compare [--quick] [--l7-only]``: run everything side by side and write
+the results: the L4 section, then the L7 section (:mod:`bench.compare.l7`: a waypoint).
 
 Needs root (network namespaces, iptables, apt-get for missing tools). Writes
 ``bench/results/<YYYY-MM-DD-HHMM>[-quick]/`` with ``results.md``,
@@ -23,7 +24,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench.compare import peers, plots, profile, stats, topology
+from bench.compare import l7, l7_report, peers, plots, profile, stats, topology
 from bench.compare.report import render
 from bench.compare.run import (
     FULL,
@@ -84,7 +85,11 @@ def scenarios(pods: dict[str, topology.Pod], ztunnels: dict[str, int],
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.compare", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="about a minute: 1 short run each")
-    parser.add_argument("--no-profile", action="store_true", help="skip the py-spy pass")
+    parser.add_argument("--no-profile", action="store_true", help="skip the py-spy passes")
+    parser.add_argument(
+        "--l7-only", action="store_true",
+        help="only the L7 section (waypoint, ambit-l4, haproxy): no L4 workloads",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=RESULTS, help="parent of the dated folder")
     parser.add_argument("--pod-cidr", help="default: the first free 10.N.0.0/17 from N=201")
     parser.add_argument("--service-cidr", help="default: 10.N.128.0/17 beside the pod CIDR")
@@ -133,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     (raw_dir / "logs").mkdir(exist_ok=True)
     daemons = Daemons(raw_dir / "logs")
     try:
-        run_everything(doc, settings, cluster, daemons, workdir, raw_dir)
+        run_everything(doc, settings, cluster, daemons, workdir, raw_dir, args.l7_only)
     except BenchError as exc:
         doc["errors"].append(f"aborted: {exc}")
         print(f"aborted: {exc}", file=sys.stderr)
@@ -148,26 +153,43 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_everything(doc: dict[str, Any], settings: Settings, cluster: topology.Cluster,
-                   daemons: Daemons, workdir: Path, raw_dir: Path) -> None:  # fmt: skip
+                   daemons: Daemons, workdir: Path, raw_dir: Path,
+                   l7_only: bool = False) -> None:  # fmt: skip
+    grpcload: Path | None = None
+    try:
+        print("building the gRPC load tool (go build bench/compare/grpcload)", flush=True)
+        grpcload = l7.build_grpcload(workdir)
+    except BenchError as exc:
+        doc["errors"].append(f"gRPC workloads skipped: {exc}")
     print(f"ambit up (pod CIDR {cluster.pod_cidr})", flush=True)
     cluster.up()
     pods = cluster.pods()
-    uncaptured = [k for k, p in pods.items() if k.startswith("bench-mesh/") and not p.captured]
+    uncaptured = [
+        k for k, p in pods.items() if k.split("/")[0] in topology.MESHED and not p.captured
+    ]
     if uncaptured:
         raise BenchError(f"meshed pods not captured by their ztunnel: {', '.join(uncaptured)}")
     ztunnels = cluster.ztunnel_pids()
-    topology.start_servers(daemons, workdir, pods)
+    topology.start_servers(daemons, workdir, pods, grpcload)
     pids = peers.start_peers(
         daemons, workdir, pods["bench-plain/client"], pods["bench-plain/server"]
     )
     found = scenarios(pods, ztunnels, pids)
     doc["scenarios"] = {s.name: s.description for s in found}
     doc["proxies"] = {s.name: list(s.proxies) for s in found}
+    doc["rss_at_start_mb"] = _rss_mb(found)
+    if not l7_only:
+        run_l4(doc, settings, found, daemons, raw_dir)
+    l7.run_l7(doc, settings, cluster, pods, ztunnels, pids.haproxy[0], grpcload, raw_dir)
+    daemons.check_alive()
+
+
+def run_l4(doc: dict[str, Any], settings: Settings, found: list[Scenario], daemons: Daemons,
+           raw_dir: Path) -> None:  # fmt: skip
     runner = Runner(settings, found, raw_dir)
     print("checking every path carries requests", flush=True)
     runner.check_paths()
     by_name = {s.name: s for s in found}
-    doc["rss_at_start_mb"] = _rss_mb(found)
     doc["results"] = runner.all_workloads()
     # After the workloads, so their peak RSS is not the idle connections' leftover.
     print(f"idle connections {list(settings.idle_levels)}: RSS of the proxies", flush=True)
@@ -180,7 +202,6 @@ def run_everything(doc: dict[str, Any], settings: Settings, cluster: topology.Cl
     if settings.profile_seconds and "ambit" not in runner.broken:
         print("profiling the ztunnels (py-spy)", flush=True)
         doc["profile"] = profile_pass(by_name["ambit"], raw_dir, settings.profile_seconds)
-    daemons.check_alive()
 
 
 def _rss_mb(found: list[Scenario]) -> dict[str, float]:
@@ -194,6 +215,10 @@ def render_again(out_dir: Path) -> int:
         directory = out_dir / "raw" / profile_dir_name(label)
         if directory.is_dir():
             doc["profile"][label] = profile.summarize_dir(directory)
+    for label in doc.get("l7", {}).get("profile", {}):
+        directory = out_dir / "raw" / profile_dir_name(label)
+        if directory.is_dir():
+            doc["l7"]["profile"][label] = profile.summarize_dir(directory)
     return write(doc, out_dir, have_plots=True, finished=doc.get("finished"))
 
 
@@ -203,6 +228,11 @@ def write(doc: dict[str, Any], out_dir: Path, have_plots: bool, finished: str | 
         {"target": v.target, "measured": v.measured, "met": v.met, "verdict": v.word}
         for v in stats.verdicts(doc["results"], doc["idle"])
     ]
+    if doc.get("l7"):
+        doc["l7"]["verdicts"] = [
+            {"target": v.target, "measured": v.measured, "met": v.met, "verdict": v.word}
+            for v in l7_report.verdicts(doc["l7"], doc["settings"]["rate_seconds"])
+        ]
     doc["plots"] = []
     if have_plots and doc["results"]:
         try:

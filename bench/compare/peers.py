@@ -5,8 +5,10 @@
   of two ztunnels: every client connection becomes its own mutual-TLS 1.3
   connection between the pair (certificates from a throwaway CA made here).
 - haproxy: one HTTP proxy in the plain client pod's netns (``mode http``,
-  keep-alive and connection reuse to the server), the L7 peer for the
-  waypoint to come; one thread, like one ztunnel's event loop.
+  keep-alive and connection reuse to the server), the L7 peer of the
+  waypoint; one thread, like one ztunnel's event loop. Besides HTTP/1.1 it
+  takes h2c (prior knowledge) and gRPC, and speaks HTTP/2 to the server for
+  them, as the waypoint does.
 
 Config text is made by pure functions; the processes are started through
 :class:`bench.compare.system.Daemons` and stopped by PID.
@@ -25,13 +27,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from bench.compare.system import Daemons, in_netns, wait_listening
-from bench.compare.topology import HTTP_PORT, IPERF_PORT, Pod
+from bench.compare.topology import GRPC_PORT, H2C_PORT, HTTP_PORT, IPERF_PORT, Pod
 
 STUNNEL_IPERF = 15201  # client side, on the client pod's loopback
 STUNNEL_HTTP = 18080
 STUNNEL_TLS_IPERF = 15202  # server side, TLS, on the server pod's address
 STUNNEL_TLS_HTTP = 18443
 HAPROXY_HTTP = 28080
+HAPROXY_H2C = 28081
+HAPROXY_GRPC = 28051
 
 
 @dataclass(frozen=True)
@@ -170,6 +174,16 @@ frontend bench
   default_backend nginx
 backend nginx
   server server {server_ip}:{HTTP_PORT}
+frontend bench-h2c
+  bind 127.0.0.1:{HAPROXY_H2C} proto h2
+  default_backend nginx-h2c
+backend nginx-h2c
+  server server {server_ip}:{H2C_PORT} proto h2
+frontend bench-grpc
+  bind 127.0.0.1:{HAPROXY_GRPC} proto h2
+  default_backend grpc
+backend grpc
+  server server {server_ip}:{GRPC_PORT} proto h2
 """
 
 
@@ -197,6 +211,8 @@ def start_peers(daemons: Daemons, workdir: Path, client: Pod, server: Pod) -> Pe
         (client.netns, STUNNEL_IPERF),
         (client.netns, STUNNEL_HTTP),
         (client.netns, HAPROXY_HTTP),
+        (client.netns, HAPROXY_H2C),
+        (client.netns, HAPROXY_GRPC),
     ):
         wait_listening(netns, port)
     daemons.check_alive()

@@ -17,7 +17,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bench.compare.system import stop
+from bench.compare.system import run, stop
 
 SOCKET = "socket calls"
 # Checked against the leaf first, then outwards: the first bucket whose pattern
@@ -36,7 +36,8 @@ BUCKETS: list[tuple[str, re.Pattern[str]]] = [
         re.compile(r"\((structlog|logging|prometheus_client)/|accesslog|metrics\.py"),
     ),
     ("Trio scheduler", re.compile(r"\(trio/")),
-    ("ambit code (mesh, ztunnel)", re.compile(r"\((mesh|ztunnel)/")),
+    ("HTTP/1.1 parsing (httptools, h11)", re.compile(r"\((httptools|h11)/|waypoint/http1\.py")),
+    ("ambit code (mesh, ztunnel, waypoint)", re.compile(r"\((mesh|ztunnel|waypoint)/")),
 ]
 
 
@@ -44,6 +45,13 @@ def py_spy() -> str | None:
     """py-spy beside this interpreter, else on PATH."""
     beside = Path(sys.executable).with_name("py-spy")
     return str(beside) if beside.exists() else shutil.which("py-spy")
+
+
+def ensure_py_spy() -> bool:
+    """py-spy is there, or pip installs it beside this interpreter; False if neither."""
+    if py_spy() is None:
+        run([sys.executable, "-m", "pip", "install", "--quiet", "py-spy"], timeout=600)
+    return py_spy() is not None
 
 
 def record(pids: dict[str, int], seconds: int, out_dir: Path) -> list[subprocess.Popen[bytes]]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.compare import stats
+from bench.compare import l7_report, stats
 from bench.compare.stats import Results
 
 SCENARIOS = ("direct", "ambit", "stunnel", "haproxy")
@@ -66,9 +66,27 @@ def render(doc: dict[str, Any]) -> str:
         "sweep); every ratio is to a baseline measured in this run.",
         "",
     ]
-    out += [f"- **{n}**: {doc['scenarios'][n]}" for n in names] + [""]
+    if results:
+        out += [f"- **{n}**: {doc['scenarios'][n]}" for n in names] + [""]
+        out += _l4_sections(doc)
+    out += l7_report.section(doc)
+    errors = [
+        f"- {w} / {n}: {e}"
+        for w, per in results.items()
+        for n, entry in per.items()
+        for e in entry.get("errors", [])
+    ]
+    errors += [f"- {e}" for e in doc.get("errors", [])]
+    if errors:
+        out += ["## Errors", "", *errors, ""]
+    return "\n".join(out)
 
-    out += ["## Throughput and request rate", ""]
+
+def _l4_sections(doc: dict[str, Any]) -> list[str]:
+    results: Results = doc["results"]
+    cfg = doc["settings"]
+    names = [s for s in SCENARIOS if s in doc["scenarios"]]
+    out = ["## Throughput and request rate", ""]
     rows = []
     for n in names:
         rows.append([
@@ -165,16 +183,7 @@ def render(doc: dict[str, Any]) -> str:
         [[v["target"], v["measured"], v["verdict"]] for v in doc["verdicts"]],
     )
     out += _profile_section(doc.get("profile", {}))
-    errors = [
-        f"- {w} / {n}: {e}"
-        for w, per in results.items()
-        for n, entry in per.items()
-        for e in entry.get("errors", [])
-    ]
-    errors += [f"- {e}" for e in doc.get("errors", [])]
-    if errors:
-        out += ["## Errors", "", *errors, ""]
-    return "\n".join(out)
+    return out
 
 
 def _idle_section(doc: dict[str, Any]) -> list[str]:

@@ -20,7 +20,7 @@ from typing import Any
 
 from bench.compare import profile, workloads
 from bench.compare.stats import Results
-from bench.compare.system import BenchError, Daemons, in_netns, rss_kib, run, stop
+from bench.compare.system import BenchError, Daemons, in_netns, rss_kib, stop
 from bench.compare.topology import HTTP_PORT, REPO
 from bench.compare.workloads import Sample, Scenario
 
@@ -190,10 +190,8 @@ def _rss_mb(scenario: Scenario) -> dict[str, float]:
 def profile_pass(ambit: Scenario, raw_dir: Path, seconds: int) -> dict[str, Any]:
     """py-spy on both ztunnels during 1,000 req/s and during the max-rate load."""
     out: dict[str, Any] = {}
-    if profile.py_spy() is None:
-        result = run([sys.executable, "-m", "pip", "install", "--quiet", "py-spy"], timeout=600)
-        if result.returncode != 0 or profile.py_spy() is None:
-            return {"error": "py-spy is not installed and pip could not install it"}
+    if not profile.ensure_py_spy():
+        return {"error": "py-spy is not installed and pip could not install it"}
     loads: dict[str, Callable[[], Sample]] = {
         "1,000 req/s": lambda: workloads.fixed_rate(
             ambit, 1000, seconds + 2, raw_dir / "h2load-profile.tsv"

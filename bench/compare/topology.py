@@ -3,10 +3,14 @@
 ``bench-mesh`` (ambient) and ``bench-plain`` (not meshed) each have a
 ``client`` pod on node-1 and a ``server`` pod on node-2, so every scenario
 crosses the bridge between two network namespaces, and the meshed pair goes
-through both nodes' ztunnels (HBONE, mutual TLS). The cluster has its own
-state directory, so it never touches another cluster, and is removed by
-``ambit down`` whatever happens. Servers (nginx with a 1 KiB file, HTTP/1.1
-keep-alive; ``iperf3 -s``) run in the server pods' namespaces.
+through both nodes' ztunnels (HBONE, mutual TLS). ``bench-l7`` (ambient) is
+the same pair behind a Service ``server``, for the L7 section: its namespace
+is enrolled to a waypoint (:mod:`bench.compare.l7`), so ``bench-mesh`` stays
+the untouched L4 path. The cluster has its own state directory, so it never
+touches another cluster, and is removed by ``ambit down`` whatever happens.
+Servers (nginx with a 1 KiB file, HTTP/1.1 keep-alive on 8080 and h2c with
+prior knowledge on 8081; ``iperf3 -s``; a gRPC server answering any unary
+call with 1 KiB) run in the server pods' namespaces.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from bench.compare.system import BenchError, Daemons, in_netns, run, wait_listen
 
 REPO = Path(__file__).resolve().parents[2]
 HTTP_PORT = 8080
+H2C_PORT = 8081
+GRPC_PORT = 50051
 IPERF_PORT = 5201
 BODY_BYTES = 1024
 PATH_1K = "/1k"
@@ -35,7 +41,23 @@ metadata: {name: bench-mesh, labels: {ambit.io/dataplane-mode: ambient}}
 apiVersion: v1
 kind: Namespace
 metadata: {name: bench-plain}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: bench-l7, labels: {ambit.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: server, namespace: bench-l7}
+spec:
+  selector: {app: server}
+  ports:
+  - {name: http, port: 8080, targetPort: 8080, appProtocol: http}
+  - {name: http2, port: 8081, targetPort: 8081, appProtocol: kubernetes.io/h2c}
+  - {name: grpc, port: 50051, targetPort: 50051, appProtocol: grpc}
 """
+NAMESPACES = ("bench-mesh", "bench-plain", "bench-l7")
+MESHED = ("bench-mesh", "bench-l7")
 POD = """\
 ---
 apiVersion: v1
@@ -63,6 +85,12 @@ http {{
     listen {port} reuseport backlog=4096;
     location / {{ root {root}; }}
   }}
+  server {{
+    listen {h2_port} http2 reuseport backlog=4096;
+    http2_max_requests 10000000;
+    http2_max_concurrent_streams 256;
+    location / {{ root {root}; }}
+  }}
 }}
 """
 
@@ -70,7 +98,7 @@ http {{
 def manifest() -> str:
     pods = [
         POD.replace("NAME", name).replace("NS", ns).replace("NODE", node)
-        for ns in ("bench-mesh", "bench-plain")
+        for ns in NAMESPACES
         for name, node in (("server", "node-2"), ("client", "node-1"))
     ]
     return MANIFEST + "".join(pods)
@@ -161,13 +189,16 @@ def free_cidrs(preferred: int = 201) -> tuple[str, str]:
     raise BenchError("no free 10.N.0.0/16 on this host: pass --pod-cidr and --service-cidr")
 
 
-def start_servers(daemons: Daemons, workdir: Path, pods: dict[str, Pod]) -> None:
-    """nginx (1 KiB file) and ``iperf3 -s`` in each server pod's netns; wait until they listen."""
+def start_servers(
+    daemons: Daemons, workdir: Path, pods: dict[str, Pod], grpc_server: Path | None
+) -> None:
+    """nginx (1 KiB file, HTTP/1.1 and h2c), ``iperf3 -s`` and, when built, the gRPC server
+    (``grpcload serve``) in each server pod's netns; wait until they listen."""
     root = workdir / "www"
     root.mkdir(exist_ok=True)
     (root / PATH_1K.lstrip("/")).write_bytes(b"x" * BODY_BYTES)
     root.chmod(0o755)
-    for ns in ("bench-mesh", "bench-plain"):
+    for ns in NAMESPACES:
         pod = pods[f"{ns}/server"]
         conf = workdir / f"nginx-{ns}.conf"
         conf.write_text(
@@ -175,6 +206,7 @@ def start_servers(daemons: Daemons, workdir: Path, pods: dict[str, Pod]) -> None
                 pid=workdir / f"nginx-{ns}.pid",
                 log=workdir / f"nginx-{ns}.error.log",
                 port=HTTP_PORT,
+                h2_port=H2C_PORT,
                 root=root,
             )
         )
@@ -183,7 +215,11 @@ def start_servers(daemons: Daemons, workdir: Path, pods: dict[str, Pod]) -> None
             f"nginx-{ns}", in_netns(pod.netns, ["nginx", "-e", error_log, "-c", str(conf)])
         )
         daemons.start(f"iperf3-{ns}", in_netns(pod.netns, ["iperf3", "-s", "-p", str(IPERF_PORT)]))
-    for ns in ("bench-mesh", "bench-plain"):
-        wait_listening(pods[f"{ns}/server"].netns, HTTP_PORT)
-        wait_listening(pods[f"{ns}/server"].netns, IPERF_PORT)
+        if grpc_server is not None:
+            argv = [str(grpc_server), "serve", "-addr", f":{GRPC_PORT}"]
+            daemons.start(f"grpc-{ns}", in_netns(pod.netns, argv))
+    for ns in NAMESPACES:
+        ports = (HTTP_PORT, H2C_PORT, IPERF_PORT) + ((GRPC_PORT,) if grpc_server else ())
+        for port in ports:
+            wait_listening(pods[f"{ns}/server"].netns, port)
     daemons.check_alive()
