@@ -154,7 +154,9 @@ class ClusterConfig:
     def component_ready_file(self, component: str) -> Path:
         """Written by a supervised pod's process (a waypoint) when it is first ready
         (``$AMBIT_READY_FILE``), so a restart can hand over to it."""
-        return self.state_dir / "mesh" / "ready" / f"{_safe(component.replace('/', '_'))}.json"
+        kind, _, rest = component.partition("/")  # waypoint/NS/NAME: each part checked
+        parts = [_safe(p) for p in (kind, *rest.split("/"))]
+        return self.state_dir / "mesh" / "ready" / f"{'.'.join(parts)}.component.json"
 
     def ztunnel_log(self, node: str) -> Path:
         return ztunnel_log(self.state_dir, node)

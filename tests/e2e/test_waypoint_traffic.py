@@ -98,9 +98,16 @@ async def test_requests_cross_the_waypoint_are_counted_denied_and_fail_closed(
         and 'response_code="200"' in line
     ]
     assert counted, metrics.stdout.decode()[:2000]
-    # The server's ztunnel saw the waypoint's identity, not the client's.
-    completed = await cluster.ztunnel_events("node-2", "connection_complete")
-    assert completed[-1]["src_identity"] == "spiffe://cluster.local/ns/demo/sa/waypoint"
+    # The server's ztunnel saw the waypoint's identity (its connections, pooled, are open).
+    node = {n["name"]: n for n in await cluster.get("nodes")}["node-2"]
+    seen = await run(["curl", "-s", "-m", "3", f"http://{node['ip']}:15020/metrics"])
+    assert any(
+        line.startswith("istio_tcp_connections_opened_total{")
+        and 'reporter="destination"' in line
+        and 'source_principal="spiffe://cluster.local/ns/demo/sa/waypoint"' in line
+        and 'destination_workload="server"' in line
+        for line in seen.stdout.decode().splitlines()
+    ), seen.stdout.decode()[:3000]
 
     # L7 policy at the waypoint: a path is denied, the rest still served.
     await cluster.ambit("apply", "-f", str(cluster.manifest("deny.yaml", DENY_SECRET)))
