@@ -42,9 +42,8 @@ workloads that are endpoints of those Services, and every AuthorizationPolicy an
 PeerAuthentication of N and of the root namespace, the waypoint-only ones
 (``targetRefs``, AUDIT) included. Gateways, HTTPRoutes, GRPCRoutes and
 RequestAuthentications are sent whole (the waypoint compiles the routes attached to its
-Services and binds what its ``targetRefs`` name); a route's backend Service in another
-namespace is not in the view yet, so such a backend answers 500 as one that does not
-resolve.
+Services and binds what its ``targetRefs`` name), and the Services in other namespaces
+those routes send to (backends, mirrors) come with their endpoints' workloads.
 """
 
 from __future__ import annotations
@@ -68,6 +67,7 @@ from mesh.model import (
     Workload,
     selector_matches,
 )
+from mesh.model_l7 import BackendRef, GrpcRoute, HttpRoute
 
 ViewKey: TypeAlias = tuple[Role, str]
 """Which view: ``("ztunnel", node)`` or ``("waypoint", namespace)``."""
@@ -205,6 +205,7 @@ class Views:
     def _waypoint(self, namespace: str) -> MeshSnapshot:
         snapshot, index = self.snapshot, self._namespaces
         services = [*index.services.get(namespace, ()), *index.bound.get(namespace, ())]
+        services += _route_backends(snapshot, services)
         workloads = {w.uid: w for w in index.workloads.get(namespace, ())}
         for service in services:
             for endpoint in service.endpoints:
@@ -221,6 +222,34 @@ class Views:
                 p for n in namespaces for p in index.peer_authentications.get(n, ())
             ),
         )
+
+
+def _route_backends(snapshot: MeshSnapshot, services: Sequence[Service]) -> list[Service]:
+    """The Services in other namespaces that routes attached to ``services`` send to (their
+    backends and mirrors): a waypoint must know their endpoints to route there."""
+    keys = {s.key for s in services}
+    wanted: set[str] = set()
+    routes: list[HttpRoute | GrpcRoute] = [*snapshot.http_routes, *snapshot.grpc_routes]
+    for route in routes:
+        attached = any(
+            p.group == "" and p.kind == "Service"
+            and f"{p.namespace or route.namespace}/{p.name}" in keys
+            for p in route.parents
+        )  # fmt: skip
+        if not attached:
+            continue
+        for rule in route.rules:
+            refs: list[BackendRef] = [*rule.backends]
+            for f in (*rule.filters, *(f for b in rule.backends for f in b.filters)):
+                if f.mirror is not None:
+                    refs.append(f.mirror.backend)
+            wanted.update(
+                f"{b.namespace or route.namespace}/{b.name}"
+                for b in refs
+                if b.group == "" and b.kind == "Service"
+            )
+    found = (snapshot.service(key) for key in sorted(wanted - keys))
+    return [s for s in found if s is not None]
 
 
 def _same_policies(a: MeshSnapshot, b: MeshSnapshot) -> bool:

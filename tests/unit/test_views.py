@@ -306,3 +306,27 @@ def test_a_view_keeps_the_collections_it_does_not_restrict() -> None:
     assert view.http_routes == (route,)
     assert view.gateways == (gateway,)
     assert ztunnel_view(snap, "node-1").http_routes == (route,)
+
+
+def test_a_waypoints_view_has_the_services_its_routes_send_to_in_other_namespaces() -> None:
+    from mesh.model_l7 import BackendRef, Filter, HttpRoute, HttpRule, Mirror, ParentRef
+    from tests.builders import service as make_service
+    from tests.builders import snapshot as make_snapshot
+    from tests.builders import workload as make_workload
+
+    shop_pod = make_workload("web-1", "shop", ip="10.0.0.1")
+    api_pod = make_workload("api-1", "api", ip="10.0.0.2")
+    audit_pod = make_workload("audit-1", "audit", ip="10.0.0.3")
+    web = make_service("web", "shop", vip="10.96.0.1", backends=[shop_pod])
+    api = make_service("api", "api", vip="10.96.0.2", backends=[api_pod])
+    audit = make_service("audit", "audit", vip="10.96.0.3", backends=[audit_pod])
+    other = make_service("other", "audit", vip="10.96.0.4")
+    mirror = Filter("RequestMirror", mirror=Mirror(BackendRef("audit", 80, namespace="audit")))
+    route = HttpRoute(
+        "web", "shop", (ParentRef("", "Service", "web"),),
+        rules=(HttpRule(backends=(BackendRef("api", 80, namespace="api"),), filters=(mirror,)),),
+    )  # fmt: skip
+    snap = make_snapshot(web, api, audit, other, shop_pod, api_pod, audit_pod, route)
+    view = waypoint_view(snap, "shop")
+    assert [s.key for s in view.services] == ["api/api", "audit/audit", "shop/web"]
+    assert {w.uid for w in view.workloads} == {"shop/web-1", "api/api-1", "audit/audit-1"}
