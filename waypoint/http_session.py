@@ -19,7 +19,6 @@ connection closes; nothing else is disturbed.
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 import uuid
 from dataclasses import dataclass
@@ -183,7 +182,10 @@ class HttpSession:
     async def _forward(self, ex: Exchange, plan: Plan) -> None:
         """Carry ``plan`` out within the route's timeout: a request without an answer by
         then gets 504 (``UT``); one whose answer had begun is cut."""
-        with trio.move_on_after(plan.timeout or math.inf) as deadline:
+        if plan.timeout is None:  # no route timeout: no cancel scope either
+            await self._attempts(ex, plan)
+            return
+        with trio.move_on_after(plan.timeout) as deadline:
             await self._attempts(ex, plan)
         if deadline.cancelled_caught:
             ex.flags = "UT"
@@ -239,15 +241,23 @@ class HttpSession:
             if reused and retry_ok:
                 return False
             raise upstream_failure_reply(connected=True) from None
+        if not ex.head.has_body:  # nothing to send beside the answer: no task, no nursery
+            try:
+                result = await self._respond(conn, ex, reused=reused, retry_ok=retry_ok)
+            except BaseException:
+                await conn.aclose()
+                raise
+            if result is None:
+                await conn.aclose()
+                return False
+            await self.proxy.upstreams.release(conn, reusable=result)
+            return True
         body_sent = trio.Event()
         failed: Failed | ClientGone | None = None
-        result: bool | None = None
+        result = None
         try:
             async with trio.open_nursery() as nursery:
-                if ex.head.has_body:
-                    nursery.start_soon(self._send_body, conn, ex, body_sent)
-                else:
-                    body_sent.set()
+                nursery.start_soon(self._send_body, conn, ex, body_sent)
                 try:
                     result = await self._respond(conn, ex, reused=reused, retry_ok=retry_ok)
                 except (Failed, ClientGone) as exc:  # raised outside: no exception group
