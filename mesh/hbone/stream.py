@@ -101,6 +101,7 @@ class H2Stream(trio.abc.HalfCloseableStream):
         self.status: int | None = None
         self.headers_sent = False
         self.delivered = 0
+        self.queued = 0  # bytes send_all has handed to the connection, in all
         self._chunks: deque[bytes] = deque()
         self._head = 0  # bytes of _chunks[0] already returned
         self._buffered = 0
@@ -286,6 +287,7 @@ class H2Stream(trio.abc.HalfCloseableStream):
                     allowed = owner.send_capacity(self)
                 n = min(allowed, len(view))
                 owner.queue_data(self, view[:n])
+                self.queued += n
                 view = view[n:]
             if not waited:
                 await trio.lowlevel.cancel_shielded_checkpoint()

@@ -96,10 +96,15 @@ class StreamTransport:
             await self._flush_socket(self.stream.socket)
             return
         data = bytes(self._out)
+        before = getattr(self.stream, "queued", None)  # an HTTP/2 stream says what it took
         try:
             await self.stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise TransportError(f"connection lost: {exc}") from exc
+        except trio.Cancelled:
+            if before is not None:  # what the stream took is gone: never sent twice
+                del self._out[: getattr(self.stream, "queued", before) - before]
+            raise
         # Only now: a flush cancelled before the stream took the bytes keeps them for the
         # next flush (after a cancel part-way, a trio stream is broken anyway).
         del self._out[: len(data)]
