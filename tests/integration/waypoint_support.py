@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import random
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 
@@ -23,10 +24,13 @@ from mesh.relay import relay
 from tests.builders import identity, service, snapshot, workload
 from tests.pki import Pki
 from tests.waiting import wait_until
+from waypoint.dispatch import Dispatcher
+from waypoint.gate import Gate
 from waypoint.h2_session import H2Upstreams
 from waypoint.proxy import WaypointProxy
+from waypoint.request import WaypointScope
 from waypoint.telemetry import RequestMetrics
-from waypoint.upstream import Upstreams
+from waypoint.upstream import Balancer, Upstreams
 
 WAYPOINT_ID = SpiffeId("cluster.local", "default", "waypoint")
 SOURCE_ID = identity("default", "client")
@@ -246,6 +250,9 @@ async def open_mesh(
                 "default/waypoint", WAYPOINT_ID, snapshot=lambda: state["s"],
                 upstreams=upstreams, metrics=RequestMetrics(registry),
                 h2=H2Upstreams(upstreams, nursery),
+                # Seeded: a weighted split lands the same way each run (no flaky tolerance).
+                dispatcher=Dispatcher(Gate(WaypointScope("default/waypoint")), random.Random(7)),
+                balancer=Balancer(random.Random(7)),
             )  # fmt: skip
             address = await nursery.start(lambda task_status: serve_hbone(
                 proxy.handle, certificate=lambda: waypoint_cert, port=0,
