@@ -25,7 +25,7 @@ from mesh.model_checks import (
 from mesh.model_l7 import JwtRule
 
 if TYPE_CHECKING:
-    from mesh.model import Workload
+    from mesh.model_workloads import Workload
 
 
 # --- Policy ----------------------------------------------------------------------------------
