@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING
 
 import trio
 
@@ -31,16 +30,10 @@ from waypoint.http1 import (
     encode_chunk,
     encode_request_head,
     encode_response_head,
+    latin1,
 )
 from waypoint.http_request import HttpRequest
-from waypoint.replies import Failed, upstream_failure
-from waypoint.upstream import Connection, Target, UpstreamError
-
-if TYPE_CHECKING:
-    from waypoint.dispatch import Plan
-    from waypoint.http_session import Exchange, HttpSession
-
-ATTEMPTS = 2  # as the sessions: one retry, before any byte left
+from waypoint.upstream import Connection
 
 Headers = list[tuple[str, str]]
 _SKIP_TEXT = frozenset(n.decode() for n in HOP_BY_HOP) | {"host"}
@@ -147,15 +140,15 @@ async def h2_over_h1(
     ended = not down.accepts_data() and not down.buffered
     length = next((v for n, v in request.headers if n == "content-length"), None)
     chunked = not ended and length is None
-    headers = [(b"host", request.authority.encode("latin-1", "replace"))]
-    headers += [(n.encode("latin-1", "replace"), v.encode("latin-1", "replace"))
+    headers = [(b"host", latin1(request.authority))]
+    headers += [(latin1(n), latin1(v))
                 for n, v in request.headers if n not in _SKIP_TEXT and n != "te"]  # fmt: skip
     if chunked:
         headers.append((b"transfer-encoding", b"chunked"))
     elif length is not None:
         headers.append((b"content-length", length.encode()))
     headers += list(extra)
-    head = encode_request_head(request.method.encode(), request.path.encode(), headers)
+    head = encode_request_head(latin1(request.method), latin1(request.path), headers)
     try:
         await conn.stream.send_all(head)
     except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -213,40 +206,3 @@ async def _h1_answer_down(
 def _until_close(answer: Head) -> bool:
     """A response whose body ends with the connection (no length, not chunked)."""
     return answer.content_length is None and not answer.chunked
-
-
-async def h1_session_over_h2(session: HttpSession, ex: Exchange, plan: Plan) -> None:
-    """The app speaks h2c (its port says ``http2`` or ``grpc``): the request goes as
-    HTTP/2 on a multiplexed connection, the answer comes back as HTTP/1.1."""
-    tried: list[Target] = []
-    extra = [("x-request-id", ex.request_id.decode("latin-1")),
-             ("x-forwarded-client-cert", session._xfcc().decode())]  # fmt: skip
-    for attempt in range(ATTEMPTS):
-        target = session.proxy.balancer.pick(plan.targets, avoid=tried)
-        assert target is not None
-        tried.append(target)
-        last = attempt + 1 == ATTEMPTS
-        try:
-            conn = await session.proxy.h2.connection(target, session._connect_headers())
-        except UpstreamError:
-            if not last:
-                continue
-            raise Failed(upstream_failure(grpc=False, connected=False)) from None
-        ex.target = target
-        counted = [0, 0]
-        session.proxy.balancer.started(target)
-        try:
-            ex.status = await h1_over_h2(
-                conn, plan.request, extra, session.reader, ex.head.has_body, session._send_down,
-                version=ex.head.version, counted=counted,
-            )  # fmt: skip
-            ex.body_read = True
-            return
-        except BridgeFailed as exc:
-            if not exc.connected and not last:
-                continue
-            raise Failed(upstream_failure(grpc=False, connected=exc.connected)) from None
-        finally:
-            session.proxy.balancer.finished(target)
-            ex.request_bytes += counted[0]
-            ex.response_bytes += counted[1]

@@ -17,14 +17,13 @@ import contextlib
 import math
 import time
 import uuid
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 import structlog
 import trio
 
-from mesh.hbone import H2Stream, HboneSettings, Http2Connection
+from mesh.hbone import H2Stream, Http2Connection
 from mesh.hbone.settings import HboneError, HboneRetryableError
 from mesh.hbone.transport import StreamTransport
 from waypoint.bridge import BridgeFailed, h2_over_h1
@@ -34,19 +33,17 @@ from waypoint.http_request import HttpRequest
 from waypoint.mirror import MirrorBody, start_mirrors
 from waypoint.replies import Failed, no_healthy_upstream, route_timeout, upstream_failure
 from waypoint.replies import LocalReply as Reply
-from waypoint.telemetry import Finished, GrpcMessages, account
-from waypoint.upstream import Target, UpstreamError, Upstreams
+from waypoint.session import Session, Shared
+from waypoint.telemetry import Finished, GrpcMessages
+from waypoint.upstream import H2_SETTINGS, Target, UpstreamError
 
 if TYPE_CHECKING:
     from mesh.model import MeshSnapshot
     from waypoint.destination import Caller, Destination
-    from waypoint.proxy import WaypointProxy
 
 log = structlog.get_logger("waypoint.access")
 
 ATTEMPTS: Final = 2
-# Downstream and upstream HTTP/2: Envoy's defaults for streams per connection.
-H2_SETTINGS: Final = HboneSettings(max_concurrent_streams=100, stream_window=1024 * 1024)
 HOP_BY_HOP: Final = frozenset(
     {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade",
      "x-forwarded-client-cert", "x-request-id"}
@@ -81,47 +78,6 @@ class PrefixedStream(trio.abc.HalfCloseableStream):
         await self._stream.aclose()
 
 
-class H2Upstreams:
-    """Multiplexed h2c connections to endpoints, each over an HBONE stream opened through
-    ``upstreams``' pool as the waypoint; their tasks live in ``nursery``."""
-
-    def __init__(self, upstreams: Upstreams, nursery: trio.Nursery) -> None:
-        self._upstreams = upstreams
-        self._nursery = nursery
-        self.nursery = nursery  # the waypoint's background tasks (mirrors) live here too
-        self._conns: dict[tuple[str, int], list[Http2Connection]] = defaultdict(list)
-        self._locks: dict[tuple[str, int], trio.Lock] = defaultdict(trio.Lock)
-        self.opened = 0
-
-    async def connection(self, target: Target, headers: list[tuple[str, str]]) -> Http2Connection:
-        key = (target.ip, target.port)
-        async with self._locks[key]:
-            for conn in self._conns[key]:
-                if conn.is_available():
-                    return conn
-            stream = await self._upstreams.open_stream(target, headers)
-            conn = Http2Connection(
-                StreamTransport(stream), peer=target.identity, settings=H2_SETTINGS,
-                client_side=True, idle_timeout=self._upstreams.idle_seconds,
-            )  # fmt: skip
-            self._conns[key].append(conn)
-            self.opened += 1
-            self._nursery.start_soon(self._run, key, conn)
-            return conn
-
-    async def _run(self, key: tuple[str, int], conn: Http2Connection) -> None:
-        try:
-            await conn.serve()
-        finally:
-            if conn in self._conns.get(key, ()):
-                self._conns[key].remove(conn)
-
-    def close(self) -> None:
-        for conns in self._conns.values():
-            for conn in conns:
-                conn.close("waypoint closing")
-
-
 @dataclass
 class _Request:
     headers: list[tuple[str, str]]
@@ -144,10 +100,10 @@ class _Request:
         return next((v for k, v in self.headers if k == name), "")
 
 
-class H2Session:
+class H2Session(Session):
     def __init__(
         self,
-        proxy: WaypointProxy,
+        proxy: Shared,
         snapshot: MeshSnapshot,
         destination: Destination,
         caller: Caller,
@@ -155,10 +111,7 @@ class H2Session:
         *,
         initial: bytes = b"",
     ) -> None:
-        self.proxy = proxy
-        self.snapshot = snapshot
-        self.destination = destination
-        self.caller = caller
+        super().__init__(proxy, snapshot, destination, caller)
         self.conn = Http2Connection(
             StreamTransport(PrefixedStream(stream, initial)), peer=caller.identity,
             settings=H2_SETTINGS, handler=self._on_stream, client_side=False,
@@ -224,7 +177,7 @@ class H2Session:
             tried.append(target)
             req.target = target
             try:
-                conn = await self.proxy.h2.connection(target, self._connect_headers())
+                conn = await self.proxy.h2.connection(target, self.connect_headers())
                 ended = not down.accepts_data() and not down.buffered  # a request without body
                 up = conn.start_request(self._upstream_headers(req, plan), end_stream=ended)
             except (UpstreamError, HboneRetryableError):
@@ -243,15 +196,14 @@ class H2Session:
         pooled HTTP/1.1 connection, the answer comes back on the stream."""
         tried: list[Target] = []
         extra = [(b"x-request-id", req.request_id.encode("latin-1")),
-                 (b"x-forwarded-client-cert",
-                  f"By={self.proxy.identity};URI={self.caller.identity}".encode())]  # fmt: skip
+                 (b"x-forwarded-client-cert", self.xfcc().encode())]  # fmt: skip
         for attempt in range(ATTEMPTS):
             target = self.proxy.balancer.pick(plan.targets, avoid=tried)
             assert target is not None
             tried.append(target)
             last = attempt + 1 == ATTEMPTS
             try:
-                conn = await self.proxy.upstreams.checkout(target, self._connect_headers())
+                conn = await self.proxy.upstreams.checkout(target, self.connect_headers())
             except UpstreamError:
                 if not last:
                     continue
@@ -279,9 +231,6 @@ class H2Session:
                 req.response_bytes += counted[1]
                 await self.proxy.upstreams.release(conn, reusable=reusable)
 
-    def _connect_headers(self) -> list[tuple[str, str]]:
-        return [("forwarded", f"for={self.caller.address}")] if self.caller.address else []
-
     def _upstream_headers(self, req: _Request, plan: Plan) -> list[tuple[str, str]]:
         if plan.rewritten:  # routes or JWT outputs made the request anew
             r = plan.request
@@ -292,8 +241,7 @@ class H2Session:
         else:
             out = [(k, v) for k, v in req.headers if k not in HOP_BY_HOP]
         out.append(("x-request-id", req.request_id))
-        out.append(("x-forwarded-client-cert",
-                    f"By={self.proxy.identity};URI={self.caller.identity}"))  # fmt: skip
+        out.append(("x-forwarded-client-cert", self.xfcc()))
         return out
 
     async def _exchange(self, down: H2Stream, up: H2Stream, req: _Request) -> None:
@@ -377,9 +325,6 @@ class H2Session:
             await down.send_eof()
 
     def _account(self, req: _Request) -> None:
-        plan, target = req.plan, req.target
-        service = plan.service if plan is not None and plan.service else self.destination.service
-        workload = self.snapshot.workload(target.uid) if target is not None else None
         done = Finished(
             method=req.header(":method"),
             authority=req.header(":authority"),
@@ -397,13 +342,7 @@ class H2Session:
             request_messages=req.sent_messages.count,
             response_messages=req.received_messages.count,
         )
-        metrics, caller = self.proxy.metrics, self.caller
-        account(
-            metrics, done,
-            source=metrics.side("source", caller.workload, caller.identity, caller.baggage),
-            destination=metrics.side("destination", workload, target.identity if target else None),
-            service=service, upstream_host=target.authority if target else None,
-        )  # fmt: skip
+        self.account(done, req.target, req.plan)
 
 
 def _grpc_status(headers: list[tuple[str, str]], default: str) -> str:

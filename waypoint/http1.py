@@ -21,6 +21,8 @@ from typing import Final
 import httptools
 import trio
 
+from waypoint.http_request import HttpRequest
+
 READ_SIZE: Final = 64 * 1024
 HOP_BY_HOP: Final = frozenset(
     {
@@ -281,3 +283,23 @@ def end_to_end(headers: Headers) -> Headers:
         for token in value.split(b",")
     }
     return [(n, v) for n, v in headers if n not in HOP_BY_HOP and n not in named]
+
+
+def latin1(text: str) -> bytes:
+    """``text`` as HTTP/1.x bytes (what latin-1 cannot say becomes ``?``)."""
+    return text.encode("latin-1", "replace")
+
+
+def request_of(head: Head) -> HttpRequest:
+    """The request as routes and policies read it (header names are lower-case already)."""
+    host = b""
+    headers = []
+    for name, value in end_to_end(head.headers):
+        if name == b"host":
+            host = value
+        else:
+            headers.append((name.decode("latin-1"), value.decode("latin-1")))
+    return HttpRequest(
+        head.method.decode("latin-1"), head.target.decode("latin-1"), host.decode("latin-1"),
+        tuple(headers),
+    )  # fmt: skip

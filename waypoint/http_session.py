@@ -29,7 +29,7 @@ import trio
 
 from mesh.relay import relay
 from mesh.response_flags import ResponseFlag
-from waypoint.bridge import h1_session_over_h2
+from waypoint.bridge import BridgeFailed, h1_over_h2
 from waypoint.dispatch import Plan
 from waypoint.http1 import (
     LAST_CHUNK,
@@ -40,8 +40,9 @@ from waypoint.http1 import (
     encode_request_head,
     encode_response_head,
     end_to_end,
+    latin1,
+    request_of,
 )
-from waypoint.http_request import HttpRequest
 from waypoint.mirror import MirrorBody, start_mirrors
 from waypoint.replies import (
     Failed,
@@ -51,13 +52,13 @@ from waypoint.replies import (
     upstream_failure,
 )
 from waypoint.replies import LocalReply as Reply
-from waypoint.telemetry import Finished, account
+from waypoint.session import Session, Shared
+from waypoint.telemetry import Finished
 from waypoint.upstream import Connection, Target, UpstreamError
 
 if TYPE_CHECKING:
     from mesh.model import MeshSnapshot
     from waypoint.destination import Caller, Destination
-    from waypoint.proxy import WaypointProxy
 
 log = structlog.get_logger("waypoint.access")
 
@@ -102,10 +103,10 @@ class ClientGone(Exception):
     """The downstream connection broke: nothing more can be sent on it."""
 
 
-class HttpSession:
+class HttpSession(Session):
     def __init__(
         self,
-        proxy: WaypointProxy,
+        proxy: Shared,
         snapshot: MeshSnapshot,
         destination: Destination,
         caller: Caller,
@@ -113,10 +114,7 @@ class HttpSession:
         *,
         initial: bytes = b"",
     ) -> None:
-        self.proxy = proxy
-        self.snapshot = snapshot
-        self.destination = destination
-        self.caller = caller
+        super().__init__(proxy, snapshot, destination, caller)
         self.stream = stream
         self.reader = MessageReader(stream, initial=initial)
         self.keep_alive = True
@@ -157,7 +155,7 @@ class HttpSession:
         self.keep_alive = head.keep_alive
         try:
             plan = self.proxy.dispatcher.plan(
-                self.snapshot, self.destination, self.caller, _request_of(head), grpc=False
+                self.snapshot, self.destination, self.caller, request_of(head), grpc=False
             )
             if not isinstance(plan, Plan):
                 raise Failed(plan)
@@ -199,7 +197,7 @@ class HttpSession:
         if not targets:
             raise Failed(no_healthy_upstream(grpc=False))
         if plan.speak == "h2" and not ex.head.upgrade:
-            await h1_session_over_h2(self, ex, plan)
+            await self._attempts_h2(ex, plan)
             return
         tried: list[Target] = []
         for attempt in range(ATTEMPTS):
@@ -207,7 +205,7 @@ class HttpSession:
             assert target is not None
             tried.append(target)
             try:
-                conn = await self.proxy.upstreams.checkout(target, self._connect_headers())
+                conn = await self.proxy.upstreams.checkout(target, self.connect_headers())
             except UpstreamError:
                 if attempt + 1 < ATTEMPTS:
                     continue
@@ -221,12 +219,41 @@ class HttpSession:
                 self.proxy.balancer.finished(target)
         raise upstream_failure_reply(connected=True)
 
-    def _xfcc(self) -> bytes:
-        return b"By=%s;URI=%s" % (str(self.proxy.identity).encode(),
-                                  str(self.caller.identity).encode())  # fmt: skip
-
-    def _connect_headers(self) -> list[tuple[str, str]]:
-        return [("forwarded", f"for={self.caller.address}")] if self.caller.address else []
+    async def _attempts_h2(self, ex: Exchange, plan: Plan) -> None:
+        """The app speaks h2c (its port says ``http2`` or ``grpc``): the request goes as
+        HTTP/2 on a multiplexed connection, the answer comes back as HTTP/1.1."""
+        tried: list[Target] = []
+        extra = [("x-request-id", ex.request_id.decode("latin-1")),
+                 ("x-forwarded-client-cert", self.xfcc())]  # fmt: skip
+        for attempt in range(ATTEMPTS):
+            target = self.proxy.balancer.pick(plan.targets, avoid=tried)
+            assert target is not None
+            tried.append(target)
+            last = attempt + 1 == ATTEMPTS
+            try:
+                conn = await self.proxy.h2.connection(target, self.connect_headers())
+            except UpstreamError:
+                if not last:
+                    continue
+                raise upstream_failure_reply(connected=False) from None
+            ex.target = target
+            counted = [0, 0]
+            self.proxy.balancer.started(target)
+            try:
+                ex.status = await h1_over_h2(
+                    conn, plan.request, extra, self.reader, ex.head.has_body, self._send_down,
+                    version=ex.head.version, counted=counted,
+                )  # fmt: skip
+                ex.body_read = True
+                return
+            except BridgeFailed as exc:
+                if not exc.connected and not last:
+                    continue
+                raise upstream_failure_reply(connected=exc.connected) from None
+            finally:
+                self.proxy.balancer.finished(target)
+                ex.request_bytes += counted[0]
+                ex.response_bytes += counted[1]
 
     async def _over(self, conn: Connection, ex: Exchange, *, retry_ok: bool) -> bool:
         """Send ``ex``'s request on ``conn`` and relay its response; False when ``conn``
@@ -309,13 +336,13 @@ class HttpSession:
         method, target = head.method, head.target
         if plan is not None and plan.rewritten:  # routes or JWT outputs made it anew
             request = plan.request
-            method, target = _latin1(request.method), _latin1(request.path)
-            headers = [(b"host", _latin1(request.authority))]
-            headers += [(_latin1(n), _latin1(v)) for n, v in request.headers if n not in _OURS]
+            method, target = latin1(request.method), latin1(request.path)
+            headers = [(b"host", latin1(request.authority))]
+            headers += [(latin1(n), latin1(v)) for n, v in request.headers if n not in _OURS]
         else:
             headers = [(n, v) for n, v in end_to_end(head.headers) if n not in _OURS_BYTES]
         headers.append((b"x-request-id", ex.request_id))
-        headers.append((XFCC, self._xfcc()))
+        headers.append((XFCC, self.xfcc().encode()))
         if head.chunked:
             headers.append((b"transfer-encoding", b"chunked"))
         elif head.content_length is not None:
@@ -347,7 +374,7 @@ class HttpSession:
         headers = end_to_end(response.headers)
         if ex.plan is not None and ex.plan.forward is not None:  # the route's header filters
             text = tuple((n.decode("latin-1"), v.decode("latin-1")) for n, v in headers)
-            headers = [(_latin1(n), _latin1(v)) for n, v in ex.plan.response_headers(text)]
+            headers = [(latin1(n), latin1(v)) for n, v in ex.plan.response_headers(text)]
         down_chunked = False
         if bodyless:
             length = response.header(b"content-length")
@@ -400,7 +427,7 @@ class HttpSession:
     async def _reply(self, ex: Exchange, reply: Reply) -> None:
         if ex.head.has_body and not await self._drain_body(ex):
             self.keep_alive = False  # its body was not read: the connection cannot go on
-        headers = [(_latin1(n), _latin1(v)) for n, v in reply.headers]
+        headers = [(latin1(n), latin1(v)) for n, v in reply.headers]
         headers.append((b"x-request-id", ex.request_id))
         if not self.keep_alive:
             headers.append((b"connection", b"close"))
@@ -431,9 +458,7 @@ class HttpSession:
             raise ClientGone from None
 
     def _account(self, ex: Exchange) -> None:
-        plan, head, target = ex.plan, ex.head, ex.target
-        service = plan.service if plan is not None and plan.service else self.destination.service
-        workload = self.snapshot.workload(target.uid) if target is not None else None
+        head = ex.head
         done = Finished(
             method=head.method.decode("latin-1"),
             authority=(head.header(b"host") or b"").decode("latin-1"),
@@ -447,34 +472,9 @@ class HttpSession:
             request_bytes=ex.request_bytes,
             response_bytes=ex.response_bytes,
         )
-        metrics, caller = self.proxy.metrics, self.caller
-        account(
-            metrics, done,
-            source=metrics.side("source", caller.workload, caller.identity, caller.baggage),
-            destination=metrics.side("destination", workload, target.identity if target else None),
-            service=service, upstream_host=target.authority if target else None,
-        )  # fmt: skip
+        self.account(done, ex.target, ex.plan)
 
 
 _OURS: Final = frozenset({"host", "x-request-id", "x-forwarded-client-cert", "content-length",
                           "transfer-encoding", "connection", "upgrade"})  # fmt: skip
 _OURS_BYTES: Final = frozenset({XFCC, b"x-request-id"})
-
-
-def _latin1(text: str) -> bytes:
-    return text.encode("latin-1", "replace")
-
-
-def _request_of(head: Head) -> HttpRequest:
-    """The request as routes and policies read it (header names are lower-case already)."""
-    host = b""
-    headers = []
-    for name, value in end_to_end(head.headers):
-        if name == b"host":
-            host = value
-        else:
-            headers.append((name.decode("latin-1"), value.decode("latin-1")))
-    return HttpRequest(
-        head.method.decode("latin-1"), head.target.decode("latin-1"), host.decode("latin-1"),
-        tuple(headers),
-    )  # fmt: skip

@@ -36,12 +36,11 @@ from mesh.net import open_listener
 from waypoint.config import WaypointConfig
 from waypoint.dispatch import Dispatcher
 from waypoint.gate import Gate
-from waypoint.h2_session import H2Upstreams
 from waypoint.jwks import JwksCache
 from waypoint.proxy import WaypointProxy
 from waypoint.request import WaypointScope
 from waypoint.telemetry import RequestMetrics
-from waypoint.upstream import Upstreams
+from waypoint.upstream import H2Upstreams, Upstreams
 
 log = structlog.get_logger("waypoint")
 RETRY = Backoff(initial=0.2, maximum=10.0)

@@ -17,13 +17,13 @@ import trio
 
 from waypoint.decisions import MirrorTarget
 from waypoint.destination import meshed_identity
-from waypoint.http1 import Http1Error, encode_request_head
+from waypoint.http1 import Http1Error, encode_request_head, latin1
 from waypoint.http_request import HttpRequest
 from waypoint.upstream import UpstreamError, targets_of
 
 if TYPE_CHECKING:
     from mesh.model import MeshSnapshot
-    from waypoint.proxy import WaypointProxy
+    from waypoint.session import Shared
 
 log = structlog.get_logger("waypoint")
 
@@ -46,7 +46,7 @@ class MirrorBody:
 
 
 def start_mirrors(
-    proxy: WaypointProxy,
+    proxy: Shared,
     snapshot: MeshSnapshot,
     mirrors: tuple[MirrorTarget, ...],
     request: HttpRequest,
@@ -62,7 +62,7 @@ def start_mirrors(
 
 
 async def _mirror(
-    proxy: WaypointProxy,
+    proxy: Shared,
     snapshot: MeshSnapshot,
     target: MirrorTarget,
     request: HttpRequest,
@@ -74,15 +74,11 @@ async def _mirror(
     if choice is None:
         log.debug("mirror_failed", mirror=target.service, reason="no endpoint")
         return
-    headers = [(b"host", f"{request.authority}-shadow".encode("latin-1", "replace"))]
-    headers += [
-        (n.encode("latin-1", "replace"), v.encode("latin-1", "replace"))
-        for n, v in request.headers
-        if n not in _SKIPPED
-    ]
+    headers = [(b"host", latin1(f"{request.authority}-shadow"))]
+    headers += [(latin1(n), latin1(v)) for n, v in request.headers if n not in _SKIPPED]
     headers.append((b"content-length", b"%d" % len(body)))
     head = encode_request_head(
-        request.method.encode("latin-1", "replace"), request.path.encode("latin-1", "replace"),
+        latin1(request.method), latin1(request.path),
         headers,
     )  # fmt: skip
     with trio.move_on_after(MIRROR_SECONDS):

@@ -30,12 +30,12 @@ from mesh.relay import RelayStats, relay
 from waypoint.destination import Caller, Destination
 from waypoint.dispatch import Dispatcher
 from waypoint.gate import Gate
-from waypoint.h2_session import H2Session, H2Upstreams
+from waypoint.h2_session import H2Session
 from waypoint.http_session import HttpSession
 from waypoint.protocol import SNIFF_BYTES, declared, sniff
 from waypoint.request import WaypointScope
 from waypoint.telemetry import RequestMetrics
-from waypoint.upstream import Balancer, UpstreamError, Upstreams
+from waypoint.upstream import Balancer, H2Upstreams, UpstreamError, Upstreams
 
 log = structlog.get_logger("waypoint")
 

@@ -16,12 +16,14 @@ import random
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Final
 
 import trio
 
 from mesh.constants import HBONE_PORT
-from mesh.hbone import HboneError
+from mesh.hbone import HboneError, HboneSettings, Http2Connection
 from mesh.hbone.client import HboneClientPool, failure_reason
+from mesh.hbone.transport import StreamTransport
 from mesh.identity import SpiffeId
 from mesh.model import Endpoint
 from mesh.reason import Reason
@@ -170,3 +172,47 @@ def targets_of(
         if target is not None and identity is not None:
             out.append(Target(e.ip, target, identity, e.workload_uid))
     return out
+
+
+# Downstream and upstream HTTP/2: Envoy's defaults for streams per connection.
+H2_SETTINGS: Final = HboneSettings(max_concurrent_streams=100, stream_window=1024 * 1024)
+
+
+class H2Upstreams:
+    """Multiplexed h2c connections to endpoints, each over an HBONE stream opened through
+    ``upstreams``' pool as the waypoint; their tasks live in ``nursery``."""
+
+    def __init__(self, upstreams: Upstreams, nursery: trio.Nursery) -> None:
+        self._upstreams = upstreams
+        self.nursery = nursery  # the connections' tasks; the waypoint's other background work too
+        self._conns: dict[tuple[str, int], list[Http2Connection]] = defaultdict(list)
+        self._locks: dict[tuple[str, int], trio.Lock] = defaultdict(trio.Lock)
+        self.opened = 0
+
+    async def connection(self, target: Target, headers: list[tuple[str, str]]) -> Http2Connection:
+        key = (target.ip, target.port)
+        async with self._locks[key]:
+            for conn in self._conns[key]:
+                if conn.is_available():
+                    return conn
+            stream = await self._upstreams.open_stream(target, headers)
+            conn = Http2Connection(
+                StreamTransport(stream), peer=target.identity, settings=H2_SETTINGS,
+                client_side=True, idle_timeout=self._upstreams.idle_seconds,
+            )  # fmt: skip
+            self._conns[key].append(conn)
+            self.opened += 1
+            self.nursery.start_soon(self._run, key, conn)
+            return conn
+
+    async def _run(self, key: tuple[str, int], conn: Http2Connection) -> None:
+        try:
+            await conn.serve()
+        finally:
+            if conn in self._conns.get(key, ()):
+                self._conns[key].remove(conn)
+
+    def close(self) -> None:
+        for conns in self._conns.values():
+            for conn in conns:
+                conn.close("waypoint closing")

@@ -26,11 +26,10 @@ from tests.pki import Pki
 from tests.waiting import wait_until
 from waypoint.dispatch import Dispatcher
 from waypoint.gate import Gate
-from waypoint.h2_session import H2Upstreams
 from waypoint.proxy import WaypointProxy
 from waypoint.request import WaypointScope
 from waypoint.telemetry import RequestMetrics
-from waypoint.upstream import Balancer, Upstreams
+from waypoint.upstream import Balancer, H2Upstreams, Upstreams
 
 WAYPOINT_ID = SpiffeId("cluster.local", "default", "waypoint")
 SOURCE_ID = identity("default", "client")

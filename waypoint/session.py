@@ -1,0 +1,67 @@
+"""What a downstream session (:mod:`waypoint.http_session`, :mod:`waypoint.h2_session`)
+needs of the waypoint, and what both kinds share.
+
+:class:`Shared` is the narrow interface a session sees of the waypoint
+(:class:`waypoint.proxy.WaypointProxy` provides it): its identity, the current snapshot,
+the upstream connections, the balancer, the dispatcher, the metrics, a nursery for
+fire-and-forget work. :class:`Session` holds one connection's context and does what
+both sessions do alike: the headers of a CONNECT to an endpoint, the
+``x-forwarded-client-cert`` value, and a finished request's series and log line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+import trio
+
+from mesh.identity import SpiffeId
+from mesh.model import MeshSnapshot
+from waypoint.destination import Caller, Destination
+from waypoint.dispatch import Dispatcher, Plan
+from waypoint.telemetry import Finished, RequestMetrics, account
+from waypoint.upstream import Balancer, H2Upstreams, Target, Upstreams
+
+
+class Shared(Protocol):
+    identity: SpiffeId
+    snapshot: Callable[[], MeshSnapshot | None]
+    upstreams: Upstreams
+    h2: H2Upstreams
+    balancer: Balancer
+    dispatcher: Dispatcher
+    metrics: RequestMetrics
+    tasks: trio.Nursery
+
+
+class Session:
+    """One downstream connection: whom it serves (``destination``), for whom (``caller``)."""
+
+    def __init__(
+        self, proxy: Shared, snapshot: MeshSnapshot, destination: Destination, caller: Caller
+    ) -> None:
+        self.proxy = proxy
+        self.snapshot = snapshot
+        self.destination = destination
+        self.caller = caller
+
+    def connect_headers(self) -> list[tuple[str, str]]:
+        """The headers of a CONNECT to an endpoint: the caller's address, forwarded."""
+        return [("forwarded", f"for={self.caller.address}")] if self.caller.address else []
+
+    def xfcc(self) -> str:
+        """``x-forwarded-client-cert``: the waypoint, and the caller it verified."""
+        return f"By={self.proxy.identity};URI={self.caller.identity}"
+
+    def account(self, done: Finished, target: Target | None, plan: Plan | None) -> None:
+        """Count ``done`` (sent to ``target`` as ``plan`` said) and log it."""
+        service = plan.service if plan is not None and plan.service else self.destination.service
+        workload = self.snapshot.workload(target.uid) if target is not None else None
+        metrics, caller = self.proxy.metrics, self.caller
+        account(
+            metrics, done,
+            source=metrics.side("source", caller.workload, caller.identity, caller.baggage),
+            destination=metrics.side("destination", workload, target.identity if target else None),
+            service=service, upstream_host=target.authority if target else None,
+        )  # fmt: skip
