@@ -127,8 +127,8 @@ class _Side:
         return cls(
             workload_name(w),
             w.namespace,
-            _first_label(w, APP_LABELS) or UNKNOWN,
-            _first_label(w, VERSION_LABELS) or UNKNOWN,
+            first_label(w, APP_LABELS) or UNKNOWN,
+            first_label(w, VERSION_LABELS) or UNKNOWN,
             CLUSTER,
         )
 
@@ -145,7 +145,8 @@ def workload_name(w: Workload) -> str:
     return w.name
 
 
-def _first_label(w: Workload, keys: Iterable[str]) -> str | None:
+def first_label(w: Workload, keys: Iterable[str]) -> str | None:
+    """The value of the first of ``keys`` that ``w`` has a label for."""
     return next((v for k in keys if (v := w.label(k))), None)
 
 

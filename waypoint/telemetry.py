@@ -27,6 +27,7 @@ from mesh.metrics import (
     UNKNOWN,
     VERSION_LABELS,
     TcpMetrics,
+    first_label,
     workload_name,
 )
 from mesh.model import Service, Workload
@@ -82,10 +83,6 @@ _VALUES: Final = attrgetter(*LABEL_NAMES)
 SERIES_LIMIT: Final = 4096  # label sets whose children are kept; past it, start over
 
 
-def _label(w: Workload, keys: tuple[str, ...]) -> str | None:
-    return next((v for k in keys if (v := w.label(k))), None)
-
-
 def side(
     prefix: str,
     w: Workload | None,
@@ -113,10 +110,10 @@ def side(
         out |= {
             f"{prefix}_workload": name,
             f"{prefix}_workload_namespace": w.namespace,
-            f"{prefix}_app": _label(w, APP_LABELS) or UNKNOWN,
-            f"{prefix}_version": _label(w, VERSION_LABELS) or UNKNOWN,
-            f"{prefix}_canonical_service": _label(w, CANONICAL_NAME_LABELS) or name,
-            f"{prefix}_canonical_revision": _label(w, CANONICAL_REVISION_LABELS) or "latest",
+            f"{prefix}_app": first_label(w, APP_LABELS) or UNKNOWN,
+            f"{prefix}_version": first_label(w, VERSION_LABELS) or UNKNOWN,
+            f"{prefix}_canonical_service": first_label(w, CANONICAL_NAME_LABELS) or name,
+            f"{prefix}_canonical_revision": first_label(w, CANONICAL_REVISION_LABELS) or "latest",
             f"{prefix}_cluster": CLUSTER,
         }
     return out
