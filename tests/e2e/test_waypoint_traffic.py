@@ -174,3 +174,49 @@ async def test_a_waypoint_restart_lets_the_requests_in_flight_finish(cluster: Cl
     assert codes == ["200"] * 6
     # The new waypoint serves the next requests.
     assert await eventually(lambda: _is(curl(cluster, "http://server/"), "200"), seconds=20)
+
+
+OUTSIDER = """\
+apiVersion: v1
+kind: Namespace
+metadata: {name: outside}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: outsider, namespace: outside}
+spec:
+  nodeName: node-1
+  containers:
+  - name: outsider
+    command: [sleep, "600"]
+"""
+
+
+async def test_a_waypoint_for_workloads_takes_pod_ip_traffic_plaintext_included(
+    cluster: Cluster,
+) -> None:
+    await cluster.up(cluster.manifest("demo.yaml", demo_manifest([OUTSIDER]).replace(
+        "metadata: {name: demo}",
+        "metadata: {name: demo, labels: {ambit.io/dataplane-mode: ambient}}",
+    )))  # fmt: skip
+    applied = await cluster.ambit(
+        "waypoint", "apply", "-n", "demo", "--enroll-namespace", "--for", "all"
+    )
+    assert applied.returncode == 0, applied.stderr.decode()
+    assert await eventually(lambda: bound(cluster), seconds=30)
+    server = next(p for p in await cluster.get("pods", "-n", "demo") if p["name"] == "server")
+    url = f"http://{server['ip']}:8080/?from={{}}"  # http.server lists / whatever the query
+
+    async def waypoint_saw(path: str) -> bool:
+        logs = await cluster.ambit("logs", "waypoint/demo/waypoint")
+        return f'"path": "{path}"' in logs.stdout.decode()
+
+    async def through(client: str, namespace: str, path: str) -> bool:
+        argv = ["curl", "-s", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}"]
+        done = await cluster.exec(client, *argv, url.format(path), namespace=namespace)
+        return done.stdout == b"200" and await waypoint_saw(f"/?from={path}")
+
+    # A meshed client dialling the pod's IP, and a client outside the mesh (plaintext):
+    # both answered by the app, both through the waypoint.
+    assert await eventually(lambda: through("client", "demo", "meshed"), seconds=20)
+    assert await eventually(lambda: through("outsider", "outside", "plain"), seconds=20)
