@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
@@ -34,7 +33,7 @@ from waypoint.mirror import MirrorBody, start_mirrors
 from waypoint.replies import Failed, no_healthy_upstream, route_timeout, upstream_failure
 from waypoint.replies import LocalReply as Reply
 from waypoint.session import Session, Shared
-from waypoint.telemetry import Finished, GrpcMessages
+from waypoint.telemetry import Finished, GrpcMessages, new_request_id
 from waypoint.upstream import H2_SETTINGS, Target, UpstreamError
 
 if TYPE_CHECKING:
@@ -124,7 +123,7 @@ class H2Session(Session):
     async def _on_stream(self, down: H2Stream) -> None:
         self.snapshot = self.proxy.snapshot() or self.snapshot
         headers = down.request_headers
-        request_id = next((v for k, v in headers if k == "x-request-id"), "") or str(uuid.uuid4())
+        request_id = next((v for k, v in headers if k == "x-request-id"), "") or new_request_id()
         content_type = next((v for k, v in headers if k == "content-type"), "")
         grpc = content_type.startswith("application/grpc")
         req = _Request(headers, time.monotonic(), request_id, grpc)

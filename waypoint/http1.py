@@ -153,6 +153,21 @@ class MessageReader:
                 raise Http1Error(400, "the connection closed in the middle of a body")
             await self._fill()
 
+    def take_body_nowait(self) -> tuple[bytes, bool]:
+        """The current message's body already parsed, joined, and whether its end was in it;
+        never waits (a response that arrived whole leaves with its head, in one write)."""
+        pieces: list[bytes] = []
+        events = self._events
+        while events:
+            event = events[0]
+            if isinstance(event, Head):
+                return b"".join(pieces), True
+            events.popleft()
+            if event is None:
+                return b"".join(pieces), True
+            pieces.append(event)
+        return b"".join(pieces), False
+
     async def _fill(self) -> None:
         data, self._initial = self._initial, b""
         data = data or bytes(await self._stream.receive_some(READ_SIZE))

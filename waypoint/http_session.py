@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -53,7 +52,7 @@ from waypoint.replies import (
 )
 from waypoint.replies import LocalReply as Reply
 from waypoint.session import Session, Shared
-from waypoint.telemetry import Finished
+from waypoint.telemetry import Finished, new_request_id
 from waypoint.upstream import Connection, Target, UpstreamError
 
 if TYPE_CHECKING:
@@ -149,7 +148,7 @@ class HttpSession(Session):
             await self.stream.send_all(encode_response_head(exc.status, headers) + body)
 
     async def _exchange(self, head: Head) -> None:
-        request_id = head.header(b"x-request-id") or str(uuid.uuid4()).encode()
+        request_id = head.header(b"x-request-id") or new_request_id().encode()
         exchange = Exchange(head, time.monotonic(), request_id)
         self.snapshot = self.proxy.snapshot() or self.snapshot  # config applies per request
         self.keep_alive = head.keep_alive
@@ -393,9 +392,17 @@ class HttpSession(Session):
             headers.append((b"connection", b"keep-alive"))
         encoded = encode_response_head(response.status, headers, ex.head.version)
         ex.response_bytes += len(encoded)
-        await self._send_down(encoded)
         if bodyless:
+            await self._send_down(encoded)
             return response.status != 304 and ex.head.method != b"HEAD" and response.keep_alive
+        ready, ended = conn.reader.take_body_nowait()  # what came with the head goes with it
+        ex.response_bytes += len(ready)
+        if ready:
+            encoded += encode_chunk(ready) if down_chunked else ready
+        if ended:
+            await self._send_down(encoded + LAST_CHUNK if down_chunked else encoded)
+            return response.keep_alive
+        await self._send_down(encoded)
         try:
             while data := await conn.reader.read_body():
                 ex.response_bytes += len(data)

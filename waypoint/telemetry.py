@@ -11,6 +11,7 @@ destination the endpoint pod that answered (or, when none did, the Service).
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -243,6 +244,19 @@ class RequestMetrics:
         duration.observe(duration_ms)
         sent.observe(request_bytes)
         received.observe(response_bytes)
+
+
+_ids = random.Random()  # request ids need to be unique, not secret: no system call each
+
+
+def new_request_id() -> str:
+    """A random UUID (version 4) for ``x-request-id``, as Envoy makes one."""
+    h = "%032x" % ((_ids.getrandbits(128) & _UUID4_CLEAR) | _UUID4_SET)
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+_UUID4_CLEAR: Final = 0xFFFFFFFF_FFFF_0FFF_3FFF_FFFFFFFFFFFF  # version and variant bits
+_UUID4_SET: Final = 0x00000000_0000_4000_8000_000000000000  # version 4, RFC 4122 variant
 
 
 @dataclass
