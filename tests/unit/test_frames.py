@@ -15,8 +15,9 @@ class Recorder:
         self.reader = reader
         self.events: list[tuple[str, object]] = []
 
-    def on_h2_bytes(self, data: bytes) -> None:
-        self.events.append(("h2", data))
+    def on_frame(self, header: FrameHeader, body: int) -> None:
+        frame = bytes(self.reader.view[body - frames.FRAME_HEADER_LEN : body + header.length])
+        self.events.append(("frame", frame))
 
     def on_data(self, header: FrameHeader, body: int) -> None:
         payload = bytes(self.reader.view[body : body + header.length])
@@ -65,9 +66,8 @@ def test_frames_split_the_same_however_the_bytes_arrive(step: int) -> None:
     reader = FrameReader(max_frame_size=16384, expect_preface=True)
     sink = Recorder(reader)
     feed(reader, sink, stream, step)
-    h2_bytes = b"".join(e[1] for e in sink.events if e[0] == "h2")  # type: ignore[misc]
-    assert h2_bytes == frames.CONNECTION_PREFACE + SETTINGS + PING
-    ours = [e for e in sink.events if e[0] != "h2"]
+    assert [e[1] for e in sink.events if e[0] == "frame"] == [SETTINGS, PING]
+    ours = [e for e in sink.events if e[0] != "frame"]
     assert ours == [
         ("data", (1, 0, b"hello")),
         ("wu", (0, 1000)),
@@ -75,11 +75,11 @@ def test_frames_split_the_same_however_the_bytes_arrive(step: int) -> None:
     ]
 
 
-def test_runs_of_control_frames_go_to_h2_in_one_piece() -> None:
+def test_control_frames_go_to_on_frame_one_by_one() -> None:
     reader = FrameReader(max_frame_size=16384, expect_preface=False)
     sink = Recorder(reader)
     feed(reader, sink, SETTINGS + PING + PING, 10_000)
-    assert sink.events == [("h2", SETTINGS + PING + PING)]
+    assert sink.events == [("frame", SETTINGS), ("frame", PING), ("frame", PING)]
 
 
 def test_a_bad_preface_is_refused() -> None:
@@ -95,15 +95,23 @@ def test_an_oversized_frame_is_refused_before_its_body_arrives() -> None:
     assert caught.value.code == frames.FRAME_SIZE_ERROR
 
 
-def test_data_inside_a_header_block_goes_to_h2_which_rejects_it() -> None:
-    """HEADERS without END_HEADERS must be followed by CONTINUATION; anything else
-    is a protocol error that only h2 can judge, so the tunnel passes it on."""
+def test_data_inside_a_header_block_is_a_protocol_error() -> None:
+    """HEADERS without END_HEADERS must be followed by CONTINUATION (RFC 9113 §6.10)."""
     headers = frames.frame_header(3, frames.HEADERS, 0, 1) + b"abc"
     data = frames.data_header(2, 1) + b"xy"
     reader = FrameReader(max_frame_size=16384, expect_preface=False)
     sink = Recorder(reader)
-    feed(reader, sink, headers + data, 10_000)
-    assert sink.events == [("h2", headers + data)]
+    with pytest.raises(FrameError, match="CONTINUATION") as caught:
+        feed(reader, sink, headers + data, 10_000)
+    assert caught.value.code == frames.PROTOCOL_ERROR
+    assert sink.events == [("frame", headers)]
+
+
+def test_a_continuation_out_of_a_header_block_is_a_protocol_error() -> None:
+    reader = FrameReader(max_frame_size=16384, expect_preface=False)
+    continuation = frames.frame_header(1, frames.CONTINUATION, frames.FLAG_END_HEADERS, 1) + b"a"
+    with pytest.raises(FrameError, match="CONTINUATION"):
+        feed(reader, Recorder(reader), continuation, 10_000)
 
 
 def test_padding_is_removed_and_bad_padding_refused() -> None:
