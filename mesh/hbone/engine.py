@@ -31,11 +31,12 @@ import trio
 from h2.errors import ErrorCodes
 
 from mesh import sockio
-from mesh.hbone import frames, protocol
+from mesh.hbone import frames
 from mesh.hbone.goaway import Goaway
 from mesh.hbone.limits import ResetBudget
-from mesh.hbone.protocol import H2Protocol, HeaderBlock, StreamError
+from mesh.hbone.protocol import H2Protocol
 from mesh.hbone.protocol import Settings as ProtocolSettings
+from mesh.hbone.receiving import FrameHandling
 from mesh.hbone.settings import HboneConnectionError, HboneRetryableError, HboneSettings
 from mesh.hbone.stream import H2Stream, Headers, StreamReset, StreamState
 from mesh.hbone.transport import Transport
@@ -48,7 +49,7 @@ log = structlog.get_logger("mesh.hbone")
 _ERROR_CODES = frozenset(int(code) for code in ErrorCodes)
 
 
-class Http2Engine:
+class Http2Engine(FrameHandling):
     """One HTTP/2 connection's protocol state over ``transport``.
 
     The subclass runs :meth:`read_loop` and ``writer.run`` and decides what to
@@ -164,32 +165,6 @@ class Http2Engine:
 
     def failed(self) -> bool:
         return self.error is not None
-
-    def on_frame(self, header: frames.FrameHeader, body: int) -> None:
-        """Every frame but DATA, WINDOW_UPDATE and GOAWAY."""
-        kind, h2, buf = header.type, self.h2, self.reader.buf
-        try:
-            if kind == frames.HEADERS:
-                if (block := h2.on_headers(header, buf, body)) is not None:
-                    self._on_header_block(block)
-            elif kind == frames.CONTINUATION:
-                if (block := h2.on_continuation(header, buf, body)) is not None:
-                    self._on_header_block(block)
-            elif kind == frames.SETTINGS:
-                if (changed := h2.on_settings(header, buf, body)) is not None:
-                    self._on_settings(changed)
-            elif kind == frames.PING:
-                if (answer := h2.on_ping(header, buf, body)) is not None:
-                    self.ping_acked(answer)
-            elif kind == protocol.RST_STREAM:
-                self._on_rst_stream(header.stream_id, h2.on_rst_stream(header, buf, body))
-            elif kind == protocol.PRIORITY:
-                h2.on_priority(header, buf, body)
-            elif kind == frames.PUSH_PROMISE:
-                raise frames.FrameError(ErrorCodes.PROTOCOL_ERROR, "PUSH_PROMISE (push is off)")
-            # other frame types are ignored (RFC 9113 §5.5)
-        except StreamError as exc:
-            self._stream_error(exc)
 
     def protocol_error(self, code: int, reason: str) -> None:
         self.send_goaway(self.h2.highest_inbound_stream_id, code)
@@ -316,122 +291,6 @@ class Http2Engine:
             self._reset_stream(stream, ErrorCodes.FLOW_CONTROL_ERROR)
             return
         stream.window_opened()
-
-    def _on_header_block(self, block: HeaderBlock) -> None:
-        headers = self.h2.decode(block)  # always: HPACK's table must stay in step
-        sid = block.stream_id
-        stream = self.streams.get(sid)
-        if stream is None:
-            if self.client_side:  # the server opens no streams (no push)
-                if self.h2.is_idle(sid) or not self._is_ours(sid):
-                    self.protocol_error(ErrorCodes.PROTOCOL_ERROR, f"HEADERS on stream {sid}")
-                return  # a stream we reset or closed: ignored
-            if self.h2.reset_by_us(sid):
-                return  # trailers of a request we refused, sent before the peer knew
-            self.h2.accept_new_stream(sid)
-            self._on_request(block, headers)
-            return
-        if block.error is not None:
-            raise block.error
-        if not stream.accepts_data():
-            raise StreamError(sid, ErrorCodes.STREAM_CLOSED, "HEADERS after the end of the stream")
-        if self.client_side and stream.status is None:
-            self._on_response(stream, block, headers)
-            return
-        if not block.end_stream:  # trailers end the stream
-            raise StreamError(sid, ErrorCodes.PROTOCOL_ERROR, "trailers without END_STREAM")
-        try:
-            protocol.check_trailers(headers)
-        except ValueError as exc:
-            raise StreamError(
-                sid, ErrorCodes.PROTOCOL_ERROR, f"malformed trailers: {exc}"
-            ) from None
-        if stream.expected_length not in (None, stream.content_received):
-            raise StreamError(sid, ErrorCodes.PROTOCOL_ERROR, "content-length and DATA disagree")
-        stream.on_trailers(headers)
-        stream.on_remote_end()
-        self._forget_if_done(stream)
-
-    def _on_request(self, block: HeaderBlock, headers: Headers) -> None:
-        sid = block.stream_id
-        if not self.goaway.accepts(sid):  # opened after our GOAWAY: not processed
-            self._refuse(sid, ErrorCodes.REFUSED_STREAM)
-            return
-        if len(self.streams) >= self.settings.max_concurrent_streams:
-            self._refuse(sid, ErrorCodes.REFUSED_STREAM)
-            return
-        if block.error is not None:
-            self._refuse(sid, block.error.code)
-            return
-        try:
-            protocol.check_request(headers)
-        except ValueError as exc:
-            self._refuse(sid, ErrorCodes.PROTOCOL_ERROR)
-            log.info("h2_request_malformed", peer=str(self._peer), stream_id=sid, reason=str(exc))
-            return
-        stream = self.new_stream(sid, headers)
-        if block.end_stream:
-            # Before anyone looks at the request: a handler must see that it ended.
-            stream.on_remote_end()
-        self.stream_received(stream)
-
-    def _on_response(self, stream: H2Stream, block: HeaderBlock, headers: Headers) -> None:
-        sid = stream.stream_id
-        try:
-            status = protocol.check_response(headers)
-        except ValueError as exc:
-            raise StreamError(
-                sid, ErrorCodes.PROTOCOL_ERROR, f"malformed response: {exc}"
-            ) from None
-        if 100 <= status < 200:  # interim answers are not passed on
-            if block.end_stream or status == 101:
-                raise StreamError(sid, ErrorCodes.PROTOCOL_ERROR, f"bad interim answer {status}")
-            return
-        stream.on_headers(headers)
-        if block.end_stream:
-            stream.on_remote_end()
-            self._forget_if_done(stream)
-
-    def _refuse(self, sid: int, code: int) -> None:
-        self.h2.send_rst_stream(sid, code)
-        self.kick()
-
-    def _stream_error(self, exc: StreamError) -> None:
-        if (stream := self.streams.get(exc.stream_id)) is not None:
-            self._reset_stream(stream, exc.code)
-        else:
-            self._refuse(exc.stream_id, exc.code)
-
-    def _not_open(self, sid: int, kind: str) -> None:
-        """A frame for a stream that is not open (to the peer): idle is a connection
-        error, closed a stream error (RFC 9113 §5.1)."""
-        if self.h2.is_idle(sid):
-            self.protocol_error(ErrorCodes.PROTOCOL_ERROR, f"{kind} on idle stream {sid}")
-        if sid in self.streams or not self.h2.reset_by_us(sid):
-            self._stream_error(StreamError(sid, ErrorCodes.STREAM_CLOSED, f"{kind} after close"))
-
-    def _on_rst_stream(self, sid: int, code: int) -> None:
-        if not self._resets.take(trio.current_time()):
-            self.protocol_error(ErrorCodes.ENHANCE_YOUR_CALM, "too many stream resets")
-        if (stream := self.streams.get(sid)) is not None:
-            self._detach(stream)
-            stream.on_reset(StreamReset(code, by_peer=True))
-            self.reset_by_peer(stream)
-
-    def _on_settings(self, changed: dict[int, int]) -> None:
-        if protocol.INITIAL_WINDOW_SIZE in changed:
-            window = self.h2.remote.initial_window_size
-            delta = window - self._peer_initial_window
-            self._peer_initial_window = window
-            for stream in self.streams.values():
-                stream.send_window += delta
-                if stream.send_window > frames.MAX_WINDOW:
-                    self.protocol_error(
-                        ErrorCodes.FLOW_CONTROL_ERROR, "a stream window over 2^31-1"
-                    )
-                stream.window_opened()
-        if protocol.MAX_FRAME_SIZE in changed:
-            self._peer_max_frame = self.h2.remote.max_frame_size
 
     def new_stream(self, sid: int, request_headers: Headers | None = None) -> H2Stream:
         stream = H2Stream(
