@@ -9,7 +9,9 @@ port declares (``http2``/``grpc``: h2c; ``http``: HTTP/1.1), whatever the client
   ``content-length`` or chunked; the answer comes back as HTTP/2 headers and DATA.
 
 Both stream bodies with backpressure both ways; what fails before the answer began is
-the caller's to answer (:class:`BridgeFailed`), what fails after cuts the exchange.
+the caller's to answer (:class:`BridgeFailed`), what fails after cuts the exchange: the
+HTTP/2 side is reset (:func:`cut`), never ended with END_STREAM as if it were whole. An
+answer to HEAD has no body, whatever length it announces.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 
 import trio
+from h2.errors import ErrorCodes
 
 from mesh.hbone import H2Stream, Http2Connection
 from mesh.hbone.settings import HboneError
@@ -46,6 +49,12 @@ class BridgeFailed(Exception):
     def __init__(self, detail: str, *, connected: bool = True) -> None:
         super().__init__(detail)
         self.connected = connected
+
+
+def cut(stream: H2Stream, code: int = ErrorCodes.INTERNAL_ERROR) -> None:
+    """Reset ``stream`` if it is still open: the peer must not take what it got as whole."""
+    if not stream.is_done():
+        stream.connection.reset_stream(stream, code)
 
 
 def h2_headers(request: HttpRequest, extra: Sequence[tuple[str, str]]) -> Headers:
@@ -86,7 +95,8 @@ async def h1_over_h2(
             nursery.cancel_scope.cancel()
         else:
             try:
-                await _h2_answer_down(up, send_down, version, counted)
+                await _h2_answer_down(up, send_down, version, counted,
+                                      is_head=request.method == "HEAD")  # fmt: skip
             except BaseException as exc:  # raised outside the nursery: no exception group
                 failed = exc
             nursery.cancel_scope.cancel()
@@ -102,17 +112,22 @@ async def _h1_body_up(reader: MessageReader, up: H2Stream, counted: list[int]) -
             await up.send_all(data)
         await up.send_eof()
     except (Http1Error, trio.BrokenResourceError, trio.ClosedResourceError):
-        await up.aclose()
+        cut(up, ErrorCodes.CANCEL)  # the request broke off: the app must not see it end
 
 
 async def _h2_answer_down(
-    up: H2Stream, send_down: Callable[[bytes], Awaitable[None]], version: str, counted: list[int]
+    up: H2Stream,
+    send_down: Callable[[bytes], Awaitable[None]],
+    version: str,
+    counted: list[int],
+    *,
+    is_head: bool,
 ) -> None:
     status = up.status or 0
     headers = [(n.encode(), v.encode()) for n, v in up.response_headers
                if not n.startswith(":") and n not in _SKIP_TEXT]  # fmt: skip
     length = next((v for n, v in up.response_headers if n == "content-length"), None)
-    chunked = length is None and version == "1.1" and status not in (204, 304)
+    chunked = length is None and version == "1.1" and status not in (204, 304) and not is_head
     if length is not None:
         headers.append((b"content-length", length.encode()))
     elif chunked:
@@ -166,7 +181,8 @@ async def h2_over_h1(
             if answer is None:
                 raise BridgeFailed("the app closed the connection before answering")
             status = answer.status
-            reusable = await _h1_answer_down(conn.reader, answer, down, counted)
+            is_head = request.method == "HEAD"
+            reusable = await _h1_answer_down(conn.reader, answer, down, counted, is_head=is_head)
         except (Http1Error, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             failed = BridgeFailed(str(exc)) if status == 0 else exc
         except BridgeFailed as exc:
@@ -187,18 +203,24 @@ async def _h2_body_up(down: H2Stream, conn: Connection, chunked: bool, counted: 
 
 
 async def _h1_answer_down(
-    reader: MessageReader, answer: Head, down: H2Stream, counted: list[int]
+    reader: MessageReader, answer: Head, down: H2Stream, counted: list[int], *, is_head: bool
 ) -> bool:
     headers = [(":status", str(answer.status))]
     headers += [(n.decode("latin-1"), v.decode("latin-1")) for n, v in answer.headers
                 if n not in HOP_BY_HOP or n == b"content-length"]  # fmt: skip
     bodyless = answer.status in (204, 304) or not (answer.has_body or _until_close(answer))
-    down.send_headers(headers, end_stream=bodyless)
+    down.send_headers(headers, end_stream=bodyless or is_head)
+    if is_head:  # the reader expects the body the length announces: the connection is done
+        return False
     if bodyless:
         return answer.keep_alive
-    while data := await reader.read_body():
-        counted[1] += len(data)
-        await down.send_all(data)
+    try:
+        while data := await reader.read_body():
+            counted[1] += len(data)
+            await down.send_all(data)
+    except (Http1Error, trio.BrokenResourceError, trio.ClosedResourceError):
+        cut(down)  # the app's answer broke off: the client must not take it as whole
+        raise
     await down.send_eof()
     return answer.keep_alive and answer.has_body
 

@@ -30,6 +30,11 @@ class Destination:
     service: Service | None
     workload: Workload | None  # pod-IP traffic: the pod; no Service routes apply
 
+    @property
+    def authority(self) -> str:
+        """``ip:port``, as a Host header would say it."""
+        return f"[{self.ip}]:{self.port}" if ":" in self.ip else f"{self.ip}:{self.port}"
+
     def targets(self, snapshot: MeshSnapshot) -> list[Target]:
         """Where its traffic may go: the Service's endpoints for the port, or the pod."""
         if self.service is not None:

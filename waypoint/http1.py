@@ -10,20 +10,32 @@ answer. The ``encode_*`` functions write heads and chunks.
 
 Header names are lowercased when read (HTTP/1.1 names are case-insensitive, as in
 HTTP/2); hop-by-hop headers are the caller's to drop (:data:`HOP_BY_HOP`).
+
+A request is checked beyond what llhttp checks, so that the waypoint, its policies and
+the app all read it the same way (:mod:`waypoint.http_target` says how its target is
+read): HTTP/1.0 or 1.1 only (505), exactly one valid ``Host`` in HTTP/1.1 (400), no
+transfer coding but ``chunked`` (501), no CONNECT (501), a target in origin form
+(normalized), absolute form (its authority becomes the ``Host``) or ``*`` for OPTIONS.
+An ``Upgrade: h2c`` is ignored, as Envoy does: the connection goes on in HTTP/1.1. A
+request head must be whole within :data:`HEAD_SECONDS` of its first byte (408).
+Trailers of a chunked body are read and dropped, never added to the head.
 """
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, NoReturn
 
 import httptools
 import trio
 
 from waypoint.http_request import HttpRequest
+from waypoint.http_target import TargetError, host_is_valid, read_target
 
 READ_SIZE: Final = 64 * 1024
+HEAD_SECONDS = 30.0  # from a request's first byte to the end of its head
 HOP_BY_HOP: Final = frozenset(
     {
         b"connection",
@@ -103,9 +115,12 @@ class MessageReader:
         response: bool = False,
         limits: Limits | None = None,
         initial: bytes = b"",
+        default_host: bytes = b"",
     ) -> None:
-        """``initial``: bytes already taken from ``stream`` (sniffed), read first."""
+        """``initial``: bytes already taken from ``stream`` (sniffed), read first;
+        ``default_host``: the ``Host`` of an HTTP/1.0 request that has none."""
         self._stream = stream
+        self._default_host = default_host
         self._initial = initial
         self._limits = limits or Limits()
         self._response = response
@@ -117,6 +132,10 @@ class MessageReader:
         self._until_eof = False  # a response body delimited by the connection's close
         self._eof = False
         self._problem: Http1Error | None = None
+        # The head asked Upgrade: h2c, which is not done: after it, a new parser goes on,
+        # first fed this much to be where the old one was (in the body, if one follows).
+        self._ignore_upgrade: bytes | None = None
+        self._skip_head = False
         self.upgraded: bytes | None = None  # after an upgrade: the bytes past the head
         self.bytes_read = 0
         self.started = False  # the first byte of a message has arrived
@@ -124,7 +143,9 @@ class MessageReader:
     # -- the consumer's side --------------------------------------------------------
 
     async def read_head(self) -> Head | None:
-        """The next message's head; None when the peer closed between messages."""
+        """The next message's head; None when the peer closed between messages. A
+        request's head must be whole :data:`HEAD_SECONDS` after its first byte (408)."""
+        deadline = math.inf
         while True:
             if self._events:
                 event = self._events.popleft()
@@ -135,7 +156,12 @@ class MessageReader:
                 if self.started:
                     raise Http1Error(400, "the connection closed in the middle of a message")
                 return None
-            await self._fill()
+            if self.started and deadline == math.inf and not self._response:
+                deadline = trio.current_time() + HEAD_SECONDS
+            with trio.move_on_at(deadline):
+                await self._fill()
+                continue
+            raise Http1Error(408, f"request head not complete within {HEAD_SECONDS:g}s")
 
     async def read_body(self) -> bytes:
         """The next piece of the current message's body; ``b""`` at its end."""
@@ -179,6 +205,16 @@ class MessageReader:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             offset = exc.args[0] if exc.args else len(data)
+            if self._ignore_upgrade is not None:  # HTTP/1.1 goes on: a new parser
+                self._parser = httptools.HttpRequestParser(self)
+                if self._ignore_upgrade:  # llhttp ended the message at its head: not so
+                    if self._events and self._events[-1] is None:
+                        self._events.pop()
+                    self._skip_head = True
+                    self._parser.feed_data(self._ignore_upgrade)
+                self._ignore_upgrade = None
+                self._initial = bytes(data[offset:])
+                return
             self.upgraded = bytes(data[offset:])
         except httptools.HttpParserError as exc:
             if self._problem is not None:
@@ -188,7 +224,8 @@ class MessageReader:
     # -- httptools callbacks --------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        self._parsing = _Parsing()
+        if not self._skip_head:
+            self._parsing = _Parsing()
         self.started = True
 
     def on_url(self, url: bytes) -> None:
@@ -203,12 +240,15 @@ class MessageReader:
 
     def on_header(self, name: bytes, value: bytes) -> None:
         parsing = self._parsing
-        parsing.headers.append((name.lower(), value))
+        parsing.headers.append((name.lower(), value))  # after the head: trailers, dropped
         self._count(len(name) + len(value) + 4)
         if len(parsing.headers) > self._limits.max_headers:
             self._fail(431, f"more than {self._limits.max_headers} headers")
 
     def on_headers_complete(self) -> None:
+        if self._skip_head:  # the head that puts a new parser in the body of the last one
+            self._skip_head = False
+            return
         parser = self._parser
         parsing = self._parsing
         head = Head(
@@ -220,8 +260,10 @@ class MessageReader:
         if isinstance(parser, httptools.HttpRequestParser):
             head.method = parser.get_method()
             head.target = bytes(parsing.url)
+            self._check_request(head)
         else:
             head.status = parser.get_status_code()
+        parsing.headers = []  # trailers, if any, go there and no further
         coding = head.header(b"transfer-encoding")
         head.chunked = coding is not None and coding.lower().endswith(b"chunked")
         length = head.header(b"content-length")
@@ -230,6 +272,40 @@ class MessageReader:
         if self._response and not head.chunked and length is None:
             self._until_eof = not (100 <= head.status < 200 or head.status in (204, 304))
         self._events.append(head)
+
+    def _check_request(self, head: Head) -> None:
+        """What llhttp lets through but a proxy must not (see the module's docstring)."""
+        if head.version not in ("1.0", "1.1"):
+            self._fail(505, f"HTTP/{head.version} is not HTTP/1.x")
+        if head.method == b"CONNECT":
+            self._fail(501, "CONNECT is not proxied by the waypoint")
+        coding = head.header(b"transfer-encoding")
+        if coding is not None and coding.strip().lower() != b"chunked":
+            self._fail(501, "no transfer coding but chunked is supported")
+        hosts = [value for name, value in head.headers if name == b"host"]
+        if len(hosts) > 1:
+            self._fail(400, "more than one Host header")
+        if (hosts and not host_is_valid(hosts[0])) or (not hosts and head.version == "1.1"):
+            self._fail(400, "an HTTP/1.1 request needs one valid Host header")
+        if not hosts and self._default_host:
+            head.headers.insert(0, (b"host", self._default_host))
+        try:
+            head.target, authority = read_target(head.method, head.target)
+        except TargetError as exc:
+            self._fail(400, str(exc))
+        if authority is not None:
+            head.headers = [(n, v) for n, v in head.headers if n != b"host"]
+            head.headers.insert(0, (b"host", authority))
+        if head.upgrade and _tokens(head.header(b"upgrade")) == {b"h2c"}:
+            head.upgrade = False  # a server may ignore it: HTTP/1.1 goes on
+            head.keep_alive = b"close" not in _tokens(head.header(b"connection"))
+            head.headers = [(n, v) for n, v in head.headers if n != b"http2-settings"]
+            length, chunked = head.header(b"content-length"), coding is not None
+            self._ignore_upgrade = (
+                b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n" if chunked
+                else b"POST / HTTP/1.1\r\ncontent-length: %s\r\n\r\n" % length if length
+                else b""
+            )  # fmt: skip
 
     def on_body(self, body: bytes) -> None:
         self._events.append(body)
@@ -250,9 +326,13 @@ class MessageReader:
         if self._parsing.head_bytes > self._limits.max_head_bytes:
             self._fail(431, f"headers over {self._limits.max_head_bytes} bytes")
 
-    def _fail(self, status: int, reason: str) -> None:
+    def _fail(self, status: int, reason: str) -> NoReturn:
         self._problem = Http1Error(status, reason)
         raise self._problem
+
+
+def _tokens(value: bytes | None) -> set[bytes]:
+    return {token.strip().lower() for token in (value or b"").split(b",")}
 
 
 # -- writing ---------------------------------------------------------------------------
@@ -262,10 +342,11 @@ _REASONS: Final = {
     204: b"No Content", 301: b"Moved Permanently", 302: b"Found", 303: b"See Other",
     304: b"Not Modified", 307: b"Temporary Redirect", 308: b"Permanent Redirect",
     400: b"Bad Request", 401: b"Unauthorized", 403: b"Forbidden", 404: b"Not Found",
-    408: b"Request Timeout", 413: b"Content Too Large", 414: b"URI Too Long",
+    405: b"Method Not Allowed", 408: b"Request Timeout", 413: b"Content Too Large",
+    414: b"URI Too Long",
     429: b"Too Many Requests", 431: b"Request Header Fields Too Large",
-    500: b"Internal Server Error", 502: b"Bad Gateway", 503: b"Service Unavailable",
-    504: b"Gateway Timeout",
+    500: b"Internal Server Error", 501: b"Not Implemented", 502: b"Bad Gateway",
+    503: b"Service Unavailable", 504: b"Gateway Timeout", 505: b"HTTP Version Not Supported",
 }  # fmt: skip
 
 

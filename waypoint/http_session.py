@@ -46,6 +46,7 @@ from waypoint.mirror import MirrorBody, start_mirrors
 from waypoint.replies import (
     Failed,
     local_reply,
+    malformed_request,
     no_healthy_upstream,
     route_timeout,
     upstream_failure,
@@ -81,6 +82,7 @@ class Exchange:
     plan: Plan | None = None
     mirror_body: MirrorBody | None = None  # kept for the route's mirrors
     body_read: bool = False  # the request's whole body was read
+    body_error: Exception | None = None  # the client's body broke off: why
     status: int = 0
     flags: str = "-"
     target: Target | None = None
@@ -115,7 +117,8 @@ class HttpSession(Session):
     ) -> None:
         super().__init__(proxy, snapshot, destination, caller)
         self.stream = stream
-        self.reader = MessageReader(stream, initial=initial)
+        self.reader = MessageReader(stream, initial=initial,
+                                    default_host=latin1(destination.authority))  # fmt: skip
         self.keep_alive = True
 
     async def run(self) -> None:
@@ -295,6 +298,10 @@ class HttpSession(Session):
             raise
         if failed is not None or result is None:
             await conn.aclose()
+            if isinstance(ex.body_error, Http1Error):
+                raise Failed(malformed_request(ex.body_error.reason))
+            if ex.body_error is not None:
+                raise ClientGone
             if failed is not None:
                 raise failed
             return False
@@ -362,8 +369,10 @@ class HttpSession(Session):
             ex.body_read = True
             if chunked:
                 await conn.stream.send_all(LAST_CHUNK)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, Http1Error):
+        except (trio.BrokenResourceError, trio.ClosedResourceError, Http1Error) as exc:
             self.keep_alive = False  # the client's body broke off: this connection is done
+            ex.body_error = exc
+            await conn.aclose()  # the app sees the request cut, and answers nobody
             return
         done.set()
 

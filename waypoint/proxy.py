@@ -128,6 +128,8 @@ class WaypointProxy:
         # Any HTTP port takes HTTP/1.1 and h2c with prior knowledge; an undeclared one
         # anything, relayed as TCP when it is not HTTP.
         first, sniffed = await _sniff(stream)
+        if sniffed == "tcp" and declared(service_port) in ("http", "http2", "grpc"):
+            sniffed = "http1"  # the port says HTTP: what is not gets 400, never relayed past policy
         if sniffed == "h2":
             await H2Session(self, snapshot, destination, caller, stream, initial=first).run()
         elif sniffed == "http1":

@@ -14,6 +14,7 @@ Envoy waypoint sends, so clients and dashboards see what they see with Istio:
 | reset before answering | 503 | ``...: connection termination`` | UC | UNAVAILABLE |
 | retries exhausted | 503 | as the last failure | URX | UNAVAILABLE |
 | route timeout | 504 | ``upstream request timeout`` | UT | DEADLINE_EXCEEDED |
+| malformed request body | 400 | what was wrong | DPE | INTERNAL |
 
 A gRPC caller (``content-type: application/grpc`` or ``application/grpc+...``) gets a
 *trailers-only* reply: ``:status 200``, ``content-type: application/grpc``, ``grpc-status``
@@ -220,6 +221,13 @@ def route_timeout(*, grpc: bool) -> LocalReply:
         details="upstream_response_timeout",
         grpc_status=GrpcStatus.DEADLINE_EXCEEDED,
     )
+
+
+def malformed_request(reason: str) -> LocalReply:
+    """The client's request broke HTTP/1.1 after its head had gone to the app (a bad
+    chunk): 400, the connection closes."""
+    return local_reply(400, reason, grpc=False, flag=ResponseFlag.DOWNSTREAM_PROTOCOL_ERROR,
+                       details="downstream_protocol_error")  # fmt: skip
 
 
 class Failed(Exception):

@@ -66,7 +66,8 @@ async def test_pipelined_requests_come_one_at_a_time(pieces: int) -> None:
 
 async def test_an_unread_body_is_skipped_by_the_next_head() -> None:
     reader = await reader_of(
-        b"POST /a HTTP/1.1\r\nContent-Length: 3\r\n\r\nxyzGET /b HTTP/1.1\r\n\r\n"
+        b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\n"
+        b"xyzGET /b HTTP/1.1\r\nHost: a\r\n\r\n"
     )
     assert (await reader.read_head()) is not None
     second = await reader.read_head()
@@ -120,7 +121,7 @@ async def test_interim_and_bodyless_responses() -> None:
 
 async def test_an_upgrade_keeps_the_bytes_after_the_head() -> None:
     reader = await reader_of(
-        b"GET /ws HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nraw bytes"
+        b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nraw bytes"
     )
     head = await reader.read_head()
     assert head is not None
