@@ -18,7 +18,7 @@ A plaintext connection has no identity: it never matches ``principals`` or
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -52,6 +52,21 @@ def evaluate(conn: Connection, policies: Iterable[Authorization]) -> Decision:
     selecting = sorted(
         (p for p in policies if p.applies_to(conn.dst_workload)), key=lambda p: p.key
     )
+    return decide_l4(selecting, conn.src_identity, conn.src_ip, conn.dst_port, dst)
+
+
+def decide_l4(
+    selecting: Sequence[Authorization],
+    src_identity: SpiffeId | None,
+    src_ip: str,
+    dst_port: int,
+    dst: str,
+    *,
+    enforcer: str = "ztunnel",
+) -> Decision:
+    """Decide a connection against the policies that apply to it (by key), seeing only
+    L4: what ztunnel does, and a waypoint for traffic that is not HTTP."""
+    conn = _Seen(src_identity, src_ip, dst_port)
     for policy in (p for p in selecting if p.action == "DENY"):
         for i, rule in enumerate(policy.rules, start=1):
             why = _rule_matches(rule, conn)
@@ -79,14 +94,23 @@ def evaluate(conn: Connection, policies: Iterable[Authorization]) -> Decision:
     else:
         reason = f"no ALLOW policy of the {len(allows)} selecting {dst} matched"
     if skipped:
-        reason += (
-            f" ({skipped} ALLOW rule(s) with L7 fields never match at ztunnel;"
-            " a waypoint is needed to enforce them)"
+        hint = (
+            "a waypoint is needed to enforce them"
+            if enforcer == "ztunnel"
+            else "this traffic is not HTTP"
         )
+        reason += f" ({skipped} ALLOW rule(s) with L7 fields never match at {enforcer}; {hint})"
     return Decision(False, None, reason)
 
 
-def _rule_matches(rule: Rule, conn: Connection) -> str | None:
+@dataclass(frozen=True)
+class _Seen:
+    src_identity: SpiffeId | None
+    src_ip: str
+    dst_port: int
+
+
+def _rule_matches(rule: Rule, conn: _Seen) -> str | None:
     """Why ``rule`` matches ``conn`` (the conditions met, for the log), or None."""
     met: list[str] = []
     src = conn.src_identity

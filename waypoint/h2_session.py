@@ -20,11 +20,12 @@ from typing import TYPE_CHECKING, Final
 
 import structlog
 import trio
+from h2.errors import ErrorCodes
 
 from mesh.hbone import H2Stream, Http2Connection
 from mesh.hbone.settings import HboneError, HboneRetryableError
 from mesh.hbone.transport import StreamTransport
-from waypoint.bridge import BridgeFailed, h2_over_h1
+from waypoint.bridge import BridgeFailed, cut, h2_over_h1
 from waypoint.dispatch import Plan
 from waypoint.http1 import Http1Error
 from waypoint.http_request import HttpRequest
@@ -193,6 +194,7 @@ class H2Session(Session):
                 return
             finally:
                 balancer.finished(target)
+                cut(up, ErrorCodes.CANCEL)  # cancelled or failed half-way: the app hears it
 
     async def _forward_h1(self, down: H2Stream, req: _Request, plan: Plan) -> None:
         """The app speaks HTTP/1.1 (its port says ``http``): the stream's request goes on a
@@ -299,6 +301,7 @@ class H2Session(Session):
         except trio.BrokenResourceError:
             # One side broke mid-response: the other must see the stream end badly too.
             req.flags = "UPE" if down.may_send() else "DC"
+            cut(down)  # a reset, not END_STREAM: the client must not take the answer as whole
             await down.aclose()
             await up.aclose()
         except trio.ClosedResourceError:

@@ -179,6 +179,11 @@ class MessageReader:
                 raise Http1Error(400, "the connection closed in the middle of a body")
             await self._fill()
 
+    def between_messages(self) -> bool:
+        """Nothing of a next message was received (an app that sent more than its
+        Content-Length has: its connection must not carry another request)."""
+        return not self._events and not self.started and not self._initial
+
     def take_body_nowait(self) -> tuple[bytes, bool]:
         """The current message's body already parsed, joined, and whether its end was in it;
         never waits (a response that arrived whole leaves with its head, in one write)."""

@@ -21,19 +21,21 @@ from collections.abc import Callable
 import structlog
 import trio
 
+from mesh.authz import decide_l4
 from mesh.hbone import HboneRequest
 from mesh.identity import SpiffeId
 from mesh.metrics import TcpLabels, parse_baggage
 from mesh.model import MeshSnapshot
 from mesh.reason import Reason
 from mesh.relay import RelayStats, relay
+from waypoint.authz import bound_policies
 from waypoint.destination import Caller, Destination
 from waypoint.dispatch import Dispatcher
 from waypoint.gate import Gate
 from waypoint.h2_session import H2Session
 from waypoint.http_session import HttpSession
 from waypoint.protocol import SNIFF_BYTES, declared, sniff
-from waypoint.request import WaypointScope
+from waypoint.request import L7Request, WaypointScope
 from waypoint.telemetry import RequestMetrics
 from waypoint.upstream import Balancer, H2Upstreams, UpstreamError, Upstreams
 
@@ -145,6 +147,8 @@ class WaypointProxy:
         stream: trio.abc.HalfCloseableStream,
         first: bytes,
     ) -> None:
+        if not self._tcp_allowed(snapshot, destination, caller):
+            return  # the stream closes: the client sees its connection end, as at ztunnel
         targets = destination.targets(snapshot)
         target = self.balancer.pick(targets)
         if target is None:
@@ -177,6 +181,27 @@ class WaypointProxy:
             series.add_bytes(sent=stats.received, received=stats.sent)
             series.closed.inc()
             await upstream.aclose()
+
+    def _tcp_allowed(
+        self, snapshot: MeshSnapshot, destination: Destination, caller: Caller
+    ) -> bool:
+        """AuthorizationPolicy for traffic that is not HTTP: the policies binding this
+        waypoint, on their L4 part, with Istio's rule for L7 fields (an ALLOW rule naming
+        any never matches; a DENY rule applies on its L4 part alone)."""
+        gate = self.dispatcher.gate
+        if not gate.binds(snapshot):
+            return True
+        service = destination.service.key if destination.service is not None else None
+        view = L7Request(gate.scope, caller.identity, caller.address, service,
+                         destination.port, "", "", "")  # fmt: skip
+        bound = [policy for policy, _ in bound_policies(view, snapshot.authorizations)]
+        target = service or f"{destination.ip}:{destination.port}"
+        decision = decide_l4(bound, caller.identity, caller.address, destination.port, target,
+                             enforcer="the waypoint")  # fmt: skip
+        if not decision.allowed:
+            log.info("connection_denied", src_identity=str(caller.identity), dst=target,
+                     policy=decision.policy, reason=decision.reason)  # fmt: skip
+        return decision.allowed
 
 
 async def _sniff(stream: trio.abc.ReceiveStream) -> tuple[bytes, str]:

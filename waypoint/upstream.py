@@ -148,7 +148,7 @@ class Upstreams:
     async def release(self, conn: Connection, *, reusable: bool) -> None:
         """Keep ``conn`` for the next request to its endpoint, or close it."""
         idle = self._idle[(conn.target.ip, conn.target.port)]
-        if reusable and len(idle) < self.max_idle:
+        if reusable and len(idle) < self.max_idle and conn.reader.between_messages():
             conn.idle_since = trio.current_time()
             idle.append(conn)
             return
