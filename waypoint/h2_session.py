@@ -163,6 +163,9 @@ class H2Session(Session):
             await self._reply(down, req, reply)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             req.flags = req.flags if req.flags != "-" else "DC"
+        except trio.Cancelled:  # the client reset the stream (or the connection ends)
+            req.flags = req.flags if req.flags != "-" else "DC"
+            raise
         finally:
             self._account(req)
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 
-import pytest
 import trio
 
 from mesh.hbone import H2Stream, HboneSettings
@@ -17,14 +16,6 @@ async def ok(stream: H2Stream) -> None:
     stream.send_headers([(":status", "200")], end_stream=True)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine.py gives h2 its local_settings whole before initiate_connection; h2 "
-    "takes them as in force, the peer's ACK changes nothing, and h2 keeps the "
-    "max_inbound_frame_size of its __init__, 16,384: a frame h2 parses (HEADERS, "
-    "CONTINUATION...) over 16,384 bytes is a connection error (FRAME_SIZE_ERROR) though we "
-    "advertise 1 MiB (RFC 9113 4.2, 6.5.2); the client sees HboneRetryableError",
-)
 async def test_header_block_beyond_16k_in_one_frame_is_taken_up_to_our_max_frame_size() -> None:
     """Our client writes HEADERS frames up to the server's 1 MiB, as RFC 9113 lets it: a
     header of 32,000 random hex digits (about 21 KB encoded) goes in one frame."""
