@@ -163,10 +163,9 @@ class H2Session(Session):
             await self._reply(down, req, reply)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             req.flags = req.flags if req.flags != "-" else "DC"
-        except trio.Cancelled:  # the client reset the stream (or the connection ends)
-            req.flags = req.flags if req.flags != "-" else "DC"
-            raise
         finally:
+            if req.flags == "-" and down.broken:  # the client reset it (or its connection broke)
+                req.flags = "DC"
             self._account(req)
 
     async def _forward(self, down: H2Stream, req: _Request, plan: Plan) -> None:

@@ -130,6 +130,11 @@ class H2Stream(trio.abc.HalfCloseableStream):
     def buffered(self) -> int:
         return self._buffered
 
+    @property
+    def broken(self) -> bool:
+        """Reset, either way, or its connection failed."""
+        return self._error is not None
+
     def is_done(self) -> bool:
         return self.state in _DONE
 
