@@ -34,7 +34,7 @@ import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, TypeAlias
+from typing import Final, Protocol, TypeAlias
 
 import aiohttp
 import structlog
@@ -71,11 +71,11 @@ class KubeSourceError(Exception):
     """The source cannot start: no usable kubeconfig or in-cluster credentials."""
 
 
-class _Gone(Exception):
+class Gone(Exception):
     """410 Gone: the resourceVersion (or the continue token) has expired."""
 
 
-class _Failed(Exception):
+class RequestFailed(Exception):
     """A request failed; ``hint`` says what an operator may do about it."""
 
     def __init__(self, detail: str, hint: str = "") -> None:
@@ -151,8 +151,45 @@ async def configure(config: KubeSourceConfig) -> kube_client.ApiClient:
     return kube_client.ApiClient(configuration=configuration)
 
 
-class _Api:
-    """Requests to the API server, each one ``aio_as_trio`` call."""
+class Watch(Protocol):
+    """One open watch: its events in order, then None at its end."""
+
+    async def next_event(self) -> tuple[str, Raw] | None: ...
+
+    def close(self) -> None: ...
+
+
+class Api(Protocol):
+    """The requests the source makes; :class:`ClientApi` makes them over HTTP."""
+
+    async def list_page(self, path: str, request: ListRequest) -> tuple[list[Raw], str, str]:
+        """A LIST page's items, its resourceVersion and its continue token ("" if last);
+        raises :class:`Gone` on 410, :class:`RequestFailed` or a network error else."""
+        ...
+
+    async def open_watch(self, path: str, resource_version: str, seconds: int) -> Watch: ...
+
+
+class _ResponseWatch:
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._response = response
+
+    async def next_event(self) -> tuple[str, Raw] | None:
+        line = await trio_asyncio.aio_as_trio(self._response.content.readline)()
+        if not line:
+            return None
+        event = json.loads(line)
+        if not isinstance(event, dict) or not isinstance(event.get("object"), dict):
+            raise ValueError(f"not a watch event: {line[:200]!r}")
+        return str(event.get("type")), event["object"]
+
+    def close(self) -> None:
+        self._response.close()
+
+
+class ClientApi:
+    """Requests to the API server through kubernetes-asyncio, each one ``aio_as_trio``
+    call."""
 
     def __init__(self, client: kube_client.ApiClient) -> None:
         self._client = client
@@ -166,11 +203,11 @@ class _Api:
         )  # fmt: skip
         if response.status == 410:
             response.close()
-            raise _Gone()
+            raise Gone()
         if response.status != 200:
             body = await trio_asyncio.aio_as_trio(response.text)()
             response.close()
-            raise _Failed(f"HTTP {response.status}: {body[:300]}", _hint(response.status))
+            raise RequestFailed(f"HTTP {response.status}: {body[:300]}", _hint(response.status))
         return response
 
     async def list_page(self, path: str, request: ListRequest) -> tuple[list[Raw], str, str]:
@@ -183,7 +220,7 @@ class _Api:
         finally:
             response.close()
         if not isinstance(body, dict):
-            raise _Failed(f"a LIST answered {type(body).__name__}, not an object")
+            raise RequestFailed(f"a LIST answered {type(body).__name__}, not an object")
         meta = body.get("metadata") or {}
         return (
             list(body.get("items") or []),
@@ -191,9 +228,7 @@ class _Api:
             str(meta.get("continue") or ""),
         )
 
-    async def open_watch(
-        self, path: str, resource_version: str, seconds: int
-    ) -> aiohttp.ClientResponse:
+    async def open_watch(self, path: str, resource_version: str, seconds: int) -> Watch:
         query = [
             ("watch", "1"),
             ("allowWatchBookmarks", "true"),
@@ -203,18 +238,7 @@ class _Api:
         timeout = aiohttp.ClientTimeout(
             connect=CONNECT_TIMEOUT, sock_read=seconds + WATCH_READ_MARGIN
         )
-        return await self._open(path, query, timeout)
-
-    @staticmethod
-    async def read_event(response: aiohttp.ClientResponse) -> tuple[str, Raw] | None:
-        """The next event of a watch, None at its end."""
-        line = await trio_asyncio.aio_as_trio(response.content.readline)()
-        if not line:
-            return None
-        event = json.loads(line)
-        if not isinstance(event, dict) or not isinstance(event.get("object"), dict):
-            raise ValueError(f"not a watch event: {line[:200]!r}")
-        return str(event.get("type")), event["object"]
+        return _ResponseWatch(await self._open(path, query, timeout))
 
 
 def _hint(status: int) -> str:
@@ -234,7 +258,7 @@ class KubernetesSource:
     def __init__(self, config: KubeSourceConfig | None = None) -> None:
         self.config = config or KubeSourceConfig()
         self._feed: StoreFeed | None = None
-        self._api: _Api | None = None
+        self._api: Api | None = None
         self._machines: dict[Resource, ResourceWatch] = {}
         self._versions: dict[Resource, str | None] = {}
         self._scopes: dict[Resource, trio.CancelScope] = {}
@@ -255,25 +279,35 @@ class KubernetesSource:
         async with trio_asyncio.open_loop():
             client = await trio_asyncio.aio_as_trio(configure)(self.config)
             try:
-                self._api = _Api(client)
-                resources = resources_of(store.kinds)
-                self._feed = StoreFeed(store, resources)
-                async with trio.open_nursery() as nursery:
-                    for resource in resources:
-                        machine = self._machine(resource)
-                        if not resource.crd:
-                            self._start(nursery, resource, resource.versions[0], machine.start())
-                    if any(r.crd for r in resources):
-                        crds = ResourceWatch(
-                            strip=stripper(CRD_RESOURCE.kind, "apiextensions.k8s.io/v1"),
-                            limit=self.config.page_limit,
-                        )
-                        nursery.start_soon(self._serve_crds, nursery, crds)
-                    log.info("kube_source_started", resources=[r.name for r in resources])
-                    task_status.started()
+                await self.serve(ClientApi(client), store, task_status=task_status)
             finally:
                 with trio.CancelScope(shield=True):
                     await trio_asyncio.aio_as_trio(client.close)()
+
+    async def serve(
+        self,
+        api: Api,
+        store: ObjectStore,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """:meth:`run` with the requests made by ``api``."""
+        self._api = api
+        resources = resources_of(store.kinds)
+        self._feed = StoreFeed(store, resources)
+        async with trio.open_nursery() as nursery:
+            for resource in resources:
+                machine = self._machine(resource)
+                if not resource.crd:
+                    self._start(nursery, resource, resource.versions[0], machine.start())
+            if any(r.crd for r in resources):
+                crds = ResourceWatch(
+                    strip=stripper(CRD_RESOURCE.kind, "apiextensions.k8s.io/v1"),
+                    limit=self.config.page_limit,
+                )
+                nursery.start_soon(self._serve_crds, nursery, crds)
+            log.info("kube_source_started", resources=[r.name for r in resources])
+            task_status.started()
 
     def _machine(self, resource: Resource) -> ResourceWatch:
         machine = ResourceWatch(limit=self.config.page_limit)
@@ -364,10 +398,10 @@ class KubernetesSource:
                     step = await self._watch(resource, path, machine, step.request, after, scope)
                     if scope is not None and scope.cancel_called:
                         return
-            except _Gone:
+            except Gone:
                 log.info("kube_resource_version_expired", resource=resource.name)
                 step = machine.gone()
-            except (_Failed, *_NETWORK_ERRORS) as exc:
+            except (RequestFailed, *_NETWORK_ERRORS) as exc:
                 failures += 1
                 if failures == 1:
                     log.warning(
@@ -400,11 +434,11 @@ class KubernetesSource:
         machine asks for something else (410: a LIST; an ERROR: backoff)."""
         assert self._api is not None
         seconds = random.randrange(self.config.watch_timeout, 2 * self.config.watch_timeout)
-        response = await self._api.open_watch(path, request.resource_version, seconds)
+        watch = await self._api.open_watch(path, request.resource_version, seconds)
         try:
             while True:
                 try:
-                    event = await self._api.read_event(response)
+                    event = await watch.next_event()
                 except _NETWORK_ERRORS as exc:
                     log.info("kube_watch_cut", resource=resource.name, reason=str(exc))
                     return Step((), machine.watch_ended().request, backoff=True)
@@ -419,4 +453,4 @@ class KubernetesSource:
                     return step
                 self._apply(resource, step, after)
         finally:
-            response.close()
+            watch.close()
