@@ -223,7 +223,7 @@ class ClientApi:
             raise RequestFailed(f"a LIST answered {type(body).__name__}, not an object")
         meta = body.get("metadata") or {}
         return (
-            list(body.get("items") or []),
+            [item for item in body.get("items") or [] if isinstance(item, dict)],
             str(meta.get("resourceVersion") or ""),
             str(meta.get("continue") or ""),
         )
@@ -378,17 +378,21 @@ class KubernetesSource:
         Once ``scope`` is cancelled (the CRD went or moved: the machine is no longer this
         task's), an answer that was already in is dropped, never fed to the machine."""
         assert self._api is not None
-        failures = 0
+        failures = 0  # in a row: requests that failed, watches that ended in an error
+
+        def superseded() -> bool:
+            return scope is not None and scope.cancel_called
+
         while True:
             self._apply(resource, step, after)
             if step.request is None:
                 return
-            if step.backoff or failures:
-                await trio.sleep(self.config.backoff.delay(max(failures, 1)))
+            if failures:
+                await trio.sleep(self.config.backoff.delay(failures))
             try:
                 if isinstance(step.request, ListRequest):
                     items, rv, token = await self._api.list_page(path, step.request)
-                    if scope is not None and scope.cancel_called:
+                    if superseded():
                         return
                     step = machine.list_page(items, rv, token or None)
                     if not token:
@@ -396,12 +400,16 @@ class KubernetesSource:
                                  relists=machine.relists)  # fmt: skip
                 else:
                     step = await self._watch(resource, path, machine, step.request, after, scope)
-                    if scope is not None and scope.cancel_called:
+                    if superseded():
                         return
             except Gone:
+                if superseded():
+                    return
                 log.info("kube_resource_version_expired", resource=resource.name)
                 step = machine.gone()
             except (RequestFailed, *_NETWORK_ERRORS) as exc:
+                if superseded():
+                    return
                 failures += 1
                 if failures == 1:
                     log.warning(
@@ -410,7 +418,9 @@ class KubernetesSource:
                     )  # fmt: skip
                 step = Step((), machine.request)
                 continue
-            if failures:
+            if step.backoff:
+                failures += 1
+            elif failures:
                 log.info("kube_request_recovered", resource=resource.name, failures=failures)
                 failures = 0
 
@@ -440,6 +450,8 @@ class KubernetesSource:
                 try:
                     event = await watch.next_event()
                 except _NETWORK_ERRORS as exc:
+                    if scope is not None and scope.cancel_called:
+                        return Step()
                     log.info("kube_watch_cut", resource=resource.name, reason=str(exc))
                     return Step((), machine.watch_ended().request, backoff=True)
                 if scope is not None and scope.cancel_called:
