@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -15,6 +16,9 @@ from mesh.constants import (
     DEFAULT_TRUST_DOMAIN,
 )
 
+if TYPE_CHECKING:
+    from k8s.controlplane_process import ControlPlaneConfig
+
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
@@ -24,13 +28,20 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "Run the control plane: objects come from its source, are validated and"
             " translated, and are streamed to the proxies; the CA signs for nodes that"
             " prove themselves with their token. --source files watches manifest files"
-            " (a directory means every *.yaml, *.yml and *.json in it)."
+            " (a directory means every *.yaml, *.yml and *.json in it); --source kubernetes"
+            " lists and watches the API server (--kubeconfig, else in-cluster credentials in"
+            " a pod, else $KUBECONFIG or ~/.kube/config)."
         ),
     )
     parser.add_argument("--source", choices=["files", "kubernetes"], default="files")
     parser.add_argument(
         "-f", "--filename", dest="files", action="append", type=Path, default=[],
         metavar="PATH", help="manifest file or directory to watch (repeatable; --source files)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--kubeconfig", type=Path, metavar="PATH",
+        help="kubeconfig for --source kubernetes (default: in-cluster, $KUBECONFIG,"
+        " ~/.kube/config)",
     )  # fmt: skip
     parser.add_argument("--ca-dir", required=True, type=Path, help="the CA's keys (made if absent)")
     parser.add_argument(
@@ -53,21 +64,22 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     from ca.errors import CaError
-    from k8s.controlplane_process import ControlPlaneConfig, run_controlplane
+    from k8s.controlplane_process import ControlPlaneConfig
 
-    if args.source == "kubernetes":
-        print(
-            "ambit controlplane: --source kubernetes is not available yet: the Kubernetes"
-            " API source is still to be built; use --source files",
-            file=sys.stderr,
-        )
+    if args.source == "kubernetes" and args.files:
+        print("ambit controlplane: -f is for --source files, not kubernetes", file=sys.stderr)
         return 2
-    if not args.files:
+    if args.source == "files" and args.kubeconfig is not None:
+        print("ambit controlplane: --kubeconfig is for --source kubernetes", file=sys.stderr)
+        return 2
+    if args.source == "files" and not args.files:
         print("ambit controlplane: --source files needs at least one -f PATH", file=sys.stderr)
         return 2
     config = ControlPlaneConfig(
         files=tuple(args.files),
         ca_dir=args.ca_dir,
+        source=args.source,
+        kubeconfig=args.kubeconfig,
         tokens_file=args.tokens_file,
         status_file=args.status_file,
         host=args.host,
@@ -78,10 +90,37 @@ def run(args: argparse.Namespace) -> int:
         drain_seconds=args.drain_seconds,
     )
     try:
-        trio.run(run_controlplane, config)
+        failed = _run(config)
     except (OSError, CaError) as exc:
         print(f"ambit controlplane: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+    if failed is not None:
+        print(f"ambit controlplane: {failed}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _run(config: ControlPlaneConfig) -> str | None:
+    """``trio.run`` the control plane; what stopped a source from starting (it is raised
+    inside the control plane's nursery), or None."""
+    from k8s.controlplane_process import run_controlplane
+
+    source_errors: tuple[type[Exception], ...] = ()
+    if config.source == "kubernetes":
+        from k8s.sources.kubernetes import KubeSourceError
+
+        source_errors = (KubeSourceError,)
+    failed: list[str] = []
+    try:
+        trio.run(run_controlplane, config)
+    except* source_errors as group:
+        failed += _leaves(group)
+    return "; ".join(failed) or None
+
+
+def _leaves(error: BaseException) -> list[str]:
+    if isinstance(error, BaseExceptionGroup):
+        return [text for e in error.exceptions for text in _leaves(e)]
+    return [str(error)]

@@ -1,7 +1,8 @@
 """``ambit controlplane``: the control plane as a process of its own.
 
 It loads (or creates) the CA from ``ca_dir``, keeps one :class:`~k8s.store.ObjectStore`
-fed by its source (``files`` today; the Kubernetes API is the next), translates and
+fed by its source (``files``: :class:`k8s.files_source.FilesSource`; ``kubernetes``: the
+API server, :class:`k8s.sources.kubernetes.KubernetesSource`), translates and
 publishes on every change (changes within ``coalesce`` seconds together), and serves:
 
 - 15012: the CA, node-authorized (bearer tokens from ``tokens_file``, a JSON object
@@ -30,7 +31,7 @@ import signal
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import structlog
 import trio
@@ -53,6 +54,9 @@ from mesh.http import Request, Response
 from mesh.model import MeshSnapshot
 from mesh.tokens import TokenTable
 
+if TYPE_CHECKING:
+    from k8s.sources.kubernetes import KubernetesSource
+
 log = structlog.get_logger("k8s.controlplane_process")
 
 
@@ -60,6 +64,8 @@ log = structlog.get_logger("k8s.controlplane_process")
 class ControlPlaneConfig:
     files: tuple[Path, ...]
     ca_dir: Path
+    source: Literal["files", "kubernetes"] = "files"
+    kubeconfig: Path | None = None  # --source kubernetes: None is in-cluster or the default
     tokens_file: Path | None = None
     status_file: Path | None = None
     host: str = "0.0.0.0"
@@ -117,7 +123,7 @@ class TokensFile:
 class _State:
     plane: ControlPlane
     store: ObjectStore
-    source: FilesSource
+    source: FilesSource | KubernetesSource
     published: bool = False
     refused: list[str] = field(default_factory=list)
 
@@ -196,6 +202,24 @@ async def _watch_tokens(tokens: TokensFile, poll: float) -> None:
         await trio.sleep(poll)
 
 
+def _source(config: ControlPlaneConfig) -> FilesSource | KubernetesSource:
+    if config.source == "kubernetes":
+        # Imported here: only this source needs asyncio, aiohttp and kubernetes-asyncio.
+        from k8s.sources.kubernetes import KubernetesSource, KubeSourceConfig
+
+        return KubernetesSource(KubeSourceConfig(kubeconfig=config.kubeconfig))
+    return FilesSource(config.files)
+
+
+async def _run_source(
+    state: _State, config: ControlPlaneConfig, *, task_status: trio.TaskStatus[None]
+) -> None:
+    if isinstance(state.source, FilesSource):
+        await state.source.run(state.store, poll=config.poll, task_status=task_status)
+    else:
+        await state.source.run(state.store, task_status=task_status)
+
+
 async def run_controlplane(
     config: ControlPlaneConfig, *, task_status: trio.TaskStatus[Ports] = trio.TASK_STATUS_IGNORED
 ) -> None:
@@ -209,7 +233,7 @@ async def run_controlplane(
     plane = ControlPlane(authority, trust_domain=config.trust_domain)
     tokens = TokensFile(config.tokens_file, plane.tokens)
     tokens.reload()
-    state = _State(plane, ObjectStore(), FilesSource(config.files))
+    state = _State(plane, ObjectStore(), _source(config))
     registry = CollectorRegistry()
     registry.register(_Collector(state))
 
@@ -240,12 +264,11 @@ async def run_controlplane(
             )
             nursery.start_soon(_watch_tokens, tokens, config.poll)
             nursery.start_soon(_sync, state, config)
-            await nursery.start(lambda task_status: state.source.run(
-                state.store, poll=config.poll, task_status=task_status
-            ))  # fmt: skip
+            await nursery.start(_run_source, state, config)
             log.info(
                 "controlplane_started", ca_port=ca_port, config_port=config_port,
-                metrics_port=metrics[1], files=[str(f) for f in config.files],
+                metrics_port=metrics[1], source=config.source,
+                files=[str(f) for f in config.files],
             )  # fmt: skip
             task_status.started(Ports(ca_port, config_port, metrics[1]))
             async for signum in signals:

@@ -1,6 +1,6 @@
 """What one object becomes in the mesh model, pure: a Pod's workload (meshed by the
-``ambit.io/dataplane-mode`` label of the Pod or its Namespace), a Service's ports and
-each pod's endpoint (the one endpoint rule of :mod:`k8s.endpoints`), the problem a
+``ambit.io/dataplane-mode`` label, or Istio's, of the Pod or its Namespace), a Service's
+ports and each pod's endpoint (the one endpoint rule of :mod:`k8s.endpoints`), the problem a
 lost address contest gives; and the small helpers the :class:`k8s.translate.Translator`
 runs them with."""
 
@@ -17,7 +17,7 @@ from k8s.endpoints import selects, target_port
 from k8s.problems import Problem
 from k8s.store import ObjectRef, describe
 from mesh import model
-from mesh.constants import LABEL_DATAPLANE_MODE, LABEL_GATEWAY_NAME
+from mesh.constants import ISTIO_LABEL_DATAPLANE_MODE, LABEL_DATAPLANE_MODE, LABEL_GATEWAY_NAME
 
 IP_CONFLICT: Final = "IPConflict"
 IP_CONFLICT_KEPT: Final = "IPConflictKept"
@@ -31,11 +31,19 @@ def meshed_by_labels(
     pod_labels: Mapping[str, str], namespace_labels: Mapping[str, str] | None
 ) -> bool:
     """Pod label ``none`` opts out, ``ambient`` opts in; otherwise the namespace's label
-    decides. The one rule: translation and the local cluster both ask it."""
-    pod_mode = pod_labels.get(LABEL_DATAPLANE_MODE)
+    decides (``ambit.io/dataplane-mode``, or Istio's ``istio.io/`` spelling where ambit's
+    is not set). The one rule: translation and the local cluster both ask it."""
+    pod_mode = dataplane_mode(pod_labels)
     if pod_mode in ("none", "ambient"):
         return pod_mode == "ambient"
-    return namespace_labels is not None and namespace_labels.get(LABEL_DATAPLANE_MODE) == "ambient"
+    return namespace_labels is not None and dataplane_mode(namespace_labels) == "ambient"
+
+
+def dataplane_mode(labels: Mapping[str, str]) -> str | None:
+    """The dataplane-mode label's value: ambit's, else Istio's, else None."""
+    if LABEL_DATAPLANE_MODE in labels:
+        return labels[LABEL_DATAPLANE_MODE]
+    return labels.get(ISTIO_LABEL_DATAPLANE_MODE)
 
 
 def in_mesh(pod: m.Pod, namespace: m.Namespace | None) -> bool:

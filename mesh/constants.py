@@ -27,7 +27,10 @@ CONTROL_PLANE_METRICS_PORT: Final = 15014
 PROXY_SOCKET_MARK: Final = 0x539
 
 # Labels.
+# On a Namespace or Pod: "ambient" puts it in the mesh, "none" (on a Pod) keeps it out.
+# Istio's label means the same; where both are set, ambit's counts.
 LABEL_DATAPLANE_MODE: Final = "ambit.io/dataplane-mode"
+ISTIO_LABEL_DATAPLANE_MODE: Final = "istio.io/dataplane-mode"
 # On a Namespace, Service or Pod: the waypoint (a Gateway's name, in the object's namespace
 # unless the -namespace label names another) its traffic goes through; "none" opts out of
 # the namespace's. Istio's labels mean the same; where both are set, ambit's count.

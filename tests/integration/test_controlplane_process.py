@@ -1,4 +1,5 @@
-"""``ambit controlplane --source files`` as an operator runs it: manifests in a directory,
+"""``ambit controlplane --source files`` (and ``kubernetes`` without an API server) as an
+operator runs it: manifests in a directory,
 node tokens in a file, a ztunnel-like subscriber on the config stream, the status file,
 the metrics port; and the real command, stopped with SIGTERM. Loopback only."""
 
@@ -243,11 +244,49 @@ async def test_the_command_serves_and_stops_cleanly_on_sigterm(tmp_path: Path) -
     assert "control_plane_drained" in events
 
 
-async def test_kubernetes_source_says_it_is_not_there_yet() -> None:
+async def test_kubernetes_source_without_a_kubeconfig_says_so() -> None:
     result = await trio.run_process(
         [sys.executable, "-m", "ambit.cli", "controlplane", "--source", "kubernetes",
-         "--ca-dir", "/nonexistent"],
+         "--kubeconfig", "/nonexistent/config", "--ca-dir", "/nonexistent",
+         "--host", "127.0.0.1", "--ca-port", "0", "--config-port", "0", "--metrics-port", "0"],
+        env={**os.environ, "PYTHONPATH": str(REPO)}, capture_stderr=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert b"the kubeconfig /nonexistent/config does not exist" in result.stderr
+
+
+async def test_kubernetes_source_refuses_files() -> None:
+    result = await trio.run_process(
+        [sys.executable, "-m", "ambit.cli", "controlplane", "--source", "kubernetes",
+         "-f", "x.yaml", "--ca-dir", "/nonexistent"],
         env={**os.environ, "PYTHONPATH": str(REPO)}, capture_stderr=True, check=False,
     )  # fmt: skip
     assert result.returncode == 2
-    assert b"--source kubernetes is not available yet" in result.stderr
+    assert b"-f is for --source files" in result.stderr
+
+
+async def test_kubernetes_source_unreachable_is_never_ready(tmp_path: Path) -> None:
+    """Until every kind is listed nothing is published, and /ready says which are not."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        f"clusters: [{{name: k, cluster: {{server: 'https://127.0.0.1:{closed}'}}}}]\n"
+        "users: [{name: u, user: {token: t}}]\n"
+        "contexts: [{name: c, context: {cluster: k, user: u}}]\n"
+    )
+    config = ControlPlaneConfig(
+        files=(), ca_dir=tmp_path / "ca", source="kubernetes", kubeconfig=kubeconfig,
+        host="127.0.0.1", ca_port=0, config_port=0, metrics_port=0, trust_domain=TD,
+    )  # fmt: skip
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            ports: Ports = await nursery.start(lambda task_status: run_controlplane(
+                config, task_status=task_status
+            ))  # fmt: skip
+            status, body = await http_get(ports.metrics, "/ready")
+            assert status == 503
+            assert b"not listed yet: Namespace, ServiceAccount, Pod, Service" in body
+            nursery.cancel_scope.cancel()

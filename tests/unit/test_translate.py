@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 
 from k8s import manifests as m
-from k8s.translate import Problem, in_mesh, meshed_by_labels, translate, ztunnel_acceptance
+from k8s.translate import (
+    Problem,
+    Translator,
+    in_mesh,
+    meshed_by_labels,
+    translate,
+    ztunnel_acceptance,
+)
 from mesh.authz import evaluate
 from mesh.model import (
     GATEWAY_GROUP,
@@ -134,6 +141,39 @@ def test_pod_label_opts_in_and_out() -> None:
         "out/opt-in": "HBONE",
         "in/junk": "HBONE",
     }
+
+
+@pytest.mark.parametrize(
+    ("namespace_labels", "pod_labels", "meshed"),
+    [
+        ({"istio.io/dataplane-mode": "ambient"}, {}, True),
+        ({}, {"istio.io/dataplane-mode": "ambient"}, True),
+        ({"istio.io/dataplane-mode": "ambient"}, {"istio.io/dataplane-mode": "none"}, False),
+        # Where both spellings are set, ambit's counts.
+        ({"ambit.io/dataplane-mode": "none", "istio.io/dataplane-mode": "ambient"}, {}, False),
+        ({}, {"ambit.io/dataplane-mode": "ambient", "istio.io/dataplane-mode": "none"}, True),
+        ({"istio.io/dataplane-mode": "ambient"}, {"ambit.io/dataplane-mode": "none"}, False),
+    ],
+)
+def test_istio_dataplane_mode_label_is_an_alias(
+    namespace_labels: dict[str, str], pod_labels: dict[str, str], meshed: bool
+) -> None:
+    assert meshed_by_labels(pod_labels, namespace_labels) is meshed
+    objs: list[m.K8sObject] = [
+        ns("shop", ambient=False, labels=namespace_labels),
+        pod("web", "shop", labels={"app": "web", **pod_labels}),
+    ]
+    assert protocols(translate(objs, version=1).snapshot) == {
+        "shop/web": "HBONE" if meshed else "TCP"
+    }
+
+
+def test_a_namespace_labelled_with_istio_spelling_after_its_pods_exist_enrolls_them() -> None:
+    translator = Translator()
+    translator.apply([ns("shop", ambient=False), pod("web", "shop")])
+    labelled = ns("shop", ambient=False, labels={"istio.io/dataplane-mode": "ambient"})
+    snapshot = translator.apply([labelled]).snapshot
+    assert protocols(snapshot) == {"shop/web": "HBONE"}
 
 
 def test_workload_fields_come_from_the_pod() -> None:
