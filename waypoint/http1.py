@@ -158,6 +158,9 @@ class MessageReader:
                 return None
             if self.started and deadline == math.inf and not self._response:
                 deadline = trio.current_time() + HEAD_SECONDS
+            if deadline == math.inf:  # no head begun (or a response): no cancel scope
+                await self._fill()
+                continue
             with trio.move_on_at(deadline):
                 await self._fill()
                 continue

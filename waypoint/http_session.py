@@ -19,6 +19,7 @@ connection closes; nothing else is disturbed.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
@@ -64,7 +65,6 @@ log = structlog.get_logger("waypoint.access")
 
 ATTEMPTS: Final = 2  # Istio's default: one retry on connect failure or refused stream
 IDLE_SECONDS: Final = 300.0  # a keep-alive connection with no request
-HEAD_SECONDS: Final = 30.0  # from a request's first byte to the end of its head
 XFCC: Final = b"x-forwarded-client-cert"
 # The body of a request answered locally is read and dropped up to this much, this long,
 # so that its connection goes on; a bigger or slower one closes the connection.
@@ -123,8 +123,11 @@ class HttpSession(Session):
 
     async def run(self) -> None:
         """Serve requests until the client closes, asks to close, or breaks the protocol."""
-        while self.keep_alive:
-            with trio.move_on_after(IDLE_SECONDS):
+        # One cancel scope for the connection's idleness (not one a request): its deadline
+        # is IDLE_SECONDS ahead while a request is awaited, and off while one is served.
+        with trio.CancelScope() as idle:
+            while self.keep_alive:
+                idle.deadline = trio.current_time() + IDLE_SECONDS
                 try:
                     head = await self.reader.read_head()
                 except Http1Error as exc:
@@ -134,12 +137,11 @@ class HttpSession(Session):
                     return
                 if head is None:
                     return
-            if head is None:  # idle for too long
-                return
-            try:
-                await self._exchange(head)
-            except ClientGone:
-                return
+                idle.deadline = math.inf
+                try:
+                    await self._exchange(head)
+                except ClientGone:
+                    return
 
     async def _refuse(self, exc: Http1Error) -> None:
         log.warning("http_request_malformed", src_identity=str(self.caller.identity),
