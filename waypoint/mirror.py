@@ -2,9 +2,10 @@
 
 The copy goes once the original's body has been read (up to :data:`MAX_BODY` bytes are
 kept for it while the body streams; a bigger body is not mirrored), with ``-shadow``
-appended to its authority as Envoy does, to an endpoint of the mirror's Service over
-HTTP/1.1 through HBONE as the waypoint. Its answer is read and dropped; a failure is
-logged once at debug level and never touches the original request or its response.
+appended to its authority as Envoy does, to an endpoint of the mirror's Service through
+HBONE as the waypoint, in the HTTP version the mirror's port declares (h2c for ``http2``
+and ``grpc``, HTTP/1.1 otherwise). Its answer is read and dropped; a failure is logged
+once at debug level and never touches the original request or its response.
 """
 
 from __future__ import annotations
@@ -15,11 +16,14 @@ from typing import TYPE_CHECKING, Final
 import structlog
 import trio
 
+from mesh.hbone.settings import HboneError
+from waypoint.bridge import h2_headers
 from waypoint.decisions import MirrorTarget
 from waypoint.destination import meshed_identity
 from waypoint.http1 import Http1Error, encode_request_head, latin1
 from waypoint.http_request import HttpRequest
-from waypoint.upstream import UpstreamError, targets_of
+from waypoint.protocol import declared
+from waypoint.upstream import Target, UpstreamError, targets_of
 
 if TYPE_CHECKING:
     from mesh.model import MeshSnapshot
@@ -74,6 +78,10 @@ async def _mirror(
     if choice is None:
         log.debug("mirror_failed", mirror=target.service, reason="no endpoint")
         return
+    port = service.port(target.port) if service is not None else None
+    if declared(port) in ("http2", "grpc"):
+        await _mirror_h2(proxy, target, choice, request, body)
+        return
     headers = [(b"host", latin1(f"{request.authority}-shadow"))]
     headers += [(latin1(n), latin1(v)) for n, v in request.headers if n not in _SKIPPED]
     headers.append((b"content-length", b"%d" % len(body)))
@@ -100,3 +108,26 @@ async def _mirror(
         finally:
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 await proxy.upstreams.release(conn, reusable=reusable)
+
+
+async def _mirror_h2(
+    proxy: Shared, target: MirrorTarget, choice: Target, request: HttpRequest, body: bytes
+) -> None:
+    """The copy as an HTTP/2 request on the multiplexed connection to ``choice``."""
+    shadow = HttpRequest(request.method, request.path, f"{request.authority}-shadow",
+                         request.headers, request.scheme)  # fmt: skip
+    headers = [(n, v) for n, v in h2_headers(shadow, ()) if n not in _SKIPPED]
+    with trio.move_on_after(MIRROR_SECONDS):
+        try:
+            conn = await proxy.h2.connection(choice, [])
+            stream = conn.start_request(headers, end_stream=not body)
+            async with stream:
+                if body:
+                    await stream.send_all(body)
+                    await stream.send_eof()
+                await stream.wait_response()
+                while await stream.receive_some():
+                    pass
+        except (UpstreamError, HboneError, trio.BrokenResourceError,
+                trio.ClosedResourceError) as exc:  # fmt: skip
+            log.debug("mirror_failed", mirror=target.service, reason=str(exc))

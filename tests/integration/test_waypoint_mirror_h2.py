@@ -1,0 +1,99 @@
+"""RequestMirror to a backend whose port declares ``http2``: the copy goes as an HTTP/2
+request (an h2c or gRPC app would refuse HTTP/1.1), with ``-shadow`` on its authority and
+the original's body, while the client gets the real backend's answer."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+import trio
+
+from mesh.hbone import H2Stream, Http2Connection
+from mesh.hbone.settings import HboneSettings
+from mesh.hbone.transport import StreamTransport
+from tests.integration.test_waypoint_l7 import world
+from tests.integration.waypoint_support import Client, Pod, open_mesh
+from tests.pki import Pki
+from tests.waiting import wait_until
+
+MIRRORED = """
+---
+apiVersion: v1
+kind: Service
+metadata: {name: shadow, namespace: default}
+spec:
+  clusterIP: 10.96.0.50
+  selector: {version: v2}
+  ports: [{name: http2, port: 80, targetPort: 8080}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: web, namespace: default}
+spec:
+  parentRefs: [{group: "", kind: Service, name: web, port: 80}]
+  rules:
+  - filters:
+    - type: RequestMirror
+      requestMirror: {backendRef: {name: shadow, port: 80}}
+    backendRefs: [{name: web-v1, port: 80}]
+"""
+
+
+class H2App:
+    """An h2c app on our engine that records each request (method, path, authority, body)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str, str, bytes]] = []
+
+    async def handle(self, stream: H2Stream) -> None:
+        headers = dict(stream.request_headers)
+        body = b""
+        while data := await stream.receive_some():
+            body += data
+        self.seen.append((headers[":method"], headers[":path"], headers[":authority"], body))
+        stream.send_headers([(":status", "200")], end_stream=True)
+
+    async def serve(self, *, task_status: trio.TaskStatus[int]) -> None:
+        async def connection(tcp: trio.SocketStream) -> None:
+            conn = Http2Connection(StreamTransport(tcp), peer=None, settings=HboneSettings(),
+                                   handler=self.handle, client_side=False)  # fmt: skip
+            await conn.serve()
+
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        async with trio.open_nursery() as nursery:
+            await nursery.start(trio.serve_listeners, connection, listeners)
+            task_status.started(listeners[0].socket.getsockname()[1])
+
+
+@pytest.fixture
+async def shadow() -> AsyncIterator[tuple[H2App, int]]:
+    app = H2App()
+    async with trio.open_nursery() as nursery:
+        yield app, await nursery.start(app.serve)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_mirror_to_an_http2_port_is_sent_as_http2(
+    root: Pki, shadow: tuple[H2App, int]
+) -> None:
+    app, port = shadow
+    pods = [Pod("web-0", "10.0.0.11"), Pod("web-1", "10.0.0.12", app=False, app_port=port)]
+    with trio.fail_after(20):
+        async with open_mesh(root, pods, snapshot=world(MIRRORED)) as mesh:
+            client = Client(await mesh.connect())
+            status, _h, _body = await client.request("GET", "/a")
+            assert status == 200  # web-0's answer (the h11 app), not the mirror's
+            status, _h, _body = await client.request("POST", "/b", body=b"copy me")
+            assert status == 200
+            await client.stream.aclose()
+            await wait_until(lambda: len(app.seen) == 2)
+    shadow_host = "web.default.svc.cluster.local-shadow"
+    assert sorted(app.seen) == [
+        ("GET", "/a", shadow_host, b""),
+        ("POST", "/b", shadow_host, b"copy me"),
+    ]
+    assert pods[0].seen == [
+        ("GET", "/a", "web.default.svc.cluster.local"),
+        ("POST", "/b", "web.default.svc.cluster.local"),
+    ]
