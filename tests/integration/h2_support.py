@@ -1,4 +1,5 @@
-"""Two HTTP/2 connections joined by ``trio.testing.memory_stream_pair``: no sockets."""
+"""Two HTTP/2 connections joined by ``trio.testing.memory_stream_pair`` (no sockets), and
+an h2c app on our engine over loopback TCP (:func:`serve_h2c`)."""
 
 from __future__ import annotations
 
@@ -64,3 +65,18 @@ async def read_all(stream: trio.abc.ReceiveStream) -> bytes:
     while data := await stream.receive_some():
         out += data
     return bytes(out)
+
+
+async def serve_h2c(handler: StreamHandler, *, task_status: trio.TaskStatus[int]) -> None:
+    """An h2c server (prior knowledge) on a loopback port: each stream goes to ``handler``;
+    ``task_status.started`` gets the port."""
+
+    async def connection(tcp: trio.SocketStream) -> None:
+        conn = Http2Connection(StreamTransport(tcp), peer=None, settings=HboneSettings(),
+                               handler=handler, client_side=False)  # fmt: skip
+        await conn.serve()
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(trio.serve_listeners, connection, listeners)
+        task_status.started(listeners[0].socket.getsockname()[1])

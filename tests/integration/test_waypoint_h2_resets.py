@@ -12,11 +12,10 @@ import pytest
 import trio
 from h2.errors import ErrorCodes
 
-from mesh.hbone import H2Stream, Http2Connection
-from mesh.hbone.settings import HboneSettings
+from mesh.hbone import H2Stream
 from mesh.hbone.stream import StreamReset
-from mesh.hbone.transport import StreamTransport
 from mesh.model import ServicePort
+from tests.integration.h2_support import serve_h2c
 from tests.integration.test_waypoint_hostile_h2 import h2_client, read_to_end, request
 from tests.integration.waypoint_support import Mesh, Pod, open_mesh
 from tests.pki import Pki
@@ -50,23 +49,12 @@ class App:
                     self.reset_seen.append(cause.code if isinstance(cause, StreamReset) else -1)
                 self.reset.set()
 
-    async def serve(self, *, task_status: trio.TaskStatus[int]) -> None:
-        async def connection(tcp: trio.SocketStream) -> None:
-            conn = Http2Connection(StreamTransport(tcp), peer=None, settings=HboneSettings(),
-                                   handler=self.handle, client_side=False)  # fmt: skip
-            await conn.serve()
-
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        async with trio.open_nursery() as nursery:
-            await nursery.start(trio.serve_listeners, connection, listeners)
-            task_status.started(listeners[0].socket.getsockname()[1])
-
 
 @pytest.fixture
 async def app() -> AsyncIterator[tuple[App, int]]:
     found = App()
     async with trio.open_nursery() as nursery:
-        port = await nursery.start(found.serve)
+        port = await nursery.start(serve_h2c, found.handle)
         yield found, port
         nursery.cancel_scope.cancel()
 

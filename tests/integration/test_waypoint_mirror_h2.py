@@ -9,9 +9,8 @@ from collections.abc import AsyncIterator
 import pytest
 import trio
 
-from mesh.hbone import H2Stream, Http2Connection
-from mesh.hbone.settings import HboneSettings
-from mesh.hbone.transport import StreamTransport
+from mesh.hbone import H2Stream
+from tests.integration.h2_support import serve_h2c
 from tests.integration.test_waypoint_l7 import world
 from tests.integration.waypoint_support import Client, Pod, open_mesh
 from tests.pki import Pki
@@ -54,23 +53,12 @@ class H2App:
         self.seen.append((headers[":method"], headers[":path"], headers[":authority"], body))
         stream.send_headers([(":status", "200")], end_stream=True)
 
-    async def serve(self, *, task_status: trio.TaskStatus[int]) -> None:
-        async def connection(tcp: trio.SocketStream) -> None:
-            conn = Http2Connection(StreamTransport(tcp), peer=None, settings=HboneSettings(),
-                                   handler=self.handle, client_side=False)  # fmt: skip
-            await conn.serve()
-
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        async with trio.open_nursery() as nursery:
-            await nursery.start(trio.serve_listeners, connection, listeners)
-            task_status.started(listeners[0].socket.getsockname()[1])
-
 
 @pytest.fixture
 async def shadow() -> AsyncIterator[tuple[H2App, int]]:
     app = H2App()
     async with trio.open_nursery() as nursery:
-        yield app, await nursery.start(app.serve)
+        yield app, await nursery.start(serve_h2c, app.handle)
         nursery.cancel_scope.cancel()
 
 
