@@ -193,6 +193,7 @@ class Http2Engine(FrameHandling):
                 )
         if code != ErrorCodes.NO_ERROR:
             name = ErrorCodes(code).name if code in _ERROR_CODES else str(code)
+            self.send_goaway(self.h2.highest_inbound_stream_id)  # ours before closing (§6.8)
             raise HboneConnectionError(f"peer sent GOAWAY with error {name}", code=code)
         if not self.streams:
             self.drained()
