@@ -7,6 +7,7 @@ scheduler and kubelet (``tests/kube/kubelet.py``)."""
 
 from __future__ import annotations
 
+import base64
 import re
 import secrets
 from collections.abc import AsyncIterator
@@ -168,6 +169,34 @@ async def test_a_pod_bound_token_is_accepted_for_its_audience_only(
     for refused in (without_audience, other_audience):
         assert not refused.get("authenticated")
         assert refused.get("error")
+
+
+async def test_the_controller_manager_signs_service_account_token_secrets(
+    kube_admin: KubeAdmin, kube_ns: str
+) -> None:
+    """Its token controller fills a ``service-account-token`` Secret with a token
+    signed by the key the API server checks."""
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "kubernetes.io/service-account-token",
+        "metadata": {
+            "name": "default-token",
+            "namespace": kube_ns,
+            "annotations": {"kubernetes.io/service-account.name": "default"},
+        },
+    }
+    with trio.fail_after(40):
+        await kube_admin.create(secret)
+
+        async def filled() -> str | None:
+            data = (await kube_admin.get("v1", "Secret", "default-token", kube_ns)).get("data", {})
+            return str(data["token"]) if "token" in data else None
+
+        token = base64.b64decode(await wait_for(filled, seconds=30)).decode()
+        review = await _review(kube_admin, token, None)
+    assert review["authenticated"] is True
+    assert review["user"]["username"] == f"system:serviceaccount:{kube_ns}:default"
 
 
 async def test_garbage_collection_deletes_an_owners_dependents(
