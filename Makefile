@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: lock test lint typecheck pytest demo bench clean
+.PHONY: lock test lint typecheck pytest kube demo bench clean
 
 # Every dependency's version comes from requirements.lock (made by `make lock`);
 # pyproject.toml keeps only the lower bounds.
@@ -34,6 +34,13 @@ typecheck: $(STAMP)
 
 pytest: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The Kubernetes control plane tests/kube runs against (etcd, kube-apiserver,
+# kube-controller-manager), built from its Go modules with the machine's Go (>= 1.26)
+# into .cache/kube/bin; nothing is built when they are current. Minutes from empty
+# Go caches, seconds from warm ones (README, "Testing").
+kube:
+	tests/kube/build.sh
 
 demo: $(STAMP)
 	@if [ "$$(id -u)" != 0 ]; then echo "make demo needs root (network namespaces, iptables): try sudo make demo"; exit 1; fi

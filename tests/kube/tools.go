@@ -1,0 +1,13 @@
+//go:build tools
+
+// Package tools names the binaries build.sh builds, so that go.mod and go.sum pin
+// them: etcd, kube-apiserver and kube-controller-manager, and the Gateway API
+// module whose config/crd/standard/*.yaml the test harness installs.
+package tools
+
+import (
+	_ "go.etcd.io/etcd/server/v3"
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "sigs.k8s.io/gateway-api/apis/v1"
+)
