@@ -29,6 +29,8 @@ T = TypeVar("T")
 REQUEST_SECONDS = 30.0
 MERGE_PATCH = "application/merge-patch+json"
 STRATEGIC_PATCH = "application/strategic-merge-patch+json"
+APPLY_PATCH = "application/apply-patch+yaml"  # server-side apply (JSON is YAML)
+FIELD_MANAGER = "ambit-tests"
 
 
 class KubeError(Exception):
@@ -151,10 +153,28 @@ class KubeAdmin:
             raise NotFound(404, "NotFound", f"no kind {kind} in {api_version}")
         return self._resources[key]
 
-    async def create(self, obj: Obj) -> Obj:
+    async def create(
+        self, obj: Obj, *, dry_run: bool = False, field_validation: str | None = None
+    ) -> Obj:
+        """POST ``obj``; ``dry_run``: validated and admitted, not stored;
+        ``field_validation``: ``Strict`` refuses unknown fields (kubectl's default)."""
         resource = await self.resource(obj["apiVersion"], obj["kind"])
         namespace = obj["metadata"].get("namespace")
-        return await self.request("POST", resource.path(None, namespace, None), obj)
+        path = resource.path(None, namespace, None) + _query(dry_run, field_validation)
+        return await self.request("POST", path, obj)
+
+    async def apply(self, obj: Obj, *, dry_run: bool = False) -> Obj:
+        """Server-side apply (``kubectl apply --server-side --force-conflicts``), with
+        strict field validation."""
+        resource = await self.resource(obj["apiVersion"], obj["kind"])
+        namespace = obj["metadata"].get("namespace")
+        path = resource.path(obj["metadata"]["name"], namespace, None)
+        query = {"fieldManager": FIELD_MANAGER, "force": "true", "fieldValidation": "Strict"}
+        if dry_run:
+            query["dryRun"] = "All"
+        return await self.request(
+            "PATCH", f"{path}?{urlencode(query)}", obj, content_type=APPLY_PATCH
+        )
 
     async def get(
         self, api_version: str, kind: str, name: str, namespace: str | None = None
@@ -219,6 +239,13 @@ class KubeAdmin:
         if grace_period_seconds is not None:
             path += "?" + urlencode({"gracePeriodSeconds": grace_period_seconds})
         return await self.request("DELETE", path)
+
+
+def _query(dry_run: bool, field_validation: str | None) -> str:
+    query = {"dryRun": "All"} if dry_run else {}
+    if field_validation is not None:
+        query["fieldValidation"] = field_validation
+    return f"?{urlencode(query)}" if query else ""
 
 
 async def wait_for(

@@ -1,0 +1,134 @@
+"""``ambit install --crds`` against the real API server: every CRD applies (server-side,
+as the docs say), becomes Established with its names accepted, and the server's own
+validation takes the valid objects of each kind and refuses the invalid ones, the same
+cases ambit's reader is tested on (``tests/crd_cases.py``)."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import pytest
+import trio
+
+from ambit.cli import main
+from k8s import crds
+from tests import crd_cases
+from tests.kube.client import KubeAdmin, KubeError, wait_for
+
+pytestmark = pytest.mark.kube
+
+CRD_API = "apiextensions.k8s.io/v1"
+ESTABLISH_SECONDS = 30.0
+
+
+async def apply_crds(admin: KubeAdmin) -> list[str]:
+    """Apply every CRD of ``ambit install --crds`` (a dry run first); their names, once
+    each is Established with its names accepted."""
+    names = []
+    for crd in crds.crds():
+        await admin.apply(crd, dry_run=True)
+        await admin.apply(crd)
+        names.append(crd["metadata"]["name"])
+
+    async def established(name: str) -> bool:
+        got = await admin.get(CRD_API, "CustomResourceDefinition", name)
+        conditions = {c["type"]: c["status"] for c in got.get("status", {}).get("conditions", [])}
+        return conditions.get("Established") == "True" and conditions.get("NamesAccepted") == "True"
+
+    for name in names:
+        await wait_for(partial(established, name), seconds=ESTABLISH_SECONDS)
+    return names
+
+
+@pytest.fixture
+async def ambit_crds(kube_admin: KubeAdmin) -> list[str]:
+    with trio.fail_after(60):
+        return await apply_crds(kube_admin)
+
+
+async def test_every_owned_kind_has_an_established_crd(
+    kube_admin: KubeAdmin, ambit_crds: list[str]
+) -> None:
+    assert sorted(ambit_crds) == [
+        "authorizationpolicies.security.ambit.io",
+        "peerauthentications.security.ambit.io",
+        "requestauthentications.security.ambit.io",
+    ]
+    with trio.fail_after(10):
+        listing = await kube_admin.request("GET", "/apis/security.ambit.io/v1")
+    served = {r["name"]: r for r in listing["resources"]}
+    assert served["authorizationpolicies"]["shortNames"] == ["ap"]
+    assert served["authorizationpolicies/status"]["verbs"]
+    assert "ambit-io" in served["peerauthentications"]["categories"]
+
+
+def test_the_cli_prints_what_is_applied(capsys: pytest.CaptureFixture[str]) -> None:
+    import yaml
+
+    assert main(["install", "--crds"]) == 0
+    assert list(yaml.safe_load_all(capsys.readouterr().out)) == crds.crds()
+
+
+@pytest.mark.parametrize(
+    ("kind", "name", "spec"),
+    [(kind, name, spec) for kind, cases in crd_cases.VALID.items() for name, spec in cases],
+)
+async def test_the_server_stores_a_valid_object(
+    kube_admin: KubeAdmin,
+    ambit_crds: list[str],
+    kube_ns: str,
+    kind: str,
+    name: str,
+    spec: crd_cases.Obj,
+) -> None:
+    doc = crd_cases.policy(kind, name, kube_ns, spec)
+    with trio.fail_after(20):
+        await kube_admin.create(doc, dry_run=True, field_validation="Strict")
+        created = await kube_admin.create(doc, field_validation="Strict")
+        # Nothing pruned: the server keeps the spec exactly as written.
+        assert created["spec"] == spec
+        # The control plane's status write goes through the status subresource.
+        condition = {
+            "type": "ambit.io/ZtunnelAccepted",
+            "status": "True",
+            "reason": "Accepted",
+            "message": "",
+            "lastTransitionTime": "2026-12-06T00:00:00Z",
+            "observedGeneration": 1,
+        }
+        patched = await kube_admin.patch(
+            crd_cases.API_VERSION, kind, name, {"status": {"conditions": [condition]}},
+            kube_ns, subresource="status",
+        )  # fmt: skip
+    assert patched["status"]["conditions"] == [condition]
+    assert patched["spec"] == spec
+
+
+@pytest.mark.parametrize(
+    ("kind", "name", "spec", "named"),
+    [(kind, *case) for kind, cases in crd_cases.INVALID.items() for case in cases],
+)
+async def test_the_server_refuses_an_invalid_object(
+    kube_admin: KubeAdmin,
+    ambit_crds: list[str],
+    kube_ns: str,
+    kind: str,
+    name: str,
+    spec: crd_cases.Obj,
+    named: str,
+) -> None:
+    doc = crd_cases.policy(kind, name, kube_ns, spec)
+    with trio.fail_after(20), pytest.raises(KubeError) as refused:
+        await kube_admin.create(doc)
+    assert refused.value.status == 422, refused.value
+    assert named in refused.value.message
+
+
+async def test_an_unknown_field_is_refused_not_pruned(
+    kube_admin: KubeAdmin, ambit_crds: list[str], kube_ns: str
+) -> None:
+    doc = crd_cases.policy("AuthorizationPolicy", "typo", kube_ns, crd_cases.TYPO)
+    with trio.fail_after(20), pytest.raises(KubeError) as refused:
+        await kube_admin.create(doc, field_validation="Strict")
+    assert refused.value.status == 400  # "strict decoding error"
+    assert 'unknown field "spec.rules[0].from[0].source.principal"' in refused.value.message
