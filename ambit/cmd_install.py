@@ -34,7 +34,32 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     what.add_argument(
         "--gateway-api", action="store_true", help="how to install Gateway API's CRDs"
     )
+    parser.add_argument(
+        "--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+        help="a value (repeatable): trustDomain, image, imagePullPolicy, replicas,"
+        " resources.requests.cpu, resources.requests.memory, resources.limits.cpu,"
+        " resources.limits.memory, logLevel",
+    )  # fmt: skip
+    parser.add_argument("--trust-domain", help="the SPIFFE trust domain (--set trustDomain=)")
+    parser.add_argument("--image", help="the ambit image (--set image=)")
+    parser.add_argument("--replicas", help="control plane replicas (--set replicas=)")
     parser.set_defaults(run=run)
+
+
+# The release tests/kube installs and ambit is tested against (tests/kube/go.mod pins it).
+GATEWAY_API_VERSION = "v1.6.3"
+GATEWAY_API_HELP = f"""\
+ambit reads Gateway API's Gateway, GatewayClass, HTTPRoute and GRPCRoute (waypoints and
+their routes) but does not ship their CRDs. Install the standard channel's CRDs, if the
+cluster has none yet:
+
+  kubectl get crd gateways.gateway.networking.k8s.io >/dev/null 2>&1 || \\
+    kubectl apply --server-side -f \\
+    https://github.com/kubernetes-sigs/gateway-api/releases/download/{GATEWAY_API_VERSION}/standard-install.yaml
+
+ambit is tested with {GATEWAY_API_VERSION}. Without them, ambit runs without waypoints; it
+starts watching the kinds when their CRDs appear.
+"""
 
 
 class _Dumper(yaml.SafeDumper):
@@ -57,10 +82,28 @@ def to_yaml(documents: Iterable[Mapping[str, Any]]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from k8s import crds
+    from k8s import crds, install
 
+    if args.gateway_api:
+        sys.stdout.write(GATEWAY_API_HELP)
+        return 0
     if args.crds:
         sys.stdout.write(to_yaml(crds.crds()))
         return 0
-    print("ambit install: only --crds is built so far", file=sys.stderr)
-    return 1
+    shorthands = (("trustDomain", args.trust_domain), ("image", args.image),
+                  ("replicas", args.replicas))  # fmt: skip
+    settings = [*args.settings, *(f"{k}={v}" for k, v in shorthands if v is not None)]
+    try:
+        values = install.values_from(settings)
+    except install.ValuesError as error:
+        print(f"ambit install: {error}", file=sys.stderr)
+        return 2
+    if values.replicas > 1:
+        print(
+            "ambit install: warning: each replica keeps its own CA root (an emptyDir) until"
+            " the CA reads its root from a Secret; proxies of one replica will not trust"
+            " another's certificates",
+            file=sys.stderr,
+        )
+    sys.stdout.write(to_yaml(install.manifests(values)))
+    return 0
