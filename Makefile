@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: lock test lint typecheck pytest kube demo bench clean
+.PHONY: lock test lint typecheck pytest kube helm charts demo bench clean
 
 # Every dependency's version comes from requirements.lock (made by `make lock`);
 # pyproject.toml keeps only the lower bounds.
@@ -41,6 +41,15 @@ pytest: $(STAMP)
 # Go caches, seconds from warm ones (README, "Testing").
 kube:
 	tests/kube/build.sh
+
+# Helm, from its Go module (tests/helm/go.mod), into .cache/helm/bin for tests/helm
+# (helm lint, helm template); nothing is built when it is current.
+helm:
+	tests/helm/build.sh
+
+# charts/ is generated from k8s/crds.py and k8s/install.py: run after changing either.
+charts: $(STAMP)
+	$(BIN)/python -m k8s.charts
 
 demo: $(STAMP)
 	@if [ "$$(id -u)" != 0 ]; then echo "make demo needs root (network namespaces, iptables): try sudo make demo"; exit 1; fi

@@ -12,10 +12,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterable, Mapping
-from typing import Any
-
-import yaml
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -62,25 +58,6 @@ starts watching the kinds when their CRDs appear.
 """
 
 
-class _Dumper(yaml.SafeDumper):
-    """No ``&id001`` anchors where the same schema appears twice: each spelled out."""
-
-    def ignore_aliases(self, data: Any) -> bool:
-        return True
-
-
-def to_yaml(documents: Iterable[Mapping[str, Any]]) -> str:
-    """Documents as one multi-document YAML text, keys in the order they were built."""
-    return yaml.dump_all(
-        [dict(d) for d in documents],
-        Dumper=_Dumper,
-        sort_keys=False,
-        explicit_start=True,
-        allow_unicode=True,
-        width=100,
-    )
-
-
 def run(args: argparse.Namespace) -> int:
     from k8s import crds, install
 
@@ -88,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(GATEWAY_API_HELP)
         return 0
     if args.crds:
-        sys.stdout.write(to_yaml(crds.crds()))
+        sys.stdout.write(install.to_yaml(crds.crds()))
         return 0
     shorthands = (("trustDomain", args.trust_domain), ("image", args.image),
                   ("replicas", args.replicas))  # fmt: skip
@@ -105,5 +82,5 @@ def run(args: argparse.Namespace) -> int:
             " another's certificates",
             file=sys.stderr,
         )
-    sys.stdout.write(to_yaml(install.manifests(values)))
+    sys.stdout.write(install.to_yaml(install.manifests(values)))
     return 0

@@ -25,8 +25,9 @@ import dataclasses
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Final
+
+import yaml
 
 from k8s.sources.resources import CRD_RESOURCE, RESOURCES
 from mesh.constants import (
@@ -47,64 +48,72 @@ CA_DIR: Final = "/var/lib/ambit/ca"
 RUN_AS: Final = 1337  # Istio's proxy user
 DRAIN_SECONDS: Final = 25  # below the pod's grace period
 GRACE_SECONDS: Final = 30
-_QUANTITY: Final = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
-_TRUST_DOMAIN: Final = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,253}[a-z0-9])?$")
-_IMAGE: Final = re.compile(r"^[^\s]{1,4096}$")
 
 
 class ValuesError(ValueError):
     """A value an operator set that cannot be rendered; the message names the key."""
 
 
-def _tag() -> str:
-    try:
-        return version("ambit").replace("+", "-")
-    except PackageNotFoundError:  # a source tree
-        return "latest"
+VERSION: Final = "0.1.0"  # pyproject.toml's (a test checks): the image tag and the charts'
+
+
+def _value(
+    default: object, key: str, check: Mapping[str, Any], hint: str, *, json: object = None
+) -> Any:
+    """A field of :class:`Values`: its ``--set`` key, its check as JSON Schema (``pattern``,
+    ``enum``, ``minimum``/``maximum``, ``maxLength``: the chart's values.schema.json says
+    the same, with ``json`` as its type if not the field's) and what to write instead."""
+    metadata = {"key": key, "check": check, "hint": hint, "json": json}
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+_QUANTITY: Final = {"pattern": r"^$|^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"}
+_QUANTITY_HINT: Final = "is not a quantity (100m, 1Gi; empty: unset)"
+_NUMBER_TOO: Final = ["string", "number"]  # a chart's values may say `cpu: 2`
 
 
 @dataclass(frozen=True)
 class Values:
-    """What an operator sets; each field's ``key`` metadata is its ``--set`` key."""
+    """What an operator sets, each field with its ``--set`` key and its check."""
 
-    trust_domain: str = dataclasses.field(
-        default=DEFAULT_TRUST_DOMAIN, metadata={"key": "trustDomain"}
+    trust_domain: str = _value(
+        DEFAULT_TRUST_DOMAIN, "trustDomain",
+        {"pattern": r"^[a-z0-9]([a-z0-9._-]{0,253}[a-z0-9])?$"},
+        "lower-case letters, digits, '.', '-' and '_', as a SPIFFE trust domain",
+    )  # fmt: skip
+    image: str = _value(f"ambit:{VERSION}", "image", {"pattern": r"^\S+$", "maxLength": 4096},
+                        "must be an image reference")  # fmt: skip
+    image_pull_policy: str = _value(
+        "IfNotPresent", "imagePullPolicy", {"enum": ["Always", "IfNotPresent", "Never"]},
+        "Always, IfNotPresent or Never",
+    )  # fmt: skip
+    replicas: int = _value(1, "replicas", {"minimum": 0, "maximum": 100}, "0 to 100")
+    cpu_request: str = _value(
+        "100m", "resources.requests.cpu", _QUANTITY, _QUANTITY_HINT, json=_NUMBER_TOO
     )
-    image: str = dataclasses.field(default=f"ambit:{_tag()}", metadata={"key": "image"})
-    image_pull_policy: str = dataclasses.field(
-        default="IfNotPresent", metadata={"key": "imagePullPolicy"}
+    memory_request: str = _value(
+        "256Mi", "resources.requests.memory", _QUANTITY, _QUANTITY_HINT, json=_NUMBER_TOO
     )
-    replicas: int = dataclasses.field(default=1, metadata={"key": "replicas"})
-    cpu_request: str = dataclasses.field(default="100m", metadata={"key": "resources.requests.cpu"})
-    memory_request: str = dataclasses.field(
-        default="256Mi", metadata={"key": "resources.requests.memory"}
+    cpu_limit: str = _value("", "resources.limits.cpu", _QUANTITY, _QUANTITY_HINT, json=_NUMBER_TOO)
+    memory_limit: str = _value(
+        "1Gi", "resources.limits.memory", _QUANTITY, _QUANTITY_HINT, json=_NUMBER_TOO
     )
-    cpu_limit: str = dataclasses.field(default="", metadata={"key": "resources.limits.cpu"})
-    memory_limit: str = dataclasses.field(
-        default="1Gi", metadata={"key": "resources.limits.memory"}
-    )
-    log_level: str = dataclasses.field(default="info", metadata={"key": "logLevel"})
+    log_level: str = _value(
+        "info", "logLevel", {"enum": ["debug", "info", "warning", "error"]},
+        "debug, info, warning or error",
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
-        if not _TRUST_DOMAIN.match(self.trust_domain):
-            raise ValuesError(
-                f"trustDomain {self.trust_domain!r}: lower-case letters, digits, '.', '-'"
-                " and '_', as a SPIFFE trust domain"
-            )
-        if not _IMAGE.match(self.image):
-            raise ValuesError(f"image {self.image!r}: must be an image reference")
-        if self.image_pull_policy not in ("Always", "IfNotPresent", "Never"):
-            raise ValuesError(
-                f"imagePullPolicy {self.image_pull_policy!r}: Always, IfNotPresent or Never"
-            )
-        if not 0 <= self.replicas <= 100:
-            raise ValuesError(f"replicas {self.replicas}: 0 to 100")
         for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.name.endswith(("_request", "_limit")) and value and not _QUANTITY.match(value):
-                raise ValuesError(f"{f.metadata['key']} {value!r} is not a quantity (100m, 1Gi)")
-        if self.log_level not in ("debug", "info", "warning", "error"):
-            raise ValuesError(f"logLevel {self.log_level!r}: debug, info, warning or error")
+            value, check = getattr(self, f.name), f.metadata["check"]
+            ok = (
+                ("pattern" not in check or re.fullmatch(check["pattern"], value) is not None)
+                and ("enum" not in check or value in check["enum"])
+                and check.get("minimum", value) <= value <= check.get("maximum", value)
+                and len(str(value)) <= check.get("maxLength", len(str(value)))
+            )
+            if not ok:
+                raise ValuesError(f"{f.metadata['key']} {value!r}: {f.metadata['hint']}")
 
 
 KEYS: Final = {f.metadata["key"]: f for f in dataclasses.fields(Values)}
@@ -184,7 +193,7 @@ def permissions() -> tuple[Permission, ...]:
 
 
 def _labels(component: str | None = None) -> dict[str, str]:
-    labels = {"app.kubernetes.io/part-of": "ambit", "app.kubernetes.io/version": _tag()}
+    labels = {"app.kubernetes.io/part-of": "ambit", "app.kubernetes.io/version": VERSION}
     if component:
         labels = {"app": component, "app.kubernetes.io/name": component, **labels}
     return labels
@@ -328,3 +337,22 @@ def keys_help(defaults: Values | None = None) -> Mapping[str, object]:
     """Each ``--set`` key and its default."""
     defaults = defaults or Values()
     return {key: getattr(defaults, f.name) for key, f in KEYS.items()}
+
+
+class _Dumper(yaml.SafeDumper):
+    """No ``&id001`` anchors where the same schema appears twice: each spelled out."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def to_yaml(documents: Iterable[Mapping[str, Any]]) -> str:
+    """Documents as one multi-document YAML text, keys in the order they were built."""
+    return yaml.dump_all(
+        [dict(d) for d in documents],
+        Dumper=_Dumper,
+        sort_keys=False,
+        explicit_start=True,
+        allow_unicode=True,
+        width=100,
+    )
