@@ -10,10 +10,19 @@ from functools import partial
 import pytest
 import trio
 
-from ambit.cli import main
+from ambit.cli import build_parser
 from k8s import crds
 from tests import crd_cases
 from tests.kube.client import KubeAdmin, KubeError, wait_for
+
+
+def main(argv: list[str]) -> int:
+    """The command without ``ambit.cli.main``'s logging set-up (it would bind structlog to
+    this test's captured stderr)."""
+    args = build_parser().parse_args(argv)
+    result: int = args.run(args)
+    return result
+
 
 pytestmark = pytest.mark.kube
 

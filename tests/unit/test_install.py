@@ -12,12 +12,21 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from ambit.cli import main
+from ambit.cli import build_parser
 from ambit.cmd_install import GATEWAY_API_VERSION
 from k8s import install
 from k8s.sources.resources import RESOURCES
 from k8s.waypoint_deployer import DeployerSettings
 from mesh.constants import SYSTEM_NAMESPACE
+
+
+def main(argv: list[str]) -> int:
+    """The command without ``ambit.cli.main``'s logging set-up (it would bind structlog to
+    this test's captured stderr)."""
+    args = build_parser().parse_args(argv)
+    result: int = args.run(args)
+    return result
+
 
 KUBERNETES_VERSION = "1.36"  # the release tests/kube runs (tests/kube/go.mod)
 GO_MOD = Path(__file__).resolve().parents[1] / "kube" / "go.mod"
