@@ -23,6 +23,8 @@ ambit is Trio. asyncio runs inside Trio through ``trio_asyncio.open_loop``; ever
 request is one ``aio_as_trio`` call. Requests that fail (refused, 5xx, 403...) are
 retried after :class:`mesh.backoff.Backoff`'s delays; each failure streak is logged
 once (``kube_request_failed``, with a hint) and its end once (``kube_request_recovered``).
+:meth:`KubernetesSource.statistics` counts, per resource, the complete lists, the watches
+opened and those the server ended, the expired resourceVersions and the failed requests.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, Protocol, TypeAlias
+from typing import Final, TypeAlias
 
 import aiohttp
 import structlog
@@ -44,6 +46,7 @@ import yaml
 from kubernetes_asyncio import client as kube_client
 from kubernetes_asyncio import config as kube_config
 
+from k8s.sources.api import Api, Counts, Gone, RequestFailed, ResourceStatistics, Watch
 from k8s.sources.feed import StoreFeed
 from k8s.sources.resources import (
     CRD_RESOURCE,
@@ -69,18 +72,6 @@ After: TypeAlias = Callable[[Step], None] | None
 
 class KubeSourceError(Exception):
     """The source cannot start: no usable kubeconfig or in-cluster credentials."""
-
-
-class Gone(Exception):
-    """410 Gone: the resourceVersion (or the continue token) has expired."""
-
-
-class RequestFailed(Exception):
-    """A request failed; ``hint`` says what an operator may do about it."""
-
-    def __init__(self, detail: str, hint: str = "") -> None:
-        super().__init__(detail)
-        self.hint = hint
 
 
 @dataclass(frozen=True)
@@ -149,25 +140,6 @@ async def configure(config: KubeSourceConfig) -> kube_client.ApiClient:
             " service account)"
         ) from exc
     return kube_client.ApiClient(configuration=configuration)
-
-
-class Watch(Protocol):
-    """One open watch: its events in order, then None at its end."""
-
-    async def next_event(self) -> tuple[str, Raw] | None: ...
-
-    def close(self) -> None: ...
-
-
-class Api(Protocol):
-    """The requests the source makes; :class:`ClientApi` makes them over HTTP."""
-
-    async def list_page(self, path: str, request: ListRequest) -> tuple[list[Raw], str, str]:
-        """A LIST page's items, its resourceVersion and its continue token ("" if last);
-        raises :class:`Gone` on 410, :class:`RequestFailed` or a network error else."""
-        ...
-
-    async def open_watch(self, path: str, resource_version: str, seconds: int) -> Watch: ...
 
 
 class _ResponseWatch:
@@ -262,6 +234,20 @@ class KubernetesSource:
         self._machines: dict[Resource, ResourceWatch] = {}
         self._versions: dict[Resource, str | None] = {}
         self._scopes: dict[Resource, trio.CancelScope] = {}
+        self._counts: dict[Resource, Counts] = {}
+
+    def statistics(self) -> dict[str, ResourceStatistics]:
+        """Each resource's counters by its name (``pods``,
+        ``customresourcedefinitions.apiextensions.k8s.io``...)."""
+        return {
+            resource.name: ResourceStatistics(
+                machine.phase.value, machine.listed, **vars(self._count(resource))
+            )
+            for resource, machine in self._machines.items()
+        }
+
+    def _count(self, resource: Resource) -> Counts:
+        return self._counts.setdefault(resource, Counts())
 
     @property
     def errors(self) -> list[str]:
@@ -305,6 +291,7 @@ class KubernetesSource:
                     strip=stripper(CRD_RESOURCE.kind, "apiextensions.k8s.io/v1"),
                     limit=self.config.page_limit,
                 )
+                self._machines[CRD_RESOURCE] = crds
                 nursery.start_soon(self._serve_crds, nursery, crds)
             log.info("kube_source_started", resources=[r.name for r in resources])
             task_status.started()
@@ -338,7 +325,7 @@ class KubernetesSource:
         a checkpoint, so a moved resource's deletes and its gate closing land together."""
         assert self._feed is not None
         for resource, machine in self._machines.items():
-            if not resource.crd:
+            if not resource.crd or resource == CRD_RESOURCE:
                 continue
             version = chosen_version(resource, served)
             if resource in self._versions and self._versions[resource] == version:
@@ -396,6 +383,7 @@ class KubernetesSource:
                         return
                     step = machine.list_page(items, rv, token or None)
                     if not token:
+                        self._count(resource).lists += 1
                         log.info("kube_listed", resource=resource.name, objects=len(machine.cache),
                                  relists=machine.relists)  # fmt: skip
                 else:
@@ -405,12 +393,13 @@ class KubernetesSource:
             except Gone:
                 if superseded():
                     return
-                log.info("kube_resource_version_expired", resource=resource.name)
+                self._expired(resource)
                 step = machine.gone()
             except (RequestFailed, *_NETWORK_ERRORS) as exc:
                 if superseded():
                     return
                 failures += 1
+                self._count(resource).failures += 1
                 if failures == 1:
                     log.warning(
                         "kube_request_failed", resource=resource.name, reason=str(exc),
@@ -423,6 +412,10 @@ class KubernetesSource:
             elif failures:
                 log.info("kube_request_recovered", resource=resource.name, failures=failures)
                 failures = 0
+
+    def _expired(self, resource: Resource) -> None:
+        self._count(resource).expired += 1
+        log.info("kube_resource_version_expired", resource=resource.name)
 
     def _apply(self, resource: Resource, step: Step, after: After) -> None:
         if resource != CRD_RESOURCE:
@@ -445,6 +438,8 @@ class KubernetesSource:
         assert self._api is not None
         seconds = random.randrange(self.config.watch_timeout, 2 * self.config.watch_timeout)
         watch = await self._api.open_watch(path, request.resource_version, seconds)
+        counts = self._count(resource)
+        counts.watches += 1
         try:
             while True:
                 try:
@@ -453,14 +448,19 @@ class KubernetesSource:
                     if scope is not None and scope.cancel_called:
                         return Step()
                     log.info("kube_watch_cut", resource=resource.name, reason=str(exc))
+                    counts.failures += 1
                     return Step((), machine.watch_ended().request, backoff=True)
                 if scope is not None and scope.cancel_called:
                     return Step()
                 if event is None:
+                    counts.watch_ends += 1
                     return machine.watch_ended()
                 step = machine.event(*event)
                 if not isinstance(step.request, WatchRequest) or step.backoff:
+                    if isinstance(step.request, ListRequest):  # an ERROR event with 410
+                        self._expired(resource)
                     if step.backoff:
+                        counts.failures += 1
                         log.warning("kube_watch_error", resource=resource.name, error=event[1])
                     return step
                 self._apply(resource, step, after)
