@@ -66,6 +66,7 @@ SERVICE_ACCOUNT_DIR: Final = Path("/var/run/secrets/kubernetes.io/serviceaccount
 LIST_TIMEOUT: Final = 60.0  # seconds for one page
 CONNECT_TIMEOUT: Final = 10.0
 WATCH_READ_MARGIN: Final = 60.0  # beyond timeoutSeconds, before a silent watch is cut
+CLOSE_TIMEOUT: Final = 5.0  # at the end, for every connection to close
 _NETWORK_ERRORS: Final = (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError)
 After: TypeAlias = Callable[[Step], None] | None
 
@@ -142,9 +143,13 @@ async def configure(config: KubeSourceConfig) -> kube_client.ApiClient:
     return kube_client.ApiClient(configuration=configuration)
 
 
+Closing: TypeAlias = set["asyncio.Future[None]"]
+
+
 class _ResponseWatch:
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
+    def __init__(self, response: aiohttp.ClientResponse, closing: Closing) -> None:
         self._response = response
+        self._closing = closing
 
     async def next_event(self) -> tuple[str, Raw] | None:
         line = await trio_asyncio.aio_as_trio(self._response.content.readline)()
@@ -156,7 +161,15 @@ class _ResponseWatch:
         return str(event.get("type")), event["object"]
 
     def close(self) -> None:
+        """Close the connection (a watch is never read to its end, so it is not reused);
+        its closing finishes later, in the asyncio loop: :meth:`ClientApi.close` waits."""
+        connection = self._response.connection
+        protocol = connection.protocol if connection is not None else None
+        closed = protocol.closed if protocol is not None else None
         self._response.close()
+        if closed is not None and not closed.done():
+            self._closing.add(closed)
+            closed.add_done_callback(self._closing.discard)
 
 
 class ClientApi:
@@ -165,6 +178,15 @@ class ClientApi:
 
     def __init__(self, client: kube_client.ApiClient) -> None:
         self._client = client
+        self._closing: Closing = set()  # connections of ended watches, still closing
+
+    async def close(self) -> None:
+        """(asyncio) Close the client's connections, and wait until those of ended watches
+        are closed too: a loop that stops first leaves their sockets open (the TLS
+        shutdown was under way), each a ResourceWarning."""
+        await self._client.close()
+        if self._closing:
+            await asyncio.wait(set(self._closing))
 
     async def _open(
         self, path: str, query: list[tuple[str, str]], limits: float | aiohttp.ClientTimeout
@@ -210,7 +232,7 @@ class ClientApi:
         timeout = aiohttp.ClientTimeout(
             connect=CONNECT_TIMEOUT, sock_read=seconds + WATCH_READ_MARGIN
         )
-        return _ResponseWatch(await self._open(path, query, timeout))
+        return _ResponseWatch(await self._open(path, query, timeout), self._closing)
 
 
 def _hint(status: int) -> str:
@@ -263,12 +285,13 @@ class KubernetesSource:
         """Watch every resource of the store's kinds; ``task_status.started()`` once the
         watches are started (not listed: the store's gate says when they are)."""
         async with trio_asyncio.open_loop():
-            client = await trio_asyncio.aio_as_trio(configure)(self.config)
+            api = ClientApi(await trio_asyncio.aio_as_trio(configure)(self.config))
             try:
-                await self.serve(ClientApi(client), store, task_status=task_status)
+                await self.serve(api, store, task_status=task_status)
             finally:
-                with trio.CancelScope(shield=True):
-                    await trio_asyncio.aio_as_trio(client.close)()
+                deadline = trio.current_time() + CLOSE_TIMEOUT
+                with trio.CancelScope(shield=True, deadline=deadline):
+                    await trio_asyncio.aio_as_trio(api.close)()
 
     async def serve(
         self,
