@@ -322,8 +322,10 @@ class HttpSession(Session):
         try:
             response = await conn.reader.read_head()
             while response is not None and 100 <= response.status < 200:
-                if response.status == 101 and head.upgrade:
-                    break
+                if response.status == 101:
+                    if head.upgrade:
+                        break
+                    raise Http1Error(502, "101 Switching Protocols to a request without Upgrade")
                 await self._send_down(encode_response_head(response.status, response.headers))
                 response = await conn.reader.read_head()
         except (Http1Error, trio.BrokenResourceError, trio.ClosedResourceError) as exc:

@@ -6,6 +6,8 @@
   which of them the cluster's CRDs serve;
 - :mod:`k8s.sources.feed`: watch changes into :class:`k8s.store.ObjectStore`, where raw
   dicts become typed objects;
+- :mod:`k8s.sources.api`: the seam between the Trio loop and its requests (the ``Api``
+  and ``Watch`` protocols, their errors) and the per-resource statistics;
 - :mod:`k8s.sources.kubernetes`: the I/O (kubernetes-asyncio under trio-asyncio, the
   only module importing either).
 

@@ -23,6 +23,8 @@ ambit is Trio. asyncio runs inside Trio through ``trio_asyncio.open_loop``; ever
 request is one ``aio_as_trio`` call. Requests that fail (refused, 5xx, 403...) are
 retried after :class:`mesh.backoff.Backoff`'s delays; each failure streak is logged
 once (``kube_request_failed``, with a hint) and its end once (``kube_request_recovered``).
+:meth:`KubernetesSource.statistics` counts, per resource, the complete lists, the watches
+opened and those the server ended, the expired resourceVersions and the failed requests.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, Protocol, TypeAlias
+from typing import Final, TypeAlias
 
 import aiohttp
 import structlog
@@ -44,6 +46,7 @@ import yaml
 from kubernetes_asyncio import client as kube_client
 from kubernetes_asyncio import config as kube_config
 
+from k8s.sources.api import Api, Counts, Gone, RequestFailed, ResourceStatistics, Watch
 from k8s.sources.feed import StoreFeed
 from k8s.sources.resources import (
     CRD_RESOURCE,
@@ -63,24 +66,13 @@ SERVICE_ACCOUNT_DIR: Final = Path("/var/run/secrets/kubernetes.io/serviceaccount
 LIST_TIMEOUT: Final = 60.0  # seconds for one page
 CONNECT_TIMEOUT: Final = 10.0
 WATCH_READ_MARGIN: Final = 60.0  # beyond timeoutSeconds, before a silent watch is cut
+CLOSE_TIMEOUT: Final = 5.0  # at the end, for every connection to close
 _NETWORK_ERRORS: Final = (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError)
 After: TypeAlias = Callable[[Step], None] | None
 
 
 class KubeSourceError(Exception):
     """The source cannot start: no usable kubeconfig or in-cluster credentials."""
-
-
-class Gone(Exception):
-    """410 Gone: the resourceVersion (or the continue token) has expired."""
-
-
-class RequestFailed(Exception):
-    """A request failed; ``hint`` says what an operator may do about it."""
-
-    def __init__(self, detail: str, hint: str = "") -> None:
-        super().__init__(detail)
-        self.hint = hint
 
 
 @dataclass(frozen=True)
@@ -151,28 +143,13 @@ async def configure(config: KubeSourceConfig) -> kube_client.ApiClient:
     return kube_client.ApiClient(configuration=configuration)
 
 
-class Watch(Protocol):
-    """One open watch: its events in order, then None at its end."""
-
-    async def next_event(self) -> tuple[str, Raw] | None: ...
-
-    def close(self) -> None: ...
-
-
-class Api(Protocol):
-    """The requests the source makes; :class:`ClientApi` makes them over HTTP."""
-
-    async def list_page(self, path: str, request: ListRequest) -> tuple[list[Raw], str, str]:
-        """A LIST page's items, its resourceVersion and its continue token ("" if last);
-        raises :class:`Gone` on 410, :class:`RequestFailed` or a network error else."""
-        ...
-
-    async def open_watch(self, path: str, resource_version: str, seconds: int) -> Watch: ...
+Closing: TypeAlias = set["asyncio.Future[None]"]
 
 
 class _ResponseWatch:
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
+    def __init__(self, response: aiohttp.ClientResponse, closing: Closing) -> None:
         self._response = response
+        self._closing = closing
 
     async def next_event(self) -> tuple[str, Raw] | None:
         line = await trio_asyncio.aio_as_trio(self._response.content.readline)()
@@ -184,7 +161,15 @@ class _ResponseWatch:
         return str(event.get("type")), event["object"]
 
     def close(self) -> None:
+        """Close the connection (a watch is never read to its end, so it is not reused);
+        its closing finishes later, in the asyncio loop: :meth:`ClientApi.close` waits."""
+        connection = self._response.connection
+        protocol = connection.protocol if connection is not None else None
+        closed = protocol.closed if protocol is not None else None
         self._response.close()
+        if closed is not None and not closed.done():
+            self._closing.add(closed)
+            closed.add_done_callback(self._closing.discard)
 
 
 class ClientApi:
@@ -193,6 +178,15 @@ class ClientApi:
 
     def __init__(self, client: kube_client.ApiClient) -> None:
         self._client = client
+        self._closing: Closing = set()  # connections of ended watches, still closing
+
+    async def close(self) -> None:
+        """(asyncio) Close the client's connections, and wait until those of ended watches
+        are closed too: a loop that stops first leaves their sockets open (the TLS
+        shutdown was under way), each a ResourceWarning."""
+        await self._client.close()
+        if self._closing:
+            await asyncio.wait(set(self._closing))
 
     async def _open(
         self, path: str, query: list[tuple[str, str]], limits: float | aiohttp.ClientTimeout
@@ -238,7 +232,7 @@ class ClientApi:
         timeout = aiohttp.ClientTimeout(
             connect=CONNECT_TIMEOUT, sock_read=seconds + WATCH_READ_MARGIN
         )
-        return _ResponseWatch(await self._open(path, query, timeout))
+        return _ResponseWatch(await self._open(path, query, timeout), self._closing)
 
 
 def _hint(status: int) -> str:
@@ -262,6 +256,20 @@ class KubernetesSource:
         self._machines: dict[Resource, ResourceWatch] = {}
         self._versions: dict[Resource, str | None] = {}
         self._scopes: dict[Resource, trio.CancelScope] = {}
+        self._counts: dict[Resource, Counts] = {}
+
+    def statistics(self) -> dict[str, ResourceStatistics]:
+        """Each resource's counters by its name (``pods``,
+        ``customresourcedefinitions.apiextensions.k8s.io``...)."""
+        return {
+            resource.name: ResourceStatistics(
+                machine.phase.value, machine.listed, **vars(self._count(resource))
+            )
+            for resource, machine in self._machines.items()
+        }
+
+    def _count(self, resource: Resource) -> Counts:
+        return self._counts.setdefault(resource, Counts())
 
     @property
     def errors(self) -> list[str]:
@@ -277,12 +285,13 @@ class KubernetesSource:
         """Watch every resource of the store's kinds; ``task_status.started()`` once the
         watches are started (not listed: the store's gate says when they are)."""
         async with trio_asyncio.open_loop():
-            client = await trio_asyncio.aio_as_trio(configure)(self.config)
+            api = ClientApi(await trio_asyncio.aio_as_trio(configure)(self.config))
             try:
-                await self.serve(ClientApi(client), store, task_status=task_status)
+                await self.serve(api, store, task_status=task_status)
             finally:
-                with trio.CancelScope(shield=True):
-                    await trio_asyncio.aio_as_trio(client.close)()
+                deadline = trio.current_time() + CLOSE_TIMEOUT
+                with trio.CancelScope(shield=True, deadline=deadline):
+                    await trio_asyncio.aio_as_trio(api.close)()
 
     async def serve(
         self,
@@ -305,6 +314,7 @@ class KubernetesSource:
                     strip=stripper(CRD_RESOURCE.kind, "apiextensions.k8s.io/v1"),
                     limit=self.config.page_limit,
                 )
+                self._machines[CRD_RESOURCE] = crds
                 nursery.start_soon(self._serve_crds, nursery, crds)
             log.info("kube_source_started", resources=[r.name for r in resources])
             task_status.started()
@@ -338,7 +348,7 @@ class KubernetesSource:
         a checkpoint, so a moved resource's deletes and its gate closing land together."""
         assert self._feed is not None
         for resource, machine in self._machines.items():
-            if not resource.crd:
+            if not resource.crd or resource == CRD_RESOURCE:
                 continue
             version = chosen_version(resource, served)
             if resource in self._versions and self._versions[resource] == version:
@@ -396,6 +406,7 @@ class KubernetesSource:
                         return
                     step = machine.list_page(items, rv, token or None)
                     if not token:
+                        self._count(resource).lists += 1
                         log.info("kube_listed", resource=resource.name, objects=len(machine.cache),
                                  relists=machine.relists)  # fmt: skip
                 else:
@@ -405,12 +416,13 @@ class KubernetesSource:
             except Gone:
                 if superseded():
                     return
-                log.info("kube_resource_version_expired", resource=resource.name)
+                self._expired(resource)
                 step = machine.gone()
             except (RequestFailed, *_NETWORK_ERRORS) as exc:
                 if superseded():
                     return
                 failures += 1
+                self._count(resource).failures += 1
                 if failures == 1:
                     log.warning(
                         "kube_request_failed", resource=resource.name, reason=str(exc),
@@ -423,6 +435,10 @@ class KubernetesSource:
             elif failures:
                 log.info("kube_request_recovered", resource=resource.name, failures=failures)
                 failures = 0
+
+    def _expired(self, resource: Resource) -> None:
+        self._count(resource).expired += 1
+        log.info("kube_resource_version_expired", resource=resource.name)
 
     def _apply(self, resource: Resource, step: Step, after: After) -> None:
         if resource != CRD_RESOURCE:
@@ -445,6 +461,8 @@ class KubernetesSource:
         assert self._api is not None
         seconds = random.randrange(self.config.watch_timeout, 2 * self.config.watch_timeout)
         watch = await self._api.open_watch(path, request.resource_version, seconds)
+        counts = self._count(resource)
+        counts.watches += 1
         try:
             while True:
                 try:
@@ -453,14 +471,19 @@ class KubernetesSource:
                     if scope is not None and scope.cancel_called:
                         return Step()
                     log.info("kube_watch_cut", resource=resource.name, reason=str(exc))
+                    counts.failures += 1
                     return Step((), machine.watch_ended().request, backoff=True)
                 if scope is not None and scope.cancel_called:
                     return Step()
                 if event is None:
+                    counts.watch_ends += 1
                     return machine.watch_ended()
                 step = machine.event(*event)
                 if not isinstance(step.request, WatchRequest) or step.backoff:
+                    if isinstance(step.request, ListRequest):  # an ERROR event with 410
+                        self._expired(resource)
                     if step.backoff:
+                        counts.failures += 1
                         log.warning("kube_watch_error", resource=resource.name, error=event[1])
                     return step
                 self._apply(resource, step, after)

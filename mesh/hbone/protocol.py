@@ -44,6 +44,8 @@ MAX_HEADER_LIST_SIZE: Final = 0x6
 # A decoded header list over this is refused (h2's default, an HPACK bomb's defence).
 DEFAULT_MAX_HEADER_LIST: Final = 64 * 1024
 UNLIMITED: Final = 2**31 - 1
+DECODED_KEPT: Final = 16  # decoded header blocks kept per connection
+DECODED_MAX_BYTES: Final = 1024  # a larger block is decoded each time
 _RESETS_REMEMBERED: Final = 1024  # streams we reset whose late frames are ignored
 
 # RFC 9113 §8.2.1: a field name is lower-case tchars; a value has no NUL, CR or LF and
@@ -101,6 +103,18 @@ class H2Protocol:
             max_header_list_size=local.max_header_list_size or DEFAULT_MAX_HEADER_LIST
         )
         self.decoder.max_allowed_table_size = local.header_table_size
+        # Decoded blocks, reused while the decoder's table stays as it was (see decode).
+        self._decoded: dict[bytes, tuple[tuple[str, str], ...]] = {}
+        self._table_adds = 0
+        table = self.decoder.header_table
+        add = table.add
+
+        def counted_add(name: bytes, value: bytes) -> None:
+            self._table_adds += 1
+            add(name, value)
+
+        table.add = counted_add  # type: ignore[method-assign]
+        self._decoded_at = (0, table.maxsize)
         self.out = bytearray() if out is None else out  # the writer's batch: frames in order
         self.highest_inbound_stream_id = 0
         self._next_id = 1 if client_side else 2
@@ -242,13 +256,33 @@ class H2Protocol:
         return block
 
     def decode(self, block: HeaderBlock) -> list[tuple[str, str]]:
+        """The block's header list. A block that left the decoder's dynamic table as it
+        was (static indexes, literals without indexing, references to entries) means the
+        same again as long as the table has not changed since: such blocks are kept (up to
+        :data:`DECODED_KEPT` per connection) and the next identical one costs a lookup,
+        not HPACK's Huffman decoding in Python (blocks up to :data:`DECODED_MAX_BYTES`; a peer
+        repeats its blocks: nginx's answers
+        within a second, h2load's and grpc-go's requests once their fields are indexed)."""
         data = block.parts[0] if len(block.parts) == 1 else b"".join(block.parts)
+        table = self.decoder.header_table
+        state = (self._table_adds, table.maxsize)
+        if state == self._decoded_at:
+            if (kept := self._decoded.get(data)) is not None:
+                return list(kept)
+        else:
+            self._decoded.clear()
+            self._decoded_at = state
         try:
-            return self.decoder.decode(data)  # type: ignore[return-value]
+            headers: list[tuple[str, str]] = self.decoder.decode(data)  # type: ignore[assignment]
         except hpack.OversizedHeaderListError as exc:
             raise FrameError(frames.ENHANCE_YOUR_CALM, f"header list too large: {exc}") from None
         except (hpack.HPACKError, IndexError, TypeError) as exc:
             raise FrameError(ErrorCodes.COMPRESSION_ERROR, f"bad header block: {exc}") from None
+        if (self._table_adds, table.maxsize) == state and len(data) <= DECODED_MAX_BYTES:
+            if len(self._decoded) >= DECODED_KEPT:
+                self._decoded.clear()
+            self._decoded[data] = tuple(headers)
+        return headers
 
     def on_settings(self, header: FrameHeader, buf: bytearray, body: int) -> dict[int, int] | None:
         """The peer's SETTINGS: what changed (code -> previous value), None for an ACK.

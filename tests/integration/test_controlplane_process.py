@@ -121,7 +121,14 @@ async def test_files_in_a_directory_become_config_status_and_metrics(tmp_path: P
     with trio.fail_after(30):
         async with running(tmp_path) as (config, ports):
             await wait_until(lambda: config.status_file is not None and config.status_file.exists())
-            status, body = await http_get(ports.metrics, "/ready")
+            # The status file may be written before the first publish opens /ready: wait
+            # for the answer, bounded, rather than take the first one.
+            status, body = 0, b""
+            for _ in range(100):
+                status, body = await http_get(ports.metrics, "/ready")
+                if status == 200:
+                    break
+                await trio.sleep(0.05)
             assert status == 200, body
             bundle = CertificateAuthority.load(config.ca_dir).trust_bundle
             ca = CaClient(("127.0.0.1", ports.ca), token="secret-1", bundle=bundle)

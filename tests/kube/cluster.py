@@ -25,7 +25,7 @@ import ssl
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +77,7 @@ class Cluster:
     token: str  # the static admin token, group system:masters
     ca_file: Path  # the CA of the API server's serving certificate
     kubeconfig: Path  # the admin token and that CA, for clients that read kubeconfig
+    etcd_url: str  # http://127.0.0.1:PORT, etcd's client URL (and its v3 JSON gateway)
     state_dir: Path
     pids: tuple[int, ...]
 
@@ -253,10 +254,11 @@ def remove_stale_state_dirs() -> None:
 
 
 @contextmanager
-def start_cluster() -> Iterator[Cluster]:
-    """Start etcd, kube-apiserver and kube-controller-manager on loopback; stop them
-    and remove their state directory on exit. Raises ``ClusterError`` with the
-    failing process's log when one does not come up."""
+def start_cluster(*, apiserver_flags: Sequence[str] = ()) -> Iterator[Cluster]:
+    """Start etcd, kube-apiserver (with ``apiserver_flags`` added) and
+    kube-controller-manager on loopback; stop them and remove their state directory on
+    exit. Raises ``ClusterError`` with the failing process's log when one does not come
+    up."""
     reason = missing_binaries()
     if reason:
         raise ClusterError(reason)
@@ -266,13 +268,15 @@ def start_cluster() -> Iterator[Cluster]:
     (state_dir / "owner.pid").write_text(str(os.getpid()))
     processes = _Processes(state_dir)
     try:
-        yield _start(bin_dir, state_dir, processes)
+        yield _start(bin_dir, state_dir, processes, tuple(apiserver_flags))
     finally:
         processes.stop_all()
         shutil.rmtree(state_dir, ignore_errors=True)
 
 
-def _start(bin_dir: Path, state: Path, processes: _Processes) -> Cluster:
+def _start(
+    bin_dir: Path, state: Path, processes: _Processes, apiserver_flags: tuple[str, ...]
+) -> Cluster:
     write_pki(state)
     token = secrets.token_urlsafe(24)
     (state / "tokens.csv").write_text(f'{token},{ADMIN_USER},{ADMIN_USER},"system:masters"\n')
@@ -323,6 +327,7 @@ def _start(bin_dir: Path, state: Path, processes: _Processes) -> Cluster:
             "--endpoint-reconciler-type=none",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--profiling=false",
+            *apiserver_flags,
         ],
     )
     processes.wait_ready("kube-apiserver", lambda: _https_ok(api_port, "/readyz", context, token))
@@ -356,6 +361,7 @@ def _start(bin_dir: Path, state: Path, processes: _Processes) -> Cluster:
         token=token,
         ca_file=state / "ca.crt",
         kubeconfig=kubeconfig,
+        etcd_url=etcd_url,
         state_dir=state,
         pids=tuple(child.pid for _, child in processes.children),
     )

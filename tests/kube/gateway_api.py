@@ -10,16 +10,14 @@ import json
 import os
 import shutil
 import subprocess
-from contextlib import suppress
-from functools import partial
 from pathlib import Path
 
 import yaml
 
-from tests.kube.client import Conflict, KubeAdmin, Obj, wait_for
+from tests.kube import crds
+from tests.kube.client import KubeAdmin, Obj
 
 GO_MODULE = Path(__file__).resolve().parent
-ESTABLISH_SECONDS = 30.0
 
 
 class GatewayApiMissing(Exception):
@@ -72,18 +70,4 @@ def version(docs: list[Obj]) -> str:
 async def install(admin: KubeAdmin, directory: Path) -> list[str]:
     """Create every document (existing ones are left as they are); the CRDs' names,
     once each is Established."""
-    crds: list[str] = []
-    for doc in documents(directory):
-        with suppress(Conflict):  # installed earlier in this session
-            await admin.create(doc)
-        if doc["kind"] == "CustomResourceDefinition":
-            crds.append(doc["metadata"]["name"])
-
-    async def established(name: str) -> bool:
-        crd = await admin.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", name)
-        conditions = crd.get("status", {}).get("conditions", [])
-        return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
-
-    for name in crds:
-        await wait_for(partial(established, name), seconds=ESTABLISH_SECONDS)
-    return crds
+    return await crds.install(admin, documents(directory))

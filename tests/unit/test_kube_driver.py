@@ -11,7 +11,8 @@ from typing import Any
 
 import trio
 
-from k8s.sources.kubernetes import Gone, KubernetesSource, KubeSourceConfig
+from k8s.sources.api import Gone
+from k8s.sources.kubernetes import KubernetesSource, KubeSourceConfig
 from k8s.sources.watch import ListRequest, Raw
 from k8s.store import ObjectStore
 from mesh.backoff import Backoff
@@ -92,9 +93,11 @@ def names(store: ObjectStore, kind: str) -> list[str]:
     return [e.obj.name for e in store.entries(kind)]
 
 
-async def start(api: FakeApi, store: ObjectStore, nursery: trio.Nursery) -> None:
+async def start(api: FakeApi, store: ObjectStore, nursery: trio.Nursery) -> KubernetesSource:
     config = KubeSourceConfig(page_limit=2, backoff=Backoff(0.001, 0.01, jitter=False))
-    await nursery.start(KubernetesSource(config).serve, api, store)
+    source = KubernetesSource(config)
+    await nursery.start(source.serve, api, store)
+    return source
 
 
 async def test_pages_are_followed_and_the_gate_opens_once_everything_is_listed() -> None:
@@ -139,7 +142,7 @@ async def test_410_relists_and_deletes_what_was_missed() -> None:
     store = ObjectStore()
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
-            await start(api, store, nursery)
+            source = await start(api, store, nursery)
             await wait_until(lambda: PODS in api.watches)
             api.event(PODS, "ADDED", pod("c", 101))
             await wait_until(lambda: names(store, "Pod") == ["a", "b", "c"])
@@ -147,6 +150,11 @@ async def test_410_relists_and_deletes_what_was_missed() -> None:
             api.objects[PODS] = [pod("a", 1)]  # b and c deleted while the watch was away
             api.event(PODS, "ERROR", {"kind": "Status", "code": 410})
             await wait_until(lambda: names(store, "Pod") == ["a"])
+            pods = source.statistics()["pods"]
+            assert (pods.lists, pods.expired, pods.watch_ends, pods.failures) == (2, 1, 0, 0)
+            crds = source.statistics()["customresourcedefinitions.apiextensions.k8s.io"]
+            assert (crds.phase, crds.lists) == ("watching", 1)
+            assert source.statistics()["httproutes.gateway.networking.k8s.io"].phase == "absent"
             nursery.cancel_scope.cancel()
 
 
@@ -155,7 +163,7 @@ async def test_a_watch_the_server_ends_resumes_from_the_last_version_without_a_r
     store = ObjectStore()
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
-            await start(api, store, nursery)
+            source = await start(api, store, nursery)
             await wait_until(lambda: PODS in api.watches)
             api.event(PODS, "ADDED", pod("a", 120))
             api.event(PODS, "BOOKMARK", {"metadata": {"resourceVersion": "130"}})
@@ -168,4 +176,8 @@ async def test_a_watch_the_server_ends_resumes_from_the_last_version_without_a_r
             api.watches[PODS][-1][1].send.send_nowait(None)
             await wait_until(lambda: [p for p, _ in api.lists].count(PODS) == 2)
             assert names(store, "Pod") == []  # a was not in the new list
+            await wait_until(lambda: len(api.watches[PODS]) == 3)
+            pods = source.statistics()["pods"]
+            assert (pods.phase, pods.listed, pods.lists, pods.watches) == ("watching", True, 2, 3)
+            assert (pods.watch_ends, pods.expired, pods.failures) == (2, 1, 0)
             nursery.cancel_scope.cancel()

@@ -1,0 +1,69 @@
+"""The seam between the Kubernetes source's Trio loop and its HTTP requests: the
+:class:`Api` and :class:`Watch` protocols (``k8s.sources.kubernetes.ClientApi`` makes
+the requests through kubernetes-asyncio; tests answer them in memory or wrap the real
+one), the errors a request ends in, and the per-resource counters the source reports
+(:class:`ResourceStatistics`). No I/O here, and no asyncio.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from k8s.sources.watch import ListRequest, Raw
+
+
+class Gone(Exception):
+    """410 Gone: the resourceVersion (or the continue token) has expired."""
+
+
+class RequestFailed(Exception):
+    """A request failed; ``hint`` says what an operator may do about it."""
+
+    def __init__(self, detail: str, hint: str = "") -> None:
+        super().__init__(detail)
+        self.hint = hint
+
+
+class Watch(Protocol):
+    """One open watch: its events in order, then None at its end."""
+
+    async def next_event(self) -> tuple[str, Raw] | None: ...
+
+    def close(self) -> None: ...
+
+
+class Api(Protocol):
+    """The requests the source makes; ``k8s.sources.kubernetes.ClientApi`` makes them over
+    HTTP."""
+
+    async def list_page(self, path: str, request: ListRequest) -> tuple[list[Raw], str, str]:
+        """A LIST page's items, its resourceVersion and its continue token ("" if last);
+        raises :class:`Gone` on 410, :class:`RequestFailed` or a network error else."""
+        ...
+
+    async def open_watch(self, path: str, resource_version: str, seconds: int) -> Watch: ...
+
+
+@dataclass(frozen=True)
+class ResourceStatistics:
+    """One resource's watch as ``KubernetesSource.statistics()`` reports it."""
+
+    phase: str  # the machine's: idle, listing, watching, absent (its CRD is not installed)
+    listed: bool
+    lists: int = 0  # complete lists: the first, then each re-list
+    watches: int = 0  # watches opened
+    watch_ends: int = 0  # watches the server ended (timeoutSeconds), each resumed, no re-list
+    expired: int = 0  # 410 Gone (the resourceVersion compacted away): a re-list follows
+    failures: int = 0  # requests that failed and were retried, watches cut by an error
+
+
+@dataclass
+class Counts:
+    """The mutable counters behind :class:`ResourceStatistics`."""
+
+    lists: int = 0
+    watches: int = 0
+    watch_ends: int = 0
+    expired: int = 0
+    failures: int = 0

@@ -1,0 +1,135 @@
+"""ambit's HTTP/2 protocol layer without sockets: our HPACK encoder against hpack's
+decoder, decoded blocks kept only while they mean the same, malformed header lists."""
+
+from __future__ import annotations
+
+import hpack
+import pytest
+
+from mesh.hbone import frames
+from mesh.hbone.hpack_out import StaticEncoder
+from mesh.hbone.protocol import (
+    DECODED_KEPT,
+    H2Protocol,
+    HeaderBlock,
+    Settings,
+    check_request,
+    check_response,
+    check_trailers,
+)
+
+REQUEST = [(":method", "GET"), (":scheme", "http"), (":path", "/a"), (":authority", "web"),
+           ("user-agent", "curl/8"), ("x-request-id", "r-1")]  # fmt: skip
+
+
+def block(data: bytes) -> HeaderBlock:
+    return HeaderBlock(1, True, [data])
+
+
+def test_static_encoding_decodes_to_the_same_list_and_never_touches_the_table() -> None:
+    decoder = hpack.Decoder()
+    encoder = StaticEncoder()
+    fields = [*REQUEST, ("authorization", "Bearer t"), ("x-long", "v" * 300)]
+    for _ in range(3):
+        got: object = list(decoder.decode(encoder.encode(fields)))
+        assert got == fields
+    assert len(decoder.header_table.dynamic_entries) == 0
+    encoder.peer_table_size(0)  # the peer shrank its table: the next block says so
+    shrunk = hpack.Decoder()
+    shrunk.max_allowed_table_size = 0
+    got_shrunk: object = list(shrunk.decode(encoder.encode(REQUEST)))
+    assert got_shrunk == REQUEST
+
+
+def test_a_block_that_leaves_the_table_as_it_was_is_decoded_once() -> None:
+    proto = H2Protocol(client_side=False, local=Settings())
+    peer = hpack.Encoder()
+    first = peer.encode(REQUEST)  # incremental indexing: the table changes, nothing kept
+    assert proto.decode(block(first)) == REQUEST
+    again = peer.encode(REQUEST)  # all indexed now: same meaning while the table stays
+    assert again != first
+    calls: list[bytes] = []
+    real = proto.decoder.decode
+
+    def counting(data: bytes, raw: bool = False) -> object:
+        calls.append(data)
+        return real(data, raw)
+
+    proto.decoder.decode = counting  # type: ignore[method-assign,assignment]
+    assert proto.decode(block(again)) == REQUEST
+    assert proto.decode(block(again)) == REQUEST
+    assert proto.decode(block(again)) == REQUEST
+    assert len(calls) == 1  # decoded once, then looked up
+
+
+def test_kept_blocks_are_dropped_when_the_table_changes() -> None:
+    proto = H2Protocol(client_side=False, local=Settings())
+    peer = hpack.Encoder()
+    proto.decode(block(peer.encode(REQUEST)))
+    indexed = peer.encode(REQUEST)
+    assert proto.decode(block(indexed)) == REQUEST
+    # The peer evicts and reuses the indexes: the same bytes now mean something else.
+    peer.header_table_size = 0
+    proto.decoder.header_table.maxsize = 0
+    other = [(":method", "POST"), (":scheme", "http"), (":path", "/b"), (":authority", "db"),
+             ("user-agent", "x"), ("x-request-id", "r-2")]  # fmt: skip
+    proto.decode(block(peer.encode(other)))
+    assert proto._decoded == {} or indexed not in proto._decoded
+
+
+def test_the_cache_is_bounded() -> None:
+    proto = H2Protocol(client_side=False, local=Settings())
+    encoder = StaticEncoder()  # literals without indexing: every block may be kept
+    for i in range(DECODED_KEPT * 3):
+        fields = [*REQUEST[:5], ("x-request-id", f"r-{i}")]
+        assert proto.decode(block(encoder.encode(fields))) == fields
+    assert len(proto._decoded) <= DECODED_KEPT
+
+
+@pytest.mark.parametrize(
+    ("fields", "why"),
+    [
+        ([(":method", "GET"), (":scheme", "http"), (":path", "/"), ("Upper", "x")], "name"),
+        ([(":method", "GET"), (":scheme", "http"), (":path", "/"), ("connection", "x")],
+         "connection-specific"),
+        ([(":method", "GET"), (":scheme", "http"), (":path", "/"), ("te", "gzip")], "te"),
+        ([(":method", "GET"), ("x", "1"), (":scheme", "http"), (":path", "/")], "after"),
+        ([(":method", "GET"), (":method", "GET"), (":scheme", "http"), (":path", "/")],
+         "repeated"),
+        ([(":scheme", "http"), (":path", "/")], ":method"),
+        ([(":method", "GET"), (":scheme", "http"), (":path", "")], "empty"),
+        ([(":method", "CONNECT"), (":authority", "a:1"), (":path", "/")], "CONNECT"),
+        ([(":method", "GET"), (":scheme", "http"), (":path", "/"), (":authority", "a"),
+          ("host", "b")], "disagree"),
+        ([(":method", "GET"), (":scheme", "http"), (":path", "/"), ("x", " padded")], "value"),
+        ([(":method", "GET"), (":scheme", "http"), (":path", "/"), (":status", "200")],
+         "not allowed"),
+    ],
+)  # fmt: skip
+def test_malformed_requests_say_why(fields: list[tuple[str, str]], why: str) -> None:
+    with pytest.raises(ValueError, match=why):
+        check_request(fields)
+
+
+def test_well_formed_heads_pass() -> None:
+    check_request(REQUEST)
+    check_request([(":method", "CONNECT"), (":authority", "10.0.0.1:80")])
+    assert check_response([(":status", "204"), ("server", "x")]) == 204
+    check_trailers([("grpc-status", "0")])
+    with pytest.raises(ValueError, match="not allowed"):
+        check_trailers([(":status", "200")])
+    with pytest.raises(ValueError, match=":status"):
+        check_response([("server", "x")])
+
+
+def test_settings_are_applied_and_acknowledged() -> None:
+    proto = H2Protocol(client_side=True, local=Settings())
+    payload = bytes.fromhex("0004 00010000 0005 00008000 0001 00000000".replace(" ", ""))
+    buf = bytearray(frames.frame_header(len(payload), frames.SETTINGS, 0, 0) + payload)
+    header = frames.parse_header(buf, 0)
+    changed = proto.on_settings(header, buf, frames.FRAME_HEADER_LEN)
+    assert changed is not None
+    assert set(changed) == {4, 5, 1}
+    assert proto.remote.initial_window_size == 65_536
+    assert proto.remote.max_frame_size == 32_768
+    assert proto.data_to_send().endswith(frames.frame_header(0, frames.SETTINGS, 1, 0))
