@@ -16,7 +16,7 @@ from k8s import install
 from k8s.sources.resources import RESOURCES
 from mesh.constants import SYSTEM_NAMESPACE
 from tests.kube.client import KubeAdmin, KubeError, Obj, wait_for
-from tests.kube.test_install_crds import apply_crds
+from tests.kube.installing import installed
 
 pytestmark = pytest.mark.kube
 
@@ -25,19 +25,7 @@ USER = f"system:serviceaccount:{SYSTEM_NAMESPACE}:{NAME}"
 GROUPS = ["system:serviceaccounts", f"system:serviceaccounts:{SYSTEM_NAMESPACE}",
           "system:authenticated"]  # fmt: skip
 POD_SECONDS = 60.0
-
-
-@pytest.fixture
-async def installed(kube_admin: KubeAdmin) -> list[Obj]:
-    """``ambit install --crds`` then ``ambit install``, each document dry-run then
-    applied, in order (the Namespace before what lives in it)."""
-    docs = install.manifests()
-    with trio.fail_after(90):
-        await apply_crds(kube_admin)
-        for doc in docs:
-            await kube_admin.apply(doc, dry_run=True)
-            await kube_admin.apply(doc)
-    return docs
+__all__ = ["installed"]  # the fixture, used here
 
 
 async def allowed(
@@ -154,7 +142,6 @@ async def test_the_service_account_token_lists_what_the_source_watches(
                 "v1", "ServiceAccount", NAME, "token", request, SYSTEM_NAMESPACE
             )
         )["status"]["token"]
-        await apply_crds(kube_admin)
         crds = await kube_admin.list("apiextensions.k8s.io/v1", "CustomResourceDefinition")
         names = {c["metadata"]["name"] for c in crds}
         as_controlplane = partial(kube_admin.request, "GET", token=token)

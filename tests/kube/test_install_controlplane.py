@@ -20,7 +20,8 @@ import trio
 from mesh.constants import SYSTEM_NAMESPACE
 from tests.kube.client import KubeAdmin, Obj
 from tests.kube.cluster import REPO, Cluster, free_port, write_kubeconfig
-from tests.kube.test_install import NAME, installed
+from tests.kube.installing import installed
+from tests.kube.test_install import NAME
 
 pytestmark = pytest.mark.kube
 __all__ = ["installed"]  # the fixture, used here

@@ -5,15 +5,14 @@ cases ambit's reader is tested on (``tests/crd_cases.py``)."""
 
 from __future__ import annotations
 
-from functools import partial
-
 import pytest
 import trio
 
 from ambit.cli import build_parser
 from k8s import crds
 from tests import crd_cases
-from tests.kube.client import KubeAdmin, KubeError, wait_for
+from tests.kube.client import KubeAdmin, KubeError
+from tests.kube.installing import ambit_crds
 
 
 def main(argv: list[str]) -> int:
@@ -26,33 +25,7 @@ def main(argv: list[str]) -> int:
 
 pytestmark = pytest.mark.kube
 
-CRD_API = "apiextensions.k8s.io/v1"
-ESTABLISH_SECONDS = 30.0
-
-
-async def apply_crds(admin: KubeAdmin) -> list[str]:
-    """Apply every CRD of ``ambit install --crds`` (a dry run first); their names, once
-    each is Established with its names accepted."""
-    names = []
-    for crd in crds.crds():
-        await admin.apply(crd, dry_run=True)
-        await admin.apply(crd)
-        names.append(crd["metadata"]["name"])
-
-    async def established(name: str) -> bool:
-        got = await admin.get(CRD_API, "CustomResourceDefinition", name)
-        conditions = {c["type"]: c["status"] for c in got.get("status", {}).get("conditions", [])}
-        return conditions.get("Established") == "True" and conditions.get("NamesAccepted") == "True"
-
-    for name in names:
-        await wait_for(partial(established, name), seconds=ESTABLISH_SECONDS)
-    return names
-
-
-@pytest.fixture
-async def ambit_crds(kube_admin: KubeAdmin) -> list[str]:
-    with trio.fail_after(60):
-        return await apply_crds(kube_admin)
+__all__ = ["ambit_crds"]  # the fixture, used here
 
 
 async def test_every_owned_kind_has_an_established_crd(
