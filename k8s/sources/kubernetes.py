@@ -23,6 +23,10 @@ ambit is Trio. asyncio runs inside Trio through ``trio_asyncio.open_loop``; ever
 request is one ``aio_as_trio`` call. Requests that fail (refused, 5xx, 403...) are
 retried after :class:`mesh.backoff.Backoff`'s delays; each failure streak is logged
 once (``kube_request_failed``, with a hint) and its end once (``kube_request_recovered``).
+
+:func:`open_kube_api` opens the loop and the client once for the whole control plane:
+the source's requests and the CA's (:meth:`ClientApi.request`, the seam
+:class:`ca.kube.KubeRequests`: TokenReviews, the CA's Secrets) share them.
 """
 
 from __future__ import annotations
@@ -31,10 +35,11 @@ import asyncio
 import json
 import os
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, Protocol, TypeAlias
+from typing import Any, Final, TypeAlias
 
 import aiohttp
 import structlog
@@ -44,6 +49,8 @@ import yaml
 from kubernetes_asyncio import client as kube_client
 from kubernetes_asyncio import config as kube_config
 
+from ca.kube import ApiUnavailable
+from k8s.sources.api import Api, Gone, KubeSourceError, RequestFailed, Watch, hint
 from k8s.sources.feed import StoreFeed
 from k8s.sources.resources import (
     CRD_RESOURCE,
@@ -67,20 +74,7 @@ _NETWORK_ERRORS: Final = (aiohttp.ClientError, asyncio.TimeoutError, OSError, Va
 After: TypeAlias = Callable[[Step], None] | None
 
 
-class KubeSourceError(Exception):
-    """The source cannot start: no usable kubeconfig or in-cluster credentials."""
-
-
-class Gone(Exception):
-    """410 Gone: the resourceVersion (or the continue token) has expired."""
-
-
-class RequestFailed(Exception):
-    """A request failed; ``hint`` says what an operator may do about it."""
-
-    def __init__(self, detail: str, hint: str = "") -> None:
-        super().__init__(detail)
-        self.hint = hint
+__all__ = ["Api", "Gone", "KubeSourceError", "RequestFailed", "Watch"]  # from .api
 
 
 @dataclass(frozen=True)
@@ -151,25 +145,6 @@ async def configure(config: KubeSourceConfig) -> kube_client.ApiClient:
     return kube_client.ApiClient(configuration=configuration)
 
 
-class Watch(Protocol):
-    """One open watch: its events in order, then None at its end."""
-
-    async def next_event(self) -> tuple[str, Raw] | None: ...
-
-    def close(self) -> None: ...
-
-
-class Api(Protocol):
-    """The requests the source makes; :class:`ClientApi` makes them over HTTP."""
-
-    async def list_page(self, path: str, request: ListRequest) -> tuple[list[Raw], str, str]:
-        """A LIST page's items, its resourceVersion and its continue token ("" if last);
-        raises :class:`Gone` on 410, :class:`RequestFailed` or a network error else."""
-        ...
-
-    async def open_watch(self, path: str, resource_version: str, seconds: int) -> Watch: ...
-
-
 class _ResponseWatch:
     def __init__(self, response: aiohttp.ClientResponse) -> None:
         self._response = response
@@ -207,7 +182,7 @@ class ClientApi:
         if response.status != 200:
             body = await trio_asyncio.aio_as_trio(response.text)()
             response.close()
-            raise RequestFailed(f"HTTP {response.status}: {body[:300]}", _hint(response.status))
+            raise RequestFailed(f"HTTP {response.status}: {body[:300]}", hint(response.status))
         return response
 
     async def list_page(self, path: str, request: ListRequest) -> tuple[list[Raw], str, str]:
@@ -240,16 +215,44 @@ class ClientApi:
         )
         return _ResponseWatch(await self._open(path, query, timeout))
 
+    async def request(
+        self, method: str, path: str, body: Mapping[str, Any] | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        """One JSON request (the CA's: TokenReviews, its Secrets): the status and the
+        decoded body, whatever the status; :class:`ca.kube.ApiUnavailable` without one."""
+        try:
+            response: aiohttp.ClientResponse = await trio_asyncio.aio_as_trio(
+                self._client.call_api
+            )(
+                path, method, body=body, header_params={
+                    "Accept": "application/json", "Content-Type": "application/json"},
+                auth_settings=["BearerToken"], _preload_content=False,
+                _request_timeout=LIST_TIMEOUT,
+            )  # fmt: skip
+            try:
+                text = await trio_asyncio.aio_as_trio(response.text)()
+            finally:
+                response.close()
+        except _NETWORK_ERRORS as exc:
+            raise ApiUnavailable(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+        try:
+            decoded = json.loads(text) if text else {}
+        except ValueError:
+            decoded = {"message": text[:300]}
+        return response.status, decoded if isinstance(decoded, dict) else {}
 
-def _hint(status: int) -> str:
-    if status in (401, 403):
-        return (
-            "may the control plane's service account list and watch this resource?"
-            " (its ClusterRole needs get, list and watch)"
-        )
-    if status == 404:
-        return "is the resource served? (for a CRD, it may have just been removed)"
-    return "the API server may be overloaded or restarting; retrying"
+
+@asynccontextmanager
+async def open_kube_api(config: KubeSourceConfig) -> AsyncIterator[ClientApi]:
+    """The API server's client for this process, inside an asyncio loop run by Trio; both
+    closed on exit. Raises :class:`KubeSourceError` without usable credentials."""
+    async with trio_asyncio.open_loop():
+        client = await trio_asyncio.aio_as_trio(configure)(config)
+        try:
+            yield ClientApi(client)
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio_asyncio.aio_as_trio(client.close)()
 
 
 class KubernetesSource:
@@ -276,13 +279,8 @@ class KubernetesSource:
     ) -> None:
         """Watch every resource of the store's kinds; ``task_status.started()`` once the
         watches are started (not listed: the store's gate says when they are)."""
-        async with trio_asyncio.open_loop():
-            client = await trio_asyncio.aio_as_trio(configure)(self.config)
-            try:
-                await self.serve(ClientApi(client), store, task_status=task_status)
-            finally:
-                with trio.CancelScope(shield=True):
-                    await trio_asyncio.aio_as_trio(client.close)()
+        async with open_kube_api(self.config) as api:
+            await self.serve(api, store, task_status=task_status)
 
     async def serve(
         self,
