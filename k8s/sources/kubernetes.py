@@ -69,6 +69,8 @@ log = structlog.get_logger("k8s.sources.kubernetes")
 SERVICE_ACCOUNT_DIR: Final = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 LIST_TIMEOUT: Final = 60.0  # seconds for one page
 CONNECT_TIMEOUT: Final = 10.0
+CLOSE_SECONDS: Final = 5.0  # for the client's connections to close at the end
+CLOSE_GRACE: Final = 0.25  # aiohttp's advice for TLS connections to finish closing
 WATCH_READ_MARGIN: Final = 60.0  # beyond timeoutSeconds, before a silent watch is cut
 _NETWORK_ERRORS: Final = (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError)
 After: TypeAlias = Callable[[Step], None] | None
@@ -251,8 +253,11 @@ async def open_kube_api(config: KubeSourceConfig) -> AsyncIterator[ClientApi]:
         try:
             yield ClientApi(client)
         finally:
-            with trio.CancelScope(shield=True):
+            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_SECONDS):
                 await trio_asyncio.aio_as_trio(client.close)()
+                # Closed transports finish closing in the loop's next passes (TLS shuts
+                # down): let it run them before it closes, or their sockets leak.
+                await trio_asyncio.aio_as_trio(asyncio.sleep)(CLOSE_GRACE)
 
 
 class KubernetesSource:
