@@ -456,7 +456,7 @@ class H2Stream(trio.abc.HalfCloseableStream):
 def _content_length(headers: Headers) -> int | None:
     for name, value in headers:
         if name == "content-length":
-            return int(value) if value.isdigit() else None
+            return int(value) if value.isascii() and value.isdigit() else None
     return None
 
 
