@@ -9,6 +9,10 @@ HTTP/2 flow control end to end; trailers (gRPC's status) are relayed. Retries as
 HTTP/1.1: once, on another endpoint, when the connection to the first could not be
 opened or the stream was refused before any byte left. Local answers to gRPC callers are
 trailers-only with the ``grpc-status`` gRPC's HTTP mapping gives.
+
+A request the client resets, or breaks HTTP/2 on (a ``content-length`` that lies, bad
+trailers), is abandoned at once: its handler is cancelled, so the app's stream is reset
+(CANCEL) or its HTTP/1.1 connection closed.
 """
 
 from __future__ import annotations
@@ -114,7 +118,7 @@ class H2Session(Session):
         self.conn = Http2Connection(
             StreamTransport(PrefixedStream(stream, initial)), peer=caller.identity,
             settings=H2_SETTINGS, handler=self._on_stream, client_side=False,
-            idle_timeout=300.0,
+            idle_timeout=300.0, cancel_on_reset=True,  # the app must hear a request abandoned
         )  # fmt: skip
 
     async def run(self) -> None:
