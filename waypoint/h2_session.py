@@ -10,9 +10,11 @@ HTTP/1.1: once, on another endpoint, when the connection to the first could not 
 opened or the stream was refused before any byte left. Local answers to gRPC callers are
 trailers-only with the ``grpc-status`` gRPC's HTTP mapping gives.
 
-A request the client resets, or breaks HTTP/2 on (a ``content-length`` that lies, bad
-trailers), is abandoned at once: its handler is cancelled, so the app's stream is reset
-(CANCEL) or its HTTP/1.1 connection closed.
+``:path`` is read as an HTTP/1.1 target is (:func:`~waypoint.http_target.read_target`:
+normalized, so routes, policy and the app see one path; 400 unless origin form, or ``*``
+for OPTIONS; CONNECT is 501). A request the client resets, or breaks HTTP/2 on (a
+``content-length`` that lies, bad trailers), is abandoned at once: its handler is
+cancelled, so the app's stream is reset (CANCEL) or its HTTP/1.1 connection closed.
 """
 
 from __future__ import annotations
@@ -29,12 +31,20 @@ from h2.errors import ErrorCodes
 from mesh.hbone import H2Stream, Http2Connection
 from mesh.hbone.settings import HboneError, HboneRetryableError
 from mesh.hbone.transport import StreamTransport
+from mesh.response_flags import ResponseFlag
 from waypoint.bridge import BridgeFailed, cut, h2_over_h1
 from waypoint.dispatch import Plan
 from waypoint.http1 import Http1Error
 from waypoint.http_request import HttpRequest
+from waypoint.http_target import TargetError, read_target
 from waypoint.mirror import MirrorBody, start_mirrors
-from waypoint.replies import Failed, no_healthy_upstream, route_timeout, upstream_failure
+from waypoint.replies import (
+    Failed,
+    local_reply,
+    no_healthy_upstream,
+    route_timeout,
+    upstream_failure,
+)
 from waypoint.replies import LocalReply as Reply
 from waypoint.session import Session, Shared
 from waypoint.telemetry import Finished, GrpcMessages, new_request_id
@@ -132,6 +142,7 @@ class H2Session(Session):
         grpc = content_type.startswith("application/grpc")
         req = _Request(headers, time.monotonic(), request_id, grpc)
         try:
+            req.headers = headers = _normalized(headers, grpc=grpc)
             plan = self.proxy.dispatcher.plan(
                 self.snapshot, self.destination, self.caller, _request_of(headers), grpc=grpc
             )
@@ -366,6 +377,26 @@ class H2Session(Session):
 
 def _grpc_status(headers: list[tuple[str, str]], default: str) -> str:
     return next((v for k, v in headers if k == "grpc-status"), default)
+
+
+def _normalized(headers: list[tuple[str, str]], *, grpc: bool) -> list[tuple[str, str]]:
+    """``headers`` with ``:path`` normalized as an HTTP/1.1 target is; :class:`Failed` for
+    CONNECT (501) or a path that is not origin form (or ``*`` for OPTIONS; 400)."""
+    method = next((v for k, v in headers if k == ":method"), "")
+    path = next((v for k, v in headers if k == ":path"), "")
+    if method == "CONNECT":
+        raise Failed(local_reply(501, "CONNECT is not proxied by the waypoint", grpc=grpc))
+    try:
+        if not path.isascii() or not (path.startswith("/") or path == "*"):
+            raise TargetError("the :path is neither an ASCII path nor *")
+        normal = read_target(method.encode(), path.encode())[0].decode()
+    except TargetError as exc:
+        raise Failed(local_reply(400, str(exc), grpc=grpc,
+                                 flag=ResponseFlag.DOWNSTREAM_PROTOCOL_ERROR,
+                                 details="downstream_protocol_error")) from None  # fmt: skip
+    if normal == path:
+        return headers
+    return [(k, normal if k == ":path" else v) for k, v in headers]
 
 
 def _request_of(headers: list[tuple[str, str]]) -> HttpRequest:
