@@ -26,7 +26,7 @@ import trio
 from h2.errors import ErrorCodes
 
 from mesh import sockio
-from mesh.hbone.settings import HboneRetryableError, HboneStreamRefused
+from mesh.hbone.settings import HboneError, HboneRetryableError, HboneStreamRefused
 from mesh.hbone.window import ReceiveWindow, WindowStatistics
 from mesh.identity import SpiffeId
 from mesh.reason import REASON_HEADER, Reason
@@ -460,8 +460,10 @@ def _content_length(headers: Headers) -> int | None:
     return None
 
 
-class StreamReset(Exception):
-    """A stream was reset: by the peer or by us (``code``), see the message."""
+class StreamReset(HboneError):
+    """A stream was reset: by the peer or by us (``code``), see the message. An
+    :class:`HboneError`, so that whoever handles those handles an answer that never came
+    (``wait_response``) too."""
 
     def __init__(self, code: int, *, by_peer: bool) -> None:
         try:
