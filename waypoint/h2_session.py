@@ -34,7 +34,7 @@ from mesh.hbone.transport import StreamTransport
 from mesh.response_flags import ResponseFlag
 from waypoint.bridge import BridgeFailed, cut, h2_over_h1
 from waypoint.dispatch import Plan
-from waypoint.http1 import Http1Error
+from waypoint.http1 import READ_SIZE, Http1Error
 from waypoint.http_request import HttpRequest
 from waypoint.http_target import TargetError, read_target
 from waypoint.mirror import MirrorBody, start_mirrors
@@ -327,7 +327,7 @@ class H2Session(Session):
 
     async def _pump_request(self, down: H2Stream, up: H2Stream, req: _Request) -> None:
         try:
-            while data := await down.receive_some():
+            while data := await down.receive_some(READ_SIZE):
                 req.request_bytes += len(data)
                 if req.mirror_body is not None:
                     req.mirror_body.add(data)
