@@ -67,6 +67,7 @@ class RawH2:
         self.closed = False  # the waypoint closed the connection
         self._changed = trio.Event()
         self._sending = trio.Lock()  # the test's task and the reader's acks
+        self.settings_acked = trio.Event()  # we acknowledged the waypoint's SETTINGS
         self._block: tuple[int, bool, bytearray] | None = None
 
     # ---- what the test sends ----------------------------------------------------
@@ -161,6 +162,7 @@ class RawH2:
         sid = frame.stream_id
         if isinstance(frame, SettingsFrame) and "ACK" not in frame.flags:
             await self.send(frames.frame_header(0, frames.SETTINGS, frames.FLAG_ACK, 0))
+            self.settings_acked.set()
         elif isinstance(frame, PingFrame) and "ACK" not in frame.flags:
             ack = frames.frame_header(8, frames.PING, frames.FLAG_ACK, 0) + frame.opaque_data
             await self.send(ack)
@@ -194,8 +196,9 @@ class RawH2:
 
 @contextlib.asynccontextmanager
 async def raw_h2(mesh: Mesh) -> AsyncIterator[RawH2]:
-    """A :class:`RawH2` inside a new CONNECT to the waypoint, its preface sent: SETTINGS
-    with a large stream window, and as much again for the connection."""
+    """A :class:`RawH2` inside a new CONNECT to the waypoint, its preface sent (SETTINGS
+    with a large stream window, and as much again for the connection) and the waypoint's
+    SETTINGS acknowledged."""
     tunnel = await mesh.connect()
     client = RawH2(tunnel)
     settings = (0x4).to_bytes(2, "big") + BIG_WINDOW.to_bytes(4, "big")
@@ -206,6 +209,7 @@ async def raw_h2(mesh: Mesh) -> AsyncIterator[RawH2]:
     )
     async with trio.open_nursery() as nursery:
         nursery.start_soon(client.read)
+        await client.settings_acked.wait()  # no ACK of ours lands inside a test's header block
         yield client
         nursery.cancel_scope.cancel()
     with trio.CancelScope(shield=True):
