@@ -376,7 +376,12 @@ class H2Session(Session):
 
 
 def _grpc_status(headers: list[tuple[str, str]], default: str) -> str:
-    return next((v for k, v in headers if k == "grpc-status"), default)
+    """``grpc-status`` as metrics and the access log read it: a code of one or two digits,
+    anything else UNKNOWN (2), as a gRPC client reads it; an app cannot mint label values."""
+    value = next((v for k, v in headers if k == "grpc-status"), None)
+    if value is None:
+        return default
+    return value if value.isascii() and value.isdigit() and len(value) <= 2 else "2"
 
 
 def _normalized(headers: list[tuple[str, str]], *, grpc: bool) -> list[tuple[str, str]]:
