@@ -53,14 +53,18 @@ class Recording:
         path = headers.get(":path", "")
         self.begun.append(path)
         body = bytearray()
+        whole = False
         try:
             while data := await stream.receive_some():
                 body += data
+            whole = True
         except trio.BrokenResourceError as exc:
-            self.abandoned.append(path)
             cause = exc.__cause__
             self.reset_codes.append(cause.code if isinstance(cause, StreamReset) else -1)
             return
+        finally:  # a reset may also cancel this handler (our engine's reset_by_peer)
+            if not whole:
+                self.abandoned.append(path)
         self.whole.append(path)
         payload = json.dumps({"body": body.decode(errors="replace")}).encode()
         stream.send_headers([(":status", "200"), ("content-length", str(len(payload)))])
