@@ -14,6 +14,8 @@ from mesh.constants import (
     CONTROL_PLANE_METRICS_PORT,
     CONTROL_PLANE_PORT,
     DEFAULT_TRUST_DOMAIN,
+    SYSTEM_NAMESPACE,
+    ZTUNNEL_SERVICE_ACCOUNT,
 )
 
 if TYPE_CHECKING:
@@ -30,7 +32,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             " prove themselves with their token. --source files watches manifest files"
             " (a directory means every *.yaml, *.yml and *.json in it); --source kubernetes"
             " lists and watches the API server (--kubeconfig, else in-cluster credentials in"
-            " a pod, else $KUBECONFIG or ~/.kube/config)."
+            " a pod, else $KUBECONFIG or ~/.kube/config). With --source kubernetes the CA"
+            " authenticates callers by the API server's TokenReview (audience ambit-ca) and"
+            " keeps its keys in Secrets (an operator's 'cacerts' if present, else"
+            " 'ambit-ca', created once and never overwritten) unless --ca-dir is given."
         ),
     )
     parser.add_argument("--source", choices=["files", "kubernetes"], default="files")
@@ -43,7 +48,22 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="kubeconfig for --source kubernetes (default: in-cluster, $KUBECONFIG,"
         " ~/.kube/config)",
     )  # fmt: skip
-    parser.add_argument("--ca-dir", required=True, type=Path, help="the CA's keys (made if absent)")
+    parser.add_argument(
+        "--ca-dir", type=Path,
+        help="the CA's keys on disk, made if absent (required with --source files; with"
+        " --source kubernetes the keys are in Secrets unless this is given)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--ca-secret-namespace", default=SYSTEM_NAMESPACE, metavar="NS",
+        help="--source kubernetes: where the CA's Secrets are, 'cacerts' (an operator's"
+        " plug-in CA, Istio's layout) or 'ambit-ca' (default %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--ztunnel-service-account", default=f"{SYSTEM_NAMESPACE}/{ZTUNNEL_SERVICE_ACCOUNT}",
+        metavar="NS/NAME",
+        help="--source kubernetes: the service account whose pod-bound tokens may ask for"
+        " the identities of pods on their pod's node (default %(default)s)",
+    )  # fmt: skip
     parser.add_argument(
         "--tokens-file", type=Path, help='node tokens, JSON {"node": "token"}; re-read on change'
     )
@@ -64,6 +84,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     from ca.errors import CaError
+    from ca.secret_keys import CaSecrets
+    from k8s.ca_nodes import ServiceAccountRef
     from k8s.controlplane_process import ControlPlaneConfig
 
     if args.source == "kubernetes" and args.files:
@@ -75,11 +97,21 @@ def run(args: argparse.Namespace) -> int:
     if args.source == "files" and not args.files:
         print("ambit controlplane: --source files needs at least one -f PATH", file=sys.stderr)
         return 2
+    if args.source == "files" and args.ca_dir is None:
+        print("ambit controlplane: --source files needs --ca-dir", file=sys.stderr)
+        return 2
+    try:
+        ztunnel = ServiceAccountRef.parse(args.ztunnel_service_account)
+    except ValueError as exc:
+        print(f"ambit controlplane: --ztunnel-service-account: {exc}", file=sys.stderr)
+        return 2
     config = ControlPlaneConfig(
         files=tuple(args.files),
         ca_dir=args.ca_dir,
         source=args.source,
         kubeconfig=args.kubeconfig,
+        ca_secrets=CaSecrets(namespace=args.ca_secret_namespace),
+        ztunnel_account=ztunnel,
         tokens_file=args.tokens_file,
         status_file=args.status_file,
         host=args.host,

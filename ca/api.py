@@ -9,11 +9,12 @@ and writes the answer; :mod:`ca.service` runs the engine over TLS.
 Every non-200 answer is ``{"error": "<code>", "message": "<why>"}``:
 
 =====  ==============================================================
-401    ``unauthenticated`` (no, malformed or unknown bearer token)
-403    ``not-authorized`` (the authorizer said no for that identity)
+401    ``unauthenticated`` (no, malformed, unknown or refused bearer token)
+403    ``not-authorized`` (the authorizer said no for that identity, and why)
 400    ``bad-json``, ``bad-ttl``, or a CSR refusal reason of :mod:`ca.csr`
 404    ``not-found``; 405 ``method-not-allowed``; 413 ``body-too-large``
 500    ``internal-error`` (logged with its traceback)
+503    ``review-unavailable`` (the token could not be reviewed now: retry)
 =====  ==============================================================
 """
 
@@ -28,7 +29,15 @@ import structlog
 from cryptography.hazmat.primitives import serialization
 from h2.errors import ErrorCodes
 
-from ca.auth import Authenticator, Authorizer
+from ca.auth import (
+    Authenticator,
+    Authorizer,
+    NotAuthenticated,
+    Reviewer,
+    ReviewUnavailable,
+    authenticate,
+    refusal,
+)
 from ca.authority import CertificateAuthority
 from ca.csr import CsrRejected
 from mesh.ca_client import CERTIFICATES_PATH
@@ -49,16 +58,16 @@ class CertificateApi:
     def __init__(
         self,
         authority: CertificateAuthority,
-        authenticator: Authenticator,
+        authenticator: Authenticator | Reviewer,
         authorizer: Authorizer,
     ) -> None:
         self._authority = authority
         self._authenticator = authenticator
         self._authorizer = authorizer
 
-    def handle(self, request: Request) -> Response:
+    async def handle(self, request: Request) -> Response:
         try:
-            return self._handle(request)
+            return await self._handle(request)
         except Exception:
             log.exception(EVENT_REQUEST_FAILED, src=request.src, path=request.path)
             return json_response(
@@ -79,7 +88,7 @@ class CertificateApi:
         headers = (("allow", "POST"),) if status == 405 else ()
         return json_response({"error": code, "message": message}, status, headers=headers)
 
-    def _handle(self, request: Request) -> Response:
+    async def _handle(self, request: Request) -> Response:
         if request.path != CERTIFICATES_PATH:
             return self._refuse(
                 request,
@@ -94,9 +103,12 @@ class CertificateApi:
                 "method-not-allowed",
                 f"{request.method} is not allowed on {CERTIFICATES_PATH}; use POST",
             )
-        caller, why = self._authenticate(request.header("authorization"))
-        if caller is None:
-            return self._refuse(request, 401, "unauthenticated", why)
+        try:
+            caller = await self._authenticate(request.header("authorization"))
+        except NotAuthenticated as exc:
+            return self._refuse(request, 401, "unauthenticated", str(exc))
+        except ReviewUnavailable as exc:
+            return self._refuse(request, 503, "review-unavailable", str(exc))
         parsed = _parse_body(request.body)
         if isinstance(parsed, tuple):
             code, message = parsed
@@ -106,14 +118,9 @@ class CertificateApi:
             csr = self._authority.inspect(csr_pem)
         except CsrRejected as exc:
             return self._refuse(request, 400, exc.reason, exc.message, caller)
-        if not self._authorizer.may_issue(caller, csr.identity):
-            return self._refuse(
-                request,
-                403,
-                "not-authorized",
-                f"caller {caller!r} may not have certificates for {csr.identity}",
-                caller,
-            )
+        why_not = refusal(self._authorizer, caller, csr.identity)
+        if why_not is not None:
+            return self._refuse(request, 403, "not-authorized", why_not, caller)
         issued = self._authority.sign(csr, caller=caller, ttl_seconds=ttl_seconds)
         pem = serialization.Encoding.PEM
         return json_response(
@@ -123,16 +130,13 @@ class CertificateApi:
             }
         )
 
-    def _authenticate(self, header: str | None) -> tuple[str | None, str]:
+    async def _authenticate(self, header: str | None) -> str:
         if not header:
-            return None, "no authorization header; send 'authorization: Bearer <token>'"
+            raise NotAuthenticated("no authorization header; send 'authorization: Bearer <token>'")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            return None, "the authorization header must be 'Bearer <token>'"
-        caller = self._authenticator.caller_for(token.strip())
-        if caller is None:
-            return None, "unknown bearer token; check the token this client was given"
-        return caller, ""
+            raise NotAuthenticated("the authorization header must be 'Bearer <token>'")
+        return await authenticate(self._authenticator, token.strip())
 
 
 @dataclass(frozen=True)
@@ -159,7 +163,7 @@ def _parse_body(body: bytes) -> _Body | tuple[str, str]:
 
 
 def api_stream_handler(
-    handler: Callable[[Request], Response], *, src: str
+    handler: Callable[[Request], Awaitable[Response]], *, src: str
 ) -> Callable[[H2Stream], Awaitable[None]]:
     """The handler an HTTP/2 connection (:class:`mesh.hbone.Http2Connection`) runs for
     each request stream: read the body (at most :data:`MAX_BODY_BYTES`), answer."""
@@ -175,7 +179,8 @@ def api_stream_handler(
                 if stream.accepts_data():  # the client need not send the rest
                     stream.connection.reset_stream(stream, ErrorCodes.NO_ERROR)
                 return
-        await _respond(stream, handler(_request(stream.request_headers, bytes(body), src)))
+        request = _request(stream.request_headers, bytes(body), src)
+        await _respond(stream, await handler(request))
 
     return handle
 

@@ -13,14 +13,21 @@ service account: :class:`ServiceAccountAuthorizer` lets it have exactly
 ``spiffe://<td>/ns/NS/sa/SA``. :class:`ServiceAccountsOrNodes` sends such callers there
 and every other caller (a node) to the node authorizer, so neither can have the
 other's identities.
+
+On Kubernetes a caller is whoever the API server's TokenReview says its token belongs to
+(:class:`Reviewer`, :class:`ca.kube.TokenReviewAuthenticator`): a :class:`Caller`, the
+service account's name and, for a pod-bound token, the pod (:class:`PodClaim`). An
+authorizer that can say why it refuses (:class:`Explaining`) gives the caller and the log
+that reason; :func:`refusal` asks any authorizer the same way.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
+from ca.errors import CaError
 from mesh.identity import IdentityError, SpiffeId
 from mesh.tokens import TokenTable
 
@@ -38,6 +45,78 @@ class Authorizer(Protocol):
     def may_issue(self, caller: str, identity: SpiffeId) -> bool:
         """Whether ``caller`` may receive a certificate for ``identity``."""
         ...
+
+
+@dataclass(frozen=True)
+class PodClaim:
+    """The pod a service-account token is bound to, as the API server's TokenReview says
+    (``user.extra``: ``authentication.kubernetes.io/pod-name``, ``pod-uid``,
+    ``node-name``); ``node`` is "" when the token names none."""
+
+    namespace: str
+    name: str
+    uid: str
+    node: str = ""
+
+
+class Caller(str):
+    """A caller's name, which is what every authorizer compares, with what the review of
+    its token said beyond the name: the pod a pod-bound token belongs to (None for other
+    tokens). A ``str``, so that authorizers that compare names only (a static table, a
+    service account's own identity) take it unchanged."""
+
+    pod: PodClaim | None
+
+    def __new__(cls, name: str, pod: PodClaim | None = None) -> Caller:
+        caller = super().__new__(cls, name)
+        caller.pod = pod
+        return caller
+
+
+class NotAuthenticated(CaError):
+    """The CA does not accept a bearer token; the message says why (401)."""
+
+
+class ReviewUnavailable(CaError):
+    """A token could not be reviewed now (the API server is unreachable or refuses the
+    control plane); the message says what to check (503: the caller retries)."""
+
+
+@runtime_checkable
+class Reviewer(Protocol):
+    async def review(self, token: str) -> Caller:
+        """Who ``token`` belongs to; raises :class:`NotAuthenticated` or
+        :class:`ReviewUnavailable`."""
+        ...
+
+
+@runtime_checkable
+class Explaining(Protocol):
+    def refusal(self, caller: str, identity: SpiffeId) -> str | None:
+        """None if ``caller`` may have ``identity``, else why not, in words the caller and
+        an operator can act on."""
+        ...
+
+
+async def authenticate(authenticator: Authenticator | Reviewer, token: str) -> str:
+    """The caller ``token`` belongs to, asked of a static table or a reviewer alike;
+    raises :class:`NotAuthenticated` (or :class:`ReviewUnavailable`)."""
+    if isinstance(authenticator, Reviewer):
+        return await authenticator.review(token)
+    caller = authenticator.caller_for(token)
+    if caller is None:
+        raise NotAuthenticated("unknown bearer token; check the token this client was given")
+    return caller
+
+
+def refusal(authorizer: Authorizer, caller: str, identity: SpiffeId) -> str | None:
+    """Why ``caller`` may not have ``identity`` (None: it may): the authorizer's own reason
+    if it gives one, else a sentence saying that it refused."""
+    if isinstance(authorizer, Explaining):
+        return authorizer.refusal(caller, identity)
+    if authorizer.may_issue(caller, identity):
+        return None
+    return f"caller {caller!r} may not have certificates for {identity}"
 
 
 class TokenAuthenticator(TokenTable):

@@ -10,7 +10,12 @@ little so a peer whose clock runs slightly behind accepts a fresh certificate.
 Rotation: :meth:`CertificateAuthority.rotate_root` makes a new root that signs
 from then on; the trust bundle carries the old and the new root until
 :meth:`CertificateAuthority.retire_root` drops the old one, so leaves of both
-verify during the overlap.
+verify during the overlap. A CA whose keys someone else keeps (a Secret ambit never
+overwrites, or an operator's plug-in ``cacerts``, whose root key ambit never sees) is
+built with ``fixed``, the reason it cannot rotate, which rotation raises.
+
+A plug-in CA signs with its intermediate; ``chain`` holds the certificates between that
+intermediate and the root, sent after it in every answer.
 """
 
 from __future__ import annotations
@@ -97,20 +102,35 @@ class CertificateAuthority:
 
     def __init__(
         self,
-        root: CaKeyPair,
+        root: CaKeyPair | x509.Certificate,
         *,
         config: CaConfig | None = None,
         intermediate: CaKeyPair | None = None,
+        chain: tuple[x509.Certificate, ...] = (),
         previous_roots: tuple[x509.Certificate, ...] = (),
         files: keystore.CaFiles | None = None,
+        fixed: str | None = None,
     ) -> None:
+        """``root`` without its key (a certificate) needs an ``intermediate`` to sign."""
         self.config = config or CaConfig()
+        root_cert = root if isinstance(root, x509.Certificate) else root.cert
+        if intermediate is None and (isinstance(root, x509.Certificate) or chain):
+            raise CaFileError(
+                "a CA without its root key, or with a chain, signs with an intermediate:"
+                " give its certificate and key (ca-cert.pem, ca-key.pem)"
+            )
         if intermediate is not None:
-            check_issued_by(intermediate.cert, root.cert, "the intermediate")
-        self._root = root
+            issuers = (*chain, root_cert)
+            check_issued_by(intermediate.cert, issuers[0], "the intermediate")
+            for cert, issuer in zip(chain, issuers[1:], strict=False):
+                check_issued_by(cert, issuer, "a certificate of the chain")
+        self._root = root if isinstance(root, CaKeyPair) else None  # None: not ours
+        self._root_cert = root_cert
         self._intermediate = intermediate
+        self._chain = chain
         self._previous_roots = previous_roots
         self._files = files
+        self._fixed = fixed
 
     # -- construction -----------------------------------------------------------------
 
@@ -188,7 +208,7 @@ class CertificateAuthority:
     @property
     def root(self) -> x509.Certificate:
         """The root that signs now (directly, or through the intermediate)."""
-        return self._root.cert
+        return self._root_cert
 
     @property
     def intermediate(self) -> x509.Certificate | None:
@@ -197,7 +217,7 @@ class CertificateAuthority:
     @property
     def trust_bundle(self) -> TrustBundle:
         """The current root first, then roots kept for the rotation overlap."""
-        return TrustBundle((self._root.cert, *self._previous_roots))
+        return TrustBundle((self._root_cert, *self._previous_roots))
 
     # -- signing ----------------------------------------------------------------------
 
@@ -215,6 +235,7 @@ class CertificateAuthority:
             raise InvalidTtl(f"ttl_seconds must be a positive integer, not {ttl_seconds!r}")
         ttl = dt.timedelta(seconds=min(ttl_seconds, self.config.max_ttl_seconds))
         issuer = self._intermediate or self._root
+        assert issuer is not None  # __init__ refuses a CA with neither key
         now = dt.datetime.now(dt.UTC).replace(microsecond=0)
         not_after = min(now + ttl, issuer.cert.not_valid_after_utc, self.root.not_valid_after_utc)
         leaf = workload_leaf(
@@ -231,7 +252,7 @@ class CertificateAuthority:
             serial=f"{leaf.serial_number:x}",
             not_after=not_after.isoformat(),
         )
-        chain = (leaf, self._intermediate.cert) if self._intermediate else (leaf,)
+        chain = (leaf, self._intermediate.cert, *self._chain) if self._intermediate else (leaf,)
         return IssuedCertificate(request.identity, chain, self.trust_bundle)
 
     def sign_csr(
@@ -260,18 +281,22 @@ class CertificateAuthority:
         every workload holds a certificate from the new root (after one
         certificate lifetime at the latest).
         """
-        old = self._root
+        if self._fixed is not None:
+            raise CaStateError(self._fixed)
+        old = self._root_cert
         root = _new_root(self.config)
         inter = _new_intermediate(self.config, root) if self._intermediate else None
-        self._previous_roots = (old.cert, *self._previous_roots)
-        self._root, self._intermediate = root, inter
+        self._previous_roots = (old, *self._previous_roots)
+        self._root, self._root_cert, self._intermediate = root, root.cert, inter
         self._save_all()
-        log.info(EVENT_ROOT_ROTATED, root=fingerprint(root.cert), previous=fingerprint(old.cert))
+        log.info(EVENT_ROOT_ROTATED, root=fingerprint(root.cert), previous=fingerprint(old))
         return root.cert
 
     def retire_root(self, root: x509.Certificate) -> None:
         """Stop trusting a previous root; leaves it signed no longer verify."""
-        if root == self._root.cert:
+        if self._fixed is not None:
+            raise CaStateError(self._fixed)
+        if root == self._root_cert:
             raise CaStateError(
                 f"root {fingerprint(root)} still signs; rotate_root() first, then retire it"
             )
@@ -286,6 +311,7 @@ class CertificateAuthority:
     def _save_all(self) -> None:
         if self._files is None:
             return
+        assert self._root is not None  # a CA with files made its root itself
         # Previous roots first: a crash later leaves a mismatch load() reports, never a
         # bundle that silently forgot a root still in use.
         self._save_previous_roots()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
@@ -38,12 +38,16 @@ def fingerprint(cert: x509.Certificate) -> str:
     return cert.fingerprint(hashes.SHA256()).hex(":").upper()
 
 
+CaPrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey  # ambit makes ECDSA keys;
+# an operator's plug-in CA (Istio's ``cacerts``) is often RSA
+
+
 @dataclass(frozen=True)
 class CaKeyPair:
     """A CA certificate and its private key (checked to belong together)."""
 
     cert: x509.Certificate
-    key: ec.EllipticCurvePrivateKey
+    key: CaPrivateKey
 
     def __post_init__(self) -> None:
         if _spki(self.cert.public_key()) != _spki(self.key.public_key()):

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from ca.errors import CaFileError, KeyFilePermissionError
 from mesh.identity import certs_to_pem
@@ -82,7 +82,7 @@ def _write_atomically(path: Path, data: bytes, mode: int) -> None:
     os.replace(tmp, path)
 
 
-def write_private_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+def write_private_key(path: Path, key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> None:
     pem = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,

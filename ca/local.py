@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import trio
 
-from ca.auth import Authorizer
+from ca.auth import Authorizer, refusal
 from ca.authority import CertificateAuthority
 from ca.csr import CsrRejected
 from ca.errors import InvalidTtl
@@ -36,14 +36,10 @@ class LocalSigner:
             request = self.authority.inspect(csr_pem)
         except CsrRejected as exc:
             raise CaRefused(400, exc.reason, exc.message) from exc
-        if self.authorizer is not None and not self.authorizer.may_issue(
-            self.caller, request.identity
-        ):
-            raise CaRefused(
-                403,
-                "not-authorized",
-                f"caller {self.caller!r} may not have certificates for {request.identity}",
-            )
+        if self.authorizer is not None:
+            why_not = refusal(self.authorizer, self.caller, request.identity)
+            if why_not is not None:
+                raise CaRefused(403, "not-authorized", why_not)
         try:
             issued = self.authority.sign(request, caller=self.caller, ttl_seconds=ttl_seconds)
         except InvalidTtl as exc:

@@ -22,7 +22,7 @@ from cryptography import x509
 from h2.errors import ErrorCodes
 
 from ca.api import CertificateApi, api_stream_handler
-from ca.auth import Authenticator, Authorizer
+from ca.auth import Authenticator, Authorizer, Reviewer
 from ca.authority import CertificateAuthority
 from mesh.constants import CONTROL_PLANE_PORT
 from mesh.hbone import HboneSettings, Http2Connection
@@ -161,7 +161,7 @@ def _peer_of(stream: trio.SocketStream) -> str:
 
 async def serve_ca(
     authority: CertificateAuthority,
-    authenticator: Authenticator,
+    authenticator: Authenticator | Reviewer,
     authorizer: Authorizer,
     *,
     host: str | None = None,

@@ -31,7 +31,13 @@ import structlog
 import trio
 
 from ca import CertificateAuthority, LocalSigner, serve_ca
-from ca.auth import Authenticator, Authorizer, ServiceAccountAuthorizer, ServiceAccountsOrNodes
+from ca.auth import (
+    Authenticator,
+    Authorizer,
+    Reviewer,
+    ServiceAccountAuthorizer,
+    ServiceAccountsOrNodes,
+)
 from k8s.config_server import (
     ConfigServer,
     ProxyAuthenticator,
@@ -110,10 +116,11 @@ class Access:
     stream's check of a ztunnel and of a waypoint. Local mode passes none and gets the
     tokens of :attr:`ControlPlane.tokens` (nodes' and waypoints' service accounts'),
     service accounts' own identities or else :class:`NodeAuthorizer`, and waypoints
-    checked against the snapshot's Gateways; the Kubernetes source will pass
-    service-account token review."""
+    checked against the snapshot's Gateways; ``ambit controlplane --source kubernetes``
+    passes the API server's TokenReview (:class:`ca.kube.TokenReviewAuthenticator`) and
+    the pods of its store (:class:`k8s.ca_nodes.KubeNodeAuthorizer`)."""
 
-    ca_authenticator: Authenticator | None = None
+    ca_authenticator: Authenticator | Reviewer | None = None
     ca_authorizer: Authorizer | None = None
     proxies: ProxyAuthenticator | None = None
     waypoints: WaypointAuthorizer | None = None
@@ -133,7 +140,7 @@ class ControlPlane:
         # One per node (the CA's and the config stream's proof) and per waypoint service
         # account (``system:serviceaccount:NS:SA``, the CA's only).
         self.tokens = TokenTable()
-        self._ca_authenticator: Authenticator = access.ca_authenticator or self.tokens
+        self._ca_authenticator: Authenticator | Reviewer = access.ca_authenticator or self.tokens
         self._ca_authorizer: Authorizer = access.ca_authorizer or ServiceAccountsOrNodes(
             ServiceAccountAuthorizer(trust_domain), NodeAuthorizer(self)
         )

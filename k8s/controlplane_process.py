@@ -1,14 +1,20 @@
 """``ambit controlplane``: the control plane as a process of its own.
 
-It loads (or creates) the CA from ``ca_dir``, keeps one :class:`~k8s.store.ObjectStore`
+It loads (or creates) the CA from ``ca_dir`` (with ``--source kubernetes`` and no
+``ca_dir``: from Secrets, :mod:`ca.secret_keys`), keeps one :class:`~k8s.store.ObjectStore`
 fed by its source (``files``: :class:`k8s.files_source.FilesSource`; ``kubernetes``: the
-API server, :class:`k8s.sources.kubernetes.KubernetesSource`), translates and
+API server, :class:`k8s.sources.driver.KubernetesSource`), translates and
 publishes on every change (changes within ``coalesce`` seconds together), and serves:
 
-- 15012: the CA, node-authorized (bearer tokens from ``tokens_file``, a JSON object
-  ``{"caller": "token"}``, re-read when it changes: local mode adds a node's token
-  before it starts the node's ztunnel, and a waypoint's before its pod starts, under
-  ``system:serviceaccount:NS:SA``, which may have only that account's identity);
+- 15012: the CA, node-authorized. With ``--source files``, bearer tokens from
+  ``tokens_file``, a JSON object ``{"caller": "token"}``, re-read when it changes: local
+  mode adds a node's token before it starts the node's ztunnel, and a waypoint's before
+  its pod starts, under ``system:serviceaccount:NS:SA``, which may have only that
+  account's identity. With ``--source kubernetes``, service-account tokens reviewed by
+  the API server for audience ``ambit-ca`` (:class:`ca.kube.TokenReviewAuthenticator`)
+  and decided from the store's pods (:class:`k8s.ca_nodes.KubeNodeAuthorizer`: the
+  ztunnel's service account may have the identities of pods on its pod's node, any
+  other its own identity only);
 - 15010: the config stream (HBONE, mutual TLS);
 - 15014: ``/metrics`` (Prometheus; ``pilot_xds`` is Istio's count of connected
   proxies), ``/ready`` (200 once every kind is listed and a snapshot is published)
@@ -28,7 +34,8 @@ from __future__ import annotations
 import json
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -40,10 +47,14 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from ca import CaConfig, CertificateAuthority
-from k8s.controlplane import ControlPlane
+from ca.kube import CA_AUDIENCE, ApiUnavailable, KubeRequests, TokenReviewAuthenticator
+from ca.secret_keys import CaSecrets, load_ca_from_secrets
+from k8s.ca_nodes import DEFAULT_ZTUNNEL_ACCOUNT, KubeNodeAuthorizer, ServiceAccountRef
+from k8s.controlplane import Access, ControlPlane
 from k8s.files_source import FilesSource
 from k8s.store import ObjectStore
 from mesh.admin import json_response, metrics_route, ready_route, serve_http
+from mesh.backoff import Backoff
 from mesh.constants import (
     CONFIG_STREAM_PORT,
     CONTROL_PLANE_METRICS_PORT,
@@ -55,7 +66,8 @@ from mesh.model import MeshSnapshot
 from mesh.tokens import TokenTable
 
 if TYPE_CHECKING:
-    from k8s.sources.kubernetes import KubernetesSource
+    from k8s.sources.driver import KubernetesSource
+    from k8s.sources.kubernetes import ClientApi, KubeSourceConfig
 
 log = structlog.get_logger("k8s.controlplane_process")
 
@@ -63,9 +75,12 @@ log = structlog.get_logger("k8s.controlplane_process")
 @dataclass(frozen=True)
 class ControlPlaneConfig:
     files: tuple[Path, ...]
-    ca_dir: Path
+    ca_dir: Path | None  # None: --source kubernetes keeps the CA's keys in Secrets
     source: Literal["files", "kubernetes"] = "files"
     kubeconfig: Path | None = None  # --source kubernetes: None is in-cluster or the default
+    ca_secrets: CaSecrets = field(default_factory=CaSecrets)  # kubernetes, no ca_dir
+    ztunnel_account: ServiceAccountRef = DEFAULT_ZTUNNEL_ACCOUNT  # may ask for its node's pods
+    ca_audience: str = CA_AUDIENCE  # what the CA's TokenReviews ask tokens to be for
     tokens_file: Path | None = None
     status_file: Path | None = None
     host: str = "0.0.0.0"
@@ -202,22 +217,73 @@ async def _watch_tokens(tokens: TokensFile, poll: float) -> None:
         await trio.sleep(poll)
 
 
+def _kube_config(config: ControlPlaneConfig) -> KubeSourceConfig:
+    # Imported here: only this source needs asyncio, aiohttp and kubernetes-asyncio.
+    from k8s.sources.kubernetes import KubeSourceConfig
+
+    return KubeSourceConfig(kubeconfig=config.kubeconfig)
+
+
 def _source(config: ControlPlaneConfig) -> FilesSource | KubernetesSource:
     if config.source == "kubernetes":
-        # Imported here: only this source needs asyncio, aiohttp and kubernetes-asyncio.
-        from k8s.sources.kubernetes import KubernetesSource, KubeSourceConfig
+        from k8s.sources.driver import KubernetesSource
 
-        return KubernetesSource(KubeSourceConfig(kubeconfig=config.kubeconfig))
+        return KubernetesSource(_kube_config(config))
     return FilesSource(config.files)
 
 
 async def _run_source(
-    state: _State, config: ControlPlaneConfig, *, task_status: trio.TaskStatus[None]
+    state: _State,
+    config: ControlPlaneConfig,
+    api: ClientApi | None,
+    *,
+    task_status: trio.TaskStatus[None],
 ) -> None:
     if isinstance(state.source, FilesSource):
         await state.source.run(state.store, poll=config.poll, task_status=task_status)
     else:
-        await state.source.run(state.store, task_status=task_status)
+        assert api is not None
+        await state.source.serve(api, state.store, task_status=task_status)
+
+
+@asynccontextmanager
+async def _open_api(config: ControlPlaneConfig) -> AsyncIterator[ClientApi | None]:
+    """The API server's client that the source and the CA share, or None (files)."""
+    if config.source != "kubernetes":
+        yield None
+        return
+    from k8s.sources.kubernetes import open_kube_api
+
+    async with open_kube_api(_kube_config(config)) as api:
+        yield api
+
+
+async def _authority(
+    config: ControlPlaneConfig, api: KubeRequests | None, backoff: Backoff
+) -> CertificateAuthority:
+    """The CA: from ``ca_dir`` (made there if absent), else from the Secrets, asked again
+    after ``backoff``'s delays while the API server cannot be asked (logged once)."""
+    ca_config = CaConfig(trust_domain=config.trust_domain)
+    directory = config.ca_dir
+    if directory is not None or api is None:
+        if directory is None:
+            raise ValueError("--source files needs --ca-dir")
+        return await trio.to_thread.run_sync(
+            lambda: CertificateAuthority.load_or_create(directory, ca_config)
+        )
+    failures = 0
+    while True:
+        try:
+            authority = await load_ca_from_secrets(api, config.ca_secrets, ca_config)
+        except ApiUnavailable as exc:
+            failures += 1
+            if failures == 1:
+                log.warning("ca_secret_unavailable", reason=str(exc), hint=exc.hint)
+            await trio.sleep(backoff.delay(failures))
+            continue
+        if failures:
+            log.info("ca_secret_recovered", failures=failures)
+        return authority
 
 
 async def run_controlplane(
@@ -225,15 +291,27 @@ async def run_controlplane(
 ) -> None:
     """Run until SIGTERM or SIGINT (or cancellation); ``task_status.started(Ports)`` once
     every port listens."""
-    authority = await trio.to_thread.run_sync(
-        lambda: CertificateAuthority.load_or_create(
-            config.ca_dir, CaConfig(trust_domain=config.trust_domain)
+    async with _open_api(config) as api:
+        await _run(config, api, task_status)
+
+
+async def _run(
+    config: ControlPlaneConfig, api: ClientApi | None, task_status: trio.TaskStatus[Ports]
+) -> None:
+    authority = await _authority(config, api, Backoff(initial=0.5, maximum=30.0))
+    store = ObjectStore()
+    access = None
+    if api is not None:
+        access = Access(
+            ca_authenticator=TokenReviewAuthenticator(api, audience=config.ca_audience),
+            ca_authorizer=KubeNodeAuthorizer(
+                store, trust_domain=config.trust_domain, ztunnel=config.ztunnel_account
+            ),
         )
-    )
-    plane = ControlPlane(authority, trust_domain=config.trust_domain)
+    plane = ControlPlane(authority, trust_domain=config.trust_domain, access=access)
     tokens = TokensFile(config.tokens_file, plane.tokens)
     tokens.reload()
-    state = _State(plane, ObjectStore(), _source(config))
+    state = _State(plane, store, _source(config))
     registry = CollectorRegistry()
     registry.register(_Collector(state))
 
@@ -264,7 +342,7 @@ async def run_controlplane(
             )
             nursery.start_soon(_watch_tokens, tokens, config.poll)
             nursery.start_soon(_sync, state, config)
-            await nursery.start(_run_source, state, config)
+            await nursery.start(_run_source, state, config, api)
             log.info(
                 "controlplane_started", ca_port=ca_port, config_port=config_port,
                 metrics_port=metrics[1], source=config.source,

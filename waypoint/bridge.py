@@ -27,6 +27,7 @@ from mesh.hbone.settings import HboneError
 from waypoint.http1 import (
     HOP_BY_HOP,
     LAST_CHUNK,
+    READ_SIZE,
     Head,
     Http1Error,
     MessageReader,
@@ -195,7 +196,7 @@ async def h2_over_h1(
 
 async def _h2_body_up(down: H2Stream, conn: Connection, chunked: bool, counted: list[int]) -> None:
     with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-        while data := await down.receive_some():
+        while data := await down.receive_some(READ_SIZE):
             counted[0] += len(data)
             await conn.stream.send_all(encode_chunk(data) if chunked else data)
         if chunked:

@@ -9,6 +9,12 @@ HTTP/2 flow control end to end; trailers (gRPC's status) are relayed. Retries as
 HTTP/1.1: once, on another endpoint, when the connection to the first could not be
 opened or the stream was refused before any byte left. Local answers to gRPC callers are
 trailers-only with the ``grpc-status`` gRPC's HTTP mapping gives.
+
+``:path`` is read as an HTTP/1.1 target is (:func:`~waypoint.http_target.read_target`:
+normalized, so routes, policy and the app see one path; 400 unless origin form, or ``*``
+for OPTIONS; CONNECT is 501). A request the client resets, or breaks HTTP/2 on (a
+``content-length`` that lies, bad trailers), is abandoned at once: its handler is
+cancelled, so the app's stream is reset (CANCEL) or its HTTP/1.1 connection closed.
 """
 
 from __future__ import annotations
@@ -25,12 +31,20 @@ from h2.errors import ErrorCodes
 from mesh.hbone import H2Stream, Http2Connection
 from mesh.hbone.settings import HboneError, HboneRetryableError
 from mesh.hbone.transport import StreamTransport
+from mesh.response_flags import ResponseFlag
 from waypoint.bridge import BridgeFailed, cut, h2_over_h1
 from waypoint.dispatch import Plan
-from waypoint.http1 import Http1Error
+from waypoint.http1 import READ_SIZE, Http1Error
 from waypoint.http_request import HttpRequest
+from waypoint.http_target import TargetError, read_target
 from waypoint.mirror import MirrorBody, start_mirrors
-from waypoint.replies import Failed, no_healthy_upstream, route_timeout, upstream_failure
+from waypoint.replies import (
+    Failed,
+    local_reply,
+    no_healthy_upstream,
+    route_timeout,
+    upstream_failure,
+)
 from waypoint.replies import LocalReply as Reply
 from waypoint.session import Session, Shared
 from waypoint.telemetry import Finished, GrpcMessages, new_request_id
@@ -114,7 +128,7 @@ class H2Session(Session):
         self.conn = Http2Connection(
             StreamTransport(PrefixedStream(stream, initial)), peer=caller.identity,
             settings=H2_SETTINGS, handler=self._on_stream, client_side=False,
-            idle_timeout=300.0,
+            idle_timeout=300.0, cancel_on_reset=True,  # the app must hear a request abandoned
         )  # fmt: skip
 
     async def run(self) -> None:
@@ -128,6 +142,7 @@ class H2Session(Session):
         grpc = content_type.startswith("application/grpc")
         req = _Request(headers, time.monotonic(), request_id, grpc)
         try:
+            req.headers = headers = _normalized(headers, grpc=grpc)
             plan = self.proxy.dispatcher.plan(
                 self.snapshot, self.destination, self.caller, _request_of(headers), grpc=grpc
             )
@@ -312,7 +327,7 @@ class H2Session(Session):
 
     async def _pump_request(self, down: H2Stream, up: H2Stream, req: _Request) -> None:
         try:
-            while data := await down.receive_some():
+            while data := await down.receive_some(READ_SIZE):
                 req.request_bytes += len(data)
                 if req.mirror_body is not None:
                     req.mirror_body.add(data)
@@ -361,7 +376,32 @@ class H2Session(Session):
 
 
 def _grpc_status(headers: list[tuple[str, str]], default: str) -> str:
-    return next((v for k, v in headers if k == "grpc-status"), default)
+    """``grpc-status`` as metrics and the access log read it: a code of one or two digits,
+    anything else UNKNOWN (2), as a gRPC client reads it; an app cannot mint label values."""
+    value = next((v for k, v in headers if k == "grpc-status"), None)
+    if value is None:
+        return default
+    return value if value.isascii() and value.isdigit() and len(value) <= 2 else "2"
+
+
+def _normalized(headers: list[tuple[str, str]], *, grpc: bool) -> list[tuple[str, str]]:
+    """``headers`` with ``:path`` normalized as an HTTP/1.1 target is; :class:`Failed` for
+    CONNECT (501) or a path that is not origin form (or ``*`` for OPTIONS; 400)."""
+    method = next((v for k, v in headers if k == ":method"), "")
+    path = next((v for k, v in headers if k == ":path"), "")
+    if method == "CONNECT":
+        raise Failed(local_reply(501, "CONNECT is not proxied by the waypoint", grpc=grpc))
+    try:
+        if not path.isascii() or not (path.startswith("/") or path == "*"):
+            raise TargetError("the :path is neither an ASCII path nor *")
+        normal = read_target(method.encode(), path.encode())[0].decode()
+    except TargetError as exc:
+        raise Failed(local_reply(400, str(exc), grpc=grpc,
+                                 flag=ResponseFlag.DOWNSTREAM_PROTOCOL_ERROR,
+                                 details="downstream_protocol_error")) from None  # fmt: skip
+    if normal == path:
+        return headers
+    return [(k, normal if k == ":path" else v) for k, v in headers]
 
 
 def _request_of(headers: list[tuple[str, str]]) -> HttpRequest:

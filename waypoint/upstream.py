@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
+import structlog
 import trio
 
 from mesh.constants import HBONE_PORT
@@ -28,6 +29,8 @@ from mesh.identity import SpiffeId
 from mesh.model import Endpoint
 from mesh.reason import Reason
 from waypoint.http1 import MessageReader
+
+log = structlog.get_logger("waypoint")
 
 
 @dataclass(frozen=True)
@@ -208,6 +211,9 @@ class H2Upstreams:
     async def _run(self, key: tuple[str, int], conn: Http2Connection) -> None:
         try:
             await conn.serve()
+        except Exception:  # a bug must end this connection, not the waypoint with it
+            log.exception("upstream_h2_connection_failed", dst=f"{key[0]}:{key[1]}")
+            conn.close("failed")
         finally:
             if conn in self._conns.get(key, ()):
                 self._conns[key].remove(conn)

@@ -8,8 +8,9 @@
   dicts become typed objects;
 - :mod:`k8s.sources.api`: the seam between the Trio loop and its requests (the ``Api``
   and ``Watch`` protocols, their errors) and the per-resource statistics;
-- :mod:`k8s.sources.kubernetes`: the I/O (kubernetes-asyncio under trio-asyncio, the
-  only module importing either).
+- :mod:`k8s.sources.driver`: the Trio loop, a task per resource (``KubernetesSource``);
+- :mod:`k8s.sources.kubernetes`: the requests (kubernetes-asyncio under trio-asyncio, the
+  only module importing either), shared with the CA.
 
 The files source (:mod:`k8s.files_source`) feeds the same store.
 """

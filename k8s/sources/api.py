@@ -1,8 +1,8 @@
 """The seam between the Kubernetes source's Trio loop and its HTTP requests: the
 :class:`Api` and :class:`Watch` protocols (``k8s.sources.kubernetes.ClientApi`` makes
 the requests through kubernetes-asyncio; tests answer them in memory or wrap the real
-one), the errors a request ends in, and the per-resource counters the source reports
-(:class:`ResourceStatistics`). No I/O here, and no asyncio.
+one), the errors a request ends in with the hint an operator gets, and the per-resource
+counters the source reports (:class:`ResourceStatistics`). No I/O here, and no asyncio.
 """
 
 from __future__ import annotations
@@ -11,6 +11,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from k8s.sources.watch import ListRequest, Raw
+
+
+class KubeSourceError(Exception):
+    """The source cannot start: no usable kubeconfig or in-cluster credentials."""
 
 
 class Gone(Exception):
@@ -67,3 +71,15 @@ class Counts:
     watch_ends: int = 0
     expired: int = 0
     failures: int = 0
+
+
+def hint(status: int) -> str:
+    """What an operator may do about a failed LIST or WATCH answered with ``status``."""
+    if status in (401, 403):
+        return (
+            "may the control plane's service account list and watch this resource?"
+            " (its ClusterRole needs get, list and watch)"
+        )
+    if status == 404:
+        return "is the resource served? (for a CRD, it may have just been removed)"
+    return "the API server may be overloaded or restarting; retrying"

@@ -82,7 +82,12 @@ class Http2Connection(Http2Engine):
         idle_timeout: float | None = None,
         peer_address: tuple[str, int] | None = None,
         client_side: bool | None = None,
+        cancel_on_reset: bool = False,
     ) -> None:
+        """``cancel_on_reset``: a stream the peer resets (or breaks the protocol on) cancels
+        its handler even after the handler answered (an L7 proxy: the request is abandoned,
+        the app must hear it); otherwise only before (a tunnel still relays what the peer
+        finished sending)."""
         if client_side is None:
             if not isinstance(transport, TlsStream):
                 raise TypeError("say client_side= for a transport other than TlsStream")
@@ -99,7 +104,8 @@ class Http2Connection(Http2Engine):
         self.reserved = 0  # client streams promised by the pool, not yet opened
         self._io_scope: trio.CancelScope | None = None
         self._handlers: trio.Nursery | None = None
-        self._unanswered: dict[H2Stream, trio.CancelScope] = {}  # handlers not yet answered
+        self._cancel_answered = cancel_on_reset
+        self._handler_scopes: dict[H2Stream, trio.CancelScope] = {}  # each running handler's
         self._transport_closed = False
         self._pings: dict[bytes, trio.Event] = {}  # PINGs in flight by their payload
         self._ping_count = 0
@@ -196,6 +202,8 @@ class Http2Connection(Http2Engine):
     def failing(self) -> None:
         if self._io_scope is not None:
             self._io_scope.cancel()
+        for stream in self._handler_scopes:  # every stream was reset: as by the peer
+            self.reset_by_peer(stream)
         for unanswered in self._pings.values():
             unanswered.set()  # no answer will come: ping() raises the connection's error
 
@@ -227,16 +235,22 @@ class Http2Connection(Http2Engine):
         if self._handler is None or self._handlers is None:
             super().stream_received(stream)
             return
+        # The scope exists from now on, not from when the task starts: a reset read in the
+        # same batch as the request cancels the handler before it dials anyone.
+        self._handler_scopes[stream] = trio.CancelScope()
         self._handlers.start_soon(self._run_handler, stream)
 
     def reset_by_peer(self, stream: H2Stream) -> None:
-        # A stream reset before we answered it: its handler's work (a dial) is for nobody.
-        if not stream.headers_sent and (scope := self._unanswered.get(stream)) is not None:
+        # A stream reset before we answered it: its handler's work (a dial) is for nobody;
+        # after, too, with cancel_on_reset (the app must hear that the request was dropped).
+        if stream.headers_sent and not self._cancel_answered:
+            return
+        if (scope := self._handler_scopes.get(stream)) is not None:
             scope.cancel()
 
     async def _run_handler(self, stream: H2Stream) -> None:
         assert self._handler is not None
-        scope = self._unanswered[stream] = trio.CancelScope()
+        scope = self._handler_scopes[stream]
         try:
             with scope:
                 await self._handler(stream)
@@ -245,7 +259,7 @@ class Http2Connection(Http2Engine):
             if not stream.headers_sent and not stream.is_done():
                 stream.reject_nowait(Reason.INTERNAL_ERROR)
         finally:
-            del self._unanswered[stream]
+            del self._handler_scopes[stream]
             if not stream.headers_sent and not stream.is_done():
                 stream.reject_nowait(Reason.INTERNAL_ERROR)  # the handler gave no answer
             with trio.CancelScope(shield=True):

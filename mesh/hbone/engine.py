@@ -116,7 +116,8 @@ class Http2Engine(FrameHandling):
         stream.reject_nowait(Reason.PROTOCOL_ERROR)  # this endpoint accepts no streams
 
     def reset_by_peer(self, stream: H2Stream) -> None:
-        """The peer reset ``stream``."""
+        """The peer reset ``stream``, or broke the protocol on it (and we reset it): no one
+        waits for its answer any more."""
 
     def ping_acked(self, data: bytes) -> None:
         """The peer answered our PING carrying ``data``."""
@@ -226,7 +227,7 @@ class Http2Engine(FrameHandling):
             stream.recv_window.received(length)
         except WindowOverflow:
             self._credit_connection(length)
-            self._reset_stream(stream, ErrorCodes.FLOW_CONTROL_ERROR)
+            self._stream_broken(stream, ErrorCodes.FLOW_CONTROL_ERROR)
             return
         padding = length - (stop - start)
         if padding:
@@ -248,7 +249,7 @@ class Http2Engine(FrameHandling):
                 stream.on_data(bytes(self.reader.view[start + sent : stop]))  # one copy
         if header.flags & frames.FLAG_END_STREAM:
             if stream.expected_length not in (None, stream.content_received):
-                self._reset_stream(stream, ErrorCodes.PROTOCOL_ERROR)  # content-length lied
+                self._stream_broken(stream, ErrorCodes.PROTOCOL_ERROR)  # content-length lied
                 return
             stream.on_remote_end()
             self._forget_if_done(stream)
@@ -257,7 +258,7 @@ class Http2Engine(FrameHandling):
         """Count DATA against the stream's content-length (RFC 9113 §8.1.1); False if over."""
         stream.content_received += n
         if stream.content_received > (stream.expected_length or 0):
-            self._reset_stream(stream, ErrorCodes.PROTOCOL_ERROR)
+            self._stream_broken(stream, ErrorCodes.PROTOCOL_ERROR)
             return False
         return True
 
@@ -285,11 +286,11 @@ class Http2Engine(FrameHandling):
                 )
             return  # a closed stream: what the peer sent before it knew is ignored
         if increment == 0:
-            self._reset_stream(stream, ErrorCodes.PROTOCOL_ERROR)
+            self._stream_broken(stream, ErrorCodes.PROTOCOL_ERROR)
             return
         stream.send_window += increment
         if stream.send_window > frames.MAX_WINDOW:
-            self._reset_stream(stream, ErrorCodes.FLOW_CONTROL_ERROR)
+            self._stream_broken(stream, ErrorCodes.FLOW_CONTROL_ERROR)
             return
         stream.window_opened()
 
@@ -363,6 +364,12 @@ class Http2Engine(FrameHandling):
             self.h2.send_rst_stream(stream.stream_id, code)
         stream.on_reset(StreamReset(code, by_peer=False))
         self.kick()
+
+    def _stream_broken(self, stream: H2Stream, code: int) -> None:
+        """The peer broke the protocol on ``stream`` (a stream error): reset it, and tell
+        whoever serves it, as for a reset by the peer."""
+        self._reset_stream(stream, code)
+        self.reset_by_peer(stream)
 
     def close_stream(self, stream: H2Stream) -> None:
         """The user closed the stream: finish our side, cancel theirs if still open."""

@@ -6,10 +6,13 @@ connection: DATA, WINDOW_UPDATE and GOAWAY to their own handlers, every other fr
 ``on_frame`` (:mod:`mesh.hbone.protocol` keeps their rules). DATA payloads are never
 copied on the way.
 
-The reader also refuses two floods with ENHANCE_YOUR_CALM: a header
-block (HEADERS and CONTINUATIONs) over :data:`MAX_HEADER_BLOCK` bytes, and PING or
-SETTINGS frames to answer beyond :data:`CONTROL_BURST`, refilled at :data:`CONTROL_RATE`
-per second (rapid reset is :class:`~mesh.hbone.limits.ResetBudget`'s, in the engine).
+The reader also refuses floods with ENHANCE_YOUR_CALM: a header block (HEADERS and
+CONTINUATIONs) over :data:`MAX_HEADER_BLOCK` bytes, each frame's 9-byte header counted
+(so empty CONTINUATIONs cannot pile up without end), and frames that make us work for
+nothing beyond :data:`CONTROL_BURST`, refilled at :data:`CONTROL_RATE` per second: PING
+and SETTINGS to answer, PRIORITY (ignored, but parsed), and empty DATA frames that do not
+end their stream (CVE-2019-9518). Rapid reset is :class:`~mesh.hbone.limits.ResetBudget`'s,
+in the engine.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ CONNECTION_PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 DATA: Final = 0x0
 HEADERS: Final = 0x1
+PRIORITY: Final = 0x2
 PUSH_PROMISE: Final = 0x5
 SETTINGS: Final = 0x4
 PING: Final = 0x6
@@ -44,9 +48,11 @@ MAX_FRAME_SIZE: Final = 2**24 - 1
 ENHANCE_YOUR_CALM: Final = 0xB
 
 # Flood defences (a peer that makes us work for nothing gets GOAWAY ENHANCE_YOUR_CALM):
-# a header block (HEADERS and its CONTINUATIONs) over this many bytes (CVE-2024-27316),
+# a header block (HEADERS and its CONTINUATIONs, frame headers included) over this many
+# bytes (CVE-2024-27316),
 MAX_HEADER_BLOCK: Final = 256 * 1024
-# and PING or SETTINGS frames we must answer, beyond a burst, faster than this per second.
+# and PING or SETTINGS frames we must answer, PRIORITY frames and empty DATA frames that
+# do not end a stream, beyond a burst, faster than this per second.
 CONTROL_BURST: Final = 1000
 CONTROL_RATE: Final = 100.0
 
@@ -236,6 +242,8 @@ class FrameReader:
                     PROTOCOL_ERROR, "a frame other than CONTINUATION in a header block"
                 )
             if kind == DATA:
+                if not header.length and not header.flags & FLAG_END_STREAM:
+                    self._take_control("empty DATA frames")
                 sink.on_data(header, body)
             elif kind == WINDOW_UPDATE:
                 sink.on_window_update(header, body)
@@ -246,24 +254,25 @@ class FrameReader:
                     if kind == CONTINUATION and not self._in_header_block:
                         raise FrameError(PROTOCOL_ERROR, "CONTINUATION without a header block")
                     self._in_header_block = not header.flags & FLAG_END_HEADERS
-                    self._block = header.length + (self._block if kind == CONTINUATION else 0)
+                    size = FRAME_HEADER_LEN + header.length
+                    self._block = size + (self._block if kind == CONTINUATION else 0)
                     if self._block > MAX_HEADER_BLOCK:
                         raise FrameError(
                             ENHANCE_YOUR_CALM,
                             f"header block over {MAX_HEADER_BLOCK} bytes (a CONTINUATION flood?)",
                         )
-                elif (
-                    kind in (PING, SETTINGS)
-                    and not header.flags & FLAG_ACK
-                    and not self._control.take(self._clock())
-                ):
-                    raise FrameError(
-                        ENHANCE_YOUR_CALM,
-                        "too many PING/SETTINGS frames to answer (a control frame flood?)",
-                    )
+                elif kind in (PING, SETTINGS) and not header.flags & FLAG_ACK:
+                    self._take_control("PING/SETTINGS frames to answer")
+                elif kind == PRIORITY:
+                    self._take_control("PRIORITY frames")
                 sink.on_frame(header, body)
             pos = frame_end
         if pos == end:
             self._start = self._end = 0
         else:
             self._start = pos
+
+    def _take_control(self, what: str) -> None:
+        """One frame that costs us work and the peer nothing; past the budget, a flood."""
+        if not self._control.take(self._clock()):
+            raise FrameError(ENHANCE_YOUR_CALM, f"too many {what} (a flood?)")

@@ -362,6 +362,7 @@ def check_fields(headers: list[tuple[str, str]], *, pseudo_allowed: frozenset[st
     """Check every field; return the pseudo-header names (each at most once, all first)."""
     pseudo: set[str] = set()
     regular = False
+    length: str | None = None
     for name, value in headers:
         if name[:1] == ":":
             if regular:
@@ -379,6 +380,10 @@ def check_fields(headers: list[tuple[str, str]], *, pseudo_allowed: frozenset[st
                 raise ValueError(f"connection-specific field {name}")
             if name == "te" and value.lower() != "trailers":
                 raise ValueError("te other than trailers")
+            if name == "content-length":  # 1*DIGIT: "²" is a digit to str.isdigit, not to int()
+                if not (value.isascii() and value.isdigit()) or length not in (None, value):
+                    raise ValueError("invalid or repeated content-length")
+                length = value
         if value and _BAD_VALUE.search(value):
             raise ValueError(f"invalid value of field {name}")
     return pseudo

@@ -26,7 +26,7 @@ import trio
 from h2.errors import ErrorCodes
 
 from mesh import sockio
-from mesh.hbone.settings import HboneRetryableError, HboneStreamRefused
+from mesh.hbone.settings import HboneError, HboneRetryableError, HboneStreamRefused
 from mesh.hbone.window import ReceiveWindow, WindowStatistics
 from mesh.identity import SpiffeId
 from mesh.reason import REASON_HEADER, Reason
@@ -456,12 +456,14 @@ class H2Stream(trio.abc.HalfCloseableStream):
 def _content_length(headers: Headers) -> int | None:
     for name, value in headers:
         if name == "content-length":
-            return int(value) if value.isdigit() else None
+            return int(value) if value.isascii() and value.isdigit() else None
     return None
 
 
-class StreamReset(Exception):
-    """A stream was reset: by the peer or by us (``code``), see the message."""
+class StreamReset(HboneError):
+    """A stream was reset: by the peer or by us (``code``), see the message. An
+    :class:`HboneError`, so that whoever handles those handles an answer that never came
+    (``wait_response``) too."""
 
     def __init__(self, code: int, *, by_peer: bool) -> None:
         try:

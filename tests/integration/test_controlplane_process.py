@@ -130,7 +130,7 @@ async def test_files_in_a_directory_become_config_status_and_metrics(tmp_path: P
                     break
                 await trio.sleep(0.05)
             assert status == 200, body
-            bundle = CertificateAuthority.load(config.ca_dir).trust_bundle
+            bundle = CertificateAuthority.load(tmp_path / "ca").trust_bundle
             ca = CaClient(("127.0.0.1", ports.ca), token="secret-1", bundle=bundle)
             async with open_certificate_manager(ca) as certs:
                 own = await certs.fetch_now(ztunnel_identity(TD))
@@ -184,7 +184,7 @@ async def test_files_in_a_directory_become_config_status_and_metrics(tmp_path: P
 async def test_a_node_token_added_later_is_accepted(tmp_path: Path) -> None:
     with trio.fail_after(30):
         async with running(tmp_path) as (config, ports):
-            bundle = CertificateAuthority.load(config.ca_dir).trust_bundle
+            bundle = CertificateAuthority.load(tmp_path / "ca").trust_bundle
             assert config.tokens_file is not None
             write(config.tokens_file, json.dumps({"node-1": "secret-1", "node-2": "secret-2"}))
             ca = CaClient(("127.0.0.1", ports.ca), token="secret-2", bundle=bundle)

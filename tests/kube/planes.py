@@ -25,8 +25,6 @@ import trio
 
 from ca import CertificateAuthority
 from mesh.backoff import Backoff
-from mesh.ca_client import CaClient
-from mesh.certs import open_certificate_manager
 from mesh.config_stream import ConfigClient
 from mesh.hbone.client import open_hbone_pool
 from mesh.identity import control_plane_identity, ztunnel_identity
@@ -155,19 +153,21 @@ async def ztunnel(plane: PlaneProcess, node: str) -> AsyncIterator[list[MeshSnap
         received.append(snapshot)
 
     token = plane.tokens[node]
-    bundle = CertificateAuthority.load(plane.ca_dir).trust_bundle
-    ca = CaClient(("127.0.0.1", plane.ca_port), token=token, bundle=bundle)
-    async with open_certificate_manager(ca) as certs:
-        own = await certs.fetch_now(ztunnel_identity(TD))
-        async with open_hbone_pool(lambda _s: own) as pool, trio.open_nursery() as nursery:
-            client = ConfigClient(
-                pool, source=own.identity, address=("127.0.0.1", plane.config_port),
-                expected=control_plane_identity(TD), node=node, token=token,
-                on_update=on_update, backoff=Backoff(initial=0.05, maximum=0.2),
-            )  # fmt: skip
-            await nursery.start(client.run)
-            yield received
-            nursery.cancel_scope.cancel()
+    # The ztunnel's certificate straight from the plane's CA directory: on Kubernetes the
+    # CA takes only TokenReview'd pod tokens (tests/kube/test_ca.py), and what is compared
+    # here is the config stream, which still takes node tokens.
+    own = CertificateAuthority.load(plane.ca_dir).issue_workload_certificate(
+        ztunnel_identity(TD), caller=f"test:{node}"
+    )
+    async with open_hbone_pool(lambda _s: own) as pool, trio.open_nursery() as nursery:
+        client = ConfigClient(
+            pool, source=own.identity, address=("127.0.0.1", plane.config_port),
+            expected=control_plane_identity(TD), node=node, token=token,
+            on_update=on_update, backoff=Backoff(initial=0.05, maximum=0.2),
+        )  # fmt: skip
+        await nursery.start(client.run)
+        yield received
+        nursery.cancel_scope.cancel()
 
 
 def in_namespace(snapshot: MeshSnapshot, namespace: str) -> dict[str, list[Any]]:

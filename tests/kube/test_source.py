@@ -21,7 +21,8 @@ import trio
 import trio_asyncio
 
 from k8s.sources.api import Api, Watch
-from k8s.sources.kubernetes import ClientApi, KubernetesSource, KubeSourceConfig, configure
+from k8s.sources.driver import KubernetesSource
+from k8s.sources.kubernetes import ClientApi, KubeSourceConfig, configure
 from k8s.sources.watch import ListRequest, Raw
 from k8s.store import ObjectStore
 from k8s.translate import translate

@@ -144,3 +144,39 @@ def test_buffer_stays_small_for_small_frames_and_grows_for_bulk() -> None:
     assert len(reader.room()) >= 256 * 1024
     received = [cast(tuple[int, int, bytes], e[1])[2] for e in sink.events if e[0] == "data"]
     assert sum(map(len, received)) == 50 * 1024 + 200 * 16_000
+
+
+def _flood(frame: bytes, count: int) -> FrameError | None:
+    """Feed ``count`` copies of ``frame`` at one instant; the error it ended with."""
+    reader = FrameReader(max_frame_size=16384, expect_preface=False, clock=lambda: 0.0)
+    try:
+        feed(reader, Recorder(reader), frame * count, 65_536)
+    except FrameError as exc:
+        return exc
+    return None
+
+
+def test_frames_that_cost_us_work_for_nothing_are_a_flood_past_the_burst() -> None:
+    empty_data = frames.data_header(0, 1)
+    priority = frames.frame_header(5, 0x2, 0, 1) + bytes(5)
+    for frame in (empty_data, priority):
+        assert _flood(frame, frames.CONTROL_BURST) is None
+        error = _flood(frame, frames.CONTROL_BURST + 1)
+        assert error is not None
+        assert error.code == frames.ENHANCE_YOUR_CALM
+    # The empty DATA frame that ends a stream is how many requests end: never counted.
+    assert _flood(frames.data_header(0, 1, end_stream=True), 5 * frames.CONTROL_BURST) is None
+
+
+def test_empty_continuations_count_their_frame_headers_against_the_block() -> None:
+    """Zero-length CONTINUATIONs never grow a block's bytes: without their headers
+    counted, a peer could keep one header block open (and its list of parts growing)
+    for ever."""
+    opening = frames.frame_header(1, frames.HEADERS, 0, 1) + b"\x82"
+    empty = frames.frame_header(0, frames.CONTINUATION, 0, 1)
+    reader = FrameReader(max_frame_size=16384, expect_preface=False)
+    sink = Recorder(reader)
+    with pytest.raises(FrameError, match="header block") as caught:
+        feed(reader, sink, opening + empty * 40_000, 65_536)
+    assert caught.value.code == frames.ENHANCE_YOUR_CALM
+    assert len(sink.events) <= frames.MAX_HEADER_BLOCK // frames.FRAME_HEADER_LEN

@@ -12,7 +12,8 @@ from typing import Any
 import trio
 
 from k8s.sources.api import Gone
-from k8s.sources.kubernetes import KubernetesSource, KubeSourceConfig
+from k8s.sources.driver import KubernetesSource
+from k8s.sources.kubernetes import KubeSourceConfig
 from k8s.sources.watch import ListRequest, Raw
 from k8s.store import ObjectStore
 from mesh.backoff import Backoff

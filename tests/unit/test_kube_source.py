@@ -14,8 +14,8 @@ import pytest
 import trio
 import trio_asyncio
 
+from k8s.sources.driver import KubernetesSource
 from k8s.sources.kubernetes import (
-    KubernetesSource,
     KubeSourceConfig,
     KubeSourceError,
     TokenFile,
