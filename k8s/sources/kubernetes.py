@@ -26,6 +26,7 @@ the source's requests and the CA's (:meth:`ClientApi.request`, the seam
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 from collections.abc import AsyncIterator, Mapping
@@ -139,6 +140,15 @@ async def configure(config: KubeSourceConfig) -> kube_client.ApiClient:
 Closing: TypeAlias = set["asyncio.Future[None]"]
 
 
+def _closed(closing: Closing, future: asyncio.Future[None]) -> None:
+    """A connection finished closing: no longer waited for, and its error read (a TLS
+    shutdown the server cut short): unread, asyncio reports it as never retrieved, which
+    trio-asyncio raises into the process, ending it with exit 1 after a clean drain."""
+    closing.discard(future)
+    if not future.cancelled():
+        future.exception()
+
+
 class _ResponseWatch:
     def __init__(self, response: aiohttp.ClientResponse, closing: Closing) -> None:
         self._response = response
@@ -160,9 +170,10 @@ class _ResponseWatch:
         protocol = connection.protocol if connection is not None else None
         closed = protocol.closed if protocol is not None else None
         self._response.close()
-        if closed is not None and not closed.done():
-            self._closing.add(closed)
-            closed.add_done_callback(self._closing.discard)
+        if closed is not None:
+            if not closed.done():
+                self._closing.add(closed)
+            closed.add_done_callback(functools.partial(_closed, self._closing))
 
 
 class ClientApi:
