@@ -75,12 +75,5 @@ def run(args: argparse.Namespace) -> int:
     except install.ValuesError as error:
         print(f"ambit install: {error}", file=sys.stderr)
         return 2
-    if values.replicas > 1:
-        print(
-            "ambit install: warning: each replica keeps its own CA root (an emptyDir) until"
-            " the CA reads its root from a Secret; proxies of one replica will not trust"
-            " another's certificates",
-            file=sys.stderr,
-        )
     sys.stdout.write(install.to_yaml(install.manifests(values)))
     return 0

@@ -9,7 +9,9 @@ metrics and ``/ready``.
 The control plane's permissions are declared once (:func:`permissions`): reading every
 API resource its source watches (:data:`k8s.sources.resources.RESOURCES`, and CRDs),
 writing the status of the objects it reports on, TokenReviews, events, the waypoint
-deployer's objects, GatewayClasses, and leases in its own namespace only. The
+deployer's objects, GatewayClasses, and in its own namespace only the CA's Secrets
+(:mod:`ca.secret_keys`: reading ``cacerts`` and ``ambit-ca``, creating ``ambit-ca``)
+and leases. The
 ClusterRole and the Role are rendered from that list, and the tests ask the API server
 (SubjectAccessReview) whether the ServiceAccount may do each of these things.
 
@@ -29,6 +31,7 @@ from typing import Any, Final
 
 import yaml
 
+from ca.secret_keys import PLUGGED_SECRET_NAME, SECRET_NAME
 from k8s.sources.resources import CRD_RESOURCE, RESOURCES
 from mesh.constants import (
     CONFIG_STREAM_PORT,
@@ -44,7 +47,6 @@ from mesh.model import GATEWAY_GROUP
 Obj = dict[str, Any]
 
 NAME: Final = CONTROL_PLANE_SERVICE_ACCOUNT  # the ServiceAccount, Deployment, Service, roles
-CA_DIR: Final = "/var/lib/ambit/ca"
 RUN_AS: Final = 1337  # Istio's proxy user
 DRAIN_SECONDS: Final = 25  # below the pod's grace period
 GRACE_SECONDS: Final = 30
@@ -149,12 +151,17 @@ class Permission:
     verbs: tuple[str, ...]
     namespaced: bool = False
     why: str = ""
+    names: tuple[str, ...] = ()  # only these objects (never for create: no name to check)
 
     def rule(self) -> Obj:
-        return {"apiGroups": [self.group], "resources": list(self.resources),
-                "verbs": list(self.verbs)}  # fmt: skip
+        rule: Obj = {"apiGroups": [self.group], "resources": list(self.resources)}
+        if self.names:
+            rule["resourceNames"] = list(self.names)
+        rule["verbs"] = list(self.verbs)
+        return rule
 
 
+CA_SECRETS: Final = (PLUGGED_SECRET_NAME, SECRET_NAME)  # in ambit-system (ca.secret_keys)
 READ: Final = ("get", "list", "watch")
 WRITE: Final = ("create", "update", "patch", "delete")
 
@@ -187,6 +194,10 @@ def permissions() -> tuple[Permission, ...]:
         Permission("", ("services", "serviceaccounts"), WRITE, why="the waypoint deployer"),
         Permission(GATEWAY_GROUP, ("gatewayclasses",), ("create", "update", "patch"),
                    why="the waypoint GatewayClass"),
+        Permission("", ("secrets",), ("get",), namespaced=True, names=CA_SECRETS,
+                   why="the CA's keys: an operator's cacerts, else ambit-ca"),
+        Permission("", ("secrets",), ("create",), namespaced=True,
+                   why="ambit-ca, created once by the first control plane"),
         Permission("coordination.k8s.io", ("leases",), (*READ, "create", "update", "patch"),
                    namespaced=True, why="leader election, in its own namespace"),
     )  # fmt: skip
@@ -245,7 +256,7 @@ def _resources(values: Values) -> Obj:
 def controlplane_deployment(values: Values) -> Obj:
     command = [
         "ambit", "--log-level", values.log_level, "--log-format", "json",
-        "controlplane", "--source", "kubernetes", "--ca-dir", CA_DIR,
+        "controlplane", "--source", "kubernetes",
         "--trust-domain", values.trust_domain, "--drain-seconds", str(DRAIN_SECONDS),
     ]  # fmt: skip
     container = {
@@ -265,7 +276,7 @@ def controlplane_deployment(values: Values) -> Obj:
             "readOnlyRootFilesystem": True,
             "capabilities": {"drop": ["ALL"]},
         },
-        "volumeMounts": [{"name": "ca", "mountPath": CA_DIR}, {"name": "tmp", "mountPath": "/tmp"}],
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
     pod_labels = {**_labels(NAME), LABEL_DATAPLANE_MODE: "none"}  # never captured itself
     return {
@@ -290,7 +301,6 @@ def controlplane_deployment(values: Values) -> Obj:
                     },
                     "containers": [container],
                     "volumes": [
-                        {"name": "ca", "emptyDir": {}},
                         {"name": "tmp", "emptyDir": {"medium": "Memory"}},
                     ],
                 },

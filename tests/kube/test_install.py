@@ -30,7 +30,7 @@ __all__ = ["installed"]  # the fixture, used here
 
 async def allowed(
     admin: KubeAdmin, verb: str, group: str, resource: str, *,
-    namespace: str = "", subresource: str = "",
+    namespace: str = "", subresource: str = "", name: str = "",
 ) -> bool:  # fmt: skip
     """Whether the API server's authorizer lets the control plane's ServiceAccount."""
     review = {
@@ -42,7 +42,7 @@ async def allowed(
             "groups": GROUPS,
             "resourceAttributes": {
                 "verb": verb, "group": group, "resource": resource,
-                "subresource": subresource, "namespace": namespace,
+                "subresource": subresource, "namespace": namespace, "name": name,
             },
         },
     }  # fmt: skip
@@ -85,6 +85,8 @@ async def test_rbac_allows_what_the_control_plane_needs(
     kube_admin: KubeAdmin, installed: list[Obj]
 ) -> None:
     needs: list[tuple[str, str, str, str, str]] = []  # verb, group, resource, sub, namespace
+    # The CA's keys (ca.secret_keys): read by name, created once.
+    ca_secrets = [("get", "", "secrets", name, SYSTEM_NAMESPACE) for name in install.CA_SECRETS]
     for r in RESOURCES:
         needs += [(verb, r.group, r.plural, "", "") for verb in ("list", "watch")]
         if r.crd:
@@ -104,10 +106,14 @@ async def test_rbac_allows_what_the_control_plane_needs(
         ("create", "", "serviceaccounts", "", "shop"),
         ("create", "gateway.networking.k8s.io", "gatewayclasses", "", ""),
     ]
+    needs.append(("create", "", "secrets", "", SYSTEM_NAMESPACE))
     with trio.fail_after(60):
         refused = [need for need in needs
                    if not await allowed(kube_admin, need[0], need[1], need[2],
                                         subresource=need[3], namespace=need[4])]  # fmt: skip
+        refused += [need for need in ca_secrets
+                    if not await allowed(kube_admin, need[0], need[1], need[2],
+                                         name=need[3], namespace=need[4])]  # fmt: skip
     assert refused == []
 
 
@@ -115,8 +121,10 @@ async def test_rbac_refuses_what_it_does_not_need(
     kube_admin: KubeAdmin, installed: list[Obj]
 ) -> None:
     not_needed = [
-        ("get", "", "secrets", "", SYSTEM_NAMESPACE),
+        ("get", "", "secrets", "", SYSTEM_NAMESPACE),  # any Secret: only the CA's, by name
         ("list", "", "secrets", "", ""),
+        ("list", "", "secrets", "", SYSTEM_NAMESPACE),
+        ("create", "", "secrets", "", "shop"),
         ("create", "coordination.k8s.io", "leases", "", "shop"),  # only in its own namespace
         ("update", "security.ambit.io", "authorizationpolicies", "", "shop"),  # status only
         ("create", "", "pods", "", "shop"),

@@ -2,7 +2,8 @@
 controlplane --source kubernetes`` as the ``ambit-controlplane`` ServiceAccount (a token
 of it, as the kubelet would mount one) lists and watches every kind and becomes ready,
 and stops cleanly on SIGTERM. A permission it lacks would keep it from ever being
-ready (a kind not listed is never published)."""
+ready (a kind not listed is never published), and its CA keeps its keys in the Secret it
+may create."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from ca.secret_keys import SECRET_NAME
 from mesh.constants import SYSTEM_NAMESPACE
 from tests.kube.client import KubeAdmin, Obj
 from tests.kube.cluster import REPO, Cluster, free_port, write_kubeconfig
@@ -56,7 +58,7 @@ async def test_the_control_plane_runs_with_the_permissions_it_is_given(
     argv = [
         sys.executable, "-m", "ambit.cli", "--log-format", "json", "controlplane",
         "--source", "kubernetes", "--kubeconfig", str(kubeconfig),
-        "--ca-dir", str(tmp_path / "ca"), "--host", "127.0.0.1",
+        "--host", "127.0.0.1",
         "--ca-port", str(free_port()), "--config-port", str(free_port()),
         "--metrics-port", str(metrics), "--drain-seconds", "1",
     ]  # fmt: skip
@@ -71,6 +73,10 @@ async def test_the_control_plane_runs_with_the_permissions_it_is_given(
             while not await trio.to_thread.run_sync(ready, metrics):
                 assert process.poll() is None, log.read_text()
                 await trio.sleep(0.2)
+        # Its CA made its keys where every replica finds them (ca.secret_keys).
+        with trio.fail_after(10):
+            secret = await kube_admin.get("v1", "Secret", SECRET_NAME, SYSTEM_NAMESPACE)
+        assert "root-cert.pem" in secret["data"]
         process.send_signal(signal.SIGTERM)
         with trio.fail_after(30):
             assert await process.wait() == 0, log.read_text()

@@ -85,6 +85,7 @@ def test_values_reach_the_deployment(capsys: pytest.CaptureFixture[str]) -> None
     assert command[command.index("--log-level") + 1] == "debug"
     assert command[command.index("--source") + 1] == "kubernetes"
     assert "--kubeconfig" not in command  # in-cluster credentials
+    assert "--ca-dir" not in command  # the CA's keys in Secrets, shared by the replicas
     assert container["resources"] == {
         "requests": {"cpu": "100m", "memory": "512Mi"},
         "limits": {"cpu": "2", "memory": "1Gi"},
@@ -130,9 +131,12 @@ def test_the_role_lets_the_source_watch_every_resource() -> None:
     }
     assert {(r.group, r.plural) for r in RESOURCES} <= granted
     assert ("apiextensions.k8s.io", "customresourcedefinitions") in granted
-    # Leases only in ambit's own namespace; never secrets.
-    assert all(p.namespaced for p in install.permissions() if "leases" in p.resources)
-    assert not any("secrets" in p.resources for p in install.permissions())
+    # Leases and Secrets only in ambit's own namespace; no Secret read but the CA's.
+    for p in install.permissions():
+        if "leases" in p.resources or "secrets" in p.resources:
+            assert p.namespaced
+        if "secrets" in p.resources:
+            assert set(p.verbs) == {"create"} or (p.verbs == ("get",) and p.names)
 
 
 def test_gateway_api_instructions_name_the_tested_release(
