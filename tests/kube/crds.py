@@ -49,7 +49,7 @@ def policy_crds(group: str) -> list[Obj]:
 
 async def established(admin: KubeAdmin, name: str) -> bool:
     crd = await admin.get(CRD_API, "CustomResourceDefinition", name)
-    conditions = crd.get("status", {}).get("conditions", [])
+    conditions = (crd.get("status") or {}).get("conditions") or []  # none just after create
     return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
 
 
