@@ -20,6 +20,7 @@ cancelled, so the app's stream is reset (CANCEL) or its HTTP/1.1 connection clos
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
@@ -43,6 +44,7 @@ from waypoint.replies import (
     local_reply,
     no_healthy_upstream,
     route_timeout,
+    stream_idle_timeout,
     upstream_failure,
 )
 from waypoint.replies import LocalReply as Reply
@@ -57,6 +59,10 @@ if TYPE_CHECKING:
 log = structlog.get_logger("waypoint.access")
 
 ATTEMPTS: Final = 2
+# Envoy's stream_idle_timeout: a stream with a body to come that sees no byte either way
+# for this long is ended (408 SI before its answer began, a reset after), so a client
+# that stalls mid-body cannot hold a stream, an upstream stream and an app connection.
+STREAM_IDLE_SECONDS = 300.0
 HOP_BY_HOP: Final = frozenset(
     {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade",
      "x-forwarded-client-cert", "x-request-id"}
@@ -108,6 +114,12 @@ class _Request:
     body_read: bool = False  # the request's whole body was read
     sent_messages: GrpcMessages = field(default_factory=GrpcMessages)
     received_messages: GrpcMessages = field(default_factory=GrpcMessages)
+    idle: trio.CancelScope | None = None  # the stream idle timeout, while a body is to come
+
+    def active(self) -> None:
+        """A byte moved: the stream idle timeout starts again."""
+        if self.idle is not None:
+            self.idle.deadline = trio.current_time() + STREAM_IDLE_SECONDS
 
     def header(self, name: str) -> str:
         return next((v for k, v in self.headers if k == name), "")
@@ -153,23 +165,20 @@ class H2Session(Session):
                 req.mirror_body = MirrorBody()
                 req.body_read = not down.accepts_data() and not down.buffered
             try:
-                if plan.timeout is None:  # no route timeout: no cancel scope either
-                    await self._forward(down, req, plan)
-                    timed_out = False
-                else:
-                    with trio.move_on_after(plan.timeout) as deadline:
-                        await self._forward(down, req, plan)
-                    timed_out = deadline.cancelled_caught
+                ended = await self._forward_within(down, req, plan)
             finally:
                 if plan.mirrors and req.body_read:
                     start_mirrors(self.proxy, self.snapshot, plan.mirrors, plan.request,
                                   req.mirror_body)  # fmt: skip
-            if timed_out:
-                req.flags = "UT"
+            if ended:
+                req.flags = ended
                 if down.headers_sent:  # the answer had begun: it is cut
+                    cut(down)
                     await down.aclose()
-                else:
+                elif ended == "UT":
                     raise Failed(route_timeout(grpc=grpc))
+                else:
+                    raise Failed(stream_idle_timeout(grpc=grpc))
         except Failed as failed:
             reply = failed.reply
             req.status, req.flags = reply.code, reply.flag.value
@@ -182,6 +191,23 @@ class H2Session(Session):
             if req.flags == "-" and down.broken:  # the client reset it (or its connection broke)
                 req.flags = "DC"
             self._account(req)
+
+    async def _forward_within(self, down: H2Stream, req: _Request, plan: Plan) -> str:
+        """:meth:`_forward` within the route's timeout and, while a request body is to
+        come, the stream idle timeout; the flag of the one that ended it, or ""."""
+        if down.accepts_data() and plan.speak != "http1":  # (the HTTP/1.1 bridge: not yet)
+            req.idle = trio.CancelScope(deadline=trio.current_time() + STREAM_IDLE_SECONDS)
+        if plan.timeout is None and req.idle is None:  # no cancel scope at all
+            await self._forward(down, req, plan)
+            return ""
+        route = trio.CancelScope(
+            deadline=trio.current_time() + plan.timeout if plan.timeout is not None else math.inf
+        )
+        with route, req.idle or trio.CancelScope():
+            await self._forward(down, req, plan)
+        if req.idle is not None and req.idle.cancelled_caught:
+            return ResponseFlag.STREAM_IDLE_TIMEOUT.value
+        return "UT" if route.cancelled_caught else ""
 
     async def _forward(self, down: H2Stream, req: _Request, plan: Plan) -> None:
         targets = plan.targets
@@ -307,6 +333,7 @@ class H2Session(Session):
                 return
             while data := await up.receive_some():
                 req.response_bytes += len(data)
+                req.active()
                 if req.grpc:
                     req.received_messages.feed(data)
                 await down.send_all(data)
@@ -329,6 +356,7 @@ class H2Session(Session):
         try:
             while data := await down.receive_some(READ_SIZE):
                 req.request_bytes += len(data)
+                req.active()
                 if req.mirror_body is not None:
                     req.mirror_body.add(data)
                 if req.grpc:

@@ -223,6 +223,18 @@ def route_timeout(*, grpc: bool) -> LocalReply:
     )
 
 
+def stream_idle_timeout(*, grpc: bool) -> LocalReply:
+    """No byte either way for the stream idle timeout, before the answer: 408, as Envoy."""
+    return local_reply(
+        408,
+        "stream timeout",
+        grpc=grpc,
+        flag=ResponseFlag.STREAM_IDLE_TIMEOUT,
+        details="stream_idle_timeout",
+        grpc_status=GrpcStatus.DEADLINE_EXCEEDED,
+    )
+
+
 def malformed_request(reason: str) -> LocalReply:
     """The client's request broke HTTP/1.1 after its head had gone to the app (a bad
     chunk): 400, the connection closes."""

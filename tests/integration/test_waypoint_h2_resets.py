@@ -22,7 +22,8 @@ from tests.pki import Pki
 
 
 class App:
-    """An h2c app on our engine: ``/cut`` answers 200 and 1 KiB, then resets; ``/hang``
+    """An h2c app on our engine: ``/cut`` answers 200 and 1 KiB, then resets; ``/upload``
+    answers 200 once the body ended; ``/hang``
     never answers and records the reset of its stream, whose request body was still coming."""
 
     def __init__(self) -> None:
@@ -37,13 +38,19 @@ class App:
             await stream.send_all(b"x" * 1024)
             stream.connection.reset_stream(stream, ErrorCodes.INTERNAL_ERROR)
             return
+        if path == "/upload":  # reads the body to its end, then answers
+            while await stream.receive_some():
+                pass
+            stream.send_headers([(":status", "200")], end_stream=True)
+            return
         self.hanging.set()
         try:
             await trio.sleep_forever()  # a stream reset before its answer cancels its handler
         finally:
             with trio.CancelScope(shield=True):
                 try:
-                    await stream.receive_some()
+                    while await stream.receive_some():  # what came before the reset, first
+                        pass
                 except trio.BrokenResourceError as exc:
                     cause = exc.__cause__
                     self.reset_seen.append(cause.code if isinstance(cause, StreamReset) else -1)
@@ -91,3 +98,30 @@ async def test_a_request_the_client_resets_is_cancelled_at_the_app(
             await found.reset.wait()
             await mesh.requests_counted(response_flags="DC")
     assert found.reset_seen == [ErrorCodes.CANCEL]
+
+
+async def test_an_upload_that_stalls_ends_with_408_after_the_stream_idle_timeout(
+    mesh: Mesh, app: tuple[App, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("waypoint.h2_session.STREAM_IDLE_SECONDS", 0.5)
+    found, _port = app
+    with trio.fail_after(10):
+        async with h2_client(mesh) as conn:
+            headers = [(":method", "POST"), (":scheme", "http"), (":path", "/hang"),
+                       (":authority", "web")]  # fmt: skip
+            stream = conn.start_request(headers)
+            await stream.send_all(b"x" * 10)  # then nothing: the client stalls mid-body
+            await found.hanging.wait()
+            answer = dict(await stream.wait_response())
+            assert answer[":status"] == "408"
+            await found.reset.wait()  # the app's stream ended too
+            await mesh.requests_counted(response_flags="SI", response_code="408")
+            upload = [(":method", "POST"), (":scheme", "http"), (":path", "/upload"),
+                      (":authority", "web")]  # fmt: skip
+            again = conn.start_request(upload)  # an upload that keeps moving is not cut
+            for _ in range(8):
+                await again.send_all(b"y")
+                await trio.sleep(0.1)
+            await again.send_eof()
+            assert dict(await again.wait_response())[":status"] == "200"
+    assert found.reset_seen[0] == ErrorCodes.CANCEL
