@@ -48,7 +48,7 @@ from waypoint.replies import (
     upstream_failure,
 )
 from waypoint.replies import LocalReply as Reply
-from waypoint.session import Session, Shared
+from waypoint.session import IdleTimer, Session, Shared
 from waypoint.telemetry import Finished, GrpcMessages, new_request_id
 from waypoint.upstream import H2_SETTINGS, Target, UpstreamError
 
@@ -59,10 +59,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger("waypoint.access")
 
 ATTEMPTS: Final = 2
-# Envoy's stream_idle_timeout: a stream with a body to come that sees no byte either way
-# for this long is ended (408 SI before its answer began, a reset after), so a client
-# that stalls mid-body cannot hold a stream, an upstream stream and an app connection.
-STREAM_IDLE_SECONDS = 300.0
 HOP_BY_HOP: Final = frozenset(
     {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade",
      "x-forwarded-client-cert", "x-request-id"}
@@ -114,12 +110,12 @@ class _Request:
     body_read: bool = False  # the request's whole body was read
     sent_messages: GrpcMessages = field(default_factory=GrpcMessages)
     received_messages: GrpcMessages = field(default_factory=GrpcMessages)
-    idle: trio.CancelScope | None = None  # the stream idle timeout, while a body is to come
+    idle: IdleTimer | None = None  # the stream idle timeout, while a body is to come
 
     def active(self) -> None:
         """A byte moved: the stream idle timeout starts again."""
         if self.idle is not None:
-            self.idle.deadline = trio.current_time() + STREAM_IDLE_SECONDS
+            self.idle.active()
 
     def header(self, name: str) -> str:
         return next((v for k, v in self.headers if k == name), "")
@@ -196,16 +192,16 @@ class H2Session(Session):
         """:meth:`_forward` within the route's timeout and, while a request body is to
         come, the stream idle timeout; the flag of the one that ended it, or ""."""
         if down.accepts_data() and plan.speak != "http1":  # (the HTTP/1.1 bridge: not yet)
-            req.idle = trio.CancelScope(deadline=trio.current_time() + STREAM_IDLE_SECONDS)
+            req.idle = IdleTimer()
         if plan.timeout is None and req.idle is None:  # no cancel scope at all
             await self._forward(down, req, plan)
             return ""
         route = trio.CancelScope(
             deadline=trio.current_time() + plan.timeout if plan.timeout is not None else math.inf
         )
-        with route, req.idle or trio.CancelScope():
+        with route, req.idle.scope if req.idle is not None else trio.CancelScope():
             await self._forward(down, req, plan)
-        if req.idle is not None and req.idle.cancelled_caught:
+        if req.idle is not None and req.idle.expired:
             return ResponseFlag.STREAM_IDLE_TIMEOUT.value
         return "UT" if route.cancelled_caught else ""
 

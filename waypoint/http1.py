@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, NoReturn
 
@@ -35,6 +36,10 @@ from waypoint.http_request import HttpRequest
 from waypoint.http_target import TargetError, host_is_valid, read_target
 
 READ_SIZE: Final = 64 * 1024
+# The body of a request answered locally is read and dropped up to this much, this long,
+# so that its connection goes on; a bigger or slower one closes the connection.
+DRAIN_BYTES: Final = 64 * 1024
+DRAIN_SECONDS: Final = 1.0
 HEAD_SECONDS = 30.0  # from a request's first byte to the end of its head
 HOP_BY_HOP: Final = frozenset(
     {
@@ -181,6 +186,24 @@ class MessageReader:
                     return b""
                 raise Http1Error(400, "the connection closed in the middle of a body")
             await self._fill()
+
+    async def drain_body(self, count: Callable[[int], None]) -> bool:
+        """Read and drop the body of a request answered locally (``count`` hears its
+        bytes), when it is small and comes at once (:data:`DRAIN_BYTES` within
+        :data:`DRAIN_SECONDS`), so the connection can carry the next request; False when
+        it cannot."""
+        left = DRAIN_BYTES
+        with trio.move_on_after(DRAIN_SECONDS):
+            try:
+                while data := await self.read_body():
+                    count(len(data))
+                    left -= len(data)
+                    if left < 0:
+                        return False
+                return True
+            except (Http1Error, trio.BrokenResourceError, trio.ClosedResourceError):
+                return False
+        return False
 
     def between_messages(self) -> bool:
         """Nothing of a next message was received (an app that sent more than its

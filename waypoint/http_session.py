@@ -46,14 +46,15 @@ from waypoint.http1 import (
 from waypoint.mirror import MirrorBody, start_mirrors
 from waypoint.replies import (
     Failed,
-    local_reply,
+    bad_upstream_answer,
     malformed_request,
     no_healthy_upstream,
     route_timeout,
-    upstream_failure,
+    stream_idle_timeout,
+    upstream_failure_http1,
 )
 from waypoint.replies import LocalReply as Reply
-from waypoint.session import Session, Shared
+from waypoint.session import IdleTimer, Session, Shared
 from waypoint.telemetry import Finished, new_request_id
 from waypoint.upstream import Connection, Target, UpstreamError
 
@@ -66,10 +67,6 @@ log = structlog.get_logger("waypoint.access")
 ATTEMPTS: Final = 2  # Istio's default: one retry on connect failure or refused stream
 IDLE_SECONDS: Final = 300.0  # a keep-alive connection with no request
 XFCC: Final = b"x-forwarded-client-cert"
-# The body of a request answered locally is read and dropped up to this much, this long,
-# so that its connection goes on; a bigger or slower one closes the connection.
-DRAIN_BYTES: Final = 64 * 1024
-DRAIN_SECONDS: Final = 1.0
 
 
 @dataclass
@@ -83,21 +80,15 @@ class Exchange:
     mirror_body: MirrorBody | None = None  # kept for the route's mirrors
     body_read: bool = False  # the request's whole body was read
     body_error: Exception | None = None  # the client's body broke off: why
+    idle: IdleTimer | None = None  # the stream idle timeout, while the body is to come
     status: int = 0
     flags: str = "-"
     target: Target | None = None
     request_bytes: int = 0
     response_bytes: int = 0
 
-
-def upstream_failure_reply(*, connected: bool) -> Failed:
-    return Failed(upstream_failure(grpc=False, connected=connected))
-
-
-def _bad_upstream(exc: BaseException) -> Failed:
-    reply = local_reply(502, "upstream answered badly", grpc=False,
-                        flag=ResponseFlag.UPSTREAM_PROTOCOL_ERROR, details=str(exc))  # fmt: skip
-    return Failed(reply)
+    def count_request(self, n: int) -> None:
+        self.request_bytes += n
 
 
 class ClientGone(Exception):
@@ -213,7 +204,7 @@ class HttpSession(Session):
             except UpstreamError:
                 if attempt + 1 < ATTEMPTS:
                     continue
-                raise upstream_failure_reply(connected=False) from None
+                raise upstream_failure_http1(connected=False) from None
             ex.target = target
             self.proxy.balancer.started(target)
             try:
@@ -221,7 +212,7 @@ class HttpSession(Session):
                     return
             finally:
                 self.proxy.balancer.finished(target)
-        raise upstream_failure_reply(connected=True)
+        raise upstream_failure_http1(connected=True)
 
     async def _attempts_h2(self, ex: Exchange, plan: Plan) -> None:
         """The app speaks h2c (its port says ``http2`` or ``grpc``): the request goes as
@@ -239,7 +230,7 @@ class HttpSession(Session):
             except UpstreamError:
                 if not last:
                     continue
-                raise upstream_failure_reply(connected=False) from None
+                raise upstream_failure_http1(connected=False) from None
             ex.target = target
             counted = [0, 0]
             self.proxy.balancer.started(target)
@@ -253,7 +244,7 @@ class HttpSession(Session):
             except BridgeFailed as exc:
                 if not exc.connected and not last:
                     continue
-                raise upstream_failure_reply(connected=exc.connected) from None
+                raise upstream_failure_http1(connected=exc.connected) from None
             finally:
                 self.proxy.balancer.finished(target)
                 ex.request_bytes += counted[0]
@@ -271,7 +262,7 @@ class HttpSession(Session):
             await conn.aclose()
             if reused and retry_ok:
                 return False
-            raise upstream_failure_reply(connected=True) from None
+            raise upstream_failure_http1(connected=True) from None
         if not ex.head.has_body:  # nothing to send beside the answer: no task, no nursery
             try:
                 result = await self._respond(conn, ex, reused=reused, retry_ok=retry_ok)
@@ -284,20 +275,19 @@ class HttpSession(Session):
             await self.proxy.upstreams.release(conn, reusable=result)
             return True
         body_sent = trio.Event()
-        failed: Failed | ClientGone | None = None
-        result = None
+        ex.idle = IdleTimer()
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._send_body, conn, ex, body_sent)
-                try:
-                    result = await self._respond(conn, ex, reused=reused, retry_ok=retry_ok)
-                except (Failed, ClientGone) as exc:  # raised outside: no exception group
-                    failed = exc
-                if failed is not None or result is None or not body_sent.is_set():
-                    nursery.cancel_scope.cancel()  # the answer came before the body was sent
+            with ex.idle.scope:
+                failed, result = await self._body_and_answer(conn, ex, body_sent, reused, retry_ok)
         except BaseException:
             await conn.aclose()
             raise
+        if ex.idle.expired:  # no byte either way for the stream idle timeout
+            await conn.aclose()
+            ex.flags, self.keep_alive = ResponseFlag.STREAM_IDLE_TIMEOUT.value, False
+            if ex.status:  # the answer had begun: it is cut
+                raise ClientGone
+            raise Failed(stream_idle_timeout(grpc=False))
         if failed is not None or result is None:
             await conn.aclose()
             if isinstance(ex.body_error, Http1Error):
@@ -312,6 +302,22 @@ class HttpSession(Session):
             result = False
         await self.proxy.upstreams.release(conn, reusable=result)
         return True
+
+    async def _body_and_answer(
+        self, conn: Connection, ex: Exchange, body_sent: trio.Event, reused: bool, retry_ok: bool
+    ) -> tuple[Failed | ClientGone | None, bool | None]:
+        """The body up and the answer down at once: how the answer ended, and whether."""
+        failed: Failed | ClientGone | None = None
+        result = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._send_body, conn, ex, body_sent)
+            try:
+                result = await self._respond(conn, ex, reused=reused, retry_ok=retry_ok)
+            except (Failed, ClientGone) as exc:  # raised outside: no exception group
+                failed = exc
+            if failed is not None or result is None or not body_sent.is_set():
+                nursery.cancel_scope.cancel()  # the answer came before the body was sent
+        return failed, result
 
     async def _respond(
         self, conn: Connection, ex: Exchange, *, reused: bool, retry_ok: bool
@@ -329,11 +335,11 @@ class HttpSession(Session):
                 await self._send_down(encode_response_head(response.status, response.headers))
                 response = await conn.reader.read_head()
         except (Http1Error, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise _bad_upstream(exc) from None
+            raise bad_upstream_answer(exc) from None
         if response is None:
             if reused and retry_ok and not head.has_body:
                 return None  # the app closed the idle connection: it never saw this request
-            raise upstream_failure_reply(connected=True)
+            raise upstream_failure_http1(connected=True)
         ex.status = response.status
         if response.status == 101:
             await self._upgrade(conn, ex, response)
@@ -367,6 +373,8 @@ class HttpSession(Session):
         try:
             while data := await self.reader.read_body():
                 ex.request_bytes += len(data)
+                if ex.idle is not None:
+                    ex.idle.active()
                 if ex.mirror_body is not None:
                     ex.mirror_body.add(data)
                 await conn.stream.send_all(encode_chunk(data) if chunked else data)
@@ -419,6 +427,8 @@ class HttpSession(Session):
         try:
             while data := await conn.reader.read_body():
                 ex.response_bytes += len(data)
+                if ex.idle is not None:
+                    ex.idle.active()
                 await self._send_down(encode_chunk(data) if down_chunked else data)
         except (Http1Error, trio.BrokenResourceError, trio.ClosedResourceError):
             ex.flags = "UPE"
@@ -445,7 +455,7 @@ class HttpSession(Session):
             await conn.aclose()
 
     async def _reply(self, ex: Exchange, reply: Reply) -> None:
-        if ex.head.has_body and not await self._drain_body(ex):
+        if ex.head.has_body and not await self.reader.drain_body(ex.count_request):
             self.keep_alive = False  # its body was not read: the connection cannot go on
         headers = [(latin1(n), latin1(v)) for n, v in reply.headers]
         headers.append((b"x-request-id", ex.request_id))
@@ -454,22 +464,6 @@ class HttpSession(Session):
         encoded = encode_response_head(reply.status, headers, ex.head.version or "1.1")
         ex.response_bytes += len(encoded) + len(reply.body)
         await self._send_down(encoded + reply.body)
-
-    async def _drain_body(self, ex: Exchange) -> bool:
-        """Read and drop the body of a request answered locally, when it is small and comes
-        at once, so the connection can carry the next request; False when it cannot."""
-        left = DRAIN_BYTES
-        with trio.move_on_after(DRAIN_SECONDS):
-            try:
-                while data := await self.reader.read_body():
-                    ex.request_bytes += len(data)
-                    left -= len(data)
-                    if left < 0:
-                        return False
-                return True
-            except (Http1Error, trio.BrokenResourceError, trio.ClosedResourceError):
-                return False
-        return False
 
     async def _send_down(self, data: bytes) -> None:
         try:

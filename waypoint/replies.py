@@ -223,6 +223,18 @@ def route_timeout(*, grpc: bool) -> LocalReply:
     )
 
 
+def upstream_failure_http1(*, connected: bool) -> Failed:
+    """:func:`upstream_failure` for an HTTP/1.x client, raised."""
+    return Failed(upstream_failure(grpc=False, connected=connected))
+
+
+def bad_upstream_answer(exc: BaseException) -> Failed:
+    """The app answered something that is not HTTP (``exc`` says what): 502 ``UPE``."""
+    reply = local_reply(502, "upstream answered badly", grpc=False,
+                        flag=ResponseFlag.UPSTREAM_PROTOCOL_ERROR, details=str(exc))  # fmt: skip
+    return Failed(reply)
+
+
 def stream_idle_timeout(*, grpc: bool) -> LocalReply:
     """No byte either way for the stream idle timeout, before the answer: 408, as Envoy."""
     return local_reply(

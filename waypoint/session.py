@@ -23,6 +23,26 @@ from waypoint.dispatch import Dispatcher, Plan
 from waypoint.telemetry import Finished, RequestMetrics, account
 from waypoint.upstream import Balancer, H2Upstreams, Target, Upstreams
 
+# Envoy's stream_idle_timeout: a request with a body to come that sees no byte either way
+# for this long is ended (408 SI before its answer began, a reset after), so a client
+# that stalls mid-body cannot hold a session, an upstream stream and an app connection.
+STREAM_IDLE_SECONDS = 300.0
+
+
+class IdleTimer:
+    """The stream idle timeout of one request: :meth:`scope` is entered around the
+    exchange, :meth:`active` starts the wait again each time a byte moves."""
+
+    def __init__(self) -> None:
+        self.scope = trio.CancelScope(deadline=trio.current_time() + STREAM_IDLE_SECONDS)
+
+    def active(self) -> None:
+        self.scope.deadline = trio.current_time() + STREAM_IDLE_SECONDS
+
+    @property
+    def expired(self) -> bool:
+        return self.scope.cancelled_caught
+
 
 class Shared(Protocol):
     identity: SpiffeId

@@ -103,7 +103,7 @@ async def test_a_request_the_client_resets_is_cancelled_at_the_app(
 async def test_an_upload_that_stalls_ends_with_408_after_the_stream_idle_timeout(
     mesh: Mesh, app: tuple[App, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("waypoint.h2_session.STREAM_IDLE_SECONDS", 0.5)
+    monkeypatch.setattr("waypoint.session.STREAM_IDLE_SECONDS", 0.5)
     found, _port = app
     with trio.fail_after(10):
         async with h2_client(mesh) as conn:
