@@ -53,6 +53,9 @@ def _json_line(stamp: _Stamp) -> structlog.typing.Processor:
     return render
 
 
+_FULL_PIPE_TRIES = 1000  # about a second of 1 ms waits on a full non-blocking pipe
+
+
 class _LineLogger:
     """Writes each rendered line with one ``os.write`` to the stream's descriptor (or the
     stream's own write and flush when it has none, as a test's ``StringIO``)."""
@@ -72,15 +75,17 @@ class _LineLogger:
             self._stream.flush()
             return
         data = (message + "\n").encode()
-        while data:
+        for _ in range(_FULL_PIPE_TRIES):
             try:
-                n = os.write(self._fd, data)
+                data = data[os.write(self._fd, data) :]
             except BlockingIOError:
                 time.sleep(0.001)  # a non-blocking pipe that is full: the line must not be torn
                 continue
             except OSError:
                 return  # the log's reader is gone: logging must not break the proxy
-            data = data[n:]
+            if not data:
+                return
+        # Its reader has not drained the pipe for a second: the rest of this line is dropped.
 
     log = debug = info = warn = warning = error = critical = exception = fatal = msg
 

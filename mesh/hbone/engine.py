@@ -200,7 +200,7 @@ class Http2Engine(FrameHandling):
             self.drained()
 
     def _is_ours(self, stream_id: int) -> bool:
-        return (stream_id % 2 == 1) == self.client_side
+        return not self.h2.opened_by_peer(stream_id)
 
     def on_data(self, header: frames.FrameHeader, body: int) -> None:
         sid = header.stream_id

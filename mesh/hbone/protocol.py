@@ -123,12 +123,6 @@ class H2Protocol:
 
     # ---- sending ----------------------------------------------------------------
 
-    def data_to_send(self) -> bytes:
-        """What was queued and not taken (when ``out`` is not a writer's batch)."""
-        data = bytes(self.out)
-        self.out.clear()
-        return data
-
     def initiate(self, connection_window: int) -> None:
         """The preface (client), our SETTINGS and the connection window beyond 65,535."""
         if self.client_side:
