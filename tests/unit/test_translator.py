@@ -486,11 +486,14 @@ def test_what_a_big_batch_made_goes_to_the_oldest_generation() -> None:
 
 
 def test_objects_frozen_by_someone_else_stay_frozen() -> None:
+    theirs = [object()]  # a tracked container someone else froze
     gc.freeze()
     try:
-        frozen = gc.get_freeze_count()
         snapshot = Translator().apply(many_pods(1000)).snapshot
-        assert gc.get_freeze_count() == frozen
+        # Frozen objects may be freed meanwhile (the count can drop), but none
+        # the translator left alone returns to a collected generation.
+        assert gc.get_freeze_count() > 0
+        assert not any(in_generation(g, theirs) for g in (0, 1, 2))
         assert not in_generation(2, snapshot.workloads[0])
     finally:
         gc.unfreeze()
