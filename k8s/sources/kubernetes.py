@@ -239,16 +239,23 @@ class ClientApi:
         return _ResponseWatch(await self._open(path, query, timeout), self._closing)
 
     async def request(
-        self, method: str, path: str, body: Mapping[str, Any] | None = None
+        self,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | None = None,
+        *,
+        query: Mapping[str, str] | None = None,
+        content_type: str = "application/json",
     ) -> tuple[int, dict[str, Any]]:
-        """One JSON request (the CA's: TokenReviews, its Secrets): the status and the
-        decoded body, whatever the status; :class:`ca.kube.ApiUnavailable` without one."""
+        """One JSON request (TokenReviews, Secrets, Leases, Events, server-side applies):
+        the status and the decoded body, whatever the status;
+        :class:`ca.kube.ApiUnavailable` without one."""
         try:
             response: aiohttp.ClientResponse = await trio_asyncio.aio_as_trio(
                 self._client.call_api
             )(
-                path, method, body=body, header_params={
-                    "Accept": "application/json", "Content-Type": "application/json"},
+                path, method, body=body, query_params=list((query or {}).items()),
+                header_params={"Accept": "application/json", "Content-Type": content_type},
                 auth_settings=["BearerToken"], _preload_content=False,
                 _request_timeout=LIST_TIMEOUT,
             )  # fmt: skip
@@ -279,3 +286,17 @@ async def open_kube_api(config: KubeSourceConfig) -> AsyncIterator[ClientApi]:
                 # Other closed transports (the CA's requests) finish closing in the loop's
                 # next passes (TLS shuts down): let it run them, or their sockets leak.
                 await trio_asyncio.aio_as_trio(asyncio.sleep)(CLOSE_GRACE)
+
+
+APPLY_CONTENT_TYPE: Final = "application/apply-patch+yaml"  # JSON is YAML
+
+
+async def server_side_apply(
+    api: ClientApi, path: str, document: Mapping[str, Any], *, field_manager: str
+) -> tuple[int, dict[str, Any]]:
+    """Server-Side Apply of ``document`` at ``path`` (an object's path, or its
+    ``/status``), taking ownership of its fields from other managers (``force``)."""
+    return await api.request(
+        "PATCH", path, document, content_type=APPLY_CONTENT_TYPE,
+        query={"fieldManager": field_manager, "force": "true"},
+    )  # fmt: skip
