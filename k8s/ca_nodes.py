@@ -18,6 +18,10 @@ The caller is whoever the API server's TokenReview said its token belongs to
 Every refusal is a sentence the caller receives with its 403 and the CA logs once.
 :class:`KubeNodeAuthorizer` is the :class:`ca.auth.Authorizer` (and
 :class:`ca.auth.Explaining`) over a live store, its index rebuilt when the store changed.
+
+The config stream asks the same question of a ztunnel (:func:`node_refusal`,
+:func:`kube_proxy_authenticator`): which node's view may it have? Only the one its token's
+pod runs on, the token reviewed as the CA reviews it.
 """
 
 from __future__ import annotations
@@ -25,11 +29,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ca.auth import Caller, service_account_of
+from ca.auth import Caller, NotAuthenticated, Reviewer, ReviewUnavailable, service_account_of
+from k8s.config_server import ProxyAuthenticator
 from k8s.core_manifests import Pod
 from k8s.store import ObjectStore
 from mesh.constants import CONTROL_PLANE_SERVICE_ACCOUNT, SYSTEM_NAMESPACE, ZTUNNEL_SERVICE_ACCOUNT
 from mesh.identity import SpiffeId
+from mesh.reason import Failure, Reason
 
 FINISHED_PHASES = ("Succeeded", "Failed")
 
@@ -76,6 +82,55 @@ class PodIndex:
         return tuple(self._on_node.get((namespace, service_account, node), ()))
 
 
+def _caller_pod(caller: str, pods: PodIndex) -> Pod | str | None:
+    """The live pod a pod-bound token is bound to, None for a token bound to no pod, or
+    why the token counts for nothing (its pod is gone, replaced or finished)."""
+    claim = caller.pod if isinstance(caller, Caller) else None
+    if claim is None:
+        return None
+    where = f"{claim.namespace}/{claim.name}"
+    if not pods.listed:
+        return "the control plane has not listed the cluster's pods yet; retry shortly"
+    pod = pods.pod(claim.namespace, claim.name)
+    if pod is None or pod.uid != claim.uid:
+        return (
+            f"the token is bound to pod {where} (uid {claim.uid}), which does not exist"
+            " (deleted, or not seen by the control plane yet)"
+        )
+    if pod.phase in FINISHED_PHASES:
+        return f"the token is bound to pod {where}, which has finished ({pod.phase})"
+    return pod
+
+
+def node_refusal(
+    caller: str,
+    node: str,
+    pods: PodIndex,
+    *,
+    ztunnel: ServiceAccountRef = DEFAULT_ZTUNNEL_ACCOUNT,
+) -> str | None:
+    """None if ``caller`` may have ``node``'s config view: it is the ztunnel's service
+    account with a token bound to a live pod scheduled on ``node``; else why not."""
+    account = service_account_of(caller)
+    if account is None or ServiceAccountRef(*account) != ztunnel:
+        return (
+            f"the token is {caller!r}'s: only the ztunnel's service account ({ztunnel}) may"
+            " have a node's config"
+        )
+    pod = _caller_pod(caller, pods)
+    if isinstance(pod, str):
+        return pod
+    if pod is None:
+        return (
+            f"a ztunnel must present a token bound to its pod (a projected service-account"
+            f" token), which says its node; this one names no pod, so not node {node!r}"
+        )
+    if pod.node_name != node:
+        on = f"node {pod.node_name!r}" if pod.node_name else "no node yet"
+        return f"the token's pod {pod.namespace}/{pod.name} runs on {on}, not on {node!r}"
+    return None
+
+
 def refusal(
     caller: str,
     identity: SpiffeId,
@@ -90,20 +145,9 @@ def refusal(
         return f"caller {caller!r} is not a service account; the CA signs for service accounts"
     if identity.trust_domain != trust_domain:
         return f"{identity} is not of this mesh's trust domain {trust_domain!r}"
-    claim = caller.pod if isinstance(caller, Caller) else None
-    pod: Pod | None = None
-    if claim is not None:
-        where = f"{claim.namespace}/{claim.name}"
-        if not pods.listed:
-            return "the control plane has not listed the cluster's pods yet; retry shortly"
-        pod = pods.pod(claim.namespace, claim.name)
-        if pod is None or pod.uid != claim.uid:
-            return (
-                f"the token is bound to pod {where} (uid {claim.uid}), which does not exist"
-                " (deleted, or not seen by the control plane yet)"
-            )
-        if pod.phase in FINISHED_PHASES:
-            return f"the token is bound to pod {where}, which has finished ({pod.phase})"
+    pod = _caller_pod(caller, pods)
+    if isinstance(pod, str):
+        return pod
     namespace, name = account
     if (identity.namespace, identity.service_account) == account:
         return None  # every service account may have its own identity
@@ -164,3 +208,34 @@ class KubeNodeAuthorizer:
 
     def may_issue(self, caller: str, identity: SpiffeId) -> bool:
         return self.refusal(caller, identity) is None
+
+    def node_refusal(self, caller: str, node: str) -> str | None:
+        return node_refusal(caller, node, self.index(), ztunnel=self.ztunnel)
+
+
+def kube_proxy_authenticator(reviewer: Reviewer, nodes: KubeNodeAuthorizer) -> ProxyAuthenticator:
+    """The config stream's check of a ztunnel on Kubernetes: its certificate is the
+    ztunnel service account's identity, and its bearer token, reviewed by the API server
+    (the CA's audience, the CA's review cache), is bound to a live pod of that account on
+    the node whose view it asks for. 503 while the API server cannot be asked."""
+
+    async def check(token: str | None, node: str, peer: SpiffeId) -> str | Failure | None:
+        ztunnel = nodes.ztunnel
+        if (peer.trust_domain, peer.namespace, peer.service_account) != (
+            nodes.trust_domain, ztunnel.namespace, ztunnel.name,
+        ):  # fmt: skip
+            return f"{peer} is not the ztunnel's identity (service account {ztunnel})"
+        if token is None:
+            return (
+                "no token: a ztunnel shows its pod-bound service-account token (audience"
+                " ambit-ca) to prove which node it runs on"
+            )
+        try:
+            caller = await reviewer.review(token)
+        except NotAuthenticated as exc:
+            return str(exc)
+        except ReviewUnavailable as exc:
+            return Failure(Reason.UNAVAILABLE, str(exc))
+        return nodes.node_refusal(caller, node)
+
+    return check

@@ -15,7 +15,8 @@ is an HBONE request handler (see :mod:`mesh.config_stream` for the messages).
 
 Who may have which view is decided before the stream is accepted, so a refusal is an
 HBONE status: a ztunnel shows the ztunnel identity and its node's token
-(:data:`ProxyAuthenticator`, 401 without a token, 403 with another node's); a
+(:data:`ProxyAuthenticator`, 401 without a token, 403 with another node's, 503 when the
+token could not be checked: on Kubernetes the API server's TokenReview did not answer); a
 waypoint asks for a namespace with ``ambit-namespace`` and a certificate that the
 :data:`WaypointAuthorizer` says is a waypoint of it (403 otherwise); another role,
 or a waypoint naming no namespace, is 400. Both are passed in, so local mode and
@@ -32,7 +33,7 @@ updates is full) is disconnected, and resynchronises when it reconnects.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -64,8 +65,10 @@ QUEUE_LIMIT: Final = 32
 HISTORY: Final = 64  # deltas kept per view
 IDLE_VIEWS: Final = 256  # views kept with no subscriber, for proxies that reconnect
 
-ProxyAuthenticator = Callable[[str | None, str, SpiffeId], str | None]
-"""A ztunnel's (bearer token, node name, peer identity) -> None if allowed, else why not."""
+ProxyAuthenticator = Callable[[str | None, str, SpiffeId], Awaitable[str | Failure | None]]
+"""A ztunnel's (bearer token, node name, peer identity) -> None if allowed, else why not:
+a sentence (401 without a token, 403 with one), or a :class:`~mesh.reason.Failure` with
+its own reason (the token could not be checked)."""
 
 WaypointAuthorizer = Callable[[SpiffeId, str], str | None]
 """A waypoint's (peer identity, namespace asked) -> None if allowed, else why not."""
@@ -77,7 +80,7 @@ def node_token_authenticator(
     """Allow a proxy whose certificate is one of ``allowed_identities`` and whose
     bearer token is the one issued to the node it names."""
 
-    def check(token: str | None, node: str, peer: SpiffeId) -> str | None:
+    async def check(token: str | None, node: str, peer: SpiffeId) -> str | None:
         if peer not in allowed_identities:
             return f"{peer} is not a proxy identity"
         if token is None or tokens.caller_for(token) != node:
@@ -279,14 +282,16 @@ class ConfigServer:
         if messages and state.view is not None:
             sub.version = sub.status.version = state.view.version
 
-    def _admit(self, request: HboneRequest) -> tuple[ViewKey, str] | Failure:
+    async def _admit(self, request: HboneRequest) -> tuple[ViewKey, str] | Failure:
         """The view a CONNECT asks for and the node it says it runs on, or why not."""
         node = request.header(NODE_HEADER) or ""
         role = request.header(ROLE_HEADER) or "ztunnel"
         if role == "ztunnel":
             auth = request.header("authorization") or ""
             token = auth[7:] if auth.startswith("Bearer ") else None
-            refusal = self._authenticate(token, node, request.peer)
+            refusal = await self._authenticate(token, node, request.peer)
+            if isinstance(refusal, Failure):
+                return refusal
             if refusal is not None:
                 reason = Reason.NOT_AUTHORIZED if token else Reason.UNAUTHENTICATED
                 return Failure(reason, refusal)
@@ -304,7 +309,7 @@ class ConfigServer:
 
     async def handle(self, request: HboneRequest) -> None:
         """HBONE handler for one proxy's config stream."""
-        admitted = self._admit(request)
+        admitted = await self._admit(request)
         if isinstance(admitted, Failure):
             log.warning(
                 "config_stream_refused",

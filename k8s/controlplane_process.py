@@ -15,7 +15,12 @@ publishes on every change (changes within ``coalesce`` seconds together), and se
   and decided from the store's pods (:class:`k8s.ca_nodes.KubeNodeAuthorizer`: the
   ztunnel's service account may have the identities of pods on its pod's node, any
   other its own identity only);
-- 15010: the config stream (HBONE, mutual TLS);
+- 15010: the config stream (HBONE, mutual TLS). A ztunnel proves its node with the same
+  token as at the CA: with ``--source files`` its node's token from ``tokens_file``; with
+  ``--source kubernetes`` its pod-bound service-account token, reviewed by the API server,
+  whose pod must run on the node it asks for (:func:`k8s.ca_nodes.kube_proxy_authenticator`);
+  a waypoint by its certificate, whose service account must name a waypoint Gateway of
+  the namespace it asks for;
 - 15014: ``/metrics`` (Prometheus; ``pilot_xds`` is Istio's count of connected
   proxies), ``/ready`` (200 once every kind is listed and a snapshot is published)
   and ``/debug/syncz`` (each proxy, as istiod lists them: role, view, connection,
@@ -49,7 +54,12 @@ from prometheus_client.registry import Collector
 from ca import CaConfig, CertificateAuthority
 from ca.kube import CA_AUDIENCE, ApiUnavailable, KubeRequests, TokenReviewAuthenticator
 from ca.secret_keys import CaSecrets, load_ca_from_secrets
-from k8s.ca_nodes import DEFAULT_ZTUNNEL_ACCOUNT, KubeNodeAuthorizer, ServiceAccountRef
+from k8s.ca_nodes import (
+    DEFAULT_ZTUNNEL_ACCOUNT,
+    KubeNodeAuthorizer,
+    ServiceAccountRef,
+    kube_proxy_authenticator,
+)
 from k8s.controlplane import Access, ControlPlane
 from k8s.files_source import FilesSource
 from k8s.store import ObjectStore
@@ -302,11 +312,14 @@ async def _run(
     store = ObjectStore()
     access = None
     if api is not None:
+        reviewer = TokenReviewAuthenticator(api, audience=config.ca_audience)
+        nodes = KubeNodeAuthorizer(
+            store, trust_domain=config.trust_domain, ztunnel=config.ztunnel_account
+        )
         access = Access(
-            ca_authenticator=TokenReviewAuthenticator(api, audience=config.ca_audience),
-            ca_authorizer=KubeNodeAuthorizer(
-                store, trust_domain=config.trust_domain, ztunnel=config.ztunnel_account
-            ),
+            ca_authenticator=reviewer,
+            ca_authorizer=nodes,
+            proxies=kube_proxy_authenticator(reviewer, nodes),
         )
     plane = ControlPlane(authority, trust_domain=config.trust_domain, access=access)
     tokens = TokensFile(config.tokens_file, plane.tokens)

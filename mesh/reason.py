@@ -32,11 +32,13 @@ operator sees is derived from it, never guessed from a message:
 | caller not authorized | ``not_authorized`` | DENY | 403 |
 | cut at a drain's deadline | ``drain_deadline`` | CONNECT | 503 |
 | shed at a pending or half-closed limit | ``overloaded`` | CONNECT | 503 |
+| a service the decision needs did not answer | ``unavailable`` | CONNECT | 503 |
 
 ``overloaded`` is ztunnel shedding load (:mod:`mesh.pending`): the source, or
 every source together, has too many connections waiting for their destination,
 or too many half-closed ones. It says what ztunnel would not hold, not what the
-destination answered.
+destination answered. ``unavailable`` is a decision that could not be made: the control
+plane could not ask the API server's TokenReview who a proxy's token belongs to.
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ class Reason(enum.Enum):
     NOT_AUTHORIZED = "not_authorized"
     DRAIN_DEADLINE = "drain_deadline"
     OVERLOADED = "overloaded"
+    UNAVAILABLE = "unavailable"
 
     @property
     def flag(self) -> str:

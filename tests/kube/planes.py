@@ -27,9 +27,11 @@ from ca import CertificateAuthority
 from mesh.backoff import Backoff
 from mesh.config_stream import ConfigClient
 from mesh.hbone.client import open_hbone_pool
-from mesh.identity import control_plane_identity, ztunnel_identity
+from mesh.identity import SpiffeId, control_plane_identity, ztunnel_identity
 from mesh.model import MeshSnapshot
+from tests.kube.client import KubeAdmin
 from tests.kube.cluster import REPO, free_port
+from tests.kube.kubelet import namespace, pod, set_pod_running, wait_default_service_account
 
 TD = "cluster.local"
 READY_SECONDS = 60.0  # imports, the CA, and (kubernetes) listing every kind
@@ -62,7 +64,8 @@ class PlaneProcess:
 
     directory: Path
     source_args: list[str]
-    tokens: dict[str, str]  # node -> token
+    tokens: dict[str, str]  # node -> token (files: a node's; kubernetes: its ztunnel pod's)
+    ztunnel: SpiffeId = field(default_factory=lambda: ztunnel_identity(TD))
     ca_port: int = field(default_factory=free_port)
     config_port: int = field(default_factory=free_port)
     metrics_port: int = field(default_factory=free_port)
@@ -153,11 +156,10 @@ async def ztunnel(plane: PlaneProcess, node: str) -> AsyncIterator[list[MeshSnap
         received.append(snapshot)
 
     token = plane.tokens[node]
-    # The ztunnel's certificate straight from the plane's CA directory: on Kubernetes the
-    # CA takes only TokenReview'd pod tokens (tests/kube/test_ca.py), and what is compared
-    # here is the config stream, which still takes node tokens.
+    # The ztunnel's certificate straight from the plane's CA directory (what the CA signs
+    # on Kubernetes is tests/kube/test_ca.py's); its token proves its node.
     own = CertificateAuthority.load(plane.ca_dir).issue_workload_certificate(
-        ztunnel_identity(TD), caller=f"test:{node}"
+        plane.ztunnel, caller=f"test:{node}"
     )
     async with open_hbone_pool(lambda _s: own) as pool, trio.open_nursery() as nursery:
         client = ConfigClient(
@@ -168,6 +170,32 @@ async def ztunnel(plane: PlaneProcess, node: str) -> AsyncIterator[list[MeshSnap
         await nursery.start(client.run)
         yield received
         nursery.cancel_scope.cancel()
+
+
+async def ztunnel_pods(admin: KubeAdmin, ns: str, nodes: list[str]) -> dict[str, str]:
+    """What the node side would run: namespace ``ns`` (made here) with a ``ztunnel``
+    ServiceAccount and a running pod of it on each of ``nodes``; each node's token as
+    the kubelet projects it into that pod (bound to it, audience ``ambit-ca``)."""
+    await admin.create(namespace(ns))
+    await wait_default_service_account(admin, ns)
+    account = {"apiVersion": "v1", "kind": "ServiceAccount",
+               "metadata": {"name": "ztunnel", "namespace": ns}}  # fmt: skip
+    await admin.create(account)
+    tokens = {}
+    for i, node in enumerate(nodes):
+        name = f"ztunnel-{i}"
+        created = await admin.create(pod(ns, name, node=node, service_account="ztunnel"))
+        await set_pod_running(admin, ns, name, f"10.254.0.{i + 1}")
+        request = {
+            "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+            "spec": {"audiences": ["ambit-ca"], "expirationSeconds": 3600, "boundObjectRef": {
+                "apiVersion": "v1", "kind": "Pod", "name": name,
+                "uid": created["metadata"]["uid"]}},
+        }  # fmt: skip
+        answer = await admin.post_subresource("v1", "ServiceAccount", "ztunnel", "token",
+                                              request, ns)  # fmt: skip
+        tokens[node] = str(answer["status"]["token"])
+    return tokens
 
 
 def in_namespace(snapshot: MeshSnapshot, namespace: str) -> dict[str, list[Any]]:

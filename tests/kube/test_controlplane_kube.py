@@ -25,12 +25,21 @@ import pytest
 import trio
 import yaml
 
+from mesh.identity import SpiffeId
 from mesh.model import MeshSnapshot
 from tests.kube import crds
 from tests.kube.client import KubeAdmin, NotFound, Obj
 from tests.kube.cluster import REPO, Cluster
 from tests.kube.kubelet import create_node, remove_pod, set_pod_running
-from tests.kube.planes import PlaneProcess, conditions_in, in_namespace, running, ztunnel
+from tests.kube.planes import (
+    TD,
+    PlaneProcess,
+    conditions_in,
+    in_namespace,
+    running,
+    ztunnel,
+    ztunnel_pods,
+)
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.kube
@@ -120,18 +129,37 @@ async def nodes(kube_admin: KubeAdmin, kube_ns: str) -> AsyncIterator[dict[str, 
                 await kube_admin.delete("v1", "Node", name)
 
 
-def planes(tmp_path: Path, cluster: Cluster, files: str, nodes: dict[str, str]) -> tuple[
-    PlaneProcess, PlaneProcess
-]:  # fmt: skip
+@pytest.fixture
+async def ztunnels(
+    kube_admin: KubeAdmin, kube_ns: str, nodes: dict[str, str]
+) -> AsyncIterator[tuple[str, dict[str, str]]]:
+    """The ztunnels' namespace (apart from the test's, so their pods are not in the
+    config compared) and each node's ztunnel token; the namespace deleted after."""
+    ns = f"{kube_ns}-zt"
+    with trio.fail_after(60):
+        tokens = await ztunnel_pods(kube_admin, ns, list(nodes.values()))
+    yield ns, tokens
+    with trio.fail_after(30), suppress(NotFound):
+        await kube_admin.delete("v1", "Namespace", ns)
+
+
+def planes(
+    tmp_path: Path, cluster: Cluster, files: str, nodes: dict[str, str],
+    ztunnels: tuple[str, dict[str, str]],
+) -> tuple[PlaneProcess, PlaneProcess]:  # fmt: skip
+    """The files source, with node tokens; the API server's, where a ztunnel shows its
+    pod's token, reviewed by the API server, and gets only the view of its pod's node."""
     tokens = {node: secrets.token_hex(8) for node in nodes.values()}
     (tmp_path / "manifests").mkdir()
     (tmp_path / "manifests" / "objects.yaml").write_text(files)
     from_files = PlaneProcess(tmp_path / "files", ["-f", str(tmp_path / "manifests")], dict(tokens))
+    ns, pod_tokens = ztunnels
     from_api = PlaneProcess(
         tmp_path / "kube",
-        ["--source", "kubernetes", "--kubeconfig", str(cluster.kubeconfig)],
-        dict(tokens),
-    )
+        ["--source", "kubernetes", "--kubeconfig", str(cluster.kubeconfig),
+         "--ztunnel-service-account", f"{ns}/ztunnel"],
+        dict(pod_tokens), ztunnel=SpiffeId(TD, ns, "ztunnel"),
+    )  # fmt: skip
     return from_files, from_api
 
 
@@ -171,6 +199,7 @@ async def test_demo_as_files_and_from_the_api_server_is_one_config_that_follows_
     kube_admin: KubeAdmin,
     kube_ns: str,
     nodes: dict[str, str],
+    ztunnels: tuple[str, dict[str, str]],
     tmp_path: Path,
 ) -> None:
     docs = objects((REPO / "examples" / "demo.yaml").read_text(), kube_ns, nodes)
@@ -179,7 +208,7 @@ async def test_demo_as_files_and_from_the_api_server_is_one_config_that_follows_
     with trio.fail_after(150):
         await apply(kube_admin, docs, pod_ips, vips)
         files = as_files(docs, pod_ips, vips)
-        from_files, from_api = planes(tmp_path, kube_cluster, files, nodes)
+        from_files, from_api = planes(tmp_path, kube_cluster, files, nodes, ztunnels)
         async with running(from_files), ztunnel(from_files, node) as expected:
             try:
                 await from_api.start()
@@ -234,6 +263,7 @@ async def test_policies_waypoint_and_route_as_files_and_from_the_api_server_agre
     kube_admin: KubeAdmin,
     kube_ns: str,
     nodes: dict[str, str],
+    ztunnels: tuple[str, dict[str, str]],
     gateway_crds: list[str],
     tmp_path: Path,
 ) -> None:
@@ -244,7 +274,7 @@ async def test_policies_waypoint_and_route_as_files_and_from_the_api_server_agre
         await crds.install(kube_admin, crds.policy_crds("security.istio.io"))
         await apply(kube_admin, docs, pod_ips, vips)
         files = as_files(docs, pod_ips, vips)
-        from_files, from_api = planes(tmp_path, kube_cluster, files, nodes)
+        from_files, from_api = planes(tmp_path, kube_cluster, files, nodes, ztunnels)
         async with (
             running(from_files),
             running(from_api),

@@ -19,7 +19,7 @@ from ca.certificates import CaKeyPair, new_ca
 from ca.errors import CaFileError, CaStateError
 from ca.kube import ApiUnavailable, ReviewCache, TokenReviewAuthenticator, caller_from_review
 from ca.secret_keys import CaSecrets, ca_from_cacerts, ca_from_secret, load_ca_from_secrets
-from k8s.ca_nodes import PodIndex, ServiceAccountRef, refusal
+from k8s.ca_nodes import PodIndex, ServiceAccountRef, node_refusal, refusal
 from k8s.core_manifests import Pod
 from mesh.identity import SpiffeId, build_csr, certs_to_pem, generate_key
 
@@ -169,6 +169,23 @@ def test_any_other_account_gets_its_own_identity_only() -> None:
     assert says(other, "may have only its own identity")
     node = decide("node-a", f"spiffe://{TD}/ns/shop/sa/web")
     assert says(node, "not a service account")
+
+
+def test_a_ztunnel_may_have_the_config_view_of_its_pods_node_only() -> None:
+    def view(caller: str, node: str, pods: PodIndex = PODS) -> str | None:
+        return node_refusal(caller, node, pods, ztunnel=ZTUNNEL)
+
+    assert view(ztunnel_on_a(), "node-a") is None
+    assert view(ztunnel_on_a(), "node-b") == (
+        "the token's pod ambit-system/zt-a runs on node 'node-a', not on 'node-b'"
+    )
+    assert says(view(ztunnel_on_a(uid="an-older-pod"), "node-a"), "does not exist")
+    assert says(view(ztunnel_on_a(), "node-a", PodIndex([], listed=False)), "not listed")
+    assert says(view(Caller(ZT_CALLER), "node-a"), "bound to its pod")
+    web = Caller("system:serviceaccount:shop:web", PodClaim("shop", "web-1", "uid-web-1"))
+    assert says(view(web, "node-a"), "only the ztunnel's service account")
+    unscheduled = PodIndex([pod("ambit-system", "zt-a", "ztunnel", "")])
+    assert says(view(ztunnel_on_a(), "node-a", unscheduled), "runs on no node yet")
 
 
 def test_a_caller_is_its_name_to_other_authorizers() -> None:

@@ -35,6 +35,7 @@ EXPECTED = [
     (Reason.NOT_AUTHORIZED, "DENY", 403),
     (Reason.DRAIN_DEADLINE, "CONNECT", 503),
     (Reason.OVERLOADED, "CONNECT", 503),
+    (Reason.UNAVAILABLE, "CONNECT", 503),
 ]
 
 
