@@ -149,10 +149,12 @@ async def h2_over_h1(
     extra: Sequence[tuple[bytes, bytes]],
     down: H2Stream,
     counted: list[int],
+    active: Callable[[], None] = lambda: None,
 ) -> tuple[int, bool]:
     """Send an HTTP/2 request (headers in ``request``, body from ``down``) on the HTTP/1.1
     connection ``conn`` and answer ``down`` with the app's response: its status, and
-    whether ``conn`` may carry another request."""
+    whether ``conn`` may carry another request. ``active`` hears each body chunk that
+    moved either way (the stream idle timeout starts again)."""
     ended = not down.accepts_data() and not down.buffered
     length = next((v for n, v in request.headers if n == "content-length"), None)
     chunked = not ended and length is None
@@ -174,7 +176,7 @@ async def h2_over_h1(
     status = 0
     async with trio.open_nursery() as nursery:
         if not ended:
-            nursery.start_soon(_h2_body_up, down, conn, chunked, counted)
+            nursery.start_soon(_h2_body_up, down, conn, chunked, counted, active)
         try:
             answer = await conn.reader.read_head()
             while answer is not None and 100 <= answer.status < 200:
@@ -183,7 +185,10 @@ async def h2_over_h1(
                 raise BridgeFailed("the app closed the connection before answering")
             status = answer.status
             is_head = request.method == "HEAD"
-            reusable = await _h1_answer_down(conn.reader, answer, down, counted, is_head=is_head)
+            active()
+            reusable = await _h1_answer_down(
+                conn.reader, answer, down, counted, active, is_head=is_head
+            )
         except (Http1Error, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             failed = BridgeFailed(str(exc)) if status == 0 else exc
         except BridgeFailed as exc:
@@ -194,9 +199,16 @@ async def h2_over_h1(
     return status, reusable
 
 
-async def _h2_body_up(down: H2Stream, conn: Connection, chunked: bool, counted: list[int]) -> None:
+async def _h2_body_up(
+    down: H2Stream,
+    conn: Connection,
+    chunked: bool,
+    counted: list[int],
+    active: Callable[[], None],
+) -> None:
     with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
         while data := await down.receive_some(READ_SIZE):
+            active()
             counted[0] += len(data)
             await conn.stream.send_all(encode_chunk(data) if chunked else data)
         if chunked:
@@ -204,7 +216,13 @@ async def _h2_body_up(down: H2Stream, conn: Connection, chunked: bool, counted: 
 
 
 async def _h1_answer_down(
-    reader: MessageReader, answer: Head, down: H2Stream, counted: list[int], *, is_head: bool
+    reader: MessageReader,
+    answer: Head,
+    down: H2Stream,
+    counted: list[int],
+    active: Callable[[], None],
+    *,
+    is_head: bool,
 ) -> bool:
     headers = [(":status", str(answer.status))]
     headers += [(n.decode("latin-1"), v.decode("latin-1")) for n, v in answer.headers
@@ -217,6 +235,7 @@ async def _h1_answer_down(
         return answer.keep_alive
     try:
         while data := await reader.read_body():
+            active()
             counted[1] += len(data)
             await down.send_all(data)
     except (Http1Error, trio.BrokenResourceError, trio.ClosedResourceError):

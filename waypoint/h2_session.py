@@ -191,7 +191,7 @@ class H2Session(Session):
     async def _forward_within(self, down: H2Stream, req: _Request, plan: Plan) -> str:
         """:meth:`_forward` within the route's timeout and, while a request body is to
         come, the stream idle timeout; the flag of the one that ended it, or ""."""
-        if down.accepts_data() and plan.speak != "http1":  # (the HTTP/1.1 bridge: not yet)
+        if down.accepts_data():
             req.idle = IdleTimer()
         if plan.timeout is None and req.idle is None:  # no cancel scope at all
             await self._forward(down, req, plan)
@@ -257,7 +257,9 @@ class H2Session(Session):
             reusable = False
             self.proxy.balancer.started(target)
             try:
-                req.status, reusable = await h2_over_h1(conn, plan.request, extra, down, counted)
+                req.status, reusable = await h2_over_h1(
+                    conn, plan.request, extra, down, counted, req.active
+                )
                 req.body_read = True
                 return
             except BridgeFailed:

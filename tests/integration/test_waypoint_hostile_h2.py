@@ -1,7 +1,8 @@
 """HTTP/2 clients at the waypoint meeting apps that misbehave: a HEAD answered with the
 length of the GET, a response cut half-way. The h2c client must see the truth (an
 answer without a body; a reset stream, never a clean END_STREAM on a truncated body),
-and a healthy request beside it loses no byte."""
+and a healthy request beside it loses no byte. A client that stalls mid-upload to an
+HTTP/1.1 app gets 408 after the stream idle timeout, and its connection goes on."""
 
 from __future__ import annotations
 
@@ -31,6 +32,10 @@ async def misbehave(head: bytes, stream: trio.SocketStream) -> None:
     elif path == b"/cut-chunked":
         await stream.send_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\na\r\n")
         await stream.send_all(b"x" * 10 + b"\r\n")
+    elif path == b"/upload":  # waits for the whole body, which never comes
+        await trio.sleep(30)
+    else:
+        await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 7\r\n\r\ngenuine")
     await stream.aclose()
 
 
@@ -88,3 +93,20 @@ async def test_a_response_cut_by_the_app_is_a_reset_stream_for_the_client(
             assert dict(await stream.wait_response())[":status"] == "200"
             with pytest.raises(trio.BrokenResourceError):
                 await read_to_end(stream)
+
+
+async def test_an_upload_to_an_http1_app_that_stalls_ends_with_408(
+    mesh: Mesh, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("waypoint.session.STREAM_IDLE_SECONDS", 0.5)
+    with trio.fail_after(10):
+        async with h2_client(mesh) as conn:
+            headers = [(":method", "POST"), (":scheme", "http"), (":path", "/upload"),
+                       (":authority", "web"), ("content-length", "100")]  # fmt: skip
+            stream = conn.start_request(headers)
+            await stream.send_all(b"x" * 10)  # then nothing: the client stalls mid-body
+            assert dict(await stream.wait_response())[":status"] == "408"
+            await mesh.requests_counted(response_code="408", response_flags="SI")
+            again = request(conn, "GET", "/next")  # the connection goes on
+            assert dict(await again.wait_response())[":status"] == "200"
+            assert await read_to_end(again) == b"genuine"
