@@ -147,11 +147,10 @@ def config_from_args(args: argparse.Namespace) -> Any:
     token and trust bundle read from their files). Raises OSError, ValueError or
     IdentityError with a message for the operator."""
     from mesh.identity import TrustBundle
+    from mesh.tokens import TokenFile
     from waypoint.config import WaypointConfig
 
-    token = args.token_file.read_text().strip()
-    if not token:
-        raise ValueError(f"{args.token_file}: the token file is empty")
+    token = TokenFile(args.token_file)  # read again as the kubelet rotates it
     return WaypointConfig(
         namespace=args.namespace,
         name=args.name,

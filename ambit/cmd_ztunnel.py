@@ -67,6 +67,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     from mesh.identity import IdentityError, TrustBundle
+    from mesh.tokens import TokenFile
     from ztunnel.main import ZtunnelConfig, run_ztunnel
 
     try:
@@ -74,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
             node=args.node,
             control_plane=_address(args.control_plane, CONFIG_STREAM_PORT),
             ca=_address(args.ca, CONTROL_PLANE_PORT),
-            token=args.token_file.read_text().strip(),
+            token=TokenFile(args.token_file),
             bundle=TrustBundle.from_pem(args.trust_bundle.read_bytes()),
             pods_file=args.pods_file,
             trust_domain=args.trust_domain,

@@ -30,6 +30,7 @@ from mesh.identity import (
     verify_peer,
 )
 from mesh.tls import ALPN_H2, bootstrap_client_context
+from mesh.tokens import Token, current
 
 CERTIFICATES_PATH: Final = "/v1/certificates"  # the CA service's one endpoint
 MAX_RESPONSE_BYTES: Final = 1024 * 1024
@@ -82,7 +83,7 @@ class CaClient:
         self,
         address: tuple[str, int],
         *,
-        token: str,
+        token: Token,
         bundle: TrustBundle,
         trust_domain: str = DEFAULT_TRUST_DOMAIN,
         ca_identity: SpiffeId | None = None,
@@ -197,7 +198,7 @@ class CaClient:
             (":path", CERTIFICATES_PATH),
             ("content-type", "application/json"),
             ("content-length", str(length)),
-            ("authorization", f"Bearer {self._token}"),
+            ("authorization", f"Bearer {current(self._token)}"),
         ]
 
 

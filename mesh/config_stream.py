@@ -40,6 +40,7 @@ from mesh.hbone.client import HboneClientPool
 from mesh.identity import SpiffeId
 from mesh.jsonform import ModelError
 from mesh.model import Delta, MeshSnapshot, apply
+from mesh.tokens import Token, current
 
 log = structlog.get_logger("mesh.config_stream")
 
@@ -141,7 +142,7 @@ class ConfigClient:
         address: tuple[str, int],
         expected: SpiffeId,
         node: str,
-        token: str | None,
+        token: Token | None,
         on_update: Callable[[MeshSnapshot], Awaitable[None]],
         backoff: Backoff | None = None,
         role: Role = "ztunnel",
@@ -213,7 +214,7 @@ class ConfigClient:
         if self._namespace is not None:
             headers.append((NAMESPACE_HEADER, self._namespace))
         if self._token is not None:
-            headers.append(("authorization", f"Bearer {self._token}"))
+            headers.append(("authorization", f"Bearer {current(self._token)}"))
         return headers
 
     async def _session(self, stream: HboneStream, applied: Callable[[], None]) -> None:

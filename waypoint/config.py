@@ -21,6 +21,7 @@ from mesh.constants import (
     READINESS_PORT,
 )
 from mesh.identity import SpiffeId, TrustBundle
+from mesh.tokens import Token
 
 # The label a waypoint's pods and Service carry: the Gateway they serve (Gateway API's).
 LABEL_GATEWAY_NAME = constants.LABEL_GATEWAY_NAME
@@ -32,7 +33,7 @@ class WaypointConfig:
     name: str  # the Gateway's name: also its service account
     control_plane: tuple[str, int]
     ca: tuple[str, int]
-    token: str  # the service account's bearer token, for the CA
+    token: Token  # the service account's bearer token, for the CA
     bundle: TrustBundle
     trust_domain: str = DEFAULT_TRUST_DOMAIN
     listen_ip: str = "0.0.0.0"  # HBONE 15008, metrics 15020 and readiness 15021

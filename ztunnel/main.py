@@ -39,6 +39,7 @@ from mesh.memory import serve_heap_trimmer
 from mesh.metrics import TcpMetrics
 from mesh.model import Workload
 from mesh.pending import PendingLimits
+from mesh.tokens import Token
 from ztunnel.telemetry import ZtunnelTelemetry
 from ztunnel.ztunnel import Ztunnel
 
@@ -51,7 +52,7 @@ class ZtunnelConfig:
     node: str
     control_plane: tuple[str, int]
     ca: tuple[str, int]
-    token: str
+    token: Token  # re-read as it rotates (mesh.tokens.TokenFile)
     bundle: TrustBundle
     pods_file: Path
     trust_domain: str = DEFAULT_TRUST_DOMAIN

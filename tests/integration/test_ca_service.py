@@ -6,6 +6,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import h2.config
 import h2.connection
@@ -28,6 +29,7 @@ from mesh.identity import (
     verify_peer,
 )
 from mesh.tls import bootstrap_client_context, client_context, server_context
+from mesh.tokens import TokenFile
 
 TD = "cluster.local"
 WEB = SpiffeId(TD, "default", "web")
@@ -311,3 +313,17 @@ async def test_client_follows_a_root_rotation(service: Service) -> None:
         # The service now presents a certificate of the new root; the client trusts it.
         _, bundle = await client.sign(csr_for(WEB), None)
     assert bundle.roots == (service.ca.root,)
+
+
+async def test_a_client_shows_the_token_its_file_holds_now(
+    service: Service, tmp_path: Path
+) -> None:
+    path = tmp_path / "token"
+    path.write_text("an-expired-token")
+    client = CaClient(service.address, token=TokenFile(path), bundle=service.ca.trust_bundle)
+    with pytest.raises(CaRefused) as refused:
+        await client.sign(build_csr(WEB, generate_key()), None)
+    assert refused.value.status == 401
+    path.write_text(TOKEN)  # rotated: the same client shows the new one
+    chain, _bundle = await client.sign(build_csr(WEB, generate_key()), None)
+    assert chain[0].subject is not None

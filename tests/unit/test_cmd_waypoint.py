@@ -16,6 +16,7 @@ from k8s.local.errors import LocalClusterError
 from k8s.translate_l7 import waypoint
 from k8s.waypoint_deployer import DeployerSettings, waypoint_objects
 from mesh.identity import SpiffeId
+from mesh.tokens import current
 from tests.k8s_builders import gateway
 from waypoint.config import LABEL_GATEWAY_NAME, WaypointConfig
 
@@ -50,7 +51,7 @@ def test_the_deployers_command_parses_into_a_waypoint_config(tmp_path: Path) -> 
     assert config.identity == SpiffeId("cluster.local", "shop", "edge")
     assert config.control_plane == ("10.244.0.1", 15010)
     assert config.ca == ("10.244.0.1", 15012), "the CA's port by default"
-    assert config.token == "s3cret"
+    assert current(config.token) == "s3cret"
     assert config.drain_seconds == 1.0
     assert config.listen_ip == "0.0.0.0"
     assert len(config.bundle.roots) == 1
