@@ -38,15 +38,25 @@ command -v "$python" >/dev/null || fail "no $python (set PYTHON to a Python 3.11
 "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
     fail "$python is $("$python" -V 2>&1), ambit needs Python 3.11+"
 "$python" -m pip --version >/dev/null 2>&1 ||
-    fail "$python has no pip (Debian: apt-get install python3-pip python3-venv)"
-"$python" -c 'import venv, ensurepip' 2>/dev/null ||
+    fail "$python has no pip (Debian: apt-get install python3-pip)"
+"$python" -m pip --python "$python" --version >/dev/null 2>&1 ||
+    fail "$python's pip is older than 22.3 (no --python option): upgrade it"
+"$python" -c 'import venv' 2>/dev/null ||
     fail "$python cannot make virtual environments (Debian: apt-get install python3-venv)"
 if [ -e "$prefix" ] && [ -n "$(ls -A "$prefix" 2>/dev/null)" ]; then
     fail "$prefix exists and is not empty: install into a new directory"
 fi
 
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+created=
+cleanup() {
+    local status=$?
+    rm -rf "$work"
+    # A half-made venv would only make the next attempt refuse the directory.
+    if [ "$status" -ne 0 ] && [ -n "$created" ]; then rm -rf "$prefix"; fi
+}
+trap cleanup EXIT
+trap 'say "error: \`$BASH_COMMAND\` failed (line $LINENO); nothing is left in $prefix"' ERR
 
 "$python" "$subset" runtime "$lock" "$src/pyproject.toml" >"$work/runtime.txt"
 "$python" "$subset" pins "$lock" >"$work/pins.txt"
@@ -56,6 +66,7 @@ if grep -q -- '--hash=' "$work/runtime.txt"; then
 fi
 
 say "creating the virtual environment $prefix with $("$python" -V 2>&1)"
+created=yes
 "$python" -m venv --without-pip "$prefix"
 target=$prefix/bin/python
 pip=("$python" -m pip --python "$target" --disable-pip-version-check --no-input)

@@ -6,16 +6,13 @@ user the manifests expect, under the name ``make image`` tags and the manifests 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shutil
 import subprocess
-import sys
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import yaml
@@ -23,24 +20,12 @@ import yaml
 from ambit.cli import build_parser
 from k8s import install
 from k8s.waypoint_deployer import DeployerSettings, run_command
+from tests.install_support import lock_subset
 from tests.k8s_builders import gateway
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = "install/install-ambit.sh"
 PREFIX = "/opt/ambit"
-
-
-def _load_lock_subset() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("lock_subset", ROOT / "install/lock_subset.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["lock_subset"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-lock_subset = _load_lock_subset()
 
 
 @dataclass(frozen=True)
