@@ -8,6 +8,8 @@
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
+# The build stage's pip runs as root into a venv it owns: nothing to warn about.
+ENV PIP_ROOT_USER_ACTION=ignore
 WORKDIR /src
 # .dockerignore keeps the context to what the install reads.
 COPY . .

@@ -37,6 +37,7 @@ fail() { say "error: $*"; exit 1; }
 command -v "$python" >/dev/null || fail "no $python (set PYTHON to a Python 3.11+ interpreter)"
 "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
     fail "$python is $("$python" -V 2>&1), ambit needs Python 3.11+"
+python=$("$python" -c 'import sys; print(sys.executable)')  # a path, as `pip --python` needs
 "$python" -m pip --version >/dev/null 2>&1 ||
     fail "$python has no pip (Debian: apt-get install python3-pip)"
 "$python" -m pip --python "$python" --version >/dev/null 2>&1 ||
