@@ -54,7 +54,8 @@ charts: $(STAMP)
 # The ambit image (Dockerfile: install/install-ambit.sh into /opt/ambit), tagged with the
 # name `ambit install` and the charts use by default (k8s/install.py; a test checks).
 VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' pyproject.toml)
-IMAGE ?= ambit:$(VERSION)
+# Another name: make image IMAGE=registry.example/ambit:TAG (the environment's IMAGE is ignored).
+IMAGE := ambit:$(VERSION)
 image:
 	@command -v docker >/dev/null || { echo "make image needs docker, which is not installed here"; exit 1; }
 	docker build --build-arg VERSION=$(VERSION) -t $(IMAGE) .

@@ -7,6 +7,7 @@ user the manifests expect, under the name ``make image`` tags and the manifests 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -130,8 +131,10 @@ def test_the_commands_the_manifests_run_are_commands_of_the_cli(component: str) 
 def _makefile_image_tag() -> str:
     if shutil.which("make") is None:
         pytest.skip("no make on this machine")
+    # Not a parent make's command-line variables (MAKEFLAGS would pass an IMAGE=... on).
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
     recipe = subprocess.run(
-        ["make", "-s", "-n", "image"], cwd=ROOT, capture_output=True, text=True, check=True
+        ["make", "-s", "-n", "image"], cwd=ROOT, env=env, capture_output=True, text=True, check=True
     ).stdout
     (build,) = [line for line in recipe.splitlines() if line.startswith("docker build")]
     match = re.search(r"-t (\S+)", build)
