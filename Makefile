@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: lock test lint typecheck pytest kube helm charts demo bench clean
+.PHONY: lock test lint typecheck pytest kube helm charts image demo bench clean
 
 # Every dependency's version comes from requirements.lock (made by `make lock`);
 # pyproject.toml keeps only the lower bounds.
@@ -50,6 +50,15 @@ helm:
 # charts/ is generated from k8s/crds.py and k8s/install.py: run after changing either.
 charts: $(STAMP)
 	$(BIN)/python -m k8s.charts
+
+# The ambit image (Dockerfile: install/install-ambit.sh into /opt/ambit), tagged with the
+# name `ambit install` and the charts use by default (k8s/install.py; a test checks).
+VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' pyproject.toml)
+# Another name: make image IMAGE=registry.example/ambit:TAG (the environment's IMAGE is ignored).
+IMAGE := ambit:$(VERSION)
+image:
+	@command -v docker >/dev/null || { echo "make image needs docker, which is not installed here"; exit 1; }
+	docker build --build-arg VERSION=$(VERSION) -t $(IMAGE) .
 
 demo: $(STAMP)
 	@if [ "$$(id -u)" != 0 ]; then echo "make demo needs root (network namespaces, iptables): try sudo make demo"; exit 1; fi
