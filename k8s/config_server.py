@@ -22,6 +22,12 @@ waypoint asks for a namespace with ``ambit-namespace`` and a certificate that th
 or a waypoint naming no namespace, is 400. Both are passed in, so local mode and
 Kubernetes bring their own.
 
+Versions count from 1 in each control-plane process, so a version alone does not say
+which config a proxy holds: a restarted control plane, or another replica, has its own
+v1. Every snapshot and delta carries the server's ``epoch`` (random, one per
+:class:`ConfigServer`), a proxy's hello says the epoch of the version it holds, and a
+proxy from another epoch (or one that names none) is sent the whole view.
+
 Each view is computed once per published version, whatever the number of its
 subscribers (:class:`k8s.views.Views`). Memory stays bounded: a view's entries are
 the snapshot's own objects; the state of a view nobody subscribes to any more is
@@ -32,6 +38,7 @@ updates is full) is disconnected, and resynchronises when it reconnects.
 
 from __future__ import annotations
 
+import secrets
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -193,6 +200,7 @@ class ConfigServer:
         self._states: dict[ViewKey, _ViewState] = {}
         self._idle: dict[ViewKey, None] = {}  # keys without subscribers, oldest first
         self._last_seen: dict[tuple[Role, str, str], ProxyStatus] = {}
+        self.epoch = secrets.token_hex(8)  # this server's numbering of versions
 
     @property
     def snapshot(self) -> MeshSnapshot | None:
@@ -261,13 +269,20 @@ class ConfigServer:
             deltas = [d for d in state.history if d.from_version >= version]
             # Far behind, one snapshot is cheaper than many deltas and fits the queue.
             if deltas and deltas[0].from_version == version and len(deltas) < self._queue_limit:
-                return [{"type": "delta", "delta": d.to_json()} for d in deltas]
-        return [{"type": "snapshot", "snapshot": view.to_json()}]
+                return [
+                    {"type": "delta", "delta": d.to_json(), "epoch": self.epoch} for d in deltas
+                ]
+        return [{"type": "snapshot", "snapshot": view.to_json(), "epoch": self.epoch}]
 
     def _push(self, state: _ViewState, sub: _Subscriber, messages: list[Message]) -> None:
         try:
             for message in messages:
                 sub.channel.send_nowait(message)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            # Its stream is ending (the proxy left; its task has not run its cleanup yet):
+            # nothing to send, and nothing to stop the others' updates.
+            state.subscribers.discard(sub)
+            return
         except trio.WouldBlock:
             log.warning(
                 "config_subscriber_lagging",
@@ -338,7 +353,10 @@ class ConfigServer:
             )
             return
         status = ProxyStatus(key[0], key[1], node, True, str(request.peer))
-        await self._serve(key, status, hello.get("version"), messages)
+        # A version of another epoch (a restarted control plane, another replica) is not
+        # one of ours: the proxy gets the whole view.
+        version = hello.get("version") if hello.get("epoch") == self.epoch else None
+        await self._serve(key, status, version, messages)
 
     async def _serve(
         self, key: ViewKey, status: ProxyStatus, version: object, messages: MessageStream

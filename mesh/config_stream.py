@@ -11,14 +11,18 @@ waypoint's certificate is its proof. On the stream, both directions carry
 messages framed as a 4-byte big-endian length and a JSON object:
 
 - proxy -> control plane: ``{"type": "hello", "node": N, "role": R, "version":
-  V|null}`` (a waypoint adds ``"namespace": NS``; node, role and namespace must
-  be the headers'), first, then ``{"type": "ack", "version": V}`` or ``{"type":
+  V|null, "epoch": E|null}`` (a waypoint adds ``"namespace": NS``; node, role and
+  namespace must be the headers'), first, then ``{"type": "ack", "version": V}`` or ``{"type":
   "nack", "version": V, "error": "..."}`` for every update;
-- control plane -> proxy: ``{"type": "snapshot", "snapshot": {...}}`` (the
-  proxy's whole view, a :class:`~mesh.model.MeshSnapshot`), then ``{"type":
-  "delta", "delta": {...}}`` for each change of that view (a
+- control plane -> proxy: ``{"type": "snapshot", "snapshot": {...}, "epoch": E}``
+  (the proxy's whole view, a :class:`~mesh.model.MeshSnapshot`), then ``{"type":
+  "delta", "delta": {...}, "epoch": E}`` for each change of that view (a
   :class:`~mesh.model.Delta`). A view that a new version leaves unchanged is
   not sent again: a proxy's version is the last at which its view changed.
+  ``epoch`` names the control-plane process that numbered the versions (each
+  counts from 1): a proxy's version means something only with its epoch, and a
+  delta of another epoch than the proxy's snapshot is refused (NACK, then a
+  whole snapshot).
 
 A proxy that loses the control plane keeps serving its last good snapshot,
 reconnects with jittered exponential backoff, and says in ``hello`` which
@@ -163,6 +167,7 @@ class ConfigClient:
         self._on_update = on_update
         self._backoff = backoff or Backoff()
         self.snapshot: MeshSnapshot | None = None
+        self.epoch: str | None = None  # whose numbering ``snapshot.version`` is in
         self.connected = False
         self.reconnects = 0
         self._want_full = False
@@ -220,7 +225,8 @@ class ConfigClient:
     async def _session(self, stream: HboneStream, applied: Callable[[], None]) -> None:
         messages = MessageStream(stream)
         have = None if self._want_full or self.snapshot is None else self.snapshot.version
-        hello: Message = {"type": "hello", "node": self._node, "role": self._role, "version": have}
+        hello: Message = {"type": "hello", "node": self._node, "role": self._role, "version": have,
+                          "epoch": self.epoch if have is not None else None}  # fmt: skip
         if self._namespace is not None:
             hello["namespace"] = self._namespace
         await messages.send(hello)
@@ -241,6 +247,8 @@ class ConfigClient:
                 # Logged once, as config_stream_lost, by the loop that reconnects.
                 raise ConfigStreamError(f"rejected the {kind}: {exc}") from exc
             self.snapshot = new
+            epoch = message.get("epoch")
+            self.epoch = epoch if isinstance(epoch, str) else None
             self._want_full = False
             await messages.send({"type": "ack", "version": new.version})
             log.info("config_applied", node=self._node, version=new.version, kind=kind)
@@ -252,5 +260,10 @@ class ConfigClient:
         if kind == "delta":
             if self.snapshot is None:
                 raise ModelError("a delta arrived before any snapshot")
+            if message.get("epoch") != self.epoch:
+                raise ModelError(
+                    f"a delta of epoch {message.get('epoch')!r} for a snapshot of epoch"
+                    f" {self.epoch!r}: another control plane's versions"
+                )
             return apply(self.snapshot, Delta.from_json(message.get("delta")))
         raise ModelError(f"unknown message type {kind!r}")

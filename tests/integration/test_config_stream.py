@@ -163,6 +163,32 @@ async def test_the_last_config_survives_a_dead_control_plane_and_resyncs(root: P
     assert client.snapshot == versioned(3, pods=4)
 
 
+async def test_a_restarted_control_plane_numbering_afresh_is_sent_whole(root: Pki) -> None:
+    """Each control-plane process counts versions from 1: a proxy holding the old
+    process's v1 is sent the new process's v1 whole (another epoch), not nothing, and
+    later deltas apply to what the proxy really holds."""
+    old, new = make_server(), make_server()
+    old.publish(versioned(1, pods=2))
+    new.publish(versioned(1, pods=5))  # same version, other content
+    proxy = Proxy()
+    with trio.fail_after(15):
+        async with (
+            trio.open_nursery() as nursery,
+            running(root, old, proxy, via_relay=True) as (client, relay),
+        ):
+            assert relay is not None
+            await wait_until(lambda: proxy.applied)
+            relay.target = await start_server(nursery, new.handle, root.issue(CP_ID))
+            # The control plane "restarted" behind the same address.
+            relay.cut()
+            await wait_until(lambda: len(proxy.applied) == 2)
+            assert client.snapshot == versioned(1, pods=5)
+            new.publish(versioned(2, pods=6))
+            await wait_until(lambda: client.snapshot == versioned(2, pods=6))
+            nursery.cancel_scope.cancel()
+    assert client.epoch == new.epoch != old.epoch
+
+
 async def test_a_reconnecting_proxy_gets_only_what_changed(root: Pki, logs: Logs) -> None:
     server = make_server()
     server.publish(versioned(1))

@@ -171,9 +171,11 @@ def ztunnel_headers(node: str, token: str) -> list[tuple[str, str]]:
     return [("ambit-node", node), ("authorization", f"Bearer {token}")]
 
 
-async def hello(messages: MessageStream, node: str, version: int | None) -> None:
+async def hello(
+    messages: MessageStream, node: str, version: int | None, epoch: str | None = None
+) -> None:
     """A ztunnel's hello, without a role as older proxies send it."""
-    await messages.send({"type": "hello", "node": node, "version": version})
+    await messages.send({"type": "hello", "node": node, "version": version, "epoch": epoch})
 
 
 # --- a ztunnel's view --------------------------------------------------------------------------
@@ -262,7 +264,7 @@ async def test_a_ztunnel_reconnecting_with_a_version_gets_only_its_views_deltas_
             server.publish(mesh(3, web_v2))
             server.publish(mesh(4, web_v2))
             async with raw(root, address, ZTUNNEL_ID, headers) as messages:
-                await hello(messages, "node-1", 1)
+                await hello(messages, "node-1", 1, server.epoch)
                 message = await messages.receive()
                 server.publish(mesh(5, web_v2, workload("new", "shop", ip="10.244.2.12")))
                 following = await messages.receive()
@@ -274,6 +276,32 @@ async def test_a_ztunnel_reconnecting_with_a_version_gets_only_its_views_deltas_
     assert following is not None
     assert following["type"] == "delta"
     assert Delta.from_json(following["delta"]).from_version == 4
+
+
+async def test_a_hello_from_another_epoch_or_none_gets_the_whole_view(root: Pki) -> None:
+    server = make_server()
+    server.publish(mesh(1))
+    web = allow("web-only", rule([source(namespaces=["tools"])]), namespace="shop",
+                selector={"app": "web"})  # fmt: skip
+    headers = ztunnel_headers("node-1", "token-1")
+    seen = []
+
+    async def first_message(address: tuple[str, int], epoch: str | None) -> None:
+        async with raw(root, address, ZTUNNEL_ID, headers) as messages:
+            await hello(messages, "node-1", 1, epoch)
+            message = await messages.receive()
+            assert message is not None
+            seen.append((message["type"], message["epoch"]))
+
+    with trio.fail_after(10):
+        async with serving(root, server) as address:
+            await first_message(address, None)  # no epoch: v1 whole
+            server.publish(mesh(2, web))  # node-1's view changes: v1 -> v2 is a delta
+            await first_message(address, "another-process")  # its v1 is not ours
+            await first_message(address, server.epoch)  # ours: the delta
+    assert seen == [
+        ("snapshot", server.epoch), ("snapshot", server.epoch), ("delta", server.epoch),
+    ]  # fmt: skip
 
 
 # --- a waypoint's view -------------------------------------------------------------------------
@@ -425,7 +453,7 @@ async def test_views_without_subscribers_are_kept_up_to_a_limit(root: Pki) -> No
                 ("node-1", "token-1", "snapshot"),
             ):
                 async with raw(root, address, ZTUNNEL_ID, ztunnel_headers(node, token)) as messages:
-                    await hello(messages, node, 1)
+                    await hello(messages, node, 1, server.epoch)
                     message = await messages.receive()
                     assert message is not None
                     # node-2's view was kept: the delta to v2; node-1's was not: all of v2
