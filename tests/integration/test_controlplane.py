@@ -402,7 +402,7 @@ async def test_a_deployment_plugs_in_its_own_access_rules() -> None:
 
     refusals: list[tuple[str | None, str]] = []
 
-    def no_proxies(token: str | None, node: str, peer: SpiffeId) -> str | None:
+    async def no_proxies(token: str | None, node: str, peer: SpiffeId) -> str | None:
         refusals.append((token, node))
         return "this deployment serves no proxies"
 
