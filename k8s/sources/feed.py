@@ -8,7 +8,9 @@ resource's :class:`~k8s.sources.watch.ResourceWatch` and keeps
   (the API server accepted it, but ambit does not support it) is left out, logged once
   (``object_refused``) and kept in :attr:`StoreFeed.errors` until it changes or goes;
 - of a kind fed by two resources (ambit's and Istio's policies), the store holds, per
-  name, the object of the first resource that has one (ambit's);
+  name, the object of the first resource that has one (ambit's), with the
+  ``apiVersion`` it came as when a CRD serves it (its document: where its status is
+  written);
 - a kind is listed (the store's gate) once every resource of it is (an absent CRD's
   resource counts as listed, empty); :class:`~k8s.sources.watch.Unlisted` closes the
   gate for the kind again.
@@ -40,7 +42,9 @@ class StoreFeed:
     def __init__(self, store: ObjectStore, resources: Sequence[Resource]) -> None:
         self.store = store
         self.resources = tuple(resources)
-        self._objects: dict[Resource, dict[Key, K8sObject]] = {r: {} for r in self.resources}
+        self._objects: dict[Resource, dict[Key, tuple[K8sObject, str]]] = {
+            r: {} for r in self.resources
+        }
         self._listed: set[Resource] = set()
         self._errors: dict[tuple[Resource, Key], str] = {}
 
@@ -80,7 +84,8 @@ class StoreFeed:
             self._objects[resource].pop(change.key, None)
         else:
             self._errors.pop((resource, change.key), None)
-            self._objects[resource][change.key] = obj
+            version = str(change.raw.get("apiVersion") or "")
+            self._objects[resource][change.key] = (obj, version)
         self._settle(resource.kind, change.key)
 
     def _forget(self, resource: Resource, key: Key) -> None:
@@ -95,6 +100,8 @@ class StoreFeed:
         namespace, name = key
         for resource in self.resources:
             if resource.kind == kind and key in self._objects[resource]:
-                self.store.put(self._objects[resource][key])
+                obj, version = self._objects[resource][key]
+                kept = {"apiVersion": version} if version and resource.crd else None
+                self.store.put(obj, document=kept)
                 return
         self.store.delete((kind, namespace, name))
