@@ -67,7 +67,13 @@ from k8s.ca_nodes import (
 )
 from k8s.controlplane import Access, ControlPlane
 from k8s.files_source import FilesSource
-from k8s.leader import Leadership, LeaderTask, LeaseConfig, run_when_leader
+from k8s.leader import (
+    Leadership,
+    LeaderTask,
+    LeaseConfig,
+    default_identity,
+    run_when_leader,
+)
 from k8s.status_writer import run_status_writer
 from k8s.store import ObjectStore
 from mesh.admin import json_response, metrics_route, ready_route, serve_http
@@ -323,7 +329,7 @@ async def _lead(config: ControlPlaneConfig, api: ClientApi, state: _State) -> No
     if lease is None:
         state.leadership.leading = True
         async with trio.open_nursery() as nursery:
-            for task in leader_tasks(api, state.store, "unelected"):
+            for task in leader_tasks(api, state.store, default_identity()):
                 nursery.start_soon(task)
         return
     tasks = leader_tasks(api, state.store, lease.identity)

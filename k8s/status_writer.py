@@ -164,7 +164,8 @@ async def run_status_writer(
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Write statuses (and Events) after each revision of ``store`` once every kind is
-    listed; failed writes again after ``backoff``'s delays. Runs until cancelled."""
+    listed; failed writes again after ``backoff``'s delays (a bug in a round is logged
+    once per round and retried the same way). Runs until cancelled."""
     writer = StatusWriter(api, store, EventRecorder(api, instance=identity))
     backoff = backoff or Backoff(initial=0.5, maximum=30.0)
     task_status.started()
@@ -176,5 +177,9 @@ async def run_status_writer(
         seen = store.revision
         if not store.complete:
             continue
-        failed = await writer.write_round()
+        try:
+            failed = await writer.write_round()
+        except Exception:  # a bug: logged, retried after the backoff, never fatal
+            log.exception("status_round_failed")
+            failed = 1
         failures = failures + 1 if failed else 0

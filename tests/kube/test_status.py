@@ -220,6 +220,16 @@ async def test_gateway_route_policy_and_service_status_are_written(
                 admin, GW, "HTTPRoute", "r", ns, lambda o: parent_of(o, "ResolvedRefs") == resolved
             )
 
+            # Broken again: the same Event counts it, no second one.
+            await set_backend(admin, ns, "gone")
+
+            async def counted() -> list[Obj] | None:
+                found = await events_for(admin, ns, "r")
+                return found if (found[0].get("series") or {}).get("count") == 2 else None
+
+            assert len(await wait_for(counted, seconds=SECONDS)) == 1
+            await set_backend(admin, ns, "echo")
+
             # The Service parent dropped: ambit's entry goes, the other controller's stays.
             only_other = {"spec": {"parentRefs": [{"name": "other"}]}}
             await admin.patch(GW, "HTTPRoute", "r", only_other, ns)
