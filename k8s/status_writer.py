@@ -12,9 +12,9 @@ does not trust its predecessor), then what changed. A route's ``status.parents``
 first and the other controllers' entries kept; the apply then carries the
 ``resourceVersion`` read, so a concurrent change makes it fail (409) and it is read again.
 
-- 404 (the object was deleted meanwhile) and 409 on the ``uid`` precondition (it was
-  replaced by another of the same name) are skipped, logged at debug: the store will
-  hear of it.
+- 404 (the object was deleted meanwhile) and a refused ``uid`` (409 when no object of
+  the name exists, 422 when another of the same name replaced it) are skipped, logged at
+  debug: the store will hear of it.
 - Any other failure is retried after :class:`mesh.backoff.Backoff`'s delays, logged once
   per object until it is written (``status_write_failed``, ``status_write_recovered``).
 - A problem that appears on an object (a condition of
@@ -140,13 +140,25 @@ def _check(code: int, body: Mapping[str, Any]) -> None:
     message = str(body.get("message") or "")
     if code == 404:
         raise _Skip("the object is gone")
-    if code == 409 and "UID in precondition" in message:
-        raise _Skip("the object was replaced")
+    if _other_uid(code, body):
+        raise _Skip("the object was replaced, or is gone")
     if code in (401, 403):
         hint = "may the control plane patch this kind's status? (ambit install's ClusterRole)"
         raise ApiUnavailable(f"HTTP {code}: {message[:300]}", hint)
     if code not in (200, 201):
         raise ApiUnavailable(f"HTTP {code}: {message[:300]}", "retried after a backoff")
+
+
+def _other_uid(code: int, body: Mapping[str, Any]) -> bool:
+    """Whether the API server refused the document's uid: 409 when no object of that name
+    exists (``uid mismatch``), 422 naming ``metadata.uid`` when a successor does."""
+    message = str(body.get("message") or "")
+    if code == 409:
+        return "uid mismatch" in message or "UID in precondition" in message
+    causes = (body.get("details") or {}).get("causes") or []
+    return code == 422 and any(
+        isinstance(c, Mapping) and c.get("field") == "metadata.uid" for c in causes
+    )
 
 
 def _name(entry: Entry) -> str:

@@ -14,13 +14,19 @@ from typing import Any
 import pytest
 import trio
 
+from k8s import manifests as m
 from k8s.controlplane_process import ControlPlaneConfig, Ports, run_controlplane
+from k8s.events import EventRecorder
 from k8s.leader import LeaseConfig
+from k8s.sources.kubernetes import KubeSourceConfig, open_kube_api
+from k8s.status_writer import StatusWriter
+from k8s.store import Condition, ObjectStore, ref_of
 from mesh.constants import CONTROLLER_NAME
 from tests.kube import crds
 from tests.kube.client import Conflict, KubeAdmin, Obj, wait_for
 from tests.kube.cluster import Cluster
 from tests.kube.installing import ambit_crds
+from tests.kube.kubelet import service
 
 pytestmark = pytest.mark.kube
 
@@ -263,3 +269,26 @@ async def test_gateway_route_policy_and_service_status_are_written(
             await until(admin, "v1", "Service", "echo", ns, lambda o: not of(o, bound))
             # Changes since did not repeat the policy's Event.
             assert len(await events_for(admin, ns, "l7")) == 1
+
+
+async def test_a_status_for_a_replaced_or_deleted_object_is_skipped(
+    kube_cluster: Cluster, kube_admin: KubeAdmin, kube_ns: str
+) -> None:
+    """The writer's store still holds an object's predecessor (another uid), and an object
+    already deleted: neither gets a status, and neither counts as a failure to retry."""
+    admin, ns = kube_admin, kube_ns
+    with trio.fail_after(60):
+        await admin.create(service(ns, "web", {"app": "web"}))
+        store = ObjectStore(kinds=["Service"])
+        stale = m.Service(name="web", namespace=ns, uid="0b5e7e0e-0000-4000-8000-000000000000")
+        gone = m.Service(name="gone", namespace=ns, uid="0b5e7e0e-0000-4000-8000-000000000001")
+        for obj in (stale, gone):
+            store.put(obj)
+            bound = Condition("ambit.io/WaypointBound", "True", "Bound", "m")
+            store.set_conditions(ref_of(obj), [bound])
+        store.mark_listed("Service")
+        async with open_kube_api(KubeSourceConfig(kubeconfig=kube_cluster.kubeconfig)) as api:
+            writer = StatusWriter(api, store, EventRecorder(api, instance="test"))
+            assert await writer.write_round() == 0
+        web = await admin.get("v1", "Service", "web", ns)
+        assert not of(web, "ambit.io/WaypointBound")
