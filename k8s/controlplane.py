@@ -395,7 +395,8 @@ def write_conditions(store: ObjectStore, translation: Translation) -> None:
 
     def waypoint_gateway(namespace: str, name: str) -> bool:
         found = store.get(("Gateway", namespace, name))
-        return found is not None and getattr(found.obj, "gateway_class", "") in WAYPOINT_CLASSES
+        obj = found.obj if found is not None else None
+        return isinstance(obj, Gateway) and obj.gateway_class in WAYPOINT_CLASSES
 
     for kind in ("GatewayClass", "Gateway", "HTTPRoute", "GRPCRoute"):
         for entry in store.entries(kind):
