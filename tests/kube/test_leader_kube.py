@@ -65,6 +65,9 @@ async def written_by(admin: KubeAdmin, ns: str, name: str) -> str:
         policy = await admin.get(AP, "AuthorizationPolicy", name, ns)
         if condition(policy.get("status") or {}, ZTUNNEL) != ("False", "L7AttributesIgnored"):
             return None
+        managers = {m["manager"] for m in policy["metadata"]["managedFields"]
+                    if m.get("subresource") == "status"}  # fmt: skip
+        assert managers == {"ambit"}
         events = await events_for(admin, ns, name)
         return str(events[0]["reportingInstance"]) if events else None
 
