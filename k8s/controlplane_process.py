@@ -316,10 +316,12 @@ async def _authority(
         return authority
 
 
-def leader_tasks(api: ClientApi, store: ObjectStore, identity: str) -> list[LeaderTask]:
+def leader_tasks(api: ClientApi, state: _State, identity: str) -> list[LeaderTask]:
     """What only the leader runs, each until cancelled (leadership lost, or shutdown)."""
+    source, store = state.source, state.store
+    refusals = source.refusals if not isinstance(source, FilesSource) else lambda: ()
     return [
-        lambda: run_status_writer(api, store, identity=identity),
+        lambda: run_status_writer(api, store, identity=identity, refusals=refusals),
         # The waypoint deployer joins here: k8s.kube_deployer.run_deployer(api, store, ...).
     ]
 
@@ -329,10 +331,10 @@ async def _lead(config: ControlPlaneConfig, api: ClientApi, state: _State) -> No
     if lease is None:
         state.leadership.leading = True
         async with trio.open_nursery() as nursery:
-            for task in leader_tasks(api, state.store, default_identity()):
+            for task in leader_tasks(api, state, default_identity()):
                 nursery.start_soon(task)
         return
-    tasks = leader_tasks(api, state.store, lease.identity)
+    tasks = leader_tasks(api, state, lease.identity)
     await run_when_leader(api, lease, tasks, leadership=state.leadership)
 
 

@@ -19,12 +19,14 @@ first and the other controllers' entries kept; the apply then carries the
   per object until it is written (``status_write_failed``, ``status_write_recovered``).
 - A problem that appears on an object (a condition of
   :data:`k8s.status_docs.EVENT_CONDITIONS`, False) becomes a Warning Event
-  (:class:`k8s.events.EventRecorder`).
+  (:class:`k8s.events.EventRecorder`); so does an object the source refused (reason
+  ``Refused``, the source's sentence: such an object is not in the store, so its
+  refusals are asked for every ``REFUSALS_POLL`` seconds).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
 import structlog
@@ -32,6 +34,7 @@ import trio
 
 from ca.kube import ApiUnavailable
 from k8s.events import EventApi, EventRecorder, Regarding
+from k8s.sources.feed import Refusal
 from k8s.status_docs import (
     KINDS,
     StatusDoc,
@@ -50,6 +53,8 @@ log = structlog.get_logger("k8s.status_writer")
 FIELD_MANAGER: Final = "ambit"
 APPLY_CONTENT_TYPE: Final = "application/apply-patch+yaml"  # JSON is YAML
 WINDOW: Final = 0.2  # seconds: revisions this close together are written once
+REFUSALS_POLL: Final = 2.0  # seconds between looks at the objects the source refused
+REFUSED: Final = "Refused"  # the reason of their Events
 Json = dict[str, Any]
 Written = tuple[str, Json | None]  # (uid, status applied)
 
@@ -66,6 +71,7 @@ class StatusWriter:
         self._written: dict[ObjectRef, Written] = {}
         self._failing: dict[ObjectRef, str] = {}  # objects whose last write failed: why
         self._problems: dict[ObjectRef, tuple[str, set[tuple[str, str]]]] = {}
+        self._refused: set[Refusal] = set()
 
     async def write_round(self) -> int:
         """Write every status that differs from what was last written, and the Events of
@@ -83,6 +89,14 @@ class StatusWriter:
         for ref in [r for r in self._problems if r not in present]:
             del self._problems[ref]
         return failed
+
+    async def warn_refused(self, refusals: Iterable[Refusal]) -> None:
+        """An Event for each object refused since the last call (or refused again)."""
+        current = set(refusals)
+        for r in sorted(current - self._refused, key=lambda r: (r.namespace, r.name)):
+            regarding = Regarding(r.api_version, r.kind, r.namespace, r.name, r.uid)
+            await self._events.warn(regarding, REFUSED, r.error)
+        self._refused = current
 
     async def _write(self, entry: Entry) -> bool:
         status = status_of(entry, self._store)
@@ -171,27 +185,33 @@ async def run_status_writer(
     store: ObjectStore,
     *,
     identity: str,
+    refusals: Callable[[], Iterable[Refusal]] = lambda: (),
     window: float = WINDOW,
     backoff: Backoff | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Write statuses (and Events) after each revision of ``store`` once every kind is
     listed; failed writes again after ``backoff``'s delays (a bug in a round is logged
-    once per round and retried the same way). Runs until cancelled."""
+    once per round and retried the same way); Events for what ``refusals`` names. Runs
+    until cancelled."""
     writer = StatusWriter(api, store, EventRecorder(api, instance=identity))
     backoff = backoff or Backoff(initial=0.5, maximum=30.0)
     task_status.started()
-    seen, failures = -1, 0
+    seen, failures, retry_at = -1, 0, float("inf")
     while True:
-        with trio.move_on_after(backoff.delay(failures) if failures else float("inf")):
+        with trio.move_on_at(min(trio.current_time() + REFUSALS_POLL, retry_at)):
             await store.wait_revised(seen)
         await trio.sleep(window)
+        due = store.revision != seen or trio.current_time() >= retry_at
         seen = store.revision
         if not store.complete:
-            continue
+            continue  # opening the gate is a revision: what is due then is written
         try:
-            failed = await writer.write_round()
+            await writer.warn_refused(refusals())
+            failed = await writer.write_round() if due else 0
         except Exception:  # a bug: logged, retried after the backoff, never fatal
             log.exception("status_round_failed")
             failed = 1
-        failures = failures + 1 if failed else 0
+        if due or failed:
+            failures = failures + 1 if failed else 0
+            retry_at = trio.current_time() + backoff.delay(failures) if failures else float("inf")

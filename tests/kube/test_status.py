@@ -128,6 +128,11 @@ async def events_for(admin: KubeAdmin, ns: str, name: str) -> list[Obj]:
     return [e for e in found if e["regarding"]["name"] == name]
 
 
+async def some_events(admin: KubeAdmin, ns: str, name: str) -> list[Obj] | None:
+    """The Events about ``name``, None while there are none (what ``wait_for`` waits on)."""
+    return await events_for(admin, ns, name) or None
+
+
 def of(obj: Obj, type_: str) -> tuple[str, str] | None:
     """The status and reason of the object's condition ``type_``."""
     return condition(obj.get("status") or {}, type_)
@@ -215,7 +220,7 @@ async def test_gateway_route_policy_and_service_status_are_written(
             observed = {c["observedGeneration"] for c in ambit_parents(r)[0]["conditions"]}
             assert observed == {r["metadata"]["generation"]}
             # An Event says so, once.
-            events = await wait_for(lambda: events_for(admin, ns, "r"), seconds=SECONDS)
+            events = await wait_for(lambda: some_events(admin, ns, "r"), seconds=SECONDS)
             said = [(e["reason"], e["type"], e["reportingController"]) for e in events]
             assert said == [("BackendNotFound", "Warning", "ambit.io/controlplane")]
 
@@ -231,7 +236,8 @@ async def test_gateway_route_policy_and_service_status_are_written(
 
             async def counted() -> list[Obj] | None:
                 found = await events_for(admin, ns, "r")
-                return found if (found[0].get("series") or {}).get("count") == 2 else None
+                counts = [(e.get("series") or {}).get("count") for e in found]
+                return found if counts == [2] else None
 
             assert len(await wait_for(counted, seconds=SECONDS)) == 1
             await set_backend(admin, ns, "echo")
@@ -254,7 +260,7 @@ async def test_gateway_route_policy_and_service_status_are_written(
             )
             assert of(at, ztunnel) == ("True", "WaypointOnly")
             assert of(at, "ambit.io/WaypointAccepted") == ("False", "NoWaypoint")
-            events = await wait_for(lambda: events_for(admin, ns, "l7"), seconds=SECONDS)
+            events = await wait_for(lambda: some_events(admin, ns, "l7"), seconds=SECONDS)
             assert [e["reason"] for e in events] == ["L7AttributesIgnored"]
 
             # The Service: bound to a waypoint that is not ready, which fails closed.
@@ -269,6 +275,15 @@ async def test_gateway_route_policy_and_service_status_are_written(
             await until(admin, "v1", "Service", "echo", ns, lambda o: not of(o, bound))
             # Changes since did not repeat the policy's Event.
             assert len(await events_for(admin, ns, "l7")) == 1
+
+            # A policy ambit refuses (the test's CRD takes anything): an Event says why.
+            bogus = {"apiVersion": ISTIO_AP, "kind": "AuthorizationPolicy",
+                     "metadata": {"name": "bogus", "namespace": ns},
+                     "spec": {"action": "BOGUS"}}  # fmt: skip
+            uid = (await admin.create(bogus))["metadata"]["uid"]
+            (event,) = await wait_for(lambda: some_events(admin, ns, "bogus"), seconds=SECONDS)
+            assert (event["reason"], event["regarding"]["uid"]) == ("Refused", uid)
+            assert "spec.action" in event["note"]
 
 
 async def test_a_status_for_a_replaced_or_deleted_object_is_skipped(
