@@ -76,6 +76,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--metrics-port", type=int, default=CONTROL_PLANE_METRICS_PORT)
     parser.add_argument("--trust-domain", default=DEFAULT_TRUST_DOMAIN)
     parser.add_argument(
+        "--leader-election-namespace", default=SYSTEM_NAMESPACE, metavar="NS",
+        help="--source kubernetes: where the replicas' Lease 'ambit-controlplane' is; its"
+        " holder writes status (default %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--no-leader-election", dest="leader_election", action="store_false",
+        help="--source kubernetes: this replica writes status without a Lease (run one only)",
+    )  # fmt: skip
+    parser.add_argument(
         "--drain-seconds", type=float, default=5.0,
         help="after SIGTERM, how long requests in flight may finish (default %(default)s)",
     )  # fmt: skip
@@ -87,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
     from ca.secret_keys import CaSecrets
     from k8s.ca_nodes import ServiceAccountRef
     from k8s.controlplane_process import ControlPlaneConfig
+    from k8s.leader import LeaseConfig
 
     if args.source == "kubernetes" and args.files:
         print("ambit controlplane: -f is for --source files, not kubernetes", file=sys.stderr)
@@ -120,6 +130,9 @@ def run(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         trust_domain=args.trust_domain,
         drain_seconds=args.drain_seconds,
+        lease=LeaseConfig(namespace=args.leader_election_namespace)
+        if args.leader_election
+        else None,
     )
     try:
         failed = _run(config)

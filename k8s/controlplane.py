@@ -53,6 +53,7 @@ from k8s.manifests import (
     HTTPRoute,
     K8sObject,
 )
+from k8s.route_conditions import parent_conditions, route_conditions
 from k8s.store import Condition, ObjectRef, ObjectStore, ref_of
 from k8s.translate import (
     CONFLICT_REASONS,
@@ -81,7 +82,6 @@ from mesh.identity import (
     ztunnel_identity,
 )
 from mesh.model import MeshSnapshot
-from mesh.route_status import ACCEPTED, NOT_ACCEPTED, NOT_RESOLVED, RESOLVED_REFS
 from mesh.tokens import TokenTable
 
 log = structlog.get_logger("k8s.controlplane")
@@ -358,10 +358,10 @@ def gateway_api_conditions(
     """Gateway API's own conditions on the Gateway API objects ambit is the controller
     of: a GatewayClass of a waypoint class is ``Accepted``; a waypoint Gateway is
     ``Accepted`` and ``Programmed`` once a waypoint proxy runs for it (its Service has a
-    meshed endpoint); a route ``Accepted`` and ``ResolvedRefs`` (:func:`route_conditions`).
-    (Gateway API writes a route's conditions per parent, in
-    ``status.parents``; ambit writes them once, on the route.) Objects of other
-    controllers get none."""
+    meshed endpoint); a route ``Accepted`` and ``ResolvedRefs``
+    (:func:`k8s.route_conditions.route_conditions`; per parent, as Gateway API writes
+    them, :func:`write_conditions` stores them too). Objects of other controllers get
+    none."""
     reasons = {p.reason: p for p in problems}
     if isinstance(entry_obj, GatewayClass):
         if entry_obj.name not in WAYPOINT_CLASSES:
@@ -388,38 +388,25 @@ def gateway_api_conditions(
     return []
 
 
-def route_conditions(problems: tuple[Problem, ...]) -> list[Condition]:
-    """A route's ``Accepted`` and ``ResolvedRefs``, as :mod:`mesh.route_status` decides
-    them: False with the reason of the first problem of each, and every such problem's
-    sentence in the message; True (reasons ``Accepted``, ``ResolvedRefs``) otherwise."""
-
-    def condition(kind: str, reasons: tuple[str, ...], ok: str) -> Condition:
-        found = [p for p in problems if p.reason in reasons]
-        if not found:
-            return Condition(kind, "True", kind, ok)
-        shown = [p.message for p in found[:_SHOWN]]
-        if len(found) > _SHOWN:
-            shown.append(f"and {len(found) - _SHOWN} more")
-        return Condition(kind, "False", found[0].reason, "; ".join(shown))
-
-    return [
-        condition(ACCEPTED, NOT_ACCEPTED, "every parent takes the route; waypoints apply it"),
-        condition(RESOLVED_REFS, NOT_RESOLVED, "every backend is a Service port in the mesh"),
-    ]
-
-
-_SHOWN: Final = 8  # problems spelled out in one condition's message
-
-
 def write_conditions(store: ObjectStore, translation: Translation) -> None:
     """Every object's conditions, computed from the objects as stored and the problems
-    translation found (a condition that no longer holds is removed)."""
+    translation found (a condition that no longer holds is removed); a route's per parent
+    too."""
+
+    def waypoint_gateway(namespace: str, name: str) -> bool:
+        found = store.get(("Gateway", namespace, name))
+        obj = found.obj if found is not None else None
+        return isinstance(obj, Gateway) and obj.gateway_class in WAYPOINT_CLASSES
+
     for kind in ("GatewayClass", "Gateway", "HTTPRoute", "GRPCRoute"):
         for entry in store.entries(kind):
             problems = translation.problems.get(entry.ref, ())
             conditions = gateway_api_conditions(entry.obj, problems, translation.snapshot)
-            if conditions or entry.conditions:
-                store.set_conditions(entry.ref, conditions, uid=entry.obj.uid)
+            parents = None
+            if isinstance(entry.obj, HTTPRoute | GRPCRoute):
+                parents = parent_conditions(entry.obj, problems, waypoint_gateway)
+            if conditions or entry.conditions or parents or entry.parents:
+                store.set_conditions(entry.ref, conditions, uid=entry.obj.uid, parents=parents)
     for entry in store.entries("AuthorizationPolicy"):
         policy = entry.obj
         assert isinstance(policy, AuthorizationPolicy)

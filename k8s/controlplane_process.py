@@ -26,6 +26,11 @@ publishes on every change (changes within ``coalesce`` seconds together), and se
   and ``/debug/syncz`` (each proxy, as istiod lists them: role, view, connection,
   the version sent and the one acknowledged).
 
+With ``--source kubernetes`` the replicas elect a leader on a Lease (:mod:`k8s.leader`;
+``lease``, None: this one always leads): only the leader runs :func:`leader_tasks` (the
+status writer, :mod:`k8s.status_writer`: conditions to each object's ``/status``, and
+Events); every replica serves the CA and the config stream.
+
 Each object's conditions, and the documents the source refused, go to
 ``status_file`` (JSON, written atomically) after every translation: that is how
 local mode's ``ambit get -o yaml`` shows them without sharing memory with this
@@ -62,6 +67,14 @@ from k8s.ca_nodes import (
 )
 from k8s.controlplane import Access, ControlPlane
 from k8s.files_source import FilesSource
+from k8s.leader import (
+    Leadership,
+    LeaderTask,
+    LeaseConfig,
+    default_identity,
+    run_when_leader,
+)
+from k8s.status_writer import run_status_writer
 from k8s.store import ObjectStore
 from mesh.admin import json_response, metrics_route, ready_route, serve_http
 from mesh.backoff import Backoff
@@ -101,6 +114,7 @@ class ControlPlaneConfig:
     coalesce: float = 0.1  # changes this close together are translated once
     poll: float = 0.2  # how often watched files are checked
     drain_seconds: float = 5.0  # after SIGTERM, for requests and connections in flight
+    lease: LeaseConfig | None = field(default_factory=LeaseConfig)  # None: always leads
 
 
 @dataclass
@@ -151,6 +165,7 @@ class _State:
     source: FilesSource | KubernetesSource
     published: bool = False
     refused: list[str] = field(default_factory=list)
+    leadership: Leadership = field(default_factory=Leadership)
 
 
 class _Collector(Collector):
@@ -182,6 +197,11 @@ class _Collector(Collector):
         translation = plane.translation
         problems.add_metric([], len(translation.problems) if translation else 0)
         yield problems
+        leader = GaugeMetricFamily(
+            "ambit_controlplane_leader", "1 while this replica leads (writes status)"
+        )
+        leader.add_metric([], 1 if self._state.leadership.leading else 0)
+        yield leader
 
 
 def status_json(state: _State) -> dict[str, Any]:
@@ -296,6 +316,28 @@ async def _authority(
         return authority
 
 
+def leader_tasks(api: ClientApi, state: _State, identity: str) -> list[LeaderTask]:
+    """What only the leader runs, each until cancelled (leadership lost, or shutdown)."""
+    source, store = state.source, state.store
+    refusals = source.refusals if not isinstance(source, FilesSource) else lambda: ()
+    return [
+        lambda: run_status_writer(api, store, identity=identity, refusals=refusals),
+        # The waypoint deployer joins here: k8s.kube_deployer.run_deployer(api, store, ...).
+    ]
+
+
+async def _lead(config: ControlPlaneConfig, api: ClientApi, state: _State) -> None:
+    lease = config.lease
+    if lease is None:
+        state.leadership.leading = True
+        async with trio.open_nursery() as nursery:
+            for task in leader_tasks(api, state, default_identity()):
+                nursery.start_soon(task)
+        return
+    tasks = leader_tasks(api, state, lease.identity)
+    await run_when_leader(api, lease, tasks, leadership=state.leadership)
+
+
 async def run_controlplane(
     config: ControlPlaneConfig, *, task_status: trio.TaskStatus[Ports] = trio.TASK_STATUS_IGNORED
 ) -> None:
@@ -356,6 +398,8 @@ async def _run(
             nursery.start_soon(_watch_tokens, tokens, config.poll)
             nursery.start_soon(_sync, state, config)
             await nursery.start(_run_source, state, config, api)
+            if api is not None:
+                nursery.start_soon(_lead, config, api, state)
             log.info(
                 "controlplane_started", ca_port=ca_port, config_port=config_port,
                 metrics_port=metrics[1], source=config.source,

@@ -264,6 +264,8 @@ def controlplane_deployment(values: Values) -> Obj:
         "image": values.image,
         "imagePullPolicy": values.image_pull_policy,
         "command": command,
+        # The Lease's holder identity (k8s.leader): the pod's name.
+        "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
         "ports": [{"name": n, "containerPort": p, "protocol": "TCP"} for n, p in PORTS],
         "readinessProbe": {
             "httpGet": {"path": "/ready", "port": CONTROL_PLANE_METRICS_PORT},

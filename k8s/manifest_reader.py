@@ -39,7 +39,9 @@ class Meta:
     """What every object has. ``uid``, ``resource_version`` and ``creation_timestamp``
     (RFC 3339) are the API server's, kept as given; a manifest file has none and the
     object store (:mod:`k8s.store`) assigns them. They never count as content:
-    :meth:`content_equal` leaves them out."""
+    :meth:`content_equal` leaves them out. ``generation`` (the API server's, bumped by
+    each change of the spec) does count: a status's ``observedGeneration`` follows it
+    even when the spec changed only in fields ambit does not read."""
 
     name: str
     namespace: str = "default"
@@ -48,6 +50,7 @@ class Meta:
     uid: str = ""
     resource_version: str = ""
     creation_timestamp: str = ""
+    generation: int = 0  # the API server's metadata.generation (0: none given)
 
     def content_equal(self, other: object) -> bool:
         """Equal apart from the server-assigned metadata."""
@@ -299,4 +302,7 @@ def read_meta(
             value = value.strftime("%Y-%m-%dT%H:%M:%SZ")
         if value is not None:
             out[field] = r.string(value, f"metadata.{key}")
+    generation = meta.get("generation")
+    if isinstance(generation, int) and not isinstance(generation, bool) and generation > 0:
+        out["generation"] = generation
     return out

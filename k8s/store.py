@@ -16,7 +16,9 @@ absent is listed as empty; when its CRD appears, :meth:`ObjectStore.unlist` clos
 gate for it until :meth:`ObjectStore.replace_kind` delivers its first list.
 
 Conditions are status, not content: setting them never bumps the content version that
-wakes the control plane. Pure bookkeeping and one Trio event; no I/O.
+wakes the control plane; :attr:`ObjectStore.revision` counts both (what the status writer
+waits on, :mod:`k8s.status_writer`). A route's conditions per parent (Gateway API's
+``status.parents``) are kept beside its own. Pure bookkeeping and Trio events; no I/O.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import Any, Literal, TypeAlias
 import trio
 
 from k8s.manifests import KINDS, K8sObject, kind_info
+from mesh.model_l7 import ParentRef
 
 ObjectRef: TypeAlias = tuple[
     str, str, str
@@ -79,15 +82,26 @@ class Condition:
         }
 
 
+ParentConditions: TypeAlias = tuple[ParentRef, tuple[Condition, ...]]
+
+
 @dataclass(frozen=True)
 class Entry:
     """A stored object: the typed object, the document it came from (what ``-o yaml``
-    shows of its spec), its generation (bumped by each content change) and conditions."""
+    shows of its spec; from the API, its ``apiVersion`` only), its generation (bumped by
+    each content change) and conditions; a route's also per parent (``parents``: those
+    ambit is the controller of, in the order of its ``parentRefs``)."""
 
     obj: K8sObject
     document: Mapping[str, Any] | None = None
     generation: int = 1
     conditions: tuple[Condition, ...] = ()
+    parents: tuple[ParentConditions, ...] = ()
+
+    @property
+    def observed_generation(self) -> int:
+        """The generation a status reports: the API server's when it gave one."""
+        return self.obj.generation or self.generation
 
     @property
     def ref(self) -> ObjectRef:
@@ -112,7 +126,9 @@ class ObjectStore:
         self._clock = clock
         self._resource_versions = itertools.count(1)
         self.version = 0  # bumped by every content change (and gate change)
+        self.revision = 0  # bumped by those and by every change of conditions
         self._changed = trio.Event()
+        self._revised = trio.Event()
 
     # --- Reading ---------------------------------------------------------------------
 
@@ -199,6 +215,7 @@ class ObjectStore:
             document if document is not None else (old.document if old else None),
             generation=old.generation + 1 if old else 1,
             conditions=old.conditions if old else (),
+            parents=old.parents if old else (),
         )
         self._bump()
         return "created" if old is None else "configured"
@@ -210,18 +227,40 @@ class ObjectStore:
         return entry
 
     def set_conditions(
-        self, ref: ObjectRef, conditions: Iterable[Condition], *, uid: str | None = None
+        self,
+        ref: ObjectRef,
+        conditions: Iterable[Condition],
+        *,
+        uid: str | None = None,
+        parents: Iterable[tuple[ParentRef, Iterable[Condition]]] | None = None,
     ) -> bool:
         """Replace the conditions of ``ref`` (of the object with ``uid``, when given, so a
-        status computed for an object never lands on its successor). A condition whose
-        status did not change keeps its ``lastTransitionTime``. Returns whether stored."""
+        status computed for an object never lands on its successor), and with ``parents``
+        its conditions per parent. A condition whose status did not change keeps its
+        ``lastTransitionTime``. Returns whether stored."""
         entry = self._entries.get(ref)
         if entry is None or (uid is not None and entry.obj.uid != uid):
             return False
-        before = {c.type: c for c in entry.conditions}
+        stamped = self._stamp(entry, entry.conditions, conditions)
+        by_parent = dict(entry.parents)
+        new_parents = entry.parents
+        if parents is not None:
+            new_parents = tuple(
+                (parent, self._stamp(entry, by_parent.get(parent, ()), found))
+                for parent, found in parents
+            )
+        if stamped != entry.conditions or new_parents != entry.parents:
+            self._entries[ref] = dataclasses.replace(entry, conditions=stamped, parents=new_parents)
+            self._revise()
+        return True
+
+    def _stamp(
+        self, entry: Entry, before: Iterable[Condition], conditions: Iterable[Condition]
+    ) -> tuple[Condition, ...]:
+        old_by_type = {c.type: c for c in before}
         stamped = []
         for c in conditions:
-            old = before.get(c.type)
+            old = old_by_type.get(c.type)
             when = (
                 old.last_transition_time
                 if old is not None and old.status == c.status
@@ -229,11 +268,10 @@ class ObjectStore:
             )
             stamped.append(
                 dataclasses.replace(
-                    c, last_transition_time=when, observed_generation=entry.generation
+                    c, last_transition_time=when, observed_generation=entry.observed_generation
                 )
             )
-        self._entries[ref] = dataclasses.replace(entry, conditions=tuple(stamped))
-        return True
+        return tuple(stamped)
 
     # --- Notification ----------------------------------------------------------------
 
@@ -243,10 +281,22 @@ class ObjectStore:
             await self._changed.wait()
         return self.version
 
+    async def wait_revised(self, seen: int) -> int:
+        """Return the revision (content or conditions) once it is past ``seen``."""
+        while self.revision <= seen:
+            await self._revised.wait()
+        return self.revision
+
     def _bump(self) -> None:
         self.version += 1
         self._changed.set()
         self._changed = trio.Event()
+        self._revise()
+
+    def _revise(self) -> None:
+        self.revision += 1
+        self._revised.set()
+        self._revised = trio.Event()
 
     def _check_kind(self, kind: str) -> None:
         if kind not in self._kinds:
@@ -269,7 +319,7 @@ def object_json(entry: Entry) -> dict[str, Any]:
         uid=obj.uid,
         resourceVersion=obj.resource_version,
         creationTimestamp=obj.creation_timestamp,
-        generation=entry.generation,
+        generation=entry.observed_generation,
     )
     doc["metadata"] = meta
     status = dict(doc.get("status") or {})

@@ -212,7 +212,7 @@ def route_problems(
     out: dict[ObjectRef, tuple[Problem, ...]] = {}
     for (kind, key), found in route_status.check_routes(routes, services, gateways).items():
         namespace, _, name = key.partition("/")
-        out[(kind, namespace, name)] = tuple(Problem(p.reason, p.message) for p in found)
+        out[(kind, namespace, name)] = tuple(Problem(p.reason, p.message, p.parent) for p in found)
     return out
 
 

@@ -46,6 +46,8 @@ WAYPOINT_CLASSES: Final = ("istio-waypoint", "ambit-waypoint")
 # On a waypoint's pods and Service: the Gateway they serve (Gateway API's own label). A pod
 # with it, naming a waypoint Gateway of its namespace, speaks HBONE itself (native tunnel).
 LABEL_GATEWAY_NAME: Final = "gateway.networking.k8s.io/gateway-name"
+# The controller ambit writes route status as (a route's status.parents[].controllerName).
+CONTROLLER_NAME: Final = "ambit.io/mesh-controller"
 # On objects a controller of ambit made (a waypoint's ServiceAccount, Service and Pod).
 LABEL_MANAGED_BY: Final = "ambit.io/managed-by"
 

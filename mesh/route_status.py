@@ -76,12 +76,15 @@ GATEWAY_GROUP: Final = "gateway.networking.k8s.io"
 
 @dataclass(frozen=True)
 class RouteProblem:
-    """Why (part of) a route does not apply: a Gateway API reason and a sentence."""
+    """Why (part of) a route does not apply: a Gateway API reason and a sentence;
+    ``parent``: the parentRef it is about (its ``status.parents`` entry), None for one
+    about the whole route (every parent's)."""
 
     kind: str  # HTTPRoute or GRPCRoute
     route: str  # namespace/name
     reason: str
     message: str
+    parent: ParentRef | None = None
 
     @property
     def condition(self) -> str:
@@ -171,27 +174,29 @@ def attach(
     Service parents, a refused regex (``UnsupportedValue``), ``Conflicted``."""
     problems: dict[RouteKey, list[RouteProblem]] = {}
     kinds: dict[Group, dict[str, list[Route]]] = {}
+    parents_of: dict[tuple[RouteKey, PortKey], list[ParentRef]] = {}
 
-    def report(route: Route, reason: str, message: str) -> None:
+    def report(route: Route, reason: str, message: str, parent: ParentRef | None) -> None:
         found = problems.setdefault(route_key(route), [])
-        problem = RouteProblem(route_kind(route), route.key, reason, message)
+        problem = RouteProblem(route_kind(route), route.key, reason, message, parent)
         if problem not in found:
             found.append(problem)
 
     for route in routes:
         refused = refusals(route)
         for message in refused:
-            report(route, UNSUPPORTED_VALUE, message)
+            report(route, UNSUPPORTED_VALUE, message, None)
         for parent in route.parents:
             if not _is_service(parent):
                 continue
             ports = service_ports(route, parent, services)
             if isinstance(ports, str):
-                report(route, NO_MATCHING_PARENT, ports)
+                report(route, NO_MATCHING_PARENT, ports, parent)
                 continue
             if refused:
                 continue
             for port_key in ports:
+                parents_of.setdefault((route_key(route), port_key), []).append(parent)
                 producer = port_key[0].partition("/")[0] == route.namespace
                 by_kind = kinds.setdefault((port_key, "" if producer else route.namespace), {})
                 attached = by_kind.setdefault(route_kind(route), [])
@@ -202,9 +207,11 @@ def attach(
         grpc, http = by_kind.get("GRPCRoute", []), by_kind.get("HTTPRoute", [])
         applied[group] = tuple(grpc or http)
         for route in http if grpc else ():
-            (service, port), _ = group
+            port_key, _ = group
+            service, port = port_key
             message = f"GRPCRoutes attach to Service {service} port {port} too; they apply"
-            report(route, CONFLICTED, message)
+            for parent in parents_of[(route_key(route), port_key)]:
+                report(route, CONFLICTED, message, parent)
     return applied, problems
 
 
@@ -213,7 +220,7 @@ def _gateway_problem(route: Route, parent: ParentRef, gateways: Gateways) -> Rou
     kind = route_kind(route)
 
     def problem(reason: str, message: str) -> RouteProblem:
-        return RouteProblem(kind, route.key, reason, message)
+        return RouteProblem(kind, route.key, reason, message, parent)
 
     if (parent.group, parent.kind) != (GATEWAY_GROUP, "Gateway"):
         what = f"{parent.group or 'core'}/{parent.kind} {parent.name}"

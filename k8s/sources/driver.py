@@ -29,7 +29,7 @@ from k8s.sources.api import (
     RequestFailed,
     ResourceStatistics,
 )
-from k8s.sources.feed import StoreFeed
+from k8s.sources.feed import Refusal, StoreFeed
 from k8s.sources.kubernetes import NETWORK_ERRORS, KubeSourceConfig, open_kube_api
 from k8s.sources.resources import (
     CRD_RESOURCE,
@@ -75,6 +75,10 @@ class KubernetesSource:
     def errors(self) -> list[str]:
         """Objects the API server holds that ambit refuses, each with why."""
         return self._feed.errors if self._feed is not None else []
+
+    def refusals(self) -> list[Refusal]:
+        """The same, with what names each object (for an Event about it)."""
+        return self._feed.refusals if self._feed is not None else []
 
     async def run(
         self,

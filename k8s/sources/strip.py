@@ -11,7 +11,8 @@ Kept, per kind:
 
 - every kind: ``apiVersion`` and ``kind`` (a LIST's items have neither: they are set
   from the resource), ``metadata`` ``name``, ``namespace``, ``labels``, ``uid``,
-  ``resourceVersion``, ``creationTimestamp``, and the annotations of ambit's and
+  ``resourceVersion``, ``creationTimestamp``, ``generation`` (a status's
+  ``observedGeneration``), and the annotations of ambit's and
   Istio's prefixes (:data:`KEPT_ANNOTATION_DOMAINS`);
 - Pod: ``spec`` ``nodeName``, ``serviceAccountName`` (``serviceAccount``),
   ``hostNetwork``, each container's ``name`` and ``ports``; ``status`` ``phase``,
@@ -34,7 +35,7 @@ from k8s.sources.watch import Raw
 
 KEPT_ANNOTATION_DOMAINS: Final = ("ambit.io", "istio.io")
 _META_FIELDS: Final = ("name", "namespace", "labels", "uid", "resourceVersion",
-                       "creationTimestamp")  # fmt: skip
+                       "creationTimestamp", "generation")  # fmt: skip
 
 
 def _mapping(value: object) -> Mapping[str, Any]:

@@ -23,7 +23,8 @@ POLICY_KINDS = (
 
 
 def policy_crd(group: str, kind: str, plural: str) -> Obj:
-    """A namespaced CRD serving ``v1`` (Istio's group also ``v1beta1``), spec kept as is."""
+    """A namespaced CRD serving ``v1`` (Istio's group also ``v1beta1``), spec kept as is,
+    with the ``status`` subresource (as Istio's own CRDs have it)."""
     schema = {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}
     versions = ["v1", "v1beta1"] if group == "security.istio.io" else ["v1"]
     return {
@@ -36,7 +37,8 @@ def policy_crd(group: str, kind: str, plural: str) -> Obj:
             "names": {"kind": kind, "plural": plural, "singular": kind.lower(),
                       "listKind": f"{kind}List"},
             "versions": [
-                {"name": v, "served": True, "storage": v == "v1", "schema": schema}
+                {"name": v, "served": True, "storage": v == "v1", "schema": schema,
+                 "subresources": {"status": {}}}
                 for v in versions
             ],
         },

@@ -98,8 +98,11 @@ async def test_rbac_allows_what_the_control_plane_needs(
         ("create", "authentication.k8s.io", "tokenreviews", "", ""),
         ("create", "", "events", "", "shop"),
         ("create", "events.k8s.io", "events", "", "shop"),
+        ("get", "coordination.k8s.io", "leases", "", SYSTEM_NAMESPACE),
         ("create", "coordination.k8s.io", "leases", "", SYSTEM_NAMESPACE),
         ("update", "coordination.k8s.io", "leases", "", SYSTEM_NAMESPACE),
+        ("patch", "events.k8s.io", "events", "", "shop"),  # an Event's count (k8s.events)
+        ("patch", "gateway.networking.k8s.io", "gatewayclasses", "status", ""),
         ("create", "apps", "deployments", "", "shop"),
         ("patch", "apps", "deployments", "", "shop"),
         ("delete", "", "services", "", "shop"),

@@ -183,12 +183,13 @@ def test_a_parent_port_or_section_name_scopes_the_route() -> None:
 
 
 def test_a_port_the_service_does_not_have_attaches_nothing() -> None:
-    table = build(route("p", rule(), parents=(ParentRef("", "Service", "echo", port=81),)))
+    parent = ParentRef("", "Service", "echo", port=81)
+    table = build(route("p", rule(), parents=(parent,)))
     assert isinstance(go(table), NoRoutes)
     assert table.problems == (
         RouteProblem(
             "HTTPRoute", f"{NS}/p", "NoMatchingParent",
-            f"parent Service {NS}/echo has no port 81; the route does not apply to it",
+            f"parent Service {NS}/echo has no port 81; the route does not apply to it", parent,
         ),
     )  # fmt: skip
 

@@ -1,0 +1,169 @@
+"""What the status writer (:mod:`k8s.status_writer`) applies to each object's ``/status``,
+pure: the store's conditions as Kubernetes and Gateway API write them.
+
+- a GatewayClass of a waypoint class: ``conditions`` (``Accepted``);
+- a Gateway of a waypoint class: ``conditions`` (``Accepted``, ``Programmed``) and
+  ``addresses``: its waypoint Service's cluster IP (same name), once it has one;
+- an HTTPRoute or GRPCRoute: ``parents``, one entry per parent ambit is the controller of
+  (:mod:`k8s.route_conditions`) with ``controllerName`` :data:`CONTROLLER_NAME`. Gateway
+  API makes the list atomic (one owner for the whole list), so the entries of other
+  controllers are read from the object and kept (:func:`merge_parents`);
+- an AuthorizationPolicy (ambit's or Istio's, at the ``apiVersion`` it came as):
+  ``conditions`` and ``observedGeneration``;
+- a Service: ``conditions`` (``ambit.io/Accepted``, ``ambit.io/WaypointBound``).
+
+Each document names the object's ``uid``: the API server refuses (409) to apply it to
+a successor of the same name. Which conditions an operator should also hear of as a
+Kubernetes Event: :func:`event_problems`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from k8s.manifests import Gateway, GatewayClass, Service, kind_info
+from k8s.store import Condition, Entry, ObjectStore
+from mesh.constants import (
+    CONDITION_ACCEPTED,
+    CONDITION_WAYPOINT_BOUND,
+    CONDITION_ZTUNNEL_ACCEPTED,
+    CONTROLLER_NAME,
+    WAYPOINT_CLASSES,
+)
+from mesh.model_l7 import ParentRef
+from mesh.route_status import ACCEPTED, RESOLVED_REFS
+
+Json = dict[str, Any]
+ROUTE_KINDS: Final = ("HTTPRoute", "GRPCRoute")
+KINDS: Final = ("GatewayClass", "Gateway", *ROUTE_KINDS, "AuthorizationPolicy", "Service")
+# Conditions that, False, are a problem an operator must see (an Event); others, such as
+# a waypoint Gateway not Programmed yet, are states that pass.
+EVENT_CONDITIONS: Final = (ACCEPTED, RESOLVED_REFS, CONDITION_ACCEPTED, CONDITION_WAYPOINT_BOUND,
+                           CONDITION_ZTUNNEL_ACCEPTED)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class StatusDoc:
+    """One object's ``/status`` to apply: where, and the document (for a route, only the
+    parents ambit writes, to merge with the others' before applying)."""
+
+    path: str
+    document: Json
+    route: bool = False
+
+
+def api_version(entry: Entry) -> str:
+    """The ``apiVersion`` the object came as, else its kind's first."""
+    given = (entry.document or {}).get("apiVersion")
+    if isinstance(given, str) and given:
+        return given
+    info = kind_info(entry.ref[0])
+    return info.api_versions[0] if info is not None else "v1"
+
+
+def object_path(entry: Entry) -> str:
+    kind, namespace, name = entry.ref
+    info = kind_info(kind)
+    plural = info.plural if info is not None else f"{kind.lower()}s"
+    version = api_version(entry)
+    base = f"/apis/{version}" if "/" in version else f"/api/{version}"
+    where = f"/namespaces/{namespace}" if namespace else ""
+    return f"{base}{where}/{plural}/{name}"
+
+
+def _conditions(conditions: Sequence[Condition]) -> list[Json]:
+    return [c.to_json() for c in conditions]
+
+
+def parent_ref_json(parent: ParentRef) -> Json:
+    """A parentRef as Gateway API writes it (group and kind always: a Service's group is
+    "", which the schema would otherwise default to Gateway API's)."""
+    out: Json = {"group": parent.group, "kind": parent.kind, "name": parent.name}
+    if parent.namespace:
+        out["namespace"] = parent.namespace
+    if parent.section_name:
+        out["sectionName"] = parent.section_name
+    if parent.port:
+        out["port"] = parent.port
+    return out
+
+
+def _gateway_addresses(entry: Entry, store: ObjectStore) -> list[Json]:
+    found = store.get(("Service", entry.ref[1], entry.ref[2]))
+    ip = found.obj.cluster_ip if found is not None and isinstance(found.obj, Service) else None
+    return [{"type": "IPAddress", "value": ip}] if ip and ip != "None" else []
+
+
+def status_of(entry: Entry, store: ObjectStore) -> Json | None:
+    """The ``status`` ambit writes on ``entry``, or None when it writes none."""
+    obj = entry.obj
+    kind = entry.ref[0]
+    if isinstance(obj, GatewayClass):
+        ours = obj.name in WAYPOINT_CLASSES and entry.conditions
+        return {"conditions": _conditions(entry.conditions)} if ours else None
+    if isinstance(obj, Gateway):
+        if obj.gateway_class not in WAYPOINT_CLASSES or not entry.conditions:
+            return None
+        status: Json = {"conditions": _conditions(entry.conditions)}
+        addresses = _gateway_addresses(entry, store)
+        if addresses:
+            status["addresses"] = addresses
+        return status
+    if kind in ROUTE_KINDS:
+        return {"parents": [
+            {"parentRef": parent_ref_json(parent), "controllerName": CONTROLLER_NAME,
+             "conditions": _conditions(conditions)}
+            for parent, conditions in entry.parents
+        ]}  # fmt: skip
+    if kind == "AuthorizationPolicy":
+        return {
+            "conditions": _conditions(entry.conditions),
+            "observedGeneration": entry.observed_generation,
+        }
+    if kind == "Service":
+        return {"conditions": _conditions(entry.conditions)} if entry.conditions else None
+    return None
+
+
+def status_doc(entry: Entry, status: Json) -> StatusDoc:
+    """``status`` as the document applied to ``entry``'s ``/status``."""
+    kind, namespace, name = entry.ref
+    metadata: Json = {"name": name, "uid": entry.obj.uid}
+    if namespace:
+        metadata["namespace"] = namespace
+    document = {"apiVersion": api_version(entry), "kind": kind, "metadata": metadata,
+                "status": status}  # fmt: skip
+    return StatusDoc(object_path(entry) + "/status", document, route=kind in ROUTE_KINDS)
+
+
+def merge_parents(current: Mapping[str, Any], ours: Sequence[Json]) -> list[Json]:
+    """A route's ``status.parents`` to apply: the entries of other controllers as the
+    object (``current``, as read) has them, then ambit's (an entry ambit no longer
+    writes goes)."""
+    parents = (current.get("status") or {}).get("parents") or []
+    others = [
+        p for p in parents if isinstance(p, dict) and p.get("controllerName") != CONTROLLER_NAME
+    ]
+    return [*others, *ours]
+
+
+def same_parents(a: Sequence[Json], b: Sequence[Json]) -> bool:
+    """The same entries, in any order."""
+
+    def norm(items: Sequence[Json]) -> list[str]:
+        return sorted(json.dumps(p, sort_keys=True) for p in items)
+
+    return norm(a) == norm(b)
+
+
+def event_problems(entry: Entry) -> list[tuple[str, str]]:
+    """The (reason, message) of each of ``entry``'s conditions that is a problem an
+    operator must see: one of :data:`EVENT_CONDITIONS`, False."""
+    return [
+        (c.reason, c.message)
+        for c in entry.conditions
+        if c.type in EVENT_CONDITIONS and c.status == "False"
+    ]
