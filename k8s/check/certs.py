@@ -81,7 +81,7 @@ def certificate_dates(
             soon.append(f"{name} expires on {_day(end)}, in {(end - now).days} days")
         first = end if first is None or end < first else first
     if failed:
-        return fail("; ".join(failed), hint)
+        return fail("; ".join([*failed, *soon]), hint)
     if soon:
         return warn("; ".join(soon), hint)
     if first is None:
