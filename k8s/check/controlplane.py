@@ -136,6 +136,29 @@ async def deployment_available(context: Context) -> Outcome:
     return Outcome("ok", f"{available} of {wanted} replicas available")
 
 
+VERSION_LABEL: Final = "app.kubernetes.io/version"
+
+
+async def same_version(context: Context) -> Outcome:
+    """The control plane's Deployment is of this command's version (its version label, as
+    ``ambit install`` renders it)."""
+    path = f"/apis/apps/v1/namespaces/{context.namespace}/deployments/{install.NAME}"
+    status, body = await context.get(path)
+    if status == 404:
+        return fail(f"no Deployment {context.namespace}/{install.NAME}", INSTALL_HINT)
+    if status != 200:
+        return answered(status, body, "GET the Deployment")
+    running = ((body.get("metadata") or {}).get("labels") or {}).get(VERSION_LABEL)
+    if running != install.VERSION:
+        return warn(
+            f"the control plane is {running or 'of no known version'}; this ambit is"
+            f" {install.VERSION}",
+            "upgrade it with this command (ambit install | kubectl apply -f -), or check it"
+            " with the ambit of its version",
+        )
+    return Outcome("ok", install.VERSION)
+
+
 def _ready(pod: Mapping[str, Any]) -> bool:
     conditions = (pod.get("status") or {}).get("conditions") or []
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)

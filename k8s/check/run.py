@@ -46,6 +46,8 @@ CHECKS: Final = (
     Check("ambit-controlplane", "control plane Deployment is available",
           controlplane.deployment_available),
     Check("ambit-controlplane", "control plane pods are Ready", controlplane.pods_ready),
+    Check("ambit-controlplane", "control plane is this ambit's version",
+          controlplane.same_version),
     Check("ambit-controlplane", "control plane Service has ready endpoints on 15010, 15012, 15014",
           controlplane.service_endpoints),
     Check("ambit-certificates", "the CA's certificates are valid and not near expiry",

@@ -37,6 +37,7 @@ SECONDS = 90.0
 NODE_SIDE = "the node side (ztunnel DaemonSet) is ready on every node"
 CERTS = "the CA's certificates are valid and not near expiry"
 RBAC = "control plane ServiceAccount has the permissions it needs"
+VERSION = "control plane is this ambit's version"
 
 
 async def check(cluster: Cluster) -> dict[str, Result]:
@@ -109,6 +110,23 @@ async def test_check_fails_while_the_control_plane_is_not_ready(
     )
     assert statuses[CERTS] == "warn"  # the control plane never ran: no ambit-ca yet
     assert statuses[NODE_SIDE] == "warn"
+    assert statuses[VERSION] == "ok"
+
+
+async def test_a_control_plane_of_another_version_is_a_warning(
+    kube_cluster: Cluster, kube_admin: KubeAdmin, installed: list[Obj]
+) -> None:
+    older = {"metadata": {"labels": {"app.kubernetes.io/version": "0.0.9"}}}
+    with trio.fail_after(30):
+        await kube_admin.patch("apps/v1", "Deployment", install.NAME, older, SYSTEM_NAMESPACE)
+    try:
+        version = (await check(kube_cluster))[VERSION]
+    finally:
+        with trio.fail_after(30):
+            current = {"metadata": {"labels": {"app.kubernetes.io/version": install.VERSION}}}
+            await kube_admin.patch("apps/v1", "Deployment", install.NAME, current, SYSTEM_NAMESPACE)
+    assert version.status == "warn"
+    assert version.message == f"the control plane is 0.0.9; this ambit is {install.VERSION}"
 
 
 async def test_check_passes_but_for_the_node_side_once_the_control_plane_is_ready(
@@ -123,11 +141,11 @@ async def test_check_passes_but_for_the_node_side_once_the_control_plane_is_read
     assert done.returncode == 0, done.stdout + done.stderr
     marks = [line for line in lines if line[:2] in ("\u221a ", "\u203c ", "\u00d7 ")]
     assert [m for m in marks if not m.startswith("\u221a ")] == [f"\u203c {NODE_SIDE}"]
-    assert len(marks) == 15
+    assert len(marks) == 16
     at = lines.index(f"\u203c {NODE_SIDE}")
     assert lines[at + 1] == "    no node side is installed: pods are not captured"
     assert lines[at + 2].startswith("    hint: ambit installs only its control plane today")
-    assert lines[-1] == "Status check results are \u221a (15 checks: 0 failed, 1 warnings)"
+    assert lines[-1] == "Status check results are \u221a (16 checks: 0 failed, 1 warnings)"
 
     done = await trio.to_thread.run_sync(
         lambda: ambit("check", "--kubeconfig", str(kube_cluster.kubeconfig), "-o", "json")
