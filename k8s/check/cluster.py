@@ -13,8 +13,9 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from k8s import gateway_api
-from k8s.check.base import OK, Context, Outcome, answered, fail, warn
+from k8s.check.base import OK, Context, Json, Outcome, answered, fail, warn
 from k8s.sources.resources import RESOURCES, chosen_version, served_versions
+from k8s.translate_parts import dataplane_mode
 from k8s.unsupported import IGNORED_HINT, find_unsupported, is_istio_group
 from mesh.constants import ISTIO_LABEL_DATAPLANE_MODE, LABEL_DATAPLANE_MODE
 from mesh.model import GATEWAY_GROUP
@@ -37,11 +38,8 @@ NAMESPACED_CREATES: Final = (
     ("rbac.authorization.k8s.io", "roles"),
     ("rbac.authorization.k8s.io", "rolebindings"),
 )
-ENROLLED_SELECTORS: Final = (
-    f"{ISTIO_LABEL_DATAPLANE_MODE}=ambient",
-    "istio-injection=enabled",
-    "istio.io/rev",
-)
+ISTIO_INJECTION: Final = "istio-injection"
+ISTIO_REVISION: Final = "istio.io/rev"
 BOTH_MESHES_HINT: Final = (
     "ambit and Istio would both capture the same pods (two ztunnels, two CAs, two sets of"
     " redirection rules). Uninstall Istio first, or keep each namespace in one mesh:"
@@ -206,36 +204,44 @@ async def istio_not_installed(context: Context) -> Outcome:
     )
 
 
-async def enrolled_namespaces(context: Context) -> dict[str, list[str]]:
-    """Namespaces labelled for Istio, by label selector, each not labelled out of ambit."""
-    out: dict[str, list[str]] = {}
-    for selector in ENROLLED_SELECTORS:
-        items = await context.list_items("/api/v1/namespaces", {"labelSelector": selector})
-        names = [str(i["metadata"]["name"]) for i in items if "metadata" in i]
-        if names:
-            out[selector] = sorted(names)
-    return out
+def istio_captures(labels: Mapping[str, str]) -> str | None:
+    """Which of Istio's labels would have Istio capture a namespace's pods (ambient, its
+    sidecar injector, a revision's injector), or None."""
+    if labels.get(ISTIO_LABEL_DATAPLANE_MODE) == "ambient":
+        return f"{ISTIO_LABEL_DATAPLANE_MODE}=ambient"
+    if labels.get(ISTIO_INJECTION) == "enabled":
+        return f"{ISTIO_INJECTION}=enabled"
+    if ISTIO_REVISION in labels:
+        return f"{ISTIO_REVISION}={labels[ISTIO_REVISION]}"
+    return None
+
+
+def in_both_meshes(namespaces: list[Json]) -> list[str]:
+    """``name (label)`` of each namespace that both ambit (its dataplane-mode label,
+    ambit's winning over Istio's: :func:`k8s.translate_parts.dataplane_mode`) and Istio
+    (:func:`istio_captures`) would enroll."""
+    out: list[str] = []
+    for namespace in namespaces:
+        meta = namespace.get("metadata") or {}
+        labels = {str(k): str(v) for k, v in (meta.get("labels") or {}).items()}
+        istio = istio_captures(labels)
+        if istio is not None and dataplane_mode(labels) == "ambient":
+            out.append(f"{meta.get('name')} ({istio})")
+    return sorted(out)
 
 
 async def no_namespace_in_both_meshes(context: Context) -> Outcome:
-    """With Istio installed, no namespace is labelled for Istio (ambient, sidecar
-    injection, a revision); without it, none is labelled for Istio's sidecar injection
-    (``istio.io/dataplane-mode=ambient`` alone is ambit's too: it enrolls in ambit)."""
-    installed = bool(await _istio_control_planes(context))
-    enrolled = await enrolled_namespaces(context)
-    if not installed:
-        enrolled.pop(ENROLLED_SELECTORS[0], None)
-    if not enrolled:
+    """With Istio installed, no namespace is enrolled in both meshes."""
+    if not await _istio_control_planes(context):
+        return Outcome("ok", "Istio is not installed")
+    both = in_both_meshes(await context.list_items("/api/v1/namespaces"))
+    if not both:
         return OK
-    names = sorted({n for found in enrolled.values() for n in found})
-    labels = "; ".join(f"{sel}: {', '.join(found)}" for sel, found in enrolled.items())
-    why = (
-        "both meshes would capture the same pods"
-        if installed
-        else "labelled for Istio's sidecar injection (no istiod found): Istio may be installed"
-        " or come back, and both meshes would capture the same pods"
+    return warn(
+        f"namespaces enrolled in ambit and in Istio: {', '.join(both)}; both meshes would"
+        " capture their pods",
+        BOTH_MESHES_HINT,
     )
-    return warn(f"namespaces {', '.join(names)} ({labels}): {why}", BOTH_MESHES_HINT)
 
 
 async def no_ignored_istio_objects(context: Context) -> Outcome:

@@ -148,28 +148,29 @@ async def test_istio_on_the_cluster_is_a_warning_naming_it(
     assert "Deployment istio-system/istiod" in istio.message
     assert "both meshes would capture the same pods" in istio.message
     assert both.status == "warn"
-    assert kube_ns in both.message
+    assert f"{kube_ns} (istio.io/dataplane-mode=ambient)" in both.message
     assert "ambit.io/dataplane-mode=none" in both.hint
     # Warnings only: the cluster can still take ambit.
     assert report.exit_code(list(results.values())) == 0
 
+    # As the hint says: ambit's label wins over Istio's, so ambit keeps out.
+    with trio.fail_after(10):
+        labels = {"metadata": {"labels": {"ambit.io/dataplane-mode": "none"}}}
+        await kube_admin.patch("v1", "Namespace", kube_ns, labels)
+    both = (await pre(kube_cluster))[BOTH]
+    assert kube_ns not in both.message
 
-async def test_without_istio_an_ambient_label_alone_is_ambits_alias(
+
+async def test_without_istio_no_namespace_is_in_both_meshes(
     kube_cluster: Cluster, kube_admin: KubeAdmin, kube_ns: str
 ) -> None:
     with trio.fail_after(10):
-        labels = {"metadata": {"labels": {"istio.io/dataplane-mode": "ambient"}}}
-        await kube_admin.patch("v1", "Namespace", kube_ns, labels)
+        labels = {"istio-injection": "enabled", "ambit.io/dataplane-mode": "ambient"}
+        await kube_admin.patch("v1", "Namespace", kube_ns, {"metadata": {"labels": labels}})
     results = await pre(kube_cluster)
     assert results[ISTIO].status == "ok"
     assert results[BOTH].status == "ok"
-    # A namespace labelled for Istio's sidecar injection is one, Istio running or not.
-    with trio.fail_after(10):
-        labels = {"metadata": {"labels": {"istio-injection": "enabled"}}}
-        await kube_admin.patch("v1", "Namespace", kube_ns, labels)
-    results = await pre(kube_cluster)
-    assert results[BOTH].status == "warn"
-    assert f"namespaces {kube_ns} (istio-injection=enabled: {kube_ns})" in results[BOTH].message
+    assert results[BOTH].message == "Istio is not installed"
 
 
 async def test_istio_objects_ambit_ignores_are_reported(

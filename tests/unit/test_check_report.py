@@ -13,7 +13,7 @@ from ambit.cli import build_parser
 from k8s.check import report
 from k8s.check.base import Result
 from k8s.check.certs import certificate_dates
-from k8s.check.cluster import parse_version
+from k8s.check.cluster import in_both_meshes, parse_version
 from k8s.unsupported import Found, IstioKind, unsupported_kinds
 from tests.pki import make_root
 
@@ -155,3 +155,26 @@ def test_found_shows_a_count_and_some_names() -> None:
     assert Found(kind, ("a/x", "b/y")).shown() == "2 (a/x, b/y)"
     many = Found(kind, tuple(f"a/{i}" for i in range(7)))
     assert many.shown() == "7 (a/0, a/1, a/2, a/3, a/4, and 2 more)"
+
+
+def _ns(name: str, **labels: str) -> dict[str, object]:
+    return {"metadata": {"name": name, "labels": labels}}
+
+
+def test_in_both_meshes_means_ambit_and_istio_would_both_enroll_it() -> None:
+    namespaces = [
+        _ns("alias", **{"istio.io/dataplane-mode": "ambient"}),  # ambit reads Istio's label
+        _ns(
+            "kept-out", **{"istio.io/dataplane-mode": "ambient", "ambit.io/dataplane-mode": "none"}
+        ),
+        _ns("sidecars", **{"istio-injection": "enabled", "ambit.io/dataplane-mode": "ambient"}),
+        _ns("revision", **{"istio.io/rev": "canary", "ambit.io/dataplane-mode": "ambient"}),
+        _ns("istio-only", **{"istio-injection": "enabled"}),
+        _ns("ambit-only", **{"ambit.io/dataplane-mode": "ambient"}),
+        _ns("off", **{"istio-injection": "disabled", "ambit.io/dataplane-mode": "ambient"}),
+    ]
+    assert in_both_meshes(namespaces) == [
+        "alias (istio.io/dataplane-mode=ambient)",
+        "revision (istio.io/rev=canary)",
+        "sidecars (istio-injection=enabled)",
+    ]
