@@ -3,11 +3,12 @@ silently ignored.
 
 ambit reads Istio's ``security.istio.io`` AuthorizationPolicy, PeerAuthentication and
 RequestAuthentication (:data:`k8s.sources.resources.RESOURCES`). Every other kind of
-Istio's groups (``*.istio.io``: VirtualService, DestinationRule, ServiceEntry, Sidecar,
-EnvoyFilter, Istio's Gateway, Telemetry, WasmPlugin...) is ignored: the traffic rules
-such an object describes are not applied. Which of them exist is read from the
-cluster's CustomResourceDefinitions (:func:`unsupported_kinds`, pure), then each kind's
-objects are listed (:func:`find_unsupported`).
+Istio's groups that describe traffic (:data:`ISTIO_GROUPS`: VirtualService,
+DestinationRule, ServiceEntry, Sidecar, EnvoyFilter, Istio's Gateway, Telemetry,
+WasmPlugin...) is ignored: the traffic rules such an object describes are not applied.
+Which of them exist is read from the cluster's CustomResourceDefinitions
+(:func:`unsupported_kinds`, pure), then each kind's objects are listed
+(:func:`find_unsupported`).
 
 Two users: ``ambit check`` (a warning per kind, with a count and some names) and the
 control plane, through :func:`report_unsupported`: once the API is open it logs one
@@ -31,6 +32,12 @@ log = structlog.get_logger("k8s.unsupported")
 
 CRDS_PATH: Final = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
 ISTIO_GROUP_SUFFIX: Final = "istio.io"
+# The groups of Istio's kinds that describe traffic, the ones looked for (not, say,
+# install.istio.io's IstioOperator). Listing them needs "list" on every resource of
+# these groups: a ClusterRole rule {apiGroups: ISTIO_GROUPS, resources: ["*"]}.
+ISTIO_GROUPS: Final = (
+    "networking.istio.io", "security.istio.io", "telemetry.istio.io", "extensions.istio.io",
+)  # fmt: skip
 PAGE: Final = 500
 MAX_PAGES: Final = 200  # 100,000 objects of one kind: more is not counted
 NAMES_SHOWN: Final = 5
@@ -116,7 +123,7 @@ def is_istio_group(group: str) -> bool:
 
 
 def unsupported_kinds(crds: Iterable[Mapping[str, Any]]) -> list[IstioKind]:
-    """The kinds of Istio's groups among ``crds`` (CustomResourceDefinitions as the API
+    """The kinds of :data:`ISTIO_GROUPS` among ``crds`` (CustomResourceDefinitions as the API
     server lists them) that ambit does not read, in :data:`FIRST`'s order, then by name."""
     supported = _supported()
     out: list[IstioKind] = []
@@ -126,7 +133,7 @@ def unsupported_kinds(crds: Iterable[Mapping[str, Any]]) -> list[IstioKind]:
             continue
         group, names = str(spec.get("group") or ""), spec.get("names") or {}
         plural = str(names.get("plural") or "")
-        if not is_istio_group(group) or not plural or (group, plural) in supported:
+        if group not in ISTIO_GROUPS or not plural or (group, plural) in supported:
             continue
         versions = [v for v in spec.get("versions") or [] if isinstance(v, Mapping)]
         served = [v for v in versions if v.get("served") is True]

@@ -141,6 +141,7 @@ def test_unsupported_kinds_are_istios_that_ambit_does_not_read() -> None:
         _crd("security.istio.io", "PeerAuthentication", "peerauthentications", both),
         _crd("gateway.networking.k8s.io", "HTTPRoute", "httproutes", both),
         _crd("example.com", "Widget", "widgets", both),
+        _crd("install.istio.io", "IstioOperator", "istiooperators", both),  # no traffic
         _crd("networking.istio.io", "Sidecar", "sidecars", [("v1", False, True)]),  # not served
     ]
     assert unsupported_kinds(crds) == [
