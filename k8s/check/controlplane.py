@@ -93,27 +93,34 @@ async def _allowed(context: Context, need: tuple[str, str, str, str, str]) -> bo
     return bool((body.get("status") or {}).get("allowed"))
 
 
-def _need_text(need: tuple[str, str, str, str, str]) -> str:
-    verb, group, resource, namespace, name = need
-    what = f"{resource}.{group}" if group else resource
-    where = f" in {namespace}" if namespace else ""
-    return f"{verb} {what}{f' {name}' if name else ''}{where}"
+def _refused_text(refused: list[tuple[str, str, str, str, str]]) -> list[str]:
+    """``get, list, watch pods``: the refused verbs of each resource (and object, and
+    namespace) together, in the order first refused."""
+    verbs: dict[tuple[str, str, str], list[str]] = {}
+    for verb, group, resource, namespace, name in refused:
+        verbs.setdefault(
+            (f"{resource}.{group}" if group else resource, name, namespace), []
+        ).append(verb)
+    return [
+        f"{', '.join(v)} {what}{f' {name}' if name else ''}{f' in {ns}' if ns else ''}"
+        for (what, name, ns), v in verbs.items()
+    ]
 
 
 async def rbac(context: Context) -> Outcome:
-    refused: list[str] = []
+    refused: list[tuple[str, str, str, str, str]] = []
     for need in _needs(context.namespace):
         allowed = await _allowed(context, need)
         if isinstance(allowed, Outcome):
             return allowed
         if not allowed:
-            refused.append(_need_text(need))
+            refused.append(need)
     if refused:
-        shown = ", ".join(refused[:8]) + (
-            f", and {len(refused) - 8} more" if len(refused) > 8 else ""
-        )
+        texts = _refused_text(refused)
+        more = f"; and {len(texts) - 8} more" if len(texts) > 8 else ""
         return fail(
-            f"ServiceAccount {context.namespace}/{install.NAME} may not {shown}",
+            f"ServiceAccount {context.namespace}/{install.NAME} may not"
+            f" {'; '.join(texts[:8])}{more}",
             "its ClusterRole, Role or bindings are missing or changed: apply 'ambit install'"
             " again (ambit install | kubectl apply -f -)",
         )
