@@ -127,6 +127,7 @@ class Check:
     group: str
     name: str
     run: CheckFunction
+    after: str = ""  # a check's name: when that one failed, this one is not run
 
 
 async def run_check(check: Check, context: Context) -> Result:

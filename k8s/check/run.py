@@ -36,24 +36,27 @@ PRE_CHECKS: Final = (
     GATEWAY,
     *ISTIO,
 )  # fmt: skip
+NAMESPACE: Final = "control plane namespace exists"
+_INSTALLED: Final = (
+    ("ambit-controlplane", "control plane ServiceAccount has the permissions it needs",
+     controlplane.rbac),
+    ("ambit-controlplane", "control plane Deployment is available",
+     controlplane.deployment_available),
+    ("ambit-controlplane", "control plane pods are Ready", controlplane.pods_ready),
+    ("ambit-controlplane", "control plane is this ambit's version", controlplane.same_version),
+    ("ambit-controlplane", "control plane Service has ready endpoints on 15010, 15012, 15014",
+     controlplane.service_endpoints),
+    ("ambit-certificates", "the CA's certificates are valid and not near expiry", certs.ca_secret),
+    ("ambit-node", "the node side (ztunnel DaemonSet) is ready on every node",
+     controlplane.node_side),
+)  # fmt: skip
 CHECKS: Final = (
     VERSION,
     Check("ambit-crds", "ambit's CRDs are installed and established",
           controlplane.crds_established),
-    Check("ambit-controlplane", "control plane namespace exists", controlplane.namespace_exists),
-    Check("ambit-controlplane", "control plane ServiceAccount has the permissions it needs",
-          controlplane.rbac),
-    Check("ambit-controlplane", "control plane Deployment is available",
-          controlplane.deployment_available),
-    Check("ambit-controlplane", "control plane pods are Ready", controlplane.pods_ready),
-    Check("ambit-controlplane", "control plane is this ambit's version",
-          controlplane.same_version),
-    Check("ambit-controlplane", "control plane Service has ready endpoints on 15010, 15012, 15014",
-          controlplane.service_endpoints),
-    Check("ambit-certificates", "the CA's certificates are valid and not near expiry",
-          certs.ca_secret),
-    Check("ambit-node", "the node side (ztunnel DaemonSet) is ready on every node",
-          controlplane.node_side),
+    Check("ambit-controlplane", NAMESPACE, controlplane.namespace_exists),
+    # Without the namespace, what lives in it is not asked about: one failure, one hint.
+    *(Check(group, name, run, after=NAMESPACE) for group, name, run in _INSTALLED),
     GATEWAY,
     *ISTIO,
 )  # fmt: skip
@@ -65,12 +68,21 @@ def checks_for(config: CheckConfig) -> tuple[Check, ...]:
 
 async def check_with(api: Requests, config: CheckConfig) -> list[Result]:
     """The checks of ``config`` with an open client: the API server answering first
-    (nothing more is asked if it does not), then each in turn."""
+    (nothing more is asked if it does not), then each in turn, but for those whose
+    ``after`` check failed."""
     context = Context(api, config)
     query = await run_check(Check(API, QUERY, cluster.can_query), context)
     if query.status == "fail":
         return [query]
-    return [query, *[await run_check(check, context) for check in checks_for(config)]]
+    results = [query]
+    failed: set[str] = set()
+    for check in checks_for(config):
+        if check.after in failed:
+            continue
+        results.append(await run_check(check, context))
+        if results[-1].status == "fail":
+            failed.add(check.name)
+    return results
 
 
 async def run_checks(config: CheckConfig) -> list[Result]:

@@ -191,3 +191,25 @@ async def test_istio_objects_ambit_ignores_are_reported(
     assert ignored.hint.startswith("ambit ignores these: traffic they describe is not applied")
     # Istio's CRDs alone are not Istio running.
     assert results[ISTIO].status == "ok"
+
+
+async def test_check_without_ambit_says_to_install_it_once(kube_cluster: Cluster) -> None:
+    with trio.fail_after(SECONDS):
+        results = await run_checks(CheckConfig(kubeconfig=kube_cluster.kubeconfig))
+    failed = [(r.name, r.message, r.hint) for r in results if r.status == "fail"]
+    assert failed == [
+        (
+            "ambit's CRDs are installed and established",
+            "not installed: authorizationpolicies.security.ambit.io,"
+            " peerauthentications.security.ambit.io, requestauthentications.security.ambit.io",
+            "install ambit's CRDs: ambit install --crds | kubectl apply --server-side -f -",
+        ),
+        (
+            "control plane namespace exists",
+            "namespace ambit-system does not exist",
+            "install the control plane: ambit install | kubectl apply -f -",
+        ),
+    ]
+    # What would live in the namespace is not asked about.
+    assert not any(r.group in ("ambit-certificates", "ambit-node") for r in results)
+    assert report.exit_code(results) == 1
