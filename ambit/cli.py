@@ -11,9 +11,19 @@ import sys
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 
-from ambit import cmd_ca, cmd_controlplane, cmd_install, cmd_local, cmd_waypoint, cmd_ztunnel
+from ambit import (
+    cmd_ca,
+    cmd_check,
+    cmd_controlplane,
+    cmd_install,
+    cmd_local,
+    cmd_waypoint,
+    cmd_ztunnel,
+)
 
-COMMAND_MODULES = [cmd_local, cmd_waypoint, cmd_ztunnel, cmd_controlplane, cmd_ca, cmd_install]
+COMMAND_MODULES = [
+    cmd_local, cmd_waypoint, cmd_ztunnel, cmd_controlplane, cmd_ca, cmd_install, cmd_check,
+]  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from k8s import gateway_api
+
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
@@ -42,20 +44,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(run=run)
 
 
-# The release tests/kube installs and ambit is tested against (tests/kube/go.mod pins it).
-GATEWAY_API_VERSION = "v1.6.3"
-GATEWAY_API_HELP = f"""\
-ambit reads Gateway API's Gateway, GatewayClass, HTTPRoute and GRPCRoute (waypoints and
-their routes) but does not ship their CRDs. Install the standard channel's CRDs, if the
-cluster has none yet:
-
-  kubectl get crd gateways.gateway.networking.k8s.io >/dev/null 2>&1 || \\
-    kubectl apply --server-side -f \\
-    https://github.com/kubernetes-sigs/gateway-api/releases/download/{GATEWAY_API_VERSION}/standard-install.yaml
-
-ambit is tested with {GATEWAY_API_VERSION}. Without them, ambit runs without waypoints; it
-starts watching the kinds when their CRDs appear.
-"""
+# How to install Gateway API's CRDs, shared with ``ambit check`` (k8s.gateway_api).
+GATEWAY_API_VERSION = gateway_api.VERSION
+GATEWAY_API_HELP = gateway_api.INSTALL_HELP
 
 
 def run(args: argparse.Namespace) -> int:

@@ -76,6 +76,7 @@ from k8s.leader import (
 )
 from k8s.status_writer import run_status_writer
 from k8s.store import ObjectStore
+from k8s.unsupported import report_unsupported
 from mesh.admin import json_response, metrics_route, ready_route, serve_http
 from mesh.backoff import Backoff
 from mesh.constants import (
@@ -398,6 +399,8 @@ async def _run(
             nursery.start_soon(_watch_tokens, tokens, config.poll)
             nursery.start_soon(_sync, state, config)
             await nursery.start(_run_source, state, config, api)
+            if api is not None:  # Istio's kinds ambit ignores: said, never silently skipped
+                nursery.start_soon(report_unsupported, api)
             if api is not None:
                 nursery.start_soon(_lead, config, api, state)
             log.info(

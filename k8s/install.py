@@ -33,6 +33,7 @@ import yaml
 
 from ca.secret_keys import PLUGGED_SECRET_NAME, SECRET_NAME
 from k8s.sources.resources import CRD_RESOURCE, RESOURCES
+from k8s.unsupported import ISTIO_GROUPS
 from mesh.constants import (
     CONFIG_STREAM_PORT,
     CONTROL_PLANE_METRICS_PORT,
@@ -200,6 +201,8 @@ def permissions() -> tuple[Permission, ...]:
                    why="ambit-ca, created once by the first control plane"),
         Permission("coordination.k8s.io", ("leases",), (*READ, "create", "update", "patch"),
                    namespaced=True, why="leader election, in its own namespace"),
+        *(Permission(g, ("*",), ("list",), why="Istio's kinds ambit ignores, reported")
+          for g in ISTIO_GROUPS),
     )  # fmt: skip
 
 

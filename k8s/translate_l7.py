@@ -97,15 +97,20 @@ def waypoint(gateway: m.Gateway) -> tuple[model_l7.Gateway | None, Problem | Non
 
 def use_waypoint(labels: m.Pairs, namespace: str) -> str | None:
     """The waypoint an object's own labels name: its key (``namespace/name``),
-    :data:`OPT_OUT`, or None when they name none. ambit's labels count before Istio's."""
+    :data:`OPT_OUT`, or None when they name none. ambit's labels count before Istio's:
+    where ``ambit.io/use-waypoint`` is present (even empty, which names none) Istio's
+    pair is not read; each name label goes with the ``-namespace`` label of its prefix."""
     values = {k: v for k, v in labels if k in _WAYPOINT_LABELS} if labels else None
     if not values:  # most objects name no waypoint: one pass over their labels
         return None
     for name_label, namespace_label in _USE_WAYPOINT:
-        name = values.get(name_label)
-        if name:
-            in_namespace = values.get(namespace_label) or namespace
-            return OPT_OUT if name == OPT_OUT else f"{in_namespace}/{name}"
+        if name_label not in values:
+            continue
+        name = values[name_label]
+        if not name:
+            return None
+        in_namespace = values.get(namespace_label) or namespace
+        return OPT_OUT if name == OPT_OUT else f"{in_namespace}/{name}"
     return None
 
 
