@@ -76,6 +76,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--metrics-port", type=int, default=CONTROL_PLANE_METRICS_PORT)
     parser.add_argument("--trust-domain", default=DEFAULT_TRUST_DOMAIN)
     parser.add_argument(
+        "--waypoint-image", metavar="IMAGE",
+        help="--source kubernetes: the image of the waypoints the deployer makes (default:"
+        " ambit install's image, ambit:<version>)",
+    )  # fmt: skip
+    parser.add_argument(
         "--drain-seconds", type=float, default=5.0,
         help="after SIGTERM, how long requests in flight may finish (default %(default)s)",
     )  # fmt: skip
@@ -105,6 +110,9 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"ambit controlplane: --ztunnel-service-account: {exc}", file=sys.stderr)
         return 2
+    if args.source == "files" and args.waypoint_image is not None:
+        print("ambit controlplane: --waypoint-image is for --source kubernetes", file=sys.stderr)
+        return 2
     config = ControlPlaneConfig(
         files=tuple(args.files),
         ca_dir=args.ca_dir,
@@ -120,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         trust_domain=args.trust_domain,
         drain_seconds=args.drain_seconds,
+        **({"waypoint_image": args.waypoint_image} if args.waypoint_image else {}),
     )
     try:
         failed = _run(config)

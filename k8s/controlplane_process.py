@@ -53,6 +53,7 @@ from k8s.ca_nodes import DEFAULT_ZTUNNEL_ACCOUNT, KubeNodeAuthorizer, ServiceAcc
 from k8s.controlplane import Access, ControlPlane
 from k8s.files_source import FilesSource
 from k8s.store import ObjectStore
+from k8s.waypoint_kube import DEFAULT_IMAGE as DEFAULT_WAYPOINT_IMAGE
 from mesh.admin import json_response, metrics_route, ready_route, serve_http
 from mesh.backoff import Backoff
 from mesh.constants import (
@@ -91,6 +92,7 @@ class ControlPlaneConfig:
     coalesce: float = 0.1  # changes this close together are translated once
     poll: float = 0.2  # how often watched files are checked
     drain_seconds: float = 5.0  # after SIGTERM, for requests and connections in flight
+    waypoint_image: str = DEFAULT_WAYPOINT_IMAGE  # kubernetes: what the waypoint deployer runs
 
 
 @dataclass

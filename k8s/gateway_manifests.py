@@ -40,7 +40,7 @@ IGNORED: Final = {
 
 _MAX_LISTENERS = 64
 _MAX_ADDRESSES = 16
-_MAX_INFRASTRUCTURE_ENTRIES = 8  # labels, and annotations, of spec.infrastructure
+_MAX_INFRASTRUCTURE = {"labels": 8, "annotations": 16}  # entries, in spec.infrastructure
 
 _LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 _DOMAIN = rf"{_LABEL}(\.{_LABEL})*"
@@ -267,8 +267,8 @@ def _infrastructure(r: Reader, value: object) -> tuple[Pairs, Pairs]:
     out = []
     for key, read in (("labels", r.labels), ("annotations", r.annotations)):
         pairs = read(infrastructure.get(key), f"{path}.{key}")
-        if len(pairs) > _MAX_INFRASTRUCTURE_ENTRIES:
-            r.fail(f"{path}.{key}", f"at most {_MAX_INFRASTRUCTURE_ENTRIES} entries")
+        if len(pairs) > _MAX_INFRASTRUCTURE[key]:
+            r.fail(f"{path}.{key}", f"at most {_MAX_INFRASTRUCTURE[key]} entries")
         for k, v in pairs:
             if len(v) > 4096:
                 r.fail(f"{path}.{key}.{k}", "a value has at most 4096 characters")

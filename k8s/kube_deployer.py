@@ -74,8 +74,12 @@ class KubeDeployer:
         """Carry out the plan for ``objects`` (the Gateways are enough); whether every
         request succeeded."""
         wanted = plan(objects, self.settings)
-        for (namespace, name), error in wanted.refused.items():
-            self._failed(f"Gateway {namespace}/{name}", "waypoint_refused", error)
+        refused = {f"Gateway {ns}/{name}": error for (ns, name), error in wanted.refused.items()}
+        current = {*wanted.wanted, *refused, *(p for g in wanted.leavers for p in g.paths)}
+        for key in [k for k in self._logged if k not in current]:
+            del self._logged[key]  # its Gateway is gone: logged again if it comes back
+        for key, error in refused.items():
+            self._failed(key, "waypoint_refused", error)
         for path in [p for p in self._applied if p not in wanted.wanted]:
             del self._applied[path]  # its Gateway is gone (the collector's) or left
         ok = True

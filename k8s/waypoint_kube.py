@@ -98,6 +98,12 @@ class KubeDeployerSettings:
     memory_limit: str = "1Gi"
 
 
+def cluster_settings(image: str, trust_domain: str) -> KubeDeployerSettings:
+    """The deployer's settings for ``ambit controlplane --source kubernetes``."""
+    paths = DeployerSettings(python="", trust_domain=trust_domain)
+    return KubeDeployerSettings(image=image, waypoint=paths)
+
+
 def serves(gateway: m.Gateway, settings: KubeDeployerSettings) -> bool:
     """Whether the deployer makes objects for ``gateway``."""
     return gateway.gateway_class in settings.classes

@@ -18,6 +18,7 @@ from k8s import manifests as m
 from k8s.waypoint_kube import (
     KubeDeployerSettings,
     Leaver,
+    cluster_settings,
     gateway_class_document,
     kube_documents,
     owned_by,
@@ -170,3 +171,19 @@ def test_a_changed_infrastructure_label_or_uid_changes_the_documents() -> None:
     assert kube_documents(relabelled, SETTINGS) != before
     assert kube_documents(dataclasses.replace(edge(), uid="u-2"), SETTINGS) != before
     assert kube_documents(edge(), SETTINGS) == before, "rendering is deterministic"
+
+
+def test_the_control_planes_waypoint_image_is_for_kubernetes_only(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["controlplane", "--source", "files", "-f", "x.yaml", "--ca-dir", "ca",
+            "--waypoint-image", "registry.example/ambit:9"]  # fmt: skip
+    args = build_parser().parse_args(argv)
+    assert args.run(args) == 2
+    assert "--waypoint-image is for --source kubernetes" in capsys.readouterr().err
+    settings = cluster_settings("registry.example/ambit:9", "example.org")
+    deployment = kube_documents(edge(), settings)[2]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == "registry.example/ambit:9"
+    args = build_parser().parse_args(container["command"][1:])
+    assert args.trust_domain == "example.org"
