@@ -15,9 +15,11 @@ gets, in N:
   command that runs ``ambit waypoint run`` with exactly the flags
   :class:`waypoint.config.WaypointConfig` is parsed from.
 
-Every object made carries ``ambit.io/managed-by: waypoint-deployer`` and, in its
-document, an ``ownerReference`` to its Gateway (with the Gateway's uid once it has
-one): it exists while its Gateway does, and changes with it. A Gateway of another class
+Every object made carries ``ambit.io/managed-by: waypoint-deployer``, the Gateway's
+``spec.infrastructure`` labels and annotations (the deployer's own labels win) and, in
+its document, a controlling ``ownerReference`` to its Gateway (with the Gateway's uid
+once it has one, and ``blockOwnerDeletion``): it exists while its Gateway does, and
+changes with it. A Gateway of another class
 gets nothing. Each object is built as a document and read back through
 :func:`k8s.manifests.parse_object`, so it is exactly what an API server would have
 stored; a Gateway whose name cannot name those objects (a Service name is at most 63
@@ -25,7 +27,8 @@ characters and starts with a letter) gets an error instead.
 
 Where the waypoint finds the control plane, the CA, its token and the trust bundle is
 the deployment's (:class:`DeployerSettings`): local mode gives the bridge address and
-files in its state directory.
+files in its state directory. On a cluster :mod:`k8s.waypoint_kube` makes the same
+ServiceAccount and Service, and a Deployment where local mode has a Pod.
 """
 
 from __future__ import annotations
