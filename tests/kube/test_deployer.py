@@ -12,6 +12,7 @@ The deployer sees every Gateway of the cluster, so each test looks at its own na
 from __future__ import annotations
 
 import gc
+from collections import Counter
 from collections.abc import AsyncIterator, MutableMapping
 from contextlib import asynccontextmanager
 from functools import partial
@@ -36,6 +37,7 @@ pytestmark = pytest.mark.kube
 SECONDS = 30.0  # a Gateway's way to its objects: about a second
 GC_SECONDS = 60.0  # the garbage collector's, after its Gateway is deleted
 GATEWAY_API = "gateway.networking.k8s.io/v1"
+CLASS_PATH = "/apis/gateway.networking.k8s.io/v1/gatewayclasses/ambit-waypoint"
 MADE = (("v1", "ServiceAccount"), ("v1", "Service"), ("apps/v1", "Deployment"))
 SETTINGS = KubeDeployerSettings(image="registry.example/ambit:test")
 
@@ -55,14 +57,17 @@ def gateway(ns: str, name: str, klass: str = "ambit-waypoint", team: str = "blue
 
 
 @asynccontextmanager
-async def deploying(cluster: Cluster) -> AsyncIterator[KubeDeployer]:
+async def deploying(
+    cluster: Cluster, backoff: Backoff | None = None
+) -> AsyncIterator[KubeDeployer]:
     """The source feeding a store and the deployer following it, on one API client, as
-    the control plane runs them; stopped on exit."""
+    the control plane runs them (a failed request is retried after ``backoff``'s delays,
+    by default at most half a second apart); stopped on exit."""
     store = ObjectStore()
     config = KubeSourceConfig(
         kubeconfig=cluster.kubeconfig, backoff=Backoff(initial=0.05, maximum=0.5)
     )
-    timing = DeployerTiming(backoff=Backoff(initial=0.05, maximum=0.5))
+    timing = DeployerTiming(backoff=backoff or Backoff(initial=0.05, maximum=0.5))
     async with open_kube_api(config) as api, trio.open_nursery() as nursery:
         await nursery.start(partial(KubernetesSource(config).serve, api, store))
         deployer = await nursery.start(partial(run_deployer, api, store, SETTINGS, timing=timing))
@@ -84,6 +89,11 @@ async def made(admin: KubeAdmin, ns: str, name: str) -> dict[str, Obj] | None:
 
 async def all_gone(admin: KubeAdmin, ns: str, name: str) -> bool:
     return all([await gone(admin, v, k, name, ns) for v, k in MADE])
+
+
+def mine(counts: Counter[str], ns: str) -> dict[str, int]:
+    """The deployer's counts of the paths in namespace ``ns``."""
+    return {p: n for p, n in counts.items() if f"/namespaces/{ns}/" in p}
 
 
 def owners(obj: Obj) -> list[tuple[str, str, bool, bool]]:
@@ -164,12 +174,16 @@ async def test_a_changed_label_and_a_recreated_gateway_update_the_objects(
         async with deploying(kube_cluster) as deployer:
             first = (await kube_admin.create(gateway(kube_ns, "edge")))["metadata"]["uid"]
             await wait_for(partial(team_is, "blue", first), seconds=SECONDS)
-            applies = deployer.applies
+            before = mine(deployer.applied, kube_ns)
+            klass = deployer.applied[CLASS_PATH]
+            assert (klass, sorted(before.values())) == (1, [1, 1, 1])
 
             patch = {"spec": {"infrastructure": {"labels": {"team": "red"}}}}
             await kube_admin.patch(GATEWAY_API, "Gateway", "edge", patch, kube_ns)
             await wait_for(partial(team_is, "red", first), seconds=SECONDS)
-            assert deployer.applies == applies + 3  # each object once, the class untouched
+            after = mine(deployer.applied, kube_ns)
+            assert after == dict.fromkeys(before, 2), "each object once more"
+            assert deployer.applied[CLASS_PATH] == klass, "the class untouched"
 
             await kube_admin.delete(GATEWAY_API, "Gateway", "edge", kube_ns)
             again = await kube_admin.create(gateway(kube_ns, "edge", team="green"))
@@ -192,7 +206,7 @@ async def test_deleting_the_gateway_lets_the_garbage_collector_remove_its_object
 
             await kube_admin.delete(GATEWAY_API, "Gateway", "edge", kube_ns)
             await wait_for(partial(all_gone, kube_admin, kube_ns, "edge"), seconds=GC_SECONDS)
-            assert deployer.deletes == 0, "the collector's work, not the deployer's"
+            assert mine(deployer.deleted, kube_ns) == {}, "the collector's work, not the deployer's"
 
             async def nothing_left() -> bool:
                 replica_sets = await kube_admin.list("apps/v1", "ReplicaSet", kube_ns)
@@ -207,27 +221,44 @@ async def test_a_gateway_leaving_the_class_loses_its_objects_and_others_get_none
     long_name = "x" * 64
     with trio.fail_after(120), capture_logs() as logs:
         async with deploying(kube_cluster) as deployer:
+            # An object named after the other class's Gateway, not the deployer's, stays.
+            unrelated = {"apiVersion": "v1", "kind": "ServiceAccount",
+                         "metadata": {"name": "ingress", "namespace": kube_ns}}  # fmt: skip
+            await kube_admin.create(unrelated)
             await kube_admin.create(gateway(kube_ns, "ingress", klass="nginx"))
             await kube_admin.create(gateway(kube_ns, long_name))  # no Service can be named so
             await kube_admin.create(gateway(kube_ns, "edge"))
             await wait_for(partial(made, kube_admin, kube_ns, "edge"), seconds=SECONDS)
             # The deployer has seen the two Gateways created before "edge", and made nothing.
-            assert await all_gone(kube_admin, kube_ns, "ingress")
+            for api_version, kind in MADE[1:]:
+                assert await gone(kube_admin, api_version, kind, "ingress", kube_ns)
             assert await all_gone(kube_admin, kube_ns, long_name)
             refused = [e for e in logs if e["event"] == "waypoint_refused"
                        and e["object"] == f"Gateway {kube_ns}/{long_name}"]  # fmt: skip
             assert len(refused) == 1, "logged once, however many times the store changed"
             assert "rename the Gateway" in refused[0]["reason"]
 
-            # An object of the same name that is not the deployer's stays.
-            mine = {"apiVersion": "v1", "kind": "ServiceAccount",
-                    "metadata": {"name": "ingress", "namespace": kube_ns}}  # fmt: skip
-            await kube_admin.create(mine)
             patch = {"spec": {"gatewayClassName": "nginx"}}
             await kube_admin.patch(GATEWAY_API, "Gateway", "edge", patch, kube_ns)
             await wait_for(partial(all_gone, kube_admin, kube_ns, "edge"), seconds=SECONDS)
-            assert deployer.deletes == 3
+            assert sorted(mine(deployer.deleted, kube_ns)) == [
+                f"/api/v1/namespaces/{kube_ns}/serviceaccounts/edge",
+                f"/api/v1/namespaces/{kube_ns}/services/edge",
+                f"/apis/apps/v1/namespaces/{kube_ns}/deployments/edge",
+            ]
             await kube_admin.get("v1", "ServiceAccount", "ingress", kube_ns)
+
+
+def other_deployment(ns: str, name: str) -> Obj:
+    """Someone else's Deployment, whose selector (immutable) is not the waypoint's."""
+    labels = {"app": "other"}
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"selector": {"matchLabels": labels}, "template": {
+            "metadata": {"labels": labels},
+            "spec": {"containers": [{"name": "app", "image": "example"}]}}},
+    }  # fmt: skip
 
 
 async def test_a_refused_apply_is_retried_logged_once_and_recovers(
@@ -235,14 +266,7 @@ async def test_a_refused_apply_is_retried_logged_once_and_recovers(
 ) -> None:
     """A Deployment of the Gateway's name already exists with another selector (which
     cannot change): the apply is refused until that Deployment is deleted."""
-    labels = {"app": "other"}
-    theirs = {
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": "edge", "namespace": kube_ns},
-        "spec": {"selector": {"matchLabels": labels}, "template": {
-            "metadata": {"labels": labels},
-            "spec": {"containers": [{"name": "app", "image": "example"}]}}},
-    }  # fmt: skip
+    theirs = other_deployment(kube_ns, "edge")
     path = f"/apis/apps/v1/namespaces/{kube_ns}/deployments/edge"
 
     def events(name: str) -> list[MutableMapping[str, Any]]:
@@ -273,3 +297,34 @@ async def test_a_refused_apply_is_retried_logged_once_and_recovers(
             await wait_for(ours, seconds=SECONDS)
             assert len(events("waypoint_apply_recovered")) == 1
             assert len(events("waypoint_apply_failed")) == 1
+
+
+async def test_a_path_waiting_for_its_retry_holds_up_no_other_and_a_change_retries_it(
+    kube_cluster: Cluster, kube_admin: KubeAdmin, kube_ns: str, gateway_crds: list[str]
+) -> None:
+    """With retries 50 to 100 s apart, another Gateway is deployed meanwhile, and a
+    change of the refused Gateway is tried at once."""
+    quick = 10.0  # well under the retry's delay
+    with trio.fail_after(90):
+        await kube_admin.create(other_deployment(kube_ns, "edge"))
+        async with deploying(kube_cluster, Backoff(initial=100.0, maximum=100.0)) as deployer:
+            await kube_admin.create(gateway(kube_ns, "edge"))
+            await wait_for(partial(made, kube_admin, kube_ns, "edge"), seconds=SECONDS)
+            path = f"/apis/apps/v1/namespaces/{kube_ns}/deployments/edge"
+            assert path not in deployer.applied
+
+            await kube_admin.create(gateway(kube_ns, "second"))
+            await wait_for(partial(made, kube_admin, kube_ns, "second"), seconds=quick)
+            assert path not in deployer.applied, "not retried meanwhile"
+
+            await kube_admin.delete("apps/v1", "Deployment", "edge", kube_ns)
+            await trio.sleep(1)  # the deployer does not retry on its own yet
+            assert await gone(kube_admin, "apps/v1", "Deployment", "edge", kube_ns)
+            patch = {"spec": {"infrastructure": {"labels": {"team": "red"}}}}
+            await kube_admin.patch(GATEWAY_API, "Gateway", "edge", patch, kube_ns)
+
+            async def ours() -> bool:
+                objects = await made(kube_admin, kube_ns, "edge")
+                return objects is not None and owners(objects["Deployment"]) != []
+
+            await wait_for(ours, seconds=quick)
