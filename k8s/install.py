@@ -194,6 +194,9 @@ def permissions() -> tuple[Permission, ...]:
         Permission("", ("services", "serviceaccounts"), WRITE, why="the waypoint deployer"),
         Permission(GATEWAY_GROUP, ("gatewayclasses",), ("create", "update", "patch"),
                    why="the waypoint GatewayClass"),
+        Permission(GATEWAY_GROUP, ("gateways/finalizers",), ("update",),
+                   why="the deployer's objects block their Gateway's deletion"
+                   " (OwnerReferencesPermissionEnforcement)"),
         Permission("", ("secrets",), ("get",), namespaced=True, names=CA_SECRETS,
                    why="the CA's keys: an operator's cacerts, else ambit-ca"),
         Permission("", ("secrets",), ("create",), namespaced=True,
@@ -258,6 +261,7 @@ def controlplane_deployment(values: Values) -> Obj:
         "ambit", "--log-level", values.log_level, "--log-format", "json",
         "controlplane", "--source", "kubernetes",
         "--trust-domain", values.trust_domain, "--drain-seconds", str(DRAIN_SECONDS),
+        "--waypoint-image", values.image,
     ]  # fmt: skip
     container = {
         "name": "controlplane",

@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, MutableMapping
 from contextlib import asynccontextmanager
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,10 +30,13 @@ from k8s.sources.kubernetes import KubeSourceConfig, open_kube_api
 from k8s.store import ObjectStore
 from k8s.waypoint_kube import KubeDeployerSettings, kube_documents
 from mesh.backoff import Backoff
+from mesh.constants import CONTROL_PLANE_SERVICE_ACCOUNT, SYSTEM_NAMESPACE
 from tests.kube.client import KubeAdmin, NotFound, Obj, gone, wait_for
-from tests.kube.cluster import Cluster
+from tests.kube.cluster import Cluster, write_kubeconfig
+from tests.kube.installing import installed
 
 pytestmark = pytest.mark.kube
+__all__ = ["installed"]  # the fixture, used here
 
 SECONDS = 30.0  # a Gateway's way to its objects: about a second
 GC_SECONDS = 60.0  # the garbage collector's, after its Gateway is deleted
@@ -58,14 +62,15 @@ def gateway(ns: str, name: str, klass: str = "ambit-waypoint", team: str = "blue
 
 @asynccontextmanager
 async def deploying(
-    cluster: Cluster, backoff: Backoff | None = None
+    cluster: Cluster, backoff: Backoff | None = None, kubeconfig: Path | None = None
 ) -> AsyncIterator[KubeDeployer]:
     """The source feeding a store and the deployer following it, on one API client, as
     the control plane runs them (a failed request is retried after ``backoff``'s delays,
-    by default at most half a second apart); stopped on exit."""
+    by default at most half a second apart; as the admin unless ``kubeconfig``); stopped
+    on exit."""
     store = ObjectStore()
     config = KubeSourceConfig(
-        kubeconfig=cluster.kubeconfig, backoff=Backoff(initial=0.05, maximum=0.5)
+        kubeconfig=kubeconfig or cluster.kubeconfig, backoff=Backoff(initial=0.05, maximum=0.5)
     )
     timing = DeployerTiming(backoff=backoff or Backoff(initial=0.05, maximum=0.5))
     async with open_kube_api(config) as api, trio.open_nursery() as nursery:
@@ -328,3 +333,38 @@ async def test_a_path_waiting_for_its_retry_holds_up_no_other_and_a_change_retri
                 return objects is not None and owners(objects["Deployment"]) != []
 
             await wait_for(ours, seconds=quick)
+
+
+async def test_the_control_planes_service_account_may_do_all_the_deployer_does(
+    kube_cluster: Cluster,
+    kube_admin: KubeAdmin,
+    kube_ns: str,
+    gateway_crds: list[str],
+    installed: list[Obj],
+    tmp_path: Path,
+) -> None:
+    """With a token of ``ambit-controlplane`` and the RBAC ``ambit install`` gives it:
+    the class and a waypoint applied, then deleted when the Gateway leaves the class,
+    and not one request refused. (Last in this module: ``installed`` is the module's.)"""
+    with trio.fail_after(20):
+        request = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                   "spec": {"expirationSeconds": 600}}  # fmt: skip
+        answer = await kube_admin.post_subresource(
+            "v1", "ServiceAccount", CONTROL_PLANE_SERVICE_ACCOUNT, "token", request,
+            SYSTEM_NAMESPACE,
+        )  # fmt: skip
+    kubeconfig = tmp_path / "kubeconfig"
+    token = answer["status"]["token"]
+    write_kubeconfig(kubeconfig, kube_cluster.server, kube_cluster.ca_file, token)
+    failures = ("waypoint_apply_failed", "waypoint_delete_failed")
+    with trio.fail_after(90), capture_logs() as logs:
+        async with deploying(kube_cluster, kubeconfig=kubeconfig) as deployer:
+            await kube_admin.create(gateway(kube_ns, "edge"))
+            await wait_for(partial(made, kube_admin, kube_ns, "edge"), seconds=SECONDS)
+            assert deployer.applied[CLASS_PATH] == 1
+            patch = {"spec": {"gatewayClassName": "nginx"}}
+            await kube_admin.patch(GATEWAY_API, "Gateway", "edge", patch, kube_ns)
+            await wait_for(partial(all_gone, kube_admin, kube_ns, "edge"), seconds=SECONDS)
+    refused = [e for e in logs if e["event"] in failures
+               and (kube_ns in e["object"] or e["object"] == CLASS_PATH)]  # fmt: skip
+    assert refused == []
