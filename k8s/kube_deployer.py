@@ -17,9 +17,9 @@ A request that fails (refused, 4xx/5xx, no answer) is tried again after
 :class:`~mesh.backoff.Backoff`'s delay for that path (0.5 s doubling to 30 s), or at once
 if its document changed meanwhile; the other paths are not held up. Each path's failure
 is logged once (``waypoint_apply_failed``, ``waypoint_delete_failed``) until its error
-changes, and its end once (``waypoint_apply_recovered``). A Gateway
-whose name cannot name its objects is logged once (``waypoint_refused``) and gets
-nothing. Status is not written here.
+changes, and its end once (``waypoint_apply_recovered``). A Gateway whose name cannot
+name its objects is logged once (``waypoint_refused``) and gets nothing. Status is not
+written here.
 """
 
 from __future__ import annotations
