@@ -92,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
     from ca.secret_keys import CaSecrets
     from k8s.ca_nodes import ServiceAccountRef
     from k8s.controlplane_process import ControlPlaneConfig
+    from k8s.waypoint_kube import DEFAULT_IMAGE
 
     if args.source == "kubernetes" and args.files:
         print("ambit controlplane: -f is for --source files, not kubernetes", file=sys.stderr)
@@ -128,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         trust_domain=args.trust_domain,
         drain_seconds=args.drain_seconds,
-        **({"waypoint_image": args.waypoint_image} if args.waypoint_image else {}),
+        waypoint_image=args.waypoint_image or DEFAULT_IMAGE,
     )
     try:
         failed = _run(config)
