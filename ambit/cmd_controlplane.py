@@ -85,6 +85,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="--source kubernetes: this replica writes status without a Lease (run one only)",
     )  # fmt: skip
     parser.add_argument(
+        "--waypoint-image", metavar="IMAGE",
+        help="--source kubernetes: the image of the waypoints the deployer makes (default:"
+        " ambit install's image, ambit:<version>)",
+    )  # fmt: skip
+    parser.add_argument(
         "--drain-seconds", type=float, default=5.0,
         help="after SIGTERM, how long requests in flight may finish (default %(default)s)",
     )  # fmt: skip
@@ -97,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
     from k8s.ca_nodes import ServiceAccountRef
     from k8s.controlplane_process import ControlPlaneConfig
     from k8s.leader import LeaseConfig
+    from k8s.waypoint_kube import DEFAULT_IMAGE
 
     if args.source == "kubernetes" and args.files:
         print("ambit controlplane: -f is for --source files, not kubernetes", file=sys.stderr)
@@ -114,6 +120,9 @@ def run(args: argparse.Namespace) -> int:
         ztunnel = ServiceAccountRef.parse(args.ztunnel_service_account)
     except ValueError as exc:
         print(f"ambit controlplane: --ztunnel-service-account: {exc}", file=sys.stderr)
+        return 2
+    if args.source == "files" and args.waypoint_image is not None:
+        print("ambit controlplane: --waypoint-image is for --source kubernetes", file=sys.stderr)
         return 2
     config = ControlPlaneConfig(
         files=tuple(args.files),
@@ -133,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
         lease=LeaseConfig(namespace=args.leader_election_namespace)
         if args.leader_election
         else None,
+        waypoint_image=args.waypoint_image or DEFAULT_IMAGE,
     )
     try:
         failed = _run(config)

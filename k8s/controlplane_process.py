@@ -67,6 +67,7 @@ from k8s.ca_nodes import (
 )
 from k8s.controlplane import Access, ControlPlane
 from k8s.files_source import FilesSource
+from k8s.kube_deployer import run_deployer
 from k8s.leader import (
     Leadership,
     LeaderTask,
@@ -74,9 +75,12 @@ from k8s.leader import (
     default_identity,
     run_when_leader,
 )
+from k8s.root_cert import run_root_cert_publisher
 from k8s.status_writer import run_status_writer
 from k8s.store import ObjectStore
 from k8s.unsupported import report_unsupported
+from k8s.waypoint_kube import DEFAULT_IMAGE as DEFAULT_WAYPOINT_IMAGE
+from k8s.waypoint_kube import cluster_settings
 from mesh.admin import json_response, metrics_route, ready_route, serve_http
 from mesh.backoff import Backoff
 from mesh.constants import (
@@ -116,6 +120,7 @@ class ControlPlaneConfig:
     poll: float = 0.2  # how often watched files are checked
     drain_seconds: float = 5.0  # after SIGTERM, for requests and connections in flight
     lease: LeaseConfig | None = field(default_factory=LeaseConfig)  # None: always leads
+    waypoint_image: str = DEFAULT_WAYPOINT_IMAGE  # kubernetes: what the waypoint deployer runs
 
 
 @dataclass
@@ -317,13 +322,21 @@ async def _authority(
         return authority
 
 
-def leader_tasks(api: ClientApi, state: _State, identity: str) -> list[LeaderTask]:
-    """What only the leader runs, each until cancelled (leadership lost, or shutdown)."""
+def leader_tasks(
+    config: ControlPlaneConfig, api: ClientApi, state: _State, identity: str
+) -> list[LeaderTask]:
+    """What only the leader runs, each until cancelled (leadership lost, or shutdown): the
+    status writer, the waypoint deployer (which also owns the waypoint GatewayClass) and
+    the trust bundle's ConfigMap in every namespace (what waypoint pods mount)."""
     source, store = state.source, state.store
     refusals = source.refusals if not isinstance(source, FilesSource) else lambda: ()
+    deployer = cluster_settings(config.waypoint_image, config.trust_domain)
     return [
         lambda: run_status_writer(api, store, identity=identity, refusals=refusals),
-        # The waypoint deployer joins here: k8s.kube_deployer.run_deployer(api, store, ...).
+        lambda: run_deployer(api, store, deployer),
+        lambda: run_root_cert_publisher(
+            api, store, lambda: state.plane.authority.trust_bundle.pem()
+        ),
     ]
 
 
@@ -332,10 +345,10 @@ async def _lead(config: ControlPlaneConfig, api: ClientApi, state: _State) -> No
     if lease is None:
         state.leadership.leading = True
         async with trio.open_nursery() as nursery:
-            for task in leader_tasks(api, state, default_identity()):
+            for task in leader_tasks(config, api, state, default_identity()):
                 nursery.start_soon(task)
         return
-    tasks = leader_tasks(api, state, lease.identity)
+    tasks = leader_tasks(config, api, state, lease.identity)
     await run_when_leader(api, lease, tasks, leadership=state.leadership)
 
 

@@ -13,14 +13,14 @@ is :data:`REPORTING_CONTROLLER`; ``reportingInstance`` the replica's identity.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 import structlog
 
 from ca.kube import ApiUnavailable
 from k8s.leader import micro_time
+from k8s.sources.api import Requests
 
 log = structlog.get_logger("k8s.events")
 
@@ -31,16 +31,7 @@ REMEMBERED: Final = 4096  # Events kept for deduplication; the oldest forgotten 
 Json = dict[str, Any]
 
 
-class EventApi(Protocol):
-    async def request(
-        self,
-        method: str,
-        path: str,
-        body: Mapping[str, Any] | None = None,
-        *,
-        query: Mapping[str, str] | None = None,
-        content_type: str = "application/json",
-    ) -> tuple[int, Json]: ...
+EventApi = Requests  # the requests Events need
 
 
 @dataclass(frozen=True)

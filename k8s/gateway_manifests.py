@@ -32,13 +32,15 @@ GRPC_ROUTE_API_VERSIONS: Final = (f"{GATEWAY_GROUP}/v1",)
 # and dropped.
 IGNORED: Final = {
     "GatewayClass.spec": ("parametersRef",),
-    "Gateway.spec": ("infrastructure", "allowedListeners", "tls", "defaultScope"),
+    "Gateway.spec": ("allowedListeners", "tls", "defaultScope"),
+    "Gateway.spec.infrastructure": ("parametersRef",),
     "listener.tls": ("certificateRefs", "options", "frontendValidation"),
     "rule": ("retry", "sessionPersistence"),
 }
 
 _MAX_LISTENERS = 64
 _MAX_ADDRESSES = 16
+_MAX_INFRASTRUCTURE = {"labels": 8, "annotations": 16}  # entries, in spec.infrastructure
 
 _LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 _DOMAIN = rf"{_LABEL}(\.{_LABEL})*"
@@ -73,6 +75,9 @@ class Gateway(Meta):
     gateway_class: str
     listeners: tuple[Listener, ...]
     addresses: tuple[GatewayAddress, ...] = ()
+    # spec.infrastructure: what the objects made for this Gateway carry (the deployer's).
+    infrastructure_labels: Pairs = ()
+    infrastructure_annotations: Pairs = ()
 
 
 # --- Gateway API values --------------------------------------------------------------------
@@ -254,9 +259,27 @@ def _address(r: Reader, value: object, path: str) -> GatewayAddress:
     return GatewayAddress(kind_, text)
 
 
+def _infrastructure(r: Reader, value: object) -> tuple[Pairs, Pairs]:
+    """``spec.infrastructure``: labels and annotations for what a deployer makes."""
+    path = "spec.infrastructure"
+    known = ("labels", "annotations", *IGNORED["Gateway.spec.infrastructure"])
+    infrastructure = r.mapping(value, path, known)
+    out = []
+    for key, read in (("labels", r.labels), ("annotations", r.annotations)):
+        pairs = read(infrastructure.get(key), f"{path}.{key}")
+        if len(pairs) > _MAX_INFRASTRUCTURE[key]:
+            r.fail(f"{path}.{key}", f"at most {_MAX_INFRASTRUCTURE[key]} entries")
+        for k, v in pairs:
+            if len(v) > 4096:
+                r.fail(f"{path}.{key}.{k}", "a value has at most 4096 characters")
+        out.append(pairs)
+    return out[0], out[1]
+
+
 def read_gateway(r: Reader, doc: Mapping[str, object]) -> Gateway:
     meta = read_meta(r, doc)
-    known = ("gatewayClassName", "listeners", "addresses", *IGNORED["Gateway.spec"])
+    known = ("gatewayClassName", "listeners", "addresses", "infrastructure",
+             *IGNORED["Gateway.spec"])  # fmt: skip
     spec = r.mapping(doc.get("spec"), "spec", known)
     items = r.items(spec.get("listeners"), "spec.listeners", _MAX_LISTENERS)
     if not items:
@@ -277,6 +300,9 @@ def read_gateway(r: Reader, doc: Mapping[str, object]) -> Gateway:
             r.fail(f"{at}.value", f"{address.type} {address.value!r} appears twice")
         addresses.append(address)
     gateway_class = object_name(r, spec.get("gatewayClassName"), "spec.gatewayClassName")
+    labels, annotations = _infrastructure(r, spec.get("infrastructure"))
     return Gateway(
-        **meta, gateway_class=gateway_class, listeners=tuple(listeners), addresses=tuple(addresses)
-    )
+        **meta, gateway_class=gateway_class, listeners=tuple(listeners),
+        addresses=tuple(addresses), infrastructure_labels=labels,
+        infrastructure_annotations=annotations,
+    )  # fmt: skip

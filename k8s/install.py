@@ -195,12 +195,17 @@ def permissions() -> tuple[Permission, ...]:
         Permission("", ("services", "serviceaccounts"), WRITE, why="the waypoint deployer"),
         Permission(GATEWAY_GROUP, ("gatewayclasses",), ("create", "update", "patch"),
                    why="the waypoint GatewayClass"),
+        Permission(GATEWAY_GROUP, ("gateways/finalizers",), ("update",),
+                   why="the deployer's objects block their Gateway's deletion"
+                   " (OwnerReferencesPermissionEnforcement)"),
         Permission("", ("secrets",), ("get",), namespaced=True, names=CA_SECRETS,
                    why="the CA's keys: an operator's cacerts, else ambit-ca"),
         Permission("", ("secrets",), ("create",), namespaced=True,
                    why="ambit-ca, created once by the first control plane"),
         Permission("coordination.k8s.io", ("leases",), (*READ, "create", "update", "patch"),
                    namespaced=True, why="leader election, in its own namespace"),
+        Permission("", ("configmaps",), ("get", "create", "update", "patch"),
+                   why="the trust bundle, ambit-ca-root-cert, in every namespace"),
         *(Permission(g, ("*",), ("list",), why="Istio's kinds ambit ignores, reported")
           for g in ISTIO_GROUPS),
     )  # fmt: skip
@@ -261,6 +266,7 @@ def controlplane_deployment(values: Values) -> Obj:
         "ambit", "--log-level", values.log_level, "--log-format", "json",
         "controlplane", "--source", "kubernetes",
         "--trust-domain", values.trust_domain, "--drain-seconds", str(DRAIN_SECONDS),
+        "--waypoint-image", values.image,
     ]  # fmt: skip
     container = {
         "name": "controlplane",

@@ -34,6 +34,7 @@ import trio
 
 from ca.kube import ApiUnavailable
 from k8s.events import EventApi, EventRecorder, Regarding
+from k8s.sources.api import server_side_apply
 from k8s.sources.feed import Refusal
 from k8s.status_docs import (
     KINDS,
@@ -51,7 +52,6 @@ from mesh.backoff import Backoff
 log = structlog.get_logger("k8s.status_writer")
 
 FIELD_MANAGER: Final = "ambit"
-APPLY_CONTENT_TYPE: Final = "application/apply-patch+yaml"  # JSON is YAML
 WINDOW: Final = 0.2  # seconds: revisions this close together are written once
 REFUSALS_POLL: Final = 2.0  # seconds between looks at the objects the source refused
 REFUSED: Final = "Refused"  # the reason of their Events
@@ -132,10 +132,9 @@ class StatusWriter:
             document = {**document, "status": {"parents": parents},
                         "metadata": {**document["metadata"],
                                      "resourceVersion": meta.get("resourceVersion")}}  # fmt: skip
-        code, body = await self._api.request(
-            "PATCH", doc.path, document, content_type=APPLY_CONTENT_TYPE,
-            query={"fieldManager": FIELD_MANAGER, "force": "true"},
-        )  # fmt: skip
+        code, body = await server_side_apply(
+            self._api, doc.path, document, field_manager=FIELD_MANAGER
+        )
         _check(code, body)
 
     async def _warn(self, entry: Entry) -> None:

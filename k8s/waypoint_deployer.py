@@ -15,9 +15,11 @@ gets, in N:
   command that runs ``ambit waypoint run`` with exactly the flags
   :class:`waypoint.config.WaypointConfig` is parsed from.
 
-Every object made carries ``ambit.io/managed-by: waypoint-deployer`` and, in its
-document, an ``ownerReference`` to its Gateway (with the Gateway's uid once it has
-one): it exists while its Gateway does, and changes with it. A Gateway of another class
+Every object made carries ``ambit.io/managed-by: waypoint-deployer``, the Gateway's
+``spec.infrastructure`` labels and annotations (the deployer's own labels win) and, in
+its document, a controlling ``ownerReference`` to its Gateway (with the Gateway's uid
+once it has one, and ``blockOwnerDeletion``): it exists while its Gateway does, and
+changes with it. A Gateway of another class
 gets nothing. Each object is built as a document and read back through
 :func:`k8s.manifests.parse_object`, so it is exactly what an API server would have
 stored; a Gateway whose name cannot name those objects (a Service name is at most 63
@@ -25,7 +27,8 @@ characters and starts with a letter) gets an error instead.
 
 Where the waypoint finds the control plane, the CA, its token and the trust bundle is
 the deployment's (:class:`DeployerSettings`): local mode gives the bridge address and
-files in its state directory.
+files in its state directory. On a cluster :mod:`k8s.waypoint_kube` makes the same
+ServiceAccount and Service, and a Deployment where local mode has a Pod.
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ from mesh.model import GATEWAY_GROUP
 MANAGED_BY: Final = "waypoint-deployer"  # the value of LABEL_MANAGED_BY
 CONTAINER: Final = "waypoint"
 # The waypoint's ports, as Istio's deployer names them: (name, port, Service appProtocol).
-_PORTS: Final = (("mesh", HBONE_PORT, "all"), ("status-port", READINESS_PORT, "tcp"))
+PORTS: Final = (("mesh", HBONE_PORT, "all"), ("status-port", READINESS_PORT, "tcp"))
 _CONTROL_PLANE_HOST: Final = f"{CONTROL_PLANE_SERVICE_ACCOUNT}.{SYSTEM_NAMESPACE}.svc"
 
 
@@ -67,7 +70,7 @@ class DeployerSettings:
     control_plane: str = f"{_CONTROL_PLANE_HOST}:{CONFIG_STREAM_PORT}"  # HOST:PORT
     ca: str = f"{_CONTROL_PLANE_HOST}:{CONTROL_PLANE_PORT}"
     token_dir: Path = Path("/var/run/secrets/ambit/tokens")  # <dir>/<ns>/<sa>/token
-    trust_bundle: Path = Path("/var/run/secrets/ambit/bundle.pem")
+    trust_bundle: Path = Path("/var/run/secrets/ambit/ca/root-cert.pem")
     trust_domain: str = DEFAULT_TRUST_DOMAIN
     drain_seconds: float = 25.0  # below the pod's grace period
     python: str = sys.executable
@@ -106,11 +109,11 @@ def waypoint_pod_name(namespace: str, name: str) -> str:
     return f"{name}-{digest[:5]}"
 
 
-def run_command(gateway: m.Gateway, settings: DeployerSettings) -> list[str]:
-    """The waypoint pod's command: ``ambit waypoint run`` for this Gateway."""
+def waypoint_flags(gateway: m.Gateway, settings: DeployerSettings) -> list[str]:
+    """The flags of ``ambit waypoint run`` for this Gateway (what
+    :class:`waypoint.config.WaypointConfig` is parsed from)."""
     namespace, name = gateway.namespace, gateway.name
     return [
-        settings.python, "-m", "ambit.cli", "--log-format", "json", "waypoint", "run",
         "--namespace", namespace,
         "--name", name,
         "--control-plane", settings.control_plane,
@@ -122,59 +125,89 @@ def run_command(gateway: m.Gateway, settings: DeployerSettings) -> list[str]:
     ]  # fmt: skip
 
 
-def _metadata(gateway: m.Gateway, name: str, labels: Mapping[str, str]) -> dict[str, Any]:
+def run_command(gateway: m.Gateway, settings: DeployerSettings) -> list[str]:
+    """The waypoint pod's command in local mode: ``ambit waypoint run`` for this Gateway,
+    by this Python."""
+    return [settings.python, "-m", "ambit.cli", "--log-format", "json", "waypoint", "run",
+            *waypoint_flags(gateway, settings)]  # fmt: skip
+
+
+def owner_reference(gateway: m.Gateway) -> dict[str, Any]:
+    """The Gateway as the controlling owner of what is made for it (with its uid once it
+    has one): the garbage collector deletes the objects with their Gateway."""
     owner: dict[str, Any] = {
         "apiVersion": f"{GATEWAY_GROUP}/v1",
         "kind": "Gateway",
         "name": gateway.name,
         "controller": True,
+        "blockOwnerDeletion": True,
     }
     if gateway.uid:
         owner["uid"] = gateway.uid
-    return {
+    return owner
+
+
+def object_metadata(
+    gateway: m.Gateway, name: str, labels: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """``metadata`` of an object made for ``gateway``: ``labels`` and the Gateway's
+    ``spec.infrastructure`` labels and annotations, under the deployer's own labels."""
+    meta: dict[str, Any] = {
         "name": name,
         "namespace": gateway.namespace,
-        "labels": {**labels, LABEL_GATEWAY_NAME: gateway.name, LABEL_MANAGED_BY: MANAGED_BY},
-        "ownerReferences": [owner],
+        "labels": {
+            **dict(gateway.infrastructure_labels), **(labels or {}),
+            LABEL_GATEWAY_NAME: gateway.name, LABEL_MANAGED_BY: MANAGED_BY,
+        },
+        "ownerReferences": [owner_reference(gateway)],
+    }  # fmt: skip
+    if gateway.infrastructure_annotations:
+        meta["annotations"] = dict(gateway.infrastructure_annotations)
+    return meta
+
+
+def service_account_document(gateway: m.Gateway) -> dict[str, Any]:
+    """The waypoint's ServiceAccount: its identity."""
+    meta = object_metadata(gateway, gateway.name)
+    return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta}
+
+
+def service_document(gateway: m.Gateway) -> dict[str, Any]:
+    """The waypoint's Service: 15008 and 15021, selecting its pods. It carries the
+    Gateway's own labels (``waypoint-for``...), as Istio's does."""
+    name = gateway.name
+    service_labels = {k: v for k, v in gateway.labels if k != LABEL_MANAGED_BY}
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": object_metadata(gateway, name, service_labels),
+        "spec": {
+            "selector": {LABEL_GATEWAY_NAME: name},
+            "ports": [
+                {
+                    "name": port_name,
+                    "port": port,
+                    "targetPort": port,
+                    "protocol": "TCP",
+                    "appProtocol": app_protocol,
+                }
+                for port_name, port, app_protocol in PORTS
+            ],
+        },
     }
 
 
 def waypoint_documents(gateway: m.Gateway, settings: DeployerSettings) -> list[dict[str, Any]]:
     """The ServiceAccount, Service and Pod of a waypoint Gateway, as manifests."""
-    name = gateway.name
-    selector = {LABEL_GATEWAY_NAME: name}
-    # The Service carries the Gateway's own labels (waypoint-for...), as Istio's does.
-    service_labels = {k: v for k, v in gateway.labels if k != LABEL_MANAGED_BY}
     return [
-        {
-            "apiVersion": "v1",
-            "kind": "ServiceAccount",
-            "metadata": _metadata(gateway, name, {}),
-        },
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": _metadata(gateway, name, service_labels),
-            "spec": {
-                "selector": selector,
-                "ports": [
-                    {
-                        "name": name_,
-                        "port": port,
-                        "targetPort": port,
-                        "protocol": "TCP",
-                        "appProtocol": app_protocol,
-                    }
-                    for name_, port, app_protocol in _PORTS
-                ],
-            },
-        },
+        service_account_document(gateway),
+        service_document(gateway),
         {
             "apiVersion": "v1",
             "kind": "Pod",
-            "metadata": _metadata(gateway, pod_name(gateway), {}),
+            "metadata": object_metadata(gateway, pod_name(gateway)),
             "spec": {
-                "serviceAccountName": name,
+                "serviceAccountName": gateway.name,
                 "restartPolicy": "Always",
                 "terminationGracePeriodSeconds": int(settings.drain_seconds) + 1,
                 "containers": [
@@ -184,8 +217,8 @@ def waypoint_documents(gateway: m.Gateway, settings: DeployerSettings) -> list[d
                         "command": run_command(gateway, settings),
                         "env": [{"name": k, "value": v} for k, v in settings.env],
                         "ports": [
-                            {"name": name_, "containerPort": port, "protocol": "TCP"}
-                            for name_, port, _ in _PORTS
+                            {"name": port_name, "containerPort": port, "protocol": "TCP"}
+                            for port_name, port, _ in PORTS
                         ],
                     }
                 ],

@@ -41,8 +41,11 @@ ISTIO_LABEL_USE_WAYPOINT_NAMESPACE: Final = "istio.io/use-waypoint-namespace"
 # On a waypoint's Gateway: which traffic it takes (service, workload, all or none).
 LABEL_WAYPOINT_FOR: Final = "ambit.io/waypoint-for"
 ISTIO_LABEL_WAYPOINT_FOR: Final = "istio.io/waypoint-for"
-# The GatewayClass names that make a Gateway a waypoint.
-WAYPOINT_CLASSES: Final = ("istio-waypoint", "ambit-waypoint")
+# The GatewayClass names that make a Gateway a waypoint; ambit's control plane creates its
+# own class, for its controller, and deploys the waypoints of that class on a cluster.
+WAYPOINT_CLASS: Final = "ambit-waypoint"
+WAYPOINT_CLASSES: Final = ("istio-waypoint", WAYPOINT_CLASS)
+WAYPOINT_CONTROLLER: Final = "ambit.io/mesh-controller"  # its spec.controllerName
 # On a waypoint's pods and Service: the Gateway they serve (Gateway API's own label). A pod
 # with it, naming a waypoint Gateway of its namespace, speaks HBONE itself (native tunnel).
 LABEL_GATEWAY_NAME: Final = "gateway.networking.k8s.io/gateway-name"

@@ -7,8 +7,9 @@ counters the source reports (:class:`ResourceStatistics`). No I/O here, and no a
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Final, Protocol
 
 from k8s.sources.watch import ListRequest, Raw
 
@@ -35,6 +36,35 @@ class Watch(Protocol):
     async def next_event(self) -> tuple[str, Raw] | None: ...
 
     def close(self) -> None: ...
+
+
+class Requests(Protocol):
+    """One JSON request with the control plane's credentials (``ClientApi.request``): the
+    status and the decoded body, whatever the status."""
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | None = None,
+        *,
+        query: Mapping[str, str] | None = None,
+        content_type: str = "application/json",
+    ) -> tuple[int, dict[str, Any]]: ...
+
+
+APPLY_CONTENT_TYPE: Final = "application/apply-patch+yaml"  # JSON is YAML
+
+
+async def server_side_apply(
+    api: Requests, path: str, document: Mapping[str, Any], *, field_manager: str
+) -> tuple[int, dict[str, Any]]:
+    """Server-Side Apply of ``document`` at ``path`` (an object's path, or its
+    ``/status``), taking ownership of its fields from other managers (``force``)."""
+    return await api.request(
+        "PATCH", path, document, content_type=APPLY_CONTENT_TYPE,
+        query={"fieldManager": field_manager, "force": "true"},
+    )  # fmt: skip
 
 
 class Api(Protocol):

@@ -286,17 +286,3 @@ async def open_kube_api(config: KubeSourceConfig) -> AsyncIterator[ClientApi]:
                 # Other closed transports (the CA's requests) finish closing in the loop's
                 # next passes (TLS shuts down): let it run them, or their sockets leak.
                 await trio_asyncio.aio_as_trio(asyncio.sleep)(CLOSE_GRACE)
-
-
-APPLY_CONTENT_TYPE: Final = "application/apply-patch+yaml"  # JSON is YAML
-
-
-async def server_side_apply(
-    api: ClientApi, path: str, document: Mapping[str, Any], *, field_manager: str
-) -> tuple[int, dict[str, Any]]:
-    """Server-Side Apply of ``document`` at ``path`` (an object's path, or its
-    ``/status``), taking ownership of its fields from other managers (``force``)."""
-    return await api.request(
-        "PATCH", path, document, content_type=APPLY_CONTENT_TYPE,
-        query={"fieldManager": field_manager, "force": "true"},
-    )  # fmt: skip

@@ -1,4 +1,4 @@
-"""Server-Side Apply through the control plane's client (``server_side_apply``),
+"""Server-Side Apply through the control plane's client (``k8s.sources.api.server_side_apply``),
 against the real API server: objects and their ``/status`` subresource."""
 
 from __future__ import annotations
@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import trio
 
-from k8s.sources.kubernetes import KubeSourceConfig, open_kube_api, server_side_apply
+from k8s.sources.api import server_side_apply
+from k8s.sources.kubernetes import KubeSourceConfig, open_kube_api
 from tests.kube.client import KubeAdmin
 from tests.kube.cluster import Cluster
 

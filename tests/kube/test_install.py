@@ -108,6 +108,7 @@ async def test_rbac_allows_what_the_control_plane_needs(
         ("delete", "", "services", "", "shop"),
         ("create", "", "serviceaccounts", "", "shop"),
         ("create", "gateway.networking.k8s.io", "gatewayclasses", "", ""),
+        ("update", "gateway.networking.k8s.io", "gateways", "finalizers", "shop"),
     ]
     needs.append(("create", "", "secrets", "", SYSTEM_NAMESPACE))
     with trio.fail_after(60):

@@ -65,7 +65,8 @@ def test_the_pod_name_is_stable_and_each_object_names_its_owner() -> None:
     assert first.objects == again.objects, "the uid is in the documents only"
     owners = [doc["metadata"]["ownerReferences"] for doc in again.documents]
     assert owners == [[{"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
-                        "name": "edge", "controller": True, "uid": "u-1"}]] * 3  # fmt: skip
+                        "name": "edge", "controller": True, "blockOwnerDeletion": True,
+                        "uid": "u-1"}]] * 3  # fmt: skip
 
 
 def test_a_gateway_of_another_class_gets_nothing() -> None:
