@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the Kubernetes control plane the tests in tests/kube run against:
-# etcd, kube-apiserver and kube-controller-manager, from the Go modules pinned
-# in tests/kube/go.mod, with the machine's Go (1.26 or later), and makes sure the
+# etcd, kube-apiserver and kube-controller-manager, and the kubectl that
+# test_kubectl_install.py types docs/install.md's commands with, from the Go
+# modules pinned in tests/kube/go.mod, with the machine's Go (1.26 or later), and makes sure the
 # Gateway API module (its config/crd/standard/*.yaml) is in the module cache.
 #
 #   tests/kube/build.sh            (or `make kube`)
@@ -35,7 +36,7 @@ export GOFLAGS="${GOFLAGS:-} -mod=readonly -buildvcs=false"
 export CGO_ENABLED=0
 # What the binaries were built from: if it has not changed, they are current.
 stamp="$(cat go.mod go.sum build.sh | sha256sum | cut -d' ' -f1) $goversion"
-binaries=(etcd kube-apiserver kube-controller-manager)
+binaries=(etcd kube-apiserver kube-controller-manager kubectl)
 
 current=yes
 for b in "${binaries[@]}"; do [ -x "$out/$b" ] || current=no; done
@@ -48,15 +49,17 @@ if [ "$current" = no ]; then
     kube="$(go list -m -f '{{.Version}}' k8s.io/kubernetes)"   # v1.36.3
     major="$(echo "$kube" | sed -E 's/^v([0-9]+)\..*/\1/')"
     minor_k="$(echo "$kube" | sed -E 's/^v[0-9]+\.([0-9]+)\..*/\1/')"
-    # Without these, /version says v0.0.0-master+$Format:%H$.
+    # Without these, /version says v0.0.0-master+$Format:%H$ (and `kubectl version`
+    # its Client Version).
     ldflags="-s -w"
     for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
         ldflags="$ldflags -X $pkg.gitVersion=$kube -X $pkg.gitMajor=$major"
         ldflags="$ldflags -X $pkg.gitMinor=$minor_k -X $pkg.gitTreeState=clean"
     done
-    echo "build.sh: building kube-apiserver and kube-controller-manager $kube, etcd $(go list -m -f '{{.Version}}' go.etcd.io/etcd/server/v3) with $goversion into $out"
+    echo "build.sh: building kube-apiserver, kube-controller-manager and kubectl $kube, etcd $(go list -m -f '{{.Version}}' go.etcd.io/etcd/server/v3) with $goversion into $out"
     nice -n 19 go build -trimpath -ldflags "$ldflags" -o "$out/" \
-        k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager
+        k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+        k8s.io/kubernetes/cmd/kubectl
     nice -n 19 go build -trimpath -ldflags "-s -w" -o "$out/etcd" go.etcd.io/etcd/server/v3
     echo "$stamp" > "$out/.stamp"
     echo "build.sh: built in $(( $(date +%s) - start )) s"

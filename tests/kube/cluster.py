@@ -37,7 +37,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 REPO = Path(__file__).resolve().parents[2]
-BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager")
+# kubectl is no part of the control plane: test_kubectl_install.py types the docs' commands.
+BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl")
 ADMIN_USER = "ambit-test-admin"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 SERVICE_CIDR = "10.96.0.0/16"
@@ -65,6 +66,11 @@ def missing_binaries() -> str | None:
         f"needs {', '.join(missing)} in {directory}: `make kube` builds them from the "
         "Kubernetes Go modules (Go 1.26 or later; minutes from empty Go caches)"
     )
+
+
+def kubectl() -> Path:
+    """The kubectl ``make kube`` built, of the cluster's release (v1.36.3)."""
+    return binary_dir() / "kubectl"
 
 
 @dataclass(frozen=True)
