@@ -5,6 +5,8 @@ sets, and the names the rest of ambit expects."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,7 @@ import yaml
 
 from ambit.cli import build_parser
 from ambit.cmd_install import GATEWAY_API_VERSION
-from k8s import install
+from k8s import crds, install
 from k8s.sources.resources import RESOURCES
 from k8s.waypoint_deployer import DeployerSettings
 from mesh.constants import SYSTEM_NAMESPACE
@@ -67,6 +69,16 @@ def test_the_cli_prints_the_manifests(capsys: pytest.CaptureFixture[str]) -> Non
         "Deployment",
     ]
     assert all(d["metadata"].get("namespace", SYSTEM_NAMESPACE) == SYSTEM_NAMESPACE for d in docs)
+
+
+def test_python_dash_m_ambit_is_the_command() -> None:
+    """``python -m ambit install --crds`` (a checkout without the entry point) prints what
+    ``ambit install --crds`` prints."""
+    repo = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-m", "ambit", "install", "--crds"], cwd=repo,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert list(yaml.safe_load_all(done.stdout)) == crds.crds()
 
 
 def test_values_reach_the_deployment(capsys: pytest.CaptureFixture[str]) -> None:
