@@ -36,7 +36,7 @@ pytest: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # The Kubernetes control plane tests/kube runs against (etcd, kube-apiserver,
-# kube-controller-manager), built from its Go modules with the machine's Go (>= 1.26)
+# kube-controller-manager) and kubectl, built from their Go modules with the machine's Go (>= 1.26)
 # into .cache/kube/bin; nothing is built when they are current. Minutes from empty
 # Go caches, seconds from warm ones (README, "Testing").
 kube:

@@ -206,6 +206,7 @@ async def test_install_md_typed_by_a_user(
         assert f"{crd}.security.ambit.io" in got.lines
         got = await shell.ok("kubectl api-resources --api-group security.ambit.io -o name")
         assert len(got.lines) == 3
+        assert "`kubectl get ambit-io -A`" in INSTALL_MD.read_text()
         got = await shell.ok("kubectl get ambit-io -A")
         assert got.stderr.strip() == "No resources found"
         got = await shell.ok(f"kubectl get deployment ambit-controlplane -n {SYSTEM_NAMESPACE}")
