@@ -1,13 +1,18 @@
 """The harness plays scheduler and kubelet, which the test cluster has neither of:
 Node objects, a Pod bound to a node (``spec.nodeName`` at creation or the
 ``binding`` subresource, as a scheduler does), and a Pod's status written through
-``/status`` with its IP and Ready, as a kubelet does. Small builders for the
-objects tests create sit here too."""
+``/status`` with its IP and Ready, as a kubelet does; ``running_pods`` does all
+of it for one namespace while a test runs. Small builders for the objects tests
+create sit here too."""
 
 from __future__ import annotations
 
 import datetime
-from collections.abc import Mapping
+import itertools
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager, suppress
+
+import trio
 
 from tests.kube.client import KubeAdmin, NotFound, Obj, wait_for
 
@@ -149,3 +154,36 @@ async def wait_default_service_account(
             return None
 
     return await wait_for(probe, seconds=seconds)
+
+
+@asynccontextmanager
+async def running_pods(admin: KubeAdmin, ns: str, node: str) -> AsyncIterator[None]:
+    """While inside, scheduler and kubelet for every Pod of ``ns``: each new one is
+    bound to ``node`` (a Node made here, deleted on exit) and made Running and Ready
+    with an IP of its own, each deleted one is removed once it is terminating (the
+    kubelet's confirmation: without it a Deployment's rollout, or its namespace's
+    deletion, would wait forever)."""
+    ips = (f"10.244.{n // 250}.{n % 250 + 2}" for n in itertools.count())
+    await create_node(admin, node)
+
+    async def kubelet() -> None:
+        while True:
+            for pod in await admin.list("v1", "Pod", ns):
+                name = pod["metadata"]["name"]
+                with suppress(NotFound):
+                    if pod["metadata"].get("deletionTimestamp"):
+                        await remove_pod(admin, ns, name)
+                    elif (pod.get("status") or {}).get("phase") != "Running":
+                        if not pod["spec"].get("nodeName"):
+                            await bind_pod(admin, ns, name, node)
+                        await set_pod_running(admin, ns, name, next(ips))
+            await trio.sleep(0.2)
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(kubelet)
+            yield
+            nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True), trio.move_on_after(10), suppress(NotFound):
+            await admin.delete("v1", "Node", node)

@@ -30,9 +30,9 @@ from mesh.constants import SYSTEM_NAMESPACE
 from tests.kube import installing
 from tests.kube.client import Conflict, KubeAdmin, NotFound, Obj, wait_for
 from tests.kube.cluster import REPO, Cluster, free_port, write_kubeconfig
-from tests.kube.kubelet import bind_pod, create_node, remove_pod, set_pod_running
+from tests.kube.kubelet import running_pods
 from tests.kube.shell import Shell, doc_blocks, doc_commands, user_shell
-from tests.kube.test_check import _available, _endpoint_ready, _pod
+from tests.kube.test_check import _available, _endpoint_ready
 from tests.kube.test_install_controlplane import ready
 
 pytestmark = pytest.mark.kube
@@ -102,39 +102,6 @@ async def controlplane(shell: Shell, cluster: Cluster, tmp: Path) -> AsyncIterat
             process.kill()
             with trio.CancelScope(shield=True):
                 await process.wait()
-
-
-async def pod_running(admin: KubeAdmin, node: str) -> None:
-    """The control plane's pod bound to ``node`` and Ready, as a kubelet would report
-    it; its Deployment available and its Service's endpoint ready."""
-    await create_node(admin, node)
-    pod = await wait_for(lambda: _pod(admin), seconds=60)
-    name = pod["metadata"]["name"]
-    if not pod["spec"].get("nodeName"):
-        await bind_pod(admin, SYSTEM_NAMESPACE, name, node)
-    await set_pod_running(admin, SYSTEM_NAMESPACE, name, "10.244.77.8")
-    await wait_for(lambda: _available(admin), seconds=60, interval=0.2)
-    await wait_for(lambda: _endpoint_ready(admin), seconds=60, interval=0.2)
-
-
-@asynccontextmanager
-async def finishing_deleted_pods(admin: KubeAdmin) -> AsyncIterator[None]:
-    """Play the kubelet for the control plane's deleted pod: the harness's node runs no
-    kubelet to confirm that its containers stopped, so without this the pod, and the
-    namespace being deleted around it, would never go."""
-
-    async def kubelet() -> None:
-        while True:
-            for pod in await admin.list("v1", "Pod", SYSTEM_NAMESPACE):
-                if pod["metadata"].get("deletionTimestamp"):
-                    with suppress(NotFound):
-                        await remove_pod(admin, SYSTEM_NAMESPACE, pod["metadata"]["name"])
-            await trio.sleep(0.2)
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(kubelet)
-        yield
-        nursery.cancel_scope.cancel()
 
 
 async def class_accepted(admin: KubeAdmin) -> Obj | None:
@@ -219,49 +186,50 @@ async def test_install_md_typed_by_a_user(
         assert "\u00d7 control plane Deployment is available" in down.lines
 
         # The control plane runs (its pod made Ready by the harness, as a kubelet would).
-        async with controlplane(shell, kube_cluster, tmp_path):
-            with trio.fail_after(SECONDS):
-                await pod_running(kube_admin, node)
-                await wait_for(lambda: class_accepted(kube_admin), seconds=SECONDS)
-            got = await shell.ok("kubectl get gatewayclass")
-            row = next(line.split() for line in got.lines if line.startswith(f"{CLASS} "))
-            assert row[:3] == [CLASS, "ambit.io/mesh-controller", "True"]
+        async with running_pods(kube_admin, SYSTEM_NAMESPACE, node):
+            async with controlplane(shell, kube_cluster, tmp_path):
+                with trio.fail_after(SECONDS):
+                    await wait_for(lambda: _available(kube_admin), seconds=SECONDS, interval=0.2)
+                    await wait_for(lambda: _endpoint_ready(kube_admin), seconds=SECONDS)
+                    await wait_for(lambda: class_accepted(kube_admin), seconds=SECONDS)
+                got = await shell.ok("kubectl get gatewayclass")
+                row = next(line.split() for line in got.lines if line.startswith(f"{CLASS} "))
+                assert row[:3] == [CLASS, "ambit.io/mesh-controller", "True"]
 
-            # Waypoints: the document's Gateway, applied as a user would.
-            (tmp_path / "waypoint.yaml").write_text(waypoint_manifest(kube_ns))
-            applied = await shell.ok("kubectl apply -f waypoint.yaml")
-            assert applied.stdout == "gateway.gateway.networking.k8s.io/waypoint created\n"
-            with trio.fail_after(SECONDS):
-                await wait_for(lambda: waypoint_made(kube_admin, kube_ns), seconds=SECONDS)
-            got = await shell.ok(f"kubectl get deployment,service,serviceaccount -n {kube_ns}"
-                                 " -l team=shop -o name")  # fmt: skip
-            assert sorted(got.lines) == ["deployment.apps/waypoint", "service/waypoint",
-                                         "serviceaccount/waypoint"]  # fmt: skip
-            ports = await shell.ok(f"kubectl get service waypoint -n {kube_ns} -o jsonpath="
-                                   "'{range .spec.ports[*]}{.name}={.port} {end}'")  # fmt: skip
-            assert ports.stdout.split() == ["mesh=15008", "status-port=15021"]
-            roots = await shell.ok(f"kubectl get configmap ambit-ca-root-cert -n {kube_ns}"
-                                   " -o jsonpath='{.data.root-cert\\.pem}'")  # fmt: skip
-            assert roots.stdout.startswith("-----BEGIN CERTIFICATE-----")
+                # Waypoints: the document's Gateway, applied as a user would.
+                (tmp_path / "waypoint.yaml").write_text(waypoint_manifest(kube_ns))
+                applied = await shell.ok("kubectl apply -f waypoint.yaml")
+                assert applied.stdout == "gateway.gateway.networking.k8s.io/waypoint created\n"
+                with trio.fail_after(SECONDS):
+                    await wait_for(lambda: waypoint_made(kube_admin, kube_ns), seconds=SECONDS)
+                got = await shell.ok(f"kubectl get deployment,service,serviceaccount -n {kube_ns}"
+                                     " -l team=shop -o name")  # fmt: skip
+                assert sorted(got.lines) == ["deployment.apps/waypoint", "service/waypoint",
+                                             "serviceaccount/waypoint"]  # fmt: skip
+                ports = await shell.ok(f"kubectl get service waypoint -n {kube_ns} -o jsonpath="
+                                       "'{range .spec.ports[*]}{.name}={.port} {end}'")  # fmt: skip
+                assert ports.stdout.split() == ["mesh=15008", "status-port=15021"]
+                roots = await shell.ok(f"kubectl get configmap ambit-ca-root-cert -n {kube_ns}"
+                                       " -o jsonpath='{.data.root-cert\\.pem}'")  # fmt: skip
+                assert roots.stdout.startswith("-----BEGIN CERTIFICATE-----")
 
-            # ambit check: only the node side's warning, as the document shows.
-            check = await shell.ok("ambit check")
-            assert [m for m in marks(check.lines) if not m.startswith(PASS)] == [
-                f"{WARN}{NODE_SIDE}"
-            ]
-            assert check.lines[-1] == (
-                "Status check results are \u221a (16 checks: 0 failed, 1 warnings)"
-            )
+                # ambit check: only the node side's warning, as the document shows.
+                check = await shell.ok("ambit check")
+                assert [m for m in marks(check.lines) if not m.startswith(PASS)] == [
+                    f"{WARN}{NODE_SIDE}"
+                ]
+                assert check.lines[-1] == (
+                    "Status check results are \u221a (16 checks: 0 failed, 1 warnings)"
+                )
 
-            # Deleting the Gateway deletes what was made for it.
-            await shell.ok("kubectl delete -f waypoint.yaml")
-            with trio.fail_after(SECONDS):
-                await wait_for(lambda: waypoint_gone(shell, kube_ns), seconds=SECONDS,
-                               interval=0.5)  # fmt: skip
-        # The pod is stopped (above) as deleting its namespace would stop it.
+                # Deleting the Gateway deletes what was made for it.
+                await shell.ok("kubectl delete -f waypoint.yaml")
+                with trio.fail_after(SECONDS):
+                    await wait_for(lambda: waypoint_gone(shell, kube_ns), seconds=SECONDS,
+                                   interval=0.5)  # fmt: skip
+            # The process is stopped (above) as deleting its namespace stops the pod.
 
-        # Uninstall, exactly as the document says.
-        async with finishing_deleted_pods(kube_admin):
+            # Uninstall, exactly as the document says.
             for command in commands(after=UNINSTALL):
                 await shell.ok(command)
         await assert_nothing_left(shell)
@@ -269,10 +237,8 @@ async def test_install_md_typed_by_a_user(
         assert f"{PASS}control plane namespace does not already exist" in after.lines
     finally:
         with trio.fail_after(installing.REMOVE_SECONDS * 3):
-            async with finishing_deleted_pods(kube_admin):
+            async with running_pods(kube_admin, SYSTEM_NAMESPACE, node):
                 await installing.remove_all(kube_admin)
-            with suppress(NotFound):
-                await kube_admin.delete("v1", "Node", node)
             await restore_class(kube_admin, existing_class)
 
 
