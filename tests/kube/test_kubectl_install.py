@@ -184,6 +184,9 @@ async def test_install_md_typed_by_a_user(
         down = await shell.run("ambit check")  # no kubelet has run the pod yet
         assert down.returncode == 1, str(down)
         assert "\u00d7 control plane Deployment is available" in down.lines
+        hint = next(line for line in down.lines if line.startswith("    hint: kubectl"))
+        described = await shell.ok(hint.removeprefix("    hint: ").split(";")[0])
+        assert described.lines[0].split() == ["Name:", "ambit-controlplane"]
 
         # The control plane runs (its pod made Ready by the harness, as a kubelet would).
         async with running_pods(kube_admin, SYSTEM_NAMESPACE, node):
@@ -212,6 +215,10 @@ async def test_install_md_typed_by_a_user(
                 roots = await shell.ok(f"kubectl get configmap ambit-ca-root-cert -n {kube_ns}"
                                        " -o jsonpath='{.data.root-cert\\.pem}'")  # fmt: skip
                 assert roots.stdout.startswith("-----BEGIN CERTIFICATE-----")
+                scale = "kubectl scale deployment/waypoint -n shop --replicas 2"
+                assert f"`{scale}`" in " ".join(INSTALL_MD.read_text().split())
+                scaled = await shell.ok(scale.replace("-n shop", f"-n {kube_ns}"))
+                assert scaled.stdout == "deployment.apps/waypoint scaled\n"
 
                 # ambit check: only the node side's warning, as the document shows.
                 check = await shell.ok("ambit check")
