@@ -63,13 +63,25 @@ def _made(cls: type[_T], **fields: Any) -> _T:
 
 
 @dataclass(frozen=True)
+class Locality(JsonForm):
+    """Where a workload runs (ztunnel's ``Locality``): its node's
+    ``topology.kubernetes.io/region`` and ``zone``; ``subzone`` is Istio's
+    ``topology.istio.io/subzone``, unset today. For locality-aware load balancing."""
+
+    region: str = ""
+    zone: str = ""
+    subzone: str = ""
+
+
+@dataclass(frozen=True)
 class Workload(JsonForm):
     """One pod. ``protocol="HBONE"``: in the mesh (captured by ztunnel); ``"TCP"``: not.
     ``container_ports`` are the named ones, ``(name, port)``, for named targetPorts.
     ``waypoint`` is the key (``ns/name``) of the waypoint traffic to this pod must cross,
     or None. ``native_tunnel`` (ztunnel's name): the pod speaks HBONE itself, as a
     waypoint does: it is in the mesh (``HBONE``, its own identity, its own 15008), but
-    no ztunnel captures it or holds its identity."""
+    no ztunnel captures it or holds its identity. ``locality``: its node's region and
+    zone, None when the node has neither (or is unknown)."""
 
     kind: ClassVar[Kind] = "workload"
     uid: str
@@ -84,6 +96,7 @@ class Workload(JsonForm):
     container_ports: tuple[tuple[str, int], ...] = ()
     waypoint: str | None = None
     native_tunnel: bool = False
+    locality: Locality | None = None
 
     def __post_init__(self) -> None:
         what = f"workload {self.uid}"
@@ -115,6 +128,7 @@ class Workload(JsonForm):
         container_ports: tuple[tuple[str, int], ...] = (),
         waypoint: str | None = None,
         native_tunnel: bool = False,
+        locality: Locality | None = None,
     ) -> Workload:
         """``Workload(...)``, for callers that make thousands (see the module docstring)."""
         try:
@@ -129,7 +143,8 @@ class Workload(JsonForm):
             or not all(_good_port(port) for _, port in container_ports)
         ):
             return cls(uid, name, namespace, service_account, node, ip, labels, protocol,
-                       trust_domain, container_ports, waypoint, native_tunnel)  # fmt: skip
+                       trust_domain, container_ports, waypoint, native_tunnel,
+                       locality)  # fmt: skip
         return _made(
             cls,
             uid=uid,
@@ -144,6 +159,7 @@ class Workload(JsonForm):
             container_ports=_normal_pairs(container_ports),
             waypoint=waypoint,
             native_tunnel=native_tunnel,
+            locality=locality,
             identity=identity,
             key=uid,
         )
@@ -188,7 +204,11 @@ class ServicePort(JsonForm):
 
 @dataclass(frozen=True)
 class Endpoint(JsonForm):
-    """A pod behind a Service: ``ports`` maps each service port to the target port on this pod."""
+    """A backend of a Service: ``ports`` maps each service port to the target port on it.
+    Usually a pod: ``workload_uid`` is its workload's. An address that is no pod (an
+    EndpointSlice's external IP, a VM) has a ``workload_uid`` no workload has
+    (``namespace/service/address``): it is outside the mesh, so a ztunnel sends it plain
+    TCP (ztunnel's plan: a passthrough), as to any workload that is not meshed."""
 
     workload_uid: str
     ip: str

@@ -31,8 +31,9 @@ from k8s.translate_l7 import (
 )
 from k8s.translate_parts import _endpoint, _ports, _workload
 from k8s.translate_policy import peer_authentication
+from k8s.translate_slices import locality, slice_endpoints
 from mesh import route_status
-from mesh.model import MeshSnapshot, Service, diff
+from mesh.model import Endpoint, MeshSnapshot, Service, diff
 from mesh.model_l7 import BackendRef, GrpcRule, HttpMatch, HttpRule, Listener, ParentRef
 from tests.k8s_builders import gateway, ns, pod, svc
 
@@ -108,10 +109,12 @@ def test_a_namespace_label_change_meshes_the_workloads_of_that_namespace_only() 
 def test_a_service_change_recomputes_that_service() -> None:
     translator = Translator()
     first = translator.apply(cluster()).snapshot
-    everything = svc("web", "shop", selector={}, cluster_ip="10.96.0.1")  # no selector
-    second = translator.apply([everything]).snapshot
+    selectorless = svc("web", "shop", selector={}, cluster_ip="10.96.0.1")
+    second = translator.apply([selectorless]).snapshot
     assert changed_keys(first, second) == [("service", "shop/web")]
-    assert second.service("shop/web") is None
+    web = second.service("shop/web")  # its endpoints are its EndpointSlices': none
+    assert web is not None
+    assert web.endpoints == ()
     third = translator.apply([svc("web", "shop", selector={"app": "db"}, cluster_ip="10.96.0.1")])
     web = third.snapshot.service("shop/web")
     assert web is not None
@@ -178,14 +181,14 @@ USE = [
     {"ambit.io/use-waypoint": "w0", "ambit.io/use-waypoint-namespace": "b"},
     {"istio.io/use-waypoint": "none"},
 ]
-SELECTORS = [{"app": "web"}, {"app": "web", "v": "2"}, {"app": "db"}, {}, {"v": "2"}]
+SELECTORS = [{"app": "web"}, {"app": "web", "v": "2"}, {"app": "db"}, {}, {}, {"v": "2"}]
 TIMES = ["", EARLY, LATE, "2026-12-01T10:00:00+01:00"]
 
 
 def random_object(rng: random.Random) -> m.K8sObject:
     namespace = rng.choice(NAMESPACES)
     kind = rng.choice(["Pod"] * 3 + ["Service"] * 2 + ["Namespace", "Policy", "Peer", "Route"]
-                      + ["Gateway"] * 2)  # fmt: skip
+                      + ["Gateway"] * 2 + ["Slice"] * 3 + ["Node"])  # fmt: skip
     if kind == "Pod":
         return pod(
             f"p{rng.randrange(8)}",
@@ -213,6 +216,26 @@ def random_object(rng: random.Random) -> m.K8sObject:
             created=rng.choice(TIMES),
             labels=rng.choice(USE),
         )
+    if kind == "Slice":  # of a Service (maybe one with a selector, which ignores it)
+        return m.EndpointSlice(
+            name=f"sl{rng.randrange(3)}",
+            namespace=namespace,
+            labels=(("kubernetes.io/service-name", rng.choice(["s0", "s0", "s1", "w0"])),),
+            address_type=rng.choice(["IPv4", "IPv4", "IPv6"]),
+            ports=rng.choice([(), (m.SlicePort(port=8080),), (m.SlicePort(port=None),)]),
+            endpoints=tuple(
+                m.SliceEndpoint(
+                    address=f"10.0.0.{rng.randrange(1, 25)}",
+                    ready=rng.random() < 0.8,
+                    pod=rng.choice([None, (namespace, f"p{rng.randrange(8)}")]),
+                )
+                for _ in range(rng.randrange(4))
+            ),
+        )
+    if kind == "Node":
+        zone = rng.choice([(), (("topology.kubernetes.io/zone", "z1"),),
+                           (("topology.kubernetes.io/zone", "z2"),)])  # fmt: skip
+        return m.Node(name=rng.choice(["node-1", "node-2"]), labels=zone)
     if kind == "Namespace":
         team = rng.choice([{}, {"team": "x"}])  # what a listener's selector may look for
         return ns(namespace, ambient=rng.random() < 0.5, labels=rng.choice(USE) | team)
@@ -304,19 +327,27 @@ def reference(
         and p.phase not in ("Succeeded", "Failed")
     ]
     pods = first_created(pods, "IPConflict", lambda p: p.pod_ip)
-    services = [s for s in objs if isinstance(s, m.Service) and s.selector and s.cluster_ip]
+    services = [s for s in objs if isinstance(s, m.Service) and s.cluster_ip]
     services = first_created(services, "ClusterIPConflict", lambda s: s.cluster_ip)
+    slices = [s for s in objs if isinstance(s, m.EndpointSlice)]
+    nodes = {n.name: locality(n) for n in objs if isinstance(n, m.Node)}
+
+    def endpoints(s: m.Service) -> tuple[Endpoint, ...]:
+        if not s.selector:
+            mine = [sl for sl in slices if (sl.namespace, sl.service_name) == (s.namespace, s.name)]
+            return tuple(slice_endpoints(s, mine).values())
+        return tuple(e for p in pods if (e := _endpoint(s, p)) is not None)
+
     snapshot = MeshSnapshot(
         version,
-        tuple(_workload(p, namespaces.get(p.namespace), "example.org") for p in pods),
         tuple(
-            Service(
-                s.name,
-                s.namespace,
-                s.cluster_ip or "",
-                _ports(s),
-                tuple(e for p in pods if (e := _endpoint(s, p)) is not None),
+            _workload(
+                p, namespaces.get(p.namespace), "example.org", locality=nodes.get(p.node_name)
             )
+            for p in pods
+        ),
+        tuple(
+            Service(s.name, s.namespace, s.cluster_ip or "", _ports(s), endpoints(s))
             for s in services
         ),
         tuple(authorization(a) for a in objs if isinstance(a, m.AuthorizationPolicy)),
