@@ -279,7 +279,9 @@ class Translator(WaypointBinding):
             self._pods_of.discard(namespace, ref)
         elif old is None:
             self._pods_of.add(namespace, ref)
-        self._topology.move_pod(ref, old, new)
+        before = old.node_name if old is not None else None
+        if before != (after := new.node_name if new is not None else None):
+            self._topology.move_pod(ref, before, after)
         if (old and old.labels) != (new and new.labels):
             for k, v in old.labels if old else ():
                 self._pods_by_label.discard((namespace, k, v), ref)
@@ -333,7 +335,7 @@ class Translator(WaypointBinding):
             workload = None
             if pod is not None and held:
                 tunnel = native_tunnel(pod, self._is_waypoint)
-                where = self._topology.locality(pod.node_name)
+                where = self._topology.localities.get(pod.node_name)
                 workload = _workload(
                     pod, namespace, self.trust_domain, bound, tunnel=tunnel, locality=where
                 )

@@ -100,7 +100,7 @@ class Topology:
     def __init__(self) -> None:
         self._slices_of: SetIndex[ObjectRef, ObjectRef] = SetIndex()
         self._pods_on: SetIndex[str, ObjectRef] = SetIndex()
-        self._localities: dict[str, model.Locality | None] = {}
+        self.localities: dict[str, model.Locality | None] = {}  # by node name
 
     def put_slice(
         self, ref: ObjectRef, old: m.EndpointSlice | None, new: m.EndpointSlice | None
@@ -118,21 +118,17 @@ class Topology:
     def slices_of(self, service: ObjectRef) -> Set[ObjectRef]:
         return self._slices_of.get(service)
 
-    def move_pod(self, ref: ObjectRef, old: m.Pod | None, new: m.Pod | None) -> None:
-        before, after = (old.node_name if old else None), (new.node_name if new else None)
-        if before != after:
-            if before is not None:
-                self._pods_on.discard(before, ref)
-            if after is not None:
-                self._pods_on.add(after, ref)
+    def move_pod(self, ref: ObjectRef, before: str | None, after: str | None) -> None:
+        """The pod ``ref`` moved from node ``before`` to ``after`` (None: no pod)."""
+        if before is not None:
+            self._pods_on.discard(before, ref)
+        if after is not None:
+            self._pods_on.add(after, ref)
 
     def put_node(self, name: str, node: m.Node | None) -> Set[ObjectRef]:
         """The pods on the node whose locality changed (none when it did not)."""
         where = locality(node)
-        if self._localities.get(name) == where:
+        if self.localities.get(name) == where:
             return frozenset()
-        self._localities[name] = where
+        self.localities[name] = where
         return self._pods_on.get(name)
-
-    def locality(self, node_name: str) -> model.Locality | None:
-        return self._localities.get(node_name)
