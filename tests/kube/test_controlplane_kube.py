@@ -413,6 +413,8 @@ async def test_a_selectorless_services_endpoints_are_its_slices_and_a_workload_h
             )
             assert isinstance(to_vm, Passthrough)  # outside the mesh: plain TCP
             assert (to_vm.dial, to_vm.dst_workload) == ((outside, 6432), None)
+            # Every object of the test read, the controller manager's slices and the Nodes too.
+            assert [r for r in from_api.status()["refused"] if ns in r] == []
 
             # The VM's endpoint stops being ready: it takes no new connection.
             slice_api = ("discovery.k8s.io/v1", "EndpointSlice", "ext-1")
