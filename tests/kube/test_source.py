@@ -135,6 +135,12 @@ def workloads(store: ObjectStore, ns: str) -> dict[str, Workload]:
     return {w.name: w for w in snapshot(store).workloads if w.namespace == ns}
 
 
+def locality(store: ObjectStore, ns: str, name: str) -> Locality | str | None:
+    """The workload's locality; "absent" before it is a workload."""
+    found = workloads(store, ns).get(name)
+    return found.locality if found is not None else "absent"
+
+
 @pytest.fixture
 def net() -> str:
     """A random /24 for the test's pod IPs (``net + "1"``): a pod of an earlier test,
@@ -282,14 +288,15 @@ async def test_the_controller_managers_slices_and_a_nodes_zone_reach_the_store(
         async with watching(kube_cluster) as (_source, store):
             web_1 = (net + "1", (kube_ns, "web-1"), node)
             await settle(store, lambda: slice_endpoints() == [(*web_1, True)])
-            assert workloads(store, kube_ns)["web-1"].locality == Locality(zone=zone[
-                "topology.kubernetes.io/zone"])  # fmt: skip
+            zoned = Locality(zone=zone["topology.kubernetes.io/zone"])
+            # The pods' watch is not the slices': the pod may come a moment later.
+            await settle(store, lambda: locality(store, kube_ns, "web-1") == zoned)
 
             await set_pod_running(kube_admin, kube_ns, "web-1", net + "1", ready=False)
             await settle(store, lambda: slice_endpoints() == [(*web_1, False)])
             await kube_admin.patch("v1", "Node", node, {"metadata": {"labels": {
                 "topology.kubernetes.io/zone": None}}})  # fmt: skip
-            await settle(store, lambda: workloads(store, kube_ns)["web-1"].locality is None)
+            await settle(store, lambda: locality(store, kube_ns, "web-1") is None)
 
 
 async def test_a_watch_the_server_ends_resumes_without_a_relist(
