@@ -38,7 +38,7 @@ from typing import Any, Final
 
 from ca.kube import CA_AUDIENCE
 from k8s import manifests as m
-from k8s.install import RUN_AS, VERSION
+from k8s.install import VERSION, pod_security_context
 from k8s.manifest_reader import ManifestError
 from k8s.waypoint_deployer import (
     CONTAINER,
@@ -178,13 +178,7 @@ def deployment_document(gateway: m.Gateway, settings: KubeDeployerSettings) -> d
                     "serviceAccountName": name,
                     "automountServiceAccountToken": False,  # it never calls the API server
                     "terminationGracePeriodSeconds": int(settings.waypoint.drain_seconds) + 5,
-                    "securityContext": {
-                        "runAsNonRoot": True,
-                        "runAsUser": RUN_AS,
-                        "runAsGroup": RUN_AS,
-                        "fsGroup": RUN_AS,
-                        "seccompProfile": {"type": "RuntimeDefault"},
-                    },
+                    "securityContext": pod_security_context(),
                     "containers": [container(gateway, settings)],
                     "volumes": _volumes(gateway, settings),
                 },
