@@ -259,7 +259,12 @@ def run_get(args: argparse.Namespace) -> int:
             f"unknown kind {args.kind!r}; use nodes, workloads or one of:"
             f" {', '.join(_kind_names())}",
         )
-    if info is not None and (args.output == "yaml" or args.name or kind not in KINDS):
+    # Local mode's nodes are its own (network namespaces, ztunnels), not Node objects.
+    if (
+        info is not None
+        and kind != "nodes"
+        and (args.output == "yaml" or args.name or kind not in KINDS)
+    ):
         return _get_objects(args, info.kind, info.namespaced)
     if kind == "components":
         return _get_components(args)

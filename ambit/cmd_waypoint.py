@@ -7,8 +7,10 @@ service account of its name. ``generate`` prints one; ``apply`` sends it (and, w
 ``--enroll-namespace``, its Namespace labelled ``ambit.io/use-waypoint: NAME``) through
 the local cluster's ``apply``, as ``ambit apply`` does, and the cluster's waypoint
 deployer makes its ServiceAccount, Service and Pod. ``list``, ``delete`` and ``status``
-read and change the local cluster. ``run`` is the waypoint proxy itself, the command a
-waypoint's pod (or a Kubernetes Deployment) runs: its flags become a
+read and change the local cluster. With ``--kubeconfig`` the four work on a
+Kubernetes cluster instead (:mod:`ambit.cmd_waypoint_cluster`). ``run`` is the waypoint
+proxy itself, the command a waypoint's pod (or a Kubernetes Deployment) runs: its flags
+become a
 :class:`waypoint.config.WaypointConfig` (:func:`config_from_args`).
 """
 
@@ -52,7 +54,13 @@ def register(subparsers: Subparsers) -> None:
     )
     commands = waypoint.add_subparsers(dest="waypoint_command", metavar="COMMAND")
     state = argparse.ArgumentParser(add_help=False)
-    state.add_argument("--state-dir", help="the local cluster's state (default $AMBIT_STATE_DIR)")
+    where = state.add_mutually_exclusive_group()
+    where.add_argument("--state-dir", help="the local cluster's state (default $AMBIT_STATE_DIR)")
+    where.add_argument(
+        "--kubeconfig", type=Path, metavar="PATH",
+        help="work on the cluster this kubeconfig names instead of the local cluster",
+    )  # fmt: skip
+    state.add_argument("--context", help="with --kubeconfig: its context (default: current)")
     one = argparse.ArgumentParser(add_help=False)
     one.add_argument("-n", "--namespace", default="default")
     one.add_argument("--name", default=WAYPOINT_SERVICE_ACCOUNT, help="(default %(default)s)")
@@ -227,6 +235,10 @@ def _enrolled(namespace: str, name: str, found: list[dict[str, Any]], overwrite:
 
 
 def run_apply(args: argparse.Namespace) -> int:
+    if args.kubeconfig is not None:
+        from ambit.cmd_waypoint_cluster import run_on_cluster
+
+        return run_on_cluster(args, "apply")
     state_dir = state_dir_from(args.state_dir)
     documents = [gateway_document(args.namespace, args.name, args.for_traffic)]
     try:
@@ -264,6 +276,10 @@ def _for(doc: dict[str, Any]) -> str:
 
 
 def run_list(args: argparse.Namespace) -> int:
+    if args.kubeconfig is not None:
+        from ambit.cmd_waypoint_cluster import run_on_cluster
+
+        return run_on_cluster(args, "list")
     namespace = None if args.all_namespaces else args.namespace
     try:
         found = _objects(state_dir_from(args.state_dir), "Gateway", namespace, None)
@@ -291,6 +307,10 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_delete(args: argparse.Namespace) -> int:
+    if args.kubeconfig is not None:
+        from ambit.cmd_waypoint_cluster import run_on_cluster
+
+        return run_on_cluster(args, "delete")
     if bool(args.names) == args.all:
         return _fail("delete", "name the waypoints to delete, or pass --all (not both)")
     state_dir = state_dir_from(args.state_dir)
@@ -332,6 +352,10 @@ def _as_applied(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_status(args: argparse.Namespace) -> int:
+    if args.kubeconfig is not None:
+        from ambit.cmd_waypoint_cluster import run_on_cluster
+
+        return run_on_cluster(args, "status")
     state_dir = state_dir_from(args.state_dir)
     try:
         found = _objects(state_dir, "Gateway", args.namespace, args.name)

@@ -45,6 +45,7 @@ from k8s.config_server import (
     gateway_waypoint_authorizer,
     node_token_authenticator,
 )
+from k8s.gateway_manifests import foreign_waypoint_classes
 from k8s.manifests import (
     AuthorizationPolicy,
     Gateway,
@@ -353,7 +354,10 @@ def waypoint_condition(problems: tuple[Problem, ...], waypoint: str | None) -> l
 
 
 def gateway_api_conditions(
-    entry_obj: K8sObject, problems: tuple[Problem, ...], snapshot: MeshSnapshot
+    entry_obj: K8sObject,
+    problems: tuple[Problem, ...],
+    snapshot: MeshSnapshot,
+    foreign: frozenset[str] = frozenset(),
 ) -> list[Condition]:
     """Gateway API's own conditions on the Gateway API objects ambit is the controller
     of: a GatewayClass of a waypoint class is ``Accepted``; a waypoint Gateway is
@@ -361,14 +365,15 @@ def gateway_api_conditions(
     meshed endpoint); a route ``Accepted`` and ``ResolvedRefs``
     (:func:`k8s.route_conditions.route_conditions`; per parent, as Gateway API writes
     them, :func:`write_conditions` stores them too). Objects of other controllers get
-    none."""
+    none, nor the waypoint classes in ``foreign`` (another controller's GatewayClass
+    claims them: :func:`k8s.gateway_manifests.foreign_waypoint_classes`)."""
     reasons = {p.reason: p for p in problems}
     if isinstance(entry_obj, GatewayClass):
-        if entry_obj.name not in WAYPOINT_CLASSES:
+        if entry_obj.name not in WAYPOINT_CLASSES or entry_obj.name in foreign:
             return []
         return [Condition("Accepted", "True", "Accepted", "a waypoint class: ambit runs it")]
     if isinstance(entry_obj, Gateway):
-        if entry_obj.gateway_class not in WAYPOINT_CLASSES:
+        if entry_obj.gateway_class not in WAYPOINT_CLASSES or entry_obj.gateway_class in foreign:
             return []
         key = f"{entry_obj.namespace}/{entry_obj.name}"
         bad = reasons.get(INVALID_WAYPOINT_FOR)
@@ -398,10 +403,13 @@ def write_conditions(store: ObjectStore, translation: Translation) -> None:
         obj = found.obj if found is not None else None
         return isinstance(obj, Gateway) and obj.gateway_class in WAYPOINT_CLASSES
 
+    foreign = foreign_waypoint_classes(
+        e.obj for e in store.entries("GatewayClass") if isinstance(e.obj, GatewayClass)
+    )
     for kind in ("GatewayClass", "Gateway", "HTTPRoute", "GRPCRoute"):
         for entry in store.entries(kind):
             problems = translation.problems.get(entry.ref, ())
-            conditions = gateway_api_conditions(entry.obj, problems, translation.snapshot)
+            conditions = gateway_api_conditions(entry.obj, problems, translation.snapshot, foreign)
             parents = None
             if isinstance(entry.obj, HTTPRoute | GRPCRoute):
                 parents = parent_conditions(entry.obj, problems, waypoint_gateway)

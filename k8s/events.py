@@ -13,6 +13,7 @@ is :data:`REPORTING_CONTROLLER`; ``reportingInstance`` the replica's identity.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -93,6 +94,9 @@ class EventRecorder:
             "reportingController": REPORTING_CONTROLLER, "reportingInstance": self._instance,
         }  # fmt: skip
         status, body = await self._api.request("POST", self._path(namespace), event)
+        if _namespace_going(status, body):  # nothing to tell anyone there any more
+            log.debug("event_skipped", namespace=namespace, reason="namespace terminating")
+            return
         if status != 201:
             raise ApiUnavailable(
                 f"create Event: HTTP {status}: {body.get('message')}", _hint(status)
@@ -116,6 +120,15 @@ class EventRecorder:
             message = f"count Event {sent.name}: HTTP {status}: {body.get('message')}"
             raise ApiUnavailable(message, _hint(status))
         return True
+
+
+def _namespace_going(status: int, body: Mapping[str, Any]) -> bool:
+    """403 because the namespace is being deleted (the API server refuses new objects in
+    it), or 404 because it is gone."""
+    message = str(body.get("message") or "")
+    return (status == 403 and "being terminated" in message) or (
+        status == 404 and "namespaces" in message
+    )
 
 
 def _hint(status: int) -> str:

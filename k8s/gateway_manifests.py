@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
 from k8s.manifest_reader import Meta, Pairs, Reader, read_meta
+from mesh.constants import WAYPOINT_CLASSES, WAYPOINT_CONTROLLER
 from mesh.model import GATEWAY_GROUP
 from mesh.model_l7 import GatewayAddress, Listener, RouteGroupKind
 
@@ -66,6 +67,19 @@ class GatewayClass(Meta):
     namespace: str = ""
     controller_name: str
     description: str = ""
+
+
+def foreign_waypoint_classes(classes: Iterable[GatewayClass]) -> frozenset[str]:
+    """The waypoint class names another controller runs: a GatewayClass of that name whose
+    ``controllerName`` is not ambit's (Istio installed beside ambit runs
+    ``istio-waypoint``). ambit neither deploys nor reports on Gateways of those; without
+    such a GatewayClass, ``istio-waypoint`` Gateways are ambit's, so Istio's manifests work
+    unchanged."""
+    return frozenset(
+        c.name
+        for c in classes
+        if c.name in WAYPOINT_CLASSES and c.controller_name != WAYPOINT_CONTROLLER
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

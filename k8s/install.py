@@ -49,6 +49,20 @@ Obj = dict[str, Any]
 
 NAME: Final = CONTROL_PLANE_SERVICE_ACCOUNT  # the ServiceAccount, Deployment, Service, roles
 RUN_AS: Final = 1337  # Istio's proxy user
+
+
+def pod_security_context() -> dict[str, Any]:
+    """The pods ambit runs (control plane, waypoints): not root, the image's user, the
+    runtime's default seccomp profile."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS,
+        "runAsGroup": RUN_AS,
+        "fsGroup": RUN_AS,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
 DRAIN_SECONDS: Final = 25  # below the pod's grace period
 GRACE_SECONDS: Final = 30
 
@@ -303,13 +317,7 @@ def controlplane_deployment(values: Values) -> Obj:
                 "spec": {
                     "serviceAccountName": NAME,
                     "terminationGracePeriodSeconds": GRACE_SECONDS,
-                    "securityContext": {
-                        "runAsNonRoot": True,
-                        "runAsUser": RUN_AS,
-                        "runAsGroup": RUN_AS,
-                        "fsGroup": RUN_AS,
-                        "seccompProfile": {"type": "RuntimeDefault"},
-                    },
+                    "securityContext": pod_security_context(),
                     "containers": [container],
                     "volumes": [
                         {"name": "tmp", "emptyDir": {"medium": "Memory"}},

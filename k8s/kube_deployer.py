@@ -190,7 +190,8 @@ async def run_deployer(
         while not store.complete:
             seen = await store.wait_changed(seen)
         seen = store.version
-        retry_at = await deployer.sync(e.obj for e in store.entries("Gateway"))
+        objects = [e.obj for kind in ("GatewayClass", "Gateway") for e in store.entries(kind)]
+        retry_at = await deployer.sync(objects)
         with trio.move_on_at(min(resync_at, math.inf if retry_at is None else retry_at)):
             seen = await store.wait_changed(seen)
         if trio.current_time() >= resync_at:

@@ -1,9 +1,9 @@
 """Kubernetes manifests (YAML files, or dicts from the API) -> small typed objects.
 
 Owns the edge where raw dicts become typed: Namespace, ServiceAccount, Pod, Service,
-AuthorizationPolicy, PeerAuthentication and RequestAuthentication
-(``security.ambit.io/v1``, also Istio's ``security.istio.io/v1`` and ``v1beta1``), and
-Gateway API's GatewayClass, Gateway, HTTPRoute and GRPCRoute
+EndpointSlice (``discovery.k8s.io/v1``), Node, AuthorizationPolicy, PeerAuthentication
+and RequestAuthentication (``security.ambit.io/v1``, also Istio's ``security.istio.io/v1``
+and ``v1beta1``), and Gateway API's GatewayClass, Gateway, HTTPRoute and GRPCRoute
 (``gateway.networking.k8s.io/v1``). Only the fields later parts use are kept.
 Every problem is a :class:`ManifestError` naming the file, the document and the field
 path, e.g. ``demo.yaml: document 3 (Service default/web): spec.ports[0].port: must be
@@ -11,8 +11,8 @@ an integer 1-65535``. Nothing past this module sees a raw dict.
 
 This module declares every kind once (:data:`KINDS`) and reads documents and files.
 The core kinds (keeping what they need, ignoring the rest, as real manifests carry much
-more) are in :mod:`k8s.core_manifests`; the policy kinds (read strictly) are in
-:mod:`k8s.policy_manifests`, the Gateway API kinds (strictly too) in
+more) are in :mod:`k8s.core_manifests` and :mod:`k8s.discovery_manifests`; the policy
+kinds (read strictly) are in :mod:`k8s.policy_manifests`, the Gateway API kinds (strictly too) in
 :mod:`k8s.gateway_manifests` and :mod:`k8s.route_manifests`, the typed reads shared by
 all in :mod:`k8s.manifest_reader`. Everything is re-exported here.
 """
@@ -38,6 +38,14 @@ from k8s.core_manifests import (
     read_pod,
     read_service,
     read_service_account,
+)
+from k8s.discovery_manifests import (
+    EndpointSlice,
+    Node,
+    SliceEndpoint,
+    SlicePort,
+    read_endpoint_slice,
+    read_node,
 )
 from k8s.gateway_manifests import (
     GATEWAY_API_VERSIONS,
@@ -70,6 +78,7 @@ __all__ = [
     "Container",
     "ContainerPort",
     "Document",
+    "EndpointSlice",
     "GRPCRoute",
     "Gateway",
     "GatewayClass",
@@ -78,6 +87,7 @@ __all__ = [
     "KindInfo",
     "ManifestError",
     "Namespace",
+    "Node",
     "Pairs",
     "PeerAuthentication",
     "Pod",
@@ -90,6 +100,8 @@ __all__ = [
     "Service",
     "ServiceAccount",
     "ServicePortSpec",
+    "SliceEndpoint",
+    "SlicePort",
     "kind_info",
     "load",
     "loads",
@@ -106,6 +118,8 @@ K8sObject: TypeAlias = (
     | ServiceAccount
     | Pod
     | Service
+    | EndpointSlice
+    | Node
     | AuthorizationPolicy
     | PeerAuthentication
     | RequestAuthentication
@@ -144,6 +158,11 @@ KINDS: tuple[KindInfo, ...] = (
     KindInfo("ServiceAccount", "serviceaccounts", ("sa",), ("v1",), True, read_service_account),
     KindInfo("Pod", "pods", ("po",), ("v1",), True, read_pod),
     KindInfo("Service", "services", ("svc",), ("v1",), True, read_service),
+    KindInfo(
+        "EndpointSlice", "endpointslices", (), ("discovery.k8s.io/v1",), True,
+        read_endpoint_slice,
+    ),
+    KindInfo("Node", "nodes", ("no",), ("v1",), False, read_node),
     KindInfo(
         "AuthorizationPolicy", "authorizationpolicies", ("ap",), POLICY_API_VERSIONS, True,
         read_authorization,

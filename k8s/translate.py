@@ -69,6 +69,7 @@ from k8s.translate_parts import workload_uid as workload_uid
 from k8s.translate_policy import authorization as authorization
 from k8s.translate_policy import peer_authentication
 from k8s.translate_policy import ztunnel_acceptance as ztunnel_acceptance
+from k8s.translate_slices import Topology, slice_endpoints
 from k8s.translate_waypoints import WaypointBinding, _Batch
 from mesh import model, model_l7, route_status
 from mesh.constants import DEFAULT_TRUST_DOMAIN, LABEL_GATEWAY_NAME
@@ -107,7 +108,9 @@ class Translator(WaypointBinding):
 
     - a Pod: its workload, and its endpoint in the Services of its namespace whose
       selector matches it before or after the change;
-    - a Service: that Service, its endpoints found through the pods' label index;
+    - a Service: that Service, its endpoints found through the pods' label index (or,
+      without a selector, its EndpointSlices); an EndpointSlice: its selectorless Service;
+    - a Node's zone or region: the workloads of its pods (their locality);
     - a Namespace's labels: the workloads of its pods (whether they are meshed) and the
       waypoint of its Services;
     - a Gateway: also the workloads of the pods labelled with its name (a waypoint's pods
@@ -131,6 +134,7 @@ class Translator(WaypointBinding):
         self._pods_by_label: SetIndex[Label, ObjectRef] = SetIndex()
         self._services_of: SetIndex[str, ObjectRef] = SetIndex()  # by namespace
         self._services_by_label: SetIndex[Label, ObjectRef] = SetIndex()  # by selector pair
+        self._topology = Topology()  # EndpointSlices and Nodes
         self._pod_ips: Claims[ObjectRef] = Claims()
         self._cluster_ips: Claims[ObjectRef] = Claims()
         self._endpoints: dict[ObjectRef, dict[str, model.Endpoint]] = {}  # of model Services
@@ -206,6 +210,13 @@ class Translator(WaypointBinding):
                 batch.waypoint_services.update(self._services_of.get(name))
                 batch.namespaces.add(ref)
                 batch.routes.update(self._route_targets.get(ref))  # allowedRoutes selectors
+        elif kind == "EndpointSlice":  # endpoints of a Service without a selector only
+            slices = self._topology.put_slice(
+                ref, _typed(old, m.EndpointSlice), _typed(obj, m.EndpointSlice)
+            )
+            batch.services.update(r for r in slices if _selectorless(self._objects.get(r)))
+        elif kind == "Node":
+            batch.workloads.update(self._topology.put_node(name, _typed(obj, m.Node)))
         elif kind == "AuthorizationPolicy":
             policy = _typed(obj, m.AuthorizationPolicy)
             self._authorizations.set(_key(ref), authorization(policy) if policy else None)
@@ -268,6 +279,9 @@ class Translator(WaypointBinding):
             self._pods_of.discard(namespace, ref)
         elif old is None:
             self._pods_of.add(namespace, ref)
+        before = old.node_name if old is not None else None
+        if before != (after := new.node_name if new is not None else None):
+            self._topology.move_pod(ref, before, after)
         if (old and old.labels) != (new and new.labels):
             for k, v in old.labels if old else ():
                 self._pods_by_label.discard((namespace, k, v), ref)
@@ -321,7 +335,10 @@ class Translator(WaypointBinding):
             workload = None
             if pod is not None and held:
                 tunnel = native_tunnel(pod, self._is_waypoint)
-                workload = _workload(pod, namespace, self.trust_domain, bound, tunnel=tunnel)
+                where = self._topology.localities.get(pod.node_name)
+                workload = _workload(
+                    pod, namespace, self.trust_domain, bound, tunnel=tunnel, locality=where
+                )
             self._workloads.set(_key(ref), workload)
         touched = set(batch.services)
         for ref, before in batch.pods.items():
@@ -424,8 +441,12 @@ class Translator(WaypointBinding):
         return found
 
     def _endpoints_of(self, svc: m.Service) -> dict[str, model.Endpoint]:
-        """Every endpoint of ``svc``, from the pods that have the rarest of its labels."""
-        assert svc.selector
+        """Every endpoint of ``svc``, from the pods that have the rarest of its labels, or
+        for a Service without a selector, from its EndpointSlices."""
+        if not svc.selector:
+            refs = self._topology.slices_of(("Service", svc.namespace, svc.name))
+            slices = [s for r in refs if (s := _typed(self._objects.get(r), m.EndpointSlice))]
+            return slice_endpoints(svc, slices)
         candidates = min(
             (self._pods_by_label.get((svc.namespace, k, v)) for k, v in svc.selector),
             key=len,
@@ -469,3 +490,9 @@ class Translator(WaypointBinding):
         if last is None or last.snapshot is not snapshot or last.problems is not problems:
             self._translation = last = Translation(snapshot, problems)
         return last
+
+
+def _selectorless(obj: m.K8sObject | None) -> bool:
+    """A Service whose endpoints are its EndpointSlices' (the controller manager's slices
+    of a Service with a selector change with every pod: they are left alone)."""
+    return isinstance(obj, m.Service) and not obj.selector

@@ -77,8 +77,9 @@ def _pod_address(pod: m.Pod | None) -> str | None:
 
 
 def _service_address(svc: m.Service | None) -> str | None:
-    """A Service is in the mesh with a selector and a cluster IP (not headless)."""
-    return svc.cluster_ip if svc is not None and svc.selector else None
+    """A Service is in the mesh with a cluster IP (not headless); its endpoints come from
+    the pods its selector matches or, without a selector, from its EndpointSlices."""
+    return svc.cluster_ip if svc is not None else None
 
 
 def _workload(
@@ -88,8 +89,10 @@ def _workload(
     waypoint: str | None = None,
     *,
     tunnel: bool = False,
+    locality: model.Locality | None = None,
 ) -> model.Workload:
-    """``tunnel``: the pod is a waypoint's (:func:`native_tunnel`)."""
+    """``tunnel``: the pod is a waypoint's (:func:`native_tunnel`); ``locality``: its
+    node's."""
     assert pod.pod_ip is not None
     return model.Workload.build(
         uid=workload_uid(pod.namespace, pod.name),
@@ -104,6 +107,7 @@ def _workload(
         container_ports=pod.named_ports,
         waypoint=waypoint,
         native_tunnel=tunnel,
+        locality=locality,
     )
 
 

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 import structlog
 import trio
 
 from ca.kube import ApiUnavailable
+from k8s.sources.api import Requests
 from k8s.sources.resources import RESOURCES
 
 log = structlog.get_logger("k8s.unsupported")
@@ -65,17 +66,7 @@ class ListFailed(Exception):
         super().__init__(f"GET {path} answered HTTP {status}: {message} ({self.hint})")
 
 
-class Requests(Protocol):
-    """One request to the API server (``k8s.sources.kubernetes.ClientApi`` makes them)."""
-
-    async def request(
-        self,
-        method: str,
-        path: str,
-        body: Mapping[str, Any] | None = None,
-        *,
-        query: Mapping[str, str] | None = None,
-    ) -> tuple[int, Json]: ...
+# What it asks of the API server: k8s.sources.api.Requests (ClientApi makes them).
 
 
 @dataclass(frozen=True, order=True)

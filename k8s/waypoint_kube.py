@@ -38,7 +38,8 @@ from typing import Any, Final
 
 from ca.kube import CA_AUDIENCE
 from k8s import manifests as m
-from k8s.install import RUN_AS, VERSION
+from k8s.gateway_manifests import foreign_waypoint_classes
+from k8s.install import VERSION, pod_security_context
 from k8s.manifest_reader import ManifestError
 from k8s.waypoint_deployer import (
     CONTAINER,
@@ -58,6 +59,7 @@ from mesh.constants import (
     METRICS_PORT,
     READINESS_PORT,
     WAYPOINT_CLASS,
+    WAYPOINT_CLASSES,
     WAYPOINT_CONTROLLER,
 )
 from mesh.model import GATEWAY_GROUP
@@ -91,7 +93,7 @@ class KubeDeployerSettings:
 
     image: str = DEFAULT_IMAGE
     image_pull_policy: str = "IfNotPresent"
-    classes: tuple[str, ...] = (WAYPOINT_CLASS,)
+    classes: tuple[str, ...] = WAYPOINT_CLASSES  # but those another controller claims
     waypoint: DeployerSettings = field(default_factory=_kube_paths)
     cpu_request: str = "100m"
     memory_request: str = "128Mi"
@@ -104,9 +106,12 @@ def cluster_settings(image: str, trust_domain: str) -> KubeDeployerSettings:
     return KubeDeployerSettings(image=image, waypoint=paths)
 
 
-def serves(gateway: m.Gateway, settings: KubeDeployerSettings) -> bool:
-    """Whether the deployer makes objects for ``gateway``."""
-    return gateway.gateway_class in settings.classes
+def serves(
+    gateway: m.Gateway, settings: KubeDeployerSettings, foreign: frozenset[str] = frozenset()
+) -> bool:
+    """Whether the deployer makes objects for ``gateway``: a class it serves that no other
+    controller's GatewayClass claims (``foreign``)."""
+    return gateway.gateway_class in settings.classes and gateway.gateway_class not in foreign
 
 
 def container(gateway: m.Gateway, settings: KubeDeployerSettings) -> dict[str, Any]:
@@ -178,13 +183,7 @@ def deployment_document(gateway: m.Gateway, settings: KubeDeployerSettings) -> d
                     "serviceAccountName": name,
                     "automountServiceAccountToken": False,  # it never calls the API server
                     "terminationGracePeriodSeconds": int(settings.waypoint.drain_seconds) + 5,
-                    "securityContext": {
-                        "runAsNonRoot": True,
-                        "runAsUser": RUN_AS,
-                        "runAsGroup": RUN_AS,
-                        "fsGroup": RUN_AS,
-                        "seccompProfile": {"type": "RuntimeDefault"},
-                    },
+                    "securityContext": pod_security_context(),
                     "containers": [container(gateway, settings)],
                     "volumes": _volumes(gateway, settings),
                 },
@@ -267,7 +266,12 @@ class Plan:
 
 def plan(objects: Iterable[m.K8sObject], settings: KubeDeployerSettings) -> Plan:
     """The documents wanted for ``objects`` (the GatewayClass first), the Gateways not
-    served whose objects may have to go, and the Gateways refused, with why."""
+    served whose objects may have to go, and the Gateways refused, with why. The
+    GatewayClasses among ``objects`` say which waypoint classes another controller runs
+    (:func:`k8s.gateway_manifests.foreign_waypoint_classes`): Istio's, when it is
+    installed beside ambit."""
+    objects = list(objects)
+    foreign = foreign_waypoint_classes(o for o in objects if isinstance(o, m.GatewayClass))
     wanted: dict[str, Mapping[str, Any]] = {}
     leavers: list[Leaver] = []
     refused: dict[tuple[str, str], str] = {}
@@ -276,7 +280,7 @@ def plan(objects: Iterable[m.K8sObject], settings: KubeDeployerSettings) -> Plan
     for obj in objects:
         if not isinstance(obj, m.Gateway):
             continue
-        if not serves(obj, settings):
+        if not serves(obj, settings, foreign):
             if obj.uid:
                 leavers.append(Leaver(obj.namespace, obj.name, obj.uid))
             continue

@@ -49,6 +49,7 @@ from mesh.model_policy import Rule as Rule
 from mesh.model_policy import Source as Source
 from mesh.model_policy import TargetRef as TargetRef
 from mesh.model_workloads import Endpoint as Endpoint
+from mesh.model_workloads import Locality as Locality
 from mesh.model_workloads import Service as Service
 from mesh.model_workloads import ServicePort as ServicePort
 from mesh.model_workloads import Workload as Workload

@@ -79,3 +79,29 @@ def gateway(
         gateway_class=gateway_class,
         listeners=(Listener("mesh", 15008, "HBONE"),),
     )
+
+
+def endpoint_slice(
+    name: str,
+    namespace: str,
+    service: str,
+    endpoints: tuple[m.SliceEndpoint, ...] = (),
+    *,
+    address_type: str = "IPv4",
+    ports: tuple[m.SlicePort, ...] = (m.SlicePort(port=8080),),
+) -> m.EndpointSlice:
+    """An EndpointSlice of ``service`` (its ``kubernetes.io/service-name`` label)."""
+    return m.EndpointSlice(
+        name=name,
+        namespace=namespace,
+        labels=(("kubernetes.io/service-name", service),),
+        address_type=address_type,
+        endpoints=endpoints,
+        ports=ports,
+    )
+
+
+def node(name: str, *, zone: str = "", region: str = "") -> m.Node:
+    """A Node with the topology labels given."""
+    labels = (("topology.kubernetes.io/region", region), ("topology.kubernetes.io/zone", zone))
+    return m.Node(name=name, labels=tuple((k, v) for k, v in labels if v))

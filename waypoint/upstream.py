@@ -1,7 +1,9 @@
 """The waypoint's side towards the apps: which endpoint takes a request, and the
 HTTP/1.1 connections to endpoints, each an HBONE CONNECT stream to the endpoint pod's
 15008 presenting the waypoint's own certificate (the destination ztunnel sees the
-waypoint's identity and dials the app).
+waypoint's identity and dials the app). An endpoint outside the mesh (a pod not
+enrolled, an EndpointSlice's address that is no pod) is dialled directly, plain TCP, as
+Istio's waypoint and ambit's ztunnel do.
 
 - :class:`Balancer`: least request, as Istio's default: of two endpoints drawn at
   random, the one with fewer requests in flight (Envoy's power of two choices).
@@ -27,10 +29,12 @@ from mesh.hbone.client import HboneClientPool, failure_reason
 from mesh.hbone.transport import StreamTransport
 from mesh.identity import SpiffeId
 from mesh.model import Endpoint
-from mesh.reason import Reason
+from mesh.reason import Reason, reason_for_dial_error
 from waypoint.http1 import MessageReader
 
 log = structlog.get_logger("waypoint")
+
+DIAL_TIMEOUT: Final = 10.0  # to an endpoint outside the mesh (a dropped SYN waits ~2 min)
 
 
 @dataclass(frozen=True)
@@ -39,7 +43,7 @@ class Target:
 
     ip: str
     port: int  # the target port on the pod
-    identity: SpiffeId  # the pod's: the destination ztunnel answers for it
+    identity: SpiffeId | None  # the pod's, its ztunnel answers for it; None: out of the mesh
     uid: str
 
     @property
@@ -136,7 +140,10 @@ class Upstreams:
     async def open_stream(
         self, target: Target, headers: Sequence[tuple[str, str]]
     ) -> trio.abc.HalfCloseableStream:
-        """A new HBONE stream to ``target`` as the waypoint; :class:`UpstreamError` if none."""
+        """A new HBONE stream to ``target`` as the waypoint (a plain TCP connection to one
+        outside the mesh); :class:`UpstreamError` if none."""
+        if target.identity is None:
+            return await _dial_plain(target)
         try:
             return await self._pool.connect(
                 source=self._identity(),
@@ -164,16 +171,27 @@ class Upstreams:
         self._idle.clear()
 
 
+async def _dial_plain(target: Target) -> trio.SocketStream:
+    try:
+        with trio.fail_after(DIAL_TIMEOUT):
+            return await trio.open_tcp_stream(target.ip, target.port)
+    except (OSError, trio.TooSlowError) as exc:
+        error = exc if isinstance(exc, OSError) else TimeoutError("dial timed out")
+        raise UpstreamError(
+            reason_for_dial_error(error), f"{target.authority}: {error}", retryable=True
+        ) from None
+
+
 def targets_of(
     endpoints: Sequence[Endpoint], port: int, identity_of: Callable[[str], SpiffeId | None]
 ) -> list[Target]:
-    """The endpoints serving service port ``port``, with the identity each pod proves."""
+    """The endpoints serving service port ``port``, with the identity each pod in the mesh
+    proves (None for one outside it: dialled plain)."""
     out = []
     for e in endpoints:
         target = e.target_for(port)
-        identity = identity_of(e.workload_uid)
-        if target is not None and identity is not None:
-            out.append(Target(e.ip, target, identity, e.workload_uid))
+        if target is not None:
+            out.append(Target(e.ip, target, identity_of(e.workload_uid), e.workload_uid))
     return out
 
 

@@ -102,8 +102,9 @@ class Ztunnel:
         return True, f"{len(self._slots)} pods captured"
 
     def status(self) -> dict[str, Any]:
-        """What /config_dump shows: the config version, each pod's state, and the
-        connections pending or half-closed now (with the limits and what was shed)."""
+        """What /config_dump shows: the config version, each pod's state (and locality:
+        its node's region and zone), and the connections pending or half-closed now (with
+        the limits and what was shed)."""
         pods = []
         for slot in sorted(self._slots.values(), key=lambda s: s.workload.uid):
             cert = self._certs.get(slot.workload.identity)
@@ -112,6 +113,9 @@ class Ztunnel:
                     "uid": slot.workload.uid,
                     "ip": slot.workload.ip,
                     "identity": str(slot.workload.identity),
+                    "locality": locality.to_json()
+                    if (locality := slot.workload.locality)
+                    else None,
                     "captured": slot.captured,
                     "error": slot.error,
                     "certificate_expires": cert.not_after.isoformat() if cert else None,

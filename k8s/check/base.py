@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 from ca.kube import ApiUnavailable
-from k8s.unsupported import CRDS_PATH, ListFailed, Requests, list_all
+from k8s.sources.api import Requests
+from k8s.unsupported import CRDS_PATH, ListFailed, list_all
 from mesh.constants import SYSTEM_NAMESPACE
 
 Json = dict[str, Any]

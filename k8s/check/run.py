@@ -9,7 +9,7 @@ from typing import Final
 
 from k8s.check import certs, cluster, controlplane
 from k8s.check.base import Check, CheckConfig, Context, Result, run_check
-from k8s.unsupported import Requests
+from k8s.sources.api import Requests
 
 API: Final = "kubernetes-api"
 CLIENT: Final = "can initialize the client"

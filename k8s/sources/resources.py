@@ -6,9 +6,10 @@ and RequestAuthentication from ambit's group (``security.ambit.io``) and Istio's
 counts, as ambit's labels win over Istio's). Each resource of a group is watched at
 the first version of the kind's that its CRD serves (Istio's ``v1``, else ``v1beta1``).
 
-The core kinds are always served; the others come from CRDs, which may be absent (a
-cluster without Gateway API, or without Istio's CRDs): :func:`served_versions` reads
-which are installed from the CustomResourceDefinitions the source watches.
+The core kinds (and EndpointSlices, ``discovery.k8s.io``) are always served; the others
+come from CRDs, which may be absent (a cluster without Gateway API, or without Istio's
+CRDs): :func:`served_versions` reads which are installed from the
+CustomResourceDefinitions the source watches.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from typing import Any, Final
 
 from k8s.manifests import KINDS
 from k8s.sources.watch import Raw
+
+# API groups the API server always serves (their kinds have no CRD).
+BUILT_IN_GROUPS: Final = ("", "discovery.k8s.io")
 
 
 @dataclass(frozen=True)
@@ -34,7 +38,7 @@ class Resource:
     @property
     def crd(self) -> bool:
         """Whether a CustomResourceDefinition serves it (else it is always there)."""
-        return self.group != ""
+        return self.group not in BUILT_IN_GROUPS
 
     @property
     def name(self) -> str:

@@ -18,6 +18,12 @@ Kept, per kind:
   ``hostNetwork``, each container's ``name`` and ``ports``; ``status`` ``phase``,
   ``podIP`` and the ``Ready`` condition;
 - Service: ``spec`` ``selector``, ``ports`` and ``clusterIP``;
+- EndpointSlice: ``addressType``, ``ports`` (``name``, ``port``, ``protocol``,
+  ``appProtocol``) and per endpoint its first address, ``conditions`` ``ready``,
+  ``serving`` and ``terminating``, ``targetRef`` (``kind``, ``namespace``, ``name``),
+  ``nodeName`` and ``zone`` (its labels carry ``kubernetes.io/service-name``);
+- Node: of the labels only ``topology.kubernetes.io/region`` and ``zone``; ``status``
+  ``addresses`` of type ``InternalIP``;
 - Namespace, ServiceAccount: metadata only;
 - the policy and Gateway API kinds (read strictly, and small): ``spec`` whole, no
   ``status`` (ambit writes its own conditions);
@@ -92,6 +98,42 @@ def _strip_service(doc: Mapping[str, Any]) -> dict[str, Any]:
     return {"spec": _pick(_mapping(doc.get("spec")), ("selector", "ports", "clusterIP"))}
 
 
+def _strip_endpoint_slice(doc: Mapping[str, Any]) -> dict[str, Any]:
+    out = _pick(doc, ("addressType",))
+    if "ports" in doc:
+        out["ports"] = [
+            _pick(_mapping(p), ("name", "port", "protocol", "appProtocol"))
+            for p in _list(doc.get("ports"))
+        ]
+    endpoints = []
+    for item in _list(doc.get("endpoints")):
+        e = _mapping(item)
+        kept = _pick(e, ("nodeName", "zone"))
+        kept["addresses"] = _list(e.get("addresses"))[:1]
+        if "conditions" in e:
+            kept["conditions"] = _pick(
+                _mapping(e.get("conditions")), ("ready", "serving", "terminating")
+            )
+        if "targetRef" in e:
+            kept["targetRef"] = _pick(_mapping(e.get("targetRef")), ("kind", "namespace", "name"))
+        endpoints.append(kept)
+    if "endpoints" in doc:
+        out["endpoints"] = endpoints
+    return out
+
+
+_NODE_LABELS: Final = ("topology.kubernetes.io/region", "topology.kubernetes.io/zone")
+
+
+def _strip_node(doc: Mapping[str, Any]) -> dict[str, Any]:
+    addresses = [
+        _pick(a, ("type", "address"))
+        for a in _list(_mapping(doc.get("status")).get("addresses"))
+        if isinstance(a, Mapping) and a.get("type") == "InternalIP"
+    ]
+    return {"status": {"addresses": addresses}} if addresses else {}
+
+
 def _strip_crd(doc: Mapping[str, Any]) -> dict[str, Any]:
     spec = _mapping(doc.get("spec"))
     versions = [_pick(_mapping(v), ("name", "served")) for v in _list(spec.get("versions"))]
@@ -121,6 +163,8 @@ def _spec_whole(doc: Mapping[str, Any]) -> dict[str, Any]:
 _BODIES: Final[dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]]] = {
     "Pod": _strip_pod,
     "Service": _strip_service,
+    "EndpointSlice": _strip_endpoint_slice,
+    "Node": _strip_node,
     "Namespace": _metadata_only,
     "ServiceAccount": _metadata_only,
     "CustomResourceDefinition": _strip_crd,
@@ -130,12 +174,10 @@ _BODIES: Final[dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]]] = {
 def strip(doc: Raw, *, kind: str, api_version: str) -> dict[str, Any]:
     """``doc`` with only what the mesh reads of a ``kind`` (see the module's list)."""
     body = _BODIES.get(kind, _spec_whole)(doc)
-    return {
-        "apiVersion": api_version,
-        "kind": kind,
-        "metadata": strip_metadata(_mapping(doc.get("metadata"))),
-        **body,
-    }
+    metadata = strip_metadata(_mapping(doc.get("metadata")))
+    if kind == "Node" and "labels" in metadata:  # a node's labels are many; two are read
+        metadata["labels"] = _pick(_mapping(metadata["labels"]), _NODE_LABELS)
+    return {"apiVersion": api_version, "kind": kind, "metadata": metadata, **body}
 
 
 def stripper(kind: str, api_version: str) -> Callable[[Raw], Raw]:

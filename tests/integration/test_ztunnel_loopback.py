@@ -9,7 +9,7 @@ import contextlib
 import os
 import socket
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 import pytest
@@ -20,7 +20,7 @@ from ca import CertificateAuthority, LocalSigner
 from mesh.certs import CertificateManager, open_certificate_manager
 from mesh.hbone import HboneStreamRefused
 from mesh.hbone.client import open_hbone_pool
-from mesh.model import MeshSnapshot, Resource, Workload
+from mesh.model import Locality, MeshSnapshot, Resource, Workload
 from mesh.pending import PendingLimits
 from mesh.reason import Reason
 from tests.builders import deny, rule, snapshot, source, workload
@@ -34,7 +34,10 @@ pytestmark = pytest.mark.skipif(
 
 OWN_NETNS = "/proc/self/ns/net"
 A = workload("a", ip="127.0.0.2", sa="client")
-B = workload("b", ip="127.0.0.3", sa="server", labels={"app": "b"})
+B = replace(
+    workload("b", ip="127.0.0.3", sa="server", labels={"app": "b"}),
+    locality=Locality(region="eu", zone="eu-1a"),  # its node's
+)
 APP_PORT = 18080
 
 
@@ -127,6 +130,10 @@ async def test_a_snapshot_captures_the_nodes_pods_and_makes_ztunnel_ready() -> N
                 B.uid: True,
             }
             assert all(p["certificate_expires"] for p in status["pods"])
+            assert {p["uid"]: p["locality"] for p in status["pods"]} == {
+                A.uid: None,
+                B.uid: {"region": "eu", "zone": "eu-1a", "subzone": ""},
+            }
             assert status["pending"] == {
                 "pending": 0,
                 "half_closed": 0,

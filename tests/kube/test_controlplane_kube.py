@@ -1,7 +1,8 @@
 """``ambit controlplane --source kubernetes --kubeconfig PATH`` against the real API
 server, as a process, with a ztunnel subscribed on loopback: it publishes what
 ``ambit controlplane --source files`` publishes for the same objects (examples/demo.yaml,
-and a manifest rich in policies, waypoint and route), with the pods' IPs and the
+a manifest rich in policies, waypoint and route, and a Service without a selector
+with its EndpointSlices and a zoned Node), with the pods' IPs and the
 Services' VIPs (``spec.clusterIP``) fixed by the test, and the same conditions in its
 status file; a pod's new IP and its deletion reach the ztunnel; restarted while the
 objects change, it resyncs the ztunnel that stayed subscribed.
@@ -15,7 +16,7 @@ from __future__ import annotations
 import difflib
 import json
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import suppress
 from copy import deepcopy
 from pathlib import Path
@@ -26,9 +27,9 @@ import trio
 import yaml
 
 from mesh.identity import SpiffeId
-from mesh.model import MeshSnapshot
+from mesh.model import Endpoint, MeshSnapshot
 from tests.kube import crds
-from tests.kube.client import KubeAdmin, NotFound, Obj
+from tests.kube.client import KubeAdmin, NotFound, Obj, wait_for
 from tests.kube.cluster import REPO, Cluster
 from tests.kube.kubelet import create_node, remove_pod, set_pod_running
 from tests.kube.planes import (
@@ -41,6 +42,7 @@ from tests.kube.planes import (
     ztunnel_pods,
 )
 from tests.waiting import wait_until
+from ztunnel.plan import Direct, Passthrough, Pick, plan_outbound
 
 pytestmark = pytest.mark.kube
 
@@ -298,3 +300,172 @@ async def test_policies_waypoint_and_route_as_files_and_from_the_api_server_agre
             assert conditions_in(from_api.status(), kube_ns) == want
             refused = [r for r in from_api.status()["refused"] if kube_ns in r]
             assert refused == from_files.status()["refused"] == []
+
+
+SLICES = """
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {ambit.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: shop}
+spec:
+  nodeName: node-1
+  containers: [{name: app, image: example.invalid/client:1}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db, namespace: shop, labels: {app: db}}
+spec:
+  nodeName: node-1
+  containers: [{name: app, image: example.invalid/db:1, ports: [{containerPort: 6432}]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db, namespace: shop}
+spec: {selector: {app: db}, ports: [{name: pg, port: 5432, targetPort: 6432}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: ext, namespace: shop}
+spec: {ports: [{name: pg, port: 5432, targetPort: 6432}]}
+"""
+ZONE = {"topology.kubernetes.io/region": "eu-west", "topology.kubernetes.io/zone": "eu-west-1a"}
+
+
+def endpoint_slice(ns: str, name: str, service: str, endpoints: list[Obj], port: int = 6432) -> Obj:
+    """A slice as an operator (or a VM registry) writes one for a Service without a
+    selector; not the controller manager's (which manages only its own)."""
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": name, "namespace": ns,
+            "labels": {"kubernetes.io/service-name": service,
+                       "endpointslice.kubernetes.io/managed-by": "tests.ambit.io"},
+        },
+        "addressType": "IPv4",
+        "ports": [{"name": "pg", "port": port, "protocol": "TCP"}],
+        "endpoints": endpoints,
+    }  # fmt: skip
+
+
+def slice_endpoint(address: str, *, pod: tuple[str, str] | None = None, ready: bool = True) -> Obj:
+    endpoint: Obj = {
+        "addresses": [address],
+        "conditions": {"ready": ready, "serving": ready, "terminating": not ready},
+    }
+    if pod is not None:
+        endpoint["targetRef"] = {"kind": "Pod", "namespace": pod[0], "name": pod[1]}
+    return endpoint  # fmt: skip
+
+
+def backends(snapshot: MeshSnapshot, ns: str, service: str, vip: str) -> dict[str, Any]:
+    """What a ztunnel does with a connection of ``client`` to ``vip:5432``, for each
+    endpoint of the Service: its plan (HBONE to a pod, or plain TCP) by endpoint uid."""
+    client = snapshot.workload(f"{ns}/client")
+    svc = snapshot.service(f"{ns}/{service}")
+    assert client is not None
+    assert svc is not None
+    return {
+        e.workload_uid: plan_outbound(snapshot, client, vip, 5432, pick=_always(e))
+        for e in svc.endpoints
+    }
+
+
+def _always(endpoint: Endpoint) -> Pick:
+    def pick(_candidates: Sequence[Endpoint]) -> Endpoint:
+        return endpoint
+
+    return pick
+
+
+async def test_a_selectorless_services_endpoints_are_its_slices_and_a_workload_has_its_nodes_zone(
+    kube_cluster: Cluster,
+    kube_admin: KubeAdmin,
+    kube_ns: str,
+    nodes: dict[str, str],
+    ztunnels: tuple[str, dict[str, str]],
+    tmp_path: Path,
+) -> None:
+    ns, node = kube_ns, nodes["node-1"]
+    docs = objects(SLICES, ns, nodes)
+    pod_ips, vips = fixed_addresses(docs)
+    outside = f"192.0.2.{secrets.randbelow(250) + 2}"  # a VM's address: no pod
+    db = slice_endpoint(pod_ips["db"], pod=(ns, "db"))
+    docs += [
+        endpoint_slice(ns, "ext-1", "ext", [db, slice_endpoint(outside)]),
+        # A Service with a selector takes its endpoints from its pods, never from slices:
+        # not this one, nor the controller manager's.
+        endpoint_slice(ns, "db-extra", "db", [slice_endpoint(outside)]),
+    ]
+    zoned = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": node, "labels": ZONE}}
+    with trio.fail_after(150):
+        await kube_admin.patch("v1", "Node", node, {"metadata": {"labels": ZONE}})
+        await apply(kube_admin, docs, pod_ips, vips)
+        managed = (
+            "kubernetes.io/service-name=db,"
+            "endpointslice.kubernetes.io/managed-by=endpointslice-controller.k8s.io"
+        )
+
+        async def kcm_slice_of_db() -> bool:
+            found = await kube_admin.list(
+                "discovery.k8s.io/v1", "EndpointSlice", ns, label_selector=managed
+            )
+            return any(e["addresses"] == [pod_ips["db"]] for s in found
+                       for e in s.get("endpoints") or ())  # fmt: skip
+
+        await wait_for(kcm_slice_of_db, seconds=SECONDS)  # the controller manager's own
+        for doc in docs:  # the API server copies a node's topology labels to its pods
+            if doc["kind"] == "Pod":
+                held = await kube_admin.get("v1", "Pod", doc["metadata"]["name"], ns)
+                doc["metadata"]["labels"] = held["metadata"].get("labels", {})
+        files = as_files(docs, pod_ips, vips) + "---\n" + yaml.safe_dump(zoned)
+        from_files, from_api = planes(tmp_path, kube_cluster, files, nodes, ztunnels)
+        async with (
+            running(from_files),
+            running(from_api),
+            ztunnel(from_files, node) as expected,
+            ztunnel(from_api, node) as received,
+        ):
+            view = await agree(expected, received, ns)
+            locality = {"region": "eu-west", "zone": "eu-west-1a", "subzone": ""}
+            assert [(w["name"], w["locality"]) for w in view["workloads"]] == [
+                ("client", locality), ("db", locality)]  # fmt: skip
+            assert endpoint_ips(view, "db") == [pod_ips["db"]]
+            assert endpoint_ips(view, "ext") == sorted([pod_ips["db"], outside])
+            plans = backends(received[-1], ns, "ext", vips["ext"])
+            to_pod, to_vm = plans[f"{ns}/db"], plans[f"{ns}/ext/{outside}"]
+            assert isinstance(to_pod, Direct)  # HBONE, proving the pod's identity
+            assert (to_pod.dial, str(to_pod.expected_identity)) == (
+                (pod_ips["db"], 15008),
+                f"spiffe://cluster.local/ns/{ns}/sa/default",
+            )
+            assert isinstance(to_vm, Passthrough)  # outside the mesh: plain TCP
+            assert (to_vm.dial, to_vm.dst_workload) == ((outside, 6432), None)
+            # Every object of the test read, the controller manager's slices and the Nodes too.
+            assert [r for r in from_api.status()["refused"] if ns in r] == []
+
+            # The VM's endpoint stops being ready: it takes no new connection.
+            slice_api = ("discovery.k8s.io/v1", "EndpointSlice", "ext-1")
+            leaving = [db, slice_endpoint(outside, ready=False)]
+            await kube_admin.patch(*slice_api, {"endpoints": leaving}, ns)
+            view = await wait_snapshot(received, ns, lambda v: len(endpoint_ips(v, "ext")) == 1)
+            assert endpoint_ips(view, "ext") == [pod_ips["db"]]
+
+            # The pod leaves the slice, the VM is back.
+            await kube_admin.patch(*slice_api, {"endpoints": [slice_endpoint(outside)]}, ns)
+            view = await wait_snapshot(received, ns, lambda v: endpoint_ips(v, "ext") == [outside])
+            assert list(backends(received[-1], ns, "ext", vips["ext"])) == [f"{ns}/ext/{outside}"]
+
+            # The node moves to another zone: its workloads follow.
+            await kube_admin.patch("v1", "Node", node, {"metadata": {"labels": {
+                "topology.kubernetes.io/zone": "eu-west-1b"}}})  # fmt: skip
+            view = await wait_snapshot(received, ns, lambda v: all(
+                w["locality"]["zone"] == "eu-west-1b" for w in v["workloads"]))  # fmt: skip
+
+            # The slice is deleted: the Service is still there, with no endpoint.
+            await kube_admin.delete(*slice_api, ns)
+            view = await wait_snapshot(received, ns, lambda v: endpoint_ips(v, "ext") == [])
+            assert endpoint_ips(view, "db") == [pod_ips["db"]]

@@ -92,6 +92,10 @@ async def test_rbac_allows_what_the_control_plane_needs(
         if r.crd:
             needs.append(("patch", r.group, r.plural, "status", "shop"))
     needs += [
+        ("list", "discovery.k8s.io", "endpointslices", "", ""),  # a selectorless Service's
+        ("watch", "discovery.k8s.io", "endpointslices", "", ""),
+        ("list", "", "nodes", "", ""),  # a workload's locality
+        ("watch", "", "nodes", "", ""),
         ("list", "apiextensions.k8s.io", "customresourcedefinitions", "", ""),
         ("watch", "apiextensions.k8s.io", "customresourcedefinitions", "", ""),
         ("patch", "", "services", "status", "shop"),
@@ -132,6 +136,9 @@ async def test_rbac_refuses_what_it_does_not_need(
         ("create", "coordination.k8s.io", "leases", "", "shop"),  # only in its own namespace
         ("update", "security.ambit.io", "authorizationpolicies", "", "shop"),  # status only
         ("create", "", "pods", "", "shop"),
+        ("create", "discovery.k8s.io", "endpointslices", "", "shop"),  # read only
+        ("patch", "", "nodes", "", ""),
+        ("patch", "", "nodes", "status", ""),
         ("delete", "apiextensions.k8s.io", "customresourcedefinitions", "", ""),
     ]
     with trio.fail_after(60):

@@ -114,8 +114,14 @@ async def test_the_control_plane_runs_with_the_permissions_it_is_given(
             with trio.CancelScope(shield=True):
                 await process.wait()
     events = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
-    failed = [e for e in events if e.get("level") in ("warning", "error")
-              and e.get("event") != "istio_kinds_unavailable"]  # fmt: skip
+    # What it could not do (the cluster is shared: other tests' objects have problems of
+    # their own, which are theirs to report, not failures of this control plane).
+    failures = {
+        "kube_request_failed", "status_write_failed", "waypoint_apply_failed",
+        "waypoint_delete_failed", "root_cert_write_failed", "event_not_written",
+        "leader_election_failed", "istio_kinds_unavailable", "ca_secret_unavailable",
+    }  # fmt: skip
+    failed = [e for e in events if e.get("event") in failures]
     assert failed == [], failed
     assert "controlplane_started" in {e.get("event") for e in events}
 

@@ -17,7 +17,8 @@ from tests.kube import crds
 from tests.kube.client import KubeAdmin, NotFound, Obj, wait_for
 from tests.kube.cluster import Cluster
 from tests.kube.planes import _http_get
-from tests.kube.test_status import condition, config, control_plane, events_for
+from tests.kube.test_ca import control_plane
+from tests.kube.test_status import condition, config, events_for
 
 pytestmark = pytest.mark.kube
 

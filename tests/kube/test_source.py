@@ -4,7 +4,8 @@ listed; a Namespace labelled after its pods exist enrolls them; a pod's IP chang
 its deletion reach the translated snapshot; a watch the server ends (``timeoutSeconds``)
 resumes without a re-list; a resourceVersion compacted away (410 Gone) is recovered
 from by a re-list whose diff deletes what was deleted meanwhile; a CRD installed later
-starts its resource, and removing it deletes its objects.
+starts its resource, and removing it deletes its objects; the controller manager's
+EndpointSlices and a Node's zone reach the store.
 
 The source watches the whole cluster, so each test looks at its own namespace only."""
 
@@ -20,6 +21,7 @@ import pytest
 import trio
 import trio_asyncio
 
+from k8s import manifests as m
 from k8s.sources.api import Api, Watch
 from k8s.sources.driver import KubernetesSource
 from k8s.sources.kubernetes import ClientApi, KubeSourceConfig, configure
@@ -27,7 +29,7 @@ from k8s.sources.watch import ListRequest, Raw
 from k8s.store import ObjectStore
 from k8s.translate import translate
 from mesh.backoff import Backoff
-from mesh.model import MeshSnapshot, Workload
+from mesh.model import Locality, MeshSnapshot, Workload
 from tests.kube import crds, etcd
 from tests.kube.client import KubeAdmin, NotFound
 from tests.kube.cluster import Cluster
@@ -131,6 +133,12 @@ def snapshot(store: ObjectStore) -> MeshSnapshot:
 
 def workloads(store: ObjectStore, ns: str) -> dict[str, Workload]:
     return {w.name: w for w in snapshot(store).workloads if w.namespace == ns}
+
+
+def locality(store: ObjectStore, ns: str, name: str) -> Locality | str | None:
+    """The workload's locality; "absent" before it is a workload."""
+    found = workloads(store, ns).get(name)
+    return found.locality if found is not None else "absent"
 
 
 @pytest.fixture
@@ -259,6 +267,36 @@ async def test_a_pods_new_ip_and_its_deletion_reach_the_snapshot(
             await settle(store, lambda: "web-1" not in workloads(store, kube_ns))
             assert endpoints() == []
             assert names(store, "Pod", kube_ns) == ["web-2"]
+
+
+async def test_the_controller_managers_slices_and_a_nodes_zone_reach_the_store(
+    kube_cluster: Cluster, kube_admin: KubeAdmin, kube_ns: str, node: str, net: str
+) -> None:
+    def slice_endpoints() -> list[tuple[str, tuple[str, str] | None, str, bool]]:
+        return [
+            (e.address, e.pod, e.node_name, e.ready)
+            for entry in store.entries("EndpointSlice", kube_ns)
+            if isinstance(entry.obj, m.EndpointSlice) and entry.obj.service_name == "web"
+            for e in entry.obj.endpoints
+        ]
+
+    zone = {"topology.kubernetes.io/zone": f"zone-{kube_ns}"}
+    with trio.fail_after(60):
+        await kube_admin.patch("v1", "Node", node, {"metadata": {"labels": zone}})
+        await kube_admin.create(service(kube_ns, "web", {"app": "web"}))
+        await running_pod(kube_admin, kube_ns, "web-1", node, net + "1", {"app": "web"})
+        async with watching(kube_cluster) as (_source, store):
+            web_1 = (net + "1", (kube_ns, "web-1"), node)
+            await settle(store, lambda: slice_endpoints() == [(*web_1, True)])
+            zoned = Locality(zone=zone["topology.kubernetes.io/zone"])
+            # The pods' watch is not the slices': the pod may come a moment later.
+            await settle(store, lambda: locality(store, kube_ns, "web-1") == zoned)
+
+            await set_pod_running(kube_admin, kube_ns, "web-1", net + "1", ready=False)
+            await settle(store, lambda: slice_endpoints() == [(*web_1, False)])
+            await kube_admin.patch("v1", "Node", node, {"metadata": {"labels": {
+                "topology.kubernetes.io/zone": None}}})  # fmt: skip
+            await settle(store, lambda: locality(store, kube_ns, "web-1") is None)
 
 
 async def test_a_watch_the_server_ends_resumes_without_a_relist(

@@ -6,8 +6,8 @@ short timings; the admin client reads back what a user would see."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager, suppress
+from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ import pytest
 import trio
 
 from k8s import manifests as m
-from k8s.controlplane_process import ControlPlaneConfig, Ports, run_controlplane
+from k8s.controlplane_process import ControlPlaneConfig
 from k8s.events import EventRecorder
 from k8s.leader import LeaseConfig
 from k8s.sources.kubernetes import KubeSourceConfig, open_kube_api
@@ -27,6 +27,7 @@ from tests.kube.client import Conflict, KubeAdmin, Obj, wait_for
 from tests.kube.cluster import Cluster
 from tests.kube.installing import ambit_crds
 from tests.kube.kubelet import service
+from tests.kube.test_ca import control_plane
 
 pytestmark = pytest.mark.kube
 
@@ -45,16 +46,6 @@ def config(cluster: Cluster, ns: str, directory: Path, identity: str) -> Control
         files=(), ca_dir=directory / "ca", source="kubernetes", kubeconfig=cluster.kubeconfig,
         host="127.0.0.1", ca_port=0, config_port=0, metrics_port=0, lease=lease,
     )  # fmt: skip
-
-
-@asynccontextmanager
-async def control_plane(config: ControlPlaneConfig) -> AsyncIterator[Ports]:
-    async with trio.open_nursery() as nursery:
-        ports: Ports = await nursery.start(
-            lambda task_status: run_controlplane(config, task_status=task_status)
-        )
-        yield ports
-        nursery.cancel_scope.cancel()
 
 
 def condition(status: dict[str, Any], type_: str) -> tuple[str, str] | None:

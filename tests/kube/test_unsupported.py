@@ -14,12 +14,12 @@ import pytest
 import trio
 from structlog.testing import capture_logs
 
+from k8s.sources.api import Requests
 from k8s.sources.kubernetes import KubeSourceConfig, open_kube_api
 from k8s.unsupported import (
     CRDS_PATH,
     EVENT_IGNORED,
     EVENT_NONE_LEFT,
-    Requests,
     report_unsupported,
 )
 from tests.kube.client import KubeAdmin
@@ -48,10 +48,11 @@ class CountingApi:
         body: Mapping[str, Any] | None = None,
         *,
         query: Mapping[str, str] | None = None,
+        content_type: str = "application/json",
     ) -> tuple[int, dict[str, Any]]:
         if path == CRDS_PATH and not (query or {}).get("continue"):
             self.looks += 1
-        return await self.api.request(method, path, body, query=query)
+        return await self.api.request(method, path, body, query=query, content_type=content_type)
 
 
 def ignored(logs: list[MutableMapping[str, Any]]) -> list[tuple[str, int, list[str]]]:

@@ -585,7 +585,7 @@ BAD = [
         "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\n",
         "kind",
         "'Deployment' is not supported; supported kinds: Namespace, ServiceAccount, Pod,"
-        " Service, AuthorizationPolicy, PeerAuthentication",
+        " Service, EndpointSlice, Node, AuthorizationPolicy, PeerAuthentication",
     ),
     ("apiVersion: v1\nmetadata: {name: web}\n", "kind", "kind is not supported"),
     ("- just\n- a list\n", "", "must be a mapping with apiVersion and kind"),

@@ -291,7 +291,7 @@ def test_addresses_that_no_workload_or_service_uses_do_not_conflict() -> None:
             pod("done", ip="10.0.0.1", phase="Succeeded"),
             pod("host", ip="10.0.0.1", host_network=True),
             svc("web", selector={"app": "running"}),
-            svc("manual", selector={}),  # no selector: not in the mesh, claims nothing
+            svc("manual", selector={}, cluster_ip=None),  # headless: claims nothing
         ],
         version=1,
     )
@@ -303,14 +303,15 @@ def test_addresses_that_no_workload_or_service_uses_do_not_conflict() -> None:
 # --- services --------------------------------------------------------------------------------
 
 
-def test_service_needs_a_selector_and_a_vip() -> None:
+def test_service_needs_a_vip_and_without_a_selector_has_its_slices_endpoints() -> None:
     objs: list[m.K8sObject] = [
         pod("web"),
         svc("web", cluster_ip=None),
         svc("external", selector={}, cluster_ip="10.96.0.2"),
         svc("web2", selector={"app": "web"}, cluster_ip="10.96.0.3"),
     ]
-    assert [s.name for s in translate(objs, version=1).snapshot.services] == ["web2"]
+    services = translate(objs, version=1).snapshot.services
+    assert [(s.name, len(s.endpoints)) for s in services] == [("external", 0), ("web2", 1)]
 
 
 def test_endpoints_are_selected_pods_with_an_ip_in_the_namespace() -> None:

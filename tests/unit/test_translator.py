@@ -4,7 +4,6 @@ only what a change concerns, and keeps the snapshot when nothing changed."""
 from __future__ import annotations
 
 import datetime
-import gc
 import itertools
 import math
 import random
@@ -31,10 +30,11 @@ from k8s.translate_l7 import (
 )
 from k8s.translate_parts import _endpoint, _ports, _workload
 from k8s.translate_policy import peer_authentication
+from k8s.translate_slices import locality, slice_endpoints
 from mesh import route_status
-from mesh.model import MeshSnapshot, Service, diff
+from mesh.model import Endpoint, MeshSnapshot, Service, diff
 from mesh.model_l7 import BackendRef, GrpcRule, HttpMatch, HttpRule, Listener, ParentRef
-from tests.k8s_builders import gateway, ns, pod, svc
+from tests.k8s_builders import endpoint_slice, gateway, node, ns, pod, svc
 
 EARLY, LATE = "2026-12-01T10:00:00Z", "2026-12-01T10:00:05Z"
 
@@ -108,10 +108,12 @@ def test_a_namespace_label_change_meshes_the_workloads_of_that_namespace_only() 
 def test_a_service_change_recomputes_that_service() -> None:
     translator = Translator()
     first = translator.apply(cluster()).snapshot
-    everything = svc("web", "shop", selector={}, cluster_ip="10.96.0.1")  # no selector
-    second = translator.apply([everything]).snapshot
+    selectorless = svc("web", "shop", selector={}, cluster_ip="10.96.0.1")
+    second = translator.apply([selectorless]).snapshot
     assert changed_keys(first, second) == [("service", "shop/web")]
-    assert second.service("shop/web") is None
+    web = second.service("shop/web")  # its endpoints are its EndpointSlices': none
+    assert web is not None
+    assert web.endpoints == ()
     third = translator.apply([svc("web", "shop", selector={"app": "db"}, cluster_ip="10.96.0.1")])
     web = third.snapshot.service("shop/web")
     assert web is not None
@@ -178,14 +180,14 @@ USE = [
     {"ambit.io/use-waypoint": "w0", "ambit.io/use-waypoint-namespace": "b"},
     {"istio.io/use-waypoint": "none"},
 ]
-SELECTORS = [{"app": "web"}, {"app": "web", "v": "2"}, {"app": "db"}, {}, {"v": "2"}]
+SELECTORS = [{"app": "web"}, {"app": "web", "v": "2"}, {"app": "db"}, {}, {}, {"v": "2"}]
 TIMES = ["", EARLY, LATE, "2026-12-01T10:00:00+01:00"]
 
 
 def random_object(rng: random.Random) -> m.K8sObject:
     namespace = rng.choice(NAMESPACES)
     kind = rng.choice(["Pod"] * 3 + ["Service"] * 2 + ["Namespace", "Policy", "Peer", "Route"]
-                      + ["Gateway"] * 2)  # fmt: skip
+                      + ["Gateway"] * 2 + ["Slice"] * 4 + ["Node"])  # fmt: skip
     if kind == "Pod":
         return pod(
             f"p{rng.randrange(8)}",
@@ -213,6 +215,19 @@ def random_object(rng: random.Random) -> m.K8sObject:
             created=rng.choice(TIMES),
             labels=rng.choice(USE),
         )
+    if kind == "Slice":  # of a Service (maybe one with a selector, which ignores it)
+        pods = [None] * 8 + [(namespace, f"p{i}") for i in range(8)]  # half: no pod
+        members = tuple(m.SliceEndpoint(address=f"10.0.0.{rng.randrange(1, 25)}",
+                                        ready=rng.random() < 0.8, pod=rng.choice(pods))
+                        for _ in range(rng.randrange(1, 4)))  # fmt: skip
+        ports = rng.choice([(m.SlicePort(port=8080),)] * 3 + [(m.SlicePort(port=None),), ()])
+        service = rng.choice(["s0", "s0", "s1", "s1", "w0"])
+        family = rng.choice(["IPv4"] * 4 + ["IPv6"])
+        return endpoint_slice(
+            f"sl{rng.randrange(3)}", namespace, service, members, address_type=family, ports=ports
+        )
+    if kind == "Node":
+        return node(rng.choice(["node-1", "node-2"]), zone=rng.choice(["", "z1", "z2"]))
     if kind == "Namespace":
         team = rng.choice([{}, {"team": "x"}])  # what a listener's selector may look for
         return ns(namespace, ambient=rng.random() < 0.5, labels=rng.choice(USE) | team)
@@ -304,19 +319,26 @@ def reference(
         and p.phase not in ("Succeeded", "Failed")
     ]
     pods = first_created(pods, "IPConflict", lambda p: p.pod_ip)
-    services = [s for s in objs if isinstance(s, m.Service) and s.selector and s.cluster_ip]
+    services = [s for s in objs if isinstance(s, m.Service) and s.cluster_ip]
     services = first_created(services, "ClusterIPConflict", lambda s: s.cluster_ip)
+    nodes = {n.name: locality(n) for n in objs if isinstance(n, m.Node)}
+
+    def endpoints(s: m.Service) -> Iterable[Endpoint]:  # its slices' when it has no selector
+        if not s.selector:
+            return slice_endpoints(s, [o for o in objs if isinstance(o, m.EndpointSlice) and (
+                o.namespace, o.service_name) == (s.namespace, s.name)]).values()  # fmt: skip
+        return (e for p in pods if (e := _endpoint(s, p)) is not None)
+
     snapshot = MeshSnapshot(
         version,
-        tuple(_workload(p, namespaces.get(p.namespace), "example.org") for p in pods),
         tuple(
-            Service(
-                s.name,
-                s.namespace,
-                s.cluster_ip or "",
-                _ports(s),
-                tuple(e for p in pods if (e := _endpoint(s, p)) is not None),
+            _workload(
+                p, namespaces.get(p.namespace), "example.org", locality=nodes.get(p.node_name)
             )
+            for p in pods
+        ),
+        tuple(
+            Service(s.name, s.namespace, s.cluster_ip or "", _ports(s), tuple(endpoints(s)))
             for s in services
         ),
         tuple(authorization(a) for a in objs if isinstance(a, m.AuthorizationPolicy)),
@@ -444,56 +466,3 @@ def test_incremental_translation_equals_full_translation_of_the_same_objects() -
             previous = result
     assert changes > 500  # the changes really change things
     assert bound > 15  # and waypoints come and go
-
-
-def test_the_cyclic_collector_is_as_it_was_after_a_batch() -> None:
-    translator = Translator()
-    assert gc.isenabled()
-    translator.apply(cluster())
-    assert gc.isenabled()
-    gc.disable()
-    try:
-        translator.apply([ns("bank")])
-        assert not gc.isenabled()
-    finally:
-        gc.enable()
-
-
-def many_pods(count: int) -> list[m.K8sObject]:
-    return [
-        ns("shop"),
-        *(
-            pod(f"web-{i}", "shop", ip=f"10.0.{i // 256}.{i % 256}", labels={"app": f"w{i // 5}"})
-            for i in range(count)
-        ),
-        *(svc(f"w{j}", "shop", cluster_ip=f"10.96.0.{j}") for j in range(count // 5)),
-    ]
-
-
-def in_generation(generation: int, obj: object) -> bool:
-    return any(o is obj for o in gc.get_objects(generation))
-
-
-def test_what_a_big_batch_made_goes_to_the_oldest_generation() -> None:
-    translator = Translator()
-    snapshot = translator.apply(many_pods(1000)).snapshot
-    assert gc.isenabled()
-    assert gc.get_freeze_count() == 0
-    assert in_generation(2, snapshot.workloads[0])
-    assert in_generation(2, snapshot)
-    changed = translator.apply([pod("web-0", "shop", ip="10.0.9.9", labels={"app": "w0"})])
-    assert not in_generation(2, changed.snapshot.workload("shop/web-0"))  # a small batch: young
-
-
-def test_objects_frozen_by_someone_else_stay_frozen() -> None:
-    theirs = [object()]  # a tracked container someone else froze
-    gc.freeze()
-    try:
-        snapshot = Translator().apply(many_pods(1000)).snapshot
-        # Frozen objects may be freed meanwhile (the count can drop), but none
-        # the translator left alone returns to a collected generation.
-        assert gc.get_freeze_count() > 0
-        assert not any(in_generation(g, theirs) for g in (0, 1, 2))
-        assert not in_generation(2, snapshot.workloads[0])
-    finally:
-        gc.unfreeze()

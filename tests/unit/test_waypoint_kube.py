@@ -187,3 +187,19 @@ def test_the_control_planes_waypoint_image_is_for_kubernetes_only(
     assert container["image"] == "registry.example/ambit:9"
     args = build_parser().parse_args(container["command"][1:])
     assert args.trust_domain == "example.org"
+
+
+def test_istio_waypoint_gateways_are_deployed_unless_istio_claims_their_class() -> None:
+    """Istio's manifests work unchanged: an ``istio-waypoint`` Gateway is ambit's to deploy
+    while no GatewayClass of that name names another controller; once Istio's does
+    (Istio installed beside ambit), ambit leaves those Gateways to it."""
+    settings = KubeDeployerSettings(image="registry.example/ambit:9")  # the default classes
+    istios = dataclasses.replace(gateway("old", "shop", gateway_class="istio-waypoint"), uid="u-8")
+    alone = plan([istios], settings)
+    assert "/apis/apps/v1/namespaces/shop/deployments/old" in alone.wanted
+    istio_class = m.GatewayClass(name="istio-waypoint", controller_name="istio.io/mesh-controller")
+    beside = plan([istios, istio_class], settings)
+    assert "/apis/apps/v1/namespaces/shop/deployments/old" not in beside.wanted
+    assert beside.leavers == (Leaver("shop", "old", "u-8"),)
+    ours = m.GatewayClass(name="istio-waypoint", controller_name="ambit.io/mesh-controller")
+    assert "/apis/apps/v1/namespaces/shop/deployments/old" in plan([istios, ours], settings).wanted

@@ -350,3 +350,21 @@ def test_services_show_whether_they_are_bound_to_their_waypoint() -> None:
     assert bound("api") == [("ambit.io/WaypointBound", "False", "WaypointNotFound")]
     assert bound("waypoint") == []
     assert waypoint_condition((), None) == []
+
+
+def test_no_status_for_gateways_of_a_class_istio_claims() -> None:
+    """With Istio's own ``istio-waypoint`` GatewayClass on the cluster, Istio reports on
+    those Gateways; ambit writes them no condition (nor the class)."""
+    store = ObjectStore()
+    for obj in shop(**{USE: "waypoint"}):
+        store.put(obj)
+    write_conditions(store, translate(store.objects(), version=1))
+    entry = store.get(("Gateway", "shop", "waypoint"))
+    assert entry is not None
+    assert [c.type for c in entry.conditions] == ["Accepted", "Programmed"]
+    store.put(m.GatewayClass(name="istio-waypoint", controller_name="istio.io/mesh-controller"))
+    write_conditions(store, translate(store.objects(), version=2))
+    for ref in (("Gateway", "shop", "waypoint"), ("GatewayClass", "", "istio-waypoint")):
+        found = store.get(ref)
+        assert found is not None
+        assert found.conditions == ()
