@@ -10,7 +10,9 @@ document's waypoint Gateway applied with ``kubectl apply -f`` is deployed, and `
 check`` passes but for the node side. Then the uninstall the document gives leaves
 nothing of ambit behind. Gateway API's CRDs come from the ``gateway_crds`` fixture: the
 command ``ambit install --gateway-api`` prints downloads them from GitHub, which the
-tests cannot reach."""
+tests cannot reach. And what kubectl shows a user coming from Istio: with Istio's CRDs
+beside ambit's, ``kubectl get authorizationpolicies`` names ambit's group only; a
+typo'd field is refused."""
 
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ import trio
 
 from k8s import gateway_api
 from mesh.constants import SYSTEM_NAMESPACE
-from tests.kube import installing
+from tests.kube import crds, installing
 from tests.kube.client import Conflict, KubeAdmin, NotFound, Obj, wait_for
 from tests.kube.cluster import REPO, Cluster, free_port, write_kubeconfig
 from tests.kube.kubelet import running_pods
@@ -251,8 +253,8 @@ async def test_install_md_typed_by_a_user(
 
 async def assert_nothing_left(shell: Shell) -> None:
     """Nothing that the install, or the control plane it ran, made is left."""
-    crds = await shell.ok("kubectl get crd -o name")
-    assert [line for line in crds.lines if line.endswith(".security.ambit.io")] == []
+    listed = await shell.ok("kubectl get crd -o name")
+    assert [line for line in listed.lines if line.endswith(".security.ambit.io")] == []
     for kind, name in (
         ("namespace", SYSTEM_NAMESPACE),
         ("clusterrole", "ambit-controlplane"),
@@ -276,3 +278,46 @@ async def restore_class(admin: KubeAdmin, existing: Obj | None) -> None:
     with suppress(Conflict):
         await admin.create({"apiVersion": GATEWAY_API, "kind": "GatewayClass",
                             "metadata": {"name": CLASS}, "spec": existing["spec"]})  # fmt: skip
+
+
+def policy(api_version: str, ns: str, name: str, source: str = "principals") -> str:
+    return (
+        f"apiVersion: {api_version}\nkind: AuthorizationPolicy\n"
+        f"metadata: {{name: {name}, namespace: {ns}}}\n"
+        f"spec:\n  action: ALLOW\n  rules:\n  - from:\n    - source:\n"
+        f"        {source}: [cluster.local/ns/{ns}/sa/web]\n"
+    )
+
+
+async def test_what_kubectl_shows_a_user_coming_from_istio(
+    kube_cluster: Cluster, kube_admin: KubeAdmin, kube_ns: str, tmp_path: Path
+) -> None:
+    """With Istio's CRDs beside ambit's, the plural names ambit's group only, without a
+    warning; a typo'd field is refused by kubectl's default (strict) validation."""
+    shell = user_shell(kube_cluster, tmp_path)
+    try:
+        await shell.ok(CRDS)
+        with trio.fail_after(60):  # left installed, as the session's other tests leave them
+            await crds.install(kube_admin, crds.policy_crds("security.istio.io"))
+        (tmp_path / "ambit.yaml").write_text(policy("security.ambit.io/v1", kube_ns, "ambits"))
+        (tmp_path / "istio.yaml").write_text(policy("security.istio.io/v1", kube_ns, "istios"))
+        await shell.ok("kubectl apply -f ambit.yaml -f istio.yaml")
+        got = await shell.ok(f"kubectl get authorizationpolicies -n {kube_ns} -o name")
+        assert (got.lines, got.stderr) == (["authorizationpolicy.security.ambit.io/ambits"], "")
+        got = await shell.ok(
+            f"kubectl get authorizationpolicies.security.istio.io -n {kube_ns} -o name"
+        )
+        assert got.lines == ["authorizationpolicy.security.istio.io/istios"]
+        got = await shell.ok("kubectl get ambit-io -A -o name")
+        assert "authorizationpolicy.security.ambit.io/ambits" in got.lines
+        assert not [line for line in got.lines if "istio" in line]
+
+        (tmp_path / "typo.yaml").write_text(
+            policy("security.ambit.io/v1", kube_ns, "typo", source="principal")
+        )
+        refused = await shell.run("kubectl apply -f typo.yaml")
+        assert refused.returncode == 1, str(refused)
+        assert 'unknown field "spec.rules[0].from[0].source.principal"' in refused.stderr
+    finally:
+        with trio.fail_after(installing.REMOVE_SECONDS * 3):
+            await installing.remove_all(kube_admin)
