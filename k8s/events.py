@@ -13,7 +13,6 @@ is :data:`REPORTING_CONTROLLER`; ``reportingInstance`` the replica's identity.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -21,7 +20,7 @@ import structlog
 
 from ca.kube import ApiUnavailable
 from k8s.leader import micro_time
-from k8s.sources.api import Requests
+from k8s.sources.api import Requests, namespace_going
 
 log = structlog.get_logger("k8s.events")
 
@@ -94,7 +93,7 @@ class EventRecorder:
             "reportingController": REPORTING_CONTROLLER, "reportingInstance": self._instance,
         }  # fmt: skip
         status, body = await self._api.request("POST", self._path(namespace), event)
-        if _namespace_going(status, body):  # nothing to tell anyone there any more
+        if namespace_going(status, body):  # nothing to tell anyone there any more
             log.debug("event_skipped", namespace=namespace, reason="namespace terminating")
             return
         if status != 201:
@@ -120,15 +119,6 @@ class EventRecorder:
             message = f"count Event {sent.name}: HTTP {status}: {body.get('message')}"
             raise ApiUnavailable(message, _hint(status))
         return True
-
-
-def _namespace_going(status: int, body: Mapping[str, Any]) -> bool:
-    """403 because the namespace is being deleted (the API server refuses new objects in
-    it), or 404 because it is gone."""
-    message = str(body.get("message") or "")
-    return (status == 403 and "being terminated" in message) or (
-        status == 404 and "namespaces" in message
-    )
 
 
 def _hint(status: int) -> str:

@@ -35,7 +35,7 @@ import trio
 
 from ca.kube import ApiUnavailable
 from k8s.manifests import K8sObject
-from k8s.sources.api import Requests, server_side_apply
+from k8s.sources.api import Requests, namespace_going, server_side_apply
 from k8s.store import ObjectStore
 from k8s.waypoint_kube import KubeDeployerSettings, Leaver, owned_by, plan
 from mesh.backoff import Backoff
@@ -123,6 +123,10 @@ class KubeDeployer:
             status, body = await server_side_apply(self.api, path, doc, field_manager=FIELD_MANAGER)
         except ApiUnavailable as exc:
             status, body = 0, {"message": str(exc)}
+        if namespace_going(status, body):  # its Gateway goes with it: nothing to make
+            log.debug("waypoint_apply_skipped", object=path, reason="namespace terminating")
+            self._applied[path] = doc
+            return
         if status not in (200, 201):
             self._failed(path, "waypoint_apply_failed", _reason(status, body), doc)
             return

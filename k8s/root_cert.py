@@ -23,7 +23,7 @@ import structlog
 import trio
 
 from ca.kube import ApiUnavailable
-from k8s.sources.api import Requests, server_side_apply
+from k8s.sources.api import Requests, namespace_going, server_side_apply
 from k8s.store import ObjectStore
 from k8s.waypoint_kube import ROOT_CONFIG_MAP, ROOT_CONFIG_MAP_KEY
 from mesh.backoff import Backoff
@@ -55,12 +55,6 @@ def config_map(namespace: str, pem: str) -> dict[str, Any]:
     }
 
 
-def _gone(status: int, body: dict[str, Any]) -> bool:
-    """The namespace is gone (404) or terminating (403 saying so): nothing to write."""
-    message = str(body.get("message") or "")
-    return status == 404 or (status == 403 and "being terminated" in message)
-
-
 class _Publisher:
     def __init__(self, api: Requests, timing: PublisherTiming) -> None:
         self._api = api
@@ -84,7 +78,7 @@ class _Publisher:
             except ApiUnavailable as exc:
                 self._failed(namespace, str(exc))
                 continue
-            if status in (200, 201) or _gone(status, body):
+            if status in (200, 201) or namespace_going(status, body):
                 self.written[namespace] = pem
                 if self._failures.pop(namespace, None) is not None:
                     log.info("root_cert_recovered", namespace=namespace)

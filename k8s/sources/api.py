@@ -56,6 +56,15 @@ class Requests(Protocol):
 APPLY_CONTENT_TYPE: Final = "application/apply-patch+yaml"  # JSON is YAML
 
 
+def namespace_going(status: int, body: Mapping[str, Any]) -> bool:
+    """The request's namespace is being deleted (403: the API server refuses new content
+    in it) or gone (404 naming a namespace): nothing to write there, and nothing wrong."""
+    message = str(body.get("message") or "")
+    return (status == 403 and "being terminated" in message) or (
+        status == 404 and "namespaces" in message
+    )
+
+
 async def server_side_apply(
     api: Requests, path: str, document: Mapping[str, Any], *, field_manager: str
 ) -> tuple[int, dict[str, Any]]:

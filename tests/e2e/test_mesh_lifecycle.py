@@ -333,7 +333,7 @@ async def held_connection(
 
     async def carry_on() -> bytes:
         await stdin.send_all(b"go\n")
-        while b"echoed" not in out:
+        while b"echoed" not in out or not out.endswith(b"\n"):  # the whole line
             out.extend(await stdout.receive_some())
         assert await proc.wait() == 0
         return bytes(out)

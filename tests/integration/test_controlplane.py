@@ -457,7 +457,7 @@ GATEWAY_API = """
 apiVersion: gateway.networking.k8s.io/v1
 kind: GatewayClass
 metadata: {name: istio-waypoint}
-spec: {controllerName: istio.io/mesh-controller}
+spec: {controllerName: ambit.io/mesh-controller}  # Istio's would make its Gateways Istio's
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: GatewayClass
