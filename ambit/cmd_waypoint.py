@@ -285,11 +285,15 @@ def run_list(args: argparse.Namespace) -> int:
         found = _objects(state_dir_from(args.state_dir), "Gateway", namespace, None)
     except LocalClusterError as exc:
         return _fail("list", str(exc))
-    waypoints = [d for d in found if _is_waypoint(d)]
+    print_waypoints([d for d in found if _is_waypoint(d)], namespace)
+    return 0
+
+
+def print_waypoints(waypoints: list[dict[str, Any]], namespace: str | None) -> None:
+    """``ambit waypoint list``'s table (``namespace`` None: every namespace's)."""
     if not waypoints:
-        where = "" if args.all_namespaces else f" in namespace {args.namespace}"
-        print(f"No waypoints found{where}")
-        return 0
+        print("No waypoints found" + ("" if namespace is None else f" in namespace {namespace}"))
+        return
     header = ["NAME", "CLASS", "FOR", "PROGRAMMED", "AGE"]
     rows = []
     for doc in waypoints:
@@ -298,12 +302,9 @@ def run_list(args: argparse.Namespace) -> int:
             doc["metadata"]["name"], doc["spec"]["gatewayClassName"], _for(doc),
             programmed["status"] if programmed else "Unknown", tables.age(doc),
         ])  # fmt: skip
-    if args.all_namespaces:
-        header.insert(0, "NAMESPACE")
-        for row, doc in zip(rows, waypoints, strict=True):
-            row.insert(0, doc["metadata"]["namespace"])
-    print(tables.table(header, rows))
-    return 0
+        if namespace is None:
+            rows[-1].insert(0, doc["metadata"]["namespace"])
+    print(tables.table((["NAMESPACE"] if namespace is None else []) + header, rows))
 
 
 def run_delete(args: argparse.Namespace) -> int:

@@ -20,7 +20,6 @@ from typing import Any, Final
 
 import trio
 
-from ambit import tables
 from k8s.sources.api import APPLY_CONTENT_TYPE, KubeSourceError, Requests
 from mesh.constants import LABEL_USE_WAYPOINT
 
@@ -132,24 +131,10 @@ async def _waypoints(cluster: Cluster, namespace: str | None) -> list[Json]:
 
 
 async def _list(cluster: Cluster, args: argparse.Namespace) -> int:
-    from ambit.cmd_waypoint import _condition, _for
+    from ambit.cmd_waypoint import print_waypoints
 
     namespace = None if args.all_namespaces else args.namespace
-    waypoints = await _waypoints(cluster, namespace)
-    if not waypoints:
-        print("No waypoints found" + ("" if namespace is None else f" in namespace {namespace}"))
-        return 0
-    header = ["NAME", "CLASS", "FOR", "PROGRAMMED", "AGE"]
-    rows = []
-    for doc in waypoints:
-        programmed = _condition(doc, "Programmed")
-        rows.append([
-            doc["metadata"]["name"], doc["spec"]["gatewayClassName"], _for(doc),
-            programmed["status"] if programmed else "Unknown", tables.age(doc),
-        ])  # fmt: skip
-        if namespace is None:
-            rows[-1].insert(0, doc["metadata"]["namespace"])
-    print(tables.table((["NAMESPACE"] if namespace is None else []) + header, rows))
+    print_waypoints(await _waypoints(cluster, namespace), namespace)
     return 0
 
 
