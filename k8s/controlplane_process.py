@@ -66,6 +66,7 @@ from k8s.ca_nodes import (
     kube_proxy_authenticator,
 )
 from k8s.controlplane import Access, ControlPlane
+from k8s.events import EventRecorder
 from k8s.files_source import FilesSource
 from k8s.kube_deployer import run_deployer
 from k8s.leader import (
@@ -333,7 +334,9 @@ def leader_tasks(
     deployer = cluster_settings(config.waypoint_image, config.trust_domain)
     return [
         lambda: run_status_writer(api, store, identity=identity, refusals=refusals),
-        lambda: run_deployer(api, store, deployer),
+        lambda: run_deployer(
+            api, store, deployer, events=EventRecorder(api, instance=identity, action="Deploy")
+        ),
         lambda: run_root_cert_publisher(
             api, store, lambda: state.plane.authority.trust_bundle.pem()
         ),

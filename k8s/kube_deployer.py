@@ -34,7 +34,8 @@ import structlog
 import trio
 
 from ca.kube import ApiUnavailable
-from k8s.manifests import K8sObject
+from k8s.events import EventRecorder, Regarding
+from k8s.manifests import Gateway, K8sObject
 from k8s.sources.api import Requests, namespace_going, server_side_apply
 from k8s.store import ObjectStore
 from k8s.waypoint_kube import KubeDeployerSettings, Leaver, owned_by, plan
@@ -43,6 +44,7 @@ from mesh.backoff import Backoff
 log = structlog.get_logger("k8s.kube_deployer")
 
 FIELD_MANAGER: Final = "ambit"
+GATEWAY_API_VERSION: Final = "gateway.networking.k8s.io/v1"
 
 
 @dataclass(frozen=True)
@@ -71,9 +73,14 @@ class KubeDeployer:
     the errors it has logged."""
 
     def __init__(
-        self, api: Requests, settings: KubeDeployerSettings, backoff: Backoff | None = None
+        self,
+        api: Requests,
+        settings: KubeDeployerSettings,
+        backoff: Backoff | None = None,
+        events: EventRecorder | None = None,
     ) -> None:
         self.api = api
+        self.events = events  # a refused Gateway gets a Warning Event, once per error
         self.settings = settings
         self.backoff = backoff or Backoff(initial=0.5, maximum=30.0)
         self._applied: dict[str, Mapping[str, Any]] = {}
@@ -93,8 +100,10 @@ class KubeDeployer:
         """Carry out the plan for ``objects`` (the Gateways are enough), but for the paths
         whose retry is not due; when the first of those is due (``trio.current_time()``),
         or None if nothing waits."""
+        objects = list(objects)
         wanted = plan(objects, self.settings)
         refused = {f"Gateway {ns}/{name}": error for (ns, name), error in wanted.refused.items()}
+        await self._tell(objects, wanted.refused)
         current = {*wanted.wanted, *refused, *(p for g in wanted.leavers for p in g.paths)}
         for table in (self._logged, self._retries):
             for key in [k for k in table if k not in current]:
@@ -111,6 +120,17 @@ class KubeDeployer:
             if leaver not in self._cleaned and all(self._due(p, None) for p in leaver.paths):
                 await self._clean(leaver)
         return min((r.not_before for r in self._retries.values()), default=None)
+
+    async def _tell(self, objects: list[K8sObject], refused: Mapping[tuple[str, str], str]) -> None:
+        """A Warning Event on each Gateway newly refused (its error not yet logged)."""
+        if self.events is None:
+            return
+        for obj in objects:
+            error = refused.get((obj.namespace, obj.name))
+            key = f"Gateway {obj.namespace}/{obj.name}"
+            if isinstance(obj, Gateway) and error and self._logged.get(key) != error:
+                where = Regarding(GATEWAY_API_VERSION, "Gateway", obj.namespace, obj.name, obj.uid)
+                await self.events.warn(where, "WaypointNotDeployed", error)
 
     def _due(self, path: str, document: Mapping[str, Any] | None) -> bool:
         retry = self._retries.get(path)
@@ -181,12 +201,13 @@ async def run_deployer(
     settings: KubeDeployerSettings,
     *,
     timing: DeployerTiming | None = None,
+    events: EventRecorder | None = None,
     task_status: trio.TaskStatus[KubeDeployer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Keep the waypoints of ``store``'s Gateways applied, until cancelled;
     ``task_status.started(deployer)`` at once (it acts once the store is complete)."""
     timing = timing or DeployerTiming()
-    deployer = KubeDeployer(api, settings, timing.backoff)
+    deployer = KubeDeployer(api, settings, timing.backoff, events)
     task_status.started(deployer)
     seen = 0
     resync_at = trio.current_time() + timing.resync

@@ -24,6 +24,7 @@ import trio
 from structlog.testing import capture_logs
 
 from k8s import manifests
+from k8s.events import EventRecorder
 from k8s.kube_deployer import DeployerTiming, KubeDeployer, run_deployer
 from k8s.sources.driver import KubernetesSource
 from k8s.sources.kubernetes import KubeSourceConfig, open_kube_api
@@ -75,7 +76,10 @@ async def deploying(
     timing = DeployerTiming(backoff=backoff or Backoff(initial=0.05, maximum=0.5))
     async with open_kube_api(config) as api, trio.open_nursery() as nursery:
         await nursery.start(partial(KubernetesSource(config).serve, api, store))
-        deployer = await nursery.start(partial(run_deployer, api, store, SETTINGS, timing=timing))
+        events = EventRecorder(api, instance="test-deployer", action="Deploy")
+        deployer = await nursery.start(
+            partial(run_deployer, api, store, SETTINGS, timing=timing, events=events)
+        )
         yield deployer
         nursery.cancel_scope.cancel()
     gc.collect()  # a connection left open is collected now: a ResourceWarning, an error
@@ -242,6 +246,11 @@ async def test_a_gateway_leaving_the_class_loses_its_objects_and_others_get_none
                        and e["object"] == f"Gateway {kube_ns}/{long_name}"]  # fmt: skip
             assert len(refused) == 1, "logged once, however many times the store changed"
             assert "rename the Gateway" in refused[0]["reason"]
+            # And told where an operator looks: one Warning Event on that Gateway.
+            found = await kube_admin.list("events.k8s.io/v1", "Event", kube_ns)
+            told = [(e["reason"], e["type"]) for e in found
+                    if e["regarding"]["name"] == long_name]  # fmt: skip
+            assert told == [("WaypointNotDeployed", "Warning")]
 
             patch = {"spec": {"gatewayClassName": "nginx"}}
             await kube_admin.patch(GATEWAY_API, "Gateway", "edge", patch, kube_ns)
