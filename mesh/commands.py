@@ -9,7 +9,14 @@ import trio
 
 COMMAND_TIMEOUT_SECONDS = 15.0
 # What ip/iptables say when the thing to remove is already gone.
-_GONE = ("Cannot find device", "No such file", "does not exist", "Bad rule", "No chain")
+_GONE = (
+    "Cannot find device",
+    "No such device",
+    "No such file",
+    "does not exist",
+    "Bad rule",
+    "No chain",
+)
 
 
 class CommandFailed(Exception):
