@@ -26,6 +26,12 @@ import trio
 import yaml
 
 from ambit import tables
+from ambit.waypoint_docs import (
+    gateway_document,
+    is_waypoint,
+    print_waypoints,
+    waypoint_for,
+)
 from k8s.local.config import state_dir_from
 from k8s.local.errors import LocalClusterError
 from mesh.constants import (
@@ -34,15 +40,11 @@ from mesh.constants import (
     DEFAULT_TRUST_DOMAIN,
     LABEL_GATEWAY_NAME,
     LABEL_USE_WAYPOINT,
-    LABEL_WAYPOINT_FOR,
-    WAYPOINT_CLASSES,
     WAYPOINT_SERVICE_ACCOUNT,
 )
 
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
-WAYPOINT_CLASS = "ambit-waypoint"
 TRAFFIC = ("service", "workload", "all", "none")
-_FOR_LABELS = (LABEL_WAYPOINT_FOR, "istio.io/waypoint-for")
 
 
 def register(subparsers: Subparsers) -> None:
@@ -192,23 +194,6 @@ def run_waypoint(args: argparse.Namespace) -> int:
 # --- The Gateway -----------------------------------------------------------------------
 
 
-def gateway_document(namespace: str, name: str, for_traffic: str) -> dict[str, Any]:
-    """A waypoint's Gateway, as ``istioctl waypoint generate`` writes Istio's."""
-    return {
-        "apiVersion": "gateway.networking.k8s.io/v1",
-        "kind": "Gateway",
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "labels": {LABEL_WAYPOINT_FOR: for_traffic},
-        },
-        "spec": {
-            "gatewayClassName": WAYPOINT_CLASS,
-            "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}],
-        },
-    }
-
-
 def run_generate(args: argparse.Namespace) -> int:
     document = gateway_document(args.namespace, args.name, args.for_traffic)
     print(yaml.safe_dump(document, sort_keys=False), end="")
@@ -261,20 +246,6 @@ def run_apply(args: argparse.Namespace) -> int:
 # --- Reading and deleting --------------------------------------------------------------
 
 
-def _is_waypoint(doc: dict[str, Any]) -> bool:
-    return (doc.get("spec") or {}).get("gatewayClassName") in WAYPOINT_CLASSES
-
-
-def _condition(doc: dict[str, Any], type_: str) -> dict[str, Any] | None:
-    conditions = (doc.get("status") or {}).get("conditions") or []
-    return next((c for c in conditions if c.get("type") == type_), None)
-
-
-def _for(doc: dict[str, Any]) -> str:
-    labels = doc["metadata"].get("labels") or {}
-    return next((labels[k] for k in _FOR_LABELS if k in labels), "service")
-
-
 def run_list(args: argparse.Namespace) -> int:
     if args.kubeconfig is not None:
         from ambit.cmd_waypoint_cluster import run_on_cluster
@@ -285,26 +256,8 @@ def run_list(args: argparse.Namespace) -> int:
         found = _objects(state_dir_from(args.state_dir), "Gateway", namespace, None)
     except LocalClusterError as exc:
         return _fail("list", str(exc))
-    print_waypoints([d for d in found if _is_waypoint(d)], namespace)
+    print_waypoints([d for d in found if is_waypoint(d)], namespace)
     return 0
-
-
-def print_waypoints(waypoints: list[dict[str, Any]], namespace: str | None) -> None:
-    """``ambit waypoint list``'s table (``namespace`` None: every namespace's)."""
-    if not waypoints:
-        print("No waypoints found" + ("" if namespace is None else f" in namespace {namespace}"))
-        return
-    header = ["NAME", "CLASS", "FOR", "PROGRAMMED", "AGE"]
-    rows = []
-    for doc in waypoints:
-        programmed = _condition(doc, "Programmed")
-        rows.append([
-            doc["metadata"]["name"], doc["spec"]["gatewayClassName"], _for(doc),
-            programmed["status"] if programmed else "Unknown", tables.age(doc),
-        ])  # fmt: skip
-        if namespace is None:
-            rows[-1].insert(0, doc["metadata"]["namespace"])
-    print(tables.table((["NAMESPACE"] if namespace is None else []) + header, rows))
 
 
 def run_delete(args: argparse.Namespace) -> int:
@@ -319,7 +272,7 @@ def run_delete(args: argparse.Namespace) -> int:
         found = {
             d["metadata"]["name"]: d
             for d in _objects(state_dir, "Gateway", args.namespace, None)
-            if _is_waypoint(d)
+            if is_waypoint(d)
         }
         names = sorted(found) if args.all else args.names
         missing = [n for n in names if n not in found]
@@ -363,11 +316,11 @@ def run_status(args: argparse.Namespace) -> int:
         snapshot = _call(state_dir, {"op": "get"})
     except LocalClusterError as exc:
         return _fail("status", str(exc))
-    if not found or not _is_waypoint(found[0]):
+    if not found or not is_waypoint(found[0]):
         return _fail("status", f"no waypoint {args.name} in namespace {args.namespace}")
     doc = found[0]
     print(f"waypoint {args.namespace}/{args.name} (class {doc['spec']['gatewayClassName']},"
-          f" for {_for(doc)})")  # fmt: skip
+          f" for {waypoint_for(doc)})")  # fmt: skip
     conditions = (doc.get("status") or {}).get("conditions") or []
     if not conditions:
         print("  no conditions yet: the control plane has not seen it")

@@ -20,6 +20,7 @@ from typing import Any, Final
 
 import trio
 
+from ambit.waypoint_docs import gateway_document, is_waypoint, print_waypoints, waypoint_for
 from k8s.sources.api import APPLY_CONTENT_TYPE, KubeSourceError, Requests
 from mesh.constants import LABEL_USE_WAYPOINT
 
@@ -99,8 +100,6 @@ def _leaves(error: BaseException) -> list[BaseException]:
 
 
 async def _apply(cluster: Cluster, args: argparse.Namespace) -> int:
-    from ambit.cmd_waypoint import gateway_document
-
     ns, name = args.namespace, args.name
     if args.enroll_namespace:
         found = await cluster.get(f"/api/v1/namespaces/{ns}")
@@ -124,15 +123,11 @@ async def _apply(cluster: Cluster, args: argparse.Namespace) -> int:
 
 
 async def _waypoints(cluster: Cluster, namespace: str | None) -> list[Json]:
-    from ambit.cmd_waypoint import _is_waypoint
-
     found = await cluster.call("GET", _gateways_path(namespace))
-    return [d for d in found.get("items") or [] if _is_waypoint(d)]
+    return [d for d in found.get("items") or [] if is_waypoint(d)]
 
 
 async def _list(cluster: Cluster, args: argparse.Namespace) -> int:
-    from ambit.cmd_waypoint import print_waypoints
-
     namespace = None if args.all_namespaces else args.namespace
     print_waypoints(await _waypoints(cluster, namespace), namespace)
     return 0
@@ -158,13 +153,11 @@ async def _delete(cluster: Cluster, args: argparse.Namespace) -> int:
 
 
 async def _status(cluster: Cluster, args: argparse.Namespace) -> int:
-    from ambit.cmd_waypoint import _for, _is_waypoint
-
     doc = await cluster.get(_gateways_path(args.namespace, args.name))
-    if doc is None or not _is_waypoint(doc):
+    if doc is None or not is_waypoint(doc):
         raise KubeCommandError(f"no waypoint {args.name} in namespace {args.namespace}")
     print(f"waypoint {args.namespace}/{args.name} (class {doc['spec']['gatewayClassName']},"
-          f" for {_for(doc)})")  # fmt: skip
+          f" for {waypoint_for(doc)})")  # fmt: skip
     conditions = (doc.get("status") or {}).get("conditions") or []
     # The CRD's defaults (Unknown, Pending) until a controller writes its own.
     ours = [c for c in conditions if (c.get("status"), c.get("reason")) != ("Unknown", "Pending")]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from ambit.cmd_waypoint import _for
+from ambit.waypoint_docs import waypoint_for as _for
 from k8s.translate_l7 import OPT_OUT, use_waypoint, waypoint
 from k8s.translate_parts import dataplane_mode, meshed_by_labels
 from tests.k8s_builders import gateway
