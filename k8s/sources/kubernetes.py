@@ -29,6 +29,7 @@ import asyncio
 import functools
 import json
 import os
+import urllib.parse
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -195,6 +196,9 @@ class ClientApi:
     async def _open(
         self, path: str, query: list[tuple[str, str]], limits: float | aiohttp.ClientTimeout
     ) -> aiohttp.ClientResponse:
+        # A path may carry its own selectors (``/api/v1/pods?fieldSelector=...``).
+        path, _, selectors = path.partition("?")
+        query = [*urllib.parse.parse_qsl(selectors), *query]
         response: aiohttp.ClientResponse = await trio_asyncio.aio_as_trio(self._client.call_api)(
             path, "GET", query_params=query, header_params={"Accept": "application/json"},
             auth_settings=["BearerToken"], _preload_content=False, _request_timeout=limits,
