@@ -20,6 +20,9 @@ IPv4 address and the namespace received.
   with an ``error`` and logged once (``zds_message_refused``); the connection
   and every pod stay as they were.
 - A connection that ends leaves every pod as it is.
+- ztunnel is not ready (``/healthz/ready``, and the ready file a hand-over waits
+  for before the old ztunnel drains) until a ``snapshot_sent`` said it has every
+  pod of the node.
 """
 
 from __future__ import annotations
@@ -203,6 +206,7 @@ class ZdsServer:
         ]
         for slot in released:
             await slot.done.wait()
+        self._zt.pods_complete()
         log.info(
             "zds_snapshot_reconciled",
             connection=session.number,

@@ -136,6 +136,9 @@ class Ztunnel:
         # namespace (a node running pods without their own) listen on their own IPs.
         self._listen_on_pod_ip = listen_on_pod_ip
         self.snapshot: MeshSnapshot | None = None
+        # Whether the set of pods is known in full: from each snapshot, or once the node
+        # agent said so (:meth:`pods_complete`); a new ztunnel is not ready before.
+        self.pods_known = netns_for is not None
         self._slots: dict[str, PodSlot] = {}
         self.draining = False
         self._nursery: trio.Nursery | None = None
@@ -156,6 +159,8 @@ class Ztunnel:
             return False, "draining: ztunnel is shutting down"
         if self.snapshot is None:
             return False, "no config from the control plane yet"
+        if not self.pods_known:
+            return False, "the node agent has not handed over its pods yet"
         waiting = [s.spec.uid for s in self._slots.values() if not s.captured]
         if waiting:
             return False, "pods not captured yet: " + ", ".join(sorted(waiting))
@@ -244,6 +249,10 @@ class Ztunnel:
         del self._slots[uid]
         slot.scope.cancel()
         return slot
+
+    def pods_complete(self) -> None:
+        """Every pod of the node has been handed over (socket source): readiness may come."""
+        self.pods_known = True
 
     def pods(self) -> dict[str, PodSpec]:
         """Every pod captured or being set up, by key."""
