@@ -290,3 +290,26 @@ async def test_a_new_ztunnel_on_the_same_path_takes_over_while_the_first_drains(
                         # The first ztunnel's drain ends with its last connection.
                     assert len(second.recorder.closed) >= 6  # the new ones, both ways
                     assert any(r.direction == "outbound" for r, _ in first.recorder.closed)
+
+
+async def test_another_pod_under_the_same_name_is_captured_anew(world: World) -> None:
+    """A pod deleted and created again keeps its namespace/name, not its uid: ztunnel
+    captures the new one, and a late remove of the old uid leaves the new one alone."""
+    net = world.net
+    with trio.fail_after(40):
+        async with apps(world), ztunnel(world) as run, agent(world, "a", "b") as client:
+            held = await app_stream(net, "a", (net.ip("b"), APP_PORT))
+            async with held:
+                assert await echoes(held, b"old pod")
+                old = world.pod("a")
+                world.uids["a"] = "uid-a-again"
+                await client.add(world.pod("a"), world.netns("a"))
+                assert run.ztunnel.pods()["default/a"].pod_uid == "uid-a-again"
+                with trio.fail_after(5):  # the old pod's connections went with it
+                    with contextlib.suppress(trio.BrokenResourceError):
+                        while await held.receive_some():
+                            pass
+            await client.remove(old.uid)
+            assert run.ztunnel.pods()["default/a"].pod_uid == "uid-a-again"
+            assert listening_ports(net.netns["a"]) >= PORTS
+            assert await exchange(net, "a", (net.ip("b"), APP_PORT), b"new pod") == b"new pod"
