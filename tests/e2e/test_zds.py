@@ -113,13 +113,13 @@ async def agent(world: World, *pods: str) -> AsyncIterator[ZdsClient]:
 
 
 @contextlib.asynccontextmanager
-async def apps(world: World) -> AsyncIterator[None]:
+async def apps(net: Net) -> AsyncIterator[None]:
     """Capture rules in a and b, echo apps in b and c."""
     for name in "ab":
-        await install_capture(world.net.netns[name])
+        await install_capture(net.netns[name])
     async with trio.open_nursery() as nursery:
         for name in "bc":
-            await nursery.start(echo_app, world.net.netns[name], [])
+            await nursery.start(echo_app, net.netns[name], [])
         yield
         nursery.cancel_scope.cancel()
 
@@ -138,7 +138,7 @@ async def echoes(stream: trio.SocketStream, payload: bytes) -> bool:
 async def test_a_pod_handed_over_is_captured_until_removed(world: World) -> None:
     net = world.net
     with trio.fail_after(40):
-        async with apps(world), ztunnel(world) as run, agent(world, "a", "b") as client:
+        async with apps(world.net), ztunnel(world) as run, agent(world, "a", "b") as client:
             assert listening_ports(net.netns["a"]) >= PORTS
             assert await exchange(net, "a", (net.ip("b"), APP_PORT), b"over mTLS") == b"over mTLS"
             await wait_until(lambda: any(r.mtls for r, _ in run.recorder.closed))
@@ -189,7 +189,7 @@ async def test_a_restarted_agent_with_a_smaller_set_releases_only_the_missing_po
 ) -> None:
     net = world.net
     with trio.fail_after(40):
-        async with apps(world), ztunnel(world) as run:
+        async with apps(world.net), ztunnel(world) as run:
             async with agent(world, "a", "b"):
                 pass  # the agent exits: its connection closes, the pods stay
             assert set(run.ztunnel.pods()) == {"default/a", "default/b"}
@@ -213,7 +213,7 @@ async def test_a_restarted_agent_with_a_smaller_set_releases_only_the_missing_po
 async def test_the_agent_going_away_leaves_traffic_untouched(world: World) -> None:
     net = world.net
     with trio.fail_after(40):
-        async with apps(world), ztunnel(world) as run:
+        async with apps(world.net), ztunnel(world) as run:
             async with agent(world, "a", "b"):
                 held = await app_stream(net, "a", (net.ip("b"), APP_PORT))
                 assert await echoes(held, b"while the agent runs")
@@ -233,7 +233,7 @@ async def test_malformed_messages_get_an_error_ack_and_one_log_line_each(world: 
     net = world.net
     pod_a = {"type": "add", "pod": world.pod("a").to_json()}
     with trio.fail_after(40):
-        async with apps(world), ztunnel(world) as run, agent(world, "a", "b"):
+        async with apps(world.net), ztunnel(world) as run, agent(world, "a", "b"):
             sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             with sock, structlog.testing.capture_logs() as logs:
                 await sock.connect(str(world.path))
@@ -266,7 +266,7 @@ async def test_a_new_ztunnel_on_the_same_path_takes_over_while_the_first_drains(
     connection through the first lives on, new ones go through the second."""
     net = world.net
     with trio.fail_after(60):
-        async with apps(world), ztunnel(world) as first, agent(world, "a", "b") as client:
+        async with apps(world.net), ztunnel(world) as first, agent(world, "a", "b") as client:
             old_socket = socket_key(world.path)
             async with await app_stream(net, "a", (net.ip("b"), APP_PORT)) as held:
                 assert await echoes(held, b"through the first")
@@ -297,7 +297,7 @@ async def test_another_pod_under_the_same_name_is_captured_anew(world: World) ->
     captures the new one, and a late remove of the old uid leaves the new one alone."""
     net = world.net
     with trio.fail_after(40):
-        async with apps(world), ztunnel(world) as run, agent(world, "a", "b") as client:
+        async with apps(world.net), ztunnel(world) as run, agent(world, "a", "b") as client:
             held = await app_stream(net, "a", (net.ip("b"), APP_PORT))
             async with held:
                 assert await echoes(held, b"old pod")
