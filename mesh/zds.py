@@ -27,6 +27,8 @@ MAX_MESSAGE = 64 * 1024
 # Room to receive (and close) a few file descriptors more than a message may carry.
 MAX_FDS = 4
 MAX_IPS = 8
+# How a draining ztunnel's error begins: the agent waits for the new ztunnel instead.
+DRAINING = "ztunnel is draining"
 _FD_SIZE = array.array("i").itemsize
 _LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")

@@ -17,9 +17,12 @@ ztunnel listens at the socket's path:
 - :meth:`ZdsClient.add` returns once the current ztunnel acknowledged the pod
   (its listeners are up) and raises :class:`ZdsError` with ztunnel's reason, or
   when no ztunnel answered within ``seconds`` (a caller's own cancel scope
-  bounds it as well). While none is connected it waits
-  (within the same bound); the pod is wanted from the call on, whatever the
-  outcome, and is sent to every later ztunnel until :meth:`ZdsClient.remove`.
+  bounds it as well). While none is connected, or the current one is draining,
+  it waits for the next (within the same bound); the pod is wanted from the call
+  on, whatever the outcome, and is sent to every later ztunnel until
+  :meth:`ZdsClient.remove`. An add that waited may reach the new ztunnel twice
+  (it is in the connection's first exchange too): the same pod again changes
+  nothing there.
 - :meth:`ZdsClient.remove` returns once the current ztunnel released the pod
   (at once if none is connected: the next one is never handed it).
 
@@ -44,6 +47,7 @@ import trio
 from mesh.backoff import Backoff
 from mesh.netns import NamespaceKey
 from mesh.zds import (
+    DRAINING,
     Ack,
     Add,
     Hello,
@@ -213,8 +217,9 @@ class ZdsClient:
         wanted = _Wanted(info, netns)
         self._wanted[info.uid] = wanted
         with trio.move_on_after(seconds):
+            conn: _Connection | None = None
             while True:
-                conn = await self._wait_connected()
+                conn = await self._wait_connected(other_than=conn)
                 try:
                     ack = await self._send_add(conn, info.uid)
                 except _Lost:
@@ -223,6 +228,8 @@ class ZdsClient:
                     raise ZdsError(f"cannot open the pod's network namespace: {exc}") from exc
                 if ack is None:
                     raise ZdsError(f"pod {info.key} was removed while it was being added")
+                if ack.error is not None and ack.error.startswith(DRAINING):
+                    continue  # the new ztunnel is handed the pod: wait for its answer
                 if ack.error is not None:
                     raise ZdsError(f"ztunnel refused pod {info.key}: {ack.error}")
                 return
@@ -239,9 +246,9 @@ class ZdsClient:
                 ack = await conn.request(Remove(uid))
             except _Lost:
                 return
-            if ack.error is not None:
+            if ack.error is not None and not ack.error.startswith(DRAINING):
                 raise ZdsError(f"ztunnel did not release pod {uid}: {ack.error}")
-            return
+            return  # released (a draining ztunnel lets every pod go as it exits)
         raise ZdsError(f"ztunnel did not release pod {uid} within {seconds:g}s")
 
     # ---- connections ---------------------------------------------------------------
@@ -340,8 +347,9 @@ class ZdsClient:
             return None
         return await conn.request(Add(wanted.pod), wanted.netns)
 
-    async def _wait_connected(self) -> _Connection:
-        while self._current is None or not self._current.open:
+    async def _wait_connected(self, other_than: _Connection | None = None) -> _Connection:
+        """The current connection, once there is an open one (not ``other_than``)."""
+        while self._current is None or not self._current.open or self._current is other_than:
             await self._changed.wait()
         return self._current
 

@@ -20,6 +20,8 @@ IPv4 address and the namespace received.
   with an ``error`` and logged once (``zds_message_refused``); the connection
   and every pod stay as they were.
 - A connection that ends leaves every pod as it is.
+- A draining ztunnel answers every request but ``hello`` with an error that
+  starts with :data:`mesh.zds.DRAINING`: its pods are let go as it exits.
 - ztunnel is not ready (``/healthz/ready``, and the ready file a hand-over waits
   for before the old ztunnel drains) until a ``snapshot_sent`` said it has every
   pod of the node.
@@ -39,6 +41,7 @@ import trio
 from mesh.identity import IdentityError, SpiffeId
 from mesh.netns import NetnsError, NetworkNamespace
 from mesh.zds import (
+    DRAINING,
     PROTOCOL_VERSION,
     Ack,
     Add,
@@ -158,6 +161,8 @@ class ZdsServer:
         uid = request.pod.uid if isinstance(request, Add) else getattr(request, "uid", None)
         if not session.hello:
             return Ack(uid, "expected hello first")
+        if self._zt.draining:  # its pods are being let go: the new ztunnel is the agent's
+            return Ack(uid, f"{DRAINING}: hand the pods to the new one")
         if isinstance(request, Add):
             return await self._add(session, request, fds.pop())
         if isinstance(request, Remove):
@@ -168,8 +173,6 @@ class ZdsServer:
     async def _add(self, session: _Session, request: Add, fd: int) -> Ack:
         pod = request.pod
         try:
-            if self._zt.draining:
-                raise ValueError("ztunnel is draining: hand the pod to the new one")
             ip = pod.ipv4()
             if ip is None:
                 raise ValueError(f"no IPv4 address in {list(pod.ips)}: ambit captures IPv4")
