@@ -25,7 +25,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="run the node proxy (ztunnel) of one node",
         description=(
             "Run ztunnel for NODE: it gets certificates from the CA, the mesh model from the"
-            " control plane's config stream, and captures the node's meshed pods."
+            " control plane's config stream, and captures the node's meshed pods: those the model"
+            " places on NODE whose namespaces --pods-file names, or those the node agent hands"
+            " over --pods-socket."
         ),
     )
     parser.add_argument("--node", required=True)
@@ -35,7 +37,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--ca", required=True, help=f"HOST[:PORT] of the CA ({CONTROL_PLANE_PORT})")
     parser.add_argument("--token-file", required=True, type=Path, help="the node's bearer token")
     parser.add_argument("--trust-bundle", required=True, type=Path, help="PEM roots to trust")
-    parser.add_argument("--pods-file", required=True, type=Path, help='{"ns/pod": "netns"} JSON')
+    pods = parser.add_mutually_exclusive_group(required=True)
+    pods.add_argument(
+        "--pods-file", type=Path, help='{"ns/pod": "netns"} JSON: the model says which pods'
+    )
+    pods.add_argument(
+        "--pods-socket",
+        type=Path,
+        help="a unix socket to bind, where the node agent hands pods over"
+        " (/var/run/ambit/ztunnel.sock on Kubernetes)",
+    )
     parser.add_argument("--listen-ip", default="0.0.0.0", help="address for 15020 and 15021")
     parser.add_argument("--trust-domain", default=DEFAULT_TRUST_DOMAIN)
     parser.add_argument(
@@ -78,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
             token=TokenFile(args.token_file),
             bundle=TrustBundle.from_pem(args.trust_bundle.read_bytes()),
             pods_file=args.pods_file,
+            pods_socket=args.pods_socket,
             trust_domain=args.trust_domain,
             listen_ip=args.listen_ip,
             drain_seconds=args.drain_seconds,

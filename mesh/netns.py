@@ -25,6 +25,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import fcntl
 import os
 import socket
 import sys
@@ -47,6 +48,7 @@ SO_MARK = 36
 IP_TRANSPARENT = 19
 NETNS_RUN_DIR = Path("/run/netns")
 EXIT_LOST_NAMESPACE = 70
+NS_GET_NSTYPE = 0xB703  # ioctl: the type of the namespace an nsfs file descriptor refers to
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 
@@ -114,6 +116,29 @@ class NetworkNamespace:
             ) from None
         except OSError as exc:
             raise NetnsError(f"cannot open network namespace {path}: {exc.strerror}") from None
+
+    @classmethod
+    def from_fd(cls, name: str, fd: int) -> NetworkNamespace:
+        """Take ownership of ``fd``, a network namespace's file received from elsewhere (a
+        unix socket's ``SCM_RIGHTS``); ``name`` is only for messages. An fd that is not a
+        network namespace is closed and refused with :class:`NetnsError`."""
+        try:
+            kind = fcntl.ioctl(fd, NS_GET_NSTYPE)
+        except OSError as exc:
+            os.close(fd)
+            raise NetnsError(f"{name}: not a namespace's fd ({exc.strerror})") from None
+        if kind != CLONE_NEWNET:
+            os.close(fd)
+            raise NetnsError(f"{name}: a namespace's file descriptor, but not a network one")
+        try:
+            return cls(name, fd)
+        except OSError as exc:  # pragma: no cover - fstat of an fd just checked
+            os.close(fd)
+            raise NetnsError(f"{name}: cannot inspect the namespace: {exc.strerror}") from None
+
+    def duplicate(self) -> NetworkNamespace:
+        """Another handle on the same namespace, closed on its own."""
+        return NetworkNamespace(self.name, os.dup(self._checked_fd()))
 
     @property
     def path(self) -> Path:

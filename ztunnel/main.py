@@ -2,7 +2,9 @@
 
 Start-up: fetch ztunnel's own certificate from the CA (proving the node with
 its token), subscribe to the config stream, and capture the node's meshed
-pods as the model says. Ports: admin 15000 on loopback (``/config_dump``),
+pods: those of the model whose namespaces a pods file names (local mode), or
+those the node agent hands over the pods socket (:mod:`ztunnel.zds`, on
+Kubernetes). Ports: admin 15000 on loopback (``/config_dump``),
 Prometheus 15020 and readiness 15021 on the node's address.
 """
 
@@ -41,6 +43,7 @@ from mesh.model import Workload
 from mesh.pending import PendingLimits
 from mesh.tokens import Token
 from ztunnel.telemetry import ZtunnelTelemetry
+from ztunnel.zds import ZdsServer
 from ztunnel.ztunnel import Ztunnel
 
 log = structlog.get_logger("ztunnel")
@@ -54,7 +57,7 @@ class ZtunnelConfig:
     ca: tuple[str, int]
     token: Token  # re-read as it rotates (mesh.tokens.TokenFile)
     bundle: TrustBundle
-    pods_file: Path
+    pods_file: Path | None  # {"ns/name": "netns"}: the snapshot says which pods (local mode)
     trust_domain: str = DEFAULT_TRUST_DOMAIN
     listen_ip: str = "0.0.0.0"
     admin_port: int = ADMIN_PORT
@@ -68,6 +71,12 @@ class ZtunnelConfig:
     ready_file: Path | None = None
     # Connections waiting for their destination, or half-closed, per source and overall.
     limits: PendingLimits = field(default_factory=PendingLimits)
+    # The node agent hands pods over this socket instead (exactly one of the two).
+    pods_socket: Path | None = None
+
+    def __post_init__(self) -> None:
+        if (self.pods_file is None) == (self.pods_socket is None):
+            raise ValueError("give exactly one of a pods file and a pods socket")
 
 
 class PodsFile:
@@ -117,7 +126,7 @@ async def _run(
         trust_domain=config.trust_domain,
         ca_identity=control_plane_identity(config.trust_domain),
     )
-    pods = PodsFile(config.pods_file)
+    pods = PodsFile(config.pods_file) if config.pods_file is not None else None
     async with open_certificate_manager(ca) as certs:
         await certs.fetch_until_issued(ztunnel_identity(config.trust_domain), RETRY)
 
@@ -131,7 +140,7 @@ async def _run(
             zt = Ztunnel(
                 node=config.node,
                 certificates=certs,
-                netns_for=pods.netns_for,
+                netns_for=pods.netns_for if pods is not None else None,
                 telemetry=telemetry,
                 limits=config.limits,
             )
@@ -143,6 +152,9 @@ async def _run(
 
             async with trio.open_nursery() as nursery:
                 await nursery.start(zt.run)
+                if config.pods_socket is not None:
+                    zds = ZdsServer(zt, config.pods_socket, trust_domain=config.trust_domain)
+                    await nursery.start(zds.serve)
                 client = ConfigClient(
                     control_pool,
                     source=ztunnel_identity(config.trust_domain),

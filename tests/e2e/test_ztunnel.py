@@ -56,6 +56,13 @@ class Net:
 
 @pytest.fixture
 def net() -> Iterator[Net]:
+    with pod_network() as n:
+        yield n
+
+
+@contextlib.contextmanager
+def pod_network() -> Iterator[Net]:
+    """A bridge and pods a, b, c, each in its own namespace; all removed afterwards."""
     suffix = secrets.token_hex(2)
     n = Net(suffix, free_octet(), f"azt{suffix}")
     try:
