@@ -25,36 +25,60 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             " to ztunnel over its socket. Runs one per node (a DaemonSet, host network)."
         ),
     )
-    parser.add_argument("--node", default=os.environ.get("NODE_NAME"),
-                        help="this node's name (default $NODE_NAME)")  # fmt: skip
     parser.add_argument(
-        "--kubeconfig", type=Path, metavar="PATH",
+        "--node", default=os.environ.get("NODE_NAME"), help="this node's name (default $NODE_NAME)"
+    )
+    parser.add_argument(
+        "--kubeconfig",
+        type=Path,
+        metavar="PATH",
         help="kubeconfig (default: in-cluster credentials in a pod, else $KUBECONFIG)",
-    )  # fmt: skip
-    parser.add_argument("--cni-bin-dir", type=Path, default=Path("/opt/cni/bin"),
-                        help="where the plugin binary goes, as this process sees it")  # fmt: skip
-    parser.add_argument("--cni-conf-dir", type=Path, default=Path("/etc/cni/net.d"),
-                        help="the node's CNI config directory, as this process sees it")  # fmt: skip
+    )
     parser.add_argument(
-        "--host-cni-conf-dir", type=Path, default=Path("/etc/cni/net.d"),
+        "--cni-bin-dir",
+        type=Path,
+        default=Path("/opt/cni/bin"),
+        help="where the plugin binary goes, as this process sees it",
+    )
+    parser.add_argument(
+        "--cni-conf-dir",
+        type=Path,
+        default=Path("/etc/cni/net.d"),
+        help="the node's CNI config directory, as this process sees it",
+    )
+    parser.add_argument(
+        "--host-cni-conf-dir",
+        type=Path,
+        default=Path("/etc/cni/net.d"),
         help="the same directory as the node sees it (the plugin's config names its files)",
-    )  # fmt: skip
-    parser.add_argument("--socket-dir", type=Path, default=Path("/var/run/ambit"),
-                        help="cni.sock (the plugin's) and ztunnel.sock (ztunnel's) live here")  # fmt: skip
+    )
+    parser.add_argument(
+        "--socket-dir",
+        type=Path,
+        default=Path("/var/run/ambit"),
+        help="cni.sock (the plugin's) and ztunnel.sock (ztunnel's) live here",
+    )
     parser.add_argument("--state-dir", type=Path, default=Path("/var/run/ambit/node-agent"))
     parser.add_argument(
-        "--exclude-namespaces", default=f"kube-system,{SYSTEM_NAMESPACE}", metavar="NS,NS",
+        "--exclude-namespaces",
+        default=f"kube-system,{SYSTEM_NAMESPACE}",
+        metavar="NS,NS",
         help="namespaces whose pods are never captured (default %(default)s)",
-    )  # fmt: skip
+    )
     parser.add_argument("--listen-ip", default="0.0.0.0", help="address of the readiness port")
-    parser.add_argument("--readiness-port", type=int, default=READINESS_PORT,
-                        help=f"/healthz/ready and /status (default {READINESS_PORT})")  # fmt: skip
     parser.add_argument(
-        "--uninstall-on-exit", action="store_true",
+        "--readiness-port",
+        type=int,
+        default=READINESS_PORT,
+        help=f"/healthz/ready and /status (default {READINESS_PORT})",
+    )
+    parser.add_argument(
+        "--uninstall-on-exit",
+        action="store_true",
         help="always remove the plugin from the CNI config on exit (default: only when the"
         " agent's DaemonSet is gone, so that a restart or an upgrade keeps meshed pods from"
         " starting uncaptured)",
-    )  # fmt: skip
+    )
     parser.set_defaults(run=run)
 
 

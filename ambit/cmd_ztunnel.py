@@ -8,7 +8,16 @@ from pathlib import Path
 
 import trio
 
-from mesh.constants import CONFIG_STREAM_PORT, CONTROL_PLANE_PORT, DEFAULT_TRUST_DOMAIN
+from mesh.constants import (
+    ADMIN_PORT,
+    CONFIG_STREAM_PORT,
+    CONTROL_PLANE_PORT,
+    DEFAULT_TRUST_DOMAIN,
+    METRICS_PORT,
+    READINESS_PORT,
+    SYSTEM_NAMESPACE,
+    ZTUNNEL_SERVICE_ACCOUNT,
+)
 from mesh.pending import PendingLimits
 
 
@@ -17,6 +26,13 @@ def _address(text: str, default_port: int) -> tuple[str, int]:
     if not sep:
         return text, default_port
     return host, int(port)
+
+
+def _service_account(text: str) -> tuple[str, str]:
+    namespace, sep, name = text.partition("/")
+    if not (sep and namespace and name):
+        raise ValueError(f"--service-account must be NAMESPACE/NAME, not {text!r}")
+    return namespace, name
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -49,6 +65,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument("--listen-ip", default="0.0.0.0", help="address for 15020 and 15021")
     parser.add_argument("--trust-domain", default=DEFAULT_TRUST_DOMAIN)
+    parser.add_argument(
+        "--service-account", default=f"{SYSTEM_NAMESPACE}/{ZTUNNEL_SERVICE_ACCOUNT}",
+        metavar="NS/NAME",
+        help="ztunnel's own ServiceAccount: its identity towards the CA and the config stream"
+        " (default %(default)s; the control plane's --ztunnel-service-account)",
+    )  # fmt: skip
+    for flag, default, what in (
+        ("--admin-port", ADMIN_PORT, "/config_dump on 127.0.0.1"),
+        ("--metrics-port", METRICS_PORT, "Prometheus /metrics on --listen-ip"),
+        ("--readiness-port", READINESS_PORT, "/healthz/ready on --listen-ip"),
+    ):
+        parser.add_argument(flag, type=int, default=default, help=f"{what} (default {default})")
     parser.add_argument(
         "--drain-seconds",
         type=float,
@@ -91,7 +119,11 @@ def run(args: argparse.Namespace) -> int:
             pods_file=args.pods_file,
             pods_socket=args.pods_socket,
             trust_domain=args.trust_domain,
+            service_account=_service_account(args.service_account),
             listen_ip=args.listen_ip,
+            admin_port=args.admin_port,
+            metrics_port=args.metrics_port,
+            readiness_port=args.readiness_port,
             drain_seconds=args.drain_seconds,
             ready_file=args.ready_file,
             limits=PendingLimits(

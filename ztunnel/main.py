@@ -27,7 +27,14 @@ from mesh.backoff import Backoff
 from mesh.ca_client import CaClient
 from mesh.certs import open_certificate_manager
 from mesh.config_stream import ConfigClient
-from mesh.constants import ADMIN_PORT, DEFAULT_TRUST_DOMAIN, METRICS_PORT, READINESS_PORT
+from mesh.constants import (
+    ADMIN_PORT,
+    DEFAULT_TRUST_DOMAIN,
+    METRICS_PORT,
+    READINESS_PORT,
+    SYSTEM_NAMESPACE,
+    ZTUNNEL_SERVICE_ACCOUNT,
+)
 from mesh.hbone.client import open_hbone_pool
 from mesh.http import Request, Response
 from mesh.identity import (
@@ -35,7 +42,6 @@ from mesh.identity import (
     TrustBundle,
     WorkloadCertificate,
     control_plane_identity,
-    ztunnel_identity,
 )
 from mesh.memory import serve_heap_trimmer
 from mesh.metrics import TcpMetrics
@@ -59,6 +65,9 @@ class ZtunnelConfig:
     bundle: TrustBundle
     pods_file: Path | None  # {"ns/name": "netns"}: the snapshot says which pods (local mode)
     trust_domain: str = DEFAULT_TRUST_DOMAIN
+    # ztunnel's own ServiceAccount (namespace, name): its identity for the CA and the
+    # config stream; the control plane's --ztunnel-service-account names the same.
+    service_account: tuple[str, str] = (SYSTEM_NAMESPACE, ZTUNNEL_SERVICE_ACCOUNT)
     listen_ip: str = "0.0.0.0"
     admin_port: int = ADMIN_PORT
     metrics_port: int = METRICS_PORT
@@ -77,6 +86,11 @@ class ZtunnelConfig:
     def __post_init__(self) -> None:
         if (self.pods_file is None) == (self.pods_socket is None):
             raise ValueError("give exactly one of a pods file and a pods socket")
+
+    @property
+    def identity(self) -> SpiffeId:
+        """ztunnel's own identity (its ServiceAccount's)."""
+        return SpiffeId(self.trust_domain, *self.service_account)
 
 
 class PodsFile:
@@ -128,7 +142,7 @@ async def _run(
     )
     pods = PodsFile(config.pods_file) if config.pods_file is not None else None
     async with open_certificate_manager(ca) as certs:
-        await certs.fetch_until_issued(ztunnel_identity(config.trust_domain), RETRY)
+        await certs.fetch_until_issued(config.identity, RETRY)
 
         def cert_for(identity: SpiffeId) -> WorkloadCertificate:
             cert = certs.get(identity)
@@ -157,7 +171,7 @@ async def _run(
                     await nursery.start(zds.serve)
                 client = ConfigClient(
                     control_pool,
-                    source=ztunnel_identity(config.trust_domain),
+                    source=config.identity,
                     address=config.control_plane,
                     expected=control_plane_identity(config.trust_domain),
                     node=config.node,
