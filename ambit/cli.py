@@ -17,13 +17,14 @@ from ambit import (
     cmd_controlplane,
     cmd_install,
     cmd_local,
-    cmd_waypoint,
     cmd_node_agent,
+    cmd_waypoint,
     cmd_ztunnel,
 )
 
 COMMAND_MODULES = [
-    cmd_local, cmd_waypoint, cmd_ztunnel, cmd_node_agent, cmd_controlplane, cmd_ca, cmd_install, cmd_check,
+    cmd_local, cmd_waypoint, cmd_ztunnel, cmd_node_agent, cmd_controlplane, cmd_ca, cmd_install,
+    cmd_check,
 ]  # fmt: skip
 
 
