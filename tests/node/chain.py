@@ -1,6 +1,6 @@
 """A CNI chain run the way a container runtime runs it, for tests: a network
 namespace of the test's own, a conflist of the reference plugins (``bridge`` with
-``host-local``, ``loopback``'s sibling chain is not needed) with ``ambit-cni``
+``host-local``, then ``loopback``, which passes it on) with ``ambit-cni``
 installed (``node.cni_install``) and appended last (``node.cni_config``), run by
 ``cnitool`` (libcni: the runtime's own library); or the plugin run alone with the
 spec's environment and stdin. ``TestAgent`` stands in for the node agent on its
@@ -151,7 +151,11 @@ class Chain:
                 "dataDir": str(self.directory / "ipam"),
             },
         }
-        return {"cniVersion": "1.0.0", "name": self.network, "plugins": [bridge]}
+        return {
+            "cniVersion": "1.0.0",
+            "name": self.network,
+            "plugins": [bridge, {"type": "loopback"}],
+        }
 
     async def create(self) -> None:
         await run_checked(["ip", "netns", "add", self.netns])
