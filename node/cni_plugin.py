@@ -24,7 +24,6 @@ import time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import http.client
     from collections.abc import Callable, Mapping
     from typing import Any
 
@@ -35,10 +34,10 @@ SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 LATEST_VERSION = "1.1.0"
 LABEL_DATAPLANE_MODE = "ambit.io/dataplane-mode"  # mesh.constants, repeated: no ambit import
 ISTIO_LABEL_DATAPLANE_MODE = "istio.io/dataplane-mode"
+# Defaults of the fields of ambit-cni's entry in the conflist (docs/node.md).
 DEFAULT_AGENT_SOCKET = "/var/run/ambit/cni.sock"
 DEFAULT_KUBECONFIG = "/etc/cni/net.d/ZZZ-ambit-cni-kubeconfig"
-DEFAULT_EXCLUDE_NAMESPACES = ("kube-system",)
-DEFAULT_TIMEOUT_SECONDS = 20.0
+DEFAULT_EXCLUDE_NAMESPACES, DEFAULT_TIMEOUT_SECONDS = ("kube-system",), 20.0
 DEL_TIMEOUT_SECONDS = 2.0  # DEL never fails: it tells the agent if it answers soon
 MAX_ANSWER_BYTES = 64 * 1024
 
@@ -111,9 +110,6 @@ class Pod:
     def __init__(self, namespace: str, name: str, uid: str) -> None:
         self.namespace, self.name, self.uid = namespace, name, uid
 
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
-
 
 def parse_cni_args(value: str) -> dict[str, str]:
     """``CNI_ARGS``: ``K=V`` pairs separated by ``;`` (a pair without ``=`` is ignored)."""
@@ -180,9 +176,6 @@ class Deadline:
         return left
 
 
-# -- the API server -------------------------------------------------------------------
-
-
 class Kubeconfig:
     """The parts of a kubeconfig the plugin uses: the current context's server, CA
     (``certificate-authority-data`` or ``certificate-authority``; else the system's)
@@ -195,16 +188,14 @@ class Kubeconfig:
                 config = json.loads(f.read())
             cluster, user = _current(config)
             self.server = str(cluster["server"])
-            self.ca_data: str | None = cluster.get("certificate-authority-data")
-            self.ca_file: str | None = cluster.get("certificate-authority")
-            self.token = user.get("token")
-            self.token_file = user.get("tokenFile")
+            self.ca_data = cluster.get("certificate-authority-data")
+            self.ca_file = cluster.get("certificate-authority")
+            self.token, self.token_file = user.get("token"), user.get("tokenFile")
         except OSError as error:  # the agent writes it: not yet, maybe
             raise TryAgain(f"cannot read the plugin's kubeconfig {path}", str(error)) from error
         except (ValueError, KeyError, TypeError, AttributeError, IndexError) as error:
-            raise InvalidConfig(
-                f"kubeconfig {path} is not JSON with a server", repr(error)
-            ) from error
+            bad = f"kubeconfig {path} is not JSON with a server"
+            raise InvalidConfig(bad, repr(error)) from error
         scheme, _, rest = self.server.partition("://")
         if scheme != "https" or not rest:
             raise InvalidConfig(f"kubeconfig {path}: the server is not https://", self.server)
@@ -226,9 +217,8 @@ class Kubeconfig:
                 with open(self.token_file) as f:
                     return f.read().strip()
             except OSError as error:
-                raise TryAgain(
-                    f"cannot read the token file {self.token_file}", str(error)
-                ) from error
+                unread = f"cannot read the token file {self.token_file}"
+                raise TryAgain(unread, str(error)) from error
         raise InvalidConfig(f"kubeconfig {self.path} has no token or tokenFile")
 
 
@@ -244,47 +234,43 @@ def _current(config: Obj) -> tuple[Obj, Obj]:
 
 
 class ApiServer:
-    """GETs on one kept-alive HTTPS connection, each bounded by the deadline."""
+    """GETs on one kept-alive HTTPS connection, each bounded by the deadline. HTTP/1.1
+    by hand: ``http.client`` imports the ``email`` package, a third of the start."""
 
     def __init__(self, kubeconfig: Kubeconfig, deadline: Deadline) -> None:
-        import http.client
         import ssl
 
         self.kubeconfig, self.deadline = kubeconfig, deadline
-        self.errors = (OSError, ValueError, http.client.HTTPException)  # ssl's errors are OSErrors
         try:
             if kubeconfig.ca_data:
                 import base64
 
                 pem = base64.b64decode(kubeconfig.ca_data).decode("ascii")
-                context = ssl.create_default_context(cadata=pem)
+                self.context = ssl.create_default_context(cadata=pem)
             else:
-                context = ssl.create_default_context(cafile=kubeconfig.ca_file)
+                self.context = ssl.create_default_context(cafile=kubeconfig.ca_file)
         except (OSError, ValueError) as error:
             raise InvalidConfig(f"kubeconfig {kubeconfig.path}: unusable CA", str(error)) from error
-        token, accept = kubeconfig.bearer_token(), "application/json"
-        self.headers = {"Authorization": f"Bearer {token}", "Accept": accept}
-        self.connection: http.client.HTTPSConnection = http.client.HTTPSConnection(
-            kubeconfig.host, kubeconfig.port, context=context, timeout=deadline.remaining()
+        host = f"[{kubeconfig.host}]" if ":" in kubeconfig.host else kubeconfig.host
+        self.head = (
+            f"Host: {host}:{kubeconfig.port}\r\nAuthorization: Bearer {kubeconfig.bearer_token()}"
+            f"\r\nAccept: application/json\r\nUser-Agent: {PLUGIN_TYPE}\r\n\r\n"
         )
+        self.sock: ssl.SSLSocket | None = None
 
     def get(self, path: str) -> Obj:
-        connection, server = self.connection, self.kubeconfig.server
+        server = self.kubeconfig.server
         try:
-            if connection.sock is not None:
-                connection.sock.settimeout(self.deadline.remaining())
-            connection.request("GET", self.kubeconfig.prefix + path, headers=self.headers)
-            response = connection.getresponse()
-            body = response.read()
+            status, body = self.exchange(self.kubeconfig.prefix + path)
         except socket.timeout as error:
             late = f"the API server {server} did not answer within {self.deadline.seconds:g} s"
             raise TryAgain(late, f"GET {path}") from error
-        except self.errors as error:
+        except (OSError, ValueError, IndexError) as error:  # ssl's errors are OSErrors
             cannot = f"cannot ask the API server {server}"
             raise TryAgain(cannot, f"GET {path}: {error!r}") from error
-        if response.status != 200:
-            hint = " (may it get pods and namespaces?)" if response.status in (401, 403) else ""
-            refused = f"the API server answered {response.status} to GET {path}{hint}"
+        if status != 200:
+            hint = " (may it get pods and namespaces?)" if status in (401, 403) else ""
+            refused = f"the API server answered {status} to GET {path}{hint}"
             raise TryAgain(refused, body[:500].decode("utf-8", "replace"))
         try:
             obj: Obj = json.loads(body)
@@ -292,8 +278,38 @@ class ApiServer:
             raise TryAgain(f"the API server's answer to GET {path} is not JSON") from error
         return obj
 
+    def exchange(self, target: str) -> tuple[int, bytes]:
+        """One request and its response's status and body (Content-Length or chunked)."""
+        if self.sock is None:
+            address = (self.kubeconfig.host, self.kubeconfig.port)
+            plain = socket.create_connection(address, timeout=self.deadline.remaining())
+            # Else the request waits behind the handshake's last write for a delayed ACK.
+            plain.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.sock = self.context.wrap_socket(plain, server_hostname=address[0])
+            self.reader = self.sock.makefile("rb")
+        self.sock.settimeout(self.deadline.remaining())
+        self.sock.sendall(f"GET {target} HTTP/1.1\r\n{self.head}".encode())
+        status = int(self.reader.readline(65536).split()[1])
+        headers = {}
+        for line in iter(lambda: self.reader.readline(65536), b""):
+            if not line.strip():
+                break
+            name, _, value = line.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip().lower()
+        if headers.get("transfer-encoding") == "chunked":
+            chunks = []
+            while True:
+                size = int(self.reader.readline(65536).split(b";")[0], 16)
+                chunks.append(self.reader.read(size + 2)[:size])  # each ends with CRLF
+                if size == 0:
+                    return status, b"".join(chunks)
+        length = headers.get("content-length")
+        return status, self.reader.read(int(length)) if length is not None else self.reader.read()
+
     def close(self) -> None:
-        self.connection.close()
+        if self.sock is not None:
+            self.reader.close()
+            self.sock.close()
 
 
 def labels_of(obj: Obj) -> dict[str, str]:
@@ -306,15 +322,14 @@ def pod_is_meshed(api: ApiServer, pod: Pod) -> tuple[bool, str]:
     obj = api.get(f"/api/v1/namespaces/{pod.namespace}/pods/{pod.name}")
     uid = str((obj.get("metadata") or {}).get("uid", ""))
     if pod.uid and uid and uid != pod.uid:  # the sandbox's pod was deleted, a namesake made
-        raise TryAgain(f"pod {pod.key()} on the API server has uid {uid}, not {pod.uid}")
+        raise TryAgain(
+            f"pod {pod.namespace}/{pod.name} on the API server has uid {uid}, not {pod.uid}"
+        )
 
     def namespace_labels() -> dict[str, str]:
         return labels_of(api.get(f"/api/v1/namespaces/{pod.namespace}"))
 
     return in_mesh(labels_of(obj), namespace_labels), pod.uid or uid
-
-
-# -- the node agent ------------------------------------------------------------------
 
 
 def ask_agent(path: str, request: Obj, deadline: Deadline) -> Obj:
@@ -362,14 +377,11 @@ def agent_request(command: str, env: Mapping[str, str], pod: Pod, ips: list[str]
 def require_enrolled(answer: Obj, pod: Pod, command: str) -> None:
     if answer.get("result") in ("enrolled", "skipped"):
         return
+    who = f"pod {pod.namespace}/{pod.name}"
     if "error" in answer:
-        failed = f"the ambit node agent could not enroll pod {pod.key()}: {answer['error']}"
-        raise TryAgain(failed, command)
-    no_result = f"the ambit node agent gave no result for pod {pod.key()}"
+        raise TryAgain(f"the ambit node agent could not enroll {who}: {answer['error']}", command)
+    no_result = f"the ambit node agent gave no result for {who}"
     raise TryAgain(no_result, f"{command}: {json.dumps(answer)[:300]}")
-
-
-# -- the commands -------------------------------------------------------------------
 
 
 def _require_env(env: Mapping[str, str], names: tuple[str, ...]) -> None:
@@ -391,16 +403,17 @@ def _meshed_pod(conf: NetConf, env: Mapping[str, str], deadline: Deadline) -> Po
     return pod if meshed else None
 
 
-def cmd_add(conf: NetConf, env: Mapping[str, str]) -> Obj:
+def cmd_add_or_check(command: str, conf: NetConf, env: Mapping[str, str]) -> Obj | None:
+    """ADD: ``prevResult`` once a meshed pod is enrolled; CHECK: nothing, then."""
     _require_env(env, ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"))
-    if conf.prev_result is None:
+    if conf.prev_result is None and command == "ADD":
         raise InvalidConfig(f"{PLUGIN_TYPE} must be chained: no prevResult", "put it last")
     deadline = Deadline(conf.timeout)
     pod = _meshed_pod(conf, env, deadline)
     if pod is not None:
-        request = agent_request("ADD", env, pod, pod_ips(conf.prev_result))
-        require_enrolled(ask_agent(conf.agent_socket, request, deadline), pod, "ADD")
-    return conf.prev_result
+        request = agent_request(command, env, pod, pod_ips(conf.prev_result or {}))
+        require_enrolled(ask_agent(conf.agent_socket, request, deadline), pod, command)
+    return conf.prev_result if command == "ADD" else None
 
 
 def cmd_del(conf: NetConf, env: Mapping[str, str]) -> None:
@@ -413,15 +426,6 @@ def cmd_del(conf: NetConf, env: Mapping[str, str]) -> None:
         ask_agent(conf.agent_socket, agent_request("DEL", env, pod, ips), deadline)
     except CniError:
         return  # best effort: the agent also sees the pod go through its watch
-
-
-def cmd_check(conf: NetConf, env: Mapping[str, str]) -> None:
-    _require_env(env, ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"))
-    deadline = Deadline(conf.timeout)
-    pod = _meshed_pod(conf, env, deadline)
-    if pod is not None:
-        request = agent_request("CHECK", env, pod, pod_ips(conf.prev_result or {}))
-        require_enrolled(ask_agent(conf.agent_socket, request, deadline), pod, "CHECK")
 
 
 def parse_stdin(data: bytes) -> Obj:
@@ -451,12 +455,10 @@ def run(env: Mapping[str, str], stdin: bytes) -> Obj | None:
         supported = f"{PLUGIN_TYPE} supports {', '.join(SUPPORTED_VERSIONS)}"
         incompatible = f"incompatible cniVersion {conf.cni_version!r}"
         raise CniError(INCOMPATIBLE_VERSION, incompatible, supported)
-    if command == "ADD":
-        return cmd_add(conf, env)
+    if command in ("ADD", "CHECK"):
+        return cmd_add_or_check(command, conf, env)
     if command == "DEL":
         cmd_del(conf, env)
-    elif command == "CHECK":
-        cmd_check(conf, env)
     # STATUS: always ready (a missing agent must not make the node NotReady);
     # GC: nothing kept per attachment here.
     return None

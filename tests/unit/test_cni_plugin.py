@@ -175,3 +175,63 @@ def test_main_prints_the_error_json(
     assert error["code"] == 6
     assert error["cniVersion"] == "1.1.0"  # the input's is unreadable
     assert set(error) == {"cniVersion", "code", "msg", "details"}
+
+
+class FakeSocket:
+    def __init__(self) -> None:
+        self.sent = b""
+
+    def settimeout(self, seconds: float) -> None:
+        assert seconds > 0
+
+    def sendall(self, data: bytes) -> None:
+        self.sent += data
+
+
+def api_answering(tmp_path: Path, response: bytes) -> tuple[cni_plugin.ApiServer, FakeSocket]:
+    """An ApiServer whose kept-alive connection is already open and answers ``response``."""
+    import io
+
+    from node.cni_config import PluginKubeconfig
+
+    path = tmp_path / "kubeconfig"
+    path.write_bytes(PluginKubeconfig("https://[fd00::1]:6443/k8s", token="t0k").document())
+    api = cni_plugin.ApiServer(cni_plugin.Kubeconfig(str(path)), cni_plugin.Deadline(5))
+    sock = FakeSocket()
+    api.sock, api.reader = sock, io.BufferedReader(io.BytesIO(response))  # type: ignore[assignment]
+    return api, sock
+
+
+def test_the_api_servers_answers_with_a_length_or_chunked(tmp_path: Path) -> None:
+    body = b'{"metadata": {"labels": {"a": "b"}}}'
+    plain = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+    chunked = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\n" + body[:5] + b"\r\n" + b"%x\r\n" % (len(body) - 5) + body[5:] + b"\r\n0\r\n\r\n"
+    )
+    api, sock = api_answering(tmp_path, plain % (len(body), body) + chunked)
+    assert api.get("/api/v1/namespaces/shop") == {"metadata": {"labels": {"a": "b"}}}
+    assert api.get("/api/v1/namespaces/shop/pods/cart") == {"metadata": {"labels": {"a": "b"}}}
+    first = sock.sent.split(b"\r\n\r\n")[0].decode()
+    assert first.splitlines() == [
+        "GET /k8s/api/v1/namespaces/shop HTTP/1.1",
+        "Host: [fd00::1]:6443",
+        "Authorization: Bearer t0k",
+        "Accept: application/json",
+        "User-Agent: ambit-cni",
+    ]
+
+
+def test_the_api_servers_refusal_is_retried_later(tmp_path: Path) -> None:
+    refusal = b'{"kind": "Status", "reason": "Forbidden"}'
+    response = b"HTTP/1.1 403 Forbidden\r\nContent-Length: %d\r\n\r\n%s" % (len(refusal), refusal)
+    api, _ = api_answering(tmp_path, response)
+    with pytest.raises(CniError) as caught:
+        api.get("/api/v1/namespaces/shop/pods/cart")
+    assert caught.value.code == 11
+    assert "403" in caught.value.msg
+    assert "may it get pods and namespaces?" in caught.value.msg
+    assert "Forbidden" in caught.value.details
+    api, _ = api_answering(tmp_path, b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n{")  # cut short
+    with pytest.raises(CniError, match="not JSON"):
+        api.get("/api/v1/namespaces/shop")
