@@ -16,6 +16,7 @@ PLUGIN_TYPE = "ambit-cni"  # node.cni_plugin.PLUGIN_TYPE, and the binary's name
 CONF_EXTENSIONS = (".conf", ".conflist", ".json")  # libcni's, in containerd and CRI-O
 KUBECONFIG_NAME = "ZZZ-ambit-cni-kubeconfig"
 SHEBANG = b"#!/usr/bin/env python3\n"
+SETTLE_SECONDS = 2.0  # how long a config file that does not parse may be mid-write
 
 Obj = dict[str, Any]
 
@@ -168,9 +169,14 @@ class PluginKubeconfig:
         return render(config)
 
 
-def first_network(files: Sequence[tuple[str, bytes]]) -> tuple[str, bytes] | None:
-    """Of (name, bytes) pairs in the runtime's order, the first that holds a network."""
-    for name, data in files:
+def first_network(files: Sequence[tuple[str, bytes, float]]) -> tuple[str, bytes] | None:
+    """Of (name, bytes, age in seconds) triples in the runtime's order, the first
+    that holds a network. None also while a file before it that holds none is younger
+    than ``SETTLE_SECONDS``: a primary CNI that writes its file in place leaves it
+    unreadable for a moment, and the next file is then not the one to edit."""
+    for name, data, age in files:
         if parse_network(data) is not None:
             return name, data
+        if age < SETTLE_SECONDS:
+            return None
     return None

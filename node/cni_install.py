@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import secrets
+import time
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -105,8 +106,15 @@ def find_primary(conf_dir: Path) -> tuple[str, bytes] | None:
         names = candidate_names(os.listdir(conf_dir))
     except FileNotFoundError:
         return None
-    files = ((name, _read(conf_dir / name)) for name in names)
-    return first_network([(name, data) for name, data in files if data is not None])
+    files = []
+    for name in names:
+        try:
+            data = (conf_dir / name).read_bytes()
+            age = time.time() - os.stat(conf_dir / name).st_mtime
+        except (FileNotFoundError, IsADirectoryError):
+            continue
+        files.append((name, data, age))
+    return first_network(files)
 
 
 class Installed(Enum):

@@ -140,6 +140,18 @@ def test_no_primary_config_is_waiting(dirs: tuple[Path, Path]) -> None:
     assert (conf_dir / "05-broken.conflist").read_text() == "{"
 
 
+def test_a_first_file_mid_write_is_waited_for(dirs: tuple[Path, Path]) -> None:
+    conf_dir, state_dir = dirs
+    writing = conf_dir / "10-calico.conflist"
+    writing.write_bytes(CALICO[:40])  # the primary CNI writes it in place
+    (conf_dir / "99-loopback.conf").write_bytes(b'{"cniVersion": "0.3.1", "type": "loopback"}')
+    assert install_config(conf_dir, state_dir, SETTINGS) is Installed.WAITING
+    old = writing.stat().st_mtime - 60  # still unreadable a minute later: the runtime skips it
+    os.utime(writing, (old, old))
+    assert install_config(conf_dir, state_dir, SETTINGS) is Installed.INSTALLED
+    assert plugins(conf_dir / "99-loopback.conflist") == ["loopback", "ambit-cni"]
+
+
 def test_the_binary_is_the_plugin_with_a_python3_shebang(tmp_path: Path) -> None:
     bin_dir = tmp_path / "bin"
     assert install_binary(bin_dir)

@@ -12,6 +12,7 @@ from node import cni_plugin
 from node.cni_config import (
     KUBECONFIG_NAME,
     PLUGIN_TYPE,
+    SETTLE_SECONDS,
     SHEBANG,
     CniConfigError,
     PluginKubeconfig,
@@ -51,15 +52,22 @@ def test_the_runtime_reads_config_files_by_name_and_not_our_kubeconfig() -> None
 
 
 def test_the_first_file_that_holds_a_network_is_the_primary() -> None:
+    old = SETTLE_SECONDS + 1
     files = [
-        ("00-broken.conflist", b"{not json"),
-        ("01-empty.conflist", raw({"name": "x", "plugins": []})),
-        ("02-list.json", raw([1, 2])),
-        ("10-net.conf", raw({"cniVersion": "0.4.0", "name": "net", "type": "bridge"})),
-        ("20-other.conflist", raw(CONFLIST)),
+        ("00-broken.conflist", b"{not json", old),
+        ("01-empty.conflist", raw({"name": "x", "plugins": []}), old),
+        ("02-list.json", raw([1, 2]), old),
+        ("10-net.conf", raw({"cniVersion": "0.4.0", "name": "net", "type": "bridge"}), 0.0),
+        ("20-other.conflist", raw(CONFLIST), old),
     ]
-    assert first_network(files) == files[3]
+    assert first_network(files) == files[3][:2]
     assert first_network(files[:3]) is None
+
+
+def test_a_file_being_written_is_waited_for_not_skipped() -> None:
+    files = [("10-calico.conflist", b"", 0.1), ("99-loopback.conf", raw({"type": "loopback"}), 9.0)]
+    assert first_network(files) is None  # 10-calico may be the primary a moment later
+    assert first_network([(files[0][0], b"", SETTLE_SECONDS), files[1]]) == files[1][:2]
 
 
 def test_appended_last_to_a_conflist_and_idempotent() -> None:
