@@ -33,6 +33,12 @@ def cni_bin_dir() -> Path:
     return Path(os.environ.get("AMBIT_CNI_BIN", REPO / ".cache" / "cni" / "bin"))
 
 
+def node_python() -> str:
+    """The node's python3 the plugin runs on: ``$AMBIT_NODE_PYTHON`` (a Python 3.8,
+    say: the oldest the plugin supports), else the tests' own interpreter."""
+    return os.environ.get("AMBIT_NODE_PYTHON") or os.path.realpath(sys.executable)
+
+
 @dataclass(frozen=True)
 class PluginAccess:
     server: str
@@ -172,9 +178,9 @@ class Chain:
         access = self.access
         kubeconfig = PluginKubeconfig(access.server, ca_pem=access.ca_pem, token=access.token)
         write_plugin_kubeconfig(self.directory / "kubeconfig", kubeconfig)
-        # `#!/usr/bin/env python3` finds this interpreter first (the node's python3).
+        # `#!/usr/bin/env python3` finds this interpreter first: the node's python3.
         (self.directory / "python").mkdir()
-        (self.directory / "python" / "python3").symlink_to(os.path.realpath(sys.executable))
+        (self.directory / "python" / "python3").symlink_to(node_python())
 
     def environment(self, **extra: str) -> dict[str, str]:
         path = f"{self.directory / 'python'}:{os.environ.get('PATH', '/usr/bin:/bin')}"
