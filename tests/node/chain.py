@@ -111,6 +111,7 @@ class Chain:
     cni_bin: Path
     access: PluginAccess
     timeout_seconds: float = 5.0
+    cni_version: str = "1.0.0"  # the conflist's; use_version changes it
     netns: str = field(init=False)
     network: str = field(init=False)
     bridge: str = field(init=False)
@@ -158,7 +159,7 @@ class Chain:
             },
         }
         return {
-            "cniVersion": "1.0.0",
+            "cniVersion": self.cni_version,
             "name": self.network,
             "plugins": [bridge, {"type": "loopback"}],
         }
@@ -170,10 +171,7 @@ class Chain:
     def write_files(self) -> None:
         """The conflist, the plugin's binary and kubeconfig, and a ``python3``."""
         self.conf_dir.mkdir()
-        name, data = with_plugin(
-            "10-test.conflist", json.dumps(self.conflist()).encode(), self.settings().entry()
-        )
-        (self.conf_dir / name).write_bytes(data)
+        self.write_conflist()
         install_binary(self.plugin_bin)
         access = self.access
         kubeconfig = PluginKubeconfig(access.server, ca_pem=access.ca_pem, token=access.token)
@@ -181,6 +179,17 @@ class Chain:
         # `#!/usr/bin/env python3` finds this interpreter first: the node's python3.
         (self.directory / "python").mkdir()
         (self.directory / "python" / "python3").symlink_to(node_python())
+
+    def write_conflist(self) -> None:
+        name, data = with_plugin(
+            "10-test.conflist", json.dumps(self.conflist()).encode(), self.settings().entry()
+        )
+        (self.conf_dir / name).write_bytes(data)
+
+    def use_version(self, cni_version: str) -> None:
+        """The conflist of the spec version ``cni_version`` from now on."""
+        self.cni_version = cni_version
+        self.write_conflist()
 
     def environment(self, **extra: str) -> dict[str, str]:
         path = f"{self.directory / 'python'}:{os.environ.get('PATH', '/usr/bin:/bin')}"

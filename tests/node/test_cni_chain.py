@@ -87,6 +87,35 @@ async def test_a_meshed_pods_add_reaches_the_agent(
     assert agent.requests[-1]["pod"]["uid"] == meta["uid"]
 
 
+@pytest.mark.parametrize("version", ["0.3.1", "0.4.0", "1.1.0"])
+async def test_chains_of_every_supported_spec_version(
+    chain: Chain, agent: TestAgent, kube_admin: KubeAdmin, kube_ns: str, version: str
+) -> None:
+    chain.use_version(version)
+    await label_namespace(kube_admin, kube_ns, {AMBIT: "ambient"})
+    cart = await make_pod(kube_admin, kube_ns, "cart")
+    with trio.fail_after(60):
+        added = await chain.cnitool("add", cart)
+    assert added.returncode == 0, added
+    result = added.json()
+    assert result["cniVersion"] == version
+    assert agent.requests[0]["ips"] == sandbox_ips(result)
+    commands = ["ADD"]
+    if version != "0.3.1":  # CHECK came with 0.4.0
+        with trio.fail_after(60):
+            checked = await chain.cnitool("check", cart)
+        assert checked.returncode == 0, checked
+        commands.append("CHECK")
+    if version == "1.1.0":  # STATUS came with 1.1.0: ready, whatever the agent
+        with trio.fail_after(60):
+            status = await chain.cnitool("status", cart)
+        assert status.returncode == 0, status
+    with trio.fail_after(60):
+        deleted = await chain.cnitool("del", cart)
+    assert deleted.returncode == 0, deleted
+    assert agent.commands() == [*commands, "DEL"]
+
+
 async def test_a_pod_outside_the_mesh_passes_without_the_agent(
     chain: Chain, kube_admin: KubeAdmin, kube_ns: str
 ) -> None:
