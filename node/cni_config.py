@@ -12,6 +12,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from mesh.constants import SYSTEM_NAMESPACE
+
 PLUGIN_TYPE = "ambit-cni"  # node.cni_plugin.PLUGIN_TYPE, and the binary's name
 CONF_EXTENSIONS = (".conf", ".conflist", ".json")  # libcni's, in containerd and CRI-O
 KUBECONFIG_NAME = "ZZZ-ambit-cni-kubeconfig"
@@ -31,7 +33,7 @@ class PluginSettings:
 
     agent_socket: str = "/var/run/ambit/cni.sock"
     kubeconfig: str = f"/etc/cni/net.d/{KUBECONFIG_NAME}"
-    exclude_namespaces: tuple[str, ...] = ("kube-system", "ambit-system")
+    exclude_namespaces: tuple[str, ...] = ("kube-system", SYSTEM_NAMESPACE)
     timeout_seconds: float = 20.0
 
     def entry(self) -> Obj:

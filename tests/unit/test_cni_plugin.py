@@ -5,8 +5,10 @@ the node's own python3, as one file)."""
 from __future__ import annotations
 
 import ast
+import itertools
 import sys
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -57,6 +59,20 @@ def test_the_dataplane_mode_rule(
     pod: Mapping[str, str], namespace: Mapping[str, str], meshed: bool
 ) -> None:
     assert in_mesh(pod, lambda: namespace) is meshed
+
+
+def test_the_rule_and_its_labels_are_the_control_planes() -> None:
+    """The plugin cannot import ambit: its copies of the rule and the keys must agree."""
+    from k8s.translate_parts import meshed_by_labels
+    from mesh.constants import ISTIO_LABEL_DATAPLANE_MODE, LABEL_DATAPLANE_MODE
+
+    assert cni_plugin.LABEL_DATAPLANE_MODE == LABEL_DATAPLANE_MODE
+    assert cni_plugin.ISTIO_LABEL_DATAPLANE_MODE == ISTIO_LABEL_DATAPLANE_MODE
+    values = [None, "ambient", "none", "sidecar"]
+    for pod_ambit, pod_istio, ns_ambit, ns_istio in itertools.product(values, repeat=4):
+        pod = {k: v for k, v in ((AMBIT, pod_ambit), (ISTIO, pod_istio)) if v is not None}
+        ns = {k: v for k, v in ((AMBIT, ns_ambit), (ISTIO, ns_istio)) if v is not None}
+        assert in_mesh(pod, partial(dict, ns)) is meshed_by_labels(pod, ns), (pod, ns)
 
 
 def test_the_namespace_is_asked_only_when_the_pod_does_not_decide() -> None:
