@@ -25,7 +25,7 @@ from pathlib import Path
 import trio
 
 from node.cni_config import PluginKubeconfig, PluginSettings
-from node.cni_install import install_binary, write_plugin_kubeconfig
+from node.cni_install import install_binary, plugin_source, write_plugin_kubeconfig
 from tests.kube.client import KubeAdmin, Obj
 from tests.kube.cluster import start_cluster
 from tests.kube.kubelet import namespace, pod, wait_default_service_account
@@ -93,7 +93,7 @@ async def measure(admin: KubeAdmin, python: str, runs: int, directory: Path) -> 
     write_plugin_kubeconfig(
         kubeconfig, PluginKubeconfig(access.server, ca_pem=access.ca_pem, token=access.token)
     )
-    install_binary(directory)
+    install_binary(plugin_source(), directory)
     agent = TestAgent(directory / "cni.sock")
     settings = PluginSettings(agent_socket=str(agent.path), kubeconfig=str(kubeconfig))
     stdin = json.dumps(

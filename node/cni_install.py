@@ -75,11 +75,12 @@ def plugin_source() -> Path:
     return Path(cni_plugin.__file__)
 
 
-def install_binary(bin_dir: Path, source: Path | None = None) -> bool:
-    """``bin_dir/ambit-cni``: the plugin's source with a ``#!/usr/bin/env python3``
-    line, mode 0755 (the node needs a python3 >= 3.8 on PATH). Whether it was
-    (re)written; nothing is written when it is current."""
-    content = shebanged((source or plugin_source()).read_bytes())
+def install_binary(src: Path, bin_dir: Path) -> bool:
+    """``bin_dir/ambit-cni``: the plugin's source ``src`` (``plugin_source()``, this
+    installation's) with a ``#!/usr/bin/env python3`` line, mode 0755 (the node needs
+    a python3 >= 3.8 on PATH). Whether it was (re)written; nothing is written when it
+    is current."""
+    content = shebanged(src.read_bytes())
     target = bin_dir / PLUGIN_TYPE
     if _read(target) == content and os.stat(target).st_mode & 0o777 == 0o755:
         return False
@@ -220,7 +221,7 @@ class Changes:
 
 def ensure_installed(config: InstallConfig) -> Changes:
     """One round of ``keep_installed``: binary, kubeconfig, then the config entry."""
-    binary = install_binary(config.bin_dir, config.source)
+    binary = install_binary(config.source or plugin_source(), config.bin_dir)
     kubeconfig = False
     if config.kubeconfig is not None:
         kubeconfig = write_plugin_kubeconfig(Path(config.settings.kubeconfig), config.kubeconfig)

@@ -20,7 +20,7 @@ from typing import Any
 import trio
 
 from node.cni_config import PluginKubeconfig, PluginSettings, with_plugin
-from node.cni_install import install_binary, write_plugin_kubeconfig
+from node.cni_install import install_binary, plugin_source, write_plugin_kubeconfig
 from tests.kube.client import KubeAdmin, Obj
 from tests.kube.cluster import REPO
 
@@ -172,7 +172,7 @@ class Chain:
         """The conflist, the plugin's binary and kubeconfig, and a ``python3``."""
         self.conf_dir.mkdir()
         self.write_conflist()
-        install_binary(self.plugin_bin)
+        install_binary(plugin_source(), self.plugin_bin)
         access = self.access
         kubeconfig = PluginKubeconfig(access.server, ca_pem=access.ca_pem, token=access.token)
         write_plugin_kubeconfig(self.directory / "kubeconfig", kubeconfig)

@@ -154,14 +154,14 @@ def test_a_first_file_mid_write_is_waited_for(dirs: tuple[Path, Path]) -> None:
 
 def test_the_binary_is_the_plugin_with_a_python3_shebang(tmp_path: Path) -> None:
     bin_dir = tmp_path / "bin"
-    assert install_binary(bin_dir)
+    assert install_binary(plugin_source(), bin_dir)
     binary = bin_dir / "ambit-cni"
     assert binary.read_bytes() == shebanged(plugin_source().read_bytes())
     assert binary.read_bytes().startswith(b"#!/usr/bin/env python3\n")
     assert binary.stat().st_mode & 0o777 == 0o755
-    assert not install_binary(bin_dir)
+    assert not install_binary(plugin_source(), bin_dir)
     binary.chmod(0o644)
-    assert install_binary(bin_dir)
+    assert install_binary(plugin_source(), bin_dir)
     assert os.listdir(bin_dir) == ["ambit-cni"]  # no temporary file left behind
 
 
