@@ -229,6 +229,17 @@ def ensure_installed(config: InstallConfig) -> Changes:
     return Changes(binary, kubeconfig, installed)
 
 
+def uninstall(config: InstallConfig) -> None:
+    """Everything ``ensure_installed`` put on the node, taken away in the order that
+    never leaves the runtime a chain naming a missing plugin: the config entry
+    first (``uninstall_config``), then the kubeconfig (when this config wrote it)
+    and the binary. Cancel ``keep_installed`` before."""
+    uninstall_config(config.conf_dir, config.state_dir)
+    if config.kubeconfig is not None:
+        Path(config.settings.kubeconfig).unlink(missing_ok=True)
+    (config.bin_dir / PLUGIN_TYPE).unlink(missing_ok=True)
+
+
 async def keep_installed(
     config: InstallConfig, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
 ) -> None:

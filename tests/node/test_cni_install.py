@@ -22,6 +22,7 @@ from node.cni_install import (
     install_config,
     keep_installed,
     plugin_source,
+    uninstall,
     uninstall_config,
 )
 
@@ -215,5 +216,8 @@ async def test_keep_installed_waits_for_the_primary_cni_and_reinstalls(
             await until("installed")
             nursery.cancel_scope.cancel()
 
-    assert uninstall_config(conf_dir, state_dir)
+    uninstall(config)
     assert primary.read_bytes() == CALICO
+    assert os.listdir(conf_dir) == ["10-calico.conflist"]
+    assert os.listdir(bin_dir) == []
+    assert not kubeconfig_path.exists()
