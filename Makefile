@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: lock test lint typecheck pytest kube helm charts image demo bench clean
+.PHONY: lock test lint typecheck pytest kube helm cni charts image demo bench clean
 
 # Every dependency's version comes from requirements.lock (made by `make lock`);
 # pyproject.toml keeps only the lower bounds.
@@ -46,6 +46,12 @@ kube:
 # (helm lint, helm template); nothing is built when it is current.
 helm:
 	tests/helm/build.sh
+
+# The CNI reference plugins (bridge, host-local, loopback) and cnitool, from their Go
+# modules (tests/cni/go.mod), into .cache/cni/bin for tests/node (ambit-cni chained after
+# them); nothing is built when they are current.
+cni:
+	tests/cni/build.sh
 
 # charts/ is generated from k8s/crds.py and k8s/install.py: run after changing either.
 charts: $(STAMP)

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import AsyncIterator, Iterator
-from contextlib import suppress
+from collections.abc import AsyncIterator
+from contextlib import ExitStack, suppress
 
 import pytest
 import trio
@@ -29,15 +29,25 @@ TEARDOWN_SECONDS = 30.0
 APISERVER_FLAGS = ("--watch-cache-sizes=pods#0",)
 
 
+_CLUSTER: list[Cluster] = []  # the session's one cluster, once started
+
+
 @pytest.fixture(scope="session")
-def kube_cluster() -> Iterator[Cluster]:
+def kube_cluster(request: pytest.FixtureRequest) -> Cluster:
+    """One cluster for the whole session, however many conftests import this fixture
+    (tests/node's does: pytest keeps one instance per conftest); stopped at the end."""
+    if _CLUSTER:
+        return _CLUSTER[0]
     reason = missing_binaries()
     if reason:
         if os.environ.get("CI"):
             pytest.fail(f"CI is set and the test cluster {reason}")
         pytest.skip(reason)
-    with start_cluster(apiserver_flags=APISERVER_FLAGS) as cluster:
-        yield cluster
+    stack = ExitStack()
+    _CLUSTER.append(stack.enter_context(start_cluster(apiserver_flags=APISERVER_FLAGS)))
+    request.config.add_cleanup(stack.close)
+    request.config.add_cleanup(_CLUSTER.clear)
+    return _CLUSTER[0]
 
 
 @pytest.fixture
