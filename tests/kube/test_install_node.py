@@ -1,0 +1,129 @@
+"""``ambit install --node`` against the real API server, after ``ambit install``: the
+rendering passes a server-side dry run and a real apply (strict field validation); the
+DaemonSet controller makes one pod of each DaemonSet for a Linux node, admitted with the
+privileges the DaemonSets ask for (no kubelet runs them); and RBAC lets the node agent's
+ServiceAccount read pods and namespaces and patch pods of ambit's namespace only, and
+ztunnel's do nothing at all (asked with SubjectAccessReviews)."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import suppress
+from functools import partial
+
+import pytest
+import trio
+
+from k8s import install
+from k8s.install_node import AGENT, ZTUNNEL
+from mesh.constants import SYSTEM_NAMESPACE
+from tests.kube.client import KubeAdmin, NotFound, Obj, wait_for
+from tests.kube.installing import installed, node_installed
+from tests.kube.kubelet import create_node
+from tests.unit.test_install_node import AGENT_PRIVILEGES, ZTUNNEL_PRIVILEGES, privileges
+
+pytestmark = pytest.mark.kube
+__all__ = ["installed", "node_installed"]  # the fixtures, used here
+SECONDS = 60.0
+GROUPS = ["system:serviceaccounts", f"system:serviceaccounts:{SYSTEM_NAMESPACE}",
+          "system:authenticated"]  # fmt: skip
+
+
+async def daemon_pod(admin: KubeAdmin, app: str, node: str) -> Obj | None:
+    """The pod the DaemonSet controller made for ``node`` (its node affinity names it)."""
+    for pod in await admin.list("v1", "Pod", SYSTEM_NAMESPACE, label_selector=f"app={app}"):
+        affinity = pod["spec"].get("affinity", {}).get("nodeAffinity", {})
+        required = affinity.get("requiredDuringSchedulingIgnoredDuringExecution", {})
+        for term in required.get("nodeSelectorTerms", []):
+            if any(node in f.get("values", []) for f in term.get("matchFields", [])):
+                return pod
+    return None
+
+
+@pytest.fixture
+async def linux_node(kube_admin: KubeAdmin) -> AsyncIterator[str]:
+    """A Node labelled ``kubernetes.io/os: linux``, as kubelets label theirs."""
+    name = f"node-{secrets.token_hex(3)}"
+    with trio.fail_after(SECONDS):
+        await create_node(kube_admin, name)
+        labels = {"metadata": {"labels": {"kubernetes.io/os": "linux"}}}
+        await kube_admin.patch("v1", "Node", name, labels)
+    yield name
+    with trio.fail_after(10), suppress(NotFound):
+        await kube_admin.delete("v1", "Node", name)
+
+
+async def test_the_rendering_applies_and_each_daemonset_makes_a_pod_per_node(
+    kube_admin: KubeAdmin, node_installed: list[Obj], linux_node: str
+) -> None:
+    with trio.fail_after(SECONDS + 10):
+        for doc in node_installed:
+            meta = doc["metadata"]
+            got = await kube_admin.get(doc["apiVersion"], doc["kind"], meta["name"],
+                                       meta.get("namespace"))  # fmt: skip
+            assert got["metadata"]["labels"]["app.kubernetes.io/part-of"] == "ambit"
+        pods = {
+            app: await wait_for(partial(daemon_pod, kube_admin, app, linux_node),
+                                seconds=SECONDS, interval=0.2)
+            for app in (ZTUNNEL, AGENT)
+        }  # fmt: skip
+    # Admitted as asked: nothing added or taken away on the way.
+    assert privileges({"spec": {"template": pods[ZTUNNEL]}}) == ZTUNNEL_PRIVILEGES
+    assert privileges({"spec": {"template": pods[AGENT]}}) == AGENT_PRIVILEGES
+    for pod in pods.values():
+        assert pod["spec"]["priorityClassName"] == "system-node-critical"
+        assert pod["spec"]["priority"] == 2000001000
+    ztunnel = pods[ZTUNNEL]["spec"]
+    assert ztunnel["serviceAccountName"] == ZTUNNEL
+    mounts = ztunnel["containers"][0]["volumeMounts"]
+    assert not any(m["mountPath"].startswith("/var/run/secrets/kubernetes.io") for m in mounts)
+    agent = pods[AGENT]["spec"]
+    assert agent["serviceAccountName"] == AGENT
+    mounts = agent["containers"][0]["volumeMounts"]
+    assert any(m["mountPath"] == "/var/run/secrets/kubernetes.io/serviceaccount" for m in mounts)
+
+
+async def allowed(
+    admin: KubeAdmin, account: str, verb: str, resource: str, namespace: str = ""
+) -> bool:
+    review = {
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SubjectAccessReview",
+        "metadata": {},
+        "spec": {
+            "user": f"system:serviceaccount:{SYSTEM_NAMESPACE}:{account}",
+            "groups": GROUPS,
+            "resourceAttributes": {"verb": verb, "group": "", "resource": resource,
+                                   "namespace": namespace},
+        },
+    }  # fmt: skip
+    answer = await admin.create(review)
+    return bool(answer["status"].get("allowed"))
+
+
+async def test_rbac_grants_the_agent_what_it_needs_and_nothing_more(
+    kube_admin: KubeAdmin, node_installed: list[Obj]
+) -> None:
+    needs = [
+        (AGENT, verb, resource, "") for verb in install.READ
+        for resource in ("pods", "namespaces")
+    ] + [(AGENT, "patch", "pods", SYSTEM_NAMESPACE)]  # fmt: skip
+    not_needed = [
+        (AGENT, "patch", "pods", "shop"),
+        (AGENT, "update", "pods", SYSTEM_NAMESPACE),
+        (AGENT, "delete", "pods", SYSTEM_NAMESPACE),
+        (AGENT, "create", "pods", SYSTEM_NAMESPACE),
+        (AGENT, "get", "secrets", SYSTEM_NAMESPACE),
+        (AGENT, "patch", "nodes", ""),
+        (AGENT, "patch", "namespaces", ""),
+        (ZTUNNEL, "list", "pods", ""),
+        (ZTUNNEL, "get", "pods", SYSTEM_NAMESPACE),
+        (ZTUNNEL, "get", "secrets", SYSTEM_NAMESPACE),
+        (ZTUNNEL, "get", "configmaps", SYSTEM_NAMESPACE),
+    ]
+    with trio.fail_after(SECONDS):
+        refused = [need for need in needs if not await allowed(kube_admin, *need)]
+        granted = [need for need in not_needed if await allowed(kube_admin, *need)]
+    assert refused == []
+    assert granted == []
