@@ -44,7 +44,7 @@ GATEWAY_API = "gateway.networking.k8s.io/v1"
 CLASS = "ambit-waypoint"
 SECONDS = 90.0
 PASS, WARN = "\u221a ", "\u203c "
-NODE_SIDE = "the node side (ztunnel DaemonSet) is ready on every node"
+NODE_SIDE = "the node side is installed (ztunnel and node agent DaemonSets)"
 
 CRDS = "ambit install --crds | kubectl apply --server-side -f -"
 INSTALL = "ambit install | kubectl apply -f -"
