@@ -212,9 +212,9 @@ def enrolment(side: NodeSide) -> Outcome:
         return fail(
             "\n".join(problems),
             f"the node agent's log names each pod: kubectl -n {ns} logs POD | grep NAMESPACE/"
-            "NAME. A pod that started before the plugin was in the chain, or whose capture"
-            " failed, is enrolled once deleted and made again (kubectl delete pod); a pod"
-            " that should stay out: label it ambit.io/dataplane-mode=none",
+            "NAME. A pod whose capture failed is tried again when it is made again (kubectl"
+            " delete pod, its controller makes it anew); a pod that should stay out: label"
+            " it ambit.io/dataplane-mode=none",
         )
     expected = sum(len(n.expected) for n in side.nodes)
     return Outcome("ok", f"{expected} pods enrolled")

@@ -5,6 +5,7 @@ docs/node.md, so that a change to them is deliberate."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
@@ -15,6 +16,8 @@ from k8s import install, install_node
 from k8s.install_node import AGENT, ZTUNNEL, NodeValues
 from mesh.constants import SYSTEM_NAMESPACE
 from tests.unit.test_install import KUBERNETES_VERSION, main
+
+REPO = Path(__file__).resolve().parents[2]
 
 SET = (
     "trustDomain=example.org", "image=registry.example/ambit:1.2", "logLevel=debug",
@@ -206,3 +209,28 @@ def test_the_agent_may_read_pods_and_namespaces_and_patch_pods_of_its_namespace(
             {"apiGroups": [""], "resources": ["pods"], "verbs": ["patch"]},
         ],
     }  # fmt: skip
+
+
+def _privilege_rows(section: str) -> list[str]:
+    """The first cells of the table under ``### section`` of docs/node.md's Privileges,
+    without backticks or colons (``runAsUser: 0`` reads ``runAsUser 0``)."""
+    text = (REPO / "docs" / "node.md").read_text()
+    privileges_part = text[text.index("## Privileges") :]
+    part = privileges_part[privileges_part.index(f"### {section}\n") :]
+    table = part[: part.index("\n\n", part.index("| privilege |"))]
+    rows = [line for line in table.splitlines() if line.startswith("| ")][2:]  # no header
+    return [row.split("|")[1].replace("`", "").replace(":", "").strip() for row in rows]
+
+
+@pytest.mark.parametrize(
+    ("section", "declared"),
+    [("ztunnel", install_node.ZTUNNEL_PRIVILEGES),
+     ("The node agent", install_node.AGENT_PRIVILEGES)],
+)  # fmt: skip
+def test_docs_node_md_lists_every_privilege(
+    section: str, declared: tuple[install_node.Privilege, ...]
+) -> None:
+    rows = _privilege_rows(section)
+    assert len(rows) == len(declared)
+    for privilege in declared:
+        assert any(row.startswith(privilege.what) for row in rows), privilege.what
