@@ -13,7 +13,8 @@ DaemonSets of the one ambit image (docs/node.md):
 - ``ambit-node-agent``: ``ambit node-agent`` on the host network, with the host's PID
   namespace, the CNI directories and ``/var/run/netns``: it installs the CNI plugin,
   captures meshed pods and hands them to ztunnel; it reads pods and namespaces with its
-  ServiceAccount and writes its status (:data:`STATUS_ANNOTATION`) on its own pod.
+  ServiceAccount and writes its status (:data:`STATUS_ANNOTATION`) on its own pod,
+  through the pod's ``status`` subresource (it may patch no pod's spec).
 
 Every privilege of either is declared once, with why (:data:`ZTUNNEL_PRIVILEGES`,
 :data:`AGENT_PRIVILEGES`): docs/node.md lists them and a test checks that the rendered
@@ -224,9 +225,12 @@ def permissions() -> tuple[Permission, ...]:
     return (
         Permission("", ("pods", "namespaces"), install.READ,
                    why="the pods of its node and the dataplane-mode labels"),
-        Permission("", ("pods",), ("patch",), namespaced=True,
-                   why=f"{STATUS_ANNOTATION} on its own pod (a rule cannot name a"
-                   " DaemonSet's pods: any pod of this namespace)"),
+        # Through the status subresource, which may change a pod's metadata and status but
+        # never its spec: `patch pods` here would let a node's agent swap the control
+        # plane's image, hence hold the CA's keys.
+        Permission("", ("pods/status",), ("patch",), namespaced=True,
+                   why=f"{STATUS_ANNOTATION} on its own pod, through /status (a rule cannot"
+                   " name a DaemonSet's pods: any pod of this namespace)"),
     )  # fmt: skip
 
 

@@ -67,7 +67,7 @@ class Harness:
 
     async def report(self, agent: str, text: str) -> None:
         patch = {"metadata": {"annotations": {STATUS_ANNOTATION: text}}}
-        await self.admin.patch("v1", "Pod", agent, patch, SYSTEM_NAMESPACE)
+        await self.admin.patch("v1", "Pod", agent, patch, SYSTEM_NAMESPACE, subresource="status")
 
     async def app_pod(self, name: str, node: str, labels: dict[str, str] | None = None) -> str:
         await self.admin.create(pod(self.ns, name, node=node, labels=labels))

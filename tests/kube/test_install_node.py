@@ -2,8 +2,10 @@
 rendering passes a server-side dry run and a real apply (strict field validation); the
 DaemonSet controller makes one pod of each DaemonSet for a Linux node, admitted with the
 privileges the DaemonSets ask for (no kubelet runs them); and RBAC lets the node agent's
-ServiceAccount read pods and namespaces and patch pods of ambit's namespace only, and
-ztunnel's do nothing at all (asked with SubjectAccessReviews)."""
+ServiceAccount read pods and namespaces and patch the status of pods of ambit's
+namespace only, and ztunnel's do nothing at all (asked with SubjectAccessReviews); with a
+token of the agent's ServiceAccount, its status annotation is written through its pod's
+``/status``, and no pod's spec can be changed."""
 
 from __future__ import annotations
 
@@ -15,10 +17,10 @@ from functools import partial
 import pytest
 import trio
 
-from k8s import install
+from k8s import install, install_node
 from k8s.install_node import AGENT, ZTUNNEL
 from mesh.constants import SYSTEM_NAMESPACE
-from tests.kube.client import KubeAdmin, NotFound, Obj, wait_for
+from tests.kube.client import KubeAdmin, KubeError, NotFound, Obj, wait_for
 from tests.kube.installing import installed, node_installed
 from tests.kube.kubelet import create_node
 from tests.unit.test_install_node import AGENT_PRIVILEGES, ZTUNNEL_PRIVILEGES, privileges
@@ -87,6 +89,8 @@ async def test_the_rendering_applies_and_each_daemonset_makes_a_pod_per_node(
 async def allowed(
     admin: KubeAdmin, account: str, verb: str, resource: str, namespace: str = ""
 ) -> bool:
+    """Whether ``account`` of ambit's namespace may; ``resource`` may be ``pods/status``."""
+    resource, _, subresource = resource.partition("/")
     review = {
         "apiVersion": "authorization.k8s.io/v1",
         "kind": "SubjectAccessReview",
@@ -95,7 +99,7 @@ async def allowed(
             "user": f"system:serviceaccount:{SYSTEM_NAMESPACE}:{account}",
             "groups": GROUPS,
             "resourceAttributes": {"verb": verb, "group": "", "resource": resource,
-                                   "namespace": namespace},
+                                   "subresource": subresource, "namespace": namespace},
         },
     }  # fmt: skip
     answer = await admin.create(review)
@@ -108,8 +112,10 @@ async def test_rbac_grants_the_agent_what_it_needs_and_nothing_more(
     needs = [
         (AGENT, verb, resource, "") for verb in install.READ
         for resource in ("pods", "namespaces")
-    ] + [(AGENT, "patch", "pods", SYSTEM_NAMESPACE)]  # fmt: skip
+    ] + [(AGENT, "patch", "pods/status", SYSTEM_NAMESPACE)]  # fmt: skip
     not_needed = [
+        (AGENT, "patch", "pods", SYSTEM_NAMESPACE),  # a spec: the control plane's image
+        (AGENT, "patch", "pods/status", "shop"),
         (AGENT, "patch", "pods", "shop"),
         (AGENT, "update", "pods", SYSTEM_NAMESPACE),
         (AGENT, "delete", "pods", SYSTEM_NAMESPACE),
@@ -127,3 +133,30 @@ async def test_rbac_grants_the_agent_what_it_needs_and_nothing_more(
         granted = [need for need in not_needed if await allowed(kube_admin, *need)]
     assert refused == []
     assert granted == []
+
+
+async def test_the_agents_token_writes_its_annotation_through_status_only(
+    kube_admin: KubeAdmin, node_installed: list[Obj], linux_node: str
+) -> None:
+    with trio.fail_after(SECONDS + 10):
+        agent = await wait_for(partial(daemon_pod, kube_admin, AGENT, linux_node),
+                               seconds=SECONDS, interval=0.2)  # fmt: skip
+        request = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                   "spec": {"expirationSeconds": 600}}  # fmt: skip
+        answer = await kube_admin.post_subresource(
+            "v1", "ServiceAccount", AGENT, "token", request, SYSTEM_NAMESPACE
+        )
+        as_agent = partial(kube_admin.request, token=answer["status"]["token"],
+                           content_type="application/merge-patch+json")  # fmt: skip
+        path = f"/api/v1/namespaces/{SYSTEM_NAMESPACE}/pods/{agent['metadata']['name']}"
+        report = '{"cni": {"installed": true}}'
+        await as_agent("PATCH", f"{path}/status", {
+            "metadata": {"annotations": {install_node.STATUS_ANNOTATION: report}},
+            "spec": {"containers": [{"name": "node-agent", "image": "evil.example/x:1"}]},
+        })  # fmt: skip
+        with pytest.raises(KubeError) as refused:
+            await as_agent("PATCH", path, {"metadata": {"labels": {"a": "b"}}})
+        got = await kube_admin.get("v1", "Pod", agent["metadata"]["name"], SYSTEM_NAMESPACE)
+    assert got["metadata"]["annotations"][install_node.STATUS_ANNOTATION] == report
+    assert got["spec"]["containers"][0]["image"] == agent["spec"]["containers"][0]["image"]
+    assert refused.value.status == 403

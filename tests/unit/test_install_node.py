@@ -197,7 +197,7 @@ def test_the_privileges_are_exactly_the_listed_ones() -> None:
         assert context["readOnlyRootFilesystem"] is True
 
 
-def test_the_agent_may_read_pods_and_namespaces_and_patch_pods_of_its_namespace() -> None:
+def test_the_agent_may_read_pods_and_namespaces_and_patch_pod_status_of_its_namespace() -> None:
     rules = {(d["kind"], d["metadata"].get("namespace")): d["rules"]
              for d in install_node.rbac() if d["kind"] in ("ClusterRole", "Role")}  # fmt: skip
     assert rules == {
@@ -206,7 +206,7 @@ def test_the_agent_may_read_pods_and_namespaces_and_patch_pods_of_its_namespace(
              "verbs": ["get", "list", "watch"]},
         ],
         ("Role", SYSTEM_NAMESPACE): [
-            {"apiGroups": [""], "resources": ["pods"], "verbs": ["patch"]},
+            {"apiGroups": [""], "resources": ["pods/status"], "verbs": ["patch"]},
         ],
     }  # fmt: skip
 
