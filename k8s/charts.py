@@ -8,12 +8,16 @@ Istio's split:
   plane's ClusterRole and ClusterRoleBinding;
 - ``ambit-control``: the rest of :func:`k8s.install.manifests` but the Namespace (``helm
   install -n ambit-system --create-namespace`` makes it): ServiceAccount, Role and
-  RoleBinding, Service and Deployment.
+  RoleBinding, Service and Deployment;
+- ``ambit-node``: :func:`k8s.install_node.manifests`, the node side (ztunnel's and the node
+  agent's DaemonSets, ServiceAccounts, the agent's roles).
 
-A chart's values are :class:`k8s.install.Values`' ``--set`` keys with the same defaults
-(``resources`` nested as Kubernetes writes it). The templates are the objects rendered
-with a marker in place of each value, each marker then replaced by the Helm expression
-that reads it; nothing else is templated, so ``helm template`` gives what ``ambit install``
+A chart's values are its values class's ``--set`` keys (:class:`k8s.install.Values`,
+:class:`k8s.install_node.NodeValues`) with the same defaults, nested at their dots
+(``resources`` as Kubernetes writes it). The templates are the objects rendered with a
+marker in place of each value, each marker then replaced by the Helm expression that
+reads it (a list or an object spelled out by ``toYaml``, a list in a flag joined with
+commas); nothing else is templated, so ``helm template`` gives what ``ambit install``
 prints (the tests compare them).
 """
 
