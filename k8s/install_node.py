@@ -14,7 +14,9 @@ DaemonSets of the one ambit image (docs/node.md):
   namespace, the CNI directories and ``/var/run/netns``: it installs the CNI plugin,
   captures meshed pods and hands them to ztunnel; it reads pods and namespaces with its
   ServiceAccount and writes its status (:data:`STATUS_ANNOTATION`) on its own pod,
-  through the pod's ``status`` subresource (it may patch no pod's spec).
+  through the pod's ``status`` subresource (it may patch no pod's spec), and a
+  ValidatingAdmissionPolicy (:func:`own_pod_policy`) keeps it to its own pod's
+  annotations.
 
 Every privilege of either is declared once, with why (:data:`ZTUNNEL_PRIVILEGES`,
 :data:`AGENT_PRIVILEGES`): docs/node.md lists them and a test checks that the rendered
@@ -427,8 +429,42 @@ def agent_daemonset(values: NodeValues) -> Obj:
     return _daemonset(AGENT, values, pod_spec, {"maxUnavailable": 1})
 
 
+OWN_POD_POLICY: Final = f"{AGENT}-own-pod"
+_AGENT_USER: Final = f"system:serviceaccount:{SYSTEM_NAMESPACE}:{AGENT}"
+_POD_NAME: Final = "authentication.kubernetes.io/pod-name"  # a pod-bound token's user's
+
+
+def own_pod_policy() -> list[Obj]:
+    """What RBAC cannot say: the agent may patch its own pod's status (its token is bound
+    to its pod), and change no label and no status there, only annotations."""
+    labels = "(has({0}.metadata.labels) ? {0}.metadata.labels : {{}})"
+    validations = [
+        {"expression": f"'{_POD_NAME}' in request.userInfo.extra &&"
+                       f" object.metadata.name in request.userInfo.extra['{_POD_NAME}']",
+         "message": "the node agent may write to its own pod only"},
+        {"expression": f"{labels.format('object')} == {labels.format('oldObject')}"
+                       " && object.status == oldObject.status",
+         "message": "the node agent may change its pod's annotations only"},
+    ]  # fmt: skip
+    rules = [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["UPDATE"],
+              "resources": ["pods/status"]}]  # fmt: skip
+    api = "admissionregistration.k8s.io/v1"
+    return [
+        {"apiVersion": api, "kind": "ValidatingAdmissionPolicy",
+         "metadata": object_meta(OWN_POD_POLICY, component=AGENT),
+         "spec": {"failurePolicy": "Fail", "matchConstraints": {"resourceRules": rules},
+                  "matchConditions": [{"name": "node-agent", "expression":
+                                       f"request.userInfo.username == '{_AGENT_USER}'"}],
+                  "validations": validations}},
+        {"apiVersion": api, "kind": "ValidatingAdmissionPolicyBinding",
+         "metadata": object_meta(OWN_POD_POLICY, component=AGENT),
+         "spec": {"policyName": OWN_POD_POLICY, "validationActions": ["Deny"]}},
+    ]  # fmt: skip
+
+
 def manifests(values: NodeValues | None = None) -> list[Obj]:
     """Everything ``ambit install --node`` prints, in the order it is applied (into the
     Namespace ``ambit install`` makes)."""
     values = values or NodeValues()
-    return [*service_accounts(), *rbac(), ztunnel_daemonset(values), agent_daemonset(values)]
+    return [*service_accounts(), *rbac(), *own_pod_policy(), ztunnel_daemonset(values),
+            agent_daemonset(values)]  # fmt: skip

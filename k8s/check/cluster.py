@@ -30,6 +30,8 @@ CLUSTER_CREATES: Final = (
     ("apiextensions.k8s.io", "customresourcedefinitions"),
     ("rbac.authorization.k8s.io", "clusterroles"),
     ("rbac.authorization.k8s.io", "clusterrolebindings"),
+    ("admissionregistration.k8s.io", "validatingadmissionpolicies"),  # --node
+    ("admissionregistration.k8s.io", "validatingadmissionpolicybindings"),
 )
 NAMESPACED_CREATES: Final = (
     ("", "serviceaccounts"),

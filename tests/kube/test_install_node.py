@@ -4,8 +4,9 @@ DaemonSet controller makes one pod of each DaemonSet for a Linux node, admitted 
 privileges the DaemonSets ask for (no kubelet runs them); and RBAC lets the node agent's
 ServiceAccount read pods and namespaces and patch the status of pods of ambit's
 namespace only, and ztunnel's do nothing at all (asked with SubjectAccessReviews); with a
-token of the agent's ServiceAccount, its status annotation is written through its pod's
-``/status``, and no pod's spec can be changed."""
+token of the agent's ServiceAccount bound to its pod, its status annotation is written
+through its pod's ``/status``, and nothing else: no spec, no other pod (the
+ValidatingAdmissionPolicy), no label or status."""
 
 from __future__ import annotations
 
@@ -135,28 +136,69 @@ async def test_rbac_grants_the_agent_what_it_needs_and_nothing_more(
     assert granted == []
 
 
-async def test_the_agents_token_writes_its_annotation_through_status_only(
+async def bound_token(admin: KubeAdmin, pod: Obj) -> str:
+    """A token of the agent's ServiceAccount bound to ``pod``, as the kubelet mounts it."""
+    meta = pod["metadata"]
+    request = {
+        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+        "spec": {"expirationSeconds": 600, "boundObjectRef": {
+            "kind": "Pod", "apiVersion": "v1", "name": meta["name"], "uid": meta["uid"]}},
+    }  # fmt: skip
+    answer = await admin.post_subresource(
+        "v1", "ServiceAccount", AGENT, "token", request, SYSTEM_NAMESPACE
+    )
+    return str(answer["status"]["token"])
+
+
+async def test_the_agent_writes_its_own_pods_annotation_through_status_only(
     kube_admin: KubeAdmin, node_installed: list[Obj], linux_node: str
 ) -> None:
+    """Through ``/status`` (a spec there is ignored; the pod itself is refused by RBAC), to
+    its own pod only and its annotations only (the ValidatingAdmissionPolicy)."""
     with trio.fail_after(SECONDS + 10):
-        agent = await wait_for(partial(daemon_pod, kube_admin, AGENT, linux_node),
-                               seconds=SECONDS, interval=0.2)  # fmt: skip
-        request = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-                   "spec": {"expirationSeconds": 600}}  # fmt: skip
-        answer = await kube_admin.post_subresource(
-            "v1", "ServiceAccount", AGENT, "token", request, SYSTEM_NAMESPACE
-        )
-        as_agent = partial(kube_admin.request, token=answer["status"]["token"],
+        agent, ztunnel = [
+            await wait_for(partial(daemon_pod, kube_admin, app, linux_node),
+                           seconds=SECONDS, interval=0.2)
+            for app in (AGENT, ZTUNNEL)
+        ]  # fmt: skip
+        as_agent = partial(kube_admin.request, token=await bound_token(kube_admin, agent),
                            content_type="application/merge-patch+json")  # fmt: skip
-        path = f"/api/v1/namespaces/{SYSTEM_NAMESPACE}/pods/{agent['metadata']['name']}"
+        pods = f"/api/v1/namespaces/{SYSTEM_NAMESPACE}/pods"
+        path = f"{pods}/{agent['metadata']['name']}"
+        other = f"{pods}/{ztunnel['metadata']['name']}/status"
+
+        async def enforced() -> bool:
+            """The API server enforces a new policy once its informers have it."""
+            try:
+                await as_agent("PATCH", other, {"metadata": {"annotations": {"a": "b"}}})
+            except KubeError:
+                return True
+            return False
+
+        await wait_for(enforced, seconds=30, interval=0.5)
         report = '{"cni": {"installed": true}}'
         await as_agent("PATCH", f"{path}/status", {
             "metadata": {"annotations": {install_node.STATUS_ANNOTATION: report}},
             "spec": {"containers": [{"name": "node-agent", "image": "evil.example/x:1"}]},
         })  # fmt: skip
-        with pytest.raises(KubeError) as refused:
-            await as_agent("PATCH", path, {"metadata": {"labels": {"a": "b"}}})
+        refusals = []
+        for where, patch in (
+            (path, {"metadata": {"annotations": {"a": "b"}}}),  # the pod: RBAC
+            (
+                f"{pods}/{ztunnel['metadata']['name']}/status",  # another pod: the policy
+                {"metadata": {"annotations": {"a": "b"}}},
+            ),
+            (f"{path}/status", {"metadata": {"labels": {"app": "other"}}}),  # its labels
+            (f"{path}/status", {"status": {"phase": "Failed"}}),  # its status
+        ):
+            try:
+                await as_agent("PATCH", where, patch)
+                refusals.append(200)
+            except KubeError as error:
+                refusals.append(error.status)
         got = await kube_admin.get("v1", "Pod", agent["metadata"]["name"], SYSTEM_NAMESPACE)
     assert got["metadata"]["annotations"][install_node.STATUS_ANNOTATION] == report
     assert got["spec"]["containers"][0]["image"] == agent["spec"]["containers"][0]["image"]
-    assert refused.value.status == 403
+    assert got["metadata"]["labels"]["app"] == AGENT
+    assert refusals[0] == 403, refusals
+    assert all(status in (403, 422) for status in refusals[1:]), refusals

@@ -272,6 +272,8 @@ async def assert_nothing_left(shell: Shell) -> None:
         ("clusterrolebinding", "ambit-controlplane"),
         ("clusterrole", "ambit-node-agent"),
         ("clusterrolebinding", "ambit-node-agent"),
+        ("validatingadmissionpolicy", "ambit-node-agent-own-pod"),
+        ("validatingadmissionpolicybinding", "ambit-node-agent-own-pod"),
         ("gatewayclass", CLASS),
     ):
         got = await shell.run(f"kubectl get {kind} {name}")  # fmt: skip

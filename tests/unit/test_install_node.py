@@ -85,6 +85,8 @@ def test_the_cli_prints_the_node_side(capsys: pytest.CaptureFixture[str]) -> Non
         ("ClusterRoleBinding", AGENT),
         ("Role", AGENT),
         ("RoleBinding", AGENT),
+        ("ValidatingAdmissionPolicy", "ambit-node-agent-own-pod"),
+        ("ValidatingAdmissionPolicyBinding", "ambit-node-agent-own-pod"),
         ("DaemonSet", ZTUNNEL),
         ("DaemonSet", AGENT),
     ]
