@@ -323,6 +323,14 @@ def _daemon_pods(pods: list[Json], report: bool) -> dict[str, list[DaemonPod]]:
     return out
 
 
+class _Answered(Exception):
+    """An error answer that ends the reading: every node check reports it."""
+
+    def __init__(self, outcome: Outcome) -> None:
+        super().__init__(outcome.message)
+        self.outcome = outcome
+
+
 async def _daemonset(context: Context, name: str) -> Json | None:
     path = f"/apis/apps/v1/namespaces/{context.namespace}/daemonsets/{name}"
     status, body = await context.get(path)
@@ -333,10 +341,21 @@ async def _daemonset(context: Context, name: str) -> Json | None:
     return body
 
 
-class _Answered(Exception):
-    def __init__(self, outcome: Outcome) -> None:
-        super().__init__(outcome.message)
-        self.outcome = outcome
+async def _expected(context: Context, excluded: frozenset[str]) -> dict[str, list[str]]:
+    """By node, ``namespace/name`` of each pod that should be enrolled there."""
+    namespaces = {
+        str(n["metadata"]["name"]): _labels(n)
+        for n in await context.list_items("/api/v1/namespaces")
+    }
+    waypoints = await _waypoints(context)
+    expected: dict[str, list[str]] = {}
+    running = await context.list_items("/api/v1/pods", {"fieldSelector": "status.phase=Running"})
+    for pod in running:
+        if should_be_enrolled(pod, namespaces, excluded, waypoints):
+            meta = pod["metadata"]
+            node = str(pod["spec"].get("nodeName") or "")
+            expected.setdefault(node, []).append(f"{meta['namespace']}/{meta['name']}")
+    return expected
 
 
 async def node_side(context: Context) -> NodeSide:
@@ -350,22 +369,7 @@ async def node_side(context: Context) -> NodeSide:
     side = NodeSide(ns, present)
     if present:
         template = next(d for d in daemonsets.values() if d is not None)["spec"]["template"]
-        excluded = excluded_namespaces(daemonsets[AGENT], ns)
-        namespaces = {
-            str(n["metadata"]["name"]): _labels(n)
-            for n in await context.list_items("/api/v1/namespaces")
-        }
-        waypoints = await _waypoints(context)
-        expected: dict[str, list[str]] = {}
-        running = await context.list_items(
-            "/api/v1/pods", {"fieldSelector": "status.phase=Running"}
-        )
-        for pod in running:
-            if should_be_enrolled(pod, namespaces, excluded, waypoints):
-                node = str(pod["spec"].get("nodeName") or "")
-                expected.setdefault(node, []).append(
-                    f"{pod['metadata']['namespace']}/{pod['metadata']['name']}"
-                )
+        expected = await _expected(context, excluded_namespaces(daemonsets[AGENT], ns))
         pods_path = f"/api/v1/namespaces/{ns}/pods"
         agents = _daemon_pods(
             await context.list_items(pods_path, {"labelSelector": f"app={AGENT}"}), True
