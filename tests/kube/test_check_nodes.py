@@ -2,10 +2,11 @@
 ``ambit install --node``. The harness plays kubelet and node agent: three Linux nodes,
 the pods the DaemonSet controller makes for them bound and made Running and Ready, each
 agent's ``ambit.io/node-status`` written on its pod, and pods of a meshed namespace on
-the nodes. The report names the pod an agent has not enrolled (with the agent's
-reason), the node whose plugin is not in its CNI chain, and the node without an agent
-(the agent DaemonSet kept off it by its nodeSelector); once all is put right, every node
-check passes."""
+the nodes (some the agent must leave alone: opted out, host network, a waypoint's). The
+report names the pod an agent has not enrolled (with the agent's reason), the node
+whose plugin is not in its CNI chain, and the node without an agent (the agent
+DaemonSet kept off it by its nodeSelector); once all is put right, every node check
+passes."""
 
 from __future__ import annotations
 
@@ -69,8 +70,12 @@ class Harness:
         patch = {"metadata": {"annotations": {STATUS_ANNOTATION: text}}}
         await self.admin.patch("v1", "Pod", agent, patch, SYSTEM_NAMESPACE, subresource="status")
 
-    async def app_pod(self, name: str, node: str, labels: dict[str, str] | None = None) -> str:
-        await self.admin.create(pod(self.ns, name, node=node, labels=labels))
+    async def app_pod(
+        self, name: str, node: str, labels: dict[str, str] | None = None, *, host: bool = False
+    ) -> str:
+        made = pod(self.ns, name, node=node, labels=labels)
+        made["spec"]["hostNetwork"] = host
+        await self.admin.create(made)
         await set_pod_running(self.admin, self.ns, name, f"10.244.8.{next(self.ips)}")
         return f"{self.ns}/{name}"
 
@@ -102,8 +107,9 @@ async def check(cluster: Cluster) -> dict[str, Result]:
 
 
 async def test_the_report_names_each_node_and_pod_then_passes_once_put_right(
-    kube_cluster: Cluster, kube_admin: KubeAdmin, kube_ns: str, nodes: list[str]
-) -> None:
+    kube_cluster: Cluster, kube_admin: KubeAdmin, kube_ns: str, nodes: list[str],
+    gateway_crds: list[str],
+) -> None:  # fmt: skip
     a, b, c = nodes
     harness = Harness(kube_admin, kube_ns)
     with trio.fail_after(SECONDS * 2):
@@ -114,7 +120,17 @@ async def test_the_report_names_each_node_and_pod_then_passes_once_put_right(
             await harness.run_daemon_pod(ZTUNNEL, node)
         enrolled = await harness.app_pod("enrolled", a)
         missing = await harness.app_pod("missing", a)
+        # Not to be enrolled: opted out, on the host's network, a waypoint's own pod.
         await harness.app_pod("opted-out", a, {"ambit.io/dataplane-mode": "none"})
+        await harness.app_pod("host", a, host=True)
+        await kube_admin.create({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": {"name": "waypoint", "namespace": kube_ns},
+            "spec": {"gatewayClassName": "ambit-waypoint",
+                     "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]},
+        })  # fmt: skip
+        await harness.app_pod("waypoint-0", a, {"gateway.networking.k8s.io/gateway-name":
+                                                "waypoint"})  # fmt: skip
         on_b = await harness.app_pod("on-b", b)
         on_c = await harness.app_pod("on-c", c)
         await harness.report(agents[a], status(enrolled=(enrolled,),
