@@ -53,7 +53,8 @@ helm:
 cni:
 	tests/cni/build.sh
 
-# charts/ is generated from k8s/crds.py and k8s/install.py: run after changing either.
+# charts/ is generated from k8s/crds.py, k8s/install.py and k8s/install_node.py: run after
+# changing one.
 charts: $(STAMP)
 	$(BIN)/python -m k8s.charts
 

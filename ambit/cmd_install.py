@@ -4,6 +4,8 @@ only, like ``linkerd install``; nothing is sent to any cluster).
 - ``ambit install --crds | kubectl apply --server-side -f -``: the CRDs of ambit's own
   kinds (:mod:`k8s.crds`);
 - ``ambit install | kubectl apply -f -``: the control plane (:mod:`k8s.install`);
+- ``ambit install --node | kubectl apply -f -``: the node side, ztunnel and the node
+  agent (:mod:`k8s.install_node`), in the control plane's namespace;
 - ``ambit install --gateway-api``: how to install Gateway API's CRDs, which ambit does
   not ship.
 """
@@ -23,7 +25,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description=(
             "Print manifests as YAML, render only: 'ambit install --crds | kubectl apply"
             " --server-side -f -' installs ambit's CRDs, then 'ambit install | kubectl"
-            " apply -f -' the control plane in ambit-system. Gateway API's CRDs are not"
+            " apply -f -' the control plane in ambit-system, then 'ambit install --node |"
+            " kubectl apply -f -' the node side (ztunnel, the node agent and the CNI plugin"
+            " it installs). Gateway API's CRDs are not"
             " ambit's to ship: 'ambit install --gateway-api' says how to install them."
         ),
     )
@@ -32,6 +36,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     what.add_argument(
         "--gateway-api", action="store_true", help="how to install Gateway API's CRDs"
     )
+    what.add_argument(
+        "--node", action="store_true",
+        help="the node side: the ztunnel and node agent DaemonSets (their own --set keys:"
+        " trustDomain, image, imagePullPolicy, logLevel, controlPlane, cni.binDir,"
+        " cni.confDir, excludeNamespaces, ztunnel.resources.*, nodeAgent.resources.*,"
+        " tolerations, nodeSelector; lists and objects as JSON)",
+    )  # fmt: skip
     parser.add_argument(
         "--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
         help="a value (repeatable): trustDomain, image, imagePullPolicy, replicas,"
@@ -62,9 +73,14 @@ def run(args: argparse.Namespace) -> int:
                   ("replicas", args.replicas))  # fmt: skip
     settings = [*args.settings, *(f"{k}={v}" for k, v in shorthands if v is not None)]
     try:
-        values = install.values_from(settings)
+        if args.node:
+            from k8s import install_node
+
+            documents = install_node.manifests(install_node.values_from(settings))
+        else:
+            documents = install.manifests(install.values_from(settings))
     except install.ValuesError as error:
         print(f"ambit install: {error}", file=sys.stderr)
         return 2
-    sys.stdout.write(install.to_yaml(install.manifests(values)))
+    sys.stdout.write(install.to_yaml(documents))
     return 0

@@ -8,68 +8,96 @@ Istio's split:
   plane's ClusterRole and ClusterRoleBinding;
 - ``ambit-control``: the rest of :func:`k8s.install.manifests` but the Namespace (``helm
   install -n ambit-system --create-namespace`` makes it): ServiceAccount, Role and
-  RoleBinding, Service and Deployment.
+  RoleBinding, Service and Deployment;
+- ``ambit-node``: :func:`k8s.install_node.manifests`, the node side (ztunnel's and the node
+  agent's DaemonSets, ServiceAccounts, the agent's roles).
 
-A chart's values are :class:`k8s.install.Values`' ``--set`` keys with the same defaults
-(``resources`` nested as Kubernetes writes it). The templates are the objects rendered
-with a marker in place of each value, each marker then replaced by the Helm expression
-that reads it; nothing else is templated, so ``helm template`` gives what ``ambit install``
+A chart's values are its values class's ``--set`` keys (:class:`k8s.install.Values`,
+:class:`k8s.install_node.NodeValues`) with the same defaults, nested at their dots
+(``resources`` as Kubernetes writes it). The templates are the objects rendered with a
+marker in place of each value, each marker then replaced by the Helm expression that
+reads it (a list or an object spelled out by ``toYaml``, a list in a flag joined with
+commas); nothing else is templated, so ``helm template`` gives what ``ambit install``
 prints (the tests compare them).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import yaml
 
-from k8s import crds, install
+from k8s import crds, install, install_node
 
 ROOT: Final = Path(__file__).resolve().parents[1] / "charts"
 _MARK: Final = re.compile(r"__value:([A-Za-z.]+)__")
-_RESOURCES: Final = "__block:resources__"
+_BLOCK: Final = re.compile(r"^( *)([A-Za-z]+): __block:([A-Za-z.]+)__$", re.MULTILINE)
+_ITEM: Final = re.compile(r"^( *)- __block:([A-Za-z.]+)__$", re.MULTILINE)
+_INSIDE: Final = re.compile(
+    r"^( *(?:- |[A-Za-z]+: ))([^\s\"'_]*)__value:([A-Za-z.]+)__([^\s\"']*)$", re.MULTILINE
+)
+V = TypeVar("V")
 
 
-def _templated_values() -> install.Values:
-    """Values whose every field is its marker (unchecked: markers are not values)."""
-    values = object.__new__(install.Values)
-    for key, field in install.KEYS.items():
-        object.__setattr__(values, field.name, f"__value:{key}__")
+Keys = Mapping[str, "dataclasses.Field[Any]"]
+
+
+def _templated_values(cls: type[V]) -> V:
+    """Values whose every field is its marker (unchecked: markers are not values): a JSON
+    field's (a list, an object) is a block, spelled out by ``toYaml``."""
+    values = object.__new__(cls)
+    for key, field in install.keys_of(cls).items():
+        kind = "block" if field.metadata["json"] in ("array", "object") else "value"
+        object.__setattr__(values, field.name, f"__{kind}:{key}__")
     return values
 
 
-def _helm(match: re.Match[str]) -> str:
-    key = match.group(1)
-    field = install.KEYS[key]
-    if field.type in (int, "int"):
-        return f"{{{{ .Values.{key} }}}}"
-    return f"{{{{ .Values.{key} | quote }}}}"
+def _helm(keys: Keys) -> Callable[[re.Match[str]], str]:
+    def expression(match: re.Match[str]) -> str:
+        key = match.group(1)
+        if keys[key].type in (int, "int"):
+            return f"{{{{ .Values.{key} }}}}"
+        return f"{{{{ .Values.{key} | quote }}}}"
+
+    return expression
 
 
-def _template(documents: Sequence[Mapping[str, Any]]) -> str:
+def _template(documents: Sequence[Mapping[str, Any]], keys: Keys = install.KEYS) -> str:
     text = install.to_yaml(documents)
-    text = re.sub(
-        rf"^( *)resources: {_RESOURCES}$",
+    text = _BLOCK.sub(
         lambda m: (
-            f"{m.group(1)}resources: {{{{- toYaml .Values.resources"
+            f"{m.group(1)}{m.group(2)}: {{{{- toYaml .Values.{m.group(3)}"
             f" | nindent {len(m.group(1)) + 2} }}}}"
         ),
         text,
-        flags=re.MULTILINE,
     )
-    return _MARK.sub(_helm, text)
+    # A list as one flag's value (excludeNamespaces): joined with commas.
+    text = _ITEM.sub(
+        lambda m: f'{m.group(1)}- {{{{ join "," .Values.{m.group(2)} | quote }}}}', text
+    )
+    # A value inside a longer scalar (HOST:15010): printed with its neighbours, quoted.
+    text = _INSIDE.sub(_inside, text)
+    return _MARK.sub(_helm(keys), text)
 
 
-def values_yaml() -> str:
-    """``ambit-control``'s values.yaml: every key's default, nested at its dots."""
-    defaults = install.Values()
+def _inside(match: re.Match[str]) -> str:
+    indent, before, key, after = match.groups()
+    if not before and not after:
+        return match.group(0)  # the whole scalar: _MARK's
+    return f'{indent}{{{{ print "{before}" .Values.{key} "{after}" | quote }}}}'
+
+
+def values_yaml(cls: type = install.Values) -> str:
+    """A chart's values.yaml: every key's default, nested at its dots."""
+    defaults = cls()
     out: dict[str, Any] = {}
-    for key, field in install.KEYS.items():
+    for key, field in install.keys_of(cls).items():
         value = getattr(defaults, field.name)
         if value == "":
             continue  # unset (no CPU limit): left out, as ambit install leaves it out
@@ -78,30 +106,30 @@ def values_yaml() -> str:
         for parent in parents:
             node = node.setdefault(parent, {})
         node[last] = value
-    header = "# Generated by `python -m k8s.charts` from k8s/install.py: edit there.\n"
+    source = cls.__module__.replace(".", "/")
+    header = f"# Generated by `python -m k8s.charts` from {source}.py: edit there.\n"
     return header + yaml.safe_dump(out, sort_keys=False)
 
 
-def values_schema() -> str:
-    """``ambit-control``'s values.schema.json: the checks :class:`k8s.install.Values` makes,
-    so Helm refuses what ``ambit install`` refuses (an unknown key too)."""
+def values_schema(cls: type = install.Values) -> str:
+    """A chart's values.schema.json: the checks of its values' class
+    (:class:`k8s.install.Values`...), so Helm refuses what ``ambit install`` refuses (an
+    unknown key too)."""
     root: dict[str, Any] = {"$schema": "https://json-schema.org/draft-07/schema#"}
-    for key, field in install.KEYS.items():
+    objects: list[dict[str, Any]] = [root]
+    for key, field in install.keys_of(cls).items():
         *parents, last = key.split(".")
         node = root
         for parent in parents:
             node = node.setdefault("properties", {}).setdefault(parent, {})
+            if node not in objects:
+                objects.append(node)
         kind = field.metadata["json"] or ("integer" if field.type in (int, "int") else "string")
-        node.setdefault("properties", {})[last] = {"type": kind, **field.metadata["check"]}
-    for node in _objects(root):
+        check = {k: v for k, v in field.metadata["check"].items() if k != "python"}
+        node.setdefault("properties", {})[last] = {"type": kind, **check}
+    for node in objects:
         node.update(type="object", additionalProperties=False)
     return json.dumps(root, indent=2) + "\n"
-
-
-def _objects(node: dict[str, Any]) -> list[dict[str, Any]]:
-    if "properties" not in node:
-        return []
-    return [node, *(o for child in node["properties"].values() for o in _objects(child))]
 
 
 def _chart_yaml(name: str, description: str) -> str:
@@ -120,8 +148,8 @@ def _chart_yaml(name: str, description: str) -> str:
 def files() -> dict[str, str]:
     """Every file of both charts, by path under ``charts/``."""
     base_rbac = [d for d in install.rbac() if d["kind"].startswith("ClusterRole")]
-    deployment = install.controlplane_deployment(_templated_values())
-    deployment["spec"]["template"]["spec"]["containers"][0]["resources"] = _RESOURCES
+    deployment = install.controlplane_deployment(_templated_values(install.Values))
+    deployment["spec"]["template"]["spec"]["containers"][0]["resources"] = "__block:resources__"
     control = [
         install.service_account(),
         *(d for d in install.rbac() if not d["kind"].startswith("ClusterRole")),
@@ -142,6 +170,27 @@ def files() -> dict[str, str]:
         "ambit-control/values.yaml": values_yaml(),
         "ambit-control/values.schema.json": values_schema(),
         "ambit-control/templates/controlplane.yaml": header + _template(control),
+        **node_files(),
+    }
+
+
+def node_files() -> dict[str, str]:
+    """``ambit-node``: what ``ambit install --node`` prints."""
+    values = _templated_values(install_node.NodeValues)
+    docs = install_node.manifests(values)
+    for doc in docs:
+        if doc["kind"] == "DaemonSet":
+            component = "nodeAgent" if doc["metadata"]["name"] == install_node.AGENT else "ztunnel"
+            container = doc["spec"]["template"]["spec"]["containers"][0]
+            container["resources"] = f"__block:{component}.resources__"
+    header = "# Generated by `python -m k8s.charts` from k8s/install_node.py.\n"
+    return {
+        "ambit-node/Chart.yaml": _chart_yaml(
+            "ambit-node", "ambit's node side: the ztunnel and node agent DaemonSets"
+        ),
+        "ambit-node/values.yaml": values_yaml(install_node.NodeValues),
+        "ambit-node/values.schema.json": values_schema(install_node.NodeValues),
+        "ambit-node/templates/node.yaml": header + _template(docs, install_node.KEYS),
     }
 
 

@@ -17,17 +17,18 @@ ClusterRole and the Role are rendered from that list, and the tests ask the API 
 
 :class:`Values` holds what an operator sets (trust domain, image, resources, replicas),
 from ``--set key=value`` (:func:`values_from`), with the keys the Helm charts' values
-will have. The node side (the ztunnel DaemonSet, the node agent) is not rendered: it
-does not exist yet.
+will have. The node side (the ztunnel DaemonSet, the node agent) is
+:mod:`k8s.install_node`'s, rendered by ``ambit install --node``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import yaml
 
@@ -74,7 +75,7 @@ class ValuesError(ValueError):
 VERSION: Final = "0.1.0"  # pyproject.toml's (a test checks): the image tag and the charts'
 
 
-def _value(
+def value_field(
     default: object, key: str, check: Mapping[str, Any], hint: str, *, json: object = None
 ) -> Any:
     """A field of :class:`Values`: its ``--set`` key, its check as JSON Schema (``pattern``,
@@ -93,68 +94,109 @@ _NUMBER_TOO: Final = ["string", "number"]  # a chart's values may say `cpu: 2`
 class Values:
     """What an operator sets, each field with its ``--set`` key and its check."""
 
-    trust_domain: str = _value(
+    trust_domain: str = value_field(
         DEFAULT_TRUST_DOMAIN, "trustDomain",
         {"pattern": r"^[a-z0-9]([a-z0-9._-]{0,253}[a-z0-9])?$"},
         "lower-case letters, digits, '.', '-' and '_', as a SPIFFE trust domain",
     )  # fmt: skip
-    image: str = _value(f"ambit:{VERSION}", "image", {"pattern": r"^\S+$", "maxLength": 4096},
+    image: str = value_field(f"ambit:{VERSION}", "image", {"pattern": r"^\S+$", "maxLength": 4096},
                         "must be an image reference")  # fmt: skip
-    image_pull_policy: str = _value(
+    image_pull_policy: str = value_field(
         "IfNotPresent", "imagePullPolicy", {"enum": ["Always", "IfNotPresent", "Never"]},
         "Always, IfNotPresent or Never",
     )  # fmt: skip
-    replicas: int = _value(1, "replicas", {"minimum": 0, "maximum": 100}, "0 to 100")
-    cpu_request: str = _value(
+    replicas: int = value_field(1, "replicas", {"minimum": 0, "maximum": 100}, "0 to 100")
+    cpu_request: str = value_field(
         "100m", "resources.requests.cpu", _QUANTITY, _QUANTITY_HINT, json=_NUMBER_TOO
     )
-    memory_request: str = _value(
+    memory_request: str = value_field(
         "256Mi", "resources.requests.memory", _QUANTITY, _QUANTITY_HINT, json=_NUMBER_TOO
     )
-    cpu_limit: str = _value("", "resources.limits.cpu", _QUANTITY, _QUANTITY_HINT, json=_NUMBER_TOO)
-    memory_limit: str = _value(
+    cpu_limit: str = value_field(
+        "", "resources.limits.cpu", _QUANTITY, _QUANTITY_HINT, json=_NUMBER_TOO
+    )
+    memory_limit: str = value_field(
         "1Gi", "resources.limits.memory", _QUANTITY, _QUANTITY_HINT, json=_NUMBER_TOO
     )
-    log_level: str = _value(
+    log_level: str = value_field(
         "info", "logLevel", {"enum": ["debug", "info", "warning", "error"]},
         "debug, info, warning or error",
     )  # fmt: skip
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            value, check = getattr(self, f.name), f.metadata["check"]
-            ok = (
-                ("pattern" not in check or re.fullmatch(check["pattern"], value) is not None)
-                and ("enum" not in check or value in check["enum"])
-                and check.get("minimum", value) <= value <= check.get("maximum", value)
-                and len(str(value)) <= check.get("maxLength", len(str(value)))
-            )
-            if not ok:
-                raise ValuesError(f"{f.metadata['key']} {value!r}: {f.metadata['hint']}")
+        check_fields(self)
 
 
-KEYS: Final = {f.metadata["key"]: f for f in dataclasses.fields(Values)}
+def check_fields(values: object) -> None:
+    """:class:`ValuesError` for the first field of ``values`` (a dataclass of
+    :func:`_value` fields) that fails its check. A field whose value is JSON (a list, a
+    mapping: ``json`` ``array`` or ``object``) is checked by its ``check``'s ``python``
+    function instead, which returns what is wrong or an empty string."""
+    for f in dataclasses.fields(values):  # type: ignore[arg-type]
+        value, check = getattr(values, f.name), f.metadata["check"]
+        if "python" in check:
+            wrong = check["python"](value)
+            if wrong:
+                raise ValuesError(f"{f.metadata['key']} {json.dumps(value)}: {wrong}")
+            continue
+        ok = (
+            ("pattern" not in check or re.fullmatch(check["pattern"], value) is not None)
+            and ("enum" not in check or value in check["enum"])
+            and check.get("minimum", value) <= value <= check.get("maximum", value)
+            and len(str(value)) <= check.get("maxLength", len(str(value)))
+        )
+        if not ok:
+            raise ValuesError(f"{f.metadata['key']} {value!r}: {f.metadata['hint']}")
+
+
+def keys_of(cls: type) -> dict[str, dataclasses.Field[Any]]:
+    """Each ``--set`` key of a values dataclass, and its field."""
+    return {f.metadata["key"]: f for f in dataclasses.fields(cls)}
+
+
+KEYS: Final = keys_of(Values)
+V = TypeVar("V")
 
 
 def values_from(settings: Iterable[str], base: Values | None = None) -> Values:
     """``key=value`` settings (``--set``) over ``base``; :class:`ValuesError` for an
     unknown key or a value that cannot be used."""
+    return set_values(settings, base or Values())
+
+
+def set_values(settings: Iterable[str], base: V) -> V:
+    """``key=value`` settings over ``base``, a values dataclass: an integer field's text
+    read as one, a JSON field's (``json`` ``array`` or ``object``) as JSON; an object is
+    merged into the one before, as Helm merges it (``null`` removes a key), a list
+    replaces it."""
+    keys = keys_of(type(base))
     changes: dict[str, object] = {}
     for setting in settings:
         key, sep, text = setting.partition("=")
         if not sep:
             raise ValuesError(f"{setting!r}: write KEY=VALUE")
-        if key not in KEYS:
-            raise ValuesError(f"unknown key {key!r}; known: {', '.join(KEYS)}")
-        field = KEYS[key]
+        if key not in keys:
+            raise ValuesError(f"unknown key {key!r}; known: {', '.join(keys)}")
+        field = keys[key]
         if field.type in (int, "int"):
             try:
                 changes[field.name] = int(text)
             except ValueError:
                 raise ValuesError(f"{key} {text!r} is not an integer") from None
+        elif field.metadata["json"] in ("array", "object"):
+            try:
+                value = json.loads(text)
+            except ValueError:
+                raise ValuesError(f"{key} {text!r} is not JSON") from None
+            if field.metadata["json"] == "object" and isinstance(value, dict):
+                # As Helm merges an object into the default: null removes a key.
+                before: dict[str, Any] = changes.get(field.name, getattr(base, field.name))  # type: ignore[assignment]
+                merged = {**before, **value}
+                value = {k: v for k, v in merged.items() if v is not None}
+            changes[field.name] = value
         else:
             changes[field.name] = text
-    return dataclasses.replace(base or Values(), **changes)  # type: ignore[arg-type]
+    return dataclasses.replace(base, **changes)  # type: ignore[type-var]
 
 
 @dataclass(frozen=True)
@@ -225,18 +267,18 @@ def permissions() -> tuple[Permission, ...]:
     )  # fmt: skip
 
 
-def _labels(component: str | None = None) -> dict[str, str]:
+def object_labels(component: str | None = None) -> dict[str, str]:
     labels = {"app.kubernetes.io/part-of": "ambit", "app.kubernetes.io/version": VERSION}
     if component:
         labels = {"app": component, "app.kubernetes.io/name": component, **labels}
     return labels
 
 
-def _meta(name: str, namespace: str | None = None, component: str | None = NAME) -> Obj:
+def object_meta(name: str, namespace: str | None = None, component: str | None = NAME) -> Obj:
     meta: Obj = {"name": name}
     if namespace is not None:
         meta["namespace"] = namespace
-    meta["labels"] = _labels(component)
+    meta["labels"] = object_labels(component)
     return meta
 
 
@@ -248,11 +290,11 @@ def rbac() -> list[Obj]:
         rules = [p.rule() for p in permissions() if p.namespaced == (namespace is not None)]
         role_kind = f"{kind}Role"
         out.append({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": role_kind,
-                    "metadata": _meta(NAME, namespace), "rules": rules})  # fmt: skip
+                    "metadata": object_meta(NAME, namespace), "rules": rules})  # fmt: skip
         out.append({
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": f"{role_kind}Binding",
-            "metadata": _meta(NAME, namespace),
+            "metadata": object_meta(NAME, namespace),
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": role_kind, "name": NAME},
             "subjects": [subject],
         })  # fmt: skip
@@ -267,8 +309,17 @@ PORTS: Final = (
 
 
 def _resources(values: Values) -> Obj:
-    requests = {"cpu": values.cpu_request, "memory": values.memory_request}
-    limits = {"cpu": values.cpu_limit, "memory": values.memory_limit}
+    return resources_block(
+        values.cpu_request, values.memory_request, values.cpu_limit, values.memory_limit
+    )
+
+
+def resources_block(
+    cpu_request: str, memory_request: str, cpu_limit: str, memory_limit: str
+) -> Obj:
+    """A container's ``resources``; an empty value is left out (unset)."""
+    requests = {"cpu": cpu_request, "memory": memory_request}
+    limits = {"cpu": cpu_limit, "memory": memory_limit}
     out = {"requests": {k: v for k, v in requests.items() if v}}
     if any(limits.values()):
         out["limits"] = {k: v for k, v in limits.items() if v}
@@ -303,11 +354,11 @@ def controlplane_deployment(values: Values) -> Obj:
         },
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
-    pod_labels = {**_labels(NAME), LABEL_DATAPLANE_MODE: "none"}  # never captured itself
+    pod_labels = {**object_labels(NAME), LABEL_DATAPLANE_MODE: "none"}  # never captured itself
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _meta(NAME, SYSTEM_NAMESPACE),
+        "metadata": object_meta(NAME, SYSTEM_NAMESPACE),
         "spec": {
             "replicas": values.replicas,
             "selector": {"matchLabels": {"app": NAME}},
@@ -332,7 +383,7 @@ def controlplane_service() -> Obj:
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _meta(NAME, SYSTEM_NAMESPACE),
+        "metadata": object_meta(NAME, SYSTEM_NAMESPACE),
         "spec": {
             "selector": {"app": NAME},
             "ports": [{"name": n, "port": p, "targetPort": p, "protocol": "TCP"}
@@ -342,12 +393,13 @@ def controlplane_service() -> Obj:
 
 
 def namespace() -> Obj:
-    meta = _meta(SYSTEM_NAMESPACE, component=None)
+    meta = object_meta(SYSTEM_NAMESPACE, component=None)
     return {"apiVersion": "v1", "kind": "Namespace", "metadata": meta}
 
 
 def service_account() -> Obj:
-    return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(NAME, SYSTEM_NAMESPACE)}
+    meta = object_meta(NAME, SYSTEM_NAMESPACE)
+    return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta}
 
 
 def manifests(values: Values | None = None) -> list[Obj]:

@@ -385,7 +385,10 @@ class NodeAgent:
     # ---- status on the agent's own pod --------------------------------------------------
 
     async def _write_status_forever(self) -> None:
-        path = f"/api/v1/namespaces/{self.config.pod_namespace}/pods/{self.config.pod_name}"
+        # Through /status: the agent may patch only that (its RBAC, and an admission
+        # policy that keeps it to its own pod's annotations: docs/node.md, "Privileges").
+        ns, pod = self.config.pod_namespace, self.config.pod_name
+        path = f"/api/v1/namespaces/{ns}/pods/{pod}/status"
         last = ""
         while True:
             await self._status_dirty.wait()

@@ -18,6 +18,7 @@ import json
 import os
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -207,9 +208,17 @@ class InstallConfig:
     bin_dir: Path = Path("/opt/cni/bin")
     state_dir: Path = Path("/var/run/ambit/node-agent")
     settings: PluginSettings = field(default_factory=PluginSettings)
-    kubeconfig: PluginKubeconfig | None = None  # written to settings.kubeconfig when given
+    # Written (beside the conflist) when given; a function is asked each round, so a
+    # rotated token reaches the plugin.
+    kubeconfig: PluginKubeconfig | Callable[[], PluginKubeconfig] | None = None
     source: Path | None = None  # the plugin's file; default: this installation's
     poll_seconds: float = POLL_SECONDS
+
+    @property
+    def kubeconfig_file(self) -> Path:
+        """Where this process writes the plugin's kubeconfig: ``settings.kubeconfig`` names
+        it as the node sees it, in the CNI config directory (``conf_dir`` here)."""
+        return self.conf_dir / Path(self.settings.kubeconfig).name
 
 
 @dataclass(frozen=True)
@@ -224,7 +233,12 @@ def ensure_installed(config: InstallConfig) -> Changes:
     binary = install_binary(config.source or plugin_source(), config.bin_dir)
     kubeconfig = False
     if config.kubeconfig is not None:
-        kubeconfig = write_plugin_kubeconfig(Path(config.settings.kubeconfig), config.kubeconfig)
+        document = (
+            config.kubeconfig
+            if isinstance(config.kubeconfig, PluginKubeconfig)
+            else (config.kubeconfig())
+        )
+        kubeconfig = write_plugin_kubeconfig(config.kubeconfig_file, document)
     installed = install_config(config.conf_dir, config.state_dir, config.settings)
     return Changes(binary, kubeconfig, installed)
 
@@ -236,12 +250,15 @@ def uninstall(config: InstallConfig) -> None:
     and the binary. Cancel ``keep_installed`` before."""
     uninstall_config(config.conf_dir, config.state_dir)
     if config.kubeconfig is not None:
-        Path(config.settings.kubeconfig).unlink(missing_ok=True)
+        config.kubeconfig_file.unlink(missing_ok=True)
     (config.bin_dir / PLUGIN_TYPE).unlink(missing_ok=True)
 
 
 async def keep_installed(
-    config: InstallConfig, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    config: InstallConfig,
+    *,
+    on_round: Callable[[Changes | Exception], None] | None = None,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Install, then check every ``poll_seconds`` and install again what was
     rewritten or removed; until cancelled. ``task_status.started()`` once the
@@ -252,11 +269,15 @@ async def keep_installed(
         try:
             changes = await trio.to_thread.run_sync(ensure_installed, config)
         except (OSError, CniConfigError) as error:
+            if on_round is not None:
+                on_round(error)
             if repr(error) != last_error:
                 log.error("cni_install_failed", reason=repr(error), conf_dir=str(config.conf_dir))
                 last_error = repr(error)
         else:
             last_error = ""
+            if on_round is not None:
+                on_round(changes)
             if changes.binary:
                 event = "cni_binary_installed" if rounds == 0 else "cni_binary_reinstalled"
                 log.info(event, path=str(config.bin_dir / PLUGIN_TYPE))

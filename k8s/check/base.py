@@ -77,6 +77,7 @@ class Context:
     config: CheckConfig = field(default_factory=CheckConfig)
     now: datetime.datetime = field(default_factory=lambda: datetime.datetime.now(datetime.UTC))
     _crds: list[Json] | None = None
+    cache: dict[str, Any] = field(default_factory=dict)  # what several checks read once
 
     @property
     def namespace(self) -> str:
@@ -128,7 +129,7 @@ class Check:
     group: str
     name: str
     run: CheckFunction
-    after: str = ""  # a check's name: when that one failed, this one is not run
+    after: str = ""  # a check's name: when that one did not pass (or ran not), nor does this
 
 
 async def run_check(check: Check, context: Context) -> Result:

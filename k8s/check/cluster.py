@@ -24,17 +24,20 @@ MINIMUM_VERSION: Final = (1, 29)  # CRD validation rules (CEL) are GA from 1.29
 ISTIO_NAMESPACE: Final = "istio-system"
 ISTIOD: Final = "istiod"
 SSAR_PATH: Final = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
-# What `ambit install --crds` and `ambit install` create (group, resource).
+# What `ambit install --crds`, `ambit install` and `--node` create (group, resource).
 CLUSTER_CREATES: Final = (
     ("", "namespaces"),
     ("apiextensions.k8s.io", "customresourcedefinitions"),
     ("rbac.authorization.k8s.io", "clusterroles"),
     ("rbac.authorization.k8s.io", "clusterrolebindings"),
+    ("admissionregistration.k8s.io", "validatingadmissionpolicies"),  # --node
+    ("admissionregistration.k8s.io", "validatingadmissionpolicybindings"),
 )
 NAMESPACED_CREATES: Final = (
     ("", "serviceaccounts"),
     ("", "services"),
     ("apps", "deployments"),
+    ("apps", "daemonsets"),  # ambit install --node
     ("rbac.authorization.k8s.io", "roles"),
     ("rbac.authorization.k8s.io", "rolebindings"),
 )

@@ -2,8 +2,7 @@
 its CRDs established, the control plane's ServiceAccount allowed what
 :func:`k8s.install.permissions` grants (asked of the API server's authorizer with
 SubjectAccessReviews), its Deployment available and pods Ready, its Service with a
-ready endpoint for each port, and the node side (the ztunnel DaemonSet), which ambit
-does not install yet: its absence is a plain warning that pods are not captured.
+ready endpoint for each port. The node side's checks are :mod:`k8s.check.nodes`'.
 """
 
 from __future__ import annotations
@@ -13,18 +12,10 @@ from typing import Any, Final
 
 from k8s import crds, install
 from k8s.check.base import OK, Context, Outcome, answered, established, fail, warn
-from mesh.constants import ZTUNNEL_SERVICE_ACCOUNT
 
 SAR_PATH: Final = "/apis/authorization.k8s.io/v1/subjectaccessreviews"
 INSTALL_HINT: Final = "install the control plane: ambit install | kubectl apply -f -"
 CRDS_HINT: Final = "install ambit's CRDs: ambit install --crds | kubectl apply --server-side -f -"
-ZTUNNEL_DAEMONSET: Final = ZTUNNEL_SERVICE_ACCOUNT
-NO_NODE_SIDE: Final = "no node side is installed: pods are not captured"
-NO_NODE_SIDE_HINT: Final = (
-    "ambit installs only its control plane today; the ztunnel DaemonSet and the node agent"
-    " come in a later release. Until then no pod is captured and no traffic is meshed,"
-    " whatever the labels say (docs/install.md, 'Not there yet')"
-)
 
 
 def _logs_hint(context: Context) -> str:
@@ -217,28 +208,3 @@ async def service_endpoints(context: Context) -> Outcome:
             _logs_hint(context),
         )
     return OK
-
-
-async def node_side(context: Context) -> Outcome:
-    """The ztunnel DaemonSet: absent (the node side is not built yet) is a warning; present,
-    it must be ready on every node it is scheduled to."""
-    path = f"/apis/apps/v1/namespaces/{context.namespace}/daemonsets/{ZTUNNEL_DAEMONSET}"
-    status, body = await context.get(path)
-    if status == 404:
-        return warn(NO_NODE_SIDE, NO_NODE_SIDE_HINT)
-    if status != 200:
-        return answered(status, body, "GET the ztunnel DaemonSet")
-    state = body.get("status") or {}
-    desired = int(state.get("desiredNumberScheduled") or 0)
-    ready = int(state.get("numberReady") or 0)
-    if desired == 0:
-        return fail(
-            "the ztunnel DaemonSet is scheduled to no node",
-            "check its nodeSelector and tolerations",
-        )
-    if ready < desired:
-        return fail(
-            f"ztunnel is ready on {ready} of {desired} nodes: pods on the others are not captured",
-            f"kubectl -n {context.namespace} get pods -l app=ztunnel -o wide",
-        )
-    return Outcome("ok", f"ready on {ready} of {desired} nodes")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from k8s.check import certs, cluster, controlplane
+from k8s.check import certs, cluster, controlplane, nodes
 from k8s.check.base import Check, CheckConfig, Context, Result, run_check
 from k8s.sources.api import Requests
 
@@ -47,9 +47,13 @@ _INSTALLED: Final = (
     ("ambit-controlplane", "control plane Service has ready endpoints on 15010, 15012, 15014",
      controlplane.service_endpoints),
     ("ambit-certificates", "the CA's certificates are valid and not near expiry", certs.ca_secret),
-    ("ambit-node", "the node side (ztunnel DaemonSet) is ready on every node",
-     controlplane.node_side),
 )  # fmt: skip
+NODE_SIDE: Final = "the node side is installed (ztunnel and node agent DaemonSets)"
+_NODE: Final = (
+    ("ztunnel and the node agent are Ready on every node", nodes.readiness_check),
+    ("the CNI plugin is in every node's chain", nodes.plugins_check),
+    ("every meshed pod is enrolled by its node's agent", nodes.enrolment_check),
+)
 CHECKS: Final = (
     VERSION,
     Check("ambit-crds", "ambit's CRDs are installed and established",
@@ -57,6 +61,9 @@ CHECKS: Final = (
     Check("ambit-controlplane", NAMESPACE, controlplane.namespace_exists),
     # Without the namespace, what lives in it is not asked about: one failure, one hint.
     *(Check(group, name, run, after=NAMESPACE) for group, name, run in _INSTALLED),
+    Check("ambit-node", NODE_SIDE, nodes.installed_check, after=NAMESPACE),
+    # Without the node side (a warning), its per-node checks are not run.
+    *(Check("ambit-node", name, run, after=NODE_SIDE) for name, run in _NODE),
     GATEWAY,
     *ISTIO,
 )  # fmt: skip
@@ -69,19 +76,20 @@ def checks_for(config: CheckConfig) -> tuple[Check, ...]:
 async def check_with(api: Requests, config: CheckConfig) -> list[Result]:
     """The checks of ``config`` with an open client: the API server answering first
     (nothing more is asked if it does not), then each in turn, but for those whose
-    ``after`` check failed."""
+    ``after`` check did not pass (failed, warned, or was not run)."""
     context = Context(api, config)
     query = await run_check(Check(API, QUERY, cluster.can_query), context)
     if query.status == "fail":
         return [query]
     results = [query]
-    failed: set[str] = set()
+    not_passed: set[str] = set()
     for check in checks_for(config):
-        if check.after in failed:
+        if check.after in not_passed:
+            not_passed.add(check.name)
             continue
         results.append(await run_check(check, context))
-        if results[-1].status == "fail":
-            failed.add(check.name)
+        if results[-1].status != "ok":
+            not_passed.add(check.name)
     return results
 
 

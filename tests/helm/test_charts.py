@@ -2,7 +2,8 @@
 ``helm lint`` passes them, and ``helm template`` of ``ambit-base`` and ``ambit-control``
 together renders what ``ambit install --crds`` and ``ambit install`` print (but the
 Namespace, which ``helm install --create-namespace`` makes), for the defaults and for
-values set; the chart's values schema refuses what ``ambit install`` refuses."""
+values set; the chart's values schema refuses what ``ambit install`` refuses. The same
+for ``ambit-node`` and ``ambit install --node``."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from k8s import charts, crds, install
+from k8s import charts, crds, install, install_node
 from mesh.constants import SYSTEM_NAMESPACE
 
 REPO = Path(__file__).resolve().parents[2]
@@ -76,7 +77,7 @@ def test_the_version_is_pyprojects() -> None:
     assert project["version"] == install.VERSION
 
 
-@pytest.mark.parametrize("chart", ["ambit-base", "ambit-control"])
+@pytest.mark.parametrize("chart", ["ambit-base", "ambit-control", "ambit-node"])
 def test_helm_lint_passes(helm: Path, chart: str) -> None:
     result = run(helm, "lint", "--strict", "--kube-version", KUBE_VERSION, str(charts.ROOT / chart))
     assert result.returncode == 0, result.stdout + result.stderr
@@ -104,6 +105,65 @@ def test_the_values_schema_refuses_what_ambit_install_refuses(helm: Path, settin
     with pytest.raises(install.ValuesError):
         install.values_from([setting])
     result = run(helm, "template", "ambit-control", str(charts.ROOT / "ambit-control"),
+                 "--set", setting)  # fmt: skip
+    assert result.returncode != 0
+    assert "values don't meet the specifications of the schema" in result.stderr
+
+
+NODE_SET = (
+    "trustDomain=example.org", "image=registry.example/ambit:1.2", "logLevel=debug",
+    "controlPlane=cp.mesh.svc", "cni.binDir=/var/lib/rancher/k3s/data/cni",
+    "cni.confDir=/var/lib/rancher/k3s/agent/etc/cni/net.d",
+    "ztunnel.resources.limits.cpu=2", "nodeAgent.resources.requests.memory=64Mi",
+)  # fmt: skip
+NODE_JSON = (
+    'excludeNamespaces=["kube-system","ambit-system","monitoring"]',
+    'tolerations=[{"key":"dedicated","operator":"Equal","value":"db","effect":"NoSchedule"}]',
+    'nodeSelector={"pool":"mesh"}',
+)  # fmt: skip
+
+
+def template_node(helm: Path, *settings: str) -> list[dict[str, Any]]:
+    """``helm template`` of ambit-node; a JSON value is given with --set-json."""
+    args: list[str] = []
+    for setting in settings:
+        flag = "--set-json" if "=[" in setting or "={" in setting else "--set-string"
+        args += [flag, setting]
+    result = run(helm, "template", "ambit-node", str(charts.ROOT / "ambit-node"), "--namespace",
+                 SYSTEM_NAMESPACE, "--kube-version", KUBE_VERSION, *args)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return [d for d in yaml.safe_load_all(result.stdout) if d]
+
+
+@pytest.mark.parametrize("settings", [(), NODE_SET + NODE_JSON], ids=["defaults", "set"])
+def test_helm_template_of_ambit_node_renders_what_ambit_install_node_prints(
+    helm: Path, settings: tuple[str, ...]
+) -> None:
+    expected = install_node.manifests(install_node.values_from(list(settings)))
+    assert sorted(template_node(helm, *settings), key=key) == sorted(expected, key=key)
+
+
+def test_helm_set_of_a_list_as_helm_users_write_it(helm: Path) -> None:
+    """``--set excludeNamespaces={a,b}``, Helm's list syntax, joins into the one flag."""
+    result = run(helm, "template", "ambit-node", str(charts.ROOT / "ambit-node"),
+                 "--set", "excludeNamespaces={kube-system,ambit-system,monitoring}")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert '- "kube-system,ambit-system,monitoring"' in result.stdout
+
+
+@pytest.mark.parametrize(
+    "setting",
+    ["imagePullPolicy=Sometimes", "replicas=2", "cni.binDir=opt/cni", "controlPlane=http://cp",
+     'tolerations[0].kee=x'],
+)  # fmt: skip
+def test_the_node_values_schema_refuses_what_ambit_install_node_refuses(
+    helm: Path, setting: str
+) -> None:
+    with pytest.raises(install.ValuesError):
+        install_node.values_from(
+            [setting.replace("tolerations[0].kee=x", 'tolerations=[{"kee":"x"}]')]
+        )
+    result = run(helm, "template", "ambit-node", str(charts.ROOT / "ambit-node"),
                  "--set", setting)  # fmt: skip
     assert result.returncode != 0
     assert "values don't meet the specifications of the schema" in result.stderr

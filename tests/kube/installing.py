@@ -1,6 +1,7 @@
-"""``ambit install --crds`` and ``ambit install`` applied to the test cluster, and taken
-off it again: the session's cluster is shared, and other tests expect it without ambit's
-CRDs (``test_source.py`` installs and removes its own) and without ``ambit-system``.
+"""``ambit install --crds``, ``ambit install`` (and ``--node``) applied to the test
+cluster, and taken off it again: the session's cluster is shared, and other tests expect
+it without ambit's CRDs (``test_source.py`` installs and removes its own) and without
+``ambit-system``.
 
 The fixtures are module-scoped and synchronous (each runs its own ``trio.run`` before
 and after a module's tests), so a module installs once and leaves nothing behind.
@@ -16,7 +17,8 @@ from typing import TypeVar
 import pytest
 import trio
 
-from k8s import crds, install
+from k8s import crds, install, install_node
+from mesh.constants import SYSTEM_NAMESPACE
 from tests.kube import crds as kube_crds
 from tests.kube.client import KubeAdmin, NotFound, Obj, gone, wait_for
 from tests.kube.cluster import Cluster
@@ -102,3 +104,38 @@ def installed(kube_cluster: Cluster) -> Iterator[list[Obj]]:
         yield docs
     finally:
         _run(kube_cluster, remove_all, REMOVE_SECONDS * 2)
+
+
+async def apply_node(admin: KubeAdmin) -> list[Obj]:
+    """``ambit install --node``, each document dry-run then applied, in order."""
+    docs = install_node.manifests()
+    for doc in docs:
+        await admin.apply(doc, dry_run=True)
+        await admin.apply(doc)
+    return docs
+
+
+async def remove_node(admin: KubeAdmin) -> None:
+    """Delete what ``ambit install --node`` made (its cluster-scoped RBAC outlives the
+    namespace otherwise) and the DaemonSets' pods, as kubelets would once stopped."""
+    for doc in reversed(install_node.manifests()):
+        meta = doc["metadata"]
+        with suppress(NotFound):
+            await admin.delete(doc["apiVersion"], doc["kind"], meta["name"], meta.get("namespace"))
+    for name in (install_node.ZTUNNEL, install_node.AGENT):
+        pods = await admin.list("v1", "Pod", SYSTEM_NAMESPACE, label_selector=f"app={name}")
+        for pod in pods:
+            with suppress(NotFound):
+                await admin.delete(
+                    "v1", "Pod", pod["metadata"]["name"], SYSTEM_NAMESPACE,
+                    grace_period_seconds=0,
+                )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def node_installed(kube_cluster: Cluster, installed: list[Obj]) -> Iterator[list[Obj]]:
+    """``ambit install --node`` applied after ``installed``; removed before it is."""
+    try:
+        yield _run(kube_cluster, apply_node, 60)
+    finally:
+        _run(kube_cluster, remove_node, 60)

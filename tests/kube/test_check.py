@@ -34,7 +34,7 @@ pytestmark = pytest.mark.kube
 __all__ = ["installed"]  # the fixture, used here
 
 SECONDS = 90.0
-NODE_SIDE = "the node side (ztunnel DaemonSet) is ready on every node"
+NODE_SIDE = "the node side is installed (ztunnel and node agent DaemonSets)"
 CERTS = "the CA's certificates are valid and not near expiry"
 RBAC = "control plane ServiceAccount has the permissions it needs"
 VERSION = "control plane is this ambit's version"
@@ -144,7 +144,7 @@ async def test_check_passes_but_for_the_node_side_once_the_control_plane_is_read
     assert len(marks) == 16
     at = lines.index(f"\u203c {NODE_SIDE}")
     assert lines[at + 1] == "    no node side is installed: pods are not captured"
-    assert lines[at + 2].startswith("    hint: ambit installs only its control plane today")
+    assert lines[at + 2].startswith("    hint: install it: ambit install --node | kubectl apply")
     assert lines[-1] == "Status check results are \u221a (16 checks: 0 failed, 1 warnings)"
 
     done = await trio.to_thread.run_sync(

@@ -2,13 +2,14 @@
 cluster's release) and this checkout's ``ambit`` in a ``bash -o pipefail`` shell, against
 the harness's cluster, every command taken from the document's own ``sh`` blocks.
 
-``ambit check --pre``, the CRDs and the control plane applied through pipes, what a user
-looks at with ``kubectl get``; the control plane then runs as its ServiceAccount (a
-token from ``kubectl create token``, as a kubelet would mount one) with its pod made
-Ready by the harness, so ``kubectl get gatewayclass`` shows the class it creates, the
-document's waypoint Gateway applied with ``kubectl apply -f`` is deployed, and ``ambit
-check`` passes but for the node side. Then the uninstall the document gives leaves
-nothing of ambit behind. Gateway API's CRDs come from the ``gateway_crds`` fixture: the
+``ambit check --pre``, the CRDs, the control plane and the node side applied through
+pipes, what a user looks at with ``kubectl get``; the control plane then runs as its
+ServiceAccount (a token from ``kubectl create token``, as a kubelet would mount one)
+with its pod made Ready by the harness, so ``kubectl get gatewayclass`` shows the class
+it creates, the document's waypoint Gateway applied with ``kubectl apply -f`` is
+deployed, and ``ambit check`` passes, warning only that the node side runs on no node
+(none here is labelled Linux). Then the uninstall the document gives leaves nothing of
+ambit behind. Gateway API's CRDs come from the ``gateway_crds`` fixture: the
 command ``ambit install --gateway-api`` prints downloads them from GitHub, which the
 tests cannot reach. And what kubectl shows a user coming from Istio: with Istio's CRDs
 beside ambit's, ``kubectl get authorizationpolicies`` names ambit's group only; a
@@ -44,11 +45,14 @@ GATEWAY_API = "gateway.networking.k8s.io/v1"
 CLASS = "ambit-waypoint"
 SECONDS = 90.0
 PASS, WARN = "\u221a ", "\u203c "
-NODE_SIDE = "the node side (ztunnel DaemonSet) is ready on every node"
+NODE_SIDE = "the node side is installed (ztunnel and node agent DaemonSets)"
 
 CRDS = "ambit install --crds | kubectl apply --server-side -f -"
 INSTALL = "ambit install | kubectl apply -f -"
+NODE_INSTALL = "ambit install --node | kubectl apply -f -"
+NODE_UNINSTALL = "ambit install --node | kubectl delete -f -"
 UNINSTALL = "ambit install | kubectl delete -f -"
+READY = "ztunnel and the node agent are Ready on every node"
 UNINSTALL_CRDS = "ambit install --crds | kubectl delete -f -"
 
 
@@ -144,7 +148,7 @@ async def test_install_md_typed_by_a_user(
 ) -> None:  # fmt: skip
     shell = user_shell(kube_cluster, tmp_path)
     given = doc_commands(INSTALL_MD)
-    for command in (CRDS, INSTALL, UNINSTALL, UNINSTALL_CRDS):
+    for command in (CRDS, INSTALL, NODE_INSTALL, NODE_UNINSTALL, UNINSTALL, UNINSTALL_CRDS):
         assert command in given
     existing_class: Obj | None = None  # another test's control plane may have made it
     with suppress(NotFound), trio.fail_after(10):
@@ -168,6 +172,10 @@ async def test_install_md_typed_by_a_user(
         applied = await shell.ok(INSTALL)
         assert applied.lines[0] == f"namespace/{SYSTEM_NAMESPACE} created"
         assert applied.lines[-1] == "deployment.apps/ambit-controlplane created"
+        # 4. The node side (no node here is labelled Linux: no DaemonSet pod is made).
+        applied = await shell.ok(NODE_INSTALL)
+        assert applied.lines[0] == "serviceaccount/ztunnel created"
+        assert applied.lines[-1] == "daemonset.apps/ambit-node-agent created"
 
         # What a user looks at.
         got = await shell.ok("kubectl get crd -o name")
@@ -222,13 +230,14 @@ async def test_install_md_typed_by_a_user(
                 scaled = await shell.ok(scale.replace("-n shop", f"-n {kube_ns}"))
                 assert scaled.stdout == "deployment.apps/waypoint scaled\n"
 
-                # ambit check: only the node side's warning, as the document shows.
+                # ambit check: the node side is installed, on no node (none is Linux).
                 check = await shell.ok("ambit check")
+                assert f"{PASS}{NODE_SIDE}" in check.lines
                 assert [m for m in marks(check.lines) if not m.startswith(PASS)] == [
-                    f"{WARN}{NODE_SIDE}"
+                    f"{WARN}{READY}"
                 ]
                 assert check.lines[-1] == (
-                    "Status check results are \u221a (16 checks: 0 failed, 1 warnings)"
+                    "Status check results are \u221a (19 checks: 0 failed, 1 warnings)"
                 )
 
                 # Deleting the Gateway deletes what was made for it.
@@ -238,8 +247,9 @@ async def test_install_md_typed_by_a_user(
                                    interval=0.5)  # fmt: skip
             # The process is stopped (above) as deleting its namespace stops the pod.
 
-            # Uninstall, exactly as the document says.
-            for command in commands(after=UNINSTALL):
+            # Uninstall, exactly as the document says: the node side first.
+            assert commands(after=NODE_UNINSTALL)[1] == UNINSTALL
+            for command in commands(after=NODE_UNINSTALL):
                 await shell.ok(command)
         await assert_nothing_left(shell)
         after = await shell.ok("ambit check --pre")
@@ -247,6 +257,7 @@ async def test_install_md_typed_by_a_user(
     finally:
         with trio.fail_after(installing.REMOVE_SECONDS * 3):
             async with running_pods(kube_admin, SYSTEM_NAMESPACE, node):
+                await installing.remove_node(kube_admin)
                 await installing.remove_all(kube_admin)
             await restore_class(kube_admin, existing_class)
 
@@ -259,6 +270,10 @@ async def assert_nothing_left(shell: Shell) -> None:
         ("namespace", SYSTEM_NAMESPACE),
         ("clusterrole", "ambit-controlplane"),
         ("clusterrolebinding", "ambit-controlplane"),
+        ("clusterrole", "ambit-node-agent"),
+        ("clusterrolebinding", "ambit-node-agent"),
+        ("validatingadmissionpolicy", "ambit-node-agent-own-pod"),
+        ("validatingadmissionpolicybinding", "ambit-node-agent-own-pod"),
         ("gatewayclass", CLASS),
     ):
         got = await shell.run(f"kubectl get {kind} {name}")  # fmt: skip

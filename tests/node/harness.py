@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -158,7 +159,8 @@ class Node:
 
     @property
     def socket_dir(self) -> Path:
-        return self.directory / "run"
+        """Short: a unix socket's path has at most 107 bytes (pytest's tmp_path is long)."""
+        return Path(f"/tmp/ambn-{self.bridge}")
 
     @property
     def subnet(self) -> str:
@@ -182,6 +184,7 @@ class Node:
                     "ipam": {
                         "type": "host-local",
                         "ranges": [[{"subnet": self.subnet}]],
+                        "routes": [{"dst": "0.0.0.0/0"}],
                         "dataDir": str(self.directory / "ipam"),
                     },
                 }
@@ -373,6 +376,7 @@ class NodeMesh:
             self._end_sandbox(p)
         for node in self.nodes:
             sh("ip", "link", "del", node.bridge, check=False)
+            shutil.rmtree(node.socket_dir, ignore_errors=True)
         for rule in reversed(self.host_rules):
             sh("iptables", "-D", *rule, check=False)
         with suppress(OSError):
