@@ -272,6 +272,27 @@ class NodeMesh:
             return set()
         return {p["uid"] for p in dump.get("pods", []) if p.get("captured")}
 
+    async def meshed_in_config(self, node: Node) -> set[str]:
+        """The workloads ``node``'s ztunnel was told are in the mesh (HBONE)."""
+        try:
+            dump = await self.config_dump(node)
+        except (OSError, AssertionError, trio.TooSlowError):
+            return set()
+        workloads = (dump.get("config") or {}).get("workloads") or []
+        return {str(w.get("uid")) for w in workloads if w.get("protocol") == "HBONE"}
+
+    async def wait_known(self, *pods: Pod, seconds: float = 30.0) -> None:
+        """Until every node's ztunnel has ``pods`` in its config as meshed: what a client
+        needs before its first connection to them goes over HBONE (before that, as in
+        Istio, an address the mesh does not know yet is passthrough)."""
+        keys = {f"{p.namespace}/{p.name}" for p in pods}
+        with trio.fail_after(seconds):
+            for node in self.nodes:
+                for _ in range(int(seconds / 0.05) + 1):
+                    if keys <= await self.meshed_in_config(node):
+                        break
+                    await trio.sleep(0.05)
+
     # ---- pods -------------------------------------------------------------------------
 
     async def make_namespace(self, suffix: str, labels: Mapping[str, str] | None = None) -> str:

@@ -162,6 +162,7 @@ async def test_a_pod_created_in_a_meshed_namespace_is_meshed_before_its_first_pa
     n1, n2 = mesh.nodes
     client = await mesh.start_pod(n1, ns, "client")
     server = await mesh.start_pod(n2, ns, "server")
+    await mesh.wait_known(client, server)
     # ADD returned: the pods are captured already, with no wait.
     assert f"{ns}/client" in await mesh.captured(n1)
     assert f"{ns}/server" in await mesh.captured(n2)
