@@ -300,6 +300,15 @@ class NodeAgent:
         namespace, forget it."""
         if not await self._release(record.uid):
             return False
+        # Not enrolled by this agent (it left while the agent was down): ztunnel may still
+        # serve it; it lets go before the rules go.
+        try:
+            with trio.fail_after(ENROLL_TIMEOUT):
+                await self.ztunnel.remove(record.uid)
+        except (OSError, trio.TooSlowError, RuntimeError) as exc:
+            log.warning("pod_release_failed", pod=f"{record.namespace}/{record.name}",
+                        reason=str(exc))  # fmt: skip
+            return False
         if namespace_key(record.netns) is not None:
             try:
                 await self.remove_rules(record.netns)

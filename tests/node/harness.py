@@ -92,6 +92,10 @@ class Process:
     def running(self) -> bool:
         return self.process is not None and self.process.returncode is None
 
+    def send(self, sig: int) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.send_signal(sig)
+
     async def stop(self, sig: int = signal.SIGTERM) -> None:
         process, self.process = self.process, None
         if process is None:

@@ -172,8 +172,8 @@ async def test_keep_installed_waits_for_the_primary_cni_and_reinstalls(
     conf_dir, state_dir = dirs
     bin_dir = tmp_path / "bin"
     kubeconfig = PluginKubeconfig("https://127.0.0.1:6443", token="t")
-    kubeconfig_path = tmp_path / KUBECONFIG_NAME
-    settings = PluginSettings(kubeconfig=str(kubeconfig_path))
+    kubeconfig_path = conf_dir / KUBECONFIG_NAME  # beside the conflist, as the node sees it
+    settings = PluginSettings(kubeconfig=f"/etc/cni/net.d/{KUBECONFIG_NAME}")
     config = InstallConfig(conf_dir, bin_dir, state_dir, settings, kubeconfig, poll_seconds=0.02)
     primary = conf_dir / "10-calico.conflist"
 
