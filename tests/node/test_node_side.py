@@ -20,6 +20,8 @@ import trio
 
 from mesh.netns import NetworkNamespace
 from tests.e2e.conftest import free_octet
+from tests.e2e.test_ztunnel import APP_PORT
+from tests.e2e.test_ztunnel import echo_app as ztunnel_echo_app
 from tests.kube.client import KubeAdmin
 from tests.kube.cluster import Cluster
 from tests.node.harness import Node, NodeMesh, Pod, missing_cni, node_mesh, sh
@@ -27,7 +29,6 @@ from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.kube]
 
-APP_PORT = 8080
 AMBIENT = {"ambit.io/dataplane-mode": "ambient"}
 SECONDS = 30.0
 
@@ -49,26 +50,8 @@ async def mesh(
 
 
 async def echo_app(p: Pod, *, task_status: trio.TaskStatus[None]) -> None:
-    """An echo server listening inside ``p`` (the app)."""
-    with NetworkNamespace.open(p.netns) as handle:
-        sock = handle.socket(mark=None)
-    with sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        await sock.bind(("0.0.0.0", APP_PORT))
-        sock.listen(64)
-        async with trio.open_nursery() as nursery:
-            task_status.started()
-            while True:
-                conn, _ = await sock.accept()
-                nursery.start_soon(_echo, trio.SocketStream(conn))
-
-
-async def _echo(stream: trio.SocketStream) -> None:
-    async with stream:
-        with contextlib.suppress(trio.BrokenResourceError):
-            while data := await stream.receive_some():
-                await stream.send_all(data)
-            await stream.send_eof()
+    """An echo server listening inside ``p`` on APP_PORT (the app): tests/e2e's."""
+    await ztunnel_echo_app(p.netns, [], task_status=task_status)
 
 
 async def connect(client: Pod, server: Pod) -> trio.SocketStream:
