@@ -79,10 +79,11 @@ class Process:
     name: str
     argv: list[str]
     log: Path
+    env: Mapping[str, str] = field(default_factory=dict)
     process: trio.Process | None = None
 
     async def start(self) -> None:
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        env = {**os.environ, "PYTHONPATH": str(REPO), **self.env}
         with _append(self.log) as out:
             self.process = await trio.lowlevel.open_process(
                 self.argv, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
@@ -238,9 +239,13 @@ class NodeMesh:
             "--drain-seconds", "3",
         ]  # fmt: skip
 
-    async def start_agent(self, node: Node) -> Process:
+    async def start_agent(self, node: Node, env: Mapping[str, str] | None = None) -> Process:
+        """``node``'s agent; ``env`` as a DaemonSet's downward API gives it (POD_NAME...)."""
         node.agent = Process(
-            f"agent-{node.name}", self.agent_argv(node), node.directory / "agent.log"
+            f"agent-{node.name}",
+            self.agent_argv(node),
+            node.directory / "agent.log",
+            dict(env or {}),
         )
         await node.agent.start()
         await self.wait_http(node.agent_port, "/healthz/ready", node.agent)

@@ -24,7 +24,8 @@ from tests.e2e.test_ztunnel import APP_PORT
 from tests.e2e.test_ztunnel import echo_app as ztunnel_echo_app
 from tests.kube.client import KubeAdmin
 from tests.kube.cluster import Cluster
-from tests.node.harness import Node, NodeMesh, Pod, missing_cni, node_mesh, sh
+from tests.kube.kubelet import pod as kube_pod
+from tests.node.harness import SYSTEM_NS, Node, NodeMesh, Pod, missing_cni, node_mesh, sh
 from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.kube]
@@ -327,3 +328,33 @@ async def test_uninstall_leaves_the_cni_config_exactly_as_it_was(mesh: NodeMesh)
     assert not (n1.bin_dir / "ambit-cni").exists()
     leftovers = sorted(p.name for p in n1.conf_dir.iterdir())
     assert leftovers == ["10-test.conflist"], leftovers
+
+
+async def test_the_agent_reports_its_node_on_its_own_pod(mesh: NodeMesh) -> None:
+    """What ``ambit check`` reads: the ``ambit.io/node-status`` annotation the agent writes
+    on its own pod (through ``pods/status``), naming the plugin's conflist and the pods
+    it enrolled."""
+    n1 = mesh.nodes[0]
+    name = f"ambit-node-agent-{n1.name}"
+    await mesh.admin.create(kube_pod(SYSTEM_NS, name, node=n1.name))
+    try:
+        assert n1.agent is not None
+        await n1.agent.stop(signal.SIGKILL)
+        await mesh.start_agent(n1, {"POD_NAME": name, "POD_NAMESPACE": SYSTEM_NS})
+        ns = await mesh.make_namespace("status", AMBIENT)
+        await mesh.start_pod(n1, ns, "app")
+
+        async def reported() -> bool:
+            found = await mesh.admin.get("v1", "Pod", name, SYSTEM_NS)
+            annotations = found["metadata"].get("annotations") or {}
+            doc = json.loads(annotations.get("ambit.io/node-status", "{}"))
+            return f"{ns}/app" in doc.get("enrolled", []) and doc["cni"]["installed"] is True
+
+        await until(reported)
+        found = await mesh.admin.get("v1", "Pod", name, SYSTEM_NS)
+        doc = json.loads(found["metadata"]["annotations"]["ambit.io/node-status"])
+        assert doc["cni"]["conflist"].endswith("10-test.conflist")
+        assert doc["ztunnel"] == {"connected": True}
+        assert doc["failed"] == {}
+    finally:
+        await mesh.admin.delete("v1", "Pod", name, SYSTEM_NS, grace_period_seconds=0)
