@@ -253,9 +253,13 @@ async def test_ztunnel_down_fails_closed_and_a_restart_is_hitless(mesh: NodeMesh
             await exchange(client, server, marker)
         assert marker not in frames
         assert await fails(client, server)
-        await mesh.start_ztunnel(n1, "ztunnel-3.log")
-        await wait_until(lambda: f"{ns}/client" in _served_by(n1.ztunnel), seconds=SECONDS)
-        assert await exchange(client, server, b"back") == b"back"
+        third = await mesh.start_ztunnel(n1, "ztunnel-3.log")
+        # Ready: its config is in and the agent handed it every pod (what a kubelet waits for).
+        await mesh.wait_http(n1.ready_port, "/healthz/ready", third)
+        try:
+            assert await exchange(client, server, b"back") == b"back"
+        except trio.TooSlowError:
+            raise AssertionError(f"no answer through the new ztunnel\n{third.tail(40)}") from None
         nursery.cancel_scope.cancel()
 
 
