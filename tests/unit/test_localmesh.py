@@ -12,6 +12,7 @@ from typing import Any
 
 import trio
 
+from ambit import tables
 from k8s.local.config import ClusterConfig
 from k8s.local.hooks import LocalSnapshot, NodeView, PodView
 from k8s.localcni import CniPod, CniRuntime, cni_request
@@ -121,3 +122,12 @@ async def test_add_is_retried_until_the_agent_answers_and_del_follows_the_pod(
             nursery.cancel_scope.cancel()
     assert seen == [("ADD", "web"), ("ADD", "web"), ("DEL", "web")]
     assert json.dumps(cni_request("DEL", pod))  # plain JSON
+
+
+def test_get_pods_shows_why_the_node_agent_could_not_capture_a_pod() -> None:
+    failed = {**dataclasses.asdict(view("web")), "meshed": True, "captured": False,
+              "capture_error": "capture rules could not be installed: exit status 1"}  # fmt: skip
+    table = tables.pods_table([failed], all_namespaces=False)
+    assert "no (capture rules could not be installed: exit status 1)" in table
+    captured = {**failed, "captured": True, "capture_error": None}
+    assert tables.pods_table([captured], all_namespaces=False).split()[-1] == "yes"
