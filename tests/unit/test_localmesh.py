@@ -10,11 +10,12 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
 from ambit import tables
 from k8s.local.config import ClusterConfig
-from k8s.local.hooks import LocalSnapshot, NodeView, PodView
+from k8s.local.hooks import LocalSnapshot, MeshState, NodeView, PodView
 from k8s.localcni import CniPod, CniRuntime, cni_request
 from k8s.localmesh import LocalMesh, cni_pods, default_hooks
 from node.cni_plugin import Pod, agent_request
@@ -131,3 +132,27 @@ def test_get_pods_shows_why_the_node_agent_could_not_capture_a_pod() -> None:
     assert "no (capture rules could not be installed: exit status 1)" in table
     captured = {**failed, "captured": True, "capture_error": None}
     assert tables.pods_table([captured], all_namespaces=False).split()[-1] == "yes"
+
+
+async def test_mesh_state_takes_the_agents_reason_until_ztunnel_captures_the_pod(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    reason = "capture rules could not be installed: iptables-restore: exit status 1"
+    answers: dict[str, dict[str, Any]] = {
+        "/status": {"enrolled": [], "failed": {"shop/web": reason}},
+        "/config_dump": {"pods": []},
+    }
+
+    async def get_json(netns: str, host: str, port: int, path: str) -> dict[str, Any]:
+        return answers[path]
+
+    monkeypatch.setattr("k8s.localmesh.get_json", get_json)
+    meshed = dataclasses.replace(view("web"), meshed=True)
+    snapshot = LocalSnapshot(CONFIG, (), (meshed,), (NodeView("node-1", "10.244.0.2", "n"),), ())
+    state = await LocalMesh().mesh_state(snapshot)
+    assert state[("shop", "web")] == MeshState(False, False, reason=reason)
+    answers["/status"] = {"enrolled": ["shop/web"], "failed": {}}
+    answers["/config_dump"] = {
+        "pods": [{"uid": "shop/web", "captured": True, "certificate_expires": "soon"}]
+    }
+    assert (await LocalMesh().mesh_state(snapshot))[("shop", "web")] == MeshState(True, True)
