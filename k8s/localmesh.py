@@ -49,6 +49,7 @@ from ca import CaConfig, CertificateAuthority
 from ca.auth import service_account_caller
 from k8s import manifests
 from k8s.local.config import ClusterConfig
+from k8s.local.errors import LocalClusterError
 from k8s.local.hooks import LocalHooks, LocalSnapshot, MeshState, NodeView, PodRef
 from k8s.localcni import CniPod, CniRuntime
 from k8s.waypoint_deployer import DeployerSettings, deploy, managed
@@ -284,8 +285,19 @@ class LocalMesh:
         return state
 
 
+# A unix socket's path has at most 107 bytes; ztunnel binds ".ztunnel.sock.XXXXXXXX" first.
+SOCKET_PATH_MAX = 107 - len("/.ztunnel.sock.12345678")
+
+
 def node_dir(state_dir: Path, node: str) -> Path:
-    return state_dir / "nodes" / node
+    """``<state>/nodes/<node>``: the node's sockets and its agent's state."""
+    path = state_dir / "nodes" / node
+    if len(os.fsencode(path)) > SOCKET_PATH_MAX:
+        raise LocalClusterError(
+            f"{path} is too long for the node's unix sockets (at most {SOCKET_PATH_MAX}"
+            " bytes): use a shorter --state-dir"
+        )
+    return path
 
 
 def cni_pods(snapshot: LocalSnapshot) -> list[CniPod]:

@@ -145,3 +145,14 @@ async def test_agent_killed_traffic_untouched(cluster: Cluster) -> None:
         (line,) = await wait_inbound(cluster, count)
         assert line["src.identity"] == CLIENT
         assert {p["captured"] for p in (await pods(cluster)).values()} == {True}
+
+        # As an operator restarts it: stopped, started, in sync again; traffic untouched.
+        result = await cluster.ambit("restart", "node-agent/node-2")
+        assert result.returncode == 0, result.stderr.decode()
+        assert await curl_status("http://server/", client_netns) == "200"
+
+        async def synced_again() -> bool:
+            return len(await agent_events(cluster, "node-2", "node_agent_synced")) == 3
+
+        assert await eventually(synced_again, seconds=10), "node-2's agent did not sync"
+        assert len(await cluster.ztunnel_events("node-2", "pod_captured")) == captured_before

@@ -15,9 +15,10 @@ import trio
 
 from ambit import tables
 from k8s.local.config import ClusterConfig
+from k8s.local.errors import LocalClusterError
 from k8s.local.hooks import LocalSnapshot, MeshState, NodeView, PodView
 from k8s.localcni import CniPod, CniRuntime, cni_request
-from k8s.localmesh import LocalMesh, cni_pods, default_hooks
+from k8s.localmesh import LocalMesh, cni_pods, default_hooks, node_dir
 from node.cni_plugin import Pod, agent_request
 from node.cni_server import serve_cni
 
@@ -156,3 +157,9 @@ async def test_mesh_state_takes_the_agents_reason_until_ztunnel_captures_the_pod
         "pods": [{"uid": "shop/web", "captured": True, "certificate_expires": "soon"}]
     }
     assert (await LocalMesh().mesh_state(snapshot))[("shop", "web")] == MeshState(True, True)
+
+
+def test_a_state_directory_too_long_for_the_nodes_sockets_is_refused_saying_so() -> None:
+    assert node_dir(Path("/run/ambit"), "node-1") == Path("/run/ambit/nodes/node-1")
+    with pytest.raises(LocalClusterError, match="use a shorter --state-dir"):
+        node_dir(Path("/tmp/" + "x" * 80), "node-1")
