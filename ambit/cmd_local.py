@@ -22,6 +22,7 @@ from k8s.local.config import (
     DEFAULT_POD_CIDR,
     DEFAULT_SERVICE_CIDR,
     files_of,
+    node_agent_log,
     pod_log,
     state_dir_from,
     ztunnel_log,
@@ -106,10 +107,11 @@ def register(subparsers: Subparsers) -> None:
         help="restart a component: ztunnel/NODE (hand-over, no connection lost) or controlplane",
         description="ztunnel/NODE: a new ztunnel listens beside the old one until it is ready,"
         " then the old one drains (open connections finish, up to its drain deadline), so no"
-        " new connection is refused and none that ends in time is lost. controlplane: stopped"
-        " and started; the proxies keep their config meanwhile.",
+        " new connection is refused and none that ends in time is lost. controlplane and"
+        " node-agent/NODE: stopped and started; the proxies keep their config and pods"
+        " meanwhile.",
     )
-    restart.add_argument("component", help="ztunnel/NODE or controlplane")
+    restart.add_argument("component", help="ztunnel/NODE, node-agent/NODE or controlplane")
     restart.set_defaults(run=run_restart)
 
     exec_ = subparsers.add_parser(
@@ -127,7 +129,8 @@ def register(subparsers: Subparsers) -> None:
         "logs",
         parents=[state],
         help="print the log of a component",
-        description="COMPONENT: pod/NAME (or NAME), ztunnel/NODE, controlplane, daemon",
+        description="COMPONENT: pod/NAME (or NAME), ztunnel/NODE, node-agent/NODE,"
+        " controlplane, daemon",
     )
     _namespace_args(logs, of_pod=True)
     logs.add_argument("component")
@@ -422,6 +425,8 @@ def run_logs(args: argparse.Namespace) -> int:
         path = pod_log(state_dir, namespace, waypoint_pod_name(namespace, gateway))
     elif kind == "ztunnel":
         path = ztunnel_log(state_dir, name)
+    elif kind == "node-agent":
+        path = node_agent_log(state_dir, name)
     elif kind == "controlplane":
         path = state_dir / "logs" / "controlplane.log"
     elif kind == "daemon":
@@ -430,7 +435,7 @@ def run_logs(args: argparse.Namespace) -> int:
         return _fail(
             "logs",
             f"unknown component {args.component!r}; use pod/NAME, ztunnel/NODE,"
-            " waypoint/NS/NAME, controlplane or daemon",
+            " node-agent/NODE, waypoint/NS/NAME, controlplane or daemon",
         )
     try:
         text = path.read_text(errors="replace")

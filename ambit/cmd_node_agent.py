@@ -79,6 +79,30 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         " agent's DaemonSet is gone, so that a restart or an upgrade keeps meshed pods from"
         " starting uncaptured)",
     )
+    parser.add_argument(
+        "--source",
+        choices=("kubernetes", "files"),
+        default="kubernetes",
+        help="where the node's pods and the namespaces come from: the API server, or (local"
+        " mode) the objects files given with -f, as an API server would serve them",
+    )
+    parser.add_argument(
+        "-f",
+        "--file",
+        dest="files",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="with --source files: a file or directory of objects (repeatable)",
+    )
+    parser.add_argument(
+        "--no-cni-install",
+        dest="cni_install",
+        action="store_false",
+        help="install no CNI plugin (the runtime sends ADD and DEL to cni.sock itself, as"
+        " local mode does); readiness then does not wait for a plugin",
+    )
     parser.set_defaults(run=run)
 
 
@@ -88,6 +112,10 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.node:
         print("ambit node-agent: give --node or set NODE_NAME", file=sys.stderr)
+        return 2
+    if (args.source == "files") != bool(args.files):
+        print("ambit node-agent: --source files needs -f PATH, and -f only goes with it",
+              file=sys.stderr)  # fmt: skip
         return 2
     config = NodeAgentConfig(
         node=args.node,
@@ -103,6 +131,8 @@ def run(args: argparse.Namespace) -> int:
         uninstall_on_exit=args.uninstall_on_exit,
         pod_name=os.environ.get("POD_NAME"),
         pod_namespace=os.environ.get("POD_NAMESPACE"),
+        files=tuple(args.files),
+        cni_install=args.cni_install,
     )
     try:
         trio.run(run_node_agent, config)

@@ -41,9 +41,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="run the node proxy (ztunnel) of one node",
         description=(
             "Run ztunnel for NODE: it gets certificates from the CA, the mesh model from the"
-            " control plane's config stream, and captures the node's meshed pods: those the model"
-            " places on NODE whose namespaces --pods-file names, or those the node agent hands"
-            " over --pods-socket."
+            " control plane's config stream, and serves the node's meshed pods: those the node"
+            " agent hands over --pods-socket (on Kubernetes and in local mode alike)."
         ),
     )
     parser.add_argument("--node", required=True)
@@ -53,13 +52,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--ca", required=True, help=f"HOST[:PORT] of the CA ({CONTROL_PLANE_PORT})")
     parser.add_argument("--token-file", required=True, type=Path, help="the node's bearer token")
     parser.add_argument("--trust-bundle", required=True, type=Path, help="PEM roots to trust")
-    pods = parser.add_mutually_exclusive_group(required=True)
-    pods.add_argument(
-        "--pods-file", type=Path, help='{"ns/pod": "netns"} JSON: the model says which pods'
-    )
-    pods.add_argument(
+    parser.add_argument(
         "--pods-socket",
         type=Path,
+        required=True,
         help="a unix socket to bind, where the node agent hands pods over"
         " (/var/run/ambit/ztunnel.sock on Kubernetes)",
     )
@@ -116,7 +112,6 @@ def run(args: argparse.Namespace) -> int:
             ca=_address(args.ca, CONTROL_PLANE_PORT),
             token=TokenFile(args.token_file),
             bundle=TrustBundle.from_pem(args.trust_bundle.read_bytes()),
-            pods_file=args.pods_file,
             pods_socket=args.pods_socket,
             trust_domain=args.trust_domain,
             service_account=_service_account(args.service_account),

@@ -59,6 +59,8 @@ def _captured(pod: dict[str, Any]) -> str:
         return "-"
     if pod.get("native_tunnel"):
         return "native"  # a waypoint: speaks HBONE itself
+    if pod["captured"] is False and pod.get("capture_error"):
+        return f"no ({pod['capture_error']})"  # the node agent's reason
     return {True: "yes", False: "no", None: "unknown"}[pod["captured"]]
 
 

@@ -1,5 +1,5 @@
-"""The mesh in local mode: the hooks that put the control plane and a ztunnel
-per node into the one-machine cluster of :mod:`k8s.local`.
+"""The mesh in local mode: the hooks that put the control plane, and a ztunnel and a node
+agent per node, into the one-machine cluster of :mod:`k8s.local`.
 
 - When the cluster starts: the CA's keys are made in ``<state>/ca`` and its
   bundle written; node tokens go to ``<state>/mesh/tokens.json``. The control
@@ -8,15 +8,16 @@ per node into the one-machine cluster of :mod:`k8s.local`.
   15012, config stream 15010, metrics 15014). It watches
   ``<state>/mesh/objects/`` and writes each object's conditions to
   ``<state>/mesh/status.json``.
-- On every change: capture rules are installed in the network namespace of
-  every pod that joined the mesh (:mod:`mesh.capture`: this is the node-level
-  part that outlives ztunnel, so a pod's traffic fails closed while its
-  ztunnel is down), then the pods' network namespaces go to
-  ``<state>/mesh/pods.json`` (read by the ztunnels) and every object, as an
-  API server would serve it, to ``<state>/mesh/objects/cluster.json`` (what the
-  control plane translates and publishes); last, rules are removed from pods
-  that left.
-- Each node runs ``ambit ztunnel`` in its namespace with its own token.
+- Each node runs, as on a Kubernetes node, ``ambit ztunnel --pods-socket`` and
+  ``ambit node-agent --source files --no-cni-install`` (docs/node.md), both in the
+  node's namespace, their sockets in ``<state>/nodes/<node>/``. The agent follows the
+  objects file, installs the capture rules in each meshed pod's namespace
+  (:mod:`mesh.capture`: the node-level part that outlives ztunnel, so a pod's traffic
+  fails closed while its ztunnel is down) and hands the pod to ztunnel.
+- On every change: every object, as an API server would serve it, goes to
+  ``<state>/mesh/objects/cluster.json`` (what the control plane translates and the
+  agents follow); then the cluster plays the container runtime: each pod's CNI ``ADD``
+  and ``DEL`` go to its node's agent (:mod:`k8s.localcni`).
 - The waypoint deployer (:mod:`k8s.waypoint_deployer`) is local mode's controller: a
   waypoint Gateway becomes its ServiceAccount, Service and Pod, stored by the cluster
   beside it. The pod runs ``ambit waypoint run`` as the component ``waypoint/NS/NAME``
@@ -24,9 +25,11 @@ per node into the one-machine cluster of :mod:`k8s.local`.
   token of its service account: made here, written 0600 to
   ``<state>/mesh/serviceaccounts/NS/SA/token`` and to the tokens file under
   ``system:serviceaccount:NS:SA``, which the CA lets have only that account's identity.
-  No capture rules are installed for a waypoint's pod: it speaks HBONE itself.
+  It is labelled ``dataplane-mode: none``, as on Kubernetes: it speaks HBONE itself and
+  the agent never captures it.
 - Readiness: each ztunnel's ``/config_dump`` (loopback port 15000 inside the
-  node's namespace) says which pods are captured and have a certificate.
+  node's namespace) says which pods are captured and have a certificate; each agent's
+  ``/status`` (port 15031 on the node's address) says why a pod is not captured.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,18 +49,17 @@ from ca import CaConfig, CertificateAuthority
 from ca.auth import service_account_caller
 from k8s import manifests
 from k8s.local.config import ClusterConfig
+from k8s.local.errors import LocalClusterError
 from k8s.local.hooks import LocalHooks, LocalSnapshot, MeshState, NodeView, PodRef
+from k8s.localcni import CniPod, CniRuntime
 from k8s.waypoint_deployer import DeployerSettings, deploy, managed
-from mesh.capture import install_capture, remove_capture
-from mesh.commands import CommandFailed
 from mesh.constants import (
     ADMIN_PORT,
     CONFIG_STREAM_PORT,
     CONTROL_PLANE_PORT,
-    LABEL_DATAPLANE_MODE,
     LABEL_GATEWAY_NAME,
 )
-from mesh.netns import NetnsError, NetworkNamespace
+from mesh.netns import NetnsError, NetworkNamespace, netns_path
 from mesh.tokens import TokenTable
 
 log = structlog.get_logger("k8s.localmesh")
@@ -74,7 +76,7 @@ def _write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
     os.replace(tmp, path)
 
 
-CAPTURE_RETRY_SECONDS = 2.0
+AGENT_PORT = 15031  # the node agent's /healthz/ready and /status, on the node's address
 ZTUNNEL_DRAIN_SECONDS = 5.0  # open connections' time to finish when a ztunnel stops
 WAYPOINT_DRAIN_SECONDS = 1.0  # requests' time to finish when a waypoint pod stops
 # The source tree this daemon runs: a waypoint pod runs the same code.
@@ -87,7 +89,7 @@ class LocalMesh:
         self._config: ClusterConfig | None = None
         self._latest: LocalSnapshot | None = None
         self._changed = trio.Event()
-        self._captured: set[str] = set()  # netns names with capture rules installed
+        self._runtime = CniRuntime(self.node_dir_socket)
         self._nodes: list[str] = []
         self._accounts: list[tuple[str, str]] = []  # waypoints' service accounts with a token
 
@@ -96,17 +98,28 @@ class LocalMesh:
             on_cluster_started=self.on_cluster_started,
             on_objects_changed=self.on_objects_changed,
             ztunnel_command=self.ztunnel_command,
+            node_agent_command=self.node_agent_command,
             mesh_state=self.mesh_state,
             controlplane_command=self.controlplane_command,
             ztunnel_stop_grace=ZTUNNEL_DRAIN_SECONDS + 1.0,
             object_conditions=self.object_conditions,
             derive_objects=self.derive_objects,
             pod_component=self.pod_component,
+            runtime_pending=self._runtime.pending,
         )
 
     def _dir(self) -> Path:
         assert self._config is not None
         return self._config.state_dir / "mesh"
+
+    def node_dir(self, node: str) -> Path:
+        """The node's sockets (``cni.sock``, ``ztunnel.sock``) and its agent's state. Short:
+        a unix socket's path has at most 107 bytes."""
+        assert self._config is not None
+        return node_dir(self._config.state_dir, node)
+
+    def node_dir_socket(self, node: str) -> Path:
+        return self.node_dir(node) / "cni.sock"
 
     async def on_cluster_started(self, nursery: trio.Nursery, config: ClusterConfig) -> None:
         self._config = config
@@ -195,53 +208,19 @@ class LocalMesh:
         self._changed.set()
 
     async def _publish_changes(self) -> None:
-        """Apply each change in order: capture joining pods, publish, release leaving pods."""
-        while True:
-            await self._changed.wait()
-            self._changed = trio.Event()
-            snapshot = self._latest
-            assert snapshot is not None
-            # A waypoint's pod speaks HBONE itself: never captured.
-            meshed = {p.netns for p in snapshot.pods if p.meshed and not p.native_tunnel}
-            uncaptured: set[str] = set()
-            for netns in sorted(meshed - self._captured):
-                if not await self._set_capture(netns, install=True):
-                    uncaptured.add(netns)
-            failed = bool(uncaptured)
-            pods = {f"{p.namespace}/{p.name}": p.netns for p in snapshot.pods}
-            _write_atomically(self._dir() / "pods.json", json.dumps(pods, indent=1).encode())
-            # A pod whose capture rules could not be installed is published out of the mesh
-            # until they are: it is never shown (or served) as meshed while its traffic is not
-            # captured. The retry below tries again.
-            left_out = {(p.namespace, p.name) for p in snapshot.pods if p.netns in uncaptured}
-            documents = _out_of_mesh(snapshot.documents, left_out)
-            _write_atomically(
-                self._dir() / "objects" / "cluster.json",
-                "\n---\n".join(json.dumps(d) for d in documents).encode(),
-            )
-            existing = {p.netns for p in snapshot.pods}
-            for netns in sorted(self._captured - meshed):
-                if netns in existing:
-                    failed |= not await self._set_capture(netns, install=False)
-                else:
-                    self._captured.discard(netns)  # the namespace, and its rules, are gone
-            if failed:
-                with trio.move_on_after(CAPTURE_RETRY_SECONDS):
-                    await self._changed.wait()
-                self._changed.set()
-
-    async def _set_capture(self, netns: str, *, install: bool) -> bool:
-        try:
-            if install:
-                await install_capture(netns)
-                self._captured.add(netns)
-            else:
-                await remove_capture(netns)
-                self._captured.discard(netns)
-        except CommandFailed as exc:
-            log.warning("pod_capture_rules_failed", netns=netns, install=install, reason=str(exc))
-            return False
-        return True
+        """Apply each change in order: publish every object, then send the runtime's CNI
+        ADD and DEL for the pods that came and went."""
+        async with trio.open_nursery() as nursery:
+            while True:
+                await self._changed.wait()
+                self._changed = trio.Event()
+                snapshot = self._latest
+                assert snapshot is not None
+                _write_atomically(
+                    self._dir() / "objects" / "cluster.json",
+                    "\n---\n".join(json.dumps(d) for d in snapshot.documents).encode(),
+                )
+                self._runtime.update(nursery, cni_pods(snapshot))
 
     def ztunnel_command(self, node: NodeView, config: ClusterConfig) -> Sequence[str] | None:
         token_file = self._dir() / "tokens" / node.name
@@ -257,12 +236,28 @@ class LocalMesh:
             "--ca", f"{host}:{CONTROL_PLANE_PORT}",
             "--token-file", str(token_file),
             "--trust-bundle", str(self._dir() / "bundle.pem"),
-            "--pods-file", str(self._dir() / "pods.json"),
+            "--pods-socket", str(self.node_dir(node.name) / "ztunnel.sock"),
             "--listen-ip", node.ip,
             "--trust-domain", config.trust_domain,
             # The cluster gives a ztunnel ZTUNNEL_DRAIN_SECONDS + 1 between SIGTERM and SIGKILL.
             "--drain-seconds", str(ZTUNNEL_DRAIN_SECONDS),
             "--ready-file", str(config.ztunnel_ready_file(node.name)),
+        ]  # fmt: skip
+
+    def node_agent_command(self, node: NodeView, config: ClusterConfig) -> Sequence[str]:
+        """The node's agent, as on a Kubernetes node, but following the objects file and
+        told of pods by the cluster (the runtime) rather than a CNI plugin."""
+        directory = self.node_dir(node.name)
+        return [
+            sys.executable, "-m", "ambit.cli", "--log-format", "json", "node-agent",
+            "--node", node.name,
+            "--source", "files", "-f", str(self._dir() / "objects"),
+            "--no-cni-install",
+            "--socket-dir", str(directory),
+            "--state-dir", str(directory / "agent"),
+            "--exclude-namespaces", "",  # local mode: the labels alone decide
+            "--listen-ip", node.ip,
+            "--readiness-port", str(AGENT_PORT),
         ]  # fmt: skip
 
     async def mesh_state(self, snapshot: LocalSnapshot) -> Mapping[PodRef, MeshState]:
@@ -272,29 +267,51 @@ class LocalMesh:
             if p.meshed and not p.native_tunnel
         }
         for node in snapshot.nodes:
-            dump = await config_dump(node.netns)
+            agent = await get_json(node.netns, node.ip, AGENT_PORT, "/status")
+            for key, reason in ((agent or {}).get("failed") or {}).items():
+                namespace, _, name = str(key).partition("/")
+                if (namespace, name) in state:
+                    state[(namespace, name)] = MeshState(False, False, reason=str(reason))
+            dump = await get_json(node.netns, "127.0.0.1", ADMIN_PORT, "/config_dump")
             for pod in (dump or {}).get("pods", []):
                 namespace, _, name = str(pod.get("uid", "")).partition("/")
                 if (namespace, name) in state:
+                    captured = bool(pod.get("captured"))
                     state[(namespace, name)] = MeshState(
-                        captured=bool(pod.get("captured")),
+                        captured=captured,
                         certificate=pod.get("certificate_expires") is not None,
+                        reason=None if captured else state[(namespace, name)].reason,
                     )
         return state
 
 
-def _out_of_mesh(
-    documents: Sequence[Mapping[str, Any]], pods: Collection[tuple[str, str]]
-) -> list[Mapping[str, Any]]:
-    """``documents`` with the Pods named in ``pods`` labelled out of the mesh."""
-    out: list[Mapping[str, Any]] = []
-    for doc in documents:
-        meta = doc.get("metadata") or {}
-        if doc.get("kind") == "Pod" and (meta.get("namespace"), meta.get("name")) in pods:
-            labels = {**(meta.get("labels") or {}), LABEL_DATAPLANE_MODE: "none"}
-            doc = {**doc, "metadata": {**meta, "labels": labels}}
-        out.append(doc)
-    return out
+# A unix socket's path has at most 107 bytes; ztunnel binds ".ztunnel.sock.XXXXXXXX" first.
+SOCKET_PATH_MAX = 107 - len("/.ztunnel.sock.12345678")
+
+
+def node_dir(state_dir: Path, node: str) -> Path:
+    """``<state>/nodes/<node>``: the node's sockets and its agent's state."""
+    path = state_dir / "nodes" / node
+    if len(os.fsencode(path)) > SOCKET_PATH_MAX:
+        raise LocalClusterError(
+            f"{path} is too long for the node's unix sockets (at most {SOCKET_PATH_MAX}"
+            " bytes): use a shorter --state-dir"
+        )
+    return path
+
+
+def cni_pods(snapshot: LocalSnapshot) -> list[CniPod]:
+    """Every pod whose network is set up, as the runtime tells its node's agent."""
+    uids = {
+        ((d.get("metadata") or {}).get("namespace"), (d.get("metadata") or {}).get("name")):
+        str((d.get("metadata") or {}).get("uid") or "")
+        for d in snapshot.documents if d.get("kind") == "Pod"
+    }  # fmt: skip
+    return [
+        CniPod(p.node, p.namespace, p.name, uids.get(p.ref, ""), str(netns_path(p.netns)), p.ip)
+        for p in snapshot.pods
+        if uids.get(p.ref)
+    ]
 
 
 def default_hooks() -> LocalHooks:
@@ -303,8 +320,15 @@ def default_hooks() -> LocalHooks:
 
 
 async def config_dump(netns: str, *, seconds: float = 2.0) -> dict[str, Any] | None:
-    """GET /config_dump from the ztunnel in ``netns`` (its admin port is loopback-only);
-    None when it does not answer 200 with a JSON object in time."""
+    """GET /config_dump from the ztunnel in ``netns`` (its admin port is loopback-only)."""
+    return await get_json(netns, "127.0.0.1", ADMIN_PORT, "/config_dump", seconds=seconds)
+
+
+async def get_json(
+    netns: str, host: str, port: int, path: str, *, seconds: float = 2.0
+) -> dict[str, Any] | None:
+    """GET ``path`` from ``host:port`` inside ``netns``; None when it does not answer 200
+    with a JSON object in time."""
     try:
         with NetworkNamespace.open(netns) as handle:
             sock = handle.socket(mark=None)
@@ -313,13 +337,13 @@ async def config_dump(netns: str, *, seconds: float = 2.0) -> dict[str, Any] | N
     client = h11.Connection(h11.CLIENT)
     request = h11.Request(
         method="GET",
-        target="/config_dump",
-        headers=[("host", "ztunnel"), ("connection", "close")],
+        target=path,
+        headers=[("host", host), ("connection", "close")],
     )
     status, body = 0, bytearray()
     with sock, trio.move_on_after(seconds):
         try:
-            await sock.connect(("127.0.0.1", ADMIN_PORT))
+            await sock.connect((host, port))
             stream = trio.SocketStream(sock)
             await stream.send_all(client.send(request) + client.send(h11.EndOfMessage()))
             while True:

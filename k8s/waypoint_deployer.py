@@ -11,7 +11,8 @@ gets, in N:
   its key is the waypoint's, so translation finds the waypoint running once this
   Service has a meshed endpoint;
 - Pod ``<gateway>-<5 hex digits of a hash of N/gateway>`` (stable: the same Gateway
-  always names the same pod) with that label, ``serviceAccountName: <gateway>``, and a
+  always names the same pod) with that label and ``ambit.io/dataplane-mode: none`` (no
+  node agent captures it: it speaks HBONE itself), ``serviceAccountName: <gateway>``, and a
   command that runs ``ambit waypoint run`` with exactly the flags
   :class:`waypoint.config.WaypointConfig` is parsed from.
 
@@ -48,6 +49,7 @@ from mesh.constants import (
     CONTROL_PLANE_SERVICE_ACCOUNT,
     DEFAULT_TRUST_DOMAIN,
     HBONE_PORT,
+    LABEL_DATAPLANE_MODE,
     LABEL_GATEWAY_NAME,
     LABEL_MANAGED_BY,
     READINESS_PORT,
@@ -205,7 +207,8 @@ def waypoint_documents(gateway: m.Gateway, settings: DeployerSettings) -> list[d
         {
             "apiVersion": "v1",
             "kind": "Pod",
-            "metadata": object_metadata(gateway, pod_name(gateway)),
+            # Never captured by a node agent: it speaks HBONE itself (as on Kubernetes).
+            "metadata": object_metadata(gateway, pod_name(gateway), {LABEL_DATAPLANE_MODE: "none"}),
             "spec": {
                 "serviceAccountName": gateway.name,
                 "restartPolicy": "Always",

@@ -29,14 +29,14 @@ from typing import Any, NoReturn, Protocol
 import structlog
 import trio
 
-from k8s.sources.api import Api, Requests
-from k8s.sources.watch import Change, Delete, Listed, Put, ResourceWatch
+from k8s.sources.api import Requests
+from k8s.sources.watch import Change, Delete, Listed, Put
 from mesh.backoff import Backoff
 from mesh.commands import CommandFailed
-from node.follow import follow
 from node.pods import PodView, ipv4s, pod_view, skip_reason
 from node.procscan import find_pod_netns, namespace_key
 from node.records import PodRecord, Records
+from node.sources import PodSource
 
 log = structlog.get_logger("node.agent")
 
@@ -83,6 +83,7 @@ class AgentConfig:
     pod_name: str | None = None  # where the status annotation goes
     pod_namespace: str | None = None
     proc: Path = Path("/proc")
+    cni_install: bool = True  # False: no plugin to wait for (local mode is the runtime)
 
 
 @dataclass
@@ -94,8 +95,8 @@ class _Gate:
 @dataclass
 class NodeAgent:
     config: AgentConfig
-    api: Api
-    requests: Requests
+    source: PodSource  # the API server's watches, or local mode's objects files
+    requests: Requests  # GET a pod or namespace not seen yet; PATCH the status
     ztunnel: ZtunnelLink
     install_rules: CaptureFn
     remove_rules: CaptureFn
@@ -117,13 +118,9 @@ class NodeAgent:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.records.load()
-        pods_path = f"/api/v1/pods?fieldSelector=spec.nodeName%3D{self.config.node}"
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(lambda: follow(self.api, pods_path, self._on_pods, name="pods"))
-            namespaces = "/api/v1/namespaces"
-            nursery.start_soon(
-                lambda: follow(self.api, namespaces, self._on_namespaces, name="namespaces")
-            )
+            nursery.start_soon(self.source.follow_pods, self._on_pods)
+            nursery.start_soon(self.source.follow_namespaces, self._on_namespaces)
             nursery.start_soon(self._reconcile_forever)
             if self.config.pod_name and self.config.pod_namespace:
                 nursery.start_soon(self._write_status_forever)
@@ -133,7 +130,7 @@ class NodeAgent:
 
     def ready(self) -> tuple[bool, str]:
         cni = self.cni_status()
-        if not cni.get("installed"):
+        if self.config.cni_install and not cni.get("installed"):
             return False, f"CNI plugin not installed: {cni.get('error') or 'waiting'}"
         if not (self.listed.pods and self.listed.namespaces):
             return False, "pods and namespaces not listed yet"
@@ -151,7 +148,7 @@ class NodeAgent:
 
     # ---- the API's view ---------------------------------------------------------------
 
-    def _on_pods(self, _machine: ResourceWatch, changes: tuple[Change, ...]) -> None:
+    def _on_pods(self, changes: tuple[Change, ...]) -> None:
         for change in changes:
             if isinstance(change, Put):
                 pod = pod_view(change.raw)
@@ -163,7 +160,7 @@ class NodeAgent:
                 self.listed.pods = True
         self._poke()
 
-    def _on_namespaces(self, _machine: ResourceWatch, changes: tuple[Change, ...]) -> None:
+    def _on_namespaces(self, changes: tuple[Change, ...]) -> None:
         for change in changes:
             if isinstance(change, Put):
                 meta = change.raw.get("metadata") or {}
@@ -335,16 +332,18 @@ class NodeAgent:
             return {"error": f"pod {namespace}/{name} has uid {pod.uid}, not {uid}"}
         if namespace not in self.namespaces and not await self._fetch_namespace(namespace):
             return {"error": f"namespace {namespace} not found in the API server"}
+        usable = bool(netns) and namespace_key(netns) is not None
+        if usable and ips:  # also for a pod skipped now: its namespace may be labelled later
+            self.records.put(PodRecord(uid, namespace, name, netns, ips,
+                                       str(request.get("containerId") or "")))  # fmt: skip
+            self.pods.setdefault(uid, pod)
         reason = self._skip(pod)
         if reason is not None:
             return {"result": "skipped", "reason": reason}
-        if not netns or namespace_key(netns) is None:
+        if not usable:
             return {"error": f"network namespace {netns!r} does not exist"}
         if not ips:
             return {"error": "no IPv4 address in the CNI result"}
-        self.records.put(PodRecord(uid, namespace, name, netns, ips,
-                                   str(request.get("containerId") or "")))  # fmt: skip
-        self.pods.setdefault(uid, pod)
         try:
             await self.enroll(pod, netns, ips)
         except EnrollError as exc:

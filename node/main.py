@@ -2,6 +2,11 @@
 (:mod:`node.cni_server`), the CNI installation (:mod:`node.cni_config`), the link to
 ztunnel (:mod:`node.zds_client`) and a readiness port, until SIGTERM.
 
+With ``--source files`` (local mode) the agent follows the local cluster's objects
+files instead of the API server (:class:`node.sources.FileSource`), and with
+``--no-cni-install`` it installs no plugin: the local cluster, which is the container
+runtime there, sends the plugin's ADD and DEL to ``cni.sock`` itself.
+
 On exit the plugin stays in the node's CNI chain while the agent's DaemonSet exists (a
 restart or an upgrade: meshed pods then wait for the agent, failing ADD, rather than
 start uncaptured), and is removed, leaving the CNI config exactly as it was found, when
@@ -38,6 +43,7 @@ from node.cni_install import (
     uninstall,
 )
 from node.cni_server import serve_cni
+from node.sources import FileSource, KubeSource, PodSource
 from node.zds_client import ZdsClient
 
 log = structlog.get_logger("node.main")
@@ -60,12 +66,22 @@ class NodeAgentConfig:
     uninstall_on_exit: bool = False
     pod_name: str | None = None
     pod_namespace: str | None = None
+    files: tuple[Path, ...] = ()  # --source files: follow these instead of the API server
+    cni_install: bool = True
+
+
+NO_CNI_INSTALL = {"installed": False, "conflist": None, "error": None,
+                  "disabled": "--no-cni-install: the runtime sends ADD and DEL itself"}  # fmt: skip
 
 
 async def run_node_agent(config: NodeAgentConfig) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as stop_signals:
+        if config.files:
+            files = FileSource(config.files, config.node)
+            await _run(config, None, files, files, stop_signals)
+            return
         async with open_kube_api(config.kube) as api:
-            await _run(config, api, stop_signals)
+            await _run(config, api, KubeSource(api, config.node), api, stop_signals)
 
 
 class CniState:
@@ -90,7 +106,14 @@ class CniState:
         return dict(self.doc)
 
 
-async def _run(config: NodeAgentConfig, api: ClientApi, stop_signals: AsyncIterator[int]) -> None:
+async def _run(
+    config: NodeAgentConfig,
+    api: ClientApi | None,
+    source: PodSource,
+    requests: Requests,
+    stop_signals: AsyncIterator[int],
+) -> None:
+    """Serve until a signal; ``api`` is None with the files source (local mode)."""
     zds = ZdsClient(config.socket_dir / "ztunnel.sock")
     settings = PluginSettings(
         agent_socket=str(config.socket_dir / "cni.sock"),
@@ -104,22 +127,24 @@ async def _run(config: NodeAgentConfig, api: ClientApi, stop_signals: AsyncItera
         settings=settings,
         kubeconfig=lambda: plugin_kubeconfig(config.kube),
     )
-    plugin_kubeconfig(config.kube)  # unusable credentials: fail at start, with why
+    if config.cni_install:
+        plugin_kubeconfig(config.kube)  # unusable credentials: fail at start, with why
     cni = CniState(config.cni_conf_dir)
     agent = NodeAgent(
         AgentConfig(
             node=config.node,
             state_dir=config.state_dir,
             excluded=config.excluded,
-            pod_name=config.pod_name,
+            pod_name=config.pod_name if api is not None else None,
             pod_namespace=config.pod_namespace,
+            cni_install=config.cni_install,
         ),
-        api=api,
-        requests=api,
+        source=source,
+        requests=requests,
         ztunnel=zds,
         install_rules=install_capture,
         remove_rules=remove_capture,
-        cni_status=cni.status,
+        cni_status=cni.status if config.cni_install else lambda: dict(NO_CNI_INSTALL),
     )
     handlers = {"ADD": agent.cni_add, "DEL": agent.cni_del, "CHECK": agent.cni_check}
     routes = {"/healthz/ready": ready_route(agent.ready), "/status": status_route(agent)}
@@ -128,7 +153,8 @@ async def _run(config: NodeAgentConfig, api: ClientApi, stop_signals: AsyncItera
         await nursery.start(agent.run)
         # The socket before the plugin: the plugin is never in the chain with no one to ask.
         await nursery.start(serve_cni, config.socket_dir / "cni.sock", handlers)
-        nursery.start_soon(partial(keep_installed, install, on_round=cni.on_round))
+        if config.cni_install:
+            nursery.start_soon(partial(keep_installed, install, on_round=cni.on_round))
         await nursery.start(partial(serve_http, routes, host=config.listen_ip,
                                     port=config.readiness_port))  # fmt: skip
         log.info("node_agent_running", node=config.node, socket_dir=str(config.socket_dir))
@@ -136,8 +162,10 @@ async def _run(config: NodeAgentConfig, api: ClientApi, stop_signals: AsyncItera
             log.info("node_agent_stopping", signal=signal.Signals(signum).name)
             break
         nursery.cancel_scope.cancel()
+    if not config.cni_install:
+        return
     remove = config.uninstall_on_exit
-    if not remove and config.pod_name and config.pod_namespace:
+    if not remove and api is not None and config.pod_name and config.pod_namespace:
         with trio.move_on_after(UNINSTALL_CHECK_SECONDS):
             remove = await daemonset_gone(api, config.pod_namespace, config.pod_name)
     if remove:

@@ -1,17 +1,14 @@
 """The ztunnel process of one node: certificates, config stream, pods, ports.
 
 Start-up: fetch ztunnel's own certificate from the CA (proving the node with
-its token), subscribe to the config stream, and capture the node's meshed
-pods: those of the model whose namespaces a pods file names (local mode), or
-those the node agent hands over the pods socket (:mod:`ztunnel.zds`, on
-Kubernetes). Ports: admin 15000 on loopback (``/config_dump``),
+its token), subscribe to the config stream, and serve the node's meshed
+pods: those the node agent hands over the pods socket (:mod:`ztunnel.zds`; on
+Kubernetes and in local mode alike). Ports: admin 15000 on loopback (``/config_dump``),
 Prometheus 15020 and readiness 15021 on the node's address.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -45,7 +42,6 @@ from mesh.identity import (
 )
 from mesh.memory import serve_heap_trimmer
 from mesh.metrics import TcpMetrics
-from mesh.model import Workload
 from mesh.pending import PendingLimits
 from mesh.tokens import Token
 from ztunnel.telemetry import ZtunnelTelemetry
@@ -63,7 +59,7 @@ class ZtunnelConfig:
     ca: tuple[str, int]
     token: Token  # re-read as it rotates (mesh.tokens.TokenFile)
     bundle: TrustBundle
-    pods_file: Path | None  # {"ns/name": "netns"}: the snapshot says which pods (local mode)
+    pods_socket: Path  # where the node agent hands pods over (ztunnel binds it)
     trust_domain: str = DEFAULT_TRUST_DOMAIN
     # ztunnel's own ServiceAccount (namespace, name): its identity for the CA and the
     # config stream; the control plane's --ztunnel-service-account names the same.
@@ -80,42 +76,11 @@ class ZtunnelConfig:
     ready_file: Path | None = None
     # Connections waiting for their destination, or half-closed, per source and overall.
     limits: PendingLimits = field(default_factory=PendingLimits)
-    # The node agent hands pods over this socket instead (exactly one of the two).
-    pods_socket: Path | None = None
-
-    def __post_init__(self) -> None:
-        if (self.pods_file is None) == (self.pods_socket is None):
-            raise ValueError("give exactly one of a pods file and a pods socket")
 
     @property
     def identity(self) -> SpiffeId:
         """ztunnel's own identity (its ServiceAccount's)."""
         return SpiffeId(self.trust_domain, *self.service_account)
-
-
-class PodsFile:
-    """Which network namespace each pod lives in (``{"ns/name": "netns"}``), written by
-    whoever creates the pods (the local cluster; istio-cni's role in Kubernetes)."""
-
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._mtime = -1.0
-        self._map: dict[str, str] = {}
-
-    def netns_for(self, workload: Workload) -> str | None:
-        try:
-            mtime = os.stat(self._path).st_mtime
-        except OSError:
-            return None
-        if mtime != self._mtime:
-            try:
-                data = json.loads(self._path.read_text())
-            except (OSError, ValueError) as exc:
-                log.warning("pods_file_unreadable", path=str(self._path), reason=str(exc))
-                return None
-            self._map = {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
-            self._mtime = mtime
-        return self._map.get(workload.uid)
 
 
 async def run_ztunnel(
@@ -140,7 +105,6 @@ async def _run(
         trust_domain=config.trust_domain,
         ca_identity=control_plane_identity(config.trust_domain),
     )
-    pods = PodsFile(config.pods_file) if config.pods_file is not None else None
     async with open_certificate_manager(ca) as certs:
         await certs.fetch_until_issued(config.identity, RETRY)
 
@@ -154,7 +118,7 @@ async def _run(
             zt = Ztunnel(
                 node=config.node,
                 certificates=certs,
-                netns_for=pods.netns_for if pods is not None else None,
+                netns_for=None,  # the agent names each pod's namespace
                 telemetry=telemetry,
                 limits=config.limits,
             )
@@ -166,9 +130,8 @@ async def _run(
 
             async with trio.open_nursery() as nursery:
                 await nursery.start(zt.run)
-                if config.pods_socket is not None:
-                    zds = ZdsServer(zt, config.pods_socket, trust_domain=config.trust_domain)
-                    await nursery.start(zds.serve)
+                zds = ZdsServer(zt, config.pods_socket, trust_domain=config.trust_domain)
+                await nursery.start(zds.serve)
                 client = ConfigClient(
                     control_pool,
                     source=config.identity,

@@ -7,18 +7,18 @@ network namespace), releases pods that left or changed, and re-checks the
 policy of every open inbound connection. Pods are set up in the background: a
 slow CA never holds up the config stream.
 
-Which pods to capture comes from one of two sources, both feeding the same
-seam, :meth:`Ztunnel.set_pod` and :meth:`Ztunnel.release` with a
-:class:`PodSpec`: the snapshot itself, each pod's namespace named by
-``netns_for`` (local mode's pods file); or the node agent, handing pods over a
-unix socket with their namespaces as file descriptors (:mod:`ztunnel.zds`;
-``netns_for`` is None). Either way a connection's workload is looked up in the
-current snapshot by the pod's key, ``<namespace>/<name>``.
+Which pods to capture comes through one seam, :meth:`Ztunnel.set_pod` and
+:meth:`Ztunnel.release` with a :class:`PodSpec`: the ``ambit ztunnel`` process gets them
+from the node agent, handing pods over a unix socket with their namespaces as file
+descriptors (:mod:`ztunnel.zds`; ``netns_for`` is None), on Kubernetes and in local mode
+alike. In-process tests may instead have the snapshot itself name each pod's namespace
+(``netns_for``). Either way a connection's workload is looked up in the current
+snapshot by the pod's key, ``<namespace>/<name>``.
 
 ztunnel never runs iptables: the capture rules in each pod belong to the
-node-level part that outlives it (:mod:`mesh.capture`; the local cluster in
-local mode). While ztunnel is down or a pod's listeners are not up yet, the
-pod's traffic meets closed ports and is refused: capture fails closed.
+node-level part that outlives it (:mod:`mesh.capture`, run by the node agent).
+While ztunnel is down or a pod's listeners are not up yet, the pod's traffic meets
+closed ports and is refused: capture fails closed.
 """
 
 from __future__ import annotations

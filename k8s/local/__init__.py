@@ -11,5 +11,7 @@ for the CLI (:mod:`k8s.local.api`). Manifests come through
 :mod:`k8s.local.objects`; names and addresses through
 :mod:`k8s.local.config`. Namespaces are entered through
 :class:`mesh.netns.NetworkNamespace`; :mod:`k8s.local.hooks` is where the
-control plane and ztunnel plug in (:mod:`k8s.localmesh`).
+control plane, and each node's ztunnel and node agent, plug in (:mod:`k8s.localmesh`,
+which also plays the container runtime's part: each pod's CNI ADD and DEL to its node's
+agent, :mod:`k8s.localcni`).
 """

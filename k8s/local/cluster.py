@@ -54,6 +54,7 @@ from k8s.store import ObjectRef, ObjectStore, describe, ref_of
 
 log = structlog.get_logger("ambit.local.cluster")
 
+AGENT = "node-agent/"  # a node's agent is the component node-agent/NODE
 RESOLV_CONF = (
     "# ambit local mode: names come from /etc/hosts, there is no DNS\noptions attempts:1\n"
 )
@@ -154,6 +155,9 @@ class LocalCluster(ClusterStatus):
                 await self.supervisor.stop(name)
                 await self._start_controlplane(planned=True)
                 new = self.controlplane
+            elif name.startswith(AGENT):
+                await self.supervisor.stop(name)
+                new = await self._start_node_agent(self._nodes[name[len(AGENT) :]], planned=True)
             elif name in self._component_pods:
                 new = await self._hand_over_pod(name, ready_timeout)
             else:
@@ -344,6 +348,7 @@ class LocalCluster(ClusterStatus):
         await network.create_endpoint(self.config, self.state, plan.netns, plan.veth, plan.ip)
         network.write_netns_file(self.state, plan.netns, "resolv.conf", RESOLV_CONF)
         await self._start_ztunnel(node)
+        await self._start_node_agent(node)
 
     async def _restart_due(self) -> None:
         """A component whose backoff is over is started again: a node's ztunnel (as its
@@ -359,6 +364,9 @@ class LocalCluster(ClusterStatus):
                 pod = self._pods.get(self._component_pods[component.name])
                 if pod is not None:
                     await self._start_pod_process(pod)
+            elif component.name.startswith(AGENT):
+                if (node := self._nodes.get(component.name[len(AGENT) :])) is not None:
+                    await self._start_node_agent(node)
             else:
                 node = self._nodes.get(component.name.removeprefix("ztunnel/"))
                 if node is not None:
@@ -375,6 +383,17 @@ class LocalCluster(ClusterStatus):
                 stop_grace=self.hooks.ztunnel_stop_grace,
                 planned=planned,
             )
+
+    async def _start_node_agent(self, node: _Node, *, planned: bool = False) -> Running | None:
+        """The node's agent, in the node's namespace beside its ztunnel (a DaemonSet's pod
+        with the node's network)."""
+        argv = self.hooks.node_agent_command(self._node_view(node), self.config)
+        if not argv:
+            return None
+        return await self._supervise(
+            AGENT + node.plan.name, node.plan.netns, argv,
+            self.config.node_agent_log(node.plan.name), planned=planned,
+        )  # fmt: skip
 
     async def _create_pod(self, plan: PodPlan) -> None:
         spec = plan.spec

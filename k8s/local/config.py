@@ -161,6 +161,9 @@ class ClusterConfig:
     def ztunnel_log(self, node: str) -> Path:
         return ztunnel_log(self.state_dir, node)
 
+    def node_agent_log(self, node: str) -> Path:
+        return node_agent_log(self.state_dir, node)
+
 
 def files_of(state_dir: Path) -> tuple[Path, Path, Path]:
     """State file, API socket and daemon log of a state directory (no config needed)."""
@@ -173,6 +176,10 @@ def pod_log(state_dir: Path, namespace: str, name: str) -> Path:
 
 def ztunnel_log(state_dir: Path, node: str) -> Path:
     return state_dir / "logs" / "ztunnel" / f"{_safe(node)}.log"
+
+
+def node_agent_log(state_dir: Path, node: str) -> Path:
+    return state_dir / "logs" / "node-agent" / f"{_safe(node)}.log"
 
 
 def _safe(part: str) -> str:

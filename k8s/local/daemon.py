@@ -216,7 +216,7 @@ async def remove_recorded(state: StateFile) -> list[str]:
     return problems
 
 
-MESH_DIRS = ("ca", "mesh")
+MESH_DIRS = ("ca", "mesh", "nodes")
 
 
 def forget_state(state_dir: Path) -> None:
@@ -224,7 +224,7 @@ def forget_state(state_dir: Path) -> None:
     state_file, socket_path, _ = files_of(state_dir)
     socket_path.unlink(missing_ok=True)
     shutil.rmtree(state_dir / "logs", ignore_errors=True)
-    for made_by_the_mesh in MESH_DIRS:  # the local CA's keys, tokens, pods file
+    for made_by_the_mesh in MESH_DIRS:  # the local CA's keys, tokens, node sockets
         shutil.rmtree(state_dir / made_by_the_mesh, ignore_errors=True)
     state_file.unlink(missing_ok=True)
     with contextlib.suppress(OSError):

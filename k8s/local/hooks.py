@@ -13,6 +13,9 @@ and calls the hooks of :class:`LocalHooks`:
 * ``ztunnel_command(node, config)``: the command line of the ztunnel of
   ``node``, run inside the node's namespace with its output in
   ``logs/ztunnel/<node>.log``; None runs no ztunnel.
+* ``node_agent_command(node, config)``: the command line of the node agent of
+  ``node``, run inside the node's namespace beside its ztunnel (output in
+  ``logs/node-agent/<node>.log``) and started again when it exits; None runs none.
 * ``controlplane_command(config)``: the command line of the control plane, run in
   the host's namespace after ``on_cluster_started`` (output in
   ``logs/controlplane.log``) and started again when it exits; None runs none.
@@ -28,6 +31,8 @@ and calls the hooks of :class:`LocalHooks`:
   when it exits, with the cluster's backoff, as ``restartPolicy: Always``), its
   component name and the seconds between SIGTERM and SIGKILL; None for other pods, whose
   exit is reported, not restarted.
+* ``runtime_pending()``: what the runtime's part still waits for, one line each (the
+  node agent's answer to a pod's CNI ADD); ``ambit up`` waits until it is empty.
 * ``mesh_state(snapshot)``: for meshed pods, whether each is captured and has
   its certificate. When set, ``ambit up`` waits until every meshed pod is both,
   and ``ambit get`` shows it. When None (no ztunnel yet), meshing is not
@@ -68,6 +73,7 @@ class PodView:
     exit_code: int | None = None
     captured: bool | None = None
     certificate: bool | None = None
+    capture_error: str | None = None  # why the node agent could not capture it
     native_tunnel: bool = False  # a waypoint's pod: in the mesh, never captured
     component: str | None = None  # supervised and restarted under this name
 
@@ -132,6 +138,7 @@ class LocalSnapshot:
 class MeshState:
     captured: bool
     certificate: bool
+    reason: str | None = None  # why it is not captured (the node agent's last failure)
 
     @property
     def ready(self) -> bool:
@@ -162,11 +169,16 @@ def _no_components(pod: Pod) -> tuple[str, float] | None:
     return None
 
 
+def _nothing_pending() -> Sequence[str]:
+    return ()
+
+
 @dataclass(frozen=True)
 class LocalHooks:
     on_cluster_started: Callable[[trio.Nursery, ClusterConfig], Awaitable[None]] | None = None
     on_objects_changed: Callable[[LocalSnapshot], None] = _nothing_changed
     ztunnel_command: Callable[[NodeView, ClusterConfig], Sequence[str] | None] = _no_ztunnel
+    node_agent_command: Callable[[NodeView, ClusterConfig], Sequence[str] | None] = _no_ztunnel
     mesh_state: Callable[[LocalSnapshot], Awaitable[Mapping[PodRef, MeshState]]] | None = None
     controlplane_command: Callable[[ClusterConfig], Sequence[str] | None] = _no_controlplane
     ztunnel_stop_grace: float = 2.0  # SIGTERM to SIGKILL: above the ztunnel's own drain
@@ -175,3 +187,4 @@ class LocalHooks:
         _no_controllers
     )
     pod_component: Callable[[Pod], tuple[str, float] | None] = _no_components
+    runtime_pending: Callable[[], Sequence[str]] = _nothing_pending

@@ -113,6 +113,7 @@ class ClusterStatus:
             missing = sorted(set(pod.plan.spec.tcp_ports) - listening)
             if missing:
                 pending.append(f"{where} does not listen on port(s) {missing} yet")
+        pending += self.hooks.runtime_pending()
         if self.hooks.mesh_state is not None:
             await self.refresh_mesh_state()
             for pod in self._pods.values():
@@ -178,6 +179,7 @@ class ClusterStatus:
             doc["status"] = {
                 **doc.get("status", {}), "phase": phase, "podIP": pod.plan.ip, "conditions": [ready]
             }  # fmt: skip
+            doc["spec"] = {**doc.get("spec", {}), "nodeName": pod.plan.node}  # as scheduled
         if isinstance(entry.obj, manifests.Service) and ref in self._allocation.service_ips:
             vip = self._allocation.service_ips[ref]
             doc["spec"] = {**doc.get("spec", {}), "clusterIP": vip}
@@ -210,6 +212,7 @@ class ClusterStatus:
             exit_code=process.exit_code if process else None,
             captured=mesh.captured if mesh else None,
             certificate=mesh.certificate if mesh else None,
+            capture_error=mesh.reason if mesh else None,
             native_tunnel=plan.native_tunnel,
             component=pod.component,
         )

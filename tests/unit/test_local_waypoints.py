@@ -1,7 +1,8 @@
 """Local mode runs waypoints, the pure parts: the deployer's objects are derived from the
 applied ones and replaced or removed with their Gateway, a waypoint's pod is planned in
-the mesh but not captured, it gets its own 0600 service-account token in the tokens file
-the control plane reads, and it is supervised as ``waypoint/NS/NAME``."""
+the mesh but not captured (no node agent captures it either), it gets its own 0600
+service-account token in the tokens file the control plane reads, and it is supervised
+as ``waypoint/NS/NAME``."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from k8s.local.plan import Allocation, plan_cluster
 from k8s.localmesh import LocalMesh
 from k8s.store import ObjectRef, ref_of
 from k8s.waypoint_deployer import pod_name
+from node.pods import pod_view, skip_reason
 from tests.k8s_builders import gateway, ns, pod
 
 
@@ -64,6 +66,10 @@ def test_a_waypoint_pod_is_planned_in_the_mesh_but_never_captured(tmp_path: Path
     assert (by_name["web"].meshed, by_name["web"].native_tunnel) == (False, False)
     row = {"meshed": True, "native_tunnel": True, "captured": None}
     assert tables._captured(row) == "native"
+    # The node agent's rule, as on Kubernetes: the deployer labels the pod out of capture.
+    ambient = {"ambit.io/dataplane-mode": "ambient"}
+    view = pod_view({"metadata": {"namespace": "shop", "labels": dict(waypoint.spec.labels)}})
+    assert skip_reason(view, ambient, frozenset()) is not None
 
 
 def test_each_waypoint_gets_its_own_token_file_and_tokens_entry(tmp_path: Path) -> None:
