@@ -149,7 +149,10 @@ class _Connection:
             try:
                 await send_datagram(self.sock, encode(message), fd)
             except BaseException as exc:  # not sent: nothing will answer it
-                self._waiting.remove(reply)
+                # The reader may have seen the connection end meanwhile and let every
+                # waiting request go already (a reset while this one was being sent).
+                if reply in self._waiting:
+                    self._waiting.remove(reply)
                 if isinstance(exc, OSError):
                     self.close()
                     raise _Lost() from exc
