@@ -205,17 +205,17 @@ class NodeAgent:
                 self._changed.set()
 
     async def reconcile(self) -> bool:
-        """One pass: release what should not be captured, capture what should, clean up
-        records of pods that left. True when nothing failed."""
+        """One pass: let go of recorded pods that left, release what should no longer be
+        captured, capture what should. True when nothing failed."""
         ok = True
         wanted = {
             uid: p for uid, p in self.pods.items() if not p.deleting and self._skip(p) is None
         }
-        for uid in [u for u in self.enrolled if u not in wanted]:
-            ok &= await self._release(uid)
-        for left in self.records.all():
+        for left in self.records.all():  # gone from the API: let go, and forget
             if left.uid not in self.pods:
                 ok &= await self._forget(left)
+        for uid in [u for u in self.enrolled if u not in wanted]:  # still there, not meshed
+            ok &= await self._release(uid)
         live = {p.key for p in wanted.values()}
         for key in [k for k in self.failed if k not in live]:
             del self.failed[key]
@@ -268,53 +268,50 @@ class NodeAgent:
         self._status_dirty.set()
         raise EnrollError(reason)
 
-    async def _release(self, uid: str) -> bool:
+    async def _let_go(self, uid: str, key: str, netns: str) -> bool:
         """ztunnel lets go of the pod, then its rules are removed (if its netns is still
-        there)."""
+        there). Called under the pod's lock."""
+        try:
+            with trio.fail_after(ENROLL_TIMEOUT):
+                await self.ztunnel.remove(uid)
+        except (OSError, trio.TooSlowError, RuntimeError) as exc:
+            log.warning("pod_release_failed", pod=key, reason=str(exc))
+            return False
+        if namespace_key(netns) is not None:
+            try:
+                await self.remove_rules(netns)
+            except (CommandFailed, OSError) as exc:
+                log.warning("pod_rules_removal_failed", pod=key, reason=str(exc))
+                return False
+        return True
+
+    async def _release(self, uid: str) -> bool:
+        """An enrolled pod let go (:meth:`_let_go`) and no longer enrolled."""
         async with self._lock(uid):
             enrolled = self.enrolled.get(uid)
             if enrolled is None:
                 return True
-            try:
-                with trio.fail_after(ENROLL_TIMEOUT):
-                    await self.ztunnel.remove(uid)
-            except (OSError, TimeoutError, trio.TooSlowError, RuntimeError) as exc:
-                log.warning("pod_release_failed", pod=enrolled.key, reason=str(exc))
+            if not await self._let_go(uid, enrolled.key, enrolled.netns):
                 return False
-            if namespace_key(enrolled.netns) is not None:
-                try:
-                    await self.remove_rules(enrolled.netns)
-                except (CommandFailed, OSError) as exc:
-                    log.warning("pod_rules_removal_failed", pod=enrolled.key, reason=str(exc))
-                    return False
             del self.enrolled[uid]
             log.info("pod_released", pod=enrolled.key, uid=uid)
             self._status_dirty.set()
             return True
 
     async def _forget(self, record: PodRecord) -> bool:
-        """A recorded pod the API no longer has: release it, remove any rules left in its
-        namespace, forget it."""
-        if not await self._release(record.uid):
-            return False
-        # Not enrolled by this agent (it left while the agent was down): ztunnel may still
-        # serve it; it lets go before the rules go.
-        try:
-            with trio.fail_after(ENROLL_TIMEOUT):
-                await self.ztunnel.remove(record.uid)
-        except (OSError, trio.TooSlowError, RuntimeError) as exc:
-            log.warning("pod_release_failed", pod=f"{record.namespace}/{record.name}",
-                        reason=str(exc))  # fmt: skip
-            return False
-        if namespace_key(record.netns) is not None:
-            try:
-                await self.remove_rules(record.netns)
-            except (CommandFailed, OSError) as exc:
-                log.warning("pod_rules_removal_failed", pod=f"{record.namespace}/{record.name}",
-                            reason=str(exc))  # fmt: skip
+        """A recorded pod that is gone (from the API, or by DEL): let go of it, then its
+        record. One this agent did not enroll (it left while the agent was down) may still
+        be served by ztunnel and have rules in its namespace: those go too."""
+        key = f"{record.namespace}/{record.name}"
+        if record.uid in self.enrolled:
+            if not await self._release(record.uid):
                 return False
+        else:
+            async with self._lock(record.uid):
+                if not await self._let_go(record.uid, key, record.netns):
+                    return False
         self.records.drop(record.uid)
-        log.info("pod_forgotten", pod=f"{record.namespace}/{record.name}", uid=record.uid)
+        log.info("pod_forgotten", pod=key, uid=record.uid)
         return True
 
     # ---- the CNI plugin's requests ----------------------------------------------------
@@ -356,11 +353,11 @@ class NodeAgent:
         if not uid:  # find it by name among what the agent knows
             key = f"{pod_ref.get('namespace')}/{pod_ref.get('name')}"
             uid = next((u for u, e in self.enrolled.items() if e.key == key), "")
-        if uid:
+        record = self.records.get(uid) if uid else None
+        if record is not None:
+            await self._forget(record)
+        elif uid:
             await self._release(uid)
-            record = self.records.get(uid)
-            if record is not None:
-                await self._forget(record)
         return {"result": "released"}
 
     async def cni_check(self, request: Mapping[str, Any]) -> dict[str, Any]:
