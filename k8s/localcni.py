@@ -21,6 +21,7 @@ import structlog
 import trio
 
 from mesh.backoff import Backoff
+from mesh.jsonline import receive_object
 
 log = structlog.get_logger("k8s.localcni")
 
@@ -62,19 +63,11 @@ async def send(path: Path, request: Mapping[str, Any], seconds: float) -> dict[s
             stream = await trio.open_unix_socket(str(path))
             async with stream:
                 await stream.send_all(json.dumps(request).encode() + b"\n")
-                data = bytearray()
-                while b"\n" not in data and len(data) < MAX_ANSWER:
-                    chunk = await stream.receive_some(4096)
-                    if not chunk:
-                        break
-                    data += chunk
+                return await receive_object(stream, MAX_ANSWER)
     except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
         return {"error": f"the node agent at {path} did not answer: {exc or 'timed out'}"}
-    try:
-        answer = json.loads(bytes(data).split(b"\n", 1)[0])
-    except ValueError:
-        return {"error": f"the node agent at {path} answered no JSON"}
-    return answer if isinstance(answer, dict) else {"error": "the answer is not an object"}
+    except ValueError as exc:
+        return {"error": f"the node agent at {path} answered no JSON object: {exc}"}
 
 
 @dataclass

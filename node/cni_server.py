@@ -16,6 +16,8 @@ from typing import Any
 import structlog
 import trio
 
+from mesh.jsonline import receive_object
+
 log = structlog.get_logger("node.cni_server")
 
 MAX_REQUEST = 64 * 1024
@@ -75,21 +77,9 @@ async def _serve_one(stream: trio.SocketStream, handlers: Mapping[str, Handler])
 
 
 async def _read_request(stream: trio.SocketStream) -> dict[str, Any]:
-    data = b""
-    with trio.move_on_after(READ_TIMEOUT) as waited:
-        while b"\n" not in data:
-            chunk = await stream.receive_some(MAX_REQUEST)
-            if not chunk:
-                break
-            data += chunk
-            if len(data) > MAX_REQUEST:
-                raise ValueError(f"request longer than {MAX_REQUEST} bytes")
-    if waited.cancelled_caught:
-        raise ValueError(f"no complete request within {READ_TIMEOUT:.0f} s")
-    try:
-        request = json.loads(data.split(b"\n", 1)[0])
-    except ValueError:
-        raise ValueError("request is not JSON") from None
-    if not isinstance(request, dict):
-        raise ValueError("request is not a JSON object")
-    return request
+    with trio.move_on_after(READ_TIMEOUT):
+        try:
+            return await receive_object(stream, MAX_REQUEST)
+        except ValueError as exc:
+            raise ValueError(f"request: {exc}") from None
+    raise ValueError(f"no complete request within {READ_TIMEOUT:.0f} s")
