@@ -128,15 +128,22 @@ class Installed(Enum):
 def install_config(conf_dir: Path, state_dir: Path, settings: PluginSettings) -> Installed:
     """ambit-cni as the last plugin of the primary config, idempotent. A file
     without ambit-cni is remembered as found (state dir) before it is edited."""
+    return _install_config(conf_dir, state_dir, settings)[0]
+
+
+def _install_config(
+    conf_dir: Path, state_dir: Path, settings: PluginSettings
+) -> tuple[Installed, str | None]:
+    """:func:`install_config`, and the name of the file that holds ambit-cni now."""
     found = find_primary(conf_dir)
     if found is None:
-        return Installed.WAITING
+        return Installed.WAITING, None
     name, data = found
     entry = settings.entry()
     network = parse_network(data)
     assert network is not None
     if is_installed(network, entry):
-        return Installed.CURRENT
+        return Installed.CURRENT, name
     new_name, new_data = with_plugin(name, data, entry)
     state_dir.mkdir(parents=True, exist_ok=True)
     if without_plugin(data) is None:  # as the primary CNI wrote it: the one to restore
@@ -151,7 +158,7 @@ def install_config(conf_dir: Path, state_dir: Path, settings: PluginSettings) ->
     write_atomic(conf_dir / new_name, new_data, _mode(conf_dir / name))
     if new_name != name:  # a .conf now a .conflist: the runtime must not read both
         (conf_dir / name).unlink(missing_ok=True)
-    return Installed.INSTALLED
+    return Installed.INSTALLED, new_name
 
 
 def uninstall_config(conf_dir: Path, state_dir: Path) -> bool:
@@ -226,6 +233,7 @@ class Changes:
     binary: bool
     kubeconfig: bool
     config: Installed
+    conflist: str | None = None  # the file that holds ambit-cni (None while waiting)
 
 
 def ensure_installed(config: InstallConfig) -> Changes:
@@ -239,8 +247,8 @@ def ensure_installed(config: InstallConfig) -> Changes:
             else (config.kubeconfig())
         )
         kubeconfig = write_plugin_kubeconfig(config.kubeconfig_file, document)
-    installed = install_config(config.conf_dir, config.state_dir, config.settings)
-    return Changes(binary, kubeconfig, installed)
+    installed, conflist = _install_config(config.conf_dir, config.state_dir, config.settings)
+    return Changes(binary, kubeconfig, installed, conflist)
 
 
 def uninstall(config: InstallConfig) -> None:

@@ -38,7 +38,6 @@ from node.cni_install import (
     Changes,
     InstallConfig,
     Installed,
-    find_primary,
     keep_installed,
     uninstall,
 )
@@ -98,9 +97,7 @@ class CniState:
             error = f"waiting for the primary CNI's config in {self._conf_dir}"
             self.doc = {"installed": False, "conflist": None, "error": error}
         else:
-            primary = find_primary(self._conf_dir)
-            self.doc = {"installed": True, "conflist": primary[0] if primary else None,
-                        "error": None}  # fmt: skip
+            self.doc = {"installed": True, "conflist": outcome.conflist, "error": None}
 
     def status(self) -> dict[str, Any]:
         return dict(self.doc)

@@ -90,6 +90,18 @@ class FileSource:
         self._files = FilesSource(paths)
         self._node = node
         self._poll = poll
+        # The files as last read, and their signature: the pods' and the namespaces'
+        # followers share one read of each version.
+        self._reading = trio.Lock()
+        self._read_signature: Any = None
+        self._documents: list[Raw] | None = None
+
+    async def _documents_of(self, signature: Any) -> list[Raw] | None:
+        async with self._reading:
+            if signature != self._read_signature:
+                self._documents = await trio.to_thread.run_sync(self._read)
+                self._read_signature = signature
+            return self._documents
 
     def _read(self) -> list[Raw] | None:
         """Every object of the files, or None while there is no file."""
@@ -111,7 +123,7 @@ class FileSource:
             now = self._files.signature()
             if now != signature:
                 signature = now
-                documents = await trio.to_thread.run_sync(self._read)
+                documents = await self._documents_of(now)
                 if documents is not None:
                     current = select(documents, self._node)[which]
                     changes = diff(last, current)

@@ -82,6 +82,35 @@ async def test_the_file_source_follows_the_objects_file_as_a_watch(tmp_path: Pat
             nursery.cancel_scope.cancel()
 
 
+async def test_the_pods_and_namespaces_followers_share_one_read_of_each_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = FileSource([tmp_path], "node-1", poll=0.01)
+    reads = 0
+    read = source._read
+
+    def counted() -> list[Mapping[str, Any]] | None:
+        nonlocal reads
+        reads += 1
+        return read()
+
+    monkeypatch.setattr(source, "_read", counted)
+    pods: list[Change] = []
+    namespaces: list[Change] = []
+    write(tmp_path, pod("web"), namespace(AMBIENT))
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(source.follow_pods, pods.extend)
+            nursery.start_soon(source.follow_namespaces, namespaces.extend)
+            await until(lambda: Listed() in pods and Listed() in namespaces)
+            assert reads == 1
+            write(tmp_path, pod("web"), pod("db"), namespace(AMBIENT))
+            await until(lambda: len(pods) == 3)
+            await trio.sleep(0.05)  # both followers have polled the new version
+            assert reads == 2
+            nursery.cancel_scope.cancel()
+
+
 async def test_the_file_source_answers_the_agents_gets(tmp_path: Path) -> None:
     write(tmp_path, pod("web"), namespace(AMBIENT))
     source = FileSource([tmp_path], "node-1")
