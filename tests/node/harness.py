@@ -30,6 +30,7 @@ from typing import Any, BinaryIO
 import trio
 
 from ca import CertificateAuthority
+from tests.e2e.conftest import free_octet
 from tests.kube.client import KubeAdmin, NotFound, Obj
 from tests.kube.cluster import REPO, Cluster, free_port
 from tests.kube.kubelet import (
@@ -295,12 +296,18 @@ class NodeMesh:
         needs before its first connection to them goes over HBONE (before that, as in
         Istio, an address the mesh does not know yet is passthrough)."""
         keys = {f"{p.namespace}/{p.name}" for p in pods}
-        with trio.fail_after(seconds):
+        with trio.move_on_after(seconds):
             for node in self.nodes:
                 for _ in range(int(seconds / 0.05) + 1):
                     if keys <= await self.meshed_in_config(node):
                         break
                     await trio.sleep(0.05)
+            return
+        known = {n.name: sorted(keys & await self.meshed_in_config(n)) for n in self.nodes}
+        raise AssertionError(
+            f"after {seconds} s the nodes' ztunnels know {known} of {sorted(keys)} as meshed;"
+            f" the control plane's log ends:\n{self.plane.log_tail()}"
+        )
 
     # ---- pods -------------------------------------------------------------------------
 
@@ -397,6 +404,24 @@ class NodeMesh:
 
     # ---- teardown ------------------------------------------------------------------------
 
+    async def forget(self, tag: str) -> None:
+        """Remove from the API server what this mesh made there: its pods (at once, as a
+        kubelet confirms a stopped pod), its namespaces, its ztunnel pods and its nodes."""
+        for p in self.pods:
+            with suppress(NotFound):
+                await remove_pod(self.admin, p.namespace, p.name)
+        for node in self.nodes:
+            with suppress(NotFound):
+                await remove_pod(self.admin, SYSTEM_NS, f"ztunnel-{tag}-{node.name}")
+        for ns in await self.admin.list("v1", "Namespace"):
+            name = str(ns["metadata"]["name"])
+            if name.startswith(f"{self.ns_prefix}-"):
+                with suppress(NotFound):
+                    await self.admin.delete("v1", "Namespace", name)
+        for node in self.nodes:
+            with suppress(NotFound):
+                await self.admin.delete("v1", "Node", node.name)
+
     async def close(self) -> None:
         for node in self.nodes:
             for process in (node.agent, node.ztunnel):
@@ -432,6 +457,23 @@ async def http_status(port: int, path: str) -> int:
         return 0
 
 
+async def free_pod_octet(admin: KubeAdmin) -> int:
+    """A second octet N for the nodes' pod subnets (10.N.x.0/24) that neither this host's
+    routes nor any Pod's IP in the API server uses: the control plane keeps the older of
+    two Pods with one IP and leaves the newer out of the mesh, so a test whose pods took
+    the IPs of an earlier test's pods would wait for them in vain."""
+    taken = {
+        str(p.get("status", {}).get("podIP", "")).split(".")[1]
+        for p in (await admin.request("GET", "/api/v1/pods"))["items"]
+        if str(p.get("status", {}).get("podIP", "")).startswith("10.")
+    }
+    for _ in range(100):
+        octet = free_octet()
+        if str(octet) not in taken:
+            return octet
+    raise RuntimeError(f"no 10.N.0.0/16 free of host routes and pod IPs (taken: {taken})")
+
+
 async def _system_namespace(admin: KubeAdmin) -> None:
     with suppress(Exception):
         await admin.create(namespace(SYSTEM_NS))
@@ -459,10 +501,12 @@ async def _ztunnel_token(admin: KubeAdmin, node: str, tag: str) -> str:
 
 @asynccontextmanager
 async def node_mesh(
-    admin: KubeAdmin, cluster: Cluster, directory: Path, octet: int, *, nodes: int = 2
+    admin: KubeAdmin, cluster: Cluster, directory: Path, *, nodes: int = 2
 ) -> AsyncIterator[NodeMesh]:
-    """The control plane and ``nodes`` nodes, each with its agent and ztunnel running."""
+    """The control plane and ``nodes`` nodes, each with its agent and ztunnel running;
+    on the way out, the processes, sandboxes, pods, namespaces and nodes it made go."""
     tag = secrets.token_hex(3)
+    octet = await free_pod_octet(admin)
     await _system_namespace(admin)
     made: list[Node] = []
     for i in range(1, nodes + 1):
@@ -499,5 +543,7 @@ async def node_mesh(
             await mesh.start_agent(node)
         yield mesh
     finally:
-        await mesh.close()
-        await plane.stop()
+        with trio.CancelScope(shield=True), trio.move_on_after(60):
+            await mesh.close()
+            await plane.stop()
+            await mesh.forget(tag)

@@ -19,7 +19,6 @@ import pytest
 import trio
 
 from mesh.netns import NetworkNamespace
-from tests.e2e.conftest import free_octet
 from tests.e2e.test_ztunnel import APP_PORT
 from tests.e2e.test_ztunnel import echo_app as ztunnel_echo_app
 from tests.kube.client import KubeAdmin
@@ -43,7 +42,7 @@ async def mesh(
         if os.environ.get("CI"):
             pytest.fail(f"CI is set and {reason}")
         pytest.skip(reason)
-    async with node_mesh(kube_admin, kube_cluster, tmp_path, free_octet()) as m:
+    async with node_mesh(kube_admin, kube_cluster, tmp_path) as m:
         yield m
 
 
