@@ -9,6 +9,7 @@ digitalSignature + keyEncipherment and serverAuth + clientAuth, like Istio's.
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import secrets
 from dataclasses import dataclass
 
@@ -150,6 +151,41 @@ def workload_leaf(
         .add_extension(
             x509.SubjectAlternativeName([x509.UniformResourceIdentifier(str(identity))]),
             critical=True,
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()),
+            critical=False,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        .sign(issuer.key, hashes.SHA256())
+    )
+
+
+def server_leaf(
+    ips: list[str],
+    public_key: CertifiablePublicKey,
+    issuer: CaKeyPair,
+    *,
+    lifetime: dt.timedelta,
+) -> x509.Certificate:
+    """A TLS server certificate for ``ips`` (IP SANs), signed by ``issuer``: for a server
+    that is reached by address rather than by SPIFFE identity (local mode's stand-in API
+    server, which the CNI plugin checks as a kubelet's client checks an API server)."""
+    now = dt.datetime.now(dt.UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ips[0])]))
+        .issuer_name(issuer.cert.subject)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _CA_BACKDATE)
+        .not_valid_after(now + lifetime)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_key_usage(leaf=True), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]),
+            critical=False,
         )
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()),

@@ -9,15 +9,19 @@ agent per node, into the one-machine cluster of :mod:`k8s.local`.
   ``<state>/mesh/objects/`` and writes each object's conditions to
   ``<state>/mesh/status.json``.
 - Each node runs, as on a Kubernetes node, ``ambit ztunnel --pods-socket`` and
-  ``ambit node-agent --source files --no-cni-install`` (docs/node.md), both in the
-  node's namespace, their sockets in ``<state>/nodes/<node>/``. The agent follows the
-  objects file, installs the capture rules in each meshed pod's namespace
-  (:mod:`mesh.capture`: the node-level part that outlives ztunnel, so a pod's traffic
-  fails closed while its ztunnel is down) and hands the pod to ztunnel.
+  ``ambit node-agent --source files`` (docs/node.md), both in the node's namespace,
+  their sockets in ``<state>/nodes/<node>/``. The agent installs ``ambit-cni`` into the
+  node's CNI config (``net.d/``, ``bin/`` there), follows the objects file, installs
+  the capture rules in each meshed pod's namespace (:mod:`mesh.capture`: the
+  node-level part that outlives ztunnel, so a pod's traffic fails closed while its
+  ztunnel is down) and hands the pod to ztunnel.
 - On every change: every object, as an API server would serve it, goes to
   ``<state>/mesh/objects/cluster.json`` (what the control plane translates and the
-  agents follow); then the cluster plays the container runtime: each pod's CNI ``ADD``
-  and ``DEL`` go to its node's agent (:mod:`k8s.localcni`).
+  agents follow) and to the plugin's stand-in API server (:mod:`k8s.localapi`); then
+  the cluster plays the container runtime: it runs each pod's CNI chain, ``ADD`` and
+  ``DEL``, with ``ambit-cni`` in it (:mod:`k8s.localcni`). Each pod's processes are in
+  a cgroup named after its uid, as a kubelet's, which is how the agent finds a running
+  pod whose namespace is labelled later.
 - The waypoint deployer (:mod:`k8s.waypoint_deployer`) is local mode's controller: a
   waypoint Gateway becomes its ServiceAccount, Service and Pod, stored by the cluster
   beside it. The pod runs ``ambit waypoint run`` as the component ``waypoint/NS/NAME``
@@ -51,7 +55,8 @@ from k8s import manifests
 from k8s.local.config import ClusterConfig
 from k8s.local.errors import LocalClusterError
 from k8s.local.hooks import LocalHooks, LocalSnapshot, MeshState, NodeView, PodRef
-from k8s.localcni import CniPod, CniRuntime
+from k8s.localapi import LocalApi
+from k8s.localcni import PRIMARY_FILE, CniPod, CniRuntime, NodeChain, primary_conflist
 from k8s.waypoint_deployer import DeployerSettings, deploy, managed
 from mesh.constants import (
     ADMIN_PORT,
@@ -89,7 +94,8 @@ class LocalMesh:
         self._config: ClusterConfig | None = None
         self._latest: LocalSnapshot | None = None
         self._changed = trio.Event()
-        self._runtime = CniRuntime(self.node_dir_socket)
+        self._runtime = CniRuntime(self.node_chain)
+        self._api: LocalApi | None = None
         self._nodes: list[str] = []
         self._accounts: list[tuple[str, str]] = []  # waypoints' service accounts with a token
 
@@ -106,6 +112,7 @@ class LocalMesh:
             derive_objects=self.derive_objects,
             pod_component=self.pod_component,
             runtime_pending=self._runtime.pending,
+            pod_added=self._runtime.wait_added,
         )
 
     def _dir(self) -> Path:
@@ -118,8 +125,9 @@ class LocalMesh:
         assert self._config is not None
         return node_dir(self._config.state_dir, node)
 
-    def node_dir_socket(self, node: str) -> Path:
-        return self.node_dir(node) / "cni.sock"
+    def node_chain(self, node: str) -> NodeChain:
+        """The node's CNI config and plugin directories."""
+        return NodeChain(self.node_dir(node) / "net.d", self.node_dir(node) / "bin")
 
     async def on_cluster_started(self, nursery: trio.Nursery, config: ClusterConfig) -> None:
         self._config = config
@@ -131,6 +139,8 @@ class LocalMesh:
         _write_atomically(self._dir() / "bundle.pem", authority.trust_bundle.pem())
         (self._dir() / "objects").mkdir(parents=True, exist_ok=True)
         self._write_tokens()
+        self._api = LocalApi(self._dir() / "localapi")
+        await nursery.start(self._api.serve)  # before the agents: they read its kubeconfig
         nursery.start_soon(self._publish_changes)
 
     def controlplane_command(self, config: ClusterConfig) -> Sequence[str]:
@@ -220,6 +230,8 @@ class LocalMesh:
                     self._dir() / "objects" / "cluster.json",
                     "\n---\n".join(json.dumps(d) for d in snapshot.documents).encode(),
                 )
+                if self._api is not None:
+                    self._api.update(snapshot.documents)
                 self._runtime.update(nursery, cni_pods(snapshot))
 
     def ztunnel_command(self, node: NodeView, config: ClusterConfig) -> Sequence[str] | None:
@@ -245,14 +257,21 @@ class LocalMesh:
         ]  # fmt: skip
 
     def node_agent_command(self, node: NodeView, config: ClusterConfig) -> Sequence[str]:
-        """The node's agent, as on a Kubernetes node, but following the objects file and
-        told of pods by the cluster (the runtime) rather than a CNI plugin."""
+        """The node's agent, as on a Kubernetes node, but following the objects file; it
+        gives the plugin the stand-in API server's kubeconfig. The node's network config
+        (local mode's own plugin, first) is written here when the node has none."""
         directory = self.node_dir(node.name)
+        chain = self.node_chain(node.name)
+        if not (chain.conf_dir / PRIMARY_FILE).exists():
+            chain.conf_dir.mkdir(parents=True, exist_ok=True)
+            _write_atomically(chain.conf_dir / PRIMARY_FILE, primary_conflist())
         return [
             sys.executable, "-m", "ambit.cli", "--log-format", "json", "node-agent",
             "--node", node.name,
             "--source", "files", "-f", str(self._dir() / "objects"),
-            "--no-cni-install",
+            "--kubeconfig", str(self._dir() / "localapi" / "kubeconfig"),
+            "--cni-conf-dir", str(chain.conf_dir), "--host-cni-conf-dir", str(chain.conf_dir),
+            "--cni-bin-dir", str(chain.bin_dir),
             "--socket-dir", str(directory),
             "--state-dir", str(directory / "agent"),
             "--exclude-namespaces", "",  # local mode: the labels alone decide
@@ -301,14 +320,22 @@ def node_dir(state_dir: Path, node: str) -> Path:
 
 
 def cni_pods(snapshot: LocalSnapshot) -> list[CniPod]:
-    """Every pod whose network is set up, as the runtime tells its node's agent."""
+    """Every pod whose network is set up: the runtime runs its node's chain for it."""
     uids = {
         ((d.get("metadata") or {}).get("namespace"), (d.get("metadata") or {}).get("name")):
         str((d.get("metadata") or {}).get("uid") or "")
         for d in snapshot.documents if d.get("kind") == "Pod"
     }  # fmt: skip
     return [
-        CniPod(p.node, p.namespace, p.name, uids.get(p.ref, ""), str(netns_path(p.netns)), p.ip)
+        CniPod(
+            p.node,
+            p.namespace,
+            p.name,
+            uids.get(p.ref, ""),
+            str(netns_path(p.netns)),
+            p.ip,
+            snapshot.config.pod_cidr.prefixlen,
+        )
         for p in snapshot.pods
         if uids.get(p.ref)
     ]

@@ -11,6 +11,8 @@ traceback logged. Connections are kept alive. A client is bounded in size
 (header block ``431``, body ``413``) and time (a request not complete in
 ``request_timeout`` gets ``408``); garbage gets ``400``. Such a client is
 answered, logged once (``admin_bad_request``) and closed; others are unaffected.
+With an ``ssl_context`` the same server speaks HTTPS (local mode's stand-in API server
+for the CNI plugin, :mod:`k8s.localapi`); a failed handshake is logged once.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import ssl
 from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import suppress
 from dataclasses import dataclass
 from functools import partial
 from http import HTTPStatus
@@ -109,11 +113,13 @@ async def serve_http(
     listener: trio.socket.SocketType | None = None,
     limits: Limits | None = None,
     reuse_port: bool = False,
+    ssl_context: ssl.SSLContext | None = None,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``routes`` (exact paths) until cancelled; ``task_status.started`` gets the bound
     ``(host, port)``. A ``listener`` passed in (made inside a pod's netns) is served instead of
-    binding ``host:port``, and is closed on return like our own."""
+    binding ``host:port``, and is closed on return like our own. With ``ssl_context``, each
+    connection is TLS (its handshake bounded by the request timeout)."""
     limits = limits or Limits()
     sock = (
         listener
@@ -123,7 +129,20 @@ async def serve_http(
     bound = sock.getsockname()
     open_: dict[_Connection, None] = {}  # oldest first
 
-    async def handle(stream: trio.SocketStream) -> None:
+    async def handle(plain: trio.SocketStream) -> None:
+        peer = plain.socket.getpeername()
+        stream: trio.abc.Stream = plain
+        if ssl_context is not None:
+            stream = trio.SSLStream(plain, ssl_context, server_side=True, https_compatible=True)
+            try:
+                with trio.fail_after(limits.request_timeout):
+                    await stream.do_handshake()
+            except (trio.BrokenResourceError, trio.TooSlowError) as exc:
+                cause = exc.__cause__ or exc
+                log.warning("admin_tls_handshake_failed", peer=f"{peer[0]}:{peer[1]}",
+                            reason=str(cause) or type(cause).__name__)  # fmt: skip
+                await plain.aclose()
+                return
         if len(open_) >= limits.max_connections:
             # At the cap, the oldest connection that waits for a request makes room, so
             # idle keep-alives never lock a kubelet's probe out; if every one is busy,
@@ -136,7 +155,7 @@ async def serve_http(
             log.info("admin_idle_connection_closed", peer=idle.peer, open=len(open_))
             idle.close_now()
             del open_[idle]
-        connection = _Connection(stream, stream.socket.getpeername(), routes, limits)
+        connection = _Connection(stream, peer, routes, limits)
         open_[connection] = None
         try:
             await connection.run()
@@ -162,7 +181,7 @@ class _Reject(Exception):
 class _Connection:
     def __init__(
         self,
-        stream: trio.SocketStream,
+        stream: trio.abc.Stream,
         addr: Any,
         routes: Mapping[str, Route],
         limits: Limits,
@@ -230,7 +249,7 @@ class _Connection:
                     if data and not started:
                         started = True
                         deadline = trio.current_time() + limits.request_timeout
-                    conn.receive_data(data)
+                    conn.receive_data(bytes(data))
                     continue
                 if not started:
                     return None
@@ -301,9 +320,16 @@ class _Connection:
         await _linger_close(self.stream)
 
 
-async def _linger_close(stream: trio.SocketStream) -> None:
+async def _linger_close(stream: trio.abc.Stream) -> None:
     """Half-close, drain what the client still sends (so our last response is not lost to a
-    reset), then close."""
+    reset), then close. TLS has no half-close: its stream is closed with close_notify."""
+    if not isinstance(stream, trio.abc.HalfCloseableStream):
+        with trio.move_on_after(LINGER_SECONDS) as scope:
+            with suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                await stream.aclose()
+        if scope.cancelled_caught:
+            await trio.aclose_forcefully(stream)
+        return
     try:
         with trio.move_on_after(LINGER_SECONDS):
             await stream.send_eof()

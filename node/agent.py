@@ -244,7 +244,9 @@ class NodeAgent:
         """Capture rules in ``netns``, then ztunnel takes the pod; raises EnrollError."""
         async with self._lock(pod.uid):
             current = self.enrolled.get(pod.uid)
-            if current is not None and current.netns == netns:
+            # The same namespace by another path (/proc/PID/ns/net found first, then
+            # the ADD's /run/netns/NAME) is the same pod: nothing to do again.
+            if current is not None and _same_netns(current.netns, netns):
                 return
             try:
                 await self.install_rules(netns)
@@ -412,3 +414,8 @@ class NodeAgent:
                                 reason=str(body.get("message", ""))[:200])  # fmt: skip
                     self._status_dirty.set()
             await trio.sleep(STATUS_INTERVAL)
+
+
+def _same_netns(a: str, b: str) -> bool:
+    """Whether two paths name one network namespace (compared by inode and device)."""
+    return a == b or (namespace_key(a) is not None and namespace_key(a) == namespace_key(b))

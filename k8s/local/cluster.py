@@ -30,17 +30,14 @@ from k8s.local.config import ClusterConfig
 from k8s.local.controllers import derive, with_derived
 from k8s.local.errors import LocalClusterError
 from k8s.local.handover import hand_over
-from k8s.local.hooks import (
-    LocalHooks,
-    MeshState,
-    PodRef,
-)
+from k8s.local.hooks import LocalHooks, MeshState, PodAdded, PodRef
 from k8s.local.plan import (
     Allocation,
     NodePlan,
     PodPlan,
     ServicePlan,
     admit,
+    must_recreate,
     plan_cluster,
     render_hosts,
     render_service_jumps,
@@ -51,6 +48,7 @@ from k8s.local.state import StateFile
 from k8s.local.status import ClusterStatus, _Node, _Pod
 from k8s.manifests import Document
 from k8s.store import ObjectRef, ObjectStore, describe, ref_of
+from mesh import cgroups
 
 log = structlog.get_logger("ambit.local.cluster")
 
@@ -136,13 +134,10 @@ class LocalCluster(ClusterStatus):
         return component.running
 
     async def restart(self, name: str, *, ready_timeout: float = 60.0) -> dict[str, Any]:
-        """Restart component ``name`` as its operator would: ``ztunnel/NODE`` by a
-        hand-over (the new ztunnel listens beside the old one, with SO_REUSEPORT, until
-        it is ready; then the old one drains: it stops accepting and its open
-        connections finish, up to its drain deadline), so no connection is refused and
-        none that ends in time is lost; ``controlplane`` and a supervised pod
-        (``waypoint/NS/NAME``) by stopping and starting it (the proxies keep their config
-        meanwhile)."""
+        """Restart component ``name``: ``ztunnel/NODE`` by a hand-over (the new one listens
+        beside the old, with SO_REUSEPORT, until ready; then the old drains: no connection
+        refused, none that ends in time lost); the control plane, an agent or a supervised
+        pod (``waypoint/NS/NAME``) by stop and start (the proxies keep their config)."""
         async with self._lock:
             self._refuse_if_down()
             component = self._components.get(name)
@@ -319,7 +314,7 @@ class LocalCluster(ClusterStatus):
         plan = plan_cluster(self.config, objects, self._allocation)  # may refuse
         wanted = {p.ref: p for p in plan.pods}
         changed = {
-            r for r, pod in self._pods.items() if r in wanted and _differs(pod.plan, wanted[r])
+            r for r, pod in self._pods.items() if r in wanted and must_recreate(pod.plan, wanted[r])
         }
         if changed:  # recreated pods get new addresses, so no peer keeps a stale ARP entry
             ips = {r: ip for r, ip in plan.allocation.pod_ips.items() if r not in changed}
@@ -333,7 +328,7 @@ class LocalCluster(ClusterStatus):
                 await self._create_node(node_plan)
         for ref, pod in list(self._pods.items()):
             new = wanted.get(ref)
-            if new is None or _differs(pod.plan, new):
+            if new is None or must_recreate(pod.plan, new):
                 await self._remove_pod(ref)
             else:
                 pod.plan = new
@@ -407,7 +402,23 @@ class LocalCluster(ClusterStatus):
         network.write_netns_file(self.state, plan.netns, "hosts", pod.hosts)
         pod.rules = render_service_rules(self.config, self._services)
         await network.apply_rules(plan.netns, render_service_jumps() + pod.rules)
-        await self._start_pod_process(pod)
+        if self.hooks.pod_added is None:
+            await self._start_pod_process(pod)
+        else:  # as a kubelet: the containers start once the sandbox's CNI ADD succeeded
+            self._nursery.start_soon(self._start_after_add, pod, self.hooks.pod_added)
+
+    async def _start_after_add(self, pod: _Pod, added: PodAdded) -> None:
+        stored = self.store.get(ref_of(pod.plan.spec))
+        with pod.waiting:
+            await added(stored.obj.uid if stored else "", pod.plan.ip)
+            async with self._lock:
+                if self._down or self._pods.get(pod.plan.ref) is not pod or pod.process:
+                    return
+                try:
+                    await self._start_pod_process(pod)
+                    await self._refresh()
+                except LocalClusterError as exc:
+                    log.error("pod_start_failed", pod="/".join(pod.plan.ref), reason=str(exc))
 
     async def _start_pod_process(self, pod: _Pod, *, planned: bool = False) -> None:
         """Run the pod's command: once, or as a supervised component (started again when
@@ -418,8 +429,11 @@ class LocalCluster(ClusterStatus):
         component = self.hooks.pod_component(spec)
         if component is None:
             key = f"pod/{spec.namespace}/{spec.name}"
-            pod.process = await self.supervisor.start(key, pod.plan.netns, spec.argv, env,
-                                                      log_path)  # fmt: skip
+            stored = self.store.get(ref_of(spec))  # the stored object has the uid
+            pod.cgroup = cgroups.for_pod(self.config.prefix, stored.obj.uid if stored else "")
+            pod.process = await self.supervisor.start(
+                key, pod.plan.netns, spec.argv, env, log_path, cgroup=pod.cgroup
+            )
             return
         pod.component, grace = component
         self._component_pods[pod.component] = pod.plan.ref
@@ -432,11 +446,13 @@ class LocalCluster(ClusterStatus):
 
     async def _remove_pod(self, ref: PodRef) -> None:
         pod = self._pods.pop(ref)
+        pod.waiting.cancel()
         log.info("pod_removing", namespace=ref[0], pod=ref[1])
         if pod.component is not None:
             self._component_pods.pop(pod.component, None)
             self._components.pop(pod.component, None)
         await self.supervisor.stop(pod.component or f"pod/{ref[0]}/{ref[1]}")
+        cgroups.remove(pod.cgroup)
         await network.delete_endpoint(self.state, pod.plan.netns, pod.plan.veth)
 
     async def _refresh(self) -> None:
@@ -478,16 +494,6 @@ class LocalCluster(ClusterStatus):
                 try:
                     await self._restart_due()
                     await self._refresh()
-                except (
-                    LocalClusterError
-                ) as exc:  # e.g. iptables-restore failed; next change retries
+                # e.g. iptables-restore failed; the next change retries
+                except LocalClusterError as exc:
                     log.error("refresh_failed", reason=str(exc))
-
-
-def _differs(running: PodPlan, wanted: PodPlan) -> bool:
-    """Whether the pod must be recreated. Labels change in place, as on Kubernetes, and so
-    does joining or leaving the mesh; any other change to the spec recreates the pod."""
-    if not running.spec.same_spec(wanted.spec):
-        return True
-    placed = (running.node, running.ip, running.netns, running.veth, running.identity)
-    return placed != (wanted.node, wanted.ip, wanted.netns, wanted.veth, wanted.identity)

@@ -31,8 +31,12 @@ and calls the hooks of :class:`LocalHooks`:
   when it exits, with the cluster's backoff, as ``restartPolicy: Always``), its
   component name and the seconds between SIGTERM and SIGKILL; None for other pods, whose
   exit is reported, not restarted.
-* ``runtime_pending()``: what the runtime's part still waits for, one line each (the
-  node agent's answer to a pod's CNI ADD); ``ambit up`` waits until it is empty.
+* ``runtime_pending()``: what the runtime's part still waits for, one line each (a
+  pod's CNI ADD that has not succeeded, and why); ``ambit up`` waits until it is empty.
+* ``pod_added(uid, ip)``: awaited after a pod's network namespace, address and rules exist;
+  returns once the pod's CNI ``ADD`` succeeded, and only then does the pod's process
+  start (a kubelet starts containers after the sandbox's network is set up). Until
+  then the pod is Pending. None starts pods at once.
 * ``mesh_state(snapshot)``: for meshed pods, whether each is captured and has
   its certificate. When set, ``ambit up`` waits until every meshed pod is both,
   and ``ambit get`` shows it. When None (no ztunnel yet), meshing is not
@@ -173,6 +177,9 @@ def _nothing_pending() -> Sequence[str]:
     return ()
 
 
+PodAdded = Callable[[str, str], Awaitable[None]]  # (the pod's uid, its IP)
+
+
 @dataclass(frozen=True)
 class LocalHooks:
     on_cluster_started: Callable[[trio.Nursery, ClusterConfig], Awaitable[None]] | None = None
@@ -188,3 +195,5 @@ class LocalHooks:
     )
     pod_component: Callable[[Pod], tuple[str, float] | None] = _no_components
     runtime_pending: Callable[[], Sequence[str]] = _nothing_pending
+    # Returns once the pod's CNI ADD succeeded: its process starts only then (None: at once).
+    pod_added: PodAdded | None = None

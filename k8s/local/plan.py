@@ -387,3 +387,12 @@ def render_hosts(pod: PodPlan | None, services: Iterable[ServicePlan]) -> str:
             names.append(name)
         lines.append(f"{service.vip}\t{' '.join(names)}")
     return "\n".join([*lines, ""])
+
+
+def must_recreate(running: PodPlan, wanted: PodPlan) -> bool:
+    """Whether the pod must be recreated. Labels change in place, as on Kubernetes, and so
+    does joining or leaving the mesh; any other change to the spec recreates the pod."""
+    if not running.spec.same_spec(wanted.spec):
+        return True
+    placed = (running.node, running.ip, running.netns, running.veth, running.identity)
+    return placed != (wanted.node, wanted.ip, wanted.netns, wanted.veth, wanted.identity)

@@ -25,6 +25,7 @@ import trio
 
 from k8s.local.errors import LocalClusterError
 from k8s.local.state import ProcessRecord, StateFile, is_alive, process_start_time
+from mesh import cgroups
 
 log = structlog.get_logger("ambit.local.processes")
 
@@ -78,8 +79,10 @@ class Supervisor:
         log_path: Path,
         *,
         stop_grace: float = STOP_GRACE_SECONDS,
+        cgroup: Path | None = None,
     ) -> Running:
-        """Run ``argv`` in ``netns`` (None: the host's, e.g. the control plane); raises
+        """Run ``argv`` in ``netns`` (None: the host's, e.g. the control plane), in
+        ``cgroup`` when given (a pod's, :mod:`mesh.cgroups`); raises
         :class:`LocalClusterError` if it cannot start."""
         if key in self.running and not self.running[key].exited.is_set():
             raise LocalClusterError(f"{key} is already running (pid {self.running[key].pid})")
@@ -97,6 +100,12 @@ class Supervisor:
                 )
             except OSError as exc:
                 raise LocalClusterError(f"cannot start {key}: {exc}") from None
+        if cgroup is not None:
+            self._state.add("paths", str(cgroup.parent))  # `ambit down` removes the group
+            try:
+                cgroups.join(cgroup, process.pid)
+            except OSError as exc:  # the pod runs; only finding it by its cgroup fails
+                log.warning("pod_cgroup_failed", what=key, cgroup=str(cgroup), reason=str(exc))
         start_time = process_start_time(process.pid) or 0
         running = Running(
             key, ProcessRecord(process.pid, start_time, key), process, stop_grace=stop_grace

@@ -6,7 +6,8 @@ pods, nodes and Services. A mixin over :class:`k8s.local.cluster.LocalCluster`'s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -44,6 +45,8 @@ class _Pod:
     rules: str | None = None
     hosts: str | None = None
     component: str | None = None  # supervised, restarted under this name when it exits
+    cgroup: Path | None = None  # its processes', as a kubelet's: <group>/pod<uid>
+    waiting: trio.CancelScope = field(default_factory=trio.CancelScope)  # for its CNI ADD
 
     @property
     def phase(self) -> PodPhase:

@@ -26,6 +26,7 @@ import pytest
 import trio
 
 from k8s.local.state import ProcessRecord, StateRecord, is_alive, read_state
+from mesh import cgroups
 
 REPO = Path(__file__).resolve().parents[2]
 COMMAND_SECONDS = 30.0
@@ -158,6 +159,8 @@ class Cluster:
             ]  # fmt: skip
             if Path(f"/etc/netns/amb-{cluster_id}").exists():
                 found.append(f"/etc/netns/amb-{cluster_id}")
+            found += [f"cgroup {root}/amb-{cluster_id}" for root in cgroups.ROOTS
+                      if (root / f"amb-{cluster_id}").exists()]  # fmt: skip
         processes: set[ProcessRecord] = set()
         for record in self.records:
             processes.update(record.processes)

@@ -1,12 +1,15 @@
 """Local mode takes the node side's path: each node runs ``ambit node-agent`` beside its
-ztunnel, the local cluster sends it each pod's CNI ADD as a runtime would, and the agent
-installs the capture rules and hands the pod to ztunnel over its socket (docs/node.md).
-What runs on a laptop is what runs on a node."""
+ztunnel; the agent puts ``ambit-cni`` in the node's CNI config, the local cluster runs
+that chain for each pod as a container runtime would, the plugin asks the agent, and the
+agent installs the capture rules and hands the pod to ztunnel over its socket
+(docs/node.md). What runs on a laptop is what runs on a node."""
 
 from __future__ import annotations
 
 import json
+import os
 import secrets
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -42,6 +45,12 @@ async def agent_events(cluster: Cluster, node: str, event: str) -> list[dict[str
     return [line for line in lines if line.get("event") == event]
 
 
+async def agent_records(cluster: Cluster, node: str) -> list[dict[str, Any]]:
+    """The agent's records of the ADDs the plugin sent it (``pods.json``, by uid)."""
+    path = Path(cluster.state_dir) / "nodes" / node / "agent" / "pods.json"
+    return [{"uid": uid, **entry} for uid, entry in json.loads(path.read_text()).items()]
+
+
 async def agent_status(cluster: Cluster, node: str) -> dict[str, Any]:
     ip = {n["name"]: n["ip"] for n in await cluster.get("nodes")}[node]
     result = await run(["curl", "-s", "-m", "3", f"http://{ip}:15031/status"])
@@ -50,8 +59,9 @@ async def agent_status(cluster: Cluster, node: str) -> dict[str, Any]:
 
 
 async def test_agent_captures_pods(cluster: Cluster) -> None:
-    """A pod in a labelled namespace is captured through its node's agent: the agent
-    logs it and lists it, and what leaves the client pod is TLS."""
+    """A pod in a labelled namespace is captured through its node's CNI chain and agent:
+    ambit-cni is last in the node's conflist, the agent logs the pod and lists it, and
+    what leaves the client pod is TLS."""
     with trio.fail_after(90):
         await cluster.up(cluster.manifest("apps.yaml", cluster_manifest(AMBIENT)))
         the_pods = await pods(cluster)
@@ -62,8 +72,17 @@ async def test_agent_captures_pods(cluster: Cluster) -> None:
         status = await agent_status(cluster, "node-2")
         assert (status["enrolled"], status["failed"]) == (["apps/server"], {})
         assert status["ztunnel"] == {"connected": True}
-        assert status["cni"]["installed"] is False
-        assert "--no-cni-install" in status["cni"]["disabled"]
+        assert status["cni"]["installed"] is True, status["cni"]
+        conflist = (
+            Path(cluster.state_dir) / "nodes" / "node-2" / "net.d" / status["cni"]["conflist"]
+        )
+        plugins = json.loads(conflist.read_text())["plugins"]
+        assert [p["type"] for p in plugins] == ["ambit-local", "ambit-cni"]
+        assert os.access(conflist.parent.parent / "bin" / "ambit-cni", os.X_OK)
+        # The plugin's ADD named the pod the way a kubelet does (CNI_CONTAINERID).
+        recorded = {r["name"]: r for r in await agent_records(cluster, "node-2")}
+        uid = recorded["server"]["uid"]
+        assert recorded["server"]["container_id"] == f"apps_server_{uid}"
         assert await capture_chains(the_pods["client"]["netns"])
 
         marker = "marker-" + secrets.token_hex(6)
@@ -78,8 +97,9 @@ async def test_agent_captures_pods(cluster: Cluster) -> None:
 
 async def test_labelled_later_no_restart(cluster: Cluster) -> None:
     """Pods that started outside the mesh are meshed in place when their namespace is
-    labelled: the agent had their ADD (answered skipped) and enrolls them from its record;
-    no process restarts, no address changes."""
+    labelled: the plugin let them pass without asking the agent, which finds each by a
+    process in the pod's cgroup (``pod<uid>``, as a kubelet makes), as on a node; no
+    process restarts, no address changes."""
     with trio.fail_after(90):
         await cluster.up(cluster.manifest("apps.yaml", cluster_manifest(PLAIN)))
         before = await pods(cluster)
@@ -95,7 +115,9 @@ async def test_labelled_later_no_restart(cluster: Cluster) -> None:
             n: (p["pid"], p["ip"]) for n, p in before.items()
         }
         for node, pod in (("node-1", "apps/client"), ("node-2", "apps/server")):
-            assert [e["pod"] for e in await agent_events(cluster, node, "pod_enrolled")] == [pod]
+            enrolled = await agent_events(cluster, node, "pod_enrolled")
+            assert [e["pod"] for e in enrolled] == [pod]
+            assert str(enrolled[0]["netns"]).startswith("/proc/"), enrolled  # by its process
         assert await curl_status("http://server/", after["client"]["netns"]) == "200"
         (line,) = await wait_inbound(cluster, 0)
         assert (line["src.identity"], line["dst.identity"]) == (CLIENT, SERVER)

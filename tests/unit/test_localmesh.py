@@ -1,5 +1,6 @@
-"""Local mode as the container runtime, the pure parts and the socket: each pod with its
-network goes to its node's agent as the CNI plugin's ADD would, and DEL when it goes."""
+"""Local mode as the container runtime, the pure parts: each pod with its network goes
+through its node's CNI chain as a kubelet's would (tests/integration/test_local_runtime.py
+runs the chain)."""
 
 from __future__ import annotations
 
@@ -17,10 +18,9 @@ from ambit import tables
 from k8s.local.config import ClusterConfig
 from k8s.local.errors import LocalClusterError
 from k8s.local.hooks import LocalSnapshot, MeshState, NodeView, PodView
-from k8s.localcni import CniPod, CniRuntime, cni_request
+from k8s.localcni import CniPod, plugin_env, prev_result
 from k8s.localmesh import LocalMesh, cni_pods, default_hooks, node_dir
-from node.cni_plugin import Pod, agent_request
-from node.cni_server import serve_cni
+from node.cni_plugin import pod_ips, pod_of
 
 CONFIG = ClusterConfig(
     Path("/nonexistent"), "1a2b",
@@ -49,81 +49,55 @@ def pod_document(name: str, uid: str) -> Mapping[str, Any]:
     return {"kind": "Pod", "metadata": {"namespace": "shop", "name": name, "uid": uid}}
 
 
-def test_every_pod_with_a_uid_goes_to_its_node_agent_with_its_netns_path() -> None:
+def test_every_pod_with_a_uid_goes_through_its_nodes_chain_with_its_netns_path() -> None:
     snapshot = LocalSnapshot(
         CONFIG, (), (view("web"), view("db", "node-2"), view("new")), (), (),
         documents=(pod_document("web", "u-web"), pod_document("db", "u-db")),
     )  # fmt: skip
     assert cni_pods(snapshot) == [
-        CniPod("node-1", "shop", "web", "u-web", "/run/netns/amb-1a2b-shop-web", "10.244.0.20"),
-        CniPod("node-2", "shop", "db", "u-db", "/run/netns/amb-1a2b-shop-db", "10.244.0.20"),
+        CniPod("node-1", "shop", "web", "u-web", "/run/netns/amb-1a2b-shop-web", "10.244.0.20", 16),
+        CniPod("node-2", "shop", "db", "u-db", "/run/netns/amb-1a2b-shop-db", "10.244.0.20", 16),
     ]
 
 
-def test_the_runtime_sends_what_the_plugin_sends() -> None:
-    pod = CniPod("node-1", "shop", "web", "u-web", "/run/netns/x", "10.244.0.20")
-    env = {"CNI_CONTAINERID": "c", "CNI_NETNS": "/run/netns/x", "CNI_IFNAME": "eth0"}
-    plugin = agent_request("ADD", env, Pod("shop", "web", "u-web"), ["10.244.0.20"])
-    ours = cni_request("ADD", pod)
-    assert ours.keys() == plugin.keys()
-    assert {**ours, "containerId": "c"} == plugin
+def test_the_runtime_passes_the_plugin_what_a_kubelet_passes() -> None:
+    """The plugin reads the pod from CNI_ARGS and its address from prevResult, as on a
+    node: the runtime's environment and prevResult parse to the same pod."""
+    pod = CniPod("node-1", "shop", "web", "u-web", "/run/netns/x", "10.244.0.20", 16)
+    env = plugin_env("ADD", pod, Path("/opt/cni/bin"))
+    parsed = pod_of(env)
+    assert parsed is not None
+    assert (parsed.namespace, parsed.name, parsed.uid) == ("shop", "web", "u-web")
+    assert env["CNI_NETNS"] == "/run/netns/x"
+    assert env["CNI_CONTAINERID"] == "shop_web_u-web"
+    assert pod_ips(prev_result(pod, "1.1.0")) == ["10.244.0.20"]
 
 
-def test_each_node_runs_an_agent_beside_its_ztunnel_which_takes_pods_from_it(
-    tmp_path: Path,
-) -> None:
+def test_each_node_runs_an_agent_that_puts_ambit_cni_in_the_nodes_chain(tmp_path: Path) -> None:
     config = dataclasses.replace(CONFIG, state_dir=tmp_path)
     mesh = LocalMesh()
     mesh._config = config  # what on_cluster_started sets
     node = NodeView("node-1", "10.244.0.2", "amb-1a2b-node-1")
     ztunnel = list(mesh.ztunnel_command(node, config) or ())
     agent = list(mesh.node_agent_command(node, config))
-    sockets = tmp_path / "nodes" / "node-1"
-    assert ztunnel[ztunnel.index("--pods-socket") + 1] == str(sockets / "ztunnel.sock")
+    node_dir = tmp_path / "nodes" / "node-1"
+    assert ztunnel[ztunnel.index("--pods-socket") + 1] == str(node_dir / "ztunnel.sock")
     assert "--pods-file" not in ztunnel
-    assert agent[agent.index("--socket-dir") + 1] == str(sockets)
+    assert agent[agent.index("--socket-dir") + 1] == str(node_dir)
     assert agent[agent.index("--source") + 1 :][:3] == [
         "files",
         "-f",
         str(tmp_path / "mesh/objects"),
     ]
-    assert "--no-cni-install" in agent
+    assert "--no-cni-install" not in agent
+    assert agent[agent.index("--kubeconfig") + 1] == str(tmp_path / "mesh/localapi/kubeconfig")
+    assert agent[agent.index("--cni-conf-dir") + 1] == str(node_dir / "net.d")
+    assert agent[agent.index("--cni-bin-dir") + 1] == str(node_dir / "bin")
+    # The node's network config before the agent: local mode's own plugin, alone.
+    (conflist,) = (node_dir / "net.d").iterdir()
+    assert [p["type"] for p in json.loads(conflist.read_text())["plugins"]] == ["ambit-local"]
     assert agent[agent.index("--listen-ip") + 1] == "10.244.0.2"
-    assert default_hooks().node_agent_command is not None
-
-
-async def test_add_is_retried_until_the_agent_answers_and_del_follows_the_pod(
-    tmp_path: Path,
-) -> None:
-    seen: list[tuple[str, str]] = []
-    answers = iter([{"error": "ztunnel did not take the pod"}, {"result": "enrolled"}])
-
-    async def add(request: Mapping[str, Any]) -> dict[str, Any]:
-        seen.append(("ADD", request["pod"]["name"]))
-        return next(answers)
-
-    async def delete(request: Mapping[str, Any]) -> dict[str, Any]:
-        seen.append(("DEL", request["pod"]["name"]))
-        return {"result": "released"}
-
-    sock = tmp_path / "cni.sock"
-    runtime = CniRuntime(lambda node: sock)
-    pod = CniPod("node-1", "shop", "web", "u-web", "/run/netns/x", "10.244.0.20")
-    with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            runtime.update(nursery, [pod])  # the agent is not listening yet: retried
-            await trio.sleep(0.3)
-            await nursery.start(serve_cni, sock, {"ADD": add, "DEL": delete})
-            assert runtime.pending() == [
-                "pod shop/web: its node agent has not answered its CNI ADD yet"
-            ]  # what 'ambit up' waits for
-            await until(lambda: seen.count(("ADD", "web")) >= 2)
-            await until(lambda: not runtime.pending())
-            runtime.update(nursery, [])
-            await until(lambda: ("DEL", "web") in seen)
-            nursery.cancel_scope.cancel()
-    assert seen == [("ADD", "web"), ("ADD", "web"), ("DEL", "web")]
-    assert json.dumps(cni_request("DEL", pod))  # plain JSON
+    assert default_hooks().pod_added is not None
 
 
 def test_get_pods_shows_why_the_node_agent_could_not_capture_a_pod() -> None:
