@@ -132,33 +132,12 @@ def workload_leaf(
     not_after: dt.datetime,
 ) -> x509.Certificate:
     """A workload certificate for ``identity`` signed by ``issuer``."""
-    return (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([]))  # the identity lives in the SAN, as in Istio
-        .issuer_name(issuer.cert.subject)
-        .public_key(public_key)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_key_usage(leaf=True), critical=True)
-        .add_extension(
-            x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-            ),
-            critical=False,
-        )
-        .add_extension(
-            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(str(identity))]),
-            critical=True,
-        )
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()),
-            critical=False,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-        .sign(issuer.key, hashes.SHA256())
-    )
+    return _leaf(
+        x509.Name([]),  # the identity lives in the SAN, as in Istio
+        x509.SubjectAlternativeName([x509.UniformResourceIdentifier(str(identity))]),
+        [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
+        public_key, issuer, not_before, not_after,
+    )  # fmt: skip
 
 
 def server_leaf(
@@ -172,21 +151,37 @@ def server_leaf(
     that is reached by address rather than by SPIFFE identity (local mode's stand-in API
     server, which the CNI plugin checks as a kubelet's client checks an API server)."""
     now = dt.datetime.now(dt.UTC)
+    return _leaf(
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ips[0])]),
+        x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]),
+        [ExtendedKeyUsageOID.SERVER_AUTH],
+        public_key, issuer, now - _CA_BACKDATE, now + lifetime,
+    )  # fmt: skip
+
+
+def _leaf(
+    subject: x509.Name,
+    names: x509.SubjectAlternativeName,
+    usages: list[x509.ObjectIdentifier],
+    public_key: CertifiablePublicKey,
+    issuer: CaKeyPair,
+    not_before: dt.datetime,
+    not_after: dt.datetime,
+) -> x509.Certificate:
+    """A leaf (``CA:FALSE``) for ``names`` signed by ``issuer``; the SAN is critical when
+    the subject is empty (RFC 5280)."""
     return (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ips[0])]))
+        .subject_name(subject)
         .issuer_name(issuer.cert.subject)
         .public_key(public_key)
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _CA_BACKDATE)
-        .not_valid_after(now + lifetime)
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_key_usage(leaf=True), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]),
-            critical=False,
-        )
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+        .add_extension(names, critical=len(subject) == 0)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()),
             critical=False,

@@ -7,10 +7,8 @@ the plugin asks. No root: nothing here touches a network namespace."""
 from __future__ import annotations
 
 import json
-import shutil
 import ssl
-import tempfile
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,20 +51,12 @@ async def until(condition: Callable[[], bool]) -> None:
 
 
 @pytest.fixture
-def short() -> Iterator[Path]:
-    """A directory with a short path: a unix socket's path has at most 107 bytes."""
-    directory = Path(tempfile.mkdtemp(prefix="amblr-"))
-    yield directory
-    shutil.rmtree(directory, ignore_errors=True)
-
-
-@pytest.fixture
-async def node(tmp_path: Path, short: Path) -> AsyncIterator[Node]:
+async def node(tmp_path: Path, short_dir: Path) -> AsyncIterator[Node]:
     chain = NodeChain(tmp_path / "net.d", tmp_path / "bin")
     chain.conf_dir.mkdir()
     (chain.conf_dir / PRIMARY_FILE).write_bytes(primary_conflist())
     api = LocalApi(tmp_path / "localapi")
-    agent = TestAgent(short / "cni.sock")
+    agent = TestAgent(short_dir / "cni.sock")
     async with trio.open_nursery() as nursery:
         await nursery.start(api.serve)
         # What the node agent does at start: the plugin, its kubeconfig, the conflist entry.

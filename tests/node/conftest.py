@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
-import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -45,14 +43,6 @@ def cni_bin() -> Path:
 def as_root() -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root: a network namespace, a bridge and veths")
-
-
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    """A directory with a short path: a unix socket's path has at most 107 bytes."""
-    directory = Path(tempfile.mkdtemp(prefix="ambcni-"))
-    yield directory
-    shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture
