@@ -201,6 +201,11 @@ class CniRuntime:
         again has another uid or address, so an earlier ADD never counts for it)."""
         await self.added.setdefault((uid, ip), trio.Event()).wait()
 
+    def failing(self) -> dict[tuple[str, str], str]:
+        """The last error of each pod whose ADD has not succeeded yet, by (namespace, name)."""
+        return {(p.namespace, p.name): self.last_error[p]
+                for p, _ in self.pods.values() if p in self.last_error}  # fmt: skip
+
     def pending(self) -> list[str]:
         """A line for each pod whose ADD has not succeeded yet."""
         lines = []

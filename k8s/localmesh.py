@@ -285,6 +285,9 @@ class LocalMesh:
             for p in snapshot.pods
             if p.meshed and not p.native_tunnel
         }
+        for ref, why in self._runtime.failing().items():  # the ADD has not succeeded yet
+            if ref in state:
+                state[ref] = MeshState(False, False, reason=f"its CNI ADD failed: {why}")
         for node in snapshot.nodes:
             agent = await get_json(node.netns, node.ip, AGENT_PORT, "/status")
             for key, reason in ((agent or {}).get("failed") or {}).items():

@@ -137,3 +137,24 @@ def test_a_state_directory_too_long_for_the_nodes_sockets_is_refused_saying_so()
     assert node_dir(Path("/run/ambit"), "node-1") == Path("/run/ambit/nodes/node-1")
     with pytest.raises(LocalClusterError, match="use a shorter --state-dir"):
         node_dir(Path("/tmp/" + "x" * 80), "node-1")
+
+
+async def test_get_pods_says_why_a_pending_pods_cni_add_has_not_succeeded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def get_json(netns: str, host: str, port: int, path: str) -> dict[str, Any]:
+        return {}
+
+    monkeypatch.setattr("k8s.localmesh.get_json", get_json)
+    mesh = LocalMesh()
+    pending = CniPod("node-1", "shop", "web", "u-web", "/run/netns/x", "10.244.0.20", 16)
+    mesh._runtime.pods[("shop", "web")] = (pending, trio.CancelScope())
+    why = "ambit-cni ADD failed: the node agent is down (code 11)"
+    mesh._runtime.last_error[pending] = why
+    meshed = dataclasses.replace(view("web"), meshed=True, phase="Pending")
+    snapshot = LocalSnapshot(CONFIG, (), (meshed,), (NodeView("node-1", "10.244.0.2", "n"),), ())
+    state = (await mesh.mesh_state(snapshot))[("shop", "web")]
+    assert not state.captured
+    assert (
+        state.reason == "its CNI ADD failed: ambit-cni ADD failed: the node agent is down (code 11)"
+    )
