@@ -36,7 +36,7 @@ IGNORED: Final = {
     "Gateway.spec": ("allowedListeners", "tls", "defaultScope"),
     "Gateway.spec.infrastructure": ("parametersRef",),
     "listener.tls": ("certificateRefs", "options", "frontendValidation"),
-    "rule": ("retry", "sessionPersistence"),
+    "rule": ("sessionPersistence",),
 }
 
 _MAX_LISTENERS = 64

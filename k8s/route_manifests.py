@@ -11,6 +11,7 @@ without a path ``PathPrefix /``, a backend weight 1. Backends and filters are re
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from mesh.model_l7 import (
     HttpMatch,
     HttpRule,
     ParentRef,
+    Retry,
 )
 
 _MAX_PARENT_REFS = 32
@@ -198,6 +200,27 @@ def _timeouts(r: Reader, value: object, path: str) -> tuple[int | None, int | No
     return request, backend
 
 
+_MAX_RETRY_CODES = 32
+_MAX_RETRY_ATTEMPTS = 10
+
+
+def _retry(r: Reader, value: object, path: str) -> Retry | None:
+    """GEP-1731's ``retry``: ``codes`` (400-599), ``attempts``, ``backoff`` (a duration)."""
+    if value is None:
+        return None
+    spec = r.mapping(value, path, ("codes", "attempts", "backoff"))
+    items = r.items(spec.get("codes"), f"{path}.codes", _MAX_RETRY_CODES)
+    codes = tuple(sorted({r.integer(code, at, 400, 599) for code, at in items}))
+    retry = Retry(codes)
+    if "attempts" in spec:
+        attempts = r.integer(spec["attempts"], f"{path}.attempts", 0, _MAX_RETRY_ATTEMPTS)
+        retry = dataclasses.replace(retry, attempts=attempts)
+    if "backoff" in spec:
+        backoff = g.duration_ms(r, spec["backoff"], f"{path}.backoff")
+        retry = dataclasses.replace(retry, backoff_ms=backoff)
+    return retry
+
+
 def _rule_name(r: Reader, rule: Mapping[str, object], path: str, seen: list[str]) -> str:
     if rule.get("name") in (None, ""):
         return ""
@@ -209,7 +232,8 @@ def _rule_name(r: Reader, rule: Mapping[str, object], path: str, seen: list[str]
 
 
 def _http_rule(r: Reader, value: object, path: str, names: list[str]) -> HttpRule:
-    known = ("name", "matches", "filters", "backendRefs", "timeouts", *g.IGNORED["rule"])
+    known = ("name", "matches", "filters", "backendRefs", "timeouts", "retry",
+             *g.IGNORED["rule"])  # fmt: skip
     rule = r.mapping(value, path, known)
     items = r.items(rule.get("matches"), f"{path}.matches", _MAX_HTTP_MATCHES)
     matches = tuple(_http_match(r, item, at) for item, at in items) or (HttpMatch(),)
@@ -226,7 +250,8 @@ def _http_rule(r: Reader, value: object, path: str, names: list[str]) -> HttpRul
         r.fail(f"{path}.matches", "a ReplacePrefixMatch needs exactly one PathPrefix match")
     timeout, backend_timeout = _timeouts(r, rule.get("timeouts"), f"{path}.timeouts")
     name = _rule_name(r, rule, path, names)
-    return HttpRule(matches, filters, backends, timeout, backend_timeout, name)
+    retry = _retry(r, rule.get("retry"), f"{path}.retry")
+    return HttpRule(matches, filters, backends, timeout, backend_timeout, name, retry)
 
 
 def _grpc_rule(r: Reader, value: object, path: str, names: list[str]) -> GrpcRule:

@@ -312,6 +312,25 @@ class Filter(JsonForm):
 
 
 @dataclass(frozen=True)
+class Retry(JsonForm):
+    """A rule's ``retry`` (Gateway API GEP-1731): a request whose answer has one of
+    ``codes`` is sent again, at most ``attempts`` more times, ``backoff_ms`` apart at
+    least (doubling, with jitter), within the route's timeout and the backend's retry
+    budget. A connection that fails before any byte left is retried whatever this says."""
+
+    codes: tuple[int, ...] = ()
+    attempts: int = 2  # Istio's default number of retries
+    backoff_ms: int = 25  # Envoy's base interval
+
+    def __post_init__(self) -> None:
+        for code in self.codes:
+            if not 400 <= code <= 599:
+                raise ValueError(f"retry code {code} is not 400-599")
+        if self.attempts < 0 or self.backoff_ms < 0:
+            raise ValueError("retry attempts and backoff must not be negative")
+
+
+@dataclass(frozen=True)
 class HttpRule(JsonForm):
     """Requests matching any of ``matches`` go through ``filters`` to one of ``backends``
     (by weight). Timeouts in milliseconds (0 disables), None when unset."""
@@ -322,6 +341,7 @@ class HttpRule(JsonForm):
     timeout_ms: int | None = None
     backend_timeout_ms: int | None = None
     name: str = ""
+    retry: Retry | None = None
 
 
 @dataclass(frozen=True)

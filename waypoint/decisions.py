@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final, Literal, TypeAlias
 
-from mesh.model_l7 import HeaderModifier
+from mesh.model_l7 import HeaderModifier, Retry
 from waypoint.filters import NO_FILTERS, FilterSet, modify_headers
 from waypoint.http_request import Headers, HttpRequest
 
@@ -70,6 +70,7 @@ class Rule:
     backends: tuple[Backend, ...] = ()
     timeout_ms: int | None = None
     backend_timeout_ms: int | None = None
+    retry: Retry | None = None  # HTTPRoute's GEP-1731 retry
 
 
 @dataclass(frozen=True)

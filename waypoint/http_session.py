@@ -7,8 +7,9 @@ sides; ``Expect: 100-continue`` and other interim answers are relayed; an Upgrad
 (WebSocket) answered 101 turns the connection into a byte relay.
 
 Retries, as Istio's default: a request whose connection to an endpoint could not be
-opened, or whose reused connection was closed by the app before answering, is tried
-once more on another endpoint, before any byte of its body was sent. Never on a 503.
+opened, or whose reused connection was closed by the app before answering, is tried once
+more on another endpoint, before any byte of its body was sent; on status: a route's
+``retry``, :mod:`waypoint.retries`.
 
 Local answers use Envoy's response flags: ``UH`` no healthy endpoint (503), ``UF``
 upstream connection failure (503), ``UC`` upstream closed before answering (503),
@@ -54,6 +55,7 @@ from waypoint.replies import (
     upstream_failure_http1,
 )
 from waypoint.replies import LocalReply as Reply
+from waypoint.retries import Retries
 from waypoint.session import IdleTimer, Session, Shared
 from waypoint.telemetry import Finished, new_request_id
 from waypoint.upstream import Connection, Target, UpstreamError
@@ -84,6 +86,7 @@ class Exchange:
     status: int = 0
     flags: str = "-"
     target: Target | None = None
+    retries: Retries | None = None  # the rule's retry on status codes
     request_bytes: int = 0
     response_bytes: int = 0
 
@@ -97,15 +100,9 @@ class ClientGone(Exception):
 
 class HttpSession(Session):
     def __init__(
-        self,
-        proxy: Shared,
-        snapshot: MeshSnapshot,
-        destination: Destination,
-        caller: Caller,
-        stream: trio.abc.HalfCloseableStream,
-        *,
-        initial: bytes = b"",
-    ) -> None:
+        self, proxy: Shared, snapshot: MeshSnapshot, destination: Destination, caller: Caller,
+        stream: trio.abc.HalfCloseableStream, *, initial: bytes = b"",
+    ) -> None:  # fmt: skip
         super().__init__(proxy, snapshot, destination, caller)
         self.stream = stream
         self.reader = MessageReader(stream, initial=initial,
@@ -173,8 +170,7 @@ class HttpSession(Session):
         self._account(exchange)
 
     async def _forward(self, ex: Exchange, plan: Plan) -> None:
-        """Carry ``plan`` out within the route's timeout: a request without an answer by
-        then gets 504 (``UT``); one whose answer had begun is cut."""
+        """Carry ``plan`` out in the route's timeout (504 ``UT`` before an answer, cut after)."""
         if plan.timeout is None:  # no route timeout: no cancel scope either
             await self._attempts(ex, plan)
             return
@@ -195,20 +191,25 @@ class HttpSession(Session):
             await self._attempts_h2(ex, plan)
             return
         tried: list[Target] = []
-        for attempt in range(ATTEMPTS):
+        if plan.retry is not None:
+            ex.retries = Retries.of(plan, ex.head.has_body, self.proxy.budgets)
+        attempts = ATTEMPTS + (ex.retries.retry.attempts if ex.retries else 0)
+        for attempt in range(attempts):
+            if ex.retries and ex.retries.done:  # sent again on its answer: the backoff first
+                await trio.sleep(ex.retries.backoff())
             target = self.proxy.balancer.pick(targets, avoid=tried)
             assert target is not None
             tried.append(target)
             try:
                 conn = await self.proxy.upstreams.checkout(target, self.connect_headers())
             except UpstreamError:
-                if attempt + 1 < ATTEMPTS:
+                if attempt + 1 < attempts:
                     continue
                 raise upstream_failure_http1(connected=False) from None
             ex.target = target
             self.proxy.balancer.started(target)
             try:
-                if await self._over(conn, ex, retry_ok=attempt + 1 < ATTEMPTS):
+                if await self._over(conn, ex, retry_ok=attempt + 1 < attempts):
                     return
             finally:
                 self.proxy.balancer.finished(target)
@@ -216,7 +217,8 @@ class HttpSession(Session):
 
     async def _attempts_h2(self, ex: Exchange, plan: Plan) -> None:
         """The app speaks h2c (its port says ``http2`` or ``grpc``): the request goes as
-        HTTP/2 on a multiplexed connection, the answer comes back as HTTP/1.1."""
+        HTTP/2 on a multiplexed connection, the answer comes back as HTTP/1.1 (no retry
+        on status yet: the answer is relayed as it comes)."""
         tried: list[Target] = []
         extra = [("x-request-id", ex.request_id.decode("latin-1")),
                  ("x-forwarded-client-cert", self.xfcc())]  # fmt: skip
@@ -322,8 +324,8 @@ class HttpSession(Session):
     async def _respond(
         self, conn: Connection, ex: Exchange, *, reused: bool, retry_ok: bool
     ) -> bool | None:
-        """Read the response and relay it down: whether ``conn`` may carry another request,
-        None when the app closed it before answering and the request may go again."""
+        """Read the response and relay it down: whether ``conn`` may carry another request;
+        None: the request goes again (the app closed before answering, or a retry code)."""
         head = ex.head
         try:
             response = await conn.reader.read_head()
@@ -344,6 +346,10 @@ class HttpSession(Session):
         if response.status == 101:
             await self._upgrade(conn, ex, response)
             return False
+        if ex.retries is not None:
+            if ex.retries.again(response.status, retry_ok):
+                return None  # the caller closes the connection (its body is not wanted)
+            ex.flags = ex.retries.flag(response.status) or ex.flags
         return await self._relay_response(conn, ex, response)
 
     def _request_head(self, ex: Exchange) -> bytes:
@@ -476,16 +482,12 @@ class HttpSession(Session):
         done = Finished(
             method=head.method.decode("latin-1"),
             authority=(head.header(b"host") or b"").decode("latin-1"),
-            path=head.target.decode("latin-1"),
-            protocol=f"HTTP/{head.version}",
+            path=head.target.decode("latin-1"), protocol=f"HTTP/{head.version}",
             request_id=ex.request_id.decode("latin-1"),
             traceparent=(head.header(b"traceparent") or b"").decode("latin-1"),
-            started=ex.started,
-            status=ex.status,
-            flags=ex.flags,
-            request_bytes=ex.request_bytes,
-            response_bytes=ex.response_bytes,
-        )
+            started=ex.started, status=ex.status, flags=ex.flags,
+            request_bytes=ex.request_bytes, response_bytes=ex.response_bytes,
+        )  # fmt: skip
         self.account(done, ex.target, ex.plan)
 
 

@@ -259,7 +259,7 @@ class _Compiler:
                     "HTTPRoute", route.key, i, h.name,
                     self.resolved_mirrors(route, FilterSet.of(h.filters)),
                     tuple(self.backend(route, b) for b in h.backends),
-                    h.timeout_ms, h.backend_timeout_ms,
+                    h.timeout_ms, h.backend_timeout_ms, h.retry,
                 )  # fmt: skip
                 for j, match in enumerate(h.matches):
                     matcher = HttpMatcher.compile(match)

@@ -18,6 +18,7 @@ import trio
 
 from mesh.identity import SpiffeId
 from mesh.model import MeshSnapshot
+from waypoint.budget import RetryBudgets
 from waypoint.destination import Caller, Destination
 from waypoint.dispatch import Dispatcher, Plan
 from waypoint.telemetry import Finished, RequestMetrics, account
@@ -50,6 +51,7 @@ class Shared(Protocol):
     upstreams: Upstreams
     h2: H2Upstreams
     balancer: Balancer
+    budgets: RetryBudgets
     dispatcher: Dispatcher
     metrics: RequestMetrics
     tasks: trio.Nursery

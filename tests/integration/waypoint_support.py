@@ -37,12 +37,18 @@ VIP = "10.96.0.10"
 CLIENT_IP = "10.0.0.20"
 
 
+FLAKY: dict[str, int] = {}  # /flaky/ paths: requests seen so far
+CHANCE = random.Random(1731)  # /chance/: the same draws each run
+
+
 async def app_server(
     name: str, seen: list[tuple[str, str, str]] | None = None, *, task_status: trio.TaskStatus[int]
 ) -> None:
     """An HTTP/1.1 app: answers JSON naming itself with the request's method, path,
-    headers and body (``/status/N`` answers N; ``/delay/MS`` answers after MS ms; ``/ws``
-    with Upgrade switches to echo)."""
+    headers and body (``/status/N`` answers N; ``/flaky/N/CODE/KEY`` answers CODE to the
+    first N requests for that path, counted across every app of the process, then 200;
+    ``/chance/P/CODE`` answers CODE to P% of the requests, drawn with a seeded generator;
+    ``/delay/MS`` answers after MS ms; ``/ws`` with Upgrade switches to echo)."""
 
     async def serve(stream: trio.SocketStream) -> None:
         conn = h11.Connection(h11.SERVER)
@@ -85,6 +91,13 @@ async def app_server(
                         await stream.send_all(data)
                     return
                 status = int(path.rsplit("/", 1)[1]) if path.startswith("/status/") else 200
+                if path.startswith("/chance/"):
+                    _, _, percent, code = path.split("/", 3)
+                    status = int(code) if CHANCE.random() * 100 < int(percent) else 200
+                if path.startswith("/flaky/"):
+                    _, _, failures, code, _key = path.split("/", 4)
+                    FLAKY[path] = FLAKY.get(path, 0) + 1
+                    status = int(code) if FLAKY[path] <= int(failures) else 200
                 if "/delay/" in path:
                     await trio.sleep(int(path.rsplit("/", 1)[1]) / 1000)
                 payload = json.dumps(

@@ -43,6 +43,7 @@ from mesh.model_l7 import (
     ParentRef,
     PathModifier,
     Redirect,
+    Retry,
     RouteGroupKind,
     UrlRewrite,
 )
@@ -210,6 +211,25 @@ def test_an_http_route_for_a_service_splits_traffic_by_weight() -> None:
             ),
         ),
     )
+
+
+def test_an_http_route_rules_retry_is_kept_with_istios_defaults_where_unset() -> None:
+    """GEP-1731: ``codes``, ``attempts``, ``backoff``; what is unset takes Istio's default
+    (2 attempts) and Envoy's base interval (25 ms)."""
+    rules = [
+        {"retry": {"codes": [503, 502, 503], "attempts": 3, "backoff": "100ms"}},
+        {"retry": {"codes": [500]}},
+        {"retry": {}},
+        {},
+    ]
+    route = parse_object(http(*rules), "routes.yaml")
+    assert isinstance(route, HTTPRoute)
+    assert [r.retry for r in route.rules] == [
+        Retry(codes=(502, 503), attempts=3, backoff_ms=100),
+        Retry(codes=(500,), attempts=2, backoff_ms=25),
+        Retry(),  # no codes: only connect failures are retried, as without it
+        None,
+    ]
 
 
 def test_an_http_route_gets_the_api_servers_defaults() -> None:
@@ -533,6 +553,14 @@ BAD: list[tuple[dict[str, Any], str, str]] = [
     (http({"backendRefs": [SVC] * 17}), "spec.rules[0].backendRefs", "at most 16"),
     (http({"backendRef": [SVC]}), "spec.rules[0].backendRef", "unknown field"),
     (http({"timeouts": {"request": "1d"}}), "spec.rules[0].timeouts.request", "not a duration"),
+    (http({"retry": {"codes": [600]}}), "spec.rules[0].retry.codes[0]", "400-599"),
+    (http({"retry": {"codes": ["503"]}}), "spec.rules[0].retry.codes[0]", "integer"),
+    (http({"retry": {"codes": [503], "attempts": -1}}), "spec.rules[0].retry.attempts", "0-10"),
+    (http({"retry": {"codes": [503], "attempts": 11}}), "spec.rules[0].retry.attempts", "0-10"),
+    (http({"retry": {"codes": [503], "backoff": "soon"}}), "spec.rules[0].retry.backoff",
+     "not a duration"),
+    (http({"retry": {"codes": [503], "perTryTimeout": "1s"}}), "spec.rules[0].retry.perTryTimeout",
+     "unknown field"),
     (http({"timeouts": {"request": "1s", "backendRequest": "2s"}}),
      "spec.rules[0].timeouts.backendRequest", "longer than the request timeout"),
     (http(filters(REDIRECT, backendRefs=[SVC])), "spec.rules[0].filters", "cannot be used"),

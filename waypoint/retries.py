@@ -1,0 +1,78 @@
+"""A route rule's retry on status codes (HTTPRoute ``retry``, GEP-1731), for one request:
+whether an answer sends the request again, how long to wait first, and the ``URX`` flag
+when the last answer still has a retry code. The Service's retry budget
+(:mod:`waypoint.budget`, GEP-3388's defaults) bounds the retries of all requests, so a
+backend that fails everything sees at most a fifth more load, not a retry storm.
+
+Only requests without a body are sent again on their answer's status: a body is
+streamed up as it comes, not kept to be sent twice.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import structlog
+import trio
+
+from mesh.model_l7 import Retry
+from mesh.response_flags import ResponseFlag
+from waypoint.budget import RetryBudget, RetryBudgets
+from waypoint.dispatch import Plan
+
+log = structlog.get_logger("waypoint.retries")
+
+URX = ResponseFlag.UPSTREAM_RETRY_LIMIT_EXCEEDED.value
+
+
+@dataclass
+class Retries:
+    """One request's retries on its answers' status."""
+
+    retry: Retry
+    budget: RetryBudget
+    service: str
+    done: int = 0  # sent again so far
+    refused: bool = False  # the budget said no
+
+    @classmethod
+    def of(cls, plan: Plan, has_body: bool, budgets: RetryBudgets) -> Retries | None:
+        """The request's retries, counted in its Service's budget; None when its rule has
+        no retry codes or it has a body."""
+        retry = plan.retry
+        if retry is None or not retry.codes or has_body:
+            return None
+        service = plan.service
+        key = f"{service.namespace}/{service.name}" if service is not None else ""
+        budget = budgets.of(key)
+        budget.sent(trio.current_time())
+        return cls(retry, budget, key)
+
+    def again(self, status: int, attempt_left: bool) -> bool:
+        """Whether an answer with ``status`` sends the request again (counted)."""
+        if status not in self.retry.codes or not attempt_left or self.refused:
+            return False
+        if self.done >= self.retry.attempts:
+            return False
+        if not self.budget.try_retry(trio.current_time()):
+            self.refused = True
+            log.info("retry_budget_exhausted", service=self.service, status=status,
+                     refused=self.budget.refused)  # fmt: skip
+            return False
+        self.done += 1
+        return True
+
+    def flag(self, status: int) -> str | None:
+        """``URX`` for a last answer that still has a retry code after a retry or a
+        refusal; None otherwise."""
+        if status in self.retry.codes and (self.done or self.refused):
+            return URX
+        return None
+
+    def backoff(self) -> float:
+        """Seconds to wait before the next try: the rule's backoff doubled per retry, up
+        to ten times it, jittered up to half again (never under the backoff)."""
+        base = self.retry.backoff_ms / 1000
+        delay = min(base * 2.0 ** (self.done - 1), base * 10)
+        return delay * (1 + random.random() / 2)
