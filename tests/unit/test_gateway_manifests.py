@@ -216,7 +216,7 @@ def test_an_http_route_for_a_service_splits_traffic_by_weight() -> None:
 def test_an_http_route_rules_retry_is_kept_with_istios_defaults_where_unset() -> None:
     """GEP-1731: ``codes``, ``attempts``, ``backoff``; what is unset takes Istio's default
     (2 attempts) and Envoy's base interval (25 ms)."""
-    rules = [
+    rules: list[dict[str, Any]] = [
         {"retry": {"codes": [503, 502, 503], "attempts": 3, "backoff": "100ms"}},
         {"retry": {"codes": [500]}},
         {"retry": {}},
