@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import Cluster, eventually
-from tests.e2e.test_waypoint_traffic import MESHED, _is, bound, curl, waypoint_pod
+from tests.e2e.test_waypoint_traffic import curl, up_with_a_waypoint, waypoint_pod
 
 pytestmark = pytest.mark.root
 
@@ -48,17 +48,8 @@ spec:
 
 
 async def test_a_route_retry_turns_two_503s_into_the_servers_200(cluster: Cluster) -> None:
-    flaky = MESHED.replace(
-        'command: [python3, -m, http.server, "8080", --bind, 0.0.0.0]',
-        "command: [python3, -c, " + json.dumps(FLAKY_SERVER) + "]",
-    )
-    assert flaky != MESHED
-    await cluster.up(cluster.manifest("demo.yaml", flaky))
-    applied = await cluster.ambit("waypoint", "apply", "-n", "demo", "--enroll-namespace")
-    assert applied.returncode == 0, applied.stderr.decode()
-    assert await eventually(lambda: bound(cluster), seconds=30)
+    await up_with_a_waypoint(cluster, FLAKY_SERVER)
     await cluster.ambit("apply", "-f", str(cluster.manifest("route.yaml", ROUTE)))
-    assert await eventually(lambda: _is(curl(cluster, "http://server/"), "200"), seconds=20)
 
     async def retried() -> bool:  # the route's retry is in the waypoint's config now
         if await curl(cluster, "http://server/down") != "503":

@@ -145,17 +145,23 @@ SLOW_SERVER = (
 )
 
 
-async def test_a_waypoint_restart_lets_the_requests_in_flight_finish(cluster: Cluster) -> None:
-    slow = MESHED.replace(
+async def up_with_a_waypoint(cluster: Cluster, server: str) -> None:
+    """The demo, meshed, its server running the Python ``server`` script, and a waypoint
+    for namespace demo that serves the server's traffic."""
+    manifest = MESHED.replace(
         'command: [python3, -m, http.server, "8080", --bind, 0.0.0.0]',
-        "command: [python3, -c, " + json.dumps(SLOW_SERVER) + "]",
+        "command: [python3, -c, " + json.dumps(server) + "]",
     )
-    assert slow != MESHED
-    await cluster.up(cluster.manifest("demo.yaml", slow))
+    assert manifest != MESHED
+    await cluster.up(cluster.manifest("demo.yaml", manifest))
     applied = await cluster.ambit("waypoint", "apply", "-n", "demo", "--enroll-namespace")
     assert applied.returncode == 0, applied.stderr.decode()
     assert await eventually(lambda: bound(cluster), seconds=30)
     assert await eventually(lambda: _is(curl(cluster, "http://server/"), "200"), seconds=20)
+
+
+async def test_a_waypoint_restart_lets_the_requests_in_flight_finish(cluster: Cluster) -> None:
+    await up_with_a_waypoint(cluster, SLOW_SERVER)
     script = (
         "for i in 1 2 3 4 5 6; do curl -s -m 10 -o /dev/null -w '%{http_code}\\n'"
         " http://server/slow & done; wait"
