@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hmac
-import json
 import secrets
 import ssl
 from collections.abc import Iterable, Iterator, Mapping
@@ -153,9 +152,3 @@ class _Routes(Mapping[str, Route]):
 
     def __len__(self) -> int:
         return len(self.TEMPLATES)
-
-
-def kubeconfig_server(path: Path) -> str:
-    """The server a kubeconfig this module wrote names (for logs and tests)."""
-    doc = json.loads(path.read_text())
-    return str(doc["clusters"][0]["cluster"]["server"])

@@ -192,9 +192,9 @@ class CniRuntime:
 
     chain_for: Callable[[str], NodeChain]
     pods: dict[tuple[str, str], tuple[CniPod, trio.CancelScope]] = field(default_factory=dict)
-    answered: set[CniPod] = field(default_factory=set)  # ADD succeeded
     last_error: dict[CniPod, str] = field(default_factory=dict)
-    added: dict[tuple[str, str], trio.Event] = field(default_factory=dict)  # (uid, ip)
+    added: dict[tuple[str, str], trio.Event] = field(default_factory=dict)  # (uid, ip): set
+    # once the ADD of the pod with that uid and IP succeeded
 
     async def wait_added(self, uid: str, ip: str) -> None:
         """Returns once the ADD of the pod with ``uid`` at ``ip`` succeeded (a pod made
@@ -206,11 +206,15 @@ class CniRuntime:
         return {(p.namespace, p.name): self.last_error[p]
                 for p, _ in self.pods.values() if p in self.last_error}  # fmt: skip
 
+    def _succeeded(self, pod: CniPod) -> bool:
+        event = self.added.get((pod.uid, pod.ip))
+        return event is not None and event.is_set()
+
     def pending(self) -> list[str]:
         """A line for each pod whose ADD has not succeeded yet."""
         lines = []
         for p, _ in self.pods.values():
-            if p not in self.answered:
+            if not self._succeeded(p):
                 why = self.last_error.get(p, "not run yet")
                 lines.append(f"pod {p.namespace}/{p.name}: its CNI ADD has not succeeded: {why}")
         return lines
@@ -223,7 +227,6 @@ class CniRuntime:
             if wanted.get(key) != pod:
                 scope.cancel()
                 del self.pods[key]
-                self.answered.discard(pod)
                 self.last_error.pop(pod, None)
                 self.added.pop((pod.uid, pod.ip), None)
                 gone[key] = pod
@@ -253,7 +256,6 @@ class CniRuntime:
                                     node=pod.node, attempts=failures, reason=str(exc))  # fmt: skip
                     await trio.sleep(RETRY.delay(failures))
                     continue
-                self.answered.add(pod)
                 self.last_error.pop(pod, None)
                 self.added.setdefault((pod.uid, pod.ip), trio.Event()).set()
                 log.info("cni_add_done", pod=f"{pod.namespace}/{pod.name}", node=pod.node,

@@ -418,4 +418,5 @@ class NodeAgent:
 
 def _same_netns(a: str, b: str) -> bool:
     """Whether two paths name one network namespace (compared by inode and device)."""
-    return a == b or (namespace_key(a) is not None and namespace_key(a) == namespace_key(b))
+    key = namespace_key(a)
+    return a == b or (key is not None and key == namespace_key(b))

@@ -395,7 +395,8 @@ class LocalCluster(ClusterStatus):
         log.info(
             "pod_creating", namespace=spec.namespace, pod=spec.name, node=plan.node, ip=plan.ip
         )
-        pod = self._pods[plan.ref] = _Pod(plan)
+        stored = self.store.get(ref_of(spec))  # committed before the pods are made
+        pod = self._pods[plan.ref] = _Pod(plan, uid=stored.obj.uid if stored else "")
         await network.create_endpoint(self.config, self.state, plan.netns, plan.veth, plan.ip)
         network.write_netns_file(self.state, plan.netns, "resolv.conf", RESOLV_CONF)
         pod.hosts = render_hosts(plan, self._services)
@@ -408,9 +409,8 @@ class LocalCluster(ClusterStatus):
             self._nursery.start_soon(self._start_after_add, pod, self.hooks.pod_added)
 
     async def _start_after_add(self, pod: _Pod, added: PodAdded) -> None:
-        stored = self.store.get(ref_of(pod.plan.spec))
         with pod.waiting:
-            await added(stored.obj.uid if stored else "", pod.plan.ip)
+            await added(pod.uid, pod.plan.ip)
             async with self._lock:
                 if self._down or self._pods.get(pod.plan.ref) is not pod or pod.process:
                     return
@@ -429,8 +429,7 @@ class LocalCluster(ClusterStatus):
         component = self.hooks.pod_component(spec)
         if component is None:
             key = f"pod/{spec.namespace}/{spec.name}"
-            stored = self.store.get(ref_of(spec))  # the stored object has the uid
-            pod.cgroup = cgroups.for_pod(self.config.prefix, stored.obj.uid if stored else "")
+            pod.cgroup = cgroups.for_pod(self.config.prefix, pod.uid)
             pod.process = await self.supervisor.start(
                 key, pod.plan.netns, spec.argv, env, log_path, cgroup=pod.cgroup
             )

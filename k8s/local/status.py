@@ -45,6 +45,7 @@ class _Pod:
     rules: str | None = None
     hosts: str | None = None
     component: str | None = None  # supervised, restarted under this name when it exits
+    uid: str = ""  # the stored Pod's
     cgroup: Path | None = None  # its processes', as a kubelet's: <group>/pod<uid>
     waiting: trio.CancelScope = field(default_factory=trio.CancelScope)  # for its CNI ADD
 
