@@ -39,7 +39,7 @@ def _hints(cls: type) -> dict[str, Any]:
 
 def _encode(value: Any, hint: Any) -> Any:
     origin, args = get_origin(hint), get_args(hint)
-    if value is None or origin in (Literal, dict) or hint in (str, int, bool):
+    if value is None or origin in (Literal, dict) or hint in (str, int, bool, float):
         return value
     if origin in (Union, types.UnionType) and type(None) in args:
         return _encode(value, next(a for a in args if a is not type(None)))
@@ -71,6 +71,10 @@ def _decode(value: object, hint: Any, where: str) -> Any:
         if not isinstance(value, bool):
             raise ModelError(f"{where}: expected true or false, got {value!r}")
         return value
+    if hint is float:
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise ModelError(f"{where}: expected a number, got {value!r}")
+        return float(value)
     if hint in (str, int) or origin is dict:
         if not isinstance(value, origin or hint) or isinstance(value, bool):
             raise ModelError(f"{where}: expected {(origin or hint).__name__}, got {value!r}")

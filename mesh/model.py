@@ -48,6 +48,7 @@ from mesh.model_policy import RequestAuthentication as RequestAuthentication
 from mesh.model_policy import Rule as Rule
 from mesh.model_policy import Source as Source
 from mesh.model_policy import TargetRef as TargetRef
+from mesh.model_traffic import BackendTrafficPolicy, DestinationRule, FaultInjection, LocalRateLimit
 from mesh.model_workloads import Endpoint as Endpoint
 from mesh.model_workloads import Locality as Locality
 from mesh.model_workloads import Service as Service
@@ -65,6 +66,10 @@ Resource: TypeAlias = (
     | Gateway
     | HttpRoute
     | GrpcRoute
+    | DestinationRule
+    | BackendTrafficPolicy
+    | FaultInjection
+    | LocalRateLimit
 )
 _TYPES: dict[str, type[Resource]] = {
     "workload": Workload,
@@ -75,6 +80,10 @@ _TYPES: dict[str, type[Resource]] = {
     "gateway": Gateway,
     "http_route": HttpRoute,
     "grpc_route": GrpcRoute,
+    "destination_rule": DestinationRule,
+    "backend_traffic_policy": BackendTrafficPolicy,
+    "fault_injection": FaultInjection,
+    "local_rate_limit": LocalRateLimit,
 }
 _COLLECTIONS: dict[Kind, str] = {
     "workload": "workloads",
@@ -85,6 +94,10 @@ _COLLECTIONS: dict[Kind, str] = {
     "gateway": "gateways",
     "http_route": "http_routes",
     "grpc_route": "grpc_routes",
+    "destination_rule": "destination_rules",
+    "backend_traffic_policy": "backend_traffic_policies",
+    "fault_injection": "fault_injections",
+    "local_rate_limit": "local_rate_limits",
 }
 
 _key = attrgetter("key")
@@ -103,6 +116,10 @@ class MeshSnapshot(JsonForm):
     gateways: tuple[Gateway, ...] = ()
     http_routes: tuple[HttpRoute, ...] = ()
     grpc_routes: tuple[GrpcRoute, ...] = ()
+    destination_rules: tuple[DestinationRule, ...] = ()
+    backend_traffic_policies: tuple[BackendTrafficPolicy, ...] = ()
+    fault_injections: tuple[FaultInjection, ...] = ()
+    local_rate_limits: tuple[LocalRateLimit, ...] = ()
 
     def __post_init__(self) -> None:
         for name in _COLLECTIONS.values():
@@ -168,6 +185,43 @@ class MeshSnapshot(JsonForm):
     def gateway(self, key: str) -> Gateway | None:
         """The waypoint ``namespace/name``."""
         return self._gateways_by_key.get(key)
+
+    @cached_property
+    def _destination_rules(self) -> dict[str, DestinationRule]:
+        found: dict[str, DestinationRule] = {}
+        for rule in sorted(self.destination_rules, key=lambda r: (r.created, r.key)):
+            found.setdefault(rule.service, rule)  # the oldest counts, as in Istio
+        return found
+
+    def destination_rule(self, service: str) -> DestinationRule | None:
+        """The DestinationRule for the Service ``namespace/name``: the oldest of those
+        whose host names it."""
+        return self._destination_rules.get(service)
+
+    @cached_property
+    def _traffic_policies(self) -> dict[str, BackendTrafficPolicy]:
+        found: dict[str, BackendTrafficPolicy] = {}
+        for policy in sorted(self.backend_traffic_policies, key=lambda p: (p.created, p.key)):
+            for service in policy.services:
+                found.setdefault(service, policy)  # the oldest counts
+        return found
+
+    def backend_traffic_policy(self, service: str) -> BackendTrafficPolicy | None:
+        """The BackendTrafficPolicy targeting the Service ``namespace/name``: the oldest."""
+        return self._traffic_policies.get(service)
+
+    @cached_property
+    def _extensions(self) -> dict[tuple[str, str], FaultInjection | LocalRateLimit]:
+        found: dict[tuple[str, str], FaultInjection | LocalRateLimit] = {}
+        for f in self.fault_injections:
+            found["FaultInjection", f.key] = f
+        for limit in self.local_rate_limits:
+            found["LocalRateLimit", limit.key] = limit
+        return found
+
+    def extension(self, kind: str, key: str) -> FaultInjection | LocalRateLimit | None:
+        """ambit's filter object ``kind`` ``namespace/name``, as an ExtensionRef names it."""
+        return self._extensions.get((kind, key))
 
     @cached_property
     def _by_vip(self) -> dict[str, Service]:

@@ -26,6 +26,10 @@ Kind: TypeAlias = Literal[
     "gateway",
     "http_route",
     "grpc_route",
+    "destination_rule",
+    "backend_traffic_policy",
+    "fault_injection",
+    "local_rate_limit",
 ]
 
 

@@ -20,6 +20,7 @@ from typing import ClassVar, Literal, TypeAlias
 
 from mesh.jsonform import JsonForm, ModelError
 from mesh.model_checks import selector_matches
+from mesh.model_traffic import ExtensionRef
 
 Pairs: TypeAlias = tuple[tuple[str, str], ...]
 MatchType: TypeAlias = Literal["Exact", "RegularExpression"]
@@ -284,14 +285,15 @@ FILTER_TYPES = (
     "ExternalAuth",
 )
 
-UNSUPPORTED_FILTERS = ("ExtensionRef", "ExternalAuth")
+UNSUPPORTED_FILTERS = ("ExternalAuth",)
 
 
 @dataclass(frozen=True)
 class Filter(JsonForm):
-    """One filter of a rule or backend: its ``type`` and the settings of that type. The
-    types whose settings ambit does not keep (``ExtensionRef``, ``ExternalAuth``) have
-    none: a waypoint must refuse what it cannot apply. A ``CORS`` filter without
+    """One filter of a rule or backend: its ``type`` and the settings of that type. An
+    ``ExtensionRef`` keeps the object it names (ambit's ``FaultInjection`` and
+    ``LocalRateLimit`` are applied; any other kind is not). ``ExternalAuth`` has no
+    settings: a waypoint must refuse what it cannot apply. A ``CORS`` filter without
     settings allows no origin."""
 
     type: str
@@ -301,13 +303,17 @@ class Filter(JsonForm):
     rewrite: UrlRewrite | None = None
     mirror: Mirror | None = None
     cors: Cors | None = None
+    extension: ExtensionRef | None = None
 
     def __post_init__(self) -> None:
         _one_of(self.type, FILTER_TYPES, "filter type")
 
     @property
     def supported(self) -> bool:
-        """Whether the settings are kept (a known type)."""
+        """Whether ambit applies it: a type whose settings are kept, or an ``ExtensionRef``
+        to one of ambit's filter kinds."""
+        if self.type == "ExtensionRef":
+            return self.extension is not None and self.extension.known
         return self.type not in UNSUPPORTED_FILTERS
 
 

@@ -158,7 +158,7 @@ def test_json_shapes() -> None:
     assert first["filters"][0]["request_headers"] == {"set": {"a": "b"}, "add": {}, "remove": []}
     assert first["filters"][3] == {
         "type": "ExtensionRef", "request_headers": None, "response_headers": None,
-        "redirect": None, "rewrite": None, "mirror": None, "cors": None,
+        "redirect": None, "rewrite": None, "mirror": None, "cors": None, "extension": None,
     }  # fmt: skip
     assert (first["timeout_ms"], first["backend_timeout_ms"]) == (10_000, 0)
     assert route["rules"][1]["timeout_ms"] is None
@@ -169,6 +169,7 @@ def test_json_shapes() -> None:
     assert list(snap) == [
         "version", "workloads", "services", "authorizations", "peer_authentications",
         "request_authentications", "gateways", "http_routes", "grpc_routes",
+        "destination_rules", "backend_traffic_policies", "fault_injections", "local_rate_limits",
     ]  # fmt: skip
 
 
