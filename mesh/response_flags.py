@@ -37,6 +37,7 @@ class ResponseFlag(enum.Enum):
     LOCAL_RESET = "LR"
     INVALID_HEADERS = "IH"
     FAULT_INJECTED = "FI"
+    DELAY_INJECTED = "DI"
     RATE_LIMITED = "RL"
 
     def __str__(self) -> str:

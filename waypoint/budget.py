@@ -93,17 +93,3 @@ class RetryBudget:
         self._retries.add(now)
         self._recent_retries.add(now)
         return True
-
-
-class RetryBudgets:
-    """One :class:`RetryBudget` per backend Service (by key), made on first use."""
-
-    def __init__(self, config: BudgetConfig | None = None) -> None:
-        self.config = config or BudgetConfig()
-        self._budgets: dict[str, RetryBudget] = {}
-
-    def of(self, service: str) -> RetryBudget:
-        budget = self._budgets.get(service)
-        if budget is None:
-            budget = self._budgets[service] = RetryBudget(self.config)
-        return budget

@@ -22,6 +22,7 @@ from mesh.model_l7 import Retry
 from mesh.response_flags import ResponseFlag
 from waypoint.decisions import Forward, LocalReply, MirrorTarget, NoRoutes, RedirectTo
 from waypoint.destination import Caller, Destination
+from waypoint.extensions import Effects, Extensions
 from waypoint.gate import Gate, Passed
 from waypoint.http_request import Headers, HttpRequest
 from waypoint.protocol import declared
@@ -45,6 +46,8 @@ class Plan:
     mirrors: tuple[MirrorTarget, ...] = ()
     rewritten: bool = False  # ``request`` differs from what the client sent
     speak: Speak = None  # what the app's port declares; None: what the client spoke
+    delay: float = 0.0  # seconds to wait before it leaves (a FaultInjection's delay)
+    flag: str = ""  # set by a filter although the request goes on (``DI``)
 
     def response_headers(self, headers: Headers) -> Headers:
         return self.forward.response_headers(headers) if self.forward is not None else headers
@@ -69,7 +72,9 @@ class Plan:
 class Dispatcher:
     def __init__(self, gate: Gate, rng: random.Random | None = None) -> None:
         self.gate = gate
-        self._choose: Callable[[int], int] = (rng or random.Random()).randrange
+        rng = rng or random.Random()
+        self._choose: Callable[[int], int] = rng.randrange
+        self.extensions = Extensions(rng)
         self._table: tuple[MeshSnapshot, RouteTable] | None = None
         self._targets: tuple[MeshSnapshot, dict[tuple[str, int], list[Target]]] | None = None
 
@@ -135,7 +140,14 @@ class Dispatcher:
         targets = self.targets(snapshot, Destination(backend.vip, decision.backend.port, backend,
                                                      None))  # fmt: skip
         speak = _speak(backend, decision.backend.port)
-        return Plan(decision.request, targets, backend, decision, decision.mirrors, True, speak)
+        refs = decision.rule.filters.extensions + decision.backend.filters.extensions
+        if not refs:
+            return Plan(decision.request, targets, backend, decision, decision.mirrors, True, speak)
+        effects = self.extensions.apply(snapshot, decision.rule, refs, caller.identity, grpc=grpc)
+        if not isinstance(effects, Effects):
+            return effects
+        return Plan(decision.request, targets, backend, decision, decision.mirrors, True, speak,
+                    effects.delay, effects.flag)  # fmt: skip
 
 
 def _speak(service: Service, port: int) -> Speak:

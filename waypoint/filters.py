@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 from typing import Final, TypeAlias, TypeVar
 
 from mesh.model_l7 import Cors, Filter, HeaderModifier, Mirror, PathModifier, Redirect, UrlRewrite
+from mesh.model_traffic import ExtensionRef
 from waypoint.http_request import Headers, HttpRequest
 
 Choose: TypeAlias = Callable[[int], int]  # n -> a number in [0, n), e.g. random.randrange
@@ -46,16 +47,20 @@ class FilterSet:
     rewrite: UrlRewrite | None = None
     mirrors: tuple[Mirror, ...] = ()
     cors: Cors | None = None
+    extensions: tuple[ExtensionRef, ...] = ()  # ambit's FaultInjection, LocalRateLimit
     unsupported: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, filters: Iterable[Filter]) -> FilterSet:
         found: dict[str, object] = {}
         mirrors: list[Mirror] = []
+        extensions: list[ExtensionRef] = []
         unsupported: list[str] = []
         for f in filters:
             if not f.supported:
                 unsupported.append(f.type)
+            elif f.extension is not None:
+                extensions.append(f.extension)
             elif f.mirror is not None:
                 mirrors.append(f.mirror)
             elif f.type == "CORS":
@@ -65,7 +70,8 @@ class FilterSet:
                     value = getattr(f, key)
                     if value is not None:
                         found.setdefault(key, value)
-        return cls(**found, mirrors=tuple(mirrors), unsupported=tuple(unsupported))  # type: ignore[arg-type]
+        return cls(**found, mirrors=tuple(mirrors), extensions=tuple(extensions),  # type: ignore[arg-type]
+                   unsupported=tuple(unsupported))  # fmt: skip
 
 
 NO_FILTERS: Final = FilterSet()

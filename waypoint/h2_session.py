@@ -33,8 +33,10 @@ from mesh.hbone import H2Stream, Http2Connection
 from mesh.hbone.settings import HboneError, HboneRetryableError
 from mesh.hbone.transport import StreamTransport
 from mesh.response_flags import ResponseFlag
+from waypoint.backends import NO_ANSWER, Backend, Overflow
 from waypoint.bridge import BridgeFailed, cut, h2_over_h1
 from waypoint.dispatch import Plan
+from waypoint.extensions import DelayedReply
 from waypoint.http1 import READ_SIZE, Http1Error
 from waypoint.http_request import HttpRequest
 from waypoint.http_target import TargetError, read_target
@@ -43,6 +45,7 @@ from waypoint.replies import (
     Failed,
     local_reply,
     no_healthy_upstream,
+    overflow,
     route_timeout,
     stream_idle_timeout,
     upstream_failure,
@@ -157,6 +160,9 @@ class H2Session(Session):
             if not isinstance(plan, Plan):
                 raise Failed(plan)
             req.plan = plan
+            if plan.delay:  # a FaultInjection's delay: the route's timeout starts after it
+                req.flags = plan.flag
+                await trio.sleep(plan.delay)
             if plan.mirrors:
                 req.mirror_body = MirrorBody()
                 req.body_read = not down.accepts_data() and not down.buffered
@@ -178,6 +184,8 @@ class H2Session(Session):
         except Failed as failed:
             reply = failed.reply
             req.status, req.flags = reply.code, reply.flag.value
+            if isinstance(reply, DelayedReply):  # a fault's delay, then its abort
+                await trio.sleep(reply.delay)
             if reply.grpc_status is not None:
                 req.grpc_status = str(int(reply.grpc_status))
             await self._reply(down, req, reply)
@@ -206,17 +214,28 @@ class H2Session(Session):
         return "UT" if route.cancelled_caught else ""
 
     async def _forward(self, down: H2Stream, req: _Request, plan: Plan) -> None:
-        targets = plan.targets
-        if not targets:
+        if not plan.targets:
             raise Failed(no_healthy_upstream(grpc=req.grpc))
-        if plan.speak == "http1":
-            await self._forward_h1(down, req, plan)
-            return
+        backend = self.proxy.backends.of(self.snapshot, plan.service)
+        if not backend.admit():
+            raise Failed(overflow(grpc=req.grpc))
+        try:
+            if plan.speak == "http1":
+                await self._forward_h1(down, req, plan, backend)
+            else:
+                await self._forward_h2(down, req, plan, backend)
+        finally:
+            backend.release()
+
+    async def _forward_h2(
+        self, down: H2Stream, req: _Request, plan: Plan, backend: Backend
+    ) -> None:
+        targets = plan.targets
         tried: list[Target] = []
-        balancer = self.proxy.balancer
         for attempt in range(ATTEMPTS):
-            target = balancer.pick(targets, avoid=tried)
-            assert target is not None
+            target = backend.pick(targets, avoid=tried)
+            if target is None:  # every endpoint ejected
+                raise Failed(no_healthy_upstream(grpc=req.grpc))
             tried.append(target)
             req.target = target
             try:
@@ -224,58 +243,79 @@ class H2Session(Session):
                 ended = not down.accepts_data() and not down.buffered  # a request without body
                 up = conn.start_request(self._upstream_headers(req, plan), end_stream=ended)
             except (UpstreamError, HboneRetryableError):
+                backend.connect_failed(target, len(targets))
                 if attempt + 1 < ATTEMPTS:
                     continue
                 raise Failed(upstream_failure(grpc=req.grpc, connected=False)) from None
-            balancer.started(target)
+            started = backend.started(target)
             try:
                 await self._exchange(down, up, req)
                 return
             finally:
-                balancer.finished(target)
+                backend.finished(target, req.status or NO_ANSWER, started, len(targets))
                 cut(up, ErrorCodes.CANCEL)  # cancelled or failed half-way: the app hears it
 
-    async def _forward_h1(self, down: H2Stream, req: _Request, plan: Plan) -> None:
+    async def _forward_h1(
+        self, down: H2Stream, req: _Request, plan: Plan, backend: Backend
+    ) -> None:
         """The app speaks HTTP/1.1 (its port says ``http``): the stream's request goes on a
         pooled HTTP/1.1 connection, the answer comes back on the stream."""
         tried: list[Target] = []
         extra = [(b"x-request-id", req.request_id.encode("latin-1")),
                  (b"x-forwarded-client-cert", self.xfcc().encode())]  # fmt: skip
         for attempt in range(ATTEMPTS):
-            target = self.proxy.balancer.pick(plan.targets, avoid=tried)
-            assert target is not None
+            target = backend.pick(plan.targets, avoid=tried)
+            if target is None:
+                raise Failed(no_healthy_upstream(grpc=req.grpc))
             tried.append(target)
             last = attempt + 1 == ATTEMPTS
             try:
-                conn = await self.proxy.upstreams.checkout(target, self.connect_headers())
-            except UpstreamError:
-                if not last:
-                    continue
-                raise Failed(upstream_failure(grpc=req.grpc, connected=False)) from None
-            req.target = target
-            counted = [0, 0]
-            reusable = False
-            self.proxy.balancer.started(target)
+                slot = await backend.connection_slot()
+            except Overflow:
+                raise Failed(overflow(grpc=req.grpc)) from None
             try:
-                req.status, reusable = await h2_over_h1(
-                    conn, plan.request, extra, down, counted, req.active
-                )
-                req.body_read = True
-                return
-            except BridgeFailed:
-                if conn.requests == 0 and not last:
-                    continue
-                raise Failed(upstream_failure(grpc=req.grpc, connected=True)) from None
-            except (trio.BrokenResourceError, trio.ClosedResourceError, Http1Error):
-                req.flags = "UPE"
-                await down.aclose()
-                return
+                if await self._attempt_h1(down, req, plan, backend, target, extra, last=last):
+                    return
             finally:
-                conn.requests += 1
-                self.proxy.balancer.finished(target)
-                req.request_bytes += counted[0]
-                req.response_bytes += counted[1]
-                await self.proxy.upstreams.release(conn, reusable=reusable)
+                backend.connection_done(slot)
+
+    async def _attempt_h1(
+        self, down: H2Stream, req: _Request, plan: Plan, backend: Backend, target: Target,
+        extra: list[tuple[bytes, bytes]], *, last: bool,
+    ) -> bool:  # fmt: skip
+        """One try on an HTTP/1.1 connection; False: try another endpoint."""
+        try:
+            conn = await self.proxy.upstreams.checkout(target, self.connect_headers())
+        except UpstreamError:
+            backend.connect_failed(target, len(plan.targets))
+            if not last:
+                return False
+            raise Failed(upstream_failure(grpc=req.grpc, connected=False)) from None
+        req.target = target
+        counted = [0, 0]
+        reusable = False
+        started = backend.started(target)
+        try:
+            req.status, reusable = await h2_over_h1(
+                conn, plan.request, extra, down, counted, req.active
+            )
+            req.body_read = True
+            return True
+        except BridgeFailed:
+            if conn.requests == 0 and not last:
+                return False
+            raise Failed(upstream_failure(grpc=req.grpc, connected=True)) from None
+        except (trio.BrokenResourceError, trio.ClosedResourceError, Http1Error):
+            req.flags = "UPE"
+            await down.aclose()
+            return True
+        finally:
+            conn.requests += 1
+            backend.finished(target, req.status or NO_ANSWER, started, len(plan.targets))
+            req.request_bytes += counted[0]
+            req.response_bytes += counted[1]
+            reusable = reusable and backend.reusable(conn.requests)
+            await self.proxy.upstreams.release(conn, reusable=reusable)
 
     def _upstream_headers(self, req: _Request, plan: Plan) -> list[tuple[str, str]]:
         if plan.rewritten:  # routes or JWT outputs made the request anew

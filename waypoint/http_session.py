@@ -1,19 +1,17 @@
 """One downstream HTTP/1.x connection at the waypoint: request after request.
 
-For each request: pick an endpoint (least request), send the request to it over an
-HTTP/1.1 connection through HBONE (the waypoint's identity), stream the request body
-up and the response back with backpressure, then count and log it. Keep-alive on both
-sides; ``Expect: 100-continue`` and other interim answers are relayed; an Upgrade
+For each request: pick an endpoint (the backend's balancer, :mod:`waypoint.backends`),
+send the request over an HTTP/1.1 connection through HBONE (the waypoint's identity),
+stream the body up and the response back with backpressure, then count and log it.
+Keep-alive on both sides; interim answers (``100-continue``) are relayed; an Upgrade
 (WebSocket) answered 101 turns the connection into a byte relay.
 
-Retries, as Istio's default: a request whose connection to an endpoint could not be
-opened, or whose reused connection was closed by the app before answering, is tried once
-more on another endpoint, before any byte of its body was sent; on status: a route's
-``retry``, :mod:`waypoint.retries`.
+Retries, as Istio's default: a request whose connection could not be opened, or whose
+reused connection the app closed before answering, is tried once more on another
+endpoint, before any byte of its body was sent; on status: :mod:`waypoint.retries`.
 
-Local answers use Envoy's response flags: ``UH`` no healthy endpoint (503), ``UF``
-upstream connection failure (503), ``UC`` upstream closed before answering (503),
-``DC`` the client went away. A malformed request gets 400 (or 413/414/431) and the
+Local answers use Envoy's response flags (:mod:`waypoint.replies`): ``UH``, ``UF``,
+``UC``, ``UO``, ``DC``... A malformed request gets 400 (or 413/414/431) and the
 connection closes; nothing else is disturbed.
 """
 
@@ -22,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 import structlog
@@ -30,26 +27,29 @@ import trio
 
 from mesh.relay import relay
 from mesh.response_flags import ResponseFlag
+from waypoint.backends import NO_ANSWER, Backend, Overflow
 from waypoint.bridge import BridgeFailed, h1_over_h2
 from waypoint.dispatch import Plan
+from waypoint.extensions import DelayedReply
 from waypoint.http1 import (
     LAST_CHUNK,
     Head,
     Http1Error,
     MessageReader,
     encode_chunk,
-    encode_request_head,
     encode_response_head,
     end_to_end,
     latin1,
     request_of,
 )
+from waypoint.http_exchange import XFCC, ClientGone, Exchange, request_head
 from waypoint.mirror import MirrorBody, start_mirrors
 from waypoint.replies import (
     Failed,
     bad_upstream_answer,
     malformed_request,
     no_healthy_upstream,
+    overflow,
     route_timeout,
     stream_idle_timeout,
     upstream_failure_http1,
@@ -68,34 +68,6 @@ log = structlog.get_logger("waypoint.access")
 
 ATTEMPTS: Final = 2  # Istio's default: one retry on connect failure or refused stream
 IDLE_SECONDS: Final = 300.0  # a keep-alive connection with no request
-XFCC: Final = b"x-forwarded-client-cert"
-
-
-@dataclass
-class Exchange:
-    """What one request did, for its metrics and its access-log line."""
-
-    head: Head
-    started: float
-    request_id: bytes
-    plan: Plan | None = None
-    mirror_body: MirrorBody | None = None  # kept for the route's mirrors
-    body_read: bool = False  # the request's whole body was read
-    body_error: Exception | None = None  # the client's body broke off: why
-    idle: IdleTimer | None = None  # the stream idle timeout, while the body is to come
-    status: int = 0
-    flags: str = "-"
-    target: Target | None = None
-    retries: Retries | None = None  # the rule's retry on status codes
-    request_bytes: int = 0
-    response_bytes: int = 0
-
-    def count_request(self, n: int) -> None:
-        self.request_bytes += n
-
-
-class ClientGone(Exception):
-    """The downstream connection broke: nothing more can be sent on it."""
 
 
 class HttpSession(Session):
@@ -152,6 +124,9 @@ class HttpSession(Session):
             if not isinstance(plan, Plan):
                 raise Failed(plan)
             exchange.plan = plan
+            if plan.delay:  # a FaultInjection's delay: the route's timeout starts after it
+                exchange.flags = plan.flag
+                await trio.sleep(plan.delay)
             if plan.mirrors and head.has_body:
                 exchange.mirror_body = MirrorBody()
             try:
@@ -162,6 +137,8 @@ class HttpSession(Session):
                                   exchange.mirror_body)  # fmt: skip
         except Failed as failed:
             exchange.status, exchange.flags = failed.reply.code, failed.reply.flag.value
+            if isinstance(failed.reply, DelayedReply):  # a fault's delay, then its abort
+                await trio.sleep(failed.reply.delay)
             await self._reply(exchange, failed.reply)
         except ClientGone:
             exchange.flags = "DC"
@@ -184,58 +161,79 @@ class HttpSession(Session):
             raise ClientGone
 
     async def _attempts(self, ex: Exchange, plan: Plan) -> None:
-        targets = plan.targets
-        if not targets:
+        """Send the request to the backend, under its circuit breaker and retries."""
+        if not plan.targets:
             raise Failed(no_healthy_upstream(grpc=False))
-        if plan.speak == "h2" and not ex.head.upgrade:
-            await self._attempts_h2(ex, plan)
-            return
+        backend = ex.backend = self.proxy.backends.of(self.snapshot, plan.service)
+        if not backend.admit():
+            raise Failed(overflow(grpc=False))
+        try:
+            if plan.speak == "h2" and not ex.head.upgrade:
+                await self._attempts_h2(ex, plan, backend)
+            else:
+                await self._attempts_h1(ex, plan, backend)
+        finally:
+            backend.release()
+            if ex.retries is not None:
+                ex.retries.close()
+
+    async def _attempts_h1(self, ex: Exchange, plan: Plan, backend: Backend) -> None:
+        targets = plan.targets
         tried: list[Target] = []
         if plan.retry is not None:
-            ex.retries = Retries.of(plan, ex.head.has_body, self.proxy.budgets)
+            ex.retries = Retries.of(plan, ex.head.has_body, backend)
         attempts = ATTEMPTS + (ex.retries.retry.attempts if ex.retries else 0)
         for attempt in range(attempts):
             if ex.retries and ex.retries.done:  # sent again on its answer: the backoff first
                 await trio.sleep(ex.retries.backoff())
-            target = self.proxy.balancer.pick(targets, avoid=tried)
-            assert target is not None
+            target = backend.pick(targets, avoid=tried)
+            if target is None:  # every endpoint ejected
+                raise Failed(no_healthy_upstream(grpc=False))
             tried.append(target)
             try:
-                conn = await self.proxy.upstreams.checkout(target, self.connect_headers())
-            except UpstreamError:
-                if attempt + 1 < attempts:
-                    continue
-                raise upstream_failure_http1(connected=False) from None
-            ex.target = target
-            self.proxy.balancer.started(target)
+                slot = await backend.connection_slot()
+            except Overflow:
+                raise Failed(overflow(grpc=False)) from None
             try:
-                if await self._over(conn, ex, retry_ok=attempt + 1 < attempts):
-                    return
+                try:
+                    conn = await self.proxy.upstreams.checkout(target, self.connect_headers())
+                except UpstreamError:
+                    backend.connect_failed(target, len(targets))
+                    if attempt + 1 < attempts:
+                        continue
+                    raise upstream_failure_http1(connected=False) from None
+                ex.target, ex.status = target, 0
+                started = backend.started(target)
+                try:
+                    if await self._over(conn, ex, retry_ok=attempt + 1 < attempts):
+                        return
+                finally:
+                    backend.finished(target, ex.status or NO_ANSWER, started, len(targets))
             finally:
-                self.proxy.balancer.finished(target)
+                backend.connection_done(slot)
         raise upstream_failure_http1(connected=True)
 
-    async def _attempts_h2(self, ex: Exchange, plan: Plan) -> None:
+    async def _attempts_h2(self, ex: Exchange, plan: Plan, backend: Backend) -> None:
         """The app speaks h2c (its port says ``http2`` or ``grpc``): the request goes as
-        HTTP/2 on a multiplexed connection, the answer comes back as HTTP/1.1 (no retry
-        on status yet: the answer is relayed as it comes)."""
+        HTTP/2, the answer comes back as HTTP/1.1 (relayed as it comes: no status retry)."""
         tried: list[Target] = []
-        extra = [("x-request-id", ex.request_id.decode("latin-1")),
-                 ("x-forwarded-client-cert", self.xfcc())]  # fmt: skip
+        extra = [("x-request-id", ex.request_id.decode("latin-1")), (XFCC.decode(), self.xfcc())]
         for attempt in range(ATTEMPTS):
-            target = self.proxy.balancer.pick(plan.targets, avoid=tried)
-            assert target is not None
+            target = backend.pick(plan.targets, avoid=tried)
+            if target is None:
+                raise Failed(no_healthy_upstream(grpc=False))
             tried.append(target)
             last = attempt + 1 == ATTEMPTS
             try:
                 conn = await self.proxy.h2.connection(target, self.connect_headers())
             except UpstreamError:
+                backend.connect_failed(target, len(plan.targets))
                 if not last:
                     continue
                 raise upstream_failure_http1(connected=False) from None
             ex.target = target
             counted = [0, 0]
-            self.proxy.balancer.started(target)
+            started = backend.started(target)
             try:
                 ex.status = await h1_over_h2(
                     conn, plan.request, extra, self.reader, ex.head.has_body, self._send_down,
@@ -248,7 +246,7 @@ class HttpSession(Session):
                     continue
                 raise upstream_failure_http1(connected=exc.connected) from None
             finally:
-                self.proxy.balancer.finished(target)
+                backend.finished(target, ex.status or NO_ANSWER, started, len(plan.targets))
                 ex.request_bytes += counted[0]
                 ex.response_bytes += counted[1]
 
@@ -259,7 +257,7 @@ class HttpSession(Session):
         reused = conn.requests > 0
         conn.requests += 1
         try:
-            await conn.stream.send_all(self._request_head(ex))
+            await conn.stream.send_all(request_head(ex, self.xfcc()))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             await conn.aclose()
             if reused and retry_ok:
@@ -274,7 +272,7 @@ class HttpSession(Session):
             if result is None:
                 await conn.aclose()
                 return False
-            await self.proxy.upstreams.release(conn, reusable=result)
+            await self._release(conn, ex, result)
             return True
         body_sent = trio.Event()
         ex.idle = IdleTimer()
@@ -302,8 +300,13 @@ class HttpSession(Session):
         if not body_sent.is_set():
             self.keep_alive = False
             result = False
-        await self.proxy.upstreams.release(conn, reusable=result)
+        await self._release(conn, ex, result)
         return True
+
+    async def _release(self, conn: Connection, ex: Exchange, reusable: bool) -> None:
+        """Keep ``conn`` for the next request if it may carry one (``maxRequestsPerConnection``)."""
+        reusable = reusable and (ex.backend is None or ex.backend.reusable(conn.requests))
+        await self.proxy.upstreams.release(conn, reusable=reusable)
 
     async def _body_and_answer(
         self, conn: Connection, ex: Exchange, body_sent: trio.Event, reused: bool, retry_ok: bool
@@ -351,28 +354,6 @@ class HttpSession(Session):
                 return None  # the caller closes the connection (its body is not wanted)
             ex.flags = ex.retries.flag(response.status) or ex.flags
         return await self._relay_response(conn, ex, response)
-
-    def _request_head(self, ex: Exchange) -> bytes:
-        head = ex.head
-        plan = ex.plan
-        method, target = head.method, head.target
-        if plan is not None and plan.rewritten:  # routes or JWT outputs made it anew
-            request = plan.request
-            method, target = latin1(request.method), latin1(request.path)
-            headers = [(b"host", latin1(request.authority))]
-            headers += [(latin1(n), latin1(v)) for n, v in request.headers if n not in _OURS]
-        else:
-            headers = [(n, v) for n, v in end_to_end(head.headers) if n not in _OURS_BYTES]
-        headers.append((b"x-request-id", ex.request_id))
-        headers.append((XFCC, self.xfcc().encode()))
-        if head.chunked:
-            headers.append((b"transfer-encoding", b"chunked"))
-        elif head.content_length is not None:
-            headers.append((b"content-length", b"%d" % head.content_length))
-        if head.upgrade:
-            headers += [(b"connection", b"upgrade"), (b"upgrade", head.header(b"upgrade") or b"")]
-        ex.request_bytes += sum(len(n) + len(v) + 4 for n, v in headers)
-        return encode_request_head(method, target, headers)
 
     async def _send_body(self, conn: Connection, ex: Exchange, done: trio.Event) -> None:
         chunked = ex.head.chunked
@@ -489,8 +470,3 @@ class HttpSession(Session):
             request_bytes=ex.request_bytes, response_bytes=ex.response_bytes,
         )  # fmt: skip
         self.account(done, ex.target, ex.plan)
-
-
-_OURS: Final = frozenset({"host", "x-request-id", "x-forwarded-client-cert", "content-length",
-                          "transfer-encoding", "connection", "upgrade"})  # fmt: skip
-_OURS_BYTES: Final = frozenset({XFCC, b"x-request-id"})

@@ -29,7 +29,7 @@ from mesh.model import MeshSnapshot
 from mesh.reason import Reason
 from mesh.relay import RelayStats, relay
 from waypoint.authz import bound_policies
-from waypoint.budget import RetryBudgets
+from waypoint.backends import Backends
 from waypoint.destination import Caller, Destination
 from waypoint.dispatch import Dispatcher
 from waypoint.gate import Gate
@@ -68,7 +68,7 @@ class WaypointProxy:
         self.tasks = h2.nursery  # fire-and-forget work (mirrored requests)
         self.metrics = metrics
         self.balancer = balancer or Balancer()
-        self.budgets = RetryBudgets()  # GEP-3388's defaults: 20% over 10 s, 10/s at least
+        self.backends = Backends(self.balancer)  # per Service: DestinationRule, budget
         self.dispatcher = dispatcher or Dispatcher(Gate(WaypointScope(key)))
         self.open_connections = 0
 

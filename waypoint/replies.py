@@ -13,6 +13,9 @@ Envoy waypoint sends, so clients and dashboards see what they see with Istio:
 | connect failed | 503 | ``upstream connect error ...: connection failure`` | UF | UNAVAILABLE |
 | reset before answering | 503 | ``...: connection termination`` | UC | UNAVAILABLE |
 | retries exhausted | 503 | as the last failure | URX | UNAVAILABLE |
+| circuit open (connection pool full) | 503 | ``...: overflow`` | UO | UNAVAILABLE |
+| FaultInjection abort | as configured | ``fault filter abort`` | FI | as configured |
+| rate limited (LocalRateLimit) | 429 | ``local_rate_limited`` | RL | UNAVAILABLE |
 | route timeout | 504 | ``upstream request timeout`` | UT | DEADLINE_EXCEEDED |
 | malformed request body | 400 | what was wrong | DPE | INTERNAL |
 
@@ -209,6 +212,13 @@ def upstream_failure(*, grpc: bool, connected: bool, retries_exhausted: bool = F
         flag = ResponseFlag.UPSTREAM_RETRY_LIMIT_EXCEEDED
     details = f"upstream_reset_before_response_started{{{reason.replace(' ', '_')}}}"
     return local_reply(503, _UPSTREAM_RESET + reason, grpc=grpc, flag=flag, details=details)
+
+
+def overflow(*, grpc: bool) -> LocalReply:
+    """The backend's circuit is open (its DestinationRule's connection pool is full)."""
+    flag = ResponseFlag.UPSTREAM_OVERFLOW
+    return local_reply(503, _UPSTREAM_RESET + "overflow", grpc=grpc, flag=flag,
+                       details="upstream_overflow")  # fmt: skip
 
 
 def route_timeout(*, grpc: bool) -> LocalReply:

@@ -18,7 +18,7 @@ import trio
 
 from mesh.model_l7 import Retry
 from mesh.response_flags import ResponseFlag
-from waypoint.budget import RetryBudget, RetryBudgets
+from waypoint.backends import Backend
 from waypoint.dispatch import Plan
 
 log = structlog.get_logger("waypoint.retries")
@@ -31,23 +31,19 @@ class Retries:
     """One request's retries on its answers' status."""
 
     retry: Retry
-    budget: RetryBudget
-    service: str
+    backend: Backend
     done: int = 0  # sent again so far
-    refused: bool = False  # the budget said no
+    refused: bool = False  # the budget (or ``maxRetries``) said no
 
     @classmethod
-    def of(cls, plan: Plan, has_body: bool, budgets: RetryBudgets) -> Retries | None:
+    def of(cls, plan: Plan, has_body: bool, backend: Backend) -> Retries | None:
         """The request's retries, counted in its Service's budget; None when its rule has
         no retry codes or it has a body."""
         retry = plan.retry
         if retry is None or not retry.codes or has_body:
             return None
-        service = plan.service
-        key = f"{service.namespace}/{service.name}" if service is not None else ""
-        budget = budgets.of(key)
-        budget.sent(trio.current_time())
-        return cls(retry, budget, key)
+        backend.budget.sent(trio.current_time())
+        return cls(retry, backend)
 
     def again(self, status: int, attempt_left: bool) -> bool:
         """Whether an answer with ``status`` sends the request again (counted)."""
@@ -55,13 +51,26 @@ class Retries:
             return False
         if self.done >= self.retry.attempts:
             return False
-        if not self.budget.try_retry(trio.current_time()):
+        backend = self.backend
+        if not self.done and not backend.may_retry():
             self.refused = True
-            log.info("retry_budget_exhausted", service=self.service, status=status,
-                     refused=self.budget.refused)  # fmt: skip
+            log.info("retry_overflow", service=backend.key, status=status,
+                     max_retries=backend.pool.max_retries)  # fmt: skip
             return False
+        if not backend.budget.try_retry(trio.current_time()):
+            self.refused = True
+            log.info("retry_budget_exhausted", service=backend.key, status=status,
+                     refused=backend.budget.refused)  # fmt: skip
+            return False
+        if not self.done:
+            backend.retrying += 1
         self.done += 1
         return True
+
+    def close(self) -> None:
+        """The request is over: it no longer counts among the Service's retries."""
+        if self.done:
+            self.backend.retrying -= 1
 
     def flag(self, status: int) -> str | None:
         """``URX`` for a last answer that still has a retry code after a retry or a

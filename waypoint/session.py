@@ -3,10 +3,10 @@ needs of the waypoint, and what both kinds share.
 
 :class:`Shared` is the narrow interface a session sees of the waypoint
 (:class:`waypoint.proxy.WaypointProxy` provides it): its identity, the current snapshot,
-the upstream connections, the balancer, the dispatcher, the metrics, a nursery for
-fire-and-forget work. :class:`Session` holds one connection's context and does what
-both sessions do alike: the headers of a CONNECT to an endpoint, the
-``x-forwarded-client-cert`` value, and a finished request's series and log line.
+the upstream connections, the balancer, each backend Service's state, the dispatcher,
+the metrics, a nursery for fire-and-forget work. :class:`Session` holds one connection's
+context and does what both sessions do alike: the headers of a CONNECT to an endpoint,
+the ``x-forwarded-client-cert`` value, and a finished request's series and log line.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import trio
 
 from mesh.identity import SpiffeId
 from mesh.model import MeshSnapshot
-from waypoint.budget import RetryBudgets
+from waypoint.backends import Backends
 from waypoint.destination import Caller, Destination
 from waypoint.dispatch import Dispatcher, Plan
 from waypoint.telemetry import Finished, RequestMetrics, account
@@ -51,7 +51,7 @@ class Shared(Protocol):
     upstreams: Upstreams
     h2: H2Upstreams
     balancer: Balancer
-    budgets: RetryBudgets
+    backends: Backends
     dispatcher: Dispatcher
     metrics: RequestMetrics
     tasks: trio.Nursery

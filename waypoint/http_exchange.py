@@ -1,0 +1,75 @@
+"""One HTTP/1.x request at the waypoint, as :mod:`waypoint.http_session` carries it
+out: the :class:`Exchange` (what it did, for its metrics and its access-log line) and
+:class:`ClientGone` (the downstream connection broke)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from waypoint.backends import Backend
+from waypoint.dispatch import Plan
+from waypoint.http1 import Head, encode_request_head, end_to_end, latin1
+from waypoint.mirror import MirrorBody
+from waypoint.retries import Retries
+from waypoint.session import IdleTimer
+from waypoint.upstream import Target
+
+XFCC: Final = b"x-forwarded-client-cert"
+
+
+@dataclass
+class Exchange:
+    """What one request did, for its metrics and its access-log line."""
+
+    head: Head
+    started: float
+    request_id: bytes
+    plan: Plan | None = None
+    mirror_body: MirrorBody | None = None  # kept for the route's mirrors
+    body_read: bool = False  # the request's whole body was read
+    body_error: Exception | None = None  # the client's body broke off: why
+    idle: IdleTimer | None = None  # the stream idle timeout, while the body is to come
+    status: int = 0
+    flags: str = "-"
+    target: Target | None = None
+    backend: Backend | None = None  # the backend Service's state, once chosen
+    retries: Retries | None = None  # the rule's retry on status codes
+    request_bytes: int = 0
+    response_bytes: int = 0
+
+    def count_request(self, n: int) -> None:
+        self.request_bytes += n
+
+
+class ClientGone(Exception):
+    """The downstream connection broke: nothing more can be sent on it."""
+
+
+def request_head(ex: Exchange, xfcc: str) -> bytes:
+    """The head of ``ex``'s request as it goes to the app."""
+    head = ex.head
+    plan = ex.plan
+    method, target = head.method, head.target
+    if plan is not None and plan.rewritten:  # routes or JWT outputs made it anew
+        request = plan.request
+        method, target = latin1(request.method), latin1(request.path)
+        headers = [(b"host", latin1(request.authority))]
+        headers += [(latin1(n), latin1(v)) for n, v in request.headers if n not in _OURS]
+    else:
+        headers = [(n, v) for n, v in end_to_end(head.headers) if n not in _OURS_BYTES]
+    headers.append((b"x-request-id", ex.request_id))
+    headers.append((XFCC, xfcc.encode()))
+    if head.chunked:
+        headers.append((b"transfer-encoding", b"chunked"))
+    elif head.content_length is not None:
+        headers.append((b"content-length", b"%d" % head.content_length))
+    if head.upgrade:
+        headers += [(b"connection", b"upgrade"), (b"upgrade", head.header(b"upgrade") or b"")]
+    ex.request_bytes += sum(len(n) + len(v) + 4 for n, v in headers)
+    return encode_request_head(method, target, headers)
+
+
+_OURS: Final = frozenset({"host", "x-request-id", "x-forwarded-client-cert", "content-length",
+                          "transfer-encoding", "connection", "upgrade"})  # fmt: skip
+_OURS_BYTES: Final = frozenset({XFCC, b"x-request-id"})
