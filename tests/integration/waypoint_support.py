@@ -48,6 +48,7 @@ async def app_server(
     headers and body (``/status/N`` answers N; ``/flaky/N/CODE/KEY`` answers CODE to the
     first N requests for that path, counted across every app of the process, then 200;
     ``/chance/P/CODE`` answers CODE to P% of the requests, drawn with a seeded generator;
+    ``/broken/NAME`` answers 500 from the app ``NAME`` and 200 from the others;
     ``/delay/MS`` answers after MS ms; ``/ws`` with Upgrade switches to echo)."""
 
     async def serve(stream: trio.SocketStream) -> None:
@@ -94,6 +95,8 @@ async def app_server(
                 if path.startswith("/chance/"):
                     _, _, percent, code = path.split("/", 3)
                     status = int(code) if CHANCE.random() * 100 < int(percent) else 200
+                if path.startswith("/broken/"):
+                    status = 500 if path.split("/")[2] == name else 200
                 if path.startswith("/flaky/"):
                     _, _, failures, code, _key = path.split("/", 4)
                     FLAKY[path] = FLAKY.get(path, 0) + 1
