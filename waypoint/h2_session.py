@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 import structlog
@@ -37,13 +36,18 @@ from waypoint.backends import NO_ANSWER, Backend, Overflow
 from waypoint.bridge import BridgeFailed, cut, h2_over_h1
 from waypoint.dispatch import Plan
 from waypoint.extensions import DelayedReply
+from waypoint.h2_request import (
+    HOP_BY_HOP,
+    H2Request,
+    PrefixedStream,
+    grpc_status_of,
+    normalized,
+    request_of,
+)
 from waypoint.http1 import READ_SIZE, Http1Error
-from waypoint.http_request import HttpRequest
-from waypoint.http_target import TargetError, read_target
-from waypoint.mirror import MirrorBody, start_mirrors
+from waypoint.mirror import BodyCopy, start_mirrors
 from waypoint.replies import (
     Failed,
-    local_reply,
     no_healthy_upstream,
     overflow,
     route_timeout,
@@ -51,8 +55,9 @@ from waypoint.replies import (
     upstream_failure,
 )
 from waypoint.replies import LocalReply as Reply
+from waypoint.retries import Retries
 from waypoint.session import IdleTimer, Session, Shared
-from waypoint.telemetry import Finished, GrpcMessages, new_request_id
+from waypoint.telemetry import Finished, new_request_id
 from waypoint.upstream import H2_SETTINGS, Target, UpstreamError
 
 if TYPE_CHECKING:
@@ -62,66 +67,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger("waypoint.access")
 
 ATTEMPTS: Final = 2
-HOP_BY_HOP: Final = frozenset(
-    {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade",
-     "x-forwarded-client-cert", "x-request-id"}
-)  # fmt: skip
-
-
-class PrefixedStream(trio.abc.HalfCloseableStream):
-    """``stream`` with ``prefix`` (bytes already read from it) put back in front."""
-
-    def __init__(self, stream: trio.abc.HalfCloseableStream, prefix: bytes) -> None:
-        self._stream = stream
-        self._prefix = prefix
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        if self._prefix:
-            size = max_bytes or len(self._prefix)
-            data, self._prefix = self._prefix[:size], self._prefix[size:]
-            await trio.lowlevel.checkpoint()
-            return data
-        return bytes(await self._stream.receive_some(max_bytes))
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self._stream.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self._stream.wait_send_all_might_not_block()
-
-    async def send_eof(self) -> None:
-        await self._stream.send_eof()
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()
-
-
-@dataclass
-class _Request:
-    headers: list[tuple[str, str]]
-    started: float
-    request_id: str
-    grpc: bool
-    status: int = 0
-    grpc_status: str = ""
-    flags: str = "-"
-    target: Target | None = None
-    request_bytes: int = 0
-    response_bytes: int = 0
-    plan: Plan | None = None
-    mirror_body: MirrorBody | None = None  # kept for the route's mirrors
-    body_read: bool = False  # the request's whole body was read
-    sent_messages: GrpcMessages = field(default_factory=GrpcMessages)
-    received_messages: GrpcMessages = field(default_factory=GrpcMessages)
-    idle: IdleTimer | None = None  # the stream idle timeout, while a body is to come
-
-    def active(self) -> None:
-        """A byte moved: the stream idle timeout starts again."""
-        if self.idle is not None:
-            self.idle.active()
-
-    def header(self, name: str) -> str:
-        return next((v for k, v in self.headers if k == name), "")
 
 
 class H2Session(Session):
@@ -151,11 +96,11 @@ class H2Session(Session):
         request_id = next((v for k, v in headers if k == "x-request-id"), "") or new_request_id()
         content_type = next((v for k, v in headers if k == "content-type"), "")
         grpc = content_type.startswith("application/grpc")
-        req = _Request(headers, time.monotonic(), request_id, grpc)
+        req = H2Request(headers, time.monotonic(), request_id, grpc)
         try:
-            req.headers = headers = _normalized(headers, grpc=grpc)
+            req.headers = headers = normalized(headers, grpc=grpc)
             plan = self.proxy.dispatcher.plan(
-                self.snapshot, self.destination, self.caller, _request_of(headers), grpc=grpc
+                self.snapshot, self.destination, self.caller, request_of(headers), grpc=grpc
             )
             if not isinstance(plan, Plan):
                 raise Failed(plan)
@@ -164,14 +109,14 @@ class H2Session(Session):
                 req.flags = plan.flag
                 await trio.sleep(plan.delay)
             if plan.mirrors:
-                req.mirror_body = MirrorBody()
+                req.body_copy = BodyCopy()
                 req.body_read = not down.accepts_data() and not down.buffered
             try:
                 ended = await self._forward_within(down, req, plan)
             finally:
                 if plan.mirrors and req.body_read:
                     start_mirrors(self.proxy, self.snapshot, plan.mirrors, plan.request,
-                                  req.mirror_body)  # fmt: skip
+                                  req.body_copy)  # fmt: skip
             if ended:
                 req.flags = ended
                 if down.headers_sent:  # the answer had begun: it is cut
@@ -196,7 +141,7 @@ class H2Session(Session):
                 req.flags = "DC"
             self._account(req)
 
-    async def _forward_within(self, down: H2Stream, req: _Request, plan: Plan) -> str:
+    async def _forward_within(self, down: H2Stream, req: H2Request, plan: Plan) -> str:
         """:meth:`_forward` within the route's timeout and, while a request body is to
         come, the stream idle timeout; the flag of the one that ended it, or ""."""
         if down.accepts_data():
@@ -213,7 +158,7 @@ class H2Session(Session):
             return ResponseFlag.STREAM_IDLE_TIMEOUT.value
         return "UT" if route.cancelled_caught else ""
 
-    async def _forward(self, down: H2Stream, req: _Request, plan: Plan) -> None:
+    async def _forward(self, down: H2Stream, req: H2Request, plan: Plan) -> None:
         if not plan.targets:
             raise Failed(no_healthy_upstream(grpc=req.grpc))
         backend = self.proxy.backends.of(self.snapshot, plan.service)
@@ -228,35 +173,46 @@ class H2Session(Session):
             backend.release()
 
     async def _forward_h2(
-        self, down: H2Stream, req: _Request, plan: Plan, backend: Backend
+        self, down: H2Stream, req: H2Request, plan: Plan, backend: Backend
     ) -> None:
         targets = plan.targets
         tried: list[Target] = []
-        for attempt in range(ATTEMPTS):
-            target = backend.pick(targets, avoid=tried)
-            if target is None:  # every endpoint ejected
-                raise Failed(no_healthy_upstream(grpc=req.grpc))
-            tried.append(target)
-            req.target = target
-            try:
-                conn = await self.proxy.h2.connection(target, self.connect_headers())
-                ended = not down.accepts_data() and not down.buffered  # a request without body
-                up = conn.start_request(self._upstream_headers(req, plan), end_stream=ended)
-            except (UpstreamError, HboneRetryableError):
-                backend.connect_failed(target, len(targets))
-                if attempt + 1 < ATTEMPTS:
-                    continue
-                raise Failed(upstream_failure(grpc=req.grpc, connected=False)) from None
-            started = backend.started(target)
-            try:
-                await self._exchange(down, up, req)
-                return
-            finally:
-                backend.finished(target, req.status or NO_ANSWER, started, len(targets))
-                cut(up, ErrorCodes.CANCEL)  # cancelled or failed half-way: the app hears it
+        req.has_body = down.accepts_data() or bool(down.buffered)
+        retries = req.retries = Retries.of(plan, backend)
+        if retries is not None and req.has_body and req.body_copy is None:
+            req.body_copy = BodyCopy()  # to send it again
+        attempts = ATTEMPTS + (retries.retry.attempts if retries is not None else 0)
+        try:
+            for attempt in range(attempts):
+                if retries is not None and retries.done:  # sent again on its answer
+                    await trio.sleep(retries.backoff())
+                target = backend.pick(targets, avoid=tried)
+                if target is None:  # every endpoint ejected
+                    raise Failed(no_healthy_upstream(grpc=req.grpc))
+                tried.append(target)
+                req.target, req.status = target, 0
+                try:
+                    conn = await self.proxy.h2.connection(target, self.connect_headers())
+                    headers = self._upstream_headers(req, plan)
+                    up = conn.start_request(headers, end_stream=not req.has_body)
+                except (UpstreamError, HboneRetryableError):
+                    backend.connect_failed(target, len(targets))
+                    if attempt + 1 < attempts:
+                        continue
+                    raise Failed(upstream_failure(grpc=req.grpc, connected=False)) from None
+                started = backend.started(target)
+                try:
+                    if await self._exchange(down, up, req, retry_ok=attempt + 1 < attempts):
+                        return
+                finally:
+                    backend.finished(target, req.status or NO_ANSWER, started, len(targets))
+                    cut(up, ErrorCodes.CANCEL)  # cancelled or failed half-way: the app hears it
+        finally:
+            if retries is not None:
+                retries.close()
 
     async def _forward_h1(
-        self, down: H2Stream, req: _Request, plan: Plan, backend: Backend
+        self, down: H2Stream, req: H2Request, plan: Plan, backend: Backend
     ) -> None:
         """The app speaks HTTP/1.1 (its port says ``http``): the stream's request goes on a
         pooled HTTP/1.1 connection, the answer comes back on the stream."""
@@ -280,7 +236,7 @@ class H2Session(Session):
                 backend.connection_done(slot)
 
     async def _attempt_h1(
-        self, down: H2Stream, req: _Request, plan: Plan, backend: Backend, target: Target,
+        self, down: H2Stream, req: H2Request, plan: Plan, backend: Backend, target: Target,
         extra: list[tuple[bytes, bytes]], *, last: bool,
     ) -> bool:  # fmt: skip
         """One try on an HTTP/1.1 connection; False: try another endpoint."""
@@ -317,7 +273,7 @@ class H2Session(Session):
             reusable = reusable and backend.reusable(conn.requests)
             await self.proxy.upstreams.release(conn, reusable=reusable)
 
-    def _upstream_headers(self, req: _Request, plan: Plan) -> list[tuple[str, str]]:
+    def _upstream_headers(self, req: H2Request, plan: Plan) -> list[tuple[str, str]]:
         if plan.rewritten:  # routes or JWT outputs made the request anew
             r = plan.request
             scheme = next((v for k, v in req.headers if k == ":scheme"), "http")
@@ -330,16 +286,23 @@ class H2Session(Session):
         out.append(("x-forwarded-client-cert", self.xfcc()))
         return out
 
-    async def _exchange(self, down: H2Stream, up: H2Stream, req: _Request) -> None:
+    async def _exchange(
+        self, down: H2Stream, up: H2Stream, req: H2Request, *, retry_ok: bool
+    ) -> bool:
+        """The request up and the answer down; False: the answer has a retry code and the
+        request goes again (nothing of it was sent down)."""
         if not up.may_send():  # the request had no body: no second task
             try:
                 response = await up.wait_response()
             except HboneError as exc:
                 log.debug("upstream_reset", reason=str(exc))
                 raise Failed(upstream_failure(grpc=req.grpc, connected=True)) from None
+            if self._again(up, req, retry_ok):
+                return False
             await self._respond(up, down, req, response)
-            return
+            return True
         failed: Failed | None = None
+        again = False
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._pump_request, down, up, req)
             try:
@@ -347,18 +310,34 @@ class H2Session(Session):
             except HboneError as exc:  # raised outside the nursery: no exception group
                 log.debug("upstream_reset", reason=str(exc))
                 failed = Failed(upstream_failure(grpc=req.grpc, connected=True))
-                nursery.cancel_scope.cancel()
             else:
-                await self._respond(up, down, req, response)
-                nursery.cancel_scope.cancel()  # the answer is complete: stop sending
+                again = self._again(up, req, retry_ok)
+                if not again:
+                    await self._respond(up, down, req, response)
+            nursery.cancel_scope.cancel()  # the answer is complete (or unwanted): stop sending
         if failed is not None:
             raise failed
+        return not again
+
+    @staticmethod
+    def _again(up: H2Stream, req: H2Request, retry_ok: bool) -> bool:
+        """Whether the answer's status sends the request again (the rule's retry)."""
+        retries = req.retries
+        if retries is None:
+            return False
+        req.status = status = up.status or 0
+        copy = req.body_copy
+        replayable = not req.has_body or (req.body_read and copy is not None and not copy.too_big)
+        if retries.again(status, retry_ok, replayable=replayable):
+            return True
+        req.flags = retries.flag(status) or req.flags
+        return False
 
     async def _respond(
-        self, up: H2Stream, down: H2Stream, req: _Request, response: list[tuple[str, str]]
+        self, up: H2Stream, down: H2Stream, req: H2Request, response: list[tuple[str, str]]
     ) -> None:
         req.status = up.status or 0
-        req.grpc_status = _grpc_status(response, "")
+        req.grpc_status = grpc_status_of(response, "")
         answer = [(k, v) for k, v in response if k not in HOP_BY_HOP]
         if req.plan is not None and req.plan.forward is not None:
             status = [(k, v) for k, v in answer if k.startswith(":")]
@@ -376,7 +355,7 @@ class H2Session(Session):
                     req.received_messages.feed(data)
                 await down.send_all(data)
             if up.trailers:
-                req.grpc_status = _grpc_status(up.trailers, req.grpc_status)
+                req.grpc_status = grpc_status_of(up.trailers, req.grpc_status)
                 await down.send_trailers(up.trailers)
             else:
                 await down.send_eof()
@@ -390,13 +369,17 @@ class H2Session(Session):
             req.flags = "DC"
             await up.aclose()
 
-    async def _pump_request(self, down: H2Stream, up: H2Stream, req: _Request) -> None:
+    async def _pump_request(self, down: H2Stream, up: H2Stream, req: H2Request) -> None:
         try:
+            if req.body_read and req.body_copy is not None:  # a retry: the body from its copy
+                await up.send_all(bytes(req.body_copy.data))
+                await (up.send_trailers(down.trailers) if down.trailers else up.send_eof())
+                return
             while data := await down.receive_some(READ_SIZE):
                 req.request_bytes += len(data)
                 req.active()
-                if req.mirror_body is not None:
-                    req.mirror_body.add(data)
+                if req.body_copy is not None:
+                    req.body_copy.add(data)
                 if req.grpc:
                     req.sent_messages.feed(data)
                 await up.send_all(data)
@@ -408,7 +391,7 @@ class H2Session(Session):
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return  # the response side tells what happened
 
-    async def _reply(self, down: H2Stream, req: _Request, reply: Reply) -> None:
+    async def _reply(self, down: H2Stream, req: H2Request, reply: Reply) -> None:
         if down.headers_sent or not down.may_send():
             return
         headers = [*reply.h2_headers(), ("x-request-id", req.request_id)]
@@ -420,7 +403,7 @@ class H2Session(Session):
             await down.send_all(reply.body)
             await down.send_eof()
 
-    def _account(self, req: _Request) -> None:
+    def _account(self, req: H2Request) -> None:
         done = Finished(
             method=req.header(":method"),
             authority=req.header(":authority"),
@@ -439,42 +422,3 @@ class H2Session(Session):
             response_messages=req.received_messages.count,
         )
         self.account(done, req.target, req.plan)
-
-
-def _grpc_status(headers: list[tuple[str, str]], default: str) -> str:
-    """``grpc-status`` as metrics and the access log read it: a code of one or two digits,
-    anything else UNKNOWN (2), as a gRPC client reads it; an app cannot mint label values."""
-    value = next((v for k, v in headers if k == "grpc-status"), None)
-    if value is None:
-        return default
-    return value if value.isascii() and value.isdigit() and len(value) <= 2 else "2"
-
-
-def _normalized(headers: list[tuple[str, str]], *, grpc: bool) -> list[tuple[str, str]]:
-    """``headers`` with ``:path`` normalized as an HTTP/1.1 target is; :class:`Failed` for
-    CONNECT (501) or a path that is not origin form (or ``*`` for OPTIONS; 400)."""
-    method = next((v for k, v in headers if k == ":method"), "")
-    path = next((v for k, v in headers if k == ":path"), "")
-    if method == "CONNECT":
-        raise Failed(local_reply(501, "CONNECT is not proxied by the waypoint", grpc=grpc))
-    try:
-        if not path.isascii() or not (path.startswith("/") or path == "*"):
-            raise TargetError("the :path is neither an ASCII path nor *")
-        normal = read_target(method.encode(), path.encode())[0].decode()
-    except TargetError as exc:
-        raise Failed(local_reply(400, str(exc), grpc=grpc,
-                                 flag=ResponseFlag.DOWNSTREAM_PROTOCOL_ERROR,
-                                 details="downstream_protocol_error")) from None  # fmt: skip
-    if normal == path:
-        return headers
-    return [(k, normal if k == ":path" else v) for k, v in headers]
-
-
-def _request_of(headers: list[tuple[str, str]]) -> HttpRequest:
-    """The request as routes and policies read it: pseudo-headers become its parts."""
-    fields = {k: v for k, v in headers if k.startswith(":")}
-    rest = tuple((k, v) for k, v in headers if not k.startswith(":") and k not in HOP_BY_HOP)
-    method, path = fields.get(":method", ""), fields.get(":path", "")
-    return HttpRequest(
-        method, path, fields.get(":authority", ""), rest, fields.get(":scheme", "http")
-    )

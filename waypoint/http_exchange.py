@@ -10,7 +10,7 @@ from typing import Final
 from waypoint.backends import Backend
 from waypoint.dispatch import Plan
 from waypoint.http1 import Head, encode_request_head, end_to_end, latin1
-from waypoint.mirror import MirrorBody
+from waypoint.mirror import BodyCopy
 from waypoint.retries import Retries
 from waypoint.session import IdleTimer
 from waypoint.upstream import Target
@@ -26,7 +26,7 @@ class Exchange:
     started: float
     request_id: bytes
     plan: Plan | None = None
-    mirror_body: MirrorBody | None = None  # kept for the route's mirrors
+    body_copy: BodyCopy | None = None  # kept for the route's mirrors
     body_read: bool = False  # the request's whole body was read
     body_error: Exception | None = None  # the client's body broke off: why
     idle: IdleTimer | None = None  # the stream idle timeout, while the body is to come

@@ -43,7 +43,7 @@ from waypoint.http1 import (
     request_of,
 )
 from waypoint.http_exchange import XFCC, ClientGone, Exchange, request_head
-from waypoint.mirror import MirrorBody, start_mirrors
+from waypoint.mirror import BodyCopy, start_mirrors
 from waypoint.replies import (
     Failed,
     bad_upstream_answer,
@@ -127,14 +127,14 @@ class HttpSession(Session):
             if plan.delay:  # a FaultInjection's delay: the route's timeout starts after it
                 exchange.flags = plan.flag
                 await trio.sleep(plan.delay)
-            if plan.mirrors and head.has_body:
-                exchange.mirror_body = MirrorBody()
+            if head.has_body and (plan.mirrors or plan.retry is not None):
+                exchange.body_copy = BodyCopy()  # for the mirrors, and to send it again
             try:
                 await self._forward(exchange, plan)
             finally:
                 if plan.mirrors and (exchange.body_read or not head.has_body):
                     start_mirrors(self.proxy, self.snapshot, plan.mirrors, plan.request,
-                                  exchange.mirror_body)  # fmt: skip
+                                  exchange.body_copy)  # fmt: skip
         except Failed as failed:
             exchange.status, exchange.flags = failed.reply.code, failed.reply.flag.value
             if isinstance(failed.reply, DelayedReply):  # a fault's delay, then its abort
@@ -181,7 +181,7 @@ class HttpSession(Session):
         targets = plan.targets
         tried: list[Target] = []
         if plan.retry is not None:
-            ex.retries = Retries.of(plan, ex.head.has_body, backend)
+            ex.retries = Retries.of(plan, backend)
         attempts = ATTEMPTS + (ex.retries.retry.attempts if ex.retries else 0)
         for attempt in range(attempts):
             if ex.retries and ex.retries.done:  # sent again on its answer: the backoff first
@@ -350,20 +350,27 @@ class HttpSession(Session):
             await self._upgrade(conn, ex, response)
             return False
         if ex.retries is not None:
-            if ex.retries.again(response.status, retry_ok):
+            if ex.retries.again(response.status, retry_ok, replayable=_replayable(ex)):
                 return None  # the caller closes the connection (its body is not wanted)
             ex.flags = ex.retries.flag(response.status) or ex.flags
         return await self._relay_response(conn, ex, response)
 
     async def _send_body(self, conn: Connection, ex: Exchange, done: trio.Event) -> None:
         chunked = ex.head.chunked
+        if ex.body_read and ex.body_copy is not None:  # a retry: the body from its copy
+            data = bytes(ex.body_copy.data)
+            await conn.stream.send_all(
+                ((encode_chunk(data) if data else b"") + LAST_CHUNK) if chunked else data
+            )
+            done.set()
+            return
         try:
             while data := await self.reader.read_body():
                 ex.request_bytes += len(data)
                 if ex.idle is not None:
                     ex.idle.active()
-                if ex.mirror_body is not None:
-                    ex.mirror_body.add(data)
+                if ex.body_copy is not None:
+                    ex.body_copy.add(data)
                 await conn.stream.send_all(encode_chunk(data) if chunked else data)
             ex.body_read = True
             if chunked:
@@ -470,3 +477,10 @@ class HttpSession(Session):
             request_bytes=ex.request_bytes, response_bytes=ex.response_bytes,
         )  # fmt: skip
         self.account(done, ex.target, ex.plan)
+
+
+def _replayable(ex: Exchange) -> bool:
+    """Whether the request can be sent again: it has no body, or its whole body was read
+    and kept (no more than the copy's bound)."""
+    copy = ex.body_copy
+    return not ex.head.has_body or (ex.body_read and copy is not None and not copy.too_big)

@@ -36,7 +36,7 @@ MIRROR_SECONDS: Final = 10.0
 _SKIPPED: Final = frozenset({"host", "content-length", "transfer-encoding", "connection"})
 
 
-class MirrorBody:
+class BodyCopy:
     """The body of a request being mirrored, kept as it streams, up to :data:`MAX_BODY`."""
 
     def __init__(self) -> None:
@@ -54,7 +54,7 @@ def start_mirrors(
     snapshot: MeshSnapshot,
     mirrors: tuple[MirrorTarget, ...],
     request: HttpRequest,
-    body: MirrorBody | None,
+    body: BodyCopy | None,
 ) -> None:
     """Send a copy of ``request`` (and ``body``) to each of ``mirrors`` in the background."""
     if body is not None and body.too_big:

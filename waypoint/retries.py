@@ -20,6 +20,7 @@ from mesh.model_l7 import Retry
 from mesh.response_flags import ResponseFlag
 from waypoint.backends import Backend
 from waypoint.dispatch import Plan
+from waypoint.mirror import MAX_BODY
 
 log = structlog.get_logger("waypoint.retries")
 
@@ -36,22 +37,29 @@ class Retries:
     refused: bool = False  # the budget (or ``maxRetries``) said no
 
     @classmethod
-    def of(cls, plan: Plan, has_body: bool, backend: Backend) -> Retries | None:
+    def of(cls, plan: Plan, backend: Backend) -> Retries | None:
         """The request's retries, counted in its Service's budget; None when its rule has
-        no retry codes or it has a body."""
+        no retry codes."""
         retry = plan.retry
-        if retry is None or not retry.codes or has_body:
+        if retry is None or not retry.codes:
             return None
         backend.budget.sent(trio.current_time())
         return cls(retry, backend)
 
-    def again(self, status: int, attempt_left: bool) -> bool:
-        """Whether an answer with ``status`` sends the request again (counted)."""
+    def again(self, status: int, attempt_left: bool, *, replayable: bool = True) -> bool:
+        """Whether an answer with ``status`` sends the request again (counted);
+        ``replayable`` False: its body cannot be sent again."""
         if status not in self.retry.codes or not attempt_left or self.refused:
             return False
         if self.done >= self.retry.attempts:
             return False
         backend = self.backend
+        if not replayable:
+            self.refused = True
+            reason = f"the body was not read whole, or is over {MAX_BODY} bytes"
+            log.info("retry_body_not_replayable", service=backend.key, status=status,
+                     reason=reason)  # fmt: skip
+            return False
         if not self.done and not backend.may_retry():
             self.refused = True
             log.info("retry_overflow", service=backend.key, status=status,

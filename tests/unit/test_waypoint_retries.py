@@ -41,7 +41,7 @@ def plan(retry: Retry | None) -> Plan:
 async def test_an_answer_with_a_retry_code_goes_again_up_to_the_attempts_then_urx(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    retries = Retries.of(plan(Retry((503,), attempts=2)), False, backend())
+    retries = Retries.of(plan(Retry((503,), attempts=2)), backend())
     assert retries is not None
     assert retries.again(503, attempt_left=True)
     assert retries.again(503, attempt_left=True)
@@ -54,7 +54,7 @@ async def test_an_answer_with_a_retry_code_goes_again_up_to_the_attempts_then_ur
 async def test_other_codes_and_the_last_attempt_are_not_retried(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    retries = Retries.of(plan(Retry((503,), attempts=2)), False, backend())
+    retries = Retries.of(plan(Retry((503,), attempts=2)), backend())
     assert retries is not None
     assert not retries.again(500, attempt_left=True)
     assert retries.flag(500) is None
@@ -66,9 +66,19 @@ async def test_no_codes_or_a_body_means_no_retries_on_status(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     web = backend()
-    assert Retries.of(plan(None), False, web) is None
-    assert Retries.of(plan(Retry(())), False, web) is None
-    assert Retries.of(plan(Retry((503,))), True, web) is None  # its body is not kept
+    assert Retries.of(plan(None), web) is None
+    assert Retries.of(plan(Retry(())), web) is None
+
+
+async def test_a_body_that_cannot_be_sent_again_is_not_and_says_so(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    retries = Retries.of(plan(Retry((503,))), backend())
+    assert retries is not None
+    with structlog.testing.capture_logs() as logs:
+        assert not retries.again(503, attempt_left=True, replayable=False)
+    assert retries.flag(503) == URX
+    assert [e["event"] for e in logs] == ["retry_body_not_replayable"]
 
 
 async def test_the_services_budget_refuses_a_retry_storm_and_says_so(
@@ -78,7 +88,7 @@ async def test_the_services_budget_refuses_a_retry_storm_and_says_so(
     allowed = 0
     with structlog.testing.capture_logs() as logs:
         for _ in range(50):  # every answer fails: each request would retry twice
-            retries = Retries.of(plan(Retry((503,), attempts=2)), False, web)
+            retries = Retries.of(plan(Retry((503,), attempts=2)), web)
             assert retries is not None
             while retries.again(503, attempt_left=True):
                 allowed += 1
@@ -94,7 +104,7 @@ async def test_the_services_budget_refuses_a_retry_storm_and_says_so(
 async def test_the_backoff_doubles_from_the_rules_up_to_ten_times_with_jitter(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    retries = Retries.of(plan(Retry((503,), attempts=10, backoff_ms=100)), False, backend())
+    retries = Retries.of(plan(Retry((503,), attempts=10, backoff_ms=100)), backend())
     assert retries is not None
     waits = []
     for _ in range(6):
@@ -112,7 +122,7 @@ async def test_a_policys_budget_replaces_the_default(
     web = backend(RetryBudget(percent=50, min_retries=0))
     allowed = 0
     for _ in range(100):
-        retries = Retries.of(plan(Retry((503,), attempts=1)), False, web)
+        retries = Retries.of(plan(Retry((503,), attempts=1)), web)
         assert retries is not None
         allowed += retries.again(503, attempt_left=True)
         retries.close()
@@ -123,7 +133,7 @@ async def test_max_retries_bounds_the_requests_being_retried_at_once(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     web = backend(pool=ConnectionPool(max_retries=2))
-    first, second, third = (Retries.of(plan(Retry((503,), attempts=3)), False, web)
+    first, second, third = (Retries.of(plan(Retry((503,), attempts=3)), web)
                             for _ in range(3))  # fmt: skip
     assert first is not None
     assert second is not None
@@ -136,6 +146,6 @@ async def test_max_retries_bounds_the_requests_being_retried_at_once(
     assert third.flag(503) == URX
     assert [e["event"] for e in logs] == ["retry_overflow"]
     first.close()
-    fourth = Retries.of(plan(Retry((503,), attempts=3)), False, web)
+    fourth = Retries.of(plan(Retry((503,), attempts=3)), web)
     assert fourth is not None
     assert fourth.again(503, attempt_left=True)  # a slot came free
