@@ -79,7 +79,7 @@ async def test_the_server_stores_a_valid_object(
             "observedGeneration": 1,
         }
         patched = await kube_admin.patch(
-            crd_cases.API_VERSION, kind, name, {"status": {"conditions": [condition]}},
+            crd_cases.api_version(kind), kind, name, {"status": {"conditions": [condition]}},
             kube_ns, subresource="status",
         )  # fmt: skip
     assert patched["status"]["conditions"] == [condition]
