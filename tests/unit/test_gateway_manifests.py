@@ -306,7 +306,7 @@ def test_every_filter_is_kept() -> None:
             rewrite=UrlRewrite("new.example.com", PathModifier("ReplacePrefixMatch", "/new")),
         ),
         Filter("RequestMirror", mirror=Mirror(BackendRef("audit", 8080), 1, 1000)),
-        Filter("ExtensionRef"),
+        Filter("ExtensionRef", extension=ExtensionRef("example.com", "Limit", "slow")),
     )
     assert not first.filters[-1].supported
     full_path = PathModifier("ReplaceFullPath", "/here")
