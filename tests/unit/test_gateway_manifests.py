@@ -47,6 +47,7 @@ from mesh.model_l7 import (
     RouteGroupKind,
     UrlRewrite,
 )
+from mesh.model_traffic import ExtensionRef
 
 GW = "gateway.networking.k8s.io"
 ISTIO = "security.istio.io/v1"
