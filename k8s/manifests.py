@@ -3,8 +3,10 @@
 Owns the edge where raw dicts become typed: Namespace, ServiceAccount, Pod, Service,
 EndpointSlice (``discovery.k8s.io/v1``), Node, AuthorizationPolicy, PeerAuthentication
 and RequestAuthentication (``security.ambit.io/v1``, also Istio's ``security.istio.io/v1``
-and ``v1beta1``), and Gateway API's GatewayClass, Gateway, HTTPRoute and GRPCRoute
-(``gateway.networking.k8s.io/v1``). Only the fields later parts use are kept.
+and ``v1beta1``), Gateway API's GatewayClass, Gateway, HTTPRoute and GRPCRoute
+(``gateway.networking.k8s.io/v1``), and the traffic kinds of :mod:`k8s.traffic_manifests`
+(DestinationRule, XBackendTrafficPolicy, FaultInjection, LocalRateLimit). Only the fields
+later parts use are kept.
 Every problem is a :class:`ManifestError` naming the file, the document and the field
 path, e.g. ``demo.yaml: document 3 (Service default/web): spec.ports[0].port: must be
 an integer 1-65535``. Nothing past this module sees a raw dict.
