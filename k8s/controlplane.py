@@ -16,6 +16,8 @@ to the proxies, and runs the CA with node authorization.
   nothing else (403 otherwise). A caller whose token is a service account's
   (``system:serviceaccount:NS:SA``: a waypoint) gets exactly that service
   account's identity (:class:`ca.auth.ServiceAccountAuthorizer`).
+- Conditions written back to the store: also the traffic kinds'
+  (:mod:`k8s.traffic_conditions`).
 - The config stream gives namespace N's waypoint view to a certificate of N whose
   service account names a waypoint Gateway of N in the current snapshot, or is
   Istio's ``waypoint`` (:func:`k8s.config_server.gateway_waypoint_authorizer`).
@@ -56,6 +58,7 @@ from k8s.manifests import (
 )
 from k8s.route_conditions import parent_conditions, route_conditions
 from k8s.store import Condition, ObjectRef, ObjectStore, ref_of
+from k8s.traffic_conditions import traffic_conditions
 from k8s.translate import (
     CONFLICT_REASONS,
     Problem,
@@ -64,6 +67,7 @@ from k8s.translate import (
     ztunnel_acceptance,
 )
 from k8s.translate_l7 import INVALID_WAYPOINT_FOR, WAYPOINT_REASONS, waypoint_ready
+from k8s.translate_traffic import KINDS as TRAFFIC_KINDS
 from mesh.certs import open_certificate_manager
 from mesh.constants import (
     CONDITION_ACCEPTED,
@@ -415,6 +419,11 @@ def write_conditions(store: ObjectStore, translation: Translation) -> None:
                 parents = parent_conditions(entry.obj, problems, waypoint_gateway)
             if conditions or entry.conditions or parents or entry.parents:
                 store.set_conditions(entry.ref, conditions, uid=entry.obj.uid, parents=parents)
+    for kind in TRAFFIC_KINDS:
+        for entry in store.entries(kind):
+            problems = translation.problems.get(entry.ref, ())
+            conditions, ancestors = traffic_conditions(entry.obj, problems)
+            store.set_conditions(entry.ref, conditions, uid=entry.obj.uid, parents=ancestors)
     for entry in store.entries("AuthorizationPolicy"):
         policy = entry.obj
         assert isinstance(policy, AuthorizationPolicy)

@@ -2,11 +2,12 @@
 ``ambit install --crds``.
 
 ambit owns the kinds of :data:`k8s.manifests.KINDS` whose first API version is in one
-of its own groups (``*.ambit.io``): today AuthorizationPolicy, PeerAuthentication and
-RequestAuthentication in ``security.ambit.io/v1``. Each CRD takes its names (plural,
-short names, scope) from ``KINDS`` and its structural OpenAPI v3 schema from
-:data:`SPECS` below, which spells out the fields :mod:`k8s.policy_manifests` reads, as
-Istio's CRDs do for the same kinds. Nothing is open
+of its own groups (``*.ambit.io``): AuthorizationPolicy, PeerAuthentication and
+RequestAuthentication in ``security.ambit.io/v1`` (Istio's schema), and the route filters
+FaultInjection and LocalRateLimit in ``networking.ambit.io/v1alpha1``. Each CRD takes its
+names (plural, short names, scope) from ``KINDS`` and its structural OpenAPI v3 schema
+from :data:`SPECS` below, which spells out the fields :mod:`k8s.policy_manifests` and
+:mod:`k8s.traffic_manifests` read. Nothing is open
 (``x-kubernetes-preserve-unknown-fields`` nowhere): the reader refuses unknown fields,
 so the server must keep (or refuse) everything a user writes, never prune a typo'd
 ``principal:`` silently. What a schema can say cheaply, it says (enums, sizes,
@@ -195,6 +196,43 @@ REQUEST_AUTHENTICATION: Final = obj(
     rules=TARGETING_RULES,
 )
 
+# ambit's route filters (k8s.traffic_manifests), reached from an ExtensionRef filter.
+ISTIO_DURATION: Final = string(
+    max_length=64, pattern="^(([0-9]+(\\.[0-9]+)?)(h|m|s|ms|us|µs|ns))+$"
+)
+PERCENTAGE: Final = obj(
+    {"value": {"type": "number", "minimum": 0, "maximum": 100}},
+    description="The share of requests, 0-100; omitted: 100.",
+)
+FAULT_INJECTION: Final = obj(
+    {
+        "delay": obj({"fixedDelay": ISTIO_DURATION, "percentage": PERCENTAGE},
+                     required=("fixedDelay",)),
+        "abort": obj(
+            {"httpStatus": {"type": "integer", "minimum": 200, "maximum": 599},
+             "grpcStatus": {"x-kubernetes-int-or-string": True,
+                            "description": "A gRPC code's name (UNAVAILABLE) or number 0-16."},
+             "percentage": PERCENTAGE},
+            rules=(("has(self.httpStatus) != has(self.grpcStatus)",
+                    "set httpStatus or grpcStatus (one of them)"),),
+        ),
+    },
+    rules=(("has(self.delay) || has(self.abort)", "set delay, abort or both"),),
+    description="As Istio's VirtualService fault: delay and/or abort a share of requests.",
+)  # fmt: skip
+RATE: Final = {"type": "integer", "minimum": 1, "maximum": 1_000_000_000}
+LOCAL_RATE_LIMIT: Final = obj(
+    {
+        "requests": RATE,
+        "unit": enum("Second", "Minute", "Hour"),
+        "burst": RATE,
+        "perClient": {"type": "boolean"},
+    },
+    required=("requests",),
+    description="A token bucket per route rule (and caller identity, with perClient):"
+    " requests per unit, up to burst at once (default: requests).",
+)
+
 CONDITIONS: Final = array(
     obj(
         {
@@ -229,6 +267,16 @@ SPECS: Final[Mapping[str, tuple[Schema, tuple[dict[str, str], ...]]]] = {
           "description": "The workloads' mutual TLS mode"},),
     ),
     "RequestAuthentication": (REQUEST_AUTHENTICATION, ()),
+    "FaultInjection": (
+        FAULT_INJECTION,
+        ({"name": "Delay", "type": "string", "jsonPath": ".spec.delay.fixedDelay"},
+         {"name": "Abort", "type": "string", "jsonPath": ".spec.abort.httpStatus"}),
+    ),
+    "LocalRateLimit": (
+        LOCAL_RATE_LIMIT,
+        ({"name": "Requests", "type": "integer", "jsonPath": ".spec.requests"},
+         {"name": "Unit", "type": "string", "jsonPath": ".spec.unit"}),
+    ),
 }  # fmt: skip
 """Each owned kind's spec schema and its printer columns (Age is added to all)."""
 
@@ -263,7 +311,8 @@ def crd(info: KindInfo) -> dict[str, Any]:
             "spec": spec_schema,
             "status": STATUS,
         },
-        description=f"ambit's {info.kind}: Istio's schema, in {info.group}.",
+        description=f"ambit's {info.kind}, in {info.group}"
+        + (": Istio's schema." if info.group.startswith("security.") else "."),
     )
     return {
         "apiVersion": "apiextensions.k8s.io/v1",

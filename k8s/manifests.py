@@ -3,8 +3,10 @@
 Owns the edge where raw dicts become typed: Namespace, ServiceAccount, Pod, Service,
 EndpointSlice (``discovery.k8s.io/v1``), Node, AuthorizationPolicy, PeerAuthentication
 and RequestAuthentication (``security.ambit.io/v1``, also Istio's ``security.istio.io/v1``
-and ``v1beta1``), and Gateway API's GatewayClass, Gateway, HTTPRoute and GRPCRoute
-(``gateway.networking.k8s.io/v1``). Only the fields later parts use are kept.
+and ``v1beta1``), Gateway API's GatewayClass, Gateway, HTTPRoute and GRPCRoute
+(``gateway.networking.k8s.io/v1``), and the traffic kinds of :mod:`k8s.traffic_manifests`
+(DestinationRule, XBackendTrafficPolicy, FaultInjection, LocalRateLimit). Only the fields
+later parts use are kept.
 Every problem is a :class:`ManifestError` naming the file, the document and the field
 path, e.g. ``demo.yaml: document 3 (Service default/web): spec.ports[0].port: must be
 an integer 1-65535``. Nothing past this module sees a raw dict.
@@ -70,21 +72,38 @@ from k8s.policy_manifests import (
     read_request_authentication,
 )
 from k8s.route_manifests import GRPCRoute, HTTPRoute, read_grpc_route, read_http_route
+from k8s.traffic_manifests import (
+    BACKEND_TRAFFIC_POLICY_API_VERSIONS,
+    DESTINATION_RULE_API_VERSIONS,
+    FILTER_API_VERSIONS,
+    BackendTrafficPolicy,
+    DestinationRule,
+    FaultInjection,
+    LocalRateLimit,
+    read_backend_traffic_policy,
+    read_destination_rule,
+    read_fault_injection,
+    read_local_rate_limit,
+)
 
 __all__ = [
     "KINDS",
     "POLICY_API_VERSIONS",
     "AuthorizationPolicy",
+    "BackendTrafficPolicy",
     "Container",
     "ContainerPort",
+    "DestinationRule",
     "Document",
     "EndpointSlice",
+    "FaultInjection",
     "GRPCRoute",
     "Gateway",
     "GatewayClass",
     "HTTPRoute",
     "K8sObject",
     "KindInfo",
+    "LocalRateLimit",
     "ManifestError",
     "Namespace",
     "Node",
@@ -127,6 +146,10 @@ K8sObject: TypeAlias = (
     | Gateway
     | HTTPRoute
     | GRPCRoute
+    | DestinationRule
+    | BackendTrafficPolicy
+    | FaultInjection
+    | LocalRateLimit
 )
 
 
@@ -142,6 +165,12 @@ class KindInfo:
     api_versions: tuple[str, ...]  # the first is the one shown
     namespaced: bool
     read: Callable[[Reader, Mapping[str, object]], K8sObject]
+    api_kind: str = ""  # the kind as its API serves it, when that differs (XBackendTrafficPolicy)
+
+    @property
+    def served_kind(self) -> str:
+        """The kind its API resource serves (what a status document names)."""
+        return self.api_kind or self.kind
 
     @property
     def group(self) -> str:
@@ -182,12 +211,38 @@ KINDS: tuple[KindInfo, ...] = (
     KindInfo("Gateway", "gateways", ("gtw",), GATEWAY_API_VERSIONS, True, read_gateway),
     KindInfo("HTTPRoute", "httproutes", (), GATEWAY_API_VERSIONS, True, read_http_route),
     KindInfo("GRPCRoute", "grpcroutes", (), GRPC_ROUTE_API_VERSIONS, True, read_grpc_route),
+    KindInfo(
+        "DestinationRule", "destinationrules", ("dr",), DESTINATION_RULE_API_VERSIONS, True,
+        read_destination_rule,
+    ),
+    # Gateway API's experimental channel serves it as XBackendTrafficPolicy (GEP-3388);
+    # ambit's CLI knows it by either name.
+    KindInfo(
+        "BackendTrafficPolicy", "xbackendtrafficpolicies",
+        ("backendtrafficpolicies", "btp", "xbtrafficpolicy"),
+        BACKEND_TRAFFIC_POLICY_API_VERSIONS, True, read_backend_traffic_policy,
+        api_kind="XBackendTrafficPolicy",
+    ),
+    KindInfo(
+        "FaultInjection", "faultinjections", ("fi",), FILTER_API_VERSIONS, True,
+        read_fault_injection,
+    ),
+    KindInfo(
+        "LocalRateLimit", "localratelimits", ("lrl",), FILTER_API_VERSIONS, True,
+        read_local_rate_limit,
+    ),
 )  # fmt: skip
-_BY_KIND = {k.kind: k for k in KINDS}
+_BY_KIND = {name: k for k in KINDS for name in dict.fromkeys((k.kind, k.served_kind))}
 _BY_NAME = {
     name: info
     for info in reversed(KINDS)  # the first kind declared wins a name two would share
-    for name in (info.kind.lower(), info.plural, *info.short_names, info.resource)
+    for name in (
+        info.kind.lower(),
+        info.served_kind.lower(),
+        info.plural,
+        *info.short_names,
+        info.resource,
+    )
 }
 
 

@@ -3,8 +3,9 @@ backend reference and the filters (header modifiers, redirect, URL rewrite, mirr
 CORS), read as :mod:`k8s.route_manifests` reads the rest of a route (the CRDs' schema
 and CEL rules, API server defaults, strict specs) into :mod:`mesh.model_l7` values.
 
-Filters whose settings ambit does not keep (``ExtensionRef``, ``ExternalAuth``) keep
-their type alone; a CORS filter keeps every setting, ``maxAge`` 5 by default.
+An ``ExtensionRef`` keeps the object it names (Gateway API's LocalObjectReference: group,
+kind and name, in the route's namespace); ``ExternalAuth``, whose settings ambit does not
+keep, its type alone; a CORS filter keeps every setting, ``maxAge`` 5 by default.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from mesh.model_l7 import (
     Redirect,
     UrlRewrite,
 )
+from mesh.model_traffic import ExtensionRef
 
 MAX_ITEMS = 16  # filters, backendRefs, header and query matches, header modifier entries
 
@@ -234,8 +236,21 @@ def _filter(r: Reader, value: object, path: str, types: tuple[str, ...]) -> Filt
         return Filter(filter_type, mirror=_mirror(r, settings, at))
     if filter_type == "CORS":
         return Filter(filter_type, cors=_cors(r, settings, at))
+    if filter_type == "ExtensionRef":
+        return Filter(filter_type, extension=_extension_ref(r, settings, at))
     r.mapping(settings, at)  # settings not kept
     return Filter(filter_type)
+
+
+def _extension_ref(r: Reader, value: object, path: str) -> ExtensionRef:
+    e = r.mapping(value, path, ("group", "kind", "name"))
+    if e.get("group") is None:
+        r.fail(f"{path}.group", "required ('' for the core group)")
+    return ExtensionRef(
+        g.group(r, e["group"], f"{path}.group", ""),
+        g.kind(r, e.get("kind"), f"{path}.kind"),
+        g.object_name(r, e.get("name"), f"{path}.name"),
+    )
 
 
 def filters(r: Reader, value: object, path: str, types: tuple[str, ...]) -> tuple[Filter, ...]:

@@ -8,8 +8,12 @@ pure: the store's conditions as Kubernetes and Gateway API write them.
   (:mod:`k8s.route_conditions`) with ``controllerName`` :data:`CONTROLLER_NAME`. Gateway
   API makes the list atomic (one owner for the whole list), so the entries of other
   controllers are read from the object and kept (:func:`merge_parents`);
-- an AuthorizationPolicy (ambit's or Istio's, at the ``apiVersion`` it came as):
-  ``conditions`` and ``observedGeneration``;
+- an AuthorizationPolicy (ambit's or Istio's, at the ``apiVersion`` it came as), a
+  DestinationRule, a FaultInjection and a LocalRateLimit: ``conditions`` and
+  ``observedGeneration``;
+- a BackendTrafficPolicy (``XBackendTrafficPolicy``): ``ancestors`` (GEP-713), one entry
+  per target Service with ``controllerName`` :data:`CONTROLLER_NAME`, merged with other
+  controllers' entries as a route's ``parents`` are;
 - a Service: ``conditions`` (``ambit.io/Accepted``, ``ambit.io/WaypointBound``).
 
 Each document names the object's ``uid``: the API server refuses (409) to apply it to
@@ -26,6 +30,7 @@ from typing import Any, Final
 
 from k8s.manifests import Gateway, GatewayClass, Service, kind_info
 from k8s.store import Condition, Entry, ObjectStore
+from k8s.traffic_conditions import CONDITION_FULLY_APPLIED
 from mesh.constants import (
     CONDITION_ACCEPTED,
     CONDITION_WAYPOINT_BOUND,
@@ -38,21 +43,26 @@ from mesh.route_status import ACCEPTED, RESOLVED_REFS
 
 Json = dict[str, Any]
 ROUTE_KINDS: Final = ("HTTPRoute", "GRPCRoute")
-KINDS: Final = ("GatewayClass", "Gateway", *ROUTE_KINDS, "AuthorizationPolicy", "Service")
+POLICY_KINDS: Final = ("AuthorizationPolicy", "DestinationRule", "FaultInjection", "LocalRateLimit")
+KINDS: Final = ("GatewayClass", "Gateway", *ROUTE_KINDS, *POLICY_KINDS, "BackendTrafficPolicy",
+                "Service")  # fmt: skip
+# The status lists merged with other controllers' entries, by kind.
+MERGED: Final = {**dict.fromkeys(ROUTE_KINDS, "parents"), "BackendTrafficPolicy": "ancestors"}
 # Conditions that, False, are a problem an operator must see (an Event); others, such as
 # a waypoint Gateway not Programmed yet, are states that pass.
 EVENT_CONDITIONS: Final = (ACCEPTED, RESOLVED_REFS, CONDITION_ACCEPTED, CONDITION_WAYPOINT_BOUND,
-                           CONDITION_ZTUNNEL_ACCEPTED)  # fmt: skip
+                           CONDITION_ZTUNNEL_ACCEPTED, CONDITION_FULLY_APPLIED)  # fmt: skip
 
 
 @dataclass(frozen=True)
 class StatusDoc:
     """One object's ``/status`` to apply: where, and the document (for a route, only the
-    parents ambit writes, to merge with the others' before applying)."""
+    parents ambit writes, to merge with the others' before applying: ``merge`` names that
+    list, ``parents`` or a policy's ``ancestors``)."""
 
     path: str
     document: Json
-    route: bool = False
+    merge: str = ""
 
 
 def api_version(entry: Entry) -> str:
@@ -118,7 +128,13 @@ def status_of(entry: Entry, store: ObjectStore) -> Json | None:
              "conditions": _conditions(conditions)}
             for parent, conditions in entry.parents
         ]}  # fmt: skip
-    if kind == "AuthorizationPolicy":
+    if kind == "BackendTrafficPolicy":
+        return {"ancestors": [
+            {"ancestorRef": parent_ref_json(parent), "controllerName": CONTROLLER_NAME,
+             "conditions": _conditions(conditions)}
+            for parent, conditions in entry.parents
+        ]}  # fmt: skip
+    if kind in POLICY_KINDS:
         return {
             "conditions": _conditions(entry.conditions),
             "observedGeneration": entry.observed_generation,
@@ -134,16 +150,20 @@ def status_doc(entry: Entry, status: Json) -> StatusDoc:
     metadata: Json = {"name": name, "uid": entry.obj.uid}
     if namespace:
         metadata["namespace"] = namespace
-    document = {"apiVersion": api_version(entry), "kind": kind, "metadata": metadata,
+    info = kind_info(kind)
+    served = info.served_kind if info is not None else kind
+    document = {"apiVersion": api_version(entry), "kind": served, "metadata": metadata,
                 "status": status}  # fmt: skip
-    return StatusDoc(object_path(entry) + "/status", document, route=kind in ROUTE_KINDS)
+    return StatusDoc(object_path(entry) + "/status", document, merge=MERGED.get(kind, ""))
 
 
-def merge_parents(current: Mapping[str, Any], ours: Sequence[Json]) -> list[Json]:
-    """A route's ``status.parents`` to apply: the entries of other controllers as the
-    object (``current``, as read) has them, then ambit's (an entry ambit no longer
-    writes goes)."""
-    parents = (current.get("status") or {}).get("parents") or []
+def merge_parents(
+    current: Mapping[str, Any], ours: Sequence[Json], key: str = "parents"
+) -> list[Json]:
+    """A route's ``status.parents`` (``key``: or a policy's ``ancestors``) to apply: the
+    entries of other controllers as the object (``current``, as read) has them, then
+    ambit's (an entry ambit no longer writes goes)."""
+    parents = (current.get("status") or {}).get(key) or []
     others = [
         p for p in parents if isinstance(p, dict) and p.get("controllerName") != CONTROLLER_NAME
     ]

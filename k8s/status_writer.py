@@ -8,9 +8,10 @@ together are written once, after ``window`` seconds), and, once every kind is li
 applies to each object's ``/status`` what :mod:`k8s.status_docs` says, by Server-Side
 Apply with field manager ``ambit`` (``force``: ambit owns these fields), when it differs
 from what this writer last applied there: everything once when it starts (a new leader
-does not trust its predecessor), then what changed. A route's ``status.parents`` is read
-first and the other controllers' entries kept; the apply then carries the
-``resourceVersion`` read, so a concurrent change makes it fail (409) and it is read again.
+does not trust its predecessor), then what changed. A route's ``status.parents`` (a
+policy's ``ancestors``) is read first and the other controllers' entries kept; the apply
+then carries the ``resourceVersion`` read, so a concurrent change makes it fail (409) and
+it is read again.
 
 - 404 (the object was deleted meanwhile) and a refused ``uid`` (409 when no object of
   the name exists, 422 when another of the same name replaced it) are skipped, logged at
@@ -121,15 +122,15 @@ class StatusWriter:
 
     async def _apply(self, doc: StatusDoc) -> None:
         document = doc.document
-        if doc.route:
+        if doc.merge:
             code, current = await self._api.request("GET", doc.path)
             _check(code, current)
-            ours = document["status"]["parents"]
-            parents = merge_parents(current, ours)
-            if same_parents(parents, (current.get("status") or {}).get("parents") or []):
+            ours = document["status"][doc.merge]
+            parents = merge_parents(current, ours, doc.merge)
+            if same_parents(parents, (current.get("status") or {}).get(doc.merge) or []):
                 return
             meta = current.get("metadata") or {}
-            document = {**document, "status": {"parents": parents},
+            document = {**document, "status": {doc.merge: parents},
                         "metadata": {**document["metadata"],
                                      "resourceVersion": meta.get("resourceVersion")}}  # fmt: skip
         code, body = await server_side_apply(

@@ -17,11 +17,10 @@ snapshot; every object involved gets a :class:`Problem` in ``Translation.problem
 ``ClusterIPConflictKept`` on the one that keeps the address, so looking at either
 shows the conflict. Everything else takes effect.
 
-The L7 kinds (:mod:`k8s.translate_l7` says what they mean): Gateways of a waypoint class
-become the snapshot's waypoints, routes and RequestAuthentications are carried as read;
-the ``use-waypoint`` labels of Namespaces, Services and Pods set ``Service.waypoint`` and
-``Workload.waypoint`` when that waypoint exists and runs, and are a Problem
-(``WaypointNotFound``, ``WaypointNotReady``...) when it does not.
+The L7 kinds (:mod:`k8s.translate_l7`, :mod:`k8s.translate_traffic`): Gateways of a
+waypoint class become waypoints; routes, RequestAuthentications and the traffic kinds
+are carried as read; ``use-waypoint`` labels set ``Service.waypoint`` and
+``Workload.waypoint`` when that waypoint runs, a Problem (``WaypointNotFound``...) if not.
 """
 
 from __future__ import annotations
@@ -69,7 +68,9 @@ from k8s.translate_parts import workload_uid as workload_uid
 from k8s.translate_policy import authorization as authorization
 from k8s.translate_policy import peer_authentication
 from k8s.translate_policy import ztunnel_acceptance as ztunnel_acceptance
-from k8s.translate_slices import Topology, slice_endpoints
+from k8s.translate_slices import Topology, selectorless, slice_endpoints
+from k8s.translate_traffic import KINDS as TRAFFIC_KINDS
+from k8s.translate_traffic import TrafficPolicies
 from k8s.translate_waypoints import WaypointBinding, _Batch
 from mesh import model, model_l7, route_status
 from mesh.constants import DEFAULT_TRUST_DOMAIN, LABEL_GATEWAY_NAME
@@ -97,6 +98,7 @@ def translate(
 
 
 Label: TypeAlias = tuple[str, str, str]  # (namespace, key, value)
+_NAMED = ("Service", *TRAFFIC_KINDS)  # routes' targets, checked again when they come or go
 
 
 class Translator(WaypointBinding):
@@ -157,6 +159,7 @@ class Translator(WaypointBinding):
         self._gateways = Entries[model_l7.Gateway]()
         self._http_routes = Entries[model_l7.HttpRoute]()
         self._grpc_routes = Entries[model_l7.GrpcRoute]()
+        self._traffic = TrafficPolicies()  # DestinationRules... (k8s.translate_traffic)
 
     @property
     def translation(self) -> Translation | None:
@@ -197,7 +200,7 @@ class Translator(WaypointBinding):
         kind, _, name = ref
         if kind in ("Namespace", "Service", "Pod"):
             self._relabel(ref, old, obj)
-        if kind == "Gateway" or (kind == "Service" and (old is None) != (obj is None)):
+        if kind == "Gateway" or (kind in _NAMED and (old is None) != (obj is None)):
             batch.routes.update(self._route_targets.get(ref))
         if kind == "Pod":
             self._put_pod(ref, _typed(old, m.Pod), _typed(obj, m.Pod), batch)
@@ -214,7 +217,7 @@ class Translator(WaypointBinding):
             slices = self._topology.put_slice(
                 ref, _typed(old, m.EndpointSlice), _typed(obj, m.EndpointSlice)
             )
-            batch.services.update(r for r in slices if _selectorless(self._objects.get(r)))
+            batch.services.update(r for r in slices if selectorless(self._objects.get(r)))
         elif kind == "Node":
             batch.workloads.update(self._topology.put_node(name, _typed(obj, m.Node)))
         elif kind == "AuthorizationPolicy":
@@ -237,6 +240,8 @@ class Translator(WaypointBinding):
             batch.workloads.update(self._pods_by_label.get((ref[1], LABEL_GATEWAY_NAME, name)))
         elif kind in ("HTTPRoute", "GRPCRoute"):
             self._put_route(ref, old, obj, batch)
+        elif kind in TRAFFIC_KINDS:
+            self._traffic.put(ref, obj)
 
     def _relabel(self, ref: ObjectRef, old: m.K8sObject | None, new: m.K8sObject | None) -> None:
         """File the object under the waypoint its own labels name."""
@@ -366,6 +371,8 @@ class Translator(WaypointBinding):
         for ref in touched:  # a Service that appeared, went or changed its ports
             batch.routes.update(self._route_targets.get(ref))
         self._check_routes(batch.routes)
+        for ref, found in self._traffic.problems(touched, self._services.get).items():
+            self._set_problems(self._l7_problems, ref, found)
 
     def _check_routes(self, refs: set[ObjectRef]) -> None:
         """The problems of the routes ``refs``, decided among every route beside them on a
@@ -381,7 +388,7 @@ class Translator(WaypointBinding):
                         context.update(self._route_targets.get(target))
         routes = [r for ref in sorted(context) if (r := self._model_route(ref)) is not None]
         gateways = route_status.Gateways(self._gateways.get, self._gateway_exists, self._ns_labels)
-        found = route_problems(routes, self._services.get, gateways)
+        found = route_problems(routes, self._services.get, gateways, self._extension_exists)
         for ref in refs:
             self._set_problems(self._l7_problems, ref, found.get(ref, ()))
 
@@ -389,13 +396,8 @@ class Translator(WaypointBinding):
         entries = self._http_routes if ref[0] == "HTTPRoute" else self._grpc_routes
         return entries.get(_key(ref))
 
-    def _gateway_exists(self, key: str) -> bool:
-        namespace, _, name = key.partition("/")
-        return ("Gateway", namespace, name) in self._objects
-
-    def _ns_labels(self, namespace: str) -> m.Pairs:
-        found = self._objects.get(("Namespace", "", namespace))
-        return found.labels if found is not None else ()
+    def _extension_exists(self, kind: str, key: str) -> bool:  # an ExtensionRef's object
+        return (kind, *key.split("/", 1)) in self._objects
 
     def _is_waypoint(self, key: str) -> bool:
         return self._gateways.get(key) is not None
@@ -470,6 +472,7 @@ class Translator(WaypointBinding):
             "gateways": self._gateways,
             "http_routes": self._http_routes,
             "grpc_routes": self._grpc_routes,
+            **self._traffic.collections(),
         }
         last = self._translation
         if last is None or any(c.changed for c in collections.values()):
@@ -490,9 +493,3 @@ class Translator(WaypointBinding):
         if last is None or last.snapshot is not snapshot or last.problems is not problems:
             self._translation = last = Translation(snapshot, problems)
         return last
-
-
-def _selectorless(obj: m.K8sObject | None) -> bool:
-    """A Service whose endpoints are its EndpointSlices' (the controller manager's slices
-    of a Service with a selector change with every pod: they are left alone)."""
-    return isinstance(obj, m.Service) and not obj.selector

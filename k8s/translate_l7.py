@@ -190,8 +190,9 @@ _GATEWAY: Final = (model.GATEWAY_GROUP, "Gateway")
 
 def route_targets(route: Route) -> set[ObjectRef]:
     """The objects the route's problems depend on besides other routes: the Services and
-    Gateways it names, and, when it names a parent other than a Service, its Namespace
-    (whose labels a listener's ``allowedRoutes`` selector reads)."""
+    Gateways it names, the FaultInjections and LocalRateLimits its ExtensionRef filters
+    name, and, when it names a parent other than a Service, its Namespace (whose labels a
+    listener's ``allowedRoutes`` selector reads)."""
     found: set[ObjectRef] = set()
     for parent in route.parent_refs:
         kind = {_SERVICE: "Service", _GATEWAY: "Gateway"}.get((parent.group, parent.kind))
@@ -203,6 +204,10 @@ def route_targets(route: Route) -> set[ObjectRef]:
     for backend in route_status.backends(model_form):
         if (backend.group, backend.kind) == _SERVICE:
             found.add(("Service", backend.namespace or route.namespace, backend.name))
+    for rule in route.rules:
+        for f in [*rule.filters, *(f for b in rule.backends for f in b.filters)]:
+            if f.extension is not None and f.extension.known:
+                found.add((f.extension.kind, route.namespace, f.extension.name))
     return found
 
 
@@ -210,12 +215,14 @@ def route_problems(
     routes: Iterable[ModelRoute],
     services: route_status.Services,
     gateways: route_status.Gateways,
+    extensions: route_status.Extensions | None = None,
 ) -> dict[ObjectRef, tuple[Problem, ...]]:
     """:func:`mesh.route_status.check_routes` (the rule the waypoint acts on) as Problems
     by object: give every route attached to a Service the checked routes name, so that
     ``Conflicted`` is decided among them all."""
     out: dict[ObjectRef, tuple[Problem, ...]] = {}
-    for (kind, key), found in route_status.check_routes(routes, services, gateways).items():
+    checked = route_status.check_routes(routes, services, gateways, extensions)
+    for (kind, key), found in checked.items():
         namespace, _, name = key.partition("/")
         out[(kind, namespace, name)] = tuple(Problem(p.reason, p.message, p.parent) for p in found)
     return out

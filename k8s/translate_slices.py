@@ -132,3 +132,9 @@ class Topology:
             return frozenset()
         self.localities[name] = where
         return self._pods_on.get(name)
+
+
+def selectorless(obj: object) -> bool:
+    """A Service whose endpoints are its EndpointSlices' (the controller manager's slices
+    of a Service with a selector change with every pod: they are left alone)."""
+    return isinstance(obj, m.Service) and not obj.selector

@@ -146,6 +146,14 @@ class WaypointBinding:
         self._set_problems(self._waypoint_problems, ref, found)
         return bound
 
+    def _gateway_exists(self, key: str) -> bool:
+        namespace, _, name = key.partition("/")
+        return ("Gateway", namespace, name) in self._objects
+
+    def _ns_labels(self, namespace: str) -> m.Pairs:
+        found = self._objects.get(("Namespace", "", namespace))
+        return found.labels if found is not None else ()
+
     def _serves(self, key: str, ref: ObjectRef) -> bool:
         """Whether ``ref`` is the waypoint ``key``'s Service or one of its pods."""
         if ref[0] == "Service":

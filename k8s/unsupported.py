@@ -2,10 +2,11 @@
 silently ignored.
 
 ambit reads Istio's ``security.istio.io`` AuthorizationPolicy, PeerAuthentication and
-RequestAuthentication (:data:`k8s.sources.resources.RESOURCES`). Every other kind of
-Istio's groups that describe traffic (:data:`ISTIO_GROUPS`: VirtualService,
-DestinationRule, ServiceEntry, Sidecar, EnvoyFilter, Istio's Gateway, Telemetry,
-WasmPlugin...) is ignored: the traffic rules such an object describes are not applied.
+RequestAuthentication, and ``networking.istio.io`` DestinationRule
+(:data:`k8s.sources.resources.RESOURCES`). Every other kind of Istio's groups that
+describe traffic (:data:`ISTIO_GROUPS`: VirtualService, ServiceEntry, Sidecar,
+EnvoyFilter, Istio's Gateway, Telemetry, WasmPlugin...) is ignored: the traffic rules
+such an object describes are not applied.
 Which of them exist is read from the cluster's CustomResourceDefinitions
 (:func:`unsupported_kinds`, pure), then each kind's objects are listed
 (:func:`find_unsupported`).
@@ -47,11 +48,12 @@ EVENT_IGNORED: Final = "istio_kind_ignored"
 EVENT_NONE_LEFT: Final = "istio_kinds_ignored_none"
 EVENT_UNAVAILABLE: Final = "istio_kinds_unavailable"
 # The kinds people most often carry over from Istio, listed first.
-FIRST: Final = ("VirtualService", "DestinationRule", "ServiceEntry", "Gateway", "Sidecar")
+FIRST: Final = ("VirtualService", "ServiceEntry", "Gateway", "Sidecar")
 IGNORED_HINT: Final = (
     "ambit ignores these: traffic they describe is not applied. Routing, retries and"
     " timeouts: a waypoint with Gateway API HTTPRoute or GRPCRoute (docs/waypoint.md);"
-    " policy: AuthorizationPolicy, PeerAuthentication, RequestAuthentication"
+    " policy: AuthorizationPolicy, PeerAuthentication, RequestAuthentication; a Service's"
+    " balancer, connection pool and outlier detection: DestinationRule"
 )
 
 Json = dict[str, Any]

@@ -30,7 +30,10 @@ for one view.
   them. The view asks only the policies of the pod's namespace and the root's, once
   per namespace and labels: the same answer, without a pass over every policy per pod.
 
-So a ztunnel's view leaves out only policies, but those are what changes often and
+- *no traffic policy:* DestinationRules, BackendTrafficPolicies, FaultInjections and
+  LocalRateLimits are a waypoint's, so a change to them never wakes a ztunnel.
+
+So a ztunnel's view leaves out policies, but those are what changes often and
 what concerns one node: a policy that selects only node-2's pods is neither sent to,
 nor wakes up, node-1's ztunnel. Every lookup ztunnel makes for its pods gets the same
 answer from the view as from the snapshot (``tests/unit/test_views.py`` checks it).
@@ -42,8 +45,10 @@ workloads that are endpoints of those Services, and every AuthorizationPolicy an
 PeerAuthentication of N and of the root namespace, the waypoint-only ones
 (``targetRefs``, AUDIT) included. Gateways, HTTPRoutes, GRPCRoutes and
 RequestAuthentications are sent whole (the waypoint compiles the routes attached to its
-Services and binds what its ``targetRefs`` name), and the Services in other namespaces
-those routes send to (backends, mirrors) come with their endpoints' workloads.
+Services and binds what its ``targetRefs`` name), as are DestinationRules,
+BackendTrafficPolicies, FaultInjections and LocalRateLimits (what its Services' traffic
+and its routes' ``ExtensionRef`` filters are given), and the Services in other
+namespaces those routes send to (backends, mirrors) come with their endpoints' workloads.
 """
 
 from __future__ import annotations
@@ -53,7 +58,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from operator import attrgetter
-from typing import TypeAlias, TypeVar
+from typing import Final, TypeAlias, TypeVar
 
 from mesh.config_stream import Role
 from mesh.constants import SYSTEM_NAMESPACE
@@ -68,6 +73,11 @@ from mesh.model import (
     selector_matches,
 )
 from mesh.model_l7 import BackendRef, GrpcRoute, HttpRoute
+
+# The collections only a waypoint uses (mesh.model_traffic's kinds).
+WAYPOINT_ONLY: Final = (
+    "destination_rules", "backend_traffic_policies", "fault_injections", "local_rate_limits",
+)  # fmt: skip
 
 ViewKey: TypeAlias = tuple[Role, str]
 """Which view: ``("ztunnel", node)`` or ``("waypoint", namespace)``."""
@@ -158,6 +168,7 @@ class Views:
         return snapshot.restricted(
             authorizations=_kept(snapshot.authorizations, authorizations),
             peer_authentications=_kept(snapshot.peer_authentications, peer_authentications),
+            emptied=WAYPOINT_ONLY,
         )
 
     def _select(self, pod: Workload) -> tuple[list[int], list[int]]:

@@ -139,21 +139,24 @@ class MeshSnapshot(JsonForm):
         services: Iterable[Service] | None = None,
         authorizations: Iterable[Authorization] | None = None,
         peer_authentications: Iterable[PeerAuthentication] | None = None,
+        emptied: Iterable[str] = (),
     ) -> MeshSnapshot:
         """This snapshot, same version, with the collections given replaced (a proxy's view,
-        :mod:`k8s.views`). Only those are checked: a collection kept whole is this snapshot's
-        own tuple, sorted and unique already, so a view that keeps the 5,000 workloads of a
-        big mesh costs nothing for them."""
+        :mod:`k8s.views`) and those named in ``emptied`` (field names) left empty. Only those
+        are checked: a collection kept whole is this snapshot's own tuple, sorted and unique
+        already, so a view that keeps the 5,000 workloads of a big mesh costs nothing for
+        them."""
         given: dict[str, Iterable[Resource] | None] = {
             "workloads": workloads,
             "services": services,
             "authorizations": authorizations,
             "peer_authentications": peer_authentications,
         }
+        emptied = frozenset(emptied)
         view = object.__new__(MeshSnapshot)  # __post_init__ would check every collection
         object.__setattr__(view, "version", self.version)
         for name in _COLLECTIONS.values():  # every collection: the L7 ones are kept whole
-            entries = given.get(name)
+            entries = () if name in emptied else given.get(name)
             kept = getattr(self, name) if entries is None else _sorted_unique(self.version, entries)
             object.__setattr__(view, name, kept)
         return view

@@ -21,11 +21,15 @@ controller's: nothing is said of it. A parent of any other kind is ``NoMatchingP
 
 **Values the waypoint will not act on** (``UnsupportedValue``): a regular expression
 outside :mod:`mesh.route_regex`'s dialect (the route is left out whole), a filter whose
-settings ambit does not keep (its rule answers 500, as Gateway API asks).
+settings ambit does not keep, or an ``ExtensionRef`` to a kind other than ambit's
+``FaultInjection`` and ``LocalRateLimit`` (its rule answers 500, as Gateway API asks).
 
 **References** (``ResolvedRefs``): a backendRef (or a mirror's) of a kind other than
 Service is ``InvalidKind``; a Service not in the mesh, or a port it does not have,
-``BackendNotFound`` (the waypoint answers 500 for its share). Mesh routes may name
+``BackendNotFound`` (the waypoint answers 500 for its share); so is an ``ExtensionRef`` to
+a FaultInjection or LocalRateLimit the route's namespace does not have, when the caller
+says which exist (``extensions``): the rule answers 500, as Gateway API asks of a custom
+filter that cannot be resolved. Mesh routes may name
 backends in any namespace without a ReferenceGrant (GEP-1294); a route attached only to
 Gateways may not, and ambit has no ReferenceGrant kind, so its cross-namespace backends
 are ``RefNotPermitted``.
@@ -41,6 +45,7 @@ from typing import Final
 
 from mesh.model_l7 import (
     BackendRef,
+    Filter,
     Gateway,
     GrpcRoute,
     GrpcRule,
@@ -71,6 +76,7 @@ PortKey = tuple[str, int]  # (Service key, port)
 Group = tuple[PortKey, str]  # a Service port and "" (producer routes) or a client namespace
 RouteKey = tuple[str, str]  # (kind, namespace/name)
 Services = Callable[[str], Service | None]
+Extensions = Callable[[str, str], bool]  # (kind, namespace/name) -> whether it exists
 GATEWAY_GROUP: Final = "gateway.networking.k8s.io"
 
 
@@ -282,24 +288,49 @@ def _backend_problem(
 
 
 def check_routes(
-    routes: Iterable[Route], services: Services, gateways: Gateways | None = None
+    routes: Iterable[Route],
+    services: Services,
+    gateways: Gateways | None = None,
+    extensions: Extensions | None = None,
 ) -> dict[RouteKey, tuple[RouteProblem, ...]]:
     """Every problem of each of ``routes`` (those without one left out): parents first,
     then values the waypoint will not act on, then references. ``Conflicted`` is decided
     among ``routes``: give every route attached to the Services they name. Gateway
-    parents only with ``gateways`` (the waypoint skips them)."""
-    return route_status(routes, services, gateways)[1]
+    parents only with ``gateways`` (the waypoint skips them); ExtensionRefs to ambit's
+    filter objects only with ``extensions``."""
+    return route_status(routes, services, gateways, extensions)[1]
+
+
+def _filter_problem(
+    route: Route, i: int, f: Filter, extensions: Extensions | None
+) -> RouteProblem | None:
+    kind = route_kind(route)
+    ref = f.extension
+    if not f.supported:
+        what = f"{f.type} filters"
+        if ref is not None:
+            what = f"ExtensionRef filters to {ref.group or 'core'}/{ref.kind}"
+        message = f"rule {i}: ambit does not apply {what}; the rule answers 500"
+        return RouteProblem(kind, route.key, UNSUPPORTED_VALUE, message)
+    if ref is not None and extensions is not None:
+        key = f"{route.namespace}/{ref.name}"
+        if not extensions(ref.kind, key):
+            message = f"rule {i}: {ref.kind} {key} does not exist; the rule answers 500"
+            return RouteProblem(kind, route.key, BACKEND_NOT_FOUND, message)
+    return None
 
 
 def route_status(
-    routes: Iterable[Route], services: Services, gateways: Gateways | None = None
+    routes: Iterable[Route],
+    services: Services,
+    gateways: Gateways | None = None,
+    extensions: Extensions | None = None,
 ) -> tuple[dict[Group, tuple[Route, ...]], dict[RouteKey, tuple[RouteProblem, ...]]]:
     """:func:`attach`'s routes that apply, and :func:`check_routes`' problems, at once."""
     routes = list(routes)
     applied, attachment = attach(routes, services)
     out: dict[RouteKey, tuple[RouteProblem, ...]] = {}
     for route in routes:
-        kind = route_kind(route)
         found: list[RouteProblem] = []
         if gateways is not None:
             found += [
@@ -311,11 +342,8 @@ def route_status(
         rules: tuple[HttpRule | GrpcRule, ...] = route.rules
         for i, rule in enumerate(rules):
             for f in [*rule.filters, *(f for b in rule.backends for f in b.filters)]:
-                if not f.supported:
-                    message = (
-                        f"rule {i}: ambit does not apply {f.type} filters; the rule answers 500"
-                    )
-                    found.append(RouteProblem(kind, route.key, UNSUPPORTED_VALUE, message))
+                if (problem := _filter_problem(route, i, f, extensions)) is not None:
+                    found.append(problem)
         mesh = any(_is_service(p) for p in route.parents)
         found += [p for b in backends(route) if (p := _backend_problem(route, b, services, mesh))]
         unique = tuple(dict.fromkeys(found))

@@ -7,13 +7,18 @@ from __future__ import annotations
 from typing import Any
 
 API_VERSION = "security.ambit.io/v1"
+FILTER_API_VERSION = "networking.ambit.io/v1alpha1"  # FaultInjection, LocalRateLimit
 
 Obj = dict[str, Any]
 
 
+def api_version(kind: str) -> str:
+    return FILTER_API_VERSION if kind in ("FaultInjection", "LocalRateLimit") else API_VERSION
+
+
 def policy(kind: str, name: str, namespace: str, spec: Obj) -> Obj:
     return {
-        "apiVersion": API_VERSION,
+        "apiVersion": api_version(kind),
         "kind": kind,
         "metadata": {"name": name, "namespace": namespace},
         "spec": spec,
@@ -73,6 +78,17 @@ VALID: dict[str, list[tuple[str, Obj]]] = {
         ),
     ],
 }
+VALID |= {
+    "FaultInjection": [
+        ("delay-half", {"delay": {"fixedDelay": "200ms", "percentage": {"value": 50}}}),
+        ("abort-grpc", {"abort": {"grpcStatus": "UNAVAILABLE", "percentage": {"value": 10.5}}}),
+        ("both", {"delay": {"fixedDelay": "1s"}, "abort": {"httpStatus": 503}}),
+    ],
+    "LocalRateLimit": [
+        ("per-second", {"requests": 100}),
+        ("per-client", {"requests": 10, "unit": "Minute", "burst": 20, "perClient": True}),
+    ],
+}
 
 # kind -> (name, spec, a word the server's refusal names) that both refuse.
 INVALID: dict[str, list[tuple[str, Obj, str]]] = {
@@ -107,6 +123,22 @@ INVALID: dict[str, list[tuple[str, Obj, str]]] = {
             {"jwtRules": [{"issuer": "i", "jwksUri": "ftp://keys"}]},
             "jwksUri",
         ),
+    ],
+}
+INVALID |= {
+    "FaultInjection": [
+        ("nothing", {}, "set delay, abort or both"),
+        ("both-statuses", {"abort": {"httpStatus": 503, "grpcStatus": 14}}, "one of them"),
+        ("bad-status", {"abort": {"httpStatus": 99}}, "httpStatus"),
+        ("no-fixed-delay", {"delay": {"percentage": {"value": 5}}}, "fixedDelay"),
+        ("over-100", {"abort": {"httpStatus": 503, "percentage": {"value": 101}}}, "value"),
+        ("bad-delay", {"delay": {"fixedDelay": "soon"}}, "fixedDelay"),
+    ],
+    "LocalRateLimit": [
+        ("no-requests", {"unit": "Second"}, "requests"),
+        ("zero", {"requests": 0}, "requests"),
+        ("bad-unit", {"requests": 5, "unit": "Day"}, "unit"),
+        ("bad-burst", {"requests": 5, "burst": -1}, "burst"),
     ],
 }
 

@@ -1,6 +1,6 @@
 """Istio on the test cluster, as little of it as ambit's checks look at: the smallest
-CRDs of ``networking.istio.io`` VirtualService, DestinationRule and ServiceEntry (kinds
-ambit does not implement; the spec is kept as given), objects of them, and an
+CRDs of ``networking.istio.io`` VirtualService, Sidecar and ServiceEntry (kinds ambit
+does not implement; the spec is kept as given), objects of them, and an
 ``istio-system`` namespace with an ``istiod`` Deployment (no pod of it ever runs)."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from tests.kube.client import KubeAdmin, NotFound, Obj, gone, wait_for
 NETWORKING = "networking.istio.io"
 NETWORKING_KINDS = (
     ("VirtualService", "virtualservices"),
-    ("DestinationRule", "destinationrules"),
+    ("Sidecar", "sidecars"),
     ("ServiceEntry", "serviceentries"),
 )
 ISTIO_NAMESPACE = "istio-system"
@@ -56,7 +56,7 @@ def networking_object(kind: str, ns: str, name: str) -> Obj:
 
 @pytest.fixture
 async def istio_networking_crds(kube_admin: KubeAdmin) -> AsyncIterator[list[str]]:
-    """Istio's VirtualService, DestinationRule and ServiceEntry CRDs, Established; removed
+    """Istio's VirtualService, Sidecar and ServiceEntry CRDs, Established; removed
     (with their objects) after the test."""
     documents = [networking_crd(kind, plural) for kind, plural in NETWORKING_KINDS]
     with trio.fail_after(60):

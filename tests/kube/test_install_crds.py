@@ -33,6 +33,8 @@ async def test_every_owned_kind_has_an_established_crd(
 ) -> None:
     assert sorted(ambit_crds) == [
         "authorizationpolicies.security.ambit.io",
+        "faultinjections.networking.ambit.io",
+        "localratelimits.networking.ambit.io",
         "peerauthentications.security.ambit.io",
         "requestauthentications.security.ambit.io",
     ]
@@ -42,6 +44,11 @@ async def test_every_owned_kind_has_an_established_crd(
     assert served["authorizationpolicies"]["shortNames"] == ["ap"]
     assert served["authorizationpolicies/status"]["verbs"]
     assert "ambit-io" in served["peerauthentications"]["categories"]
+    with trio.fail_after(10):
+        listing = await kube_admin.request("GET", "/apis/networking.ambit.io/v1alpha1")
+    served = {r["name"]: r for r in listing["resources"]}
+    assert served["faultinjections"]["shortNames"] == ["fi"]
+    assert served["localratelimits/status"]["verbs"]
 
 
 def test_the_cli_prints_what_is_applied(capsys: pytest.CaptureFixture[str]) -> None:
@@ -79,7 +86,7 @@ async def test_the_server_stores_a_valid_object(
             "observedGeneration": 1,
         }
         patched = await kube_admin.patch(
-            crd_cases.API_VERSION, kind, name, {"status": {"conditions": [condition]}},
+            crd_cases.api_version(kind), kind, name, {"status": {"conditions": [condition]}},
             kube_ns, subresource="status",
         )  # fmt: skip
     assert patched["status"]["conditions"] == [condition]

@@ -1,6 +1,6 @@
 """The control plane's report of Istio's objects that ambit ignores
 (:func:`k8s.unsupported.report_unsupported`), against the real API server with Istio's
-VirtualService, DestinationRule and ServiceEntry CRDs: one warning per kind with its
+VirtualService, Sidecar and ServiceEntry CRDs: one warning per kind with its
 count and names, nothing more while nothing changes, the new set once it does, and a
 line when none is left."""
 
@@ -79,11 +79,11 @@ async def test_the_reporter_logs_each_kind_then_only_changes(
                 await wait_until(lambda: counting.looks >= 4, seconds=SECONDS)
                 assert len(ignored(logs)) == 1
 
-                await kube_admin.create(networking_object("DestinationRule", kube_ns, "reviews"))
+                await kube_admin.create(networking_object("Sidecar", kube_ns, "reviews"))
                 await wait_until(lambda: len(ignored(logs)) == 3, seconds=SECONDS)
                 assert ignored(logs)[1:] == [
                     ("VirtualService", 2, [f"{kube_ns}/ratings", f"{kube_ns}/reviews"]),
-                    ("DestinationRule", 1, [f"{kube_ns}/reviews"]),
+                    ("Sidecar", 1, [f"{kube_ns}/reviews"]),
                 ]
                 await kube_admin.delete("v1", "Namespace", kube_ns)  # and its objects
                 await wait_until(

@@ -25,12 +25,15 @@ def nodes(schema: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[st
             yield from nodes(schema[key], f"{path}[]")
 
 
-def test_ambit_owns_its_three_policy_kinds() -> None:
+def test_ambit_owns_its_three_policy_kinds_and_two_route_filters() -> None:
     assert [c["spec"]["names"]["kind"] for c in crds.crds()] == [
         "AuthorizationPolicy",
         "PeerAuthentication",
         "RequestAuthentication",
+        "FaultInjection",
+        "LocalRateLimit",
     ]
+    assert {c["spec"]["group"] for c in crds.crds()[3:]} == {"networking.ambit.io"}
 
 
 @pytest.mark.parametrize("crd", crds.crds(), ids=lambda c: c["metadata"]["name"])

@@ -47,6 +47,7 @@ from mesh.model_l7 import (
     RouteGroupKind,
     UrlRewrite,
 )
+from mesh.model_traffic import ExtensionRef
 
 GW = "gateway.networking.k8s.io"
 ISTIO = "security.istio.io/v1"
@@ -63,7 +64,7 @@ def one(text: str) -> object:
 def test_the_kinds_are_declared_once_with_kubectls_names() -> None:
     by_kind = {k.kind: k for k in KINDS}
     new = ["RequestAuthentication", "GatewayClass", "Gateway", "HTTPRoute", "GRPCRoute"]
-    assert [k.kind for k in KINDS][-5:] == new
+    assert [k.kind for k in KINDS][-9:-4] == new
     assert by_kind["GatewayClass"].short_names == ("gc",)
     assert not by_kind["GatewayClass"].namespaced
     assert by_kind["Gateway"].short_names == ("gtw",)
@@ -306,7 +307,7 @@ def test_every_filter_is_kept() -> None:
             rewrite=UrlRewrite("new.example.com", PathModifier("ReplacePrefixMatch", "/new")),
         ),
         Filter("RequestMirror", mirror=Mirror(BackendRef("audit", 8080), 1, 1000)),
-        Filter("ExtensionRef"),
+        Filter("ExtensionRef", extension=ExtensionRef("example.com", "Limit", "slow")),
     )
     assert not first.filters[-1].supported
     full_path = PathModifier("ReplaceFullPath", "/here")
