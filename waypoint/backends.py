@@ -29,6 +29,7 @@ import random
 from collections.abc import Sequence
 from typing import Final
 
+import structlog
 import trio
 
 from mesh.model import MeshSnapshot, Service
@@ -37,6 +38,8 @@ from waypoint.budget import BudgetConfig, RetryBudget
 from waypoint.ewma import PeakEwma
 from waypoint.outlier import CONNECT_FAILURE, OutlierConfig, OutlierDetector
 from waypoint.upstream import Balancer, Target
+
+log = structlog.get_logger("waypoint.backends")
 
 NO_POOL: Final = ConnectionPool()
 NO_ANSWER: Final = -1  # an attempt that ended without an answer the app is to blame for
@@ -181,12 +184,20 @@ class Backend:
         if self.ewma is not None:
             self.ewma.finished(target, now - started, now)
         if self.outlier is not None and status != NO_ANSWER:
-            self.outlier.result(target, status, now, pool=pool)
+            self._result(target, status, now, pool)
 
     def connect_failed(self, target: Target, pool: int) -> None:
         """No connection to ``target`` could be opened (no attempt was started)."""
         if self.outlier is not None:
-            self.outlier.result(target, CONNECT_FAILURE, trio.current_time(), pool=pool)
+            self._result(target, CONNECT_FAILURE, trio.current_time(), pool)
+
+    def _result(self, target: Target, status: int, now: float, pool: int) -> None:
+        assert self.outlier is not None
+        if self.outlier.result(target, status, now, pool=pool):
+            times = self.outlier.ejection_multiplier(target, now)
+            log.info("endpoint_ejected", service=self.key, endpoint=target.authority,
+                     status=status, ejections=times,
+                     seconds=round(self.outlier.ejected_for(target, now), 3))  # fmt: skip
 
 
 class Backends:
@@ -208,6 +219,10 @@ class Backends:
         if len(self._by_key) > 2 * len(snapshot.services) + 64:  # Services gone: forget them
             self._by_key = {k: b for k, b in self._by_key.items() if snapshot.service(k)}
         backend = self._by_key[key] = Backend(key, rule, policy, self._balancer, self._rng)
+        if rule is not None or policy is not None:
+            log.info("backend_policy", service=key, load_balancer=backend.load_balancer,
+                     destination_rule=rule.key if rule else None,
+                     traffic_policy=policy.key if policy else None)  # fmt: skip
         return backend
 
 

@@ -88,6 +88,11 @@ class OutlierDetector:
             return False
         return now < ep.ejected_until
 
+    def ejected_for(self, key: object, now: float) -> float:
+        """Seconds ``key`` stays ejected (0 when it is not)."""
+        ep = self._endpoints.get(key)
+        return max(0.0, ep.ejected_until - now) if ep is not None else 0.0
+
     def ejected_count(self, now: float) -> int:
         return sum(1 for key in self._endpoints if self.is_ejected(key, now))
 
