@@ -15,6 +15,7 @@ import dataclasses
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Final
 
 from k8s import gateway_manifests as g
 from k8s import route_filter_manifests as rf
@@ -25,6 +26,7 @@ from mesh.model_l7 import (
     MAX_WEIGHT,
     BackendRef,
     GrpcMatch,
+    GrpcRetry,
     GrpcRule,
     HeaderMatch,
     HttpMatch,
@@ -221,6 +223,38 @@ def _retry(r: Reader, value: object, path: str) -> Retry | None:
     return retry
 
 
+_GRPC_CODES: Final = (
+    "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+    "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+    "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+    "UNAUTHENTICATED",
+)  # fmt: skip
+
+
+def _grpc_retry(r: Reader, value: object, path: str) -> GrpcRetry | None:
+    """A GRPCRoute rule's ``retry``: GEP-1731's shape, ``codes`` gRPC status codes (0-16,
+    or their names: ``UNAVAILABLE``)."""
+    if value is None:
+        return None
+    spec = r.mapping(value, path, ("codes", "attempts", "backoff"))
+    codes: set[int] = set()
+    for code, at in r.items(spec.get("codes"), f"{path}.codes", _MAX_RETRY_CODES):
+        if isinstance(code, str) and code.upper() in _GRPC_CODES:
+            codes.add(_GRPC_CODES.index(code.upper()))
+        elif isinstance(code, str):
+            r.fail(at, f"{code!r} is not a gRPC status code (UNAVAILABLE, 14...)")
+        else:
+            codes.add(r.integer(code, at, 0, 16))
+    retry = GrpcRetry(tuple(sorted(codes)))
+    if "attempts" in spec:
+        attempts = r.integer(spec["attempts"], f"{path}.attempts", 0, _MAX_RETRY_ATTEMPTS)
+        retry = dataclasses.replace(retry, attempts=attempts)
+    if "backoff" in spec:
+        backoff = g.duration_ms(r, spec["backoff"], f"{path}.backoff")
+        retry = dataclasses.replace(retry, backoff_ms=backoff)
+    return retry
+
+
 def _rule_name(r: Reader, rule: Mapping[str, object], path: str, seen: list[str]) -> str:
     if rule.get("name") in (None, ""):
         return ""
@@ -256,7 +290,7 @@ def _http_rule(r: Reader, value: object, path: str, names: list[str]) -> HttpRul
 
 def _grpc_rule(r: Reader, value: object, path: str, names: list[str]) -> GrpcRule:
     rule = r.mapping(
-        value, path, ("name", "matches", "filters", "backendRefs", "sessionPersistence")
+        value, path, ("name", "matches", "filters", "backendRefs", "sessionPersistence", "retry")
     )
     items = r.items(rule.get("matches"), f"{path}.matches", _MAX_GRPC_MATCHES)
     return GrpcRule(
@@ -264,6 +298,7 @@ def _grpc_rule(r: Reader, value: object, path: str, names: list[str]) -> GrpcRul
         rf.filters(r, rule.get("filters"), f"{path}.filters", GRPC_FILTERS),
         _backends(r, rule, path, GRPC_FILTERS),
         _rule_name(r, rule, path, names),
+        _grpc_retry(r, rule.get("retry"), f"{path}.retry"),
     )
 
 

@@ -337,6 +337,23 @@ class Retry(JsonForm):
 
 
 @dataclass(frozen=True)
+class GrpcRetry(JsonForm):
+    """A GRPCRoute rule's ``retry``: GEP-1731's shape on gRPC status codes (0-16) instead of
+    HTTP ones; a call whose answer is trailers-only with one of ``codes`` goes again."""
+
+    codes: tuple[int, ...] = ()
+    attempts: int = 2
+    backoff_ms: int = 25
+
+    def __post_init__(self) -> None:
+        for code in self.codes:
+            if not 0 <= code <= 16:
+                raise ValueError(f"gRPC retry code {code} is not 0-16")
+        if self.attempts < 0 or self.backoff_ms < 0:
+            raise ValueError("retry attempts and backoff must not be negative")
+
+
+@dataclass(frozen=True)
 class HttpRule(JsonForm):
     """Requests matching any of ``matches`` go through ``filters`` to one of ``backends``
     (by weight). Timeouts in milliseconds (0 disables), None when unset."""
@@ -368,6 +385,7 @@ class GrpcRule(JsonForm):
     filters: tuple[Filter, ...] = ()
     backends: tuple[BackendRef, ...] = ()
     name: str = ""
+    retry: GrpcRetry | None = None
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final, Literal, TypeAlias
 
-from mesh.model_l7 import HeaderModifier, Retry
+from mesh.model_l7 import GrpcRetry, HeaderModifier, Retry
 from waypoint.filters import NO_FILTERS, FilterSet, modify_headers
 from waypoint.http_request import Headers, HttpRequest
 
@@ -70,7 +70,7 @@ class Rule:
     backends: tuple[Backend, ...] = ()
     timeout_ms: int | None = None
     backend_timeout_ms: int | None = None
-    retry: Retry | None = None  # HTTPRoute's GEP-1731 retry
+    retry: Retry | GrpcRetry | None = None  # GEP-1731's retry (on gRPC status: GRPCRoute's)
 
 
 @dataclass(frozen=True)

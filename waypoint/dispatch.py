@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
 from mesh.model import MeshSnapshot, Service
-from mesh.model_l7 import Retry
+from mesh.model_l7 import GrpcRetry, Retry
 from mesh.response_flags import ResponseFlag
 from waypoint.decisions import Forward, LocalReply, MirrorTarget, NoRoutes, RedirectTo
 from waypoint.destination import Caller, Destination
@@ -53,7 +53,7 @@ class Plan:
         return self.forward.response_headers(headers) if self.forward is not None else headers
 
     @property
-    def retry(self) -> Retry | None:
+    def retry(self) -> Retry | GrpcRetry | None:
         """The rule's retry on status codes; None without one."""
         return self.forward.rule.retry if self.forward is not None else None
 

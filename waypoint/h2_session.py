@@ -31,6 +31,7 @@ from h2.errors import ErrorCodes
 from mesh.hbone import H2Stream, Http2Connection
 from mesh.hbone.settings import HboneError, HboneRetryableError
 from mesh.hbone.transport import StreamTransport
+from mesh.model_l7 import GrpcRetry
 from mesh.response_flags import ResponseFlag
 from waypoint.backends import NO_ANSWER, Backend, Overflow
 from waypoint.bridge import BridgeFailed, cut, h2_over_h1
@@ -297,7 +298,7 @@ class H2Session(Session):
             except HboneError as exc:
                 log.debug("upstream_reset", reason=str(exc))
                 raise Failed(upstream_failure(grpc=req.grpc, connected=True)) from None
-            if self._again(up, req, retry_ok):
+            if self._again(up, req, retry_ok, response):
                 return False
             await self._respond(up, down, req, response)
             return True
@@ -311,7 +312,7 @@ class H2Session(Session):
                 log.debug("upstream_reset", reason=str(exc))
                 failed = Failed(upstream_failure(grpc=req.grpc, connected=True))
             else:
-                again = self._again(up, req, retry_ok)
+                again = self._again(up, req, retry_ok, response)
                 if not again:
                     await self._respond(up, down, req, response)
             nursery.cancel_scope.cancel()  # the answer is complete (or unwanted): stop sending
@@ -320,12 +321,20 @@ class H2Session(Session):
         return not again
 
     @staticmethod
-    def _again(up: H2Stream, req: H2Request, retry_ok: bool) -> bool:
-        """Whether the answer's status sends the request again (the rule's retry)."""
+    def _again(
+        up: H2Stream, req: H2Request, retry_ok: bool, response: list[tuple[str, str]]
+    ) -> bool:
+        """Whether the answer's status sends the request again (the rule's retry): its
+        HTTP status, or for a GRPCRoute's retry the ``grpc-status`` of a trailers-only
+        answer (one that came with its body, the status in trailers, is relayed as it is)."""
         retries = req.retries
         if retries is None:
             return False
         req.status = status = up.status or 0
+        if isinstance(retries.retry, GrpcRetry):
+            ended = not up.accepts_data() and not up.buffered and not up.trailers
+            code = grpc_status_of(response, "") if ended else ""
+            status = int(code) if code else -1
         copy = req.body_copy
         replayable = not req.has_body or (req.body_read and copy is not None and not copy.too_big)
         if retries.again(status, retry_ok, replayable=replayable):

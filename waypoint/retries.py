@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import structlog
 import trio
 
-from mesh.model_l7 import Retry
+from mesh.model_l7 import GrpcRetry, Retry
 from mesh.response_flags import ResponseFlag
 from waypoint.backends import Backend
 from waypoint.dispatch import Plan
@@ -31,7 +31,7 @@ URX = ResponseFlag.UPSTREAM_RETRY_LIMIT_EXCEEDED.value
 class Retries:
     """One request's retries on its answers' status."""
 
-    retry: Retry
+    retry: Retry | GrpcRetry
     backend: Backend
     done: int = 0  # sent again so far
     refused: bool = False  # the budget (or ``maxRetries``) said no

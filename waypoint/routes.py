@@ -269,7 +269,7 @@ class _Compiler:
                 rule = Rule(
                     "GRPCRoute", route.key, i, g.name,
                     self.resolved_mirrors(route, FilterSet.of(g.filters)),
-                    tuple(self.backend(route, b) for b in g.backends),
+                    tuple(self.backend(route, b) for b in g.backends), retry=g.retry,
                 )  # fmt: skip
                 grpc = [GrpcMatcher.compile(m) for m in g.matches] or [GrpcMatcher()]
                 for j, grpc_matcher in enumerate(grpc):

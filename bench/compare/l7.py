@@ -41,12 +41,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.compare import peers, profile, topology, workloads
+from bench.compare import l7_features, peers, profile, topology, workloads
 from bench.compare.run import Runner, Settings, profile_dir_name
 from bench.compare.system import BenchError, cpu_seconds, in_netns, peak_rss_kib, rss_kib, run
 from bench.compare.workloads import Sample, Scenario
 
-NAMESPACE = "bench-l7"
+NAMESPACE = l7_features.NAMESPACE
 WAYPOINT = "waypoint"
 H2_CONNECTIONS = 4
 H2_STREAMS = 16
@@ -343,6 +343,11 @@ def run_l7(doc: dict[str, Any], settings: Settings, cluster: topology.Cluster,
     section["waypoint"]["rss_idle_before_mb"] = _mb(rss_kib(pid))
     section["results"] = runner.all_workloads()
     section["broken"] = runner.broken
+    if "ambit-waypoint" not in runner.broken:
+        print("L7: what each resilience feature costs the waypoint (1,000 req/s)", flush=True)
+        section["features"] = l7_features.run_features(
+            settings, cluster, found[1], raw_dir, with_waypoint
+        )
     time.sleep(3.0)
     section["waypoint"]["rss_idle_after_mb"] = _mb(rss_kib(pid))
     if waypoint_pid(cluster) != pid:

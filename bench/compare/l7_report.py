@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from bench.compare import stats
+from bench.compare.l7_features import report_lines
 from bench.compare.stats import Results, Verdict
 
 SCENARIOS = ("ambit-l4", "ambit-waypoint", "haproxy")
@@ -164,6 +165,7 @@ def section(doc: dict[str, Any]) -> list[str]:
         ["target", "measured", "verdict"],
         [[v["target"], v["measured"], v["verdict"]] for v in l7.get("verdicts", [])],
     )
+    out += report_lines(l7.get("features", {}))
     out += _profile(l7.get("profile", {}))
     errors = [
         f"- {w} / {n}: {e}"

@@ -134,9 +134,9 @@ class Cluster:
         return json.loads(result.stdout)
 
     async def exec(
-        self, pod: str, *argv: str, namespace: str = "demo"
+        self, pod: str, *argv: str, namespace: str = "demo", seconds: float = COMMAND_SECONDS
     ) -> subprocess.CompletedProcess[bytes]:
-        return await self.ambit("exec", "-n", namespace, pod, "--", *argv)
+        return await self.ambit("exec", "-n", namespace, pod, "--", *argv, seconds=seconds)
 
     def remember(self) -> None:
         try:

@@ -128,8 +128,7 @@ def served(seen: dict[str, dict[str, int]], path: str) -> dict[str, int]:
 async def h2load(cluster: Cluster, url: str, *args: str, seconds: float = 120) -> dict[str, int]:
     """h2load (HTTP/1.1, keep-alive) in the client pod; its counts: ``2xx``, ``4xx``,
     ``5xx``, ``done``, ``failed``."""
-    with trio.fail_after(seconds):
-        done = await cluster.exec("client", "h2load", "--h1", *args, url)
+    done = await cluster.exec("client", "h2load", "--h1", *args, url, seconds=seconds)
     text = done.stdout.decode()
     assert done.returncode == 0, text + done.stderr.decode()
     found = re.search(r"requests: \d+ total, \d+ started, (\d+) done, \d+ succeeded, (\d+) failed",
@@ -394,10 +393,13 @@ async def test_a_local_rate_limit_of_100_per_second_under_400(cluster: Cluster) 
     await up(cluster, FAULTS, route(rule("/limited", extension("LocalRateLimit", "hundred"))))
     await applied_to_waypoint(cluster, "/limited", "200")
     await trio.sleep(1)  # the bucket refills after the check
-    got = await h2load(cluster, "http://server/limited", "-c", "4", "--rps", "100", "-D", "10")
-    print(f"\n100/s limit under 400/s for 10 s: {got['2xx']} passed, {got['4xx']} limited")
+    got = await h2load(cluster, "http://server/limited", "-c", "16", "--rps", "25", "-D", "10")
+    print(f"\n100/s limit under 400/s for 10 s: {got['2xx']} passed, {got['4xx']} limited,"
+          f" {got['done']} done")  # fmt: skip
+    assert got["done"] >= 3000  # the load was offered (about 400/s)
     assert 950 <= got["2xx"] <= 1250
-    assert got["4xx"] == got["done"] - got["2xx"]
+    assert got["4xx"] >= got["done"] - got["2xx"] - 16  # the rest: 429 (h2load's counts
+    # of a run cut by -D may differ by the requests in flight at the end)
     flags = await waypoint_flags(cluster, "/limited")
     assert flags.count("RL") == got["4xx"]
 

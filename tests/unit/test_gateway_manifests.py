@@ -31,6 +31,7 @@ from mesh.model_l7 import (
     Filter,
     GatewayAddress,
     GrpcMatch,
+    GrpcRetry,
     GrpcRule,
     HeaderMatch,
     HeaderModifier,
@@ -229,6 +230,22 @@ def test_an_http_route_rules_retry_is_kept_with_istios_defaults_where_unset() ->
         Retry(codes=(502, 503), attempts=3, backoff_ms=100),
         Retry(codes=(500,), attempts=2, backoff_ms=25),
         Retry(),  # no codes: only connect failures are retried, as without it
+        None,
+    ]
+
+
+def test_a_grpc_route_rules_retry_takes_grpc_status_codes_by_number_or_name() -> None:
+    rules: list[dict[str, Any]] = [
+        {"retry": {"codes": ["UNAVAILABLE", 8, "resource_exhausted"], "attempts": 3,
+                   "backoff": "10ms"}},
+        {"retry": {"codes": [14]}},
+        {},
+    ]  # fmt: skip
+    route = parse_object(grpc(*rules), "routes.yaml")
+    assert isinstance(route, GRPCRoute)
+    assert [r.retry for r in route.rules] == [
+        GrpcRetry(codes=(8, 14), attempts=3, backoff_ms=10),
+        GrpcRetry(codes=(14,)),
         None,
     ]
 
@@ -562,6 +579,8 @@ BAD: list[tuple[dict[str, Any], str, str]] = [
      "not a duration"),
     (http({"retry": {"codes": [503], "perTryTimeout": "1s"}}), "spec.rules[0].retry.perTryTimeout",
      "unknown field"),
+    (grpc({"retry": {"codes": [17]}}), "spec.rules[0].retry.codes[0]", "0-16"),
+    (grpc({"retry": {"codes": ["SOON"]}}), "spec.rules[0].retry.codes[0]", "not a gRPC status"),
     (http({"timeouts": {"request": "1s", "backendRequest": "2s"}}),
      "spec.rules[0].timeouts.backendRequest", "longer than the request timeout"),
     (http(filters(REDIRECT, backendRefs=[SVC])), "spec.rules[0].filters", "cannot be used"),
