@@ -15,7 +15,7 @@ import dataclasses
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, TypeVar
 
 from k8s import gateway_manifests as g
 from k8s import route_filter_manifests as rf
@@ -202,6 +202,7 @@ def _timeouts(r: Reader, value: object, path: str) -> tuple[int | None, int | No
     return request, backend
 
 
+_R = TypeVar("_R", Retry, GrpcRetry)
 _MAX_RETRY_CODES = 32
 _MAX_RETRY_ATTEMPTS = 10
 
@@ -213,7 +214,11 @@ def _retry(r: Reader, value: object, path: str) -> Retry | None:
     spec = r.mapping(value, path, ("codes", "attempts", "backoff"))
     items = r.items(spec.get("codes"), f"{path}.codes", _MAX_RETRY_CODES)
     codes = tuple(sorted({r.integer(code, at, 400, 599) for code, at in items}))
-    retry = Retry(codes)
+    return _retry_limits(r, spec, path, Retry(codes))
+
+
+def _retry_limits(r: Reader, spec: Mapping[str, object], path: str, retry: _R) -> _R:
+    """``retry`` with the ``attempts`` and ``backoff`` of ``spec``, where given."""
     if "attempts" in spec:
         attempts = r.integer(spec["attempts"], f"{path}.attempts", 0, _MAX_RETRY_ATTEMPTS)
         retry = dataclasses.replace(retry, attempts=attempts)
@@ -245,14 +250,7 @@ def _grpc_retry(r: Reader, value: object, path: str) -> GrpcRetry | None:
             r.fail(at, f"{code!r} is not a gRPC status code (UNAVAILABLE, 14...)")
         else:
             codes.add(r.integer(code, at, 0, 16))
-    retry = GrpcRetry(tuple(sorted(codes)))
-    if "attempts" in spec:
-        attempts = r.integer(spec["attempts"], f"{path}.attempts", 0, _MAX_RETRY_ATTEMPTS)
-        retry = dataclasses.replace(retry, attempts=attempts)
-    if "backoff" in spec:
-        backoff = g.duration_ms(r, spec["backoff"], f"{path}.backoff")
-        retry = dataclasses.replace(retry, backoff_ms=backoff)
-    return retry
+    return _retry_limits(r, spec, path, GrpcRetry(tuple(sorted(codes))))
 
 
 def _rule_name(r: Reader, rule: Mapping[str, object], path: str, seen: list[str]) -> str:

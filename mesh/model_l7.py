@@ -317,6 +317,16 @@ class Filter(JsonForm):
         return self.type not in UNSUPPORTED_FILTERS
 
 
+def _check_retry(
+    codes: tuple[int, ...], low: int, high: int, attempts: int, backoff_ms: int, what: str
+) -> None:
+    for code in codes:
+        if not low <= code <= high:
+            raise ValueError(f"{what} {code} is not {low}-{high}")
+    if attempts < 0 or backoff_ms < 0:
+        raise ValueError("retry attempts and backoff must not be negative")
+
+
 @dataclass(frozen=True)
 class Retry(JsonForm):
     """A rule's ``retry`` (Gateway API GEP-1731): a request whose answer has one of
@@ -329,11 +339,7 @@ class Retry(JsonForm):
     backoff_ms: int = 25  # Envoy's base interval
 
     def __post_init__(self) -> None:
-        for code in self.codes:
-            if not 400 <= code <= 599:
-                raise ValueError(f"retry code {code} is not 400-599")
-        if self.attempts < 0 or self.backoff_ms < 0:
-            raise ValueError("retry attempts and backoff must not be negative")
+        _check_retry(self.codes, 400, 599, self.attempts, self.backoff_ms, "retry code")
 
 
 @dataclass(frozen=True)
@@ -346,11 +352,7 @@ class GrpcRetry(JsonForm):
     backoff_ms: int = 25
 
     def __post_init__(self) -> None:
-        for code in self.codes:
-            if not 0 <= code <= 16:
-                raise ValueError(f"gRPC retry code {code} is not 0-16")
-        if self.attempts < 0 or self.backoff_ms < 0:
-            raise ValueError("retry attempts and backoff must not be negative")
+        _check_retry(self.codes, 0, 16, self.attempts, self.backoff_ms, "gRPC retry code")
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ Measure = Callable[[int | None, Callable[[], Sample]], Sample]  # l7.with_waypoi
 
 SETTLE_SECONDS = 2.0  # for the waypoint to have the config
 RATE = 1000
+REPS = 3  # at least, even in a quick run: one run apiece is within the noise
 
 
 def _route(*rule_lines: str) -> str:
@@ -95,12 +96,13 @@ def _apply(cluster: topology.Cluster, raw_dir: Path, name: str, docs: tuple[str,
 def run_features(settings: Settings, cluster: topology.Cluster, scenario: Scenario,
                  raw_dir: Path, measure: Measure) -> dict[str, Any]:  # fmt: skip
     """Each configuration's waypoint CPU µs per request at 1,000 requests/s: the median
-    over ``settings.reps`` interleaved runs, and its difference from ``none``."""
+    over ``settings.reps`` (at least :data:`REPS`) interleaved runs, and its difference
+    from ``none``."""
     pid = scenario.proxies.get("waypoint")
     if pid is None:
         return {"error": "no waypoint"}
     runs: dict[str, list[float]] = {name: [] for name in CONFIGS}
-    for rep in range(settings.reps):
+    for rep in range(max(settings.reps, REPS)):
         for name, docs in CONFIGS.items():
             _apply(cluster, raw_dir, name, docs, "apply")
             time.sleep(SETTLE_SECONDS)

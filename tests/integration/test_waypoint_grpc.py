@@ -5,7 +5,7 @@ a gRPC-shaped answer when no endpoint is there, and gRPC request metrics."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from typing import Any
 
@@ -13,7 +13,7 @@ import grpc
 import pytest
 import trio
 
-from mesh.model import ServicePort
+from mesh.model import MeshSnapshot, ServicePort
 from tests.integration.waypoint_support import Pod, open_mesh, web_snapshot
 from tests.pki import Pki
 from tests.waiting import wait_until
@@ -49,13 +49,13 @@ def _handlers(name: str) -> grpc.GenericRpcHandler:
 
 
 @contextlib.contextmanager
-def grpc_apps(pods: list[Pod]) -> Iterator[None]:
+def grpc_apps(pods: list[Pod], handler: grpc.GenericRpcHandler | None = None) -> Iterator[None]:
     """A grpcio server per pod (plaintext HTTP/2, as an app behind ztunnel)."""
     servers = []
     try:
         for pod in pods:
             server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-            server.add_generic_rpc_handlers((_handlers(pod.name),))
+            server.add_generic_rpc_handlers((handler or _handlers(pod.name),))
             pod.app_port = server.add_insecure_port("127.0.0.1:0")
             pod.app = False
             server.start()
@@ -67,10 +67,18 @@ def grpc_apps(pods: list[Pod]) -> Iterator[None]:
 
 
 @contextlib.asynccontextmanager
-async def grpc_mesh(root: Pki, n: int = 2) -> Any:
+async def grpc_mesh(
+    root: Pki, n: int = 2, *, handler: grpc.GenericRpcHandler | None = None,
+    snapshot: Callable[[list[Pod]], MeshSnapshot] | None = None,
+) -> Any:  # fmt: skip
+    """``n`` pods with a grpcio app each (``handler``, else the echo service) behind the
+    waypoint (``snapshot`` of the pods, else theirs with a ``grpc`` port), and a channel
+    to it through a source port."""
     pods = [Pod(f"web-{i}", f"10.0.0.{11 + i}") for i in range(n)]
-    with grpc_apps(pods):
-        async with open_mesh(root, pods, ports=GRPC_PORTS) as mesh, trio.open_nursery() as nursery:
+    with grpc_apps(pods, handler):
+        snap = snapshot(pods) if snapshot is not None else None
+        mesh_cm = open_mesh(root, pods, ports=GRPC_PORTS, snapshot=snap)
+        async with mesh_cm as mesh, trio.open_nursery() as nursery:
             port = await nursery.start(mesh.source_ztunnel)
             channel = grpc.insecure_channel(f"127.0.0.1:{port}")
             try:

@@ -5,24 +5,19 @@ in the codes, or a message past the 64 KiB copy, comes back as it was."""
 
 from __future__ import annotations
 
-import contextlib
 import threading
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
-from concurrent import futures
 from typing import Any
 
 import grpc
 import pytest
 import trio
 
-from mesh.model import MeshSnapshot, ServicePort
+from mesh.model import MeshSnapshot
 from mesh.model_l7 import BackendRef, GrpcRetry, GrpcRoute, GrpcRule, ParentRef
-from tests.integration.test_waypoint_grpc import call
-from tests.integration.waypoint_support import Mesh, Pod, open_mesh, web_snapshot
+from tests.integration.test_waypoint_grpc import GRPC_PORTS, call, grpc_mesh
+from tests.integration.waypoint_support import Pod, web_snapshot
 from tests.pki import Pki
-
-PORTS = [ServicePort(80, 8080, name="grpc")]
 
 
 class Flaky:
@@ -46,27 +41,8 @@ class Flaky:
         return b"%d" % len(request)
 
 
-@contextlib.contextmanager
-def flaky_apps(pods: list[Pod], app: Flaky) -> Iterator[None]:
-    handler = grpc.method_handlers_generic_handler(
-        "test.Echo", {"Unary": grpc.unary_unary_rpc_method_handler(app.unary)}
-    )
-    servers = []
-    try:
-        for pod in pods:
-            server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-            server.add_generic_rpc_handlers((handler,))
-            pod.app_port, pod.app = server.add_insecure_port("127.0.0.1:0"), False
-            server.start()
-            servers.append(server)
-        yield
-    finally:
-        for server in servers:
-            server.stop(grace=None)
-
-
 def routed(pods: list[Pod]) -> MeshSnapshot:
-    base = web_snapshot(pods, ports=PORTS)
+    base = web_snapshot(pods, ports=GRPC_PORTS)
     route = GrpcRoute(
         "web", "default", (ParentRef("", "Service", "web", port=80),),
         rules=(GrpcRule(backends=(BackendRef("web", 80),),
@@ -75,24 +51,13 @@ def routed(pods: list[Pod]) -> MeshSnapshot:
     return MeshSnapshot.from_resources(base.version, [*base.resources(), route])
 
 
-@contextlib.asynccontextmanager
-async def flaky_mesh(root: Pki, app: Flaky) -> AsyncIterator[tuple[Mesh, grpc.Channel]]:
-    pods = [Pod("web-0", "10.0.0.11"), Pod("web-1", "10.0.0.12")]
-    with flaky_apps(pods, app):
-        async with open_mesh(root, pods, snapshot=routed(pods)) as mesh, trio.open_nursery() as n:
-            port = await n.start(mesh.source_ztunnel)
-            channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-            try:
-                yield mesh, channel
-            finally:
-                channel.close()
-                n.cancel_scope.cancel()
-
-
 async def test_unavailable_is_retried_and_the_client_gets_ok(root: Pki) -> None:
     app = Flaky()
     with trio.fail_after(30):
-        async with flaky_mesh(root, app) as (mesh, channel):
+        handler = grpc.method_handlers_generic_handler(
+            "test.Echo", {"Unary": grpc.unary_unary_rpc_method_handler(app.unary)}
+        )
+        async with grpc_mesh(root, handler=handler, snapshot=routed) as (mesh, channel):
             unary = channel.unary_unary("/test.Echo/Unary")
             message = b"2:a" + b"x" * 1000
             assert await call(unary, message) == b"%d" % len(message)  # the whole message again
