@@ -208,7 +208,9 @@ spec:
 
 async def test_retries_turn_30_percent_503s_into_99_percent_success(cluster: Cluster) -> None:
     """A backend failing 30% with 503, a route retry on 503 with 3 attempts and a budget of
-    50%: at least 99% of 2,000 requests succeed."""
+    50%: about 99% of 2,000 requests succeed. A request fails only when its try and its 3
+    retries all draw a 503: 0.3^4 = 0.81%, so 99.19% is expected, with a binomial spread
+    of 0.2 points; 98.5% (three spreads below) is what the test holds it to."""
     retry = "retry: {codes: [503], attempts: 3, backoff: 5ms}"
     await up(cluster, route(rule("/chance", retry)), BUDGET_50)
     before = served(await counts(cluster), "/chance/30")
@@ -216,7 +218,7 @@ async def test_retries_turn_30_percent_503s_into_99_percent_success(cluster: Clu
     sent = sum(served(await counts(cluster), "/chance/30").values()) - sum(before.values())
     print(f"\n30% failing, 2,000 requests: {got['2xx']} succeeded, {sent - 2000} retries")
     assert got["done"] == 2000
-    assert got["2xx"] >= 1980
+    assert got["2xx"] >= 1970
 
 
 async def test_a_backend_failing_everything_gets_retries_within_the_default_budget(
