@@ -53,6 +53,12 @@ class Plan:
         return self.forward.response_headers(headers) if self.forward is not None else headers
 
     @property
+    def changes_response(self) -> bool:
+        """Whether the rule's filters change the response's headers (else it goes as is)."""
+        forward = self.forward
+        return forward is not None and bool(forward.response_modifiers or forward.cors_headers)
+
+    @property
     def retry(self) -> Retry | GrpcRetry | None:
         """The rule's retry on status codes; None without one."""
         return self.forward.rule.retry if self.forward is not None else None
@@ -140,14 +146,17 @@ class Dispatcher:
         targets = self.targets(snapshot, Destination(backend.vip, decision.backend.port, backend,
                                                      None))  # fmt: skip
         speak = _speak(backend, decision.backend.port)
+        # Sent as the client sent it unless a filter (or a JWT output) changed it.
+        rewritten = rewritten or decision.request is not request
         refs = decision.rule.filters.extensions + decision.backend.filters.extensions
         if not refs:
-            return Plan(decision.request, targets, backend, decision, decision.mirrors, True, speak)
+            return Plan(decision.request, targets, backend, decision, decision.mirrors,
+                        rewritten, speak)  # fmt: skip
         effects = self.extensions.apply(snapshot, decision.rule, refs, caller.identity, grpc=grpc)
         if not isinstance(effects, Effects):
             return effects
-        return Plan(decision.request, targets, backend, decision, decision.mirrors, True, speak,
-                    effects.delay, effects.flag)  # fmt: skip
+        return Plan(decision.request, targets, backend, decision, decision.mirrors, rewritten,
+                    speak, effects.delay, effects.flag)  # fmt: skip
 
 
 def _speak(service: Service, port: int) -> Speak:

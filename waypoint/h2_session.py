@@ -348,7 +348,7 @@ class H2Session(Session):
         req.status = up.status or 0
         req.grpc_status = grpc_status_of(response, "")
         answer = [(k, v) for k, v in response if k not in HOP_BY_HOP]
-        if req.plan is not None and req.plan.forward is not None:
+        if req.plan is not None and req.plan.changes_response:
             status = [(k, v) for k, v in answer if k.startswith(":")]
             rest = tuple((k, v) for k, v in answer if not k.startswith(":"))
             answer = status + list(req.plan.response_headers(rest))

@@ -386,7 +386,7 @@ class HttpSession(Session):
         """Send ``response`` down; whether ``conn`` can carry another request."""
         bodyless = ex.head.method == b"HEAD" or response.status in (204, 304)
         headers = end_to_end(response.headers)
-        if ex.plan is not None and ex.plan.forward is not None:  # the route's header filters
+        if ex.plan is not None and ex.plan.changes_response:  # the route's header filters
             text = tuple((n.decode("latin-1"), v.decode("latin-1")) for n, v in headers)
             headers = [(latin1(n), latin1(v)) for n, v in ex.plan.response_headers(text)]
         down_chunked = False

@@ -29,7 +29,7 @@ from mesh.model import MeshSnapshot
 from mesh.reason import Reason
 from mesh.relay import RelayStats, relay
 from waypoint.authz import bound_policies
-from waypoint.backends import Backends
+from waypoint.backends import NO_ANSWER, Backends
 from waypoint.destination import Caller, Destination
 from waypoint.dispatch import Dispatcher
 from waypoint.gate import Gate
@@ -152,7 +152,8 @@ class WaypointProxy:
         if not self._tcp_allowed(snapshot, destination, caller):
             return  # the stream closes: the client sees its connection end, as at ztunnel
         targets = destination.targets(snapshot)
-        target = self.balancer.pick(targets)
+        backend = self.backends.of(snapshot, destination.service)  # its DestinationRule's
+        target = backend.pick(targets)
         if target is None:
             log.warning("waypoint_no_endpoint", dst=f"{destination.ip}:{destination.port}",
                         src_identity=str(caller.identity))  # fmt: skip
@@ -161,8 +162,9 @@ class WaypointProxy:
             upstream = await self.upstreams.checkout(target, ())
         except UpstreamError as exc:
             log.warning("waypoint_upstream_failed", dst=target.authority, reason=str(exc))
+            backend.connect_failed(target, len(targets))
             return
-        self.balancer.started(target)
+        started = backend.started(target)
         labels = TcpLabels.of(
             "waypoint", source=caller.workload, source_identity=caller.identity,
             destination=snapshot.workload(target.uid), destination_identity=target.identity,
@@ -179,7 +181,7 @@ class WaypointProxy:
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             log.info("waypoint_tcp_broken", dst=target.authority, reason=str(exc))
         finally:
-            self.balancer.finished(target)
+            backend.finished(target, NO_ANSWER, started, len(targets))
             series.add_bytes(sent=stats.received, received=stats.sent)
             series.closed.inc()
             await upstream.aclose()
