@@ -24,6 +24,7 @@ from h2.errors import ErrorCodes
 
 from mesh.hbone import H2Stream, Http2Connection
 from mesh.hbone.settings import HboneError
+from waypoint.body_copy import BodyCopy
 from waypoint.http1 import (
     HOP_BY_HOP,
     LAST_CHUNK,
@@ -40,6 +41,7 @@ from waypoint.http_request import HttpRequest
 from waypoint.upstream import Connection
 
 Headers = list[tuple[str, str]]
+Again = Callable[[int], bool]  # an answer's status -> send the request again?
 _SKIP_TEXT = frozenset(n.decode() for n in HOP_BY_HOP) | {"host"}
 
 
@@ -77,10 +79,13 @@ async def h1_over_h2(
     *,
     version: str,
     counted: list[int],
-) -> int:
-    """Send an HTTP/1.1 request (head in ``request``, body from ``reader``) over ``conn``
-    and relay the answer with ``send_down``; its status. ``counted`` gets the request and
-    response bytes added."""
+    copy: BodyCopy | None = None,
+    again: Again | None = None,
+) -> int | None:
+    """Send an HTTP/1.1 request (head in ``request``, body from ``reader``, or from
+    ``copy`` once it is complete: a retry) over ``conn`` and relay the answer with
+    ``send_down``; its status, or None when ``again`` says its status sends the request
+    again (nothing of it was sent down). ``counted`` gets the bytes added."""
     try:
         up = conn.start_request(h2_headers(request, extra), end_stream=not has_body)
     except HboneError as exc:
@@ -88,13 +93,17 @@ async def h1_over_h2(
     failed: BaseException | None = None
     async with trio.open_nursery() as nursery:
         if has_body:
-            nursery.start_soon(_h1_body_up, reader, up, counted)
+            nursery.start_soon(_h1_body_up, reader, up, counted, copy)
         try:
             await up.wait_response()
         except HboneError as exc:
             failed = BridgeFailed(str(exc))
             nursery.cancel_scope.cancel()
         else:
+            if again is not None and again(up.status or 0):
+                cut(up, ErrorCodes.CANCEL)
+                nursery.cancel_scope.cancel()
+                return None
             try:
                 await _h2_answer_down(up, send_down, version, counted,
                                       is_head=request.method == "HEAD")  # fmt: skip
@@ -106,11 +115,21 @@ async def h1_over_h2(
     return up.status or 0
 
 
-async def _h1_body_up(reader: MessageReader, up: H2Stream, counted: list[int]) -> None:
+async def _h1_body_up(
+    reader: MessageReader, up: H2Stream, counted: list[int], copy: BodyCopy | None
+) -> None:
     try:
+        if copy is not None and copy.complete:  # a retry: the body from its copy
+            await up.send_all(bytes(copy.data))
+            await up.send_eof()
+            return
         while data := await reader.read_body():
             counted[0] += len(data)
+            if copy is not None:
+                copy.add(data)
             await up.send_all(data)
+        if copy is not None:
+            copy.complete = True
         await up.send_eof()
     except (Http1Error, trio.BrokenResourceError, trio.ClosedResourceError):
         cut(up, ErrorCodes.CANCEL)  # the request broke off: the app must not see it end
@@ -150,12 +169,18 @@ async def h2_over_h1(
     down: H2Stream,
     counted: list[int],
     active: Callable[[], None] = lambda: None,
-) -> tuple[int, bool]:
-    """Send an HTTP/2 request (headers in ``request``, body from ``down``) on the HTTP/1.1
-    connection ``conn`` and answer ``down`` with the app's response: its status, and
-    whether ``conn`` may carry another request. ``active`` hears each body chunk that
-    moved either way (the stream idle timeout starts again)."""
-    ended = not down.accepts_data() and not down.buffered
+    *,
+    copy: BodyCopy | None = None,
+    again: Again | None = None,
+) -> tuple[int | None, bool]:
+    """Send an HTTP/2 request (headers in ``request``, body from ``down``, or from ``copy``
+    once it is complete: a retry) on the HTTP/1.1 connection ``conn`` and answer ``down``
+    with the app's response: its status (None when ``again`` says it sends the request
+    again: nothing was sent down, ``conn`` is not reusable), and whether ``conn`` may
+    carry another request. ``active`` hears each body chunk that moved either way (the
+    stream idle timeout starts again)."""
+    replay = copy is not None and copy.complete
+    ended = not replay and not down.accepts_data() and not down.buffered
     length = next((v for n, v in request.headers if n == "content-length"), None)
     chunked = not ended and length is None
     headers = [(b"host", latin1(request.authority))]
@@ -176,13 +201,16 @@ async def h2_over_h1(
     status = 0
     async with trio.open_nursery() as nursery:
         if not ended:
-            nursery.start_soon(_h2_body_up, down, conn, chunked, counted, active)
+            nursery.start_soon(_h2_body_up, down, conn, chunked, counted, active, copy)
         try:
             answer = await conn.reader.read_head()
             while answer is not None and 100 <= answer.status < 200:
                 answer = await conn.reader.read_head()
             if answer is None:
                 raise BridgeFailed("the app closed the connection before answering")
+            if again is not None and again(answer.status):
+                nursery.cancel_scope.cancel()
+                return None, False
             status = answer.status
             is_head = request.method == "HEAD"
             active()
@@ -205,12 +233,23 @@ async def _h2_body_up(
     chunked: bool,
     counted: list[int],
     active: Callable[[], None],
+    copy: BodyCopy | None,
 ) -> None:
     with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        if copy is not None and copy.complete:  # a retry: the body from its copy
+            data = bytes(copy.data)
+            await conn.stream.send_all(
+                ((encode_chunk(data) if data else b"") + LAST_CHUNK) if chunked else data
+            )
+            return
         while data := await down.receive_some(READ_SIZE):
             active()
             counted[0] += len(data)
+            if copy is not None:
+                copy.add(data)
             await conn.stream.send_all(encode_chunk(data) if chunked else data)
+        if copy is not None:
+            copy.complete = True
         if chunked:
             await conn.stream.send_all(LAST_CHUNK)
 

@@ -11,10 +11,10 @@ from typing import Final
 import trio
 
 from mesh.response_flags import ResponseFlag
+from waypoint.body_copy import BodyCopy
 from waypoint.dispatch import Plan
 from waypoint.http_request import HttpRequest
 from waypoint.http_target import TargetError, read_target
-from waypoint.mirror import BodyCopy
 from waypoint.replies import Failed, local_reply
 from waypoint.retries import Retries
 from waypoint.session import IdleTimer

@@ -34,7 +34,8 @@ from mesh.hbone.transport import StreamTransport
 from mesh.model_l7 import GrpcRetry
 from mesh.response_flags import ResponseFlag
 from waypoint.backends import NO_ANSWER, Backend, Overflow
-from waypoint.bridge import BridgeFailed, cut, h2_over_h1
+from waypoint.body_copy import BodyCopy
+from waypoint.bridge import Again, BridgeFailed, cut, h2_over_h1
 from waypoint.dispatch import Plan
 from waypoint.extensions import DelayedReply
 from waypoint.h2_request import (
@@ -46,7 +47,7 @@ from waypoint.h2_request import (
     request_of,
 )
 from waypoint.http1 import READ_SIZE, Http1Error
-from waypoint.mirror import BodyCopy, start_mirrors
+from waypoint.mirror import start_mirrors
 from waypoint.replies import (
     Failed,
     no_healthy_upstream,
@@ -220,27 +221,39 @@ class H2Session(Session):
         tried: list[Target] = []
         extra = [(b"x-request-id", req.request_id.encode("latin-1")),
                  (b"x-forwarded-client-cert", self.xfcc().encode())]  # fmt: skip
-        for attempt in range(ATTEMPTS):
-            target = backend.pick(plan.targets, avoid=tried)
-            if target is None:
-                raise Failed(no_healthy_upstream(grpc=req.grpc))
-            tried.append(target)
-            last = attempt + 1 == ATTEMPTS
-            try:
-                slot = await backend.connection_slot()
-            except Overflow:
-                raise Failed(overflow(grpc=req.grpc)) from None
-            try:
-                if await self._attempt_h1(down, req, plan, backend, target, extra, last=last):
-                    return
-            finally:
-                backend.connection_done(slot)
+        req.has_body = down.accepts_data() or bool(down.buffered)
+        retries = req.retries = Retries.of(plan, backend)
+        if retries is not None and req.has_body and req.body_copy is None:
+            req.body_copy = BodyCopy()  # to send it again
+        attempts = ATTEMPTS + (retries.retry.attempts if retries is not None else 0)
+        try:
+            for attempt in range(attempts):
+                if retries is not None and retries.done:  # sent again on its answer
+                    await trio.sleep(retries.backoff())
+                target = backend.pick(plan.targets, avoid=tried)
+                if target is None:
+                    raise Failed(no_healthy_upstream(grpc=req.grpc))
+                tried.append(target)
+                try:
+                    slot = await backend.connection_slot()
+                except Overflow:
+                    raise Failed(overflow(grpc=req.grpc)) from None
+                try:
+                    last = attempt + 1 == attempts
+                    if await self._attempt_h1(down, req, plan, backend, target, extra, last=last):
+                        return
+                finally:
+                    backend.connection_done(slot)
+        finally:
+            if retries is not None:
+                retries.close()
 
     async def _attempt_h1(
         self, down: H2Stream, req: H2Request, plan: Plan, backend: Backend, target: Target,
         extra: list[tuple[bytes, bytes]], *, last: bool,
     ) -> bool:  # fmt: skip
-        """One try on an HTTP/1.1 connection; False: try another endpoint."""
+        """One try on an HTTP/1.1 connection; False: try another endpoint (the connection
+        failed, or the answer has a retry code)."""
         try:
             conn = await self.proxy.upstreams.checkout(target, self.connect_headers())
         except UpstreamError:
@@ -248,15 +261,20 @@ class H2Session(Session):
             if not last:
                 return False
             raise Failed(upstream_failure(grpc=req.grpc, connected=False)) from None
-        req.target = target
+        req.target, req.status = target, 0
         counted = [0, 0]
         reusable = False
         started = backend.started(target)
         try:
-            req.status, reusable = await h2_over_h1(
-                conn, plan.request, extra, down, counted, req.active
-            )
-            req.body_read = True
+            status, reusable = await h2_over_h1(
+                conn, plan.request, extra, down, counted, req.active, copy=req.body_copy,
+                again=self._again_h1(req, retry_ok=not last),
+            )  # fmt: skip
+            if status is None:
+                return False  # a retry code: the request goes again
+            req.status, req.body_read = status, True
+            if req.retries is not None:
+                req.flags = req.retries.flag(status) or req.flags
             return True
         except BridgeFailed:
             if conn.requests == 0 and not last:
@@ -273,6 +291,21 @@ class H2Session(Session):
             req.response_bytes += counted[1]
             reusable = reusable and backend.reusable(conn.requests)
             await self.proxy.upstreams.release(conn, reusable=reusable)
+
+    @staticmethod
+    def _again_h1(req: H2Request, *, retry_ok: bool) -> Again | None:
+        """For the bridge: whether the HTTP/1.1 app's answer status sends it again."""
+        retries = req.retries
+        if retries is None:
+            return None
+
+        def again(status: int) -> bool:
+            req.status = status
+            copy = req.body_copy
+            replayable = not req.has_body or (copy is not None and copy.replayable)
+            return retries.again(status, retry_ok, replayable=replayable)
+
+        return again
 
     def _upstream_headers(self, req: H2Request, plan: Plan) -> list[tuple[str, str]]:
         if plan.rewritten:  # routes or JWT outputs made the request anew
@@ -336,7 +369,7 @@ class H2Session(Session):
             code = grpc_status_of(response, "") if ended else ""
             status = int(code) if code else -1
         copy = req.body_copy
-        replayable = not req.has_body or (req.body_read and copy is not None and not copy.too_big)
+        replayable = not req.has_body or (copy is not None and copy.replayable)
         if retries.again(status, retry_ok, replayable=replayable):
             return True
         req.flags = retries.flag(status) or req.flags
@@ -393,6 +426,8 @@ class H2Session(Session):
                     req.sent_messages.feed(data)
                 await up.send_all(data)
             req.body_read = True
+            if req.body_copy is not None:
+                req.body_copy.complete = True
             if down.trailers:
                 await up.send_trailers(down.trailers)
             else:

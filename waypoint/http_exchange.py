@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from typing import Final
 
 from waypoint.backends import Backend
+from waypoint.body_copy import BodyCopy
+from waypoint.bridge import Again
 from waypoint.dispatch import Plan
 from waypoint.http1 import Head, encode_request_head, end_to_end, latin1
-from waypoint.mirror import BodyCopy
 from waypoint.retries import Retries
 from waypoint.session import IdleTimer
 from waypoint.upstream import Target
@@ -68,6 +69,26 @@ def request_head(ex: Exchange, xfcc: str) -> bytes:
         headers += [(b"connection", b"upgrade"), (b"upgrade", head.header(b"upgrade") or b"")]
     ex.request_bytes += sum(len(n) + len(v) + 4 for n, v in headers)
     return encode_request_head(method, target, headers)
+
+
+def replayable(ex: Exchange) -> bool:
+    """Whether the request can be sent again: it has no body, or its whole body was read
+    and kept (no more than the copy's bound)."""
+    copy = ex.body_copy
+    return not ex.head.has_body or (copy is not None and copy.replayable)
+
+
+def again_for(ex: Exchange, *, retry_ok: bool) -> Again | None:
+    """For a bridge: whether an answer's status sends ``ex``'s request again."""
+    retries = ex.retries
+    if retries is None:
+        return None
+
+    def again(status: int) -> bool:
+        ex.status = status
+        return retries.again(status, retry_ok, replayable=replayable(ex))
+
+    return again
 
 
 _OURS: Final = frozenset({"host", "x-request-id", "x-forwarded-client-cert", "content-length",

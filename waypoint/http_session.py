@@ -28,6 +28,7 @@ import trio
 from mesh.relay import relay
 from mesh.response_flags import ResponseFlag
 from waypoint.backends import NO_ANSWER, Backend, Overflow
+from waypoint.body_copy import BodyCopy
 from waypoint.bridge import BridgeFailed, h1_over_h2
 from waypoint.dispatch import Plan
 from waypoint.extensions import DelayedReply
@@ -42,8 +43,8 @@ from waypoint.http1 import (
     latin1,
     request_of,
 )
-from waypoint.http_exchange import XFCC, ClientGone, Exchange, request_head
-from waypoint.mirror import BodyCopy, start_mirrors
+from waypoint.http_exchange import XFCC, ClientGone, Exchange, again_for, replayable, request_head
+from waypoint.mirror import start_mirrors
 from waypoint.replies import (
     Failed,
     bad_upstream_answer,
@@ -215,15 +216,20 @@ class HttpSession(Session):
 
     async def _attempts_h2(self, ex: Exchange, plan: Plan, backend: Backend) -> None:
         """The app speaks h2c (its port says ``http2`` or ``grpc``): the request goes as
-        HTTP/2, the answer comes back as HTTP/1.1 (relayed as it comes: no status retry)."""
+        HTTP/2, the answer comes back as HTTP/1.1."""
         tried: list[Target] = []
         extra = [("x-request-id", ex.request_id.decode("latin-1")), (XFCC.decode(), self.xfcc())]
-        for attempt in range(ATTEMPTS):
+        if plan.retry is not None:
+            ex.retries = Retries.of(plan, backend)
+        attempts = ATTEMPTS + (ex.retries.retry.attempts if ex.retries else 0)
+        for attempt in range(attempts):
+            if ex.retries and ex.retries.done:  # sent again on its answer: the backoff first
+                await trio.sleep(ex.retries.backoff())
             target = backend.pick(plan.targets, avoid=tried)
             if target is None:
                 raise Failed(no_healthy_upstream(grpc=False))
             tried.append(target)
-            last = attempt + 1 == ATTEMPTS
+            last = attempt + 1 == attempts
             try:
                 conn = await self.proxy.h2.connection(target, self.connect_headers())
             except UpstreamError:
@@ -231,15 +237,20 @@ class HttpSession(Session):
                 if not last:
                     continue
                 raise upstream_failure_http1(connected=False) from None
-            ex.target = target
+            ex.target, ex.status = target, 0
             counted = [0, 0]
             started = backend.started(target)
             try:
-                ex.status = await h1_over_h2(
+                status = await h1_over_h2(
                     conn, plan.request, extra, self.reader, ex.head.has_body, self._send_down,
-                    version=ex.head.version, counted=counted,
+                    version=ex.head.version, counted=counted, copy=ex.body_copy,
+                    again=again_for(ex, retry_ok=not last),
                 )  # fmt: skip
-                ex.body_read = True
+                if status is None:
+                    continue  # a retry code: the request goes again
+                ex.status, ex.body_read = status, True
+                if ex.retries is not None:
+                    ex.flags = ex.retries.flag(status) or ex.flags
                 return
             except BridgeFailed as exc:
                 if not exc.connected and not last:
@@ -350,7 +361,7 @@ class HttpSession(Session):
             await self._upgrade(conn, ex, response)
             return False
         if ex.retries is not None:
-            if ex.retries.again(response.status, retry_ok, replayable=_replayable(ex)):
+            if ex.retries.again(response.status, retry_ok, replayable=replayable(ex)):
                 return None  # the caller closes the connection (its body is not wanted)
             ex.flags = ex.retries.flag(response.status) or ex.flags
         return await self._relay_response(conn, ex, response)
@@ -373,6 +384,8 @@ class HttpSession(Session):
                     ex.body_copy.add(data)
                 await conn.stream.send_all(encode_chunk(data) if chunked else data)
             ex.body_read = True
+            if ex.body_copy is not None:
+                ex.body_copy.complete = True
             if chunked:
                 await conn.stream.send_all(LAST_CHUNK)
         except (trio.BrokenResourceError, trio.ClosedResourceError, Http1Error) as exc:
@@ -477,10 +490,3 @@ class HttpSession(Session):
             request_bytes=ex.request_bytes, response_bytes=ex.response_bytes,
         )  # fmt: skip
         self.account(done, ex.target, ex.plan)
-
-
-def _replayable(ex: Exchange) -> bool:
-    """Whether the request can be sent again: it has no body, or its whole body was read
-    and kept (no more than the copy's bound)."""
-    copy = ex.body_copy
-    return not ex.head.has_body or (ex.body_read and copy is not None and not copy.too_big)

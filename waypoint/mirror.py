@@ -17,6 +17,7 @@ import structlog
 import trio
 
 from mesh.hbone.settings import HboneError
+from waypoint.body_copy import MAX_BODY, BodyCopy
 from waypoint.bridge import h2_headers
 from waypoint.decisions import MirrorTarget
 from waypoint.destination import meshed_identity
@@ -31,22 +32,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("waypoint")
 
-MAX_BODY: Final = 64 * 1024
 MIRROR_SECONDS: Final = 10.0
 _SKIPPED: Final = frozenset({"host", "content-length", "transfer-encoding", "connection"})
-
-
-class BodyCopy:
-    """The body of a request being mirrored, kept as it streams, up to :data:`MAX_BODY`."""
-
-    def __init__(self) -> None:
-        self.data = bytearray()
-        self.too_big = False
-
-    def add(self, chunk: bytes) -> None:
-        if not self.too_big:
-            self.data += chunk
-            self.too_big = len(self.data) > MAX_BODY
 
 
 def start_mirrors(

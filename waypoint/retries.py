@@ -19,8 +19,8 @@ import trio
 from mesh.model_l7 import GrpcRetry, Retry
 from mesh.response_flags import ResponseFlag
 from waypoint.backends import Backend
+from waypoint.body_copy import MAX_BODY
 from waypoint.dispatch import Plan
-from waypoint.mirror import MAX_BODY
 
 log = structlog.get_logger("waypoint.retries")
 
