@@ -166,87 +166,76 @@ class H2Session(Session):
         backend = self.proxy.backends.of(self.snapshot, plan.service)
         if not backend.admit():
             raise Failed(overflow(grpc=req.grpc))
-        try:
-            if plan.speak == "http1":
-                await self._forward_h1(down, req, plan, backend)
-            else:
-                await self._forward_h2(down, req, plan, backend)
-        finally:
-            backend.release()
-
-    async def _forward_h2(
-        self, down: H2Stream, req: H2Request, plan: Plan, backend: Backend
-    ) -> None:
-        targets = plan.targets
-        tried: list[Target] = []
         req.has_body = down.accepts_data() or bool(down.buffered)
         retries = req.retries = Retries.of(plan, backend)
         if retries is not None and req.has_body and req.body_copy is None:
             req.body_copy = BodyCopy()  # to send it again
         attempts = ATTEMPTS + (retries.retry.attempts if retries is not None else 0)
         try:
-            for attempt in range(attempts):
-                if retries is not None and retries.done:  # sent again on its answer
-                    await trio.sleep(retries.backoff())
-                target = backend.pick(targets, avoid=tried)
-                if target is None:  # every endpoint ejected
-                    raise Failed(no_healthy_upstream(grpc=req.grpc))
-                tried.append(target)
-                req.target, req.status = target, 0
-                try:
-                    conn = await self.proxy.h2.connection(target, self.connect_headers())
-                    headers = self._upstream_headers(req, plan)
-                    up = conn.start_request(headers, end_stream=not req.has_body)
-                except (UpstreamError, HboneRetryableError):
-                    backend.connect_failed(target, len(targets))
-                    if attempt + 1 < attempts:
-                        continue
-                    raise Failed(upstream_failure(grpc=req.grpc, connected=False)) from None
-                started = backend.started(target)
-                try:
-                    if await self._exchange(down, up, req, retry_ok=attempt + 1 < attempts):
-                        return
-                finally:
-                    backend.finished(target, req.status or NO_ANSWER, started, len(targets))
-                    cut(up, ErrorCodes.CANCEL)  # cancelled or failed half-way: the app hears it
+            forward = self._forward_h1 if plan.speak == "http1" else self._forward_h2
+            await forward(down, req, plan, backend, attempts)
         finally:
+            backend.release()
             if retries is not None:
                 retries.close()
 
+    @staticmethod
+    async def _next(req: H2Request, backend: Backend, targets: list[Target],
+                    tried: list[Target]) -> Target:  # fmt: skip
+        """The endpoint of the next attempt (after the retry's backoff, for a retry)."""
+        if req.retries is not None and req.retries.done:  # sent again on its answer
+            await trio.sleep(req.retries.backoff())
+        target = backend.pick(targets, avoid=tried)
+        if target is None:  # every endpoint ejected
+            raise Failed(no_healthy_upstream(grpc=req.grpc))
+        tried.append(target)
+        return target
+
+    async def _forward_h2(
+        self, down: H2Stream, req: H2Request, plan: Plan, backend: Backend, attempts: int
+    ) -> None:
+        targets = plan.targets
+        tried: list[Target] = []
+        for attempt in range(attempts):
+            target = await self._next(req, backend, targets, tried)
+            req.target, req.status = target, 0
+            try:
+                conn = await self.proxy.h2.connection(target, self.connect_headers())
+                headers = self._upstream_headers(req, plan)
+                up = conn.start_request(headers, end_stream=not req.has_body)
+            except (UpstreamError, HboneRetryableError):
+                backend.connect_failed(target, len(targets))
+                if attempt + 1 < attempts:
+                    continue
+                raise Failed(upstream_failure(grpc=req.grpc, connected=False)) from None
+            started = backend.started(target)
+            try:
+                if await self._exchange(down, up, req, retry_ok=attempt + 1 < attempts):
+                    return
+            finally:
+                backend.finished(target, req.status or NO_ANSWER, started, len(targets))
+                cut(up, ErrorCodes.CANCEL)  # cancelled or failed half-way: the app hears it
+
     async def _forward_h1(
-        self, down: H2Stream, req: H2Request, plan: Plan, backend: Backend
+        self, down: H2Stream, req: H2Request, plan: Plan, backend: Backend, attempts: int
     ) -> None:
         """The app speaks HTTP/1.1 (its port says ``http``): the stream's request goes on a
         pooled HTTP/1.1 connection, the answer comes back on the stream."""
         tried: list[Target] = []
         extra = [(b"x-request-id", req.request_id.encode("latin-1")),
                  (b"x-forwarded-client-cert", self.xfcc().encode())]  # fmt: skip
-        req.has_body = down.accepts_data() or bool(down.buffered)
-        retries = req.retries = Retries.of(plan, backend)
-        if retries is not None and req.has_body and req.body_copy is None:
-            req.body_copy = BodyCopy()  # to send it again
-        attempts = ATTEMPTS + (retries.retry.attempts if retries is not None else 0)
-        try:
-            for attempt in range(attempts):
-                if retries is not None and retries.done:  # sent again on its answer
-                    await trio.sleep(retries.backoff())
-                target = backend.pick(plan.targets, avoid=tried)
-                if target is None:
-                    raise Failed(no_healthy_upstream(grpc=req.grpc))
-                tried.append(target)
-                try:
-                    slot = await backend.connection_slot()
-                except Overflow:
-                    raise Failed(overflow(grpc=req.grpc)) from None
-                try:
-                    last = attempt + 1 == attempts
-                    if await self._attempt_h1(down, req, plan, backend, target, extra, last=last):
-                        return
-                finally:
-                    backend.connection_done(slot)
-        finally:
-            if retries is not None:
-                retries.close()
+        for attempt in range(attempts):
+            target = await self._next(req, backend, plan.targets, tried)
+            try:
+                slot = await backend.connection_slot()
+            except Overflow:
+                raise Failed(overflow(grpc=req.grpc)) from None
+            try:
+                last = attempt + 1 == attempts
+                if await self._attempt_h1(down, req, plan, backend, target, extra, last=last):
+                    return
+            finally:
+                backend.connection_done(slot)
 
     async def _attempt_h1(
         self, down: H2Stream, req: H2Request, plan: Plan, backend: Backend, target: Target,

@@ -168,6 +168,8 @@ class HttpSession(Session):
         backend = ex.backend = self.proxy.backends.of(self.snapshot, plan.service)
         if not backend.admit():
             raise Failed(overflow(grpc=False))
+        if plan.retry is not None:
+            ex.retries = Retries.of(plan, backend)
         try:
             if plan.speak == "h2" and not ex.head.upgrade:
                 await self._attempts_h2(ex, plan, backend)
@@ -181,16 +183,9 @@ class HttpSession(Session):
     async def _attempts_h1(self, ex: Exchange, plan: Plan, backend: Backend) -> None:
         targets = plan.targets
         tried: list[Target] = []
-        if plan.retry is not None:
-            ex.retries = Retries.of(plan, backend)
         attempts = ATTEMPTS + (ex.retries.retry.attempts if ex.retries else 0)
         for attempt in range(attempts):
-            if ex.retries and ex.retries.done:  # sent again on its answer: the backoff first
-                await trio.sleep(ex.retries.backoff())
-            target = backend.pick(targets, avoid=tried)
-            if target is None:  # every endpoint ejected
-                raise Failed(no_healthy_upstream(grpc=False))
-            tried.append(target)
+            target = await _next(ex, backend, targets, tried)
             try:
                 slot = await backend.connection_slot()
             except Overflow:
@@ -219,16 +214,9 @@ class HttpSession(Session):
         HTTP/2, the answer comes back as HTTP/1.1."""
         tried: list[Target] = []
         extra = [("x-request-id", ex.request_id.decode("latin-1")), (XFCC.decode(), self.xfcc())]
-        if plan.retry is not None:
-            ex.retries = Retries.of(plan, backend)
         attempts = ATTEMPTS + (ex.retries.retry.attempts if ex.retries else 0)
         for attempt in range(attempts):
-            if ex.retries and ex.retries.done:  # sent again on its answer: the backoff first
-                await trio.sleep(ex.retries.backoff())
-            target = backend.pick(plan.targets, avoid=tried)
-            if target is None:
-                raise Failed(no_healthy_upstream(grpc=False))
-            tried.append(target)
+            target = await _next(ex, backend, plan.targets, tried)
             last = attempt + 1 == attempts
             try:
                 conn = await self.proxy.h2.connection(target, self.connect_headers())
@@ -490,3 +478,16 @@ class HttpSession(Session):
             request_bytes=ex.request_bytes, response_bytes=ex.response_bytes,
         )  # fmt: skip
         self.account(done, ex.target, ex.plan)
+
+
+async def _next(
+    ex: Exchange, backend: Backend, targets: list[Target], tried: list[Target]
+) -> Target:
+    """The endpoint of the next attempt (after the retry's backoff, for a retry)."""
+    if ex.retries and ex.retries.done:  # sent again on its answer: the backoff first
+        await trio.sleep(ex.retries.backoff())
+    target = backend.pick(targets, avoid=tried)
+    if target is None:  # every endpoint ejected
+        raise Failed(no_healthy_upstream(grpc=False))
+    tried.append(target)
+    return target

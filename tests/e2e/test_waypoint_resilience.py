@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import re
+import statistics
 import sys
+from pathlib import Path
 
 import pytest
 import trio
@@ -148,6 +150,12 @@ async def waypoint_flags(cluster: Cluster, path: str) -> list[str]:
     lines = (json.loads(raw) for raw in logs.stdout.splitlines() if raw.startswith(b"{"))
     return [line["response_flags"] for line in lines
             if line.get("event") == "request" and line.get("path") == path]  # fmt: skip
+
+
+def median_ms(log: Path, status: str) -> float:
+    """The median latency (ms) of the requests answered ``status`` in an h2load log."""
+    rows = [line.split("\t") for line in log.read_text().splitlines() if line.strip()]
+    return statistics.median(int(r[2]) / 1000 for r in rows if r[1] == status)
 
 
 async def waypoint_lines(cluster: Cluster, *words: str) -> str:
@@ -389,15 +397,26 @@ async def test_fault_injection_aborts_and_delays_the_share_it_says(cluster: Clus
     assert times[74] >= 0.2  # the delayed half
 
 
-async def test_a_local_rate_limit_of_100_per_second_under_400(cluster: Cluster) -> None:
+async def test_a_local_rate_limit_of_100_per_second_under_400(
+    cluster: Cluster, tmp_path: Path
+) -> None:
     """100 requests/s, burst 20, under 400 requests/s for 10 s: between 950 and 1,250
-    pass, the rest get ``429`` with flag ``RL``."""
+    pass, the rest get ``429`` with flag ``RL``; the ones that pass are answered about as
+    fast as the same requests at 100/s with no limit (their median latency, from
+    h2load's per-request log)."""
     await up(cluster, FAULTS, route(rule("/limited", extension("LocalRateLimit", "hundred"))))
     await applied_to_waypoint(cluster, "/limited", "200")
+    free_log, limited_log = tmp_path / "free.tsv", tmp_path / "limited.tsv"
+    await h2load(cluster, "http://server/free", "-c", "4", "--rps", "25", "-D", "5",
+                 f"--log-file={free_log}")  # fmt: skip
     await trio.sleep(1)  # the bucket refills after the check
-    got = await h2load(cluster, "http://server/limited", "-c", "16", "--rps", "25", "-D", "10")
+    got = await h2load(cluster, "http://server/limited", "-c", "16", "--rps", "25", "-D", "10",
+                       f"--log-file={limited_log}")  # fmt: skip
+    free, passed = median_ms(free_log, "200"), median_ms(limited_log, "200")
     print(f"\n100/s limit under 400/s for 10 s: {got['2xx']} passed, {got['4xx']} limited,"
-          f" {got['done']} done")  # fmt: skip
+          f" {got['done']} done; median latency of those that passed {passed:.1f} ms, of"
+          f" the same requests at 100/s without a limit {free:.1f} ms")  # fmt: skip
+    assert passed <= 2 * free + 5  # the limit holds the rest back, not the ones it lets by
     assert got["done"] >= 3000  # the load was offered (about 400/s)
     assert 950 <= got["2xx"] <= 1250
     assert got["4xx"] >= got["done"] - got["2xx"] - 16  # the rest: 429 (h2load's counts
