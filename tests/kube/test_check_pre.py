@@ -201,7 +201,8 @@ async def test_check_without_ambit_says_to_install_it_once(kube_cluster: Cluster
         (
             "ambit's CRDs are installed and established",
             "not installed: authorizationpolicies.security.ambit.io,"
-            " peerauthentications.security.ambit.io, requestauthentications.security.ambit.io",
+            " peerauthentications.security.ambit.io, requestauthentications.security.ambit.io,"
+            " faultinjections.networking.ambit.io, localratelimits.networking.ambit.io",
             "install ambit's CRDs: ambit install --crds | kubectl apply --server-side -f -",
         ),
         (

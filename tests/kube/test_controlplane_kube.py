@@ -288,6 +288,8 @@ async def test_policies_waypoint_and_route_as_files_and_from_the_api_server_agre
             assert kinds == {  # at-waypoint is the waypoint's: no ztunnel is sent it
                 "workloads": 4, "services": 2, "authorizations": 3, "peer_authentications": 2,
                 "request_authentications": 1, "gateways": 1, "http_routes": 1, "grpc_routes": 0,
+                "destination_rules": 0, "backend_traffic_policies": 0, "fault_injections": 0,
+                "local_rate_limits": 0,
             }  # fmt: skip
 
             # The same conditions on the same objects, once both have written them.

@@ -165,10 +165,13 @@ async def test_install_md_typed_by_a_user(
         # 1. ambit's CRDs; 3. the control plane.
         applied = await shell.ok(CRDS)
         assert applied.lines == [
-            f"customresourcedefinition.apiextensions.k8s.io/{name}.security.ambit.io"
-            " serverside-applied"
-            for name in ("authorizationpolicies", "peerauthentications", "requestauthentications")
-        ]
+            f"customresourcedefinition.apiextensions.k8s.io/{name} serverside-applied"
+            for name in ("authorizationpolicies.security.ambit.io",
+                         "peerauthentications.security.ambit.io",
+                         "requestauthentications.security.ambit.io",
+                         "faultinjections.networking.ambit.io",
+                         "localratelimits.networking.ambit.io")
+        ]  # fmt: skip
         applied = await shell.ok(INSTALL)
         assert applied.lines[0] == f"namespace/{SYSTEM_NAMESPACE} created"
         assert applied.lines[-1] == "deployment.apps/ambit-controlplane created"
