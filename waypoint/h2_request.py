@@ -68,7 +68,7 @@ class H2Request:
     request_bytes: int = 0
     response_bytes: int = 0
     plan: Plan | None = None
-    body_copy: BodyCopy | None = None  # kept for the route's mirrors
+    body_copy: BodyCopy | None = None  # kept for the route's mirrors and its retries
     body_read: bool = False  # the request's whole body was read
     has_body: bool = False  # a body follows its headers
     retries: Retries | None = None  # the rule's retry on status codes
@@ -80,6 +80,13 @@ class H2Request:
         """A byte moved: the stream idle timeout starts again."""
         if self.idle is not None:
             self.idle.active()
+
+    @property
+    def replayable(self) -> bool:
+        """Whether the request can be sent again: it has no body, or its whole body was
+        read and kept (no more than the copy's bound)."""
+        copy = self.body_copy
+        return not self.has_body or (copy is not None and copy.replayable)
 
     def header(self, name: str) -> str:
         return next((v for k, v in self.headers if k == name), "")

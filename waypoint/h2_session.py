@@ -35,7 +35,7 @@ from mesh.model_l7 import GrpcRetry
 from mesh.response_flags import ResponseFlag
 from waypoint.backends import NO_ANSWER, Backend, Overflow
 from waypoint.body_copy import BodyCopy
-from waypoint.bridge import Again, BridgeFailed, cut, h2_over_h1
+from waypoint.bridge import BridgeFailed, cut, h2_over_h1
 from waypoint.dispatch import Plan
 from waypoint.extensions import DelayedReply
 from waypoint.h2_request import (
@@ -57,7 +57,7 @@ from waypoint.replies import (
     upstream_failure,
 )
 from waypoint.replies import LocalReply as Reply
-from waypoint.retries import Retries
+from waypoint.retries import Retries, again_for
 from waypoint.session import IdleTimer, Session, Shared
 from waypoint.telemetry import Finished, new_request_id
 from waypoint.upstream import H2_SETTINGS, Target, UpstreamError
@@ -257,7 +257,7 @@ class H2Session(Session):
         try:
             status, reusable = await h2_over_h1(
                 conn, plan.request, extra, down, counted, req.active, copy=req.body_copy,
-                again=self._again_h1(req, retry_ok=not last),
+                again=again_for(req, retry_ok=not last),
             )  # fmt: skip
             if status is None:
                 return False  # a retry code: the request goes again
@@ -280,21 +280,6 @@ class H2Session(Session):
             req.response_bytes += counted[1]
             reusable = reusable and backend.reusable(conn.requests)
             await self.proxy.upstreams.release(conn, reusable=reusable)
-
-    @staticmethod
-    def _again_h1(req: H2Request, *, retry_ok: bool) -> Again | None:
-        """For the bridge: whether the HTTP/1.1 app's answer status sends it again."""
-        retries = req.retries
-        if retries is None:
-            return None
-
-        def again(status: int) -> bool:
-            req.status = status
-            copy = req.body_copy
-            replayable = not req.has_body or (copy is not None and copy.replayable)
-            return retries.again(status, retry_ok, replayable=replayable)
-
-        return again
 
     def _upstream_headers(self, req: H2Request, plan: Plan) -> list[tuple[str, str]]:
         if plan.rewritten:  # routes or JWT outputs made the request anew
@@ -357,9 +342,7 @@ class H2Session(Session):
             ended = not up.accepts_data() and not up.buffered and not up.trailers
             code = grpc_status_of(response, "") if ended else ""
             status = int(code) if code else -1
-        copy = req.body_copy
-        replayable = not req.has_body or (copy is not None and copy.replayable)
-        if retries.again(status, retry_ok, replayable=replayable):
+        if retries.again(status, retry_ok, replayable=req.replayable):
             return True
         req.flags = retries.flag(status) or req.flags
         return False

@@ -9,7 +9,6 @@ from typing import Final
 
 from waypoint.backends import Backend
 from waypoint.body_copy import BodyCopy
-from waypoint.bridge import Again
 from waypoint.dispatch import Plan
 from waypoint.http1 import Head, encode_request_head, end_to_end, latin1
 from waypoint.retries import Retries
@@ -27,7 +26,7 @@ class Exchange:
     started: float
     request_id: bytes
     plan: Plan | None = None
-    body_copy: BodyCopy | None = None  # kept for the route's mirrors
+    body_copy: BodyCopy | None = None  # kept for the route's mirrors and its retries
     body_read: bool = False  # the request's whole body was read
     body_error: Exception | None = None  # the client's body broke off: why
     idle: IdleTimer | None = None  # the stream idle timeout, while the body is to come
@@ -41,6 +40,13 @@ class Exchange:
 
     def count_request(self, n: int) -> None:
         self.request_bytes += n
+
+    @property
+    def replayable(self) -> bool:
+        """Whether the request can be sent again: it has no body, or its whole body was
+        read and kept (no more than the copy's bound)."""
+        copy = self.body_copy
+        return not self.head.has_body or (copy is not None and copy.replayable)
 
 
 class ClientGone(Exception):
@@ -69,26 +75,6 @@ def request_head(ex: Exchange, xfcc: str) -> bytes:
         headers += [(b"connection", b"upgrade"), (b"upgrade", head.header(b"upgrade") or b"")]
     ex.request_bytes += sum(len(n) + len(v) + 4 for n, v in headers)
     return encode_request_head(method, target, headers)
-
-
-def replayable(ex: Exchange) -> bool:
-    """Whether the request can be sent again: it has no body, or its whole body was read
-    and kept (no more than the copy's bound)."""
-    copy = ex.body_copy
-    return not ex.head.has_body or (copy is not None and copy.replayable)
-
-
-def again_for(ex: Exchange, *, retry_ok: bool) -> Again | None:
-    """For a bridge: whether an answer's status sends ``ex``'s request again."""
-    retries = ex.retries
-    if retries is None:
-        return None
-
-    def again(status: int) -> bool:
-        ex.status = status
-        return retries.again(status, retry_ok, replayable=replayable(ex))
-
-    return again
 
 
 _OURS: Final = frozenset({"host", "x-request-id", "x-forwarded-client-cert", "content-length",

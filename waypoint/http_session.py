@@ -43,7 +43,7 @@ from waypoint.http1 import (
     latin1,
     request_of,
 )
-from waypoint.http_exchange import XFCC, ClientGone, Exchange, again_for, replayable, request_head
+from waypoint.http_exchange import XFCC, ClientGone, Exchange, request_head
 from waypoint.mirror import start_mirrors
 from waypoint.replies import (
     Failed,
@@ -56,7 +56,7 @@ from waypoint.replies import (
     upstream_failure_http1,
 )
 from waypoint.replies import LocalReply as Reply
-from waypoint.retries import Retries
+from waypoint.retries import Retries, again_for
 from waypoint.session import IdleTimer, Session, Shared
 from waypoint.telemetry import Finished, new_request_id
 from waypoint.upstream import Connection, Target, UpstreamError
@@ -349,7 +349,7 @@ class HttpSession(Session):
             await self._upgrade(conn, ex, response)
             return False
         if ex.retries is not None:
-            if ex.retries.again(response.status, retry_ok, replayable=replayable(ex)):
+            if ex.retries.again(response.status, retry_ok, replayable=ex.replayable):
                 return None  # the caller closes the connection (its body is not wanted)
             ex.flags = ex.retries.flag(response.status) or ex.flags
         return await self._relay_response(conn, ex, response)

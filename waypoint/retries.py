@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Protocol
 
 import structlog
 import trio
@@ -20,6 +21,7 @@ from mesh.model_l7 import GrpcRetry, Retry
 from mesh.response_flags import ResponseFlag
 from waypoint.backends import Backend
 from waypoint.body_copy import MAX_BODY
+from waypoint.bridge import Again
 from waypoint.dispatch import Plan
 
 log = structlog.get_logger("waypoint.retries")
@@ -93,3 +95,28 @@ class Retries:
         base = self.retry.backoff_ms / 1000
         delay = min(base * 2.0 ** (self.done - 1), base * 10)
         return delay * (1 + random.random() / 2)
+
+
+class Retried(Protocol):
+    """A request as a session carries it (``Exchange``, ``H2Request``): its retries, the
+    status of its last answer, whether its body can be sent again."""
+
+    retries: Retries | None
+    status: int
+
+    @property
+    def replayable(self) -> bool: ...
+
+
+def again_for(request: Retried, *, retry_ok: bool) -> Again | None:
+    """For a bridge (the answer is read before anything goes down): whether an answer's
+    status sends ``request`` again; None when its rule has no retry on status."""
+    retries = request.retries
+    if retries is None:
+        return None
+
+    def again(status: int) -> bool:
+        request.status = status
+        return retries.again(status, retry_ok, replayable=request.replayable)
+
+    return again
