@@ -7,7 +7,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterable
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Any, Literal, TypeAlias
 
 from mesh.identity import SpiffeId
@@ -100,3 +100,21 @@ def selector_matches(selector: Pairs | None, labels: Pairs) -> bool:
         return True
     have = dict(labels)
     return all(have.get(k) == v for k, v in selector)
+
+
+def check(ok: bool, message: str) -> None:
+    """:class:`ModelError` with ``message`` unless ``ok``."""
+    if not ok:
+        raise ModelError(message)
+
+
+class Keyed:
+    """Mixin for the model's namespaced objects: ``key`` is ``namespace/name``, computed
+    once (the snapshot sorts and finds entries by it)."""
+
+    namespace: str
+    name: str
+
+    @cached_property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"

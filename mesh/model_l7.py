@@ -15,11 +15,10 @@ no I/O; the waypoint's route table (:mod:`waypoint.routes`) acts on the routes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 from typing import ClassVar, Literal, TypeAlias
 
-from mesh.jsonform import JsonForm, ModelError
-from mesh.model_checks import selector_matches
+from mesh.jsonform import JsonForm
+from mesh.model_checks import Keyed, check, selector_matches
 from mesh.model_traffic import ExtensionRef
 
 Pairs: TypeAlias = tuple[tuple[str, str], ...]
@@ -38,18 +37,13 @@ def refused_waypoint(key: str) -> str:
     return key + REFUSED_WAYPOINT
 
 
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise ModelError(message)
-
-
 def _port(value: int, what: str, *, zero_ok: bool = False) -> None:
     ok = type(value) is int and (0 if zero_ok else 1) <= value <= 65535
-    _check(ok, f"{what}: port {value!r} is not an integer 1-65535")
+    check(ok, f"{what}: port {value!r} is not an integer 1-65535")
 
 
 def _one_of(value: str, allowed: tuple[str, ...], what: str) -> None:
-    _check(value in allowed, f"{what}: {value!r} is not one of {', '.join(allowed)}")
+    check(value in allowed, f"{what}: {value!r} is not one of {', '.join(allowed)}")
 
 
 # --- Waypoints -----------------------------------------------------------------------------
@@ -107,7 +101,7 @@ class GatewayAddress(JsonForm):
 
 
 @dataclass(frozen=True)
-class Gateway(JsonForm):
+class Gateway(Keyed, JsonForm):
     """A waypoint: a Gateway whose class is a waypoint class. ``for_traffic`` is what it
     takes (Istio's ``istio.io/waypoint-for``): traffic to Services, to workloads, both, or
     none. Its pods are the endpoints of the Service with the same key."""
@@ -123,10 +117,6 @@ class Gateway(JsonForm):
     def __post_init__(self) -> None:
         traffic = ("service", "workload", "all", "none")
         _one_of(self.for_traffic, traffic, f"gateway {self.key}: for_traffic")
-
-    @cached_property
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
 
     def takes(self, traffic: Literal["service", "workload"]) -> bool:
         """Whether traffic addressed to a Service (or to a workload) may go through it."""
@@ -185,7 +175,7 @@ class BackendRef(JsonForm):
         what = f"backend {self.kind} {self.name}"
         _port(self.port, what, zero_ok=True)
         ok = type(self.weight) is int and 0 <= self.weight <= MAX_WEIGHT
-        _check(ok, f"{what}: weight {self.weight!r} is not 0-{MAX_WEIGHT}")
+        check(ok, f"{what}: weight {self.weight!r} is not 0-{MAX_WEIGHT}")
 
 
 @dataclass(frozen=True)
@@ -234,7 +224,7 @@ class Redirect(JsonForm):
 
     def __post_init__(self) -> None:
         _port(self.port, "redirect", zero_ok=True)
-        _check(self.status_code in (301, 302, 303, 307, 308), "redirect: bad status code")
+        check(self.status_code in (301, 302, 303, 307, 308), "redirect: bad status code")
 
 
 @dataclass(frozen=True)
@@ -253,7 +243,7 @@ class Mirror(JsonForm):
 
     def __post_init__(self) -> None:
         ok = 0 <= self.numerator <= self.denominator and self.denominator >= 1
-        _check(ok, f"mirror: fraction {self.numerator}/{self.denominator} is not 0-1")
+        check(ok, f"mirror: fraction {self.numerator}/{self.denominator} is not 0-1")
 
 
 @dataclass(frozen=True)
@@ -271,7 +261,7 @@ class Cors(JsonForm):
     max_age: int = 5
 
     def __post_init__(self) -> None:
-        _check(type(self.max_age) is int and self.max_age >= 1, "cors: max_age is below 1")
+        check(type(self.max_age) is int and self.max_age >= 1, "cors: max_age is below 1")
 
 
 FILTER_TYPES = (
@@ -391,7 +381,7 @@ class GrpcRule(JsonForm):
 
 
 @dataclass(frozen=True)
-class HttpRoute(JsonForm):
+class HttpRoute(Keyed, JsonForm):
     """An HTTPRoute as read. ``created`` (RFC 3339) orders routes of equal precedence, as
     Gateway API asks: the oldest first."""
 
@@ -403,13 +393,9 @@ class HttpRoute(JsonForm):
     rules: tuple[HttpRule, ...] = (HttpRule(),)
     created: str = ""
 
-    @cached_property
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
-
 
 @dataclass(frozen=True)
-class GrpcRoute(JsonForm):
+class GrpcRoute(Keyed, JsonForm):
     """A GRPCRoute as read; ``created`` as for :class:`HttpRoute`."""
 
     kind: ClassVar[Literal["grpc_route"]] = "grpc_route"
@@ -419,10 +405,6 @@ class GrpcRoute(JsonForm):
     hostnames: tuple[str, ...] = ()
     rules: tuple[GrpcRule, ...] = ()
     created: str = ""
-
-    @cached_property
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
 
 
 # --- RequestAuthentication ---------------------------------------------------------------
@@ -461,4 +443,4 @@ class JwtRule(JsonForm):
     timeout_ms: int | None = None  # fetching the JWKS
 
     def __post_init__(self) -> None:
-        _check(bool(self.issuer), "jwt rule: the issuer is empty")
+        check(bool(self.issuer), "jwt rule: the issuer is empty")

@@ -14,6 +14,7 @@ from mesh.constants import SYSTEM_NAMESPACE
 from mesh.jsonform import JsonForm, ModelError
 from mesh.model_checks import (
     Action,
+    Keyed,
     Kind,
     MtlsMode,
     Pairs,
@@ -167,7 +168,7 @@ class TargetRef(JsonForm):
 
 
 @dataclass(frozen=True)
-class Authorization(JsonForm):
+class Authorization(Keyed, JsonForm):
     """An AuthorizationPolicy. ``selector=None``: every workload of the namespace. A policy in
     the root namespace (``ambit-system``) applies across the whole mesh.
 
@@ -191,10 +192,6 @@ class Authorization(JsonForm):
                 raise ModelError(f"{what}: give a selector or target refs, not both")
             object.__setattr__(self, "selector", _pairs(self.selector))
 
-    @cached_property
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
-
     @property
     def for_waypoint(self) -> bool:
         """Enforced only by the waypoints it binds, never by ztunnel."""
@@ -209,7 +206,7 @@ class Authorization(JsonForm):
 
 
 @dataclass(frozen=True)
-class PeerAuthentication(JsonForm):
+class PeerAuthentication(Keyed, JsonForm):
     kind: ClassVar[Kind] = "peer_authentication"
     name: str
     namespace: str
@@ -222,13 +219,9 @@ class PeerAuthentication(JsonForm):
         if self.selector is not None:
             object.__setattr__(self, "selector", _pairs(self.selector))
 
-    @cached_property
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
-
 
 @dataclass(frozen=True)
-class RequestAuthentication(JsonForm):
+class RequestAuthentication(Keyed, JsonForm):
     """A RequestAuthentication: which JWTs the workloads it selects (``selector``, None for
     the whole namespace; the root namespace's apply mesh-wide) or the waypoints it binds
     (``target_refs``) accept. A request with a token that fails every rule is refused; a
@@ -249,7 +242,3 @@ class RequestAuthentication(JsonForm):
                     f"request authentication {self.key}: give a selector or target refs, not both"
                 )
             object.__setattr__(self, "selector", _pairs(self.selector))
-
-    @cached_property
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}"

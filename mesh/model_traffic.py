@@ -14,10 +14,10 @@ on them (:mod:`waypoint.backends`, :mod:`waypoint.faults`). Pure data, no I/O.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 from typing import ClassVar, Final, Literal, TypeAlias
 
-from mesh.jsonform import JsonForm, ModelError
+from mesh.jsonform import JsonForm
+from mesh.model_checks import Keyed, check
 
 LoadBalancer: TypeAlias = Literal["LEAST_REQUEST", "ROUND_ROBIN", "RANDOM", "PEAK_EWMA"]
 LOAD_BALANCERS: Final = ("LEAST_REQUEST", "ROUND_ROBIN", "RANDOM", "PEAK_EWMA")
@@ -27,17 +27,12 @@ EXTENSION_GROUP: Final = "networking.ambit.io"
 EXTENSION_KINDS: Final = ("FaultInjection", "LocalRateLimit")
 
 
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise ModelError(message)
-
-
 def _percent(value: float, what: str) -> None:
-    _check(0 <= value <= 100, f"{what}: {value!r} is not a percentage 0-100")
+    check(0 <= value <= 100, f"{what}: {value!r} is not a percentage 0-100")
 
 
 def _count(value: int, what: str) -> None:
-    _check(type(value) is int and value >= 0, f"{what}: {value!r} is not a count of 0 or more")
+    check(type(value) is int and value >= 0, f"{what}: {value!r} is not a count of 0 or more")
 
 
 # --- DestinationRule ------------------------------------------------------------------------
@@ -76,13 +71,13 @@ class OutlierDetection(JsonForm):
     def __post_init__(self) -> None:
         _count(self.consecutive_5xx, "outlier detection: consecutive5xxErrors")
         _count(self.consecutive_gateway, "outlier detection: consecutiveGatewayErrors")
-        _check(self.interval_ms > 0, "outlier detection: interval must be longer than 0")
+        check(self.interval_ms > 0, "outlier detection: interval must be longer than 0")
         _count(self.base_ejection_ms, "outlier detection: baseEjectionTime")
         _percent(self.max_ejection_percent, "outlier detection: maxEjectionPercent")
 
 
 @dataclass(frozen=True)
-class DestinationRule(JsonForm):
+class DestinationRule(Keyed, JsonForm):
     """An Istio ``DestinationRule`` as ambit honours it: for the Service ``service``
     (``namespace/name``, resolved from ``host``), the balancer, connection pool and
     outlier detection. ``created`` (RFC 3339) decides between two rules for one Service:
@@ -100,12 +95,8 @@ class DestinationRule(JsonForm):
 
     def __post_init__(self) -> None:
         lb = self.load_balancer
-        _check(lb in LOAD_BALANCERS, f"destination rule {self.key}: load balancer {lb!r}"
+        check(lb in LOAD_BALANCERS, f"destination rule {self.key}: load balancer {lb!r}"
                f" is not one of {', '.join(LOAD_BALANCERS)}")  # fmt: skip
-
-    @cached_property
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
 
 
 # --- BackendTrafficPolicy (GEP-3388) ------------------------------------------------------------
@@ -124,13 +115,13 @@ class RetryBudget(JsonForm):
 
     def __post_init__(self) -> None:
         _percent(self.percent, "retry budget: percent")
-        _check(self.interval_ms > 0 and self.min_interval_ms > 0,
+        check(self.interval_ms > 0 and self.min_interval_ms > 0,
                "retry budget: intervals must be longer than 0")  # fmt: skip
         _count(self.min_retries, "retry budget: minRetryRate count")
 
 
 @dataclass(frozen=True)
-class BackendTrafficPolicy(JsonForm):
+class BackendTrafficPolicy(Keyed, JsonForm):
     """A Gateway API ``BackendTrafficPolicy`` (``XBackendTrafficPolicy``): the retry
     budget of the Services ``services`` (keys, in the policy's namespace). ``created``
     decides between two for one Service: the oldest counts, as Gateway API asks."""
@@ -142,16 +133,12 @@ class BackendTrafficPolicy(JsonForm):
     budget: RetryBudget = RetryBudget()
     created: str = ""
 
-    @cached_property
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
-
 
 # --- ambit's route filters --------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class FaultInjection(JsonForm):
+class FaultInjection(Keyed, JsonForm):
     """``networking.ambit.io/v1alpha1`` ``FaultInjection``, as Istio's VirtualService
     ``fault``: ``delay_percent`` of the requests wait ``delay_ms`` first (flag ``DI``);
     ``abort_percent`` are answered at once with ``abort_status`` (HTTP) or, to a gRPC
@@ -170,19 +157,15 @@ class FaultInjection(JsonForm):
         _count(self.delay_ms, f"fault {self.key}: delay")
         _percent(self.delay_percent, f"fault {self.key}: delay percentage")
         _percent(self.abort_percent, f"fault {self.key}: abort percentage")
-        _check(self.abort_status == 0 or 200 <= self.abort_status <= 599,
+        check(self.abort_status == 0 or 200 <= self.abort_status <= 599,
                f"fault {self.key}: abort status {self.abort_status} is not 200-599")  # fmt: skip
         grpc = self.abort_grpc_status
-        _check(grpc is None or 0 <= grpc <= 16,
+        check(grpc is None or 0 <= grpc <= 16,
                f"fault {self.key}: gRPC status {grpc} is not 0-16")  # fmt: skip
-
-    @cached_property
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
 
 
 @dataclass(frozen=True)
-class LocalRateLimit(JsonForm):
+class LocalRateLimit(Keyed, JsonForm):
     """``networking.ambit.io/v1alpha1`` ``LocalRateLimit``: a token bucket of ``burst``
     tokens refilled at ``requests`` per ``unit``, one per route rule that names it (and
     per caller identity too when ``per_client``); a request finding it empty gets
@@ -197,9 +180,9 @@ class LocalRateLimit(JsonForm):
     per_client: bool = False
 
     def __post_init__(self) -> None:
-        _check(type(self.requests) is int and self.requests >= 1,
+        check(type(self.requests) is int and self.requests >= 1,
                f"rate limit {self.key}: requests must be 1 or more")  # fmt: skip
-        _check(self.unit in UNIT_SECONDS, f"rate limit {self.key}: unit {self.unit!r}"
+        check(self.unit in UNIT_SECONDS, f"rate limit {self.key}: unit {self.unit!r}"
                " is not Second, Minute or Hour")  # fmt: skip
         _count(self.burst, f"rate limit {self.key}: burst")
 
@@ -211,10 +194,6 @@ class LocalRateLimit(JsonForm):
     @property
     def bucket_size(self) -> int:
         return self.burst or self.requests
-
-    @cached_property
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
 
 
 @dataclass(frozen=True)

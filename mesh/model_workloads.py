@@ -15,6 +15,7 @@ from mesh.constants import DEFAULT_CLUSTER_DOMAIN, DEFAULT_TRUST_DOMAIN
 from mesh.identity import IdentityError, SpiffeId
 from mesh.jsonform import JsonForm, ModelError
 from mesh.model_checks import (
+    Keyed,
     Kind,
     Pairs,
     Protocol,
@@ -238,7 +239,7 @@ class Endpoint(JsonForm):
 
 
 @dataclass(frozen=True)
-class Service(JsonForm):
+class Service(Keyed, JsonForm):
     """A Service with its ports and endpoints. ``waypoint`` is the key (``ns/name``) of the
     waypoint its traffic must cross (the waypoint's Gateway, and the Service in front of
     the waypoint's pods, which has the same key), or None."""
@@ -283,10 +284,6 @@ class Service(JsonForm):
                 "key": f"{namespace}/{name}",
             },
         )
-
-    @cached_property
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
 
     @property
     def hostname(self) -> str:
