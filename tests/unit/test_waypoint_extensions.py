@@ -5,7 +5,6 @@ sockets: Trio's clock (``autojump_clock``) and seeded randomness."""
 from __future__ import annotations
 
 import random
-import statistics
 
 import pytest
 import trio
@@ -98,7 +97,6 @@ async def test_delay_half_the_requests_by_200ms(autojump_clock: trio.testing.Moc
     delayed = [d for d in delays if d]
     assert set(delayed) == {0.2}
     assert 0.45 <= len(delayed) / 2_000 <= 0.55
-    assert statistics.median(delays) in (0.0, 0.1, 0.2)
     flags = {e.flag for e in effects if isinstance(e, Effects) and e.delay}
     assert flags == {"DI"}
 
