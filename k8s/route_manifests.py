@@ -15,12 +15,13 @@ import dataclasses
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final, TypeVar
+from typing import TypeVar
 
 from k8s import gateway_manifests as g
 from k8s import route_filter_manifests as rf
 from k8s.manifest_reader import Meta, Reader, read_meta
 from k8s.route_filter_manifests import GRPC_FILTERS, HTTP_FILTERS, HTTP_METHODS, MAX_ITEMS
+from k8s.traffic_manifests import grpc_code
 from mesh.model import GATEWAY_GROUP
 from mesh.model_l7 import (
     MAX_WEIGHT,
@@ -228,29 +229,15 @@ def _retry_limits(r: Reader, spec: Mapping[str, object], path: str, retry: _R) -
     return retry
 
 
-_GRPC_CODES: Final = (
-    "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
-    "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
-    "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
-    "UNAUTHENTICATED",
-)  # fmt: skip
-
-
 def _grpc_retry(r: Reader, value: object, path: str) -> GrpcRetry | None:
     """A GRPCRoute rule's ``retry``: GEP-1731's shape, ``codes`` gRPC status codes (0-16,
     or their names: ``UNAVAILABLE``)."""
     if value is None:
         return None
     spec = r.mapping(value, path, ("codes", "attempts", "backoff"))
-    codes: set[int] = set()
-    for code, at in r.items(spec.get("codes"), f"{path}.codes", _MAX_RETRY_CODES):
-        if isinstance(code, str) and code.upper() in _GRPC_CODES:
-            codes.add(_GRPC_CODES.index(code.upper()))
-        elif isinstance(code, str):
-            r.fail(at, f"{code!r} is not a gRPC status code (UNAVAILABLE, 14...)")
-        else:
-            codes.add(r.integer(code, at, 0, 16))
-    return _retry_limits(r, spec, path, GrpcRetry(tuple(sorted(codes))))
+    items = r.items(spec.get("codes"), f"{path}.codes", _MAX_RETRY_CODES)
+    codes = tuple(sorted({grpc_code(r, code, at) for code, at in items}))
+    return _retry_limits(r, spec, path, GrpcRetry(codes))
 
 
 def _rule_name(r: Reader, rule: Mapping[str, object], path: str, seen: list[str]) -> str:

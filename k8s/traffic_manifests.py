@@ -293,11 +293,11 @@ def _percentage(r: Reader, value: object, path: str) -> float:
 
 
 def grpc_code(r: Reader, value: object, path: str) -> int:
-    """A gRPC status: a code's name (``UNAVAILABLE``) or its number 0-16."""
+    """A gRPC status: a code's name (``UNAVAILABLE``, any case) or its number 0-16."""
     if isinstance(value, str) and value.isdigit():
         value = int(value)
-    if isinstance(value, str) and value in GRPC_CODES:
-        return GRPC_CODES.index(value)
+    if isinstance(value, str) and value.upper() in GRPC_CODES:
+        return GRPC_CODES.index(value.upper())
     if type(value) is int and 0 <= value < len(GRPC_CODES):
         return value
     r.fail(path, f"{value!r} is not a gRPC status: a code's name (UNAVAILABLE...) or 0-16")
