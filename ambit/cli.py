@@ -19,12 +19,13 @@ from ambit import (
     cmd_local,
     cmd_node_agent,
     cmd_waypoint,
+    cmd_why,
     cmd_ztunnel,
 )
 
 COMMAND_MODULES = [
     cmd_local, cmd_waypoint, cmd_ztunnel, cmd_node_agent, cmd_controlplane, cmd_ca, cmd_install,
-    cmd_check,
+    cmd_check, cmd_why,
 ]  # fmt: skip
 
 

@@ -76,6 +76,7 @@ from k8s.leader import (
     default_identity,
     run_when_leader,
 )
+from k8s.operator_access import OperatorTokens, Route
 from k8s.root_cert import run_root_cert_publisher
 from k8s.status_writer import run_status_writer
 from k8s.store import ObjectStore
@@ -112,6 +113,7 @@ class ControlPlaneConfig:
     ca_audience: str = CA_AUDIENCE  # what the CA's TokenReviews ask tokens to be for
     tokens_file: Path | None = None
     status_file: Path | None = None
+    operator_token_file: Path | None = None  # the bearer token of /debug/snapshot's callers
     host: str = "0.0.0.0"
     ca_port: int = CONTROL_PLANE_PORT
     config_port: int = CONFIG_STREAM_PORT
@@ -122,6 +124,19 @@ class ControlPlaneConfig:
     drain_seconds: float = 5.0  # after SIGTERM, for requests and connections in flight
     lease: LeaseConfig | None = field(default_factory=LeaseConfig)  # None: always leads
     waypoint_image: str = DEFAULT_WAYPOINT_IMAGE  # kubernetes: what the waypoint deployer runs
+
+
+def operator_routes(plane: ControlPlane, config: ControlPlaneConfig) -> dict[str, Route]:
+    """The routes only the operator's token opens (:mod:`k8s.operator_access`):
+    ``/debug/snapshot``, the model as published (what ``ambit why`` evaluates)."""
+    tokens = OperatorTokens(config.operator_token_file)
+
+    def snapshot(_request: Request) -> Response:
+        if plane.snapshot is None:
+            return Response(503, b"no snapshot published yet\n")
+        return json_response(plane.snapshot.to_json())
+
+    return {"/debug/snapshot": tokens.guard(snapshot)}
 
 
 @dataclass
@@ -398,7 +413,7 @@ async def _run(
         return json_response([vars(n) for n in plane.config.proxies()])
 
     routes = {"/metrics": metrics_route(registry), "/ready": ready_route(ready),
-              "/debug/syncz": syncz}  # fmt: skip
+              "/debug/syncz": syncz, **operator_routes(plane, config)}  # fmt: skip
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             ca_port, config_port = await nursery.start(

@@ -2,7 +2,8 @@
 agent per node, into the one-machine cluster of :mod:`k8s.local`.
 
 - When the cluster starts: the CA's keys are made in ``<state>/ca`` and its
-  bundle written; node tokens go to ``<state>/mesh/tokens.json``. The control
+  bundle written; node tokens go to ``<state>/mesh/tokens.json``, the operator's
+  token (``ambit why``'s key to ``/debug/snapshot``) to ``<state>/mesh/operator-token``. The control
   plane is its own process, ``ambit controlplane --source files``, started (and
   restarted when it exits) by the cluster, listening on the bridge address (CA
   15012, config stream 15010, metrics 15014). It watches
@@ -40,6 +41,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -57,6 +59,7 @@ from k8s.local.errors import LocalClusterError
 from k8s.local.hooks import LocalHooks, LocalSnapshot, MeshState, NodeView, PodRef
 from k8s.localapi import LocalApi
 from k8s.localcni import PRIMARY_FILE, CniPod, CniRuntime, NodeChain, primary_conflist
+from k8s.operator_access import TOKEN_FILE as OPERATOR_TOKEN_FILE
 from k8s.waypoint_deployer import DeployerSettings, deploy, managed
 from mesh.constants import (
     ADMIN_PORT,
@@ -139,6 +142,8 @@ class LocalMesh:
         _write_atomically(self._dir() / "bundle.pem", authority.trust_bundle.pem())
         (self._dir() / "objects").mkdir(parents=True, exist_ok=True)
         self._write_tokens()
+        operator = self._dir() / OPERATOR_TOKEN_FILE  # ambit why's key to the control plane
+        _write_atomically(operator, secrets.token_urlsafe(32).encode(), 0o600)
         self._api = LocalApi(self._dir() / "localapi")
         await nursery.start(self._api.serve)  # before the agents: they read its kubeconfig
         nursery.start_soon(self._publish_changes)
@@ -151,6 +156,7 @@ class LocalMesh:
             "--ca-dir", str(config.state_dir / "ca"),
             "--tokens-file", str(mesh / "tokens.json"),
             "--status-file", str(mesh / "status.json"),
+            "--operator-token-file", str(mesh / OPERATOR_TOKEN_FILE),
             "--host", str(config.host_ip),
             "--trust-domain", config.trust_domain,
             "--drain-seconds", "1",  # below the 2 s the cluster waits before SIGKILL

@@ -18,15 +18,16 @@ A plaintext connection has no identity: it never matches ``principals`` or
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 from mesh.authz_match import peer_matches, port_matches
 from mesh.identity import SpiffeId
 from mesh.model import Authorization, MeshSnapshot, Rule, Workload
 
 Mode = Literal["STRICT", "PERMISSIVE", "DISABLE"]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -110,25 +111,69 @@ class _Seen:
     dst_port: int
 
 
-def _rule_matches(rule: Rule, conn: _Seen) -> str | None:
-    """Why ``rule`` matches ``conn`` (the conditions met, for the log), or None."""
+def _rule_matches(rule: Rule, conn: _Seen, why_not: list[str] | None = None) -> str | None:
+    """Why ``rule`` matches ``conn`` (the conditions met, for the log), or None; given
+    ``why_not``, a rule that does not match says there which condition failed."""
     met: list[str] = []
     src = conn.src_identity
     if rule.sources:
-        found = next(
-            (w for s in rule.sources if (w := peer_matches(s, src, conn.src_ip)) is not None), None
-        )
+        if why_not is None:
+            found = next(
+                (w for s in rule.sources if (w := peer_matches(s, src, conn.src_ip)) is not None),
+                None,
+            )
+        else:
+            found = first_match(
+                "source", rule.sources, lambda s, w: peer_matches(s, src, conn.src_ip, w), why_not
+            )
         if found is None:
             return None
         met += found
     if rule.operations:
-        found = next(
-            (w for o in rule.operations if (w := port_matches(o, conn.dst_port)) is not None), None
-        )
+        if why_not is None:
+            found = next(
+                (w for o in rule.operations if (w := port_matches(o, conn.dst_port)) is not None),
+                None,
+            )
+        else:
+            found = first_match(
+                "operation", rule.operations, lambda o, w: port_matches(o, conn.dst_port, w),
+                why_not,
+            )  # fmt: skip
         if found is None:
             return None
         met += found
     return ", ".join(met) or "matches every connection"
+
+
+def first_match(
+    label: str,
+    items: Sequence[T],
+    match: Callable[[T, list[str]], list[str] | None],
+    why_not: list[str],
+) -> list[str] | None:
+    """What the first of ``items`` that matches met, or None, with each one's failed
+    condition appended to ``why_not`` (``source 2: namespace foo not in [bar]``)."""
+    failed: list[str] = []
+    for n, item in enumerate(items, start=1):
+        mine: list[str] = []
+        found = match(item, mine)
+        if found is not None:
+            return found
+        shown = f" {n}" if len(items) > 1 else ""
+        failed.append(f"{label}{shown}: {'; '.join(mine) or 'no match'}")
+    why_not.append(", ".join(failed))
+    return None
+
+
+def explain_l4_rule(
+    rule: Rule, src_identity: SpiffeId | None, src_ip: str, dst_port: int
+) -> tuple[bool, str]:
+    """Whether ``rule`` matches a connection at L4, and why or why not in words: the
+    evaluator's own check (``ambit why``)."""
+    why_not: list[str] = []
+    found = _rule_matches(rule, _Seen(src_identity, src_ip, dst_port), why_not)
+    return (True, found) if found is not None else (False, "; ".join(why_not))
 
 
 def peer_auth_mode(snapshot: MeshSnapshot, workload: Workload) -> Mode:

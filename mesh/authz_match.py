@@ -4,8 +4,10 @@ and the L4 fields of a source (principals, namespaces, ipBlocks and their ``not`
 of an operation (ports, notPorts). Pure functions.
 
 Each matcher returns the conditions met, in words, for the log and ``ambit why``, or None
-when the value does not match. A peer without an identity (plaintext) never matches
-``principals`` or ``namespaces`` and always matches their ``not`` forms.
+when the value does not match; given a ``why_not`` list, a matcher that fails appends the
+condition that failed, in words (``ambit why``'s account of a rule that did not match: the
+same functions, so it cannot disagree with the decision). A peer without an identity
+(plaintext) never matches ``principals`` or ``namespaces`` and always matches their ``not`` forms.
 """
 
 from __future__ import annotations
@@ -46,17 +48,25 @@ def parse_ip(text: str) -> IpAddress:
 
 
 def blocks_match(
-    label: str, ip: IpAddress, positive: tuple[str, ...], negative: tuple[str, ...]
+    label: str,
+    ip: IpAddress,
+    positive: tuple[str, ...],
+    negative: tuple[str, ...],
+    why_not: list[str] | None = None,
 ) -> list[str] | None:
     """``ip`` in one of ``positive`` (if any) and in none of ``negative``."""
     met: list[str] = []
     if positive:
         block = next((b for b in positive if ip in network(b)), None)
         if block is None:
+            if why_not is not None:
+                why_not.append(f"{label} {ip} not in [{', '.join(positive)}]")
             return None
         met.append(f"{label} {ip} in {block}")
     if negative:
         if any(ip in network(b) for b in negative):
+            if why_not is not None:
+                why_not.append(f"{label} {ip} in excluded [{', '.join(negative)}]")
             return None
         met.append(f"{label} {ip} not in [{', '.join(negative)}]")
     return met
@@ -70,6 +80,7 @@ def strings_match(
     *,
     absent: str = "none",
     fold_case: bool = False,
+    why_not: list[str] | None = None,
 ) -> list[str] | None:
     """``value`` matches one of ``positive`` (if any) and none of ``negative`` (Istio's
     wildcards). None (no such value) never matches ``positive`` and always passes
@@ -81,19 +92,25 @@ def strings_match(
         assert folded is not None
         return wildcard(pattern.lower() if fold_case else pattern, folded)
 
+    shown = value if value is not None else absent
     if positive:
         if folded is None or not any(hit(p) for p in positive):
+            if why_not is not None:
+                why_not.append(f"{label} {shown} not in [{', '.join(positive)}]")
             return None
         met.append(f"{label} {value}")
     if negative:
         if folded is not None and any(hit(p) for p in negative):
+            if why_not is not None:
+                why_not.append(f"{label} {shown} in excluded [{', '.join(negative)}]")
             return None
-        shown = value if value is not None else absent
         met.append(f"{label} {shown} not in [{', '.join(negative)}]")
     return met
 
 
-def peer_matches(source: Source, identity: SpiffeId | None, ip: str) -> list[str] | None:
+def peer_matches(
+    source: Source, identity: SpiffeId | None, ip: str, why_not: list[str] | None = None
+) -> list[str] | None:
     """The L4 fields of ``source`` (principals, namespaces, ipBlocks and ``not`` forms)
     against the peer: its identity (None: plaintext) and address."""
     met: list[str] = []
@@ -104,25 +121,31 @@ def peer_matches(source: Source, identity: SpiffeId | None, ip: str) -> list[str
         ("namespace", namespace, source.namespaces, source.not_namespaces),
     ):
         if positive or negative:
-            found = strings_match(label, value, positive, negative, absent="none (plaintext)")
+            found = strings_match(
+                label, value, positive, negative, absent="none (plaintext)", why_not=why_not
+            )
             if found is None:
                 return None
             met += found
     if not (source.ip_blocks or source.not_ip_blocks):
         return met  # no address to check: skip parsing it (the common case)
-    found = blocks_match("source ip", parse_ip(ip), source.ip_blocks, source.not_ip_blocks)
+    found = blocks_match("source ip", parse_ip(ip), source.ip_blocks, source.not_ip_blocks, why_not)
     return None if found is None else met + found
 
 
-def port_matches(op: Operation, port: int) -> list[str] | None:
+def port_matches(op: Operation, port: int, why_not: list[str] | None = None) -> list[str] | None:
     """``ports`` and ``notPorts`` of ``op`` against the destination port."""
     met: list[str] = []
     if op.ports:
         if port not in op.ports:
+            if why_not is not None:
+                why_not.append(f"port {port} not in [{', '.join(map(str, op.ports))}]")
             return None
         met.append(f"port {port}")
     if op.not_ports:
         if port in op.not_ports:
+            if why_not is not None:
+                why_not.append(f"port {port} in excluded [{', '.join(map(str, op.not_ports))}]")
             return None
         met.append(f"port {port} not in [{', '.join(map(str, op.not_ports))}]")
     return met

@@ -26,8 +26,10 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
+from mesh.authz import first_match
 from mesh.authz_match import blocks_match, parse_ip, peer_matches, port_matches, strings_match
 from mesh.model_policy import Authorization, Condition, Operation, Rule, Source
 from waypoint.request import L7Request
@@ -120,8 +122,16 @@ def evaluate_request(request: L7Request, policies: Iterable[Authorization]) -> D
     return decided(False, None, None, reason)
 
 
-def _rule_matches(rule: Rule, req: L7Request, *, deny: bool, notes: list[str]) -> str | None:
-    """Why ``rule`` matches ``req``, in words, or None."""
+def _rule_matches(
+    rule: Rule,
+    req: L7Request,
+    *,
+    deny: bool,
+    notes: list[str],
+    why_not: list[str] | None = None,
+) -> str | None:
+    """Why ``rule`` matches ``req``, in words, or None; given ``why_not``, a rule that does
+    not match says there which condition failed."""
     parts: list[str] = []
     for label, items, match in (
         ("source", rule.sources, _source_matches),
@@ -129,18 +139,60 @@ def _rule_matches(rule: Rule, req: L7Request, *, deny: bool, notes: list[str]) -
     ):
         if not items:
             continue
-        found = _first(items, req, match)
-        if found is None:
-            return None
-        n, met = found
-        shown = f" {n}" if len(items) > 1 else ""
+        if why_not is None:
+            found = _first(items, req, match)
+            if found is None:
+                return None
+            n, met = found
+        else:
+            hit = first_match(label, items, partial(_with_request, match, req), why_not)
+            if hit is None:
+                return None
+            n, met = 0, hit
+        shown = f" {n}" if len(items) > 1 and n else ""
         parts.append(f"{label}{shown} ({', '.join(met) or 'any'})")
     for condition in rule.when:
         met_condition = _condition_matches(condition, req, deny=deny, notes=notes)
         if met_condition is None:
+            if why_not is not None:
+                values = attribute_or_none(condition.key, req)
+                wanted = ", ".join(condition.values) or "anything"
+                excluded = f", excluded [{', '.join(condition.not_values)}]" * bool(
+                    condition.not_values
+                )
+                why_not.append(f"when {condition.key} is {values}, wanted [{wanted}]{excluded}")
             return None
         parts.append(f"when {met_condition}")
     return "; ".join(parts) or "matches every request"
+
+
+def _with_request(
+    match: Callable[..., list[str] | None], req: L7Request, item: Any, why_not: list[str]
+) -> list[str] | None:
+    return match(item, req, why_not)
+
+
+def explain_rule(rule: Rule, request: L7Request, *, deny: bool) -> tuple[bool, str]:
+    """Whether ``rule`` matches ``request``, and why or why not in words: the evaluator's
+    own check (``ambit why``)."""
+    why_not: list[str] = []
+    found = _rule_matches(rule, request, deny=deny, notes=[], why_not=why_not)
+    return (True, found) if found is not None else (False, "; ".join(why_not))
+
+
+def attribute_or_none(key: str, req: L7Request) -> str:
+    """A ``when`` key's values for ``req`` in words (for ``ambit why``)."""
+    if key in _IP_KEYS:
+        return {"source.ip": req.src_ip, "remote.ip": req.remote_ip or req.src_ip}.get(
+            key, req.dst_ip
+        ) or "absent"
+    if key == "destination.port":
+        return str(req.dst_port)
+    try:
+        values = attribute(key, req)
+    except ValueError as exc:
+        return f"unreadable ({exc})"
+    return ", ".join(values) if values else "absent"
 
 
 def _first(
@@ -156,8 +208,10 @@ def _first(
     return None
 
 
-def _source_matches(source: Source, req: L7Request) -> list[str] | None:
-    met = peer_matches(source, req.src_identity, req.src_ip)
+def _source_matches(
+    source: Source, req: L7Request, why_not: list[str] | None = None
+) -> list[str] | None:
+    met = peer_matches(source, req.src_identity, req.src_ip, why_not)
     if met is None:
         return None
     if source.request_principals or source.not_request_principals:
@@ -167,6 +221,7 @@ def _source_matches(source: Source, req: L7Request) -> list[str] | None:
             source.request_principals,
             source.not_request_principals,
             absent="none (no JWT)",
+            why_not=why_not,
         )
         if found is None:
             return None
@@ -174,7 +229,7 @@ def _source_matches(source: Source, req: L7Request) -> list[str] | None:
     if source.remote_ip_blocks or source.not_remote_ip_blocks:
         remote = parse_ip(req.remote_ip or req.src_ip)
         found = blocks_match(
-            "remote ip", remote, source.remote_ip_blocks, source.not_remote_ip_blocks
+            "remote ip", remote, source.remote_ip_blocks, source.not_remote_ip_blocks, why_not
         )
         if found is None:
             return None
@@ -182,8 +237,10 @@ def _source_matches(source: Source, req: L7Request) -> list[str] | None:
     return met
 
 
-def _operation_matches(op: Operation, req: L7Request) -> list[str] | None:
-    met = port_matches(op, req.dst_port)
+def _operation_matches(
+    op: Operation, req: L7Request, why_not: list[str] | None = None
+) -> list[str] | None:
+    met = port_matches(op, req.dst_port, why_not)
     if met is None:
         return None
     for label, value, positive, negative, fold in (
@@ -192,7 +249,7 @@ def _operation_matches(op: Operation, req: L7Request) -> list[str] | None:
         ("path", req.url_path, op.paths, op.not_paths, False),
     ):
         if positive or negative:
-            found = strings_match(label, value, positive, negative, fold_case=fold)
+            found = strings_match(label, value, positive, negative, fold_case=fold, why_not=why_not)
             if found is None:
                 return None
             met += found

@@ -66,6 +66,19 @@ class ValueMatcher:
             return self.regex.fullmatch(actual) is not None
         return actual == self.value
 
+    @property
+    def wanted(self) -> str:
+        """The value wanted, in words: ``x`` or ``/regex/``."""
+        return f"/{self.value}/" if self.regex is not None else self.value
+
+    def describe(self) -> str:
+        return f"{self.name}={self.wanted}"
+
+
+def _value_mismatch(what: str, matcher: ValueMatcher, actual: str | None) -> str:
+    shown = "absent" if actual is None else repr(actual)
+    return f"{what} {matcher.name} is {shown}, not {matcher.wanted}"
+
 
 def _value_matchers(matches: tuple[HeaderMatch, ...], *, fold: bool) -> tuple[ValueMatcher, ...]:
     """One matcher per name, the first entry of a name winning (names folded to lower
@@ -104,6 +117,31 @@ class HttpMatcher:
             return False
         params = request.query_params if self.query else {}
         return all(q.matches(params.get(q.name)) for q in self.query)
+
+    def mismatch(self, request: HttpRequest) -> str | None:
+        """Why ``request`` does not match, in words (the first part that fails, in
+        :meth:`matches`' order), or None when it matches: ``ambit why``'s account of the
+        entries before the one that matched."""
+        if self.method and request.method != self.method:
+            return f"method {request.method} is not {self.method}"
+        if not self.path.matches(request.path_only):
+            return f"path {request.path_only} does not match {self.path.type} {self.path.value}"
+        for h in self.headers:
+            if not h.matches(request.header(h.name)):
+                return _value_mismatch("header", h, request.header(h.name))
+        params = request.query_params if self.query else {}
+        for q in self.query:
+            if not q.matches(params.get(q.name)):
+                return _value_mismatch("query parameter", q, params.get(q.name))
+        return None
+
+    def describe(self) -> str:
+        """The match in words, as ``ambit why`` shows it."""
+        parts = [f"{self.path.type} {self.path.value}"]
+        parts += [f"method {self.method}"] if self.method else []
+        parts += [f"header {h.describe()}" for h in self.headers]
+        parts += [f"query {q.describe()}" for q in self.query]
+        return ", ".join(parts)
 
     @property
     def precedence(self) -> tuple[int, ...]:
@@ -157,6 +195,27 @@ class GrpcMatcher:
             if not _part(found[1], self.method, self.method_regex):
                 return False
         return all(h.matches(request.header(h.name)) for h in self.headers)
+
+    def mismatch(self, request: HttpRequest) -> str | None:
+        """Why ``request`` does not match, in words, or None (as :meth:`HttpMatcher.mismatch`)."""
+        if self.service or self.method:
+            found = grpc_method(request.path_only)
+            if found is None:
+                return f"path {request.path_only} is not a gRPC method (/service/method)"
+            if not _part(found[0], self.service, self.service_regex):
+                return f"gRPC service {found[0]} is not {self.service}"
+            if not _part(found[1], self.method, self.method_regex):
+                return f"gRPC method {found[1]} is not {self.method}"
+        for h in self.headers:
+            if not h.matches(request.header(h.name)):
+                return _value_mismatch("header", h, request.header(h.name))
+        return None
+
+    def describe(self) -> str:
+        parts = [f"service {self.service}"] if self.service else []
+        parts += [f"method {self.method}"] if self.method else []
+        parts += [f"header {h.describe()}" for h in self.headers]
+        return ", ".join(parts) or "every gRPC request"
 
     @property
     def precedence(self) -> tuple[int, ...]:

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-PACKAGES = ("ambit", "mesh", "ca", "ztunnel", "waypoint", "k8s", "node")
+PACKAGES = ("ambit", "mesh", "ca", "ztunnel", "waypoint", "k8s", "node", "explain")
 ASYNCIO_WORLD = ("kubernetes_asyncio", "trio_asyncio", "aiohttp", "asyncio")
 THE_ONE = Path("k8s/sources/kubernetes.py")
 

@@ -1,0 +1,151 @@
+"""``ambit why FROM TO``: why the mesh lets a request through or refuses it, hop by hop.
+
+It reads the control plane's current snapshot (local mode: ``/debug/snapshot`` on the
+control plane's metrics port, opened by the operator's token in the state directory) and
+runs the proxies' own evaluators over it (:mod:`explain`); which label bound a Service or
+pod to its waypoint comes from the cluster's objects.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from k8s.local.config import files_of, state_dir_from
+from k8s.local.errors import LocalClusterError
+from mesh.constants import CONTROL_PLANE_METRICS_PORT
+
+if TYPE_CHECKING:
+    from mesh.model import MeshSnapshot, Service, Workload
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "why",
+        help="explain why a request is allowed or refused, hop by hop",
+        description="FROM: a pod (ns/name), a service account (ns/sa/name) or an IP outside"
+        " the mesh. TO: a Service (ns/name[:port]), a pod (ns/name, with --port) or IP:port."
+        " Runs the proxies' own decisions on the control plane's current config and says,"
+        " in the order the proxies take them: capture, the source ztunnel's plan, the"
+        " waypoint's policies and routes rule by rule, the destination's checks, and what"
+        " the client sees (status and Istio response flag).",
+    )
+    parser.add_argument("source", metavar="FROM")
+    parser.add_argument("destination", metavar="TO")
+    parser.add_argument("--port", type=int, help="the destination port (TO's own, else this)")
+    parser.add_argument("--method", default="GET", help="HTTP method (default %(default)s)")
+    parser.add_argument("--path", default="/", help="HTTP path, query included (default /)")
+    parser.add_argument(
+        "-H", "--header", action="append", default=[], metavar="'NAME: VALUE'",
+        help="a request header (repeatable); Host sets the authority",
+    )  # fmt: skip
+    parser.add_argument("--tcp", action="store_true", help="a plain TCP connection, not HTTP")
+    parser.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    parser.add_argument("--state-dir", help="the local cluster's state (default /run/ambit)")
+    parser.set_defaults(run=run)
+
+
+def _headers(given: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    out = []
+    for h in given:
+        name, colon, value = h.partition(":")
+        if not colon or not name.strip():
+            raise ValueError(f"header {h!r}: write it as 'name: value'")
+        out.append((name.strip(), value.strip()))
+    return tuple(out)
+
+
+def run(args: argparse.Namespace) -> int:
+    from explain.query import Ask, QueryError, parse_from, parse_to
+    from explain.render import render
+    from explain.why import why
+
+    try:
+        ask = Ask(args.method.upper(), args.path, _headers(args.header), args.tcp)
+        state_dir = state_dir_from(args.state_dir)
+        snapshot, objects = local_view(state_dir)
+        src = parse_from(snapshot, args.source)
+        dst = parse_to(snapshot, args.destination, args.port)
+    except (ValueError, LocalClusterError, OSError) as exc:
+        print(f"ambit why: {exc}", file=sys.stderr)
+        return 1
+    del QueryError  # a ValueError: caught above
+    explanation = why(snapshot, src, dst, ask, waypoint_binding(objects))
+    if args.output == "json":
+        print(json.dumps(explanation.to_json(), indent=2))
+    else:
+        print(render(explanation))
+    return 0 if explanation.verdict.allowed else 3
+
+
+def local_view(state_dir: Path) -> tuple[MeshSnapshot, list[dict[str, Any]]]:
+    """The local control plane's snapshot, and the cluster's objects (for their labels)."""
+    import trio
+
+    from k8s.local.api import call
+    from k8s.operator_access import TOKEN_FILE
+    from mesh.model import MeshSnapshot
+
+    api = files_of(state_dir)[1]
+    cluster = trio.run(call, api, {"op": "get"})
+    token_path = state_dir / "mesh" / TOKEN_FILE
+    try:
+        token = token_path.read_text().strip()
+    except OSError as exc:
+        raise LocalClusterError(f"cannot read the operator's token {token_path}: {exc}") from None
+    url = f"http://{cluster['host_ip']}:{CONTROL_PLANE_METRICS_PORT}/debug/snapshot"
+    request = urllib.request.Request(url, headers={"authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            data = json.loads(answer.read())
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode(errors="replace").strip()
+        raise LocalClusterError(f"the control plane answered {exc.code}: {detail}") from None
+    except (urllib.error.URLError, TimeoutError) as exc:
+        raise LocalClusterError(f"the control plane at {url} did not answer: {exc}") from None
+    objects = []
+    for kind in ("Namespace", "Service"):
+        objects += trio.run(call, api, {"op": "objects", "kind": kind, "namespace": None,
+                                        "name": None})  # fmt: skip
+    return MeshSnapshot.from_json(data), objects
+
+
+def waypoint_binding(
+    objects: Sequence[Mapping[str, Any]],
+) -> Callable[[Service | Workload], str | None]:
+    """Which label on which object binds a Service or pod to its waypoint, in words."""
+    from k8s.translate_l7 import use_waypoint
+    from mesh.constants import ISTIO_LABEL_USE_WAYPOINT, LABEL_USE_WAYPOINT
+    from mesh.model import Service
+
+    labels_of: dict[tuple[str, str, str], dict[str, str]] = {}
+    for o in objects:
+        meta = o.get("metadata", {})
+        key = (o.get("kind", ""), meta.get("namespace", ""), meta.get("name", ""))
+        labels_of[key] = dict(meta.get("labels") or {})
+
+    def said(kind: str, namespace: str, name: str, labels: Mapping[str, str]) -> str | None:
+        if use_waypoint(tuple(labels.items()), namespace) is None:
+            return None
+        label = LABEL_USE_WAYPOINT if LABEL_USE_WAYPOINT in labels else ISTIO_LABEL_USE_WAYPOINT
+        where = f"{namespace}/{name}" if kind != "Namespace" else name
+        return f"label {label}={labels.get(label, '')} on {kind} {where}"
+
+    def binding(bound: Service | Workload) -> str | None:
+        if isinstance(bound, Service):
+            own = said("Service", bound.namespace, bound.name,
+                       labels_of.get(("Service", bound.namespace, bound.name), {}))  # fmt: skip
+        else:
+            own = said("Pod", bound.namespace, bound.name, dict(bound.labels))
+        if own is not None:
+            return own
+        ns = labels_of.get(("Namespace", "", bound.namespace), {})
+        return said("Namespace", bound.namespace, bound.namespace, ns)
+
+    return binding
