@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from k8s.local.config import files_of, state_dir_from
 from k8s.local.errors import LocalClusterError
-from mesh.constants import CONTROL_PLANE_METRICS_PORT
+from mesh.constants import CONTROL_PLANE_METRICS_PORT, DEFAULT_TRUST_DOMAIN
 
 if TYPE_CHECKING:
     from mesh.model import MeshSnapshot, Service, Workload
@@ -48,6 +48,16 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--tcp", action="store_true", help="a plain TCP connection, not HTTP")
     parser.add_argument("-o", "--output", choices=["text", "json"], default="text")
     parser.add_argument("--state-dir", help="the local cluster's state (default /run/ambit)")
+    parser.add_argument(
+        "--kubeconfig", type=Path, metavar="PATH",
+        help="ask about the cluster this kubeconfig names instead of the local cluster: its"
+        " objects, read with these credentials, translated as the control plane does",
+    )  # fmt: skip
+    parser.add_argument("--context", help="with --kubeconfig: its context (default: current)")
+    parser.add_argument(
+        "--trust-domain", default=DEFAULT_TRUST_DOMAIN,
+        help="with --kubeconfig: the mesh's trust domain (default %(default)s)",
+    )  # fmt: skip
     parser.set_defaults(run=run)
 
 
@@ -68,15 +78,21 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         ask = Ask(args.method.upper(), args.path, _headers(args.header), args.tcp)
-        state_dir = state_dir_from(args.state_dir)
-        snapshot, objects = local_view(state_dir)
+        if args.kubeconfig is not None:
+            if args.log_level == "info":  # the API source's own lines are not the answer
+                from mesh.telemetry import configure_logging
+
+                configure_logging("warning")
+            snapshot, labels = kube_view(args.kubeconfig, args.context, args.trust_domain)
+        else:
+            snapshot, labels = local_view(state_dir_from(args.state_dir))
         src = parse_from(snapshot, args.source)
         dst = parse_to(snapshot, args.destination, args.port)
     except (ValueError, LocalClusterError, OSError) as exc:
         print(f"ambit why: {exc}", file=sys.stderr)
         return 1
     del QueryError  # a ValueError: caught above
-    explanation = why(snapshot, src, dst, ask, waypoint_binding(objects))
+    explanation = why(snapshot, src, dst, ask, waypoint_binding(labels))
     if args.output == "json":
         print(json.dumps(explanation.to_json(), indent=2))
     else:
@@ -84,8 +100,13 @@ def run(args: argparse.Namespace) -> int:
     return 0 if explanation.verdict.allowed else 3
 
 
-def local_view(state_dir: Path) -> tuple[MeshSnapshot, list[dict[str, Any]]]:
-    """The local control plane's snapshot, and the cluster's objects (for their labels)."""
+Labels = Callable[[str, str, str], Mapping[str, str]]
+"""The labels of an object by kind, namespace ("" for a Namespace) and name."""
+
+
+def local_view(state_dir: Path) -> tuple[MeshSnapshot, Labels]:
+    """The local control plane's snapshot, and the labels of the cluster's Namespaces and
+    Services (which one bound a waypoint)."""
     import trio
 
     from k8s.local.api import call
@@ -109,26 +130,64 @@ def local_view(state_dir: Path) -> tuple[MeshSnapshot, list[dict[str, Any]]]:
         raise LocalClusterError(f"the control plane answered {exc.code}: {detail}") from None
     except (urllib.error.URLError, TimeoutError) as exc:
         raise LocalClusterError(f"the control plane at {url} did not answer: {exc}") from None
-    objects = []
+    labels_of: dict[tuple[str, str, str], dict[str, str]] = {}
     for kind in ("Namespace", "Service"):
-        objects += trio.run(call, api, {"op": "objects", "kind": kind, "namespace": None,
-                                        "name": None})  # fmt: skip
-    return MeshSnapshot.from_json(data), objects
+        found = trio.run(call, api, {"op": "objects", "kind": kind, "namespace": None,
+                                     "name": None})  # fmt: skip
+        for o in found:
+            meta = o.get("metadata", {})
+            key = (kind, meta.get("namespace", ""), meta.get("name", ""))
+            labels_of[key] = dict(meta.get("labels") or {})
+    return MeshSnapshot.from_json(data), lambda *key: labels_of.get(key, {})
 
 
-def waypoint_binding(
-    objects: Sequence[Mapping[str, Any]],
-) -> Callable[[Service | Workload], str | None]:
+def kube_view(
+    kubeconfig: Path, context: str | None, trust_domain: str, seconds: float = 30.0
+) -> tuple[MeshSnapshot, Labels]:
+    """The cluster's objects, listed with the kubeconfig's credentials by the control
+    plane's own source, translated by its translator."""
+    import trio
+
+    from k8s import manifests as m
+    from k8s.sources.driver import KubernetesSource
+    from k8s.sources.kubernetes import KubeSourceConfig
+    from k8s.store import ObjectStore
+    from k8s.translate import translate
+
+    store = ObjectStore()
+    source = KubernetesSource(KubeSourceConfig(kubeconfig=kubeconfig, context=context))
+
+    async def listed() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(source.run, store)
+            with trio.move_on_after(seconds):
+                seen = store.version
+                while not store.complete:
+                    seen = await store.wait_changed(seen)
+            nursery.cancel_scope.cancel()
+
+    trio.run(listed)
+    if not store.complete:
+        raise LocalClusterError(
+            f"could not list {', '.join(store.unlisted())} in {seconds:g}s: is the API server"
+            " up, and may these credentials list them? (ambit check says)"
+        )
+    objects = store.objects()
+    labels_of: dict[tuple[str, str, str], dict[str, str]] = {}
+    for o in objects:
+        if isinstance(o, m.Namespace):
+            labels_of[("Namespace", "", o.name)] = dict(o.labels)
+        elif isinstance(o, m.Service):
+            labels_of[("Service", o.namespace, o.name)] = dict(o.labels)
+    snapshot = translate(objects, trust_domain=trust_domain, version=1).snapshot
+    return snapshot, lambda *key: labels_of.get(key, {})
+
+
+def waypoint_binding(labels: Labels) -> Callable[[Service | Workload], str | None]:
     """Which label on which object binds a Service or pod to its waypoint, in words."""
     from k8s.translate_l7 import use_waypoint
     from mesh.constants import ISTIO_LABEL_USE_WAYPOINT, LABEL_USE_WAYPOINT
     from mesh.model import Service
-
-    labels_of: dict[tuple[str, str, str], dict[str, str]] = {}
-    for o in objects:
-        meta = o.get("metadata", {})
-        key = (o.get("kind", ""), meta.get("namespace", ""), meta.get("name", ""))
-        labels_of[key] = dict(meta.get("labels") or {})
 
     def said(kind: str, namespace: str, name: str, labels: Mapping[str, str]) -> str | None:
         if use_waypoint(tuple(labels.items()), namespace) is None:
@@ -140,12 +199,12 @@ def waypoint_binding(
     def binding(bound: Service | Workload) -> str | None:
         if isinstance(bound, Service):
             own = said("Service", bound.namespace, bound.name,
-                       labels_of.get(("Service", bound.namespace, bound.name), {}))  # fmt: skip
+                       labels("Service", bound.namespace, bound.name))  # fmt: skip
         else:
             own = said("Pod", bound.namespace, bound.name, dict(bound.labels))
         if own is not None:
             return own
-        ns = labels_of.get(("Namespace", "", bound.namespace), {})
+        ns = labels("Namespace", "", bound.namespace)
         return said("Namespace", bound.namespace, bound.namespace, ns)
 
     return binding
