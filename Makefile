@@ -88,7 +88,10 @@ demo: $(STAMP)
 	@echo "the waypoint logged it (the route's answer, both identities):"
 	@sleep 0.5; $(BIN)/ambit logs waypoint/demo/waypoint | grep '"event": "request"' | tail -n 1
 	@echo
-	@echo "Try: $(BIN)/ambit get workloads -A    $(BIN)/ambit waypoint list -A    Remove it all: $(BIN)/ambit down"
+	@echo '$$ ambit why demo/client demo/server --path /old    # what each proxy decides, and why'
+	@$(BIN)/ambit why demo/client demo/server --path /old
+	@echo
+	@echo "Try: $(BIN)/ambit why demo/client demo/server --method POST    $(BIN)/ambit get workloads -A    Remove it all: $(BIN)/ambit down"
 
 # bench.compare needs root (network namespaces, iptables; apt-get for the baselines' tools).
 bench: $(STAMP)
