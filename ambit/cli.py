@@ -18,13 +18,14 @@ from ambit import (
     cmd_install,
     cmd_local,
     cmd_node_agent,
+    cmd_tap,
     cmd_waypoint,
     cmd_ztunnel,
 )
 
 COMMAND_MODULES = [
     cmd_local, cmd_waypoint, cmd_ztunnel, cmd_node_agent, cmd_controlplane, cmd_ca, cmd_install,
-    cmd_check,
+    cmd_check, cmd_tap,
 ]  # fmt: skip
 
 
