@@ -48,6 +48,7 @@ import structlog
 import trio
 
 from mesh.backoff import Backoff
+from mesh.concurrency import open_service_nursery
 from mesh.hbone import HboneError, HboneStream
 from mesh.hbone.client import HboneClientPool
 from mesh.identity import SpiffeId
@@ -252,13 +253,24 @@ class ConfigClient:
         if self._tap is None:
             await self._receive(messages, applied)
             return
+        tap, broke = self._tap, []
+
+        async def send_events() -> None:
+            try:
+                await tap.serve(messages.send)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, HboneError) as exc:
+                broke.append(exc)  # raised below, as the receiving side would
+                nursery.cancel_scope.cancel()
+
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._tap.serve, messages.send)
+            async with open_service_nursery() as nursery:  # the body's error, unwrapped
+                nursery.start_soon(send_events)
                 await self._receive(messages, applied)
                 nursery.cancel_scope.cancel()
         finally:
-            self._tap.stop_all()  # the control plane asks again on the next stream
+            tap.stop_all()  # the control plane asks again on the next stream
+        if broke:
+            raise broke[0]
 
     async def _receive(self, messages: MessageStream, applied: Callable[[], None]) -> None:
         while (message := await messages.receive()) is not None:

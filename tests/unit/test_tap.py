@@ -128,13 +128,14 @@ def test_an_event_as_json_leaves_out_what_is_unknown() -> None:
 
 def test_nobody_tapping_is_inactive_and_keeps_nothing() -> None:
     tap = ProxyTap()
-    assert not tap.active
+    states = [tap.active]
     tap.offer(http())
     assert tap.take() == []
     tap.start("t1", TapFilter.build("ns/demo"))
-    assert tap.active
+    states.append(tap.active)
     tap.stop("t1")
-    assert not tap.active
+    states.append(tap.active)
+    assert states == [False, True, False]
 
 
 def test_a_proxy_sends_only_matching_events_to_each_tap() -> None:
