@@ -20,7 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Final, Literal, NoReturn, TypeAlias
 
 import trio
@@ -164,11 +164,11 @@ class TapEvent:
     reporter: Literal["waypoint", "ztunnel"]
     time: float  # time.time()
     duration_ms: float
-    src_identity: str | None = None
+    src_identity: object = None  # a SpiffeId (or its text): str() in to_json
     src_workload: str | None = None
     src_namespace: str | None = None
     src_addr: str | None = None
-    dst_identity: str | None = None
+    dst_identity: object = None
     dst_workload: str | None = None
     dst_namespace: str | None = None
     dst_service: str | None = None
@@ -186,12 +186,18 @@ class TapEvent:
     bytes_received: int = 0
 
     def to_json(self) -> Message:
-        out = {k: v for k, v in asdict(self).items() if v is not None}
+        out = {k: v for k in _FIELDS if (v := getattr(self, k)) is not None}
+        for key in ("src_identity", "dst_identity"):  # SpiffeIds, made text only here
+            if key in out:
+                out[key] = str(out[key])
         out["time"] = dt.datetime.fromtimestamp(self.time, dt.UTC).isoformat(
             timespec="milliseconds"
         )
         out["duration_ms"] = round(self.duration_ms, 3)
         return out
+
+
+_FIELDS: Final = tuple(f.name for f in fields(TapEvent))
 
 
 @dataclass(eq=False)
@@ -271,31 +277,35 @@ class ProxyTap:
 
 def request_event(
     *,
-    src_identity: str | None,
+    src_identity: object,
     src_workload: Any,  # mesh.model.Workload | None (any object with namespace and name)
     src_addr: str | None,
-    dst_identity: str | None,
+    dst_identity: object,
     dst_workload: Any,
     dst_service: Any,  # mesh.model.Service | None
     dst_addr: str | None,
     started: float,
-    **http: Any,
+    method: str,
+    authority: str,
+    path: str,
+    protocol: str,
+    status: int,
+    grpc_status: str | None,
+    flags: str,
+    bytes_sent: int,
+    bytes_received: int,
 ) -> TapEvent:
-    """A waypoint's event for one finished request; ``http`` are :class:`TapEvent`'s HTTP
-    fields (method, authority, path, protocol, status, grpc_status, flags, bytes)."""
+    """A waypoint's event for one finished request."""
+    if src_workload is not None:
+        src_key, src_ns = f"{src_workload.namespace}/{src_workload.name}", src_workload.namespace
+    else:
+        src_key, src_ns = None, _ns(str(src_identity)) if src_identity is not None else None
+    dst_ns = (dst_workload or dst_service).namespace if dst_workload or dst_service else None
     return TapEvent(
         "http", "waypoint", time.time(), (time.monotonic() - started) * 1000,
-        src_identity=src_identity,
-        src_workload=_key(src_workload),
-        src_namespace=src_workload.namespace if src_workload is not None else _ns(src_identity),
-        src_addr=src_addr,
-        dst_identity=dst_identity,
-        dst_workload=_key(dst_workload),
-        dst_namespace=dst_workload.namespace if dst_workload is not None
-        else dst_service.namespace if dst_service is not None else None,
-        dst_service=_key(dst_service),
-        dst_addr=dst_addr,
-        **http,
+        src_identity, src_key, src_ns, src_addr, dst_identity, _key(dst_workload), dst_ns,
+        _key(dst_service), dst_addr, None, method, authority, path, protocol, status,
+        grpc_status, flags, None, bytes_sent, bytes_received,
     )  # fmt: skip
 
 

@@ -90,9 +90,9 @@ class Session:
         )  # fmt: skip
         if metrics.tap.active:
             metrics.tap.offer(request_event(
-                src_identity=str(caller.identity), src_workload=caller.workload,
+                src_identity=caller.identity, src_workload=caller.workload,
                 src_addr=caller.address or None,
-                dst_identity=str(target.identity) if target and target.identity else None,
+                dst_identity=target.identity if target else None,
                 dst_workload=workload, dst_service=service,
                 dst_addr=target.authority if target else None, started=done.started,
                 method=done.method, authority=done.authority, path=done.path,

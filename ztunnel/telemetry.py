@@ -136,11 +136,11 @@ def tap_event(
     dst_identity = dst.identity if dst is not None and record.mtls else None
     return TapEvent(
         "tcp", "ztunnel", time.time(), (time.monotonic() - record.started) * 1000,
-        src_identity=str(record.src_identity) if record.src_identity else None,
+        src_identity=record.src_identity,
         src_workload=f"{src.namespace}/{src.name}" if src else None,
         src_namespace=src.namespace if src else None,
         src_addr=f"{record.src_addr[0]}:{record.src_addr[1]}",
-        dst_identity=str(dst_identity) if dst_identity else None,
+        dst_identity=dst_identity,
         dst_workload=f"{dst.namespace}/{dst.name}" if dst else None,
         dst_namespace=dst.namespace if dst else service.namespace if service else None,
         dst_service=f"{service.namespace}/{service.name}" if service else None,
