@@ -101,6 +101,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.perconn $(if $(QUICK),-n 500 --repeat 3,--json bench/results/perconn.json)
 	$(BIN)/python -m bench.translate $(if $(QUICK),--quick,)
 	$(BIN)/python -m bench.resilience $(if $(QUICK),--quick,--json bench/results/resilience.json)
+	$(BIN)/python -m bench.tap $(if $(QUICK),--quick,--json bench/results/tap.json)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

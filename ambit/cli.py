@@ -18,6 +18,7 @@ from ambit import (
     cmd_install,
     cmd_local,
     cmd_node_agent,
+    cmd_tap,
     cmd_waypoint,
     cmd_why,
     cmd_ztunnel,
@@ -25,7 +26,7 @@ from ambit import (
 
 COMMAND_MODULES = [
     cmd_local, cmd_waypoint, cmd_ztunnel, cmd_node_agent, cmd_controlplane, cmd_ca, cmd_install,
-    cmd_check, cmd_why,
+    cmd_check, cmd_tap, cmd_why,
 ]  # fmt: skip
 
 

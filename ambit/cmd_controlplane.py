@@ -15,6 +15,7 @@ from mesh.constants import (
     CONTROL_PLANE_PORT,
     DEFAULT_TRUST_DOMAIN,
     SYSTEM_NAMESPACE,
+    TAP_PORT,
     ZTUNNEL_SERVICE_ACCOUNT,
 )
 
@@ -67,6 +68,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--tokens-file", type=Path, help='node tokens, JSON {"node": "token"}; re-read on change'
     )
+    parser.add_argument(
+        "--tap-tokens-file", type=Path, metavar="PATH",
+        help='who may use ambit tap: JSON {"caller": "token"}, re-read on change; serves the'
+        " tap API on --tap-port (without it, none)",
+    )  # fmt: skip
+    parser.add_argument("--tap-port", type=int, default=TAP_PORT)
     parser.add_argument(
         "--status-file", type=Path, help="where each object's conditions are written (JSON)"
     )
@@ -137,6 +144,8 @@ def run(args: argparse.Namespace) -> int:
         ca_secrets=CaSecrets(namespace=args.ca_secret_namespace),
         ztunnel_account=ztunnel,
         tokens_file=args.tokens_file,
+        tap_tokens_file=args.tap_tokens_file,
+        tap_port=args.tap_port,
         status_file=args.status_file,
         operator_token_file=args.operator_token_file,
         host=args.host,

@@ -34,6 +34,10 @@ the snapshot's own objects; the state of a view nobody subscribes to any more is
 kept, not updated, for a proxy that reconnects, up to :data:`IDLE_VIEWS` of them
 (the least recently left go first); a proxy that reads too slowly (its queue of
 updates is full) is disconnected, and resynchronises when it reconnects.
+
+Tap: a proxy whose hello offers tap is attached to :attr:`ConfigServer.taps`
+(:class:`k8s.tap_hub.TapHub`), which sends it taps through the same queue and hears its
+``events`` messages; see :mod:`mesh.config_stream`.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from typing import Final
 import structlog
 import trio
 
+from k8s.tap_hub import TapHub
 from k8s.views import ViewKey, Views
 from mesh.config_stream import (
     NAMESPACE_HEADER,
@@ -201,6 +206,7 @@ class ConfigServer:
         self._idle: dict[ViewKey, None] = {}  # keys without subscribers, oldest first
         self._last_seen: dict[tuple[Role, str, str], ProxyStatus] = {}
         self.epoch = secrets.token_hex(8)  # this server's numbering of versions
+        self.taps = TapHub()  # ambit tap: the proxies that offer it, the taps open
 
     @property
     def snapshot(self) -> MeshSnapshot | None:
@@ -356,14 +362,29 @@ class ConfigServer:
         # A version of another epoch (a restarted control plane, another replica) is not
         # one of ours: the proxy gets the whole view.
         version = hello.get("version") if hello.get("epoch") == self.epoch else None
-        await self._serve(key, status, version, messages)
+        peer = request.peer
+        tap = None
+        if hello.get("tap") is True:  # ztunnel/NODE, waypoint/NS/SA (a Gateway's name)
+            tap = (
+                f"ztunnel/{node}"
+                if key[0] == "ztunnel"
+                else f"waypoint/{key[1]}/{peer.service_account}"
+            )
+        await self._serve(key, status, version, messages, tap)
 
     async def _serve(
-        self, key: ViewKey, status: ProxyStatus, version: object, messages: MessageStream
+        self,
+        key: ViewKey,
+        status: ProxyStatus,
+        version: object,
+        messages: MessageStream,
+        tap: str | None = None,
     ) -> None:
         send, receive = trio.open_memory_channel[Message](self._queue_limit)
         sub = _Subscriber(key, send, status, version if isinstance(version, int) else None)
         state = self._join(sub)
+        if tap is not None:
+            self.taps.attach(sub, tap, lambda message: self._send_control(sub, message))
         self._last_seen[(status.role, status.name, status.node)] = status
         log.info(
             "config_subscriber_joined",
@@ -389,8 +410,21 @@ class ConfigServer:
                 reason=str(group.exceptions[0]),
             )
         finally:
+            self.taps.detach(sub)
             self._leave(state, sub)
             status.connected = False
+
+    def _send_control(self, sub: _Subscriber, message: Message) -> bool:
+        """Queue a message that is not config (a tap) for ``sub``; a full queue ends its
+        stream, as for config (it resynchronises, and is sent its taps again)."""
+        try:
+            sub.channel.send_nowait(message)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        except trio.WouldBlock:
+            sub.channel.close()
+            return False
+        return True
 
     def _join(self, sub: _Subscriber) -> _ViewState:
         """Register ``sub`` with its view and catch it up, in one synchronous step: no
@@ -434,6 +468,9 @@ class ConfigServer:
                     version=message.get("version"),
                     reason=message.get("error"),
                 )
+            elif kind == "events":
+                self.taps.deliver(sub, message)
+            # Any other type is a newer proxy's: ignored.
         scope.cancel()  # the proxy ended its side
 
 

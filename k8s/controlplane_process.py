@@ -24,7 +24,9 @@ publishes on every change (changes within ``coalesce`` seconds together), and se
 - 15014: ``/metrics`` (Prometheus; ``pilot_xds`` is Istio's count of connected
   proxies), ``/ready`` (200 once every kind is listed and a snapshot is published)
   and ``/debug/syncz`` (each proxy, as istiod lists them: role, view, connection,
-  the version sent and the one acknowledged).
+  the version sent and the one acknowledged);
+- 15016, with ``tap_tokens_file``: ``ambit tap``'s API (:mod:`k8s.tap_server`), HTTPS with
+  a bearer token of that file (same format as ``tokens_file``, re-read on change).
 
 With ``--source kubernetes`` the replicas elect a leader on a Lease (:mod:`k8s.leader`;
 ``lease``, None: this one always leads): only the leader runs :func:`leader_tasks` (the
@@ -47,6 +49,7 @@ import signal
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -90,6 +93,7 @@ from mesh.constants import (
     CONTROL_PLANE_METRICS_PORT,
     CONTROL_PLANE_PORT,
     DEFAULT_TRUST_DOMAIN,
+    TAP_PORT,
 )
 from mesh.http import Request, Response
 from mesh.model import MeshSnapshot
@@ -124,6 +128,8 @@ class ControlPlaneConfig:
     drain_seconds: float = 5.0  # after SIGTERM, for requests and connections in flight
     lease: LeaseConfig | None = field(default_factory=LeaseConfig)  # None: always leads
     waypoint_image: str = DEFAULT_WAYPOINT_IMAGE  # kubernetes: what the waypoint deployer runs
+    tap_tokens_file: Path | None = None  # who may tap: {"caller": "token"}; None: no tap API
+    tap_port: int = TAP_PORT
 
 
 def operator_routes(plane: ControlPlane, config: ControlPlaneConfig) -> dict[str, Route]:
@@ -144,6 +150,7 @@ class Ports:
     ca: int
     config: int
     metrics: int
+    tap: int | None = None  # None: no tap API (no tap_tokens_file)
 
 
 class TokensFile:
@@ -155,7 +162,7 @@ class TokensFile:
 
     def __init__(self, path: Path | None, table: TokenTable) -> None:
         self.path = path
-        self._table = table
+        self.table = table
         self._loaded: dict[str, str] = {}
         self._mtime = -1
 
@@ -176,7 +183,7 @@ class TokensFile:
             return
         for caller, token in data.items():
             if isinstance(token, str) and token and self._loaded.get(str(caller)) != token:
-                self._table.add(token, str(caller))
+                self.table.add(token, str(caller))
                 self._loaded[str(caller)] = token
 
 
@@ -267,6 +274,38 @@ async def _watch_tokens(tokens: TokensFile, poll: float) -> None:
     while True:
         tokens.reload()
         await trio.sleep(poll)
+
+
+async def serve_tap_api(
+    config: ControlPlaneConfig, plane: ControlPlane, *, task_status: trio.TaskStatus[int]
+) -> None:
+    """``ambit tap``'s API (:mod:`k8s.tap_server`) with the tokens of
+    ``config.tap_tokens_file`` (a table of its own: a tap token is worth nothing at the CA
+    or on the config stream), under the control plane's own certificate."""
+    from ca import LocalSigner
+    from k8s.tap_server import TokenTapAuthenticator, serve_tap
+    from mesh.certs import open_certificate_manager
+    from mesh.identity import WorkloadCertificate, control_plane_identity
+
+    tokens = TokensFile(config.tap_tokens_file, TokenTable())
+    tokens.reload()
+    identity = control_plane_identity(config.trust_domain)
+    signer = LocalSigner(plane.authority, caller="controlplane")
+    async with open_certificate_manager(signer) as certs, trio.open_nursery() as nursery:
+        await certs.fetch_now(identity)
+
+        def current() -> WorkloadCertificate:
+            cert = certs.get(identity)
+            assert cert is not None  # fetched above; renewals replace it
+            return cert
+
+        nursery.start_soon(_watch_tokens, tokens, config.poll)
+        bound = await nursery.start(
+            partial(serve_tap, plane.config.taps, TokenTapAuthenticator(tokens.table),
+                    certificate=current, host=config.host,
+                    port=config.tap_port)
+        )  # fmt: skip
+        task_status.started(bound[1])
 
 
 def _kube_config(config: ControlPlaneConfig) -> KubeSourceConfig:
@@ -428,6 +467,11 @@ async def _run(
                 )
             )
             nursery.start_soon(_watch_tokens, tokens, config.poll)
+            tap = (
+                await nursery.start(serve_tap_api, config, plane)
+                if config.tap_tokens_file
+                else None
+            )
             nursery.start_soon(_sync, state, config)
             await nursery.start(_run_source, state, config, api)
             if api is not None:  # Istio's kinds ambit ignores: said, never silently skipped
@@ -439,7 +483,7 @@ async def _run(
                 metrics_port=metrics[1], source=config.source,
                 files=[str(f) for f in config.files],
             )  # fmt: skip
-            task_status.started(Ports(ca_port, config_port, metrics[1]))
+            task_status.started(Ports(ca_port, config_port, metrics[1], tap))
             async for signum in signals:
                 log.info("controlplane_stopping", signal=signal.Signals(signum).name)
                 break

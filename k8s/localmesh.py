@@ -32,6 +32,10 @@ agent per node, into the one-machine cluster of :mod:`k8s.local`.
   ``system:serviceaccount:NS:SA``, which the CA lets have only that account's identity.
   It is labelled ``dataplane-mode: none``, as on Kubernetes: it speaks HBONE itself and
   the agent never captures it.
+- ``ambit tap``: a token of the cluster's admin, made when the cluster starts, goes to
+  ``<state>/mesh/tap-tokens.json`` (the control plane's ``--tap-tokens-file``) and, with
+  the tap API's address and the control plane's identity, to ``<state>/mesh/tap.json``
+  (what the CLI reads), both 0600: whoever may read the state dir (root) may tap.
 - Readiness: each ztunnel's ``/config_dump`` (loopback port 15000 inside the
   node's namespace) says which pods are captured and have a certificate; each agent's
   ``/status`` (port 15031 on the node's address) says why a pod is not captured.
@@ -66,13 +70,18 @@ from mesh.constants import (
     CONFIG_STREAM_PORT,
     CONTROL_PLANE_PORT,
     LABEL_GATEWAY_NAME,
+    TAP_PORT,
 )
+from mesh.identity import control_plane_identity
 from mesh.netns import NetnsError, NetworkNamespace, netns_path
 from mesh.tokens import TokenTable
 
 log = structlog.get_logger("k8s.localmesh")
 
 CONFIG_DUMP_LIMIT = 16 * 1024 * 1024
+TAP_TOKENS_FILE = "tap-tokens.json"  # under <state>/mesh: who may tap (the control plane's)
+TAP_CLIENT_FILE = "tap.json"  # under <state>/mesh: where and how to tap (ambit tap's)
+LOCAL_TAP_CALLER = "local-admin"
 
 
 def _write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
@@ -142,8 +151,7 @@ class LocalMesh:
         _write_atomically(self._dir() / "bundle.pem", authority.trust_bundle.pem())
         (self._dir() / "objects").mkdir(parents=True, exist_ok=True)
         self._write_tokens()
-        operator = self._dir() / OPERATOR_TOKEN_FILE  # ambit why's key to the control plane
-        _write_atomically(operator, secrets.token_urlsafe(32).encode(), 0o600)
+        self._write_tap_access(config)
         self._api = LocalApi(self._dir() / "localapi")
         await nursery.start(self._api.serve)  # before the agents: they read its kubeconfig
         nursery.start_soon(self._publish_changes)
@@ -155,6 +163,7 @@ class LocalMesh:
             "--source", "files", "-f", str(mesh / "objects"),
             "--ca-dir", str(config.state_dir / "ca"),
             "--tokens-file", str(mesh / "tokens.json"),
+            "--tap-tokens-file", str(mesh / TAP_TOKENS_FILE),
             "--status-file", str(mesh / "status.json"),
             "--operator-token-file", str(mesh / OPERATOR_TOKEN_FILE),
             "--host", str(config.host_ip),
@@ -176,6 +185,18 @@ class LocalMesh:
         tokens = {caller: self.tokens.token_for(caller) for caller in callers}
         path = (directory or self._dir()) / "tokens.json"
         _write_atomically(path, json.dumps(tokens).encode(), 0o600)
+
+    def _write_tap_access(self, config: ClusterConfig) -> None:
+        """Who may tap (the control plane's file) and how to (the CLI's), both 0600."""
+        token = secrets.token_urlsafe(32)
+        tokens = json.dumps({LOCAL_TAP_CALLER: token}).encode()
+        _write_atomically(self._dir() / TAP_TOKENS_FILE, tokens, 0o600)
+        client = {
+            "server": f"{config.host_ip}:{TAP_PORT}",
+            "identity": str(control_plane_identity(config.trust_domain)),
+            "token": token,
+        }
+        _write_atomically(self._dir() / TAP_CLIENT_FILE, json.dumps(client).encode(), 0o600)
 
     def deployer_settings(self, config: ClusterConfig) -> DeployerSettings:
         host = str(config.host_ip)

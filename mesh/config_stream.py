@@ -24,6 +24,15 @@ messages framed as a 4-byte big-endian length and a JSON object:
   delta of another epoch than the proxy's snapshot is refused (NACK, then a
   whole snapshot).
 
+Tap (``ambit tap``, :mod:`mesh.tap`), only with a proxy whose hello says ``"tap": true``:
+the control plane sends ``{"type": "tap", "id": I, "filter": {...}}`` (a
+:class:`~mesh.tap.TapFilter`) and ``{"type": "untap", "id": I}``; the proxy sends
+``{"type": "events", "id": I, "events": [...], "dropped": N}``, a batch of the events that
+matched and how many it dropped since the last batch. Each side ignores message types it
+does not know (a server older than tap ignores ``events``; a proxy that does not say
+``tap`` is never sent one). A proxy's taps end with its stream: the control plane asks
+again on the next.
+
 A proxy that loses the control plane keeps serving its last good snapshot,
 reconnects with jittered exponential backoff, and says in ``hello`` which
 version it has, so the control plane can send only what changed since.
@@ -39,11 +48,13 @@ import structlog
 import trio
 
 from mesh.backoff import Backoff
+from mesh.concurrency import open_service_nursery
 from mesh.hbone import HboneError, HboneStream
 from mesh.hbone.client import HboneClientPool
 from mesh.identity import SpiffeId
 from mesh.jsonform import ModelError
 from mesh.model import Delta, MeshSnapshot, apply
+from mesh.tap import ProxyTap, TapFilter, TapFilterError
 from mesh.tokens import Token, current
 
 log = structlog.get_logger("mesh.config_stream")
@@ -111,9 +122,11 @@ class MessageStream:
         self.stream = stream
         self._decoder = Decoder()
         self._ready: list[Message] = []
+        self._sending = trio.Lock()  # acks and tap events are sent by two tasks
 
     async def send(self, message: Message) -> None:
-        await self.stream.send_all(encode(message))
+        async with self._sending:
+            await self.stream.send_all(encode(message))
 
     async def receive(self) -> Message | None:
         """The next message, or None when the peer ended the stream cleanly."""
@@ -135,7 +148,8 @@ class ConfigClient:
     other exception is a bug and propagates.
 
     A ztunnel (``role="ztunnel"``, the default) gives its node's ``token``; a waypoint
-    (``role="waypoint"``) gives the ``namespace`` it serves, and needs no token.
+    (``role="waypoint"``) gives the ``namespace`` it serves, and needs no token. With
+    ``tap``, the proxy offers tap: the control plane's taps go to it, its events back.
     """
 
     def __init__(
@@ -151,6 +165,7 @@ class ConfigClient:
         backoff: Backoff | None = None,
         role: Role = "ztunnel",
         namespace: str | None = None,
+        tap: ProxyTap | None = None,
     ) -> None:
         if role not in ROLES:
             raise ValueError(f"role {role!r} is not one of {', '.join(ROLES)}")
@@ -165,6 +180,7 @@ class ConfigClient:
         self._role = role
         self._namespace = namespace
         self._on_update = on_update
+        self._tap = tap
         self._backoff = backoff or Backoff()
         self.snapshot: MeshSnapshot | None = None
         self.epoch: str | None = None  # whose numbering ``snapshot.version`` is in
@@ -229,11 +245,39 @@ class ConfigClient:
                           "epoch": self.epoch if have is not None else None}  # fmt: skip
         if self._namespace is not None:
             hello["namespace"] = self._namespace
+        if self._tap is not None:
+            hello["tap"] = True
         await messages.send(hello)
         self.connected = True
         log.info("config_stream_connected", node=self._node, role=self._role, version=have)
+        if self._tap is None:
+            await self._receive(messages, applied)
+            return
+        tap, broke = self._tap, []
+
+        async def send_events() -> None:
+            try:
+                await tap.serve(messages.send)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, HboneError) as exc:
+                broke.append(exc)  # raised below, as the receiving side would
+                nursery.cancel_scope.cancel()
+
+        try:
+            async with open_service_nursery() as nursery:  # the body's error, unwrapped
+                nursery.start_soon(send_events)
+                await self._receive(messages, applied)
+                nursery.cancel_scope.cancel()
+        finally:
+            tap.stop_all()  # the control plane asks again on the next stream
+        if broke:
+            raise broke[0]
+
+    async def _receive(self, messages: MessageStream, applied: Callable[[], None]) -> None:
         while (message := await messages.receive()) is not None:
             kind = message["type"]
+            if kind not in ("snapshot", "delta"):
+                self._control(kind, message)
+                continue
             try:
                 new = self._next_snapshot(kind, message)
                 await self._on_update(new)
@@ -267,3 +311,21 @@ class ConfigClient:
                 )
             return apply(self.snapshot, Delta.from_json(message.get("delta")))
         raise ModelError(f"unknown message type {kind!r}")
+
+    def _control(self, kind: str, message: Message) -> None:
+        """A message that is not config: a tap to start or stop, or one we do not know
+        (a newer control plane's), ignored."""
+        tap_id = message.get("id")
+        if self._tap is None or kind not in ("tap", "untap") or not isinstance(tap_id, str):
+            log.debug("config_stream_message_ignored", node=self._node, kind=kind)
+        elif kind == "untap":
+            self._tap.stop(tap_id)
+            log.info("tap_stopped", node=self._node, tap=tap_id)
+        else:
+            try:
+                tap_filter = TapFilter.from_json(message.get("filter"))
+            except TapFilterError as exc:
+                log.warning("tap_refused", node=self._node, tap=tap_id, reason=str(exc))
+                return
+            self._tap.start(tap_id, tap_filter)
+            log.info("tap_started", node=self._node, tap=tap_id, filter=tap_filter.to_json())

@@ -22,6 +22,9 @@ READINESS_PORT: Final = 15021
 # Control plane.
 CONTROL_PLANE_PORT: Final = 15012
 CONTROL_PLANE_METRICS_PORT: Final = 15014
+# ambit tap's API (HTTPS, a bearer token): live events from the proxies, through the
+# control plane; the proxies' own admin ports are never exposed for it.
+TAP_PORT: Final = 15016
 
 # ztunnel marks its own sockets so the pod's redirect rules skip them.
 PROXY_SOCKET_MARK: Final = 0x539

@@ -150,6 +150,7 @@ async def _run(
                     on_update=state.on_update,
                     role="waypoint",
                     namespace=config.namespace,
+                    tap=proxy.metrics.tap,  # ambit tap: requests, over this stream
                 )
                 nursery.start_soon(client.run)
                 nursery.start_soon(serve_heap_trimmer)

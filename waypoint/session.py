@@ -18,6 +18,7 @@ import trio
 
 from mesh.identity import SpiffeId
 from mesh.model import MeshSnapshot
+from mesh.tap import request_event
 from waypoint.backends import Backends
 from waypoint.destination import Caller, Destination
 from waypoint.dispatch import Dispatcher, Plan
@@ -87,3 +88,15 @@ class Session:
             destination=metrics.side("destination", workload, target.identity if target else None),
             service=service, upstream_host=target.authority if target else None,
         )  # fmt: skip
+        if metrics.tap.active:
+            metrics.tap.offer(request_event(
+                src_identity=caller.identity, src_workload=caller.workload,
+                src_addr=caller.address or None,
+                dst_identity=target.identity if target else None,
+                dst_workload=workload, dst_service=service,
+                dst_addr=target.authority if target else None, started=done.started,
+                method=done.method, authority=done.authority, path=done.path,
+                protocol=done.protocol, status=done.status, grpc_status=done.grpc_status or None,
+                flags=done.flags, bytes_sent=done.response_bytes,
+                bytes_received=done.request_bytes,
+            ))  # fmt: skip

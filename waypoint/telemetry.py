@@ -6,7 +6,9 @@ dashboards read it: ``istio_requests_total``, ``istio_request_duration_milliseco
 
 A request's source is the workload that proved its identity to the waypoint (the HBONE
 peer), found in the snapshot by that identity and the address ztunnel forwarded; its
-destination the endpoint pod that answered (or, when none did, the Service).
+destination the endpoint pod that answered (or, when none did, the Service). While
+somebody taps (``ambit tap``, :mod:`mesh.tap`), :attr:`RequestMetrics.tap` takes each
+finished request too (:meth:`waypoint.session.Session.account`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from mesh.metrics import (
     workload_name,
 )
 from mesh.model import Service, Workload
+from mesh.tap import ProxyTap
 
 log = structlog.get_logger("waypoint.access")
 
@@ -135,6 +138,7 @@ class RequestMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.tcp = TcpMetrics(registry)  # connections relayed as TCP, reporter="waypoint"
+        self.tap = ProxyTap()  # served over the config stream (ConfigClient's tap)
         self._series: dict[RequestLabels, tuple[Any, ...]] = {}
         # The labels of the sides and of whole requests seen before, by the identity of the
         # (immutable) snapshot objects they come from; each value keeps those objects alive,

@@ -140,6 +140,7 @@ async def _run(
                     node=config.node,
                     token=config.token,
                     on_update=zt.on_update,
+                    tap=telemetry.tap,  # ambit tap: connections, over this stream
                 )
                 nursery.start_soon(client.run)
                 nursery.start_soon(telemetry.flush_periodically)

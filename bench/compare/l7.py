@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.compare import l7_features, peers, profile, topology, workloads
+from bench.compare import l7_features, l7_tap, peers, profile, topology, workloads
 from bench.compare.run import Runner, Settings, profile_dir_name
 from bench.compare.system import BenchError, cpu_seconds, in_netns, peak_rss_kib, rss_kib, run
 from bench.compare.workloads import Sample, Scenario
@@ -348,6 +348,8 @@ def run_l7(doc: dict[str, Any], settings: Settings, cluster: topology.Cluster,
         section["features"] = l7_features.run_features(
             settings, cluster, found[1], raw_dir, with_waypoint
         )
+        print("L7: what an open ambit tap costs the waypoint", flush=True)
+        section["tap"] = l7_tap.run_tap(settings, cluster, found[1], raw_dir, with_waypoint)
     time.sleep(3.0)
     section["waypoint"]["rss_idle_after_mb"] = _mb(rss_kib(pid))
     if waypoint_pid(cluster) != pid:

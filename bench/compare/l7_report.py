@@ -11,6 +11,7 @@ from typing import Any
 
 from bench.compare import stats
 from bench.compare.l7_features import report_lines
+from bench.compare.l7_tap import report_lines as tap_lines
 from bench.compare.stats import Results, Verdict
 
 SCENARIOS = ("ambit-l4", "ambit-waypoint", "haproxy")
@@ -166,6 +167,7 @@ def section(doc: dict[str, Any]) -> list[str]:
         [[v["target"], v["measured"], v["verdict"]] for v in l7.get("verdicts", [])],
     )
     out += report_lines(l7.get("features", {}))
+    out += tap_lines(l7.get("tap", {}))
     out += _profile(l7.get("profile", {}))
     errors = [
         f"- {w} / {n}: {e}"

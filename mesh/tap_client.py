@@ -1,0 +1,148 @@
+"""The client of the control plane's tap API (:mod:`k8s.tap_server`): what ``ambit tap``
+runs. HTTPS/1.1 (h11) to the control plane, whose certificate must chain to the trust
+bundle and name the control plane's identity; a bearer token; the answer read as JSON
+lines and handed, one object at a time, to the caller until it has had enough or the
+server ends the stream.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+from collections.abc import Callable
+from typing import Any, Final
+from urllib.parse import urlencode
+
+import h11
+import trio
+
+from mesh.identity import PeerVerificationError, SpiffeId, TrustBundle, verify_peer
+from mesh.tls import bootstrap_client_context
+
+TAP_PATH: Final = "/v1/tap"
+CONNECT_TIMEOUT: Final = 10.0  # connecting, the handshake and the answer's head
+MAX_LINE: Final = 1024 * 1024
+
+
+class TapClientError(Exception):
+    """The tap could not start or broke; ``status`` is the server's HTTP status, if any."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+async def tap(
+    address: tuple[str, int],
+    *,
+    identity: SpiffeId,
+    bundle: TrustBundle,
+    token: str | None,
+    query: dict[str, str],
+    on_line: Callable[[dict[str, Any]], bool],
+) -> None:
+    """Stream ``GET /v1/tap?query`` from ``address``; each JSON line goes to ``on_line``,
+    which returns False to stop. Returns when it did, or when the server ended the
+    stream; raises :class:`TapClientError` (with the server's status and its words when
+    it refused)."""
+    where = f"{address[0]}:{address[1]}"
+    with trio.move_on_after(CONNECT_TIMEOUT) as connecting:
+        try:
+            tcp = await trio.open_tcp_stream(*address)
+        except OSError as exc:
+            raise TapClientError(
+                f"cannot connect to the control plane's tap API at {where}:"
+                f" {exc.strerror or exc} (is the cluster up? 'ambit get components')"
+            ) from exc
+    if connecting.cancelled_caught:
+        raise TapClientError(f"no answer from the control plane's tap API at {where}")
+    ctx = bootstrap_client_context(bundle)
+    ctx.set_alpn_protocols(["http/1.1"])
+    async with trio.SSLStream(tcp, ctx, server_hostname=None) as tls:
+        conn = h11.Connection(h11.CLIENT)
+        try:
+            with trio.fail_after(CONNECT_TIMEOUT):
+                await _handshake(tls, identity, where)
+                target = f"{TAP_PATH}?{urlencode(query)}"
+                headers = [("host", where), ("accept", "application/x-ndjson")]
+                if token is not None:
+                    headers.append(("authorization", f"Bearer {token}"))
+                request = h11.Request(method="GET", target=target, headers=headers)
+                await tls.send_all(conn.send(request) + conn.send(h11.EndOfMessage()))
+                response = await _next(tls, conn)
+            if not isinstance(response, h11.Response):
+                raise TapClientError(f"{where} did not answer with HTTP")
+            if response.status_code != 200:
+                body = await _body(tls, conn)
+                raise TapClientError(_refusal(body, response.status_code), response.status_code)
+            await _lines(tls, conn, on_line)
+        except trio.TooSlowError:
+            raise TapClientError(f"the tap API at {where} did not answer in time") from None
+        except (trio.BrokenResourceError, h11.ProtocolError) as exc:
+            raise TapClientError(f"the connection to {where} broke: {exc}") from exc
+
+
+async def _handshake(
+    tls: trio.SSLStream[trio.SocketStream], identity: SpiffeId, where: str
+) -> None:
+    try:
+        await tls.do_handshake()
+    except trio.BrokenResourceError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            raise TapClientError(
+                f"{where} is not signed by the cluster's trust bundle ({cause.verify_message})"
+            ) from exc
+        raise TapClientError(f"TLS handshake with {where} failed: {cause or exc}") from exc
+    try:
+        verify_peer(
+            tls.getpeercert(binary_form=True),
+            trust_domain=identity.trust_domain,
+            expected=frozenset({identity}),
+        )
+    except PeerVerificationError as exc:
+        raise TapClientError(f"{where} is not the control plane: {exc}") from exc
+
+
+async def _next(tls: trio.SSLStream[trio.SocketStream], conn: h11.Connection) -> Any:
+    while True:
+        event = conn.next_event()
+        if event is not h11.NEED_DATA:
+            return event
+        conn.receive_data(bytes(await tls.receive_some(64 * 1024)))
+
+
+async def _body(tls: trio.SSLStream[trio.SocketStream], conn: h11.Connection) -> bytes:
+    body = bytearray()
+    with trio.move_on_after(CONNECT_TIMEOUT):
+        while isinstance(event := await _next(tls, conn), h11.Data):
+            body += event.data
+            if len(body) > MAX_LINE:
+                break
+    return bytes(body)
+
+
+def _refusal(body: bytes, status: int) -> str:
+    try:
+        error = json.loads(body).get("error")
+    except (ValueError, AttributeError):
+        error = None
+    words = error if isinstance(error, str) else body.decode(errors="replace").strip()
+    return f"the control plane refused the tap ({status}): {words}"
+
+
+async def _lines(
+    tls: trio.SSLStream[trio.SocketStream],
+    conn: h11.Connection,
+    on_line: Callable[[dict[str, Any]], bool],
+) -> None:
+    pending = bytearray()
+    while isinstance(event := await _next(tls, conn), h11.Data):
+        pending += event.data
+        *lines, rest = pending.split(b"\n")
+        pending = bytearray(rest)
+        if len(pending) > MAX_LINE:
+            raise TapClientError(f"a line of more than {MAX_LINE} bytes")
+        for line in lines:
+            if line.strip() and not on_line(json.loads(line)):
+                return
