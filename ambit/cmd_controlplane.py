@@ -77,11 +77,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--status-file", type=Path, help="where each object's conditions are written (JSON)"
     )
-    parser.add_argument(
-        "--operator-token-file", type=Path, metavar="PATH",
-        help="bearer token that opens /debug/snapshot on the metrics port (ambit why);"
-        " without it that route is closed",
-    )  # fmt: skip
     parser.add_argument("--host", default="0.0.0.0", help="address to listen on")
     parser.add_argument("--ca-port", type=int, default=CONTROL_PLANE_PORT)
     parser.add_argument("--config-port", type=int, default=CONFIG_STREAM_PORT)
@@ -147,7 +142,6 @@ def run(args: argparse.Namespace) -> int:
         tap_tokens_file=args.tap_tokens_file,
         tap_port=args.tap_port,
         status_file=args.status_file,
-        operator_token_file=args.operator_token_file,
         host=args.host,
         ca_port=args.ca_port,
         config_port=args.config_port,

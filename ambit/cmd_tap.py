@@ -12,12 +12,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from functools import partial
-from typing import Any, TypeAlias
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import trio
 
 from k8s.local.config import state_dir_from
+from k8s.local.errors import LocalClusterError
+
+if TYPE_CHECKING:
+    from mesh.identity import SpiffeId, TrustBundle
 
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
@@ -53,7 +59,6 @@ def _fail(message: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mesh.identity import SpiffeId, TrustBundle
     from mesh.tap import TapFilter, TapFilterError
     from mesh.tap_client import TapClientError, tap
 
@@ -65,24 +70,16 @@ def run(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     if args.max is not None and args.max < 1:
         return _fail("--max is at least 1")
-    mesh = state_dir_from(args.state_dir) / "mesh"
     try:
-        client = json.loads((mesh / "tap.json").read_text())
-        bundle = TrustBundle.from_pem((mesh / "bundle.pem").read_bytes())
-        host, _, port = client["server"].rpartition(":")
-        identity = SpiffeId.parse(client["identity"])
-    except PermissionError:
-        return _fail(f"cannot read {mesh / 'tap.json'}: tapping a local cluster needs root")
-    except FileNotFoundError as exc:
-        return _fail(f"no local cluster's tap at {exc.filename}; is it up ('ambit up')?")
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        return _fail(f"cannot read the tap settings in {mesh}: {exc}")
+        api = local_api(state_dir_from(args.state_dir))
+    except LocalClusterError as exc:
+        return _fail(str(exc))
     query = {k: str(v) for k, v in tap_filter.to_json().items()}
     printer = _Printer(args.output == "json", args.max)
     try:
         trio.run(
-            partial(tap, (host, int(port)), identity=identity, bundle=bundle,
-                    token=client.get("token"), query=query, on_line=printer.line)
+            partial(tap, api.address, identity=api.identity, bundle=api.bundle,
+                    token=api.token, query=query, on_line=printer.line)
         )  # fmt: skip
     except TapClientError as exc:
         return _fail(str(exc))
@@ -91,6 +88,38 @@ def run(args: argparse.Namespace) -> int:
     if printer.max is not None and printer.events < printer.max:
         return _fail("the control plane ended the tap")
     return 0
+
+
+@dataclass(frozen=True)
+class LocalApi:
+    """Where the local control plane's tap API is and how to prove the right to use it."""
+
+    address: tuple[str, int]
+    identity: SpiffeId
+    bundle: TrustBundle
+    token: str | None
+
+
+def local_api(state_dir: Path) -> LocalApi:
+    """The tap API settings local mode writes (``<state>/mesh/tap.json``, 0600) and the
+    trust bundle; :class:`LocalClusterError` saying what is missing."""
+    from mesh.identity import SpiffeId, TrustBundle
+
+    mesh = state_dir / "mesh"
+    try:
+        client = json.loads((mesh / "tap.json").read_text())
+        bundle = TrustBundle.from_pem((mesh / "bundle.pem").read_bytes())
+        host, _, port = client["server"].rpartition(":")
+        return LocalApi((host, int(port)), SpiffeId.parse(client["identity"]), bundle,
+                        client.get("token"))  # fmt: skip
+    except PermissionError:
+        raise LocalClusterError(f"cannot read {mesh / 'tap.json'}: it needs root") from None
+    except FileNotFoundError as exc:
+        raise LocalClusterError(
+            f"no local cluster's API settings at {exc.filename}; is it up ('ambit up')?"
+        ) from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise LocalClusterError(f"cannot read the API settings in {mesh}: {exc}") from None
 
 
 class _Printer:

@@ -1,9 +1,11 @@
 """``ambit why FROM TO``: why the mesh lets a request through or refuses it, hop by hop.
 
-It reads the control plane's current snapshot (local mode: ``/debug/snapshot`` on the
-control plane's metrics port, opened by the operator's token in the state directory) and
-runs the proxies' own evaluators over it (:mod:`explain`); which label bound a Service or
-pod to its waypoint comes from the cluster's objects.
+It reads the control plane's current snapshot (local mode: ``/v1/snapshot`` of its
+authenticated API on 15016, TLS to the control plane's identity with the token ``ambit
+tap`` uses, from ``<state>/mesh/tap.json``; ``--kubeconfig``: the cluster's objects,
+listed with the user's credentials by the control plane's own source and translated by
+its translator) and runs the proxies' own evaluators over it (:mod:`explain`); which label
+bound a Service or pod to its waypoint comes from the cluster's objects.
 """
 
 from __future__ import annotations
@@ -11,15 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ambit.cmd_tap import LocalApi, local_api
 from k8s.local.config import files_of, state_dir_from
 from k8s.local.errors import LocalClusterError
-from mesh.constants import CONTROL_PLANE_METRICS_PORT, DEFAULT_TRUST_DOMAIN
+from mesh.constants import DEFAULT_TRUST_DOMAIN
 
 if TYPE_CHECKING:
     from mesh.model import MeshSnapshot, Service, Workload
@@ -110,26 +111,9 @@ def local_view(state_dir: Path) -> tuple[MeshSnapshot, Labels]:
     import trio
 
     from k8s.local.api import call
-    from k8s.operator_access import TOKEN_FILE
-    from mesh.model import MeshSnapshot
 
+    snapshot = trio.run(read_snapshot, local_api(state_dir))
     api = files_of(state_dir)[1]
-    cluster = trio.run(call, api, {"op": "get"})
-    token_path = state_dir / "mesh" / TOKEN_FILE
-    try:
-        token = token_path.read_text().strip()
-    except OSError as exc:
-        raise LocalClusterError(f"cannot read the operator's token {token_path}: {exc}") from None
-    url = f"http://{cluster['host_ip']}:{CONTROL_PLANE_METRICS_PORT}/debug/snapshot"
-    request = urllib.request.Request(url, headers={"authorization": f"Bearer {token}"})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as answer:
-            data = json.loads(answer.read())
-    except urllib.error.HTTPError as exc:
-        detail = exc.read().decode(errors="replace").strip()
-        raise LocalClusterError(f"the control plane answered {exc.code}: {detail}") from None
-    except (urllib.error.URLError, TimeoutError) as exc:
-        raise LocalClusterError(f"the control plane at {url} did not answer: {exc}") from None
     labels_of: dict[tuple[str, str, str], dict[str, str]] = {}
     for kind in ("Namespace", "Service"):
         found = trio.run(call, api, {"op": "objects", "kind": kind, "namespace": None,
@@ -138,7 +122,30 @@ def local_view(state_dir: Path) -> tuple[MeshSnapshot, Labels]:
             meta = o.get("metadata", {})
             key = (kind, meta.get("namespace", ""), meta.get("name", ""))
             labels_of[key] = dict(meta.get("labels") or {})
-    return MeshSnapshot.from_json(data), lambda *key: labels_of.get(key, {})
+    return snapshot, lambda *key: labels_of.get(key, {})
+
+
+async def read_snapshot(api: LocalApi) -> MeshSnapshot:
+    """The control plane's published snapshot, from its tap API (``/v1/snapshot``: TLS to
+    the control plane's identity, the operator's token)."""
+    from mesh.config_stream import MAX_MESSAGE
+    from mesh.model import MeshSnapshot
+    from mesh.tap_client import TapClientError, tap
+
+    found: list[dict[str, Any]] = []
+
+    def got(line: dict[str, Any]) -> bool:
+        found.append(line)
+        return False
+
+    try:
+        await tap(api.address, identity=api.identity, bundle=api.bundle, token=api.token,
+                  query={}, on_line=got, path="/v1/snapshot", max_line=MAX_MESSAGE)  # fmt: skip
+    except TapClientError as exc:
+        raise LocalClusterError(str(exc).replace("refused the tap", "refused")) from None
+    if not found:
+        raise LocalClusterError("the control plane sent no snapshot")
+    return MeshSnapshot.from_json(found[0])
 
 
 def kube_view(

@@ -26,7 +26,8 @@ publishes on every change (changes within ``coalesce`` seconds together), and se
   and ``/debug/syncz`` (each proxy, as istiod lists them: role, view, connection,
   the version sent and the one acknowledged);
 - 15016, with ``tap_tokens_file``: ``ambit tap``'s API (:mod:`k8s.tap_server`), HTTPS with
-  a bearer token of that file (same format as ``tokens_file``, re-read on change).
+  a bearer token of that file (same format as ``tokens_file``, re-read on change), and
+  with the same token ``/v1/snapshot``, the published model (``ambit why``'s).
 
 With ``--source kubernetes`` the replicas elect a leader on a Lease (:mod:`k8s.leader`;
 ``lease``, None: this one always leads): only the leader runs :func:`leader_tasks` (the
@@ -79,7 +80,6 @@ from k8s.leader import (
     default_identity,
     run_when_leader,
 )
-from k8s.operator_access import OperatorTokens, Route
 from k8s.root_cert import run_root_cert_publisher
 from k8s.status_writer import run_status_writer
 from k8s.store import ObjectStore
@@ -117,7 +117,6 @@ class ControlPlaneConfig:
     ca_audience: str = CA_AUDIENCE  # what the CA's TokenReviews ask tokens to be for
     tokens_file: Path | None = None
     status_file: Path | None = None
-    operator_token_file: Path | None = None  # the bearer token of /debug/snapshot's callers
     host: str = "0.0.0.0"
     ca_port: int = CONTROL_PLANE_PORT
     config_port: int = CONFIG_STREAM_PORT
@@ -130,19 +129,6 @@ class ControlPlaneConfig:
     waypoint_image: str = DEFAULT_WAYPOINT_IMAGE  # kubernetes: what the waypoint deployer runs
     tap_tokens_file: Path | None = None  # who may tap: {"caller": "token"}; None: no tap API
     tap_port: int = TAP_PORT
-
-
-def operator_routes(plane: ControlPlane, config: ControlPlaneConfig) -> dict[str, Route]:
-    """The routes only the operator's token opens (:mod:`k8s.operator_access`):
-    ``/debug/snapshot``, the model as published (what ``ambit why`` evaluates)."""
-    tokens = OperatorTokens(config.operator_token_file)
-
-    def snapshot(_request: Request) -> Response:
-        if plane.snapshot is None:
-            return Response(503, b"no snapshot published yet\n")
-        return json_response(plane.snapshot.to_json())
-
-    return {"/debug/snapshot": tokens.guard(snapshot)}
 
 
 @dataclass
@@ -302,8 +288,8 @@ async def serve_tap_api(
         nursery.start_soon(_watch_tokens, tokens, config.poll)
         bound = await nursery.start(
             partial(serve_tap, plane.config.taps, TokenTapAuthenticator(tokens.table),
-                    certificate=current, host=config.host,
-                    port=config.tap_port)
+                    certificate=current, host=config.host, port=config.tap_port,
+                    snapshot=lambda: plane.snapshot.to_json() if plane.snapshot else None)
         )  # fmt: skip
         task_status.started(bound[1])
 
@@ -452,7 +438,7 @@ async def _run(
         return json_response([vars(n) for n in plane.config.proxies()])
 
     routes = {"/metrics": metrics_route(registry), "/ready": ready_route(ready),
-              "/debug/syncz": syncz, **operator_routes(plane, config)}  # fmt: skip
+              "/debug/syncz": syncz}  # fmt: skip
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             ca_port, config_port = await nursery.start(

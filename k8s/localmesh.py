@@ -2,8 +2,7 @@
 agent per node, into the one-machine cluster of :mod:`k8s.local`.
 
 - When the cluster starts: the CA's keys are made in ``<state>/ca`` and its
-  bundle written; node tokens go to ``<state>/mesh/tokens.json``, the operator's
-  token (``ambit why``'s key to ``/debug/snapshot``) to ``<state>/mesh/operator-token``. The control
+  bundle written; node tokens go to ``<state>/mesh/tokens.json``. The control
   plane is its own process, ``ambit controlplane --source files``, started (and
   restarted when it exits) by the cluster, listening on the bridge address (CA
   15012, config stream 15010, metrics 15014). It watches
@@ -63,7 +62,6 @@ from k8s.local.errors import LocalClusterError
 from k8s.local.hooks import LocalHooks, LocalSnapshot, MeshState, NodeView, PodRef
 from k8s.localapi import LocalApi
 from k8s.localcni import PRIMARY_FILE, CniPod, CniRuntime, NodeChain, primary_conflist
-from k8s.operator_access import TOKEN_FILE as OPERATOR_TOKEN_FILE
 from k8s.waypoint_deployer import DeployerSettings, deploy, managed
 from mesh.constants import (
     ADMIN_PORT,
@@ -165,7 +163,6 @@ class LocalMesh:
             "--tokens-file", str(mesh / "tokens.json"),
             "--tap-tokens-file", str(mesh / TAP_TOKENS_FILE),
             "--status-file", str(mesh / "status.json"),
-            "--operator-token-file", str(mesh / OPERATOR_TOKEN_FILE),
             "--host", str(config.host_ip),
             "--trust-domain", config.trust_domain,
             "--drain-seconds", "1",  # below the 2 s the cluster waits before SIGKILL

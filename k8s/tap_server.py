@@ -9,6 +9,9 @@ one ``{"type": "event", "proxy": ..., ...}`` per event (:class:`mesh.tap.TapEven
 fields) and ``{"type": "dropped", "count": N}`` when events were lost (a proxy's buffer
 full, or this reader too slow: the control plane never waits for it).
 
+``GET /v1/snapshot`` on the same port, with the same token, answers the control plane's
+published snapshot as one JSON line (503 before the first): what ``ambit why`` evaluates.
+
 Who may tap is asked of a :class:`TapAuthenticator` with the bearer token and the filter,
 before the tap opens: 401 without a token or with an unknown one, 403 when the caller may
 not tap that target, 503 when it could not be checked. Local mode's is
@@ -41,8 +44,10 @@ from mesh.tls import server_context
 from mesh.tokens import TokenTable
 
 log = structlog.get_logger("k8s.tap")
+Snapshot = Callable[[], dict[str, Any] | None]
 
 TAP_PATH: Final = "/v1/tap"
+SNAPSHOT_PATH: Final = "/v1/snapshot"  # the model as published: what ``ambit why`` evaluates
 REQUEST_TIMEOUT: Final = 10.0  # TLS handshake and request head
 MAX_HEAD: Final = 16 * 1024
 DROPPED_EVERY: Final = 1.0  # seconds: how often lost events are reported when none arrive
@@ -55,8 +60,9 @@ class TapRefusal:
 
 
 class TapAuthenticator(Protocol):
-    async def authorize(self, token: str | None, tap: TapFilter) -> str | TapRefusal:
-        """The caller's name if the bearer ``token`` may open ``tap``, else why not."""
+    async def authorize(self, token: str | None, tap: TapFilter | None) -> str | TapRefusal:
+        """The caller's name if the bearer ``token`` may open ``tap`` (None: read the
+        mesh's config, ``/v1/snapshot``), else why not."""
         ...
 
 
@@ -66,7 +72,7 @@ class TokenTapAuthenticator:
     def __init__(self, tokens: TokenTable) -> None:
         self.tokens = tokens
 
-    async def authorize(self, token: str | None, tap: TapFilter) -> str | TapRefusal:
+    async def authorize(self, token: str | None, tap: TapFilter | None) -> str | TapRefusal:
         await trio.lowlevel.checkpoint()
         if token is None:
             return TapRefusal(401, "no bearer token: ambit tap reads it from the state dir")
@@ -106,14 +112,16 @@ async def serve_tap(
     certificate: Callable[[], WorkloadCertificate],
     host: str,
     port: int,
+    snapshot: Snapshot = lambda: None,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve the tap API until cancelled; ``started((host, port))`` once it listens."""
+    """Serve the tap API (and ``/v1/snapshot``: ``snapshot()``'s JSON, None before the
+    first publish) until cancelled; ``started((host, port))`` once it listens."""
     sock = await open_listener(host, port, backlog=64)
     bound = sock.getsockname()
     contexts = _Contexts(certificate)
     async with trio.open_nursery() as handlers:
-        handle = partial(_handle, hub, authenticator, contexts)
+        handle = partial(_handle, hub, authenticator, contexts, snapshot)
         await handlers.start(
             partial(serve_listeners, handle, [sock], handler_nursery=handlers, name="tap")
         )
@@ -122,7 +130,11 @@ async def serve_tap(
 
 
 async def _handle(
-    hub: TapHub, authenticator: TapAuthenticator, contexts: _Contexts, plain: trio.SocketStream
+    hub: TapHub,
+    authenticator: TapAuthenticator,
+    contexts: _Contexts,
+    snapshot: Snapshot,
+    plain: trio.SocketStream,
 ) -> None:
     peer = plain.socket.getpeername()
     src = f"{peer[0]}:{peer[1]}"
@@ -138,6 +150,10 @@ async def _handle(
             if isinstance(decision, TapRefusal):
                 headers = (("www-authenticate", "Bearer"),) if decision.status == 401 else ()
                 raise _Reply(decision.status, decision.reason, headers)
+            if tap_filter is None:
+                await _send_snapshot(stream, conn, snapshot())
+                log.info("snapshot_read", src=src, caller=decision)
+                return
             with hub.open(tap_filter) as session:
                 log.info("tap_client", src=src, caller=decision, tap=session.id)
                 await _stream(stream, conn, hub, session)
@@ -164,20 +180,23 @@ async def _read_request(stream: trio.SSLStream[trio.SocketStream], conn: h11.Con
         raise h11.RemoteProtocolError(f"expected a request, got {event!r}")
 
 
-def _parse(request: Any) -> tuple[TapFilter, str | None]:
+def _parse(request: Any) -> tuple[TapFilter | None, str | None]:
+    """The tap asked for (None: the snapshot) and the bearer token."""
     if request.method != b"GET":
         raise _Reply(405, "only GET", (("allow", "GET"),))
     url = urlsplit(request.target.decode("latin-1"))
-    if url.path != TAP_PATH:
-        raise _Reply(404, f"not found: the tap is {TAP_PATH}")
-    query = dict(parse_qsl(url.query))
-    try:
-        tap_filter = TapFilter.build(
-            query.get("target", ""), to=query.get("to"), method=query.get("method"),
-            path=query.get("path"), status=query.get("status"),
-        )  # fmt: skip
-    except TapFilterError as exc:
-        raise _Reply(400, str(exc)) from None
+    if url.path not in (TAP_PATH, SNAPSHOT_PATH):
+        raise _Reply(404, f"not found: the tap is {TAP_PATH}, the snapshot {SNAPSHOT_PATH}")
+    tap_filter = None
+    if url.path == TAP_PATH:
+        query = dict(parse_qsl(url.query))
+        try:
+            tap_filter = TapFilter.build(
+                query.get("target", ""), to=query.get("to"), method=query.get("method"),
+                path=query.get("path"), status=query.get("status"),
+            )  # fmt: skip
+        except TapFilterError as exc:
+            raise _Reply(400, str(exc)) from None
     token = None
     for name, value in request.headers:
         if name == b"authorization" and value[:7].lower() == b"bearer ":
@@ -201,6 +220,21 @@ async def _send_error(
             await stream.send_all(conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage()))
         except trio.BrokenResourceError:
             pass
+
+
+async def _send_snapshot(
+    stream: trio.SSLStream[trio.SocketStream], conn: h11.Connection, found: dict[str, Any] | None
+) -> None:
+    """The snapshot as one JSON line (what the tap client reads), or 503 before any."""
+    if found is None:
+        raise _Reply(503, "no snapshot published yet: the control plane is still listing")
+    body = _line(found)
+    head = h11.Response(status_code=200, headers=[
+        ("content-type", "application/x-ndjson"), ("content-length", str(len(body))),
+        ("cache-control", "no-store"), ("connection", "close"),
+    ])  # fmt: skip
+    await stream.send_all(conn.send(head) + conn.send(h11.Data(data=body)))
+    await stream.send_all(conn.send(h11.EndOfMessage()))
 
 
 async def _stream(

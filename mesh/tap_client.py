@@ -40,11 +40,13 @@ async def tap(
     token: str | None,
     query: dict[str, str],
     on_line: Callable[[dict[str, Any]], bool],
+    path: str = TAP_PATH,
+    max_line: int = MAX_LINE,
 ) -> None:
-    """Stream ``GET /v1/tap?query`` from ``address``; each JSON line goes to ``on_line``,
-    which returns False to stop. Returns when it did, or when the server ended the
-    stream; raises :class:`TapClientError` (with the server's status and its words when
-    it refused)."""
+    """Stream ``GET /v1/tap?query`` (or another ``path`` of that API) from ``address``;
+    each JSON line goes to ``on_line``, which returns False to stop. Returns when it did,
+    or when the server ended the stream; raises :class:`TapClientError` (with the
+    server's status and its words when it refused)."""
     where = f"{address[0]}:{address[1]}"
     with trio.move_on_after(CONNECT_TIMEOUT) as connecting:
         try:
@@ -63,7 +65,7 @@ async def tap(
         try:
             with trio.fail_after(CONNECT_TIMEOUT):
                 await _handshake(tls, identity, where)
-                target = f"{TAP_PATH}?{urlencode(query)}"
+                target = f"{path}?{urlencode(query)}" if query else path
                 headers = [("host", where), ("accept", "application/x-ndjson")]
                 if token is not None:
                     headers.append(("authorization", f"Bearer {token}"))
@@ -75,7 +77,7 @@ async def tap(
             if response.status_code != 200:
                 body = await _body(tls, conn)
                 raise TapClientError(_refusal(body, response.status_code), response.status_code)
-            await _lines(tls, conn, on_line)
+            await _lines(tls, conn, on_line, max_line)
         except trio.TooSlowError:
             raise TapClientError(f"the tap API at {where} did not answer in time") from None
         except (trio.BrokenResourceError, h11.ProtocolError) as exc:
@@ -135,14 +137,15 @@ async def _lines(
     tls: trio.SSLStream[trio.SocketStream],
     conn: h11.Connection,
     on_line: Callable[[dict[str, Any]], bool],
+    max_line: int,
 ) -> None:
     pending = bytearray()
     while isinstance(event := await _next(tls, conn), h11.Data):
         pending += event.data
         *lines, rest = pending.split(b"\n")
         pending = bytearray(rest)
-        if len(pending) > MAX_LINE:
-            raise TapClientError(f"a line of more than {MAX_LINE} bytes")
+        if len(pending) > max_line:
+            raise TapClientError(f"a line of more than {max_line} bytes")
         for line in lines:
             if line.strip() and not on_line(json.loads(line)):
                 return

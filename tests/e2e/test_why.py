@@ -210,15 +210,16 @@ async def test_why_says_what_the_client_sees(cluster: Cluster) -> None:
     assert "label ambit.io/use-waypoint=waypoint on Namespace demo" in plan["detail"], plan
 
 
-async def test_the_snapshot_route_wants_the_operators_token(cluster: Cluster) -> None:
+async def test_the_snapshot_wants_the_operators_token(cluster: Cluster) -> None:
+    """``/v1/snapshot`` is served only over the control plane's authenticated API."""
     await cluster.up(cluster.manifest("why.yaml", MANIFEST))
-    host = (await cluster.get("nodes"))[0]["ip"].rsplit(".", 1)[0] + ".1"
-    url = f"http://{host}:15014/debug/snapshot"
-    anonymous = await run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", url])
-    assert anonymous.stdout == b"401"
-    wrong = await run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
-                       "-H", "authorization: Bearer nope", url])  # fmt: skip
-    assert wrong.stdout == b"401"
-    token = (cluster.state_dir / "mesh" / "operator-token").read_text().strip()
-    right = await run(["curl", "-s", "-H", f"authorization: Bearer {token}", url])
+    settings = json.loads((cluster.state_dir / "mesh" / "tap.json").read_text())
+    url = f"https://{settings['server']}/v1/snapshot"
+    curl = ["curl", "-sk", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}"]
+    assert (await run([*curl, url])).stdout == b"401"
+    assert (await run([*curl, "-H", "authorization: Bearer nope", url])).stdout == b"401"
+    metrics_port = settings["server"].rpartition(":")[0] + ":15014"
+    assert (await run([*curl, f"http://{metrics_port}/debug/snapshot"])).stdout == b"404"
+    bearer = f"authorization: Bearer {settings['token']}"
+    right = await run(["curl", "-sk", "-m", "5", "-H", bearer, url])
     assert json.loads(right.stdout)["version"] >= 1
