@@ -73,6 +73,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help='who may use ambit tap: JSON {"caller": "token"}, re-read on change; serves the'
         " tap API on --tap-port (without it, none)",
     )  # fmt: skip
+    parser.add_argument(
+        "--tap-kubernetes", action="store_true",
+        help="--source kubernetes: serve the tap API on --tap-port to callers the API server"
+        " authenticates (TokenReview) and authorizes (SubjectAccessReview: watch on"
+        " pods/tap, services/tap or namespaces/tap of ambit.io)",
+    )  # fmt: skip
     parser.add_argument("--tap-port", type=int, default=TAP_PORT)
     parser.add_argument(
         "--status-file", type=Path, help="where each object's conditions are written (JSON)"
@@ -141,6 +147,7 @@ def run(args: argparse.Namespace) -> int:
         tokens_file=args.tokens_file,
         tap_tokens_file=args.tap_tokens_file,
         tap_port=args.tap_port,
+        tap_kubernetes=args.tap_kubernetes,
         status_file=args.status_file,
         host=args.host,
         ca_port=args.ca_port,

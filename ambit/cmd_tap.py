@@ -21,6 +21,7 @@ import trio
 
 from k8s.local.config import state_dir_from
 from k8s.local.errors import LocalClusterError
+from mesh.constants import DEFAULT_TRUST_DOMAIN, TAP_PORT
 
 if TYPE_CHECKING:
     from mesh.identity import SpiffeId, TrustBundle
@@ -50,6 +51,21 @@ def register(subparsers: Subparsers) -> None:
         "--state-dir",
         help="directory of the cluster's state (default $AMBIT_STATE_DIR or /run/ambit)",
     )
+    parser.add_argument(
+        "--kubeconfig", type=Path, metavar="PATH",
+        help="tap a Kubernetes cluster as this kubeconfig's user (its bearer token; the API"
+        " server must let it watch pods/tap, services/tap or namespaces/tap of ambit.io)",
+    )  # fmt: skip
+    parser.add_argument("--context", help="with --kubeconfig: its context (default: current)")
+    parser.add_argument(
+        "--server", metavar="HOST:PORT",
+        help="with --kubeconfig: the control plane's tap API, e.g. after 'kubectl -n"
+        " ambit-system port-forward svc/ambit-controlplane 15016' (default localhost:15016)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--trust-domain", default=DEFAULT_TRUST_DOMAIN,
+        help="with --kubeconfig: the mesh's trust domain (default %(default)s)",
+    )  # fmt: skip
     parser.set_defaults(run=run)
 
 
@@ -71,7 +87,11 @@ def run(args: argparse.Namespace) -> int:
     if args.max is not None and args.max < 1:
         return _fail("--max is at least 1")
     try:
-        api = local_api(state_dir_from(args.state_dir))
+        if args.kubeconfig is not None:
+            server = args.server or f"localhost:{TAP_PORT}"
+            api = trio.run(kube_api, args.kubeconfig, args.context, server, args.trust_domain)
+        else:
+            api = local_api(state_dir_from(args.state_dir))
     except LocalClusterError as exc:
         return _fail(str(exc))
     query = {k: str(v) for k, v in tap_filter.to_json().items()}
@@ -120,6 +140,48 @@ def local_api(state_dir: Path) -> LocalApi:
         ) from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise LocalClusterError(f"cannot read the API settings in {mesh}: {exc}") from None
+
+
+async def kube_api(
+    kubeconfig: Path, context: str | None, server: str, trust_domain: str
+) -> LocalApi:
+    """The tap API of a cluster's control plane at ``server``, with the kubeconfig's bearer
+    token and the mesh's trust bundle (its ConfigMap in the control plane's namespace)."""
+    from k8s.sources.api import KubeSourceError
+    from k8s.sources.kubernetes import KubeSourceConfig, open_kube_api
+    from k8s.waypoint_kube import ROOT_CONFIG_MAP, ROOT_CONFIG_MAP_KEY
+    from mesh.constants import SYSTEM_NAMESPACE
+    from mesh.identity import TrustBundle, control_plane_identity
+
+    host, _, port = server.rpartition(":")
+    if not host or not port.isdigit():
+        raise LocalClusterError(f"--server {server!r}: give HOST:PORT")
+    pem, status = None, 0
+    try:
+        async with open_kube_api(KubeSourceConfig(kubeconfig=kubeconfig, context=context)) as api:
+            token = api.bearer_token
+            for namespace in (SYSTEM_NAMESPACE, "default"):  # it is in every namespace
+                path = f"/api/v1/namespaces/{namespace}/configmaps/{ROOT_CONFIG_MAP}"
+                status, found = await api.request("GET", path)
+                pem = (found.get("data") or {}).get(ROOT_CONFIG_MAP_KEY) if status == 200 else None
+                if pem:
+                    break
+    except (KubeSourceError, OSError) as exc:
+        raise LocalClusterError(str(exc)) from None
+    if token is None:
+        raise LocalClusterError(
+            "the kubeconfig's user has no bearer token (client certificates cannot be passed"
+            " on): use a token, e.g. 'kubectl create token'"
+        )
+    if not pem:
+        raise LocalClusterError(
+            f"cannot read the mesh's trust bundle (ConfigMap {ROOT_CONFIG_MAP} in"
+            f" {SYSTEM_NAMESPACE} or default: HTTP {status}): is ambit installed, and may you"
+            " read it?"
+        )
+    identity: SpiffeId = control_plane_identity(trust_domain)
+    return LocalApi((host.strip("[]"), int(port)), identity,
+                    TrustBundle.from_pem(pem.encode()), token)  # fmt: skip
 
 
 class _Printer:

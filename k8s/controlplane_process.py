@@ -25,7 +25,8 @@ publishes on every change (changes within ``coalesce`` seconds together), and se
   proxies), ``/ready`` (200 once every kind is listed and a snapshot is published)
   and ``/debug/syncz`` (each proxy, as istiod lists them: role, view, connection,
   the version sent and the one acknowledged);
-- 15016, with ``tap_tokens_file``: ``ambit tap``'s API (:mod:`k8s.tap_server`), HTTPS with
+- 15016, with ``tap_tokens_file`` (or on Kubernetes, the callers' own credentials asked of
+  the API server, :mod:`k8s.tap_access`): ``ambit tap``'s API (:mod:`k8s.tap_server`), HTTPS with
   a bearer token of that file (same format as ``tokens_file``, re-read on change), and
   with the same token ``/v1/snapshot``, the published model (``ambit why``'s).
 
@@ -129,6 +130,7 @@ class ControlPlaneConfig:
     waypoint_image: str = DEFAULT_WAYPOINT_IMAGE  # kubernetes: what the waypoint deployer runs
     tap_tokens_file: Path | None = None  # who may tap: {"caller": "token"}; None: no tap API
     tap_port: int = TAP_PORT
+    tap_kubernetes: bool = False  # the tap API for callers the API server authorizes
 
 
 @dataclass
@@ -263,18 +265,30 @@ async def _watch_tokens(tokens: TokensFile, poll: float) -> None:
 
 
 async def serve_tap_api(
-    config: ControlPlaneConfig, plane: ControlPlane, *, task_status: trio.TaskStatus[int]
+    config: ControlPlaneConfig,
+    plane: ControlPlane,
+    api: KubeRequests | None = None,
+    *,
+    task_status: trio.TaskStatus[int],
 ) -> None:
-    """``ambit tap``'s API (:mod:`k8s.tap_server`) with the tokens of
-    ``config.tap_tokens_file`` (a table of its own: a tap token is worth nothing at the CA
-    or on the config stream), under the control plane's own certificate."""
+    """``ambit tap``'s API (:mod:`k8s.tap_server`, and ``ambit why``'s snapshot) under the
+    control plane's own certificate, for the tokens of ``config.tap_tokens_file`` (a table
+    of its own: a tap token is worth nothing at the CA or on the config stream) or, without
+    that file on Kubernetes, for callers the API server says may (:mod:`k8s.tap_access`:
+    TokenReview, then SubjectAccessReview)."""
     from ca import LocalSigner
-    from k8s.tap_server import TokenTapAuthenticator, serve_tap
+    from k8s.tap_access import KubeTapAuthenticator
+    from k8s.tap_server import TapAuthenticator, TokenTapAuthenticator, serve_tap
     from mesh.certs import open_certificate_manager
     from mesh.identity import WorkloadCertificate, control_plane_identity
 
     tokens = TokensFile(config.tap_tokens_file, TokenTable())
     tokens.reload()
+    authenticator: TapAuthenticator = (
+        KubeTapAuthenticator(api)
+        if api is not None and config.tap_tokens_file is None
+        else TokenTapAuthenticator(tokens.table)
+    )
     identity = control_plane_identity(config.trust_domain)
     signer = LocalSigner(plane.authority, caller="controlplane")
     async with open_certificate_manager(signer) as certs, trio.open_nursery() as nursery:
@@ -287,8 +301,8 @@ async def serve_tap_api(
 
         nursery.start_soon(_watch_tokens, tokens, config.poll)
         bound = await nursery.start(
-            partial(serve_tap, plane.config.taps, TokenTapAuthenticator(tokens.table),
-                    certificate=current, host=config.host, port=config.tap_port,
+            partial(serve_tap, plane.config.taps, authenticator, certificate=current,
+                    host=config.host, port=config.tap_port,
                     snapshot=lambda: plane.snapshot.to_json() if plane.snapshot else None)
         )  # fmt: skip
         task_status.started(bound[1])
@@ -454,8 +468,8 @@ async def _run(
             )
             nursery.start_soon(_watch_tokens, tokens, config.poll)
             tap = (
-                await nursery.start(serve_tap_api, config, plane)
-                if config.tap_tokens_file
+                await nursery.start(serve_tap_api, config, plane, api)
+                if config.tap_tokens_file or (api is not None and config.tap_kubernetes)
                 else None
             )
             nursery.start_soon(_sync, state, config)

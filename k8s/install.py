@@ -4,7 +4,7 @@ In :data:`mesh.constants.SYSTEM_NAMESPACE` (``ambit-system``): the Namespace, th
 plane's ServiceAccount, its RBAC, the Deployment running ``ambit controlplane --source
 kubernetes`` (in-cluster credentials) and the Service the proxies reach it at (the name
 the waypoint deployer gives them): 15010 the config stream, 15012 the CA, 15014
-metrics and ``/ready``.
+metrics and ``/ready``, 15016 ``ambit tap``'s API (callers authorized by the API server).
 
 The control plane's permissions are declared once (:func:`permissions`): reading every
 API resource its source watches (:data:`k8s.sources.resources.RESOURCES`, and CRDs),
@@ -43,6 +43,7 @@ from mesh.constants import (
     DEFAULT_TRUST_DOMAIN,
     LABEL_DATAPLANE_MODE,
     SYSTEM_NAMESPACE,
+    TAP_PORT,
 )
 from mesh.model import GATEWAY_GROUP
 
@@ -245,6 +246,8 @@ def permissions() -> tuple[Permission, ...]:
         *statuses,
         Permission("authentication.k8s.io", ("tokenreviews",), ("create",),
                    why="the CA checks the tokens proxies present"),
+        Permission("authorization.k8s.io", ("subjectaccessreviews",), ("create",),
+                   why="ambit tap: may the caller tap what it asks for"),
         Permission("", ("events",), ("create", "patch"), why="events on objects"),
         Permission("events.k8s.io", ("events",), ("create", "patch"), why="events on objects"),
         Permission("apps", ("deployments",), READ + WRITE, why="the waypoint deployer"),
@@ -305,6 +308,7 @@ PORTS: Final = (
     ("tls-config", CONFIG_STREAM_PORT),  # HBONE, mutual TLS
     ("tls-ca", CONTROL_PLANE_PORT),
     ("http-monitoring", CONTROL_PLANE_METRICS_PORT),  # /metrics, /ready
+    ("tls-tap", TAP_PORT),  # ambit tap and ambit why: the callers' own credentials
 )
 
 
@@ -331,7 +335,7 @@ def controlplane_deployment(values: Values) -> Obj:
         "ambit", "--log-level", values.log_level, "--log-format", "json",
         "controlplane", "--source", "kubernetes",
         "--trust-domain", values.trust_domain, "--drain-seconds", str(DRAIN_SECONDS),
-        "--waypoint-image", values.image,
+        "--waypoint-image", values.image, "--tap-kubernetes",
     ]  # fmt: skip
     container = {
         "name": "controlplane",

@@ -185,6 +185,19 @@ class ClientApi:
         self._client = client
         self._closing: Closing = set()  # connections of ended watches, still closing
 
+    @property
+    def bearer_token(self) -> str | None:
+        """The token the kubeconfig (or the pod's service account) authenticates with;
+        None for client certificates or no credentials."""
+        configuration = self._client.configuration
+        value = configuration.api_key.get("BearerToken") or configuration.api_key.get(
+            "authorization"
+        )
+        if not value:
+            return None
+        scheme, _, token = str(value).partition(" ")
+        return token.strip() if scheme.lower() == "bearer" else str(value).strip()
+
     async def close(self) -> None:
         """(asyncio) Close the client's connections, and wait until those of ended watches
         are closed too: a loop that stops first leaves their sockets open (the TLS

@@ -130,7 +130,7 @@ def test_the_service_is_where_proxies_look_for_the_control_plane() -> None:
     ports = {p["port"] for p in service["spec"]["ports"]}
     settings = DeployerSettings()
     assert {settings.control_plane, settings.ca} <= {f"{host}:{p}" for p in ports}
-    assert ports == {15010, 15012, 15014}
+    assert ports == {15010, 15012, 15014, 15016}
 
 
 def test_the_role_lets_the_source_watch_every_resource() -> None:
