@@ -4,6 +4,7 @@ writer's documents carrying it."""
 
 from __future__ import annotations
 
+from ambit import tables
 from k8s.controlplane import write_conditions
 from k8s.local_replies import (
     CONDITION_LOCAL_REPLIES,
@@ -14,7 +15,7 @@ from k8s.local_replies import (
 )
 from k8s.manifests import K8sObject, read_documents
 from k8s.status_docs import status_of
-from k8s.store import Condition, ObjectStore, ref_of
+from k8s.store import Condition, ObjectStore, object_json, ref_of
 from k8s.translate import translate
 from mesh.traffic_graph import ServiceFlags
 from tests.k8s_builders import ns, svc
@@ -183,3 +184,23 @@ def test_on_the_cluster_a_routes_condition_is_in_its_service_parents_entry() -> 
     types = {c["type"]: c["message"] for c in parent["conditions"]}
     assert types[CONDITION_LOCAL_REPLIES] == "80 UO"
     assert "Accepted" in types
+
+
+def test_ambit_get_shows_the_counts_and_keeps_status_to_how_the_object_is() -> None:
+    store = stored()
+    write_conditions(store, translate(store.objects(), version=1))
+    ref = ("DestinationRule", "shop", "reviews")
+    entry = store.get(ref)
+    assert entry is not None
+    [condition] = local_replies([entry.obj], REVIEWS_FLAGS).values()
+    store.set_observed(ref, CONDITION_LOCAL_REPLIES, condition, uid=entry.obj.uid)
+    shown = store.get(ref)
+    assert shown is not None
+    item = object_json(shown)
+    assert tables.local_replies(item) == "80 UO,3 URX"
+    assert tables.status(item) == "FullyApplied"  # as without it: traffic met it, no problem
+    store.set_observed(ref, CONDITION_LOCAL_REPLIES, cleared("5m"), uid=entry.obj.uid)
+    shown = store.get(ref)
+    assert shown is not None
+    assert tables.local_replies(object_json(shown)) == "-"
+    assert tables.status(object_json(shown)) == "FullyApplied"  # False: not a problem
