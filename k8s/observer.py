@@ -130,15 +130,27 @@ class Observer:
         self.history = History(keep=self.config.keep)
         self._failing: dict[str, str] = {}  # target key -> why, logged once
         self._renewal = Renewal(hold=self.config.hold, window=_words(self.config.flags_window))
+        self._known: set[str] = set()  # every target key seen
+        self._last_round: float | None = None  # when the last round started
         self.rounds = 0
 
     async def scrape_round(self) -> None:
         """Scrape every target once (``concurrency`` at a time, each within ``timeout``)."""
+        started = trio.current_time()
         limiter = trio.CapacityLimiter(self.config.concurrency)
         async with trio.open_nursery() as nursery:
             for target in targets(self._proxies()):
+                if target.key not in self._known and self._last_round is not None:
+                    # It connected since the last round: a new process (or pod), whose
+                    # counters started at zero then. Without this, what it counted before
+                    # its first scrape would be lost, as Prometheus loses it.
+                    self.history.add(target.key, self._last_round, {})
+                self._known.add(target.key)
                 nursery.start_soon(self._scrape, target, limiter)
         self.history.expire(trio.current_time())
+        kept = set(self.history.proxies()) | {t.key for t in targets(self._proxies())}
+        self._known &= kept  # bounded: a proxy gone for ``keep`` is new when it comes back
+        self._last_round = started
         self.rounds += 1
 
     async def _scrape(self, target: Target, limiter: trio.CapacityLimiter) -> None:

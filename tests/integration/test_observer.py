@@ -167,3 +167,19 @@ async def test_debug_graph_and_the_local_replies_condition() -> None:
     assert condition is not None
     assert condition.status == "True"
     assert condition.message == ("last 5m at waypoint shop/waypoint: 5 UO (overflow: circuit open)")
+
+
+async def test_a_proxy_that_connects_later_counts_from_zero() -> None:
+    """A proxy that joins while the observer runs is a new process: what it counted before
+    its first scrape is in the graph."""
+    connected: list[ProxyStatus] = []
+    with trio.fail_after(20):
+        async with serving() as (port, waypoint):
+            observer = Observer(lambda: connected, ObserverConfig(port=port))
+            await observer.scrape_round()  # nobody yet
+            connected.append(PROXIES[0])
+            record(waypoint, 7, response_code="200")  # before its first scrape
+            await observer.scrape_round()
+            graph = observer.graph(60.0)
+    [edge] = graph["edges"]
+    assert edge["requests"] == 7
