@@ -106,6 +106,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--drain-seconds", type=float, default=5.0,
         help="after SIGTERM, how long requests in flight may finish (default %(default)s)",
     )  # fmt: skip
+    parser.add_argument(
+        "--observe-interval", type=float, default=5.0, metavar="SECONDS",
+        help="how often the proxies' /metrics (15020) are read for /debug/graph and the"
+        " LocalReplies condition; 0: never (default %(default)s)",
+    )  # fmt: skip
     parser.set_defaults(run=run)
 
 
@@ -115,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
     from k8s.ca_nodes import ServiceAccountRef
     from k8s.controlplane_process import ControlPlaneConfig
     from k8s.leader import LeaseConfig
+    from k8s.observer import ObserverConfig
     from k8s.waypoint_kube import DEFAULT_IMAGE
 
     if args.source == "kubernetes" and args.files:
@@ -159,6 +165,7 @@ def run(args: argparse.Namespace) -> int:
         if args.leader_election
         else None,
         waypoint_image=args.waypoint_image or DEFAULT_IMAGE,
+        observer=ObserverConfig(interval=max(args.observe_interval, 0.0)),
     )
     try:
         failed = _run(config)

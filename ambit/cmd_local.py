@@ -331,6 +331,10 @@ def _get_objects(args: argparse.Namespace, kind: str, namespaced: bool) -> int:
     else:
         header = ["NAME", "STATUS", "AGE"]
         rows = [[i["metadata"]["name"], tables.status(i), tables.age(i)] for i in items]
+        if kind in tables.TRAFFIC_KINDS:  # what their Services' waypoint answered itself
+            header.insert(2, "LOCAL-REPLIES")
+            for row, item in zip(rows, items, strict=True):
+                row.insert(2, tables.local_replies(item))
         if namespaced and args.all_namespaces:
             header.insert(0, "NAMESPACE")
             for row, item in zip(rows, items, strict=True):

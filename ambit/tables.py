@@ -5,8 +5,14 @@ STATUS and AGE columns. Output only."""
 from __future__ import annotations
 
 import datetime
+import re
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
+
+LOCAL_REPLIES: Final = "ambit.io/LocalReplies"  # k8s.local_replies: the waypoints' flags
+# The kinds whose table shows it beside the routes'.
+TRAFFIC_KINDS: Final = ("DestinationRule", "BackendTrafficPolicy", "FaultInjection",
+                        "LocalRateLimit")  # fmt: skip
 
 
 def duration(seconds: float) -> str:
@@ -19,15 +25,25 @@ def duration(seconds: float) -> str:
 
 def status(item: dict[str, Any]) -> str:
     """One word for the conditions: the reason of the first that is not True, or, when
-    all are True, the pod's phase or the last condition's reason."""
+    all are True, the pod's phase or the last condition's reason. ``ambit.io/LocalReplies``
+    says what traffic met, not how the object is: left out (:func:`local_replies`)."""
     status = item.get("status") or {}
-    conditions = status.get("conditions") or []
+    conditions = [c for c in status.get("conditions") or [] if c.get("type") != LOCAL_REPLIES]
     for c in conditions:
         if c.get("status") != "True":
             return f"{c.get('reason')} ({c.get('type')})"
     if "phase" in status:
         return str(status["phase"])
     return str(conditions[-1].get("reason")) if conditions else "-"
+
+
+def local_replies(item: dict[str, Any]) -> str:
+    """The counts of a True ``ambit.io/LocalReplies`` (``80 UO,3 URX``), else ``-``."""
+    for c in (item.get("status") or {}).get("conditions") or []:
+        if c.get("type") == LOCAL_REPLIES and c.get("status") == "True":
+            counts = re.findall(r"(\d+) ([A-Z]+)\b", str(c.get("message")).partition(": ")[2])
+            return ",".join(f"{n} {flag}" for n, flag in counts) or "-"
+    return "-"
 
 
 def age(item: dict[str, Any]) -> str:
@@ -124,12 +140,12 @@ def condition(item: dict[str, Any], kind: str) -> str:
 
 def routes_table(items: list[dict[str, Any]], all_namespaces: bool) -> str:
     """HTTPRoutes or GRPCRoutes as kubectl lists them (NAME, HOSTNAMES, AGE), with their
-    ``Accepted`` and ``ResolvedRefs`` conditions."""
+    ``Accepted`` and ``ResolvedRefs`` conditions and their Services' local replies."""
     rows = []
     for i in items:
         hostnames = ",".join((i.get("spec") or {}).get("hostnames") or []) or "*"
         accepted, resolved = condition(i, "Accepted"), condition(i, "ResolvedRefs")
-        row = [i["metadata"]["name"], hostnames, accepted, resolved, age(i)]
+        row = [i["metadata"]["name"], hostnames, accepted, resolved, local_replies(i), age(i)]
         rows.append([i["metadata"]["namespace"], *row] if all_namespaces else row)
-    header = ["NAME", "HOSTNAMES", "ACCEPTED", "RESOLVED", "AGE"]
+    header = ["NAME", "HOSTNAMES", "ACCEPTED", "RESOLVED", "LOCAL-REPLIES", "AGE"]
     return table(["NAMESPACE", *header] if all_namespaces else header, rows)

@@ -151,7 +151,8 @@ class ProxyStatus:
     """A proxy as the config server last saw it. ``name`` is its view's: the node of a
     ztunnel, the namespace of a waypoint; ``node`` is where it says it runs. ``version``
     is the version of its view last sent to it: it is in step once ``acked_version``
-    reaches it."""
+    reaches it. ``address`` is the IP its stream came from (where the control plane's
+    observer scrapes its ``/metrics``), "" if unknown."""
 
     role: Role
     name: str
@@ -160,6 +161,7 @@ class ProxyStatus:
     peer: str
     version: int | None = None
     acked_version: int | None = None
+    address: str = ""
 
 
 @dataclass(frozen=True)
@@ -358,7 +360,9 @@ class ConfigServer:
                 reason=f"bad or no hello: {hello!r}",
             )
             return
-        status = ProxyStatus(key[0], key[1], node, True, str(request.peer))
+        peer_address = request.connection.peer_address
+        status = ProxyStatus(key[0], key[1], node, True, str(request.peer),
+                             address=peer_address[0] if peer_address else "")  # fmt: skip
         # A version of another epoch (a restarted control plane, another replica) is not
         # one of ours: the proxy gets the whole view.
         version = hello.get("version") if hello.get("epoch") == self.epoch else None

@@ -22,9 +22,11 @@ publishes on every change (changes within ``coalesce`` seconds together), and se
   a waypoint by its certificate, whose service account must name a waypoint Gateway of
   the namespace it asks for;
 - 15014: ``/metrics`` (Prometheus; ``pilot_xds`` is Istio's count of connected
-  proxies), ``/ready`` (200 once every kind is listed and a snapshot is published)
-  and ``/debug/syncz`` (each proxy, as istiod lists them: role, view, connection,
-  the version sent and the one acknowledged);
+  proxies), ``/ready`` (200 once every kind is listed and a snapshot is published),
+  ``/debug/syncz`` (each proxy, as istiod lists them: role, view, connection,
+  the version sent and the one acknowledged) and ``/debug/graph?window=SECONDS`` (the
+  traffic graph from the proxies' own metrics, :mod:`k8s.observer`, which also sets the
+  ``ambit.io/LocalReplies`` condition of the objects whose Services had local replies);
 - 15016, with ``tap_tokens_file`` (or on Kubernetes, the callers' own credentials asked of
   the API server, :mod:`k8s.tap_access`): ``ambit tap``'s API (:mod:`k8s.tap_server`), HTTPS with
   a bearer token of that file (same format as ``tokens_file``, re-read on change), and
@@ -81,6 +83,7 @@ from k8s.leader import (
     default_identity,
     run_when_leader,
 )
+from k8s.observer import ObserverConfig, observing
 from k8s.root_cert import run_root_cert_publisher
 from k8s.status_writer import run_status_writer
 from k8s.store import ObjectStore
@@ -131,6 +134,7 @@ class ControlPlaneConfig:
     tap_tokens_file: Path | None = None  # who may tap: {"caller": "token"}; None: no tap API
     tap_port: int = TAP_PORT
     tap_kubernetes: bool = False  # the tap API for callers the API server authorizes
+    observer: ObserverConfig = field(default_factory=ObserverConfig)  # the proxies' metrics
 
 
 @dataclass
@@ -183,6 +187,7 @@ class _State:
     published: bool = False
     refused: list[str] = field(default_factory=list)
     leadership: Leadership = field(default_factory=Leadership)
+    status_lock: trio.Lock = field(default_factory=trio.Lock)  # one status file write at once
 
 
 class _Collector(Collector):
@@ -251,11 +256,16 @@ async def _sync(state: _State, config: ControlPlaneConfig) -> None:
 
     async def after(snapshot: MeshSnapshot | None) -> None:
         state.published = state.published or snapshot is not None
-        if config.status_file is not None:
-            data = json.dumps(status_json(state), indent=1).encode()
-            await trio.to_thread.run_sync(_write_atomically, config.status_file, data)
+        await _write_status(state, config)
 
     await state.plane.serve_store(state.store, window=config.coalesce, after=after)
+
+
+async def _write_status(state: _State, config: ControlPlaneConfig) -> None:
+    if config.status_file is not None:
+        async with state.status_lock:  # computed under the lock: the last write is the newest
+            data = json.dumps(status_json(state), indent=1).encode()
+            await trio.to_thread.run_sync(_write_atomically, config.status_file, data)
 
 
 async def _watch_tokens(tokens: TokensFile, poll: float) -> None:
@@ -453,6 +463,8 @@ async def _run(
 
     routes = {"/metrics": metrics_route(registry), "/ready": ready_route(ready),
               "/debug/syncz": syncz}  # fmt: skip
+    observe = observing(plane.config.proxies, store, config.observer, routes,
+                        after=lambda: _write_status(state, config))  # fmt: skip
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             ca_port, config_port = await nursery.start(
@@ -473,6 +485,7 @@ async def _run(
                 else None
             )
             nursery.start_soon(_sync, state, config)
+            nursery.start_soon(observe)
             await nursery.start(_run_source, state, config, api)
             if api is not None:  # Istio's kinds ambit ignores: said, never silently skipped
                 nursery.start_soon(report_unsupported, api)

@@ -16,6 +16,10 @@ pure: the store's conditions as Kubernetes and Gateway API write them.
   controllers' entries as a route's ``parents`` are;
 - a Service: ``conditions`` (``ambit.io/Accepted``, ``ambit.io/WaypointBound``).
 
+A route's or a BackendTrafficPolicy's own ``ambit.io/LocalReplies`` (:mod:`k8s.local_replies`:
+Gateway API has no place for a route's own conditions) goes into each of its entries
+for a Service.
+
 Each document names the object's ``uid``: the API server refuses (409) to apply it to
 a successor of the same name. Which conditions an operator should also hear of as a
 Kubernetes Event: :func:`event_problems`.
@@ -28,6 +32,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from k8s.local_replies import CONDITION_LOCAL_REPLIES
 from k8s.manifests import Gateway, GatewayClass, Service, kind_info
 from k8s.store import Condition, Entry, ObjectStore
 from k8s.traffic_conditions import CONDITION_FULLY_APPLIED
@@ -107,6 +112,17 @@ def _gateway_addresses(entry: Entry, store: ObjectStore) -> list[Json]:
     return [{"type": "IPAddress", "value": ip}] if ip and ip != "None" else []
 
 
+def _with_observed(
+    entry: Entry, parent: ParentRef, conditions: Sequence[Condition]
+) -> Sequence[Condition]:
+    """A parent's conditions, with the object's own ``ambit.io/LocalReplies`` when the
+    parent is a Service."""
+    observed = entry.condition(CONDITION_LOCAL_REPLIES)
+    if observed is None or (parent.group, parent.kind) != ("", "Service"):
+        return conditions
+    return [*conditions, observed]
+
+
 def status_of(entry: Entry, store: ObjectStore) -> Json | None:
     """The ``status`` ambit writes on ``entry``, or None when it writes none."""
     obj = entry.obj
@@ -125,13 +141,13 @@ def status_of(entry: Entry, store: ObjectStore) -> Json | None:
     if kind in ROUTE_KINDS:
         return {"parents": [
             {"parentRef": parent_ref_json(parent), "controllerName": CONTROLLER_NAME,
-             "conditions": _conditions(conditions)}
+             "conditions": _conditions(_with_observed(entry, parent, conditions))}
             for parent, conditions in entry.parents
         ]}  # fmt: skip
     if kind == "BackendTrafficPolicy":
         return {"ancestors": [
             {"ancestorRef": parent_ref_json(parent), "controllerName": CONTROLLER_NAME,
-             "conditions": _conditions(conditions)}
+             "conditions": _conditions(_with_observed(entry, parent, conditions))}
             for parent, conditions in entry.parents
         ]}  # fmt: skip
     if kind in POLICY_KINDS:

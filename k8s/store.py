@@ -18,7 +18,10 @@ gate for it until :meth:`ObjectStore.replace_kind` delivers its first list.
 Conditions are status, not content: setting them never bumps the content version that
 wakes the control plane; :attr:`ObjectStore.revision` counts both (what the status writer
 waits on, :mod:`k8s.status_writer`). A route's conditions per parent (Gateway API's
-``status.parents``) are kept beside its own. Pure bookkeeping and Trio events; no I/O.
+``status.parents``) are kept beside its own. Conditions of what the proxies observe
+(:meth:`ObjectStore.set_observed`, ``ambit.io/LocalReplies``) are set apart from
+translation's: :meth:`ObjectStore.set_conditions` keeps them. Pure bookkeeping and Trio
+events; no I/O.
 """
 
 from __future__ import annotations
@@ -121,6 +124,7 @@ class ObjectStore:
         clock: Callable[[], str] = now_rfc3339,
     ) -> None:
         self._entries: dict[ObjectRef, Entry] = {}
+        self._observed: dict[ObjectRef, tuple[str, dict[str, Condition]]] = {}  # uid, by type
         self._kinds = tuple(kinds) if kinds is not None else tuple(k.kind for k in KINDS)
         self._listed: set[str] = set()
         self._clock = clock
@@ -222,6 +226,7 @@ class ObjectStore:
 
     def delete(self, ref: ObjectRef) -> Entry | None:
         entry = self._entries.pop(ref, None)
+        self._observed.pop(ref, None)
         if entry is not None:
             self._bump()
         return entry
@@ -241,6 +246,7 @@ class ObjectStore:
         entry = self._entries.get(ref)
         if entry is None or (uid is not None and entry.obj.uid != uid):
             return False
+        conditions = [*conditions, *self._observed_of(entry)]
         stamped = self._stamp(entry, entry.conditions, conditions)
         by_parent = dict(entry.parents)
         new_parents = entry.parents
@@ -253,6 +259,35 @@ class ObjectStore:
             self._entries[ref] = dataclasses.replace(entry, conditions=stamped, parents=new_parents)
             self._revise()
         return True
+
+    def set_observed(
+        self, ref: ObjectRef, type_: str, condition: Condition | None, *, uid: str
+    ) -> bool:
+        """Set (None: remove) the condition ``type_`` of ``ref`` that the proxies'
+        observations decide, kept apart from translation's: :meth:`set_conditions` keeps
+        it. Returns whether stored (the object with ``uid`` is there)."""
+        entry = self._entries.get(ref)
+        if entry is None or entry.obj.uid != uid:
+            return False
+        held = self._observed.get(ref)
+        observed = held[1] if held is not None and held[0] == uid else {}
+        if condition is None:
+            observed.pop(type_, None)
+        else:
+            observed[type_] = condition
+        self._observed[ref] = (uid, observed)
+        mine = [c for c in entry.conditions if c.type != type_]
+        if condition is not None:
+            mine.append(condition)
+        stamped = self._stamp(entry, entry.conditions, mine)
+        if stamped != entry.conditions:
+            self._entries[ref] = dataclasses.replace(entry, conditions=stamped)
+            self._revise()
+        return True
+
+    def _observed_of(self, entry: Entry) -> list[Condition]:
+        held = self._observed.get(entry.ref)
+        return list(held[1].values()) if held is not None and held[0] == entry.obj.uid else []
 
     def _stamp(
         self, entry: Entry, before: Iterable[Condition], conditions: Iterable[Condition]

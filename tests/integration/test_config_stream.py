@@ -117,6 +117,7 @@ async def test_a_proxy_waits_for_the_first_snapshot(root: Pki) -> None:
     with trio.fail_after(10):
         async with running(root, server, proxy):
             await wait_until(lambda: server.nodes() and server.nodes()[0].connected)
+            assert server.nodes()[0].address == "127.0.0.1"  # where the observer scrapes it
             assert proxy.applied == []
             server.publish(versioned(7))
             await wait_until(lambda: [s.version for s in proxy.applied] == [7])

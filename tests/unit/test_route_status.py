@@ -204,12 +204,13 @@ def test_a_bad_route_is_reported_on_itself_and_breaks_no_other() -> None:
     # ``ambit get httproutes -n shop`` and ``-o yaml``.
     items = [object_json(e) for e in store.entries("HTTPRoute")]
     lines = tables.routes_table(items, all_namespaces=False).splitlines()
-    assert lines[0].split() == ["NAME", "HOSTNAMES", "ACCEPTED", "RESOLVED", "AGE"]
+    assert lines[0].split() == ["NAME", "HOSTNAMES", "ACCEPTED", "RESOLVED", "LOCAL-REPLIES",
+                                "AGE"]  # fmt: skip
     rows = {line.split()[0]: line.split()[1:-1] for line in lines[1:]}
     assert rows == {
-        "bad": ["*", "True", "False", "(BackendNotFound)"],
-        "good": ["*", "True", "True"],
-        "worse": ["*", "False", "(NoMatchingParent)", "True"],
+        "bad": ["*", "True", "False", "(BackendNotFound)", "-"],
+        "good": ["*", "True", "True", "-"],
+        "worse": ["*", "False", "(NoMatchingParent)", "True", "-"],
     }
     (bad_json,) = [i for i in items if i["metadata"]["name"] == "bad"]
     resolved = [c for c in bad_json["status"]["conditions"] if c["type"] == "ResolvedRefs"]
