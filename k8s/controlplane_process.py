@@ -87,6 +87,7 @@ from k8s.observer import ObserverConfig, observing
 from k8s.root_cert import run_root_cert_publisher
 from k8s.status_writer import run_status_writer
 from k8s.store import ObjectStore
+from k8s.token_files import TokensFile, serve_tap_api, watch_tokens
 from k8s.unsupported import report_unsupported
 from k8s.waypoint_kube import DEFAULT_IMAGE as DEFAULT_WAYPOINT_IMAGE
 from k8s.waypoint_kube import cluster_settings
@@ -101,7 +102,6 @@ from mesh.constants import (
 )
 from mesh.http import Request, Response
 from mesh.model import MeshSnapshot
-from mesh.tokens import TokenTable
 
 if TYPE_CHECKING:
     from k8s.sources.driver import KubernetesSource
@@ -143,40 +143,6 @@ class Ports:
     config: int
     metrics: int
     tap: int | None = None  # None: no tap API (no tap_tokens_file)
-
-
-class TokensFile:
-    """Bearer tokens from a JSON file ``{"caller": "token"}``, added to a
-    :class:`TokenTable` as they appear. A caller is a node's name (a ztunnel) or a
-    service account, ``system:serviceaccount:NS:SA`` (a waypoint: what Kubernetes'
-    TokenReview would say of its token). A token once loaded stays valid for this
-    process's life."""
-
-    def __init__(self, path: Path | None, table: TokenTable) -> None:
-        self.path = path
-        self.table = table
-        self._loaded: dict[str, str] = {}
-        self._mtime = -1
-
-    def reload(self) -> None:
-        if self.path is None:
-            return
-        try:
-            mtime = os.stat(self.path).st_mtime_ns
-            if mtime == self._mtime:
-                return
-            data = json.loads(self.path.read_text())
-        except (OSError, ValueError) as exc:
-            log.warning("tokens_file_unreadable", path=str(self.path), reason=str(exc))
-            return
-        self._mtime = mtime
-        if not isinstance(data, dict):
-            log.warning("tokens_file_unreadable", path=str(self.path), reason="not an object")
-            return
-        for caller, token in data.items():
-            if isinstance(token, str) and token and self._loaded.get(str(caller)) != token:
-                self.table.add(token, str(caller))
-                self._loaded[str(caller)] = token
 
 
 @dataclass
@@ -266,56 +232,6 @@ async def _write_status(state: _State, config: ControlPlaneConfig) -> None:
         async with state.status_lock:  # computed under the lock: the last write is the newest
             data = json.dumps(status_json(state), indent=1).encode()
             await trio.to_thread.run_sync(_write_atomically, config.status_file, data)
-
-
-async def _watch_tokens(tokens: TokensFile, poll: float) -> None:
-    while True:
-        tokens.reload()
-        await trio.sleep(poll)
-
-
-async def serve_tap_api(
-    config: ControlPlaneConfig,
-    plane: ControlPlane,
-    api: KubeRequests | None = None,
-    *,
-    task_status: trio.TaskStatus[int],
-) -> None:
-    """``ambit tap``'s API (:mod:`k8s.tap_server`, and ``ambit why``'s snapshot) under the
-    control plane's own certificate, for the tokens of ``config.tap_tokens_file`` (a table
-    of its own: a tap token is worth nothing at the CA or on the config stream) or, without
-    that file on Kubernetes, for callers the API server says may (:mod:`k8s.tap_access`:
-    TokenReview, then SubjectAccessReview)."""
-    from ca import LocalSigner
-    from k8s.tap_access import KubeTapAuthenticator
-    from k8s.tap_server import TapAuthenticator, TokenTapAuthenticator, serve_tap
-    from mesh.certs import open_certificate_manager
-    from mesh.identity import WorkloadCertificate, control_plane_identity
-
-    tokens = TokensFile(config.tap_tokens_file, TokenTable())
-    tokens.reload()
-    authenticator: TapAuthenticator = (
-        KubeTapAuthenticator(api)
-        if api is not None and config.tap_tokens_file is None
-        else TokenTapAuthenticator(tokens.table)
-    )
-    identity = control_plane_identity(config.trust_domain)
-    signer = LocalSigner(plane.authority, caller="controlplane")
-    async with open_certificate_manager(signer) as certs, trio.open_nursery() as nursery:
-        await certs.fetch_now(identity)
-
-        def current() -> WorkloadCertificate:
-            cert = certs.get(identity)
-            assert cert is not None  # fetched above; renewals replace it
-            return cert
-
-        nursery.start_soon(_watch_tokens, tokens, config.poll)
-        bound = await nursery.start(
-            partial(serve_tap, plane.config.taps, authenticator, certificate=current,
-                    host=config.host, port=config.tap_port,
-                    snapshot=lambda: plane.snapshot.to_json() if plane.snapshot else None)
-        )  # fmt: skip
-        task_status.started(bound[1])
 
 
 def _kube_config(config: ControlPlaneConfig) -> KubeSourceConfig:
@@ -478,12 +394,13 @@ async def _run(
                     routes, host=config.host, port=config.metrics_port, task_status=task_status
                 )
             )
-            nursery.start_soon(_watch_tokens, tokens, config.poll)
-            tap = (
-                await nursery.start(serve_tap_api, config, plane, api)
-                if config.tap_tokens_file or (api is not None and config.tap_kubernetes)
-                else None
-            )
+            nursery.start_soon(watch_tokens, tokens, config.poll)
+            tap = None
+            if config.tap_tokens_file or (api is not None and config.tap_kubernetes):
+                serving = partial(serve_tap_api, plane, config.tap_tokens_file, api,
+                                  host=config.host, port=config.tap_port,
+                                  trust_domain=config.trust_domain, poll=config.poll)  # fmt: skip
+                tap = await nursery.start(serving)
             nursery.start_soon(_sync, state, config)
             nursery.start_soon(observe)
             await nursery.start(_run_source, state, config, api)

@@ -106,7 +106,7 @@ def test_service_accounts_and_nodes_are_asked_of_their_own_rules() -> None:
 
 
 def test_the_tokens_file_names_nodes_and_service_accounts(tmp_path: Path) -> None:
-    from k8s.controlplane_process import TokensFile
+    from k8s.token_files import TokensFile
     from mesh.tokens import TokenTable
 
     path = tmp_path / "tokens.json"
