@@ -215,3 +215,21 @@ def test_flags_by_service_are_the_waypoints_flagged_requests() -> None:
 def test_text_that_is_not_prometheus_is_refused() -> None:
     with pytest.raises(ValueError, match="could not convert"):
         parse_scrape("istio_requests_total{reporter=\n")
+
+
+def test_ten_minutes_of_scrapes_are_thinned_and_every_window_still_counts_right() -> None:
+    """Scraped every 5 s for 10 minutes at 2 requests a second: about 30 scrapes are kept
+    (every one of the last minute, then one per 30 s), and the last 10 s, minute and five
+    minutes count what was sent in them."""
+    history = History(keep=600.0)
+    proxy = Proxy()
+    for tick in range(121):
+        if tick:
+            proxy.request(request_labels(), 1.0, times=10)  # 10 per 5 s
+        history.add("w", tick * 5.0, parse_scrape(proxy.text()))
+    kept = history._scrapes["w"]
+    assert len(kept) <= 34
+    for window, expected in ((10.0, 20), (60.0, 120), (300.0, 600)):
+        [edge] = edges(history.increases(window))
+        assert edge["requests"] == expected, window
+        assert edge["per_second"] == 2.0
