@@ -60,7 +60,7 @@ async def test_the_rendering_applies_and_its_objects_exist(
                                        meta.get("namespace"))  # fmt: skip
             assert got["metadata"]["labels"]["app.kubernetes.io/part-of"] == "ambit"
         service = await kube_admin.get("v1", "Service", NAME, SYSTEM_NAMESPACE)
-    assert {p["port"] for p in service["spec"]["ports"]} == {15010, 15012, 15014}
+    assert {p["port"] for p in service["spec"]["ports"]} == {15010, 15012, 15014, 15016}
     assert service["spec"]["clusterIP"]
 
 
