@@ -40,7 +40,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("source", metavar="FROM")
     parser.add_argument("destination", metavar="TO")
     parser.add_argument("--port", type=int, help="the destination port (TO's own, else this)")
-    parser.add_argument("--method", default="GET", help="HTTP method (default %(default)s)")
+    parser.add_argument("--method", default="", help="HTTP method (default GET; POST to gRPC)")
     parser.add_argument("--path", default="/", help="HTTP path, query included (default /)")
     parser.add_argument(
         "-H", "--header", action="append", default=[], metavar="'NAME: VALUE'",

@@ -71,6 +71,8 @@ def _address(text: str) -> str | None:
 
 
 def parse_from(snapshot: MeshSnapshot, text: str) -> From:
+    if text.startswith(("pod/", "po/")):  # ambit tap's spelling
+        text = text.partition("/")[2]
     ip = _address(text)
     if ip is not None:
         w = snapshot.workload_by_ip(ip)
@@ -102,6 +104,13 @@ def _trust_domain(snapshot: MeshSnapshot) -> str:
 
 
 def parse_to(snapshot: MeshSnapshot, text: str, port: int | None) -> To:
+    kind, slash, rest = text.partition("/")
+    only = {"svc": "service", "service": "service", "pod": "pod", "po": "pod"}.get(kind)
+    if only is not None and slash:  # ambit tap's spelling: svc/NS/NAME, pod/NS/NAME
+        found = parse_to(snapshot, rest, port)
+        if (only == "service") != (found.service is not None):
+            raise QueryError(f"TO {text!r}: no {only} {rest.partition(':')[0]}")
+        return found
     host, sep, port_text = text.rpartition(":")
     if not sep or ("/" not in text and _address(host) is None):
         host, port_text = text, ""

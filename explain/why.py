@@ -10,6 +10,8 @@ it follows the first, and says so. Pure: no I/O.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from explain.query import Ask, From, To
 from explain.steps import Explanation, Step, Verdict
 from explain.waypoint_hop import Onward, host_of, through_waypoint
@@ -18,6 +20,7 @@ from mesh.identity import SpiffeId
 from mesh.model import MeshSnapshot, Workload
 from waypoint.destination import meshed_identity
 from waypoint.http_request import split_authority
+from waypoint.protocol import declared
 from waypoint.upstream import targets_of
 from ztunnel.plan import Direct, Passthrough, Refused, ViaWaypoint, plan_outbound
 
@@ -31,6 +34,9 @@ def why(
     ask: Ask,
     binding: Binding = lambda _: None,
 ) -> Explanation:
+    if not ask.method:  # as a client would send it: gRPC is POST
+        port = to.service.port(to.port) if to.service is not None else None
+        ask = replace(ask, method="POST" if declared(port) == "grpc" else "GET")
     steps = [capture(src)]
     if src.meshed:
         verdict = _meshed(snapshot, src, to, ask, binding, steps)

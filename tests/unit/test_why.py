@@ -221,3 +221,25 @@ def test_an_unknown_source_is_a_clear_error(src: str) -> None:
 def test_an_unknown_destination_is_a_clear_error(dst: str, port: int | None) -> None:
     with pytest.raises(QueryError):
         parse_to(world(), dst, port)
+
+
+def test_tap_spellings_name_the_same_things() -> None:
+    snapshot = world(extra_yaml=DENY_CLIENT)
+    plain = ask(snapshot, "other/client", "shop/web")
+    spelled = ask(snapshot, "pod/other/client", "svc/shop/web:8000")
+    assert spelled.verdict == plain.verdict
+    assert ask(snapshot, "other/client", "pod/shop/web-1", port=8080).verdict.flag == "DENY"
+    with pytest.raises(QueryError):
+        parse_to(snapshot, "pod/shop/web", 8000)  # a Service, not a pod
+    with pytest.raises(QueryError):
+        parse_to(snapshot, "svc/shop/web-1", 8080)  # a pod, not a Service
+
+
+def test_a_grpc_port_is_asked_with_post_unless_told() -> None:
+    grpc = (m.ServicePortSpec(port=9000, target_port=9000, name="grpc"),)
+    snapshot = world(svc("api", "shop", cluster_ip="10.96.0.40", ports=grpc,
+                         selector={"app": "web"}))  # fmt: skip
+    e = why(snapshot, parse_from(snapshot, "shop/sleep"), parse_to(snapshot, "shop/api", None),
+            Ask(method="", path="/pkg.Api/Get"))  # fmt: skip
+    assert e.request is not None
+    assert e.request["method"] == "POST"
