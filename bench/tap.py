@@ -11,18 +11,13 @@ of ``-n`` requests, the median beside it.
 
 from __future__ import annotations
 
-import argparse
-import json
-import logging
-import statistics
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import cast
 
-import structlog
 from prometheus_client import CollectorRegistry
 
+from bench import per_request
 from mesh.config_stream import encode
 from mesh.tap import TapFilter
 from tests.builders import service, snapshot, workload
@@ -67,44 +62,17 @@ def one_case(target: str | None) -> Callable[[int], float]:
     return run
 
 
-def measure(n: int, repeat: int) -> dict[str, dict[str, float]]:
-    runs: dict[str, list[float]] = {name: [] for name in CASES}
+def measure(n: int, repeat: int) -> per_request.Results:
     timers = {name: one_case(target) for name, target in CASES.items()}
-    for _ in range(repeat):  # interleaved, so a slow moment hits every case alike
-        for name, timer in timers.items():
-            runs[name].append(timer(n) / n * 1e6)
-    base = min(runs["no tap"])
-    return {
-        name: {"us_per_request": round(min(v), 2), "vs_no_tap_us": round(min(v) - base, 2),
-               "median": round(statistics.median(v), 2)}
-        for name, v in runs.items()
-    }  # fmt: skip
+    return per_request.measure(timers, n, repeat, base="no tap")
 
 
-def table(results: dict[str, dict[str, float]]) -> str:
-    lines = ["| tap | µs per request (fastest run) | vs no tap | median |",
-             "| --- | --- | --- | --- |"]  # fmt: skip
-    for name, row in results.items():
-        lines.append(f"| {name} | {row['us_per_request']:.2f} | {row['vs_no_tap_us']:+.2f} | "
-                     f"{row['median']:.2f} |")  # fmt: skip
-    return "\n".join(lines)
+def table(results: per_request.Results) -> str:
+    return per_request.table(results, "tap", "no tap")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.tap", description=__doc__)
-    parser.add_argument("-n", type=int, default=20_000, help="requests per run")
-    parser.add_argument("--repeat", type=int, default=7)
-    parser.add_argument("--quick", action="store_true", help="-n 5000 --repeat 3")
-    parser.add_argument("--json", type=Path, help="write the results there too")
-    args = parser.parse_args(argv)
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    n, repeat = (5_000, 3) if args.quick else (args.n, args.repeat)
-    results = measure(n, repeat)
-    print(table(results))
-    if args.json:
-        args.json.write_text(json.dumps({"n": n, "repeat": repeat, "results": results},
-                                        indent=2) + "\n")  # fmt: skip
-    return 0
+    return per_request.main("python -m bench.tap", __doc__, measure, table, argv)
 
 
 if __name__ == "__main__":
