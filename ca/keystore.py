@@ -15,7 +15,6 @@ Layout of a CA directory (Istio's names where they exist)::
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
 from collections.abc import Iterable
@@ -27,6 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from ca.errors import CaFileError, KeyFilePermissionError
+from mesh.files import write_atomically
 from mesh.identity import certs_to_pem
 
 KEY_FILE_MODE = 0o600
@@ -66,33 +66,17 @@ class CaFiles:
         return self.intermediate_cert.exists() or self.intermediate_key.exists()
 
 
-def _write_atomically(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` to ``path`` through a temporary file created with ``mode``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-    try:
-        os.fchmod(fd, mode)  # the umask may have removed bits we want, never added any
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
 def write_private_key(path: Path, key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> None:
     pem = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    _write_atomically(path, pem, KEY_FILE_MODE)
+    write_atomically(path, pem, KEY_FILE_MODE)
 
 
 def write_certificates(path: Path, certs: Iterable[x509.Certificate]) -> None:
-    _write_atomically(path, certs_to_pem(certs), CERT_FILE_MODE)
+    write_atomically(path, certs_to_pem(certs), CERT_FILE_MODE)
 
 
 def read_private_key(path: Path) -> ec.EllipticCurvePrivateKey:

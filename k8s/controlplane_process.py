@@ -48,7 +48,6 @@ for up to ``drain_seconds``) and it exits 0.
 from __future__ import annotations
 
 import json
-import os
 import signal
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -100,6 +99,7 @@ from mesh.constants import (
     DEFAULT_TRUST_DOMAIN,
     TAP_PORT,
 )
+from mesh.files import write_atomically
 from mesh.http import Request, Response
 from mesh.model import MeshSnapshot
 
@@ -211,12 +211,6 @@ def status_json(state: _State) -> dict[str, Any]:
     }
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)
-
-
 async def _sync(state: _State, config: ControlPlaneConfig) -> None:
     """Publish after every change of the store; write the status file after each."""
 
@@ -231,7 +225,7 @@ async def _write_status(state: _State, config: ControlPlaneConfig) -> None:
     if config.status_file is not None:
         async with state.status_lock:  # computed under the lock: the last write is the newest
             data = json.dumps(status_json(state), indent=1).encode()
-            await trio.to_thread.run_sync(_write_atomically, config.status_file, data)
+            await trio.to_thread.run_sync(write_atomically, config.status_file, data)
 
 
 def _kube_config(config: ControlPlaneConfig) -> KubeSourceConfig:

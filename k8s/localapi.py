@@ -34,9 +34,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from ca.certificates import new_ca, server_leaf
 from mesh.admin import Route, serve_http
+from mesh.files import write_atomically
 from mesh.http import Request, Response, json_response
 from node.cni_config import PluginKubeconfig
-from node.cni_install import write_atomic
 
 log = structlog.get_logger("k8s.localapi")
 
@@ -110,7 +110,7 @@ class LocalApi:
             )
             self.port = port
             kubeconfig = PluginKubeconfig(f"https://{HOST}:{port}", ca_pem=ca_pem, token=self.token)
-            write_atomic(self.kubeconfig_file, kubeconfig.document(), 0o600)
+            write_atomically(self.kubeconfig_file, kubeconfig.document(), 0o600)
             log.info("local_api_serving", address=f"{HOST}:{port}",
                      kubeconfig=str(self.kubeconfig_file))  # fmt: skip
             task_status.started(port)
@@ -122,12 +122,12 @@ class LocalApi:
         leaf = server_leaf([HOST], key.public_key(), authority, lifetime=LIFETIME)
         ca_pem = authority.cert.public_bytes(serialization.Encoding.PEM)
         self.directory.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.ca_file, ca_pem, 0o644)
+        write_atomically(self.ca_file, ca_pem, 0o644)
         chain = self.directory / "server.pem"
         key_pem = key.private_bytes(serialization.Encoding.PEM,
                                     serialization.PrivateFormat.PKCS8,
                                     serialization.NoEncryption())  # fmt: skip
-        write_atomic(chain, key_pem + leaf.public_bytes(serialization.Encoding.PEM), 0o600)
+        write_atomically(chain, key_pem + leaf.public_bytes(serialization.Encoding.PEM), 0o600)
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(chain)
         return context, ca_pem

@@ -70,6 +70,7 @@ from mesh.constants import (
     LABEL_GATEWAY_NAME,
     TAP_PORT,
 )
+from mesh.files import write_atomically
 from mesh.identity import control_plane_identity
 from mesh.netns import NetnsError, NetworkNamespace, netns_path
 from mesh.tokens import TokenTable
@@ -80,15 +81,6 @@ CONFIG_DUMP_LIMIT = 16 * 1024 * 1024
 TAP_TOKENS_FILE = "tap-tokens.json"  # under <state>/mesh: who may tap (the control plane's)
 TAP_CLIENT_FILE = "tap.json"  # under <state>/mesh: where and how to tap (ambit tap's)
 LOCAL_TAP_CALLER = "local-admin"
-
-
-def _write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 AGENT_PORT = 15031  # the node agent's /healthz/ready and /status, on the node's address
@@ -146,7 +138,7 @@ class LocalMesh:
                 config.state_dir / "ca", CaConfig(trust_domain=config.trust_domain)
             )
         )
-        _write_atomically(self._dir() / "bundle.pem", authority.trust_bundle.pem())
+        write_atomically(self._dir() / "bundle.pem", authority.trust_bundle.pem())
         (self._dir() / "objects").mkdir(parents=True, exist_ok=True)
         self._write_tokens()
         self._write_tap_access(config)
@@ -181,19 +173,19 @@ class LocalMesh:
         callers = [*self._nodes, *(service_account_caller(*a) for a in self._accounts)]
         tokens = {caller: self.tokens.token_for(caller) for caller in callers}
         path = (directory or self._dir()) / "tokens.json"
-        _write_atomically(path, json.dumps(tokens).encode(), 0o600)
+        write_atomically(path, json.dumps(tokens).encode(), 0o600)
 
     def _write_tap_access(self, config: ClusterConfig) -> None:
         """Who may tap (the control plane's file) and how to (the CLI's), both 0600."""
         token = secrets.token_urlsafe(32)
         tokens = json.dumps({LOCAL_TAP_CALLER: token}).encode()
-        _write_atomically(self._dir() / TAP_TOKENS_FILE, tokens, 0o600)
+        write_atomically(self._dir() / TAP_TOKENS_FILE, tokens, 0o600)
         client = {
             "server": f"{config.host_ip}:{TAP_PORT}",
             "identity": str(control_plane_identity(config.trust_domain)),
             "token": token,
         }
-        _write_atomically(self._dir() / TAP_CLIENT_FILE, json.dumps(client).encode(), 0o600)
+        write_atomically(self._dir() / TAP_CLIENT_FILE, json.dumps(client).encode(), 0o600)
 
     def deployer_settings(self, config: ClusterConfig) -> DeployerSettings:
         host = str(config.host_ip)
@@ -222,7 +214,7 @@ class LocalMesh:
                 continue
             account = (pod.namespace, pod.service_account)
             token = self.tokens.token_for(service_account_caller(*account)).encode()
-            _write_atomically(settings.token_file(*account), token, 0o600)
+            write_atomically(settings.token_file(*account), token, 0o600)
             if account not in self._accounts:
                 self._accounts.append(account)
                 new = True
@@ -250,7 +242,7 @@ class LocalMesh:
                 self._changed = trio.Event()
                 snapshot = self._latest
                 assert snapshot is not None
-                _write_atomically(
+                write_atomically(
                     self._dir() / "objects" / "cluster.json",
                     "\n---\n".join(json.dumps(d) for d in snapshot.documents).encode(),
                 )
@@ -263,7 +255,7 @@ class LocalMesh:
         if node.name not in self._nodes:
             self._nodes.append(node.name)
             self._write_tokens()  # before the ztunnel starts: the control plane re-reads it
-        _write_atomically(token_file, self.tokens.token_for(node.name).encode(), 0o600)
+        write_atomically(token_file, self.tokens.token_for(node.name).encode(), 0o600)
         host = str(config.host_ip)
         return [
             sys.executable, "-m", "ambit.cli", "--log-format", "json", "ztunnel",
@@ -288,7 +280,7 @@ class LocalMesh:
         chain = self.node_chain(node.name)
         if not (chain.conf_dir / PRIMARY_FILE).exists():
             chain.conf_dir.mkdir(parents=True, exist_ok=True)
-            _write_atomically(chain.conf_dir / PRIMARY_FILE, primary_conflist())
+            write_atomically(chain.conf_dir / PRIMARY_FILE, primary_conflist())
         return [
             sys.executable, "-m", "ambit.cli", "--log-format", "json", "node-agent",
             "--node", node.name,

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from pathlib import Path
 import structlog
 import trio
 
+from mesh.files import write_atomically
 from node import cni_plugin
 from node.cni_config import (
     PLUGIN_TYPE,
@@ -46,22 +46,6 @@ log = structlog.get_logger("node.cni")
 STATE_RECORD = "cni-config.json"  # {"original": name, "installed": name, "sha256": ...}
 STATE_ORIGINAL = "cni-config.original"  # the primary config's bytes as found
 POLL_SECONDS = 0.5
-
-
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """``data`` at ``path``, whole or not at all: written and synced under a temporary
-    name (one no runtime reads as config) in the same directory, then renamed."""
-    temporary = path.with_name(f".{path.name}.ambit-{secrets.token_hex(4)}")
-    try:
-        with open(temporary, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fchmod(f.fileno(), mode)
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
 
 
 def _read(path: Path) -> bytes | None:
@@ -86,7 +70,7 @@ def install_binary(src: Path, bin_dir: Path) -> bool:
     if _read(target) == content and os.stat(target).st_mode & 0o777 == 0o755:
         return False
     bin_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(target, content, 0o755)
+    write_atomically(target, content, 0o755)
     return True
 
 
@@ -97,7 +81,7 @@ def write_plugin_kubeconfig(path: Path, kubeconfig: PluginKubeconfig) -> bool:
     if _read(path) == content:
         return False
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, content, 0o600)
+    write_atomically(path, content, 0o600)
     return True
 
 
@@ -147,15 +131,15 @@ def _install_config(
     new_name, new_data = with_plugin(name, data, entry)
     state_dir.mkdir(parents=True, exist_ok=True)
     if without_plugin(data) is None:  # as the primary CNI wrote it: the one to restore
-        write_atomic(state_dir / STATE_ORIGINAL, data, 0o600)
+        write_atomically(state_dir / STATE_ORIGINAL, data, 0o600)
         original: str | None = name
     else:  # ambit's own edit (other settings): what it was edited from, if known
         record = _record(state_dir)
         original = record["original"] if record is not None else None
     digest = hashlib.sha256(new_data).hexdigest()
     record = {"original": original, "installed": new_name, "sha256": digest}
-    write_atomic(state_dir / STATE_RECORD, json.dumps(record).encode(), 0o600)
-    write_atomic(conf_dir / new_name, new_data, _mode(conf_dir / name))
+    write_atomically(state_dir / STATE_RECORD, json.dumps(record).encode(), 0o600)
+    write_atomically(conf_dir / new_name, new_data, _mode(conf_dir / name))
     if new_name != name:  # a .conf now a .conflist: the runtime must not read both
         (conf_dir / name).unlink(missing_ok=True)
     return Installed.INSTALLED, new_name
@@ -174,7 +158,7 @@ def uninstall_config(conf_dir: Path, state_dir: Path) -> bool:
         is_ours = current is not None and hashlib.sha256(current).hexdigest() == record["sha256"]
         if is_ours and record["original"] is not None and original is not None:
             restored = conf_dir / record["original"]
-            write_atomic(restored, original, _mode(installed))
+            write_atomically(restored, original, _mode(installed))
             if restored != installed:
                 installed.unlink(missing_ok=True)
             changed = True
@@ -182,7 +166,7 @@ def uninstall_config(conf_dir: Path, state_dir: Path) -> bool:
         found = find_primary(conf_dir)
         stripped = without_plugin(found[1]) if found is not None else None
         if found is not None and stripped is not None:
-            write_atomic(conf_dir / found[0], stripped, _mode(conf_dir / found[0]))
+            write_atomically(conf_dir / found[0], stripped, _mode(conf_dir / found[0]))
             changed = True
     for name in (STATE_RECORD, STATE_ORIGINAL):
         (state_dir / name).unlink(missing_ok=True)
