@@ -79,11 +79,18 @@ def register(subparsers: Subparsers) -> None:
     down = subparsers.add_parser("down", parents=[state], help="remove the local cluster")
     down.set_defaults(run=run_down)
 
-    for verb in ("apply", "delete"):
-        sub = subparsers.add_parser(
-            verb, parents=[state, files], help=f"{verb} objects in the local cluster"
-        )
-        sub.set_defaults(run=run_change, op=verb)
+    apply = subparsers.add_parser(
+        "apply", parents=[state, files], help="apply objects in the local cluster"
+    )
+    apply.set_defaults(run=run_change, op="apply")
+    delete = subparsers.add_parser("delete", parents=[state], help="delete objects in the local"
+                                   " cluster: -f FILE..., or KIND NAME... [-n NS]")  # fmt: skip
+    delete.add_argument("-f", "--filename", dest="files", action="append", default=[],
+                        metavar="FILE", help="YAML manifests (repeatable)")  # fmt: skip
+    delete.add_argument("kind", nargs="?")
+    delete.add_argument("names", nargs="*", metavar="NAME")
+    _namespace_args(delete)
+    delete.set_defaults(run=run_change, op="delete")
 
     get = subparsers.add_parser(
         "get",
@@ -231,8 +238,21 @@ def run_down(args: argparse.Namespace) -> int:
 
 def run_change(args: argparse.Namespace) -> int:
     paths = [str(Path(p).absolute()) for p in args.files]
+    request: dict[str, Any] = {"op": args.op, "paths": paths}
+    if args.op == "delete":
+        by_name = getattr(args, "kind", None) is not None
+        if by_name == bool(paths) or (by_name and not args.names):
+            return _fail("delete", "give -f FILE..., or KIND NAME... (not both)")
+        if by_name:
+            from k8s.manifests import kind_info
+
+            info = kind_info(args.kind)
+            if info is None:
+                return _fail("delete", f"unknown kind {args.kind!r}: {', '.join(_kind_names())}")
+            namespace = args.namespace if info.namespaced else ""
+            request = {"op": "delete", "refs": [[info.kind, namespace, n] for n in args.names]}
     try:
-        result = _call(state_dir_from(args.state_dir), {"op": args.op, "paths": paths})
+        result = _call(state_dir_from(args.state_dir), request)
     except LocalClusterError as exc:
         return _fail(args.op, str(exc))
     for line in result["changes"]:

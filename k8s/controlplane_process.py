@@ -225,7 +225,9 @@ async def _write_status(state: _State, config: ControlPlaneConfig) -> None:
     if config.status_file is not None:
         async with state.status_lock:  # computed under the lock: the last write is the newest
             data = json.dumps(status_json(state), indent=1).encode()
-            await trio.to_thread.run_sync(write_atomically, config.status_file, data)
+            await trio.to_thread.run_sync(
+                partial(write_atomically, config.status_file, data, sync=False)
+            )
 
 
 def _kube_config(config: ControlPlaneConfig) -> KubeSourceConfig:

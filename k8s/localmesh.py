@@ -245,6 +245,7 @@ class LocalMesh:
                 write_atomically(
                     self._dir() / "objects" / "cluster.json",
                     "\n---\n".join(json.dumps(d) for d in snapshot.documents).encode(),
+                    sync=False,  # rewritten on every change; the daemon holds the objects
                 )
                 if self._api is not None:
                     self._api.update(snapshot.documents)

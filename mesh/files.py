@@ -8,10 +8,12 @@ import secrets
 from pathlib import Path
 
 
-def write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
+def write_atomically(path: Path, data: bytes, mode: int = 0o644, *, sync: bool = True) -> None:
     """``data`` at ``path`` (its directory made if missing), whole or not at all: written
-    and synced under a temporary name in the same directory, created with ``mode`` (never
-    readable by more than ``mode`` allows, even for a moment), then renamed over ``path``."""
+    (and with ``sync`` flushed to the disk: off for files rewritten on every change, which
+    nothing needs after a crash) under a temporary name in the same directory, created with
+    ``mode`` (never readable by more than ``mode`` allows, even for a moment), then renamed
+    over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.ambit-{secrets.token_hex(4)}")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
@@ -21,7 +23,8 @@ def write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
-            os.fsync(fd)
+            if sync:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(temporary, path)

@@ -15,7 +15,7 @@ import contextlib
 import os
 import shutil
 import signal
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,8 @@ from k8s.local.hooks import LocalHooks
 from k8s.local.objects import load_objects, read_manifest_text, read_manifests
 from k8s.local.processes import kill_recorded
 from k8s.local.state import ProcessRecord, StateFile, StateRecord, process_start_time
+from k8s.manifests import Document
+from k8s.store import ObjectStore, describe
 
 log = structlog.get_logger("ambit.local.daemon")
 
@@ -95,6 +97,9 @@ async def run_daemon(
                 return cluster.objects_json(
                     str(request.get("kind", "")), request.get("namespace"), request.get("name")
                 )
+            if op == "delete" and "refs" in request:  # ambit delete KIND NAME...
+                result = await cluster.delete(stored(cluster.store, request["refs"]))
+                return {"changes": result.changes, "errors": result.errors}
             if op in ("apply", "delete"):
                 if "manifest" in request:  # YAML text (ambit waypoint) instead of files
                     source = str(request.get("source", "<request>"))
@@ -229,3 +234,16 @@ def forget_state(state_dir: Path) -> None:
     state_file.unlink(missing_ok=True)
     with contextlib.suppress(OSError):
         state_dir.rmdir()
+
+
+def stored(store: ObjectStore, refs: Iterable[Sequence[str]]) -> list[Document]:
+    """The stored objects ``refs`` name (``[kind, namespace, name]``) as documents to
+    delete; one that is not there, a document saying so."""
+    out = []
+    for kind, namespace, name in refs:
+        ref = (str(kind), str(namespace), str(name))
+        entry = store.get(ref)
+        where = describe(ref)
+        out.append(Document(where, None, entry.obj if entry else None,
+                            None if entry else f"{where} not found"))  # fmt: skip
+    return out

@@ -190,8 +190,18 @@ async def test_why_says_what_the_client_sees(cluster: Cluster) -> None:
     assert "DENY policy demo/no-intruder rule 1: matched" in shown, shown
     assert "verdict: REFUSED" in shown
 
+    # Deleted by name (kubectl's way), the DENY no longer applies, and why says so.
+    deleted = await cluster.ambit("delete", "authorizationpolicy", "no-intruder", "-n", "demo")
+    assert deleted.stdout.decode().strip() == "AuthorizationPolicy demo/no-intruder deleted"
+    missing = await cluster.ambit("delete", "authorizationpolicy", "no-intruder", "-n", "demo")
+    assert missing.returncode == 1
+    assert "not found" in missing.stderr.decode()
+    await check(cluster, [Case("demo/intruder", (APP, None))])
+    again = await cluster.ambit("apply", "-f", str(cluster.manifest("why.yaml", MANIFEST)))
+    assert again.returncode == 0, again.stderr.decode()
+
     await cluster.ambit("apply", "-f", str(cluster.manifest("strict.yaml", STRICT)))
-    await check(cluster, STRICT_CASES)
+    await check(cluster, [*STRICT_CASES, Case("demo/intruder", (CLOSED, None))])
 
     applied = await cluster.ambit("waypoint", "apply", "-n", "demo", "--enroll-namespace")
     assert applied.returncode == 0, applied.stderr.decode()
