@@ -181,6 +181,11 @@ class History:
     def proxies(self) -> list[str]:
         return sorted(self._scrapes)
 
+    def rings(self) -> Mapping[str, deque[tuple[float, Scrape]]]:
+        """Each proxy's scrapes, oldest first (not to be changed: :mod:`mesh.traffic_series`
+        reads them)."""
+        return self._scrapes
+
     def increases(self, window: float) -> dict[str, Increase]:
         """Per proxy, what its series counted between its newest scrape and the last one
         at or before ``window`` seconds before it (or its oldest: a shorter span). A proxy
