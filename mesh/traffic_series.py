@@ -67,9 +67,8 @@ def _collapsed(increases: Mapping[str, Increase], end: str) -> dict[str, Increas
                 key = replace(key, source_workload=ANY, source_workload_namespace=ANY)
             if end == "service":
                 key = replace(key, destination_service=UNKNOWN)
-            if end == "destination":
-                key = replace(key, destination_service=UNKNOWN, destination_workload=ANY,
-                              destination_workload_namespace=ANY)  # fmt: skip
+            if end == "destination":  # the workload kept: a local reply's is "unknown"
+                key = replace(key, destination_service=ANY)
             found = series.get(key)
             if found is None:
                 series[key] = found = Counts()
