@@ -4,7 +4,7 @@
 
 const SVG = "http://www.w3.org/2000/svg";
 const POLL_MS = 2000;
-const NODE_W = 200, NODE_H = 44, COL_GAP = 170, ROW_GAP = 30, PAD = 20;
+const NODE_W = 190, NODE_H = 44, COL_GAP = 230, ROW_GAP = 40, PAD = 20, LINE_H = 14;
 const state = { model: null, selected: null, why: {}, failing: false };
 
 function el(name, attrs, text) {
@@ -88,11 +88,10 @@ function drawGraph(model) {
     ? document.activeElement.getAttribute("data-id") : null;
   const byId = Object.fromEntries(model.nodes.map(n => [n.id, n]));
   const { pos, width, height } = layout(model);
-  svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
   svg.replaceChildren();
   const defs = el("defs");
   const marker = el("marker", { id: "arrow", viewBox: "0 0 10 10", refX: "10", refY: "5",
-    markerWidth: "8", markerHeight: "8", orient: "auto-start-reverse" });
+    markerUnits: "userSpaceOnUse", markerWidth: "10", markerHeight: "10", orient: "auto" });
   marker.appendChild(el("path", { d: "M 0 0 L 10 5 L 0 10 z" }));
   defs.appendChild(marker);
   svg.appendChild(defs);
@@ -111,33 +110,70 @@ function drawGraph(model) {
     activate(g, n.id);
     svg.appendChild(g);
   }
-  const pairs = {};
+  for (const n of model.nodes) {  // a Service to the workloads behind it: structure, not traffic
+    for (const w of n.backends || []) {
+      const a = pos[n.id], b = pos[w];
+      if (!a || !b) continue;
+      svg.insertBefore(el("path", { class: "backend", "aria-hidden": "true",
+        d: `M ${a.x + NODE_W} ${a.y + NODE_H / 2} L ${b.x} ${b.y + NODE_H / 2}` }), svg.children[1]);
+    }
+  }
+  const labels = [];
   for (const e of model.edges) {
     const a = pos[e.from], b = pos[e.to];
     if (!a || !b) continue;
-    const key = [e.from, e.to].sort().join("|");
-    const nth = pairs[key] = (pairs[key] || 0) + 1;
-    const x1 = a.x + NODE_W, y1 = a.y + NODE_H / 2, x2 = b.x, y2 = b.y + NODE_H / 2;
-    const bend = 40 + 30 * nth;
-    const d = x2 > x1
-      ? `M ${x1} ${y1} C ${x1 + 60} ${y1}, ${x2 - 60} ${y2}, ${x2} ${y2}`
-      : `M ${x1} ${y1} C ${x1 + bend} ${y1 + bend}, ${x2 - bend} ${y2 + bend}, ${x2} ${y2}`;
+    const x1 = a.x + NODE_W, y1 = a.y + NODE_H / 2;
+    let d, lx, ly;
+    if (b.x > a.x) {
+      const x2 = b.x, y2 = b.y + NODE_H / 2;
+      d = `M ${x1} ${y1} C ${x1 + 90} ${y1}, ${x2 - 90} ${y2}, ${x2} ${y2}`;
+      lx = (x1 + x2) / 2; ly = (y1 + y2) / 2;
+    } else {  // to the same column or back: around the right of both
+      const x2 = b.x + NODE_W, y2 = b.y + NODE_H / 2, out = Math.max(x1, x2) + 110;
+      d = `M ${x1} ${y1} C ${out} ${y1}, ${out} ${y2}, ${x2 + 2} ${y2}`;
+      lx = out - 20; ly = (y1 + y2) / 2;
+    }
+    const lines = [(e.denied ? `DENIED ${e.denied_count} · ` : "")
+      + `${fmt(e.per_second, 2)} ${e.protocol === "http" ? "req/s" : "conn/s"} · ${pct(e.success_rate)} ok${e.mtls ? " · mTLS" : ""}`];
+    if (e.protocol === "http") lines.push(`p50 ${fmt(e.p50_ms, 1)} ms · p99 ${fmt(e.p99_ms, 1)} ms`);
+    const w = 6.4 * Math.max(...lines.map(l => l.length)) + 12, h = LINE_H * lines.length + 6;
+    labels.push({ e, d, lines, w, h, x: lx - w / 2, y: ly - h / 2 });
+  }
+  // Labels never cover each other: each moves down below any it would overlap.
+  labels.sort((p, q) => p.y - q.y || p.x - q.x);
+  const placed = [];
+  for (const l of labels) {
+    let moved = true;
+    for (let tries = 0; moved && tries < 50; tries++) {
+      moved = false;
+      for (const o of placed) {
+        if (l.x < o.x + o.w && o.x < l.x + l.w && l.y < o.y + o.h + 4 && o.y < l.y + l.h + 4) {
+          l.y = o.y + o.h + 4; moved = true;
+        }
+      }
+    }
+    placed.push(l);
+  }
+  let bottom = height;
+  for (const { e, d, lines, w, h, x, y } of labels) {
     const g = el("g", { class: `edge ${edgeClass(e)}${state.selected === e.id ? " selected" : ""}`,
       tabindex: "0", role: "button", "data-id": e.id, "data-denied": String(e.denied),
       "data-rate": String(e.per_second), "aria-label": edgeLabel(e, byId) });
     g.appendChild(el("title", {}, edgeLabel(e, byId)));
     g.appendChild(el("path", { d, class: "hit" }));
     g.appendChild(el("path", { d, class: "line", "marker-end": "url(#arrow)" }));
-    const words = (e.denied ? `DENIED ${e.denied_count} · ` : "") + edgeWords(e);
-    const lx = (x1 + x2) / 2, ly = (y1 + y2) / 2 + (x2 > x1 ? 0 : bend * 0.75) + (nth - 1) * 22;
     const label = el("g", { class: "label" });
-    const w = 6.2 * words.length + 10;
-    label.appendChild(el("rect", { x: lx - w / 2, y: ly - 9, width: w, height: 18, rx: 3 }));
-    label.appendChild(el("text", { x: lx, y: ly + 4, "text-anchor": "middle" }, words));
+    label.appendChild(el("rect", { x, y, width: w, height: h, rx: 3 }));
+    lines.forEach((line, i) => label.appendChild(
+      el("text", { x: x + w / 2, y: y + LINE_H * (i + 1), "text-anchor": "middle" }, line)));
     g.appendChild(label);
     activate(g, e.id);
     svg.appendChild(g);
+    bottom = Math.max(bottom, y + h + PAD);
   }
+  svg.setAttribute("viewBox", `0 0 ${width + 140} ${bottom}`);
+  svg.setAttribute("width", String(width + 140));  // drawn at its size: the box scrolls
+  svg.setAttribute("height", String(bottom));
   if (focused) {
     const again = svg.querySelector(`[data-id="${CSS.escape(focused)}"]`);
     if (again) again.focus();
@@ -226,7 +262,8 @@ function showNode(body, n, model) {
   body.appendChild(html("h3", { id: "details-heading" },
     `${n.kind === "service" ? "Service" : n.kind === "external" ? "Outside the mesh" : n.kind === "waypoint" ? "Waypoint" : "Workload"} ${nodeTitle(n)}`));
   definitions(body, [["hostname", n.hostname], ["VIP", n.vip], ["ports", n.ports],
-    ["endpoints", n.endpoints], ["waypoint", n.waypoint], ["pods", n.pods], ["nodes", n.nodes],
+    ["endpoints", n.endpoints], ["backed by", (n.backends || []).map(b => b.replace("workload:", ""))],
+    ["waypoint", n.waypoint], ["pods", n.pods], ["nodes", n.nodes],
     ["identity", n.identities], ["in the mesh", n.meshed === undefined ? null : n.meshed ? "yes" : "no"]]);
   const series = (model.series.nodes || {})[n.id] || {};
   const ends = model.series.ends || [];

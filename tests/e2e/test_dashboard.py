@@ -53,11 +53,12 @@ async def traffic(cluster: Cluster, pod: str) -> None:
 async def dashboard(cluster: Cluster) -> AsyncIterator[str]:
     """``ambit dashboard`` running; its printed URL."""
     env = {**os.environ, "AMBIT_STATE_DIR": str(cluster.state_dir), "PYTHONPATH": str(REPO)}
-    process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "ambit.cli", "dashboard"], stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL, env=env, cwd=REPO,
-    )  # fmt: skip
-    try:
+    argv = [sys.executable, "-m", "ambit.cli", "dashboard"]
+    async with trio.open_nursery() as nursery:
+        process = await nursery.start(partial(
+            trio.run_process, argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            env=env, cwd=REPO, check=False,
+        ))  # fmt: skip
         assert process.stdout is not None
         printed = b""
         with trio.fail_after(20):
@@ -68,11 +69,7 @@ async def dashboard(cluster: Cluster) -> AsyncIterator[str]:
         line = printed.decode().splitlines()[0]
         assert line.startswith("ambit dashboard: open http://127.0.0.1:"), line
         yield line.rpartition(" ")[2]
-    finally:
-        process.terminate()
-        with trio.move_on_after(5):
-            await process.wait()
-        process.kill()
+        nursery.cancel_scope.cancel()  # SIGTERM, then SIGKILL after 5 s
 
 
 def status_of(url: str, headers: dict[str, str] | None = None) -> int:

@@ -72,6 +72,7 @@ def test_nodes_are_the_snapshots_workloads_and_services() -> None:
     assert [p["kind"] for p in page["policies"]] == ["PeerAuthentication"]
     svc = ids[service_id(SHOP, "reviews")]
     assert svc["hostname"] == "reviews.shop.svc.cluster.local"
+    assert svc["backends"] == [workload_id(SHOP, "reviews-v1")]
     assert [(r["kind"], r["key"], r["ports"]) for r in svc["routes"]] == [
         ("HTTPRoute", "shop/reviews", [80])]
     [bound] = svc["policies"]
