@@ -134,10 +134,13 @@ def _service_node(s: Service, snapshot: MeshSnapshot) -> dict[str, Any]:
         "ports": [p.port for p in s.ports],
         "waypoint": s.waypoint,
         "endpoints": len(s.endpoints),
-        "backends": sorted({
-            workload_id(w.namespace, workload_name(w)) for e in s.endpoints
-            if (w := snapshot.workload(e.workload_uid)) is not None
-        }),
+        "backends": sorted(
+            {
+                workload_id(w.namespace, workload_name(w))
+                for e in s.endpoints
+                if (w := snapshot.workload(e.workload_uid)) is not None
+            }
+        ),
         "policies": policies,
         "routes": routes,
         "traffic_policies": traffic,

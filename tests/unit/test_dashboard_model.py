@@ -11,7 +11,15 @@ from mesh.model_l7 import HttpRoute, ParentRef
 from mesh.traffic_graph import History, edges, parse_scrape
 from mesh.traffic_series import series
 from tests.builders import (
-    deny, op, peer_auth, rule, service, snapshot, source, waypoint_ref, workload,
+    deny,
+    op,
+    peer_auth,
+    rule,
+    service,
+    snapshot,
+    source,
+    waypoint_ref,
+    workload,
 )
 from tests.unit.test_traffic_graph import Proxy, request_labels, tcp_labels
 
@@ -29,8 +37,12 @@ def mesh_of_shop() -> Any:
     db = workload("db", SHOP, ip="10.0.0.4", named_ports={"pg": 5432})
     l4 = deny("no-intruder", rule([source(principals=["cluster.local/ns/shop/sa/intruder"])]),
               namespace=SHOP, selector={"app": "reviews"})  # fmt: skip
-    bound = deny("no-delete", rule(operations=[op(methods=["DELETE"])]), namespace=SHOP,
-                 targets=[waypoint_ref("waypoint")])
+    bound = deny(
+        "no-delete",
+        rule(operations=[op(methods=["DELETE"])]),
+        namespace=SHOP,
+        targets=[waypoint_ref("waypoint")],
+    )
     route = HttpRoute("reviews", SHOP, (ParentRef("", "Service", "reviews", port=80),))
     strict = peer_auth("strict", "STRICT", namespace=SHOP)
     return snapshot(page, *pods, db, reviews, l4, bound, route, strict, version=7)
@@ -63,7 +75,9 @@ def test_nodes_are_the_snapshots_workloads_and_services() -> None:
     assert reviews_wl["pods"] == ["reviews-v1-7d4b9c-a1b2c", "reviews-v1-7d4b9c-x9y8z"]
     assert reviews_wl["identities"] == ["spiffe://cluster.local/ns/shop/sa/reviews"]
     assert [(p["kind"], p["key"]) for p in reviews_wl["policies"]] == [
-        ("AuthorizationPolicy", "shop/no-intruder"), ("PeerAuthentication", "shop/strict")]
+        ("AuthorizationPolicy", "shop/no-intruder"),
+        ("PeerAuthentication", "shop/strict"),
+    ]
     [l4] = [p for p in reviews_wl["policies"] if p["kind"] == "AuthorizationPolicy"]
     assert l4["action"] == "DENY"
     assert l4["rules"] == ["from principals ['cluster.local/ns/shop/sa/intruder']"]
@@ -74,7 +88,8 @@ def test_nodes_are_the_snapshots_workloads_and_services() -> None:
     assert svc["hostname"] == "reviews.shop.svc.cluster.local"
     assert svc["backends"] == [workload_id(SHOP, "reviews-v1")]
     assert [(r["kind"], r["key"], r["ports"]) for r in svc["routes"]] == [
-        ("HTTPRoute", "shop/reviews", [80])]
+        ("HTTPRoute", "shop/reviews", [80])
+    ]
     [bound] = svc["policies"]
     assert (bound["key"], bound["enforced_by"]) == ("shop/no-delete", "waypoint shop/waypoint")
     assert bound["rules"] == ["to methods ['DELETE']"]
