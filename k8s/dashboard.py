@@ -6,7 +6,8 @@ as ``/v1/snapshot``: they show the mesh's config and traffic).
   plain files of ``k8s/dashboard_assets/`` (no framework, nothing from elsewhere);
 - ``/v1/dashboard?window=SECONDS``: what the page draws (:func:`k8s.dashboard_model.page_model`:
   the snapshot, the observer's graph over the window, default 60 s, and each node's golden
-  metrics over the last :data:`SPANS` spans of :data:`STEP` seconds);
+  metrics over the last :data:`SPANS` spans of :data:`STEP` seconds), computed once per
+  observer round and snapshot (compact JSON: it is asked every 2 s by every open page);
 - ``/v1/why?from=F&to=T[&port=N][&method=M][&path=P][&tcp=1]``: ``ambit why F T`` on the
   published snapshot (:mod:`explain`, imported on the first question: this module is the
   one of the control plane that imports it), as JSON with its text.
@@ -25,9 +26,10 @@ import trio
 from k8s.dashboard_model import page_model
 from k8s.observer import MAX_WINDOW, Observer
 from k8s.tap_server import Page
+from mesh import http
 from mesh.http import Response, json_response
 from mesh.model import MeshSnapshot
-from mesh.traffic_series import series
+from mesh.traffic_series import Plots
 
 MODEL_PATH: Final = "/v1/dashboard"
 WHY_PATH: Final = "/v1/why"
@@ -64,19 +66,35 @@ def dashboard_pages(
 
         return page
 
+    plots = Plots(STEP, SPANS)
+    made: dict[tuple[int, float, int | None], Response] = {}  # the last answers
+    lock = trio.Lock()  # one computation at a time (Plots remembers spans)
+
     async def model(query: dict[str, str]) -> Response:
-        await trio.lowlevel.checkpoint()
         try:
             window = float(query.get("window", "60"))
         except ValueError:
             return _error(400, "window is a number of seconds")
         if not 0 < window <= MAX_WINDOW:
             return _error(400, f"window is in (0, {MAX_WINDOW:g}]")
-        plotted = series(observer.history, STEP, SPANS)
-        doc = page_model(snapshot(), observer.graph(window), plotted)
-        doc["step_seconds"] = STEP
-        doc["observing"] = observer.config.interval > 0
-        return json_response(doc)
+        async with lock:
+            published = snapshot()
+            # The same until the observer's next round or the next snapshot: every open
+            # page asks every 2 s, the proxies are read every 5.
+            key = (observer.rounds, window, published.version if published else None)
+            if key not in made:
+                graph = observer.graph(window)
+                # The plots' spans in a worker thread (a first page computes 30 of them),
+                # over a copy of the history: the observer adds to it meanwhile.
+                frozen = observer.history.copy()
+                plotted = await trio.to_thread.run_sync(plots.series, frozen)
+                doc = page_model(published, graph, plotted)
+                doc["step_seconds"] = STEP
+                doc["observing"] = observer.config.interval > 0
+                if len(made) >= 4:
+                    made.clear()
+                made[key] = http.json_response(doc)
+            return made[key]
 
     async def why_page(query: dict[str, str]) -> Response:
         await trio.lowlevel.checkpoint()

@@ -16,29 +16,47 @@ so a node's numbers are computed as an edge's are, never summed from rounded edg
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
+from functools import lru_cache
 from typing import Any, Final
 
-from mesh.traffic_graph import UNKNOWN, Counts, History, Increase, Scrape, edges
+from mesh.traffic_graph import UNKNOWN, Counts, History, Increase, Scrape, SeriesKey, edges
 
 ANY: Final = "*"  # a collapsed end
 
 
-def steps(history: History, step: float, count: int) -> list[tuple[float, dict[str, Increase]]]:
-    """The last ``count`` spans of ``step`` seconds, oldest first: each span's end as
-    seconds before the newest scrape (0 for the last, negative before), and per proxy
-    what it counted in it (several of its intervals in one span added up)."""
-    newest = max((ring[-1][0] for ring in history.rings().values() if ring), default=None)
+def _bucket(at: float, step: float) -> int:
+    """The span a scrape at ``at`` closes: span ``k`` is ``((k - 1) * step, k * step]``."""
+    return math.ceil(at / step)
+
+
+def _newest(history: History) -> float | None:
+    return max((ring[-1][0] for ring in history.rings().values() if ring), default=None)
+
+
+def steps(
+    history: History, step: float, count: int, *, only: Iterable[int] | None = None
+) -> list[tuple[int, dict[str, Increase]]]:
+    """The last ``count`` spans of ``step`` seconds (``((k - 1) * step, k * step]`` of the
+    history's clock, the last one holding the newest scrape), oldest first: each span's
+    number ``k`` and per proxy what it counted in it (its intervals between consecutive
+    scrapes, each in the span where the later scrape fell, added up). With ``only``, just
+    those spans."""
+    newest = _newest(history)
     if newest is None or step <= 0 or count <= 0:
         return []
-    spans: list[dict[str, tuple[float, Scrape]]] = [{} for _ in range(count)]
+    last = _bucket(newest, step)
+    wanted = set(range(last - count + 1, last + 1))
+    if only is not None:
+        wanted &= set(only)
+    spans: dict[int, dict[str, tuple[float, Scrape]]] = {k: {} for k in sorted(wanted)}
     for proxy, ring in history.rings().items():
         for (before, old), (at, new) in zip(ring, list(ring)[1:], strict=False):
-            back = int((newest - at) // step)  # 0: the newest span
-            if back >= count:
+            span = spans.get(_bucket(at, step))
+            if span is None:
                 continue
-            span = spans[count - 1 - back]
             seconds, summed = span.get(proxy, (0.0, {}))
             for key, counts in new.items():
                 inc = counts.increase_since(old.get(key))
@@ -48,11 +66,20 @@ def steps(history: History, step: float, count: int) -> list[tuple[float, dict[s
                 else:
                     found.add(inc)
             span[proxy] = (seconds + (at - before), summed)
-    out = []
-    for i, span in enumerate(spans):
-        end = -step * (count - 1 - i)
-        out.append((end, {p: Increase(s, series) for p, (s, series) in span.items()}))
-    return out
+    return [
+        (k, {p: Increase(s, series) for p, (s, series) in span.items()})
+        for k, span in spans.items()
+    ]
+
+
+@lru_cache(maxsize=65536)
+def _collapse(key: SeriesKey, end: str) -> SeriesKey:
+    if end == "source":
+        return replace(key, source_workload=ANY, source_workload_namespace=ANY)
+    if end == "service":
+        return replace(key, source_workload=ANY, source_workload_namespace=ANY,
+                       destination_service=UNKNOWN)  # fmt: skip
+    return replace(key, destination_service=ANY)  # the workload kept: "unknown" for replies
 
 
 def _collapsed(increases: Mapping[str, Increase], end: str) -> dict[str, Increase]:
@@ -63,12 +90,7 @@ def _collapsed(increases: Mapping[str, Increase], end: str) -> dict[str, Increas
     for proxy, inc in increases.items():
         series: Scrape = {}
         for key, counts in inc.series.items():
-            if end == "source" or end == "service":
-                key = replace(key, source_workload=ANY, source_workload_namespace=ANY)
-            if end == "service":
-                key = replace(key, destination_service=UNKNOWN)
-            if end == "destination":  # the workload kept: a local reply's is "unknown"
-                key = replace(key, destination_service=ANY)
+            key = _collapse(key, end)
             found = series.get(key)
             if found is None:
                 series[key] = found = Counts()
@@ -79,7 +101,6 @@ def _collapsed(increases: Mapping[str, Increase], end: str) -> dict[str, Increas
 
 def _point(edge: dict[str, Any]) -> dict[str, Any]:
     return {
-        "protocol": edge["protocol"],
         "per_second": edge["per_second"],
         "success_rate": edge["success_rate"],
         "p50_ms": edge.get("p50_ms"),
@@ -107,14 +128,50 @@ def golden(increases: Mapping[str, Increase]) -> dict[str, dict[str, dict[str, A
     return out
 
 
+POINT: Final = ("per_second", "success_rate", "p50_ms", "p99_ms", "denied")
+
+
+class Plots:
+    """Each node's golden metrics over the last ``count`` spans of ``step`` seconds, as a
+    dashboard plots them. A span that can no longer change (every scrape from now on
+    falls in a later one) is computed once and remembered; spans older than the plot are
+    forgotten."""
+
+    def __init__(self, step: float = 10.0, count: int = 30) -> None:
+        self.step = step
+        self.count = count
+        self._settled: dict[int, dict[str, dict[str, dict[str, Any]]]] = {}
+
+    def series(self, history: History) -> dict[str, Any]:
+        """``{"ends": [seconds...], "nodes": {name: {protocol: {field: [value or None,
+        ...]}}}}``: a span's end in seconds from the newest scrape (the last one 0 or a
+        little after), each node's points by field (:data:`POINT`), None where the span
+        counted nothing for it."""
+        newest = _newest(history)
+        if newest is None:
+            return {"ends": [], "nodes": {}}
+        last = _bucket(newest, self.step)
+        first = last - self.count + 1
+        self._settled = {k: v for k, v in self._settled.items() if k >= first}
+        missing = [k for k in range(first, last + 1) if k not in self._settled]
+        computed = {k: golden(inc) for k, inc in steps(history, self.step, self.count,
+                                                       only=missing)}  # fmt: skip
+        for k, points in computed.items():
+            if k < last:  # the newest span may still grow
+                self._settled[k] = points
+        nodes: dict[str, dict[str, dict[str, list[Any]]]] = {}
+        for i, k in enumerate(range(first, last + 1)):
+            for name, by_protocol in (self._settled.get(k) or computed.get(k) or {}).items():
+                for protocol, point in by_protocol.items():
+                    lines = nodes.setdefault(name, {}).setdefault(
+                        protocol, {f: [None] * self.count for f in POINT}
+                    )
+                    for f in POINT:
+                        lines[f][i] = point[f]
+        ends = [round(k * self.step - newest, 3) for k in range(first, last + 1)]
+        return {"ends": ends, "nodes": nodes}
+
+
 def series(history: History, step: float, count: int) -> dict[str, Any]:
-    """The golden metrics of every node over the last ``count`` spans of ``step`` seconds:
-    ``{"ends": [seconds...], "nodes": {name: {protocol: [point or None, ...]}}}``."""
-    spans = steps(history, step, count)
-    nodes: dict[str, dict[str, list[dict[str, Any] | None]]] = {}
-    for i, (_, increases) in enumerate(spans):
-        for name, by_protocol in golden(increases).items():
-            for protocol, point in by_protocol.items():
-                line = nodes.setdefault(name, {}).setdefault(protocol, [None] * len(spans))
-                line[i] = point
-    return {"ends": [end for end, _ in spans], "nodes": nodes}
+    """:meth:`Plots.series` without remembering anything."""
+    return Plots(step, count).series(history)

@@ -213,17 +213,16 @@ function plot(title, ends, lines, digits, unit) {
 function plots(container, heading, byProtocol, ends) {
   const protocol = byProtocol.http ? "http" : byProtocol.tcp ? "tcp" : null;
   if (!protocol) return;
-  const pts = byProtocol[protocol];
-  const pick = k => pts.map(p => (p ? p[k] : null));
+  const pts = byProtocol[protocol];  // each field: a value per span, null where none
   container.appendChild(html("h3", {}, heading));
-  const rate = pts.map(p => (p ? p.per_second : 0));
+  const rate = pts.per_second.map(v => (v === null ? 0 : v));
   container.appendChild(plot(protocol === "http" ? "Requests per second" : "Connections per second",
     ends, [["rate", rate, ""]], 2, "/s"));
   container.appendChild(plot("Success rate", ends,
-    [["success", pick("success_rate").map(v => (v === null ? null : v * 100)), ""]], 1, "%"));
+    [["success", pts.success_rate.map(v => (v === null ? null : v * 100)), ""]], 1, "%"));
   if (protocol === "http") {
     container.appendChild(plot("Latency p50 and p99 (dashed)", ends,
-      [["p50", pick("p50_ms"), ""], ["p99", pick("p99_ms"), "p99"]], 1, " ms"));
+      [["p50", pts.p50_ms, ""], ["p99", pts.p99_ms, "p99"]], 1, " ms"));
   }
 }
 

@@ -140,7 +140,7 @@ async def test_the_page_data_and_why_come_from_the_control_plane(root: Pki) -> N
         assert edge["per_second"] == 2.0
         assert edge["why"] == {"from": "demo/client", "to": "demo/server"}
         series = model["series"]["nodes"]["service:demo/server"]["in"]["http"]
-        assert series[-1]["per_second"] == 2.0
+        assert series["per_second"][-1] == 2.0
 
         why = await ask(gate.port, "/v1/why?from=demo/client&to=demo/server", cookie=cookie)
         assert why.status == 200
