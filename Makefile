@@ -91,7 +91,9 @@ demo: $(STAMP)
 	@echo '$$ ambit why demo/client demo/server --path /old    # what each proxy decides, and why'
 	@$(BIN)/ambit why demo/client demo/server --path /old
 	@echo
-	@echo "Try: $(BIN)/ambit why demo/client demo/server --method POST    $(BIN)/ambit get workloads -A    Remove it all: $(BIN)/ambit down"
+	@echo "Try: $(BIN)/ambit why demo/client demo/server --method POST    $(BIN)/ambit get workloads -A"
+	@echo "See it live in a browser: $(BIN)/ambit dashboard    (prints a one-time link; Ctrl-C stops it)"
+	@echo "Remove it all: $(BIN)/ambit down"
 
 # bench.compare needs root (network namespaces, iptables; apt-get for the baselines' tools).
 bench: $(STAMP)

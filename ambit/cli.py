@@ -15,6 +15,7 @@ from ambit import (
     cmd_ca,
     cmd_check,
     cmd_controlplane,
+    cmd_dashboard,
     cmd_install,
     cmd_local,
     cmd_node_agent,
@@ -26,7 +27,7 @@ from ambit import (
 
 COMMAND_MODULES = [
     cmd_local, cmd_waypoint, cmd_ztunnel, cmd_node_agent, cmd_controlplane, cmd_ca, cmd_install,
-    cmd_check, cmd_tap, cmd_why,
+    cmd_check, cmd_tap, cmd_why, cmd_dashboard,
 ]  # fmt: skip
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +23,8 @@ from k8s.local.errors import LocalClusterError
 from mesh.constants import DEFAULT_TRUST_DOMAIN
 
 if TYPE_CHECKING:
-    from mesh.model import MeshSnapshot, Service, Workload
+    from k8s.waypoint_words import Labels
+    from mesh.model import MeshSnapshot
 
 
 def register(subparsers: Any) -> None:
@@ -76,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
     from explain.query import Ask, QueryError, parse_from, parse_to
     from explain.render import render
     from explain.why import why
+    from k8s.waypoint_words import waypoint_binding
 
     try:
         ask = Ask(args.method.upper(), args.path, _headers(args.header), args.tcp)
@@ -99,10 +101,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(render(explanation))
     return 0 if explanation.verdict.allowed else 3
-
-
-Labels = Callable[[str, str, str], Mapping[str, str]]
-"""The labels of an object by kind, namespace ("" for a Namespace) and name."""
 
 
 def local_view(state_dir: Path) -> tuple[MeshSnapshot, Labels]:
@@ -155,11 +153,11 @@ def kube_view(
     plane's own source, translated by its translator."""
     import trio
 
-    from k8s import manifests as m
     from k8s.sources.driver import KubernetesSource
     from k8s.sources.kubernetes import KubeSourceConfig
     from k8s.store import ObjectStore
     from k8s.translate import translate
+    from k8s.waypoint_words import labels_of
 
     store = ObjectStore()
     source = KubernetesSource(KubeSourceConfig(kubeconfig=kubeconfig, context=context))
@@ -180,38 +178,5 @@ def kube_view(
             " up, and may these credentials list them? (ambit check says)"
         )
     objects = store.objects()
-    labels_of: dict[tuple[str, str, str], dict[str, str]] = {}
-    for o in objects:
-        if isinstance(o, m.Namespace):
-            labels_of[("Namespace", "", o.name)] = dict(o.labels)
-        elif isinstance(o, m.Service):
-            labels_of[("Service", o.namespace, o.name)] = dict(o.labels)
     snapshot = translate(objects, trust_domain=trust_domain, version=1).snapshot
-    return snapshot, lambda *key: labels_of.get(key, {})
-
-
-def waypoint_binding(labels: Labels) -> Callable[[Service | Workload], str | None]:
-    """Which label on which object binds a Service or pod to its waypoint, in words."""
-    from k8s.translate_l7 import use_waypoint
-    from mesh.constants import ISTIO_LABEL_USE_WAYPOINT, LABEL_USE_WAYPOINT
-    from mesh.model import Service
-
-    def said(kind: str, namespace: str, name: str, labels: Mapping[str, str]) -> str | None:
-        if use_waypoint(tuple(labels.items()), namespace) is None:
-            return None
-        label = LABEL_USE_WAYPOINT if LABEL_USE_WAYPOINT in labels else ISTIO_LABEL_USE_WAYPOINT
-        where = f"{namespace}/{name}" if kind != "Namespace" else name
-        return f"label {label}={labels.get(label, '')} on {kind} {where}"
-
-    def binding(bound: Service | Workload) -> str | None:
-        if isinstance(bound, Service):
-            own = said("Service", bound.namespace, bound.name,
-                       labels("Service", bound.namespace, bound.name))  # fmt: skip
-        else:
-            own = said("Pod", bound.namespace, bound.name, dict(bound.labels))
-        if own is not None:
-            return own
-        ns = labels("Namespace", "", bound.namespace)
-        return said("Namespace", bound.namespace, bound.namespace, ns)
-
-    return binding
+    return snapshot, labels_of(objects)

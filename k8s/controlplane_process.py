@@ -30,7 +30,8 @@ publishes on every change (changes within ``coalesce`` seconds together), and se
 - 15016, with ``tap_tokens_file`` (or on Kubernetes, the callers' own credentials asked of
   the API server, :mod:`k8s.tap_access`): ``ambit tap``'s API (:mod:`k8s.tap_server`), HTTPS with
   a bearer token of that file (same format as ``tokens_file``, re-read on change), and
-  with the same token ``/v1/snapshot``, the published model (``ambit why``'s).
+  with the same token ``/v1/snapshot``, the published model (``ambit why``'s), and
+  ``ambit dashboard``'s pages (:mod:`k8s.dashboard`).
 
 With ``--source kubernetes`` the replicas elect a leader on a Lease (:mod:`k8s.leader`;
 ``lease``, None: this one always leads): only the leader runs :func:`leader_tasks` (the
@@ -72,6 +73,7 @@ from k8s.ca_nodes import (
     kube_proxy_authenticator,
 )
 from k8s.controlplane import Access, ControlPlane
+from k8s.dashboard import dashboard_pages
 from k8s.events import EventRecorder
 from k8s.files_source import FilesSource
 from k8s.kube_deployer import run_deployer
@@ -375,8 +377,9 @@ async def _run(
 
     routes = {"/metrics": metrics_route(registry), "/ready": ready_route(ready),
               "/debug/syncz": syncz}  # fmt: skip
-    observe = observing(plane.config.proxies, store, config.observer, routes,
-                        after=lambda: _write_status(state, config))  # fmt: skip
+    observer, observe = observing(plane.config.proxies, store, config.observer, routes,
+                                  after=lambda: _write_status(state, config))  # fmt: skip
+    pages = dashboard_pages(observer, lambda: plane.snapshot, store.objects)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             ca_port, config_port = await nursery.start(
@@ -395,7 +398,8 @@ async def _run(
             if config.tap_tokens_file or (api is not None and config.tap_kubernetes):
                 serving = partial(serve_tap_api, plane, config.tap_tokens_file, api,
                                   host=config.host, port=config.tap_port,
-                                  trust_domain=config.trust_domain, poll=config.poll)  # fmt: skip
+                                  trust_domain=config.trust_domain, poll=config.poll,
+                                  pages=pages)  # fmt: skip
                 tap = await nursery.start(serving)
             nursery.start_soon(_sync, state, config)
             nursery.start_soon(observe)

@@ -248,11 +248,12 @@ def observing(
     routes: dict[str, Route],
     *,
     after: Callable[[], Awaitable[None]],
-) -> Callable[[], Awaitable[None]]:
+) -> tuple[Observer, Callable[[], Awaitable[None]]]:
     """The control plane's observer as its process runs it: ``/debug/graph`` added to
-    ``routes``, and the task (:meth:`Observer.run` with ``store``: the LocalReplies
-    conditions, which the status writer, on the leader, writes to the cluster; ``after``
-    rewrites local mode's status file). The task returns at once when ``interval`` is 0."""
+    ``routes``, the observer (``ambit dashboard``'s pages read it) and the task
+    (:meth:`Observer.run` with ``store``: the LocalReplies conditions, which the status
+    writer, on the leader, writes to the cluster; ``after`` rewrites local mode's status
+    file). The task returns at once when ``interval`` is 0."""
     observer = Observer(proxies, config)
     routes["/debug/graph"] = observer.graph_route()
 
@@ -260,7 +261,7 @@ def observing(
         if config.interval > 0:
             await observer.run(store, after=after)
 
-    return observe
+    return observer, observe
 
 
 def _display(key: str) -> str:

@@ -11,6 +11,8 @@ full, or this reader too slow: the control plane never waits for it).
 
 ``GET /v1/snapshot`` on the same port, with the same token, answers the control plane's
 published snapshot as one JSON line (503 before the first): what ``ambit why`` evaluates.
+Other ``pages`` (``ambit dashboard``'s, :mod:`k8s.dashboard`) are served the same way:
+GET, the same token, authorized as the snapshot is (they show the mesh's config).
 
 Who may tap is asked of a :class:`TapAuthenticator` with the bearer token and the filter,
 before the tap opens: 401 without a token or with an unknown one, 403 when the caller may
@@ -26,7 +28,7 @@ from __future__ import annotations
 
 import json
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Final, Protocol
@@ -37,6 +39,7 @@ import structlog
 import trio
 
 from k8s.tap_hub import TapHub, TooManyTaps
+from mesh.http import Response
 from mesh.identity import WorkloadCertificate
 from mesh.net import open_listener, serve_listeners
 from mesh.tap import TapFilter, TapFilterError
@@ -45,6 +48,8 @@ from mesh.tokens import TokenTable
 
 log = structlog.get_logger("k8s.tap")
 Snapshot = Callable[[], dict[str, Any] | None]
+Page = Callable[[dict[str, str]], Awaitable[Response]]
+"""A page of the API: the query in, the answer out."""
 
 TAP_PATH: Final = "/v1/tap"
 SNAPSHOT_PATH: Final = "/v1/snapshot"  # the model as published: what ``ambit why`` evaluates
@@ -113,15 +118,17 @@ async def serve_tap(
     host: str,
     port: int,
     snapshot: Snapshot = lambda: None,
+    pages: Mapping[str, Page] | None = None,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the tap API (and ``/v1/snapshot``: ``snapshot()``'s JSON, None before the
-    first publish) until cancelled; ``started((host, port))`` once it listens."""
+    first publish; and ``pages`` by path) until cancelled; ``started((host, port))`` once
+    it listens."""
     sock = await open_listener(host, port, backlog=64)
     bound = sock.getsockname()
     contexts = _Contexts(certificate)
     async with trio.open_nursery() as handlers:
-        handle = partial(_handle, hub, authenticator, contexts, snapshot)
+        handle = partial(_handle, hub, authenticator, contexts, snapshot, pages or {})
         await handlers.start(
             partial(serve_listeners, handle, [sock], handler_nursery=handlers, name="tap")
         )
@@ -134,6 +141,7 @@ async def _handle(
     authenticator: TapAuthenticator,
     contexts: _Contexts,
     snapshot: Snapshot,
+    pages: Mapping[str, Page],
     plain: trio.SocketStream,
 ) -> None:
     peer = plain.socket.getpeername()
@@ -145,11 +153,14 @@ async def _handle(
             with trio.fail_after(REQUEST_TIMEOUT):
                 await stream.do_handshake()
                 request = await _read_request(stream, conn)
-            tap_filter, token = _parse(request)
+            tap_filter, token, page = _parse(request, pages)
             decision = await authenticator.authorize(token, tap_filter)
             if isinstance(decision, TapRefusal):
                 headers = (("www-authenticate", "Bearer"),) if decision.status == 401 else ()
                 raise _Reply(decision.status, decision.reason, headers)
+            if page is not None:
+                await _send_page(stream, conn, await page[0](page[1]))
+                return
             if tap_filter is None:
                 await _send_snapshot(stream, conn, snapshot())
                 log.info("snapshot_read", src=src, caller=decision)
@@ -180,13 +191,17 @@ async def _read_request(stream: trio.SSLStream[trio.SocketStream], conn: h11.Con
         raise h11.RemoteProtocolError(f"expected a request, got {event!r}")
 
 
-def _parse(request: Any) -> tuple[TapFilter | None, str | None]:
-    """The tap asked for (None: the snapshot) and the bearer token."""
+def _parse(
+    request: Any, pages: Mapping[str, Page]
+) -> tuple[TapFilter | None, str | None, tuple[Page, dict[str, str]] | None]:
+    """The tap asked for (None: the snapshot or a page), the bearer token, and the page
+    with its query."""
     if request.method != b"GET":
         raise _Reply(405, "only GET", (("allow", "GET"),))
     url = urlsplit(request.target.decode("latin-1"))
-    if url.path not in (TAP_PATH, SNAPSHOT_PATH):
+    if url.path not in (TAP_PATH, SNAPSHOT_PATH, *pages):
         raise _Reply(404, f"not found: the tap is {TAP_PATH}, the snapshot {SNAPSHOT_PATH}")
+    page = (pages[url.path], dict(parse_qsl(url.query))) if url.path in pages else None
     tap_filter = None
     if url.path == TAP_PATH:
         query = dict(parse_qsl(url.query))
@@ -201,7 +216,7 @@ def _parse(request: Any) -> tuple[TapFilter | None, str | None]:
     for name, value in request.headers:
         if name == b"authorization" and value[:7].lower() == b"bearer ":
             token = value[7:].decode("latin-1").strip() or None
-    return tap_filter, token
+    return tap_filter, token, page
 
 
 async def _send_error(
@@ -234,6 +249,17 @@ async def _send_snapshot(
         ("cache-control", "no-store"), ("connection", "close"),
     ])  # fmt: skip
     await stream.send_all(conn.send(head) + conn.send(h11.Data(data=body)))
+    await stream.send_all(conn.send(h11.EndOfMessage()))
+
+
+async def _send_page(
+    stream: trio.SSLStream[trio.SocketStream], conn: h11.Connection, page: Response
+) -> None:
+    head = h11.Response(status_code=page.status, headers=[
+        ("content-type", page.content_type), ("content-length", str(len(page.body))),
+        ("cache-control", "no-store"), ("connection", "close"), *page.headers,
+    ])  # fmt: skip
+    await stream.send_all(conn.send(head) + conn.send(h11.Data(data=page.body)))
     await stream.send_all(conn.send(h11.EndOfMessage()))
 
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 import trio
@@ -17,6 +19,9 @@ import trio
 from ca.kube import KubeRequests
 from k8s.controlplane import ControlPlane
 from mesh.tokens import TokenTable
+
+if TYPE_CHECKING:
+    from k8s.tap_server import Page
 
 log = structlog.get_logger("k8s.controlplane_process")
 
@@ -70,13 +75,15 @@ async def serve_tap_api(
     port: int,
     trust_domain: str,
     poll: float,
+    pages: Mapping[str, Page] | None = None,
     task_status: trio.TaskStatus[int],
 ) -> None:
     """``ambit tap``'s API (:mod:`k8s.tap_server`, and ``ambit why``'s snapshot) under the
     control plane's own certificate, for the tokens of ``tokens_file`` (a table
     of its own: a tap token is worth nothing at the CA or on the config stream) or, without
     that file on Kubernetes, for callers the API server says may (:mod:`k8s.tap_access`:
-    TokenReview, then SubjectAccessReview)."""
+    TokenReview, then SubjectAccessReview); ``pages`` are served beside them
+    (:mod:`k8s.dashboard`)."""
     from ca import LocalSigner
     from k8s.tap_access import KubeTapAuthenticator
     from k8s.tap_server import TapAuthenticator, TokenTapAuthenticator, serve_tap
@@ -104,6 +111,7 @@ async def serve_tap_api(
         bound = await nursery.start(
             partial(serve_tap, plane.config.taps, authenticator, certificate=current,
                     host=host, port=port,
-                    snapshot=lambda: plane.snapshot.to_json() if plane.snapshot else None)
+                    snapshot=lambda: plane.snapshot.to_json() if plane.snapshot else None,
+                    pages=pages)
         )  # fmt: skip
         task_status.started(bound[1])

@@ -2,7 +2,8 @@
 runs. HTTPS/1.1 (h11) to the control plane, whose certificate must chain to the trust
 bundle and name the control plane's identity; a bearer token; the answer read as JSON
 lines and handed, one object at a time, to the caller until it has had enough or the
-server ends the stream.
+server ends the stream. :func:`get` reads one answer of the same API whole (``ambit
+dashboard``'s pages).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from mesh.tls import bootstrap_client_context
 TAP_PATH: Final = "/v1/tap"
 CONNECT_TIMEOUT: Final = 10.0  # connecting, the handshake and the answer's head
 MAX_LINE: Final = 1024 * 1024
+MAX_BODY: Final = 32 * 1024 * 1024
 
 
 class TapClientError(Exception):
@@ -82,6 +84,51 @@ async def tap(
             raise TapClientError(f"the tap API at {where} did not answer in time") from None
         except (trio.BrokenResourceError, h11.ProtocolError) as exc:
             raise TapClientError(f"the connection to {where} broke: {exc}") from exc
+
+
+async def get(
+    address: tuple[str, int],
+    *,
+    identity: SpiffeId,
+    bundle: TrustBundle,
+    token: str | None,
+    target: str,
+    max_body: int = MAX_BODY,
+) -> tuple[int, str, bytes]:
+    """``GET target`` (path and query) of the API at ``address``, as :func:`tap` asks:
+    the status, content type and body of the answer, whatever the status (the caller
+    bounds the time). Raises :class:`TapClientError` when there is no answer."""
+    where = f"{address[0]}:{address[1]}"
+    try:
+        tcp = await trio.open_tcp_stream(*address)
+    except OSError as exc:
+        raise TapClientError(
+            f"cannot connect to the control plane's API at {where}: {exc.strerror or exc}"
+        ) from exc
+    ctx = bootstrap_client_context(bundle)
+    ctx.set_alpn_protocols(["http/1.1"])
+    async with trio.SSLStream(tcp, ctx, server_hostname=None) as tls:
+        conn = h11.Connection(h11.CLIENT)
+        try:
+            await _handshake(tls, identity, where)
+            headers = [("host", where)]
+            if token is not None:
+                headers.append(("authorization", f"Bearer {token}"))
+            request = h11.Request(method="GET", target=target, headers=headers)
+            await tls.send_all(conn.send(request) + conn.send(h11.EndOfMessage()))
+            response = await _next(tls, conn)
+            if not isinstance(response, h11.Response):
+                raise TapClientError(f"{where} did not answer with HTTP")
+            body = bytearray()
+            while isinstance(event := await _next(tls, conn), h11.Data):
+                body += event.data
+                if len(body) > max_body:
+                    raise TapClientError(f"an answer of more than {max_body} bytes")
+        except (trio.BrokenResourceError, h11.ProtocolError) as exc:
+            raise TapClientError(f"the connection to {where} broke: {exc}") from exc
+    content_type = next((v.decode("latin-1") for k, v in response.headers
+                         if k == b"content-type"), "application/octet-stream")  # fmt: skip
+    return response.status_code, content_type, bytes(body)
 
 
 async def _handshake(

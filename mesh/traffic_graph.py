@@ -202,6 +202,18 @@ class History:
     def proxies(self) -> list[str]:
         return sorted(self._scrapes)
 
+    def copy(self) -> History:
+        """The same scrapes (never changed once added), in rings of its own: another thread
+        may read it while this one goes on."""
+        other = History(self.keep, self._limit)
+        other._scrapes = {p: deque(ring, maxlen=self._limit) for p, ring in self._scrapes.items()}
+        return other
+
+    def rings(self) -> Mapping[str, deque[tuple[float, Scrape]]]:
+        """Each proxy's scrapes, oldest first (not to be changed: :mod:`mesh.traffic_series`
+        reads them)."""
+        return self._scrapes
+
     def increases(self, window: float) -> dict[str, Increase]:
         """Per proxy, what its series counted between its newest scrape and the last one
         at or before ``window`` seconds before it (or its oldest: a shorter span). A proxy
