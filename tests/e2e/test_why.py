@@ -1,5 +1,5 @@
 """``ambit why`` against real traffic: for each case of a table (allow and deny by
-principal, namespace, path, method and header; STRICT; a waypoint-bound Service and an
+principal, namespace, port, path, method and header; STRICT; a waypoint-bound Service and an
 unbound one; no route) the request is sent for real with curl from the pod named as FROM,
 and what the client saw must be what ``ambit why`` said: the app's answer, a status the
 mesh answered itself, or a connection closed before any answer."""
@@ -88,6 +88,7 @@ spec:
   - to: [{operation: {paths: [/secret*]}}]
   - from: [{source: {namespaces: [demo]}}]
     to: [{operation: {methods: [DELETE]}}]
+  - when: [{key: "request.headers[x-block]", values: ["yes"]}]
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
@@ -99,6 +100,16 @@ spec:
     backendRefs: [{name: server, port: 80}]
   - matches: [{path: {type: PathPrefix, value: /}, method: GET}]
     backendRefs: [{name: server, port: 80}]
+"""
+
+ALLOW_DEMO = """\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: demo-only, namespace: demo}
+spec:
+  selector: {matchLabels: {app: server}}
+  action: ALLOW
+  rules: [{from: [{source: {namespaces: [demo]}}], to: [{operation: {ports: ["PORT"]}}]}]
 """
 
 APP = "app"  # the app answered (python's http.server: its Server header)
@@ -127,6 +138,7 @@ WAYPOINT_CASES = [
     Case("demo/client", (APP, None)),
     Case("demo/client", ("mesh", 403), path="/secret/x"),  # DENY by path
     Case("demo/client", ("mesh", 403), method="DELETE"),  # DENY by namespace and method
+    Case("demo/client", ("mesh", 403), header="x-block: yes"),  # DENY by a header
     Case("demo/client", ("mesh", 404), method="POST"),  # no route matches: 404 NR
     Case("demo/client", (APP, None), path="/api/x", header="x-team: blue"),  # header route
     Case("demo/client", (APP, None), method="HEAD", path="/api/x", header="x-team: blue"),
@@ -199,6 +211,17 @@ async def test_why_says_what_the_client_sees(cluster: Cluster) -> None:
     await check(cluster, [Case("demo/intruder", (APP, None))])
     again = await cluster.ambit("apply", "-f", str(cluster.manifest("why.yaml", MANIFEST)))
     assert again.returncode == 0, again.stderr.decode()
+
+    # ALLOW by namespace and port: plaintext has no namespace; another port is refused.
+    allow = cluster.manifest("allow.yaml", ALLOW_DEMO.replace("PORT", "8080"))
+    await cluster.ambit("apply", "-f", str(allow))
+    await check(
+        cluster, [Case("outside/outsider", (CLOSED, None)), Case("demo/client", (APP, None))]
+    )
+    allow = cluster.manifest("allow.yaml", ALLOW_DEMO.replace("PORT", "9090"))
+    await cluster.ambit("apply", "-f", str(allow))
+    await check(cluster, [Case("demo/client", (CLOSED, None))])
+    await cluster.ambit("delete", "-f", str(allow))
 
     await cluster.ambit("apply", "-f", str(cluster.manifest("strict.yaml", STRICT)))
     await check(cluster, [*STRICT_CASES, Case("demo/intruder", (CLOSED, None))])
