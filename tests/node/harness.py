@@ -241,7 +241,11 @@ class NodeMesh:
         ]  # fmt: skip
 
     async def start_agent(self, node: Node, env: Mapping[str, str] | None = None) -> Process:
-        """``node``'s agent; ``env`` as a DaemonSet's downward API gives it (POD_NAME...)."""
+        """``node``'s agent; ``env`` as a DaemonSet's downward API gives it (POD_NAME...).
+        Its readiness port is picked now: one picked earlier may have become a client
+        connection's local port meanwhile (the agent it served killed), and then the new
+        agent could not bind it."""
+        node.agent_port = free_port()
         node.agent = Process(
             f"agent-{node.name}",
             self.agent_argv(node),
