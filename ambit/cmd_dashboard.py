@@ -26,18 +26,16 @@ import sys
 from dataclasses import dataclass, field
 from functools import partial
 from http.cookies import CookieError, SimpleCookie
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlencode
 
 import trio
 
-from k8s.local.config import state_dir_from
+from ambit import control_api
 from k8s.local.errors import LocalClusterError
-from mesh.constants import DEFAULT_TRUST_DOMAIN, TAP_PORT
 
 if TYPE_CHECKING:
-    from ambit.cmd_tap import LocalApi
+    from ambit.control_api import ControlApi
     from mesh.http import Request, Response
 
 COOKIE: Final = "ambit_dashboard"
@@ -64,22 +62,11 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--port", type=int, default=0,
                         help="the loopback port to serve on (default: any free one)")  # fmt: skip
-    parser.add_argument("--state-dir", help="the local cluster's state (default /run/ambit)")
-    parser.add_argument(
-        "--kubeconfig", type=Path, metavar="PATH",
-        help="a Kubernetes cluster's control plane, as this kubeconfig's user (it must be"
-        " allowed to get meshsnapshots of ambit.io)",
-    )  # fmt: skip
-    parser.add_argument("--context", help="with --kubeconfig: its context (default: current)")
-    parser.add_argument(
-        "--server", metavar="HOST:PORT",
-        help="with --kubeconfig: the control plane's API, e.g. after 'kubectl -n ambit-system"
-        " port-forward svc/ambit-controlplane 15016' (default localhost:15016)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--trust-domain", default=DEFAULT_TRUST_DOMAIN,
-        help="with --kubeconfig: the mesh's trust domain (default %(default)s)",
-    )  # fmt: skip
+    control_api.add_arguments(
+        parser,
+        "a Kubernetes cluster's control plane, as this kubeconfig's user (it must be allowed"
+        " to get meshsnapshots of ambit.io)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -129,7 +116,7 @@ def _page(status: int, words: str) -> Response:
     return Response(status, body, "text/html; charset=utf-8", SECURITY_HEADERS)
 
 
-def routes(gate: Gate, api: LocalApi) -> dict[str, Any]:
+def routes(gate: Gate, api: ControlApi) -> dict[str, Any]:
     """The loopback server's routes: ``/login``, ``/`` and the forwarded paths."""
     from mesh.http import Response
     from mesh.tap_client import TapClientError, get
@@ -179,7 +166,7 @@ def _json_error(status: int, message: str) -> Response:
 
 
 async def serve_dashboard(
-    api: LocalApi,
+    api: ControlApi,
     port: int,
     *,
     task_status: trio.TaskStatus[Gate] = trio.TASK_STATUS_IGNORED,
@@ -198,14 +185,8 @@ async def serve_dashboard(
 
 
 def run(args: argparse.Namespace) -> int:
-    from ambit.cmd_tap import kube_api, local_api
-
     try:
-        if args.kubeconfig is not None:
-            server = args.server or f"localhost:{TAP_PORT}"
-            api = trio.run(kube_api, args.kubeconfig, args.context, server, args.trust_domain)
-        else:
-            api = local_api(state_dir_from(args.state_dir))
+        api = control_api.from_arguments(args)
     except LocalClusterError as exc:
         print(f"ambit dashboard: {exc}", file=sys.stderr)
         return 1

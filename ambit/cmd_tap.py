@@ -12,19 +12,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import trio
 
-from k8s.local.config import state_dir_from
+from ambit import control_api
 from k8s.local.errors import LocalClusterError
-from mesh.constants import DEFAULT_TRUST_DOMAIN, TAP_PORT
 
 if TYPE_CHECKING:
-    from mesh.identity import SpiffeId, TrustBundle
+    pass
 
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
@@ -47,25 +44,11 @@ def register(subparsers: Subparsers) -> None:
     parser.add_argument("--status", metavar="N", type=int, help="only responses of this status")
     parser.add_argument("--max", metavar="N", type=int, help="stop after N events")
     parser.add_argument("-o", "--output", choices=["text", "json"], default="text")
-    parser.add_argument(
-        "--state-dir",
-        help="directory of the cluster's state (default $AMBIT_STATE_DIR or /run/ambit)",
+    control_api.add_arguments(
+        parser,
+        "tap a Kubernetes cluster as this kubeconfig's user (its bearer token; the API server"
+        " must let it watch pods/tap, services/tap or namespaces/tap of ambit.io)",
     )
-    parser.add_argument(
-        "--kubeconfig", type=Path, metavar="PATH",
-        help="tap a Kubernetes cluster as this kubeconfig's user (its bearer token; the API"
-        " server must let it watch pods/tap, services/tap or namespaces/tap of ambit.io)",
-    )  # fmt: skip
-    parser.add_argument("--context", help="with --kubeconfig: its context (default: current)")
-    parser.add_argument(
-        "--server", metavar="HOST:PORT",
-        help="with --kubeconfig: the control plane's tap API, e.g. after 'kubectl -n"
-        " ambit-system port-forward svc/ambit-controlplane 15016' (default localhost:15016)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--trust-domain", default=DEFAULT_TRUST_DOMAIN,
-        help="with --kubeconfig: the mesh's trust domain (default %(default)s)",
-    )  # fmt: skip
     parser.set_defaults(run=run)
 
 
@@ -87,11 +70,7 @@ def run(args: argparse.Namespace) -> int:
     if args.max is not None and args.max < 1:
         return _fail("--max is at least 1")
     try:
-        if args.kubeconfig is not None:
-            server = args.server or f"localhost:{TAP_PORT}"
-            api = trio.run(kube_api, args.kubeconfig, args.context, server, args.trust_domain)
-        else:
-            api = local_api(state_dir_from(args.state_dir))
+        api = control_api.from_arguments(args)
     except LocalClusterError as exc:
         return _fail(str(exc))
     query = {k: str(v) for k, v in tap_filter.to_json().items()}
@@ -108,80 +87,6 @@ def run(args: argparse.Namespace) -> int:
     if printer.max is not None and printer.events < printer.max:
         return _fail("the control plane ended the tap")
     return 0
-
-
-@dataclass(frozen=True)
-class LocalApi:
-    """Where the local control plane's tap API is and how to prove the right to use it."""
-
-    address: tuple[str, int]
-    identity: SpiffeId
-    bundle: TrustBundle
-    token: str | None
-
-
-def local_api(state_dir: Path) -> LocalApi:
-    """The tap API settings local mode writes (``<state>/mesh/tap.json``, 0600) and the
-    trust bundle; :class:`LocalClusterError` saying what is missing."""
-    from mesh.identity import SpiffeId, TrustBundle
-
-    mesh = state_dir / "mesh"
-    try:
-        client = json.loads((mesh / "tap.json").read_text())
-        bundle = TrustBundle.from_pem((mesh / "bundle.pem").read_bytes())
-        host, _, port = client["server"].rpartition(":")
-        return LocalApi((host, int(port)), SpiffeId.parse(client["identity"]), bundle,
-                        client.get("token"))  # fmt: skip
-    except PermissionError:
-        raise LocalClusterError(f"cannot read {mesh / 'tap.json'}: it needs root") from None
-    except FileNotFoundError as exc:
-        raise LocalClusterError(
-            f"no local cluster's API settings at {exc.filename}; is it up ('ambit up')?"
-        ) from None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise LocalClusterError(f"cannot read the API settings in {mesh}: {exc}") from None
-
-
-async def kube_api(
-    kubeconfig: Path, context: str | None, server: str, trust_domain: str
-) -> LocalApi:
-    """The tap API of a cluster's control plane at ``server``, with the kubeconfig's bearer
-    token and the mesh's trust bundle (its ConfigMap in the control plane's namespace)."""
-    from k8s.sources.api import KubeSourceError
-    from k8s.sources.kubernetes import KubeSourceConfig, open_kube_api
-    from k8s.waypoint_kube import ROOT_CONFIG_MAP, ROOT_CONFIG_MAP_KEY
-    from mesh.constants import SYSTEM_NAMESPACE
-    from mesh.identity import TrustBundle, control_plane_identity
-
-    host, _, port = server.rpartition(":")
-    if not host or not port.isdigit():
-        raise LocalClusterError(f"--server {server!r}: give HOST:PORT")
-    pem, status = None, 0
-    try:
-        async with open_kube_api(KubeSourceConfig(kubeconfig=kubeconfig, context=context)) as api:
-            token = api.bearer_token
-            for namespace in (SYSTEM_NAMESPACE, "default"):  # it is in every namespace
-                path = f"/api/v1/namespaces/{namespace}/configmaps/{ROOT_CONFIG_MAP}"
-                status, found = await api.request("GET", path)
-                pem = (found.get("data") or {}).get(ROOT_CONFIG_MAP_KEY) if status == 200 else None
-                if pem:
-                    break
-    except (KubeSourceError, OSError) as exc:
-        raise LocalClusterError(str(exc)) from None
-    if token is None:
-        raise LocalClusterError(
-            "the kubeconfig's user has no bearer token (client certificates cannot be passed"
-            " on): use a token, e.g. 'kubectl create token'"
-        )
-    if not pem:
-        raise LocalClusterError(
-            f"cannot read the mesh's trust bundle (ConfigMap {ROOT_CONFIG_MAP} in"
-            f" {SYSTEM_NAMESPACE} or default: HTTP {status}): is ambit installed, and may you"
-            " read it?"
-        )
-    identity: SpiffeId = control_plane_identity(trust_domain)
-    return LocalApi((host.strip("[]"), int(port)), identity,
-                    TrustBundle.from_pem(pem.encode()), token)  # fmt: skip
 
 
 class _Printer:

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ambit.cmd_tap import LocalApi, local_api
+from ambit.control_api import ControlApi, local_api
 from k8s.local.config import files_of, state_dir_from
 from k8s.local.errors import LocalClusterError
 from mesh.constants import DEFAULT_TRUST_DOMAIN
@@ -123,7 +123,7 @@ def local_view(state_dir: Path) -> tuple[MeshSnapshot, Labels]:
     return snapshot, lambda *key: labels_of.get(key, {})
 
 
-async def read_snapshot(api: LocalApi) -> MeshSnapshot:
+async def read_snapshot(api: ControlApi) -> MeshSnapshot:
     """The control plane's published snapshot, from its tap API (``/v1/snapshot``: TLS to
     the control plane's identity, the operator's token)."""
     from mesh.config_stream import MAX_MESSAGE

@@ -14,7 +14,7 @@ import pytest
 import trio
 
 from ambit.cmd_dashboard import COOKIE, Gate, serve_dashboard
-from ambit.cmd_tap import LocalApi
+from ambit.control_api import ControlApi
 from k8s.config_server import ConfigServer, node_token_authenticator
 from k8s.dashboard import dashboard_pages
 from k8s.observer import Observer
@@ -91,7 +91,7 @@ async def dashboard(root: Pki, token: str | None = TAP_TOKEN) -> AsyncIterator[G
                                           host="127.0.0.1", port=0, pages=pages,
                                           task_status=task_status)
         )  # fmt: skip
-        api = LocalApi(address, CP_ID, root.bundle, token)
+        api = ControlApi(address, CP_ID, root.bundle, token)
         gate = await nursery.start(serve_dashboard, api, 0)
         yield gate
         nursery.cancel_scope.cancel()
