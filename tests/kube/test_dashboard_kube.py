@@ -18,15 +18,12 @@ from pathlib import Path
 import pytest
 import trio
 
-from k8s.waypoint_kube import ROOT_CONFIG_MAP, ROOT_CONFIG_MAP_KEY
 from tests.integration.test_dashboard_proxy import ask
 from tests.kube.client import KubeAdmin, NotFound, Obj, wait_for
-from tests.kube.cluster import REPO, Cluster, free_port, write_kubeconfig
-from tests.kube.planes import PlaneProcess, running
-from tests.kube.test_tap_kube import _binding, _role
+from tests.kube.cluster import REPO, Cluster
+from tests.kube.operator_access import RBAC, binding, operator_api
 
 pytestmark = pytest.mark.kube
-RBAC = "rbac.authorization.k8s.io/v1"
 
 
 @asynccontextmanager
@@ -52,82 +49,43 @@ async def dashboard(kubeconfig: Path, port: int) -> AsyncIterator[tuple[int, str
 
 
 def _cluster_role(name: str, user: str) -> tuple[Obj, Obj]:
-    namespace, account = user.split(":")[2:]
+    """A ClusterRole letting ``user`` get meshsnapshots of ambit.io, and its binding."""
+    rule = {"apiGroups": ["ambit.io"], "resources": ["meshsnapshots"], "verbs": ["get"]}
     role = {"apiVersion": RBAC, "kind": "ClusterRole", "metadata": {"name": name},
-            "rules": [{"apiGroups": ["ambit.io"], "resources": ["meshsnapshots"],
-                       "verbs": ["get"]}]}  # fmt: skip
-    binding = {"apiVersion": RBAC, "kind": "ClusterRoleBinding", "metadata": {"name": name},
-               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                           "name": name},
-               "subjects": [{"kind": "ServiceAccount", "name": account,
-                             "namespace": namespace}]}  # fmt: skip
-    return role, binding
+            "rules": [rule]}  # fmt: skip
+    return role, binding(name, None, user, cluster=True)
 
 
 async def test_the_dashboard_is_served_to_whom_rbac_lets_read_the_mesh(
     kube_cluster: Cluster, kube_admin: KubeAdmin, kube_ns: str, tmp_path: Path
 ) -> None:
-    port = free_port()
-    plane = PlaneProcess(
-        tmp_path / "plane",
-        ["--source", "kubernetes", "--kubeconfig", str(kube_cluster.kubeconfig),
-         "--no-leader-election", "--tap-kubernetes", "--tap-port", str(port)],
-        {},
-    )  # fmt: skip
-    account = {"apiVersion": "v1", "kind": "ServiceAccount",
-               "metadata": {"name": "viewer", "namespace": kube_ns}}  # fmt: skip
-    user = f"system:serviceaccount:{kube_ns}:viewer"
     grant = f"dashboard-{kube_ns}"
     with trio.fail_after(90):
-        await kube_admin.create(account)
-        request = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-                   "spec": {"expirationSeconds": 600}}  # fmt: skip
-        answer = await kube_admin.post_subresource(
-            "v1", "ServiceAccount", "viewer", "token", request, kube_ns
-        )
-        kubeconfig = tmp_path / "viewer.kubeconfig"
-        write_kubeconfig(kubeconfig, kube_cluster.server, kube_cluster.ca_file,
-                         answer["status"]["token"])  # fmt: skip
-        await kube_admin.create(_role(f"roots-{kube_ns}", "default", "", ["configmaps"], ["get"]))
-        await kube_admin.create(_binding(f"roots-{kube_ns}", "default", user))
         try:
-            async with running(plane):
-                roots = (plane.ca_dir / "root-cert.pem").read_text()
+            async with (
+                operator_api(kube_cluster, kube_admin, kube_ns, "viewer", tmp_path) as caller,
+                dashboard(caller.kubeconfig, caller.port) as (local, login),
+            ):
+                logged = await ask(local, login)
+                assert logged.status == 303
+                cookie = logged.headers["set-cookie"].partition(";")[0]
+                refused = await ask(local, "/v1/dashboard", cookie=cookie)
+                assert refused.status == 403
+                said = json.loads(refused.body)["error"]
+                assert f"{caller.user} may not get meshsnapshots.ambit.io" in said, said
 
-                async def published() -> bool:
-                    try:
-                        found = await kube_admin.get("v1", "ConfigMap", ROOT_CONFIG_MAP, "default")
-                    except NotFound:
-                        return False
-                    return roots.strip() in str(found["data"][ROOT_CONFIG_MAP_KEY])
+                for obj in _cluster_role(grant, caller.user):
+                    await kube_admin.create(obj)
 
-                await wait_for(published, seconds=30)
-                async with dashboard(kubeconfig, port) as (local, login):
-                    logged = await ask(local, login)
-                    assert logged.status == 303
-                    cookie = logged.headers["set-cookie"].partition(";")[0]
-                    refused = await ask(local, "/v1/dashboard", cookie=cookie)
-                    assert refused.status == 403
-                    said = json.loads(refused.body)["error"]
-                    assert f"{user} may not get meshsnapshots.ambit.io" in said, said
+                async def served() -> bool:
+                    answer = await ask(local, "/v1/dashboard", cookie=cookie)
+                    return answer.status == 200 and json.loads(answer.body)["version"] >= 1
 
-                    for obj in _cluster_role(grant, user):
-                        await kube_admin.create(obj)
-
-                    async def served() -> bool:
-                        answer = await ask(local, "/v1/dashboard", cookie=cookie)
-                        return answer.status == 200 and json.loads(answer.body)["version"] >= 1
-
-                    await wait_for(
-                        served, seconds=20, interval=0.5
-                    )  # RBAC's cache may take a moment
-                    page = await ask(local, "/dashboard/", cookie=cookie)
-                    assert page.status == 200
-                    assert b"app.js" in page.body
+                await wait_for(served, seconds=20, interval=0.5)  # RBAC's cache may lag
+                page = await ask(local, "/dashboard/", cookie=cookie)
+                assert page.status == 200
+                assert b"app.js" in page.body
         finally:
-            for kind, name, ns in (("ClusterRoleBinding", grant, None),
-                                   ("ClusterRole", grant, None),
-                                   ("RoleBinding", f"roots-{kube_ns}", "default"),
-                                   ("Role", f"roots-{kube_ns}", "default")):  # fmt: skip
+            for kind in ("ClusterRoleBinding", "ClusterRole"):
                 with suppress(NotFound):
-                    await kube_admin.delete(RBAC, kind, name, ns)
+                    await kube_admin.delete(RBAC, kind, grant, None)
