@@ -71,6 +71,7 @@ from mesh.constants import (
     TAP_PORT,
 )
 from mesh.files import write_atomically
+from mesh.http_get import BodyTooLarge, get
 from mesh.identity import control_plane_identity
 from mesh.netns import NetnsError, NetworkNamespace, netns_path
 from mesh.tokens import TokenTable
@@ -381,31 +382,12 @@ async def get_json(
             sock = handle.socket(mark=None)
     except NetnsError:  # the namespace is gone: nothing to report
         return None
-    client = h11.Connection(h11.CLIENT)
-    request = h11.Request(
-        method="GET",
-        target=path,
-        headers=[("host", host), ("connection", "close")],
-    )
-    status, body = 0, bytearray()
+    status, body = 0, b""
     with sock, trio.move_on_after(seconds):
         try:
             await sock.connect((host, port))
-            stream = trio.SocketStream(sock)
-            await stream.send_all(client.send(request) + client.send(h11.EndOfMessage()))
-            while True:
-                event = client.next_event()
-                if event is h11.NEED_DATA:
-                    client.receive_data(await stream.receive_some())
-                elif isinstance(event, h11.Response):
-                    status = event.status_code
-                elif isinstance(event, h11.Data):
-                    body += event.data
-                    if len(body) > CONFIG_DUMP_LIMIT:
-                        return None
-                elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
-                    break
-        except (OSError, trio.BrokenResourceError, h11.ProtocolError):
+            status, body = await get(trio.SocketStream(sock), host, path, limit=CONFIG_DUMP_LIMIT)
+        except (BodyTooLarge, OSError, trio.BrokenResourceError, h11.ProtocolError):
             return None
     if status != 200:
         return None

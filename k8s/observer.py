@@ -34,6 +34,7 @@ from k8s.store import ObjectStore
 from mesh.admin import Route, json_response
 from mesh.constants import METRICS_PORT
 from mesh.http import Request, Response
+from mesh.http_get import BodyTooLarge, get
 from mesh.traffic_graph import History, edges, flags_by_service, parse_scrape
 
 log = structlog.get_logger("k8s.observer")
@@ -85,36 +86,20 @@ class ScrapeError(Exception):
 async def http_get(address: str, port: int, path: str, *, limit: int = BODY_LIMIT) -> bytes:
     """The body of a 200 answer to GET ``path`` (HTTP/1.1, one connection); the caller
     bounds the time. Raises :class:`ScrapeError` otherwise."""
-    client = h11.Connection(h11.CLIENT)
-    request = h11.Request(
-        method="GET", target=path, headers=[("host", address), ("connection", "close")]
-    )
-    body = bytearray()
-    status = 0
     try:
         stream = await trio.open_tcp_stream(address, port)
     except OSError as exc:
         raise ScrapeError(f"connect: {exc.strerror or exc}") from None
     async with stream:
         try:
-            await stream.send_all(client.send(request) + client.send(h11.EndOfMessage()))
-            while True:
-                event = client.next_event()
-                if event is h11.NEED_DATA:
-                    client.receive_data(await stream.receive_some(65536))
-                elif isinstance(event, h11.Response):
-                    status = event.status_code
-                elif isinstance(event, h11.Data):
-                    body += event.data
-                    if len(body) > limit:
-                        raise ScrapeError(f"answer over {limit} bytes")
-                elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
-                    break
+            status, body = await get(stream, address, path, limit=limit)
+        except BodyTooLarge as exc:
+            raise ScrapeError(str(exc)) from None
         except (OSError, trio.BrokenResourceError, h11.ProtocolError) as exc:
             raise ScrapeError(f"read: {exc}") from None
     if status != 200:
         raise ScrapeError(f"HTTP {status}")
-    return bytes(body)
+    return body
 
 
 class Observer:

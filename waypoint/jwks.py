@@ -26,6 +26,7 @@ import structlog
 import trio
 
 from mesh.backoff import Backoff
+from mesh.http_get import BodyTooLarge, get
 from mesh.model_l7 import JwtRule
 from waypoint.jwt import JwksError, KeySet, inline_keys, parse_jwks
 
@@ -53,12 +54,6 @@ async def http_get(
         raise JwksFetchError(f"{uri}: not an http or https URL")
     port = parts.port or (443 if parts.scheme == "https" else 80)
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    client = h11.Connection(h11.CLIENT)
-    request = h11.Request(
-        method="GET",
-        target=target,
-        headers=[("host", parts.netloc), ("accept", "application/json"), ("connection", "close")],
-    )
     stream: trio.abc.Stream
     try:
         if parts.scheme == "https":
@@ -67,26 +62,15 @@ async def http_get(
         else:
             stream = await trio.open_tcp_stream(parts.hostname, port)
         async with stream:
-            await stream.send_all(client.send(request) + client.send(h11.EndOfMessage()))
-            body = bytearray()
-            status = 0
-            while True:
-                event = client.next_event()
-                if event is h11.NEED_DATA:
-                    client.receive_data(bytes(await stream.receive_some(65536)))
-                elif isinstance(event, h11.Response):
-                    status = event.status_code
-                elif isinstance(event, h11.Data):
-                    body += event.data
-                    if len(body) > max_bytes:
-                        raise JwksFetchError(f"{uri}: larger than {max_bytes} bytes")
-                elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
-                    break
+            status, body = await get(stream, parts.netloc, target, limit=max_bytes,
+                                     headers=[("accept", "application/json")])  # fmt: skip
+    except BodyTooLarge:
+        raise JwksFetchError(f"{uri}: larger than {max_bytes} bytes") from None
     except (OSError, trio.BrokenResourceError, h11.ProtocolError) as exc:
         raise JwksFetchError(f"{uri}: {exc}") from exc
     if status != 200:
         raise JwksFetchError(f"{uri}: answered {status}")
-    return bytes(body)
+    return body
 
 
 @dataclass
