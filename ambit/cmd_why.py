@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import trio
+
 from ambit.control_api import ControlApi, local_api
 from k8s.local.config import files_of, state_dir_from
 from k8s.local.errors import LocalClusterError
@@ -106,7 +108,6 @@ def run(args: argparse.Namespace) -> int:
 def local_view(state_dir: Path) -> tuple[MeshSnapshot, Labels]:
     """The local control plane's snapshot, and the labels of the cluster's Namespaces and
     Services (which one bound a waypoint)."""
-    import trio
 
     from k8s.local.api import call
 
@@ -123,27 +124,25 @@ def local_view(state_dir: Path) -> tuple[MeshSnapshot, Labels]:
     return snapshot, lambda *key: labels_of.get(key, {})
 
 
-async def read_snapshot(api: ControlApi) -> MeshSnapshot:
-    """The control plane's published snapshot, from its tap API (``/v1/snapshot``: TLS to
-    the control plane's identity, the operator's token)."""
+async def read_snapshot(api: ControlApi, seconds: float = 30.0) -> MeshSnapshot:
+    """The control plane's published snapshot, from its API (``/v1/snapshot``: TLS to the
+    control plane's identity, the operator's token)."""
     from mesh.config_stream import MAX_MESSAGE
     from mesh.model import MeshSnapshot
-    from mesh.tap_client import TapClientError, tap
-
-    found: list[dict[str, Any]] = []
-
-    def got(line: dict[str, Any]) -> bool:
-        found.append(line)
-        return False
+    from mesh.tap_client import TapClientError, get, refusal
 
     try:
-        await tap(api.address, identity=api.identity, bundle=api.bundle, token=api.token,
-                  query={}, on_line=got, path="/v1/snapshot", max_line=MAX_MESSAGE)  # fmt: skip
+        with trio.fail_after(seconds):
+            status, _, body = await get(api.address, identity=api.identity, bundle=api.bundle,
+                                        token=api.token, target="/v1/snapshot",
+                                        max_body=MAX_MESSAGE)  # fmt: skip
     except TapClientError as exc:
-        raise LocalClusterError(str(exc).replace("refused the tap", "refused")) from None
-    if not found:
-        raise LocalClusterError("the control plane sent no snapshot")
-    return MeshSnapshot.from_json(found[0])
+        raise LocalClusterError(str(exc)) from None
+    except trio.TooSlowError:
+        raise LocalClusterError(f"the control plane sent no snapshot in {seconds:g}s") from None
+    if status != 200:
+        raise LocalClusterError(refusal(body, status, "the snapshot"))
+    return MeshSnapshot.from_json(json.loads(body))
 
 
 def kube_view(
@@ -151,7 +150,6 @@ def kube_view(
 ) -> tuple[MeshSnapshot, Labels]:
     """The cluster's objects, listed with the kubeconfig's credentials by the control
     plane's own source, translated by its translator."""
-    import trio
 
     from k8s.sources.driver import KubernetesSource
     from k8s.sources.kubernetes import KubeSourceConfig

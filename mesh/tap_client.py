@@ -42,44 +42,29 @@ async def tap(
     token: str | None,
     query: dict[str, str],
     on_line: Callable[[dict[str, Any]], bool],
-    path: str = TAP_PATH,
-    max_line: int = MAX_LINE,
 ) -> None:
-    """Stream ``GET /v1/tap?query`` (or another ``path`` of that API) from ``address``;
-    each JSON line goes to ``on_line``, which returns False to stop. Returns when it did,
-    or when the server ended the stream; raises :class:`TapClientError` (with the
-    server's status and its words when it refused)."""
+    """Stream ``GET /v1/tap?query`` from ``address``; each JSON line goes to ``on_line``,
+    which returns False to stop. Returns when it did, or when the server ended the stream;
+    raises :class:`TapClientError` (with the server's status and its words when it
+    refused)."""
     where = f"{address[0]}:{address[1]}"
     with trio.move_on_after(CONNECT_TIMEOUT) as connecting:
-        try:
-            tcp = await trio.open_tcp_stream(*address)
-        except OSError as exc:
-            raise TapClientError(
-                f"cannot connect to the control plane's tap API at {where}:"
-                f" {exc.strerror or exc} (is the cluster up? 'ambit get components')"
-            ) from exc
+        tls = await _connect(address, bundle, where)
     if connecting.cancelled_caught:
         raise TapClientError(f"no answer from the control plane's tap API at {where}")
-    ctx = bootstrap_client_context(bundle)
-    ctx.set_alpn_protocols(["http/1.1"])
-    async with trio.SSLStream(tcp, ctx, server_hostname=None) as tls:
+    async with tls:
         conn = h11.Connection(h11.CLIENT)
         try:
             with trio.fail_after(CONNECT_TIMEOUT):
-                await _handshake(tls, identity, where)
-                target = f"{path}?{urlencode(query)}" if query else path
-                headers = [("host", where), ("accept", "application/x-ndjson")]
-                if token is not None:
-                    headers.append(("authorization", f"Bearer {token}"))
-                request = h11.Request(method="GET", target=target, headers=headers)
-                await tls.send_all(conn.send(request) + conn.send(h11.EndOfMessage()))
-                response = await _next(tls, conn)
-            if not isinstance(response, h11.Response):
-                raise TapClientError(f"{where} did not answer with HTTP")
+                response = await _ask(tls, conn, identity, where, token,
+                                      f"{TAP_PATH}?{urlencode(query)}",
+                                      [("accept", "application/x-ndjson")])  # fmt: skip
             if response.status_code != 200:
                 body = await _body(tls, conn)
-                raise TapClientError(_refusal(body, response.status_code), response.status_code)
-            await _lines(tls, conn, on_line, max_line)
+                raise TapClientError(
+                    refusal(body, response.status_code, "the tap"), response.status_code
+                )
+            await _lines(tls, conn, on_line)
         except trio.TooSlowError:
             raise TapClientError(f"the tap API at {where} did not answer in time") from None
         except (trio.BrokenResourceError, h11.ProtocolError) as exc:
@@ -99,26 +84,10 @@ async def get(
     the status, content type and body of the answer, whatever the status (the caller
     bounds the time). Raises :class:`TapClientError` when there is no answer."""
     where = f"{address[0]}:{address[1]}"
-    try:
-        tcp = await trio.open_tcp_stream(*address)
-    except OSError as exc:
-        raise TapClientError(
-            f"cannot connect to the control plane's API at {where}: {exc.strerror or exc}"
-        ) from exc
-    ctx = bootstrap_client_context(bundle)
-    ctx.set_alpn_protocols(["http/1.1"])
-    async with trio.SSLStream(tcp, ctx, server_hostname=None) as tls:
+    async with await _connect(address, bundle, where) as tls:
         conn = h11.Connection(h11.CLIENT)
         try:
-            await _handshake(tls, identity, where)
-            headers = [("host", where)]
-            if token is not None:
-                headers.append(("authorization", f"Bearer {token}"))
-            request = h11.Request(method="GET", target=target, headers=headers)
-            await tls.send_all(conn.send(request) + conn.send(h11.EndOfMessage()))
-            response = await _next(tls, conn)
-            if not isinstance(response, h11.Response):
-                raise TapClientError(f"{where} did not answer with HTTP")
+            response = await _ask(tls, conn, identity, where, token, target, [])
             body = bytearray()
             while isinstance(event := await _next(tls, conn), h11.Data):
                 body += event.data
@@ -129,6 +98,45 @@ async def get(
     content_type = next((v.decode("latin-1") for k, v in response.headers
                          if k == b"content-type"), "application/octet-stream")  # fmt: skip
     return response.status_code, content_type, bytes(body)
+
+
+async def _connect(
+    address: tuple[str, int], bundle: TrustBundle, where: str
+) -> trio.SSLStream[trio.SocketStream]:
+    """A TLS stream to the API at ``address``, trusting ``bundle`` (not yet handshaken)."""
+    try:
+        tcp = await trio.open_tcp_stream(*address)
+    except OSError as exc:
+        raise TapClientError(
+            f"cannot connect to the control plane's API at {where}: {exc.strerror or exc}"
+            " (is the cluster up? 'ambit get components')"
+        ) from exc
+    ctx = bootstrap_client_context(bundle)
+    ctx.set_alpn_protocols(["http/1.1"])
+    return trio.SSLStream(tcp, ctx, server_hostname=None)
+
+
+async def _ask(
+    tls: trio.SSLStream[trio.SocketStream],
+    conn: h11.Connection,
+    identity: SpiffeId,
+    where: str,
+    token: str | None,
+    target: str,
+    headers: list[tuple[str, str]],
+) -> h11.Response:
+    """Handshake (the server must be ``identity``), send ``GET target`` with the bearer
+    ``token``, and read the answer's head."""
+    await _handshake(tls, identity, where)
+    sent = [("host", where), *headers]
+    if token is not None:
+        sent.append(("authorization", f"Bearer {token}"))
+    request = h11.Request(method="GET", target=target, headers=sent)
+    await tls.send_all(conn.send(request) + conn.send(h11.EndOfMessage()))
+    response = await _next(tls, conn)
+    if not isinstance(response, h11.Response):
+        raise TapClientError(f"{where} did not answer with HTTP")
+    return response
 
 
 async def _handshake(
@@ -171,28 +179,28 @@ async def _body(tls: trio.SSLStream[trio.SocketStream], conn: h11.Connection) ->
     return bytes(body)
 
 
-def _refusal(body: bytes, status: int) -> str:
+def refusal(body: bytes, status: int, what: str = "the request") -> str:
+    """The server's refusal of ``what`` in words, from its JSON error body."""
     try:
         error = json.loads(body).get("error")
     except (ValueError, AttributeError):
         error = None
     words = error if isinstance(error, str) else body.decode(errors="replace").strip()
-    return f"the control plane refused the tap ({status}): {words}"
+    return f"the control plane refused {what} ({status}): {words}"
 
 
 async def _lines(
     tls: trio.SSLStream[trio.SocketStream],
     conn: h11.Connection,
     on_line: Callable[[dict[str, Any]], bool],
-    max_line: int,
 ) -> None:
     pending = bytearray()
     while isinstance(event := await _next(tls, conn), h11.Data):
         pending += event.data
         *lines, rest = pending.split(b"\n")
         pending = bytearray(rest)
-        if len(pending) > max_line:
-            raise TapClientError(f"a line of more than {max_line} bytes")
+        if len(pending) > MAX_LINE:
+            raise TapClientError(f"a line of more than {MAX_LINE} bytes")
         for line in lines:
             if line.strip() and not on_line(json.loads(line)):
                 return
