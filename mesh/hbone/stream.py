@@ -299,6 +299,28 @@ class H2Stream(trio.abc.HalfCloseableStream):
         finally:
             self._sending = False
 
+    def send_nowait(self, data: bytes | bytearray | memoryview) -> int:
+        """Queue what flow control and the connection's write buffer take now: the count.
+
+        Never waits and, unlike :meth:`send_all`, is not a checkpoint: an HTTP/2 connection
+        carried inside this stream (a waypoint's h2c) hands its frames over from its writer
+        without an extra pass through the scheduler. Raises as :meth:`send_all` does on a
+        closed or broken stream."""
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this HTTP/2 stream")
+        self._check_send()
+        view = memoryview(data)
+        if view.itemsize != 1 or view.ndim != 1:
+            view = view.cast("B")
+        owner = self.connection
+        sent = 0
+        while sent < len(view) and (allowed := owner.send_capacity(self)) > 0:
+            n = min(allowed, len(view) - sent)
+            owner.queue_data(self, view[sent : sent + n])
+            sent += n
+        self.queued += sent
+        return sent
+
     async def _wait_space(self) -> None:
         self.connection.want_space(self, True)
         try:

@@ -21,6 +21,7 @@ from typing import Final, Protocol
 import trio
 
 from mesh import sockio
+from mesh.hbone.stream import H2Stream
 from mesh.tls import TlsError
 
 
@@ -95,6 +96,9 @@ class StreamTransport:
         if isinstance(self.stream, trio.SocketStream):  # h2c: cancel-safe, see below
             await self._flush_socket(self.stream.socket)
             return
+        if isinstance(self.stream, H2Stream):  # HTTP/2 inside HBONE: the waypoint's case
+            await self._flush_h2(self.stream)
+            return
         data = bytes(self._out)
         before = getattr(self.stream, "queued", None)  # an HTTP/2 stream says what it took
         try:
@@ -108,6 +112,20 @@ class StreamTransport:
         # Only now: a flush cancelled before the stream took the bytes keeps them for the
         # next flush (after a cancel part-way, a trio stream is broken anyway).
         del self._out[: len(data)]
+
+    async def _flush_h2(self, stream: H2Stream) -> None:
+        """Hand the bytes to the outer connection as its flow control takes them, without
+        a scheduler pass when it takes them all (``send_all`` would make one, and its
+        writer another): what was taken leaves the buffer at once, so a flush cancelled
+        while it waits for the window never sends them twice."""
+        try:
+            while self._out:
+                if n := stream.send_nowait(bytes(self._out)):
+                    del self._out[:n]
+                else:
+                    await stream.wait_send_all_might_not_block()
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise TransportError(f"connection lost: {exc}") from exc
 
     async def _flush_socket(self, sock: trio.socket.SocketType) -> None:
         """Bytes leave the buffer as the kernel takes them: a flush cancelled while it

@@ -167,3 +167,25 @@ async def test_http2_inside_an_http2_stream() -> None:
                     assert stream.trailers == [("grpc-status", "0")]
                 inner_client.close()
             assert inner_server.is_closed()
+
+
+async def test_send_nowait_takes_what_the_window_allows_and_never_waits() -> None:
+    window = SMALL_WINDOWS.stream_window
+    with trio.fail_after(10):
+        async with h2_pair() as pair:
+            client = await pair.client.open_stream("10.0.0.2:80")
+            server = await pair.accepted.receive()
+            with trio.testing.assert_no_checkpoints():
+                assert client.send_nowait(b"a" * 100) == 100
+                assert client.send_nowait(b"b" * window) == window - 100  # the rest of it
+                assert client.send_nowait(b"c") == 0  # the window is spent: nothing, no wait
+            assert await server.receive_some(100) == b"a" * 100
+            received = b""
+            while len(received) < window - 100:
+                received += await server.receive_some()
+            assert received == b"b" * (window - 100)  # in order, nothing lost or repeated
+            await trio.testing.wait_all_tasks_blocked()
+            assert client.send_nowait(b"d") == 1  # the reader's credit came back
+            await client.aclose()
+            with pytest.raises(trio.ClosedResourceError):
+                client.send_nowait(b"e")
