@@ -33,6 +33,7 @@ from mesh.identity import SpiffeId, WorkloadCertificate, control_plane_identity
 from mesh.memory import serve_heap_trimmer
 from mesh.model import MeshSnapshot
 from mesh.net import open_listener
+from mesh.telemetry import open_line_batching
 from waypoint.config import WaypointConfig
 from waypoint.dispatch import Dispatcher
 from waypoint.gate import Gate
@@ -78,7 +79,8 @@ async def run_waypoint(
 ) -> None:
     """Run until SIGTERM or SIGINT, then drain and return; ``started`` once it listens."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as stop_signals:
-        await _run(config, stop_signals, task_status)
+        async with open_line_batching():  # the access log: one write per scheduler pass
+            await _run(config, stop_signals, task_status)
 
 
 async def _run(

@@ -17,6 +17,7 @@ import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from json.encoder import encode_basestring_ascii as _json_string
 from operator import attrgetter
 from typing import Any, Final
 
@@ -35,6 +36,7 @@ from mesh.metrics import (
 )
 from mesh.model import Service, Workload
 from mesh.tap import ProxyTap
+from mesh.telemetry import write_info_line
 
 log = structlog.get_logger("waypoint.access")
 
@@ -301,6 +303,22 @@ def account(
     if done.grpc:
         metrics.messages(labels, done.request_messages, done.response_messages)
     parts = done.traceparent.split("-")
+    trace_id = parts[1] if len(parts) == 4 else None
+    src_identity = source.get("source_principal")
+    dst_identity = destination.get("destination_principal")
+    dst_service = service.hostname if service else None
+    members = (
+        f'"method": {_s(done.method)}, "authority": {_s(done.authority)}, '
+        f'"path": {_s(done.path)}, "protocol": {_s(done.protocol)}, '
+        f'"response_code": {done.status:d}, "grpc_status": {_s(done.grpc_status or None)}, '
+        f'"response_flags": {_s(done.flags)}, "duration_ms": {round(duration_ms, 3)!r}, '
+        f'"upstream_host": {_s(upstream_host)}, "bytes_received": {done.request_bytes:d}, '
+        f'"bytes_sent": {done.response_bytes:d}, "request_id": {_s(done.request_id)}, '
+        f'"trace_id": {_s(trace_id)}, "src_identity": {_s(src_identity)}, '
+        f'"dst_identity": {_s(dst_identity)}, "dst_service": {_s(dst_service)}'
+    )
+    if write_info_line(members, "request"):
+        return
     log.info(
         "request",
         method=done.method,
@@ -315,11 +333,16 @@ def account(
         bytes_received=done.request_bytes,
         bytes_sent=done.response_bytes,
         request_id=done.request_id,
-        trace_id=parts[1] if len(parts) == 4 else None,
-        src_identity=source.get("source_principal"),
-        dst_identity=destination.get("destination_principal"),
-        dst_service=service.hostname if service else None,
+        trace_id=trace_id,
+        src_identity=src_identity,
+        dst_identity=dst_identity,
+        dst_service=dst_service,
     )
+
+
+def _s(value: str | None) -> str:
+    """``value`` as ``json.dumps`` writes it (the access line's members)."""
+    return "null" if value is None else _json_string(value)
 
 
 class GrpcMessages:
