@@ -299,7 +299,9 @@ class H2Session(Session):
     ) -> bool:
         """The request up and the answer down; False: the answer has a retry code and the
         request goes again (nothing of it was sent down)."""
-        if not up.may_send():  # the request had no body: no second task
+        if up.may_send() and self._body_is_here(down, up, req):
+            await self._pump_request(down, up, req)  # a unary call's: no second task either
+        if not up.may_send():  # the request had no body, or it is sent: no second task
             try:
                 response = await up.wait_response()
             except HboneError as exc:
@@ -326,6 +328,17 @@ class H2Session(Session):
         if failed is not None:
             raise failed
         return not again
+
+    @staticmethod
+    def _body_is_here(down: H2Stream, up: H2Stream, req: H2Request) -> bool:
+        """Whether the client's whole body has arrived and the upstream stream's window
+        takes it now: sending it cannot wait on the app, so this task sends it before
+        it waits for the answer (a unary gRPC call's message, a small POST)."""
+        return (
+            not req.body_read
+            and not down.accepts_data()
+            and down.buffered <= up.connection.send_capacity(up)
+        )
 
     @staticmethod
     def _again(
