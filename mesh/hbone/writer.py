@@ -8,7 +8,11 @@ Invariants (the connection relies on them):
   transport together; a large DATA payload is written straight from the
   sender's buffer (for TLS: encrypted without a copy) after the batch.
 - The writer runs once per scheduler batch, so the frames of many streams
-  that woke together leave in one transport write.
+  that woke together leave in one transport write; woken, it waits one more pass
+  first, so the frames its waker's peers queue in that pass leave in the same write.
+  Measured (``bench.compare.l7_dev``, 2026-12-07): gRPC through a waypoint +10-18%,
+  h2c +1-6%, HTTP/1.1 and ambit's L4 path unchanged within the noise. Every write
+  wakes the peer process once, so frames per write is what a busy proxy saves on.
 - Queuing never awaits: the read path and senders queue and wake the writer.
 """
 
@@ -78,6 +82,9 @@ class FrameWriter:
             self.write_small()
             if not transport.has_output():
                 await self._lot.park()
+                # One more pass: the senders that run in this one queue their frames too,
+                # and all of them leave in one write.
+                await trio.lowlevel.cancel_shielded_checkpoint()
                 continue
             on_batch()  # they run once flush_batch yields, after it took the pending bytes
             await transport.flush_batch()

@@ -197,7 +197,9 @@ async def test_a_reconnecting_proxy_gets_only_what_changed(root: Pki, logs: Logs
     with trio.fail_after(15):
         async with running(root, server, proxy, via_relay=True) as (client, relay):
             assert relay is not None
-            await wait_until(lambda: proxy.applied)
+            # v1 applied and acknowledged: the client holds it and will name it when it
+            # reconnects (proxy.applied alone is set before the client's own bookkeeping).
+            await wait_until(lambda: any(n.acked_version == 1 for n in server.nodes()))
             relay.freeze()  # stall this connection, then drop it
             relay.cut()
             server.publish(versioned(2, pods=3))

@@ -1,11 +1,14 @@
 """JSON log lines as a process writes them: the waypoint's access line written without
-structlog's dispatch is the line structlog writes, and inside ``open_line_batching``
-lines leave after the scheduler's pass, in order, and all of them when it ends."""
+structlog's dispatch is the line structlog writes (in a process of its own), and inside
+``open_line_batching`` lines leave after the scheduler's pass, in order, and all of them
+when it ends."""
 
 from __future__ import annotations
 
-import contextlib
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,13 +18,13 @@ import structlog
 import trio
 import trio.testing
 from prometheus_client import CollectorRegistry
-from structlog.testing import capture_logs
 
 from mesh import telemetry
 from mesh.identity import SpiffeId
 from mesh.model import Service
 from waypoint.telemetry import Finished, RequestMetrics, account
 
+REPO = Path(__file__).resolve().parents[2]
 SOURCE = SpiffeId.parse("spiffe://cluster.local/ns/a/sa/client")
 DEST = SpiffeId.parse("spiffe://cluster.local/ns/b/sa/server")
 
@@ -81,58 +84,72 @@ def _account(done: Finished, upstream: str | None = "10.0.0.9:8080") -> None:
     )  # fmt: skip
 
 
-ODD = [
-    _finished(),
-    _finished(
-        path='/a "quoted" \\ path?x=\u00e9\u4e2d&y=\x01\x7f',
-        authority="h\u00f6st:80",
-        method="PATCH",
-        status=503,
-        flags="UF,URX",
-    ),
-    _finished(
-        protocol="HTTP/2",
-        grpc=True,
-        grpc_status="14",
-        traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
-    ),
-]
+BASE = {
+    "method": "GET",
+    "authority": "server.b:8080",
+    "path": "/",
+    "protocol": "HTTP/1.1",
+    "request_id": "d4fdbf7c-87fb-480f-9471-d6c25967a9ab",
+    "traceparent": "",
+    "status": 200,
+}
+CASES = [
+    BASE,
+    {**BASE, "path": '/a "quoted" \\ path?x=\u00e9\u4e2d&y=\x01\x7f', "authority": "h\u00f6st:80",
+     "method": "PATCH", "status": 503, "flags": "UF,URX"},
+    {**BASE, "protocol": "HTTP/2", "grpc": True, "grpc_status": "14",
+     "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
+]  # fmt: skip
 
 
-@contextlib.contextmanager
-def through_structlog() -> Iterator[None]:
-    fast = telemetry._fast
-    telemetry._fast = None
-    try:
-        yield
-    finally:
-        telemetry._fast = fast
+# In a process of its own: structlog's module-level loggers keep the configuration they
+# first used, so the waypoint's access logger must not meet this test's configuration in
+# the test process (a later test's capture_logs would not see it).
+COMPARE = """
+import json, sys, time
+from prometheus_client import CollectorRegistry
+from mesh import telemetry
+from mesh.identity import SpiffeId
+from mesh.model import Service
+from structlog.testing import capture_logs
+from waypoint.telemetry import Finished, RequestMetrics, account
+
+telemetry.configure_logging("info", json=True, stream=sys.stdout)
+metrics = RequestMetrics(CollectorRegistry())
+source = metrics.side("source", None, SpiffeId.parse("spiffe://cluster.local/ns/a/sa/client"))
+dest = metrics.side("destination", None, SpiffeId.parse("spiffe://cluster.local/ns/b/sa/server"))
+fast = telemetry._fast
+for case in json.loads(sys.argv[1]):
+    done = Finished(started=time.monotonic(), **case)
+    for upstream in ("10.0.0.9:8080", None):
+        service = Service("server", "b", "10.96.0.9", (), ()) if upstream else None
+        for shortcut in (fast, None):
+            telemetry._fast = shortcut
+            account(metrics, done, source=source, destination=dest, service=service,
+                    upstream_host=upstream)
+telemetry._fast = fast
+with capture_logs() as captured:
+    account(metrics, Finished(started=time.monotonic(), method="GET", authority="a",
+            path="/captured", protocol="HTTP/1.1", request_id="r", traceparent=""),
+            source=source, destination=dest, service=None, upstream_host=None)
+print(json.dumps({"captured": [e.get("path") for e in captured if e["event"] == "request"]}))
+"""
 
 
-@pytest.mark.parametrize("done", ODD)
-def test_the_access_line_is_the_line_structlog_writes(log_file: Tail, done: Finished) -> None:
-    assert telemetry._fast is not None
-    _account(done)
-    with through_structlog():
-        _account(done)
-    _account(done, upstream=None)  # no endpoint, no service: nulls
-    with through_structlog():
-        _account(done, upstream=None)
-    written = log_file.text().splitlines()
-    assert len(written) == 4
-    for ours, theirs in ((written[0], written[1]), (written[2], written[3])):
-        a, b = json.loads(ours), json.loads(theirs)
-        assert abs(a.pop("duration_ms") - b.pop("duration_ms")) < 1000
-        a.pop("timestamp"), b.pop("timestamp")
-        assert list(a.items()) == list(b.items())  # the same keys, in the same order
-    assert json.loads(written[0])["path"] == done.path
-
-
-def test_a_test_capturing_logs_still_sees_the_access_event(log_file: Tail) -> None:
-    with capture_logs() as captured:
-        _account(_finished(path="/captured"))
-    assert [e["path"] for e in captured if e["event"] == "request"] == ["/captured"]
-    assert log_file.text() == ""
+def test_the_access_line_is_the_line_structlog_writes() -> None:
+    cases = [dict(c) for c in CASES]
+    done = _python(COMPARE, json.dumps(cases))
+    assert done.returncode == 0, done.stderr
+    *written, last = done.stdout.splitlines()
+    assert len(written) == 4 * len(cases)
+    for n in range(0, len(written), 2):  # the shortcut's line, then structlog's
+        ours, theirs = json.loads(written[n]), json.loads(written[n + 1])
+        assert abs(ours.pop("duration_ms") - theirs.pop("duration_ms")) < 1000
+        ours.pop("timestamp"), theirs.pop("timestamp")
+        assert list(ours.items()) == list(theirs.items())  # the same keys in the same order
+        assert ours["path"] == cases[n // 4]["path"]
+    # While a test captures logs, the event goes to it, not to the descriptor.
+    assert json.loads(last) == {"captured": ["/captured"]}
 
 
 async def test_batched_lines_leave_after_the_pass_in_order_and_all_at_the_end(
@@ -161,10 +178,18 @@ async def test_a_large_batch_is_written_without_waiting_for_the_pass(log_file: T
         assert len(log_file.text()) >= telemetry.BATCH_BYTES  # written whole, at once
 
 
-def test_above_info_there_is_no_shortcut(tmp_path: Path, log_out: Path) -> None:
-    with (tmp_path / "log").open("w") as out:
-        telemetry.configure_logging("warning", json=True, stream=out)
-        assert telemetry._fast is None
-        assert not telemetry.write_info_line('"a": 1', "request")
-        telemetry.configure_logging("info", json=True, stream=out)
-        assert telemetry._fast is not None  # (this module's fixture configures it back)
+def test_above_info_there_is_no_shortcut() -> None:
+    script = (
+        "import sys\nfrom mesh import telemetry\n"
+        "telemetry.configure_logging('warning', json=True, stream=sys.stdout)\n"
+        "print(telemetry._fast is None, telemetry.write_info_line('\"a\": 1', 'request'))\n"
+    )
+    done = _python(script)
+    assert done.stdout == "True False\n", done.stderr
+
+
+def _python(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=60,
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, check=False,
+    )  # fmt: skip
