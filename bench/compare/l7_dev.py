@@ -34,7 +34,7 @@ from bench.compare.workloads import Sample, Scenario
 SECONDS = 5
 
 
-def _restart(cluster: topology.Cluster, pid: int, find: Callable[[], int | None]) -> int:
+def _restart(pid: int, find: Callable[[], int | None]) -> int:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + 60
@@ -69,7 +69,7 @@ def _cost(pids: dict[str, int], work: Callable[[], Sample]) -> tuple[Sample, dic
     return sample, cost
 
 
-def one_round(label: str, cluster: topology.Cluster, found: dict[str, Scenario],
+def one_round(label: str, found: dict[str, Scenario],
               targets: l7.Targets, grpcload: Path | None, out: Path,
               profile_seconds: int) -> None:  # fmt: skip
     wp = found["ambit-waypoint"]
@@ -166,13 +166,13 @@ def main(argv: list[str] | None = None) -> int:
             if n or args.watch:
                 if args.restart_ztunnels:
                     for node, zpid in list(ztunnels.items()):
-                        ztunnels[node] = _restart(cluster, zpid, _ztunnel_of(cluster, node))
-                pid = _restart(cluster, pid, lambda: l7.waypoint_pid(cluster))
+                        ztunnels[node] = _restart(zpid, _ztunnel_of(cluster, node))
+                pid = _restart(pid, lambda: l7.waypoint_pid(cluster))
                 time.sleep(2.0)
             found_list, targets = l7.scenarios(pods, ztunnels, pid, vip, 0)
             found = {s.name: s for s in found_list}
             try:
-                one_round(label, cluster, found, targets["ambit-waypoint"], grpcload, out,
+                one_round(label, found, targets["ambit-waypoint"], grpcload, out,
                           profile_seconds)  # fmt: skip
             except Exception as exc:  # a failed round leaves the cluster up for the next
                 print(f"round failed: {type(exc).__name__}: {exc}", flush=True)

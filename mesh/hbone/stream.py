@@ -278,22 +278,12 @@ class H2Stream(trio.abc.HalfCloseableStream):
         try:
             await trio.lowlevel.checkpoint_if_cancelled()
             self._check_send()
-            view = memoryview(data)
-            if view.itemsize != 1 or view.ndim != 1:
-                view = view.cast("B")
-            owner = self.connection
+            view = _bytes_view(data)
             waited = False
-            while view:
-                allowed = owner.send_capacity(self)
-                while allowed <= 0:
-                    await self._wait_space()
-                    waited = True
-                    self._check_send()
-                    allowed = owner.send_capacity(self)
-                n = min(allowed, len(view))
-                owner.queue_data(self, view[:n])
-                self.queued += n
-                view = view[n:]
+            while view := view[self._queue_now(view) :]:
+                await self._wait_space()
+                waited = True
+                self._check_send()
             if not waited:
                 await trio.lowlevel.cancel_shielded_checkpoint()
         finally:
@@ -309,9 +299,10 @@ class H2Stream(trio.abc.HalfCloseableStream):
         if self._sending:
             raise trio.BusyResourceError("another task is sending on this HTTP/2 stream")
         self._check_send()
-        view = memoryview(data)
-        if view.itemsize != 1 or view.ndim != 1:
-            view = view.cast("B")
+        return self._queue_now(_bytes_view(data))
+
+    def _queue_now(self, view: memoryview) -> int:
+        """Hand the connection what its windows and write buffer take of ``view`` now."""
         owner = self.connection
         sent = 0
         while sent < len(view) and (allowed := owner.send_capacity(self)) > 0:
@@ -473,6 +464,11 @@ class H2Stream(trio.abc.HalfCloseableStream):
             self.connection.close_stream(self)
             self.wake()
         await trio.lowlevel.checkpoint()
+
+
+def _bytes_view(data: bytes | bytearray | memoryview) -> memoryview:
+    view = memoryview(data)
+    return view if view.itemsize == 1 and view.ndim == 1 else view.cast("B")
 
 
 def _content_length(headers: Headers) -> int | None:
