@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, TypeAlias
 
 import trio
-import yaml
 
 from ambit import tables
 from k8s.local.config import (
@@ -41,6 +40,12 @@ _KIND_ALIASES = {
     "svc": "services",
     "workload": "workloads",
 }
+
+
+def _yaml(document: Any, *, sort_keys: bool) -> str:
+    import yaml  # here, not at the top: the proxies `ambit` runs never load it
+
+    return yaml.safe_dump(document, sort_keys=sort_keys)
 
 
 def register(subparsers: Subparsers) -> None:
@@ -305,7 +310,7 @@ def run_get(args: argparse.Namespace) -> int:
         if not items:
             return _fail("get", f"{kind} {args.name!r} not found")
     if args.output == "yaml":
-        print(yaml.safe_dump(items, sort_keys=False), end="")
+        print(_yaml(items, sort_keys=False), end="")
     elif args.output == "json":
         print(json.dumps(items, indent=2))
     elif kind == "pods":
@@ -341,7 +346,7 @@ def _get_objects(args: argparse.Namespace, kind: str, namespaced: bool) -> int:
         return _fail("get", f"{kind} {args.name!r} not found{where}")
     one = bool(args.name)
     if args.output == "yaml":
-        print(yaml.safe_dump(items[0] if one else items, sort_keys=False), end="")
+        print(_yaml(items[0] if one else items, sort_keys=False), end="")
     elif args.output == "json":
         print(json.dumps(items[0] if one else items, indent=2))
     elif not items:
@@ -374,7 +379,7 @@ def _get_components(args: argparse.Namespace) -> int:
     if args.output == "json":
         print(json.dumps(items, indent=2))
     elif args.output == "yaml":
-        print(yaml.safe_dump(items, sort_keys=False), end="")
+        print(_yaml(items, sort_keys=False), end="")
     else:
         rows = [
             [i["name"], str(i["pid"] or "-"), i["status"], str(i["restarts"]),

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, TypeAlias
 
 import trio
-import yaml
 
 from ambit import tables
 from ambit.waypoint_docs import (
@@ -156,7 +155,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
     """The :class:`waypoint.config.WaypointConfig` of ``ambit waypoint run``'s flags (the
     token and trust bundle read from their files). Raises OSError, ValueError or
     IdentityError with a message for the operator."""
-    from mesh.identity import TrustBundle
+    from mesh.credential import PemBundle
     from mesh.tokens import TokenFile
     from waypoint.config import WaypointConfig
 
@@ -167,7 +166,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         control_plane=_address(args.control_plane, CONFIG_STREAM_PORT),
         ca=_address(args.ca, CONTROL_PLANE_PORT),
         token=token,
-        bundle=TrustBundle.from_pem(args.trust_bundle.read_bytes()),
+        bundle=PemBundle(args.trust_bundle.read_bytes()),
         trust_domain=args.trust_domain,
         listen_ip=args.listen_ip,
         drain_seconds=args.drain_seconds,
@@ -194,8 +193,16 @@ def run_waypoint(args: argparse.Namespace) -> int:
 # --- The Gateway -----------------------------------------------------------------------
 
 
+def _yaml_all(documents: list[dict[str, Any]]) -> str:
+    import yaml  # not at the top: `ambit waypoint run` (the proxy) never loads it
+
+    return yaml.safe_dump_all(documents)
+
+
 def run_generate(args: argparse.Namespace) -> int:
     document = gateway_document(args.namespace, args.name, args.for_traffic)
+    import yaml
+
     print(yaml.safe_dump(document, sort_keys=False), end="")
     return 0
 
@@ -231,7 +238,7 @@ def run_apply(args: argparse.Namespace) -> int:
             found = _objects(state_dir, "Namespace", None, args.namespace)
             documents.append(_enrolled(args.namespace, args.name, found, args.overwrite))
         result = _call(state_dir, {
-            "op": "apply", "manifest": yaml.safe_dump_all(documents),
+            "op": "apply", "manifest": _yaml_all(documents),
             "source": "ambit waypoint apply",
         })  # fmt: skip
     except LocalClusterError as exc:
@@ -286,7 +293,7 @@ def run_delete(args: argparse.Namespace) -> int:
             return 0
         documents = [_as_applied(found[n]) for n in names]
         result = _call(state_dir, {
-            "op": "delete", "manifest": yaml.safe_dump_all(documents),
+            "op": "delete", "manifest": _yaml_all(documents),
             "source": "ambit waypoint delete",
         })  # fmt: skip
     except LocalClusterError as exc:

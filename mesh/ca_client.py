@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import json
 import ssl
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import trio
-from cryptography import x509
 from h2.errors import ErrorCodes
 
 from mesh.constants import CONTROL_PLANE_SERVICE_ACCOUNT, DEFAULT_TRUST_DOMAIN, SYSTEM_NAMESPACE
@@ -38,7 +37,10 @@ HTTP2_SETTINGS: Final = HboneSettings(
     stream_window=256 * 1024, connection_window=1024 * 1024, max_frame_size=16_384
 )
 
-SignedChain = tuple[tuple[x509.Certificate, ...], TrustBundle]
+if TYPE_CHECKING:
+    from cryptography import x509
+
+SignedChain = tuple[tuple["x509.Certificate", ...], TrustBundle]
 
 
 class CertificateRequestError(Exception):

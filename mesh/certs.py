@@ -19,13 +19,10 @@ import itertools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Final, Generic, Protocol, TypeVar
 
 import structlog
 import trio
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
 
 from mesh.backoff import Backoff
 from mesh.ca_client import (
@@ -40,13 +37,17 @@ from mesh.ca_client import (
 from mesh.identity import (
     IdentityError,
     PeerVerificationError,
-    PrivateKey,
     SpiffeId,
     TrustBundle,
     WorkloadCertificate,
     build_csr,
     generate_key,
 )
+
+if TYPE_CHECKING:
+    from cryptography import x509
+
+    from mesh.identity import PrivateKey
 
 __all__ = [
     "BadCaResponse",
@@ -57,10 +58,14 @@ __all__ = [
     "CertificateManager",
     "CertificateManagerStatistics",
     "CertificateRequestError",
+    "Issued",
+    "Issuer",
     "RenewalPolicy",
     "SignedChain",
     "Signer",
+    "SignerIssuer",
     "open_certificate_manager",
+    "open_issuing_manager",
 ]
 
 log = structlog.get_logger("mesh.certs")
@@ -77,6 +82,42 @@ class Signer(Protocol):
         failures; the manager logs that reason and retries.
         """
         ...
+
+
+class Issued(Protocol):
+    """What the manager reads of a certificate it keeps."""
+
+    @property
+    def identity(self) -> SpiffeId: ...
+    @property
+    def not_after(self) -> dt.datetime: ...
+    @property
+    def serial(self) -> int: ...
+    def renew_at(self) -> dt.datetime: ...
+
+
+C = TypeVar("C", bound=Issued)
+C_co = TypeVar("C_co", bound=Issued, covariant=True)
+
+
+class Issuer(Protocol[C_co]):
+    async def issue(self, identity: SpiffeId, ttl_seconds: int | None) -> C_co:
+        """A new certificate for ``identity``, its chain checked; raise
+        :class:`CertificateRequestError` (with a ``reason``) for expected failures."""
+        ...
+
+
+class SignerIssuer:
+    """Issue in this process: a key made here, its CSR signed by ``signer``, the chain
+    checked (:func:`_assemble`) before anyone presents it."""
+
+    def __init__(self, signer: Signer) -> None:
+        self.signer = signer
+
+    async def issue(self, identity: SpiffeId, ttl_seconds: int | None) -> WorkloadCertificate:
+        key = generate_key()
+        chain, bundle = await self.signer.sign(build_csr(identity, key), ttl_seconds)
+        return _assemble(identity, key, chain, bundle)
 
 
 RENEWAL_BACKOFF = Backoff(initial=1.0, maximum=300.0, jitter=False)
@@ -99,13 +140,13 @@ class CertificateManagerStatistics:
 
 
 @dataclass(eq=False)
-class _Entry:
-    cert: WorkloadCertificate
+class _Entry(Generic[C]):
+    cert: C
     renew_deadline: float  # on Trio's clock
     replaced: trio.Event
 
 
-class CertificateManager:
+class CertificateManager(Generic[C]):
     """One current certificate per identity, renewed at half-life in the background.
 
     Renewal tasks run in ``nursery`` (use :func:`open_certificate_manager` to
@@ -115,21 +156,21 @@ class CertificateManager:
     """
 
     def __init__(
-        self, signer: Signer, nursery: trio.Nursery, *, policy: RenewalPolicy | None = None
+        self, issuer: Issuer[C], nursery: trio.Nursery, *, policy: RenewalPolicy | None = None
     ) -> None:
-        self._signer = signer
+        self._issuer = issuer
         self._nursery = nursery
         self.policy = policy or RenewalPolicy()
-        self._entries: dict[SpiffeId, _Entry] = {}
+        self._entries: dict[SpiffeId, _Entry[C]] = {}
         self._renewers: dict[SpiffeId, trio.CancelScope] = {}
         self._renewals = 0
         self._failures = 0
 
-    def get(self, identity: SpiffeId) -> WorkloadCertificate | None:
+    def get(self, identity: SpiffeId) -> C | None:
         entry = self._entries.get(identity)
         return entry.cert if entry else None
 
-    async def fetch_until_issued(self, identity: SpiffeId, backoff: Backoff) -> WorkloadCertificate:
+    async def fetch_until_issued(self, identity: SpiffeId, backoff: Backoff) -> C:
         """:meth:`fetch_now`, again after ``backoff``'s delays while the CA is not there yet
         or refuses (each failure logged once, with its delay): a proxy's own certificate,
         at start, without which it can do nothing."""
@@ -143,7 +184,7 @@ class CertificateManager:
                             retry_in=round(delay, 3))  # fmt: skip
             await trio.sleep(delay)
 
-    async def fetch_now(self, identity: SpiffeId) -> WorkloadCertificate:
+    async def fetch_now(self, identity: SpiffeId) -> C:
         """Get a fresh certificate for ``identity`` now, and keep it renewed from then on.
 
         Raises what the signer raises (a :class:`CertificateRequestError` for
@@ -166,12 +207,8 @@ class CertificateManager:
     def statistics(self) -> CertificateManagerStatistics:
         return CertificateManagerStatistics(len(self._entries), self._renewals, self._failures)
 
-    async def _fetch(
-        self, identity: SpiffeId, scope: trio.CancelScope | None = None
-    ) -> WorkloadCertificate:
-        key = generate_key()
-        chain, bundle = await self._signer.sign(build_csr(identity, key), self.policy.ttl_seconds)
-        cert = _assemble(identity, key, chain, bundle)
+    async def _fetch(self, identity: SpiffeId, scope: trio.CancelScope | None = None) -> C:
+        cert = await self._issuer.issue(identity, self.policy.ttl_seconds)
         if scope is not None and scope.cancel_called:  # forgotten while we waited
             return cert
         now = dt.datetime.now(dt.UTC)
@@ -183,7 +220,7 @@ class CertificateManager:
         log.info(
             EVENT_CERTIFICATE_FETCHED,
             identity=str(identity),
-            serial=f"{cert.leaf.serial_number:x}",
+            serial=f"{cert.serial:x}",
             not_after=cert.not_after.isoformat(),
             renew_in=round(delay, 3),
         )
@@ -227,6 +264,9 @@ def _assemble(
     identity: SpiffeId, key: PrivateKey, chain: tuple[x509.Certificate, ...], bundle: TrustBundle
 ) -> WorkloadCertificate:
     """Check what the signer returned before anyone presents it."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import serialization
+
     try:
         cert = WorkloadCertificate(identity, key, chain, bundle)
     except (IdentityError, PeerVerificationError) as exc:
@@ -248,6 +288,8 @@ def _assemble(
 
 
 def _issued_by(cert: x509.Certificate, root: x509.Certificate) -> bool:
+    from cryptography.exceptions import InvalidSignature
+
     if cert == root:
         return True
     try:
@@ -258,13 +300,22 @@ def _issued_by(cert: x509.Certificate, root: x509.Certificate) -> bool:
 
 
 @asynccontextmanager
-async def open_certificate_manager(
-    signer: Signer, *, policy: RenewalPolicy | None = None
-) -> AsyncIterator[CertificateManager]:
+async def open_issuing_manager(
+    issuer: Issuer[C], *, policy: RenewalPolicy | None = None
+) -> AsyncIterator[CertificateManager[C]]:
     """A :class:`CertificateManager` whose renewal tasks stop when the block exits."""
     async with trio.open_nursery() as nursery:
-        manager = CertificateManager(signer, nursery, policy=policy)
+        manager = CertificateManager(issuer, nursery, policy=policy)
         try:
             yield manager
         finally:
             nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def open_certificate_manager(
+    signer: Signer, *, policy: RenewalPolicy | None = None
+) -> AsyncIterator[CertificateManager[WorkloadCertificate]]:
+    """The same, each key made in this process and its CSR signed by ``signer``."""
+    async with open_issuing_manager(SignerIssuer(signer), policy=policy) as manager:
+        yield manager

@@ -12,11 +12,7 @@ import datetime as dt
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from cryptography.x509.oid import ExtensionOID
+from typing import TYPE_CHECKING
 
 from mesh.constants import (
     CONTROL_PLANE_SERVICE_ACCOUNT,
@@ -31,7 +27,12 @@ _TRUST_DOMAIN_RE = re.compile(r"^[a-z0-9._-]+$")
 # Namespace and service-account names are Kubernetes DNS labels / subdomains.
 _NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$")
 
-PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
+if TYPE_CHECKING:  # cryptography is imported where it is used: a proxy that only presents
+    # a certificate it was handed (the waypoint, :mod:`mesh.issuer_process`) never loads it
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+    PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
 
 
 class IdentityError(ValueError):
@@ -115,6 +116,8 @@ class SpiffeId:
 
 
 def _pem_certs(data: bytes | str) -> list[x509.Certificate]:
+    from cryptography import x509
+
     raw = data.encode() if isinstance(data, str) else data
     try:
         certs = x509.load_pem_x509_certificates(raw)
@@ -124,6 +127,8 @@ def _pem_certs(data: bytes | str) -> list[x509.Certificate]:
 
 
 def certs_to_pem(certs: Iterable[x509.Certificate]) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
 
 
@@ -146,12 +151,17 @@ class TrustBundle:
 
     def merged(self, other: TrustBundle) -> TrustBundle:
         """This bundle plus any root of ``other`` not already in it (rotation overlap)."""
+        from cryptography.hazmat.primitives import hashes
+
         seen = {c.fingerprint(hashes.SHA256()) for c in self.roots}
         extra = tuple(c for c in other.roots if c.fingerprint(hashes.SHA256()) not in seen)
         return TrustBundle(self.roots + extra)
 
 
 def uri_sans(cert: x509.Certificate) -> list[str]:
+    from cryptography import x509
+    from cryptography.x509.oid import ExtensionOID
+
     try:
         ext = cert.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME)
     except x509.ExtensionNotFound:
@@ -163,7 +173,11 @@ def uri_sans(cert: x509.Certificate) -> list[str]:
 
 def identity_of(cert: x509.Certificate) -> SpiffeId:
     """The SPIFFE id a certificate proves: exactly one URI SAN, a SPIFFE id."""
-    uris = uri_sans(cert)
+    return spiffe_of_uris(uri_sans(cert))
+
+
+def spiffe_of_uris(uris: list[str]) -> SpiffeId:
+    """The SPIFFE id of a certificate with these URI SANs: exactly one, a SPIFFE id."""
     if len(uris) != 1:
         raise PeerVerificationError(
             "uri-san-count", f"certificate has {len(uris)} URI SANs; exactly one is required"
@@ -188,8 +202,21 @@ def verify_peer(
     """
     if not leaf_der:
         raise PeerVerificationError("no-certificate", "peer presented no certificate")
-    cert = x509.load_der_x509_certificate(leaf_der)
-    peer = identity_of(cert)
+    from cryptography import x509
+
+    return check_peer_uris(
+        uri_sans(x509.load_der_x509_certificate(leaf_der)),
+        trust_domain=trust_domain,
+        expected=expected,
+    )
+
+
+def check_peer_uris(
+    uris: list[str], *, trust_domain: str, expected: frozenset[SpiffeId] | None = None
+) -> SpiffeId:
+    """:func:`verify_peer` on the URI SANs of a certificate OpenSSL verified (as
+    ``SSLObject.getpeercert()`` lists them): no certificate parsing of our own."""
+    peer = spiffe_of_uris(uris)
     if peer.trust_domain != trust_domain:
         raise PeerVerificationError(
             "trust-domain",
@@ -237,7 +264,13 @@ class WorkloadCertificate:
     def chain_pem(self) -> bytes:
         return certs_to_pem(self.chain)
 
+    @property
+    def serial(self) -> int:
+        return self.leaf.serial_number
+
     def key_pem(self) -> bytes:
+        from cryptography.hazmat.primitives import serialization
+
         return self.key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
@@ -258,11 +291,17 @@ def chain_from_pem(data: bytes | str) -> tuple[x509.Certificate, ...]:
 
 def generate_key() -> ec.EllipticCurvePrivateKey:
     """A new ECDSA P-256 key, the kind every workload certificate uses."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     return ec.generate_private_key(ec.SECP256R1())
 
 
 def build_csr(identity: SpiffeId, key: PrivateKey) -> bytes:
     """A PEM CSR asking for exactly ``identity`` as its one URI SAN."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
     builder = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([]))
     builder = builder.add_extension(
         x509.SubjectAlternativeName([x509.UniformResourceIdentifier(str(identity))]),

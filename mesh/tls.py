@@ -27,12 +27,8 @@ import structlog
 import trio
 
 from mesh import sockio
-from mesh.identity import (
-    SpiffeId,
-    TrustBundle,
-    WorkloadCertificate,
-    verify_peer,
-)
+from mesh.credential import HasPem, Presentable
+from mesh.identity import PeerVerificationError, SpiffeId, check_peer_uris
 
 log = structlog.get_logger("mesh.tls")
 
@@ -54,10 +50,10 @@ class _Scratch(threading.local):
 
 _scratch = _Scratch()
 
-_client_contexts: weakref.WeakKeyDictionary[WorkloadCertificate, ssl.SSLContext] = (
+_client_contexts: weakref.WeakKeyDictionary[Presentable, ssl.SSLContext] = (
     weakref.WeakKeyDictionary()
 )
-_server_contexts: weakref.WeakKeyDictionary[WorkloadCertificate, ssl.SSLContext] = (
+_server_contexts: weakref.WeakKeyDictionary[Presentable, ssl.SSLContext] = (
     weakref.WeakKeyDictionary()
 )
 
@@ -98,7 +94,7 @@ def _memory_file(data: bytes) -> Iterator[str]:
         os.unlink(path)
 
 
-def _base_context(purpose: int, bundle: TrustBundle) -> ssl.SSLContext:
+def _base_context(purpose: int, bundle: HasPem) -> ssl.SSLContext:
     ctx = ssl.SSLContext(purpose)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.set_alpn_protocols([ALPN_H2])
@@ -106,14 +102,12 @@ def _base_context(purpose: int, bundle: TrustBundle) -> ssl.SSLContext:
     return ctx
 
 
-def _load_identity(ctx: ssl.SSLContext, cert: WorkloadCertificate) -> None:
+def _load_identity(ctx: ssl.SSLContext, cert: Presentable) -> None:
     with _memory_file(cert.chain_pem() + cert.key_pem()) as path:
         ctx.load_cert_chain(path)
 
 
-def server_context(
-    cert: WorkloadCertificate, *, require_client_cert: bool = True
-) -> ssl.SSLContext:
+def server_context(cert: Presentable, *, require_client_cert: bool = True) -> ssl.SSLContext:
     """A server context presenting ``cert``; built once per certificate and cached."""
     if require_client_cert and (ctx := _server_contexts.get(cert)) is not None:
         return ctx
@@ -125,7 +119,7 @@ def server_context(
     return ctx
 
 
-def client_context(cert: WorkloadCertificate) -> ssl.SSLContext:
+def client_context(cert: Presentable) -> ssl.SSLContext:
     """A client context presenting ``cert``; built once per certificate and cached."""
     if (ctx := _client_contexts.get(cert)) is not None:
         return ctx
@@ -137,7 +131,7 @@ def client_context(cert: WorkloadCertificate) -> ssl.SSLContext:
     return ctx
 
 
-def bootstrap_client_context(bundle: TrustBundle) -> ssl.SSLContext:
+def bootstrap_client_context(bundle: HasPem) -> ssl.SSLContext:
     """A client context with no certificate of its own, e.g. to ask the CA for the first one."""
     ctx = _base_context(ssl.PROTOCOL_TLS_CLIENT, bundle)
     ctx.check_hostname = False
@@ -243,10 +237,14 @@ class TlsStream:
     def verify_peer(
         self, *, trust_domain: str, expected: frozenset[SpiffeId] | None = None
     ) -> SpiffeId:
-        """Check the peer's SPIFFE identity (see :func:`mesh.identity.verify_peer`)."""
-        return verify_peer(
-            self._ssl.getpeercert(binary_form=True), trust_domain=trust_domain, expected=expected
-        )
+        """Check the peer's SPIFFE identity (see :func:`mesh.identity.verify_peer`) from
+        the certificate OpenSSL verified in the handshake, as ``ssl`` decodes it."""
+        peer = self._ssl.getpeercert()
+        if not peer:  # none, or not verified (a context that does not ask for one)
+            raise PeerVerificationError("no-certificate", "peer presented no certificate")
+        alt_names = cast(tuple[tuple[str, str], ...], peer.get("subjectAltName", ()))
+        uris = [value for kind, value in alt_names if kind == "URI"]
+        return check_peer_uris(uris, trust_domain=trust_domain, expected=expected)
 
     def _decrypt_into(self, dst: memoryview) -> int:
         """Decrypt complete records already received straight into ``dst``; return the count."""

@@ -20,7 +20,8 @@ from mesh.constants import (
     METRICS_PORT,
     READINESS_PORT,
 )
-from mesh.identity import SpiffeId, TrustBundle
+from mesh.credential import HasPem
+from mesh.identity import SpiffeId
 from mesh.tokens import Token
 
 # The label a waypoint's pods and Service carry: the Gateway they serve (Gateway API's).
@@ -34,7 +35,7 @@ class WaypointConfig:
     control_plane: tuple[str, int]
     ca: tuple[str, int]
     token: Token  # the service account's bearer token, for the CA
-    bundle: TrustBundle
+    bundle: HasPem  # the roots it trusts at start (then the CA's answers')
     trust_domain: str = DEFAULT_TRUST_DOMAIN
     listen_ip: str = "0.0.0.0"  # HBONE 15008, metrics 15020 and readiness 15021
     hbone_port: int = HBONE_PORT

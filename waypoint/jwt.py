@@ -37,14 +37,15 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from http.cookies import CookieError, SimpleCookie
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
-
-import jwt as pyjwt
 
 from mesh.model_l7 import JwtHeader, JwtRule
 from mesh.model_policy import RequestAuthentication
 from waypoint.request import RequestAuth, WaypointScope
+
+if TYPE_CHECKING:  # PyJWT loads cryptography (8 MB): imported when a key is first used
+    import jwt as pyjwt
 
 CLOCK_SKEW = 60.0  # seconds, Envoy's default
 DEFAULT_HEADER = JwtHeader("authorization", "Bearer ")
@@ -114,6 +115,8 @@ class KeySet:
         if alg is None:
             return None
         if (index, alg) not in self._prepared:
+            import jwt as pyjwt
+
             try:
                 key: pyjwt.PyJWK | None = pyjwt.PyJWK(self.keys[index], algorithm=alg)
             except (pyjwt.PyJWTError, ValueError, TypeError, KeyError):
@@ -359,6 +362,8 @@ def _verify(
         return failed(JwtFailure.NO_MATCHING_KEY, f" (alg {alg}, kid {kid})")
     options: Any = {"verify_signature": True, "verify_exp": False, "verify_nbf": False}
     options |= {"verify_iat": False, "verify_aud": False, "verify_iss": False}
+    import jwt as pyjwt
+
     for key in candidates:
         try:
             pyjwt.decode(token.token, key=key, algorithms=[alg], options=options)

@@ -22,14 +22,15 @@ from prometheus_client import CollectorRegistry
 
 from mesh.admin import announce_ready, json_response, metrics_route, ready_route, serve_http
 from mesh.backoff import Backoff
-from mesh.ca_client import CaClient
-from mesh.certs import open_certificate_manager
+from mesh.certs import open_issuing_manager
 from mesh.concurrency import open_service_nursery
 from mesh.config_stream import ConfigClient
+from mesh.credential import Credential
 from mesh.hbone.client import open_hbone_pool
 from mesh.hbone.server import ServerConnections, serve_hbone
 from mesh.http import Request, Response
-from mesh.identity import SpiffeId, WorkloadCertificate, control_plane_identity
+from mesh.identity import SpiffeId, control_plane_identity
+from mesh.issuer_process import ProcessIssuer
 from mesh.memory import serve_heap_trimmer
 from mesh.model import MeshSnapshot
 from mesh.net import open_listener
@@ -91,23 +92,24 @@ async def _run(
     registry = CollectorRegistry()
     state = _State()
     identity = config.identity
-    ca = CaClient(
+    # Its certificate from a helper process: this one never loads cryptography (8 MB).
+    ca = ProcessIssuer(
         config.ca,
         token=config.token,
         bundle=config.bundle,
         trust_domain=config.trust_domain,
         ca_identity=control_plane_identity(config.trust_domain),
     )
-    async with open_certificate_manager(ca) as certs:
+    async with open_issuing_manager(ca) as certs:
         await certs.fetch_until_issued(identity, RETRY)
 
-        def cert_for(_identity: SpiffeId) -> WorkloadCertificate:
+        def cert_for(_identity: SpiffeId) -> Credential:
             cert = certs.get(identity)
             if cert is None:
                 raise RuntimeError(f"no certificate for {identity}")
             return cert
 
-        def current() -> WorkloadCertificate:
+        def current() -> Credential:
             return cert_for(identity)
 
         async with (

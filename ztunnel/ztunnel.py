@@ -114,7 +114,7 @@ class Ztunnel:
         self,
         *,
         node: str,
-        certificates: CertificateManager,
+        certificates: CertificateManager[WorkloadCertificate],
         netns_for: Callable[[Workload], str | None] | None,
         telemetry: Telemetry,
         settings: HboneSettings | None = None,

@@ -29,6 +29,7 @@ import structlog
 import trio
 
 from mesh.concurrency import open_service_nursery
+from mesh.credential import Presentable
 from mesh.hbone.connection import HboneConnection
 from mesh.hbone.settings import (
     HboneError,
@@ -38,7 +39,7 @@ from mesh.hbone.settings import (
     HboneStreamTimeout,
 )
 from mesh.hbone.stream import HboneStream
-from mesh.identity import PeerVerificationError, SpiffeId, WorkloadCertificate
+from mesh.identity import PeerVerificationError, SpiffeId
 from mesh.reason import Reason, reason_for_dial_error, reason_for_rule
 from mesh.tls import TlsError, TlsStream, client_context, configure_socket, describe_handshake_error
 
@@ -101,7 +102,7 @@ class HboneClientPool:
     def __init__(
         self,
         nursery: trio.Nursery,
-        certificates: Callable[[SpiffeId], WorkloadCertificate],
+        certificates: Callable[[SpiffeId], Presentable],
         *,
         settings: HboneSettings,
         dial: Dialer = dial_tcp,
@@ -241,7 +242,7 @@ class HboneClientPool:
 
 @contextlib.asynccontextmanager
 async def open_hbone_pool(
-    certificates: Callable[[SpiffeId], WorkloadCertificate],
+    certificates: Callable[[SpiffeId], Presentable],
     *,
     settings: HboneSettings | None = None,
     dial: Dialer = dial_tcp,

@@ -18,10 +18,11 @@ import structlog
 import trio
 
 from mesh.constants import HBONE_PORT
+from mesh.credential import Presentable
 from mesh.hbone.connection import HboneConnection
 from mesh.hbone.request import RequestHandler, connect_handler
 from mesh.hbone.settings import HboneSettings
-from mesh.identity import PeerVerificationError, SpiffeId, WorkloadCertificate
+from mesh.identity import PeerVerificationError, SpiffeId
 from mesh.loglimit import LogLimiter
 from mesh.net import open_listener, reset_on_close, serve_listeners
 from mesh.pending import Admitter
@@ -29,7 +30,7 @@ from mesh.tls import TlsError, TlsStream, describe_handshake_error, server_conte
 
 log = structlog.get_logger("mesh.hbone")
 
-CertificateSource = Callable[[], WorkloadCertificate]
+CertificateSource = Callable[[], Presentable]
 
 
 class ServerConnections:

@@ -20,6 +20,7 @@ from ca import CertificateAuthority, LocalSigner
 from mesh.certs import CertificateManager, open_certificate_manager
 from mesh.hbone import HboneStreamRefused
 from mesh.hbone.client import open_hbone_pool
+from mesh.identity import WorkloadCertificate
 from mesh.model import Locality, MeshSnapshot, Resource, Workload
 from mesh.pending import PendingLimits
 from mesh.reason import Reason
@@ -48,7 +49,7 @@ def mesh(*extra: Resource, b: Workload = B, version: int = 1) -> MeshSnapshot:
 @dataclass
 class Running:
     ztunnel: Ztunnel
-    certs: CertificateManager
+    certs: CertificateManager[WorkloadCertificate]
     recorder: Recorder
 
 
