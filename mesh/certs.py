@@ -1,11 +1,14 @@
 """Workload certificates on the client side: get them signed, keep them fresh.
 
-:class:`CertificateManager` generates each key here (it never travels), asks
-a :class:`Signer` to sign a CSR for it, caches one :class:`WorkloadCertificate`
-per identity and renews it at half-life. When a renewal fails the old
+:class:`CertificateManager` gets each certificate from an :class:`Issuer`, caches
+one per identity and renews it at half-life. When a renewal fails the old
 certificate stays in use and the manager retries with capped exponential
-backoff. :class:`CaClient` (from :mod:`mesh.ca_client`, re-exported here) is
-the real :class:`Signer`: the HTTP/2 client of the CA service.
+backoff. :class:`SignerIssuer` issues in this process: it generates each key here
+(it never travels), asks a :class:`Signer` to sign a CSR for it and checks the
+chain, making a :class:`WorkloadCertificate` (the ztunnel, the control plane).
+:class:`CaClient` (from :mod:`mesh.ca_client`, re-exported here) is the real
+:class:`Signer`: the HTTP/2 client of the CA service. The waypoint's issuer is
+:class:`mesh.issuer_process.ProcessIssuer`: the same steps in a helper process.
 
 Renewal runs on Trio's clock: when a certificate arrives, the delay until its
 half-life is computed against the wall clock, then waited for as a Trio
