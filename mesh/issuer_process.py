@@ -153,7 +153,11 @@ async def _issue(request: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> int:
-    """The helper: one request on stdin, one JSON answer on stdout."""
+    """The helper: one request on stdin, one JSON answer on stdout (its log lines, as
+    JSON, go to stderr: the proxy's log)."""
+    from mesh.telemetry import configure_logging
+
+    configure_logging("info", json=True, stream=sys.stderr)
     request = json.loads(sys.stdin.buffer.read(MAX_ANSWER_BYTES))
     answer = trio.run(_issue, request)
     sys.stdout.write(json.dumps(answer))
