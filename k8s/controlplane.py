@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Literal
 
 import structlog
 import trio
@@ -67,6 +67,7 @@ from k8s.translate import (
     ztunnel_acceptance,
 )
 from k8s.translate_l7 import INVALID_WAYPOINT_FOR, WAYPOINT_REASONS, waypoint_ready
+from k8s.translate_policy import waypoint_acceptance
 from k8s.translate_traffic import KINDS as TRAFFIC_KINDS
 from mesh.certs import open_certificate_manager
 from mesh.constants import (
@@ -313,19 +314,17 @@ class ControlPlane:
         log.info("control_plane_drained", cut_at_deadline=waited.cancelled_caught)
 
 
-def policy_conditions(policy: AuthorizationPolicy) -> list[Condition]:
+def policy_conditions(policy: AuthorizationPolicy, snapshot: MeshSnapshot) -> list[Condition]:
     """The conditions of an AuthorizationPolicy: whether ztunnel enforces it as written
-    (:func:`k8s.translate.ztunnel_acceptance`) and, for one meant for a waypoint, that no
-    waypoint enforces it yet."""
+    (:func:`k8s.translate.ztunnel_acceptance`) and, for one meant for a waypoint, which
+    waypoints it is bound to (:func:`k8s.translate_policy.waypoint_acceptance`)."""
     accepted, reason, message = ztunnel_acceptance(policy)
     out = [Condition(CONDITION_ZTUNNEL_ACCEPTED, "True" if accepted else "False", reason, message)]
-    if reason == "WaypointOnly":
-        out.append(
-            Condition(
-                CONDITION_WAYPOINT_ACCEPTED, "False", "NoWaypoint",
-                "ambit has no waypoint proxy yet, so nothing enforces this policy",
-            )
-        )  # fmt: skip
+    at_waypoint = waypoint_acceptance(policy, snapshot)
+    if at_waypoint is not None:
+        bound, reason, message = at_waypoint
+        status: Literal["True", "False"] = "True" if bound else "False"
+        out.append(Condition(CONDITION_WAYPOINT_ACCEPTED, status, reason, message))
     return out
 
 
@@ -427,7 +426,9 @@ def write_conditions(store: ObjectStore, translation: Translation) -> None:
     for entry in store.entries("AuthorizationPolicy"):
         policy = entry.obj
         assert isinstance(policy, AuthorizationPolicy)
-        store.set_conditions(entry.ref, policy_conditions(policy), uid=policy.uid)
+        store.set_conditions(
+            entry.ref, policy_conditions(policy, translation.snapshot), uid=policy.uid
+        )
     for kind in ("Pod", "Service"):
         for entry in store.entries(kind):
             problems = translation.problems.get(entry.ref, ())

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from k8s import manifests as m
 from mesh import model
+from mesh.constants import SYSTEM_NAMESPACE
+from mesh.model_policy import GATEWAY_GROUP
 
 
 def peer_authentication(p: m.PeerAuthentication) -> model.PeerAuthentication:
@@ -82,6 +84,56 @@ def ztunnel_acceptance(policy: m.AuthorizationPolicy) -> tuple[bool, str, str]:
         f"ztunnel cannot check {fields} ({which}): {effect};"
         " only a waypoint (targetRefs) can enforce them",
     )
+
+
+def waypoint_acceptance(
+    policy: m.AuthorizationPolicy, snapshot: model.MeshSnapshot
+) -> tuple[bool, str, str] | None:
+    """Whether a waypoint enforces ``policy`` (one with targetRefs, or AUDIT): ``(accepted,
+    reason, message)`` of :data:`~mesh.constants.CONDITION_WAYPOINT_ACCEPTED`, Istio's
+    ``WaypointAccepted``; None for a policy ztunnel alone enforces. Pure.
+
+    - every targetRef binds a waypoint: True, ``Accepted``, "bound to NS/NAME" (a Gateway
+      of a waypoint class, a Service bound to a waypoint, a GatewayClass named from the
+      root namespace with a waypoint of that class);
+    - otherwise False: ``TargetNotFound`` when a target does not exist (or is a kind ambit
+      has none of), ``AncestorNotBound`` when it exists but no waypoint serves it (a
+      Service without one, an AUDIT policy without targetRefs).
+    """
+    if not policy.target_refs:
+        if policy.action != "AUDIT":
+            return None
+        return False, "AncestorNotBound", "no waypoint takes a policy without targetRefs"
+    bound: list[str] = []
+    missing: list[str] = []
+    unbound: list[str] = []
+    for ref in policy.target_refs:
+        key = f"{policy.namespace}/{ref.name}"
+        if (ref.group, ref.kind) == (GATEWAY_GROUP, "Gateway"):
+            (bound if snapshot.gateway(key) else missing).append(key)
+        elif (ref.group, ref.kind) == ("", "Service"):
+            service = snapshot.service(key)
+            if service is None:
+                missing.append(f"Service {key}")
+            elif service.waypoint is None:
+                unbound.append(f"Service {key} is not bound to a waypoint")
+            else:
+                bound.append(service.waypoint)
+        elif (ref.group, ref.kind) == (GATEWAY_GROUP, "GatewayClass"):
+            waypoints = [g.key for g in snapshot.gateways if g.gateway_class == ref.name]
+            if policy.namespace != SYSTEM_NAMESPACE:
+                unbound.append(f"GatewayClass {ref.name} binds only from {SYSTEM_NAMESPACE}")
+            elif not waypoints:
+                unbound.append(f"no waypoint of GatewayClass {ref.name}")
+            else:
+                bound += waypoints
+        else:
+            missing.append(f"{ref.kind} {key}")
+    if missing:
+        return False, "TargetNotFound", f"no such target: {', '.join(missing)}"
+    if unbound:
+        return False, "AncestorNotBound", "; ".join(unbound)
+    return True, "Accepted", f"bound to {', '.join(dict.fromkeys(bound))}"
 
 
 def _rule(rule: m.PolicyRule) -> model.Rule:

@@ -320,8 +320,84 @@ def test_each_policy_says_whether_ztunnel_enforces_it() -> None:
     assert conditions("ext") == {"ambit.io/ZtunnelAccepted": ("False", "UnsupportedValue")}
     assert conditions("at-waypoint") == {
         "ambit.io/ZtunnelAccepted": ("True", "WaypointOnly"),
-        "ambit.io/WaypointAccepted": ("False", "NoWaypoint"),
+        "ambit.io/WaypointAccepted": ("False", "TargetNotFound"),  # no Service db here
     }
+
+
+BOUND = """
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: shop}
+spec:
+  gatewayClassName: ambit-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db, namespace: shop, labels: {istio.io/use-waypoint: waypoint}}
+spec: {clusterIP: 10.96.0.20, selector: {app: db}, ports: [{port: 5432}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec: {clusterIP: 10.96.0.21, selector: {app: web}, ports: [{port: 80}]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: on-gateway, namespace: shop}
+spec:
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]
+  action: DENY
+  rules: [{to: [{operation: {paths: [/admin]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: unbound-service, namespace: shop}
+spec:
+  targetRefs: [{kind: Service, group: "", name: web}]
+  rules: [{to: [{operation: {methods: [GET]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: other-gateway, namespace: shop}
+spec:
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: elsewhere}]
+  rules: [{to: [{operation: {methods: [GET]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: audit, namespace: shop}
+spec:
+  action: AUDIT
+  rules: [{to: [{operation: {paths: [/audit]}}]}]
+"""
+
+
+def test_a_policy_for_a_waypoint_says_which_waypoint_it_is_bound_to() -> None:
+    """Istio's WaypointAccepted: bound (the Gateway itself, a Service that uses it), or
+    why not (a target that does not exist, a Service no waypoint serves, AUDIT without
+    targetRefs); ztunnel's condition says the same policies are left to waypoints."""
+    store = published(objects(POLICIES + BOUND))
+
+    def waypoint(name: str) -> tuple[str, str, str]:
+        entry = store.get(("AuthorizationPolicy", "shop", name))
+        assert entry is not None
+        found = [c for c in entry.conditions if c.type == "ambit.io/WaypointAccepted"]
+        assert len(found) == 1, entry.conditions
+        return found[0].status, found[0].reason, found[0].message
+
+    assert waypoint("on-gateway") == ("True", "Accepted", "bound to shop/waypoint")
+    assert waypoint("at-waypoint") == ("True", "Accepted", "bound to shop/waypoint")
+    assert waypoint("unbound-service")[:2] == ("False", "AncestorNotBound")
+    assert "Service shop/web is not bound to a waypoint" in waypoint("unbound-service")[2]
+    assert waypoint("other-gateway") == (
+        "False", "TargetNotFound", "no such target: shop/elsewhere",
+    )  # fmt: skip
+    assert waypoint("audit")[:2] == ("False", "AncestorNotBound")
+    plain = store.get(("AuthorizationPolicy", "shop", "plain"))
+    assert plain is not None
+    assert [c.type for c in plain.conditions] == ["ambit.io/ZtunnelAccepted"]
 
 
 # --- changes, conflicts and coalescing (no sockets) -----------------------------------------

@@ -250,7 +250,7 @@ async def test_gateway_route_policy_and_service_status_are_written(
                 admin, ISTIO_AP, "AuthorizationPolicy", "at-waypoint", ns, lambda o: of(o, ztunnel)
             )
             assert of(at, ztunnel) == ("True", "WaypointOnly")
-            assert of(at, "ambit.io/WaypointAccepted") == ("False", "NoWaypoint")
+            assert of(at, "ambit.io/WaypointAccepted") == ("True", "Accepted")  # Gateway waypoint
             events = await wait_for(lambda: some_events(admin, ns, "l7"), seconds=SECONDS)
             assert [e["reason"] for e in events] == ["L7AttributesIgnored"]
 
