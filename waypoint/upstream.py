@@ -195,8 +195,11 @@ def targets_of(
     return out
 
 
-# Downstream and upstream HTTP/2: Envoy's defaults for streams per connection.
-H2_SETTINGS: Final = HboneSettings(max_concurrent_streams=100, stream_window=1024 * 1024)
+# Downstream and upstream HTTP/2: Envoy's defaults for streams per connection and for the
+# headers of a request or a response (60 KiB: HTTP/1.1's limit, waypoint.http1.Limits).
+H2_SETTINGS: Final = HboneSettings(
+    max_concurrent_streams=100, stream_window=1024 * 1024, max_header_list_size=60 * 1024
+)
 
 
 class H2Upstreams:

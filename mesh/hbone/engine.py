@@ -78,6 +78,7 @@ class Http2Engine(FrameHandling):
                 max_concurrent_streams=settings.max_concurrent_streams,
                 initial_window_size=settings.stream_window,
                 max_frame_size=settings.max_frame_size,
+                max_header_list_size=settings.max_header_list_size,
             ),
             out=self.writer.batch,
         )

@@ -41,8 +41,12 @@ INITIAL_WINDOW_SIZE: Final = 0x4
 MAX_FRAME_SIZE: Final = 0x5
 MAX_HEADER_LIST_SIZE: Final = 0x6
 
-# A decoded header list over this is refused (h2's default, an HPACK bomb's defence).
+# One stream's header list over this (RFC 7541's size: name, value and 32 a field) is
+# refused with its stream alone (a request: 431), unless SETTINGS say another limit.
 DEFAULT_MAX_HEADER_LIST: Final = 64 * 1024
+# A header block that decodes to more than this (an HPACK bomb) ends the connection with
+# GOAWAY ENHANCE_YOUR_CALM: the flood bound of the encoded block (frames.MAX_HEADER_BLOCK).
+MAX_DECODED_HEADER_LIST: Final = 256 * 1024
 UNLIMITED: Final = 2**31 - 1
 DECODED_KEPT: Final = 16  # decoded header blocks kept per connection
 DECODED_MAX_BYTES: Final = 1024  # a larger block is decoded each time
@@ -67,6 +71,17 @@ class StreamError(Exception):
         self.stream_id = stream_id
         self.code = code
         self.reason = reason
+
+
+class HeaderListTooLarge(StreamError):
+    """A stream's header list over our limit: a request is answered 431 (RFC 9113
+    §10.5.1), anything else is reset; the connection goes on."""
+
+    def __init__(self, stream_id: int, size: int, limit: int) -> None:
+        reason = f"header list of {size} bytes over the limit of {limit}"
+        super().__init__(stream_id, frames.ENHANCE_YOUR_CALM, reason)
+        self.size = size
+        self.limit = limit
 
 
 @dataclass
@@ -99,8 +114,9 @@ class H2Protocol:
         self.local = local
         self.remote = Settings()
         self.encoder = StaticEncoder()
+        self.header_list_limit = local.max_header_list_size or DEFAULT_MAX_HEADER_LIST
         self.decoder = hpack.Decoder(
-            max_header_list_size=local.max_header_list_size or DEFAULT_MAX_HEADER_LIST
+            max_header_list_size=max(MAX_DECODED_HEADER_LIST, self.header_list_limit)
         )
         self.decoder.max_allowed_table_size = local.header_table_size
         # Decoded blocks, reused while the decoder's table stays as it was (see decode).
@@ -272,6 +288,11 @@ class H2Protocol:
             raise FrameError(frames.ENHANCE_YOUR_CALM, f"header list too large: {exc}") from None
         except (hpack.HPACKError, IndexError, TypeError) as exc:
             raise FrameError(ErrorCodes.COMPRESSION_ERROR, f"bad header block: {exc}") from None
+        size = sum(len(name) + len(value) for name, value in headers) + 32 * len(headers)
+        if size > self.header_list_limit:  # decoded whole: the table is in step
+            if block.error is None:
+                block.error = HeaderListTooLarge(block.stream_id, size, self.header_list_limit)
+            return headers
         if (self._table_adds, table.maxsize) == state and len(data) <= DECODED_MAX_BYTES:
             if len(self._decoded) >= DECODED_KEPT:
                 self._decoded.clear()

@@ -16,7 +16,7 @@ import trio
 from h2.errors import ErrorCodes
 
 from mesh.hbone import frames, protocol
-from mesh.hbone.protocol import H2Protocol, HeaderBlock, StreamError
+from mesh.hbone.protocol import H2Protocol, HeaderBlock, HeaderListTooLarge, StreamError
 from mesh.hbone.stream import H2Stream, Headers, StreamReset
 
 if TYPE_CHECKING:
@@ -122,6 +122,14 @@ class FrameHandling:
             return
         if len(self.streams) >= self.settings.max_concurrent_streams:
             self._refuse(sid, ErrorCodes.REFUSED_STREAM)
+            return
+        if isinstance(block.error, HeaderListTooLarge):  # RFC 9113 §10.5.1
+            self.h2.send_headers(sid, [(":status", "431"), ("content-length", "0")], True)
+            if not block.end_stream:  # the rest of the request is not wanted
+                self.h2.send_rst_stream(sid, ErrorCodes.NO_ERROR)
+            self.kick()
+            log.info("h2_request_malformed", peer=str(self._peer), stream_id=sid, status=431,
+                     reason=block.error.reason)  # fmt: skip
             return
         if block.error is not None:
             self._refuse(sid, block.error.code)

@@ -66,6 +66,9 @@ class HboneSettings:
     handshake_timeout: float = 10.0
     connect_timeout: float = 10.0
     stream_open_timeout: float = 10.0  # for the answer to CONNECT (open_stream)
+    # A stream's header list (RFC 7541's size) over this: the stream alone is refused (a
+    # request gets 431); advertised in SETTINGS_MAX_HEADER_LIST_SIZE.
+    max_header_list_size: int = 64 * 1024
     reset_burst: int = 1000  # rapid-reset defence (mesh.hbone.limits.ResetBudget)
     reset_rate: float = 33.0  # resets per second the budget refills
     rejection_log_window: float = 10.0  # one hbone_handshake_rejected per rule per window

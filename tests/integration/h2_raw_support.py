@@ -68,6 +68,7 @@ class RawH2:
         self._changed = trio.Event()
         self._sending = trio.Lock()  # the test's task and the reader's acks
         self.settings_acked = trio.Event()  # we acknowledged the waypoint's SETTINGS
+        self.peer_settings: dict[int, int] = {}  # what the waypoint's SETTINGS said
         self._block: tuple[int, bool, bytearray] | None = None
 
     # ---- what the test sends ----------------------------------------------------
@@ -161,6 +162,7 @@ class RawH2:
     async def _on_frame(self, frame: Frame) -> None:
         sid = frame.stream_id
         if isinstance(frame, SettingsFrame) and "ACK" not in frame.flags:
+            self.peer_settings.update(frame.settings)
             await self.send(frames.frame_header(0, frames.SETTINGS, frames.FLAG_ACK, 0))
             self.settings_acked.set()
         elif isinstance(frame, PingFrame) and "ACK" not in frame.flags:

@@ -84,6 +84,37 @@ async def test_a_malformed_head_is_a_reset_of_its_stream_alone(
         assert len(not_access_log(logs)) <= 1, not_access_log(logs)
 
 
+@pytest.mark.parametrize("end_stream", [True, False], ids=["whole", "body to come"])
+async def test_a_head_over_60_kib_gets_431_on_its_stream_alone(root: Pki, end_stream: bool) -> None:
+    """As over HTTP/1.1 (431 past 60 KiB of headers), and as the SETTINGS it sends say:
+    the connection goes on (it was GOAWAY ENHANCE_YOUR_CALM past 64 KiB, unlogged); a
+    request with a body to come is told, with RST_STREAM NO_ERROR, that it is not read.
+    Just under the limit the app gets the header whole."""
+    with trio.fail_after(20), capture_logs() as logs:
+        async with (
+            recording_mesh(root, "http1") as (mesh, app),
+            beside_healthy(mesh),
+            raw_h2(mesh) as h2,
+        ):
+            await h2.settings_acked.wait()
+            assert h2.peer_settings[0x6] == 60 * 1024  # SETTINGS_MAX_HEADER_LIST_SIZE
+            big = [*GET, ("x-big", "b" * 66_000)]
+            await h2.send(h2.headers(1, big, end_stream=end_stream))
+            answer = await h2.finished(1)
+            assert answer.status == 431
+            assert answer.ended
+            assert answer.reset in ((None,) if end_stream else (None, ErrorCodes.NO_ERROR))
+            await second_request_served(h2, 3)
+            near = await h2.request(5, [*get("/near"), ("x-big", "n" * 55_000)])
+            assert near.status == 200
+            assert h2.goaway is None
+        assert app.begun == ["/second", "/near"]
+        assert not_access_log(logs) == ["h2_request_malformed"]
+        line = next(e for e in logs if e["event"] == "h2_request_malformed")
+        assert line["status"] == 431
+        assert "over the limit of 61440" in line["reason"]
+
+
 BadBody = Callable[[RawH2], list[bytes]]
 # Each begins with a request head and the body's first bytes (the app gets them); then:
 BAD_BODIES: list[tuple[str, Headers, BadBody]] = [

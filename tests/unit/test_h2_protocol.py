@@ -12,6 +12,7 @@ from mesh.hbone.protocol import (
     DECODED_KEPT,
     H2Protocol,
     HeaderBlock,
+    HeaderListTooLarge,
     Settings,
     check_request,
     check_response,
@@ -142,3 +143,32 @@ def test_settings_are_applied_and_acknowledged() -> None:
     assert proto.remote.initial_window_size == 65_536
     assert proto.remote.max_frame_size == 32_768
     assert bytes(proto.out).endswith(frames.frame_header(0, frames.SETTINGS, 1, 0))
+
+
+def test_a_header_list_over_the_limit_is_its_streams_error_and_the_table_stays_in_step() -> None:
+    """Over our limit (64 KiB, or what SETTINGS say): the stream's error, decoded whole so
+    that the next block, which refers to the dynamic table, still means what it says.
+    Past 256 KiB decoded (a small block naming big table entries again and again: an HPACK
+    bomb) it is the connection's: GOAWAY ENHANCE_YOUR_CALM."""
+    proto = H2Protocol(client_side=False, local=Settings(max_header_list_size=1000))
+    peer = hpack.Encoder()
+    big = HeaderBlock(1, True, [peer.encode([*REQUEST, ("x-big", "b" * 2000)])])
+    assert proto.decode(big)[-1] == ("x-big", "b" * 2000)
+    assert isinstance(big.error, HeaderListTooLarge)
+    assert big.error.stream_id == 1
+    assert big.error.limit == 1000
+    assert big.error.size > 2000
+    after = HeaderBlock(3, True, [peer.encode(REQUEST)])  # indexed: the table's entries
+    assert proto.decode(after) == REQUEST
+    assert after.error is None
+
+    bomb_peer = hpack.Encoder()
+    entry = ("x-bomb", "z" * 4000)
+    first = bomb_peer.encode([entry])  # now in the peer's table: one byte a reference
+    again = bomb_peer.encode([entry] * 70)  # 70 x 4 KiB decoded, a few hundred bytes sent
+    assert len(again) < 200
+    bombed = H2Protocol(client_side=False, local=Settings())
+    bombed.decode(HeaderBlock(1, True, [first]))
+    with pytest.raises(frames.FrameError) as calm:
+        bombed.decode(HeaderBlock(3, True, [again]))
+    assert calm.value.code == frames.ENHANCE_YOUR_CALM
