@@ -76,6 +76,11 @@ class Http1Error(Exception):
         self.reason = reason
 
 
+class MessageCut(Http1Error):
+    """The connection ended in the middle of a message: no malformed request, a client (or
+    app) gone; a proxy answers nobody and logs a disconnect (Envoy's ``DC``)."""
+
+
 @dataclass
 class Head:
     """A request head (``method``, ``target``) or a response head (``status``)."""
@@ -186,7 +191,7 @@ class MessageReader:
                 if self._until_eof:
                     self._until_eof = False
                     return b""
-                raise Http1Error(400, "the connection closed in the middle of a body")
+                raise MessageCut(400, "the connection closed in the middle of a body")
             await self._fill()
 
     async def drain_body(self, count: Callable[[int], None]) -> bool:

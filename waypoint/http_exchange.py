@@ -7,10 +7,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
+import trio
+
 from waypoint.backends import Backend
 from waypoint.body_copy import BodyCopy
 from waypoint.dispatch import Plan
 from waypoint.http1 import Head, encode_request_head, end_to_end, latin1
+from waypoint.replies import Failed, no_healthy_upstream
 from waypoint.retries import Retries
 from waypoint.session import IdleTimer
 from waypoint.upstream import Target
@@ -80,3 +83,16 @@ def request_head(ex: Exchange, xfcc: str) -> bytes:
 _OURS: Final = frozenset({"host", "x-request-id", "x-forwarded-client-cert", "content-length",
                           "transfer-encoding", "connection", "upgrade"})  # fmt: skip
 _OURS_BYTES: Final = frozenset({XFCC, b"x-request-id"})
+
+
+async def next_target(
+    ex: Exchange, backend: Backend, targets: list[Target], tried: list[Target]
+) -> Target:
+    """The endpoint of the next attempt (after the retry's backoff, for a retry)."""
+    if ex.retries and ex.retries.done:  # sent again on its answer: the backoff first
+        await trio.sleep(ex.retries.backoff())
+    target = backend.pick(targets, avoid=tried)
+    if target is None:  # every endpoint ejected
+        raise Failed(no_healthy_upstream(grpc=False))
+    tried.append(target)
+    return target

@@ -36,6 +36,7 @@ from waypoint.http1 import (
     LAST_CHUNK,
     Head,
     Http1Error,
+    MessageCut,
     MessageReader,
     encode_chunk,
     encode_response_head,
@@ -43,7 +44,7 @@ from waypoint.http1 import (
     latin1,
     request_of,
 )
-from waypoint.http_exchange import XFCC, ClientGone, Exchange, request_head
+from waypoint.http_exchange import XFCC, ClientGone, Exchange, next_target, request_head
 from waypoint.mirror import start_mirrors
 from waypoint.replies import (
     Failed,
@@ -105,13 +106,25 @@ class HttpSession(Session):
                     return
 
     async def _refuse(self, exc: Http1Error) -> None:
+        """A head that cannot be read: its status, the connection closed, one warning, and
+        counted and logged as a request (``DPE``, as Envoy's codec errors are), so that
+        dashboards see hostile traffic too."""
         log.warning("http_request_malformed", src_identity=str(self.caller.identity),
                     status=exc.status, reason=exc.reason)  # fmt: skip
+        started = time.monotonic()
         body = exc.reason.encode() + b"\n"
         headers = [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(body)),
                    (b"connection", b"close")]  # fmt: skip
+        reply = encode_response_head(exc.status, headers) + body
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            await self.stream.send_all(encode_response_head(exc.status, headers) + body)
+            await self.stream.send_all(reply)
+        refused = Finished(
+            method="-", authority=self.destination.authority, path="-", protocol="HTTP/1.1",
+            request_id=new_request_id(), traceparent="", started=started, status=exc.status,
+            flags=ResponseFlag.DOWNSTREAM_PROTOCOL_ERROR.value,
+            response_bytes=len(reply),
+        )  # fmt: skip
+        self.account(refused, None, None)
 
     async def _exchange(self, head: Head) -> None:
         request_id = head.header(b"x-request-id") or new_request_id().encode()
@@ -185,7 +198,7 @@ class HttpSession(Session):
         tried: list[Target] = []
         attempts = ATTEMPTS + (ex.retries.retry.attempts if ex.retries else 0)
         for attempt in range(attempts):
-            target = await _next(ex, backend, targets, tried)
+            target = await next_target(ex, backend, targets, tried)
             try:
                 slot = await backend.connection_slot()
             except Overflow:
@@ -216,7 +229,7 @@ class HttpSession(Session):
         extra = [("x-request-id", ex.request_id.decode("latin-1")), (XFCC.decode(), self.xfcc())]
         attempts = ATTEMPTS + (ex.retries.retry.attempts if ex.retries else 0)
         for attempt in range(attempts):
-            target = await _next(ex, backend, plan.targets, tried)
+            target = await next_target(ex, backend, plan.targets, tried)
             last = attempt + 1 == attempts
             try:
                 conn = await self.proxy.h2.connection(target, self.connect_headers())
@@ -289,7 +302,7 @@ class HttpSession(Session):
             raise Failed(stream_idle_timeout(grpc=False))
         if failed is not None or result is None:
             await conn.aclose()
-            if isinstance(ex.body_error, Http1Error):
+            if isinstance(ex.body_error, Http1Error) and not isinstance(ex.body_error, MessageCut):
                 raise Failed(malformed_request(ex.body_error.reason))
             if ex.body_error is not None:
                 raise ClientGone
@@ -478,16 +491,3 @@ class HttpSession(Session):
             request_bytes=ex.request_bytes, response_bytes=ex.response_bytes,
         )  # fmt: skip
         self.account(done, ex.target, ex.plan)
-
-
-async def _next(
-    ex: Exchange, backend: Backend, targets: list[Target], tried: list[Target]
-) -> Target:
-    """The endpoint of the next attempt (after the retry's backoff, for a retry)."""
-    if ex.retries and ex.retries.done:  # sent again on its answer: the backoff first
-        await trio.sleep(ex.retries.backoff())
-    target = backend.pick(targets, avoid=tried)
-    if target is None:  # every endpoint ejected
-        raise Failed(no_healthy_upstream(grpc=False))
-    tried.append(target)
-    return target

@@ -18,6 +18,8 @@ Envoy waypoint sends, so clients and dashboards see what they see with Istio:
 | rate limited (LocalRateLimit) | 429 | ``local_rate_limited`` | RL | UNAVAILABLE |
 | route timeout | 504 | ``upstream request timeout`` | UT | DEADLINE_EXCEEDED |
 | malformed request body | 400 | what was wrong | DPE | INTERNAL |
+| malformed HTTP/1.1 head | 400, 408, 413, 414, 431, 501, 505 | what was wrong | DPE | |
+| client gone half-way through its body | none sent | | DC | |
 
 A gRPC caller (``content-type: application/grpc`` or ``application/grpc+...``) gets a
 *trailers-only* reply: ``:status 200``, ``content-type: application/grpc``, ``grpc-status``
