@@ -7,7 +7,7 @@ the accounts of the rules and matches that did not apply come from their matcher
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from explain.query import Ask, To
 from explain.steps import Check, Step, Verdict
@@ -17,6 +17,7 @@ from mesh.model import MeshSnapshot, Service
 from waypoint.authz import bound_policies, evaluate_request, explain_rule
 from waypoint.decisions import Forward, LocalReply, NoRoutes, RedirectTo
 from waypoint.http_request import HttpRequest
+from waypoint.http_target import TargetError, read_target
 from waypoint.jwt import authenticate, inline_keys, providers_for
 from waypoint.protocol import declared
 from waypoint.request import L7Request, WaypointScope
@@ -80,6 +81,14 @@ def through_waypoint(
         return steps, Onward(service, to.port)
     shown = protocol or "undeclared (sniffed; taken as HTTP here: --tcp for plain TCP)"
     steps.append(Step(at, "protocol", protocol or "http", f"port {to.port}: {shown}"))
+    read = _as_read(ask, at)
+    if isinstance(read, Step):
+        steps.append(read)
+        return steps, Verdict(False, 400, "DPE", f"the waypoint answers 400: {read.detail}")
+    if read.path != ask.path:
+        steps.append(Step(at, "path", "normalized", f"{ask.path} is read as {read.path}, as"
+                          " the waypoint reads it before policy and routes"))  # fmt: skip
+    ask = read
     host = host_of(to, ask)
     headers = tuple((k.lower(), v) for k, v in ask.headers if k.lower() != "host")
     request = L7Request(scope, identity, ip, target, to.port, ask.method, ask.path, host, headers)
@@ -152,6 +161,17 @@ def through_waypoint(
     if isinstance(outcome, Onward) and outcome.service is not None:
         steps += _traffic_notes(snapshot, outcome.service, at)
     return steps, outcome
+
+
+def _as_read(ask: Ask, at: str) -> Ask | Step:
+    """``ask`` with its path as the waypoint reads a request target (dot segments removed,
+    unreserved characters decoded: :func:`waypoint.http_target.read_target`), or the step
+    of a target it refuses."""
+    try:
+        path, _ = read_target(ask.method.encode("latin-1"), ask.path.encode("latin-1"))
+    except (TargetError, UnicodeEncodeError) as exc:
+        return Step(at, "request", "refused", str(exc))
+    return replace(ask, path=path.decode("latin-1"))
 
 
 def _route(

@@ -170,6 +170,27 @@ def test_through_the_waypoint_l7_policy_decides_per_path() -> None:
     assert "bound to waypoint shop/waypoint" in binding.detail
 
 
+def test_the_path_is_read_as_the_waypoint_reads_it() -> None:
+    """Dot segments and encoded unreserved characters are normalized before policy, as the
+    waypoint does (``/public/../admin`` is ``/admin``): ``why`` gives the waypoint's verdict
+    and says how it read the path; a target it refuses is its 400."""
+    snapshot = world(bound=True, extra_yaml=L7_ALLOW)
+    for sent in ("/public/../admin", "/%70ublic/../admin"):
+        walked = ask(snapshot, "shop/sleep", "shop/web", path=sent)
+        assert (walked.verdict.allowed, walked.verdict.status) == (False, 403)
+        read = next(s for s in walked.steps if s.what == "path")
+        assert read.outcome == "normalized"
+        assert f"{sent} is read as /admin" in read.detail
+    encoded = ask(snapshot, "shop/sleep", "shop/web", path="/%70ublic/x")
+    assert encoded.verdict.allowed
+    plain = ask(snapshot, "shop/sleep", "shop/web", path="/public/x")
+    assert "path" not in [s.what for s in plain.steps]
+    refused = ask(snapshot, "shop/sleep", "shop/web", path="no-slash")
+    assert (refused.verdict.allowed, refused.verdict.status, refused.verdict.flag) == (
+        False, 400, "DPE",
+    )  # fmt: skip
+
+
 def test_routes_explain_the_entries_that_did_not_match() -> None:
     snapshot = world(bound=True, extra_yaml=ROUTES)
     e = ask(snapshot, "shop/sleep", "shop/web", path="/status")
