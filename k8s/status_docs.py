@@ -123,6 +123,17 @@ def _with_observed(
     return [*conditions, observed]
 
 
+def parents_json(entry: Entry) -> list[Json]:
+    """A route's ``status.parents`` entries of ambit (a BackendTrafficPolicy's
+    ``ancestors``), each with its own conditions."""
+    ref = "ancestorRef" if entry.ref[0] == "BackendTrafficPolicy" else "parentRef"
+    return [
+        {ref: parent_ref_json(parent), "controllerName": CONTROLLER_NAME,
+         "conditions": _conditions(_with_observed(entry, parent, conditions))}
+        for parent, conditions in entry.parents
+    ]  # fmt: skip
+
+
 def status_of(entry: Entry, store: ObjectStore) -> Json | None:
     """The ``status`` ambit writes on ``entry``, or None when it writes none."""
     obj = entry.obj
@@ -138,18 +149,8 @@ def status_of(entry: Entry, store: ObjectStore) -> Json | None:
         if addresses:
             status["addresses"] = addresses
         return status
-    if kind in ROUTE_KINDS:
-        return {"parents": [
-            {"parentRef": parent_ref_json(parent), "controllerName": CONTROLLER_NAME,
-             "conditions": _conditions(_with_observed(entry, parent, conditions))}
-            for parent, conditions in entry.parents
-        ]}  # fmt: skip
-    if kind == "BackendTrafficPolicy":
-        return {"ancestors": [
-            {"ancestorRef": parent_ref_json(parent), "controllerName": CONTROLLER_NAME,
-             "conditions": _conditions(_with_observed(entry, parent, conditions))}
-            for parent, conditions in entry.parents
-        ]}  # fmt: skip
+    if kind in MERGED:
+        return {MERGED[kind]: parents_json(entry)}
     if kind in POLICY_KINDS:
         return {
             "conditions": _conditions(entry.conditions),

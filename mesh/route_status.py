@@ -129,7 +129,7 @@ def service_ports(route: Route, parent: ParentRef, services: Services) -> list[P
     key = _ref_key(parent, route)
     service = services(key)
     if service is None:
-        return f"parent Service {key} is not in the mesh; the route does not apply to it"
+        return f"parent Service {key} not found; the route does not apply to it"
     if parent.port:
         ports = [p for p in service.ports if p.port == parent.port]
     elif parent.section_name:
@@ -279,7 +279,7 @@ def _backend_problem(
         )  # fmt: skip
     service = services(key)
     if service is None:
-        message = f"backend Service {key} is not in the mesh; requests to it fail (500)"
+        message = f"backend Service {key} not found; requests to it fail (500)"
     elif service.port(backend.port) is None:
         message = f"backend Service {key} has no port {backend.port}; requests to it fail (500)"
     else:

@@ -187,8 +187,7 @@ def test_a_bad_route_is_reported_on_itself_and_breaks_no_other() -> None:
         "ResolvedRefs": "True ResolvedRefs: every backend is a Service port in the mesh",
     }
     assert of("bad")["ResolvedRefs"] == (
-        "False BackendNotFound: backend Service shop/gone is not in the mesh; requests to it"
-        " fail (500)"
+        "False BackendNotFound: backend Service shop/gone not found; requests to it fail (500)"
     )
     assert of("worse")["Accepted"] == (
         "False NoMatchingParent: parent Service shop/web has no port 81; the route does not"
@@ -216,3 +215,10 @@ def test_a_bad_route_is_reported_on_itself_and_breaks_no_other() -> None:
     resolved = [c for c in bad_json["status"]["conditions"] if c["type"] == "ResolvedRefs"]
     assert resolved[0]["reason"] == "BackendNotFound"
     assert "shop/gone" in resolved[0]["message"]
+    # Gateway API's shape too, as on a cluster, so Istio users' jq paths find it.
+    (parent,) = bad_json["status"]["parents"]
+    assert parent["controllerName"] == "ambit.io/mesh-controller"
+    assert parent["parentRef"] == {"group": "", "kind": "Service", "name": "web"}
+    by_type = {c["type"]: (c["status"], c["reason"]) for c in parent["conditions"]}
+    assert by_type["Accepted"] == ("True", "Accepted")
+    assert by_type["ResolvedRefs"] == ("False", "BackendNotFound")

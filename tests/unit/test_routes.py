@@ -201,7 +201,7 @@ def test_gateway_parents_and_unknown_services_attach_nothing() -> None:
     # A Gateway parent is the control plane's to report; a Service not in the mesh is one
     # problem, the same the control plane writes on the route.
     assert [(p.reason, p.message) for p in table.problems] == [
-        ("NoMatchingParent", f"parent Service {NS}/gone is not in the mesh; the route does"
+        ("NoMatchingParent", f"parent Service {NS}/gone not found; the route does"
          " not apply to it"),
     ]  # fmt: skip
 

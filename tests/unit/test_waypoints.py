@@ -275,8 +275,8 @@ def test_routes_and_request_authentications_are_carried_with_their_reference_pro
     assert first.snapshot.request_authentications[0].target_refs[0].name == "web"
     assert [p.message for p in first.problems[("HTTPRoute", "shop", "split")]] == [
         "parent example.com/Mesh m: ambit attaches routes to Services",
-        "parent Service shop/gone is not in the mesh; the route does not apply to it",
-        "backend Service shop/web-v2 is not in the mesh; requests to it fail (500)",
+        "parent Service shop/gone not found; the route does not apply to it",
+        "backend Service shop/web-v2 not found; requests to it fail (500)",
     ]
     assert reasons(first)[("HTTPRoute", "shop", "split")] == [
         "NoMatchingParent", "NoMatchingParent", "BackendNotFound",
