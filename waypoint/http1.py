@@ -257,6 +257,8 @@ class MessageReader:
         except httptools.HttpParserError as exc:
             if self._problem is not None:
                 raise self._problem from None
+            if str(exc) == "Invalid HTTP version" and not self._response:  # llhttp's words
+                raise Http1Error(505, "only HTTP/1.0 and HTTP/1.1 are served") from None
             raise Http1Error(400, f"malformed HTTP/1.x message: {exc}") from None
 
     # -- httptools callbacks --------------------------------------------------------

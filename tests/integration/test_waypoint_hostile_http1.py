@@ -53,6 +53,8 @@ MALFORMED = [
     ("no Host in HTTP/1.1", b"GET / HTTP/1.1\r\n\r\n", 400),
     ("two Hosts", b"GET / HTTP/1.1\r\nHost: web\r\nHost: admin\r\n\r\n", 400),
     ("HTTP/2.0 request line", b"GET / HTTP/2.0\r\n" + H + b"\r\n", 505),
+    ("HTTP/3.0 request line", b"GET / HTTP/3.0\r\n" + H + b"\r\n", 505),
+    ("HTTP/1.2 request line", b"GET / HTTP/1.2\r\n" + H + b"\r\n", 505),
     ("asterisk-form GET", b"GET * HTTP/1.1\r\n" + H + b"\r\n", 400),
     ("authority-form GET", b"GET web:80 HTTP/1.1\r\n" + H + b"\r\n", 400),
     ("CONNECT through the waypoint", b"CONNECT evil:443 HTTP/1.1\r\nHost: evil:443\r\n\r\n", 501),
