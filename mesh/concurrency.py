@@ -25,3 +25,13 @@ async def open_service_nursery() -> AsyncIterator[trio.Nursery]:
         if len(group.exceptions) == 1:
             raise group.exceptions[0] from None
         raise
+
+
+def only_cancelled(exc: BaseException) -> bool:
+    """``exc`` is Trio's cancellation: a ``Cancelled``, or a group (from nurseries inside)
+    of nothing else; the work was cut from outside, not broken."""
+    if isinstance(exc, trio.Cancelled):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(trio.Cancelled)[1] is None
+    return False

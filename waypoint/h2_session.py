@@ -28,6 +28,7 @@ import structlog
 import trio
 from h2.errors import ErrorCodes
 
+from mesh.concurrency import only_cancelled
 from mesh.hbone import H2Stream, Http2Connection
 from mesh.hbone.settings import HboneError, HboneRetryableError
 from mesh.hbone.transport import StreamTransport
@@ -50,6 +51,7 @@ from waypoint.http1 import READ_SIZE, Http1Error
 from waypoint.mirror import start_mirrors
 from waypoint.replies import (
     Failed,
+    cut_by_shutdown,
     no_healthy_upstream,
     overflow,
     route_timeout,
@@ -138,6 +140,24 @@ class H2Session(Session):
             await self._reply(down, req, reply)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             req.flags = req.flags if req.flags != "-" else "DC"
+        except BaseException as exc:
+            if not only_cancelled(exc):
+                raise
+            # cut from outside: the drain ran out, or the connection failed (a reset of this
+            # stream cancels it too: the client is gone, nobody to answer, ``DC`` below)
+            if down.broken:
+                raise
+            if not down.headers_sent and down.may_send():
+                reply = cut_by_shutdown(grpc=grpc)
+                req.status, req.flags = reply.code, reply.flag.value
+                if reply.grpc_status is not None:
+                    req.grpc_status = str(int(reply.grpc_status))
+                head = reply.h2_headers() if reply.trailers_only else [  # no await: no body
+                    (":status", str(reply.code)), ("content-length", "0")]  # fmt: skip
+                down.send_headers([*head, ("x-request-id", req.request_id)], end_stream=True)
+            elif req.flags == "-":
+                req.flags = ResponseFlag.LOCAL_RESET.value  # the answer had begun: cut
+            raise
         finally:
             if req.flags == "-" and down.broken:  # the client reset it (or its connection broke)
                 req.flags = "DC"

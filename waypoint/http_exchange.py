@@ -4,18 +4,21 @@ out: the :class:`Exchange` (what it did, for its metrics and its access-log line
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Final
 
 import trio
 
+from mesh.response_flags import ResponseFlag
 from waypoint.backends import Backend
 from waypoint.body_copy import BodyCopy
 from waypoint.dispatch import Plan
 from waypoint.http1 import Head, encode_request_head, end_to_end, latin1
-from waypoint.replies import Failed, no_healthy_upstream
+from waypoint.replies import Failed, cut_by_shutdown, no_healthy_upstream
 from waypoint.retries import Retries
 from waypoint.session import IdleTimer
+from waypoint.telemetry import Finished, new_request_id
 from waypoint.upstream import Target
 
 XFCC: Final = b"x-forwarded-client-cert"
@@ -96,3 +99,35 @@ async def next_target(
         raise Failed(no_healthy_upstream(grpc=False))
     tried.append(target)
     return target
+
+
+async def answer_cut(stream: trio.abc.SendStream, ex: Exchange) -> None:
+    """A request unanswered when the waypoint stops (its drain ran out, or its connection
+    failed): 503 ``LR`` and the connection closed, not an empty reply (half a second at
+    most, shielded); an answer that had begun is only flagged ``LR``."""
+    if getattr(stream, "broken", False):  # its CONNECT stream was reset: the client left
+        ex.flags = ResponseFlag.DOWNSTREAM_CONNECTION_TERMINATION.value
+        return
+    ex.flags = ResponseFlag.LOCAL_RESET.value
+    if ex.status or ex.response_bytes:
+        return
+    reply = cut_by_shutdown(grpc=False)
+    ex.status = reply.code
+    data = reply.http1(keep_alive=False)
+    with (
+        trio.CancelScope(shield=True),
+        trio.move_on_after(0.5),
+        contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+    ):
+        await stream.send_all(data)
+        ex.response_bytes += len(data)
+
+
+def unread(authority: str, started: float, status: int, sent: int) -> Finished:
+    """A request whose head could not be read, as it is counted and logged: its status,
+    ``DPE`` (Envoy's flag for a codec error), method and path ``-``."""
+    return Finished(
+        method="-", authority=authority, path="-", protocol="HTTP/1.1",
+        request_id=new_request_id(), traceparent="", started=started, status=status,
+        flags=ResponseFlag.DOWNSTREAM_PROTOCOL_ERROR.value, response_bytes=sent,
+    )  # fmt: skip

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Final
 import structlog
 import trio
 
+from mesh.concurrency import only_cancelled
 from mesh.relay import relay
 from mesh.response_flags import ResponseFlag
 from waypoint.backends import NO_ANSWER, Backend, Overflow
@@ -44,7 +45,15 @@ from waypoint.http1 import (
     latin1,
     request_of,
 )
-from waypoint.http_exchange import XFCC, ClientGone, Exchange, next_target, request_head
+from waypoint.http_exchange import (
+    XFCC,
+    ClientGone,
+    Exchange,
+    answer_cut,
+    next_target,
+    request_head,
+    unread,
+)
 from waypoint.mirror import start_mirrors
 from waypoint.replies import (
     Failed,
@@ -106,9 +115,7 @@ class HttpSession(Session):
                     return
 
     async def _refuse(self, exc: Http1Error) -> None:
-        """A head that cannot be read: its status, the connection closed, one warning, and
-        counted and logged as a request (``DPE``, as Envoy's codec errors are), so that
-        dashboards see hostile traffic too."""
+        """A head that cannot be read: its status, one warning, counted and logged (DPE)."""
         log.warning("http_request_malformed", src_identity=str(self.caller.identity),
                     status=exc.status, reason=exc.reason)  # fmt: skip
         started = time.monotonic()
@@ -118,12 +125,7 @@ class HttpSession(Session):
         reply = encode_response_head(exc.status, headers) + body
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await self.stream.send_all(reply)
-        refused = Finished(
-            method="-", authority=self.destination.authority, path="-", protocol="HTTP/1.1",
-            request_id=new_request_id(), traceparent="", started=started, status=exc.status,
-            flags=ResponseFlag.DOWNSTREAM_PROTOCOL_ERROR.value,
-            response_bytes=len(reply),
-        )  # fmt: skip
+        refused = unread(self.destination.authority, started, exc.status, len(reply))
         self.account(refused, None, None)
 
     async def _exchange(self, head: Head) -> None:
@@ -157,6 +159,11 @@ class HttpSession(Session):
         except ClientGone:
             exchange.flags = "DC"
             self._account(exchange)
+            raise
+        except BaseException as exc:
+            if only_cancelled(exc):  # cut from outside: the drain ran out, or the connection
+                await answer_cut(self.stream, exchange)
+                self._account(exchange)
             raise
         self._account(exchange)
 

@@ -18,6 +18,7 @@ Envoy waypoint sends, so clients and dashboards see what they see with Istio:
 | rate limited (LocalRateLimit) | 429 | ``local_rate_limited`` | RL | UNAVAILABLE |
 | route timeout | 504 | ``upstream request timeout`` | UT | DEADLINE_EXCEEDED |
 | malformed request body | 400 | what was wrong | DPE | INTERNAL |
+| unanswered when the drain ran out | 503 | ``the waypoint is shutting down`` | LR | UNAVAILABLE |
 | malformed HTTP/1.1 head | 400, 408, 413, 414, 431, 501, 505 | what was wrong | DPE | |
 | client gone half-way through its body | none sent | | DC | |
 
@@ -257,6 +258,16 @@ def stream_idle_timeout(*, grpc: bool) -> LocalReply:
         details="stream_idle_timeout",
         grpc_status=GrpcStatus.DEADLINE_EXCEEDED,
     )
+
+
+def cut_by_shutdown(*, grpc: bool) -> LocalReply:
+    """A request still unanswered when the waypoint's drain ran out (or its connection
+    failed): 503 with ``LR`` (a local reset), UNAVAILABLE to a gRPC caller (a status it may
+    retry), instead of an empty reply or a reset it cannot read."""
+    return local_reply(
+        503, "the waypoint is shutting down", grpc=grpc,
+        flag=ResponseFlag.LOCAL_RESET, details="waypoint_shutdown",
+    )  # fmt: skip
 
 
 def malformed_request(reason: str) -> LocalReply:

@@ -12,6 +12,7 @@ import re
 import statistics
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -142,13 +143,17 @@ async def h2load(cluster: Cluster, url: str, *args: str, seconds: float = 120) -
             "4xx": int(codes[3]), "5xx": int(codes[4])}  # fmt: skip
 
 
-async def waypoint_flags(cluster: Cluster, path: str) -> list[str]:
-    """The ``response_flags`` of the waypoint's access-log lines for ``path``."""
+async def waypoint_log(cluster: Cluster) -> list[dict[str, Any]]:
+    """The waypoint's JSON log lines."""
     pods = await cluster.get("pods", "-n", "demo")
     waypoint = next(p for p in pods if p["name"].startswith("waypoint-"))
     logs = await cluster.ambit("logs", "pod/" + waypoint["name"], "-n", "demo")
-    lines = (json.loads(raw) for raw in logs.stdout.splitlines() if raw.startswith(b"{"))
-    return [line["response_flags"] for line in lines
+    return [json.loads(raw) for raw in logs.stdout.splitlines() if raw.startswith(b"{")]
+
+
+async def waypoint_flags(cluster: Cluster, path: str) -> list[str]:
+    """The ``response_flags`` of the waypoint's access-log lines for ``path``."""
+    return [line["response_flags"] for line in await waypoint_log(cluster)
             if line.get("event") == "request" and line.get("path") == path]  # fmt: skip
 
 
@@ -216,17 +221,30 @@ spec:
 
 async def test_retries_turn_30_percent_503s_into_99_percent_success(cluster: Cluster) -> None:
     """A backend failing 30% with 503, a route retry on 503 with 3 attempts and a budget of
-    50%: about 99% of 2,000 requests succeed. A request fails only when its try and its 3
-    retries all draw a 503: 0.3^4 = 0.81%, so 99.19% is expected, with a binomial spread
-    of 0.2 points; 98.5% (three spreads below) is what the test holds it to."""
+    50%: about 99% of 2,000 requests succeed. A request fails when its try and its 3
+    retries all draw a 503: 0.3^4 = 0.81%, 16 of 2,000 with a binomial spread of 4; 30
+    (three and a half spreads above) is what the test allows. A request also fails when
+    the budget refuses its retry: retries are 42% of requests on average, and while few
+    requests count (the run's first hundred or so) their share swings past 50% now and
+    then. Each refusal fails at most one request, so those are allowed on top, and must
+    stay few (a budget that refused much would be wrong)."""
     retry = "retry: {codes: [503], attempts: 3, backoff: 5ms}"
     await up(cluster, route(rule("/chance", retry)), BUDGET_50)
+    refused_before = sum(
+        e.get("event") == "retry_budget_exhausted" for e in await waypoint_log(cluster)
+    )
     before = served(await counts(cluster), "/chance/30")
     got = await h2load(cluster, "http://server/chance/30", "-n", "2000", "-c", "4")
     sent = sum(served(await counts(cluster), "/chance/30").values()) - sum(before.values())
-    print(f"\n30% failing, 2,000 requests: {got['2xx']} succeeded, {sent - 2000} retries")
+    refused = (
+        sum(e.get("event") == "retry_budget_exhausted" for e in await waypoint_log(cluster))
+        - refused_before
+    )
+    print(f"\n30% failing, 2,000 requests: {got['2xx']} succeeded, {sent - 2000} retries,"
+          f" {refused} refused by the budget")  # fmt: skip
     assert got["done"] == 2000
-    assert got["2xx"] >= 1970
+    assert refused <= 20
+    assert 2000 - got["2xx"] <= 30 + refused
 
 
 async def test_a_backend_failing_everything_gets_retries_within_the_default_budget(

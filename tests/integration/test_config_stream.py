@@ -203,7 +203,12 @@ async def test_a_reconnecting_proxy_gets_only_what_changed(root: Pki, logs: Logs
             relay.freeze()  # stall this connection, then drop it
             relay.cut()
             server.publish(versioned(2, pods=3))
-            await wait_until(lambda: client.snapshot is not None and client.snapshot.version == 2)
+            # Its log line, not client.snapshot: the client logs after sending its ack.
+            await wait_until(
+                lambda: any(e["event"] == "config_applied" and e["version"] == 2 for e in logs)
+            )
+            assert client.snapshot is not None
+            assert client.snapshot.version == 2
     kinds = [e["kind"] for e in logs if e["event"] == "config_applied"]
     assert kinds == ["snapshot", "delta"]
 

@@ -171,6 +171,9 @@ class Mesh:
     address: tuple[str, int]
     client: HboneClientPool
     registry: CollectorRegistry
+    # Cancelling it stops the waypoint's server as its drain deadline does: every handler
+    # cancelled, what they queued flushed, the connections closed.
+    serving: trio.CancelScope = field(default_factory=trio.CancelScope)
 
     async def source_ztunnel(
         self, authority: str = f"{VIP}:80", *, task_status: trio.TaskStatus[int]
@@ -269,10 +272,15 @@ async def open_mesh(
                 dispatcher=Dispatcher(Gate(WaypointScope("default/waypoint")), random.Random(7)),
                 balancer=Balancer(random.Random(7)),
             )  # fmt: skip
-            address = await nursery.start(lambda task_status: serve_hbone(
-                proxy.handle, certificate=lambda: waypoint_cert, port=0,
-                task_status=task_status))  # fmt: skip
-            mesh = Mesh(pods, state["s"], proxy, address, client_pool, registry)
+            serving = trio.CancelScope()
+
+            async def serve(task_status: trio.TaskStatus[tuple[str, int]]) -> None:
+                with serving:
+                    await serve_hbone(proxy.handle, certificate=lambda: waypoint_cert, port=0,
+                                      task_status=task_status)  # fmt: skip
+
+            address = await nursery.start(serve)
+            mesh = Mesh(pods, state["s"], proxy, address, client_pool, registry, serving)
 
             def current() -> MeshSnapshot:
                 return mesh.snapshot
