@@ -119,8 +119,10 @@ class H2Session(Session):
                 ended = await self._forward_within(down, req, plan)
             finally:
                 if plan.mirrors and req.body_read:
+                    ours = (("x-request-id", req.request_id), ("x-forwarded-client-cert",
+                                                                self.xfcc()))  # fmt: skip
                     start_mirrors(self.proxy, self.snapshot, plan.mirrors, plan.request,
-                                  req.body_copy)  # fmt: skip
+                                  req.body_copy, ours)  # fmt: skip
             if ended:
                 req.flags = ended
                 if down.headers_sent:  # the answer had begun: it is cut

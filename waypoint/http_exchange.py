@@ -10,16 +10,17 @@ from typing import Final
 
 import trio
 
+from mesh.relay import relay
 from mesh.response_flags import ResponseFlag
 from waypoint.backends import Backend
 from waypoint.body_copy import BodyCopy
 from waypoint.dispatch import Plan
-from waypoint.http1 import Head, encode_request_head, end_to_end, latin1
+from waypoint.http1 import Head, encode_request_head, encode_response_head, end_to_end, latin1
 from waypoint.replies import Failed, cut_by_shutdown, no_healthy_upstream
 from waypoint.retries import Retries
 from waypoint.session import IdleTimer
 from waypoint.telemetry import Finished, new_request_id
-from waypoint.upstream import Target
+from waypoint.upstream import Connection, Target
 
 XFCC: Final = b"x-forwarded-client-cert"
 
@@ -131,3 +132,25 @@ def unread(authority: str, started: float, status: int, sent: int) -> Finished:
         request_id=new_request_id(), traceparent="", started=started, status=status,
         flags=ResponseFlag.DOWNSTREAM_PROTOCOL_ERROR.value, response_bytes=sent,
     )  # fmt: skip
+
+
+async def relay_upgrade(
+    down: trio.abc.HalfCloseableStream, upgraded: bytes | None, conn: Connection,
+    ex: Exchange, response: Head,
+) -> None:  # fmt: skip
+    """The app switched protocols: its 101 down, then bytes both ways (``upgraded``: what
+    the client sent past its head) until either side ends; ``conn`` is closed after."""
+    try:
+        await down.send_all(encode_response_head(101, response.headers, ex.head.version))
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        raise ClientGone from None
+    try:
+        if upgraded:
+            await conn.stream.send_all(upgraded)
+        if conn.reader.upgraded:
+            await down.send_all(conn.reader.upgraded)
+        await relay(down, conn.stream)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+    finally:
+        await conn.aclose()

@@ -26,7 +26,6 @@ import structlog
 import trio
 
 from mesh.concurrency import only_cancelled
-from mesh.relay import relay
 from mesh.response_flags import ResponseFlag
 from waypoint.backends import NO_ANSWER, Backend, Overflow
 from waypoint.body_copy import BodyCopy
@@ -51,6 +50,7 @@ from waypoint.http_exchange import (
     Exchange,
     answer_cut,
     next_target,
+    relay_upgrade,
     request_head,
     unread,
 )
@@ -150,7 +150,7 @@ class HttpSession(Session):
             finally:
                 if plan.mirrors and (exchange.body_read or not head.has_body):
                     start_mirrors(self.proxy, self.snapshot, plan.mirrors, plan.request,
-                                  exchange.body_copy)  # fmt: skip
+                                  exchange.body_copy, self._ours(exchange))  # fmt: skip
         except Failed as failed:
             exchange.status, exchange.flags = failed.reply.code, failed.reply.flag.value
             if isinstance(failed.reply, DelayedReply):  # a fault's delay, then its abort
@@ -233,7 +233,7 @@ class HttpSession(Session):
         """The app speaks h2c (its port says ``http2`` or ``grpc``): the request goes as
         HTTP/2, the answer comes back as HTTP/1.1."""
         tried: list[Target] = []
-        extra = [("x-request-id", ex.request_id.decode("latin-1")), (XFCC.decode(), self.xfcc())]
+        extra = list(self._ours(ex))
         attempts = ATTEMPTS + (ex.retries.retry.attempts if ex.retries else 0)
         for attempt in range(attempts):
             target = await next_target(ex, backend, plan.targets, tried)
@@ -268,6 +268,10 @@ class HttpSession(Session):
                 backend.finished(target, ex.status or NO_ANSWER, started, len(plan.targets))
                 ex.request_bytes += counted[0]
                 ex.response_bytes += counted[1]
+
+    def _ours(self, ex: Exchange) -> tuple[tuple[str, str], ...]:
+        """The headers the waypoint sets on a request (the app's copy and a mirror's)."""
+        return ("x-request-id", ex.request_id.decode("latin-1")), (XFCC.decode(), self.xfcc())
 
     async def _over(self, conn: Connection, ex: Exchange, *, retry_ok: bool) -> bool:
         """Send ``ex``'s request on ``conn`` and relay its response; False when ``conn``
@@ -366,7 +370,8 @@ class HttpSession(Session):
             raise upstream_failure_http1(connected=True)
         ex.status = response.status
         if response.status == 101:
-            await self._upgrade(conn, ex, response)
+            self.keep_alive = False
+            await relay_upgrade(self.stream, self.reader.upgraded, conn, ex, response)
             return False
         if ex.retries is not None:
             if ex.retries.again(response.status, retry_ok, replayable=ex.replayable):
@@ -452,22 +457,6 @@ class HttpSession(Session):
         if down_chunked:
             await self._send_down(LAST_CHUNK)
         return response.keep_alive
-
-    async def _upgrade(self, conn: Connection, ex: Exchange, response: Head) -> None:
-        """The app switched protocols: relay its 101 and then bytes, both ways."""
-        encoded = encode_response_head(101, response.headers, ex.head.version)
-        await self._send_down(encoded)
-        self.keep_alive = False
-        try:
-            if self.reader.upgraded:
-                await conn.stream.send_all(self.reader.upgraded)
-            if conn.reader.upgraded:
-                await self._send_down(conn.reader.upgraded)
-            await relay(self.stream, conn.stream)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-        finally:
-            await conn.aclose()
 
     async def _reply(self, ex: Exchange, reply: Reply) -> None:
         if ex.head.has_body and not await self.reader.drain_body(ex.count_request):

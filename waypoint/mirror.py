@@ -42,11 +42,19 @@ def start_mirrors(
     mirrors: tuple[MirrorTarget, ...],
     request: HttpRequest,
     body: BodyCopy | None,
+    ours: tuple[tuple[str, str], ...] = (),
 ) -> None:
-    """Send a copy of ``request`` (and ``body``) to each of ``mirrors`` in the background."""
+    """Send a copy of ``request`` (and ``body``) to each of ``mirrors`` in the background,
+    with the headers the waypoint set on the original (``ours``: ``x-request-id``, so the
+    copy can be matched with it, and ``x-forwarded-client-cert``), as Envoy's shadow has."""
     if body is not None and body.too_big:
         log.debug("mirror_skipped", reason=f"body over {MAX_BODY} bytes", path=request.path)
         return
+    if ours:
+        names = {n for n, _ in ours}
+        kept = tuple(h for h in request.headers if h[0] not in names) + ours
+        request = HttpRequest(request.method, request.path, request.authority, kept,
+                              request.scheme)  # fmt: skip
     data = bytes(body.data) if body is not None else b""
     for target in mirrors:
         proxy.tasks.start_soon(_mirror, proxy, snapshot, target, request, data)

@@ -12,7 +12,7 @@ import trio
 from mesh.hbone import H2Stream
 from tests.integration.h2_support import serve_h2c
 from tests.integration.test_waypoint_l7 import world
-from tests.integration.waypoint_support import Client, Pod, open_mesh
+from tests.integration.waypoint_support import SOURCE_ID, WAYPOINT_ID, Client, Pod, open_mesh
 from tests.pki import Pki
 from tests.waiting import wait_until
 
@@ -44,9 +44,11 @@ class H2App:
 
     def __init__(self) -> None:
         self.seen: list[tuple[str, str, str, bytes]] = []
+        self.headers: list[dict[str, str]] = []
 
     async def handle(self, stream: H2Stream) -> None:
         headers = dict(stream.request_headers)
+        self.headers.append(headers)
         body = b""
         while data := await stream.receive_some():
             body += data
@@ -85,3 +87,27 @@ async def test_a_mirror_to_an_http2_port_is_sent_as_http2(
         ("GET", "/a", "web.default.svc.cluster.local"),
         ("POST", "/b", "web.default.svc.cluster.local"),
     ]
+
+
+async def test_the_copy_carries_the_originals_request_id_and_client_cert_header(
+    root: Pki, shadow: tuple[H2App, int]
+) -> None:
+    """As Envoy's shadow: the same ``x-request-id`` as the original (the two can be matched)
+    and the waypoint's ``x-forwarded-client-cert``, never the client's forged one."""
+    app, port = shadow
+    pods = [Pod("web-0", "10.0.0.11"), Pod("web-1", "10.0.0.12", app=False, app_port=port)]
+    with trio.fail_after(20):
+        async with open_mesh(root, pods, snapshot=world(MIRRORED)) as mesh:
+            client = Client(await mesh.connect())
+            forged = [("x-request-id", "r-42"), ("x-forwarded-client-cert", "By=evil;URI=evil")]
+            status, _h, _body = await client.request("GET", "/a", headers=forged)
+            assert status == 200
+            status, _h, _body = await client.request("GET", "/b")  # an id made here
+            assert status == 200
+            await client.stream.aclose()
+            await wait_until(lambda: len(app.headers) == 2)
+    first, second = sorted(app.headers, key=lambda h: h[":path"])
+    assert first["x-request-id"] == "r-42"
+    assert second["x-request-id"] not in ("", "r-42")
+    for copy in (first, second):
+        assert copy["x-forwarded-client-cert"] == f"By={WAYPOINT_ID};URI={SOURCE_ID}"
