@@ -216,23 +216,34 @@ class History:
 
     def increases(self, window: float) -> dict[str, Increase]:
         """Per proxy, what its series counted between its newest scrape and the last one
-        at or before ``window`` seconds before it (or its oldest: a shorter span). A proxy
-        scraped once has no increase yet."""
+        at or before ``window`` seconds before it (or its oldest: a shorter span), scrape
+        by scrape, as Prometheus's ``increase``: a proxy that restarted in between (its
+        counters back near zero) keeps what it had counted before. A series that appears
+        counted from zero; one scraped once has no increase yet."""
         out = {}
         for proxy, ring in self._scrapes.items():
             if len(ring) < 2:
                 continue
-            now, newest = ring[-1]
-            base_time, base = ring[0]
-            for at, scrape in ring:
+            now = ring[-1][0]
+            start = 0
+            for i, (at, _scrape) in enumerate(ring):
                 if at > now - window:
                     break
-                base_time, base = at, scrape
-            if base is newest:
+                start = i
+            if start == len(ring) - 1:
                 continue
-            out[proxy] = Increase(
-                now - base_time, {k: c.increase_since(base.get(k)) for k, c in newest.items()}
-            )
+            total: Scrape = {}
+            previous = ring[start][1]
+            for i in range(start + 1, len(ring)):
+                scrape = ring[i][1]
+                for key, counts in scrape.items():
+                    step = counts.increase_since(previous.get(key))
+                    if key in total:
+                        total[key].add(step)
+                    else:
+                        total[key] = step
+                previous = scrape
+            out[proxy] = Increase(now - ring[start][0], total)
         return out
 
 

@@ -123,6 +123,23 @@ def test_a_restarted_proxys_counters_count_from_zero() -> None:
     assert edge["requests"] == 7
 
 
+def test_what_was_counted_before_a_restart_in_the_window_is_kept() -> None:
+    """Scrape by scrape, as Prometheus's increase: 30 counted, the proxy restarts (its
+    counter back to 0, then a series that had not appeared since), 7 more: 37, not 7 (a
+    waypoint restart had made the last five minutes' local replies vanish)."""
+    history = History()
+    first, second, restarted, later = Proxy(), Proxy(), Proxy(), Proxy()
+    first.request(request_labels(), 1.0, times=10)
+    second.request(request_labels(), 1.0, times=40)
+    later.request(request_labels(), 1.0, times=7)
+    for at, proxy in ((0.0, first), (5.0, second), (10.0, restarted), (15.0, later)):
+        history.add("w", at, parse_scrape(proxy.text()))
+    [edge] = edges(history.increases(300.0))
+    assert edge["requests"] == 37
+    [edge] = edges(history.increases(7.0))  # from the scrape at 5 s: the restart and after
+    assert edge["requests"] == 7
+
+
 def test_a_connection_reported_by_both_ztunnels_counts_once_as_the_destination_says() -> None:
     source, destination = Proxy(), Proxy()
     for _ in range(4):
