@@ -226,11 +226,10 @@ class RequestMetrics:
             if len(self._series) >= SERIES_LIMIT:
                 self._series.clear()
             values = labels.values
-            children = tuple(
-                m.labels(*values)
-                for m in (self.requests, self.duration, self.request_bytes,
-                          self.response_bytes, self.request_messages, self.response_messages)
-            )  # fmt: skip
+            metrics = [self.requests, self.duration, self.request_bytes, self.response_bytes]
+            if labels.request_protocol == "grpc":  # Istio has message series for gRPC alone
+                metrics += [self.request_messages, self.response_messages]
+            children = tuple(m.labels(*values) for m in metrics)
             self._series[labels] = children
         return children
 
@@ -245,7 +244,7 @@ class RequestMetrics:
     def record(
         self, labels: RequestLabels, duration_ms: float, request_bytes: int, response_bytes: int
     ) -> None:
-        requests, duration, sent, received, _, _ = self._children(labels)
+        requests, duration, sent, received = self._children(labels)[:4]
         requests.inc()
         duration.observe(duration_ms)
         sent.observe(request_bytes)

@@ -250,3 +250,19 @@ def test_ten_minutes_of_scrapes_are_thinned_and_every_window_still_counts_right(
         [edge] = edges(history.increases(window))
         assert edge["requests"] == expected, window
         assert edge["per_second"] == 2.0
+
+
+def test_message_series_are_for_grpc_alone() -> None:
+    """As Istio's: ``istio_request_messages_total`` and ``istio_response_messages_total``
+    for gRPC calls, no zero series beside each HTTP request's."""
+    proxy = Proxy()
+    proxy.request(request_labels(), 1.0, times=3)
+    grpc = request_labels(request_protocol="grpc", grpc_response_status="0")
+    proxy.request(grpc, 1.0)
+    proxy.requests.messages(grpc, 1, 5)
+    text = proxy.text()
+    names = ("istio_request_messages", "istio_response_messages")
+    messages = [line for line in text.splitlines() if line.startswith(names)]
+    assert messages
+    assert all('request_protocol="grpc"' in line for line in messages), messages
+    assert any(line.endswith(" 5.0") for line in messages)
