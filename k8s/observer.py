@@ -20,6 +20,7 @@ skipped, logged once (``proxy_scrape_failed``) until it answers again
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any, Final
@@ -159,7 +160,7 @@ class Observer:
             return
         if self._failing.pop(target.key, None) is not None:
             log.info("proxy_scrape_recovered", proxy=target.key)
-        self.history.add(target.key, trio.current_time(), scrape)
+        self.history.add(target.key, trio.current_time(), scrape, wall=time.time())
 
     def graph(self, window: float) -> dict[str, Any]:
         """The traffic graph over the last ``window`` seconds (JSON)."""

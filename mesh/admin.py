@@ -21,19 +21,21 @@ import inspect
 import json
 import os
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
 from functools import partial
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any, Final, TypeAlias
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import h11
 import structlog
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Metric, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 
 from mesh import http
 from mesh.http import Request, Response
@@ -82,7 +84,10 @@ def metrics_route(registry: CollectorRegistry) -> Route:
 
 class _WithoutCreated:
     """``registry``'s metric families, minus the ``_created`` sample of each counter, histogram
-    and summary (a per-route choice, unlike prometheus_client's process-wide switch)."""
+    and summary (a per-route choice, unlike prometheus_client's process-wide switch), plus
+    ``process_start_time_seconds`` (Prometheus's usual name): every counter began after it,
+    which is what the control plane's observer needs to count a new proxy's first requests
+    (:meth:`mesh.traffic_graph.History.increases`)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
@@ -93,6 +98,24 @@ class _WithoutCreated:
                 created = f"{family.name}_created"
                 family.samples = [s for s in family.samples if s.name != created]
             yield family
+        yield GaugeMetricFamily(
+            "process_start_time_seconds", "Start time of the process since unix epoch in seconds.",
+            value=PROCESS_STARTED,
+        )  # fmt: skip
+
+
+def _process_started() -> float:
+    """This process's start (unix time), from /proc as ``ps`` reads it; now, elsewhere."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))  # fmt: skip
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return time.time()
+
+
+PROCESS_STARTED: Final = _process_started()
 
 
 def ready_route(is_ready: Callable[[], tuple[bool, str]]) -> Route:

@@ -86,6 +86,7 @@ class Counts:
     opened: float = 0.0
     sent: float = 0.0
     received: float = 0.0
+    created: float = 0.0  # it began at or after this (its process's start, unix time); 0: unknown
 
     def add(self, other: Counts) -> None:
         self.requests += other.requests
@@ -121,6 +122,7 @@ def parse_scrape(text: str) -> Scrape:
     """Istio's request and TCP series of one ``/metrics`` answer; any other is ignored.
     Raises ``ValueError`` for text that is not Prometheus's exposition format."""
     out: Scrape = {}
+    started = 0.0
 
     def counts(labels: Mapping[str, str], protocol: str) -> Counts:
         key = SeriesKey.of(labels, protocol)
@@ -134,6 +136,8 @@ def parse_scrape(text: str) -> Scrape:
             name, labels, value = sample.name, sample.labels, float(sample.value)
             if name == "istio_requests_total":
                 counts(labels, "http").requests += value
+            elif name == "process_start_time_seconds":
+                started = value
             elif name == "istio_request_duration_milliseconds_bucket":
                 bound = float(labels.get("le", "+Inf"))
                 c = counts({k: v for k, v in labels.items() if k != "le"}, "http")
@@ -144,6 +148,8 @@ def parse_scrape(text: str) -> Scrape:
                 counts(labels, "tcp").sent += value
             elif name == "istio_tcp_received_bytes_total":
                 counts(labels, "tcp").received += value
+    for found in out.values():  # each series began after its process did
+        found.created = started
     return out
 
 
@@ -170,8 +176,12 @@ class History:
         self.coarse = coarse
         self._limit = limit
         self._scrapes: dict[str, deque[tuple[float, Scrape]]] = {}
+        self._wall: dict[str, float] = {}  # per proxy: unix time minus ``now``'s clock
 
-    def add(self, proxy: str, now: float, scrape: Scrape) -> None:
+    def add(self, proxy: str, now: float, scrape: Scrape, *, wall: float | None = None) -> None:
+        """``wall``: the unix time of ``now``, to read the series' ``_created`` times."""
+        if wall is not None:
+            self._wall[proxy] = wall - now
         ring = self._scrapes.get(proxy)
         if ring is None:
             ring = self._scrapes[proxy] = deque(maxlen=self._limit)
@@ -219,7 +229,10 @@ class History:
         at or before ``window`` seconds before it (or its oldest: a shorter span), scrape
         by scrape, as Prometheus's ``increase``: a proxy that restarted in between (its
         counters back near zero) keeps what it had counted before. A series that appears
-        counted from zero; one scraped once has no increase yet."""
+        counts from zero, and so does one already in a proxy's first scrape when that
+        scrape is in the window and the proxy's process started in it too
+        (``process_start_time_seconds``: a new waypoint's first requests). A proxy scraped
+        once has no increase yet."""
         out = {}
         for proxy, ring in self._scrapes.items():
             if len(ring) < 2:
@@ -234,6 +247,14 @@ class History:
                 continue
             total: Scrape = {}
             previous = ring[start][1]
+            offset = self._wall.get(proxy)
+            if start == 0 and ring[0][0] > now - window and offset is not None:
+                # First seen inside the window: what it counted before that first scrape
+                # is in the window too if its process started in it.
+                began = now - window + offset
+                for key, counts in previous.items():
+                    if counts.created >= began:
+                        total[key] = counts.increase_since(None)
             for i in range(start + 1, len(ring)):
                 scrape = ring[i][1]
                 for key, counts in scrape.items():

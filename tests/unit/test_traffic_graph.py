@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client import CollectorRegistry
 
-from mesh.admin import metrics_route
+from mesh.admin import PROCESS_STARTED, metrics_route
 from mesh.http import Request, Response
 from mesh.metrics import TcpLabels, TcpMetrics
 from mesh.traffic_graph import (
@@ -266,3 +266,24 @@ def test_message_series_are_for_grpc_alone() -> None:
     assert messages
     assert all('request_protocol="grpc"' in line for line in messages), messages
     assert any(line.endswith(" 5.0") for line in messages)
+
+
+def test_a_proxy_first_seen_in_the_window_counts_what_it_did_before_if_it_began_in_it() -> None:
+    """A new waypoint's first requests, before the observer first scraped it: counted when
+    its process started inside the window (``process_start_time_seconds``), not when it
+    started before (a proxy that was there all along and only now reachable)."""
+    proxy = Proxy()
+    proxy.request(request_labels(), 1.0, times=30)
+    first = parse_scrape(proxy.text())
+    proxy.request(request_labels(), 1.0, times=5)
+    second = parse_scrape(proxy.text())
+    fresh = History()  # first scraped 10 s after this process started
+    fresh.add("w", 100.0, first, wall=PROCESS_STARTED + 10)
+    fresh.add("w", 105.0, second, wall=PROCESS_STARTED + 15)
+    [edge] = edges(fresh.increases(300.0))
+    assert edge["requests"] == 35
+    old = History()  # first scraped 1,000 s after it started: its past is not the window's
+    old.add("w", 100.0, first, wall=PROCESS_STARTED + 1000)
+    old.add("w", 105.0, second, wall=PROCESS_STARTED + 1005)
+    [edge] = edges(old.increases(300.0))
+    assert edge["requests"] == 5
