@@ -324,7 +324,11 @@ def run_status(args: argparse.Namespace) -> int:
     except LocalClusterError as exc:
         return _fail("status", str(exc))
     if not found or not is_waypoint(found[0]):
-        return _fail("status", f"no waypoint {args.name} in namespace {args.namespace}")
+        failed = _fail("status", f"no waypoint {args.name} in namespace {args.namespace}")
+        for user in _bound_to_missing(state_dir, f"{args.namespace}/{args.name}"):
+            print(f"  Service {user} still uses it: its traffic is refused until the"
+                  " waypoint exists or the label is removed", file=sys.stderr)  # fmt: skip
+        return failed
     doc = found[0]
     print(f"waypoint {args.namespace}/{args.name} (class {doc['spec']['gatewayClassName']},"
           f" for {waypoint_for(doc)})")  # fmt: skip
@@ -347,6 +351,20 @@ def run_status(args: argparse.Namespace) -> int:
     if service is not None:
         print(f"  service {args.name}.{args.namespace}: {service['vip']}")
     return 0
+
+
+def _bound_to_missing(state_dir: Path, key: str) -> list[str]:
+    """The Services whose ``ambit.io/WaypointBound`` says they use waypoint ``key``, which
+    does not exist (``WaypointNotFound``)."""
+    try:
+        services = _objects(state_dir, "Service", None, None)
+    except LocalClusterError:
+        return []
+    return [
+        f"{doc['metadata']['namespace']}/{doc['metadata']['name']}" for doc in services
+        for c in (doc.get("status") or {}).get("conditions") or ()
+        if c.get("reason") == "WaypointNotFound" and f"uses waypoint {key}," in c.get("message", "")
+    ]  # fmt: skip
 
 
 def _objects(

@@ -91,6 +91,14 @@ async def test_a_waypoint_is_applied_runs_and_is_deleted(cluster: Cluster) -> No
     deleted = await cluster.ambit("waypoint", "delete", "waypoint", "-n", "demo")
     assert deleted.returncode == 0, deleted.stderr.decode()
     assert deleted.stdout.decode().splitlines() == ["Gateway demo/waypoint deleted"]
+
+    # The namespace still asks for it: status says who is left refused, not just "none".
+    async def refused_named() -> bool:
+        gone = await cluster.ambit("waypoint", "status", "-n", "demo")
+        assert gone.returncode == 1
+        return "Service demo/server still uses it" in gone.stderr.decode()
+
+    assert await eventually(refused_named, seconds=30)
     assert await waypoint_pod() is None
     assert "waypoint" not in {s["name"] for s in await cluster.get("services", "-n", "demo")}
     accounts = await cluster.get("serviceaccounts", "-n", "demo")
