@@ -159,6 +159,7 @@ class LocalCluster(ClusterStatus):
                 node = self._nodes[name.removeprefix("ztunnel/")]
                 new = await self._hand_over(node, ready_timeout)
             assert new is not None
+            self._components[name].replaced()
             log.info("component_restarted", component=name, old_pid=old.pid, new_pid=new.pid)
             return {
                 "name": name, "old_pid": old.pid, "new_pid": new.pid,

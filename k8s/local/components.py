@@ -36,6 +36,11 @@ class _Component:
         delay: float = min(RESTART_INITIAL * 2.0**self.crashes, RESTART_MAX)
         return running.exited_at + delay
 
+    def replaced(self) -> None:
+        """Restarted as asked: a new process, as a rollout's new pod, so its age starts
+        again; ``restarts`` counts only the exits nobody asked for (kubectl's RESTARTS)."""
+        self.created = time.time()
+
     def row(self, *, down: bool) -> dict[str, Any]:
         """``name``, ``pid``, ``status``, ``restarts`` and ``age`` (seconds), as
         ``ambit get components -o json`` shows them."""

@@ -169,9 +169,17 @@ async def test_agent_killed_traffic_untouched(cluster: Cluster) -> None:
         assert {p["captured"] for p in (await pods(cluster)).values()} == {True}
 
         # As an operator restarts it: stopped, started, in sync again; traffic untouched.
+        async def agent_row() -> dict[str, Any]:
+            rows = await cluster.get("components")
+            return next(c for c in rows if c["name"] == "node-agent/node-2")
+
+        crashed = (await agent_row())["restarts"]  # the kill above
         result = await cluster.ambit("restart", "node-agent/node-2")
         assert result.returncode == 0, result.stderr.decode()
         assert await curl_status("http://server/", client_netns) == "200"
+        agent = await agent_row()
+        assert agent["age"] < 10, agent  # a new process: its age, as a rollout's new pod's
+        assert agent["restarts"] == crashed, agent  # a restart asked for is not counted
 
         async def synced_again() -> bool:
             return len(await agent_events(cluster, "node-2", "node_agent_synced")) == 3
