@@ -42,12 +42,6 @@ _KIND_ALIASES = {
 }
 
 
-def _yaml(document: Any, *, sort_keys: bool) -> str:
-    import yaml  # here, not at the top: the proxies `ambit` runs never load it
-
-    return yaml.safe_dump(document, sort_keys=sort_keys)
-
-
 def register(subparsers: Subparsers) -> None:
     state = argparse.ArgumentParser(add_help=False)
     state.add_argument(
@@ -310,7 +304,7 @@ def run_get(args: argparse.Namespace) -> int:
         if not items:
             return _fail("get", f"{kind} {args.name!r} not found")
     if args.output == "yaml":
-        print(_yaml(items, sort_keys=False), end="")
+        print(tables.yaml_text(items), end="")
     elif args.output == "json":
         print(json.dumps(items, indent=2))
     elif kind == "pods":
@@ -346,7 +340,7 @@ def _get_objects(args: argparse.Namespace, kind: str, namespaced: bool) -> int:
         return _fail("get", f"{kind} {args.name!r} not found{where}")
     one = bool(args.name)
     if args.output == "yaml":
-        print(_yaml(items[0] if one else items, sort_keys=False), end="")
+        print(tables.yaml_text(items[0] if one else items), end="")
     elif args.output == "json":
         print(json.dumps(items[0] if one else items, indent=2))
     elif not items:
@@ -379,7 +373,7 @@ def _get_components(args: argparse.Namespace) -> int:
     if args.output == "json":
         print(json.dumps(items, indent=2))
     elif args.output == "yaml":
-        print(_yaml(items, sort_keys=False), end="")
+        print(tables.yaml_text(items), end="")
     else:
         rows = [
             [i["name"], str(i["pid"] or "-"), i["status"], str(i["restarts"]),

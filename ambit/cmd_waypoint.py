@@ -193,17 +193,9 @@ def run_waypoint(args: argparse.Namespace) -> int:
 # --- The Gateway -----------------------------------------------------------------------
 
 
-def _yaml_all(documents: list[dict[str, Any]]) -> str:
-    import yaml  # not at the top: `ambit waypoint run` (the proxy) never loads it
-
-    return yaml.safe_dump_all(documents)
-
-
 def run_generate(args: argparse.Namespace) -> int:
     document = gateway_document(args.namespace, args.name, args.for_traffic)
-    import yaml
-
-    print(yaml.safe_dump(document, sort_keys=False), end="")
+    print(tables.yaml_text(document), end="")
     return 0
 
 
@@ -238,7 +230,7 @@ def run_apply(args: argparse.Namespace) -> int:
             found = _objects(state_dir, "Namespace", None, args.namespace)
             documents.append(_enrolled(args.namespace, args.name, found, args.overwrite))
         result = _call(state_dir, {
-            "op": "apply", "manifest": _yaml_all(documents),
+            "op": "apply", "manifest": tables.yaml_all(documents),
             "source": "ambit waypoint apply",
         })  # fmt: skip
     except LocalClusterError as exc:
@@ -293,7 +285,7 @@ def run_delete(args: argparse.Namespace) -> int:
             return 0
         documents = [_as_applied(found[n]) for n in names]
         result = _call(state_dir, {
-            "op": "delete", "manifest": _yaml_all(documents),
+            "op": "delete", "manifest": tables.yaml_all(documents),
             "source": "ambit waypoint delete",
         })  # fmt: skip
     except LocalClusterError as exc:

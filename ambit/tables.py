@@ -1,6 +1,6 @@
 """How ``ambit get`` prints: kubectl-style tables of pods, workloads, Services, nodes,
 routes (with their ``Accepted`` and ``ResolvedRefs``) and objects, and the one-word
-STATUS and AGE columns. Output only."""
+STATUS and AGE columns, and YAML (:func:`yaml_text`). Output only."""
 
 from __future__ import annotations
 
@@ -149,3 +149,18 @@ def routes_table(items: list[dict[str, Any]], all_namespaces: bool) -> str:
         rows.append([i["metadata"]["namespace"], *row] if all_namespaces else row)
     header = ["NAME", "HOSTNAMES", "ACCEPTED", "RESOLVED", "LOCAL-REPLIES", "AGE"]
     return table(["NAMESPACE", *header] if all_namespaces else header, rows)
+
+
+def yaml_text(document: Any) -> str:
+    """``document`` as YAML, keys in their order (``-o yaml``, a manifest printed); yaml is
+    imported here, not at the top: the proxies ``ambit`` runs never load it."""
+    import yaml
+
+    return yaml.safe_dump(document, sort_keys=False)
+
+
+def yaml_all(documents: Sequence[Any]) -> str:
+    """Several documents as one multi-document YAML stream (a manifest to apply)."""
+    import yaml
+
+    return yaml.safe_dump_all(documents)

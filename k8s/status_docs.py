@@ -34,7 +34,7 @@ from typing import Any, Final
 
 from k8s.local_replies import CONDITION_LOCAL_REPLIES
 from k8s.manifests import Gateway, GatewayClass, Service, kind_info
-from k8s.store import Condition, Entry, ObjectStore
+from k8s.store import Condition, Entry, ObjectStore, object_json
 from k8s.traffic_conditions import CONDITION_FULLY_APPLIED
 from mesh.constants import (
     CONDITION_ACCEPTED,
@@ -132,6 +132,16 @@ def parents_json(entry: Entry) -> list[Json]:
          "conditions": _conditions(_with_observed(entry, parent, conditions))}
         for parent, conditions in entry.parents
     ]  # fmt: skip
+
+
+def served_json(entry: Entry) -> Json:
+    """The object as local mode's ``ambit get -o yaml`` shows it: :func:`k8s.store.object_json`
+    and, for a route (or a BackendTrafficPolicy), Gateway API's ``status.parents``
+    (``ancestors``) as ambit writes them on a cluster."""
+    doc = object_json(entry)
+    if entry.parents and entry.ref[0] in MERGED:
+        doc["status"] = {**doc.get("status", {}), MERGED[entry.ref[0]]: parents_json(entry)}
+    return doc
 
 
 def status_of(entry: Entry, store: ObjectStore) -> Json | None:

@@ -340,8 +340,8 @@ class ObjectStore:
 
 def object_json(entry: Entry) -> dict[str, Any]:
     """The object as ``kubectl get -o yaml`` shows it: the document it was applied as,
-    with the server's metadata and ``status.conditions`` filled in (and a route's
-    ``status.parents``, as ambit writes them on a cluster)."""
+    with the server's metadata and ``status.conditions`` filled in (a route's
+    ``status.parents`` too: :func:`k8s.status_docs.served_json`)."""
     obj = entry.obj
     info = kind_info(type(obj).__name__)
     doc: dict[str, Any] = dict(entry.document or {})
@@ -361,10 +361,6 @@ def object_json(entry: Entry) -> dict[str, Any]:
     status = dict(doc.get("status") or {})
     if entry.conditions:
         status["conditions"] = [c.to_json() for c in entry.conditions]
-    if entry.parents:  # a route's parents, as on a cluster (Gateway API's status.parents)
-        from k8s.status_docs import MERGED, parents_json  # it reads the store's entries
-
-        status[MERGED.get(entry.ref[0], "parents")] = parents_json(entry)
     if status:
         doc["status"] = status
     return doc

@@ -30,7 +30,8 @@ from k8s.local.hooks import (
 )
 from k8s.local.plan import Allocation, NodePlan, PodPlan, ServicePlan
 from k8s.local.processes import Running
-from k8s.store import Entry, ObjectStore, object_json
+from k8s.status_docs import served_json
+from k8s.store import Entry, ObjectStore
 from mesh.netns import NetnsError, NetworkNamespace
 
 # A pod counts as running once its command has lived this long (a command that
@@ -171,7 +172,7 @@ class ClusterStatus:
     def _document(self, entry: Entry) -> dict[str, Any]:
         """``entry`` as an API server serves it: a Pod with its IP and phase, a Service
         with its cluster IP."""
-        doc = object_json(entry)
+        doc = served_json(entry)
         ref = (entry.obj.namespace, entry.obj.name)
         if isinstance(entry.obj, manifests.Pod) and ref in self._pods:
             pod = self._pods[ref]

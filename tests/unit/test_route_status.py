@@ -12,7 +12,8 @@ import pytest
 from ambit import tables
 from k8s import manifests as m
 from k8s.controlplane import gateway_api_conditions, write_conditions
-from k8s.store import ObjectRef, ObjectStore, object_json, ref_of
+from k8s.status_docs import served_json
+from k8s.store import ObjectRef, ObjectStore, ref_of
 from k8s.translate import Translation, translate
 from mesh.model_l7 import (
     BackendRef,
@@ -201,7 +202,7 @@ def test_a_bad_route_is_reported_on_itself_and_breaks_no_other() -> None:
         ("shop/bad", "BackendNotFound"), ("shop/worse", "NoMatchingParent"),
     }  # fmt: skip
     # ``ambit get httproutes -n shop`` and ``-o yaml``.
-    items = [object_json(e) for e in store.entries("HTTPRoute")]
+    items = [served_json(e) for e in store.entries("HTTPRoute")]
     lines = tables.routes_table(items, all_namespaces=False).splitlines()
     assert lines[0].split() == ["NAME", "HOSTNAMES", "ACCEPTED", "RESOLVED", "LOCAL-REPLIES",
                                 "AGE"]  # fmt: skip
