@@ -71,10 +71,12 @@ def json_response(obj: Any, status: int = 200) -> Response:
     return http.json_response(obj, status, indent=2)
 
 
-def metrics_route(registry: CollectorRegistry) -> Route:
+def metrics_route(registry: CollectorRegistry, *, started: float | None = None) -> Route:
     """``/metrics``: the Prometheus text exposition of ``registry``, without prometheus_client's
-    ``*_created`` series (Istio's proxies have none; dashboards would see extra names)."""
-    collector = _WithoutCreated(registry)
+    ``*_created`` series (Istio's proxies have none; dashboards would see extra names), with
+    ``process_start_time_seconds``: ``started``, this process's start by default (a test
+    serving a proxy's registry in its own process says when that proxy began)."""
+    collector = _WithoutCreated(registry, PROCESS_STARTED if started is None else started)
 
     def metrics(_request: Request) -> Response:
         return Response(200, generate_latest(collector), CONTENT_TYPE_LATEST)
@@ -89,8 +91,9 @@ class _WithoutCreated:
     which is what the control plane's observer needs to count a new proxy's first requests
     (:meth:`mesh.traffic_graph.History.increases`)."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, started: float) -> None:
         self.registry = registry
+        self.started = started
 
     def collect(self) -> Iterator[Metric]:
         for family in self.registry.collect():
@@ -100,7 +103,7 @@ class _WithoutCreated:
             yield family
         yield GaugeMetricFamily(
             "process_start_time_seconds", "Start time of the process since unix epoch in seconds.",
-            value=PROCESS_STARTED,
+            value=self.started,
         )  # fmt: skip
 
 

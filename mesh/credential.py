@@ -20,7 +20,7 @@ import ssl
 from dataclasses import dataclass
 from typing import Protocol
 
-from mesh.identity import IdentityError, SpiffeId
+from mesh.identity import IdentityError, SpiffeId, half_life
 
 
 class HasPem(Protocol):
@@ -79,5 +79,4 @@ class Credential:
         return self.pem_key
 
     def renew_at(self) -> dt.datetime:
-        """Half-life: the time a fresh certificate should be requested."""
-        return self.not_before + (self.not_after - self.not_before) / 2
+        return half_life(self.not_before, self.not_after)

@@ -278,8 +278,12 @@ class WorkloadCertificate:
         )
 
     def renew_at(self) -> dt.datetime:
-        """Half-life: the time a fresh certificate should be requested."""
-        return self.not_before + (self.not_after - self.not_before) / 2
+        return half_life(self.not_before, self.not_after)
+
+
+def half_life(not_before: dt.datetime, not_after: dt.datetime) -> dt.datetime:
+    """When a fresh certificate should be requested: half its validity gone."""
+    return not_before + (not_after - not_before) / 2
 
 
 def chain_from_pem(data: bytes | str) -> tuple[x509.Certificate, ...]:

@@ -179,7 +179,7 @@ class History:
         self._wall: dict[str, float] = {}  # per proxy: unix time minus ``now``'s clock
 
     def add(self, proxy: str, now: float, scrape: Scrape, *, wall: float | None = None) -> None:
-        """``wall``: the unix time of ``now``, to read the series' ``_created`` times."""
+        """``wall``: the unix time of ``now``, to compare with a process's start time."""
         if wall is not None:
             self._wall[proxy] = wall - now
         ring = self._scrapes.get(proxy)

@@ -119,10 +119,8 @@ class H2Session(Session):
                 ended = await self._forward_within(down, req, plan)
             finally:
                 if plan.mirrors and req.body_read:
-                    ours = (("x-request-id", req.request_id), ("x-forwarded-client-cert",
-                                                                self.xfcc()))  # fmt: skip
                     start_mirrors(self.proxy, self.snapshot, plan.mirrors, plan.request,
-                                  req.body_copy, ours)  # fmt: skip
+                                  req.body_copy, self.ours(req.request_id))  # fmt: skip
             if ended:
                 req.flags = ended
                 if down.headers_sent:  # the answer had begun: it is cut
@@ -244,8 +242,7 @@ class H2Session(Session):
         """The app speaks HTTP/1.1 (its port says ``http``): the stream's request goes on a
         pooled HTTP/1.1 connection, the answer comes back on the stream."""
         tried: list[Target] = []
-        extra = [(b"x-request-id", req.request_id.encode("latin-1")),
-                 (b"x-forwarded-client-cert", self.xfcc().encode())]  # fmt: skip
+        extra = [(n.encode(), v.encode("latin-1")) for n, v in self.ours(req.request_id)]
         for attempt in range(attempts):
             target = await self._next(req, backend, plan.targets, tried)
             try:
@@ -312,8 +309,7 @@ class H2Session(Session):
             out += [(k, v) for k, v in r.headers if k not in HOP_BY_HOP]
         else:
             out = [(k, v) for k, v in req.headers if k not in HOP_BY_HOP]
-        out.append(("x-request-id", req.request_id))
-        out.append(("x-forwarded-client-cert", self.xfcc()))
+        out += self.ours(req.request_id)
         return out
 
     async def _exchange(

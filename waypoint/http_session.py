@@ -45,7 +45,6 @@ from waypoint.http1 import (
     request_of,
 )
 from waypoint.http_exchange import (
-    XFCC,
     ClientGone,
     Exchange,
     answer_cut,
@@ -149,8 +148,9 @@ class HttpSession(Session):
                 await self._forward(exchange, plan)
             finally:
                 if plan.mirrors and (exchange.body_read or not head.has_body):
+                    ours = self.ours(request_id.decode("latin-1"))
                     start_mirrors(self.proxy, self.snapshot, plan.mirrors, plan.request,
-                                  exchange.body_copy, self._ours(exchange))  # fmt: skip
+                                  exchange.body_copy, ours)  # fmt: skip
         except Failed as failed:
             exchange.status, exchange.flags = failed.reply.code, failed.reply.flag.value
             if isinstance(failed.reply, DelayedReply):  # a fault's delay, then its abort
@@ -233,7 +233,7 @@ class HttpSession(Session):
         """The app speaks h2c (its port says ``http2`` or ``grpc``): the request goes as
         HTTP/2, the answer comes back as HTTP/1.1."""
         tried: list[Target] = []
-        extra = list(self._ours(ex))
+        extra = list(self.ours(ex.request_id.decode("latin-1")))
         attempts = ATTEMPTS + (ex.retries.retry.attempts if ex.retries else 0)
         for attempt in range(attempts):
             target = await next_target(ex, backend, plan.targets, tried)
@@ -268,10 +268,6 @@ class HttpSession(Session):
                 backend.finished(target, ex.status or NO_ANSWER, started, len(plan.targets))
                 ex.request_bytes += counted[0]
                 ex.response_bytes += counted[1]
-
-    def _ours(self, ex: Exchange) -> tuple[tuple[str, str], ...]:
-        """The headers the waypoint sets on a request (the app's copy and a mirror's)."""
-        return ("x-request-id", ex.request_id.decode("latin-1")), (XFCC.decode(), self.xfcc())
 
     async def _over(self, conn: Connection, ex: Exchange, *, retry_ok: bool) -> bool:
         """Send ``ex``'s request on ``conn`` and relay its response; False when ``conn``

@@ -77,6 +77,11 @@ class Session:
         """``x-forwarded-client-cert``: the waypoint, and the caller it verified."""
         return f"By={self.proxy.identity};URI={self.caller.identity}"
 
+    def ours(self, request_id: str) -> tuple[tuple[str, str], ...]:
+        """The headers the waypoint sets on each request it sends on (to the app, and to a
+        mirror): its ``x-request-id`` and ``x-forwarded-client-cert``."""
+        return ("x-request-id", request_id), ("x-forwarded-client-cert", self.xfcc())
+
     def account(self, done: Finished, target: Target | None, plan: Plan | None) -> None:
         """Count ``done`` (sent to ``target`` as ``plan`` said) and log it."""
         service = plan.service if plan is not None and plan.service else self.destination.service

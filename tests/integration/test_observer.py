@@ -7,6 +7,7 @@ in the store."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator, Iterator, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -64,9 +65,10 @@ PROXIES = [
 
 
 @asynccontextmanager
-async def serving() -> AsyncIterator[tuple[int, RequestMetrics]]:
-    """A waypoint's and a ztunnel's /metrics on one port, and a listener at SILENT that
-    takes connections and never answers. Yields the port and the waypoint's metrics."""
+async def serving(ztunnel_age: float = 3600.0) -> AsyncIterator[tuple[int, RequestMetrics]]:
+    """A waypoint's (started now) and a ztunnel's (started ``ztunnel_age`` seconds ago)
+    /metrics on one port, and a listener at SILENT that takes connections and never
+    answers. Yields the port and the waypoint's metrics."""
     waypoint_registry, ztunnel_registry = CollectorRegistry(), CollectorRegistry()
     waypoint = RequestMetrics(waypoint_registry)
     labels = TcpLabels("destination", connection_security_policy="mutual_tls", **REVIEWS)
@@ -75,13 +77,13 @@ async def serving() -> AsyncIterator[tuple[int, RequestMetrics]]:
     async with trio.open_nursery() as nursery:
         _, port = await nursery.start(
             lambda task_status: serve_http(
-                {"/metrics": metrics_route(waypoint_registry)},
+                {"/metrics": metrics_route(waypoint_registry, started=time.time())},
                 host=WAYPOINT, port=0, task_status=task_status,
             )
         )  # fmt: skip
         await nursery.start(
             lambda task_status: serve_http(
-                {"/metrics": metrics_route(ztunnel_registry)},
+                {"/metrics": metrics_route(ztunnel_registry, started=time.time() - ztunnel_age)},
                 host=ZTUNNEL, port=port, task_status=task_status,
             )
         )  # fmt: skip
@@ -124,7 +126,8 @@ async def test_the_observer_scrapes_each_connected_proxy_and_skips_the_silent(
     assert (edge["requests"], edge["success_rate"]) == (10, 0.6)
     assert edge["response_flags"] == {"FI": 4}
     assert edge["per_second"] > 0
-    # The ztunnel's 3 connections were opened before the first scrape: none in the window.
+    # The ztunnel's 3 connections were opened before the first scrape, by a process that
+    # started an hour ago: when is unknown, none is in the window.
     assert [e for e in graph["edges"] if e["protocol"] == "tcp"] == []
     failed = [e["proxy"] for e in logs if e["event"] == "proxy_scrape_failed"]
     assert sorted(failed) == [f"ztunnel:node-2@{REFUSING}", f"ztunnel:node-3@{SILENT}"]  # once
@@ -183,3 +186,20 @@ async def test_a_proxy_that_connects_later_counts_from_zero() -> None:
             graph = observer.graph(60.0)
     [edge] = graph["edges"]
     assert edge["requests"] == 7
+
+
+async def test_a_proxy_that_started_in_the_window_counts_what_it_did_before_its_first_scrape() -> (
+    None
+):
+    """Present at the observer's first round (no round saw it connect), but started 5 s
+    ago (``process_start_time_seconds``): its 3 connections are inside a 60 s window; with
+    a 2 s window they are not."""
+    with trio.fail_after(20):
+        async with serving(ztunnel_age=5.0) as (port, _waypoint):
+            observer = Observer(lambda: PROXIES[1:2], ObserverConfig(port=port))
+            await observer.scrape_round()
+            await observer.scrape_round()
+            wide, narrow = observer.graph(60.0), observer.graph(2.0)
+    [edge] = wide["edges"]
+    assert (edge["protocol"], edge["connections"]) == ("tcp", 3)
+    assert narrow["edges"] == []
