@@ -144,7 +144,7 @@ def routes(gate: Gate, api: ControlApi) -> dict[str, Any]:
         target = request.path + (f"?{urlencode(request.query)}" if request.query else "")
         try:
             with trio.fail_after(FORWARD_TIMEOUT):
-                status, content_type, body = await get(
+                status, content_type, body, _ = await get(
                     api.address, identity=api.identity, bundle=api.bundle, token=api.token,
                     target=target,
                 )  # fmt: skip

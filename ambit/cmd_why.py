@@ -2,10 +2,12 @@
 
 It reads the control plane's current snapshot (local mode: ``/v1/snapshot`` of its
 authenticated API on 15016, TLS to the control plane's identity with the token ``ambit
-tap`` uses, from ``<state>/mesh/tap.json``; ``--kubeconfig``: the cluster's objects,
-listed with the user's credentials by the control plane's own source and translated by
-its translator) and runs the proxies' own evaluators over it (:mod:`explain`); which label
-bound a Service or pod to its waypoint comes from the cluster's objects.
+tap`` uses, from ``<state>/mesh/tap.json``, once the snapshot reflects the objects as
+they are now, so a ``why`` right after ``ambit apply`` answers for the new config;
+``--kubeconfig``: the cluster's objects, listed with the user's credentials by the
+control plane's own source and translated by its translator) and runs the proxies' own
+evaluators over it (:mod:`explain`); which label bound a Service or pod to its waypoint
+comes from the cluster's objects.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from ambit.control_api import ControlApi, local_api
-from k8s.local.config import files_of, state_dir_from
+from k8s.local.config import files_of, objects_dir, state_dir_from
 from k8s.local.errors import LocalClusterError
 from mesh.constants import DEFAULT_TRUST_DOMAIN
 
@@ -105,13 +107,18 @@ def run(args: argparse.Namespace) -> int:
     return 0 if explanation.verdict.allowed else 3
 
 
+class NotPublished(LocalClusterError):
+    """The control plane has no snapshot yet (503)."""
+
+
 def local_view(state_dir: Path) -> tuple[MeshSnapshot, Labels]:
-    """The local control plane's snapshot, and the labels of the cluster's Namespaces and
-    Services (which one bound a waypoint)."""
+    """The local control plane's snapshot, once it reflects the objects as they are now
+    (``ambit apply`` returns before the control plane has read them), and the labels of
+    the cluster's Namespaces and Services (which one bound a waypoint)."""
 
     from k8s.local.api import call
 
-    snapshot = trio.run(read_snapshot, local_api(state_dir))
+    snapshot = trio.run(current_snapshot, local_api(state_dir), objects_dir(state_dir))
     api = files_of(state_dir)[1]
     labels_of: dict[tuple[str, str, str], dict[str, str]] = {}
     for kind in ("Namespace", "Service"):
@@ -124,25 +131,53 @@ def local_view(state_dir: Path) -> tuple[MeshSnapshot, Labels]:
     return snapshot, lambda *key: labels_of.get(key, {})
 
 
-async def read_snapshot(api: ControlApi, seconds: float = 30.0) -> MeshSnapshot:
+async def current_snapshot(api: ControlApi, objects: Path, settle: float = 10.0) -> MeshSnapshot:
+    """The control plane's snapshot once it says it reflects the files in ``objects`` as
+    they are now (:func:`k8s.files_source.read_mark`), asked again every 0.1 s; after
+    ``settle`` seconds, the one it serves, with a warning: it is behind (or
+    :class:`NotPublished`, it has none yet)."""
+    from k8s.files_source import FilesSource, read_mark
+
+    files = FilesSource([objects])
+    with trio.move_on_after(settle):
+        while True:
+            try:
+                snapshot, read = await read_snapshot(api)
+            except NotPublished:  # a control plane (re)starting: it lists, then publishes
+                await trio.sleep(0.1)
+                continue
+            if read == read_mark(files.signature()):
+                return snapshot
+            await trio.sleep(0.1)
+    print(f"ambit why: the control plane has not read the latest objects in {settle:g}s"
+          " (see 'ambit logs controlplane'); this answer is from the config it serves now",
+          file=sys.stderr)  # fmt: skip
+    return (await read_snapshot(api))[0]
+
+
+async def read_snapshot(api: ControlApi, seconds: float = 30.0) -> tuple[MeshSnapshot, str]:
     """The control plane's published snapshot, from its API (``/v1/snapshot``: TLS to the
-    control plane's identity, the operator's token)."""
+    control plane's identity, the operator's token), and what it reflects in its source's
+    words (``ambit-source-read``)."""
+    from k8s.tap_server import SOURCE_READ_HEADER
     from mesh.config_stream import MAX_MESSAGE
     from mesh.model import MeshSnapshot
     from mesh.tap_client import TapClientError, get, refusal
 
     try:
         with trio.fail_after(seconds):
-            status, _, body = await get(api.address, identity=api.identity, bundle=api.bundle,
-                                        token=api.token, target="/v1/snapshot",
-                                        max_body=MAX_MESSAGE)  # fmt: skip
+            answer = await get(api.address, identity=api.identity, bundle=api.bundle,
+                               token=api.token, target="/v1/snapshot",
+                               max_body=MAX_MESSAGE)  # fmt: skip
     except TapClientError as exc:
         raise LocalClusterError(str(exc)) from None
     except trio.TooSlowError:
         raise LocalClusterError(f"the control plane sent no snapshot in {seconds:g}s") from None
-    if status != 200:
-        raise LocalClusterError(refusal(body, status, "the snapshot"))
-    return MeshSnapshot.from_json(json.loads(body))
+    if answer.status != 200:
+        error = NotPublished if answer.status == 503 else LocalClusterError
+        raise error(refusal(answer.body, answer.status, "the snapshot"))
+    snapshot = MeshSnapshot.from_json(json.loads(answer.body))
+    return snapshot, answer.headers.get(SOURCE_READ_HEADER, "")
 
 
 def kube_view(

@@ -160,6 +160,7 @@ class ControlPlane:
             or gateway_waypoint_authorizer(lambda: self.snapshot),
         )
         self._held_for: list[str] = []
+        self._read: tuple[ObjectStore, int, str] | None = None  # the store when last translated
         self.draining = False
         self._accepting = trio.CancelScope()
         self._connections = ServerConnections()
@@ -187,8 +188,19 @@ class ControlPlane:
         removed = [ref for ref in self._translator.objects() if ref not in given]
         translation = self.apply(given.values(), removed)
         if store is not None:
+            self._read = (store, store.version, store.source_read)
             write_conditions(store, translation)
         return self.snapshot
+
+    def source_read(self) -> str:
+        """What the published snapshot reflects, in the source's words
+        (:attr:`ObjectStore.source_read`): the store's now if nothing changed since it was
+        translated (a file rewritten with the same objects), else the one translated; ""
+        before the first."""
+        if self._read is None:
+            return ""
+        store, version, read = self._read
+        return store.source_read if store.version == version else read
 
     def apply(
         self, upserts: Iterable[K8sObject] = (), removes: Iterable[ObjectRef] = ()

@@ -14,6 +14,8 @@ empties the mesh (writers should write a temporary file and rename it).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +30,14 @@ log = structlog.get_logger("k8s.files_source")
 
 SUFFIXES = (".yaml", ".yml", ".json")
 Signature = tuple[tuple[str, int, int], ...]
+
+
+def read_mark(signature: Signature) -> str:
+    """A short digest of the files of ``signature`` (name, size, modification time), the
+    same whichever path names them: the control plane publishes the one it last read
+    (``ambit why`` in local mode waits until it is the files' current one)."""
+    named = [(Path(path).name, size, mtime) for path, size, mtime in signature]
+    return hashlib.sha256(json.dumps(named).encode()).hexdigest()[:16]
 
 
 class FilesSource:
@@ -72,9 +82,11 @@ class FilesSource:
             documents += docs
         return documents
 
-    def apply(self, documents: list[manifests.Document], store: ObjectStore) -> None:
-        """Make the store hold exactly the objects of ``documents`` (in Trio's thread:
-        the store's change notification is a Trio event)."""
+    def apply(
+        self, documents: list[manifests.Document], store: ObjectStore, read: Signature = ()
+    ) -> None:
+        """Make the store hold exactly the objects of ``documents``, read from the files
+        of ``read`` (in Trio's thread: the store's change notification is a Trio event)."""
         if not self._last and not store.complete:
             if not self._waiting_logged:  # nothing to list yet: the gate stays closed
                 log.info("manifest_files_absent", paths=[str(p) for p in self.paths])
@@ -97,6 +109,7 @@ class FilesSource:
                 continue
             seen.add(key)
             by_kind[kind].append(obj)
+        store.source_read = read_mark(read)
         for kind, objects in by_kind.items():
             store.replace_kind(kind, objects)
 
@@ -109,11 +122,11 @@ class FilesSource:
     ) -> None:
         """Load once (then ``task_status.started()``), and again on every change."""
         last = self.signature()
-        self.apply(await trio.to_thread.run_sync(self.read), store)
+        self.apply(await trio.to_thread.run_sync(self.read), store, last)
         task_status.started()
         while True:
             await trio.sleep(poll)
             now = self.signature()
             if now != last:
                 last = now
-                self.apply(await trio.to_thread.run_sync(self.read), store)
+                self.apply(await trio.to_thread.run_sync(self.read), store, now)

@@ -57,7 +57,7 @@ import trio
 from ca import CaConfig, CertificateAuthority
 from ca.auth import service_account_caller
 from k8s import manifests
-from k8s.local.config import ClusterConfig
+from k8s.local.config import ClusterConfig, objects_dir
 from k8s.local.errors import LocalClusterError
 from k8s.local.hooks import LocalHooks, LocalSnapshot, MeshState, NodeView, PodRef
 from k8s.localapi import LocalApi
@@ -119,8 +119,11 @@ class LocalMesh:
         )
 
     def _dir(self) -> Path:
+        return self._state_dir() / "mesh"
+
+    def _state_dir(self) -> Path:
         assert self._config is not None
-        return self._config.state_dir / "mesh"
+        return self._config.state_dir
 
     def node_dir(self, node: str) -> Path:
         """The node's sockets (``cni.sock``, ``ztunnel.sock``) and its agent's state. Short:
@@ -140,7 +143,7 @@ class LocalMesh:
             )
         )
         write_atomically(self._dir() / "bundle.pem", authority.trust_bundle.pem())
-        (self._dir() / "objects").mkdir(parents=True, exist_ok=True)
+        objects_dir(config.state_dir).mkdir(parents=True, exist_ok=True)
         self._write_tokens()
         self._write_tap_access(config)
         self._api = LocalApi(self._dir() / "localapi")
@@ -151,7 +154,7 @@ class LocalMesh:
         mesh = self._dir()
         return [
             sys.executable, "-m", "ambit.cli", "--log-format", "json", "controlplane",
-            "--source", "files", "-f", str(mesh / "objects"),
+            "--source", "files", "-f", str(objects_dir(config.state_dir)),
             "--ca-dir", str(config.state_dir / "ca"),
             "--tokens-file", str(mesh / "tokens.json"),
             "--tap-tokens-file", str(mesh / TAP_TOKENS_FILE),
@@ -231,23 +234,26 @@ class LocalMesh:
         return f"waypoint/{pod.namespace}/{gateway}", WAYPOINT_DRAIN_SECONDS + 1.0
 
     def on_objects_changed(self, snapshot: LocalSnapshot) -> None:
+        """Every object goes to the control plane's file now, before ``ambit apply`` is
+        answered (``ambit why`` then waits for the control plane to have read it); the
+        rest follows in :meth:`_publish_changes`."""
+        write_atomically(
+            objects_dir(self._state_dir()) / "cluster.json",
+            "\n---\n".join(json.dumps(d) for d in snapshot.documents).encode(),
+            sync=False,  # rewritten on every change; the daemon holds the objects
+        )
         self._latest = snapshot
         self._changed.set()
 
     async def _publish_changes(self) -> None:
-        """Apply each change in order: publish every object, then send the runtime's CNI
-        ADD and DEL for the pods that came and went."""
+        """Apply each change in order: serve every object on the plugin's API, then send
+        the runtime's CNI ADD and DEL for the pods that came and went."""
         async with trio.open_nursery() as nursery:
             while True:
                 await self._changed.wait()
                 self._changed = trio.Event()
                 snapshot = self._latest
                 assert snapshot is not None
-                write_atomically(
-                    self._dir() / "objects" / "cluster.json",
-                    "\n---\n".join(json.dumps(d) for d in snapshot.documents).encode(),
-                    sync=False,  # rewritten on every change; the daemon holds the objects
-                )
                 if self._api is not None:
                     self._api.update(snapshot.documents)
                 self._runtime.update(nursery, cni_pods(snapshot))
@@ -286,7 +292,7 @@ class LocalMesh:
         return [
             sys.executable, "-m", "ambit.cli", "--log-format", "json", "node-agent",
             "--node", node.name,
-            "--source", "files", "-f", str(self._dir() / "objects"),
+            "--source", "files", "-f", str(objects_dir(self._state_dir())),
             "--kubeconfig", str(self._dir() / "localapi" / "kubeconfig"),
             "--cni-conf-dir", str(chain.conf_dir), "--host-cni-conf-dir", str(chain.conf_dir),
             "--cni-bin-dir", str(chain.bin_dir),

@@ -131,6 +131,9 @@ class ObjectStore:
         self._resource_versions = itertools.count(1)
         self.version = 0  # bumped by every content change (and gate change)
         self.revision = 0  # bumped by those and by every change of conditions
+        # What the source last delivered, in its own words (the files source: a digest of
+        # the files it read); the control plane says which its published snapshot reflects.
+        self.source_read = ""
         self._changed = trio.Event()
         self._revised = trio.Event()
 

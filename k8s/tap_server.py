@@ -10,7 +10,9 @@ fields) and ``{"type": "dropped", "count": N}`` when events were lost (a proxy's
 full, or this reader too slow: the control plane never waits for it).
 
 ``GET /v1/snapshot`` on the same port, with the same token, answers the control plane's
-published snapshot as one JSON line (503 before the first): what ``ambit why`` evaluates.
+published snapshot as one JSON line (503 before the first): what ``ambit why`` evaluates,
+with ``ambit-source-read``: what the snapshot reflects in its source's words (local mode:
+a digest of the objects files it read, :func:`k8s.files_source.read_mark`).
 Other ``pages`` (``ambit dashboard``'s, :mod:`k8s.dashboard`) are served the same way:
 GET, the same token, authorized as the snapshot is (they show the mesh's config).
 
@@ -53,6 +55,7 @@ Page = Callable[[dict[str, str]], Awaitable[Response]]
 
 TAP_PATH: Final = "/v1/tap"
 SNAPSHOT_PATH: Final = "/v1/snapshot"  # the model as published: what ``ambit why`` evaluates
+SOURCE_READ_HEADER: Final = "ambit-source-read"
 REQUEST_TIMEOUT: Final = 10.0  # TLS handshake and request head
 MAX_HEAD: Final = 16 * 1024
 DROPPED_EVERY: Final = 1.0  # seconds: how often lost events are reported when none arrive
@@ -118,17 +121,19 @@ async def serve_tap(
     host: str,
     port: int,
     snapshot: Snapshot = lambda: None,
+    source_read: Callable[[], str] = lambda: "",
     pages: Mapping[str, Page] | None = None,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the tap API (and ``/v1/snapshot``: ``snapshot()``'s JSON, None before the
-    first publish; and ``pages`` by path) until cancelled; ``started((host, port))`` once
-    it listens."""
+    first publish, with ``source_read()``; and ``pages`` by path) until cancelled;
+    ``started((host, port))`` once it listens."""
     sock = await open_listener(host, port, backlog=64)
     bound = sock.getsockname()
     contexts = _Contexts(certificate)
     async with trio.open_nursery() as handlers:
-        handle = partial(_handle, hub, authenticator, contexts, snapshot, pages or {})
+        published = partial(_published, snapshot, source_read)
+        handle = partial(_handle, hub, authenticator, contexts, published, pages or {})
         await handlers.start(
             partial(serve_listeners, handle, [sock], handler_nursery=handlers, name="tap")
         )
@@ -136,11 +141,19 @@ async def serve_tap(
         task_status.started((bound[0], bound[1]))
 
 
+def _published(
+    snapshot: Snapshot, source_read: Callable[[], str]
+) -> tuple[dict[str, Any], str] | None:
+    """The snapshot and what it reflects, read together (in one scheduler step)."""
+    found = snapshot()
+    return None if found is None else (found, source_read())
+
+
 async def _handle(
     hub: TapHub,
     authenticator: TapAuthenticator,
     contexts: _Contexts,
-    snapshot: Snapshot,
+    snapshot: Callable[[], tuple[dict[str, Any], str] | None],
     pages: Mapping[str, Page],
     plain: trio.SocketStream,
 ) -> None:
@@ -238,15 +251,18 @@ async def _send_error(
 
 
 async def _send_snapshot(
-    stream: trio.SSLStream[trio.SocketStream], conn: h11.Connection, found: dict[str, Any] | None
+    stream: trio.SSLStream[trio.SocketStream],
+    conn: h11.Connection,
+    found: tuple[dict[str, Any], str] | None,
 ) -> None:
-    """The snapshot as one JSON line (what the tap client reads), or 503 before any."""
+    """The snapshot as one JSON line (what the tap client reads) and what it reflects,
+    or 503 before any."""
     if found is None:
         raise _Reply(503, "no snapshot published yet: the control plane is still listing")
-    body = _line(found)
+    body = _line(found[0])
     head = h11.Response(status_code=200, headers=[
         ("content-type", "application/x-ndjson"), ("content-length", str(len(body))),
-        ("cache-control", "no-store"), ("connection", "close"),
+        ("cache-control", "no-store"), ("connection", "close"), (SOURCE_READ_HEADER, found[1]),
     ])  # fmt: skip
     await stream.send_all(conn.send(head) + conn.send(h11.Data(data=body)))
     await stream.send_all(conn.send(h11.EndOfMessage()))

@@ -112,6 +112,7 @@ async def serve_tap_api(
             partial(serve_tap, plane.config.taps, authenticator, certificate=current,
                     host=host, port=port,
                     snapshot=lambda: plane.snapshot.to_json() if plane.snapshot else None,
+                    source_read=plane.source_read,
                     pages=pages)
         )  # fmt: skip
         task_status.started(bound[1])

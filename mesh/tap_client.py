@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import ssl
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 from urllib.parse import urlencode
 
 import h11
@@ -71,6 +71,16 @@ async def tap(
             raise TapClientError(f"the connection to {where} broke: {exc}") from exc
 
 
+class Answer(NamedTuple):
+    """One whole answer of the API: status, content type, body and every header (names
+    in lower case)."""
+
+    status: int
+    content_type: str
+    body: bytes
+    headers: dict[str, str]
+
+
 async def get(
     address: tuple[str, int],
     *,
@@ -79,10 +89,10 @@ async def get(
     token: str | None,
     target: str,
     max_body: int = MAX_BODY,
-) -> tuple[int, str, bytes]:
+) -> Answer:
     """``GET target`` (path and query) of the API at ``address``, as :func:`tap` asks:
-    the status, content type and body of the answer, whatever the status (the caller
-    bounds the time). Raises :class:`TapClientError` when there is no answer."""
+    the answer whole, whatever its status (the caller bounds the time). Raises
+    :class:`TapClientError` when there is no answer."""
     where = f"{address[0]}:{address[1]}"
     async with await _connect(address, bundle, where) as tls:
         conn = h11.Connection(h11.CLIENT)
@@ -95,9 +105,9 @@ async def get(
                     raise TapClientError(f"an answer of more than {max_body} bytes")
         except (trio.BrokenResourceError, h11.ProtocolError) as exc:
             raise TapClientError(f"the connection to {where} broke: {exc}") from exc
-    content_type = next((v.decode("latin-1") for k, v in response.headers
-                         if k == b"content-type"), "application/octet-stream")  # fmt: skip
-    return response.status_code, content_type, bytes(body)
+    headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in response.headers}
+    content_type = headers.get("content-type", "application/octet-stream")
+    return Answer(response.status_code, content_type, bytes(body), headers)
 
 
 async def _connect(

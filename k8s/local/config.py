@@ -170,6 +170,12 @@ def files_of(state_dir: Path) -> tuple[Path, Path, Path]:
     return state_dir / "state.json", state_dir / "api.sock", state_dir / "logs" / "daemon.log"
 
 
+def objects_dir(state_dir: Path) -> Path:
+    """Where local mode publishes every object for the control plane and the agents
+    (``cluster.json``)."""
+    return state_dir / "mesh" / "objects"
+
+
 def pod_log(state_dir: Path, namespace: str, name: str) -> Path:
     return state_dir / "logs" / "pods" / f"{_safe(namespace)}_{_safe(name)}.log"
 

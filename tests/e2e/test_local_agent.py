@@ -115,7 +115,16 @@ async def test_labelled_later_no_restart(cluster: Cluster) -> None:
             n: (p["pid"], p["ip"]) for n, p in before.items()
         }
         for node, pod in (("node-1", "apps/client"), ("node-2", "apps/server")):
-            enrolled = await agent_events(cluster, node, "pod_enrolled")
+            enrolled: list[dict[str, Any]] = []
+
+            async def logged(node: str = node) -> bool:
+                # ztunnel shows the pod captured as soon as it has it; the agent's line
+                # follows its answer, through the agent's log file.
+                nonlocal enrolled
+                enrolled = await agent_events(cluster, node, "pod_enrolled")
+                return bool(enrolled)
+
+            assert await eventually(logged, seconds=10), node
             assert [e["pod"] for e in enrolled] == [pod]
             assert str(enrolled[0]["netns"]).startswith("/proc/"), enrolled  # by its process
         assert await curl_status("http://server/", after["client"]["netns"]) == "200"

@@ -62,10 +62,21 @@ async def test_a_fault_shows_on_the_route_and_in_the_graph(cluster: Cluster) -> 
     assert "at waypoint demo/waypoint" in condition["message"]
 
     host = cluster.pod_cidr.split("/")[0].rsplit(".", 1)[0] + ".1"  # the bridge's address
-    result = await run(["curl", "-s", "-m", "5", f"http://{host}:15014/debug/graph?window=300"])
-    assert result.returncode == 0, result.stderr.decode()
-    graph = json.loads(result.stdout)
-    [edge] = [e for e in graph["edges"] if e["destination"] == SERVICE and e["protocol"] == "http"]
+    url = f"http://{host}:15014/debug/graph?window=300"
+    edge: dict[str, Any] = {}
+
+    async def whole() -> bool:
+        # The condition rounds (200 FI for 195 to 204), so it can show before the scrape
+        # that counted the last requests: the graph has them all one scrape (5 s) later.
+        nonlocal edge
+        result = await run(["curl", "-s", "-m", "5", url])
+        assert result.returncode == 0, result.stderr.decode()
+        graph = json.loads(result.stdout)
+        [edge] = [e for e in graph["edges"]
+                  if e["destination"] == SERVICE and e["protocol"] == "http"]  # fmt: skip
+        return bool(edge["requests"] >= 400)
+
+    assert await eventually(whole, seconds=20, poll=1.0), edge
     print(f"edge: {edge}")
     assert edge["source"] == {"namespace": "demo", "workload": "client"}
     assert edge["reporter"] == "waypoint"
