@@ -26,8 +26,10 @@ import trio
 
 from ambit import tables
 from ambit.waypoint_docs import (
+    bound_services,
     gateway_document,
     is_waypoint,
+    missing_waypoint,
     print_waypoints,
     waypoint_for,
 )
@@ -316,11 +318,8 @@ def run_status(args: argparse.Namespace) -> int:
     except LocalClusterError as exc:
         return _fail("status", str(exc))
     if not found or not is_waypoint(found[0]):
-        failed = _fail("status", f"no waypoint {args.name} in namespace {args.namespace}")
-        for user in _bound_to_missing(state_dir, f"{args.namespace}/{args.name}"):
-            print(f"  Service {user} still uses it: its traffic is refused until the"
-                  " waypoint exists or the label is removed", file=sys.stderr)  # fmt: skip
-        return failed
+        users = _bound_to_missing(state_dir, f"{args.namespace}/{args.name}")
+        return _fail("status", missing_waypoint(args.namespace, args.name, users))
     doc = found[0]
     print(f"waypoint {args.namespace}/{args.name} (class {doc['spec']['gatewayClassName']},"
           f" for {waypoint_for(doc)})")  # fmt: skip
@@ -346,17 +345,12 @@ def run_status(args: argparse.Namespace) -> int:
 
 
 def _bound_to_missing(state_dir: Path, key: str) -> list[str]:
-    """The Services whose ``ambit.io/WaypointBound`` says they use waypoint ``key``, which
-    does not exist (``WaypointNotFound``)."""
+    """The Services whose labels bind them to waypoint ``key``, which does not exist."""
     try:
-        services = _objects(state_dir, "Service", None, None)
+        namespaces = _objects(state_dir, "Namespace", None, None)
+        return bound_services(key, namespaces, _objects(state_dir, "Service", None, None))
     except LocalClusterError:
         return []
-    return [
-        f"{doc['metadata']['namespace']}/{doc['metadata']['name']}" for doc in services
-        for c in (doc.get("status") or {}).get("conditions") or ()
-        if c.get("reason") == "WaypointNotFound" and f"uses waypoint {key}," in c.get("message", "")
-    ]  # fmt: skip
 
 
 def _objects(

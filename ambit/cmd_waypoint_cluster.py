@@ -8,7 +8,9 @@ plane's deployer then makes its ServiceAccount, Service and Deployment. ``list``
 the waypoint Gateways with their ``Programmed`` condition, ``delete`` deletes Gateways
 (the garbage collector takes their objects), ``status`` prints a Gateway's conditions
 and its Deployment's ready replicas. Each prints what changed, or one line saying what
-failed and exits 1.
+failed and exits 1; ``status`` of a waypoint that does not exist then names the Services
+whose labels still bind them to it, whose traffic is refused, as local mode does
+(:func:`ambit.waypoint_docs.missing_waypoint`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,14 @@ from typing import Any, Final
 
 import trio
 
-from ambit.waypoint_docs import gateway_document, is_waypoint, print_waypoints, waypoint_for
+from ambit.waypoint_docs import (
+    bound_services,
+    gateway_document,
+    is_waypoint,
+    missing_waypoint,
+    print_waypoints,
+    waypoint_for,
+)
 from k8s.sources.api import APPLY_CONTENT_TYPE, KubeSourceError, Requests
 from mesh.constants import LABEL_USE_WAYPOINT
 
@@ -155,7 +164,8 @@ async def _delete(cluster: Cluster, args: argparse.Namespace) -> int:
 async def _status(cluster: Cluster, args: argparse.Namespace) -> int:
     doc = await cluster.get(_gateways_path(args.namespace, args.name))
     if doc is None or not is_waypoint(doc):
-        raise KubeCommandError(f"no waypoint {args.name} in namespace {args.namespace}")
+        users = await _bound_to_missing(cluster, f"{args.namespace}/{args.name}")
+        raise KubeCommandError(missing_waypoint(args.namespace, args.name, users))
     print(f"waypoint {args.namespace}/{args.name} (class {doc['spec']['gatewayClassName']},"
           f" for {waypoint_for(doc)})")  # fmt: skip
     conditions = (doc.get("status") or {}).get("conditions") or []
@@ -177,6 +187,17 @@ async def _status(cluster: Cluster, args: argparse.Namespace) -> int:
     for address in addresses:
         print(f"  address {address.get('value')}")
     return 0
+
+
+async def _bound_to_missing(cluster: Cluster, key: str) -> list[str]:
+    """The Services whose labels bind them to waypoint ``key``, which does not exist (none
+    when these credentials may not list Namespaces and Services)."""
+    try:
+        namespaces = (await cluster.call("GET", "/api/v1/namespaces")).get("items") or []
+        services = (await cluster.call("GET", "/api/v1/services")).get("items") or []
+    except KubeCommandError:
+        return []
+    return bound_services(key, namespaces, services)
 
 
 _COMMANDS: Final[dict[str, Callable[[Cluster, argparse.Namespace], Awaitable[int]]]] = {

@@ -1,10 +1,12 @@
 """What ``ambit waypoint`` knows of a waypoint's Gateway document, whichever cluster it
 reads it from (the local one, :mod:`ambit.cmd_waypoint`; Kubernetes,
 :mod:`ambit.cmd_waypoint_cluster`): the document ``generate`` and ``apply`` write, whether
-a Gateway is a waypoint, its conditions and traffic, and ``list``'s table."""
+a Gateway is a waypoint, its conditions and traffic, ``list``'s table, and what ``status``
+says of a waypoint that does not exist: the Services whose labels still bind them to it."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Final
 
 from ambit import tables
@@ -61,3 +63,39 @@ def print_waypoints(waypoints: list[dict[str, Any]], namespace: str | None) -> N
         if namespace is None:
             rows[-1].insert(0, doc["metadata"]["namespace"])
     print(tables.table((["NAMESPACE"] if namespace is None else []) + header, rows))
+
+
+def bound_services(
+    key: str, namespaces: Iterable[dict[str, Any]], services: Iterable[dict[str, Any]]
+) -> list[str]:
+    """The Services (``namespace/name``) whose ``use-waypoint`` labels bind them to waypoint
+    ``key`` (``namespace/name``), as the control plane binds them
+    (:func:`k8s.translate_l7.use_waypoint`): the Service's own labels (``ambit.io/`` or
+    ``istio.io/use-waypoint``, with its ``-namespace`` label; ``none`` opts out), else its
+    Namespace's. The waypoint's own Service never goes through it."""
+    from k8s.translate_l7 import use_waypoint
+
+    def named(doc: dict[str, Any], namespace: str) -> str | None:
+        return use_waypoint(tuple(((doc.get("metadata") or {}).get("labels") or {}).items()),
+                            namespace)  # fmt: skip
+
+    by_namespace = {d["metadata"]["name"]: named(d, d["metadata"]["name"]) for d in namespaces}
+    found = []
+    for doc in services:
+        ns, name = doc["metadata"]["namespace"], doc["metadata"]["name"]
+        wanted = named(doc, ns)
+        if wanted is None:
+            wanted = by_namespace.get(ns)
+        if wanted == key and f"{ns}/{name}" != key:
+            found.append(f"{ns}/{name}")
+    return sorted(found)
+
+
+def missing_waypoint(namespace: str, name: str, users: Iterable[str]) -> str:
+    """What ``status`` says of waypoint ``namespace/name`` that does not exist, naming the
+    Services still bound to it (``users``, :func:`bound_services`): their traffic is
+    refused, never sent around the waypoint."""
+    lines = [f"no waypoint {name} in namespace {namespace}"]
+    lines += [f"  Service {user} still uses it: its traffic is refused until the waypoint"
+              " exists or the label is removed" for user in users]  # fmt: skip
+    return "\n".join(lines)

@@ -1,7 +1,9 @@
 """``ambit waypoint apply|list|status|delete --kubeconfig PATH`` against the real API
 server, run as a user runs them (the CLI as a process): a waypoint applied and its
 namespace enrolled, a second waypoint refused the namespace without --overwrite, the
-list and status a user reads, delete, and a clear line when the kubeconfig is wrong."""
+list and status a user reads, delete, the Services ``status`` names as still bound to a
+waypoint that does not exist (their traffic refused), and a clear line when the kubeconfig
+is wrong."""
 
 from __future__ import annotations
 
@@ -93,6 +95,50 @@ async def test_waypoints_on_a_cluster_from_the_command_line(
         code, _out, err = await ambit(kube_cluster, "status", "-n", ns)
         assert code == 1
         assert f"no waypoint waypoint in namespace {ns}" in err
+
+
+async def test_status_of_a_missing_waypoint_names_the_services_still_bound_to_it(
+    kube_cluster: Cluster, kube_admin: KubeAdmin, kube_ns: str, gateway_crds: list[str]
+) -> None:
+    """As in local mode: a waypoint that does not exist, but that Services' labels (their
+    own, or their namespace's) still name, leaves their traffic refused, and ``status``
+    says which."""
+    ns = kube_ns
+
+    def refused(*services: str) -> list[str]:
+        return [
+            f"  Service {ns}/{s} still uses it: its traffic is refused until the waypoint"
+            " exists or the label is removed" for s in services
+        ]  # fmt: skip
+
+    with trio.fail_after(120):
+        for name, labels in [
+            ("web", {}),  # through its namespace's label, once enrolled
+            ("api", {"istio.io/use-waypoint": "gone"}),  # Istio's label works as ambit's
+            ("admin", {"ambit.io/use-waypoint": "none"}),  # opted out of its namespace's
+        ]:
+            await kube_admin.create({
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": name, "namespace": ns, "labels": labels},
+                "spec": {"selector": {"app": name}, "ports": [{"port": 80}]},
+            })  # fmt: skip
+        code, out, err = await ambit(kube_cluster, "status", "-n", ns, "--name", "gone")
+        assert (code, out) == (1, "")
+        assert err.splitlines() == [
+            f"ambit waypoint status: no waypoint gone in namespace {ns}",
+            *refused("api"),
+        ]
+
+        code, _out, err = await ambit(kube_cluster, "apply", "-n", ns, "--enroll-namespace")
+        assert code == 0, err
+        code, _out, err = await ambit(kube_cluster, "delete", "waypoint", "-n", ns)
+        assert code == 0, err
+        code, out, err = await ambit(kube_cluster, "status", "-n", ns)
+        assert (code, out) == (1, "")
+        assert err.splitlines() == [
+            f"ambit waypoint status: no waypoint waypoint in namespace {ns}",
+            *refused("web"),
+        ]
 
 
 async def test_a_wrong_kubeconfig_is_one_clear_line(kube_cluster: Cluster, tmp_path: Path) -> None:
