@@ -30,6 +30,8 @@ def render(e: Explanation) -> str:
         for check in step.checks:
             mark = "matched" if check.matched else "no match"
             lines.append(f"     - {check.name}: {mark}: {check.words}")
+        for other in step.shadowed:
+            lines.append(f"       also matches, ranks after: {other.words()}")
     lines.append("")
     lines.append("verdict: " + verdict_words(e.verdict))
     for note in e.notes:

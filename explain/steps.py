@@ -18,6 +18,22 @@ class Check:
 
 
 @dataclass(frozen=True)
+class Shadowed:
+    """A route rule that also matches the request but ranks after the one that answered
+    it, and ``reason``: the first place of the waypoint's order it lost on."""
+
+    kind: str  # "HTTPRoute", "GRPCRoute"
+    route: str  # ns/name
+    rule: int
+    name: str  # the rule's name, "" for none
+    reason: str  # "shorter path prefix /api than /api/v2", "newer route (...)"
+
+    def words(self) -> str:
+        name = f" named {self.name}" if self.name else ""
+        return f"{self.route} rule {self.rule}{name} ({self.reason})"
+
+
+@dataclass(frozen=True)
 class Step:
     """One decision, at one place on the path, in the order the proxies take them."""
 
@@ -26,6 +42,7 @@ class Step:
     outcome: str  # a word or two: "captured", "allowed", "denied", "matched", ...
     detail: str  # plain words
     checks: tuple[Check, ...] = ()
+    shadowed: tuple[Shadowed, ...] = ()  # route steps: rules that also match, ranked after
 
 
 @dataclass(frozen=True)

@@ -3,13 +3,15 @@ port, RequestAuthentication, AuthorizationPolicy rule by rule, then the route ta
 entry (the Gateway API's precedence) and the backend. Decisions are the waypoint's own
 functions (:func:`waypoint.authz.evaluate_request`, :meth:`waypoint.routes.RouteTable.match`);
 the accounts of the rules and matches that did not apply come from their matchers
-(:func:`waypoint.authz.explain_rule`, ``mismatch``)."""
+(:func:`waypoint.authz.explain_rule`, ``mismatch``), and the rules that also match but rank
+after the one chosen from :mod:`explain.shadowed`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
 from explain.query import Ask, To
+from explain.shadowed import shadowed
 from explain.steps import Check, Step, Verdict
 from explain.ztunnel_hops import waypoint_l4
 from mesh.identity import SpiffeId
@@ -211,6 +213,7 @@ def _route(
         checks.append(Check(name, True, entry.matcher.describe()))
         break
     checks_t = tuple(checks)
+    also = shadowed(snapshot, table.entries(service.key, port, source_namespace), request)
     if isinstance(decision, LocalReply):
         if decision.flag == "NR":
             return Step(
@@ -222,12 +225,12 @@ def _route(
                 checks_t,
             ), Verdict(False, 404, "NR", "no route matches the request (404 NR)")
         words = f"the rule answers {decision.status} ({decision.reason.replace('_', ' ')})"
-        return Step(at, "route", "local reply", words, checks_t), Verdict(
+        return Step(at, "route", "local reply", words, checks_t, also), Verdict(
             decision.status < 400, decision.status, decision.flag, words
         )
     if isinstance(decision, RedirectTo):
         words = f"the rule redirects: {decision.status} to {decision.location}"
-        return Step(at, "route", "redirect", words, checks_t), Verdict(
+        return Step(at, "route", "redirect", words, checks_t, also), Verdict(
             True, decision.status, "-", words
         )
     assert isinstance(decision, Forward)
@@ -255,7 +258,7 @@ def _route(
         words += f"; sent as {decision.request.method} {decision.request.path}"
     backend = decision.backend
     onward_service = snapshot.service(backend.service)
-    step = Step(at, "route", "matched", words, checks_t)
+    step = Step(at, "route", "matched", words, checks_t, also)
     if onward_service is None:
         return step, Verdict(False, 500, "-", f"backend {backend.service} not found")
     return step, Onward(onward_service, backend.port)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 from mesh.model_l7 import GrpcMatch, HeaderMatch, HttpMatch
 from mesh.route_regex import compile_pattern
@@ -143,6 +143,10 @@ class HttpMatcher:
         parts += [f"query {q.describe()}" for q in self.query]
         return ", ".join(parts)
 
+    PRECEDENCE: ClassVar = ("path type", "path length", "method", "headers", "query")
+    """What each place of :attr:`precedence` ranks (``ambit why`` names the one a rule
+    ranked after the winner on)."""
+
     @property
     def precedence(self) -> tuple[int, ...]:
         """Smaller first: the path's kind, its length, a method, headers, parameters."""
@@ -216,6 +220,9 @@ class GrpcMatcher:
         parts += [f"method {self.method}"] if self.method else []
         parts += [f"header {h.describe()}" for h in self.headers]
         return ", ".join(parts) or "every gRPC request"
+
+    PRECEDENCE: ClassVar = ("service", "method", "headers")
+    """What each place of :attr:`precedence` ranks, as :attr:`HttpMatcher.PRECEDENCE`."""
 
     @property
     def precedence(self) -> tuple[int, ...]:
