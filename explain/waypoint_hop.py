@@ -16,13 +16,14 @@ from explain.steps import Check, Step, Verdict
 from explain.ztunnel_hops import waypoint_l4
 from mesh.identity import SpiffeId
 from mesh.model import MeshSnapshot, Service
+from mesh.model_l7 import JwtRule
 from waypoint.authz import bound_policies, evaluate_request, explain_rule
 from waypoint.decisions import Forward, LocalReply, NoRoutes, RedirectTo
 from waypoint.http_request import HttpRequest
 from waypoint.http_target import TargetError, read_target
-from waypoint.jwt import authenticate, inline_keys, providers_for
+from waypoint.jwt import UNCHECKED, KeySet, Provider, authenticate, inline_keys, providers_for
 from waypoint.protocol import declared
-from waypoint.request import L7Request, WaypointScope
+from waypoint.request import L7Request, RequestAuth, WaypointScope
 from waypoint.routes import compile_snapshot
 
 
@@ -97,11 +98,12 @@ def through_waypoint(
     authentications = [r for r in snapshot.request_authentications if r.target_refs]
     providers = providers_for(authentications, scope, target)
     if providers:
-        result = authenticate(providers, headers, ask.path, inline_keys)
+        result = authenticate(providers, headers, ask.path, _keys)
         if result.failure is not None:
             steps.append(Step(at, "request authentication", "refused", result.reason))
             return steps, Verdict(False, result.failure.status, "-", result.reason)
-        steps.append(Step(at, "request authentication", "passed", result.reason))
+        steps.append(Step(at, "request authentication", "passed",
+                          result.reason + _unchecked(providers, result.auth)))  # fmt: skip
         if result.auth is not None:
             request = L7Request(
                 scope,
@@ -288,3 +290,23 @@ def _traffic_notes(snapshot: MeshSnapshot, service: Service, at: str) -> list[St
             )
         )
     return out
+
+
+def _keys(rule: JwtRule) -> KeySet | None:
+    """A rule's inline keys; a ``jwksUri``'s set, which only the waypoint fetches, is not
+    checked here (the token's claims are)."""
+    if rule.jwks:
+        return inline_keys(rule)
+    return UNCHECKED if rule.jwks_uri else None
+
+
+def _unchecked(providers: tuple[Provider, ...], auth: RequestAuth | None) -> str:
+    """Words for a token accepted without its signature checked (its issuer's keys come
+    from a ``jwksUri``)."""
+    if auth is None:
+        return ""
+    for p in providers:
+        if auth.principal.startswith(p.rule.issuer + "/") and not p.rule.jwks:
+            return (f"; its signature is not checked here: the keys come from"
+                    f" {p.rule.jwks_uri}, which only the waypoint fetches")  # fmt: skip
+    return ""

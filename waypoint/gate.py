@@ -40,6 +40,7 @@ class _Bound:
 
     policies: tuple[Authorization, ...]
     authentications: tuple[RequestAuthentication, ...]
+    uris: tuple[str, ...]  # the key sets they name by jwksUri
 
 
 class Gate:
@@ -55,16 +56,30 @@ class Gate:
         # of any namespace may, for a Service this waypoint serves.
         policies = tuple(p for p in snapshot.authorizations if p.target_refs)
         authentications = tuple(r for r in snapshot.request_authentications if r.target_refs)
-        if self.jwks is not None:
-            self.jwks.want(
+        uris = tuple(
+            dict.fromkeys(
                 rule.jwks_uri
                 for r in authentications
                 for rule in r.jwt_rules
                 if rule.jwks_uri and not rule.jwks
             )
-        bound = _Bound(policies, authentications)
+        )
+        if self.jwks is not None:
+            self.jwks.want(uris)
+        bound = _Bound(policies, authentications, uris)
         self._of = (snapshot, bound)
         return bound
+
+    def unsettled(self, snapshot: MeshSnapshot) -> bool:
+        """Whether a key set ``snapshot``'s rules name by ``jwksUri`` was never fetched yet
+        (a request then awaits :meth:`settle` before it is checked)."""
+        uris = self._bound(snapshot).uris
+        return bool(uris) and self.jwks is not None and self.jwks.untried(uris)
+
+    async def settle(self, snapshot: MeshSnapshot) -> None:
+        """The first fetch of each key set ``snapshot``'s rules name by ``jwksUri``."""
+        if self.jwks is not None:
+            await self.jwks.first_fetch(self._bound(snapshot).uris)
 
     def binds(self, snapshot: MeshSnapshot) -> bool:
         """Whether any policy or RequestAuthentication of ``snapshot`` may bind here."""

@@ -102,6 +102,8 @@ class H2Session(Session):
         grpc = content_type.startswith("application/grpc")
         req = H2Request(headers, time.monotonic(), request_id, grpc)
         try:
+            if self.proxy.dispatcher.gate.unsettled(self.snapshot):  # jwksUri keys, first time
+                await self.proxy.dispatcher.gate.settle(self.snapshot)
             req.headers = headers = normalized(headers, grpc=grpc)
             plan = self.proxy.dispatcher.plan(
                 self.snapshot, self.destination, self.caller, request_of(headers), grpc=grpc

@@ -133,6 +133,8 @@ class HttpSession(Session):
         self.snapshot = self.proxy.snapshot() or self.snapshot  # config applies per request
         self.keep_alive = head.keep_alive
         try:
+            if self.proxy.dispatcher.gate.unsettled(self.snapshot):  # jwksUri keys, first time
+                await self.proxy.dispatcher.gate.settle(self.snapshot)
             plan = self.proxy.dispatcher.plan(
                 self.snapshot, self.destination, self.caller, request_of(head), grpc=False
             )

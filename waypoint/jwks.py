@@ -3,7 +3,9 @@
 :class:`JwksCache` keeps one :class:`~waypoint.jwt.KeySet` per URI. The request path reads it
 without waiting (:meth:`JwksCache.keys_for`, the ``keys`` function of
 :func:`waypoint.jwt.authenticate`): a URI never fetched has no keys, so its tokens fail closed
-(``Jwks remote fetch is failed``, 401), and asking for it marks it wanted.
+(``Jwks remote fetch is failed``, 401), and asking for it marks it wanted; a session
+first awaits :meth:`JwksCache.first_fetch` of the URIs its rules name, so only a URI whose
+fetch failed refuses tokens. The waypoint asks for a snapshot's URIs when it arrives.
 :meth:`JwksCache.serve` runs in a nursery its owner holds and fetches each wanted URI at
 once, then every ``refresh_interval`` (Istio's default, 20 minutes); a failed fetch keeps
 the last good set and is retried on :class:`~mesh.backoff.Backoff` (1 s doubling to 60 s).
@@ -128,6 +130,24 @@ class JwksCache:
                 del self._entries[uri]
         for uri in keep:
             self.get_nowait(uri)
+
+    def untried(self, uris: Iterable[str]) -> bool:
+        """Whether any of ``uris`` was never fetched, well or not."""
+        for uri in uris:
+            entry = self._entries.get(uri)
+            if entry is None or (entry.keys is None and entry.failures == 0):
+                return True
+        return False
+
+    async def first_fetch(self, uris: Iterable[str]) -> None:
+        """Wait for the first fetch of each of ``uris`` never tried yet (its outcome, good or
+        not, within :attr:`timeout`): a request that comes with a new rule, or right after
+        the waypoint started, is checked against the keys, not refused for want of them.
+        Returns at once, without a checkpoint, when every one was tried."""
+        for uri in uris:
+            entry = self._entries.get(uri)
+            if entry is None or (entry.keys is None and entry.failures == 0):
+                await self.fetch(uri)
 
     # --- fetching --------------------------------------------------------------------------
 

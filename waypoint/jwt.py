@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from http.cookies import CookieError, SimpleCookie
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qsl
 
 from mesh.model_l7 import JwtHeader, JwtRule
@@ -178,6 +178,18 @@ def providers_for(
             found += [Provider(rule, ra.key, how) for rule in ra.jwt_rules]
     return tuple(found)
 
+
+class UncheckedKeys(KeySet):
+    """Stands for a key set ``ambit why`` cannot see (a rule's ``jwksUri``, which only the
+    waypoint fetches): a token's claims are checked as usual, its signature is not. The
+    waypoint never uses it."""
+
+    def __init__(self) -> None:
+        self.keys = ()
+        self._prepared = {}
+
+
+UNCHECKED: Final = UncheckedKeys()
 
 KeyLookup = Callable[[JwtRule], KeySet | None]
 """The key set for a rule: None when it has none yet (a ``jwks_uri`` never fetched)."""
@@ -356,6 +368,8 @@ def _verify(
     if keyset is None:
         failure = JwtFailure.FETCH_FAILED if rule.jwks_uri else JwtFailure.NO_VALID_KEYS
         return failed(failure, f" (issuer {iss})")
+    if isinstance(keyset, UncheckedKeys):
+        return provider, claims
     kid = header.get("kid")
     candidates = keyset.candidates(alg, kid if isinstance(kid, str) else None)
     if not candidates:

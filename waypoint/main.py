@@ -62,9 +62,12 @@ class _State:
     def __init__(self) -> None:
         self.snapshot: MeshSnapshot | None = None
         self.draining = False
+        self.gate: Gate | None = None
 
     async def on_update(self, snapshot: MeshSnapshot) -> None:
         self.snapshot = snapshot
+        if self.gate is not None:
+            self.gate.binds(snapshot)  # the key sets its rules name are fetched now
         await trio.lowlevel.checkpoint()
 
     def ready(self) -> tuple[bool, str]:
@@ -121,6 +124,7 @@ async def _run(
             h2 = H2Upstreams(upstreams, upstream_tasks)
             jwks = JwksCache()  # key sets of the jwksUris the bound RequestAuthentications name
             key = f"{config.namespace}/{config.name}"
+            state.gate = gate = Gate(WaypointScope(key), jwks)
             proxy = WaypointProxy(
                 key,
                 identity,
@@ -128,7 +132,7 @@ async def _run(
                 upstreams=upstreams,
                 metrics=RequestMetrics(registry),
                 h2=h2,
-                dispatcher=Dispatcher(Gate(WaypointScope(key), jwks)),
+                dispatcher=Dispatcher(gate),
             )
             connections = ServerConnections()
 

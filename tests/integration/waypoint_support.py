@@ -236,10 +236,16 @@ def web_snapshot(
 
 @contextlib.asynccontextmanager
 async def open_mesh(
-    pki: Pki, pods: list[Pod], *, ports: Ports = None, snapshot: MeshSnapshot | None = None
+    pki: Pki,
+    pods: list[Pod],
+    *,
+    ports: Ports = None,
+    snapshot: MeshSnapshot | None = None,
+    gate: Gate | None = None,
 ) -> AsyncIterator[Mesh]:
     """The waypoint ``default/waypoint`` serving ``snapshot`` (default: :func:`web_snapshot`
-    of ``pods``), each pod with its ztunnel and app."""
+    of ``pods``), each pod with its ztunnel and app; ``gate``: the waypoint's own (with
+    its ``JwksCache``), else one with inline keys only."""
     registry = CollectorRegistry()
     async with trio.open_nursery() as nursery:
         for pod in pods:
@@ -269,7 +275,8 @@ async def open_mesh(
                 upstreams=upstreams, metrics=RequestMetrics(registry),
                 h2=H2Upstreams(upstreams, nursery),
                 # Seeded: a weighted split lands the same way each run (no flaky tolerance).
-                dispatcher=Dispatcher(Gate(WaypointScope("default/waypoint")), random.Random(7)),
+                dispatcher=Dispatcher(gate or Gate(WaypointScope("default/waypoint")),
+                                      random.Random(7)),
                 balancer=Balancer(random.Random(7)),
             )  # fmt: skip
             serving = trio.CancelScope()

@@ -3,6 +3,10 @@ decide, and the words say which rule or route did it and why the others did not.
 
 from __future__ import annotations
 
+import base64
+import json
+import time
+
 import pytest
 
 from explain.query import Ask, QueryError, parse_from, parse_to
@@ -264,3 +268,41 @@ def test_a_grpc_port_is_asked_with_post_unless_told() -> None:
             Ask(method="", path="/pkg.Api/Get"))  # fmt: skip
     assert e.request is not None
     assert e.request["method"] == "POST"
+
+
+JWKS_URI_RULE = """
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: shop}
+spec:
+  targetRefs: [{kind: Service, group: "", name: web}]
+  jwtRules: [{issuer: "https://issuer.test", jwksUri: "http://jwks.auth/keys.json"}]
+"""
+
+
+def _unsigned(**claims: object) -> str:
+    """A JWT with these claims and a signature no key made (why cannot check it anyway)."""
+
+    def part(obj: object) -> str:
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).decode().rstrip("=")
+
+    return f"{part({'alg': 'ES256', 'kid': 'k1'})}.{part(claims)}.c2ln"
+
+
+def test_a_jwks_uri_rule_is_checked_on_its_claims_and_says_the_signature_is_not() -> None:
+    """Only the waypoint fetches a jwksUri's keys: why checks the token's claims (issuer,
+    expiry) as the waypoint does and says that its signature was not checked; it used to
+    refuse every such token with 401 'Jwks remote fetch is failed'."""
+    snapshot = world(bound=True, extra_yaml=JWKS_URI_RULE)
+    good = _unsigned(iss="https://issuer.test", sub="alice", exp=time.time() + 300)
+    got = ask(snapshot, "shop/sleep", "shop/web", headers=(("authorization", f"Bearer {good}"),))
+    assert got.verdict.allowed, render(got)
+    [step] = [s for s in got.steps if s.what == "request authentication"]
+    assert step.outcome == "passed"
+    assert "signature is not checked here: the keys come from http://jwks.auth/keys.json" in (
+        step.detail
+    )
+    expired = _unsigned(iss="https://issuer.test", sub="alice", exp=time.time() - 3600)
+    got = ask(snapshot, "shop/sleep", "shop/web", headers=(("authorization", f"Bearer {expired}"),))
+    assert (got.verdict.allowed, got.verdict.status) == (False, 401)
+    assert "Jwt is expired" in got.verdict.summary
