@@ -256,6 +256,8 @@ def run_change(args: argparse.Namespace) -> int:
         return _fail(args.op, str(exc))
     for line in result["changes"]:
         print(line)
+    for warning in result.get("ignored", ()):
+        print(f"warning: {warning}", file=sys.stderr)
     for error in result["errors"]:
         print(f"error: {error}", file=sys.stderr)
     return 1 if result["errors"] else 0

@@ -7,7 +7,9 @@ store's kinds become exactly what the files hold (:meth:`ObjectStore.replace_kin
 so the listing gate opens after the first read that finds a file (until one exists,
 nothing is listed: an empty directory is not an empty mesh). A document that cannot be used is
 left out, logged once (``manifest_refused``, naming the file, the object and the
-field) and kept in :attr:`FilesSource.errors` for the status file. A file that
+field) and kept in :attr:`FilesSource.errors` for the status file; one of Istio's kinds
+ambit does not implement is left out with a ``manifest_ignored`` warning saying what to use
+instead. A file that
 vanishes or cannot be read keeps the last good view of it: a half-written file never
 empties the mesh (writers should write a temporary file and rename it).
 """
@@ -96,7 +98,11 @@ class FilesSource:
         for error in self.errors:
             if error not in self._logged:
                 log.warning("manifest_refused", error=error)
-        self._logged = set(self.errors)
+        ignored = [d.ignored for d in documents if d.ignored is not None]
+        for note in ignored:
+            if note not in self._logged:
+                log.warning("manifest_ignored", reason=note)
+        self._logged = {*self.errors, *ignored}
         by_kind: dict[str, list[manifests.K8sObject]] = {k: [] for k in store.kinds}
         seen: set[tuple[str, str, str]] = set()
         for doc in documents:

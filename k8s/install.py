@@ -33,8 +33,8 @@ from typing import Any, Final, TypeVar
 import yaml
 
 from ca.secret_keys import PLUGGED_SECRET_NAME, SECRET_NAME
+from k8s.istio_kinds import ISTIO_GROUPS
 from k8s.sources.resources import CRD_RESOURCE, RESOURCES
-from k8s.unsupported import ISTIO_GROUPS
 from mesh.constants import (
     CONFIG_STREAM_PORT,
     CONTROL_PLANE_METRICS_PORT,

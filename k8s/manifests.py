@@ -57,6 +57,7 @@ from k8s.gateway_manifests import (
     read_gateway,
     read_gateway_class,
 )
+from k8s.istio_kinds import ignored_kind
 from k8s.manifest_reader import ManifestError, Pairs, Reader, kind_of
 from k8s.policy_manifests import (
     AuthorizationPolicy,
@@ -271,9 +272,12 @@ def parse_object(doc: object, where: str = "<object>") -> K8sObject:
         namespace = repr(str(namespace)[:60])
     info = _BY_KIND.get(kind) if isinstance(kind, str) else None
     if info is None:
+        ignored = ignored_kind(kind, api_version)
+        if ignored is not None:
+            raise IgnoredKind(f"{where} ({kind} {namespace}/{name}): {ignored}")
         supported = ", ".join(k.kind for k in KINDS)
-        what = f"kind {kind!r}" if kind is not None else "kind"
-        Reader(where).fail("kind", f"{what} is not supported; supported kinds: {supported}")
+        what = f"{kind!r} is not supported" if kind is not None else "missing"
+        Reader(where).fail("kind", f"{what}; supported kinds: {supported}")
     label = f"{kind} {name}" if not info.namespaced else f"{kind} {namespace}/{name}"
     r = Reader(f"{where} ({label if isinstance(name, str) else kind})")
     if api_version not in info.api_versions:
@@ -296,6 +300,12 @@ class Document:
     raw: Mapping[str, object] | None
     obj: K8sObject | None
     error: str | None = None
+    ignored: str | None = None  # an Istio kind ambit does not implement: what to say of it
+
+
+class IgnoredKind(ManifestError):
+    """An object of one of Istio's kinds that ambit does not implement (not an error:
+    :attr:`Document.ignored`)."""
 
 
 def _yaml_documents(text: str, filename: str) -> list[object]:
@@ -322,6 +332,8 @@ def read_documents(text: str, filename: str) -> list[Document]:
         raw = doc if isinstance(doc, dict) else None
         try:
             out.append(Document(where, raw, parse_object(doc, where)))
+        except IgnoredKind as exc:
+            out.append(Document(where, raw, None, ignored=str(exc)))
         except ManifestError as exc:
             out.append(Document(where, raw, None, str(exc)))
     return out

@@ -27,19 +27,13 @@ import structlog
 import trio
 
 from ca.kube import ApiUnavailable
+from k8s.istio_kinds import IGNORED_HINT, ISTIO_GROUPS
 from k8s.sources.api import Requests
 from k8s.sources.resources import RESOURCES
 
 log = structlog.get_logger("k8s.unsupported")
 
 CRDS_PATH: Final = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
-ISTIO_GROUP_SUFFIX: Final = "istio.io"
-# The groups of Istio's kinds that describe traffic, the ones looked for (not, say,
-# install.istio.io's IstioOperator). Listing them needs "list" on every resource of
-# these groups: a ClusterRole rule {apiGroups: ISTIO_GROUPS, resources: ["*"]}.
-ISTIO_GROUPS: Final = (
-    "networking.istio.io", "security.istio.io", "telemetry.istio.io", "extensions.istio.io",
-)  # fmt: skip
 PAGE: Final = 500
 MAX_PAGES: Final = 200  # 100,000 objects of one kind: more is not counted
 NAMES_SHOWN: Final = 5
@@ -49,12 +43,6 @@ EVENT_NONE_LEFT: Final = "istio_kinds_ignored_none"
 EVENT_UNAVAILABLE: Final = "istio_kinds_unavailable"
 # The kinds people most often carry over from Istio, listed first.
 FIRST: Final = ("VirtualService", "ServiceEntry", "Gateway", "Sidecar")
-IGNORED_HINT: Final = (
-    "ambit ignores these: traffic they describe is not applied. Routing, retries and"
-    " timeouts: a waypoint with Gateway API HTTPRoute or GRPCRoute (docs/waypoint.md);"
-    " policy: AuthorizationPolicy, PeerAuthentication, RequestAuthentication; a Service's"
-    " balancer, connection pool and outlier detection: DestinationRule"
-)
 
 Json = dict[str, Any]
 
@@ -109,10 +97,6 @@ class Found:
 
 def _supported() -> frozenset[tuple[str, str]]:
     return frozenset((r.group, r.plural) for r in RESOURCES)
-
-
-def is_istio_group(group: str) -> bool:
-    return group == ISTIO_GROUP_SUFFIX or group.endswith("." + ISTIO_GROUP_SUFFIX)
 
 
 def unsupported_kinds(crds: Iterable[Mapping[str, Any]]) -> list[IstioKind]:

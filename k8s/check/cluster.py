@@ -14,9 +14,10 @@ from typing import Any, Final
 
 from k8s import gateway_api
 from k8s.check.base import OK, Context, Json, Outcome, answered, fail, warn
+from k8s.istio_kinds import IGNORED_HINT, is_istio_group
 from k8s.sources.resources import RESOURCES, chosen_version, served_versions
 from k8s.translate_parts import dataplane_mode
-from k8s.unsupported import IGNORED_HINT, find_unsupported, is_istio_group
+from k8s.unsupported import find_unsupported
 from mesh.constants import ISTIO_LABEL_DATAPLANE_MODE, LABEL_DATAPLANE_MODE
 from mesh.model import GATEWAY_GROUP
 

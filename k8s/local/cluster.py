@@ -60,10 +60,20 @@ RESOLV_CONF = (
 
 @dataclass
 class ApplyResult:
-    """One line per object changed, one error per object refused."""
+    """One line per object changed, one error per object refused, one warning per object
+    of an Istio kind ambit ignores."""
 
     changes: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+
+
+def _refused(result: ApplyResult, doc: Document) -> None:
+    """A document that holds no object: ignored (an Istio kind) or an error."""
+    if doc.ignored is not None:
+        result.ignored.append(doc.ignored)
+    else:
+        result.errors.append(doc.error or f"{doc.where}: cannot be used")
 
 
 class LocalCluster(ClusterStatus):
@@ -213,7 +223,7 @@ class LocalCluster(ClusterStatus):
             accepted: list[Document] = []
             for doc in documents:
                 if doc.obj is None:
-                    result.errors.append(doc.error or f"{doc.where}: cannot be used")
+                    _refused(result, doc)
                     continue
                 problem = admit(self.config, self._allocation, doc.obj, candidate)
                 if problem is not None:
@@ -245,7 +255,7 @@ class LocalCluster(ClusterStatus):
             gone: list[ObjectRef] = []
             for doc in documents:
                 if doc.obj is None:
-                    result.errors.append(doc.error or f"{doc.where}: cannot be used")
+                    _refused(result, doc)
                     continue
                 ref = ref_of(doc.obj)
                 if candidate.pop(ref, None) is None:

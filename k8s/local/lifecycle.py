@@ -64,7 +64,8 @@ async def start_cluster(
     if record is not None:
         notes.append(f"removing what a previous cluster in {state_dir} left behind")
         await stop_cluster(state_dir)
-    load_objects(paths)  # refuse bad manifests before touching anything
+    documents = load_objects(paths)  # refuse bad manifests before touching anything
+    notes += [f"warning: {d.ignored}" for d in documents if d.ignored is not None]
     config = _new_config(state_dir, pod_cidr, service_cidr)
     await network.check_addresses(config)
     argv, env = _daemon_command(config, paths, ready_seconds)

@@ -178,3 +178,46 @@ async def test_hostile_manifests_are_refused_and_the_cluster_keeps_working(
     assert pods.returncode == 0, pods.stderr
     assert {p["name"] for p in json.loads(pods.stdout)} == {"client", "server"}
     # The fixture's 'ambit down' then checks that nothing is left behind.
+
+
+ISTIO_TRAFFIC = """\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: server, namespace: demo}
+spec: {hosts: [server], http: [{route: [{destination: {host: server, subset: v1}}]}]}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: demo}
+spec: {egress: [{hosts: ["./*"]}]}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: permissive, namespace: demo}
+spec: {mtls: {mode: PERMISSIVE}}
+"""
+
+
+async def test_istio_manifests_apply_unchanged_with_what_ambit_ignores_named(
+    cluster: Cluster,
+) -> None:
+    """Manifests written for Istio go in as they are: ``ambit up`` starts with them and
+    ``ambit apply`` takes them, each kind ambit does not implement named once on stderr
+    with what to use instead (a warning, exit 0), the kinds it does implement applied."""
+    istio = cluster.manifest("istio.yaml", ISTIO_TRAFFIC)
+    started = await cluster.up(cluster.manifest("demo.yaml", MESHED), istio)
+    warned = [line for line in started.stderr.decode().splitlines() if "ignored" in line]
+    assert len(warned) == 2, started.stderr.decode()
+    assert "(VirtualService demo/server): Istio's VirtualService is ignored" in warned[0]
+    assert "HTTPRoute or GRPCRoute" in warned[0]
+    assert "(Sidecar demo/default): Istio's Sidecar is ignored" in warned[1]
+    [stored] = await cluster.get("peerauthentications", "-n", "demo")
+    assert stored["metadata"]["name"] == "permissive"
+
+    applied = await cluster.ambit("apply", "-f", str(istio))
+    out, err = applied.stdout.decode(), applied.stderr.decode()
+    assert applied.returncode == 0, (out, err)
+    assert out.splitlines() == ["PeerAuthentication demo/permissive unchanged"]
+    lines = err.splitlines()
+    assert [line.split(": ", 1)[0] for line in lines] == ["warning", "warning"], err
+    assert "ambient mode has no sidecars" in lines[1]

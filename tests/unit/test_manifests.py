@@ -26,6 +26,7 @@ from k8s.manifests import (
     load,
     loads,
     parse_object,
+    read_documents,
 )
 from k8s.policy_manifests import PolicyTargetRef
 
@@ -587,7 +588,7 @@ BAD = [
         "'Deployment' is not supported; supported kinds: Namespace, ServiceAccount, Pod,"
         " Service, EndpointSlice, Node, AuthorizationPolicy, PeerAuthentication",
     ),
-    ("apiVersion: v1\nmetadata: {name: web}\n", "kind", "kind is not supported"),
+    ("apiVersion: v1\nmetadata: {name: web}\n", "kind", "missing; supported kinds: Namespace"),
     ("- just\n- a list\n", "", "must be a mapping with apiVersion and kind"),
     (
         "apiVersion: networking.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\n",
@@ -850,3 +851,46 @@ def test_errors_name_file_document_and_field(
     if where and not where.startswith("("):
         assert f": {where}: " in message, message
     assert reason in message, message
+
+
+ISTIO_NETWORKING = """\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web, namespace: shop}
+spec: {hosts: [web], http: [{route: [{destination: {host: web, subset: v1}}]}]}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: shop}
+spec: {egress: [{hosts: ["./*"]}]}
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: mesh-default, namespace: istio-system}
+spec: {accessLogging: [{providers: [{name: envoy}]}]}
+---
+apiVersion: example.com/v1
+kind: VirtualService
+metadata: {name: other, namespace: shop}
+"""
+
+
+def test_istio_kinds_ambit_does_not_implement_are_ignored_with_what_to_use_instead() -> None:
+    """Istio's manifests apply unchanged: each of its kinds ambit does not implement is
+    ignored by name with what to use instead (not an error); the same kind name in a
+    group that is not Istio's is still an error."""
+    docs = read_documents(ISTIO_NETWORKING, "istio.yaml")
+    assert [d.error is None for d in docs] == [True, True, True, False]
+    virtual, sidecar, telemetry, other = docs
+    assert virtual.obj is None
+    assert virtual.ignored is not None
+    assert virtual.ignored.startswith("istio.yaml: document 1 (VirtualService shop/web): Istio's")
+    assert "HTTPRoute or GRPCRoute" in virtual.ignored
+    assert "subsets are a Service per version" in virtual.ignored
+    assert sidecar.ignored is not None
+    assert "ambient mode has no sidecars" in sidecar.ignored
+    assert telemetry.ignored is not None
+    assert "always on" in telemetry.ignored
+    assert other.ignored is None
+    assert other.error is not None
+    assert "'VirtualService' is not supported" in other.error
