@@ -124,7 +124,7 @@ def register(subparsers: Subparsers) -> None:
         "exec",
         parents=[state],
         help="run a command inside a pod",
-        description="ambit exec [-n NS] POD -- COMMAND [ARG...]",
+        description="ambit exec [-n NS] POD -- COMMAND [ARG...] (POD: NAME or NS/NAME)",
     )
     _namespace_args(exec_, of_pod=True)
     exec_.add_argument("pod")
@@ -136,7 +136,7 @@ def register(subparsers: Subparsers) -> None:
         parents=[state],
         help="print the log of a component",
         description="COMPONENT: pod/NAME (or NAME), ztunnel/NODE, node-agent/NODE,"
-        " controlplane, daemon",
+        " waypoint/NS/NAME, controlplane, daemon",
     )
     _namespace_args(logs, of_pod=True)
     logs.add_argument("component")
@@ -411,8 +411,9 @@ def run_exec(args: argparse.Namespace) -> int:
     try:
         snapshot = _call(state_dir_from(args.state_dir), {"op": "get"})
         pods = {(p["namespace"], p["name"]): p for p in snapshot["pods"]}
+        given, _, args.pod = args.pod.rpartition("/")  # NS/NAME, as why and tap take it
         found = [ns for ns, name in pods if name == args.pod]
-        namespace = _pick_namespace(args.pod, found, args.namespace)
+        namespace = _pick_namespace(args.pod, found, given or args.namespace)
     except LocalClusterError as exc:
         return _fail("exec", str(exc))
     pod = pods.get((namespace, args.pod))

@@ -254,6 +254,9 @@ async def test_the_bundled_demo_answers_200_and_node_2_logs_both_identities(
         answer = await cluster.ambit(*request)
         assert answer.returncode == 0, answer.stderr.decode()
         assert answer.stdout == b"HTTP 200\n"
+        # NS/NAME, as ambit why and tap name a pod, is the same pod.
+        same = await cluster.ambit("exec", "demo/client", *request[4:])
+        assert (same.returncode, same.stdout) == (0, b"HTTP 200\n"), same.stderr.decode()
 
         async def logged() -> bool:
             return bool(await cluster.ztunnel_events("node-2", "connection_complete"))
