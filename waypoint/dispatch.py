@@ -109,7 +109,10 @@ class Dispatcher:
         request: HttpRequest,
         *,
         grpc: bool,
+        request_id: str = "",
     ) -> Plan | Reply:
+        """Where ``request`` goes, or the reply refusing it (``request_id`` names it in the
+        gate's log lines, as in its access line)."""
         service = destination.service
         rewritten = False
         if self.gate.binds(snapshot):  # else no policy to ask: the request passes as it is
@@ -118,7 +121,8 @@ class Dispatcher:
                 service.key if service is not None else None, destination.port,
                 request.method, request.path, request.authority, request.headers,
             )  # fmt: skip
-            passed = self.gate.check(snapshot, policy_view, request.headers, grpc=grpc)
+            passed = self.gate.check(snapshot, policy_view, request.headers, grpc=grpc,
+                                     request_id=request_id)  # fmt: skip
             if not isinstance(passed, Passed):
                 return passed
             rewritten = passed.headers != list(request.headers)  # JWT outputs, a dropped token

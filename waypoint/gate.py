@@ -93,8 +93,10 @@ class Gate:
         headers: Sequence[tuple[str, str]],
         *,
         grpc: bool,
+        request_id: str = "",
     ) -> Passed | LocalReply:
-        """Let ``request`` (whose ``headers`` are as received) pass, or the reply refusing it."""
+        """Let ``request`` (whose ``headers`` are as received) pass, or the reply refusing it;
+        a refusal is logged with ``request_id`` (the access line's)."""
         bound = self._bound(snapshot)
         if not bound.policies and not bound.authentications:
             return Passed(list(headers), None, "no policy binds this waypoint")
@@ -106,7 +108,8 @@ class Gate:
             result = authenticate(providers, headers, request.path, keys)
             if result.failure is not None:
                 log.info("request_unauthenticated", src_identity=str(request.src_identity),
-                         dst_service=request.dst_service, reason=result.reason)  # fmt: skip
+                         dst_service=request.dst_service, reason=result.reason,
+                         request_id=request_id)  # fmt: skip
                 realm = f"http://{request.host}{request.url_path}"
                 return jwt_refused(result.failure, grpc=grpc, realm=realm)
             auth = result.auth
@@ -117,6 +120,6 @@ class Gate:
         if not decision.allowed:
             log.info("request_denied", src_identity=str(request.src_identity),
                      dst_service=request.dst_service, policy=decision.policy,
-                     reason=decision.reason)  # fmt: skip
+                     reason=decision.reason, request_id=request_id)  # fmt: skip
             return rbac_denied(grpc=grpc, details=decision.details)
         return Passed(forwarded, auth, decision.reason)

@@ -106,7 +106,12 @@ class H2Session(Session):
                 await self.proxy.dispatcher.gate.settle(self.snapshot)
             req.headers = headers = normalized(headers, grpc=grpc)
             plan = self.proxy.dispatcher.plan(
-                self.snapshot, self.destination, self.caller, request_of(headers), grpc=grpc
+                self.snapshot,
+                self.destination,
+                self.caller,
+                request_of(headers),
+                grpc=grpc,
+                request_id=request_id,
             )
             if not isinstance(plan, Plan):
                 raise Failed(plan)

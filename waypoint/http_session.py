@@ -136,7 +136,12 @@ class HttpSession(Session):
             if self.proxy.dispatcher.gate.unsettled(self.snapshot):  # jwksUri keys, first time
                 await self.proxy.dispatcher.gate.settle(self.snapshot)
             plan = self.proxy.dispatcher.plan(
-                self.snapshot, self.destination, self.caller, request_of(head), grpc=False
+                self.snapshot,
+                self.destination,
+                self.caller,
+                request_of(head),
+                grpc=False,
+                request_id=request_id.decode("latin-1"),
             )
             if not isinstance(plan, Plan):
                 raise Failed(plan)

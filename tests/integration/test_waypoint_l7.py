@@ -13,6 +13,7 @@ from typing import Any
 import jwt as pyjwt
 import trio
 from cryptography.hazmat.primitives.asymmetric import ec
+from structlog.testing import capture_logs
 
 from k8s import manifests
 from k8s.translate import translate
@@ -274,3 +275,20 @@ async def test_l7_policy_and_jwt_decide_each_request(root: Pki) -> None:
             assert headers["www-authenticate"].startswith("Bearer realm=")
             await client.stream.aclose()
             await mesh.requests_counted(response_code="401")
+
+
+async def test_a_refusal_is_logged_with_the_request_id_of_its_access_line(root: Pki) -> None:
+    """The gate's own lines (request_denied, request_unauthenticated) carry the request id
+    the access line has, so one grep finds why a request was refused."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    with trio.fail_after(60), capture_logs() as logs:
+        async with open_mesh(root, pods(), snapshot=world(jwt_world(key))) as mesh:
+            assert (await get(mesh, "/admin/users"))[0] == 403
+            expired = [("authorization", f"Bearer {token(key, exp=time.time() - 3600)}")]
+            assert (await get(mesh, "/ok", headers=expired))[0] == 401
+            await mesh.requests_counted(response_code="401")
+    access = {e["path"]: e["request_id"] for e in logs if e.get("event") == "request"}
+    [denied] = [e for e in logs if e.get("event") == "request_denied"]
+    [refused] = [e for e in logs if e.get("event") == "request_unauthenticated"]
+    assert denied["request_id"] == access["/admin/users"] != ""
+    assert refused["request_id"] == access["/ok"] != ""
