@@ -55,6 +55,7 @@ from k8s.manifests import (
     GRPCRoute,
     HTTPRoute,
     K8sObject,
+    RequestAuthentication,
 )
 from k8s.route_conditions import parent_conditions, route_conditions
 from k8s.store import Condition, ObjectRef, ObjectStore, ref_of
@@ -326,18 +327,26 @@ class ControlPlane:
         log.info("control_plane_drained", cut_at_deadline=waited.cancelled_caught)
 
 
-def policy_conditions(policy: AuthorizationPolicy, snapshot: MeshSnapshot) -> list[Condition]:
+def policy_conditions(
+    policy: AuthorizationPolicy | RequestAuthentication, snapshot: MeshSnapshot
+) -> list[Condition]:
     """The conditions of an AuthorizationPolicy: whether ztunnel enforces it as written
     (:func:`k8s.translate.ztunnel_acceptance`) and, for one meant for a waypoint, which
-    waypoints it is bound to (:func:`k8s.translate_policy.waypoint_acceptance`)."""
-    accepted, reason, message = ztunnel_acceptance(policy)
-    out = [Condition(CONDITION_ZTUNNEL_ACCEPTED, "True" if accepted else "False", reason, message)]
+    waypoints it is bound to (:func:`k8s.translate_policy.waypoint_acceptance`); of a
+    RequestAuthentication, the second alone (only a waypoint checks JWTs)."""
+    out = []
+    if isinstance(policy, AuthorizationPolicy):
+        accepted, reason, message = ztunnel_acceptance(policy)
+        out.append(Condition(CONDITION_ZTUNNEL_ACCEPTED, _status(accepted), reason, message))
     at_waypoint = waypoint_acceptance(policy, snapshot)
     if at_waypoint is not None:
         bound, reason, message = at_waypoint
-        status: Literal["True", "False"] = "True" if bound else "False"
-        out.append(Condition(CONDITION_WAYPOINT_ACCEPTED, status, reason, message))
+        out.append(Condition(CONDITION_WAYPOINT_ACCEPTED, _status(bound), reason, message))
     return out
+
+
+def _status(true: bool) -> Literal["True", "False"]:
+    return "True" if true else "False"
 
 
 def problem_conditions(problems: tuple[Problem, ...]) -> list[Condition]:
@@ -435,12 +444,13 @@ def write_conditions(store: ObjectStore, translation: Translation) -> None:
             problems = translation.problems.get(entry.ref, ())
             conditions, ancestors = traffic_conditions(entry.obj, problems)
             store.set_conditions(entry.ref, conditions, uid=entry.obj.uid, parents=ancestors)
-    for entry in store.entries("AuthorizationPolicy"):
-        policy = entry.obj
-        assert isinstance(policy, AuthorizationPolicy)
-        store.set_conditions(
-            entry.ref, policy_conditions(policy, translation.snapshot), uid=policy.uid
-        )
+    for kind in ("AuthorizationPolicy", "RequestAuthentication"):
+        for entry in store.entries(kind):
+            policy = entry.obj
+            assert isinstance(policy, AuthorizationPolicy | RequestAuthentication)
+            store.set_conditions(
+                entry.ref, policy_conditions(policy, translation.snapshot), uid=policy.uid
+            )
     for kind in ("Pod", "Service"):
         for entry in store.entries(kind):
             problems = translation.problems.get(entry.ref, ())

@@ -87,9 +87,10 @@ def ztunnel_acceptance(policy: m.AuthorizationPolicy) -> tuple[bool, str, str]:
 
 
 def waypoint_acceptance(
-    policy: m.AuthorizationPolicy, snapshot: model.MeshSnapshot
+    policy: m.AuthorizationPolicy | m.RequestAuthentication, snapshot: model.MeshSnapshot
 ) -> tuple[bool, str, str] | None:
-    """Whether a waypoint enforces ``policy`` (one with targetRefs, or AUDIT): ``(accepted,
+    """Whether a waypoint enforces ``policy`` (one with targetRefs, or AUDIT, or any
+    RequestAuthentication): ``(accepted,
     reason, message)`` of :data:`~mesh.constants.CONDITION_WAYPOINT_ACCEPTED`, Istio's
     ``WaypointAccepted``; None for a policy ztunnel alone enforces. Pure.
 
@@ -101,6 +102,11 @@ def waypoint_acceptance(
       Service without one, an AUDIT policy without targetRefs).
     """
     if not policy.target_refs:
+        if isinstance(policy, m.RequestAuthentication):  # ztunnel checks no JWT
+            return False, "AncestorNotBound", (
+                "only a waypoint checks JWTs: give it targetRefs (the waypoint's Gateway, or"
+                " a Service bound to a waypoint)"
+            )  # fmt: skip
         if policy.action != "AUDIT":
             return None
         return False, "AncestorNotBound", "no waypoint takes a policy without targetRefs"

@@ -400,6 +400,52 @@ def test_a_policy_for_a_waypoint_says_which_waypoint_it_is_bound_to() -> None:
     assert [c.type for c in plain.conditions] == ["ambit.io/ZtunnelAccepted"]
 
 
+JWT_RULES = """
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: at-waypoint, namespace: shop}
+spec:
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]
+  jwtRules: [{issuer: https://issuer.example, jwksUri: https://issuer.example/jwks}]
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: ghost, namespace: shop}
+spec:
+  targetRefs: [{kind: Service, group: "", name: ghost}]
+  jwtRules: [{issuer: https://issuer.example, jwksUri: https://issuer.example/jwks}]
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: sidecar-style, namespace: shop}
+spec:
+  selector: {matchLabels: {app: web}}
+  jwtRules: [{issuer: https://issuer.example, jwksUri: https://issuer.example/jwks}]
+"""
+
+
+def test_a_request_authentication_says_which_waypoint_checks_it() -> None:
+    """RequestAuthentication gets WaypointAccepted as AuthorizationPolicy does (only a
+    waypoint checks JWTs): bound, a target that does not exist, or a selector (no waypoint
+    takes it); it had no status at all."""
+    store = published(objects(BOUND + JWT_RULES))
+
+    def conditions(name: str) -> list[tuple[str, str, str, str]]:
+        entry = store.get(("RequestAuthentication", "shop", name))
+        assert entry is not None
+        return [(c.type, c.status, c.reason, c.message) for c in entry.conditions]
+
+    accepted = "ambit.io/WaypointAccepted"
+    assert conditions("at-waypoint") == [(accepted, "True", "Accepted", "bound to shop/waypoint")]
+    assert conditions("ghost") == [
+        (accepted, "False", "TargetNotFound", "no such target: Service shop/ghost")
+    ]
+    [(kind, status, reason, message)] = conditions("sidecar-style")
+    assert (kind, status, reason) == (accepted, "False", "AncestorNotBound")
+    assert message.startswith("only a waypoint checks JWTs: give it targetRefs")
+
+
 # --- changes, conflicts and coalescing (no sockets) -----------------------------------------
 
 
