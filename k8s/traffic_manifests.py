@@ -187,7 +187,9 @@ def read_destination_rule(r: Reader, doc: Mapping[str, object]) -> DestinationRu
     unapplied = _unapplied(spec, ("host", "trafficPolicy"), "spec")
     at = "spec.trafficPolicy"
     policy = r.mapping(spec.get("trafficPolicy"), at, _TRAFFIC_POLICY)
-    unapplied += _unapplied(policy, _TRAFFIC_POLICY[:3], at)
+    # tls: ISTIO_MUTUAL alone is what the mesh does anyway (HBONE's mutual TLS): applied.
+    mesh_tls = policy.get("tls") == {"mode": "ISTIO_MUTUAL"}
+    unapplied += _unapplied(policy, (*_TRAFFIC_POLICY[:3], *(("tls",) if mesh_tls else ())), at)
     lb = r.mapping(policy.get("loadBalancer"), f"{at}.loadBalancer", _LOAD_BALANCER)
     unapplied += _unapplied(lb, ("simple",), f"{at}.loadBalancer")
     balancer: LoadBalancer | None = "LEAST_REQUEST"

@@ -124,8 +124,13 @@ def _services(obj: Policy) -> list[str]:
 def _unsupported(obj: Policy) -> list[Problem]:
     found = []
     if obj.unapplied:
+        instead = ""
+        if "spec.subsets" in obj.unapplied:
+            instead = " (subsets: a Service per version, split by HTTPRoute backendRefs weights)"
         found.append(
-            Problem(UNSUPPORTED_FIELD, f"{', '.join(obj.unapplied)}: not applied by ambit")
+            Problem(
+                UNSUPPORTED_FIELD, f"{', '.join(obj.unapplied)}: not applied by ambit{instead}"
+            )
         )
     if isinstance(obj, m.DestinationRule) and obj.ignored_balancer:
         message = (

@@ -153,7 +153,6 @@ def test_istios_other_fields_are_accepted_and_kept_by_path() -> None:
         "spec.trafficPolicy.outlierDetection.splitExternalLocalOriginErrors",
         "spec.trafficPolicy.portLevelSettings",
         "spec.trafficPolicy.proxyProtocol",
-        "spec.trafficPolicy.tls",
         "spec.trafficPolicy.tunnel",
         "spec.workloadSelector",
     )
