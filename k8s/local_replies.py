@@ -6,7 +6,8 @@ The waypoints count every answer in ``istio_requests_total`` with its ``response
 name the destination Service, not the object that made the answer, so each object gets
 the flags of the Services it configures that it can cause (:data:`FLAGS_OF_KIND`):
 
-- an HTTPRoute or GRPCRoute (``parentRefs`` to a Service): every flag of that Service;
+- an HTTPRoute or GRPCRoute (``parentRefs`` to a Service): every flag of that Service
+  but ``DC`` (the caller left: nothing the route did);
 - a DestinationRule (``host``): ``UO`` (connection pool), ``UH`` (every endpoint
   ejected), ``URX`` (``maxRetries``);
 - an XBackendTrafficPolicy (``targetRefs``): ``URX`` (the retry budget);
@@ -48,6 +49,8 @@ FLAGS_OF_KIND: Final[Mapping[str, frozenset[str]]] = {
     "LocalRateLimit": frozenset({"RL"}),
 }
 KINDS: Final = tuple(FLAGS_OF_KIND)
+# Flags of what the caller did, not of a reply the waypoint made: never an object's.
+CALLERS_FLAGS: Final = frozenset({"DC"})
 # Envoy's flags in words, as Istio's docs give them.
 FLAG_WORDS: Final = {
     "UO": "overflow: circuit open", "URX": "retries exhausted", "UH": "no healthy upstream",
@@ -117,7 +120,7 @@ def flag_counts(
         if found is None:
             continue
         for flag, n in found.flags.items():
-            if (ALL in wanted or flag in wanted) and n > 0:
+            if (flag in wanted or (ALL in wanted and flag not in CALLERS_FLAGS)) and n > 0:
                 counts[flag] = counts.get(flag, 0) + n
                 waypoints.update(found.waypoints)
     return counts, tuple(sorted(waypoints))

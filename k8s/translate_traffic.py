@@ -128,9 +128,7 @@ def _unsupported(obj: Policy) -> list[Problem]:
         if "spec.subsets" in obj.unapplied:
             instead = " (subsets: a Service per version, split by HTTPRoute backendRefs weights)"
         found.append(
-            Problem(
-                UNSUPPORTED_FIELD, f"{', '.join(obj.unapplied)}: not applied by ambit{instead}"
-            )
+            Problem(UNSUPPORTED_FIELD, f"{', '.join(obj.unapplied)}: not applied by ambit{instead}")
         )
     if isinstance(obj, m.DestinationRule) and obj.ignored_balancer:
         message = (

@@ -103,6 +103,17 @@ def test_a_filter_object_is_about_the_services_of_the_routes_naming_it() -> None
     assert messages(flags)["LocalRateLimit/hundred"].endswith(": 40 RL (rate limited)")
 
 
+def test_a_caller_that_left_is_not_a_routes_local_reply() -> None:
+    """DC is the caller going away (a gRPC deadline, a curl cut short): nothing a route
+    did, so it is no route's local reply (found trying it as a new user: a route created
+    after such a call showed '1 DC')."""
+    flags = {("shop", "reviews"): ServiceFlags({"DC": 3, "URX": 1}, ("shop/waypoint",))}
+    assert messages(flags)["HTTPRoute/reviews"] == (
+        "last 5m at waypoint shop/waypoint: 1 URX (retries exhausted)"
+    )
+    assert messages({("shop", "reviews"): ServiceFlags({"DC": 3}, ("shop/waypoint",))}) == {}
+
+
 def test_no_flags_no_condition() -> None:
     assert messages({}) == {}
     assert messages({("other", "reviews"): REVIEWS_FLAGS[("shop", "reviews")]}) == {}
