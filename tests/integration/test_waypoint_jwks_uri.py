@@ -17,7 +17,7 @@ import jwt as pyjwt
 import trio
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.integration.test_waypoint_l7 import POLICY, get, pods, world
+from tests.integration.test_waypoint_l7 import get, jwk_of, jwt_rule, pods, world
 from tests.integration.waypoint_support import Client, open_mesh
 from tests.pki import Pki
 from waypoint.gate import Gate
@@ -25,12 +25,6 @@ from waypoint.jwks import JwksCache
 from waypoint.request import WaypointScope
 
 ISSUER = "https://issuer.example"
-
-
-def jwk_of(key: ec.EllipticCurvePrivateKey) -> dict[str, str]:
-    jwk: dict[str, str] = json.loads(pyjwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
-    jwk.update(kid="k1", alg="ES256")
-    return jwk
 
 
 @asynccontextmanager
@@ -60,20 +54,7 @@ async def jwks_server(key: ec.EllipticCurvePrivateKey, delay: float) -> AsyncIte
 
 
 def rule(uri: str) -> str:
-    return (
-        POLICY
-        + f"""
----
-apiVersion: security.istio.io/v1
-kind: RequestAuthentication
-metadata: {{name: jwt, namespace: default}}
-spec:
-  targetRefs: [{{group: gateway.networking.k8s.io, kind: Gateway, name: waypoint}}]
-  jwtRules:
-  - issuer: {ISSUER}
-    jwksUri: {uri}
-"""
-    )
+    return jwt_rule(f"jwksUri: {uri}")
 
 
 def token(key: ec.EllipticCurvePrivateKey) -> str:

@@ -225,9 +225,16 @@ spec:
 """
 
 
-def jwt_world(key: ec.EllipticCurvePrivateKey) -> str:
-    jwk = json.loads(pyjwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
+def jwk_of(key: ec.EllipticCurvePrivateKey) -> dict[str, str]:
+    jwk: dict[str, str] = json.loads(pyjwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
     jwk.update(kid="k1", alg="ES256")
+    return jwk
+
+
+def jwt_rule(*lines: str) -> str:
+    """POLICY and a RequestAuthentication at the waypoint for https://issuer.example, its
+    rule completed by ``lines`` (where its keys come from, outputs)."""
+    rule = "".join(f"\n    {line}" for line in lines)
     return (
         POLICY
         + f"""
@@ -238,11 +245,14 @@ metadata: {{name: jwt, namespace: default}}
 spec:
   targetRefs: [{{group: gateway.networking.k8s.io, kind: Gateway, name: waypoint}}]
   jwtRules:
-  - issuer: https://issuer.example
-    jwks: '{json.dumps({"keys": [jwk]})}'
-    outputPayloadToHeader: x-jwt-payload
+  - issuer: https://issuer.example{rule}
 """
     )
+
+
+def jwt_world(key: ec.EllipticCurvePrivateKey) -> str:
+    keys = json.dumps({"keys": [jwk_of(key)]})
+    return jwt_rule(f"jwks: '{keys}'", "outputPayloadToHeader: x-jwt-payload")
 
 
 def token(key: ec.EllipticCurvePrivateKey, **claims: Any) -> str:
