@@ -251,6 +251,8 @@ async def test_a_rejected_update_is_nacked_and_followed_by_a_full_snapshot(
             await wait_until(lambda: proxy.applied)
             server.publish(versioned(2, pods=3))
             await wait_until(lambda: client.snapshot is not None and client.snapshot.version == 2)
+            # The client logs what it applied after it took it: wait for the line counted.
+            await wait_until(lambda: sum(e["event"] == "config_applied" for e in logs) >= 2)
     nacks = [e for e in logs if e["event"] == "config_rejected_by_proxy"]
     assert nacks[0]["reason"] == "cannot program this version"
     kinds = [e["kind"] for e in logs if e["event"] == "config_applied"]
