@@ -16,7 +16,6 @@ import dataclasses
 import math
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from k8s.local.controllers import derive, with_derived
 from k8s.local.errors import LocalClusterError
 from k8s.local.handover import hand_over
 from k8s.local.hooks import LocalHooks, MeshState, PodAdded, PodRef
+from k8s.local.objects import ApplyResult
 from k8s.local.plan import (
     Allocation,
     NodePlan,
@@ -56,24 +56,6 @@ AGENT = "node-agent/"  # a node's agent is the component node-agent/NODE
 RESOLV_CONF = (
     "# ambit local mode: names come from /etc/hosts, there is no DNS\noptions attempts:1\n"
 )
-
-
-@dataclass
-class ApplyResult:
-    """One line per object changed, one error per object refused, one warning per object
-    of an Istio kind ambit ignores."""
-
-    changes: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    ignored: list[str] = field(default_factory=list)
-
-
-def _refused(result: ApplyResult, doc: Document) -> None:
-    """A document that holds no object: ignored (an Istio kind) or an error."""
-    if doc.ignored is not None:
-        result.ignored.append(doc.ignored)
-    else:
-        result.errors.append(doc.error or f"{doc.where}: cannot be used")
 
 
 class LocalCluster(ClusterStatus):
@@ -223,7 +205,7 @@ class LocalCluster(ClusterStatus):
             accepted: list[Document] = []
             for doc in documents:
                 if doc.obj is None:
-                    _refused(result, doc)
+                    result.refused(doc)
                     continue
                 problem = admit(self.config, self._allocation, doc.obj, candidate)
                 if problem is not None:
@@ -255,7 +237,7 @@ class LocalCluster(ClusterStatus):
             gone: list[ObjectRef] = []
             for doc in documents:
                 if doc.obj is None:
-                    _refused(result, doc)
+                    result.refused(doc)
                     continue
                 ref = ref_of(doc.obj)
                 if candidate.pop(ref, None) is None:

@@ -5,11 +5,13 @@ so it needs one; no ``hostNetwork``; Services are TCP or UDP).
 :func:`read_manifests` returns every document with its object or its error, so
 ``ambit apply`` can apply the good objects and report each bad one;
 :func:`load_objects` is the strict form ``ambit up`` uses (any error refuses all).
+:class:`ApplyResult` is what applying them says, object by object.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
@@ -19,6 +21,23 @@ from k8s.local.errors import LocalClusterError
 from k8s.manifests import Document
 
 log = structlog.get_logger("ambit.local.objects")
+
+
+@dataclass
+class ApplyResult:
+    """What ``ambit apply`` (or ``delete``) says: one line per object changed, one error
+    per object refused, one warning per object of an Istio kind ambit ignores."""
+
+    changes: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+
+    def refused(self, doc: Document) -> None:
+        """A document that holds no object: ignored (an Istio kind) or an error."""
+        if doc.ignored is not None:
+            self.ignored.append(doc.ignored)
+        else:
+            self.errors.append(doc.error or f"{doc.where}: cannot be used")
 
 
 class ManifestProblem(LocalClusterError):
