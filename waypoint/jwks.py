@@ -133,11 +133,7 @@ class JwksCache:
 
     def untried(self, uris: Iterable[str]) -> bool:
         """Whether any of ``uris`` was never fetched, well or not."""
-        for uri in uris:
-            entry = self._entries.get(uri)
-            if entry is None or (entry.keys is None and entry.failures == 0):
-                return True
-        return False
+        return any(self._untried(uri) for uri in uris)
 
     async def first_fetch(self, uris: Iterable[str]) -> None:
         """Wait for the first fetch of each of ``uris`` never tried yet (its outcome, good or
@@ -145,9 +141,12 @@ class JwksCache:
         the waypoint started, is checked against the keys, not refused for want of them.
         Returns at once, without a checkpoint, when every one was tried."""
         for uri in uris:
-            entry = self._entries.get(uri)
-            if entry is None or (entry.keys is None and entry.failures == 0):
+            if self._untried(uri):
                 await self.fetch(uri)
+
+    def _untried(self, uri: str) -> bool:
+        entry = self._entries.get(uri)
+        return entry is None or (entry.keys is None and entry.failures == 0)
 
     # --- fetching --------------------------------------------------------------------------
 
