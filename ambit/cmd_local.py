@@ -254,13 +254,7 @@ def run_change(args: argparse.Namespace) -> int:
         result = _call(state_dir_from(args.state_dir), request)
     except LocalClusterError as exc:
         return _fail(args.op, str(exc))
-    for line in result["changes"]:
-        print(line)
-    for warning in result.get("ignored", ()):
-        print(f"warning: {warning}", file=sys.stderr)
-    for error in result["errors"]:
-        print(f"error: {error}", file=sys.stderr)
-    return 1 if result["errors"] else 0
+    return tables.print_applied(result)
 
 
 def _kind_names() -> list[str]:

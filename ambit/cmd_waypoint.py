@@ -237,11 +237,7 @@ def run_apply(args: argparse.Namespace) -> int:
         })  # fmt: skip
     except LocalClusterError as exc:
         return _fail("apply", str(exc))
-    for line in result["changes"]:
-        print(line)
-    for error in result["errors"]:
-        print(f"error: {error}", file=sys.stderr)
-    return 1 if result["errors"] else 0
+    return tables.print_applied(result)
 
 
 # --- Reading and deleting --------------------------------------------------------------
@@ -292,11 +288,7 @@ def run_delete(args: argparse.Namespace) -> int:
         })  # fmt: skip
     except LocalClusterError as exc:
         return _fail("delete", str(exc))
-    for line in result["changes"]:
-        print(line)
-    for error in result["errors"]:
-        print(f"error: {error}", file=sys.stderr)
-    return 1 if result["errors"] else 0
+    return tables.print_applied(result)
 
 
 def _as_applied(doc: dict[str, Any]) -> dict[str, Any]:

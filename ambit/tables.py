@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import re
+import sys
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -164,3 +165,16 @@ def yaml_all(documents: Sequence[Any]) -> str:
     import yaml
 
     return yaml.safe_dump_all(documents)
+
+
+def print_applied(result: dict[str, Any]) -> int:
+    """What the local cluster said of an apply or delete, as ``kubectl`` prints it: a line
+    per object changed on stdout, a warning per object ignored and an error per object
+    refused on stderr; the exit code (1 if any was refused)."""
+    for line in result["changes"]:
+        print(line)
+    for warning in result.get("ignored", ()):
+        print(f"warning: {warning}", file=sys.stderr)
+    for error in result["errors"]:
+        print(f"error: {error}", file=sys.stderr)
+    return 1 if result["errors"] else 0

@@ -12,6 +12,7 @@ shared with ``ambit down``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import signal
@@ -99,8 +100,7 @@ async def run_daemon(
                 )
             if op == "delete" and "refs" in request:  # ambit delete KIND NAME...
                 result = await cluster.delete(stored(cluster.store, request["refs"]))
-                return {"changes": result.changes, "errors": result.errors,
-                        "ignored": result.ignored}  # fmt: skip
+                return dataclasses.asdict(result)
             if op in ("apply", "delete"):
                 if "manifest" in request:  # YAML text (ambit waypoint) instead of files
                     source = str(request.get("source", "<request>"))
@@ -110,8 +110,7 @@ async def run_daemon(
                     documents = await trio.to_thread.run_sync(read_manifests, paths)
                 change = cluster.apply if op == "apply" else cluster.delete
                 result = await change(documents)
-                return {"changes": result.changes, "errors": result.errors,
-                        "ignored": result.ignored}  # fmt: skip
+                return dataclasses.asdict(result)
             if op == "down":
                 await shut_down()
                 return AfterReply({"stopped": True}, stop.set)
