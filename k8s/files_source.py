@@ -9,9 +9,9 @@ nothing is listed: an empty directory is not an empty mesh). A document that can
 left out, logged once (``manifest_refused``, naming the file, the object and the
 field) and kept in :attr:`FilesSource.errors` for the status file; one of Istio's kinds
 ambit does not implement is left out with a ``manifest_ignored`` warning saying what to use
-instead. A file that
-vanishes or cannot be read keeps the last good view of it: a half-written file never
-empties the mesh (writers should write a temporary file and rename it).
+instead. A file that vanishes or cannot be read keeps the last good view of it: a
+half-written file never empties the mesh (writers should write a temporary file and
+rename it).
 """
 
 from __future__ import annotations

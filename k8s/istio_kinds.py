@@ -26,10 +26,10 @@ IGNORED_HINT: Final = (
     " policy: AuthorizationPolicy, PeerAuthentication, RequestAuthentication; a Service's"
     " balancer, connection pool and outlier detection: DestinationRule"
 )
+SUBSETS_INSTEAD: Final = "subsets are a Service per version, split by HTTPRoute backendRefs weights"
 INSTEAD: Final = {
     "VirtualService": "routing, retries, timeouts, faults and mirroring are a waypoint's"
-    " HTTPRoute or GRPCRoute (docs/waypoint.md); subsets are a Service per version with"
-    " weighted backendRefs",
+    f" HTTPRoute or GRPCRoute (docs/waypoint.md); {SUBSETS_INSTEAD}",
     "Gateway": "a waypoint is a Gateway API Gateway (gateway.networking.k8s.io) of class"
     " ambit-waypoint (ambit waypoint apply)",
     "Sidecar": "ambient mode has no sidecars: nothing to configure",

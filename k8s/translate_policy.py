@@ -90,9 +90,9 @@ def waypoint_acceptance(
     policy: m.AuthorizationPolicy | m.RequestAuthentication, snapshot: model.MeshSnapshot
 ) -> tuple[bool, str, str] | None:
     """Whether a waypoint enforces ``policy`` (one with targetRefs, or AUDIT, or any
-    RequestAuthentication): ``(accepted,
-    reason, message)`` of :data:`~mesh.constants.CONDITION_WAYPOINT_ACCEPTED`, Istio's
-    ``WaypointAccepted``; None for a policy ztunnel alone enforces. Pure.
+    RequestAuthentication): ``(accepted, reason, message)`` of
+    :data:`~mesh.constants.CONDITION_WAYPOINT_ACCEPTED`, Istio's ``WaypointAccepted``; None
+    for a policy ztunnel alone enforces. Pure.
 
     - every targetRef binds a waypoint: True, ``Accepted``, "bound to NS/NAME" (a Gateway
       of a waypoint class, a Service bound to a waypoint, a GatewayClass named from the

@@ -29,6 +29,7 @@ from typing import Any, Final
 
 from k8s import manifests as m
 from k8s.indexes import Entries, SetIndex
+from k8s.istio_kinds import SUBSETS_INSTEAD
 from k8s.problems import Problem
 from k8s.store import ObjectRef
 from mesh import model_traffic as mt
@@ -126,7 +127,7 @@ def _unsupported(obj: Policy) -> list[Problem]:
     if obj.unapplied:
         instead = ""
         if "spec.subsets" in obj.unapplied:
-            instead = " (subsets: a Service per version, split by HTTPRoute backendRefs weights)"
+            instead = f" ({SUBSETS_INSTEAD})"
         found.append(
             Problem(UNSUPPORTED_FIELD, f"{', '.join(obj.unapplied)}: not applied by ambit{instead}")
         )

@@ -148,8 +148,8 @@ def test_istios_unapplied_fields_are_reported_the_rest_applies() -> None:
                               "loadBalancer": {"simple": "PASSTHROUGH"}}}  # fmt: skip
     assert problems([*shop(), rule("r", "web", **spec)]) == {
         ("DestinationRule", "shop", "r"): [
-            ("UnsupportedField", "spec.subsets: not applied by ambit (subsets: a Service per"
-             " version, split by HTTPRoute backendRefs weights)"),
+            ("UnsupportedField", "spec.subsets: not applied by ambit (subsets are a Service"
+             " per version, split by HTTPRoute backendRefs weights)"),
             ("UnsupportedValue",
              "spec.trafficPolicy.loadBalancer.simple: PASSTHROUGH is not applied by ambit; the"
              " waypoint balances by LEAST_REQUEST (or set the annotation ambit.io/load-balancer)"),
