@@ -17,7 +17,7 @@ from structlog.testing import capture_logs
 from ca import CertificateAuthority
 from k8s import manifests
 from k8s.controlplane import ControlPlane
-from k8s.store import ObjectStore
+from k8s.store import Condition, ObjectStore
 from mesh.backoff import Backoff
 from mesh.ca_client import CaClient, CaRefused
 from mesh.certs import open_certificate_manager
@@ -307,13 +307,19 @@ def published(objs: tuple[manifests.K8sObject, ...]) -> ObjectStore:
     return store
 
 
+def conditions_of(store: ObjectStore, ref: tuple[str, str, str]) -> list[Condition]:
+    """The conditions the control plane wrote on the object ``ref`` (which must be stored)."""
+    entry = store.get(ref)
+    assert entry is not None, ref
+    return list(entry.conditions)
+
+
 def test_each_policy_says_whether_ztunnel_enforces_it() -> None:
     store = published(objects(POLICIES))
 
     def conditions(name: str) -> dict[str, tuple[str, str]]:
-        entry = store.get(("AuthorizationPolicy", "shop", name))
-        assert entry is not None
-        return {c.type: (c.status, c.reason) for c in entry.conditions}
+        found = conditions_of(store, ("AuthorizationPolicy", "shop", name))
+        return {c.type: (c.status, c.reason) for c in found}
 
     assert conditions("plain") == {"ambit.io/ZtunnelAccepted": ("True", "Accepted")}
     assert conditions("get-only") == {"ambit.io/ZtunnelAccepted": ("False", "L7AttributesIgnored")}
@@ -381,10 +387,9 @@ def test_a_policy_for_a_waypoint_says_which_waypoint_it_is_bound_to() -> None:
     store = published(objects(POLICIES + BOUND))
 
     def waypoint(name: str) -> tuple[str, str, str]:
-        entry = store.get(("AuthorizationPolicy", "shop", name))
-        assert entry is not None
-        found = [c for c in entry.conditions if c.type == "ambit.io/WaypointAccepted"]
-        assert len(found) == 1, entry.conditions
+        every = conditions_of(store, ("AuthorizationPolicy", "shop", name))
+        found = [c for c in every if c.type == "ambit.io/WaypointAccepted"]
+        assert len(found) == 1, every
         return found[0].status, found[0].reason, found[0].message
 
     assert waypoint("on-gateway") == ("True", "Accepted", "bound to shop/waypoint")
@@ -432,9 +437,8 @@ def test_a_request_authentication_says_which_waypoint_checks_it() -> None:
     store = published(objects(BOUND + JWT_RULES))
 
     def conditions(name: str) -> list[tuple[str, str, str, str]]:
-        entry = store.get(("RequestAuthentication", "shop", name))
-        assert entry is not None
-        return [(c.type, c.status, c.reason, c.message) for c in entry.conditions]
+        found = conditions_of(store, ("RequestAuthentication", "shop", name))
+        return [(c.type, c.status, c.reason, c.message) for c in found]
 
     accepted = "ambit.io/WaypointAccepted"
     assert conditions("at-waypoint") == [(accepted, "True", "Accepted", "bound to shop/waypoint")]
@@ -618,9 +622,7 @@ def test_gateway_api_objects_get_gateway_api_conditions() -> None:
     store = published(objects(GATEWAY_API))
 
     def conditions(kind: str, namespace: str, name: str) -> dict[str, tuple[str, str]]:
-        entry = store.get((kind, namespace, name))
-        assert entry is not None
-        return {c.type: (c.status, c.reason) for c in entry.conditions}
+        return {c.type: (c.status, c.reason) for c in conditions_of(store, (kind, namespace, name))}
 
     assert conditions("GatewayClass", "", "istio-waypoint") == {"Accepted": ("True", "Accepted")}
     assert conditions("GatewayClass", "", "someone-else") == {}, "not ours: no status"
