@@ -22,7 +22,7 @@ from operator import attrgetter
 from typing import Any, Final
 
 import structlog
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry
 
 from mesh.identity import SpiffeId
 from mesh.metrics import (
@@ -37,6 +37,7 @@ from mesh.metrics import (
 from mesh.model import Service, Workload
 from mesh.tap import ProxyTap
 from mesh.telemetry import write_info_line
+from waypoint.request_series import RequestSeries, Series
 
 log = structlog.get_logger("waypoint.access")
 
@@ -141,38 +142,12 @@ class RequestMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.tcp = TcpMetrics(registry)  # connections relayed as TCP, reporter="waypoint"
         self.tap = ProxyTap()  # served over the config stream (ConfigClient's tap)
-        self._series: dict[RequestLabels, tuple[Any, ...]] = {}
         # The labels of the sides and of whole requests seen before, by the identity of the
         # (immutable) snapshot objects they come from; each value keeps those objects alive,
         # so an id is never reused while its entry exists. Bounded: starts over when full.
         self._sides: dict[tuple[Any, ...], tuple[Any, dict[str, str]]] = {}
-        self._labels: dict[tuple[Any, ...], tuple[Any, ...]] = {}
-        self.requests = Counter(
-            "istio_requests", "Requests handled by the waypoint", LABEL_NAMES, registry=registry
-        )
-        self.duration = Histogram(
-            "istio_request_duration_milliseconds",
-            "Request duration, first request byte to last response byte (ms)",
-            LABEL_NAMES,
-            buckets=DURATION_BUCKETS,
-            registry=registry,
-        )
-        self.request_bytes = Histogram(
-            "istio_request_bytes", "Request sizes (headers and body)", LABEL_NAMES,
-            buckets=SIZE_BUCKETS, registry=registry,
-        )  # fmt: skip
-        self.response_bytes = Histogram(
-            "istio_response_bytes", "Response sizes (headers and body)", LABEL_NAMES,
-            buckets=SIZE_BUCKETS, registry=registry,
-        )  # fmt: skip
-        self.request_messages = Counter(
-            "istio_request_messages", "gRPC messages sent by clients", LABEL_NAMES,
-            registry=registry,
-        )  # fmt: skip
-        self.response_messages = Counter(
-            "istio_response_messages", "gRPC messages sent back to clients", LABEL_NAMES,
-            registry=registry,
-        )  # fmt: skip
+        self._labels: dict[tuple[Any, ...], Shape] = {}
+        self.series = RequestSeries(registry, LABEL_NAMES, DURATION_BUCKETS, SIZE_BUCKETS)
 
     def side(
         self,
@@ -190,18 +165,18 @@ class RequestMetrics:
             entry = self._sides[key] = (w, side(prefix, w, identity, baggage))
         return entry[1]
 
-    def labels(
+    def shape(
         self,
         source: dict[str, str],
         destination: dict[str, str],
         service: Service | None,
         done: Finished,
-    ) -> RequestLabels:
-        """A request's :class:`RequestLabels`, made once per distinct shape."""
+    ) -> Shape:
+        """A request's :class:`Shape`, made once per distinct one."""
         key = (id(source), id(destination), id(service), done.grpc, done.status,
                done.grpc_status, done.flags)  # fmt: skip
-        entry = self._labels.get(key)
-        if entry is None:
+        shape = self._labels.get(key)
+        if shape is None:
             if len(self._labels) >= SERIES_LIMIT:
                 self._labels.clear()
             labels = RequestLabels(
@@ -213,42 +188,49 @@ class RequestMetrics:
                 grpc_response_status=done.grpc_status,
                 response_flags=done.flags,
             )
-            entry = self._labels[key] = (labels, source, destination, service)
-        result: RequestLabels = entry[0]
-        return result
+            identities = (
+                f'"src_identity": {_s(source.get("source_principal"))}, '
+                f'"dst_identity": {_s(destination.get("destination_principal"))}, '
+                f'"dst_service": {_s(service.hostname if service else None)}'
+            )
+            shape = Shape(labels, self.series.of(labels.values, grpc=done.grpc), identities,
+                          (source, destination, service))  # fmt: skip
+            self._labels[key] = shape
+        return shape
 
-    def _children(self, labels: RequestLabels) -> tuple[Any, ...]:
-        """The metrics' children for ``labels``, looked up once per label set (a request
-        with the same source, destination and outcome as an earlier one costs a dict
-        lookup, not six label validations)."""
-        children = self._series.get(labels)
-        if children is None:
-            if len(self._series) >= SERIES_LIMIT:
-                self._series.clear()
-            values = labels.values
-            metrics = [self.requests, self.duration, self.request_bytes, self.response_bytes]
-            if labels.request_protocol == "grpc":  # Istio has message series for gRPC alone
-                metrics += [self.request_messages, self.response_messages]
-            children = tuple(m.labels(*values) for m in metrics)
-            self._series[labels] = children
-        return children
+    def labels(
+        self,
+        source: dict[str, str],
+        destination: dict[str, str],
+        service: Service | None,
+        done: Finished,
+    ) -> RequestLabels:
+        """A request's :class:`RequestLabels`, made once per distinct shape."""
+        return self.shape(source, destination, service, done).labels
 
     def messages(self, labels: RequestLabels, sent: int, received: int) -> None:
         """gRPC messages of one call: ``sent`` by the client, ``received`` by it."""
-        children = self._children(labels)
-        if sent:
-            children[4].inc(sent)
-        if received:
-            children[5].inc(received)
+        series = self.series.of(labels.values, grpc=labels.request_protocol == "grpc")
+        series.request_messages += sent
+        series.response_messages += received
 
     def record(
         self, labels: RequestLabels, duration_ms: float, request_bytes: int, response_bytes: int
     ) -> None:
-        requests, duration, sent, received = self._children(labels)[:4]
-        requests.inc()
-        duration.observe(duration_ms)
-        sent.observe(request_bytes)
-        received.observe(response_bytes)
+        series = self.series.of(labels.values, grpc=labels.request_protocol == "grpc")
+        series.record(duration_ms, request_bytes, response_bytes)
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What requests of one source, destination, Service and outcome share: their labels,
+    their series, the access line's last members (the identities and the Service), and
+    the snapshot objects they were made of (kept alive: their ids are in the key)."""
+
+    labels: RequestLabels
+    series: Series
+    identities: str
+    made_of: tuple[Any, ...]
 
 
 _ids = random.Random()  # request ids need to be unique, not secret: no system call each
@@ -296,16 +278,15 @@ def account(
 ) -> None:
     """Count ``done`` in ``metrics`` and write its access-log line. ``source`` and
     ``destination`` are :meth:`RequestMetrics.side`'s labels."""
-    labels = metrics.labels(source, destination, service, done)
+    shape = metrics.shape(source, destination, service, done)
     duration_ms = (time.monotonic() - done.started) * 1000
-    metrics.record(labels, duration_ms, done.request_bytes, done.response_bytes)
+    series = shape.series
+    series.record(duration_ms, done.request_bytes, done.response_bytes)
     if done.grpc:
-        metrics.messages(labels, done.request_messages, done.response_messages)
+        series.request_messages += done.request_messages
+        series.response_messages += done.response_messages
     parts = done.traceparent.split("-")
     trace_id = parts[1] if len(parts) == 4 else None
-    src_identity = source.get("source_principal")
-    dst_identity = destination.get("destination_principal")
-    dst_service = service.hostname if service else None
     members = (
         f'"method": {_s(done.method)}, "authority": {_s(done.authority)}, '
         f'"path": {_s(done.path)}, "protocol": {_s(done.protocol)}, '
@@ -313,8 +294,7 @@ def account(
         f'"response_flags": {_s(done.flags)}, "duration_ms": {round(duration_ms, 3)!r}, '
         f'"upstream_host": {_s(upstream_host)}, "bytes_received": {done.request_bytes:d}, '
         f'"bytes_sent": {done.response_bytes:d}, "request_id": {_s(done.request_id)}, '
-        f'"trace_id": {_s(trace_id)}, "src_identity": {_s(src_identity)}, '
-        f'"dst_identity": {_s(dst_identity)}, "dst_service": {_s(dst_service)}'
+        f'"trace_id": {_s(trace_id)}, {shape.identities}'
     )
     if write_info_line(members, "request"):
         return
@@ -333,9 +313,9 @@ def account(
         bytes_sent=done.response_bytes,
         request_id=done.request_id,
         trace_id=trace_id,
-        src_identity=src_identity,
-        dst_identity=dst_identity,
-        dst_service=dst_service,
+        src_identity=source.get("source_principal"),
+        dst_identity=destination.get("destination_principal"),
+        dst_service=service.hostname if service else None,
     )
 
 
