@@ -83,6 +83,7 @@ class Dispatcher:
         self.extensions = Extensions(rng)
         self._table: tuple[MeshSnapshot, RouteTable] | None = None
         self._targets: tuple[MeshSnapshot, dict[tuple[str, int], list[Target]]] | None = None
+        self._speaks: tuple[MeshSnapshot, dict[tuple[str, int], Speak]] | None = None
 
     def table(self, snapshot: MeshSnapshot) -> RouteTable:
         if self._table is None or self._table[0] is not snapshot:
@@ -100,6 +101,17 @@ class Dispatcher:
         if found is None:
             found = cache[key] = destination.targets(snapshot)
         return found
+
+    def speak(self, snapshot: MeshSnapshot, service: Service, port: int) -> Speak:
+        """:func:`_speak`, found once per snapshot, Service and port."""
+        if self._speaks is None or self._speaks[0] is not snapshot:
+            self._speaks = (snapshot, {})
+        cache = self._speaks[1]
+        key = (service.key, port)
+        if key in cache:
+            return cache[key]
+        speak = cache[key] = _speak(service, port)
+        return speak
 
     def plan(
         self,
@@ -131,7 +143,7 @@ class Dispatcher:
                                       tuple(passed.headers), request.scheme)  # fmt: skip
         if service is None:  # addressed to a pod: no Service's routes
             return Plan(request, self.targets(snapshot, destination), None, rewritten=rewritten)
-        speak = _speak(service, destination.port)
+        speak = self.speak(snapshot, service, destination.port)
         decision = self.table(snapshot).match(
             service.key, destination.port, request,
             source_namespace=caller.identity.namespace, choose=self._choose,
@@ -149,7 +161,7 @@ class Dispatcher:
             return local_reply(500, "backend not found", grpc=grpc, details="backend_not_found")
         targets = self.targets(snapshot, Destination(backend.vip, decision.backend.port, backend,
                                                      None))  # fmt: skip
-        speak = _speak(backend, decision.backend.port)
+        speak = self.speak(snapshot, backend, decision.backend.port)
         # Sent as the client sent it unless a filter (or a JWT output) changed it.
         rewritten = rewritten or decision.request is not request
         refs = decision.rule.filters.extensions + decision.backend.filters.extensions

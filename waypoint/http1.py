@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final, NoReturn
 
 import httptools
@@ -94,6 +94,7 @@ class Head:
     upgrade: bool = False
     chunked: bool = False
     content_length: int | None = None
+    hop_by_hop: bool = True  # it may carry hop-by-hop headers (False: it has none)
 
     def header(self, name: bytes) -> bytes | None:
         for key, value in self.headers:
@@ -106,15 +107,10 @@ class Head:
         """Whether a body follows the head in the message's framing."""
         return self.chunked or bool(self.content_length)
 
-
-@dataclass
-class _Parsing:
-    """What the parser callbacks collect for the message being read."""
-
-    url: bytearray = field(default_factory=bytearray)
-    headers: Headers = field(default_factory=list)
-    head_bytes: int = 0
-    status: int = 0
+    def end_to_end(self) -> Headers:
+        """:func:`end_to_end` of its headers (a copy: its own list when it has no
+        hop-by-hop header)."""
+        return end_to_end(self.headers) if self.hop_by_hop else list(self.headers)
 
 
 class MessageReader:
@@ -140,7 +136,11 @@ class MessageReader:
             httptools.HttpResponseParser(self) if response else httptools.HttpRequestParser(self)
         )
         self._events: deque[Head | bytes | None] = deque()  # head, body chunk, None = end
-        self._parsing = _Parsing()
+        # What the callbacks collect of the message being read: its target, its headers
+        # (after the head: its trailers, dropped), the head's bytes so far.
+        self._url = b""
+        self._headers: Headers = []
+        self._head_bytes = 0
         self._until_eof = False  # a response body delimited by the connection's close
         self._eof = False
         self._problem: Http1Error | None = None
@@ -265,13 +265,12 @@ class MessageReader:
 
     def on_message_begin(self) -> None:
         if not self._skip_head:
-            self._parsing = _Parsing()
+            self._url, self._headers, self._head_bytes = b"", [], 0
         self.started = True
 
     def on_url(self, url: bytes) -> None:
-        parsing = self._parsing
-        parsing.url += url
-        if len(parsing.url) > self._limits.max_url_bytes:
+        self._url += url
+        if len(self._url) > self._limits.max_url_bytes:
             self._fail(414, f"request target over {self._limits.max_url_bytes} bytes")
         self._count(len(url))
 
@@ -279,10 +278,12 @@ class MessageReader:
         self._count(len(status))
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        parsing = self._parsing
-        parsing.headers.append((name.lower(), value))  # after the head: trailers, dropped
-        self._count(len(name) + len(value) + 4)
-        if len(parsing.headers) > self._limits.max_headers:
+        headers = self._headers
+        headers.append((name.lower(), value))
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes > self._limits.max_head_bytes:
+            self._fail(431, f"headers over {self._limits.max_head_bytes} bytes")
+        if len(headers) > self._limits.max_headers:
             self._fail(431, f"more than {self._limits.max_headers} headers")
 
     def on_headers_complete(self) -> None:
@@ -290,39 +291,54 @@ class MessageReader:
             self._skip_head = False
             return
         parser = self._parser
-        parsing = self._parsing
+        headers = self._headers
+        self._headers = []  # trailers, if any, go there and no further
+        # One pass for what framing and checks need: the first Transfer-Encoding and
+        # Content-Length, the Hosts, whether any hop-by-hop header is there.
+        coding = length = None
+        hosts: list[bytes] = []
+        hop = False
+        for name, value in headers:
+            if name in _NOTED:
+                if name == b"host":
+                    hosts.append(value)
+                    continue
+                hop = True
+                if name == b"transfer-encoding":
+                    coding = value if coding is None else coding
+                elif name == b"content-length":
+                    length = value if length is None else length
         head = Head(
             version=parser.get_http_version(),
-            headers=parsing.headers,
+            headers=headers,
             keep_alive=parser.should_keep_alive(),
             upgrade=parser.should_upgrade(),
+            hop_by_hop=hop,
         )
         if isinstance(parser, httptools.HttpRequestParser):
             head.method = parser.get_method()
-            head.target = bytes(parsing.url)
-            self._check_request(head)
+            head.target = self._url
+            self._check_request(head, coding, length, hosts)
         else:
             head.status = parser.get_status_code()
-        parsing.headers = []  # trailers, if any, go there and no further
-        coding = head.header(b"transfer-encoding")
         head.chunked = coding is not None and coding.lower().endswith(b"chunked")
-        length = head.header(b"content-length")
         if length is not None and not head.chunked:
             head.content_length = int(length)  # llhttp has checked it is one number
         if self._response and not head.chunked and length is None:
             self._until_eof = not (100 <= head.status < 200 or head.status in (204, 304))
         self._events.append(head)
 
-    def _check_request(self, head: Head) -> None:
-        """What llhttp lets through but a proxy must not (see the module's docstring)."""
+    def _check_request(
+        self, head: Head, coding: bytes | None, length: bytes | None, hosts: list[bytes]
+    ) -> None:
+        """What llhttp lets through but a proxy must not (see the module's docstring);
+        ``coding``, ``length``: the head's first Transfer-Encoding and Content-Length."""
         if head.version not in ("1.0", "1.1"):
             self._fail(505, f"HTTP/{head.version} is not HTTP/1.x")
         if head.method == b"CONNECT":
             self._fail(501, "CONNECT is not proxied by the waypoint")
-        coding = head.header(b"transfer-encoding")
         if coding is not None and coding.strip().lower() != b"chunked":
             self._fail(501, "no transfer coding but chunked is supported")
-        hosts = [value for name, value in head.headers if name == b"host"]
         if len(hosts) > 1:
             self._fail(400, "more than one Host header")
         if (hosts and not host_is_valid(hosts[0])) or (not hosts and head.version == "1.1"):
@@ -340,7 +356,7 @@ class MessageReader:
             head.upgrade = False  # a server may ignore it: HTTP/1.1 goes on
             head.keep_alive = b"close" not in _tokens(head.header(b"connection"))
             head.headers = [(n, v) for n, v in head.headers if n != b"http2-settings"]
-            length, chunked = head.header(b"content-length"), coding is not None
+            chunked = coding is not None
             self._ignore_upgrade = (
                 b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n" if chunked
                 else b"POST / HTTP/1.1\r\ncontent-length: %s\r\n\r\n" % length if length
@@ -362,13 +378,17 @@ class MessageReader:
         pass
 
     def _count(self, n: int) -> None:
-        self._parsing.head_bytes += n
-        if self._parsing.head_bytes > self._limits.max_head_bytes:
+        self._head_bytes += n
+        if self._head_bytes > self._limits.max_head_bytes:
             self._fail(431, f"headers over {self._limits.max_head_bytes} bytes")
 
     def _fail(self, status: int, reason: str) -> NoReturn:
         self._problem = Http1Error(status, reason)
         raise self._problem
+
+
+# The headers a head's one pass notes: Host, and the hop-by-hop ones.
+_NOTED: Final = HOP_BY_HOP | {b"host"}
 
 
 def _tokens(value: bytes | None) -> set[bytes]:
@@ -430,7 +450,7 @@ def request_of(head: Head) -> HttpRequest:
     """The request as routes and policies read it (header names are lower-case already)."""
     host = b""
     headers = []
-    for name, value in end_to_end(head.headers):
+    for name, value in head.end_to_end():
         if name == b"host":
             host = value
         else:

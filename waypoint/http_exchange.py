@@ -15,7 +15,7 @@ from mesh.response_flags import ResponseFlag
 from waypoint.backends import Backend
 from waypoint.body_copy import BodyCopy
 from waypoint.dispatch import Plan
-from waypoint.http1 import Head, encode_request_head, encode_response_head, end_to_end, latin1
+from waypoint.http1 import Head, encode_request_head, encode_response_head, latin1
 from waypoint.replies import Failed, cut_by_shutdown, no_healthy_upstream
 from waypoint.retries import Retries
 from waypoint.session import IdleTimer
@@ -71,7 +71,7 @@ def request_head(ex: Exchange, xfcc: str) -> bytes:
         headers = [(b"host", latin1(request.authority))]
         headers += [(latin1(n), latin1(v)) for n, v in request.headers if n not in _OURS]
     else:
-        headers = [(n, v) for n, v in end_to_end(head.headers) if n not in _OURS_BYTES]
+        headers = [(n, v) for n, v in head.end_to_end() if n not in _OURS_BYTES]
     headers.append((b"x-request-id", ex.request_id))
     headers.append((XFCC, xfcc.encode()))
     if head.chunked:

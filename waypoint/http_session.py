@@ -18,7 +18,6 @@ connection closes; nothing else is disturbed.
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from typing import TYPE_CHECKING, Final
 
@@ -40,7 +39,6 @@ from waypoint.http1 import (
     MessageReader,
     encode_chunk,
     encode_response_head,
-    end_to_end,
     latin1,
     request_of,
 )
@@ -77,7 +75,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger("waypoint.access")
 
 ATTEMPTS: Final = 2  # Istio's default: one retry on connect failure or refused stream
-IDLE_SECONDS: Final = 300.0  # a keep-alive connection with no request
 
 
 class HttpSession(Session):
@@ -92,26 +89,30 @@ class HttpSession(Session):
         self.keep_alive = True
 
     async def run(self) -> None:
-        """Serve requests until the client closes, asks to close, or breaks the protocol."""
-        # One cancel scope for the connection's idleness (not one a request): its deadline
-        # is IDLE_SECONDS ahead while a request is awaited, and off while one is served.
-        with trio.CancelScope() as idle:
-            while self.keep_alive:
-                idle.deadline = trio.current_time() + IDLE_SECONDS
-                try:
-                    head = await self.reader.read_head()
-                except Http1Error as exc:
-                    await self._refuse(exc)
-                    return
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    return
-                if head is None:
-                    return
-                idle.deadline = math.inf
-                try:
-                    await self._exchange(head)
-                except ClientGone:
-                    return
+        """Serve requests until the client closes, asks to close, breaks the protocol, or
+        sends no request for the idle timeout (:mod:`waypoint.idle`)."""
+        idle = self.proxy.idle
+        with trio.CancelScope() as scope:
+            try:
+                while self.keep_alive:
+                    idle.waiting(scope)
+                    try:
+                        head = await self.reader.read_head()
+                    except Http1Error as exc:
+                        idle.serving(scope)
+                        await self._refuse(exc)
+                        return
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        return
+                    if head is None:
+                        return
+                    idle.serving(scope)
+                    try:
+                        await self._exchange(head)
+                    except ClientGone:
+                        return
+            finally:
+                idle.serving(scope)
 
     async def _refuse(self, exc: Http1Error) -> None:
         """A head that cannot be read: its status, one warning, counted and logged (DPE)."""
@@ -414,7 +415,7 @@ class HttpSession(Session):
     async def _relay_response(self, conn: Connection, ex: Exchange, response: Head) -> bool:
         """Send ``response`` down; whether ``conn`` can carry another request."""
         bodyless = ex.head.method == b"HEAD" or response.status in (204, 304)
-        headers = end_to_end(response.headers)
+        headers = response.end_to_end()
         if ex.plan is not None and ex.plan.changes_response:  # the route's header filters
             text = tuple((n.decode("latin-1"), v.decode("latin-1")) for n, v in headers)
             headers = [(latin1(n), latin1(v)) for n, v in ex.plan.response_headers(text)]

@@ -35,6 +35,7 @@ from waypoint.dispatch import Dispatcher
 from waypoint.gate import Gate
 from waypoint.h2_session import H2Session
 from waypoint.http_session import HttpSession
+from waypoint.idle import IdleConnections
 from waypoint.protocol import SNIFF_BYTES, declared, sniff
 from waypoint.request import L7Request, WaypointScope
 from waypoint.telemetry import RequestMetrics
@@ -66,6 +67,7 @@ class WaypointProxy:
         self.upstreams = upstreams
         self.h2 = h2
         self.tasks = h2.nursery  # fire-and-forget work (mirrored requests)
+        self.idle = IdleConnections(self.tasks)  # keep-alive connections awaiting a request
         self.metrics = metrics
         self.balancer = balancer or Balancer()
         self.backends = Backends(self.balancer)  # per Service: DestinationRule, budget

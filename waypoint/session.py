@@ -22,6 +22,7 @@ from mesh.tap import request_event
 from waypoint.backends import Backends
 from waypoint.destination import Caller, Destination
 from waypoint.dispatch import Dispatcher, Plan
+from waypoint.idle import IdleConnections
 from waypoint.telemetry import Finished, RequestMetrics, account
 from waypoint.upstream import Balancer, H2Upstreams, Target, Upstreams
 
@@ -56,6 +57,7 @@ class Shared(Protocol):
     dispatcher: Dispatcher
     metrics: RequestMetrics
     tasks: trio.Nursery
+    idle: IdleConnections
 
 
 class Session:
