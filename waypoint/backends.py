@@ -112,6 +112,12 @@ class Backend:
     def release(self) -> None:
         self.requests -= 1
 
+    @property
+    def connections_unlimited(self) -> bool:
+        """No ``maxConnections``: :meth:`connection_slot` would take nothing (a request
+        skips it, and its coroutine)."""
+        return self._connections is None
+
     async def connection_slot(self) -> bool:
         """Wait for one of ``maxConnections`` (HTTP/1.1 connections in use); raises
         :class:`Overflow` when ``http1MaxPendingRequests`` are waiting already. True when a

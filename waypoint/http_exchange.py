@@ -89,17 +89,21 @@ _OURS: Final = frozenset({"host", "x-request-id", "x-forwarded-client-cert", "co
 _OURS_BYTES: Final = frozenset({XFCC, b"x-request-id"})
 
 
-async def next_target(
+def next_target(
     ex: Exchange, backend: Backend, targets: list[Target], tried: list[Target]
 ) -> Target:
-    """The endpoint of the next attempt (after the retry's backoff, for a retry)."""
-    if ex.retries and ex.retries.done:  # sent again on its answer: the backoff first
-        await trio.sleep(ex.retries.backoff())
+    """The endpoint of the next attempt (after :func:`backoff`, for a retry)."""
     target = backend.pick(targets, avoid=tried)
     if target is None:  # every endpoint ejected
         raise Failed(no_healthy_upstream(grpc=False))
     tried.append(target)
     return target
+
+
+async def backoff(ex: Exchange) -> None:
+    """A request sent again on its answer (a retry on status) waits its backoff first."""
+    if ex.retries and ex.retries.done:
+        await trio.sleep(ex.retries.backoff())
 
 
 async def answer_cut(stream: trio.abc.SendStream, ex: Exchange) -> None:

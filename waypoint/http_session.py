@@ -46,6 +46,7 @@ from waypoint.http_exchange import (
     ClientGone,
     Exchange,
     answer_cut,
+    backoff,
     next_target,
     relay_upgrade,
     request_head,
@@ -213,14 +214,19 @@ class HttpSession(Session):
         tried: list[Target] = []
         attempts = ATTEMPTS + (ex.retries.retry.attempts if ex.retries else 0)
         for attempt in range(attempts):
-            target = await next_target(ex, backend, targets, tried)
+            if ex.retries is not None:
+                await backoff(ex)
+            target = next_target(ex, backend, targets, tried)
             try:
-                slot = await backend.connection_slot()
+                slot = False if backend.connections_unlimited else await backend.connection_slot()
             except Overflow:
                 raise Failed(overflow(grpc=False)) from None
             try:
                 try:
-                    conn = await self.proxy.upstreams.checkout(target, self.connect_headers())
+                    upstreams = self.proxy.upstreams
+                    conn = upstreams.take_idle(target) or await upstreams.checkout(
+                        target, self.connect_headers()
+                    )
                 except UpstreamError:
                     backend.connect_failed(target, len(targets))
                     if attempt + 1 < attempts:
@@ -244,7 +250,9 @@ class HttpSession(Session):
         extra = list(self.ours(ex.request_id.decode("latin-1")))
         attempts = ATTEMPTS + (ex.retries.retry.attempts if ex.retries else 0)
         for attempt in range(attempts):
-            target = await next_target(ex, backend, plan.targets, tried)
+            if ex.retries is not None:
+                await backoff(ex)
+            target = next_target(ex, backend, plan.targets, tried)
             last = attempt + 1 == attempts
             try:
                 conn = await self.proxy.h2.connection(target, self.connect_headers())
@@ -333,7 +341,8 @@ class HttpSession(Session):
     async def _release(self, conn: Connection, ex: Exchange, reusable: bool) -> None:
         """Keep ``conn`` for the next request if it may carry one (``maxRequestsPerConnection``)."""
         reusable = reusable and (ex.backend is None or ex.backend.reusable(conn.requests))
-        await self.proxy.upstreams.release(conn, reusable=reusable)
+        if not self.proxy.upstreams.keep(conn, reusable=reusable):
+            await conn.aclose()
 
     async def _body_and_answer(
         self, conn: Connection, ex: Exchange, body_sent: trio.Event, reused: bool, retry_ok: bool

@@ -70,6 +70,8 @@ class Session:
         self.snapshot = snapshot
         self.destination = destination
         self.caller = caller
+        self._xfcc = ""
+        self._source: dict[str, str] | None = None  # the caller's labels, once per connection
 
     def connect_headers(self) -> list[tuple[str, str]]:
         """The headers of a CONNECT to an endpoint: the caller's address, forwarded."""
@@ -77,7 +79,9 @@ class Session:
 
     def xfcc(self) -> str:
         """``x-forwarded-client-cert``: the waypoint, and the caller it verified."""
-        return f"By={self.proxy.identity};URI={self.caller.identity}"
+        if not self._xfcc:
+            self._xfcc = f"By={self.proxy.identity};URI={self.caller.identity}"
+        return self._xfcc
 
     def ours(self, request_id: str) -> tuple[tuple[str, str], ...]:
         """The headers the waypoint sets on each request it sends on (to the app, and to a
@@ -89,9 +93,11 @@ class Session:
         service = plan.service if plan is not None and plan.service else self.destination.service
         workload = self.snapshot.workload(target.uid) if target is not None else None
         metrics, caller = self.proxy.metrics, self.caller
+        if self._source is None:
+            self._source = metrics.side("source", caller.workload, caller.identity, caller.baggage)
         account(
             metrics, done,
-            source=metrics.side("source", caller.workload, caller.identity, caller.baggage),
+            source=self._source,
             destination=metrics.side("destination", workload, target.identity if target else None),
             service=service, upstream_host=target.authority if target else None,
         )  # fmt: skip

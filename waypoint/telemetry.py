@@ -287,13 +287,14 @@ def account(
         series.response_messages += done.response_messages
     parts = done.traceparent.split("-")
     trace_id = parts[1] if len(parts) == 4 else None
+    text = _json_string  # the members that are always strings, without _s's call
     members = (
-        f'"method": {_s(done.method)}, "authority": {_s(done.authority)}, '
-        f'"path": {_s(done.path)}, "protocol": {_s(done.protocol)}, '
+        f'"method": {text(done.method)}, "authority": {text(done.authority)}, '
+        f'"path": {text(done.path)}, "protocol": {text(done.protocol)}, '
         f'"response_code": {done.status:d}, "grpc_status": {_s(done.grpc_status or None)}, '
-        f'"response_flags": {_s(done.flags)}, "duration_ms": {round(duration_ms, 3)!r}, '
+        f'"response_flags": {text(done.flags)}, "duration_ms": {round(duration_ms, 3)!r}, '
         f'"upstream_host": {_s(upstream_host)}, "bytes_received": {done.request_bytes:d}, '
-        f'"bytes_sent": {done.response_bytes:d}, "request_id": {_s(done.request_id)}, '
+        f'"bytes_sent": {done.response_bytes:d}, "request_id": {text(done.request_id)}, '
         f'"trace_id": {_s(trace_id)}, {shape.identities}'
     )
     if write_info_line(members, "request"):

@@ -124,6 +124,15 @@ class Upstreams:
     def idle_count(self) -> int:
         return sum(len(v) for v in self._idle.values())
 
+    def take_idle(self, target: Target) -> Connection | None:
+        """An idle connection to ``target`` that is fresh enough, if one is kept (never
+        waits: the common case of :meth:`checkout` without its coroutine); the stale ones
+        are left for :meth:`checkout` to close."""
+        idle = self._idle.get((target.ip, target.port))
+        if idle and trio.current_time() - idle[-1].idle_since < self.idle_seconds:
+            return idle.pop()
+        return None
+
     async def checkout(self, target: Target, headers: Sequence[tuple[str, str]]) -> Connection:
         """An idle connection to ``target``, or a new one (``headers`` go on its CONNECT)."""
         idle = self._idle.get((target.ip, target.port))
@@ -157,12 +166,18 @@ class Upstreams:
 
     async def release(self, conn: Connection, *, reusable: bool) -> None:
         """Keep ``conn`` for the next request to its endpoint, or close it."""
+        if not self.keep(conn, reusable=reusable):
+            await conn.aclose()
+
+    def keep(self, conn: Connection, *, reusable: bool) -> bool:
+        """Keep ``conn`` for the next request to its endpoint if it may carry one: whether
+        it was kept (else the caller closes it)."""
         idle = self._idle[(conn.target.ip, conn.target.port)]
         if reusable and len(idle) < self.max_idle and conn.reader.between_messages():
             conn.idle_since = trio.current_time()
             idle.append(conn)
-            return
-        await conn.aclose()
+            return True
+        return False
 
     async def aclose(self) -> None:
         for conns in self._idle.values():
