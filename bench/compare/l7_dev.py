@@ -10,8 +10,12 @@ each: the rate and the waypoint's CPU µs per request. With ``--watch DIR`` it w
 between rounds for a file ``DIR/go`` (a round; its first line may be a label) or
 ``DIR/stop``, so an edit can be measured in a minute without bringing the cluster up
 again. With ``--profile S`` each round ends with a py-spy recording of the waypoint
-(S seconds) under each load, summarized. Not a benchmark of record: ``python -m
-bench.compare --l7-only`` is; this is its workloads, repeated quickly on one cluster.
+(S seconds) under each load, summarized. A round whose label ends ``+tcp`` runs with
+the Service's HTTP port declared ``tcp`` (put back after it; ``--tcp`` runs each of
+``--rounds`` that way too): the waypoint relays the
+same requests as bytes over the same HBONE legs, the floor under its L7 work. Not a
+benchmark of record: ``python -m bench.compare --l7-only`` is; this is its workloads,
+repeated quickly on one cluster.
 """
 
 from __future__ import annotations
@@ -67,6 +71,26 @@ def _cost(pids: dict[str, int], work: Callable[[], Sample]) -> tuple[Sample, dic
     cost = {name: sum(cpu_seconds(pid)) - before[name] for name, pid in pids.items()}
     cost["machine"] = (busy1 - busy0) / max(1, total1 - total0)
     return sample, cost
+
+
+HTTP_PORT_LINE = "{name: http, port: 8080, targetPort: 8080, appProtocol: http}"
+
+
+def declare_http_port(cluster: topology.Cluster, out: Path, protocol: str) -> None:
+    """``bench-l7``'s Service with its HTTP port (8080) declared ``protocol``."""
+    manifest = topology.manifest()
+    start = manifest.index("kind: Service\nmetadata: {name: server, namespace: bench-l7}")
+    service = manifest[start:].split("\n---", 1)[0]
+    if HTTP_PORT_LINE not in service:
+        raise BenchError("the bench-l7 Service's HTTP port is not where l7_dev expects it")
+    path = out / "service.yaml"
+    path.write_text("apiVersion: v1\n" + service.replace(
+        HTTP_PORT_LINE, HTTP_PORT_LINE.replace("name: http,", f"name: {protocol},")
+        .replace("appProtocol: http", f"appProtocol: {protocol}")))  # fmt: skip
+    done = cluster.ambit("apply", "-f", str(path))
+    if done.returncode != 0:
+        raise BenchError(f"ambit apply: {done.stderr.strip()[-300:]}")
+    time.sleep(2.0)  # for the waypoint to have the config
 
 
 def one_round(label: str, found: dict[str, Scenario],
@@ -129,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--watch", type=Path, help="wait for DIR/go or DIR/stop between rounds")
     parser.add_argument("--profile", type=int, default=0, metavar="SECONDS")
     parser.add_argument("--restart-ztunnels", action="store_true")
+    parser.add_argument("--tcp", action="store_true",
+                        help="each round again with the HTTP port declared tcp (+tcp)")  # fmt: skip
     args = parser.parse_args(argv)
     out = args.watch or Path(tempfile.mkdtemp(prefix="l7dev-"))
     out.mkdir(parents=True, exist_ok=True)
@@ -149,8 +175,11 @@ def main(argv: list[str] | None = None) -> int:
         ztunnels = cluster.ztunnel_pids()
         pid = l7.deploy_waypoint(cluster)
         vip = l7.service_ip(cluster)
-        for n in range(10_000 if args.watch else args.rounds):
+        total = 10_000 if args.watch else args.rounds * (2 if args.tcp else 1)
+        for n in range(total):
             label = f"round {n + 1}"
+            if args.tcp and not args.watch:  # each round as it is, then as a byte relay
+                label = f"round {n // 2 + 1}" + ("+tcp" if n % 2 else "")
             if args.watch:
                 print(f"waiting for {out}/go or {out}/stop", flush=True)
                 while not (out / "go").exists() and not (out / "stop").exists():
@@ -171,11 +200,17 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(2.0)
             found_list, targets = l7.scenarios(pods, ztunnels, pid, vip, 0)
             found = {s.name: s for s in found_list}
+            relay = label.removesuffix("+prof").endswith("+tcp")
             try:
+                if relay:
+                    declare_http_port(cluster, out, "tcp")
                 one_round(label, found, targets["ambit-waypoint"], grpcload, out,
                           profile_seconds)  # fmt: skip
             except Exception as exc:  # a failed round leaves the cluster up for the next
                 print(f"round failed: {type(exc).__name__}: {exc}", flush=True)
+            finally:
+                if relay:
+                    declare_http_port(cluster, out, "http")
     finally:
         daemons.stop_all()
         cluster.down()
