@@ -58,7 +58,7 @@ def normalize_path(target: bytes) -> bytes:
     path, sep, query = target.partition(b"#")[0].partition(b"?")
     if b"%" in path:
         path = _decode_unreserved(path)
-    if b"." in path:
+    if b"/." in path:  # a "." or ".." segment follows a "/" (a dot in a name is no segment)
         path = _remove_dot_segments(path)
     return path + sep + query
 
