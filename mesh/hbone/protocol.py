@@ -26,9 +26,11 @@ from typing import Final
 import hpack
 from h2.errors import ErrorCodes
 
-from mesh.hbone import frames
+from mesh.hbone import frames, huffman_memo
 from mesh.hbone.frames import FrameError, FrameHeader
 from mesh.hbone.hpack_out import StaticEncoder
+
+huffman_memo.install()  # repeated Huffman-coded strings decoded once
 
 RST_STREAM: Final = 0x3
 PRIORITY: Final = 0x2
