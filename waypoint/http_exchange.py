@@ -5,6 +5,7 @@ out: the :class:`Exchange` (what it did, for its metrics and its access-log line
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass
 from typing import Final
 
@@ -15,7 +16,7 @@ from mesh.response_flags import ResponseFlag
 from waypoint.backends import Backend
 from waypoint.body_copy import BodyCopy
 from waypoint.dispatch import Plan
-from waypoint.http1 import Head, encode_request_head, encode_response_head, latin1
+from waypoint.http1 import Head, Http1Error, encode_request_head, encode_response_head, latin1
 from waypoint.replies import Failed, cut_by_shutdown, no_healthy_upstream
 from waypoint.retries import Retries
 from waypoint.session import IdleTimer
@@ -128,13 +129,21 @@ async def answer_cut(stream: trio.abc.SendStream, ex: Exchange) -> None:
         ex.response_bytes += len(data)
 
 
-def unread(authority: str, started: float, status: int, sent: int) -> Finished:
-    """A request whose head could not be read, as it is counted and logged: its status,
+async def refuse(stream: trio.abc.SendStream, exc: Http1Error, authority: str) -> Finished:
+    """Answer a head that cannot be read with its status and close (the client may be
+    gone: nothing is raised); the request as it is counted and logged: its status,
     ``DPE`` (Envoy's flag for a codec error), method and path ``-``."""
+    started = time.monotonic()
+    body = exc.reason.encode() + b"\n"
+    headers = [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(body)),
+               (b"connection", b"close")]  # fmt: skip
+    reply = encode_response_head(exc.status, headers) + body
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        await stream.send_all(reply)
     return Finished(
         method="-", authority=authority, path="-", protocol="HTTP/1.1",
-        request_id=new_request_id(), traceparent="", started=started, status=status,
-        flags=ResponseFlag.DOWNSTREAM_PROTOCOL_ERROR.value, response_bytes=sent,
+        request_id=new_request_id(), traceparent="", started=started, status=exc.status,
+        flags=ResponseFlag.DOWNSTREAM_PROTOCOL_ERROR.value, response_bytes=len(reply),
     )  # fmt: skip
 
 

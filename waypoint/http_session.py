@@ -17,7 +17,6 @@ connection closes; nothing else is disturbed.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from typing import TYPE_CHECKING, Final
 
@@ -48,9 +47,9 @@ from waypoint.http_exchange import (
     answer_cut,
     backoff,
     next_target,
+    refuse,
     relay_upgrade,
     request_head,
-    unread,
 )
 from waypoint.mirror import start_mirrors
 from waypoint.replies import (
@@ -119,15 +118,7 @@ class HttpSession(Session):
         """A head that cannot be read: its status, one warning, counted and logged (DPE)."""
         log.warning("http_request_malformed", src_identity=str(self.caller.identity),
                     status=exc.status, reason=exc.reason)  # fmt: skip
-        started = time.monotonic()
-        body = exc.reason.encode() + b"\n"
-        headers = [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(body)),
-                   (b"connection", b"close")]  # fmt: skip
-        reply = encode_response_head(exc.status, headers) + body
-        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            await self.stream.send_all(reply)
-        refused = unread(self.destination.authority, started, exc.status, len(reply))
-        self.account(refused, None, None)
+        self.account(await refuse(self.stream, exc, self.destination.authority), None, None)
 
     async def _exchange(self, head: Head) -> None:
         request_id = head.header(b"x-request-id") or new_request_id().encode()

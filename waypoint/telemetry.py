@@ -198,16 +198,6 @@ class RequestMetrics:
             self._labels[key] = shape
         return shape
 
-    def labels(
-        self,
-        source: dict[str, str],
-        destination: dict[str, str],
-        service: Service | None,
-        done: Finished,
-    ) -> RequestLabels:
-        """A request's :class:`RequestLabels`, made once per distinct shape."""
-        return self.shape(source, destination, service, done).labels
-
     def messages(self, labels: RequestLabels, sent: int, received: int) -> None:
         """gRPC messages of one call: ``sent`` by the client, ``received`` by it."""
         series = self.series.of(labels.values, grpc=labels.request_protocol == "grpc")

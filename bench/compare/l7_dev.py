@@ -12,10 +12,9 @@ between rounds for a file ``DIR/go`` (a round; its first line may be a label) or
 again. With ``--profile S`` each round ends with a py-spy recording of the waypoint
 (S seconds) under each load, summarized. A round whose label ends ``+tcp`` runs with
 the Service's HTTP port declared ``tcp`` (put back after it; ``--tcp`` runs each of
-``--rounds`` that way too): the waypoint relays the
-same requests as bytes over the same HBONE legs, the floor under its L7 work. Not a
-benchmark of record: ``python -m bench.compare --l7-only`` is; this is its workloads,
-repeated quickly on one cluster.
+``--rounds`` that way too): the waypoint relays the same requests as bytes over the
+same HBONE legs, the floor under its L7 work. Not a benchmark of record: ``python -m
+bench.compare --l7-only`` is; this is its workloads, repeated quickly on one cluster.
 """
 
 from __future__ import annotations
